@@ -1,0 +1,127 @@
+//! `confab host …`: the host library's command line.
+
+use anyhow::Context;
+use confab::config::{self, Config};
+use confab::host::{self, connect::Timeouts, home::Home, ladder::LadderConfig, HostError, HostSettings};
+use confab::wire::ErrorCode;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Home folder: key pair, port, host cache (overrides host.home; default ~/.confab).
+    #[arg(long, global = true)]
+    home: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Create an account (password from CONFAB_PASSWORD or a prompt).
+    Register {
+        /// 3-32 characters of a-z 0-9 . _ -
+        user: String,
+    },
+    /// Log in, report the super node, public address and NAT, and log out.
+    Login {
+        /// The username.
+        user: String,
+    },
+}
+
+fn settings(c: &config::HostConfig) -> anyhow::Result<HostSettings> {
+    Ok(HostSettings {
+        login_servers: c.login_servers.clone(),
+        trusted: confab::network::trusted_keys(&c.trusted_login_keys, "host.trusted_login_keys")?,
+        ladder: LadderConfig {
+            bootstrap: c.bootstrap.clone(),
+            fallback_ports: c.fallback_ports.clone(),
+            udp_failures_max: c.udp_failures_max,
+            attempts_max: c.attempts_max,
+        },
+        timeouts: Timeouts { step: Duration::from_millis(c.step_timeout_ms), budget: Duration::from_secs(c.connect_budget_secs) },
+        login_timeout: Duration::from_secs(c.login_timeout_secs),
+    })
+}
+
+fn home(a: &Args, c: &config::HostConfig) -> anyhow::Result<Home> {
+    let dir = match (&a.home, &c.home) {
+        (Some(h), _) => h.clone(),
+        (None, Some(h)) => config::path(h),
+        (None, None) => PathBuf::from(std::env::var_os("HOME").context("HOME is not set; pass --home")?).join(".confab"),
+    };
+    Home::open(&dir).with_context(|| format!("home folder {}", dir.display()))
+}
+
+fn password(confirm: bool) -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("CONFAB_PASSWORD") {
+        return Ok(p);
+    }
+    let p = rpassword::prompt_password("password: ").context("no CONFAB_PASSWORD and no terminal to ask for a password")?;
+    if confirm && rpassword::prompt_password("password again: ")? != p {
+        anyhow::bail!("the passwords differ");
+    }
+    Ok(p)
+}
+
+/// The error code label for JSON output and scripts.
+fn code(e: &HostError) -> &'static str {
+    match e {
+        HostError::Account(a) => a.code().map(ErrorCode::label).unwrap_or("unreachable"),
+        HostError::Ladder(_) => "no_supernode",
+        HostError::Local(_) => "local",
+    }
+}
+
+fn fail(json: bool, e: HostError) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::json!({ "error": e.to_string(), "code": code(&e) }));
+        eprintln!("error: {e}");
+        Ok(ExitCode::FAILURE)
+    } else {
+        Err(e.into())
+    }
+}
+
+pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
+    let s = settings(&config.host)?;
+    let home = home(&a, &config.host)?;
+    match &a.command {
+        Command::Register { user } => {
+            let pw = password(true)?;
+            match host::register(&s, &home, user, &pw).await {
+                Ok(name) if a.json => println!("{}", serde_json::json!({ "user": name, "registered": true })),
+                Ok(name) => println!("registered {name}"),
+                Err(e) => return fail(a.json, e),
+            }
+        }
+        Command::Login { user } => {
+            let pw = password(false)?;
+            let session = match host::login(&s, &home, user, &pw).await {
+                Ok(s) => s,
+                Err(e) => return fail(a.json, e),
+            };
+            let r = &session.report;
+            if a.json {
+                println!("{}", serde_json::to_string(r)?);
+            } else {
+                println!("logged in as {}", r.user);
+                println!("  super node      {} at {} over {} ({:.1} ms)", r.supernode, r.supernode_addr, r.transport, r.rtt_ms);
+                println!("  public address  {}", r.public_addr);
+                println!("  NAT             {}", r.nat);
+                println!("  credential      valid until {}", r.credential_expires);
+                println!("  own port        {} (UDP and TCP)", r.local_port);
+                if r.update_available {
+                    println!("  update available: version {} (this is {})", r.latest_version, confab::VERSION);
+                }
+            }
+            session.logout().await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

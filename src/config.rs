@@ -1,0 +1,356 @@
+//! Configuration: built-in defaults < config files < `CONFAB_…` environment < flags.
+//!
+//! Files are TOML, read with `file_exact` (a missing file named on the command line is
+//! an error, not silently nothing). Environment keys split sections on `__`, e.g.
+//! `CONFAB_LOGIN_SERVER__LISTEN=0.0.0.0:33030`. Paths in a file are relative to that
+//! file's folder. A bad value is reported in one line naming its key.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::magic::RelativePathBuf;
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// The default config file, read when present and no `--config` is given.
+pub const DEFAULT_FILE: &str = "config/confab.toml";
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `confab=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Human, level: "info".into() }
+    }
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served (none: not served).
+    pub listen: Option<SocketAddr>,
+}
+
+/// The login server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginServerConfig {
+    /// TCP listen address.
+    pub listen: SocketAddr,
+    /// The address hosts dial, when `listen` is a wildcard.
+    pub public_addr: Option<SocketAddr>,
+    /// The login key (PKCS#8 PEM).
+    pub key: RelativePathBuf,
+    /// The account database (SQLite).
+    pub database: RelativePathBuf,
+    /// Host credential lifetime.
+    pub credential_lifetime_secs: u64,
+    /// Accepted clock difference for requests.
+    pub replay_window_secs: u64,
+    /// Newest released version, advertised to hosts.
+    pub latest_version: String,
+    /// Which RSA implementation does private-key work.
+    pub rsa_backend: crate::crypto::RsaBackend,
+    /// Most TCP connections at once.
+    pub connections_max: usize,
+    /// Failed logins allowed before back-off starts.
+    pub backoff_free_failures: u32,
+    /// Longest back-off.
+    pub backoff_max_secs: u64,
+}
+
+impl Default for LoginServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:33030".parse().expect("literal"),
+            public_addr: None,
+            key: PathBuf::from("data/login.key.pem").into(),
+            database: PathBuf::from("data/accounts.sqlite").into(),
+            credential_lifetime_secs: 24 * 3600,
+            replay_window_secs: 300,
+            latest_version: crate::VERSION.into(),
+            rsa_backend: crate::crypto::RsaBackend::default(),
+            connections_max: 4096,
+            backoff_free_failures: 5,
+            backoff_max_secs: 300,
+        }
+    }
+}
+
+/// One super node of a `confab supernode` process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Its name (must match its credential's subject).
+    pub name: String,
+    /// Its private key.
+    pub key: RelativePathBuf,
+    /// Its credential (from `confab keygen supernode`).
+    pub credential: RelativePathBuf,
+    /// Main UDP socket.
+    #[serde(default = "default_node_addr")]
+    pub udp: SocketAddr,
+    /// Main TCP listener.
+    #[serde(default = "default_node_addr")]
+    pub tcp: SocketAddr,
+    /// Alternate UDP port for NAT discovery.
+    #[serde(default)]
+    pub probe_udp: Option<SocketAddr>,
+    /// Last-resort TCP listeners, e.g. `["0.0.0.0:443", "0.0.0.0:80"]`.
+    #[serde(default)]
+    pub fallback_tcp: Vec<SocketAddr>,
+    /// The IP hosts dial, when binding a wildcard address.
+    #[serde(default)]
+    pub public_ip: Option<IpAddr>,
+}
+
+fn default_node_addr() -> SocketAddr {
+    "0.0.0.0:33033".parse().expect("literal")
+}
+
+/// A statically configured peer, announced to hosts for their cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Its name.
+    pub name: String,
+    /// Its UDP endpoint.
+    pub udp: Option<SocketAddr>,
+    /// Its TCP endpoint.
+    pub tcp: Option<SocketAddr>,
+}
+
+/// The super-node process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupernodeConfig {
+    /// Login-server public keys whose credentials are accepted.
+    pub trusted_login_keys: Vec<RelativePathBuf>,
+    /// The nodes this process runs.
+    pub nodes: Vec<NodeConfig>,
+    /// Other super nodes to announce.
+    pub peers: Vec<PeerConfig>,
+    /// Keepalive interval asked of hosts.
+    pub keepalive_secs: u64,
+    /// Silence after which a host is dropped.
+    pub idle_timeout_secs: u64,
+    /// Most hosts per node.
+    pub hosts_max: usize,
+    /// Most handshakes being checked at once per node.
+    pub handshakes_max: usize,
+    /// UDP receive buffer per socket.
+    pub udp_recv_buffer_bytes: usize,
+}
+
+impl Default for SupernodeConfig {
+    fn default() -> Self {
+        let p = crate::supernode::SessionParams::default();
+        Self {
+            trusted_login_keys: vec![PathBuf::from("data/login.pub.pem").into()],
+            nodes: Vec::new(),
+            peers: Vec::new(),
+            keepalive_secs: p.keepalive_secs,
+            idle_timeout_secs: p.idle_timeout_secs,
+            hosts_max: p.hosts_max,
+            handshakes_max: p.handshakes_max,
+            udp_recv_buffer_bytes: p.udp_recv_buffer_bytes,
+        }
+    }
+}
+
+/// The host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// The home folder (key, port, host cache). Default: `$HOME/.confab`.
+    pub home: Option<RelativePathBuf>,
+    /// Login servers (TCP), tried in order.
+    pub login_servers: Vec<SocketAddr>,
+    /// Login-server public keys shipped with the software.
+    pub trusted_login_keys: Vec<RelativePathBuf>,
+    /// Bootstrap super nodes (address:port).
+    pub bootstrap: Vec<SocketAddr>,
+    /// Last-resort TCP ports on the bootstrap nodes' addresses.
+    pub fallback_ports: Vec<u16>,
+    /// UDP attempts on cached super nodes before switching to TCP.
+    pub udp_failures_max: usize,
+    /// Most attempts in one connection run.
+    pub attempts_max: usize,
+    /// Timeout of one attempt.
+    pub step_timeout_ms: u64,
+    /// Time budget of the whole ladder.
+    pub connect_budget_secs: u64,
+    /// Timeout of one login-server request.
+    pub login_timeout_secs: u64,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            home: None,
+            login_servers: vec!["127.0.0.1:33030".parse().expect("literal")],
+            trusted_login_keys: vec![PathBuf::from("data/login.pub.pem").into()],
+            bootstrap: vec!["127.0.0.1:33033".parse().expect("literal")],
+            fallback_ports: vec![443, 80],
+            udp_failures_max: crate::host::ladder::UDP_FAILURES_MAX,
+            attempts_max: 64,
+            step_timeout_ms: 1000,
+            connect_budget_secs: 60,
+            login_timeout_secs: 10,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Logging.
+    pub log: LogConfig,
+    /// Metrics endpoint.
+    pub metrics: MetricsConfig,
+    /// Login server.
+    pub login_server: LoginServerConfig,
+    /// Super nodes.
+    pub supernode: SupernodeConfig,
+    /// Host.
+    pub host: HostConfig,
+}
+
+/// A configuration problem, in one line naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Layers defaults, `files` (or [`DEFAULT_FILE`] when present and none are given)
+    /// and the environment.
+    pub fn load(files: &[PathBuf]) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if files.is_empty() {
+            if Path::new(DEFAULT_FILE).exists() {
+                fig = fig.merge(Toml::file_exact(DEFAULT_FILE));
+            }
+        } else {
+            for f in files {
+                if !f.exists() {
+                    return Err(ConfigError(format!("{}: no such file", f.display())));
+                }
+                fig = fig.merge(Toml::file_exact(f));
+            }
+        }
+        // CONFAB_PASSWORD is the host's password, not a setting.
+        fig = fig.merge(Env::prefixed("CONFAB_").split("__").ignore(&["password"]));
+        let c: Config = fig.extract().map_err(|e| ConfigError(one_line(&e)))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks values serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if self.login_server.credential_lifetime_secs < 60 {
+            return bad("login_server.credential_lifetime_secs", "must be at least 60");
+        }
+        if self.login_server.connections_max == 0 {
+            return bad("login_server.connections_max", "must be at least 1");
+        }
+        if self.supernode.keepalive_secs == 0 || self.supernode.keepalive_secs >= self.supernode.idle_timeout_secs {
+            return bad("supernode.keepalive_secs", "must be at least 1 and below supernode.idle_timeout_secs");
+        }
+        if self.supernode.idle_timeout_secs > u64::from(u16::MAX) {
+            return bad("supernode.idle_timeout_secs", "must be at most 65535");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, n) in self.supernode.nodes.iter().enumerate() {
+            if n.name.is_empty() || n.name.len() > 64 {
+                return bad(&format!("supernode.nodes[{i}].name"), "must be 1 to 64 characters");
+            }
+            if !names.insert(&n.name) {
+                return bad(&format!("supernode.nodes[{i}].name"), "is used by two nodes");
+            }
+            if n.udp.ip().is_unspecified() && n.public_ip.is_none() {
+                return bad(&format!("supernode.nodes[{i}].public_ip"), "is required when udp binds a wildcard address");
+            }
+        }
+        if self.host.step_timeout_ms == 0 {
+            return bad("host.step_timeout_ms", "must be at least 1");
+        }
+        if self.host.attempts_max == 0 {
+            return bad("host.attempts_max", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+fn one_line(e: &figment::Error) -> String {
+    // figment reports every error; the first names its key, which is what a person needs.
+    let first = e.clone().into_iter().next().unwrap_or_else(|| e.clone());
+    let key = if first.path.is_empty() { String::new() } else { format!("{}: ", first.path.join(".")) };
+    let source = first.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
+    format!("{key}{}{source}", first.kind)
+}
+
+/// Resolves a path from the config (relative to its file, or to the working folder).
+pub fn path(p: &RelativePathBuf) -> PathBuf {
+    p.relative()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_value_names_its_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[login_server]\nlisten = \"not an address\"\n")?;
+            let e = Config::load(&["c.toml".into()]).unwrap_err().to_string();
+            assert!(e.contains("login_server.listen"), "{e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+            jail.create_file("d.toml", "[supernode]\nkeepalive_secs = 100\n")?;
+            let e = Config::load(&["d.toml".into()]).unwrap_err().to_string();
+            assert!(e.contains("supernode.keepalive_secs"), "{e}");
+            jail.create_file("e.toml", "[host]\nbootstrapp = []\n")?;
+            let e = Config::load(&["e.toml".into()]).unwrap_err().to_string();
+            assert!(e.contains("bootstrapp"), "unknown keys are named: {e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn layering_env_over_file_and_relative_paths() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_dir("etc")?;
+            jail.create_file("etc/c.toml", "[login_server]\nlisten = \"127.0.0.1:1000\"\nkey = \"keys/login.pem\"\n")?;
+            jail.set_env("CONFAB_LOGIN_SERVER__LISTEN", "127.0.0.1:2000");
+            jail.set_env("CONFAB_PASSWORD", "not a setting");
+            let c = Config::load(&["etc/c.toml".into()]).unwrap();
+            assert_eq!(c.login_server.listen.port(), 2000);
+            assert!(path(&c.login_server.key).ends_with("etc/keys/login.pem"));
+            Ok(())
+        });
+    }
+}

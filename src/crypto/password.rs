@@ -1,0 +1,89 @@
+//! The shared secret a host derives from a password, and the verifier the server stores.
+//!
+//! shared secret = argon2id(password, salt = SHA-256("confab/v1/salt" ‖ lowercase username)[..16])
+//! verifier      = SHA-256(shared secret)
+//!
+//! The server never sees the password and stores only the verifier, so a stolen account
+//! database does not let anyone log in: the attacker would have to invert SHA-256 or run
+//! the slow argon2id over password guesses, one username at a time.
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Length of the shared secret in bytes.
+pub const SECRET_LEN: usize = 32;
+
+/// argon2id cost: 19 MiB, 2 passes, 1 lane (the OWASP baseline for argon2id).
+const MEMORY_KIB: u32 = 19 * 1024;
+const PASSES: u32 = 2;
+
+/// What the host proves it knows at login.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedSecret(pub [u8; SECRET_LEN]);
+
+impl std::fmt::Debug for SharedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedSecret(..)")
+    }
+}
+
+/// What the login server stores: SHA-256 of the shared secret.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Verifier(pub [u8; 32]);
+
+/// The per-user salt, derived from the case-folded username so every device computes it.
+pub fn salt(username: &str) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(b"confab/v1/salt\0");
+    h.update(username.to_ascii_lowercase().as_bytes());
+    let d = h.finalize();
+    let mut s = [0u8; 16];
+    s.copy_from_slice(&d[..16]);
+    s
+}
+
+/// Derives the shared secret from a password (slow by design: tens of milliseconds).
+pub fn shared_secret(username: &str, password: &str) -> SharedSecret {
+    let params = Params::new(MEMORY_KIB, PASSES, 1, Some(SECRET_LEN)).expect("valid argon2 params");
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    let mut out = [0u8; SECRET_LEN];
+    argon
+        .hash_password_into(password.as_bytes(), &salt(username), &mut out)
+        .expect("argon2 with fixed, valid parameters");
+    SharedSecret(out)
+}
+
+impl SharedSecret {
+    /// The verifier to store for this secret.
+    pub fn verifier(&self) -> Verifier {
+        Verifier(Sha256::digest(self.0).into())
+    }
+}
+
+impl Verifier {
+    /// Constant-time check of a presented secret against this verifier.
+    pub fn matches(&self, presented: &SharedSecret) -> bool {
+        self.0.ct_eq(&presented.verifier().0).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn salt_is_case_insensitive_and_per_user() {
+        assert_eq!(salt("Alice"), salt("alice"));
+        assert_ne!(salt("alice"), salt("bob"));
+    }
+
+    #[test]
+    fn verifier_matches_only_the_right_secret() {
+        let s = shared_secret("alice", "correct horse");
+        let v = s.verifier();
+        assert!(v.matches(&s));
+        assert!(!v.matches(&shared_secret("alice", "wrong horse")));
+        assert_eq!(s, shared_secret("ALICE", "correct horse"));
+    }
+}

@@ -1,0 +1,185 @@
+//! Talking to the login server: register an account, log in for a credential.
+
+use crate::crypto::aead::label;
+use crate::crypto::credential::{Credential, CredentialKind, TrustedKeys};
+use crate::crypto::password::SharedSecret;
+use crate::crypto::{envelope, PrivateKey, PublicKey};
+use crate::net::tcp;
+use crate::wire::frame::{self, Direction};
+use crate::wire::message::{AccountBody, ErrorCode, ErrorMsg, LoginReply, MessageKind, RegisterReply};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Why a login-server request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AccountError {
+    /// The login server said no.
+    #[error("{}", describe(.0))]
+    Refused(ErrorMsg),
+    /// No login server could be reached.
+    #[error("no login server answered: {0}")]
+    Unreachable(String),
+    /// The answer broke the protocol or did not verify.
+    #[error("login server {addr}: {what}")]
+    Protocol {
+        /// The login server.
+        addr: SocketAddr,
+        /// What was wrong.
+        what: String,
+    },
+}
+
+impl AccountError {
+    /// The login server's error code, if it refused.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Refused(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+fn describe(e: &ErrorMsg) -> String {
+    match e.code {
+        ErrorCode::TooManyAttempts => format!("too many failed attempts; try again in {} s", e.retry_after_secs),
+        ErrorCode::ClockSkew => format!("this machine's clock differs too much from the login server's ({})", e.detail),
+        _ => e.detail.clone(),
+    }
+}
+
+/// How to reach the login servers.
+#[derive(Debug, Clone)]
+pub struct LoginServers {
+    /// Their addresses, tried in order.
+    pub addrs: Vec<SocketAddr>,
+    /// The login-server keys we trust (requests are wrapped under one of them).
+    pub trusted: TrustedKeys,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+async fn exchange(addr: SocketAddr, key: &PublicKey, kind: MessageKind, body: &AccountBody, timeout: Duration) -> Result<(MessageKind, Vec<u8>), AccountError> {
+    let io = |e: std::io::Error| AccountError::Unreachable(format!("{addr}: {e}"));
+    let (env, secret) = envelope::seal(key, [0; 32], &body.encode());
+    let request = frame::encode_plain(addr, kind, 0, &env.encode());
+    let reply = tokio::time::timeout(timeout, async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        tcp::write_frame(&mut stream, &request).await?;
+        tcp::read_frame(&mut stream).await.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+    })
+    .await
+    .map_err(|_| AccountError::Unreachable(format!("{addr}: timed out after {timeout:?}")))?
+    .map_err(io)?
+    .ok_or_else(|| AccountError::Unreachable(format!("{addr}: connection closed without an answer")))?;
+    let raw = frame::decode(addr, &reply).map_err(|e| AccountError::Protocol { addr, what: e.to_string() })?;
+    let body = if raw.header.sealed {
+        raw.open(&secret.derive(label::RESPONDER_TO_INITIATOR), Direction::ToInitiator)
+            .map_err(|_| AccountError::Protocol { addr, what: "reply does not open with our session key".into() })?
+    } else {
+        raw.payload.to_vec()
+    };
+    Ok((raw.header.kind, body))
+}
+
+/// Sends one request, trying each login server and each trusted key in turn: a server
+/// that cannot open an envelope for one key may hold another.
+async fn request(servers: &LoginServers, kind: MessageKind, body: &AccountBody) -> Result<(SocketAddr, MessageKind, Vec<u8>), AccountError> {
+    let mut errors = Vec::new();
+    for &addr in &servers.addrs {
+        for key in servers.trusted.keys() {
+            match exchange(addr, key, kind, body, servers.timeout).await {
+                Ok((MessageKind::Error, b)) => {
+                    let e = ErrorMsg::decode(&b).map_err(|e| AccountError::Protocol { addr, what: format!("malformed error: {e}") })?;
+                    if e.code == ErrorCode::BadEnvelope {
+                        errors.push(format!("{addr}: {}", e.detail));
+                        continue;
+                    }
+                    return Err(AccountError::Refused(e));
+                }
+                Ok((k, b)) => return Ok((addr, k, b)),
+                Err(AccountError::Unreachable(e)) => {
+                    tracing::warn!(%addr, error = %e, "login server unreachable");
+                    errors.push(e);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if errors.is_empty() {
+        errors.push("no login server configured".into());
+    }
+    Err(AccountError::Unreachable(errors.join("; ")))
+}
+
+/// Registers `username`; returns the name as registered.
+pub async fn register(servers: &LoginServers, username: &str, secret: &SharedSecret) -> Result<String, AccountError> {
+    let body = AccountBody {
+        username: username.to_owned(),
+        shared_secret: secret.0,
+        timestamp: crate::unix_now(),
+        client_version: crate::VERSION.to_owned(),
+        host_public_key: Vec::new(),
+    };
+    let (addr, kind, reply) = request(servers, MessageKind::RegisterRequest, &body).await?;
+    if kind != MessageKind::RegisterReply {
+        return Err(AccountError::Protocol { addr, what: format!("expected RegisterReply, got {}", kind.label()) });
+    }
+    let r = RegisterReply::decode(&reply).map_err(|e| AccountError::Protocol { addr, what: e.to_string() })?;
+    Ok(r.username)
+}
+
+/// A credential and what came with it.
+#[derive(Debug, Clone)]
+pub struct LoggedIn {
+    /// The login server that answered.
+    pub server: SocketAddr,
+    /// Our verified credential.
+    pub credential: Credential,
+    /// The newest software version.
+    pub latest_version: String,
+}
+
+/// Logs in: proves the password, has `key` certified.
+pub async fn login(servers: &LoginServers, username: &str, secret: &SharedSecret, key: &PrivateKey) -> Result<LoggedIn, AccountError> {
+    let body = AccountBody {
+        username: username.to_owned(),
+        shared_secret: secret.0,
+        timestamp: crate::unix_now(),
+        client_version: crate::VERSION.to_owned(),
+        host_public_key: key.public().der().to_vec(),
+    };
+    let (addr, kind, reply) = request(servers, MessageKind::LoginRequest, &body).await?;
+    if kind != MessageKind::LoginReply {
+        return Err(AccountError::Protocol { addr, what: format!("expected LoginReply, got {}", kind.label()) });
+    }
+    let r = LoginReply::decode(&reply).map_err(|e| AccountError::Protocol { addr, what: e.to_string() })?;
+    let credential = Credential::decode_verified(&r.credential, &servers.trusted, CredentialKind::Host, crate::unix_now())
+        .map_err(|e| AccountError::Protocol { addr, what: format!("credential does not verify: {e}") })?;
+    if &credential.public_key != key.public() || !credential.subject.eq_ignore_ascii_case(username) {
+        return Err(AccountError::Protocol { addr, what: "credential is for another user or key".into() });
+    }
+    Ok(LoggedIn { server: addr, credential, latest_version: r.latest_version })
+}
+
+/// Whether `latest` is a newer dotted version than `current`.
+pub fn is_newer(latest: &str, current: &str) -> bool {
+    let parse = |s: &str| -> Vec<u64> { s.split(['.', '-', '+']).map_while(|p| p.parse().ok()).collect() };
+    parse(latest) > parse(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_newer;
+
+    #[test]
+    fn versions() {
+        assert!(is_newer("0.2.0", "0.1.9"));
+        assert!(is_newer("0.10.0", "0.9.0"));
+        assert!(!is_newer("0.1.0", "0.1.0"));
+        assert!(!is_newer("0.1.0", "0.2.0"));
+        assert!(!is_newer("garbage", "0.1.0"));
+    }
+}

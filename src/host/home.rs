@@ -1,0 +1,66 @@
+//! The host's home folder: its key pair, its port, its host cache.
+
+use crate::crypto::PrivateKey;
+use std::path::{Path, PathBuf};
+
+/// Lowest port a host picks for itself.
+pub const PORT_MIN: u16 = 20_000;
+/// Highest port a host picks for itself.
+pub const PORT_MAX: u16 = 60_999;
+
+/// A host's home folder.
+#[derive(Debug, Clone)]
+pub struct Home {
+    dir: PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct State {
+    port: u16,
+}
+
+impl Home {
+    /// Opens (creating, mode 0700) the folder.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        Ok(Self { dir: dir.to_owned() })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The host cache file.
+    pub fn cache_path(&self) -> PathBuf {
+        self.dir.join("hostcache.json")
+    }
+
+    /// The host's key pair, generated (2048-bit) on first use.
+    pub fn key(&self) -> anyhow::Result<PrivateKey> {
+        let path = self.dir.join("host.key.pem");
+        if path.exists() {
+            return Ok(PrivateKey::read_pem_file(&path)?);
+        }
+        tracing::info!(path = %path.display(), "first run: generating this host's RSA key pair");
+        let key = PrivateKey::generate(2048)?;
+        key.write_pem_files(&path, &self.dir.join("host.pub.pem"))?;
+        Ok(key)
+    }
+
+    /// The host's own port P: picked at random on first run, then kept.
+    pub fn port(&self) -> anyhow::Result<u16> {
+        let path = self.dir.join("host.json");
+        if let Ok(bytes) = std::fs::read(&path) {
+            if let Ok(s) = serde_json::from_slice::<State>(&bytes) {
+                return Ok(s.port);
+            }
+            tracing::warn!(path = %path.display(), "unreadable host state; picking a new port");
+        }
+        let span = u64::from(PORT_MAX - PORT_MIN) + 1;
+        let port = PORT_MIN + (crate::crypto::random::u64() % span) as u16;
+        crate::fsutil::write_atomic(&path, &serde_json::to_vec(&State { port })?, 0o600)?;
+        Ok(port)
+    }
+}

@@ -1,0 +1,262 @@
+//! The host: a user's node. A library first; `confab host …` is a thin CLI on top.
+//!
+//! - [`home`] — the home folder: key pair, port P, host cache file.
+//! - [`cache`] — the host cache (≤ 200 nodes), written atomically.
+//! - [`ladder`] — the connection ladder of the original network, as a plan.
+//! - [`handshake`] — the super-node handshake, host side, as a state machine.
+//! - [`connect`] — running the ladder over real sockets; NAT discovery.
+//! - [`account`] — register and log in with the login server.
+
+pub mod account;
+pub mod cache;
+pub mod connect;
+pub mod handshake;
+pub mod home;
+pub mod ladder;
+
+use crate::crypto::credential::TrustedKeys;
+use crate::crypto::password;
+use crate::nat::NatKind;
+use account::{AccountError, LoginServers};
+use cache::{CacheEntry, HostCache, NodeKind};
+use connect::{AttemptLog, Connected, LadderError, Link, Me, Timeouts};
+use home::Home;
+use ladder::{LadderConfig, Transport};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, UdpSocket};
+
+/// Everything a host needs to know about the network.
+#[derive(Debug, Clone)]
+pub struct HostSettings {
+    /// Login servers, tried in order.
+    pub login_servers: Vec<SocketAddr>,
+    /// Trusted login-server keys.
+    pub trusted: TrustedKeys,
+    /// The ladder's bootstrap nodes and limits.
+    pub ladder: LadderConfig,
+    /// Ladder timeouts.
+    pub timeouts: Timeouts,
+    /// Timeout of one login-server request.
+    pub login_timeout: Duration,
+}
+
+/// Why a host command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The login server refused or could not be reached.
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    /// No super node took us.
+    #[error(transparent)]
+    Ladder(#[from] LadderError),
+    /// Local trouble (home folder, port in use).
+    #[error(transparent)]
+    Local(#[from] anyhow::Error),
+}
+
+/// What `confab host login` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoginReport {
+    /// The username as registered.
+    pub user: String,
+    /// The super node's name (from its credential).
+    pub supernode: String,
+    /// The super node's address.
+    pub supernode_addr: SocketAddr,
+    /// `udp` or `tcp`.
+    pub transport: &'static str,
+    /// Our address as the super node sees it.
+    pub public_addr: SocketAddr,
+    /// NAT classification.
+    pub nat: NatKind,
+    /// When the credential expires (RFC 3339).
+    pub credential_expires: String,
+    /// The same, in Unix seconds.
+    pub credential_expires_unix: u64,
+    /// Our port P (UDP and TCP).
+    pub local_port: u16,
+    /// Handshake round trip to the super node, in milliseconds.
+    pub rtt_ms: f64,
+    /// The login server's newest version.
+    pub latest_version: String,
+    /// Whether that is newer than ours.
+    pub update_available: bool,
+    /// Every attempt of the ladder.
+    pub attempts: Vec<AttemptLog>,
+}
+
+/// A logged-in host.
+pub struct Session {
+    /// What happened.
+    pub report: LoginReport,
+    connected: Connected,
+    _tcp_listener: TcpListener,
+}
+
+impl Session {
+    /// Logs out: a Bye to the super node.
+    pub async fn logout(mut self) {
+        let bye = self.connected.session.bye();
+        match &mut self.connected.link {
+            Link::Udp(s) => {
+                let _ = s.send_to(&bye, self.connected.session.addr).await;
+            }
+            Link::Tcp(s) => {
+                let _ = crate::net::tcp::write_frame(s, &bye).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(s).await;
+            }
+        }
+    }
+
+    /// One keepalive round trip; returns the address the super node sees.
+    pub async fn keepalive(&mut self, timeout: Duration) -> Option<SocketAddr> {
+        let frame = self.connected.session.keepalive();
+        let addr = self.connected.session.addr;
+        let fut = async {
+            match &mut self.connected.link {
+                Link::Udp(s) => {
+                    s.send_to(&frame, addr).await.ok()?;
+                    let mut buf = vec![0u8; 2048];
+                    loop {
+                        let (n, from) = s.recv_from(&mut buf).await.ok()?;
+                        if from != addr {
+                            continue;
+                        }
+                        if let Ok((crate::wire::MessageKind::KeepaliveAck, body)) = self.connected.session.open(&buf[..n]) {
+                            return crate::wire::message::Observed::decode(&body).ok().map(|o| o.addr);
+                        }
+                    }
+                }
+                Link::Tcp(s) => {
+                    crate::net::tcp::write_frame(s, &frame).await.ok()?;
+                    loop {
+                        let f = crate::net::tcp::read_frame(s).await.ok()??;
+                        if let Ok((crate::wire::MessageKind::KeepaliveAck, body)) = self.connected.session.open(&f) {
+                            return crate::wire::message::Observed::decode(&body).ok().map(|o| o.addr);
+                        }
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(timeout, fut).await.ok().flatten()
+    }
+}
+
+impl HostSettings {
+    fn login_servers(&self, cache: &HostCache) -> LoginServers {
+        let mut addrs = self.login_servers.clone();
+        for e in cache.entries().iter().filter(|e| e.kind == NodeKind::LoginServer) {
+            if let Some(a) = e.tcp {
+                if !addrs.contains(&a) {
+                    addrs.push(a);
+                }
+            }
+        }
+        LoginServers { addrs, trusted: self.trusted.clone(), timeout: self.login_timeout }
+    }
+}
+
+/// Registers `username` with `password` (checked for length first).
+pub async fn register(settings: &HostSettings, home: &Home, username: &str, password: &str) -> Result<String, HostError> {
+    crate::login::username::canonical(username).map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::login::username::check_password(password).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cache = HostCache::load(&home.cache_path());
+    let secret = derive_secret(username, password).await;
+    Ok(account::register(&settings.login_servers(&cache), username, &secret).await?)
+}
+
+async fn derive_secret(username: &str, password: &str) -> password::SharedSecret {
+    let (u, p) = (username.to_owned(), password.to_owned());
+    tokio::task::spawn_blocking(move || password::shared_secret(&u, &p)).await.expect("argon2 task")
+}
+
+/// Logs in: credential from the login server, then the ladder to a super node, then
+/// NAT discovery; updates the host cache.
+pub async fn login(settings: &HostSettings, home: &Home, username: &str, password: &str) -> Result<Session, HostError> {
+    let key = {
+        let home = home.clone();
+        tokio::task::spawn_blocking(move || home.key()).await.expect("key task")?
+    };
+    let port = home.port()?;
+    let udp = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on UDP port {port} (is another host using {}?): {e}", home.dir().display()))?;
+    let tcp_listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on TCP port {port}: {e}"))?;
+    let udp = Arc::new(udp);
+
+    let mut cache = HostCache::load(&home.cache_path());
+    let secret = derive_secret(username, password).await;
+    let servers = settings.login_servers(&cache);
+    let logged_in = account::login(&servers, username, &secret, &key).await?;
+    cache.record_success(
+        CacheEntry { kind: NodeKind::LoginServer, name: String::new(), udp: None, tcp: Some(logged_in.server), last_success: None, rtt_ms: None, failures: 0 },
+        0,
+        crate::unix_now(),
+    );
+    tracing::info!(server = %logged_in.server, expires = logged_in.credential.expires_at, "credential received");
+
+    let plan = ladder::plan(&cache.supernodes(), &settings.ladder);
+    let mut log = Vec::new();
+    let me = Me { trusted: &settings.trusted, credential: &logged_in.credential, key: &key };
+    let result = connect::run(&plan, &udp, &me, &settings.timeouts, &mut log).await;
+    for a in log.iter().filter(|a| a.outcome != "ok") {
+        cache.record_failure(a.addr);
+    }
+    let connected = match result {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = cache.save();
+            return Err(e.into());
+        }
+    };
+    let sn_addr = connected.session.addr;
+    let (nat, public_addr) = match connected.attempt.transport {
+        Transport::Udp => {
+            let (nat, obs) = connect::discover_nat(&udp, &connected.session).await;
+            tracing::info!(?obs, %nat, "NAT discovery");
+            (nat, connected.session.welcome.observed)
+        }
+        Transport::Tcp => {
+            // We only got here over TCP: UDP is blocked if no UDP attempt got any answer.
+            let udp_answered = log.iter().any(|a| a.transport == "udp" && a.outcome != "timeout");
+            (if udp_answered { NatKind::Unknown } else { NatKind::UdpBlocked }, connected.session.welcome.observed)
+        }
+    };
+    let (udp_addr, tcp_addr) = match connected.attempt.transport {
+        Transport::Udp => (Some(sn_addr), None),
+        Transport::Tcp => (None, Some(sn_addr)),
+    };
+    let sn_name = connected.session.supernode.subject.clone();
+    cache.record_success(
+        CacheEntry { kind: NodeKind::Supernode, name: sn_name.clone(), udp: udp_addr, tcp: tcp_addr, last_success: None, rtt_ms: None, failures: 0 },
+        connected.rtt.as_millis() as u32,
+        crate::unix_now(),
+    );
+    for s in &connected.session.welcome.supernodes {
+        cache.learn(CacheEntry { kind: NodeKind::Supernode, name: s.name.clone(), udp: s.udp, tcp: s.tcp, last_success: None, rtt_ms: None, failures: 0 });
+    }
+    if let Err(e) = cache.save() {
+        tracing::warn!(error = %e, "could not save the host cache");
+    }
+    let expires = logged_in.credential.expires_at;
+    let report = LoginReport {
+        user: logged_in.credential.subject.clone(),
+        supernode: sn_name,
+        supernode_addr: sn_addr,
+        transport: connected.attempt.transport.label(),
+        public_addr,
+        nat,
+        credential_expires: humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(expires)).to_string(),
+        credential_expires_unix: expires,
+        local_port: port,
+        rtt_ms: connected.rtt.as_secs_f64() * 1000.0,
+        update_available: account::is_newer(&logged_in.latest_version, crate::VERSION),
+        latest_version: logged_in.latest_version,
+        attempts: log,
+    };
+    Ok(Session { report, connected, _tcp_listener: tcp_listener })
+}

@@ -1,0 +1,152 @@
+//! The login server's TCP shell: accepts connections, reads frames, runs the
+//! [`LoginService`] on the blocking pool (RSA and SQLite block), writes the reply.
+
+use super::service::{Handled, LoginService, Reply};
+use crate::crypto::aead::label;
+use crate::net::tcp;
+use crate::wire::frame::{self, Direction};
+use crate::wire::message::MessageKind;
+use metrics::{counter, describe_counter, describe_histogram, histogram, Unit};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// How long a connection may stay silent.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A bound login server.
+pub struct LoginServer {
+    service: Arc<LoginService>,
+    listener: TcpListener,
+    addr: SocketAddr,
+    connections_max: usize,
+}
+
+fn describe() {
+    describe_counter!("confab_login_requests_total", "Login-server requests by kind and outcome");
+    describe_histogram!("confab_login_handshake_duration_seconds", Unit::Seconds, "Time to handle one register or login request");
+    describe_counter!("confab_login_frames_rejected_total", "Frames the login server could not decode, by reason");
+}
+
+impl LoginServer {
+    /// Binds `bind`; `public` is the address hosts dial (keys the header obfuscation),
+    /// defaulting to the bound address.
+    pub async fn bind(service: Arc<LoginService>, bind: SocketAddr, public: Option<SocketAddr>, connections_max: usize) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(bind)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("bind login server TCP {bind}: {e}")))?;
+        let local = listener.local_addr()?;
+        let addr = match public {
+            Some(p) => SocketAddr::new(p.ip(), if p.port() == 0 { local.port() } else { p.port() }),
+            None if local.ip().is_unspecified() => {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "login_server.public_addr is required when listening on a wildcard address"));
+            }
+            None => local,
+        };
+        describe();
+        Ok(Self { service, listener, addr, connections_max })
+    }
+
+    /// The address hosts dial.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` fires.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(addr = %self.addr, "login server listening");
+        let limit = Arc::new(tokio::sync::Semaphore::new(self.connections_max));
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
+            };
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "login server accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let service = self.service.clone();
+            let addr = self.addr;
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = connection(service, stream, peer, addr) => {}
+                }
+                drop(permit);
+            });
+        }
+        tracing::info!("login server stopped");
+    }
+}
+
+fn reject(reason: &'static str, peer: SocketAddr, detail: &dyn std::fmt::Display) {
+    counter!("confab_login_frames_rejected_total", "reason" => reason).increment(1);
+    tracing::debug!(%peer, reason, %detail, "login server rejected a frame");
+}
+
+async fn connection(service: Arc<LoginService>, mut stream: TcpStream, peer: SocketAddr, listener: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    loop {
+        let bytes = match tokio::time::timeout(IDLE_TIMEOUT, tcp::read_frame(&mut stream)).await {
+            Ok(Ok(Some(b))) => b,
+            Ok(Ok(None)) | Err(_) => return,
+            Ok(Err(e)) => {
+                reject("bad_stream", peer, &e);
+                return;
+            }
+        };
+        let (kind, payload) = match frame::decode(listener, &bytes) {
+            Ok(raw) => (raw.header.kind, raw.payload.to_vec()),
+            Err(e) => {
+                reject(e.reason(), peer, &e);
+                return;
+            }
+        };
+        let started = Instant::now();
+        let svc = service.clone();
+        let now = crate::unix_now();
+        let handled = match tokio::task::spawn_blocking(move || svc.handle(now, peer.ip(), kind, &payload)).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "login request task failed");
+                return;
+            }
+        };
+        let kind_label = handled.kind.map(MessageKind::label).unwrap_or("other");
+        counter!("confab_login_requests_total", "kind" => kind_label, "outcome" => handled.outcome).increment(1);
+        histogram!("confab_login_handshake_duration_seconds", "kind" => kind_label).record(started.elapsed().as_secs_f64());
+        if handled.outcome == "login_ok" || handled.outcome == "registered" {
+            tracing::info!(%peer, outcome = handled.outcome, "login server request");
+        } else {
+            tracing::info!(%peer, outcome = handled.outcome, kind = kind_label, "login server refused a request");
+        }
+        if tcp::write_frame(&mut stream, &encode_reply(listener, handled)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Encodes a handled request's reply as a frame.
+pub fn encode_reply(listener: SocketAddr, handled: Handled) -> Vec<u8> {
+    match handled.reply {
+        Reply::Sealed { kind, body, secret } => {
+            let key = secret.derive(label::RESPONDER_TO_INITIATOR);
+            frame::encode_sealed(listener, kind, 0, 0, &key, Direction::ToInitiator, &body)
+        }
+        Reply::Error { error, secret: Some(secret) } => {
+            let key = secret.derive(label::RESPONDER_TO_INITIATOR);
+            frame::encode_sealed(listener, MessageKind::Error, 0, 0, &key, Direction::ToInitiator, &error.encode())
+        }
+        Reply::Error { error, secret: None } => frame::encode_plain(listener, MessageKind::Error, 0, &error.encode()),
+    }
+}

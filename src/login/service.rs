@@ -1,0 +1,237 @@
+//! The login server's request handling: plain logic over an envelope, the store and
+//! the clock. The TCP shell in [`super::server`] only moves bytes.
+
+use super::backoff::{Backoff, Policy};
+use super::replay::{ReplayCache, ReplayVerdict};
+use super::store::{AccountStore, StoreError};
+use super::username;
+use crate::crypto::aead::SessionSecret;
+use crate::crypto::credential::{Claims, Credential, CredentialKind};
+use crate::crypto::password::SharedSecret;
+use crate::crypto::{envelope, random, PrivateKey, PublicKey};
+use crate::wire::message::{AccountBody, Envelope, ErrorCode, ErrorMsg, LoginReply, MessageKind, RegisterReply};
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+/// Settings of the login service.
+#[derive(Debug, Clone)]
+pub struct LoginPolicy {
+    /// How long a host credential is valid.
+    pub credential_lifetime_secs: u64,
+    /// Accepted clock difference for request timestamps.
+    pub replay_window_secs: u64,
+    /// Newest released version, advertised to hosts.
+    pub latest_version: String,
+    /// Back-off after failures.
+    pub backoff: Policy,
+}
+
+impl Default for LoginPolicy {
+    fn default() -> Self {
+        Self {
+            credential_lifetime_secs: 24 * 3600,
+            replay_window_secs: 300,
+            latest_version: crate::VERSION.to_owned(),
+            backoff: Policy::default(),
+        }
+    }
+}
+
+/// What to send back.
+#[derive(Debug)]
+pub enum Reply {
+    /// A sealed success reply under the request's session secret.
+    Sealed {
+        /// RegisterReply or LoginReply.
+        kind: MessageKind,
+        /// Its body.
+        body: Vec<u8>,
+        /// The request's K.
+        secret: SessionSecret,
+    },
+    /// An error: sealed when the request's K is known, plain otherwise.
+    Error {
+        /// The error.
+        error: ErrorMsg,
+        /// The request's K, once the envelope opened.
+        secret: Option<SessionSecret>,
+    },
+}
+
+/// A handled request: the reply and the outcome label for the metrics.
+#[derive(Debug)]
+pub struct Handled {
+    /// What to send.
+    pub reply: Reply,
+    /// `login_ok`, `registered`, or an error code label.
+    pub outcome: &'static str,
+    /// The request kind, for metrics (None if not a login-server request).
+    pub kind: Option<MessageKind>,
+}
+
+/// The login service.
+#[derive(Debug)]
+pub struct LoginService {
+    key: PrivateKey,
+    store: AccountStore,
+    policy: LoginPolicy,
+    users: Mutex<Backoff<String>>,
+    sources: Mutex<Backoff<IpAddr>>,
+    replay: Mutex<ReplayCache>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded values are plain caches that stay consistent between statements.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn fail(code: ErrorCode, detail: impl Into<String>, secret: Option<&SessionSecret>) -> Handled {
+    Handled { reply: Reply::Error { error: ErrorMsg::new(code, detail), secret: secret.cloned() }, outcome: code.label(), kind: None }
+}
+
+impl LoginService {
+    /// A service signing with `key` and storing accounts in `store`.
+    pub fn new(key: PrivateKey, store: AccountStore, policy: LoginPolicy) -> Self {
+        let backoff = policy.backoff;
+        let window = policy.replay_window_secs;
+        Self {
+            key,
+            store,
+            policy,
+            users: Mutex::new(Backoff::new(backoff)),
+            sources: Mutex::new(Backoff::new(backoff)),
+            replay: Mutex::new(ReplayCache::new(window, 1_000_000)),
+        }
+    }
+
+    /// The login key's public half.
+    pub fn public_key(&self) -> &PublicKey {
+        self.key.public()
+    }
+
+    /// The account store.
+    pub fn store(&self) -> &AccountStore {
+        &self.store
+    }
+
+    /// Handles one request frame's payload from `source` at `now` (blocking: RSA and SQLite).
+    pub fn handle(&self, now: u64, source: IpAddr, kind: MessageKind, payload: &[u8]) -> Handled {
+        let mut h = self.handle_inner(now, source, kind, payload);
+        h.kind = Some(kind);
+        h
+    }
+
+    fn handle_inner(&self, now: u64, source: IpAddr, kind: MessageKind, payload: &[u8]) -> Handled {
+        if !matches!(kind, MessageKind::RegisterRequest | MessageKind::LoginRequest) {
+            return fail(ErrorCode::Unsupported, "a login server answers only register and login requests", None);
+        }
+        let Ok(env) = Envelope::decode(payload) else {
+            return fail(ErrorCode::Malformed, "malformed envelope", None);
+        };
+        // The source check comes before the RSA work, so a flood from one address
+        // costs us a hash lookup per request, not a private-key operation.
+        let wait = lock(&self.sources).wait_secs(&source, now);
+        if wait > 0 {
+            return too_many(wait, None);
+        }
+        let opened = match envelope::open(&self.key, &env) {
+            Ok(o) => o,
+            Err(e) => {
+                lock(&self.sources).fail(source, now);
+                return fail(ErrorCode::BadEnvelope, e.to_string(), None);
+            }
+        };
+        let secret = Some(&opened.secret);
+        let Ok(body) = AccountBody::decode(&opened.body) else {
+            return fail(ErrorCode::Malformed, "malformed request body", secret);
+        };
+        match lock(&self.replay).check(opened.nonce, body.timestamp, now) {
+            ReplayVerdict::Fresh => {}
+            ReplayVerdict::Replayed => return fail(ErrorCode::Replayed, "this request was seen before", secret),
+            ReplayVerdict::Skewed => {
+                return fail(
+                    ErrorCode::ClockSkew,
+                    format!("request time is more than {} s from the server's clock", self.policy.replay_window_secs),
+                    secret,
+                );
+            }
+        }
+        let name_key = match username::canonical(&body.username) {
+            Ok(k) => k,
+            Err(e) => return fail(ErrorCode::InvalidUsername, e.to_string(), secret),
+        };
+        let shared = SharedSecret(body.shared_secret);
+        if kind == MessageKind::RegisterRequest {
+            return self.register(now, &name_key, &body.username, &shared, opened.secret);
+        }
+        self.login(now, source, &name_key, &shared, &body.host_public_key, opened.secret)
+    }
+
+    fn register(&self, now: u64, name_key: &str, name: &str, shared: &SharedSecret, secret: SessionSecret) -> Handled {
+        match self.store.create(name_key, name, shared.verifier(), now) {
+            Ok(()) => Handled {
+                reply: Reply::Sealed {
+                    kind: MessageKind::RegisterReply,
+                    body: RegisterReply { username: name.to_owned() }.encode(),
+                    secret,
+                },
+                outcome: "registered",
+                kind: None,
+            },
+            Err(StoreError::Taken) => fail(ErrorCode::UsernameTaken, format!("the username {name:?} is taken"), Some(&secret)),
+            Err(e) => {
+                tracing::error!(error = %e, "account store failed during registration");
+                fail(ErrorCode::Internal, "the account store failed; try again later", Some(&secret))
+            }
+        }
+    }
+
+    fn login(&self, now: u64, source: IpAddr, name_key: &str, shared: &SharedSecret, host_key: &[u8], secret: SessionSecret) -> Handled {
+        let wait = lock(&self.users).wait_secs(&name_key.to_owned(), now);
+        if wait > 0 {
+            return too_many(wait, Some(&secret));
+        }
+        let account = match self.store.get(name_key) {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                lock(&self.sources).fail(source, now);
+                return fail(ErrorCode::UnknownUser, format!("no account named {name_key:?}"), Some(&secret));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "account store failed during login");
+                return fail(ErrorCode::Internal, "the account store failed; try again later", Some(&secret));
+            }
+        };
+        if !account.verifier.matches(shared) {
+            lock(&self.users).fail(name_key.to_owned(), now);
+            lock(&self.sources).fail(source, now);
+            return fail(ErrorCode::WrongPassword, "wrong password", Some(&secret));
+        }
+        let Ok(public_key) = PublicKey::from_der(host_key) else {
+            return fail(ErrorCode::Malformed, "the host public key is not a valid RSA key of 2048-4096 bits", Some(&secret));
+        };
+        lock(&self.users).succeed(&name_key.to_owned());
+        let credential = Credential::issue(
+            Claims {
+                kind: CredentialKind::Host,
+                subject: account.username,
+                public_key,
+                issued_at: now,
+                expires_at: now + self.policy.credential_lifetime_secs,
+                // Random serials need no shared counter between login servers.
+                serial: random::u64(),
+            },
+            &self.key,
+        );
+        let body = LoginReply { credential: credential.encode(), latest_version: self.policy.latest_version.clone() }.encode();
+        Handled { reply: Reply::Sealed { kind: MessageKind::LoginReply, body, secret }, outcome: "login_ok", kind: None }
+    }
+}
+
+fn too_many(wait: u64, secret: Option<&SessionSecret>) -> Handled {
+    let mut h = fail(ErrorCode::TooManyAttempts, format!("too many failed attempts; retry in {wait} s"), secret);
+    if let Reply::Error { error, .. } = &mut h.reply {
+        error.retry_after_secs = wait.min(u64::from(u32::MAX)) as u32;
+    }
+    h
+}

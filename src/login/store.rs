@@ -1,0 +1,129 @@
+//! The account store: SQLite on disk, WAL journal, every write in a transaction.
+//!
+//! `synchronous=FULL` makes each committed registration durable before the host is told
+//! it succeeded: a crash of the login server (or of the machine) loses no account.
+
+use crate::crypto::password::Verifier;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("account database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The name is registered already.
+    #[error("username is taken")]
+    Taken,
+}
+
+/// One account as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The username as registered.
+    pub username: String,
+    /// SHA-256 of the shared secret.
+    pub verifier: Verifier,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// The accounts database.
+#[derive(Debug)]
+pub struct AccountStore {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS accounts (
+    name_key   TEXT PRIMARY KEY NOT NULL,   -- lower-case username: uniqueness ignores case
+    name       TEXT NOT NULL,               -- as the user typed it at registration
+    verifier   BLOB NOT NULL CHECK (length(verifier) = 32),
+    created_at INTEGER NOT NULL
+) STRICT;
+";
+
+impl AccountStore {
+    /// Opens (creating if needed) the database file.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            }
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (the
+        // transaction rolls back), so a poisoned lock is safe to reuse.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates an account; `name_key` must be the canonical form of `name`.
+    pub fn create(&self, name_key: &str, name: &str, verifier: Verifier, now: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let inserted = tx.execute(
+            "INSERT INTO accounts (name_key, name, verifier, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name_key) DO NOTHING",
+            params![name_key, name, &verifier.0[..], now as i64],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::Taken);
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Looks an account up by its canonical name.
+    pub fn get(&self, name_key: &str) -> Result<Option<Account>, StoreError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row("SELECT name, verifier, created_at FROM accounts WHERE name_key = ?1", [name_key], |r| {
+                let v: Vec<u8> = r.get(1)?;
+                let created: i64 = r.get(2)?;
+                Ok((r.get::<_, String>(0)?, v, created))
+            })
+            .optional()?;
+        Ok(row.map(|(username, v, created)| {
+            let mut verifier = [0u8; 32];
+            verifier.copy_from_slice(&v);
+            Account { username, verifier: Verifier(verifier), created_at: created as u64 }
+        }))
+    }
+
+    /// Number of accounts.
+    pub fn count(&self) -> Result<u64, StoreError> {
+        Ok(self.conn().query_row("SELECT count(*) FROM accounts", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_get_unique_and_persistent() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("accounts.sqlite");
+        {
+            let s = AccountStore::open(&p).unwrap();
+            s.create("alice", "Alice", Verifier([1; 32]), 5).unwrap();
+            assert!(matches!(s.create("alice", "ALICE", Verifier([2; 32]), 6), Err(StoreError::Taken)));
+            assert_eq!(s.count().unwrap(), 1);
+        }
+        let s = AccountStore::open(&p).unwrap();
+        let a = s.get("alice").unwrap().unwrap();
+        assert_eq!(a, Account { username: "Alice".into(), verifier: Verifier([1; 32]), created_at: 5 });
+        assert!(s.get("bob").unwrap().is_none());
+    }
+}

@@ -1,0 +1,3 @@
+//! Transport helpers shared by every role.
+
+pub mod tcp;

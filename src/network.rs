@@ -1,0 +1,265 @@
+//! Starting the daemons from configuration, and `confab up`: a login server and several
+//! super nodes in one process, on one address, with a host configuration written for them.
+
+use crate::config::{self, Config};
+use crate::crypto::credential::{CredentialKind, TrustedKeys};
+use crate::crypto::PublicKey;
+use crate::login::{AccountStore, LoginPolicy, LoginServer, LoginService};
+use crate::supernode::{BoundNode, Identity, NodeAddrs, NodeSpec, RunningNode, SessionParams};
+use crate::telemetry::MetricsServer;
+use crate::wire::message::SupernodeInfo;
+use anyhow::Context;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Builds the login service from configuration (opens the database, loads the key).
+pub fn login_service(cfg: &config::LoginServerConfig) -> anyhow::Result<LoginService> {
+    let key_path = config::path(&cfg.key);
+    let key = crate::crypto::PrivateKey::read_pem_file(&key_path)
+        .with_context(|| format!("login_server.key: {} (make one with `confab keygen login`)", key_path.display()))?
+        .with_backend(cfg.rsa_backend);
+    let db = config::path(&cfg.database);
+    let store = AccountStore::open(&db).with_context(|| format!("login_server.database: {}", db.display()))?;
+    let policy = LoginPolicy {
+        credential_lifetime_secs: cfg.credential_lifetime_secs,
+        replay_window_secs: cfg.replay_window_secs,
+        latest_version: cfg.latest_version.clone(),
+        backoff: crate::login::backoff::Policy { free_failures: cfg.backoff_free_failures, max_secs: cfg.backoff_max_secs, ..Default::default() },
+    };
+    Ok(LoginService::new(key, store, policy))
+}
+
+/// Loads trusted login keys.
+pub fn trusted_keys(paths: &[figment::value::magic::RelativePathBuf], key: &str) -> anyhow::Result<TrustedKeys> {
+    let mut keys = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        let path = config::path(p);
+        keys.push(PublicKey::read_pem_file(&path).with_context(|| format!("{key}[{i}]: {}", path.display()))?);
+    }
+    if keys.is_empty() {
+        anyhow::bail!("{key}: at least one trusted login key is needed");
+    }
+    Ok(TrustedKeys::new(keys))
+}
+
+/// Session parameters from configuration.
+pub fn session_params(cfg: &config::SupernodeConfig) -> SessionParams {
+    SessionParams {
+        keepalive_secs: cfg.keepalive_secs,
+        idle_timeout_secs: cfg.idle_timeout_secs,
+        hosts_max: cfg.hosts_max,
+        handshakes_max: cfg.handshakes_max,
+        udp_recv_buffer_bytes: cfg.udp_recv_buffer_bytes,
+        ..SessionParams::default()
+    }
+}
+
+/// Loads one node's identity and checks its credential against the trusted keys.
+pub fn node_identity(n: &config::NodeConfig, trusted: &TrustedKeys, i: usize) -> anyhow::Result<Identity> {
+    let key_path = config::path(&n.key);
+    let key = crate::crypto::PrivateKey::read_pem_file(&key_path).with_context(|| format!("supernode.nodes[{i}].key: {}", key_path.display()))?;
+    let cred_path = config::path(&n.credential);
+    let cred = crate::keygen::read_credential(&cred_path).with_context(|| format!("supernode.nodes[{i}].credential"))?;
+    cred.verify(trusted, CredentialKind::SuperNode, crate::unix_now())
+        .with_context(|| format!("supernode.nodes[{i}].credential: {}", cred_path.display()))?;
+    if cred.public_key != *key.public() {
+        anyhow::bail!("supernode.nodes[{i}].credential: certifies another key than supernode.nodes[{i}].key");
+    }
+    if cred.subject != n.name {
+        anyhow::bail!("supernode.nodes[{i}].name: {:?} but the credential is for {:?}", n.name, cred.subject);
+    }
+    Ok(Identity::new(n.name.clone(), key, cred, trusted.clone()))
+}
+
+/// Binds every node of the configuration; each announces the others and the static peers.
+pub async fn start_supernodes(cfg: &config::SupernodeConfig, shutdown: &CancellationToken) -> anyhow::Result<Vec<RunningNode>> {
+    let trusted = trusted_keys(&cfg.trusted_login_keys, "supernode.trusted_login_keys")?;
+    let params = session_params(cfg);
+    let mut bound = Vec::new();
+    for (i, n) in cfg.nodes.iter().enumerate() {
+        let spec = NodeSpec {
+            identity: node_identity(n, &trusted, i)?,
+            udp: n.udp,
+            tcp: n.tcp,
+            probe_udp: n.probe_udp,
+            fallback_tcp: n.fallback_tcp.clone(),
+            public_ip: n.public_ip,
+            params: params.clone(),
+        };
+        bound.push(BoundNode::bind(spec).await.with_context(|| format!("supernode.nodes[{i}]"))?);
+    }
+    let infos: Vec<SupernodeInfo> = bound.iter().map(BoundNode::info).collect();
+    let statics: Vec<SupernodeInfo> = cfg.peers.iter().map(|p| SupernodeInfo { name: p.name.clone(), udp: p.udp, tcp: p.tcp }).collect();
+    Ok(bound
+        .into_iter()
+        .map(|b| {
+            let me = b.info();
+            let peers = infos.iter().filter(|i| **i != me).chain(statics.iter()).cloned().collect();
+            b.start(peers, shutdown.clone())
+        })
+        .collect())
+}
+
+/// Options of `confab up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Folder for keys, credentials, the account database and `host.toml`.
+    pub data: PathBuf,
+    /// The one address everything listens on.
+    pub bind: IpAddr,
+    /// First port: login server on it, super node i on base+3+10i (UDP/TCP) and
+    /// base+4+10i (alternate UDP). 0: every port ephemeral.
+    pub base_port: u16,
+    /// How many super nodes.
+    pub supernodes: usize,
+    /// The metrics endpoint (None: not served).
+    pub metrics: Option<SocketAddr>,
+    /// Key size for keys generated on first start.
+    pub key_bits: usize,
+    /// Settings the `config` layer provides (log, super-node limits, login policy).
+    pub config: Config,
+}
+
+/// What a running local network listens on.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UpInfo {
+    /// The login server (TCP).
+    pub login_server: SocketAddr,
+    /// The super nodes.
+    pub supernodes: Vec<NodeAddrs>,
+    /// The metrics endpoint URL.
+    pub metrics: Option<String>,
+    /// The host configuration written for this network.
+    pub host_config: PathBuf,
+    /// The data folder.
+    pub data: PathBuf,
+}
+
+/// A running local network.
+pub struct Network {
+    /// Where everything listens.
+    pub info: UpInfo,
+    /// The super nodes (for tests and status).
+    pub nodes: Vec<Arc<crate::supernode::node::NodeShared>>,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    running: Vec<RunningNode>,
+}
+
+fn port(base: u16, offset: u16) -> u16 {
+    if base == 0 { 0 } else { base + offset }
+}
+
+/// Starts a whole network (must run inside an actix System).
+pub async fn up(opts: UpOptions) -> anyhow::Result<Network> {
+    std::fs::create_dir_all(&opts.data).with_context(|| format!("--data {}", opts.data.display()))?;
+    let data = opts.data.canonicalize()?;
+    let login_stem = data.join("login");
+    let login_key = crate::keygen::load_or_generate(&login_stem, opts.key_bits)?;
+    let (_, login_pub) = crate::keygen::key_paths(&login_stem);
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+
+    let mut cfg = opts.config.clone();
+    cfg.login_server.listen = SocketAddr::new(opts.bind, port(opts.base_port, 0));
+    cfg.login_server.public_addr = None;
+    cfg.login_server.key = login_stem.with_extension("key.pem").into();
+    cfg.login_server.database = data.join("accounts.sqlite").into();
+    let service = Arc::new(login_service(&cfg.login_server)?);
+    let login = LoginServer::bind(service, cfg.login_server.listen, None, cfg.login_server.connections_max).await?;
+    let login_addr = login.addr();
+    tasks.push(tokio::spawn(login.run(shutdown.clone())));
+
+    cfg.supernode.trusted_login_keys = vec![login_pub.clone().into()];
+    cfg.supernode.nodes.clear();
+    for i in 0..opts.supernodes {
+        let name = format!("sn{}", i + 1);
+        let stem = data.join(&name);
+        let key = crate::keygen::load_or_generate(&stem, opts.key_bits)?;
+        // Re-issued at every start: cheap, and never stale.
+        let cred = crate::keygen::certify_supernode(&login_key, &name, key.public(), 365, crate::unix_now());
+        let cred_path = data.join(format!("{name}.cred"));
+        crate::keygen::write_credential(&cred_path, &cred)?;
+        let off = 3 + 10 * i as u16;
+        cfg.supernode.nodes.push(config::NodeConfig {
+            name,
+            key: stem.with_extension("key.pem").into(),
+            credential: cred_path.into(),
+            udp: SocketAddr::new(opts.bind, port(opts.base_port, off)),
+            tcp: SocketAddr::new(opts.bind, port(opts.base_port, off)),
+            probe_udp: Some(SocketAddr::new(opts.bind, port(opts.base_port, off + 1))),
+            fallback_tcp: Vec::new(),
+            public_ip: None,
+        });
+    }
+    let running = start_supernodes(&cfg.supernode, &shutdown).await?;
+
+    let metrics = match opts.metrics {
+        Some(addr) => {
+            crate::telemetry::metrics_handle();
+            let m = MetricsServer::bind(addr).await?;
+            let url = format!("http://{}/metrics", m.addr());
+            tasks.push(tokio::spawn(m.run(shutdown.clone())));
+            Some(url)
+        }
+        None => None,
+    };
+
+    let host_config = data.join("host.toml");
+    write_host_config(&host_config, login_addr, &login_pub, &running)?;
+    let info = UpInfo {
+        login_server: login_addr,
+        supernodes: running.iter().map(|r| r.addrs.clone()).collect(),
+        metrics,
+        host_config,
+        data,
+    };
+    let nodes = running.iter().map(|r| r.shared.clone()).collect();
+    Ok(Network { info, nodes, shutdown, tasks, running })
+}
+
+fn write_host_config(path: &Path, login: SocketAddr, login_pub: &Path, nodes: &[RunningNode]) -> anyhow::Result<()> {
+    let bootstrap: Vec<String> = nodes.iter().map(|n| format!("{:?}", n.addrs.udp.to_string())).collect();
+    let text = format!(
+        "# Written by `confab up`: how a host reaches this local network.\n\
+         # Use it with: confab host --config {} register alice\n\
+         [host]\n\
+         login_servers = [{:?}]\n\
+         trusted_login_keys = [{:?}]\n\
+         bootstrap = [{}]\n\
+         # A local network has no listeners on 443/80.\n\
+         fallback_ports = []\n",
+        path.display(),
+        login.to_string(),
+        login_pub.display().to_string(),
+        bootstrap.join(", "),
+    );
+    crate::fsutil::write_atomic(path, text.as_bytes(), 0o644).with_context(|| format!("writing {}", path.display()))
+}
+
+impl Network {
+    /// Asks everything to stop.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// A token that stops the network when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops everything and waits: sessions get a Bye, listeners close.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for r in self.running {
+            r.stopped().await;
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        // Let the actors deliver their Byes before the System goes.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,246 @@
+//! `HostSession`: one actix actor per connected host.
+//!
+//! It performs the expensive half of the handshake (on the blocking pool, so one slow
+//! RSA operation never stalls the listeners), then drives a [`Session`] state machine
+//! with frames from the listener and a once-a-second tick. It owns no socket: it
+//! answers through an [`Outbound`] handle.
+
+use super::handshake::{self, Accepted};
+use super::node::NodeShared;
+use super::session::{Action, Session, SessionPeer, Transport};
+use crate::wire::frame;
+use crate::wire::message::{Envelope, ErrorMsg, MessageKind, Welcome};
+use actix::prelude::*;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where a session's frames go.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// Datagrams from the super node's UDP socket.
+    Udp {
+        /// The socket.
+        socket: Arc<tokio::net::UdpSocket>,
+        /// The host's address.
+        peer: SocketAddr,
+    },
+    /// The host's TCP connection (its writer task).
+    Tcp {
+        /// Queue to the writer.
+        tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    },
+}
+
+impl Outbound {
+    /// Sends without waiting; false if the socket or queue is full (the frame is dropped,
+    /// as a congested network would).
+    pub fn send(&self, frame: Vec<u8>) -> bool {
+        match self {
+            Self::Udp { socket, peer } => socket.try_send_to(&frame, *peer).is_ok(),
+            Self::Tcp { tx } => tx.try_send(frame).is_ok(),
+        }
+    }
+
+    fn transport(&self) -> Transport {
+        match self {
+            Self::Udp { .. } => Transport::Udp,
+            Self::Tcp { .. } => Transport::Tcp,
+        }
+    }
+}
+
+/// A frame from the host, as received.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Inbound(pub Vec<u8>);
+
+/// The host sent the same Auth again (its Welcome was lost): answer it again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RepeatWelcome;
+
+/// End the session: `notify` sends the host a Bye first.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close {
+    /// Tell the host.
+    pub notify: bool,
+    /// Why, for the log.
+    pub reason: &'static str,
+}
+
+enum State {
+    Handshaking(Option<Envelope>),
+    Established { session: Session, welcome: Vec<u8> },
+}
+
+/// The actor.
+pub struct HostSession {
+    node: Arc<NodeShared>,
+    peer: SocketAddr,
+    listener: SocketAddr,
+    out: Outbound,
+    state: State,
+    handshake_id: [u8; 32],
+}
+
+impl HostSession {
+    /// A session for the host at `peer` whose Auth passed the cookie check.
+    pub fn new(node: Arc<NodeShared>, peer: SocketAddr, listener: SocketAddr, out: Outbound, env: Envelope, handshake_id: [u8; 32]) -> Self {
+        Self { node, peer, listener, out, state: State::Handshaking(Some(env)), handshake_id }
+    }
+
+    fn send(&self, kind: MessageKind, frame: Vec<u8>) {
+        let t = self.out.transport().label();
+        if self.out.send(frame) {
+            self.node.metrics.frame_out(kind.label(), t);
+        } else {
+            self.node.metrics.reject(t, "send_queue_full", self.peer, &kind.label());
+        }
+    }
+
+    fn established(&mut self, accepted: Accepted, ctx: &mut Context<Self>) {
+        let now = crate::unix_now();
+        let Some(id) = self.node.register_session(self.handshake_id, self.peer, ctx.address()) else {
+            let e = ErrorMsg::new(crate::wire::ErrorCode::Full, "this super node has no room for another host; try another");
+            self.send(MessageKind::Error, frame::encode_plain(self.listener, MessageKind::Error, 0, &e.encode()));
+            self.node.metrics.handshake("full", 0.0);
+            ctx.stop();
+            return;
+        };
+        let mut session = Session::new(
+            SessionPeer {
+                id,
+                user: accepted.credential.subject.clone(),
+                peer: self.peer,
+                listener: self.listener,
+                transport: self.out.transport(),
+            },
+            &accepted.secret,
+            now,
+            self.node.params.idle_timeout_secs,
+        );
+        let welcome = session.welcome(&Welcome {
+            observed: self.peer,
+            keepalive_secs: self.node.params.keepalive_secs as u16,
+            idle_timeout_secs: self.node.params.idle_timeout_secs as u16,
+            probe_addr: self.node.probe_addr,
+            supernodes: self.node.peers.clone(),
+        });
+        self.send(MessageKind::Welcome, welcome.clone());
+        self.node.metrics.hosts_connected(1.0);
+        tracing::info!(node = %self.node.identity.name, user = %accepted.credential.subject, peer = %self.peer,
+            transport = self.out.transport().label(), session = id, "host connected");
+        self.state = State::Established { session, welcome };
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| {
+            if let State::Established { session, .. } = &mut act.state {
+                let actions = session.on_tick(crate::unix_now());
+                act.apply(actions, ctx);
+            }
+        });
+    }
+
+    fn apply(&mut self, actions: Vec<Action>, ctx: &mut Context<Self>) {
+        for a in actions {
+            match a {
+                Action::Send(kind, f) => self.send(kind, f),
+                Action::Close(reason) => {
+                    tracing::info!(node = %self.node.identity.name, peer = %self.peer, reason, "host session closed");
+                    ctx.stop();
+                }
+            }
+        }
+    }
+}
+
+impl Actor for HostSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Frames come from the network: a bounded mailbox, and the listener uses
+        // try_send, so a flood is dropped and counted instead of queued without end.
+        ctx.set_mailbox_capacity(64);
+        let State::Handshaking(env) = &mut self.state else { return };
+        let env = env.take().expect("handshake starts once");
+        let identity = self.node.identity.clone();
+        let started = Instant::now();
+        let work = tokio::task::spawn_blocking(move || handshake::accept(&identity, &env, crate::unix_now()));
+        ctx.wait(work.into_actor(self).map(move |res, act, ctx| {
+            let secs = started.elapsed().as_secs_f64();
+            match res {
+                Ok(Ok(accepted)) => {
+                    act.node.metrics.handshake("established", secs);
+                    act.established(accepted, ctx);
+                }
+                Ok(Err(e)) => {
+                    act.node.metrics.handshake(e.reason(), secs);
+                    act.node.metrics.reject(act.out.transport().label(), e.reason(), act.peer, &e);
+                    let msg = ErrorMsg::new(e.code(), e.to_string());
+                    act.send(MessageKind::Error, frame::encode_plain(act.listener, MessageKind::Error, 0, &msg.encode()));
+                    ctx.stop();
+                }
+                Err(join) => {
+                    tracing::error!(error = %join, "handshake task failed");
+                    ctx.stop();
+                }
+            }
+        }));
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        let was_established = matches!(self.state, State::Established { .. });
+        self.node.unregister_session(self.peer, self.handshake_id, was_established);
+        if was_established {
+            self.node.metrics.hosts_connected(-1.0);
+        }
+    }
+}
+
+impl Handler<Inbound> for HostSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
+        let transport = self.out.transport().label();
+        let State::Established { session, .. } = &mut self.state else {
+            self.node.metrics.reject(transport, "not_established", self.peer, &"frame before Welcome");
+            return;
+        };
+        let result = frame::decode(self.listener, &msg.0).and_then(|raw| {
+            let kind = raw.header.kind;
+            session.on_frame(&raw, crate::unix_now()).map(|a| (kind, a))
+        });
+        match result {
+            Ok((kind, actions)) => {
+                self.node.metrics.frame_in(kind.label(), transport);
+                self.apply(actions, ctx);
+            }
+            Err(e) => self.node.metrics.reject(transport, e.reason(), self.peer, &e),
+        }
+    }
+}
+
+impl Handler<RepeatWelcome> for HostSession {
+    type Result = ();
+
+    fn handle(&mut self, _: RepeatWelcome, _: &mut Context<Self>) {
+        if let State::Established { welcome, .. } = &self.state {
+            self.send(MessageKind::Welcome, welcome.clone());
+        }
+    }
+}
+
+impl Handler<Close> for HostSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Close, ctx: &mut Context<Self>) {
+        if msg.notify {
+            if let State::Established { session, .. } = &mut self.state {
+                let bye = session.goodbye();
+                self.send(MessageKind::Bye, bye);
+            }
+        }
+        tracing::debug!(node = %self.node.identity.name, peer = %self.peer, reason = msg.reason, "closing host session");
+        ctx.stop();
+    }
+}

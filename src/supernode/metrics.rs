@@ -1,0 +1,76 @@
+//! The super node's metrics and its once-per-reason rejection log.
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+/// Registers descriptions (once per process is enough; repeating is harmless).
+pub fn describe() {
+    describe_gauge!("confab_supernode_hosts_connected", "Hosts with an established session");
+    describe_counter!("confab_supernode_handshakes_total", "Host handshakes by outcome");
+    describe_histogram!("confab_supernode_handshake_duration_seconds", Unit::Seconds, "Time to check an Auth (RSA decrypt, credential, proof)");
+    describe_counter!("confab_wire_frames_in_total", "Frames received, by kind and transport");
+    describe_counter!("confab_wire_frames_out_total", "Frames sent, by kind and transport");
+    describe_counter!("confab_wire_frames_rejected_total", "Frames rejected, by reason");
+    describe_counter!("confab_stun_requests_total", "STUN requests, by outcome");
+    describe_counter!("confab_supernode_nat_probes_total", "NAT probes answered, by port");
+}
+
+/// Per-node metric helpers (labels are the node name and bounded enums only).
+#[derive(Debug)]
+pub struct NodeMetrics {
+    node: String,
+    logged: Mutex<HashSet<(&'static str, &'static str)>>,
+}
+
+impl NodeMetrics {
+    /// Metrics for the node named `node`.
+    pub fn new(node: &str) -> Self {
+        describe();
+        gauge!("confab_supernode_hosts_connected", "node" => node.to_owned()).set(0.0);
+        Self { node: node.to_owned(), logged: Mutex::new(HashSet::new()) }
+    }
+
+    /// A frame came in.
+    pub fn frame_in(&self, kind: &'static str, transport: &'static str) {
+        counter!("confab_wire_frames_in_total", "node" => self.node.clone(), "kind" => kind, "transport" => transport).increment(1);
+    }
+
+    /// A frame went out.
+    pub fn frame_out(&self, kind: &'static str, transport: &'static str) {
+        counter!("confab_wire_frames_out_total", "node" => self.node.clone(), "kind" => kind, "transport" => transport).increment(1);
+    }
+
+    /// A frame was rejected: counted always, logged at warn the first time per reason and
+    /// transport, at debug after that (a flood must not flood the log).
+    pub fn reject(&self, transport: &'static str, reason: &'static str, from: std::net::SocketAddr, detail: &dyn std::fmt::Display) {
+        counter!("confab_wire_frames_rejected_total", "node" => self.node.clone(), "transport" => transport, "reason" => reason).increment(1);
+        let first = self.logged.lock().unwrap_or_else(|p| p.into_inner()).insert((transport, reason));
+        if first {
+            tracing::warn!(node = %self.node, transport, reason, %from, %detail, "rejected a frame (further rejections for this reason are logged at debug)");
+        } else {
+            tracing::debug!(node = %self.node, transport, reason, %from, %detail, "rejected a frame");
+        }
+    }
+
+    /// A handshake finished.
+    pub fn handshake(&self, outcome: &'static str, seconds: f64) {
+        counter!("confab_supernode_handshakes_total", "node" => self.node.clone(), "outcome" => outcome).increment(1);
+        metrics::histogram!("confab_supernode_handshake_duration_seconds", "node" => self.node.clone()).record(seconds);
+    }
+
+    /// The connected-host gauge moves.
+    pub fn hosts_connected(&self, delta: f64) {
+        gauge!("confab_supernode_hosts_connected", "node" => self.node.clone()).increment(delta);
+    }
+
+    /// A STUN request was handled.
+    pub fn stun(&self, outcome: &'static str) {
+        counter!("confab_stun_requests_total", "node" => self.node.clone(), "outcome" => outcome).increment(1);
+    }
+
+    /// A NAT probe was answered on the main or alternate port.
+    pub fn nat_probe(&self, port: &'static str) {
+        counter!("confab_supernode_nat_probes_total", "node" => self.node.clone(), "port" => port).increment(1);
+    }
+}

@@ -1,0 +1,503 @@
+//! A super node's sockets and shared state: the UDP and TCP listeners that decode frame
+//! headers, answer the stateless requests (Hello, NatProbe, STUN) themselves, and hand
+//! everything else to the `HostSession` actor it belongs to.
+
+use super::handshake::{self, Identity};
+use super::host_session::{Close, HostSession, Inbound, Outbound, RepeatWelcome};
+use super::metrics::NodeMetrics;
+use crate::net::tcp;
+use crate::wire::frame::{self, FrameError};
+use crate::wire::message::{ErrorCode, ErrorMsg, Hello, MessageKind, NatProbe, Observed, SupernodeInfo};
+use crate::wire::stun;
+use actix::prelude::*;
+use dashmap::DashMap;
+use sha2::{Digest, Sha256};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+/// Session limits and timers.
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    /// Keepalive interval asked of hosts.
+    pub keepalive_secs: u64,
+    /// Silence after which a session is dropped.
+    pub idle_timeout_secs: u64,
+    /// Most hosts connected at once.
+    pub hosts_max: usize,
+    /// Most handshakes being checked at once (each costs an RSA decryption).
+    pub handshakes_max: usize,
+    /// Most TCP connections at once.
+    pub tcp_connections_max: usize,
+    /// UDP socket receive buffer.
+    pub udp_recv_buffer_bytes: usize,
+}
+
+impl Default for SessionParams {
+    fn default() -> Self {
+        Self {
+            keepalive_secs: 15,
+            idle_timeout_secs: 60,
+            hosts_max: 100_000,
+            handshakes_max: 256,
+            tcp_connections_max: 20_000,
+            udp_recv_buffer_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Everything needed to start one super node.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Key, credential, trusted keys.
+    pub identity: Identity,
+    /// Main UDP socket.
+    pub udp: SocketAddr,
+    /// Main TCP listener.
+    pub tcp: SocketAddr,
+    /// Alternate UDP port for NAT discovery (RFC 5780's "alternate port").
+    pub probe_udp: Option<SocketAddr>,
+    /// Last-resort TCP listeners (443, 80).
+    pub fallback_tcp: Vec<SocketAddr>,
+    /// The address hosts reach this node at, when the sockets bind a wildcard address.
+    pub public_ip: Option<IpAddr>,
+    /// Limits and timers.
+    pub params: SessionParams,
+}
+
+struct PeerEntry {
+    handshake_id: [u8; 32],
+    actor: Addr<HostSession>,
+    session: Option<u32>,
+}
+
+/// State shared by a node's listeners and its `HostSession` actors.
+pub struct NodeShared {
+    /// Who this node is.
+    pub identity: Identity,
+    /// Limits and timers.
+    pub params: SessionParams,
+    /// The advertised alternate port, sent in Welcome.
+    pub probe_addr: Option<SocketAddr>,
+    /// Other super nodes, sent in Welcome.
+    pub peers: Vec<SupernodeInfo>,
+    /// Metrics with this node's label.
+    pub metrics: NodeMetrics,
+    by_peer: DashMap<SocketAddr, PeerEntry>,
+    sessions: DashMap<u32, (SocketAddr, Addr<HostSession>)>,
+}
+
+impl NodeShared {
+    /// Assigns a session id to an accepted handshake; None if the node is full.
+    pub(crate) fn register_session(&self, handshake_id: [u8; 32], peer: SocketAddr, actor: Addr<HostSession>) -> Option<u32> {
+        if self.sessions.len() >= self.params.hosts_max {
+            return None;
+        }
+        let id = loop {
+            let id = (crate::crypto::random::u64() as u32).max(1);
+            if let dashmap::Entry::Vacant(v) = self.sessions.entry(id) {
+                v.insert((peer, actor));
+                break id;
+            }
+        };
+        if let Some(mut e) = self.by_peer.get_mut(&peer) {
+            if e.handshake_id == handshake_id {
+                e.session = Some(id);
+            }
+        }
+        Some(id)
+    }
+
+    /// Forgets a session (called when its actor stops).
+    pub(crate) fn unregister_session(&self, peer: SocketAddr, handshake_id: [u8; 32], _established: bool) {
+        if let Some((_, e)) = self.by_peer.remove_if(&peer, |_, e| e.handshake_id == handshake_id) {
+            if let Some(id) = e.session {
+                self.sessions.remove(&id);
+            }
+        }
+    }
+
+    /// Hosts with an established session.
+    pub fn hosts_connected(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Tells every session to say goodbye and stop.
+    pub fn close_all(&self) {
+        for e in self.by_peer.iter() {
+            e.actor.do_send(Close { notify: true, reason: "super node shutting down" });
+        }
+    }
+
+    fn pending_handshakes(&self) -> usize {
+        self.by_peer.len().saturating_sub(self.sessions.len())
+    }
+
+    /// Routes an Auth: a repeat of the current handshake gets its Welcome again; a new
+    /// one from the same address replaces the old session (the host restarted).
+    fn start_session(self: &Arc<Self>, peer: SocketAddr, listener: SocketAddr, out: Outbound, payload: &[u8], transport: &'static str) -> Option<Addr<HostSession>> {
+        let now = crate::unix_now();
+        let env = match handshake::precheck(&self.identity, payload, peer, now) {
+            Ok(env) => env,
+            Err(e) => {
+                self.metrics.reject(transport, e.reason(), peer, &e);
+                if e.code() == ErrorCode::StaleCookie {
+                    let msg = ErrorMsg::new(e.code(), "the cookie is stale; send Hello again");
+                    out.send(frame::encode_plain(listener, MessageKind::Error, 0, &msg.encode()));
+                }
+                return None;
+            }
+        };
+        let handshake_id: [u8; 32] = Sha256::digest(&env.wrapped).into();
+        if let Some(existing) = self.by_peer.get(&peer) {
+            if existing.handshake_id == handshake_id {
+                existing.actor.do_send(RepeatWelcome);
+                self.metrics.reject(transport, "duplicate_auth", peer, &"Auth repeated; Welcome sent again");
+                return None;
+            }
+            existing.actor.do_send(Close { notify: false, reason: "replaced by a new handshake" });
+        }
+        if self.pending_handshakes() >= self.params.handshakes_max || self.by_peer.len() >= self.params.hosts_max + self.params.handshakes_max {
+            self.metrics.reject(transport, "full", peer, &"no room for another handshake");
+            let msg = ErrorMsg::new(ErrorCode::Full, "this super node is busy; try another");
+            out.send(frame::encode_plain(listener, MessageKind::Error, 0, &msg.encode()));
+            return None;
+        }
+        let actor = HostSession::new(self.clone(), peer, listener, out, env, handshake_id).start();
+        self.by_peer.insert(peer, PeerEntry { handshake_id, actor: actor.clone(), session: None });
+        Some(actor)
+    }
+}
+
+/// A node whose sockets are bound but not yet serving.
+pub struct BoundNode {
+    spec: NodeSpec,
+    udp: Arc<UdpSocket>,
+    udp_addr: SocketAddr,
+    probe: Option<(Arc<UdpSocket>, SocketAddr)>,
+    tcp: Vec<(TcpListener, SocketAddr)>,
+}
+
+/// What a running node is reachable at.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeAddrs {
+    /// The node's name.
+    pub name: String,
+    /// UDP (and the STUN server).
+    pub udp: SocketAddr,
+    /// TCP; the first is the main port, the rest are fallbacks.
+    pub tcp: Vec<SocketAddr>,
+    /// The alternate UDP port for NAT discovery.
+    pub probe_udp: Option<SocketAddr>,
+}
+
+/// A running node.
+pub struct RunningNode {
+    /// Its addresses.
+    pub addrs: NodeAddrs,
+    /// Shared state (for status and tests).
+    pub shared: Arc<NodeShared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn advertised(bound: SocketAddr, public_ip: Option<IpAddr>) -> std::io::Result<SocketAddr> {
+    match public_ip {
+        Some(ip) => Ok(SocketAddr::new(ip, bound.port())),
+        None if bound.ip().is_unspecified() => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a wildcard bind address needs public_ip: hosts key the header obfuscation with the address they dial",
+        )),
+        None => Ok(bound),
+    }
+}
+
+fn udp_socket(addr: SocketAddr, recv_buffer: usize) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // The kernel may cap the size (net.core.rmem_max); a smaller buffer still works.
+    let _ = s.set_recv_buffer_size(recv_buffer);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+fn with_context(e: std::io::Error, what: &str, addr: SocketAddr) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{what} {addr}: {e}"))
+}
+
+impl BoundNode {
+    /// Binds every socket of `spec` (must run inside a tokio runtime).
+    pub async fn bind(spec: NodeSpec) -> std::io::Result<Self> {
+        let udp = udp_socket(spec.udp, spec.params.udp_recv_buffer_bytes).map_err(|e| with_context(e, "bind UDP", spec.udp))?;
+        let udp_addr = advertised(udp.local_addr()?, spec.public_ip)?;
+        let probe = match spec.probe_udp {
+            Some(a) => {
+                let s = udp_socket(a, 1 << 20).map_err(|e| with_context(e, "bind probe UDP", a))?;
+                let adv = advertised(s.local_addr()?, spec.public_ip)?;
+                Some((Arc::new(s), adv))
+            }
+            None => None,
+        };
+        let mut tcp = Vec::new();
+        for a in std::iter::once(spec.tcp).chain(spec.fallback_tcp.iter().copied()) {
+            let l = TcpListener::bind(a).await.map_err(|e| with_context(e, "bind TCP", a))?;
+            let adv = advertised(l.local_addr()?, spec.public_ip)?;
+            tcp.push((l, adv));
+        }
+        Ok(Self { spec, udp: Arc::new(udp), udp_addr, probe, tcp })
+    }
+
+    /// What this node will be reachable at.
+    pub fn addrs(&self) -> NodeAddrs {
+        NodeAddrs {
+            name: self.spec.identity.name.clone(),
+            udp: self.udp_addr,
+            tcp: self.tcp.iter().map(|(_, a)| *a).collect(),
+            probe_udp: self.probe.as_ref().map(|(_, a)| *a),
+        }
+    }
+
+    /// This node as others list it in Welcome.
+    pub fn info(&self) -> SupernodeInfo {
+        SupernodeInfo { name: self.spec.identity.name.clone(), udp: Some(self.udp_addr), tcp: self.tcp.first().map(|(_, a)| *a) }
+    }
+
+    /// Starts serving (inside an actix System); `peers` are announced to hosts.
+    pub fn start(self, peers: Vec<SupernodeInfo>, shutdown: CancellationToken) -> RunningNode {
+        let addrs = self.addrs();
+        let shared = Arc::new(NodeShared {
+            metrics: NodeMetrics::new(&self.spec.identity.name),
+            identity: self.spec.identity,
+            params: self.spec.params,
+            probe_addr: addrs.probe_udp,
+            peers,
+            by_peer: DashMap::new(),
+            sessions: DashMap::new(),
+        });
+        let mut tasks = vec![actix_rt::spawn(udp_loop(shared.clone(), self.udp, self.udp_addr, Role::Main, shutdown.clone()))];
+        if let Some((s, a)) = self.probe {
+            tasks.push(actix_rt::spawn(udp_loop(shared.clone(), s, a, Role::Probe, shutdown.clone())));
+        }
+        let limit = Arc::new(tokio::sync::Semaphore::new(shared.params.tcp_connections_max));
+        for (l, a) in self.tcp {
+            tasks.push(actix_rt::spawn(tcp_accept_loop(shared.clone(), l, a, limit.clone(), shutdown.clone())));
+        }
+        tracing::info!(node = %addrs.name, udp = %addrs.udp, tcp = ?addrs.tcp, probe = ?addrs.probe_udp, "super node listening");
+        RunningNode { addrs, shared, tasks }
+    }
+}
+
+impl RunningNode {
+    /// Waits for the listeners to finish (after the shutdown token fired), then closes
+    /// every session with a Bye.
+    pub async fn stopped(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.shared.close_all();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Main,
+    Probe,
+}
+
+async fn udp_loop(node: Arc<NodeShared>, socket: Arc<UdpSocket>, listener: SocketAddr, role: Role, shutdown: CancellationToken) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (n, from) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(error = %e, "UDP receive error");
+                    continue;
+                }
+            },
+        };
+        let pkt = &buf[..n];
+        if stun::looks_like_stun(pkt) {
+            match stun::answer(pkt, from, concat!("confab ", env!("CARGO_PKG_VERSION"))) {
+                Ok(resp) => {
+                    node.metrics.stun("answered");
+                    let _ = socket.try_send_to(&resp, from);
+                }
+                Err(e) => {
+                    node.metrics.stun(e.reason());
+                    node.metrics.reject("udp", "stun", from, &e);
+                }
+            }
+            continue;
+        }
+        let raw = match frame::decode(listener, pkt) {
+            Ok(r) => r,
+            Err(e) => {
+                node.metrics.reject("udp", e.reason(), from, &e);
+                continue;
+            }
+        };
+        let kind = raw.header.kind;
+        match (role, kind) {
+            (_, MessageKind::NatProbe) => {
+                let Ok(probe) = NatProbe::decode(raw.payload) else {
+                    node.metrics.reject("udp", "malformed", from, &"NatProbe");
+                    continue;
+                };
+                node.metrics.frame_in(kind.label(), "udp");
+                node.metrics.nat_probe(if role == Role::Main { "main" } else { "alternate" });
+                let reply = Observed { id: probe.id, addr: from }.encode();
+                let _ = socket.try_send_to(&frame::encode_plain(listener, MessageKind::NatProbeReply, 0, &reply), from);
+                node.metrics.frame_out(MessageKind::NatProbeReply.label(), "udp");
+            }
+            (Role::Main, MessageKind::Hello) => {
+                let Ok(hello) = Hello::decode(raw.payload) else {
+                    node.metrics.reject("udp", "malformed", from, &"Hello");
+                    continue;
+                };
+                node.metrics.frame_in(kind.label(), "udp");
+                let c = node.identity.challenge(&hello, from, crate::unix_now());
+                let _ = socket.try_send_to(&frame::encode_plain(listener, MessageKind::Challenge, 0, &c.encode()), from);
+                node.metrics.frame_out(MessageKind::Challenge.label(), "udp");
+            }
+            (Role::Main, MessageKind::Auth) => {
+                node.metrics.frame_in(kind.label(), "udp");
+                let out = Outbound::Udp { socket: socket.clone(), peer: from };
+                node.start_session(from, listener, out, raw.payload, "udp");
+            }
+            (Role::Main, _) if raw.header.session != 0 => {
+                let Some(entry) = node.sessions.get(&raw.header.session) else {
+                    node.metrics.reject("udp", "unknown_session", from, &kind.label());
+                    continue;
+                };
+                let (peer, actor) = entry.value();
+                if *peer != from {
+                    node.metrics.reject("udp", "wrong_source", from, &kind.label());
+                    continue;
+                }
+                if actor.try_send(Inbound(pkt.to_vec())).is_err() {
+                    node.metrics.reject("udp", "mailbox_full", from, &kind.label());
+                }
+            }
+            _ => node.metrics.reject("udp", "unexpected_kind", from, &kind.label()),
+        }
+    }
+}
+
+async fn tcp_accept_loop(node: Arc<NodeShared>, l: TcpListener, listener: SocketAddr, limit: Arc<tokio::sync::Semaphore>, shutdown: CancellationToken) {
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = l.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        let shutdown = shutdown.clone();
+        actix_rt::spawn(async move {
+            tcp_connection(node, stream, peer, listener, shutdown).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Time a TCP client has to complete the handshake before it is cut off.
+const TCP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn tcp_connection(node: Arc<NodeShared>, stream: tokio::net::TcpStream, peer: SocketAddr, listener: SocketAddr, shutdown: CancellationToken) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    let writer = actix_rt::spawn(async move {
+        while let Some(f) = rx.recv().await {
+            if tcp::write_frame(&mut wr, &f).await.is_err() {
+                break;
+            }
+        }
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
+    });
+    let mut actor: Option<Addr<HostSession>> = None;
+    let idle = Duration::from_secs(node.params.idle_timeout_secs + 5);
+    loop {
+        let timeout = if actor.is_some() { idle } else { TCP_HANDSHAKE_TIMEOUT };
+        let bytes = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = tokio::time::timeout(timeout, tcp::read_frame(&mut rd)) => match r {
+                Ok(Ok(Some(b))) => b,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
+                    node.metrics.reject("tcp", "bad_stream", peer, &e);
+                    break;
+                }
+                Err(_) => break,
+            },
+        };
+        if let Some(a) = &actor {
+            if !a.connected() {
+                break;
+            }
+            if a.try_send(Inbound(bytes)).is_err() {
+                node.metrics.reject("tcp", "mailbox_full", peer, &"frame");
+            }
+            continue;
+        }
+        let raw = match frame::decode(listener, &bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                node.metrics.reject("tcp", e.reason(), peer, &e);
+                // A TCP stream that carries one bad frame is not confab: drop it.
+                if !matches!(e, FrameError::Unauthenticated | FrameError::Replayed) {
+                    break;
+                }
+                continue;
+            }
+        };
+        let kind = raw.header.kind;
+        match kind {
+            MessageKind::Hello => {
+                let Ok(hello) = Hello::decode(raw.payload) else {
+                    node.metrics.reject("tcp", "malformed", peer, &"Hello");
+                    break;
+                };
+                node.metrics.frame_in(kind.label(), "tcp");
+                let c = node.identity.challenge(&hello, peer, crate::unix_now());
+                if tx.try_send(frame::encode_plain(listener, MessageKind::Challenge, 0, &c.encode())).is_ok() {
+                    node.metrics.frame_out(MessageKind::Challenge.label(), "tcp");
+                }
+            }
+            MessageKind::Auth => {
+                node.metrics.frame_in(kind.label(), "tcp");
+                actor = node.start_session(peer, listener, Outbound::Tcp { tx: tx.clone() }, raw.payload, "tcp");
+            }
+            MessageKind::NatProbe => {
+                node.metrics.frame_in(kind.label(), "tcp");
+                if let Ok(p) = NatProbe::decode(raw.payload) {
+                    let reply = Observed { id: p.id, addr: peer }.encode();
+                    let _ = tx.try_send(frame::encode_plain(listener, MessageKind::NatProbeReply, 0, &reply));
+                }
+            }
+            _ => {
+                node.metrics.reject("tcp", "unexpected_kind", peer, &kind.label());
+                break;
+            }
+        }
+    }
+    if let Some(a) = actor {
+        a.do_send(Close { notify: false, reason: "connection closed" });
+    }
+    drop(tx);
+    let _ = writer.await;
+}

@@ -1,0 +1,710 @@
+//! Message kinds and bodies. Each body has `encode` and a total `decode`.
+
+use super::codec::{DecodeError, Reader, Writer};
+use crate::crypto::credential::CREDENTIAL_LEN_MAX;
+use crate::crypto::keys::PUBLIC_KEY_DER_MAX;
+use std::net::SocketAddr;
+
+/// Every message kind, with its code on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum MessageKind {
+    /// Host → super node: open a session (plain, padded).
+    Hello = 0x01,
+    /// Super node → host: its credential and a stateless cookie (plain).
+    Challenge = 0x02,
+    /// Host → super node: wrapped session key, credential, proof of possession (plain envelope).
+    Auth = 0x03,
+    /// Super node → host: session established (sealed).
+    Welcome = 0x04,
+    /// Host → super node: still here (sealed).
+    Keepalive = 0x05,
+    /// Super node → host: keepalive answered, with the observed address (sealed).
+    KeepaliveAck = 0x06,
+    /// Either way: the session ends (sealed).
+    Bye = 0x07,
+    /// Either way: a request failed (plain before keys exist, sealed after).
+    Error = 0x08,
+    /// Host → super node: what address do you see? (plain, padded, stateless)
+    NatProbe = 0x10,
+    /// Super node → host: the address seen (plain).
+    NatProbeReply = 0x11,
+    /// Host → login server: create an account (plain envelope).
+    RegisterRequest = 0x20,
+    /// Login server → host: account created (sealed).
+    RegisterReply = 0x21,
+    /// Host → login server: prove the password, get a credential (plain envelope).
+    LoginRequest = 0x22,
+    /// Login server → host: the credential (sealed).
+    LoginReply = 0x23,
+}
+
+impl MessageKind {
+    /// Every kind, for tests and documentation.
+    pub const ALL: [MessageKind; 14] = [
+        Self::Hello,
+        Self::Challenge,
+        Self::Auth,
+        Self::Welcome,
+        Self::Keepalive,
+        Self::KeepaliveAck,
+        Self::Bye,
+        Self::Error,
+        Self::NatProbe,
+        Self::NatProbeReply,
+        Self::RegisterRequest,
+        Self::RegisterReply,
+        Self::LoginRequest,
+        Self::LoginReply,
+    ];
+
+    /// The kind for a wire code.
+    pub fn from_code(c: u8) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| *k as u8 == c)
+    }
+
+    /// Whether a frame of this kind may (`sealed`) or may not be sealed.
+    pub fn sealing_allowed(self, sealed: bool) -> bool {
+        match self {
+            Self::Hello | Self::Challenge | Self::Auth | Self::NatProbe | Self::NatProbeReply => !sealed,
+            Self::RegisterRequest | Self::LoginRequest => !sealed,
+            Self::Welcome | Self::Keepalive | Self::KeepaliveAck | Self::Bye => sealed,
+            Self::RegisterReply | Self::LoginReply => sealed,
+            Self::Error => true,
+        }
+    }
+
+    /// A short, stable label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Hello => "hello",
+            Self::Challenge => "challenge",
+            Self::Auth => "auth",
+            Self::Welcome => "welcome",
+            Self::Keepalive => "keepalive",
+            Self::KeepaliveAck => "keepalive_ack",
+            Self::Bye => "bye",
+            Self::Error => "error",
+            Self::NatProbe => "nat_probe",
+            Self::NatProbeReply => "nat_probe_reply",
+            Self::RegisterRequest => "register_request",
+            Self::RegisterReply => "register_reply",
+            Self::LoginRequest => "login_request",
+            Self::LoginReply => "login_reply",
+        }
+    }
+}
+
+/// Hello and NatProbe payloads are padded to at least this many bytes, so an answer is
+/// never larger than the request that caused it: no amplification for spoofed sources.
+pub const HELLO_LEN_MIN: usize = 1000;
+/// Minimum NatProbe payload: as long as the reply.
+pub const NAT_PROBE_LEN_MIN: usize = 32;
+/// Most super nodes listed in one Welcome.
+pub const SUPERNODES_PER_WELCOME_MAX: usize = 24;
+/// Longest version string.
+pub const VERSION_LEN_MAX: usize = 32;
+/// Longest username on the wire (the rules allow 32; decoding allows a little more so
+/// the login server can answer "invalid username" rather than "malformed").
+pub const USERNAME_WIRE_MAX: usize = 64;
+/// Longest RSA ciphertext (4096-bit key).
+pub const WRAPPED_KEY_LEN_MAX: usize = 512;
+/// Length of the stateless cookie.
+pub const COOKIE_LEN: usize = 32;
+
+/// Error codes carried by [`ErrorMsg`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request could not be decoded.
+    Malformed,
+    /// The server could not open the envelope (wrong key or corrupt).
+    BadEnvelope,
+    /// A request seen before.
+    Replayed,
+    /// The request's timestamp is outside the accepted window.
+    ClockSkew,
+    /// The username breaks the rules.
+    InvalidUsername,
+    /// The password is too short.
+    WeakPassword,
+    /// The username is registered already.
+    UsernameTaken,
+    /// No such account.
+    UnknownUser,
+    /// The password does not match.
+    WrongPassword,
+    /// Too many failures: wait `retry_after_secs`.
+    TooManyAttempts,
+    /// The server failed; try again later.
+    Internal,
+    /// The credential was not issued by a trusted login server.
+    UntrustedCredential,
+    /// The credential has expired.
+    CredentialExpired,
+    /// The credential or the proof of possession did not verify.
+    BadSignature,
+    /// The cookie is stale or was not issued to this address.
+    StaleCookie,
+    /// The super node has no room for another host.
+    Full,
+    /// This endpoint does not handle that request (yet).
+    Unsupported,
+    /// A code this build does not know.
+    Unknown(u16),
+}
+
+impl ErrorCode {
+    /// The code on the wire.
+    pub fn code(self) -> u16 {
+        match self {
+            Self::Malformed => 1,
+            Self::BadEnvelope => 2,
+            Self::Replayed => 3,
+            Self::ClockSkew => 4,
+            Self::InvalidUsername => 10,
+            Self::WeakPassword => 11,
+            Self::UsernameTaken => 12,
+            Self::UnknownUser => 13,
+            Self::WrongPassword => 14,
+            Self::TooManyAttempts => 15,
+            Self::Internal => 16,
+            Self::UntrustedCredential => 20,
+            Self::CredentialExpired => 21,
+            Self::BadSignature => 22,
+            Self::StaleCookie => 23,
+            Self::Full => 24,
+            Self::Unsupported => 25,
+            Self::Unknown(c) => c,
+        }
+    }
+
+    /// The code for a wire value.
+    pub fn from_code(c: u16) -> Self {
+        [
+            Self::Malformed,
+            Self::BadEnvelope,
+            Self::Replayed,
+            Self::ClockSkew,
+            Self::InvalidUsername,
+            Self::WeakPassword,
+            Self::UsernameTaken,
+            Self::UnknownUser,
+            Self::WrongPassword,
+            Self::TooManyAttempts,
+            Self::Internal,
+            Self::UntrustedCredential,
+            Self::CredentialExpired,
+            Self::BadSignature,
+            Self::StaleCookie,
+            Self::Full,
+            Self::Unsupported,
+        ]
+        .into_iter()
+        .find(|k| k.code() == c)
+        .unwrap_or(Self::Unknown(c))
+    }
+
+    /// A short, stable label for metrics and JSON.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::BadEnvelope => "bad_envelope",
+            Self::Replayed => "replayed",
+            Self::ClockSkew => "clock_skew",
+            Self::InvalidUsername => "invalid_username",
+            Self::WeakPassword => "weak_password",
+            Self::UsernameTaken => "username_taken",
+            Self::UnknownUser => "unknown_user",
+            Self::WrongPassword => "wrong_password",
+            Self::TooManyAttempts => "too_many_attempts",
+            Self::Internal => "internal",
+            Self::UntrustedCredential => "untrusted_credential",
+            Self::CredentialExpired => "credential_expired",
+            Self::BadSignature => "bad_signature",
+            Self::StaleCookie => "stale_cookie",
+            Self::Full => "full",
+            Self::Unsupported => "unsupported",
+            Self::Unknown(_) => "unknown",
+        }
+    }
+}
+
+/// Hello: the host opens a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// The host's software version.
+    pub client_version: String,
+    /// Echoed in the Challenge, so the host can match the answer to its request.
+    pub host_nonce: [u8; 16],
+}
+
+impl Hello {
+    /// Encodes, padded to [`HELLO_LEN_MIN`].
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.str(&self.client_version).raw(&self.host_nonce);
+        let mut v = w.into_bytes();
+        let pad = HELLO_LEN_MIN.saturating_sub(v.len() + 2);
+        v.extend_from_slice(&(pad as u16).to_be_bytes());
+        v.resize(v.len() + pad, 0);
+        v
+    }
+
+    /// Decodes; refuses a Hello shorter than [`HELLO_LEN_MIN`].
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        if b.len() < HELLO_LEN_MIN {
+            return Err(DecodeError::Invalid("hello.padding"));
+        }
+        let mut r = Reader::new(b);
+        let client_version = r.str("hello.client_version", VERSION_LEN_MAX)?.to_owned();
+        let host_nonce = r.array("hello.host_nonce")?;
+        r.bytes("hello.padding", crate::wire::frame::PAYLOAD_LEN_MAX)?;
+        r.finish()?;
+        Ok(Self { client_version, host_nonce })
+    }
+}
+
+/// Challenge: the super node's credential and a cookie bound to the host's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    /// The super node's credential (kind SuperNode).
+    pub credential: Vec<u8>,
+    /// Stateless cookie; returned in Auth.
+    pub cookie: [u8; COOKIE_LEN],
+    /// The Hello's nonce, echoed.
+    pub host_nonce: [u8; 16],
+    /// The host's address as the super node sees it.
+    pub observed: SocketAddr,
+}
+
+impl Challenge {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.bytes(&self.credential).raw(&self.cookie).raw(&self.host_nonce).addr(self.observed);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let credential = r.bytes("challenge.credential", CREDENTIAL_LEN_MAX)?.to_vec();
+        let cookie = r.array("challenge.cookie")?;
+        let host_nonce = r.array("challenge.host_nonce")?;
+        let observed = r.addr("challenge.observed")?;
+        r.finish()?;
+        Ok(Self { credential, cookie, host_nonce, observed })
+    }
+}
+
+/// An RSA envelope: a session secret wrapped for the receiver, and a body sealed with it.
+///
+/// `wrapped` = RSA-OAEP-SHA256(K ‖ R) under the key named by `key_id`, where K is the
+/// 32-byte session secret and R 32 random bytes (the request's replay nonce). `sealed` is
+/// AES-256-GCM under the key derived from K with label "request", nonce all zero, and the
+/// 8-byte key id plus the cookie (if any) as associated data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The receiver key the secret is wrapped under.
+    pub key_id: [u8; 8],
+    /// Super-node handshakes only: the cookie from the Challenge (zero for login requests).
+    pub cookie: [u8; COOKIE_LEN],
+    /// RSA-OAEP ciphertext.
+    pub wrapped: Vec<u8>,
+    /// AES-GCM ciphertext of the body.
+    pub sealed: Vec<u8>,
+}
+
+impl Envelope {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.raw(&self.key_id).raw(&self.cookie).bytes(&self.wrapped).bytes(&self.sealed);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let key_id = r.array("envelope.key_id")?;
+        let cookie = r.array("envelope.cookie")?;
+        let wrapped = r.bytes("envelope.wrapped", WRAPPED_KEY_LEN_MAX)?.to_vec();
+        let sealed = r.bytes("envelope.sealed", crate::wire::frame::PAYLOAD_LEN_MAX)?.to_vec();
+        r.finish()?;
+        Ok(Self { key_id, cookie, wrapped, sealed })
+    }
+
+    /// The associated data the sealed body is bound to.
+    pub fn aad(key_id: &[u8; 8], cookie: &[u8; COOKIE_LEN]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(8 + COOKIE_LEN);
+        v.extend_from_slice(key_id);
+        v.extend_from_slice(cookie);
+        v
+    }
+}
+
+/// The sealed body of a super-node Auth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthBody {
+    /// The host's credential (kind Host).
+    pub credential: Vec<u8>,
+    /// RSA-PSS by the credential's key over the session-auth transcript.
+    pub signature: Vec<u8>,
+}
+
+impl AuthBody {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.bytes(&self.credential).bytes(&self.signature);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let credential = r.bytes("auth.credential", CREDENTIAL_LEN_MAX)?.to_vec();
+        let signature = r.bytes("auth.signature", WRAPPED_KEY_LEN_MAX)?.to_vec();
+        r.finish()?;
+        Ok(Self { credential, signature })
+    }
+}
+
+/// One super node in a Welcome's list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupernodeInfo {
+    /// Its name.
+    pub name: String,
+    /// Its UDP endpoint.
+    pub udp: Option<SocketAddr>,
+    /// Its TCP endpoint.
+    pub tcp: Option<SocketAddr>,
+}
+
+/// Welcome: the session is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// The host's address as the super node sees it.
+    pub observed: SocketAddr,
+    /// How often the host should send a keepalive.
+    pub keepalive_secs: u16,
+    /// Silence after which the super node drops the session.
+    pub idle_timeout_secs: u16,
+    /// A second UDP port of this super node that answers NatProbe (RFC 5780's "alternate port").
+    pub probe_addr: Option<SocketAddr>,
+    /// Other super nodes, for the host cache.
+    pub supernodes: Vec<SupernodeInfo>,
+}
+
+impl Welcome {
+    /// Encodes (at most [`SUPERNODES_PER_WELCOME_MAX`] super nodes are sent).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.addr(self.observed).u16(self.keepalive_secs).u16(self.idle_timeout_secs).opt_addr(self.probe_addr);
+        let n = self.supernodes.len().min(SUPERNODES_PER_WELCOME_MAX);
+        w.u8(n as u8);
+        for s in &self.supernodes[..n] {
+            w.str(&s.name).opt_addr(s.udp).opt_addr(s.tcp);
+        }
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let observed = r.addr("welcome.observed")?;
+        let keepalive_secs = r.u16("welcome.keepalive_secs")?;
+        let idle_timeout_secs = r.u16("welcome.idle_timeout_secs")?;
+        let probe_addr = r.opt_addr("welcome.probe_addr")?;
+        let n = r.u8("welcome.supernodes")? as usize;
+        if n > SUPERNODES_PER_WELCOME_MAX {
+            return Err(DecodeError::TooLong { field: "welcome.supernodes", len: n, max: SUPERNODES_PER_WELCOME_MAX });
+        }
+        let mut supernodes = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = r.str("welcome.supernode.name", 64)?.to_owned();
+            let udp = r.opt_addr("welcome.supernode.udp")?;
+            let tcp = r.opt_addr("welcome.supernode.tcp")?;
+            supernodes.push(SupernodeInfo { name, udp, tcp });
+        }
+        r.finish()?;
+        Ok(Self { observed, keepalive_secs, idle_timeout_secs, probe_addr, supernodes })
+    }
+}
+
+/// KeepaliveAck and NatProbeReply body: an observed address (NatProbeReply adds the probe id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observed {
+    /// Echo of the request's id (0 for keepalives).
+    pub id: u64,
+    /// The address the request came from, as seen by the answering socket.
+    pub addr: SocketAddr,
+}
+
+impl Observed {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u64(self.id).addr(self.addr);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let id = r.u64("observed.id")?;
+        let addr = r.addr("observed.addr")?;
+        r.finish()?;
+        Ok(Self { id, addr })
+    }
+}
+
+/// NatProbe: stateless "what address do you see?", padded to [`NAT_PROBE_LEN_MIN`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatProbe {
+    /// Matches the reply to the request.
+    pub id: u64,
+}
+
+impl NatProbe {
+    /// Encodes, padded.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = self.id.to_be_bytes().to_vec();
+        v.resize(NAT_PROBE_LEN_MIN, 0);
+        v
+    }
+
+    /// Decodes; refuses an unpadded probe.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        if b.len() < NAT_PROBE_LEN_MIN {
+            return Err(DecodeError::Invalid("nat_probe.padding"));
+        }
+        if b.len() > 256 {
+            return Err(DecodeError::TooLong { field: "nat_probe", len: b.len(), max: 256 });
+        }
+        let mut r = Reader::new(b);
+        Ok(Self { id: r.u64("nat_probe.id")? })
+    }
+}
+
+/// Bye: the session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bye {
+    /// Why (0: normal log-out; otherwise an [`ErrorCode`]).
+    pub reason: u16,
+}
+
+impl Bye {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        self.reason.to_be_bytes().to_vec()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let reason = r.u16("bye.reason")?;
+        r.finish()?;
+        Ok(Self { reason })
+    }
+}
+
+/// Error: a request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorMsg {
+    /// What failed.
+    pub code: ErrorCode,
+    /// When the client may try again (0: not applicable).
+    pub retry_after_secs: u32,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+impl ErrorMsg {
+    /// An error with no retry hint.
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self { code, retry_after_secs: 0, detail: detail.into() }
+    }
+
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u16(self.code.code()).u32(self.retry_after_secs).str(&self.detail);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let code = ErrorCode::from_code(r.u16("error.code")?);
+        let retry_after_secs = r.u32("error.retry_after_secs")?;
+        let detail = r.str("error.detail", 255)?.to_owned();
+        r.finish()?;
+        Ok(Self { code, retry_after_secs, detail })
+    }
+}
+
+/// The sealed body of a RegisterRequest or LoginRequest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountBody {
+    /// The username as typed.
+    pub username: String,
+    /// argon2id(password, salt(username)).
+    pub shared_secret: [u8; 32],
+    /// Unix seconds at the client, checked against the server's replay window.
+    pub timestamp: u64,
+    /// The host's software version.
+    pub client_version: String,
+    /// Login only: the host public key to certify (empty for Register).
+    pub host_public_key: Vec<u8>,
+}
+
+impl AccountBody {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.str(&self.username)
+            .raw(&self.shared_secret)
+            .u64(self.timestamp)
+            .str(&self.client_version)
+            .bytes(&self.host_public_key);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let username = r.str("account.username", USERNAME_WIRE_MAX)?.to_owned();
+        let shared_secret = r.array("account.shared_secret")?;
+        let timestamp = r.u64("account.timestamp")?;
+        let client_version = r.str("account.client_version", VERSION_LEN_MAX)?.to_owned();
+        let host_public_key = r.bytes("account.host_public_key", PUBLIC_KEY_DER_MAX)?.to_vec();
+        r.finish()?;
+        Ok(Self { username, shared_secret, timestamp, client_version, host_public_key })
+    }
+}
+
+/// LoginReply: the credential and the latest software version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginReply {
+    /// The host's new credential.
+    pub credential: Vec<u8>,
+    /// The newest released version, for the "update available" notice.
+    pub latest_version: String,
+}
+
+impl LoginReply {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.bytes(&self.credential).str(&self.latest_version);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let credential = r.bytes("login_reply.credential", CREDENTIAL_LEN_MAX)?.to_vec();
+        let latest_version = r.str("login_reply.latest_version", VERSION_LEN_MAX)?.to_owned();
+        r.finish()?;
+        Ok(Self { credential, latest_version })
+    }
+}
+
+/// RegisterReply: the account as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterReply {
+    /// The username as registered.
+    pub username: String,
+}
+
+impl RegisterReply {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.str(&self.username);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let username = r.str("register_reply.username", USERNAME_WIRE_MAX)?.to_owned();
+        r.finish()?;
+        Ok(Self { username })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for k in MessageKind::ALL {
+            assert_eq!(MessageKind::from_code(k as u8), Some(k));
+        }
+        assert_eq!(MessageKind::from_code(0xee), None);
+        for c in 0..40 {
+            assert_eq!(ErrorCode::from_code(c).code(), c);
+        }
+    }
+
+    #[test]
+    fn bodies_round_trip() {
+        let h = Hello { client_version: "0.1.0".into(), host_nonce: [3; 16] };
+        let e = h.encode();
+        assert!(e.len() >= HELLO_LEN_MIN);
+        assert_eq!(Hello::decode(&e).unwrap(), h);
+        let c = Challenge { credential: vec![1; 600], cookie: [2; 32], host_nonce: [3; 16], observed: sa("10.0.0.1:5") };
+        assert_eq!(Challenge::decode(&c.encode()).unwrap(), c);
+        assert!(c.encode().len() < HELLO_LEN_MIN, "a Challenge must never outgrow the Hello");
+        let w = Welcome {
+            observed: sa("198.18.1.2:4000"),
+            keepalive_secs: 15,
+            idle_timeout_secs: 60,
+            probe_addr: Some(sa("198.18.0.1:33034")),
+            supernodes: vec![SupernodeInfo { name: "sn1".into(), udp: Some(sa("198.18.0.1:33033")), tcp: None }],
+        };
+        assert_eq!(Welcome::decode(&w.encode()).unwrap(), w);
+        let a = AccountBody {
+            username: "alice".into(),
+            shared_secret: [9; 32],
+            timestamp: 17,
+            client_version: "0.1.0".into(),
+            host_public_key: vec![1, 2, 3],
+        };
+        assert_eq!(AccountBody::decode(&a.encode()).unwrap(), a);
+        let err = ErrorMsg { code: ErrorCode::TooManyAttempts, retry_after_secs: 30, detail: "slow down".into() };
+        assert_eq!(ErrorMsg::decode(&err.encode()).unwrap(), err);
+        let env = Envelope { key_id: [1; 8], cookie: [0; 32], wrapped: vec![5; 256], sealed: vec![6; 100] };
+        assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
+        let p = NatProbe { id: 99 };
+        assert_eq!(NatProbe::decode(&p.encode()).unwrap(), p);
+        assert!(NatProbe::decode(&99u64.to_be_bytes()).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_are_total(b in proptest::collection::vec(any::<u8>(), 0..1500)) {
+            let _ = Hello::decode(&b);
+            let _ = Challenge::decode(&b);
+            let _ = Envelope::decode(&b);
+            let _ = AuthBody::decode(&b);
+            let _ = Welcome::decode(&b);
+            let _ = Observed::decode(&b);
+            let _ = NatProbe::decode(&b);
+            let _ = Bye::decode(&b);
+            let _ = ErrorMsg::decode(&b);
+            let _ = AccountBody::decode(&b);
+            let _ = LoginReply::decode(&b);
+            let _ = RegisterReply::decode(&b);
+        }
+    }
+}
