@@ -5,9 +5,9 @@
 //! `CONFAB_LOGIN_SERVER__LISTEN=0.0.0.0:33030`. Paths in a file are relative to that
 //! file's folder. A bad value is reported in one line naming its key.
 
+use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::magic::RelativePathBuf;
-use figment::Figment;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -288,7 +288,10 @@ impl Config {
                 return bad(&format!("supernode.nodes[{i}].name"), "is used by two nodes");
             }
             if n.udp.ip().is_unspecified() && n.public_ip.is_none() {
-                return bad(&format!("supernode.nodes[{i}].public_ip"), "is required when udp binds a wildcard address");
+                return bad(
+                    &format!("supernode.nodes[{i}].public_ip"),
+                    "is required when udp binds a wildcard address",
+                );
             }
         }
         if self.host.step_timeout_ms == 0 {
@@ -315,6 +318,8 @@ pub fn path(p: &RelativePathBuf) -> PathBuf {
 }
 
 #[cfg(test)]
+// figment's Jail API returns its large error type by value; that is its signature, not ours.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

@@ -42,8 +42,5 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Seconds since the Unix epoch: the one place the wall clock is read by protocol code's
 /// callers. Logic functions take this value as an argument.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

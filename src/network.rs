@@ -2,8 +2,8 @@
 //! super nodes in one process, on one address, with a host configuration written for them.
 
 use crate::config::{self, Config};
-use crate::crypto::credential::{CredentialKind, TrustedKeys};
 use crate::crypto::PublicKey;
+use crate::crypto::credential::{CredentialKind, TrustedKeys};
 use crate::login::{AccountStore, LoginPolicy, LoginServer, LoginService};
 use crate::supernode::{BoundNode, Identity, NodeAddrs, NodeSpec, RunningNode, SessionParams};
 use crate::telemetry::MetricsServer;
@@ -26,7 +26,11 @@ pub fn login_service(cfg: &config::LoginServerConfig) -> anyhow::Result<LoginSer
         credential_lifetime_secs: cfg.credential_lifetime_secs,
         replay_window_secs: cfg.replay_window_secs,
         latest_version: cfg.latest_version.clone(),
-        backoff: crate::login::backoff::Policy { free_failures: cfg.backoff_free_failures, max_secs: cfg.backoff_max_secs, ..Default::default() },
+        backoff: crate::login::backoff::Policy {
+            free_failures: cfg.backoff_free_failures,
+            max_secs: cfg.backoff_max_secs,
+            ..Default::default()
+        },
     };
     Ok(LoginService::new(key, store, policy))
 }
@@ -59,9 +63,11 @@ pub fn session_params(cfg: &config::SupernodeConfig) -> SessionParams {
 /// Loads one node's identity and checks its credential against the trusted keys.
 pub fn node_identity(n: &config::NodeConfig, trusted: &TrustedKeys, i: usize) -> anyhow::Result<Identity> {
     let key_path = config::path(&n.key);
-    let key = crate::crypto::PrivateKey::read_pem_file(&key_path).with_context(|| format!("supernode.nodes[{i}].key: {}", key_path.display()))?;
+    let key = crate::crypto::PrivateKey::read_pem_file(&key_path)
+        .with_context(|| format!("supernode.nodes[{i}].key: {}", key_path.display()))?;
     let cred_path = config::path(&n.credential);
-    let cred = crate::keygen::read_credential(&cred_path).with_context(|| format!("supernode.nodes[{i}].credential"))?;
+    let cred =
+        crate::keygen::read_credential(&cred_path).with_context(|| format!("supernode.nodes[{i}].credential"))?;
     cred.verify(trusted, CredentialKind::SuperNode, crate::unix_now())
         .with_context(|| format!("supernode.nodes[{i}].credential: {}", cred_path.display()))?;
     if cred.public_key != *key.public() {
@@ -74,7 +80,10 @@ pub fn node_identity(n: &config::NodeConfig, trusted: &TrustedKeys, i: usize) ->
 }
 
 /// Binds every node of the configuration; each announces the others and the static peers.
-pub async fn start_supernodes(cfg: &config::SupernodeConfig, shutdown: &CancellationToken) -> anyhow::Result<Vec<RunningNode>> {
+pub async fn start_supernodes(
+    cfg: &config::SupernodeConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<RunningNode>> {
     let trusted = trusted_keys(&cfg.trusted_login_keys, "supernode.trusted_login_keys")?;
     let params = session_params(cfg);
     let mut bound = Vec::new();
@@ -91,7 +100,8 @@ pub async fn start_supernodes(cfg: &config::SupernodeConfig, shutdown: &Cancella
         bound.push(BoundNode::bind(spec).await.with_context(|| format!("supernode.nodes[{i}]"))?);
     }
     let infos: Vec<SupernodeInfo> = bound.iter().map(BoundNode::info).collect();
-    let statics: Vec<SupernodeInfo> = cfg.peers.iter().map(|p| SupernodeInfo { name: p.name.clone(), udp: p.udp, tcp: p.tcp }).collect();
+    let statics: Vec<SupernodeInfo> =
+        cfg.peers.iter().map(|p| SupernodeInfo { name: p.name.clone(), udp: p.udp, tcp: p.tcp }).collect();
     Ok(bound
         .into_iter()
         .map(|b| {

@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 /// Starts logging to standard error; `level` is a tracing filter (RUST_LOG overrides it).
 pub fn init_tracing(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(level)).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
@@ -21,7 +23,8 @@ pub fn init_tracing(format: LogFormat, level: &str) {
 }
 
 /// Latency buckets (seconds) shared by the handshake histograms: 100 µs to 10 s.
-const LATENCY_BUCKETS: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0];
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -53,7 +56,9 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Binds the endpoint.
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("bind metrics {addr}: {e}")))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("bind metrics {addr}: {e}")))?;
         let addr = listener.local_addr()?;
         Ok(Self { listener, addr })
     }
@@ -93,7 +98,11 @@ async fn serve_one(stream: &mut tokio::net::TcpStream, handle: &PrometheusHandle
     let mut n = 0;
     while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
         if n == buf.len() {
-            return stream.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+            return stream
+                .write_all(
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
         }
         let m = stream.read(&mut buf[n..]).await?;
         if m == 0 {
@@ -111,7 +120,10 @@ async fn serve_one(stream: &mut tokio::net::TcpStream, handle: &PrometheusHandle
     } else {
         ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
     };
-    let head = format!("HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await

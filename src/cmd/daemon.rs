@@ -25,7 +25,10 @@ pub struct SupernodeArgs {
     metrics: Option<SocketAddr>,
 }
 
-async fn start_metrics(addr: Option<SocketAddr>, shutdown: &CancellationToken) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+async fn start_metrics(
+    addr: Option<SocketAddr>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     let Some(addr) = addr else { return Ok(None) };
     confab::telemetry::metrics_handle();
     let m = MetricsServer::bind(addr).await?;
@@ -41,7 +44,13 @@ pub async fn login_server(a: LoginArgs, mut config: Config) -> anyhow::Result<Ex
     let metrics = start_metrics(a.metrics.or(config.metrics.listen), &shutdown).await?;
     let cfg = config.login_server.clone();
     let service = Arc::new(tokio::task::spawn_blocking(move || confab::network::login_service(&cfg)).await??);
-    let server = LoginServer::bind(service, config.login_server.listen, config.login_server.public_addr, config.login_server.connections_max).await?;
+    let server = LoginServer::bind(
+        service,
+        config.login_server.listen,
+        config.login_server.public_addr,
+        config.login_server.connections_max,
+    )
+    .await?;
     let task = tokio::spawn(server.run(shutdown.clone()));
     super::terminated().await;
     shutdown.cancel();

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use confab::config::{self, Config};
-use confab::host::{self, connect::Timeouts, home::Home, ladder::LadderConfig, HostError, HostSettings};
+use confab::host::{self, HostError, HostSettings, connect::Timeouts, home::Home, ladder::LadderConfig};
 use confab::wire::ErrorCode;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,7 +44,10 @@ fn settings(c: &config::HostConfig) -> anyhow::Result<HostSettings> {
             udp_failures_max: c.udp_failures_max,
             attempts_max: c.attempts_max,
         },
-        timeouts: Timeouts { step: Duration::from_millis(c.step_timeout_ms), budget: Duration::from_secs(c.connect_budget_secs) },
+        timeouts: Timeouts {
+            step: Duration::from_millis(c.step_timeout_ms),
+            budget: Duration::from_secs(c.connect_budget_secs),
+        },
         login_timeout: Duration::from_secs(c.login_timeout_secs),
     })
 }
@@ -53,7 +56,9 @@ fn home(a: &Args, c: &config::HostConfig) -> anyhow::Result<Home> {
     let dir = match (&a.home, &c.home) {
         (Some(h), _) => h.clone(),
         (None, Some(h)) => config::path(h),
-        (None, None) => PathBuf::from(std::env::var_os("HOME").context("HOME is not set; pass --home")?).join(".confab"),
+        (None, None) => {
+            PathBuf::from(std::env::var_os("HOME").context("HOME is not set; pass --home")?).join(".confab")
+        }
     };
     Home::open(&dir).with_context(|| format!("home folder {}", dir.display()))
 }
@@ -62,7 +67,8 @@ fn password(confirm: bool) -> anyhow::Result<String> {
     if let Ok(p) = std::env::var("CONFAB_PASSWORD") {
         return Ok(p);
     }
-    let p = rpassword::prompt_password("password: ").context("no CONFAB_PASSWORD and no terminal to ask for a password")?;
+    let p =
+        rpassword::prompt_password("password: ").context("no CONFAB_PASSWORD and no terminal to ask for a password")?;
     if confirm && rpassword::prompt_password("password again: ")? != p {
         anyhow::bail!("the passwords differ");
     }
@@ -111,7 +117,10 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string(r)?);
             } else {
                 println!("logged in as {}", r.user);
-                println!("  super node      {} at {} over {} ({:.1} ms)", r.supernode, r.supernode_addr, r.transport, r.rtt_ms);
+                println!(
+                    "  super node      {} at {} over {} ({:.1} ms)",
+                    r.supernode, r.supernode_addr, r.transport, r.rtt_ms
+                );
                 println!("  public address  {}", r.public_addr);
                 println!("  NAT             {}", r.nat);
                 println!("  credential      valid until {}", r.credential_expires);

@@ -60,10 +60,17 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
         Command::Login { out, bits } => {
             let key = keygen::generate(&out, bits)?;
             let (private, public) = keygen::key_paths(&out);
-            println!("login key {} ({} bits)\n  private {}\n  public  {}", key.public().id(), key.public().bits(), private.display(), public.display());
+            println!(
+                "login key {} ({} bits)\n  private {}\n  public  {}",
+                key.public().id(),
+                key.public().bits(),
+                private.display(),
+                public.display()
+            );
         }
         Command::Supernode { name, login_key, out, days, bits } => {
-            let login = PrivateKey::read_pem_file(&login_key).with_context(|| format!("--login-key {}", login_key.display()))?;
+            let login = PrivateKey::read_pem_file(&login_key)
+                .with_context(|| format!("--login-key {}", login_key.display()))?;
             let key = keygen::generate(&out, bits)?;
             let cred = keygen::certify_supernode(&login, &name, key.public(), days, confab::unix_now());
             let cred_path = PathBuf::from(format!("{}.cred", out.display()));
@@ -79,8 +86,10 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Certify { name, login_key, public_key, out, days } => {
-            let login = PrivateKey::read_pem_file(&login_key).with_context(|| format!("--login-key {}", login_key.display()))?;
-            let public = PublicKey::read_pem_file(&public_key).with_context(|| format!("--public-key {}", public_key.display()))?;
+            let login = PrivateKey::read_pem_file(&login_key)
+                .with_context(|| format!("--login-key {}", login_key.display()))?;
+            let public = PublicKey::read_pem_file(&public_key)
+                .with_context(|| format!("--public-key {}", public_key.display()))?;
             let cred = keygen::certify_supernode(&login, &name, &public, days, confab::unix_now());
             keygen::write_credential(&out, &cred)?;
             println!("credential for {name} ({}) written to {}", public.id(), out.display());

@@ -58,7 +58,10 @@ pub fn run(cli: Cli) -> ExitCode {
         config.log.level = l.clone();
     }
     // Hosts are interactive tools: quieter by default than the daemons.
-    if matches!(cli.command, Command::Host(_) | Command::Keygen(_)) && cli.log_level.is_none() && std::env::var_os("RUST_LOG").is_none() {
+    if matches!(cli.command, Command::Host(_) | Command::Keygen(_))
+        && cli.log_level.is_none()
+        && std::env::var_os("RUST_LOG").is_none()
+    {
         config.log.level = "warn".into();
     }
     confab::telemetry::init_tracing(config.log.format, &config.log.level);

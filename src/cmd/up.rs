@@ -55,7 +55,12 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
         println!("  login server   tcp {}", i.login_server);
         for n in &i.supernodes {
             let probe = n.probe_udp.map(|p| format!(", nat probe udp {p}")).unwrap_or_default();
-            println!("  super node {:<4} udp+stun {}, tcp {}{probe}", n.name, n.udp, n.tcp.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "));
+            println!(
+                "  super node {:<4} udp+stun {}, tcp {}{probe}",
+                n.name,
+                n.udp,
+                n.tcp.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ")
+            );
         }
         if let Some(m) = &i.metrics {
             println!("  metrics        {m} (login server and every super node)");

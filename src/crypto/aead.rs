@@ -1,9 +1,9 @@
 //! AES-256-GCM sealing with keys derived from a handshake secret.
 
 use aes::Aes256;
+use aes_gcm::AesGcm;
 use aes_gcm::aead::consts::U12;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::AesGcm;
 use sha2::{Digest, Sha256};
 
 /// AES-256 in GCM mode with the standard 96-bit nonce.
@@ -81,9 +81,7 @@ impl SealKey {
         if sealed.len() < TAG_LEN {
             return Err(OpenError);
         }
-        self.cipher()
-            .decrypt(&(*nonce).into(), Payload { msg: sealed, aad })
-            .map_err(|_| OpenError)
+        self.cipher().decrypt(&(*nonce).into(), Payload { msg: sealed, aad }).map_err(|_| OpenError)
     }
 }
 

@@ -5,7 +5,7 @@
 //! long-lived one from `confab keygen`, so a host can tell a real super node from an
 //! impostor.
 
-use super::keys::{KeyId, PrivateKey, PublicKey, PUBLIC_KEY_DER_MAX};
+use super::keys::{KeyId, PUBLIC_KEY_DER_MAX, PrivateKey, PublicKey};
 use crate::wire::codec::{DecodeError, Reader, Writer};
 
 /// Longest encoded credential accepted (a 4096-bit key and signature fit with room).
@@ -157,7 +157,8 @@ impl Credential {
             return Err(DecodeError::TooLong { field: "credential", len: bytes.len(), max: CREDENTIAL_LEN_MAX });
         }
         let mut r = Reader::new(bytes);
-        let kind = CredentialKind::from_code(r.u8("credential.kind")?).ok_or(DecodeError::Invalid("credential.kind"))?;
+        let kind =
+            CredentialKind::from_code(r.u8("credential.kind")?).ok_or(DecodeError::Invalid("credential.kind"))?;
         let subject = r.str("credential.subject", SUBJECT_LEN_MAX)?.to_owned();
         let public_key = PublicKey::from_der(r.bytes("credential.public_key", PUBLIC_KEY_DER_MAX)?)
             .map_err(|_| DecodeError::Invalid("credential.public_key"))?;
@@ -190,7 +191,12 @@ impl Credential {
     }
 
     /// Decodes and verifies in one step.
-    pub fn decode_verified(bytes: &[u8], trusted: &TrustedKeys, kind: CredentialKind, now: u64) -> Result<Self, CredentialError> {
+    pub fn decode_verified(
+        bytes: &[u8],
+        trusted: &TrustedKeys,
+        kind: CredentialKind,
+        now: u64,
+    ) -> Result<Self, CredentialError> {
         let c = Self::decode(bytes)?;
         c.verify(trusted, kind, now)?;
         Ok(c)
@@ -259,7 +265,10 @@ mod tests {
     fn every_failure_is_named() {
         let (c, trusted) = cred(1_000_000);
         assert_eq!(c.verify(&trusted, CredentialKind::Host, 1_086_401), Err(CredentialError::Expired(1_086_400)));
-        assert!(matches!(c.verify(&trusted, CredentialKind::SuperNode, 1_000_000), Err(CredentialError::WrongKind(..))));
+        assert!(matches!(
+            c.verify(&trusted, CredentialKind::SuperNode, 1_000_000),
+            Err(CredentialError::WrongKind(..))
+        ));
         assert!(matches!(c.verify(&trusted, CredentialKind::Host, 1), Err(CredentialError::NotYetValid(_))));
         let other = TrustedKeys::new(vec![test_key(1).public().clone()]);
         assert!(matches!(c.verify(&other, CredentialKind::Host, 1_000_000), Err(CredentialError::UntrustedIssuer(_))));

@@ -1,8 +1,8 @@
 //! The RSA envelope of the original handshake: RSA(K ‖ R) plus AES(K) of a body.
 
-use super::aead::{label, SessionSecret};
+use super::aead::{SessionSecret, label};
 use super::keys::{PrivateKey, PublicKey};
-use crate::wire::message::{Envelope, COOKIE_LEN};
+use crate::wire::message::{COOKIE_LEN, Envelope};
 
 /// What the receiver recovers from an envelope.
 #[derive(Debug)]
@@ -34,7 +34,11 @@ pub fn seal(receiver: &PublicKey, cookie: [u8; COOKIE_LEN], body: &[u8]) -> (Env
 
 /// Like [`seal`], but the body is built from the wrapped key, so that a signature inside
 /// the body can cover it (binding the proof of possession to this one handshake).
-pub fn seal_with(receiver: &PublicKey, cookie: [u8; COOKIE_LEN], body: impl FnOnce(&[u8]) -> Vec<u8>) -> (Envelope, SessionSecret) {
+pub fn seal_with(
+    receiver: &PublicKey,
+    cookie: [u8; COOKIE_LEN],
+    body: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> (Envelope, SessionSecret) {
     let secret = SessionSecret::generate();
     let nonce: [u8; 32] = super::random::bytes();
     let mut kr = [0u8; 64];

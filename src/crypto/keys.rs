@@ -107,7 +107,8 @@ impl PublicKey {
 
     /// Reads a PEM public key file.
     pub fn read_pem_file(path: &Path) -> Result<Self, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| KeyError::Io { path: path.display().to_string(), source })?;
         Self::from_pem(&text)
     }
 
@@ -138,9 +139,7 @@ impl PublicKey {
 
     /// RSA-OAEP (SHA-256) encryption.
     pub fn encrypt_oaep(&self, plaintext: &[u8]) -> Vec<u8> {
-        self.key
-            .oaep_encrypt::<Sha256>(plaintext)
-            .expect("OAEP plaintext is a short fixed-size secret")
+        self.key.oaep_encrypt::<Sha256>(plaintext).expect("OAEP plaintext is a short fixed-size secret")
     }
 
     /// RSA-PSS (SHA-256) verification.
@@ -204,7 +203,8 @@ impl PrivateKey {
         let pkcs8 = key.to_pkcs8_der().map_err(|e| KeyError::Invalid(e.to_string()))?;
         let invalid = |e: &dyn std::fmt::Display| KeyError::Invalid(e.to_string());
         let aws_sign = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(pkcs8.as_bytes()).map_err(|e| invalid(&e))?;
-        let aws_decrypt = aws_lc_rs::rsa::PrivateDecryptingKey::from_pkcs8(pkcs8.as_bytes()).map_err(|e| invalid(&e))?;
+        let aws_decrypt =
+            aws_lc_rs::rsa::PrivateDecryptingKey::from_pkcs8(pkcs8.as_bytes()).map_err(|e| invalid(&e))?;
         let aws_decrypt = aws_lc_rs::rsa::OaepPrivateDecryptingKey::new(aws_decrypt).map_err(|e| invalid(&e))?;
         let pub_der = key.to_public_key().to_public_key_der().map_err(|e| invalid(&e))?;
         let public = PublicKey::from_der(pub_der.as_bytes())?;
@@ -228,7 +228,8 @@ impl PrivateKey {
 
     /// Reads a PEM private key file.
     pub fn read_pem_file(path: &Path) -> Result<Self, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| KeyError::Io { path: path.display().to_string(), source })?;
         Self::from_pem(&text)
     }
 

@@ -3,7 +3,7 @@
 use crate::crypto::aead::label;
 use crate::crypto::credential::{Credential, CredentialKind, TrustedKeys};
 use crate::crypto::password::SharedSecret;
-use crate::crypto::{envelope, PrivateKey, PublicKey};
+use crate::crypto::{PrivateKey, PublicKey, envelope};
 use crate::net::tcp;
 use crate::wire::frame::{self, Direction};
 use crate::wire::message::{AccountBody, ErrorCode, ErrorMsg, LoginReply, MessageKind, RegisterReply};
@@ -59,7 +59,13 @@ pub struct LoginServers {
     pub timeout: Duration,
 }
 
-async fn exchange(addr: SocketAddr, key: &PublicKey, kind: MessageKind, body: &AccountBody, timeout: Duration) -> Result<(MessageKind, Vec<u8>), AccountError> {
+async fn exchange(
+    addr: SocketAddr,
+    key: &PublicKey,
+    kind: MessageKind,
+    body: &AccountBody,
+    timeout: Duration,
+) -> Result<(MessageKind, Vec<u8>), AccountError> {
     let io = |e: std::io::Error| AccountError::Unreachable(format!("{addr}: {e}"));
     let (env, secret) = envelope::seal(key, [0; 32], &body.encode());
     let request = frame::encode_plain(addr, kind, 0, &env.encode());
@@ -67,7 +73,9 @@ async fn exchange(addr: SocketAddr, key: &PublicKey, kind: MessageKind, body: &A
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         tcp::write_frame(&mut stream, &request).await?;
-        tcp::read_frame(&mut stream).await.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+        tcp::read_frame(&mut stream)
+            .await
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
     })
     .await
     .map_err(|_| AccountError::Unreachable(format!("{addr}: timed out after {timeout:?}")))?
@@ -85,13 +93,18 @@ async fn exchange(addr: SocketAddr, key: &PublicKey, kind: MessageKind, body: &A
 
 /// Sends one request, trying each login server and each trusted key in turn: a server
 /// that cannot open an envelope for one key may hold another.
-async fn request(servers: &LoginServers, kind: MessageKind, body: &AccountBody) -> Result<(SocketAddr, MessageKind, Vec<u8>), AccountError> {
+async fn request(
+    servers: &LoginServers,
+    kind: MessageKind,
+    body: &AccountBody,
+) -> Result<(SocketAddr, MessageKind, Vec<u8>), AccountError> {
     let mut errors = Vec::new();
     for &addr in &servers.addrs {
         for key in servers.trusted.keys() {
             match exchange(addr, key, kind, body, servers.timeout).await {
                 Ok((MessageKind::Error, b)) => {
-                    let e = ErrorMsg::decode(&b).map_err(|e| AccountError::Protocol { addr, what: format!("malformed error: {e}") })?;
+                    let e = ErrorMsg::decode(&b)
+                        .map_err(|e| AccountError::Protocol { addr, what: format!("malformed error: {e}") })?;
                     if e.code == ErrorCode::BadEnvelope {
                         errors.push(format!("{addr}: {}", e.detail));
                         continue;
@@ -143,7 +156,12 @@ pub struct LoggedIn {
 }
 
 /// Logs in: proves the password, has `key` certified.
-pub async fn login(servers: &LoginServers, username: &str, secret: &SharedSecret, key: &PrivateKey) -> Result<LoggedIn, AccountError> {
+pub async fn login(
+    servers: &LoginServers,
+    username: &str,
+    secret: &SharedSecret,
+    key: &PrivateKey,
+) -> Result<LoggedIn, AccountError> {
     let body = AccountBody {
         username: username.to_owned(),
         shared_secret: secret.0,
@@ -156,8 +174,9 @@ pub async fn login(servers: &LoginServers, username: &str, secret: &SharedSecret
         return Err(AccountError::Protocol { addr, what: format!("expected LoginReply, got {}", kind.label()) });
     }
     let r = LoginReply::decode(&reply).map_err(|e| AccountError::Protocol { addr, what: e.to_string() })?;
-    let credential = Credential::decode_verified(&r.credential, &servers.trusted, CredentialKind::Host, crate::unix_now())
-        .map_err(|e| AccountError::Protocol { addr, what: format!("credential does not verify: {e}") })?;
+    let credential =
+        Credential::decode_verified(&r.credential, &servers.trusted, CredentialKind::Host, crate::unix_now())
+            .map_err(|e| AccountError::Protocol { addr, what: format!("credential does not verify: {e}") })?;
     if &credential.public_key != key.public() || !credential.subject.eq_ignore_ascii_case(username) {
         return Err(AccountError::Protocol { addr, what: "credential is for another user or key".into() });
     }

@@ -39,7 +39,8 @@ pub struct CacheEntry {
 
 impl CacheEntry {
     fn same_node(&self, other: &CacheEntry) -> bool {
-        self.kind == other.kind && ((self.udp.is_some() && self.udp == other.udp) || (self.tcp.is_some() && self.tcp == other.tcp))
+        self.kind == other.kind
+            && ((self.udp.is_some() && self.udp == other.udp) || (self.tcp.is_some() && self.tcp == other.tcp))
     }
 }
 
@@ -130,7 +131,8 @@ impl HostCache {
     fn trim(&mut self) {
         if self.entries.len() > HOST_CACHE_ENTRIES_MAX {
             // Keep the most useful: login servers, then super nodes in ladder order.
-            self.entries.sort_by_key(|e| (e.kind != NodeKind::LoginServer, e.failures, std::cmp::Reverse(e.last_success)));
+            self.entries
+                .sort_by_key(|e| (e.kind != NodeKind::LoginServer, e.failures, std::cmp::Reverse(e.last_success)));
             self.entries.truncate(HOST_CACHE_ENTRIES_MAX);
         }
     }

@@ -3,10 +3,10 @@
 
 use super::handshake::{Authenticating, ClientSession, Dialing, HandshakeError};
 use super::ladder::{Attempt, Stage, Transport};
-use crate::crypto::credential::{Credential, TrustedKeys};
 use crate::crypto::PrivateKey;
-use crate::net::tcp;
+use crate::crypto::credential::{Credential, TrustedKeys};
 use crate::nat::{self, NatKind, Observations};
+use crate::net::tcp;
 use crate::wire::frame;
 use crate::wire::message::{MessageKind, NatProbe, Observed};
 use std::net::SocketAddr;
@@ -88,7 +88,13 @@ enum StepError {
 }
 
 /// Runs the attempts in order until one succeeds, within the time budget.
-pub async fn run(plan: &[Attempt], udp: &Arc<UdpSocket>, me: &Me<'_>, t: &Timeouts, log: &mut Vec<AttemptLog>) -> Result<Connected, LadderError> {
+pub async fn run(
+    plan: &[Attempt],
+    udp: &Arc<UdpSocket>,
+    me: &Me<'_>,
+    t: &Timeouts,
+    log: &mut Vec<AttemptLog>,
+) -> Result<Connected, LadderError> {
     let started = Instant::now();
     let mut last = None;
     for (i, a) in plan.iter().enumerate() {
@@ -103,7 +109,12 @@ pub async fn run(plan: &[Attempt], udp: &Arc<UdpSocket>, me: &Me<'_>, t: &Timeou
         };
         let outcome = match result {
             Ok((session, link, rtt)) => {
-                log.push(AttemptLog { stage: a.stage, transport: a.transport.label(), addr: a.addr, outcome: "ok".into() });
+                log.push(AttemptLog {
+                    stage: a.stage,
+                    transport: a.transport.label(),
+                    addr: a.addr,
+                    outcome: "ok".into(),
+                });
                 return Ok(Connected { attempt: *a, session, link, rtt });
             }
             Err(StepError::Timeout) => "timeout".to_owned(),
@@ -133,7 +144,12 @@ async fn recv_from(udp: &UdpSocket, from: SocketAddr, deadline: tokio::time::Ins
     }
 }
 
-async fn try_udp(udp: &Arc<UdpSocket>, addr: SocketAddr, me: &Me<'_>, step: Duration) -> Result<(ClientSession, Link, Duration), StepError> {
+async fn try_udp(
+    udp: &Arc<UdpSocket>,
+    addr: SocketAddr,
+    me: &Me<'_>,
+    step: Duration,
+) -> Result<(ClientSession, Link, Duration), StepError> {
     let deadline = tokio::time::Instant::now() + step;
     let dialing = Dialing::new(addr);
     let hello = dialing.hello();
@@ -158,7 +174,10 @@ async fn try_udp(udp: &Arc<UdpSocket>, addr: SocketAddr, me: &Me<'_>, step: Dura
         let Some(pkt) = recv_from(udp, addr, resend_at.min(deadline)).await else { continue };
         match &auth {
             None => {
-                if let Some(a) = dialing.on_challenge(&pkt, me.trusted, me.credential, me.key, crate::unix_now()).map_err(StepError::Handshake)? {
+                if let Some(a) = dialing
+                    .on_challenge(&pkt, me.trusted, me.credential, me.key, crate::unix_now())
+                    .map_err(StepError::Handshake)?
+                {
                     auth = Some((a, sent_at.elapsed()));
                     resend_at = tokio::time::Instant::now();
                 }
@@ -181,7 +200,10 @@ async fn try_tcp(addr: SocketAddr, me: &Me<'_>, step: Duration) -> Result<(Clien
         tcp::write_frame(&mut stream, &dialing.hello()).await.map_err(StepError::Io)?;
         let auth = loop {
             let f = read(&mut stream).await?;
-            if let Some(a) = dialing.on_challenge(&f, me.trusted, me.credential, me.key, crate::unix_now()).map_err(StepError::Handshake)? {
+            if let Some(a) = dialing
+                .on_challenge(&f, me.trusted, me.credential, me.key, crate::unix_now())
+                .map_err(StepError::Handshake)?
+            {
                 break a;
             }
         };
@@ -221,10 +243,10 @@ async fn probe(udp: &UdpSocket, target: SocketAddr) -> Option<SocketAddr> {
             if raw.header.kind != MessageKind::NatProbeReply {
                 continue;
             }
-            if let Ok(o) = Observed::decode(raw.payload) {
-                if o.id == id {
-                    return Some(o.addr);
-                }
+            if let Ok(o) = Observed::decode(raw.payload)
+                && o.id == id
+            {
+                return Some(o.addr);
             }
         }
     }
@@ -244,7 +266,8 @@ fn local_ip_toward(dest: SocketAddr) -> Option<std::net::IpAddr> {
 /// another super node) is the second.
 pub async fn discover_nat(udp: &UdpSocket, session: &ClientSession) -> (NatKind, Observations) {
     let port = udp.local_addr().map(|a| a.port()).unwrap_or(0);
-    let ip = local_ip_toward(session.addr).unwrap_or_else(|| udp.local_addr().map(|a| a.ip()).unwrap_or([0, 0, 0, 0].into()));
+    let ip = local_ip_toward(session.addr)
+        .unwrap_or_else(|| udp.local_addr().map(|a| a.ip()).unwrap_or([0, 0, 0, 0].into()));
     let local = SocketAddr::new(ip, port);
     let first = Some(session.welcome.observed);
     let mut targets: Vec<SocketAddr> = session.welcome.probe_addr.into_iter().collect();

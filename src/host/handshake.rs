@@ -1,9 +1,9 @@
 //! The host's side of the super-node handshake, as a plain state machine:
 //! [`Dialing`] → [`Authenticating`] → [`ClientSession`].
 
-use crate::crypto::aead::{label, SealKey, SessionSecret};
+use crate::crypto::aead::{SealKey, SessionSecret, label};
 use crate::crypto::credential::{Credential, CredentialError, CredentialKind, TrustedKeys};
-use crate::crypto::{envelope, PrivateKey};
+use crate::crypto::{PrivateKey, envelope};
 use crate::supernode::handshake::auth_transcript;
 use crate::wire::frame::{self, Direction, FrameError};
 use crate::wire::message::{AuthBody, Bye, Challenge, ErrorMsg, Hello, MessageKind, Welcome};
@@ -87,7 +87,8 @@ impl Dialing {
         if raw.header.kind != MessageKind::Challenge {
             return Ok(None);
         }
-        let c = Challenge::decode(raw.payload).map_err(|e| HandshakeError::Protocol { addr, what: format!("malformed challenge: {e}") })?;
+        let c = Challenge::decode(raw.payload)
+            .map_err(|e| HandshakeError::Protocol { addr, what: format!("malformed challenge: {e}") })?;
         if c.host_nonce != self.host_nonce {
             return Ok(None);
         }
@@ -137,9 +138,13 @@ impl Authenticating {
             what: "the Welcome does not open with our session key: the peer does not hold the super node's key".into(),
         })?;
         if raw.header.kind != MessageKind::Welcome {
-            return Err(HandshakeError::Protocol { addr, what: format!("expected Welcome, got {}", raw.header.kind.label()) });
+            return Err(HandshakeError::Protocol {
+                addr,
+                what: format!("expected Welcome, got {}", raw.header.kind.label()),
+            });
         }
-        let welcome = Welcome::decode(&body).map_err(|e| HandshakeError::Protocol { addr, what: format!("malformed Welcome: {e}") })?;
+        let welcome = Welcome::decode(&body)
+            .map_err(|e| HandshakeError::Protocol { addr, what: format!("malformed Welcome: {e}") })?;
         let mut replay = ReplayWindow::new();
         replay.accept(raw.seq());
         Ok(Some(ClientSession {
@@ -242,7 +247,8 @@ mod tests {
         let hello = d.hello();
         let raw = frame::decode(sn_addr, &hello).unwrap();
         let h = Hello::decode(raw.payload).unwrap();
-        let challenge = frame::encode_plain(sn_addr, MessageKind::Challenge, 0, &sn.challenge(&h, host_addr, now).encode());
+        let challenge =
+            frame::encode_plain(sn_addr, MessageKind::Challenge, 0, &sn.challenge(&h, host_addr, now).encode());
         let a = d.on_challenge(&challenge, &trusted, &host_credential(now), &test_key(2), now).unwrap().unwrap();
         assert_eq!(a.observed(), host_addr);
         let raw = frame::decode(sn_addr, a.auth()).unwrap();
@@ -252,9 +258,16 @@ mod tests {
         // The cookie was for host_addr: the same Auth from elsewhere fails the cheap check.
         assert!(precheck(&sn, raw.payload, "198.18.1.3:40000".parse().unwrap(), now).is_err());
 
-        let who = SessionPeer { id: 5, user: "alice".into(), peer: host_addr, listener: sn_addr, transport: Transport::Udp };
+        let who =
+            SessionPeer { id: 5, user: "alice".into(), peer: host_addr, listener: sn_addr, transport: Transport::Udp };
         let mut s = Session::new(who, &accepted.secret, now, 60);
-        let welcome = s.welcome(&Welcome { observed: host_addr, keepalive_secs: 15, idle_timeout_secs: 60, probe_addr: None, supernodes: vec![] });
+        let welcome = s.welcome(&Welcome {
+            observed: host_addr,
+            keepalive_secs: 15,
+            idle_timeout_secs: 60,
+            probe_addr: None,
+            supernodes: vec![],
+        });
         let mut cs = a.on_reply(&welcome).unwrap().unwrap();
         assert_eq!(cs.welcome.observed, host_addr);
         assert_eq!(cs.id, 5);

@@ -53,7 +53,12 @@ pub struct LadderConfig {
 
 impl Default for LadderConfig {
     fn default() -> Self {
-        Self { bootstrap: Vec::new(), fallback_ports: vec![443, 80], udp_failures_max: UDP_FAILURES_MAX, attempts_max: 64 }
+        Self {
+            bootstrap: Vec::new(),
+            fallback_ports: vec![443, 80],
+            udp_failures_max: UDP_FAILURES_MAX,
+            attempts_max: 64,
+        }
     }
 }
 
@@ -120,7 +125,10 @@ mod tests {
 
     #[test]
     fn empty_cache_goes_to_bootstrap_then_fallback() {
-        let cfg = LadderConfig { bootstrap: vec!["198.18.9.1:33033".parse().unwrap(), "198.18.9.2:33033".parse().unwrap()], ..Default::default() };
+        let cfg = LadderConfig {
+            bootstrap: vec!["198.18.9.1:33033".parse().unwrap(), "198.18.9.2:33033".parse().unwrap()],
+            ..Default::default()
+        };
         let p = plan(&[], &cfg);
         let got: Vec<(Stage, Transport, u16)> = p.iter().map(|a| (a.stage, a.transport, a.addr.port())).collect();
         assert_eq!(

@@ -124,7 +124,9 @@ impl Session {
                         if from != addr {
                             continue;
                         }
-                        if let Ok((crate::wire::MessageKind::KeepaliveAck, body)) = self.connected.session.open(&buf[..n]) {
+                        if let Ok((crate::wire::MessageKind::KeepaliveAck, body)) =
+                            self.connected.session.open(&buf[..n])
+                        {
                             return crate::wire::message::Observed::decode(&body).ok().map(|o| o.addr);
                         }
                     }
@@ -148,10 +150,10 @@ impl HostSettings {
     fn login_servers(&self, cache: &HostCache) -> LoginServers {
         let mut addrs = self.login_servers.clone();
         for e in cache.entries().iter().filter(|e| e.kind == NodeKind::LoginServer) {
-            if let Some(a) = e.tcp {
-                if !addrs.contains(&a) {
-                    addrs.push(a);
-                }
+            if let Some(a) = e.tcp
+                && !addrs.contains(&a)
+            {
+                addrs.push(a);
             }
         }
         LoginServers { addrs, trusted: self.trusted.clone(), timeout: self.login_timeout }
@@ -159,7 +161,12 @@ impl HostSettings {
 }
 
 /// Registers `username` with `password` (checked for length first).
-pub async fn register(settings: &HostSettings, home: &Home, username: &str, password: &str) -> Result<String, HostError> {
+pub async fn register(
+    settings: &HostSettings,
+    home: &Home,
+    username: &str,
+    password: &str,
+) -> Result<String, HostError> {
     crate::login::username::canonical(username).map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::login::username::check_password(password).map_err(|e| anyhow::anyhow!("{e}"))?;
     let cache = HostCache::load(&home.cache_path());
@@ -180,9 +187,9 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         tokio::task::spawn_blocking(move || home.key()).await.expect("key task")?
     };
     let port = home.port()?;
-    let udp = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on UDP port {port} (is another host using {}?): {e}", home.dir().display()))?;
+    let udp = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on UDP port {port} (is another host using {}?): {e}", home.dir().display())
+    })?;
     let tcp_listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on TCP port {port}: {e}"))?;
@@ -193,7 +200,15 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
     let servers = settings.login_servers(&cache);
     let logged_in = account::login(&servers, username, &secret, &key).await?;
     cache.record_success(
-        CacheEntry { kind: NodeKind::LoginServer, name: String::new(), udp: None, tcp: Some(logged_in.server), last_success: None, rtt_ms: None, failures: 0 },
+        CacheEntry {
+            kind: NodeKind::LoginServer,
+            name: String::new(),
+            udp: None,
+            tcp: Some(logged_in.server),
+            last_success: None,
+            rtt_ms: None,
+            failures: 0,
+        },
         0,
         crate::unix_now(),
     );
@@ -232,12 +247,28 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
     };
     let sn_name = connected.session.supernode.subject.clone();
     cache.record_success(
-        CacheEntry { kind: NodeKind::Supernode, name: sn_name.clone(), udp: udp_addr, tcp: tcp_addr, last_success: None, rtt_ms: None, failures: 0 },
+        CacheEntry {
+            kind: NodeKind::Supernode,
+            name: sn_name.clone(),
+            udp: udp_addr,
+            tcp: tcp_addr,
+            last_success: None,
+            rtt_ms: None,
+            failures: 0,
+        },
         connected.rtt.as_millis() as u32,
         crate::unix_now(),
     );
     for s in &connected.session.welcome.supernodes {
-        cache.learn(CacheEntry { kind: NodeKind::Supernode, name: s.name.clone(), udp: s.udp, tcp: s.tcp, last_success: None, rtt_ms: None, failures: 0 });
+        cache.learn(CacheEntry {
+            kind: NodeKind::Supernode,
+            name: s.name.clone(),
+            udp: s.udp,
+            tcp: s.tcp,
+            last_success: None,
+            rtt_ms: None,
+            failures: 0,
+        });
     }
     if let Err(e) = cache.save() {
         tracing::warn!(error = %e, "could not save the host cache");
@@ -250,7 +281,8 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         transport: connected.attempt.transport.label(),
         public_addr,
         nat,
-        credential_expires: humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(expires)).to_string(),
+        credential_expires: humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(expires))
+            .to_string(),
         credential_expires_unix: expires,
         local_port: port,
         rtt_ms: connected.rtt.as_secs_f64() * 1000.0,

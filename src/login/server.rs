@@ -6,7 +6,7 @@ use crate::crypto::aead::label;
 use crate::net::tcp;
 use crate::wire::frame::{self, Direction};
 use crate::wire::message::MessageKind;
-use metrics::{counter, describe_counter, describe_histogram, histogram, Unit};
+use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,14 +26,23 @@ pub struct LoginServer {
 
 fn describe() {
     describe_counter!("confab_login_requests_total", "Login-server requests by kind and outcome");
-    describe_histogram!("confab_login_handshake_duration_seconds", Unit::Seconds, "Time to handle one register or login request");
+    describe_histogram!(
+        "confab_login_handshake_duration_seconds",
+        Unit::Seconds,
+        "Time to handle one register or login request"
+    );
     describe_counter!("confab_login_frames_rejected_total", "Frames the login server could not decode, by reason");
 }
 
 impl LoginServer {
     /// Binds `bind`; `public` is the address hosts dial (keys the header obfuscation),
     /// defaulting to the bound address.
-    pub async fn bind(service: Arc<LoginService>, bind: SocketAddr, public: Option<SocketAddr>, connections_max: usize) -> std::io::Result<Self> {
+    pub async fn bind(
+        service: Arc<LoginService>,
+        bind: SocketAddr,
+        public: Option<SocketAddr>,
+        connections_max: usize,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(bind)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("bind login server TCP {bind}: {e}")))?;
@@ -41,7 +50,10 @@ impl LoginServer {
         let addr = match public {
             Some(p) => SocketAddr::new(p.ip(), if p.port() == 0 { local.port() } else { p.port() }),
             None if local.ip().is_unspecified() => {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "login_server.public_addr is required when listening on a wildcard address"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "login_server.public_addr is required when listening on a wildcard address",
+                ));
             }
             None => local,
         };
@@ -124,7 +136,8 @@ async fn connection(service: Arc<LoginService>, mut stream: TcpStream, peer: Soc
         };
         let kind_label = handled.kind.map(MessageKind::label).unwrap_or("other");
         counter!("confab_login_requests_total", "kind" => kind_label, "outcome" => handled.outcome).increment(1);
-        histogram!("confab_login_handshake_duration_seconds", "kind" => kind_label).record(started.elapsed().as_secs_f64());
+        histogram!("confab_login_handshake_duration_seconds", "kind" => kind_label)
+            .record(started.elapsed().as_secs_f64());
         if handled.outcome == "login_ok" || handled.outcome == "registered" {
             tracing::info!(%peer, outcome = handled.outcome, "login server request");
         } else {

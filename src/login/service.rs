@@ -8,7 +8,7 @@ use super::username;
 use crate::crypto::aead::SessionSecret;
 use crate::crypto::credential::{Claims, Credential, CredentialKind};
 use crate::crypto::password::SharedSecret;
-use crate::crypto::{envelope, random, PrivateKey, PublicKey};
+use crate::crypto::{PrivateKey, PublicKey, envelope, random};
 use crate::wire::message::{AccountBody, Envelope, ErrorCode, ErrorMsg, LoginReply, MessageKind, RegisterReply};
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -86,7 +86,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn fail(code: ErrorCode, detail: impl Into<String>, secret: Option<&SessionSecret>) -> Handled {
-    Handled { reply: Reply::Error { error: ErrorMsg::new(code, detail), secret: secret.cloned() }, outcome: code.label(), kind: None }
+    Handled {
+        reply: Reply::Error { error: ErrorMsg::new(code, detail), secret: secret.cloned() },
+        outcome: code.label(),
+        kind: None,
+    }
 }
 
 impl LoginService {
@@ -178,7 +182,9 @@ impl LoginService {
                 outcome: "registered",
                 kind: None,
             },
-            Err(StoreError::Taken) => fail(ErrorCode::UsernameTaken, format!("the username {name:?} is taken"), Some(&secret)),
+            Err(StoreError::Taken) => {
+                fail(ErrorCode::UsernameTaken, format!("the username {name:?} is taken"), Some(&secret))
+            }
             Err(e) => {
                 tracing::error!(error = %e, "account store failed during registration");
                 fail(ErrorCode::Internal, "the account store failed; try again later", Some(&secret))
@@ -186,7 +192,15 @@ impl LoginService {
         }
     }
 
-    fn login(&self, now: u64, source: IpAddr, name_key: &str, shared: &SharedSecret, host_key: &[u8], secret: SessionSecret) -> Handled {
+    fn login(
+        &self,
+        now: u64,
+        source: IpAddr,
+        name_key: &str,
+        shared: &SharedSecret,
+        host_key: &[u8],
+        secret: SessionSecret,
+    ) -> Handled {
         let wait = lock(&self.users).wait_secs(&name_key.to_owned(), now);
         if wait > 0 {
             return too_many(wait, Some(&secret));
@@ -208,7 +222,11 @@ impl LoginService {
             return fail(ErrorCode::WrongPassword, "wrong password", Some(&secret));
         }
         let Ok(public_key) = PublicKey::from_der(host_key) else {
-            return fail(ErrorCode::Malformed, "the host public key is not a valid RSA key of 2048-4096 bits", Some(&secret));
+            return fail(
+                ErrorCode::Malformed,
+                "the host public key is not a valid RSA key of 2048-4096 bits",
+                Some(&secret),
+            );
         };
         lock(&self.users).succeed(&name_key.to_owned());
         let credential = Credential::issue(
@@ -223,8 +241,13 @@ impl LoginService {
             },
             &self.key,
         );
-        let body = LoginReply { credential: credential.encode(), latest_version: self.policy.latest_version.clone() }.encode();
-        Handled { reply: Reply::Sealed { kind: MessageKind::LoginReply, body, secret }, outcome: "login_ok", kind: None }
+        let body =
+            LoginReply { credential: credential.encode(), latest_version: self.policy.latest_version.clone() }.encode();
+        Handled {
+            reply: Reply::Sealed { kind: MessageKind::LoginReply, body, secret },
+            outcome: "login_ok",
+            kind: None,
+        }
     }
 }
 

@@ -14,8 +14,8 @@
 
 use crate::crypto::credential::{Credential, CredentialError, CredentialKind, TrustedKeys};
 use crate::crypto::envelope::{self, EnvelopeError};
-use crate::crypto::{aead::SessionSecret, domain, PrivateKey};
-use crate::wire::message::{AuthBody, Challenge, Envelope, ErrorCode, Hello, COOKIE_LEN};
+use crate::crypto::{PrivateKey, aead::SessionSecret, domain};
+use crate::wire::message::{AuthBody, COOKIE_LEN, Challenge, Envelope, ErrorCode, Hello};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -44,7 +44,8 @@ impl Identity {
     }
 
     fn cookie_mac(&self, source: SocketAddr, t: u64) -> [u8; COOKIE_LEN - 8] {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.cookie_secret).expect("HMAC takes any key length");
+        let mut mac =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(&self.cookie_secret).expect("HMAC takes any key length");
         mac.update(&crate::crypto::obfuscation::address_bytes(source));
         mac.update(&t.to_be_bytes());
         let d = mac.finalize().into_bytes();
@@ -73,7 +74,12 @@ impl Identity {
 
     /// The stateless answer to a Hello.
     pub fn challenge(&self, hello: &Hello, source: SocketAddr, now: u64) -> Challenge {
-        Challenge { credential: self.credential.encode(), cookie: self.cookie(source, now), host_nonce: hello.host_nonce, observed: source }
+        Challenge {
+            credential: self.credential.encode(),
+            cookie: self.cookie(source, now),
+            host_nonce: hello.host_nonce,
+            observed: source,
+        }
     }
 }
 

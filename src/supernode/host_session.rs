@@ -87,7 +87,14 @@ pub struct HostSession {
 
 impl HostSession {
     /// A session for the host at `peer` whose Auth passed the cookie check.
-    pub fn new(node: Arc<NodeShared>, peer: SocketAddr, listener: SocketAddr, out: Outbound, env: Envelope, handshake_id: [u8; 32]) -> Self {
+    pub fn new(
+        node: Arc<NodeShared>,
+        peer: SocketAddr,
+        listener: SocketAddr,
+        out: Outbound,
+        env: Envelope,
+        handshake_id: [u8; 32],
+    ) -> Self {
         Self { node, peer, listener, out, state: State::Handshaking(Some(env)), handshake_id }
     }
 
@@ -103,7 +110,10 @@ impl HostSession {
     fn established(&mut self, accepted: Accepted, ctx: &mut Context<Self>) {
         let now = crate::unix_now();
         let Some(id) = self.node.register_session(self.handshake_id, self.peer, ctx.address()) else {
-            let e = ErrorMsg::new(crate::wire::ErrorCode::Full, "this super node has no room for another host; try another");
+            let e = ErrorMsg::new(
+                crate::wire::ErrorCode::Full,
+                "this super node has no room for another host; try another",
+            );
             self.send(MessageKind::Error, frame::encode_plain(self.listener, MessageKind::Error, 0, &e.encode()));
             self.node.metrics.handshake("full", 0.0);
             ctx.stop();
@@ -177,7 +187,10 @@ impl Actor for HostSession {
                     act.node.metrics.handshake(e.reason(), secs);
                     act.node.metrics.reject(act.out.transport().label(), e.reason(), act.peer, &e);
                     let msg = ErrorMsg::new(e.code(), e.to_string());
-                    act.send(MessageKind::Error, frame::encode_plain(act.listener, MessageKind::Error, 0, &msg.encode()));
+                    act.send(
+                        MessageKind::Error,
+                        frame::encode_plain(act.listener, MessageKind::Error, 0, &msg.encode()),
+                    );
                     ctx.stop();
                 }
                 Err(join) => {
@@ -234,11 +247,11 @@ impl Handler<Close> for HostSession {
     type Result = ();
 
     fn handle(&mut self, msg: Close, ctx: &mut Context<Self>) {
-        if msg.notify {
-            if let State::Established { session, .. } = &mut self.state {
-                let bye = session.goodbye();
-                self.send(MessageKind::Bye, bye);
-            }
+        if msg.notify
+            && let State::Established { session, .. } = &mut self.state
+        {
+            let bye = session.goodbye();
+            self.send(MessageKind::Bye, bye);
         }
         tracing::debug!(node = %self.node.identity.name, peer = %self.peer, reason = msg.reason, "closing host session");
         ctx.stop();

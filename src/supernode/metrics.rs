@@ -1,6 +1,6 @@
 //! The super node's metrics and its once-per-reason rejection log.
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use std::collections::HashSet;
 use std::sync::Mutex;
 
@@ -8,7 +8,11 @@ use std::sync::Mutex;
 pub fn describe() {
     describe_gauge!("confab_supernode_hosts_connected", "Hosts with an established session");
     describe_counter!("confab_supernode_handshakes_total", "Host handshakes by outcome");
-    describe_histogram!("confab_supernode_handshake_duration_seconds", Unit::Seconds, "Time to check an Auth (RSA decrypt, credential, proof)");
+    describe_histogram!(
+        "confab_supernode_handshake_duration_seconds",
+        Unit::Seconds,
+        "Time to check an Auth (RSA decrypt, credential, proof)"
+    );
     describe_counter!("confab_wire_frames_in_total", "Frames received, by kind and transport");
     describe_counter!("confab_wire_frames_out_total", "Frames sent, by kind and transport");
     describe_counter!("confab_wire_frames_rejected_total", "Frames rejected, by reason");
@@ -33,17 +37,25 @@ impl NodeMetrics {
 
     /// A frame came in.
     pub fn frame_in(&self, kind: &'static str, transport: &'static str) {
-        counter!("confab_wire_frames_in_total", "node" => self.node.clone(), "kind" => kind, "transport" => transport).increment(1);
+        counter!("confab_wire_frames_in_total", "node" => self.node.clone(), "kind" => kind, "transport" => transport)
+            .increment(1);
     }
 
     /// A frame went out.
     pub fn frame_out(&self, kind: &'static str, transport: &'static str) {
-        counter!("confab_wire_frames_out_total", "node" => self.node.clone(), "kind" => kind, "transport" => transport).increment(1);
+        counter!("confab_wire_frames_out_total", "node" => self.node.clone(), "kind" => kind, "transport" => transport)
+            .increment(1);
     }
 
     /// A frame was rejected: counted always, logged at warn the first time per reason and
     /// transport, at debug after that (a flood must not flood the log).
-    pub fn reject(&self, transport: &'static str, reason: &'static str, from: std::net::SocketAddr, detail: &dyn std::fmt::Display) {
+    pub fn reject(
+        &self,
+        transport: &'static str,
+        reason: &'static str,
+        from: std::net::SocketAddr,
+        detail: &dyn std::fmt::Display,
+    ) {
         counter!("confab_wire_frames_rejected_total", "node" => self.node.clone(), "transport" => transport, "reason" => reason).increment(1);
         let first = self.logged.lock().unwrap_or_else(|p| p.into_inner()).insert((transport, reason));
         if first {

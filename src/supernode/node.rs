@@ -91,7 +91,12 @@ pub struct NodeShared {
 
 impl NodeShared {
     /// Assigns a session id to an accepted handshake; None if the node is full.
-    pub(crate) fn register_session(&self, handshake_id: [u8; 32], peer: SocketAddr, actor: Addr<HostSession>) -> Option<u32> {
+    pub(crate) fn register_session(
+        &self,
+        handshake_id: [u8; 32],
+        peer: SocketAddr,
+        actor: Addr<HostSession>,
+    ) -> Option<u32> {
         if self.sessions.len() >= self.params.hosts_max {
             return None;
         }
@@ -102,20 +107,20 @@ impl NodeShared {
                 break id;
             }
         };
-        if let Some(mut e) = self.by_peer.get_mut(&peer) {
-            if e.handshake_id == handshake_id {
-                e.session = Some(id);
-            }
+        if let Some(mut e) = self.by_peer.get_mut(&peer)
+            && e.handshake_id == handshake_id
+        {
+            e.session = Some(id);
         }
         Some(id)
     }
 
     /// Forgets a session (called when its actor stops).
     pub(crate) fn unregister_session(&self, peer: SocketAddr, handshake_id: [u8; 32], _established: bool) {
-        if let Some((_, e)) = self.by_peer.remove_if(&peer, |_, e| e.handshake_id == handshake_id) {
-            if let Some(id) = e.session {
-                self.sessions.remove(&id);
-            }
+        if let Some((_, e)) = self.by_peer.remove_if(&peer, |_, e| e.handshake_id == handshake_id)
+            && let Some(id) = e.session
+        {
+            self.sessions.remove(&id);
         }
     }
 
@@ -137,7 +142,14 @@ impl NodeShared {
 
     /// Routes an Auth: a repeat of the current handshake gets its Welcome again; a new
     /// one from the same address replaces the old session (the host restarted).
-    fn start_session(self: &Arc<Self>, peer: SocketAddr, listener: SocketAddr, out: Outbound, payload: &[u8], transport: &'static str) -> Option<Addr<HostSession>> {
+    fn start_session(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+        listener: SocketAddr,
+        out: Outbound,
+        payload: &[u8],
+        transport: &'static str,
+    ) -> Option<Addr<HostSession>> {
         let now = crate::unix_now();
         let env = match handshake::precheck(&self.identity, payload, peer, now) {
             Ok(env) => env,
@@ -159,7 +171,9 @@ impl NodeShared {
             }
             existing.actor.do_send(Close { notify: false, reason: "replaced by a new handshake" });
         }
-        if self.pending_handshakes() >= self.params.handshakes_max || self.by_peer.len() >= self.params.hosts_max + self.params.handshakes_max {
+        if self.pending_handshakes() >= self.params.handshakes_max
+            || self.by_peer.len() >= self.params.hosts_max + self.params.handshakes_max
+        {
             self.metrics.reject(transport, "full", peer, &"no room for another handshake");
             let msg = ErrorMsg::new(ErrorCode::Full, "this super node is busy; try another");
             out.send(frame::encode_plain(listener, MessageKind::Error, 0, &msg.encode()));
@@ -230,7 +244,8 @@ fn with_context(e: std::io::Error, what: &str, addr: SocketAddr) -> std::io::Err
 impl BoundNode {
     /// Binds every socket of `spec` (must run inside a tokio runtime).
     pub async fn bind(spec: NodeSpec) -> std::io::Result<Self> {
-        let udp = udp_socket(spec.udp, spec.params.udp_recv_buffer_bytes).map_err(|e| with_context(e, "bind UDP", spec.udp))?;
+        let udp = udp_socket(spec.udp, spec.params.udp_recv_buffer_bytes)
+            .map_err(|e| with_context(e, "bind UDP", spec.udp))?;
         let udp_addr = advertised(udp.local_addr()?, spec.public_ip)?;
         let probe = match spec.probe_udp {
             Some(a) => {
@@ -261,7 +276,11 @@ impl BoundNode {
 
     /// This node as others list it in Welcome.
     pub fn info(&self) -> SupernodeInfo {
-        SupernodeInfo { name: self.spec.identity.name.clone(), udp: Some(self.udp_addr), tcp: self.tcp.first().map(|(_, a)| *a) }
+        SupernodeInfo {
+            name: self.spec.identity.name.clone(),
+            udp: Some(self.udp_addr),
+            tcp: self.tcp.first().map(|(_, a)| *a),
+        }
     }
 
     /// Starts serving (inside an actix System); `peers` are announced to hosts.
@@ -276,7 +295,8 @@ impl BoundNode {
             by_peer: DashMap::new(),
             sessions: DashMap::new(),
         });
-        let mut tasks = vec![actix_rt::spawn(udp_loop(shared.clone(), self.udp, self.udp_addr, Role::Main, shutdown.clone()))];
+        let mut tasks =
+            vec![actix_rt::spawn(udp_loop(shared.clone(), self.udp, self.udp_addr, Role::Main, shutdown.clone()))];
         if let Some((s, a)) = self.probe {
             tasks.push(actix_rt::spawn(udp_loop(shared.clone(), s, a, Role::Probe, shutdown.clone())));
         }
@@ -306,7 +326,13 @@ enum Role {
     Probe,
 }
 
-async fn udp_loop(node: Arc<NodeShared>, socket: Arc<UdpSocket>, listener: SocketAddr, role: Role, shutdown: CancellationToken) {
+async fn udp_loop(
+    node: Arc<NodeShared>,
+    socket: Arc<UdpSocket>,
+    listener: SocketAddr,
+    role: Role,
+    shutdown: CancellationToken,
+) {
     let mut buf = vec![0u8; 2048];
     loop {
         let (n, from) = tokio::select! {
@@ -360,7 +386,8 @@ async fn udp_loop(node: Arc<NodeShared>, socket: Arc<UdpSocket>, listener: Socke
                 };
                 node.metrics.frame_in(kind.label(), "udp");
                 let c = node.identity.challenge(&hello, from, crate::unix_now());
-                let _ = socket.try_send_to(&frame::encode_plain(listener, MessageKind::Challenge, 0, &c.encode()), from);
+                let _ =
+                    socket.try_send_to(&frame::encode_plain(listener, MessageKind::Challenge, 0, &c.encode()), from);
                 node.metrics.frame_out(MessageKind::Challenge.label(), "udp");
             }
             (Role::Main, MessageKind::Auth) => {
@@ -387,7 +414,13 @@ async fn udp_loop(node: Arc<NodeShared>, socket: Arc<UdpSocket>, listener: Socke
     }
 }
 
-async fn tcp_accept_loop(node: Arc<NodeShared>, l: TcpListener, listener: SocketAddr, limit: Arc<tokio::sync::Semaphore>, shutdown: CancellationToken) {
+async fn tcp_accept_loop(
+    node: Arc<NodeShared>,
+    l: TcpListener,
+    listener: SocketAddr,
+    limit: Arc<tokio::sync::Semaphore>,
+    shutdown: CancellationToken,
+) {
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -418,7 +451,13 @@ async fn tcp_accept_loop(node: Arc<NodeShared>, l: TcpListener, listener: Socket
 /// Time a TCP client has to complete the handshake before it is cut off.
 const TCP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn tcp_connection(node: Arc<NodeShared>, stream: tokio::net::TcpStream, peer: SocketAddr, listener: SocketAddr, shutdown: CancellationToken) {
+async fn tcp_connection(
+    node: Arc<NodeShared>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    listener: SocketAddr,
+    shutdown: CancellationToken,
+) {
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
     let writer = actix_rt::spawn(async move {

@@ -4,7 +4,7 @@
 //! Everything is decided here: which frames are acceptable, replay, keepalive answers,
 //! idle expiry.
 
-use crate::crypto::aead::{label, SealKey, SessionSecret};
+use crate::crypto::aead::{SealKey, SessionSecret, label};
 use crate::wire::frame::{self, Direction, FrameError, RawFrame};
 use crate::wire::message::{Bye, ErrorCode, ErrorMsg, MessageKind, Observed, Welcome};
 use crate::wire::replay::ReplayWindow;
@@ -152,7 +152,8 @@ impl Session {
                 }
             }
             other => {
-                let e = ErrorMsg::new(ErrorCode::Unsupported, format!("{} is not handled by a super node", other.label()));
+                let e =
+                    ErrorMsg::new(ErrorCode::Unsupported, format!("{} is not handled by a super node", other.label()));
                 out.push(Action::Send(MessageKind::Error, self.seal(MessageKind::Error, &e.encode())));
             }
         }
@@ -188,7 +189,13 @@ mod tests {
     fn pair() -> (Session, SealKey, SealKey, SocketAddr) {
         let secret = SessionSecret([8; 32]);
         let listener: SocketAddr = "198.18.0.1:33033".parse().unwrap();
-        let who = SessionPeer { id: 7, user: "alice".into(), peer: "198.18.1.2:4000".parse().unwrap(), listener, transport: Transport::Udp };
+        let who = SessionPeer {
+            id: 7,
+            user: "alice".into(),
+            peer: "198.18.1.2:4000".parse().unwrap(),
+            listener,
+            transport: Transport::Udp,
+        };
         let s = Session::new(who, &secret, 100, 60);
         (s, secret.derive(label::INITIATOR_TO_RESPONDER), secret.derive(label::RESPONDER_TO_INITIATOR), listener)
     }
@@ -225,7 +232,15 @@ mod tests {
         assert_eq!(out.last(), Some(&Action::Close("idle")));
         let (mut s, to_sn2, _, _) = pair();
         let _ = to_sn;
-        let f = frame::encode_sealed(l, MessageKind::Bye, 7, 0, &to_sn2, Direction::ToResponder, &Bye { reason: 0 }.encode());
+        let f = frame::encode_sealed(
+            l,
+            MessageKind::Bye,
+            7,
+            0,
+            &to_sn2,
+            Direction::ToResponder,
+            &Bye { reason: 0 }.encode(),
+        );
         assert_eq!(s.on_frame(&decode(l, &f).unwrap(), 120).unwrap(), vec![Action::Close("bye")]);
     }
 }

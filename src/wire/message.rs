@@ -662,7 +662,8 @@ mod tests {
         let e = h.encode();
         assert!(e.len() >= HELLO_LEN_MIN);
         assert_eq!(Hello::decode(&e).unwrap(), h);
-        let c = Challenge { credential: vec![1; 600], cookie: [2; 32], host_nonce: [3; 16], observed: sa("10.0.0.1:5") };
+        let c =
+            Challenge { credential: vec![1; 600], cookie: [2; 32], host_nonce: [3; 16], observed: sa("10.0.0.1:5") };
         assert_eq!(Challenge::decode(&c.encode()).unwrap(), c);
         assert!(c.encode().len() < HELLO_LEN_MIN, "a Challenge must never outgrow the Hello");
         let w = Welcome {

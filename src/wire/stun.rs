@@ -72,7 +72,7 @@ pub fn answer(request: &[u8], source: SocketAddr, software: &str) -> Result<Vec<
     }
     let msg_type = u16::from_be_bytes([request[0], request[1]]);
     let len = u16::from_be_bytes([request[2], request[3]]) as usize;
-    if len % 4 != 0 || HEADER_LEN + len != request.len() {
+    if !len.is_multiple_of(4) || HEADER_LEN + len != request.len() {
         return Err(StunError::Malformed);
     }
     if msg_type != BINDING_REQUEST {
