@@ -31,6 +31,15 @@ pub enum HandshakeError {
         /// Its error.
         error: ErrorMsg,
     },
+    /// The super node could not open the session key we sealed for the key its credential
+    /// certifies: whoever answered holds a real super node's credential but not its key.
+    #[error(
+        "super node {addr} could not open a message sealed for its certified key: it does not hold that key (impostor?)"
+    )]
+    NotKeyHolder {
+        /// The address that answered.
+        addr: SocketAddr,
+    },
     /// An answer that does not fit the protocol (for instance a Welcome that does not
     /// open with our key: the peer does not hold the super node's private key).
     #[error("super node {addr}: {what}")]
@@ -128,15 +137,15 @@ impl Authenticating {
             // A plain Error is the super node refusing before keys exist; anything else
             // (a repeated Challenge) is stale.
             return match plain_error(addr, raw.header.kind, raw.payload) {
+                Some(HandshakeError::Refused { error, .. }) if error.code == crate::wire::ErrorCode::BadEnvelope => {
+                    Err(HandshakeError::NotKeyHolder { addr })
+                }
                 Some(e) => Err(e),
                 None => Ok(None),
             };
         }
         let rx = self.secret.derive(label::RESPONDER_TO_INITIATOR);
-        let body = raw.open(&rx, Direction::ToInitiator).map_err(|_| HandshakeError::Protocol {
-            addr,
-            what: "the Welcome does not open with our session key: the peer does not hold the super node's key".into(),
-        })?;
+        let body = raw.open(&rx, Direction::ToInitiator).map_err(|_| HandshakeError::NotKeyHolder { addr })?;
         if raw.header.kind != MessageKind::Welcome {
             return Err(HandshakeError::Protocol {
                 addr,

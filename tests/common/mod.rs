@@ -1,0 +1,140 @@
+//! Shared helpers for the integration tests: whole networks on loopback with fixed keys.
+#![allow(dead_code)]
+
+use confab::config::Config;
+use confab::crypto::credential::TrustedKeys;
+use confab::crypto::{PrivateKey, PublicKey};
+use confab::host::HostSettings;
+use confab::host::connect::Timeouts;
+use confab::host::home::Home;
+use confab::host::ladder::LadderConfig;
+use confab::network::{self, Network, UpOptions};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The fixture folder.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys")
+}
+
+/// A fixture key by file stem (`login-0`, `supernode-1`, `host-2`, …).
+pub fn key(stem: &str) -> PrivateKey {
+    PrivateKey::read_pem_file(&fixtures().join(format!("{stem}.key.pem"))).unwrap()
+}
+
+/// Copies fixture keys into a data folder the way `confab up` names them, so the
+/// network starts without generating keys.
+pub fn seed_data(data: &Path, supernodes: usize) {
+    std::fs::create_dir_all(data).unwrap();
+    let copy = |from: &str, to: &str| {
+        for ext in ["key.pem", "pub.pem"] {
+            std::fs::copy(fixtures().join(format!("{from}.{ext}")), data.join(format!("{to}.{ext}"))).unwrap();
+        }
+    };
+    copy("login-0", "login");
+    let sn = ["supernode-0", "supernode-1", "supernode-2"];
+    for i in 0..supernodes {
+        copy(sn[i % sn.len()], &format!("sn{}", i + 1));
+    }
+}
+
+/// A running in-process network and the folder it lives in.
+pub struct TestNet {
+    /// The network.
+    pub net: Network,
+    /// Its data folder (kept until the test ends).
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts `supernodes` super nodes and a login server on 127.0.0.1, ephemeral ports.
+pub async fn start(supernodes: usize, tweak: impl FnOnce(&mut Config)) -> TestNet {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    seed_data(&data, supernodes);
+    let mut config = Config::default();
+    tweak(&mut config);
+    let net = network::up(UpOptions {
+        data,
+        bind: "127.0.0.1".parse().unwrap(),
+        base_port: 0,
+        supernodes,
+        metrics: Some("127.0.0.1:0".parse().unwrap()),
+        key_bits: 2048,
+        config,
+    })
+    .await
+    .unwrap();
+    TestNet { net, dir }
+}
+
+impl TestNet {
+    /// Host settings for this network: its bootstrap nodes, no 443/80, short steps.
+    pub fn settings(&self) -> HostSettings {
+        let login_pub = PublicKey::read_pem_file(&self.net.info.data.join("login.pub.pem")).unwrap();
+        HostSettings {
+            login_servers: vec![self.net.info.login_server],
+            trusted: TrustedKeys::new(vec![login_pub]),
+            ladder: LadderConfig {
+                bootstrap: self.net.info.supernodes.iter().map(|n| n.udp).collect(),
+                fallback_ports: vec![],
+                ..LadderConfig::default()
+            },
+            timeouts: Timeouts { step: Duration::from_millis(500), budget: Duration::from_secs(20) },
+            login_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// A fresh host home with a fixture key (no key generation in tests).
+    pub fn home(&self, name: &str) -> Home {
+        let dir = self.dir.path().join("homes").join(name);
+        let home = Home::open(&dir).unwrap();
+        let k = ["host-0", "host-1", "host-2"][name.len() % 3];
+        std::fs::copy(fixtures().join(format!("{k}.key.pem")), dir.join("host.key.pem")).unwrap();
+        home
+    }
+
+    /// The metrics exposition.
+    pub async fn metrics(&self) -> String {
+        let url = self.net.info.metrics.clone().unwrap();
+        let addr = url.trim_start_matches("http://").trim_end_matches("/metrics").to_owned();
+        http_get(&addr, "/metrics").await
+    }
+}
+
+/// A minimal HTTP GET, returning the body.
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+}
+
+/// Sum of every sample of `name` whose labels contain all of `labels` (`k="v"` strings).
+pub fn metric_sum(exposition: &str, name: &str, labels: &[&str]) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|kv| l.contains(kv)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Whether the tests are running in CI, where a missing prerequisite is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+}
+
+/// Skips (returns true) when a prerequisite is missing outside CI; panics in CI.
+pub fn missing(prerequisite: &str, ok: bool) -> bool {
+    if ok {
+        return false;
+    }
+    if in_ci() {
+        panic!("CI=true and a prerequisite is missing: {prerequisite}");
+    }
+    eprintln!("SKIPPED: {prerequisite} is missing (set CI=true to make this a failure)");
+    true
+}

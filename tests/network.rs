@@ -1,0 +1,338 @@
+//! A whole network in one test process, over real sockets and a real SQLite file:
+//! register, log in, and every failure a user can meet.
+
+mod common;
+
+use common::{TestNet, key, metric_sum};
+use confab::crypto::aead::{SessionSecret, label};
+use confab::crypto::credential::{Claims, Credential, CredentialKind, TrustedKeys};
+use confab::crypto::{PublicKey, envelope};
+use confab::host::account::{self, LoginServers};
+use confab::host::cache::{CacheEntry, HostCache, NodeKind};
+use confab::host::connect::{self, Me};
+use confab::host::handshake::HandshakeError;
+use confab::host::{self, HostError};
+use confab::nat::NatKind;
+use confab::net::tcp;
+use confab::supernode::{BoundNode, Identity, NodeSpec, SessionParams};
+use confab::wire::ErrorCode;
+use confab::wire::frame::{self, Direction};
+use confab::wire::message::{AccountBody, ErrorMsg, MessageKind};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const PW: &str = "correct horse battery";
+
+async fn register(t: &TestNet, user: &str, pw: &str) -> Result<String, HostError> {
+    host::register(&t.settings(), &t.home(user), user, pw).await
+}
+
+fn refused(e: &HostError) -> Option<ErrorCode> {
+    match e {
+        HostError::Account(a) => a.code(),
+        _ => None,
+    }
+}
+
+#[actix_rt::test]
+async fn register_then_login_reports_everything() {
+    let t = common::start(3, |_| {}).await;
+    assert_eq!(register(&t, "Alice", PW).await.unwrap(), "Alice");
+    let home = t.home("alice");
+    let s = host::login(&t.settings(), &home, "alice", PW).await.unwrap();
+    let r = s.report.clone();
+    assert_eq!(r.user, "Alice", "the name as registered");
+    assert_eq!(r.transport, "udp");
+    assert!(r.supernode.starts_with("sn"), "{}", r.supernode);
+    assert_eq!(r.public_addr, SocketAddr::from(([127, 0, 0, 1], r.local_port)));
+    assert_eq!(r.nat, NatKind::None, "loopback is no NAT");
+    let now = confab::unix_now();
+    assert!((now + 24 * 3600).abs_diff(r.credential_expires_unix) < 60, "24 h credential");
+    assert!(!r.update_available);
+    s.logout().await;
+
+    // The host cache learned every super node and the login server, and the port is kept.
+    let cache = HostCache::load(&home.cache_path());
+    assert!(cache.supernodes().len() >= 3, "{:?}", cache.entries());
+    assert!(cache.entries().iter().any(|e| e.kind == NodeKind::LoginServer && e.last_success.is_some()));
+    assert_eq!(cache.supernodes()[0].name, r.supernode, "the one that worked comes first");
+    let again = host::login(&t.settings(), &home, "alice", PW).await.unwrap();
+    assert_eq!(again.report.local_port, r.local_port, "port P is kept in the home");
+    assert_eq!(again.report.attempts[0].stage, confab::host::ladder::Stage::CachedUdp);
+    again.logout().await;
+    t.net.stop().await;
+}
+
+#[actix_rt::test]
+async fn registration_rules_and_taken_names() {
+    let t = common::start(1, |_| {}).await;
+    register(&t, "bob", PW).await.unwrap();
+    let e = register(&t, "BOB", PW).await.unwrap_err();
+    assert_eq!(refused(&e), Some(ErrorCode::UsernameTaken), "{e}");
+    assert!(e.to_string().contains("taken"), "{e}");
+    // Rules are checked by the host first …
+    for bad in ["ab", "has space", "ünïcode", &"x".repeat(33)] {
+        let e = register(&t, bad, PW).await.unwrap_err();
+        assert!(matches!(e, HostError::Local(_)), "{bad}: {e}");
+    }
+    let e = register(&t, "carol", "short").await.unwrap_err();
+    assert!(e.to_string().contains("at least 8"), "{e}");
+    // … and again by the server, whatever a client sends.
+    let servers = login_servers(&t);
+    let secret = confab::crypto::password::shared_secret("x y", PW);
+    let e = account::register(&servers, "x y", &secret).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidUsername), "{e}");
+    t.net.stop().await;
+}
+
+fn login_servers(t: &TestNet) -> LoginServers {
+    let s = t.settings();
+    LoginServers { addrs: s.login_servers, trusted: s.trusted, timeout: Duration::from_secs(5) }
+}
+
+#[actix_rt::test]
+async fn wrong_password_unknown_user_and_backoff() {
+    let t = common::start(1, |c| c.login_server.backoff_free_failures = 3).await;
+    register(&t, "dave", PW).await.unwrap();
+    let s = t.settings();
+    for _ in 0..3 {
+        let e = host::login(&s, &t.home("dave"), "dave", "wrong password").await.err().unwrap();
+        assert_eq!(refused(&e), Some(ErrorCode::WrongPassword), "{e}");
+    }
+    // The fourth failure starts the back-off; while it lasts even the right password is
+    // refused without being checked, so a guesser learns nothing.
+    let e = host::login(&s, &t.home("dave"), "dave", "wrong password").await.err().unwrap();
+    assert_eq!(refused(&e), Some(ErrorCode::WrongPassword));
+    let e = host::login(&s, &t.home("dave"), "dave", PW).await.err().unwrap();
+    assert_eq!(refused(&e), Some(ErrorCode::TooManyAttempts), "{e}");
+    assert!(e.to_string().contains("try again in"), "{e}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let ok = host::login(&s, &t.home("dave"), "dave", PW).await.unwrap();
+    ok.logout().await;
+    let e = host::login(&s, &t.home("dave"), "nobody", PW).await.err().unwrap();
+    assert_eq!(refused(&e), Some(ErrorCode::UnknownUser), "{e}");
+    assert!(e.to_string().contains("no account named"), "{e}");
+    let m = t.metrics().await;
+    assert!(metric_sum(&m, "confab_login_requests_total", &["outcome=\"wrong_password\""]) >= 4.0);
+    assert!(metric_sum(&m, "confab_login_requests_total", &["outcome=\"too_many_attempts\""]) >= 1.0);
+    t.net.stop().await;
+}
+
+/// Sends one raw request frame and returns (kind, opened body).
+async fn raw_exchange(addr: SocketAddr, request: &[u8], secret: &SessionSecret) -> (MessageKind, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp::write_frame(&mut s, request).await.unwrap();
+    let reply = tcp::read_frame(&mut s).await.unwrap().unwrap();
+    let raw = frame::decode(addr, &reply).unwrap();
+    let body = if raw.header.sealed {
+        raw.open(&secret.derive(label::RESPONDER_TO_INITIATOR), Direction::ToInitiator).unwrap()
+    } else {
+        raw.payload.to_vec()
+    };
+    (raw.header.kind, body)
+}
+
+fn login_request(t: &TestNet, user: &str, timestamp: u64) -> (Vec<u8>, SessionSecret) {
+    let login_pub = PublicKey::read_pem_file(&t.net.info.data.join("login.pub.pem")).unwrap();
+    let body = AccountBody {
+        username: user.into(),
+        shared_secret: confab::crypto::password::shared_secret(user, PW).0,
+        timestamp,
+        client_version: confab::VERSION.into(),
+        host_public_key: key("host-0").public().der().to_vec(),
+    };
+    let (env, secret) = envelope::seal(&login_pub, [0; 32], &body.encode());
+    (frame::encode_plain(t.net.info.login_server, MessageKind::LoginRequest, 0, &env.encode()), secret)
+}
+
+#[actix_rt::test]
+async fn replayed_and_skewed_requests_are_refused() {
+    let t = common::start(1, |_| {}).await;
+    register(&t, "erin", PW).await.unwrap();
+    let addr = t.net.info.login_server;
+    let (req, secret) = login_request(&t, "erin", confab::unix_now());
+    let (kind, _) = raw_exchange(addr, &req, &secret).await;
+    assert_eq!(kind, MessageKind::LoginReply);
+    let (kind, body) = raw_exchange(addr, &req, &secret).await;
+    assert_eq!(kind, MessageKind::Error);
+    assert_eq!(ErrorMsg::decode(&body).unwrap().code, ErrorCode::Replayed);
+    let (req, secret) = login_request(&t, "erin", confab::unix_now() - 3600);
+    let (_, body) = raw_exchange(addr, &req, &secret).await;
+    assert_eq!(ErrorMsg::decode(&body).unwrap().code, ErrorCode::ClockSkew);
+    // A request wrapped for a key the server does not hold cannot even be read.
+    let other = key("login-1");
+    let body = AccountBody {
+        username: "erin".into(),
+        shared_secret: [0; 32],
+        timestamp: confab::unix_now(),
+        client_version: "x".into(),
+        host_public_key: vec![],
+    };
+    let (env, secret) = envelope::seal(other.public(), [0; 32], &body.encode());
+    let req = frame::encode_plain(addr, MessageKind::LoginRequest, 0, &env.encode());
+    let (kind, body) = raw_exchange(addr, &req, &secret).await;
+    assert_eq!(kind, MessageKind::Error);
+    assert_eq!(ErrorMsg::decode(&body).unwrap().code, ErrorCode::BadEnvelope);
+    t.net.stop().await;
+}
+
+fn host_credential(signer: &str, user: &str, issued: u64, expires: u64) -> Credential {
+    Credential::issue(
+        Claims {
+            kind: CredentialKind::Host,
+            subject: user.into(),
+            public_key: key("host-1").public().clone(),
+            issued_at: issued,
+            expires_at: expires,
+            serial: 1,
+        },
+        &key(signer),
+    )
+}
+
+async fn handshake_with(t: &TestNet, addr: SocketAddr, cred: &Credential) -> Result<(), HandshakeError> {
+    let s = t.settings();
+    let udp = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let plan = [confab::host::ladder::Attempt {
+        stage: confab::host::ladder::Stage::BootstrapUdp,
+        transport: confab::host::ladder::Transport::Udp,
+        addr,
+    }];
+    let host_key = key("host-1");
+    let me = Me { trusted: &s.trusted, credential: cred, key: &host_key };
+    let mut log = Vec::new();
+    match connect::run(&plan, &udp, &me, &s.timeouts, &mut log).await {
+        Ok(_) => Ok(()),
+        Err(connect::LadderError::Exhausted { last: Some(e), .. }) => Err(e),
+        Err(e) => panic!("no answer at all: {e} {log:?}"),
+    }
+}
+
+#[actix_rt::test]
+async fn super_node_refuses_expired_and_untrusted_credentials() {
+    let t = common::start(1, |_| {}).await;
+    let sn = t.net.info.supernodes[0].udp;
+    let now = confab::unix_now();
+    handshake_with(&t, sn, &host_credential("login-0", "frank", now, now + 60)).await.unwrap();
+    let e = handshake_with(&t, sn, &host_credential("login-0", "frank", now - 7200, now - 3600)).await.unwrap_err();
+    assert!(matches!(&e, HandshakeError::Refused { error, .. } if error.code == ErrorCode::CredentialExpired), "{e}");
+    let e = handshake_with(&t, sn, &host_credential("login-1", "frank", now, now + 60)).await.unwrap_err();
+    assert!(matches!(&e, HandshakeError::Refused { error, .. } if error.code == ErrorCode::UntrustedCredential), "{e}");
+    let m = t.metrics().await;
+    assert!(metric_sum(&m, "confab_supernode_handshakes_total", &["outcome=\"credential_expired\""]) >= 1.0);
+    t.net.stop().await;
+}
+
+/// Starts a lone super node with the given key and credential, trusting login-0.
+async fn rogue_node(name: &str, node_key: &str, credential: Credential, token: &CancellationToken) -> SocketAddr {
+    let trusted = TrustedKeys::new(vec![key("login-0").public().clone()]);
+    let spec = NodeSpec {
+        identity: Identity::new(name.into(), key(node_key), credential, trusted),
+        udp: "127.0.0.1:0".parse().unwrap(),
+        tcp: "127.0.0.1:0".parse().unwrap(),
+        probe_udp: None,
+        fallback_tcp: vec![],
+        public_ip: None,
+        params: SessionParams::default(),
+    };
+    let b = BoundNode::bind(spec).await.unwrap();
+    let addr = b.addrs().udp;
+    let _ = b.start(vec![], token.clone());
+    addr
+}
+
+#[actix_rt::test]
+async fn impostor_super_nodes_are_named() {
+    let t = common::start(1, |_| {}).await;
+    let token = CancellationToken::new();
+    let now = confab::unix_now();
+    let me = host_credential("login-0", "gina", now, now + 60);
+    // 1. Certified by a login key the host does not trust.
+    let forged = confab::keygen::certify_supernode(&key("login-1"), "evil", key("supernode-2").public(), 1, now);
+    let evil = rogue_node("evil", "supernode-2", forged, &token).await;
+    let e = handshake_with(&t, evil, &me).await.unwrap_err();
+    assert!(matches!(e, HandshakeError::Impostor { .. }), "{e}");
+    assert!(e.to_string().contains("impostor"), "{e}");
+    // 2. A real super node's credential, replayed by a machine without its key.
+    let real = confab::keygen::certify_supernode(&key("login-0"), "sn1", key("supernode-0").public(), 1, now);
+    let thief = rogue_node("sn1", "supernode-2", real, &token).await;
+    let e = handshake_with(&t, thief, &me).await.unwrap_err();
+    assert!(matches!(e, HandshakeError::NotKeyHolder { .. }), "{e}");
+    token.cancel();
+    t.net.stop().await;
+}
+
+#[actix_rt::test]
+async fn update_available_is_reported() {
+    let t = common::start(1, |c| c.login_server.latest_version = "9.9.9".into()).await;
+    register(&t, "hank", PW).await.unwrap();
+    let s = host::login(&t.settings(), &t.home("hank"), "hank", PW).await.unwrap();
+    assert!(s.report.update_available);
+    assert_eq!(s.report.latest_version, "9.9.9");
+    s.logout().await;
+    t.net.stop().await;
+}
+
+fn dead_port_entry(port: u16) -> CacheEntry {
+    CacheEntry {
+        kind: NodeKind::Supernode,
+        name: format!("gone{port}"),
+        udp: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+        tcp: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+        last_success: Some(1),
+        rtt_ms: Some(1),
+        failures: 0,
+    }
+}
+
+/// A port with nothing listening on UDP or TCP (bound, read, released).
+fn dead_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
+#[actix_rt::test]
+async fn cached_super_nodes_down_then_bootstrap() {
+    let t = common::start(1, |_| {}).await;
+    register(&t, "ivan", PW).await.unwrap();
+    let home = t.home("ivan");
+    let mut cache = HostCache::load(&home.cache_path());
+    for _ in 0..3 {
+        cache.learn(dead_port_entry(dead_port()));
+    }
+    cache.save().unwrap();
+    let s = host::login(&t.settings(), &home, "ivan", PW).await.unwrap();
+    let stages: Vec<_> = s.report.attempts.iter().map(|a| (a.stage, a.outcome.clone())).collect();
+    use confab::host::ladder::Stage;
+    assert_eq!(stages.iter().filter(|(s, _)| *s == Stage::CachedUdp).count(), 3, "{stages:?}");
+    assert_eq!(stages.iter().filter(|(s, _)| *s == Stage::CachedTcp).count(), 3, "{stages:?}");
+    assert_eq!(stages.last().unwrap(), &(Stage::BootstrapUdp, "ok".to_owned()), "{stages:?}");
+    // The dead entries now carry failures and sort last.
+    let cache = HostCache::load(&home.cache_path());
+    assert_eq!(cache.supernodes()[0].name, "sn1");
+    assert!(cache.supernodes().iter().filter(|e| e.name.starts_with("gone")).all(|e| e.failures >= 2));
+    s.logout().await;
+    t.net.stop().await;
+}
+
+#[actix_rt::test]
+async fn udp_dead_tcp_alive_logs_in_over_tcp() {
+    let t = common::start(1, |_| {}).await;
+    register(&t, "judy", PW).await.unwrap();
+    let home = t.home("judy");
+    let sn_tcp = t.net.info.supernodes[0].tcp[0];
+    let mut cache = HostCache::load(&home.cache_path());
+    cache.learn(CacheEntry { tcp: Some(sn_tcp), ..dead_port_entry(dead_port()) });
+    cache.save().unwrap();
+    let mut s = t.settings();
+    s.ladder.bootstrap.clear();
+    let session = host::login(&s, &home, "judy", PW).await.unwrap();
+    assert_eq!(session.report.transport, "tcp");
+    assert_eq!(session.report.nat, NatKind::UdpBlocked);
+    let mut session = session;
+    let seen = session.keepalive(Duration::from_secs(2)).await.expect("keepalive over TCP");
+    assert_eq!(seen.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+    session.logout().await;
+    t.net.stop().await;
+}
