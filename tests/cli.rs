@@ -1,0 +1,142 @@
+//! The `confab` binary as a user runs it: keygen, up, host register/login, a crash of
+//! the login server, SIGTERM, and configuration errors.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PW: &str = "correct horse battery";
+
+fn confab() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_confab"));
+    c.env_remove("RUST_LOG").env("CONFAB_PASSWORD", PW);
+    c
+}
+
+/// Starts `confab up` on ephemeral ports and returns it with its JSON description.
+fn up(data: &Path) -> (Child, serde_json::Value) {
+    let mut child = confab()
+        .args(["up", "--base-port", "0", "--metrics", "127.0.0.1:0", "--json", "--data"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    (child, info)
+}
+
+fn host(data: &Path, home: &Path, args: &[&str]) -> std::process::Output {
+    confab()
+        .arg("host")
+        .arg("--config")
+        .arg(data.join("host.toml"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn accounts_survive_a_crash_and_sigterm_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let home = dir.path().join("home");
+    let (mut net, info) = up(&data);
+    assert_eq!(info["supernodes"].as_array().unwrap().len(), 3);
+    assert!(info["metrics"].as_str().unwrap().starts_with("http://127.0.0.1:"));
+    let out = host(&data, &home, &["register", "zoe", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Kill -9: no chance to flush anything.
+    net.kill().unwrap();
+    net.wait().unwrap();
+
+    let (mut net, _) = up(&data);
+    let out = host(&data, &home, &["login", "zoe", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in ["user", "supernode", "transport", "public_addr", "nat", "credential_expires"] {
+        assert!(!r[k].is_null(), "{k} missing in {r}");
+    }
+    assert_eq!(r["user"], "zoe");
+    assert_eq!(r["transport"], "udp");
+
+    let out = host(&data, &home, &["login", "zoe", "--json"]);
+    assert!(out.status.success());
+    let wrong = confab()
+        .env("CONFAB_PASSWORD", "not the password")
+        .arg("host")
+        .arg("--config")
+        .arg(data.join("host.toml"))
+        .arg("--home")
+        .arg(&home)
+        .args(["login", "zoe", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(1));
+    let e: serde_json::Value = serde_json::from_slice(&wrong.stdout).unwrap();
+    assert_eq!(e["code"], "wrong_password", "{e}");
+
+    Command::new("kill").args(["-TERM", &net.id().to_string()]).status().unwrap();
+    let status = wait_exit(&mut net, Duration::from_secs(10)).expect("confab up stops within 10 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn keygen_writes_private_keys_0600_and_signs_super_nodes() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let login = dir.path().join("login");
+    let out = confab().args(["keygen", "login", "--out"]).arg(&login).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mode = std::fs::metadata(dir.path().join("login.key.pem")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let sn = dir.path().join("sn1");
+    let out = confab()
+        .args(["keygen", "supernode", "--name", "sn1", "--login-key"])
+        .arg(dir.path().join("login.key.pem"))
+        .arg("--out")
+        .arg(&sn)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cred = confab::keygen::read_credential(&dir.path().join("sn1.cred")).unwrap();
+    let login_pub = confab::crypto::PublicKey::read_pem_file(&dir.path().join("login.pub.pem")).unwrap();
+    let trusted = confab::crypto::TrustedKeys::new(vec![login_pub]);
+    cred.verify(&trusted, confab::crypto::CredentialKind::SuperNode, confab::unix_now()).unwrap();
+    assert_eq!(cred.subject, "sn1");
+    let out =
+        confab().args(["keygen", "login", "--bits", "1024", "--out"]).arg(dir.path().join("weak")).output().unwrap();
+    assert!(!out.status.success(), "1024-bit keys are refused");
+}
+
+#[test]
+fn a_bad_config_value_is_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[supernode]\nidle_timeout_secs = \"soon\"\n").unwrap();
+    let out = confab().arg("--config").arg(&cfg).args(["login-server"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("supernode.idle_timeout_secs"), "{err}");
+    let out = confab().env("CONFAB_HOST__STEP_TIMEOUT_MS", "0").args(["host", "login", "x"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("host.step_timeout_ms"));
+}
