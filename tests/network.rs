@@ -336,3 +336,105 @@ async fn udp_dead_tcp_alive_logs_in_over_tcp() {
     session.logout().await;
     t.net.stop().await;
 }
+
+#[actix_rt::test]
+async fn sessions_end_on_bye_and_on_silence() {
+    let t = common::start(1, |c| {
+        c.supernode.keepalive_secs = 1;
+        c.supernode.idle_timeout_secs = 2;
+    })
+    .await;
+    let node = t.net.nodes[0].clone();
+    register(&t, "kate", PW).await.unwrap();
+    let s = host::login(&t.settings(), &t.home("kate"), "kate", PW).await.unwrap();
+    assert_eq!(node.hosts_connected(), 1);
+    s.logout().await;
+    wait_until(|| node.hosts_connected() == 0, "Bye removes the session").await;
+
+    // A host that restarts without saying Bye comes back from the same address and port:
+    // its new session replaces the old one, which leaves nothing behind.
+    let crashed = host::login(&t.settings(), &t.home("kate"), "kate", PW).await.unwrap();
+    drop(crashed);
+    let mut s = host::login(&t.settings(), &t.home("kate"), "kate", PW).await.unwrap();
+    wait_until(|| node.hosts_connected() == 1, "the replaced session is gone").await;
+    // Keepalives hold the session past the idle timeout …
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(s.keepalive(Duration::from_secs(1)).await.is_some());
+    }
+    assert_eq!(node.hosts_connected(), 1);
+    // … silence ends it.
+    wait_until(|| node.hosts_connected() == 0, "idle timeout removes the session").await;
+    assert!(s.keepalive(Duration::from_millis(500)).await.is_none(), "the super node forgot the session");
+    t.net.stop().await;
+}
+
+async fn wait_until(cond: impl Fn() -> bool, what: &str) {
+    for _ in 0..100 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting: {what}");
+}
+
+#[actix_rt::test]
+async fn last_resort_tcp_port_on_a_bootstrap_address() {
+    let t = common::start(1, |_| {}).await;
+    register(&t, "liam", PW).await.unwrap();
+    // A super node with a last-resort listener (443/80 in production, any port here).
+    let token = CancellationToken::new();
+    let trusted = TrustedKeys::new(vec![key("login-0").public().clone()]);
+    let cred =
+        confab::keygen::certify_supernode(&key("login-0"), "edge", key("supernode-2").public(), 1, confab::unix_now());
+    let dead = dead_port();
+    let spec = NodeSpec {
+        identity: Identity::new("edge".into(), key("supernode-2"), cred, trusted),
+        udp: "127.0.0.1:0".parse().unwrap(),
+        tcp: "127.0.0.1:0".parse().unwrap(),
+        probe_udp: None,
+        fallback_tcp: vec!["127.0.0.1:0".parse().unwrap()],
+        public_ip: None,
+        params: SessionParams::default(),
+    };
+    let b = BoundNode::bind(spec).await.unwrap();
+    let fallback = b.addrs().tcp[1];
+    let _node = b.start(vec![], token.clone());
+    let mut s = t.settings();
+    s.ladder.bootstrap = vec![SocketAddr::from(([127, 0, 0, 1], dead))];
+    s.ladder.fallback_ports = vec![fallback.port()];
+    let session = host::login(&s, &t.home("liam"), "liam", PW).await.unwrap();
+    let stages: Vec<_> = session.report.attempts.iter().map(|a| a.stage).collect();
+    use confab::host::ladder::Stage;
+    assert_eq!(stages, [Stage::BootstrapUdp, Stage::BootstrapTcp, Stage::FallbackTcp]);
+    assert_eq!(session.report.supernode, "edge");
+    assert_eq!(session.report.transport, "tcp");
+    session.logout().await;
+    token.cancel();
+    t.net.stop().await;
+}
+
+#[actix_rt::test]
+async fn metrics_cover_logins_sessions_frames_and_stun() {
+    let t = common::start(1, |_| {}).await;
+    register(&t, "mia", PW).await.unwrap();
+    let s = host::login(&t.settings(), &t.home("mia"), "mia", PW).await.unwrap();
+    let m = t.metrics().await;
+    for (name, labels) in [
+        ("confab_login_requests_total", &["kind=\"login_request\"", "outcome=\"login_ok\""][..]),
+        ("confab_login_requests_total", &["kind=\"register_request\"", "outcome=\"registered\""]),
+        ("confab_login_handshake_duration_seconds_count", &["kind=\"login_request\""]),
+        ("confab_supernode_hosts_connected", &["node=\"sn1\""]),
+        ("confab_supernode_handshakes_total", &["outcome=\"established\""]),
+        ("confab_supernode_handshake_duration_seconds_count", &[]),
+        ("confab_wire_frames_in_total", &["kind=\"hello\"", "transport=\"udp\""]),
+        ("confab_wire_frames_out_total", &["kind=\"welcome\"", "transport=\"udp\""]),
+        ("confab_supernode_nat_probes_total", &["port=\"alternate\""]),
+    ] {
+        assert!(metric_sum(&m, name, labels) >= 1.0, "{name}{labels:?} missing:\n{m}");
+    }
+    assert!(m.contains("confab_login_handshake_duration_seconds_bucket{"), "a real histogram with buckets");
+    s.logout().await;
+    t.net.stop().await;
+}

@@ -109,7 +109,7 @@ impl HostSession {
 
     fn established(&mut self, accepted: Accepted, ctx: &mut Context<Self>) {
         let now = crate::unix_now();
-        let Some(id) = self.node.register_session(self.handshake_id, self.peer, ctx.address()) else {
+        let Some(id) = self.node.register_session(self.peer, ctx.address()) else {
             let e = ErrorMsg::new(
                 crate::wire::ErrorCode::Full,
                 "this super node has no room for another host; try another",
@@ -139,7 +139,6 @@ impl HostSession {
             supernodes: self.node.peers.clone(),
         });
         self.send(MessageKind::Welcome, welcome.clone());
-        self.node.metrics.hosts_connected(1.0);
         tracing::info!(node = %self.node.identity.name, user = %accepted.credential.subject, peer = %self.peer,
             transport = self.out.transport().label(), session = id, "host connected");
         self.state = State::Established { session, welcome };
@@ -202,11 +201,11 @@ impl Actor for HostSession {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        let was_established = matches!(self.state, State::Established { .. });
-        self.node.unregister_session(self.peer, self.handshake_id, was_established);
-        if was_established {
-            self.node.metrics.hosts_connected(-1.0);
-        }
+        let id = match &self.state {
+            State::Established { session, .. } => Some(session.id()),
+            State::Handshaking(_) => None,
+        };
+        self.node.unregister_session(self.peer, self.handshake_id, id);
     }
 }
 

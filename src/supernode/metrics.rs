@@ -71,9 +71,9 @@ impl NodeMetrics {
         metrics::histogram!("confab_supernode_handshake_duration_seconds", "node" => self.node.clone()).record(seconds);
     }
 
-    /// The connected-host gauge moves.
-    pub fn hosts_connected(&self, delta: f64) {
-        gauge!("confab_supernode_hosts_connected", "node" => self.node.clone()).increment(delta);
+    /// The connected-host gauge, set from the session table itself so it cannot drift.
+    pub fn hosts_connected(&self, count: usize) {
+        gauge!("confab_supernode_hosts_connected", "node" => self.node.clone()).set(count as f64);
     }
 
     /// A STUN request was handled.

@@ -70,7 +70,6 @@ pub struct NodeSpec {
 struct PeerEntry {
     handshake_id: [u8; 32],
     actor: Addr<HostSession>,
-    session: Option<u32>,
 }
 
 /// State shared by a node's listeners and its `HostSession` actors.
@@ -91,12 +90,7 @@ pub struct NodeShared {
 
 impl NodeShared {
     /// Assigns a session id to an accepted handshake; None if the node is full.
-    pub(crate) fn register_session(
-        &self,
-        handshake_id: [u8; 32],
-        peer: SocketAddr,
-        actor: Addr<HostSession>,
-    ) -> Option<u32> {
+    pub(crate) fn register_session(&self, peer: SocketAddr, actor: Addr<HostSession>) -> Option<u32> {
         if self.sessions.len() >= self.params.hosts_max {
             return None;
         }
@@ -107,20 +101,17 @@ impl NodeShared {
                 break id;
             }
         };
-        if let Some(mut e) = self.by_peer.get_mut(&peer)
-            && e.handshake_id == handshake_id
-        {
-            e.session = Some(id);
-        }
+        self.metrics.hosts_connected(self.sessions.len());
         Some(id)
     }
 
-    /// Forgets a session (called when its actor stops).
-    pub(crate) fn unregister_session(&self, peer: SocketAddr, handshake_id: [u8; 32], _established: bool) {
-        if let Some((_, e)) = self.by_peer.remove_if(&peer, |_, e| e.handshake_id == handshake_id)
-            && let Some(id) = e.session
-        {
+    /// Forgets a session (called when its actor stops). The address entry goes only if it
+    /// is still this handshake's: a newer handshake from the same address may own it now.
+    pub(crate) fn unregister_session(&self, peer: SocketAddr, handshake_id: [u8; 32], session: Option<u32>) {
+        self.by_peer.remove_if(&peer, |_, e| e.handshake_id == handshake_id);
+        if let Some(id) = session {
             self.sessions.remove(&id);
+            self.metrics.hosts_connected(self.sessions.len());
         }
     }
 
@@ -180,7 +171,7 @@ impl NodeShared {
             return None;
         }
         let actor = HostSession::new(self.clone(), peer, listener, out, env, handshake_id).start();
-        self.by_peer.insert(peer, PeerEntry { handshake_id, actor: actor.clone(), session: None });
+        self.by_peer.insert(peer, PeerEntry { handshake_id, actor: actor.clone() });
         Some(actor)
     }
 }
