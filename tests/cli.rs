@@ -140,3 +140,94 @@ fn a_bad_config_value_is_one_line_naming_the_key() {
     let out = confab().env("CONFAB_HOST__STEP_TIMEOUT_MS", "0").args(["host", "login", "x"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("host.step_timeout_ms"));
 }
+
+fn free_port() -> u16 {
+    let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let p = t.local_addr().unwrap().port();
+    drop(t);
+    std::net::UdpSocket::bind(("127.0.0.1", p)).map(|_| p).unwrap_or_else(|_| free_port())
+}
+
+/// Waits until something accepts TCP connections on `port`.
+fn wait_listening(port: u16, child: &mut Child) {
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "daemon exited early");
+        assert!(t.elapsed() < Duration::from_secs(20), "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The deployment path of the README: keys made with keygen, separate login-server and
+/// supernode processes (two super nodes in one process) configured from TOML files.
+#[test]
+fn separate_daemons_from_config_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ok = |c: &mut Command| {
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    ok(confab().args(["keygen", "login", "--out"]).arg(d.join("login")));
+    for sn in ["sn-a", "sn-b"] {
+        ok(confab()
+            .args(["keygen", "supernode", "--name", sn, "--login-key"])
+            .arg(d.join("login.key.pem"))
+            .arg("--out")
+            .arg(d.join(sn)));
+    }
+    let (login, a, b, probe, metrics) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    std::fs::write(
+        d.join("login.toml"),
+        format!(
+            "[login_server]\nlisten = \"127.0.0.1:{login}\"\nkey = \"login.key.pem\"\ndatabase = \"accounts.sqlite\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("sn.toml"),
+        format!(
+            "[supernode]\ntrusted_login_keys = [\"login.pub.pem\"]\n\
+             [[supernode.nodes]]\nname = \"sn-a\"\nkey = \"sn-a.key.pem\"\ncredential = \"sn-a.cred\"\n\
+             udp = \"127.0.0.1:{a}\"\ntcp = \"127.0.0.1:{a}\"\nprobe_udp = \"127.0.0.1:{probe}\"\n\
+             [[supernode.nodes]]\nname = \"sn-b\"\nkey = \"sn-b.key.pem\"\ncredential = \"sn-b.cred\"\n\
+             udp = \"127.0.0.1:{b}\"\ntcp = \"127.0.0.1:{b}\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("host.toml"),
+        format!(
+            "[host]\nlogin_servers = [\"127.0.0.1:{login}\"]\ntrusted_login_keys = [\"login.pub.pem\"]\n\
+             bootstrap = [\"127.0.0.1:{b}\"]\nfallback_ports = []\nhome = \"home\"\n"
+        ),
+    )
+    .unwrap();
+    let mut ls =
+        confab().arg("--config").arg(d.join("login.toml")).arg("login-server").stderr(Stdio::null()).spawn().unwrap();
+    let mut sn =
+        confab().arg("--config").arg(d.join("sn.toml")).arg("supernode").stderr(Stdio::null()).spawn().unwrap();
+    wait_listening(login, &mut ls);
+    wait_listening(b, &mut sn);
+    let host =
+        |args: &[&str]| confab().arg("host").arg("--config").arg(d.join("host.toml")).args(args).output().unwrap();
+    let out = host(&["register", "olga"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = host(&["login", "olga", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["supernode"], "sn-b", "the bootstrap node: {r}");
+    assert_eq!(r["nat"], "none", "sn-b has no alternate port, so the probe went to sn-a: {r}");
+    // The second login starts from the host cache, which now lists both super nodes.
+    let cache: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("home/hostcache.json")).unwrap()).unwrap();
+    assert!(cache.to_string().contains("sn-a"), "{cache}");
+    let metrics = common::http_get_blocking(&format!("127.0.0.1:{metrics}"), "/metrics");
+    assert!(metrics.contains("confab_login_requests_total"), "{metrics}");
+    for mut c in [ls, sn] {
+        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        let status = wait_exit(&mut c, Duration::from_secs(10)).expect("exits on SIGTERM");
+        assert!(status.success(), "{status:?}");
+    }
+}

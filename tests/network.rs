@@ -438,3 +438,23 @@ async fn metrics_cover_logins_sessions_frames_and_stun() {
     s.logout().await;
     t.net.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_logged_in_host_listens_on_its_port_over_udp_and_tcp() {
+    let t = common::start(1, |_| {}).await;
+    register(&t, "noah", PW).await.unwrap();
+    let s = host::login(&t.settings(), &t.home("noah"), "noah", PW).await.unwrap();
+    let p = SocketAddr::from(([127, 0, 0, 1], s.report.local_port));
+    // UDP: the port is ours (binding it again fails).
+    assert!(std::net::UdpSocket::bind(p).is_err(), "UDP port P is held by the host");
+    // TCP: a peer gets a protocol answer, not silence.
+    let mut c = tokio::net::TcpStream::connect(p).await.unwrap();
+    let hello = confab::wire::message::Hello { client_version: "x".into(), host_nonce: [0; 16] };
+    tcp::write_frame(&mut c, &frame::encode_plain(p, MessageKind::Hello, 0, &hello.encode())).await.unwrap();
+    let reply = tcp::read_frame(&mut c).await.unwrap().unwrap();
+    let raw = frame::decode(p, &reply).unwrap();
+    assert_eq!(raw.header.kind, MessageKind::Error);
+    assert_eq!(ErrorMsg::decode(raw.payload).unwrap().code, ErrorCode::Unsupported);
+    s.logout().await;
+    t.net.stop().await;
+}

@@ -92,7 +92,40 @@ pub struct Session {
     /// What happened.
     pub report: LoginReport,
     connected: Connected,
-    _tcp_listener: TcpListener,
+    direct: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.direct.abort();
+    }
+}
+
+/// Serves the host's own TCP port P. Direct calls between public hosts will use it; for
+/// now a peer that connects is told, in protocol terms, that this host takes no direct
+/// requests yet, instead of being left hanging.
+fn serve_direct(listener: TcpListener) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, peer)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            tokio::spawn(async move {
+                let Ok(local) = stream.local_addr() else { return };
+                let read = tokio::time::timeout(Duration::from_secs(5), crate::net::tcp::read_frame(&mut stream));
+                if let Ok(Ok(Some(_))) = read.await {
+                    let e = crate::wire::message::ErrorMsg::new(
+                        crate::wire::ErrorCode::Unsupported,
+                        "this host takes no direct requests yet",
+                    );
+                    let f = crate::wire::frame::encode_plain(local, crate::wire::MessageKind::Error, 0, &e.encode());
+                    let _ = crate::net::tcp::write_frame(&mut stream, &f).await;
+                }
+                tracing::debug!(%peer, "direct connection on port P answered and closed");
+            });
+        }
+    })
 }
 
 impl Session {
@@ -290,5 +323,5 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         latest_version: logged_in.latest_version,
         attempts: log,
     };
-    Ok(Session { report, connected, _tcp_listener: tcp_listener })
+    Ok(Session { report, connected, direct: serve_direct(tcp_listener) })
 }

@@ -138,3 +138,13 @@ pub fn missing(prerequisite: &str, ok: bool) -> bool {
     eprintln!("SKIPPED: {prerequisite} is missing (set CI=true to make this a failure)");
     true
 }
+
+/// A minimal blocking HTTP GET, returning the body.
+pub fn http_get_blocking(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+}
