@@ -301,6 +301,12 @@ pub(crate) mod tests {
         PrivateKey::from_pem(pem).unwrap()
     }
 
+    /// A fixture key by file stem, read at run time (for the large 4096-bit ones).
+    pub fn fixture_key(stem: &str) -> PrivateKey {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/keys/{stem}.key.pem"));
+        PrivateKey::read_pem_file(&path).unwrap()
+    }
+
     #[test]
     fn backends_interoperate() {
         let k = test_key(0);

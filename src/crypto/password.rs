@@ -1,6 +1,6 @@
 //! The shared secret a host derives from a password, and the verifier the server stores.
 //!
-//! shared secret = argon2id(password, salt = SHA-256("confab/v1/salt" ‖ lowercase username)[..16])
+//! shared secret = argon2id(password, salt = SHA-256("confab/v1/salt\0" ‖ lowercase username)[..16])
 //! verifier      = SHA-256(shared secret)
 //!
 //! The server never sees the password and stores only the verifier, so a stolen account

@@ -134,7 +134,7 @@ pub async fn run(
 
 /// Waits for a datagram from `from` until `deadline`; others are ignored.
 async fn recv_from(udp: &UdpSocket, from: SocketAddr, deadline: tokio::time::Instant) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; 2048];
+    let mut buf = vec![0u8; crate::wire::frame::FRAME_LEN_MAX + 1];
     loop {
         match tokio::time::timeout_at(deadline, udp.recv_from(&mut buf)).await {
             Err(_) => return None,

@@ -225,7 +225,7 @@ impl ClientSession {
 mod tests {
     use super::*;
     use crate::crypto::credential::Claims;
-    use crate::crypto::keys::tests::test_key;
+    use crate::crypto::keys::tests::{fixture_key, test_key};
     use crate::supernode::handshake::{accept, precheck};
     use crate::supernode::session::{Session, SessionPeer, Transport};
     use crate::wire::message::Observed;
@@ -247,35 +247,81 @@ mod tests {
     /// The whole handshake, host and super node, with no sockets.
     #[test]
     fn full_handshake_then_keepalive() {
-        let sn = crate::supernode::tests::identity();
-        let sn_addr: SocketAddr = "198.18.0.1:33033".parse().unwrap();
-        let host_addr: SocketAddr = "198.18.1.2:40000".parse().unwrap();
         let now = 1_700_000_000;
+        handshake_then_keepalive(crate::supernode::tests::identity(), &host_credential(now), &test_key(2), now);
+    }
+
+    /// With 4096-bit keys everywhere every frame still fits, and the Challenge still
+    /// is no larger than the Hello (no amplification).
+    #[test]
+    fn full_handshake_with_4096_bit_keys() {
+        let now = 1_700_000_000;
+        let login = fixture_key("login-4096");
+        let sn_key = fixture_key("supernode-4096");
+        let host_key = fixture_key("host-4096");
+        let sn_cred = crate::keygen::certify_supernode(&login, &"n".repeat(64), sn_key.public(), 1, now);
+        let trusted = TrustedKeys::new(vec![login.public().clone()]);
+        let sn = crate::supernode::Identity::new("big".into(), sn_key, sn_cred, trusted);
+        let cred = Credential::issue(
+            Claims {
+                kind: CredentialKind::Host,
+                subject: "x".repeat(32),
+                public_key: host_key.public().clone(),
+                issued_at: now,
+                expires_at: now + 60,
+                serial: 1,
+            },
+            &login,
+        );
+        handshake_then_keepalive(sn, &cred, &host_key, now);
+    }
+
+    fn handshake_then_keepalive(sn: crate::supernode::Identity, cred: &Credential, host_key: &PrivateKey, now: u64) {
+        let sn_addr: SocketAddr = "198.18.0.1:33033".parse().unwrap();
+        let host_addr: SocketAddr = "[2001:db8::1]:40000".parse().unwrap();
         let trusted = sn.trusted.clone();
         let d = Dialing::new(sn_addr);
         let hello = d.hello();
         let raw = frame::decode(sn_addr, &hello).unwrap();
         let h = Hello::decode(raw.payload).unwrap();
-        let challenge =
-            frame::encode_plain(sn_addr, MessageKind::Challenge, 0, &sn.challenge(&h, host_addr, now).encode());
-        let a = d.on_challenge(&challenge, &trusted, &host_credential(now), &test_key(2), now).unwrap().unwrap();
+        let challenge_body = sn.challenge(&h, host_addr, now).encode();
+        assert!(
+            challenge_body.len() <= raw.payload.len(),
+            "Challenge {} > Hello {}",
+            challenge_body.len(),
+            raw.payload.len()
+        );
+        let challenge = frame::encode_plain(sn_addr, MessageKind::Challenge, 0, &challenge_body);
+        let a = d.on_challenge(&challenge, &trusted, cred, host_key, now).unwrap().unwrap();
         assert_eq!(a.observed(), host_addr);
         let raw = frame::decode(sn_addr, a.auth()).unwrap();
         let env = precheck(&sn, raw.payload, host_addr, now).unwrap();
         let accepted = accept(&sn, &env, now).unwrap();
-        assert_eq!(accepted.credential.subject, "alice");
+        assert_eq!(&accepted.credential.subject, &cred.subject);
         // The cookie was for host_addr: the same Auth from elsewhere fails the cheap check.
         assert!(precheck(&sn, raw.payload, "198.18.1.3:40000".parse().unwrap(), now).is_err());
 
-        let who =
-            SessionPeer { id: 5, user: "alice".into(), peer: host_addr, listener: sn_addr, transport: Transport::Udp };
+        let who = SessionPeer {
+            id: 5,
+            user: cred.subject.clone(),
+            peer: host_addr,
+            listener: sn_addr,
+            transport: Transport::Udp,
+        };
         let mut s = Session::new(who, &accepted.secret, now, 60);
         let welcome = s.welcome(&Welcome {
             observed: host_addr,
             keepalive_secs: 15,
             idle_timeout_secs: 60,
-            probe_addr: None,
-            supernodes: vec![],
+            probe_addr: Some("[2001:db8::2]:33034".parse().unwrap()),
+            // The most a Welcome carries: 24 peers with IPv6 addresses and over-long names.
+            supernodes: (0..40)
+                .map(|i| crate::wire::message::SupernodeInfo {
+                    name: format!("{i}-{}", "é".repeat(100)),
+                    udp: Some("[2001:db8::3]:33033".parse().unwrap()),
+                    tcp: Some("[2001:db8::3]:33033".parse().unwrap()),
+                })
+                .collect(),
         });
         let mut cs = a.on_reply(&welcome).unwrap().unwrap();
         assert_eq!(cs.welcome.observed, host_addr);

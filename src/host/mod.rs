@@ -151,7 +151,7 @@ impl Session {
             match &mut self.connected.link {
                 Link::Udp(s) => {
                     s.send_to(&frame, addr).await.ok()?;
-                    let mut buf = vec![0u8; 2048];
+                    let mut buf = vec![0u8; crate::wire::frame::FRAME_LEN_MAX + 1];
                     loop {
                         let (n, from) = s.recv_from(&mut buf).await.ok()?;
                         if from != addr {

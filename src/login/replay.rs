@@ -32,7 +32,8 @@ impl ReplayCache {
 
     /// Checks and records one request.
     pub fn check(&mut self, nonce: [u8; 32], timestamp: u64, now: u64) -> ReplayVerdict {
-        if timestamp + self.window_secs < now || timestamp > now + self.window_secs {
+        // Saturating: the timestamp comes from the network and may be anything.
+        if timestamp.saturating_add(self.window_secs) < now || timestamp > now.saturating_add(self.window_secs) {
             return ReplayVerdict::Skewed;
         }
         // A nonce older than two windows can no longer pass the timestamp check.
@@ -65,6 +66,8 @@ mod tests {
         assert_eq!(c.check([2; 32], 600, 1000), ReplayVerdict::Skewed);
         assert_eq!(c.check([2; 32], 1400, 1000), ReplayVerdict::Skewed);
         assert_eq!(c.check([2; 32], 1200, 1000), ReplayVerdict::Fresh);
+        assert_eq!(c.check([3; 32], u64::MAX, 1000), ReplayVerdict::Skewed);
+        assert_eq!(c.check([3; 32], 0, 1000), ReplayVerdict::Skewed);
     }
 
     #[test]

@@ -324,7 +324,7 @@ async fn udp_loop(
     role: Role,
     shutdown: CancellationToken,
 ) {
-    let mut buf = vec![0u8; 2048];
+    let mut buf = vec![0u8; crate::wire::frame::FRAME_LEN_MAX + 1];
     loop {
         let (n, from) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -376,9 +376,14 @@ async fn udp_loop(
                     continue;
                 };
                 node.metrics.frame_in(kind.label(), "udp");
-                let c = node.identity.challenge(&hello, from, crate::unix_now());
-                let _ =
-                    socket.try_send_to(&frame::encode_plain(listener, MessageKind::Challenge, 0, &c.encode()), from);
+                let c = node.identity.challenge(&hello, from, crate::unix_now()).encode();
+                // Never answer a datagram with a larger one: a spoofed source must not
+                // turn this node into an amplifier.
+                if c.len() > raw.payload.len() {
+                    node.metrics.reject("udp", "hello_too_short", from, &c.len());
+                    continue;
+                }
+                let _ = socket.try_send_to(&frame::encode_plain(listener, MessageKind::Challenge, 0, &c), from);
                 node.metrics.frame_out(MessageKind::Challenge.label(), "udp");
             }
             (Role::Main, MessageKind::Auth) => {

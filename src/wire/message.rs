@@ -95,13 +95,17 @@ impl MessageKind {
     }
 }
 
-/// Hello and NatProbe payloads are padded to at least this many bytes, so an answer is
-/// never larger than the request that caused it: no amplification for spoofed sources.
-pub const HELLO_LEN_MIN: usize = 1000;
+/// Hello payloads are padded to at least this many bytes, and a super node answers a
+/// Hello only if its Challenge is no larger: no amplification for spoofed sources. 1280
+/// covers a Challenge with 4096-bit super-node and login keys, and keeps the Hello in
+/// one datagram on an IPv6-minimum MTU path.
+pub const HELLO_LEN_MIN: usize = 1280;
 /// Minimum NatProbe payload: as long as the reply.
 pub const NAT_PROBE_LEN_MIN: usize = 32;
 /// Most super nodes listed in one Welcome.
 pub const SUPERNODES_PER_WELCOME_MAX: usize = 24;
+/// Longest super-node name in a Welcome (longer names are cut).
+pub const SUPERNODE_NAME_LEN_MAX: usize = 64;
 /// Longest version string.
 pub const VERSION_LEN_MAX: usize = 32;
 /// Longest username on the wire (the rules allow 32; decoding allows a little more so
@@ -126,8 +130,6 @@ pub enum ErrorCode {
     ClockSkew,
     /// The username breaks the rules.
     InvalidUsername,
-    /// The password is too short.
-    WeakPassword,
     /// The username is registered already.
     UsernameTaken,
     /// No such account.
@@ -163,7 +165,6 @@ impl ErrorCode {
             Self::Replayed => 3,
             Self::ClockSkew => 4,
             Self::InvalidUsername => 10,
-            Self::WeakPassword => 11,
             Self::UsernameTaken => 12,
             Self::UnknownUser => 13,
             Self::WrongPassword => 14,
@@ -187,7 +188,6 @@ impl ErrorCode {
             Self::Replayed,
             Self::ClockSkew,
             Self::InvalidUsername,
-            Self::WeakPassword,
             Self::UsernameTaken,
             Self::UnknownUser,
             Self::WrongPassword,
@@ -213,7 +213,6 @@ impl ErrorCode {
             Self::Replayed => "replayed",
             Self::ClockSkew => "clock_skew",
             Self::InvalidUsername => "invalid_username",
-            Self::WeakPassword => "weak_password",
             Self::UsernameTaken => "username_taken",
             Self::UnknownUser => "unknown_user",
             Self::WrongPassword => "wrong_password",
@@ -405,7 +404,7 @@ impl Welcome {
         let n = self.supernodes.len().min(SUPERNODES_PER_WELCOME_MAX);
         w.u8(n as u8);
         for s in &self.supernodes[..n] {
-            w.str(&s.name).opt_addr(s.udp).opt_addr(s.tcp);
+            w.str(truncate(&s.name, SUPERNODE_NAME_LEN_MAX)).opt_addr(s.udp).opt_addr(s.tcp);
         }
         w.into_bytes()
     }
@@ -423,7 +422,7 @@ impl Welcome {
         }
         let mut supernodes = Vec::with_capacity(n);
         for _ in 0..n {
-            let name = r.str("welcome.supernode.name", 64)?.to_owned();
+            let name = r.str("welcome.supernode.name", SUPERNODE_NAME_LEN_MAX)?.to_owned();
             let udp = r.opt_addr("welcome.supernode.udp")?;
             let tcp = r.opt_addr("welcome.supernode.tcp")?;
             supernodes.push(SupernodeInfo { name, udp, tcp });
@@ -431,6 +430,15 @@ impl Welcome {
         r.finish()?;
         Ok(Self { observed, keepalive_secs, idle_timeout_secs, probe_addr, supernodes })
     }
+}
+
+/// `s` cut to at most `max` bytes at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// KeepaliveAck and NatProbeReply body: an observed address (NatProbeReply adds the probe id).
