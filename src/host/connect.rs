@@ -261,24 +261,34 @@ fn local_ip_toward(dest: SocketAddr) -> Option<std::net::IpAddr> {
     s.local_addr().ok().map(|a| a.ip())
 }
 
+/// Where to probe: a super node on another IP address first (does the mapping depend on
+/// the destination address?), then the alternate port (on the destination port?), then
+/// other super nodes if those did not answer.
+fn probe_targets(session: &ClientSession) -> Vec<SocketAddr> {
+    let others: Vec<SocketAddr> =
+        session.welcome.supernodes.iter().filter_map(|s| s.udp).filter(|a| *a != session.addr).collect();
+    let mut v: Vec<SocketAddr> = others.iter().copied().filter(|a| a.ip() != session.addr.ip()).take(1).collect();
+    v.extend(session.welcome.probe_addr);
+    v.extend(others.iter().copied().filter(|a| !v.contains(a)).take(2).collect::<Vec<_>>());
+    v
+}
+
 /// Classifies the NAT after a UDP connection: the Welcome's observed address is the
-/// first observation; a probe to the super node's alternate port (or, without one, to
-/// another super node) is the second.
+/// first observation, probes to [`probe_targets`] the others. Stops at the first
+/// difference, or after two agreeing answers.
 pub async fn discover_nat(udp: &UdpSocket, session: &ClientSession) -> (NatKind, Observations) {
     let port = udp.local_addr().map(|a| a.port()).unwrap_or(0);
     let ip = local_ip_toward(session.addr)
         .unwrap_or_else(|| udp.local_addr().map(|a| a.ip()).unwrap_or([0, 0, 0, 0].into()));
-    let local = SocketAddr::new(ip, port);
-    let first = Some(session.welcome.observed);
-    let mut targets: Vec<SocketAddr> = session.welcome.probe_addr.into_iter().collect();
-    targets.extend(session.welcome.supernodes.iter().filter_map(|s| s.udp).filter(|a| *a != session.addr).take(2));
-    let mut second = None;
-    for t in targets {
+    let first = session.welcome.observed;
+    let mut obs = Observations { local: SocketAddr::new(ip, port), first: Some(first), others: Vec::new() };
+    for t in probe_targets(session) {
         if let Some(o) = probe(udp, t).await {
-            second = Some(o);
-            break;
+            obs.others.push(o);
+            if o != first || obs.others.len() >= 2 {
+                break;
+            }
         }
     }
-    let obs = Observations { local, first, second };
     (nat::classify(&obs), obs)
 }

@@ -104,7 +104,9 @@ impl Drop for Session {
 /// Serves the host's own TCP port P. Direct calls between public hosts will use it; for
 /// now a peer that connects is told, in protocol terms, that this host takes no direct
 /// requests yet, instead of being left hanging.
-fn serve_direct(listener: TcpListener) -> tokio::task::JoinHandle<()> {
+/// A peer keys the header obfuscation with the address it dialed: our local address if it
+/// reached us directly, our public address if through our NAT's port mapping.
+fn serve_direct(listener: TcpListener, public: SocketAddr) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, peer)) = listener.accept().await else {
@@ -114,7 +116,11 @@ fn serve_direct(listener: TcpListener) -> tokio::task::JoinHandle<()> {
             tokio::spawn(async move {
                 let Ok(local) = stream.local_addr() else { return };
                 let read = tokio::time::timeout(Duration::from_secs(5), crate::net::tcp::read_frame(&mut stream));
-                if let Ok(Ok(Some(_))) = read.await {
+                let Ok(Ok(Some(bytes))) = read.await else { return };
+                let dialed = [local, SocketAddr::new(public.ip(), local.port())]
+                    .into_iter()
+                    .find(|a| crate::wire::frame::decode(*a, &bytes).is_ok());
+                if let Some(local) = dialed {
                     let e = crate::wire::message::ErrorMsg::new(
                         crate::wire::ErrorCode::Unsupported,
                         "this host takes no direct requests yet",
@@ -323,5 +329,5 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         latest_version: logged_in.latest_version,
         attempts: log,
     };
-    Ok(Session { report, connected, direct: serve_direct(tcp_listener) })
+    Ok(Session { report, connected, direct: serve_direct(tcp_listener, public_addr) })
 }

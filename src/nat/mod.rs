@@ -1,8 +1,9 @@
 //! NAT classification from address observations, in the manner of RFC 5780 §4.3.
 //!
-//! The host sends probes from one local socket to two different destinations (a super
-//! node's main and alternate ports, or two super nodes) and compares the public
-//! addresses they report. No sockets here: the host library gathers the observations.
+//! The host sends probes from one local socket to several destinations and compares the
+//! public addresses they report: a super node on another IP address tells whether the
+//! mapping depends on the destination address, the super node's alternate port whether
+//! it depends on the destination port. No sockets here: the host gathers observations.
 
 use std::net::SocketAddr;
 
@@ -43,27 +44,30 @@ impl std::fmt::Display for NatKind {
 }
 
 /// What the host saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observations {
     /// The local address of the probing socket (with the interface address toward the
     /// first destination filled in, not 0.0.0.0).
     pub local: SocketAddr,
     /// The public address reported by the first destination (None: no UDP answer).
     pub first: Option<SocketAddr>,
-    /// The public address reported by the second destination, which differs from the
-    /// first in port or address (None: it did not answer).
-    pub second: Option<SocketAddr>,
+    /// The public addresses reported by other destinations (other address or port).
+    pub others: Vec<SocketAddr>,
 }
 
 /// Classifies the NAT from one round of observations.
 pub fn classify(o: &Observations) -> NatKind {
-    match (o.first, o.second) {
-        (None, None) => NatKind::UdpBlocked,
-        (Some(a), _) | (None, Some(a)) if a == o.local => NatKind::None,
-        (Some(a), Some(b)) if a == b => NatKind::Cone,
-        (Some(_), Some(_)) => NatKind::Symmetric,
-        _ => NatKind::Unknown,
+    let Some(first) = o.first.or_else(|| o.others.first().copied()) else {
+        return NatKind::UdpBlocked;
+    };
+    if first == o.local {
+        return NatKind::None;
     }
+    let others: Vec<&SocketAddr> = o.others.iter().filter(|a| o.first.is_some() || **a != first).collect();
+    if o.first.is_none() || others.is_empty() {
+        return NatKind::Unknown;
+    }
+    if others.iter().all(|a| **a == first) { NatKind::Cone } else { NatKind::Symmetric }
 }
 
 #[cfg(test)]
@@ -77,13 +81,17 @@ mod tests {
     #[test]
     fn all_cases() {
         let local = sa("10.0.0.2:4000");
-        let obs = |first, second| Observations { local, first, second };
-        assert_eq!(classify(&obs(None, None)), NatKind::UdpBlocked);
-        assert_eq!(classify(&obs(Some(local), Some(local))), NatKind::None);
-        assert_eq!(classify(&obs(Some(local), None)), NatKind::None);
+        let obs = |first, others: &[SocketAddr]| Observations { local, first, others: others.to_vec() };
+        assert_eq!(classify(&obs(None, &[])), NatKind::UdpBlocked);
+        assert_eq!(classify(&obs(Some(local), &[local])), NatKind::None);
+        assert_eq!(classify(&obs(Some(local), &[])), NatKind::None);
         let p = sa("198.18.1.2:4000");
-        assert_eq!(classify(&obs(Some(p), Some(p))), NatKind::Cone);
-        assert_eq!(classify(&obs(Some(p), Some(sa("198.18.1.2:51234")))), NatKind::Symmetric);
-        assert_eq!(classify(&obs(Some(p), None)), NatKind::Unknown);
+        assert_eq!(classify(&obs(Some(p), &[p, p])), NatKind::Cone);
+        // Same mapping toward the alternate port, another toward another address: the
+        // mapping depends on the address, which is what breaks hole punching.
+        assert_eq!(classify(&obs(Some(p), &[p, sa("198.18.1.2:51234")])), NatKind::Symmetric);
+        assert_eq!(classify(&obs(Some(p), &[sa("198.18.1.2:51234")])), NatKind::Symmetric);
+        assert_eq!(classify(&obs(Some(p), &[])), NatKind::Unknown);
+        assert_eq!(classify(&obs(None, &[p])), NatKind::Unknown);
     }
 }
