@@ -231,3 +231,25 @@ fn separate_daemons_from_config_files() {
         assert!(status.success(), "{status:?}");
     }
 }
+
+#[test]
+fn daemons_log_json_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = confab()
+        .args(["--log-format", "json", "up", "--base-port", "0", "--metrics", "off", "--json", "--data"])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let logs = String::from_utf8_lossy(&out.stderr);
+    let events: Vec<serde_json::Value> =
+        logs.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    assert!(events.iter().any(|e| e["message"] == "super node listening" && e["node"] == "sn1"), "{logs}");
+    assert!(events.iter().all(|e| e["level"].is_string() && e["timestamp"].is_string()), "{logs}");
+}

@@ -40,8 +40,7 @@ pub enum HandshakeError {
         /// The address that answered.
         addr: SocketAddr,
     },
-    /// An answer that does not fit the protocol (for instance a Welcome that does not
-    /// open with our key: the peer does not hold the super node's private key).
+    /// An answer that does not fit the protocol (malformed, or the wrong kind).
     #[error("super node {addr}: {what}")]
     Protocol {
         /// The super node's address.

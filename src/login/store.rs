@@ -18,6 +18,9 @@ pub enum StoreError {
     /// The name is registered already.
     #[error("username is taken")]
     Taken,
+    /// A row that breaks the schema's invariants (the file was edited or damaged).
+    #[error("account database is damaged: {0}")]
+    Damaged(String),
 }
 
 /// One account as stored.
@@ -94,11 +97,10 @@ impl AccountStore {
                 Ok((r.get::<_, String>(0)?, v, created))
             })
             .optional()?;
-        Ok(row.map(|(username, v, created)| {
-            let mut verifier = [0u8; 32];
-            verifier.copy_from_slice(&v);
-            Account { username, verifier: Verifier(verifier), created_at: created as u64 }
-        }))
+        let Some((username, v, created)) = row else { return Ok(None) };
+        let verifier: [u8; 32] =
+            v.try_into().map_err(|_| StoreError::Damaged(format!("verifier of {name_key:?} is not 32 bytes")))?;
+        Ok(Some(Account { username, verifier: Verifier(verifier), created_at: created as u64 }))
     }
 
     /// Number of accounts.

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! host                                   super node
-//!  | Hello (plain, padded to 1000 B)  ->  |  no state kept
+//!  | Hello (plain, padded to 1280 B)  ->  |  no state kept
 //!  | <- Challenge: SN credential, cookie  |  cookie = t ‖ HMAC(secret, addr ‖ t)
 //!  | Auth: envelope{cookie, RSA(K‖R),  -> |  cookie checked (cheap) before RSA,
 //!  |        AES-GCM(cred ‖ PSS sig)}      |  then credential, then proof of possession

@@ -519,9 +519,12 @@ async fn tcp_connection(
             }
             MessageKind::NatProbe => {
                 node.metrics.frame_in(kind.label(), "tcp");
-                if let Ok(p) = NatProbe::decode(raw.payload) {
-                    let reply = Observed { id: p.id, addr: peer }.encode();
-                    let _ = tx.try_send(frame::encode_plain(listener, MessageKind::NatProbeReply, 0, &reply));
+                match NatProbe::decode(raw.payload) {
+                    Ok(p) => {
+                        let reply = Observed { id: p.id, addr: peer }.encode();
+                        let _ = tx.try_send(frame::encode_plain(listener, MessageKind::NatProbeReply, 0, &reply));
+                    }
+                    Err(e) => node.metrics.reject("tcp", "malformed", peer, &e),
                 }
             }
             _ => {

@@ -20,9 +20,10 @@ use std::net::SocketAddr;
 pub const VERSION: u8 = 1;
 /// Version byte + nonce + header.
 pub const PREFIX_LEN: usize = 17;
-/// Largest payload. With 2048-bit keys every frame fits one unfragmented datagram on
-/// common paths (the largest, Auth, is about 1200 bytes); 4096-bit keys make Auth about
-/// 2200 bytes, which then relies on IP fragmentation over UDP, or on TCP.
+/// Largest payload. With 2048-bit keys the handshake frames fit one unfragmented
+/// datagram on common 1500-byte paths (Auth, the largest, is about 1200 bytes); 4096-bit
+/// keys make Auth about 2200 bytes, and a Welcome listing 24 super nodes with long names
+/// and IPv6 addresses reaches about 2500: those rely on IP fragmentation over UDP, or TCP.
 pub const PAYLOAD_LEN_MAX: usize = 3072;
 /// Largest frame on any transport.
 pub const FRAME_LEN_MAX: usize = PREFIX_LEN + PAYLOAD_LEN_MAX;

@@ -98,7 +98,7 @@ impl MessageKind {
 /// Hello payloads are padded to at least this many bytes, and a super node answers a
 /// Hello only if its Challenge is no larger: no amplification for spoofed sources. 1280
 /// covers a Challenge with 4096-bit super-node and login keys, and keeps the Hello in
-/// one datagram on an IPv6-minimum MTU path.
+/// one datagram on common 1500-byte paths.
 pub const HELLO_LEN_MIN: usize = 1280;
 /// Minimum NatProbe payload: as long as the reply.
 pub const NAT_PROBE_LEN_MIN: usize = 32;
