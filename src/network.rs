@@ -180,7 +180,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Network> {
     let service = Arc::new(login_service(&cfg.login_server)?);
     let login = LoginServer::bind(service, cfg.login_server.listen, None, cfg.login_server.connections_max).await?;
     let login_addr = login.addr();
-    tasks.push(tokio::spawn(login.run(shutdown.clone())));
+    tasks.push(actix_rt::spawn(login.run(shutdown.clone())));
 
     cfg.supernode.trusted_login_keys = vec![login_pub.clone().into()];
     cfg.supernode.nodes.clear();

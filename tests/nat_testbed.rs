@@ -14,7 +14,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
@@ -156,8 +155,7 @@ impl Testbed {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let line = common::first_line(&mut child, std::time::Duration::from_secs(60));
         self.network = Some(child);
         let info: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("confab up: {e}: {line:?}"));

@@ -51,7 +51,7 @@ pub async fn login_server(a: LoginArgs, mut config: Config) -> anyhow::Result<Ex
         config.login_server.connections_max,
     )
     .await?;
-    let task = tokio::spawn(server.run(shutdown.clone()));
+    let task = actix_rt::spawn(server.run(shutdown.clone()));
     super::terminated().await;
     shutdown.cancel();
     let _ = task.await;

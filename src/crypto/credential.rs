@@ -65,28 +65,27 @@ pub enum CredentialError {
     WrongKind(CredentialKind, CredentialKind),
 }
 
-/// A signed credential.
+/// A signed credential: its claims, the issuing key, the signature. It reads as its
+/// claims (`credential.subject`), and only [`Credential::issue`] and
+/// [`Credential::decode`] make one, so the claims cannot change under the signature.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credential {
-    /// Host or super node.
-    pub kind: CredentialKind,
-    /// Username or super-node name.
-    pub subject: String,
-    /// The key the subject proves possession of.
-    pub public_key: PublicKey,
-    /// Unix seconds.
-    pub issued_at: u64,
-    /// Unix seconds.
-    pub expires_at: u64,
-    /// Issuer-unique serial number.
-    pub serial: u64,
+    claims: Claims,
     /// The signing login key.
     pub issuer: KeyId,
     signature: Vec<u8>,
 }
 
+impl std::ops::Deref for Credential {
+    type Target = Claims;
+
+    fn deref(&self) -> &Claims {
+        &self.claims
+    }
+}
+
 /// The fields a login server fills in when it issues a credential.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claims {
     /// Host or super node.
     pub kind: CredentialKind,
@@ -120,33 +119,13 @@ impl Credential {
         w.raw(super::domain::CREDENTIAL);
         encode_body(&mut w, &claims, issuer);
         let signature = signer.sign_pss(&w.into_bytes());
-        Self {
-            kind: claims.kind,
-            subject: claims.subject,
-            public_key: claims.public_key,
-            issued_at: claims.issued_at,
-            expires_at: claims.expires_at,
-            serial: claims.serial,
-            issuer,
-            signature,
-        }
-    }
-
-    fn claims(&self) -> Claims {
-        Claims {
-            kind: self.kind,
-            subject: self.subject.clone(),
-            public_key: self.public_key.clone(),
-            issued_at: self.issued_at,
-            expires_at: self.expires_at,
-            serial: self.serial,
-        }
+        Self { claims, issuer, signature }
     }
 
     /// Canonical encoding: body, then the signature with a `u16` length.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
-        encode_body(&mut w, &self.claims(), self.issuer);
+        encode_body(&mut w, &self.claims, self.issuer);
         w.bytes(&self.signature);
         w.into_bytes()
     }
@@ -168,7 +147,7 @@ impl Credential {
         let issuer = KeyId(r.array("credential.issuer")?);
         let signature = r.bytes("credential.signature", 512)?.to_vec();
         r.finish()?;
-        Ok(Self { kind, subject, public_key, issued_at, expires_at, serial, issuer, signature })
+        Ok(Self { claims: Claims { kind, subject, public_key, issued_at, expires_at, serial }, issuer, signature })
     }
 
     /// Checks issuer, signature, validity period and kind at time `now` (unix seconds).
@@ -176,7 +155,7 @@ impl Credential {
         let key = trusted.get(self.issuer).ok_or(CredentialError::UntrustedIssuer(self.issuer))?;
         let mut w = Writer::new();
         w.raw(super::domain::CREDENTIAL);
-        encode_body(&mut w, &self.claims(), self.issuer);
+        encode_body(&mut w, &self.claims, self.issuer);
         key.verify_pss(&w.into_bytes(), &self.signature).map_err(|_| CredentialError::BadSignature)?;
         if self.kind != kind {
             return Err(CredentialError::WrongKind(self.kind, kind));
@@ -279,7 +258,7 @@ mod tests {
         assert_eq!(forged.verify(&trusted, CredentialKind::Host, 1_000_000), Err(CredentialError::BadSignature));
         // A longer validity claimed by the holder breaks the signature too.
         let mut stretched = c.clone();
-        stretched.expires_at += 1;
+        stretched.claims.expires_at += 1;
         assert_eq!(stretched.verify(&trusted, CredentialKind::Host, 1_000_000), Err(CredentialError::BadSignature));
     }
 

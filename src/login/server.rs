@@ -70,33 +70,17 @@ impl LoginServer {
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(addr = %self.addr, "login server listening");
         let limit = Arc::new(tokio::sync::Semaphore::new(self.connections_max));
-        loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
-            };
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = self.listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "login server accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let service = self.service.clone();
-            let addr = self.addr;
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
+        let (service, addr) = (self.service.clone(), self.addr);
+        tcp::serve(&self.listener, limit, shutdown.clone(), |stream, peer| {
+            let (service, shutdown) = (service.clone(), shutdown.clone());
+            async move {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     _ = connection(service, stream, peer, addr) => {}
                 }
-                drop(permit);
-            });
-        }
+            }
+        })
+        .await;
         tracing::info!("login server stopped");
     }
 }

@@ -1,7 +1,46 @@
 //! Frames over TCP: each frame preceded by its length as a big-endian `u16`.
 
 use crate::wire::frame::{FRAME_LEN_MAX, PREFIX_LEN};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Accepts connections until `shutdown` fires, at most `limit` at once, and runs
+/// `handle` for each on its own local task (so handlers may start actix actors). An
+/// accept error (usually EMFILE) backs off instead of spinning.
+pub async fn serve<F, Fut>(listener: &TcpListener, limit: Arc<Semaphore>, shutdown: CancellationToken, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = limit.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "TCP accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let work = handle(stream, peer);
+        tokio::task::spawn_local(async move {
+            work.await;
+            drop(permit);
+        });
+    }
+}
 
 /// Why a TCP frame could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -417,31 +417,10 @@ async fn tcp_accept_loop(
     limit: Arc<tokio::sync::Semaphore>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = l.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "TCP accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let node = node.clone();
-        let shutdown = shutdown.clone();
-        actix_rt::spawn(async move {
-            tcp_connection(node, stream, peer, listener, shutdown).await;
-            drop(permit);
-        });
-    }
+    tcp::serve(&l, limit, shutdown.clone(), |stream, peer| {
+        tcp_connection(node.clone(), stream, peer, listener, shutdown.clone())
+    })
+    .await;
 }
 
 /// Time a TCP client has to complete the handshake before it is cut off.

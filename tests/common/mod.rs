@@ -148,3 +148,23 @@ pub fn http_get_blocking(addr: &str, path: &str) -> String {
     s.read_to_string(&mut out).unwrap();
     out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
 }
+
+/// Reads the first line a child prints, failing the test if none comes within `limit`
+/// (a test must never hang, even when the program under test does).
+pub fn first_line(child: &mut std::process::Child, limit: Duration) -> String {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(limit) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("no output within {limit:?}");
+        }
+    }
+}
