@@ -11,6 +11,7 @@
 //! - [`supernode`] — the super node: the host-session state machine, the actix
 //!   `HostSession` actor that drives it, and the UDP/TCP listeners.
 //! - [`host`] — the host library: home folder, host cache, connection ladder, login.
+//! - [`index`] — the Global Index as plain logic: slots, signed entries, lookups.
 //! - [`net`] — length-prefixed frames over TCP, shared by every role.
 //! - [`config`] — figment layering and validation with key names.
 //! - [`telemetry`] — tracing and the Prometheus exporter.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod crypto;
 pub mod fsutil;
 pub mod host;
+pub mod index;
 pub mod keygen;
 pub mod login;
 pub mod nat;

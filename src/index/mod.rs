@@ -1,0 +1,18 @@
+//! The Global Index as plain logic: slots and replicas, signed entries and their merge
+//! order, slot contents with expiry, search tokens, and the widening lookup. No sockets,
+//! no actors, no clock: `docs/index.md` states the invariants these implement.
+//!
+//! - [`slot`] — key → slot, rendezvous-hashed replica sets, the slot map of a view.
+//! - [`entry`] — the signed entry a host publishes; verification; merge order.
+//! - [`store`] — one slot's entries on one replica: merge, expiry, digest.
+//! - [`fold`] — search tokens, case- and accent-insensitive.
+//! - [`lookup`] — limited multicast: 4 → 8 → 16 → everyone → the login directory.
+
+pub mod entry;
+pub mod fold;
+pub mod lookup;
+pub mod slot;
+pub mod store;
+
+pub use entry::{Entry, EntryBody, EntryError, Profile, Status};
+pub use slot::{NodeId, Slot, SlotMap, SlotSpace};
