@@ -8,6 +8,7 @@
 //! - [`nat`] — NAT classification from observed addresses, no I/O.
 //! - [`login`] — the login server: username rules, the handshake as plain logic,
 //!   back-off, replay cache, the SQLite account store, and the TCP shell around them.
+//! - [`cluster`] — super-node membership: SWIM gossip (foca) sealed with the cluster key.
 //! - [`supernode`] — the super node: the host-session state machine, the actix
 //!   `HostSession` actor that drives it, and the UDP/TCP listeners.
 //! - [`host`] — the host library: home folder, host cache, connection ladder, login.
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod fsutil;
