@@ -120,6 +120,9 @@ pub struct NodeConfig {
     /// The IP hosts dial, when binding a wildcard address.
     #[serde(default)]
     pub public_ip: Option<IpAddr>,
+    /// The UDP socket for cluster gossip (none: this node does not join a cluster).
+    #[serde(default)]
+    pub gossip: Option<SocketAddr>,
 }
 
 fn default_node_addr() -> SocketAddr {
@@ -148,6 +151,12 @@ pub struct SupernodeConfig {
     pub nodes: Vec<NodeConfig>,
     /// Other super nodes to announce.
     pub peers: Vec<PeerConfig>,
+    /// The cluster secret shared by every super node (`confab keygen cluster`).
+    pub cluster_secret: Option<RelativePathBuf>,
+    /// Gossip addresses of a few cluster members to join through.
+    pub seeds: Vec<SocketAddr>,
+    /// SWIM probe period: a dead super node is noticed within a few of these.
+    pub probe_period_ms: u64,
     /// Keepalive interval asked of hosts.
     pub keepalive_secs: u64,
     /// Silence after which a host is dropped.
@@ -167,6 +176,9 @@ impl Default for SupernodeConfig {
             trusted_login_keys: vec![PathBuf::from("data/login.pub.pem").into()],
             nodes: Vec::new(),
             peers: Vec::new(),
+            cluster_secret: None,
+            seeds: Vec::new(),
+            probe_period_ms: 1000,
             keepalive_secs: p.keepalive_secs,
             idle_timeout_secs: p.idle_timeout_secs,
             hosts_max: p.hosts_max,
@@ -276,6 +288,9 @@ impl Config {
         if self.supernode.keepalive_secs == 0 || self.supernode.keepalive_secs >= self.supernode.idle_timeout_secs {
             return bad("supernode.keepalive_secs", "must be at least 1 and below supernode.idle_timeout_secs");
         }
+        if !(50..=60_000).contains(&self.supernode.probe_period_ms) {
+            return bad("supernode.probe_period_ms", "must be between 50 and 60000");
+        }
         if self.supernode.idle_timeout_secs > u64::from(u16::MAX) {
             return bad("supernode.idle_timeout_secs", "must be at most 65535");
         }
@@ -292,6 +307,9 @@ impl Config {
                     &format!("supernode.nodes[{i}].public_ip"),
                     "is required when udp binds a wildcard address",
                 );
+            }
+            if n.gossip.is_some() && self.supernode.cluster_secret.is_none() {
+                return bad("supernode.cluster_secret", &format!("is required: supernode.nodes[{i}] gossips"));
             }
         }
         if self.host.step_timeout_ms == 0 {

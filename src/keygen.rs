@@ -44,6 +44,23 @@ pub fn certify_supernode(login: &PrivateKey, name: &str, public_key: &PublicKey,
     )
 }
 
+/// Writes a new random cluster secret (hex, mode 0600).
+pub fn generate_cluster_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
+    let secret: [u8; 32] = crate::crypto::random::bytes();
+    let text =
+        format!("# confab cluster secret: every super node of the cluster needs this file\n{}\n", hex::encode(secret));
+    crate::fsutil::write_atomic(path, text.as_bytes(), 0o600).with_context(|| format!("writing {}", path.display()))?;
+    Ok(secret)
+}
+
+/// Reads a cluster secret file.
+pub fn read_cluster_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).unwrap_or_default();
+    let bytes = hex::decode(line).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
+    bytes.with_context(|| format!("{}: not a cluster secret (64 hex digits)", path.display()))
+}
+
 /// Writes a credential file: a comment line, then the credential in hex.
 pub fn write_credential(path: &Path, c: &Credential) -> anyhow::Result<()> {
     let text = format!(

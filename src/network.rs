@@ -86,6 +86,12 @@ pub async fn start_supernodes(
 ) -> anyhow::Result<Vec<RunningNode>> {
     let trusted = trusted_keys(&cfg.trusted_login_keys, "supernode.trusted_login_keys")?;
     let params = session_params(cfg);
+    let key = match &cfg.cluster_secret {
+        Some(p) => Some(crate::cluster::gossip::ClusterKey::from_secret(
+            &crate::keygen::read_cluster_secret(&config::path(p)).context("supernode.cluster_secret")?,
+        )),
+        None => None,
+    };
     let mut bound = Vec::new();
     for (i, n) in cfg.nodes.iter().enumerate() {
         let spec = NodeSpec {
@@ -96,10 +102,21 @@ pub async fn start_supernodes(
             fallback_tcp: n.fallback_tcp.clone(),
             public_ip: n.public_ip,
             params: params.clone(),
+            cluster: match (n.gossip, &key) {
+                (Some(gossip), Some(key)) => Some(crate::supernode::node::ClusterSpec {
+                    gossip,
+                    seeds: cfg.seeds.clone(),
+                    key: key.clone(),
+                    probe_period: std::time::Duration::from_millis(cfg.probe_period_ms),
+                }),
+                _ => None,
+            },
         };
         bound.push(BoundNode::bind(spec).await.with_context(|| format!("supernode.nodes[{i}]"))?);
     }
     let infos: Vec<SupernodeInfo> = bound.iter().map(BoundNode::info).collect();
+    // The nodes of one process seed each other's gossip.
+    let siblings: Vec<SocketAddr> = bound.iter().filter_map(|b| b.addrs().gossip).collect();
     let statics: Vec<SupernodeInfo> =
         cfg.peers.iter().map(|p| SupernodeInfo { name: p.name.clone(), udp: p.udp, tcp: p.tcp }).collect();
     Ok(bound
@@ -107,7 +124,7 @@ pub async fn start_supernodes(
         .map(|b| {
             let me = b.info();
             let peers = infos.iter().filter(|i| **i != me).chain(statics.iter()).cloned().collect();
-            b.start(peers, shutdown.clone())
+            b.start(peers, &siblings, shutdown.clone())
         })
         .collect())
 }
@@ -119,8 +136,8 @@ pub struct UpOptions {
     pub data: PathBuf,
     /// The one address everything listens on.
     pub bind: IpAddr,
-    /// First port: login server on it, super node i on base+3+10i (UDP/TCP) and
-    /// base+4+10i (alternate UDP). 0: every port ephemeral.
+    /// First port: login server on it, super node i on base+3+10i (UDP/TCP),
+    /// base+4+10i (alternate UDP) and base+5+10i (gossip). 0: every port ephemeral.
     pub base_port: u16,
     /// How many super nodes.
     pub supernodes: usize,
@@ -184,6 +201,11 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Network> {
 
     cfg.supernode.trusted_login_keys = vec![login_pub.clone().into()];
     cfg.supernode.nodes.clear();
+    let secret = data.join("cluster.secret");
+    if !secret.exists() {
+        crate::keygen::generate_cluster_secret(&secret)?;
+    }
+    cfg.supernode.cluster_secret = Some(secret.into());
     for i in 0..opts.supernodes {
         let name = format!("sn{}", i + 1);
         let stem = data.join(&name);
@@ -202,6 +224,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Network> {
             probe_udp: Some(SocketAddr::new(opts.bind, port(opts.base_port, off + 1))),
             fallback_tcp: Vec::new(),
             public_ip: None,
+            gossip: Some(SocketAddr::new(opts.bind, port(opts.base_port, off + 2))),
         });
     }
     let running = start_supernodes(&cfg.supernode, &shutdown).await?;
@@ -250,6 +273,11 @@ fn write_host_config(path: &Path, login: SocketAddr, login_pub: &Path, nodes: &[
 }
 
 impl Network {
+    /// Stops super node `i` alone (its listeners and gossip), leaving the rest running.
+    pub fn kill_node(&self, i: usize) {
+        self.running[i].kill();
+    }
+
     /// Asks everything to stop.
     pub fn shutdown(&self) {
         self.shutdown.cancel();

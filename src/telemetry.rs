@@ -28,6 +28,25 @@ const LATENCY_BUCKETS: [f64; 14] =
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Something that can describe itself for `/status`.
+pub type StatusFn = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+static STATUS: std::sync::Mutex<Vec<(String, StatusFn)>> = std::sync::Mutex::new(Vec::new());
+
+/// Adds a section to the `/status` document (a super node registers itself under its name;
+/// a later registration under the same name replaces the earlier one).
+pub fn register_status(name: &str, f: StatusFn) {
+    let mut s = STATUS.lock().unwrap_or_else(|p| p.into_inner());
+    s.retain(|(n, _)| n != name);
+    s.push((name.to_owned(), f));
+}
+
+/// The `/status` document: one section per registered component.
+pub fn status() -> serde_json::Value {
+    let s = STATUS.lock().unwrap_or_else(|p| p.into_inner());
+    serde_json::Value::Object(s.iter().map(|(n, f)| (n.clone(), f())).collect())
+}
+
 /// Installs the process-wide metrics recorder (once) and returns its handle.
 pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
@@ -115,10 +134,10 @@ async fn serve_one(stream: &mut tokio::net::TcpStream, handle: &PrometheusHandle
     let mut parts = line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
-    let (status, ctype, body) = if method == "GET" && path == "/metrics" {
-        ("200 OK", "text/plain; version=0.0.4", handle.render())
-    } else {
-        ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
+    let (status, ctype, body) = match (method, path) {
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", handle.render()),
+        ("GET", "/status") => ("200 OK", "application/json", status().to_string()),
+        _ => ("404 Not Found", "text/plain", "try /metrics or /status\n".to_owned()),
     };
     let head = format!(
         "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",

@@ -66,7 +66,27 @@ fn accounts_survive_a_crash_and_sigterm_stops_cleanly() {
     net.kill().unwrap();
     net.wait().unwrap();
 
-    let (mut net, _) = up(&data);
+    let (mut net, info) = up(&data);
+    let metrics =
+        info["metrics"].as_str().unwrap().trim_start_matches("http://").trim_end_matches("/metrics").to_owned();
+    // The three super nodes of `confab up` form one cluster; `supernode status` shows it.
+    let t = Instant::now();
+    let status = loop {
+        let out = confab().args(["supernode", "status", "--json", "--metrics", &metrics]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if s["sn3"]["members"].as_array().map(Vec::len) == Some(3) || t.elapsed() > Duration::from_secs(20) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status["sn1"]["members"].as_array().unwrap().len(), 3, "{status}");
+    let out = confab().args(["supernode", "status", "--metrics", &metrics]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("cluster members alive 3"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let out = host(&data, &home, &["login", "zoe", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -235,10 +235,11 @@ async fn rogue_node(name: &str, node_key: &str, credential: Credential, token: &
         fallback_tcp: vec![],
         public_ip: None,
         params: SessionParams::default(),
+        cluster: None,
     };
     let b = BoundNode::bind(spec).await.unwrap();
     let addr = b.addrs().udp;
-    let _ = b.start(vec![], token.clone());
+    let _ = b.start(vec![], &[], token.clone());
     addr
 }
 
@@ -397,10 +398,11 @@ async fn last_resort_tcp_port_on_a_bootstrap_address() {
         fallback_tcp: vec!["127.0.0.1:0".parse().unwrap()],
         public_ip: None,
         params: SessionParams::default(),
+        cluster: None,
     };
     let b = BoundNode::bind(spec).await.unwrap();
     let fallback = b.addrs().tcp[1];
-    let _node = b.start(vec![], token.clone());
+    let _node = b.start(vec![], &[], token.clone());
     let mut s = t.settings();
     s.ladder.bootstrap = vec![SocketAddr::from(([127, 0, 0, 1], dead))];
     s.ladder.fallback_ports = vec![fallback.port()];

@@ -10,3 +10,6 @@ pub mod membership;
 
 pub use member::Member;
 pub use membership::Membership;
+pub mod agent;
+
+pub use agent::{AgentHandle, AgentSpec, View};

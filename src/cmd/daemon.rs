@@ -19,10 +19,61 @@ pub struct LoginArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct SupernodeArgs {
-    /// Metrics endpoint (overrides metrics.listen).
+    /// Metrics endpoint (overrides metrics.listen); also serves /status.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    #[command(subcommand)]
+    action: Option<SupernodeAction>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum SupernodeAction {
+    /// Show a running super-node process: each node's cluster view and connected hosts.
+    Status {
+        /// The process's metrics endpoint (default: metrics.listen).
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
+        /// Print the JSON document as it is.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+async fn status(addr: SocketAddr, json: bool) -> anyhow::Result<ExitCode> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| anyhow::anyhow!("{addr}: no answer within 5 s"))?
+        .map_err(|e| anyhow::anyhow!("{addr}: {e} (is a super node running with metrics.listen = {addr}?)"))?;
+    s.write_all(format!("GET /status HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut text = String::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_string(&mut text)).await??;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let doc: serde_json::Value = serde_json::from_str(body).map_err(|e| anyhow::anyhow!("{addr}/status: {e}"))?;
+    if json {
+        println!("{doc}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (name, node) in doc.as_object().into_iter().flatten() {
+        let members = node["members"].as_array().cloned().unwrap_or_default();
+        println!(
+            "{name}  node {}  hosts connected {}  cluster members alive {}",
+            node["node_id"].as_str().unwrap_or("?"),
+            node["hosts_connected"],
+            members.len()
+        );
+        for m in members {
+            println!(
+                "    {:<12} gossip {:<22} udp {}",
+                m["name"].as_str().unwrap_or("?"),
+                m["gossip"].as_str().unwrap_or("?"),
+                m["udp"].as_str().unwrap_or("-")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn start_metrics(
@@ -62,6 +113,12 @@ pub async fn login_server(a: LoginArgs, mut config: Config) -> anyhow::Result<Ex
 }
 
 pub async fn supernode(a: SupernodeArgs, config: Config) -> anyhow::Result<ExitCode> {
+    if let Some(SupernodeAction::Status { metrics, json }) = a.action {
+        let addr = metrics
+            .or(config.metrics.listen)
+            .ok_or_else(|| anyhow::anyhow!("metrics.listen: not set; pass --metrics ADDR"))?;
+        return status(addr, json).await;
+    }
     if config.supernode.nodes.is_empty() {
         anyhow::bail!("supernode.nodes: no super node configured (see config/confab.toml)");
     }

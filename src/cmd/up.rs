@@ -14,7 +14,7 @@ pub struct Args {
     /// Address for every listener (e.g. an address inside a test namespace).
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
-    /// First port: login server on it, super node i on base+3+10i and base+4+10i; 0 for ephemeral ports.
+    /// First port: login server on it, super node i on base+3+10i, +4 and +5 (gossip); 0 for ephemeral ports.
     #[arg(long, default_value_t = 33030)]
     base_port: u16,
     /// How many super nodes.

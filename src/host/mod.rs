@@ -101,6 +101,23 @@ impl Drop for Session {
     }
 }
 
+/// Binds the host's TCP port. A session of this process that was just dropped may
+/// still hold it for a moment (its task is torn down asynchronously): retry briefly.
+async fn bind_tcp(port: u16) -> anyhow::Result<TcpListener> {
+    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    let mut tries = 0;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => anyhow::bail!("cannot listen on TCP port {port}: {e}"),
+        }
+    }
+}
+
 /// Serves the host's own TCP port P. Direct calls between public hosts will use it; for
 /// now a peer that connects is told, in protocol terms, that this host takes no direct
 /// requests yet, instead of being left hanging.
@@ -137,6 +154,9 @@ fn serve_direct(listener: TcpListener, public: SocketAddr) -> tokio::task::JoinH
 impl Session {
     /// Logs out: a Bye to the super node.
     pub async fn logout(mut self) {
+        // Release port P before returning, so a new session can take it at once.
+        self.direct.abort();
+        let _ = (&mut self.direct).await;
         let bye = self.connected.session.bye();
         match &mut self.connected.link {
             Link::Udp(s) => {
@@ -229,9 +249,7 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
     let udp = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on UDP port {port} (is another host using {}?): {e}", home.dir().display())
     })?;
-    let tcp_listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on TCP port {port}: {e}"))?;
+    let tcp_listener = bind_tcp(port).await?;
     let udp = Arc::new(udp);
 
     let mut cache = HostCache::load(&home.cache_path());

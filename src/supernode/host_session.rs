@@ -136,7 +136,7 @@ impl HostSession {
             keepalive_secs: self.node.params.keepalive_secs as u16,
             idle_timeout_secs: self.node.params.idle_timeout_secs as u16,
             probe_addr: self.node.probe_addr,
-            supernodes: self.node.peers.clone(),
+            supernodes: self.node.peers(),
         });
         self.send(MessageKind::Welcome, welcome.clone());
         tracing::info!(node = %self.node.identity.name, user = %accepted.credential.subject, peer = %self.peer,

@@ -48,6 +48,19 @@ impl Default for SessionParams {
     }
 }
 
+/// How a super node joins its cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// The gossip socket.
+    pub gossip: SocketAddr,
+    /// Gossip addresses to join through (other nodes of the same process are added).
+    pub seeds: Vec<SocketAddr>,
+    /// The cluster key.
+    pub key: crate::cluster::gossip::ClusterKey,
+    /// SWIM probe period.
+    pub probe_period: Duration,
+}
+
 /// Everything needed to start one super node.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
@@ -65,6 +78,8 @@ pub struct NodeSpec {
     pub public_ip: Option<IpAddr>,
     /// Limits and timers.
     pub params: SessionParams,
+    /// Membership (None: a lone node that announces only its static peers).
+    pub cluster: Option<ClusterSpec>,
 }
 
 struct PeerEntry {
@@ -80,8 +95,10 @@ pub struct NodeShared {
     pub params: SessionParams,
     /// The advertised alternate port, sent in Welcome.
     pub probe_addr: Option<SocketAddr>,
-    /// Other super nodes, sent in Welcome.
-    pub peers: Vec<SupernodeInfo>,
+    /// Statically configured super nodes, sent in Welcome with the live members.
+    pub static_peers: Vec<SupernodeInfo>,
+    /// The cluster view, when the node gossips.
+    pub view: Option<tokio::sync::watch::Receiver<Arc<crate::cluster::View>>>,
     /// Metrics with this node's label.
     pub metrics: NodeMetrics,
     by_peer: DashMap<SocketAddr, PeerEntry>,
@@ -125,6 +142,46 @@ impl NodeShared {
         for e in self.by_peer.iter() {
             e.actor.do_send(Close { notify: true, reason: "super node shutting down" });
         }
+    }
+
+    /// The super nodes announced to hosts: live cluster members other than this one,
+    /// then static peers, without duplicates.
+    pub fn peers(&self) -> Vec<SupernodeInfo> {
+        let me = self.identity.key.public().id().0;
+        let mut v: Vec<SupernodeInfo> = match &self.view {
+            Some(view) => view
+                .borrow()
+                .members
+                .iter()
+                .filter(|m| m.node != Some(me))
+                .map(|m| SupernodeInfo { name: m.name.clone(), udp: m.udp, tcp: m.tcp })
+                .collect(),
+            None => Vec::new(),
+        };
+        for p in &self.static_peers {
+            if !v.iter().any(|q| q.udp == p.udp && q.tcp == p.tcp) {
+                v.push(p.clone());
+            }
+        }
+        v
+    }
+
+    /// Live cluster members (itself included), or just itself without a cluster.
+    pub fn members(&self) -> Vec<crate::cluster::Member> {
+        self.view.as_ref().map(|v| v.borrow().members.clone()).unwrap_or_default()
+    }
+
+    /// A JSON summary for `/status`.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.identity.name,
+            "node_id": self.identity.key.public().id().to_string(),
+            "hosts_connected": self.hosts_connected(),
+            "members": self.members().iter().map(|m| serde_json::json!({
+                "name": m.name, "gossip": m.gossip, "udp": m.udp, "tcp": m.tcp,
+                "node_id": m.node_id().map(|n| n.to_string()),
+            })).collect::<Vec<_>>(),
+        })
     }
 
     fn pending_handshakes(&self) -> usize {
@@ -183,6 +240,7 @@ pub struct BoundNode {
     udp_addr: SocketAddr,
     probe: Option<(Arc<UdpSocket>, SocketAddr)>,
     tcp: Vec<(TcpListener, SocketAddr)>,
+    gossip: Option<(UdpSocket, SocketAddr)>,
 }
 
 /// What a running node is reachable at.
@@ -196,6 +254,8 @@ pub struct NodeAddrs {
     pub tcp: Vec<SocketAddr>,
     /// The alternate UDP port for NAT discovery.
     pub probe_udp: Option<SocketAddr>,
+    /// The gossip port.
+    pub gossip: Option<SocketAddr>,
 }
 
 /// A running node.
@@ -205,6 +265,8 @@ pub struct RunningNode {
     /// Shared state (for status and tests).
     pub shared: Arc<NodeShared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: CancellationToken,
+    crash: CancellationToken,
 }
 
 fn advertised(bound: SocketAddr, public_ip: Option<IpAddr>) -> std::io::Result<SocketAddr> {
@@ -252,7 +314,15 @@ impl BoundNode {
             let adv = advertised(l.local_addr()?, spec.public_ip)?;
             tcp.push((l, adv));
         }
-        Ok(Self { spec, udp: Arc::new(udp), udp_addr, probe, tcp })
+        let gossip = match &spec.cluster {
+            Some(c) => {
+                let s = UdpSocket::bind(c.gossip).await.map_err(|e| with_context(e, "bind gossip UDP", c.gossip))?;
+                let adv = advertised(s.local_addr()?, spec.public_ip)?;
+                Some((s, adv))
+            }
+            None => None,
+        };
+        Ok(Self { spec, udp: Arc::new(udp), udp_addr, probe, tcp, gossip })
     }
 
     /// What this node will be reachable at.
@@ -262,6 +332,7 @@ impl BoundNode {
             udp: self.udp_addr,
             tcp: self.tcp.iter().map(|(_, a)| *a).collect(),
             probe_udp: self.probe.as_ref().map(|(_, a)| *a),
+            gossip: self.gossip.as_ref().map(|(_, a)| *a),
         }
     }
 
@@ -274,15 +345,48 @@ impl BoundNode {
         }
     }
 
-    /// Starts serving (inside an actix System); `peers` are announced to hosts.
-    pub fn start(self, peers: Vec<SupernodeInfo>, shutdown: CancellationToken) -> RunningNode {
+    /// Starts serving (inside an actix System): `static_peers` are announced to hosts
+    /// besides the live members, `siblings` are extra gossip seeds (the other nodes of
+    /// the same process). The node stops when `shutdown` (or [`RunningNode::kill`]) fires.
+    pub fn start(
+        self,
+        static_peers: Vec<SupernodeInfo>,
+        siblings: &[SocketAddr],
+        shutdown: CancellationToken,
+    ) -> RunningNode {
         let addrs = self.addrs();
+        let shutdown = shutdown.child_token();
+        let crash = CancellationToken::new();
+        let view = match (self.spec.cluster, self.gossip) {
+            (Some(c), Some((socket, gossip))) => {
+                let me = crate::cluster::Member {
+                    gossip,
+                    bump: 1,
+                    node: Some(self.spec.identity.key.public().id().0),
+                    name: self.spec.identity.name.clone(),
+                    udp: Some(addrs.udp),
+                    tcp: addrs.tcp.first().copied(),
+                };
+                let mut seeds = c.seeds;
+                seeds.extend(siblings.iter().copied().filter(|s| *s != gossip));
+                let spec = crate::cluster::AgentSpec {
+                    me,
+                    seeds,
+                    key: c.key,
+                    probe_period: c.probe_period,
+                    cluster_size_hint: 32,
+                };
+                Some(crate::cluster::agent::start(spec, socket, shutdown.clone(), crash.clone()).view)
+            }
+            _ => None,
+        };
         let shared = Arc::new(NodeShared {
             metrics: NodeMetrics::new(&self.spec.identity.name),
             identity: self.spec.identity,
             params: self.spec.params,
             probe_addr: addrs.probe_udp,
-            peers,
+            static_peers,
+            view,
             by_peer: DashMap::new(),
             sessions: DashMap::new(),
         });
@@ -295,12 +399,24 @@ impl BoundNode {
         for (l, a) in self.tcp {
             tasks.push(actix_rt::spawn(tcp_accept_loop(shared.clone(), l, a, limit.clone(), shutdown.clone())));
         }
-        tracing::info!(node = %addrs.name, udp = %addrs.udp, tcp = ?addrs.tcp, probe = ?addrs.probe_udp, "super node listening");
-        RunningNode { addrs, shared, tasks }
+        tracing::info!(node = %addrs.name, udp = %addrs.udp, tcp = ?addrs.tcp, probe = ?addrs.probe_udp, gossip = ?addrs.gossip, "super node listening");
+        let weak = Arc::downgrade(&shared);
+        crate::telemetry::register_status(
+            &addrs.name,
+            Box::new(move || weak.upgrade().map(|s| s.status()).unwrap_or(serde_json::Value::Null)),
+        );
+        RunningNode { addrs, shared, tasks, stop: shutdown, crash }
     }
 }
 
 impl RunningNode {
+    /// Stops this node alone, as a crash would: its sockets close and it says no goodbye,
+    /// so the cluster has to notice by itself.
+    pub fn kill(&self) {
+        self.crash.cancel();
+        self.stop.cancel();
+    }
+
     /// Waits for the listeners to finish (after the shutdown token fired), then closes
     /// every session with a Bye.
     pub async fn stopped(self) {

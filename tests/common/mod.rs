@@ -32,9 +32,10 @@ pub fn seed_data(data: &Path, supernodes: usize) {
         }
     };
     copy("login-0", "login");
-    let sn = ["supernode-0", "supernode-1", "supernode-2"];
-    for i in 0..supernodes {
-        copy(sn[i % sn.len()], &format!("sn{}", i + 1));
+    // Distinct keys: a super node's key id is its identity in the index. Beyond the
+    // fixtures, `confab up` generates keys.
+    for (i, stem) in ["supernode-0", "supernode-1", "supernode-2"].iter().enumerate().take(supernodes) {
+        copy(stem, &format!("sn{}", i + 1));
     }
 }
 
