@@ -157,6 +157,8 @@ pub struct SupernodeConfig {
     pub seeds: Vec<SocketAddr>,
     /// SWIM probe period: a dead super node is noticed within a few of these.
     pub probe_period_ms: u64,
+    /// The Global Index.
+    pub index: crate::supernode::index_router::IndexConfig,
     /// Keepalive interval asked of hosts.
     pub keepalive_secs: u64,
     /// Silence after which a host is dropped.
@@ -179,6 +181,7 @@ impl Default for SupernodeConfig {
             cluster_secret: None,
             seeds: Vec::new(),
             probe_period_ms: 1000,
+            index: Default::default(),
             keepalive_secs: p.keepalive_secs,
             idle_timeout_secs: p.idle_timeout_secs,
             hosts_max: p.hosts_max,
@@ -287,6 +290,16 @@ impl Config {
         }
         if self.supernode.keepalive_secs == 0 || self.supernode.keepalive_secs >= self.supernode.idle_timeout_secs {
             return bad("supernode.keepalive_secs", "must be at least 1 and below supernode.idle_timeout_secs");
+        }
+        if let Err(e) = crate::index::SlotSpace::new(self.supernode.index.slots) {
+            return bad("supernode.index.slots", &e.to_string());
+        }
+        if self.supernode.index.replicas == 0 {
+            return bad("supernode.index.replicas", "must be at least 1");
+        }
+        let steps = &self.supernode.index.lookup.steps;
+        if steps.is_empty() || steps.windows(2).any(|w| w[0] >= w[1]) {
+            return bad("supernode.index.lookup.steps", "must be a non-empty increasing list, e.g. [4, 8, 16]");
         }
         if !(50..=60_000).contains(&self.supernode.probe_period_ms) {
             return bad("supernode.probe_period_ms", "must be between 50 and 60000");

@@ -108,6 +108,7 @@ pub async fn start_supernodes(
                     seeds: cfg.seeds.clone(),
                     key: key.clone(),
                     probe_period: std::time::Duration::from_millis(cfg.probe_period_ms),
+                    index: cfg.index.clone(),
                 }),
                 _ => None,
             },

@@ -1,7 +1,7 @@
 //! The membership actor: owns the gossip socket, drives [`Membership`], and publishes
 //! the view of live members to the rest of the super node.
 
-use super::gossip::ClusterKey;
+use super::gossip::{Channel, ClusterKey};
 use super::member::Member;
 use super::membership::{self, Membership, Output};
 use actix::prelude::*;
@@ -45,11 +45,37 @@ pub struct AgentHandle {
     pub addr: SocketAddr,
     /// The current view; `changed()` wakes on every change.
     pub view: watch::Receiver<Arc<View>>,
+    /// Sends index packets to other members over the gossip socket.
+    pub sender: ClusterSender,
+}
+
+/// An index packet from another member (opened).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct IndexPacket {
+    /// The sender's gossip address.
+    pub from: SocketAddr,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+/// Sends sealed index packets from the gossip socket.
+#[derive(Debug, Clone)]
+pub struct ClusterSender {
+    socket: Arc<UdpSocket>,
+    key: ClusterKey,
+}
+
+impl ClusterSender {
+    /// Seals and sends without waiting; false if the socket buffer is full.
+    pub fn send(&self, to: SocketAddr, payload: &[u8]) -> bool {
+        self.socket.try_send_to(&self.key.seal(Channel::Index, payload), to).is_ok()
+    }
 }
 
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Datagram(Vec<u8>);
+struct Datagram(Vec<u8>, SocketAddr);
 
 struct Agent {
     membership: Membership,
@@ -60,6 +86,7 @@ struct Agent {
     view: watch::Sender<Arc<View>>,
     shutdown: CancellationToken,
     crash: CancellationToken,
+    index: Option<tokio::sync::mpsc::Sender<IndexPacket>>,
 }
 
 impl Agent {
@@ -68,7 +95,7 @@ impl Agent {
         for o in out {
             match o {
                 Output::Send(to, data) => {
-                    let ok = self.socket.try_send_to(&self.key.seal(&data), to).is_ok();
+                    let ok = self.socket.try_send_to(&self.key.seal(Channel::Gossip, &data), to).is_ok();
                     let outcome = if ok { "sent" } else { "dropped" };
                     counter!("confab_cluster_gossip_packets_total", "node" => self.name.clone(), "direction" => "out", "outcome" => outcome).increment(1);
                 }
@@ -116,13 +143,13 @@ impl Actor for Agent {
         actix_rt::spawn(async move {
             let mut buf = vec![0u8; 2048];
             let graceful = loop {
-                let (n, _) = tokio::select! {
+                let (n, from) = tokio::select! {
                     biased;
                     _ = crash.cancelled() => break false,
                     _ = shutdown.cancelled() => break true,
                     r = socket.recv_from(&mut buf) => match r { Ok(x) => x, Err(_) => continue },
                 };
-                if addr.try_send(Datagram(buf[..n].to_vec())).is_err() {
+                if addr.try_send(Datagram(buf[..n].to_vec(), from)).is_err() {
                     counter!("confab_cluster_gossip_packets_total", "node" => name.clone(), "direction" => "in", "outcome" => "mailbox_full").increment(1);
                 }
             };
@@ -146,7 +173,13 @@ impl Handler<Datagram> for Agent {
 
     fn handle(&mut self, msg: Datagram, ctx: &mut Context<Self>) {
         match self.key.open(&msg.0) {
-            Ok(data) => {
+            Ok((Channel::Index, payload)) => {
+                let delivered =
+                    self.index.as_ref().is_some_and(|tx| tx.try_send(IndexPacket { from: msg.1, payload }).is_ok());
+                let outcome = if delivered { "accepted" } else { "index_queue_full" };
+                counter!("confab_cluster_index_packets_total", "node" => self.name.clone(), "direction" => "in", "outcome" => outcome).increment(1);
+            }
+            Ok((Channel::Gossip, data)) => {
                 counter!("confab_cluster_gossip_packets_total", "node" => self.name.clone(), "direction" => "in", "outcome" => "accepted").increment(1);
                 let out = self.membership.handle_data(&data);
                 self.apply(out, ctx);
@@ -176,7 +209,7 @@ impl Handler<Stop> for Agent {
         let out = self.membership.leave();
         for o in out {
             if let Output::Send(to, data) = o {
-                let _ = self.socket.try_send_to(&self.key.seal(&data), to);
+                let _ = self.socket.try_send_to(&self.key.seal(Channel::Gossip, &data), to);
             }
         }
         ctx.stop();
@@ -186,22 +219,31 @@ impl Handler<Stop> for Agent {
 /// Starts the agent on a bound gossip socket (inside an actix System); `spec.me.gossip`
 /// must be the address others reach that socket at. It stops, announcing its departure,
 /// when `shutdown` fires, and silently (as a crashed node would) when `crash` fires.
-pub fn start(spec: AgentSpec, socket: UdpSocket, shutdown: CancellationToken, crash: CancellationToken) -> AgentHandle {
+pub fn start(
+    spec: AgentSpec,
+    socket: UdpSocket,
+    shutdown: CancellationToken,
+    crash: CancellationToken,
+    index: Option<tokio::sync::mpsc::Sender<IndexPacket>>,
+) -> AgentHandle {
     let me = spec.me;
     let addr = me.gossip;
     let name = me.name.clone();
     let config = membership::config(spec.cluster_size_hint, spec.probe_period);
     let (tx, rx) = watch::channel(Arc::new(View::default()));
+    let socket = Arc::new(socket);
+    let sender = ClusterSender { socket: socket.clone(), key: spec.key.clone() };
     Agent {
         membership: Membership::new(me, config),
-        socket: Arc::new(socket),
+        socket,
         key: spec.key,
         seeds: spec.seeds,
         name,
         view: tx,
         shutdown,
         crash,
+        index,
     }
     .start();
-    AgentHandle { addr, view: rx }
+    AgentHandle { addr, view: rx, sender }
 }

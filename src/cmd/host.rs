@@ -32,6 +32,14 @@ enum Command {
         /// The username.
         user: String,
     },
+    /// Log in as USER and look WHOM up in the Global Index.
+    Find {
+        /// Who you are (the account to log in with).
+        #[arg(long = "as", value_name = "USER")]
+        me: String,
+        /// Whom to find.
+        whom: String,
+    },
 }
 
 fn settings(c: &config::HostConfig) -> anyhow::Result<HostSettings> {
@@ -81,6 +89,7 @@ fn code(e: &HostError) -> &'static str {
         HostError::Account(a) => a.code().map(ErrorCode::label).unwrap_or("unreachable"),
         HostError::Ladder(_) => "no_supernode",
         HostError::Local(_) => "local",
+        HostError::Refused(_) => "refused",
     }
 }
 
@@ -130,6 +139,39 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
                 }
             }
             session.logout().await;
+        }
+        Command::Find { me, whom } => {
+            let pw = password(false)?;
+            let mut session = match host::login(&s, &home, me, &pw).await {
+                Ok(s) => s,
+                Err(e) => return fail(a.json, e),
+            };
+            let found = session.find(whom).await;
+            session.logout().await;
+            match found {
+                Ok(Some(f)) if a.json => println!("{}", serde_json::to_string(&f)?),
+                Ok(Some(f)) => {
+                    let seen =
+                        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(f.last_seen));
+                    println!("{}  {}  last seen {seen}  via {}", f.user, f.status.label(), f.supernode);
+                    if let Some(a) = f.public_addr {
+                        println!("  address {a}  NAT {}", f.nat);
+                    }
+                    if !f.profile.display_name.is_empty() || !f.profile.city.is_empty() {
+                        println!("  {}  {} {}", f.profile.display_name, f.profile.city, f.profile.country);
+                    }
+                    println!("  (lookup asked {} super nodes, {})", f.asked, f.stage);
+                }
+                Ok(None) => {
+                    let msg = format!("no user {whom:?} seen in the last 72 hours");
+                    if a.json {
+                        println!("{}", serde_json::json!({ "error": msg, "code": "not_found" }));
+                    }
+                    eprintln!("{msg}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return fail(a.json, e),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -49,6 +49,19 @@ impl Home {
         Ok(key)
     }
 
+    /// The user's profile, kept in the home (empty until set).
+    pub fn profile(&self) -> crate::index::Profile {
+        std::fs::read(self.dir.join("profile.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Saves the profile.
+    pub fn set_profile(&self, p: &crate::index::Profile) -> std::io::Result<()> {
+        crate::fsutil::write_atomic(&self.dir.join("profile.json"), &serde_json::to_vec_pretty(p)?, 0o600)
+    }
+
     /// The host's own port P: picked at random on first run, then kept.
     pub fn port(&self) -> anyhow::Result<u16> {
         let path = self.dir.join("host.json");
@@ -59,7 +72,15 @@ impl Home {
             tracing::warn!(path = %path.display(), "unreadable host state; picking a new port");
         }
         let span = u64::from(PORT_MAX - PORT_MIN) + 1;
-        let port = PORT_MIN + (crate::crypto::random::u64() % span) as u16;
+        // A port something else already holds would make every login fail: pick one
+        // that is free now, over UDP and TCP alike.
+        let free = |p: u16| {
+            std::net::UdpSocket::bind(("0.0.0.0", p)).is_ok() && std::net::TcpListener::bind(("0.0.0.0", p)).is_ok()
+        };
+        let port = (0..64)
+            .map(|_| PORT_MIN + (crate::crypto::random::u64() % span) as u16)
+            .find(|p| free(*p))
+            .ok_or_else(|| anyhow::anyhow!("no free port between {PORT_MIN} and {PORT_MAX}"))?;
         crate::fsutil::write_atomic(&path, &serde_json::to_vec(&State { port })?, 0o600)?;
         Ok(port)
     }

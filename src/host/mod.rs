@@ -16,7 +16,11 @@ pub mod ladder;
 
 use crate::crypto::credential::TrustedKeys;
 use crate::crypto::password;
+use crate::index::{Entry, EntryBody, Profile, Status};
 use crate::nat::NatKind;
+use crate::wire::ErrorCode;
+use crate::wire::MessageKind;
+use crate::wire::message::{ErrorMsg, Find, FindReply, Observed, PublishAck};
 use account::{AccountError, LoginServers};
 use cache::{CacheEntry, HostCache, NodeKind};
 use connect::{AttemptLog, Connected, LadderError, Link, Me, Timeouts};
@@ -54,6 +58,9 @@ pub enum HostError {
     /// Local trouble (home folder, port in use).
     #[error(transparent)]
     Local(#[from] anyhow::Error),
+    /// The super node refused a request, or answered nonsense.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// What `confab host login` reports.
@@ -93,6 +100,11 @@ pub struct Session {
     pub report: LoginReport,
     connected: Connected,
     direct: tokio::task::JoinHandle<()>,
+    credential: crate::crypto::Credential,
+    key: crate::crypto::PrivateKey,
+    trusted: TrustedKeys,
+    find_req: u32,
+    profile: Profile,
 }
 
 impl Drop for Session {
@@ -154,6 +166,11 @@ fn serve_direct(listener: TcpListener, public: SocketAddr) -> tokio::task::JoinH
 impl Session {
     /// Logs out: a Bye to the super node.
     pub async fn logout(mut self) {
+        // Others find us offline, with our last-seen time, for the retention window.
+        let profile = self.profile.clone();
+        if let Err(e) = self.publish(Status::Offline, &profile).await {
+            tracing::debug!(error = %e, "offline status not published");
+        }
         // Release port P before returning, so a new session can take it at once.
         self.direct.abort();
         let _ = (&mut self.direct).await;
@@ -169,10 +186,17 @@ impl Session {
         }
     }
 
-    /// One keepalive round trip; returns the address the super node sees.
-    pub async fn keepalive(&mut self, timeout: Duration) -> Option<SocketAddr> {
-        let frame = self.connected.session.keepalive();
+    /// Sends one sealed request and waits for a reply of kind `want` (or an Error).
+    async fn exchange(
+        &mut self,
+        kind: MessageKind,
+        body: &[u8],
+        want: MessageKind,
+        timeout: Duration,
+    ) -> Option<(MessageKind, Vec<u8>)> {
+        let frame = self.connected.session.seal(kind, body);
         let addr = self.connected.session.addr;
+        let session = &mut self.connected.session;
         let fut = async {
             match &mut self.connected.link {
                 Link::Udp(s) => {
@@ -183,10 +207,9 @@ impl Session {
                         if from != addr {
                             continue;
                         }
-                        if let Ok((crate::wire::MessageKind::KeepaliveAck, body)) =
-                            self.connected.session.open(&buf[..n])
-                        {
-                            return crate::wire::message::Observed::decode(&body).ok().map(|o| o.addr);
+                        match session.open(&buf[..n]) {
+                            Ok((k, body)) if k == want || k == MessageKind::Error => return Some((k, body)),
+                            _ => continue,
                         }
                     }
                 }
@@ -194,8 +217,9 @@ impl Session {
                     crate::net::tcp::write_frame(s, &frame).await.ok()?;
                     loop {
                         let f = crate::net::tcp::read_frame(s).await.ok()??;
-                        if let Ok((crate::wire::MessageKind::KeepaliveAck, body)) = self.connected.session.open(&f) {
-                            return crate::wire::message::Observed::decode(&body).ok().map(|o| o.addr);
+                        match session.open(&f) {
+                            Ok((k, body)) if k == want || k == MessageKind::Error => return Some((k, body)),
+                            _ => continue,
                         }
                     }
                 }
@@ -203,6 +227,112 @@ impl Session {
         };
         tokio::time::timeout(timeout, fut).await.ok().flatten()
     }
+
+    /// One keepalive round trip; returns the address the super node sees.
+    pub async fn keepalive(&mut self, timeout: Duration) -> Option<SocketAddr> {
+        match self.exchange(MessageKind::Keepalive, &[], MessageKind::KeepaliveAck, timeout).await? {
+            (MessageKind::KeepaliveAck, body) => Observed::decode(&body).ok().map(|o| o.addr),
+            _ => None,
+        }
+    }
+
+    /// Publishes this host's signed entry in the Global Index; returns how many replicas
+    /// the super node sent it to.
+    pub async fn publish(&mut self, status: Status, profile: &Profile) -> Result<u8, HostError> {
+        let now_ms = now_ms();
+        let body = EntryBody {
+            user: self.credential.subject.clone(),
+            credential: self.credential.encode(),
+            status,
+            supernode: self.report.supernode.clone(),
+            public_addr: (status != Status::Offline).then_some(self.report.public_addr),
+            nat: self.report.nat,
+            profile: profile.clone(),
+            last_seen: now_ms / 1000,
+            timestamp_ms: now_ms,
+        };
+        let entry = Entry::sign(body, &self.credential, &self.key).map_err(|e| HostError::Refused(e.to_string()))?;
+        match self
+            .exchange(MessageKind::Publish, &entry.encode(), MessageKind::PublishAck, Duration::from_secs(5))
+            .await
+        {
+            Some((MessageKind::PublishAck, b)) => {
+                let ack =
+                    PublishAck::decode(&b).map_err(|e| HostError::Refused(format!("malformed PublishAck: {e}")))?;
+                if ack.code == 0 {
+                    Ok(ack.replicas)
+                } else {
+                    Err(HostError::Refused(format!("{}: {}", ErrorCode::from_code(ack.code).label(), ack.detail)))
+                }
+            }
+            Some((_, b)) => Err(HostError::Refused(ErrorMsg::decode(&b).map(|e| e.detail).unwrap_or_default())),
+            None => Err(HostError::Refused("the super node did not answer the publish".into())),
+        }
+    }
+
+    /// Looks a user up in the Global Index. `Ok(None)`: not found.
+    pub async fn find(&mut self, user: &str) -> Result<Option<Found>, HostError> {
+        self.find_req = self.find_req.wrapping_add(1);
+        let req = Find { req: self.find_req, user: user.to_owned() };
+        let (kind, body) = self
+            .exchange(MessageKind::Find, &req.encode(), MessageKind::FindReply, Duration::from_secs(10))
+            .await
+            .ok_or_else(|| HostError::Refused("the super node did not answer the lookup".into()))?;
+        if kind == MessageKind::Error {
+            let e = ErrorMsg::decode(&body).map_err(|e| HostError::Refused(e.to_string()))?;
+            return Err(HostError::Refused(format!("{}: {}", e.code.label(), e.detail)));
+        }
+        let r = FindReply::decode(&body).map_err(|e| HostError::Refused(format!("malformed FindReply: {e}")))?;
+        if r.entry.is_empty() {
+            return Ok(None);
+        }
+        // Trust no super node: the entry must verify here too.
+        let e = Entry::decode(&r.entry).map_err(|e| HostError::Refused(format!("malformed entry: {e}")))?;
+        e.verify(&self.trusted, now_ms())
+            .map_err(|e| HostError::Refused(format!("the entry found does not verify: {e}")))?;
+        if e.key() != user.to_ascii_lowercase() {
+            return Err(HostError::Refused("the super node answered with another user's entry".into()));
+        }
+        let now = crate::unix_now();
+        Ok(Some(Found {
+            user: e.user.clone(),
+            status: crate::index::store::shown_status(&e, now, crate::index::store::PRESENCE_TTL_SECS_DEFAULT),
+            last_seen: e.last_seen,
+            supernode: e.supernode.clone(),
+            public_addr: e.public_addr,
+            nat: e.nat,
+            profile: e.profile.clone(),
+            asked: r.asked,
+            stage: r.stage,
+        }))
+    }
+}
+
+/// A user found in the Global Index, as others see them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Found {
+    /// The username as registered.
+    pub user: String,
+    /// The status shown (invisible and stale entries show as offline).
+    pub status: Status,
+    /// Unix seconds the user was last seen online.
+    pub last_seen: u64,
+    /// The super node the user was connected to.
+    pub supernode: String,
+    /// The user's public address (None when offline).
+    pub public_addr: Option<SocketAddr>,
+    /// The user's NAT kind.
+    pub nat: NatKind,
+    /// The profile.
+    pub profile: Profile,
+    /// Super nodes the lookup asked.
+    pub asked: u16,
+    /// The lookup stage that found the user.
+    pub stage: String,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl HostSettings {
@@ -347,5 +477,22 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         latest_version: logged_in.latest_version,
         attempts: log,
     };
-    Ok(Session { report, connected, direct: serve_direct(tcp_listener, public_addr) })
+    let mut session = Session {
+        report,
+        connected,
+        direct: serve_direct(tcp_listener, public_addr),
+        credential: logged_in.credential.clone(),
+        key,
+        trusted: settings.trusted.clone(),
+        find_req: 0,
+        profile: home.profile(),
+    };
+    // Advertise presence, as the original's login sequence ends. A network without a
+    // Global Index (a lone super node) is still a network to be logged in to.
+    let profile = session.profile.clone();
+    match session.publish(Status::Online, &profile).await {
+        Ok(n) => tracing::info!(replicas = n, "presence published"),
+        Err(e) => tracing::warn!(error = %e, "presence not published"),
+    }
+    Ok(session)
 }

@@ -39,6 +39,15 @@ pub fn posting_key(token: &str, user: &str) -> String {
     format!("{}{}", token_slot_key(token), user.to_ascii_lowercase())
 }
 
+/// The key that chooses an index key's slot: a posting lives in its token's slot, any
+/// other key in its own.
+pub fn slot_key(key: &str) -> &str {
+    match key.strip_prefix("token:").and_then(|rest| rest.find('/')) {
+        Some(i) => &key[..6 + i + 1],
+        None => key,
+    }
+}
+
 /// The key whose slot holds a token's postings (and the prefix of their keys).
 pub fn token_slot_key(token: &str) -> String {
     format!("token:{token}/")
@@ -57,5 +66,7 @@ mod tests {
         let p = Profile { display_name: "Jaan Tallinn".into(), city: "Tallinn".into(), ..Default::default() };
         assert_eq!(profile_tokens("jaan.t", &p), ["jaan", "tallinn"]);
         assert_eq!(posting_key("jaan", "Alice"), "token:jaan/alice");
+        assert_eq!(slot_key("token:jaan/alice"), "token:jaan/");
+        assert_eq!(slot_key("alice"), "alice");
     }
 }

@@ -11,6 +11,7 @@
 pub mod entry;
 pub mod fold;
 pub mod lookup;
+pub mod rpc;
 pub mod slot;
 pub mod store;
 

@@ -6,10 +6,12 @@
 //! answers through an [`Outbound`] handle.
 
 use super::handshake::{self, Accepted};
+use super::index_router::{FindUser, Publish};
 use super::node::NodeShared;
 use super::session::{Action, Session, SessionPeer, Transport};
+use crate::wire::ErrorCode;
 use crate::wire::frame;
-use crate::wire::message::{Envelope, ErrorMsg, MessageKind, Welcome};
+use crate::wire::message::{Envelope, ErrorMsg, FindReply, MessageKind, PublishAck, Welcome};
 use actix::prelude::*;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,6 +85,8 @@ pub struct HostSession {
     out: Outbound,
     state: State,
     handshake_id: [u8; 32],
+    user: String,
+    finds: (u64, u32),
 }
 
 impl HostSession {
@@ -95,7 +99,16 @@ impl HostSession {
         env: Envelope,
         handshake_id: [u8; 32],
     ) -> Self {
-        Self { node, peer, listener, out, state: State::Handshaking(Some(env)), handshake_id }
+        Self {
+            node,
+            peer,
+            listener,
+            out,
+            state: State::Handshaking(Some(env)),
+            handshake_id,
+            user: String::new(),
+            finds: (0, 0),
+        }
     }
 
     fn send(&self, kind: MessageKind, frame: Vec<u8>) {
@@ -139,6 +152,8 @@ impl HostSession {
             supernodes: self.node.peers(),
         });
         self.send(MessageKind::Welcome, welcome.clone());
+        self.user = accepted.credential.subject.clone();
+        self.user = accepted.credential.subject.clone();
         tracing::info!(node = %self.node.identity.name, user = %accepted.credential.subject, peer = %self.peer,
             transport = self.out.transport().label(), session = id, "host connected");
         self.state = State::Established { session, welcome };
@@ -150,10 +165,91 @@ impl HostSession {
         });
     }
 
+    /// Seals and sends a reply, if the session still exists.
+    fn reply(&mut self, kind: MessageKind, body: &[u8]) {
+        if let State::Established { session, .. } = &mut self.state {
+            let f = session.seal(kind, body);
+            self.send(kind, f);
+        }
+    }
+
+    /// Lookups a host may start per second (a storm from one host is refused, not served).
+    const FINDS_PER_SECOND_MAX: u32 = 50;
+
+    fn allow_find(&mut self) -> bool {
+        let now = crate::unix_now();
+        if self.finds.0 != now {
+            self.finds = (now, 0);
+        }
+        self.finds.1 += 1;
+        self.finds.1 <= Self::FINDS_PER_SECOND_MAX
+    }
+
     fn apply(&mut self, actions: Vec<Action>, ctx: &mut Context<Self>) {
         for a in actions {
             match a {
                 Action::Send(kind, f) => self.send(kind, f),
+                Action::Publish(entry) => {
+                    let Some(router) = self.node.index.clone() else {
+                        let ack = PublishAck {
+                            code: ErrorCode::Unsupported.code(),
+                            replicas: 0,
+                            detail: "this super node holds no index".into(),
+                        };
+                        self.reply(MessageKind::PublishAck, &ack.encode());
+                        continue;
+                    };
+                    let user = self.user.clone();
+                    ctx.spawn(router.send(Publish { user, entry }).into_actor(self).map(|res, act, _| {
+                        let ack = match res {
+                            Ok(Ok(n)) => PublishAck { code: 0, replicas: n.min(255) as u8, detail: String::new() },
+                            Ok(Err((code, why))) => PublishAck { code: code.code(), replicas: 0, detail: why },
+                            Err(_) => PublishAck {
+                                code: ErrorCode::Internal.code(),
+                                replicas: 0,
+                                detail: "index unavailable".into(),
+                            },
+                        };
+                        act.reply(MessageKind::PublishAck, &ack.encode());
+                    }));
+                }
+                Action::Find(f) => {
+                    let allowed = self.allow_find();
+                    let router = match (&self.node.index, allowed) {
+                        (Some(r), true) => r.clone(),
+                        (None, _) => {
+                            let e = ErrorMsg::new(ErrorCode::Unsupported, "this super node holds no index");
+                            self.reply(MessageKind::Error, &e.encode());
+                            continue;
+                        }
+                        (_, false) => {
+                            self.node.metrics.reject(self.out.transport().label(), "lookup_rate", self.peer, &f.user);
+                            let mut e = ErrorMsg::new(ErrorCode::TooManyAttempts, "too many lookups; slow down");
+                            e.retry_after_secs = 1;
+                            self.reply(MessageKind::Error, &e.encode());
+                            continue;
+                        }
+                    };
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    if router.try_send(FindUser { user: f.user.clone(), reply: tx }).is_err() {
+                        let e = ErrorMsg::new(ErrorCode::Internal, "the index is busy; try again");
+                        self.reply(MessageKind::Error, &e.encode());
+                        continue;
+                    }
+                    let req = f.req;
+                    ctx.spawn(rx.into_actor(self).map(move |res, act, _| {
+                        let r = match res {
+                            Ok(r) => FindReply {
+                                req,
+                                entry: r.entry.map(|e| e.encode()).unwrap_or_default(),
+                                asked: r.asked.min(usize::from(u16::MAX)) as u16,
+                                stage: r.stage.into(),
+                            },
+                            Err(_) => FindReply { req, entry: Vec::new(), asked: 0, stage: "failed".into() },
+                        };
+                        act.reply(MessageKind::FindReply, &r.encode());
+                    }));
+                }
                 Action::Close(reason) => {
                     tracing::info!(node = %self.node.identity.name, peer = %self.peer, reason, "host session closed");
                     ctx.stop();

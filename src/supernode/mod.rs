@@ -9,6 +9,8 @@
 
 pub mod handshake;
 pub mod host_session;
+pub mod index_router;
+pub mod index_slot;
 pub mod metrics;
 pub mod node;
 pub mod session;

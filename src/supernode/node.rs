@@ -59,6 +59,8 @@ pub struct ClusterSpec {
     pub key: crate::cluster::gossip::ClusterKey,
     /// SWIM probe period.
     pub probe_period: Duration,
+    /// The Global Index this node takes part in.
+    pub index: super::index_router::IndexConfig,
 }
 
 /// Everything needed to start one super node.
@@ -99,6 +101,8 @@ pub struct NodeShared {
     pub static_peers: Vec<SupernodeInfo>,
     /// The cluster view, when the node gossips.
     pub view: Option<tokio::sync::watch::Receiver<Arc<crate::cluster::View>>>,
+    /// The node's part of the Global Index, when it gossips.
+    pub index: Option<Addr<super::index_router::IndexRouter>>,
     /// Metrics with this node's label.
     pub metrics: NodeMetrics,
     by_peer: DashMap<SocketAddr, PeerEntry>,
@@ -357,7 +361,7 @@ impl BoundNode {
         let addrs = self.addrs();
         let shutdown = shutdown.child_token();
         let crash = CancellationToken::new();
-        let view = match (self.spec.cluster, self.gossip) {
+        let (view, index) = match (self.spec.cluster, self.gossip) {
             (Some(c), Some((socket, gossip))) => {
                 let me = crate::cluster::Member {
                     gossip,
@@ -376,9 +380,19 @@ impl BoundNode {
                     probe_period: c.probe_period,
                     cluster_size_hint: 32,
                 };
-                Some(crate::cluster::agent::start(spec, socket, shutdown.clone(), crash.clone()).view)
+                let (tx, rx) = tokio::sync::mpsc::channel(4096);
+                let agent = crate::cluster::agent::start(spec, socket, shutdown.clone(), crash.clone(), Some(tx));
+                let router = super::index_router::IndexRouter::new(
+                    self.spec.identity.name.clone(),
+                    self.spec.identity.key.public().id(),
+                    c.index,
+                    self.spec.identity.trusted.clone(),
+                    agent.view.clone(),
+                    agent.sender.clone(),
+                );
+                (Some(agent.view), Some(super::index_router::start(router, rx)))
             }
-            _ => None,
+            _ => (None, None),
         };
         let shared = Arc::new(NodeShared {
             metrics: NodeMetrics::new(&self.spec.identity.name),
@@ -387,6 +401,7 @@ impl BoundNode {
             probe_addr: addrs.probe_udp,
             static_peers,
             view,
+            index,
             by_peer: DashMap::new(),
             sessions: DashMap::new(),
         });

@@ -6,7 +6,7 @@
 
 use crate::crypto::aead::{SealKey, SessionSecret, label};
 use crate::wire::frame::{self, Direction, FrameError, RawFrame};
-use crate::wire::message::{Bye, ErrorCode, ErrorMsg, MessageKind, Observed, Welcome};
+use crate::wire::message::{Bye, ErrorCode, ErrorMsg, Find, MessageKind, Observed, Welcome};
 use crate::wire::replay::ReplayWindow;
 use std::net::SocketAddr;
 
@@ -36,6 +36,10 @@ pub enum Action {
     Send(MessageKind, Vec<u8>),
     /// End the session (after sending anything queued before it).
     Close(&'static str),
+    /// Store this signed entry in the Global Index, then answer with PublishAck.
+    Publish(Vec<u8>),
+    /// Look this user up, then answer with FindReply.
+    Find(Find),
 }
 
 /// Who is on the other end of a session, and how they are reached.
@@ -146,6 +150,14 @@ impl Session {
                 tracing::debug!(user = %self.user, reason, "host said bye");
                 out.push(Action::Close("bye"));
             }
+            MessageKind::Publish => out.push(Action::Publish(body)),
+            MessageKind::Find => match Find::decode(&body) {
+                Ok(f) => out.push(Action::Find(f)),
+                Err(e) => {
+                    let e = ErrorMsg::new(ErrorCode::Malformed, format!("find: {e}"));
+                    out.push(Action::Send(MessageKind::Error, self.seal(MessageKind::Error, &e.encode())));
+                }
+            },
             MessageKind::Error => {
                 if let Ok(e) = ErrorMsg::decode(&body) {
                     tracing::debug!(user = %self.user, code = e.code.label(), detail = %e.detail, "host reported an error");

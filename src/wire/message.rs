@@ -37,11 +37,19 @@ pub enum MessageKind {
     LoginRequest = 0x22,
     /// Login server → host: the credential (sealed).
     LoginReply = 0x23,
+    /// Host → super node: store my signed index entry (sealed).
+    Publish = 0x40,
+    /// Super node → host: the entry was checked and sent to its replicas (sealed).
+    PublishAck = 0x41,
+    /// Host → super node: find a user in the Global Index (sealed).
+    Find = 0x42,
+    /// Super node → host: the lookup's result (sealed).
+    FindReply = 0x43,
 }
 
 impl MessageKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [MessageKind; 14] = [
+    pub const ALL: [MessageKind; 18] = [
         Self::Hello,
         Self::Challenge,
         Self::Auth,
@@ -56,6 +64,10 @@ impl MessageKind {
         Self::RegisterReply,
         Self::LoginRequest,
         Self::LoginReply,
+        Self::Publish,
+        Self::PublishAck,
+        Self::Find,
+        Self::FindReply,
     ];
 
     /// The kind for a wire code.
@@ -70,6 +82,7 @@ impl MessageKind {
             Self::RegisterRequest | Self::LoginRequest => !sealed,
             Self::Welcome | Self::Keepalive | Self::KeepaliveAck | Self::Bye => sealed,
             Self::RegisterReply | Self::LoginReply => sealed,
+            Self::Publish | Self::PublishAck | Self::Find | Self::FindReply => sealed,
             Self::Error => true,
         }
     }
@@ -91,6 +104,10 @@ impl MessageKind {
             Self::RegisterReply => "register_reply",
             Self::LoginRequest => "login_request",
             Self::LoginReply => "login_reply",
+            Self::Publish => "publish",
+            Self::PublishAck => "publish_ack",
+            Self::Find => "find",
+            Self::FindReply => "find_reply",
         }
     }
 }
@@ -617,6 +634,96 @@ impl LoginReply {
         let latest_version = r.str("login_reply.latest_version", VERSION_LEN_MAX)?.to_owned();
         r.finish()?;
         Ok(Self { credential, latest_version })
+    }
+}
+
+/// PublishAck: what became of a Publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishAck {
+    /// 0: accepted; otherwise the [`ErrorCode`] of the refusal.
+    pub code: u16,
+    /// How many replicas the entry was sent to.
+    pub replicas: u8,
+    /// Why, when refused.
+    pub detail: String,
+}
+
+impl PublishAck {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u16(self.code).u8(self.replicas).str(&self.detail);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let code = r.u16("publish_ack.code")?;
+        let replicas = r.u8("publish_ack.replicas")?;
+        let detail = r.str("publish_ack.detail", 255)?.to_owned();
+        r.finish()?;
+        Ok(Self { code, replicas, detail })
+    }
+}
+
+/// Find: look a user up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Find {
+    /// Matches the reply.
+    pub req: u32,
+    /// The username.
+    pub user: String,
+}
+
+impl Find {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u32(self.req).str(&self.user);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let req = r.u32("find.req")?;
+        let user = r.str("find.user", USERNAME_WIRE_MAX)?.to_owned();
+        r.finish()?;
+        Ok(Self { req, user })
+    }
+}
+
+/// FindReply: the entry found (if any) and how far the lookup went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FindReply {
+    /// The Find's id.
+    pub req: u32,
+    /// The signed entry (empty: not found in the index).
+    pub entry: Vec<u8>,
+    /// Super nodes asked.
+    pub asked: u16,
+    /// The lookup stage that ended it (a label).
+    pub stage: String,
+}
+
+impl FindReply {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u32(self.req).bytes(&self.entry).u16(self.asked).str(&self.stage);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let req = r.u32("find_reply.req")?;
+        let entry = r.bytes("find_reply.entry", crate::index::entry::ENTRY_LEN_MAX)?.to_vec();
+        let asked = r.u16("find_reply.asked")?;
+        let stage = r.str("find_reply.stage", 32)?.to_owned();
+        r.finish()?;
+        Ok(Self { req, entry, asked, stage })
     }
 }
 

@@ -1,0 +1,463 @@
+//! `IndexRouter`: a super node's part of the Global Index. It keeps the slot map of the
+//! current cluster view, runs one [`IndexSlot`] actor per slot held, sends writes to a
+//! key's replicas, answers other replicas, and drives lookups by limited multicast.
+
+use super::index_slot::{Get, IndexSlot, Put};
+use crate::cluster::View;
+use crate::cluster::agent::{ClusterSender, IndexPacket};
+use crate::crypto::credential::TrustedKeys;
+use crate::index::lookup::{Action, Lookup, LookupConfig, Outcome};
+use crate::index::rpc::IndexRpc;
+use crate::index::store::Merge;
+use crate::index::{Entry, NodeId, Slot, SlotMap, SlotSpace, fold, slot};
+use crate::wire::ErrorCode;
+use actix::prelude::*;
+use metrics::{counter, gauge, histogram};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{oneshot, watch};
+
+/// Global Index settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    /// Slots (a multiple of 8).
+    pub slots: u32,
+    /// Replicas per slot.
+    pub replicas: usize,
+    /// How long an entry is findable after its host was last seen.
+    pub retention_secs: u64,
+    /// How long an online entry counts as online without a refresh.
+    pub presence_ttl_secs: u64,
+    /// Most keys per slot on one replica.
+    pub entries_per_slot_max: usize,
+    /// Lookup widening.
+    pub lookup: LookupConfig,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        Self {
+            slots: slot::SLOTS_DEFAULT,
+            replicas: slot::REPLICAS_DEFAULT,
+            retention_secs: crate::index::store::RETENTION_SECS_DEFAULT,
+            presence_ttl_secs: crate::index::store::PRESENCE_TTL_SECS_DEFAULT,
+            entries_per_slot_max: 100_000,
+            lookup: LookupConfig::default(),
+        }
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug, Clone)]
+pub struct FindResult {
+    /// The newest verified entry, if any super node held one.
+    pub entry: Option<Entry>,
+    /// Super nodes asked.
+    pub asked: usize,
+    /// The stage that ended the lookup (a label).
+    pub stage: &'static str,
+}
+
+struct Running {
+    lookup: Lookup,
+    reply: Option<oneshot::Sender<FindResult>>,
+    started: Instant,
+}
+
+/// The actor.
+pub struct IndexRouter {
+    node: String,
+    me: NodeId,
+    cfg: IndexConfig,
+    space: SlotSpace,
+    trusted: TrustedKeys,
+    view: watch::Receiver<Arc<View>>,
+    map: SlotMap,
+    gossip_of: HashMap<NodeId, SocketAddr>,
+    slots: HashMap<Slot, Addr<IndexSlot>>,
+    held: HashSet<Slot>,
+    sender: ClusterSender,
+    next_req: u64,
+    lookups: HashMap<u64, Running>,
+    reqs: HashMap<u64, (u64, NodeId)>,
+}
+
+impl IndexRouter {
+    /// A router for node `me`, following `view`.
+    pub fn new(
+        node: String,
+        me: NodeId,
+        cfg: IndexConfig,
+        trusted: TrustedKeys,
+        view: watch::Receiver<Arc<View>>,
+        sender: ClusterSender,
+    ) -> Self {
+        let space = SlotSpace::new(cfg.slots).unwrap_or_default();
+        let map = SlotMap::new(space, cfg.replicas, &[me]);
+        Self {
+            node,
+            me,
+            cfg,
+            space,
+            trusted,
+            view,
+            map,
+            gossip_of: HashMap::new(),
+            slots: HashMap::new(),
+            held: HashSet::new(),
+            sender,
+            next_req: 1,
+            lookups: HashMap::new(),
+            reqs: HashMap::new(),
+        }
+    }
+
+    fn req(&mut self) -> u64 {
+        self.next_req += 1;
+        self.next_req
+    }
+
+    /// Rebuilds the slot map from the view and starts actors for newly held slots.
+    fn refresh(&mut self) {
+        let members = self.view.borrow().members.clone();
+        self.gossip_of = members.iter().filter_map(|m| Some((m.node_id()?, m.gossip))).collect();
+        let mut ids: Vec<NodeId> = self.gossip_of.keys().copied().collect();
+        if !ids.contains(&self.me) {
+            ids.push(self.me);
+        }
+        self.map = SlotMap::new(self.space, self.cfg.replicas, &ids);
+        self.held = self.map.held_by(self.me).into_iter().collect();
+        for s in &self.held {
+            // A slot no longer held keeps its actor: it still answers lookups that widen
+            // to former replicas while the new ones fill up.
+            self.slots.entry(*s).or_insert_with(|| {
+                IndexSlot::new(*s, self.cfg.entries_per_slot_max, self.cfg.retention_secs, self.node.clone()).start()
+            });
+        }
+        gauge!("confab_index_slots_held", "node" => self.node.clone()).set(self.held.len() as f64);
+        tracing::debug!(node = %self.node, members = ids.len(), held = self.held.len(), "slot map rebuilt");
+    }
+
+    fn slot_of(&self, key: &str) -> Slot {
+        self.space.slot_of(fold::slot_key(key))
+    }
+
+    /// Checks that `entry` may live under `key`: its own username, or a posting for one
+    /// of its profile's tokens.
+    fn key_fits(key: &str, entry: &Entry) -> bool {
+        key == entry.key()
+            || fold::profile_tokens(&entry.user, &entry.profile)
+                .iter()
+                .any(|t| fold::posting_key(t, &entry.user) == key)
+    }
+
+    fn verify(&self, bytes: &[u8]) -> Result<Entry, String> {
+        let e = Entry::decode(bytes).map_err(|e| e.to_string())?;
+        e.verify(&self.trusted, now_ms()).map_err(|e| e.to_string())?;
+        Ok(e)
+    }
+
+    /// Sends `entry` under `key` to every replica of its slot; returns how many.
+    fn replicate(&mut self, key: String, entry: &Entry, ctx: &mut Context<Self>) -> usize {
+        let slot = self.slot_of(&key);
+        let replicas = self.map.replicas(slot).to_vec();
+        let bytes = entry.encode();
+        for r in &replicas {
+            if *r == self.me {
+                self.put_local(slot, key.clone(), entry.clone(), ctx, None);
+            } else if let Some(addr) = self.gossip_of.get(r).copied() {
+                let req = self.req();
+                let ok =
+                    self.sender.send(addr, &IndexRpc::Store { req, key: key.clone(), entry: bytes.clone() }.encode());
+                counter!("confab_index_writes_total", "node" => self.node.clone(), "outcome" => if ok { "sent" } else { "send_failed" }).increment(1);
+            }
+        }
+        replicas.len()
+    }
+
+    fn put_local(
+        &mut self,
+        slot: Slot,
+        key: String,
+        entry: Entry,
+        ctx: &mut Context<Self>,
+        ack: Option<(SocketAddr, u64)>,
+    ) {
+        let Some(actor) = self.slots.get(&slot).cloned() else {
+            if let Some((to, req)) = ack {
+                self.sender.send(to, &IndexRpc::StoreAck { req, held: false }.encode());
+            }
+            return;
+        };
+        ctx.spawn(actor.send(Put { key, entry }).into_actor(self).map(move |res, act, _| {
+            let outcome = match res {
+                Ok(Merge::Stored) => "stored",
+                Ok(Merge::Replaced) => "replaced",
+                Ok(Merge::Duplicate) => "duplicate",
+                Ok(Merge::Stale) => "stale",
+                Ok(Merge::Full) => "slot_full",
+                Err(_) => "mailbox",
+            };
+            counter!("confab_index_writes_total", "node" => act.node.clone(), "outcome" => outcome).increment(1);
+            if let Some((to, req)) = ack {
+                let held = matches!(res, Ok(Merge::Stored | Merge::Replaced | Merge::Duplicate));
+                act.sender.send(to, &IndexRpc::StoreAck { req, held }.encode());
+            }
+        }));
+    }
+
+    fn on_rpc(&mut self, from: SocketAddr, rpc: IndexRpc, ctx: &mut Context<Self>) {
+        match rpc {
+            IndexRpc::Store { req, key, entry } => match self.verify(&entry) {
+                Ok(e) if Self::key_fits(&key, &e) => {
+                    let slot = self.slot_of(&key);
+                    self.put_local(slot, key, e, ctx, Some((from, req)));
+                }
+                Ok(_) => self.refuse("wrong_key", from, req),
+                Err(why) => {
+                    tracing::debug!(node = %self.node, %from, %why, "refused a replicated entry");
+                    self.refuse("bad_entry", from, req);
+                }
+            },
+            IndexRpc::Fetch { req, key } => {
+                let slot = self.slot_of(&key);
+                match self.slots.get(&slot).cloned() {
+                    Some(actor) => {
+                        ctx.spawn(actor.send(Get(key)).into_actor(self).map(move |res, act, _| {
+                            let entry = res.ok().flatten().map(|e| e.encode());
+                            act.sender.send(from, &IndexRpc::FetchReply { req, entry }.encode());
+                        }));
+                    }
+                    None => {
+                        self.sender.send(from, &IndexRpc::FetchReply { req, entry: None }.encode());
+                    }
+                }
+            }
+            IndexRpc::FetchReply { req, entry } => {
+                let Some((id, node)) = self.reqs.remove(&req) else { return };
+                let entry = entry.and_then(|b| match self.verify(&b) {
+                    Ok(e) => Some(e),
+                    Err(why) => {
+                        // A replica that answers with something that does not verify is
+                        // lying or broken: its answer counts as none.
+                        counter!("confab_index_bad_answers_total", "node" => self.node.clone()).increment(1);
+                        tracing::warn!(node = %self.node, %from, %why, "a super node answered a lookup with an entry that does not verify");
+                        None
+                    }
+                });
+                if let Some(r) = self.lookups.get_mut(&id) {
+                    r.lookup.on_answer(node, entry);
+                }
+                self.drive(id, ctx);
+            }
+            IndexRpc::StoreAck { .. } => {}
+        }
+    }
+
+    fn refuse(&self, reason: &'static str, to: SocketAddr, req: u64) {
+        counter!("confab_index_writes_total", "node" => self.node.clone(), "outcome" => reason).increment(1);
+        self.sender.send(to, &IndexRpc::StoreAck { req, held: false }.encode());
+    }
+
+    fn drive(&mut self, id: u64, ctx: &mut Context<Self>) {
+        loop {
+            let Some(r) = self.lookups.get_mut(&id) else { return };
+            match r.lookup.poll(now_ms()) {
+                Action::Ask(nodes) => {
+                    let key = r.lookup.key().to_owned();
+                    for n in nodes {
+                        self.ask(id, n, key.clone(), ctx);
+                    }
+                }
+                Action::Wait => {
+                    let wait = r.lookup.deadline().saturating_sub(now_ms());
+                    ctx.run_later(std::time::Duration::from_millis(wait.max(1)), move |act, ctx| act.drive(id, ctx));
+                    return;
+                }
+                Action::AskDirectory => {
+                    // The login server's recently-seen directory is not wired in yet: the
+                    // lookup ends with what the index had.
+                    let outcome = r.lookup.not_in_index();
+                    self.finish(id, outcome);
+                    return;
+                }
+                Action::Done(outcome) => {
+                    self.finish(id, outcome);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn ask(&mut self, id: u64, node: NodeId, key: String, ctx: &mut Context<Self>) {
+        if node == self.me {
+            let slot = self.slot_of(&key);
+            match self.slots.get(&slot).cloned() {
+                Some(actor) => {
+                    ctx.spawn(actor.send(Get(key)).into_actor(self).map(move |res, act, ctx| {
+                        if let Some(r) = act.lookups.get_mut(&id) {
+                            r.lookup.on_answer(node, res.ok().flatten());
+                        }
+                        act.drive(id, ctx);
+                    }));
+                }
+                None => {
+                    if let Some(r) = self.lookups.get_mut(&id) {
+                        r.lookup.on_answer(node, None);
+                    }
+                }
+            }
+            return;
+        }
+        match self.gossip_of.get(&node).copied() {
+            Some(addr) => {
+                let req = self.req();
+                self.reqs.insert(req, (id, node));
+                self.sender.send(addr, &IndexRpc::Fetch { req, key }.encode());
+            }
+            None => {
+                if let Some(r) = self.lookups.get_mut(&id) {
+                    r.lookup.on_answer(node, None);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, id: u64, outcome: Outcome) {
+        let Some(mut r) = self.lookups.remove(&id) else { return };
+        self.reqs.retain(|_, (l, _)| *l != id);
+        let result = match outcome {
+            Outcome::Found { entry, stage, asked } => FindResult { entry: Some(*entry), asked, stage: stage.label() },
+            Outcome::NotInIndex { asked } => FindResult { entry: None, asked, stage: "not_found" },
+        };
+        let outcome = if result.entry.is_some() { "found" } else { "not_found" };
+        counter!("confab_index_lookups_total", "node" => self.node.clone(), "outcome" => outcome, "stage" => result.stage).increment(1);
+        histogram!("confab_index_lookup_asked", "node" => self.node.clone()).record(result.asked as f64);
+        histogram!("confab_index_lookup_duration_seconds", "node" => self.node.clone())
+            .record(r.started.elapsed().as_secs_f64());
+        if let Some(tx) = r.reply.take() {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ViewChanged;
+
+impl Actor for IndexRouter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(4096);
+        self.refresh();
+        let mut view = self.view.clone();
+        let addr = ctx.address();
+        actix_rt::spawn(async move {
+            while view.changed().await.is_ok() {
+                if addr.try_send(ViewChanged).is_err() && !addr.connected() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+impl Handler<ViewChanged> for IndexRouter {
+    type Result = ();
+
+    fn handle(&mut self, _: ViewChanged, _: &mut Context<Self>) {
+        self.refresh();
+    }
+}
+
+impl StreamHandler<IndexPacket> for IndexRouter {
+    fn handle(&mut self, p: IndexPacket, ctx: &mut Context<Self>) {
+        match IndexRpc::decode(&p.payload) {
+            Ok(rpc) => self.on_rpc(p.from, rpc, ctx),
+            Err(e) => {
+                counter!("confab_index_rpc_rejected_total", "node" => self.node.clone()).increment(1);
+                tracing::debug!(node = %self.node, from = %p.from, error = %e, "malformed index request");
+            }
+        }
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+/// A host publishes its entry; `user` is the session's authenticated username.
+#[derive(Message)]
+#[rtype(result = "Result<usize, (ErrorCode, String)>")]
+pub struct Publish {
+    /// The session's user.
+    pub user: String,
+    /// The signed entry.
+    pub entry: Vec<u8>,
+}
+
+impl Handler<Publish> for IndexRouter {
+    type Result = Result<usize, (ErrorCode, String)>;
+
+    fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
+        let e = self.verify(&msg.entry).map_err(|why| {
+            counter!("confab_index_publishes_total", "node" => self.node.clone(), "outcome" => "bad_entry")
+                .increment(1);
+            (ErrorCode::BadSignature, why)
+        })?;
+        if !e.user.eq_ignore_ascii_case(&msg.user) {
+            counter!("confab_index_publishes_total", "node" => self.node.clone(), "outcome" => "wrong_user")
+                .increment(1);
+            return Err((ErrorCode::BadSignature, "an entry may only be published by its own user".into()));
+        }
+        let replicas = self.replicate(e.key(), &e, ctx);
+        for token in fold::profile_tokens(&e.user, &e.profile) {
+            self.replicate(fold::posting_key(&token, &e.user), &e, ctx);
+        }
+        counter!("confab_index_publishes_total", "node" => self.node.clone(), "outcome" => "accepted").increment(1);
+        Ok(replicas)
+    }
+}
+
+/// Find the entry of a user.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FindUser {
+    /// The username.
+    pub user: String,
+    /// Where the result goes.
+    pub reply: oneshot::Sender<FindResult>,
+}
+
+impl Handler<FindUser> for IndexRouter {
+    type Result = ();
+
+    fn handle(&mut self, msg: FindUser, ctx: &mut Context<Self>) {
+        let key = msg.user.to_ascii_lowercase();
+        let slot = self.slot_of(&key);
+        let ids = self.map.members().to_vec();
+        let id = self.req();
+        let lookup = Lookup::new(key, slot, &ids, self.cfg.lookup.clone());
+        self.lookups.insert(id, Running { lookup, reply: Some(msg.reply), started: Instant::now() });
+        self.drive(id, ctx);
+    }
+}
+
+/// Starts a router whose index packets arrive on `packets`.
+pub fn start(router: IndexRouter, packets: tokio::sync::mpsc::Receiver<IndexPacket>) -> Addr<IndexRouter> {
+    IndexRouter::create(move |ctx| {
+        ctx.add_stream(tokio_stream_from(packets));
+        router
+    })
+}
+
+/// A `Stream` over an mpsc receiver (what tokio-stream's ReceiverStream does).
+fn tokio_stream_from<T: 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_core::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

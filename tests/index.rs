@@ -1,0 +1,102 @@
+//! The Global Index over real sockets: 20 super nodes gossiping, 200 hosts publishing
+//! signed entries and finding each other by limited multicast, then 30% of the super
+//! nodes crashing.
+
+mod common;
+
+use confab::index::Status;
+use std::time::{Duration, Instant};
+
+const PW: &str = "correct horse battery";
+const SUPERNODES: usize = 20;
+const HOSTS: usize = 200;
+
+#[actix_rt::test]
+async fn hosts_find_each_other_through_twenty_super_nodes_and_survive_30_percent_dying() {
+    let t = common::start(SUPERNODES, |c| c.supernode.probe_period_ms = 500).await;
+    let started = Instant::now();
+    while t.net.nodes.iter().any(|n| n.members().len() < SUPERNODES) {
+        assert!(started.elapsed() < Duration::from_secs(30), "cluster did not converge");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Hosts spread over the super nodes (each bootstraps from a different one).
+    let mut sessions = Vec::new();
+    let clock = Instant::now();
+    for i in 0..HOSTS {
+        let user = format!("user{i:03}");
+        let mut s = t.settings();
+        s.ladder.bootstrap.rotate_left(i % SUPERNODES);
+        let home = t.home(&user);
+        confab::host::register(&s, &home, &user, PW).await.unwrap();
+        let session = confab::host::login(&s, &home, &user, PW).await.unwrap();
+        sessions.push((user, session));
+    }
+    eprintln!("{HOSTS} hosts registered, logged in and published in {:?}", clock.elapsed());
+
+    // Every host looks up 10 others; together they look up every user.
+    let clock = Instant::now();
+    let mut asked = Vec::new();
+    for (i, (me, session)) in sessions.iter_mut().enumerate() {
+        for k in 1..=10 {
+            let whom = format!("user{:03}", (i + k * 17) % HOSTS);
+            let found = session.find(&whom).await.unwrap().unwrap_or_else(|| panic!("{me} cannot find {whom}"));
+            assert_eq!(found.user, whom);
+            assert_eq!(found.status, Status::Online);
+            asked.push(found.asked);
+        }
+    }
+    asked.sort_unstable();
+    eprintln!(
+        "{} lookups in {:?}; super nodes asked: median {}, max {}",
+        asked.len(),
+        clock.elapsed(),
+        asked[asked.len() / 2],
+        asked[asked.len() - 1]
+    );
+    assert!(asked[asked.len() / 2] <= 4, "a healthy lookup asks 4 super nodes");
+
+    // An unknown user is not found, after asking everyone.
+    assert!(sessions[0].1.find("nobody-at-all").await.unwrap().is_none());
+
+    // Crash 30% of the super nodes.
+    let dead = [2usize, 5, 7, 11, 13, 18];
+    for i in dead {
+        t.net.kill_node(i);
+    }
+    let dead_names: Vec<String> = dead.iter().map(|i| format!("sn{}", i + 1)).collect();
+    let started = Instant::now();
+    while t
+        .net
+        .nodes
+        .iter()
+        .enumerate()
+        .any(|(i, n)| !dead.contains(&i) && n.members().len() != SUPERNODES - dead.len())
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "survivors did not notice");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Hosts on surviving super nodes still find everyone.
+    let mut checked = 0;
+    for (i, (_, s)) in sessions.iter_mut().enumerate() {
+        if dead_names.contains(&s.report.supernode) || i % 4 != 0 {
+            continue;
+        }
+        for k in 0..HOSTS / 10 {
+            let whom = format!("user{:03}", (i + k * 7) % HOSTS);
+            let found = s.find(&whom).await.unwrap();
+            assert!(found.is_some(), "{whom} lost after 30% of the super nodes died");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 200, "only {checked} lookups after the crash");
+    eprintln!("{checked} lookups after 6 of 20 super nodes crashed: all found");
+
+    // Logged-out users are found offline, with their last-seen time.
+    let (user, s) = sessions.pop().unwrap();
+    s.logout().await;
+    let found = sessions[1].1.find(&user).await.unwrap().expect("found after logout");
+    assert_eq!(found.status, Status::Offline);
+    assert!(found.last_seen + 60 > confab::unix_now());
+    t.net.stop().await;
+}
