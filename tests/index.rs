@@ -5,6 +5,7 @@
 mod common;
 
 use confab::index::Status;
+use confab::supernode::index_router::{Holds, ReplicasOf};
 use std::time::{Duration, Instant};
 
 const PW: &str = "correct horse battery";
@@ -13,7 +14,11 @@ const HOSTS: usize = 200;
 
 #[actix_rt::test]
 async fn hosts_find_each_other_through_twenty_super_nodes_and_survive_30_percent_dying() {
-    let t = common::start(SUPERNODES, |c| c.supernode.probe_period_ms = 500).await;
+    let t = common::start(SUPERNODES, |c| {
+        c.supernode.probe_period_ms = 1000;
+        c.supernode.index.anti_entropy_secs = 10;
+    })
+    .await;
     let started = Instant::now();
     while t.net.nodes.iter().any(|n| n.members().len() < SUPERNODES) {
         assert!(started.elapsed() < Duration::from_secs(30), "cluster did not converge");
@@ -73,9 +78,42 @@ async fn hosts_find_each_other_through_twenty_super_nodes_and_survive_30_percent
         .enumerate()
         .any(|(i, n)| !dead.contains(&i) && n.members().len() != SUPERNODES - dead.len())
     {
-        assert!(started.elapsed() < Duration::from_secs(30), "survivors did not notice");
+        let sizes: Vec<usize> = t.net.nodes.iter().map(|n| n.members().len()).collect();
+        assert!(started.elapsed() < Duration::from_secs(30), "survivors did not notice: {sizes:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Re-replication: the new replica set of every key fills up from the survivors, so
+    // each key is again held by R = 10 live super nodes.
+    let live: Vec<usize> = (0..SUPERNODES).filter(|i| !dead.contains(i)).collect();
+    let started = Instant::now();
+    loop {
+        let mut short = Vec::new();
+        for u in (0..HOSTS).step_by(7) {
+            let key = format!("user{u:03}");
+            let router = t.net.nodes[live[0]].index.clone().unwrap();
+            let replicas = router.send(ReplicasOf(key.clone())).await.unwrap();
+            assert_eq!(replicas.len(), 10);
+            let mut holders = 0;
+            for i in &live {
+                let n = &t.net.nodes[*i];
+                if replicas.contains(&n.identity.key.public().id())
+                    && n.index.clone().unwrap().send(Holds(key.clone())).await.unwrap()
+                {
+                    holders += 1;
+                }
+            }
+            if holders < 10 {
+                short.push((key, holders));
+            }
+        }
+        if short.is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "not re-replicated after 20 s: {short:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("every sampled key back on its 10 replicas {:?} after the survivors noticed", started.elapsed());
+
     // Hosts on surviving super nodes still find everyone.
     let mut checked = 0;
     for (i, (_, s)) in sessions.iter_mut().enumerate() {

@@ -39,7 +39,20 @@ pub enum IndexRpc {
         /// The signed entry, if held.
         entry: Option<Vec<u8>>,
     },
+    /// Anti-entropy: my digests of slots we both replicate.
+    Digests {
+        /// (slot, digest of its contents).
+        slots: Vec<(u32, [u8; 32])>,
+    },
+    /// Anti-entropy: these slots differ from mine; send me what you hold in them.
+    Differ {
+        /// The slots.
+        slots: Vec<u32>,
+    },
 }
+
+/// Digests per anti-entropy packet (keeps a packet in one datagram).
+pub const DIGESTS_PER_PACKET: usize = 32;
 
 /// Why a request was not decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -66,6 +66,15 @@ impl SlotStore {
         self.entries.range(prefix.to_owned()..).take_while(move |(k, _)| k.starts_with(prefix))
     }
 
+    /// Every entry still inside the retention window at `now`, with its key.
+    pub fn live(&self, now: u64, retention_secs: u64) -> Vec<(String, Entry)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.last_seen.saturating_add(retention_secs) > now)
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect()
+    }
+
     /// Every entry, in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Entry)> {
         self.entries.iter()

@@ -2,12 +2,12 @@
 //! current cluster view, runs one [`IndexSlot`] actor per slot held, sends writes to a
 //! key's replicas, answers other replicas, and drives lookups by limited multicast.
 
-use super::index_slot::{Get, IndexSlot, Put};
+use super::index_slot::{Dump, Get, IndexSlot, Put, SlotChanged, StopSlot};
 use crate::cluster::View;
 use crate::cluster::agent::{ClusterSender, IndexPacket};
 use crate::crypto::credential::TrustedKeys;
 use crate::index::lookup::{Action, Lookup, LookupConfig, Outcome};
-use crate::index::rpc::IndexRpc;
+use crate::index::rpc::{DIGESTS_PER_PACKET, IndexRpc};
 use crate::index::store::Merge;
 use crate::index::{Entry, NodeId, Slot, SlotMap, SlotSpace, fold, slot};
 use crate::wire::ErrorCode;
@@ -35,6 +35,8 @@ pub struct IndexConfig {
     pub entries_per_slot_max: usize,
     /// Lookup widening.
     pub lookup: LookupConfig,
+    /// How often replicas compare slot digests and repair differences.
+    pub anti_entropy_secs: u64,
 }
 
 impl Default for IndexConfig {
@@ -46,6 +48,7 @@ impl Default for IndexConfig {
             presence_ttl_secs: crate::index::store::PRESENCE_TTL_SECS_DEFAULT,
             entries_per_slot_max: 100_000,
             lookup: LookupConfig::default(),
+            anti_entropy_secs: 10,
         }
     }
 }
@@ -83,6 +86,9 @@ pub struct IndexRouter {
     next_req: u64,
     lookups: HashMap<u64, Running>,
     reqs: HashMap<u64, (u64, NodeId)>,
+    handoff_pending: bool,
+    /// Digests of the non-empty slots this node holds, kept current by the slot actors.
+    digests: HashMap<Slot, [u8; 32]>,
 }
 
 impl IndexRouter {
@@ -112,6 +118,8 @@ impl IndexRouter {
             next_req: 1,
             lookups: HashMap::new(),
             reqs: HashMap::new(),
+            handoff_pending: false,
+            digests: HashMap::new(),
         }
     }
 
@@ -121,7 +129,7 @@ impl IndexRouter {
     }
 
     /// Rebuilds the slot map from the view and starts actors for newly held slots.
-    fn refresh(&mut self) {
+    fn refresh(&mut self, ctx: &mut Context<Self>) {
         let members = self.view.borrow().members.clone();
         self.gossip_of = members.iter().filter_map(|m| Some((m.node_id()?, m.gossip))).collect();
         let mut ids: Vec<NodeId> = self.gossip_of.keys().copied().collect();
@@ -130,11 +138,19 @@ impl IndexRouter {
         }
         self.map = SlotMap::new(self.space, self.cfg.replicas, &ids);
         self.held = self.map.held_by(self.me).into_iter().collect();
+        let changes = ctx.address().recipient();
         for s in &self.held {
             // A slot no longer held keeps its actor: it still answers lookups that widen
             // to former replicas while the new ones fill up.
             self.slots.entry(*s).or_insert_with(|| {
-                IndexSlot::new(*s, self.cfg.entries_per_slot_max, self.cfg.retention_secs, self.node.clone()).start()
+                IndexSlot::new(
+                    *s,
+                    self.cfg.entries_per_slot_max,
+                    self.cfg.retention_secs,
+                    self.node.clone(),
+                    changes.clone(),
+                )
+                .start()
             });
         }
         gauge!("confab_index_slots_held", "node" => self.node.clone()).set(self.held.len() as f64);
@@ -254,7 +270,62 @@ impl IndexRouter {
                 self.drive(id, ctx);
             }
             IndexRpc::StoreAck { .. } => {}
+            IndexRpc::Digests { slots } => self.compare_digests(from, slots, ctx),
+            IndexRpc::Differ { slots } => {
+                for s in slots {
+                    self.push_slot(Slot(s), from, ctx);
+                }
+            }
         }
+    }
+
+    /// One anti-entropy round: send every co-replica the digests of the non-empty slots
+    /// we share. Empty slots need no word: whoever holds data sends its digest, and an
+    /// empty side answers that it differs.
+    fn anti_entropy(&mut self) {
+        let mut per_peer: HashMap<NodeId, Vec<(u32, [u8; 32])>> = HashMap::new();
+        for (s, d) in self.digests.iter().filter(|(s, _)| self.held.contains(s)) {
+            for r in self.map.replicas(*s).iter().filter(|r| **r != self.me) {
+                per_peer.entry(*r).or_default().push((s.0, *d));
+            }
+        }
+        for (peer, list) in per_peer {
+            let Some(addr) = self.gossip_of.get(&peer).copied() else { continue };
+            for chunk in list.chunks(DIGESTS_PER_PACKET) {
+                self.sender.send(addr, &IndexRpc::Digests { slots: chunk.to_vec() }.encode());
+            }
+        }
+    }
+
+    /// A co-replica's digests: where ours differ, send ours and ask for theirs.
+    fn compare_digests(&mut self, from: SocketAddr, slots: Vec<(u32, [u8; 32])>, ctx: &mut Context<Self>) {
+        let differ: Vec<u32> = slots
+            .into_iter()
+            .filter(|(s, d)| self.held.contains(&Slot(*s)) && self.digests.get(&Slot(*s)) != Some(d))
+            .map(|(s, _)| s)
+            .collect();
+        counter!("confab_index_antientropy_differing_slots_total", "node" => self.node.clone())
+            .increment(differ.len() as u64);
+        for s in &differ {
+            self.push_slot(Slot(*s), from, ctx);
+        }
+        if !differ.is_empty() {
+            self.sender.send(from, &IndexRpc::Differ { slots: differ }.encode());
+        }
+    }
+
+    /// Sends every live entry of `slot` to another replica (merging is idempotent, so
+    /// whatever it already holds costs only the bytes).
+    fn push_slot(&mut self, slot: Slot, to: SocketAddr, ctx: &mut Context<Self>) {
+        let Some(actor) = self.slots.get(&slot).cloned() else { return };
+        ctx.spawn(actor.send(Dump).into_actor(self).map(move |res, act, _| {
+            let entries = res.unwrap_or_default();
+            counter!("confab_index_repair_entries_total", "node" => act.node.clone()).increment(entries.len() as u64);
+            for (key, e) in entries {
+                let req = act.req();
+                act.sender.send(to, &IndexRpc::Store { req, key, entry: e.encode() }.encode());
+            }
+        }));
     }
 
     fn refuse(&self, reason: &'static str, to: SocketAddr, req: u64) {
@@ -357,14 +428,16 @@ impl Actor for IndexRouter {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(4096);
-        self.refresh();
+        self.refresh(ctx);
+        let every = std::time::Duration::from_secs(self.cfg.anti_entropy_secs.max(1));
+        ctx.run_interval(every, |act, _| act.anti_entropy());
         let mut view = self.view.clone();
         let addr = ctx.address();
         actix_rt::spawn(async move {
-            while view.changed().await.is_ok() {
-                if addr.try_send(ViewChanged).is_err() && !addr.connected() {
-                    break;
-                }
+            // One message per change of the view (watch coalesces bursts); never dropped,
+            // or the slot map would silently fall behind the membership.
+            while view.changed().await.is_ok() && addr.connected() {
+                addr.do_send(ViewChanged);
             }
         });
     }
@@ -373,8 +446,17 @@ impl Actor for IndexRouter {
 impl Handler<ViewChanged> for IndexRouter {
     type Result = ();
 
-    fn handle(&mut self, _: ViewChanged, _: &mut Context<Self>) {
-        self.refresh();
+    fn handle(&mut self, _: ViewChanged, ctx: &mut Context<Self>) {
+        self.refresh(ctx);
+        // Hand-off: new replicas fill up from the others soon after a change, not at
+        // the next periodic round. One pending round at a time.
+        if !self.handoff_pending {
+            self.handoff_pending = true;
+            ctx.run_later(std::time::Duration::from_millis(500), |act, _| {
+                act.handoff_pending = false;
+                act.anti_entropy();
+            });
+        }
     }
 }
 
@@ -390,6 +472,17 @@ impl StreamHandler<IndexPacket> for IndexRouter {
     }
 
     fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+impl Handler<SlotChanged> for IndexRouter {
+    type Result = ();
+
+    fn handle(&mut self, msg: SlotChanged, _: &mut Context<Self>) {
+        match msg.digest {
+            Some(d) => self.digests.insert(msg.slot, d),
+            None => self.digests.remove(&msg.slot),
+        };
+    }
 }
 
 /// A host publishes its entry; `user` is the session's authenticated username.
@@ -422,6 +515,54 @@ impl Handler<Publish> for IndexRouter {
         }
         counter!("confab_index_publishes_total", "node" => self.node.clone(), "outcome" => "accepted").increment(1);
         Ok(replicas)
+    }
+}
+
+/// Stops the router and its slots (the node is going away).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Handler<Shutdown> for IndexRouter {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        for a in self.slots.values() {
+            a.do_send(StopSlot);
+        }
+        ctx.stop();
+    }
+}
+
+/// Does this node hold an entry under `key` (tests and diagnostics)?
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Holds(pub String);
+
+impl Handler<Holds> for IndexRouter {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, msg: Holds, _: &mut Context<Self>) -> Self::Result {
+        let actor = self.slots.get(&self.slot_of(&msg.0)).cloned();
+        Box::pin(async move {
+            match actor {
+                Some(a) => a.send(Get(msg.0)).await.ok().flatten().is_some(),
+                None => false,
+            }
+        })
+    }
+}
+
+/// The replicas of `key`'s slot in this node's current view.
+#[derive(Message)]
+#[rtype(result = "Vec<NodeId>")]
+pub struct ReplicasOf(pub String);
+
+impl Handler<ReplicasOf> for IndexRouter {
+    type Result = Vec<NodeId>;
+
+    fn handle(&mut self, msg: ReplicasOf, _: &mut Context<Self>) -> Vec<NodeId> {
+        self.map.replicas(self.slot_of(&msg.0)).to_vec()
     }
 }
 

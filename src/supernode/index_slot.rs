@@ -15,12 +15,34 @@ pub struct IndexSlot {
     store: SlotStore,
     retention_secs: u64,
     node: String,
+    changes: Recipient<SlotChanged>,
+}
+
+/// A slot's contents changed: its new digest (None: empty), for anti-entropy.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SlotChanged {
+    /// The slot.
+    pub slot: Slot,
+    /// The digest of its contents, or None when it is empty.
+    pub digest: Option<[u8; 32]>,
 }
 
 impl IndexSlot {
-    /// An empty slot.
-    pub fn new(slot: Slot, entries_max: usize, retention_secs: u64, node: String) -> Self {
-        Self { slot, store: SlotStore::new(entries_max), retention_secs, node }
+    /// An empty slot; `changes` hears of every change of its contents.
+    pub fn new(
+        slot: Slot,
+        entries_max: usize,
+        retention_secs: u64,
+        node: String,
+        changes: Recipient<SlotChanged>,
+    ) -> Self {
+        Self { slot, store: SlotStore::new(entries_max), retention_secs, node, changes }
+    }
+
+    fn changed(&self) {
+        let digest = (!self.store.is_empty()).then(|| self.store.digest());
+        self.changes.do_send(SlotChanged { slot: self.slot, digest });
     }
 }
 
@@ -31,6 +53,7 @@ impl Actor for IndexSlot {
         ctx.run_interval(EXPIRE_EVERY, |act, _| {
             let n = act.store.expire(crate::unix_now(), act.retention_secs);
             if n > 0 {
+                act.changed();
                 tracing::debug!(node = %act.node, slot = act.slot.0, expired = n, "index entries expired");
                 metrics::counter!("confab_index_entries_expired_total", "node" => act.node.clone()).increment(n as u64);
             }
@@ -56,7 +79,11 @@ impl Handler<Put> for IndexSlot {
         if msg.entry.last_seen.saturating_add(self.retention_secs) <= crate::unix_now() {
             return MessageResult(Merge::Stale);
         }
-        MessageResult(self.store.merge(&msg.key, msg.entry))
+        let m = self.store.merge(&msg.key, msg.entry);
+        if matches!(m, Merge::Stored | Merge::Replaced) {
+            self.changed();
+        }
+        MessageResult(m)
     }
 }
 
@@ -71,6 +98,32 @@ impl Handler<Get> for IndexSlot {
     fn handle(&mut self, msg: Get, _: &mut Context<Self>) -> Option<Entry> {
         let e = self.store.get(&msg.0)?;
         (e.last_seen.saturating_add(self.retention_secs) > crate::unix_now()).then(|| e.clone())
+    }
+}
+
+/// Every live entry of the slot, to repair another replica.
+#[derive(Message)]
+#[rtype(result = "Vec<(String, Entry)>")]
+pub struct Dump;
+
+impl Handler<Dump> for IndexSlot {
+    type Result = MessageResult<Dump>;
+
+    fn handle(&mut self, _: Dump, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.store.live(crate::unix_now(), self.retention_secs))
+    }
+}
+
+/// Stops the slot (its node is going away).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopSlot;
+
+impl Handler<StopSlot> for IndexSlot {
+    type Result = ();
+
+    fn handle(&mut self, _: StopSlot, ctx: &mut Context<Self>) {
+        ctx.stop();
     }
 }
 

@@ -430,6 +430,9 @@ impl RunningNode {
     pub fn kill(&self) {
         self.crash.cancel();
         self.stop.cancel();
+        if let Some(r) = &self.shared.index {
+            r.do_send(super::index_router::Shutdown);
+        }
     }
 
     /// Waits for the listeners to finish (after the shutdown token fired), then closes
@@ -439,6 +442,9 @@ impl RunningNode {
             let _ = t.await;
         }
         self.shared.close_all();
+        if let Some(r) = &self.shared.index {
+            r.do_send(super::index_router::Shutdown);
+        }
     }
 }
 
