@@ -35,6 +35,12 @@ pub enum Command {
         #[arg(long, default_value_t = 2048)]
         bits: usize,
     },
+    /// A cluster secret: every super node of one cluster needs the same file (mode 0600).
+    Cluster {
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Sign an existing super-node public key (made on the super node's own machine).
     Certify {
         /// The super node's name.
@@ -83,6 +89,13 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
                 private.display(),
                 public.display(),
                 cred_path.display()
+            );
+        }
+        Command::Cluster { out } => {
+            keygen::generate_cluster_secret(&out)?;
+            println!(
+                "cluster secret written to {} (copy it to every super node: supernode.cluster_secret)",
+                out.display()
             );
         }
         Command::Certify { name, login_key, public_key, out, days } => {
