@@ -54,6 +54,11 @@ pub fn metrics_handle() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), &LATENCY_BUCKETS)
                 .expect("non-empty buckets")
+                .set_buckets_for_metric(
+                    Matcher::Full("confab_index_lookup_asked".into()),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                )
+                .expect("non-empty buckets")
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may be installed by an embedding program; then ours only

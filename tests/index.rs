@@ -4,7 +4,7 @@
 
 mod common;
 
-use confab::index::Status;
+use confab::index::{Profile, Status};
 use confab::supernode::index_router::{Holds, ReplicasOf};
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,30 @@ async fn hosts_find_each_other_through_twenty_super_nodes_and_survive_30_percent
     );
     assert!(asked[asked.len() / 2] <= 4, "a healthy lookup asks 4 super nodes");
 
+    // User search by profile words, case- and accent-insensitive.
+    let jaan = Profile {
+        display_name: "Jaan Tallinn".into(),
+        city: "Tallinn".into(),
+        country: "Eesti".into(),
+        ..Default::default()
+    };
+    let zoe = Profile { display_name: "Zoë Ångström".into(), city: "TALLINN".into(), ..Default::default() };
+    sessions[10].1.publish(Status::Online, &jaan).await.unwrap();
+    sessions[20].1.publish(Status::Away, &zoe).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let names = |v: Vec<confab::host::Found>| {
+        let mut n: Vec<String> = v.into_iter().map(|f| f.user).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(sessions[0].1.search("jaan TALLINN", 10).await.unwrap()), ["user010"]);
+    let z = sessions[0].1.search("zoe angstrom", 10).await.unwrap();
+    assert_eq!(z.len(), 1);
+    assert_eq!((z[0].user.as_str(), z[0].status), ("user020", Status::Away));
+    assert_eq!(names(sessions[3].1.search("tallinn", 10).await.unwrap()), ["user010", "user020"]);
+    assert_eq!(names(sessions[3].1.search("tallinn", 1).await.unwrap()).len(), 1, "the limit holds");
+    assert!(sessions[0].1.search("no such words", 10).await.unwrap().is_empty());
+
     // An unknown user is not found, after asking everyone.
     assert!(sessions[0].1.find("nobody-at-all").await.unwrap().is_none());
 
@@ -82,6 +106,7 @@ async fn hosts_find_each_other_through_twenty_super_nodes_and_survive_30_percent
         assert!(started.elapsed() < Duration::from_secs(30), "survivors did not notice: {sizes:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!("the 14 survivors noticed the 6 crashed super nodes in {:?}", started.elapsed());
     // Re-replication: the new replica set of every key fills up from the survivors, so
     // each key is again held by R = 10 live super nodes.
     let live: Vec<usize> = (0..SUPERNODES).filter(|i| !dead.contains(i)).collect();

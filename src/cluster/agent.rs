@@ -141,7 +141,8 @@ impl Actor for Agent {
             (self.socket.clone(), ctx.address(), self.shutdown.clone(), self.crash.clone());
         let name = self.name.clone();
         actix_rt::spawn(async move {
-            let mut buf = vec![0u8; 2048];
+            // Room for the largest index request plus the seal.
+            let mut buf = vec![0u8; crate::index::rpc::RPC_LEN_MAX + super::gossip::OVERHEAD + 64];
             let graceful = loop {
                 let (n, from) = tokio::select! {
                     biased;

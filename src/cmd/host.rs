@@ -32,6 +32,18 @@ enum Command {
         /// The username.
         user: String,
     },
+    /// Log in as USER and search users by profile words (case and accents ignored).
+    Search {
+        /// Who you are (the account to log in with).
+        #[arg(long = "as", value_name = "USER")]
+        me: String,
+        /// Most results.
+        #[arg(long, default_value_t = 10)]
+        limit: u8,
+        /// The words.
+        #[arg(required = true)]
+        words: Vec<String>,
+    },
     /// Log in as USER and look WHOM up in the Global Index.
     Find {
         /// Who you are (the account to log in with).
@@ -139,6 +151,32 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
                 }
             }
             session.logout().await;
+        }
+        Command::Search { me, limit, words } => {
+            let pw = password(false)?;
+            let mut session = match host::login(&s, &home, me, &pw).await {
+                Ok(s) => s,
+                Err(e) => return fail(a.json, e),
+            };
+            let found = session.search(&words.join(" "), *limit).await;
+            session.logout().await;
+            match found {
+                Ok(v) if a.json => println!("{}", serde_json::to_string(&v)?),
+                Ok(v) if v.is_empty() => println!("nobody matches {:?}", words.join(" ")),
+                Ok(v) => {
+                    for f in v {
+                        println!(
+                            "{:<20} {:<8} {}  {} {}",
+                            f.user,
+                            f.status.label(),
+                            f.profile.display_name,
+                            f.profile.city,
+                            f.profile.country
+                        );
+                    }
+                }
+                Err(e) => return fail(a.json, e),
+            }
         }
         Command::Find { me, whom } => {
             let pw = password(false)?;

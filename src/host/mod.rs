@@ -20,7 +20,7 @@ use crate::index::{Entry, EntryBody, Profile, Status};
 use crate::nat::NatKind;
 use crate::wire::ErrorCode;
 use crate::wire::MessageKind;
-use crate::wire::message::{ErrorMsg, Find, FindReply, Observed, PublishAck};
+use crate::wire::message::{ErrorMsg, Find, FindReply, Observed, PublishAck, Search, SearchReply};
 use account::{AccountError, LoginServers};
 use cache::{CacheEntry, HostCache, NodeKind};
 use connect::{AttemptLog, Connected, LadderError, Link, Me, Timeouts};
@@ -186,54 +186,63 @@ impl Session {
         }
     }
 
-    /// Sends one sealed request and waits for a reply of kind `want` (or an Error).
-    async fn exchange(
-        &mut self,
-        kind: MessageKind,
-        body: &[u8],
-        want: MessageKind,
-        timeout: Duration,
-    ) -> Option<(MessageKind, Vec<u8>)> {
+    /// Sends one sealed request, then hands every sealed frame that comes back to `take`
+    /// until it returns true (the answer is complete) or `timeout` passes.
+    async fn exchange<F>(&mut self, kind: MessageKind, body: &[u8], timeout: Duration, mut take: F) -> bool
+    where
+        F: FnMut(MessageKind, Vec<u8>) -> bool,
+    {
         let frame = self.connected.session.seal(kind, body);
         let addr = self.connected.session.addr;
         let session = &mut self.connected.session;
         let fut = async {
             match &mut self.connected.link {
                 Link::Udp(s) => {
-                    s.send_to(&frame, addr).await.ok()?;
+                    if s.send_to(&frame, addr).await.is_err() {
+                        return false;
+                    }
                     let mut buf = vec![0u8; crate::wire::frame::FRAME_LEN_MAX + 1];
                     loop {
-                        let (n, from) = s.recv_from(&mut buf).await.ok()?;
+                        let Ok((n, from)) = s.recv_from(&mut buf).await else { return false };
                         if from != addr {
                             continue;
                         }
-                        match session.open(&buf[..n]) {
-                            Ok((k, body)) if k == want || k == MessageKind::Error => return Some((k, body)),
-                            _ => continue,
+                        if let Ok((k, body)) = session.open(&buf[..n])
+                            && take(k, body)
+                        {
+                            return true;
                         }
                     }
                 }
                 Link::Tcp(s) => {
-                    crate::net::tcp::write_frame(s, &frame).await.ok()?;
+                    if crate::net::tcp::write_frame(s, &frame).await.is_err() {
+                        return false;
+                    }
                     loop {
-                        let f = crate::net::tcp::read_frame(s).await.ok()??;
-                        match session.open(&f) {
-                            Ok((k, body)) if k == want || k == MessageKind::Error => return Some((k, body)),
-                            _ => continue,
+                        let Ok(Some(f)) = crate::net::tcp::read_frame(s).await else { return false };
+                        if let Ok((k, body)) = session.open(&f)
+                            && take(k, body)
+                        {
+                            return true;
                         }
                     }
                 }
             }
         };
-        tokio::time::timeout(timeout, fut).await.ok().flatten()
+        tokio::time::timeout(timeout, fut).await.unwrap_or(false)
     }
 
     /// One keepalive round trip; returns the address the super node sees.
     pub async fn keepalive(&mut self, timeout: Duration) -> Option<SocketAddr> {
-        match self.exchange(MessageKind::Keepalive, &[], MessageKind::KeepaliveAck, timeout).await? {
-            (MessageKind::KeepaliveAck, body) => Observed::decode(&body).ok().map(|o| o.addr),
-            _ => None,
-        }
+        let mut seen = None;
+        self.exchange(MessageKind::Keepalive, &[], timeout, |k, body| {
+            if k == MessageKind::KeepaliveAck {
+                seen = Observed::decode(&body).ok().map(|o| o.addr);
+            }
+            k == MessageKind::KeepaliveAck
+        })
+        .await;
+        seen
     }
 
     /// Publishes this host's signed entry in the Global Index; returns how many replicas
@@ -252,10 +261,16 @@ impl Session {
             timestamp_ms: now_ms,
         };
         let entry = Entry::sign(body, &self.credential, &self.key).map_err(|e| HostError::Refused(e.to_string()))?;
-        match self
-            .exchange(MessageKind::Publish, &entry.encode(), MessageKind::PublishAck, Duration::from_secs(5))
-            .await
-        {
+        let mut reply = None;
+        self.exchange(MessageKind::Publish, &entry.encode(), Duration::from_secs(5), |k, body| {
+            let done = matches!(k, MessageKind::PublishAck | MessageKind::Error);
+            if done {
+                reply = Some((k, body));
+            }
+            done
+        })
+        .await;
+        match reply {
             Some((MessageKind::PublishAck, b)) => {
                 let ack =
                     PublishAck::decode(&b).map_err(|e| HostError::Refused(format!("malformed PublishAck: {e}")))?;
@@ -274,10 +289,20 @@ impl Session {
     pub async fn find(&mut self, user: &str) -> Result<Option<Found>, HostError> {
         self.find_req = self.find_req.wrapping_add(1);
         let req = Find { req: self.find_req, user: user.to_owned() };
-        let (kind, body) = self
-            .exchange(MessageKind::Find, &req.encode(), MessageKind::FindReply, Duration::from_secs(10))
-            .await
-            .ok_or_else(|| HostError::Refused("the super node did not answer the lookup".into()))?;
+        let want = req.req;
+        let mut reply = None;
+        self.exchange(MessageKind::Find, &req.encode(), Duration::from_secs(10), |k, body| {
+            // A late answer to an earlier lookup is not this one's.
+            let done = k == MessageKind::Error
+                || (k == MessageKind::FindReply && FindReply::decode(&body).is_ok_and(|r| r.req == want));
+            if done {
+                reply = Some((k, body));
+            }
+            done
+        })
+        .await;
+        let (kind, body) =
+            reply.ok_or_else(|| HostError::Refused("the super node did not answer the lookup".into()))?;
         if kind == MessageKind::Error {
             let e = ErrorMsg::decode(&body).map_err(|e| HostError::Refused(e.to_string()))?;
             return Err(HostError::Refused(format!("{}: {}", e.code.label(), e.detail)));
@@ -293,18 +318,51 @@ impl Session {
         if e.key() != user.to_ascii_lowercase() {
             return Err(HostError::Refused("the super node answered with another user's entry".into()));
         }
-        let now = crate::unix_now();
-        Ok(Some(Found {
-            user: e.user.clone(),
-            status: crate::index::store::shown_status(&e, now, crate::index::store::PRESENCE_TTL_SECS_DEFAULT),
-            last_seen: e.last_seen,
-            supernode: e.supernode.clone(),
-            public_addr: e.public_addr,
-            nat: e.nat,
-            profile: e.profile.clone(),
-            asked: r.asked,
-            stage: r.stage,
-        }))
+        Ok(Some(Found::from_entry(&e, r.asked, r.stage)))
+    }
+
+    /// Searches users whose profile has every word (case and accents ignored); at most
+    /// `limit` results, each verified here.
+    pub async fn search(&mut self, words: &str, limit: u8) -> Result<Vec<Found>, HostError> {
+        self.find_req = self.find_req.wrapping_add(1);
+        let want = self.find_req;
+        let q = Search { req: want, words: words.to_owned(), limit };
+        let mut results: Vec<Option<Vec<u8>>> = Vec::new();
+        let mut error = None;
+        let complete = self
+            .exchange(MessageKind::Search, &q.encode(), Duration::from_secs(15), |k, body| {
+                if k == MessageKind::Error {
+                    error = Some(ErrorMsg::decode(&body).map(|e| e.detail).unwrap_or_default());
+                    return true;
+                }
+                let Ok(r) = SearchReply::decode(&body) else { return false };
+                if k != MessageKind::SearchReply || r.req != want {
+                    return false;
+                }
+                if results.len() != usize::from(r.total) {
+                    results = vec![None; usize::from(r.total)];
+                }
+                if let Some(slot) = results.get_mut(usize::from(r.index)) {
+                    *slot = Some(r.entry);
+                }
+                results.iter().all(Option::is_some)
+            })
+            .await;
+        if let Some(e) = error {
+            return Err(HostError::Refused(e));
+        }
+        if !complete {
+            return Err(HostError::Refused("the super node did not answer the search".into()));
+        }
+        let mut out = Vec::new();
+        for bytes in results.into_iter().flatten() {
+            let e = Entry::decode(&bytes).map_err(|e| HostError::Refused(format!("malformed entry: {e}")))?;
+            // A result that does not verify is dropped, not believed.
+            if e.verify(&self.trusted, now_ms()).is_ok() {
+                out.push(Found::from_entry(&e, 0, "search".into()));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -329,6 +387,26 @@ pub struct Found {
     pub asked: u16,
     /// The lookup stage that found the user.
     pub stage: String,
+}
+
+impl Found {
+    fn from_entry(e: &Entry, asked: u16, stage: String) -> Self {
+        Self {
+            user: e.user.clone(),
+            status: crate::index::store::shown_status(
+                e,
+                crate::unix_now(),
+                crate::index::store::PRESENCE_TTL_SECS_DEFAULT,
+            ),
+            last_seen: e.last_seen,
+            supernode: e.supernode.clone(),
+            public_addr: e.public_addr,
+            nat: e.nat,
+            profile: e.profile.clone(),
+            asked,
+            stage,
+        }
+    }
 }
 
 fn now_ms() -> u64 {

@@ -230,10 +230,9 @@ impl Entry {
         body.encode(&mut w, origin);
         let signature = key.sign_pss(&w.into_bytes());
         let e = Self { body, origin, signature };
-        let len = e.encode().len();
-        if len > ENTRY_LEN_MAX {
-            return Err(EntryError::Malformed(DecodeError::TooLong { field: "entry", len, max: ENTRY_LEN_MAX }));
-        }
+        // What every receiver will check: an entry that does not decode (a field over its
+        // limit, the whole over 2 KiB) is refused here, not by the whole network.
+        Self::decode(&e.encode())?;
         Ok(e)
     }
 

@@ -39,6 +39,22 @@ pub enum IndexRpc {
         /// The signed entry, if held.
         entry: Option<Vec<u8>>,
     },
+    /// Search: which keys do you hold that start with `prefix` (a token's postings)?
+    PrefixQuery {
+        /// Request id, echoed in the reply.
+        req: u64,
+        /// The key prefix (`token:<token>/`).
+        prefix: String,
+        /// Most keys wanted.
+        limit: u16,
+    },
+    /// The keys held under the prefix (without the prefix: the usernames).
+    PrefixReply {
+        /// The request id.
+        req: u64,
+        /// The usernames.
+        users: Vec<String>,
+    },
     /// Anti-entropy: my digests of slots we both replicate.
     Digests {
         /// (slot, digest of its contents).

@@ -6,12 +6,14 @@
 //! answers through an [`Outbound`] handle.
 
 use super::handshake::{self, Accepted};
-use super::index_router::{FindUser, Publish};
+use super::index_router::{FindUser, Publish, SearchUsers};
 use super::node::NodeShared;
 use super::session::{Action, Session, SessionPeer, Transport};
 use crate::wire::ErrorCode;
 use crate::wire::frame;
-use crate::wire::message::{Envelope, ErrorMsg, FindReply, MessageKind, PublishAck, Welcome};
+use crate::wire::message::{
+    Envelope, ErrorMsg, FindReply, MessageKind, PublishAck, SEARCH_RESULTS_MAX, SearchReply, Welcome,
+};
 use actix::prelude::*;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -153,7 +155,6 @@ impl HostSession {
         });
         self.send(MessageKind::Welcome, welcome.clone());
         self.user = accepted.credential.subject.clone();
-        self.user = accepted.credential.subject.clone();
         tracing::info!(node = %self.node.identity.name, user = %accepted.credential.subject, peer = %self.peer,
             transport = self.out.transport().label(), session = id, "host connected");
         self.state = State::Established { session, welcome };
@@ -173,16 +174,17 @@ impl HostSession {
         }
     }
 
-    /// Lookups a host may start per second (a storm from one host is refused, not served).
-    const FINDS_PER_SECOND_MAX: u32 = 50;
+    /// Index requests (lookups, searches, publishes) a host may make per second: a storm
+    /// from one host is refused, not served.
+    const INDEX_REQUESTS_PER_SECOND_MAX: u32 = 50;
 
-    fn allow_find(&mut self) -> bool {
+    fn allow_index_request(&mut self) -> bool {
         let now = crate::unix_now();
         if self.finds.0 != now {
             self.finds = (now, 0);
         }
         self.finds.1 += 1;
-        self.finds.1 <= Self::FINDS_PER_SECOND_MAX
+        self.finds.1 <= Self::INDEX_REQUESTS_PER_SECOND_MAX
     }
 
     fn apply(&mut self, actions: Vec<Action>, ctx: &mut Context<Self>) {
@@ -190,6 +192,16 @@ impl HostSession {
             match a {
                 Action::Send(kind, f) => self.send(kind, f),
                 Action::Publish(entry) => {
+                    if !self.allow_index_request() {
+                        self.node.metrics.reject(self.out.transport().label(), "publish_rate", self.peer, &"publish");
+                        let ack = PublishAck {
+                            code: ErrorCode::TooManyAttempts.code(),
+                            replicas: 0,
+                            detail: "too many publishes; slow down".into(),
+                        };
+                        self.reply(MessageKind::PublishAck, &ack.encode());
+                        continue;
+                    }
                     let Some(router) = self.node.index.clone() else {
                         let ack = PublishAck {
                             code: ErrorCode::Unsupported.code(),
@@ -213,8 +225,48 @@ impl HostSession {
                         act.reply(MessageKind::PublishAck, &ack.encode());
                     }));
                 }
+                Action::Search(q) => {
+                    let allowed = self.allow_index_request();
+                    let router = match (&self.node.index, allowed) {
+                        (Some(r), true) => r.clone(),
+                        (None, _) => {
+                            let e = ErrorMsg::new(ErrorCode::Unsupported, "this super node holds no index");
+                            self.reply(MessageKind::Error, &e.encode());
+                            continue;
+                        }
+                        (_, false) => {
+                            self.node.metrics.reject(self.out.transport().label(), "lookup_rate", self.peer, &"search");
+                            let mut e = ErrorMsg::new(ErrorCode::TooManyAttempts, "too many lookups; slow down");
+                            e.retry_after_secs = 1;
+                            self.reply(MessageKind::Error, &e.encode());
+                            continue;
+                        }
+                    };
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let limit = usize::from(q.limit.clamp(1, SEARCH_RESULTS_MAX));
+                    if router.try_send(SearchUsers { words: q.words.clone(), limit, reply: tx }).is_err() {
+                        let e = ErrorMsg::new(ErrorCode::Internal, "the index is busy; try again");
+                        self.reply(MessageKind::Error, &e.encode());
+                        continue;
+                    }
+                    let req = q.req;
+                    ctx.spawn(rx.into_actor(self).map(move |res, act, _| {
+                        let entries = res.unwrap_or_default();
+                        if entries.is_empty() {
+                            act.reply(
+                                MessageKind::SearchReply,
+                                &SearchReply { req, total: 0, index: 0, entry: Vec::new() }.encode(),
+                            );
+                        }
+                        let total = entries.len() as u8;
+                        for (i, e) in entries.iter().enumerate() {
+                            let r = SearchReply { req, total, index: i as u8, entry: e.encode() };
+                            act.reply(MessageKind::SearchReply, &r.encode());
+                        }
+                    }));
+                }
                 Action::Find(f) => {
-                    let allowed = self.allow_find();
+                    let allowed = self.allow_index_request();
                     let router = match (&self.node.index, allowed) {
                         (Some(r), true) => r.clone(),
                         (None, _) => {

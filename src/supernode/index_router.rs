@@ -2,7 +2,7 @@
 //! current cluster view, runs one [`IndexSlot`] actor per slot held, sends writes to a
 //! key's replicas, answers other replicas, and drives lookups by limited multicast.
 
-use super::index_slot::{Dump, Get, IndexSlot, Put, SlotChanged, StopSlot};
+use super::index_slot::{Dump, Get, IndexSlot, Posted, Put, SlotChanged, StopSlot};
 use crate::cluster::View;
 use crate::cluster::agent::{ClusterSender, IndexPacket};
 use crate::crypto::credential::TrustedKeys;
@@ -89,7 +89,15 @@ pub struct IndexRouter {
     handoff_pending: bool,
     /// Digests of the non-empty slots this node holds, kept current by the slot actors.
     digests: HashMap<Slot, [u8; 32]>,
+    prefix_reqs: HashMap<u64, oneshot::Sender<Vec<String>>>,
 }
+
+/// Most postings read per token in one search.
+const SEARCH_POSTINGS_MAX: usize = 200;
+/// Replicas of a token's slot asked for its postings.
+const SEARCH_FANOUT: usize = 3;
+/// Most search tokens used.
+const SEARCH_TOKENS_MAX: usize = 4;
 
 impl IndexRouter {
     /// A router for node `me`, following `view`.
@@ -120,6 +128,7 @@ impl IndexRouter {
             reqs: HashMap::new(),
             handoff_pending: false,
             digests: HashMap::new(),
+            prefix_reqs: HashMap::new(),
         }
     }
 
@@ -270,6 +279,26 @@ impl IndexRouter {
                 self.drive(id, ctx);
             }
             IndexRpc::StoreAck { .. } => {}
+            IndexRpc::PrefixQuery { req, prefix, limit } => {
+                let slot = self.slot_of(&prefix);
+                let limit = usize::from(limit).min(SEARCH_POSTINGS_MAX);
+                match self.slots.get(&slot).cloned() {
+                    Some(actor) => {
+                        ctx.spawn(actor.send(Posted { prefix, limit }).into_actor(self).map(move |res, act, _| {
+                            let users = res.unwrap_or_default();
+                            act.sender.send(from, &IndexRpc::PrefixReply { req, users }.encode());
+                        }));
+                    }
+                    None => {
+                        self.sender.send(from, &IndexRpc::PrefixReply { req, users: Vec::new() }.encode());
+                    }
+                }
+            }
+            IndexRpc::PrefixReply { req, users } => {
+                if let Some(tx) = self.prefix_reqs.remove(&req) {
+                    let _ = tx.send(users);
+                }
+            }
             IndexRpc::Digests { slots } => self.compare_digests(from, slots, ctx),
             IndexRpc::Differ { slots } => {
                 for s in slots {
@@ -580,13 +609,118 @@ impl Handler<FindUser> for IndexRouter {
     type Result = ();
 
     fn handle(&mut self, msg: FindUser, ctx: &mut Context<Self>) {
-        let key = msg.user.to_ascii_lowercase();
+        self.start_find(&msg.user, msg.reply, ctx);
+    }
+}
+
+impl IndexRouter {
+    fn start_find(&mut self, user: &str, reply: oneshot::Sender<FindResult>, ctx: &mut Context<Self>) {
+        let key = user.to_ascii_lowercase();
         let slot = self.slot_of(&key);
         let ids = self.map.members().to_vec();
         let id = self.req();
         let lookup = Lookup::new(key, slot, &ids, self.cfg.lookup.clone());
-        self.lookups.insert(id, Running { lookup, reply: Some(msg.reply), started: Instant::now() });
+        self.lookups.insert(id, Running { lookup, reply: Some(reply), started: Instant::now() });
         self.drive(id, ctx);
+    }
+
+    /// Asks the first replicas of a token's slot for its postings.
+    fn postings(&mut self, token: &str, ctx: &mut Context<Self>) -> Vec<oneshot::Receiver<Vec<String>>> {
+        let prefix = fold::token_slot_key(token);
+        let slot = self.slot_of(&prefix);
+        let replicas: Vec<NodeId> = self.map.replicas(slot).iter().take(SEARCH_FANOUT).copied().collect();
+        let mut rxs = Vec::new();
+        for r in replicas {
+            let (tx, rx) = oneshot::channel();
+            if r == self.me {
+                if let Some(actor) = self.slots.get(&slot).cloned() {
+                    let p = prefix.clone();
+                    ctx.spawn(actor.send(Posted { prefix: p, limit: SEARCH_POSTINGS_MAX }).into_actor(self).map(
+                        move |res, _, _| {
+                            let _ = tx.send(res.unwrap_or_default());
+                        },
+                    ));
+                    rxs.push(rx);
+                }
+            } else if let Some(addr) = self.gossip_of.get(&r).copied() {
+                let req = self.req();
+                self.prefix_reqs.insert(req, tx);
+                self.sender.send(
+                    addr,
+                    &IndexRpc::PrefixQuery { req, prefix: prefix.clone(), limit: SEARCH_POSTINGS_MAX as u16 }.encode(),
+                );
+                rxs.push(rx);
+            }
+        }
+        rxs
+    }
+}
+
+/// Search users whose profile has every word: postings give candidates, a lookup of each
+/// candidate gives its current, verified entry, and only entries that still match count.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SearchUsers {
+    /// The words.
+    pub words: String,
+    /// Most results.
+    pub limit: usize,
+    /// Where the verified, matching entries go.
+    pub reply: oneshot::Sender<Vec<Entry>>,
+}
+
+impl Handler<SearchUsers> for IndexRouter {
+    type Result = ();
+
+    fn handle(&mut self, msg: SearchUsers, ctx: &mut Context<Self>) {
+        let mut tokens = fold::tokens(&msg.words);
+        tokens.truncate(SEARCH_TOKENS_MAX);
+        counter!("confab_index_searches_total", "node" => self.node.clone()).increment(1);
+        if tokens.is_empty() {
+            let _ = msg.reply.send(Vec::new());
+            return;
+        }
+        let per_token: Vec<Vec<oneshot::Receiver<Vec<String>>>> =
+            tokens.iter().map(|t| self.postings(t, ctx)).collect();
+        let wait = std::time::Duration::from_millis(self.cfg.lookup.step_timeout_ms.max(100) * 2);
+        let gather = async move {
+            let mut sets: Vec<HashSet<String>> = Vec::new();
+            for rxs in per_token {
+                let answers =
+                    futures_util::future::join_all(rxs.into_iter().map(|rx| tokio::time::timeout(wait, rx))).await;
+                sets.push(answers.into_iter().filter_map(|a| a.ok()?.ok()).flatten().collect());
+            }
+            let mut candidates: Vec<String> = sets.first().cloned().unwrap_or_default().into_iter().collect();
+            candidates.retain(|u| sets.iter().all(|s| s.contains(u)));
+            candidates.sort();
+            candidates
+        };
+        let limit = msg.limit;
+        let reply = msg.reply;
+        ctx.spawn(gather.into_actor(self).then(move |mut candidates, act, ctx| {
+            // Candidates beyond twice the limit are not worth a lookup each.
+            candidates.truncate(limit.saturating_mul(2));
+            let finds: Vec<oneshot::Receiver<FindResult>> = candidates
+                .iter()
+                .map(|u| {
+                    let (tx, rx) = oneshot::channel();
+                    act.start_find(u, tx, ctx);
+                    rx
+                })
+                .collect();
+            futures_util::future::join_all(finds).into_actor(act).map(move |results, _, _| {
+                let mut out: Vec<Entry> = results
+                    .into_iter()
+                    .filter_map(|r| r.ok()?.entry)
+                    .filter(|e| {
+                        let have = fold::profile_tokens(&e.user, &e.profile);
+                        tokens.iter().all(|t| have.contains(t))
+                    })
+                    .collect();
+                out.truncate(limit);
+                let _ = reply.send(out);
+            })
+        }));
     }
 }
 

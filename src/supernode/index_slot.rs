@@ -114,6 +114,30 @@ impl Handler<Dump> for IndexSlot {
     }
 }
 
+/// The usernames posted under a token prefix (search).
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct Posted {
+    /// `token:<token>/`.
+    pub prefix: String,
+    /// Most names wanted.
+    pub limit: usize,
+}
+
+impl Handler<Posted> for IndexSlot {
+    type Result = Vec<String>;
+
+    fn handle(&mut self, msg: Posted, _: &mut Context<Self>) -> Vec<String> {
+        let now = crate::unix_now();
+        self.store
+            .with_prefix(&msg.prefix)
+            .filter(|(_, e)| e.last_seen.saturating_add(self.retention_secs) > now)
+            .map(|(k, _)| k[msg.prefix.len()..].to_owned())
+            .take(msg.limit)
+            .collect()
+    }
+}
+
 /// Stops the slot (its node is going away).
 #[derive(Message)]
 #[rtype(result = "()")]

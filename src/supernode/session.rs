@@ -6,7 +6,7 @@
 
 use crate::crypto::aead::{SealKey, SessionSecret, label};
 use crate::wire::frame::{self, Direction, FrameError, RawFrame};
-use crate::wire::message::{Bye, ErrorCode, ErrorMsg, Find, MessageKind, Observed, Welcome};
+use crate::wire::message::{Bye, ErrorCode, ErrorMsg, Find, MessageKind, Observed, Search, Welcome};
 use crate::wire::replay::ReplayWindow;
 use std::net::SocketAddr;
 
@@ -40,6 +40,8 @@ pub enum Action {
     Publish(Vec<u8>),
     /// Look this user up, then answer with FindReply.
     Find(Find),
+    /// Search users, then answer with SearchReply frames.
+    Search(Search),
 }
 
 /// Who is on the other end of a session, and how they are reached.
@@ -151,6 +153,13 @@ impl Session {
                 out.push(Action::Close("bye"));
             }
             MessageKind::Publish => out.push(Action::Publish(body)),
+            MessageKind::Search => match Search::decode(&body) {
+                Ok(s) => out.push(Action::Search(s)),
+                Err(e) => {
+                    let e = ErrorMsg::new(ErrorCode::Malformed, format!("search: {e}"));
+                    out.push(Action::Send(MessageKind::Error, self.seal(MessageKind::Error, &e.encode())));
+                }
+            },
             MessageKind::Find => match Find::decode(&body) {
                 Ok(f) => out.push(Action::Find(f)),
                 Err(e) => {

@@ -45,11 +45,15 @@ pub enum MessageKind {
     Find = 0x42,
     /// Super node → host: the lookup's result (sealed).
     FindReply = 0x43,
+    /// Host → super node: search users by profile words (sealed).
+    Search = 0x44,
+    /// Super node → host: one search result, or an empty result set (sealed).
+    SearchReply = 0x45,
 }
 
 impl MessageKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [MessageKind; 18] = [
+    pub const ALL: [MessageKind; 20] = [
         Self::Hello,
         Self::Challenge,
         Self::Auth,
@@ -68,6 +72,8 @@ impl MessageKind {
         Self::PublishAck,
         Self::Find,
         Self::FindReply,
+        Self::Search,
+        Self::SearchReply,
     ];
 
     /// The kind for a wire code.
@@ -83,6 +89,7 @@ impl MessageKind {
             Self::Welcome | Self::Keepalive | Self::KeepaliveAck | Self::Bye => sealed,
             Self::RegisterReply | Self::LoginReply => sealed,
             Self::Publish | Self::PublishAck | Self::Find | Self::FindReply => sealed,
+            Self::Search | Self::SearchReply => sealed,
             Self::Error => true,
         }
     }
@@ -108,6 +115,8 @@ impl MessageKind {
             Self::PublishAck => "publish_ack",
             Self::Find => "find",
             Self::FindReply => "find_reply",
+            Self::Search => "search",
+            Self::SearchReply => "search_reply",
         }
     }
 }
@@ -724,6 +733,73 @@ impl FindReply {
         let stage = r.str("find_reply.stage", 32)?.to_owned();
         r.finish()?;
         Ok(Self { req, entry, asked, stage })
+    }
+}
+
+/// Most results of one search.
+pub const SEARCH_RESULTS_MAX: u8 = 20;
+
+/// Search: users whose profile has every word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Search {
+    /// Matches the replies.
+    pub req: u32,
+    /// The words, as typed.
+    pub words: String,
+    /// Most results wanted (at most [`SEARCH_RESULTS_MAX`]).
+    pub limit: u8,
+}
+
+impl Search {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u32(self.req).str(&self.words).u8(self.limit);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let req = r.u32("search.req")?;
+        let words = r.str("search.words", 128)?.to_owned();
+        let limit = r.u8("search.limit")?.min(SEARCH_RESULTS_MAX);
+        r.finish()?;
+        Ok(Self { req, words, limit })
+    }
+}
+
+/// SearchReply: result `index` of `total` (one entry per frame, so results of any size
+/// fit); `total` 0 with no entry means nothing matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchReply {
+    /// The Search's id.
+    pub req: u32,
+    /// How many results there are.
+    pub total: u8,
+    /// Which one this is (0-based).
+    pub index: u8,
+    /// The signed entry.
+    pub entry: Vec<u8>,
+}
+
+impl SearchReply {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u32(self.req).u8(self.total).u8(self.index).bytes(&self.entry);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let req = r.u32("search_reply.req")?;
+        let total = r.u8("search_reply.total")?;
+        let index = r.u8("search_reply.index")?;
+        let entry = r.bytes("search_reply.entry", crate::index::entry::ENTRY_LEN_MAX)?.to_vec();
+        r.finish()?;
+        Ok(Self { req, total, index, entry })
     }
 }
 
