@@ -32,6 +32,17 @@ enum Command {
         /// The username.
         user: String,
     },
+    /// Set the status published at every login: online, away, busy or invisible.
+    Status {
+        /// The status.
+        #[arg(value_parser = ["online", "away", "busy", "invisible"])]
+        status: String,
+    },
+    /// Edit the profile published at every login (≤ 1 KiB in all).
+    Profile {
+        #[command(subcommand)]
+        action: ProfileAction,
+    },
     /// Log in as USER and search users by profile words (case and accents ignored).
     Search {
         /// Who you are (the account to log in with).
@@ -52,6 +63,30 @@ enum Command {
         /// Whom to find.
         whom: String,
     },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ProfileAction {
+    /// Set fields (the others are kept).
+    Set {
+        /// Display name.
+        #[arg(long)]
+        display_name: Option<String>,
+        /// City.
+        #[arg(long)]
+        city: Option<String>,
+        /// Country.
+        #[arg(long)]
+        country: Option<String>,
+        /// Language.
+        #[arg(long)]
+        language: Option<String>,
+        /// Free text.
+        #[arg(long)]
+        about: Option<String>,
+    },
+    /// Show the profile.
+    Show,
 }
 
 fn settings(c: &config::HostConfig) -> anyhow::Result<HostSettings> {
@@ -116,9 +151,52 @@ fn fail(json: bool, e: HostError) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
-    let s = settings(&config.host)?;
     let home = home(&a, &config.host)?;
     match &a.command {
+        Command::Status { status } => {
+            let s: confab::index::Status = serde_json::from_value(serde_json::json!(status))?;
+            home.set_status(s)?;
+            println!("status {status} will be published at every login");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Profile { action } => {
+            let mut p = home.profile();
+            if let ProfileAction::Set { display_name, city, country, language, about } = action {
+                for (field, value) in [
+                    (&mut p.display_name, display_name),
+                    (&mut p.city, city),
+                    (&mut p.country, country),
+                    (&mut p.language, language),
+                    (&mut p.about, about),
+                ] {
+                    if let Some(v) = value {
+                        *field = v.clone();
+                    }
+                }
+                let n = p.encoded_len();
+                if n > confab::index::entry::PROFILE_LEN_MAX {
+                    anyhow::bail!(
+                        "the profile would be {n} bytes; at most {} are allowed",
+                        confab::index::entry::PROFILE_LEN_MAX
+                    );
+                }
+                home.set_profile(&p)?;
+            }
+            if a.json {
+                println!("{}", serde_json::to_string(&p)?);
+            } else {
+                println!(
+                    "display name  {}\ncity          {}\ncountry       {}\nlanguage      {}\nabout         {}",
+                    p.display_name, p.city, p.country, p.language, p.about
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let s = settings(&config.host)?;
+    match &a.command {
+        Command::Status { .. } | Command::Profile { .. } => unreachable!("handled above"),
         Command::Register { user } => {
             let pw = password(true)?;
             match host::register(&s, &home, user, &pw).await {

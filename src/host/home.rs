@@ -62,6 +62,19 @@ impl Home {
         crate::fsutil::write_atomic(&self.dir.join("profile.json"), &serde_json::to_vec_pretty(p)?, 0o600)
     }
 
+    /// The status to publish at login (online unless set otherwise).
+    pub fn status(&self) -> crate::index::Status {
+        std::fs::read(self.dir.join("status.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(crate::index::Status::Online)
+    }
+
+    /// Saves the status to publish at login.
+    pub fn set_status(&self, s: crate::index::Status) -> std::io::Result<()> {
+        crate::fsutil::write_atomic(&self.dir.join("status.json"), &serde_json::to_vec(&s)?, 0o600)
+    }
+
     /// The host's own port P: picked at random on first run, then kept.
     pub fn port(&self) -> anyhow::Result<u16> {
         let path = self.dir.join("host.json");

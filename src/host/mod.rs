@@ -568,7 +568,11 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
     // Advertise presence, as the original's login sequence ends. A network without a
     // Global Index (a lone super node) is still a network to be logged in to.
     let profile = session.profile.clone();
-    match session.publish(Status::Online, &profile).await {
+    let status = match home.status() {
+        Status::Offline => Status::Online,
+        s => s,
+    };
+    match session.publish(status, &profile).await {
         Ok(n) => tracing::info!(replicas = n, "presence published"),
         Err(e) => tracing::warn!(error = %e, "presence not published"),
     }
