@@ -84,6 +84,7 @@ fn login_request(service: &LoginService, shared: &[u8; 32], host_der: &[u8], now
         timestamp: now,
         client_version: confab::VERSION.to_owned(),
         host_public_key: host_der.to_vec(),
+        last_supernode: "sn1".to_owned(),
     }
     .encode();
     let (env, _secret) = envelope::seal(service.public_key(), [0u8; 32], &body);

@@ -207,6 +207,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Network> {
         crate::keygen::generate_cluster_secret(&secret)?;
     }
     cfg.supernode.cluster_secret = Some(secret.into());
+    cfg.supernode.index.directory = vec![login_addr];
     for i in 0..opts.supernodes {
         let name = format!("sn{}", i + 1);
         let stem = data.join(&name);

@@ -141,6 +141,7 @@ fn login_request(t: &TestNet, user: &str, timestamp: u64) -> (Vec<u8>, SessionSe
         timestamp,
         client_version: confab::VERSION.into(),
         host_public_key: key("host-0").public().der().to_vec(),
+        last_supernode: String::new(),
     };
     let (env, secret) = envelope::seal(&login_pub, [0; 32], &body.encode());
     (frame::encode_plain(t.net.info.login_server, MessageKind::LoginRequest, 0, &env.encode()), secret)
@@ -168,6 +169,7 @@ async fn replayed_and_skewed_requests_are_refused() {
         timestamp: confab::unix_now(),
         client_version: "x".into(),
         host_public_key: vec![],
+        last_supernode: String::new(),
     };
     let (env, secret) = envelope::seal(other.public(), [0; 32], &body.encode());
     let req = frame::encode_plain(addr, MessageKind::LoginRequest, 0, &env.encode());
@@ -458,5 +460,39 @@ async fn a_logged_in_host_listens_on_its_port_over_udp_and_tcp() {
     assert_eq!(raw.header.kind, MessageKind::Error);
     assert_eq!(ErrorMsg::decode(raw.payload).unwrap().code, ErrorCode::Unsupported);
     s.logout().await;
+    t.net.stop().await;
+}
+
+/// Past the retention window an entry is gone from the index; the login server's
+/// recently-seen directory still tells when the user was last seen (signed, so the host
+/// can trust it through any super node). Retention is shortened to 2 s here.
+#[actix_rt::test]
+async fn past_retention_the_login_directory_answers() {
+    let t = common::start(2, |c| c.supernode.index.retention_secs = 2).await;
+    for n in ["olivia", "pat"] {
+        register(&t, n, PW).await.unwrap();
+    }
+    let olivia = host::login(&t.settings(), &t.home("olivia"), "olivia", PW).await.unwrap();
+    let sn = olivia.report.supernode.clone();
+    olivia.logout().await;
+    let mut pat = host::login(&t.settings(), &t.home("pat"), "pat", PW).await.unwrap();
+    let found = pat.find("olivia").await.unwrap().expect("in the index");
+    assert_eq!((found.status, found.stage.as_str()), (confab::index::Status::Offline, "step1"));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let found = pat.find("olivia").await.unwrap().expect("through the directory");
+    assert_eq!(found.stage, "directory");
+    assert_eq!(found.status, confab::index::Status::Offline);
+    assert!(found.last_seen + 30 > confab::unix_now());
+    assert_eq!(found.supernode, "", "olivia's first login had no super node to report yet");
+    // Her next login reports the super node she used.
+    let olivia = host::login(&t.settings(), &t.home("olivia"), "olivia", PW).await.unwrap();
+    olivia.logout().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let found = pat.find("olivia").await.unwrap().expect("through the directory");
+    assert_eq!(found.supernode, sn);
+    // Someone who never logged in is not found at all.
+    register(&t, "quinn", PW).await.unwrap();
+    assert!(pat.find("quinn").await.unwrap().is_none());
+    pat.logout().await;
     t.net.stop().await;
 }

@@ -135,6 +135,7 @@ pub async fn register(servers: &LoginServers, username: &str, secret: &SharedSec
         timestamp: crate::unix_now(),
         client_version: crate::VERSION.to_owned(),
         host_public_key: Vec::new(),
+        last_supernode: String::new(),
     };
     let (addr, kind, reply) = request(servers, MessageKind::RegisterRequest, &body).await?;
     if kind != MessageKind::RegisterReply {
@@ -161,6 +162,7 @@ pub async fn login(
     username: &str,
     secret: &SharedSecret,
     key: &PrivateKey,
+    last_supernode: &str,
 ) -> Result<LoggedIn, AccountError> {
     let body = AccountBody {
         username: username.to_owned(),
@@ -168,6 +170,7 @@ pub async fn login(
         timestamp: crate::unix_now(),
         client_version: crate::VERSION.to_owned(),
         host_public_key: key.public().der().to_vec(),
+        last_supernode: last_supernode.to_owned(),
     };
     let (addr, kind, reply) = request(servers, MessageKind::LoginRequest, &body).await?;
     if kind != MessageKind::LoginReply {

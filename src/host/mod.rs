@@ -20,7 +20,7 @@ use crate::index::{Entry, EntryBody, Profile, Status};
 use crate::nat::NatKind;
 use crate::wire::ErrorCode;
 use crate::wire::MessageKind;
-use crate::wire::message::{ErrorMsg, Find, FindReply, Observed, PublishAck, Search, SearchReply};
+use crate::wire::message::{ErrorMsg, Find, FindReply, Observed, PublishAck, Search, SearchReply, SeenRecord};
 use account::{AccountError, LoginServers};
 use cache::{CacheEntry, HostCache, NodeKind};
 use connect::{AttemptLog, Connected, LadderError, Link, Me, Timeouts};
@@ -309,7 +309,7 @@ impl Session {
         }
         let r = FindReply::decode(&body).map_err(|e| HostError::Refused(format!("malformed FindReply: {e}")))?;
         if r.entry.is_empty() {
-            return Ok(None);
+            return self.found_in_directory(user, &r);
         }
         // Trust no super node: the entry must verify here too.
         let e = Entry::decode(&r.entry).map_err(|e| HostError::Refused(format!("malformed entry: {e}")))?;
@@ -319,6 +319,33 @@ impl Session {
             return Err(HostError::Refused("the super node answered with another user's entry".into()));
         }
         Ok(Some(Found::from_entry(&e, r.asked, r.stage)))
+    }
+
+    /// Not in the index: the login server's signed directory record, if the super node
+    /// passed one on, still says when the user was last seen.
+    fn found_in_directory(&self, user: &str, r: &FindReply) -> Result<Option<Found>, HostError> {
+        if r.directory.is_empty() {
+            return Ok(None);
+        }
+        let rec = SeenRecord::decode(&r.directory)
+            .map_err(|e| HostError::Refused(format!("malformed directory record: {e}")))?;
+        if !rec.verify(&self.trusted) || rec.user != user.to_ascii_lowercase() {
+            return Err(HostError::Refused("the directory record does not verify".into()));
+        }
+        if !rec.found {
+            return Ok(None);
+        }
+        Ok(Some(Found {
+            user: rec.user,
+            status: Status::Offline,
+            last_seen: rec.last_seen,
+            supernode: rec.supernode,
+            public_addr: None,
+            nat: NatKind::Unknown,
+            profile: Profile::default(),
+            asked: r.asked,
+            stage: r.stage.clone(),
+        }))
     }
 
     /// Searches users whose profile has every word (case and accents ignored); at most
@@ -463,7 +490,9 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
     let mut cache = HostCache::load(&home.cache_path());
     let secret = derive_secret(username, password).await;
     let servers = settings.login_servers(&cache);
-    let logged_in = account::login(&servers, username, &secret, &key).await?;
+    let last_supernode =
+        cache.supernodes().into_iter().find(|e| e.last_success.is_some()).map(|e| e.name).unwrap_or_default();
+    let logged_in = account::login(&servers, username, &secret, &key, &last_supernode).await?;
     cache.record_success(
         CacheEntry {
             kind: NodeKind::LoginServer,

@@ -108,6 +108,22 @@ async fn connection(service: Arc<LoginService>, mut stream: TcpStream, peer: Soc
                 return;
             }
         };
+        if kind == MessageKind::SeenQuery {
+            let svc = service.clone();
+            let now = crate::unix_now();
+            let Ok(answer) = tokio::task::spawn_blocking(move || svc.seen(now, peer.ip(), &payload)).await else {
+                return;
+            };
+            let (outcome, reply) = match answer {
+                Ok(body) => ("answered", frame::encode_plain(listener, MessageKind::SeenReply, 0, &body)),
+                Err(e) => (e.code.label(), frame::encode_plain(listener, MessageKind::Error, 0, &e.encode())),
+            };
+            counter!("confab_login_directory_queries_total", "outcome" => outcome).increment(1);
+            if tcp::write_frame(&mut stream, &reply).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let started = Instant::now();
         let svc = service.clone();
         let now = crate::unix_now();

@@ -78,7 +78,11 @@ pub struct LoginService {
     users: Mutex<Backoff<String>>,
     sources: Mutex<Backoff<IpAddr>>,
     replay: Mutex<ReplayCache>,
+    queries: Mutex<std::collections::HashMap<IpAddr, (u64, u32)>>,
 }
+
+/// Directory queries one address may make per second (each costs a signature).
+const DIRECTORY_QUERIES_PER_SECOND_MAX: u32 = 50;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The guarded values are plain caches that stay consistent between statements.
@@ -105,12 +109,57 @@ impl LoginService {
             users: Mutex::new(Backoff::new(backoff)),
             sources: Mutex::new(Backoff::new(backoff)),
             replay: Mutex::new(ReplayCache::new(window, 1_000_000)),
+            queries: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
     /// The login key's public half.
     pub fn public_key(&self) -> &PublicKey {
         self.key.public()
+    }
+
+    /// Answers a recently-seen directory query (a super node's lookup that found nothing
+    /// in the index): a record signed with the login key, so hosts can trust it.
+    pub fn seen(&self, now: u64, source: IpAddr, payload: &[u8]) -> Result<Vec<u8>, ErrorMsg> {
+        {
+            let mut q = lock(&self.queries);
+            if q.len() > 100_000 {
+                q.retain(|_, (t, _)| *t == now);
+            }
+            let e = q.entry(source).or_insert((now, 0));
+            if e.0 != now {
+                *e = (now, 0);
+            }
+            e.1 += 1;
+            if e.1 > DIRECTORY_QUERIES_PER_SECOND_MAX {
+                let mut err = ErrorMsg::new(ErrorCode::TooManyAttempts, "too many directory queries");
+                err.retry_after_secs = 1;
+                return Err(err);
+            }
+        }
+        let q = crate::wire::message::Find::decode(payload)
+            .map_err(|e| ErrorMsg::new(ErrorCode::Malformed, e.to_string()))?;
+        let user =
+            username::canonical(&q.user).map_err(|e| ErrorMsg::new(ErrorCode::InvalidUsername, e.to_string()))?;
+        let row = self.store.seen(&user).map_err(|e| {
+            tracing::error!(error = %e, "directory lookup failed");
+            ErrorMsg::new(ErrorCode::Internal, "the directory failed")
+        })?;
+        let (found, last_seen, supernode) = match row {
+            Some((t, sn)) => (true, t, sn),
+            None => (false, 0, String::new()),
+        };
+        let mut rec = crate::wire::message::SeenRecord {
+            user,
+            found,
+            last_seen,
+            supernode,
+            issued_at: now,
+            key_id: self.key.public().id().0,
+            signature: Vec::new(),
+        };
+        rec.signature = self.key.sign_pss(&rec.signed_message());
+        Ok(rec.encode())
     }
 
     /// The account store.
@@ -168,7 +217,7 @@ impl LoginService {
         if kind == MessageKind::RegisterRequest {
             return self.register(now, &name_key, &body.username, &shared, opened.secret);
         }
-        self.login(now, source, &name_key, &shared, &body.host_public_key, opened.secret)
+        self.login(now, source, &name_key, &body, opened.secret)
     }
 
     fn register(&self, now: u64, name_key: &str, name: &str, shared: &SharedSecret, secret: SessionSecret) -> Handled {
@@ -192,15 +241,8 @@ impl LoginService {
         }
     }
 
-    fn login(
-        &self,
-        now: u64,
-        source: IpAddr,
-        name_key: &str,
-        shared: &SharedSecret,
-        host_key: &[u8],
-        secret: SessionSecret,
-    ) -> Handled {
+    fn login(&self, now: u64, source: IpAddr, name_key: &str, body: &AccountBody, secret: SessionSecret) -> Handled {
+        let shared = &SharedSecret(body.shared_secret);
         let wait = lock(&self.users).wait_secs(&name_key.to_owned(), now);
         if wait > 0 {
             return too_many(wait, Some(&secret));
@@ -221,7 +263,7 @@ impl LoginService {
             lock(&self.sources).fail(source, now);
             return fail(ErrorCode::WrongPassword, "wrong password", Some(&secret));
         }
-        let Ok(public_key) = PublicKey::from_der(host_key) else {
+        let Ok(public_key) = PublicKey::from_der(&body.host_public_key) else {
             return fail(
                 ErrorCode::Malformed,
                 "the host public key is not a valid RSA key of 2048-4096 bits",
@@ -229,6 +271,9 @@ impl LoginService {
             );
         };
         lock(&self.users).succeed(&name_key.to_owned());
+        if let Err(e) = self.store.record_seen(name_key, now, &body.last_supernode) {
+            tracing::warn!(error = %e, "could not update the recently-seen directory");
+        }
         let credential = Credential::issue(
             Claims {
                 kind: CredentialKind::Host,

@@ -41,6 +41,11 @@ pub struct AccountStore {
 }
 
 const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS seen (
+    name_key   TEXT PRIMARY KEY NOT NULL,   -- the recently-seen directory: last login of each user
+    last_seen  INTEGER NOT NULL,
+    supernode  TEXT NOT NULL                -- the super node the host last used, as it reported
+) STRICT;
 CREATE TABLE IF NOT EXISTS accounts (
     name_key   TEXT PRIMARY KEY NOT NULL,   -- lower-case username: uniqueness ignores case
     name       TEXT NOT NULL,               -- as the user typed it at registration
@@ -101,6 +106,27 @@ impl AccountStore {
         let verifier: [u8; 32] =
             v.try_into().map_err(|_| StoreError::Damaged(format!("verifier of {name_key:?} is not 32 bytes")))?;
         Ok(Some(Account { username, verifier: Verifier(verifier), created_at: created as u64 }))
+    }
+
+    /// Records a login in the recently-seen directory.
+    pub fn record_seen(&self, name_key: &str, now: u64, supernode: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO seen (name_key, last_seen, supernode) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name_key) DO UPDATE SET last_seen = excluded.last_seen, supernode = excluded.supernode",
+            params![name_key, now as i64, supernode],
+        )?;
+        Ok(())
+    }
+
+    /// The directory's record of a user: (last login, last super node).
+    pub fn seen(&self, name_key: &str) -> Result<Option<(u64, String)>, StoreError> {
+        let row = self
+            .conn()
+            .query_row("SELECT last_seen, supernode FROM seen WHERE name_key = ?1", [name_key], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })
+            .optional()?;
+        Ok(row)
     }
 
     /// Number of accounts.

@@ -296,8 +296,15 @@ impl HostSession {
                                 entry: r.entry.map(|e| e.encode()).unwrap_or_default(),
                                 asked: r.asked.min(usize::from(u16::MAX)) as u16,
                                 stage: r.stage.into(),
+                                directory: r.directory.unwrap_or_default(),
                             },
-                            Err(_) => FindReply { req, entry: Vec::new(), asked: 0, stage: "failed".into() },
+                            Err(_) => FindReply {
+                                req,
+                                entry: Vec::new(),
+                                asked: 0,
+                                stage: "failed".into(),
+                                directory: Vec::new(),
+                            },
                         };
                         act.reply(MessageKind::FindReply, &r.encode());
                     }));

@@ -37,6 +37,8 @@ pub struct IndexConfig {
     pub lookup: LookupConfig,
     /// How often replicas compare slot digests and repair differences.
     pub anti_entropy_secs: u64,
+    /// Login servers whose recently-seen directory is the lookup's last stage.
+    pub directory: Vec<SocketAddr>,
 }
 
 impl Default for IndexConfig {
@@ -49,6 +51,7 @@ impl Default for IndexConfig {
             entries_per_slot_max: 100_000,
             lookup: LookupConfig::default(),
             anti_entropy_secs: 10,
+            directory: Vec::new(),
         }
     }
 }
@@ -62,6 +65,8 @@ pub struct FindResult {
     pub asked: usize,
     /// The stage that ended the lookup (a label).
     pub stage: &'static str,
+    /// When the index had nothing: the login server's signed directory record.
+    pub directory: Option<Vec<u8>>,
 }
 
 struct Running {
@@ -378,10 +383,13 @@ impl IndexRouter {
                     return;
                 }
                 Action::AskDirectory => {
-                    // The login server's recently-seen directory is not wired in yet: the
-                    // lookup ends with what the index had.
                     let outcome = r.lookup.not_in_index();
-                    self.finish(id, outcome);
+                    let user = r.lookup.key().to_owned();
+                    let servers = self.cfg.directory.clone();
+                    let trusted = self.trusted.clone();
+                    ctx.spawn(ask_directory(servers, user, trusted).into_actor(self).map(move |record, act, _| {
+                        act.finish_with_directory(id, outcome, record);
+                    }));
                     return;
                 }
                 Action::Done(outcome) => {
@@ -427,11 +435,20 @@ impl IndexRouter {
     }
 
     fn finish(&mut self, id: u64, outcome: Outcome) {
+        self.finish_with_directory(id, outcome, None);
+    }
+
+    fn finish_with_directory(&mut self, id: u64, outcome: Outcome, directory: Option<Vec<u8>>) {
         let Some(mut r) = self.lookups.remove(&id) else { return };
         self.reqs.retain(|_, (l, _)| *l != id);
         let result = match outcome {
-            Outcome::Found { entry, stage, asked } => FindResult { entry: Some(*entry), asked, stage: stage.label() },
-            Outcome::NotInIndex { asked } => FindResult { entry: None, asked, stage: "not_found" },
+            Outcome::Found { entry, stage, asked } => {
+                FindResult { entry: Some(*entry), asked, stage: stage.label(), directory: None }
+            }
+            Outcome::NotInIndex { asked } if directory.is_some() => {
+                FindResult { entry: None, asked, stage: "directory", directory }
+            }
+            Outcome::NotInIndex { asked } => FindResult { entry: None, asked, stage: "not_found", directory: None },
         };
         let outcome = if result.entry.is_some() { "found" } else { "not_found" };
         counter!("confab_index_lookups_total", "node" => self.node.clone(), "outcome" => outcome, "stage" => result.stage).increment(1);
@@ -442,6 +459,41 @@ impl IndexRouter {
             let _ = tx.send(result);
         }
     }
+}
+
+/// Asks the login servers' recently-seen directory about `user`; returns the signed
+/// record (verified here, so a bad login-server answer is not passed on).
+async fn ask_directory(servers: Vec<SocketAddr>, user: String, trusted: TrustedKeys) -> Option<Vec<u8>> {
+    use crate::wire::frame;
+    use crate::wire::message::{MessageKind, SeenRecord};
+    for addr in servers {
+        let query = frame::encode_plain(
+            addr,
+            MessageKind::SeenQuery,
+            0,
+            &crate::wire::message::Find { req: 0, user: user.clone() }.encode(),
+        );
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+            crate::net::tcp::write_frame(&mut s, &query).await.ok()?;
+            crate::net::tcp::read_frame(&mut s).await.ok()?
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some(bytes) = answer else { continue };
+        let Ok(raw) = frame::decode(addr, &bytes) else { continue };
+        if raw.header.kind != MessageKind::SeenReply {
+            continue;
+        }
+        if let Ok(rec) = SeenRecord::decode(raw.payload)
+            && rec.user == user
+            && rec.verify(&trusted)
+        {
+            return rec.found.then(|| raw.payload.to_vec());
+        }
+    }
+    None
 }
 
 fn now_ms() -> u64 {

@@ -37,6 +37,10 @@ pub enum MessageKind {
     LoginRequest = 0x22,
     /// Login server → host: the credential (sealed).
     LoginReply = 0x23,
+    /// Super node → login server: when was this user last seen? (plain)
+    SeenQuery = 0x24,
+    /// Login server → super node: the signed directory record (plain).
+    SeenReply = 0x25,
     /// Host → super node: store my signed index entry (sealed).
     Publish = 0x40,
     /// Super node → host: the entry was checked and sent to its replicas (sealed).
@@ -53,7 +57,7 @@ pub enum MessageKind {
 
 impl MessageKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [MessageKind; 20] = [
+    pub const ALL: [MessageKind; 22] = [
         Self::Hello,
         Self::Challenge,
         Self::Auth,
@@ -68,6 +72,8 @@ impl MessageKind {
         Self::RegisterReply,
         Self::LoginRequest,
         Self::LoginReply,
+        Self::SeenQuery,
+        Self::SeenReply,
         Self::Publish,
         Self::PublishAck,
         Self::Find,
@@ -86,6 +92,7 @@ impl MessageKind {
         match self {
             Self::Hello | Self::Challenge | Self::Auth | Self::NatProbe | Self::NatProbeReply => !sealed,
             Self::RegisterRequest | Self::LoginRequest => !sealed,
+            Self::SeenQuery | Self::SeenReply => !sealed,
             Self::Welcome | Self::Keepalive | Self::KeepaliveAck | Self::Bye => sealed,
             Self::RegisterReply | Self::LoginReply => sealed,
             Self::Publish | Self::PublishAck | Self::Find | Self::FindReply => sealed,
@@ -111,6 +118,8 @@ impl MessageKind {
             Self::RegisterReply => "register_reply",
             Self::LoginRequest => "login_request",
             Self::LoginReply => "login_reply",
+            Self::SeenQuery => "seen_query",
+            Self::SeenReply => "seen_reply",
             Self::Publish => "publish",
             Self::PublishAck => "publish_ack",
             Self::Find => "find",
@@ -592,6 +601,8 @@ pub struct AccountBody {
     pub client_version: String,
     /// Login only: the host public key to certify (empty for Register).
     pub host_public_key: Vec<u8>,
+    /// Login only: the super node the host used last (for the recently-seen directory).
+    pub last_supernode: String,
 }
 
 impl AccountBody {
@@ -602,7 +613,8 @@ impl AccountBody {
             .raw(&self.shared_secret)
             .u64(self.timestamp)
             .str(&self.client_version)
-            .bytes(&self.host_public_key);
+            .bytes(&self.host_public_key)
+            .str(&self.last_supernode);
         w.into_bytes()
     }
 
@@ -614,8 +626,9 @@ impl AccountBody {
         let timestamp = r.u64("account.timestamp")?;
         let client_version = r.str("account.client_version", VERSION_LEN_MAX)?.to_owned();
         let host_public_key = r.bytes("account.host_public_key", PUBLIC_KEY_DER_MAX)?.to_vec();
+        let last_supernode = r.str("account.last_supernode", 64)?.to_owned();
         r.finish()?;
-        Ok(Self { username, shared_secret, timestamp, client_version, host_public_key })
+        Ok(Self { username, shared_secret, timestamp, client_version, host_public_key, last_supernode })
     }
 }
 
@@ -714,13 +727,15 @@ pub struct FindReply {
     pub asked: u16,
     /// The lookup stage that ended it (a label).
     pub stage: String,
+    /// When the index had nothing: the login server's signed directory record (or empty).
+    pub directory: Vec<u8>,
 }
 
 impl FindReply {
     /// Encodes.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
-        w.u32(self.req).bytes(&self.entry).u16(self.asked).str(&self.stage);
+        w.u32(self.req).bytes(&self.entry).u16(self.asked).str(&self.stage).bytes(&self.directory);
         w.into_bytes()
     }
 
@@ -731,8 +746,82 @@ impl FindReply {
         let entry = r.bytes("find_reply.entry", crate::index::entry::ENTRY_LEN_MAX)?.to_vec();
         let asked = r.u16("find_reply.asked")?;
         let stage = r.str("find_reply.stage", 32)?.to_owned();
+        let directory = r.bytes("find_reply.directory", SEEN_RECORD_LEN_MAX)?.to_vec();
         r.finish()?;
-        Ok(Self { req, entry, asked, stage })
+        Ok(Self { req, entry, asked, stage, directory })
+    }
+}
+
+/// Largest encoded directory record.
+pub const SEEN_RECORD_LEN_MAX: usize = 700;
+/// Domain prefix of a directory record's signature.
+pub const DOMAIN_SEEN: &[u8] = b"confab/v1/seen\0";
+
+/// The login server's recently-seen directory record of one user, signed with its login
+/// key so that a super node can pass it on and a host can trust it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenRecord {
+    /// The canonical username asked for.
+    pub user: String,
+    /// Whether the user ever logged in (false: no such user, or never seen).
+    pub found: bool,
+    /// Unix seconds of the last login.
+    pub last_seen: u64,
+    /// The super node the host reported using.
+    pub supernode: String,
+    /// Unix seconds when the record was signed.
+    pub issued_at: u64,
+    /// The signing login key.
+    pub key_id: [u8; 8],
+    /// RSA-PSS over DOMAIN_SEEN ‖ the fields above.
+    pub signature: Vec<u8>,
+}
+
+impl SeenRecord {
+    fn body(&self, w: &mut Writer) {
+        w.str(&self.user)
+            .u8(self.found as u8)
+            .u64(self.last_seen)
+            .str(&self.supernode)
+            .u64(self.issued_at)
+            .raw(&self.key_id);
+    }
+
+    /// The message the signature covers.
+    pub fn signed_message(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.raw(DOMAIN_SEEN);
+        self.body(&mut w);
+        w.into_bytes()
+    }
+
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        self.body(&mut w);
+        w.bytes(&self.signature);
+        w.into_bytes()
+    }
+
+    /// Decodes (without verifying).
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let user = r.str("seen.user", USERNAME_WIRE_MAX)?.to_owned();
+        let found = r.u8("seen.found")? != 0;
+        let last_seen = r.u64("seen.last_seen")?;
+        let supernode = r.str("seen.supernode", 64)?.to_owned();
+        let issued_at = r.u64("seen.issued_at")?;
+        let key_id = r.array("seen.key_id")?;
+        let signature = r.bytes("seen.signature", WRAPPED_KEY_LEN_MAX)?.to_vec();
+        r.finish()?;
+        Ok(Self { user, found, last_seen, supernode, issued_at, key_id, signature })
+    }
+
+    /// Checks the signature against the trusted login keys.
+    pub fn verify(&self, trusted: &crate::crypto::TrustedKeys) -> bool {
+        trusted
+            .get(crate::crypto::KeyId(self.key_id))
+            .is_some_and(|k| k.verify_pss(&self.signed_message(), &self.signature).is_ok())
     }
 }
 
@@ -871,6 +960,7 @@ mod tests {
             timestamp: 17,
             client_version: "0.1.0".into(),
             host_public_key: vec![1, 2, 3],
+            last_supernode: "sn1".into(),
         };
         assert_eq!(AccountBody::decode(&a.encode()).unwrap(), a);
         let err = ErrorMsg { code: ErrorCode::TooManyAttempts, retry_after_secs: 30, detail: "slow down".into() };
