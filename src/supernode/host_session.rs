@@ -6,7 +6,7 @@
 //! answers through an [`Outbound`] handle.
 
 use super::handshake::{self, Accepted};
-use super::index_router::{FindUser, Publish, SearchUsers};
+use super::index_router::{FindUser, IndexRouter, Publish, SearchUsers};
 use super::node::NodeShared;
 use super::session::{Action, Session, SessionPeer, Transport};
 use crate::wire::ErrorCode;
@@ -187,6 +187,24 @@ impl HostSession {
         self.finds.1 <= Self::INDEX_REQUESTS_PER_SECOND_MAX
     }
 
+    /// The index router for a lookup or search, or None after telling the host why not
+    /// (no index here, or it is asking too fast).
+    fn router_for_lookup(&mut self, what: &'static str) -> Option<Addr<IndexRouter>> {
+        if !self.allow_index_request() {
+            self.node.metrics.reject(self.out.transport().label(), "lookup_rate", self.peer, &what);
+            let mut e = ErrorMsg::new(ErrorCode::TooManyAttempts, "too many lookups; slow down");
+            e.retry_after_secs = 1;
+            self.reply(MessageKind::Error, &e.encode());
+            return None;
+        }
+        let router = self.node.index.clone();
+        if router.is_none() {
+            let e = ErrorMsg::new(ErrorCode::Unsupported, "this super node holds no index");
+            self.reply(MessageKind::Error, &e.encode());
+        }
+        router
+    }
+
     fn apply(&mut self, actions: Vec<Action>, ctx: &mut Context<Self>) {
         for a in actions {
             match a {
@@ -226,22 +244,7 @@ impl HostSession {
                     }));
                 }
                 Action::Search(q) => {
-                    let allowed = self.allow_index_request();
-                    let router = match (&self.node.index, allowed) {
-                        (Some(r), true) => r.clone(),
-                        (None, _) => {
-                            let e = ErrorMsg::new(ErrorCode::Unsupported, "this super node holds no index");
-                            self.reply(MessageKind::Error, &e.encode());
-                            continue;
-                        }
-                        (_, false) => {
-                            self.node.metrics.reject(self.out.transport().label(), "lookup_rate", self.peer, &"search");
-                            let mut e = ErrorMsg::new(ErrorCode::TooManyAttempts, "too many lookups; slow down");
-                            e.retry_after_secs = 1;
-                            self.reply(MessageKind::Error, &e.encode());
-                            continue;
-                        }
-                    };
+                    let Some(router) = self.router_for_lookup("search") else { continue };
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     let limit = usize::from(q.limit.clamp(1, SEARCH_RESULTS_MAX));
                     if router.try_send(SearchUsers { words: q.words.clone(), limit, reply: tx }).is_err() {
@@ -266,22 +269,7 @@ impl HostSession {
                     }));
                 }
                 Action::Find(f) => {
-                    let allowed = self.allow_index_request();
-                    let router = match (&self.node.index, allowed) {
-                        (Some(r), true) => r.clone(),
-                        (None, _) => {
-                            let e = ErrorMsg::new(ErrorCode::Unsupported, "this super node holds no index");
-                            self.reply(MessageKind::Error, &e.encode());
-                            continue;
-                        }
-                        (_, false) => {
-                            self.node.metrics.reject(self.out.transport().label(), "lookup_rate", self.peer, &f.user);
-                            let mut e = ErrorMsg::new(ErrorCode::TooManyAttempts, "too many lookups; slow down");
-                            e.retry_after_secs = 1;
-                            self.reply(MessageKind::Error, &e.encode());
-                            continue;
-                        }
-                    };
+                    let Some(router) = self.router_for_lookup("find") else { continue };
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     if router.try_send(FindUser { user: f.user.clone(), reply: tx }).is_err() {
                         let e = ErrorMsg::new(ErrorCode::Internal, "the index is busy; try again");
