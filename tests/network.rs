@@ -496,3 +496,57 @@ async fn past_retention_the_login_directory_answers() {
     pat.logout().await;
     t.net.stop().await;
 }
+
+/// The 72-hour rule at the super nodes, with time injected through the entries' own
+/// clocks: an entry made 71 h ago (with a credential valid then) is stored and found,
+/// shown offline with its last-seen time; one made 73 h ago is refused by every replica.
+#[actix_rt::test]
+async fn seventy_one_hours_is_found_seventy_three_is_not() {
+    use confab::index::{Entry, EntryBody, Profile, Status};
+    let t = common::start(2, |_| {}).await;
+    register(&t, "rita", PW).await.unwrap();
+    let mut rita = host::login(&t.settings(), &t.home("rita"), "rita", PW).await.unwrap();
+    let secret = confab::keygen::read_cluster_secret(&t.net.info.data.join("cluster.secret")).unwrap();
+    let cluster = confab::cluster::gossip::ClusterKey::from_secret(&secret);
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let now = confab::unix_now();
+    for (user, hours) in [("sam", 71u64), ("tom", 73)] {
+        let made = now - hours * 3600;
+        let cred = Credential::issue(
+            Claims {
+                kind: CredentialKind::Host,
+                subject: user.into(),
+                public_key: key("host-1").public().clone(),
+                issued_at: made - 60,
+                expires_at: made + 86_400,
+                serial: 5,
+            },
+            &key("login-0"),
+        );
+        let body = EntryBody {
+            user: user.into(),
+            credential: cred.encode(),
+            status: Status::Online,
+            supernode: "sn1".into(),
+            public_addr: Some("198.18.2.2:40000".parse().unwrap()),
+            nat: NatKind::Cone,
+            profile: Profile::default(),
+            last_seen: made,
+            timestamp_ms: made * 1000,
+        };
+        let entry = Entry::sign(body, &cred, &key("host-1")).unwrap();
+        // Straight onto the replication path, to every super node.
+        for n in &t.net.nodes {
+            let gossip = n.members().iter().find(|m| m.node_id() == Some(n.identity.key.public().id())).unwrap().gossip;
+            let store = confab::index::rpc::IndexRpc::Store { req: 1, key: user.into(), entry: entry.encode() };
+            udp.send_to(&cluster.seal(confab::cluster::gossip::Channel::Index, &store.encode()), gossip).await.unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sam = rita.find("sam").await.unwrap().expect("71 h ago is inside the window");
+    assert_eq!(sam.status, confab::index::Status::Offline, "not refreshed for 71 h: offline");
+    assert_eq!(sam.last_seen, now - 71 * 3600);
+    assert!(rita.find("tom").await.unwrap().is_none(), "73 h ago is past the window");
+    rita.logout().await;
+    t.net.stop().await;
+}
