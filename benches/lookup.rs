@@ -12,12 +12,12 @@
 //! compare the healthy and degraded figures of one run, and the super nodes asked.
 
 use confab::config::Config;
-use confab::crypto::credential::TrustedKeys;
 use confab::crypto::PublicKey;
+use confab::crypto::credential::TrustedKeys;
+use confab::host::HostSettings;
 use confab::host::connect::Timeouts;
 use confab::host::home::Home;
 use confab::host::ladder::LadderConfig;
-use confab::host::HostSettings;
 use confab::network::{self, UpOptions};
 use std::time::{Duration, Instant};
 
@@ -82,7 +82,12 @@ async fn run(supernodes: usize) {
             let alive = supernodes - dead.len();
             let t = Instant::now();
             let views = || -> Vec<usize> {
-                net.nodes.iter().enumerate().filter(|(i, _)| !dead.contains(i)).map(|(_, n)| n.members().len()).collect()
+                net.nodes
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !dead.contains(i))
+                    .map(|(_, n)| n.members().len())
+                    .collect()
             };
             // Measure after every survivor's view is exact, or after 60 s with the views
             // as they are (reported: with many nodes on one thread, SWIM lags).
