@@ -157,7 +157,6 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
             let s: confab::index::Status = serde_json::from_value(serde_json::json!(status))?;
             home.set_status(s)?;
             println!("status {status} will be published at every login");
-            return Ok(ExitCode::SUCCESS);
         }
         Command::Profile { action } => {
             let mut p = home.profile();
@@ -190,14 +189,9 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
                     p.display_name, p.city, p.country, p.language, p.about
                 );
             }
-            return Ok(ExitCode::SUCCESS);
         }
-        _ => {}
-    }
-    let s = settings(&config.host)?;
-    match &a.command {
-        Command::Status { .. } | Command::Profile { .. } => unreachable!("handled above"),
         Command::Register { user } => {
+            let s = settings(&config.host)?;
             let pw = password(true)?;
             match host::register(&s, &home, user, &pw).await {
                 Ok(name) if a.json => println!("{}", serde_json::json!({ "user": name, "registered": true })),
@@ -206,6 +200,7 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Login { user } => {
+            let s = settings(&config.host)?;
             let pw = password(false)?;
             let session = match host::login(&s, &home, user, &pw).await {
                 Ok(s) => s,
@@ -231,6 +226,7 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
             session.logout().await;
         }
         Command::Search { me, limit, words } => {
+            let s = settings(&config.host)?;
             let pw = password(false)?;
             let mut session = match host::login(&s, &home, me, &pw).await {
                 Ok(s) => s,
@@ -257,6 +253,7 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Find { me, whom } => {
+            let s = settings(&config.host)?;
             let pw = password(false)?;
             let mut session = match host::login(&s, &home, me, &pw).await {
                 Ok(s) => s,

@@ -29,8 +29,6 @@ pub struct IndexConfig {
     pub replicas: usize,
     /// How long an entry is findable after its host was last seen.
     pub retention_secs: u64,
-    /// How long an online entry counts as online without a refresh.
-    pub presence_ttl_secs: u64,
     /// Most keys per slot on one replica.
     pub entries_per_slot_max: usize,
     /// Lookup widening.
@@ -47,7 +45,6 @@ impl Default for IndexConfig {
             slots: slot::SLOTS_DEFAULT,
             replicas: slot::REPLICAS_DEFAULT,
             retention_secs: crate::index::store::RETENTION_SECS_DEFAULT,
-            presence_ttl_secs: crate::index::store::PRESENCE_TTL_SECS_DEFAULT,
             entries_per_slot_max: 100_000,
             lookup: LookupConfig::default(),
             anti_entropy_secs: 10,

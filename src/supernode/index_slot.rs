@@ -150,16 +150,3 @@ impl Handler<StopSlot> for IndexSlot {
         ctx.stop();
     }
 }
-
-/// How many keys the slot holds.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct Len;
-
-impl Handler<Len> for IndexSlot {
-    type Result = usize;
-
-    fn handle(&mut self, _: Len, _: &mut Context<Self>) -> usize {
-        self.store.len()
-    }
-}
