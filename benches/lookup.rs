@@ -45,7 +45,7 @@ async fn run(supernodes: usize) {
     .await
     .unwrap();
     let started = Instant::now();
-    while net.nodes.iter().any(|n| n.members().len() < supernodes) {
+    while net.nodes().iter().any(|n| n.members().len() < supernodes) {
         assert!(started.elapsed() < Duration::from_secs(120), "cluster of {supernodes} did not converge");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -82,7 +82,7 @@ async fn run(supernodes: usize) {
             let alive = supernodes - dead.len();
             let t = Instant::now();
             let views = || -> Vec<usize> {
-                net.nodes
+                net.nodes()
                     .iter()
                     .enumerate()
                     .filter(|(i, _)| !dead.contains(i))

@@ -169,8 +169,6 @@ pub struct UpInfo {
 pub struct Network {
     /// Where everything listens.
     pub info: UpInfo,
-    /// The super nodes (for tests and status).
-    pub nodes: Vec<Arc<crate::supernode::node::NodeShared>>,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     running: Vec<RunningNode>,
@@ -251,8 +249,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Network> {
         host_config,
         data,
     };
-    let nodes = running.iter().map(|r| r.shared.clone()).collect();
-    Ok(Network { info, nodes, shutdown, tasks, running })
+    Ok(Network { info, shutdown, tasks, running })
 }
 
 fn write_host_config(path: &Path, login: SocketAddr, login_pub: &Path, nodes: &[RunningNode]) -> anyhow::Result<()> {
@@ -275,6 +272,11 @@ fn write_host_config(path: &Path, login: SocketAddr, login_pub: &Path, nodes: &[
 }
 
 impl Network {
+    /// The super nodes' shared state (for tests and status), in start order.
+    pub fn nodes(&self) -> Vec<&Arc<crate::supernode::node::NodeShared>> {
+        self.running.iter().map(|r| &r.shared).collect()
+    }
+
     /// Stops super node `i` alone (its listeners and gossip), leaving the rest running.
     pub fn kill_node(&self, i: usize) {
         self.running[i].kill();

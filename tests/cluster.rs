@@ -10,7 +10,7 @@ const PW: &str = "correct horse battery";
 async fn wait_views(t: &common::TestNet, alive: &[usize], want: usize, limit: Duration) -> Duration {
     let start = Instant::now();
     loop {
-        let sizes: Vec<usize> = alive.iter().map(|i| t.net.nodes[*i].members().len()).collect();
+        let sizes: Vec<usize> = alive.iter().map(|i| t.net.nodes()[*i].members().len()).collect();
         if sizes.iter().all(|n| *n == want) {
             return start.elapsed();
         }

@@ -20,7 +20,7 @@ async fn hosts_find_each_other_through_twenty_super_nodes_and_survive_30_percent
     })
     .await;
     let started = Instant::now();
-    while t.net.nodes.iter().any(|n| n.members().len() < SUPERNODES) {
+    while t.net.nodes().iter().any(|n| n.members().len() < SUPERNODES) {
         assert!(started.elapsed() < Duration::from_secs(30), "cluster did not converge");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -97,12 +97,12 @@ async fn hosts_find_each_other_through_twenty_super_nodes_and_survive_30_percent
     let started = Instant::now();
     while t
         .net
-        .nodes
+        .nodes()
         .iter()
         .enumerate()
         .any(|(i, n)| !dead.contains(&i) && n.members().len() != SUPERNODES - dead.len())
     {
-        let sizes: Vec<usize> = t.net.nodes.iter().map(|n| n.members().len()).collect();
+        let sizes: Vec<usize> = t.net.nodes().iter().map(|n| n.members().len()).collect();
         assert!(started.elapsed() < Duration::from_secs(30), "survivors did not notice: {sizes:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -115,12 +115,12 @@ async fn hosts_find_each_other_through_twenty_super_nodes_and_survive_30_percent
         let mut short = Vec::new();
         for u in (0..HOSTS).step_by(7) {
             let key = format!("user{u:03}");
-            let router = t.net.nodes[live[0]].index.clone().unwrap();
+            let router = t.net.nodes()[live[0]].index.clone().unwrap();
             let replicas = router.send(ReplicasOf(key.clone())).await.unwrap();
             assert_eq!(replicas.len(), 10);
             let mut holders = 0;
             for i in &live {
-                let n = &t.net.nodes[*i];
+                let n = &t.net.nodes()[*i];
                 if replicas.contains(&n.identity.key.public().id())
                     && n.index.clone().unwrap().send(Holds(key.clone())).await.unwrap()
                 {

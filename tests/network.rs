@@ -347,7 +347,7 @@ async fn sessions_end_on_bye_and_on_silence() {
         c.supernode.idle_timeout_secs = 2;
     })
     .await;
-    let node = t.net.nodes[0].clone();
+    let node = (*t.net.nodes()[0]).clone();
     register(&t, "kate", PW).await.unwrap();
     let s = host::login(&t.settings(), &t.home("kate"), "kate", PW).await.unwrap();
     assert_eq!(node.hosts_connected(), 1);
@@ -536,7 +536,7 @@ async fn seventy_one_hours_is_found_seventy_three_is_not() {
         };
         let entry = Entry::sign(body, &cred, &key("host-1")).unwrap();
         // Straight onto the replication path, to every super node.
-        for n in &t.net.nodes {
+        for n in t.net.nodes() {
             let gossip = n.members().iter().find(|m| m.node_id() == Some(n.identity.key.public().id())).unwrap().gossip;
             let store = confab::index::rpc::IndexRpc::Store { req: 1, key: user.into(), entry: entry.encode() };
             udp.send_to(&cluster.seal(confab::cluster::gossip::Channel::Index, &store.encode()), gossip).await.unwrap();
