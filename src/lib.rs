@@ -13,6 +13,7 @@
 //!   `HostSession` actor that drives it, and the UDP/TCP listeners.
 //! - [`host`] — the host library: home folder, host cache, connection ladder, login.
 //! - [`index`] — the Global Index as plain logic: slots, signed entries, lookups.
+//! - [`buddy`] — buddy lists: contact ids, sealed records, signed operations, notices.
 //! - [`net`] — length-prefixed frames over TCP, shared by every role.
 //! - [`config`] — figment layering and validation with key names.
 //! - [`telemetry`] — tracing and the Prometheus exporter.
@@ -24,6 +25,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod buddy;
 pub mod cluster;
 pub mod config;
 pub mod crypto;

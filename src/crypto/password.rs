@@ -1,11 +1,15 @@
 //! The shared secret a host derives from a password, and the verifier the server stores.
 //!
-//! shared secret = argon2id(password, salt = SHA-256("confab/v1/salt\0" ‖ lowercase username)[..16])
-//! verifier      = SHA-256(shared secret)
+//! stretched      = argon2id(password, salt = SHA-256("confab/v1/salt\0" ‖ lowercase username)[..16]), 64 bytes
+//! shared secret  = stretched[..32]      (sent to the login server inside the RSA envelope)
+//! list key       = stretched[32..]      (never leaves the device: opens the buddy list)
+//! verifier       = SHA-256(shared secret)
 //!
 //! The server never sees the password and stores only the verifier, so a stolen account
 //! database does not let anyone log in: the attacker would have to invert SHA-256 or run
-//! the slow argon2id over password guesses, one username at a time.
+//! the slow argon2id over password guesses, one username at a time. One stretch gives
+//! both keys, and the server only ever sees the first half, so it cannot open the
+//! buddy list it stores (argon2's output halves are independent).
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use sha2::{Digest, Sha256};
@@ -43,15 +47,43 @@ pub fn salt(username: &str) -> [u8; 16] {
     s
 }
 
-/// Derives the shared secret from a password (slow by design: tens of milliseconds).
-pub fn shared_secret(username: &str, password: &str) -> SharedSecret {
-    let params = Params::new(MEMORY_KIB, PASSES, 1, Some(SECRET_LEN)).expect("valid argon2 params");
+/// The key that seals the buddy list's contact records; only the password gives it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ListKey(pub [u8; SECRET_LEN]);
+
+impl std::fmt::Debug for ListKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ListKey(..)")
+    }
+}
+
+/// Both keys a password gives.
+#[derive(Debug, Clone)]
+pub struct PasswordKeys {
+    /// What the login server checks.
+    pub shared: SharedSecret,
+    /// What opens the buddy list.
+    pub list: ListKey,
+}
+
+/// Derives both keys from a password (slow by design: tens of milliseconds).
+pub fn derive(username: &str, password: &str) -> PasswordKeys {
+    let params = Params::new(MEMORY_KIB, PASSES, 1, Some(2 * SECRET_LEN)).expect("valid argon2 params");
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-    let mut out = [0u8; SECRET_LEN];
+    let mut out = [0u8; 2 * SECRET_LEN];
     argon
         .hash_password_into(password.as_bytes(), &salt(username), &mut out)
         .expect("argon2 with fixed, valid parameters");
-    SharedSecret(out)
+    let mut shared = [0u8; SECRET_LEN];
+    let mut list = [0u8; SECRET_LEN];
+    shared.copy_from_slice(&out[..SECRET_LEN]);
+    list.copy_from_slice(&out[SECRET_LEN..]);
+    PasswordKeys { shared: SharedSecret(shared), list: ListKey(list) }
+}
+
+/// Derives the shared secret alone (see [`derive`]).
+pub fn shared_secret(username: &str, password: &str) -> SharedSecret {
+    derive(username, password).shared
 }
 
 impl SharedSecret {
@@ -85,5 +117,13 @@ mod tests {
         assert!(v.matches(&s));
         assert!(!v.matches(&shared_secret("alice", "wrong horse")));
         assert_eq!(s, shared_secret("ALICE", "correct horse"));
+    }
+
+    #[test]
+    fn list_key_is_not_the_shared_secret() {
+        let k = derive("alice", "correct horse");
+        assert_ne!(k.shared.0, k.list.0);
+        assert_eq!(derive("Alice", "correct horse").list, k.list);
+        assert_ne!(derive("alice", "wrong horse").list, k.list);
     }
 }

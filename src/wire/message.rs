@@ -41,6 +41,10 @@ pub enum MessageKind {
     SeenQuery = 0x24,
     /// Login server → super node: the signed directory record (plain).
     SeenReply = 0x25,
+    /// Host → login server: a signed buddy-list operation (plain envelope).
+    BuddyRequest = 0x26,
+    /// Login server → host: its answer (sealed).
+    BuddyReply = 0x27,
     /// Host → super node: store my signed index entry (sealed).
     Publish = 0x40,
     /// Super node → host: the entry was checked and sent to its replicas (sealed).
@@ -53,11 +57,17 @@ pub enum MessageKind {
     Search = 0x44,
     /// Super node → host: one search result, or an empty result set (sealed).
     SearchReply = 0x45,
+    /// Host → super node: carry this notice to another user's host (sealed).
+    Forward = 0x46,
+    /// Super node → host: where the notice went (sealed).
+    ForwardAck = 0x47,
+    /// Super node → host: a notice from another host (sealed).
+    Notice = 0x48,
 }
 
 impl MessageKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [MessageKind; 22] = [
+    pub const ALL: [MessageKind; 27] = [
         Self::Hello,
         Self::Challenge,
         Self::Auth,
@@ -74,12 +84,17 @@ impl MessageKind {
         Self::LoginReply,
         Self::SeenQuery,
         Self::SeenReply,
+        Self::BuddyRequest,
+        Self::BuddyReply,
         Self::Publish,
         Self::PublishAck,
         Self::Find,
         Self::FindReply,
         Self::Search,
         Self::SearchReply,
+        Self::Forward,
+        Self::ForwardAck,
+        Self::Notice,
     ];
 
     /// The kind for a wire code.
@@ -91,12 +106,13 @@ impl MessageKind {
     pub fn sealing_allowed(self, sealed: bool) -> bool {
         match self {
             Self::Hello | Self::Challenge | Self::Auth | Self::NatProbe | Self::NatProbeReply => !sealed,
-            Self::RegisterRequest | Self::LoginRequest => !sealed,
+            Self::RegisterRequest | Self::LoginRequest | Self::BuddyRequest => !sealed,
             Self::SeenQuery | Self::SeenReply => !sealed,
             Self::Welcome | Self::Keepalive | Self::KeepaliveAck | Self::Bye => sealed,
-            Self::RegisterReply | Self::LoginReply => sealed,
+            Self::RegisterReply | Self::LoginReply | Self::BuddyReply => sealed,
             Self::Publish | Self::PublishAck | Self::Find | Self::FindReply => sealed,
             Self::Search | Self::SearchReply => sealed,
+            Self::Forward | Self::ForwardAck | Self::Notice => sealed,
             Self::Error => true,
         }
     }
@@ -120,12 +136,17 @@ impl MessageKind {
             Self::LoginReply => "login_reply",
             Self::SeenQuery => "seen_query",
             Self::SeenReply => "seen_reply",
+            Self::BuddyRequest => "buddy_request",
+            Self::BuddyReply => "buddy_reply",
             Self::Publish => "publish",
             Self::PublishAck => "publish_ack",
             Self::Find => "find",
             Self::FindReply => "find_reply",
             Self::Search => "search",
             Self::SearchReply => "search_reply",
+            Self::Forward => "forward",
+            Self::ForwardAck => "forward_ack",
+            Self::Notice => "notice",
         }
     }
 }
@@ -187,6 +208,10 @@ pub enum ErrorCode {
     Full,
     /// This endpoint does not handle that request (yet).
     Unsupported,
+    /// No such pending request (a buddy answer to nobody's request).
+    NotPending,
+    /// The user is not online (a notice had nowhere to go).
+    NotOnline,
     /// A code this build does not know.
     Unknown(u16),
 }
@@ -211,6 +236,8 @@ impl ErrorCode {
             Self::StaleCookie => 23,
             Self::Full => 24,
             Self::Unsupported => 25,
+            Self::NotPending => 26,
+            Self::NotOnline => 27,
             Self::Unknown(c) => c,
         }
     }
@@ -234,6 +261,8 @@ impl ErrorCode {
             Self::StaleCookie,
             Self::Full,
             Self::Unsupported,
+            Self::NotPending,
+            Self::NotOnline,
         ]
         .into_iter()
         .find(|k| k.code() == c)
@@ -259,6 +288,8 @@ impl ErrorCode {
             Self::StaleCookie => "stale_cookie",
             Self::Full => "full",
             Self::Unsupported => "unsupported",
+            Self::NotPending => "not_pending",
+            Self::NotOnline => "not_online",
             Self::Unknown(_) => "unknown",
         }
     }
@@ -892,6 +923,69 @@ impl SearchReply {
     }
 }
 
+/// Forward: carry a notice to another user's host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// Matches the acknowledgement.
+    pub req: u32,
+    /// The receiving user.
+    pub to: String,
+    /// The receiver's super node, if the sender knows it (empty: look it up).
+    pub via: String,
+    /// The notice, opaque to super nodes.
+    pub body: Vec<u8>,
+}
+
+impl Forward {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u32(self.req).str(&self.to).str(&self.via).bytes(&self.body);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let req = r.u32("forward.req")?;
+        let to = r.str("forward.to", USERNAME_WIRE_MAX)?.to_owned();
+        let via = r.str("forward.via", 64)?.to_owned();
+        let body = r.bytes("forward.body", crate::buddy::notice::NOTICE_LEN_MAX)?.to_vec();
+        r.finish()?;
+        Ok(Self { req, to, via, body })
+    }
+}
+
+/// ForwardAck: where a Forward went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardAck {
+    /// The Forward's id.
+    pub req: u32,
+    /// 0: handed to the receiver's super node; otherwise the [`ErrorCode`].
+    pub code: u16,
+    /// The super node it went to (empty when refused).
+    pub supernode: String,
+}
+
+impl ForwardAck {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u32(self.req).u16(self.code).str(&self.supernode);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let req = r.u32("forward_ack.req")?;
+        let code = r.u16("forward_ack.code")?;
+        let supernode = r.str("forward_ack.supernode", 64)?.to_owned();
+        r.finish()?;
+        Ok(Self { req, code, supernode })
+    }
+}
+
 /// RegisterReply: the account as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisterReply {
@@ -987,6 +1081,8 @@ mod tests {
             let _ = AccountBody::decode(&b);
             let _ = LoginReply::decode(&b);
             let _ = RegisterReply::decode(&b);
+            let _ = Forward::decode(&b);
+            let _ = ForwardAck::decode(&b);
         }
     }
 }
