@@ -1,12 +1,15 @@
-//! Talking to the login server: register an account, log in for a credential.
+//! Talking to the login server: register an account, log in for a credential, change
+//! the buddy list.
 
-use crate::crypto::aead::label;
+use crate::buddy::op::SignedOp;
+use crate::buddy::{BuddyAnswer, BuddyOp};
+use crate::crypto::aead::{SessionSecret, label};
 use crate::crypto::credential::{Credential, CredentialKind, TrustedKeys};
 use crate::crypto::password::SharedSecret;
 use crate::crypto::{PrivateKey, PublicKey, envelope};
 use crate::net::tcp;
 use crate::wire::frame::{self, Direction};
-use crate::wire::message::{AccountBody, ErrorCode, ErrorMsg, LoginReply, MessageKind, RegisterReply};
+use crate::wire::message::{AccountBody, Envelope, ErrorCode, ErrorMsg, LoginReply, MessageKind, RegisterReply};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -59,15 +62,16 @@ pub struct LoginServers {
     pub timeout: Duration,
 }
 
+/// Sends one enveloped request to `addr` and returns the reply's kind and body, opened
+/// with the envelope's `secret` when sealed.
 async fn exchange(
     addr: SocketAddr,
-    key: &PublicKey,
     kind: MessageKind,
-    body: &AccountBody,
+    env: &Envelope,
+    secret: &SessionSecret,
     timeout: Duration,
 ) -> Result<(MessageKind, Vec<u8>), AccountError> {
     let io = |e: std::io::Error| AccountError::Unreachable(format!("{addr}: {e}"));
-    let (env, secret) = envelope::seal(key, [0; 32], &body.encode());
     let request = frame::encode_plain(addr, kind, 0, &env.encode());
     let reply = tokio::time::timeout(timeout, async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
@@ -92,16 +96,18 @@ async fn exchange(
 }
 
 /// Sends one request, trying each login server and each trusted key in turn: a server
-/// that cannot open an envelope for one key may hold another.
+/// that cannot open an envelope for one key may hold another. `seal` builds a fresh
+/// envelope for a key (a fresh nonce each time, or the server would see a replay).
 async fn request(
     servers: &LoginServers,
     kind: MessageKind,
-    body: &AccountBody,
+    seal: impl Fn(&PublicKey) -> (Envelope, SessionSecret),
 ) -> Result<(SocketAddr, MessageKind, Vec<u8>), AccountError> {
     let mut errors = Vec::new();
     for &addr in &servers.addrs {
         for key in servers.trusted.keys() {
-            match exchange(addr, key, kind, body, servers.timeout).await {
+            let (env, secret) = seal(key);
+            match exchange(addr, kind, &env, &secret, servers.timeout).await {
                 Ok((MessageKind::Error, b)) => {
                     let e = ErrorMsg::decode(&b)
                         .map_err(|e| AccountError::Protocol { addr, what: format!("malformed error: {e}") })?;
@@ -127,6 +133,11 @@ async fn request(
     Err(AccountError::Unreachable(errors.join("; ")))
 }
 
+fn account_envelope(body: &AccountBody) -> impl Fn(&PublicKey) -> (Envelope, SessionSecret) {
+    let plain = body.encode();
+    move |key| envelope::seal(key, [0; 32], &plain)
+}
+
 /// Registers `username`; returns the name as registered.
 pub async fn register(servers: &LoginServers, username: &str, secret: &SharedSecret) -> Result<String, AccountError> {
     let body = AccountBody {
@@ -137,7 +148,7 @@ pub async fn register(servers: &LoginServers, username: &str, secret: &SharedSec
         host_public_key: Vec::new(),
         last_supernode: String::new(),
     };
-    let (addr, kind, reply) = request(servers, MessageKind::RegisterRequest, &body).await?;
+    let (addr, kind, reply) = request(servers, MessageKind::RegisterRequest, account_envelope(&body)).await?;
     if kind != MessageKind::RegisterReply {
         return Err(AccountError::Protocol { addr, what: format!("expected RegisterReply, got {}", kind.label()) });
     }
@@ -172,7 +183,7 @@ pub async fn login(
         host_public_key: key.public().der().to_vec(),
         last_supernode: last_supernode.to_owned(),
     };
-    let (addr, kind, reply) = request(servers, MessageKind::LoginRequest, &body).await?;
+    let (addr, kind, reply) = request(servers, MessageKind::LoginRequest, account_envelope(&body)).await?;
     if kind != MessageKind::LoginReply {
         return Err(AccountError::Protocol { addr, what: format!("expected LoginReply, got {}", kind.label()) });
     }
@@ -186,6 +197,28 @@ pub async fn login(
     Ok(LoggedIn { server: addr, credential, latest_version: r.latest_version })
 }
 
+/// Asks the login server to carry out `op` on the list of `credential`'s subject, signed
+/// with the credential's `key`.
+pub async fn buddy(
+    servers: &LoginServers,
+    credential: &Credential,
+    key: &PrivateKey,
+    op: BuddyOp,
+) -> Result<BuddyAnswer, AccountError> {
+    let seal = |login_key: &PublicKey| {
+        // The signature covers the envelope's wrapped key, tying the operation to this one
+        // envelope (whose nonce the server remembers), so it cannot be replayed in another.
+        envelope::seal_with(login_key, [0; 32], |wrapped| {
+            SignedOp::sign(credential, key, wrapped, crate::unix_now(), op.clone())
+        })
+    };
+    let (addr, kind, reply) = request(servers, MessageKind::BuddyRequest, seal).await?;
+    if kind != MessageKind::BuddyReply {
+        return Err(AccountError::Protocol { addr, what: format!("expected BuddyReply, got {}", kind.label()) });
+    }
+    BuddyAnswer::decode(&reply).ok_or_else(|| AccountError::Protocol { addr, what: "malformed buddy answer".into() })
+}
+
 /// Whether `latest` is a newer dotted version than `current`.
 pub fn is_newer(latest: &str, current: &str) -> bool {
     let parse = |s: &str| -> Vec<u64> { s.split(['.', '-', '+']).map_while(|p| p.parse().ok()).collect() };
@@ -194,7 +227,77 @@ pub fn is_newer(latest: &str, current: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_newer;
+    use super::*;
+    use crate::buddy::Relation;
+    use crate::crypto::credential::Claims;
+    use crate::crypto::keys::tests::test_key;
+    use crate::crypto::password::Verifier;
+    use crate::login::{AccountStore, LoginPolicy, LoginServer, LoginService};
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+
+    fn credential(user: &str, host: &PrivateKey) -> Credential {
+        let now = crate::unix_now();
+        Credential::issue(
+            Claims {
+                kind: CredentialKind::Host,
+                subject: user.into(),
+                public_key: host.public().clone(),
+                issued_at: now,
+                expires_at: now + 3600,
+                serial: 1,
+            },
+            &test_key(0),
+        )
+    }
+
+    #[actix_rt::test]
+    async fn buddy_operations_over_tcp() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AccountStore::open(&dir.path().join("accounts.sqlite")).unwrap();
+        store.create("alice", "Alice", Verifier([0; 32]), 1).unwrap();
+        store.create("bob", "Bob", Verifier([0; 32]), 1).unwrap();
+        let service = Arc::new(LoginService::new(test_key(0), store, LoginPolicy::default()));
+        let server = LoginServer::bind(service, "127.0.0.1:0".parse().unwrap(), None, 8).await.unwrap();
+        // A key the server does not hold comes first: the client moves on to the next.
+        let servers = LoginServers {
+            addrs: vec![server.addr()],
+            trusted: TrustedKeys::new(vec![test_key(1).public().clone(), test_key(0).public().clone()]),
+            timeout: Duration::from_secs(10),
+        };
+        let stop = CancellationToken::new();
+        let running = actix_rt::spawn(server.run(stop.clone()));
+        let host = test_key(2);
+        let (alice, bob) = (credential("Alice", &host), credential("Bob", &host));
+
+        let add = BuddyOp::Add { contact: "bob".into(), sealed: b"rec".to_vec(), message: "hi".into() };
+        assert_eq!(buddy(&servers, &alice, &host, add).await.unwrap(), BuddyAnswer::Relation(Relation::Requested));
+        let BuddyAnswer::Requests { items } = buddy(&servers, &bob, &host, BuddyOp::Requests).await.unwrap() else {
+            panic!("expected requests")
+        };
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].from, "Alice");
+        let accept = BuddyOp::Answer { from: "alice".into(), accept: true, sealed: b"rec".to_vec() };
+        assert_eq!(
+            buddy(&servers, &bob, &host, accept.clone()).await.unwrap(),
+            BuddyAnswer::Relation(Relation::Authorized)
+        );
+        let e = buddy(&servers, &bob, &host, accept).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::NotPending), "{e}");
+        let BuddyAnswer::Page { rows, more } =
+            buddy(&servers, &alice, &host, BuddyOp::List { after: None }).await.unwrap()
+        else {
+            panic!("expected a page")
+        };
+        assert!(!more);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].relation, Relation::Authorized);
+        // Signed with a key the credential does not name.
+        let e = buddy(&servers, &alice, &test_key(1), BuddyOp::Requests).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::BadSignature), "{e}");
+        stop.cancel();
+        running.await.unwrap();
+    }
 
     #[test]
     fn versions() {

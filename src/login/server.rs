@@ -5,7 +5,7 @@ use super::service::{Handled, LoginService, Reply};
 use crate::crypto::aead::label;
 use crate::net::tcp;
 use crate::wire::frame::{self, Direction};
-use crate::wire::message::MessageKind;
+use crate::wire::message::{ErrorCode, MessageKind};
 use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,9 +29,13 @@ fn describe() {
     describe_histogram!(
         "confab_login_handshake_duration_seconds",
         Unit::Seconds,
-        "Time to handle one register or login request"
+        "Time to handle one register, login or buddy request"
     );
     describe_counter!("confab_login_frames_rejected_total", "Frames the login server could not decode, by reason");
+    describe_counter!(
+        "confab_login_buddy_ops_total",
+        "Buddy-list operations by operation (unknown: not decoded) and outcome"
+    );
 }
 
 impl LoginServer {
@@ -138,7 +142,18 @@ async fn connection(service: Arc<LoginService>, mut stream: TcpStream, peer: Soc
         counter!("confab_login_requests_total", "kind" => kind_label, "outcome" => handled.outcome).increment(1);
         histogram!("confab_login_handshake_duration_seconds", "kind" => kind_label)
             .record(started.elapsed().as_secs_f64());
-        if handled.outcome == "login_ok" || handled.outcome == "registered" {
+        let ok = matches!(handled.reply, Reply::Sealed { .. });
+        if kind == MessageKind::BuddyRequest {
+            let op = handled.op.unwrap_or("unknown");
+            counter!("confab_login_buddy_ops_total", "op" => op, "outcome" => handled.outcome).increment(1);
+            // Buddy operations are routine (a host makes several per login); an owner over
+            // its rate would flood the log at info.
+            if ok || handled.outcome == ErrorCode::TooManyAttempts.label() {
+                tracing::debug!(%peer, op, outcome = handled.outcome, "buddy operation");
+            } else {
+                tracing::info!(%peer, op, outcome = handled.outcome, "login server refused a buddy operation");
+            }
+        } else if ok {
             tracing::info!(%peer, outcome = handled.outcome, "login server request");
         } else {
             tracing::info!(%peer, outcome = handled.outcome, kind = kind_label, "login server refused a request");

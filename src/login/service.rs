@@ -2,11 +2,13 @@
 //! the clock. The TCP shell in [`super::server`] only moves bytes.
 
 use super::backoff::{Backoff, Policy};
+use super::buddies::OpsLimiter;
 use super::replay::{ReplayCache, ReplayVerdict};
 use super::store::{AccountStore, StoreError};
 use super::username;
 use crate::crypto::aead::SessionSecret;
-use crate::crypto::credential::{Claims, Credential, CredentialKind};
+use crate::crypto::credential::{Claims, Credential, CredentialKind, TrustedKeys};
+use crate::crypto::envelope::Opened;
 use crate::crypto::password::SharedSecret;
 use crate::crypto::{PrivateKey, PublicKey, envelope, random};
 use crate::wire::message::{AccountBody, Envelope, ErrorCode, ErrorMsg, LoginReply, MessageKind, RegisterReply};
@@ -42,7 +44,7 @@ impl Default for LoginPolicy {
 pub enum Reply {
     /// A sealed success reply under the request's session secret.
     Sealed {
-        /// RegisterReply or LoginReply.
+        /// RegisterReply, LoginReply or BuddyReply.
         kind: MessageKind,
         /// Its body.
         body: Vec<u8>,
@@ -63,10 +65,12 @@ pub enum Reply {
 pub struct Handled {
     /// What to send.
     pub reply: Reply,
-    /// `login_ok`, `registered`, or an error code label.
+    /// `login_ok`, `registered`, `buddy_ok`, `blocked_silently`, or an error code label.
     pub outcome: &'static str,
     /// The request kind, for metrics (None if not a login-server request).
     pub kind: Option<MessageKind>,
+    /// A buddy request's operation label, once it was decoded.
+    pub op: Option<&'static str>,
 }
 
 /// The login service.
@@ -79,6 +83,8 @@ pub struct LoginService {
     sources: Mutex<Backoff<IpAddr>>,
     replay: Mutex<ReplayCache>,
     queries: Mutex<std::collections::HashMap<IpAddr, (u64, u32)>>,
+    trusted: TrustedKeys,
+    buddy_ops: Mutex<OpsLimiter>,
 }
 
 /// Directory queries one address may make per second (each costs a signature).
@@ -89,11 +95,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn fail(code: ErrorCode, detail: impl Into<String>, secret: Option<&SessionSecret>) -> Handled {
+pub(super) fn fail(code: ErrorCode, detail: impl Into<String>, secret: Option<&SessionSecret>) -> Handled {
     Handled {
         reply: Reply::Error { error: ErrorMsg::new(code, detail), secret: secret.cloned() },
         outcome: code.label(),
         kind: None,
+        op: None,
     }
 }
 
@@ -102,7 +109,10 @@ impl LoginService {
     pub fn new(key: PrivateKey, store: AccountStore, policy: LoginPolicy) -> Self {
         let backoff = policy.backoff;
         let window = policy.replay_window_secs;
+        let trusted = TrustedKeys::new(vec![key.public().clone()]);
         Self {
+            trusted,
+            buddy_ops: Mutex::new(OpsLimiter::default()),
             key,
             store,
             policy,
@@ -116,6 +126,49 @@ impl LoginService {
     /// The login key's public half.
     pub fn public_key(&self) -> &PublicKey {
         self.key.public()
+    }
+
+    /// Also accepts buddy requests whose credentials other login servers issued (servers
+    /// that share this account database under their own keys).
+    pub fn with_peer_keys(mut self, keys: impl IntoIterator<Item = PublicKey>) -> Self {
+        let mut all = self.trusted.keys().to_vec();
+        all.extend(keys);
+        self.trusted = TrustedKeys::new(all);
+        self
+    }
+
+    /// The login keys whose host credentials buddy requests may carry.
+    pub(super) fn trusted(&self) -> &TrustedKeys {
+        &self.trusted
+    }
+
+    /// Counts a failure against `source` (a forged or unreadable request).
+    pub(super) fn source_failed(&self, source: IpAddr, now: u64) {
+        lock(&self.sources).fail(source, now);
+    }
+
+    /// Whether `owner` may make another buddy operation at `now`.
+    pub(super) fn admit_buddy_op(&self, owner: &str, now: u64) -> bool {
+        lock(&self.buddy_ops).admit(owner, now)
+    }
+
+    /// Checks a request's nonce and timestamp; the refusal to send if it is not fresh.
+    pub(super) fn check_replay(
+        &self,
+        nonce: [u8; 32],
+        timestamp: u64,
+        now: u64,
+        secret: &SessionSecret,
+    ) -> Result<(), Handled> {
+        match lock(&self.replay).check(nonce, timestamp, now) {
+            ReplayVerdict::Fresh => Ok(()),
+            ReplayVerdict::Replayed => Err(fail(ErrorCode::Replayed, "this request was seen before", Some(secret))),
+            ReplayVerdict::Skewed => Err(fail(
+                ErrorCode::ClockSkew,
+                format!("request time is more than {} s from the server's clock", self.policy.replay_window_secs),
+                Some(secret),
+            )),
+        }
     }
 
     /// Answers a recently-seen directory query (a super node's lookup that found nothing
@@ -175,8 +228,12 @@ impl LoginService {
     }
 
     fn handle_inner(&self, now: u64, source: IpAddr, kind: MessageKind, payload: &[u8]) -> Handled {
-        if !matches!(kind, MessageKind::RegisterRequest | MessageKind::LoginRequest) {
-            return fail(ErrorCode::Unsupported, "a login server answers only register and login requests", None);
+        if !matches!(kind, MessageKind::RegisterRequest | MessageKind::LoginRequest | MessageKind::BuddyRequest) {
+            return fail(
+                ErrorCode::Unsupported,
+                "a login server answers only register, login and buddy requests",
+                None,
+            );
         }
         let Ok(env) = Envelope::decode(payload) else {
             return fail(ErrorCode::Malformed, "malformed envelope", None);
@@ -190,24 +247,27 @@ impl LoginService {
         let opened = match envelope::open(&self.key, &env) {
             Ok(o) => o,
             Err(e) => {
-                lock(&self.sources).fail(source, now);
+                // A host that trusts several login keys tries them in turn, and a wrong key
+                // is refused before any RSA: only an envelope that fails to decrypt counts.
+                if e != envelope::EnvelopeError::WrongKey {
+                    lock(&self.sources).fail(source, now);
+                }
                 return fail(ErrorCode::BadEnvelope, e.to_string(), None);
             }
         };
+        if kind == MessageKind::BuddyRequest {
+            return super::buddies::handle(self, now, source, &env, opened);
+        }
+        self.account(now, source, kind, opened)
+    }
+
+    fn account(&self, now: u64, source: IpAddr, kind: MessageKind, opened: Opened) -> Handled {
         let secret = Some(&opened.secret);
         let Ok(body) = AccountBody::decode(&opened.body) else {
             return fail(ErrorCode::Malformed, "malformed request body", secret);
         };
-        match lock(&self.replay).check(opened.nonce, body.timestamp, now) {
-            ReplayVerdict::Fresh => {}
-            ReplayVerdict::Replayed => return fail(ErrorCode::Replayed, "this request was seen before", secret),
-            ReplayVerdict::Skewed => {
-                return fail(
-                    ErrorCode::ClockSkew,
-                    format!("request time is more than {} s from the server's clock", self.policy.replay_window_secs),
-                    secret,
-                );
-            }
+        if let Err(refused) = self.check_replay(opened.nonce, body.timestamp, now, &opened.secret) {
+            return refused;
         }
         let name_key = match username::canonical(&body.username) {
             Ok(k) => k,
@@ -230,6 +290,7 @@ impl LoginService {
                 },
                 outcome: "registered",
                 kind: None,
+                op: None,
             },
             Err(StoreError::Taken) => {
                 fail(ErrorCode::UsernameTaken, format!("the username {name:?} is taken"), Some(&secret))
@@ -292,11 +353,12 @@ impl LoginService {
             reply: Reply::Sealed { kind: MessageKind::LoginReply, body, secret },
             outcome: "login_ok",
             kind: None,
+            op: None,
         }
     }
 }
 
-fn too_many(wait: u64, secret: Option<&SessionSecret>) -> Handled {
+pub(super) fn too_many(wait: u64, secret: Option<&SessionSecret>) -> Handled {
     let mut h = fail(ErrorCode::TooManyAttempts, format!("too many failed attempts; retry in {wait} s"), secret);
     if let Reply::Error { error, .. } = &mut h.reply {
         error.retry_after_secs = wait.min(u64::from(u32::MAX)) as u32;
