@@ -65,6 +65,13 @@ pub enum IndexRpc {
         /// The slots.
         slots: Vec<u32>,
     },
+    /// A notice for `to`, a host connected to the receiving super node.
+    Deliver {
+        /// The canonical username.
+        to: String,
+        /// The notice, opaque to super nodes.
+        body: Vec<u8>,
+    },
 }
 
 /// Digests per anti-entropy packet (keeps a packet in one datagram).

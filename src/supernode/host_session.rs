@@ -6,13 +6,14 @@
 //! answers through an [`Outbound`] handle.
 
 use super::handshake::{self, Accepted};
-use super::index_router::{FindUser, IndexRouter, Publish, SearchUsers};
+use super::index_router::{FindUser, IndexRouter, Publish, Route, SearchUsers};
+use super::mailbox::{self, Deliver};
 use super::node::NodeShared;
 use super::session::{Action, Session, SessionPeer, Transport};
 use crate::wire::ErrorCode;
 use crate::wire::frame;
 use crate::wire::message::{
-    Envelope, ErrorMsg, FindReply, MessageKind, PublishAck, SEARCH_RESULTS_MAX, SearchReply, Welcome,
+    Envelope, ErrorMsg, FindReply, ForwardAck, MessageKind, PublishAck, SEARCH_RESULTS_MAX, SearchReply, Welcome,
 };
 use actix::prelude::*;
 use std::net::SocketAddr;
@@ -155,6 +156,7 @@ impl HostSession {
         });
         self.send(MessageKind::Welcome, welcome.clone());
         self.user = accepted.credential.subject.clone();
+        self.node.mailboxes.register(&self.user, id, ctx.address().recipient());
         tracing::info!(node = %self.node.identity.name, user = %accepted.credential.subject, peer = %self.peer,
             transport = self.out.transport().label(), session = id, "host connected");
         self.state = State::Established { session, welcome };
@@ -297,6 +299,37 @@ impl HostSession {
                         act.reply(MessageKind::FindReply, &r.encode());
                     }));
                 }
+                Action::Forward(f) => {
+                    let req = f.req;
+                    let ack = move |code: Result<String, ErrorCode>| match code {
+                        Ok(sn) => ForwardAck { req, code: 0, supernode: sn },
+                        Err(c) => ForwardAck { req, code: c.code(), supernode: String::new() },
+                    };
+                    if !self.allow_index_request() {
+                        mailbox::count(&self.node.identity.name, "rate_limited");
+                        self.reply(MessageKind::ForwardAck, &ack(Err(ErrorCode::TooManyAttempts)).encode());
+                        continue;
+                    }
+                    let Some(router) = self.node.index.clone() else {
+                        // A lone super node: only its own hosts can be reached.
+                        let r = if self.node.mailboxes.deliver(&f.to, f.body) {
+                            Ok(self.node.identity.name.clone())
+                        } else {
+                            Err(ErrorCode::NotOnline)
+                        };
+                        self.reply(MessageKind::ForwardAck, &ack(r).encode());
+                        continue;
+                    };
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    if router.try_send(Route { to: f.to, via: f.via, body: f.body, reply: tx }).is_err() {
+                        self.reply(MessageKind::ForwardAck, &ack(Err(ErrorCode::Internal)).encode());
+                        continue;
+                    }
+                    ctx.spawn(rx.into_actor(self).map(move |res, act, _| {
+                        let r = res.unwrap_or(Err(ErrorCode::Internal));
+                        act.reply(MessageKind::ForwardAck, &ack(r).encode());
+                    }));
+                }
                 Action::Close(reason) => {
                     tracing::info!(node = %self.node.identity.name, peer = %self.peer, reason, "host session closed");
                     ctx.stop();
@@ -348,7 +381,18 @@ impl Actor for HostSession {
             State::Established { session, .. } => Some(session.id()),
             State::Handshaking(_) => None,
         };
+        if let Some(id) = id {
+            self.node.mailboxes.unregister(&self.user, id);
+        }
         self.node.unregister_session(self.peer, self.handshake_id, id);
+    }
+}
+
+impl Handler<Deliver> for HostSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
+        self.reply(MessageKind::Notice, &msg.0);
     }
 }
 

@@ -3,6 +3,7 @@
 //! key's replicas, answers other replicas, and drives lookups by limited multicast.
 
 use super::index_slot::{Dump, Get, IndexSlot, Posted, Put, SlotChanged, StopSlot};
+use super::mailbox::{self, Mailboxes};
 use crate::cluster::View;
 use crate::cluster::agent::{ClusterSender, IndexPacket};
 use crate::crypto::credential::TrustedKeys;
@@ -92,6 +93,8 @@ pub struct IndexRouter {
     /// Digests of the non-empty slots this node holds, kept current by the slot actors.
     digests: HashMap<Slot, [u8; 32]>,
     prefix_reqs: HashMap<u64, oneshot::Sender<Vec<String>>>,
+    mailboxes: Mailboxes,
+    gossip_by_name: HashMap<String, SocketAddr>,
 }
 
 /// Most postings read per token in one search.
@@ -110,6 +113,7 @@ impl IndexRouter {
         trusted: TrustedKeys,
         view: watch::Receiver<Arc<View>>,
         sender: ClusterSender,
+        mailboxes: Mailboxes,
     ) -> Self {
         let space = SlotSpace::new(cfg.slots).unwrap_or_default();
         let map = SlotMap::new(space, cfg.replicas, &[me]);
@@ -131,6 +135,8 @@ impl IndexRouter {
             handoff_pending: false,
             digests: HashMap::new(),
             prefix_reqs: HashMap::new(),
+            mailboxes,
+            gossip_by_name: HashMap::new(),
         }
     }
 
@@ -143,6 +149,7 @@ impl IndexRouter {
     fn refresh(&mut self, ctx: &mut Context<Self>) {
         let members = self.view.borrow().members.clone();
         self.gossip_of = members.iter().filter_map(|m| Some((m.node_id()?, m.gossip))).collect();
+        self.gossip_by_name = members.iter().map(|m| (m.name.clone(), m.gossip)).collect();
         let mut ids: Vec<NodeId> = self.gossip_of.keys().copied().collect();
         if !ids.contains(&self.me) {
             ids.push(self.me);
@@ -306,6 +313,9 @@ impl IndexRouter {
                 for s in slots {
                     self.push_slot(Slot(s), from, ctx);
                 }
+            }
+            IndexRpc::Deliver { to, body } => {
+                self.mailboxes.deliver(&to, body);
             }
         }
     }
@@ -784,4 +794,59 @@ pub fn start(router: IndexRouter, packets: tokio::sync::mpsc::Receiver<IndexPack
 /// A `Stream` over an mpsc receiver (what tokio-stream's ReceiverStream does).
 fn tokio_stream_from<T: 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_core::Stream<Item = T> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Carry a notice from a local host to `to`'s host, wherever it is connected.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Route {
+    /// The receiving user.
+    pub to: String,
+    /// The receiver's super node, if the sender knows it (empty: look it up).
+    pub via: String,
+    /// The notice.
+    pub body: Vec<u8>,
+    /// The super node it went to, or why it went nowhere.
+    pub reply: oneshot::Sender<Result<String, ErrorCode>>,
+}
+
+impl Handler<Route> for IndexRouter {
+    type Result = ();
+
+    fn handle(&mut self, msg: Route, ctx: &mut Context<Self>) {
+        let Route { to, via, body, reply } = msg;
+        let to = to.to_ascii_lowercase();
+        if self.mailboxes.holds(&to) {
+            let r = if self.mailboxes.deliver(&to, body) { Ok(self.node.clone()) } else { Err(ErrorCode::NotOnline) };
+            let _ = reply.send(r);
+            return;
+        }
+        // The sender's hint saves a lookup; a stale hint (the user moved) costs one.
+        if via != self.node
+            && let Some(&gossip) = self.gossip_by_name.get(&via)
+        {
+            self.sender.send(gossip, &IndexRpc::Deliver { to, body }.encode());
+            mailbox::count(&self.node, "forwarded");
+            let _ = reply.send(Ok(via));
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.start_find(&to, tx, ctx);
+        ctx.spawn(rx.into_actor(self).map(move |found, act, _| {
+            // Routing follows the entry's super node whatever its status: an invisible
+            // host publishes itself as offline but stays reachable for its buddies.
+            let sn = found.ok().and_then(|f| f.entry).map(|e| e.supernode.clone()).unwrap_or_default();
+            let r = if sn == act.node {
+                if act.mailboxes.deliver(&to, body) { Ok(sn) } else { Err(ErrorCode::NotOnline) }
+            } else if let Some(&gossip) = act.gossip_by_name.get(&sn) {
+                act.sender.send(gossip, &IndexRpc::Deliver { to, body }.encode());
+                mailbox::count(&act.node, "forwarded");
+                Ok(sn)
+            } else {
+                mailbox::count(&act.node, "not_online");
+                Err(ErrorCode::NotOnline)
+            };
+            let _ = reply.send(r);
+        }));
+    }
 }

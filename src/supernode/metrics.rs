@@ -18,6 +18,10 @@ pub fn describe() {
     describe_counter!("confab_wire_frames_rejected_total", "Frames rejected, by reason");
     describe_counter!("confab_stun_requests_total", "STUN requests, by outcome");
     describe_counter!("confab_supernode_nat_probes_total", "NAT probes answered, by port");
+    describe_counter!(
+        "confab_supernode_notices_total",
+        "Host-to-host notices: delivered here, forwarded to another super node, or dropped (by outcome)"
+    );
 }
 
 /// Per-node metric helpers (labels are the node name and bounded enums only).

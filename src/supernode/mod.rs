@@ -5,12 +5,14 @@
 //! - [`session`] — one established host session, as a plain state machine.
 //! - [`host_session`] — the `HostSession` actor that drives a session.
 //! - [`node`] — sockets and routing of frames to sessions.
+//! - [`mailbox`] — connected hosts by username, for notices between hosts.
 //! - [`metrics`] — counters and the once-per-reason rejection log.
 
 pub mod handshake;
 pub mod host_session;
 pub mod index_router;
 pub mod index_slot;
+pub mod mailbox;
 pub mod metrics;
 pub mod node;
 pub mod session;

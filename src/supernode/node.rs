@@ -105,6 +105,8 @@ pub struct NodeShared {
     pub index: Option<Addr<super::index_router::IndexRouter>>,
     /// Metrics with this node's label.
     pub metrics: NodeMetrics,
+    /// Connected hosts by username, for notices.
+    pub mailboxes: super::mailbox::Mailboxes,
     by_peer: DashMap<SocketAddr, PeerEntry>,
     sessions: DashMap<u32, (SocketAddr, Addr<HostSession>)>,
 }
@@ -139,6 +141,13 @@ impl NodeShared {
     /// Hosts with an established session.
     pub fn hosts_connected(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Stops every session without a word, as a crash would.
+    pub fn drop_all(&self) {
+        for e in self.by_peer.iter() {
+            e.actor.do_send(Close { notify: false, reason: "super node crashed" });
+        }
     }
 
     /// Tells every session to say goodbye and stop.
@@ -361,11 +370,14 @@ impl BoundNode {
         let addrs = self.addrs();
         let shutdown = shutdown.child_token();
         let crash = CancellationToken::new();
+        let mailboxes = super::mailbox::Mailboxes::new(&self.spec.identity.name);
         let (view, index) = match (self.spec.cluster, self.gossip) {
             (Some(c), Some((socket, gossip))) => {
                 let me = crate::cluster::Member {
                     gossip,
-                    bump: 1,
+                    // A restarted node must win over its own crashed incarnation, which
+                    // the cluster remembers as down: a newer start has a higher bump.
+                    bump: (crate::unix_now() as u32).max(1),
                     node: Some(self.spec.identity.key.public().id().0),
                     name: self.spec.identity.name.clone(),
                     udp: Some(addrs.udp),
@@ -389,6 +401,7 @@ impl BoundNode {
                     self.spec.identity.trusted.clone(),
                     agent.view.clone(),
                     agent.sender.clone(),
+                    mailboxes.clone(),
                 );
                 (Some(agent.view), Some(super::index_router::start(router, rx)))
             }
@@ -402,6 +415,7 @@ impl BoundNode {
             static_peers,
             view,
             index,
+            mailboxes,
             by_peer: DashMap::new(),
             sessions: DashMap::new(),
         });
@@ -430,6 +444,8 @@ impl RunningNode {
     pub fn kill(&self) {
         self.crash.cancel();
         self.stop.cancel();
+        // Sessions hold the node's sockets; a crashed process holds nothing.
+        self.shared.drop_all();
         if let Some(r) = &self.shared.index {
             r.do_send(super::index_router::Shutdown);
         }

@@ -6,7 +6,7 @@
 
 use crate::crypto::aead::{SealKey, SessionSecret, label};
 use crate::wire::frame::{self, Direction, FrameError, RawFrame};
-use crate::wire::message::{Bye, ErrorCode, ErrorMsg, Find, MessageKind, Observed, Search, Welcome};
+use crate::wire::message::{Bye, ErrorCode, ErrorMsg, Find, Forward, MessageKind, Observed, Search, Welcome};
 use crate::wire::replay::ReplayWindow;
 use std::net::SocketAddr;
 
@@ -42,6 +42,8 @@ pub enum Action {
     Find(Find),
     /// Search users, then answer with SearchReply frames.
     Search(Search),
+    /// Carry a notice to another user's host, then answer with ForwardAck.
+    Forward(Forward),
 }
 
 /// Who is on the other end of a session, and how they are reached.
@@ -157,6 +159,13 @@ impl Session {
                 Ok(s) => out.push(Action::Search(s)),
                 Err(e) => {
                     let e = ErrorMsg::new(ErrorCode::Malformed, format!("search: {e}"));
+                    out.push(Action::Send(MessageKind::Error, self.seal(MessageKind::Error, &e.encode())));
+                }
+            },
+            MessageKind::Forward => match Forward::decode(&body) {
+                Ok(f) => out.push(Action::Forward(f)),
+                Err(e) => {
+                    let e = ErrorMsg::new(ErrorCode::Malformed, format!("forward: {e}"));
                     out.push(Action::Send(MessageKind::Error, self.seal(MessageKind::Error, &e.encode())));
                 }
             },
