@@ -60,6 +60,7 @@ async fn run(supernodes: usize) {
             ladder: LadderConfig { bootstrap, fallback_ports: vec![], ..LadderConfig::default() },
             timeouts: Timeouts { step: Duration::from_millis(500), budget: Duration::from_secs(30) },
             login_timeout: Duration::from_secs(10),
+            presence_refresh: Duration::from_secs(300),
         }
     };
     let mut sessions = Vec::new();

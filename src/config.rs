@@ -215,6 +215,9 @@ pub struct HostConfig {
     pub connect_budget_secs: u64,
     /// Timeout of one login-server request.
     pub login_timeout_secs: u64,
+    /// How often a long-running host republishes its presence and tells its buddies
+    /// (below the 15-minute presence TTL, after which a silent host shows offline).
+    pub presence_refresh_secs: u64,
 }
 
 impl Default for HostConfig {
@@ -230,6 +233,7 @@ impl Default for HostConfig {
             step_timeout_ms: 1000,
             connect_budget_secs: 60,
             login_timeout_secs: 10,
+            presence_refresh_secs: 300,
         }
     }
 }
@@ -324,6 +328,12 @@ impl Config {
             if n.gossip.is_some() && self.supernode.cluster_secret.is_none() {
                 return bad("supernode.cluster_secret", &format!("is required: supernode.nodes[{i}] gossips"));
             }
+        }
+        if !(10..crate::index::store::PRESENCE_TTL_SECS_DEFAULT).contains(&self.host.presence_refresh_secs) {
+            return bad(
+                "host.presence_refresh_secs",
+                "must be at least 10 and below the 900 s presence TTL (others would see the host go offline)",
+            );
         }
         if self.host.step_timeout_ms == 0 {
             return bad("host.step_timeout_ms", "must be at least 1");

@@ -55,6 +55,15 @@ enum Command {
         #[arg(required = true)]
         words: Vec<String>,
     },
+    /// Log in as USER and manage the buddy list (kept at the login server, sealed with
+    /// your password).
+    Buddy {
+        /// Who you are (the account to log in with).
+        #[arg(long = "as", value_name = "USER")]
+        me: String,
+        #[command(subcommand)]
+        action: BuddyAction,
+    },
     /// Log in as USER and look WHOM up in the Global Index.
     Find {
         /// Who you are (the account to log in with).
@@ -63,6 +72,40 @@ enum Command {
         /// Whom to find.
         whom: String,
     },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum BuddyAction {
+    /// Add a contact and ask for their authorization (accepts theirs if they asked first).
+    Add {
+        /// The contact.
+        user: String,
+        /// A note shown with the request.
+        #[arg(long, default_value = "")]
+        message: String,
+    },
+    /// Accept a contact's request: you see each other's status, invisible included.
+    Accept {
+        /// Who asked.
+        user: String,
+    },
+    /// Decline a contact's request.
+    Decline {
+        /// Who asked.
+        user: String,
+    },
+    /// Take a contact off the list.
+    Remove {
+        /// The contact.
+        user: String,
+    },
+    /// Block a user: their requests are dropped and they get no presence.
+    Block {
+        /// The user.
+        user: String,
+    },
+    /// List contacts with their status, and requests waiting for an answer.
+    List,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -104,6 +147,7 @@ fn settings(c: &config::HostConfig) -> anyhow::Result<HostSettings> {
             budget: Duration::from_secs(c.connect_budget_secs),
         },
         login_timeout: Duration::from_secs(c.login_timeout_secs),
+        presence_refresh: Duration::from_secs(c.presence_refresh_secs),
     })
 }
 
@@ -252,6 +296,20 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
                 Err(e) => return fail(a.json, e),
             }
         }
+        Command::Buddy { me, action } => {
+            let s = settings(&config.host)?;
+            let pw = password(false)?;
+            let mut session = match host::login(&s, &home, me, &pw).await {
+                Ok(s) => s,
+                Err(e) => return fail(a.json, e),
+            };
+            let result = buddy(&mut session, action, a.json).await;
+            session.logout().await;
+            match result {
+                Ok(()) => {}
+                Err(e) => return fail(a.json, e),
+            }
+        }
         Command::Find { me, whom } => {
             let s = settings(&config.host)?;
             let pw = password(false)?;
@@ -288,4 +346,99 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs one buddy-list command on a logged-in session and prints the outcome.
+async fn buddy(session: &mut host::Session, action: &BuddyAction, json: bool) -> Result<(), HostError> {
+    use confab::buddy::Relation;
+    let done = |what: &str, user: &str, relation: Option<Relation>| {
+        if json {
+            let r = relation.map(Relation::label);
+            println!("{}", serde_json::json!({ "user": user, "done": what, "relation": r }));
+        } else {
+            match relation {
+                Some(r) => println!("{what} {user}: {}", r.label()),
+                None => println!("{what} {user}"),
+            }
+        }
+    };
+    match action {
+        BuddyAction::Add { user, message } => {
+            let r = session.add_buddy(user, message).await?;
+            done("added", user, Some(r));
+        }
+        BuddyAction::Accept { user } => {
+            let r = session.answer_buddy(user, true).await?;
+            done("accepted", user, Some(r));
+        }
+        BuddyAction::Decline { user } => {
+            let r = session.answer_buddy(user, false).await?;
+            done("declined", user, Some(r));
+        }
+        BuddyAction::Remove { user } => {
+            session.remove_buddy(user).await?;
+            done("removed", user, None);
+        }
+        BuddyAction::Block { user } => {
+            session.block_buddy(user).await?;
+            done("blocked", user, None);
+        }
+        BuddyAction::List => list_buddies(session, json).await?,
+    }
+    Ok(())
+}
+
+async fn list_buddies(session: &mut host::Session, json: bool) -> Result<(), HostError> {
+    use confab::buddy::Relation;
+    // Buddies online answer our login's presence within moments; then the index fills in
+    // the others' last-seen times.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    while tokio::time::Instant::now() < deadline {
+        if session.next_event_within(deadline - tokio::time::Instant::now()).await.is_none() {
+            break;
+        }
+    }
+    let now = confab::unix_now();
+    let mut rows = Vec::new();
+    for b in session.buddies() {
+        let (status, last_seen) = match (&b.presence, b.relation) {
+            (Some(p), _) => (Some(p.shown(now)), Some(p.last_seen)),
+            (None, Relation::Authorized) => match session.find(&b.user).await {
+                Ok(Some(f)) => (Some(f.status), Some(f.last_seen)),
+                _ => (None, None),
+            },
+            _ => (None, None),
+        };
+        rows.push(serde_json::json!({
+            "user": b.user, "relation": b.relation.label(),
+            "status": status.map(|s| s.label()), "last_seen": last_seen,
+        }));
+    }
+    let requests = session.buddy_requests();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "buddies": rows, "requests": requests.iter().map(|r| serde_json::json!({
+            "from": r.from, "message": r.message, "at": r.at })).collect::<Vec<_>>() })
+        );
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no contacts yet (add one with `confab host buddy --as ME add USER`)");
+    }
+    for r in &rows {
+        println!(
+            "{:<24} {:<11} {}",
+            r["user"].as_str().unwrap_or_default(),
+            r["relation"].as_str().unwrap_or_default(),
+            r["status"].as_str().unwrap_or("-")
+        );
+    }
+    for r in requests {
+        println!(
+            "request from {}: {:?} (accept with `confab host buddy --as ME accept {}`)",
+            r.from, r.message, r.from
+        );
+    }
+    Ok(())
 }

@@ -6,13 +6,17 @@
 //! - [`handshake`] — the super-node handshake, host side, as a state machine.
 //! - [`connect`] — running the ladder over real sockets; NAT discovery.
 //! - [`account`] — register and log in with the login server.
+//! - [`link`] — the background task that owns the link to the super node.
+//! - [`buddies`] — the buddy list, presence pushed between buddies, events.
 
 pub mod account;
+pub mod buddies;
 pub mod cache;
 pub mod connect;
 pub mod handshake;
 pub mod home;
 pub mod ladder;
+pub mod link;
 
 use crate::crypto::credential::TrustedKeys;
 use crate::crypto::password;
@@ -23,7 +27,7 @@ use crate::wire::MessageKind;
 use crate::wire::message::{ErrorMsg, Find, FindReply, Observed, PublishAck, Search, SearchReply, SeenRecord};
 use account::{AccountError, LoginServers};
 use cache::{CacheEntry, HostCache, NodeKind};
-use connect::{AttemptLog, Connected, LadderError, Link, Me, Timeouts};
+use connect::{AttemptLog, LadderError, Me, Timeouts};
 use home::Home;
 use ladder::{LadderConfig, Transport};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -44,6 +48,8 @@ pub struct HostSettings {
     pub timeouts: Timeouts,
     /// Timeout of one login-server request.
     pub login_timeout: Duration,
+    /// How often a long-running host republishes its presence and tells its buddies.
+    pub presence_refresh: Duration,
 }
 
 /// Why a host command failed.
@@ -98,13 +104,22 @@ pub struct LoginReport {
 pub struct Session {
     /// What happened.
     pub report: LoginReport,
-    connected: Connected,
+    link: link::LinkHandle,
     direct: tokio::task::JoinHandle<()>,
     credential: crate::crypto::Credential,
     key: crate::crypto::PrivateKey,
     trusted: TrustedKeys,
     find_req: u32,
+    forward_req: u32,
     profile: Profile,
+    status: Status,
+    servers: LoginServers,
+    list_key: crate::crypto::password::ListKey,
+    buddies: buddies::BuddyBook,
+    events: std::collections::VecDeque<buddies::Event>,
+    listed_at: Option<tokio::time::Instant>,
+    refreshed_at: tokio::time::Instant,
+    presence_refresh: Duration,
 }
 
 impl Drop for Session {
@@ -113,19 +128,25 @@ impl Drop for Session {
     }
 }
 
-/// Binds the host's TCP port. A session of this process that was just dropped may
-/// still hold it for a moment (its task is torn down asynchronously): retry briefly.
-async fn bind_tcp(port: u16) -> anyhow::Result<TcpListener> {
+/// Binds port P (UDP and TCP). A session of this process that was just dropped may
+/// still hold it for a moment (its tasks are torn down asynchronously): retry briefly.
+async fn bind_port(port: u16, home: &Home) -> anyhow::Result<(UdpSocket, TcpListener)> {
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
     let mut tries = 0;
     loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => return Ok(l),
+        let bound = match UdpSocket::bind(addr).await {
+            Ok(u) => TcpListener::bind(addr).await.map(|t| (u, t)),
+            Err(e) => Err(e),
+        };
+        match bound {
+            Ok(b) => return Ok(b),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Err(e) => anyhow::bail!("cannot listen on TCP port {port}: {e}"),
+            Err(e) => {
+                anyhow::bail!("cannot listen on port {port} (is another host using {}?): {e}", home.dir().display())
+            }
         }
     }
 }
@@ -164,7 +185,7 @@ fn serve_direct(listener: TcpListener, public: SocketAddr) -> tokio::task::JoinH
 }
 
 impl Session {
-    /// Logs out: a Bye to the super node.
+    /// Logs out: offline in the index and to online buddies, then a Bye to the super node.
     pub async fn logout(mut self) {
         // Others find us offline, with our last-seen time, for the retention window.
         let profile = self.profile.clone();
@@ -174,60 +195,28 @@ impl Session {
         // Release port P before returning, so a new session can take it at once.
         self.direct.abort();
         let _ = (&mut self.direct).await;
-        let bye = self.connected.session.bye();
-        match &mut self.connected.link {
-            Link::Udp(s) => {
-                let _ = s.send_to(&bye, self.connected.session.addr).await;
-            }
-            Link::Tcp(s) => {
-                let _ = crate::net::tcp::write_frame(s, &bye).await;
-                let _ = tokio::io::AsyncWriteExt::shutdown(s).await;
-            }
-        }
+        self.link.bye().await;
     }
 
-    /// Sends one sealed request, then hands every sealed frame that comes back to `take`
+    /// Sends one sealed request, then hands every answer that comes back to `take`
     /// until it returns true (the answer is complete) or `timeout` passes.
     async fn exchange<F>(&mut self, kind: MessageKind, body: &[u8], timeout: Duration, mut take: F) -> bool
     where
         F: FnMut(MessageKind, Vec<u8>) -> bool,
     {
-        let frame = self.connected.session.seal(kind, body);
-        let addr = self.connected.session.addr;
-        let session = &mut self.connected.session;
+        // Answers nobody waited for (a late reply, a keepalive's) are not this request's.
+        while self.link.answers.try_recv().is_ok() {}
+        if !self.link.send(kind, body.to_vec()).await {
+            return false;
+        }
+        let answers = &mut self.link.answers;
         let fut = async {
-            match &mut self.connected.link {
-                Link::Udp(s) => {
-                    if s.send_to(&frame, addr).await.is_err() {
-                        return false;
-                    }
-                    let mut buf = vec![0u8; crate::wire::frame::FRAME_LEN_MAX + 1];
-                    loop {
-                        let Ok((n, from)) = s.recv_from(&mut buf).await else { return false };
-                        if from != addr {
-                            continue;
-                        }
-                        if let Ok((k, body)) = session.open(&buf[..n])
-                            && take(k, body)
-                        {
-                            return true;
-                        }
-                    }
-                }
-                Link::Tcp(s) => {
-                    if crate::net::tcp::write_frame(s, &frame).await.is_err() {
-                        return false;
-                    }
-                    loop {
-                        let Ok(Some(f)) = crate::net::tcp::read_frame(s).await else { return false };
-                        if let Ok((k, body)) = session.open(&f)
-                            && take(k, body)
-                        {
-                            return true;
-                        }
-                    }
+            while let Some((k, body)) = answers.recv().await {
+                if take(k, body) {
+                    return true;
                 }
             }
+            false
         };
         tokio::time::timeout(timeout, fut).await.unwrap_or(false)
     }
@@ -245,22 +234,46 @@ impl Session {
         seen
     }
 
-    /// Publishes this host's signed entry in the Global Index; returns how many replicas
-    /// the super node sent it to.
-    pub async fn publish(&mut self, status: Status, profile: &Profile) -> Result<u8, HostError> {
+    /// Signs our entry: `for_buddies` gives the real status and where to reach us; the
+    /// index copy of an invisible host looks like a logged-out one (offline, no address).
+    fn sign_entry(&self, status: Status, for_buddies: bool) -> Result<Entry, HostError> {
         let now_ms = now_ms();
+        let hidden = !for_buddies && status == Status::Invisible;
+        let shown = if hidden { Status::Offline } else { status };
         let body = EntryBody {
             user: self.credential.subject.clone(),
             credential: self.credential.encode(),
-            status,
+            status: shown,
             supernode: self.report.supernode.clone(),
-            public_addr: (status != Status::Offline).then_some(self.report.public_addr),
+            public_addr: (shown != Status::Offline).then_some(self.report.public_addr),
             nat: self.report.nat,
-            profile: profile.clone(),
+            profile: self.profile.clone(),
             last_seen: now_ms / 1000,
             timestamp_ms: now_ms,
         };
-        let entry = Entry::sign(body, &self.credential, &self.key).map_err(|e| HostError::Refused(e.to_string()))?;
+        Entry::sign(body, &self.credential, &self.key).map_err(|e| HostError::Refused(e.to_string()))
+    }
+
+    /// Sets our status and profile: publishes the entry in the Global Index and tells
+    /// the buddies we know to be online (within a second, through the super nodes).
+    /// Returns how many replicas the super node sent the entry to.
+    pub async fn publish(&mut self, status: Status, profile: &Profile) -> Result<u8, HostError> {
+        self.status = status;
+        self.profile = profile.clone();
+        let replicas = self.publish_index(status, profile).await;
+        self.tell_buddies(false).await;
+        replicas
+    }
+
+    /// Our status.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// Publishes our entry in the Global Index only.
+    async fn publish_index(&mut self, status: Status, profile: &Profile) -> Result<u8, HostError> {
+        self.profile = profile.clone();
+        let entry = self.sign_entry(status, false)?;
         let mut reply = None;
         self.exchange(MessageKind::Publish, &entry.encode(), Duration::from_secs(5), |k, body| {
             let done = matches!(k, MessageKind::PublishAck | MessageKind::Error);
@@ -464,13 +477,13 @@ pub async fn register(
     crate::login::username::canonical(username).map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::login::username::check_password(password).map_err(|e| anyhow::anyhow!("{e}"))?;
     let cache = HostCache::load(&home.cache_path());
-    let secret = derive_secret(username, password).await;
-    Ok(account::register(&settings.login_servers(&cache), username, &secret).await?)
+    let keys = derive_keys(username, password).await;
+    Ok(account::register(&settings.login_servers(&cache), username, &keys.shared).await?)
 }
 
-async fn derive_secret(username: &str, password: &str) -> password::SharedSecret {
+async fn derive_keys(username: &str, password: &str) -> password::PasswordKeys {
     let (u, p) = (username.to_owned(), password.to_owned());
-    tokio::task::spawn_blocking(move || password::shared_secret(&u, &p)).await.expect("argon2 task")
+    tokio::task::spawn_blocking(move || password::derive(&u, &p)).await.expect("argon2 task")
 }
 
 /// Logs in: credential from the login server, then the ladder to a super node, then
@@ -481,14 +494,12 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         tokio::task::spawn_blocking(move || home.key()).await.expect("key task")?
     };
     let port = home.port()?;
-    let udp = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen on UDP port {port} (is another host using {}?): {e}", home.dir().display())
-    })?;
-    let tcp_listener = bind_tcp(port).await?;
+    let (udp, tcp_listener) = bind_port(port, home).await?;
     let udp = Arc::new(udp);
 
     let mut cache = HostCache::load(&home.cache_path());
-    let secret = derive_secret(username, password).await;
+    let keys = derive_keys(username, password).await;
+    let secret = keys.shared;
     let servers = settings.login_servers(&cache);
     let last_supernode =
         cache.supernodes().into_iter().find(|e| e.last_success.is_some()).map(|e| e.name).unwrap_or_default();
@@ -586,13 +597,22 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
     };
     let mut session = Session {
         report,
-        connected,
+        link: link::LinkHandle::start(connected),
         direct: serve_direct(tcp_listener, public_addr),
         credential: logged_in.credential.clone(),
         key,
         trusted: settings.trusted.clone(),
         find_req: 0,
+        forward_req: 0,
         profile: home.profile(),
+        status: Status::Online,
+        servers,
+        list_key: keys.list,
+        buddies: buddies::BuddyBook::default(),
+        events: std::collections::VecDeque::new(),
+        listed_at: None,
+        refreshed_at: tokio::time::Instant::now(),
+        presence_refresh: settings.presence_refresh,
     };
     // Advertise presence, as the original's login sequence ends. A network without a
     // Global Index (a lone super node) is still a network to be logged in to.
@@ -601,9 +621,16 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         Status::Offline => Status::Online,
         s => s,
     };
-    match session.publish(status, &profile).await {
+    session.status = status;
+    match session.publish_index(status, &profile).await {
         Ok(n) => tracing::info!(replicas = n, "presence published"),
         Err(e) => tracing::warn!(error = %e, "presence not published"),
+    }
+    // Then the buddies: the list from the login server, and our presence to each of them
+    // (those online answer with theirs).
+    match session.refresh_buddies().await {
+        Ok(()) => session.tell_buddies(true).await,
+        Err(e) => tracing::warn!(error = %e, "buddy list not read"),
     }
     Ok(session)
 }

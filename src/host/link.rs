@@ -1,0 +1,175 @@
+//! The host's link to its super node, run by one background task.
+//!
+//! The task owns the socket and the session keys: it seals what the host sends, opens
+//! what arrives, keeps the session alive with keepalives, and sorts arrivals into
+//! answers (for the request waiting on one) and notices (from other hosts, pushed at any
+//! time). A host that waits for nothing still stays connected.
+
+use super::connect::{Connected, Link};
+use super::handshake::ClientSession;
+use crate::wire::MessageKind;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Answers queued for a request; older ones are dropped, a request drains them first.
+const ANSWERS_QUEUED_MAX: usize = 64;
+/// Notices queued for the application; a host that does not read them loses the oldest.
+const NOTICES_QUEUED_MAX: usize = 256;
+
+enum Command {
+    Send(MessageKind, Vec<u8>),
+    Bye(oneshot::Sender<()>),
+}
+
+/// The host's end of the link task.
+pub struct LinkHandle {
+    commands: mpsc::Sender<Command>,
+    /// Sealed answers from the super node, opened.
+    pub answers: mpsc::Receiver<(MessageKind, Vec<u8>)>,
+    /// Notice bodies from other hosts.
+    pub notices: mpsc::Receiver<Vec<u8>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LinkHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl LinkHandle {
+    /// Starts the task over an established connection.
+    pub fn start(connected: Connected) -> Self {
+        let (commands, rx) = mpsc::channel(64);
+        let (answers_tx, answers) = mpsc::channel(ANSWERS_QUEUED_MAX);
+        let (notices_tx, notices) = mpsc::channel(NOTICES_QUEUED_MAX);
+        let keepalive = Duration::from_secs(u64::from(connected.session.welcome.keepalive_secs.max(1)));
+        let task = tokio::spawn(run(connected.session, connected.link, rx, answers_tx, notices_tx, keepalive));
+        Self { commands, answers, notices, task }
+    }
+
+    /// Queues one message for the super node; false if the link is gone.
+    pub async fn send(&self, kind: MessageKind, body: Vec<u8>) -> bool {
+        self.commands.send(Command::Send(kind, body)).await.is_ok()
+    }
+
+    /// Says goodbye and closes the link (waits at most a second).
+    pub async fn bye(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Bye(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), rx).await;
+        }
+    }
+
+    /// Whether the task still runs (false once the super node closed the link).
+    pub fn is_up(&self) -> bool {
+        !self.task.is_finished()
+    }
+}
+
+async fn run(
+    mut session: ClientSession,
+    link: Link,
+    mut commands: mpsc::Receiver<Command>,
+    answers: mpsc::Sender<(MessageKind, Vec<u8>)>,
+    notices: mpsc::Sender<Vec<u8>>,
+    keepalive: Duration,
+) {
+    let addr = session.addr;
+    let (udp, mut tcp_write, mut inbound) = match link {
+        Link::Udp(s) => (Some(s), None, None),
+        Link::Tcp(s) => {
+            // Reading a frame is not cancel-safe, so a reader task of its own feeds a queue.
+            let (mut r, w) = s.into_split();
+            let (tx, rx) = mpsc::channel(64);
+            tokio::spawn(async move {
+                while let Ok(Some(f)) = crate::net::tcp::read_frame(&mut r).await {
+                    if tx.send(f).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            (None, Some(w), Some(rx))
+        }
+    };
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+    let mut buf = vec![0u8; crate::wire::frame::FRAME_LEN_MAX + 1];
+    loop {
+        let frame: Option<Vec<u8>> = tokio::select! {
+            cmd = commands.recv() => {
+                let (frame, done) = match cmd {
+                    Some(Command::Send(kind, body)) => (session.seal(kind, &body), None),
+                    Some(Command::Bye(done)) => (session.bye(), Some(done)),
+                    None => return,
+                };
+                send(&udp, &mut tcp_write, addr, &frame).await;
+                if let Some(done) = done {
+                    if let Some(w) = &mut tcp_write {
+                        let _ = tokio::io::AsyncWriteExt::shutdown(w).await;
+                    }
+                    let _ = done.send(());
+                    return;
+                }
+                None
+            }
+            _ = tick.tick() => {
+                let f = session.keepalive();
+                send(&udp, &mut tcp_write, addr, &f).await;
+                None
+            }
+            r = recv_udp(&udp, &mut buf, addr) => r,
+            f = recv_tcp(&mut inbound) => match f {
+                Some(f) => Some(f),
+                // The super node closed the TCP connection: the link is gone.
+                None => return,
+            },
+        };
+        let Some(frame) = frame else { continue };
+        let Ok((kind, body)) = session.open(&frame) else { continue };
+        match kind {
+            MessageKind::Notice => {
+                let _ = notices.try_send(body);
+            }
+            MessageKind::Bye => {
+                tracing::info!(supernode = %addr, "the super node ended the session");
+                return;
+            }
+            _ => {
+                let _ = answers.try_send((kind, body));
+            }
+        }
+    }
+}
+
+async fn send(
+    udp: &Option<std::sync::Arc<tokio::net::UdpSocket>>,
+    tcp: &mut Option<tokio::net::tcp::OwnedWriteHalf>,
+    addr: SocketAddr,
+    frame: &[u8],
+) {
+    if let Some(s) = udp {
+        let _ = s.send_to(frame, addr).await;
+    } else if let Some(w) = tcp {
+        let _ = crate::net::tcp::write_frame(w, frame).await;
+    }
+}
+
+async fn recv_udp(
+    udp: &Option<std::sync::Arc<tokio::net::UdpSocket>>,
+    buf: &mut [u8],
+    addr: SocketAddr,
+) -> Option<Vec<u8>> {
+    let Some(s) = udp else { return std::future::pending().await };
+    match s.recv_from(buf).await {
+        Ok((n, from)) if from == addr => Some(buf[..n].to_vec()),
+        _ => None,
+    }
+}
+
+async fn recv_tcp(inbound: &mut Option<mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
+    match inbound {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
