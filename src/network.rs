@@ -172,6 +172,7 @@ pub struct Network {
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     running: Vec<RunningNode>,
+    supernode_cfg: config::SupernodeConfig,
 }
 
 fn port(base: u16, offset: u16) -> u16 {
@@ -249,7 +250,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Network> {
         host_config,
         data,
     };
-    Ok(Network { info, shutdown, tasks, running })
+    Ok(Network { info, shutdown, tasks, running, supernode_cfg: cfg.supernode })
 }
 
 fn write_host_config(path: &Path, login: SocketAddr, login_pub: &Path, nodes: &[RunningNode]) -> anyhow::Result<()> {
@@ -280,6 +281,37 @@ impl Network {
     /// Stops super node `i` alone (its listeners and gossip), leaving the rest running.
     pub fn kill_node(&self, i: usize) {
         self.running[i].kill();
+    }
+
+    /// Starts super node `i` again after [`Network::kill_node`]: same identity, same
+    /// addresses, seeded with the others' gossip addresses, as an operator restarting a
+    /// crashed machine would.
+    pub async fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let old = &self.running[i].addrs;
+        let mut cfg = self.supernode_cfg.clone();
+        let mut n = cfg.nodes[i].clone();
+        n.udp = old.udp;
+        n.tcp = *old.tcp.first().context("the node had no TCP listener")?;
+        n.probe_udp = old.probe_udp;
+        n.gossip = old.gossip;
+        cfg.nodes = vec![n];
+        cfg.seeds =
+            self.running.iter().enumerate().filter(|(j, _)| *j != i).filter_map(|(_, r)| r.addrs.gossip).collect();
+        // The crashed node's sockets close as its tasks wind down: retry for a moment.
+        let mut tries = 0;
+        let node = loop {
+            match start_supernodes(&cfg, &self.shutdown).await {
+                Ok(mut v) => break v.remove(0),
+                Err(e) if tries < 40 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "restart: ports not free yet");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.running[i] = node;
+        Ok(())
     }
 
     /// Asks everything to stop.

@@ -1,9 +1,11 @@
 //! The Global Index over real sockets: 20 super nodes gossiping, 200 hosts publishing
 //! signed entries and finding each other by limited multicast, then 30% of the super
-//! nodes crashing.
+//! nodes crashing and coming back; buddies among the hosts see each other's status.
 
 mod common;
 
+use confab::host::Session;
+use confab::host::buddies::Event;
 use confab::index::{Profile, Status};
 use confab::supernode::index_router::{Holds, ReplicasOf};
 use std::time::{Duration, Instant};
@@ -12,9 +14,31 @@ const PW: &str = "correct horse battery";
 const SUPERNODES: usize = 20;
 const HOSTS: usize = 200;
 
+/// Waits at most a second for an event `want` accepts; returns how long it took.
+async fn expect(s: &mut Session, what: &str, want: impl Fn(&Event) -> bool) -> Duration {
+    common::expect_event(s, Duration::from_secs(1), what, want).await
+}
+
+/// How many of `nodes` are among `replicas` and hold `key`.
+async fn holders<'a>(
+    nodes: impl Iterator<Item = &'a std::sync::Arc<confab::supernode::node::NodeShared>>,
+    replicas: &[confab::index::NodeId],
+    key: &str,
+) -> usize {
+    let mut n = 0;
+    for node in nodes {
+        if replicas.contains(&node.identity.key.public().id())
+            && node.index.clone().unwrap().send(Holds(key.to_owned())).await.unwrap()
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
 #[actix_rt::test]
 async fn hosts_find_each_other_through_twenty_super_nodes_and_survive_30_percent_dying() {
-    let t = common::start(SUPERNODES, |c| {
+    let mut t = common::start(SUPERNODES, |c| {
         c.supernode.probe_period_ms = 1000;
         c.supernode.index.anti_entropy_secs = 10;
     })
@@ -88,6 +112,39 @@ async fn hosts_find_each_other_through_twenty_super_nodes_and_survive_30_percent
     // An unknown user is not found, after asking everyone.
     assert!(sessions[0].1.find("nobody-at-all").await.unwrap().is_none());
 
+    // Buddies: 10 pairs on different super nodes authorize each other, then see each
+    // other's status changes, pushed through the super nodes.
+    let clock = Instant::now();
+    let mut latencies = Vec::new();
+    for i in 30..40 {
+        let (left, right) = sessions.split_at_mut(i + 100);
+        let (a_name, a) = &mut left[i];
+        let (b_name, b) = &mut right[0];
+        a.add_buddy(b_name, "hello").await.unwrap();
+        expect(b, "a request", |e| matches!(e, Event::Request { from, .. } if from == a_name)).await;
+        b.answer_buddy(a_name, true).await.unwrap();
+        expect(a, "the answer", |e| matches!(e, Event::Answered { user, .. } if user == b_name)).await;
+        a.publish(Status::Away, &Profile::default()).await.unwrap();
+        latencies.push(
+            expect(b, "away", |e| matches!(e, Event::Presence { user, status: Status::Away, .. } if user == a_name))
+                .await,
+        );
+        b.publish(Status::Busy, &Profile::default()).await.unwrap();
+        latencies.push(
+            expect(a, "busy", |e| matches!(e, Event::Presence { user, status: Status::Busy, .. } if user == b_name))
+                .await,
+        );
+        a.publish(Status::Online, &Profile::default()).await.unwrap();
+        b.publish(Status::Online, &Profile::default()).await.unwrap();
+    }
+    latencies.sort_unstable();
+    eprintln!(
+        "10 buddy pairs authorized in {:?}; status change to buddy: median {:?}, max {:?}",
+        clock.elapsed(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+
     // Crash 30% of the super nodes.
     let dead = [2usize, 5, 7, 11, 13, 18];
     for i in dead {
@@ -118,15 +175,7 @@ async fn hosts_find_each_other_through_twenty_super_nodes_and_survive_30_percent
             let router = t.net.nodes()[live[0]].index.clone().unwrap();
             let replicas = router.send(ReplicasOf(key.clone())).await.unwrap();
             assert_eq!(replicas.len(), 10);
-            let mut holders = 0;
-            for i in &live {
-                let n = &t.net.nodes()[*i];
-                if replicas.contains(&n.identity.key.public().id())
-                    && n.index.clone().unwrap().send(Holds(key.clone())).await.unwrap()
-                {
-                    holders += 1;
-                }
-            }
+            let holders = holders(live.iter().map(|i| t.net.nodes()[*i]), &replicas, &key).await;
             if holders < 10 {
                 short.push((key, holders));
             }
@@ -154,6 +203,67 @@ async fn hosts_find_each_other_through_twenty_super_nodes_and_survive_30_percent
     }
     assert!(checked >= 200, "only {checked} lookups after the crash");
     eprintln!("{checked} lookups after 6 of 20 super nodes crashed: all found");
+
+    // Bring them back: the slots move back to their original replicas, which fill up
+    // again from the survivors, and nothing is lost.
+    let before: Vec<_> = {
+        let router = t.net.nodes()[live[0]].index.clone().unwrap();
+        let mut v = Vec::new();
+        for u in (0..HOSTS).step_by(7) {
+            v.push(router.send(ReplicasOf(format!("user{u:03}"))).await.unwrap());
+        }
+        v
+    };
+    for i in dead {
+        t.net.restart_node(i).await.unwrap();
+    }
+    let started = Instant::now();
+    while t.net.nodes().iter().any(|n| n.members().len() != SUPERNODES) {
+        let sizes: Vec<usize> = t.net.nodes().iter().map(|n| n.members().len()).collect();
+        assert!(started.elapsed() < Duration::from_secs(30), "the restarted nodes did not rejoin: {sizes:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("the 6 restarted super nodes rejoined in {:?}", started.elapsed());
+    let started = Instant::now();
+    loop {
+        let mut short = Vec::new();
+        let mut moved_back = 0;
+        for (n, u) in (0..HOSTS).step_by(7).enumerate() {
+            let key = format!("user{u:03}");
+            let replicas = t.net.nodes()[0].index.clone().unwrap().send(ReplicasOf(key.clone())).await.unwrap();
+            let back_on_restarted = replicas.iter().any(|r| {
+                dead.iter().any(|d| t.net.nodes()[*d].identity.key.public().id() == *r) && !before[n].contains(r)
+            });
+            moved_back += usize::from(back_on_restarted);
+            let holders = holders(t.net.nodes().into_iter(), &replicas, &key).await;
+            if holders < 10 {
+                short.push((key, holders));
+            }
+        }
+        if short.is_empty() {
+            eprintln!(
+                "every sampled key on its 10 replicas {:?} after the rejoin ({moved_back} of {} moved back to restarted nodes)",
+                started.elapsed(),
+                before.len()
+            );
+            assert!(moved_back > 0, "no slot moved back to a restarted super node");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "slots not refilled after the rejoin: {short:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut checked = 0;
+    for (i, (_, s)) in sessions.iter_mut().enumerate() {
+        if dead_names.contains(&s.report.supernode) || i % 8 != 0 {
+            continue;
+        }
+        for k in 0..HOSTS / 10 {
+            let whom = format!("user{:03}", (i + k * 11) % HOSTS);
+            assert!(s.find(&whom).await.unwrap().is_some(), "{whom} lost after the super nodes came back");
+            checked += 1;
+        }
+    }
+    eprintln!("{checked} lookups after the 6 super nodes came back: all found");
 
     // Logged-out users are found offline, with their last-seen time.
     let (user, s) = sessions.pop().unwrap();

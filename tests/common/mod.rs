@@ -49,6 +49,10 @@ pub struct TestNet {
 
 /// Starts `supernodes` super nodes and a login server on 127.0.0.1, ephemeral ports.
 pub async fn start(supernodes: usize, tweak: impl FnOnce(&mut Config)) -> TestNet {
+    // `RUST_LOG=confab=debug cargo test …` shows what the network did.
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     seed_data(&data, supernodes);
@@ -82,6 +86,7 @@ impl TestNet {
             },
             timeouts: Timeouts { step: Duration::from_millis(500), budget: Duration::from_secs(20) },
             login_timeout: Duration::from_secs(10),
+            presence_refresh: Duration::from_secs(300),
         }
     }
 
@@ -166,6 +171,25 @@ pub fn first_line(child: &mut std::process::Child, limit: Duration) -> String {
         Err(_) => {
             let _ = child.kill();
             panic!("no output within {limit:?}");
+        }
+    }
+}
+
+/// Waits (at most `within`) for a host event that `want` accepts, skipping others;
+/// returns how long it took.
+pub async fn expect_event(
+    s: &mut confab::host::Session,
+    within: Duration,
+    what: &str,
+    want: impl Fn(&confab::host::buddies::Event) -> bool,
+) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let left = within.checked_sub(started.elapsed()).unwrap_or_else(|| panic!("no {what} within {within:?}"));
+        match s.next_event_within(left).await {
+            Some(e) if want(&e) => return started.elapsed(),
+            Some(_) => continue,
+            None => panic!("no {what} within {within:?}"),
         }
     }
 }
