@@ -188,6 +188,10 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Network> {
     let (_, login_pub) = crate::keygen::key_paths(&login_stem);
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
+    if opts.metrics.is_some() {
+        // Before anything describes its metrics: descriptions given to no recorder are lost.
+        crate::telemetry::metrics_handle();
+    }
 
     let mut cfg = opts.config.clone();
     cfg.login_server.listen = SocketAddr::new(opts.bind, port(opts.base_port, 0));
@@ -232,7 +236,6 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Network> {
 
     let metrics = match opts.metrics {
         Some(addr) => {
-            crate::telemetry::metrics_handle();
             let m = MetricsServer::bind(addr).await?;
             let url = format!("http://{}/metrics", m.addr());
             tasks.push(tokio::spawn(m.run(shutdown.clone())));

@@ -59,6 +59,13 @@ pub fn metrics_handle() -> PrometheusHandle {
                     &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
                 )
                 .expect("non-empty buckets")
+                .set_buckets_for_metric(
+                    Matcher::Full("confab_index_replication_lag_seconds".into()),
+                    // Direct writes land in milliseconds, anti-entropy repairs in seconds to
+                    // minutes, hand-offs of old entries much later.
+                    &[0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 3600.0, 86_400.0],
+                )
+                .expect("non-empty buckets")
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may be installed by an embedding program; then ours only

@@ -32,7 +32,11 @@ fn presence(user: &'static str, status: Status) -> impl Fn(&Event) -> bool {
 
 #[actix_rt::test]
 async fn buddies_authorize_see_each_others_status_and_get_the_list_back_on_a_second_device() {
-    let t = common::start(3, |c| c.supernode.probe_period_ms = 200).await;
+    let t = common::start(3, |c| {
+        c.supernode.probe_period_ms = 200;
+        c.supernode.index.anti_entropy_secs = 1;
+    })
+    .await;
     let started = Instant::now();
     while t.net.nodes().iter().any(|n| n.members().len() < 3) {
         assert!(started.elapsed() < Duration::from_secs(20), "cluster did not converge");
@@ -129,6 +133,16 @@ async fn buddies_authorize_see_each_others_status_and_get_the_list_back_on_a_sec
         assert!(u32::try_from(tag).is_ok(), "a contact id is 4 bytes");
         assert!(!sealed.windows(3).any(|w| w == b"bob") && !sealed.windows(4).any(|w| w == b"dave"));
     }
+
+    // Operators see it all on /metrics.
+    let m = t.metrics().await;
+    assert!(common::metric_sum(&m, "confab_login_buddy_ops_total", &["op=\"add\"", "outcome=\"buddy_ok\""]) >= 2.0);
+    assert!(common::metric_sum(&m, "confab_login_buddy_ops_total", &["outcome=\"blocked_silently\""]) >= 1.0);
+    assert!(common::metric_sum(&m, "confab_supernode_notices_total", &["outcome=\"delivered\""]) >= 5.0);
+    assert!(common::metric_sum(&m, "confab_supernode_notices_total", &["outcome=\"forwarded\""]) >= 1.0);
+    assert!(common::metric_sum(&m, "confab_index_replication_lag_seconds_count", &[]) >= 4.0);
+    assert!(common::metric_sum(&m, "confab_index_entries", &[]) >= 4.0, "{m}");
+    assert!(m.contains("# HELP confab_index_slot_entries_max"));
 
     for s in [alice2, bob, carol, dave] {
         s.logout().await;

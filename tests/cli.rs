@@ -270,3 +270,43 @@ fn daemons_log_json_on_request() {
     assert!(events.iter().any(|e| e["message"] == "super node listening" && e["node"] == "sn1"), "{logs}");
     assert!(events.iter().all(|e| e["level"].is_string() && e["timestamp"].is_string()), "{logs}");
 }
+
+#[test]
+fn buddy_lists_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (ann, ben) = (dir.path().join("ann"), dir.path().join("ben"));
+    let (mut net, _) = up(&data);
+    let json = |out: std::process::Output| -> serde_json::Value {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    json(host(&data, &ann, &["register", "ann", "--json"]));
+    json(host(&data, &ben, &["register", "ben", "--json"]));
+
+    let added = json(host(&data, &ann, &["buddy", "--as", "ann", "add", "ben", "--message", "it's Ann", "--json"]));
+    assert_eq!(added["relation"], "requested", "{added}");
+    let list = json(host(&data, &ben, &["buddy", "--as", "ben", "list", "--json"]));
+    assert_eq!(list["requests"][0]["from"], "ann", "{list}");
+    assert_eq!(list["requests"][0]["message"], "it's Ann");
+    let accepted = json(host(&data, &ben, &["buddy", "--as", "ben", "accept", "ann", "--json"]));
+    assert_eq!(accepted["relation"], "authorized");
+    // Ann sees Ben authorized, offline since his last command, with his last-seen time.
+    let list = json(host(&data, &ann, &["buddy", "--as", "ann", "list", "--json"]));
+    let b = &list["buddies"][0];
+    assert_eq!((b["user"].as_str(), b["relation"].as_str()), (Some("ben"), Some("authorized")), "{list}");
+    assert_eq!(b["status"], "offline", "{list}");
+    assert!(b["last_seen"].as_u64().unwrap() + 120 > confab::unix_now());
+
+    // Mistakes are one clear line and a non-zero exit.
+    let out = host(&data, &ann, &["buddy", "--as", "ann", "add", "nobody-here", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["code"], "unknown_user", "{e}");
+    let out = host(&data, &ann, &["buddy", "--as", "ann", "accept", "ben", "--json"]);
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["code"], "not_pending", "{e}");
+
+    net.kill().unwrap();
+    net.wait().unwrap();
+}

@@ -92,6 +92,8 @@ pub struct IndexRouter {
     handoff_pending: bool,
     /// Digests of the non-empty slots this node holds, kept current by the slot actors.
     digests: HashMap<Slot, [u8; 32]>,
+    /// Keys per non-empty slot, for the entries-per-slot gauges.
+    counts: HashMap<Slot, usize>,
     prefix_reqs: HashMap<u64, oneshot::Sender<Vec<String>>>,
     mailboxes: Mailboxes,
     gossip_by_name: HashMap<String, SocketAddr>,
@@ -134,6 +136,7 @@ impl IndexRouter {
             reqs: HashMap::new(),
             handoff_pending: false,
             digests: HashMap::new(),
+            counts: HashMap::new(),
             prefix_reqs: HashMap::new(),
             mailboxes,
             gossip_by_name: HashMap::new(),
@@ -226,7 +229,14 @@ impl IndexRouter {
             }
             return;
         };
+        let made_ms = entry.timestamp_ms;
         ctx.spawn(actor.send(Put { key, entry }).into_actor(self).map(move |res, act, _| {
+            if matches!(res, Ok(Merge::Stored | Merge::Replaced)) {
+                // From the host signing the entry to this replica holding it: direct
+                // writes take milliseconds; a repair by anti-entropy shows its delay here.
+                let lag = now_ms().saturating_sub(made_ms) as f64 / 1000.0;
+                histogram!("confab_index_replication_lag_seconds", "node" => act.node.clone()).record(lag);
+            }
             let outcome = match res {
                 Ok(Merge::Stored) => "stored",
                 Ok(Merge::Replaced) => "replaced",
@@ -318,6 +328,14 @@ impl IndexRouter {
                 self.mailboxes.deliver(&to, body);
             }
         }
+    }
+
+    /// Entries held, and the fullest slot, as gauges (per node: no per-slot labels).
+    fn export_counts(&self) {
+        let total: usize = self.counts.values().sum();
+        let max = self.counts.values().copied().max().unwrap_or(0);
+        gauge!("confab_index_entries", "node" => self.node.clone()).set(total as f64);
+        gauge!("confab_index_slot_entries_max", "node" => self.node.clone()).set(max as f64);
     }
 
     /// One anti-entropy round: send every co-replica the digests of the non-empty slots
@@ -518,7 +536,10 @@ impl Actor for IndexRouter {
         ctx.set_mailbox_capacity(4096);
         self.refresh(ctx);
         let every = std::time::Duration::from_secs(self.cfg.anti_entropy_secs.max(1));
-        ctx.run_interval(every, |act, _| act.anti_entropy());
+        ctx.run_interval(every, |act, _| {
+            act.anti_entropy();
+            act.export_counts();
+        });
         let mut view = self.view.clone();
         let addr = ctx.address();
         actix_rt::spawn(async move {
@@ -569,6 +590,10 @@ impl Handler<SlotChanged> for IndexRouter {
         match msg.digest {
             Some(d) => self.digests.insert(msg.slot, d),
             None => self.digests.remove(&msg.slot),
+        };
+        match msg.entries {
+            0 => self.counts.remove(&msg.slot),
+            n => self.counts.insert(msg.slot, n),
         };
     }
 }

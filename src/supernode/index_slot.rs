@@ -26,6 +26,8 @@ pub struct SlotChanged {
     pub slot: Slot,
     /// The digest of its contents, or None when it is empty.
     pub digest: Option<[u8; 32]>,
+    /// Keys held.
+    pub entries: usize,
 }
 
 impl IndexSlot {
@@ -42,7 +44,7 @@ impl IndexSlot {
 
     fn changed(&self) {
         let digest = (!self.store.is_empty()).then(|| self.store.digest());
-        self.changes.do_send(SlotChanged { slot: self.slot, digest });
+        self.changes.do_send(SlotChanged { slot: self.slot, digest, entries: self.store.len() });
     }
 }
 

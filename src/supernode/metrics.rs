@@ -18,10 +18,34 @@ pub fn describe() {
     describe_counter!("confab_wire_frames_rejected_total", "Frames rejected, by reason");
     describe_counter!("confab_stun_requests_total", "STUN requests, by outcome");
     describe_counter!("confab_supernode_nat_probes_total", "NAT probes answered, by port");
+    describe_index();
     describe_counter!(
         "confab_supernode_notices_total",
         "Host-to-host notices: delivered here, forwarded to another super node, or dropped (by outcome)"
     );
+}
+
+/// The Global Index's metrics (all labelled by node; none by slot or user).
+fn describe_index() {
+    describe_gauge!("confab_index_slots_held", "Slots this super node replicates");
+    describe_gauge!("confab_index_entries", "Keys (entries and search postings) held, over all slots");
+    describe_gauge!("confab_index_slot_entries_max", "Keys in the fullest slot held");
+    describe_counter!("confab_index_publishes_total", "Entries hosts published here, by outcome");
+    describe_counter!("confab_index_writes_total", "Writes to a local slot, by outcome (stored, replaced, stale, …)");
+    describe_histogram!(
+        "confab_index_replication_lag_seconds",
+        Unit::Seconds,
+        "From a host signing an entry to a replica storing it (repairs show their delay)"
+    );
+    describe_counter!("confab_index_lookups_total", "Lookups by outcome and the widening stage that ended them");
+    describe_histogram!("confab_index_lookup_asked", "Super nodes one lookup asked");
+    describe_histogram!("confab_index_lookup_duration_seconds", Unit::Seconds, "Time to answer one lookup");
+    describe_counter!("confab_index_searches_total", "User searches by outcome");
+    describe_counter!("confab_index_bad_answers_total", "Answers from other super nodes that did not verify");
+    describe_counter!("confab_index_rpc_rejected_total", "Index requests from other super nodes refused, by reason");
+    describe_counter!("confab_index_antientropy_differing_slots_total", "Slots found to differ from a co-replica");
+    describe_counter!("confab_index_repair_entries_total", "Entries pushed to co-replicas to repair a slot");
+    describe_counter!("confab_index_entries_expired_total", "Entries dropped after the retention window");
 }
 
 /// Per-node metric helpers (labels are the node name and bounded enums only).
