@@ -90,6 +90,7 @@ pub struct IndexRouter {
     lookups: HashMap<u64, Running>,
     reqs: HashMap<u64, (u64, NodeId)>,
     handoff_pending: bool,
+    refresh_pending: bool,
     /// Digests of the non-empty slots this node holds, kept current by the slot actors.
     digests: HashMap<Slot, [u8; 32]>,
     /// Keys per non-empty slot, for the entries-per-slot gauges.
@@ -99,6 +100,8 @@ pub struct IndexRouter {
     gossip_by_name: HashMap<String, SocketAddr>,
 }
 
+/// How long view changes are gathered before the slot map is rebuilt.
+const VIEW_SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
 /// Most postings read per token in one search.
 const SEARCH_POSTINGS_MAX: usize = 200;
 /// Replicas of a token's slot asked for its postings.
@@ -135,6 +138,7 @@ impl IndexRouter {
             lookups: HashMap::new(),
             reqs: HashMap::new(),
             handoff_pending: false,
+            refresh_pending: false,
             digests: HashMap::new(),
             counts: HashMap::new(),
             prefix_reqs: HashMap::new(),
@@ -325,6 +329,13 @@ impl IndexRouter {
                 }
             }
             IndexRpc::Deliver { to, body } => {
+                // The cluster channel allows larger packets than a host's frame does.
+                if body.len() > crate::buddy::notice::NOTICE_LEN_MAX {
+                    counter!("confab_index_rpc_rejected_total", "node" => self.node.clone(), "reason" => "oversized_notice")
+                        .increment(1);
+                    tracing::debug!(node = %self.node, %from, len = body.len(), "dropped an oversized notice");
+                    return;
+                }
                 self.mailboxes.deliver(&to, body);
             }
         }
@@ -556,16 +567,26 @@ impl Handler<ViewChanged> for IndexRouter {
     type Result = ();
 
     fn handle(&mut self, _: ViewChanged, ctx: &mut Context<Self>) {
-        self.refresh(ctx);
-        // Hand-off: new replicas fill up from the others soon after a change, not at
-        // the next periodic round. One pending round at a time.
-        if !self.handoff_pending {
-            self.handoff_pending = true;
-            ctx.run_later(std::time::Duration::from_millis(500), |act, _| {
-                act.handoff_pending = false;
-                act.anti_entropy();
-            });
+        // Deaths and joins arrive one by one over a few seconds; rebuilding the slot map
+        // (rendezvous hashing over every member) at each would cost a large cluster more
+        // than the changes themselves. Changes within VIEW_SETTLE make one rebuild.
+        if self.refresh_pending {
+            return;
         }
+        self.refresh_pending = true;
+        ctx.run_later(VIEW_SETTLE, |act, ctx| {
+            act.refresh_pending = false;
+            act.refresh(ctx);
+            // Hand-off: new replicas fill up from the others soon after a change, not at
+            // the next periodic round. One pending round at a time.
+            if !act.handoff_pending {
+                act.handoff_pending = true;
+                ctx.run_later(std::time::Duration::from_millis(500), |act, _| {
+                    act.handoff_pending = false;
+                    act.anti_entropy();
+                });
+            }
+        });
     }
 }
 
@@ -574,7 +595,8 @@ impl StreamHandler<IndexPacket> for IndexRouter {
         match IndexRpc::decode(&p.payload) {
             Ok(rpc) => self.on_rpc(p.from, rpc, ctx),
             Err(e) => {
-                counter!("confab_index_rpc_rejected_total", "node" => self.node.clone()).increment(1);
+                counter!("confab_index_rpc_rejected_total", "node" => self.node.clone(), "reason" => "malformed")
+                    .increment(1);
                 tracing::debug!(node = %self.node, from = %p.from, error = %e, "malformed index request");
             }
         }
@@ -846,7 +868,8 @@ impl Handler<Route> for IndexRouter {
             let _ = reply.send(r);
             return;
         }
-        // The sender's hint saves a lookup; a stale hint (the user moved) costs one.
+        // The sender's hint saves a lookup. A stale hint (the user moved) loses this
+        // notice at the old super node; the sender's next refresh finds the new one.
         if via != self.node
             && let Some(&gossip) = self.gossip_by_name.get(&via)
         {
