@@ -298,6 +298,9 @@ fn buddy_lists_from_the_command_line() {
     assert_eq!(b["status"], "offline", "{list}");
     assert!(b["last_seen"].as_u64().unwrap() + 120 > confab::unix_now());
 
+    // The status for the next logins, as JSON.
+    assert_eq!(json(host(&data, &ann, &["status", "invisible", "--json"]))["status"], "invisible");
+
     // Mistakes are one clear line and a non-zero exit.
     let out = host(&data, &ann, &["buddy", "--as", "ann", "add", "nobody-here", "--json"]);
     assert_eq!(out.status.code(), Some(1));

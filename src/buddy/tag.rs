@@ -1,8 +1,10 @@
 //! The 4-byte contact id: HMAC-SHA256(server key, owner ‖ 0 ‖ contact)[..4].
 //!
-//! The owner is part of the input, so two owners of the same buddy store different ids,
-//! and the key is the login server's own secret, so a copy of the database alone does not
-//! let anyone test guesses of who is on whose list.
+//! The owner is part of the input, so two owners of the same buddy store different ids:
+//! the ids do not link lists to each other. The key is the login server's own secret
+//! (kept in its database, never sent), so nobody without the server's data can compute
+//! an id; someone with the whole database can test guesses, one pair at a time, which is
+//! why the contact names themselves are sealed under the owner's password.
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;

@@ -200,7 +200,11 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
         Command::Status { status } => {
             let s: confab::index::Status = serde_json::from_value(serde_json::json!(status))?;
             home.set_status(s)?;
-            println!("status {status} will be published at every login");
+            if a.json {
+                println!("{}", serde_json::json!({ "status": status }));
+            } else {
+                println!("status {status} will be published at every login");
+            }
         }
         Command::Profile { action } => {
             let mut p = home.profile();

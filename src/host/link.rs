@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Answers queued for a request; older ones are dropped, a request drains them first.
 const ANSWERS_QUEUED_MAX: usize = 64;
-/// Notices queued for the application; a host that does not read them loses the oldest.
+/// Notices queued for the application; when a host does not read them, newer ones are
+/// dropped (presence is repeated at every refresh, list changes are read from the server).
 const NOTICES_QUEUED_MAX: usize = 256;
 
 enum Command {
