@@ -14,6 +14,7 @@
 //! - [`host`] — the host library: home folder, host cache, connection ladder, login.
 //! - [`index`] — the Global Index as plain logic: slots, signed entries, lookups.
 //! - [`buddy`] — buddy lists: contact ids, sealed records, signed operations, notices.
+//! - [`call`] — calls as plain logic: the state machine, invites, sealed signals.
 //! - [`net`] — length-prefixed frames over TCP, shared by every role.
 //! - [`config`] — figment layering and validation with key names.
 //! - [`telemetry`] — tracing and the Prometheus exporter.
@@ -26,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod buddy;
+pub mod call;
 pub mod cluster;
 pub mod config;
 pub mod crypto;

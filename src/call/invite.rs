@@ -1,0 +1,554 @@
+//! How two hosts authenticate each other and agree on a media key no super node sees.
+//!
+//! 1. The caller sends an [`Invite`]: its credential, the codecs it offers, where it can
+//!    receive media, and a fresh AES-256 media key wrapped under the callee's RSA key (as
+//!    in the original network), all signed with RSA-PSS by the caller.
+//! 2. The callee checks the caller's credential and signature, unwraps the key, and
+//!    answers with a [`Reply`]: its credential, the codec chosen, its candidates, signed
+//!    over the invite's digest. The caller checks that in turn: mutual authentication.
+//! 3. Everything after (ringing, accept, decline, busy, cancel, hang-up) travels as a
+//!    [`SealedSignal`] under keys derived from the media key: end-to-end encrypted and
+//!    authenticated, so a super node relaying it can neither read nor forge it.
+
+use super::signal::{Role, Signal};
+use crate::crypto::PrivateKey;
+use crate::crypto::aead::{SealKey, SessionSecret};
+use crate::crypto::credential::{Credential, CredentialError, CredentialKind, TrustedKeys};
+use crate::wire::replay::ReplayWindow;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+
+/// Domain prefix of an invite's signature.
+pub const DOMAIN_INVITE: &[u8] = b"confab/v1/call-invite\0";
+/// Domain prefix of a reply's signature.
+pub const DOMAIN_REPLY: &[u8] = b"confab/v1/call-reply\0";
+/// Largest encoded invite or reply (two credentials never travel in one message).
+pub const CALL_MESSAGE_LEN_MAX: usize = 2300;
+/// Most codecs offered, and media candidates given.
+pub const LIST_MAX: usize = 8;
+
+/// A voice codec (offered in order of preference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Codec {
+    /// Opus, 48 kHz mono, 20 ms frames.
+    Opus,
+    /// Uncompressed 16-bit PCM, 48 kHz mono, 20 ms frames (for tests and debugging).
+    L16,
+}
+
+/// What kind of address a candidate is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CandidateKind {
+    /// The host's own address (reachable when public, or on the same network).
+    Host,
+    /// The address its super node sees (through its NAT): the hole-punching target.
+    Public,
+    /// A super-node relay.
+    Relay,
+}
+
+/// Somewhere a host can receive media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// The kind.
+    pub kind: CandidateKind,
+    /// The address.
+    pub addr: SocketAddr,
+}
+
+/// The media key the caller makes; every call key is derived from it.
+#[derive(Clone)]
+pub struct MediaKey(pub [u8; 32]);
+
+impl std::fmt::Debug for MediaKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MediaKey(..)")
+    }
+}
+
+impl MediaKey {
+    /// The key for one purpose and direction (`from` is the sender's role).
+    pub fn derive(&self, purpose: &str, from: Role) -> SealKey {
+        let dir = match from {
+            Role::Caller => "caller",
+            Role::Callee => "callee",
+        };
+        SessionSecret(self.0).derive(&format!("call/{purpose}/{dir}"))
+    }
+}
+
+/// Why a call message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// Not a call message, or over the limits.
+    #[error("malformed call message")]
+    Malformed,
+    /// For another user.
+    #[error("the invite is for {0}, not us")]
+    NotForUs(String),
+    /// The sender's credential is not valid.
+    #[error("credential: {0}")]
+    Credential(#[from] CredentialError),
+    /// The credential is someone else's than the message claims.
+    #[error("the credential is {0}'s, not the sender's")]
+    WrongSender(String),
+    /// The signature does not verify.
+    #[error("the signature does not verify")]
+    BadSignature,
+    /// Made too long ago, or in the future (a replay, or a wrong clock).
+    #[error("made {0} ms from now: outside the accepted window")]
+    Stale(i64),
+    /// The wrapped media key does not open with our key.
+    #[error("the media key does not open")]
+    BadKey,
+    /// No codec in common.
+    #[error("no codec in common")]
+    NoCodec,
+    /// A reply to another invite.
+    #[error("the reply answers another invite")]
+    WrongCall,
+}
+
+/// The signed part of an invite.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteBody {
+    /// Random, names the call in every later message.
+    pub call_id: [u8; 16],
+    /// Who calls.
+    pub caller: String,
+    /// Whom.
+    pub callee: String,
+    /// The caller's credential.
+    pub credential: Vec<u8>,
+    /// Codecs offered, preferred first.
+    pub codecs: Vec<Codec>,
+    /// Where the caller receives media.
+    pub candidates: Vec<Candidate>,
+    /// RSA-OAEP(callee's key, media key).
+    pub wrapped_key: Vec<u8>,
+    /// Unix milliseconds at the caller.
+    pub created_ms: u64,
+}
+
+/// An invite: the body and the caller's RSA-PSS signature over it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invite {
+    /// The body.
+    pub body: InviteBody,
+    /// Over [`DOMAIN_INVITE`] ‖ postcard(body).
+    pub signature: Vec<u8>,
+}
+
+fn signed(domain: &[u8], body: &impl Serialize) -> Vec<u8> {
+    let mut m = domain.to_vec();
+    m.extend(postcard::to_allocvec(body).expect("a call body always encodes"));
+    m
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, CallError> {
+    if b.len() > CALL_MESSAGE_LEN_MAX {
+        return Err(CallError::Malformed);
+    }
+    postcard::from_bytes(b).map_err(|_| CallError::Malformed)
+}
+
+fn check_time(created_ms: u64, now_ms: u64, window_ms: u64) -> Result<(), CallError> {
+    let age = now_ms as i64 - created_ms as i64;
+    if age.unsigned_abs() > window_ms {
+        return Err(CallError::Stale(-age));
+    }
+    Ok(())
+}
+
+fn check_sender(c: &Credential, claimed: &str) -> Result<(), CallError> {
+    if !c.subject.eq_ignore_ascii_case(claimed) {
+        return Err(CallError::WrongSender(c.subject.clone()));
+    }
+    Ok(())
+}
+
+/// What the callee learns from a good invite.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// The call.
+    pub call_id: [u8; 16],
+    /// The caller's verified credential.
+    pub caller: Credential,
+    /// The media key.
+    pub key: MediaKey,
+    /// The codecs offered.
+    pub codecs: Vec<Codec>,
+    /// The caller's candidates.
+    pub candidates: Vec<Candidate>,
+    /// The invite's digest, which the reply signs.
+    pub digest: [u8; 32],
+}
+
+impl Invite {
+    /// Makes an invite to the holder of `callee` (a credential the caller verified, from
+    /// the callee's index entry); returns it with the media key.
+    pub fn make(
+        me: &Credential,
+        key: &PrivateKey,
+        callee: &Credential,
+        codecs: Vec<Codec>,
+        candidates: Vec<Candidate>,
+        now_ms: u64,
+    ) -> (Self, MediaKey) {
+        let media = MediaKey(crate::crypto::random::bytes());
+        let body = InviteBody {
+            call_id: crate::crypto::random::bytes(),
+            caller: me.subject.clone(),
+            callee: callee.subject.clone(),
+            credential: me.encode(),
+            codecs,
+            candidates,
+            wrapped_key: callee.public_key.encrypt_oaep(&media.0),
+            created_ms: now_ms,
+        };
+        let signature = key.sign_pss(&signed(DOMAIN_INVITE, &body));
+        (Self { body, signature }, media)
+    }
+
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("an invite always encodes")
+    }
+
+    /// Decodes (total).
+    pub fn decode(b: &[u8]) -> Result<Self, CallError> {
+        let i: Self = decode(b)?;
+        if i.body.codecs.len() > LIST_MAX || i.body.candidates.len() > LIST_MAX {
+            return Err(CallError::Malformed);
+        }
+        Ok(i)
+    }
+
+    /// What the reply signs: SHA-256 of the encoded invite.
+    pub fn digest(&self) -> [u8; 32] {
+        Sha256::digest(self.encode()).into()
+    }
+
+    /// The callee's checks: addressed to `me`, a valid host credential of the caller,
+    /// its signature, made within `window_ms` of `now_ms`, and a media key that opens with
+    /// our key. (The driver also remembers call ids, so a replay within the window is
+    /// refused too.)
+    pub fn open(
+        &self,
+        trusted: &TrustedKeys,
+        me: &str,
+        key: &PrivateKey,
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Result<Opened, CallError> {
+        let b = &self.body;
+        if !b.callee.eq_ignore_ascii_case(me) {
+            return Err(CallError::NotForUs(b.callee.clone()));
+        }
+        check_time(b.created_ms, now_ms, window_ms)?;
+        let caller = Credential::decode_verified(&b.credential, trusted, CredentialKind::Host, now_ms / 1000)?;
+        check_sender(&caller, &b.caller)?;
+        caller
+            .public_key
+            .verify_pss(&signed(DOMAIN_INVITE, b), &self.signature)
+            .map_err(|_| CallError::BadSignature)?;
+        let raw = key.decrypt_oaep(&b.wrapped_key).map_err(|_| CallError::BadKey)?;
+        let media: [u8; 32] = raw.try_into().map_err(|_| CallError::BadKey)?;
+        Ok(Opened {
+            call_id: b.call_id,
+            caller,
+            key: MediaKey(media),
+            codecs: b.codecs.clone(),
+            candidates: b.candidates.clone(),
+            digest: self.digest(),
+        })
+    }
+}
+
+/// The signed part of a reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyBody {
+    /// The call.
+    pub call_id: [u8; 16],
+    /// SHA-256 of the invite answered.
+    pub invite_digest: [u8; 32],
+    /// The callee's credential.
+    pub credential: Vec<u8>,
+    /// The codec chosen (the first offered that the callee supports).
+    pub codec: Codec,
+    /// Where the callee receives media.
+    pub candidates: Vec<Candidate>,
+    /// Unix milliseconds at the callee.
+    pub created_ms: u64,
+}
+
+/// The callee's reply to a good invite (sent with its ringing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The body.
+    pub body: ReplyBody,
+    /// Over [`DOMAIN_REPLY`] ‖ postcard(body).
+    pub signature: Vec<u8>,
+}
+
+/// The first codec of `offered` that `supported` has.
+pub fn choose(offered: &[Codec], supported: &[Codec]) -> Option<Codec> {
+    offered.iter().copied().find(|c| supported.contains(c))
+}
+
+impl Reply {
+    /// The callee's reply to `invite`, choosing among `supported` codecs.
+    pub fn make(
+        invite: &Opened,
+        me: &Credential,
+        key: &PrivateKey,
+        supported: &[Codec],
+        candidates: Vec<Candidate>,
+        now_ms: u64,
+    ) -> Result<Self, CallError> {
+        let codec = choose(&invite.codecs, supported).ok_or(CallError::NoCodec)?;
+        let body = ReplyBody {
+            call_id: invite.call_id,
+            invite_digest: invite.digest,
+            credential: me.encode(),
+            codec,
+            candidates,
+            created_ms: now_ms,
+        };
+        let signature = key.sign_pss(&signed(DOMAIN_REPLY, &body));
+        Ok(Self { body, signature })
+    }
+
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("a reply always encodes")
+    }
+
+    /// Decodes (total).
+    pub fn decode(b: &[u8]) -> Result<Self, CallError> {
+        let r: Self = decode(b)?;
+        if r.body.candidates.len() > LIST_MAX {
+            return Err(CallError::Malformed);
+        }
+        Ok(r)
+    }
+
+    /// The caller's checks: it answers our `invite`, from a valid host credential of the
+    /// user we called, signed by that user's key, with a codec we offered.
+    pub fn verify(&self, invite: &Invite, trusted: &TrustedKeys, now_ms: u64) -> Result<Credential, CallError> {
+        let b = &self.body;
+        if b.call_id != invite.body.call_id || b.invite_digest != invite.digest() {
+            return Err(CallError::WrongCall);
+        }
+        let callee = Credential::decode_verified(&b.credential, trusted, CredentialKind::Host, now_ms / 1000)?;
+        check_sender(&callee, &invite.body.callee)?;
+        callee.public_key.verify_pss(&signed(DOMAIN_REPLY, b), &self.signature).map_err(|_| CallError::BadSignature)?;
+        if !invite.body.codecs.contains(&b.codec) {
+            return Err(CallError::NoCodec);
+        }
+        Ok(callee)
+    }
+}
+
+/// A signal sealed under the call's keys: `call_id` in the clear (to find the call),
+/// the signal sealed with AES-256-GCM, its sequence number as the nonce.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedSignal {
+    /// The call.
+    pub call_id: [u8; 16],
+    /// The sender's sequence number.
+    pub seq: u64,
+    /// The sealed signal.
+    pub sealed: Vec<u8>,
+}
+
+impl SealedSignal {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("a sealed signal always encodes")
+    }
+
+    /// Decodes (total).
+    pub fn decode(b: &[u8]) -> Result<Self, CallError> {
+        if b.len() > 256 {
+            return Err(CallError::Malformed);
+        }
+        postcard::from_bytes(b).map_err(|_| CallError::Malformed)
+    }
+}
+
+fn nonce(seq: u64) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&seq.to_be_bytes());
+    n
+}
+
+/// One side's end of the signalling channel: seals what it sends, opens and de-duplicates
+/// what it receives.
+#[derive(Debug)]
+pub struct SignalChannel {
+    call_id: [u8; 16],
+    tx: SealKey,
+    rx: SealKey,
+    next: u64,
+    seen: ReplayWindow,
+}
+
+impl SignalChannel {
+    /// The channel of `role` in call `call_id` keyed by `key`.
+    pub fn new(call_id: [u8; 16], key: &MediaKey, role: Role) -> Self {
+        let other = match role {
+            Role::Caller => Role::Callee,
+            Role::Callee => Role::Caller,
+        };
+        Self {
+            call_id,
+            tx: key.derive("signal", role),
+            rx: key.derive("signal", other),
+            next: 0,
+            seen: ReplayWindow::new(),
+        }
+    }
+
+    /// Seals a signal.
+    pub fn seal(&mut self, s: Signal) -> SealedSignal {
+        let seq = self.next;
+        self.next += 1;
+        let plain = postcard::to_allocvec(&s).expect("a signal always encodes");
+        SealedSignal { call_id: self.call_id, seq, sealed: self.tx.seal(&nonce(seq), &self.call_id, &plain) }
+    }
+
+    /// Opens a signal from the other side; None if forged, for another call, or replayed.
+    pub fn open(&mut self, m: &SealedSignal) -> Option<Signal> {
+        if m.call_id != self.call_id || !self.seen.check(m.seq) {
+            return None;
+        }
+        let plain = self.rx.open(&nonce(m.seq), &self.call_id, &m.sealed).ok()?;
+        let s = postcard::from_bytes(&plain).ok()?;
+        self.seen.accept(m.seq);
+        Some(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::credential::Claims;
+    use crate::crypto::keys::tests::test_key;
+    use proptest::prelude::*;
+
+    const NOW_MS: u64 = 1_700_000_000_000;
+
+    fn host(name: &str, key: &PrivateKey, issuer: &PrivateKey) -> Credential {
+        Credential::issue(
+            Claims {
+                kind: CredentialKind::Host,
+                subject: name.into(),
+                public_key: key.public().clone(),
+                issued_at: NOW_MS / 1000 - 60,
+                expires_at: NOW_MS / 1000 + 3600,
+                serial: 1,
+            },
+            issuer,
+        )
+    }
+
+    struct Two {
+        trusted: TrustedKeys,
+        alice: (Credential, PrivateKey),
+        bob: (Credential, PrivateKey),
+    }
+
+    fn two() -> Two {
+        let login = test_key(0);
+        let (ka, kb) = (test_key(1), test_key(2));
+        Two {
+            trusted: TrustedKeys::new(vec![login.public().clone()]),
+            alice: (host("alice", &ka, &login), ka),
+            bob: (host("bob", &kb, &login), kb),
+        }
+    }
+
+    fn cand() -> Vec<Candidate> {
+        vec![Candidate { kind: CandidateKind::Public, addr: "198.18.0.7:40000".parse().unwrap() }]
+    }
+
+    #[test]
+    fn both_sides_authenticate_and_share_the_key() {
+        let t = two();
+        let (invite, key) =
+            Invite::make(&t.alice.0, &t.alice.1, &t.bob.0, vec![Codec::Opus, Codec::L16], cand(), NOW_MS);
+        let wire = Invite::decode(&invite.encode()).unwrap();
+        let opened = wire.open(&t.trusted, "Bob", &t.bob.1, NOW_MS + 50, 30_000).unwrap();
+        assert_eq!(opened.key.0, key.0);
+        assert_eq!(opened.caller.subject, "alice");
+        let reply = Reply::make(&opened, &t.bob.0, &t.bob.1, &[Codec::L16], cand(), NOW_MS + 60).unwrap();
+        assert_eq!(reply.body.codec, Codec::L16, "the first offered codec the callee supports");
+        let callee = Reply::decode(&reply.encode()).unwrap().verify(&invite, &t.trusted, NOW_MS + 70).unwrap();
+        assert_eq!(callee.subject, "bob");
+
+        // Signals both ways, under keys only the two of them hold.
+        let mut a = SignalChannel::new(opened.call_id, &key, Role::Caller);
+        let mut b = SignalChannel::new(opened.call_id, &opened.key, Role::Callee);
+        let m = b.seal(Signal::Accept);
+        assert_eq!(a.open(&SealedSignal::decode(&m.encode()).unwrap()), Some(Signal::Accept));
+        assert_eq!(a.open(&m), None, "a replayed signal is refused");
+        let own = b.seal(Signal::HangUp);
+        assert_eq!(b.open(&own), None, "our own signal does not open as theirs");
+        let mut forged = a.seal(Signal::HangUp);
+        forged.sealed[0] ^= 1;
+        assert_eq!(b.open(&forged), None);
+        let mut other_call = a.seal(Signal::HangUp);
+        other_call.call_id[0] ^= 1;
+        assert_eq!(b.open(&other_call), None);
+        assert_eq!(b.open(&a.seal(Signal::HangUp)), Some(Signal::HangUp));
+    }
+
+    #[test]
+    fn bad_invites_are_refused_with_a_reason() {
+        let t = two();
+        let (invite, _) = Invite::make(&t.alice.0, &t.alice.1, &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
+        assert_eq!(
+            invite.open(&t.trusted, "carol", &t.bob.1, NOW_MS, 30_000).unwrap_err(),
+            CallError::NotForUs("bob".into())
+        );
+        assert!(matches!(invite.open(&t.trusted, "bob", &t.bob.1, NOW_MS + 31_000, 30_000), Err(CallError::Stale(_))));
+        assert_eq!(invite.open(&t.trusted, "bob", &t.alice.1, NOW_MS, 30_000).unwrap_err(), CallError::BadKey);
+        let mut forged = invite.clone();
+        forged.body.codecs = vec![Codec::L16];
+        assert_eq!(forged.open(&t.trusted, "bob", &t.bob.1, NOW_MS, 30_000).unwrap_err(), CallError::BadSignature);
+        let mut impostor = invite.clone();
+        impostor.body.caller = "mallory".into();
+        assert_eq!(
+            impostor.open(&t.trusted, "bob", &t.bob.1, NOW_MS, 30_000).unwrap_err(),
+            CallError::WrongSender("alice".into())
+        );
+        let untrusted = TrustedKeys::new(vec![test_key(3).public().clone()]);
+        assert!(matches!(invite.open(&untrusted, "bob", &t.bob.1, NOW_MS, 30_000), Err(CallError::Credential(_))));
+
+        // A reply must answer this invite, come from the callee, and pick an offered codec.
+        let opened = invite.open(&t.trusted, "bob", &t.bob.1, NOW_MS, 30_000).unwrap();
+        assert_eq!(
+            Reply::make(&opened, &t.bob.0, &t.bob.1, &[Codec::L16], cand(), NOW_MS).unwrap_err(),
+            CallError::NoCodec
+        );
+        let reply = Reply::make(&opened, &t.bob.0, &t.bob.1, &[Codec::Opus], cand(), NOW_MS).unwrap();
+        let (other, _) = Invite::make(&t.alice.0, &t.alice.1, &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
+        assert_eq!(reply.verify(&other, &t.trusted, NOW_MS).unwrap_err(), CallError::WrongCall);
+        let by_alice = Reply::make(&opened, &t.alice.0, &t.alice.1, &[Codec::Opus], cand(), NOW_MS).unwrap();
+        assert_eq!(by_alice.verify(&invite, &t.trusted, NOW_MS).unwrap_err(), CallError::WrongSender("alice".into()));
+        let mut tampered = reply.clone();
+        tampered.body.candidates.clear();
+        assert_eq!(tampered.verify(&invite, &t.trusted, NOW_MS).unwrap_err(), CallError::BadSignature);
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_are_total(b in proptest::collection::vec(any::<u8>(), 0..2500)) {
+            let _ = Invite::decode(&b);
+            let _ = Reply::decode(&b);
+            let _ = SealedSignal::decode(&b);
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Calls as plain logic: no sockets, no actors, no timers.
+//!
+//! - [`signal`] — the call state machine (invite, ringing, accept, decline, busy, cancel,
+//!   hang-up, a timeout at each state) and the media paths.
+//! - [`invite`] — mutual authentication, the media key under the callee's RSA key, codec
+//!   negotiation, and signals sealed end to end.
+
+pub mod invite;
+pub mod signal;
+
+pub use invite::{Codec, Invite, Reply};
+pub use signal::{Call, Path, Signal, State};
