@@ -4,8 +4,12 @@
 //!   hang-up, a timeout at each state) and the media paths.
 //! - [`invite`] — mutual authentication, the media key under the callee's RSA key, codec
 //!   negotiation, and signals sealed end to end.
+//! - [`media`] — voice and probe packets sealed end to end, with replay protection.
+//! - [`jitter`] — the jitter buffer: playout delay, reordering, loss, RFC 3550 jitter.
 
 pub mod invite;
+pub mod jitter;
+pub mod media;
 pub mod signal;
 
 pub use invite::{Codec, Invite, Reply};
