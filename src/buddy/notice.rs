@@ -3,7 +3,8 @@
 //! Super nodes carry notices without reading them. A presence notice is the sender's
 //! signed index entry (with its real status, invisible included), so the receiver trusts
 //! it only after verifying it; a list-changed notice only makes the receiver ask the login
-//! server again, so forging one gains nothing.
+//! server again, so forging one gains nothing; a call message carries its own
+//! signatures and seals (see `call::invite`).
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,11 @@ pub enum Notice {
     ListChanged {
         /// Who says so (unverified: it only prompts a refresh).
         from: String,
+    },
+    /// A call message (`call::invite::CallMessage`), authenticated end to end by the call.
+    Call {
+        /// The encoded message.
+        message: Vec<u8>,
     },
 }
 
@@ -44,6 +50,7 @@ impl Notice {
         match self {
             Self::Presence { .. } => "presence",
             Self::ListChanged { .. } => "list_changed",
+            Self::Call { .. } => "call",
         }
     }
 }

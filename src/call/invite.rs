@@ -119,6 +119,8 @@ pub struct InviteBody {
     pub caller: String,
     /// Whom.
     pub callee: String,
+    /// The caller's super node, where signals for it go.
+    pub supernode: String,
     /// The caller's credential.
     pub credential: Vec<u8>,
     /// Codecs offered, preferred first.
@@ -191,6 +193,7 @@ impl Invite {
     pub fn make(
         me: &Credential,
         key: &PrivateKey,
+        supernode: &str,
         callee: &Credential,
         codecs: Vec<Codec>,
         candidates: Vec<Candidate>,
@@ -201,6 +204,7 @@ impl Invite {
             call_id: crate::crypto::random::bytes(),
             caller: me.subject.clone(),
             callee: callee.subject.clone(),
+            supernode: supernode.to_owned(),
             credential: me.encode(),
             codecs,
             candidates,
@@ -351,6 +355,47 @@ impl Reply {
     }
 }
 
+/// A call message between two hosts (inside a host-to-host notice).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CallMessage {
+    /// Caller → callee.
+    Invite(Invite),
+    /// Callee → caller, with its ringing.
+    Reply(Reply),
+    /// Either way, after the invite.
+    Signal(SealedSignal),
+}
+
+impl CallMessage {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("a call message always encodes")
+    }
+
+    /// Decodes (total), with the limits of each kind.
+    pub fn decode(b: &[u8]) -> Result<Self, CallError> {
+        let m: Self = decode(b)?;
+        let within = match &m {
+            Self::Invite(i) => i.body.codecs.len() <= LIST_MAX && i.body.candidates.len() <= LIST_MAX,
+            Self::Reply(r) => r.body.candidates.len() <= LIST_MAX,
+            Self::Signal(s) => s.sealed.len() <= 64,
+        };
+        if !within {
+            return Err(CallError::Malformed);
+        }
+        Ok(m)
+    }
+
+    /// The call it belongs to.
+    pub fn call_id(&self) -> [u8; 16] {
+        match self {
+            Self::Invite(i) => i.body.call_id,
+            Self::Reply(r) => r.body.call_id,
+            Self::Signal(s) => s.call_id,
+        }
+    }
+}
+
 /// A signal sealed under the call's keys: `call_id` in the clear (to find the call),
 /// the signal sealed with AES-256-GCM, its sequence number as the nonce.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -478,7 +523,7 @@ mod tests {
     fn both_sides_authenticate_and_share_the_key() {
         let t = two();
         let (invite, key) =
-            Invite::make(&t.alice.0, &t.alice.1, &t.bob.0, vec![Codec::Opus, Codec::L16], cand(), NOW_MS);
+            Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus, Codec::L16], cand(), NOW_MS);
         let wire = Invite::decode(&invite.encode()).unwrap();
         let opened = wire.open(&t.trusted, "Bob", &t.bob.1, NOW_MS + 50, 30_000).unwrap();
         assert_eq!(opened.key.0, key.0);
@@ -508,7 +553,7 @@ mod tests {
     #[test]
     fn bad_invites_are_refused_with_a_reason() {
         let t = two();
-        let (invite, _) = Invite::make(&t.alice.0, &t.alice.1, &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
+        let (invite, _) = Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
         assert_eq!(
             invite.open(&t.trusted, "carol", &t.bob.1, NOW_MS, 30_000).unwrap_err(),
             CallError::NotForUs("bob".into())
@@ -534,7 +579,7 @@ mod tests {
             CallError::NoCodec
         );
         let reply = Reply::make(&opened, &t.bob.0, &t.bob.1, &[Codec::Opus], cand(), NOW_MS).unwrap();
-        let (other, _) = Invite::make(&t.alice.0, &t.alice.1, &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
+        let (other, _) = Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
         assert_eq!(reply.verify(&other, &t.trusted, NOW_MS).unwrap_err(), CallError::WrongCall);
         let by_alice = Reply::make(&opened, &t.alice.0, &t.alice.1, &[Codec::Opus], cand(), NOW_MS).unwrap();
         assert_eq!(by_alice.verify(&invite, &t.trusted, NOW_MS).unwrap_err(), CallError::WrongSender("alice".into()));
@@ -549,6 +594,7 @@ mod tests {
             let _ = Invite::decode(&b);
             let _ = Reply::decode(&b);
             let _ = SealedSignal::decode(&b);
+            let _ = CallMessage::decode(&b);
         }
     }
 }

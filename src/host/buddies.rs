@@ -115,6 +115,18 @@ pub enum Event {
         /// Authorized or Declined.
         relation: Relation,
     },
+    /// A call changed state (incoming calls start in `ringing`).
+    Call {
+        /// The call's id (hex).
+        call_id: String,
+        /// The other side.
+        peer: String,
+        /// Where the call is now.
+        #[serde(flatten)]
+        state: super::calls::CallState,
+        /// The codec agreed, once known.
+        codec: Option<crate::call::Codec>,
+    },
     /// The super node ended the session (or the link failed).
     Disconnected,
 }
@@ -335,7 +347,7 @@ impl Session {
 
     /// Sends a notice to `user` through our super node (fire and forget: notices are
     /// hints and presence, repeated at every refresh).
-    async fn notify(&mut self, user: &str, via: Option<String>, notice: &Notice) {
+    pub(super) async fn notify(&mut self, user: &str, via: Option<String>, notice: &Notice) {
         self.forward_req = self.forward_req.wrapping_add(1);
         let f =
             Forward { req: self.forward_req, to: user.to_owned(), via: via.unwrap_or_default(), body: notice.encode() };
@@ -376,12 +388,18 @@ impl Session {
                 return e;
             }
             let refresh = self.refreshed_at + self.presence_refresh;
+            // A call's next timeout, on the tokio clock.
+            let call_due = self
+                .calls
+                .deadline_ms()
+                .map(|d| tokio::time::Instant::now() + Duration::from_millis(d.saturating_sub(super::now_ms())));
             tokio::select! {
                 n = self.link.notices.recv() => match n {
                     Some(body) => self.on_notice(&body).await,
                     None => return Event::Disconnected,
                 },
                 _ = tokio::time::sleep_until(refresh) => self.refresh_presence().await,
+                _ = tokio::time::sleep_until(call_due.unwrap_or(refresh)), if call_due.is_some() => self.tick_calls().await,
             }
         }
     }
@@ -406,6 +424,7 @@ impl Session {
                     tracing::warn!(error = %e, "could not read the buddy list");
                 }
             }
+            Some(Notice::Call { message }) => self.on_call_message(&message).await,
             None => tracing::debug!("dropped a malformed notice"),
         }
     }

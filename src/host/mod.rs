@@ -8,10 +8,12 @@
 //! - [`account`] — register and log in with the login server.
 //! - [`link`] — the background task that owns the link to the super node.
 //! - [`buddies`] — the buddy list, presence pushed between buddies, events.
+//! - [`calls`] — calls: the call state machine driven by messages through super nodes.
 
 pub mod account;
 pub mod buddies;
 pub mod cache;
+pub mod calls;
 pub mod connect;
 pub mod handshake;
 pub mod home;
@@ -120,6 +122,8 @@ pub struct Session {
     listed_at: Option<tokio::time::Instant>,
     refreshed_at: tokio::time::Instant,
     presence_refresh: Duration,
+    calls: calls::Calls,
+    call_timeouts: crate::call::signal::Timeouts,
 }
 
 impl Drop for Session {
@@ -300,6 +304,19 @@ impl Session {
 
     /// Looks a user up in the Global Index. `Ok(None)`: not found.
     pub async fn find(&mut self, user: &str) -> Result<Option<Found>, HostError> {
+        let (r, entry) = self.lookup(user).await?;
+        match entry {
+            Some((e, _)) => Ok(Some(Found::from_entry(&e, r.asked, r.stage.clone()))),
+            None => self.found_in_directory(user, &r),
+        }
+    }
+
+    /// The lookup itself: the super node's answer, and the entry with its credential once
+    /// both verified here.
+    async fn lookup(
+        &mut self,
+        user: &str,
+    ) -> Result<(FindReply, Option<(Entry, crate::crypto::Credential)>), HostError> {
         self.find_req = self.find_req.wrapping_add(1);
         let req = Find { req: self.find_req, user: user.to_owned() };
         let want = req.req;
@@ -322,16 +339,17 @@ impl Session {
         }
         let r = FindReply::decode(&body).map_err(|e| HostError::Refused(format!("malformed FindReply: {e}")))?;
         if r.entry.is_empty() {
-            return self.found_in_directory(user, &r);
+            return Ok((r, None));
         }
         // Trust no super node: the entry must verify here too.
         let e = Entry::decode(&r.entry).map_err(|e| HostError::Refused(format!("malformed entry: {e}")))?;
-        e.verify(&self.trusted, now_ms())
+        let credential = e
+            .verify(&self.trusted, now_ms())
             .map_err(|e| HostError::Refused(format!("the entry found does not verify: {e}")))?;
         if e.key() != user.to_ascii_lowercase() {
             return Err(HostError::Refused("the super node answered with another user's entry".into()));
         }
-        Ok(Some(Found::from_entry(&e, r.asked, r.stage)))
+        Ok((r, Some((e, credential))))
     }
 
     /// Not in the index: the login server's signed directory record, if the super node
@@ -613,6 +631,8 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         listed_at: None,
         refreshed_at: tokio::time::Instant::now(),
         presence_refresh: settings.presence_refresh,
+        calls: calls::Calls::default(),
+        call_timeouts: crate::call::signal::Timeouts::default(),
     };
     // Advertise presence, as the original's login sequence ends. A network without a
     // Global Index (a lone super node) is still a network to be logged in to.

@@ -1,0 +1,332 @@
+//! Calls on the host: the [`crate::call`] state machine driven by call messages carried
+//! as notices through the super nodes. This step runs signalling end to end (invite,
+//! ringing, accept, decline, busy, cancel, hang-up, every timeout); the media path is the
+//! next step, so an accepted call waits in `connecting` until its media timeout.
+
+use super::buddies::Event;
+use super::{HostError, Session};
+use crate::buddy::Notice;
+use crate::call::invite::{
+    CallError, CallMessage, Candidate, CandidateKind, Codec, Invite, MediaKey, Reply, SignalChannel,
+};
+use crate::call::signal::{Action, Call, Intent, Role, Signal, State, Timeouts};
+use crate::index::Status;
+use std::collections::{HashMap, VecDeque};
+
+/// How far an invite's clock may be from ours.
+const INVITE_WINDOW_MS: u64 = 30_000;
+/// Call ids remembered against replayed invites (well over what arrives in the window).
+const SEEN_INVITES_MAX: usize = 4096;
+/// Codecs this host speaks, preferred first.
+pub const CODECS: [Codec; 2] = [Codec::Opus, Codec::L16];
+
+/// One call in progress on this host.
+pub(super) struct ActiveCall {
+    peer: String,
+    peer_supernode: String,
+    call: Call,
+    channel: SignalChannel,
+    /// Caller: the invite, to check the reply against.
+    invite: Option<Invite>,
+    /// Callee: the signed reply, sent with the ringing.
+    reply: Option<Reply>,
+    #[allow(dead_code)] // the media path (next step) keys its packets with it
+    key: MediaKey,
+    codec: Option<Codec>,
+}
+
+/// The calls of a session.
+#[derive(Default)]
+pub(super) struct Calls {
+    active: HashMap<[u8; 16], ActiveCall>,
+    seen: VecDeque<[u8; 16]>,
+}
+
+/// A call's id, as shown to users and scripts.
+pub fn call_id_hex(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Calls {
+    fn busy(&self) -> bool {
+        self.active.values().any(|c| !c.call.is_over())
+    }
+
+    fn remember(&mut self, id: [u8; 16]) -> bool {
+        if self.seen.contains(&id) {
+            return false;
+        }
+        if self.seen.len() >= SEEN_INVITES_MAX {
+            self.seen.pop_front();
+        }
+        self.seen.push_back(id);
+        true
+    }
+
+    /// The earliest deadline of any call.
+    pub(super) fn deadline_ms(&self) -> Option<u64> {
+        self.active.values().filter_map(|c| c.call.deadline_ms()).min()
+    }
+}
+
+fn now_ms() -> u64 {
+    super::now_ms()
+}
+
+impl Session {
+    /// Calls `user`: looks them up, checks they are online, sends a signed invite through
+    /// the super nodes. Returns the call id; what follows arrives as [`Event::Call`].
+    pub async fn call(&mut self, user: &str) -> Result<[u8; 16], HostError> {
+        let (_, found) = self.lookup(user).await?;
+        let Some((entry, callee)) = found else {
+            return Err(HostError::Refused(format!("no user {user:?} seen in the last 72 hours")));
+        };
+        let shown = crate::index::store::shown_status(
+            &entry,
+            crate::unix_now(),
+            crate::index::store::PRESENCE_TTL_SECS_DEFAULT,
+        );
+        // A buddy who let us see them invisible is reachable too.
+        let reachable = shown != Status::Offline
+            || self.buddies.contacts().iter().any(|b| {
+                b.user.eq_ignore_ascii_case(user)
+                    && b.presence.as_ref().is_some_and(|p| p.shown(crate::unix_now()) != Status::Offline)
+            });
+        if !reachable {
+            return Err(HostError::Refused(format!("{user} is offline")));
+        }
+        let candidates = vec![Candidate { kind: CandidateKind::Public, addr: self.report.public_addr }];
+        let (invite, key) = Invite::make(
+            &self.credential,
+            &self.key,
+            &self.report.supernode,
+            &callee,
+            CODECS.to_vec(),
+            candidates,
+            now_ms(),
+        );
+        let id = invite.body.call_id;
+        let (call, actions) = Call::outgoing(now_ms(), self.call_timeouts.clone());
+        let channel = SignalChannel::new(id, &key, Role::Caller);
+        self.calls.active.insert(
+            id,
+            ActiveCall {
+                peer: callee.subject.clone(),
+                peer_supernode: entry.supernode.clone(),
+                call,
+                channel,
+                invite: Some(invite.clone()),
+                reply: None,
+                key,
+                codec: None,
+            },
+        );
+        self.send_call(&callee.subject, Some(entry.supernode.clone()), &CallMessage::Invite(invite)).await;
+        self.apply_call(id, actions).await;
+        Ok(id)
+    }
+
+    /// Accepts or declines an incoming call.
+    pub async fn answer_call(&mut self, id: [u8; 16], accept: bool) {
+        let Some(c) = self.calls.active.get_mut(&id) else { return };
+        let actions = c.call.intent(if accept { Intent::Accept } else { Intent::Decline }, now_ms());
+        self.apply_call(id, actions).await;
+    }
+
+    /// Ends a call: cancels it before an answer, hangs up after.
+    pub async fn end_call(&mut self, id: [u8; 16]) {
+        let Some(c) = self.calls.active.get_mut(&id) else { return };
+        let actions = c.call.intent(Intent::End, now_ms());
+        self.apply_call(id, actions).await;
+    }
+
+    /// Calls not yet over (a leak check for tests and the CLI).
+    pub fn calls_in_progress(&self) -> usize {
+        self.calls.active.values().filter(|c| !c.call.is_over()).count()
+    }
+
+    async fn send_call(&mut self, to: &str, via: Option<String>, m: &CallMessage) {
+        self.notify(to, via, &Notice::Call { message: m.encode() }).await;
+    }
+
+    /// Carries out what a call's state machine asked for.
+    async fn apply_call(&mut self, id: [u8; 16], actions: Vec<Action>) {
+        for a in actions {
+            let Some(c) = self.calls.active.get_mut(&id) else { return };
+            match a {
+                // The callee's ringing goes out as its signed reply: mutual authentication
+                // travels with the first answer.
+                Action::Send(Signal::Ringing) if c.call.role() == Role::Callee => {
+                    let (peer, via) = (c.peer.clone(), c.peer_supernode.clone());
+                    if let Some(reply) = c.reply.take().map(CallMessage::Reply) {
+                        self.send_call(&peer, Some(via), &reply).await;
+                    }
+                }
+                Action::Send(s) => {
+                    let m = CallMessage::Signal(c.channel.seal(s));
+                    let (peer, via) = (c.peer.clone(), c.peer_supernode.clone());
+                    self.send_call(&peer, Some(via), &m).await;
+                }
+                Action::StartMedia | Action::StopMedia => {}
+                Action::Report(state) => {
+                    let (peer, codec) = (c.peer.clone(), c.codec);
+                    self.events.push_back(Event::Call { call_id: call_id_hex(&id), peer, state: state.into(), codec });
+                }
+            }
+        }
+        // Ended calls leave nothing behind but their id (against replays).
+        self.calls.active.retain(|_, c| !c.call.is_over());
+    }
+
+    /// A call message arrived through our super node.
+    pub(super) async fn on_call_message(&mut self, bytes: &[u8]) {
+        let m = match CallMessage::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, "dropped a malformed call message");
+                return;
+            }
+        };
+        let id = m.call_id();
+        match m {
+            CallMessage::Invite(invite) => self.on_invite(invite).await,
+            CallMessage::Reply(reply) => {
+                let Some(c) = self.calls.active.get_mut(&id) else { return };
+                let Some(invite) = c.invite.as_ref() else { return };
+                match reply.verify(invite, &self.trusted, now_ms()) {
+                    Ok(_) => {
+                        c.codec = Some(reply.body.codec);
+                        c.invite = None;
+                        let actions = c.call.on_signal(Signal::Ringing, now_ms());
+                        self.apply_call(id, actions).await;
+                    }
+                    Err(e) => tracing::info!(error = %e, "dropped a call reply that does not verify"),
+                }
+            }
+            CallMessage::Signal(s) => {
+                let Some(c) = self.calls.active.get_mut(&id) else { return };
+                // A caller that has not seen the reply yet refuses nothing sealed: only
+                // the callee could have unwrapped the key.
+                match c.channel.open(&s) {
+                    Some(signal) => {
+                        let actions = c.call.on_signal(signal, now_ms());
+                        self.apply_call(id, actions).await;
+                    }
+                    None => tracing::info!("dropped a call signal that does not open"),
+                }
+            }
+        }
+    }
+
+    async fn on_invite(&mut self, invite: Invite) {
+        let me = self.credential.subject.clone();
+        let opened = match invite.open(&self.trusted, &me, &self.key, now_ms(), INVITE_WINDOW_MS) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::info!(error = %e, caller = %invite.body.caller, "refused an invite");
+                return;
+            }
+        };
+        if !self.calls.remember(opened.call_id) {
+            tracing::info!(caller = %invite.body.caller, "refused a replayed invite");
+            return;
+        }
+        if self.buddies.relation(&opened.caller.subject) == Some(crate::buddy::Relation::Blocked) {
+            tracing::info!(caller = %opened.caller.subject, "ignored an invite from a blocked user");
+            return;
+        }
+        let reply = match Reply::make(
+            &opened,
+            &self.credential,
+            &self.key,
+            &CODECS,
+            vec![Candidate { kind: CandidateKind::Public, addr: self.report.public_addr }],
+            now_ms(),
+        ) {
+            Ok(r) => r,
+            Err(CallError::NoCodec) => {
+                tracing::info!(caller = %opened.caller.subject, "no codec in common; call refused");
+                return;
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "could not answer an invite");
+                return;
+            }
+        };
+        let busy = self.calls.busy();
+        let id = opened.call_id;
+        let (call, actions) = Call::incoming(now_ms(), self.call_timeouts.clone(), busy);
+        let codec = reply.body.codec;
+        self.calls.active.insert(
+            id,
+            ActiveCall {
+                peer: opened.caller.subject.clone(),
+                peer_supernode: invite.body.supernode.clone(),
+                call,
+                channel: SignalChannel::new(id, &opened.key, Role::Callee),
+                invite: None,
+                reply: Some(reply),
+                key: opened.key,
+                codec: Some(codec),
+            },
+        );
+        self.apply_call(id, actions).await;
+    }
+
+    /// Ends calls whose state timed out.
+    pub(super) async fn tick_calls(&mut self) {
+        let now = now_ms();
+        let due: Vec<[u8; 16]> = self
+            .calls
+            .active
+            .iter()
+            .filter(|(_, c)| c.call.deadline_ms().is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(c) = self.calls.active.get_mut(&id) {
+                let actions = c.call.tick(now);
+                self.apply_call(id, actions).await;
+            }
+        }
+    }
+
+    /// Sets the call timeouts (tests shorten them).
+    pub fn set_call_timeouts(&mut self, t: Timeouts) {
+        self.call_timeouts = t;
+    }
+}
+
+/// A call's state for events and JSON.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum CallState {
+    /// Invite sent.
+    Inviting,
+    /// The callee's host rings.
+    Ringing,
+    /// Accepted; finding a media path.
+    Connecting,
+    /// Media flows.
+    Connected {
+        /// The path.
+        path: &'static str,
+    },
+    /// Over.
+    Ended {
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+impl From<State> for CallState {
+    fn from(s: State) -> Self {
+        match s {
+            State::Inviting => Self::Inviting,
+            State::Ringing => Self::Ringing,
+            State::Connecting => Self::Connecting,
+            State::Connected(p) => Self::Connected { path: p.label() },
+            State::Ended(r) => Self::Ended { reason: r.label() },
+        }
+    }
+}

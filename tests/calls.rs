@@ -1,0 +1,112 @@
+//! Call signalling end to end through super nodes on loopback: invite, ringing, accept,
+//! decline, busy, cancel, no answer, calls to offline and unknown users, and nothing
+//! left behind afterwards.
+
+mod common;
+
+use confab::call::signal::Timeouts;
+use confab::host::Session;
+use confab::host::buddies::Event;
+use confab::host::calls::CallState;
+use std::time::{Duration, Instant};
+
+const PW: &str = "correct horse battery";
+
+async fn host(t: &common::TestNet, user: &str, n: usize) -> Session {
+    let mut s = t.settings();
+    let len = s.ladder.bootstrap.len();
+    s.ladder.bootstrap.rotate_left(n % len);
+    let home = t.home(user);
+    confab::host::register(&s, &home, user, PW).await.unwrap();
+    let mut session = confab::host::login(&s, &home, user, PW).await.unwrap();
+    session.set_call_timeouts(Timeouts { invite_ms: 3000, ring_ms: 1500, connect_ms: 1000, silence_ms: 5000 });
+    session
+}
+
+/// The next call event on `s` in state `want` (skipping others), within 3 s.
+async fn call_event(s: &mut Session, want: CallState) -> (String, String) {
+    let what = format!("{want:?}");
+    let got = std::cell::RefCell::new(None);
+    common::expect_event(s, Duration::from_secs(3), &what, |e| match e {
+        Event::Call { call_id, peer, state, .. } if *state == want => {
+            *got.borrow_mut() = Some((call_id.clone(), peer.clone()));
+            true
+        }
+        _ => false,
+    })
+    .await;
+    got.into_inner().unwrap()
+}
+
+fn id(hex: &str) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    id
+}
+
+#[actix_rt::test]
+async fn call_signalling_through_super_nodes() {
+    let t = common::start(3, |c| c.supernode.probe_period_ms = 200).await;
+    let started = Instant::now();
+    while t.net.nodes().iter().any(|n| n.members().len() < 3) {
+        assert!(started.elapsed() < Duration::from_secs(20), "cluster did not converge");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut alice = host(&t, "alice", 0).await;
+    let mut bob = host(&t, "bob", 1).await;
+    let mut dave = host(&t, "dave", 2).await;
+    assert_ne!(alice.report.supernode, bob.report.supernode, "signals should cross super nodes");
+
+    // Decline: both sides end, with the reason.
+    let a_id = alice.call("bob").await.unwrap();
+    let (b_id, peer) = call_event(&mut bob, CallState::Ringing).await;
+    assert_eq!((id(&b_id), peer.as_str()), (a_id, "alice"));
+    call_event(&mut alice, CallState::Ringing).await;
+    bob.answer_call(a_id, false).await;
+    call_event(&mut alice, CallState::Ended { reason: "declined" }).await;
+
+    // Cancel before an answer.
+    let a_id = alice.call("bob").await.unwrap();
+    call_event(&mut bob, CallState::Ringing).await;
+    call_event(&mut alice, CallState::Ringing).await;
+    alice.end_call(a_id).await;
+    call_event(&mut bob, CallState::Ended { reason: "cancelled" }).await;
+
+    // Accept; a third caller finds bob busy; then hang up.
+    let a_id = alice.call("bob").await.unwrap();
+    call_event(&mut bob, CallState::Ringing).await;
+    bob.answer_call(a_id, true).await;
+    call_event(&mut alice, CallState::Connecting).await;
+    // (Each host runs its own event loop; here the test drives two at once.)
+    dave.call("bob").await.unwrap();
+    let busy = CallState::Ended { reason: "busy" };
+    let (_, (_, peer)) = tokio::join!(call_event(&mut dave, busy.clone()), call_event(&mut bob, busy.clone()));
+    assert_eq!(peer, "dave");
+    alice.end_call(a_id).await;
+    call_event(&mut bob, CallState::Ended { reason: "hung_up" }).await;
+
+    // Nobody answers: both sides give up when the ringing times out.
+    alice.call("bob").await.unwrap();
+    call_event(&mut bob, CallState::Ringing).await;
+    let no_answer = CallState::Ended { reason: "no_answer" };
+    tokio::join!(call_event(&mut alice, no_answer.clone()), call_event(&mut bob, no_answer.clone()));
+
+    // Unknown and offline users are clear errors, before any invite.
+    let e = alice.call("nobody-here").await.unwrap_err().to_string();
+    assert!(e.contains("no user"), "{e}");
+    dave.logout().await;
+    let e = alice.call("dave").await.unwrap_err().to_string();
+    assert!(e.contains("offline"), "{e}");
+
+    // Nothing left behind.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while alice.next_event_within(Duration::from_millis(50)).await.is_some() {}
+    while bob.next_event_within(Duration::from_millis(50)).await.is_some() {}
+    assert_eq!((alice.calls_in_progress(), bob.calls_in_progress()), (0, 0));
+
+    alice.logout().await;
+    bob.logout().await;
+    t.net.stop().await;
+}
