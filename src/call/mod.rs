@@ -4,9 +4,13 @@
 //!   hang-up, a timeout at each state) and the media paths.
 //! - [`invite`] — mutual authentication, the media key under the callee's RSA key, codec
 //!   negotiation, and signals sealed end to end.
+//! - [`codec`] — voice codecs: Opus (libopus) and L16, 20 ms frames of 48 kHz mono.
+//! - [`audio`] — WAV files, test tones, tone strength and delay-searching correlation.
 //! - [`media`] — voice and probe packets sealed end to end, with replay protection.
 //! - [`jitter`] — the jitter buffer: playout delay, reordering, loss, RFC 3550 jitter.
 
+pub mod audio;
+pub mod codec;
 pub mod invite;
 pub mod jitter;
 pub mod media;
