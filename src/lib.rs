@@ -11,6 +11,7 @@
 //! - [`cluster`] — super-node membership: SWIM gossip (foca) sealed with the cluster key.
 //! - [`supernode`] — the super node: the host-session state machine, the actix
 //!   `HostSession` actor that drives it, and the UDP/TCP listeners.
+//! - [`relay`] — the relay data plane: the session table and the UDP worker threads.
 //! - [`host`] — the host library: home folder, host cache, connection ladder, login.
 //! - [`index`] — the Global Index as plain logic: slots, signed entries, lookups.
 //! - [`buddy`] — buddy lists: contact ids, sealed records, signed operations, notices.
@@ -39,6 +40,7 @@ pub mod login;
 pub mod nat;
 pub mod net;
 pub mod network;
+pub mod relay;
 pub mod supernode;
 pub mod telemetry;
 pub mod wire;

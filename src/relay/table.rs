@@ -1,0 +1,830 @@
+//! The relay's session table: shared by the worker threads (which read it once per
+//! datagram through [`SessionTable::decide`]) and the control plane (one `RelaySession`
+//! actor per call, which allocates, watches and releases sessions).
+//!
+//! A session has two legs, A and B, each with its own random token. The first valid
+//! datagram on a leg latches that leg's source address for good; after that, a datagram
+//! on the leg is forwarded to the other leg's latched address, or dropped with a counted
+//! reason. The handshake is therefore: each host sends a probe until it hears from the
+//! other; the first probe to arrive latches its sender and is dropped `peer_unknown`
+//! (there is nowhere to send it yet), every later one is forwarded.
+//!
+//! Per datagram there is no lock on anything both legs write: the map lookup takes a
+//! DashMap shard *read* lock, and everything a datagram changes is an atomic in its own
+//! leg (counters, the rate meter, the activity time) or a `OnceLock` (the latch). Legs are
+//! cache-line aligned because on Linux SO_REUSEPORT hashes each source to one worker, so
+//! each leg is in practice written by one worker. (The next step may replace the DashMap
+//! by a read-mostly structure to avoid the shared read-lock counter on every lookup.)
+//!
+//! Invariants:
+//! - a dropped datagram changes nothing but drop counters, with one deliberate exception:
+//!   a datagram with a valid token whose peer has not latched yet latches its own leg
+//!   (that is the handshake) and is then dropped `peer_unknown`;
+//! - a datagram without a valid token (`bad_token`, including every forwarded copy, whose
+//!   token is zeroed) never latches anything;
+//! - a destination is always a latched address, which came from a datagram carrying that
+//!   leg's token and passed the forbidden-peer check.
+//!
+//! Limitation: a host whose NAT rebinds mid-call (new source port) is dropped as
+//! `wrong_source`; the control plane recovers by granting a new session.
+
+use super::packet::{self, SessionId, Token};
+use crate::crypto::random;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use subtle::ConstantTimeEq;
+
+/// Default cap on live relay sessions per table.
+pub const SESSIONS_MAX_DEFAULT: usize = 10_000;
+/// Default cap on datagrams per second in each direction of a session: twice a 20 ms
+/// voice stream's 50.
+pub const PACKETS_PER_SECOND_MAX_DEFAULT: u32 = 100;
+/// Default cap on bytes per second in each direction of a session. Opus voice is about
+/// 7 KB/s relayed; the cap still admits every codec `call` ships at 50 packets per
+/// second, L16 included (1974-byte datagrams, 98.7 KB/s), with room to spare.
+pub const BYTES_PER_SECOND_MAX_DEFAULT: u64 = 128 * 1024;
+/// Random session ids tried before `allocate` gives up (reached only if the id space is
+/// nearly full, which `sessions_max` prevents).
+const ID_ATTEMPTS_MAX: usize = 64;
+/// A rate meter's bucket: one second's worth of its cap may be spent at once.
+const BURST_NS: u64 = 1_000_000_000;
+
+/// The table's limits, fixed when it is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Live sessions at most; `allocate` fails with [`TableError::Full`] beyond.
+    pub sessions_max: usize,
+    /// Datagrams per second forwarded in each direction of a session (0 forwards none).
+    pub packets_per_second_max: u32,
+    /// Bytes per second forwarded in each direction of a session, headers included.
+    pub bytes_per_second_max: u64,
+    /// Longest datagram accepted (whole, header included); never above
+    /// [`packet::RELAYED_LEN_MAX`], which `decide` enforces regardless.
+    pub packet_len_max: usize,
+    /// Whether a leg may latch to a loopback, private, link-local or otherwise
+    /// non-public address (for tests and private deployments; off on the internet).
+    pub allow_private_peers: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            sessions_max: SESSIONS_MAX_DEFAULT,
+            packets_per_second_max: PACKETS_PER_SECOND_MAX_DEFAULT,
+            bytes_per_second_max: BYTES_PER_SECOND_MAX_DEFAULT,
+            packet_len_max: packet::RELAYED_LEN_MAX,
+            allow_private_peers: false,
+        }
+    }
+}
+
+/// What `allocate` hands the control plane: the session and the two legs' tokens (one
+/// for each host; each host learns only its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// The new session.
+    pub session: SessionId,
+    /// Leg A's token.
+    pub token_a: Token,
+    /// Leg B's token.
+    pub token_b: Token,
+}
+
+/// Why a session could not be allocated; the table is unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    /// `sessions_max` sessions are live.
+    #[error("relay session table is full")]
+    Full,
+}
+
+/// A session's traffic so far. Bytes are whole datagrams as forwarded (header included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Accounting {
+    /// Datagrams forwarded from leg A to leg B.
+    pub packets_a_to_b: u64,
+    /// Bytes forwarded from leg A to leg B.
+    pub bytes_a_to_b: u64,
+    /// Datagrams forwarded from leg B to leg A.
+    pub packets_b_to_a: u64,
+    /// Bytes forwarded from leg B to leg A.
+    pub bytes_b_to_a: u64,
+    /// Datagrams for this session dropped (bad token, wrong source, forbidden peer, peer
+    /// unknown, rate cap).
+    pub dropped: u64,
+}
+
+/// The addresses a session's legs have latched so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Leg A's address, once it has spoken.
+    pub a: Option<SocketAddr>,
+    /// Leg B's address, once it has spoken.
+    pub b: Option<SocketAddr>,
+}
+
+/// What to do with one received datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Wipe its token ([`packet::wipe_token`]) and send it to `to`.
+    Forward {
+        /// The other leg's latched address.
+        to: SocketAddr,
+    },
+    /// Drop it, counting the reason.
+    Drop(DropReason),
+}
+
+/// Why the relay dropped a datagram (each is a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Shorter than the header, or not starting with 0x52.
+    Malformed,
+    /// Longer than the table's `packet_len_max` (or [`packet::RELAYED_LEN_MAX`]).
+    Oversized,
+    /// No such session (never allocated, or released).
+    UnknownSession,
+    /// The token is neither leg's (a forwarded copy's zeroed token included).
+    BadToken,
+    /// The right token from another address than the one the leg latched.
+    WrongSource,
+    /// The leg would latch to an address a public relay must not send to.
+    ForbiddenPeer,
+    /// The other leg has not latched yet: nowhere to send (this one latched, though).
+    PeerUnknown,
+    /// The direction's packet or byte rate cap is spent for now.
+    RateCap,
+}
+
+impl DropReason {
+    /// Number of reasons (for per-reason counter arrays).
+    pub const COUNT: usize = 8;
+    /// Every reason, in `index` order.
+    pub const ALL: [DropReason; Self::COUNT] = [
+        Self::Malformed,
+        Self::Oversized,
+        Self::UnknownSession,
+        Self::BadToken,
+        Self::WrongSource,
+        Self::ForbiddenPeer,
+        Self::PeerUnknown,
+        Self::RateCap,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::Oversized => "oversized",
+            Self::UnknownSession => "unknown_session",
+            Self::BadToken => "bad_token",
+            Self::WrongSource => "wrong_source",
+            Self::ForbiddenPeer => "forbidden_peer",
+            Self::PeerUnknown => "peer_unknown",
+            Self::RateCap => "rate_cap",
+        }
+    }
+
+    /// Position in [`DropReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Whether a public relay must refuse to latch (and so ever send) to `ip`: unspecified,
+/// "this network", loopback, private (RFC 1918, RFC 4193), link-local (with the cloud
+/// metadata address 169.254.169.254), shared CGNAT space 100.64.0.0/10 (with Alibaba's
+/// metadata 100.100.100.200), multicast, broadcast and reserved 240.0.0.0/4, IPv6
+/// site-local, and NAT64 or IPv4-mapped forms of any of these. The 198.18.0.0/15
+/// benchmarking range stays allowed: the namespace testbed uses it as the internet.
+pub fn is_forbidden_peer(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => forbidden_v4(v4),
+        IpAddr::V6(v6) => forbidden_v6(v6),
+    }
+}
+
+fn forbidden_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    a == 0
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || (a == 100 && (b & 0xc0) == 64)
+        || ip.is_multicast()
+        || a >= 240
+}
+
+fn forbidden_v6(ip: Ipv6Addr) -> bool {
+    let s = ip.segments();
+    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_unique_local()
+        || ip.is_unicast_link_local()
+        || (s[0] & 0xffc0) == 0xfec0
+        || ip.is_multicast()
+        || (nat64 && forbidden_v4(Ipv4Addr::from_bits((u32::from(s[6]) << 16) | u32::from(s[7]))))
+}
+
+/// A token bucket in one atomic (GCRA): `tat_ns` is the time at which the bucket would
+/// be full again. Spending `cost_ns` is allowed while that stays within one second of
+/// now, so one second's worth of the cap may come at once, then the cap's rate.
+#[derive(Debug, Default)]
+struct Meter {
+    tat_ns: AtomicU64,
+}
+
+impl Meter {
+    fn take(&self, now_ns: u64, cost_ns: u64) -> bool {
+        self.tat_ns
+            .fetch_update(Relaxed, Relaxed, |tat| {
+                let next = tat.max(now_ns).saturating_add(cost_ns);
+                (next - now_ns <= BURST_NS).then_some(next)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, cost_ns: u64) {
+        let _ = self.tat_ns.fetch_update(Relaxed, Relaxed, |tat| Some(tat.saturating_sub(cost_ns)));
+    }
+}
+
+/// One direction of a session: written by the worker that receives this leg's traffic.
+#[derive(Debug)]
+#[repr(align(64))]
+struct Leg {
+    token: Token,
+    addr: OnceLock<SocketAddr>,
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    last_active_ms: AtomicU64,
+    packet_meter: Meter,
+    byte_meter: Meter,
+}
+
+impl Leg {
+    fn new(token: Token, now_ms: u64) -> Self {
+        Self {
+            token,
+            addr: OnceLock::new(),
+            packets: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            last_active_ms: AtomicU64::new(now_ms),
+            packet_meter: Meter::default(),
+            byte_meter: Meter::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    a: Leg,
+    b: Leg,
+    dropped: AtomicU64,
+}
+
+impl Session {
+    fn accounting(&self) -> Accounting {
+        Accounting {
+            packets_a_to_b: self.a.packets.load(Relaxed),
+            bytes_a_to_b: self.a.bytes.load(Relaxed),
+            packets_b_to_a: self.b.packets.load(Relaxed),
+            bytes_b_to_a: self.b.bytes.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+        }
+    }
+
+    fn drop_for(&self, reason: DropReason) -> Decision {
+        self.dropped.fetch_add(1, Relaxed);
+        Decision::Drop(reason)
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    sessions: DashMap<SessionId, Session>,
+    /// Live sessions, counted apart from the map so `allocate` enforces the cap exactly.
+    live: AtomicUsize,
+    limits: Limits,
+    packet_cost_ns: u64,
+}
+
+/// The shared session table (a cheap handle: clones share one table).
+#[derive(Debug, Clone)]
+pub struct SessionTable {
+    inner: Arc<Inner>,
+}
+
+impl SessionTable {
+    /// An empty table with `limits`.
+    pub fn new(limits: Limits) -> Self {
+        let packet_cost_ns = match limits.packets_per_second_max {
+            0 => u64::MAX,
+            pps => BURST_NS.div_ceil(u64::from(pps)),
+        };
+        Self { inner: Arc::new(Inner { sessions: DashMap::new(), live: AtomicUsize::new(0), limits, packet_cost_ns }) }
+    }
+
+    /// The table's limits.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Creates a session with a fresh random id and two fresh random tokens.
+    pub fn allocate(&self, now_ms: u64) -> Result<Grant, TableError> {
+        let inner = &*self.inner;
+        let max = inner.limits.sessions_max;
+        inner.live.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).map_err(|_| TableError::Full)?;
+        let token_a = Token::random();
+        let token_b = loop {
+            let t = Token::random();
+            if t != token_a {
+                break t;
+            }
+        };
+        for _ in 0..ID_ATTEMPTS_MAX {
+            let session = SessionId(u32::from_be_bytes(random::bytes()));
+            if session.0 == 0 {
+                continue;
+            }
+            if let Entry::Vacant(slot) = inner.sessions.entry(session) {
+                slot.insert(Session { a: Leg::new(token_a, now_ms), b: Leg::new(token_b, now_ms), dropped: 0.into() });
+                return Ok(Grant { session, token_a, token_b });
+            }
+        }
+        inner.live.fetch_sub(1, Relaxed);
+        Err(TableError::Full)
+    }
+
+    /// Removes a session; returns its final accounting (`None` if it was not there).
+    pub fn release(&self, session: SessionId) -> Option<Accounting> {
+        // `remove` waits for the shard's write lock, so no worker is still inside
+        // `decide` on this session: the accounting returned is final.
+        let (_, s) = self.inner.sessions.remove(&session)?;
+        self.inner.live.fetch_sub(1, Relaxed);
+        Some(s.accounting())
+    }
+
+    /// A live session's traffic so far.
+    pub fn accounting(&self, session: SessionId) -> Option<Accounting> {
+        self.inner.sessions.get(&session).map(|s| s.accounting())
+    }
+
+    /// Milliseconds since a session last forwarded a datagram (or since it was allocated,
+    /// if it never has). A leg probing alone does not count as activity.
+    pub fn idle_ms(&self, session: SessionId, now_ms: u64) -> Option<u64> {
+        let s = self.inner.sessions.get(&session)?;
+        let last = s.a.last_active_ms.load(Relaxed).max(s.b.last_active_ms.load(Relaxed));
+        Some(now_ms.saturating_sub(last))
+    }
+
+    /// The addresses a session's legs have latched so far.
+    pub fn endpoints(&self, session: SessionId) -> Option<Endpoints> {
+        let s = self.inner.sessions.get(&session)?;
+        Some(Endpoints { a: s.a.addr.get().copied(), b: s.b.addr.get().copied() })
+    }
+
+    /// Live sessions.
+    pub fn len(&self) -> usize {
+        self.inner.live.load(Relaxed)
+    }
+
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The forwarding rule for one datagram received from `from`: where to send it, or
+    /// why to drop it. No I/O; the caller wipes the token before sending.
+    pub fn decide(&self, datagram: &[u8], from: SocketAddr, now_ms: u64) -> Decision {
+        let limits = &self.inner.limits;
+        if datagram.len() > limits.packet_len_max {
+            return Decision::Drop(DropReason::Oversized);
+        }
+        let (id, token, _inner) = match packet::parse(datagram) {
+            Ok(parsed) => parsed,
+            Err(reason) => return Decision::Drop(reason),
+        };
+        let Some(s) = self.inner.sessions.get(&id) else {
+            return Decision::Drop(DropReason::UnknownSession);
+        };
+        // Both comparisons always run, each in constant time.
+        let is_a = token.ct_eq(&s.a.token);
+        let is_b = token.ct_eq(&s.b.token);
+        let (leg, peer) = if bool::from(is_a) {
+            (&s.a, &s.b)
+        } else if bool::from(is_b) {
+            (&s.b, &s.a)
+        } else {
+            return s.drop_for(DropReason::BadToken);
+        };
+        let latched = match leg.addr.get() {
+            Some(addr) => addr,
+            None if !limits.allow_private_peers && is_forbidden_peer(from.ip()) => {
+                return s.drop_for(DropReason::ForbiddenPeer);
+            }
+            // Two first datagrams from different addresses racing on two workers: one
+            // wins the latch, the other sees `wrong_source` below.
+            None => leg.addr.get_or_init(|| from),
+        };
+        if *latched != from {
+            return s.drop_for(DropReason::WrongSource);
+        }
+        let Some(&to) = peer.addr.get() else {
+            return s.drop_for(DropReason::PeerUnknown);
+        };
+        // The caps bound what the relay sends on a leg's behalf, so only datagrams that
+        // would be forwarded spend them.
+        let len = datagram.len() as u64;
+        let now_ns = now_ms.saturating_mul(1_000_000);
+        if !leg.packet_meter.take(now_ns, self.inner.packet_cost_ns) {
+            return s.drop_for(DropReason::RateCap);
+        }
+        let byte_cost_ns = byte_cost_ns(len, limits.bytes_per_second_max);
+        if !leg.byte_meter.take(now_ns, byte_cost_ns) {
+            leg.packet_meter.give_back(self.inner.packet_cost_ns);
+            return s.drop_for(DropReason::RateCap);
+        }
+        leg.packets.fetch_add(1, Relaxed);
+        leg.bytes.fetch_add(len, Relaxed);
+        if leg.last_active_ms.load(Relaxed) < now_ms {
+            leg.last_active_ms.store(now_ms, Relaxed);
+        }
+        Decision::Forward { to }
+    }
+}
+
+/// Nanoseconds of a `bytes_per_second` budget that `len` bytes spend (rounded up, so the
+/// cap is never exceeded; a zero cap forwards nothing).
+fn byte_cost_ns(len: u64, bytes_per_second: u64) -> u64 {
+    if bytes_per_second == 0 {
+        return u64::MAX;
+    }
+    let cost = (u128::from(len) * u128::from(BURST_NS)).div_ceil(u128::from(bytes_per_second));
+    u64::try_from(cost).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::packet::build;
+    use proptest::prelude::*;
+
+    const PUB_A: &str = "198.18.0.10:40000";
+    const PUB_B: &str = "203.0.113.7:50000";
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn table(limits: Limits) -> SessionTable {
+        SessionTable::new(limits)
+    }
+
+    fn roomy() -> Limits {
+        Limits { packets_per_second_max: 1_000_000, bytes_per_second_max: 1 << 40, ..Limits::default() }
+    }
+
+    /// A session whose legs have both latched (A probed first, B's probe forwarded).
+    fn latched(t: &SessionTable) -> Grant {
+        let g = t.allocate(0).unwrap();
+        assert_eq!(
+            t.decide(&build(g.session, g.token_a, b"probe"), addr(PUB_A), 0),
+            Decision::Drop(DropReason::PeerUnknown)
+        );
+        assert_eq!(
+            t.decide(&build(g.session, g.token_b, b"probe"), addr(PUB_B), 0),
+            Decision::Forward { to: addr(PUB_A) }
+        );
+        g
+    }
+
+    #[test]
+    fn allocate_and_release() {
+        let t = table(Limits::default());
+        assert!(t.is_empty());
+        let g1 = t.allocate(5).unwrap();
+        let g2 = t.allocate(5).unwrap();
+        assert_ne!(g1.session, g2.session);
+        assert_ne!(g1.session.0, 0);
+        assert_ne!(g1.token_a, g1.token_b);
+        assert_ne!(g1.token_a, g2.token_a);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.accounting(g1.session), Some(Accounting::default()));
+        assert_eq!(t.endpoints(g1.session), Some(Endpoints::default()));
+        assert_eq!(t.release(g1.session), Some(Accounting::default()));
+        assert_eq!(t.release(g1.session), None);
+        assert_eq!(t.accounting(g1.session), None);
+        assert_eq!(t.len(), 1);
+        let d = build(g1.session, g1.token_a, b"late");
+        assert_eq!(t.decide(&d, addr(PUB_A), 6), Decision::Drop(DropReason::UnknownSession));
+    }
+
+    #[test]
+    fn full_until_one_is_released() {
+        let t = table(Limits { sessions_max: 2, ..Limits::default() });
+        let g = t.allocate(0).unwrap();
+        t.allocate(0).unwrap();
+        assert_eq!(t.allocate(0), Err(TableError::Full));
+        assert_eq!(t.len(), 2);
+        t.release(g.session);
+        t.allocate(0).unwrap();
+        assert_eq!(t.allocate(0), Err(TableError::Full));
+        let none = table(Limits { sessions_max: 0, ..Limits::default() });
+        assert_eq!(none.allocate(0), Err(TableError::Full));
+        assert_eq!(none.len(), 0);
+    }
+
+    #[test]
+    fn legs_latch_on_their_first_valid_datagram() {
+        let t = table(Limits::default());
+        let g = t.allocate(0).unwrap();
+        let from_a = build(g.session, g.token_a, b"a");
+        assert_eq!(t.decide(&from_a, addr(PUB_A), 1), Decision::Drop(DropReason::PeerUnknown));
+        assert_eq!(t.endpoints(g.session), Some(Endpoints { a: Some(addr(PUB_A)), b: None }));
+        assert_eq!(t.decide(&from_a, addr(PUB_A), 2), Decision::Drop(DropReason::PeerUnknown), "still nowhere to send");
+        let from_b = build(g.session, g.token_b, b"b");
+        assert_eq!(t.decide(&from_b, addr(PUB_B), 3), Decision::Forward { to: addr(PUB_A) });
+        assert_eq!(t.decide(&from_a, addr(PUB_A), 4), Decision::Forward { to: addr(PUB_B) });
+        assert_eq!(t.endpoints(g.session), Some(Endpoints { a: Some(addr(PUB_A)), b: Some(addr(PUB_B)) }));
+        assert_eq!(t.accounting(g.session).unwrap().dropped, 2);
+    }
+
+    #[test]
+    fn a_latched_leg_refuses_other_sources() {
+        let t = table(Limits::default());
+        let g = latched(&t);
+        let from_a = build(g.session, g.token_a, b"a");
+        let before = t.accounting(g.session).unwrap();
+        assert_eq!(t.decide(&from_a, addr("198.18.0.99:40000"), 1), Decision::Drop(DropReason::WrongSource));
+        assert_eq!(t.decide(&from_a, addr("198.18.0.10:40001"), 1), Decision::Drop(DropReason::WrongSource));
+        // Even a forbidden address, once the leg is latched, is simply the wrong source.
+        assert_eq!(t.decide(&from_a, addr("127.0.0.1:40000"), 1), Decision::Drop(DropReason::WrongSource));
+        let after = t.accounting(g.session).unwrap();
+        assert_eq!(after, Accounting { dropped: before.dropped + 3, ..before });
+        assert_eq!(t.endpoints(g.session).unwrap().a, Some(addr(PUB_A)));
+        assert_eq!(t.decide(&from_a, addr(PUB_A), 1), Decision::Forward { to: addr(PUB_B) });
+    }
+
+    #[test]
+    fn bad_tokens_never_latch() {
+        let t = table(Limits::default());
+        let g = t.allocate(0).unwrap();
+        let other = t.allocate(0).unwrap();
+        let mut near = *g.token_a.as_bytes();
+        near[15] ^= 1;
+        for token in [Token::random(), Token::ZERO, Token::from_bytes(near), other.token_a] {
+            let d = build(g.session, token, b"x");
+            assert_eq!(t.decide(&d, addr(PUB_A), 0), Decision::Drop(DropReason::BadToken));
+        }
+        assert_eq!(t.endpoints(g.session), Some(Endpoints::default()));
+        assert_eq!(t.accounting(g.session).unwrap().dropped, 4);
+        // The rightful owner still latches from wherever it is.
+        let d = build(g.session, g.token_a, b"x");
+        assert_eq!(t.decide(&d, addr("198.18.7.7:1234"), 0), Decision::Drop(DropReason::PeerUnknown));
+        assert_eq!(t.endpoints(g.session).unwrap().a, Some(addr("198.18.7.7:1234")));
+    }
+
+    #[test]
+    fn forwarded_copies_cannot_loop_back_in() {
+        let t = table(Limits::default());
+        let g = latched(&t);
+        let mut d = build(g.session, g.token_a, b"media");
+        assert!(matches!(t.decide(&d, addr(PUB_A), 0), Decision::Forward { .. }));
+        packet::wipe_token(&mut d);
+        assert_eq!(t.decide(&d, addr(PUB_B), 0), Decision::Drop(DropReason::BadToken));
+    }
+
+    #[test]
+    fn malformed_and_oversized() {
+        let t = table(Limits { packet_len_max: 100, ..roomy() });
+        let g = latched(&t);
+        assert_eq!(t.decide(b"", addr(PUB_A), 0), Decision::Drop(DropReason::Malformed));
+        assert_eq!(t.decide(&[0x52; 20], addr(PUB_A), 0), Decision::Drop(DropReason::Malformed));
+        let big = build(g.session, g.token_a, &[0; 80]);
+        assert_eq!(t.decide(&big, addr(PUB_A), 0), Decision::Drop(DropReason::Oversized));
+        let fits = build(g.session, g.token_a, &[0; 79]);
+        assert!(matches!(t.decide(&fits, addr(PUB_A), 0), Decision::Forward { .. }));
+        // A limit above the wire maximum does not raise the wire maximum.
+        let lax = table(Limits { packet_len_max: usize::MAX, ..roomy() });
+        let g = latched(&lax);
+        let huge = build(g.session, g.token_a, &[0; crate::call::media::PACKET_LEN_MAX + 1]);
+        assert_eq!(lax.decide(&huge, addr(PUB_A), 0), Decision::Drop(DropReason::Oversized));
+    }
+
+    #[test]
+    fn packet_rate_is_capped_per_direction_per_second() {
+        let t = table(Limits { packets_per_second_max: 10, ..roomy() });
+        let g = latched(&t);
+        let from_a = build(g.session, g.token_a, b"a");
+        let from_b = build(g.session, g.token_b, b"b");
+        let t0 = 10_000;
+        for _ in 0..10 {
+            assert!(matches!(t.decide(&from_a, addr(PUB_A), t0), Decision::Forward { .. }));
+        }
+        assert_eq!(t.decide(&from_a, addr(PUB_A), t0), Decision::Drop(DropReason::RateCap));
+        assert_eq!(t.decide(&from_a, addr(PUB_A), t0 + 50), Decision::Drop(DropReason::RateCap));
+        // The other direction has its own budget.
+        for _ in 0..10 {
+            assert!(matches!(t.decide(&from_b, addr(PUB_B), t0), Decision::Forward { .. }));
+        }
+        // The budget refills at the cap's rate: one datagram per 100 ms…
+        assert!(matches!(t.decide(&from_a, addr(PUB_A), t0 + 100), Decision::Forward { .. }));
+        assert_eq!(t.decide(&from_a, addr(PUB_A), t0 + 150), Decision::Drop(DropReason::RateCap));
+        // …and a second later it is full again, never more than a second's worth.
+        for _ in 0..10 {
+            assert!(matches!(t.decide(&from_a, addr(PUB_A), t0 + 5_000), Decision::Forward { .. }));
+        }
+        assert_eq!(t.decide(&from_a, addr(PUB_A), t0 + 5_000), Decision::Drop(DropReason::RateCap));
+        let acc = t.accounting(g.session).unwrap();
+        assert_eq!(acc.packets_a_to_b, 21);
+        assert_eq!(acc.packets_b_to_a, 1 + 10);
+        assert_eq!(acc.dropped, 1 + 4, "the probe, then four capped");
+    }
+
+    #[test]
+    fn byte_rate_is_capped_and_refunds_the_packet_budget() {
+        // 10 datagrams of 1000 bytes per second at most; packets are not the limit.
+        let t = table(Limits { bytes_per_second_max: 10_000, ..roomy() });
+        let g = latched(&t);
+        let kb = build(g.session, g.token_a, &[0; 1000 - packet::RELAY_HEADER_LEN]);
+        assert_eq!(kb.len(), 1000);
+        for _ in 0..10 {
+            assert!(matches!(t.decide(&kb, addr(PUB_A), 0), Decision::Forward { .. }));
+        }
+        assert_eq!(t.decide(&kb, addr(PUB_A), 0), Decision::Drop(DropReason::RateCap));
+        let small = build(g.session, g.token_a, &[]);
+        assert_eq!(t.decide(&small, addr(PUB_A), 0), Decision::Drop(DropReason::RateCap));
+        assert!(matches!(t.decide(&kb, addr(PUB_A), 100), Decision::Forward { .. }));
+        assert_eq!(t.accounting(g.session).unwrap().bytes_a_to_b, 11_000);
+
+        // Refused by bytes, a datagram gives back the packet budget it briefly took.
+        let both = table(Limits { packets_per_second_max: 3, bytes_per_second_max: 1_000, ..Limits::default() });
+        let g = latched(&both);
+        let d = build(g.session, g.token_a, &[0; 479]);
+        assert_eq!(d.len(), 500);
+        for _ in 0..2 {
+            assert!(matches!(both.decide(&d, addr(PUB_A), 0), Decision::Forward { .. }));
+        }
+        for _ in 0..5 {
+            assert_eq!(both.decide(&d, addr(PUB_A), 0), Decision::Drop(DropReason::RateCap));
+        }
+        // Half a second later half the byte budget is back, and the packet budget was not
+        // spent by the five refusals (it would be two seconds in debt otherwise).
+        let small = build(g.session, g.token_a, &[]);
+        assert!(matches!(both.decide(&small, addr(PUB_A), 500), Decision::Forward { .. }));
+        let zero = table(Limits { packets_per_second_max: 0, ..Limits::default() });
+        let g = latched_refused(&zero);
+        assert_eq!(zero.accounting(g.session).unwrap().packets_b_to_a, 0);
+    }
+
+    fn latched_refused(t: &SessionTable) -> Grant {
+        let g = t.allocate(0).unwrap();
+        t.decide(&build(g.session, g.token_a, b"p"), addr(PUB_A), 0);
+        assert_eq!(t.decide(&build(g.session, g.token_b, b"p"), addr(PUB_B), 0), Decision::Drop(DropReason::RateCap));
+        g
+    }
+
+    #[test]
+    fn default_caps_carry_every_codec() {
+        use crate::call::{codec, media};
+        let t = table(Limits::default());
+        let g = latched(&t);
+        // 50 L16 packets a second each way, for three seconds: none capped.
+        let l16 = build(g.session, g.token_a, &[0; media::HEADER_LEN + codec::L16_PACKET_BYTES + 16]);
+        let mut forwarded = 0;
+        for i in 0..150u64 {
+            if matches!(t.decide(&l16, addr(PUB_A), 1_000 + i * 20), Decision::Forward { .. }) {
+                forwarded += 1;
+            }
+        }
+        assert_eq!(forwarded, 150);
+    }
+
+    #[test]
+    fn forbidden_peers_unless_allowed() {
+        let forbidden = [
+            "127.0.0.1:5",
+            "10.1.2.3:5",
+            "172.16.0.1:5",
+            "192.168.1.1:5",
+            "169.254.169.254:80",
+            "100.100.100.200:80",
+            "0.0.0.0:5",
+            "224.0.0.1:5",
+            "255.255.255.255:5",
+            "[::1]:5",
+            "[::]:5",
+            "[fd00:ec2::254]:80",
+            "[fe80::1]:5",
+            "[ff02::1]:5",
+            "[::ffff:10.0.0.1]:5",
+            "[::ffff:127.0.0.1]:5",
+            "[64:ff9b::a9fe:a9fe]:80",
+        ];
+        for a in forbidden {
+            assert!(is_forbidden_peer(addr(a).ip()), "{a} should be forbidden");
+        }
+        for a in
+            ["198.18.0.1:5", "198.19.255.1:5", "203.0.113.5:5", "8.8.8.8:53", "[2001:db8::1]:5", "[::ffff:8.8.8.8]:5"]
+        {
+            assert!(!is_forbidden_peer(addr(a).ip()), "{a} should be allowed");
+        }
+
+        let strict = table(Limits::default());
+        let g = strict.allocate(0).unwrap();
+        let d = build(g.session, g.token_a, b"x");
+        assert_eq!(strict.decide(&d, addr("127.0.0.1:9"), 0), Decision::Drop(DropReason::ForbiddenPeer));
+        assert_eq!(strict.decide(&d, addr("[::ffff:192.168.0.2]:9"), 0), Decision::Drop(DropReason::ForbiddenPeer));
+        assert_eq!(strict.endpoints(g.session), Some(Endpoints::default()), "a refused source never latches");
+        assert_eq!(strict.decide(&d, addr(PUB_A), 0), Decision::Drop(DropReason::PeerUnknown));
+
+        let lab = table(Limits { allow_private_peers: true, ..Limits::default() });
+        let g = lab.allocate(0).unwrap();
+        assert_eq!(
+            lab.decide(&build(g.session, g.token_a, b"x"), addr("127.0.0.1:9"), 0),
+            Decision::Drop(DropReason::PeerUnknown)
+        );
+        assert_eq!(
+            lab.decide(&build(g.session, g.token_b, b"x"), addr("127.0.0.1:10"), 0),
+            Decision::Forward { to: addr("127.0.0.1:9") }
+        );
+    }
+
+    #[test]
+    fn accounting_per_direction_and_idle_time() {
+        let t = table(roomy());
+        let g = t.allocate(1_000).unwrap();
+        assert_eq!(t.idle_ms(g.session, 1_500), Some(500));
+        t.decide(&build(g.session, g.token_a, &[1; 10]), addr(PUB_A), 1_100);
+        assert_eq!(t.idle_ms(g.session, 1_500), Some(500), "a lone probe is not activity");
+        t.decide(&build(g.session, g.token_b, &[2; 20]), addr(PUB_B), 2_000);
+        for _ in 0..3 {
+            t.decide(&build(g.session, g.token_a, &[1; 100]), addr(PUB_A), 2_500);
+        }
+        t.decide(&build(g.session, g.token_b, &[2; 20]), addr(PUB_B), 2_200);
+        t.decide(&build(g.session, Token::random(), &[3; 5]), addr(PUB_B), 2_600);
+        let acc = Accounting {
+            packets_a_to_b: 3,
+            bytes_a_to_b: 3 * 121,
+            packets_b_to_a: 2,
+            bytes_b_to_a: 2 * 41,
+            dropped: 2,
+        };
+        assert_eq!(t.accounting(g.session), Some(acc));
+        assert_eq!(t.idle_ms(g.session, 3_000), Some(500));
+        assert_eq!(t.idle_ms(g.session, 100), Some(0), "a clock behind the last activity is not negative");
+        assert_eq!(t.idle_ms(SessionId(g.session.0 ^ 1), 3_000), None);
+        assert_eq!(t.release(g.session), Some(acc));
+    }
+
+    #[test]
+    fn concurrent_legs_count_exactly() {
+        let t = table(roomy());
+        let g = latched(&t);
+        std::thread::scope(|scope| {
+            for (token, from) in [(g.token_a, PUB_A), (g.token_b, PUB_B)] {
+                let t = t.clone();
+                scope.spawn(move || {
+                    let d = build(g.session, token, &[0; 79]);
+                    for i in 0..10_000 {
+                        assert!(matches!(t.decide(&d, addr(from), i / 10), Decision::Forward { .. }));
+                    }
+                });
+            }
+        });
+        let acc = t.accounting(g.session).unwrap();
+        assert_eq!((acc.packets_a_to_b, acc.packets_b_to_a), (10_000, 10_001));
+        assert_eq!((acc.bytes_a_to_b, acc.bytes_b_to_a), (1_000_000, 1_000_000 + 26));
+    }
+
+    proptest! {
+        #[test]
+        fn decide_is_total(bytes in proptest::collection::vec(any::<u8>(), 0..2200), port: u16, use_session: bool) {
+            let t = table(Limits::default());
+            let g = latched(&t);
+            let mut d = bytes;
+            if use_session && d.len() >= 5 {
+                d[0] = packet::MAGIC;
+                d[1..5].copy_from_slice(&g.session.0.to_be_bytes());
+            }
+            let from = SocketAddr::from(([198, 18, 3, 4], port));
+            match t.decide(&d, from, 7) {
+                Decision::Forward { .. } => prop_assert!(false, "random bytes were forwarded"),
+                Decision::Drop(_) => {}
+            }
+            prop_assert_eq!(t.endpoints(g.session), Some(Endpoints { a: Some(addr(PUB_A)), b: Some(addr(PUB_B)) }));
+            prop_assert_eq!(t.accounting(g.session).unwrap().packets_a_to_b, 0);
+        }
+    }
+}
