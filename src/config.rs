@@ -123,6 +123,9 @@ pub struct NodeConfig {
     /// The UDP socket for cluster gossip (none: this node does not join a cluster).
     #[serde(default)]
     pub gossip: Option<SocketAddr>,
+    /// The relay's UDP port (none: this node relays no calls).
+    #[serde(default)]
+    pub relay: Option<SocketAddr>,
 }
 
 fn default_node_addr() -> SocketAddr {
@@ -169,6 +172,43 @@ pub struct SupernodeConfig {
     pub handshakes_max: usize,
     /// UDP receive buffer per socket.
     pub udp_recv_buffer_bytes: usize,
+    /// Call relays.
+    pub relay: RelayConfig,
+}
+
+/// Call relays (for nodes with a `relay` address).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Worker threads, each with its own socket on the relay port (0: one per core).
+    pub workers: usize,
+    /// Relay sessions one node holds at most.
+    pub sessions_max: usize,
+    /// Relay sessions one connected host may hold.
+    pub sessions_per_host_max: usize,
+    /// Seconds without a packet after which a session ends.
+    pub idle_timeout_secs: u64,
+    /// Packets per second one session may relay (voice needs 50 each way).
+    pub packets_per_second_max: u32,
+    /// Bytes per second one session may relay.
+    pub bytes_per_second_max: u64,
+    /// Relay to loopback, private and link-local addresses (test networks only).
+    pub allow_private_peers: bool,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        let l = crate::relay::table::Limits::default();
+        Self {
+            workers: 0,
+            sessions_max: l.sessions_max,
+            sessions_per_host_max: 4,
+            idle_timeout_secs: 30,
+            packets_per_second_max: l.packets_per_second_max,
+            bytes_per_second_max: l.bytes_per_second_max,
+            allow_private_peers: false,
+        }
+    }
 }
 
 impl Default for SupernodeConfig {
@@ -187,6 +227,7 @@ impl Default for SupernodeConfig {
             hosts_max: p.hosts_max,
             handshakes_max: p.handshakes_max,
             udp_recv_buffer_bytes: p.udp_recv_buffer_bytes,
+            relay: RelayConfig::default(),
         }
     }
 }

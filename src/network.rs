@@ -112,6 +112,7 @@ pub async fn start_supernodes(
                 }),
                 _ => None,
             },
+            relay: n.relay.map(|a| (a, cfg.relay.clone())),
         };
         bound.push(BoundNode::bind(spec).await.with_context(|| format!("supernode.nodes[{i}]"))?);
     }
@@ -211,6 +212,11 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Network> {
     }
     cfg.supernode.cluster_secret = Some(secret.into());
     cfg.supernode.index.directory = vec![login_addr];
+    // A local network's hosts all live on local addresses: its relays must reach them.
+    cfg.supernode.relay.allow_private_peers = true;
+    if cfg.supernode.relay.workers == 0 {
+        cfg.supernode.relay.workers = 1;
+    }
     for i in 0..opts.supernodes {
         let name = format!("sn{}", i + 1);
         let stem = data.join(&name);
@@ -230,6 +236,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Network> {
             fallback_tcp: Vec::new(),
             public_ip: None,
             gossip: Some(SocketAddr::new(opts.bind, port(opts.base_port, off + 2))),
+            relay: Some(SocketAddr::new(opts.bind, port(opts.base_port, off + 3))),
         });
     }
     let running = start_supernodes(&cfg.supernode, &shutdown).await?;
@@ -297,6 +304,7 @@ impl Network {
         n.tcp = *old.tcp.first().context("the node had no TCP listener")?;
         n.probe_udp = old.probe_udp;
         n.gossip = old.gossip;
+        n.relay = old.relay;
         cfg.nodes = vec![n];
         cfg.seeds =
             self.running.iter().enumerate().filter(|(j, _)| *j != i).filter_map(|(_, r)| r.addrs.gossip).collect();

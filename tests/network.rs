@@ -238,6 +238,7 @@ async fn rogue_node(name: &str, node_key: &str, credential: Credential, token: &
         public_ip: None,
         params: SessionParams::default(),
         cluster: None,
+        relay: None,
     };
     let b = BoundNode::bind(spec).await.unwrap();
     let addr = b.addrs().udp;
@@ -399,6 +400,7 @@ async fn last_resort_tcp_port_on_a_bootstrap_address() {
         public_ip: None,
         params: SessionParams::default(),
         cluster: None,
+        relay: None,
     };
     let b = BoundNode::bind(spec).await.unwrap();
     let fallback = b.addrs().tcp[1];

@@ -12,6 +12,7 @@ use crate::call::invite::{
 use crate::call::signal::{Action, Call, Intent, Role, Signal, State, Timeouts};
 use crate::index::Status;
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 /// How far an invite's clock may be from ours.
 const INVITE_WINDOW_MS: u64 = 30_000;
@@ -328,5 +329,40 @@ impl From<State> for CallState {
             State::Connected(p) => Self::Connected { path: p.label() },
             State::Ended(r) => Self::Ended { reason: r.label() },
         }
+    }
+}
+
+impl Session {
+    /// Opens a relay session at our super node for a call; leg A is ours, leg B's token
+    /// goes to the other host end to end.
+    pub async fn allocate_relay(&mut self) -> Result<crate::wire::message::RelayGrant, HostError> {
+        use crate::wire::MessageKind;
+        use crate::wire::message::{RelayAllocate, RelayGrant};
+        self.forward_req = self.forward_req.wrapping_add(1);
+        let req = self.forward_req;
+        let mut grant = None;
+        self.exchange(MessageKind::RelayAllocate, &RelayAllocate { req }.encode(), Duration::from_secs(5), |k, b| {
+            if k == MessageKind::RelayGrant
+                && let Ok(g) = RelayGrant::decode(&b)
+                && g.req == req
+            {
+                grant = Some(g);
+                return true;
+            }
+            false
+        })
+        .await;
+        let g = grant.ok_or_else(|| HostError::Refused("the super node did not answer the relay request".into()))?;
+        if g.code != 0 {
+            let code = crate::wire::ErrorCode::from_code(g.code);
+            return Err(HostError::Refused(format!("no relay session: {}", code.label())));
+        }
+        Ok(g)
+    }
+
+    /// Frees a relay session we opened.
+    pub async fn release_relay(&mut self, session: u32) {
+        use crate::wire::message::RelayRelease;
+        self.link.send(crate::wire::MessageKind::RelayRelease, RelayRelease { session }.encode()).await;
     }
 }

@@ -9,11 +9,13 @@ use super::handshake::{self, Accepted};
 use super::index_router::{FindUser, IndexRouter, Publish, Route, SearchUsers};
 use super::mailbox::{self, Deliver};
 use super::node::NodeShared;
+use super::relay_session::{RelaySession, Release};
 use super::session::{Action, Session, SessionPeer, Transport};
 use crate::wire::ErrorCode;
 use crate::wire::frame;
 use crate::wire::message::{
-    Envelope, ErrorMsg, FindReply, ForwardAck, MessageKind, PublishAck, SEARCH_RESULTS_MAX, SearchReply, Welcome,
+    Envelope, ErrorMsg, FindReply, ForwardAck, MessageKind, PublishAck, RelayGrant, SEARCH_RESULTS_MAX, SearchReply,
+    Welcome,
 };
 use actix::prelude::*;
 use std::net::SocketAddr;
@@ -90,6 +92,7 @@ pub struct HostSession {
     handshake_id: [u8; 32],
     user: String,
     finds: (u64, u32),
+    relays: std::collections::HashMap<u32, Addr<RelaySession>>,
 }
 
 impl HostSession {
@@ -111,6 +114,7 @@ impl HostSession {
             handshake_id,
             user: String::new(),
             finds: (0, 0),
+            relays: std::collections::HashMap::new(),
         }
     }
 
@@ -205,6 +209,55 @@ impl HostSession {
             self.reply(MessageKind::Error, &e.encode());
         }
         router
+    }
+
+    /// Opens a relay session for this host, within the node's and the host's quotas.
+    fn allocate_relay(&mut self, req: u32) -> RelayGrant {
+        let node = self.node.identity.name.clone();
+        let count = move |outcome: &'static str| {
+            metrics::counter!("confab_relay_allocations_total", "node" => node.clone(), "outcome" => outcome)
+                .increment(1);
+        };
+        let refused = |code: ErrorCode| RelayGrant {
+            req,
+            code: code.code(),
+            relay: None,
+            session: 0,
+            token_a: [0; 16],
+            token_b: [0; 16],
+            idle_timeout_secs: 0,
+        };
+        let Some(plane) = &self.node.relay else {
+            count("no_relay");
+            return refused(ErrorCode::Unsupported);
+        };
+        self.relays.retain(|_, a| a.connected());
+        if self.relays.len() >= plane.cfg.sessions_per_host_max {
+            count("host_quota");
+            return refused(ErrorCode::Full);
+        }
+        let grant = match plane.table.allocate(crate::relay::clock_ms()) {
+            Ok(g) => g,
+            Err(_) => {
+                count("full");
+                return refused(ErrorCode::Full);
+            }
+        };
+        count("granted");
+        let idle = Duration::from_secs(plane.cfg.idle_timeout_secs.max(1));
+        let actor =
+            RelaySession::new(self.node.identity.name.clone(), plane.table.clone(), grant, self.user.clone(), idle)
+                .start();
+        self.relays.insert(grant.session.0, actor);
+        RelayGrant {
+            req,
+            code: 0,
+            relay: Some(plane.addr),
+            session: grant.session.0,
+            token_a: *grant.token_a.as_bytes(),
+            token_b: *grant.token_b.as_bytes(),
+            idle_timeout_secs: plane.cfg.idle_timeout_secs.min(u64::from(u16::MAX)) as u16,
+        }
     }
 
     fn apply(&mut self, actions: Vec<Action>, ctx: &mut Context<Self>) {
@@ -330,6 +383,15 @@ impl HostSession {
                         act.reply(MessageKind::ForwardAck, &ack(r).encode());
                     }));
                 }
+                Action::RelayAllocate(r) => {
+                    let grant = self.allocate_relay(r.req);
+                    self.reply(MessageKind::RelayGrant, &grant.encode());
+                }
+                Action::RelayRelease(r) => {
+                    if let Some(actor) = self.relays.remove(&r.session) {
+                        actor.do_send(Release("released"));
+                    }
+                }
                 Action::Close(reason) => {
                     tracing::info!(node = %self.node.identity.name, peer = %self.peer, reason, "host session closed");
                     ctx.stop();
@@ -383,6 +445,10 @@ impl Actor for HostSession {
         };
         if let Some(id) = id {
             self.node.mailboxes.unregister(&self.user, id);
+        }
+        // A host that leaves takes its relay sessions with it.
+        for (_, actor) in self.relays.drain() {
+            actor.do_send(Release("owner_left"));
         }
         self.node.unregister_session(self.peer, self.handshake_id, id);
     }

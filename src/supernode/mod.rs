@@ -6,6 +6,7 @@
 //! - [`host_session`] — the `HostSession` actor that drives a session.
 //! - [`node`] — sockets and routing of frames to sessions.
 //! - [`mailbox`] — connected hosts by username, for notices between hosts.
+//! - [`relay_session`] — the `RelaySession` actor: one per relayed call, over the relay's table.
 //! - [`metrics`] — counters and the once-per-reason rejection log.
 
 pub mod handshake;
@@ -15,6 +16,7 @@ pub mod index_slot;
 pub mod mailbox;
 pub mod metrics;
 pub mod node;
+pub mod relay_session;
 pub mod session;
 
 pub use handshake::Identity;

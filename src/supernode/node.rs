@@ -82,6 +82,18 @@ pub struct NodeSpec {
     pub params: SessionParams,
     /// Membership (None: a lone node that announces only its static peers).
     pub cluster: Option<ClusterSpec>,
+    /// The call relay's UDP address and settings (None: no relay).
+    pub relay: Option<(SocketAddr, crate::config::RelayConfig)>,
+}
+
+/// A node's call relay: the table its `RelaySession` actors fill, and its address.
+pub struct RelayPlane {
+    /// The shared session table (the workers forward by it).
+    pub table: crate::relay::table::SessionTable,
+    /// Where hosts send relayed packets.
+    pub addr: SocketAddr,
+    /// Settings.
+    pub cfg: crate::config::RelayConfig,
 }
 
 struct PeerEntry {
@@ -107,6 +119,8 @@ pub struct NodeShared {
     pub metrics: NodeMetrics,
     /// Connected hosts by username, for notices.
     pub mailboxes: super::mailbox::Mailboxes,
+    /// The call relay, when this node has one.
+    pub relay: Option<RelayPlane>,
     by_peer: DashMap<SocketAddr, PeerEntry>,
     sessions: DashMap<u32, (SocketAddr, Addr<HostSession>)>,
 }
@@ -254,6 +268,7 @@ pub struct BoundNode {
     probe: Option<(Arc<UdpSocket>, SocketAddr)>,
     tcp: Vec<(TcpListener, SocketAddr)>,
     gossip: Option<(UdpSocket, SocketAddr)>,
+    relay: Option<(crate::relay::worker::RelayWorkers, RelayPlane)>,
 }
 
 /// What a running node is reachable at.
@@ -269,6 +284,8 @@ pub struct NodeAddrs {
     pub probe_udp: Option<SocketAddr>,
     /// The gossip port.
     pub gossip: Option<SocketAddr>,
+    /// The call relay's UDP port.
+    pub relay: Option<SocketAddr>,
 }
 
 /// A running node.
@@ -280,6 +297,7 @@ pub struct RunningNode {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     stop: CancellationToken,
     crash: CancellationToken,
+    relay_workers: std::sync::Mutex<Option<crate::relay::worker::RelayWorkers>>,
 }
 
 fn advertised(bound: SocketAddr, public_ip: Option<IpAddr>) -> std::io::Result<SocketAddr> {
@@ -335,7 +353,28 @@ impl BoundNode {
             }
             None => None,
         };
-        Ok(Self { spec, udp: Arc::new(udp), udp_addr, probe, tcp, gossip })
+        let relay = match &spec.relay {
+            Some((a, cfg)) => {
+                let table = crate::relay::table::SessionTable::new(crate::relay::table::Limits {
+                    sessions_max: cfg.sessions_max,
+                    packets_per_second_max: cfg.packets_per_second_max,
+                    bytes_per_second_max: cfg.bytes_per_second_max,
+                    allow_private_peers: cfg.allow_private_peers,
+                    ..Default::default()
+                });
+                let workers = match cfg.workers {
+                    0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                    n => n,
+                };
+                let w =
+                    crate::relay::worker::RelayWorkers::start(*a, workers, table.clone(), spec.identity.name.clone())
+                        .map_err(|e| with_context(e, "bind relay UDP", *a))?;
+                let addr = advertised(w.local_addr(), spec.public_ip)?;
+                Some((w, RelayPlane { table, addr, cfg: cfg.clone() }))
+            }
+            None => None,
+        };
+        Ok(Self { spec, udp: Arc::new(udp), udp_addr, probe, tcp, gossip, relay })
     }
 
     /// What this node will be reachable at.
@@ -346,6 +385,7 @@ impl BoundNode {
             tcp: self.tcp.iter().map(|(_, a)| *a).collect(),
             probe_udp: self.probe.as_ref().map(|(_, a)| *a),
             gossip: self.gossip.as_ref().map(|(_, a)| *a),
+            relay: self.relay.as_ref().map(|(_, p)| p.addr),
         }
     }
 
@@ -371,6 +411,10 @@ impl BoundNode {
         let shutdown = shutdown.child_token();
         let crash = CancellationToken::new();
         let mailboxes = super::mailbox::Mailboxes::new(&self.spec.identity.name);
+        let (relay_workers, relay_plane) = match self.relay {
+            Some((w, p)) => (Some(w), Some(p)),
+            None => (None, None),
+        };
         let (view, index) = match (self.spec.cluster, self.gossip) {
             (Some(c), Some((socket, gossip))) => {
                 let me = crate::cluster::Member {
@@ -416,6 +460,7 @@ impl BoundNode {
             view,
             index,
             mailboxes,
+            relay: relay_plane,
             by_peer: DashMap::new(),
             sessions: DashMap::new(),
         });
@@ -434,7 +479,7 @@ impl BoundNode {
             &addrs.name,
             Box::new(move || weak.upgrade().map(|s| s.status()).unwrap_or(serde_json::Value::Null)),
         );
-        RunningNode { addrs, shared, tasks, stop: shutdown, crash }
+        RunningNode { addrs, shared, tasks, stop: shutdown, crash, relay_workers: std::sync::Mutex::new(relay_workers) }
     }
 }
 
@@ -446,14 +491,24 @@ impl RunningNode {
         self.stop.cancel();
         // Sessions hold the node's sockets; a crashed process holds nothing.
         self.shared.drop_all();
+        self.stop_relay();
         if let Some(r) = &self.shared.index {
             r.do_send(super::index_router::Shutdown);
+        }
+    }
+
+    fn stop_relay(&self) {
+        let workers = self.relay_workers.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut w) = workers {
+            // Joining the workers waits out their read timeout: not on the event loop.
+            std::thread::spawn(move || w.stop());
         }
     }
 
     /// Waits for the listeners to finish (after the shutdown token fired), then closes
     /// every session with a Bye.
     pub async fn stopped(self) {
+        self.stop_relay();
         for t in self.tasks {
             let _ = t.await;
         }

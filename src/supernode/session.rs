@@ -5,8 +5,11 @@
 //! idle expiry.
 
 use crate::crypto::aead::{SealKey, SessionSecret, label};
+use crate::wire::DecodeError;
 use crate::wire::frame::{self, Direction, FrameError, RawFrame};
-use crate::wire::message::{Bye, ErrorCode, ErrorMsg, Find, Forward, MessageKind, Observed, Search, Welcome};
+use crate::wire::message::{
+    Bye, ErrorCode, ErrorMsg, Find, Forward, MessageKind, Observed, RelayAllocate, RelayRelease, Search, Welcome,
+};
 use crate::wire::replay::ReplayWindow;
 use std::net::SocketAddr;
 
@@ -44,6 +47,10 @@ pub enum Action {
     Search(Search),
     /// Carry a notice to another user's host, then answer with ForwardAck.
     Forward(Forward),
+    /// Open a relay session, then answer with RelayGrant.
+    RelayAllocate(RelayAllocate),
+    /// Free a relay session this host opened.
+    RelayRelease(RelayRelease),
 }
 
 /// Who is on the other end of a session, and how they are reached.
@@ -155,27 +162,15 @@ impl Session {
                 out.push(Action::Close("bye"));
             }
             MessageKind::Publish => out.push(Action::Publish(body)),
-            MessageKind::Search => match Search::decode(&body) {
-                Ok(s) => out.push(Action::Search(s)),
-                Err(e) => {
-                    let e = ErrorMsg::new(ErrorCode::Malformed, format!("search: {e}"));
-                    out.push(Action::Send(MessageKind::Error, self.seal(MessageKind::Error, &e.encode())));
-                }
-            },
-            MessageKind::Forward => match Forward::decode(&body) {
-                Ok(f) => out.push(Action::Forward(f)),
-                Err(e) => {
-                    let e = ErrorMsg::new(ErrorCode::Malformed, format!("forward: {e}"));
-                    out.push(Action::Send(MessageKind::Error, self.seal(MessageKind::Error, &e.encode())));
-                }
-            },
-            MessageKind::Find => match Find::decode(&body) {
-                Ok(f) => out.push(Action::Find(f)),
-                Err(e) => {
-                    let e = ErrorMsg::new(ErrorCode::Malformed, format!("find: {e}"));
-                    out.push(Action::Send(MessageKind::Error, self.seal(MessageKind::Error, &e.encode())));
-                }
-            },
+            MessageKind::Search => out.push(self.decoded(Search::decode(&body), "search", Action::Search)),
+            MessageKind::Find => out.push(self.decoded(Find::decode(&body), "find", Action::Find)),
+            MessageKind::Forward => out.push(self.decoded(Forward::decode(&body), "forward", Action::Forward)),
+            MessageKind::RelayAllocate => {
+                out.push(self.decoded(RelayAllocate::decode(&body), "relay_allocate", Action::RelayAllocate))
+            }
+            MessageKind::RelayRelease => {
+                out.push(self.decoded(RelayRelease::decode(&body), "relay_release", Action::RelayRelease))
+            }
             MessageKind::Error => {
                 if let Ok(e) = ErrorMsg::decode(&body) {
                     tracing::debug!(user = %self.user, code = e.code.label(), detail = %e.detail, "host reported an error");
@@ -188,6 +183,17 @@ impl Session {
             }
         }
         Ok(out)
+    }
+
+    /// The action for a decoded request, or a Malformed error back to the host.
+    fn decoded<T>(&mut self, r: Result<T, DecodeError>, what: &str, action: impl FnOnce(T) -> Action) -> Action {
+        match r {
+            Ok(v) => action(v),
+            Err(e) => {
+                let e = ErrorMsg::new(ErrorCode::Malformed, format!("{what}: {e}"));
+                Action::Send(MessageKind::Error, self.seal(MessageKind::Error, &e.encode()))
+            }
+        }
     }
 
     /// When the session expires unless the host is heard from.

@@ -63,11 +63,17 @@ pub enum MessageKind {
     ForwardAck = 0x47,
     /// Super node → host: a notice from another host (sealed).
     Notice = 0x48,
+    /// Host → super node: open a relay session for a call (sealed).
+    RelayAllocate = 0x50,
+    /// Super node → host: the relay session, or why not (sealed).
+    RelayGrant = 0x51,
+    /// Host → super node: the call is over, free the relay session (sealed).
+    RelayRelease = 0x52,
 }
 
 impl MessageKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [MessageKind; 27] = [
+    pub const ALL: [MessageKind; 30] = [
         Self::Hello,
         Self::Challenge,
         Self::Auth,
@@ -95,6 +101,9 @@ impl MessageKind {
         Self::Forward,
         Self::ForwardAck,
         Self::Notice,
+        Self::RelayAllocate,
+        Self::RelayGrant,
+        Self::RelayRelease,
     ];
 
     /// The kind for a wire code.
@@ -113,6 +122,7 @@ impl MessageKind {
             Self::Publish | Self::PublishAck | Self::Find | Self::FindReply => sealed,
             Self::Search | Self::SearchReply => sealed,
             Self::Forward | Self::ForwardAck | Self::Notice => sealed,
+            Self::RelayAllocate | Self::RelayGrant | Self::RelayRelease => sealed,
             Self::Error => true,
         }
     }
@@ -147,6 +157,9 @@ impl MessageKind {
             Self::Forward => "forward",
             Self::ForwardAck => "forward_ack",
             Self::Notice => "notice",
+            Self::RelayAllocate => "relay_allocate",
+            Self::RelayGrant => "relay_grant",
+            Self::RelayRelease => "relay_release",
         }
     }
 }
@@ -986,6 +999,102 @@ impl ForwardAck {
     }
 }
 
+/// RelayAllocate: a relay session for a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayAllocate {
+    /// Matches the grant.
+    pub req: u32,
+}
+
+impl RelayAllocate {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u32(self.req);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let req = r.u32("relay_allocate.req")?;
+        r.finish()?;
+        Ok(Self { req })
+    }
+}
+
+/// RelayGrant: where the relay is and the two legs' tokens (one for each host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayGrant {
+    /// The RelayAllocate's id.
+    pub req: u32,
+    /// 0: granted; otherwise the [`ErrorCode`] (Full: too many sessions here or for you).
+    pub code: u16,
+    /// The relay's UDP address.
+    pub relay: Option<SocketAddr>,
+    /// The session id.
+    pub session: u32,
+    /// Leg A's token (for the host that asked).
+    pub token_a: [u8; 16],
+    /// Leg B's token (for the other host, sent to it end to end).
+    pub token_b: [u8; 16],
+    /// Seconds without packets after which the session ends.
+    pub idle_timeout_secs: u16,
+}
+
+impl RelayGrant {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u32(self.req)
+            .u16(self.code)
+            .opt_addr(self.relay)
+            .u32(self.session)
+            .raw(&self.token_a)
+            .raw(&self.token_b)
+            .u16(self.idle_timeout_secs);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let req = r.u32("relay_grant.req")?;
+        let code = r.u16("relay_grant.code")?;
+        let relay = r.opt_addr("relay_grant.relay")?;
+        let session = r.u32("relay_grant.session")?;
+        let token_a = r.array("relay_grant.token_a")?;
+        let token_b = r.array("relay_grant.token_b")?;
+        let idle_timeout_secs = r.u16("relay_grant.idle_timeout_secs")?;
+        r.finish()?;
+        Ok(Self { req, code, relay, session, token_a, token_b, idle_timeout_secs })
+    }
+}
+
+/// RelayRelease: free a relay session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayRelease {
+    /// The session id.
+    pub session: u32,
+}
+
+impl RelayRelease {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u32(self.session);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let session = r.u32("relay_release.session")?;
+        r.finish()?;
+        Ok(Self { session })
+    }
+}
+
 /// RegisterReply: the account as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisterReply {
@@ -1083,6 +1192,9 @@ mod tests {
             let _ = RegisterReply::decode(&b);
             let _ = Forward::decode(&b);
             let _ = ForwardAck::decode(&b);
+            let _ = RelayAllocate::decode(&b);
+            let _ = RelayGrant::decode(&b);
+            let _ = RelayRelease::decode(&b);
         }
     }
 }

@@ -1,0 +1,122 @@
+//! A super node's call relay over real sockets: a host opens a relay session, two UDP
+//! endpoints use it with their tokens, strangers and wrong tokens get nothing through,
+//! quotas hold, and sessions end on release, on idle and when their owner leaves.
+
+mod common;
+
+use confab::relay::packet::{self, RELAY_HEADER_LEN, SessionId, Token};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+const PW: &str = "correct horse battery";
+
+fn socket() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    s
+}
+
+/// Datagrams `s` receives until it goes quiet.
+fn drain(s: &UdpSocket) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.recv(&mut buf) {
+        got.push(buf[..n].to_vec());
+    }
+    got
+}
+
+#[actix_rt::test]
+async fn relay_sessions_forward_only_between_their_two_endpoints() {
+    let t = common::start(1, |c| {
+        c.supernode.relay.idle_timeout_secs = 2;
+        c.supernode.relay.sessions_per_host_max = 3;
+        c.supernode.relay.packets_per_second_max = 1000;
+    })
+    .await;
+    let s = t.settings();
+    let home = t.home("rita");
+    confab::host::register(&s, &home, "rita", PW).await.unwrap();
+    let mut rita = confab::host::login(&s, &home, "rita", PW).await.unwrap();
+    let node = t.net.nodes()[0].clone();
+    let table = &node.relay.as_ref().expect("confab up gives every super node a relay").table;
+
+    let g = rita.allocate_relay().await.unwrap();
+    let relay: SocketAddr = g.relay.unwrap();
+    let (session, ta, tb) = (SessionId(g.session), Token::from_bytes(g.token_a), Token::from_bytes(g.token_b));
+    let (a, b, stranger) = (socket(), socket(), socket());
+    a.connect(relay).unwrap();
+    b.connect(relay).unwrap();
+    stranger.connect(relay).unwrap();
+
+    // Each leg announces itself; once both have, packets flow both ways.
+    b.send(&packet::build(session, tb, b"hello from b")).unwrap();
+    a.send(&packet::build(session, ta, b"hello from a")).unwrap();
+    let first = drain(&b);
+    assert_eq!(first.len(), 1);
+    assert_eq!(&first[0][RELAY_HEADER_LEN..], b"hello from a");
+    assert!(first[0][5..RELAY_HEADER_LEN].iter().all(|x| *x == 0), "tokens never reach the other side");
+    let started = Instant::now();
+    for i in 0..200u32 {
+        a.send(&packet::build(session, ta, &i.to_be_bytes())).unwrap();
+        b.send(&packet::build(session, tb, &i.to_be_bytes())).unwrap();
+        if i % 50 == 49 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let (at_b, at_a) = (drain(&b), drain(&a));
+    eprintln!("400 relayed packets in {:?}", started.elapsed());
+    assert_eq!((at_b.len(), at_a.len()), (200, 200), "no loss on loopback within the rate cap");
+
+    // A stranger with A's token, a wrong token, an unknown session: nothing gets through.
+    stranger.send(&packet::build(session, ta, b"spoofed source")).unwrap();
+    a.send(&packet::build(session, Token::from_bytes([7; 16]), b"bad token")).unwrap();
+    a.send(&packet::build(SessionId(g.session ^ 1), ta, b"unknown session")).unwrap();
+    a.send(b"garbage").unwrap();
+    assert!(drain(&b).is_empty());
+    let acct = table.accounting(session).unwrap();
+    assert_eq!((acct.packets_a_to_b, acct.packets_b_to_a), (201, 200));
+
+    // A flood beyond the session's rate cap is cut, not forwarded.
+    for i in 0..3000u32 {
+        a.send(&packet::build(session, ta, &i.to_be_bytes())).unwrap();
+    }
+    // At most the one-second bucket (1000) and what refills while the flood lasts.
+    let through = drain(&b).len();
+    assert!(through <= 1200, "{through} of 3000 flooded packets went through");
+
+    // Quotas: three sessions per host here.
+    let g2 = rita.allocate_relay().await.unwrap();
+    let g3 = rita.allocate_relay().await.unwrap();
+    let e = rita.allocate_relay().await.unwrap_err().to_string();
+    assert!(e.contains("full"), "{e}");
+    assert_eq!(table.len(), 3);
+
+    // Release ends one at once; idle ends the unused ones; leaving ends the rest.
+    rita.release_relay(g2.session).await;
+    let wait = |n: usize, what: &'static str| async move {
+        let t0 = Instant::now();
+        while table.len() != n {
+            assert!(t0.elapsed() < Duration::from_secs(6), "{what}: {} sessions left", table.len());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    wait(2, "release").await;
+    wait(0, "idle timeout").await;
+    assert!(table.accounting(SessionId(g3.session)).is_none());
+    let g4 = rita.allocate_relay().await.unwrap();
+    assert_eq!(table.len(), 1);
+    rita.logout().await;
+    wait(0, "owner left").await;
+    let _ = g4;
+
+    let m = t.metrics().await;
+    assert!(common::metric_sum(&m, "confab_relay_packets_total", &["outcome=\"forwarded\""]) >= 401.0);
+    assert!(common::metric_sum(&m, "confab_relay_drops_total", &["reason=\"wrong_source\""]) >= 1.0);
+    assert!(common::metric_sum(&m, "confab_relay_drops_total", &["reason=\"bad_token\""]) >= 1.0);
+    assert!(common::metric_sum(&m, "confab_relay_drops_total", &["reason=\"unknown_session\""]) >= 1.0);
+    assert!(common::metric_sum(&m, "confab_relay_drops_total", &["reason=\"rate_cap\""]) >= 1.0);
+    assert!(common::metric_sum(&m, "confab_relay_allocations_total", &["outcome=\"host_quota\""]) >= 1.0);
+    assert!(common::metric_sum(&m, "confab_relay_sessions_total", &["event=\"expired\""]) >= 2.0);
+    t.net.stop().await;
+}
