@@ -110,3 +110,65 @@ async fn call_signalling_through_super_nodes() {
     bob.logout().await;
     t.net.stop().await;
 }
+
+/// Runs a host's event loop for `d`, collecting what happened.
+async fn run_for(s: &mut Session, d: Duration) -> Vec<Event> {
+    let until = Instant::now() + d;
+    let mut events = Vec::new();
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        if let Some(e) = s.next_event_within(left).await {
+            events.push(e);
+        }
+    }
+    events
+}
+
+#[actix_rt::test]
+async fn a_call_carries_voice_both_ways() {
+    use confab::call::audio;
+    let t = common::start(2, |c| c.supernode.probe_period_ms = 200).await;
+    let started = Instant::now();
+    while t.net.nodes().iter().any(|n| n.members().len() < 2) {
+        assert!(started.elapsed() < Duration::from_secs(20), "cluster did not converge");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut alice = host(&t, "alice", 0).await;
+    let mut bob = host(&t, "bob", 1).await;
+    let (to_bob, to_alice) = (audio::tone(&[440.0, 1000.0], 3.0, 12_000.0), audio::tone(&[600.0], 3.0, 12_000.0));
+
+    let id = alice.call("bob").await.unwrap();
+    alice.set_call_audio(id, to_bob.clone());
+    call_event(&mut bob, CallState::Ringing).await;
+    bob.set_call_audio(id, to_alice.clone());
+    bob.answer_call(id, true).await;
+    let (ea, eb) = tokio::join!(run_for(&mut alice, Duration::from_secs(4)), run_for(&mut bob, Duration::from_secs(4)));
+    let connected = |events: &[Event]| {
+        events.iter().find_map(|e| match e {
+            Event::Call { state: CallState::Connected { path }, .. } => Some(*path),
+            _ => None,
+        })
+    };
+    assert_eq!(connected(&ea), Some("direct"), "{ea:?}");
+    assert_eq!(connected(&eb), Some("direct"), "{eb:?}");
+    alice.end_call(id).await;
+    call_event(&mut bob, CallState::Ended { reason: "hung_up" }).await;
+
+    let (ra, rb) = (alice.take_call_report(id).unwrap(), bob.take_call_report(id).unwrap());
+    eprintln!("alice: {:?}\nbob: {:?}", ra.media, rb.media);
+    for (who, r, sent, other) in [("bob", &rb, &to_bob, 600.0), ("alice", &ra, &to_alice, 1000.0)] {
+        let m = &r.media;
+        assert!(m.received >= 140, "{who} heard {} frames of 150", m.received);
+        assert!((m.lost as f64) < 0.01 * m.received as f64, "{who} lost {} of {}", m.lost, m.received);
+        let heard = &r.heard[r.heard.len().min(4800)..];
+        let (lag, corr) = audio::best_correlation(&sent[..48_000], heard, 24_000);
+        eprintln!("{who} heard the tone with correlation {corr:.3} at lag {lag}");
+        assert!(corr > 0.8, "{who}: correlation {corr}");
+        let mine = if who == "bob" { 440.0 } else { 600.0 };
+        assert!(audio::tone_strength(heard, mine) > 0.3, "{who} does not hear {mine} Hz");
+        assert!(audio::tone_strength(heard, if who == "bob" { other } else { 440.0 }) < 0.05);
+    }
+    assert_eq!((alice.calls_in_progress(), bob.calls_in_progress()), (0, 0));
+    alice.logout().await;
+    bob.logout().await;
+    t.net.stop().await;
+}

@@ -7,6 +7,7 @@
 //! - [`codec`] — voice codecs: Opus (libopus) and L16, 20 ms frames of 48 kHz mono.
 //! - [`audio`] — WAV files, test tones, tone strength and delay-searching correlation.
 //! - [`media`] — voice and probe packets sealed end to end, with replay protection.
+//! - [`path`] — finding the media path: probes, hole punching, the relay fallback.
 //! - [`jitter`] — the jitter buffer: playout delay, reordering, loss, RFC 3550 jitter.
 
 pub mod audio;
@@ -14,6 +15,7 @@ pub mod codec;
 pub mod invite;
 pub mod jitter;
 pub mod media;
+pub mod path;
 pub mod signal;
 
 pub use invite::{Codec, Invite, Reply};

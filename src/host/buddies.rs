@@ -400,6 +400,10 @@ impl Session {
                 },
                 _ = tokio::time::sleep_until(refresh) => self.refresh_presence().await,
                 _ = tokio::time::sleep_until(call_due.unwrap_or(refresh)), if call_due.is_some() => self.tick_calls().await,
+                m = self.link.media.recv() => if let Some((from, bytes)) = m {
+                    self.on_media_datagram(from, bytes).await;
+                },
+                _ = self.media_clock.tick(), if self.calls.has_media() => self.media_tick().await,
             }
         }
     }

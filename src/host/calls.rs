@@ -12,6 +12,7 @@ use crate::call::invite::{
 use crate::call::signal::{Action, Call, Intent, Role, Signal, State, Timeouts};
 use crate::index::Status;
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// How far an invite's clock may be from ours.
@@ -31,9 +32,22 @@ pub(super) struct ActiveCall {
     invite: Option<Invite>,
     /// Callee: the signed reply, sent with the ringing.
     reply: Option<Reply>,
-    #[allow(dead_code)] // the media path (next step) keys its packets with it
     key: MediaKey,
     codec: Option<Codec>,
+    /// Where the other side receives media.
+    peer_candidates: Vec<Candidate>,
+    /// What we play into the call (then silence).
+    source: Vec<i16>,
+    media: Option<super::media::CallMedia>,
+}
+
+/// What an ended call carried, and what we heard.
+#[derive(Debug, Clone, Default)]
+pub struct CallReport {
+    /// Path, packets, loss, jitter.
+    pub media: super::media::MediaReport,
+    /// The audio we heard (48 kHz mono).
+    pub heard: Vec<i16>,
 }
 
 /// The calls of a session.
@@ -41,6 +55,7 @@ pub(super) struct ActiveCall {
 pub(super) struct Calls {
     active: HashMap<[u8; 16], ActiveCall>,
     seen: VecDeque<[u8; 16]>,
+    finished: HashMap<[u8; 16], CallReport>,
 }
 
 /// A call's id, as shown to users and scripts.
@@ -49,6 +64,11 @@ pub fn call_id_hex(id: &[u8; 16]) -> String {
 }
 
 impl Calls {
+    /// Whether any call has media to clock.
+    pub(super) fn has_media(&self) -> bool {
+        self.active.values().any(|c| c.media.is_some())
+    }
+
     fn busy(&self) -> bool {
         self.active.values().any(|c| !c.call.is_over())
     }
@@ -96,7 +116,7 @@ impl Session {
         if !reachable {
             return Err(HostError::Refused(format!("{user} is offline")));
         }
-        let candidates = vec![Candidate { kind: CandidateKind::Public, addr: self.report.public_addr }];
+        let candidates = self.candidates();
         let (invite, key) = Invite::make(
             &self.credential,
             &self.key,
@@ -120,6 +140,9 @@ impl Session {
                 reply: None,
                 key,
                 codec: None,
+                peer_candidates: Vec::new(),
+                source: Vec::new(),
+                media: None,
             },
         );
         self.send_call(&callee.subject, Some(entry.supernode.clone()), &CallMessage::Invite(invite)).await;
@@ -168,7 +191,28 @@ impl Session {
                     let (peer, via) = (c.peer.clone(), c.peer_supernode.clone());
                     self.send_call(&peer, Some(via), &m).await;
                 }
-                Action::StartMedia | Action::StopMedia => {}
+                Action::StartMedia => {
+                    let codec = c.codec.unwrap_or(Codec::L16);
+                    let source = std::mem::take(&mut c.source);
+                    match super::media::CallMedia::new(
+                        &id,
+                        &c.key,
+                        c.call.role(),
+                        codec,
+                        &c.peer_candidates,
+                        source,
+                        now_ms(),
+                    ) {
+                        Ok(m) => c.media = Some(m),
+                        Err(e) => tracing::warn!(error = %e, "no codec for the call"),
+                    }
+                }
+                Action::StopMedia => {
+                    if let Some(mut m) = c.media.take() {
+                        let report = CallReport { media: m.report(), heard: m.take_heard() };
+                        self.calls.finished.insert(id, report);
+                    }
+                }
                 Action::Report(state) => {
                     let (peer, codec) = (c.peer.clone(), c.codec);
                     self.events.push_back(Event::Call { call_id: call_id_hex(&id), peer, state: state.into(), codec });
@@ -197,6 +241,7 @@ impl Session {
                 match reply.verify(invite, &self.trusted, now_ms()) {
                     Ok(_) => {
                         c.codec = Some(reply.body.codec);
+                        c.peer_candidates = reply.body.candidates.clone();
                         c.invite = None;
                         let actions = c.call.on_signal(Signal::Ringing, now_ms());
                         self.apply_call(id, actions).await;
@@ -236,14 +281,7 @@ impl Session {
             tracing::info!(caller = %opened.caller.subject, "ignored an invite from a blocked user");
             return;
         }
-        let reply = match Reply::make(
-            &opened,
-            &self.credential,
-            &self.key,
-            &CODECS,
-            vec![Candidate { kind: CandidateKind::Public, addr: self.report.public_addr }],
-            now_ms(),
-        ) {
+        let reply = match Reply::make(&opened, &self.credential, &self.key, &CODECS, self.candidates(), now_ms()) {
             Ok(r) => r,
             Err(CallError::NoCodec) => {
                 tracing::info!(caller = %opened.caller.subject, "no codec in common; call refused");
@@ -269,6 +307,9 @@ impl Session {
                 reply: Some(reply),
                 key: opened.key,
                 codec: Some(codec),
+                peer_candidates: opened.candidates.clone(),
+                source: Vec::new(),
+                media: None,
             },
         );
         self.apply_call(id, actions).await;
@@ -289,6 +330,77 @@ impl Session {
                 let actions = c.call.tick(now);
                 self.apply_call(id, actions).await;
             }
+        }
+    }
+
+    /// Where we receive media: the address our super node sees, and our own when there
+    /// is no NAT between us and the internet (the same address: a direct path).
+    fn candidates(&self) -> Vec<Candidate> {
+        let mut v = vec![Candidate { kind: CandidateKind::Public, addr: self.report.public_addr }];
+        if self.report.nat == crate::nat::NatKind::None {
+            v.push(Candidate { kind: CandidateKind::Host, addr: self.report.public_addr });
+        }
+        v
+    }
+
+    /// What to play into call `id` (48 kHz mono samples; silence after).
+    pub fn set_call_audio(&mut self, id: [u8; 16], samples: Vec<i16>) {
+        if let Some(c) = self.calls.active.get_mut(&id) {
+            c.source = samples;
+        }
+    }
+
+    /// The report of an ended call (what it carried, what we heard); once.
+    pub fn take_call_report(&mut self, id: [u8; 16]) -> Option<CallReport> {
+        self.calls.finished.remove(&id)
+    }
+
+    /// A datagram on port P that looks like media.
+    pub(super) async fn on_media_datagram(&mut self, from: SocketAddr, datagram: Vec<u8>) {
+        let Some((tag, packet, relay_session)) = super::media::demux(&datagram) else { return };
+        let now = now_ms();
+        let Some((id, c)) =
+            self.calls.active.iter_mut().find(|(id, c)| crate::call::media::call_tag(id) == tag && c.media.is_some())
+        else {
+            return;
+        };
+        let id = *id;
+        let Some(m) = c.media.as_mut() else { return };
+        // Relayed packets came by our relay leg; this step has none yet.
+        let _ = relay_session;
+        let mut out = Vec::new();
+        let (heard, chosen) = m.on_datagram(from, packet, None, now, &mut out);
+        if heard {
+            c.call.on_heard(now);
+        }
+        let actions = chosen.map(|p| c.call.on_media_up(p, now)).unwrap_or_default();
+        self.send_media(out).await;
+        self.apply_call(id, actions).await;
+    }
+
+    /// The 20 ms media clock.
+    pub(super) async fn media_tick(&mut self) {
+        let now = now_ms();
+        let mut out = Vec::new();
+        let mut ups = Vec::new();
+        for (id, c) in self.calls.active.iter_mut() {
+            let connected = matches!(c.call.state(), State::Connected(_));
+            if let Some(m) = c.media.as_mut()
+                && let Some(p) = m.tick(connected, now, &mut out)
+            {
+                ups.push((*id, c.call.on_media_up(p, now)));
+            }
+        }
+        self.send_media(out).await;
+        for (id, actions) in ups {
+            self.apply_call(id, actions).await;
+        }
+    }
+
+    async fn send_media(&self, out: Vec<super::media::Outgoing>) {
+        let Some(udp) = &self.link.udp else { return };
+        for o in out {
+            let _ = udp.send_to(&o.bytes, o.to).await;
         }
     }
 

@@ -14,6 +14,10 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Answers queued for a request; older ones are dropped, a request drains them first.
 const ANSWERS_QUEUED_MAX: usize = 64;
+/// Media datagrams queued for the call in progress (a second and a half of 20 ms frames
+/// from both directions and the probes); beyond, new ones are dropped as a full socket
+/// buffer would.
+const MEDIA_QUEUED_MAX: usize = 256;
 /// Notices queued for the application; when a host does not read them, newer ones are
 /// dropped (presence is repeated at every refresh, list changes are read from the server).
 const NOTICES_QUEUED_MAX: usize = 256;
@@ -30,6 +34,11 @@ pub struct LinkHandle {
     pub answers: mpsc::Receiver<(MessageKind, Vec<u8>)>,
     /// Notice bodies from other hosts.
     pub notices: mpsc::Receiver<Vec<u8>>,
+    /// Datagrams on port P from anyone but the super node that look like media or relay
+    /// packets (their first byte), with their source: the calls' media path.
+    pub media: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    /// Port P's UDP socket, for sending media (None when the link is TCP).
+    pub udp: Option<std::sync::Arc<tokio::net::UdpSocket>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -45,9 +54,15 @@ impl LinkHandle {
         let (commands, rx) = mpsc::channel(64);
         let (answers_tx, answers) = mpsc::channel(ANSWERS_QUEUED_MAX);
         let (notices_tx, notices) = mpsc::channel(NOTICES_QUEUED_MAX);
+        let (media_tx, media) = mpsc::channel(MEDIA_QUEUED_MAX);
         let keepalive = Duration::from_secs(u64::from(connected.session.welcome.keepalive_secs.max(1)));
-        let task = tokio::spawn(run(connected.session, connected.link, rx, answers_tx, notices_tx, keepalive));
-        Self { commands, answers, notices, task }
+        let udp = match &connected.link {
+            Link::Udp(s) => Some(s.clone()),
+            Link::Tcp(_) => None,
+        };
+        let queues = Queues { answers: answers_tx, notices: notices_tx, media: media_tx };
+        let task = tokio::spawn(run(connected.session, connected.link, rx, queues, keepalive));
+        Self { commands, answers, notices, media, udp, task }
     }
 
     /// Queues one message for the super node; false if the link is gone.
@@ -69,14 +84,26 @@ impl LinkHandle {
     }
 }
 
+/// Where the link task sorts what arrives.
+struct Queues {
+    answers: mpsc::Sender<(MessageKind, Vec<u8>)>,
+    notices: mpsc::Sender<Vec<u8>>,
+    media: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+}
+
+/// First bytes of media packets (`call::media`) and relayed packets (`relay::packet`).
+fn is_media(first: u8) -> bool {
+    matches!(first, 0x4d | 0x50 | 0x51 | 0x52)
+}
+
 async fn run(
     mut session: ClientSession,
     link: Link,
     mut commands: mpsc::Receiver<Command>,
-    answers: mpsc::Sender<(MessageKind, Vec<u8>)>,
-    notices: mpsc::Sender<Vec<u8>>,
+    queues: Queues,
     keepalive: Duration,
 ) {
+    let Queues { answers, notices, media } = queues;
     let addr = session.addr;
     let (udp, mut tcp_write, mut inbound) = match link {
         Link::Udp(s) => (Some(s), None, None),
@@ -119,7 +146,7 @@ async fn run(
                 send(&udp, &mut tcp_write, addr, &f).await;
                 None
             }
-            r = recv_udp(&udp, &mut buf, addr) => r,
+            r = recv_udp(&udp, &mut buf, addr, &media) => r,
             f = recv_tcp(&mut inbound) => match f {
                 Some(f) => Some(f),
                 // The super node closed the TCP connection: the link is gone.
@@ -160,10 +187,16 @@ async fn recv_udp(
     udp: &Option<std::sync::Arc<tokio::net::UdpSocket>>,
     buf: &mut [u8],
     addr: SocketAddr,
+    media: &mpsc::Sender<(SocketAddr, Vec<u8>)>,
 ) -> Option<Vec<u8>> {
     let Some(s) = udp else { return std::future::pending().await };
     match s.recv_from(buf).await {
         Ok((n, from)) if from == addr => Some(buf[..n].to_vec()),
+        Ok((n, from)) if n > 0 && is_media(buf[0]) => {
+            // Checked by the call it belongs to (it is sealed under the call's keys).
+            let _ = media.try_send((from, buf[..n].to_vec()));
+            None
+        }
         _ => None,
     }
 }

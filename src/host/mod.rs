@@ -19,6 +19,7 @@ pub mod handshake;
 pub mod home;
 pub mod ladder;
 pub mod link;
+pub mod media;
 
 use crate::crypto::credential::TrustedKeys;
 use crate::crypto::password;
@@ -124,6 +125,7 @@ pub struct Session {
     presence_refresh: Duration,
     calls: calls::Calls,
     call_timeouts: crate::call::signal::Timeouts,
+    media_clock: tokio::time::Interval,
 }
 
 impl Drop for Session {
@@ -633,6 +635,12 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         presence_refresh: settings.presence_refresh,
         calls: calls::Calls::default(),
         call_timeouts: crate::call::signal::Timeouts::default(),
+        media_clock: {
+            let mut i = tokio::time::interval(Duration::from_millis(u64::from(crate::call::codec::FRAME_MS)));
+            // A late tick sends one frame, not a burst: the jitter buffer absorbs the rest.
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        },
     };
     // Advertise presence, as the original's login sequence ends. A network without a
     // Global Index (a lone super node) is still a network to be logged in to.

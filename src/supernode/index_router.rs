@@ -91,6 +91,7 @@ pub struct IndexRouter {
     reqs: HashMap<u64, (u64, NodeId)>,
     handoff_pending: bool,
     refresh_pending: bool,
+    refreshed_at: Option<Instant>,
     /// Digests of the non-empty slots this node holds, kept current by the slot actors.
     digests: HashMap<Slot, [u8; 32]>,
     /// Keys per non-empty slot, for the entries-per-slot gauges.
@@ -139,6 +140,7 @@ impl IndexRouter {
             reqs: HashMap::new(),
             handoff_pending: false,
             refresh_pending: false,
+            refreshed_at: None,
             digests: HashMap::new(),
             counts: HashMap::new(),
             prefix_reqs: HashMap::new(),
@@ -569,24 +571,38 @@ impl Handler<ViewChanged> for IndexRouter {
     fn handle(&mut self, _: ViewChanged, ctx: &mut Context<Self>) {
         // Deaths and joins arrive one by one over a few seconds; rebuilding the slot map
         // (rendezvous hashing over every member) at each would cost a large cluster more
-        // than the changes themselves. Changes within VIEW_SETTLE make one rebuild.
+        // than the changes themselves. The first change after a quiet spell rebuilds at
+        // once (a lone join is served without delay); later ones within VIEW_SETTLE wait
+        // and make one rebuild together.
         if self.refresh_pending {
             return;
         }
+        let since = self.refreshed_at.map(|t| t.elapsed()).unwrap_or(VIEW_SETTLE);
+        if since >= VIEW_SETTLE {
+            self.rebuild(ctx);
+            return;
+        }
         self.refresh_pending = true;
-        ctx.run_later(VIEW_SETTLE, |act, ctx| {
+        ctx.run_later(VIEW_SETTLE - since, |act, ctx| {
             act.refresh_pending = false;
-            act.refresh(ctx);
-            // Hand-off: new replicas fill up from the others soon after a change, not at
-            // the next periodic round. One pending round at a time.
-            if !act.handoff_pending {
-                act.handoff_pending = true;
-                ctx.run_later(std::time::Duration::from_millis(500), |act, _| {
-                    act.handoff_pending = false;
-                    act.anti_entropy();
-                });
-            }
+            act.rebuild(ctx);
         });
+    }
+}
+
+impl IndexRouter {
+    /// Rebuilds the slot map, then hands slots off to new replicas soon after (not at the
+    /// next periodic round; one pending round at a time).
+    fn rebuild(&mut self, ctx: &mut Context<Self>) {
+        self.refreshed_at = Some(Instant::now());
+        self.refresh(ctx);
+        if !self.handoff_pending {
+            self.handoff_pending = true;
+            ctx.run_later(std::time::Duration::from_millis(500), |act, _| {
+                act.handoff_pending = false;
+                act.anti_entropy();
+            });
+        }
     }
 }
 

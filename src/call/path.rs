@@ -1,0 +1,246 @@
+//! Finding a media path, as plain logic. Each side probes every candidate of the other
+//! (its own address, and the address its super node sees through its NAT) every probe
+//! interval; a probe is answered on the path it came by, and the first answer picks the
+//! path. Probes that cross in flight open both NATs' mappings, which is UDP hole
+//! punching. If no answer comes within the punch time (symmetric NATs, or UDP
+//! filtered), the caller asks its super node for a relay and both sides probe through it.
+//!
+//! Probes and answers are media packets (`call::media`), sealed under the call's keys,
+//! so only the other host can answer one: nobody can steer a call's media elsewhere.
+
+use super::invite::{Candidate, CandidateKind};
+use super::signal::{Path, Role};
+use std::net::SocketAddr;
+
+/// A relay leg: where to send, and what to put in the relay header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLeg {
+    /// The relay's UDP address.
+    pub addr: SocketAddr,
+    /// The relay session.
+    pub session: u32,
+    /// This side's token.
+    pub token: [u8; 16],
+}
+
+/// Where media goes once a path is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Straight to the other host's address.
+    To(SocketAddr),
+    /// Through a relay leg.
+    Relay(RelayLeg),
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathAction {
+    /// Send a probe on this route.
+    Probe(Route),
+    /// Answer a probe on the route it came by.
+    Answer(Route),
+    /// Ask our super node for a relay session (the caller, once, after the punch time).
+    AllocateRelay,
+    /// Media goes this way from now on.
+    Chosen(Route, Path),
+}
+
+/// Timing of the search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathTiming {
+    /// Between rounds of probes.
+    pub probe_interval_ms: u64,
+    /// How long direct and punched paths are tried before a relay is asked for.
+    pub punch_ms: u64,
+}
+
+impl Default for PathTiming {
+    fn default() -> Self {
+        Self { probe_interval_ms: 100, punch_ms: 3000 }
+    }
+}
+
+/// The search for one call's path.
+#[derive(Debug, Clone)]
+pub struct PathFinder {
+    role: Role,
+    peer: Vec<Candidate>,
+    timing: PathTiming,
+    started_ms: u64,
+    next_probe_ms: u64,
+    relay: Option<RelayLeg>,
+    relay_asked: bool,
+    chosen: Option<(Route, Path)>,
+}
+
+impl PathFinder {
+    /// A search by `role` towards the other side's `candidates`, from `now_ms`.
+    pub fn new(role: Role, candidates: &[Candidate], timing: PathTiming, now_ms: u64) -> Self {
+        Self {
+            role,
+            peer: candidates.iter().filter(|c| c.kind != CandidateKind::Relay).copied().collect(),
+            timing,
+            started_ms: now_ms,
+            next_probe_ms: now_ms,
+            relay: None,
+            relay_asked: false,
+            chosen: None,
+        }
+    }
+
+    /// The path chosen, once there is one.
+    pub fn chosen(&self) -> Option<(Route, Path)> {
+        self.chosen
+    }
+
+    /// The clock: probes due, and the caller's relay request once punching had its time.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<PathAction> {
+        let mut out = Vec::new();
+        if self.chosen.is_some() {
+            return out;
+        }
+        if now_ms >= self.next_probe_ms {
+            self.next_probe_ms = now_ms + self.timing.probe_interval_ms;
+            let mut seen = Vec::new();
+            for c in &self.peer {
+                if !seen.contains(&c.addr) {
+                    seen.push(c.addr);
+                    out.push(PathAction::Probe(Route::To(c.addr)));
+                }
+            }
+            if let Some(r) = self.relay {
+                out.push(PathAction::Probe(Route::Relay(r)));
+            }
+        }
+        if self.role == Role::Caller
+            && !self.relay_asked
+            && self.relay.is_none()
+            && now_ms >= self.started_ms + self.timing.punch_ms
+        {
+            self.relay_asked = true;
+            out.push(PathAction::AllocateRelay);
+        }
+        out
+    }
+
+    /// Our relay leg is ready (the caller's grant, or the leg the caller sent us).
+    pub fn relay_ready(&mut self, leg: RelayLeg, now_ms: u64) -> Vec<PathAction> {
+        self.relay = Some(leg);
+        self.next_probe_ms = now_ms;
+        self.tick(now_ms)
+    }
+
+    /// An authenticated probe arrived by `route`: answer it there. (It says nothing yet
+    /// about whether our packets reach the other side; its answer to ours will.)
+    pub fn on_probe(&mut self, route: Route) -> Vec<PathAction> {
+        vec![PathAction::Answer(route)]
+    }
+
+    /// An authenticated answer to one of our probes arrived by `route`: the first picks the
+    /// path. A relayed path is replaced by a direct one if one answers later (a
+    /// relay is the last resort), never the other way round.
+    pub fn on_answer(&mut self, route: Route) -> Vec<PathAction> {
+        let path = match route {
+            Route::Relay(_) => Path::RelayedUdp,
+            Route::To(addr) => {
+                let own = self.peer.iter().any(|c| c.kind == CandidateKind::Host && c.addr == addr);
+                if own { Path::Direct } else { Path::Punched }
+            }
+        };
+        let better = match self.chosen {
+            None => true,
+            Some((_, Path::RelayedUdp | Path::RelayedTcp)) => !matches!(path, Path::RelayedUdp | Path::RelayedTcp),
+            Some(_) => false,
+        };
+        if !better {
+            return Vec::new();
+        }
+        self.chosen = Some((route, path));
+        vec![PathAction::Chosen(route, path)]
+    }
+
+    /// The chosen path failed (the relay died, the NAT mapping went): search again,
+    /// straight to the relay step when punching failed before.
+    pub fn restart(&mut self, now_ms: u64) -> Vec<PathAction> {
+        let relayed = matches!(self.chosen, Some((Route::Relay(_), _)));
+        self.chosen = None;
+        self.next_probe_ms = now_ms;
+        if relayed {
+            // Ask for a fresh relay at once (its node may be the one that died).
+            self.relay = None;
+            self.relay_asked = false;
+            self.started_ms = now_ms.saturating_sub(self.timing.punch_ms);
+        } else {
+            self.started_ms = now_ms;
+        }
+        self.tick(now_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(kind: CandidateKind, a: &str) -> Candidate {
+        Candidate { kind, addr: a.parse().unwrap() }
+    }
+
+    fn leg() -> RelayLeg {
+        RelayLeg { addr: "198.18.0.1:33036".parse().unwrap(), session: 7, token: [1; 16] }
+    }
+
+    #[test]
+    fn probes_every_candidate_and_the_first_answer_picks_direct_or_punched() {
+        let peer = [cand(CandidateKind::Host, "10.0.0.2:5000"), cand(CandidateKind::Public, "198.18.1.2:6000")];
+        let mut p = PathFinder::new(Role::Callee, &peer, PathTiming::default(), 0);
+        assert_eq!(p.tick(0).len(), 2);
+        assert!(p.tick(50).is_empty(), "one round per probe interval");
+        assert_eq!(p.tick(100).len(), 2);
+        let to = Route::To("198.18.1.2:6000".parse().unwrap());
+        assert_eq!(p.on_probe(to), vec![PathAction::Answer(to)]);
+        assert_eq!(p.on_answer(to), vec![PathAction::Chosen(to, Path::Punched)]);
+        assert!(p.tick(200).is_empty(), "no more probes once chosen");
+        assert!(p.on_answer(Route::To("10.0.0.2:5000".parse().unwrap())).is_empty(), "the first answer stands");
+
+        let public = [cand(CandidateKind::Host, "198.18.1.9:7000"), cand(CandidateKind::Public, "198.18.1.9:7000")];
+        let mut p = PathFinder::new(Role::Caller, &public, PathTiming::default(), 0);
+        assert_eq!(p.tick(0).len(), 1, "the same address is probed once");
+        let r = Route::To("198.18.1.9:7000".parse().unwrap());
+        assert_eq!(p.on_answer(r), vec![PathAction::Chosen(r, Path::Direct)]);
+    }
+
+    #[test]
+    fn the_caller_asks_for_a_relay_after_the_punch_time_and_a_direct_path_still_wins() {
+        let peer = [cand(CandidateKind::Public, "198.18.1.2:6000")];
+        let t = PathTiming { probe_interval_ms: 100, punch_ms: 1000 };
+        let mut caller = PathFinder::new(Role::Caller, &peer, t, 0);
+        let mut callee = PathFinder::new(Role::Callee, &peer, t, 0);
+        assert!(!caller.tick(900).contains(&PathAction::AllocateRelay));
+        assert!(caller.tick(1000).contains(&PathAction::AllocateRelay));
+        assert!(!caller.tick(1100).contains(&PathAction::AllocateRelay), "asked once");
+        assert!(!callee.tick(5000).contains(&PathAction::AllocateRelay), "the callee waits for the caller's relay");
+        let out = caller.relay_ready(leg(), 1200);
+        assert!(out.contains(&PathAction::Probe(Route::Relay(leg()))));
+        assert_eq!(
+            caller.on_answer(Route::Relay(leg())),
+            vec![PathAction::Chosen(Route::Relay(leg()), Path::RelayedUdp)]
+        );
+        // A late answer on the punched path replaces the relay.
+        let to = Route::To("198.18.1.2:6000".parse().unwrap());
+        assert_eq!(caller.on_answer(to), vec![PathAction::Chosen(to, Path::Punched)]);
+        assert!(caller.on_answer(Route::Relay(leg())).is_empty());
+    }
+
+    #[test]
+    fn a_failed_relay_is_replaced_at_once() {
+        let peer = [cand(CandidateKind::Public, "198.18.1.2:6000")];
+        let t = PathTiming { probe_interval_ms: 100, punch_ms: 1000 };
+        let mut caller = PathFinder::new(Role::Caller, &peer, t, 0);
+        caller.tick(1000);
+        caller.relay_ready(leg(), 1000);
+        caller.on_answer(Route::Relay(leg()));
+        let out = caller.restart(20_000);
+        assert!(out.contains(&PathAction::AllocateRelay), "{out:?}");
+        assert!(caller.chosen().is_none());
+    }
+}

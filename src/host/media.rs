@@ -1,0 +1,225 @@
+//! A call's media on the host: the path search, sealing and opening packets, the voice
+//! codec, the jitter buffer, what we play and what we hear. The session drives it with
+//! the datagrams port P receives and a 20 ms clock; it decides nothing about sockets.
+
+use crate::call::codec::{FRAME_SAMPLES, VoiceCodec};
+use crate::call::invite::{Candidate, Codec, MediaKey};
+use crate::call::jitter::{JitterBuffer, Playout};
+use crate::call::media::{self, Kind, MediaReceiver, MediaSender};
+use crate::call::path::{PathAction, PathFinder, PathTiming, Route};
+use crate::call::signal::{Path, Role};
+use std::net::SocketAddr;
+
+/// Playout delay of the jitter buffer.
+const PLAYOUT_DELAY_MS: u64 = 60;
+
+/// What a call carried, for its report.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct MediaReport {
+    /// The path media took.
+    pub path: Option<&'static str>,
+    /// Voice frames sent.
+    pub sent: u64,
+    /// Voice frames received in time.
+    pub received: u64,
+    /// Frames concealed (missing at their turn).
+    pub lost: u64,
+    /// Packets dropped: forged, replayed, for another call.
+    pub rejected: u64,
+    /// Mean interarrival jitter (RFC 3550), milliseconds.
+    pub jitter_ms: f64,
+    /// From the answer to media flowing, milliseconds.
+    pub setup_ms: Option<u64>,
+}
+
+/// A datagram to send.
+pub(super) struct Outgoing {
+    pub to: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+/// One call's media.
+pub(super) struct CallMedia {
+    finder: PathFinder,
+    tx: MediaSender,
+    rx: MediaReceiver,
+    jitter: JitterBuffer,
+    codec: Box<dyn VoiceCodec + Send>,
+    source: Vec<i16>,
+    position: usize,
+    timestamp: u32,
+    heard: Vec<i16>,
+    playing: bool,
+    started_ms: u64,
+    report: MediaReport,
+}
+
+fn relayed(leg: &crate::call::path::RelayLeg, packet: &[u8]) -> Vec<u8> {
+    crate::relay::packet::build(
+        crate::relay::packet::SessionId(leg.session),
+        crate::relay::packet::Token::from_bytes(leg.token),
+        packet,
+    )
+}
+
+impl CallMedia {
+    /// Media for call `call_id` on our `role`'s side, towards the other side's candidates.
+    pub fn new(
+        call_id: &[u8; 16],
+        key: &MediaKey,
+        role: Role,
+        codec: Codec,
+        peer: &[Candidate],
+        source: Vec<i16>,
+        now_ms: u64,
+    ) -> Result<Self, crate::call::codec::CodecError> {
+        Ok(Self {
+            finder: PathFinder::new(role, peer, PathTiming::default(), now_ms),
+            tx: MediaSender::new(call_id, key, role),
+            rx: MediaReceiver::new(call_id, key, role),
+            jitter: JitterBuffer::new(PLAYOUT_DELAY_MS),
+            codec: crate::call::codec::voice_codec(codec)?,
+            source,
+            position: 0,
+            timestamp: 0,
+            heard: Vec::new(),
+            playing: false,
+            started_ms: now_ms,
+            report: MediaReport::default(),
+        })
+    }
+
+    fn route_bytes(&self, route: Route, packet: Vec<u8>) -> Outgoing {
+        match route {
+            Route::To(to) => Outgoing { to, bytes: packet },
+            Route::Relay(leg) => Outgoing { to: leg.addr, bytes: relayed(&leg, &packet) },
+        }
+    }
+
+    fn act(&mut self, actions: Vec<PathAction>, now_ms: u64, out: &mut Vec<Outgoing>) -> Option<Path> {
+        let mut chosen = None;
+        for a in actions {
+            match a {
+                PathAction::Probe(r) => {
+                    let p = self.tx.seal(Kind::Probe, 0, &[]);
+                    out.push(self.route_bytes(r, p));
+                }
+                PathAction::Answer(r) => {
+                    let p = self.tx.seal(Kind::ProbeAck, 0, &[]);
+                    out.push(self.route_bytes(r, p));
+                }
+                PathAction::AllocateRelay => {
+                    tracing::info!("no direct or punched path yet; relays come with the next step");
+                }
+                PathAction::Chosen(_, path) => {
+                    self.report.path = Some(path.label());
+                    self.report.setup_ms.get_or_insert(now_ms.saturating_sub(self.started_ms));
+                    chosen = Some(path);
+                }
+            }
+        }
+        chosen
+    }
+
+    /// A datagram for this call arrived from `from` (the relay header, if any, already
+    /// seen: `via` is the relay leg it came through). Returns the path if one was chosen.
+    pub fn on_datagram(
+        &mut self,
+        from: SocketAddr,
+        packet: &[u8],
+        via: Option<crate::call::path::RelayLeg>,
+        now_ms: u64,
+        out: &mut Vec<Outgoing>,
+    ) -> (bool, Option<Path>) {
+        let opened = match self.rx.open(packet) {
+            Ok(o) => o,
+            Err(e) => {
+                self.report.rejected += 1;
+                tracing::debug!(reason = e.label(), %from, "dropped a media packet");
+                return (false, None);
+            }
+        };
+        let route = match via {
+            Some(leg) => Route::Relay(leg),
+            None => Route::To(from),
+        };
+        let chosen = match opened.kind {
+            Kind::Probe => {
+                let a = self.finder.on_probe(route);
+                self.act(a, now_ms, out)
+            }
+            Kind::ProbeAck => {
+                let a = self.finder.on_answer(route);
+                self.act(a, now_ms, out)
+            }
+            Kind::Voice => {
+                self.jitter.push(opened.seq, opened.timestamp, now_ms, opened.payload);
+                None
+            }
+        };
+        (true, chosen)
+    }
+
+    /// The 20 ms clock: probes while searching; once connected, one frame out and one
+    /// frame played.
+    pub fn tick(&mut self, connected: bool, now_ms: u64, out: &mut Vec<Outgoing>) -> Option<Path> {
+        let a = self.finder.tick(now_ms);
+        let chosen = self.act(a, now_ms, out);
+        if !connected {
+            return chosen;
+        }
+        let Some((route, _)) = self.finder.chosen() else { return chosen };
+        let mut frame = [0i16; FRAME_SAMPLES];
+        if let Some(chunk) = self.source.get(self.position..) {
+            let n = chunk.len().min(FRAME_SAMPLES);
+            frame[..n].copy_from_slice(&chunk[..n]);
+        }
+        self.position += FRAME_SAMPLES;
+        match self.codec.encode(&frame) {
+            Ok(bytes) => {
+                let p = self.tx.seal(Kind::Voice, self.timestamp, &bytes);
+                out.push(self.route_bytes(route, p));
+                self.report.sent += 1;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not encode a frame"),
+        }
+        self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
+        match self.jitter.pop(now_ms) {
+            Playout::Wait => {}
+            Playout::Frame(bytes) => {
+                self.playing = true;
+                let pcm = self.codec.decode(&bytes).unwrap_or_else(|_| self.codec.conceal());
+                self.heard.extend(pcm);
+            }
+            Playout::Lost => {
+                if self.playing {
+                    self.heard.extend(self.codec.conceal());
+                }
+            }
+        }
+        chosen
+    }
+
+    /// What the call carried so far.
+    pub fn report(&self) -> MediaReport {
+        let s = self.jitter.stats();
+        MediaReport { received: s.played, lost: s.concealed, jitter_ms: self.jitter.jitter_ms(), ..self.report.clone() }
+    }
+
+    /// What we heard.
+    pub fn take_heard(&mut self) -> Vec<i16> {
+        std::mem::take(&mut self.heard)
+    }
+}
+
+/// The call tag of a datagram on port P, and its media packet (inside a relay header or
+/// not), with the relay session it came through.
+pub(super) fn demux(datagram: &[u8]) -> Option<([u8; 8], &[u8], Option<u32>)> {
+    if datagram.first() == Some(&crate::relay::packet::MAGIC) {
+        let (session, _, inner) = crate::relay::packet::parse(datagram).ok()?;
+        let (_, tag) = media::peek(inner)?;
+        return Some((tag, inner, Some(session.0)));
+    }
+    let (_, tag) = media::peek(datagram)?;
+    Some((tag, datagram, None))
+}
