@@ -376,6 +376,19 @@ impl Config {
                 "must be at least 10 and below the 900 s presence TTL (others would see the host go offline)",
             );
         }
+        let r = &self.supernode.relay;
+        if r.idle_timeout_secs == 0 || r.idle_timeout_secs > u64::from(u16::MAX) {
+            return bad("supernode.relay.idle_timeout_secs", "must be between 1 and 65535");
+        }
+        if r.workers > crate::relay::worker::WORKERS_MAX {
+            return bad(
+                "supernode.relay.workers",
+                &format!("must be at most {} (0: one per core)", crate::relay::worker::WORKERS_MAX),
+            );
+        }
+        if r.sessions_per_host_max == 0 {
+            return bad("supernode.relay.sessions_per_host_max", "must be at least 1");
+        }
         if self.host.step_timeout_ms == 0 {
             return bad("host.step_timeout_ms", "must be at least 1");
         }
@@ -423,6 +436,12 @@ mod tests {
             jail.create_file("e.toml", "[host]\nbootstrapp = []\n")?;
             let e = Config::load(&["e.toml".into()]).unwrap_err().to_string();
             assert!(e.contains("bootstrapp"), "unknown keys are named: {e}");
+            jail.create_file("f.toml", "[supernode.relay]\nidle_timeout_secs = 0\n")?;
+            let e = Config::load(&["f.toml".into()]).unwrap_err().to_string();
+            assert!(e.contains("supernode.relay.idle_timeout_secs"), "{e}");
+            jail.create_file("g.toml", "[host]\npresence_refresh_secs = 3600\n")?;
+            let e = Config::load(&["g.toml".into()]).unwrap_err().to_string();
+            assert!(e.contains("host.presence_refresh_secs"), "{e}");
             Ok(())
         });
     }

@@ -141,7 +141,11 @@ impl PathFinder {
     /// relay is the last resort), never the other way round.
     pub fn on_answer(&mut self, route: Route) -> Vec<PathAction> {
         let path = match route {
+            Route::Relay(leg) if Some(leg) != self.relay => return Vec::new(),
             Route::Relay(_) => Path::RelayedUdp,
+            // Only an address we probed can pick the path: a captured answer replayed
+            // from elsewhere cannot steer the media away (as ICE checks address pairs).
+            Route::To(addr) if !self.peer.iter().any(|c| c.addr == addr) => return Vec::new(),
             Route::To(addr) => {
                 let own = self.peer.iter().any(|c| c.kind == CandidateKind::Host && c.addr == addr);
                 if own { Path::Direct } else { Path::Punched }
@@ -201,6 +205,9 @@ mod tests {
         assert_eq!(p.on_answer(to), vec![PathAction::Chosen(to, Path::Punched)]);
         assert!(p.tick(200).is_empty(), "no more probes once chosen");
         assert!(p.on_answer(Route::To("10.0.0.2:5000".parse().unwrap())).is_empty(), "the first answer stands");
+        let mut q = PathFinder::new(Role::Callee, &peer, PathTiming::default(), 0);
+        assert!(q.on_answer(Route::To("203.0.113.9:1".parse().unwrap())).is_empty(), "not an address we probed");
+        assert!(q.on_answer(Route::Relay(leg())).is_empty(), "not our relay leg");
 
         let public = [cand(CandidateKind::Host, "198.18.1.9:7000"), cand(CandidateKind::Public, "198.18.1.9:7000")];
         let mut p = PathFinder::new(Role::Caller, &public, PathTiming::default(), 0);

@@ -296,7 +296,11 @@ impl Call {
         let t = &self.timeouts;
         let waited = now_ms.saturating_sub(self.since_ms);
         match self.state {
-            State::Inviting if waited >= t.invite_ms => self.end(EndReason::Unreachable, now_ms, &mut out),
+            State::Inviting if waited >= t.invite_ms => {
+                // The callee may be ringing with its reply lost: stop it.
+                out.push(Action::Send(Signal::Cancel));
+                self.end(EndReason::Unreachable, now_ms, &mut out);
+            }
             State::Ringing if waited >= t.ring_ms => {
                 // The caller stops the ringing; a callee's host stops ringing by itself
                 // (the caller's Cancel may have been lost).

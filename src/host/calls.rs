@@ -39,6 +39,9 @@ pub(super) struct ActiveCall {
     /// What we play into the call (then silence).
     source: Vec<i16>,
     media: Option<super::media::CallMedia>,
+    /// Caller: signals that overtook the reply (an Accept before the Ringing), applied
+    /// once the reply has checked out.
+    early: Vec<Signal>,
 }
 
 /// What an ended call carried, and what we heard.
@@ -143,6 +146,7 @@ impl Session {
                 peer_candidates: Vec::new(),
                 source: Vec::new(),
                 media: None,
+                early: Vec::new(),
             },
         );
         self.send_call(&callee.subject, Some(entry.supernode.clone()), &CallMessage::Invite(invite)).await;
@@ -243,7 +247,10 @@ impl Session {
                         c.codec = Some(reply.body.codec);
                         c.peer_candidates = reply.body.candidates.clone();
                         c.invite = None;
-                        let actions = c.call.on_signal(Signal::Ringing, now_ms());
+                        let mut actions = c.call.on_signal(Signal::Ringing, now_ms());
+                        for s in std::mem::take(&mut c.early) {
+                            actions.extend(c.call.on_signal(s, now_ms()));
+                        }
                         self.apply_call(id, actions).await;
                     }
                     Err(e) => tracing::info!(error = %e, "dropped a call reply that does not verify"),
@@ -254,6 +261,8 @@ impl Session {
                 // A caller that has not seen the reply yet refuses nothing sealed: only
                 // the callee could have unwrapped the key.
                 match c.channel.open(&s) {
+                    // Before the reply, we know neither the codec nor where to send media.
+                    Some(signal) if c.invite.is_some() && signal == Signal::Accept => c.early.push(signal),
                     Some(signal) => {
                         let actions = c.call.on_signal(signal, now_ms());
                         self.apply_call(id, actions).await;
@@ -310,6 +319,7 @@ impl Session {
                 peer_candidates: opened.candidates.clone(),
                 source: Vec::new(),
                 media: None,
+                early: Vec::new(),
             },
         );
         self.apply_call(id, actions).await;
@@ -453,7 +463,12 @@ impl Session {
         self.forward_req = self.forward_req.wrapping_add(1);
         let req = self.forward_req;
         let mut grant = None;
+        let mut refused = None;
         self.exchange(MessageKind::RelayAllocate, &RelayAllocate { req }.encode(), Duration::from_secs(5), |k, b| {
+            if k == MessageKind::Error {
+                refused = crate::wire::message::ErrorMsg::decode(&b).ok();
+                return true;
+            }
             if k == MessageKind::RelayGrant
                 && let Ok(g) = RelayGrant::decode(&b)
                 && g.req == req
@@ -464,6 +479,9 @@ impl Session {
             false
         })
         .await;
+        if let Some(e) = refused {
+            return Err(HostError::Refused(format!("no relay session: {}: {}", e.code.label(), e.detail)));
+        }
         let g = grant.ok_or_else(|| HostError::Refused("the super node did not answer the relay request".into()))?;
         if g.code != 0 {
             let code = crate::wire::ErrorCode::from_code(g.code);

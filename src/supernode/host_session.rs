@@ -384,6 +384,14 @@ impl HostSession {
                     }));
                 }
                 Action::RelayAllocate(r) => {
+                    // Each grant starts an actor: allocations share the index requests' budget.
+                    if !self.allow_index_request() {
+                        self.node.metrics.reject(self.out.transport().label(), "relay_rate", self.peer, &"relay");
+                        let mut e = ErrorMsg::new(ErrorCode::TooManyAttempts, "too many relay requests; slow down");
+                        e.retry_after_secs = 1;
+                        self.reply(MessageKind::Error, &e.encode());
+                        continue;
+                    }
                     let grant = self.allocate_relay(r.req);
                     self.reply(MessageKind::RelayGrant, &grant.encode());
                 }

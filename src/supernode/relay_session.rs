@@ -50,7 +50,11 @@ impl Actor for RelaySession {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         let acct = self.table.release(self.grant.session).unwrap_or_default();
-        let event = if self.reason == "idle" { "expired" } else { "released" };
+        let event = match self.reason {
+            "idle" => "expired",
+            "owner_left" => "owner_left",
+            _ => "released",
+        };
         counter!("confab_relay_sessions_total", "node" => self.node.clone(), "event" => event).increment(1);
         gauge!("confab_relay_sessions_active", "node" => self.node.clone()).set(self.table.len() as f64);
         tracing::info!(
