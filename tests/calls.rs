@@ -172,3 +172,52 @@ async fn a_call_carries_voice_both_ways() {
     bob.logout().await;
     t.net.stop().await;
 }
+
+#[actix_rt::test]
+async fn relay_only_calls_go_through_a_super_node_relay() {
+    use confab::call::audio;
+    let t = common::start(2, |c| c.supernode.probe_period_ms = 200).await;
+    let started = Instant::now();
+    while t.net.nodes().iter().any(|n| n.members().len() < 2) {
+        assert!(started.elapsed() < Duration::from_secs(20), "cluster did not converge");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut carol = host(&t, "carol", 0).await;
+    let mut dave = host(&t, "dave", 1).await;
+    // Carol keeps her address to herself: media goes through her super node's relay.
+    carol.set_relay_only(true);
+    let sent = audio::tone(&[700.0], 3.0, 12_000.0);
+    let id = carol.call("dave").await.unwrap();
+    carol.set_call_audio(id, sent.clone());
+    call_event(&mut dave, CallState::Ringing).await;
+    dave.answer_call(id, true).await;
+    let (ec, ed) =
+        tokio::join!(run_for(&mut carol, Duration::from_secs(4)), run_for(&mut dave, Duration::from_secs(4)));
+    let path = |events: &[Event]| {
+        events.iter().find_map(|e| match e {
+            Event::Call { state: CallState::Connected { path }, .. } => Some(*path),
+            _ => None,
+        })
+    };
+    assert_eq!(path(&ec), Some("relayed_udp"), "{ec:?}");
+    assert_eq!(path(&ed), Some("relayed_udp"), "{ed:?}");
+    let relay =
+        t.net.nodes()[0].relay.as_ref().unwrap().table.len() + t.net.nodes()[1].relay.as_ref().unwrap().table.len();
+    assert_eq!(relay, 1, "one relay session for the call");
+    carol.end_call(id).await;
+    call_event(&mut dave, CallState::Ended { reason: "hung_up" }).await;
+    let rd = dave.take_call_report(id).unwrap();
+    eprintln!("dave: {:?}", rd.media);
+    assert!(rd.media.received >= 120, "{:?}", rd.media);
+    let heard = &rd.heard[rd.heard.len().min(4800)..];
+    assert!(audio::tone_strength(heard, 700.0) > 0.5, "dave does not hear carol's tone");
+    // The relay session goes with the call.
+    let t0 = Instant::now();
+    while t.net.nodes().iter().map(|n| n.relay.as_ref().unwrap().table.len()).sum::<usize>() > 0 {
+        assert!(t0.elapsed() < Duration::from_secs(3), "the relay session outlived the call");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    carol.logout().await;
+    dave.logout().await;
+    t.net.stop().await;
+}

@@ -378,7 +378,7 @@ impl CallMessage {
         let within = match &m {
             Self::Invite(i) => i.body.codecs.len() <= LIST_MAX && i.body.candidates.len() <= LIST_MAX,
             Self::Reply(r) => r.body.candidates.len() <= LIST_MAX,
-            Self::Signal(s) => s.sealed.len() <= 64,
+            Self::Signal(s) => s.sealed.len() <= 96,
         };
         if !within {
             return Err(CallError::Malformed);

@@ -88,6 +88,11 @@ impl PathFinder {
         }
     }
 
+    /// Our relay leg, once we have one.
+    pub fn relay(&self) -> Option<RelayLeg> {
+        self.relay
+    }
+
     /// The path chosen, once there is one.
     pub fn chosen(&self) -> Option<(Route, Path)> {
         self.chosen

@@ -113,6 +113,16 @@ pub enum Signal {
     Cancel,
     /// Either way, connected: the call is over.
     HangUp,
+    /// Caller → callee: media may go through this relay leg (the callee's token; the
+    /// caller keeps the other). Path business: the state machine ignores it.
+    Relay {
+        /// The relay's UDP address.
+        relay: std::net::SocketAddr,
+        /// The relay session.
+        session: u32,
+        /// The callee's leg token.
+        token: [u8; 16],
+    },
 }
 
 /// What the user (or the application) wants.

@@ -9,6 +9,7 @@ use crate::buddy::Notice;
 use crate::call::invite::{
     CallError, CallMessage, Candidate, CandidateKind, Codec, Invite, MediaKey, Reply, SignalChannel,
 };
+use crate::call::path::{PathTiming, RelayLeg};
 use crate::call::signal::{Action, Call, Intent, Role, Signal, State, Timeouts};
 use crate::index::Status;
 use std::collections::{HashMap, VecDeque};
@@ -42,6 +43,10 @@ pub(super) struct ActiveCall {
     /// Caller: signals that overtook the reply (an Accept before the Ringing), applied
     /// once the reply has checked out.
     early: Vec<Signal>,
+    /// Our relay leg, when it arrived before media started (the callee's, from the caller).
+    pending_relay: Option<RelayLeg>,
+    /// The relay session we opened (the caller), released when media stops.
+    relay_session: Option<u32>,
 }
 
 /// What an ended call carried, and what we heard.
@@ -147,6 +152,8 @@ impl Session {
                 source: Vec::new(),
                 media: None,
                 early: Vec::new(),
+                pending_relay: None,
+                relay_session: None,
             },
         );
         self.send_call(&callee.subject, Some(entry.supernode.clone()), &CallMessage::Invite(invite)).await;
@@ -179,6 +186,8 @@ impl Session {
 
     /// Carries out what a call's state machine asked for.
     async fn apply_call(&mut self, id: [u8; 16], actions: Vec<Action>) {
+        let mut pending_out = Vec::new();
+        let mut release = Vec::new();
         for a in actions {
             let Some(c) = self.calls.active.get_mut(&id) else { return };
             match a {
@@ -198,20 +207,36 @@ impl Session {
                 Action::StartMedia => {
                     let codec = c.codec.unwrap_or(Codec::L16);
                     let source = std::mem::take(&mut c.source);
-                    match super::media::CallMedia::new(
-                        &id,
-                        &c.key,
-                        c.call.role(),
+                    // Relay only: no direct probes either way, and the relay at once.
+                    let (peer, timing) = if self.relay_only {
+                        (Vec::new(), PathTiming { punch_ms: 0, ..PathTiming::default() })
+                    } else {
+                        (c.peer_candidates.clone(), PathTiming::default())
+                    };
+                    let setup = super::media::Setup {
+                        call_id: &id,
+                        key: &c.key,
+                        role: c.call.role(),
                         codec,
-                        &c.peer_candidates,
-                        source,
-                        now_ms(),
-                    ) {
-                        Ok(m) => c.media = Some(m),
+                        peer: &peer,
+                        timing,
+                    };
+                    match super::media::CallMedia::new(setup, source, now_ms()) {
+                        Ok(mut m) => {
+                            if let Some(leg) = c.pending_relay.take() {
+                                let mut out = Vec::new();
+                                m.relay_ready(leg, now_ms(), &mut out);
+                                pending_out.extend(out);
+                            }
+                            c.media = Some(m);
+                        }
                         Err(e) => tracing::warn!(error = %e, "no codec for the call"),
                     }
                 }
                 Action::StopMedia => {
+                    if let Some(s) = c.relay_session.take() {
+                        release.push(s);
+                    }
                     if let Some(mut m) = c.media.take() {
                         let report = CallReport { media: m.report(), heard: m.take_heard() };
                         self.calls.finished.insert(id, report);
@@ -222,6 +247,10 @@ impl Session {
                     self.events.push_back(Event::Call { call_id: call_id_hex(&id), peer, state: state.into(), codec });
                 }
             }
+        }
+        self.send_media(pending_out).await;
+        for session in release {
+            self.release_relay(session).await;
         }
         // Ended calls leave nothing behind but their id (against replays).
         self.calls.active.retain(|_, c| !c.call.is_over());
@@ -263,6 +292,17 @@ impl Session {
                 match c.channel.open(&s) {
                     // Before the reply, we know neither the codec nor where to send media.
                     Some(signal) if c.invite.is_some() && signal == Signal::Accept => c.early.push(signal),
+                    Some(Signal::Relay { relay, session, token }) => {
+                        let leg = RelayLeg { addr: relay, session, token };
+                        match c.media.as_mut() {
+                            Some(m) => {
+                                let mut out = Vec::new();
+                                m.relay_ready(leg, now_ms(), &mut out);
+                                self.send_media(out).await;
+                            }
+                            None => c.pending_relay = Some(leg),
+                        }
+                    }
                     Some(signal) => {
                         let actions = c.call.on_signal(signal, now_ms());
                         self.apply_call(id, actions).await;
@@ -320,6 +360,8 @@ impl Session {
                 source: Vec::new(),
                 media: None,
                 early: Vec::new(),
+                pending_relay: None,
+                relay_session: None,
             },
         );
         self.apply_call(id, actions).await;
@@ -346,6 +388,9 @@ impl Session {
     /// Where we receive media: the address our super node sees, and our own when there
     /// is no NAT between us and the internet (the same address: a direct path).
     fn candidates(&self) -> Vec<Candidate> {
+        if self.relay_only {
+            return Vec::new();
+        }
         let mut v = vec![Candidate { kind: CandidateKind::Public, addr: self.report.public_addr }];
         if self.report.nat == crate::nat::NatKind::None {
             v.push(Candidate { kind: CandidateKind::Host, addr: self.report.public_addr });
@@ -376,10 +421,16 @@ impl Session {
         };
         let id = *id;
         let Some(m) = c.media.as_mut() else { return };
-        // Relayed packets came by our relay leg; this step has none yet.
-        let _ = relay_session;
+        // A relayed packet counts only through our own leg of this call's relay session.
+        let via = match relay_session {
+            None => None,
+            Some(s) => match m.relay_leg() {
+                Some(leg) if leg.session == s && leg.addr == from => Some(leg),
+                _ => return,
+            },
+        };
         let mut out = Vec::new();
-        let (heard, chosen) = m.on_datagram(from, packet, None, now, &mut out);
+        let (heard, chosen) = m.on_datagram(from, packet, via, now, &mut out);
         if heard {
             c.call.on_heard(now);
         }
@@ -405,6 +456,49 @@ impl Session {
         for (id, actions) in ups {
             self.apply_call(id, actions).await;
         }
+        self.open_requested_relays().await;
+    }
+
+    /// Opens the relays the path searches asked for (the caller's side): our leg goes to
+    /// the search, the other leg's token to the callee, sealed end to end.
+    async fn open_requested_relays(&mut self) {
+        let wanted: Vec<[u8; 16]> = self
+            .calls
+            .active
+            .iter_mut()
+            .filter_map(|(id, c)| c.media.as_mut().is_some_and(|m| m.take_relay_request()).then_some(*id))
+            .collect();
+        for id in wanted {
+            let grant = match self.allocate_relay().await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no relay for the call; it ends if no other path comes up");
+                    continue;
+                }
+            };
+            let Some(relay) = grant.relay else { continue };
+            let Some(c) = self.calls.active.get_mut(&id) else {
+                self.release_relay(grant.session).await;
+                continue;
+            };
+            c.relay_session = Some(grant.session);
+            let ours = RelayLeg { addr: relay, session: grant.session, token: grant.token_a };
+            let theirs = Signal::Relay { relay, session: grant.session, token: grant.token_b };
+            let sealed = CallMessage::Signal(c.channel.seal(theirs));
+            let (peer, via) = (c.peer.clone(), c.peer_supernode.clone());
+            let mut out = Vec::new();
+            if let Some(m) = c.media.as_mut() {
+                m.relay_ready(ours, now_ms(), &mut out);
+            }
+            self.send_call(&peer, Some(via), &sealed).await;
+            self.send_media(out).await;
+        }
+    }
+
+    /// Relay only: media goes through a super node's relay, never straight to the other
+    /// host (which then never learns our address from the media path).
+    pub fn set_relay_only(&mut self, on: bool) {
+        self.relay_only = on;
     }
 
     async fn send_media(&self, out: Vec<super::media::Outgoing>) {

@@ -6,7 +6,7 @@ use crate::call::codec::{FRAME_SAMPLES, VoiceCodec};
 use crate::call::invite::{Candidate, Codec, MediaKey};
 use crate::call::jitter::{JitterBuffer, Playout};
 use crate::call::media::{self, Kind, MediaReceiver, MediaSender};
-use crate::call::path::{PathAction, PathFinder, PathTiming, Route};
+use crate::call::path::{PathAction, PathFinder, PathTiming, RelayLeg, Route};
 use crate::call::signal::{Path, Role};
 use std::net::SocketAddr;
 
@@ -32,6 +32,22 @@ pub struct MediaReport {
     pub setup_ms: Option<u64>,
 }
 
+/// What a call's media starts from.
+pub(super) struct Setup<'a> {
+    /// The call.
+    pub call_id: &'a [u8; 16],
+    /// Its media key.
+    pub key: &'a MediaKey,
+    /// Our side.
+    pub role: Role,
+    /// The codec agreed.
+    pub codec: Codec,
+    /// Where the other side receives media (empty: relay only).
+    pub peer: &'a [Candidate],
+    /// The path search's timing.
+    pub timing: PathTiming,
+}
+
 /// A datagram to send.
 pub(super) struct Outgoing {
     pub to: SocketAddr,
@@ -52,6 +68,7 @@ pub(super) struct CallMedia {
     playing: bool,
     started_ms: u64,
     report: MediaReport,
+    wants_relay: bool,
 }
 
 fn relayed(leg: &crate::call::path::RelayLeg, packet: &[u8]) -> Vec<u8> {
@@ -63,18 +80,11 @@ fn relayed(leg: &crate::call::path::RelayLeg, packet: &[u8]) -> Vec<u8> {
 }
 
 impl CallMedia {
-    /// Media for call `call_id` on our `role`'s side, towards the other side's candidates.
-    pub fn new(
-        call_id: &[u8; 16],
-        key: &MediaKey,
-        role: Role,
-        codec: Codec,
-        peer: &[Candidate],
-        source: Vec<i16>,
-        now_ms: u64,
-    ) -> Result<Self, crate::call::codec::CodecError> {
+    /// Media for `call` on our side, playing `source`.
+    pub fn new(call: Setup<'_>, source: Vec<i16>, now_ms: u64) -> Result<Self, crate::call::codec::CodecError> {
+        let Setup { call_id, key, role, codec, peer, timing } = call;
         Ok(Self {
-            finder: PathFinder::new(role, peer, PathTiming::default(), now_ms),
+            finder: PathFinder::new(role, peer, timing, now_ms),
             tx: MediaSender::new(call_id, key, role),
             rx: MediaReceiver::new(call_id, key, role),
             jitter: JitterBuffer::new(PLAYOUT_DELAY_MS),
@@ -86,6 +96,7 @@ impl CallMedia {
             playing: false,
             started_ms: now_ms,
             report: MediaReport::default(),
+            wants_relay: false,
         })
     }
 
@@ -108,9 +119,7 @@ impl CallMedia {
                     let p = self.tx.seal(Kind::ProbeAck, 0, &[]);
                     out.push(self.route_bytes(r, p));
                 }
-                PathAction::AllocateRelay => {
-                    tracing::info!("no direct or punched path yet; relays come with the next step");
-                }
+                PathAction::AllocateRelay => self.wants_relay = true,
                 PathAction::Chosen(_, path) => {
                     self.report.path = Some(path.label());
                     self.report.setup_ms.get_or_insert(now_ms.saturating_sub(self.started_ms));
@@ -198,6 +207,22 @@ impl CallMedia {
             }
         }
         chosen
+    }
+
+    /// Whether the path search asked for a relay (once; the session opens it).
+    pub fn take_relay_request(&mut self) -> bool {
+        std::mem::take(&mut self.wants_relay)
+    }
+
+    /// Our relay leg is ready: probe through it.
+    pub fn relay_ready(&mut self, leg: RelayLeg, now_ms: u64, out: &mut Vec<Outgoing>) -> Option<Path> {
+        let a = self.finder.relay_ready(leg, now_ms);
+        self.act(a, now_ms, out)
+    }
+
+    /// Our relay leg, if any (relayed datagrams for this call come through it).
+    pub fn relay_leg(&self) -> Option<RelayLeg> {
+        self.finder.relay()
     }
 
     /// What the call carried so far.

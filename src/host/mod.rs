@@ -126,6 +126,7 @@ pub struct Session {
     calls: calls::Calls,
     call_timeouts: crate::call::signal::Timeouts,
     media_clock: tokio::time::Interval,
+    relay_only: bool,
 }
 
 impl Drop for Session {
@@ -641,6 +642,7 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         },
+        relay_only: false,
     };
     // Advertise presence, as the original's login sequence ends. A network without a
     // Global Index (a lone super node) is still a network to be logged in to.
