@@ -49,11 +49,7 @@ fn id(hex: &str) -> [u8; 16] {
 #[actix_rt::test]
 async fn call_signalling_through_super_nodes() {
     let t = common::start(3, |c| c.supernode.probe_period_ms = 200).await;
-    let started = Instant::now();
-    while t.net.nodes().iter().any(|n| n.members().len() < 3) {
-        assert!(started.elapsed() < Duration::from_secs(20), "cluster did not converge");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    t.converge(3).await;
     let mut alice = host(&t, "alice", 0).await;
     let mut bob = host(&t, "bob", 1).await;
     let mut dave = host(&t, "dave", 2).await;
@@ -127,11 +123,7 @@ async fn run_for(s: &mut Session, d: Duration) -> Vec<Event> {
 async fn a_call_carries_voice_both_ways() {
     use confab::call::audio;
     let t = common::start(2, |c| c.supernode.probe_period_ms = 200).await;
-    let started = Instant::now();
-    while t.net.nodes().iter().any(|n| n.members().len() < 2) {
-        assert!(started.elapsed() < Duration::from_secs(20), "cluster did not converge");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    t.converge(2).await;
     let mut alice = host(&t, "alice", 0).await;
     let mut bob = host(&t, "bob", 1).await;
     let (to_bob, to_alice) = (audio::tone(&[440.0, 1000.0], 3.0, 12_000.0), audio::tone(&[600.0], 3.0, 12_000.0));
@@ -177,11 +169,7 @@ async fn a_call_carries_voice_both_ways() {
 async fn relay_only_calls_go_through_a_super_node_relay() {
     use confab::call::audio;
     let t = common::start(2, |c| c.supernode.probe_period_ms = 200).await;
-    let started = Instant::now();
-    while t.net.nodes().iter().any(|n| n.members().len() < 2) {
-        assert!(started.elapsed() < Duration::from_secs(20), "cluster did not converge");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    t.converge(2).await;
     let mut carol = host(&t, "carol", 0).await;
     let mut dave = host(&t, "dave", 1).await;
     // Carol keeps her address to herself: media goes through her super node's relay.

@@ -193,3 +193,14 @@ pub async fn expect_event(
         }
     }
 }
+
+impl TestNet {
+    /// Waits (at most 20 s) until every super node sees all `n` members.
+    pub async fn converge(&self, n: usize) {
+        let started = std::time::Instant::now();
+        while self.net.nodes().iter().any(|node| node.members().len() < n) {
+            assert!(started.elapsed() < Duration::from_secs(20), "cluster of {n} did not converge");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
