@@ -313,3 +313,57 @@ fn buddy_lists_from_the_command_line() {
     net.kill().unwrap();
     net.wait().unwrap();
 }
+
+#[test]
+fn a_call_from_the_command_line_plays_and_records_wav() {
+    use confab::call::audio;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (ann, ben) = (dir.path().join("ann"), dir.path().join("ben"));
+    let (mut net, _) = up(&data);
+    for (home, user) in [(&ann, "ann"), (&ben, "ben")] {
+        assert!(host(&data, home, &["register", user, "--json"]).status.success());
+    }
+    let (play, record) = (dir.path().join("in.wav"), dir.path().join("out.wav"));
+    audio::write_wav(&play, &audio::tone(&[440.0, 1000.0], 2.0, 12_000.0)).unwrap();
+    let mut online = confab()
+        .arg("host")
+        .arg("--config")
+        .arg(data.join("host.toml"))
+        .arg("--home")
+        .arg(&ben)
+        .args(["online", "ben", "--json", "--wait", "30s", "--record"])
+        .arg(&record)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Ben is online once his presence is in the index.
+    let t = Instant::now();
+    while !host(&data, &ann, &["find", "--as", "ann", "ben", "--json"])
+        .stdout
+        .starts_with(b"{\"user\":\"ben\",\"status\":\"online\"")
+    {
+        assert!(t.elapsed() < Duration::from_secs(20), "ben never came online");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = host(
+        &data,
+        &ann,
+        &["call", "--as", "ann", "ben", "--play", play.to_str().unwrap(), "--duration", "2s", "--json"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(events.iter().any(|e| e["state"] == "connected" && e["path"] == "direct"), "{text}");
+    let report = events.iter().find(|e| e["event"] == "report").expect("a report at the end");
+    assert!(report["media"]["sent"].as_u64().unwrap() >= 90, "{report}");
+    let status = wait_exit(&mut online, Duration::from_secs(20)).expect("online exits when the call ends");
+    assert!(status.success());
+    let heard = audio::read_wav(&record).unwrap();
+    assert!(heard.len() >= 48_000, "{} samples recorded", heard.len());
+    let h = &heard[4800..];
+    assert!(audio::tone_strength(h, 440.0) > 0.2 && audio::tone_strength(h, 1000.0) > 0.2, "the tones came through");
+    net.kill().unwrap();
+    net.wait().unwrap();
+}

@@ -64,6 +64,32 @@ enum Command {
         #[command(subcommand)]
         action: BuddyAction,
     },
+    /// Log in as USER and call WHOM: play a WAV into the call, record what comes back.
+    Call {
+        /// Who you are (the account to log in with).
+        #[arg(long = "as", value_name = "USER")]
+        me: String,
+        /// Whom to call.
+        whom: String,
+        #[command(flatten)]
+        audio: CallAudio,
+        /// How long to stay connected before hanging up.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Log in as USER and wait for a call; answer it, play and record; exit when it ends.
+    Online {
+        /// The account to log in with.
+        user: String,
+        /// Answer incoming calls automatically, or decline them.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "never"])]
+        answer: String,
+        #[command(flatten)]
+        audio: CallAudio,
+        /// Give up waiting for a call after this long.
+        #[arg(long = "wait", default_value = "5m", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
     /// Log in as USER and look WHOM up in the Global Index.
     Find {
         /// Who you are (the account to log in with).
@@ -72,6 +98,20 @@ enum Command {
         /// Whom to find.
         whom: String,
     },
+}
+
+/// What a call plays and records.
+#[derive(Debug, clap::Args)]
+struct CallAudio {
+    /// A WAV file to play into the call (48 kHz 16-bit PCM; silence after it ends).
+    #[arg(long)]
+    play: Option<PathBuf>,
+    /// Where to write what the other side says (WAV, 48 kHz mono 16-bit).
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Media through a super-node relay only (your address stays hidden).
+    #[arg(long)]
+    relay_only: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -300,6 +340,43 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
                 Err(e) => return fail(a.json, e),
             }
         }
+        Command::Call { me, whom, audio, duration } => {
+            let s = settings(&config.host)?;
+            let pw = password(false)?;
+            let source = load_audio(audio)?;
+            let mut session = match host::login(&s, &home, me, &pw).await {
+                Ok(s) => s,
+                Err(e) => return fail(a.json, e),
+            };
+            session.set_relay_only(audio.relay_only);
+            let id = match session.call(whom).await {
+                Ok(id) => id,
+                Err(e) => {
+                    session.logout().await;
+                    return fail(a.json, e);
+                }
+            };
+            session.set_call_audio(id, source);
+            let code = run_call(&mut session, Some(id), *duration, audio, a.json, Duration::MAX).await?;
+            session.logout().await;
+            return Ok(code);
+        }
+        Command::Online { user, answer, audio, wait } => {
+            let s = settings(&config.host)?;
+            let pw = password(false)?;
+            let source = load_audio(audio)?;
+            let mut session = match host::login(&s, &home, user, &pw).await {
+                Ok(s) => s,
+                Err(e) => return fail(a.json, e),
+            };
+            session.set_relay_only(audio.relay_only);
+            if !a.json {
+                println!("online as {} via {}; waiting for a call", session.report.user, session.report.supernode);
+            }
+            let code = answer_one(&mut session, answer == "auto", source, audio, a.json, *wait).await?;
+            session.logout().await;
+            return Ok(code);
+        }
         Command::Buddy { me, action } => {
             let s = settings(&config.host)?;
             let pw = password(false)?;
@@ -445,4 +522,132 @@ async fn list_buddies(session: &mut host::Session, json: bool) -> Result<(), Hos
         );
     }
     Ok(())
+}
+
+fn load_audio(a: &CallAudio) -> anyhow::Result<Vec<i16>> {
+    match &a.play {
+        Some(p) => Ok(confab::call::audio::read_wav(p)?),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn call_id(hex: &str) -> Option<[u8; 16]> {
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(id)
+}
+
+fn show(e: &host::buddies::Event, json: bool) {
+    use host::buddies::Event;
+    use host::calls::CallState;
+    if json {
+        println!("{}", serde_json::to_string(e).unwrap_or_default());
+        return;
+    }
+    if let Event::Call { peer, state, .. } = e {
+        match state {
+            CallState::Inviting => println!("calling {peer}…"),
+            CallState::Ringing => println!("ringing ({peer})"),
+            CallState::Connecting => println!("connecting to {peer}…"),
+            CallState::Connected { path } => println!("connected to {peer} ({path})"),
+            CallState::Ended { reason } => println!("call with {peer} ended: {reason}"),
+        }
+    }
+}
+
+/// Waits for the first incoming call, answers (or declines) it, then runs it.
+async fn answer_one(
+    session: &mut host::Session,
+    accept: bool,
+    source: Vec<i16>,
+    audio: &CallAudio,
+    json: bool,
+    wait: Duration,
+) -> anyhow::Result<ExitCode> {
+    use host::buddies::Event;
+    use host::calls::CallState;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(e) = session.next_event_within(left).await else {
+            if !json {
+                println!("no call within {}", humantime::format_duration(wait));
+            }
+            return Ok(ExitCode::FAILURE);
+        };
+        show(&e, json);
+        if let Event::Call { call_id: hex, state: CallState::Ringing, .. } = &e
+            && let Some(id) = call_id(hex)
+        {
+            if !accept {
+                session.answer_call(id, false).await;
+                continue;
+            }
+            session.set_call_audio(id, source);
+            session.answer_call(id, true).await;
+            return run_call(session, Some(id), Duration::MAX, audio, json, wait).await;
+        }
+    }
+}
+
+/// Runs a call until it ends (hanging up `duration` after it connected); writes the
+/// recording and prints the report. Success when it connected.
+async fn run_call(
+    session: &mut host::Session,
+    id: Option<[u8; 16]>,
+    duration: Duration,
+    audio: &CallAudio,
+    json: bool,
+    limit: Duration,
+) -> anyhow::Result<ExitCode> {
+    use host::buddies::Event;
+    use host::calls::CallState;
+    let Some(id) = id else { return Ok(ExitCode::FAILURE) };
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let started = tokio::time::Instant::now();
+    let mut hang_up_at: Option<tokio::time::Instant> = None;
+    let mut connected = false;
+    loop {
+        let until = hang_up_at.unwrap_or_else(|| started + limit.min(Duration::from_secs(86_400)));
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        match session.next_event_within(left).await {
+            None => session.end_call(id).await,
+            Some(e) => {
+                show(&e, json);
+                if let Event::Call { call_id, state, .. } = &e
+                    && *call_id == hex
+                {
+                    match state {
+                        CallState::Connected { .. } if !connected => {
+                            connected = true;
+                            hang_up_at = tokio::time::Instant::now().checked_add(duration);
+                        }
+                        CallState::Ended { .. } => break,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    if let Some(report) = session.take_call_report(id) {
+        if let Some(path) = &audio.record {
+            confab::call::audio::write_wav(path, &report.heard)?;
+        }
+        let m = &report.media;
+        if json {
+            println!("{}", serde_json::json!({ "event": "report", "call_id": hex, "media": m }));
+        } else {
+            println!(
+                "path {}; frames sent {}, received {}, lost {}; jitter {:.1} ms",
+                m.path.unwrap_or("-"),
+                m.sent,
+                m.received,
+                m.lost,
+                m.jitter_ms
+            );
+        }
+    }
+    Ok(if connected { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
