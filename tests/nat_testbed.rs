@@ -14,33 +14,13 @@
 
 mod common;
 
+use common::netns::{prerequisites_missing, run};
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
 const PW: &str = "correct horse battery";
 const SN_IP: &str = "198.18.0.1";
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| o.status.success()).unwrap_or(false)
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
-}
-
-fn prerequisites_missing() -> bool {
-    common::missing("root (for network namespaces)", is_root())
-        || common::missing("ip (Debian package iproute2)", have("ip"))
-        || common::missing("nft (Debian package nftables)", have("nft"))
-}
 
 /// How the router between a host and the internet behaves.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -70,24 +50,12 @@ impl Testbed {
     }
 
     fn add_ns(&mut self, name: &str) -> String {
-        let ns = self.ns(name);
-        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
-        run(&["ip", "netns", "add", &ns]);
-        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        self.namespaces.push(ns.clone());
-        ns
+        common::netns::add_ns(&self.prefix, name, &mut self.namespaces)
     }
 
     /// A veth pair between two namespaces, with names and /24 addresses on each end.
     fn link(&self, a: (&str, &str, &str), b: (&str, &str, &str), tag: &str) {
-        let (ta, tb) = (format!("{}{tag}a", self.prefix), format!("{}{tag}b", self.prefix));
-        run(&["ip", "link", "add", &ta, "type", "veth", "peer", "name", &tb]);
-        for ((ns, name, addr), tmp) in [(a, &ta), (b, &tb)] {
-            run(&["ip", "link", "set", tmp, "netns", ns]);
-            run(&["ip", "-n", ns, "link", "set", tmp, "name", name]);
-            run(&["ip", "-n", ns, "addr", "add", addr, "dev", name]);
-            run(&["ip", "-n", ns, "link", "set", name, "up"]);
-        }
+        common::netns::link(&self.prefix, a, b, tag)
     }
 
     fn build(tag: char, router: Router) -> Self {

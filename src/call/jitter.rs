@@ -39,8 +39,11 @@ pub struct JitterStats {
     pub received: u64,
     /// Frames played.
     pub played: u64,
-    /// Frames concealed because they were missing at their turn.
+    /// Frames concealed because they were missing at their turn while later ones were
+    /// already here (a gap: lost or very late).
     pub concealed: u64,
+    /// Turns with nothing at all to play (the stream paused, ended, or is late as a whole).
+    pub underruns: u64,
     /// Frames that arrived after their turn.
     pub late: u64,
     /// Frames that arrived twice.
@@ -121,6 +124,10 @@ impl JitterBuffer {
             Some(f) => {
                 self.stats.played += 1;
                 Playout::Frame(f)
+            }
+            None if self.frames.is_empty() => {
+                self.stats.underruns += 1;
+                Playout::Lost
             }
             None => {
                 self.stats.concealed += 1;

@@ -71,6 +71,7 @@ pub struct PathFinder {
     relay: Option<RelayLeg>,
     relay_asked: bool,
     chosen: Option<(Route, Path)>,
+    public: bool,
 }
 
 impl PathFinder {
@@ -85,7 +86,14 @@ impl PathFinder {
             relay: None,
             relay_asked: false,
             chosen: None,
+            public: false,
         }
+    }
+
+    /// We have a public address (no NAT between us and the internet): any path that does
+    /// not go through a relay is direct for us, whatever the other side's NAT did.
+    pub fn set_public(&mut self, public: bool) {
+        self.public = public;
     }
 
     /// Our relay leg, once we have one.
@@ -153,7 +161,7 @@ impl PathFinder {
             Route::To(addr) if !self.peer.iter().any(|c| c.addr == addr) => return Vec::new(),
             Route::To(addr) => {
                 let own = self.peer.iter().any(|c| c.kind == CandidateKind::Host && c.addr == addr);
-                if own { Path::Direct } else { Path::Punched }
+                if own || self.public { Path::Direct } else { Path::Punched }
             }
         };
         let better = match self.chosen {

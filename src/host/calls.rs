@@ -220,6 +220,7 @@ impl Session {
                         codec,
                         peer: &peer,
                         timing,
+                        public: self.report.nat == crate::nat::NatKind::None,
                     };
                     match super::media::CallMedia::new(setup, source, now_ms()) {
                         Ok(mut m) => {

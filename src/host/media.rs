@@ -22,7 +22,7 @@ pub struct MediaReport {
     pub sent: u64,
     /// Voice frames received in time.
     pub received: u64,
-    /// Frames concealed (missing at their turn).
+    /// Frames lost: missing at their turn while later ones had come, or arriving after it.
     pub lost: u64,
     /// Packets dropped: forged, replayed, for another call.
     pub rejected: u64,
@@ -46,6 +46,8 @@ pub(super) struct Setup<'a> {
     pub peer: &'a [Candidate],
     /// The path search's timing.
     pub timing: PathTiming,
+    /// We have a public address.
+    pub public: bool,
 }
 
 /// A datagram to send.
@@ -82,9 +84,11 @@ fn relayed(leg: &crate::call::path::RelayLeg, packet: &[u8]) -> Vec<u8> {
 impl CallMedia {
     /// Media for `call` on our side, playing `source`.
     pub fn new(call: Setup<'_>, source: Vec<i16>, now_ms: u64) -> Result<Self, crate::call::codec::CodecError> {
-        let Setup { call_id, key, role, codec, peer, timing } = call;
+        let Setup { call_id, key, role, codec, peer, timing, public } = call;
+        let mut finder = PathFinder::new(role, peer, timing, now_ms);
+        finder.set_public(public);
         Ok(Self {
-            finder: PathFinder::new(role, peer, timing, now_ms),
+            finder,
             tx: MediaSender::new(call_id, key, role),
             rx: MediaReceiver::new(call_id, key, role),
             jitter: JitterBuffer::new(PLAYOUT_DELAY_MS),
@@ -162,7 +166,10 @@ impl CallMedia {
                 self.act(a, now_ms, out)
             }
             Kind::Voice => {
-                self.jitter.push(opened.seq, opened.timestamp, now_ms, opened.payload);
+                // Frames are ordered by their timestamp, not the packet sequence number:
+                // probes and answers share that sequence and would look like gaps.
+                let frame = u64::from(opened.timestamp) / FRAME_SAMPLES as u64;
+                self.jitter.push(frame, opened.timestamp, now_ms, opened.payload);
                 None
             }
         };
@@ -228,7 +235,12 @@ impl CallMedia {
     /// What the call carried so far.
     pub fn report(&self) -> MediaReport {
         let s = self.jitter.stats();
-        MediaReport { received: s.played, lost: s.concealed, jitter_ms: self.jitter.jitter_ms(), ..self.report.clone() }
+        MediaReport {
+            received: s.played,
+            lost: s.concealed + s.late,
+            jitter_ms: self.jitter.jitter_ms(),
+            ..self.report.clone()
+        }
     }
 
     /// What we heard.

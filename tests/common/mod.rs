@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: whole networks on loopback with fixed keys.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use confab::config::Config;
 use confab::crypto::credential::TrustedKeys;
 use confab::crypto::{PrivateKey, PublicKey};
