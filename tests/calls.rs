@@ -107,6 +107,14 @@ async fn call_signalling_through_super_nodes() {
     t.net.stop().await;
 }
 
+/// The path a call connected by, from a host's events.
+fn connected_path(events: &[Event]) -> Option<&'static str> {
+    events.iter().find_map(|e| match e {
+        Event::Call { state: CallState::Connected { path }, .. } => Some(*path),
+        _ => None,
+    })
+}
+
 /// Runs a host's event loop for `d`, collecting what happened.
 async fn run_for(s: &mut Session, d: Duration) -> Vec<Event> {
     let until = Instant::now() + d;
@@ -134,14 +142,8 @@ async fn a_call_carries_voice_both_ways() {
     bob.set_call_audio(id, to_alice.clone());
     bob.answer_call(id, true).await;
     let (ea, eb) = tokio::join!(run_for(&mut alice, Duration::from_secs(4)), run_for(&mut bob, Duration::from_secs(4)));
-    let connected = |events: &[Event]| {
-        events.iter().find_map(|e| match e {
-            Event::Call { state: CallState::Connected { path }, .. } => Some(*path),
-            _ => None,
-        })
-    };
-    assert_eq!(connected(&ea), Some("direct"), "{ea:?}");
-    assert_eq!(connected(&eb), Some("direct"), "{eb:?}");
+    assert_eq!(connected_path(&ea), Some("direct"), "{ea:?}");
+    assert_eq!(connected_path(&eb), Some("direct"), "{eb:?}");
     alice.end_call(id).await;
     call_event(&mut bob, CallState::Ended { reason: "hung_up" }).await;
 
@@ -181,14 +183,8 @@ async fn relay_only_calls_go_through_a_super_node_relay() {
     dave.answer_call(id, true).await;
     let (ec, ed) =
         tokio::join!(run_for(&mut carol, Duration::from_secs(4)), run_for(&mut dave, Duration::from_secs(4)));
-    let path = |events: &[Event]| {
-        events.iter().find_map(|e| match e {
-            Event::Call { state: CallState::Connected { path }, .. } => Some(*path),
-            _ => None,
-        })
-    };
-    assert_eq!(path(&ec), Some("relayed_udp"), "{ec:?}");
-    assert_eq!(path(&ed), Some("relayed_udp"), "{ed:?}");
+    assert_eq!(connected_path(&ec), Some("relayed_udp"), "{ec:?}");
+    assert_eq!(connected_path(&ed), Some("relayed_udp"), "{ed:?}");
     let relay =
         t.net.nodes()[0].relay.as_ref().unwrap().table.len() + t.net.nodes()[1].relay.as_ref().unwrap().table.len();
     assert_eq!(relay, 1, "one relay session for the call");
