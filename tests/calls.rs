@@ -138,8 +138,10 @@ async fn a_call_carries_voice_both_ways() {
 
     let id = alice.call("bob").await.unwrap();
     alice.set_call_audio(id, to_bob.clone());
+    alice.set_call_recording(id, true);
     call_event(&mut bob, CallState::Ringing).await;
     bob.set_call_audio(id, to_alice.clone());
+    bob.set_call_recording(id, true);
     bob.answer_call(id, true).await;
     let (ea, eb) = tokio::join!(run_for(&mut alice, Duration::from_secs(4)), run_for(&mut bob, Duration::from_secs(4)));
     assert_eq!(connected_path(&ea), Some("direct"), "{ea:?}");
@@ -180,6 +182,7 @@ async fn relay_only_calls_go_through_a_super_node_relay() {
     let id = carol.call("dave").await.unwrap();
     carol.set_call_audio(id, sent.clone());
     call_event(&mut dave, CallState::Ringing).await;
+    dave.set_call_recording(id, true);
     dave.answer_call(id, true).await;
     let (ec, ed) =
         tokio::join!(run_for(&mut carol, Duration::from_secs(4)), run_for(&mut dave, Duration::from_secs(4)));

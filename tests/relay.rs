@@ -118,5 +118,7 @@ async fn relay_sessions_forward_only_between_their_two_endpoints() {
     assert!(common::metric_sum(&m, "confab_relay_drops_total", &["reason=\"rate_cap\""]) >= 1.0);
     assert!(common::metric_sum(&m, "confab_relay_allocations_total", &["outcome=\"host_quota\""]) >= 1.0);
     assert!(common::metric_sum(&m, "confab_relay_sessions_total", &["event=\"expired\""]) >= 2.0);
+    assert!(common::metric_sum(&m, "confab_relay_sessions_total", &["event=\"released\""]) >= 1.0);
+    assert!(common::metric_sum(&m, "confab_relay_sessions_total", &["event=\"owner_left\""]) >= 1.0);
     t.net.stop().await;
 }

@@ -357,6 +357,7 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
                 }
             };
             session.set_call_audio(id, source);
+            session.set_call_recording(id, audio.record.is_some());
             let code = run_call(&mut session, Some(id), *duration, audio, a.json, Duration::MAX).await?;
             session.logout().await;
             return Ok(code);
@@ -586,6 +587,7 @@ async fn answer_one(
                 continue;
             }
             session.set_call_audio(id, source);
+            session.set_call_recording(id, audio.record.is_some());
             session.answer_call(id, true).await;
             return run_call(session, Some(id), Duration::MAX, audio, json, wait).await;
         }

@@ -384,8 +384,24 @@ impl Session {
     /// keeps itself alive on its own.
     pub async fn next_event(&mut self) -> Event {
         loop {
-            if let Some(e) = self.events.pop_front() {
+            if let Some(e) = self.next_event_until(None).await {
                 return e;
+            }
+        }
+    }
+
+    /// Like [`Session::next_event`], but gives up after `timeout`.
+    pub async fn next_event_within(&mut self, timeout: Duration) -> Option<Event> {
+        self.next_event_until(Some(tokio::time::Instant::now() + timeout)).await
+    }
+
+    /// The event loop. The deadline is one of its branches, so it only ever cuts the
+    /// waiting short, never a handler halfway (a relay granted but not recorded, a
+    /// release not sent).
+    async fn next_event_until(&mut self, deadline: Option<tokio::time::Instant>) -> Option<Event> {
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Some(e);
             }
             let refresh = self.refreshed_at + self.presence_refresh;
             // A call's next timeout, on the tokio clock.
@@ -393,11 +409,20 @@ impl Session {
                 .calls
                 .deadline_ms()
                 .map(|d| tokio::time::Instant::now() + Duration::from_millis(d.saturating_sub(super::now_ms())));
+            let list_due = self.list_due;
             tokio::select! {
+                _ = tokio::time::sleep_until(deadline.unwrap_or(refresh)), if deadline.is_some() => return None,
                 n = self.link.notices.recv() => match n {
                     Some(body) => self.on_notice(&body).await,
-                    None => return Event::Disconnected,
+                    None => return Some(Event::Disconnected),
                 },
+                _ = tokio::time::sleep_until(list_due.unwrap_or(refresh)), if list_due.is_some() => {
+                    self.list_due = None;
+                    self.listed_at = Some(tokio::time::Instant::now());
+                    if let Err(e) = self.refresh_buddies().await {
+                        tracing::warn!(error = %e, "could not read the buddy list");
+                    }
+                }
                 _ = tokio::time::sleep_until(refresh) => self.refresh_presence().await,
                 _ = tokio::time::sleep_until(call_due.unwrap_or(refresh)), if call_due.is_some() => self.tick_calls().await,
                 m = self.link.media.recv() => if let Some((from, bytes)) = m {
@@ -408,25 +433,17 @@ impl Session {
         }
     }
 
-    /// Like [`Session::next_event`], but gives up after `timeout`.
-    pub async fn next_event_within(&mut self, timeout: Duration) -> Option<Event> {
-        tokio::time::timeout(timeout, self.next_event()).await.ok()
-    }
-
     async fn on_notice(&mut self, body: &[u8]) {
         match Notice::decode(body) {
             Some(Notice::Presence { entry }) => self.on_presence(&entry).await,
             Some(Notice::ListChanged { from }) => {
                 // A hint anyone could forge: it costs us one read of the list, at most
-                // once a second.
-                if let Some(t) = self.listed_at {
-                    tokio::time::sleep_until(t + Duration::from_secs(1)).await;
-                }
-                self.listed_at = Some(tokio::time::Instant::now());
+                // once a second, read by the event loop's timer (never waiting here, where
+                // it would hold up a call's media).
+                let now = tokio::time::Instant::now();
+                let earliest = self.listed_at.map_or(now, |t| (t + Duration::from_secs(1)).max(now));
+                self.list_due.get_or_insert(earliest);
                 tracing::debug!(%from, "buddy list changed; reading it again");
-                if let Err(e) = self.refresh_buddies().await {
-                    tracing::warn!(error = %e, "could not read the buddy list");
-                }
             }
             Some(Notice::Call { message }) => self.on_call_message(&message).await,
             None => tracing::debug!("dropped a malformed notice"),

@@ -39,6 +39,8 @@ pub(super) struct ActiveCall {
     peer_candidates: Vec<Candidate>,
     /// What we play into the call (then silence).
     source: Vec<i16>,
+    /// Whether to keep what we hear.
+    record: bool,
     media: Option<super::media::CallMedia>,
     /// Caller: signals that overtook the reply (an Accept before the Ringing), applied
     /// once the reply has checked out.
@@ -63,8 +65,12 @@ pub struct CallReport {
 pub(super) struct Calls {
     active: HashMap<[u8; 16], ActiveCall>,
     seen: VecDeque<[u8; 16]>,
-    finished: HashMap<[u8; 16], CallReport>,
+    /// Reports of the last calls that ended, until the application takes them.
+    finished: VecDeque<([u8; 16], CallReport)>,
 }
+
+/// Reports of ended calls kept for the application (the oldest go first).
+const FINISHED_KEPT_MAX: usize = 16;
 
 /// A call's id, as shown to users and scripts.
 pub fn call_id_hex(id: &[u8; 16]) -> String {
@@ -150,6 +156,7 @@ impl Session {
                 codec: None,
                 peer_candidates: Vec::new(),
                 source: Vec::new(),
+                record: false,
                 media: None,
                 early: Vec::new(),
                 pending_relay: None,
@@ -189,7 +196,7 @@ impl Session {
         let mut pending_out = Vec::new();
         let mut release = Vec::new();
         for a in actions {
-            let Some(c) = self.calls.active.get_mut(&id) else { return };
+            let Some(c) = self.calls.active.get_mut(&id) else { break };
             match a {
                 // The callee's ringing goes out as its signed reply: mutual authentication
                 // travels with the first answer.
@@ -224,6 +231,7 @@ impl Session {
                     };
                     match super::media::CallMedia::new(setup, source, now_ms()) {
                         Ok(mut m) => {
+                            m.set_recording(c.record);
                             if let Some(leg) = c.pending_relay.take() {
                                 let mut out = Vec::new();
                                 m.relay_ready(leg, now_ms(), &mut out);
@@ -240,7 +248,10 @@ impl Session {
                     }
                     if let Some(mut m) = c.media.take() {
                         let report = CallReport { media: m.report(), heard: m.take_heard() };
-                        self.calls.finished.insert(id, report);
+                        if self.calls.finished.len() >= FINISHED_KEPT_MAX {
+                            self.calls.finished.pop_front();
+                        }
+                        self.calls.finished.push_back((id, report));
                     }
                 }
                 Action::Report(state) => {
@@ -359,6 +370,7 @@ impl Session {
                 codec: Some(codec),
                 peer_candidates: opened.candidates.clone(),
                 source: Vec::new(),
+                record: false,
                 media: None,
                 early: Vec::new(),
                 pending_relay: None,
@@ -408,7 +420,19 @@ impl Session {
 
     /// The report of an ended call (what it carried, what we heard); once.
     pub fn take_call_report(&mut self, id: [u8; 16]) -> Option<CallReport> {
-        self.calls.finished.remove(&id)
+        let i = self.calls.finished.iter().position(|(f, _)| *f == id)?;
+        self.calls.finished.remove(i).map(|(_, r)| r)
+    }
+
+    /// Keeps what call `id` sounds like at our end, for its report (off by default: an
+    /// hour of a call is 345 MB of samples).
+    pub fn set_call_recording(&mut self, id: [u8; 16], on: bool) {
+        if let Some(c) = self.calls.active.get_mut(&id) {
+            c.record = on;
+            if let Some(m) = c.media.as_mut() {
+                m.set_recording(on);
+            }
+        }
     }
 
     /// A datagram on port P that looks like media.

@@ -67,6 +67,7 @@ pub(super) struct CallMedia {
     position: usize,
     timestamp: u32,
     heard: Vec<i16>,
+    recording: bool,
     playing: bool,
     started_ms: u64,
     report: MediaReport,
@@ -97,6 +98,7 @@ impl CallMedia {
             position: 0,
             timestamp: 0,
             heard: Vec::new(),
+            recording: false,
             playing: false,
             started_ms: now_ms,
             report: MediaReport::default(),
@@ -205,11 +207,17 @@ impl CallMedia {
             Playout::Frame(bytes) => {
                 self.playing = true;
                 let pcm = self.codec.decode(&bytes).unwrap_or_else(|_| self.codec.conceal());
-                self.heard.extend(pcm);
+                if self.recording {
+                    self.heard.extend(pcm);
+                }
             }
             Playout::Lost => {
                 if self.playing {
-                    self.heard.extend(self.codec.conceal());
+                    // Concealment keeps the decoder's state right even when nobody listens.
+                    let pcm = self.codec.conceal();
+                    if self.recording {
+                        self.heard.extend(pcm);
+                    }
                 }
             }
         }
@@ -241,6 +249,11 @@ impl CallMedia {
             jitter_ms: self.jitter.jitter_ms(),
             ..self.report.clone()
         }
+    }
+
+    /// Keep what we hear (for the call's report), or not.
+    pub fn set_recording(&mut self, on: bool) {
+        self.recording = on;
     }
 
     /// What we heard.

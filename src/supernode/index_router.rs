@@ -767,6 +767,10 @@ impl IndexRouter {
             } else if let Some(addr) = self.gossip_of.get(&r).copied() {
                 let req = self.req();
                 self.prefix_reqs.insert(req, tx);
+                // A lost packet or a dead replica must not leave the waiter behind.
+                ctx.run_later(std::time::Duration::from_millis(self.cfg.lookup.step_timeout_ms * 4), move |act, _| {
+                    act.prefix_reqs.remove(&req);
+                });
                 self.sender.send(
                     addr,
                     &IndexRpc::PrefixQuery { req, prefix: prefix.clone(), limit: SEARCH_POSTINGS_MAX as u16 }.encode(),
