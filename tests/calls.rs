@@ -101,7 +101,12 @@ async fn call_signalling_through_super_nodes() {
     while alice.next_event_within(Duration::from_millis(50)).await.is_some() {}
     while bob.next_event_within(Duration::from_millis(50)).await.is_some() {}
     assert_eq!((alice.calls_in_progress(), bob.calls_in_progress()), (0, 0));
-
+    // Operators see the calls their hosts placed, by outcome (labels only).
+    let m = t.metrics().await;
+    for outcome in ["declined", "cancelled", "no_answer", "hung_up"] {
+        let label = format!("outcome=\"{outcome}\"");
+        assert!(common::metric_sum(&m, "confab_calls_total", &[&label]) >= 1.0, "no {outcome} call counted");
+    }
     alice.logout().await;
     bob.logout().await;
     t.net.stop().await;
@@ -164,6 +169,10 @@ async fn a_call_carries_voice_both_ways() {
         assert!(audio::tone_strength(heard, if who == "bob" { other } else { 440.0 }) < 0.05);
     }
     assert_eq!((alice.calls_in_progress(), bob.calls_in_progress()), (0, 0));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = t.metrics().await;
+    assert!(common::metric_sum(&m, "confab_calls_total", &["path=\"direct\"", "outcome=\"hung_up\""]) >= 1.0);
+    assert!(common::metric_sum(&m, "confab_call_setup_duration_seconds_count", &["path=\"direct\""]) >= 1.0);
     alice.logout().await;
     bob.logout().await;
     t.net.stop().await;

@@ -49,6 +49,10 @@ pub(super) struct ActiveCall {
     pending_relay: Option<RelayLeg>,
     /// The relay session we opened (the caller), released when media stops.
     relay_session: Option<u32>,
+    /// When the call began here (the invite sent or received), unix ms.
+    began_ms: u64,
+    /// The first path media flowed on, and after how long.
+    connected: Option<(crate::call::signal::Path, u64)>,
 }
 
 /// What an ended call carried, and what we heard.
@@ -161,6 +165,8 @@ impl Session {
                 early: Vec::new(),
                 pending_relay: None,
                 relay_session: None,
+                began_ms: now_ms(),
+                connected: None,
             },
         );
         self.send_call(&callee.subject, Some(entry.supernode.clone()), &CallMessage::Invite(invite)).await;
@@ -255,6 +261,24 @@ impl Session {
                     }
                 }
                 Action::Report(state) => {
+                    match state {
+                        State::Connected(p) if c.connected.is_none() => {
+                            c.connected = Some((p, now_ms().saturating_sub(c.began_ms)));
+                        }
+                        // The caller tells its super node how the call went (labels only),
+                        // so operators see calls by path and their setup time.
+                        State::Ended(reason) if c.call.role() == Role::Caller => {
+                            let (path, setup) = c.connected.map_or(("none", 0), |(p, ms)| (p.label(), ms));
+                            let stats = crate::wire::message::CallStats {
+                                path: path.into(),
+                                outcome: reason.label().into(),
+                                setup_ms: setup.min(u64::from(u32::MAX)) as u32,
+                            };
+                            self.link.send(crate::wire::MessageKind::CallStats, stats.encode()).await;
+                        }
+                        _ => {}
+                    }
+                    let Some(c) = self.calls.active.get_mut(&id) else { break };
                     let (peer, codec) = (c.peer.clone(), c.codec);
                     self.events.push_back(Event::Call { call_id: call_id_hex(&id), peer, state: state.into(), codec });
                 }
@@ -375,6 +399,8 @@ impl Session {
                 early: Vec::new(),
                 pending_relay: None,
                 relay_session: None,
+                began_ms: now_ms(),
+                connected: None,
             },
         );
         self.apply_call(id, actions).await;

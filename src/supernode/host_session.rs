@@ -395,6 +395,7 @@ impl HostSession {
                     let grant = self.allocate_relay(r.req);
                     self.reply(MessageKind::RelayGrant, &grant.encode());
                 }
+                Action::CallStats(s) => self.node.metrics.call(&s),
                 Action::RelayRelease(r) => {
                     if let Some(actor) = self.relays.remove(&r.session) {
                         actor.do_send(Release("released"));

@@ -19,6 +19,12 @@ pub fn describe() {
     describe_counter!("confab_stun_requests_total", "STUN requests, by outcome");
     describe_counter!("confab_supernode_nat_probes_total", "NAT probes answered, by port");
     describe_index();
+    describe_counter!("confab_calls_total", "Calls placed by this node's hosts, by path and outcome");
+    describe_histogram!(
+        "confab_call_setup_duration_seconds",
+        Unit::Seconds,
+        "From the invite to media flowing, by path (calls that connected)"
+    );
     describe_counter!(
         "confab_supernode_notices_total",
         "Host-to-host notices: delivered here, forwarded to another super node, or dropped (by outcome)"
@@ -107,6 +113,21 @@ impl NodeMetrics {
     /// A STUN request was handled.
     pub fn stun(&self, outcome: &'static str) {
         counter!("confab_stun_requests_total", "node" => self.node.clone(), "outcome" => outcome).increment(1);
+    }
+
+    /// A host reported a call it placed. Only known labels are counted: a host cannot
+    /// make up label values (and so cannot grow the metric's cardinality).
+    pub fn call(&self, s: &crate::wire::message::CallStats) {
+        const PATHS: [&str; 5] = ["direct", "punched", "relayed_udp", "relayed_tcp", "none"];
+        const OUTCOMES: [&str; 8] =
+            ["hung_up", "declined", "busy", "cancelled", "no_answer", "unreachable", "media_failed", "lost"];
+        let path = PATHS.iter().find(|p| **p == s.path).copied().unwrap_or("none");
+        let Some(outcome) = OUTCOMES.iter().find(|o| **o == s.outcome).copied() else { return };
+        counter!("confab_calls_total", "node" => self.node.clone(), "path" => path, "outcome" => outcome).increment(1);
+        if path != "none" {
+            metrics::histogram!("confab_call_setup_duration_seconds", "node" => self.node.clone(), "path" => path)
+                .record(f64::from(s.setup_ms) / 1000.0);
+        }
     }
 
     /// A NAT probe was answered on the main or alternate port.

@@ -8,7 +8,8 @@ use crate::crypto::aead::{SealKey, SessionSecret, label};
 use crate::wire::DecodeError;
 use crate::wire::frame::{self, Direction, FrameError, RawFrame};
 use crate::wire::message::{
-    Bye, ErrorCode, ErrorMsg, Find, Forward, MessageKind, Observed, RelayAllocate, RelayRelease, Search, Welcome,
+    Bye, CallStats, ErrorCode, ErrorMsg, Find, Forward, MessageKind, Observed, RelayAllocate, RelayRelease, Search,
+    Welcome,
 };
 use crate::wire::replay::ReplayWindow;
 use std::net::SocketAddr;
@@ -51,6 +52,8 @@ pub enum Action {
     RelayAllocate(RelayAllocate),
     /// Free a relay session this host opened.
     RelayRelease(RelayRelease),
+    /// Count a call the host placed.
+    CallStats(CallStats),
 }
 
 /// Who is on the other end of a session, and how they are reached.
@@ -168,6 +171,7 @@ impl Session {
             MessageKind::RelayAllocate => {
                 out.push(self.decoded(RelayAllocate::decode(&body), "relay_allocate", Action::RelayAllocate))
             }
+            MessageKind::CallStats => out.push(self.decoded(CallStats::decode(&body), "call_stats", Action::CallStats)),
             MessageKind::RelayRelease => {
                 out.push(self.decoded(RelayRelease::decode(&body), "relay_release", Action::RelayRelease))
             }

@@ -69,11 +69,13 @@ pub enum MessageKind {
     RelayGrant = 0x51,
     /// Host → super node: the call is over, free the relay session (sealed).
     RelayRelease = 0x52,
+    /// Host → super node: how a call it placed went, for the operators' metrics (sealed).
+    CallStats = 0x53,
 }
 
 impl MessageKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [MessageKind; 30] = [
+    pub const ALL: [MessageKind; 31] = [
         Self::Hello,
         Self::Challenge,
         Self::Auth,
@@ -104,6 +106,7 @@ impl MessageKind {
         Self::RelayAllocate,
         Self::RelayGrant,
         Self::RelayRelease,
+        Self::CallStats,
     ];
 
     /// The kind for a wire code.
@@ -122,7 +125,7 @@ impl MessageKind {
             Self::Publish | Self::PublishAck | Self::Find | Self::FindReply => sealed,
             Self::Search | Self::SearchReply => sealed,
             Self::Forward | Self::ForwardAck | Self::Notice => sealed,
-            Self::RelayAllocate | Self::RelayGrant | Self::RelayRelease => sealed,
+            Self::RelayAllocate | Self::RelayGrant | Self::RelayRelease | Self::CallStats => sealed,
             Self::Error => true,
         }
     }
@@ -160,6 +163,7 @@ impl MessageKind {
             Self::RelayAllocate => "relay_allocate",
             Self::RelayGrant => "relay_grant",
             Self::RelayRelease => "relay_release",
+            Self::CallStats => "call_stats",
         }
     }
 }
@@ -1095,6 +1099,37 @@ impl RelayRelease {
     }
 }
 
+/// CallStats: how one call went. Labels only (a path, an outcome): nothing that names
+/// the call or its parties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallStats {
+    /// `direct`, `punched`, `relayed_udp`, `relayed_tcp`, or empty when it never connected.
+    pub path: String,
+    /// How it ended (`hung_up`, `declined`, `busy`, `cancelled`, `no_answer`, …).
+    pub outcome: String,
+    /// From the invite to media flowing, in milliseconds (0 when it never connected).
+    pub setup_ms: u32,
+}
+
+impl CallStats {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.str(&self.path).str(&self.outcome).u32(self.setup_ms);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let path = r.str("call_stats.path", 16)?.to_owned();
+        let outcome = r.str("call_stats.outcome", 16)?.to_owned();
+        let setup_ms = r.u32("call_stats.setup_ms")?;
+        r.finish()?;
+        Ok(Self { path, outcome, setup_ms })
+    }
+}
+
 /// RegisterReply: the account as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisterReply {
@@ -1195,6 +1230,7 @@ mod tests {
             let _ = RelayAllocate::decode(&b);
             let _ = RelayGrant::decode(&b);
             let _ = RelayRelease::decode(&b);
+            let _ = CallStats::decode(&b);
         }
     }
 }
