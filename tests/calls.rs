@@ -148,7 +148,23 @@ async fn a_call_carries_voice_both_ways() {
     bob.set_call_audio(id, to_alice.clone());
     bob.set_call_recording(id, true);
     bob.answer_call(id, true).await;
+    // Meanwhile a stranger who knows the call's tag sends Bob forged and replayed-looking
+    // media: every packet must be dropped, and the call must not notice.
+    let bob_addr = bob.report.public_addr;
+    let stranger = std::thread::spawn(move || {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..50u32 {
+            let mut p = vec![0x4d];
+            p.extend_from_slice(&id[..8]);
+            p.extend_from_slice(&i.to_be_bytes());
+            p.extend_from_slice(&(i * 960).to_be_bytes());
+            p.extend_from_slice(&[0xab; 40]);
+            s.send_to(&p, bob_addr).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
     let (ea, eb) = tokio::join!(run_for(&mut alice, Duration::from_secs(4)), run_for(&mut bob, Duration::from_secs(4)));
+    stranger.join().unwrap();
     assert_eq!(connected_path(&ea), Some("direct"), "{ea:?}");
     assert_eq!(connected_path(&eb), Some("direct"), "{eb:?}");
     alice.end_call(id).await;
@@ -156,6 +172,8 @@ async fn a_call_carries_voice_both_ways() {
 
     let (ra, rb) = (alice.take_call_report(id).unwrap(), bob.take_call_report(id).unwrap());
     eprintln!("alice: {:?}\nbob: {:?}", ra.media, rb.media);
+    assert!(rb.media.rejected >= 45, "the stranger's packets were not all refused: {:?}", rb.media);
+    assert_eq!(ra.media.rejected, 0);
     for (who, r, sent, other) in [("bob", &rb, &to_bob, 600.0), ("alice", &ra, &to_alice, 1000.0)] {
         let m = &r.media;
         assert!(m.received >= 140, "{who} heard {} frames of 150", m.received);
