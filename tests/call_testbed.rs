@@ -63,15 +63,8 @@ impl Bed {
         run(&["ip", "-n", &nat, "route", "add", "default", "via", &format!("198.18.{nat_net}.1")]);
         run(&["ip", "-n", &host, "route", "add", "default", "via", &format!("10.{inside}.0.1")]);
         run(&["ip", "netns", "exec", &nat, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        let masquerade = if router == Router::Symmetric { "masquerade fully-random" } else { "masquerade" };
-        let rules = format!(
-            "table ip nat {{\n chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;\n  oifname \"out\" {masquerade}\n }}\n}}\n\
-             table inet filter {{\n chain forward {{ type filter hook forward priority filter; policy drop;\n  ct state established,related accept\n  iifname \"in\" oifname \"out\" accept\n }}\n\
-             chain input {{ type filter hook input priority filter; policy drop;\n  ct state established,related accept\n  iifname {{ \"lo\", \"in\" }} accept\n }}\n}}\n"
-        );
-        let path = self.dir.path().join(format!("router-{side}.nft"));
-        std::fs::write(&path, rules).unwrap();
-        run(&["ip", "netns", "exec", &nat, "nft", "-f", path.to_str().unwrap()]);
+        let rules = self.dir.path().join(format!("router-{side}.nft"));
+        common::netns::home_router(&nat, router == Router::Symmetric, false, &rules);
         host
     }
 

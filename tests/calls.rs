@@ -38,14 +38,6 @@ async fn call_event(s: &mut Session, want: CallState) -> (String, String) {
     got.into_inner().unwrap()
 }
 
-fn id(hex: &str) -> [u8; 16] {
-    let mut id = [0u8; 16];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
-    }
-    id
-}
-
 #[actix_rt::test]
 async fn call_signalling_through_super_nodes() {
     let t = common::start(3, |c| c.supernode.probe_period_ms = 200).await;
@@ -58,7 +50,7 @@ async fn call_signalling_through_super_nodes() {
     // Decline: both sides end, with the reason.
     let a_id = alice.call("bob").await.unwrap();
     let (b_id, peer) = call_event(&mut bob, CallState::Ringing).await;
-    assert_eq!((id(&b_id), peer.as_str()), (a_id, "alice"));
+    assert_eq!((confab::host::calls::call_id_from_hex(&b_id).unwrap(), peer.as_str()), (a_id, "alice"));
     call_event(&mut alice, CallState::Ringing).await;
     bob.answer_call(a_id, false).await;
     call_event(&mut alice, CallState::Ended { reason: "declined" }).await;

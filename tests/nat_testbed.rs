@@ -80,16 +80,8 @@ impl Testbed {
             run(&["ip", "-n", &nat, "route", "add", "default", "via", "198.18.2.1"]);
             run(&["ip", "-n", &host, "route", "add", "default", "via", "10.200.0.1"]);
             run(&["ip", "netns", "exec", &nat, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-            let masquerade = if router == Router::Symmetric { "masquerade fully-random" } else { "masquerade" };
-            let drop_udp = if router == Router::ConeNoUdp { "meta l4proto udp drop" } else { "" };
-            let rules = format!(
-                "table ip nat {{\n chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;\n  oifname \"out\" {masquerade}\n }}\n}}\n\
-                 table inet filter {{\n chain forward {{ type filter hook forward priority filter; policy drop;\n  {drop_udp}\n  ct state established,related accept\n  iifname \"in\" oifname \"out\" accept\n }}\n\
-                 chain input {{ type filter hook input priority filter; policy drop;\n  ct state established,related accept\n  iifname {{ \"lo\", \"in\" }} accept\n }}\n}}\n"
-            );
-            let rules_path = tb.dir.path().join("router.nft");
-            std::fs::write(&rules_path, rules).unwrap();
-            run(&["ip", "netns", "exec", &nat, "nft", "-f", rules_path.to_str().unwrap()]);
+            let rules = tb.dir.path().join("router.nft");
+            common::netns::home_router(&nat, router == Router::Symmetric, router == Router::ConeNoUdp, &rules);
         }
         tb.host_ns = host;
         tb

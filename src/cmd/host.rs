@@ -532,14 +532,6 @@ fn load_audio(a: &CallAudio) -> anyhow::Result<Vec<i16>> {
     }
 }
 
-fn call_id(hex: &str) -> Option<[u8; 16]> {
-    let mut id = [0u8; 16];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(id)
-}
-
 fn show(e: &host::buddies::Event, json: bool) {
     use host::buddies::Event;
     use host::calls::CallState;
@@ -580,7 +572,7 @@ async fn answer_one(
         };
         show(&e, json);
         if let Event::Call { call_id: hex, state: CallState::Ringing, .. } = &e
-            && let Some(id) = call_id(hex)
+            && let Some(id) = host::calls::call_id_from_hex(hex)
         {
             if !accept {
                 session.answer_call(id, false).await;
@@ -607,7 +599,7 @@ async fn run_call(
     use host::buddies::Event;
     use host::calls::CallState;
     let Some(id) = id else { return Ok(ExitCode::FAILURE) };
-    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = host::calls::call_id_hex(&id);
     let started = tokio::time::Instant::now();
     let mut hang_up_at: Option<tokio::time::Instant> = None;
     let mut connected = false;

@@ -55,6 +55,31 @@ pub(super) struct ActiveCall {
     connected: Option<(crate::call::signal::Path, u64)>,
 }
 
+impl ActiveCall {
+    /// A call with `peer` (reached through `peer_supernode`), nothing negotiated yet.
+    fn new(peer: String, peer_supernode: String, call: Call, channel: SignalChannel, key: MediaKey) -> Self {
+        Self {
+            peer,
+            peer_supernode,
+            call,
+            channel,
+            invite: None,
+            reply: None,
+            key,
+            codec: None,
+            peer_candidates: Vec::new(),
+            source: Vec::new(),
+            record: false,
+            media: None,
+            early: Vec::new(),
+            pending_relay: None,
+            relay_session: None,
+            began_ms: now_ms(),
+            connected: None,
+        }
+    }
+}
+
 /// What an ended call carried, and what we heard.
 #[derive(Debug, Clone, Default)]
 pub struct CallReport {
@@ -79,6 +104,18 @@ const FINISHED_KEPT_MAX: usize = 16;
 /// A call's id, as shown to users and scripts.
 pub fn call_id_hex(id: &[u8; 16]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The call id that [`call_id_hex`] shows (None if `hex` is not one).
+pub fn call_id_from_hex(hex: &str) -> Option<[u8; 16]> {
+    let mut id = [0u8; 16];
+    if hex.len() != 32 {
+        return None;
+    }
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(id)
 }
 
 impl Calls {
@@ -147,28 +184,9 @@ impl Session {
         let id = invite.body.call_id;
         let (call, actions) = Call::outgoing(now_ms(), self.call_timeouts.clone());
         let channel = SignalChannel::new(id, &key, Role::Caller);
-        self.calls.active.insert(
-            id,
-            ActiveCall {
-                peer: callee.subject.clone(),
-                peer_supernode: entry.supernode.clone(),
-                call,
-                channel,
-                invite: Some(invite.clone()),
-                reply: None,
-                key,
-                codec: None,
-                peer_candidates: Vec::new(),
-                source: Vec::new(),
-                record: false,
-                media: None,
-                early: Vec::new(),
-                pending_relay: None,
-                relay_session: None,
-                began_ms: now_ms(),
-                connected: None,
-            },
-        );
+        let mut c = ActiveCall::new(callee.subject.clone(), entry.supernode.clone(), call, channel, key);
+        c.invite = Some(invite.clone());
+        self.calls.active.insert(id, c);
         self.send_call(&callee.subject, Some(entry.supernode.clone()), &CallMessage::Invite(invite)).await;
         self.apply_call(id, actions).await;
         Ok(id)
@@ -190,7 +208,8 @@ impl Session {
 
     /// Calls not yet over (a leak check for tests and the CLI).
     pub fn calls_in_progress(&self) -> usize {
-        self.calls.active.values().filter(|c| !c.call.is_over()).count()
+        // Ended calls leave the table as soon as they end.
+        self.calls.active.len()
     }
 
     async fn send_call(&mut self, to: &str, via: Option<String>, m: &CallMessage) {
@@ -366,43 +385,32 @@ impl Session {
             tracing::info!(caller = %opened.caller.subject, "ignored an invite from a blocked user");
             return;
         }
-        let reply = match Reply::make(&opened, &self.credential, &self.key, &CODECS, self.candidates(), now_ms()) {
-            Ok(r) => r,
-            Err(CallError::NoCodec) => {
-                tracing::info!(caller = %opened.caller.subject, "no codec in common; call refused");
-                return;
-            }
-            Err(e) => {
-                tracing::info!(error = %e, "could not answer an invite");
-                return;
+        // A busy callee answers with a sealed Busy alone: no reply to sign.
+        let busy = self.calls.busy();
+        let reply = if busy {
+            None
+        } else {
+            match Reply::make(&opened, &self.credential, &self.key, &CODECS, self.candidates(), now_ms()) {
+                Ok(r) => Some(r),
+                Err(CallError::NoCodec) => {
+                    tracing::info!(caller = %opened.caller.subject, "no codec in common; call refused");
+                    return;
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "could not answer an invite");
+                    return;
+                }
             }
         };
-        let busy = self.calls.busy();
         let id = opened.call_id;
         let (call, actions) = Call::incoming(now_ms(), self.call_timeouts.clone(), busy);
-        let codec = reply.body.codec;
-        self.calls.active.insert(
-            id,
-            ActiveCall {
-                peer: opened.caller.subject.clone(),
-                peer_supernode: invite.body.supernode.clone(),
-                call,
-                channel: SignalChannel::new(id, &opened.key, Role::Callee),
-                invite: None,
-                reply: Some(reply),
-                key: opened.key,
-                codec: Some(codec),
-                peer_candidates: opened.candidates.clone(),
-                source: Vec::new(),
-                record: false,
-                media: None,
-                early: Vec::new(),
-                pending_relay: None,
-                relay_session: None,
-                began_ms: now_ms(),
-                connected: None,
-            },
-        );
+        let channel = SignalChannel::new(id, &opened.key, Role::Callee);
+        let mut c =
+            ActiveCall::new(opened.caller.subject.clone(), invite.body.supernode.clone(), call, channel, opened.key);
+        c.codec = reply.as_ref().map(|r| r.body.codec);
+        c.reply = reply;
+        c.peer_candidates = opened.candidates;
+        self.calls.active.insert(id, c);
         self.apply_call(id, actions).await;
     }
 
