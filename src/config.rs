@@ -194,6 +194,9 @@ pub struct RelayConfig {
     pub bytes_per_second_max: u64,
     /// Relay to loopback, private and link-local addresses (test networks only).
     pub allow_private_peers: bool,
+    /// TCP connections to the relay port open at once (legs of hosts whose UDP is
+    /// blocked); 0: no relaying over TCP.
+    pub tcp_connections_max: usize,
 }
 
 impl Default for RelayConfig {
@@ -207,6 +210,7 @@ impl Default for RelayConfig {
             packets_per_second_max: l.packets_per_second_max,
             bytes_per_second_max: l.bytes_per_second_max,
             allow_private_peers: false,
+            tcp_connections_max: crate::relay::worker::TCP_CONNS_MAX_DEFAULT,
         }
     }
 }

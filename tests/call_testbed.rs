@@ -1,7 +1,7 @@
 //! Calls through real NATs: two hosts, each in its own network namespace, each public or
 //! behind its own home-router model (nftables masquerade, port-preserving "cone" or
 //! `fully-random` "symmetric", unsolicited inbound dropped in the forward and input
-//! hooks), and `confab up` in a third. The real binary places the call with a WAV file;
+//! hooks; or a firewall dropping all UDP), and `confab up` in a third. The real binary places the call with a WAV file;
 //! the other side's recording must carry it.
 //!
 //! ```text
@@ -27,6 +27,8 @@ enum Router {
     None,
     Cone,
     Symmetric,
+    /// A cone NAT whose firewall drops all UDP.
+    NoUdp,
 }
 
 struct Bed {
@@ -64,7 +66,7 @@ impl Bed {
         run(&["ip", "-n", &host, "route", "add", "default", "via", &format!("10.{inside}.0.1")]);
         run(&["ip", "netns", "exec", &nat, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         let rules = self.dir.path().join(format!("router-{side}.nft"));
-        common::netns::home_router(&nat, router == Router::Symmetric, false, &rules);
+        common::netns::home_router(&nat, router == Router::Symmetric, router == Router::NoUdp, &rules);
         host
     }
 
@@ -244,4 +246,12 @@ fn both_behind_symmetric_nats_go_through_a_relay() {
         return;
     }
     assert_eq!(call('s', Router::Symmetric, Router::Symmetric), ("relayed_udp".into(), "relayed_udp".into()));
+}
+
+#[test]
+fn a_host_behind_a_firewall_dropping_udp_goes_through_a_relay_over_tcp() {
+    if prerequisites_missing() {
+        return;
+    }
+    assert_eq!(call('u', Router::NoUdp, Router::None), ("relayed_tcp".into(), "relayed_tcp".into()));
 }

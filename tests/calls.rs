@@ -227,3 +227,57 @@ async fn relay_only_calls_go_through_a_super_node_relay() {
     dave.logout().await;
     t.net.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_host_without_udp_reaches_the_relay_over_tcp() {
+    use confab::call::audio;
+    let t = common::start(2, |c| c.supernode.probe_period_ms = 200).await;
+    t.converge(2).await;
+    let mut erin = host(&t, "erin", 0).await;
+    let mut frank = host(&t, "frank", 1).await;
+    // Frank's relay leg goes over TCP, as it would if his UDP were blocked (the
+    // namespace testbed blocks it for real); Erin's stays on UDP.
+    frank.set_relay_tcp(true);
+    let (to_frank, to_erin) = (audio::tone(&[500.0], 3.0, 12_000.0), audio::tone(&[900.0], 3.0, 12_000.0));
+    let id = erin.call("frank").await.unwrap();
+    erin.set_call_audio(id, to_frank);
+    erin.set_call_recording(id, true);
+    call_event(&mut frank, CallState::Ringing).await;
+    frank.set_call_audio(id, to_erin);
+    frank.set_call_recording(id, true);
+    frank.answer_call(id, true).await;
+    let (ee, ef) =
+        tokio::join!(run_for(&mut erin, Duration::from_secs(4)), run_for(&mut frank, Duration::from_secs(4)));
+    assert_eq!(connected_path(&ee), Some("relayed_tcp"), "{ee:?}");
+    assert_eq!(connected_path(&ef), Some("relayed_tcp"), "{ef:?}");
+    let m = t.metrics().await;
+    assert_eq!(common::metric_sum(&m, "confab_relay_tcp_connections", &[]), 1.0, "frank's leg");
+    erin.end_call(id).await;
+    call_event(&mut frank, CallState::Ended { reason: "hung_up" }).await;
+    for (who, r, tone) in
+        [("frank", frank.take_call_report(id).unwrap(), 500.0), ("erin", erin.take_call_report(id).unwrap(), 900.0)]
+    {
+        eprintln!("{who}: {:?}", r.media);
+        assert!(r.media.received >= 120, "{who}: {:?}", r.media);
+        assert!((r.media.lost as f64) < 0.01 * r.media.received as f64, "{who}: {:?}", r.media);
+        let heard = &r.heard[r.heard.len().min(4800)..];
+        assert!(audio::tone_strength(heard, tone) > 0.5, "{who} does not hear {tone} Hz");
+    }
+    // The relay session and the TCP connection go with the call.
+    let t0 = Instant::now();
+    loop {
+        let sessions: usize = t.net.nodes().iter().map(|n| n.relay.as_ref().unwrap().table.len()).sum();
+        let conns = common::metric_sum(&t.metrics().await, "confab_relay_tcp_connections", &[]);
+        if sessions == 0 && conns == 0.0 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(3), "{sessions} relay sessions, {conns} TCP legs outlived the call");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = t.metrics().await;
+    assert!(common::metric_sum(&m, "confab_calls_total", &["path=\"relayed_tcp\""]) >= 1.0);
+    erin.logout().await;
+    frank.logout().await;
+    t.net.stop().await;
+}

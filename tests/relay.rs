@@ -16,6 +16,16 @@ fn socket() -> UdpSocket {
     s
 }
 
+/// An inner packet shaped like media (`call::media`): sequence number `seq`, carrying
+/// `text` where the sealed payload would be.
+fn media(seq: u32, text: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x4d; 17];
+    p[9..13].copy_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(text);
+    p.extend_from_slice(&[0; 16]);
+    p
+}
+
 /// Datagrams `s` receives until it goes quiet.
 fn drain(s: &UdpSocket) -> Vec<Vec<u8>> {
     let mut got = Vec::new();
@@ -50,16 +60,16 @@ async fn relay_sessions_forward_only_between_their_two_endpoints() {
     stranger.connect(relay).unwrap();
 
     // Each leg announces itself; once both have, packets flow both ways.
-    b.send(&packet::build(session, tb, b"hello from b")).unwrap();
-    a.send(&packet::build(session, ta, b"hello from a")).unwrap();
+    b.send(&packet::build(session, tb, &media(0, b"hello from b"))).unwrap();
+    a.send(&packet::build(session, ta, &media(0, b"hello from a"))).unwrap();
     let first = drain(&b);
     assert_eq!(first.len(), 1);
-    assert_eq!(&first[0][RELAY_HEADER_LEN..], b"hello from a");
+    assert_eq!(&first[0][RELAY_HEADER_LEN..], media(0, b"hello from a"));
     assert!(first[0][5..RELAY_HEADER_LEN].iter().all(|x| *x == 0), "tokens never reach the other side");
     let started = Instant::now();
     for i in 0..200u32 {
-        a.send(&packet::build(session, ta, &i.to_be_bytes())).unwrap();
-        b.send(&packet::build(session, tb, &i.to_be_bytes())).unwrap();
+        a.send(&packet::build(session, ta, &media(i + 1, b"a"))).unwrap();
+        b.send(&packet::build(session, tb, &media(i + 1, b"b"))).unwrap();
         if i % 50 == 49 {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -68,18 +78,25 @@ async fn relay_sessions_forward_only_between_their_two_endpoints() {
     eprintln!("400 relayed packets in {:?}", started.elapsed());
     assert_eq!((at_b.len(), at_a.len()), (200, 200), "no loss on loopback within the rate cap");
 
-    // A stranger with A's token, a wrong token, an unknown session: nothing gets through.
-    stranger.send(&packet::build(session, ta, b"spoofed source")).unwrap();
-    a.send(&packet::build(session, Token::from_bytes([7; 16]), b"bad token")).unwrap();
-    a.send(&packet::build(SessionId(g.session ^ 1), ta, b"unknown session")).unwrap();
+    // A stranger with A's token, a wrong token, an unknown session, a replay of A's
+    // packet, oversized and malformed datagrams: nothing gets through.
+    stranger.send(&packet::build(session, ta, &media(500, b"spoofed source"))).unwrap();
+    a.send(&packet::build(session, Token::from_bytes([7; 16]), &media(501, b"bad token"))).unwrap();
+    a.send(&packet::build(SessionId(g.session ^ 1), ta, &media(502, b"unknown session"))).unwrap();
+    a.send(&packet::build(session, ta, &media(150, b"a"))).unwrap();
+    a.send(&packet::build(session, ta, &media(503, &[0; 2100]))).unwrap();
+    a.send(&packet::build(session, ta, b"too short for media")).unwrap();
     a.send(b"garbage").unwrap();
     assert!(drain(&b).is_empty());
     let acct = table.accounting(session).unwrap();
     assert_eq!((acct.packets_a_to_b, acct.packets_b_to_a), (201, 200));
+    // …and the session carries on undisturbed.
+    a.send(&packet::build(session, ta, &media(504, b"still here"))).unwrap();
+    assert_eq!(drain(&b), vec![packet::build(session, Token::ZERO, &media(504, b"still here"))]);
 
     // A flood beyond the session's rate cap is cut, not forwarded.
     for i in 0..3000u32 {
-        a.send(&packet::build(session, ta, &i.to_be_bytes())).unwrap();
+        a.send(&packet::build(session, ta, &media(1000 + i, b"flood"))).unwrap();
     }
     // At most the one-second bucket (1000) and what refills while the flood lasts.
     let through = drain(&b).len();
@@ -116,6 +133,10 @@ async fn relay_sessions_forward_only_between_their_two_endpoints() {
     assert!(common::metric_sum(&m, "confab_relay_drops_total", &["reason=\"bad_token\""]) >= 1.0);
     assert!(common::metric_sum(&m, "confab_relay_drops_total", &["reason=\"unknown_session\""]) >= 1.0);
     assert!(common::metric_sum(&m, "confab_relay_drops_total", &["reason=\"rate_cap\""]) >= 1.0);
+    for reason in ["replayed", "oversized", "malformed"] {
+        let r = format!("reason=\"{reason}\"");
+        assert!(common::metric_sum(&m, "confab_relay_drops_total", &[&r]) >= 1.0, "{reason}");
+    }
     assert!(common::metric_sum(&m, "confab_relay_allocations_total", &["outcome=\"host_quota\""]) >= 1.0);
     assert!(common::metric_sum(&m, "confab_relay_sessions_total", &["event=\"expired\""]) >= 2.0);
     assert!(common::metric_sum(&m, "confab_relay_sessions_total", &["event=\"released\""]) >= 1.0);

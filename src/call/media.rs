@@ -63,6 +63,15 @@ pub fn peek(packet: &[u8]) -> Option<(Kind, [u8; 8])> {
     Some((kind, packet[1..9].try_into().ok()?))
 }
 
+/// The 32-bit sequence number of anything shaped like a media packet (for a relay's
+/// replay window: it cannot authenticate the packet, only refuse to repeat one).
+pub fn sequence(packet: &[u8]) -> Option<u32> {
+    if packet.len() < HEADER_LEN + TAG_LEN {
+        return None;
+    }
+    Some(u32::from_be_bytes([packet[9], packet[10], packet[11], packet[12]]))
+}
+
 fn nonce(seq: u64) -> [u8; 12] {
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&seq.to_be_bytes());

@@ -3,7 +3,10 @@
 //! interval; a probe is answered on the path it came by, and the first answer picks the
 //! path. Probes that cross in flight open both NATs' mappings, which is UDP hole
 //! punching. If no answer comes within the punch time (symmetric NATs, or UDP
-//! filtered), the caller asks its super node for a relay and both sides probe through it.
+//! filtered), the caller asks its super node for a relay and both sides probe through it
+//! — at once when either side has no address to try (relay only, or UDP blocked). A
+//! host whose UDP is blocked reaches the relay over TCP; each side says in its probes
+//! and answers whether it does, so both name the path `relayed_tcp`.
 //!
 //! Probes and answers are media packets (`call::media`), sealed under the call's keys,
 //! so only the other host can answer one: nobody can steer a call's media elsewhere.
@@ -21,6 +24,8 @@ pub struct RelayLeg {
     pub session: u32,
     /// This side's token.
     pub token: [u8; 16],
+    /// We reach the relay over TCP (our UDP is blocked).
+    pub tcp: bool,
 }
 
 /// Where media goes once a path is chosen.
@@ -125,10 +130,11 @@ impl PathFinder {
                 out.push(PathAction::Probe(Route::Relay(r)));
             }
         }
+        // With no address of the other side to try, there is nothing to punch.
         if self.role == Role::Caller
             && !self.relay_asked
             && self.relay.is_none()
-            && now_ms >= self.started_ms + self.timing.punch_ms
+            && (self.peer.is_empty() || now_ms >= self.started_ms + self.timing.punch_ms)
         {
             self.relay_asked = true;
             out.push(PathAction::AllocateRelay);
@@ -149,12 +155,14 @@ impl PathFinder {
         vec![PathAction::Answer(route)]
     }
 
-    /// An authenticated answer to one of our probes arrived by `route`: the first picks the
-    /// path. A relayed path is replaced by a direct one if one answers later (a
-    /// relay is the last resort), never the other way round.
-    pub fn on_answer(&mut self, route: Route) -> Vec<PathAction> {
+    /// An authenticated answer to one of our probes arrived by `route` (`peer_tcp`: the
+    /// other side said it reaches the relay over TCP): the first picks the path. A
+    /// relayed path is replaced by a direct one if one answers later (a relay is the
+    /// last resort), never the other way round.
+    pub fn on_answer(&mut self, route: Route, peer_tcp: bool) -> Vec<PathAction> {
         let path = match route {
             Route::Relay(leg) if Some(leg) != self.relay => return Vec::new(),
+            Route::Relay(leg) if leg.tcp || peer_tcp => Path::RelayedTcp,
             Route::Relay(_) => Path::RelayedUdp,
             // Only an address we probed can pick the path: a captured answer replayed
             // from elsewhere cannot steer the media away (as ICE checks address pairs).
@@ -203,7 +211,7 @@ mod tests {
     }
 
     fn leg() -> RelayLeg {
-        RelayLeg { addr: "198.18.0.1:33036".parse().unwrap(), session: 7, token: [1; 16] }
+        RelayLeg { addr: "198.18.0.1:33036".parse().unwrap(), session: 7, token: [1; 16], tcp: false }
     }
 
     #[test]
@@ -215,18 +223,18 @@ mod tests {
         assert_eq!(p.tick(100).len(), 2);
         let to = Route::To("198.18.1.2:6000".parse().unwrap());
         assert_eq!(p.on_probe(to), vec![PathAction::Answer(to)]);
-        assert_eq!(p.on_answer(to), vec![PathAction::Chosen(to, Path::Punched)]);
+        assert_eq!(p.on_answer(to, false), vec![PathAction::Chosen(to, Path::Punched)]);
         assert!(p.tick(200).is_empty(), "no more probes once chosen");
-        assert!(p.on_answer(Route::To("10.0.0.2:5000".parse().unwrap())).is_empty(), "the first answer stands");
+        assert!(p.on_answer(Route::To("10.0.0.2:5000".parse().unwrap()), false).is_empty(), "the first answer stands");
         let mut q = PathFinder::new(Role::Callee, &peer, PathTiming::default(), 0);
-        assert!(q.on_answer(Route::To("203.0.113.9:1".parse().unwrap())).is_empty(), "not an address we probed");
-        assert!(q.on_answer(Route::Relay(leg())).is_empty(), "not our relay leg");
+        assert!(q.on_answer(Route::To("203.0.113.9:1".parse().unwrap()), false).is_empty(), "not an address we probed");
+        assert!(q.on_answer(Route::Relay(leg()), false).is_empty(), "not our relay leg");
 
         let public = [cand(CandidateKind::Host, "198.18.1.9:7000"), cand(CandidateKind::Public, "198.18.1.9:7000")];
         let mut p = PathFinder::new(Role::Caller, &public, PathTiming::default(), 0);
         assert_eq!(p.tick(0).len(), 1, "the same address is probed once");
         let r = Route::To("198.18.1.9:7000".parse().unwrap());
-        assert_eq!(p.on_answer(r), vec![PathAction::Chosen(r, Path::Direct)]);
+        assert_eq!(p.on_answer(r, false), vec![PathAction::Chosen(r, Path::Direct)]);
     }
 
     #[test]
@@ -242,13 +250,13 @@ mod tests {
         let out = caller.relay_ready(leg(), 1200);
         assert!(out.contains(&PathAction::Probe(Route::Relay(leg()))));
         assert_eq!(
-            caller.on_answer(Route::Relay(leg())),
+            caller.on_answer(Route::Relay(leg()), false),
             vec![PathAction::Chosen(Route::Relay(leg()), Path::RelayedUdp)]
         );
         // A late answer on the punched path replaces the relay.
         let to = Route::To("198.18.1.2:6000".parse().unwrap());
-        assert_eq!(caller.on_answer(to), vec![PathAction::Chosen(to, Path::Punched)]);
-        assert!(caller.on_answer(Route::Relay(leg())).is_empty());
+        assert_eq!(caller.on_answer(to, false), vec![PathAction::Chosen(to, Path::Punched)]);
+        assert!(caller.on_answer(Route::Relay(leg()), false).is_empty());
     }
 
     #[test]
@@ -258,9 +266,26 @@ mod tests {
         let mut caller = PathFinder::new(Role::Caller, &peer, t, 0);
         caller.tick(1000);
         caller.relay_ready(leg(), 1000);
-        caller.on_answer(Route::Relay(leg()));
+        caller.on_answer(Route::Relay(leg()), false);
         let out = caller.restart(20_000);
         assert!(out.contains(&PathAction::AllocateRelay), "{out:?}");
         assert!(caller.chosen().is_none());
+    }
+
+    #[test]
+    fn no_address_to_try_means_a_relay_at_once_and_tcp_on_either_side_names_the_path() {
+        let t = PathTiming { probe_interval_ms: 100, punch_ms: 3000 };
+        let mut caller = PathFinder::new(Role::Caller, &[], t, 0);
+        assert!(caller.tick(0).contains(&PathAction::AllocateRelay), "nothing to punch");
+        let udp = leg();
+        caller.relay_ready(udp, 10);
+        let r = Route::Relay(udp);
+        assert_eq!(caller.on_answer(r, true), vec![PathAction::Chosen(r, Path::RelayedTcp)], "the callee's leg is TCP");
+        let tcp = RelayLeg { tcp: true, ..leg() };
+        let mut callee = PathFinder::new(Role::Callee, &[], t, 0);
+        assert!(!callee.tick(0).contains(&PathAction::AllocateRelay));
+        callee.relay_ready(tcp, 10);
+        let r = Route::Relay(tcp);
+        assert_eq!(callee.on_answer(r, false), vec![PathAction::Chosen(r, Path::RelayedTcp)], "our own leg is TCP");
     }
 }

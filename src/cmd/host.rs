@@ -112,6 +112,9 @@ struct CallAudio {
     /// Media through a super-node relay only (your address stays hidden).
     #[arg(long)]
     relay_only: bool,
+    /// Reach the relay over TCP, as when UDP is blocked (automatic when it is).
+    #[arg(long)]
+    relay_tcp: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -349,6 +352,7 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
                 Err(e) => return fail(a.json, e),
             };
             session.set_relay_only(audio.relay_only);
+            session.set_relay_tcp(audio.relay_tcp);
             let id = match session.call(whom).await {
                 Ok(id) => id,
                 Err(e) => {
@@ -371,6 +375,7 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
                 Err(e) => return fail(a.json, e),
             };
             session.set_relay_only(audio.relay_only);
+            session.set_relay_tcp(audio.relay_tcp);
             if !a.json {
                 println!("online as {} via {}; waiting for a call", session.report.user, session.report.supernode);
             }

@@ -96,6 +96,8 @@ pub(super) struct Calls {
     seen: VecDeque<[u8; 16]>,
     /// Reports of the last calls that ended, until the application takes them.
     finished: VecDeque<([u8; 16], CallReport)>,
+    /// Our relay legs over TCP, by relay session.
+    relay_conns: HashMap<u32, super::relay_tcp::RelayConn>,
 }
 
 /// Reports of ended calls kept for the application (the oldest go first).
@@ -220,6 +222,7 @@ impl Session {
     async fn apply_call(&mut self, id: [u8; 16], actions: Vec<Action>) {
         let mut pending_out = Vec::new();
         let mut release = Vec::new();
+        let relay_at_once = self.relay_only || self.relay_over_tcp();
         for a in actions {
             let Some(c) = self.calls.active.get_mut(&id) else { break };
             match a {
@@ -239,8 +242,9 @@ impl Session {
                 Action::StartMedia => {
                     let codec = c.codec.unwrap_or(Codec::L16);
                     let source = std::mem::take(&mut c.source);
-                    // Relay only: no direct probes either way, and the relay at once.
-                    let (peer, timing) = if self.relay_only {
+                    // Relay only, or no UDP: no direct probes either way, and the relay
+                    // at once.
+                    let (peer, timing) = if relay_at_once {
                         (Vec::new(), PathTiming { punch_ms: 0, ..PathTiming::default() })
                     } else {
                         (c.peer_candidates.clone(), PathTiming::default())
@@ -270,6 +274,9 @@ impl Session {
                 Action::StopMedia => {
                     if let Some(s) = c.relay_session.take() {
                         release.push(s);
+                    }
+                    for leg in c.media.as_ref().and_then(|m| m.relay_leg()).into_iter().chain(c.pending_relay.take()) {
+                        self.calls.relay_conns.remove(&leg.session);
                     }
                     if let Some(mut m) = c.media.take() {
                         let report = CallReport { media: m.report(), heard: m.take_heard() };
@@ -341,6 +348,7 @@ impl Session {
                 }
             }
             CallMessage::Signal(s) => {
+                let tcp = self.relay_over_tcp();
                 let Some(c) = self.calls.active.get_mut(&id) else { return };
                 // A caller that has not seen the reply yet refuses nothing sealed: only
                 // the callee could have unwrapped the key.
@@ -348,15 +356,7 @@ impl Session {
                     // Before the reply, we know neither the codec nor where to send media.
                     Some(signal) if c.invite.is_some() && signal == Signal::Accept => c.early.push(signal),
                     Some(Signal::Relay { relay, session, token }) => {
-                        let leg = RelayLeg { addr: relay, session, token };
-                        match c.media.as_mut() {
-                            Some(m) => {
-                                let mut out = Vec::new();
-                                m.relay_ready(leg, now_ms(), &mut out);
-                                self.send_media(out).await;
-                            }
-                            None => c.pending_relay = Some(leg),
-                        }
+                        self.relay_leg_ready(id, RelayLeg { addr: relay, session, token, tcp }).await;
                     }
                     Some(signal) => {
                         let actions = c.call.on_signal(signal, now_ms());
@@ -435,7 +435,7 @@ impl Session {
     /// Where we receive media: the address our super node sees, and our own when there
     /// is no NAT between us and the internet (the same address: a direct path).
     fn candidates(&self) -> Vec<Candidate> {
-        if self.relay_only {
+        if self.relay_only || self.relay_over_tcp() {
             return Vec::new();
         }
         let mut v = vec![Candidate { kind: CandidateKind::Public, addr: self.report.public_addr }];
@@ -541,17 +541,58 @@ impl Session {
                 continue;
             };
             c.relay_session = Some(grant.session);
-            let ours = RelayLeg { addr: relay, session: grant.session, token: grant.token_a };
             let theirs = Signal::Relay { relay, session: grant.session, token: grant.token_b };
             let sealed = CallMessage::Signal(c.channel.seal(theirs));
             let (peer, via) = (c.peer.clone(), c.peer_supernode.clone());
-            let mut out = Vec::new();
-            if let Some(m) = c.media.as_mut() {
-                m.relay_ready(ours, now_ms(), &mut out);
-            }
             self.send_call(&peer, Some(via), &sealed).await;
-            self.send_media(out).await;
+            let ours =
+                RelayLeg { addr: relay, session: grant.session, token: grant.token_a, tcp: self.relay_over_tcp() };
+            self.relay_leg_ready(id, ours).await;
         }
+    }
+
+    /// Our leg of a relay session for call `id` is known: connect to the relay if we
+    /// reach it over TCP, then hand the leg to the call's path search (or keep it until
+    /// media starts).
+    async fn relay_leg_ready(&mut self, id: [u8; 16], leg: RelayLeg) {
+        if leg.tcp {
+            match super::relay_tcp::RelayConn::open(leg.addr, self.link.media_in.clone()).await {
+                Ok(conn) => {
+                    self.calls.relay_conns.insert(leg.session, conn);
+                }
+                Err(e) => {
+                    tracing::warn!(relay = %leg.addr, error = %e, "could not reach the relay over TCP");
+                    return;
+                }
+            }
+        }
+        let Some(c) = self.calls.active.get_mut(&id) else {
+            self.calls.relay_conns.remove(&leg.session);
+            return;
+        };
+        let Some(m) = c.media.as_mut() else {
+            c.pending_relay = Some(leg);
+            return;
+        };
+        // A replaced leg's connection goes with it.
+        if let Some(old) = m.relay_leg().filter(|old| old.session != leg.session) {
+            self.calls.relay_conns.remove(&old.session);
+        }
+        let mut out = Vec::new();
+        m.relay_ready(leg, now_ms(), &mut out);
+        self.send_media(out).await;
+    }
+
+    /// Whether our relay legs go over TCP: when we have no UDP (we logged in over TCP
+    /// because UDP is blocked), or when asked to.
+    fn relay_over_tcp(&self) -> bool {
+        self.relay_tcp || self.link.udp.is_none()
+    }
+
+    /// Reach relays over TCP, as a host whose UDP is blocked does (for networks that let
+    /// only TCP out, and tests); implies relay only.
+    pub fn set_relay_tcp(&mut self, on: bool) {
+        self.relay_tcp = on;
     }
 
     /// Relay only: media goes through a super node's relay, never straight to the other
@@ -561,9 +602,18 @@ impl Session {
     }
 
     async fn send_media(&self, out: Vec<super::media::Outgoing>) {
-        let Some(udp) = &self.link.udp else { return };
         for o in out {
-            let _ = udp.send_to(&o.bytes, o.to).await;
+            match (o.tcp, &self.link.udp) {
+                (Some(session), _) => {
+                    if let Some(conn) = self.calls.relay_conns.get(&session) {
+                        conn.send(o.bytes);
+                    }
+                }
+                (None, Some(udp)) => {
+                    let _ = udp.send_to(&o.bytes, o.to).await;
+                }
+                (None, None) => {}
+            }
         }
     }
 

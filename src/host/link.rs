@@ -37,6 +37,9 @@ pub struct LinkHandle {
     /// Datagrams on port P from anyone but the super node that look like media or relay
     /// packets (their first byte), with their source: the calls' media path.
     pub media: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    /// The sending end of `media`, for media that arrives another way (a relay leg over
+    /// TCP).
+    pub media_in: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     /// Port P's UDP socket, for sending media (None when the link is TCP).
     pub udp: Option<std::sync::Arc<tokio::net::UdpSocket>>,
     task: tokio::task::JoinHandle<()>,
@@ -60,9 +63,10 @@ impl LinkHandle {
             Link::Udp(s) => Some(s.clone()),
             Link::Tcp(_) => None,
         };
+        let media_in = media_tx.clone();
         let queues = Queues { answers: answers_tx, notices: notices_tx, media: media_tx };
         let task = tokio::spawn(run(connected.session, connected.link, rx, queues, keepalive));
-        Self { commands, answers, notices, media, udp, task }
+        Self { commands, answers, notices, media, media_in, udp, task }
     }
 
     /// Queues one message for the super node; false if the link is gone.

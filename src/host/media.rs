@@ -54,7 +54,12 @@ pub(super) struct Setup<'a> {
 pub(super) struct Outgoing {
     pub to: SocketAddr,
     pub bytes: Vec<u8>,
+    /// Through relay session `tcp`'s TCP connection rather than UDP.
+    pub tcp: Option<u32>,
 }
+
+/// Flag in a probe's or answer's payload: the sender reaches the relay over TCP.
+const PROBE_FLAG_TCP: u8 = 1;
 
 /// One call's media.
 pub(super) struct CallMedia {
@@ -108,9 +113,16 @@ impl CallMedia {
 
     fn route_bytes(&self, route: Route, packet: Vec<u8>) -> Outgoing {
         match route {
-            Route::To(to) => Outgoing { to, bytes: packet },
-            Route::Relay(leg) => Outgoing { to: leg.addr, bytes: relayed(&leg, &packet) },
+            Route::To(to) => Outgoing { to, bytes: packet, tcp: None },
+            Route::Relay(leg) => {
+                Outgoing { to: leg.addr, bytes: relayed(&leg, &packet), tcp: leg.tcp.then_some(leg.session) }
+            }
         }
+    }
+
+    /// What our probes and answers on `route` say about us (sealed with them).
+    fn probe_flags(route: Route) -> [u8; 1] {
+        [if matches!(route, Route::Relay(leg) if leg.tcp) { PROBE_FLAG_TCP } else { 0 }]
     }
 
     fn act(&mut self, actions: Vec<PathAction>, now_ms: u64, out: &mut Vec<Outgoing>) -> Option<Path> {
@@ -118,11 +130,11 @@ impl CallMedia {
         for a in actions {
             match a {
                 PathAction::Probe(r) => {
-                    let p = self.tx.seal(Kind::Probe, 0, &[]);
+                    let p = self.tx.seal(Kind::Probe, 0, &Self::probe_flags(r));
                     out.push(self.route_bytes(r, p));
                 }
                 PathAction::Answer(r) => {
-                    let p = self.tx.seal(Kind::ProbeAck, 0, &[]);
+                    let p = self.tx.seal(Kind::ProbeAck, 0, &Self::probe_flags(r));
                     out.push(self.route_bytes(r, p));
                 }
                 PathAction::AllocateRelay => self.wants_relay = true,
@@ -164,7 +176,8 @@ impl CallMedia {
                 self.act(a, now_ms, out)
             }
             Kind::ProbeAck => {
-                let a = self.finder.on_answer(route);
+                let peer_tcp = opened.payload.first().is_some_and(|f| f & PROBE_FLAG_TCP != 0);
+                let a = self.finder.on_answer(route, peer_tcp);
                 self.act(a, now_ms, out)
             }
             Kind::Voice => {

@@ -20,6 +20,7 @@ pub mod home;
 pub mod ladder;
 pub mod link;
 pub mod media;
+mod relay_tcp;
 
 use crate::crypto::credential::TrustedKeys;
 use crate::crypto::password;
@@ -128,6 +129,8 @@ pub struct Session {
     call_timeouts: crate::call::signal::Timeouts,
     media_clock: tokio::time::Interval,
     relay_only: bool,
+    /// Reach relays over TCP even with UDP at hand.
+    relay_tcp: bool,
 }
 
 impl Drop for Session {
@@ -645,6 +648,7 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
             i
         },
         relay_only: false,
+        relay_tcp: false,
     };
     // Advertise presence, as the original's login sequence ends. A network without a
     // Global Index (a lone super node) is still a network to be logged in to.

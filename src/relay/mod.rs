@@ -9,6 +9,7 @@
 //!   for one datagram. No I/O.
 //! - [`worker`] — [`RelayWorkers`]: one SO_REUSEPORT UDP socket and one thread per worker,
 //!   each running receive → decide → wipe token → send, counted per worker.
+//! - [`tcp`] — legs over TCP on the same port number, for hosts whose UDP is blocked.
 //!
 //! The relay never decrypts media: the inner packet is sealed end to end
 //! ([`crate::call::media`]) and the relay only reads its own 21-byte header.
@@ -19,10 +20,11 @@
 
 pub mod packet;
 pub mod table;
+pub mod tcp;
 pub mod worker;
 
 pub use packet::{RELAY_HEADER_LEN, RELAYED_LEN_MAX, SessionId, TOKEN_LEN, Token};
-pub use table::{Accounting, Decision, DropReason, Endpoints, Grant, Limits, SessionTable, TableError};
+pub use table::{Accounting, Decision, DropReason, Endpoints, Grant, Limits, Peer, SessionTable, TableError};
 pub use worker::{RelayStats, RelayWorkers, WorkerConfig};
 
 use std::sync::OnceLock;

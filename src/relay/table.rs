@@ -16,10 +16,23 @@
 //! each leg is in practice written by one worker. (The next step may replace the DashMap
 //! by a read-mostly structure to avoid the shared read-lock counter on every lookup.)
 //!
+//! **Replays.** The inner packet is sealed end to end and the relay cannot check it, but
+//! it can refuse to forward the same packet twice: each leg keeps a 32-packet sliding
+//! window over the inner packet's 32-bit sequence number (as IPsec does, RFC 4303
+//! §3.4.3), so a captured datagram sent again — from the latched address, the only one
+//! that gets this far — is dropped `replayed` before it spends the leg's rate budget.
+//! (Someone who can both see the token and forge the latched source could advance the
+//! window; such an on-path attacker could as well drop the packets.)
+//!
+//! **Transports.** A leg is latched to a UDP address or, for a host whose UDP is blocked,
+//! to a TCP connection to the relay port ([`Peer`]); forwarding is the same either way.
+//!
 //! Invariants:
-//! - a dropped datagram changes nothing but drop counters, with one deliberate exception:
+//! - a dropped datagram changes nothing but drop counters, with two deliberate exceptions:
 //!   a datagram with a valid token whose peer has not latched yet latches its own leg
-//!   (that is the handshake) and is then dropped `peer_unknown`;
+//!   (that is the handshake) and is then dropped `peer_unknown`; and a datagram from the
+//!   latched source marks its sequence number seen even when a rate cap then drops it
+//!   (a host never sends one number twice);
 //! - a datagram without a valid token (`bad_token`, including every forwarded copy, whose
 //!   token is zeroed) never latches anything;
 //! - a destination is always a latched address, which came from a datagram carrying that
@@ -29,6 +42,7 @@
 //! `wrong_source`; the control plane recovers by granting a new session.
 
 use super::packet::{self, SessionId, Token};
+use crate::call::media;
 use crate::crypto::random;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -126,13 +140,36 @@ pub struct Endpoints {
     pub b: Option<SocketAddr>,
 }
 
+/// Where a leg's datagrams come from, and so where the other leg's go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// A UDP address.
+    Udp(SocketAddr),
+    /// A TCP connection to the relay port (numbered by the relay), from `addr`.
+    Tcp {
+        /// The connection's number, unique for the relay's life.
+        conn: u64,
+        /// The remote end of the connection.
+        addr: SocketAddr,
+    },
+}
+
+impl Peer {
+    /// The remote address, whatever the transport.
+    pub fn addr(&self) -> SocketAddr {
+        match *self {
+            Self::Udp(a) | Self::Tcp { addr: a, .. } => a,
+        }
+    }
+}
+
 /// What to do with one received datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     /// Wipe its token ([`packet::wipe_token`]) and send it to `to`.
     Forward {
-        /// The other leg's latched address.
-        to: SocketAddr,
+        /// The other leg's latch.
+        to: Peer,
     },
     /// Drop it, counting the reason.
     Drop(DropReason),
@@ -141,7 +178,8 @@ pub enum Decision {
 /// Why the relay dropped a datagram (each is a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
-    /// Shorter than the header, or not starting with 0x52.
+    /// Shorter than the header (or its inner packet shorter than a media packet's
+    /// header and tag), or not starting with 0x52.
     Malformed,
     /// Longer than the table's `packet_len_max` (or [`packet::RELAYED_LEN_MAX`]).
     Oversized,
@@ -157,11 +195,13 @@ pub enum DropReason {
     PeerUnknown,
     /// The direction's packet or byte rate cap is spent for now.
     RateCap,
+    /// Its sequence number was forwarded on this leg before (or is too old to tell).
+    Replayed,
 }
 
 impl DropReason {
     /// Number of reasons (for per-reason counter arrays).
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
     /// Every reason, in `index` order.
     pub const ALL: [DropReason; Self::COUNT] = [
         Self::Malformed,
@@ -172,6 +212,7 @@ impl DropReason {
         Self::ForbiddenPeer,
         Self::PeerUnknown,
         Self::RateCap,
+        Self::Replayed,
     ];
 
     /// The metric label.
@@ -185,6 +226,7 @@ impl DropReason {
             Self::ForbiddenPeer => "forbidden_peer",
             Self::PeerUnknown => "peer_unknown",
             Self::RateCap => "rate_cap",
+            Self::Replayed => "replayed",
         }
     }
 
@@ -259,12 +301,39 @@ impl Meter {
     }
 }
 
+/// Packets behind the highest sequence number a leg's replay window still tells apart.
+const REPLAY_WINDOW: u32 = 32;
+
+/// A leg's replay window in one `u64`: the highest sequence number forwarded in the high
+/// half, and in the low half a bitmap of the 32 numbers up to it (bit `i`: highest − i
+/// was seen). Zero is the empty window (bit 0 is set once anything is seen). Returns the
+/// window with `seq` marked, or None if `seq` was seen or is too old to tell. Numbers
+/// wrap: a number less than 2³¹ ahead (mod 2³²) is ahead.
+fn window_accept(window: u64, seq: u32) -> Option<u64> {
+    let (high, seen) = ((window >> 32) as u32, window as u32);
+    if seen == 0 {
+        return Some((u64::from(seq) << 32) | 1);
+    }
+    let ahead = seq.wrapping_sub(high);
+    if ahead != 0 && ahead < 1 << 31 {
+        let shifted = if ahead >= REPLAY_WINDOW { 0 } else { seen << ahead };
+        return Some((u64::from(seq) << 32) | u64::from(shifted | 1));
+    }
+    let behind = high.wrapping_sub(seq);
+    if behind >= REPLAY_WINDOW || seen & (1 << behind) != 0 {
+        return None;
+    }
+    Some(window | u64::from(1u32 << behind))
+}
+
 /// One direction of a session: written by the worker that receives this leg's traffic.
 #[derive(Debug)]
 #[repr(align(64))]
 struct Leg {
     token: Token,
-    addr: OnceLock<SocketAddr>,
+    addr: OnceLock<Peer>,
+    /// The replay window ([`window_accept`]).
+    window: AtomicU64,
     packets: AtomicU64,
     bytes: AtomicU64,
     last_active_ms: AtomicU64,
@@ -277,6 +346,7 @@ impl Leg {
         Self {
             token,
             addr: OnceLock::new(),
+            window: AtomicU64::new(0),
             packets: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             last_active_ms: AtomicU64::new(now_ms),
@@ -391,7 +461,7 @@ impl SessionTable {
     /// The addresses a session's legs have latched so far.
     pub fn endpoints(&self, session: SessionId) -> Option<Endpoints> {
         let s = self.inner.sessions.get(&session)?;
-        Some(Endpoints { a: s.a.addr.get().copied(), b: s.b.addr.get().copied() })
+        Some(Endpoints { a: s.a.addr.get().map(Peer::addr), b: s.b.addr.get().map(Peer::addr) })
     }
 
     /// Live sessions.
@@ -404,16 +474,24 @@ impl SessionTable {
         self.len() == 0
     }
 
-    /// The forwarding rule for one datagram received from `from`: where to send it, or
-    /// why to drop it. No I/O; the caller wipes the token before sending.
+    /// The forwarding rule for one UDP datagram received from `from`: where to send it,
+    /// or why to drop it. No I/O; the caller wipes the token before sending.
     pub fn decide(&self, datagram: &[u8], from: SocketAddr, now_ms: u64) -> Decision {
+        self.decide_from(datagram, Peer::Udp(from), now_ms)
+    }
+
+    /// [`SessionTable::decide`] for a datagram from any transport.
+    pub fn decide_from(&self, datagram: &[u8], from: Peer, now_ms: u64) -> Decision {
         let limits = &self.inner.limits;
         if datagram.len() > limits.packet_len_max {
             return Decision::Drop(DropReason::Oversized);
         }
-        let (id, token, _inner) = match packet::parse(datagram) {
+        let (id, token, inner) = match packet::parse(datagram) {
             Ok(parsed) => parsed,
             Err(reason) => return Decision::Drop(reason),
+        };
+        let Some(seq) = media::sequence(inner) else {
+            return Decision::Drop(DropReason::Malformed);
         };
         let Some(s) = self.inner.sessions.get(&id) else {
             return Decision::Drop(DropReason::UnknownSession);
@@ -430,7 +508,12 @@ impl SessionTable {
         };
         let latched = match leg.addr.get() {
             Some(addr) => addr,
-            None if !limits.allow_private_peers && is_forbidden_peer(from.ip()) => {
+            // A TCP leg is answered on the connection it opened, so its address is never
+            // a destination the relay chooses.
+            None if matches!(from, Peer::Udp(_))
+                && !limits.allow_private_peers
+                && is_forbidden_peer(from.addr().ip()) =>
+            {
                 return s.drop_for(DropReason::ForbiddenPeer);
             }
             // Two first datagrams from different addresses racing on two workers: one
@@ -439,6 +522,9 @@ impl SessionTable {
         };
         if *latched != from {
             return s.drop_for(DropReason::WrongSource);
+        }
+        if leg.window.fetch_update(Relaxed, Relaxed, |w| window_accept(w, seq)).is_err() {
+            return s.drop_for(DropReason::Replayed);
         }
         let Some(&to) = peer.addr.get() else {
             return s.drop_for(DropReason::PeerUnknown);
@@ -479,6 +565,102 @@ mod tests {
     use super::*;
     use crate::relay::packet::build;
     use proptest::prelude::*;
+    use std::sync::atomic::AtomicU32;
+
+    /// The shortest inner packet a relay forwards: a media header and tag.
+    const MIN: usize = media::HEADER_LEN + crate::crypto::aead::TAG_LEN;
+
+    /// A datagram on `token`'s leg of `session` whose inner packet is `len` bytes
+    /// shaped like media, with a sequence number no datagram had before (tests share
+    /// one counter, so each leg sees its numbers increase).
+    fn dg(session: SessionId, token: Token, len: usize) -> Vec<u8> {
+        static SEQ: AtomicU32 = AtomicU32::new(1);
+        let mut inner = vec![0u8; len.max(MIN)];
+        inner[0] = 0x4d;
+        inner[9..13].copy_from_slice(&SEQ.fetch_add(1, Relaxed).to_be_bytes());
+        inner.truncate(len);
+        build(session, token, &inner)
+    }
+
+    /// A datagram with sequence number `seq`.
+    fn numbered(session: SessionId, token: Token, seq: u32) -> Vec<u8> {
+        let mut inner = vec![0u8; MIN];
+        inner[9..13].copy_from_slice(&seq.to_be_bytes());
+        build(session, token, &inner)
+    }
+
+    /// Feeds `seqs` to a fresh replay window: which it accepted.
+    fn accepted(seqs: &[u32]) -> Vec<bool> {
+        let mut w = 0;
+        seqs.iter().map(|&seq| window_accept(w, seq).map(|next| w = next).is_some()).collect()
+    }
+
+    #[test]
+    fn the_replay_window_refuses_repeats_and_old_numbers() {
+        // A repeat; late but within the window; older than the window; a jump ahead,
+        // after which the old numbers are far behind.
+        assert_eq!(
+            accepted(&[100, 100, 102, 101, 101, 102 - 31, 102 - 32, 1000, 102]),
+            [true, false, true, true, false, true, false, true, false]
+        );
+        // Numbers wrap: past the wrap is ahead, just before it within the window.
+        assert_eq!(accepted(&[u32::MAX - 1, 1, u32::MAX, u32::MAX - 1]), [true, true, true, false]);
+    }
+
+    #[test]
+    fn replayed_and_runt_datagrams_are_dropped_without_spending_the_budget() {
+        let t = table(Limits { packets_per_second_max: 4, ..roomy() });
+        let g = latched(&t);
+        // Ahead of the numbers `latched` used.
+        const BASE: u32 = 1 << 30;
+        let d = numbered(g.session, g.token_a, BASE + 5);
+        assert!(matches!(t.decide(&d, addr(PUB_A), 0), Decision::Forward { .. }));
+        for _ in 0..10 {
+            assert_eq!(t.decide(&d, addr(PUB_A), 0), Decision::Drop(DropReason::Replayed));
+        }
+        // The replays spent nothing: fresh datagrams still fit this second's budget.
+        for seq in [BASE + 6, BASE + 4] {
+            let d = t.decide(&numbered(g.session, g.token_a, seq), addr(PUB_A), 0);
+            assert!(matches!(d, Decision::Forward { .. }), "{seq}: {d:?}");
+        }
+        assert_eq!(t.accounting(g.session).unwrap().packets_a_to_b, 3);
+        // Each leg has its own window: B may use the same numbers.
+        assert!(matches!(
+            t.decide(&numbered(g.session, g.token_b, BASE + 5), addr(PUB_B), 0),
+            Decision::Forward { .. }
+        ));
+        // An inner packet too short to be media is malformed.
+        let runt = build(g.session, g.token_a, &[0x4d; MIN - 1]);
+        assert_eq!(t.decide(&runt, addr(PUB_A), 1_000), Decision::Drop(DropReason::Malformed));
+    }
+
+    #[test]
+    fn a_tcp_leg_latches_to_its_connection() {
+        let t = table(Limits::default());
+        let g = t.allocate(0).unwrap();
+        let conn = Peer::Tcp { conn: 7, addr: addr("10.0.0.2:5000") };
+        assert_eq!(
+            t.decide_from(&dg(g.session, g.token_a, MIN), conn, 0),
+            Decision::Drop(DropReason::PeerUnknown),
+            "a private address is fine on a connection the host opened"
+        );
+        assert_eq!(
+            t.decide_from(&dg(g.session, g.token_b, MIN), Peer::Udp(addr(PUB_B)), 0),
+            Decision::Forward { to: conn }
+        );
+        assert_eq!(
+            t.decide_from(&dg(g.session, g.token_a, MIN), conn, 0),
+            Decision::Forward { to: Peer::Udp(addr(PUB_B)) }
+        );
+        // The same address on another connection, or over UDP, is another source.
+        let other = Peer::Tcp { conn: 8, addr: addr("10.0.0.2:5000") };
+        assert_eq!(t.decide_from(&dg(g.session, g.token_a, MIN), other, 0), Decision::Drop(DropReason::WrongSource));
+        assert_eq!(
+            t.decide(&dg(g.session, g.token_a, MIN), addr("10.0.0.2:5000"), 0),
+            Decision::Drop(DropReason::WrongSource)
+        );
+        assert_eq!(t.endpoints(g.session).unwrap().a, Some(addr("10.0.0.2:5000")));
+    }
 
     const PUB_A: &str = "198.18.0.10:40000";
     const PUB_B: &str = "203.0.113.7:50000";
@@ -498,13 +680,10 @@ mod tests {
     /// A session whose legs have both latched (A probed first, B's probe forwarded).
     fn latched(t: &SessionTable) -> Grant {
         let g = t.allocate(0).unwrap();
+        assert_eq!(t.decide(&dg(g.session, g.token_a, MIN), addr(PUB_A), 0), Decision::Drop(DropReason::PeerUnknown));
         assert_eq!(
-            t.decide(&build(g.session, g.token_a, b"probe"), addr(PUB_A), 0),
-            Decision::Drop(DropReason::PeerUnknown)
-        );
-        assert_eq!(
-            t.decide(&build(g.session, g.token_b, b"probe"), addr(PUB_B), 0),
-            Decision::Forward { to: addr(PUB_A) }
+            t.decide(&dg(g.session, g.token_b, MIN), addr(PUB_B), 0),
+            Decision::Forward { to: Peer::Udp(addr(PUB_A)) }
         );
         g
     }
@@ -526,8 +705,8 @@ mod tests {
         assert_eq!(t.release(g1.session), None);
         assert_eq!(t.accounting(g1.session), None);
         assert_eq!(t.len(), 1);
-        let d = build(g1.session, g1.token_a, b"late");
-        assert_eq!(t.decide(&d, addr(PUB_A), 6), Decision::Drop(DropReason::UnknownSession));
+        let d = || dg(g1.session, g1.token_a, MIN);
+        assert_eq!(t.decide(&d(), addr(PUB_A), 6), Decision::Drop(DropReason::UnknownSession));
     }
 
     #[test]
@@ -549,13 +728,17 @@ mod tests {
     fn legs_latch_on_their_first_valid_datagram() {
         let t = table(Limits::default());
         let g = t.allocate(0).unwrap();
-        let from_a = build(g.session, g.token_a, b"a");
-        assert_eq!(t.decide(&from_a, addr(PUB_A), 1), Decision::Drop(DropReason::PeerUnknown));
+        let from_a = || dg(g.session, g.token_a, MIN);
+        assert_eq!(t.decide(&from_a(), addr(PUB_A), 1), Decision::Drop(DropReason::PeerUnknown));
         assert_eq!(t.endpoints(g.session), Some(Endpoints { a: Some(addr(PUB_A)), b: None }));
-        assert_eq!(t.decide(&from_a, addr(PUB_A), 2), Decision::Drop(DropReason::PeerUnknown), "still nowhere to send");
-        let from_b = build(g.session, g.token_b, b"b");
-        assert_eq!(t.decide(&from_b, addr(PUB_B), 3), Decision::Forward { to: addr(PUB_A) });
-        assert_eq!(t.decide(&from_a, addr(PUB_A), 4), Decision::Forward { to: addr(PUB_B) });
+        assert_eq!(
+            t.decide(&from_a(), addr(PUB_A), 2),
+            Decision::Drop(DropReason::PeerUnknown),
+            "still nowhere to send"
+        );
+        let from_b = || dg(g.session, g.token_b, MIN);
+        assert_eq!(t.decide(&from_b(), addr(PUB_B), 3), Decision::Forward { to: Peer::Udp(addr(PUB_A)) });
+        assert_eq!(t.decide(&from_a(), addr(PUB_A), 4), Decision::Forward { to: Peer::Udp(addr(PUB_B)) });
         assert_eq!(t.endpoints(g.session), Some(Endpoints { a: Some(addr(PUB_A)), b: Some(addr(PUB_B)) }));
         assert_eq!(t.accounting(g.session).unwrap().dropped, 2);
     }
@@ -564,16 +747,16 @@ mod tests {
     fn a_latched_leg_refuses_other_sources() {
         let t = table(Limits::default());
         let g = latched(&t);
-        let from_a = build(g.session, g.token_a, b"a");
+        let from_a = || dg(g.session, g.token_a, MIN);
         let before = t.accounting(g.session).unwrap();
-        assert_eq!(t.decide(&from_a, addr("198.18.0.99:40000"), 1), Decision::Drop(DropReason::WrongSource));
-        assert_eq!(t.decide(&from_a, addr("198.18.0.10:40001"), 1), Decision::Drop(DropReason::WrongSource));
+        assert_eq!(t.decide(&from_a(), addr("198.18.0.99:40000"), 1), Decision::Drop(DropReason::WrongSource));
+        assert_eq!(t.decide(&from_a(), addr("198.18.0.10:40001"), 1), Decision::Drop(DropReason::WrongSource));
         // Even a forbidden address, once the leg is latched, is simply the wrong source.
-        assert_eq!(t.decide(&from_a, addr("127.0.0.1:40000"), 1), Decision::Drop(DropReason::WrongSource));
+        assert_eq!(t.decide(&from_a(), addr("127.0.0.1:40000"), 1), Decision::Drop(DropReason::WrongSource));
         let after = t.accounting(g.session).unwrap();
         assert_eq!(after, Accounting { dropped: before.dropped + 3, ..before });
         assert_eq!(t.endpoints(g.session).unwrap().a, Some(addr(PUB_A)));
-        assert_eq!(t.decide(&from_a, addr(PUB_A), 1), Decision::Forward { to: addr(PUB_B) });
+        assert_eq!(t.decide(&from_a(), addr(PUB_A), 1), Decision::Forward { to: Peer::Udp(addr(PUB_B)) });
     }
 
     #[test]
@@ -584,14 +767,14 @@ mod tests {
         let mut near = *g.token_a.as_bytes();
         near[15] ^= 1;
         for token in [Token::random(), Token::ZERO, Token::from_bytes(near), other.token_a] {
-            let d = build(g.session, token, b"x");
-            assert_eq!(t.decide(&d, addr(PUB_A), 0), Decision::Drop(DropReason::BadToken));
+            let d = || dg(g.session, token, MIN);
+            assert_eq!(t.decide(&d(), addr(PUB_A), 0), Decision::Drop(DropReason::BadToken));
         }
         assert_eq!(t.endpoints(g.session), Some(Endpoints::default()));
         assert_eq!(t.accounting(g.session).unwrap().dropped, 4);
         // The rightful owner still latches from wherever it is.
-        let d = build(g.session, g.token_a, b"x");
-        assert_eq!(t.decide(&d, addr("198.18.7.7:1234"), 0), Decision::Drop(DropReason::PeerUnknown));
+        let d = || dg(g.session, g.token_a, MIN);
+        assert_eq!(t.decide(&d(), addr("198.18.7.7:1234"), 0), Decision::Drop(DropReason::PeerUnknown));
         assert_eq!(t.endpoints(g.session).unwrap().a, Some(addr("198.18.7.7:1234")));
     }
 
@@ -599,7 +782,7 @@ mod tests {
     fn forwarded_copies_cannot_loop_back_in() {
         let t = table(Limits::default());
         let g = latched(&t);
-        let mut d = build(g.session, g.token_a, b"media");
+        let mut d = dg(g.session, g.token_a, MIN);
         assert!(matches!(t.decide(&d, addr(PUB_A), 0), Decision::Forward { .. }));
         packet::wipe_token(&mut d);
         assert_eq!(t.decide(&d, addr(PUB_B), 0), Decision::Drop(DropReason::BadToken));
@@ -611,41 +794,41 @@ mod tests {
         let g = latched(&t);
         assert_eq!(t.decide(b"", addr(PUB_A), 0), Decision::Drop(DropReason::Malformed));
         assert_eq!(t.decide(&[0x52; 20], addr(PUB_A), 0), Decision::Drop(DropReason::Malformed));
-        let big = build(g.session, g.token_a, &[0; 80]);
-        assert_eq!(t.decide(&big, addr(PUB_A), 0), Decision::Drop(DropReason::Oversized));
-        let fits = build(g.session, g.token_a, &[0; 79]);
-        assert!(matches!(t.decide(&fits, addr(PUB_A), 0), Decision::Forward { .. }));
+        let big = || dg(g.session, g.token_a, 80);
+        assert_eq!(t.decide(&big(), addr(PUB_A), 0), Decision::Drop(DropReason::Oversized));
+        let fits = || dg(g.session, g.token_a, 79);
+        assert!(matches!(t.decide(&fits(), addr(PUB_A), 0), Decision::Forward { .. }));
         // A limit above the wire maximum does not raise the wire maximum.
         let lax = table(Limits { packet_len_max: usize::MAX, ..roomy() });
         let g = latched(&lax);
-        let huge = build(g.session, g.token_a, &[0; crate::call::media::PACKET_LEN_MAX + 1]);
-        assert_eq!(lax.decide(&huge, addr(PUB_A), 0), Decision::Drop(DropReason::Oversized));
+        let huge = || dg(g.session, g.token_a, crate::call::media::PACKET_LEN_MAX + 1);
+        assert_eq!(lax.decide(&huge(), addr(PUB_A), 0), Decision::Drop(DropReason::Oversized));
     }
 
     #[test]
     fn packet_rate_is_capped_per_direction_per_second() {
         let t = table(Limits { packets_per_second_max: 10, ..roomy() });
         let g = latched(&t);
-        let from_a = build(g.session, g.token_a, b"a");
-        let from_b = build(g.session, g.token_b, b"b");
+        let from_a = || dg(g.session, g.token_a, MIN);
+        let from_b = || dg(g.session, g.token_b, MIN);
         let t0 = 10_000;
         for _ in 0..10 {
-            assert!(matches!(t.decide(&from_a, addr(PUB_A), t0), Decision::Forward { .. }));
+            assert!(matches!(t.decide(&from_a(), addr(PUB_A), t0), Decision::Forward { .. }));
         }
-        assert_eq!(t.decide(&from_a, addr(PUB_A), t0), Decision::Drop(DropReason::RateCap));
-        assert_eq!(t.decide(&from_a, addr(PUB_A), t0 + 50), Decision::Drop(DropReason::RateCap));
+        assert_eq!(t.decide(&from_a(), addr(PUB_A), t0), Decision::Drop(DropReason::RateCap));
+        assert_eq!(t.decide(&from_a(), addr(PUB_A), t0 + 50), Decision::Drop(DropReason::RateCap));
         // The other direction has its own budget.
         for _ in 0..10 {
-            assert!(matches!(t.decide(&from_b, addr(PUB_B), t0), Decision::Forward { .. }));
+            assert!(matches!(t.decide(&from_b(), addr(PUB_B), t0), Decision::Forward { .. }));
         }
         // The budget refills at the cap's rate: one datagram per 100 ms…
-        assert!(matches!(t.decide(&from_a, addr(PUB_A), t0 + 100), Decision::Forward { .. }));
-        assert_eq!(t.decide(&from_a, addr(PUB_A), t0 + 150), Decision::Drop(DropReason::RateCap));
+        assert!(matches!(t.decide(&from_a(), addr(PUB_A), t0 + 100), Decision::Forward { .. }));
+        assert_eq!(t.decide(&from_a(), addr(PUB_A), t0 + 150), Decision::Drop(DropReason::RateCap));
         // …and a second later it is full again, never more than a second's worth.
         for _ in 0..10 {
-            assert!(matches!(t.decide(&from_a, addr(PUB_A), t0 + 5_000), Decision::Forward { .. }));
+            assert!(matches!(t.decide(&from_a(), addr(PUB_A), t0 + 5_000), Decision::Forward { .. }));
         }
-        assert_eq!(t.decide(&from_a, addr(PUB_A), t0 + 5_000), Decision::Drop(DropReason::RateCap));
+        assert_eq!(t.decide(&from_a(), addr(PUB_A), t0 + 5_000), Decision::Drop(DropReason::RateCap));
         let acc = t.accounting(g.session).unwrap();
         assert_eq!(acc.packets_a_to_b, 21);
         assert_eq!(acc.packets_b_to_a, 1 + 10);
@@ -657,32 +840,32 @@ mod tests {
         // 10 datagrams of 1000 bytes per second at most; packets are not the limit.
         let t = table(Limits { bytes_per_second_max: 10_000, ..roomy() });
         let g = latched(&t);
-        let kb = build(g.session, g.token_a, &[0; 1000 - packet::RELAY_HEADER_LEN]);
-        assert_eq!(kb.len(), 1000);
+        let kb = || dg(g.session, g.token_a, 1000 - packet::RELAY_HEADER_LEN);
+        assert_eq!(kb().len(), 1000);
         for _ in 0..10 {
-            assert!(matches!(t.decide(&kb, addr(PUB_A), 0), Decision::Forward { .. }));
+            assert!(matches!(t.decide(&kb(), addr(PUB_A), 0), Decision::Forward { .. }));
         }
-        assert_eq!(t.decide(&kb, addr(PUB_A), 0), Decision::Drop(DropReason::RateCap));
-        let small = build(g.session, g.token_a, &[]);
-        assert_eq!(t.decide(&small, addr(PUB_A), 0), Decision::Drop(DropReason::RateCap));
-        assert!(matches!(t.decide(&kb, addr(PUB_A), 100), Decision::Forward { .. }));
+        assert_eq!(t.decide(&kb(), addr(PUB_A), 0), Decision::Drop(DropReason::RateCap));
+        let small = || dg(g.session, g.token_a, MIN);
+        assert_eq!(t.decide(&small(), addr(PUB_A), 0), Decision::Drop(DropReason::RateCap));
+        assert!(matches!(t.decide(&kb(), addr(PUB_A), 100), Decision::Forward { .. }));
         assert_eq!(t.accounting(g.session).unwrap().bytes_a_to_b, 11_000);
 
         // Refused by bytes, a datagram gives back the packet budget it briefly took.
         let both = table(Limits { packets_per_second_max: 3, bytes_per_second_max: 1_000, ..Limits::default() });
         let g = latched(&both);
-        let d = build(g.session, g.token_a, &[0; 479]);
-        assert_eq!(d.len(), 500);
+        let d = || dg(g.session, g.token_a, 479);
+        assert_eq!(d().len(), 500);
         for _ in 0..2 {
-            assert!(matches!(both.decide(&d, addr(PUB_A), 0), Decision::Forward { .. }));
+            assert!(matches!(both.decide(&d(), addr(PUB_A), 0), Decision::Forward { .. }));
         }
         for _ in 0..5 {
-            assert_eq!(both.decide(&d, addr(PUB_A), 0), Decision::Drop(DropReason::RateCap));
+            assert_eq!(both.decide(&d(), addr(PUB_A), 0), Decision::Drop(DropReason::RateCap));
         }
         // Half a second later half the byte budget is back, and the packet budget was not
         // spent by the five refusals (it would be two seconds in debt otherwise).
-        let small = build(g.session, g.token_a, &[]);
-        assert!(matches!(both.decide(&small, addr(PUB_A), 500), Decision::Forward { .. }));
+        let small = || dg(g.session, g.token_a, MIN);
+        assert!(matches!(both.decide(&small(), addr(PUB_A), 500), Decision::Forward { .. }));
         let zero = table(Limits { packets_per_second_max: 0, ..Limits::default() });
         let g = latched_refused(&zero);
         assert_eq!(zero.accounting(g.session).unwrap().packets_b_to_a, 0);
@@ -690,8 +873,8 @@ mod tests {
 
     fn latched_refused(t: &SessionTable) -> Grant {
         let g = t.allocate(0).unwrap();
-        t.decide(&build(g.session, g.token_a, b"p"), addr(PUB_A), 0);
-        assert_eq!(t.decide(&build(g.session, g.token_b, b"p"), addr(PUB_B), 0), Decision::Drop(DropReason::RateCap));
+        t.decide(&dg(g.session, g.token_a, MIN), addr(PUB_A), 0);
+        assert_eq!(t.decide(&dg(g.session, g.token_b, MIN), addr(PUB_B), 0), Decision::Drop(DropReason::RateCap));
         g
     }
 
@@ -701,10 +884,10 @@ mod tests {
         let t = table(Limits::default());
         let g = latched(&t);
         // 50 L16 packets a second each way, for three seconds: none capped.
-        let l16 = build(g.session, g.token_a, &[0; media::HEADER_LEN + codec::L16_PACKET_BYTES + 16]);
+        let l16 = || dg(g.session, g.token_a, media::HEADER_LEN + codec::L16_PACKET_BYTES + 16);
         let mut forwarded = 0;
         for i in 0..150u64 {
-            if matches!(t.decide(&l16, addr(PUB_A), 1_000 + i * 20), Decision::Forward { .. }) {
+            if matches!(t.decide(&l16(), addr(PUB_A), 1_000 + i * 20), Decision::Forward { .. }) {
                 forwarded += 1;
             }
         }
@@ -743,21 +926,21 @@ mod tests {
 
         let strict = table(Limits::default());
         let g = strict.allocate(0).unwrap();
-        let d = build(g.session, g.token_a, b"x");
-        assert_eq!(strict.decide(&d, addr("127.0.0.1:9"), 0), Decision::Drop(DropReason::ForbiddenPeer));
-        assert_eq!(strict.decide(&d, addr("[::ffff:192.168.0.2]:9"), 0), Decision::Drop(DropReason::ForbiddenPeer));
+        let d = || dg(g.session, g.token_a, MIN);
+        assert_eq!(strict.decide(&d(), addr("127.0.0.1:9"), 0), Decision::Drop(DropReason::ForbiddenPeer));
+        assert_eq!(strict.decide(&d(), addr("[::ffff:192.168.0.2]:9"), 0), Decision::Drop(DropReason::ForbiddenPeer));
         assert_eq!(strict.endpoints(g.session), Some(Endpoints::default()), "a refused source never latches");
-        assert_eq!(strict.decide(&d, addr(PUB_A), 0), Decision::Drop(DropReason::PeerUnknown));
+        assert_eq!(strict.decide(&d(), addr(PUB_A), 0), Decision::Drop(DropReason::PeerUnknown));
 
         let lab = table(Limits { allow_private_peers: true, ..Limits::default() });
         let g = lab.allocate(0).unwrap();
         assert_eq!(
-            lab.decide(&build(g.session, g.token_a, b"x"), addr("127.0.0.1:9"), 0),
+            lab.decide(&dg(g.session, g.token_a, MIN), addr("127.0.0.1:9"), 0),
             Decision::Drop(DropReason::PeerUnknown)
         );
         assert_eq!(
-            lab.decide(&build(g.session, g.token_b, b"x"), addr("127.0.0.1:10"), 0),
-            Decision::Forward { to: addr("127.0.0.1:9") }
+            lab.decide(&dg(g.session, g.token_b, MIN), addr("127.0.0.1:10"), 0),
+            Decision::Forward { to: Peer::Udp(addr("127.0.0.1:9")) }
         );
     }
 
@@ -766,19 +949,19 @@ mod tests {
         let t = table(roomy());
         let g = t.allocate(1_000).unwrap();
         assert_eq!(t.idle_ms(g.session, 1_500), Some(500));
-        t.decide(&build(g.session, g.token_a, &[1; 10]), addr(PUB_A), 1_100);
+        t.decide(&dg(g.session, g.token_a, MIN), addr(PUB_A), 1_100);
         assert_eq!(t.idle_ms(g.session, 1_500), Some(500), "a lone probe is not activity");
-        t.decide(&build(g.session, g.token_b, &[2; 20]), addr(PUB_B), 2_000);
+        t.decide(&dg(g.session, g.token_b, 40), addr(PUB_B), 2_000);
         for _ in 0..3 {
-            t.decide(&build(g.session, g.token_a, &[1; 100]), addr(PUB_A), 2_500);
+            t.decide(&dg(g.session, g.token_a, 100), addr(PUB_A), 2_500);
         }
-        t.decide(&build(g.session, g.token_b, &[2; 20]), addr(PUB_B), 2_200);
-        t.decide(&build(g.session, Token::random(), &[3; 5]), addr(PUB_B), 2_600);
+        t.decide(&dg(g.session, g.token_b, 40), addr(PUB_B), 2_200);
+        t.decide(&dg(g.session, Token::random(), MIN), addr(PUB_B), 2_600);
         let acc = Accounting {
             packets_a_to_b: 3,
             bytes_a_to_b: 3 * 121,
             packets_b_to_a: 2,
-            bytes_b_to_a: 2 * 41,
+            bytes_b_to_a: 2 * 61,
             dropped: 2,
         };
         assert_eq!(t.accounting(g.session), Some(acc));
@@ -796,16 +979,16 @@ mod tests {
             for (token, from) in [(g.token_a, PUB_A), (g.token_b, PUB_B)] {
                 let t = t.clone();
                 scope.spawn(move || {
-                    let d = build(g.session, token, &[0; 79]);
+                    let d = || dg(g.session, token, 79);
                     for i in 0..10_000 {
-                        assert!(matches!(t.decide(&d, addr(from), i / 10), Decision::Forward { .. }));
+                        assert!(matches!(t.decide(&d(), addr(from), i / 10), Decision::Forward { .. }));
                     }
                 });
             }
         });
         let acc = t.accounting(g.session).unwrap();
         assert_eq!((acc.packets_a_to_b, acc.packets_b_to_a), (10_000, 10_001));
-        assert_eq!((acc.bytes_a_to_b, acc.bytes_b_to_a), (1_000_000, 1_000_000 + 26));
+        assert_eq!((acc.bytes_a_to_b, acc.bytes_b_to_a), (1_000_000, 1_000_000 + 54));
     }
 
     proptest! {

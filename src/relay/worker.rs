@@ -14,13 +14,18 @@
 //! - `confab_relay_bytes_total{direction="in|out"}`
 //! - `confab_relay_drops_total{reason}` (the [`DropReason`] labels)
 //! - `confab_relay_recv_errors_total`
+//! - `confab_relay_tcp_connections` (gauge, label `node` only)
 //!
 //! The process's metrics recorder must be installed before [`RelayWorkers::start`]
 //! (handles obtained without one count nowhere).
+//!
+//! Beside the UDP workers, the same port number takes TCP connections from hosts whose
+//! UDP is blocked ([`super::tcp`]); those legs count under `worker="tcp"`.
 
 use super::clock_ms;
 use super::packet::{self, RELAYED_LEN_MAX};
-use super::table::{Decision, DropReason, SessionTable};
+use super::table::{Decision, DropReason, Peer, SessionTable};
+use super::tcp::{self, TcpConns};
 use metrics::{Counter, Unit, counter, describe_counter};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
@@ -49,11 +54,22 @@ pub struct WorkerConfig {
     pub send_buffer_bytes: usize,
     /// How long a blocked receive (or send) waits: the bound on noticing `stop`.
     pub io_timeout: Duration,
+    /// TCP connections (legs of hosts whose UDP is blocked) open at once at most; 0
+    /// listens for none.
+    pub tcp_conns_max: usize,
 }
+
+/// Default cap on TCP legs: TCP is the exception, and each holds a task and buffers.
+pub const TCP_CONNS_MAX_DEFAULT: usize = 1024;
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { recv_buffer_bytes: 4 << 20, send_buffer_bytes: 4 << 20, io_timeout: Duration::from_millis(200) }
+        Self {
+            recv_buffer_bytes: 4 << 20,
+            send_buffer_bytes: 4 << 20,
+            io_timeout: Duration::from_millis(200),
+            tcp_conns_max: TCP_CONNS_MAX_DEFAULT,
+        }
     }
 }
 
@@ -90,6 +106,10 @@ pub fn describe() {
     describe_counter!("confab_relay_bytes_total", Unit::Bytes, "Relay bytes, by direction (in, out)");
     describe_counter!("confab_relay_drops_total", "Relay datagrams dropped, by reason");
     describe_counter!("confab_relay_recv_errors_total", "Unexpected errors receiving on a relay socket");
+    metrics::describe_gauge!(
+        "confab_relay_tcp_connections",
+        "TCP connections open to the relay port (legs of hosts whose UDP is blocked)"
+    );
 }
 
 /// The running workers of one relay port. Dropping it stops them.
@@ -99,6 +119,7 @@ pub struct RelayWorkers {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     counters: Vec<Arc<Local>>,
+    conns: Arc<TcpConns>,
 }
 
 impl RelayWorkers {
@@ -129,21 +150,39 @@ impl RelayWorkers {
             return Err(io::Error::new(io::ErrorKind::Unsupported, "several relay workers need SO_REUSEPORT"));
         }
         // All sockets first, so a bind failure leaves nothing running.
-        let first = bind_socket(bind, &config)?;
-        let local_addr = first.local_addr()?;
-        let mut sockets = vec![first];
-        for _ in 1..workers {
-            sockets.push(bind_socket(local_addr, &config)?);
-        }
+        let (sockets, listener) = bind_all(bind, workers, &config)?;
+        let local_addr = sockets[0].local_addr()?;
         describe();
         let recv_buffer = socket2::SockRef::from(&sockets[0]).recv_buffer_size().unwrap_or(0);
-        let mut this =
-            Self { local_addr, stop: Arc::new(AtomicBool::new(false)), threads: Vec::new(), counters: Vec::new() };
+        let mut this = Self {
+            local_addr,
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+            counters: Vec::new(),
+            conns: Arc::new(TcpConns::default()),
+        };
+        if let Some(listener) = listener {
+            let local = Arc::new(Local::default());
+            let ctx = tcp::Context {
+                table: table.clone(),
+                udp: sockets[0].try_clone()?,
+                conns: this.conns.clone(),
+                stop: this.stop.clone(),
+                local: local.clone(),
+                node: metrics_label.clone(),
+                conns_max: config.tcp_conns_max,
+                poll: config.io_timeout,
+                open: metrics::gauge!("confab_relay_tcp_connections", "node" => metrics_label.clone()),
+            };
+            this.threads.push(tcp::start(listener, ctx)?);
+            this.counters.push(local);
+        }
         for (i, socket) in sockets.into_iter().enumerate() {
             let local = Arc::new(Local::default());
             let worker = Worker {
                 socket,
                 table: table.clone(),
+                conns: this.conns.clone(),
                 stop: this.stop.clone(),
                 local: local.clone(),
                 node: metrics_label.clone(),
@@ -163,9 +202,14 @@ impl RelayWorkers {
         Ok(this)
     }
 
-    /// The address the workers share.
+    /// The address the workers share (UDP, and TCP for legs without UDP).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// TCP legs' connections open now.
+    pub fn tcp_connections(&self) -> usize {
+        self.conns.len()
     }
 
     /// Totals over all workers so far.
@@ -201,6 +245,37 @@ impl Drop for RelayWorkers {
     }
 }
 
+/// Attempts at finding a port free for both UDP and TCP when asked for any port.
+const BIND_ATTEMPTS: usize = 16;
+
+/// The workers' UDP sockets on one port and, unless disabled, the TCP listener on the
+/// same port number. With port 0, the port the kernel picks for UDP may be taken for
+/// TCP: then everything is tried again on a fresh port.
+fn bind_all(
+    bind: SocketAddr,
+    workers: usize,
+    config: &WorkerConfig,
+) -> io::Result<(Vec<UdpSocket>, Option<std::net::TcpListener>)> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let first = bind_socket(bind, config)?;
+        let local_addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(bind_socket(local_addr, config)?);
+        }
+        if config.tcp_conns_max == 0 {
+            return Ok((sockets, None));
+        }
+        match tcp::listen(local_addr) {
+            Ok(l) => return Ok((sockets, Some(l))),
+            Err(e) if bind.port() == 0 && e.kind() == io::ErrorKind::AddrInUse && attempt < BIND_ATTEMPTS => {}
+            Err(e) => return Err(io::Error::new(e.kind(), format!("relay TCP on {local_addr}: {e}"))),
+        }
+    }
+}
+
 fn bind_socket(addr: SocketAddr, config: &WorkerConfig) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     #[cfg(unix)]
@@ -218,7 +293,7 @@ fn bind_socket(addr: SocketAddr, config: &WorkerConfig) -> io::Result<UdpSocket>
 /// One worker's running totals, read by `stats` (own cache line: only its worker writes).
 #[derive(Debug, Default)]
 #[repr(align(64))]
-struct Local {
+pub(super) struct Local {
     received: AtomicU64,
     forwarded: AtomicU64,
     send_failed: AtomicU64,
@@ -228,19 +303,19 @@ struct Local {
 }
 
 /// One worker's metric handles, registered once at thread start.
-struct Meters {
+pub(super) struct Meters {
     forwarded: Counter,
     dropped: Counter,
     send_failed: Counter,
     bytes_in: Counter,
     bytes_out: Counter,
     drops: [Counter; DropReason::COUNT],
-    recv_errors: Counter,
+    pub recv_errors: Counter,
 }
 
 impl Meters {
-    fn register(node: &str, worker: usize) -> Self {
-        let (node, worker) = (node.to_owned(), worker.to_string());
+    pub(super) fn register(node: &str, worker: &str) -> Self {
+        let (node, worker) = (node.to_owned(), worker.to_owned());
         let packets = |outcome: &'static str| counter!("confab_relay_packets_total", "node" => node.clone(), "worker" => worker.clone(), "outcome" => outcome);
         let bytes = |direction: &'static str| counter!("confab_relay_bytes_total", "node" => node.clone(), "worker" => worker.clone(), "direction" => direction);
         Self {
@@ -262,7 +337,7 @@ struct Slot {
     buf: Box<[u8]>,
     len: usize,
     from: SocketAddr,
-    to: Option<SocketAddr>,
+    to: Option<Peer>,
 }
 
 impl Slot {
@@ -272,18 +347,10 @@ impl Slot {
 }
 
 /// What one batch did, added to the counters once per batch.
-#[derive(Debug, Default)]
-struct Tally {
-    received: u64,
-    forwarded: u64,
-    send_failed: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-    drops: [u64; DropReason::COUNT],
-}
+pub(super) type Tally = RelayStats;
 
 impl Tally {
-    fn flush(&self, meters: &Meters, local: &Local) {
+    pub(super) fn flush(&self, meters: &Meters, local: &Local) {
         let dropped: u64 = self.drops.iter().sum();
         meters.forwarded.increment(self.forwarded);
         meters.dropped.increment(dropped);
@@ -325,25 +392,35 @@ fn decide_batch(table: &SessionTable, slots: &mut [Slot], now_ms: u64, tally: &m
 }
 
 /// Sends every decided datagram of a batch (one `send_to` each until sendmmsg).
-fn send_batch(socket: &UdpSocket, slots: &[Slot], tally: &mut Tally) {
+fn send_batch(socket: &UdpSocket, conns: &TcpConns, slots: &[Slot], tally: &mut Tally) {
     for slot in slots {
         let Some(to) = slot.to else { continue };
-        match socket.send_to(&slot.buf[..slot.len], to) {
-            Ok(n) => {
-                tally.forwarded += 1;
-                tally.bytes_out += n as u64;
-            }
-            Err(e) => {
-                tally.send_failed += 1;
-                tracing::trace!(%to, error = %e, "relay send failed");
-            }
+        forward(socket, conns, to, &slot.buf[..slot.len], tally);
+    }
+}
+
+/// Sends one decided datagram (token already wiped) to the other leg, over UDP from the
+/// relay port or queued to the leg's TCP connection.
+pub(super) fn forward(socket: &UdpSocket, conns: &TcpConns, to: Peer, datagram: &[u8], tally: &mut Tally) {
+    let sent = match to {
+        Peer::Udp(addr) => {
+            socket.send_to(datagram, addr).map_err(|e| tracing::trace!(%addr, error = %e, "relay send failed"))
         }
+        Peer::Tcp { conn, .. } => conns.send(conn, datagram).then_some(datagram.len()).ok_or(()),
+    };
+    match sent {
+        Ok(n) => {
+            tally.forwarded += 1;
+            tally.bytes_out += n as u64;
+        }
+        Err(()) => tally.send_failed += 1,
     }
 }
 
 struct Worker {
     socket: UdpSocket,
     table: SessionTable,
+    conns: Arc<TcpConns>,
     stop: Arc<AtomicBool>,
     local: Arc<Local>,
     node: String,
@@ -352,7 +429,7 @@ struct Worker {
 
 impl Worker {
     fn run(self) {
-        let meters = Meters::register(&self.node, self.index);
+        let meters = Meters::register(&self.node, &self.index.to_string());
         let mut slots: Vec<Slot> = (0..BATCH_LEN).map(|_| Slot::new()).collect();
         while !self.stop.load(Relaxed) {
             let slot = &mut slots[0];
@@ -373,7 +450,7 @@ impl Worker {
             let batch = &mut slots[..1];
             let mut tally = Tally::default();
             decide_batch(&self.table, batch, clock_ms(), &mut tally);
-            send_batch(&self.socket, batch, &mut tally);
+            send_batch(&self.socket, &self.conns, batch, &mut tally);
             tally.flush(&meters, &self.local);
         }
     }
@@ -395,11 +472,13 @@ mod tests {
         s
     }
 
-    /// What a host would send: a sequence number and some (opaque) payload.
+    /// What a host would send: shaped like a media packet (kind, call tag whose first
+    /// byte says who sent it, sequence number), with opaque payload.
     fn inner(from: u8, seq: u32) -> Vec<u8> {
-        let mut v = vec![from];
-        v.extend_from_slice(&seq.to_be_bytes());
-        v.resize(120, 0xaa);
+        let mut v = vec![0xaa; 120];
+        v[0] = 0x4d;
+        v[1] = from;
+        v[9..13].copy_from_slice(&seq.to_be_bytes());
         v
     }
 
@@ -413,8 +492,8 @@ mod tests {
         assert_eq!(sid, session);
         assert_eq!(token, Token::ZERO, "the relay must not pass the sender's token on");
         assert_eq!(inner.len(), 120);
-        assert_eq!(inner[0], from);
-        u32::from_be_bytes(inner[1..5].try_into().unwrap())
+        assert_eq!(inner[1], from);
+        u32::from_be_bytes(inner[9..13].try_into().unwrap())
     }
 
     fn wait_for(workers: &RelayWorkers, what: impl Fn(&RelayStats) -> bool) {
@@ -531,8 +610,11 @@ mod tests {
             n
         });
         let started = Instant::now();
-        let d = build(g.session, g.token_a, &inner(b'a', 1));
-        for _ in 0..COUNT {
+        let mut d = build(g.session, g.token_a, &inner(b'a', 1));
+        let seq_at = packet::RELAY_HEADER_LEN + 9;
+        for seq in 1..=COUNT {
+            // A fresh number each time, or the relay's replay window drops it.
+            d[seq_at..seq_at + 4].copy_from_slice(&seq.to_be_bytes());
             let _ = a.send_to(&d, relay);
         }
         // The sender outpaces the relay, so the relay is saturated while it sends.
@@ -547,6 +629,56 @@ mod tests {
             stats.received - 2,
             u64::from(COUNT) + 2 - stats.received,
         );
+    }
+
+    #[test]
+    fn a_leg_over_tcp_talks_with_a_leg_over_udp() {
+        use std::io::{Read, Write};
+        let table = SessionTable::new(Limits { allow_private_peers: true, ..Limits::default() });
+        let mut workers = RelayWorkers::start("127.0.0.1:0".parse().unwrap(), 1, table.clone(), "test".into()).unwrap();
+        let relay = workers.local_addr();
+        let g = table.allocate(clock_ms()).unwrap();
+        let mut a = std::net::TcpStream::connect(relay).unwrap();
+        a.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let frame = |d: Vec<u8>| [&(d.len() as u16).to_be_bytes()[..], &d].concat();
+        let read_frame = |a: &mut std::net::TcpStream| {
+            let mut len = [0u8; 2];
+            a.read_exact(&mut len).unwrap();
+            let mut d = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            a.read_exact(&mut d).unwrap();
+            d
+        };
+        a.write_all(&frame(build(g.session, g.token_a, &inner(b'a', 0)))).unwrap();
+        wait_for(&workers, |s| s.dropped(DropReason::PeerUnknown) == 1);
+        assert_eq!(workers.tcp_connections(), 1);
+        let b = udp();
+        for seq in 0..20 {
+            b.send_to(&build(g.session, g.token_b, &inner(b'b', seq)), relay).unwrap();
+            let d = read_frame(&mut a);
+            let (sid, token, got) = parse(&d).unwrap();
+            assert_eq!((sid, token, got[1]), (g.session, Token::ZERO, b'b'));
+            a.write_all(&frame(build(g.session, g.token_a, &inner(b'a', seq + 1)))).unwrap();
+            assert_eq!(recv_relayed(&b, relay, g.session, b'a'), seq + 1);
+        }
+        // A replay over TCP is dropped like one over UDP.
+        a.write_all(&frame(build(g.session, g.token_a, &inner(b'a', 3)))).unwrap();
+        wait_for(&workers, |s| s.dropped(DropReason::Replayed) == 1);
+        // A bad length ends the connection; the leg stays latched to it, so B's packets
+        // now go nowhere (send_failed), and nothing else is disturbed.
+        a.write_all(&[0xff, 0xff]).unwrap();
+        wait_for(&workers, |s| s.dropped(DropReason::Oversized) == 1);
+        let mut rest = Vec::new();
+        assert_eq!(a.read_to_end(&mut rest).unwrap_or(0), 0, "the relay closed the connection");
+        wait_for(&workers, |_| workers.tcp_connections() == 0);
+        b.send_to(&build(g.session, g.token_b, &inner(b'b', 100)), relay).unwrap();
+        wait_for(&workers, |s| s.send_failed == 1);
+        // A connection that never latches is closed after LATCH_TIMEOUT; one that sends
+        // garbage first is counted.
+        let mut junk = std::net::TcpStream::connect(relay).unwrap();
+        junk.write_all(&frame(vec![0x52; 40])).unwrap();
+        wait_for(&workers, |s| s.dropped(DropReason::Malformed) == 1);
+        workers.stop();
+        assert_eq!(workers.tcp_connections(), 0);
     }
 
     #[test]

@@ -366,9 +366,16 @@ impl BoundNode {
                     0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
                     n => n,
                 };
-                let w =
-                    crate::relay::worker::RelayWorkers::start(*a, workers, table.clone(), spec.identity.name.clone())
-                        .map_err(|e| with_context(e, "bind relay UDP", *a))?;
+                let sockets =
+                    crate::relay::worker::WorkerConfig { tcp_conns_max: cfg.tcp_connections_max, ..Default::default() };
+                let w = crate::relay::worker::RelayWorkers::start_with(
+                    *a,
+                    workers,
+                    table.clone(),
+                    spec.identity.name.clone(),
+                    sockets,
+                )
+                .map_err(|e| with_context(e, "bind relay UDP and TCP", *a))?;
                 let addr = advertised(w.local_addr(), spec.public_ip)?;
                 Some((w, RelayPlane { table, addr, cfg: cfg.clone() }))
             }
