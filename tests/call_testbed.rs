@@ -39,6 +39,23 @@ struct Bed {
 }
 
 impl Bed {
+    /// The super nodes' namespace (`SN_IP` on its loopback, forwarding) and the two
+    /// sides: (bed, sn namespace, side a's host namespace, side b's).
+    fn new(tag: char, a: Router, b: Router) -> (Self, String, String, String) {
+        let mut bed = Bed {
+            prefix: format!("cc{}{tag}", std::process::id() % 100_000),
+            namespaces: vec![],
+            network: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let sn = bed.add_ns("sn");
+        run(&["ip", "-n", &sn, "addr", "add", &format!("{SN_IP}/32"), "dev", "lo"]);
+        run(&["ip", "netns", "exec", &sn, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let ns_a = bed.side(&sn, "a", a, 1, 2, 200);
+        let ns_b = bed.side(&sn, "b", b, 4, 3, 201);
+        (bed, sn, ns_a, ns_b)
+    }
+
     fn add_ns(&mut self, name: &str) -> String {
         common::netns::add_ns(&self.prefix, name, &mut self.namespaces)
     }
@@ -104,21 +121,33 @@ impl Drop for Bed {
     }
 }
 
+/// `confab host` arguments: Alice calls Bob for `duration`, playing and recording WAVs.
+fn alice_calls_bob<'a>(duration: &'a str, play: &'a str, record: &'a str) -> [&'a str; 11] {
+    ["call", "--as", "alice", "bob", "--duration", duration, "--json", "--play", play, "--record", record]
+}
+
+/// Runs `find` (Alice looking for Bob) until Bob is online (30 s at most).
+fn until_bob_is_online(find: impl Fn() -> Output) {
+    let t = Instant::now();
+    loop {
+        let out = find();
+        if out.stdout.starts_with(b"{\"user\":\"bob\",\"status\":\"online\"") {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "bob never came online: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// Alice (side a) calls Bob (side b) for 3 s, both playing tones; returns the path each
 /// reported, after checking what each heard.
 fn call(tag: char, a: Router, b: Router) -> (String, String) {
     use confab::call::audio;
-    let mut bed = Bed {
-        prefix: format!("cc{}{tag}", std::process::id() % 100_000),
-        namespaces: vec![],
-        network: None,
-        dir: tempfile::tempdir().unwrap(),
-    };
-    let sn = bed.add_ns("sn");
-    run(&["ip", "-n", &sn, "addr", "add", &format!("{SN_IP}/32"), "dev", "lo"]);
-    run(&["ip", "netns", "exec", &sn, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    let ns_a = bed.side(&sn, "a", a, 1, 2, 200);
-    let ns_b = bed.side(&sn, "b", b, 4, 3, 201);
+    let (mut bed, sn, ns_a, ns_b) = Bed::new(tag, a, b);
     common::seed_data(&bed.data(), 3);
     let mut up = Command::new("ip")
         .args(["netns", "exec", &sn, env!("CARGO_BIN_EXE_confab"), "up", "--json", "--bind", SN_IP, "--data"])
@@ -157,32 +186,9 @@ fn call(tag: char, a: Router, b: Router) -> (String, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    loop {
-        let out = bed.host(&ns_a, "alice", &["find", "--as", "alice", "bob", "--json"]);
-        if out.stdout.starts_with(b"{\"user\":\"bob\",\"status\":\"online\"") {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(30), "bob never came online");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let out = bed.host(
-        &ns_a,
-        "alice",
-        &[
-            "call",
-            "--as",
-            "alice",
-            "bob",
-            "--duration",
-            "3s",
-            "--json",
-            "--play",
-            to_bob.to_str().unwrap(),
-            "--record",
-            heard_by_alice.to_str().unwrap(),
-        ],
-    );
+    until_bob_is_online(|| bed.host(&ns_a, "alice", &["find", "--as", "alice", "bob", "--json"]));
+    let out =
+        bed.host(&ns_a, "alice", &alice_calls_bob("3s", to_bob.to_str().unwrap(), heard_by_alice.to_str().unwrap()));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     let bob_out = online.wait_with_output().unwrap();
@@ -254,4 +260,203 @@ fn a_host_behind_a_firewall_dropping_udp_goes_through_a_relay_over_tcp() {
         return;
     }
     assert_eq!(call('u', Router::NoUdp, Router::None), ("relayed_tcp".into(), "relayed_tcp".into()));
+}
+
+/// Daemons of a test, stopped (SIGTERM, then waited for) however the test ends.
+struct Daemons(Vec<Child>);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `confab` with `args` in namespace `ns`, output to a log file in `dir`.
+fn daemon(ns: &str, dir: &std::path::Path, name: &str, args: &[&str]) -> Child {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    Command::new("ip")
+        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_confab")])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until something in namespace `ns` accepts TCP on `addr:port`.
+fn wait_listening(ns: &str, addr: &str, port: u16) {
+    let t = Instant::now();
+    let probe = format!("exec 3<>/dev/tcp/{addr}/{port}");
+    while !Command::new("ip").args(["netns", "exec", ns, "bash", "-c", &probe]).status().unwrap().success() {
+        assert!(t.elapsed() < Duration::from_secs(30), "nothing listens on {addr}:{port} in {ns}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Both hosts behind symmetric NATs, each on its own super node, every super node in a
+/// process of its own: the call goes through a relay at the caller's super node, which
+/// is then killed. The caller reconnects to the other super node, opens a relay there,
+/// and both sides hear each other again.
+#[test]
+fn a_relayed_call_survives_the_death_of_its_relaying_super_node() {
+    use confab::call::audio;
+    use std::io::BufRead;
+    if prerequisites_missing() {
+        return;
+    }
+    let (bed, sn, ns_a, ns_b) = Bed::new('f', Router::Symmetric, Router::Symmetric);
+
+    // Keys, credentials and configuration, as an operator deploys them.
+    let d = bed.dir.path().to_path_buf();
+    let keygen = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_confab")).args(args).output().unwrap();
+        assert!(out.status.success(), "keygen {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let p = |f: &str| d.join(f).to_str().unwrap().to_owned();
+    keygen(&["keygen", "login", "--out", &p("login")]);
+    keygen(&["keygen", "cluster", "--out", &p("cluster.secret")]);
+    // (name, base port): udp/tcp base, probe base+1, gossip base+2, relay base+3.
+    let nodes = [("sn-a", 33033u16), ("sn-b", 33043u16)];
+    for (name, base) in nodes {
+        keygen(&["keygen", "supernode", "--name", name, "--login-key", &p("login.key.pem"), "--out", &p(name)]);
+        let other = nodes.iter().find(|(n, _)| *n != name).unwrap().1;
+        std::fs::write(
+            d.join(format!("{name}.toml")),
+            format!(
+                "[supernode]\ntrusted_login_keys = [\"login.pub.pem\"]\ncluster_secret = \"cluster.secret\"\n\
+                 seeds = [\"{SN_IP}:{}\"]\nprobe_period_ms = 200\n\
+                 [[supernode.nodes]]\nname = \"{name}\"\nkey = \"{name}.key.pem\"\ncredential = \"{name}.cred\"\n\
+                 udp = \"{SN_IP}:{base}\"\ntcp = \"{SN_IP}:{base}\"\nprobe_udp = \"{SN_IP}:{}\"\n\
+                 gossip = \"{SN_IP}:{}\"\nrelay = \"{SN_IP}:{}\"\n\
+                 [[supernode.peers]]\nname = \"{}\"\nudp = \"{SN_IP}:{other}\"\ntcp = \"{SN_IP}:{other}\"\n",
+                other + 2,
+                base + 1,
+                base + 2,
+                base + 3,
+                nodes.iter().find(|(n, _)| *n != name).unwrap().0,
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        d.join("login.toml"),
+        format!(
+            "[login_server]\nlisten = \"{SN_IP}:33030\"\nkey = \"login.key.pem\"\ndatabase = \"accounts.sqlite\"\n"
+        ),
+    )
+    .unwrap();
+    // Alice starts at sn-a, Bob at sn-b; each knows the other node as a second choice.
+    for (who, first, second) in [("alice", 33033, 33043), ("bob", 33043, 33033)] {
+        std::fs::write(
+            d.join(format!("host-{who}.toml")),
+            format!(
+                "[host]\nlogin_servers = [\"{SN_IP}:33030\"]\ntrusted_login_keys = [\"login.pub.pem\"]\n\
+                 bootstrap = [\"{SN_IP}:{first}\", \"{SN_IP}:{second}\"]\nfallback_ports = []\nstep_timeout_ms = 400\n"
+            ),
+        )
+        .unwrap();
+    }
+    let mut daemons = Daemons(vec![
+        daemon(&sn, &d, "login", &["--config", &p("login.toml"), "login-server"]),
+        daemon(&sn, &d, "sn-a", &["--config", &p("sn-a.toml"), "supernode"]),
+        daemon(&sn, &d, "sn-b", &["--config", &p("sn-b.toml"), "supernode"]),
+    ]);
+    wait_listening(&sn, SN_IP, 33030);
+    wait_listening(&sn, SN_IP, 33033);
+    wait_listening(&sn, SN_IP, 33043);
+
+    let host = |ns: &str, who: &str, args: &[&str]| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_confab"), "host", "--config"])
+            .arg(d.join(format!("host-{who}.toml")))
+            .arg("--home")
+            .arg(d.join(who))
+            .args(args)
+            .env("CONFAB_PASSWORD", PW)
+            .env_remove("RUST_LOG");
+        c
+    };
+    for (ns, who) in [(&ns_a, "alice"), (&ns_b, "bob")] {
+        let out = host(ns, who, &["register", who]).output().unwrap();
+        assert!(out.status.success(), "register {who}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (to_bob, to_alice) = (d.join("to-bob.wav"), d.join("to-alice.wav"));
+    let (heard_by_bob, heard_by_alice) = (d.join("bob.wav"), d.join("alice.wav"));
+    audio::write_wav(&to_bob, &audio::tone(&[440.0, 1000.0], 12.0, 12_000.0)).unwrap();
+    audio::write_wav(&to_alice, &audio::tone(&[600.0], 12.0, 12_000.0)).unwrap();
+    let online = host(
+        &ns_b,
+        "bob",
+        &["online", "bob", "--json", "--wait", "90s", "--play", &p("to-alice.wav"), "--record", &p("bob.wav")],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    until_bob_is_online(|| host(&ns_a, "alice", &["find", "--as", "alice", "bob", "--json"]).output().unwrap());
+    let mut call = host(&ns_a, "alice", &alice_calls_bob("9s", &p("to-bob.wav"), &p("alice.wav")))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Alice's events as they come.
+    let (tx, events) = std::sync::mpsc::channel::<String>();
+    let stdout = call.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all.push(line);
+        }
+        all
+    });
+    let connected = loop {
+        let line = events.recv_timeout(Duration::from_secs(30)).expect("alice's call never connected");
+        if line.contains("\"state\":\"connected\"") {
+            break line;
+        }
+    };
+    assert!(connected.contains("relayed_udp"), "{connected}");
+    std::thread::sleep(Duration::from_secs(2));
+    // The relaying super node (Alice's) dies.
+    let mut sn_a = daemons.0.remove(1);
+    sn_a.kill().unwrap();
+    let _ = sn_a.wait();
+
+    assert!(call.wait().unwrap().success(), "alice's call failed");
+    let alice_lines = reader.join().unwrap();
+    let bob_out = online.wait_with_output().unwrap();
+    let bob_lines: Vec<String> = String::from_utf8_lossy(&bob_out.stdout).lines().map(str::to_owned).collect();
+    assert!(bob_out.status.success(), "{bob_lines:?}");
+    let report = |lines: &[String]| -> serde_json::Value {
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["event"] == "report")
+            .unwrap_or_default()
+    };
+    let (ra, rb) = (report(&alice_lines), report(&bob_lines));
+    eprintln!("failover: alice {ra}\nbob {rb}");
+    assert!(
+        alice_lines.iter().any(|l| l.contains("\"event\":\"reconnected\"") && l.contains("sn-b")),
+        "{alice_lines:?}"
+    );
+    for (who, r, wav, tones) in
+        [("alice", &ra, &heard_by_alice, &[600.0f32][..]), ("bob", &rb, &heard_by_bob, &[440.0f32, 1000.0][..])]
+    {
+        assert_eq!(r["media"]["path_restarts"], 1, "{who}: {r}");
+        // The call lasted 9 s after connecting; the gap of the failover is at most 5 s.
+        let received = r["media"]["received"].as_u64().unwrap();
+        assert!(received >= 200, "{who} received {received} frames: {r}");
+        // The last two seconds, well after the failover, carry the other side's voice.
+        let heard = audio::read_wav(wav).unwrap();
+        let tail = &heard[heard.len().saturating_sub(2 * 48_000)..];
+        for f in tones {
+            assert!(audio::tone_strength(tail, *f) > 0.2, "{who} does not hear {f} Hz after the failover");
+        }
+    }
 }

@@ -281,3 +281,65 @@ async fn a_host_without_udp_reaches_the_relay_over_tcp() {
     frank.logout().await;
     t.net.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_call_survives_the_death_of_its_relaying_super_node() {
+    use confab::call::audio;
+    let t = common::start(3, |c| c.supernode.probe_period_ms = 200).await;
+    t.converge(3).await;
+    // Gina's super node (0) relays the call; Hank is on another.
+    let mut gina = host(&t, "gina", 0).await;
+    let mut hank = host(&t, "hank", 1).await;
+    gina.set_relay_only(true);
+    let id = gina.call("hank").await.unwrap();
+    gina.set_call_audio(id, audio::tone(&[700.0], 12.0, 12_000.0));
+    call_event(&mut hank, CallState::Ringing).await;
+    hank.set_call_audio(id, audio::tone(&[400.0], 12.0, 12_000.0));
+    hank.answer_call(id, true).await;
+    let (eg, eh) = tokio::join!(run_for(&mut gina, Duration::from_secs(2)), run_for(&mut hank, Duration::from_secs(2)));
+    assert_eq!(connected_path(&eg), Some("relayed_udp"), "{eg:?}");
+    assert_eq!(connected_path(&eh), Some("relayed_udp"), "{eh:?}");
+    assert_eq!(t.net.nodes()[0].relay.as_ref().unwrap().table.len(), 1, "the relay is gina's super node");
+
+    let first = gina.report.supernode.clone();
+    t.net.kill_node(0);
+    let killed = Instant::now();
+    let heard = |s: &Session| s.call_media(id).map_or(0, |m| m.received);
+    let (g0, h0) = (heard(&gina), heard(&hank));
+    // Both sides hear each other again, through a relay on a live super node.
+    let mut events = Vec::new();
+    let recovered = loop {
+        let (mut eg, eh) = tokio::join!(
+            run_for(&mut gina, Duration::from_millis(100)),
+            run_for(&mut hank, Duration::from_millis(100))
+        );
+        events.append(&mut eg);
+        assert!(eh.iter().all(|e| !matches!(e, Event::Call { state: CallState::Ended { .. }, .. })), "{eh:?}");
+        // Fresh frames each way since the relay died (beyond the few it had in flight).
+        if heard(&gina) > g0 + 10 && heard(&hank) > h0 + 10 {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "media never came back: {events:?}\ngina {:?}\nhank {:?}",
+            gina.call_media(id),
+            hank.call_media(id)
+        );
+    };
+    eprintln!("media back {recovered:?} after the relaying super node died");
+    assert!(recovered < Duration::from_secs(5), "{recovered:?}");
+    // And it keeps flowing: a second more of it.
+    let (g1, h1) = (heard(&gina), heard(&hank));
+    tokio::join!(run_for(&mut gina, Duration::from_secs(1)), run_for(&mut hank, Duration::from_secs(1)));
+    assert!(heard(&gina) >= g1 + 45 && heard(&hank) >= h1 + 45, "{:?} {:?}", gina.call_media(id), hank.call_media(id));
+    assert!(events.iter().any(|e| matches!(e, Event::Reconnected { supernode } if *supernode != first)), "{events:?}");
+    let live: usize = t.net.nodes()[1..].iter().map(|n| n.relay.as_ref().unwrap().table.len()).sum();
+    assert_eq!(live, 1, "one relay session on a live super node");
+    let (mg, mh) = (gina.call_media(id).unwrap(), hank.call_media(id).unwrap());
+    assert_eq!((mg.path_restarts, mh.path_restarts), (1, 1), "{mg:?} {mh:?}");
+    gina.end_call(id).await;
+    call_event(&mut hank, CallState::Ended { reason: "hung_up" }).await;
+    gina.logout().await;
+    hank.logout().await;
+    t.net.stop().await;
+}

@@ -9,6 +9,13 @@ use std::collections::BTreeMap;
 const SAMPLES_PER_MS: f64 = 48.0;
 /// Most frames held (2 s of 20 ms frames): a flood cannot grow the buffer without end.
 pub const FRAMES_HELD_MAX: usize = 100;
+/// A frame this many turns late into an empty buffer is not late but a new start (the
+/// stream came back after a gap during which the two sides' clocks drifted apart: a
+/// replaced path, a sender that stalled): playout begins again from it.
+pub const RESYNC_FRAMES: u64 = 10;
+/// So many late frames in a row, with none in time between them, also mean the stream
+/// now runs behind the speaker (by less than [`RESYNC_FRAMES`]): playout begins again.
+pub const RESYNC_LATE_RUN: u32 = 5;
 
 /// What arrived, and what became of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +55,8 @@ pub struct JitterStats {
     pub late: u64,
     /// Frames that arrived twice.
     pub duplicates: u64,
+    /// Times playout started again after a gap ([`RESYNC_FRAMES`]).
+    pub resyncs: u64,
 }
 
 /// The buffer.
@@ -60,6 +69,8 @@ pub struct JitterBuffer {
     last_transit: Option<f64>,
     jitter: f64,
     stats: JitterStats,
+    /// Late arrivals since the last frame that came in time.
+    late_run: u32,
 }
 
 impl JitterBuffer {
@@ -73,14 +84,22 @@ impl JitterBuffer {
             last_transit: None,
             jitter: 0.0,
             stats: JitterStats::default(),
+            late_run: 0,
         }
     }
 
     /// A frame `seq` with timestamp `timestamp` (48 kHz samples) arrived at `arrival_ms`.
     pub fn push(&mut self, seq: u64, timestamp: u32, arrival_ms: u64, frame: Vec<u8>) -> Arrival {
-        if self.next.is_some_and(|n| seq < n) {
-            self.stats.late += 1;
-            return Arrival::Late;
+        if let Some(n) = self.next.filter(|n| seq < *n) {
+            self.late_run += 1;
+            if !(self.frames.is_empty() && n - seq > RESYNC_FRAMES) && self.late_run < RESYNC_LATE_RUN {
+                self.stats.late += 1;
+                return Arrival::Late;
+            }
+            self.next = None;
+            self.first_arrival_ms = Some(arrival_ms);
+            self.last_transit = None;
+            self.stats.resyncs += 1;
         }
         if self.frames.contains_key(&seq) {
             self.stats.duplicates += 1;
@@ -92,6 +111,7 @@ impl JitterBuffer {
             self.jitter += ((transit - last).abs() - self.jitter) / 16.0;
         }
         self.last_transit = Some(transit);
+        self.late_run = 0;
         self.first_arrival_ms.get_or_insert(arrival_ms);
         self.frames.insert(seq, frame);
         if self.frames.len() > FRAMES_HELD_MAX
@@ -188,6 +208,42 @@ mod tests {
         assert_eq!(j.push(6, 5760, 1173, f(6)), Arrival::Duplicate);
         let s = j.stats();
         assert_eq!((s.received, s.played, s.concealed, s.late, s.duplicates), (6, 5, 1, 2, 1));
+    }
+
+    #[test]
+    fn a_stream_that_comes_back_far_behind_starts_playout_again() {
+        let mut j = JitterBuffer::new(60);
+        for i in 0..10u64 {
+            j.push(i, (i * 960) as u32, 1000 + i * 20, f(i));
+        }
+        for t in 0..10u64 {
+            assert_eq!(j.pop(1060 + t * 20), Playout::Frame(f(t)));
+        }
+        // Three seconds of nothing: the turns pass, concealed.
+        for t in 10..160u64 {
+            assert_eq!(j.pop(1060 + t * 20), Playout::Lost);
+        }
+        // The sender stalled for a second of that, so its frames now come 50 turns behind
+        // the speaker: the stream starts again rather than being dropped as late.
+        assert_eq!(j.push(110, 110 * 960, 4300, f(110)), Arrival::Queued);
+        assert_eq!(j.push(111, 111 * 960, 4320, f(111)), Arrival::Queued);
+        assert_eq!(j.pop(4340), Playout::Wait, "the playout delay again");
+        assert_eq!(j.pop(4360), Playout::Frame(f(110)));
+        assert_eq!(j.pop(4380), Playout::Frame(f(111)));
+        // A frame a few turns late is still just late.
+        assert_eq!(j.push(105, 105 * 960, 4390, f(105)), Arrival::Late);
+        assert_eq!((j.stats().resyncs, j.stats().late), (1, 1));
+        // But a stream that keeps coming a few turns late starts again too.
+        let mut played = 0;
+        for k in 0..20u64 {
+            let i = 106 + k;
+            j.push(i, (i * 960) as u32, 4400 + k * 20, f(i));
+            if let Playout::Frame(_) = j.pop(4400 + k * 20) {
+                played += 1;
+            }
+        }
+        assert_eq!(j.stats().resyncs, 2);
+        assert!(played >= 10, "{played} of 20 played after the second start");
     }
 
     #[test]

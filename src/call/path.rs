@@ -142,8 +142,13 @@ impl PathFinder {
         out
     }
 
-    /// Our relay leg is ready (the caller's grant, or the leg the caller sent us).
+    /// Our relay leg is ready (the caller's grant, or the leg the caller sent us). A new
+    /// leg while media goes through an old one means the old relay failed (the caller
+    /// replaced it): the search starts again on the new one.
     pub fn relay_ready(&mut self, leg: RelayLeg, now_ms: u64) -> Vec<PathAction> {
+        if matches!(self.chosen, Some((Route::Relay(old), _)) if old != leg) {
+            self.chosen = None;
+        }
         self.relay = Some(leg);
         self.next_probe_ms = now_ms;
         self.tick(now_ms)
@@ -185,10 +190,11 @@ impl PathFinder {
     }
 
     /// The chosen path failed (the relay died, the NAT mapping went): search again,
-    /// straight to the relay step when punching failed before.
+    /// straight to the relay step when punching failed before. Nothing to do while no
+    /// path is chosen (a new relay leg may have just restarted the search).
     pub fn restart(&mut self, now_ms: u64) -> Vec<PathAction> {
-        let relayed = matches!(self.chosen, Some((Route::Relay(_), _)));
-        self.chosen = None;
+        let Some((route, _)) = self.chosen.take() else { return Vec::new() };
+        let relayed = matches!(route, Route::Relay(_));
         self.next_probe_ms = now_ms;
         if relayed {
             // Ask for a fresh relay at once (its node may be the one that died).
@@ -287,5 +293,33 @@ mod tests {
         callee.relay_ready(tcp, 10);
         let r = Route::Relay(tcp);
         assert_eq!(callee.on_answer(r, false), vec![PathAction::Chosen(r, Path::RelayedTcp)], "our own leg is TCP");
+    }
+
+    #[test]
+    fn a_new_relay_leg_replaces_a_failed_one_on_both_sides() {
+        let t = PathTiming { probe_interval_ms: 100, punch_ms: 0 };
+        let old = leg();
+        let new = RelayLeg { session: 8, token: [2; 16], ..leg() };
+        let mut callee = PathFinder::new(Role::Callee, &[], t, 0);
+        callee.relay_ready(old, 0);
+        callee.on_answer(Route::Relay(old), false);
+        // The caller's new leg arrives before the callee noticed the silence itself…
+        let out = callee.relay_ready(new, 5_000);
+        assert!(out.contains(&PathAction::Probe(Route::Relay(new))), "{out:?}");
+        assert!(callee.chosen().is_none());
+        // …so its own restart, a moment later, leaves the new leg alone.
+        assert!(callee.restart(5_100).is_empty());
+        assert_eq!(callee.relay(), Some(new));
+        assert_eq!(
+            callee.on_answer(Route::Relay(new), false),
+            vec![PathAction::Chosen(Route::Relay(new), Path::RelayedUdp)]
+        );
+        // The other order: the callee restarts first and waits for the caller's new leg.
+        let mut callee = PathFinder::new(Role::Callee, &[], t, 0);
+        callee.relay_ready(old, 0);
+        callee.on_answer(Route::Relay(old), false);
+        assert!(!callee.restart(5_000).contains(&PathAction::AllocateRelay), "only the caller opens relays");
+        assert_eq!(callee.relay(), None, "the failed leg is forgotten");
+        assert!(callee.relay_ready(new, 5_100).contains(&PathAction::Probe(Route::Relay(new))));
     }
 }

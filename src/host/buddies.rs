@@ -127,7 +127,12 @@ pub enum Event {
         /// The codec agreed, once known.
         codec: Option<crate::call::Codec>,
     },
-    /// The super node ended the session (or the link failed).
+    /// We lost our super node and are now connected through another.
+    Reconnected {
+        /// The super node we are connected through now.
+        supernode: String,
+    },
+    /// The super node ended the session (or the link failed) and no other took us.
     Disconnected,
 }
 
@@ -414,7 +419,14 @@ impl Session {
                 _ = tokio::time::sleep_until(deadline.unwrap_or(refresh)), if deadline.is_some() => return None,
                 n = self.link.notices.recv() => match n {
                     Some(body) => self.on_notice(&body).await,
-                    None => return Some(Event::Disconnected),
+                    // The link is gone (the super node said goodbye, or went silent):
+                    // another super node takes us, or we are disconnected.
+                    None => {
+                        if let Err(e) = self.reconnect().await {
+                            tracing::warn!(error = %e, "no other super node takes us");
+                            return Some(Event::Disconnected);
+                        }
+                    }
                 },
                 _ = tokio::time::sleep_until(list_due.unwrap_or(refresh)), if list_due.is_some() => {
                     self.list_due = None;

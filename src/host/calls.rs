@@ -527,6 +527,14 @@ impl Session {
             .iter_mut()
             .filter_map(|(id, c)| c.media.as_mut().is_some_and(|m| m.take_relay_request()).then_some(*id))
             .collect();
+        if !wanted.is_empty() && self.keepalive(Duration::from_secs(1)).await.is_none() {
+            // A relay that died mid-call may have been our own super node: find another
+            // first, and open the new relay there.
+            if let Err(e) = self.reconnect().await {
+                tracing::warn!(error = %e, "no super node answers; the calls end if their media does not come back");
+                return;
+            }
+        }
         for id in wanted {
             let grant = match self.allocate_relay().await {
                 Ok(g) => g,
@@ -540,7 +548,8 @@ impl Session {
                 self.release_relay(grant.session).await;
                 continue;
             };
-            c.relay_session = Some(grant.session);
+            // A relay session we opened before, now failed: free it, if its node lives.
+            let old = c.relay_session.replace(grant.session);
             let theirs = Signal::Relay { relay, session: grant.session, token: grant.token_b };
             let sealed = CallMessage::Signal(c.channel.seal(theirs));
             let (peer, via) = (c.peer.clone(), c.peer_supernode.clone());
@@ -548,7 +557,15 @@ impl Session {
             let ours =
                 RelayLeg { addr: relay, session: grant.session, token: grant.token_a, tcp: self.relay_over_tcp() };
             self.relay_leg_ready(id, ours).await;
+            if let Some(old) = old {
+                self.release_relay(old).await;
+            }
         }
+    }
+
+    /// How call `id` is doing so far (path, frames, loss, jitter), while it lasts.
+    pub fn call_media(&self, id: [u8; 16]) -> Option<super::media::MediaReport> {
+        self.calls.active.get(&id)?.media.as_ref().map(|m| m.report())
     }
 
     /// Our leg of a relay session for call `id` is known: connect to the relay if we

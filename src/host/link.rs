@@ -86,6 +86,11 @@ impl LinkHandle {
     pub fn is_up(&self) -> bool {
         !self.task.is_finished()
     }
+
+    /// Stops the task at once (the super node is gone; no goodbye).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
 }
 
 /// Where the link task sorts what arrives.
@@ -126,6 +131,10 @@ async fn run(
         }
     };
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+    // A super node that answers no keepalive for this long is gone (over UDP nothing
+    // else would tell us): the task ends, and the session looks for another.
+    let silence_max = keepalive * 2 + Duration::from_secs(5);
+    let mut heard = tokio::time::Instant::now();
     let mut buf = vec![0u8; crate::wire::frame::FRAME_LEN_MAX + 1];
     loop {
         let frame: Option<Vec<u8>> = tokio::select! {
@@ -146,6 +155,10 @@ async fn run(
                 None
             }
             _ = tick.tick() => {
+                if heard.elapsed() > silence_max {
+                    tracing::warn!(supernode = %addr, silent = ?heard.elapsed(), "the super node stopped answering");
+                    return;
+                }
                 let f = session.keepalive();
                 send(&udp, &mut tcp_write, addr, &f).await;
                 None
@@ -159,6 +172,7 @@ async fn run(
         };
         let Some(frame) = frame else { continue };
         let Ok((kind, body)) = session.open(&frame) else { continue };
+        heard = tokio::time::Instant::now();
         match kind {
             MessageKind::Notice => {
                 let _ = notices.try_send(body);

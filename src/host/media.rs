@@ -12,6 +12,10 @@ use std::net::SocketAddr;
 
 /// Playout delay of the jitter buffer.
 const PLAYOUT_DELAY_MS: u64 = 60;
+/// Silence on the chosen path (the other side sends a frame every 20 ms) after which it
+/// is taken for dead and the path search starts again: a relay that died, a NAT
+/// mapping that went.
+pub(super) const PATH_SILENCE_MS: u64 = 1500;
 
 /// What a call carried, for its report.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -28,6 +32,8 @@ pub struct MediaReport {
     pub rejected: u64,
     /// Mean interarrival jitter (RFC 3550), milliseconds.
     pub jitter_ms: f64,
+    /// Times the path failed mid-call and media found another (a relay replaced).
+    pub path_restarts: u32,
     /// From the answer to media flowing, milliseconds.
     pub setup_ms: Option<u64>,
 }
@@ -77,6 +83,10 @@ pub(super) struct CallMedia {
     started_ms: u64,
     report: MediaReport,
     wants_relay: bool,
+    /// When the last authenticated packet arrived.
+    heard_ms: u64,
+    /// Times the chosen path failed and the search started again.
+    restarts: u32,
 }
 
 fn relayed(leg: &crate::call::path::RelayLeg, packet: &[u8]) -> Vec<u8> {
@@ -108,6 +118,8 @@ impl CallMedia {
             started_ms: now_ms,
             report: MediaReport::default(),
             wants_relay: false,
+            heard_ms: now_ms,
+            restarts: 0,
         })
     }
 
@@ -166,6 +178,7 @@ impl CallMedia {
                 return (false, None);
             }
         };
+        self.heard_ms = now_ms;
         let route = match via {
             Some(leg) => Route::Relay(leg),
             None => Route::To(from),
@@ -194,25 +207,36 @@ impl CallMedia {
     /// The 20 ms clock: probes while searching; once connected, one frame out and one
     /// frame played.
     pub fn tick(&mut self, connected: bool, now_ms: u64, out: &mut Vec<Outgoing>) -> Option<Path> {
+        if connected && self.finder.chosen().is_some() && now_ms.saturating_sub(self.heard_ms) >= PATH_SILENCE_MS {
+            tracing::info!(path = ?self.report.path, silent_ms = now_ms - self.heard_ms, "media path went silent; searching again");
+            self.restarts += 1;
+            self.heard_ms = now_ms;
+            let a = self.finder.restart(now_ms);
+            self.act(a, now_ms, out);
+        }
         let a = self.finder.tick(now_ms);
         let chosen = self.act(a, now_ms, out);
         if !connected {
             return chosen;
         }
-        let Some((route, _)) = self.finder.chosen() else { return chosen };
+        // Time goes on while a failed path is replaced: the frames of the gap are lost,
+        // and the timestamps of those after it say when they were spoken, so the other
+        // side plays them in their place instead of dropping them as late.
         let mut frame = [0i16; FRAME_SAMPLES];
         if let Some(chunk) = self.source.get(self.position..) {
             let n = chunk.len().min(FRAME_SAMPLES);
             frame[..n].copy_from_slice(&chunk[..n]);
         }
         self.position += FRAME_SAMPLES;
-        match self.codec.encode(&frame) {
-            Ok(bytes) => {
-                let p = self.tx.seal(Kind::Voice, self.timestamp, &bytes);
-                out.push(self.route_bytes(route, p));
-                self.report.sent += 1;
+        if let Some((route, _)) = self.finder.chosen() {
+            match self.codec.encode(&frame) {
+                Ok(bytes) => {
+                    let p = self.tx.seal(Kind::Voice, self.timestamp, &bytes);
+                    out.push(self.route_bytes(route, p));
+                    self.report.sent += 1;
+                }
+                Err(e) => tracing::warn!(error = %e, "could not encode a frame"),
             }
-            Err(e) => tracing::warn!(error = %e, "could not encode a frame"),
         }
         self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
         match self.jitter.pop(now_ms) {
@@ -257,6 +281,7 @@ impl CallMedia {
     pub fn report(&self) -> MediaReport {
         let s = self.jitter.stats();
         MediaReport {
+            path_restarts: self.restarts,
             received: s.played,
             lost: s.concealed + s.late,
             jitter_ms: self.jitter.jitter_ms(),

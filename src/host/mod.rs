@@ -131,6 +131,15 @@ pub struct Session {
     relay_only: bool,
     /// Reach relays over TCP even with UDP at hand.
     relay_tcp: bool,
+    /// What connecting to another super node takes.
+    rejoin: Rejoin,
+}
+
+/// What [`Session::reconnect`] needs from the login.
+struct Rejoin {
+    udp: Arc<UdpSocket>,
+    settings: HostSettings,
+    cache_path: std::path::PathBuf,
 }
 
 impl Drop for Session {
@@ -548,16 +557,7 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
     let mut log = Vec::new();
     let me = Me { trusted: &settings.trusted, credential: &logged_in.credential, key: &key };
     let result = connect::run(&plan, &udp, &me, &settings.timeouts, &mut log).await;
-    for a in log.iter().filter(|a| a.outcome != "ok") {
-        cache.record_failure(a.addr);
-    }
-    let connected = match result {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = cache.save();
-            return Err(e.into());
-        }
-    };
+    let connected = ladder_outcome(&mut cache, result, &log)?;
     let sn_addr = connected.session.addr;
     let (nat, public_addr) = match connected.attempt.transport {
         Transport::Udp => {
@@ -571,38 +571,7 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
             (if udp_answered { NatKind::Unknown } else { NatKind::UdpBlocked }, connected.session.welcome.observed)
         }
     };
-    let (udp_addr, tcp_addr) = match connected.attempt.transport {
-        Transport::Udp => (Some(sn_addr), None),
-        Transport::Tcp => (None, Some(sn_addr)),
-    };
     let sn_name = connected.session.supernode.subject.clone();
-    cache.record_success(
-        CacheEntry {
-            kind: NodeKind::Supernode,
-            name: sn_name.clone(),
-            udp: udp_addr,
-            tcp: tcp_addr,
-            last_success: None,
-            rtt_ms: None,
-            failures: 0,
-        },
-        connected.rtt.as_millis() as u32,
-        crate::unix_now(),
-    );
-    for s in &connected.session.welcome.supernodes {
-        cache.learn(CacheEntry {
-            kind: NodeKind::Supernode,
-            name: s.name.clone(),
-            udp: s.udp,
-            tcp: s.tcp,
-            last_success: None,
-            rtt_ms: None,
-            failures: 0,
-        });
-    }
-    if let Err(e) = cache.save() {
-        tracing::warn!(error = %e, "could not save the host cache");
-    }
     let expires = logged_in.credential.expires_at;
     let report = LoginReport {
         user: logged_in.credential.subject.clone(),
@@ -649,6 +618,7 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         },
         relay_only: false,
         relay_tcp: false,
+        rejoin: Rejoin { udp, settings: settings.clone(), cache_path: home.cache_path() },
     };
     // Advertise presence, as the original's login sequence ends. A network without a
     // Global Index (a lone super node) is still a network to be logged in to.
@@ -669,4 +639,110 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         Err(e) => tracing::warn!(error = %e, "buddy list not read"),
     }
     Ok(session)
+}
+
+/// Records what a ladder run found in the host cache, which it saves: on success,
+/// [`remember_supernodes`]; on failure, every attempt as a failure.
+fn ladder_outcome(
+    cache: &mut HostCache,
+    result: Result<connect::Connected, LadderError>,
+    log: &[AttemptLog],
+) -> Result<connect::Connected, HostError> {
+    match result {
+        Ok(c) => {
+            remember_supernodes(cache, &c, log);
+            Ok(c)
+        }
+        Err(e) => {
+            for a in log {
+                cache.record_failure(a.addr);
+            }
+            let _ = cache.save();
+            Err(e.into())
+        }
+    }
+}
+
+/// Records in the host cache the super node a ladder reached (and those it failed
+/// at), and learns the others its welcome lists; saves the cache.
+fn remember_supernodes(cache: &mut HostCache, connected: &connect::Connected, log: &[AttemptLog]) {
+    for a in log.iter().filter(|a| a.outcome != "ok") {
+        cache.record_failure(a.addr);
+    }
+    let sn_addr = connected.session.addr;
+    let (udp, tcp) = match connected.attempt.transport {
+        Transport::Udp => (Some(sn_addr), None),
+        Transport::Tcp => (None, Some(sn_addr)),
+    };
+    cache.record_success(
+        CacheEntry {
+            kind: NodeKind::Supernode,
+            name: connected.session.supernode.subject.clone(),
+            udp,
+            tcp,
+            last_success: None,
+            rtt_ms: None,
+            failures: 0,
+        },
+        connected.rtt.as_millis() as u32,
+        crate::unix_now(),
+    );
+    for s in &connected.session.welcome.supernodes {
+        cache.learn(CacheEntry {
+            kind: NodeKind::Supernode,
+            name: s.name.clone(),
+            udp: s.udp,
+            tcp: s.tcp,
+            last_success: None,
+            rtt_ms: None,
+            failures: 0,
+        });
+    }
+    if let Err(e) = cache.save() {
+        tracing::warn!(error = %e, "could not save the host cache");
+    }
+}
+
+impl Session {
+    /// Connects to another super node after ours stopped answering: the ladder over the
+    /// super nodes we know, without the one we lost; then our presence is published
+    /// there so others find us, and our buddies online are told. Calls in progress go
+    /// on (their media does not pass through our super node unless it relays them).
+    pub async fn reconnect(&mut self) -> Result<(), HostError> {
+        let lost = self.report.supernode.clone();
+        tracing::warn!(supernode = %lost, "lost our super node; connecting to another");
+        // The old link's task reads port P: stop it before the handshake does.
+        self.link.stop();
+        let mut cache = HostCache::load(&self.rejoin.cache_path);
+        let (gone, others): (Vec<CacheEntry>, Vec<CacheEntry>) =
+            cache.supernodes().into_iter().partition(|e| e.name == lost);
+        // Its addresses may also be among the configured bootstrap nodes.
+        let mut gone: Vec<SocketAddr> = gone.iter().flat_map(|e| [e.udp, e.tcp]).flatten().collect();
+        gone.push(self.report.supernode_addr);
+        let plan: Vec<_> = ladder::plan(&others, &self.rejoin.settings.ladder)
+            .into_iter()
+            .filter(|a| !gone.contains(&a.addr))
+            .collect();
+        let me = Me { trusted: &self.trusted, credential: &self.credential, key: &self.key };
+        let mut log = Vec::new();
+        let result = connect::run(&plan, &self.rejoin.udp, &me, &self.rejoin.settings.timeouts, &mut log).await;
+        let connected = ladder_outcome(&mut cache, result, &log)?;
+        let r = &mut self.report;
+        r.supernode = connected.session.supernode.subject.clone();
+        r.supernode_addr = connected.session.addr;
+        r.transport = connected.attempt.transport.label();
+        r.public_addr = connected.session.welcome.observed;
+        r.rtt_ms = connected.rtt.as_secs_f64() * 1000.0;
+        r.attempts = log;
+        self.link = link::LinkHandle::start(connected);
+        tracing::info!(supernode = %self.report.supernode, "reconnected");
+        let profile = self.profile.clone();
+        if let Err(e) = self.publish_index(self.status, &profile).await {
+            tracing::warn!(error = %e, "presence not published after reconnecting");
+        }
+        self.refreshed_at = tokio::time::Instant::now();
+        self.tell_buddies(false).await;
+        self.events.push_back(buddies::Event::Reconnected { supernode: self.report.supernode.clone() });
+        Ok(())
+    }
 }

@@ -94,8 +94,10 @@ pub(super) fn start(listener: std::net::TcpListener, ctx: Context) -> io::Result
         // Dropping the runtime cancels every connection task (their sockets close)
         // before they could forget their writers themselves.
         drop(runtime);
+        // Decremented rather than set to zero: the gauge is the node's, and tests run
+        // several networks with the same node names in one process.
+        open.decrement(conns.writers.len() as f64);
         conns.writers.clear();
-        open.set(0.0);
     })
 }
 
