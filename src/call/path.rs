@@ -155,9 +155,20 @@ impl PathFinder {
     }
 
     /// An authenticated probe arrived by `route`: answer it there. (It says nothing yet
-    /// about whether our packets reach the other side; its answer to ours will.)
+    /// about whether our packets reach the other side; its answer to ours will.) While
+    /// searching, also probe back at once on that route if it is one we probe anyway (a
+    /// triggered check, as ICE has, RFC 8445 §7.3.1.4): the side that started first need
+    /// not wait for its next round to be answered.
     pub fn on_probe(&mut self, route: Route) -> Vec<PathAction> {
-        vec![PathAction::Answer(route)]
+        let ours = match route {
+            Route::Relay(leg) => Some(leg) == self.relay,
+            Route::To(addr) => self.peer.iter().any(|c| c.addr == addr),
+        };
+        let mut out = vec![PathAction::Answer(route)];
+        if self.chosen.is_none() && ours {
+            out.push(PathAction::Probe(route));
+        }
+        out
     }
 
     /// An authenticated answer to one of our probes arrived by `route` (`peer_tcp`: the
@@ -228,7 +239,9 @@ mod tests {
         assert!(p.tick(50).is_empty(), "one round per probe interval");
         assert_eq!(p.tick(100).len(), 2);
         let to = Route::To("198.18.1.2:6000".parse().unwrap());
-        assert_eq!(p.on_probe(to), vec![PathAction::Answer(to)]);
+        assert_eq!(p.on_probe(to), vec![PathAction::Answer(to), PathAction::Probe(to)], "a triggered probe");
+        let stranger = Route::To("198.18.9.9:1".parse().unwrap());
+        assert_eq!(p.on_probe(stranger), vec![PathAction::Answer(stranger)], "never probe an address not offered");
         assert_eq!(p.on_answer(to, false), vec![PathAction::Chosen(to, Path::Punched)]);
         assert!(p.tick(200).is_empty(), "no more probes once chosen");
         assert!(p.on_answer(Route::To("10.0.0.2:5000".parse().unwrap()), false).is_empty(), "the first answer stands");

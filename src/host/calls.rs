@@ -244,8 +244,16 @@ impl Session {
                     let source = std::mem::take(&mut c.source);
                     // Relay only, or no UDP: no direct probes either way, and the relay
                     // at once.
+                    let at_once = PathTiming { punch_ms: 0, ..PathTiming::default() };
+                    // Behind a symmetric NAT, towards a host that is itself behind a NAT,
+                    // punching cannot work (our mapping towards it is not the one it
+                    // knows): the relay at once, while probes still go out in case.
+                    let hopeless = self.report.nat == crate::nat::NatKind::Symmetric
+                        && !c.peer_candidates.iter().any(|p| p.kind == CandidateKind::Host);
                     let (peer, timing) = if relay_at_once {
-                        (Vec::new(), PathTiming { punch_ms: 0, ..PathTiming::default() })
+                        (Vec::new(), at_once)
+                    } else if hopeless {
+                        (c.peer_candidates.clone(), at_once)
                     } else {
                         (c.peer_candidates.clone(), PathTiming::default())
                     };
