@@ -197,11 +197,24 @@ pub struct RelayConfig {
     /// TCP connections to the relay port open at once (legs of hosts whose UDP is
     /// blocked); 0: no relaying over TCP.
     pub tcp_connections_max: usize,
+    /// SO_RCVBUF of each worker's socket (the kernel caps it at net.core.rmem_max).
+    pub recv_buffer_bytes: usize,
+    /// SO_SNDBUF of each worker's socket (the kernel caps it at net.core.wmem_max).
+    pub send_buffer_bytes: usize,
+    /// Datagrams per receive call (recvmmsg), 1 to 32.
+    pub batch: usize,
+    /// Receive calls per wake-up of a worker before it flushes its counters.
+    pub read_budget: usize,
+    /// DSCP code point on relayed datagrams (46: Expedited Forwarding; 0: leave it).
+    pub dscp: u8,
+    /// SO_BUSY_POLL microseconds (0: off).
+    pub busy_poll_us: u32,
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
         let l = crate::relay::table::Limits::default();
+        let w = crate::relay::worker::WorkerConfig::default();
         Self {
             workers: 0,
             sessions_max: l.sessions_max,
@@ -211,6 +224,12 @@ impl Default for RelayConfig {
             bytes_per_second_max: l.bytes_per_second_max,
             allow_private_peers: false,
             tcp_connections_max: crate::relay::worker::TCP_CONNS_MAX_DEFAULT,
+            recv_buffer_bytes: w.recv_buffer_bytes,
+            send_buffer_bytes: w.send_buffer_bytes,
+            batch: w.batch,
+            read_budget: w.read_budget,
+            dscp: w.dscp,
+            busy_poll_us: w.busy_poll_us,
         }
     }
 }
@@ -393,6 +412,18 @@ impl Config {
         if r.sessions_per_host_max == 0 {
             return bad("supernode.relay.sessions_per_host_max", "must be at least 1");
         }
+        if !(1..=crate::relay::mmsg::BATCH_MAX).contains(&r.batch) {
+            return bad("supernode.relay.batch", &format!("must be between 1 and {}", crate::relay::mmsg::BATCH_MAX));
+        }
+        if r.read_budget == 0 {
+            return bad("supernode.relay.read_budget", "must be at least 1");
+        }
+        if r.dscp > 63 {
+            return bad(
+                "supernode.relay.dscp",
+                "must be a 6-bit DSCP code point (0 to 63; 46 is Expedited Forwarding)",
+            );
+        }
         if self.host.step_timeout_ms == 0 {
             return bad("host.step_timeout_ms", "must be at least 1");
         }
@@ -443,6 +474,11 @@ mod tests {
             jail.create_file("f.toml", "[supernode.relay]\nidle_timeout_secs = 0\n")?;
             let e = Config::load(&["f.toml".into()]).unwrap_err().to_string();
             assert!(e.contains("supernode.relay.idle_timeout_secs"), "{e}");
+            for (key, value) in [("batch", "0"), ("batch", "64"), ("read_budget", "0"), ("dscp", "64")] {
+                jail.create_file("r.toml", &format!("[supernode.relay]\n{key} = {value}\n"))?;
+                let e = Config::load(&["r.toml".into()]).unwrap_err().to_string();
+                assert!(e.contains(&format!("supernode.relay.{key}")), "{e}");
+            }
             jail.create_file("g.toml", "[host]\npresence_refresh_secs = 3600\n")?;
             let e = Config::load(&["g.toml".into()]).unwrap_err().to_string();
             assert!(e.contains("host.presence_refresh_secs"), "{e}");

@@ -24,7 +24,9 @@
 //! Protocol logic takes `now` (unix seconds) as an argument and returns what to send;
 //! actors and sockets only feed it. `docs/protocol.md` describes every byte on the wire.
 
-#![forbid(unsafe_code)]
+// No unsafe code, except in the one module that wraps batched socket calls
+// (`relay::mmsg`), which allows it for itself.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod buddy;

@@ -18,6 +18,7 @@
 //! clock shared by the workers and the control plane), so `allocate`, `idle_ms` and the
 //! workers' `decide` calls agree on what "now" is.
 
+pub mod mmsg;
 pub mod packet;
 pub mod table;
 pub mod tcp;

@@ -366,8 +366,16 @@ impl BoundNode {
                     0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
                     n => n,
                 };
-                let sockets =
-                    crate::relay::worker::WorkerConfig { tcp_conns_max: cfg.tcp_connections_max, ..Default::default() };
+                let sockets = crate::relay::worker::WorkerConfig {
+                    tcp_conns_max: cfg.tcp_connections_max,
+                    recv_buffer_bytes: cfg.recv_buffer_bytes,
+                    send_buffer_bytes: cfg.send_buffer_bytes,
+                    batch: cfg.batch,
+                    read_budget: cfg.read_budget,
+                    dscp: cfg.dscp,
+                    busy_poll_us: cfg.busy_poll_us,
+                    ..Default::default()
+                };
                 let w = crate::relay::worker::RelayWorkers::start_with(
                     *a,
                     workers,
