@@ -9,12 +9,13 @@
 //! other; the first probe to arrive latches its sender and is dropped `peer_unknown`
 //! (there is nowhere to send it yet), every later one is forwarded.
 //!
-//! Per datagram there is no lock on anything both legs write: the map lookup takes a
-//! DashMap shard *read* lock, and everything a datagram changes is an atomic in its own
-//! leg (counters, the rate meter, the activity time) or a `OnceLock` (the latch). Legs are
-//! cache-line aligned because on Linux SO_REUSEPORT hashes each source to one worker, so
-//! each leg is in practice written by one worker. (The next step may replace the DashMap
-//! by a read-mostly structure to avoid the shared read-lock counter on every lookup.)
+//! Per datagram there is no lock and nothing both legs write: each worker finds sessions
+//! in its own [`SessionCache`] (the shared map, and its shard lock, only for a session
+//! the worker has not seen yet), and everything a datagram changes is an atomic in its
+//! own leg (counters, the replay window, the rate meters, the activity time) or a
+//! `OnceLock` (the latch). Legs are cache-line aligned because on Linux SO_REUSEPORT
+//! hashes each source to one worker, so each leg is in practice written by one worker.
+//! Releases reach the caches through a short log the workers read once per batch.
 //!
 //! **Replays.** The inner packet is sealed end to end and the relay cannot check it, but
 //! it can refuse to forward the same packet twice: each leg keeps a 32-packet sliding
@@ -46,9 +47,10 @@ use crate::call::media;
 use crate::crypto::random;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::sync::{Arc, Mutex, OnceLock};
 use subtle::ConstantTimeEq;
 
 /// Default cap on live relay sessions per table.
@@ -364,9 +366,9 @@ impl Leg {
     }
 }
 
-/// A session: two legs, 256 bytes, boxed so the map holds a pointer (a map entry of
-/// cache-aligned legs would carry the alignment's padding into every bucket, empty ones
-/// included).
+/// A session: two legs, 256 bytes, behind a pointer so the map's buckets stay small (an
+/// entry of cache-aligned legs would carry the alignment's padding into every bucket,
+/// empty ones included) and workers can keep it in their caches.
 #[derive(Debug)]
 struct Session {
     a: Leg,
@@ -387,11 +389,67 @@ impl Session {
 
 #[derive(Debug)]
 struct Inner {
-    sessions: DashMap<SessionId, Box<Session>>,
+    sessions: DashMap<SessionId, Arc<Session>>,
     /// Live sessions, counted apart from the map so `allocate` enforces the cap exactly.
     live: AtomicUsize,
     limits: Limits,
     packet_cost_ns: u64,
+    /// Releases so far; workers compare it with theirs once per batch.
+    epoch: AtomicU64,
+    /// The most recent releases, for workers to forget them.
+    released: Mutex<ReleasedLog>,
+}
+
+/// The releases so far (`epoch`) and the most recent ones' ids, newest first, so a
+/// worker that has seen some of them can forget exactly the others.
+#[derive(Debug, Default)]
+struct ReleasedLog {
+    epoch: u64,
+    ids: VecDeque<SessionId>,
+}
+
+/// Releases remembered for the workers' caches; a worker further behind empties its
+/// cache instead.
+const RELEASED_LOG_MAX: usize = 4096;
+
+/// A worker's own view of the session table: the sessions it has looked up, so the
+/// per-datagram lookup touches no lock and writes nothing shared (the map's shard
+/// lock would be a cache line every worker writes, both legs' included). Releases reach
+/// it through [`SessionCache::sync`], once per batch: a worker may forward what it
+/// received in the same batch as a release, never later.
+#[derive(Debug, Default)]
+pub struct SessionCache {
+    sessions: std::collections::HashMap<SessionId, Arc<Session>>,
+    epoch: u64,
+}
+
+impl SessionCache {
+    /// Forgets the sessions released since the last sync (one atomic load when none was).
+    pub fn sync(&mut self, table: &SessionTable) {
+        if table.inner.epoch.load(Acquire) == self.epoch {
+            return;
+        }
+        let log = table.inner.released.lock().unwrap_or_else(|p| p.into_inner());
+        let behind = log.epoch - self.epoch;
+        if behind > log.ids.len() as u64 {
+            self.sessions.clear();
+        } else {
+            for id in log.ids.iter().take(behind as usize) {
+                self.sessions.remove(id);
+            }
+        }
+        self.epoch = log.epoch;
+    }
+
+    /// Sessions cached.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
 }
 
 /// The shared session table (a cheap handle: clones share one table).
@@ -407,7 +465,16 @@ impl SessionTable {
             0 => u64::MAX,
             pps => BURST_NS.div_ceil(u64::from(pps)),
         };
-        Self { inner: Arc::new(Inner { sessions: DashMap::new(), live: AtomicUsize::new(0), limits, packet_cost_ns }) }
+        Self {
+            inner: Arc::new(Inner {
+                sessions: DashMap::new(),
+                live: AtomicUsize::new(0),
+                limits,
+                packet_cost_ns,
+                epoch: AtomicU64::new(0),
+                released: Mutex::new(ReleasedLog::default()),
+            }),
+        }
     }
 
     /// The table's limits.
@@ -433,7 +500,7 @@ impl SessionTable {
                 continue;
             }
             if let Entry::Vacant(slot) = inner.sessions.entry(session) {
-                slot.insert(Box::new(Session { a: Leg::new(token_a, now_ms), b: Leg::new(token_b, now_ms) }));
+                slot.insert(Arc::new(Session { a: Leg::new(token_a, now_ms), b: Leg::new(token_b, now_ms) }));
                 return Ok(Grant { session, token_a, token_b });
             }
         }
@@ -443,10 +510,15 @@ impl SessionTable {
 
     /// Removes a session; returns its final accounting (`None` if it was not there).
     pub fn release(&self, session: SessionId) -> Option<Accounting> {
-        // `remove` waits for the shard's write lock, so no worker is still inside
-        // `decide` on this session: the accounting returned is final.
         let (_, s) = self.inner.sessions.remove(&session)?;
         self.inner.live.fetch_sub(1, Relaxed);
+        let mut log = self.inner.released.lock().unwrap_or_else(|p| p.into_inner());
+        log.ids.push_front(session);
+        log.ids.truncate(RELEASED_LOG_MAX);
+        log.epoch += 1;
+        self.inner.epoch.store(log.epoch, Release);
+        // Workers' caches let go at their next batch: datagrams of the batch under way
+        // may still count (and be forwarded) after this accounting.
         Some(s.accounting())
     }
 
@@ -501,6 +573,41 @@ impl SessionTable {
         let Some(s) = self.inner.sessions.get(&id) else {
             return Decision::Drop(DropReason::UnknownSession);
         };
+        self.decide_on(&s, token, seq, datagram.len(), from, now_ms)
+    }
+
+    /// [`SessionTable::decide`] through a worker's [`SessionCache`]: the map is read only
+    /// for a session the worker has not seen yet.
+    pub fn decide_cached(&self, cache: &mut SessionCache, datagram: &[u8], from: SocketAddr, now_ms: u64) -> Decision {
+        if datagram.len() > self.inner.limits.packet_len_max {
+            return Decision::Drop(DropReason::Oversized);
+        }
+        let (id, token, inner) = match packet::parse(datagram) {
+            Ok(parsed) => parsed,
+            Err(reason) => return Decision::Drop(reason),
+        };
+        let Some(seq) = media::sequence(inner) else {
+            return Decision::Drop(DropReason::Malformed);
+        };
+        let s = match cache.sessions.get(&id) {
+            Some(s) => s,
+            None => {
+                let Some(s) = self.inner.sessions.get(&id).map(|s| Arc::clone(&s)) else {
+                    return Decision::Drop(DropReason::UnknownSession);
+                };
+                // Never more than the table can hold, whatever a sync missed.
+                if cache.sessions.len() >= self.inner.limits.sessions_max {
+                    cache.sessions.clear();
+                }
+                cache.sessions.entry(id).or_insert(s)
+            }
+        };
+        self.decide_on(s, token, seq, datagram.len(), Peer::Udp(from), now_ms)
+    }
+
+    /// The forwarding rule once the session is found.
+    fn decide_on(&self, s: &Session, token: Token, seq: u32, len: usize, from: Peer, now_ms: u64) -> Decision {
+        let limits = &self.inner.limits;
         // Both comparisons always run, each in constant time.
         let is_a = token.ct_eq(&s.a.token);
         let is_b = token.ct_eq(&s.b.token);
@@ -537,7 +644,7 @@ impl SessionTable {
         };
         // The caps bound what the relay sends on a leg's behalf, so only datagrams that
         // would be forwarded spend them.
-        let len = datagram.len() as u64;
+        let len = len as u64;
         let now_ns = now_ms.saturating_mul(1_000_000);
         if !leg.packet_meter.take(now_ns, self.inner.packet_cost_ns) {
             return leg.drop_for(DropReason::RateCap);
@@ -1031,6 +1138,43 @@ mod tests {
             println!("{n} relay sessions: {} bytes of RSS each", (after - before) / n as u64);
             drop(t);
         }
+    }
+
+    #[test]
+    fn a_workers_cache_follows_releases_at_its_next_sync() {
+        let t = table(roomy());
+        let g = latched(&t);
+        let mut cache = SessionCache::default();
+        cache.sync(&t);
+        let from_a = || dg(g.session, g.token_a, MIN);
+        assert!(matches!(t.decide_cached(&mut cache, &from_a(), addr(PUB_A), 0), Decision::Forward { .. }));
+        assert_eq!(cache.len(), 1);
+        t.release(g.session);
+        // Within the batch under way the worker still knows it…
+        assert!(matches!(t.decide_cached(&mut cache, &from_a(), addr(PUB_A), 0), Decision::Forward { .. }));
+        // …and forgets it at the next.
+        cache.sync(&t);
+        assert!(cache.is_empty());
+        assert_eq!(t.decide_cached(&mut cache, &from_a(), addr(PUB_A), 0), Decision::Drop(DropReason::UnknownSession));
+        // A worker further behind than the log remembers starts afresh.
+        let live = latched(&t);
+        assert!(matches!(
+            t.decide_cached(&mut cache, &dg(live.session, live.token_a, MIN), addr(PUB_A), 0),
+            Decision::Forward { .. }
+        ));
+        for _ in 0..RELEASED_LOG_MAX + 1 {
+            let g = t.allocate(0).unwrap();
+            t.release(g.session);
+        }
+        cache.sync(&t);
+        assert!(cache.is_empty());
+        assert!(
+            matches!(
+                t.decide_cached(&mut cache, &dg(live.session, live.token_a, MIN), addr(PUB_A), 0),
+                Decision::Forward { .. }
+            ),
+            "the live session is looked up again"
+        );
     }
 
     proptest! {

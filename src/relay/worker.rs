@@ -25,7 +25,7 @@
 use super::clock_ms;
 use super::mmsg::{self, RecvBatch};
 use super::packet::{self, RELAYED_LEN_MAX};
-use super::table::{Decision, DropReason, Peer, SessionTable};
+use super::table::{Decision, DropReason, Peer, SessionCache, SessionTable};
 use super::tcp::{self, TcpConns};
 use metrics::{Counter, Unit, counter, describe_counter};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -412,12 +412,14 @@ impl Tally {
 /// to forward, in place; fills `to` (one entry per datagram). No I/O.
 fn decide_batch(
     table: &SessionTable,
+    cache: &mut SessionCache,
     batch: &mut RecvBatch,
     n: usize,
     now_ms: u64,
     to: &mut [Option<Peer>],
     tally: &mut Tally,
 ) {
+    cache.sync(table);
     for (i, slot) in to.iter_mut().enumerate().take(n) {
         let (datagram, from) = batch.get_mut(i);
         tally.received += 1;
@@ -427,7 +429,7 @@ fn decide_batch(
             *slot = None;
             continue;
         };
-        *slot = match table.decide(datagram, from, now_ms) {
+        *slot = match table.decide_cached(cache, datagram, from, now_ms) {
             Decision::Forward { to } => {
                 packet::wipe_token(datagram);
                 Some(to)
@@ -491,6 +493,7 @@ impl Worker {
         let meters = Meters::register(&self.node, &self.index.to_string());
         let mut batch = RecvBatch::new(self.config.batch, SLOT_LEN);
         let mut to = [None; mmsg::BATCH_MAX];
+        let mut cache = SessionCache::default();
         let mut overflow_seen = 0u32;
         let mut batches = 0u64;
         while !self.stop.load(Relaxed) {
@@ -515,7 +518,7 @@ impl Worker {
                 };
                 meters.batch_size.record(n as f64);
                 let to = &mut to[..n];
-                decide_batch(&self.table, &mut batch, n, clock_ms(), to, &mut tally);
+                decide_batch(&self.table, &mut cache, &mut batch, n, clock_ms(), to, &mut tally);
                 send_batch(&self.socket, &self.conns, &batch, to, &mut tally);
                 batches += 1;
                 if batches.is_multiple_of(LATENCY_SAMPLE_EVERY)
