@@ -11,9 +11,7 @@
 use anyhow::Context;
 use confab::config::HostConfig;
 use confab::crypto::PrivateKey;
-use confab::host::connect::Timeouts;
 use confab::host::home::Home;
-use confab::host::ladder::LadderConfig;
 use confab::host::{HostError, HostSettings, Session};
 use confab::wire::ErrorCode;
 use indicatif::ProgressBar;
@@ -21,7 +19,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// Key pairs in the pool when the harness makes it.
 const KEY_POOL: usize = 4;
@@ -43,22 +40,7 @@ pub struct HostOptions {
 
 /// Host settings from a host configuration, as `confab host` builds them.
 pub fn settings(c: &HostConfig) -> anyhow::Result<HostSettings> {
-    Ok(HostSettings {
-        login_servers: c.login_servers.clone(),
-        trusted: confab::network::trusted_keys(&c.trusted_login_keys, "host.trusted_login_keys")?,
-        ladder: LadderConfig {
-            bootstrap: c.bootstrap.clone(),
-            fallback_ports: c.fallback_ports.clone(),
-            udp_failures_max: c.udp_failures_max,
-            attempts_max: c.attempts_max,
-        },
-        timeouts: Timeouts {
-            step: Duration::from_millis(c.step_timeout_ms),
-            budget: Duration::from_secs(c.connect_budget_secs),
-        },
-        login_timeout: Duration::from_secs(c.login_timeout_secs),
-        presence_refresh: Duration::from_secs(c.presence_refresh_secs),
-    })
+    HostSettings::from_config(c)
 }
 
 /// The key pool: every `*.key.pem` in `dir`, or `KEY_POOL` fresh ones written there.

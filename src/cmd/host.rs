@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use confab::config::{self, Config};
-use confab::host::{self, HostError, HostSettings, connect::Timeouts, home::Home, ladder::LadderConfig};
+use confab::host::{self, HostError, HostSettings, home::Home};
 use confab::wire::ErrorCode;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -176,22 +176,7 @@ enum ProfileAction {
 }
 
 fn settings(c: &config::HostConfig) -> anyhow::Result<HostSettings> {
-    Ok(HostSettings {
-        login_servers: c.login_servers.clone(),
-        trusted: confab::network::trusted_keys(&c.trusted_login_keys, "host.trusted_login_keys")?,
-        ladder: LadderConfig {
-            bootstrap: c.bootstrap.clone(),
-            fallback_ports: c.fallback_ports.clone(),
-            udp_failures_max: c.udp_failures_max,
-            attempts_max: c.attempts_max,
-        },
-        timeouts: Timeouts {
-            step: Duration::from_millis(c.step_timeout_ms),
-            budget: Duration::from_secs(c.connect_budget_secs),
-        },
-        login_timeout: Duration::from_secs(c.login_timeout_secs),
-        presence_refresh: Duration::from_secs(c.presence_refresh_secs),
-    })
+    HostSettings::from_config(c)
 }
 
 fn home(a: &Args, c: &config::HostConfig) -> anyhow::Result<Home> {

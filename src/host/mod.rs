@@ -56,6 +56,28 @@ pub struct HostSettings {
     pub presence_refresh: Duration,
 }
 
+impl HostSettings {
+    /// The settings a host configuration (`[host]`) describes, as `confab host` uses them.
+    pub fn from_config(c: &crate::config::HostConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            login_servers: c.login_servers.clone(),
+            trusted: crate::network::trusted_keys(&c.trusted_login_keys, "host.trusted_login_keys")?,
+            ladder: LadderConfig {
+                bootstrap: c.bootstrap.clone(),
+                fallback_ports: c.fallback_ports.clone(),
+                udp_failures_max: c.udp_failures_max,
+                attempts_max: c.attempts_max,
+            },
+            timeouts: Timeouts {
+                step: Duration::from_millis(c.step_timeout_ms),
+                budget: Duration::from_secs(c.connect_budget_secs),
+            },
+            login_timeout: Duration::from_secs(c.login_timeout_secs),
+            presence_refresh: Duration::from_secs(c.presence_refresh_secs),
+        })
+    }
+}
+
 /// Why a host command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
