@@ -198,6 +198,11 @@ struct HostArgs {
     /// Logins in flight at once while setting up.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     login_concurrency: u32,
+    /// Relay sessions each calling host opens (`relay`): `--pairs` sessions need
+    /// ⌈pairs / this⌉ host pairs. Above the super node's `sessions_per_host_max` (4 by
+    /// default) the allocations are refused: raise it for many sessions from few hosts.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    sessions_per_host: u32,
 }
 
 impl HostArgs {
@@ -282,8 +287,10 @@ fn run_relay(
     let hosts = host.hosts(&cli.work_dir)?;
     let probe = srv.probe();
     let started = Instant::now();
-    let b = bar(cli.quiet, "relay", 2 * u64::from(t.pairs), true);
-    let mut relayed = confab_loadtest::block_on(rt, relay::setup(&hosts, t.pairs as usize, &b))?;
+    let per_host = host.sessions_per_host as usize;
+    let host_pairs = (t.pairs as usize).div_ceil(per_host);
+    let b = bar(cli.quiet, "relay", 2 * host_pairs as u64, true);
+    let mut relayed = confab_loadtest::block_on(rt, relay::setup(&hosts, t.pairs as usize, per_host, &b))?;
     b.finish_and_clear();
     let setup_s = started.elapsed().as_secs_f64();
     let targets: Vec<String> = relayed.relays.iter().map(ToString::to_string).collect();
@@ -291,7 +298,7 @@ fn run_relay(
         cli.quiet,
         format_args!(
             "relay: {} hosts logged in, {} relay sessions on {} ({setup_s:.1} s)",
-            2 * t.pairs,
+            2 * host_pairs,
             t.pairs,
             targets.join(", ")
         ),

@@ -18,41 +18,63 @@ pub struct Relayed {
     pub pairs: Vec<Pair>,
     /// The relays the sessions were granted on.
     pub relays: BTreeSet<SocketAddr>,
-    /// Host A and host B of each pair, with A's relay session id.
-    sessions: Vec<(Session, Session, u32)>,
+    /// Host A and host B of each host pair, with the relay sessions A opened.
+    sessions: Vec<(Session, Session, Vec<u32>)>,
 }
 
-/// Logs `n` pairs of hosts in and opens one relay session per pair.
-pub async fn setup(hosts: &Arc<Hosts>, n: usize, bar: &ProgressBar) -> anyhow::Result<Relayed> {
+/// Opens `n` relay sessions, `per_host` by the first host of each pair of hosts it logs
+/// in (⌈n / per_host⌉ pairs); each session is one pair of legs.
+pub async fn setup(hosts: &Arc<Hosts>, n: usize, per_host: usize, bar: &ProgressBar) -> anyhow::Result<Relayed> {
+    let per_host = per_host.max(1);
+    let host_pairs = n.div_ceil(per_host);
     let users: Vec<String> =
-        (0..n).flat_map(|i| [hosts.user(&format!("r{i}a")), hosts.user(&format!("r{i}b"))]).collect();
+        (0..host_pairs).flat_map(|i| [hosts.user(&format!("r{i}a")), hosts.user(&format!("r{i}b"))]).collect();
     bar.set_length(users.len() as u64);
     bar.set_message("logging in");
     let sessions = hosts.login_all(&users, bar).await?;
-    let mut out = Relayed { pairs: Vec::with_capacity(n), relays: BTreeSet::new(), sessions: Vec::with_capacity(n) };
+    let mut out =
+        Relayed { pairs: Vec::with_capacity(n), relays: BTreeSet::new(), sessions: Vec::with_capacity(host_pairs) };
     let mut it = sessions.into_iter();
     bar.set_message("opening relay sessions");
+    bar.set_position(0);
+    bar.set_length(n as u64);
     while let (Some(mut a), Some(b)) = (it.next(), it.next()) {
-        let g = match a.allocate_relay().await {
-            Ok(g) => g,
-            Err(e) => {
-                // Leave the pairs made so far logged out, not dangling.
-                teardown(out).await;
-                hosts::logout_all(vec![a, b]).await;
-                return Err(anyhow::anyhow!("RelayAllocate: {e}"));
-            }
-        };
-        let relay = g.relay.context("a RelayGrant without a relay address")?;
-        let leg = |token: [u8; 16]| -> anyhow::Result<Leg> {
-            Ok(Leg {
-                socket: leg_socket(relay)?,
-                prefix: packet::build(SessionId(g.session), Token::from_bytes(token), &[]),
-                skip: RELAY_HEADER_LEN,
-            })
-        };
-        out.pairs.push(Pair { a: leg(g.token_a)?, b: leg(g.token_b)? });
-        out.relays.insert(relay);
-        out.sessions.push((a, b, g.session));
+        let mut opened = Vec::new();
+        while opened.len() < per_host && out.pairs.len() < n {
+            let mut tries = 0;
+            let grant = loop {
+                match a.allocate_relay().await {
+                    // A super node takes 50 requests a second from one host: wait it out.
+                    Err(e) if e.to_string().contains("slow down") && tries < 3 => {
+                        tries += 1;
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                    other => break other,
+                }
+            };
+            let g = match grant {
+                Ok(g) => g,
+                Err(e) => {
+                    // Leave what was made so far released and logged out, not dangling.
+                    out.sessions.push((a, b, opened));
+                    teardown(out).await;
+                    return Err(anyhow::anyhow!("RelayAllocate: {e}"));
+                }
+            };
+            opened.push(g.session);
+            let relay = g.relay.context("a RelayGrant without a relay address")?;
+            let leg = |token: [u8; 16]| -> anyhow::Result<Leg> {
+                Ok(Leg {
+                    socket: leg_socket(relay)?,
+                    prefix: packet::build(SessionId(g.session), Token::from_bytes(token), &[]),
+                    skip: RELAY_HEADER_LEN,
+                })
+            };
+            out.pairs.push(Pair { a: leg(g.token_a)?, b: leg(g.token_b)? });
+            out.relays.insert(relay);
+            bar.inc(1);
+        }
+        out.sessions.push((a, b, opened));
     }
     Ok(out)
 }
@@ -60,8 +82,10 @@ pub async fn setup(hosts: &Arc<Hosts>, n: usize, bar: &ProgressBar) -> anyhow::R
 /// Releases the relay sessions and logs every host out.
 pub async fn teardown(r: Relayed) {
     let mut all = Vec::with_capacity(2 * r.sessions.len());
-    for (mut a, b, session) in r.sessions {
-        a.release_relay(session).await;
+    for (mut a, b, sessions) in r.sessions {
+        for s in sessions {
+            a.release_relay(s).await;
+        }
         all.push(a);
         all.push(b);
     }
