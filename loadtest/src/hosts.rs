@@ -165,9 +165,17 @@ impl Hosts {
             set.spawn_local(async move {
                 let _permit = gate.acquire_owned().await.expect("semaphore never closed");
                 let r = async {
-                    let home = me.home()?;
-                    me.register(&home, &user).await?;
-                    anyhow::Ok(me.login(&home, &user).await?)
+                    let mut tries = 0;
+                    loop {
+                        let home = me.home()?;
+                        me.register(&home, &user).await?;
+                        match me.login(&home, &user).await {
+                            // Another process (a second harness) took the port first: a
+                            // home with another port.
+                            Err(e) if e.to_string().contains("Address already in use") && tries < 3 => tries += 1,
+                            r => break anyhow::Ok(r?),
+                        }
+                    }
                 }
                 .await;
                 bar.inc(1);
