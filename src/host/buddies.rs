@@ -136,6 +136,9 @@ pub enum Event {
     Disconnected,
 }
 
+/// Between two attempts at finding another super node, after one failed.
+const REJOIN_PAUSE: Duration = Duration::from_secs(5);
+
 /// The buddy list as this device knows it.
 #[derive(Debug, Clone, Default)]
 pub struct BuddyBook {
@@ -422,9 +425,23 @@ impl Session {
                     // The link is gone (the super node said goodbye, or went silent):
                     // another super node takes us, or we are disconnected.
                     None => {
-                        if let Err(e) = self.reconnect().await {
-                            tracing::warn!(error = %e, "no other super node takes us");
-                            return Some(Event::Disconnected);
+                        // After a failed attempt, the next waits a while (an application
+                        // that keeps asking for events must not spin on the ladder).
+                        if let Some(at) = self.rejoin.failed_at {
+                            let wake = at + REJOIN_PAUSE;
+                            if deadline.is_some_and(|d| d < wake) {
+                                tokio::time::sleep_until(deadline.unwrap_or(wake)).await;
+                                return None;
+                            }
+                            tokio::time::sleep_until(wake).await;
+                        }
+                        match self.reconnect().await {
+                            Ok(()) => self.rejoin.failed_at = None,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "no other super node takes us");
+                                self.rejoin.failed_at = Some(tokio::time::Instant::now());
+                                return Some(Event::Disconnected);
+                            }
                         }
                     }
                 },

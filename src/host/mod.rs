@@ -162,6 +162,8 @@ struct Rejoin {
     udp: Arc<UdpSocket>,
     settings: HostSettings,
     cache_path: std::path::PathBuf,
+    /// When the last attempt failed (the next waits a while).
+    failed_at: Option<tokio::time::Instant>,
 }
 
 impl Drop for Session {
@@ -640,7 +642,7 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         },
         relay_only: false,
         relay_tcp: false,
-        rejoin: Rejoin { udp, settings: settings.clone(), cache_path: home.cache_path() },
+        rejoin: Rejoin { udp, settings: settings.clone(), cache_path: home.cache_path(), failed_at: None },
     };
     // Advertise presence, as the original's login sequence ends. A network without a
     // Global Index (a lone super node) is still a network to be logged in to.

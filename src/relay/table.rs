@@ -559,16 +559,9 @@ impl SessionTable {
 
     /// [`SessionTable::decide`] for a datagram from any transport.
     pub fn decide_from(&self, datagram: &[u8], from: Peer, now_ms: u64) -> Decision {
-        let limits = &self.inner.limits;
-        if datagram.len() > limits.packet_len_max {
-            return Decision::Drop(DropReason::Oversized);
-        }
-        let (id, token, inner) = match packet::parse(datagram) {
-            Ok(parsed) => parsed,
+        let (id, token, seq) = match self.header(datagram) {
+            Ok(h) => h,
             Err(reason) => return Decision::Drop(reason),
-        };
-        let Some(seq) = media::sequence(inner) else {
-            return Decision::Drop(DropReason::Malformed);
         };
         let Some(s) = self.inner.sessions.get(&id) else {
             return Decision::Drop(DropReason::UnknownSession);
@@ -579,15 +572,9 @@ impl SessionTable {
     /// [`SessionTable::decide`] through a worker's [`SessionCache`]: the map is read only
     /// for a session the worker has not seen yet.
     pub fn decide_cached(&self, cache: &mut SessionCache, datagram: &[u8], from: SocketAddr, now_ms: u64) -> Decision {
-        if datagram.len() > self.inner.limits.packet_len_max {
-            return Decision::Drop(DropReason::Oversized);
-        }
-        let (id, token, inner) = match packet::parse(datagram) {
-            Ok(parsed) => parsed,
+        let (id, token, seq) = match self.header(datagram) {
+            Ok(h) => h,
             Err(reason) => return Decision::Drop(reason),
-        };
-        let Some(seq) = media::sequence(inner) else {
-            return Decision::Drop(DropReason::Malformed);
         };
         let s = match cache.sessions.get(&id) {
             Some(s) => s,
@@ -603,6 +590,17 @@ impl SessionTable {
             }
         };
         self.decide_on(s, token, seq, datagram.len(), Peer::Udp(from), now_ms)
+    }
+
+    /// A datagram's session, token and inner sequence number, or why it is refused
+    /// before any session is looked at.
+    fn header(&self, datagram: &[u8]) -> Result<(SessionId, Token, u32), DropReason> {
+        if datagram.len() > self.inner.limits.packet_len_max {
+            return Err(DropReason::Oversized);
+        }
+        let (id, token, inner) = packet::parse(datagram)?;
+        let seq = media::sequence(inner).ok_or(DropReason::Malformed)?;
+        Ok((id, token, seq))
     }
 
     /// The forwarding rule once the session is found.
