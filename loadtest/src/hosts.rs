@@ -98,6 +98,12 @@ impl Hosts {
         }))
     }
 
+    /// The password keys of `user` (argon2id, on a blocking thread).
+    pub async fn password_keys(&self, user: &str) -> confab::crypto::password::PasswordKeys {
+        let (u, p) = (user.to_owned(), self.password.clone());
+        tokio::task::spawn_blocking(move || confab::crypto::password::derive(&u, &p)).await.expect("argon2 task")
+    }
+
     /// The username for `what` (`r12a`, `h3`, …) under this run's prefix.
     pub fn user(&self, what: &str) -> String {
         format!("{}-{what}", self.prefix)

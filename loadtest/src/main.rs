@@ -94,9 +94,14 @@ enum Command {
         host: HostArgs,
         #[command(flatten)]
         server: ServerArgs,
-        /// Hosts to log in and hold.
-        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=20_000))]
+        /// Hosts to log in and hold (a process may hold as many as it may open files).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=200_000))]
         hosts: u32,
+        /// Log in only this many accounts and connect every host with one of their
+        /// credentials (super-node handshake and keepalives, no login per host): for
+        /// tens of thousands of hosts. 0: every host logs in for real.
+        #[arg(long, default_value_t = 0)]
+        accounts: u32,
         /// How long to hold them connected.
         #[arg(long, default_value = "10s", value_parser = bounded_duration)]
         duration: Duration,
@@ -428,13 +433,20 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
             )?;
             report.login = Some(r);
         }
-        Command::Hosts { host, server, hosts: m, duration } => {
+        Command::Hosts { host, server, hosts: m, duration, accounts } => {
             let hosts = host.hosts(&cli.work_dir)?;
             let probe = server.probe();
-            report.hosts = Some(confab_loadtest::block_on(
-                &runtime()?,
-                scenarios::hold_hosts(&hosts, *m as usize, *duration, &probe, cli.quiet),
-            )?);
+            let rt = runtime()?;
+            report.hosts = Some(match *accounts {
+                0 => confab_loadtest::block_on(
+                    &rt,
+                    scenarios::hold_hosts(&hosts, *m as usize, *duration, &probe, cli.quiet),
+                )?,
+                k => confab_loadtest::block_on(
+                    &rt,
+                    scenarios::hold_light_hosts(&hosts, *m as usize, k as usize, *duration, &probe, cli.quiet),
+                )?,
+            });
         }
         Command::Lookup { host, server, hosts: h, rate, duration, max_lookups } => {
             anyhow::ensure!(*rate > 0.0 && *rate <= 1000.0, "--rate: between 0 and 1000 lookups a second per host");

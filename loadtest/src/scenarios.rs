@@ -324,6 +324,126 @@ pub async fn hold_hosts(
     })
 }
 
+/// `hosts --accounts K`: `m` idle connections to the network's super nodes that log in
+/// only `k` times: each connection is a host port (its own UDP socket) that runs the
+/// super-node handshake with one of the `k` credentials and keeps its session alive, as
+/// a host does, without the login server's work per host (an argon2 check each), which
+/// would make 100,000 hosts take an hour. The super node keys sessions by address, so
+/// connections sharing a credential are separate hosts to it; what it keeps per host is
+/// what is measured.
+pub async fn hold_light_hosts(
+    hosts: &Arc<Hosts>,
+    m: usize,
+    k: usize,
+    hold: Duration,
+    probe: &Probe,
+    quiet: bool,
+) -> anyhow::Result<HostsResult> {
+    use confab::host::{account, connect, ladder, link::LinkHandle};
+    let before = sample(probe).await;
+    let started = Instant::now();
+    let settings = &hosts.settings;
+    let servers = account::LoginServers {
+        addrs: settings.login_servers.clone(),
+        trusted: settings.trusted.clone(),
+        timeout: settings.login_timeout,
+    };
+    // The k identities: real accounts, real credentials.
+    let mut ids = Vec::with_capacity(k);
+    for a in 0..k.max(1) {
+        let user = hosts.user(&format!("i{a}"));
+        let home = hosts.home()?;
+        hosts.register(&home, &user).await?;
+        let key = home.key()?;
+        let keys = hosts.password_keys(&user).await;
+        let logged = account::login(&servers, &user, &keys.shared, &key, "").await?;
+        ids.push((logged.credential, key));
+    }
+    let ids = Arc::new(ids);
+    let plan = Arc::new(ladder::plan(&[], &settings.ladder));
+    let b = bar(quiet, "hosts", m as u64, true);
+    b.set_message("connecting");
+    // A super node checks at most 256 handshakes at once (`handshakes_max`); several
+    // harness processes share that.
+    let gate = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..m {
+        let (ids, plan, gate, b, trusted, t) =
+            (ids.clone(), plan.clone(), gate.clone(), b.clone(), settings.trusted.clone(), settings.timeouts.clone());
+        set.spawn_local(async move {
+            let _permit = gate.acquire_owned().await.expect("semaphore never closed");
+            let r = async {
+                // One address has ~28,000 ephemeral ports: spread the hosts over the
+                // loopback range (all of 127/8 is loopback) when that is where the super
+                // node is, so 100,000 fit.
+                let local: std::net::SocketAddr = match plan.first().map(|a| a.addr) {
+                    Some(std::net::SocketAddr::V4(sn)) if sn.ip().is_loopback() => {
+                        std::net::SocketAddr::from(([127, 0, 1, 1 + (i % 200) as u8], 0))
+                    }
+                    Some(std::net::SocketAddr::V6(_)) => "[::]:0".parse()?,
+                    _ => "0.0.0.0:0".parse()?,
+                };
+                let udp = Arc::new(tokio::net::UdpSocket::bind(local).await?);
+                let (credential, key) = &ids[i % ids.len()];
+                let me = connect::Me { trusted: &trusted, credential, key };
+                let mut log = Vec::new();
+                let c = connect::run(&plan, &udp, &me, &t, &mut log).await?;
+                anyhow::Ok(LinkHandle::start(c))
+            }
+            .await;
+            b.inc(1);
+            r
+        });
+    }
+    let mut links = Vec::with_capacity(m);
+    let mut failures = BTreeMap::new();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(Ok(l)) => links.push(l),
+            Ok(Err(e)) => *failures.entry(format!("{e:#}")).or_insert(0) += 1,
+            Err(e) => *failures.entry(format!("connect task: {e}")).or_insert(0) += 1,
+        }
+    }
+    let login_s = started.elapsed().as_secs_f64();
+    b.finish_and_clear();
+    let b = bar(quiet, "holding", hold.as_millis() as u64, false);
+    b.set_message(format!("{} hosts connected", links.len()));
+    let mid = sample(probe).await;
+    let held = Instant::now();
+    wait_showing(&b, hold).await;
+    let held_s = held.elapsed().as_secs_f64();
+    let after = sample(probe).await;
+    b.finish_and_clear();
+    let connected = links.len();
+    // A link ends when its super node closes the session or stops answering keepalives.
+    let up = links.iter().filter(|l| l.is_up()).count();
+    drop(links);
+    let idle = server::spent(&mid, &after);
+    Ok(HostsResult {
+        hosts: m,
+        logged_in: connected,
+        failures,
+        login_s,
+        held_s,
+        keepalive_answered: up,
+        keepalive_rtt_us: Latency::of(&stats::histogram()),
+        node_hosts_before: before.hosts,
+        node_hosts_after: after.hosts,
+        rss_per_host_bytes: before
+            .rss
+            .zip(after.rss)
+            .filter(|_| connected > 0)
+            .map(|(b, a)| (a as f64 - b as f64) / connected as f64),
+        idle_cpu_pct: idle.cpu_s.map(|c| 100.0 * c / held_s),
+        server: crate::server::Spent {
+            cpu_s: idle.cpu_s,
+            rss_before: before.rss,
+            rss_after: after.rss,
+            source: after.source,
+        },
+    })
+}
+
 /// `lookup`: `h` hosts look each other up in the Global Index, each at most `rate` a
 /// second (a super node answers 50 index requests a second per host, then refuses),
 /// until the window or `max_lookups` ends.

@@ -243,6 +243,22 @@ async fn idle_hosts_held_connected() {
 }
 
 #[actix_rt::test]
+async fn many_idle_hosts_on_a_few_credentials() {
+    let n = start(1).await;
+    let work = work_dir(n.dir.path());
+    let (config, metrics) = (n.host_config(), n.metrics());
+    let args =
+        ["hosts", "--config", &config, "--metrics", &metrics, "--hosts", "200", "--accounts", "2", "--duration", "2s"];
+    let r = loadtest(&work, &args, Duration::from_secs(40)).await;
+    let h = &r["hosts"];
+    assert_eq!(h["logged_in"], 200, "{h:#}");
+    assert_eq!(h["keepalive_answered"], 200, "links still up: {h:#}");
+    assert!(h["node_hosts_after"].as_f64().unwrap() >= 200.0, "{h:#}");
+    assert!(h["rss_per_host_bytes"].as_f64().is_some_and(|b| b > 0.0), "{h:#}");
+    n.net.stop().await;
+}
+
+#[actix_rt::test]
 async fn global_index_lookups() {
     let n = start(1).await;
     let work = work_dir(n.dir.path());
