@@ -220,7 +220,9 @@ async fn hosts_find_each_other_through_twenty_super_nodes_and_survive_30_percent
     let started = Instant::now();
     while t.net.nodes().iter().any(|n| n.members().len() != SUPERNODES) {
         let sizes: Vec<usize> = t.net.nodes().iter().map(|n| n.members().len()).collect();
-        assert!(started.elapsed() < Duration::from_secs(30), "the restarted nodes did not rejoin: {sizes:?}");
+        // Gossip usually spreads a rejoin within seconds; a view that missed it heals at
+        // the next periodic announcement (every 30 s, `cluster::membership`), so allow two.
+        assert!(started.elapsed() < Duration::from_secs(65), "the restarted nodes did not rejoin: {sizes:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("the 6 restarted super nodes rejoined in {:?}", started.elapsed());
