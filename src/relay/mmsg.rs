@@ -130,15 +130,17 @@ impl RecvBatch {
         }
         let got = got as usize;
         self.received_at = None;
-        for (i, h) in hdrs.iter().enumerate().take(got.min(n)) {
+        let got = got.min(n);
+        for (i, h) in hdrs.iter().enumerate().take(got) {
             self.lens[i] = (h.msg_len as usize).min(self.bufs[i].len());
             self.froms[i] = from_storage(&self.names[i], h.msg_hdr.msg_namelen);
-            let (overflow, at) = control_of(&h.msg_hdr);
-            if let Some(count) = overflow {
+        }
+        // Control messages are read twice a call, not per datagram: the first datagram's
+        // receive time, and the last one's drop count (a running total, so the newest).
+        if got > 0 {
+            self.received_at = control_of(&hdrs[0].msg_hdr).1;
+            if let Some(count) = control_of(&hdrs[got - 1].msg_hdr).0 {
                 self.overflow = Some(count);
-            }
-            if i == 0 {
-                self.received_at = at;
             }
         }
         Ok(got)
