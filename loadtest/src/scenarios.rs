@@ -272,14 +272,7 @@ pub async fn hold_hosts(
     let login_s = started.elapsed().as_secs_f64();
     let sessions: Vec<_> = sessions.into_iter().flatten().collect();
     b.finish_and_clear();
-    let b = bar(quiet, "holding", hold.as_millis() as u64, false);
-    b.set_message(format!("{} hosts connected", sessions.len()));
-    let mid = sample(probe).await;
-    let held = Instant::now();
-    wait_showing(&b, hold).await;
-    let held_s = held.elapsed().as_secs_f64();
-    let after = sample(probe).await;
-    b.finish_and_clear();
+    let held = hold_for(sessions.len(), hold, probe, quiet).await;
     // Still there? One keepalive round trip each, all at once.
     let mut set = tokio::task::JoinSet::new();
     for mut s in sessions {
@@ -301,27 +294,70 @@ pub async fn hold_hosts(
     }
     let logged_in = kept.len();
     hosts::logout_all(kept).await;
-    let idle = server::spent(&mid, &after);
-    let server =
-        crate::server::Spent { cpu_s: idle.cpu_s, rss_before: before.rss, rss_after: after.rss, source: after.source };
-    Ok(HostsResult {
-        hosts: m,
-        logged_in,
-        failures,
-        login_s,
-        held_s,
-        keepalive_answered: answered,
-        keepalive_rtt_us: Latency::of(&rtt),
-        node_hosts_before: before.hosts,
-        node_hosts_after: after.hosts,
-        rss_per_host_bytes: before
-            .rss
-            .zip(after.rss)
-            .filter(|_| logged_in > 0)
-            .map(|(b, a)| (a as f64 - b as f64) / logged_in as f64),
-        idle_cpu_pct: idle.cpu_s.map(|c| 100.0 * c / held_s),
-        server,
-    })
+    Ok(held.result(m, logged_in, failures, login_s, &before, answered, &rtt))
+}
+
+/// A hold of connected hosts, measured at the node.
+struct Held {
+    held_s: f64,
+    mid: server::Sample,
+    after: server::Sample,
+}
+
+/// Holds `connected` hosts for `hold` (a progress bar meanwhile), sampling the node at
+/// the start and the end.
+async fn hold_for(connected: usize, hold: Duration, probe: &Probe, quiet: bool) -> Held {
+    let b = bar(quiet, "holding", hold.as_millis() as u64, false);
+    b.set_message(format!("{connected} hosts connected"));
+    let mid = sample(probe).await;
+    let started = Instant::now();
+    wait_showing(&b, hold).await;
+    let held_s = started.elapsed().as_secs_f64();
+    let after = sample(probe).await;
+    b.finish_and_clear();
+    Held { held_s, mid, after }
+}
+
+impl Held {
+    /// The `hosts` result: `connected` of `m` hosts held, `answered` still there at the
+    /// end (round trips in `rtt`), the node sampled `before` they connected.
+    #[allow(clippy::too_many_arguments)]
+    fn result(
+        &self,
+        m: usize,
+        connected: usize,
+        failures: BTreeMap<String, u64>,
+        login_s: f64,
+        before: &server::Sample,
+        answered: usize,
+        rtt: &Histogram<u64>,
+    ) -> HostsResult {
+        let (held_s, after) = (self.held_s, &self.after);
+        let idle = server::spent(&self.mid, after);
+        HostsResult {
+            hosts: m,
+            logged_in: connected,
+            failures,
+            login_s,
+            held_s,
+            keepalive_answered: answered,
+            keepalive_rtt_us: Latency::of(rtt),
+            node_hosts_before: before.hosts,
+            node_hosts_after: after.hosts,
+            rss_per_host_bytes: before
+                .rss
+                .zip(after.rss)
+                .filter(|_| connected > 0)
+                .map(|(b, a)| (a as f64 - b as f64) / connected as f64),
+            idle_cpu_pct: idle.cpu_s.map(|c| 100.0 * c / held_s),
+            server: crate::server::Spent {
+                cpu_s: idle.cpu_s,
+                rss_before: before.rss,
+                rss_after: after.rss,
+                source: after.source,
+            },
+        }
+    }
 }
 
 /// `hosts --accounts K`: `m` idle connections to the network's super nodes that log in
@@ -406,42 +442,12 @@ pub async fn hold_light_hosts(
     }
     let login_s = started.elapsed().as_secs_f64();
     b.finish_and_clear();
-    let b = bar(quiet, "holding", hold.as_millis() as u64, false);
-    b.set_message(format!("{} hosts connected", links.len()));
-    let mid = sample(probe).await;
-    let held = Instant::now();
-    wait_showing(&b, hold).await;
-    let held_s = held.elapsed().as_secs_f64();
-    let after = sample(probe).await;
-    b.finish_and_clear();
+    let held = hold_for(links.len(), hold, probe, quiet).await;
     let connected = links.len();
     // A link ends when its super node closes the session or stops answering keepalives.
     let up = links.iter().filter(|l| l.is_up()).count();
     drop(links);
-    let idle = server::spent(&mid, &after);
-    Ok(HostsResult {
-        hosts: m,
-        logged_in: connected,
-        failures,
-        login_s,
-        held_s,
-        keepalive_answered: up,
-        keepalive_rtt_us: Latency::of(&stats::histogram()),
-        node_hosts_before: before.hosts,
-        node_hosts_after: after.hosts,
-        rss_per_host_bytes: before
-            .rss
-            .zip(after.rss)
-            .filter(|_| connected > 0)
-            .map(|(b, a)| (a as f64 - b as f64) / connected as f64),
-        idle_cpu_pct: idle.cpu_s.map(|c| 100.0 * c / held_s),
-        server: crate::server::Spent {
-            cpu_s: idle.cpu_s,
-            rss_before: before.rss,
-            rss_after: after.rss,
-            source: after.source,
-        },
-    })
+    Ok(held.result(m, connected, failures, login_s, &before, up, &stats::histogram()))
 }
 
 /// `lookup`: `h` hosts look each other up in the Global Index, each at most `rate` a
