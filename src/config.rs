@@ -71,10 +71,23 @@ pub struct LoginServerConfig {
     pub rsa_backend: crate::crypto::RsaBackend,
     /// Most TCP connections at once.
     pub connections_max: usize,
-    /// Failed logins allowed before back-off starts.
-    pub backoff_free_failures: u32,
-    /// Longest back-off.
-    pub backoff_max_secs: u64,
+    /// Most TCP connections at once from one source (IPv4 address or IPv6 /64).
+    pub connections_per_source_max: usize,
+    /// Longest a TCP connection may live.
+    pub connection_lifetime_secs: u64,
+    /// Per-source and per-user limits, client puzzles, registrations, surges.
+    pub throttle: crate::login::guard::ThrottlePolicy,
+}
+
+impl LoginServerConfig {
+    /// The TCP connection limits.
+    pub fn connection_limits(&self) -> crate::login::server::ConnectionLimits {
+        crate::login::server::ConnectionLimits {
+            total: self.connections_max,
+            per_source: self.connections_per_source_max,
+            lifetime: std::time::Duration::from_secs(self.connection_lifetime_secs),
+        }
+    }
 }
 
 impl Default for LoginServerConfig {
@@ -89,8 +102,9 @@ impl Default for LoginServerConfig {
             latest_version: crate::VERSION.into(),
             rsa_backend: crate::crypto::RsaBackend::default(),
             connections_max: 4096,
-            backoff_free_failures: 5,
-            backoff_max_secs: 300,
+            connections_per_source_max: 64,
+            connection_lifetime_secs: 60,
+            throttle: crate::login::guard::ThrottlePolicy::default(),
         }
     }
 }
@@ -170,6 +184,14 @@ pub struct SupernodeConfig {
     pub hosts_max: usize,
     /// Most handshakes being checked at once per node.
     pub handshakes_max: usize,
+    /// Most handshakes (RSA jobs) running at once for one source.
+    pub handshakes_per_source_max: usize,
+    /// STUN Binding answers a second to one source (twice that at once).
+    pub stun_per_source_per_sec: u32,
+    /// Most host TCP connections at once, per listener (main, 443, 80).
+    pub tcp_connections_max: usize,
+    /// Most host TCP connections at once from one source (IPv4 address or IPv6 /64).
+    pub tcp_connections_per_source_max: usize,
     /// UDP receive buffer per socket.
     pub udp_recv_buffer_bytes: usize,
     /// Call relays.
@@ -197,6 +219,8 @@ pub struct RelayConfig {
     /// TCP connections to the relay port open at once (legs of hosts whose UDP is
     /// blocked); 0: no relaying over TCP.
     pub tcp_connections_max: usize,
+    /// TCP connections to the relay port one source may hold open at once.
+    pub tcp_connections_per_source_max: usize,
     /// SO_RCVBUF of each worker's socket (the kernel caps it at net.core.rmem_max).
     pub recv_buffer_bytes: usize,
     /// SO_SNDBUF of each worker's socket (the kernel caps it at net.core.wmem_max).
@@ -224,6 +248,7 @@ impl Default for RelayConfig {
             bytes_per_second_max: l.bytes_per_second_max,
             allow_private_peers: false,
             tcp_connections_max: crate::relay::worker::TCP_CONNS_MAX_DEFAULT,
+            tcp_connections_per_source_max: crate::relay::worker::TCP_CONNS_PER_SOURCE_MAX_DEFAULT,
             recv_buffer_bytes: w.recv_buffer_bytes,
             send_buffer_bytes: w.send_buffer_bytes,
             batch: w.batch,
@@ -249,6 +274,10 @@ impl Default for SupernodeConfig {
             idle_timeout_secs: p.idle_timeout_secs,
             hosts_max: p.hosts_max,
             handshakes_max: p.handshakes_max,
+            handshakes_per_source_max: p.handshakes_per_source_max,
+            stun_per_source_per_sec: p.stun_per_source_per_sec,
+            tcp_connections_max: p.tcp_connections_max,
+            tcp_connections_per_source_max: p.tcp_connections_per_source_max,
             udp_recv_buffer_bytes: p.udp_recv_buffer_bytes,
             relay: RelayConfig::default(),
         }
@@ -355,6 +384,30 @@ impl Config {
         }
         if self.login_server.connections_max == 0 {
             return bad("login_server.connections_max", "must be at least 1");
+        }
+        if self.login_server.connections_per_source_max == 0
+            || self.login_server.connections_per_source_max > self.login_server.connections_max
+        {
+            return bad("login_server.connections_per_source_max", "must be 1..=login_server.connections_max");
+        }
+        if self.login_server.connection_lifetime_secs < 5 {
+            return bad("login_server.connection_lifetime_secs", "must be at least 5");
+        }
+        if let Err((key, why)) = self.login_server.throttle.validate() {
+            return bad(&format!("login_server.throttle.{key}"), &why);
+        }
+        let sn = &self.supernode;
+        if sn.tcp_connections_max == 0 {
+            return bad("supernode.tcp_connections_max", "must be at least 1");
+        }
+        if sn.tcp_connections_per_source_max == 0 || sn.tcp_connections_per_source_max > sn.tcp_connections_max {
+            return bad("supernode.tcp_connections_per_source_max", "must be 1..=supernode.tcp_connections_max");
+        }
+        if sn.stun_per_source_per_sec == 0 {
+            return bad("supernode.stun_per_source_per_sec", "must be at least 1");
+        }
+        if sn.handshakes_per_source_max == 0 || sn.handshakes_per_source_max > sn.handshakes_max {
+            return bad("supernode.handshakes_per_source_max", "must be 1..=supernode.handshakes_max");
         }
         if self.supernode.keepalive_secs == 0 || self.supernode.keepalive_secs >= self.supernode.idle_timeout_secs {
             return bad("supernode.keepalive_secs", "must be at least 1 and below supernode.idle_timeout_secs");

@@ -26,11 +26,7 @@ pub fn login_service(cfg: &config::LoginServerConfig) -> anyhow::Result<LoginSer
         credential_lifetime_secs: cfg.credential_lifetime_secs,
         replay_window_secs: cfg.replay_window_secs,
         latest_version: cfg.latest_version.clone(),
-        backoff: crate::login::backoff::Policy {
-            free_failures: cfg.backoff_free_failures,
-            max_secs: cfg.backoff_max_secs,
-            ..Default::default()
-        },
+        throttle: cfg.throttle.clone(),
     };
     Ok(LoginService::new(key, store, policy))
 }
@@ -55,8 +51,11 @@ pub fn session_params(cfg: &config::SupernodeConfig) -> SessionParams {
         idle_timeout_secs: cfg.idle_timeout_secs,
         hosts_max: cfg.hosts_max,
         handshakes_max: cfg.handshakes_max,
+        handshakes_per_source_max: cfg.handshakes_per_source_max,
+        stun_per_source_per_sec: cfg.stun_per_source_per_sec,
+        tcp_connections_max: cfg.tcp_connections_max,
+        tcp_connections_per_source_max: cfg.tcp_connections_per_source_max,
         udp_recv_buffer_bytes: cfg.udp_recv_buffer_bytes,
-        ..SessionParams::default()
     }
 }
 
@@ -200,7 +199,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Network> {
     cfg.login_server.key = login_stem.with_extension("key.pem").into();
     cfg.login_server.database = data.join("accounts.sqlite").into();
     let service = Arc::new(login_service(&cfg.login_server)?);
-    let login = LoginServer::bind(service, cfg.login_server.listen, None, cfg.login_server.connections_max).await?;
+    let login = LoginServer::bind(service, cfg.login_server.listen, None, cfg.login_server.connection_limits()).await?;
     let login_addr = login.addr();
     tasks.push(actix_rt::spawn(login.run(shutdown.clone())));
 

@@ -44,7 +44,12 @@ async fn start(supernodes: usize) -> Net {
         supernodes,
         metrics: Some("127.0.0.1:0".parse().unwrap()),
         key_bits: 2048,
-        config: Config::default(),
+        config: {
+            let mut c = Config::default();
+            // The harness runs every host from loopback: one source to the login server.
+            c.login_server.throttle = confab::login::guard::ThrottlePolicy::one_source_load();
+            c
+        },
     })
     .await
     .unwrap();

@@ -99,7 +99,7 @@ pub async fn login_server(a: LoginArgs, mut config: Config) -> anyhow::Result<Ex
         service,
         config.login_server.listen,
         config.login_server.public_addr,
-        config.login_server.connections_max,
+        config.login_server.connection_limits(),
     )
     .await?;
     let task = actix_rt::spawn(server.run(shutdown.clone()));

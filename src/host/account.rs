@@ -9,7 +9,10 @@ use crate::crypto::password::SharedSecret;
 use crate::crypto::{PrivateKey, PublicKey, envelope};
 use crate::net::tcp;
 use crate::wire::frame::{self, Direction};
-use crate::wire::message::{AccountBody, Envelope, ErrorCode, ErrorMsg, LoginReply, MessageKind, RegisterReply};
+use crate::wire::message::{
+    AccountBody, Envelope, EnvelopedRequest, ErrorCode, ErrorMsg, LoginReply, MessageKind, PuzzleChallenge,
+    RegisterReply,
+};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -67,12 +70,12 @@ pub struct LoginServers {
 async fn exchange(
     addr: SocketAddr,
     kind: MessageKind,
-    env: &Envelope,
+    request: &EnvelopedRequest,
     secret: &SessionSecret,
     timeout: Duration,
 ) -> Result<(MessageKind, Vec<u8>), AccountError> {
     let io = |e: std::io::Error| AccountError::Unreachable(format!("{addr}: {e}"));
-    let request = frame::encode_plain(addr, kind, 0, &env.encode());
+    let request = frame::encode_plain(addr, kind, 0, &request.encode());
     let reply = tokio::time::timeout(timeout, async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
@@ -105,14 +108,39 @@ async fn request(
 ) -> Result<(SocketAddr, MessageKind, Vec<u8>), AccountError> {
     let mut errors = Vec::new();
     for &addr in &servers.addrs {
-        for key in servers.trusted.keys() {
-            let (env, secret) = seal(key);
-            match exchange(addr, kind, &env, &secret, servers.timeout).await {
+        let mut puzzles = 0;
+        let mut keys = servers.trusted.keys().iter();
+        let mut key = keys.next();
+        let mut challenge: Option<PuzzleChallenge> = None;
+        while let Some(k) = key {
+            let (envelope, secret) = seal(k);
+            let solution = match challenge.take() {
+                Some(c) => Some(solve(addr, c, envelope.wrapped.clone()).await?),
+                None => None,
+            };
+            let request = EnvelopedRequest { envelope, solution };
+            match exchange(addr, kind, &request, &secret, servers.timeout).await {
+                Ok((MessageKind::Puzzle, b)) => {
+                    // The server wants work before it looks at this request (its user is
+                    // under attack, or the server is in a surge): solve and ask again.
+                    puzzles += 1;
+                    if puzzles > PUZZLES_PER_REQUEST_MAX {
+                        return Err(AccountError::Protocol {
+                            addr,
+                            what: "the login server keeps asking for puzzles".into(),
+                        });
+                    }
+                    let c = PuzzleChallenge::decode(&b)
+                        .map_err(|e| AccountError::Protocol { addr, what: format!("malformed puzzle: {e}") })?;
+                    challenge = Some(c);
+                    continue;
+                }
                 Ok((MessageKind::Error, b)) => {
                     let e = ErrorMsg::decode(&b)
                         .map_err(|e| AccountError::Protocol { addr, what: format!("malformed error: {e}") })?;
                     if e.code == ErrorCode::BadEnvelope {
                         errors.push(format!("{addr}: {}", e.detail));
+                        key = keys.next();
                         continue;
                     }
                     return Err(AccountError::Refused(e));
@@ -131,6 +159,33 @@ async fn request(
         errors.push("no login server configured".into());
     }
     Err(AccountError::Unreachable(errors.join("; ")))
+}
+
+/// Puzzles one request may be asked to solve before we give up on that server (a second
+/// one is normal when the first expired on a slow machine).
+const PUZZLES_PER_REQUEST_MAX: u32 = 3;
+
+/// Solves a login server's puzzle for the request whose wrapped key is `wrapped`, on the
+/// blocking pool (it is CPU work: ~15 ms at 14 bits, ~0.13 s at 17).
+async fn solve(
+    addr: SocketAddr,
+    c: PuzzleChallenge,
+    wrapped: Vec<u8>,
+) -> Result<crate::wire::message::PuzzleSolution, AccountError> {
+    if c.bits > crate::login::puzzle::BITS_MAX {
+        return Err(AccountError::Protocol {
+            addr,
+            what: format!("the login server asked for a {}-bit puzzle", c.bits),
+        });
+    }
+    tracing::debug!(%addr, bits = c.bits, "solving the login server's puzzle");
+    // 2^(bits+6) tries fail only with probability e^-64.
+    let tries = 1u64 << (u32::from(c.bits) + 6);
+    tokio::task::spawn_blocking(move || crate::login::puzzle::solve(&c, &wrapped, tries))
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| AccountError::Protocol { addr, what: "could not solve the login server's puzzle".into() })
 }
 
 fn account_envelope(body: &AccountBody) -> impl Fn(&PublicKey) -> (Envelope, SessionSecret) {
@@ -258,7 +313,14 @@ mod tests {
         store.create("alice", "Alice", Verifier([0; 32]), 1).unwrap();
         store.create("bob", "Bob", Verifier([0; 32]), 1).unwrap();
         let service = Arc::new(LoginService::new(test_key(0), store, LoginPolicy::default()));
-        let server = LoginServer::bind(service, "127.0.0.1:0".parse().unwrap(), None, 8).await.unwrap();
+        let server = LoginServer::bind(
+            service,
+            "127.0.0.1:0".parse().unwrap(),
+            None,
+            crate::login::server::ConnectionLimits { total: 8, ..Default::default() },
+        )
+        .await
+        .unwrap();
         // A key the server does not hold comes first: the client moves on to the next.
         let servers = LoginServers {
             addrs: vec![server.addr()],

@@ -195,6 +195,11 @@ async fn bind_port(port: u16, home: &Home) -> anyhow::Result<(UdpSocket, TcpList
     }
 }
 
+/// Connections port P holds at once: a host answers a few peers, never a crowd.
+const DIRECT_CONNECTIONS_MAX: usize = 64;
+/// Connections port P holds at once from one source.
+const DIRECT_CONNECTIONS_PER_SOURCE_MAX: usize = 4;
+
 /// Serves the host's own TCP port P. Direct calls between public hosts will use it; for
 /// now a peer that connects is told, in protocol terms, that this host takes no direct
 /// requests yet, instead of being left hanging.
@@ -202,12 +207,22 @@ async fn bind_port(port: u16, home: &Home) -> anyhow::Result<(UdpSocket, TcpList
 /// reached us directly, our public address if through our NAT's port mapping.
 fn serve_direct(listener: TcpListener, public: SocketAddr) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let addr = listener.local_addr().unwrap_or(public);
+        let slots =
+            crate::net::tcp::Slots::new("host", addr, DIRECT_CONNECTIONS_MAX, DIRECT_CONNECTIONS_PER_SOURCE_MAX);
+        let total = Arc::new(tokio::sync::Semaphore::new(DIRECT_CONNECTIONS_MAX));
         loop {
             let Ok((mut stream, peer)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
+            let Ok(permit) = total.clone().try_acquire_owned() else {
+                slots.refused(peer.ip().into(), "full");
+                continue;
+            };
+            let Some(claim) = slots.claim(peer) else { continue };
             tokio::spawn(async move {
+                let _held = (permit, claim);
                 let Ok(local) = stream.local_addr() else { return };
                 let read = tokio::time::timeout(Duration::from_secs(5), crate::net::tcp::read_frame(&mut stream));
                 let Ok(Ok(Some(bytes))) = read.await else { return };

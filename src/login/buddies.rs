@@ -69,7 +69,7 @@ pub(super) fn handle(svc: &LoginService, now: u64, source: IpAddr, env: &Envelop
         h.op = Some(op);
         h
     };
-    if let Err(refused) = svc.check_replay(opened.nonce, signed.timestamp, now, &secret) {
+    if let Err(refused) = svc.check_replay(source, opened.nonce, signed.timestamp, now, &secret) {
         return with_op(refused);
     }
     let credential = match signed.verify(svc.trusted(), &env.wrapped, now) {
@@ -242,7 +242,7 @@ mod tests {
     use crate::crypto::envelope;
     use crate::crypto::keys::tests::test_key;
     use crate::crypto::password::Verifier;
-    use crate::login::backoff::Policy;
+    use crate::login::guard::ThrottlePolicy;
     use crate::login::service::LoginPolicy;
     use proptest::prelude::*;
 
@@ -340,6 +340,7 @@ mod tests {
                 assert_eq!(h.outcome, error.code.label());
                 Err(error)
             }
+            Reply::Puzzle { .. } => panic!("a buddy request was asked for a puzzle"),
         }
     }
 
@@ -467,8 +468,10 @@ mod tests {
 
     #[test]
     fn forged_signature_is_refused_and_counts_against_the_source() {
-        let policy =
-            LoginPolicy { backoff: Policy { free_failures: 1, ..Policy::default() }, ..LoginPolicy::default() };
+        let policy = LoginPolicy {
+            throttle: ThrottlePolicy { source_refuse_after: 2, source_puzzle_after: 2, ..Default::default() },
+            ..LoginPolicy::default()
+        };
         let t = setup_with(policy);
         // Alice's credential, but the operation signed by another key.
         let cred = t.cred("alice");

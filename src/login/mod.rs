@@ -3,13 +3,15 @@
 //! - [`username`] — username and password rules.
 //! - [`service`] — request handling as plain logic over the store and the clock.
 //! - [`buddies`] — buddy-list requests: signed operations on the owner's list.
-//! - [`backoff`] — per-username and per-address back-off after failures.
+//! - [`guard`] — throttling, puzzles and replay state behind one interface.
+//! - [`puzzle`] — client puzzles: the cost a guesser pays instead of a refusal.
 //! - [`replay`] — the timestamp window and nonce cache against replayed requests.
 //! - [`store`] — accounts in SQLite (WAL, transactions, fsync on commit).
 //! - [`server`] — the TCP shell.
 
-pub mod backoff;
 pub mod buddies;
+pub mod guard;
+pub mod puzzle;
 pub mod replay;
 pub mod server;
 pub mod service;

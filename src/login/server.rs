@@ -3,6 +3,7 @@
 
 use super::service::{Handled, LoginService, Reply};
 use crate::crypto::aead::label;
+use crate::net::source::RefusalLog;
 use crate::net::tcp;
 use crate::wire::frame::{self, Direction};
 use crate::wire::message::{ErrorCode, MessageKind};
@@ -16,12 +17,30 @@ use tokio_util::sync::CancellationToken;
 /// How long a connection may stay silent.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Connection limits of a login server.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Most connections at once.
+    pub total: usize,
+    /// Most connections at once from one source (IPv4 address or IPv6 /64).
+    pub per_source: usize,
+    /// Longest a connection may live, however busy: a host needs one or two requests.
+    pub lifetime: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self { total: 4096, per_source: 64, lifetime: Duration::from_secs(60) }
+    }
+}
+
 /// A bound login server.
 pub struct LoginServer {
     service: Arc<LoginService>,
     listener: TcpListener,
     addr: SocketAddr,
-    connections_max: usize,
+    limits: ConnectionLimits,
+    refusals: Arc<RefusalLog>,
 }
 
 fn describe() {
@@ -45,7 +64,7 @@ impl LoginServer {
         service: Arc<LoginService>,
         bind: SocketAddr,
         public: Option<SocketAddr>,
-        connections_max: usize,
+        limits: ConnectionLimits,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(bind)
             .await
@@ -62,7 +81,7 @@ impl LoginServer {
             None => local,
         };
         describe();
-        Ok(Self { service, listener, addr, connections_max })
+        Ok(Self { service, listener, addr, limits, refusals: Arc::new(RefusalLog::default()) })
     }
 
     /// The address hosts dial.
@@ -73,14 +92,16 @@ impl LoginServer {
     /// Serves until `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(addr = %self.addr, "login server listening");
-        let limit = Arc::new(tokio::sync::Semaphore::new(self.connections_max));
-        let (service, addr) = (self.service.clone(), self.addr);
-        tcp::serve(&self.listener, limit, shutdown.clone(), |stream, peer| {
-            let (service, shutdown) = (service.clone(), shutdown.clone());
+        let slots = tcp::Slots::new("login", self.addr, self.limits.total, self.limits.per_source);
+        let (service, addr, lifetime) = (self.service.clone(), self.addr, self.limits.lifetime);
+        let refusals = self.refusals.clone();
+        tcp::serve(&self.listener, slots, shutdown.clone(), |stream, peer| {
+            let (service, shutdown, refusals) = (service.clone(), shutdown.clone(), refusals.clone());
             async move {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
-                    _ = connection(service, stream, peer, addr) => {}
+                    _ = tokio::time::sleep(lifetime) => {}
+                    _ = connection(service, stream, peer, addr, &refusals) => {}
                 }
             }
         })
@@ -89,33 +110,42 @@ impl LoginServer {
     }
 }
 
-fn reject(reason: &'static str, peer: SocketAddr, detail: &dyn std::fmt::Display) {
+fn reject(refusals: &RefusalLog, reason: &'static str, peer: SocketAddr, detail: &dyn std::fmt::Display) {
     counter!("confab_login_frames_rejected_total", "reason" => reason).increment(1);
-    tracing::debug!(%peer, reason, %detail, "login server rejected a frame");
+    if refusals.first(peer.ip().into(), reason) {
+        tracing::info!(%peer, reason, %detail, "login server rejected a frame (further ones from this source for this reason are only counted)");
+    }
 }
 
-async fn connection(service: Arc<LoginService>, mut stream: TcpStream, peer: SocketAddr, listener: SocketAddr) {
+async fn connection(
+    service: Arc<LoginService>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    listener: SocketAddr,
+    refusals: &RefusalLog,
+) {
     let _ = stream.set_nodelay(true);
     loop {
         let bytes = match tokio::time::timeout(IDLE_TIMEOUT, tcp::read_frame(&mut stream)).await {
             Ok(Ok(Some(b))) => b,
             Ok(Ok(None)) | Err(_) => return,
             Ok(Err(e)) => {
-                reject("bad_stream", peer, &e);
+                reject(refusals, "bad_stream", peer, &e);
                 return;
             }
         };
         let (kind, payload) = match frame::decode(listener, &bytes) {
             Ok(raw) => (raw.header.kind, raw.payload.to_vec()),
             Err(e) => {
-                reject(e.reason(), peer, &e);
+                reject(refusals, e.reason(), peer, &e);
                 return;
             }
         };
         if kind == MessageKind::SeenQuery {
             let svc = service.clone();
             let now = crate::unix_now();
-            let Ok(answer) = tokio::task::spawn_blocking(move || svc.seen(now, peer.ip(), &payload)).await else {
+            let Ok(answer) = tokio::task::spawn_blocking(move || svc.seen(now, peer.ip(), listener, &payload)).await
+            else {
                 return;
             };
             let (outcome, reply) = match answer {
@@ -150,13 +180,16 @@ async fn connection(service: Arc<LoginService>, mut stream: TcpStream, peer: Soc
             // its rate would flood the log at info.
             if ok || handled.outcome == ErrorCode::TooManyAttempts.label() {
                 tracing::debug!(%peer, op, outcome = handled.outcome, "buddy operation");
-            } else {
-                tracing::info!(%peer, op, outcome = handled.outcome, "login server refused a buddy operation");
+            } else if refusals.first(peer.ip().into(), handled.outcome) {
+                tracing::info!(%peer, op, outcome = handled.outcome, "login server refused a buddy operation (further ones from this source for this reason are only counted)");
             }
         } else if ok {
             tracing::info!(%peer, outcome = handled.outcome, "login server request");
+        } else if refusals.first(peer.ip().into(), handled.outcome) {
+            // An attack is one line per source and reason, then only counted.
+            tracing::info!(%peer, outcome = handled.outcome, kind = kind_label, "login server refused a request (further ones from this source for this reason are only counted)");
         } else {
-            tracing::info!(%peer, outcome = handled.outcome, kind = kind_label, "login server refused a request");
+            tracing::debug!(%peer, outcome = handled.outcome, kind = kind_label, "login server refused a request");
         }
         if tcp::write_frame(&mut stream, &encode_reply(listener, handled)).await.is_err() {
             return;
@@ -176,5 +209,12 @@ pub fn encode_reply(listener: SocketAddr, handled: Handled) -> Vec<u8> {
             frame::encode_sealed(listener, MessageKind::Error, 0, 0, &key, Direction::ToInitiator, &error.encode())
         }
         Reply::Error { error, secret: None } => frame::encode_plain(listener, MessageKind::Error, 0, &error.encode()),
+        Reply::Puzzle { challenge, secret: Some(secret) } => {
+            let key = secret.derive(label::RESPONDER_TO_INITIATOR);
+            frame::encode_sealed(listener, MessageKind::Puzzle, 0, 0, &key, Direction::ToInitiator, &challenge.encode())
+        }
+        Reply::Puzzle { challenge, secret: None } => {
+            frame::encode_plain(listener, MessageKind::Puzzle, 0, &challenge.encode())
+        }
     }
 }

@@ -1,9 +1,10 @@
 //! The login server's request handling: plain logic over an envelope, the store and
 //! the clock. The TCP shell in [`super::server`] only moves bytes.
 
-use super::backoff::{Backoff, Policy};
 use super::buddies::OpsLimiter;
-use super::replay::{ReplayCache, ReplayVerdict};
+use super::guard::{Gate, Guard, MemoryGuard, RequestKind, ThrottlePolicy};
+use super::puzzle::{PuzzleError, PuzzleKey};
+use super::replay::ReplayVerdict;
 use super::store::{AccountStore, StoreError};
 use super::username;
 use crate::crypto::aead::SessionSecret;
@@ -11,9 +12,13 @@ use crate::crypto::credential::{Claims, Credential, CredentialKind, TrustedKeys}
 use crate::crypto::envelope::Opened;
 use crate::crypto::password::SharedSecret;
 use crate::crypto::{PrivateKey, PublicKey, envelope, random};
-use crate::wire::message::{AccountBody, Envelope, ErrorCode, ErrorMsg, LoginReply, MessageKind, RegisterReply};
-use std::net::IpAddr;
-use std::sync::Mutex;
+use crate::net::source::SourceKey;
+use crate::wire::message::{
+    AccountBody, EnvelopedRequest, ErrorCode, ErrorMsg, LoginReply, MessageKind, PuzzleChallenge, RegisterReply,
+    SeenQuery,
+};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 /// Settings of the login service.
 #[derive(Debug, Clone)]
@@ -24,8 +29,8 @@ pub struct LoginPolicy {
     pub replay_window_secs: u64,
     /// Newest released version, advertised to hosts.
     pub latest_version: String,
-    /// Back-off after failures.
-    pub backoff: Policy,
+    /// Throttling and puzzles.
+    pub throttle: ThrottlePolicy,
 }
 
 impl Default for LoginPolicy {
@@ -34,7 +39,7 @@ impl Default for LoginPolicy {
             credential_lifetime_secs: 24 * 3600,
             replay_window_secs: 300,
             latest_version: crate::VERSION.to_owned(),
-            backoff: Policy::default(),
+            throttle: ThrottlePolicy::default(),
         }
     }
 }
@@ -50,6 +55,13 @@ pub enum Reply {
         body: Vec<u8>,
         /// The request's K.
         secret: SessionSecret,
+    },
+    /// Solve this puzzle and ask again: sealed when the request's K is known.
+    Puzzle {
+        /// The challenge.
+        challenge: PuzzleChallenge,
+        /// The request's K, once the envelope opened.
+        secret: Option<SessionSecret>,
     },
     /// An error: sealed when the request's K is known, plain otherwise.
     Error {
@@ -79,9 +91,7 @@ pub struct LoginService {
     key: PrivateKey,
     store: AccountStore,
     policy: LoginPolicy,
-    users: Mutex<Backoff<String>>,
-    sources: Mutex<Backoff<IpAddr>>,
-    replay: Mutex<ReplayCache>,
+    guard: Arc<dyn Guard>,
     queries: Mutex<std::collections::HashMap<IpAddr, (u64, u32)>>,
     trusted: TrustedKeys,
     buddy_ops: Mutex<OpsLimiter>,
@@ -89,6 +99,8 @@ pub struct LoginService {
 
 /// Directory queries one address may make per second (each costs a signature).
 const DIRECTORY_QUERIES_PER_SECOND_MAX: u32 = 50;
+/// How far a directory query's time may be from ours: it is made and sent at once.
+const SEEN_QUERY_WINDOW_SECS: u64 = 60;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The guarded values are plain caches that stay consistent between statements.
@@ -107,8 +119,13 @@ pub(super) fn fail(code: ErrorCode, detail: impl Into<String>, secret: Option<&S
 impl LoginService {
     /// A service signing with `key` and storing accounts in `store`.
     pub fn new(key: PrivateKey, store: AccountStore, policy: LoginPolicy) -> Self {
-        let backoff = policy.backoff;
-        let window = policy.replay_window_secs;
+        let guard = MemoryGuard::new(policy.throttle.clone(), policy.replay_window_secs, PuzzleKey::generate());
+        Self::with_guard(key, store, policy, Arc::new(guard))
+    }
+
+    /// A service whose throttling, puzzle and replay state lives in `guard` (shared by
+    /// login servers of one database).
+    pub fn with_guard(key: PrivateKey, store: AccountStore, policy: LoginPolicy, guard: Arc<dyn Guard>) -> Self {
         let trusted = TrustedKeys::new(vec![key.public().clone()]);
         Self {
             trusted,
@@ -116,9 +133,7 @@ impl LoginService {
             key,
             store,
             policy,
-            users: Mutex::new(Backoff::new(backoff)),
-            sources: Mutex::new(Backoff::new(backoff)),
-            replay: Mutex::new(ReplayCache::new(window, 1_000_000)),
+            guard,
             queries: Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -144,7 +159,7 @@ impl LoginService {
 
     /// Counts a failure against `source` (a forged or unreadable request).
     pub(super) fn source_failed(&self, source: IpAddr, now: u64) {
-        lock(&self.sources).fail(source, now);
+        self.guard.failed(source.into(), None, now);
     }
 
     /// Whether `owner` may make another buddy operation at `now`.
@@ -153,14 +168,20 @@ impl LoginService {
     }
 
     /// Checks a request's nonce and timestamp; the refusal to send if it is not fresh.
+    /// A replay or a clock outside the window counts as a failure of the source.
     pub(super) fn check_replay(
         &self,
+        source: IpAddr,
         nonce: [u8; 32],
         timestamp: u64,
         now: u64,
         secret: &SessionSecret,
     ) -> Result<(), Handled> {
-        match lock(&self.replay).check(nonce, timestamp, now) {
+        let verdict = self.guard.check_replay(nonce, timestamp, now);
+        if verdict != ReplayVerdict::Fresh {
+            self.guard.failed(source.into(), None, now);
+        }
+        match verdict {
             ReplayVerdict::Fresh => Ok(()),
             ReplayVerdict::Replayed => Err(fail(ErrorCode::Replayed, "this request was seen before", Some(secret))),
             ReplayVerdict::Skewed => Err(fail(
@@ -172,8 +193,10 @@ impl LoginService {
     }
 
     /// Answers a recently-seen directory query (a super node's lookup that found nothing
-    /// in the index): a record signed with the login key, so hosts can trust it.
-    pub fn seen(&self, now: u64, source: IpAddr, payload: &[u8]) -> Result<Vec<u8>, ErrorMsg> {
+    /// in the index): a record signed with the login key, so hosts can trust it. Only super
+    /// nodes ask: the query must carry a super-node credential this server trusts and be
+    /// signed by its key for this server (`listener`) within the replay window.
+    pub fn seen(&self, now: u64, source: IpAddr, listener: SocketAddr, payload: &[u8]) -> Result<Vec<u8>, ErrorMsg> {
         {
             let mut q = lock(&self.queries);
             if q.len() > 100_000 {
@@ -190,8 +213,16 @@ impl LoginService {
                 return Err(err);
             }
         }
-        let q = crate::wire::message::Find::decode(payload)
-            .map_err(|e| ErrorMsg::new(ErrorCode::Malformed, e.to_string()))?;
+        let q = SeenQuery::decode(payload).map_err(|e| ErrorMsg::new(ErrorCode::Malformed, e.to_string()))?;
+        let window = self.policy.replay_window_secs.min(SEEN_QUERY_WINDOW_SECS);
+        if q.timestamp.saturating_add(window) < now || q.timestamp > now.saturating_add(window) {
+            return Err(ErrorMsg::new(ErrorCode::ClockSkew, "directory query outside the time window"));
+        }
+        let cred = Credential::decode_verified(&q.credential, &self.trusted, CredentialKind::SuperNode, now)
+            .map_err(|e| ErrorMsg::new(ErrorCode::UntrustedCredential, format!("directory query: {e}")))?;
+        cred.public_key
+            .verify_pss(&q.signed_message(listener), &q.signature)
+            .map_err(|_| ErrorMsg::new(ErrorCode::BadSignature, "directory query signature does not verify"))?;
         let user =
             username::canonical(&q.user).map_err(|e| ErrorMsg::new(ErrorCode::InvalidUsername, e.to_string()))?;
         let row = self.store.seen(&user).map_err(|e| {
@@ -228,45 +259,79 @@ impl LoginService {
     }
 
     fn handle_inner(&self, now: u64, source: IpAddr, kind: MessageKind, payload: &[u8]) -> Handled {
-        if !matches!(kind, MessageKind::RegisterRequest | MessageKind::LoginRequest | MessageKind::BuddyRequest) {
-            return fail(
-                ErrorCode::Unsupported,
-                "a login server answers only register, login and buddy requests",
-                None,
-            );
-        }
-        let Ok(env) = Envelope::decode(payload) else {
+        let request_kind = match kind {
+            MessageKind::RegisterRequest => RequestKind::Register,
+            MessageKind::LoginRequest => RequestKind::Login,
+            MessageKind::BuddyRequest => RequestKind::Buddy,
+            _ => {
+                return fail(
+                    ErrorCode::Unsupported,
+                    "a login server answers only register, login and buddy requests",
+                    None,
+                );
+            }
+        };
+        let Ok(request) = EnvelopedRequest::decode(payload) else {
             return fail(ErrorCode::Malformed, "malformed envelope", None);
         };
-        // The source check comes before the RSA work, so a flood from one address
-        // costs us a hash lookup per request, not a private-key operation.
-        let wait = lock(&self.sources).wait_secs(&source, now);
-        if wait > 0 {
-            return too_many(wait, None);
+        let env = &request.envelope;
+        let src = SourceKey::from(source);
+        // Everything before the RSA work costs a few hashes: a flood from one source, or a
+        // surge from many, is turned away or made to pay before we pay.
+        let solved = self.solved_bits(&request, src, now);
+        match self.guard.admit(src, request_kind, now) {
+            Gate::Refuse(wait) => return too_many(wait, None),
+            Gate::Puzzle(bits) if solved < bits => return self.puzzle(src, bits, now, None),
+            Gate::Puzzle(_) | Gate::Admit => {}
         }
-        let opened = match envelope::open(&self.key, &env) {
+        let opened = match envelope::open(&self.key, env) {
             Ok(o) => o,
             Err(e) => {
                 // A host that trusts several login keys tries them in turn, and a wrong key
                 // is refused before any RSA: only an envelope that fails to decrypt counts.
                 if e != envelope::EnvelopeError::WrongKey {
-                    lock(&self.sources).fail(source, now);
+                    self.guard.failed(src, None, now);
                 }
                 return fail(ErrorCode::BadEnvelope, e.to_string(), None);
             }
         };
         if kind == MessageKind::BuddyRequest {
-            return super::buddies::handle(self, now, source, &env, opened);
+            return super::buddies::handle(self, now, source, env, opened);
         }
-        self.account(now, source, kind, opened)
+        self.account(now, source, kind, opened, solved)
     }
 
-    fn account(&self, now: u64, source: IpAddr, kind: MessageKind, opened: Opened) -> Handled {
+    /// The difficulty of the request's puzzle solution if it is valid (0 if none). A
+    /// forged or unsolved one counts as a failure; an expired one is just not enough.
+    fn solved_bits(&self, request: &EnvelopedRequest, src: SourceKey, now: u64) -> u8 {
+        let Some(solution) = &request.solution else { return 0 };
+        let lifetime = self.guard.policy().puzzle_lifetime_secs;
+        match self.guard.puzzle_key().verify(solution, &request.envelope.wrapped, src, now, lifetime, 0) {
+            Ok(()) => solution.challenge.bits,
+            Err(PuzzleError::Expired) => 0,
+            Err(_) => {
+                self.guard.failed(src, None, now);
+                0
+            }
+        }
+    }
+
+    fn puzzle(&self, src: SourceKey, bits: u8, now: u64, secret: Option<&SessionSecret>) -> Handled {
+        Handled {
+            reply: Reply::Puzzle { challenge: self.guard.puzzle_key().issue(now, bits, src), secret: secret.cloned() },
+            outcome: "puzzle_required",
+            kind: None,
+            op: None,
+        }
+    }
+
+    fn account(&self, now: u64, source: IpAddr, kind: MessageKind, opened: Opened, solved: u8) -> Handled {
         let secret = Some(&opened.secret);
         let Ok(body) = AccountBody::decode(&opened.body) else {
+            self.guard.failed(source.into(), None, now);
             return fail(ErrorCode::Malformed, "malformed request body", secret);
         };
-        if let Err(refused) = self.check_replay(opened.nonce, body.timestamp, now, &opened.secret) {
+        if let Err(refused) = self.check_replay(source, opened.nonce, body.timestamp, now, &opened.secret) {
             return refused;
         }
         let name_key = match username::canonical(&body.username) {
@@ -275,7 +340,17 @@ impl LoginService {
         };
         let shared = SharedSecret(body.shared_secret);
         if kind == MessageKind::RegisterRequest {
+            if let Err(wait) = self.guard.register(source.into(), now) {
+                return too_many_registrations(wait, &opened.secret);
+            }
             return self.register(now, &name_key, &body.username, &shared, opened.secret);
+        }
+        // A user under attack costs every login a puzzle; the right password is never
+        // refused because someone else guessed wrong.
+        if let Some(bits) = self.guard.user_puzzle(&name_key, now)
+            && solved < bits
+        {
+            return self.puzzle(source.into(), bits, now, secret);
         }
         self.login(now, source, &name_key, &body, opened.secret)
     }
@@ -304,14 +379,10 @@ impl LoginService {
 
     fn login(&self, now: u64, source: IpAddr, name_key: &str, body: &AccountBody, secret: SessionSecret) -> Handled {
         let shared = &SharedSecret(body.shared_secret);
-        let wait = lock(&self.users).wait_secs(&name_key.to_owned(), now);
-        if wait > 0 {
-            return too_many(wait, Some(&secret));
-        }
         let account = match self.store.get(name_key) {
             Ok(Some(a)) => a,
             Ok(None) => {
-                lock(&self.sources).fail(source, now);
+                self.guard.failed(source.into(), None, now);
                 return fail(ErrorCode::UnknownUser, format!("no account named {name_key:?}"), Some(&secret));
             }
             Err(e) => {
@@ -320,8 +391,7 @@ impl LoginService {
             }
         };
         if !account.verifier.matches(shared) {
-            lock(&self.users).fail(name_key.to_owned(), now);
-            lock(&self.sources).fail(source, now);
+            self.guard.failed(source.into(), Some(name_key), now);
             return fail(ErrorCode::WrongPassword, "wrong password", Some(&secret));
         }
         let Ok(public_key) = PublicKey::from_der(&body.host_public_key) else {
@@ -331,7 +401,6 @@ impl LoginService {
                 Some(&secret),
             );
         };
-        lock(&self.users).succeed(&name_key.to_owned());
         if let Err(e) = self.store.record_seen(name_key, now, &body.last_supernode) {
             tracing::warn!(error = %e, "could not update the recently-seen directory");
         }
@@ -356,6 +425,18 @@ impl LoginService {
             op: None,
         }
     }
+}
+
+fn too_many_registrations(wait: u64, secret: &SessionSecret) -> Handled {
+    let mut h = fail(
+        ErrorCode::TooManyAttempts,
+        format!("too many registrations from this address; retry in {wait} s"),
+        Some(secret),
+    );
+    if let Reply::Error { error, .. } = &mut h.reply {
+        error.retry_after_secs = wait.min(u64::from(u32::MAX)) as u32;
+    }
+    h
 }
 
 pub(super) fn too_many(wait: u64, secret: Option<&SessionSecret>) -> Handled {

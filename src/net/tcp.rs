@@ -1,5 +1,7 @@
-//! Frames over TCP: each frame preceded by its length as a big-endian `u16`.
+//! Frames over TCP: each frame preceded by its length as a big-endian `u16`; and the
+//! connection slots every TCP listener shares out (a cap in all, a cap per source).
 
+use super::source::{PerSource, RefusalLog, SourceClaim, SourceKey};
 use crate::wire::frame::{FRAME_LEN_MAX, PREFIX_LEN};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,10 +11,70 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-/// Accepts connections until `shutdown` fires, at most `limit` at once, and runs
-/// `handle` for each on its own local task (so handlers may start actix actors). An
-/// accept error (usually EMFILE) backs off instead of spinning.
-pub async fn serve<F, Fut>(listener: &TcpListener, limit: Arc<Semaphore>, shutdown: CancellationToken, handle: F)
+/// Longest a peer may take to accept one frame we write: a peer that stops reading
+/// loses its connection instead of holding a slot and a task forever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connection slots of one TCP listener: at most `total` connections at once, and at
+/// most `per_source` from one source (an IPv4 address or IPv6 /64), so one source can
+/// never take the slots another's login needs.
+#[derive(Debug)]
+pub struct Slots {
+    role: &'static str,
+    addr: String,
+    total: Arc<Semaphore>,
+    per_source: Arc<PerSource>,
+    refusals: RefusalLog,
+}
+
+impl Slots {
+    /// Slots for the listener of `role` (`login`, `supernode`, `relay`, `host`) at `addr`.
+    pub fn new(role: &'static str, addr: SocketAddr, total: usize, per_source: usize) -> Arc<Self> {
+        metrics::describe_counter!(
+            "confab_net_connections_refused_total",
+            "TCP connections closed at once by a listener, by reason (per_source: the source holds its cap)"
+        );
+        Arc::new(Self {
+            role,
+            addr: addr.to_string(),
+            total: Arc::new(Semaphore::new(total.max(1))),
+            per_source: PerSource::new(per_source),
+            refusals: RefusalLog::default(),
+        })
+    }
+
+    /// Claims a slot for `peer`'s source; None (counted, logged once per source) if that
+    /// source holds its cap already.
+    pub fn claim(&self, peer: SocketAddr) -> Option<SourceClaim> {
+        let source = SourceKey::from(peer.ip());
+        let claim = self.per_source.claim(source);
+        if claim.is_none() {
+            self.refused(source, "per_source");
+        }
+        claim
+    }
+
+    /// Counts a refused connection, and logs the first one per source and reason.
+    pub fn refused(&self, source: SourceKey, reason: &'static str) {
+        metrics::counter!("confab_net_connections_refused_total", "role" => self.role, "addr" => self.addr.clone(), "reason" => reason)
+            .increment(1);
+        if self.refusals.first(source, reason) {
+            tracing::warn!(role = self.role, addr = %self.addr, %source, reason, cap = self.per_source.max(),
+                "refused a TCP connection (further refusals of this source for this reason are only counted)");
+        }
+    }
+
+    /// Connections open from `peer`'s source.
+    pub fn open_from(&self, peer: SocketAddr) -> usize {
+        self.per_source.held(SourceKey::from(peer.ip()))
+    }
+}
+
+/// Accepts connections until `shutdown` fires, within `slots` (a cap in all and per
+/// source: a connection over its source's cap is closed at once), and runs `handle` for
+/// each on its own local task (so handlers may start actix actors). An accept error
+/// (usually EMFILE) backs off instead of spinning.
+pub async fn serve<F, Fut>(listener: &TcpListener, slots: Arc<Slots>, shutdown: CancellationToken, handle: F)
 where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + 'static,
@@ -20,7 +82,7 @@ where
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
-            p = limit.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            p = slots.total.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -33,10 +95,18 @@ where
                 }
             },
         };
+        let Some(claim) = slots.claim(peer) else {
+            // Closing at once (a reset, not a lingering FIN) costs the source its
+            // handshake and us nothing more.
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let work = handle(stream, peer);
         tokio::task::spawn_local(async move {
             work.await;
+            drop(claim);
             drop(permit);
         });
     }
@@ -70,12 +140,16 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8
     Ok(Some(buf))
 }
 
-/// Writes one frame with its length prefix.
+/// Writes one frame with its length prefix, within [`WRITE_TIMEOUT`] (a peer that does
+/// not read gets `TimedOut`, and the caller drops the connection).
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(frame.len() + 2);
     out.extend_from_slice(&(frame.len() as u16).to_be_bytes());
     out.extend_from_slice(frame);
-    w.write_all(&out).await
+    match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&out)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "peer did not read within the write deadline")),
+    }
 }
 
 #[cfg(test)]
@@ -91,5 +165,33 @@ mod tests {
         assert!(matches!(read_frame(&mut b).await, Err(ReadError::BadLength(65535))));
         drop(a);
         assert!(read_frame(&mut b).await.unwrap().is_none());
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+
+    #[test]
+    fn per_source_cap_and_release() {
+        let slots = Slots::new("test", "127.0.0.1:1".parse().unwrap(), 100, 2);
+        let a: SocketAddr = "127.0.0.2:1000".parse().unwrap();
+        let a2: SocketAddr = "127.0.0.2:1001".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let first = slots.claim(a).unwrap();
+        let _second = slots.claim(a2).unwrap();
+        assert!(slots.claim(a).is_none(), "the third from one address is over its cap");
+        assert!(slots.claim(b).is_some(), "another source is not affected");
+        drop(first);
+        assert_eq!(slots.open_from(a), 1);
+        assert!(slots.claim(a).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_does_not_read_times_out() {
+        // A duplex pipe whose other end never reads: the write fills it and stalls.
+        let (mut a, _b) = tokio::io::duplex(64);
+        let e = write_frame(&mut a, &[1u8; 1000]).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
     }
 }

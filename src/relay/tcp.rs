@@ -12,7 +12,9 @@
 //! connection's writer ([`TcpConns::send`], never waiting: a full queue drops the
 //! datagram, counted `send_failed`, as a full socket buffer would).
 //!
-//! Limits: at most `conns_max` connections (more are closed at once); a connection that
+//! Limits: at most `conns_max` connections, and `tcp_connections_per_source_max` from
+//! one source (more are closed at once); a write that the peer does not take within
+//! [`crate::net::tcp::WRITE_TIMEOUT`] ends the connection; a connection that
 //! has not latched a leg within [`LATCH_TIMEOUT`], or is silent for [`IDLE_TIMEOUT`],
 //! is closed; a frame of length 0 or above [`RELAYED_LEN_MAX`] ends the connection (a
 //! stream cannot find the next frame after a bad length). Metrics are the workers',
@@ -72,6 +74,8 @@ pub(super) struct Context {
     pub local: Arc<Local>,
     pub node: String,
     pub conns_max: usize,
+    /// The per-source cap (its total is `conns_max`, counted by `conns`).
+    pub slots: Arc<crate::net::tcp::Slots>,
     /// How often the accept loop looks at `stop`.
     pub poll: Duration,
     /// `confab_relay_tcp_connections` for this node.
@@ -112,10 +116,15 @@ async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Context>) {
                         tracing::debug!(%addr, "relay TCP connection refused: at the connection cap");
                         continue;
                     }
+                    let Some(claim) = ctx.slots.claim(addr) else { continue };
                     let conn = ctx.conns.next.fetch_add(1, Relaxed);
                     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
                     ctx.conns.writers.insert(conn, tx);
-                    tokio::spawn(connection(stream, Peer::Tcp { conn, addr }, rx, ctx.clone(), meters.clone()));
+                    let work = connection(stream, Peer::Tcp { conn, addr }, rx, ctx.clone(), meters.clone());
+                    tokio::spawn(async move {
+                        work.await;
+                        drop(claim);
+                    });
                 }
                 Err(e) => {
                     meters.recv_errors.increment(1);
@@ -148,8 +157,10 @@ async fn connection(
             frame.clear();
             frame.extend_from_slice(&(d.len() as u16).to_be_bytes());
             frame.extend_from_slice(&d);
-            if w.write_all(&frame).await.is_err() {
-                break;
+            // A peer that stops reading loses its leg, not a task forever.
+            match tokio::time::timeout(crate::net::tcp::WRITE_TIMEOUT, w.write_all(&frame)).await {
+                Ok(Ok(())) => {}
+                _ => break,
             }
         }
     });

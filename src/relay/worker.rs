@@ -62,6 +62,8 @@ pub struct WorkerConfig {
     /// TCP connections (legs of hosts whose UDP is blocked) open at once at most; 0
     /// listens for none.
     pub tcp_conns_max: usize,
+    /// TCP connections one source (IPv4 address or IPv6 /64) may hold open at once.
+    pub tcp_conns_per_source_max: usize,
     /// Datagrams taken per receive call (recvmmsg), 1 to [`mmsg::BATCH_MAX`].
     pub batch: usize,
     /// Receive calls per wake-up before the worker flushes its counters and looks at
@@ -75,6 +77,8 @@ pub struct WorkerConfig {
 
 /// Default cap on TCP legs: TCP is the exception, and each holds a task and buffers.
 pub const TCP_CONNS_MAX_DEFAULT: usize = 1024;
+/// Default cap on TCP legs from one source: a host has one or two per call.
+pub const TCP_CONNS_PER_SOURCE_MAX_DEFAULT: usize = 32;
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -83,6 +87,7 @@ impl Default for WorkerConfig {
             send_buffer_bytes: 4 << 20,
             io_timeout: Duration::from_millis(200),
             tcp_conns_max: TCP_CONNS_MAX_DEFAULT,
+            tcp_conns_per_source_max: TCP_CONNS_PER_SOURCE_MAX_DEFAULT,
             batch: mmsg::BATCH_MAX,
             read_budget: 8,
             dscp: DSCP_EF,
@@ -201,6 +206,12 @@ impl RelayWorkers {
                 local: local.clone(),
                 node: metrics_label.clone(),
                 conns_max: config.tcp_conns_max,
+                slots: crate::net::tcp::Slots::new(
+                    "relay",
+                    local_addr,
+                    config.tcp_conns_max,
+                    config.tcp_conns_per_source_max,
+                ),
                 poll: config.io_timeout,
                 open: metrics::gauge!("confab_relay_tcp_connections", "node" => metrics_label.clone()),
             };

@@ -11,6 +11,7 @@ use super::mailbox::{self, Deliver};
 use super::node::NodeShared;
 use super::relay_session::{RelaySession, Release};
 use super::session::{Action, Session, SessionPeer, Transport};
+use crate::net::source::SourceClaim;
 use crate::wire::ErrorCode;
 use crate::wire::frame;
 use crate::wire::message::{
@@ -78,8 +79,13 @@ pub struct Close {
 }
 
 enum State {
-    Handshaking(Option<Envelope>),
-    Established { session: Session, welcome: Vec<u8> },
+    /// The Auth to check, and this source's claim on an RSA job (given back when the job
+    /// ends, so one source never has more than its share of RSA work running).
+    Handshaking(Option<(Envelope, SourceClaim)>),
+    Established {
+        session: Session,
+        welcome: Vec<u8>,
+    },
 }
 
 /// The actor.
@@ -103,6 +109,7 @@ impl HostSession {
         listener: SocketAddr,
         out: Outbound,
         env: Envelope,
+        rsa_job: SourceClaim,
         handshake_id: [u8; 32],
     ) -> Self {
         Self {
@@ -110,7 +117,7 @@ impl HostSession {
             peer,
             listener,
             out,
-            state: State::Handshaking(Some(env)),
+            state: State::Handshaking(Some((env, rsa_job))),
             handshake_id,
             user: String::new(),
             finds: (0, 0),
@@ -418,10 +425,14 @@ impl Actor for HostSession {
         // try_send, so a flood is dropped and counted instead of queued without end.
         ctx.set_mailbox_capacity(64);
         let State::Handshaking(env) = &mut self.state else { return };
-        let env = env.take().expect("handshake starts once");
+        let (env, rsa_job) = env.take().expect("handshake starts once");
         let identity = self.node.identity.clone();
         let started = Instant::now();
-        let work = tokio::task::spawn_blocking(move || handshake::accept(&identity, &env, crate::unix_now()));
+        let work = tokio::task::spawn_blocking(move || {
+            let accepted = handshake::accept(&identity, &env, crate::unix_now());
+            drop(rsa_job);
+            accepted
+        });
         ctx.wait(work.into_actor(self).map(move |res, act, ctx| {
             let secs = started.elapsed().as_secs_f64();
             match res {

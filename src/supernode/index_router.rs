@@ -99,6 +99,7 @@ pub struct IndexRouter {
     prefix_reqs: HashMap<u64, oneshot::Sender<Vec<String>>>,
     mailboxes: Mailboxes,
     gossip_by_name: HashMap<String, SocketAddr>,
+    directory: Option<super::directory::DirectoryClient>,
 }
 
 /// How long view changes are gathered before the slot map is rebuilt.
@@ -111,6 +112,15 @@ const SEARCH_FANOUT: usize = 3;
 const SEARCH_TOKENS_MAX: usize = 4;
 
 impl IndexRouter {
+    /// Lets lookups fall back to the login servers' directory (in `cfg.directory`), asking
+    /// as `identity`.
+    pub fn with_directory(mut self, identity: super::handshake::Identity) -> Self {
+        if !self.cfg.directory.is_empty() {
+            self.directory = Some(super::directory::DirectoryClient::new(identity, self.cfg.directory.clone()));
+        }
+        self
+    }
+
     /// A router for node `me`, following `view`.
     pub fn new(
         node: String,
@@ -146,6 +156,7 @@ impl IndexRouter {
             prefix_reqs: HashMap::new(),
             mailboxes,
             gossip_by_name: HashMap::new(),
+            directory: None,
         }
     }
 
@@ -423,11 +434,16 @@ impl IndexRouter {
                 Action::AskDirectory => {
                     let outcome = r.lookup.not_in_index();
                     let user = r.lookup.key().to_owned();
-                    let servers = self.cfg.directory.clone();
+                    let Some(directory) = self.directory.clone() else {
+                        self.finish_with_directory(id, outcome, None);
+                        return;
+                    };
                     let trusted = self.trusted.clone();
-                    ctx.spawn(ask_directory(servers, user, trusted).into_actor(self).map(move |record, act, _| {
-                        act.finish_with_directory(id, outcome, record);
-                    }));
+                    ctx.spawn(async move { directory.ask(user, trusted).await }.into_actor(self).map(
+                        move |record, act, _| {
+                            act.finish_with_directory(id, outcome, record);
+                        },
+                    ));
                     return;
                 }
                 Action::Done(outcome) => {
@@ -497,41 +513,6 @@ impl IndexRouter {
             let _ = tx.send(result);
         }
     }
-}
-
-/// Asks the login servers' recently-seen directory about `user`; returns the signed
-/// record (verified here, so a bad login-server answer is not passed on).
-async fn ask_directory(servers: Vec<SocketAddr>, user: String, trusted: TrustedKeys) -> Option<Vec<u8>> {
-    use crate::wire::frame;
-    use crate::wire::message::{MessageKind, SeenRecord};
-    for addr in servers {
-        let query = frame::encode_plain(
-            addr,
-            MessageKind::SeenQuery,
-            0,
-            &crate::wire::message::Find { req: 0, user: user.clone() }.encode(),
-        );
-        let answer = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-            let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-            crate::net::tcp::write_frame(&mut s, &query).await.ok()?;
-            crate::net::tcp::read_frame(&mut s).await.ok()?
-        })
-        .await
-        .ok()
-        .flatten();
-        let Some(bytes) = answer else { continue };
-        let Ok(raw) = frame::decode(addr, &bytes) else { continue };
-        if raw.header.kind != MessageKind::SeenReply {
-            continue;
-        }
-        if let Ok(rec) = SeenRecord::decode(raw.payload)
-            && rec.user == user
-            && rec.verify(&trusted)
-        {
-            return rec.found.then(|| raw.payload.to_vec());
-        }
-    }
-    None
 }
 
 fn now_ms() -> u64 {

@@ -2,6 +2,7 @@
 //! address, answer STUN, and (in later steps) hold the Global Index and relay calls.
 //!
 //! - [`handshake`] — the host handshake, as plain functions (cookie, Auth checks).
+//! - [`directory`] — signed queries to the login servers' recently-seen directory.
 //! - [`session`] — one established host session, as a plain state machine.
 //! - [`host_session`] — the `HostSession` actor that drives a session.
 //! - [`node`] — sockets and routing of frames to sessions.
@@ -9,6 +10,7 @@
 //! - [`relay_session`] — the `RelaySession` actor: one per relayed call, over the relay's table.
 //! - [`metrics`] — counters and the once-per-reason rejection log.
 
+pub mod directory;
 pub mod handshake;
 pub mod host_session;
 pub mod index_router;

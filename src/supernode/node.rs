@@ -5,6 +5,7 @@
 use super::handshake::{self, Identity};
 use super::host_session::{Close, HostSession, Inbound, Outbound, RepeatWelcome};
 use super::metrics::NodeMetrics;
+use crate::net::source::PerSource;
 use crate::net::tcp;
 use crate::wire::frame::{self, FrameError};
 use crate::wire::message::{ErrorCode, ErrorMsg, Hello, MessageKind, NatProbe, Observed, SupernodeInfo};
@@ -31,6 +32,12 @@ pub struct SessionParams {
     pub handshakes_max: usize,
     /// Most TCP connections at once.
     pub tcp_connections_max: usize,
+    /// Most TCP connections at once from one source (IPv4 address or IPv6 /64).
+    pub tcp_connections_per_source_max: usize,
+    /// Most handshakes (RSA jobs) running at once for one source.
+    pub handshakes_per_source_max: usize,
+    /// STUN Binding answers a second to one source (twice that at once).
+    pub stun_per_source_per_sec: u32,
     /// UDP socket receive buffer.
     pub udp_recv_buffer_bytes: usize,
 }
@@ -43,6 +50,9 @@ impl Default for SessionParams {
             hosts_max: 100_000,
             handshakes_max: 256,
             tcp_connections_max: 20_000,
+            tcp_connections_per_source_max: 256,
+            handshakes_per_source_max: 1,
+            stun_per_source_per_sec: 20,
             udp_recv_buffer_bytes: 4 << 20,
         }
     }
@@ -123,6 +133,7 @@ pub struct NodeShared {
     pub relay: Option<RelayPlane>,
     by_peer: DashMap<SocketAddr, PeerEntry>,
     sessions: DashMap<u32, (SocketAddr, Addr<HostSession>)>,
+    rsa_jobs: Arc<PerSource>,
 }
 
 impl NodeShared {
@@ -254,7 +265,15 @@ impl NodeShared {
             out.send(frame::encode_plain(listener, MessageKind::Error, 0, &msg.encode()));
             return None;
         }
-        let actor = HostSession::new(self.clone(), peer, listener, out, env, handshake_id).start();
+        // One source's handshakes wait for each other: a flood of Auths from one address
+        // costs one RSA job at a time, never the whole pool.
+        let Some(rsa_job) = self.rsa_jobs.claim(peer.ip().into()) else {
+            self.metrics.reject(transport, "source_busy", peer, &"a handshake from this source is being checked");
+            let msg = ErrorMsg::new(ErrorCode::Full, "a handshake from this address is being checked; try again");
+            out.send(frame::encode_plain(listener, MessageKind::Error, 0, &msg.encode()));
+            return None;
+        };
+        let actor = HostSession::new(self.clone(), peer, listener, out, env, rsa_job, handshake_id).start();
         self.by_peer.insert(peer, PeerEntry { handshake_id, actor: actor.clone() });
         Some(actor)
     }
@@ -368,6 +387,7 @@ impl BoundNode {
                 };
                 let sockets = crate::relay::worker::WorkerConfig {
                     tcp_conns_max: cfg.tcp_connections_max,
+                    tcp_conns_per_source_max: cfg.tcp_connections_per_source_max,
                     recv_buffer_bytes: cfg.recv_buffer_bytes,
                     send_buffer_bytes: cfg.send_buffer_bytes,
                     batch: cfg.batch,
@@ -461,11 +481,13 @@ impl BoundNode {
                     agent.view.clone(),
                     agent.sender.clone(),
                     mailboxes.clone(),
-                );
+                )
+                .with_directory(self.spec.identity.clone());
                 (Some(agent.view), Some(super::index_router::start(router, rx)))
             }
             _ => (None, None),
         };
+        let rsa_jobs = PerSource::new(self.spec.params.handshakes_per_source_max);
         let shared = Arc::new(NodeShared {
             metrics: NodeMetrics::new(&self.spec.identity.name),
             identity: self.spec.identity,
@@ -478,15 +500,19 @@ impl BoundNode {
             relay: relay_plane,
             by_peer: DashMap::new(),
             sessions: DashMap::new(),
+            rsa_jobs,
         });
         let mut tasks =
             vec![actix_rt::spawn(udp_loop(shared.clone(), self.udp, self.udp_addr, Role::Main, shutdown.clone()))];
         if let Some((s, a)) = self.probe {
             tasks.push(actix_rt::spawn(udp_loop(shared.clone(), s, a, Role::Probe, shutdown.clone())));
         }
-        let limit = Arc::new(tokio::sync::Semaphore::new(shared.params.tcp_connections_max));
         for (l, a) in self.tcp {
-            tasks.push(actix_rt::spawn(tcp_accept_loop(shared.clone(), l, a, limit.clone(), shutdown.clone())));
+            // Each listener (main, 443, 80) has its own slots: a source pinning one port
+            // leaves the others free.
+            let p = &shared.params;
+            let slots = tcp::Slots::new("supernode", a, p.tcp_connections_max, p.tcp_connections_per_source_max);
+            tasks.push(actix_rt::spawn(tcp_accept_loop(shared.clone(), l, a, slots, shutdown.clone())));
         }
         tracing::info!(node = %addrs.name, udp = %addrs.udp, tcp = ?addrs.tcp, probe = ?addrs.probe_udp, gossip = ?addrs.gossip, "super node listening");
         let weak = Arc::downgrade(&shared);
@@ -534,6 +560,9 @@ impl RunningNode {
     }
 }
 
+/// Sources whose STUN rate a UDP socket remembers.
+const STUN_SOURCES_MAX: usize = 100_000;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
     Main,
@@ -548,6 +577,13 @@ async fn udp_loop(
     shutdown: CancellationToken,
 ) {
     let mut buf = vec![0u8; crate::wire::frame::FRAME_LEN_MAX + 1];
+    let p = &node.params;
+    let mut stun_rate = crate::net::source::SourceRate::new(
+        p.stun_per_source_per_sec,
+        p.stun_per_source_per_sec.saturating_mul(2),
+        STUN_SOURCES_MAX,
+    );
+    let started = std::time::Instant::now();
     loop {
         let (n, from) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -561,6 +597,13 @@ async fn udp_loop(
         };
         let pkt = &buf[..n];
         if stun::looks_like_stun(pkt) {
+            // RFC 8489 fixes a Binding answer larger than the smallest request: a strict
+            // per-source rate instead, so a spoofed source gets a trickle, not a flood.
+            let now_ms = started.elapsed().as_millis() as u64;
+            if !stun_rate.allow(from.ip().into(), now_ms) {
+                node.metrics.stun("rate_limited");
+                continue;
+            }
             match stun::answer(pkt, from, concat!("confab ", env!("CARGO_PKG_VERSION"))) {
                 Ok(resp) => {
                     node.metrics.stun("answered");
@@ -637,17 +680,21 @@ async fn tcp_accept_loop(
     node: Arc<NodeShared>,
     l: TcpListener,
     listener: SocketAddr,
-    limit: Arc<tokio::sync::Semaphore>,
+    slots: Arc<tcp::Slots>,
     shutdown: CancellationToken,
 ) {
-    tcp::serve(&l, limit, shutdown.clone(), |stream, peer| {
+    tcp::serve(&l, slots, shutdown.clone(), |stream, peer| {
         tcp_connection(node.clone(), stream, peer, listener, shutdown.clone())
     })
     .await;
 }
 
-/// Time a TCP client has to complete the handshake before it is cut off.
+/// Time a TCP client has, from its connection, to complete the handshake: an absolute
+/// deadline, so frames that each arrive in time (a NatProbe every 9 s) cannot hold a
+/// pre-authentication connection open.
 const TCP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the writer may take to flush after the reader ended, before it is stopped.
+const WRITER_GRACE: Duration = Duration::from_secs(1);
 
 async fn tcp_connection(
     node: Arc<NodeShared>,
@@ -668,11 +715,15 @@ async fn tcp_connection(
     });
     let mut actor: Option<Addr<HostSession>> = None;
     let idle = Duration::from_secs(node.params.idle_timeout_secs + 5);
+    let handshake_deadline = tokio::time::Instant::now() + TCP_HANDSHAKE_TIMEOUT;
     loop {
-        let timeout = if actor.is_some() { idle } else { TCP_HANDSHAKE_TIMEOUT };
+        let deadline = match &actor {
+            Some(_) => tokio::time::Instant::now() + idle,
+            None => handshake_deadline,
+        };
         let bytes = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = tokio::time::timeout(timeout, tcp::read_frame(&mut rd)) => match r {
+            r = tokio::time::timeout_at(deadline, tcp::read_frame(&mut rd)) => match r {
                 Ok(Ok(Some(b))) => b,
                 Ok(Ok(None)) => break,
                 Ok(Err(e)) => {
@@ -739,5 +790,10 @@ async fn tcp_connection(
         a.do_send(Close { notify: false, reason: "connection closed" });
     }
     drop(tx);
-    let _ = writer.await;
+    // The session may still hold a sender for a moment; a writer whose peer stopped
+    // reading must not outlive the connection.
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(WRITER_GRACE, writer).await.is_err() {
+        abort.abort();
+    }
 }

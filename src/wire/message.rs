@@ -45,6 +45,9 @@ pub enum MessageKind {
     BuddyRequest = 0x26,
     /// Login server → host: its answer (sealed).
     BuddyReply = 0x27,
+    /// Login server → host: solve this puzzle and ask again (plain before the envelope is
+    /// opened, sealed after).
+    Puzzle = 0x28,
     /// Host → super node: store my signed index entry (sealed).
     Publish = 0x40,
     /// Super node → host: the entry was checked and sent to its replicas (sealed).
@@ -75,7 +78,7 @@ pub enum MessageKind {
 
 impl MessageKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [MessageKind; 31] = [
+    pub const ALL: [MessageKind; 32] = [
         Self::Hello,
         Self::Challenge,
         Self::Auth,
@@ -94,6 +97,7 @@ impl MessageKind {
         Self::SeenReply,
         Self::BuddyRequest,
         Self::BuddyReply,
+        Self::Puzzle,
         Self::Publish,
         Self::PublishAck,
         Self::Find,
@@ -126,7 +130,7 @@ impl MessageKind {
             Self::Search | Self::SearchReply => sealed,
             Self::Forward | Self::ForwardAck | Self::Notice => sealed,
             Self::RelayAllocate | Self::RelayGrant | Self::RelayRelease | Self::CallStats => sealed,
-            Self::Error => true,
+            Self::Error | Self::Puzzle => true,
         }
     }
 
@@ -151,6 +155,7 @@ impl MessageKind {
             Self::SeenReply => "seen_reply",
             Self::BuddyRequest => "buddy_request",
             Self::BuddyReply => "buddy_reply",
+            Self::Puzzle => "puzzle",
             Self::Publish => "publish",
             Self::PublishAck => "publish_ack",
             Self::Find => "find",
@@ -402,19 +407,28 @@ impl Envelope {
     /// Encodes.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
-        w.raw(&self.key_id).raw(&self.cookie).bytes(&self.wrapped).bytes(&self.sealed);
+        self.write(&mut w);
         w.into_bytes()
+    }
+
+    fn write(&self, w: &mut Writer) {
+        w.raw(&self.key_id).raw(&self.cookie).bytes(&self.wrapped).bytes(&self.sealed);
+    }
+
+    fn read(r: &mut Reader) -> Result<Self, DecodeError> {
+        let key_id = r.array("envelope.key_id")?;
+        let cookie = r.array("envelope.cookie")?;
+        let wrapped = r.bytes("envelope.wrapped", WRAPPED_KEY_LEN_MAX)?.to_vec();
+        let sealed = r.bytes("envelope.sealed", crate::wire::frame::PAYLOAD_LEN_MAX)?.to_vec();
+        Ok(Self { key_id, cookie, wrapped, sealed })
     }
 
     /// Decodes.
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(b);
-        let key_id = r.array("envelope.key_id")?;
-        let cookie = r.array("envelope.cookie")?;
-        let wrapped = r.bytes("envelope.wrapped", WRAPPED_KEY_LEN_MAX)?.to_vec();
-        let sealed = r.bytes("envelope.sealed", crate::wire::frame::PAYLOAD_LEN_MAX)?.to_vec();
+        let env = Self::read(&mut r)?;
         r.finish()?;
-        Ok(Self { key_id, cookie, wrapped, sealed })
+        Ok(env)
     }
 
     /// The associated data the sealed body is bound to.
@@ -633,6 +647,100 @@ impl ErrorMsg {
         let detail = r.str("error.detail", 255)?.to_owned();
         r.finish()?;
         Ok(Self { code, retry_after_secs, detail })
+    }
+}
+
+/// A client puzzle from the login server (the `Puzzle` message): find a counter that
+/// gives the work hash `bits` leading zero bits (see `login::puzzle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PuzzleChallenge {
+    /// Unix seconds when the server issued it.
+    pub issued_at: u64,
+    /// Leading zero bits the work hash needs.
+    pub bits: u8,
+    /// The server's MAC over the other fields and the client's source.
+    pub salt: [u8; 16],
+}
+
+/// Bytes of an encoded [`PuzzleChallenge`].
+pub const PUZZLE_CHALLENGE_LEN: usize = 8 + 1 + 16;
+
+impl PuzzleChallenge {
+    fn write(&self, w: &mut Writer) {
+        w.u64(self.issued_at).u8(self.bits).raw(&self.salt);
+    }
+
+    fn read(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Self { issued_at: r.u64("puzzle.issued_at")?, bits: r.u8("puzzle.bits")?, salt: r.array("puzzle.salt")? })
+    }
+
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        self.write(&mut w);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let c = Self::read(&mut r)?;
+        r.finish()?;
+        Ok(c)
+    }
+}
+
+/// A solved puzzle: the challenge as issued and the counter that solves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PuzzleSolution {
+    /// The challenge.
+    pub challenge: PuzzleChallenge,
+    /// The counter.
+    pub counter: u64,
+}
+
+/// The payload of a RegisterRequest, LoginRequest or BuddyRequest: the envelope, then,
+/// when the server asked for one, a solved puzzle bound to this envelope's wrapped key.
+/// Without a solution the payload is the bare envelope, as before puzzles existed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopedRequest {
+    /// The RSA envelope.
+    pub envelope: Envelope,
+    /// The solved puzzle, if any.
+    pub solution: Option<PuzzleSolution>,
+}
+
+/// Marks a puzzle solution after the envelope.
+const SOLUTION_TAG: u8 = 1;
+
+impl EnvelopedRequest {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        self.envelope.write(&mut w);
+        if let Some(s) = &self.solution {
+            w.u8(SOLUTION_TAG);
+            s.challenge.write(&mut w);
+            w.u64(s.counter);
+        }
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let envelope = Envelope::read(&mut r)?;
+        let solution = if r.remaining() == 0 {
+            None
+        } else {
+            if r.u8("request.solution_tag")? != SOLUTION_TAG {
+                return Err(DecodeError::Invalid("request.solution_tag"));
+            }
+            let challenge = PuzzleChallenge::read(&mut r)?;
+            Some(PuzzleSolution { challenge, counter: r.u64("request.solution_counter")? })
+        };
+        r.finish()?;
+        Ok(Self { envelope, solution })
     }
 }
 
@@ -870,6 +978,51 @@ impl SeenRecord {
         trusted
             .get(crate::crypto::KeyId(self.key_id))
             .is_some_and(|k| k.verify_pss(&self.signed_message(), &self.signature).is_ok())
+    }
+}
+
+/// Domain prefix of a directory query's signature.
+pub const DOMAIN_SEEN_QUERY: &[u8] = b"confab/v1/seen-query\0";
+
+/// A super node's directory query (the `SeenQuery` message): signed with the super node's
+/// key under its login-signed credential, so the directory answers only super nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenQuery {
+    /// The username asked about.
+    pub user: String,
+    /// Unix seconds at the super node (checked against the login server's window).
+    pub timestamp: u64,
+    /// The super node's credential (kind SuperNode).
+    pub credential: Vec<u8>,
+    /// RSA-PSS by the credential's key over [`SeenQuery::signed_message`].
+    pub signature: Vec<u8>,
+}
+
+impl SeenQuery {
+    /// What the signature covers: the domain, the login server's address (a query for one
+    /// server is no good at another), the user and the time.
+    pub fn signed_message(&self, login_server: std::net::SocketAddr) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.raw(DOMAIN_SEEN_QUERY).addr(login_server).str(&self.user).u64(self.timestamp);
+        w.into_bytes()
+    }
+
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.str(&self.user).u64(self.timestamp).bytes(&self.credential).bytes(&self.signature);
+        w.into_bytes()
+    }
+
+    /// Decodes (without verifying).
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let user = r.str("seen_query.user", USERNAME_WIRE_MAX)?.to_owned();
+        let timestamp = r.u64("seen_query.timestamp")?;
+        let credential = r.bytes("seen_query.credential", CREDENTIAL_LEN_MAX)?.to_vec();
+        let signature = r.bytes("seen_query.signature", WRAPPED_KEY_LEN_MAX)?.to_vec();
+        r.finish()?;
+        Ok(Self { user, timestamp, credential, signature })
     }
 }
 
@@ -1176,6 +1329,22 @@ mod tests {
 
     #[test]
     fn bodies_round_trip() {
+        let env = Envelope { key_id: [1; 8], cookie: [0; COOKIE_LEN], wrapped: vec![2; 256], sealed: vec![3; 90] };
+        let challenge = PuzzleChallenge { issued_at: 77, bits: 16, salt: [9; 16] };
+        assert_eq!(PuzzleChallenge::decode(&challenge.encode()).unwrap(), challenge);
+        assert_eq!(challenge.encode().len(), PUZZLE_CHALLENGE_LEN);
+        // Without a solution the request is the bare envelope, as older hosts send it.
+        let bare = EnvelopedRequest { envelope: env.clone(), solution: None };
+        assert_eq!(bare.encode(), env.encode());
+        assert_eq!(EnvelopedRequest::decode(&env.encode()).unwrap(), bare);
+        let solved = EnvelopedRequest { envelope: env, solution: Some(PuzzleSolution { challenge, counter: 5 }) };
+        assert_eq!(EnvelopedRequest::decode(&solved.encode()).unwrap(), solved);
+        let mut bad_tag = solved.encode();
+        let at = bad_tag.len() - 8 - PUZZLE_CHALLENGE_LEN - 1;
+        bad_tag[at] = 2;
+        assert!(EnvelopedRequest::decode(&bad_tag).is_err());
+        let q = SeenQuery { user: "alice".into(), timestamp: 9, credential: vec![4; 700], signature: vec![5; 256] };
+        assert_eq!(SeenQuery::decode(&q.encode()).unwrap(), q);
         let h = Hello { client_version: "0.1.0".into(), host_nonce: [3; 16] };
         let e = h.encode();
         assert!(e.len() >= HELLO_LEN_MIN);
@@ -1231,6 +1400,9 @@ mod tests {
             let _ = RelayGrant::decode(&b);
             let _ = RelayRelease::decode(&b);
             let _ = CallStats::decode(&b);
+            let _ = EnvelopedRequest::decode(&b);
+            let _ = PuzzleChallenge::decode(&b);
+            let _ = SeenQuery::decode(&b);
         }
     }
 }

@@ -59,6 +59,8 @@ pub async fn start(supernodes: usize, tweak: impl FnOnce(&mut Config)) -> TestNe
     let data = dir.path().join("data");
     seed_data(&data, supernodes);
     let mut config = Config::default();
+    // Every test host is on 127.0.0.1: one source to the login server's limits.
+    config.login_server.throttle = confab::login::guard::ThrottlePolicy::one_source_load();
     tweak(&mut config);
     let net = network::up(UpOptions {
         data,
