@@ -512,6 +512,27 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_files_load_and_the_load_test_file_lifts_only_one_source_limits() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let base = Config::load(&[dir.join("confab.toml")]).unwrap();
+        let load = Config::load(&[dir.join("confab.toml"), dir.join("loadtest.toml")]).unwrap();
+        let (b, l) = (&base.login_server.throttle, &load.login_server.throttle);
+        assert!(l.registrations_burst > 1_000_000 && l.surge_requests_per_sec > 1_000_000);
+        assert_eq!((l.source_refuse_after, l.user_puzzle_after), (b.source_refuse_after, b.user_puzzle_after));
+    }
+
+    #[test]
+    fn a_bad_throttle_value_names_its_key() {
+        let mut c = Config::default();
+        c.login_server.throttle.puzzle_bits = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("login_server.throttle.puzzle_bits"), "{e}");
+        let mut c = Config::default();
+        c.supernode.tcp_connections_per_source_max = c.supernode.tcp_connections_max + 1;
+        assert!(c.validate().unwrap_err().to_string().contains("supernode.tcp_connections_per_source_max"));
+    }
+
+    #[test]
     fn bad_value_names_its_key() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "[login_server]\nlisten = \"not an address\"\n")?;

@@ -337,3 +337,80 @@ async fn the_directory_answers_only_super_nodes() {
     assert!(rec.found && rec.user == "victim");
     t.net.stop().await;
 }
+
+/// Bytes a stranger sends and gets back for one kind of datagram.
+struct Reflection {
+    what: &'static str,
+    sent: usize,
+    received: usize,
+    answers: usize,
+}
+
+/// Sends `datagram` `n` times from the stranger to `to`; counts what comes back.
+async fn reflect(what: &'static str, to: SocketAddr, datagram: &[u8], n: usize) -> Reflection {
+    let s = tokio::net::UdpSocket::bind((STRANGER, 0)).await.unwrap();
+    for _ in 0..n {
+        s.send_to(datagram, to).await.unwrap();
+    }
+    let (mut received, mut answers) = (0, 0);
+    let mut buf = vec![0u8; 4096];
+    // Answers come at once; a quiet 300 ms means there are no more.
+    while let Ok(Ok((len, _))) = tokio::time::timeout(Duration::from_millis(300), s.recv_from(&mut buf)).await {
+        received += len;
+        answers += 1;
+    }
+    Reflection { what, sent: datagram.len() * n, received, answers }
+}
+
+#[actix_rt::test]
+async fn no_stranger_gets_an_answer_larger_than_its_question() {
+    let _serial = SERIAL.lock().await;
+    let t = common::start(1, |_| {}).await;
+    let sn = &t.net.info.supernodes[0];
+    let (udp, probe) = (sn.udp, sn.probe_udp.expect("a probe port"));
+    let hello = confab::wire::message::Hello { client_version: "0.1.0".into(), host_nonce: [1; 16] };
+    let hello = frame::encode_plain(udp, MessageKind::Hello, 0, &hello.encode());
+    let nat_probe = |to| frame::encode_plain(to, MessageKind::NatProbe, 0, &NatProbe { id: 9 }.encode());
+    let auth = confab::wire::message::Envelope {
+        key_id: [7; 8],
+        cookie: [3; 32],
+        wrapped: vec![5; 256],
+        sealed: vec![6; 200],
+    };
+    let auth = frame::encode_plain(udp, MessageKind::Auth, 0, &auth.encode());
+    let mut stun = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    stun.extend_from_slice(&[0xab; 12]);
+    let mut rows = vec![
+        reflect("Hello (main port)", udp, &hello, 10).await,
+        reflect("NatProbe (main port)", udp, &nat_probe(udp), 10).await,
+        reflect("NatProbe (probe port)", probe, &nat_probe(probe), 10).await,
+        reflect("Auth with a forged cookie", udp, &auth, 10).await,
+        reflect("garbage (main port)", udp, &[0x55; 100], 10).await,
+    ];
+    if let Some(relay) = sn.relay {
+        rows.push(reflect("garbage (relay port)", relay, &[0x55; 100], 10).await);
+    }
+    if let Some(gossip) = sn.gossip {
+        rows.push(reflect("garbage (gossip port)", gossip, &[0x55; 100], 10).await);
+    }
+    println!("| datagram from a stranger | bytes in | bytes out | out / in |");
+    println!("| --- | --- | --- | --- |");
+    for r in &rows {
+        println!("| {} | {} | {} | {:.2} |", r.what, r.sent, r.received, r.received as f64 / r.sent as f64);
+        assert!(r.received <= r.sent, "{}: {} bytes out for {} in", r.what, r.received, r.sent);
+    }
+    // STUN (RFC 8489) fixes an answer larger than the smallest request: a burst of 100
+    // gets at most the per-source burst (2 x stun_per_source_per_sec) of answers.
+    let r = reflect("STUN Binding, 100 at once", udp, &stun, 100).await;
+    println!(
+        "| {} | {} | {} | {:.2} ({} answers) |",
+        r.what,
+        r.sent,
+        r.received,
+        r.received as f64 / r.sent as f64,
+        r.answers
+    );
+    assert!(r.answers > 0, "a STUN client is answered");
+    assert!(r.answers <= 41, "{} STUN answers to a burst from one source", r.answers);
+    t.net.stop().await;
+}
