@@ -181,7 +181,7 @@ fn port(base: u16, offset: u16) -> u16 {
 
 /// Starts a whole network (must run inside an actix System).
 pub async fn up(opts: UpOptions) -> anyhow::Result<Network> {
-    std::fs::create_dir_all(&opts.data).with_context(|| format!("--data {}", opts.data.display()))?;
+    crate::fsutil::private_dir(&opts.data).with_context(|| format!("--data {}", opts.data.display()))?;
     let data = opts.data.canonicalize()?;
     let login_stem = data.join("login");
     let login_key = crate::keygen::load_or_generate(&login_stem, opts.key_bits)?;
@@ -211,8 +211,16 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Network> {
     }
     cfg.supernode.cluster_secret = Some(secret.into());
     cfg.supernode.index.directory = vec![login_addr];
-    // A local network's hosts all live on local addresses: its relays must reach them.
-    cfg.supernode.relay.allow_private_peers = true;
+    // A network on a loopback or private address has its hosts on such addresses too: its
+    // relays must reach them. On any other address the relays keep refusing private peers
+    // (a relay that forwards to them lets a stranger reach the operator's own network),
+    // unless the configuration says otherwise.
+    if !opts.bind.is_unspecified() && crate::relay::table::is_forbidden_peer(opts.bind) {
+        cfg.supernode.relay.allow_private_peers = true;
+        tracing::info!(bind = %opts.bind, "relays of this local network forward to private and loopback addresses");
+    } else if cfg.supernode.relay.allow_private_peers {
+        tracing::warn!(bind = %opts.bind, "supernode.relay.allow_private_peers is on: relays forward to private and loopback addresses");
+    }
     if cfg.supernode.relay.workers == 0 {
         cfg.supernode.relay.workers = 1;
     }

@@ -215,7 +215,7 @@ fn code(e: &HostError) -> &'static str {
 fn fail(json: bool, e: HostError) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::json!({ "error": e.to_string(), "code": code(&e) }));
-        eprintln!("error: {e}");
+        esay!("error: {e}");
         Ok(ExitCode::FAILURE)
     } else {
         Err(e.into())
@@ -231,7 +231,7 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
             if a.json {
                 println!("{}", serde_json::json!({ "status": status }));
             } else {
-                println!("status {status} will be published at every login");
+                say!("status {status} will be published at every login");
             }
         }
         Command::Profile { action } => {
@@ -260,9 +260,13 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
             if a.json {
                 println!("{}", serde_json::to_string(&p)?);
             } else {
-                println!(
+                say!(
                     "display name  {}\ncity          {}\ncountry       {}\nlanguage      {}\nabout         {}",
-                    p.display_name, p.city, p.country, p.language, p.about
+                    p.display_name,
+                    p.city,
+                    p.country,
+                    p.language,
+                    p.about
                 );
             }
         }
@@ -271,7 +275,7 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
             let pw = password(true)?;
             match host::register(&s, &home, user, &pw).await {
                 Ok(name) if a.json => println!("{}", serde_json::json!({ "user": name, "registered": true })),
-                Ok(name) => println!("registered {name}"),
+                Ok(name) => say!("registered {name}"),
                 Err(e) => return fail(a.json, e),
             }
         }
@@ -286,17 +290,20 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
             if a.json {
                 println!("{}", serde_json::to_string(r)?);
             } else {
-                println!("logged in as {}", r.user);
-                println!(
+                say!("logged in as {}", r.user);
+                say!(
                     "  super node      {} at {} over {} ({:.1} ms)",
-                    r.supernode, r.supernode_addr, r.transport, r.rtt_ms
+                    r.supernode,
+                    r.supernode_addr,
+                    r.transport,
+                    r.rtt_ms
                 );
-                println!("  public address  {}", r.public_addr);
-                println!("  NAT             {}", r.nat);
-                println!("  credential      valid until {}", r.credential_expires);
-                println!("  own port        {} (UDP and TCP)", r.local_port);
+                say!("  public address  {}", r.public_addr);
+                say!("  NAT             {}", r.nat);
+                say!("  credential      valid until {}", r.credential_expires);
+                say!("  own port        {} (UDP and TCP)", r.local_port);
                 if r.update_available {
-                    println!("  update available: version {} (this is {})", r.latest_version, confab::VERSION);
+                    say!("  update available: version {} (this is {})", r.latest_version, confab::VERSION);
                 }
             }
             session.logout().await;
@@ -312,10 +319,10 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
             session.logout().await;
             match found {
                 Ok(v) if a.json => println!("{}", serde_json::to_string(&v)?),
-                Ok(v) if v.is_empty() => println!("nobody matches {:?}", words.join(" ")),
+                Ok(v) if v.is_empty() => say!("nobody matches {:?}", words.join(" ")),
                 Ok(v) => {
                     for f in v {
-                        println!(
+                        say!(
                             "{:<20} {:<8} {}  {} {}",
                             f.user,
                             f.status.label(),
@@ -362,7 +369,7 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
             session.set_relay_only(audio.relay_only);
             session.set_relay_tcp(audio.relay_tcp);
             if !a.json {
-                println!("online as {} via {}; waiting for a call", session.report.user, session.report.supernode);
+                say!("online as {} via {}; waiting for a call", session.report.user, session.report.supernode);
             }
             let code = answer_one(&mut session, answer == "auto", source, audio, a.json, *wait).await?;
             session.logout().await;
@@ -396,21 +403,21 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
                 Ok(Some(f)) => {
                     let seen =
                         humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(f.last_seen));
-                    println!("{}  {}  last seen {seen}  via {}", f.user, f.status.label(), f.supernode);
+                    say!("{}  {}  last seen {seen}  via {}", f.user, f.status.label(), f.supernode);
                     if let Some(a) = f.public_addr {
-                        println!("  address {a}  NAT {}", f.nat);
+                        say!("  address {a}  NAT {}", f.nat);
                     }
                     if !f.profile.display_name.is_empty() || !f.profile.city.is_empty() {
-                        println!("  {}  {} {}", f.profile.display_name, f.profile.city, f.profile.country);
+                        say!("  {}  {} {}", f.profile.display_name, f.profile.city, f.profile.country);
                     }
-                    println!("  (lookup asked {} super nodes, {})", f.asked, f.stage);
+                    say!("  (lookup asked {} super nodes, {})", f.asked, f.stage);
                 }
                 Ok(None) => {
                     let msg = format!("no user {whom:?} seen in the last 72 hours");
                     if a.json {
                         println!("{}", serde_json::json!({ "error": msg, "code": "not_found" }));
                     }
-                    eprintln!("{msg}");
+                    esay!("{msg}");
                     return Ok(ExitCode::FAILURE);
                 }
                 Err(e) => return fail(a.json, e),
@@ -429,8 +436,8 @@ async fn buddy(session: &mut host::Session, action: &BuddyAction, json: bool) ->
             println!("{}", serde_json::json!({ "user": user, "done": what, "relation": r }));
         } else {
             match relation {
-                Some(r) => println!("{what} {user}: {}", r.label()),
-                None => println!("{what} {user}"),
+                Some(r) => say!("{what} {user}: {}", r.label()),
+                None => say!("{what} {user}"),
             }
         }
     };
@@ -488,7 +495,7 @@ async fn list_buddies(session: &mut host::Session, json: bool) -> Result<(), Hos
     }
     let requests = session.buddy_requests();
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::json!({ "buddies": rows, "requests": requests.iter().map(|r| serde_json::json!({
             "from": r.from, "message": r.message, "at": r.at })).collect::<Vec<_>>() })
@@ -496,10 +503,10 @@ async fn list_buddies(session: &mut host::Session, json: bool) -> Result<(), Hos
         return Ok(());
     }
     if rows.is_empty() {
-        println!("no contacts yet (add one with `confab host buddy --as ME add USER`)");
+        say!("no contacts yet (add one with `confab host buddy --as ME add USER`)");
     }
     for r in &rows {
-        println!(
+        say!(
             "{:<24} {:<11} {}",
             r["user"].as_str().unwrap_or_default(),
             r["relation"].as_str().unwrap_or_default(),
@@ -507,10 +514,7 @@ async fn list_buddies(session: &mut host::Session, json: bool) -> Result<(), Hos
         );
     }
     for r in requests {
-        println!(
-            "request from {}: {:?} (accept with `confab host buddy --as ME accept {}`)",
-            r.from, r.message, r.from
-        );
+        say!("request from {}: {:?} (accept with `confab host buddy --as ME accept {}`)", r.from, r.message, r.from);
     }
     Ok(())
 }
@@ -531,11 +535,11 @@ fn show(e: &host::buddies::Event, json: bool) {
     }
     if let Event::Call { peer, state, .. } = e {
         match state {
-            CallState::Inviting => println!("calling {peer}…"),
-            CallState::Ringing => println!("ringing ({peer})"),
-            CallState::Connecting => println!("connecting to {peer}…"),
-            CallState::Connected { path } => println!("connected to {peer} ({path})"),
-            CallState::Ended { reason } => println!("call with {peer} ended: {reason}"),
+            CallState::Inviting => say!("calling {peer}…"),
+            CallState::Ringing => say!("ringing ({peer})"),
+            CallState::Connecting => say!("connecting to {peer}…"),
+            CallState::Connected { path } => say!("connected to {peer} ({path})"),
+            CallState::Ended { reason } => say!("call with {peer} ended: {reason}"),
         }
     }
 }
@@ -556,7 +560,7 @@ async fn answer_one(
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let Some(e) = session.next_event_within(left).await else {
             if !json {
-                println!("no call within {}", humantime::format_duration(wait));
+                say!("no call within {}", humantime::format_duration(wait));
             }
             return Ok(ExitCode::FAILURE);
         };
@@ -623,7 +627,7 @@ async fn run_call(
         if json {
             println!("{}", serde_json::json!({ "event": "report", "call_id": hex, "media": m }));
         } else {
-            println!(
+            say!(
                 "path {}; frames sent {}, received {}, lost {}; jitter {:.1} ms",
                 m.path.unwrap_or("-"),
                 m.sent,

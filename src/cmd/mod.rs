@@ -1,6 +1,8 @@
 //! The command line: parsing, configuration layering, and one module per role.
 
 mod daemon;
+#[macro_use]
+pub(crate) mod term;
 mod host;
 mod keygen;
 mod up;
@@ -47,7 +49,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let mut config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            term::esay!("error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -77,7 +79,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", chain(&e));
+            term::esay!("error: {}", chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -121,8 +121,10 @@ impl AccountStore {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            crate::fsutil::private_dir(dir).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         }
+        // Accounts are private: 0600, and SQLite gives its WAL and -shm files the same mode.
+        crate::fsutil::private_file(path).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -464,6 +466,21 @@ mod tests {
         let a = s.get("alice").unwrap().unwrap();
         assert_eq!(a, Account { username: "Alice".into(), verifier: Verifier([1; 32]), created_at: 5 });
         assert!(s.get("bob").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_database_its_wal_and_its_folder_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("data/accounts.sqlite");
+        let s = AccountStore::open(&p).unwrap();
+        s.create("alice", "Alice", Verifier([1; 32]), 5).unwrap();
+        let mode = |f: &Path| std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(p.parent().unwrap()), 0o700);
+        assert_eq!(mode(&p), 0o600);
+        let wal = p.with_extension("sqlite-wal");
+        assert!(wal.exists(), "WAL mode keeps a -wal file while the store is open");
+        assert_eq!(mode(&wal), 0o600, "SQLite gives the WAL the database's mode");
     }
 
     fn with_users(names: &[&str]) -> (tempfile::TempDir, AccountStore) {

@@ -20,6 +20,11 @@ impl ReplayWindow {
 
     /// Whether `seq` would be accepted, without recording it (check before authenticating).
     pub fn check(&self, seq: u64) -> bool {
+        // The last number is never accepted: `next` would wrap to 0 and the window would
+        // take every old number again. A sender that gets there must rekey.
+        if seq == u64::MAX {
+            return false;
+        }
         if seq >= self.next {
             return true;
         }
@@ -62,7 +67,30 @@ mod tests {
         assert!(w.accept(450));
     }
 
+    #[test]
+    fn the_top_of_the_sequence_space_does_not_wrap() {
+        let mut w = ReplayWindow::new();
+        assert!(w.accept(u64::MAX - 1));
+        assert!(!w.accept(u64::MAX), "the last number would wrap the window");
+        assert!(!w.accept(u64::MAX - 1));
+        assert!(!w.accept(0), "far behind the window");
+        assert!(!w.check(u64::MAX - 200));
+    }
+
     proptest! {
+        #[test]
+        fn never_accepts_twice_even_near_the_top(base in prop_oneof![Just(0u64), Just(u64::MAX - 400)],
+                                                 offsets in proptest::collection::vec(0u64..=400, 0..300)) {
+            let mut w = ReplayWindow::new();
+            let mut accepted = std::collections::HashSet::new();
+            for o in offsets {
+                let s = base.saturating_add(o);
+                if w.accept(s) {
+                    prop_assert!(accepted.insert(s), "{} accepted twice", s);
+                }
+            }
+        }
+
         #[test]
         fn never_accepts_twice(seqs in proptest::collection::vec(0u64..400, 0..300)) {
             let mut w = ReplayWindow::new();
