@@ -77,23 +77,23 @@ fn rsa_private(c: &mut Criterion) {
 }
 
 /// The client side of one LoginRequest: a fresh envelope around the account body.
-fn login_request(service: &LoginService, shared: &[u8; 32], host_der: &[u8], now: u64) -> Vec<u8> {
+fn login_request(service: &LoginService, shared: &[u8; 32], host: &PrivateKey, now: u64) -> Vec<u8> {
     let body = AccountBody {
         username: USERNAME.to_owned(),
         shared_secret: *shared,
         timestamp: now,
         client_version: confab::VERSION.to_owned(),
-        host_public_key: host_der.to_vec(),
+        host_public_key: Vec::new(),
         last_supernode: "sn1".to_owned(),
-    }
-    .encode();
-    let (env, _secret) = envelope::seal(service.public_key(), [0u8; 32], &body);
+        possession: Vec::new(),
+    };
+    let (env, _secret) = envelope::seal_login(service.public_key(), body, host);
     env.encode()
 }
 
 fn login_handshake(c: &mut Criterion) {
     let base = login_key();
-    let host_der = PrivateKey::from_pem(HOST_KEY_PEM).expect("host-0 fixture key").public().der().to_vec();
+    let host = PrivateKey::from_pem(HOST_KEY_PEM).expect("host-0 fixture key");
     // argon2id is the client's cost, paid once here.
     let shared = password::shared_secret(USERNAME, PASSWORD);
     let name_key = username::canonical(USERNAME).expect("valid username");
@@ -109,7 +109,7 @@ fn login_handshake(c: &mut Criterion) {
         // Preflight: the measured path must be the success path.
         let now = confab::unix_now();
         let handled =
-            service.handle(now, SOURCE, MessageKind::LoginRequest, &login_request(&service, &shared.0, &host_der, now));
+            service.handle(now, SOURCE, MessageKind::LoginRequest, &login_request(&service, &shared.0, &host, now));
         assert_eq!(handled.outcome, "login_ok", "preflight login failed: {:?}", handled.reply);
         assert!(matches!(handled.reply, Reply::Sealed { kind: MessageKind::LoginReply, .. }));
 
@@ -117,7 +117,7 @@ fn login_handshake(c: &mut Criterion) {
             b.iter_batched(
                 || {
                     let now = confab::unix_now();
-                    (now, login_request(&service, &shared.0, &host_der, now))
+                    (now, login_request(&service, &shared.0, &host, now))
                 },
                 |(now, payload)| {
                     let handled = service.handle(now, SOURCE, MessageKind::LoginRequest, black_box(&payload));

@@ -63,8 +63,9 @@ async fn guess(t: &TestNet, from: &str, user: &str, challenge: Option<PuzzleChal
         client_version: confab::VERSION.into(),
         host_public_key: key("host-0").public().der().to_vec(),
         last_supernode: String::new(),
+        possession: Vec::new(),
     };
-    let (envelope, secret) = envelope::seal(&login_key(t), [0; 32], &body.encode());
+    let (envelope, secret) = envelope::seal(&login_key(t), MessageKind::LoginRequest, [0; 32], &body.encode());
     let solution = challenge.map(|c| puzzle::solve(&c, &envelope.wrapped, 1 << 30).expect("solvable"));
     let request = EnvelopedRequest { envelope, solution }.encode();
     let mut s = connect_from(from, addr).await.unwrap();

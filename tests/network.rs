@@ -153,10 +153,11 @@ fn login_request(t: &TestNet, user: &str, timestamp: u64) -> (Vec<u8>, SessionSe
         shared_secret: confab::crypto::password::shared_secret(user, PW).0,
         timestamp,
         client_version: confab::VERSION.into(),
-        host_public_key: key("host-0").public().der().to_vec(),
+        host_public_key: Vec::new(),
         last_supernode: String::new(),
+        possession: Vec::new(),
     };
-    let (env, secret) = envelope::seal(&login_pub, [0; 32], &body.encode());
+    let (env, secret) = envelope::seal_login(&login_pub, body, &key("host-0"));
     (frame::encode_plain(t.net.info.login_server, MessageKind::LoginRequest, 0, &env.encode()), secret)
 }
 
@@ -183,12 +184,32 @@ async fn replayed_and_skewed_requests_are_refused() {
         client_version: "x".into(),
         host_public_key: vec![],
         last_supernode: String::new(),
+        possession: Vec::new(),
     };
-    let (env, secret) = envelope::seal(other.public(), [0; 32], &body.encode());
+    let (env, secret) = envelope::seal(other.public(), MessageKind::LoginRequest, [0; 32], &body.encode());
     let req = frame::encode_plain(addr, MessageKind::LoginRequest, 0, &env.encode());
     let (kind, body) = raw_exchange(addr, &req, &secret).await;
     assert_eq!(kind, MessageKind::Error);
     assert_eq!(ErrorMsg::decode(&body).unwrap().code, ErrorCode::BadEnvelope);
+    // The right password, but a key the host cannot prove it holds: no credential.
+    let login_pub = PublicKey::read_pem_file(&t.net.info.data.join("login.pub.pem")).unwrap();
+    let mut body = AccountBody {
+        username: "erin".into(),
+        shared_secret: confab::crypto::password::shared_secret("erin", PW).0,
+        timestamp: confab::unix_now(),
+        client_version: confab::VERSION.into(),
+        host_public_key: key("host-1").public().der().to_vec(),
+        last_supernode: String::new(),
+        possession: Vec::new(),
+    };
+    let (env, secret) = envelope::seal_with(&login_pub, MessageKind::LoginRequest, [0; 32], |wrapped| {
+        body.possession = key("host-0").sign_pss(&body.possession_message(wrapped));
+        body.encode()
+    });
+    let req = frame::encode_plain(addr, MessageKind::LoginRequest, 0, &env.encode());
+    let (kind, body) = raw_exchange(addr, &req, &secret).await;
+    assert_eq!(kind, MessageKind::Error);
+    assert_eq!(ErrorMsg::decode(&body).unwrap().code, ErrorCode::BadSignature);
     t.net.stop().await;
 }
 

@@ -2,7 +2,7 @@
 
 use super::aead::{SessionSecret, label};
 use super::keys::{PrivateKey, PublicKey};
-use crate::wire::message::{COOKIE_LEN, Envelope};
+use crate::wire::message::{AccountBody, COOKIE_LEN, Envelope, MessageKind};
 
 /// What the receiver recovers from an envelope.
 #[derive(Debug)]
@@ -27,15 +27,22 @@ pub enum EnvelopeError {
     Corrupt,
 }
 
-/// Seals `body` for `receiver`; returns the envelope and the secret K for the reply.
-pub fn seal(receiver: &PublicKey, cookie: [u8; COOKIE_LEN], body: &[u8]) -> (Envelope, SessionSecret) {
-    seal_with(receiver, cookie, |_| body.to_vec())
+/// Seals `body` for `receiver`, to travel in a message of `kind`; returns the envelope and
+/// the secret K for the reply.
+pub fn seal(
+    receiver: &PublicKey,
+    kind: MessageKind,
+    cookie: [u8; COOKIE_LEN],
+    body: &[u8],
+) -> (Envelope, SessionSecret) {
+    seal_with(receiver, kind, cookie, |_| body.to_vec())
 }
 
 /// Like [`seal`], but the body is built from the wrapped key, so that a signature inside
 /// the body can cover it (binding the proof of possession to this one handshake).
 pub fn seal_with(
     receiver: &PublicKey,
+    kind: MessageKind,
     cookie: [u8; COOKIE_LEN],
     body: impl FnOnce(&[u8]) -> Vec<u8>,
 ) -> (Envelope, SessionSecret) {
@@ -47,12 +54,22 @@ pub fn seal_with(
     let wrapped = receiver.encrypt_oaep(&kr);
     let key_id = receiver.id().0;
     let body = body(&wrapped);
-    let sealed = secret.derive(label::REQUEST).seal(&[0; 12], &Envelope::aad(&key_id, &cookie), &body);
+    let sealed = secret.derive(label::REQUEST).seal(&[0; 12], &Envelope::aad(kind, &key_id, &cookie), &body);
     (Envelope { key_id, cookie, wrapped, sealed }, secret)
 }
 
-/// Opens an envelope with our private key.
-pub fn open(key: &PrivateKey, env: &Envelope) -> Result<Opened, EnvelopeError> {
+/// Seals a LoginRequest's `body` for `receiver`, with its proof that the host holds
+/// `host_key` (the key the body asks to have certified) bound to this envelope.
+pub fn seal_login(receiver: &PublicKey, mut body: AccountBody, host_key: &PrivateKey) -> (Envelope, SessionSecret) {
+    body.host_public_key = host_key.public().der().to_vec();
+    seal_with(receiver, MessageKind::LoginRequest, [0; COOKIE_LEN], |wrapped| {
+        body.possession = host_key.sign_pss(&body.possession_message(wrapped));
+        body.encode()
+    })
+}
+
+/// Opens an envelope that arrived in a message of `kind` with our private key.
+pub fn open(key: &PrivateKey, kind: MessageKind, env: &Envelope) -> Result<Opened, EnvelopeError> {
     if env.key_id != key.public().id().0 {
         return Err(EnvelopeError::WrongKey);
     }
@@ -67,7 +84,7 @@ pub fn open(key: &PrivateKey, env: &Envelope) -> Result<Opened, EnvelopeError> {
     let secret = SessionSecret(secret);
     let body = secret
         .derive(label::REQUEST)
-        .open(&[0; 12], &Envelope::aad(&env.key_id, &env.cookie), &env.sealed)
+        .open(&[0; 12], &Envelope::aad(kind, &env.key_id, &env.cookie), &env.sealed)
         .map_err(|_| EnvelopeError::Corrupt)?;
     Ok(Opened { secret, nonce, body })
 }
@@ -80,16 +97,18 @@ mod tests {
     #[test]
     fn round_trip_and_tamper() {
         let k = test_key(0);
-        let (env, secret) = seal(k.public(), [4; 32], b"body");
-        let o = open(&k, &env).unwrap();
+        let (env, secret) = seal(k.public(), MessageKind::LoginRequest, [4; 32], b"body");
+        let o = open(&k, MessageKind::LoginRequest, &env).unwrap();
         assert_eq!(o.body, b"body");
         assert_eq!(o.secret.0, secret.0);
         let mut other = env.clone();
         other.cookie[0] ^= 1;
-        assert_eq!(open(&k, &other).unwrap_err(), EnvelopeError::Corrupt);
-        assert_eq!(open(&test_key(1), &env).unwrap_err(), EnvelopeError::WrongKey);
+        assert_eq!(open(&k, MessageKind::LoginRequest, &other).unwrap_err(), EnvelopeError::Corrupt);
+        assert_eq!(open(&test_key(1), MessageKind::LoginRequest, &env).unwrap_err(), EnvelopeError::WrongKey);
+        // A login request's body does not open as a registration (or anything else).
+        assert_eq!(open(&k, MessageKind::RegisterRequest, &env).unwrap_err(), EnvelopeError::Corrupt);
         let mut bad = env;
         bad.wrapped[10] ^= 1;
-        assert_eq!(open(&k, &bad).unwrap_err(), EnvelopeError::Corrupt);
+        assert_eq!(open(&k, MessageKind::LoginRequest, &bad).unwrap_err(), EnvelopeError::Corrupt);
     }
 }

@@ -188,9 +188,9 @@ async fn solve(
         .ok_or_else(|| AccountError::Protocol { addr, what: "could not solve the login server's puzzle".into() })
 }
 
-fn account_envelope(body: &AccountBody) -> impl Fn(&PublicKey) -> (Envelope, SessionSecret) {
+fn account_envelope(kind: MessageKind, body: &AccountBody) -> impl Fn(&PublicKey) -> (Envelope, SessionSecret) {
     let plain = body.encode();
-    move |key| envelope::seal(key, [0; 32], &plain)
+    move |key| envelope::seal(key, kind, [0; 32], &plain)
 }
 
 /// Registers `username`; returns the name as registered.
@@ -202,8 +202,10 @@ pub async fn register(servers: &LoginServers, username: &str, secret: &SharedSec
         client_version: crate::VERSION.to_owned(),
         host_public_key: Vec::new(),
         last_supernode: String::new(),
+        possession: Vec::new(),
     };
-    let (addr, kind, reply) = request(servers, MessageKind::RegisterRequest, account_envelope(&body)).await?;
+    let (addr, kind, reply) =
+        request(servers, MessageKind::RegisterRequest, account_envelope(MessageKind::RegisterRequest, &body)).await?;
     if kind != MessageKind::RegisterReply {
         return Err(AccountError::Protocol { addr, what: format!("expected RegisterReply, got {}", kind.label()) });
     }
@@ -237,8 +239,11 @@ pub async fn login(
         client_version: crate::VERSION.to_owned(),
         host_public_key: key.public().der().to_vec(),
         last_supernode: last_supernode.to_owned(),
+        possession: Vec::new(),
     };
-    let (addr, kind, reply) = request(servers, MessageKind::LoginRequest, account_envelope(&body)).await?;
+    // The body proves we hold `key`, bound to each envelope: a fresh signature per try.
+    let seal = |login_key: &PublicKey| envelope::seal_login(login_key, body.clone(), key);
+    let (addr, kind, reply) = request(servers, MessageKind::LoginRequest, seal).await?;
     if kind != MessageKind::LoginReply {
         return Err(AccountError::Protocol { addr, what: format!("expected LoginReply, got {}", kind.label()) });
     }
@@ -263,7 +268,7 @@ pub async fn buddy(
     let seal = |login_key: &PublicKey| {
         // The signature covers the envelope's wrapped key, tying the operation to this one
         // envelope (whose nonce the server remembers), so it cannot be replayed in another.
-        envelope::seal_with(login_key, [0; 32], |wrapped| {
+        envelope::seal_with(login_key, MessageKind::BuddyRequest, [0; 32], |wrapped| {
             SignedOp::sign(credential, key, wrapped, crate::unix_now(), op.clone())
         })
     };

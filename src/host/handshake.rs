@@ -103,7 +103,7 @@ impl Dialing {
         let sn = Credential::decode_verified(&c.credential, trusted, CredentialKind::SuperNode, now)
             .map_err(|source| HandshakeError::Impostor { addr, source })?;
         let encoded_credential = credential.encode();
-        let (env, secret) = envelope::seal_with(&sn.public_key, c.cookie, |wrapped| {
+        let (env, secret) = envelope::seal_with(&sn.public_key, MessageKind::Auth, c.cookie, |wrapped| {
             let signature = key.sign_pss(&auth_transcript(&c.cookie, &sn.public_key.id().0, wrapped));
             AuthBody { credential: encoded_credential, signature }.encode()
         });

@@ -284,8 +284,9 @@ mod tests {
 
     /// A request as the client builds it: (frame payload, reply secret).
     fn request(t: &T, cred: &Credential, signer: &PrivateKey, ts: u64, op: BuddyOp) -> (Vec<u8>, SessionSecret) {
-        let (env, secret) =
-            envelope::seal_with(t.svc.public_key(), [0; 32], |wrapped| SignedOp::sign(cred, signer, wrapped, ts, op));
+        let (env, secret) = envelope::seal_with(t.svc.public_key(), MessageKind::BuddyRequest, [0; 32], |wrapped| {
+            SignedOp::sign(cred, signer, wrapped, ts, op)
+        });
         (env.encode(), secret)
     }
 
@@ -546,13 +547,13 @@ mod tests {
             assert_eq!(code(answer(t.svc.handle(NOW, SRC, MessageKind::BuddyRequest, payload))), ErrorCode::Malformed);
         }
         // A well-formed envelope around garbage: refused, sealed.
-        let (env, _) = envelope::seal(t.svc.public_key(), [0; 32], &[1, 2, 3]);
+        let (env, _) = envelope::seal(t.svc.public_key(), MessageKind::BuddyRequest, [0; 32], &[1, 2, 3]);
         let h = t.svc.handle(NOW, SRC, MessageKind::BuddyRequest, &env.encode());
         assert!(matches!(h.reply, Reply::Error { secret: Some(_), .. }));
         assert_eq!(code(answer(h)), ErrorCode::Malformed);
         // Wrapped for another key: refused, but not held against the source (a host that
         // trusts several login keys tries each in turn).
-        let (env, _) = envelope::seal(test_key(1).public(), [0; 32], &[1, 2, 3]);
+        let (env, _) = envelope::seal(test_key(1).public(), MessageKind::BuddyRequest, [0; 32], &[1, 2, 3]);
         for _ in 0..10 {
             let h = t.svc.handle(NOW, SRC, MessageKind::BuddyRequest, &env.encode());
             assert_eq!(code(answer(h)), ErrorCode::BadEnvelope);
@@ -568,7 +569,7 @@ mod tests {
             let h = t.svc.handle(NOW, SRC, MessageKind::BuddyRequest, &b);
             let refused = matches!(h.reply, Reply::Error { .. });
             prop_assert!(refused);
-            let (env, _) = envelope::seal(t.svc.public_key(), [0; 32], &b);
+            let (env, _) = envelope::seal(t.svc.public_key(), MessageKind::BuddyRequest, [0; 32], &b);
             let h = t.svc.handle(NOW, SRC, MessageKind::BuddyRequest, &env.encode());
             let refused = matches!(h.reply, Reply::Error { .. });
             prop_assert!(refused);

@@ -284,7 +284,7 @@ impl LoginService {
             Gate::Puzzle(bits) if solved < bits => return self.puzzle(src, bits, now, None),
             Gate::Puzzle(_) | Gate::Admit => {}
         }
-        let opened = match envelope::open(&self.key, env) {
+        let opened = match envelope::open(&self.key, kind, env) {
             Ok(o) => o,
             Err(e) => {
                 // A host that trusts several login keys tries them in turn, and a wrong key
@@ -298,7 +298,7 @@ impl LoginService {
         if kind == MessageKind::BuddyRequest {
             return super::buddies::handle(self, now, source, env, opened);
         }
-        self.account(now, source, kind, opened, solved)
+        self.account(now, source, kind, opened, solved, &env.wrapped)
     }
 
     /// The difficulty of the request's puzzle solution if it is valid (0 if none). A
@@ -325,7 +325,15 @@ impl LoginService {
         }
     }
 
-    fn account(&self, now: u64, source: IpAddr, kind: MessageKind, opened: Opened, solved: u8) -> Handled {
+    fn account(
+        &self,
+        now: u64,
+        source: IpAddr,
+        kind: MessageKind,
+        opened: Opened,
+        solved: u8,
+        wrapped: &[u8],
+    ) -> Handled {
         let secret = Some(&opened.secret);
         let Ok(body) = AccountBody::decode(&opened.body) else {
             self.guard.failed(source.into(), None, now);
@@ -352,7 +360,7 @@ impl LoginService {
         {
             return self.puzzle(source.into(), bits, now, secret);
         }
-        self.login(now, source, &name_key, &body, opened.secret)
+        self.login(now, source, &name_key, &body, opened.secret, wrapped)
     }
 
     fn register(&self, now: u64, name_key: &str, name: &str, shared: &SharedSecret, secret: SessionSecret) -> Handled {
@@ -377,7 +385,15 @@ impl LoginService {
         }
     }
 
-    fn login(&self, now: u64, source: IpAddr, name_key: &str, body: &AccountBody, secret: SessionSecret) -> Handled {
+    fn login(
+        &self,
+        now: u64,
+        source: IpAddr,
+        name_key: &str,
+        body: &AccountBody,
+        secret: SessionSecret,
+        wrapped: &[u8],
+    ) -> Handled {
         let shared = &SharedSecret(body.shared_secret);
         let account = match self.store.get(name_key) {
             Ok(Some(a)) => a,
@@ -401,6 +417,12 @@ impl LoginService {
                 Some(&secret),
             );
         };
+        // The host must hold the key it asks us to certify, or a credential could be issued
+        // for someone else's key.
+        if public_key.verify_pss(&body.possession_message(wrapped), &body.possession).is_err() {
+            self.guard.failed(source.into(), None, now);
+            return fail(ErrorCode::BadSignature, "no proof of possession of the host key", Some(&secret));
+        }
         if let Err(e) = self.store.record_seen(name_key, now, &body.last_supernode) {
             tracing::warn!(error = %e, "could not update the recently-seen directory");
         }

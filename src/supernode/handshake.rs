@@ -158,7 +158,7 @@ pub fn precheck(identity: &Identity, payload: &[u8], source: SocketAddr, now: u6
 
 /// The expensive part: open the envelope, verify the credential and the proof.
 pub fn accept(identity: &Identity, env: &Envelope, now: u64) -> Result<Accepted, AuthError> {
-    let opened = envelope::open(&identity.key, env)?;
+    let opened = envelope::open(&identity.key, crate::wire::MessageKind::Auth, env)?;
     let body = AuthBody::decode(&opened.body).map_err(|_| AuthError::Malformed)?;
     let credential = Credential::decode_verified(&body.credential, &identity.trusted, CredentialKind::Host, now)?;
     let transcript = auth_transcript(&env.cookie, &env.key_id, &env.wrapped);

@@ -431,9 +431,12 @@ impl Envelope {
         Ok(env)
     }
 
-    /// The associated data the sealed body is bound to.
-    pub fn aad(key_id: &[u8; 8], cookie: &[u8; COOKIE_LEN]) -> Vec<u8> {
-        let mut v = Vec::with_capacity(8 + COOKIE_LEN);
+    /// The associated data the sealed body is bound to: the message kind it travels in
+    /// (so a body sealed for one kind of request never opens as another), the key id and
+    /// the cookie.
+    pub fn aad(kind: MessageKind, key_id: &[u8; 8], cookie: &[u8; COOKIE_LEN]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(1 + 8 + COOKIE_LEN);
+        v.push(kind as u8);
         v.extend_from_slice(key_id);
         v.extend_from_slice(cookie);
         v
@@ -759,9 +762,24 @@ pub struct AccountBody {
     pub host_public_key: Vec<u8>,
     /// Login only: the super node the host used last (for the recently-seen directory).
     pub last_supernode: String,
+    /// Login only: RSA-PSS by the host key over [`AccountBody::possession_message`]: proof
+    /// that the host holds the key it asks the server to certify.
+    pub possession: Vec<u8>,
 }
 
+/// Domain prefix of the proof of key possession in a LoginRequest.
+pub const DOMAIN_POSSESSION: &[u8] = b"confab/v1/key-possession\0";
+
 impl AccountBody {
+    /// What the proof of possession signs: the domain, the envelope's wrapped key (this one
+    /// request, so the proof cannot be lifted into another), the username, the time and the
+    /// key to certify.
+    pub fn possession_message(&self, wrapped: &[u8]) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.raw(DOMAIN_POSSESSION).bytes(wrapped).str(&self.username).u64(self.timestamp).bytes(&self.host_public_key);
+        w.into_bytes()
+    }
+
     /// Encodes.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
@@ -770,7 +788,8 @@ impl AccountBody {
             .u64(self.timestamp)
             .str(&self.client_version)
             .bytes(&self.host_public_key)
-            .str(&self.last_supernode);
+            .str(&self.last_supernode)
+            .bytes(&self.possession);
         w.into_bytes()
     }
 
@@ -783,8 +802,9 @@ impl AccountBody {
         let client_version = r.str("account.client_version", VERSION_LEN_MAX)?.to_owned();
         let host_public_key = r.bytes("account.host_public_key", PUBLIC_KEY_DER_MAX)?.to_vec();
         let last_supernode = r.str("account.last_supernode", 64)?.to_owned();
+        let possession = r.bytes("account.possession", WRAPPED_KEY_LEN_MAX)?.to_vec();
         r.finish()?;
-        Ok(Self { username, shared_secret, timestamp, client_version, host_public_key, last_supernode })
+        Ok(Self { username, shared_secret, timestamp, client_version, host_public_key, last_supernode, possession })
     }
 }
 
@@ -1368,6 +1388,7 @@ mod tests {
             client_version: "0.1.0".into(),
             host_public_key: vec![1, 2, 3],
             last_supernode: "sn1".into(),
+            possession: Vec::new(),
         };
         assert_eq!(AccountBody::decode(&a.encode()).unwrap(), a);
         let err = ErrorMsg { code: ErrorCode::TooManyAttempts, retry_after_secs: 30, detail: "slow down".into() };
