@@ -190,13 +190,15 @@ fn home(a: &Args, c: &config::HostConfig) -> anyhow::Result<Home> {
     Home::open(&dir).with_context(|| format!("home folder {}", dir.display()))
 }
 
-fn password(confirm: bool) -> anyhow::Result<String> {
+/// The password, wiped from memory when dropped.
+fn password(confirm: bool) -> anyhow::Result<zeroize::Zeroizing<String>> {
     if let Ok(p) = std::env::var("CONFAB_PASSWORD") {
-        return Ok(p);
+        return Ok(p.into());
     }
-    let p =
-        rpassword::prompt_password("password: ").context("no CONFAB_PASSWORD and no terminal to ask for a password")?;
-    if confirm && rpassword::prompt_password("password again: ")? != p {
+    let p = zeroize::Zeroizing::new(
+        rpassword::prompt_password("password: ").context("no CONFAB_PASSWORD and no terminal to ask for a password")?,
+    );
+    if confirm && *zeroize::Zeroizing::new(rpassword::prompt_password("password again: ")?) != *p {
         anyhow::bail!("the passwords differ");
     }
     Ok(p)

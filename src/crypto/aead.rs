@@ -33,6 +33,19 @@ impl SessionSecret {
     }
 }
 
+// Secrets are wiped when dropped, so a freed page or a core dump does not keep them.
+impl Drop for SessionSecret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl Drop for SealKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl std::fmt::Debug for SessionSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SessionSecret(..)")

@@ -78,12 +78,29 @@ pub fn derive(username: &str, password: &str) -> PasswordKeys {
     let mut list = [0u8; SECRET_LEN];
     shared.copy_from_slice(&out[..SECRET_LEN]);
     list.copy_from_slice(&out[SECRET_LEN..]);
-    PasswordKeys { shared: SharedSecret(shared), list: ListKey(list) }
+    zeroize::Zeroize::zeroize(&mut out);
+    let keys = PasswordKeys { shared: SharedSecret(shared), list: ListKey(list) };
+    zeroize::Zeroize::zeroize(&mut shared);
+    zeroize::Zeroize::zeroize(&mut list);
+    keys
 }
 
 /// Derives the shared secret alone (see [`derive`]).
 pub fn shared_secret(username: &str, password: &str) -> SharedSecret {
     derive(username, password).shared
+}
+
+// Secrets are wiped when dropped, so a freed page or a core dump does not keep them.
+impl Drop for SharedSecret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl Drop for ListKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
 }
 
 impl SharedSecret {

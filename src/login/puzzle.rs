@@ -51,6 +51,12 @@ impl std::fmt::Debug for PuzzleKey {
     }
 }
 
+impl Drop for PuzzleKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl PuzzleKey {
     /// A key from 32 secret bytes (random per process, or shared by login servers).
     pub fn new(secret: [u8; 32]) -> Self {
