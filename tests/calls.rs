@@ -343,3 +343,23 @@ async fn a_call_survives_the_death_of_its_relaying_super_node() {
     hank.logout().await;
     t.net.stop().await;
 }
+
+#[actix_rt::test]
+async fn an_invisible_user_cannot_be_called_by_a_stranger() {
+    let t = common::start(2, |c| c.supernode.probe_period_ms = 200).await;
+    t.converge(2).await;
+    let mut bob = host(&t, "bob", 0).await;
+    let mut dave = host(&t, "dave", 1).await;
+    let profile = confab::index::Profile::default();
+    bob.publish(confab::index::Status::Invisible, &profile).await.unwrap();
+    // The index shows a stranger an offline user with no address: no invite is sent.
+    let e = dave.call("bob").await.unwrap_err().to_string();
+    assert!(e.contains("offline"), "{e}");
+    // And an invite that reached bob anyway would go unanswered (Session::on_invite); he
+    // hears nothing ring.
+    let events = run_for(&mut bob, Duration::from_millis(500)).await;
+    assert!(!events.iter().any(|e| matches!(e, Event::Call { .. })), "{events:?}");
+    bob.logout().await;
+    dave.logout().await;
+    t.net.stop().await;
+}

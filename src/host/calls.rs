@@ -393,6 +393,14 @@ impl Session {
             tracing::info!(caller = %opened.caller.subject, "ignored an invite from a blocked user");
             return;
         }
+        // Invisible means offline to everyone but buddies: a stranger's invite gets no
+        // answer at all (not even Busy), so it cannot tell we are there.
+        if self.status == crate::index::Status::Invisible
+            && self.buddies.relation(&opened.caller.subject) != Some(crate::buddy::Relation::Authorized)
+        {
+            tracing::info!(caller = %opened.caller.subject, "invisible: ignored an invite from someone not a buddy");
+            return;
+        }
         // A busy callee answers with a sealed Busy alone: no reply to sign.
         let busy = self.calls.busy();
         let reply = if busy {
