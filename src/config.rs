@@ -208,6 +208,10 @@ pub struct RelayConfig {
     pub sessions_max: usize,
     /// Relay sessions one connected host may hold.
     pub sessions_per_host_max: usize,
+    /// Relay sessions one user may hold on this node, over all its hosts.
+    pub sessions_per_user_max: usize,
+    /// Relay sessions one source (IPv4 address or IPv6 /64) may hold on this node.
+    pub sessions_per_source_max: usize,
     /// Seconds without a packet after which a session ends.
     pub idle_timeout_secs: u64,
     /// Packets per second one session may relay (voice needs 50 each way).
@@ -243,6 +247,8 @@ impl Default for RelayConfig {
             workers: 0,
             sessions_max: l.sessions_max,
             sessions_per_host_max: 4,
+            sessions_per_user_max: 8,
+            sessions_per_source_max: 256,
             idle_timeout_secs: 30,
             packets_per_second_max: l.packets_per_second_max,
             bytes_per_second_max: l.bytes_per_second_max,
@@ -464,6 +470,18 @@ impl Config {
         }
         if r.sessions_per_host_max == 0 {
             return bad("supernode.relay.sessions_per_host_max", "must be at least 1");
+        }
+        if r.sessions_per_user_max < r.sessions_per_host_max {
+            return bad(
+                "supernode.relay.sessions_per_user_max",
+                "must be at least supernode.relay.sessions_per_host_max",
+            );
+        }
+        if r.sessions_per_source_max < r.sessions_per_host_max {
+            return bad(
+                "supernode.relay.sessions_per_source_max",
+                "must be at least supernode.relay.sessions_per_host_max",
+            );
         }
         if !(1..=crate::relay::mmsg::BATCH_MAX).contains(&r.batch) {
             return bad("supernode.relay.batch", &format!("must be between 1 and {}", crate::relay::mmsg::BATCH_MAX));

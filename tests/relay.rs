@@ -251,3 +251,42 @@ fn drain_quick(s: &UdpSocket) -> usize {
     s.set_nonblocking(false).unwrap();
     n
 }
+
+#[actix_rt::test]
+async fn relay_sessions_are_limited_per_source_across_hosts() {
+    let t = common::start(1, |c| {
+        c.supernode.relay.sessions_per_host_max = 2;
+        c.supernode.relay.sessions_per_source_max = 3;
+    })
+    .await;
+    let s = t.settings();
+    let mut hosts = Vec::new();
+    for name in ["sara", "sam"] {
+        let home = t.home(name);
+        confab::host::register(&s, &home, name, PW).await.unwrap();
+        hosts.push(confab::host::login(&s, &home, name, PW).await.unwrap());
+    }
+    let node = t.net.nodes()[0].clone();
+    let table = &node.relay.as_ref().unwrap().table;
+    // Two hosts on one address: each within its own quota, together within the source's.
+    let g1 = hosts[0].allocate_relay().await.unwrap();
+    hosts[0].allocate_relay().await.unwrap();
+    hosts[1].allocate_relay().await.unwrap();
+    let e = hosts[1].allocate_relay().await.unwrap_err().to_string();
+    assert!(e.contains("full"), "{e}");
+    assert_eq!(table.len(), 3);
+    // A released session gives its place back to the source.
+    hosts[0].release_relay(g1.session).await;
+    let t0 = Instant::now();
+    loop {
+        match hosts[1].allocate_relay().await {
+            Ok(_) => break,
+            Err(e) => assert!(t0.elapsed() < Duration::from_secs(5), "the released place did not come back: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for h in hosts {
+        h.logout().await;
+    }
+    t.net.stop().await;
+}

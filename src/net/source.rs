@@ -4,6 +4,7 @@
 //! whole /64, so per-address limits on IPv6 would be no limit at all.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -51,52 +52,59 @@ impl SourceKey {
     }
 }
 
-/// Counts what each source holds at once (connections, RSA jobs) against a cap.
+/// Counts what each key (a source, a user) holds at once — connections, RSA jobs, relay
+/// sessions — against a cap.
 #[derive(Debug)]
-pub struct PerSource {
+pub struct Holds<K: Eq + Hash> {
     max: usize,
-    held: Mutex<HashMap<SourceKey, usize>>,
+    held: Mutex<HashMap<K, usize>>,
 }
 
-/// One source's hold on one unit of a [`PerSource`]; given back when dropped.
+/// What each source holds at once.
+pub type PerSource = Holds<SourceKey>;
+/// One source's hold on one unit of a [`PerSource`].
+pub type SourceClaim = Claim<SourceKey>;
+
+/// One key's hold on one unit of a [`Holds`]; given back when dropped.
 #[derive(Debug)]
-pub struct SourceClaim {
-    owner: Arc<PerSource>,
-    source: SourceKey,
+pub struct Claim<K: Eq + Hash> {
+    owner: Arc<Holds<K>>,
+    key: Option<K>,
 }
 
-impl Drop for SourceClaim {
+impl<K: Eq + Hash> Drop for Claim<K> {
     fn drop(&mut self) {
+        let Some(key) = self.key.take() else { return };
         let mut m = self.owner.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.source) {
+        if let Some(n) = m.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
-                m.remove(&self.source);
+                m.remove(&key);
             }
         }
     }
 }
 
-impl PerSource {
-    /// At most `max` (at least 1) held per source at once.
+impl<K: Eq + Hash + Clone> Holds<K> {
+    /// At most `max` (at least 1) held per key at once.
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(Self { max: max.max(1), held: Mutex::new(HashMap::new()) })
     }
 
-    /// Takes one unit for `source`; None if it holds its cap already.
-    pub fn claim(self: &Arc<Self>, source: SourceKey) -> Option<SourceClaim> {
+    /// Takes one unit for `key`; None if it holds its cap already.
+    pub fn claim(self: &Arc<Self>, key: K) -> Option<Claim<K>> {
         let mut m = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(source).or_insert(0);
+        let n = m.entry(key.clone()).or_insert(0);
         if *n >= self.max {
             return None;
         }
         *n += 1;
-        Some(SourceClaim { owner: self.clone(), source })
+        Some(Claim { owner: self.clone(), key: Some(key) })
     }
 
-    /// Units `source` holds now.
-    pub fn held(&self, source: SourceKey) -> usize {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).get(&source).copied().unwrap_or(0)
+    /// Units `key` holds now.
+    pub fn held(&self, key: &K) -> usize {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).get(key).copied().unwrap_or(0)
     }
 
     /// The cap.
@@ -207,7 +215,7 @@ mod tests {
         assert!(p.claim(a).is_none());
         assert!(p.claim(SourceKey::V4([127, 0, 0, 1])).is_some());
         drop(held);
-        assert_eq!(p.held(a), 0);
+        assert_eq!(p.held(&a), 0);
         assert!(p.claim(a).is_some());
     }
 

@@ -66,7 +66,7 @@ impl Slots {
 
     /// Connections open from `peer`'s source.
     pub fn open_from(&self, peer: SocketAddr) -> usize {
-        self.per_source.held(SourceKey::from(peer.ip()))
+        self.per_source.held(&SourceKey::from(peer.ip()))
     }
 }
 

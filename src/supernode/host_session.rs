@@ -243,6 +243,16 @@ impl HostSession {
             count("host_quota");
             return refused(ErrorCode::Full);
         }
+        // A user with many hosts, or a source with many users, has its own quota too: the
+        // claims live as long as the session's actor.
+        let Some(user_claim) = plane.per_user.claim(self.user.clone()) else {
+            count("user_quota");
+            return refused(ErrorCode::Full);
+        };
+        let Some(source_claim) = plane.per_source.claim(self.peer.ip().into()) else {
+            count("source_quota");
+            return refused(ErrorCode::Full);
+        };
         let grant = match plane.table.allocate(crate::relay::clock_ms()) {
             Ok(g) => g,
             Err(_) => {
@@ -254,6 +264,7 @@ impl HostSession {
         let idle = Duration::from_secs(plane.cfg.idle_timeout_secs.max(1));
         let actor =
             RelaySession::new(self.node.identity.name.clone(), plane.table.clone(), grant, self.user.clone(), idle)
+                .holding(user_claim, source_claim)
                 .start();
         self.relays.insert(grant.session.0, actor);
         RelayGrant {

@@ -104,6 +104,10 @@ pub struct RelayPlane {
     pub addr: SocketAddr,
     /// Settings.
     pub cfg: crate::config::RelayConfig,
+    /// Sessions each user holds (over all its hosts).
+    pub per_user: Arc<crate::net::source::Holds<String>>,
+    /// Sessions each source holds (over all its hosts and users).
+    pub per_source: Arc<PerSource>,
 }
 
 struct PeerEntry {
@@ -405,7 +409,9 @@ impl BoundNode {
                 )
                 .map_err(|e| with_context(e, "bind relay UDP and TCP", *a))?;
                 let addr = advertised(w.local_addr(), spec.public_ip)?;
-                Some((w, RelayPlane { table, addr, cfg: cfg.clone() }))
+                let per_user = crate::net::source::Holds::new(cfg.sessions_per_user_max);
+                let per_source = PerSource::new(cfg.sessions_per_source_max);
+                Some((w, RelayPlane { table, addr, cfg: cfg.clone(), per_user, per_source }))
             }
             None => None,
         };

@@ -22,12 +22,20 @@ pub struct RelaySession {
     owner: String,
     idle_timeout: Duration,
     reason: &'static str,
+    /// The owner's and its source's hold on their quotas, given back when the session ends.
+    quota: Option<(crate::net::source::Claim<String>, crate::net::source::SourceClaim)>,
 }
 
 impl RelaySession {
     /// A session for `grant`, opened by `owner`.
     pub fn new(node: String, table: SessionTable, grant: Grant, owner: String, idle_timeout: Duration) -> Self {
-        Self { node, table, grant, owner, idle_timeout, reason: "released" }
+        Self { node, table, grant, owner, idle_timeout, reason: "released", quota: None }
+    }
+
+    /// Holds the owner's and its source's quota claims for the session's life.
+    pub fn holding(mut self, user: crate::net::source::Claim<String>, source: crate::net::source::SourceClaim) -> Self {
+        self.quota = Some((user, source));
+        self
     }
 }
 
