@@ -504,6 +504,7 @@ async fn past_retention_the_login_directory_answers() {
 async fn seventy_one_hours_is_found_seventy_three_is_not() {
     use confab::index::{Entry, EntryBody, Profile, Status};
     let t = common::start(2, |_| {}).await;
+    t.converge(2).await;
     register(&t, "rita", PW).await.unwrap();
     let mut rita = host::login(&t.settings(), &t.home("rita"), "rita", PW).await.unwrap();
     let now = confab::unix_now();
