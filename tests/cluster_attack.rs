@@ -62,6 +62,7 @@ async fn replays_and_forged_senders_are_refused_counted_and_never_answered() {
 
     let attacker = UdpSocket::bind("127.0.0.2:0").await.unwrap();
     let (mut sent, mut answered) = (0usize, 0usize);
+    let (mut replayed_in, mut forged_in) = (0usize, 0usize);
 
     // 1. Legitimate packets sealed by a for b: a Store (answered with a StoreAck) and a
     //    Digests against every slot (answered with the slot's entries), delivered once
@@ -79,6 +80,7 @@ async fn replays_and_forged_senders_are_refused_counted_and_never_answered() {
         let before = common::metric_sum(&t.metrics().await, REJECTED, &[&node, &reason("replayed")]);
         attacker.send_to(&packet, b_gossip).await.unwrap();
         sent += packet.len();
+        replayed_in += packet.len();
         assert!(sender.send_raw(b_gossip, &packet));
         grows(&t, REJECTED, &[&node, &reason("replayed")], before, 2.0).await;
         answered += pending_bytes(&attacker);
@@ -89,6 +91,7 @@ async fn replays_and_forged_senders_are_refused_counted_and_never_answered() {
     let before = common::metric_sum(&t.metrics().await, REJECTED, &[&node, &reason("wrong_address")]);
     attacker.send_to(&fresh, b_gossip).await.unwrap();
     sent += fresh.len();
+    replayed_in += fresh.len();
     grows(&t, REJECTED, &[&node, &reason("wrong_address")], before, 1.0).await;
     let before = common::metric_sum(&t.metrics().await, accepted, &[&node, "outcome=\"accepted\""]);
     assert!(sender.send_raw(b_gossip, &fresh));
@@ -110,6 +113,7 @@ async fn replays_and_forged_senders_are_refused_counted_and_never_answered() {
         let before = common::metric_sum(&t.metrics().await, REJECTED, &[&node, &reason(why)]);
         attacker.send_to(&hello, b_gossip).await.unwrap();
         sent += hello.len();
+        forged_in += hello.len();
         grows(&t, REJECTED, &[&node, &reason(why)], before, 1.0).await;
     }
     let a_id = a.identity.key.public().id();
@@ -121,6 +125,7 @@ async fn replays_and_forged_senders_are_refused_counted_and_never_answered() {
     let before = common::metric_sum(&t.metrics().await, REJECTED, &[&node, &reason("bad_mac")]);
     attacker.send_to(&forged, b_gossip).await.unwrap();
     sent += forged.len();
+    forged_in += forged.len();
     grows(&t, REJECTED, &[&node, &reason("bad_mac")], before, 1.0).await;
 
     // 3. A stranger (no cluster secret): noise, a hello under another key, the old
@@ -154,7 +159,8 @@ async fn replays_and_forged_senders_are_refused_counted_and_never_answered() {
 
     answered += pending_bytes(&attacker);
     eprintln!(
-        "attacker sent {sent} bytes to {b_name}'s gossip port; {answered} bytes came back (stranger alone: {stranger_in} in)"
+        "bytes in to {b_name}'s gossip port from 127.0.0.2: replayed or misaddressed {replayed_in}, \
+         forged identity {forged_in}, stranger {stranger_in}, all {sent}; bytes out: {answered}"
     );
     assert_eq!(answered, 0, "nothing is answered to 127.0.0.2");
 }

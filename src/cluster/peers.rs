@@ -436,6 +436,31 @@ mod tests {
         assert!(matches!(b.receive(ca, &unknown, T), Received::Rejected(Reject::UnknownSender)));
     }
 
+    proptest::proptest! {
+        /// The receiver is total: arbitrary bytes, with or without a cluster magic and a
+        /// known sender's id in place, are refused, never a panic.
+        #[test]
+        fn receive_is_total(magic in 0usize..4, known in proptest::bool::ANY, b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2600)) {
+            use std::sync::OnceLock;
+            static NODES: OnceLock<std::sync::Mutex<(Peers, [u8; 8])>> = OnceLock::new();
+            let nodes = NODES.get_or_init(|| {
+                let (mut a, mut b) = (node(0, 1), node(1, 1));
+                let h = a.hello(addr(1, 7001), true, T).unwrap();
+                let (_, back) = deliver(&mut b, addr(1, 7000), vec![(addr(1, 7001), h)], T);
+                deliver(&mut a, addr(1, 7001), back, T);
+                let id = a.me();
+                std::sync::Mutex::new((b, id))
+            });
+            let mut g = nodes.lock().unwrap();
+            let mut p = [&b"CFG2"[..], b"CFI2", b"CFH2", b""][magic].to_vec();
+            if known {
+                p.extend_from_slice(&g.1);
+            }
+            p.extend_from_slice(&b);
+            proptest::prop_assert!(matches!(g.0.receive(addr(1, 7000), &p, T), Received::Rejected(_)));
+        }
+    }
+
     /// A restarted node (new static key, newer certificate) replaces its old self; the
     /// old certificate cannot come back; a hello's answer is rate limited.
     #[test]

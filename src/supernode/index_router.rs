@@ -398,16 +398,13 @@ impl IndexRouter {
         }
     }
 
-    /// Sends the live entries of `slots` (that this node holds) to another replica
+    /// Sends the live entries of `slots` (those this node has a store for) to another replica
     /// (merging is idempotent, so whatever it already holds costs only the bytes), within
     /// one answer's byte cap and the replica's repair rate. Each answer starts at a random
     /// place in the dump, so capped rounds together still cover a large slot.
     fn push_slots(&mut self, slots: Vec<u32>, to: Peer, ctx: &mut Context<Self>) {
-        let actors: Vec<_> = slots
-            .into_iter()
-            .filter(|s| self.held.contains(&Slot(*s)))
-            .filter_map(|s| self.slots.get(&Slot(s)).cloned())
-            .collect();
+        // A slot no longer held keeps its store, and still answers while new replicas fill.
+        let actors: Vec<_> = slots.into_iter().filter_map(|s| self.slots.get(&Slot(s)).cloned()).collect();
         if actors.is_empty() {
             return;
         }
