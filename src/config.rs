@@ -502,6 +502,23 @@ mod tests {
     }
 
     #[test]
+    fn cluster_and_repair_limits_name_their_keys() {
+        figment::Jail::expect_with(|jail| {
+            for (table, key, value) in [
+                ("supernode.cluster", "hello_interval_ms", "0"),
+                ("supernode.cluster", "pending_per_peer_max", "0"),
+                ("supernode.index", "repair_bytes_per_answer_max", "10"),
+                ("supernode.index", "repair_bytes_per_peer_per_sec", "10"),
+            ] {
+                jail.create_file("k.toml", &format!("[{table}]\n{key} = {value}\n"))?;
+                let e = Config::load(&["k.toml".into()]).unwrap_err().to_string();
+                assert!(e.contains(&format!("{table}.{key}")), "{e}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn layering_env_over_file_and_relative_paths() {
         figment::Jail::expect_with(|jail| {
             jail.create_dir("etc")?;

@@ -425,6 +425,7 @@ impl IndexRouter {
             if n < entries.len() {
                 counter!("confab_index_repair_skipped_entries_total", "node" => act.node.clone())
                     .increment((entries.len() - n) as u64);
+                tracing::debug!(node = %act.node, to = %to.1, sent = n, skipped = entries.len() - n, "repair capped");
             }
             for (key, entry) in entries.into_iter().take(n) {
                 let req = act.req();
