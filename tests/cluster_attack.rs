@@ -117,7 +117,7 @@ async fn replays_and_forged_senders_are_refused_counted_and_never_answered() {
         grows(&t, REJECTED, &[&node, &reason(why)], before, 1.0).await;
     }
     let a_id = a.identity.key.public().id();
-    let guess = PairKey::new(&[7; 32]);
+    let guess = PairKey::new(&[7; 32], a_id.0, b_id.0);
     let forged = guess.seal(
         Header { channel: Channel::Index, sender: a_id.0, counter: u64::MAX },
         &IndexRpc::Fetch { req: 1, key: "alice".into() }.encode(),

@@ -276,7 +276,12 @@ impl Peers {
         }
         self.by_id.insert(
             id,
-            Peer { cert, cert_bytes: hello.cert, pair: PairKey::new(&pair), window: ReplayWindow::default() },
+            Peer {
+                cert,
+                cert_bytes: hello.cert,
+                pair: PairKey::new(&pair, self.me, id),
+                window: ReplayWindow::default(),
+            },
         );
         Ok((Some(id), hello.want_reply))
     }
