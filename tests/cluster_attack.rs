@@ -8,6 +8,7 @@ mod common;
 use confab::cluster::cert::{ClusterCert, StaticSecret};
 use confab::cluster::gossip::{Channel, ClusterKey, Header, Hello, PairKey};
 use confab::index::rpc::IndexRpc;
+use confab::supernode::index_router::SenderOf;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 
@@ -67,7 +68,7 @@ async fn replays_and_forged_senders_are_refused_counted_and_never_answered() {
     // 1. Legitimate packets sealed by a for b: a Store (answered with a StoreAck) and a
     //    Digests against every slot (answered with the slot's entries), delivered once
     //    from a's socket, then replayed from 127.0.0.2 and again from a's own address.
-    let sender = a.cluster.clone().unwrap();
+    let sender = a.index.clone().unwrap().send(SenderOf).await.unwrap();
     let digests = IndexRpc::Digests { slots: (0..32).map(|s| (s, [0xab; 32])).collect() };
     let store = IndexRpc::Store { req: 7, key: "alice".into(), entry: vec![1, 2, 3] };
     let accepted = "confab_cluster_index_packets_total";

@@ -540,7 +540,8 @@ async fn seventy_one_hours_is_found_seventy_three_is_not() {
             let id = n.identity.key.public().id();
             let gossip = n.members().iter().find(|m| m.node_id() == Some(id)).unwrap().gossip;
             let store = confab::index::rpc::IndexRpc::Store { req: 1, key: user.into(), entry: entry.encode() };
-            let from = nodes[(i + 1) % nodes.len()].cluster.clone().unwrap();
+            let router = nodes[(i + 1) % nodes.len()].index.clone().unwrap();
+            let from = router.send(confab::supernode::index_router::SenderOf).await.unwrap();
             assert!(from.send(id, gossip, &store.encode()));
         }
     }

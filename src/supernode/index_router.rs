@@ -745,6 +745,20 @@ impl Handler<Holds> for IndexRouter {
     }
 }
 
+/// The router's cluster sender (tests: sealing a packet as this node would). Held by
+/// the router alone, so a crashed node's gossip socket closes with it.
+#[derive(Message)]
+#[rtype(result = "ClusterSender")]
+pub struct SenderOf;
+
+impl Handler<SenderOf> for IndexRouter {
+    type Result = MessageResult<SenderOf>;
+
+    fn handle(&mut self, _: SenderOf, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.sender.clone())
+    }
+}
+
 /// The replicas of `key`'s slot in this node's current view.
 #[derive(Message)]
 #[rtype(result = "Vec<NodeId>")]

@@ -117,8 +117,6 @@ pub struct NodeShared {
     pub view: Option<tokio::sync::watch::Receiver<Arc<crate::cluster::View>>>,
     /// The node's part of the Global Index, when it gossips.
     pub index: Option<Addr<super::index_router::IndexRouter>>,
-    /// Sends sealed packets to other members from the gossip socket, when it gossips.
-    pub cluster: Option<crate::cluster::agent::ClusterSender>,
     /// Metrics with this node's label.
     pub metrics: NodeMetrics,
     /// Connected hosts by username, for notices.
@@ -434,7 +432,7 @@ impl BoundNode {
             Some((w, p)) => (Some(w), Some(p)),
             None => (None, None),
         };
-        let (view, index, cluster) = match (self.spec.cluster, self.gossip) {
+        let (view, index) = match (self.spec.cluster, self.gossip) {
             (Some(c), Some((socket, gossip))) => {
                 let me = crate::cluster::Member {
                     gossip,
@@ -469,12 +467,12 @@ impl BoundNode {
                     c.index,
                     self.spec.identity.trusted.clone(),
                     agent.view.clone(),
-                    agent.sender.clone(),
+                    agent.sender,
                     mailboxes.clone(),
                 );
-                (Some(agent.view), Some(super::index_router::start(router, rx)), Some(agent.sender))
+                (Some(agent.view), Some(super::index_router::start(router, rx)))
             }
-            _ => (None, None, None),
+            _ => (None, None),
         };
         let shared = Arc::new(NodeShared {
             metrics: NodeMetrics::new(&self.spec.identity.name),
@@ -484,7 +482,6 @@ impl BoundNode {
             static_peers,
             view,
             index,
-            cluster,
             mailboxes,
             relay: relay_plane,
             by_peer: DashMap::new(),
