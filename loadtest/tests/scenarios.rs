@@ -48,6 +48,7 @@ async fn start(supernodes: usize) -> Net {
             let mut c = Config::default();
             // The harness runs every host from loopback: one source to the login server.
             c.login_server.throttle = confab::login::guard::ThrottlePolicy::one_source_load();
+            c.supernode.handshakes_per_source_max = 64;
             c
         },
     })

@@ -61,6 +61,7 @@ pub async fn start(supernodes: usize, tweak: impl FnOnce(&mut Config)) -> TestNe
     let mut config = Config::default();
     // Every test host is on 127.0.0.1: one source to the login server's limits.
     config.login_server.throttle = confab::login::guard::ThrottlePolicy::one_source_load();
+    config.supernode.handshakes_per_source_max = 64;
     tweak(&mut config);
     let net = network::up(UpOptions {
         data,
