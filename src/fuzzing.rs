@@ -134,6 +134,8 @@ targets! {
     SealedSignal = "sealed_signal": "`call::invite::SealedSignal`, opened by a `SignalChannel`.",
     Signal = "signal": "`call::signal::Signal` as a signal channel decodes it.",
     Session = "session": "A super node's established `Session` fed chunks of (mostly sealed) frames.",
+    // New targets go last: a selector keeps its meaning, and the corpus with it.
+    Jitter = "jitter": "`call::jitter::JitterBuffer` fed the sender's timestamps and arrival times the input says.",
 }
 
 impl Target {
@@ -286,6 +288,7 @@ pub fn run(target: Target, data: &[u8]) {
         Target::RelayDecide => relay_decide(data),
         Target::Media => media_packet(data),
         Target::MediaOrder => media_order(data),
+        Target::Jitter => jitter(data),
         Target::ClusterPacket => cluster_packet(&cluster_key(), data),
         Target::ClusterPayload => cluster_payload(data),
         Target::IndexRpc => {
@@ -583,6 +586,26 @@ fn media_order(data: &[u8]) {
             assert!(opened.insert(i), "media_order: packet {i} opened twice");
         }
     }
+}
+
+fn jitter(data: &[u8]) {
+    // Records of 7 bytes: op (bit 0: push, else pop), the sender's timestamp (u32), the
+    // milliseconds since the last record (u16). Frames are numbered as a host numbers
+    // them: by timestamp, 960 samples (20 ms at 48 kHz) a frame.
+    let Some((&delay, data)) = data.split_first() else { return };
+    let mut jb = crate::call::jitter::JitterBuffer::new(u64::from(delay));
+    let mut now_ms = NOW_SECS * 1000;
+    for r in data.chunks_exact(7).take(4 * CHUNKS_MAX) {
+        let ts = u32::from_be_bytes([r[1], r[2], r[3], r[4]]);
+        now_ms += u64::from(u16::from_be_bytes([r[5], r[6]]));
+        if r[0] & 1 != 0 {
+            let _ = jb.push(u64::from(ts) / 960, ts, now_ms, vec![r[0]]);
+        } else {
+            let _ = jb.pop(now_ms);
+        }
+        assert!(jb.len() <= crate::call::jitter::FRAMES_HELD_MAX, "jitter: the buffer outgrew its bound");
+    }
+    let _ = (jb.jitter_ms(), jb.stats());
 }
 
 fn cluster_key() -> ClusterKey {

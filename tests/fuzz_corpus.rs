@@ -441,6 +441,14 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
         vec![tx.seal(Kind::Voice, 0, &[1; 80]), tx.seal(Kind::Probe, 960, b""), tx.seal(Kind::ProbeAck, 1920, b"")],
     );
     add(Target::MediaOrder, vec![vec![0, 1, 2, 1, 5, 3, 3, 0, 40, 4]]);
+    let jitter_record =
+        |push: bool, ts: u32, dt: u16| [&[push as u8][..], &ts.to_be_bytes(), &dt.to_be_bytes()].concat();
+    let mut talk = vec![60u8];
+    for (i, ts) in [0u32, 960, 2880, 1920, 3840, 3840, 0, 4800, 96_000].into_iter().enumerate() {
+        talk.extend(jitter_record(true, ts, 20));
+        talk.extend(jitter_record(i % 2 == 0, 0, 20));
+    }
+    add(Target::Jitter, vec![talk]);
     add(Target::ClusterPacket, vec![cluster.seal(Channel::Index, &rpcs[2]), cluster.seal(Channel::Gossip, &gossip[0])]);
     add(Target::ClusterPayload, vec![[&[1][..], &rpcs[0]].concat(), [&[0][..], &gossip[0]].concat()]);
     add(Target::IndexRpc, rpcs.to_vec());
