@@ -19,7 +19,12 @@ impl ReplayWindow {
     }
 
     /// Whether `seq` would be accepted, without recording it (check before authenticating).
+    /// `u64::MAX` never is: no sender gets that far, and accepting it would wrap the
+    /// window back to the start, where every number seen before passes again.
     pub fn check(&self, seq: u64) -> bool {
+        if seq == u64::MAX {
+            return false;
+        }
         if seq >= self.next {
             return true;
         }
@@ -60,6 +65,21 @@ mod tests {
         assert!(w.accept(500));
         assert!(!w.accept(300));
         assert!(w.accept(450));
+    }
+
+    /// Found by fuzzing (fuzz/regressions/replay-window-u64-max): a sealed frame numbered
+    /// u64::MAX overflowed `seq + 1`, a panic with overflow checks and, without them, a
+    /// window wrapped back to 0 that accepted every earlier number again.
+    #[test]
+    fn the_last_sequence_number_is_refused_and_the_window_never_wraps() {
+        let mut w = ReplayWindow::new();
+        assert!(w.accept(5));
+        assert!(!w.check(u64::MAX));
+        assert!(!w.accept(u64::MAX));
+        assert!(!w.accept(5), "still a replay");
+        assert!(w.accept(u64::MAX - 1));
+        assert!(!w.accept(u64::MAX - 1));
+        assert!(!w.accept(5));
     }
 
     proptest! {
