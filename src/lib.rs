@@ -20,6 +20,7 @@
 //! - [`config`] — figment layering and validation with key names.
 //! - [`telemetry`] — tracing and the Prometheus exporter.
 //! - [`network`] — `confab up`: a whole local network in one process.
+//! - `fuzzing` (hidden) — one function that feeds bytes to every decoder, for `fuzz/`.
 //!
 //! Protocol logic takes `now` (unix seconds) as an argument and returns what to send;
 //! actors and sockets only feed it. `docs/protocol.md` describes every byte on the wire.
@@ -35,6 +36,9 @@ pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod fsutil;
+// Entry points for the fuzz targets in `fuzz/` and the corpus replay in tests/fuzz_corpus.rs.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod index;
 pub mod keygen;

@@ -156,9 +156,10 @@ fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, CallError> {
 }
 
 fn check_time(created_ms: u64, now_ms: u64, window_ms: u64) -> Result<(), CallError> {
-    let age = now_ms as i64 - created_ms as i64;
-    if age.unsigned_abs() > window_ms {
-        return Err(CallError::Stale(-age));
+    // In i128: `created_ms` is any u64 the sender chose, checked before its signature.
+    let ahead = i128::from(created_ms) - i128::from(now_ms);
+    if ahead.unsigned_abs() > u128::from(window_ms) {
+        return Err(CallError::Stale(i64::try_from(ahead).unwrap_or(i64::MAX)));
     }
     Ok(())
 }
@@ -548,6 +549,23 @@ mod tests {
         other_call.call_id[0] ^= 1;
         assert_eq!(b.open(&other_call), None);
         assert_eq!(b.open(&a.seal(Signal::HangUp)), Some(Signal::HangUp));
+    }
+
+    /// A creation time past i64::MAX overflowed the age computation (a panic with
+    /// overflow checks) before the signature was looked at; fuzz/regressions/invite-created-ms-overflow.
+    #[test]
+    fn any_creation_time_is_stale_or_fresh_never_a_panic() {
+        let t = two();
+        let (mut invite, _) = Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
+        for created_ms in [1 << 63, (1 << 63) + NOW_MS, u64::MAX, 0] {
+            invite.body.created_ms = created_ms;
+            let wire = Invite::decode(&invite.encode()).unwrap();
+            assert!(matches!(wire.open(&t.trusted, "bob", &t.bob.1, NOW_MS, 30_000), Err(CallError::Stale(_))));
+        }
+        assert_eq!(check_time(NOW_MS + 5, NOW_MS, 30_000), Ok(()));
+        assert_eq!(check_time(NOW_MS + 40_000, NOW_MS, 30_000), Err(CallError::Stale(40_000)));
+        assert_eq!(check_time(NOW_MS - 40_000, NOW_MS, 30_000), Err(CallError::Stale(-40_000)));
+        assert_eq!(check_time(u64::MAX, NOW_MS, 30_000), Err(CallError::Stale(i64::MAX)));
     }
 
     #[test]
