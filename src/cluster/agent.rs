@@ -1,15 +1,13 @@
 //! The membership actor: owns the gossip socket, drives [`Membership`], and publishes
 //! the view of live members to the rest of the super node.
 
-use super::gossip::Channel;
+use super::gossip::{Channel, ClusterKey};
 use super::member::Member;
 use super::membership::{self, Membership, Output};
-use super::peers::{Peers, Received};
-use super::reject::{self, LogOnce, Reject};
 use actix::prelude::*;
 use metrics::{counter, gauge};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -19,22 +17,21 @@ use tokio_util::sync::CancellationToken;
 const REJOIN_EVERY: Duration = Duration::from_secs(3);
 
 /// What to start.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AgentSpec {
     /// This node.
     pub me: Member,
     /// Seeds to join through (gossip addresses).
     pub seeds: Vec<SocketAddr>,
-    /// Its authenticated peers (its certificate, the cluster key).
-    pub peers: Peers,
+    /// The cluster key.
+    pub key: ClusterKey,
     /// SWIM probe period (a dead node is noticed within a few of these).
     pub probe_period: Duration,
     /// Expected cluster size (tunes dissemination).
     pub cluster_size_hint: u32,
 }
 
-/// The live members as one node sees them (itself included), sorted by gossip address:
-/// only members whose certificate it holds and binds all they say of themselves.
+/// The live members as one node sees them (itself included), sorted by gossip address.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct View {
     /// The members.
@@ -52,14 +49,12 @@ pub struct AgentHandle {
     pub sender: ClusterSender,
 }
 
-/// An index packet from another member (opened and authenticated).
+/// An index packet from another member (opened).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct IndexPacket {
     /// The sender's gossip address.
     pub from: SocketAddr,
-    /// The authenticated sender.
-    pub sender: crate::index::NodeId,
     /// The payload.
     pub payload: Vec<u8>,
 }
@@ -68,36 +63,14 @@ pub struct IndexPacket {
 #[derive(Debug, Clone)]
 pub struct ClusterSender {
     socket: Arc<UdpSocket>,
-    peers: Arc<Mutex<Peers>>,
+    key: ClusterKey,
 }
 
 impl ClusterSender {
-    /// Seals for member `node` at `to` and sends without waiting; false if the socket
-    /// buffer is full (a packet that waits for the member's certificate counts as sent).
-    pub fn send(&self, node: crate::index::NodeId, to: SocketAddr, payload: &[u8]) -> bool {
-        let out = lock(&self.peers).send(to, Some(node.0), Channel::Index, payload, super::now_ms());
-        out.iter().all(|(to, d)| self.socket.try_send_to(d, *to).is_ok())
+    /// Seals and sends without waiting; false if the socket buffer is full.
+    pub fn send(&self, to: SocketAddr, payload: &[u8]) -> bool {
+        self.socket.try_send_to(&self.key.seal(Channel::Index, payload), to).is_ok()
     }
-
-    /// Seals an index packet for `node` at `to` as this node would, without sending it
-    /// (None until its certificate is held): for tests that replay a real packet.
-    pub fn seal(&self, node: crate::index::NodeId, to: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
-        let mut p = lock(&self.peers);
-        if p.addr_of(node.0) != Some(to) {
-            return None;
-        }
-        p.send(to, Some(node.0), Channel::Index, payload, super::now_ms()).pop().map(|(_, d)| d)
-    }
-
-    /// Sends raw bytes from the gossip socket (tests: delivering a packet from [`Self::seal`]).
-    pub fn send_raw(&self, to: SocketAddr, datagram: &[u8]) -> bool {
-        self.socket.try_send_to(datagram, to).is_ok()
-    }
-}
-
-fn lock(p: &Mutex<Peers>) -> std::sync::MutexGuard<'_, Peers> {
-    // The state stays consistent across a panic elsewhere: every method leaves it whole.
-    p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[derive(Message)]
@@ -107,8 +80,7 @@ struct Datagram(Vec<u8>, SocketAddr);
 struct Agent {
     membership: Membership,
     socket: Arc<UdpSocket>,
-    peers: Arc<Mutex<Peers>>,
-    log: LogOnce,
+    key: ClusterKey,
     seeds: Vec<SocketAddr>,
     name: String,
     view: watch::Sender<Arc<View>>,
@@ -123,12 +95,9 @@ impl Agent {
         for o in out {
             match o {
                 Output::Send(to, data) => {
-                    let out = lock(&self.peers).send(to.gossip, to.node, Channel::Gossip, &data, super::now_ms());
-                    for (to, d) in out {
-                        let ok = self.socket.try_send_to(&d, to).is_ok();
-                        let outcome = if ok { "sent" } else { "dropped" };
-                        counter!("confab_cluster_gossip_packets_total", "node" => self.name.clone(), "direction" => "out", "outcome" => outcome).increment(1);
-                    }
+                    let ok = self.socket.try_send_to(&self.key.seal(Channel::Gossip, &data), to).is_ok();
+                    let outcome = if ok { "sent" } else { "dropped" };
+                    counter!("confab_cluster_gossip_packets_total", "node" => self.name.clone(), "direction" => "out", "outcome" => outcome).increment(1);
                 }
                 Output::Schedule(after, t) => {
                     ctx.run_later(after, move |act, ctx| {
@@ -138,7 +107,6 @@ impl Agent {
                 }
                 Output::Up(m) => {
                     tracing::info!(node = %self.name, member = %m.name, gossip = %m.gossip, "cluster member up");
-                    self.ask_certificates();
                     changed = true;
                 }
                 Output::Down(m) => {
@@ -148,34 +116,9 @@ impl Agent {
             }
         }
         if changed {
-            self.publish();
-        }
-    }
-
-    /// Publishes the view: the members foca believes alive whose certificate binds what
-    /// they say of themselves (a member whose certificate is still being fetched joins
-    /// the view when it arrives).
-    fn publish(&mut self) {
-        let peers = lock(&self.peers);
-        let members: Vec<Member> = self.membership.alive().into_iter().filter(|m| peers.vouches_for(m)).collect();
-        drop(peers);
-        gauge!("confab_cluster_members", "node" => self.name.clone()).set(members.len() as f64);
-        if self.view.borrow().members != members {
+            let members = self.membership.alive();
+            gauge!("confab_cluster_members", "node" => self.name.clone()).set(members.len() as f64);
             self.view.send_replace(Arc::new(View { members }));
-        }
-    }
-
-    /// Asks the members foca knows for their certificates, where this node lacks one
-    /// (rate limited per address by [`Peers::hello`]).
-    fn ask_certificates(&mut self) {
-        let now = super::now_ms();
-        let mut peers = lock(&self.peers);
-        let missing: Vec<SocketAddr> =
-            self.membership.others().filter(|m| !peers.vouches_for(m)).map(|m| m.gossip).collect();
-        for to in missing {
-            if let Some(h) = peers.hello(to, true, now) {
-                let _ = self.socket.try_send_to(&h, to);
-            }
         }
     }
 
@@ -198,9 +141,8 @@ impl Actor for Agent {
             (self.socket.clone(), ctx.address(), self.shutdown.clone(), self.crash.clone());
         let name = self.name.clone();
         actix_rt::spawn(async move {
-            // Room for the largest index request plus the seal, or a hello.
-            let len = (crate::index::rpc::RPC_LEN_MAX + super::gossip::OVERHEAD).max(super::gossip::HELLO_LEN) + 64;
-            let mut buf = vec![0u8; len];
+            // Room for the largest index request plus the seal.
+            let mut buf = vec![0u8; crate::index::rpc::RPC_LEN_MAX + super::gossip::OVERHEAD + 64];
             let graceful = loop {
                 let (n, from) = tokio::select! {
                     biased;
@@ -220,10 +162,10 @@ impl Actor for Agent {
             if act.membership.alive().len() <= 1 {
                 act.join_seeds(ctx);
             }
-            // A lost hello or answer: ask again.
-            act.ask_certificates();
         });
-        self.publish();
+        let members = self.membership.alive();
+        gauge!("confab_cluster_members", "node" => self.name.clone()).set(members.len() as f64);
+        self.view.send_replace(Arc::new(View { members }));
     }
 }
 
@@ -231,35 +173,21 @@ impl Handler<Datagram> for Agent {
     type Result = ();
 
     fn handle(&mut self, msg: Datagram, ctx: &mut Context<Self>) {
-        let Datagram(bytes, from) = msg;
-        let received = lock(&self.peers).receive(from, &bytes, super::now_ms());
-        match received {
-            Received::Data(a) if a.channel == Channel::Index => {
-                let packet = IndexPacket { from, sender: crate::crypto::KeyId(a.sender), payload: a.payload };
-                let delivered = self.index.as_ref().is_some_and(|tx| tx.try_send(packet).is_ok());
+        match self.key.open(&msg.0) {
+            Ok((Channel::Index, payload)) => {
+                let delivered =
+                    self.index.as_ref().is_some_and(|tx| tx.try_send(IndexPacket { from: msg.1, payload }).is_ok());
                 let outcome = if delivered { "accepted" } else { "index_queue_full" };
                 counter!("confab_cluster_index_packets_total", "node" => self.name.clone(), "direction" => "in", "outcome" => outcome).increment(1);
             }
-            Received::Data(a) => {
-                // foca answers the sender its header names: it must be the one that sealed.
-                let named = membership::sender_of(&a.payload);
-                if !named.is_some_and(|m| m.node == Some(a.sender) && m.gossip == from) {
-                    reject::count(&self.name, &mut self.log, from, Reject::WrongIdentity);
-                    return;
-                }
+            Ok((Channel::Gossip, data)) => {
                 counter!("confab_cluster_gossip_packets_total", "node" => self.name.clone(), "direction" => "in", "outcome" => "accepted").increment(1);
-                let out = self.membership.handle_data(&a.payload);
+                let out = self.membership.handle_data(&data);
                 self.apply(out, ctx);
             }
-            Received::Hello { learned, send } => {
-                for (to, d) in send {
-                    let _ = self.socket.try_send_to(&d, to);
-                }
-                if learned.is_some() {
-                    self.publish();
-                }
+            Err(_) => {
+                counter!("confab_cluster_gossip_packets_total", "node" => self.name.clone(), "direction" => "in", "outcome" => "unauthenticated").increment(1);
             }
-            Received::Rejected(why) => reject::count(&self.name, &mut self.log, from, why),
         }
     }
 }
@@ -280,12 +208,9 @@ impl Handler<Stop> for Agent {
         }
         // Tell the others now rather than let them suspect us for seconds.
         let out = self.membership.leave();
-        let mut peers = lock(&self.peers);
         for o in out {
             if let Output::Send(to, data) = o {
-                for (to, d) in peers.send(to.gossip, to.node, Channel::Gossip, &data, super::now_ms()) {
-                    let _ = self.socket.try_send_to(&d, to);
-                }
+                let _ = self.socket.try_send_to(&self.key.seal(Channel::Gossip, &data), to);
             }
         }
         ctx.stop();
@@ -308,13 +233,11 @@ pub fn start(
     let config = membership::config(spec.cluster_size_hint, spec.probe_period);
     let (tx, rx) = watch::channel(Arc::new(View::default()));
     let socket = Arc::new(socket);
-    let peers = Arc::new(Mutex::new(spec.peers));
-    let sender = ClusterSender { socket: socket.clone(), peers: peers.clone() };
+    let sender = ClusterSender { socket: socket.clone(), key: spec.key.clone() };
     Agent {
         membership: Membership::new(me, config),
         socket,
-        peers,
-        log: LogOnce::default(),
+        key: spec.key,
         seeds: spec.seeds,
         name,
         view: tx,

@@ -13,8 +13,8 @@ use std::time::Duration;
 /// What the driver must do.
 #[derive(Debug)]
 pub enum Output {
-    /// Send these bytes (unsealed) to this member (a seed: its address alone).
-    Send(Member, Vec<u8>),
+    /// Send these bytes (unsealed) to this gossip address.
+    Send(SocketAddr, Vec<u8>),
     /// Call [`Membership::handle_timer`] with this event after the delay.
     Schedule(Duration, Timer<Member>),
     /// A member came up (or changed identity).
@@ -29,13 +29,6 @@ pub struct Membership {
     rt: AccumulatingRuntime<Member>,
     probe_period: Duration,
     max_transmissions: std::num::NonZeroU8,
-}
-
-/// The sender a gossip packet names inside (foca's header), if it decodes: the
-/// transport checks it against the authenticated sender, since foca answers to it.
-pub fn sender_of(data: &[u8]) -> Option<Member> {
-    use foca::Codec;
-    PostcardCodec.decode_header(data).ok().map(|h: foca::Header<Member>| h.src)
 }
 
 /// The smallest cluster size the retransmission count is fitted to.
@@ -102,11 +95,6 @@ impl Membership {
         self.drain()
     }
 
-    /// Members foca believes alive (itself excluded), with or without a certificate.
-    pub fn others(&self) -> impl Iterator<Item = &Member> {
-        self.foca.iter_members().map(|m| m.id())
-    }
-
     /// Every member this node believes alive, itself included, sorted by address.
     pub fn alive(&self) -> Vec<Member> {
         let mut v: Vec<Member> = self.foca.iter_members().map(|m| m.id().clone()).collect();
@@ -133,7 +121,7 @@ impl Membership {
     fn drain(&mut self) -> Vec<Output> {
         let mut out = Vec::new();
         while let Some((to, data)) = self.rt.to_send() {
-            out.push(Output::Send(to, data.to_vec()));
+            out.push(Output::Send(to.gossip, data.to_vec()));
         }
         while let Some((after, t)) = self.rt.to_schedule() {
             out.push(Output::Schedule(after, t));
@@ -185,10 +173,7 @@ mod tests {
         let apply = |from: SocketAddr, out: Vec<Output>, now: u64, timers: &mut Vec<_>, wire: &mut Vec<_>| {
             for o in out {
                 match o {
-                    Output::Send(to, d) => {
-                        assert_eq!(sender_of(&d).map(|m| m.gossip), Some(from), "foca names its sender");
-                        wire.push((to.gossip, d))
-                    }
+                    Output::Send(to, d) => wire.push((to, d)),
                     Output::Schedule(after, t) => timers.push((now + after.as_millis() as u64, from, t)),
                     Output::Up(_) | Output::Down(_) => {}
                 }

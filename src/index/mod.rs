@@ -7,12 +7,10 @@
 //! - [`store`] — one slot's entries on one replica: merge, expiry, digest.
 //! - [`fold`] — search tokens, case- and accent-insensitive.
 //! - [`lookup`] — limited multicast: 4 → 8 → 16 → everyone → the login directory.
-//! - [`repair`] — how much anti-entropy repair one replica is sent.
 
 pub mod entry;
 pub mod fold;
 pub mod lookup;
-pub mod repair;
 pub mod rpc;
 pub mod slot;
 pub mod store;
