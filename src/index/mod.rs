@@ -6,6 +6,7 @@
 //! - [`entry`] — the signed entry a host publishes; verification; merge order.
 //! - [`store`] — one slot's entries on one replica: merge, expiry, digest.
 //! - [`fold`] — search tokens, case- and accent-insensitive.
+//! - [`verified`] — digests of entries already verified, so repeats skip the RSA.
 //! - [`lookup`] — limited multicast: 4 → 8 → 16 → everyone → the login directory.
 
 pub mod entry;
@@ -14,6 +15,7 @@ pub mod lookup;
 pub mod rpc;
 pub mod slot;
 pub mod store;
+pub mod verified;
 
 pub use entry::{Entry, EntryBody, EntryError, Profile, Status};
 pub use slot::{NodeId, Slot, SlotMap, SlotSpace};

@@ -78,14 +78,27 @@ impl Default for SlotSpace {
     }
 }
 
-/// The rendezvous score of `node` for `slot`: higher is closer.
+/// SHA-256's initial hash value (FIPS 180-4, 5.3.3).
+const SHA256_IV: [u32; 8] =
+    [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+/// Domain tag of rendezvous scores.
+const HRW_TAG: &[u8; 14] = b"confab/v1/hrw\0";
+
+/// The rendezvous score of `node` for `slot`: higher is closer. It is the first 8 bytes
+/// of SHA-256(tag ‖ slot ‖ node), computed as the one padded block it is, straight
+/// through the compression function: this is the inner loop of every slot-map build
+/// (S·N scores), and the generic hashing layer costs several times the compression.
 pub fn score(slot: Slot, node: NodeId) -> u64 {
-    let d = Sha256::new()
-        .chain_update(b"confab/v1/hrw\0")
-        .chain_update(slot.0.to_be_bytes())
-        .chain_update(node.0)
-        .finalize();
-    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+    const LEN: usize = 14 + 4 + 8;
+    let mut block = [0u8; 64];
+    block[..14].copy_from_slice(HRW_TAG);
+    block[14..18].copy_from_slice(&slot.0.to_be_bytes());
+    block[18..LEN].copy_from_slice(&node.0);
+    block[LEN] = 0x80;
+    block[56..].copy_from_slice(&((LEN as u64) * 8).to_be_bytes());
+    let mut state = SHA256_IV;
+    sha2::block_api::compress256(&mut state, &[block]);
+    (u64::from(state[0]) << 32) | u64::from(state[1])
 }
 
 /// Every member, closest to `slot` first (ties, which need a hash collision, by id).
@@ -103,6 +116,33 @@ pub fn replicas(slot: Slot, members: &[NodeId], r: usize) -> Vec<NodeId> {
     v
 }
 
+fn sorted(members: &[NodeId]) -> Vec<NodeId> {
+    let mut v = members.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// The `r` closest of `members` to `slot` with their scores, closest first (as [`ranked`]).
+fn top(slot: Slot, members: &[NodeId], r: usize) -> (Vec<NodeId>, Vec<u64>) {
+    let (mut ids, mut scores) = (Vec::with_capacity(r), Vec::with_capacity(r));
+    for m in members {
+        insert(&mut ids, &mut scores, (score(slot, *m), *m), r);
+    }
+    (ids, scores)
+}
+
+/// Puts `(score, node)` in its place in a best-first list of at most `r`.
+fn insert(ids: &mut Vec<NodeId>, scores: &mut Vec<u64>, (sc, node): (u64, NodeId), r: usize) {
+    let at = ids.iter().zip(scores.iter()).position(|(n, s)| (sc, node) > (*s, *n)).unwrap_or(ids.len());
+    if at < r {
+        ids.insert(at, node);
+        scores.insert(at, sc);
+        ids.truncate(r);
+        scores.truncate(r);
+    }
+}
+
 /// Every slot's replica set for one membership view, computed once per view change.
 #[derive(Debug, Clone)]
 pub struct SlotMap {
@@ -110,16 +150,48 @@ pub struct SlotMap {
     r: usize,
     members: Vec<NodeId>,
     replicas: Vec<Vec<NodeId>>,
+    /// Each replica's score, beside it: what a joining member must beat.
+    scores: Vec<Vec<u64>>,
 }
 
 impl SlotMap {
-    /// The map for `members` (order does not matter).
+    /// The map for `members` (order does not matter): S·N rendezvous hashes.
     pub fn new(space: SlotSpace, r: usize, members: &[NodeId]) -> Self {
-        let mut members = members.to_vec();
-        members.sort_unstable();
-        members.dedup();
-        let replicas = space.all().map(|s| replicas(s, &members, r)).collect();
-        Self { space, r, members, replicas }
+        let members = sorted(members);
+        let (replicas, scores) = space.all().map(|s| top(s, &members, r)).unzip();
+        Self { space, r, members, replicas, scores }
+    }
+
+    /// The map for `members`, built from this one: when a few members came or went it
+    /// costs about S·(R + joined) hashes instead of S·N, so a large cluster can follow
+    /// every view change. The result is the same as [`SlotMap::new`]'s.
+    pub fn update(&self, members: &[NodeId]) -> SlotMap {
+        let members = sorted(members);
+        let gone: Vec<NodeId> = self.members.iter().filter(|m| members.binary_search(m).is_err()).copied().collect();
+        let joined: Vec<NodeId> = members.iter().filter(|m| self.members.binary_search(m).is_err()).copied().collect();
+        if gone.is_empty() && joined.is_empty() {
+            return self.clone();
+        }
+        // A slot that lost a replica is ranked again over every member (N hashes); about
+        // S·R/N slots per departure, so past a few departures a fresh map costs the same.
+        if gone.len().saturating_mul(self.r) >= members.len().max(1) || joined.len().saturating_mul(2) >= members.len()
+        {
+            return SlotMap::new(self.space, self.r, &members);
+        }
+        let mut next = SlotMap { members, ..self.clone() };
+        for s in self.space.all() {
+            let i = s.0 as usize;
+            if next.replicas[i].iter().any(|n| gone.contains(n)) {
+                (next.replicas[i], next.scores[i]) = top(s, &next.members, self.r);
+                continue;
+            }
+            // Nobody left this slot's replicas, so the new top R are among them and the
+            // members that joined.
+            for n in &joined {
+                insert(&mut next.replicas[i], &mut next.scores[i], (score(s, *n), *n), self.r);
+            }
+        }
+        next
     }
 
     /// The slot space.
@@ -179,6 +251,15 @@ mod tests {
         assert!(SlotSpace::new(64).is_ok());
     }
 
+    /// The score is SHA-256 over tag, slot and node, as docs/index.md defines it.
+    #[test]
+    fn score_is_sha256_of_the_tagged_pair() {
+        for (slot, node) in [(0u32, [0u8; 8]), (2047, [0xff; 8]), (17, *b"sn-node1")] {
+            let d = Sha256::new().chain_update(HRW_TAG).chain_update(slot.to_be_bytes()).chain_update(node).finalize();
+            assert_eq!(score(Slot(slot), KeyId(node)), u64::from_be_bytes(d[..8].try_into().unwrap()));
+        }
+    }
+
     #[test]
     fn fewer_members_than_replicas() {
         let m = nodes(1, 3);
@@ -218,6 +299,30 @@ mod tests {
             }
             // Leaving again restores the old map exactly.
             prop_assert_eq!(before.moved_from(&after), moved);
+        }
+
+        /// Following a view step by step gives the map a fresh build gives, whatever
+        /// joins and leaves (none, one, several, most at once) the steps hold.
+        #[test]
+        fn update_equals_a_fresh_map(seed in any::<u64>(), steps in proptest::collection::vec(proptest::collection::vec(0usize..40, 0..12), 1..8)) {
+            let pool = nodes(seed, 40);
+            let space = SlotSpace::new(256).unwrap();
+            let mut alive = [false; 40];
+            alive[..20].fill(true);
+            let mut map = SlotMap::new(space, 4, &pool[..20]);
+            for flips in steps {
+                for f in flips {
+                    alive[f] = !alive[f];
+                }
+                let members: Vec<NodeId> = pool.iter().zip(&alive).filter(|(_, a)| **a).map(|(n, _)| *n).collect();
+                map = map.update(&members);
+                let fresh = SlotMap::new(space, 4, &members);
+                prop_assert_eq!(map.members(), fresh.members());
+                for s in space.all() {
+                    prop_assert_eq!(map.replicas(s), fresh.replicas(s));
+                    prop_assert_eq!(map.replicas(s), &replicas(s, &members, 4)[..]);
+                }
+            }
         }
     }
 }

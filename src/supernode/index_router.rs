@@ -10,6 +10,7 @@ use crate::crypto::credential::TrustedKeys;
 use crate::index::lookup::{Action, Lookup, LookupConfig, Outcome};
 use crate::index::rpc::{DIGESTS_PER_PACKET, IndexRpc};
 use crate::index::store::Merge;
+use crate::index::verified::VerifiedCache;
 use crate::index::{Entry, NodeId, Slot, SlotMap, SlotSpace, fold, slot};
 use crate::wire::ErrorCode;
 use actix::prelude::*;
@@ -79,7 +80,7 @@ pub struct IndexRouter {
     me: NodeId,
     cfg: IndexConfig,
     space: SlotSpace,
-    trusted: TrustedKeys,
+    trusted: Arc<TrustedKeys>,
     view: watch::Receiver<Arc<View>>,
     map: SlotMap,
     gossip_of: HashMap<NodeId, SocketAddr>,
@@ -100,6 +101,13 @@ pub struct IndexRouter {
     mailboxes: Mailboxes,
     gossip_by_name: HashMap<String, SocketAddr>,
     directory: Option<super::directory::DirectoryClient>,
+    /// Entries verified lately, by digest: repair and republished entries skip the RSA.
+    verified: VerifiedCache,
+    /// Store verifications running on the blocking pool, per sender and in all.
+    verifying: HashMap<SocketAddr, usize>,
+    verifying_total: usize,
+    /// Slots this node became a replica of since its last pull.
+    gained: HashSet<Slot>,
 }
 
 /// How long view changes are gathered before the slot map is rebuilt.
@@ -110,6 +118,13 @@ const SEARCH_POSTINGS_MAX: usize = 200;
 const SEARCH_FANOUT: usize = 3;
 /// Most search tokens used.
 const SEARCH_TOKENS_MAX: usize = 4;
+/// Store verifications in flight from one sender, and in all: past these a Store is
+/// refused as `busy` (its sender's next anti-entropy round brings it again), so one
+/// member's repair burst cannot queue unbounded RSA work or starve the others.
+const VERIFY_PER_SENDER_MAX: usize = 256;
+const VERIFY_IN_FLIGHT_MAX: usize = 1024;
+/// Replicas a new replica asks for a slot's contents.
+const PULL_FROM: usize = 2;
 
 impl IndexRouter {
     /// Lets lookups fall back to the login servers' directory (in `cfg.directory`), asking
@@ -138,7 +153,7 @@ impl IndexRouter {
             me,
             cfg,
             space,
-            trusted,
+            trusted: Arc::new(trusted),
             view,
             map,
             gossip_of: HashMap::new(),
@@ -157,6 +172,10 @@ impl IndexRouter {
             mailboxes,
             gossip_by_name: HashMap::new(),
             directory: None,
+            verified: VerifiedCache::default(),
+            verifying: HashMap::new(),
+            verifying_total: 0,
+            gained: HashSet::new(),
         }
     }
 
@@ -174,8 +193,10 @@ impl IndexRouter {
         if !ids.contains(&self.me) {
             ids.push(self.me);
         }
-        self.map = SlotMap::new(self.space, self.cfg.replicas, &ids);
-        self.held = self.map.held_by(self.me).into_iter().collect();
+        self.map = self.map.update(&ids);
+        let before = std::mem::replace(&mut self.held, self.map.held_by(self.me).into_iter().collect());
+        self.gained.extend(self.held.difference(&before).copied());
+        self.gained.retain(|s| self.held.contains(s));
         let changes = ctx.address().recipient();
         for s in &self.held {
             // A slot no longer held keeps its actor: it still answers lookups that widen
@@ -208,10 +229,83 @@ impl IndexRouter {
                 .any(|t| fold::posting_key(t, &entry.user) == key)
     }
 
-    fn verify(&self, bytes: &[u8]) -> Result<Entry, String> {
+    fn verify(&mut self, bytes: &[u8]) -> Result<Entry, String> {
         let e = Entry::decode(bytes).map_err(|e| e.to_string())?;
-        e.verify(&self.trusted, now_ms()).map_err(|e| e.to_string())?;
+        let digest = VerifiedCache::digest(bytes);
+        if self.verified.contains(&digest) {
+            self.checked("cached");
+            return Ok(e);
+        }
+        if let Err(why) = e.verify(&self.trusted, now_ms()) {
+            self.checked("refused");
+            return Err(why.to_string());
+        }
+        self.checked("verified");
+        self.verified.insert(digest);
         Ok(e)
+    }
+
+    fn checked(&self, outcome: &'static str) {
+        counter!("confab_index_entry_checks_total", "node" => self.node.clone(), "outcome" => outcome).increment(1);
+    }
+
+    /// A replicated entry from another member. One it has verified before is stored at
+    /// once; a new one is verified on the blocking pool (two RSA checks), so a burst of
+    /// Stores never holds up the event loop, within per-sender and total bounds.
+    fn on_store(&mut self, from: SocketAddr, req: u64, key: String, bytes: Vec<u8>, ctx: &mut Context<Self>) {
+        let e = match Entry::decode(&bytes) {
+            Ok(e) => e,
+            Err(why) => {
+                tracing::debug!(node = %self.node, %from, %why, "refused a replicated entry");
+                return self.refuse("bad_entry", from, req);
+            }
+        };
+        let digest = VerifiedCache::digest(&bytes);
+        if self.verified.contains(&digest) {
+            self.checked("cached");
+            return self.store_verified(from, req, key, e, ctx);
+        }
+        let mine = self.verifying.get(&from).copied().unwrap_or(0);
+        if mine >= VERIFY_PER_SENDER_MAX || self.verifying_total >= VERIFY_IN_FLIGHT_MAX {
+            return self.refuse("busy", from, req);
+        }
+        *self.verifying.entry(from).or_default() += 1;
+        self.verifying_total += 1;
+        let trusted = self.trusted.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let checked = e.verify(&trusted, now_ms()).map(|_| ());
+            (e, checked)
+        });
+        ctx.spawn(job.into_actor(self).map(move |res, act, ctx| {
+            act.verifying_total = act.verifying_total.saturating_sub(1);
+            if let Some(n) = act.verifying.get_mut(&from) {
+                *n -= 1;
+                if *n == 0 {
+                    act.verifying.remove(&from);
+                }
+            }
+            match res {
+                Ok((e, Ok(()))) => {
+                    act.checked("verified");
+                    act.verified.insert(digest);
+                    act.store_verified(from, req, key, e, ctx);
+                }
+                Ok((_, Err(why))) => {
+                    act.checked("refused");
+                    tracing::debug!(node = %act.node, %from, %why, "refused a replicated entry");
+                    act.refuse("bad_entry", from, req);
+                }
+                Err(_) => act.refuse("bad_entry", from, req),
+            }
+        }));
+    }
+
+    fn store_verified(&mut self, from: SocketAddr, req: u64, key: String, e: Entry, ctx: &mut Context<Self>) {
+        if !Self::key_fits(&key, &e) {
+            return self.refuse("wrong_key", from, req);
+        }
+        let slot = self.slot_of(&key);
+        self.put_local(slot, key, e, ctx, Some((from, req)));
     }
 
     /// Sends `entry` under `key` to every replica of its slot; returns how many.
@@ -272,17 +366,7 @@ impl IndexRouter {
 
     fn on_rpc(&mut self, from: SocketAddr, rpc: IndexRpc, ctx: &mut Context<Self>) {
         match rpc {
-            IndexRpc::Store { req, key, entry } => match self.verify(&entry) {
-                Ok(e) if Self::key_fits(&key, &e) => {
-                    let slot = self.slot_of(&key);
-                    self.put_local(slot, key, e, ctx, Some((from, req)));
-                }
-                Ok(_) => self.refuse("wrong_key", from, req),
-                Err(why) => {
-                    tracing::debug!(node = %self.node, %from, %why, "refused a replicated entry");
-                    self.refuse("bad_entry", from, req);
-                }
-            },
+            IndexRpc::Store { req, key, entry } => self.on_store(from, req, key, entry, ctx),
             IndexRpc::Fetch { req, key } => {
                 let slot = self.slot_of(&key);
                 match self.slots.get(&slot).cloned() {
@@ -380,6 +464,26 @@ impl IndexRouter {
         }
     }
 
+    /// Asks the other replicas of every slot this node just became a replica of for what
+    /// they hold. Anti-entropy alone would wait for a holder's next round, and a holder
+    /// whose view changed after its hand-off round sends nothing until then.
+    fn pull(&mut self) {
+        let mut per_peer: HashMap<NodeId, Vec<u32>> = HashMap::new();
+        for s in self.gained.drain() {
+            // Two holders are enough to be sure of one answer; each pushes the whole
+            // slot, and anti-entropy brings whatever one of the others held alone.
+            for r in self.map.replicas(s).iter().filter(|r| **r != self.me).take(PULL_FROM) {
+                per_peer.entry(*r).or_default().push(s.0);
+            }
+        }
+        for (peer, slots) in per_peer {
+            let Some(addr) = self.gossip_of.get(&peer).copied() else { continue };
+            for chunk in slots.chunks(DIGESTS_PER_PACKET) {
+                self.sender.send(addr, &IndexRpc::Differ { slots: chunk.to_vec() }.encode());
+            }
+        }
+    }
+
     /// A co-replica's digests: where ours differ, send ours and ask for theirs.
     fn compare_digests(&mut self, from: SocketAddr, slots: Vec<(u32, [u8; 32])>, ctx: &mut Context<Self>) {
         let differ: Vec<u32> = slots
@@ -438,7 +542,7 @@ impl IndexRouter {
                         self.finish_with_directory(id, outcome, None);
                         return;
                     };
-                    let trusted = self.trusted.clone();
+                    let trusted = TrustedKeys::clone(&self.trusted);
                     ctx.spawn(async move { directory.ask(user, trusted).await }.into_actor(self).map(
                         move |record, act, _| {
                             act.finish_with_directory(id, outcome, record);
@@ -582,6 +686,7 @@ impl IndexRouter {
             ctx.run_later(std::time::Duration::from_millis(500), |act, _| {
                 act.handoff_pending = false;
                 act.anti_entropy();
+                act.pull();
             });
         }
     }

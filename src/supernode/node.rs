@@ -370,7 +370,10 @@ impl BoundNode {
         }
         let gossip = match &spec.cluster {
             Some(c) => {
-                let s = UdpSocket::bind(c.gossip).await.map_err(|e| with_context(e, "bind gossip UDP", c.gossip))?;
+                // The index's repair pushes whole slots through this socket in bursts:
+                // it gets the same receive buffer as the host port, not the default.
+                let s = udp_socket(c.gossip, spec.params.udp_recv_buffer_bytes)
+                    .map_err(|e| with_context(e, "bind gossip UDP", c.gossip))?;
                 let adv = advertised(s.local_addr()?, spec.public_ip)?;
                 Some((s, adv))
             }
