@@ -277,14 +277,10 @@ async fn relay_sessions_are_limited_per_source_across_hosts() {
     assert_eq!(table.len(), 3);
     // A released session gives its place back to the source.
     hosts[0].release_relay(g1.session).await;
-    let t0 = Instant::now();
-    loop {
-        match hosts[1].allocate_relay().await {
-            Ok(_) => break,
-            Err(e) => assert!(t0.elapsed() < Duration::from_secs(5), "the released place did not come back: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_for("the released place to come back", Duration::from_secs(5), async || {
+        hosts[1].allocate_relay().await.is_ok()
+    })
+    .await;
     for h in hosts {
         h.logout().await;
     }

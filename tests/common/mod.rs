@@ -180,6 +180,15 @@ pub fn first_line(child: &mut std::process::Child, limit: Duration) -> String {
     }
 }
 
+/// Polls `cond` every 50 ms until it holds; panics naming `what` once `limit` has passed.
+pub async fn wait_for(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond().await {
+        assert!(std::time::Instant::now() < deadline, "timed out after {limit:?} waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits (at most `within`) for a host event that `want` accepts, skipping others;
 /// returns how long it took.
 pub async fn expect_event(
