@@ -210,19 +210,14 @@ fn serve_direct(listener: TcpListener, public: SocketAddr) -> tokio::task::JoinH
         let addr = listener.local_addr().unwrap_or(public);
         let slots =
             crate::net::tcp::Slots::new("host", addr, DIRECT_CONNECTIONS_MAX, DIRECT_CONNECTIONS_PER_SOURCE_MAX);
-        let total = Arc::new(tokio::sync::Semaphore::new(DIRECT_CONNECTIONS_MAX));
         loop {
             let Ok((mut stream, peer)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            let Ok(permit) = total.clone().try_acquire_owned() else {
-                slots.refused(peer.ip().into(), "full");
-                continue;
-            };
-            let Some(claim) = slots.claim(peer) else { continue };
+            let Some(slot) = slots.admit(&stream, peer) else { continue };
             tokio::spawn(async move {
-                let _held = (permit, claim);
+                let _slot = slot;
                 let Ok(local) = stream.local_addr() else { return };
                 let read = tokio::time::timeout(Duration::from_secs(5), crate::net::tcp::read_frame(&mut stream));
                 let Ok(Ok(Some(bytes))) = read.await else { return };

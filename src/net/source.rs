@@ -102,6 +102,7 @@ impl<K: Eq + Hash + Clone> Holds<K> {
         Some(Claim { owner: self.clone(), key: Some(key) })
     }
 
+    #[cfg(test)]
     /// Units `key` holds now.
     pub fn held(&self, key: &K) -> usize {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).get(key).copied().unwrap_or(0)

@@ -64,10 +64,34 @@ impl Slots {
         }
     }
 
-    /// Connections open from `peer`'s source.
-    pub fn open_from(&self, peer: SocketAddr) -> usize {
-        self.per_source.held(&SourceKey::from(peer.ip()))
+    /// Admits a connection `serve` did not accept for us (listeners with their own accept
+    /// loop): a slot in all and one of its source's, or, over either cap, None with the
+    /// stream reset, the refusal counted (`full` or `per_source`) and logged once.
+    pub fn admit(&self, stream: &TcpStream, peer: SocketAddr) -> Option<Slot> {
+        let Ok(permit) = self.total.clone().try_acquire_owned() else {
+            self.refused(SourceKey::from(peer.ip()), "full");
+            reset(stream);
+            return None;
+        };
+        let Some(claim) = self.claim(peer) else {
+            reset(stream);
+            return None;
+        };
+        Some(Slot { _permit: permit, _claim: claim })
     }
+}
+
+/// A connection's place in its listener's [`Slots`], given back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _claim: SourceClaim,
+}
+
+/// Closes a refused connection with a reset, not a lingering FIN: it costs the source its
+/// handshake and us nothing more.
+fn reset(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
 /// Accepts connections until `shutdown` fires, within `slots` (a cap in all and per
@@ -96,10 +120,7 @@ where
             },
         };
         let Some(claim) = slots.claim(peer) else {
-            // Closing at once (a reset, not a lingering FIN) costs the source its
-            // handshake and us nothing more.
-            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-            drop(stream);
+            reset(&stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -183,8 +204,26 @@ mod slot_tests {
         assert!(slots.claim(a).is_none(), "the third from one address is over its cap");
         assert!(slots.claim(b).is_some(), "another source is not affected");
         drop(first);
-        assert_eq!(slots.open_from(a), 1);
-        assert!(slots.claim(a).is_some());
+        assert!(slots.claim(a).is_some(), "a closed connection gives its place back");
+        let _third = slots.claim(a2);
+        assert!(slots.claim(a).is_none(), "one place came back, not more");
+    }
+
+    /// A listener with its own accept loop: over the total cap a connection is refused
+    /// as `full`, and a slot given back lets the next one in.
+    #[tokio::test]
+    async fn admit_holds_both_caps() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let slots = Slots::new("test", addr, 1, 1);
+        let _c1 = TcpStream::connect(addr).await.unwrap();
+        let _c2 = TcpStream::connect(addr).await.unwrap();
+        let (s1, p1) = listener.accept().await.unwrap();
+        let (s2, p2) = listener.accept().await.unwrap();
+        let slot = slots.admit(&s1, p1).expect("the first is admitted");
+        assert!(slots.admit(&s2, p2).is_none(), "over the total cap");
+        drop(slot);
+        assert!(slots.admit(&s2, p2).is_some(), "a slot given back admits the next");
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,8 +12,8 @@
 //! connection's writer ([`TcpConns::send`], never waiting: a full queue drops the
 //! datagram, counted `send_failed`, as a full socket buffer would).
 //!
-//! Limits: at most `conns_max` connections, and `tcp_connections_per_source_max` from
-//! one source (more are closed at once); a write that the peer does not take within
+//! Limits: at most `tcp_conns_max` connections, and `tcp_connections_per_source_max` from
+//! one source (more are closed at once and counted in `confab_net_connections_refused_total`); a write that the peer does not take within
 //! [`crate::net::tcp::WRITE_TIMEOUT`] ends the connection; a connection that
 //! has not latched a leg within [`LATCH_TIMEOUT`], or is silent for [`IDLE_TIMEOUT`],
 //! is closed; a frame of length 0 or above [`RELAYED_LEN_MAX`] ends the connection (a
@@ -73,8 +73,7 @@ pub(super) struct Context {
     pub stop: Arc<AtomicBool>,
     pub local: Arc<Local>,
     pub node: String,
-    pub conns_max: usize,
-    /// The per-source cap (its total is `conns_max`, counted by `conns`).
+    /// The connection caps, in all (`tcp_conns_max`) and per source.
     pub slots: Arc<crate::net::tcp::Slots>,
     /// How often the accept loop looks at `stop`.
     pub poll: Duration,
@@ -112,18 +111,14 @@ async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Context>) {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, addr)) => {
-                    if ctx.conns.len() >= ctx.conns_max {
-                        tracing::debug!(%addr, "relay TCP connection refused: at the connection cap");
-                        continue;
-                    }
-                    let Some(claim) = ctx.slots.claim(addr) else { continue };
+                    let Some(slot) = ctx.slots.admit(&stream, addr) else { continue };
                     let conn = ctx.conns.next.fetch_add(1, Relaxed);
                     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
                     ctx.conns.writers.insert(conn, tx);
                     let work = connection(stream, Peer::Tcp { conn, addr }, rx, ctx.clone(), meters.clone());
                     tokio::spawn(async move {
                         work.await;
-                        drop(claim);
+                        drop(slot);
                     });
                 }
                 Err(e) => {

@@ -205,7 +205,6 @@ impl RelayWorkers {
                 stop: this.stop.clone(),
                 local: local.clone(),
                 node: metrics_label.clone(),
-                conns_max: config.tcp_conns_max,
                 slots: crate::net::tcp::Slots::new(
                     "relay",
                     local_addr,

@@ -12,6 +12,7 @@ use crate::index::rpc::{DIGESTS_PER_PACKET, IndexRpc};
 use crate::index::store::Merge;
 use crate::index::verified::VerifiedCache;
 use crate::index::{Entry, NodeId, Slot, SlotMap, SlotSpace, fold, slot};
+use crate::net::source::Holds as Held;
 use crate::wire::ErrorCode;
 use actix::prelude::*;
 use metrics::{counter, gauge, histogram};
@@ -104,8 +105,8 @@ pub struct IndexRouter {
     /// Entries verified lately, by digest: repair and republished entries skip the RSA.
     verified: VerifiedCache,
     /// Store verifications running on the blocking pool, per sender and in all.
-    verifying: HashMap<SocketAddr, usize>,
-    verifying_total: usize,
+    verifying: Arc<Held<SocketAddr>>,
+    verify_pool: Arc<tokio::sync::Semaphore>,
     /// Slots this node became a replica of since its last pull.
     gained: HashSet<Slot>,
 }
@@ -173,8 +174,8 @@ impl IndexRouter {
             gossip_by_name: HashMap::new(),
             directory: None,
             verified: VerifiedCache::default(),
-            verifying: HashMap::new(),
-            verifying_total: 0,
+            verifying: Held::new(VERIFY_PER_SENDER_MAX),
+            verify_pool: Arc::new(tokio::sync::Semaphore::new(VERIFY_IN_FLIGHT_MAX)),
             gained: HashSet::new(),
         }
     }
@@ -229,74 +230,77 @@ impl IndexRouter {
                 .any(|t| fold::posting_key(t, &entry.user) == key)
     }
 
-    fn verify(&mut self, bytes: &[u8]) -> Result<Entry, String> {
+    /// Decodes an entry and looks it up among those verified lately: `Ok(Ok(entry))` when
+    /// it was, `Ok(Err((entry, digest)))` when it still needs its RSA checks.
+    fn decode_cached(&mut self, bytes: &[u8]) -> Result<Result<Entry, (Entry, [u8; 32])>, String> {
         let e = Entry::decode(bytes).map_err(|e| e.to_string())?;
         let digest = VerifiedCache::digest(bytes);
         if self.verified.contains(&digest) {
             self.checked("cached");
-            return Ok(e);
+            return Ok(Ok(e));
         }
-        if let Err(why) = e.verify(&self.trusted, now_ms()) {
-            self.checked("refused");
-            return Err(why.to_string());
+        Ok(Err((e, digest)))
+    }
+
+    /// Counts a finished check and remembers an entry that passed.
+    fn record_check(&mut self, digest: [u8; 32], passed: bool) {
+        if passed {
+            self.verified.insert(digest);
         }
-        self.checked("verified");
-        self.verified.insert(digest);
-        Ok(e)
+        self.checked(if passed { "verified" } else { "refused" });
     }
 
     fn checked(&self, outcome: &'static str) {
         counter!("confab_index_entry_checks_total", "node" => self.node.clone(), "outcome" => outcome).increment(1);
     }
 
+    /// Verifies an entry here, on the event loop (publishes and lookup answers: one at a
+    /// time, asked for by a host).
+    fn verify(&mut self, bytes: &[u8]) -> Result<Entry, String> {
+        let (e, digest) = match self.decode_cached(bytes)? {
+            Ok(e) => return Ok(e),
+            Err(miss) => miss,
+        };
+        let checked = e.verify(&self.trusted, now_ms());
+        self.record_check(digest, checked.is_ok());
+        checked.map(|_| e).map_err(|why| why.to_string())
+    }
+
     /// A replicated entry from another member. One it has verified before is stored at
     /// once; a new one is verified on the blocking pool (two RSA checks), so a burst of
     /// Stores never holds up the event loop, within per-sender and total bounds.
     fn on_store(&mut self, from: SocketAddr, req: u64, key: String, bytes: Vec<u8>, ctx: &mut Context<Self>) {
-        let e = match Entry::decode(&bytes) {
-            Ok(e) => e,
+        let (e, digest) = match self.decode_cached(&bytes) {
+            Ok(Ok(e)) => return self.store_verified(from, req, key, e, ctx),
+            Ok(Err(miss)) => miss,
             Err(why) => {
                 tracing::debug!(node = %self.node, %from, %why, "refused a replicated entry");
                 return self.refuse("bad_entry", from, req);
             }
         };
-        let digest = VerifiedCache::digest(&bytes);
-        if self.verified.contains(&digest) {
-            self.checked("cached");
-            return self.store_verified(from, req, key, e, ctx);
-        }
-        let mine = self.verifying.get(&from).copied().unwrap_or(0);
-        if mine >= VERIFY_PER_SENDER_MAX || self.verifying_total >= VERIFY_IN_FLIGHT_MAX {
+        // The claims are held until the check ends, wherever the job is dropped.
+        let (Some(sender_claim), Ok(pool_permit)) =
+            (self.verifying.claim(from), self.verify_pool.clone().try_acquire_owned())
+        else {
             return self.refuse("busy", from, req);
-        }
-        *self.verifying.entry(from).or_default() += 1;
-        self.verifying_total += 1;
+        };
         let trusted = self.trusted.clone();
         let job = tokio::task::spawn_blocking(move || {
             let checked = e.verify(&trusted, now_ms()).map(|_| ());
+            drop((sender_claim, pool_permit));
             (e, checked)
         });
-        ctx.spawn(job.into_actor(self).map(move |res, act, ctx| {
-            act.verifying_total = act.verifying_total.saturating_sub(1);
-            if let Some(n) = act.verifying.get_mut(&from) {
-                *n -= 1;
-                if *n == 0 {
-                    act.verifying.remove(&from);
-                }
+        ctx.spawn(job.into_actor(self).map(move |res, act, ctx| match res {
+            Ok((e, Ok(()))) => {
+                act.record_check(digest, true);
+                act.store_verified(from, req, key, e, ctx);
             }
-            match res {
-                Ok((e, Ok(()))) => {
-                    act.checked("verified");
-                    act.verified.insert(digest);
-                    act.store_verified(from, req, key, e, ctx);
-                }
-                Ok((_, Err(why))) => {
-                    act.checked("refused");
-                    tracing::debug!(node = %act.node, %from, %why, "refused a replicated entry");
-                    act.refuse("bad_entry", from, req);
-                }
-                Err(_) => act.refuse("bad_entry", from, req),
+            Ok((_, Err(why))) => {
+                act.record_check(digest, false);
+                tracing::debug!(node = %act.node, %from, %why, "refused a replicated entry");
+                act.refuse("bad_entry", from, req);
             }
+            Err(_) => act.refuse("bad_entry", from, req),
         }));
     }
 
@@ -450,36 +454,34 @@ impl IndexRouter {
     /// we share. Empty slots need no word: whoever holds data sends its digest, and an
     /// empty side answers that it differs.
     fn anti_entropy(&mut self) {
-        let mut per_peer: HashMap<NodeId, Vec<(u32, [u8; 32])>> = HashMap::new();
-        for (s, d) in self.digests.iter().filter(|(s, _)| self.held.contains(s)) {
-            for r in self.map.replicas(*s).iter().filter(|r| **r != self.me) {
-                per_peer.entry(*r).or_default().push((s.0, *d));
+        let shared: Vec<(Slot, (u32, [u8; 32]))> =
+            self.digests.iter().filter(|(s, _)| self.held.contains(s)).map(|(s, d)| (*s, (s.0, *d))).collect();
+        self.send_per_replica(shared, usize::MAX, |slots| IndexRpc::Digests { slots });
+    }
+
+    /// Asks the other replicas of every slot this node just became a replica of for what
+    /// they hold. Anti-entropy alone would wait for a holder's next round, and a holder
+    /// whose view changed after its hand-off round sends nothing until then. Two holders
+    /// are enough to be sure of one answer; each pushes the whole slot, and anti-entropy
+    /// brings whatever one of the others held alone.
+    fn pull(&mut self) {
+        let gained: Vec<(Slot, u32)> = self.gained.drain().map(|s| (s, s.0)).collect();
+        self.send_per_replica(gained, PULL_FROM, |slots| IndexRpc::Differ { slots });
+    }
+
+    /// Groups `items` by the other replicas of their slots (the first `per_slot` of them),
+    /// and sends each replica its share, `DIGESTS_PER_PACKET` items a packet.
+    fn send_per_replica<T: Clone>(&self, items: Vec<(Slot, T)>, per_slot: usize, rpc: impl Fn(Vec<T>) -> IndexRpc) {
+        let mut per_peer: HashMap<NodeId, Vec<T>> = HashMap::new();
+        for (s, item) in items {
+            for r in self.map.replicas(s).iter().filter(|r| **r != self.me).take(per_slot) {
+                per_peer.entry(*r).or_default().push(item.clone());
             }
         }
         for (peer, list) in per_peer {
             let Some(addr) = self.gossip_of.get(&peer).copied() else { continue };
             for chunk in list.chunks(DIGESTS_PER_PACKET) {
-                self.sender.send(addr, &IndexRpc::Digests { slots: chunk.to_vec() }.encode());
-            }
-        }
-    }
-
-    /// Asks the other replicas of every slot this node just became a replica of for what
-    /// they hold. Anti-entropy alone would wait for a holder's next round, and a holder
-    /// whose view changed after its hand-off round sends nothing until then.
-    fn pull(&mut self) {
-        let mut per_peer: HashMap<NodeId, Vec<u32>> = HashMap::new();
-        for s in self.gained.drain() {
-            // Two holders are enough to be sure of one answer; each pushes the whole
-            // slot, and anti-entropy brings whatever one of the others held alone.
-            for r in self.map.replicas(s).iter().filter(|r| **r != self.me).take(PULL_FROM) {
-                per_peer.entry(*r).or_default().push(s.0);
-            }
-        }
-        for (peer, slots) in per_peer {
-            let Some(addr) = self.gossip_of.get(&peer).copied() else { continue };
-            for chunk in slots.chunks(DIGESTS_PER_PACKET) {
-                self.sender.send(addr, &IndexRpc::Differ { slots: chunk.to_vec() }.encode());
+                self.sender.send(addr, &rpc(chunk.to_vec()).encode());
             }
         }
     }
