@@ -176,6 +176,8 @@ pub struct SupernodeConfig {
     pub probe_period_ms: u64,
     /// The Global Index.
     pub index: crate::supernode::index_router::IndexConfig,
+    /// Limits of the cluster's authentication layer.
+    pub cluster: crate::cluster::ClusterLimits,
     /// Keepalive interval asked of hosts.
     pub keepalive_secs: u64,
     /// Silence after which a host is dropped.
@@ -276,6 +278,7 @@ impl Default for SupernodeConfig {
             seeds: Vec::new(),
             probe_period_ms: 1000,
             index: Default::default(),
+            cluster: Default::default(),
             keepalive_secs: p.keepalive_secs,
             idle_timeout_secs: p.idle_timeout_secs,
             hosts_max: p.hosts_max,
@@ -420,6 +423,18 @@ impl Config {
         }
         if let Err(e) = crate::index::SlotSpace::new(self.supernode.index.slots) {
             return bad("supernode.index.slots", &e.to_string());
+        }
+        if !(10..=60_000).contains(&self.supernode.cluster.hello_interval_ms) {
+            return bad("supernode.cluster.hello_interval_ms", "must be between 10 and 60000");
+        }
+        if !(1..=4096).contains(&self.supernode.cluster.pending_per_peer_max) {
+            return bad("supernode.cluster.pending_per_peer_max", "must be between 1 and 4096");
+        }
+        if self.supernode.index.repair_bytes_per_answer_max < 4096 {
+            return bad("supernode.index.repair_bytes_per_answer_max", "must be at least 4096");
+        }
+        if self.supernode.index.repair_bytes_per_peer_per_sec < 4096 {
+            return bad("supernode.index.repair_bytes_per_peer_per_sec", "must be at least 4096");
         }
         if self.supernode.index.replicas == 0 {
             return bad("supernode.index.replicas", "must be at least 1");
@@ -574,6 +589,23 @@ mod tests {
             jail.create_file("g.toml", "[host]\npresence_refresh_secs = 3600\n")?;
             let e = Config::load(&["g.toml".into()]).unwrap_err().to_string();
             assert!(e.contains("host.presence_refresh_secs"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn cluster_and_repair_limits_name_their_keys() {
+        figment::Jail::expect_with(|jail| {
+            for (table, key, value) in [
+                ("supernode.cluster", "hello_interval_ms", "0"),
+                ("supernode.cluster", "pending_per_peer_max", "0"),
+                ("supernode.index", "repair_bytes_per_answer_max", "10"),
+                ("supernode.index", "repair_bytes_per_peer_per_sec", "10"),
+            ] {
+                jail.create_file("k.toml", &format!("[{table}]\n{key} = {value}\n"))?;
+                let e = Config::load(&["k.toml".into()]).unwrap_err().to_string();
+                assert!(e.contains(&format!("{table}.{key}")), "{e}");
+            }
             Ok(())
         });
     }

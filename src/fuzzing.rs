@@ -118,8 +118,8 @@ targets! {
     RelayDecide = "relay_decide": "`relay::table::SessionTable::decide` and `decide_cached` over chunks of datagrams.",
     Media = "media": "`call::media::MediaReceiver::open`, `peek` and `sequence` on one packet.",
     MediaOrder = "media_order": "Real media packets delivered in the order (and with the repeats) the input says.",
-    ClusterPacket = "cluster_packet": "`cluster::gossip::ClusterKey::open`, then the opened payload by channel.",
-    ClusterPayload = "cluster_payload": "A payload sealed with the cluster key, opened and handled by channel.",
+    ClusterPacket = "cluster_packet": "A gossip-port packet: a hello (`ClusterKey::open_hello`), or a data packet's header, `PairKey::open`, then the payload by channel.",
+    ClusterPayload = "cluster_payload": "A payload sealed under a pair key with a counter, opened and handled by channel.",
     IndexRpc = "index_rpc": "`index::rpc::IndexRpc`.",
     Gossip = "gossip": "foca's postcard codec (header, then members) and `cluster::Membership::handle_data`.",
     Credential = "credential": "`crypto::credential::Credential`, and its verification.",
@@ -620,27 +620,49 @@ fn cluster_key() -> ClusterKey {
     ClusterKey::from_secret(&CLUSTER_SECRET)
 }
 
-/// What a super node does with a packet on its gossip socket.
+/// The pair key the cluster targets' two members share, and their ids.
+const CLUSTER_PAIR: [u8; 32] = [0x11; 32];
+const CLUSTER_ME: [u8; 8] = [0xaa; 8];
+const CLUSTER_PEER: [u8; 8] = [0xbb; 8];
+
+/// What a super node does with a packet on its gossip socket: a hello opens under the
+/// cluster key; a data packet's header is read, then it opens under the pair key of the
+/// member it names, and its payload is handled by channel.
 fn cluster_packet(key: &ClusterKey, packet: &[u8]) {
-    let Ok((channel, payload)) = key.open(packet) else { return };
-    match channel {
+    if Channel::of(packet) == Some(Channel::Hello) {
+        let _ = key.open_hello(packet);
+        return;
+    }
+    if crate::cluster::gossip::Header::parse(packet).is_err() {
+        return;
+    }
+    let mine = crate::cluster::gossip::PairKey::new(&CLUSTER_PAIR, CLUSTER_ME, CLUSTER_PEER);
+    let Ok((header, payload)) = mine.open(packet) else { return };
+    match header.channel {
         Channel::Index => {
             let _ = round_trip("index_rpc", &payload, IndexRpc::decode, IndexRpc::encode);
         }
         Channel::Gossip => {
             let _ = membership().handle_data(&payload);
         }
+        Channel::Hello => {}
     }
 }
 
 fn cluster_payload(data: &[u8]) {
-    let Some((&which, payload)) = data.split_first() else { return };
+    use crate::cluster::gossip::{Header, PairKey};
+    let Some((&which, rest)) = data.split_first() else { return };
+    let (counter, payload) = match rest.split_first_chunk::<8>() {
+        Some((c, p)) => (u64::from_be_bytes(*c), p),
+        None => (0, rest),
+    };
     let channel = if which & 1 == 0 { Channel::Gossip } else { Channel::Index };
-    let key = cluster_key();
-    let sealed = key.seal(channel, payload);
-    let opened = key.open(&sealed).expect("a sealed cluster packet opens");
-    assert_eq!(opened, (channel, payload.to_vec()), "cluster_payload: opened something else");
-    cluster_packet(&key, &sealed);
+    let header = Header { channel, sender: CLUSTER_PEER, counter };
+    let sealed = PairKey::new(&CLUSTER_PAIR, CLUSTER_PEER, CLUSTER_ME).seal(header, payload);
+    let mine = PairKey::new(&CLUSTER_PAIR, CLUSTER_ME, CLUSTER_PEER);
+    let opened = mine.open(&sealed).expect("a sealed cluster packet opens");
+    assert_eq!(opened, (header, payload.to_vec()), "cluster_payload: opened something else");
+    cluster_packet(&cluster_key(), &sealed);
 }
 
 /// The member the gossip targets speak to.

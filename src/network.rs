@@ -106,6 +106,7 @@ pub async fn start_supernodes(
                     gossip,
                     seeds: cfg.seeds.clone(),
                     key: key.clone(),
+                    limits: cfg.cluster.clone(),
                     probe_period: std::time::Duration::from_millis(cfg.probe_period_ms),
                     index: cfg.index.clone(),
                 }),

@@ -16,7 +16,7 @@ use confab::call::invite::{
 };
 use confab::call::media::{Kind, MediaSender};
 use confab::call::signal::{Role, Signal};
-use confab::cluster::gossip::{Channel, ClusterKey};
+use confab::cluster::gossip::Channel;
 use confab::cluster::member::Member;
 use confab::cluster::membership::{self, Membership, Output};
 use confab::crypto::PrivateKey;
@@ -136,7 +136,7 @@ fn gossip_packets() -> Vec<Vec<u8>> {
         let mut next = Vec::new();
         for o in pending {
             if let Output::Send(to, bytes) = o {
-                if to == me.gossip {
+                if to.gossip == me.gossip {
                     to_b.push(bytes.clone());
                     next.extend(b.handle_data(&bytes));
                 } else {
@@ -449,9 +449,14 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
         talk.extend(jitter_record(i % 2 == 0, 0, 20));
     }
     add(Target::Jitter, vec![talk]);
-    let cluster = ClusterKey::from_secret(&fuzzing::CLUSTER_SECRET);
-    add(Target::ClusterPacket, vec![cluster.seal(Channel::Index, &rpcs[2]), cluster.seal(Channel::Gossip, &gossip[0])]);
-    add(Target::ClusterPayload, vec![[&[1][..], &rpcs[0]].concat(), [&[0][..], &gossip[0]].concat()]);
+    // Data packets from the peer to the fuzz member, under the pair key the target uses.
+    let peer_key = confab::cluster::gossip::PairKey::new(&[0x11; 32], [0xbb; 8], [0xaa; 8]);
+    let data = |channel, counter, payload: &[u8]| {
+        peer_key.seal(confab::cluster::gossip::Header { channel, sender: [0xbb; 8], counter }, payload)
+    };
+    add(Target::ClusterPacket, vec![data(Channel::Index, 1, &rpcs[2]), data(Channel::Gossip, 2, &gossip[0])]);
+    let payload = |which: u8, counter: u64, p: &[u8]| [&[which][..], &counter.to_be_bytes(), p].concat();
+    add(Target::ClusterPayload, vec![payload(1, 7, &rpcs[0]), payload(0, 8, &gossip[0])]);
     add(Target::IndexRpc, rpcs.to_vec());
     add(Target::Gossip, vec![chunked(&gossip), chunked(&gossip[..1])]);
     add(Target::Credential, vec![alice.encode(), sn.encode(), expired.encode()]);

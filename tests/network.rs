@@ -538,11 +538,9 @@ async fn past_retention_the_login_directory_answers() {
 async fn seventy_one_hours_is_found_seventy_three_is_not() {
     use confab::index::{Entry, EntryBody, Profile, Status};
     let t = common::start(2, |_| {}).await;
+    t.converge(2).await;
     register(&t, "rita", PW).await.unwrap();
     let mut rita = host::login(&t.settings(), &t.home("rita"), "rita", PW).await.unwrap();
-    let secret = confab::keygen::read_cluster_secret(&t.net.info.data.join("cluster.secret")).unwrap();
-    let cluster = confab::cluster::gossip::ClusterKey::from_secret(&secret);
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let now = confab::unix_now();
     for (user, hours) in [("sam", 71u64), ("tom", 73)] {
         let made = now - hours * 3600;
@@ -569,11 +567,16 @@ async fn seventy_one_hours_is_found_seventy_three_is_not() {
             timestamp_ms: made * 1000,
         };
         let entry = Entry::sign(body, &cred, &key("host-1")).unwrap();
-        // Straight onto the replication path, to every super node.
-        for n in t.net.nodes() {
-            let gossip = n.members().iter().find(|m| m.node_id() == Some(n.identity.key.public().id())).unwrap().gossip;
+        // Straight onto the replication path, to every super node, each sent by another
+        // member (only members speak on the cluster port).
+        let nodes = t.net.nodes();
+        for (i, n) in nodes.iter().enumerate() {
+            let id = n.identity.key.public().id();
+            let gossip = n.members().iter().find(|m| m.node_id() == Some(id)).unwrap().gossip;
             let store = confab::index::rpc::IndexRpc::Store { req: 1, key: user.into(), entry: entry.encode() };
-            udp.send_to(&cluster.seal(confab::cluster::gossip::Channel::Index, &store.encode()), gossip).await.unwrap();
+            let router = nodes[(i + 1) % nodes.len()].index.clone().unwrap();
+            let from = router.send(confab::supernode::index_router::SenderOf).await.unwrap();
+            assert!(from.send(id, gossip, &store.encode()));
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;

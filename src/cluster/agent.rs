@@ -1,13 +1,15 @@
 //! The membership actor: owns the gossip socket, drives [`Membership`], and publishes
 //! the view of live members to the rest of the super node.
 
-use super::gossip::{Channel, ClusterKey};
+use super::gossip::Channel;
 use super::member::Member;
 use super::membership::{self, Membership, Output};
+use super::peers::{Peers, Received};
+use super::reject::{self, LogOnce, Reject};
 use actix::prelude::*;
 use metrics::{counter, gauge};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -17,21 +19,22 @@ use tokio_util::sync::CancellationToken;
 const REJOIN_EVERY: Duration = Duration::from_secs(3);
 
 /// What to start.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AgentSpec {
     /// This node.
     pub me: Member,
     /// Seeds to join through (gossip addresses).
     pub seeds: Vec<SocketAddr>,
-    /// The cluster key.
-    pub key: ClusterKey,
+    /// Its authenticated peers (its certificate, the cluster key).
+    pub peers: Peers,
     /// SWIM probe period (a dead node is noticed within a few of these).
     pub probe_period: Duration,
     /// Expected cluster size (tunes dissemination).
     pub cluster_size_hint: u32,
 }
 
-/// The live members as one node sees them (itself included), sorted by gossip address.
+/// The live members as one node sees them (itself included), sorted by gossip address:
+/// only members whose certificate it holds and binds all they say of themselves.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct View {
     /// The members.
@@ -49,12 +52,14 @@ pub struct AgentHandle {
     pub sender: ClusterSender,
 }
 
-/// An index packet from another member (opened).
+/// An index packet from another member (opened and authenticated).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct IndexPacket {
     /// The sender's gossip address.
     pub from: SocketAddr,
+    /// The authenticated sender.
+    pub sender: crate::index::NodeId,
     /// The payload.
     pub payload: Vec<u8>,
 }
@@ -63,14 +68,36 @@ pub struct IndexPacket {
 #[derive(Debug, Clone)]
 pub struct ClusterSender {
     socket: Arc<UdpSocket>,
-    key: ClusterKey,
+    peers: Arc<Mutex<Peers>>,
 }
 
 impl ClusterSender {
-    /// Seals and sends without waiting; false if the socket buffer is full.
-    pub fn send(&self, to: SocketAddr, payload: &[u8]) -> bool {
-        self.socket.try_send_to(&self.key.seal(Channel::Index, payload), to).is_ok()
+    /// Seals for member `node` at `to` and sends without waiting; false if the socket
+    /// buffer is full (a packet that waits for the member's certificate counts as sent).
+    pub fn send(&self, node: crate::index::NodeId, to: SocketAddr, payload: &[u8]) -> bool {
+        let out = lock(&self.peers).send(to, Some(node.0), Channel::Index, payload, super::now_ms());
+        out.iter().all(|(to, d)| self.socket.try_send_to(d, *to).is_ok())
     }
+
+    /// Seals an index packet for `node` at `to` as this node would, without sending it
+    /// (None until its certificate is held): for tests that replay a real packet.
+    pub fn seal(&self, node: crate::index::NodeId, to: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+        let mut p = lock(&self.peers);
+        if p.addr_of(node.0) != Some(to) {
+            return None;
+        }
+        p.send(to, Some(node.0), Channel::Index, payload, super::now_ms()).pop().map(|(_, d)| d)
+    }
+
+    /// Sends raw bytes from the gossip socket (tests: delivering a packet from [`Self::seal`]).
+    pub fn send_raw(&self, to: SocketAddr, datagram: &[u8]) -> bool {
+        self.socket.try_send_to(datagram, to).is_ok()
+    }
+}
+
+fn lock(p: &Mutex<Peers>) -> std::sync::MutexGuard<'_, Peers> {
+    // The state stays consistent across a panic elsewhere: every method leaves it whole.
+    p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[derive(Message)]
@@ -80,7 +107,8 @@ struct Datagram(Vec<u8>, SocketAddr);
 struct Agent {
     membership: Membership,
     socket: Arc<UdpSocket>,
-    key: ClusterKey,
+    peers: Arc<Mutex<Peers>>,
+    log: LogOnce,
     seeds: Vec<SocketAddr>,
     name: String,
     view: watch::Sender<Arc<View>>,
@@ -95,9 +123,12 @@ impl Agent {
         for o in out {
             match o {
                 Output::Send(to, data) => {
-                    let ok = self.socket.try_send_to(&self.key.seal(Channel::Gossip, &data), to).is_ok();
-                    let outcome = if ok { "sent" } else { "dropped" };
-                    counter!("confab_cluster_gossip_packets_total", "node" => self.name.clone(), "direction" => "out", "outcome" => outcome).increment(1);
+                    let out = lock(&self.peers).send(to.gossip, to.node, Channel::Gossip, &data, super::now_ms());
+                    for (to, d) in out {
+                        let ok = self.socket.try_send_to(&d, to).is_ok();
+                        let outcome = if ok { "sent" } else { "dropped" };
+                        counter!("confab_cluster_gossip_packets_total", "node" => self.name.clone(), "direction" => "out", "outcome" => outcome).increment(1);
+                    }
                 }
                 Output::Schedule(after, t) => {
                     ctx.run_later(after, move |act, ctx| {
@@ -107,6 +138,7 @@ impl Agent {
                 }
                 Output::Up(m) => {
                     tracing::info!(node = %self.name, member = %m.name, gossip = %m.gossip, "cluster member up");
+                    self.ask_certificates();
                     changed = true;
                 }
                 Output::Down(m) => {
@@ -116,9 +148,34 @@ impl Agent {
             }
         }
         if changed {
-            let members = self.membership.alive();
-            gauge!("confab_cluster_members", "node" => self.name.clone()).set(members.len() as f64);
+            self.publish();
+        }
+    }
+
+    /// Publishes the view: the members foca believes alive whose certificate binds what
+    /// they say of themselves (a member whose certificate is still being fetched joins
+    /// the view when it arrives).
+    fn publish(&mut self) {
+        let peers = lock(&self.peers);
+        let members: Vec<Member> = self.membership.alive().into_iter().filter(|m| peers.vouches_for(m)).collect();
+        drop(peers);
+        gauge!("confab_cluster_members", "node" => self.name.clone()).set(members.len() as f64);
+        if self.view.borrow().members != members {
             self.view.send_replace(Arc::new(View { members }));
+        }
+    }
+
+    /// Asks the members foca knows for their certificates, where this node lacks one
+    /// (rate limited per address by [`Peers::hello`]).
+    fn ask_certificates(&mut self) {
+        let now = super::now_ms();
+        let mut peers = lock(&self.peers);
+        let missing: Vec<SocketAddr> =
+            self.membership.others().filter(|m| !peers.vouches_for(m)).map(|m| m.gossip).collect();
+        for to in missing {
+            if let Some(h) = peers.hello(to, true, now) {
+                let _ = self.socket.try_send_to(&h, to);
+            }
         }
     }
 
@@ -141,8 +198,9 @@ impl Actor for Agent {
             (self.socket.clone(), ctx.address(), self.shutdown.clone(), self.crash.clone());
         let name = self.name.clone();
         actix_rt::spawn(async move {
-            // Room for the largest index request plus the seal.
-            let mut buf = vec![0u8; crate::index::rpc::RPC_LEN_MAX + super::gossip::OVERHEAD + 64];
+            // Room for the largest index request plus the seal, or a hello.
+            let len = (crate::index::rpc::RPC_LEN_MAX + super::gossip::OVERHEAD).max(super::gossip::HELLO_LEN) + 64;
+            let mut buf = vec![0u8; len];
             let graceful = loop {
                 let (n, from) = tokio::select! {
                     biased;
@@ -162,10 +220,10 @@ impl Actor for Agent {
             if act.membership.alive().len() <= 1 {
                 act.join_seeds(ctx);
             }
+            // A lost hello or answer: ask again.
+            act.ask_certificates();
         });
-        let members = self.membership.alive();
-        gauge!("confab_cluster_members", "node" => self.name.clone()).set(members.len() as f64);
-        self.view.send_replace(Arc::new(View { members }));
+        self.publish();
     }
 }
 
@@ -173,20 +231,46 @@ impl Handler<Datagram> for Agent {
     type Result = ();
 
     fn handle(&mut self, msg: Datagram, ctx: &mut Context<Self>) {
-        match self.key.open(&msg.0) {
-            Ok((Channel::Index, payload)) => {
-                let delivered =
-                    self.index.as_ref().is_some_and(|tx| tx.try_send(IndexPacket { from: msg.1, payload }).is_ok());
+        let Datagram(bytes, from) = msg;
+        let received = lock(&self.peers).receive(from, &bytes, super::now_ms());
+        match received {
+            Received::Data(a) if a.channel == Channel::Index => {
+                let packet = IndexPacket { from, sender: crate::crypto::KeyId(a.sender), payload: a.payload };
+                let delivered = self.index.as_ref().is_some_and(|tx| tx.try_send(packet).is_ok());
                 let outcome = if delivered { "accepted" } else { "index_queue_full" };
                 counter!("confab_cluster_index_packets_total", "node" => self.name.clone(), "direction" => "in", "outcome" => outcome).increment(1);
             }
-            Ok((Channel::Gossip, data)) => {
+            Received::Data(a) => {
+                // foca answers the sender its header names: it must be the one that sealed.
+                let named = membership::sender_of(&a.payload);
+                if !named.is_some_and(|m| m.node == Some(a.sender) && m.gossip == from) {
+                    reject::count(&self.name, &mut self.log, from, Reject::WrongIdentity);
+                    return;
+                }
                 counter!("confab_cluster_gossip_packets_total", "node" => self.name.clone(), "direction" => "in", "outcome" => "accepted").increment(1);
-                let out = self.membership.handle_data(&data);
+                let out = self.membership.handle_data(&a.payload);
                 self.apply(out, ctx);
             }
-            Err(_) => {
-                counter!("confab_cluster_gossip_packets_total", "node" => self.name.clone(), "direction" => "in", "outcome" => "unauthenticated").increment(1);
+            Received::Hello { learned, send } => {
+                for (to, d) in send {
+                    let _ = self.socket.try_send_to(&d, to);
+                }
+                if learned.is_some() {
+                    self.publish();
+                }
+            }
+            Received::Rejected(why) => {
+                // A member we know of speaks under a certificate we do not hold (a hello
+                // or its answer was lost, or it restarted): ask it again now rather than
+                // at the next probe. Only a member's known address gets a hello, so a
+                // spoofed packet cannot aim one anywhere else.
+                if why == Reject::UnknownSender && self.membership.others().any(|m| m.gossip == from) {
+                    let hello = lock(&self.peers).hello(from, true, super::now_ms());
+                    if let Some(h) = hello {
+                        let _ = self.socket.try_send_to(&h, from);
+                    }
+                }
+                reject::count(&self.name, &mut self.log, from, why)
             }
         }
     }
@@ -208,9 +292,12 @@ impl Handler<Stop> for Agent {
         }
         // Tell the others now rather than let them suspect us for seconds.
         let out = self.membership.leave();
+        let mut peers = lock(&self.peers);
         for o in out {
             if let Output::Send(to, data) = o {
-                let _ = self.socket.try_send_to(&self.key.seal(Channel::Gossip, &data), to);
+                for (to, d) in peers.send(to.gossip, to.node, Channel::Gossip, &data, super::now_ms()) {
+                    let _ = self.socket.try_send_to(&d, to);
+                }
             }
         }
         ctx.stop();
@@ -233,11 +320,13 @@ pub fn start(
     let config = membership::config(spec.cluster_size_hint, spec.probe_period);
     let (tx, rx) = watch::channel(Arc::new(View::default()));
     let socket = Arc::new(socket);
-    let sender = ClusterSender { socket: socket.clone(), key: spec.key.clone() };
+    let peers = Arc::new(Mutex::new(spec.peers));
+    let sender = ClusterSender { socket: socket.clone(), peers: peers.clone() };
     Agent {
         membership: Membership::new(me, config),
         socket,
-        key: spec.key,
+        peers,
+        log: LogOnce::default(),
         seeds: spec.seeds,
         name,
         view: tx,

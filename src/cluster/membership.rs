@@ -13,8 +13,8 @@ use std::time::Duration;
 /// What the driver must do.
 #[derive(Debug)]
 pub enum Output {
-    /// Send these bytes (unsealed) to this gossip address.
-    Send(SocketAddr, Vec<u8>),
+    /// Send these bytes (unsealed) to this member (a seed: its address alone).
+    Send(Member, Vec<u8>),
     /// Call [`Membership::handle_timer`] with this event after the delay.
     Schedule(Duration, Timer<Member>),
     /// A member came up (or changed identity).
@@ -29,6 +29,13 @@ pub struct Membership {
     rt: AccumulatingRuntime<Member>,
     probe_period: Duration,
     max_transmissions: std::num::NonZeroU8,
+}
+
+/// The sender a gossip packet names inside (foca's header), if it decodes: the
+/// transport checks it against the authenticated sender, since foca answers to it.
+pub fn sender_of(data: &[u8]) -> Option<Member> {
+    use foca::Codec;
+    PostcardCodec.decode_header(data).ok().map(|h: foca::Header<Member>| h.src)
 }
 
 /// The smallest cluster size the retransmission count is fitted to.
@@ -47,6 +54,14 @@ pub fn config(cluster_size: u32, probe_period: Duration) -> Config {
     // a miss some 50 times rarer for a few more bytes in each packet.
     let tx = (6.0 * f64::from(cluster_size.max(1) + 1).log10()).ceil().clamp(1.0, 255.0) as u8;
     c.max_transmissions = std::num::NonZeroU8::new(tx).expect("at least 1");
+    // A partition (two groups that each declared the other down) heals when one side
+    // announces itself to a member it holds as down; foca's LAN default waits 65 s for
+    // that. Ten probe periods keeps a split short at the cost of one small packet to two
+    // down members per round.
+    c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+        frequency: probe_period * 10,
+        num_members: std::num::NonZeroUsize::new(2).expect("positive"),
+    });
     // Leave room for the gossip seal inside one datagram.
     c.max_packet_size = std::num::NonZeroUsize::new(1400 - super::gossip::OVERHEAD).expect("positive");
     c
@@ -95,6 +110,11 @@ impl Membership {
         self.drain()
     }
 
+    /// Members foca believes alive (itself excluded), with or without a certificate.
+    pub fn others(&self) -> impl Iterator<Item = &Member> {
+        self.foca.iter_members().map(|m| m.id())
+    }
+
     /// Every member this node believes alive, itself included, sorted by address.
     pub fn alive(&self) -> Vec<Member> {
         let mut v: Vec<Member> = self.foca.iter_members().map(|m| m.id().clone()).collect();
@@ -121,7 +141,7 @@ impl Membership {
     fn drain(&mut self) -> Vec<Output> {
         let mut out = Vec::new();
         while let Some((to, data)) = self.rt.to_send() {
-            out.push(Output::Send(to.gossip, data.to_vec()));
+            out.push(Output::Send(to, data.to_vec()));
         }
         while let Some((after, t)) = self.rt.to_schedule() {
             out.push(Output::Schedule(after, t));
@@ -173,7 +193,10 @@ mod tests {
         let apply = |from: SocketAddr, out: Vec<Output>, now: u64, timers: &mut Vec<_>, wire: &mut Vec<_>| {
             for o in out {
                 match o {
-                    Output::Send(to, d) => wire.push((to, d)),
+                    Output::Send(to, d) => {
+                        assert_eq!(sender_of(&d).map(|m| m.gossip), Some(from), "foca names its sender");
+                        wire.push((to.gossip, d))
+                    }
                     Output::Schedule(after, t) => timers.push((now + after.as_millis() as u64, from, t)),
                     Output::Up(_) | Output::Down(_) => {}
                 }

@@ -8,10 +8,12 @@
 //! - [`fold`] — search tokens, case- and accent-insensitive.
 //! - [`verified`] — digests of entries already verified, so repeats skip the RSA.
 //! - [`lookup`] — limited multicast: 4 → 8 → 16 → everyone → the login directory.
+//! - [`repair`] — how much anti-entropy repair one replica is sent.
 
 pub mod entry;
 pub mod fold;
 pub mod lookup;
+pub mod repair;
 pub mod rpc;
 pub mod slot;
 pub mod store;

@@ -6,8 +6,10 @@ use super::index_slot::{Dump, Get, IndexSlot, Posted, Put, SlotChanged, StopSlot
 use super::mailbox::{self, Mailboxes};
 use crate::cluster::View;
 use crate::cluster::agent::{ClusterSender, IndexPacket};
+use crate::cluster::reject::{self, LogOnce, Reject};
 use crate::crypto::credential::TrustedKeys;
 use crate::index::lookup::{Action, Lookup, LookupConfig, Outcome};
+use crate::index::repair::{self, RepairBudget};
 use crate::index::rpc::{DIGESTS_PER_PACKET, IndexRpc};
 use crate::index::store::Merge;
 use crate::index::verified::VerifiedCache;
@@ -40,6 +42,10 @@ pub struct IndexConfig {
     pub anti_entropy_secs: u64,
     /// Login servers whose recently-seen directory is the lookup's last stage.
     pub directory: Vec<SocketAddr>,
+    /// Entry bytes pushed in answer to one Digests or Differ, at most.
+    pub repair_bytes_per_answer_max: usize,
+    /// Entry bytes of repair pushed to one replica per second, at most.
+    pub repair_bytes_per_peer_per_sec: u64,
 }
 
 impl Default for IndexConfig {
@@ -52,6 +58,8 @@ impl Default for IndexConfig {
             lookup: LookupConfig::default(),
             anti_entropy_secs: 10,
             directory: Vec::new(),
+            repair_bytes_per_answer_max: 256 << 10,
+            repair_bytes_per_peer_per_sec: 1 << 20,
         }
     }
 }
@@ -100,16 +108,22 @@ pub struct IndexRouter {
     counts: HashMap<Slot, usize>,
     prefix_reqs: HashMap<u64, oneshot::Sender<Vec<String>>>,
     mailboxes: Mailboxes,
-    gossip_by_name: HashMap<String, SocketAddr>,
+    gossip_by_name: HashMap<String, Peer>,
+    /// Repair bytes each replica may still be sent.
+    repair: HashMap<NodeId, RepairBudget>,
+    log: LogOnce,
     directory: Option<super::directory::DirectoryClient>,
     /// Entries verified lately, by digest: repair and republished entries skip the RSA.
     verified: VerifiedCache,
     /// Store verifications running on the blocking pool, per sender and in all.
-    verifying: Arc<Held<SocketAddr>>,
+    verifying: Arc<Held<NodeId>>,
     verify_pool: Arc<tokio::sync::Semaphore>,
     /// Slots this node became a replica of since its last pull.
     gained: HashSet<Slot>,
 }
+
+/// A member: its id and gossip address (where answers to it go).
+type Peer = (NodeId, SocketAddr);
 
 /// How long view changes are gathered before the slot map is rebuilt.
 const VIEW_SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
@@ -172,6 +186,8 @@ impl IndexRouter {
             prefix_reqs: HashMap::new(),
             mailboxes,
             gossip_by_name: HashMap::new(),
+            repair: HashMap::new(),
+            log: LogOnce::default(),
             directory: None,
             verified: VerifiedCache::default(),
             verifying: Held::new(VERIFY_PER_SENDER_MAX),
@@ -189,7 +205,9 @@ impl IndexRouter {
     fn refresh(&mut self, ctx: &mut Context<Self>) {
         let members = self.view.borrow().members.clone();
         self.gossip_of = members.iter().filter_map(|m| Some((m.node_id()?, m.gossip))).collect();
-        self.gossip_by_name = members.iter().map(|m| (m.name.clone(), m.gossip)).collect();
+        self.gossip_by_name = members.iter().filter_map(|m| Some((m.name.clone(), (m.node_id()?, m.gossip)))).collect();
+        let ids: HashSet<NodeId> = self.gossip_of.keys().copied().collect();
+        self.repair.retain(|id, _| ids.contains(id));
         let mut ids: Vec<NodeId> = self.gossip_of.keys().copied().collect();
         if !ids.contains(&self.me) {
             ids.push(self.me);
@@ -269,18 +287,18 @@ impl IndexRouter {
     /// A replicated entry from another member. One it has verified before is stored at
     /// once; a new one is verified on the blocking pool (two RSA checks), so a burst of
     /// Stores never holds up the event loop, within per-sender and total bounds.
-    fn on_store(&mut self, from: SocketAddr, req: u64, key: String, bytes: Vec<u8>, ctx: &mut Context<Self>) {
+    fn on_store(&mut self, from: Peer, req: u64, key: String, bytes: Vec<u8>, ctx: &mut Context<Self>) {
         let (e, digest) = match self.decode_cached(&bytes) {
             Ok(Ok(e)) => return self.store_verified(from, req, key, e, ctx),
             Ok(Err(miss)) => miss,
             Err(why) => {
-                tracing::debug!(node = %self.node, %from, %why, "refused a replicated entry");
+                tracing::debug!(node = %self.node, from = %from.1, %why, "refused a replicated entry");
                 return self.refuse("bad_entry", from, req);
             }
         };
         // The claims are held until the check ends, wherever the job is dropped.
         let (Some(sender_claim), Ok(pool_permit)) =
-            (self.verifying.claim(from), self.verify_pool.clone().try_acquire_owned())
+            (self.verifying.claim(from.0), self.verify_pool.clone().try_acquire_owned())
         else {
             return self.refuse("busy", from, req);
         };
@@ -297,14 +315,14 @@ impl IndexRouter {
             }
             Ok((_, Err(why))) => {
                 act.record_check(digest, false);
-                tracing::debug!(node = %act.node, %from, %why, "refused a replicated entry");
+                tracing::debug!(node = %act.node, from = %from.1, %why, "refused a replicated entry");
                 act.refuse("bad_entry", from, req);
             }
             Err(_) => act.refuse("bad_entry", from, req),
         }));
     }
 
-    fn store_verified(&mut self, from: SocketAddr, req: u64, key: String, e: Entry, ctx: &mut Context<Self>) {
+    fn store_verified(&mut self, from: Peer, req: u64, key: String, e: Entry, ctx: &mut Context<Self>) {
         if !Self::key_fits(&key, &e) {
             return self.refuse("wrong_key", from, req);
         }
@@ -322,25 +340,21 @@ impl IndexRouter {
                 self.put_local(slot, key.clone(), entry.clone(), ctx, None);
             } else if let Some(addr) = self.gossip_of.get(r).copied() {
                 let req = self.req();
-                let ok =
-                    self.sender.send(addr, &IndexRpc::Store { req, key: key.clone(), entry: bytes.clone() }.encode());
+                let ok = self.sender.send(
+                    *r,
+                    addr,
+                    &IndexRpc::Store { req, key: key.clone(), entry: bytes.clone() }.encode(),
+                );
                 counter!("confab_index_writes_total", "node" => self.node.clone(), "outcome" => if ok { "sent" } else { "send_failed" }).increment(1);
             }
         }
         replicas.len()
     }
 
-    fn put_local(
-        &mut self,
-        slot: Slot,
-        key: String,
-        entry: Entry,
-        ctx: &mut Context<Self>,
-        ack: Option<(SocketAddr, u64)>,
-    ) {
+    fn put_local(&mut self, slot: Slot, key: String, entry: Entry, ctx: &mut Context<Self>, ack: Option<(Peer, u64)>) {
         let Some(actor) = self.slots.get(&slot).cloned() else {
             if let Some((to, req)) = ack {
-                self.sender.send(to, &IndexRpc::StoreAck { req, held: false }.encode());
+                self.send_to(to, &IndexRpc::StoreAck { req, held: false });
             }
             return;
         };
@@ -363,12 +377,16 @@ impl IndexRouter {
             counter!("confab_index_writes_total", "node" => act.node.clone(), "outcome" => outcome).increment(1);
             if let Some((to, req)) = ack {
                 let held = matches!(res, Ok(Merge::Stored | Merge::Replaced | Merge::Duplicate));
-                act.sender.send(to, &IndexRpc::StoreAck { req, held }.encode());
+                act.send_to(to, &IndexRpc::StoreAck { req, held });
             }
         }));
     }
 
-    fn on_rpc(&mut self, from: SocketAddr, rpc: IndexRpc, ctx: &mut Context<Self>) {
+    fn send_to(&self, to: Peer, rpc: &IndexRpc) -> bool {
+        self.sender.send(to.0, to.1, &rpc.encode())
+    }
+
+    fn on_rpc(&mut self, from: Peer, rpc: IndexRpc, ctx: &mut Context<Self>) {
         match rpc {
             IndexRpc::Store { req, key, entry } => self.on_store(from, req, key, entry, ctx),
             IndexRpc::Fetch { req, key } => {
@@ -377,11 +395,11 @@ impl IndexRouter {
                     Some(actor) => {
                         ctx.spawn(actor.send(Get(key)).into_actor(self).map(move |res, act, _| {
                             let entry = res.ok().flatten().map(|e| e.encode());
-                            act.sender.send(from, &IndexRpc::FetchReply { req, entry }.encode());
+                            act.send_to(from, &IndexRpc::FetchReply { req, entry });
                         }));
                     }
                     None => {
-                        self.sender.send(from, &IndexRpc::FetchReply { req, entry: None }.encode());
+                        self.send_to(from, &IndexRpc::FetchReply { req, entry: None });
                     }
                 }
             }
@@ -393,7 +411,7 @@ impl IndexRouter {
                         // A replica that answers with something that does not verify is
                         // lying or broken: its answer counts as none.
                         counter!("confab_index_bad_answers_total", "node" => self.node.clone()).increment(1);
-                        tracing::warn!(node = %self.node, %from, %why, "a super node answered a lookup with an entry that does not verify");
+                        tracing::warn!(node = %self.node, from = %from.1, %why, "a super node answered a lookup with an entry that does not verify");
                         None
                     }
                 });
@@ -410,11 +428,11 @@ impl IndexRouter {
                     Some(actor) => {
                         ctx.spawn(actor.send(Posted { prefix, limit }).into_actor(self).map(move |res, act, _| {
                             let users = res.unwrap_or_default();
-                            act.sender.send(from, &IndexRpc::PrefixReply { req, users }.encode());
+                            act.send_to(from, &IndexRpc::PrefixReply { req, users });
                         }));
                     }
                     None => {
-                        self.sender.send(from, &IndexRpc::PrefixReply { req, users: Vec::new() }.encode());
+                        self.send_to(from, &IndexRpc::PrefixReply { req, users: Vec::new() });
                     }
                 }
             }
@@ -424,17 +442,13 @@ impl IndexRouter {
                 }
             }
             IndexRpc::Digests { slots } => self.compare_digests(from, slots, ctx),
-            IndexRpc::Differ { slots } => {
-                for s in slots {
-                    self.push_slot(Slot(s), from, ctx);
-                }
-            }
+            IndexRpc::Differ { slots } => self.push_slots(slots, from, ctx),
             IndexRpc::Deliver { to, body } => {
                 // The cluster channel allows larger packets than a host's frame does.
                 if body.len() > crate::buddy::notice::NOTICE_LEN_MAX {
                     counter!("confab_index_rpc_rejected_total", "node" => self.node.clone(), "reason" => "oversized_notice")
                         .increment(1);
-                    tracing::debug!(node = %self.node, %from, len = body.len(), "dropped an oversized notice");
+                    tracing::debug!(node = %self.node, from = %from.1, len = body.len(), "dropped an oversized notice");
                     return;
                 }
                 self.mailboxes.deliver(&to, body);
@@ -481,13 +495,13 @@ impl IndexRouter {
         for (peer, list) in per_peer {
             let Some(addr) = self.gossip_of.get(&peer).copied() else { continue };
             for chunk in list.chunks(DIGESTS_PER_PACKET) {
-                self.sender.send(addr, &rpc(chunk.to_vec()).encode());
+                self.send_to((peer, addr), &rpc(chunk.to_vec()));
             }
         }
     }
 
     /// A co-replica's digests: where ours differ, send ours and ask for theirs.
-    fn compare_digests(&mut self, from: SocketAddr, slots: Vec<(u32, [u8; 32])>, ctx: &mut Context<Self>) {
+    fn compare_digests(&mut self, from: Peer, slots: Vec<(u32, [u8; 32])>, ctx: &mut Context<Self>) {
         let differ: Vec<u32> = slots
             .into_iter()
             .filter(|(s, d)| self.held.contains(&Slot(*s)) && self.digests.get(&Slot(*s)) != Some(d))
@@ -495,31 +509,51 @@ impl IndexRouter {
             .collect();
         counter!("confab_index_antientropy_differing_slots_total", "node" => self.node.clone())
             .increment(differ.len() as u64);
-        for s in &differ {
-            self.push_slot(Slot(*s), from, ctx);
-        }
+        self.push_slots(differ.clone(), from, ctx);
         if !differ.is_empty() {
-            self.sender.send(from, &IndexRpc::Differ { slots: differ }.encode());
+            self.send_to(from, &IndexRpc::Differ { slots: differ });
         }
     }
 
-    /// Sends every live entry of `slot` to another replica (merging is idempotent, so
-    /// whatever it already holds costs only the bytes).
-    fn push_slot(&mut self, slot: Slot, to: SocketAddr, ctx: &mut Context<Self>) {
-        let Some(actor) = self.slots.get(&slot).cloned() else { return };
-        ctx.spawn(actor.send(Dump).into_actor(self).map(move |res, act, _| {
-            let entries = res.unwrap_or_default();
-            counter!("confab_index_repair_entries_total", "node" => act.node.clone()).increment(entries.len() as u64);
-            for (key, e) in entries {
+    /// Sends the live entries of `slots` (those this node has a store for) to another replica
+    /// (merging is idempotent, so whatever it already holds costs only the bytes), within
+    /// one answer's byte cap and the replica's repair rate. Each answer starts at a random
+    /// place in the dump, so capped rounds together still cover a large slot.
+    fn push_slots(&mut self, slots: Vec<u32>, to: Peer, ctx: &mut Context<Self>) {
+        // A slot no longer held keeps its store, and still answers while new replicas fill.
+        let actors: Vec<_> = slots.into_iter().filter_map(|s| self.slots.get(&Slot(s)).cloned()).collect();
+        if actors.is_empty() {
+            return;
+        }
+        let dumps = futures_util::future::join_all(actors.into_iter().map(|a| a.send(Dump)));
+        ctx.spawn(dumps.into_actor(self).map(move |res, act, _| {
+            let mut entries: Vec<(String, Vec<u8>)> =
+                res.into_iter().flat_map(|r| r.unwrap_or_default()).map(|(k, e)| (k, e.encode())).collect();
+            if entries.is_empty() {
+                return;
+            }
+            let start = usize::from(u16::from_le_bytes(crate::crypto::random::bytes())) % entries.len();
+            entries.rotate_left(start);
+            let sizes: Vec<usize> = entries.iter().map(|(k, e)| k.len() + e.len()).collect();
+            let (per_sec, cap) = (act.cfg.repair_bytes_per_peer_per_sec, act.cfg.repair_bytes_per_answer_max);
+            let budget = act.repair.entry(to.0).or_insert_with(|| RepairBudget::new(per_sec, now_ms()));
+            let n = repair::fit(&sizes, cap, budget, now_ms());
+            counter!("confab_index_repair_entries_total", "node" => act.node.clone()).increment(n as u64);
+            if n < entries.len() {
+                counter!("confab_index_repair_skipped_entries_total", "node" => act.node.clone())
+                    .increment((entries.len() - n) as u64);
+                tracing::debug!(node = %act.node, to = %to.1, sent = n, skipped = entries.len() - n, "repair capped");
+            }
+            for (key, entry) in entries.into_iter().take(n) {
                 let req = act.req();
-                act.sender.send(to, &IndexRpc::Store { req, key, entry: e.encode() }.encode());
+                act.send_to(to, &IndexRpc::Store { req, key, entry });
             }
         }));
     }
 
-    fn refuse(&self, reason: &'static str, to: SocketAddr, req: u64) {
+    fn refuse(&self, reason: &'static str, to: Peer, req: u64) {
         counter!("confab_index_writes_total", "node" => self.node.clone(), "outcome" => reason).increment(1);
-        self.sender.send(to, &IndexRpc::StoreAck { req, held: false }.encode());
+        self.send_to(to, &IndexRpc::StoreAck { req, held: false });
     }
 
     fn drive(&mut self, id: u64, ctx: &mut Context<Self>) {
@@ -584,7 +618,7 @@ impl IndexRouter {
             Some(addr) => {
                 let req = self.req();
                 self.reqs.insert(req, (id, node));
-                self.sender.send(addr, &IndexRpc::Fetch { req, key }.encode());
+                self.send_to((node, addr), &IndexRpc::Fetch { req, key });
             }
             None => {
                 if let Some(r) = self.lookups.get_mut(&id) {
@@ -696,8 +730,15 @@ impl IndexRouter {
 
 impl StreamHandler<IndexPacket> for IndexRouter {
     fn handle(&mut self, p: IndexPacket, ctx: &mut Context<Self>) {
+        // Answers go only to members of the current view, at the address the sender
+        // authenticated from (the agent checked it against the sender's certificate).
+        let member = self.view.borrow().members.iter().any(|m| m.node == Some(p.sender.0) && m.gossip == p.from);
+        if !member {
+            reject::count(&self.node, &mut self.log, p.from, Reject::NotMember);
+            return;
+        }
         match IndexRpc::decode(&p.payload) {
-            Ok(rpc) => self.on_rpc(p.from, rpc, ctx),
+            Ok(rpc) => self.on_rpc((p.sender, p.from), rpc, ctx),
             Err(e) => {
                 counter!("confab_index_rpc_rejected_total", "node" => self.node.clone(), "reason" => "malformed")
                     .increment(1);
@@ -792,6 +833,20 @@ impl Handler<Holds> for IndexRouter {
     }
 }
 
+/// The router's cluster sender (tests: sealing a packet as this node would). Held by
+/// the router alone, so a crashed node's gossip socket closes with it.
+#[derive(Message)]
+#[rtype(result = "ClusterSender")]
+pub struct SenderOf;
+
+impl Handler<SenderOf> for IndexRouter {
+    type Result = MessageResult<SenderOf>;
+
+    fn handle(&mut self, _: SenderOf, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.sender.clone())
+    }
+}
+
 /// The replicas of `key`'s slot in this node's current view.
 #[derive(Message)]
 #[rtype(result = "Vec<NodeId>")]
@@ -860,6 +915,7 @@ impl IndexRouter {
                     act.prefix_reqs.remove(&req);
                 });
                 self.sender.send(
+                    r,
                     addr,
                     &IndexRpc::PrefixQuery { req, prefix: prefix.clone(), limit: SEARCH_POSTINGS_MAX as u16 }.encode(),
                 );
@@ -979,9 +1035,9 @@ impl Handler<Route> for IndexRouter {
         // The sender's hint saves a lookup. A stale hint (the user moved) loses this
         // notice at the old super node; the sender's next refresh finds the new one.
         if via != self.node
-            && let Some(&gossip) = self.gossip_by_name.get(&via)
+            && let Some(&peer) = self.gossip_by_name.get(&via)
         {
-            self.sender.send(gossip, &IndexRpc::Deliver { to, body }.encode());
+            self.send_to(peer, &IndexRpc::Deliver { to, body });
             mailbox::count(&self.node, "forwarded");
             let _ = reply.send(Ok(via));
             return;
@@ -994,8 +1050,8 @@ impl Handler<Route> for IndexRouter {
             let sn = found.ok().and_then(|f| f.entry).map(|e| e.supernode.clone()).unwrap_or_default();
             let r = if sn == act.node {
                 if act.mailboxes.deliver(&to, body) { Ok(sn) } else { Err(ErrorCode::NotOnline) }
-            } else if let Some(&gossip) = act.gossip_by_name.get(&sn) {
-                act.sender.send(gossip, &IndexRpc::Deliver { to, body }.encode());
+            } else if let Some(&peer) = act.gossip_by_name.get(&sn) {
+                act.send_to(peer, &IndexRpc::Deliver { to, body });
                 mailbox::count(&act.node, "forwarded");
                 Ok(sn)
             } else {

@@ -67,6 +67,8 @@ pub struct ClusterSpec {
     pub seeds: Vec<SocketAddr>,
     /// The cluster key.
     pub key: crate::cluster::gossip::ClusterKey,
+    /// Limits of the cluster's authentication layer.
+    pub limits: crate::cluster::ClusterLimits,
     /// SWIM probe period.
     pub probe_period: Duration,
     /// The Global Index this node takes part in.
@@ -473,13 +475,19 @@ impl BoundNode {
                 };
                 let mut seeds = c.seeds;
                 seeds.extend(siblings.iter().copied().filter(|s| *s != gossip));
-                let spec = crate::cluster::AgentSpec {
-                    me,
-                    seeds,
-                    key: c.key,
-                    probe_period: c.probe_period,
-                    cluster_size_hint: 32,
-                };
+                // The certificate binds the id and every address the member announces.
+                let peers = crate::cluster::Peers::new(
+                    &self.spec.identity.key,
+                    self.spec.identity.credential.clone(),
+                    self.spec.identity.trusted.clone(),
+                    c.key,
+                    (gossip, me.udp, me.tcp),
+                    c.limits,
+                    crate::cluster::now_ms(),
+                )
+                .expect("a credential of at most CREDENTIAL_LEN_MAX fits in a hello");
+                let spec =
+                    crate::cluster::AgentSpec { me, seeds, peers, probe_period: c.probe_period, cluster_size_hint: 32 };
                 let (tx, rx) = tokio::sync::mpsc::channel(4096);
                 let agent = crate::cluster::agent::start(spec, socket, shutdown.clone(), crash.clone(), Some(tx));
                 let router = super::index_router::IndexRouter::new(
@@ -488,7 +496,7 @@ impl BoundNode {
                     c.index,
                     self.spec.identity.trusted.clone(),
                     agent.view.clone(),
-                    agent.sender.clone(),
+                    agent.sender,
                     mailboxes.clone(),
                 )
                 .with_directory(self.spec.identity.clone());
