@@ -372,6 +372,19 @@ fn body(kind: MessageKind, payload: &[u8]) {
         MessageKind::SeenQuery => {
             let _ = round_trip("seen_query", payload, msg::SeenQuery::decode, msg::SeenQuery::encode);
         }
+        MessageKind::RevocationQuery => {
+            let _ = round_trip("revocation_query", payload, msg::RevocationQuery::decode, msg::RevocationQuery::encode);
+        }
+        MessageKind::RevocationReply => {
+            if let Some(list) = round_trip(
+                "revocation_list",
+                payload,
+                crate::crypto::RevocationList::decode,
+                crate::crypto::RevocationList::encode,
+            ) {
+                let _ = list.verify(trusted());
+            }
+        }
         MessageKind::Find => ignore(msg::Find::decode(payload)),
         MessageKind::SeenReply => ignore(msg::SeenRecord::decode(payload)),
         MessageKind::BuddyReply => ignore(BuddyAnswer::decode(payload).ok_or(())),

@@ -6,6 +6,7 @@
 //! impostor.
 
 use super::keys::{KeyId, PUBLIC_KEY_DER_MAX, PrivateKey, PublicKey};
+use super::revocation::{RevocationError, RevocationList, Revoked};
 use crate::wire::codec::{DecodeError, Reader, Writer};
 
 /// Longest encoded credential accepted (a 4096-bit key and signature fit with room).
@@ -63,6 +64,9 @@ pub enum CredentialError {
     /// Valid, but for the other kind of node.
     #[error("credential is for a {0:?}, expected a {1:?}")]
     WrongKind(CredentialKind, CredentialKind),
+    /// On the revocation list this node holds.
+    #[error("credential for key {0} is revoked")]
+    Revoked(KeyId),
 }
 
 /// A signed credential: its claims, the issuing key, the signature. It reads as its
@@ -166,6 +170,9 @@ impl Credential {
         if self.issued_at > now + CLOCK_SKEW_SECS {
             return Err(CredentialError::NotYetValid(self.issued_at));
         }
+        if trusted.revoked.contains(self.kind, self.public_key.id()) {
+            return Err(CredentialError::Revoked(self.public_key.id()));
+        }
         Ok(())
     }
 
@@ -182,16 +189,34 @@ impl Credential {
     }
 }
 
-/// The login-server public keys a node trusts.
+/// The login-server public keys a node trusts, and the revocation list it honours
+/// (shared by every clone: see [`Revoked`]).
 #[derive(Clone, Debug, Default)]
 pub struct TrustedKeys {
     keys: Vec<PublicKey>,
+    revoked: Revoked,
 }
 
 impl TrustedKeys {
-    /// Trusts exactly these keys.
+    /// Trusts exactly these keys, with no revocations yet.
     pub fn new(keys: Vec<PublicKey>) -> Self {
-        Self { keys }
+        Self { keys, revoked: Revoked::default() }
+    }
+
+    /// The same keys with a revocation list of its own (empty), not shared with `self`'s
+    /// clones: each node of a process honours the lists it verified itself.
+    pub fn with_own_revocations(&self) -> Self {
+        Self { keys: self.keys.clone(), revoked: Revoked::default() }
+    }
+
+    /// The revocations honoured.
+    pub fn revoked(&self) -> &Revoked {
+        &self.revoked
+    }
+
+    /// Verifies a revocation list against these keys and adopts it if newer.
+    pub fn adopt_revocations(&self, bytes: &[u8]) -> Result<RevocationList, RevocationError> {
+        self.revoked.adopt(bytes, self)
     }
 
     /// The trusted key with this id.

@@ -10,9 +10,11 @@ pub mod keys;
 pub mod obfuscation;
 pub mod password;
 pub mod random;
+pub mod revocation;
 
 pub use credential::{Credential, CredentialError, CredentialKind, TrustedKeys};
 pub use keys::{KeyError, KeyId, PrivateKey, PublicKey, RsaBackend};
+pub use revocation::{RevocationList, Revoked};
 
 /// Domain-separation prefixes: a signature over one kind of object can never be replayed as
 /// another, because every signed message starts with the prefix of its kind.

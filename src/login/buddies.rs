@@ -118,6 +118,7 @@ fn classify(e: &OpError) -> (ErrorCode, bool) {
         OpError::Credential(CredentialError::Expired(_)) => (ErrorCode::CredentialExpired, false),
         OpError::Credential(CredentialError::UntrustedIssuer(_)) => (ErrorCode::UntrustedCredential, false),
         OpError::Credential(CredentialError::NotYetValid(_)) => (ErrorCode::ClockSkew, false),
+        OpError::Credential(CredentialError::Revoked(_)) => (ErrorCode::Revoked, false),
         OpError::Credential(_) | OpError::BadSignature => (ErrorCode::BadSignature, true),
     }
 }

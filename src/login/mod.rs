@@ -7,12 +7,14 @@
 //! - [`puzzle`] — client puzzles: the cost a guesser pays instead of a refusal.
 //! - [`replay`] — the timestamp window and nonce cache against replayed requests.
 //! - [`store`] — accounts in SQLite (WAL, transactions, fsync on commit).
+//! - [`revocations`] — revoked credentials in the same database, as `confab revoke` records them.
 //! - [`server`] — the TCP shell.
 
 pub mod buddies;
 pub mod guard;
 pub mod puzzle;
 pub mod replay;
+pub mod revocations;
 pub mod server;
 pub mod service;
 pub mod store;

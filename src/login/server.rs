@@ -52,6 +52,10 @@ fn describe() {
     );
     describe_counter!("confab_login_frames_rejected_total", "Frames the login server could not decode, by reason");
     describe_counter!(
+        "confab_login_revocation_queries_total",
+        "Revocation-list queries by outcome (answered, or the refusal's error code)"
+    );
+    describe_counter!(
         "confab_login_buddy_ops_total",
         "Buddy-list operations by operation (unknown: not decoded) and outcome"
     );
@@ -141,18 +145,31 @@ async fn connection(
                 return;
             }
         };
-        if kind == MessageKind::SeenQuery {
+        if matches!(kind, MessageKind::SeenQuery | MessageKind::RevocationQuery) {
             let svc = service.clone();
             let now = crate::unix_now();
-            let Ok(answer) = tokio::task::spawn_blocking(move || svc.seen(now, peer.ip(), listener, &payload)).await
+            let Ok(answer) = tokio::task::spawn_blocking(move || match kind {
+                MessageKind::SeenQuery => svc.seen(now, peer.ip(), listener, &payload),
+                _ => svc.revocation_query(now, peer.ip(), listener, &payload),
+            })
+            .await
             else {
                 return;
             };
-            let (outcome, reply) = match answer {
-                Ok(body) => ("answered", frame::encode_plain(listener, MessageKind::SeenReply, 0, &body)),
-                Err(e) => (e.code.label(), frame::encode_plain(listener, MessageKind::Error, 0, &e.encode())),
+            let (answer_kind, metric) = match kind {
+                MessageKind::SeenQuery => (MessageKind::SeenReply, "confab_login_directory_queries_total"),
+                _ => (MessageKind::RevocationReply, "confab_login_revocation_queries_total"),
             };
-            counter!("confab_login_directory_queries_total", "outcome" => outcome).increment(1);
+            let (outcome, reply) = match answer {
+                Ok(body) => ("answered", frame::encode_plain(listener, answer_kind, 0, &body)),
+                Err(e) => {
+                    if refusals.first(peer.ip().into(), e.code.label()) {
+                        tracing::info!(%peer, kind = kind.label(), outcome = e.code.label(), detail = %e.detail, "login server refused a query (further ones from this source for this reason are only counted)");
+                    }
+                    (e.code.label(), frame::encode_plain(listener, MessageKind::Error, 0, &e.encode()))
+                }
+            };
+            counter!(metric, "outcome" => outcome).increment(1);
             if tcp::write_frame(&mut stream, &reply).await.is_err() {
                 return;
             }

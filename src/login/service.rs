@@ -89,6 +89,10 @@ pub struct Handled {
 #[derive(Debug)]
 pub struct LoginService {
     key: PrivateKey,
+    /// Earlier login keys whose envelopes are still opened (a key rotation in progress).
+    previous: Vec<PrivateKey>,
+    /// The signed revocation list, by the database version it was signed at.
+    list: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
     store: AccountStore,
     policy: LoginPolicy,
     guard: Arc<dyn Guard>,
@@ -131,11 +135,130 @@ impl LoginService {
             trusted,
             buddy_ops: Mutex::new(OpsLimiter::default()),
             key,
+            previous: Vec::new(),
+            list: Mutex::new(None),
             store,
             policy,
             guard,
             queries: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Also opens envelopes wrapped for `keys`, earlier login keys (hosts may still
+    /// encrypt to one during a rotation), and trusts credentials they signed. New
+    /// credentials and lists are signed with the current key only.
+    pub fn with_previous_keys(mut self, keys: impl IntoIterator<Item = PrivateKey>) -> Self {
+        let keys: Vec<PrivateKey> = keys.into_iter().filter(|k| k.public() != self.key.public()).collect();
+        let mut all = self.trusted.keys().to_vec();
+        all.extend(keys.iter().map(|k| k.public().clone()));
+        self.trusted = TrustedKeys::new(all);
+        self.previous = keys;
+        self
+    }
+
+    /// The private key an envelope names: the current one or a previous one.
+    fn key_for(&self, key_id: [u8; 8]) -> &PrivateKey {
+        std::iter::once(&self.key)
+            .chain(&self.previous)
+            .find(|k| k.public().id().0 == key_id)
+            .unwrap_or(&self.key)
+    }
+
+    /// The current signed revocation list (None: nothing was ever revoked), re-signed
+    /// when the database's version moved (a `confab revoke` from another process shows
+    /// at the next request), and honoured by this server too: a revoked super node's
+    /// queries and a revoked host key's logins are refused.
+    pub fn revocation_list(&self, now: u64) -> Option<Arc<Vec<u8>>> {
+        let version = match self.store.revocation_version() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the revocation version");
+                return lock(&self.list).as_ref().map(|(_, l)| l.clone());
+            }
+        };
+        if version == 0 {
+            return None;
+        }
+        if let Some((v, l)) = lock(&self.list).as_ref()
+            && *v == version
+        {
+            return Some(l.clone());
+        }
+        let (version, entries) = match self.store.revocations(now) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the revocations");
+                return lock(&self.list).as_ref().map(|(_, l)| l.clone());
+            }
+        };
+        let list = crate::crypto::RevocationList::issue(version, entries, &self.key);
+        let bytes = Arc::new(list.encode());
+        if let Err(e) = self.trusted.adopt_revocations(&bytes)
+            && !matches!(e, crate::crypto::revocation::RevocationError::NotNewer { .. })
+        {
+            tracing::error!(error = %e, "the login server's own revocation list does not verify");
+        }
+        metrics::gauge!("confab_revocation_list_version", "node" => "login_server").set(version as f64);
+        metrics::gauge!("confab_revocation_list_entries", "node" => "login_server").set(list.entries.len() as f64);
+        tracing::info!(version, entries = list.entries.len(), "revocation list signed");
+        *lock(&self.list) = Some((version, bytes.clone()));
+        Some(bytes)
+    }
+
+    /// Answers a revocation query (a super node's or a host's): the signed list if it is
+    /// newer than the one the asker holds, else an empty body. Only holders of a credential
+    /// this server trusts, signing for this server (`listener`) within the window, get an
+    /// answer; a stranger gets a short error, never more bytes than it sent.
+    pub fn revocation_query(
+        &self,
+        now: u64,
+        source: IpAddr,
+        listener: SocketAddr,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, ErrorMsg> {
+        self.admit_query(source, now)?;
+        let q = crate::wire::message::RevocationQuery::decode(payload)
+            .map_err(|e| ErrorMsg::new(ErrorCode::Malformed, e.to_string()))?;
+        let window = self.policy.replay_window_secs.min(SEEN_QUERY_WINDOW_SECS);
+        if q.timestamp.saturating_add(window) < now || q.timestamp > now.saturating_add(window) {
+            return Err(ErrorMsg::new(ErrorCode::ClockSkew, "revocation query outside the time window"));
+        }
+        let list = self.revocation_list(now);
+        let cred = Credential::decode(&q.credential)
+            .map_err(|e| ErrorMsg::new(ErrorCode::Malformed, format!("revocation query: {e}")))?;
+        cred.verify(&self.trusted, cred.kind, now).map_err(|e| {
+            let code = match e {
+                crate::crypto::CredentialError::Revoked(_) => ErrorCode::Revoked,
+                _ => ErrorCode::UntrustedCredential,
+            };
+            ErrorMsg::new(code, format!("revocation query: {e}"))
+        })?;
+        cred.public_key
+            .verify_pss(&q.signed_message(listener), &q.signature)
+            .map_err(|_| ErrorMsg::new(ErrorCode::BadSignature, "revocation query signature does not verify"))?;
+        Ok(match list {
+            Some(l) if crate::crypto::Revoked::peek_version(&l).is_some_and(|v| v > q.have) => l.to_vec(),
+            _ => Vec::new(),
+        })
+    }
+
+    /// Counts a directory or revocation query from `source`; refuses past the per-second cap.
+    fn admit_query(&self, source: IpAddr, now: u64) -> Result<(), ErrorMsg> {
+        let mut q = lock(&self.queries);
+        if q.len() > 100_000 {
+            q.retain(|_, (t, _)| *t == now);
+        }
+        let e = q.entry(source).or_insert((now, 0));
+        if e.0 != now {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        if e.1 > DIRECTORY_QUERIES_PER_SECOND_MAX {
+            let mut err = ErrorMsg::new(ErrorCode::TooManyAttempts, "too many directory queries");
+            err.retry_after_secs = 1;
+            return Err(err);
+        }
+        Ok(())
     }
 
     /// The login key's public half.
@@ -197,22 +320,9 @@ impl LoginService {
     /// nodes ask: the query must carry a super-node credential this server trusts and be
     /// signed by its key for this server (`listener`) within the replay window.
     pub fn seen(&self, now: u64, source: IpAddr, listener: SocketAddr, payload: &[u8]) -> Result<Vec<u8>, ErrorMsg> {
-        {
-            let mut q = lock(&self.queries);
-            if q.len() > 100_000 {
-                q.retain(|_, (t, _)| *t == now);
-            }
-            let e = q.entry(source).or_insert((now, 0));
-            if e.0 != now {
-                *e = (now, 0);
-            }
-            e.1 += 1;
-            if e.1 > DIRECTORY_QUERIES_PER_SECOND_MAX {
-                let mut err = ErrorMsg::new(ErrorCode::TooManyAttempts, "too many directory queries");
-                err.retry_after_secs = 1;
-                return Err(err);
-            }
-        }
+        self.admit_query(source, now)?;
+        // Refreshes the revocations honoured: a revoked super node is not answered.
+        let _ = self.revocation_list(now);
         let q = SeenQuery::decode(payload).map_err(|e| ErrorMsg::new(ErrorCode::Malformed, e.to_string()))?;
         let window = self.policy.replay_window_secs.min(SEEN_QUERY_WINDOW_SECS);
         if q.timestamp.saturating_add(window) < now || q.timestamp > now.saturating_add(window) {
@@ -284,7 +394,7 @@ impl LoginService {
             Gate::Puzzle(bits) if solved < bits => return self.puzzle(src, bits, now, None),
             Gate::Puzzle(_) | Gate::Admit => {}
         }
-        let opened = match envelope::open(&self.key, kind, env) {
+        let opened = match envelope::open(self.key_for(env.key_id), kind, env) {
             Ok(o) => o,
             Err(e) => {
                 // A host that trusts several login keys tries them in turn, and a wrong key
@@ -423,6 +533,11 @@ impl LoginService {
             self.guard.failed(source.into(), None, now);
             return fail(ErrorCode::BadSignature, "no proof of possession of the host key", Some(&secret));
         }
+        // A revoked host key gets no new credential while its revocation lasts.
+        let _ = self.revocation_list(now);
+        if self.trusted.revoked().contains(CredentialKind::Host, public_key.id()) {
+            return fail(ErrorCode::Revoked, "this host key is revoked", Some(&secret));
+        }
         if let Err(e) = self.store.record_seen(name_key, now, &body.last_supernode) {
             tracing::warn!(error = %e, "could not update the recently-seen directory");
         }
@@ -438,8 +553,11 @@ impl LoginService {
             },
             &self.key,
         );
+        // The host learns the revocations here, before it picks a super node.
+        let revocations = self.revocation_list(now).map(|l| l.to_vec()).unwrap_or_default();
         let body =
-            LoginReply { credential: credential.encode(), latest_version: self.policy.latest_version.clone() }.encode();
+            LoginReply { credential: credential.encode(), latest_version: self.policy.latest_version.clone(), revocations }
+                .encode();
         Handled {
             reply: Reply::Sealed { kind: MessageKind::LoginReply, body, secret },
             outcome: "login_ok",

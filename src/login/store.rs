@@ -110,6 +110,13 @@ CREATE TABLE IF NOT EXISTS buddy_requests (
     PRIMARY KEY (from_key, to_key)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS buddy_requests_by_recipient ON buddy_requests (to_key, at);
+CREATE TABLE IF NOT EXISTS revocations (
+    key_id     BLOB PRIMARY KEY NOT NULL CHECK (length(key_id) = 8),  -- the revoked credential's key id
+    kind       INTEGER NOT NULL CHECK (kind IN (1, 2)),               -- 1 host, 2 super node
+    subject    TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,               -- the entry leaves the signed list after this
+    revoked_at INTEGER NOT NULL
+) STRICT;
 ";
 
 /// The `meta` key of the contact-tag secret.
@@ -139,7 +146,7 @@ impl AccountStore {
         &self.tag_key
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written (the
         // transaction rolls back), so a poisoned lock is safe to reuse.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())

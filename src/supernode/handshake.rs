@@ -137,6 +137,7 @@ impl AuthError {
             Self::Envelope(_) => ErrorCode::BadEnvelope,
             Self::Credential(CredentialError::Expired(_)) => ErrorCode::CredentialExpired,
             Self::Credential(CredentialError::UntrustedIssuer(_)) => ErrorCode::UntrustedCredential,
+            Self::Credential(CredentialError::Revoked(_)) => ErrorCode::Revoked,
             Self::Credential(_) | Self::BadProof => ErrorCode::BadSignature,
         }
     }

@@ -48,6 +48,10 @@ pub enum MessageKind {
     /// Login server → host: solve this puzzle and ask again (plain before the envelope is
     /// opened, sealed after).
     Puzzle = 0x28,
+    /// Super node or host → login server: the current revocation list, if newer than mine? (plain)
+    RevocationQuery = 0x29,
+    /// Login server → super node or host: the signed revocation list, or nothing newer (plain).
+    RevocationReply = 0x2a,
     /// Host → super node: store my signed index entry (sealed).
     Publish = 0x40,
     /// Super node → host: the entry was checked and sent to its replicas (sealed).
@@ -78,7 +82,7 @@ pub enum MessageKind {
 
 impl MessageKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [MessageKind; 32] = [
+    pub const ALL: [MessageKind; 34] = [
         Self::Hello,
         Self::Challenge,
         Self::Auth,
@@ -98,6 +102,8 @@ impl MessageKind {
         Self::BuddyRequest,
         Self::BuddyReply,
         Self::Puzzle,
+        Self::RevocationQuery,
+        Self::RevocationReply,
         Self::Publish,
         Self::PublishAck,
         Self::Find,
@@ -124,6 +130,7 @@ impl MessageKind {
             Self::Hello | Self::Challenge | Self::Auth | Self::NatProbe | Self::NatProbeReply => !sealed,
             Self::RegisterRequest | Self::LoginRequest | Self::BuddyRequest => !sealed,
             Self::SeenQuery | Self::SeenReply => !sealed,
+            Self::RevocationQuery | Self::RevocationReply => !sealed,
             Self::Welcome | Self::Keepalive | Self::KeepaliveAck | Self::Bye => sealed,
             Self::RegisterReply | Self::LoginReply | Self::BuddyReply => sealed,
             Self::Publish | Self::PublishAck | Self::Find | Self::FindReply => sealed,
@@ -156,6 +163,8 @@ impl MessageKind {
             Self::BuddyRequest => "buddy_request",
             Self::BuddyReply => "buddy_reply",
             Self::Puzzle => "puzzle",
+            Self::RevocationQuery => "revocation_query",
+            Self::RevocationReply => "revocation_reply",
             Self::Publish => "publish",
             Self::PublishAck => "publish_ack",
             Self::Find => "find",
@@ -234,6 +243,8 @@ pub enum ErrorCode {
     NotPending,
     /// The user is not online (a notice had nowhere to go).
     NotOnline,
+    /// The credential is on the revocation list.
+    Revoked,
     /// A code this build does not know.
     Unknown(u16),
 }
@@ -260,6 +271,7 @@ impl ErrorCode {
             Self::Unsupported => 25,
             Self::NotPending => 26,
             Self::NotOnline => 27,
+            Self::Revoked => 28,
             Self::Unknown(c) => c,
         }
     }
@@ -285,6 +297,7 @@ impl ErrorCode {
             Self::Unsupported,
             Self::NotPending,
             Self::NotOnline,
+            Self::Revoked,
         ]
         .into_iter()
         .find(|k| k.code() == c)
@@ -312,6 +325,7 @@ impl ErrorCode {
             Self::Unsupported => "unsupported",
             Self::NotPending => "not_pending",
             Self::NotOnline => "not_online",
+            Self::Revoked => "revoked",
             Self::Unknown(_) => "unknown",
         }
     }
@@ -808,13 +822,15 @@ impl AccountBody {
     }
 }
 
-/// LoginReply: the credential and the latest software version.
+/// LoginReply: the credential, the latest software version and the revocation list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoginReply {
     /// The host's new credential.
     pub credential: Vec<u8>,
     /// The newest released version, for the "update available" notice.
     pub latest_version: String,
+    /// The login server's signed revocation list (empty: none); absent on the wire when empty.
+    pub revocations: Vec<u8>,
 }
 
 impl LoginReply {
@@ -822,6 +838,9 @@ impl LoginReply {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.bytes(&self.credential).str(&self.latest_version);
+        if !self.revocations.is_empty() {
+            w.bytes(&self.revocations);
+        }
         w.into_bytes()
     }
 
@@ -830,8 +849,13 @@ impl LoginReply {
         let mut r = Reader::new(b);
         let credential = r.bytes("login_reply.credential", CREDENTIAL_LEN_MAX)?.to_vec();
         let latest_version = r.str("login_reply.latest_version", VERSION_LEN_MAX)?.to_owned();
+        let revocations = if r.remaining() == 0 {
+            Vec::new()
+        } else {
+            r.bytes("login_reply.revocations", crate::crypto::revocation::LIST_LEN_MAX)?.to_vec()
+        };
         r.finish()?;
-        Ok(Self { credential, latest_version })
+        Ok(Self { credential, latest_version, revocations })
     }
 }
 
@@ -1043,6 +1067,52 @@ impl SeenQuery {
         let signature = r.bytes("seen_query.signature", WRAPPED_KEY_LEN_MAX)?.to_vec();
         r.finish()?;
         Ok(Self { user, timestamp, credential, signature })
+    }
+}
+
+/// Domain prefix of a revocation query's signature.
+pub const DOMAIN_REVOCATION_QUERY: &[u8] = b"confab/v1/revocation-query\0";
+
+/// A request for the login server's revocation list (the `RevocationQuery` message),
+/// signed like a [`SeenQuery`] by a super node's (or a host's) credential key, so the
+/// login server answers only nodes it certified, never a stranger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationQuery {
+    /// The version the asker holds (0: none): an answer carries a list only if newer.
+    pub have: u64,
+    /// Unix seconds at the asker (checked against the login server's window).
+    pub timestamp: u64,
+    /// The asker's credential.
+    pub credential: Vec<u8>,
+    /// RSA-PSS by the credential's key over [`RevocationQuery::signed_message`].
+    pub signature: Vec<u8>,
+}
+
+impl RevocationQuery {
+    /// What the signature covers: the domain, the login server's address, the version held
+    /// and the time.
+    pub fn signed_message(&self, login_server: std::net::SocketAddr) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.raw(DOMAIN_REVOCATION_QUERY).addr(login_server).u64(self.have).u64(self.timestamp);
+        w.into_bytes()
+    }
+
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u64(self.have).u64(self.timestamp).bytes(&self.credential).bytes(&self.signature);
+        w.into_bytes()
+    }
+
+    /// Decodes (without verifying).
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let have = r.u64("revocation_query.have")?;
+        let timestamp = r.u64("revocation_query.timestamp")?;
+        let credential = r.bytes("revocation_query.credential", CREDENTIAL_LEN_MAX)?.to_vec();
+        let signature = r.bytes("revocation_query.signature", WRAPPED_KEY_LEN_MAX)?.to_vec();
+        r.finish()?;
+        Ok(Self { have, timestamp, credential, signature })
     }
 }
 
