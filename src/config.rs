@@ -57,8 +57,11 @@ pub struct LoginServerConfig {
     pub listen: SocketAddr,
     /// The address hosts dial, when `listen` is a wildcard.
     pub public_addr: Option<SocketAddr>,
-    /// The login key (PKCS#8 PEM).
+    /// The login key (PKCS#8 PEM): it signs new credentials and revocation lists.
     pub key: RelativePathBuf,
+    /// Earlier login keys (PKCS#8 PEM) whose envelopes are still opened during a key
+    /// rotation; credentials they signed are accepted until they leave the trust lists.
+    pub previous_keys: Vec<RelativePathBuf>,
     /// The account database (SQLite).
     pub database: RelativePathBuf,
     /// Host credential lifetime.
@@ -96,6 +99,7 @@ impl Default for LoginServerConfig {
             listen: "127.0.0.1:33030".parse().expect("literal"),
             public_addr: None,
             key: PathBuf::from("data/login.key.pem").into(),
+            previous_keys: Vec::new(),
             database: PathBuf::from("data/accounts.sqlite").into(),
             credential_lifetime_secs: 24 * 3600,
             replay_window_secs: 300,
@@ -178,6 +182,8 @@ pub struct SupernodeConfig {
     pub index: crate::supernode::index_router::IndexConfig,
     /// Limits of the cluster's authentication layer.
     pub cluster: crate::cluster::ClusterLimits,
+    /// Fetching the revocation list from the login servers and spreading it.
+    pub revocation: crate::supernode::revocation::RevocationConfig,
     /// Keepalive interval asked of hosts.
     pub keepalive_secs: u64,
     /// Silence after which a host is dropped.
@@ -279,6 +285,7 @@ impl Default for SupernodeConfig {
             probe_period_ms: 1000,
             index: Default::default(),
             cluster: Default::default(),
+            revocation: Default::default(),
             keepalive_secs: p.keepalive_secs,
             idle_timeout_secs: p.idle_timeout_secs,
             hosts_max: p.hosts_max,
@@ -429,6 +436,12 @@ impl Config {
         }
         if !(1..=4096).contains(&self.supernode.cluster.pending_per_peer_max) {
             return bad("supernode.cluster.pending_per_peer_max", "must be between 1 and 4096");
+        }
+        if !(1..=86_400).contains(&self.supernode.revocation.fetch_interval_secs) {
+            return bad("supernode.revocation.fetch_interval_secs", "must be between 1 and 86400");
+        }
+        if !(50..=60_000).contains(&self.supernode.revocation.gossip_interval_ms) {
+            return bad("supernode.revocation.gossip_interval_ms", "must be between 50 and 60000");
         }
         if self.supernode.index.repair_bytes_per_answer_max < 4096 {
             return bad("supernode.index.repair_bytes_per_answer_max", "must be at least 4096");

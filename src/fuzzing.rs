@@ -658,6 +658,13 @@ fn cluster_packet(key: &ClusterKey, packet: &[u8]) {
         Channel::Gossip => {
             let _ = membership().handle_data(&payload);
         }
+        Channel::Revocation => {
+            if let Some(crate::cluster::revocation::Spread::List(l)) =
+                round_trip("revocation_spread", &payload, |b| crate::cluster::revocation::Spread::decode(b).ok_or(()), |m| m.encode())
+            {
+                let _ = crate::crypto::RevocationList::decode(&l).map(|list| list.verify(trusted()));
+            }
+        }
         Channel::Hello => {}
     }
 }
@@ -669,7 +676,12 @@ fn cluster_payload(data: &[u8]) {
         Some((c, p)) => (u64::from_be_bytes(*c), p),
         None => (0, rest),
     };
-    let channel = if which & 1 == 0 { Channel::Gossip } else { Channel::Index };
+    // 0xff (new, so earlier seeds keep their meaning): the revocation channel.
+    let channel = match which {
+        0xff => Channel::Revocation,
+        w if w & 1 == 0 => Channel::Gossip,
+        _ => Channel::Index,
+    };
     let header = Header { channel, sender: CLUSTER_PEER, counter };
     let sealed = PairKey::new(&CLUSTER_PAIR, CLUSTER_PEER, CLUSTER_ME).seal(header, payload);
     let mine = PairKey::new(&CLUSTER_PAIR, CLUSTER_ME, CLUSTER_PEER);

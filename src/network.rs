@@ -28,7 +28,16 @@ pub fn login_service(cfg: &config::LoginServerConfig) -> anyhow::Result<LoginSer
         latest_version: cfg.latest_version.clone(),
         throttle: cfg.throttle.clone(),
     };
-    Ok(LoginService::new(key, store, policy))
+    let mut previous = Vec::new();
+    for (i, p) in cfg.previous_keys.iter().enumerate() {
+        let path = config::path(p);
+        previous.push(
+            crate::crypto::PrivateKey::read_pem_file(&path)
+                .with_context(|| format!("login_server.previous_keys[{i}]: {}", path.display()))?
+                .with_backend(cfg.rsa_backend),
+        );
+    }
+    Ok(LoginService::new(key, store, policy).with_previous_keys(previous))
 }
 
 /// Loads trusted login keys.
@@ -75,7 +84,9 @@ pub fn node_identity(n: &config::NodeConfig, trusted: &TrustedKeys, i: usize) ->
     if cred.subject != n.name {
         anyhow::bail!("supernode.nodes[{i}].name: {:?} but the credential is for {:?}", n.name, cred.subject);
     }
-    Ok(Identity::new(n.name.clone(), key, cred, trusted.clone()))
+    // Each node honours the revocation lists it verified itself, even beside others in
+    // one process.
+    Ok(Identity::new(n.name.clone(), key, cred, trusted.with_own_revocations()))
 }
 
 /// Binds every node of the configuration; each announces the others and the static peers.
@@ -109,6 +120,7 @@ pub async fn start_supernodes(
                     limits: cfg.cluster.clone(),
                     probe_period: std::time::Duration::from_millis(cfg.probe_period_ms),
                     index: cfg.index.clone(),
+                    revocation: cfg.revocation.clone(),
                 }),
                 _ => None,
             },

@@ -31,6 +31,8 @@ pub struct AgentSpec {
     pub probe_period: Duration,
     /// Expected cluster size (tunes dissemination).
     pub cluster_size_hint: u32,
+    /// How often this node tells a random member its revocation list's version.
+    pub revocation_gossip: Duration,
 }
 
 /// The live members as one node sees them (itself included), sorted by gossip address:
@@ -115,9 +117,86 @@ struct Agent {
     shutdown: CancellationToken,
     crash: CancellationToken,
     index: Option<tokio::sync::mpsc::Sender<IndexPacket>>,
+    /// The trusted keys and revocation list this node honours (shared with its other parts).
+    trusted: crate::crypto::TrustedKeys,
+    /// The revocation list version the peers and the view were last checked against.
+    revocations_seen: u64,
+    spreader: super::revocation::Spreader,
+    revocation_gossip: Duration,
 }
 
 impl Agent {
+    /// After a newer revocation list was adopted (here, or by another part of the node):
+    /// forgets the revoked peers, so they leave the view and their packets are refused.
+    fn check_revocations(&mut self) {
+        let version = self.trusted.revoked().version();
+        if version == self.revocations_seen {
+            return;
+        }
+        self.revocations_seen = version;
+        let dropped = lock(&self.peers).drop_revoked();
+        for name in &dropped {
+            tracing::warn!(node = %self.name, member = %name, version, "cluster member's credential is revoked: dropped");
+        }
+        counter!("confab_cluster_members_revoked_total", "node" => self.name.clone()).increment(dropped.len() as u64);
+        self.publish();
+    }
+
+    /// Tells one random member this node's revocation list version.
+    fn spread_revocations(&mut self) {
+        self.check_revocations();
+        let mine = self.trusted.revoked().version();
+        if mine == 0 {
+            return;
+        }
+        let me = lock(&self.peers).me();
+        let others: Vec<Member> =
+            self.view.borrow().members.iter().filter(|m| m.node.is_some_and(|n| n != me)).cloned().collect();
+        if others.is_empty() {
+            return;
+        }
+        let to = &others[(crate::crypto::random::u64() % others.len() as u64) as usize];
+        self.send_revocation(to.gossip, to.node, &super::revocation::Spread::Have(mine));
+    }
+
+    fn send_revocation(&self, to: SocketAddr, node: Option<[u8; 8]>, m: &super::revocation::Spread) {
+        let out = lock(&self.peers).send(to, node, Channel::Revocation, &m.encode(), super::now_ms());
+        for (to, d) in out {
+            let _ = self.socket.try_send_to(&d, to);
+        }
+    }
+
+    /// A revocation packet from an authenticated member.
+    fn on_revocation(&mut self, from: SocketAddr, sender: [u8; 8], payload: &[u8]) {
+        use super::revocation::Spread;
+        match Spread::decode(payload) {
+            None => reject::count(&self.name, &mut self.log, from, Reject::BadRevocationList),
+            Some(Spread::Have(theirs)) => {
+                let revoked = self.trusted.revoked();
+                let answer =
+                    self.spreader.on_have(sender, theirs, revoked.version(), revoked.encoded(), super::now_ms());
+                if let Some(a) = answer {
+                    self.send_revocation(from, Some(sender), &a);
+                }
+            }
+            Some(Spread::List(bytes)) => {
+                let outcome = match self.trusted.adopt_revocations(&bytes) {
+                    Ok(list) => {
+                        super::revocation::record(&self.name, "gossip", "adopted", list.version);
+                        self.check_revocations();
+                        return;
+                    }
+                    Err(crate::crypto::revocation::RevocationError::NotNewer { .. }) => "not_newer",
+                    Err(e) => {
+                        reject::count(&self.name, &mut self.log, from, Reject::BadRevocationList);
+                        e.label()
+                    }
+                };
+                super::revocation::record(&self.name, "gossip", outcome, 0);
+            }
+        }
+    }
+
     fn apply(&mut self, out: Vec<Output>, ctx: &mut Context<Self>) {
         let mut changed = false;
         for o in out {
@@ -199,7 +278,10 @@ impl Actor for Agent {
         let name = self.name.clone();
         actix_rt::spawn(async move {
             // Room for the largest index request plus the seal, or a hello.
-            let len = (crate::index::rpc::RPC_LEN_MAX + super::gossip::OVERHEAD).max(super::gossip::HELLO_LEN) + 64;
+            let len = (crate::index::rpc::RPC_LEN_MAX + super::gossip::OVERHEAD)
+                .max(super::gossip::HELLO_LEN)
+                .max(super::revocation::Spread::LEN_MAX + super::gossip::OVERHEAD)
+                + 64;
             let mut buf = vec![0u8; len];
             let graceful = loop {
                 let (n, from) = tokio::select! {
@@ -223,6 +305,7 @@ impl Actor for Agent {
             // A lost hello or answer: ask again.
             act.ask_certificates();
         });
+        ctx.run_interval(self.revocation_gossip, |act, _| act.spread_revocations());
         self.publish();
     }
 }
@@ -234,6 +317,7 @@ impl Handler<Datagram> for Agent {
         let Datagram(bytes, from) = msg;
         let received = lock(&self.peers).receive(from, &bytes, super::now_ms());
         match received {
+            Received::Data(a) if a.channel == Channel::Revocation => self.on_revocation(from, a.sender, &a.payload),
             Received::Data(a) if a.channel == Channel::Index => {
                 let packet = IndexPacket { from, sender: crate::crypto::KeyId(a.sender), payload: a.payload };
                 let delivered = self.index.as_ref().is_some_and(|tx| tx.try_send(packet).is_ok());
@@ -320,6 +404,7 @@ pub fn start(
     let config = membership::config(spec.cluster_size_hint, spec.probe_period);
     let (tx, rx) = watch::channel(Arc::new(View::default()));
     let socket = Arc::new(socket);
+    let trusted = spec.peers.trusted().clone();
     let peers = Arc::new(Mutex::new(spec.peers));
     let sender = ClusterSender { socket: socket.clone(), peers: peers.clone() };
     Agent {
@@ -333,6 +418,10 @@ pub fn start(
         shutdown,
         crash,
         index,
+        trusted,
+        revocations_seen: 0,
+        spreader: super::revocation::Spreader::new(spec.revocation_gossip.as_millis() as u64),
+        revocation_gossip: spec.revocation_gossip,
     }
     .start();
     AgentHandle { addr, view: rx, sender }

@@ -2,7 +2,7 @@
 //! hellos that exchange cluster certificates, told apart by their magic.
 //!
 //! ```text
-//! data  = magic (4: "CFG2" gossip, "CFI2" index) ‖ sender (8) ‖ counter (8) ‖
+//! data  = magic (4: "CFG2" gossip, "CFI2" index, "CFR2" revocation list) ‖ sender (8) ‖ counter (8) ‖
 //!         ChaCha20-Poly1305(direction key, nonce = 0⁴ ‖ counter, aad = magic ‖ sender ‖ counter, payload)
 //! hello = "CFH2" ‖ nonce (24) ‖ XChaCha20-Poly1305(cluster key, nonce, aad = magic, body),
 //!         always HELLO_LEN bytes
@@ -32,6 +32,8 @@ pub enum Channel {
     Index,
     /// A certificate exchange.
     Hello,
+    /// The revocation list, spread between members (see [`super::revocation`]).
+    Revocation,
 }
 
 impl Channel {
@@ -40,12 +42,13 @@ impl Channel {
             Self::Gossip => b"CFG2",
             Self::Index => b"CFI2",
             Self::Hello => b"CFH2",
+            Self::Revocation => b"CFR2",
         }
     }
 
     /// The channel of a packet, by its magic.
     pub fn of(packet: &[u8]) -> Option<Self> {
-        [Self::Gossip, Self::Index, Self::Hello].into_iter().find(|c| packet.get(..4) == Some(&c.magic()[..]))
+        [Self::Gossip, Self::Index, Self::Hello, Self::Revocation].into_iter().find(|c| packet.get(..4) == Some(&c.magic()[..]))
     }
 }
 

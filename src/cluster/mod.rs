@@ -7,6 +7,7 @@
 //! - [`peers`] — the authenticated members, as a plain state machine.
 //! - [`reject`] — why a packet was dropped.
 //! - [`membership`] — SWIM (the foca crate) as a plain state machine.
+//! - [`revocation`] — spreading the revocation list between members.
 
 pub mod cert;
 pub mod gossip;
@@ -15,6 +16,7 @@ pub mod membership;
 pub mod peers;
 pub mod reject;
 pub mod replay;
+pub mod revocation;
 
 pub use member::Member;
 pub use membership::Membership;

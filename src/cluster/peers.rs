@@ -211,6 +211,9 @@ impl Peers {
 
     fn open_data(&mut self, from: SocketAddr, packet: &[u8]) -> Result<Accepted, Reject> {
         let h = Header::parse(packet).map_err(|_| Reject::Malformed)?;
+        if self.is_revoked(h.sender) {
+            return Err(Reject::Revoked);
+        }
         let peer = self.by_id.get_mut(&h.sender).ok_or(Reject::UnknownSender)?;
         let (_, payload) = peer.pair.open(packet).map_err(|_| Reject::BadMac)?;
         peer.window.check(h.counter).map_err(|_| Reject::Replayed)?;
@@ -262,7 +265,10 @@ impl Peers {
                 return Err(Reject::StaleCertificate);
             }
         }
-        cert.verify(&self.trusted, now_ms / 1000).map_err(|_| Reject::BadCertificate)?;
+        cert.verify(&self.trusted, now_ms / 1000).map_err(|e| match e {
+            super::cert::CertError::Credential(crate::crypto::CredentialError::Revoked(_)) => Reject::Revoked,
+            _ => Reject::BadCertificate,
+        })?;
         let pair = self
             .secret
             .pair_key(self.me, id, &cert.static_key, self.key.pair_salt())
@@ -307,6 +313,31 @@ impl Peers {
             Some(id) => self.by_id.get(&id).is_some_and(|p| p.cert.vouches_for(m)),
             None => false,
         }
+    }
+
+    /// The trusted login keys and the revocation list this node honours.
+    pub fn trusted(&self) -> &TrustedKeys {
+        &self.trusted
+    }
+
+    fn is_revoked(&self, id: [u8; 8]) -> bool {
+        self.trusted.revoked().contains(crate::crypto::CredentialKind::SuperNode, crate::crypto::KeyId(id))
+    }
+
+    /// Forgets every peer whose credential is now revoked (after a newer list was
+    /// adopted): its packets are refused from here on, and its hellos too. Returns the
+    /// names of those forgotten.
+    pub fn drop_revoked(&mut self) -> Vec<String> {
+        let gone: Vec<[u8; 8]> = self.by_id.keys().copied().filter(|id| self.is_revoked(*id)).collect();
+        let mut names = Vec::new();
+        for id in gone {
+            if let Some(p) = self.by_id.remove(&id) {
+                self.by_addr.remove(&p.cert.gossip);
+                self.pending.remove(&p.cert.gossip);
+                names.push(p.cert.credential.subject.clone());
+            }
+        }
+        names
     }
 
     /// The certified gossip address of node `id`.

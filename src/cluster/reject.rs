@@ -27,6 +27,10 @@ pub enum Reject {
     WrongIdentity,
     /// An index request from a node that is not a member of the current view.
     NotMember,
+    /// From a node whose credential is on the revocation list (a packet, or a hello).
+    Revoked,
+    /// A revocation-list packet that does not decode, or a list that was refused.
+    BadRevocationList,
 }
 
 impl Reject {
@@ -43,6 +47,8 @@ impl Reject {
             Self::StaleCertificate => "stale_certificate",
             Self::WrongIdentity => "wrong_identity",
             Self::NotMember => "not_member",
+            Self::Revoked => "revoked",
+            Self::BadRevocationList => "bad_revocation_list",
         }
     }
 }

@@ -5,6 +5,7 @@ mod daemon;
 pub(crate) mod term;
 mod host;
 mod keygen;
+mod revoke;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,8 @@ enum Command {
     Keygen(keygen::Command),
     /// A host: register, log in.
     Host(host::Args),
+    /// Revoke a super node's (or a host's) credential: run on the login server's machine.
+    Revoke(revoke::Args),
 }
 
 /// Runs the command; errors become one line on standard error and exit code 1.
@@ -74,6 +77,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Supernode(a) => daemon::supernode(a, config).await,
             Command::Keygen(c) => keygen::run(c),
             Command::Host(a) => host::run(a, config).await,
+            Command::Revoke(a) => revoke::run(a, config),
         }
     });
     match result {

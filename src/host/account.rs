@@ -254,6 +254,15 @@ pub async fn login(
     if &credential.public_key != key.public() || !credential.subject.eq_ignore_ascii_case(username) {
         return Err(AccountError::Protocol { addr, what: "credential is for another user or key".into() });
     }
+    // The revocations, before a super node is picked: a revoked one is refused in its
+    // handshake. A list that is not newer than ours, or does not verify, changes nothing.
+    if !r.revocations.is_empty() {
+        match servers.trusted.adopt_revocations(&r.revocations) {
+            Ok(list) => tracing::info!(version = list.version, entries = list.entries.len(), "revocation list adopted"),
+            Err(crate::crypto::revocation::RevocationError::NotNewer { .. }) => {}
+            Err(e) => tracing::warn!(%addr, error = %e, "the login server's revocation list was refused"),
+        }
+    }
     Ok(LoggedIn { server: addr, credential, latest_version: r.latest_version })
 }
 

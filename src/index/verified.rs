@@ -5,7 +5,8 @@
 //!
 //! An entry that verified once keeps verifying: its credential is judged at the entry's
 //! own timestamp, and the only check against the clock ("not from the future") only gets
-//! easier. (Revoking a credential must clear this cache.)
+//! easier. Revoking a credential is the exception: the index router clears this cache
+//! whenever its node adopts a newer revocation list.
 
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;

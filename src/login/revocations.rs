@@ -131,6 +131,47 @@ fn read_version(conn: &rusqlite::Connection) -> Result<u64, StoreError> {
     }
 }
 
+/// Resolves what an operator typed: a credential file, a key id (16 hex digits, of
+/// `kind`), or the name of a super node of `supernode.nodes` (its credential file).
+pub fn resolve(
+    target: &str,
+    kind: CredentialKind,
+    subject: &str,
+    cfg: &crate::config::Config,
+) -> anyhow::Result<Target> {
+    use anyhow::Context;
+    let path = std::path::Path::new(target);
+    if path.is_file() {
+        return Ok(Target::Credential(crate::keygen::read_credential(path)?));
+    }
+    if let Some(key) = parse_key_id(target) {
+        return Ok(Target::Key { key, kind, subject: subject.to_owned() });
+    }
+    if let Some((i, n)) = cfg.supernode.nodes.iter().enumerate().find(|(_, n)| n.name == target) {
+        let p = crate::config::path(&n.credential);
+        return Ok(Target::Credential(
+            crate::keygen::read_credential(&p).with_context(|| format!("supernode.nodes[{i}].credential"))?,
+        ));
+    }
+    anyhow::bail!("{target:?} is neither a credential file, a key id (16 hex digits), nor a super node of supernode.nodes")
+}
+
+/// Records the revocation of `target` in the login server's database at `now`: the
+/// running login server signs and serves the new list at its next request. Returns the
+/// entry and the list's new version.
+pub fn revoke(
+    cfg: &crate::config::LoginServerConfig,
+    target: &Target,
+    now: u64,
+) -> anyhow::Result<(Revocation, u64)> {
+    use anyhow::Context;
+    let db = crate::config::path(&cfg.database);
+    let store = AccountStore::open(&db).with_context(|| format!("login_server.database: {}", db.display()))?;
+    let entry = target.entry(now);
+    let version = store.revoke(&entry, now).context("recording the revocation")?;
+    Ok((entry, version))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -115,6 +115,8 @@ pub struct IndexRouter {
     directory: Option<super::directory::DirectoryClient>,
     /// Entries verified lately, by digest: repair and republished entries skip the RSA.
     verified: VerifiedCache,
+    /// The revocation list version `verified` was filled under.
+    verified_revocations: u64,
     /// Store verifications running on the blocking pool, per sender and in all.
     verifying: Arc<Held<NodeId>>,
     verify_pool: Arc<tokio::sync::Semaphore>,
@@ -190,6 +192,7 @@ impl IndexRouter {
             log: LogOnce::default(),
             directory: None,
             verified: VerifiedCache::default(),
+            verified_revocations: 0,
             verifying: Held::new(VERIFY_PER_SENDER_MAX),
             verify_pool: Arc::new(tokio::sync::Semaphore::new(VERIFY_IN_FLIGHT_MAX)),
             gained: HashSet::new(),
@@ -252,6 +255,12 @@ impl IndexRouter {
     /// it was, `Ok(Err((entry, digest)))` when it still needs its RSA checks.
     fn decode_cached(&mut self, bytes: &[u8]) -> Result<Result<Entry, (Entry, [u8; 32])>, String> {
         let e = Entry::decode(bytes).map_err(|e| e.to_string())?;
+        // A newer revocation list may refuse what verified before: start over.
+        let revocations = self.trusted.revoked().version();
+        if revocations != self.verified_revocations {
+            self.verified.clear();
+            self.verified_revocations = revocations;
+        }
         let digest = VerifiedCache::digest(bytes);
         if self.verified.contains(&digest) {
             self.checked("cached");

@@ -19,6 +19,7 @@ pub mod mailbox;
 pub mod metrics;
 pub mod node;
 pub mod relay_session;
+pub mod revocation;
 pub mod session;
 
 pub use handshake::Identity;

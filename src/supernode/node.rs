@@ -73,6 +73,8 @@ pub struct ClusterSpec {
     pub probe_period: Duration,
     /// The Global Index this node takes part in.
     pub index: super::index_router::IndexConfig,
+    /// Fetching and spreading the revocation list.
+    pub revocation: super::revocation::RevocationConfig,
 }
 
 /// Everything needed to start one super node.
@@ -137,6 +139,8 @@ pub struct NodeShared {
     pub mailboxes: super::mailbox::Mailboxes,
     /// The call relay, when this node has one.
     pub relay: Option<RelayPlane>,
+    /// Wakes the revocation-list fetch task, when the node has one.
+    pub revocations: Option<super::revocation::FetchNow>,
     by_peer: DashMap<SocketAddr, PeerEntry>,
     sessions: DashMap<u32, (SocketAddr, Addr<HostSession>)>,
     rsa_jobs: Arc<PerSource>,
@@ -461,6 +465,7 @@ impl BoundNode {
             Some((w, p)) => (Some(w), Some(p)),
             None => (None, None),
         };
+        let mut revocations = None;
         let (view, index) = match (self.spec.cluster, self.gossip) {
             (Some(c), Some((socket, gossip))) => {
                 let me = crate::cluster::Member {
@@ -486,8 +491,26 @@ impl BoundNode {
                     crate::cluster::now_ms(),
                 )
                 .expect("a credential of at most CREDENTIAL_LEN_MAX fits in a hello");
-                let spec =
-                    crate::cluster::AgentSpec { me, seeds, peers, probe_period: c.probe_period, cluster_size_hint: 32 };
+                let spec = crate::cluster::AgentSpec {
+                    me,
+                    seeds,
+                    peers,
+                    probe_period: c.probe_period,
+                    cluster_size_hint: 32,
+                    revocation_gossip: Duration::from_millis(c.revocation.gossip_interval_ms),
+                };
+                let servers = match &c.revocation.login_servers {
+                    s if s.is_empty() => c.index.directory.clone(),
+                    s => s.clone(),
+                };
+                if !servers.is_empty() {
+                    revocations = Some(super::revocation::start(
+                        self.spec.identity.clone(),
+                        servers,
+                        Duration::from_secs(c.revocation.fetch_interval_secs),
+                        shutdown.clone(),
+                    ));
+                }
                 let (tx, rx) = tokio::sync::mpsc::channel(4096);
                 let agent = crate::cluster::agent::start(spec, socket, shutdown.clone(), crash.clone(), Some(tx));
                 let router = super::index_router::IndexRouter::new(
@@ -515,6 +538,7 @@ impl BoundNode {
             index,
             mailboxes,
             relay: relay_plane,
+            revocations,
             by_peer: DashMap::new(),
             sessions: DashMap::new(),
             rsa_jobs,
