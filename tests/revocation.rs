@@ -92,3 +92,137 @@ async fn a_revoked_super_node_is_dropped_by_every_member_and_refused_by_hosts() 
     eprintln!("revocation: sn1 and sn2 dropped sn3 {dropped_in:?} after sn1 was asked to fetch");
     net.net.stop().await;
 }
+
+/// A login-key rotation in progress: the super nodes hold credentials from K1
+/// (login-0); the login server signs with K2 (login-1) and keeps K1 as a previous key;
+/// hosts and super nodes trust both. Hosts that still wrap their envelope for K1 log in
+/// (with K2 credentials) and call each other. Once K1 leaves a host's trust list, the
+/// super nodes' K1 credentials are refused.
+#[actix_rt::test]
+async fn login_key_rotation_keeps_the_network_working_and_k1_is_refused_once_untrusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for stem in ["login-0", "login-1"] {
+        for ext in ["key.pem", "pub.pem"] {
+            std::fs::copy(common::fixtures().join(format!("{stem}.{ext}")), data.join(format!("{stem}.{ext}")))
+                .unwrap();
+        }
+    }
+    let (k1, k2) = (common::key("login-0"), common::key("login-1"));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+
+    // The login server: K2 current, K1 previous, as its configuration says.
+    let mut cfg = confab::config::Config::default();
+    cfg.login_server.key = data.join("login-1.key.pem").into();
+    cfg.login_server.previous_keys = vec![data.join("login-0.key.pem").into()];
+    cfg.login_server.database = data.join("accounts.sqlite").into();
+    cfg.login_server.throttle = confab::login::guard::ThrottlePolicy::one_source_load();
+    let service = std::sync::Arc::new(confab::network::login_service(&cfg.login_server).unwrap());
+    assert_eq!(service.public_key(), k2.public());
+    let login = confab::login::LoginServer::bind(
+        service,
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        cfg.login_server.connection_limits(),
+    )
+    .await
+    .unwrap();
+    let login_addr = login.addr();
+    let running_login = actix_rt::spawn(login.run(shutdown.clone()));
+
+    // Two super nodes with K1 credentials, trusting both keys.
+    let sn = &mut cfg.supernode;
+    sn.trusted_login_keys = vec![data.join("login-0.pub.pem").into(), data.join("login-1.pub.pem").into()];
+    sn.handshakes_per_source_max = 64;
+    sn.probe_period_ms = 300;
+    sn.index.directory = vec![login_addr];
+    let secret = data.join("cluster.secret");
+    confab::keygen::generate_cluster_secret(&secret).unwrap();
+    sn.cluster_secret = Some(secret.into());
+    for i in 0..2 {
+        let name = format!("sn{}", i + 1);
+        let key = common::key(&format!("supernode-{i}"));
+        std::fs::copy(common::fixtures().join(format!("supernode-{i}.key.pem")), data.join(format!("{name}.key.pem")))
+            .unwrap();
+        let cred = confab::keygen::certify_supernode(&k1, &name, key.public(), 30, confab::unix_now());
+        confab::keygen::write_credential(&data.join(format!("{name}.cred")), &cred).unwrap();
+        sn.nodes.push(confab::config::NodeConfig {
+            name: name.clone(),
+            key: data.join(format!("{name}.key.pem")).into(),
+            credential: data.join(format!("{name}.cred")).into(),
+            udp: "127.0.0.1:0".parse().unwrap(),
+            tcp: "127.0.0.1:0".parse().unwrap(),
+            probe_udp: None,
+            fallback_tcp: vec![],
+            public_ip: None,
+            gossip: Some("127.0.0.1:0".parse().unwrap()),
+            relay: None,
+        });
+    }
+    let nodes = confab::network::start_supernodes(&cfg.supernode, &shutdown).await.unwrap();
+    common::wait_for("the two super nodes see each other", Duration::from_secs(20), async || {
+        nodes.iter().all(|n| n.shared.members().len() == 2)
+    })
+    .await;
+
+    // Hosts trusting K1 first: their envelopes are wrapped for K1, which the server still opens.
+    let settings = |keys: Vec<confab::crypto::PublicKey>, first: usize| confab::host::HostSettings {
+        login_servers: vec![login_addr],
+        trusted: confab::crypto::TrustedKeys::new(keys),
+        ladder: confab::host::ladder::LadderConfig {
+            bootstrap: nodes.iter().cycle().skip(first).take(2).map(|n| n.addrs.udp).collect(),
+            fallback_ports: vec![],
+            ..Default::default()
+        },
+        timeouts: confab::host::connect::Timeouts { step: Duration::from_millis(500), budget: Duration::from_secs(20) },
+        login_timeout: Duration::from_secs(10),
+        presence_refresh: Duration::from_secs(300),
+    };
+    let both = vec![k1.public().clone(), k2.public().clone()];
+    let home = |name: &str, k: &str| {
+        let d = dir.path().join("homes").join(name);
+        let h = confab::host::home::Home::open(&d).unwrap();
+        std::fs::copy(common::fixtures().join(format!("{k}.key.pem")), d.join("host.key.pem")).unwrap();
+        h
+    };
+    let (alice_home, bob_home) = (home("alice", "host-0"), home("bob", "host-1"));
+    let (sa, sb) = (settings(both.clone(), 0), settings(both.clone(), 1));
+    confab::host::register(&sa, &alice_home, "alice", PW).await.unwrap();
+    confab::host::register(&sb, &bob_home, "bob", PW).await.unwrap();
+    // The credential comes from K2, for an envelope wrapped for K1.
+    let servers = confab::host::account::LoginServers {
+        addrs: vec![login_addr],
+        trusted: confab::crypto::TrustedKeys::new(both.clone()),
+        timeout: Duration::from_secs(10),
+    };
+    let keys = confab::crypto::password::derive("alice", PW);
+    let li = confab::host::account::login(&servers, "alice", &keys.shared, &common::key("host-0"), "").await.unwrap();
+    assert_eq!(li.credential.issuer, k2.public().id());
+
+    let mut alice = confab::host::login(&sa, &alice_home, "alice", PW).await.unwrap();
+    let mut bob = confab::host::login(&sb, &bob_home, "bob", PW).await.unwrap();
+    assert_ne!(alice.report.supernode, bob.report.supernode, "the call crosses super nodes");
+    let call = alice.call("bob").await.unwrap();
+    common::expect_event(&mut bob, Duration::from_secs(5), "bob's phone rings", |e| {
+        matches!(e, confab::host::buddies::Event::Call { state: confab::host::calls::CallState::Ringing, .. })
+    })
+    .await;
+    alice.end_call(call).await;
+
+    // K1 leaves a host's trust list: the super nodes' K1 credentials are refused.
+    let s2 = settings(vec![k2.public().clone()], 0);
+    let carol_home = home("carol", "host-2");
+    confab::host::register(&s2, &carol_home, "carol", PW).await.unwrap();
+    let e = match confab::host::login(&s2, &carol_home, "carol", PW).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a host that trusts only K2 logged in through a super node certified by K1"),
+    };
+    assert!(e.contains("untrusted"), "{e}");
+
+    shutdown.cancel();
+    for n in nodes {
+        n.stopped().await;
+    }
+    let _ = running_login.await;
+}

@@ -586,3 +586,75 @@ pub(super) fn too_many(wait: u64, secret: Option<&SessionSecret>) -> Handled {
     }
     h
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::keys::tests::{fixture_key, test_key};
+
+    fn login_request(login_key: &PublicKey, host: &PrivateKey, now: u64) -> Vec<u8> {
+        let body = AccountBody {
+            username: "alice".into(),
+            shared_secret: [7; 32],
+            timestamp: now,
+            client_version: "0.1.0".into(),
+            host_public_key: Vec::new(),
+            last_supernode: String::new(),
+            possession: Vec::new(),
+        };
+        let (envelope, _) = envelope::seal_login(login_key, body, host);
+        EnvelopedRequest { envelope, solution: None }.encode()
+    }
+
+    /// During a rotation the server opens envelopes wrapped for its previous key, but
+    /// signs the credential with its current one; without the previous key it cannot.
+    #[test]
+    fn envelopes_for_a_previous_key_open_and_credentials_come_from_the_current_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AccountStore::open(&dir.path().join("accounts.sqlite")).unwrap();
+        store.create("alice", "alice", SharedSecret([7; 32]).verifier(), 1).unwrap();
+        let (k1, k2, host) = (test_key(0), fixture_key("login-1"), test_key(2));
+        let svc = LoginService::new(k2.clone(), store, LoginPolicy::default()).with_previous_keys([k1.clone()]);
+        let now = crate::unix_now();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let h = svc.handle(now, ip, MessageKind::LoginRequest, &login_request(k1.public(), &host, now));
+        assert_eq!(h.outcome, "login_ok");
+        let Reply::Sealed { body, .. } = h.reply else { panic!("sealed reply expected") };
+        let cred = Credential::decode(&LoginReply::decode(&body).unwrap().credential).unwrap();
+        assert_eq!(cred.issuer, k2.public().id());
+        cred.verify(svc.trusted(), CredentialKind::Host, now).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = AccountStore::open(&dir.path().join("accounts.sqlite")).unwrap();
+        let without = LoginService::new(k2, store, LoginPolicy::default());
+        let h = without.handle(now, ip, MessageKind::LoginRequest, &login_request(k1.public(), &host, now));
+        assert_eq!(h.outcome, "bad_envelope");
+    }
+
+    /// A revoked host key gets no credential; the list rides in every LoginReply.
+    #[test]
+    fn a_revoked_host_key_is_refused_and_hosts_get_the_list_at_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AccountStore::open(&dir.path().join("accounts.sqlite")).unwrap();
+        store.create("alice", "alice", SharedSecret([7; 32]).verifier(), 1).unwrap();
+        let (k1, host, other) = (test_key(0), test_key(2), test_key(1));
+        let now = crate::unix_now();
+        let revoke = |key: &PrivateKey| crate::crypto::revocation::Revocation {
+            key: key.public().id(),
+            kind: CredentialKind::Host,
+            subject: "alice".into(),
+            expires_at: now + 60,
+        };
+        let version = store.revoke(&revoke(&other), now).unwrap();
+        let svc = LoginService::new(k1.clone(), store, LoginPolicy::default());
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let h = svc.handle(now, ip, MessageKind::LoginRequest, &login_request(k1.public(), &host, now));
+        let Reply::Sealed { body, .. } = h.reply else { panic!("sealed reply expected") };
+        let reply = LoginReply::decode(&body).unwrap();
+        let t = TrustedKeys::new(vec![k1.public().clone()]);
+        assert_eq!(t.adopt_revocations(&reply.revocations).unwrap().version, version);
+        svc.store().revoke(&revoke(&host), now).unwrap();
+        let h = svc.handle(now, ip, MessageKind::LoginRequest, &login_request(k1.public(), &host, now));
+        assert_eq!(h.outcome, "revoked");
+    }
+}
