@@ -31,6 +31,16 @@ async fn a_revoked_super_node_is_dropped_by_every_member_and_refused_by_hosts() 
         [0, 1].map(|i| metric_sum(&m, "confab_cluster_packets_rejected_total", &[&node(i), "reason=\"revoked\""]));
     assert_eq!(metric_sum(&m, lists, &[&node(1)]), 0.0, "no list anywhere yet");
 
+    // Bob is connected to sn3 before it is revoked; his host checks the list at each
+    // presence refresh (every second here).
+    let mut sb = t.settings();
+    sb.ladder.bootstrap = t.net.info.supernodes.iter().rev().map(|n| n.udp).collect();
+    sb.presence_refresh = Duration::from_secs(1);
+    let bob_home = t.home("bob");
+    confab::host::register(&sb, &bob_home, "bob", PW).await.unwrap();
+    let mut bob = confab::host::login(&sb, &bob_home, "bob", PW).await.unwrap();
+    assert_eq!(bob.report.supernode, "sn3");
+
     // The operator's command, as `confab revoke sn3.cred` runs it on the login server.
     let mut cfg = confab::config::Config::default();
     cfg.login_server.database = t.net.info.data.join("accounts.sqlite").into();
@@ -64,6 +74,14 @@ async fn a_revoked_super_node_is_dropped_by_every_member_and_refused_by_hosts() 
     })
     .await;
 
+    // Bob's host learns it from the login server and leaves sn3 for another super node.
+    let left = common::expect_event(&mut bob, Duration::from_secs(10), "bob leaves sn3", |e| {
+        matches!(e, confab::host::buddies::Event::Reconnected { supernode } if supernode != "sn3")
+    })
+    .await;
+    assert_ne!(bob.report.supernode, "sn3");
+    assert_eq!(sb.trusted.revoked().version(), version);
+
     // A host whose first bootstrap node is sn3 refuses it and logs in through another.
     let mut s = t.settings();
     s.ladder.bootstrap = t.net.info.supernodes.iter().rev().map(|n| n.udp).collect();
@@ -89,7 +107,8 @@ async fn a_revoked_super_node_is_dropped_by_every_member_and_refused_by_hosts() 
     .await;
     let nodes = net.net.nodes();
     assert!(nodes[..2].iter().all(|n| n.members().iter().all(|m| m.node != Some(sn3.0))), "sn3 came back");
-    eprintln!("revocation: sn1 and sn2 dropped sn3 {dropped_in:?} after sn1 was asked to fetch");
+    eprintln!("revocation: sn1 and sn2 dropped sn3 {dropped_in:?} after sn1 was asked to fetch; bob left it {left:?} later");
+    drop(bob);
     net.net.stop().await;
 }
 

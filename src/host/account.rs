@@ -288,6 +288,55 @@ pub async fn buddy(
     BuddyAnswer::decode(&reply).ok_or_else(|| AccountError::Protocol { addr, what: "malformed buddy answer".into() })
 }
 
+/// Asks the login servers for a revocation list newer than the one `servers.trusted`
+/// holds (signed with our credential's `key`) and adopts it; returns the version adopted.
+pub async fn refresh_revocations(servers: &LoginServers, credential: &Credential, key: &PrivateKey) -> Option<u64> {
+    for &addr in &servers.addrs {
+        let have = servers.trusted.revoked().version();
+        let (c, k) = (credential.encode(), key.clone());
+        // RSA signing: off the event loop.
+        let query = tokio::task::spawn_blocking(move || {
+            let mut q = crate::wire::message::RevocationQuery {
+                have,
+                timestamp: crate::unix_now(),
+                credential: c,
+                signature: Vec::new(),
+            };
+            q.signature = k.sign_pss(&q.signed_message(addr));
+            frame::encode_plain(addr, MessageKind::RevocationQuery, 0, &q.encode())
+        })
+        .await
+        .ok()?;
+        let answer = tokio::time::timeout(servers.timeout, async {
+            let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+            tcp::write_frame(&mut s, &query).await.ok()?;
+            tcp::read_frame(&mut s).await.ok()?
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some(bytes) = answer else { continue };
+        let Ok(raw) = frame::decode(addr, &bytes) else { continue };
+        if raw.header.kind != MessageKind::RevocationReply {
+            continue;
+        }
+        if raw.payload.is_empty() {
+            return None;
+        }
+        return match servers.trusted.adopt_revocations(raw.payload) {
+            Ok(list) => {
+                tracing::info!(version = list.version, entries = list.entries.len(), "revocation list adopted");
+                Some(list.version)
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "the login server's revocation list was refused");
+                None
+            }
+        };
+    }
+    None
+}
+
 /// Whether `latest` is a newer dotted version than `current`.
 pub fn is_newer(latest: &str, current: &str) -> bool {
     let parse = |s: &str| -> Vec<u64> { s.split(['.', '-', '+']).map_while(|p| p.parse().ok()).collect() };

@@ -513,6 +513,21 @@ impl Session {
 
     async fn refresh_presence(&mut self) {
         self.refreshed_at = tokio::time::Instant::now();
+        // A revoked super node will not tell us it was revoked: the login server does.
+        if super::account::refresh_revocations(&self.servers, &self.credential, &self.key).await.is_some()
+            && self.trusted.revoked().contains(crate::crypto::CredentialKind::SuperNode, self.supernode_key)
+        {
+            tracing::warn!(supernode = %self.report.supernode, "our super node's credential is revoked; leaving it");
+            match self.reconnect().await {
+                Ok(()) => self.rejoin.failed_at = None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no other super node takes us");
+                    self.rejoin.failed_at = Some(tokio::time::Instant::now());
+                    self.events.push_back(Event::Disconnected);
+                    return;
+                }
+            }
+        }
         if self.status != Status::Invisible {
             let (status, profile) = (self.status, self.profile.clone());
             if let Err(e) = self.publish_index(status, &profile).await {

@@ -155,6 +155,8 @@ pub struct Session {
     relay_tcp: bool,
     /// What connecting to another super node takes.
     rejoin: Rejoin,
+    /// The key id of our super node's credential (left when it is revoked).
+    supernode_key: crate::crypto::KeyId,
 }
 
 /// What [`Session::reconnect`] needs from the login.
@@ -606,6 +608,7 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         }
     };
     let sn_name = connected.session.supernode.subject.clone();
+    let supernode_key = connected.session.supernode.public_key.id();
     let expires = logged_in.credential.expires_at;
     let report = LoginReport {
         user: logged_in.credential.subject.clone(),
@@ -653,6 +656,7 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         relay_only: false,
         relay_tcp: false,
         rejoin: Rejoin { udp, settings: settings.clone(), cache_path: home.cache_path(), failed_at: None },
+        supernode_key,
     };
     // Advertise presence, as the original's login sequence ends. A network without a
     // Global Index (a lone super node) is still a network to be logged in to.
@@ -768,6 +772,7 @@ impl Session {
         r.public_addr = connected.session.welcome.observed;
         r.rtt_ms = connected.rtt.as_secs_f64() * 1000.0;
         r.attempts = log;
+        self.supernode_key = connected.session.supernode.public_key.id();
         self.link = link::LinkHandle::start(connected);
         tracing::info!(supernode = %self.report.supernode, "reconnected");
         let profile = self.profile.clone();
