@@ -659,9 +659,12 @@ fn cluster_packet(key: &ClusterKey, packet: &[u8]) {
             let _ = membership().handle_data(&payload);
         }
         Channel::Revocation => {
-            if let Some(crate::cluster::revocation::Spread::List(l)) =
-                round_trip("revocation_spread", &payload, |b| crate::cluster::revocation::Spread::decode(b).ok_or(()), |m| m.encode())
-            {
+            if let Some(crate::cluster::revocation::Spread::List(l)) = round_trip(
+                "revocation_spread",
+                &payload,
+                |b| crate::cluster::revocation::Spread::decode(b).ok_or(()),
+                |m| m.encode(),
+            ) {
                 let _ = crate::crypto::RevocationList::decode(&l).map(|list| list.verify(trusted()));
             }
         }

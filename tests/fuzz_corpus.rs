@@ -409,7 +409,12 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
         Target::AccountBody,
         vec![account.encode(), AccountBody { host_public_key: Vec::new(), ..account.clone() }.encode()],
     );
-    add(Target::LoginReply, vec![LoginReply { credential: alice.encode(), latest_version: "0.2.0".into(), revocations: Vec::new() }.encode()]);
+    add(
+        Target::LoginReply,
+        vec![
+            LoginReply { credential: alice.encode(), latest_version: "0.2.0".into(), revocations: Vec::new() }.encode(),
+        ],
+    );
     add(Target::PublishAck, vec![PublishAck { code: 0, replicas: 9, detail: String::new() }.encode()]);
     add(Target::Find, vec![find.encode()]);
     add(

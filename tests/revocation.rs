@@ -75,9 +75,12 @@ async fn a_revoked_super_node_is_dropped_by_every_member_and_refused_by_hosts() 
     .await;
 
     // Bob's host learns it from the login server and leaves sn3 for another super node.
-    let left = common::expect_event(&mut bob, Duration::from_secs(10), "bob leaves sn3", |e| {
-        matches!(e, confab::host::buddies::Event::Reconnected { supernode } if supernode != "sn3")
-    })
+    let left = common::expect_event(
+        &mut bob,
+        Duration::from_secs(10),
+        "bob leaves sn3",
+        |e| matches!(e, confab::host::buddies::Event::Reconnected { supernode } if supernode != "sn3"),
+    )
     .await;
     assert_ne!(bob.report.supernode, "sn3");
     assert_eq!(sb.trusted.revoked().version(), version);
@@ -107,7 +110,9 @@ async fn a_revoked_super_node_is_dropped_by_every_member_and_refused_by_hosts() 
     .await;
     let nodes = net.net.nodes();
     assert!(nodes[..2].iter().all(|n| n.members().iter().all(|m| m.node != Some(sn3.0))), "sn3 came back");
-    eprintln!("revocation: sn1 and sn2 dropped sn3 {dropped_in:?} after sn1 was asked to fetch; bob left it {left:?} later");
+    eprintln!(
+        "revocation: sn1 and sn2 dropped sn3 {dropped_in:?} after sn1 was asked to fetch; bob left it {left:?} later"
+    );
     drop(bob);
     net.net.stop().await;
 }

@@ -48,7 +48,9 @@ impl Channel {
 
     /// The channel of a packet, by its magic.
     pub fn of(packet: &[u8]) -> Option<Self> {
-        [Self::Gossip, Self::Index, Self::Hello, Self::Revocation].into_iter().find(|c| packet.get(..4) == Some(&c.magic()[..]))
+        [Self::Gossip, Self::Index, Self::Hello, Self::Revocation]
+            .into_iter()
+            .find(|c| packet.get(..4) == Some(&c.magic()[..]))
     }
 }
 

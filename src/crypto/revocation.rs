@@ -108,7 +108,7 @@ impl RevocationList {
     /// Signs a list of `entries` (sorted, one per key and kind, at most [`ENTRIES_MAX`]:
     /// those expiring soonest are left out past it) with a login key.
     pub fn issue(version: u64, mut entries: Vec<Revocation>, signer: &PrivateKey) -> Self {
-        entries.sort_by(|a, b| (a.key, kind_code(a.kind)).cmp(&(b.key, kind_code(b.kind))));
+        entries.sort_by_key(|e| (e.key, kind_code(e.kind)));
         entries.dedup_by(|a, b| a.key == b.key && a.kind == b.kind);
         if entries.len() > ENTRIES_MAX {
             let mut by_expiry = entries.clone();
@@ -281,7 +281,11 @@ mod tests {
         let login = test_key(0);
         let list = RevocationList::issue(
             10,
-            vec![entry(2, CredentialKind::SuperNode), entry(1, CredentialKind::Host), entry(2, CredentialKind::SuperNode)],
+            vec![
+                entry(2, CredentialKind::SuperNode),
+                entry(1, CredentialKind::Host),
+                entry(2, CredentialKind::SuperNode),
+            ],
             &login,
         );
         assert_eq!(list.entries.len(), 2, "duplicates dropped");

@@ -153,17 +153,15 @@ pub fn resolve(
             crate::keygen::read_credential(&p).with_context(|| format!("supernode.nodes[{i}].credential"))?,
         ));
     }
-    anyhow::bail!("{target:?} is neither a credential file, a key id (16 hex digits), nor a super node of supernode.nodes")
+    anyhow::bail!(
+        "{target:?} is neither a credential file, a key id (16 hex digits), nor a super node of supernode.nodes"
+    )
 }
 
 /// Records the revocation of `target` in the login server's database at `now`: the
 /// running login server signs and serves the new list at its next request. Returns the
 /// entry and the list's new version.
-pub fn revoke(
-    cfg: &crate::config::LoginServerConfig,
-    target: &Target,
-    now: u64,
-) -> anyhow::Result<(Revocation, u64)> {
+pub fn revoke(cfg: &crate::config::LoginServerConfig, target: &Target, now: u64) -> anyhow::Result<(Revocation, u64)> {
     use anyhow::Context;
     let db = crate::config::path(&cfg.database);
     let store = AccountStore::open(&db).with_context(|| format!("login_server.database: {}", db.display()))?;

@@ -158,10 +158,7 @@ impl LoginService {
 
     /// The private key an envelope names: the current one or a previous one.
     fn key_for(&self, key_id: [u8; 8]) -> &PrivateKey {
-        std::iter::once(&self.key)
-            .chain(&self.previous)
-            .find(|k| k.public().id().0 == key_id)
-            .unwrap_or(&self.key)
+        std::iter::once(&self.key).chain(&self.previous).find(|k| k.public().id().0 == key_id).unwrap_or(&self.key)
     }
 
     /// The current signed revocation list (None: nothing was ever revoked), re-signed
@@ -555,9 +552,12 @@ impl LoginService {
         );
         // The host learns the revocations here, before it picks a super node.
         let revocations = self.revocation_list(now).map(|l| l.to_vec()).unwrap_or_default();
-        let body =
-            LoginReply { credential: credential.encode(), latest_version: self.policy.latest_version.clone(), revocations }
-                .encode();
+        let body = LoginReply {
+            credential: credential.encode(),
+            latest_version: self.policy.latest_version.clone(),
+            revocations,
+        }
+        .encode();
         Handled {
             reply: Reply::Sealed { kind: MessageKind::LoginReply, body, secret },
             outcome: "login_ok",

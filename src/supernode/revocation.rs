@@ -73,7 +73,8 @@ pub fn start(
 
 /// The signed query frame for the login server at `to`, holding version `have`.
 pub fn query(identity: &Identity, to: SocketAddr, have: u64, now: u64) -> Vec<u8> {
-    let mut q = RevocationQuery { have, timestamp: now, credential: identity.credential.encode(), signature: Vec::new() };
+    let mut q =
+        RevocationQuery { have, timestamp: now, credential: identity.credential.encode(), signature: Vec::new() };
     q.signature = identity.key.sign_pss(&q.signed_message(to));
     frame::encode_plain(to, MessageKind::RevocationQuery, 0, &q.encode())
 }
