@@ -614,6 +614,8 @@ mod tests {
                 ("supernode.cluster", "pending_per_peer_max", "0"),
                 ("supernode.index", "repair_bytes_per_answer_max", "10"),
                 ("supernode.index", "repair_bytes_per_peer_per_sec", "10"),
+                ("supernode.revocation", "fetch_interval_secs", "0"),
+                ("supernode.revocation", "gossip_interval_ms", "10"),
             ] {
                 jail.create_file("k.toml", &format!("[{table}]\n{key} = {value}\n"))?;
                 let e = Config::load(&["k.toml".into()]).unwrap_err().to_string();
