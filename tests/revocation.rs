@@ -9,12 +9,22 @@ use std::time::Duration;
 
 const PW: &str = "correct horse battery";
 
+/// The tests here read per-node metrics, and nodes of different tests share names (sn1,
+/// sn2 …) in the one recorder of this process: they run one at a time, and compare
+/// before with after.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
 /// sn3 is revoked at the login server while the cluster runs. Only sn1 asks the login
 /// server (the others' next fetch is an hour away); the list reaches sn2 by gossip. Then
 /// every other node drops sn3 from its view and refuses its packets, and a host that
 /// tries sn3 first refuses it and logs in through another.
 #[actix_rt::test]
 async fn a_revoked_super_node_is_dropped_by_every_member_and_refused_by_hosts() {
+    let _serial = one_at_a_time().await;
     let t = common::start(3, |c| {
         c.supernode.probe_period_ms = 300;
         c.supernode.revocation.fetch_interval_secs = 3600;
@@ -29,7 +39,11 @@ async fn a_revoked_super_node_is_dropped_by_every_member_and_refused_by_hosts() 
     let m = t.metrics().await;
     let revoked_before =
         [0, 1].map(|i| metric_sum(&m, "confab_cluster_packets_rejected_total", &[&node(i), "reason=\"revoked\""]));
-    assert_eq!(metric_sum(&m, lists, &[&node(1)]), 0.0, "no list anywhere yet");
+    let adopted = |m: &str, i: usize, source: &str| {
+        metric_sum(m, lists, &[&node(i), &format!("source=\"{source}\""), "outcome=\"adopted\""])
+    };
+    let adopted_before = [adopted(&m, 0, "login_server"), adopted(&m, 1, "gossip"), adopted(&m, 1, "login_server")];
+    assert!(nodes.iter().all(|n| n.identity.trusted.revoked().version() == 0), "no list anywhere yet");
 
     // Bob is connected to sn3 before it is revoked; his host checks the list at each
     // presence refresh (every second here).
@@ -59,10 +73,10 @@ async fn a_revoked_super_node_is_dropped_by_every_member_and_refused_by_hosts() 
     let dropped_in = started.elapsed();
     assert!(nodes[..2].iter().all(|n| n.identity.trusted.revoked().version() == version));
     let m = t.metrics().await;
-    assert_eq!(metric_sum(&m, lists, &[&node(0), "source=\"login_server\"", "outcome=\"adopted\""]), 1.0);
-    assert_eq!(metric_sum(&m, lists, &[&node(1), "source=\"gossip\"", "outcome=\"adopted\""]), 1.0);
-    assert_eq!(metric_sum(&m, lists, &[&node(1), "source=\"login_server\""]), 0.0, "sn2 never asked");
-    assert!(metric_sum(&m, "confab_revocation_list_version", &[&node(1)]) == version as f64);
+    assert_eq!(adopted(&m, 0, "login_server"), adopted_before[0] + 1.0, "sn1 fetched it");
+    assert_eq!(adopted(&m, 1, "gossip"), adopted_before[1] + 1.0, "sn2 got it by gossip");
+    assert_eq!(adopted(&m, 1, "login_server"), adopted_before[2], "sn2 never asked the login server");
+    assert_eq!(metric_sum(&m, "confab_revocation_list_version", &[&node(1)]), version as f64);
 
     // sn3 still gossips to them (nobody told it): its packets are refused as revoked.
     common::wait_for("sn3's packets are refused as revoked", Duration::from_secs(10), async || {
@@ -124,6 +138,7 @@ async fn a_revoked_super_node_is_dropped_by_every_member_and_refused_by_hosts() 
 /// super nodes' K1 credentials are refused.
 #[actix_rt::test]
 async fn login_key_rotation_keeps_the_network_working_and_k1_is_refused_once_untrusted() {
+    let _serial = one_at_a_time().await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -249,4 +264,42 @@ async fn login_key_rotation_keeps_the_network_working_and_k1_is_refused_once_unt
         n.stopped().await;
     }
     let _ = running_login.await;
+}
+
+/// A host key revoked at the login server: the super node that holds its session lets it
+/// go once the list arrives, and the login server certifies the key no more.
+#[actix_rt::test]
+async fn a_revoked_host_is_let_go_and_gets_no_new_credential() {
+    let _serial = one_at_a_time().await;
+    let t = common::start(1, |c| c.supernode.revocation.fetch_interval_secs = 3600).await;
+    t.converge(1).await;
+    let s = t.settings();
+    let home = t.home("alice");
+    confab::host::register(&s, &home, "alice", PW).await.unwrap();
+    let alice = confab::host::login(&s, &home, "alice", PW).await.unwrap();
+    let sn1 = &t.net.nodes()[0];
+    assert_eq!(sn1.hosts_connected(), 1);
+    let revoked = "confab_supernode_hosts_revoked_total";
+    let before = metric_sum(&t.metrics().await, revoked, &["node=\"sn1\""]);
+
+    let mut cfg = confab::config::Config::default();
+    cfg.login_server.database = t.net.info.data.join("accounts.sqlite").into();
+    // `t.home("alice")` holds the fixture key host-2.
+    let key = common::key("host-2").public().id();
+    let target = confab::login::revocations::resolve(&key.to_string(), CredentialKind::Host, "alice", &cfg).unwrap();
+    confab::login::revocations::revoke(&cfg.login_server, &target, confab::unix_now()).unwrap();
+    sn1.revocations.as_ref().unwrap().fetch();
+    common::wait_for("sn1 lets alice's host go", Duration::from_secs(10), async || sn1.hosts_connected() == 0).await;
+    assert_eq!(metric_sum(&t.metrics().await, revoked, &["node=\"sn1\""]), before + 1.0);
+    drop(alice); // its port P, for the next login
+
+    let e = match confab::host::login(&s, &home, "alice", PW).await {
+        Err(e) => e,
+        Ok(_) => panic!("a revoked host key logged in again"),
+    };
+    assert!(
+        matches!(&e, confab::host::HostError::Account(a) if a.code() == Some(confab::wire::ErrorCode::Revoked)),
+        "{e}"
+    );
+    t.net.stop().await;
 }

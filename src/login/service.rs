@@ -403,6 +403,8 @@ impl LoginService {
             }
         };
         if kind == MessageKind::BuddyRequest {
+            // A revoked host credential makes no buddy operations.
+            let _ = self.revocation_list(now);
             return super::buddies::handle(self, now, source, env, opened);
         }
         self.account(now, source, kind, opened, solved, &env.wrapped)

@@ -99,6 +99,8 @@ pub struct HostSession {
     user: String,
     finds: (u64, u32),
     relays: std::collections::HashMap<u32, Addr<RelaySession>>,
+    /// The key id of the host's credential, once established (its session ends if revoked).
+    host_key: Option<crate::crypto::KeyId>,
 }
 
 impl HostSession {
@@ -122,6 +124,7 @@ impl HostSession {
             user: String::new(),
             finds: (0, 0),
             relays: std::collections::HashMap::new(),
+            host_key: None,
         }
     }
 
@@ -167,11 +170,22 @@ impl HostSession {
         });
         self.send(MessageKind::Welcome, welcome.clone());
         self.user = accepted.credential.subject.clone();
+        self.host_key = Some(accepted.credential.public_key.id());
         self.node.mailboxes.register(&self.user, id, ctx.address().recipient());
         tracing::info!(node = %self.node.identity.name, user = %accepted.credential.subject, peer = %self.peer,
             transport = self.out.transport().label(), session = id, "host connected");
         self.state = State::Established { session, welcome };
         ctx.run_interval(Duration::from_secs(1), |act, ctx| {
+            // A host whose credential was revoked since it connected is let go.
+            if act.host_key.is_some_and(|k| {
+                act.node.identity.trusted.revoked().contains(crate::crypto::CredentialKind::Host, k)
+            }) {
+                metrics::counter!("confab_supernode_hosts_revoked_total", "node" => act.node.identity.name.clone())
+                    .increment(1);
+                tracing::info!(node = %act.node.identity.name, user = %act.user, peer = %act.peer, "host credential revoked: session closed");
+                ctx.notify(Close { notify: true, reason: "host credential revoked" });
+                return;
+            }
             if let State::Established { session, .. } = &mut act.state {
                 let actions = session.on_tick(crate::unix_now());
                 act.apply(actions, ctx);
