@@ -303,3 +303,69 @@ async fn a_revoked_host_is_let_go_and_gets_no_new_credential() {
     );
     t.net.stop().await;
 }
+
+/// A stranger (127.0.0.2) asking the login server for the revocation list: a query with
+/// no credential, and one with a real super node's credential but signed with another
+/// key, are both refused with a short error, never more bytes than were sent, and a
+/// refusal counter counts them. The list itself goes only to its certified holders.
+#[actix_rt::test]
+async fn a_stranger_gets_no_revocation_list_and_no_more_bytes_than_it_sent() {
+    use confab::wire::frame;
+    use confab::wire::message::{MessageKind, RevocationQuery};
+    let _serial = one_at_a_time().await;
+    let t = common::start(1, |_| {}).await;
+    let login = t.net.info.login_server;
+    let mut cfg = confab::config::Config::default();
+    cfg.login_server.database = t.net.info.data.join("accounts.sqlite").into();
+    let target = confab::login::revocations::Target::Key {
+        key: confab::crypto::KeyId([9; 8]),
+        kind: CredentialKind::SuperNode,
+        subject: "gone".into(),
+    };
+    confab::login::revocations::revoke(&cfg.login_server, &target, confab::unix_now()).unwrap();
+    let sn1_cred = confab::keygen::read_credential(&t.net.info.data.join("sn1.cred")).unwrap();
+    let now = confab::unix_now();
+    let mut stolen = RevocationQuery { have: 0, timestamp: now, credential: sn1_cred.encode(), signature: vec![] };
+    stolen.signature = common::key("host-0").sign_pss(&stolen.signed_message(login));
+    let empty = RevocationQuery { have: 0, timestamp: now, credential: vec![], signature: vec![0; 256] };
+    let queries_metric = "confab_login_revocation_queries_total";
+    let refused =
+        |m: &str| ["malformed", "bad_signature"].map(|o| metric_sum(m, queries_metric, &[&format!("outcome=\"{o}\"")]));
+    let before = refused(&t.metrics().await);
+    let (mut sent, mut got) = (0, 0);
+    for q in [empty, stolen] {
+        let f = frame::encode_plain(login, MessageKind::RevocationQuery, 0, &q.encode());
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut stream = s.connect(login).await.unwrap();
+        confab::net::tcp::write_frame(&mut stream, &f).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), confab::net::tcp::read_frame(&mut stream))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let raw = frame::decode(login, &answer).unwrap();
+        assert_eq!(raw.header.kind, MessageKind::Error, "a stranger gets no list");
+        assert!(answer.len() < f.len(), "{} bytes answered to {}", answer.len(), f.len());
+        (sent, got) = (sent + f.len(), got + answer.len());
+    }
+    let after = refused(&t.metrics().await);
+    assert_eq!(after, [before[0] + 1.0, before[1] + 1.0], "counted as malformed, then bad_signature");
+    // A super node's own signed query does get the list, larger than its question.
+    let id = &t.net.nodes()[0].identity;
+    let f = confab::supernode::revocation::query(id, login, 0, confab::unix_now());
+    let mut stream = tokio::net::TcpStream::connect(login).await.unwrap();
+    confab::net::tcp::write_frame(&mut stream, &f).await.unwrap();
+    let answer = confab::net::tcp::read_frame(&mut stream).await.unwrap().unwrap();
+    let raw = frame::decode(login, &answer).unwrap();
+    assert_eq!(raw.header.kind, MessageKind::RevocationReply);
+    let list = confab::crypto::RevocationList::decode(raw.payload).unwrap();
+    assert_eq!(list.entries.len(), 1);
+    eprintln!(
+        "revocation query from a stranger: {sent} bytes in, {got} out ({:.2}); a super node's: {} in, {} out",
+        got as f64 / sent as f64,
+        f.len(),
+        answer.len()
+    );
+    t.net.stop().await;
+}
