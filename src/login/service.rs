@@ -325,8 +325,14 @@ impl LoginService {
         if q.timestamp.saturating_add(window) < now || q.timestamp > now.saturating_add(window) {
             return Err(ErrorMsg::new(ErrorCode::ClockSkew, "directory query outside the time window"));
         }
-        let cred = Credential::decode_verified(&q.credential, &self.trusted, CredentialKind::SuperNode, now)
-            .map_err(|e| ErrorMsg::new(ErrorCode::UntrustedCredential, format!("directory query: {e}")))?;
+        let cred =
+            Credential::decode_verified(&q.credential, &self.trusted, CredentialKind::SuperNode, now).map_err(|e| {
+                let code = match e {
+                    crate::crypto::CredentialError::Revoked(_) => ErrorCode::Revoked,
+                    _ => ErrorCode::UntrustedCredential,
+                };
+                ErrorMsg::new(code, format!("directory query: {e}"))
+            })?;
         cred.public_key
             .verify_pss(&q.signed_message(listener), &q.signature)
             .map_err(|_| ErrorMsg::new(ErrorCode::BadSignature, "directory query signature does not verify"))?;
