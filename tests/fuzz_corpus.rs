@@ -359,6 +359,19 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
     ];
     let contact = Contact { user: "Bob".into(), added_at: NOW_SECS };
 
+    let revocations = confab::crypto::RevocationList::issue(
+        NOW_SECS,
+        vec![confab::crypto::revocation::Revocation {
+            key: sn.public_key.id(),
+            kind: CredentialKind::SuperNode,
+            subject: sn.subject.clone(),
+            expires_at: sn.expires_at,
+        }],
+        &login,
+    )
+    .encode();
+    let revocation_query =
+        RevocationQuery { have: 1, timestamp: NOW_SECS, credential: sn.encode(), signature: vec![5; 256] };
     let mut s: BTreeMap<&'static str, Vec<Vec<u8>>> = BTreeMap::new();
     let mut add = |t: Target, bodies: Vec<Vec<u8>>| {
         s.insert(t.name(), bodies.into_iter().map(|b| t.input(&b)).collect());
@@ -377,6 +390,8 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
             frame::encode_plain(listener, MessageKind::SeenReply, 0, &seen.encode()),
             sealed(MessageKind::Keepalive, 1, b""),
             sealed(MessageKind::Find, 2, &find.encode()),
+            frame::encode_plain(listener, MessageKind::RevocationReply, 0, &revocations),
+            frame::encode_plain(listener, MessageKind::RevocationQuery, 0, &revocation_query.encode()),
         ],
     );
     add(
@@ -461,7 +476,8 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
     };
     add(Target::ClusterPacket, vec![data(Channel::Index, 1, &rpcs[2]), data(Channel::Gossip, 2, &gossip[0])]);
     let payload = |which: u8, counter: u64, p: &[u8]| [&[which][..], &counter.to_be_bytes(), p].concat();
-    add(Target::ClusterPayload, vec![payload(1, 7, &rpcs[0]), payload(0, 8, &gossip[0])]);
+    let spread = confab::cluster::revocation::Spread::List(revocations.clone()).encode();
+    add(Target::ClusterPayload, vec![payload(1, 7, &rpcs[0]), payload(0, 8, &gossip[0]), payload(0xff, 9, &spread)]);
     add(Target::IndexRpc, rpcs.to_vec());
     add(Target::Gossip, vec![chunked(&gossip), chunked(&gossip[..1])]);
     add(Target::Credential, vec![alice.encode(), sn.encode(), expired.encode()]);
@@ -546,6 +562,8 @@ fn fresh_seeds_reach_past_the_checks() {
     c.verify(trusted, CredentialKind::Host, NOW_SECS).unwrap();
     Entry::decode(&first(Target::Entry)).unwrap().verify(trusted, NOW_SECS * 1000).unwrap();
     assert!(SeenRecord::decode(&first(Target::SeenRecord)).unwrap().verify(trusted));
+    let revocations = frame::decode(fuzzing::LISTENER.parse().unwrap(), &s["frame"][6][1..]).unwrap();
+    confab::crypto::RevocationList::decode(revocations.payload).unwrap().verify(trusted).unwrap();
     SignedOp::decode(&first(Target::SignedOp)).unwrap().verify(trusted, &[], NOW_SECS).unwrap();
     let sig = SealedSignal::decode(&first(Target::SealedSignal)).unwrap();
     let mut callee = SignalChannel::new(fuzzing::CALL_ID, &MediaKey(fuzzing::MEDIA_KEY), Role::Callee);
