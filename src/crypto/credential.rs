@@ -209,6 +209,17 @@ impl TrustedKeys {
         Self { keys: self.keys.clone(), revoked: Revoked::default() }
     }
 
+    /// The same keys (and revocation list) with `id` first, if trusted: the key a host
+    /// wraps its next login-server envelopes for.
+    pub fn preferring(&self, id: KeyId) -> Self {
+        let mut keys = self.keys.clone();
+        if let Some(i) = keys.iter().position(|k| k.id() == id) {
+            let k = keys.remove(i);
+            keys.insert(0, k);
+        }
+        Self { keys, revoked: self.revoked.clone() }
+    }
+
     /// The revocations honoured.
     pub fn revoked(&self) -> &Revoked {
         &self.revoked

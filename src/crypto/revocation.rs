@@ -221,8 +221,7 @@ impl Revoked {
 
     /// Whether the credential of `kind` for key `key` is revoked.
     pub fn contains(&self, kind: CredentialKind, key: KeyId) -> bool {
-        let held = self.read();
-        !held.keys.is_empty() && held.keys.contains_key(&(key, kind_code(kind)))
+        self.read().keys.contains_key(&(key, kind_code(kind)))
     }
 
     /// How many credentials are revoked.
@@ -380,6 +379,10 @@ mod tests {
         t.adopt_revocations(&RevocationList::issue(5, vec![entry], &login).encode()).unwrap();
         assert_eq!(c.verify(&t, CredentialKind::SuperNode, 1500), Err(CredentialError::Revoked(sn.public().id())));
         c.verify(&mine, CredentialKind::SuperNode, 1500).expect("a node with its own list has not adopted it");
+        let other = test_key(2).public().id();
+        let preferring = t.preferring(other);
+        assert_eq!(preferring.keys()[0].id(), login.public().id(), "an untrusted id changes nothing");
+        assert!(preferring.revoked().contains(CredentialKind::SuperNode, sn.public().id()), "the list is shared");
     }
 
     proptest::proptest! {

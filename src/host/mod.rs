@@ -570,10 +570,13 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
     let mut cache = HostCache::load(&home.cache_path());
     let keys = derive_keys(username, password).await;
     let secret = keys.shared;
-    let servers = settings.login_servers(&cache);
+    let mut servers = settings.login_servers(&cache);
     let last_supernode =
         cache.supernodes().into_iter().find(|e| e.last_success.is_some()).map(|e| e.name).unwrap_or_default();
     let logged_in = account::login(&servers, username, &secret, &key, &last_supernode).await?;
+    // Later requests (buddy operations, revocation lists) are wrapped for the key the login
+    // server signs with now: during a key rotation, the new one, even if listed second.
+    servers.trusted = servers.trusted.preferring(logged_in.credential.issuer);
     cache.record_success(
         CacheEntry {
             kind: NodeKind::LoginServer,
