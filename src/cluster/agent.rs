@@ -180,6 +180,14 @@ impl Agent {
                 }
             }
             Some(Spread::List(bytes)) => {
+                // The version is checked before any RSA; the signature at most once per
+                // member per interval.
+                let newer =
+                    crate::crypto::Revoked::peek_version(&bytes).is_some_and(|v| v > self.trusted.revoked().version());
+                if newer && !self.spreader.admit_list(sender, super::now_ms()) {
+                    super::revocation::record(&self.name, "gossip", "rate_limited", 0);
+                    return;
+                }
                 let outcome = match self.trusted.adopt_revocations(&bytes) {
                     Ok(list) => {
                         super::revocation::record(&self.name, "gossip", "adopted", list.version);

@@ -58,7 +58,7 @@ impl Spread {
     pub const LEN_MAX: usize = 1 + crate::crypto::revocation::LIST_LEN_MAX;
 }
 
-/// Members answered at most this often each is remembered for at most this many members.
+/// Members remembered per rate table, at most.
 const ANSWERED_MAX: usize = 4096;
 
 /// Which answers a node owes, rate limited per member.
@@ -66,12 +66,35 @@ const ANSWERED_MAX: usize = 4096;
 pub struct Spreader {
     interval_ms: u64,
     answered: HashMap<[u8; 8], u64>,
+    checked: HashMap<[u8; 8], u64>,
+}
+
+/// Records `peer` at `now_ms` unless it was recorded within `interval_ms` (or the table is
+/// full of recent ones).
+fn admit(table: &mut HashMap<[u8; 8], u64>, peer: [u8; 8], now_ms: u64, interval_ms: u64) -> bool {
+    if table.get(&peer).is_some_and(|t| now_ms.saturating_sub(*t) < interval_ms) {
+        return false;
+    }
+    if table.len() >= ANSWERED_MAX {
+        table.retain(|_, t| now_ms.saturating_sub(*t) < interval_ms);
+        if table.len() >= ANSWERED_MAX {
+            return false;
+        }
+    }
+    table.insert(peer, now_ms);
+    true
 }
 
 impl Spreader {
     /// Answers each member at most once per `interval_ms`.
     pub fn new(interval_ms: u64) -> Self {
-        Self { interval_ms, answered: HashMap::new() }
+        Self { interval_ms, answered: HashMap::new(), checked: HashMap::new() }
+    }
+
+    /// Whether a list `peer` pushed may have its signature checked now: at most one per
+    /// member per interval, so a member cannot keep a node verifying.
+    pub fn admit_list(&mut self, peer: [u8; 8], now_ms: u64) -> bool {
+        admit(&mut self.checked, peer, now_ms, self.interval_ms)
     }
 
     /// The answer to member `peer`'s `Have(theirs)`, when this node holds version `mine`
@@ -85,26 +108,12 @@ impl Spreader {
         list: Option<Arc<[u8]>>,
         now_ms: u64,
     ) -> Option<Spread> {
-        if theirs == mine {
-            return None;
-        }
-        if self.answered.get(&peer).is_some_and(|t| now_ms.saturating_sub(*t) < self.interval_ms) {
-            return None;
-        }
-        if self.answered.len() >= ANSWERED_MAX {
-            let interval = self.interval_ms;
-            self.answered.retain(|_, t| now_ms.saturating_sub(*t) < interval);
-            if self.answered.len() >= ANSWERED_MAX {
-                return None;
-            }
-        }
         let answer = match list {
             Some(l) if mine > theirs => Spread::List(l.to_vec()),
             _ if theirs > mine => Spread::Have(mine),
             _ => return None,
         };
-        self.answered.insert(peer, now_ms);
-        Some(answer)
+        admit(&mut self.answered, peer, now_ms, self.interval_ms).then_some(answer)
     }
 }
 
@@ -146,5 +155,9 @@ mod tests {
         assert_eq!(s.on_have([2; 8], 9, 5, Some(list.clone()), 999), Some(Spread::Have(5)), "behind: ask");
         assert_eq!(s.on_have([1; 8], 4, 5, Some(list), 1000), Some(Spread::List(b"list".to_vec())));
         assert_eq!(s.on_have([3; 8], 0, 5, None, 0), None, "nothing to send");
+        assert!(s.admit_list([4; 8], 0));
+        assert!(!s.admit_list([4; 8], 500), "one list check per member per interval");
+        assert!(s.admit_list([5; 8], 500));
+        assert!(s.admit_list([4; 8], 1000));
     }
 }
