@@ -134,7 +134,13 @@ impl Agent {
             return;
         }
         self.revocations_seen = version;
-        let dropped = lock(&self.peers).drop_revoked();
+        let (dropped, me) = {
+            let mut peers = lock(&self.peers);
+            (peers.drop_revoked(), peers.me())
+        };
+        if self.trusted.revoked().contains(crate::crypto::CredentialKind::SuperNode, crate::crypto::KeyId(me)) {
+            tracing::error!(node = %self.name, version, "this super node's own credential is revoked: the other members and hosts refuse it");
+        }
         for name in &dropped {
             tracing::warn!(node = %self.name, member = %name, version, "cluster member's credential is revoked: dropped");
         }

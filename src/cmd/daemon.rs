@@ -59,10 +59,11 @@ async fn status(addr: SocketAddr, json: bool) -> anyhow::Result<ExitCode> {
     for (name, node) in doc.as_object().into_iter().flatten() {
         let members = node["members"].as_array().cloned().unwrap_or_default();
         println!(
-            "{name}  node {}  hosts connected {}  cluster members alive {}",
+            "{name}  node {}  hosts connected {}  cluster members alive {}  revocation list version {}",
             node["node_id"].as_str().unwrap_or("?"),
             node["hosts_connected"],
-            members.len()
+            members.len(),
+            node["revocation_list_version"]
         );
         for m in members {
             println!(

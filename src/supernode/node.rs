@@ -225,6 +225,7 @@ impl NodeShared {
             "name": self.identity.name,
             "node_id": self.identity.key.public().id().to_string(),
             "hosts_connected": self.hosts_connected(),
+            "revocation_list_version": self.identity.trusted.revoked().version(),
             "members": self.members().iter().map(|m| serde_json::json!({
                 "name": m.name, "gossip": m.gossip, "udp": m.udp, "tcp": m.tcp,
                 "node_id": m.node_id().map(|n| n.to_string()),
