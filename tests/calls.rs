@@ -355,10 +355,35 @@ async fn an_invisible_user_cannot_be_called_by_a_stranger() {
     // The index shows a stranger an offline user with no address: no invite is sent.
     let e = dave.call("bob").await.unwrap_err().to_string();
     assert!(e.contains("offline"), "{e}");
-    // And an invite that reached bob anyway would go unanswered (Session::on_invite); he
-    // hears nothing ring.
-    let events = run_for(&mut bob, Duration::from_millis(500)).await;
+    // A modified client sends the invite anyway: bob neither rings nor answers (not even
+    // busy), so dave's call ends as if nobody were there.
+    let id = dave.call_even_if_offline("bob").await.unwrap();
+    let (events, _) = tokio::join!(run_for(&mut bob, Duration::from_millis(3500)), async {
+        call_event(&mut dave, CallState::Ended { reason: "unreachable" }).await;
+    });
     assert!(!events.iter().any(|e| matches!(e, Event::Call { .. })), "{events:?}");
+    assert_eq!(dave.calls_in_progress(), 0, "call {id:?} left behind");
+    // A buddy's invite does ring.
+    bob.add_buddy("dave", "hi").await.unwrap();
+    common::expect_event(
+        &mut dave,
+        Duration::from_secs(3),
+        "bob's request",
+        |e| matches!(e, Event::Request { from, .. } if from == "bob"),
+    )
+    .await;
+    dave.answer_buddy("bob", true).await.unwrap();
+    common::expect_event(
+        &mut bob,
+        Duration::from_secs(3),
+        "dave's answer",
+        |e| matches!(e, Event::Answered { user, .. } if user == "dave"),
+    )
+    .await;
+    let id = dave.call_even_if_offline("bob").await.unwrap();
+    call_event(&mut bob, CallState::Ringing).await;
+    dave.end_call(id).await;
+    call_event(&mut bob, CallState::Ended { reason: "cancelled" }).await;
     bob.logout().await;
     dave.logout().await;
     t.net.stop().await;
