@@ -137,6 +137,9 @@ async fn a_call_carries_voice_both_ways() {
     alice.set_call_audio(id, to_bob.clone());
     alice.set_call_recording(id, true);
     call_event(&mut bob, CallState::Ringing).await;
+    // Alice is not bob's buddy: while it rings she learns nothing of where he is.
+    call_event(&mut alice, CallState::Ringing).await;
+    assert_eq!(alice.call_peer_candidates(id), Some(Vec::new()));
     bob.set_call_audio(id, to_alice.clone());
     bob.set_call_recording(id, true);
     bob.answer_call(id, true).await;
@@ -159,6 +162,8 @@ async fn a_call_carries_voice_both_ways() {
     stranger.join().unwrap();
     assert_eq!(connected_path(&ea), Some("direct"), "{ea:?}");
     assert_eq!(connected_path(&eb), Some("direct"), "{eb:?}");
+    let told = alice.call_peer_candidates(id).unwrap();
+    assert!(told.iter().any(|c| c.addr == bob_addr), "bob's Accept told alice where he is: {told:?}");
     alice.end_call(id).await;
     call_event(&mut bob, CallState::Ended { reason: "hung_up" }).await;
 
@@ -358,9 +363,12 @@ async fn an_invisible_user_cannot_be_called_by_a_stranger() {
     // A modified client sends the invite anyway: bob neither rings nor answers (not even
     // busy), so dave's call ends as if nobody were there.
     let id = dave.call_even_if_offline("bob").await.unwrap();
-    let (events, _) = tokio::join!(run_for(&mut bob, Duration::from_millis(3500)), async {
-        call_event(&mut dave, CallState::Ended { reason: "unreachable" }).await;
-    });
+    let ended = |e: &Event| matches!(e, Event::Call { state: CallState::Ended { reason: "unreachable" }, .. });
+    let (events, _) = tokio::join!(
+        run_for(&mut bob, Duration::from_millis(3500)),
+        // The invite times out after 3 s (Timeouts::invite_ms above), checked every tick.
+        common::expect_event(&mut dave, Duration::from_secs(6), "unanswered", ended)
+    );
     assert!(!events.iter().any(|e| matches!(e, Event::Call { .. })), "{events:?}");
     assert_eq!(dave.calls_in_progress(), 0, "call {id:?} left behind");
     // A buddy's invite does ring.

@@ -481,6 +481,9 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
             Signal::Ringing,
             Signal::HangUp,
             Signal::Relay { relay: sa("198.18.0.1:3478"), session: 0xdead_beef, leg: vec![2; 256] },
+            Signal::AcceptAt {
+                candidates: vec![Candidate { kind: CandidateKind::Public, addr: sa("198.18.7.1:40000") }],
+            },
         ]
         .iter()
         .map(|s| postcard::to_allocvec(s).unwrap())

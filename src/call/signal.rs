@@ -124,6 +124,13 @@ pub enum Signal {
         /// The callee's leg token, sealed ([`crate::relay::handoff`]).
         leg: Vec<u8>,
     },
+    /// Callee → caller: the user accepted, and here is where it receives media (its
+    /// reply withheld that from a caller who is not an authorized buddy). The caller
+    /// takes it as [`Signal::Accept`].
+    AcceptAt {
+        /// Where the callee receives media.
+        candidates: Vec<crate::call::invite::Candidate>,
+    },
 }
 
 /// What the user (or the application) wants.

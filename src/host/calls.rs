@@ -43,6 +43,9 @@ pub(super) struct ActiveCall {
     codec: Option<Codec>,
     /// Where the other side receives media.
     peer_candidates: Vec<Candidate>,
+    /// Callee: our reply told a caller who is not an authorized buddy nothing of where
+    /// we are; our candidates go with the user's Accept.
+    withheld: bool,
     /// What we play into the call (then silence).
     source: Vec<i16>,
     /// Whether to keep what we hear.
@@ -62,6 +65,19 @@ pub(super) struct ActiveCall {
 }
 
 impl ActiveCall {
+    /// The callee's candidates that came with its Accept: kept, and the signal taken as
+    /// a plain Accept by the state machine.
+    fn take_candidates(&mut self, s: Signal) -> Signal {
+        match s {
+            Signal::AcceptAt { mut candidates } if self.call.role() == Role::Caller => {
+                candidates.truncate(crate::call::invite::LIST_MAX);
+                self.peer_candidates = candidates;
+                Signal::Accept
+            }
+            s => s,
+        }
+    }
+
     /// A call with the holder of `peer` (reached through `peer_supernode`), nothing
     /// negotiated yet.
     fn new(
@@ -82,6 +98,7 @@ impl ActiveCall {
             key,
             codec: None,
             peer_candidates: Vec::new(),
+            withheld: false,
             source: Vec::new(),
             record: false,
             media: None,
@@ -250,6 +267,7 @@ impl Session {
         let mut pending_out = Vec::new();
         let mut release = Vec::new();
         let relay_at_once = self.relay_only || self.relay_over_tcp();
+        let ours = self.candidates();
         for a in actions {
             let Some(c) = self.calls.active.get_mut(&id) else { break };
             match a {
@@ -262,6 +280,10 @@ impl Session {
                     }
                 }
                 Action::Send(s) => {
+                    let s = match s {
+                        Signal::Accept if c.withheld => Signal::AcceptAt { candidates: ours.clone() },
+                        s => s,
+                    };
                     let m = CallMessage::Signal(c.channel.seal(s));
                     let (peer, via) = (c.peer.clone(), c.peer_supernode.clone());
                     self.send_call(&peer, Some(via), &m).await;
@@ -384,6 +406,7 @@ impl Session {
                         let mut actions = c.call.on_signal(answer, now_ms());
                         for s in std::mem::take(&mut c.early) {
                             if let Some(signal) = c.channel.open(&s) {
+                                let signal = c.take_candidates(signal);
                                 actions.extend(c.call.on_signal(signal, now_ms()));
                             }
                         }
@@ -412,6 +435,7 @@ impl Session {
                         }
                     }
                     Some(signal) => {
+                        let signal = c.take_candidates(signal);
                         let actions = c.call.on_signal(signal, now_ms());
                         self.apply_call(id, actions).await;
                     }
@@ -446,26 +470,31 @@ impl Session {
             tracing::info!(caller = %opened.caller.subject, "invisible: ignored an invite from someone not a buddy");
             return;
         }
-        // A busy callee says so in its signed reply, with no candidates.
+        // A busy callee says so in its signed reply, with no candidates. A caller who is
+        // not an authorized buddy learns where we are only if the user accepts: a
+        // stranger's ringing call reveals no address.
         let busy = self.calls.busy();
-        let (reply, key) =
-            match Reply::make(&opened, &self.credential, &self.key, &CODECS, busy, self.candidates(), now_ms()) {
-                Ok(r) => r,
-                Err(CallError::NoCodec) => {
-                    tracing::info!(caller = %opened.caller.subject, "no codec in common; call refused");
-                    return;
-                }
-                Err(e) => {
-                    tracing::info!(error = %e, "could not answer an invite");
-                    return;
-                }
-            };
+        let buddy = self.buddies.relation(&opened.caller.subject) == Some(crate::buddy::Relation::Authorized);
+        let candidates = if buddy { self.candidates() } else { Vec::new() };
+        let (reply, key) = match Reply::make(&opened, &self.credential, &self.key, &CODECS, busy, candidates, now_ms())
+        {
+            Ok(r) => r,
+            Err(CallError::NoCodec) => {
+                tracing::info!(caller = %opened.caller.subject, "no codec in common; call refused");
+                return;
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "could not answer an invite");
+                return;
+            }
+        };
         let id = opened.call_id;
         let (call, actions) = Call::incoming(now_ms(), self.call_timeouts.clone(), busy);
         let channel = SignalChannel::callee(&opened, &key);
         let mut c = ActiveCall::new(opened.caller.clone(), invite.body.supernode.clone(), call, channel, Some(key));
         c.codec = Some(reply.body.codec);
         c.reply = Some(reply);
+        c.withheld = !buddy;
         c.peer_candidates = opened.candidates;
         self.calls.active.insert(id, c);
         self.apply_call(id, actions).await;
@@ -619,6 +648,12 @@ impl Session {
                 self.release_relay(old).await;
             }
         }
+    }
+
+    /// Where the other side of call `id` said it receives media, so far (a caller who is
+    /// not the callee's buddy learns it only when the call is accepted).
+    pub fn call_peer_candidates(&self, id: [u8; 16]) -> Option<Vec<Candidate>> {
+        self.calls.active.get(&id).map(|c| c.peer_candidates.clone())
     }
 
     /// How call `id` is doing so far (path, frames, loss, jitter), while it lasts.
