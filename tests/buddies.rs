@@ -142,12 +142,12 @@ async fn buddies_authorize_see_each_others_status_and_get_the_list_back_on_a_sec
 
     // Operators see it all on /metrics.
     let m = t.metrics().await;
-    assert!(common::metric_sum(&m, "confab_login_buddy_ops_total", &["op=\"add\"", "outcome=\"buddy_ok\""]) >= 2.0);
-    assert!(common::metric_sum(&m, "confab_login_buddy_ops_total", &["outcome=\"blocked_silently\""]) >= 1.0);
-    assert!(common::metric_sum(&m, "confab_supernode_notices_total", &["outcome=\"delivered\""]) >= 5.0);
-    assert!(common::metric_sum(&m, "confab_supernode_notices_total", &["outcome=\"forwarded\""]) >= 1.0);
-    assert!(common::metric_sum(&m, "confab_index_replication_lag_seconds_count", &[]) >= 4.0);
-    assert!(common::metric_sum(&m, "confab_index_entries", &[]) >= 4.0, "{m}");
+    assert!(t.metric(&m, "confab_login_buddy_ops_total", &["op=\"add\"", "outcome=\"buddy_ok\""]) >= 2.0);
+    assert!(t.metric(&m, "confab_login_buddy_ops_total", &["outcome=\"blocked_silently\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_supernode_notices_total", &["outcome=\"delivered\""]) >= 5.0);
+    assert!(t.metric(&m, "confab_supernode_notices_total", &["outcome=\"forwarded\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_index_replication_lag_seconds_count", &[]) >= 4.0);
+    assert!(t.metric(&m, "confab_index_entries", &[]) >= 4.0, "{m}");
     assert!(m.contains("# HELP confab_index_slot_entries_max"));
 
     for s in [alice2, bob, carol, dave] {

@@ -97,7 +97,7 @@ async fn call_signalling_through_super_nodes() {
     let m = t.metrics().await;
     for outcome in ["declined", "cancelled", "no_answer", "hung_up"] {
         let label = format!("outcome=\"{outcome}\"");
-        assert!(common::metric_sum(&m, "confab_calls_total", &[&label]) >= 1.0, "no {outcome} call counted");
+        assert!(t.metric(&m, "confab_calls_total", &[&label]) >= 1.0, "no {outcome} call counted");
     }
     alice.logout().await;
     bob.logout().await;
@@ -186,8 +186,8 @@ async fn a_call_carries_voice_both_ways() {
     assert_eq!((alice.calls_in_progress(), bob.calls_in_progress()), (0, 0));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let m = t.metrics().await;
-    assert!(common::metric_sum(&m, "confab_calls_total", &["path=\"direct\"", "outcome=\"hung_up\""]) >= 1.0);
-    assert!(common::metric_sum(&m, "confab_call_setup_duration_seconds_count", &["path=\"direct\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_calls_total", &["path=\"direct\"", "outcome=\"hung_up\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_call_setup_duration_seconds_count", &["path=\"direct\""]) >= 1.0);
     alice.logout().await;
     bob.logout().await;
     t.net.stop().await;
@@ -256,7 +256,7 @@ async fn a_host_without_udp_reaches_the_relay_over_tcp() {
     assert_eq!(connected_path(&ee), Some("relayed_tcp"), "{ee:?}");
     assert_eq!(connected_path(&ef), Some("relayed_tcp"), "{ef:?}");
     let m = t.metrics().await;
-    assert_eq!(common::metric_sum(&m, "confab_relay_tcp_connections", &[]), 1.0, "frank's leg");
+    assert_eq!(t.metric(&m, "confab_relay_tcp_connections", &[]), 1.0, "frank's leg");
     erin.end_call(id).await;
     call_event(&mut frank, CallState::Ended { reason: "hung_up" }).await;
     for (who, r, tone) in
@@ -272,7 +272,7 @@ async fn a_host_without_udp_reaches_the_relay_over_tcp() {
     let t0 = Instant::now();
     loop {
         let sessions: usize = t.net.nodes().iter().map(|n| n.relay.as_ref().unwrap().table.len()).sum();
-        let conns = common::metric_sum(&t.metrics().await, "confab_relay_tcp_connections", &[]);
+        let conns = t.metric(&t.metrics().await, "confab_relay_tcp_connections", &[]);
         if sessions == 0 && conns == 0.0 {
             break;
         }
@@ -281,7 +281,7 @@ async fn a_host_without_udp_reaches_the_relay_over_tcp() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let m = t.metrics().await;
-    assert!(common::metric_sum(&m, "confab_calls_total", &["path=\"relayed_tcp\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_calls_total", &["path=\"relayed_tcp\""]) >= 1.0);
     erin.logout().await;
     frank.logout().await;
     t.net.stop().await;

@@ -144,19 +144,19 @@ async fn relay_sessions_forward_only_between_their_two_endpoints() {
     let _ = g4;
 
     let m = t.metrics().await;
-    assert!(common::metric_sum(&m, "confab_relay_packets_total", &["outcome=\"forwarded\""]) >= 401.0);
-    assert!(common::metric_sum(&m, "confab_relay_drops_total", &["reason=\"wrong_source\""]) >= 1.0);
-    assert!(common::metric_sum(&m, "confab_relay_drops_total", &["reason=\"bad_token\""]) >= 1.0);
-    assert!(common::metric_sum(&m, "confab_relay_drops_total", &["reason=\"unknown_session\""]) >= 1.0);
-    assert!(common::metric_sum(&m, "confab_relay_drops_total", &["reason=\"rate_cap\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_relay_packets_total", &["outcome=\"forwarded\""]) >= 401.0);
+    assert!(t.metric(&m, "confab_relay_drops_total", &["reason=\"wrong_source\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_relay_drops_total", &["reason=\"bad_token\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_relay_drops_total", &["reason=\"unknown_session\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_relay_drops_total", &["reason=\"rate_cap\""]) >= 1.0);
     for reason in ["replayed", "oversized", "malformed"] {
         let r = format!("reason=\"{reason}\"");
-        assert!(common::metric_sum(&m, "confab_relay_drops_total", &[&r]) >= 1.0, "{reason}");
+        assert!(t.metric(&m, "confab_relay_drops_total", &[&r]) >= 1.0, "{reason}");
     }
-    assert!(common::metric_sum(&m, "confab_relay_allocations_total", &["outcome=\"host_quota\""]) >= 1.0);
-    assert!(common::metric_sum(&m, "confab_relay_sessions_total", &["event=\"expired\""]) >= 2.0);
-    assert!(common::metric_sum(&m, "confab_relay_sessions_total", &["event=\"released\""]) >= 1.0);
-    assert!(common::metric_sum(&m, "confab_relay_sessions_total", &["event=\"owner_left\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_relay_allocations_total", &["outcome=\"host_quota\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_relay_sessions_total", &["event=\"expired\""]) >= 2.0);
+    assert!(t.metric(&m, "confab_relay_sessions_total", &["event=\"released\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_relay_sessions_total", &["event=\"owner_left\""]) >= 1.0);
     t.net.stop().await;
 }
 
@@ -252,7 +252,7 @@ async fn under_a_flood_the_relay_drops_and_counts_memory_stays_flat_and_it_recov
     let m = t.metrics().await;
     for reason in ["rate_cap", "replayed", "malformed", "unknown_session", "bad_token"] {
         let r = format!("reason=\"{reason}\"");
-        assert!(common::metric_sum(&m, "confab_relay_drops_total", &[&r]) > 100.0, "{reason}");
+        assert!(t.metric(&m, "confab_relay_drops_total", &[&r]) > 100.0, "{reason}");
     }
     sam.logout().await;
     t.net.stop().await;

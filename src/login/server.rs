@@ -110,8 +110,14 @@ impl LoginServer {
     }
 }
 
-fn reject(refusals: &RefusalLog, reason: &'static str, peer: SocketAddr, detail: &dyn std::fmt::Display) {
-    counter!("confab_login_frames_rejected_total", "reason" => reason).increment(1);
+fn reject(
+    refusals: &RefusalLog,
+    listener: SocketAddr,
+    reason: &'static str,
+    peer: SocketAddr,
+    detail: &dyn std::fmt::Display,
+) {
+    counter!("confab_login_frames_rejected_total", "addr" => listener.to_string(), "reason" => reason).increment(1);
     if refusals.first(peer.ip().into(), reason) {
         tracing::info!(%peer, reason, %detail, "login server rejected a frame (further ones from this source for this reason are only counted)");
     }
@@ -130,14 +136,14 @@ async fn connection(
             Ok(Ok(Some(b))) => b,
             Ok(Ok(None)) | Err(_) => return,
             Ok(Err(e)) => {
-                reject(refusals, "bad_stream", peer, &e);
+                reject(refusals, listener, "bad_stream", peer, &e);
                 return;
             }
         };
         let (kind, payload) = match frame::decode(listener, &bytes) {
             Ok(raw) => (raw.header.kind, raw.payload.to_vec()),
             Err(e) => {
-                reject(refusals, e.reason(), peer, &e);
+                reject(refusals, listener, e.reason(), peer, &e);
                 return;
             }
         };
@@ -152,7 +158,8 @@ async fn connection(
                 Ok(body) => ("answered", frame::encode_plain(listener, MessageKind::SeenReply, 0, &body)),
                 Err(e) => (e.code.label(), frame::encode_plain(listener, MessageKind::Error, 0, &e.encode())),
             };
-            counter!("confab_login_directory_queries_total", "outcome" => outcome).increment(1);
+            counter!("confab_login_directory_queries_total", "addr" => listener.to_string(), "outcome" => outcome)
+                .increment(1);
             if tcp::write_frame(&mut stream, &reply).await.is_err() {
                 return;
             }
@@ -169,13 +176,18 @@ async fn connection(
             }
         };
         let kind_label = handled.kind.map(MessageKind::label).unwrap_or("other");
-        counter!("confab_login_requests_total", "kind" => kind_label, "outcome" => handled.outcome).increment(1);
-        histogram!("confab_login_handshake_duration_seconds", "kind" => kind_label)
+        // Labelled by the listener, as the super nodes' metrics are by node: one process (a
+        // test binary, a local network) may hold several login servers.
+        let addr = listener.to_string();
+        counter!("confab_login_requests_total", "addr" => addr.clone(), "kind" => kind_label, "outcome" => handled.outcome)
+            .increment(1);
+        histogram!("confab_login_handshake_duration_seconds", "addr" => addr.clone(), "kind" => kind_label)
             .record(started.elapsed().as_secs_f64());
         let ok = matches!(handled.reply, Reply::Sealed { .. });
         if kind == MessageKind::BuddyRequest {
             let op = handled.op.unwrap_or("unknown");
-            counter!("confab_login_buddy_ops_total", "op" => op, "outcome" => handled.outcome).increment(1);
+            counter!("confab_login_buddy_ops_total", "addr" => addr, "op" => op, "outcome" => handled.outcome)
+                .increment(1);
             // Buddy operations are routine (a host makes several per login); an owner over
             // its rate would flood the log at info.
             if ok || handled.outcome == ErrorCode::TooManyAttempts.label() {
