@@ -41,6 +41,7 @@ async fn run(supernodes: usize) {
         metrics: None,
         key_bits: 2048,
         config,
+        name_prefix: "sn".into(),
     })
     .await
     .unwrap();

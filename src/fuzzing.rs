@@ -319,8 +319,9 @@ pub fn run(target: Target, data: &[u8]) {
         Target::CallMessage => call_message(data),
         Target::SealedSignal => {
             if let Some(s) = round_trip("sealed_signal", data, SealedSignal::decode, SealedSignal::encode) {
-                let _ = SignalChannel::new(CALL_ID, &MediaKey(MEDIA_KEY), Role::Callee).open(&s);
-                let _ = SignalChannel::new(CALL_ID, &MediaKey(MEDIA_KEY), Role::Caller).open(&s);
+                let key = MediaKey(MEDIA_KEY);
+                let _ = SignalChannel::keyed(CALL_ID, &key, &key, Role::Callee).open(&s);
+                let _ = SignalChannel::keyed(CALL_ID, &key, &key, Role::Caller).open(&s);
             }
         }
         Target::Signal => {

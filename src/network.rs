@@ -161,6 +161,9 @@ pub struct UpOptions {
     pub key_bits: usize,
     /// Settings the `config` layer provides (log, super-node limits, login policy).
     pub config: Config,
+    /// Super nodes are named `<prefix>1`, `<prefix>2`, … (`sn` for `confab up`). Tests give
+    /// each network its own, so every metric a network's nodes export is labelled as its.
+    pub name_prefix: String,
 }
 
 /// What a running local network listens on.
@@ -238,7 +241,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Network> {
         cfg.supernode.relay.workers = 1;
     }
     for i in 0..opts.supernodes {
-        let name = format!("sn{}", i + 1);
+        let name = format!("{}{}", opts.name_prefix, i + 1);
         let stem = data.join(&name);
         let key = crate::keygen::load_or_generate(&stem, opts.key_bits)?;
         // Re-issued at every start: cheap, and never stale.

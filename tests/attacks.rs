@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{TestNet, key, metric_sum};
+use common::{TestNet, key};
 use confab::crypto::credential::{Claims, Credential, CredentialKind};
 use confab::crypto::password::SharedSecret;
 use confab::crypto::{PrivateKey, PublicKey, envelope};
@@ -163,8 +163,7 @@ async fn a_stranger_cannot_lock_a_user_out() {
     let after = t.metrics().await;
     let delta = |outcome: &str| {
         let l = format!("outcome=\"{outcome}\"");
-        metric_sum(&after, "confab_login_requests_total", &[&l])
-            - metric_sum(&before, "confab_login_requests_total", &[&l])
+        t.metric(&after, "confab_login_requests_total", &[&l]) - t.metric(&before, "confab_login_requests_total", &[&l])
     };
     assert_eq!(delta("login_ok"), 30.0);
     assert!(delta("wrong_password") >= 9.0 + wrong as f64);
@@ -190,7 +189,7 @@ async fn one_source_cannot_pin_the_login_servers_slots() {
     let host_key = key("host-1");
     let addr = t.net.info.login_server;
     let label = format!("addr=\"{addr}\"");
-    let refused = |m: &str| metric_sum(m, "confab_net_connections_refused_total", &["role=\"login\"", &label]);
+    let refused = |m: &str| t.metric(m, "confab_net_connections_refused_total", &["role=\"login\"", &label]);
     let before = refused(&t.metrics().await);
 
     // Twenty connections from one address that send a request and never read.
@@ -223,7 +222,7 @@ async fn a_pre_auth_connection_cannot_outlive_the_handshake_deadline() {
     let t = common::start(1, |c| c.supernode.tcp_connections_per_source_max = 4).await;
     let sn = t.net.info.supernodes[0].tcp[0];
     let label = format!("addr=\"{sn}\"");
-    let refused = |m: &str| metric_sum(m, "confab_net_connections_refused_total", &["role=\"supernode\"", &label]);
+    let refused = |m: &str| t.metric(m, "confab_net_connections_refused_total", &["role=\"supernode\"", &label]);
     let before = refused(&t.metrics().await);
 
     // A NatProbe every 3 s keeps each read within its deadline, but not the handshake's.

@@ -73,6 +73,12 @@ async fn buddies_authorize_see_each_others_status_and_get_the_list_back_on_a_sec
     alice.publish(Status::Away, &profile).await.unwrap();
     let took = expect(&mut bob, second, "away", presence("alice", Status::Away)).await;
     eprintln!("status change reached the buddy in {took:?}");
+    // Where to reach alice: her buddy knows, a stranger's lookup shows no address.
+    let seen_by_bob = bob.find("alice").await.unwrap().expect("alice is in the index");
+    assert_eq!(seen_by_bob.public_addr, Some(alice.report.public_addr), "a buddy sees the address");
+    let seen_by_carol = carol.find("alice").await.unwrap().expect("alice is in the index");
+    assert_ne!(seen_by_carol.status, Status::Offline, "a stranger sees her status");
+    assert_eq!(seen_by_carol.public_addr, None, "but not her address");
     alice.publish(Status::Invisible, &profile).await.unwrap();
     expect(&mut bob, second, "invisible", presence("alice", Status::Invisible)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -136,12 +142,12 @@ async fn buddies_authorize_see_each_others_status_and_get_the_list_back_on_a_sec
 
     // Operators see it all on /metrics.
     let m = t.metrics().await;
-    assert!(common::metric_sum(&m, "confab_login_buddy_ops_total", &["op=\"add\"", "outcome=\"buddy_ok\""]) >= 2.0);
-    assert!(common::metric_sum(&m, "confab_login_buddy_ops_total", &["outcome=\"blocked_silently\""]) >= 1.0);
-    assert!(common::metric_sum(&m, "confab_supernode_notices_total", &["outcome=\"delivered\""]) >= 5.0);
-    assert!(common::metric_sum(&m, "confab_supernode_notices_total", &["outcome=\"forwarded\""]) >= 1.0);
-    assert!(common::metric_sum(&m, "confab_index_replication_lag_seconds_count", &[]) >= 4.0);
-    assert!(common::metric_sum(&m, "confab_index_entries", &[]) >= 4.0, "{m}");
+    assert!(t.metric(&m, "confab_login_buddy_ops_total", &["op=\"add\"", "outcome=\"buddy_ok\""]) >= 2.0);
+    assert!(t.metric(&m, "confab_login_buddy_ops_total", &["outcome=\"blocked_silently\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_supernode_notices_total", &["outcome=\"delivered\""]) >= 5.0);
+    assert!(t.metric(&m, "confab_supernode_notices_total", &["outcome=\"forwarded\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_index_replication_lag_seconds_count", &[]) >= 4.0);
+    assert!(t.metric(&m, "confab_index_entries", &[]) >= 4.0, "{m}");
     assert!(m.contains("# HELP confab_index_slot_entries_max"));
 
     for s in [alice2, bob, carol, dave] {

@@ -148,7 +148,7 @@ fn until_bob_is_online(find: impl Fn() -> Output) {
 fn call(tag: char, a: Router, b: Router) -> (String, String) {
     use confab::call::audio;
     let (mut bed, sn, ns_a, ns_b) = Bed::new(tag, a, b);
-    common::seed_data(&bed.data(), 3);
+    common::seed_data(&bed.data(), 3, "sn");
     let mut up = Command::new("ip")
         .args(["netns", "exec", &sn, env!("CARGO_BIN_EXE_confab"), "up", "--json", "--bind", SN_IP, "--data"])
         .arg(bed.data())

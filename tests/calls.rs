@@ -97,7 +97,7 @@ async fn call_signalling_through_super_nodes() {
     let m = t.metrics().await;
     for outcome in ["declined", "cancelled", "no_answer", "hung_up"] {
         let label = format!("outcome=\"{outcome}\"");
-        assert!(common::metric_sum(&m, "confab_calls_total", &[&label]) >= 1.0, "no {outcome} call counted");
+        assert!(t.metric(&m, "confab_calls_total", &[&label]) >= 1.0, "no {outcome} call counted");
     }
     alice.logout().await;
     bob.logout().await;
@@ -137,6 +137,9 @@ async fn a_call_carries_voice_both_ways() {
     alice.set_call_audio(id, to_bob.clone());
     alice.set_call_recording(id, true);
     call_event(&mut bob, CallState::Ringing).await;
+    // Alice is not bob's buddy: while it rings she learns nothing of where he is.
+    call_event(&mut alice, CallState::Ringing).await;
+    assert_eq!(alice.call_peer_candidates(id), Some(Vec::new()));
     bob.set_call_audio(id, to_alice.clone());
     bob.set_call_recording(id, true);
     bob.answer_call(id, true).await;
@@ -159,6 +162,8 @@ async fn a_call_carries_voice_both_ways() {
     stranger.join().unwrap();
     assert_eq!(connected_path(&ea), Some("direct"), "{ea:?}");
     assert_eq!(connected_path(&eb), Some("direct"), "{eb:?}");
+    let told = alice.call_peer_candidates(id).unwrap();
+    assert!(told.iter().any(|c| c.addr == bob_addr), "bob's Accept told alice where he is: {told:?}");
     alice.end_call(id).await;
     call_event(&mut bob, CallState::Ended { reason: "hung_up" }).await;
 
@@ -181,8 +186,8 @@ async fn a_call_carries_voice_both_ways() {
     assert_eq!((alice.calls_in_progress(), bob.calls_in_progress()), (0, 0));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let m = t.metrics().await;
-    assert!(common::metric_sum(&m, "confab_calls_total", &["path=\"direct\"", "outcome=\"hung_up\""]) >= 1.0);
-    assert!(common::metric_sum(&m, "confab_call_setup_duration_seconds_count", &["path=\"direct\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_calls_total", &["path=\"direct\"", "outcome=\"hung_up\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_call_setup_duration_seconds_count", &["path=\"direct\""]) >= 1.0);
     alice.logout().await;
     bob.logout().await;
     t.net.stop().await;
@@ -251,7 +256,7 @@ async fn a_host_without_udp_reaches_the_relay_over_tcp() {
     assert_eq!(connected_path(&ee), Some("relayed_tcp"), "{ee:?}");
     assert_eq!(connected_path(&ef), Some("relayed_tcp"), "{ef:?}");
     let m = t.metrics().await;
-    assert_eq!(common::metric_sum(&m, "confab_relay_tcp_connections", &[]), 1.0, "frank's leg");
+    assert_eq!(t.metric(&m, "confab_relay_tcp_connections", &[]), 1.0, "frank's leg");
     erin.end_call(id).await;
     call_event(&mut frank, CallState::Ended { reason: "hung_up" }).await;
     for (who, r, tone) in
@@ -267,7 +272,7 @@ async fn a_host_without_udp_reaches_the_relay_over_tcp() {
     let t0 = Instant::now();
     loop {
         let sessions: usize = t.net.nodes().iter().map(|n| n.relay.as_ref().unwrap().table.len()).sum();
-        let conns = common::metric_sum(&t.metrics().await, "confab_relay_tcp_connections", &[]);
+        let conns = t.metric(&t.metrics().await, "confab_relay_tcp_connections", &[]);
         if sessions == 0 && conns == 0.0 {
             break;
         }
@@ -276,7 +281,7 @@ async fn a_host_without_udp_reaches_the_relay_over_tcp() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let m = t.metrics().await;
-    assert!(common::metric_sum(&m, "confab_calls_total", &["path=\"relayed_tcp\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_calls_total", &["path=\"relayed_tcp\""]) >= 1.0);
     erin.logout().await;
     frank.logout().await;
     t.net.stop().await;
@@ -355,10 +360,38 @@ async fn an_invisible_user_cannot_be_called_by_a_stranger() {
     // The index shows a stranger an offline user with no address: no invite is sent.
     let e = dave.call("bob").await.unwrap_err().to_string();
     assert!(e.contains("offline"), "{e}");
-    // And an invite that reached bob anyway would go unanswered (Session::on_invite); he
-    // hears nothing ring.
-    let events = run_for(&mut bob, Duration::from_millis(500)).await;
+    // A modified client sends the invite anyway: bob neither rings nor answers (not even
+    // busy), so dave's call ends as if nobody were there.
+    let id = dave.call_even_if_offline("bob").await.unwrap();
+    let ended = |e: &Event| matches!(e, Event::Call { state: CallState::Ended { reason: "unreachable" }, .. });
+    let (events, _) = tokio::join!(
+        run_for(&mut bob, Duration::from_millis(3500)),
+        // The invite times out after 3 s (Timeouts::invite_ms above), checked every tick.
+        common::expect_event(&mut dave, Duration::from_secs(6), "unanswered", ended)
+    );
     assert!(!events.iter().any(|e| matches!(e, Event::Call { .. })), "{events:?}");
+    assert_eq!(dave.calls_in_progress(), 0, "call {id:?} left behind");
+    // A buddy's invite does ring.
+    bob.add_buddy("dave", "hi").await.unwrap();
+    common::expect_event(
+        &mut dave,
+        Duration::from_secs(3),
+        "bob's request",
+        |e| matches!(e, Event::Request { from, .. } if from == "bob"),
+    )
+    .await;
+    dave.answer_buddy("bob", true).await.unwrap();
+    common::expect_event(
+        &mut bob,
+        Duration::from_secs(3),
+        "dave's answer",
+        |e| matches!(e, Event::Answered { user, .. } if user == "dave"),
+    )
+    .await;
+    let id = dave.call_even_if_offline("bob").await.unwrap();
+    call_event(&mut bob, CallState::Ringing).await;
+    dave.end_call(id).await;
+    call_event(&mut bob, CallState::Ended { reason: "cancelled" }).await;
     bob.logout().await;
     dave.logout().await;
     t.net.stop().await;

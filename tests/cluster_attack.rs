@@ -19,7 +19,7 @@ const REJECTED: &str = "confab_cluster_packets_rejected_total";
 async fn grows(t: &common::TestNet, name: &str, labels: &[&str], before: f64, by: f64) -> f64 {
     let start = Instant::now();
     loop {
-        let now = common::metric_sum(&t.metrics().await, name, labels);
+        let now = t.metric(&t.metrics().await, name, labels);
         if now >= before + by {
             return now;
         }
@@ -74,11 +74,11 @@ async fn replays_and_forged_senders_are_refused_counted_and_never_answered() {
     let accepted = "confab_cluster_index_packets_total";
     for rpc in [store, digests] {
         let packet = sender.seal(b_id, b_gossip, &rpc.encode()).expect("a holds b's certificate");
-        let before = common::metric_sum(&t.metrics().await, accepted, &[&node, "outcome=\"accepted\""]);
+        let before = t.metric(&t.metrics().await, accepted, &[&node, "outcome=\"accepted\""]);
         assert!(sender.send_raw(b_gossip, &packet));
         grows(&t, accepted, &[&node, "outcome=\"accepted\""], before, 1.0).await;
 
-        let before = common::metric_sum(&t.metrics().await, REJECTED, &[&node, &reason("replayed")]);
+        let before = t.metric(&t.metrics().await, REJECTED, &[&node, &reason("replayed")]);
         attacker.send_to(&packet, b_gossip).await.unwrap();
         sent += packet.len();
         replayed_in += packet.len();
@@ -89,12 +89,12 @@ async fn replays_and_forged_senders_are_refused_counted_and_never_answered() {
     // A packet a sealed but never sent, sent first from 127.0.0.2: refused for its
     // address, and it does not use up the counter (a's own copy still arrives).
     let fresh = sender.seal(b_id, b_gossip, &IndexRpc::StoreAck { req: 1, held: true }.encode()).unwrap();
-    let before = common::metric_sum(&t.metrics().await, REJECTED, &[&node, &reason("wrong_address")]);
+    let before = t.metric(&t.metrics().await, REJECTED, &[&node, &reason("wrong_address")]);
     attacker.send_to(&fresh, b_gossip).await.unwrap();
     sent += fresh.len();
     replayed_in += fresh.len();
     grows(&t, REJECTED, &[&node, &reason("wrong_address")], before, 1.0).await;
-    let before = common::metric_sum(&t.metrics().await, accepted, &[&node, "outcome=\"accepted\""]);
+    let before = t.metric(&t.metrics().await, accepted, &[&node, "outcome=\"accepted\""]);
     assert!(sender.send_raw(b_gossip, &fresh));
     grows(&t, accepted, &[&node, "outcome=\"accepted\""], before, 1.0).await;
 
@@ -111,7 +111,7 @@ async fn replays_and_forged_senders_are_refused_counted_and_never_answered() {
             ClusterCert::issue(&forger, a.identity.credential.clone(), mine.public(), (claimed, None, None), now_ms);
         let hello = key.seal_hello(&Hello { want_reply: true, sent_ms: now_ms, cert: cert.encode() }).unwrap();
         let why = if claimed == here { "bad_certificate" } else { "wrong_address" };
-        let before = common::metric_sum(&t.metrics().await, REJECTED, &[&node, &reason(why)]);
+        let before = t.metric(&t.metrics().await, REJECTED, &[&node, &reason(why)]);
         attacker.send_to(&hello, b_gossip).await.unwrap();
         sent += hello.len();
         forged_in += hello.len();
@@ -123,7 +123,7 @@ async fn replays_and_forged_senders_are_refused_counted_and_never_answered() {
         Header { channel: Channel::Index, sender: a_id.0, counter: u64::MAX },
         &IndexRpc::Fetch { req: 1, key: "alice".into() }.encode(),
     );
-    let before = common::metric_sum(&t.metrics().await, REJECTED, &[&node, &reason("bad_mac")]);
+    let before = t.metric(&t.metrics().await, REJECTED, &[&node, &reason("bad_mac")]);
     attacker.send_to(&forged, b_gossip).await.unwrap();
     sent += forged.len();
     forged_in += forged.len();
@@ -141,7 +141,7 @@ async fn replays_and_forged_senders_are_refused_counted_and_never_answered() {
         stranger.seal_hello(&Hello { want_reply: true, sent_ms: now_ms, cert: cert.encode() }).unwrap(),
         forged.clone(),
     ];
-    let before = common::metric_sum(&t.metrics().await, REJECTED, &[&node]);
+    let before = t.metric(&t.metrics().await, REJECTED, &[&node]);
     let mut stranger_in = 0;
     for p in &strange {
         attacker.send_to(p, b_gossip).await.unwrap();

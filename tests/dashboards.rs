@@ -546,7 +546,7 @@ fn every_dashboard_query_returns_data_from_a_live_network() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
     let data = dir.join("data");
-    common::seed_data(&data, 3);
+    common::seed_data(&data, 3, "sn");
     let mut up = Reaper(
         confab()
             .args(["up", "--json", "--base-port", "0", "--metrics", "127.0.0.1:0", "--data"])

@@ -228,12 +228,12 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
         relay: Some(sa("198.18.0.1:3478")),
         session: 0xdead_beef,
         token_a: [1; 16],
-        token_b: [2; 16],
+        leg_b: vec![2; 256],
         idle_timeout_secs: 30,
     };
 
     let media_key = MediaKey(fuzzing::MEDIA_KEY);
-    let signal = SignalChannel::new(fuzzing::CALL_ID, &media_key, Role::Caller).seal(Signal::Accept);
+    let signal = SignalChannel::keyed(fuzzing::CALL_ID, &media_key, &media_key, Role::Caller).seal(Signal::Accept);
     let candidates = vec![
         Candidate { kind: CandidateKind::Host, addr: sa("10.0.0.5:40000") },
         Candidate { kind: CandidateKind::Public, addr: sa("198.18.7.1:40000") },
@@ -242,7 +242,7 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
     let (invite, _) =
         Invite::make(&alice, &alice_key, "sn1", &bob, vec![Codec::Opus, Codec::L16], candidates.clone(), now_ms);
     let opened = invite.open(fuzzing::trusted(), "bob", &bob_key, now_ms, 30_000).unwrap();
-    let reply = Reply::make(&opened, &bob, &bob_key, &[Codec::L16], candidates, now_ms).unwrap();
+    let (reply, _) = Reply::make(&opened, &bob, &bob_key, &[Codec::L16], false, candidates, now_ms).unwrap();
     let call_messages = [
         CallMessage::Invite(invite.clone()).encode(),
         CallMessage::Reply(reply.clone()).encode(),
@@ -445,7 +445,7 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
     add(Target::SearchReply, vec![SearchReply { req: 10, total: 2, index: 1, entry: entry.clone() }.encode()]);
     add(Target::Forward, vec![forward.encode()]);
     add(Target::ForwardAck, vec![ForwardAck { req: 11, code: 0, supernode: "sn2".into() }.encode()]);
-    add(Target::RelayAllocate, vec![RelayAllocate { req: 5 }.encode()]);
+    add(Target::RelayAllocate, vec![RelayAllocate { req: 5, callee: bob.encode() }.encode()]);
     add(Target::RelayGrant, vec![grant.encode(), RelayGrant { code: 24, relay: None, ..grant }.encode()]);
     add(Target::RelayRelease, vec![RelayRelease { session: 0xdead_beef }.encode()]);
     add(Target::CallStats, vec![stats.encode()]);
@@ -501,7 +501,10 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
         [
             Signal::Ringing,
             Signal::HangUp,
-            Signal::Relay { relay: sa("198.18.0.1:3478"), session: 0xdead_beef, token: [2; 16] },
+            Signal::Relay { relay: sa("198.18.0.1:3478"), session: 0xdead_beef, leg: vec![2; 256] },
+            Signal::AcceptAt {
+                candidates: vec![Candidate { kind: CandidateKind::Public, addr: sa("198.18.7.1:40000") }],
+            },
         ]
         .iter()
         .map(|s| postcard::to_allocvec(s).unwrap())
@@ -516,7 +519,7 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
                 session_chunk(MessageKind::Search, 2, &search.encode()),
                 session_chunk(MessageKind::Publish, 3, &entry),
                 session_chunk(MessageKind::Forward, 4, &forward.encode()),
-                session_chunk(MessageKind::RelayAllocate, 5, &RelayAllocate { req: 5 }.encode()),
+                session_chunk(MessageKind::RelayAllocate, 5, &RelayAllocate { req: 5, callee: bob.encode() }.encode()),
                 session_chunk(MessageKind::CallStats, 6, &stats.encode()),
                 session_chunk(MessageKind::RelayRelease, 7, &RelayRelease { session: 1 }.encode()),
                 session_chunk(MessageKind::Welcome, 8, &welcome.encode()),
@@ -566,7 +569,8 @@ fn fresh_seeds_reach_past_the_checks() {
     confab::crypto::RevocationList::decode(revocations.payload).unwrap().verify(trusted).unwrap();
     SignedOp::decode(&first(Target::SignedOp)).unwrap().verify(trusted, &[], NOW_SECS).unwrap();
     let sig = SealedSignal::decode(&first(Target::SealedSignal)).unwrap();
-    let mut callee = SignalChannel::new(fuzzing::CALL_ID, &MediaKey(fuzzing::MEDIA_KEY), Role::Callee);
+    let key = MediaKey(fuzzing::MEDIA_KEY);
+    let mut callee = SignalChannel::keyed(fuzzing::CALL_ID, &key, &key, Role::Callee);
     assert_eq!(callee.open(&sig), Some(Signal::Accept));
     for inputs in s.values() {
         for input in inputs {

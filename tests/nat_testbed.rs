@@ -97,7 +97,7 @@ impl Testbed {
 
     /// Starts `confab up` in the super-node namespace and waits until it listens.
     fn start_network(&mut self) {
-        common::seed_data(&self.data(), 3);
+        common::seed_data(&self.data(), 3, "sn");
         let mut child = Command::new("ip")
             .args([
                 "netns",

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestNet, key, metric_sum};
+use common::{TestNet, key};
 use confab::crypto::aead::{SessionSecret, label};
 use confab::crypto::credential::{Claims, Credential, CredentialKind, TrustedKeys};
 use confab::crypto::{PublicKey, envelope};
@@ -44,7 +44,7 @@ async fn register_then_login_reports_everything() {
     let r = s.report.clone();
     assert_eq!(r.user, "Alice", "the name as registered");
     assert_eq!(r.transport, "udp");
-    assert!(r.supernode.starts_with("sn"), "{}", r.supernode);
+    assert!((0..3).any(|i| r.supernode == t.node(i)), "{}", r.supernode);
     assert_eq!(r.public_addr, SocketAddr::from(([127, 0, 0, 1], r.local_port)));
     assert_eq!(r.nat, NatKind::None, "loopback is no NAT");
     let now = confab::unix_now();
@@ -126,9 +126,9 @@ async fn wrong_password_unknown_user_and_source_backoff() {
     assert_eq!(refused(&e), Some(ErrorCode::TooManyAttempts), "{e}");
     assert!(e.to_string().contains("try again in"), "{e}");
     let m = t.metrics().await;
-    assert!(metric_sum(&m, "confab_login_requests_total", &["outcome=\"wrong_password\""]) >= 4.0);
-    assert!(metric_sum(&m, "confab_login_requests_total", &["outcome=\"puzzle_required\""]) >= 1.0);
-    assert!(metric_sum(&m, "confab_login_requests_total", &["outcome=\"too_many_attempts\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_login_requests_total", &["outcome=\"wrong_password\""]) >= 4.0);
+    assert!(t.metric(&m, "confab_login_requests_total", &["outcome=\"puzzle_required\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_login_requests_total", &["outcome=\"too_many_attempts\""]) >= 1.0);
     t.net.stop().await;
 }
 
@@ -256,7 +256,7 @@ async fn super_node_refuses_expired_and_untrusted_credentials() {
     let e = handshake_with(&t, sn, &host_credential("login-1", "frank", now, now + 60)).await.unwrap_err();
     assert!(matches!(&e, HandshakeError::Refused { error, .. } if error.code == ErrorCode::UntrustedCredential), "{e}");
     let m = t.metrics().await;
-    assert!(metric_sum(&m, "confab_supernode_handshakes_total", &["outcome=\"credential_expired\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_supernode_handshakes_total", &["outcome=\"credential_expired\""]) >= 1.0);
     t.net.stop().await;
 }
 
@@ -348,7 +348,7 @@ async fn cached_super_nodes_down_then_bootstrap() {
     assert_eq!(stages.last().unwrap(), &(Stage::BootstrapUdp, "ok".to_owned()), "{stages:?}");
     // The dead entries now carry failures and sort last.
     let cache = HostCache::load(&home.cache_path());
-    assert_eq!(cache.supernodes()[0].name, "sn1");
+    assert_eq!(cache.supernodes()[0].name, t.node(0));
     assert!(cache.supernodes().iter().filter(|e| e.name.starts_with("gone")).all(|e| e.failures >= 2));
     s.logout().await;
     t.net.stop().await;
@@ -459,18 +459,19 @@ async fn metrics_cover_logins_sessions_frames_and_stun() {
     register(&t, "mia", PW).await.unwrap();
     let s = host::login(&t.settings(), &t.home("mia"), "mia", PW).await.unwrap();
     let m = t.metrics().await;
+    let node = format!("node=\"{}\"", t.node(0));
     for (name, labels) in [
         ("confab_login_requests_total", &["kind=\"login_request\"", "outcome=\"login_ok\""][..]),
         ("confab_login_requests_total", &["kind=\"register_request\"", "outcome=\"registered\""]),
         ("confab_login_handshake_duration_seconds_count", &["kind=\"login_request\""]),
-        ("confab_supernode_hosts_connected", &["node=\"sn1\""]),
+        ("confab_supernode_hosts_connected", &[node.as_str()]),
         ("confab_supernode_handshakes_total", &["outcome=\"established\""]),
         ("confab_supernode_handshake_duration_seconds_count", &[]),
         ("confab_wire_frames_in_total", &["kind=\"hello\"", "transport=\"udp\""]),
         ("confab_wire_frames_out_total", &["kind=\"welcome\"", "transport=\"udp\""]),
         ("confab_supernode_nat_probes_total", &["port=\"alternate\""]),
     ] {
-        assert!(metric_sum(&m, name, labels) >= 1.0, "{name}{labels:?} missing:\n{m}");
+        assert!(t.metric(&m, name, labels) >= 1.0, "{name}{labels:?} missing:\n{m}");
     }
     assert!(m.contains("confab_login_handshake_duration_seconds_bucket{"), "a real histogram with buckets");
     s.logout().await;

@@ -51,9 +51,24 @@ async fn relay_sessions_forward_only_between_their_two_endpoints() {
     let node = t.net.nodes()[0].clone();
     let table = &node.relay.as_ref().expect("confab up gives every super node a relay").table;
 
-    let g = rita.allocate_relay().await.unwrap();
+    let vic_home = t.home("vic");
+    confab::host::register(&s, &vic_home, "vic", PW).await.unwrap();
+    let vic = confab::host::login(&s, &vic_home, "vic", PW).await.unwrap();
+
+    // Leg B's token comes sealed to the callee: rita, who asked, cannot use it.
+    let g = rita.allocate_relay(vic.credential()).await.unwrap();
+    let e = rita.open_relay_leg(g.session, &g.leg_b).unwrap_err().to_string();
+    assert!(e.contains("does not open"), "{e}");
+    let token_b = vic.open_relay_leg(g.session, &g.leg_b).unwrap();
+    assert!(vic.open_relay_leg(g.session ^ 1, &g.leg_b).is_err(), "bound to its session");
+    // And a super node seals it only to a verified host credential.
+    let mut bytes = vic.credential().encode();
+    *bytes.last_mut().unwrap() ^= 1;
+    let forged = confab::crypto::Credential::decode(&bytes).unwrap();
+    let e = rita.allocate_relay(&forged).await.unwrap_err().to_string();
+    assert!(e.contains("untrusted"), "{e}");
     let relay: SocketAddr = g.relay.unwrap();
-    let (session, ta, tb) = (SessionId(g.session), Token::from_bytes(g.token_a), Token::from_bytes(g.token_b));
+    let (session, ta, tb) = (SessionId(g.session), Token::from_bytes(g.token_a), Token::from_bytes(token_b));
     let (a, b, stranger) = (socket(), socket(), socket());
     a.connect(relay).unwrap();
     b.connect(relay).unwrap();
@@ -103,9 +118,9 @@ async fn relay_sessions_forward_only_between_their_two_endpoints() {
     assert!(through <= 1200, "{through} of 3000 flooded packets went through");
 
     // Quotas: three sessions per host here.
-    let g2 = rita.allocate_relay().await.unwrap();
-    let g3 = rita.allocate_relay().await.unwrap();
-    let e = rita.allocate_relay().await.unwrap_err().to_string();
+    let g2 = rita.allocate_relay(vic.credential()).await.unwrap();
+    let g3 = rita.allocate_relay(vic.credential()).await.unwrap();
+    let e = rita.allocate_relay(vic.credential()).await.unwrap_err().to_string();
     assert!(e.contains("full"), "{e}");
     assert_eq!(table.len(), 3);
 
@@ -121,26 +136,27 @@ async fn relay_sessions_forward_only_between_their_two_endpoints() {
     wait(2, "release").await;
     wait(0, "idle timeout").await;
     assert!(table.accounting(SessionId(g3.session)).is_none());
-    let g4 = rita.allocate_relay().await.unwrap();
+    let g4 = rita.allocate_relay(vic.credential()).await.unwrap();
     assert_eq!(table.len(), 1);
     rita.logout().await;
+    vic.logout().await;
     wait(0, "owner left").await;
     let _ = g4;
 
     let m = t.metrics().await;
-    assert!(common::metric_sum(&m, "confab_relay_packets_total", &["outcome=\"forwarded\""]) >= 401.0);
-    assert!(common::metric_sum(&m, "confab_relay_drops_total", &["reason=\"wrong_source\""]) >= 1.0);
-    assert!(common::metric_sum(&m, "confab_relay_drops_total", &["reason=\"bad_token\""]) >= 1.0);
-    assert!(common::metric_sum(&m, "confab_relay_drops_total", &["reason=\"unknown_session\""]) >= 1.0);
-    assert!(common::metric_sum(&m, "confab_relay_drops_total", &["reason=\"rate_cap\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_relay_packets_total", &["outcome=\"forwarded\""]) >= 401.0);
+    assert!(t.metric(&m, "confab_relay_drops_total", &["reason=\"wrong_source\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_relay_drops_total", &["reason=\"bad_token\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_relay_drops_total", &["reason=\"unknown_session\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_relay_drops_total", &["reason=\"rate_cap\""]) >= 1.0);
     for reason in ["replayed", "oversized", "malformed"] {
         let r = format!("reason=\"{reason}\"");
-        assert!(common::metric_sum(&m, "confab_relay_drops_total", &[&r]) >= 1.0, "{reason}");
+        assert!(t.metric(&m, "confab_relay_drops_total", &[&r]) >= 1.0, "{reason}");
     }
-    assert!(common::metric_sum(&m, "confab_relay_allocations_total", &["outcome=\"host_quota\""]) >= 1.0);
-    assert!(common::metric_sum(&m, "confab_relay_sessions_total", &["event=\"expired\""]) >= 2.0);
-    assert!(common::metric_sum(&m, "confab_relay_sessions_total", &["event=\"released\""]) >= 1.0);
-    assert!(common::metric_sum(&m, "confab_relay_sessions_total", &["event=\"owner_left\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_relay_allocations_total", &["outcome=\"host_quota\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_relay_sessions_total", &["event=\"expired\""]) >= 2.0);
+    assert!(t.metric(&m, "confab_relay_sessions_total", &["event=\"released\""]) >= 1.0);
+    assert!(t.metric(&m, "confab_relay_sessions_total", &["event=\"owner_left\""]) >= 1.0);
     t.net.stop().await;
 }
 
@@ -160,9 +176,11 @@ async fn under_a_flood_the_relay_drops_and_counts_memory_stays_flat_and_it_recov
     let mut sam = confab::host::login(&s, &home, "sam", PW).await.unwrap();
     let node = t.net.nodes()[0].clone();
     let table = node.relay.as_ref().unwrap().table.clone();
-    let g = sam.allocate_relay().await.unwrap();
+    // Sam opens the session for a call with himself: he holds both legs.
+    let g = sam.allocate_relay(&sam.credential().clone()).await.unwrap();
     let relay: SocketAddr = g.relay.unwrap();
-    let (session, ta, tb) = (SessionId(g.session), Token::from_bytes(g.token_a), Token::from_bytes(g.token_b));
+    let token_b = sam.open_relay_leg(g.session, &g.leg_b).unwrap();
+    let (session, ta, tb) = (SessionId(g.session), Token::from_bytes(g.token_a), Token::from_bytes(token_b));
     let (a, b) = (socket(), socket());
     a.connect(relay).unwrap();
     b.connect(relay).unwrap();
@@ -234,7 +252,7 @@ async fn under_a_flood_the_relay_drops_and_counts_memory_stays_flat_and_it_recov
     let m = t.metrics().await;
     for reason in ["rate_cap", "replayed", "malformed", "unknown_session", "bad_token"] {
         let r = format!("reason=\"{reason}\"");
-        assert!(common::metric_sum(&m, "confab_relay_drops_total", &[&r]) > 100.0, "{reason}");
+        assert!(t.metric(&m, "confab_relay_drops_total", &[&r]) > 100.0, "{reason}");
     }
     sam.logout().await;
     t.net.stop().await;
@@ -269,16 +287,17 @@ async fn relay_sessions_are_limited_per_source_across_hosts() {
     let node = t.net.nodes()[0].clone();
     let table = &node.relay.as_ref().unwrap().table;
     // Two hosts on one address: each within its own quota, together within the source's.
-    let g1 = hosts[0].allocate_relay().await.unwrap();
-    hosts[0].allocate_relay().await.unwrap();
-    hosts[1].allocate_relay().await.unwrap();
-    let e = hosts[1].allocate_relay().await.unwrap_err().to_string();
+    let peer = hosts[1].credential().clone();
+    let g1 = hosts[0].allocate_relay(&peer).await.unwrap();
+    hosts[0].allocate_relay(&peer).await.unwrap();
+    hosts[1].allocate_relay(&peer).await.unwrap();
+    let e = hosts[1].allocate_relay(&peer).await.unwrap_err().to_string();
     assert!(e.contains("full"), "{e}");
     assert_eq!(table.len(), 3);
     // A released session gives its place back to the source.
     hosts[0].release_relay(g1.session).await;
     common::wait_for("the released place to come back", Duration::from_secs(5), async || {
-        hosts[1].allocate_relay().await.is_ok()
+        hosts[1].allocate_relay(&peer).await.is_ok()
     })
     .await;
     for h in hosts {

@@ -3,15 +3,13 @@
 
 mod common;
 
-use common::metric_sum;
 use confab::crypto::CredentialKind;
 use std::time::Duration;
 
 const PW: &str = "correct horse battery";
 
-/// The tests here read per-node metrics, and nodes of different tests share names (sn1,
-/// sn2 …) in the one recorder of this process: they run one at a time, and compare
-/// before with after.
+/// Each test here starts a whole network (and the machine has few cores): they run one at
+/// a time, and compare metrics before with after.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
@@ -34,13 +32,14 @@ async fn a_revoked_super_node_is_dropped_by_every_member_and_refused_by_hosts() 
     t.converge(3).await;
     let nodes = t.net.nodes();
     let sn3 = nodes[2].identity.key.public().id();
+    let sn3_name = t.node(2);
     let node = |i: usize| format!("node=\"{}\"", nodes[i].identity.name);
     let lists = "confab_revocation_lists_total";
     let m = t.metrics().await;
     let revoked_before =
-        [0, 1].map(|i| metric_sum(&m, "confab_cluster_packets_rejected_total", &[&node(i), "reason=\"revoked\""]));
+        [0, 1].map(|i| t.metric(&m, "confab_cluster_packets_rejected_total", &[&node(i), "reason=\"revoked\""]));
     let adopted = |m: &str, i: usize, source: &str| {
-        metric_sum(m, lists, &[&node(i), &format!("source=\"{source}\""), "outcome=\"adopted\""])
+        t.metric(m, lists, &[&node(i), &format!("source=\"{source}\""), "outcome=\"adopted\""])
     };
     let adopted_before = [adopted(&m, 0, "login_server"), adopted(&m, 1, "gossip"), adopted(&m, 1, "login_server")];
     assert!(nodes.iter().all(|n| n.identity.trusted.revoked().version() == 0), "no list anywhere yet");
@@ -53,16 +52,16 @@ async fn a_revoked_super_node_is_dropped_by_every_member_and_refused_by_hosts() 
     let bob_home = t.home("bob");
     confab::host::register(&sb, &bob_home, "bob", PW).await.unwrap();
     let mut bob = confab::host::login(&sb, &bob_home, "bob", PW).await.unwrap();
-    assert_eq!(bob.report.supernode, "sn3");
+    assert_eq!(bob.report.supernode, sn3_name);
 
     // The operator's command, as `confab revoke sn3.cred` runs it on the login server.
     let mut cfg = confab::config::Config::default();
     cfg.login_server.database = t.net.info.data.join("accounts.sqlite").into();
-    let cred_file = t.net.info.data.join("sn3.cred");
+    let cred_file = t.net.info.data.join(format!("{sn3_name}.cred"));
     let target =
         confab::login::revocations::resolve(cred_file.to_str().unwrap(), CredentialKind::SuperNode, "", &cfg).unwrap();
     let (entry, version) = confab::login::revocations::revoke(&cfg.login_server, &target, confab::unix_now()).unwrap();
-    assert_eq!((entry.key, entry.kind, entry.subject.as_str()), (sn3, CredentialKind::SuperNode, "sn3"));
+    assert_eq!((entry.key, entry.kind, entry.subject.as_str()), (sn3, CredentialKind::SuperNode, sn3_name.as_str()));
 
     let started = std::time::Instant::now();
     nodes[0].revocations.as_ref().expect("sn1 fetches revocations").fetch();
@@ -76,14 +75,13 @@ async fn a_revoked_super_node_is_dropped_by_every_member_and_refused_by_hosts() 
     assert_eq!(adopted(&m, 0, "login_server"), adopted_before[0] + 1.0, "sn1 fetched it");
     assert_eq!(adopted(&m, 1, "gossip"), adopted_before[1] + 1.0, "sn2 got it by gossip");
     assert_eq!(adopted(&m, 1, "login_server"), adopted_before[2], "sn2 never asked the login server");
-    assert_eq!(metric_sum(&m, "confab_revocation_list_version", &[&node(1)]), version as f64);
+    assert_eq!(t.metric(&m, "confab_revocation_list_version", &[&node(1)]), version as f64);
 
     // sn3 still gossips to them (nobody told it): its packets are refused as revoked.
     common::wait_for("sn3's packets are refused as revoked", Duration::from_secs(10), async || {
         let m = t.metrics().await;
         [0, 1].iter().all(|&i| {
-            metric_sum(&m, "confab_cluster_packets_rejected_total", &[&node(i), "reason=\"revoked\""])
-                > revoked_before[i]
+            t.metric(&m, "confab_cluster_packets_rejected_total", &[&node(i), "reason=\"revoked\""]) > revoked_before[i]
         })
     })
     .await;
@@ -93,10 +91,10 @@ async fn a_revoked_super_node_is_dropped_by_every_member_and_refused_by_hosts() 
         &mut bob,
         Duration::from_secs(10),
         "bob leaves sn3",
-        |e| matches!(e, confab::host::buddies::Event::Reconnected { supernode } if supernode != "sn3"),
+        |e| matches!(e, confab::host::buddies::Event::Reconnected { supernode } if *supernode != sn3_name),
     )
     .await;
-    assert_ne!(bob.report.supernode, "sn3");
+    assert_ne!(bob.report.supernode, sn3_name);
     assert_eq!(sb.trusted.revoked().version(), version);
 
     // A host whose first bootstrap node is sn3 refuses it and logs in through another.
@@ -105,7 +103,7 @@ async fn a_revoked_super_node_is_dropped_by_every_member_and_refused_by_hosts() 
     let home = t.home("alice");
     confab::host::register(&s, &home, "alice", PW).await.unwrap();
     let alice = confab::host::login(&s, &home, "alice", PW).await.unwrap();
-    assert_ne!(alice.report.supernode, "sn3");
+    assert_ne!(alice.report.supernode, sn3_name);
     let sn3_udp = t.net.info.supernodes[2].udp;
     let tried = alice.report.attempts.iter().find(|a| a.addr == sn3_udp).expect("sn3 was tried first");
     assert!(tried.outcome.contains("revoked"), "{}", tried.outcome);
@@ -113,13 +111,13 @@ async fn a_revoked_super_node_is_dropped_by_every_member_and_refused_by_hosts() 
 
     // sn3 restarted (a new static key, a new certificate) cannot rejoin: its hellos are
     // refused, and nobody lets it back into the view.
-    let before = metric_sum(&t.metrics().await, "confab_cluster_packets_rejected_total", &["reason=\"revoked\""]);
+    let before = t.metric(&t.metrics().await, "confab_cluster_packets_rejected_total", &["reason=\"revoked\""]);
     let mut net = t;
     net.net.kill_node(2);
     net.net.restart_node(2).await.unwrap();
     common::wait_for("the restarted sn3 is refused again", Duration::from_secs(10), async || {
         let m = net.metrics().await;
-        metric_sum(&m, "confab_cluster_packets_rejected_total", &["reason=\"revoked\""]) > before + 2.0
+        net.metric(&m, "confab_cluster_packets_rejected_total", &["reason=\"revoked\""]) > before + 2.0
     })
     .await;
     let nodes = net.net.nodes();
@@ -280,7 +278,7 @@ async fn a_revoked_host_is_let_go_and_gets_no_new_credential() {
     let sn1 = &t.net.nodes()[0];
     assert_eq!(sn1.hosts_connected(), 1);
     let revoked = "confab_supernode_hosts_revoked_total";
-    let before = metric_sum(&t.metrics().await, revoked, &["node=\"sn1\""]);
+    let before = t.metric(&t.metrics().await, revoked, &[]);
 
     let mut cfg = confab::config::Config::default();
     cfg.login_server.database = t.net.info.data.join("accounts.sqlite").into();
@@ -290,7 +288,7 @@ async fn a_revoked_host_is_let_go_and_gets_no_new_credential() {
     confab::login::revocations::revoke(&cfg.login_server, &target, confab::unix_now()).unwrap();
     sn1.revocations.as_ref().unwrap().fetch();
     common::wait_for("sn1 lets alice's host go", Duration::from_secs(10), async || sn1.hosts_connected() == 0).await;
-    assert_eq!(metric_sum(&t.metrics().await, revoked, &["node=\"sn1\""]), before + 1.0);
+    assert_eq!(t.metric(&t.metrics().await, revoked, &[]), before + 1.0);
     drop(alice); // its port P, for the next login
 
     let e = match confab::host::login(&s, &home, "alice", PW).await {
@@ -323,14 +321,14 @@ async fn a_stranger_gets_no_revocation_list_and_no_more_bytes_than_it_sent() {
         subject: "gone".into(),
     };
     confab::login::revocations::revoke(&cfg.login_server, &target, confab::unix_now()).unwrap();
-    let sn1_cred = confab::keygen::read_credential(&t.net.info.data.join("sn1.cred")).unwrap();
+    let sn1_cred = confab::keygen::read_credential(&t.net.info.data.join(format!("{}.cred", t.node(0)))).unwrap();
     let now = confab::unix_now();
     let mut stolen = RevocationQuery { have: 0, timestamp: now, credential: sn1_cred.encode(), signature: vec![] };
     stolen.signature = common::key("host-0").sign_pss(&stolen.signed_message(login));
     let empty = RevocationQuery { have: 0, timestamp: now, credential: vec![], signature: vec![0; 256] };
     let queries_metric = "confab_login_revocation_queries_total";
     let refused =
-        |m: &str| ["malformed", "bad_signature"].map(|o| metric_sum(m, queries_metric, &[&format!("outcome=\"{o}\"")]));
+        |m: &str| ["malformed", "bad_signature"].map(|o| t.metric(m, queries_metric, &[&format!("outcome=\"{o}\"")]));
     let before = refused(&t.metrics().await);
     let (mut sent, mut got) = (0, 0);
     for q in [empty, stolen] {

@@ -3,7 +3,6 @@
 
 mod common;
 
-use common::metric_sum;
 use confab::host;
 use confab::wire::frame;
 use confab::wire::message::{Hello, MessageKind};
@@ -114,14 +113,14 @@ async fn garbage_is_counted_and_connected_hosts_are_undisturbed() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let after = t.metrics().await;
     let rejected =
-        |m: &str, reason: &str| metric_sum(m, "confab_wire_frames_rejected_total", &[&format!("reason=\"{reason}\"")]);
+        |m: &str, reason: &str| t.metric(m, "confab_wire_frames_rejected_total", &[&format!("reason=\"{reason}\"")]);
     for reason in ["truncated", "unknown_version", "oversized", "unknown_session", "stale_cookie"] {
         assert!(rejected(&after, reason) > rejected(&before, reason), "no rejection counted for {reason}");
     }
-    let total = metric_sum(&after, "confab_wire_frames_rejected_total", &[])
-        - metric_sum(&before, "confab_wire_frames_rejected_total", &[]);
+    let total = t.metric(&after, "confab_wire_frames_rejected_total", &[])
+        - t.metric(&before, "confab_wire_frames_rejected_total", &[]);
     assert!(total >= 0.8 * sent as f64, "{total} of {sent} junk datagrams counted as rejected");
-    assert_eq!(metric_sum(&after, "confab_supernode_hosts_connected", &[]), 1.0, "only alice is connected");
+    assert_eq!(t.metric(&after, "confab_supernode_hosts_connected", &[]), 1.0, "only alice is connected");
     alice.logout().await;
     t.net.stop().await;
 }

@@ -1,6 +1,7 @@
 //! The `relay` scenario's setup: pairs of real hosts logged in to the network; the first
-//! host of each pair opens a relay session at its super node (RelayAllocate, as the
-//! caller of a relayed call does) and the pair's two legs use its two tokens.
+//! host of each pair opens a relay session at its super node for a call with the second
+//! (RelayAllocate, as the caller of a relayed call does): leg A's token is the first's,
+//! leg B's comes sealed to the second, which opens it, as a callee does.
 
 use crate::hosts::{self, Hosts};
 use crate::traffic::{Leg, Pair, leg_socket};
@@ -40,10 +41,11 @@ pub async fn setup(hosts: &Arc<Hosts>, n: usize, per_host: usize, bar: &Progress
     bar.set_length(n as u64);
     while let (Some(mut a), Some(b)) = (it.next(), it.next()) {
         let mut opened = Vec::new();
+        let callee = b.credential().clone();
         while opened.len() < per_host && out.pairs.len() < n {
             let mut tries = 0;
             let grant = loop {
-                match a.allocate_relay().await {
+                match a.allocate_relay(&callee).await {
                     // A super node takes 50 requests a second from one host: wait it out.
                     Err(e) if e.to_string().contains("slow down") && tries < 3 => {
                         tries += 1;
@@ -70,7 +72,8 @@ pub async fn setup(hosts: &Arc<Hosts>, n: usize, per_host: usize, bar: &Progress
                     skip: RELAY_HEADER_LEN,
                 })
             };
-            out.pairs.push(Pair { a: leg(g.token_a)?, b: leg(g.token_b)? });
+            let token_b = b.open_relay_leg(g.session, &g.leg_b).context("leg B's token")?;
+            out.pairs.push(Pair { a: leg(g.token_a)?, b: leg(token_b)? });
             out.relays.insert(relay);
             bar.inc(1);
         }

@@ -51,6 +51,7 @@ async fn start(supernodes: usize) -> Net {
             c.supernode.handshakes_per_source_max = 64;
             c
         },
+        name_prefix: "sn".into(),
     })
     .await
     .unwrap();

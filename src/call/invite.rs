@@ -1,19 +1,27 @@
 //! How two hosts authenticate each other and agree on a media key no super node sees.
 //!
 //! 1. The caller sends an [`Invite`]: its credential, the codecs it offers, where it can
-//!    receive media, and a fresh AES-256 media key wrapped under the callee's RSA key (as
-//!    in the original network), all signed with RSA-PSS by the caller.
-//! 2. The callee checks the caller's credential and signature, unwraps the key, and
-//!    answers with a [`Reply`]: its credential, the codec chosen, its candidates, signed
-//!    over the invite's digest. The caller checks that in turn: mutual authentication.
-//! 3. Everything after (ringing, accept, decline, busy, cancel, hang-up) travels as a
-//!    [`SealedSignal`] under keys derived from the media key: end-to-end encrypted and
-//!    authenticated, so a super node relaying it can neither read nor forge it.
+//!    receive media, a fresh 256-bit secret wrapped under the callee's RSA key (as in the
+//!    original network) and a fresh X25519 public key, all signed with RSA-PSS by the caller.
+//! 2. The callee checks the caller's credential and signature, unwraps the secret, and
+//!    answers with a [`Reply`]: its credential, the codec chosen (or that it is busy), its
+//!    candidates and its own fresh X25519 public key, signed over the invite's digest. The
+//!    caller checks that in turn: mutual authentication.
+//! 3. The call's key is HKDF over the wrapped secret and the X25519 agreement, bound to
+//!    the invite and the callee's key share. The callee contributes fresh randomness to
+//!    every reply, so an invite replayed to the callee (after a restart made it forget the
+//!    call id) never yields a key used before, and a later theft of either RSA key does
+//!    not open a recorded call (forward secrecy).
+//! 4. Everything after travels as a [`SealedSignal`]: end-to-end encrypted and
+//!    authenticated, so a super node relaying it can neither read nor forge it. The
+//!    caller's signals are sealed under a key from its own fresh secret (it may cancel
+//!    before any reply); the callee's, and all media, under the call's key.
 
 use super::signal::{Role, Signal};
 use crate::crypto::PrivateKey;
 use crate::crypto::aead::{SealKey, SessionSecret};
 use crate::crypto::credential::{Credential, CredentialError, CredentialKind, TrustedKeys};
+use crate::crypto::dh;
 use crate::wire::replay::ReplayWindow;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -23,8 +31,12 @@ use std::net::SocketAddr;
 pub const DOMAIN_INVITE: &[u8] = b"confab/v1/call-invite\0";
 /// Domain prefix of a reply's signature.
 pub const DOMAIN_REPLY: &[u8] = b"confab/v1/call-reply\0";
+/// HKDF info prefix of a call's key.
+const CALL_KEY_INFO: &[u8] = b"confab/v1/call-key\0";
 /// Largest encoded invite or reply (two credentials never travel in one message).
 pub const CALL_MESSAGE_LEN_MAX: usize = 2300;
+/// Largest sealed signal (a relay leg sealed under a 4096-bit key, its address, the tag).
+pub const SEALED_SIGNAL_LEN_MAX: usize = crate::relay::handoff::SEALED_LEN_MAX + 64;
 /// Most codecs offered, and media candidates given.
 pub const LIST_MAX: usize = 8;
 
@@ -57,9 +69,16 @@ pub struct Candidate {
     pub addr: SocketAddr,
 }
 
-/// The media key the caller makes; every call key is derived from it.
+/// A call's key (or the caller's wrapped secret); every signalling and media key is
+/// derived from one.
 #[derive(Clone)]
 pub struct MediaKey(pub [u8; 32]);
+
+impl Drop for MediaKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl std::fmt::Debug for MediaKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -99,7 +118,7 @@ pub enum CallError {
     /// Made too long ago, or in the future (a replay, or a wrong clock).
     #[error("made {0} ms from now: outside the accepted window")]
     Stale(i64),
-    /// The wrapped media key does not open with our key.
+    /// The wrapped secret does not open with our key, or a key share is unusable.
     #[error("the media key does not open")]
     BadKey,
     /// No codec in common.
@@ -127,8 +146,10 @@ pub struct InviteBody {
     pub codecs: Vec<Codec>,
     /// Where the caller receives media.
     pub candidates: Vec<Candidate>,
-    /// RSA-OAEP(callee's key, media key).
+    /// RSA-OAEP(callee's key, the caller's 256-bit secret).
     pub wrapped_key: Vec<u8>,
+    /// The caller's fresh X25519 public key.
+    pub key_share: [u8; 32],
     /// Unix milliseconds at the caller.
     pub created_ms: u64,
 }
@@ -171,6 +192,48 @@ fn check_sender(c: &Credential, claimed: &str) -> Result<(), CallError> {
     Ok(())
 }
 
+/// The call's key: HKDF-SHA256 over the X25519 agreement and the wrapped secret, salted
+/// with the call id, bound to the invite (its digest) and the callee's key share.
+fn call_key(
+    mine: &dh::Secret,
+    theirs: &[u8; 32],
+    wrapped: &MediaKey,
+    call_id: &[u8; 16],
+    invite_digest: &[u8; 32],
+    callee_share: &[u8; 32],
+) -> Result<MediaKey, CallError> {
+    mine.agree(theirs, &wrapped.0, call_id, &[CALL_KEY_INFO, invite_digest, callee_share])
+        .map(MediaKey)
+        .map_err(|_| CallError::BadKey)
+}
+
+/// The caller's secrets for one call, until the reply brings the callee's half.
+#[derive(Debug)]
+pub struct Offer {
+    wrapped: MediaKey,
+    share: dh::Secret,
+}
+
+impl Offer {
+    /// The caller's signalling channel (it can seal at once; it opens the callee's
+    /// signals once [`SignalChannel::set_key`] has the call's key).
+    pub fn channel(&self, call_id: [u8; 16]) -> SignalChannel {
+        SignalChannel {
+            call_id,
+            tx: self.wrapped.derive("signal", Role::Caller),
+            rx: None,
+            next: 0,
+            seen: ReplayWindow::new(),
+        }
+    }
+
+    /// The call's key, from a reply that [`Reply::verify`] accepted for `invite`.
+    pub fn key(&self, invite: &Invite, reply: &Reply) -> Result<MediaKey, CallError> {
+        let b = &invite.body;
+        call_key(&self.share, &reply.body.key_share, &self.wrapped, &b.call_id, &invite.digest(), &reply.body.key_share)
+    }
+}
+
 /// What the callee learns from a good invite.
 #[derive(Debug, Clone)]
 pub struct Opened {
@@ -178,8 +241,11 @@ pub struct Opened {
     pub call_id: [u8; 16],
     /// The caller's verified credential.
     pub caller: Credential,
-    /// The media key.
-    pub key: MediaKey,
+    /// The caller's secret (the key of the caller's signals; the call's key comes with
+    /// the reply).
+    pub wrapped: MediaKey,
+    /// The caller's X25519 public key.
+    pub key_share: [u8; 32],
     /// The codecs offered.
     pub codecs: Vec<Codec>,
     /// The caller's candidates.
@@ -190,7 +256,7 @@ pub struct Opened {
 
 impl Invite {
     /// Makes an invite to the holder of `callee` (a credential the caller verified, from
-    /// the callee's index entry); returns it with the media key.
+    /// the callee's index entry); returns it with the caller's secrets.
     pub fn make(
         me: &Credential,
         key: &PrivateKey,
@@ -199,8 +265,8 @@ impl Invite {
         codecs: Vec<Codec>,
         candidates: Vec<Candidate>,
         now_ms: u64,
-    ) -> (Self, MediaKey) {
-        let media = MediaKey(crate::crypto::random::bytes());
+    ) -> (Self, Offer) {
+        let offer = Offer { wrapped: MediaKey(crate::crypto::random::bytes()), share: dh::Secret::generate() };
         let body = InviteBody {
             call_id: crate::crypto::random::bytes(),
             caller: me.subject.clone(),
@@ -209,11 +275,12 @@ impl Invite {
             credential: me.encode(),
             codecs,
             candidates,
-            wrapped_key: callee.public_key.encrypt_oaep(&media.0),
+            wrapped_key: callee.public_key.encrypt_oaep(&offer.wrapped.0),
+            key_share: offer.share.public(),
             created_ms: now_ms,
         };
         let signature = key.sign_pss(&signed(DOMAIN_INVITE, &body));
-        (Self { body, signature }, media)
+        (Self { body, signature }, offer)
     }
 
     /// Encodes.
@@ -236,7 +303,7 @@ impl Invite {
     }
 
     /// The callee's checks: addressed to `me`, a valid host credential of the caller,
-    /// its signature, made within `window_ms` of `now_ms`, and a media key that opens with
+    /// its signature, made within `window_ms` of `now_ms`, and a secret that opens with
     /// our key. (The driver also remembers call ids, so a replay within the window is
     /// refused too.)
     pub fn open(
@@ -258,12 +325,13 @@ impl Invite {
             .public_key
             .verify_pss(&signed(DOMAIN_INVITE, b), &self.signature)
             .map_err(|_| CallError::BadSignature)?;
-        let raw = key.decrypt_oaep(&b.wrapped_key).map_err(|_| CallError::BadKey)?;
-        let media: [u8; 32] = raw.try_into().map_err(|_| CallError::BadKey)?;
+        let raw = zeroize::Zeroizing::new(key.decrypt_oaep(&b.wrapped_key).map_err(|_| CallError::BadKey)?);
+        let wrapped: [u8; 32] = raw.as_slice().try_into().map_err(|_| CallError::BadKey)?;
         Ok(Opened {
             call_id: b.call_id,
             caller,
-            key: MediaKey(media),
+            wrapped: MediaKey(wrapped),
+            key_share: b.key_share,
             codecs: b.codecs.clone(),
             candidates: b.candidates.clone(),
             digest: self.digest(),
@@ -282,13 +350,17 @@ pub struct ReplyBody {
     pub credential: Vec<u8>,
     /// The codec chosen (the first offered that the callee supports).
     pub codec: Codec,
+    /// The callee is in another call: the call ends here (no candidates then).
+    pub busy: bool,
     /// Where the callee receives media.
     pub candidates: Vec<Candidate>,
+    /// The callee's fresh X25519 public key.
+    pub key_share: [u8; 32],
     /// Unix milliseconds at the callee.
     pub created_ms: u64,
 }
 
-/// The callee's reply to a good invite (sent with its ringing).
+/// The callee's reply to a good invite (sent with its ringing, or saying it is busy).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
     /// The body.
@@ -303,26 +375,34 @@ pub fn choose(offered: &[Codec], supported: &[Codec]) -> Option<Codec> {
 }
 
 impl Reply {
-    /// The callee's reply to `invite`, choosing among `supported` codecs.
+    /// The callee's reply to `invite`, choosing among `supported` codecs (`busy`: that we
+    /// are in another call, with no candidates); returns it with the call's key, fresh
+    /// for every reply.
     pub fn make(
         invite: &Opened,
         me: &Credential,
         key: &PrivateKey,
         supported: &[Codec],
+        busy: bool,
         candidates: Vec<Candidate>,
         now_ms: u64,
-    ) -> Result<Self, CallError> {
+    ) -> Result<(Self, MediaKey), CallError> {
         let codec = choose(&invite.codecs, supported).ok_or(CallError::NoCodec)?;
+        let share = dh::Secret::generate();
+        let key_share = share.public();
+        let call = call_key(&share, &invite.key_share, &invite.wrapped, &invite.call_id, &invite.digest, &key_share)?;
         let body = ReplyBody {
             call_id: invite.call_id,
             invite_digest: invite.digest,
             credential: me.encode(),
             codec,
-            candidates,
+            busy,
+            candidates: if busy { Vec::new() } else { candidates },
+            key_share,
             created_ms: now_ms,
         };
         let signature = key.sign_pss(&signed(DOMAIN_REPLY, &body));
-        Ok(Self { body, signature })
+        Ok((Self { body, signature }, call))
     }
 
     /// Encodes.
@@ -379,7 +459,7 @@ impl CallMessage {
         let within = match &m {
             Self::Invite(i) => i.body.codecs.len() <= LIST_MAX && i.body.candidates.len() <= LIST_MAX,
             Self::Reply(r) => r.body.candidates.len() <= LIST_MAX,
-            Self::Signal(s) => s.sealed.len() <= 96,
+            Self::Signal(s) => s.sealed.len() <= SEALED_SIGNAL_LEN_MAX,
         };
         if !within {
             return Err(CallError::Malformed);
@@ -417,10 +497,14 @@ impl SealedSignal {
 
     /// Decodes (total).
     pub fn decode(b: &[u8]) -> Result<Self, CallError> {
-        if b.len() > 256 {
+        if b.len() > SEALED_SIGNAL_LEN_MAX + 32 {
             return Err(CallError::Malformed);
         }
-        postcard::from_bytes(b).map_err(|_| CallError::Malformed)
+        let s: Self = postcard::from_bytes(b).map_err(|_| CallError::Malformed)?;
+        if s.sealed.len() > SEALED_SIGNAL_LEN_MAX {
+            return Err(CallError::Malformed);
+        }
+        Ok(s)
     }
 }
 
@@ -436,25 +520,37 @@ fn nonce(seq: u64) -> [u8; 12] {
 pub struct SignalChannel {
     call_id: [u8; 16],
     tx: SealKey,
-    rx: SealKey,
+    /// None at the caller until the reply brings the call's key.
+    rx: Option<SealKey>,
     next: u64,
     seen: ReplayWindow,
 }
 
 impl SignalChannel {
-    /// The channel of `role` in call `call_id` keyed by `key`.
-    pub fn new(call_id: [u8; 16], key: &MediaKey, role: Role) -> Self {
-        let other = match role {
-            Role::Caller => Role::Callee,
-            Role::Callee => Role::Caller,
+    /// The channel of `role` in call `call_id` once both keys are known: the caller's
+    /// signals go under its secret `wrapped`, the callee's under the call's key `call`.
+    pub fn keyed(call_id: [u8; 16], wrapped: &MediaKey, call: &MediaKey, role: Role) -> Self {
+        let (caller, callee) = (wrapped.derive("signal", Role::Caller), call.derive("signal", Role::Callee));
+        let (tx, rx) = match role {
+            Role::Caller => (caller, callee),
+            Role::Callee => (callee, caller),
         };
-        Self {
-            call_id,
-            tx: key.derive("signal", role),
-            rx: key.derive("signal", other),
-            next: 0,
-            seen: ReplayWindow::new(),
-        }
+        Self { call_id, tx, rx: Some(rx), next: 0, seen: ReplayWindow::new() }
+    }
+
+    /// The callee's channel, from the invite it opened and the call's key of its reply.
+    pub fn callee(opened: &Opened, call: &MediaKey) -> Self {
+        Self::keyed(opened.call_id, &opened.wrapped, call, Role::Callee)
+    }
+
+    /// The caller learnt the call's key (from the reply): it can open the callee's signals.
+    pub fn set_key(&mut self, call: &MediaKey) {
+        self.rx = Some(call.derive("signal", Role::Callee));
+    }
+
+    /// Whether the other side's signals can be opened yet.
+    pub fn can_open(&self) -> bool {
+        self.rx.is_some()
     }
 
     /// Seals a signal.
@@ -465,12 +561,14 @@ impl SignalChannel {
         SealedSignal { call_id: self.call_id, seq, sealed: self.tx.seal(&nonce(seq), &self.call_id, &plain) }
     }
 
-    /// Opens a signal from the other side; None if forged, for another call, or replayed.
+    /// Opens a signal from the other side; None if forged, for another call, replayed, or
+    /// not openable yet.
     pub fn open(&mut self, m: &SealedSignal) -> Option<Signal> {
+        let rx = self.rx.as_ref()?;
         if m.call_id != self.call_id || !self.seen.check(m.seq) {
             return None;
         }
-        let plain = self.rx.open(&nonce(m.seq), &self.call_id, &m.sealed).ok()?;
+        let plain = rx.open(&nonce(m.seq), &self.call_id, &m.sealed).ok()?;
         let s = postcard::from_bytes(&plain).ok()?;
         self.seen.accept(m.seq);
         Some(s)
@@ -523,23 +621,33 @@ mod tests {
     #[test]
     fn both_sides_authenticate_and_share_the_key() {
         let t = two();
-        let (invite, key) =
+        let (invite, offer) =
             Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus, Codec::L16], cand(), NOW_MS);
         let wire = Invite::decode(&invite.encode()).unwrap();
         let opened = wire.open(&t.trusted, "Bob", &t.bob.1, NOW_MS + 50, 30_000).unwrap();
-        assert_eq!(opened.key.0, key.0);
         assert_eq!(opened.caller.subject, "alice");
-        let reply = Reply::make(&opened, &t.bob.0, &t.bob.1, &[Codec::L16], cand(), NOW_MS + 60).unwrap();
+        let (reply, bobs_key) =
+            Reply::make(&opened, &t.bob.0, &t.bob.1, &[Codec::L16], false, cand(), NOW_MS + 60).unwrap();
         assert_eq!(reply.body.codec, Codec::L16, "the first offered codec the callee supports");
-        let callee = Reply::decode(&reply.encode()).unwrap().verify(&invite, &t.trusted, NOW_MS + 70).unwrap();
+        let reply = Reply::decode(&reply.encode()).unwrap();
+        let callee = reply.verify(&invite, &t.trusted, NOW_MS + 70).unwrap();
         assert_eq!(callee.subject, "bob");
+        let alices_key = offer.key(&invite, &reply).unwrap();
+        assert_eq!(alices_key.0, bobs_key.0, "both ends hold the call's key");
+        assert_ne!(alices_key.0, opened.wrapped.0, "the call's key is not the wrapped secret");
 
-        // Signals both ways, under keys only the two of them hold.
-        let mut a = SignalChannel::new(opened.call_id, &key, Role::Caller);
-        let mut b = SignalChannel::new(opened.call_id, &opened.key, Role::Callee);
+        // Signals both ways, under keys only the two of them hold. The caller can seal
+        // before the reply; it opens the callee's signals only with the call's key.
+        let mut a = offer.channel(opened.call_id);
+        let mut b = SignalChannel::callee(&opened, &bobs_key);
+        let cancel = a.seal(Signal::Cancel);
         let m = b.seal(Signal::Accept);
+        assert!(!a.can_open());
+        assert_eq!(a.open(&m), None, "not before the reply");
+        a.set_key(&alices_key);
         assert_eq!(a.open(&SealedSignal::decode(&m.encode()).unwrap()), Some(Signal::Accept));
         assert_eq!(a.open(&m), None, "a replayed signal is refused");
+        assert_eq!(b.open(&cancel), Some(Signal::Cancel));
         let own = b.seal(Signal::HangUp);
         assert_eq!(b.open(&own), None, "our own signal does not open as theirs");
         let mut forged = a.seal(Signal::HangUp);
@@ -549,6 +657,43 @@ mod tests {
         other_call.call_id[0] ^= 1;
         assert_eq!(b.open(&other_call), None);
         assert_eq!(b.open(&a.seal(Signal::HangUp)), Some(Signal::HangUp));
+    }
+
+    /// A callee that lost the call ids it had seen (a restart) opens a replayed invite
+    /// again; its fresh key share makes a new call key every time, so the replayer gets
+    /// nothing sealed under a key used before, and cannot derive the key itself.
+    #[test]
+    fn a_replayed_invite_never_yields_a_key_used_before() {
+        let t = two();
+        let (invite, offer) = Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
+        let mut keys = std::collections::HashSet::new();
+        for _ in 0..3 {
+            let opened = invite.open(&t.trusted, "bob", &t.bob.1, NOW_MS, 30_000).unwrap();
+            let (reply, key) = Reply::make(&opened, &t.bob.0, &t.bob.1, &[Codec::Opus], false, cand(), NOW_MS).unwrap();
+            assert!(keys.insert(key.0), "a call key came back");
+            // Only the caller's secrets complete it.
+            assert_eq!(offer.key(&invite, &reply).unwrap().0, key.0);
+            let (_, other) = Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
+            assert_ne!(other.key(&invite, &reply).unwrap().0, key.0);
+        }
+    }
+
+    #[test]
+    fn a_busy_reply_keys_the_call_and_shows_no_candidates() {
+        let t = two();
+        let (invite, offer) = Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
+        let opened = invite.open(&t.trusted, "bob", &t.bob.1, NOW_MS, 30_000).unwrap();
+        let (reply, key) = Reply::make(&opened, &t.bob.0, &t.bob.1, &[Codec::Opus], true, cand(), NOW_MS).unwrap();
+        assert!(reply.body.busy && reply.body.candidates.is_empty());
+        reply.verify(&invite, &t.trusted, NOW_MS).unwrap();
+        assert_eq!(offer.key(&invite, &reply).unwrap().0, key.0);
+        let mut unbusy = reply.clone();
+        unbusy.body.busy = false;
+        assert_eq!(unbusy.verify(&invite, &t.trusted, NOW_MS).unwrap_err(), CallError::BadSignature);
+        // A low-order key share is refused rather than keying the call with zeros.
+        let mut weak = reply;
+        weak.body.key_share = [0; 32];
+        assert_eq!(offer.key(&invite, &weak).unwrap_err(), CallError::BadKey);
     }
 
     /// A creation time past i64::MAX overflowed the age computation (a panic with
@@ -593,13 +738,14 @@ mod tests {
         // A reply must answer this invite, come from the callee, and pick an offered codec.
         let opened = invite.open(&t.trusted, "bob", &t.bob.1, NOW_MS, 30_000).unwrap();
         assert_eq!(
-            Reply::make(&opened, &t.bob.0, &t.bob.1, &[Codec::L16], cand(), NOW_MS).unwrap_err(),
+            Reply::make(&opened, &t.bob.0, &t.bob.1, &[Codec::L16], false, cand(), NOW_MS).unwrap_err(),
             CallError::NoCodec
         );
-        let reply = Reply::make(&opened, &t.bob.0, &t.bob.1, &[Codec::Opus], cand(), NOW_MS).unwrap();
+        let (reply, _) = Reply::make(&opened, &t.bob.0, &t.bob.1, &[Codec::Opus], false, cand(), NOW_MS).unwrap();
         let (other, _) = Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
         assert_eq!(reply.verify(&other, &t.trusted, NOW_MS).unwrap_err(), CallError::WrongCall);
-        let by_alice = Reply::make(&opened, &t.alice.0, &t.alice.1, &[Codec::Opus], cand(), NOW_MS).unwrap();
+        let (by_alice, _) =
+            Reply::make(&opened, &t.alice.0, &t.alice.1, &[Codec::Opus], false, cand(), NOW_MS).unwrap();
         assert_eq!(by_alice.verify(&invite, &t.trusted, NOW_MS).unwrap_err(), CallError::WrongSender("alice".into()));
         let mut tampered = reply.clone();
         tampered.body.candidates.clear();

@@ -99,7 +99,7 @@ pub enum State {
 }
 
 /// A signal between the two hosts (carried end-to-end sealed; see `call::invite`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Signal {
     /// Callee → caller: the invite arrived and checked out; the user is being asked.
     Ringing,
@@ -113,15 +113,23 @@ pub enum Signal {
     Cancel,
     /// Either way, connected: the call is over.
     HangUp,
-    /// Caller → callee: media may go through this relay leg (the callee's token; the
-    /// caller keeps the other). Path business: the state machine ignores it.
+    /// Caller → callee: media may go through this relay leg (the callee's token, sealed
+    /// to it by the relay's super node; the caller keeps the other). Path business: the
+    /// state machine ignores it.
     Relay {
         /// The relay's UDP address.
         relay: std::net::SocketAddr,
         /// The relay session.
         session: u32,
-        /// The callee's leg token.
-        token: [u8; 16],
+        /// The callee's leg token, sealed ([`crate::relay::handoff`]).
+        leg: Vec<u8>,
+    },
+    /// Callee → caller: the user accepted, and here is where it receives media (its
+    /// reply withheld that from a caller who is not an authorized buddy). The caller
+    /// takes it as [`Signal::Accept`].
+    AcceptAt {
+        /// Where the callee receives media.
+        candidates: Vec<crate::call::invite::Candidate>,
     },
 }
 

@@ -132,29 +132,20 @@ impl ClusterCert {
 }
 
 /// A node's X25519 static secret, fresh at every start (a restart issues a new certificate).
-pub struct StaticSecret(aws_lc_rs::agreement::PrivateKey);
+#[derive(Debug)]
+pub struct StaticSecret(crate::crypto::dh::Secret);
 
-impl std::fmt::Debug for StaticSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StaticSecret(..)")
-    }
-}
-
-/// The X25519 agreement failed (a low-order or malformed peer key).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("X25519 agreement failed")]
-pub struct AgreementError;
+pub use crate::crypto::dh::AgreementError;
 
 impl StaticSecret {
     /// A fresh random secret.
     pub fn generate() -> Self {
-        Self(aws_lc_rs::agreement::PrivateKey::generate(&aws_lc_rs::agreement::X25519).expect("X25519 key generation"))
+        Self(crate::crypto::dh::Secret::generate())
     }
 
     /// Its public key.
     pub fn public(&self) -> [u8; 32] {
-        let p = self.0.compute_public_key().expect("X25519 public key");
-        p.as_ref().try_into().expect("X25519 public keys are 32 bytes")
+        self.0.public()
     }
 
     /// The pairwise key between this node (`me`) and a peer: X25519, then HKDF-SHA256
@@ -167,21 +158,11 @@ impl StaticSecret {
         peer_static: &[u8; 32],
         salt: &[u8; 32],
     ) -> Result<[u8; 32], AgreementError> {
-        use aws_lc_rs::{agreement, hkdf};
         let mine = self.public();
         let ((lo, lo_key), (hi, hi_key)) =
             if me <= peer { ((me, &mine), (peer, peer_static)) } else { ((peer, peer_static), (me, &mine)) };
-        let peer_key = agreement::UnparsedPublicKey::new(&agreement::X25519, peer_static);
-        agreement::agree(&self.0, peer_key, AgreementError, |shared| {
-            if shared.iter().all(|b| *b == 0) {
-                return Err(AgreementError);
-            }
-            let info: [&[u8]; 5] = [b"confab/v1/cluster-pair\0", &lo, lo_key, &hi, hi_key];
-            let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(shared);
-            let mut out = [0u8; 32];
-            prk.expand(&info, hkdf::HKDF_SHA256).and_then(|okm| okm.fill(&mut out)).map_err(|_| AgreementError)?;
-            Ok(out)
-        })
+        let info: [&[u8]; 5] = [b"confab/v1/cluster-pair\0", &lo, lo_key, &hi, hi_key];
+        self.0.agree(peer_static, &[], salt, &info)
     }
 }
 

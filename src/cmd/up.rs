@@ -45,6 +45,7 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
         metrics,
         key_bits: a.key_bits,
         config,
+        name_prefix: "sn".into(),
     })
     .await?;
     let i = &net.info;

@@ -5,6 +5,7 @@
 
 pub mod aead;
 pub mod credential;
+pub mod dh;
 pub mod envelope;
 pub mod keys;
 pub mod obfuscation;

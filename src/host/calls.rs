@@ -7,7 +7,8 @@ use super::buddies::Event;
 use super::{HostError, Session};
 use crate::buddy::Notice;
 use crate::call::invite::{
-    CallError, CallMessage, Candidate, CandidateKind, Codec, Invite, MediaKey, Reply, SignalChannel,
+    CallError, CallMessage, Candidate, CandidateKind, Codec, Invite, MediaKey, Offer, Reply, SealedSignal,
+    SignalChannel,
 };
 use crate::call::path::{PathTiming, RelayLeg};
 use crate::call::signal::{Action, Call, Intent, Role, Signal, State, Timeouts};
@@ -20,31 +21,39 @@ use std::time::Duration;
 const INVITE_WINDOW_MS: u64 = 30_000;
 /// Call ids remembered against replayed invites (well over what arrives in the window).
 const SEEN_INVITES_MAX: usize = 4096;
+/// The callee's signals a caller keeps while its reply is still on the way.
+const EARLY_SIGNALS_MAX: usize = 4;
 /// Codecs this host speaks, preferred first.
 pub const CODECS: [Codec; 2] = [Codec::Opus, Codec::L16];
 
 /// One call in progress on this host.
 pub(super) struct ActiveCall {
     peer: String,
+    /// The other side's verified credential: a relay's leg B is sealed to its key.
+    peer_credential: crate::crypto::Credential,
     peer_supernode: String,
     call: Call,
     channel: SignalChannel,
-    /// Caller: the invite, to check the reply against.
-    invite: Option<Invite>,
-    /// Callee: the signed reply, sent with the ringing.
+    /// Caller: the invite and our secrets, to check the reply against and key the call.
+    invite: Option<(Invite, Offer)>,
+    /// Callee: the signed reply, sent with the ringing (or as the busy answer).
     reply: Option<Reply>,
-    key: MediaKey,
+    /// The call's key (the caller's, once the reply came).
+    key: Option<MediaKey>,
     codec: Option<Codec>,
     /// Where the other side receives media.
     peer_candidates: Vec<Candidate>,
+    /// Callee: our reply told a caller who is not an authorized buddy nothing of where
+    /// we are; our candidates go with the user's Accept.
+    withheld: bool,
     /// What we play into the call (then silence).
     source: Vec<i16>,
     /// Whether to keep what we hear.
     record: bool,
     media: Option<super::media::CallMedia>,
-    /// Caller: signals that overtook the reply (an Accept before the Ringing), applied
-    /// once the reply has checked out.
-    early: Vec<Signal>,
+    /// Caller: signals that overtook the reply (an Accept before the Ringing), opened
+    /// once the reply has brought the key.
+    early: Vec<SealedSignal>,
     /// Our relay leg, when it arrived before media started (the callee's, from the caller).
     pending_relay: Option<RelayLeg>,
     /// The relay session we opened (the caller), released when media stops.
@@ -56,10 +65,31 @@ pub(super) struct ActiveCall {
 }
 
 impl ActiveCall {
-    /// A call with `peer` (reached through `peer_supernode`), nothing negotiated yet.
-    fn new(peer: String, peer_supernode: String, call: Call, channel: SignalChannel, key: MediaKey) -> Self {
+    /// The callee's candidates that came with its Accept: kept, and the signal taken as
+    /// a plain Accept by the state machine.
+    fn take_candidates(&mut self, s: Signal) -> Signal {
+        match s {
+            Signal::AcceptAt { mut candidates } if self.call.role() == Role::Caller => {
+                candidates.truncate(crate::call::invite::LIST_MAX);
+                self.peer_candidates = candidates;
+                Signal::Accept
+            }
+            s => s,
+        }
+    }
+
+    /// A call with the holder of `peer` (reached through `peer_supernode`), nothing
+    /// negotiated yet.
+    fn new(
+        peer: crate::crypto::Credential,
+        peer_supernode: String,
+        call: Call,
+        channel: SignalChannel,
+        key: Option<MediaKey>,
+    ) -> Self {
         Self {
-            peer,
+            peer: peer.subject.clone(),
+            peer_credential: peer,
             peer_supernode,
             call,
             channel,
@@ -68,6 +98,7 @@ impl ActiveCall {
             key,
             codec: None,
             peer_candidates: Vec::new(),
+            withheld: false,
             source: Vec::new(),
             record: false,
             media: None,
@@ -173,25 +204,38 @@ impl Session {
         if !reachable {
             return Err(HostError::Refused(format!("{user} is offline")));
         }
+        Ok(self.invite(&callee, entry.supernode.clone()).await)
+    }
+
+    /// Sends an invite to the holder of `user`'s index entry whatever it shows: what a
+    /// modified client can do, so tests check that an invisible callee stays silent.
+    #[doc(hidden)]
+    pub async fn call_even_if_offline(&mut self, user: &str) -> Result<[u8; 16], HostError> {
+        let (_, found) = self.lookup(user).await?;
+        let (entry, callee) = found.ok_or_else(|| HostError::Refused(format!("no user {user:?}")))?;
+        Ok(self.invite(&callee, entry.supernode.clone()).await)
+    }
+
+    async fn invite(&mut self, callee: &crate::crypto::Credential, supernode: String) -> [u8; 16] {
         let candidates = self.candidates();
-        let (invite, key) = Invite::make(
+        let (invite, offer) = Invite::make(
             &self.credential,
             &self.key,
             &self.report.supernode,
-            &callee,
+            callee,
             CODECS.to_vec(),
             candidates,
             now_ms(),
         );
         let id = invite.body.call_id;
         let (call, actions) = Call::outgoing(now_ms(), self.call_timeouts.clone());
-        let channel = SignalChannel::new(id, &key, Role::Caller);
-        let mut c = ActiveCall::new(callee.subject.clone(), entry.supernode.clone(), call, channel, key);
-        c.invite = Some(invite.clone());
+        let channel = offer.channel(id);
+        let mut c = ActiveCall::new(callee.clone(), supernode.clone(), call, channel, None);
+        c.invite = Some((invite.clone(), offer));
         self.calls.active.insert(id, c);
-        self.send_call(&callee.subject, Some(entry.supernode.clone()), &CallMessage::Invite(invite)).await;
+        self.send_call(&callee.subject, Some(supernode), &CallMessage::Invite(invite)).await;
         self.apply_call(id, actions).await;
-        Ok(id)
+        id
     }
 
     /// Accepts or declines an incoming call.
@@ -223,24 +267,33 @@ impl Session {
         let mut pending_out = Vec::new();
         let mut release = Vec::new();
         let relay_at_once = self.relay_only || self.relay_over_tcp();
+        let ours = self.candidates();
         for a in actions {
             let Some(c) = self.calls.active.get_mut(&id) else { break };
             match a {
-                // The callee's ringing goes out as its signed reply: mutual authentication
-                // travels with the first answer.
-                Action::Send(Signal::Ringing) if c.call.role() == Role::Callee => {
+                // The callee's ringing (or busy) goes out as its signed reply: mutual
+                // authentication and the callee's key share travel with the first answer.
+                Action::Send(Signal::Ringing | Signal::Busy) if c.call.role() == Role::Callee && c.reply.is_some() => {
                     let (peer, via) = (c.peer.clone(), c.peer_supernode.clone());
                     if let Some(reply) = c.reply.take().map(CallMessage::Reply) {
                         self.send_call(&peer, Some(via), &reply).await;
                     }
                 }
                 Action::Send(s) => {
+                    let s = match s {
+                        Signal::Accept if c.withheld => Signal::AcceptAt { candidates: ours.clone() },
+                        s => s,
+                    };
                     let m = CallMessage::Signal(c.channel.seal(s));
                     let (peer, via) = (c.peer.clone(), c.peer_supernode.clone());
                     self.send_call(&peer, Some(via), &m).await;
                 }
                 Action::StartMedia => {
                     let codec = c.codec.unwrap_or(Codec::L16);
+                    let Some(key) = c.key.as_ref() else {
+                        tracing::warn!("media asked for before the call's key is known");
+                        continue;
+                    };
                     let source = std::mem::take(&mut c.source);
                     // Relay only, or no UDP: no direct probes either way, and the relay
                     // at once.
@@ -259,7 +312,7 @@ impl Session {
                     };
                     let setup = super::media::Setup {
                         call_id: &id,
-                        key: &c.key,
+                        key,
                         role: c.call.role(),
                         codec,
                         peer: &peer,
@@ -340,15 +393,22 @@ impl Session {
             CallMessage::Invite(invite) => self.on_invite(invite).await,
             CallMessage::Reply(reply) => {
                 let Some(c) = self.calls.active.get_mut(&id) else { return };
-                let Some(invite) = c.invite.as_ref() else { return };
-                match reply.verify(invite, &self.trusted, now_ms()) {
-                    Ok(_) => {
+                let Some((invite, offer)) = c.invite.as_ref() else { return };
+                let key = reply.verify(invite, &self.trusted, now_ms()).and_then(|_| offer.key(invite, &reply));
+                match key {
+                    Ok(key) => {
+                        c.channel.set_key(&key);
+                        c.key = Some(key);
                         c.codec = Some(reply.body.codec);
                         c.peer_candidates = reply.body.candidates.clone();
                         c.invite = None;
-                        let mut actions = c.call.on_signal(Signal::Ringing, now_ms());
+                        let answer = if reply.body.busy { Signal::Busy } else { Signal::Ringing };
+                        let mut actions = c.call.on_signal(answer, now_ms());
                         for s in std::mem::take(&mut c.early) {
-                            actions.extend(c.call.on_signal(s, now_ms()));
+                            if let Some(signal) = c.channel.open(&s) {
+                                let signal = c.take_candidates(signal);
+                                actions.extend(c.call.on_signal(signal, now_ms()));
+                            }
                         }
                         self.apply_call(id, actions).await;
                     }
@@ -358,15 +418,24 @@ impl Session {
             CallMessage::Signal(s) => {
                 let tcp = self.relay_over_tcp();
                 let Some(c) = self.calls.active.get_mut(&id) else { return };
-                // A caller that has not seen the reply yet refuses nothing sealed: only
-                // the callee could have unwrapped the key.
+                // Before the reply, a caller cannot open the callee's signals (the key
+                // needs the callee's share): keep a few until it comes.
+                if !c.channel.can_open() {
+                    if c.early.len() < EARLY_SIGNALS_MAX {
+                        c.early.push(s);
+                    }
+                    return;
+                }
                 match c.channel.open(&s) {
-                    // Before the reply, we know neither the codec nor where to send media.
-                    Some(signal) if c.invite.is_some() && signal == Signal::Accept => c.early.push(signal),
-                    Some(Signal::Relay { relay, session, token }) => {
-                        self.relay_leg_ready(id, RelayLeg { addr: relay, session, token, tcp }).await;
+                    // Our leg's token, sealed to our key by the caller's super node.
+                    Some(Signal::Relay { relay, session, leg }) => {
+                        match crate::relay::handoff::open(&self.key, session, &leg) {
+                            Ok(token) => self.relay_leg_ready(id, RelayLeg { addr: relay, session, token, tcp }).await,
+                            Err(e) => tracing::info!(error = %e, "dropped a relay leg that does not open"),
+                        }
                     }
                     Some(signal) => {
+                        let signal = c.take_candidates(signal);
                         let actions = c.call.on_signal(signal, now_ms());
                         self.apply_call(id, actions).await;
                     }
@@ -401,30 +470,31 @@ impl Session {
             tracing::info!(caller = %opened.caller.subject, "invisible: ignored an invite from someone not a buddy");
             return;
         }
-        // A busy callee answers with a sealed Busy alone: no reply to sign.
+        // A busy callee says so in its signed reply, with no candidates. A caller who is
+        // not an authorized buddy learns where we are only if the user accepts: a
+        // stranger's ringing call reveals no address.
         let busy = self.calls.busy();
-        let reply = if busy {
-            None
-        } else {
-            match Reply::make(&opened, &self.credential, &self.key, &CODECS, self.candidates(), now_ms()) {
-                Ok(r) => Some(r),
-                Err(CallError::NoCodec) => {
-                    tracing::info!(caller = %opened.caller.subject, "no codec in common; call refused");
-                    return;
-                }
-                Err(e) => {
-                    tracing::info!(error = %e, "could not answer an invite");
-                    return;
-                }
+        let buddy = self.buddies.relation(&opened.caller.subject) == Some(crate::buddy::Relation::Authorized);
+        let candidates = if buddy { self.candidates() } else { Vec::new() };
+        let (reply, key) = match Reply::make(&opened, &self.credential, &self.key, &CODECS, busy, candidates, now_ms())
+        {
+            Ok(r) => r,
+            Err(CallError::NoCodec) => {
+                tracing::info!(caller = %opened.caller.subject, "no codec in common; call refused");
+                return;
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "could not answer an invite");
+                return;
             }
         };
         let id = opened.call_id;
         let (call, actions) = Call::incoming(now_ms(), self.call_timeouts.clone(), busy);
-        let channel = SignalChannel::new(id, &opened.key, Role::Callee);
-        let mut c =
-            ActiveCall::new(opened.caller.subject.clone(), invite.body.supernode.clone(), call, channel, opened.key);
-        c.codec = reply.as_ref().map(|r| r.body.codec);
-        c.reply = reply;
+        let channel = SignalChannel::callee(&opened, &key);
+        let mut c = ActiveCall::new(opened.caller.clone(), invite.body.supernode.clone(), call, channel, Some(key));
+        c.codec = Some(reply.body.codec);
+        c.reply = Some(reply);
+        c.withheld = !buddy;
         c.peer_candidates = opened.candidates;
         self.calls.active.insert(id, c);
         self.apply_call(id, actions).await;
@@ -552,7 +622,8 @@ impl Session {
             }
         }
         for id in wanted {
-            let grant = match self.allocate_relay().await {
+            let Some(peer) = self.calls.active.get(&id).map(|c| c.peer_credential.clone()) else { continue };
+            let grant = match self.allocate_relay(&peer).await {
                 Ok(g) => g,
                 Err(e) => {
                     tracing::warn!(error = %e, "no relay for the call; it ends if no other path comes up");
@@ -566,7 +637,7 @@ impl Session {
             };
             // A relay session we opened before, now failed: free it, if its node lives.
             let old = c.relay_session.replace(grant.session);
-            let theirs = Signal::Relay { relay, session: grant.session, token: grant.token_b };
+            let theirs = Signal::Relay { relay, session: grant.session, leg: grant.leg_b };
             let sealed = CallMessage::Signal(c.channel.seal(theirs));
             let (peer, via) = (c.peer.clone(), c.peer_supernode.clone());
             self.send_call(&peer, Some(via), &sealed).await;
@@ -577,6 +648,12 @@ impl Session {
                 self.release_relay(old).await;
             }
         }
+    }
+
+    /// Where the other side of call `id` said it receives media, so far (a caller who is
+    /// not the callee's buddy learns it only when the call is accepted).
+    pub fn call_peer_candidates(&self, id: [u8; 16]) -> Option<Vec<Candidate>> {
+        self.calls.active.get(&id).map(|c| c.peer_candidates.clone())
     }
 
     /// How call `id` is doing so far (path, frames, loss, jitter), while it lasts.
@@ -691,29 +768,38 @@ impl From<State> for CallState {
 }
 
 impl Session {
-    /// Opens a relay session at our super node for a call; leg A is ours, leg B's token
-    /// goes to the other host end to end.
-    pub async fn allocate_relay(&mut self) -> Result<crate::wire::message::RelayGrant, HostError> {
+    /// Opens a relay session at our super node for a call with the holder of `peer` (a
+    /// verified host credential); leg A is ours, leg B's token comes sealed to `peer`'s
+    /// key, for us to send on end to end.
+    pub async fn allocate_relay(
+        &mut self,
+        peer: &crate::crypto::Credential,
+    ) -> Result<crate::wire::message::RelayGrant, HostError> {
         use crate::wire::MessageKind;
         use crate::wire::message::{RelayAllocate, RelayGrant};
         self.forward_req = self.forward_req.wrapping_add(1);
         let req = self.forward_req;
         let mut grant = None;
         let mut refused = None;
-        self.exchange(MessageKind::RelayAllocate, &RelayAllocate { req }.encode(), Duration::from_secs(5), |k, b| {
-            if k == MessageKind::Error {
-                refused = crate::wire::message::ErrorMsg::decode(&b).ok();
-                return true;
-            }
-            if k == MessageKind::RelayGrant
-                && let Ok(g) = RelayGrant::decode(&b)
-                && g.req == req
-            {
-                grant = Some(g);
-                return true;
-            }
-            false
-        })
+        self.exchange(
+            MessageKind::RelayAllocate,
+            &RelayAllocate { req, callee: peer.encode() }.encode(),
+            Duration::from_secs(5),
+            |k, b| {
+                if k == MessageKind::Error {
+                    refused = crate::wire::message::ErrorMsg::decode(&b).ok();
+                    return true;
+                }
+                if k == MessageKind::RelayGrant
+                    && let Ok(g) = RelayGrant::decode(&b)
+                    && g.req == req
+                {
+                    grant = Some(g);
+                    return true;
+                }
+                false
+            },
+        )
         .await;
         if let Some(e) = refused {
             return Err(HostError::Refused(format!("no relay session: {}: {}", e.code.label(), e.detail)));
@@ -724,6 +810,17 @@ impl Session {
             return Err(HostError::Refused(format!("no relay session: {}", code.label())));
         }
         Ok(g)
+    }
+
+    /// Our host credential (what another host's super node seals our relay leg to).
+    pub fn credential(&self) -> &crate::crypto::Credential {
+        &self.credential
+    }
+
+    /// Opens the token of leg B of relay `session`, sealed to our key by the super node
+    /// of the host that opened the session for a call with us.
+    pub fn open_relay_leg(&self, session: u32, sealed: &[u8]) -> Result<[u8; 16], HostError> {
+        crate::relay::handoff::open(&self.key, session, sealed).map_err(|e| HostError::Refused(e.to_string()))
     }
 
     /// Frees a relay session we opened.

@@ -290,8 +290,9 @@ impl Session {
         seen
     }
 
-    /// Signs our entry: `for_buddies` gives the real status and where to reach us; the
-    /// index copy of an invisible host looks like a logged-out one (offline, no address).
+    /// Signs our entry: `for_buddies` gives the real status and where to reach us. The
+    /// index copy, which any account holder can look up, never carries our address, and
+    /// an invisible host's looks like a logged-out one (offline).
     fn sign_entry(&self, status: Status, for_buddies: bool) -> Result<Entry, HostError> {
         let now_ms = now_ms();
         let hidden = !for_buddies && status == Status::Invisible;
@@ -301,7 +302,7 @@ impl Session {
             credential: self.credential.encode(),
             status: shown,
             supernode: self.report.supernode.clone(),
-            public_addr: (shown != Status::Offline).then_some(self.report.public_addr),
+            public_addr: (for_buddies && shown != Status::Offline).then_some(self.report.public_addr),
             nat: self.report.nat,
             profile: self.profile.clone(),
             last_seen: now_ms / 1000,
@@ -358,7 +359,20 @@ impl Session {
     pub async fn find(&mut self, user: &str) -> Result<Option<Found>, HostError> {
         let (r, entry) = self.lookup(user).await?;
         match entry {
-            Some((e, _)) => Ok(Some(Found::from_entry(&e, r.asked, r.stage.clone()))),
+            Some((e, _)) => {
+                let mut found = Found::from_entry(&e, r.asked, r.stage.clone());
+                // The index shows no address; an authorized buddy told us theirs.
+                let now = crate::unix_now();
+                if let Some(p) = self.buddies.contacts().into_iter().find_map(|b| {
+                    (b.user.eq_ignore_ascii_case(user) && b.relation == crate::buddy::Relation::Authorized)
+                        .then_some(b.presence)
+                        .flatten()
+                }) && p.shown(now) != Status::Offline
+                {
+                    found.public_addr = found.public_addr.or(p.public_addr);
+                }
+                Ok(Some(found))
+            }
             None => self.found_in_directory(user, &r),
         }
     }
@@ -487,7 +501,8 @@ pub struct Found {
     pub last_seen: u64,
     /// The super node the user was connected to.
     pub supernode: String,
-    /// The user's public address (None when offline).
+    /// The user's public address: only for an authorized buddy who told us (the index
+    /// copy of an entry carries none); None when offline.
     pub public_addr: Option<SocketAddr>,
     /// The user's NAT kind.
     pub nat: NatKind,

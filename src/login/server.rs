@@ -7,7 +7,7 @@ use crate::net::source::RefusalLog;
 use crate::net::tcp;
 use crate::wire::frame::{self, Direction};
 use crate::wire::message::{ErrorCode, MessageKind};
-use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+use metrics::{Unit, counter, describe_counter, describe_histogram, gauge, histogram};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -114,8 +114,14 @@ impl LoginServer {
     }
 }
 
-fn reject(refusals: &RefusalLog, reason: &'static str, peer: SocketAddr, detail: &dyn std::fmt::Display) {
-    counter!("confab_login_frames_rejected_total", "reason" => reason).increment(1);
+fn reject(
+    refusals: &RefusalLog,
+    listener: SocketAddr,
+    reason: &'static str,
+    peer: SocketAddr,
+    detail: &dyn std::fmt::Display,
+) {
+    counter!("confab_login_frames_rejected_total", "addr" => listener.to_string(), "reason" => reason).increment(1);
     if refusals.first(peer.ip().into(), reason) {
         tracing::info!(%peer, reason, %detail, "login server rejected a frame (further ones from this source for this reason are only counted)");
     }
@@ -134,14 +140,14 @@ async fn connection(
             Ok(Ok(Some(b))) => b,
             Ok(Ok(None)) | Err(_) => return,
             Ok(Err(e)) => {
-                reject(refusals, "bad_stream", peer, &e);
+                reject(refusals, listener, "bad_stream", peer, &e);
                 return;
             }
         };
         let (kind, payload) = match frame::decode(listener, &bytes) {
             Ok(raw) => (raw.header.kind, raw.payload.to_vec()),
             Err(e) => {
-                reject(refusals, e.reason(), peer, &e);
+                reject(refusals, listener, e.reason(), peer, &e);
                 return;
             }
         };
@@ -169,7 +175,12 @@ async fn connection(
                     (e.code.label(), frame::encode_plain(listener, MessageKind::Error, 0, &e.encode()))
                 }
             };
-            counter!(metric, "outcome" => outcome).increment(1);
+            counter!(metric, "addr" => listener.to_string(), "outcome" => outcome).increment(1);
+            if kind == MessageKind::RevocationQuery {
+                let (version, entries) = service.signed_revocations();
+                gauge!("confab_revocation_list_version", "addr" => listener.to_string()).set(version as f64);
+                gauge!("confab_revocation_list_entries", "addr" => listener.to_string()).set(entries as f64);
+            }
             if tcp::write_frame(&mut stream, &reply).await.is_err() {
                 return;
             }
@@ -186,13 +197,18 @@ async fn connection(
             }
         };
         let kind_label = handled.kind.map(MessageKind::label).unwrap_or("other");
-        counter!("confab_login_requests_total", "kind" => kind_label, "outcome" => handled.outcome).increment(1);
-        histogram!("confab_login_handshake_duration_seconds", "kind" => kind_label)
+        // Labelled by the listener, as the super nodes' metrics are by node: one process (a
+        // test binary, a local network) may hold several login servers.
+        let addr = listener.to_string();
+        counter!("confab_login_requests_total", "addr" => addr.clone(), "kind" => kind_label, "outcome" => handled.outcome)
+            .increment(1);
+        histogram!("confab_login_handshake_duration_seconds", "addr" => addr.clone(), "kind" => kind_label)
             .record(started.elapsed().as_secs_f64());
         let ok = matches!(handled.reply, Reply::Sealed { .. });
         if kind == MessageKind::BuddyRequest {
             let op = handled.op.unwrap_or("unknown");
-            counter!("confab_login_buddy_ops_total", "op" => op, "outcome" => handled.outcome).increment(1);
+            counter!("confab_login_buddy_ops_total", "addr" => addr, "op" => op, "outcome" => handled.outcome)
+                .increment(1);
             // Buddy operations are routine (a host makes several per login); an owner over
             // its rate would flood the log at info.
             if ok || handled.outcome == ErrorCode::TooManyAttempts.label() {

@@ -91,8 +91,8 @@ pub struct LoginService {
     key: PrivateKey,
     /// Earlier login keys whose envelopes are still opened (a key rotation in progress).
     previous: Vec<PrivateKey>,
-    /// The signed revocation list, by the database version it was signed at.
-    list: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    /// The signed revocation list, by the database version it was signed at, and its entries.
+    list: Mutex<Option<(u64, Arc<Vec<u8>>, usize)>>,
     store: AccountStore,
     policy: LoginPolicy,
     guard: Arc<dyn Guard>,
@@ -170,13 +170,13 @@ impl LoginService {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, "could not read the revocation version");
-                return lock(&self.list).as_ref().map(|(_, l)| l.clone());
+                return lock(&self.list).as_ref().map(|(_, l, _)| l.clone());
             }
         };
         if version == 0 {
             return None;
         }
-        if let Some((v, l)) = lock(&self.list).as_ref()
+        if let Some((v, l, _)) = lock(&self.list).as_ref()
             && *v == version
         {
             return Some(l.clone());
@@ -185,7 +185,7 @@ impl LoginService {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "could not read the revocations");
-                return lock(&self.list).as_ref().map(|(_, l)| l.clone());
+                return lock(&self.list).as_ref().map(|(_, l, _)| l.clone());
             }
         };
         let list = crate::crypto::RevocationList::issue(version, entries, &self.key);
@@ -195,11 +195,14 @@ impl LoginService {
         {
             tracing::error!(error = %e, "the login server's own revocation list does not verify");
         }
-        metrics::gauge!("confab_revocation_list_version", "node" => "login_server").set(version as f64);
-        metrics::gauge!("confab_revocation_list_entries", "node" => "login_server").set(list.entries.len() as f64);
         tracing::info!(version, entries = list.entries.len(), "revocation list signed");
-        *lock(&self.list) = Some((version, bytes.clone()));
+        *lock(&self.list) = Some((version, bytes.clone(), list.entries.len()));
         Some(bytes)
+    }
+
+    /// The version and entry count of the revocation list signed last ((0, 0): none).
+    pub fn signed_revocations(&self) -> (u64, usize) {
+        lock(&self.list).as_ref().map(|(v, _, n)| (*v, *n)).unwrap_or((0, 0))
     }
 
     /// Answers a revocation query (a super node's or a host's): the signed list if it is

@@ -10,6 +10,7 @@
 //! - [`worker`] — [`RelayWorkers`]: one SO_REUSEPORT UDP socket and one thread per worker,
 //!   each running receive → decide → wipe token → send, counted per worker.
 //! - [`tcp`] — legs over TCP on the same port number, for hosts whose UDP is blocked.
+//! - [`handoff`] — leg B's token sealed to the callee, so the caller cannot use it.
 //!
 //! The relay never decrypts media: the inner packet is sealed end to end
 //! ([`crate::call::media`]) and the relay only reads its own 21-byte header.
@@ -18,6 +19,7 @@
 //! clock shared by the workers and the control plane), so `allocate`, `idle_ms` and the
 //! workers' `decide` calls agree on what "now" is.
 
+pub mod handoff;
 pub mod mmsg;
 pub mod packet;
 pub mod table;

@@ -11,6 +11,7 @@ use super::mailbox::{self, Deliver};
 use super::node::NodeShared;
 use super::relay_session::{RelaySession, Release};
 use super::session::{Action, Session, SessionPeer, Transport};
+use crate::crypto::{Credential, CredentialKind};
 use crate::net::source::SourceClaim;
 use crate::wire::ErrorCode;
 use crate::wire::frame;
@@ -232,8 +233,9 @@ impl HostSession {
         router
     }
 
-    /// Opens a relay session for this host, within the node's and the host's quotas.
-    fn allocate_relay(&mut self, req: u32) -> RelayGrant {
+    /// Opens a relay session for this host, within the node's and the host's quotas; leg
+    /// B's token is sealed to the callee named by its verified host credential.
+    fn allocate_relay(&mut self, req: u32, callee: &[u8]) -> RelayGrant {
         let node = self.node.identity.name.clone();
         let count = move |outcome: &'static str| {
             metrics::counter!("confab_relay_allocations_total", "node" => node.clone(), "outcome" => outcome)
@@ -245,12 +247,23 @@ impl HostSession {
             relay: None,
             session: 0,
             token_a: [0; 16],
-            token_b: [0; 16],
+            leg_b: Vec::new(),
             idle_timeout_secs: 0,
         };
         let Some(plane) = &self.node.relay else {
             count("no_relay");
             return refused(ErrorCode::Unsupported);
+        };
+        // One RSA verification (a public-key operation, tens of µs), at most as often as
+        // the host's relay rate allows.
+        let trusted = &self.node.identity.trusted;
+        let callee = match Credential::decode_verified(callee, trusted, CredentialKind::Host, crate::unix_now()) {
+            Ok(c) => c,
+            Err(e) => {
+                count("bad_callee");
+                tracing::debug!(peer = %self.peer, error = %e, "relay request for a callee without a valid credential");
+                return refused(ErrorCode::UntrustedCredential);
+            }
         };
         self.relays.retain(|_, a| a.connected());
         if self.relays.len() >= plane.cfg.sessions_per_host_max {
@@ -287,7 +300,7 @@ impl HostSession {
             relay: Some(plane.addr),
             session: grant.session.0,
             token_a: *grant.token_a.as_bytes(),
-            token_b: *grant.token_b.as_bytes(),
+            leg_b: crate::relay::handoff::seal(&callee.public_key, grant.session.0, grant.token_b.as_bytes()),
             idle_timeout_secs: plane.cfg.idle_timeout_secs.min(u64::from(u16::MAX)) as u16,
         }
     }
@@ -424,7 +437,7 @@ impl HostSession {
                         self.reply(MessageKind::Error, &e.encode());
                         continue;
                     }
-                    let grant = self.allocate_relay(r.req);
+                    let grant = self.allocate_relay(r.req, &r.callee);
                     self.reply(MessageKind::RelayGrant, &grant.encode());
                 }
                 Action::CallStats(s) => self.node.metrics.call(&s),

@@ -1251,13 +1251,15 @@ impl ForwardAck {
 pub struct RelayAllocate {
     /// Matches the grant.
     pub req: u32,
+    /// The callee's encoded host credential: leg B's token is sealed to its key.
+    pub callee: Vec<u8>,
 }
 
 impl RelayAllocate {
     /// Encodes.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
-        w.u32(self.req);
+        w.u32(self.req).bytes(&self.callee);
         w.into_bytes()
     }
 
@@ -1265,12 +1267,13 @@ impl RelayAllocate {
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(b);
         let req = r.u32("relay_allocate.req")?;
+        let callee = r.bytes("relay_allocate.callee", crate::crypto::credential::CREDENTIAL_LEN_MAX)?.to_vec();
         r.finish()?;
-        Ok(Self { req })
+        Ok(Self { req, callee })
     }
 }
 
-/// RelayGrant: where the relay is and the two legs' tokens (one for each host).
+/// RelayGrant: where the relay is, leg A's token, and leg B's sealed to the callee.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayGrant {
     /// The RelayAllocate's id.
@@ -1283,8 +1286,8 @@ pub struct RelayGrant {
     pub session: u32,
     /// Leg A's token (for the host that asked).
     pub token_a: [u8; 16],
-    /// Leg B's token (for the other host, sent to it end to end).
-    pub token_b: [u8; 16],
+    /// Leg B's token sealed to the callee ([`crate::relay::handoff`]), sent to it end to end.
+    pub leg_b: Vec<u8>,
     /// Seconds without packets after which the session ends.
     pub idle_timeout_secs: u16,
 }
@@ -1298,7 +1301,7 @@ impl RelayGrant {
             .opt_addr(self.relay)
             .u32(self.session)
             .raw(&self.token_a)
-            .raw(&self.token_b)
+            .bytes(&self.leg_b)
             .u16(self.idle_timeout_secs);
         w.into_bytes()
     }
@@ -1311,10 +1314,10 @@ impl RelayGrant {
         let relay = r.opt_addr("relay_grant.relay")?;
         let session = r.u32("relay_grant.session")?;
         let token_a = r.array("relay_grant.token_a")?;
-        let token_b = r.array("relay_grant.token_b")?;
+        let leg_b = r.bytes("relay_grant.leg_b", crate::relay::handoff::SEALED_LEN_MAX)?.to_vec();
         let idle_timeout_secs = r.u16("relay_grant.idle_timeout_secs")?;
         r.finish()?;
-        Ok(Self { req, code, relay, session, token_a, token_b, idle_timeout_secs })
+        Ok(Self { req, code, relay, session, token_a, leg_b, idle_timeout_secs })
     }
 }
 

@@ -24,9 +24,9 @@ pub fn key(stem: &str) -> PrivateKey {
     PrivateKey::read_pem_file(&fixtures().join(format!("{stem}.key.pem"))).unwrap()
 }
 
-/// Copies fixture keys into a data folder the way `confab up` names them, so the
-/// network starts without generating keys.
-pub fn seed_data(data: &Path, supernodes: usize) {
+/// Copies fixture keys into a data folder the way `confab up` names them (super nodes
+/// `<prefix>1`, …), so the network starts without generating keys.
+pub fn seed_data(data: &Path, supernodes: usize, prefix: &str) {
     std::fs::create_dir_all(data).unwrap();
     let copy = |from: &str, to: &str| {
         for ext in ["key.pem", "pub.pem"] {
@@ -37,8 +37,16 @@ pub fn seed_data(data: &Path, supernodes: usize) {
     // Distinct keys: a super node's key id is its identity in the index. Beyond the
     // fixtures, `confab up` generates keys.
     for (i, stem) in ["supernode-0", "supernode-1", "supernode-2"].iter().enumerate().take(supernodes) {
-        copy(stem, &format!("sn{}", i + 1));
+        copy(stem, &format!("{prefix}{}", i + 1));
     }
+}
+
+/// A name prefix no other network of this test process has: `n<k>sn`, so its super nodes
+/// are `n<k>sn1`, `n<k>sn2`, … and every metric they export is labelled as theirs (tests in
+/// one binary share one metrics recorder).
+pub fn unique_prefix() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+    format!("n{}sn", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
 /// A running in-process network and the folder it lives in.
@@ -57,7 +65,8 @@ pub async fn start(supernodes: usize, tweak: impl FnOnce(&mut Config)) -> TestNe
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    seed_data(&data, supernodes);
+    let prefix = unique_prefix();
+    seed_data(&data, supernodes, &prefix);
     let mut config = Config::default();
     // Every test host is on 127.0.0.1: one source to the login server's limits.
     config.login_server.throttle = confab::login::guard::ThrottlePolicy::one_source_load();
@@ -71,6 +80,7 @@ pub async fn start(supernodes: usize, tweak: impl FnOnce(&mut Config)) -> TestNe
         metrics: Some("127.0.0.1:0".parse().unwrap()),
         key_bits: 2048,
         config,
+        name_prefix: prefix,
     })
     .await
     .unwrap();
@@ -104,6 +114,36 @@ impl TestNet {
         home
     }
 
+    /// The name of super node `i` (0-based) of this network.
+    pub fn node(&self, i: usize) -> String {
+        self.net.info.supernodes[i].name.clone()
+    }
+
+    /// Sum of the samples of `name` with all of `labels` that belong to this network: a
+    /// `node` label naming one of its super nodes, or an `addr` label naming one of its
+    /// listeners. The recorder is the test process's, fed by every test of the binary; a
+    /// matching sample that names no node or listener fails the test, so no assertion can
+    /// pass on another test's traffic.
+    pub fn metric(&self, exposition: &str, name: &str, labels: &[&str]) -> f64 {
+        let info = &self.net.info;
+        let mut ours: Vec<String> = info.supernodes.iter().map(|n| format!("node=\"{}\"", n.name)).collect();
+        ours.push(format!("addr=\"{}\"", info.login_server));
+        for n in &info.supernodes {
+            let addrs = n.tcp.iter().copied().chain([n.udp]).chain(n.probe_udp).chain(n.gossip).chain(n.relay);
+            ours.extend(addrs.map(|a| format!("addr=\"{a}\"")));
+        }
+        samples(exposition, name, labels)
+            .filter(|(line, _)| {
+                assert!(
+                    line.contains("node=\"") || line.contains("addr=\""),
+                    "{line}: no node or addr label, so it cannot be told apart from other tests' networks"
+                );
+                ours.iter().any(|o| line.contains(o.as_str()))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+
     /// The metrics exposition.
     pub async fn metrics(&self) -> String {
         let url = self.net.info.metrics.clone().unwrap();
@@ -122,15 +162,21 @@ pub async fn http_get(addr: &str, path: &str) -> String {
     out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
 }
 
-/// Sum of every sample of `name` whose labels contain all of `labels` (`k="v"` strings).
+/// Sum of every sample of `name` whose labels contain all of `labels` (`k="v"` strings),
+/// whichever network fed it: for an exposition of a process of its own (a `confab`
+/// binary); in-process networks use [`TestNet::metric`].
 pub fn metric_sum(exposition: &str, name: &str, labels: &[&str]) -> f64 {
+    samples(exposition, name, labels).map(|(_, v)| v).sum()
+}
+
+/// The sample lines of `name` with all of `labels`, and their values.
+fn samples<'a>(exposition: &'a str, name: &'a str, labels: &'a [&'a str]) -> impl Iterator<Item = (&'a str, f64)> {
     exposition
         .lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|kv| l.contains(kv)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .filter(move |l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(move |l| labels.iter().all(|kv| l.contains(kv)))
+        .filter_map(|l| Some((l, l.rsplit(' ').next()?.parse::<f64>().ok()?)))
 }
 
 /// Whether the tests are running in CI, where a missing prerequisite is a failure.
