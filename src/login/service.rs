@@ -91,14 +91,22 @@ pub struct LoginService {
     key: PrivateKey,
     /// Earlier login keys whose envelopes are still opened (a key rotation in progress).
     previous: Vec<PrivateKey>,
-    /// The signed revocation list, by the database version it was signed at, and its entries.
-    list: Mutex<Option<(u64, Arc<Vec<u8>>, usize)>>,
+    /// The revocation list signed last.
+    list: Mutex<Option<SignedList>>,
     store: AccountStore,
     policy: LoginPolicy,
     guard: Arc<dyn Guard>,
     queries: Mutex<std::collections::HashMap<IpAddr, (u64, u32)>>,
     trusted: TrustedKeys,
     buddy_ops: Mutex<OpsLimiter>,
+}
+
+/// A signed revocation list: the database version it was signed at, its encoding, its entries.
+#[derive(Debug)]
+struct SignedList {
+    version: u64,
+    bytes: Arc<Vec<u8>>,
+    entries: usize,
 }
 
 /// Directory queries one address may make per second (each costs a signature).
@@ -170,22 +178,22 @@ impl LoginService {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, "could not read the revocation version");
-                return lock(&self.list).as_ref().map(|(_, l, _)| l.clone());
+                return lock(&self.list).as_ref().map(|l| l.bytes.clone());
             }
         };
         if version == 0 {
             return None;
         }
-        if let Some((v, l, _)) = lock(&self.list).as_ref()
-            && *v == version
+        if let Some(l) = lock(&self.list).as_ref()
+            && l.version == version
         {
-            return Some(l.clone());
+            return Some(l.bytes.clone());
         }
         let (version, entries) = match self.store.revocations(now) {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "could not read the revocations");
-                return lock(&self.list).as_ref().map(|(_, l, _)| l.clone());
+                return lock(&self.list).as_ref().map(|l| l.bytes.clone());
             }
         };
         let list = crate::crypto::RevocationList::issue(version, entries, &self.key);
@@ -196,13 +204,13 @@ impl LoginService {
             tracing::error!(error = %e, "the login server's own revocation list does not verify");
         }
         tracing::info!(version, entries = list.entries.len(), "revocation list signed");
-        *lock(&self.list) = Some((version, bytes.clone(), list.entries.len()));
+        *lock(&self.list) = Some(SignedList { version, bytes: bytes.clone(), entries: list.entries.len() });
         Some(bytes)
     }
 
     /// The version and entry count of the revocation list signed last ((0, 0): none).
     pub fn signed_revocations(&self) -> (u64, usize) {
-        lock(&self.list).as_ref().map(|(v, _, n)| (*v, *n)).unwrap_or((0, 0))
+        lock(&self.list).as_ref().map(|l| (l.version, l.entries)).unwrap_or((0, 0))
     }
 
     /// Answers a revocation query (a super node's or a host's): the signed list if it is
