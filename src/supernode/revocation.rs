@@ -59,8 +59,11 @@ pub fn start(
     let wake = now.clone();
     let identity = Arc::new(identity);
     tokio::spawn(async move {
+        // (server, reason) pairs logged already: a login server that keeps refusing, or
+        // serving a list that does not verify, is logged once, then only counted.
+        let mut logged = std::collections::HashSet::new();
         loop {
-            fetch_once(&identity, &servers).await;
+            fetch_once(&identity, &servers, &mut logged).await;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(interval) => {}
@@ -80,7 +83,11 @@ pub fn query(identity: &Identity, to: SocketAddr, have: u64, now: u64) -> Vec<u8
 }
 
 /// Asks each login server in turn until one answers; adopts a newer list.
-async fn fetch_once(identity: &Arc<Identity>, servers: &[SocketAddr]) {
+async fn fetch_once(
+    identity: &Arc<Identity>,
+    servers: &[SocketAddr],
+    logged: &mut std::collections::HashSet<(SocketAddr, &'static str)>,
+) {
     let node = identity.name.as_str();
     for &addr in servers {
         let have = identity.trusted.revoked().version();
@@ -103,8 +110,13 @@ async fn fetch_once(identity: &Arc<Identity>, servers: &[SocketAddr]) {
         };
         let Ok(raw) = frame::decode(addr, &bytes) else { continue };
         if raw.header.kind != MessageKind::RevocationReply {
-            let detail = crate::wire::message::ErrorMsg::decode(raw.payload).map(|e| e.detail).unwrap_or_default();
-            tracing::debug!(node, %addr, kind = raw.header.kind.label(), %detail, "the login server refused a revocation query");
+            let error = crate::wire::message::ErrorMsg::decode(raw.payload).ok();
+            let reason = error.as_ref().map_or("unexpected_answer", |e| e.code.label());
+            let detail = error.map(|e| e.detail).unwrap_or_default();
+            crate::cluster::revocation::record(node, "login_server", "refused", 0);
+            if logged.len() < 64 && logged.insert((addr, reason)) {
+                tracing::warn!(node, %addr, reason, %detail, "the login server refused a revocation query (further refusals for this reason are only counted)");
+            }
             continue;
         }
         if raw.payload.is_empty() {
@@ -117,7 +129,9 @@ async fn fetch_once(identity: &Arc<Identity>, servers: &[SocketAddr]) {
         match adopted {
             Ok(Ok(list)) => crate::cluster::revocation::record(node, "login_server", "adopted", list.version),
             Ok(Err(e)) => {
-                tracing::warn!(node, %addr, error = %e, "the login server's revocation list was refused");
+                if logged.len() < 64 && logged.insert((addr, e.label())) {
+                    tracing::warn!(node, %addr, error = %e, "the login server's revocation list was refused (further ones for this reason are only counted)");
+                }
                 crate::cluster::revocation::record(node, "login_server", e.label(), 0);
             }
             Err(_) => {}
