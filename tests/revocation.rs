@@ -367,3 +367,50 @@ async fn a_stranger_gets_no_revocation_list_and_no_more_bytes_than_it_sent() {
     );
     t.net.stop().await;
 }
+
+/// A measurement, run by hand: how long a list fetched by one node of `N` takes to reach
+/// every other member by gossip alone (`cargo test --test revocation spread_time --
+/// --ignored --nocapture`).
+#[actix_rt::test]
+#[ignore = "a measurement: starts a larger cluster"]
+async fn spread_time_across_a_larger_cluster() {
+    const N: usize = 10;
+    let _serial = one_at_a_time().await;
+    let t = common::start(N, |c| {
+        c.supernode.probe_period_ms = 500;
+        c.supernode.revocation.fetch_interval_secs = 3600;
+        c.supernode.revocation.gossip_interval_ms = 1000;
+    })
+    .await;
+    t.converge(N).await;
+    let mut cfg = confab::config::Config::default();
+    cfg.login_server.database = t.net.info.data.join("accounts.sqlite").into();
+    let target = confab::login::revocations::Target::Key {
+        key: confab::crypto::KeyId([7; 8]),
+        kind: CredentialKind::Host,
+        subject: "nobody".into(),
+    };
+    let (_, version) = confab::login::revocations::revoke(&cfg.login_server, &target, confab::unix_now()).unwrap();
+    let nodes = t.net.nodes();
+    let started = std::time::Instant::now();
+    nodes[0].revocations.as_ref().unwrap().fetch();
+    let mut reached = vec![None; N];
+    while reached.iter().any(Option::is_none) {
+        assert!(started.elapsed() < Duration::from_secs(60), "the list did not reach every node");
+        for (i, n) in nodes.iter().enumerate() {
+            if reached[i].is_none() && n.identity.trusted.revoked().version() == version {
+                reached[i] = Some(started.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut times: Vec<Duration> = reached.into_iter().flatten().collect();
+    times.sort();
+    eprintln!(
+        "revocation spread over {N} nodes, gossip every 1 s: first {:?}, median {:?}, last {:?}",
+        times[0],
+        times[N / 2],
+        times[N - 1]
+    );
+    t.net.stop().await;
+}
