@@ -54,6 +54,14 @@ async fn a_revoked_super_node_is_dropped_by_every_member_and_refused_by_hosts() 
     let mut bob = confab::host::login(&sb, &bob_home, "bob", PW).await.unwrap();
     assert_eq!(bob.report.supernode, sn3_name);
 
+    // Every node has made its first fetch (nothing to revoke yet): from here on only sn1
+    // is asked to fetch again.
+    common::wait_for("every node's first fetch", Duration::from_secs(15), async || {
+        let m = t.metrics().await;
+        (0..3).all(|i| t.metric(&m, lists, &[&node(i), "source=\"login_server\"", "outcome=\"current\""]) >= 1.0)
+    })
+    .await;
+
     // The operator's command, as `confab revoke sn3.cred` runs it on the login server.
     let mut cfg = confab::config::Config::default();
     cfg.login_server.database = t.net.info.data.join("accounts.sqlite").into();

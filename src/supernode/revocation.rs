@@ -120,6 +120,8 @@ async fn fetch_once(
             continue;
         }
         if raw.payload.is_empty() {
+            // Nothing newer than what this node holds.
+            crate::cluster::revocation::record(node, "login_server", "current", 0);
             return;
         }
         let payload = raw.payload.to_vec();
