@@ -310,7 +310,8 @@ impl Peers {
     pub fn vouches_for(&self, m: &super::Member) -> bool {
         match m.node {
             Some(id) if id == self.me => true,
-            Some(id) => self.by_id.get(&id).is_some_and(|p| p.cert.vouches_for(m)),
+            // A revoked member leaves the view at once, before its certificate is dropped.
+            Some(id) => !self.is_revoked(id) && self.by_id.get(&id).is_some_and(|p| p.cert.vouches_for(m)),
             None => false,
         }
     }
@@ -470,6 +471,55 @@ mod tests {
         let mut unknown = forged.clone();
         unknown[4..12].copy_from_slice(&[0xee; 8]);
         assert!(matches!(b.receive(ca, &unknown, T), Received::Rejected(Reject::UnknownSender)));
+    }
+
+    /// Once b holds a list that revokes a: a's packets are refused before they are
+    /// opened, a leaves b's view, its certificate is forgotten, and its hellos (even a
+    /// fresh certificate after a restart) are refused.
+    #[test]
+    fn a_revoked_member_is_forgotten_and_refused() {
+        use crate::crypto::revocation::{Revocation, RevocationList};
+        let (mut a, mut b) = (node(0, 1), node(1, 1));
+        let (aa, ba) = (addr(1, 7000), addr(1, 7001));
+        let h = a.hello(ba, true, T).unwrap();
+        let (_, back) = deliver(&mut b, aa, vec![(ba, h)], T);
+        deliver(&mut a, ba, back, T);
+        let before = a.send(ba, Some(b.me()), Channel::Gossip, b"ping", T + 1);
+        let member = crate::cluster::Member {
+            gossip: aa,
+            bump: 1,
+            node: Some(a.me()),
+            name: "sn1".into(),
+            udp: None,
+            tcp: None,
+        };
+        assert!(b.vouches_for(&member));
+
+        let entry = Revocation {
+            key: crate::crypto::KeyId(a.me()),
+            kind: crate::crypto::CredentialKind::SuperNode,
+            subject: "sn1".into(),
+            expires_at: NOW + 86_400,
+        };
+        let list = RevocationList::issue(1, vec![entry], &crate::crypto::keys::tests::test_key(0)).encode();
+        b.trusted().adopt_revocations(&list).unwrap();
+        assert!(!b.vouches_for(&member), "out of the view at once");
+        assert!(matches!(b.receive(aa, &before[0].1, T + 2), Received::Rejected(Reject::Revoked)));
+        assert_eq!(b.drop_revoked(), vec!["sn1".to_owned()]);
+        assert_eq!(b.addr_of(a.me()), None);
+        let (key, cred, trusted) = credential(0, "sn1");
+        let mut a2 = Peers::new(
+            &key,
+            cred,
+            trusted,
+            ClusterKey::from_secret(&[1; 32]),
+            (aa, None, None),
+            ClusterLimits::default(),
+            T + 10_000,
+        )
+        .unwrap();
+        let h2 = a2.hello(ba, true, T + 10_000).unwrap();
+        assert!(matches!(b.receive(aa, &h2, T + 10_000), Received::Rejected(Reject::Revoked)));
     }
 
     proptest::proptest! {
