@@ -89,15 +89,20 @@ async fn call_signalling_through_super_nodes() {
     assert!(e.contains("offline"), "{e}");
 
     // Nothing left behind.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    while alice.next_event_within(Duration::from_millis(50)).await.is_some() {}
-    while bob.next_event_within(Duration::from_millis(50)).await.is_some() {}
-    assert_eq!((alice.calls_in_progress(), bob.calls_in_progress()), (0, 0));
-    // Operators see the calls their hosts placed, by outcome (labels only).
-    let m = t.metrics().await;
+    common::wait_for("no call left on either host", Duration::from_secs(3), async || {
+        while alice.next_event_within(Duration::from_millis(10)).await.is_some() {}
+        while bob.next_event_within(Duration::from_millis(10)).await.is_some() {}
+        (alice.calls_in_progress(), bob.calls_in_progress()) == (0, 0)
+    })
+    .await;
+    // Operators see the calls their hosts placed, by outcome (labels only); a host reports
+    // its call after it ended, so poll.
     for outcome in ["declined", "cancelled", "no_answer", "hung_up"] {
         let label = format!("outcome=\"{outcome}\"");
-        assert!(t.metric(&m, "confab_calls_total", &[&label]) >= 1.0, "no {outcome} call counted");
+        common::wait_for(&format!("a {outcome} call counted"), Duration::from_secs(3), async || {
+            t.metric(&t.metrics().await, "confab_calls_total", &[&label]) >= 1.0
+        })
+        .await;
     }
     alice.logout().await;
     bob.logout().await;
@@ -184,10 +189,12 @@ async fn a_call_carries_voice_both_ways() {
         assert!(audio::tone_strength(heard, if who == "bob" { other } else { 440.0 }) < 0.05);
     }
     assert_eq!((alice.calls_in_progress(), bob.calls_in_progress()), (0, 0));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let m = t.metrics().await;
-    assert!(t.metric(&m, "confab_calls_total", &["path=\"direct\"", "outcome=\"hung_up\""]) >= 1.0);
-    assert!(t.metric(&m, "confab_call_setup_duration_seconds_count", &["path=\"direct\""]) >= 1.0);
+    common::wait_for("the direct call counted", Duration::from_secs(3), async || {
+        let m = t.metrics().await;
+        t.metric(&m, "confab_calls_total", &["path=\"direct\"", "outcome=\"hung_up\""]) >= 1.0
+            && t.metric(&m, "confab_call_setup_duration_seconds_count", &["path=\"direct\""]) >= 1.0
+    })
+    .await;
     alice.logout().await;
     bob.logout().await;
     t.net.stop().await;
@@ -279,9 +286,10 @@ async fn a_host_without_udp_reaches_the_relay_over_tcp() {
         assert!(t0.elapsed() < Duration::from_secs(3), "{sessions} relay sessions, {conns} TCP legs outlived the call");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let m = t.metrics().await;
-    assert!(t.metric(&m, "confab_calls_total", &["path=\"relayed_tcp\""]) >= 1.0);
+    common::wait_for("the relayed_tcp call counted", Duration::from_secs(3), async || {
+        t.metric(&t.metrics().await, "confab_calls_total", &["path=\"relayed_tcp\""]) >= 1.0
+    })
+    .await;
     erin.logout().await;
     frank.logout().await;
     t.net.stop().await;

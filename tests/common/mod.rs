@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod relay;
 
 use confab::config::Config;
 use confab::crypto::credential::TrustedKeys;
