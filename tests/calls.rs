@@ -368,9 +368,15 @@ async fn an_invisible_user_cannot_be_called_by_a_stranger() {
     // The index shows a stranger an offline user with no address: no invite is sent.
     let e = dave.call("bob").await.unwrap_err().to_string();
     assert!(e.contains("offline"), "{e}");
-    // A modified client sends the invite anyway: bob neither rings nor answers (not even
-    // busy), so dave's call ends as if nobody were there.
+    // A modified client sends the invite anyway: it reaches bob (his super node delivers
+    // it), and bob neither rings nor answers (not even busy), so dave's call ends as if
+    // nobody were there.
+    let bob_node = format!("node=\"{}\"", bob.report.supernode);
+    let delivered =
+        async || t.metric(&t.metrics().await, "confab_supernode_notices_total", &[&bob_node, "outcome=\"delivered\""]);
+    let before = delivered().await;
     let id = dave.call_even_if_offline("bob").await.unwrap();
+    common::wait_for("the invite delivered to bob", Duration::from_secs(3), async || delivered().await > before).await;
     let ended = |e: &Event| matches!(e, Event::Call { state: CallState::Ended { reason: "unreachable" }, .. });
     let (events, _) = tokio::join!(
         run_for(&mut bob, Duration::from_millis(3500)),

@@ -100,9 +100,12 @@ async fn hosts_find_each_other_through_twenty_super_nodes_and_survive_30_percent
         n.sort();
         n
     };
-    // The search postings reach their slots' replicas a replication round after the ack.
+    // The search postings reach their slots' replicas a replication round after the ack:
+    // wait for every query asserted below.
     common::wait_for("both profiles searchable", Duration::from_secs(5), async || {
         names(sessions[3].1.search("tallinn", 10).await.unwrap()) == ["user010", "user020"]
+            && names(sessions[0].1.search("jaan TALLINN", 10).await.unwrap()) == ["user010"]
+            && sessions[0].1.search("zoe angstrom", 10).await.unwrap().len() == 1
     })
     .await;
     assert_eq!(names(sessions[0].1.search("jaan TALLINN", 10).await.unwrap()), ["user010"]);

@@ -42,6 +42,10 @@ async fn relay_sessions_forward_only_between_their_two_endpoints() {
     let forged = confab::crypto::Credential::decode(&bytes).unwrap();
     let e = rita.allocate_relay(&forged).await.unwrap_err().to_string();
     assert!(e.contains("untrusted"), "{e}");
+    // Nor to the asker's own account, which would give it both legs.
+    let own = rita.credential().clone();
+    let e = rita.allocate_relay(&own).await.unwrap_err().to_string();
+    assert!(e.contains("untrusted"), "{e}");
     let relay: SocketAddr = g.relay.unwrap();
     let (session, ta, tb) = (SessionId(g.session), Token::from_bytes(g.token_a), Token::from_bytes(token_b));
     let (a, b, stranger) = (socket(), socket(), socket());
@@ -152,17 +156,17 @@ async fn relay_sessions_are_limited_per_source_across_hosts() {
     let node = t.net.nodes()[0].clone();
     let table = &node.relay.as_ref().unwrap().table;
     // Two hosts on one address: each within its own quota, together within the source's.
-    let peer = hosts[1].credential().clone();
-    let g1 = hosts[0].allocate_relay(&peer).await.unwrap();
-    hosts[0].allocate_relay(&peer).await.unwrap();
-    hosts[1].allocate_relay(&peer).await.unwrap();
-    let e = hosts[1].allocate_relay(&peer).await.unwrap_err().to_string();
+    let (sara, sam) = (hosts[0].credential().clone(), hosts[1].credential().clone());
+    let g1 = hosts[0].allocate_relay(&sam).await.unwrap();
+    hosts[0].allocate_relay(&sam).await.unwrap();
+    hosts[1].allocate_relay(&sara).await.unwrap();
+    let e = hosts[1].allocate_relay(&sara).await.unwrap_err().to_string();
     assert!(e.contains("full"), "{e}");
     assert_eq!(table.len(), 3);
     // A released session gives its place back to the source.
     hosts[0].release_relay(g1.session).await;
     common::wait_for("the released place to come back", Duration::from_secs(5), async || {
-        hosts[1].allocate_relay(&peer).await.is_ok()
+        hosts[1].allocate_relay(&sara).await.is_ok()
     })
     .await;
     for h in hosts {

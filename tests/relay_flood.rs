@@ -24,12 +24,15 @@ async fn under_a_flood_the_relay_drops_and_counts_memory_stays_flat_and_it_recov
     let home = t.home("sam");
     confab::host::register(&s, &home, "sam", PW).await.unwrap();
     let mut sam = confab::host::login(&s, &home, "sam", PW).await.unwrap();
+    let sid_home = t.home("sid");
+    confab::host::register(&s, &sid_home, "sid", PW).await.unwrap();
+    let sid = confab::host::login(&s, &sid_home, "sid", PW).await.unwrap();
     let node = t.net.nodes()[0].clone();
     let table = node.relay.as_ref().unwrap().table.clone();
-    // Sam opens the session for a call with himself: he holds both legs.
-    let g = sam.allocate_relay(&sam.credential().clone()).await.unwrap();
+    // Sam opens the session for a call with Sid, who opens leg B.
+    let g = sam.allocate_relay(sid.credential()).await.unwrap();
     let relay: SocketAddr = g.relay.unwrap();
-    let token_b = sam.open_relay_leg(g.session, &g.leg_b).unwrap();
+    let token_b = sid.open_relay_leg(g.session, &g.leg_b).unwrap();
     let (session, ta, tb) = (SessionId(g.session), Token::from_bytes(g.token_a), Token::from_bytes(token_b));
     let (a, b) = (socket(), socket());
     a.connect(relay).unwrap();
@@ -111,5 +114,6 @@ async fn under_a_flood_the_relay_drops_and_counts_memory_stays_flat_and_it_recov
         assert!(t.metric(&m, "confab_relay_drops_total", &[&r]) > 100.0, "{reason}");
     }
     sam.logout().await;
+    sid.logout().await;
     t.net.stop().await;
 }

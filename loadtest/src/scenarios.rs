@@ -448,10 +448,14 @@ pub async fn hold_light_hosts(
     let held = hold_for(links.len(), hold, probe, quiet).await;
     let connected = links.len();
     // Still there? A link notices a silent super node only after missing keepalives for
-    // tens of seconds, so ask: one keepalive round trip each, all at once.
+    // tens of seconds, so ask: one keepalive round trip each, 512 at a time (100,000 at
+    // once would overflow socket buffers and count as silence).
+    let gate = Arc::new(tokio::sync::Semaphore::new(512));
     let mut set = tokio::task::JoinSet::new();
     for mut l in links {
+        let gate = gate.clone();
         set.spawn_local(async move {
+            let _permit = gate.acquire_owned().await.expect("semaphore never closed");
             let rtt = link_round_trip(&mut l, Duration::from_secs(3)).await;
             (l, rtt)
         });
@@ -459,12 +463,17 @@ pub async fn hold_light_hosts(
     let mut rtt = stats::histogram();
     let mut answered = 0;
     let mut kept = Vec::with_capacity(connected);
-    while let Some(Ok((l, r))) = set.join_next().await {
-        if let Some(d) = r {
-            answered += 1;
-            stats::record(&mut rtt, d);
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((l, r)) => {
+                if let Some(d) = r {
+                    answered += 1;
+                    stats::record(&mut rtt, d);
+                }
+                kept.push(l);
+            }
+            Err(e) => *failures.entry(format!("keepalive task: {e}")).or_insert(0) += 1,
         }
-        kept.push(l);
     }
     drop(kept);
     let mut r = held.result(m, connected, failures, login_s, &before, answered, &rtt);
