@@ -81,7 +81,11 @@ async fn buddies_authorize_see_each_others_status_and_get_the_list_back_on_a_sec
     assert_eq!(seen_by_carol.public_addr, None, "but not her address");
     alice.publish(Status::Invisible, &profile).await.unwrap();
     expect(&mut bob, second, "invisible", presence("alice", Status::Invisible)).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The index copy follows the notice by a replication round.
+    common::wait_for("alice's invisible entry in the index", second, async || {
+        carol.find("alice").await.unwrap().is_some_and(|f| f.status == Status::Offline)
+    })
+    .await;
     let seen_by_carol = carol.find("alice").await.unwrap().expect("alice is in the index");
     assert_eq!(seen_by_carol.status, Status::Offline, "invisible looks offline to non-buddies");
     assert_eq!(seen_by_carol.public_addr, None, "and hides the address");

@@ -89,15 +89,20 @@ async fn call_signalling_through_super_nodes() {
     assert!(e.contains("offline"), "{e}");
 
     // Nothing left behind.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    while alice.next_event_within(Duration::from_millis(50)).await.is_some() {}
-    while bob.next_event_within(Duration::from_millis(50)).await.is_some() {}
-    assert_eq!((alice.calls_in_progress(), bob.calls_in_progress()), (0, 0));
-    // Operators see the calls their hosts placed, by outcome (labels only).
-    let m = t.metrics().await;
+    common::wait_for("no call left on either host", Duration::from_secs(3), async || {
+        while alice.next_event_within(Duration::from_millis(10)).await.is_some() {}
+        while bob.next_event_within(Duration::from_millis(10)).await.is_some() {}
+        (alice.calls_in_progress(), bob.calls_in_progress()) == (0, 0)
+    })
+    .await;
+    // Operators see the calls their hosts placed, by outcome (labels only); a host reports
+    // its call after it ended, so poll.
     for outcome in ["declined", "cancelled", "no_answer", "hung_up"] {
         let label = format!("outcome=\"{outcome}\"");
-        assert!(t.metric(&m, "confab_calls_total", &[&label]) >= 1.0, "no {outcome} call counted");
+        common::wait_for(&format!("a {outcome} call counted"), Duration::from_secs(3), async || {
+            t.metric(&t.metrics().await, "confab_calls_total", &[&label]) >= 1.0
+        })
+        .await;
     }
     alice.logout().await;
     bob.logout().await;
@@ -184,10 +189,12 @@ async fn a_call_carries_voice_both_ways() {
         assert!(audio::tone_strength(heard, if who == "bob" { other } else { 440.0 }) < 0.05);
     }
     assert_eq!((alice.calls_in_progress(), bob.calls_in_progress()), (0, 0));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let m = t.metrics().await;
-    assert!(t.metric(&m, "confab_calls_total", &["path=\"direct\"", "outcome=\"hung_up\""]) >= 1.0);
-    assert!(t.metric(&m, "confab_call_setup_duration_seconds_count", &["path=\"direct\""]) >= 1.0);
+    common::wait_for("the direct call counted", Duration::from_secs(3), async || {
+        let m = t.metrics().await;
+        t.metric(&m, "confab_calls_total", &["path=\"direct\"", "outcome=\"hung_up\""]) >= 1.0
+            && t.metric(&m, "confab_call_setup_duration_seconds_count", &["path=\"direct\""]) >= 1.0
+    })
+    .await;
     alice.logout().await;
     bob.logout().await;
     t.net.stop().await;
@@ -279,9 +286,10 @@ async fn a_host_without_udp_reaches_the_relay_over_tcp() {
         assert!(t0.elapsed() < Duration::from_secs(3), "{sessions} relay sessions, {conns} TCP legs outlived the call");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let m = t.metrics().await;
-    assert!(t.metric(&m, "confab_calls_total", &["path=\"relayed_tcp\""]) >= 1.0);
+    common::wait_for("the relayed_tcp call counted", Duration::from_secs(3), async || {
+        t.metric(&t.metrics().await, "confab_calls_total", &["path=\"relayed_tcp\""]) >= 1.0
+    })
+    .await;
     erin.logout().await;
     frank.logout().await;
     t.net.stop().await;
@@ -360,9 +368,15 @@ async fn an_invisible_user_cannot_be_called_by_a_stranger() {
     // The index shows a stranger an offline user with no address: no invite is sent.
     let e = dave.call("bob").await.unwrap_err().to_string();
     assert!(e.contains("offline"), "{e}");
-    // A modified client sends the invite anyway: bob neither rings nor answers (not even
-    // busy), so dave's call ends as if nobody were there.
+    // A modified client sends the invite anyway: it reaches bob (his super node delivers
+    // it), and bob neither rings nor answers (not even busy), so dave's call ends as if
+    // nobody were there.
+    let bob_node = format!("node=\"{}\"", bob.report.supernode);
+    let delivered =
+        async || t.metric(&t.metrics().await, "confab_supernode_notices_total", &[&bob_node, "outcome=\"delivered\""]);
+    let before = delivered().await;
     let id = dave.call_even_if_offline("bob").await.unwrap();
+    common::wait_for("the invite delivered to bob", Duration::from_secs(3), async || delivered().await > before).await;
     let ended = |e: &Event| matches!(e, Event::Call { state: CallState::Ended { reason: "unreachable" }, .. });
     let (events, _) = tokio::join!(
         run_for(&mut bob, Duration::from_millis(3500)),

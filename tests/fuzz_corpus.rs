@@ -239,7 +239,7 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
         Candidate { kind: CandidateKind::Public, addr: sa("198.18.7.1:40000") },
         Candidate { kind: CandidateKind::Relay, addr: sa("[2001:db8::9]:3478") },
     ];
-    let (invite, _) =
+    let (invite, _, _) =
         Invite::make(&alice, &alice_key, "sn1", &bob, vec![Codec::Opus, Codec::L16], candidates.clone(), now_ms);
     let opened = invite.open(fuzzing::trusted(), "bob", &bob_key, now_ms, 30_000).unwrap();
     let (reply, _) = Reply::make(&opened, &bob, &bob_key, &[Codec::L16], false, candidates, now_ms).unwrap();

@@ -95,12 +95,19 @@ async fn hosts_find_each_other_through_twenty_super_nodes_and_survive_30_percent
     let zoe = Profile { display_name: "Zoë Ångström".into(), city: "TALLINN".into(), ..Default::default() };
     sessions[10].1.publish(Status::Online, &jaan).await.unwrap();
     sessions[20].1.publish(Status::Away, &zoe).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let names = |v: Vec<confab::host::Found>| {
         let mut n: Vec<String> = v.into_iter().map(|f| f.user).collect();
         n.sort();
         n
     };
+    // The search postings reach their slots' replicas a replication round after the ack:
+    // wait for every query asserted below.
+    common::wait_for("both profiles searchable", Duration::from_secs(5), async || {
+        names(sessions[3].1.search("tallinn", 10).await.unwrap()) == ["user010", "user020"]
+            && names(sessions[0].1.search("jaan TALLINN", 10).await.unwrap()) == ["user010"]
+            && sessions[0].1.search("zoe angstrom", 10).await.unwrap().len() == 1
+    })
+    .await;
     assert_eq!(names(sessions[0].1.search("jaan TALLINN", 10).await.unwrap()), ["user010"]);
     let z = sessions[0].1.search("zoe angstrom", 10).await.unwrap();
     assert_eq!(z.len(), 1);

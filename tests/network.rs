@@ -513,18 +513,24 @@ async fn past_retention_the_login_directory_answers() {
     let mut pat = host::login(&t.settings(), &t.home("pat"), "pat", PW).await.unwrap();
     let found = pat.find("olivia").await.unwrap().expect("in the index");
     assert_eq!((found.status, found.stage.as_str()), (confab::index::Status::Offline, "step1"));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let found = pat.find("olivia").await.unwrap().expect("through the directory");
-    assert_eq!(found.stage, "directory");
+    // Past the 2 s retention the index forgets her, and the directory answers.
+    let mut found = None;
+    common::wait_for("olivia found through the directory", Duration::from_secs(10), async || {
+        found = pat.find("olivia").await.unwrap();
+        found.as_ref().is_some_and(|f| f.stage == "directory")
+    })
+    .await;
+    let found = found.expect("through the directory");
     assert_eq!(found.status, confab::index::Status::Offline);
     assert!(found.last_seen + 30 > confab::unix_now());
     assert_eq!(found.supernode, "", "olivia's first login had no super node to report yet");
     // Her next login reports the super node she used.
     let olivia = host::login(&t.settings(), &t.home("olivia"), "olivia", PW).await.unwrap();
     olivia.logout().await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let found = pat.find("olivia").await.unwrap().expect("through the directory");
-    assert_eq!(found.supernode, sn);
+    common::wait_for("the directory naming olivia's super node", Duration::from_secs(10), async || {
+        pat.find("olivia").await.unwrap().is_some_and(|f| f.stage == "directory" && f.supernode == sn)
+    })
+    .await;
     // Someone who never logged in is not found at all.
     register(&t, "quinn", PW).await.unwrap();
     assert!(pat.find("quinn").await.unwrap().is_none());
@@ -580,7 +586,8 @@ async fn seventy_one_hours_is_found_seventy_three_is_not() {
             assert!(from.send(id, gossip, &store.encode()));
         }
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_for("sam's entry stored", Duration::from_secs(3), async || rita.find("sam").await.unwrap().is_some())
+        .await;
     let sam = rita.find("sam").await.unwrap().expect("71 h ago is inside the window");
     assert_eq!(sam.status, confab::index::Status::Offline, "not refreshed for 71 h: offline");
     assert_eq!(sam.last_seen, now - 71 * 3600);

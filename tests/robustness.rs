@@ -110,10 +110,16 @@ async fn garbage_is_counted_and_connected_hosts_are_undisturbed() {
     let bob = host::login(&t.settings(), &t.home("bob"), "bob", PW).await.unwrap();
     bob.logout().await;
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = t.metrics().await;
     let rejected =
         |m: &str, reason: &str| t.metric(m, "confab_wire_frames_rejected_total", &[&format!("reason=\"{reason}\"")]);
+    // The last junk may still be in the node's queue: wait until every reason has moved.
+    let reasons = ["truncated", "unknown_version", "oversized", "unknown_session", "stale_cookie"];
+    common::wait_for("every reason counted", Duration::from_secs(5), async || {
+        let m = t.metrics().await;
+        reasons.iter().all(|r| rejected(&m, r) > rejected(&before, r))
+    })
+    .await;
+    let after = t.metrics().await;
     for reason in ["truncated", "unknown_version", "oversized", "unknown_session", "stale_cookie"] {
         assert!(rejected(&after, reason) > rejected(&before, reason), "no rejection counted for {reason}");
     }

@@ -153,6 +153,9 @@ pub struct LoginResult {
 /// The `hosts` scenario's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostsResult {
+    /// What one "host" is in this run: logged in for real, or a super-node session on a
+    /// shared credential (`--accounts`).
+    pub what: String,
     /// Hosts asked for.
     pub hosts: usize,
     /// Hosts logged in and held.
@@ -433,13 +436,21 @@ fn hosts_table(h: &HostsResult) -> String {
         vec!["keepalive RTT p99 µs".into(), f(h.keepalive_rtt_us.map(|l| l.p99), 1)],
         vec!["node hosts_connected before".into(), f(h.node_hosts_before, 0)],
         vec!["node hosts_connected after".into(), f(h.node_hosts_after, 0)],
+        vec![
+            "node's count vs answered".into(),
+            match (h.node_hosts_before, h.node_hosts_after) {
+                (Some(b), Some(a)) => format!("{:+.0} vs {}", a - b, h.keepalive_answered),
+                _ => NA.into(),
+            },
+        ],
         vec!["server RSS before MiB".into(), mib(h.server.rss_before)],
         vec!["server RSS after MiB".into(), mib(h.server.rss_after)],
         vec!["server memory per host KiB".into(), f(h.rss_per_host_bytes.map(|b| b / 1024.0), 1)],
         vec!["server CPU while idle % of a core".into(), f(h.idle_cpu_pct, 2)],
         vec!["resources from".into(), h.server.source.unwrap_or(NA).to_owned()],
     ];
-    let mut out = table(&rows);
+    let mut out = format!("each host: {}\n", h.what);
+    out.push_str(&table(&rows));
     failures_line(&mut out, "login failed", &h.failures);
     out
 }

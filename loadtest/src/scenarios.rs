@@ -294,7 +294,9 @@ pub async fn hold_hosts(
     }
     let logged_in = kept.len();
     hosts::logout_all(kept).await;
-    Ok(held.result(m, logged_in, failures, login_s, &before, answered, &rtt))
+    let mut r = held.result(m, logged_in, failures, login_s, &before, answered, &rtt);
+    r.what = "hosts logged in (a login at the login server each)".into();
+    Ok(r)
 }
 
 /// A hold of connected hosts, measured at the node.
@@ -335,6 +337,7 @@ impl Held {
         let (held_s, after) = (self.held_s, &self.after);
         let idle = server::spent(&self.mid, after);
         HostsResult {
+            what: String::new(),
             hosts: m,
             logged_in: connected,
             failures,
@@ -444,10 +447,61 @@ pub async fn hold_light_hosts(
     b.finish_and_clear();
     let held = hold_for(links.len(), hold, probe, quiet).await;
     let connected = links.len();
-    // A link ends when its super node closes the session or stops answering keepalives.
-    let up = links.iter().filter(|l| l.is_up()).count();
-    drop(links);
-    Ok(held.result(m, connected, failures, login_s, &before, up, &stats::histogram()))
+    // Still there? A link notices a silent super node only after missing keepalives for
+    // tens of seconds, so ask: one keepalive round trip each, 512 at a time (100,000 at
+    // once would overflow socket buffers and count as silence).
+    let gate = Arc::new(tokio::sync::Semaphore::new(512));
+    let mut set = tokio::task::JoinSet::new();
+    for mut l in links {
+        let gate = gate.clone();
+        set.spawn_local(async move {
+            let _permit = gate.acquire_owned().await.expect("semaphore never closed");
+            let rtt = link_round_trip(&mut l, Duration::from_secs(3)).await;
+            (l, rtt)
+        });
+    }
+    let mut rtt = stats::histogram();
+    let mut answered = 0;
+    let mut kept = Vec::with_capacity(connected);
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((l, r)) => {
+                if let Some(d) = r {
+                    answered += 1;
+                    stats::record(&mut rtt, d);
+                }
+                kept.push(l);
+            }
+            Err(e) => *failures.entry(format!("keepalive task: {e}")).or_insert(0) += 1,
+        }
+    }
+    drop(kept);
+    let mut r = held.result(m, connected, failures, login_s, &before, answered, &rtt);
+    r.what = format!(
+        "super-node sessions on {} account credential(s): a handshake and keepalives each, no login per host",
+        k.max(1)
+    );
+    Ok(r)
+}
+
+/// One keepalive round trip on a bare link: its time, or None without an answer.
+async fn link_round_trip(l: &mut confab::host::link::LinkHandle, timeout: Duration) -> Option<Duration> {
+    use confab::wire::MessageKind;
+    // The link's own keepalives leave their answers queued: not this one's.
+    while l.answers.try_recv().is_ok() {}
+    let t = Instant::now();
+    if !l.send(MessageKind::Keepalive, Vec::new()).await {
+        return None;
+    }
+    let ack = async {
+        while let Some((kind, _)) = l.answers.recv().await {
+            if kind == MessageKind::KeepaliveAck {
+                return true;
+            }
+        }
+        false
+    };
+    matches!(tokio::time::timeout(timeout, ack).await, Ok(true)).then(|| t.elapsed())
 }
 
 /// `lookup`: `h` hosts look each other up in the Global Index, each at most `rate` a

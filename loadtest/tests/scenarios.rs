@@ -245,6 +245,7 @@ async fn idle_hosts_held_connected() {
     let h = &r["hosts"];
     assert_eq!(h["logged_in"], 8, "{h:#}");
     assert_eq!(h["keepalive_answered"], 8, "{h:#}");
+    assert!(h["what"].as_str().unwrap().starts_with("hosts logged in"), "{h:#}");
     assert!(h["node_hosts_after"].as_f64().is_some(), "the node's gauge was read: {h:#}");
     n.net.stop().await;
 }
@@ -259,7 +260,8 @@ async fn many_idle_hosts_on_a_few_credentials() {
     let r = loadtest(&work, &args, Duration::from_secs(40)).await;
     let h = &r["hosts"];
     assert_eq!(h["logged_in"], 200, "{h:#}");
-    assert_eq!(h["keepalive_answered"], 200, "links still up: {h:#}");
+    assert_eq!(h["keepalive_answered"], 200, "a keepalive round trip on every link at the end: {h:#}");
+    assert!(h["what"].as_str().unwrap().starts_with("super-node sessions on 2 account credential(s)"), "{h:#}");
     // (Not the node's hosts_connected gauge: the tests of this file run networks side by
     // side in one process, whose nodes share names and so that gauge.)
     // Present; its value here also moves with the other tests sharing the process.

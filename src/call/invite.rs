@@ -215,18 +215,6 @@ pub struct Offer {
 }
 
 impl Offer {
-    /// The caller's signalling channel (it can seal at once; it opens the callee's
-    /// signals once [`SignalChannel::set_key`] has the call's key).
-    pub fn channel(&self, call_id: [u8; 16]) -> SignalChannel {
-        SignalChannel {
-            call_id,
-            tx: self.wrapped.derive("signal", Role::Caller),
-            rx: None,
-            next: 0,
-            seen: ReplayWindow::new(),
-        }
-    }
-
     /// The call's key, from a reply that [`Reply::verify`] accepted for `invite`.
     pub fn key(&self, invite: &Invite, reply: &Reply) -> Result<MediaKey, CallError> {
         let b = &invite.body;
@@ -256,7 +244,10 @@ pub struct Opened {
 
 impl Invite {
     /// Makes an invite to the holder of `callee` (a credential the caller verified, from
-    /// the callee's index entry); returns it with the caller's secrets.
+    /// the callee's index entry); returns it with the caller's secrets and its signalling
+    /// channel (made once here: a second channel under the same secret would reuse its
+    /// nonces). The channel seals at once; it opens the callee's signals once
+    /// [`SignalChannel::set_key`] has the call's key.
     pub fn make(
         me: &Credential,
         key: &PrivateKey,
@@ -265,7 +256,7 @@ impl Invite {
         codecs: Vec<Codec>,
         candidates: Vec<Candidate>,
         now_ms: u64,
-    ) -> (Self, Offer) {
+    ) -> (Self, Offer, SignalChannel) {
         let offer = Offer { wrapped: MediaKey(crate::crypto::random::bytes()), share: dh::Secret::generate() };
         let body = InviteBody {
             call_id: crate::crypto::random::bytes(),
@@ -280,7 +271,14 @@ impl Invite {
             created_ms: now_ms,
         };
         let signature = key.sign_pss(&signed(DOMAIN_INVITE, &body));
-        (Self { body, signature }, offer)
+        let channel = SignalChannel {
+            call_id: body.call_id,
+            tx: offer.wrapped.derive("signal", Role::Caller),
+            rx: None,
+            next: 0,
+            seen: ReplayWindow::new(),
+        };
+        (Self { body, signature }, offer, channel)
     }
 
     /// Encodes.
@@ -621,7 +619,7 @@ mod tests {
     #[test]
     fn both_sides_authenticate_and_share_the_key() {
         let t = two();
-        let (invite, offer) =
+        let (invite, offer, mut a) =
             Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus, Codec::L16], cand(), NOW_MS);
         let wire = Invite::decode(&invite.encode()).unwrap();
         let opened = wire.open(&t.trusted, "Bob", &t.bob.1, NOW_MS + 50, 30_000).unwrap();
@@ -638,7 +636,6 @@ mod tests {
 
         // Signals both ways, under keys only the two of them hold. The caller can seal
         // before the reply; it opens the callee's signals only with the call's key.
-        let mut a = offer.channel(opened.call_id);
         let mut b = SignalChannel::callee(&opened, &bobs_key);
         let cancel = a.seal(Signal::Cancel);
         let m = b.seal(Signal::Accept);
@@ -665,7 +662,8 @@ mod tests {
     #[test]
     fn a_replayed_invite_never_yields_a_key_used_before() {
         let t = two();
-        let (invite, offer) = Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
+        let (invite, offer, _) =
+            Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
         let mut keys = std::collections::HashSet::new();
         for _ in 0..3 {
             let opened = invite.open(&t.trusted, "bob", &t.bob.1, NOW_MS, 30_000).unwrap();
@@ -673,7 +671,8 @@ mod tests {
             assert!(keys.insert(key.0), "a call key came back");
             // Only the caller's secrets complete it.
             assert_eq!(offer.key(&invite, &reply).unwrap().0, key.0);
-            let (_, other) = Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
+            let (_, other, _) =
+                Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
             assert_ne!(other.key(&invite, &reply).unwrap().0, key.0);
         }
     }
@@ -681,7 +680,8 @@ mod tests {
     #[test]
     fn a_busy_reply_keys_the_call_and_shows_no_candidates() {
         let t = two();
-        let (invite, offer) = Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
+        let (invite, offer, _) =
+            Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
         let opened = invite.open(&t.trusted, "bob", &t.bob.1, NOW_MS, 30_000).unwrap();
         let (reply, key) = Reply::make(&opened, &t.bob.0, &t.bob.1, &[Codec::Opus], true, cand(), NOW_MS).unwrap();
         assert!(reply.body.busy && reply.body.candidates.is_empty());
@@ -701,7 +701,8 @@ mod tests {
     #[test]
     fn any_creation_time_is_stale_or_fresh_never_a_panic() {
         let t = two();
-        let (mut invite, _) = Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
+        let (mut invite, _, _) =
+            Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
         for created_ms in [1 << 63, (1 << 63) + NOW_MS, u64::MAX, 0] {
             invite.body.created_ms = created_ms;
             let wire = Invite::decode(&invite.encode()).unwrap();
@@ -716,7 +717,7 @@ mod tests {
     #[test]
     fn bad_invites_are_refused_with_a_reason() {
         let t = two();
-        let (invite, _) = Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
+        let (invite, _, _) = Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
         assert_eq!(
             invite.open(&t.trusted, "carol", &t.bob.1, NOW_MS, 30_000).unwrap_err(),
             CallError::NotForUs("bob".into())
@@ -742,7 +743,7 @@ mod tests {
             CallError::NoCodec
         );
         let (reply, _) = Reply::make(&opened, &t.bob.0, &t.bob.1, &[Codec::Opus], false, cand(), NOW_MS).unwrap();
-        let (other, _) = Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
+        let (other, _, _) = Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
         assert_eq!(reply.verify(&other, &t.trusted, NOW_MS).unwrap_err(), CallError::WrongCall);
         let (by_alice, _) =
             Reply::make(&opened, &t.alice.0, &t.alice.1, &[Codec::Opus], false, cand(), NOW_MS).unwrap();

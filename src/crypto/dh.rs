@@ -73,7 +73,8 @@ mod tests {
 
     #[test]
     fn a_low_order_peer_key_is_refused() {
-        // The all-zero point and the point of order 8 from RFC 7748's test vectors family.
+        // Low-order points: 0 (the identity's u) and 1 (a point of order 4); both give an
+        // all-zero shared secret.
         assert_eq!(Secret::generate().agree(&[0; 32], b"", b"", &[]), Err(AgreementError));
         let mut one = [0u8; 32];
         one[0] = 1;

@@ -218,7 +218,7 @@ impl Session {
 
     async fn invite(&mut self, callee: &crate::crypto::Credential, supernode: String) -> [u8; 16] {
         let candidates = self.candidates();
-        let (invite, offer) = Invite::make(
+        let (invite, offer, channel) = Invite::make(
             &self.credential,
             &self.key,
             &self.report.supernode,
@@ -229,7 +229,6 @@ impl Session {
         );
         let id = invite.body.call_id;
         let (call, actions) = Call::outgoing(now_ms(), self.call_timeouts.clone());
-        let channel = offer.channel(id);
         let mut c = ActiveCall::new(callee.clone(), supernode.clone(), call, channel, None);
         c.invite = Some((invite.clone(), offer));
         self.calls.active.insert(id, c);
@@ -264,7 +263,7 @@ impl Session {
 
     /// Carries out what a call's state machine asked for.
     async fn apply_call(&mut self, id: [u8; 16], actions: Vec<Action>) {
-        let mut pending_out = Vec::new();
+        let mut late_legs = Vec::new();
         let mut release = Vec::new();
         let relay_at_once = self.relay_only || self.relay_over_tcp();
         let ours = self.candidates();
@@ -322,12 +321,9 @@ impl Session {
                     match super::media::CallMedia::new(setup, source, now_ms()) {
                         Ok(mut m) => {
                             m.set_recording(c.record);
-                            if let Some(leg) = c.pending_relay.take() {
-                                let mut out = Vec::new();
-                                m.relay_ready(leg, now_ms(), &mut out);
-                                pending_out.extend(out);
-                            }
                             c.media = Some(m);
+                            // A leg that came while ringing: connected now, if over TCP.
+                            late_legs.extend(c.pending_relay.take());
                         }
                         Err(e) => tracing::warn!(error = %e, "no codec for the call"),
                     }
@@ -371,7 +367,9 @@ impl Session {
                 }
             }
         }
-        self.send_media(pending_out).await;
+        for leg in late_legs {
+            self.relay_leg_ready(id, leg).await;
+        }
         for session in release {
             self.release_relay(session).await;
         }
@@ -431,7 +429,8 @@ impl Session {
                     Some(Signal::Relay { relay, session, leg }) => {
                         match crate::relay::handoff::open(&self.key, session, &leg) {
                             Ok(token) => self.relay_leg_ready(id, RelayLeg { addr: relay, session, token, tcp }).await,
-                            Err(e) => tracing::info!(error = %e, "dropped a relay leg that does not open"),
+                            // Anyone can seal a leg to our key: not worth more than debug.
+                            Err(e) => tracing::debug!(error = %e, "dropped a relay leg that does not open"),
                         }
                     }
                     Some(signal) => {
@@ -439,7 +438,7 @@ impl Session {
                         let actions = c.call.on_signal(signal, now_ms());
                         self.apply_call(id, actions).await;
                     }
-                    None => tracing::info!("dropped a call signal that does not open"),
+                    None => tracing::debug!("dropped a call signal that does not open"),
                 }
             }
         }
@@ -665,6 +664,14 @@ impl Session {
     /// reach it over TCP, then hand the leg to the call's path search (or keep it until
     /// media starts).
     async fn relay_leg_ready(&mut self, id: [u8; 16], leg: RelayLeg) {
+        let Some(c) = self.calls.active.get_mut(&id) else { return };
+        if c.media.is_none() {
+            // Not accepted yet: keep the latest leg and connect nowhere. A ringing phone
+            // reaches out to no address a caller chose (anyone can seal a leg to our key,
+            // so its relay address proves nothing until the user takes the call).
+            c.pending_relay = Some(leg);
+            return;
+        }
         if leg.tcp {
             match super::relay_tcp::RelayConn::open(leg.addr, self.link.media_in.clone()).await {
                 Ok(conn) => {
@@ -681,7 +688,7 @@ impl Session {
             return;
         };
         let Some(m) = c.media.as_mut() else {
-            c.pending_relay = Some(leg);
+            self.calls.relay_conns.remove(&leg.session);
             return;
         };
         // A replaced leg's connection goes with it.

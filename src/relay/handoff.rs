@@ -3,14 +3,19 @@
 //! hold both legs of a session (and aim its far leg wherever it likes).
 //!
 //! The sealed form is RSA-OAEP (SHA-256) over `DOMAIN ‖ session ‖ token` under the public
-//! key of a host credential the super node verified; the domain prefix and the fixed
-//! length keep it from ever opening as another OAEP secret (an invite's wrapped key).
+//! key of a host credential the super node verified. Its plaintext is 38 bytes, so it never
+//! opens as another OAEP secret sealed to a host (an invite's wrapped secret is exactly 32,
+//! a login envelope's 64), and an invite's secret never opens as a leg.
+//!
+//! The callee cannot tell a leg its caller's super node sealed from one a caller sealed
+//! itself (anyone can encrypt to the callee's public key): it connects to a leg's relay
+//! only once the user has taken the call.
 
 use super::packet::TOKEN_LEN;
 use crate::crypto::{PrivateKey, PublicKey};
 
 /// Domain prefix of the sealed plaintext.
-const DOMAIN: &[u8; 12] = b"confab/leg-b";
+const DOMAIN: &[u8; 18] = b"confab/relay-leg-b";
 /// Plaintext length: domain, session id, token.
 const PLAIN_LEN: usize = DOMAIN.len() + 4 + TOKEN_LEN;
 /// Largest sealed leg (OAEP under a 4096-bit key).
@@ -69,9 +74,12 @@ mod tests {
         let mut bent = sealed.clone();
         bent[5] ^= 1;
         assert_eq!(open(&callee, 7, &bent), Err(HandoffError::NotOurs));
-        // Another OAEP secret under the same key (an invite's wrapped key) is not a leg.
+        // Another OAEP secret under the same key (an invite's wrapped key) is not a leg,
+        // and a leg is not one: the lengths differ.
         let wrapped = callee.public().encrypt_oaep(&[3; 32]);
         assert_eq!(open(&callee, 7, &wrapped), Err(HandoffError::NotOurs));
+        assert_eq!(PLAIN_LEN, 38);
+        assert_ne!(callee.decrypt_oaep(&sealed).unwrap().len(), 32);
         assert_eq!(open(&callee, 7, &[]), Err(HandoffError::NotOurs));
         assert_eq!(open(&callee, 7, &vec![0; SEALED_LEN_MAX + 1]), Err(HandoffError::NotOurs));
     }

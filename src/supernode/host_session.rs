@@ -254,8 +254,13 @@ impl HostSession {
             count("no_relay");
             return refused(ErrorCode::Unsupported);
         };
+        self.relays.retain(|_, a| a.connected());
+        if self.relays.len() >= plane.cfg.sessions_per_host_max {
+            count("host_quota");
+            return refused(ErrorCode::Full);
+        }
         // One RSA verification (a public-key operation, tens of µs), at most as often as
-        // the host's relay rate allows.
+        // the host's relay rate allows, and only within its quota.
         let trusted = &self.node.identity.trusted;
         let callee = match Credential::decode_verified(callee, trusted, CredentialKind::Host, crate::unix_now()) {
             Ok(c) => c,
@@ -265,10 +270,10 @@ impl HostSession {
                 return refused(ErrorCode::UntrustedCredential);
             }
         };
-        self.relays.retain(|_, a| a.connected());
-        if self.relays.len() >= plane.cfg.sessions_per_host_max {
-            count("host_quota");
-            return refused(ErrorCode::Full);
+        // Leg B sealed to the asker's own account would give it both legs.
+        if callee.subject.eq_ignore_ascii_case(&self.user) {
+            count("self_callee");
+            return refused(ErrorCode::UntrustedCredential);
         }
         // A user with many hosts, or a source with many users, has its own quota too: the
         // claims live as long as the session's actor.

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod relay;
 
 use confab::config::Config;
 use confab::crypto::credential::TrustedKeys;
@@ -120,17 +121,19 @@ impl TestNet {
     }
 
     /// Sum of the samples of `name` with all of `labels` that belong to this network: a
-    /// `node` label naming one of its super nodes, or an `addr` label naming one of its
-    /// listeners. The recorder is the test process's, fed by every test of the binary; a
-    /// matching sample that names no node or listener fails the test, so no assertion can
-    /// pass on another test's traffic.
+    /// `node` label naming one of its super nodes, or an `addr` label naming one of its TCP
+    /// listeners (the login server's, the super nodes'; TCP only, since a UDP port of
+    /// another network may share a TCP listener's number). The recorder is the test
+    /// process's, fed by every test of the binary; a matching sample that names no node or
+    /// listener fails the test, so no assertion can pass on another test's traffic. (A TCP
+    /// port a stopped network left behind could come back to a later one; ephemeral ports
+    /// are drawn from ~28,000, so within one binary's few dozen networks that is unlikely.)
     pub fn metric(&self, exposition: &str, name: &str, labels: &[&str]) -> f64 {
         let info = &self.net.info;
         let mut ours: Vec<String> = info.supernodes.iter().map(|n| format!("node=\"{}\"", n.name)).collect();
         ours.push(format!("addr=\"{}\"", info.login_server));
         for n in &info.supernodes {
-            let addrs = n.tcp.iter().copied().chain([n.udp]).chain(n.probe_udp).chain(n.gossip).chain(n.relay);
-            ours.extend(addrs.map(|a| format!("addr=\"{a}\"")));
+            ours.extend(n.tcp.iter().map(|a| format!("addr=\"{a}\"")));
         }
         samples(exposition, name, labels)
             .filter(|(line, _)| {
