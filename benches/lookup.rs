@@ -86,6 +86,9 @@ async fn run(supernodes: usize) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.supernode.probe_period_ms = 1000;
+    // Every host of the bench is on 127.0.0.1: one source to the login server's limits.
+    config.login_server.throttle = confab::login::guard::ThrottlePolicy::one_source_load();
+    config.supernode.handshakes_per_source_max = 64;
     let net = network::up(UpOptions {
         data: dir.path().join("data"),
         bind: "127.0.0.1".parse().unwrap(),
@@ -100,7 +103,8 @@ async fn run(supernodes: usize) {
     .unwrap();
     let started = Instant::now();
     while net.nodes().iter().any(|n| n.members().len() < supernodes) {
-        assert!(started.elapsed() < Duration::from_secs(120), "cluster of {supernodes} did not converge");
+        let sizes: Vec<usize> = net.nodes().iter().map(|n| n.members().len()).collect();
+        assert!(started.elapsed() < Duration::from_secs(120), "cluster of {supernodes} did not converge: {sizes:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!("{supernodes} super nodes converged in {:?}", started.elapsed());
@@ -186,6 +190,10 @@ async fn run(supernodes: usize) {
 }
 
 fn main() {
+    // `RUST_LOG=confab=info cargo bench --bench lookup` shows what the network did.
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    }
     let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![20, 100] } else { sizes };
     for n in sizes {

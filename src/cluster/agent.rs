@@ -280,6 +280,21 @@ impl Agent {
             }
         }
     }
+
+    /// Announces to the seeds that are not in the view. Nodes that start together can
+    /// form two groups that each hold several members (a first packet refused before the
+    /// sender's certificate had arrived), and a group that is not alone never knocked
+    /// again: a seed missing from the view is asked each time, so groups merge.
+    fn join_missing_seeds(&mut self, ctx: &mut Context<Self>) {
+        let known: std::collections::HashSet<SocketAddr> = self.membership.alive().iter().map(|m| m.gossip).collect();
+        let me = self.socket.local_addr().ok();
+        for seed in self.seeds.clone() {
+            if Some(seed) != me && !known.contains(&seed) {
+                let out = self.membership.join(seed);
+                self.apply(out, ctx);
+            }
+        }
+    }
 }
 
 impl Actor for Agent {
@@ -312,10 +327,9 @@ impl Actor for Agent {
         });
         self.join_seeds(ctx);
         ctx.run_interval(REJOIN_EVERY, |act, ctx| {
-            // Alone (a seed restarted, or we started first): knock again.
-            if act.membership.alive().len() <= 1 {
-                act.join_seeds(ctx);
-            }
+            // Alone (a seed restarted, or we started first), or apart from some seeds
+            // (two groups formed at once): knock again.
+            act.join_missing_seeds(ctx);
             // A lost hello or answer: ask again.
             act.ask_certificates();
         });
