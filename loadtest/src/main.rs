@@ -819,6 +819,7 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
                 }
             }
             drop(raised);
+            report.check_buffers();
             report.compute_ratios();
             if let Err(e) = guard(g, &mut report) {
                 report.guard_failure = Some(format!("{e:#}"));

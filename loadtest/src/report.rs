@@ -298,6 +298,19 @@ impl Report {
         }
     }
 
+    /// Adds a warning when the servers' sockets had different buffer sizes in force.
+    pub fn check_buffers(&mut self) {
+        let seen: Vec<&TrafficResult> = self.traffic.iter().filter(|t| t.buffers.sockets > 0).collect();
+        let first = seen.first().map(|t| (&t.buffers.recv, &t.buffers.send));
+        if seen.iter().any(|t| Some((&t.buffers.recv, &t.buffers.send)) != first) {
+            let each: Vec<String> = seen.iter().map(|t| format!("{} {}", t.label, t.buffers.cell())).collect();
+            self.warnings.push(format!(
+                "socket buffers differ between servers (receive / send MiB in force): {}",
+                each.join("; ")
+            ));
+        }
+    }
+
     /// Fills the ratios of the confab relay to the others that ran.
     pub fn compute_ratios(&mut self) {
         let Some(confab) = self.traffic.iter().find(|t| t.scenario == "relay") else { return };
