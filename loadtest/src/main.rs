@@ -242,6 +242,10 @@ struct TrafficArgs {
     /// Receiver threads.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     receivers: u32,
+    /// A window of this length at the same rate before the measured one, not counted
+    /// (the server's and the machine's state after the setup settles); 0: none.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
 }
 
 impl TrafficArgs {
@@ -616,7 +620,7 @@ fn run_one(server: Server, ctx: &Ctx, t: &TrafficArgs, report: &mut Report) -> a
     }
     let (subject, legs, keep) = open(server, ctx, t, report)?;
     let label = subject.label.clone();
-    let result = scenarios::measure(subject, legs, &t.pattern(), ctx.cli.quiet);
+    let result = scenarios::measure(subject, legs, &t.pattern(), t.warmup, ctx.cli.quiet);
     close(keep, ctx, report);
     let result = result?;
     if server == Server::Confab && result.server.cpu_s.is_none() {

@@ -94,11 +94,25 @@ fn window(s: &Subject, t: &mut Traffic, bar: &ProgressBar) -> anyhow::Result<Win
     Ok(Window { outcome, spent, split, before, after, measured_s, buffers })
 }
 
-/// Latches the legs, runs the timed window between two readings of the server, tallies.
-pub fn measure(s: Subject, pairs: Vec<Pair>, pattern: &Pattern, quiet: bool) -> anyhow::Result<TrafficResult> {
+/// Latches the legs, runs a warm-up window (not counted) if asked, then the timed window
+/// between two readings of the server, and tallies.
+pub fn measure(
+    s: Subject,
+    pairs: Vec<Pair>,
+    pattern: &Pattern,
+    warmup: Duration,
+    quiet: bool,
+) -> anyhow::Result<TrafficResult> {
     let n = pairs.len();
     let mut t = Traffic::start(pairs, pattern.clone())?;
     let latch = t.latch(LATCH_TIMEOUT)?;
+    if !warmup.is_zero() {
+        let b = bar(quiet, &format!("{} warm-up", s.label), warmup.as_millis() as u64, false);
+        t.set_duration(warmup);
+        t.run(&b)?;
+        b.finish_and_clear();
+        t.set_duration(pattern.duration);
+    }
     let b = bar(quiet, &s.label, pattern.duration.as_millis() as u64, false);
     let w = window(&s, &mut t, &b)?;
     b.finish_and_clear();
