@@ -730,14 +730,20 @@ fn run_limit(
             drop(subject);
             close(keep, ctx, report);
             let s = searched?;
-            b.println(format!(
+            let line = format!(
                 "{:>14} run {}: {:.0} pps loss-free ({} windows{})",
                 server.label(),
                 r + 1,
                 s.pps,
                 s.probes.len(),
                 if s.at_max { ", the highest rate tried" } else { "" }
-            ));
+            );
+            // Progress lines even where the bar is not drawn (standard error not a terminal).
+            if b.is_hidden() {
+                say(ctx.cli.quiet, line);
+            } else {
+                b.println(line);
+            }
             found[k].push(s);
             b.inc(1);
         }

@@ -165,7 +165,10 @@ impl SendLeg {
         let mut waiting: Option<Instant> = None;
         while done < k {
             match send_batch(&self.socket, &scratch[done..k], len) {
-                Ok(n) => done += n,
+                Ok(n) => {
+                    done += n;
+                    out.sent += n as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     out.waited = true;
                     if waiting.get_or_insert_with(Instant::now).elapsed() > SEND_WAIT_MAX {
@@ -182,7 +185,6 @@ impl SendLeg {
                 }
             }
         }
-        out.sent = (done as u64).saturating_sub(out.failed.min(done as u64));
         out
     }
 }
@@ -543,7 +545,12 @@ fn send_paced(legs: &mut [(usize, SendLeg)], plan: &Plan, shared: &Shared) -> Se
             break;
         }
         sleep_until(plan.epoch, at);
-        let now = ns(plan.epoch).min(plan.end_ns.saturating_sub(1));
+        let now = ns(plan.epoch);
+        // The window is over in real time: what is still due was not sent in it (a sender
+        // that falls behind offers less than asked, and the tally says so).
+        if now >= plan.end_ns {
+            break;
+        }
         // Packets of this leg due by now (this one included), within the window and quota.
         let behind = 1 + now.saturating_sub(at) / plan.interval_ns;
         let n = behind.min(BATCH as u64).min(plan.quota - done) as usize;
