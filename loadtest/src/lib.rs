@@ -10,20 +10,26 @@
 //! - [`traffic`] — the engine: pairs of UDP legs, paced or flat-out senders, epoll
 //!   receivers, latency, jitter, loss.
 //! - [`relay`] — `relay`: real hosts logged in, one confab relay session per pair.
-//! - [`raw`] — `raw`: the harness's own one-thread UDP forwarder, the baseline.
+//! - [`raw`] — `raw`, `raw-unbatched`: the harness's own one-thread UDP forwarders, the
+//!   baselines (batched as the relay is, and one datagram per call).
+//! - [`limit`] — `limit`: the highest loss-free rate, searched by bisection.
+//! - [`cpu`], [`sockets`] — every server's CPU per thread and process, its buffers.
 //! - [`turn`] — `turn`: a minimal TURN client and coturn as a child process.
 //! - [`hosts`] — logging real hosts in through the confab host library.
 //! - [`scenarios`] — each scenario run to one result; `login`, `hosts`, `lookup`.
 //! - [`server`] — the server's CPU, memory and relay counters: `/metrics`, `/proc`.
 //! - [`stats`], [`report`] — histograms, the JSON document, the tables.
 
+pub mod cpu;
 pub mod hosts;
+pub mod limit;
 pub mod packet;
 pub mod raw;
 pub mod relay;
 pub mod report;
 pub mod scenarios;
 pub mod server;
+pub mod sockets;
 pub mod stats;
 pub mod traffic;
 pub mod turn;

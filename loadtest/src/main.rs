@@ -4,13 +4,15 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use confab::relay::RELAY_HEADER_LEN;
 use confab_loadtest::hosts::{HostOptions, Hosts};
+use confab_loadtest::report;
 use confab_loadtest::report::Report;
 use confab_loadtest::scenarios::{self, Subject, bar};
-use confab_loadtest::server::{self, Probe};
-use confab_loadtest::traffic::Pattern;
+use confab_loadtest::server::Probe;
+use confab_loadtest::traffic::{self, Pattern};
 use confab_loadtest::turn::client::Credentials;
 use confab_loadtest::turn::server::Coturn;
-use confab_loadtest::{packet, raw, relay, turn};
+use confab_loadtest::{cpu, limit, packet, raw, relay, sockets, turn};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -45,12 +47,18 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// The same traffic through a one-thread UDP forwarder the harness runs: the baseline.
+    /// The same traffic through a one-thread UDP forwarder the harness runs: the baseline
+    /// (batched as the relay is; `--unbatched`: one datagram per call).
     Raw {
         #[command(flatten)]
         traffic: TrafficArgs,
         #[command(flatten)]
         raw: RawArgs,
+        /// One `recv_from` and one `send_to` per datagram instead of recvmmsg/sendmmsg.
+        #[arg(long)]
+        unbatched: bool,
+        #[command(flatten)]
+        buffers: BufferArgs,
     },
     /// The same traffic through a standard TURN server (coturn, started on loopback).
     Turn {
@@ -58,8 +66,11 @@ enum Command {
         traffic: TrafficArgs,
         #[command(flatten)]
         turn: TurnArgs,
+        #[command(flatten)]
+        buffers: BufferArgs,
     },
-    /// relay, raw and turn back to back with the same settings, side by side with ratios.
+    /// Several servers back to back with the same traffic, side by side with ratios:
+    /// confab, the batched raw floor, the unbatched raw forwarder, coturn.
     Compare {
         #[command(flatten)]
         traffic: TrafficArgs,
@@ -71,6 +82,66 @@ enum Command {
         raw: RawArgs,
         #[command(flatten)]
         turn: TurnArgs,
+        #[command(flatten)]
+        buffers: BufferArgs,
+        #[command(flatten)]
+        guard: GuardArgs,
+        /// The servers, in order: confab, raw, raw-unbatched, coturn (one entry per
+        /// --turn-hops), generator (the legs looped to each other, no server).
+        #[arg(long, value_delimiter = ',', default_value = "confab,raw,raw-unbatched,coturn")]
+        servers: Vec<String>,
+    },
+    /// The highest loss-free rate of each server, searched by bisection and repeated:
+    /// median and range, beside the generator's own ceiling.
+    Limit {
+        #[command(flatten)]
+        traffic: TrafficArgs,
+        #[command(flatten)]
+        host: HostArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        raw: RawArgs,
+        #[command(flatten)]
+        turn: TurnArgs,
+        #[command(flatten)]
+        buffers: BufferArgs,
+        /// The servers searched, in order, every repeat (generator: the legs looped to
+        /// each other, the generator's own ceiling).
+        #[arg(long, value_delimiter = ',', default_value = "generator,confab,raw,raw-unbatched,coturn")]
+        servers: Vec<String>,
+        /// Searches per server.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+        repeats: u32,
+        /// Each window of a search.
+        #[arg(long, default_value = "2s", value_parser = bounded_duration)]
+        probe: Duration,
+        /// Rate per leg of a search's first window (doubled until one loses).
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        start_rate: u32,
+        /// Highest rate per leg tried.
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        max_rate: u32,
+        /// A search ends when the failed and loss-free rates are this close (a fraction).
+        #[arg(long, default_value_t = 0.03)]
+        precision: f64,
+        /// Most windows per search.
+        #[arg(long, default_value_t = 14, value_parser = clap::value_parser!(u32).range(1..=100))]
+        max_probes: u32,
+        /// Bound on the whole run; searches not started by then are left out.
+        #[arg(long, default_value = "40m", value_parser = bounded_duration)]
+        max_time: Duration,
+    },
+    /// (Internal) the raw forwarder as a process of its own: prints its address, reads
+    /// `from to` routes from standard input until its end, forwards until killed.
+    #[command(hide = true)]
+    Forward {
+        #[arg(long)]
+        bind: IpAddr,
+        #[arg(long)]
+        unbatched: bool,
+        #[arg(long)]
+        buffer_bytes: Option<usize>,
     },
     /// Register + login + logout cycles, several at once: handshakes per second, latency.
     Login {
@@ -171,6 +242,10 @@ struct TrafficArgs {
     /// Receiver threads.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     receivers: u32,
+    /// A window of this length at the same rate before the measured one, not counted
+    /// (the server's and the machine's state after the setup settles); 0: none.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
 }
 
 impl TrafficArgs {
@@ -270,6 +345,41 @@ struct TurnArgs {
     /// coturn relay threads (1, as `confab up` gives each relay one worker).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     turn_threads: u32,
+    /// Times each datagram crosses the TURN server: 1 (one allocation per pair, the other
+    /// leg a plain peer, as a confab relay session is one hop) or 2 (two allocations
+    /// relaying to each other); `1,2` runs both.
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(u8).range(1..=2))]
+    turn_hops: Vec<u8>,
+}
+
+/// Socket buffers: the same for every server in a run.
+#[derive(Debug, Clone, Args)]
+struct BufferArgs {
+    /// SO_RCVBUF / SO_SNDBUF the raw forwarder asks for: what confab's relay asks for by
+    /// default (`supernode.relay.recv_buffer_bytes`); the kernel doubles it. coturn asks
+    /// for none of its own choosing, so the harness raises the kernel's defaults
+    /// (net.core.rmem_default / wmem_default) to the size in force for the run, and puts
+    /// them back at the end (needs root).
+    #[arg(long, default_value_t = raw::BUFFER_BYTES)]
+    buffer_bytes: usize,
+    /// Leave the kernel's defaults alone: the raw forwarder asks for no size either, and
+    /// confab should be started with relay buffers of half net.core.rmem_default.
+    #[arg(long)]
+    kernel_buffers: bool,
+}
+
+/// The performance guard (`compare`): fails the run when the relay falls behind the
+/// batched raw floor in the same run.
+#[derive(Debug, Clone, Args)]
+struct GuardArgs {
+    /// Fail when confab's relay worker threads spend more than this many times the batched
+    /// raw forwarder's thread CPU per packet (0: no guard).
+    #[arg(long, default_value_t = 0.0)]
+    guard_cpu_ratio: f64,
+    /// Fail when confab's loss exceeds the batched raw forwarder's by more than this many
+    /// percentage points (with --guard-cpu-ratio).
+    #[arg(long, default_value_t = 0.1)]
+    guard_loss_pp: f64,
 }
 
 /// TURN permissions last 300 s and this client does not refresh them.
@@ -281,118 +391,372 @@ fn say(quiet: bool, msg: impl std::fmt::Display) {
     }
 }
 
-fn run_relay(
-    rt: &Runtime,
-    cli: &Cli,
+/// A server the traffic goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    /// The network's own relays.
+    Confab,
+    /// The harness's forwarder.
+    Raw(raw::Mode),
+    /// coturn, with this many hops.
+    Coturn(u8),
+    /// No server: the legs looped to each other.
+    Generator,
+}
+
+impl Server {
+    /// The `--servers` list, `coturn` expanded once per `--turn-hops` entry.
+    fn parse_list(names: &[String], hops: &[u8]) -> anyhow::Result<Vec<Server>> {
+        let mut out = Vec::new();
+        for n in names {
+            match n.trim() {
+                "confab" | "relay" => out.push(Server::Confab),
+                "raw" => out.push(Server::Raw(raw::Mode::Batched)),
+                "raw-unbatched" => out.push(Server::Raw(raw::Mode::Unbatched)),
+                "coturn" | "turn" => out.extend(hops.iter().map(|h| Server::Coturn(*h))),
+                "coturn-2hop" => out.push(Server::Coturn(2)),
+                "generator" | "loop" => out.push(Server::Generator),
+                other => anyhow::bail!(
+                    "--servers: {other:?} is none of confab, raw, raw-unbatched, coturn, coturn-2hop, generator"
+                ),
+            }
+        }
+        anyhow::ensure!(!out.is_empty(), "--servers: name at least one");
+        Ok(out)
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Server::Confab => "confab",
+            Server::Raw(m) => m.label(),
+            Server::Coturn(1) => "coturn",
+            Server::Coturn(_) => "coturn-2hop",
+            Server::Generator => "generator",
+        }
+    }
+}
+
+/// What keeps a server's side of a run alive until it is closed.
+enum Keep {
+    Confab(Box<relay::Relayed>),
+    Raw(raw::RawProcess),
+    Coturn(Option<Coturn>, Vec<turn::client::Allocation>),
+    Nothing,
+}
+
+/// Everything a traffic command was given.
+struct Ctx<'a> {
+    cli: &'a Cli,
+    rt: Option<&'a Runtime>,
+    host: Option<&'a HostArgs>,
+    srv: Option<&'a ServerArgs>,
+    raw: Option<&'a RawArgs>,
+    turn: Option<&'a TurnArgs>,
+    /// What the raw forwarder asks for (None: the kernel's defaults).
+    raw_buffer: Option<usize>,
+}
+
+/// Sets `server` up for `t.pairs` pairs: the subject to measure, its legs, and what to
+/// close afterwards.
+fn open(
+    server: Server,
+    ctx: &Ctx,
     t: &TrafficArgs,
-    host: &HostArgs,
-    srv: &ServerArgs,
     report: &mut Report,
-) -> anyhow::Result<()> {
-    let hosts = host.hosts(&cli.work_dir)?;
-    let probe = srv.probe();
+) -> anyhow::Result<(Subject, Vec<traffic::Pair>, Keep)> {
+    let cli = ctx.cli;
     let started = Instant::now();
-    let per_host = host.sessions_per_host as usize;
-    let host_pairs = (t.pairs as usize).div_ceil(per_host);
-    let b = bar(cli.quiet, "relay", 2 * host_pairs as u64, true);
-    let mut relayed = confab_loadtest::block_on(rt, relay::setup(&hosts, t.pairs as usize, per_host, &b))?;
-    b.finish_and_clear();
-    let setup_s = started.elapsed().as_secs_f64();
-    let targets: Vec<String> = relayed.relays.iter().map(ToString::to_string).collect();
-    say(
-        cli.quiet,
-        format_args!(
-            "relay: {} hosts logged in, {} relay sessions on {} ({setup_s:.1} s)",
-            2 * host_pairs,
-            t.pairs,
-            targets.join(", ")
-        ),
-    );
-    let pairs = std::mem::take(&mut relayed.pairs);
-    let subject = Subject {
-        scenario: "relay",
-        label: "confab".into(),
-        targets,
-        probe: &probe,
-        setup_s,
-        framing: RELAY_HEADER_LEN,
-    };
-    let result = scenarios::measure(subject, pairs, &t.pattern(), cli.quiet);
-    confab_loadtest::block_on(rt, relay::teardown(relayed));
+    let pairs = t.pairs as usize;
+    match server {
+        Server::Confab => {
+            let (rt, host, srv) =
+                (ctx.rt.context("a runtime")?, ctx.host.context("host options")?, ctx.srv.context("server options")?);
+            let hosts = host.hosts(&cli.work_dir)?;
+            let per_host = host.sessions_per_host as usize;
+            let host_pairs = pairs.div_ceil(per_host);
+            let b = bar(cli.quiet, "relay", 2 * host_pairs as u64, true);
+            let mut relayed = confab_loadtest::block_on(rt, relay::setup(&hosts, pairs, per_host, &b))?;
+            b.finish_and_clear();
+            let setup_s = started.elapsed().as_secs_f64();
+            let targets: Vec<String> = relayed.relays.iter().map(ToString::to_string).collect();
+            let ports: BTreeSet<u16> = relayed.relays.iter().map(|a| a.port()).collect();
+            say(
+                cli.quiet,
+                format_args!(
+                    "relay: {} hosts logged in, {pairs} relay sessions on {} ({setup_s:.1} s)",
+                    2 * host_pairs,
+                    targets.join(", ")
+                ),
+            );
+            let pid = srv.server_pid.or_else(|| ports.iter().find_map(|p| sockets::pid_of_udp_port(*p)));
+            if pid.is_none() {
+                report.warnings.push("confab: the relay's process was not found: no per-thread CPU".into());
+            }
+            let legs = std::mem::take(&mut relayed.pairs);
+            let subject = Subject {
+                scenario: "relay",
+                label: "confab".into(),
+                targets,
+                probe: srv.probe(),
+                setup_s,
+                framing: RELAY_HEADER_LEN,
+                hops: 1,
+                process: pid.map(|p| (p, cpu::Threads::Numbered("relay-"))),
+                ports,
+            };
+            Ok((subject, legs, Keep::Confab(Box::new(relayed))))
+        }
+        Server::Raw(mode) => {
+            let r = ctx.raw.context("raw options")?;
+            let exe = std::env::current_exe()?;
+            let (p, legs) = raw::RawProcess::start(&exe, r.raw_bind, pairs, mode, ctx.raw_buffer)?;
+            say(
+                cli.quiet,
+                format_args!("{}: forwarder process {} on {} for {pairs} pairs", mode.label(), p.pid(), p.addr),
+            );
+            let subject = Subject {
+                scenario: mode.label(),
+                label: mode.label().into(),
+                targets: vec![p.addr.to_string()],
+                probe: Probe::Pid(p.pid()),
+                setup_s: started.elapsed().as_secs_f64(),
+                framing: 0,
+                hops: 1,
+                process: Some((p.pid(), cpu::Threads::Named(raw::THREAD_NAME))),
+                ports: [p.addr.port()].into(),
+            };
+            Ok((subject, legs, Keep::Raw(p)))
+        }
+        Server::Coturn(hops) => {
+            let a = ctx.turn.context("turn options")?;
+            let creds = Credentials { username: a.turn_user.clone(), password: a.turn_password.clone() };
+            std::fs::create_dir_all(&cli.work_dir)?;
+            let coturn = match a.turn_server {
+                Some(_) => None,
+                None => Some(Coturn::start(&a.turnserver_bin, &cli.work_dir, a.turn_threads as usize, &creds)?),
+            };
+            let (addr, probe) = match &coturn {
+                Some(c) => (c.addr, Probe::Pid(c.pid())),
+                None => (a.turn_server.expect("given"), Probe::None),
+            };
+            let label = match (&coturn, hops) {
+                (Some(_), _) => server.label().to_owned(),
+                (None, 1) => "turn".to_owned(),
+                (None, _) => "turn-2hop".to_owned(),
+            };
+            let b = bar(cli.quiet, "turn", u64::from(t.pairs), true);
+            b.set_message("allocating");
+            let set_up = turn::setup(addr, &creds, pairs, t.size as usize - RELAY_HEADER_LEN, hops, &|| b.inc(1));
+            b.finish_and_clear();
+            let (legs, allocations) = set_up.map_err(|e| match &coturn {
+                Some(c) => e.context(format!("coturn's log ends:\n{}", c.log_tail())),
+                None => e,
+            })?;
+            let setup_s = started.elapsed().as_secs_f64();
+            say(
+                cli.quiet,
+                format_args!("{label}: {} allocations on {addr}, {hops} hop(s) ({setup_s:.1} s)", allocations.len()),
+            );
+            let mut ports: BTreeSet<u16> = allocations.iter().map(|x| x.relayed.port()).collect();
+            ports.insert(addr.port());
+            let subject = Subject {
+                scenario: "turn",
+                label,
+                targets: vec![addr.to_string()],
+                probe,
+                setup_s,
+                framing: turn::stun::CHANNEL_DATA_HEADER_LEN,
+                hops,
+                process: coturn.as_ref().map(|c| (c.pid(), cpu::Threads::Busy)),
+                ports,
+            };
+            Ok((subject, legs, Keep::Coturn(coturn, allocations)))
+        }
+        Server::Generator => {
+            let subject = Subject {
+                scenario: "generator",
+                label: "generator".into(),
+                targets: vec!["the peer leg (no server)".into()],
+                probe: Probe::None,
+                setup_s: 0.0,
+                framing: 0,
+                hops: 0,
+                process: None,
+                ports: BTreeSet::new(),
+            };
+            Ok((subject, traffic::looped_pairs(pairs)?, Keep::Nothing))
+        }
+    }
+}
+
+/// Ends what [`open`] started.
+fn close(keep: Keep, ctx: &Ctx, report: &mut Report) {
+    match keep {
+        Keep::Confab(relayed) => {
+            if let Some(rt) = ctx.rt {
+                confab_loadtest::block_on(rt, relay::teardown(*relayed));
+            }
+        }
+        Keep::Coturn(coturn, mut allocations) => {
+            let refused = turn::release(&mut allocations);
+            if refused > 0 {
+                report.warnings.push(format!("turn: {refused} allocations were not released cleanly"));
+            }
+            drop(coturn);
+        }
+        Keep::Raw(p) => drop(p),
+        Keep::Nothing => {}
+    }
+}
+
+/// One server measured with the traffic of `t`, its row added to `report`.
+fn run_one(server: Server, ctx: &Ctx, t: &TrafficArgs, report: &mut Report) -> anyhow::Result<()> {
+    if let Server::Coturn(_) = server {
+        anyhow::ensure!(
+            t.duration <= TURN_DURATION_MAX,
+            "--duration: at most {} for turn (TURN permissions last 300 s and this client does not refresh them)",
+            humantime::format_duration(TURN_DURATION_MAX)
+        );
+    }
+    let (subject, legs, keep) = open(server, ctx, t, report)?;
+    let label = subject.label.clone();
+    let result = scenarios::measure(subject, legs, &t.pattern(), t.warmup, ctx.cli.quiet);
+    close(keep, ctx, report);
     let result = result?;
-    if result.server.cpu_s.is_none() {
-        report.warnings.push(match srv.metrics {
-            None => "confab server CPU and memory: n/a (no --metrics or --server-pid given)".into(),
-            Some(m) => format!(
-                "confab server CPU and memory: n/a ({m} exports no {} / {}; --server-pid PID reads /proc instead)",
-                server::CPU_METRIC,
-                server::RSS_METRIC
-            ),
-        });
+    if server == Server::Confab && result.server.cpu_s.is_none() {
+        report.warnings.push(format!("{label} server CPU and memory: n/a (no --metrics or --server-pid given, and the relay's process was not found)"));
     }
     report.traffic.push(result);
     Ok(())
 }
 
-fn run_raw(cli: &Cli, t: &TrafficArgs, r: &RawArgs, report: &mut Report) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let (fwd, pairs) = raw::Forwarder::start(r.raw_bind, t.pairs as usize)?;
-    let probe = fwd.probe();
-    let subject = Subject {
-        scenario: "raw",
-        label: "raw".into(),
-        targets: vec![fwd.addr.to_string()],
-        probe: &probe,
-        setup_s: started.elapsed().as_secs_f64(),
-        framing: 0,
+/// Raises the kernel's default socket buffers to what the servers that ask get, unless
+/// told not to; says what is in force either way.
+fn buffers(b: &BufferArgs, report: &mut Report, quiet: bool) -> (Option<sockets::RaisedDefaults>, Option<usize>) {
+    if b.kernel_buffers {
+        report.warnings.push(format!(
+            "socket buffers: kernel defaults ({} bytes in force); the raw forwarder asks for none; start confab \
+             with supernode.relay.recv_buffer_bytes and send_buffer_bytes at half that (the kernel doubles a request)",
+            sockets::default_recv_bytes().map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+        ));
+        return (None, None);
+    }
+    let max = std::fs::read_to_string("/proc/sys/net/core/rmem_max").ok().and_then(|v| v.trim().parse::<u64>().ok());
+    let in_force = 2 * (b.buffer_bytes as u64).min(max.unwrap_or(u64::MAX));
+    match sockets::RaisedDefaults::raise(in_force) {
+        Ok(r) => {
+            say(quiet, format_args!("socket buffers: kernel defaults raised to {in_force} bytes for the run"));
+            (Some(r), Some(b.buffer_bytes))
+        }
+        Err(e) => {
+            report.warnings.push(format!(
+                "socket buffers: the kernel defaults could not be raised ({e:#}; needs root), so coturn runs with \
+                 the kernel's; the raw forwarder asks for none either; start confab with \
+                 supernode.relay.recv_buffer_bytes and send_buffer_bytes at half net.core.rmem_default for an \
+                 equal comparison"
+            ));
+            (None, None)
+        }
+    }
+}
+
+/// The guard's verdict on a `compare` run: confab against the batched raw floor.
+fn guard(g: &GuardArgs, report: &mut Report) -> anyhow::Result<()> {
+    if g.guard_cpu_ratio <= 0.0 {
+        return Ok(());
+    }
+    let find = |l: &str| report.traffic.iter().find(|t| t.label == l);
+    let (Some(c), Some(r)) = (find("confab"), find("raw")) else {
+        anyhow::bail!("guard: needs both confab and raw in --servers");
     };
-    say(cli.quiet, format_args!("raw: forwarder on {} for {} pairs", fwd.addr, t.pairs));
-    report.traffic.push(scenarios::measure(subject, pairs, &t.pattern(), cli.quiet)?);
+    let (ct, rt) = (
+        c.thread_cpu_us_per_packet.context("guard: no thread CPU for confab's relay workers")?,
+        r.thread_cpu_us_per_packet.context("guard: no thread CPU for the raw forwarder")?,
+    );
+    let ratio = ct / rt;
+    let loss_pp = c.loss_pct - r.loss_pct;
+    let v = report::Guard {
+        cpu_ratio: ratio,
+        cpu_ratio_max: g.guard_cpu_ratio,
+        loss_pp,
+        loss_pp_max: g.guard_loss_pp,
+        floor_loss_pct: r.loss_pct,
+        ok: ratio <= g.guard_cpu_ratio && loss_pp <= g.guard_loss_pp && r.loss_pct <= g.guard_loss_pp,
+    };
+    report.guard = Some(v.clone());
+    if r.loss_pct > g.guard_loss_pp {
+        anyhow::bail!("guard: the raw floor itself lost {:.3}% at this rate: choose a rate both carry", r.loss_pct);
+    }
+    anyhow::ensure!(
+        v.ok,
+        "guard: confab's relay threads spend {ct:.3} µs per packet, {ratio:.2}× the batched raw floor's {rt:.3} \
+         (at most {:.2}×); loss confab {:.3}% vs raw {:.3}% ({loss_pp:+.3} points, at most {:+.3})",
+        g.guard_cpu_ratio,
+        c.loss_pct,
+        r.loss_pct,
+        g.guard_loss_pp
+    );
     Ok(())
 }
 
-fn run_turn(cli: &Cli, t: &TrafficArgs, a: &TurnArgs, report: &mut Report) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        t.duration <= TURN_DURATION_MAX,
-        "--duration: at most {} for turn (TURN permissions last 300 s and this client does not refresh them)",
-        humantime::format_duration(TURN_DURATION_MAX)
-    );
-    let creds = Credentials { username: a.turn_user.clone(), password: a.turn_password.clone() };
-    let started = Instant::now();
-    std::fs::create_dir_all(&cli.work_dir)?;
-    let coturn = match a.turn_server {
-        Some(_) => None,
-        None => Some(Coturn::start(&a.turnserver_bin, &cli.work_dir, a.turn_threads as usize, &creds)?),
-    };
-    let (addr, probe, label) = match &coturn {
-        Some(c) => (c.addr, Probe::Pid(c.pid()), "coturn"),
-        None => (a.turn_server.expect("given"), Probe::None, "turn"),
-    };
-    let pattern = t.pattern();
-    let b = bar(cli.quiet, "turn", u64::from(t.pairs), true);
-    b.set_message("allocating");
-    let set_up = turn::setup(addr, &creds, t.pairs as usize, pattern.inner_len, &|| b.inc(1));
-    b.finish_and_clear();
-    let (pairs, mut allocations) = set_up.map_err(|e| match &coturn {
-        Some(c) => e.context(format!("coturn's log ends:\n{}", c.log_tail())),
-        None => e,
-    })?;
-    let setup_s = started.elapsed().as_secs_f64();
-    say(cli.quiet, format_args!("turn: {} allocations on {addr} ({setup_s:.1} s)", allocations.len()));
-    let subject = Subject {
-        scenario: "turn",
-        label: label.into(),
-        targets: vec![addr.to_string()],
-        probe: &probe,
-        setup_s,
-        framing: turn::stun::CHANNEL_DATA_HEADER_LEN,
-    };
-    let result = scenarios::measure(subject, pairs, &pattern, cli.quiet);
-    let refused = turn::release(&mut allocations);
-    if refused > 0 {
-        report.warnings.push(format!("turn: {refused} allocations were not released cleanly"));
+/// `limit`: every server searched `repeats` times, in turn (so a change in the machine's
+/// load falls on all of them alike), each search on a fresh setup.
+#[allow(clippy::too_many_arguments)]
+fn run_limit(
+    servers: &[Server],
+    ctx: &Ctx,
+    t: &TrafficArgs,
+    opts: &limit::Options,
+    repeats: u32,
+    probe: Duration,
+    max_time: Duration,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + max_time;
+    let mut found: Vec<Vec<limit::Search>> = servers.iter().map(|_| Vec::new()).collect();
+    let b = bar(ctx.cli.quiet, "limit", u64::from(repeats) * servers.len() as u64, true);
+    'all: for r in 0..repeats {
+        for (k, server) in servers.iter().enumerate() {
+            if Instant::now() >= deadline {
+                report.warnings.push(format!("limit: --max-time reached after {r} full repeats"));
+                break 'all;
+            }
+            b.set_prefix(server.label());
+            let (subject, legs, keep) = open(*server, ctx, t, report)?;
+            let mut tr = traffic::Traffic::start(legs, t.pattern())?;
+            let searched =
+                tr.latch(scenarios::LATCH_TIMEOUT).and_then(|_| limit::search(&mut tr, opts, probe, &b, deadline));
+            drop(tr);
+            drop(subject);
+            close(keep, ctx, report);
+            let s = searched?;
+            let line = format!(
+                "{:>14} run {}: {:.0} pps loss-free ({} windows{})",
+                server.label(),
+                r + 1,
+                s.pps,
+                s.probes.len(),
+                if s.at_max { ", the highest rate tried" } else { "" }
+            );
+            // Progress lines even where the bar is not drawn (standard error not a terminal).
+            if b.is_hidden() {
+                say(ctx.cli.quiet, line);
+            } else {
+                b.println(line);
+            }
+            found[k].push(s);
+            b.inc(1);
+        }
     }
-    report.traffic.push(result?);
+    b.finish_and_clear();
+    for (server, searches) in servers.iter().zip(found) {
+        let hops = match server {
+            Server::Generator => 0,
+            Server::Coturn(h) => *h,
+            _ => 1,
+        };
+        report.limit.push(limit::Summary::of(server.label(), hops, searches));
+    }
     Ok(())
 }
 
@@ -401,28 +765,118 @@ fn runtime() -> anyhow::Result<Runtime> {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<Report> {
-    server::raise_fd_limit();
+    confab_loadtest::server::raise_fd_limit();
     let name = match &cli.command {
         Command::Relay { .. } => "relay",
         Command::Raw { .. } => "raw",
         Command::Turn { .. } => "turn",
         Command::Compare { .. } => "compare",
+        Command::Limit { .. } => "limit",
+        Command::Forward { .. } => "forward",
         Command::Login { .. } => "login",
         Command::Hosts { .. } => "hosts",
         Command::Lookup { .. } => "lookup",
     };
     let mut report = Report::new(name);
     match &cli.command {
-        Command::Relay { traffic, host, server } => run_relay(&runtime()?, cli, traffic, host, server, &mut report)?,
-        Command::Raw { traffic, raw } => run_raw(cli, traffic, raw, &mut report)?,
-        Command::Turn { traffic, turn } => run_turn(cli, traffic, turn, &mut report)?,
-        Command::Compare { traffic, host, server, raw, turn } => {
-            run_relay(&runtime()?, cli, traffic, host, server, &mut report)?;
-            run_raw(cli, traffic, raw, &mut report)?;
-            if let Err(e) = run_turn(cli, traffic, turn, &mut report) {
-                say(cli.quiet, format_args!("turn: skipped: {e:#}"));
-                report.warnings.push(format!("turn skipped: {e:#}"));
+        Command::Relay { traffic, host, server } => {
+            let rt = runtime()?;
+            let ctx = Ctx {
+                cli,
+                rt: Some(&rt),
+                host: Some(host),
+                srv: Some(server),
+                raw: None,
+                turn: None,
+                raw_buffer: None,
+            };
+            run_one(Server::Confab, &ctx, traffic, &mut report)?;
+        }
+        Command::Raw { traffic, raw, unbatched, buffers: b } => {
+            let (_raised, raw_buffer) = buffers(b, &mut report, cli.quiet);
+            let ctx = Ctx { cli, rt: None, host: None, srv: None, raw: Some(raw), turn: None, raw_buffer };
+            let mode = if *unbatched { raw::Mode::Unbatched } else { raw::Mode::Batched };
+            run_one(Server::Raw(mode), &ctx, traffic, &mut report)?;
+        }
+        Command::Turn { traffic, turn, buffers: b } => {
+            let (_raised, raw_buffer) = buffers(b, &mut report, cli.quiet);
+            let ctx = Ctx { cli, rt: None, host: None, srv: None, raw: None, turn: Some(turn), raw_buffer };
+            for h in &turn.turn_hops {
+                run_one(Server::Coturn(*h), &ctx, traffic, &mut report)?;
             }
+        }
+        Command::Compare { traffic, host, server, raw, turn, buffers: b, guard: g, servers } => {
+            let list = Server::parse_list(servers, &turn.turn_hops)?;
+            let (raised, raw_buffer) = buffers(b, &mut report, cli.quiet);
+            let rt = runtime()?;
+            let ctx = Ctx {
+                cli,
+                rt: Some(&rt),
+                host: Some(host),
+                srv: Some(server),
+                raw: Some(raw),
+                turn: Some(turn),
+                raw_buffer,
+            };
+            for s in list {
+                match run_one(s, &ctx, traffic, &mut report) {
+                    Ok(()) => {}
+                    Err(e) if matches!(s, Server::Coturn(_)) && !g.enabled() => {
+                        say(cli.quiet, format_args!("{}: skipped: {e:#}", s.label()));
+                        report.warnings.push(format!("{} skipped: {e:#}", s.label()));
+                    }
+                    Err(e) => return Err(e.context(s.label())),
+                }
+            }
+            drop(raised);
+            report.check_buffers();
+            report.compute_ratios();
+            if let Err(e) = guard(g, &mut report) {
+                report.guard_failure = Some(format!("{e:#}"));
+            }
+            return Ok(report);
+        }
+        Command::Limit {
+            traffic,
+            host,
+            server,
+            raw,
+            turn,
+            buffers: b,
+            servers,
+            repeats,
+            probe,
+            start_rate,
+            max_rate,
+            precision,
+            max_probes,
+            max_time,
+        } => {
+            anyhow::ensure!(*probe <= Duration::from_secs(60), "--probe: at most 60 s a window");
+            anyhow::ensure!(*precision > 0.0 && *precision < 1.0, "--precision: between 0 and 1");
+            let list = Server::parse_list(servers, &turn.turn_hops)?;
+            let (_raised, raw_buffer) = buffers(b, &mut report, cli.quiet);
+            let rt = runtime()?;
+            let ctx = Ctx {
+                cli,
+                rt: Some(&rt),
+                host: Some(host),
+                srv: Some(server),
+                raw: Some(raw),
+                turn: Some(turn),
+                raw_buffer,
+            };
+            let opts = limit::Options {
+                start_rate: *start_rate,
+                max_rate: *max_rate,
+                precision: *precision,
+                max_probes: *max_probes as usize,
+            };
+            run_limit(&list, &ctx, traffic, &opts, *repeats, *probe, *max_time, &mut report)?;
+        }
+        Command::Forward { bind, unbatched, buffer_bytes } => {
+            let mode = if *unbatched { raw::Mode::Unbatched } else { raw::Mode::Batched };
+            raw::serve(*bind, mode, *buffer_bytes)?;
         }
         Command::Login { host, server, concurrency, duration, max_cycles } => {
             let hosts = host.hosts(&cli.work_dir)?;
@@ -462,13 +916,26 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+impl GuardArgs {
+    fn enabled(&self) -> bool {
+        self.guard_cpu_ratio > 0.0
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let report = run(&cli)?;
+    if matches!(cli.command, Command::Forward { .. }) {
+        return Ok(());
+    }
     print!("{}", report.render());
     if let Some(path) = &cli.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text + "\n").with_context(|| format!("--json {}", path.display()))?;
+    }
+    if let Some(f) = &report.guard_failure {
+        eprintln!("{f}");
+        std::process::exit(3);
     }
     Ok(())
 }

@@ -1,19 +1,157 @@
-//! The baseline: the least a UDP relay can do. One thread, one socket: `recv_from`, look
-//! the destination up by source address, `send_to`. No header, no session, no token, no
-//! rate cap — what is left is the kernel's cost of a forwarded datagram, which the confab
-//! relay pays too (one worker per node under `confab up`, the same socket buffers).
+//! The baselines: the least a UDP relay can do. One thread, one socket: receive, look the
+//! destination up by source address, send. No header, no session, no token, no rate
+//! cap — what is left is the kernel's cost of a forwarded datagram, which the confab
+//! relay pays too.
+//!
+//! Two ways, each a baseline of its own:
+//! - **batched** (`raw`, the floor): `recvmmsg` up to [`BATCH`] datagrams a call, then
+//!   `sendmmsg` them on, with `confab::relay::mmsg` — the calls, batch size and read
+//!   budget the relay's workers use;
+//! - **unbatched** (`raw-unbatched`): one `recv_from` and one `send_to` per datagram.
+//!
+//! For a comparison the forwarder runs in a process of its own ([`RawProcess`]: the
+//! harness's binary started again with the hidden `forward` subcommand), so its CPU is
+//! read the way every server's is: the process, and its `raw-forwarder` thread, from
+//! `/proc`. [`Forwarder`] runs the same loop in a thread of this process (unit tests).
 
-use crate::server::{self, Probe};
 use crate::traffic::{Leg, Pair, leg_socket};
+use confab::relay::mmsg::{self, RecvBatch};
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, BufRead, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// A running forwarder.
+/// Datagrams per receive and send call: the relay workers' default (`batch`).
+pub const BATCH: usize = mmsg::BATCH_MAX;
+/// Receive calls per wake-up before looking at `stop`: the relay workers' default.
+const READ_BUDGET: usize = 8;
+/// The forwarding thread's name, by which its CPU is found in `/proc`.
+pub const THREAD_NAME: &str = "raw-forwarder";
+/// Socket buffers the forwarder asks for: what the relay's workers ask for.
+pub const BUFFER_BYTES: usize = 4 << 20;
+
+/// Which loop forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `recvmmsg` / `sendmmsg`, [`BATCH`] at a time.
+    Batched,
+    /// `recv_from` / `send_to`, one at a time.
+    Unbatched,
+}
+
+impl Mode {
+    /// The column title.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Batched => "raw",
+            Mode::Unbatched => "raw-unbatched",
+        }
+    }
+}
+
+/// The forwarder's socket: `buffer_bytes` asked for (None: the kernel's defaults), a read
+/// timeout that bounds noticing a stop.
+pub fn bind(ip: IpAddr, buffer_bytes: Option<usize>) -> anyhow::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(SocketAddr::new(ip, 0)), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Some(b) = buffer_bytes {
+        let _ = s.set_recv_buffer_size(b);
+        let _ = s.set_send_buffer_size(b);
+    }
+    s.bind(&SocketAddr::new(ip, 0).into())?;
+    let socket: UdpSocket = s.into();
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    Ok(socket)
+}
+
+/// `pairs` pairs of legs connected to `addr`, and the routes between them.
+fn legs(addr: SocketAddr, pairs: usize) -> anyhow::Result<(Vec<Pair>, HashMap<SocketAddr, SocketAddr>)> {
+    let mut routes = HashMap::new();
+    let mut legs = Vec::new();
+    for _ in 0..pairs {
+        let (a, b) = (leg_socket(addr)?, leg_socket(addr)?);
+        let (la, lb) = (a.local_addr()?, b.local_addr()?);
+        routes.insert(la, lb);
+        routes.insert(lb, la);
+        legs.push(Pair {
+            a: Leg { socket: a, prefix: vec![], skip: 0 },
+            b: Leg { socket: b, prefix: vec![], skip: 0 },
+        });
+    }
+    Ok((legs, routes))
+}
+
+/// Forwards until `stop`: one of the two loops.
+pub fn forward(
+    mode: Mode,
+    socket: &UdpSocket,
+    routes: &HashMap<SocketAddr, SocketAddr>,
+    stop: &AtomicBool,
+    forwarded: &AtomicU64,
+) {
+    match mode {
+        Mode::Batched => forward_batched(socket, routes, stop, forwarded),
+        Mode::Unbatched => forward_unbatched(socket, routes, stop, forwarded),
+    }
+}
+
+fn forward_unbatched(
+    socket: &UdpSocket,
+    routes: &HashMap<SocketAddr, SocketAddr>,
+    stop: &AtomicBool,
+    forwarded: &AtomicU64,
+) {
+    let mut buf = vec![0u8; 4096];
+    while !stop.load(Relaxed) {
+        let (n, from) = match socket.recv_from(&mut buf) {
+            Ok(r) => r,
+            Err(_) => continue,
+        };
+        if let Some(to) = routes.get(&from)
+            && socket.send_to(&buf[..n], to).is_ok()
+        {
+            forwarded.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// The relay worker's loop without the relay: up to [`READ_BUDGET`] batches per wake-up,
+/// each received with one `recvmmsg`, routed by source address, sent with `sendmmsg`.
+fn forward_batched(
+    socket: &UdpSocket,
+    routes: &HashMap<SocketAddr, SocketAddr>,
+    stop: &AtomicBool,
+    forwarded: &AtomicU64,
+) {
+    let mut batch = RecvBatch::new(BATCH, 4096);
+    let mut to = [None; BATCH];
+    while !stop.load(Relaxed) {
+        let mut done = 0u64;
+        for _ in 0..READ_BUDGET {
+            let n = match batch.recv(socket) {
+                Ok(n) => n,
+                Err(_) => break,
+            };
+            for (i, t) in to.iter_mut().enumerate().take(n) {
+                let (_, from) = batch.get_mut(i);
+                *t = from.and_then(|f| routes.get(&f).copied());
+            }
+            done += batch.send(socket, &to[..n]).sent as u64;
+            if n < batch.capacity() {
+                break;
+            }
+        }
+        if done > 0 {
+            forwarded.fetch_add(done, Relaxed);
+        }
+    }
+}
+
+/// A forwarder in a thread of this process.
 pub struct Forwarder {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -25,46 +163,19 @@ pub struct Forwarder {
 impl Forwarder {
     /// Binds on `ip` and builds `pairs` legs that send to it, then starts forwarding
     /// between the two legs of each pair.
-    pub fn start(ip: IpAddr, pairs: usize) -> anyhow::Result<(Self, Vec<Pair>)> {
-        use socket2::{Domain, Protocol, Socket, Type};
-        let s = Socket::new(Domain::for_address(SocketAddr::new(ip, 0)), Type::DGRAM, Some(Protocol::UDP))?;
-        // As the confab relay asks for its workers' sockets.
-        let _ = s.set_recv_buffer_size(4 << 20);
-        let _ = s.set_send_buffer_size(4 << 20);
-        s.bind(&SocketAddr::new(ip, 0).into())?;
-        let socket: UdpSocket = s.into();
-        // The bound on noticing a stop, as the relay's workers have.
-        socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    pub fn start(ip: IpAddr, pairs: usize, mode: Mode) -> anyhow::Result<(Self, Vec<Pair>)> {
+        let socket = bind(ip, Some(BUFFER_BYTES))?;
         let addr = socket.local_addr()?;
-        let mut routes = HashMap::new();
-        let mut legs = Vec::new();
-        for _ in 0..pairs {
-            let (a, b) = (leg_socket(addr)?, leg_socket(addr)?);
-            let (la, lb) = (a.local_addr()?, b.local_addr()?);
-            routes.insert(la, lb);
-            routes.insert(lb, la);
-            legs.push(Pair {
-                a: Leg { socket: a, prefix: vec![], skip: 0 },
-                b: Leg { socket: b, prefix: vec![], skip: 0 },
-            });
-        }
+        let (legs, routes) = legs(addr, pairs)?;
         let stop = Arc::new(AtomicBool::new(false));
         let forwarded = Arc::new(AtomicU64::new(0));
         let thread = {
             let (stop, forwarded) = (stop.clone(), forwarded.clone());
-            std::thread::Builder::new().name("raw-forwarder".into()).spawn(move || {
-                forward(&socket, &routes, &stop, &forwarded);
-            })?
+            std::thread::Builder::new()
+                .name(THREAD_NAME.into())
+                .spawn(move || forward(mode, &socket, &routes, &stop, &forwarded))?
         };
         Ok((Self { addr, stop, forwarded, thread: Some(thread) }, legs))
-    }
-
-    /// Reads the forwarding thread's own CPU clock.
-    pub fn probe(&self) -> Probe {
-        match self.thread.as_ref().and_then(server::thread_clock) {
-            Some(c) => Probe::Thread(c),
-            None => Probe::None,
-        }
     }
 
     /// Datagrams forwarded so far.
@@ -82,20 +193,91 @@ impl Drop for Forwarder {
     }
 }
 
-fn forward(socket: &UdpSocket, routes: &HashMap<SocketAddr, SocketAddr>, stop: &AtomicBool, forwarded: &AtomicU64) {
-    let mut buf = vec![0u8; 4096];
-    while !stop.load(Relaxed) {
-        let (n, from) = match socket.recv_from(&mut buf) {
-            Ok(r) => r,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
-            Err(_) => continue,
-        };
-        if let Some(to) = routes.get(&from)
-            && socket.send_to(&buf[..n], to).is_ok()
-        {
-            forwarded.fetch_add(1, Relaxed);
+/// A forwarder in a process of its own (this binary's `forward` subcommand), killed on
+/// drop.
+pub struct RawProcess {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl RawProcess {
+    /// Starts `exe forward` on `ip`, builds `pairs` legs that send to it and hands it
+    /// their routes.
+    pub fn start(
+        exe: &std::path::Path,
+        ip: IpAddr,
+        pairs: usize,
+        mode: Mode,
+        buffer_bytes: Option<usize>,
+    ) -> anyhow::Result<(Self, Vec<Pair>)> {
+        let mut cmd = Command::new(exe);
+        cmd.args(["forward", "--bind", &ip.to_string()]);
+        if mode == Mode::Unbatched {
+            cmd.arg("--unbatched");
         }
+        if let Some(b) = buffer_bytes {
+            cmd.args(["--buffer-bytes", &b.to_string()]);
+        }
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+        let mut line = String::new();
+        io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+        let addr: SocketAddr = match line.trim().parse() {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("the raw forwarder process said {line:?}, not its address");
+            }
+        };
+        let me = Self { child, addr };
+        let (legs, routes) = legs(addr, pairs)?;
+        let mut stdin = me.child.stdin.as_ref().expect("piped");
+        let mut text = String::new();
+        for (from, to) in &routes {
+            text.push_str(&format!("{from} {to}\n"));
+        }
+        stdin.write_all(text.as_bytes())?;
+        let mut me = me;
+        // End of input: it starts forwarding.
+        drop(me.child.stdin.take());
+        Ok((me, legs))
     }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RawProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `forward` subcommand: binds, prints its address, reads `from to` routes from
+/// standard input until its end, then forwards until killed.
+pub fn serve(ip: IpAddr, mode: Mode, buffer_bytes: Option<usize>) -> anyhow::Result<()> {
+    let socket = bind(ip, buffer_bytes)?;
+    println!("{}", socket.local_addr()?);
+    io::stdout().flush()?;
+    let mut routes = HashMap::new();
+    for line in io::stdin().lock().lines() {
+        let line = line?;
+        let Some((a, b)) = line.split_once(' ') else { continue };
+        routes.insert(a.parse()?, b.parse()?);
+    }
+    let stop = AtomicBool::new(false);
+    let forwarded = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name(THREAD_NAME.into())
+            .spawn_scoped(s, || forward(mode, &socket, &routes, &stop, &forwarded))
+            .map(drop)
+    })?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -103,9 +285,8 @@ mod tests {
     use super::*;
     use crate::traffic::{Pattern, Traffic};
 
-    #[test]
-    fn forwards_between_the_legs_of_each_pair() {
-        let (fwd, pairs) = Forwarder::start("127.0.0.1".parse().unwrap(), 3).unwrap();
+    fn carries(mode: Mode) {
+        let (fwd, pairs) = Forwarder::start("127.0.0.1".parse().unwrap(), 3, mode).unwrap();
         let pattern = Pattern {
             rate: 50,
             inner_len: 120,
@@ -122,6 +303,15 @@ mod tests {
         assert_eq!(o.delivered, o.sent);
         assert_eq!(o.misrouted, 0);
         assert!(fwd.forwarded() >= o.sent);
-        assert!(matches!(fwd.probe(), Probe::Thread(_)));
+    }
+
+    #[test]
+    fn batched_forwards_between_the_legs_of_each_pair() {
+        carries(Mode::Batched);
+    }
+
+    #[test]
+    fn unbatched_forwards_between_the_legs_of_each_pair() {
+        carries(Mode::Unbatched);
     }
 }

@@ -16,6 +16,8 @@ pub struct TrafficResult {
     pub label: String,
     /// Where the datagrams were sent (the relays granted, the forwarder, the TURN server).
     pub targets: Vec<String>,
+    /// Times each datagram crosses the server: 1, or 2 for coturn with two allocations.
+    pub hops: u8,
     /// Pairs of legs.
     pub pairs: usize,
     /// Datagrams per second per leg, or null when flat out.
@@ -48,6 +50,8 @@ pub struct TrafficResult {
     pub reordered: u64,
     /// Deliveries from the wrong leg, or not ours at all.
     pub misrouted: u64,
+    /// Arrivals sent in an earlier window (not counted).
+    pub stale: u64,
     /// Sends that found the harness's socket buffer full and waited.
     pub send_waits: u64,
     /// Sends that failed in the harness.
@@ -58,10 +62,20 @@ pub struct TrafficResult {
     pub jitter_us: Option<f64>,
     /// The server's CPU and memory.
     pub server: Spent,
-    /// Server CPU per delivered datagram, microseconds.
+    /// Server CPU (the whole process) per delivered datagram, microseconds.
     pub cpu_us_per_packet: Option<f64>,
+    /// The forwarding threads' CPU per delivered datagram, microseconds.
+    pub thread_cpu_us_per_packet: Option<f64>,
     /// Server CPU as a share of one core while measured, percent.
     pub cpu_pct: Option<f64>,
+    /// The forwarding threads' CPU as a share of one core, percent.
+    pub thread_cpu_pct: Option<f64>,
+    /// Which threads count as forwarding (`relay-N`, `raw-forwarder`, every thread).
+    pub forwarding_threads: Option<String>,
+    /// Process and forwarding-thread CPU seconds, from `/proc/PID/task/*/schedstat`.
+    pub cpu: Option<crate::cpu::Split>,
+    /// Socket buffer sizes in force on the server's ports (`ss`).
+    pub buffers: crate::sockets::Buffers,
     /// The confab relay's drops during the timed window, by reason (null: no metrics).
     pub relay_drops: Option<BTreeMap<String, u64>>,
     /// Datagrams the server says it forwarded during the run.
@@ -88,8 +102,10 @@ pub struct Ratios {
     pub latency_max: Option<f64>,
     /// Jitter.
     pub jitter: Option<f64>,
-    /// Server CPU per delivered datagram.
+    /// Server CPU (whole process) per delivered datagram.
     pub cpu_per_packet: Option<f64>,
+    /// Forwarding threads' CPU per delivered datagram.
+    pub thread_cpu_per_packet: Option<f64>,
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -113,6 +129,7 @@ impl Ratios {
             latency_max: ratio(lat(a, |l| l.max), lat(b, |l| l.max)),
             jitter: ratio(a.jitter_us, b.jitter_us),
             cpu_per_packet: ratio(a.cpu_us_per_packet, b.cpu_us_per_packet),
+            thread_cpu_per_packet: ratio(a.thread_cpu_us_per_packet, b.thread_cpu_us_per_packet),
         }
     }
 }
@@ -234,8 +251,31 @@ pub struct Report {
     pub hosts: Option<HostsResult>,
     /// The `lookup` scenario.
     pub lookup: Option<LookupResult>,
+    /// `limit`: each server's searched loss-free rate.
+    pub limit: Vec<crate::limit::Summary>,
+    /// The performance guard's verdict (`compare --guard-cpu-ratio`).
+    pub guard: Option<Guard>,
+    /// Why the guard failed the run, if it did.
+    pub guard_failure: Option<String>,
     /// What could not be measured, and why.
     pub warnings: Vec<String>,
+}
+
+/// The performance guard's figures: confab against the batched raw floor, one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Guard {
+    /// confab's relay worker threads' CPU per packet ÷ the raw forwarder thread's.
+    pub cpu_ratio: f64,
+    /// The most it may be.
+    pub cpu_ratio_max: f64,
+    /// confab's loss minus the floor's, percentage points.
+    pub loss_pp: f64,
+    /// The most it may be.
+    pub loss_pp_max: f64,
+    /// The floor's own loss, percent.
+    pub floor_loss_pct: f64,
+    /// Whether the run passed.
+    pub ok: bool,
 }
 
 impl Report {
@@ -254,7 +294,23 @@ impl Report {
             login: None,
             hosts: None,
             lookup: None,
+            limit: Vec::new(),
+            guard: None,
+            guard_failure: None,
             warnings: Vec::new(),
+        }
+    }
+
+    /// Adds a warning when the servers' sockets had different buffer sizes in force.
+    pub fn check_buffers(&mut self) {
+        let seen: Vec<&TrafficResult> = self.traffic.iter().filter(|t| t.buffers.sockets > 0).collect();
+        let first = seen.first().map(|t| (&t.buffers.recv, &t.buffers.send));
+        if seen.iter().any(|t| Some((&t.buffers.recv, &t.buffers.send)) != first) {
+            let each: Vec<String> = seen.iter().map(|t| format!("{} {}", t.label, t.buffers.cell())).collect();
+            self.warnings.push(format!(
+                "socket buffers differ between servers (receive / send MiB in force): {}",
+                each.join("; ")
+            ));
         }
     }
 
@@ -280,6 +336,22 @@ impl Report {
         }
         if let Some(l) = &self.lookup {
             out.push_str(&lookup_table(l));
+        }
+        if !self.limit.is_empty() {
+            out.push_str(&limit_table(&self.limit));
+        }
+        if let Some(g) = &self.guard {
+            let _ = writeln!(
+                out,
+                "\nguard: relay threads' CPU per packet {:.2}× the batched raw floor's (at most {:.2}×); loss {:+.3} \
+                 points over the floor's {:.3}% (at most {:+.3}): {}",
+                g.cpu_ratio,
+                g.cpu_ratio_max,
+                g.loss_pp,
+                g.floor_loss_pct,
+                g.loss_pp_max,
+                if g.ok { "pass" } else { "FAIL" }
+            );
         }
         for w in &self.warnings {
             let _ = writeln!(out, "note: {w}");
@@ -362,11 +434,16 @@ fn traffic_table(results: &[TrafficResult], ratios: &BTreeMap<String, Ratios>) -
     row("latency p99.9 µs", &lat(|l| l.p999), Some(|x| x.latency_p999));
     row("latency max µs", &lat(|l| l.max), Some(|x| x.latency_max));
     row("jitter µs", &|r| f(r.jitter_us, 1), Some(|x| x.jitter));
+    row("hops through the server", &|r| r.hops.to_string(), None);
     row("reordered", &|r| r.reordered.to_string(), None);
     row("misrouted", &|r| r.misrouted.to_string(), None);
     row("server CPU s", &|r| f(r.server.cpu_s, 2), None);
     row("server CPU % of a core", &|r| f(r.cpu_pct, 1), None);
     row("server CPU µs/packet", &|r| f(r.cpu_us_per_packet, 2), Some(|x| x.cpu_per_packet));
+    row("forwarding threads", &|r| r.cpu.map(|c| c.threads.to_string()).unwrap_or_else(|| NA.into()), None);
+    row("thread CPU % of a core", &|r| f(r.thread_cpu_pct, 1), None);
+    row("thread CPU µs/packet", &|r| f(r.thread_cpu_us_per_packet, 2), Some(|x| x.thread_cpu_per_packet));
+    row("socket buffers rcv / snd MiB", &|r| r.buffers.cell(), None);
     row("server RSS before MiB", &|r| mib(r.server.rss_before), None);
     row("server RSS after MiB", &|r| mib(r.server.rss_after), None);
     row("resources from", &|r| r.server.source.unwrap_or(NA).to_owned(), None);
@@ -476,6 +553,44 @@ fn lookup_table(l: &LookupResult) -> String {
     ];
     let mut out = table(&rows);
     failures_line(&mut out, "lookup failed", &l.errors);
+    out
+}
+
+fn limit_table(l: &[crate::limit::Summary]) -> String {
+    let ceiling = l.iter().find(|s| s.label == "generator").and_then(|s| s.median);
+    let mut rows = vec![vec![
+        "loss-free pps".to_owned(),
+        "hops".into(),
+        "median".into(),
+        "min".into(),
+        "max".into(),
+        "runs".into(),
+        "÷ generator".into(),
+        "".into(),
+    ]];
+    for s in l {
+        let note = if s.at_max > 0 {
+            format!("{} of {} at the highest rate tried", s.at_max, s.runs.len())
+        } else if s.label == "generator" {
+            "the generator's own ceiling (no server)".to_owned()
+        } else if ceiling.zip(s.median).is_some_and(|(c, m)| m >= 0.9 * c) {
+            "bounded by the generator (within 10% of its ceiling)".to_owned()
+        } else {
+            String::new()
+        };
+        rows.push(vec![
+            s.label.clone(),
+            s.hops.to_string(),
+            f(s.median, 0),
+            f(s.min, 0),
+            f(s.max, 0),
+            s.runs.len().to_string(),
+            ratio_cell(s.median.zip(ceiling).filter(|(_, c)| *c > 0.0).map(|(m, c)| m / c)),
+            note,
+        ]);
+    }
+    let mut out = String::from("\n");
+    out.push_str(&table(&rows));
     out
 }
 

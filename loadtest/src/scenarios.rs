@@ -1,20 +1,22 @@
 //! The scenarios, each run to one result: the traffic measurement that `relay`, `raw`
 //! and `turn` share, and the `login`, `hosts` and `lookup` scenarios.
 
+use crate::cpu;
 use crate::hosts::{self, Hosts};
 use crate::report::{HostsResult, LoginResult, LookupResult, TrafficResult};
 use crate::server::{self, Probe};
+use crate::sockets::{self, Buffers};
 use crate::stats::{self, Latency};
-use crate::traffic::{Pair, Pattern, Traffic};
+use crate::traffic::{self, Pair, Pattern, Traffic};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// How long legs may take to hear each other's probes.
-const LATCH_TIMEOUT: Duration = Duration::from_secs(5);
+pub const LATCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A progress bar on standard error (hidden with `quiet`, or when it is not a terminal).
 pub fn bar(quiet: bool, prefix: &str, len: u64, counts: bool) -> ProgressBar {
@@ -30,7 +32,7 @@ pub fn bar(quiet: bool, prefix: &str, len: u64, counts: bool) -> ProgressBar {
 }
 
 /// What a traffic measurement is about, besides its legs.
-pub struct Subject<'a> {
+pub struct Subject {
     /// `relay`, `raw` or `turn`.
     pub scenario: &'static str,
     /// The column title.
@@ -38,32 +40,96 @@ pub struct Subject<'a> {
     /// Where the legs send.
     pub targets: Vec<String>,
     /// Where the server's resources are read.
-    pub probe: &'a Probe,
+    pub probe: Probe,
     /// Seconds the setup took.
     pub setup_s: f64,
     /// Framing bytes each relay adds before the inner packet.
     pub framing: usize,
+    /// Times each datagram crosses the server (coturn with two allocations: 2).
+    pub hops: u8,
+    /// The server's process and which of its threads forward, for CPU from `/proc`.
+    pub process: Option<(u32, cpu::Threads)>,
+    /// The server's UDP ports, for the buffer sizes in force.
+    pub ports: BTreeSet<u16>,
 }
 
-/// Latches the legs, runs the timed window between two readings of the server, tallies.
-pub fn measure(s: Subject, pairs: Vec<Pair>, pattern: &Pattern, quiet: bool) -> anyhow::Result<TrafficResult> {
+/// A timed window's figures, before they are put in a [`TrafficResult`].
+struct Window {
+    outcome: traffic::Outcome,
+    spent: server::Spent,
+    split: Option<cpu::Split>,
+    before: server::Sample,
+    after: server::Sample,
+    measured_s: f64,
+    buffers: Buffers,
+}
+
+/// Runs one timed window on `t`, reading the server before and after (and its buffers
+/// half way).
+fn window(s: &Subject, t: &mut Traffic, bar: &ProgressBar) -> anyhow::Result<Window> {
+    let tasks_before = s.process.as_ref().and_then(|(pid, _)| cpu::sample(*pid));
+    let before = s.probe.sample();
+    let started = Instant::now();
+    let ports = s.ports.clone();
+    let half = t.pattern().duration / 2;
+    let looker = std::thread::spawn(move || {
+        std::thread::sleep(half);
+        sockets::buffers(&ports)
+    });
+    let outcome = t.run(bar)?;
+    let tasks_after = s.process.as_ref().and_then(|(pid, _)| cpu::sample(*pid));
+    let after = s.probe.sample();
+    let measured_s = started.elapsed().as_secs_f64();
+    let split = match (&s.process, tasks_before, tasks_after) {
+        (Some((_, pick)), Some(b), Some(a)) => Some(cpu::between(&b, &a, pick)),
+        _ => None,
+    };
+    let mut spent = server::spent(&before, &after);
+    if let Some(c) = split {
+        // The process's CPU from /proc, as for every server, rather than its own metric.
+        spent.cpu_s = Some(c.process_s);
+        spent.source = Some("proc");
+    }
+    let buffers = looker.join().unwrap_or_default();
+    Ok(Window { outcome, spent, split, before, after, measured_s, buffers })
+}
+
+/// Latches the legs, runs a warm-up window (not counted) if asked, then the timed window
+/// between two readings of the server, and tallies.
+pub fn measure(
+    s: Subject,
+    pairs: Vec<Pair>,
+    pattern: &Pattern,
+    warmup: Duration,
+    quiet: bool,
+) -> anyhow::Result<TrafficResult> {
     let n = pairs.len();
     let mut t = Traffic::start(pairs, pattern.clone())?;
     let latch = t.latch(LATCH_TIMEOUT)?;
-    let before = s.probe.sample();
-    let started = Instant::now();
+    if !warmup.is_zero() {
+        let b = bar(quiet, &format!("{} warm-up", s.label), warmup.as_millis() as u64, false);
+        t.set_duration(warmup);
+        t.run(&b)?;
+        b.finish_and_clear();
+        t.set_duration(pattern.duration);
+    }
     let b = bar(quiet, &s.label, pattern.duration.as_millis() as u64, false);
-    let o = t.run(&b)?;
+    let w = window(&s, &mut t, &b)?;
     b.finish_and_clear();
-    let after = s.probe.sample();
-    let measured = started.elapsed().as_secs_f64();
-    let spent = server::spent(&before, &after);
+    Ok(result(s, n, pattern, latch, w))
+}
+
+/// A window's figures as a result row.
+fn result(s: Subject, n: usize, pattern: &Pattern, latch: Duration, w: Window) -> TrafficResult {
+    let Window { outcome: o, spent, split, before, after, measured_s: measured, buffers } = w;
     let window_s = o.window.as_secs_f64();
     let sent = o.sent.max(1) as f64;
-    Ok(TrafficResult {
+    let per_packet = |c: f64| (o.delivered > 0).then(|| c * 1e6 / o.delivered as f64);
+    TrafficResult {
         scenario: s.scenario,
         label: s.label,
         targets: s.targets,
+        hops: s.hops,
         pairs: n,
         rate_pps: (!pattern.flat_out).then_some(pattern.rate),
         flat_out: pattern.flat_out,
@@ -80,16 +146,22 @@ pub fn measure(s: Subject, pairs: Vec<Pair>, pattern: &Pattern, quiet: bool) -> 
         loss_pct: 100.0 * o.sent.saturating_sub(o.delivered) as f64 / sent,
         reordered: o.reordered,
         misrouted: o.misrouted,
+        stale: o.stale,
         send_waits: o.send_waits,
         send_errors: o.send_errors,
         latency_us: Latency::of(&o.latency),
         jitter_us: o.jitter_ns.map(|j| j / 1000.0),
-        cpu_us_per_packet: spent.cpu_s.filter(|_| o.delivered > 0).map(|c| c * 1e6 / o.delivered as f64),
+        cpu_us_per_packet: spent.cpu_s.and_then(per_packet),
+        thread_cpu_us_per_packet: split.and_then(|c| per_packet(c.threads_s)),
         cpu_pct: spent.cpu_s.map(|c| 100.0 * c / measured),
+        thread_cpu_pct: split.map(|c| 100.0 * c.threads_s / measured),
+        forwarding_threads: s.process.as_ref().map(|(_, p)| p.describe()),
+        cpu: split,
         server: spent,
+        buffers,
         relay_drops: server::drops_between(&before, &after),
         server_forwarded: before.forwarded.zip(after.forwarded).map(|(b, a)| (a - b).max(0.0).round() as u64),
-    })
+    }
 }
 
 fn failed(map: &mut BTreeMap<String, u64>, e: impl std::fmt::Display) {

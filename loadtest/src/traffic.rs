@@ -18,8 +18,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,8 @@ pub struct Outcome {
     pub reordered: u64,
     /// Arrivals that came from another leg than the peer, or were not our packets.
     pub misrouted: u64,
+    /// Arrivals sent in an earlier window (not counted as delivered).
+    pub stale: u64,
     /// Sends that found the socket buffer full and had to wait.
     pub send_waits: u64,
     /// Sends that failed (an error, or no room within 200 ms).
@@ -112,6 +114,23 @@ fn ns(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Pairs of legs that send straight to each other, no relay between: the generator's
+/// own ceiling (what it can send and receive on this machine), measured like a server.
+pub fn looped_pairs(n: usize) -> anyhow::Result<Vec<Pair>> {
+    (0..n)
+        .map(|_| {
+            let a = leg_socket("127.0.0.1:9".parse()?)?;
+            let b = leg_socket(a.local_addr()?)?;
+            a.connect(b.local_addr()?)?;
+            Ok(Pair { a: Leg { socket: a, prefix: vec![], skip: 0 }, b: Leg { socket: b, prefix: vec![], skip: 0 } })
+        })
+        .collect()
+}
+
+/// Datagrams one send call (`sendmmsg`) or receive call (`recvmmsg`) of the generator
+/// handles at most: the relay's batch.
+pub const BATCH: usize = confab::relay::mmsg::BATCH_MAX;
+
 struct SendLeg {
     socket: UdpSocket,
     buf: Vec<u8>,
@@ -119,34 +138,79 @@ struct SendLeg {
     seq: u32,
 }
 
-enum Sent {
-    Now,
-    AfterWait,
-    Failed,
+/// What one send call did.
+#[derive(Default)]
+struct Burst {
+    sent: u64,
+    waited: bool,
+    failed: u64,
 }
 
 impl SendLeg {
-    /// Sends the next packet of this leg; a full socket buffer is waited out briefly.
-    fn send(&mut self, epoch: Instant, kind: u8) -> Sent {
-        // A fresh number for every datagram: the confab relay drops a repeated one.
-        self.seq = self.seq.wrapping_add(1);
-        let mut waited = None;
-        loop {
-            packet::stamp(&mut self.buf[self.prefix_len..], kind, self.seq, ns(epoch));
-            match self.socket.send(&self.buf) {
-                Ok(_) if waited.is_some() => return Sent::AfterWait,
-                Ok(_) => return Sent::Now,
+    /// Sends the next `k` (at most [`BATCH`]) packets of this leg in one `sendmmsg` (the
+    /// socket is connected), stamped now; a full socket buffer is waited out briefly.
+    fn send(&mut self, epoch: Instant, kind: u8, k: usize, scratch: &mut [Vec<u8>]) -> Burst {
+        let k = k.clamp(1, BATCH.min(scratch.len()));
+        let len = self.buf.len();
+        let now = ns(epoch);
+        for b in scratch.iter_mut().take(k) {
+            // A fresh number for every datagram: the confab relay drops a repeated one.
+            self.seq = self.seq.wrapping_add(1);
+            b.clear();
+            b.extend_from_slice(&self.buf);
+            packet::stamp(&mut b[self.prefix_len..], kind, self.seq, now);
+        }
+        let mut out = Burst::default();
+        let mut done = 0;
+        let mut waiting: Option<Instant> = None;
+        while done < k {
+            match send_batch(&self.socket, &scratch[done..k], len) {
+                Ok(n) => {
+                    done += n;
+                    out.sent += n as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let since = *waited.get_or_insert_with(Instant::now);
-                    if since.elapsed() > SEND_WAIT_MAX {
-                        return Sent::Failed;
+                    out.waited = true;
+                    if waiting.get_or_insert_with(Instant::now).elapsed() > SEND_WAIT_MAX {
+                        out.failed += (k - done) as u64;
+                        break;
                     }
                     std::thread::yield_now();
                 }
-                Err(_) => return Sent::Failed,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    // This datagram is refused; the rest may still go.
+                    out.failed += 1;
+                    done += 1;
+                }
             }
         }
+        out
     }
+}
+
+/// `sendmmsg` of `bufs` (each `len` bytes) on a connected socket; how many went.
+#[cfg(target_os = "linux")]
+fn send_batch(socket: &UdpSocket, bufs: &[Vec<u8>], len: usize) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let n = bufs.len().min(BATCH);
+    // SAFETY: plain old data; all zeros is valid (no destination: the socket is connected).
+    let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for i in 0..n {
+        iovecs[i] = libc::iovec { iov_base: bufs[i].as_ptr() as *mut libc::c_void, iov_len: len.min(bufs[i].len()) };
+        hdrs[i].msg_hdr.msg_iov = &raw mut iovecs[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: every header points into `iovecs`, which point into `bufs`; all outlive the
+    // call, and the kernel only reads them.
+    let r = unsafe { libc::sendmmsg(socket.as_raw_fd(), hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send_batch(socket: &UdpSocket, bufs: &[Vec<u8>], len: usize) -> io::Result<usize> {
+    socket.send(&bufs[0][..len]).map(|_| 1)
 }
 
 struct Shared {
@@ -155,6 +219,9 @@ struct Shared {
     heard: Vec<AtomicBool>,
     delivered: AtomicU64,
     sent: AtomicU64,
+    /// When the current window's first packet may leave (ns since the epoch): anything
+    /// stamped before it is a straggler of an earlier window and not counted.
+    window_start_ns: AtomicU64,
 }
 
 #[derive(Default, Clone)]
@@ -164,18 +231,41 @@ struct RecvLeg {
     jitter: Option<f64>,
 }
 
+/// One receiver's tally of the current window.
 struct RecvOut {
     delivered: u64,
     reordered: u64,
     misrouted: u64,
-    jitters: Vec<f64>,
+    stale: u64,
+    state: Vec<RecvLeg>,
     latency: Histogram<u64>,
 }
 
-/// Legs ready to send, and receivers already listening.
+impl RecvOut {
+    fn new(legs: usize) -> Self {
+        Self {
+            delivered: 0,
+            reordered: 0,
+            misrouted: 0,
+            stale: 0,
+            state: vec![RecvLeg::default(); legs],
+            latency: stats::histogram(),
+        }
+    }
+}
+
+/// A receiver thread and the tally it keeps for the current window.
+struct Receiver {
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+    tally: Arc<Mutex<RecvOut>>,
+    legs: usize,
+}
+
+/// Legs ready to send, and receivers already listening. Several windows may run one
+/// after another on the same legs (the `limit` search): each has its own tally.
 pub struct Traffic {
     legs: Vec<SendLeg>,
-    receivers: Vec<JoinHandle<anyhow::Result<RecvOut>>>,
+    receivers: Vec<Receiver>,
     shared: Arc<Shared>,
     epoch: Instant,
     pattern: Pattern,
@@ -184,6 +274,11 @@ pub struct Traffic {
 impl Drop for Traffic {
     fn drop(&mut self) {
         self.shared.stop.store(true, Relaxed);
+        for r in &mut self.receivers {
+            if let Some(t) = r.thread.take() {
+                let _ = t.join();
+            }
+        }
     }
 }
 
@@ -198,6 +293,7 @@ impl Traffic {
             heard: legs.iter().map(|_| AtomicBool::new(false)).collect(),
             delivered: AtomicU64::new(0),
             sent: AtomicU64::new(0),
+            window_start_ns: AtomicU64::new(u64::MAX),
         });
         let receivers_n = pattern.receivers.clamp(1, legs.len());
         let mut groups: Vec<Vec<(u32, UdpSocket, usize)>> = (0..receivers_n).map(|_| Vec::new()).collect();
@@ -213,23 +309,46 @@ impl Traffic {
         let mut receivers = Vec::new();
         for (n, group) in groups.into_iter().enumerate() {
             let shared = shared.clone();
-            receivers.push(
-                std::thread::Builder::new()
-                    .name(format!("receiver-{n}"))
-                    .spawn(move || receive(group, &shared, epoch))?,
-            );
+            let legs = group.len();
+            let tally = Arc::new(Mutex::new(RecvOut::new(legs)));
+            let t = tally.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("receiver-{n}"))
+                .spawn(move || receive(group, &shared, &t, epoch))?;
+            receivers.push(Receiver { thread: Some(thread), tally, legs });
         }
         Ok(Self { legs: send_legs, receivers, shared, epoch, pattern })
+    }
+
+    /// The pattern the next window sends.
+    pub fn pattern(&self) -> &Pattern {
+        &self.pattern
+    }
+
+    /// Changes the rate per leg of the next window.
+    pub fn set_rate(&mut self, rate: u32) {
+        self.pattern.rate = rate.max(1);
+    }
+
+    /// Changes the length of the next window.
+    pub fn set_duration(&mut self, d: Duration) {
+        self.pattern.duration = d;
+    }
+
+    /// Legs in all (two per pair).
+    pub fn legs(&self) -> usize {
+        self.legs.len()
     }
 
     /// Sends probes on every leg until each has heard its peer's (a relay that latches,
     /// as confab's does, drops the first one of a pair); returns how long that took.
     pub fn latch(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
         let started = Instant::now();
+        let mut scratch = vec![Vec::new(); 1];
         loop {
             for (i, leg) in self.legs.iter_mut().enumerate() {
                 if !self.shared.heard[i ^ 1].load(Relaxed) {
-                    leg.send(self.epoch, PROBE);
+                    leg.send(self.epoch, PROBE, 1, &mut scratch);
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -247,12 +366,19 @@ impl Traffic {
         }
     }
 
-    /// Runs the timed window (showing it on `bar`), waits for stragglers, and tallies.
-    pub fn run(mut self, bar: &ProgressBar) -> anyhow::Result<Outcome> {
+    /// Runs one timed window (showing it on `bar`), waits for stragglers, and tallies it.
+    pub fn run(&mut self, bar: &ProgressBar) -> anyhow::Result<Outcome> {
         let total = self.legs.len();
         let senders_n = self.pattern.senders.clamp(1, total);
         let start_ns = ns(self.epoch) + 20_000_000;
         let window_ns = u64::try_from(self.pattern.duration.as_nanos()).unwrap_or(u64::MAX);
+        // A fresh tally for this window; what arrives from earlier windows is not counted.
+        let sent_before = self.shared.sent.load(Relaxed);
+        let delivered_before = self.shared.delivered.load(Relaxed);
+        self.shared.window_start_ns.store(start_ns, Relaxed);
+        for r in &self.receivers {
+            *r.tally.lock().expect("receiver tally") = RecvOut::new(r.legs);
+        }
         let mut groups: Vec<Vec<(usize, SendLeg)>> = (0..senders_n).map(|_| Vec::new()).collect();
         for (i, leg) in std::mem::take(&mut self.legs).into_iter().enumerate() {
             groups[i % senders_n].push((i, leg));
@@ -271,7 +397,13 @@ impl Traffic {
             };
             let shared = self.shared.clone();
             senders.push(std::thread::Builder::new().name(format!("sender-{n}")).spawn(move || {
-                if plan.flat_out { send_flat_out(group, &plan, &shared) } else { send_paced(group, &plan, &shared) }
+                let mut group = group;
+                let out = if plan.flat_out {
+                    send_flat_out(&mut group, &plan, &shared)
+                } else {
+                    send_paced(&mut group, &plan, &shared)
+                };
+                (out, group)
             })?);
         }
         bar.set_length(self.pattern.duration.as_millis() as u64);
@@ -280,23 +412,26 @@ impl Traffic {
             bar.set_position(elapsed_ms.min(bar.length().unwrap_or(0)));
             bar.set_message(format!(
                 "sent {} delivered {}",
-                self.shared.sent.load(Relaxed),
-                self.shared.delivered.load(Relaxed)
+                self.shared.sent.load(Relaxed) - sent_before,
+                self.shared.delivered.load(Relaxed) - delivered_before
             ));
             std::thread::sleep(Duration::from_millis(100));
         }
         let mut sent = SendOut::default();
+        let mut legs: Vec<(usize, SendLeg)> = Vec::with_capacity(total);
         for s in senders {
-            let o = s.join().map_err(|_| anyhow::anyhow!("a sender thread panicked"))?;
+            let (o, group) = s.join().map_err(|_| anyhow::anyhow!("a sender thread panicked"))?;
             sent.sent += o.sent;
             sent.waits += o.waits;
             sent.errors += o.errors;
             sent.hit_quota |= o.hit_quota;
             sent.last_ns = sent.last_ns.max(o.last_ns);
+            legs.extend(group);
         }
+        legs.sort_by_key(|(i, _)| *i);
+        self.legs = legs.into_iter().map(|(_, l)| l).collect();
         bar.set_message("draining");
-        self.drain(sent.sent);
-        self.shared.stop.store(true, Relaxed);
+        self.drain(delivered_before, sent.sent);
         let mut out = Outcome {
             sent: sent.sent,
             delivered: 0,
@@ -307,19 +442,24 @@ impl Traffic {
             },
             reordered: 0,
             misrouted: 0,
+            stale: 0,
             send_waits: sent.waits,
             send_errors: sent.errors,
             latency: stats::histogram(),
             jitter_ns: None,
         };
         let mut jitters = Vec::new();
-        for r in std::mem::take(&mut self.receivers) {
-            let r = r.join().map_err(|_| anyhow::anyhow!("a receiver thread panicked"))??;
-            out.delivered += r.delivered;
-            out.reordered += r.reordered;
-            out.misrouted += r.misrouted;
-            out.latency.add(&r.latency).context("merging latency histograms")?;
-            jitters.extend(r.jitters);
+        for r in &self.receivers {
+            if r.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                anyhow::bail!("a receiver thread stopped early");
+            }
+            let tally = std::mem::replace(&mut *r.tally.lock().expect("receiver tally"), RecvOut::new(r.legs));
+            out.delivered += tally.delivered;
+            out.reordered += tally.reordered;
+            out.misrouted += tally.misrouted;
+            out.stale += tally.stale;
+            out.latency.add(&tally.latency).context("merging latency histograms")?;
+            jitters.extend(tally.state.iter().filter_map(|s| s.jitter));
         }
         if !jitters.is_empty() {
             out.jitter_ns = Some(jitters.iter().sum::<f64>() / jitters.len() as f64);
@@ -327,14 +467,16 @@ impl Traffic {
         Ok(out)
     }
 
-    /// Waits until every sent datagram arrived, or nothing arrived for a while.
-    fn drain(&self, sent: u64) {
+    /// Waits until every datagram sent in the window arrived, or nothing arrived for a
+    /// while.
+    fn drain(&self, delivered_before: u64, sent: u64) {
         let started = Instant::now();
-        let mut last = self.shared.delivered.load(Relaxed);
+        let got = || self.shared.delivered.load(Relaxed) - delivered_before;
+        let mut last = got();
         let mut quiet_since = Instant::now();
         while last < sent && started.elapsed() < DRAIN_MAX && quiet_since.elapsed() < DRAIN_QUIET {
             std::thread::sleep(Duration::from_millis(20));
-            let now = self.shared.delivered.load(Relaxed);
+            let now = got();
             if now != last {
                 last = now;
                 quiet_since = Instant::now();
@@ -363,18 +505,13 @@ struct SendOut {
 }
 
 impl SendOut {
-    fn count(&mut self, r: Sent, shared: &Shared) {
-        match r {
-            Sent::Now => self.sent += 1,
-            Sent::AfterWait => {
-                self.sent += 1;
-                self.waits += 1;
-            }
-            Sent::Failed => self.errors += 1,
+    fn count(&mut self, b: &Burst, shared: &Shared) {
+        self.sent += b.sent;
+        self.errors += b.failed;
+        if b.waited {
+            self.waits += 1;
         }
-        if !matches!(r, Sent::Failed) {
-            shared.sent.fetch_add(1, Relaxed);
-        }
+        shared.sent.fetch_add(b.sent, Relaxed);
     }
 }
 
@@ -386,9 +523,13 @@ fn sleep_until(epoch: Instant, at_ns: u64) {
 }
 
 /// Each leg sends every `interval_ns`; legs are spread evenly over the interval (as the
-/// calls of a real relay start at unrelated times) instead of all sending at once.
-fn send_paced(mut legs: Vec<(usize, SendLeg)>, plan: &Plan, shared: &Shared) -> SendOut {
+/// calls of a real relay start at unrelated times) instead of all sending at once. When
+/// the thread wakes late (a sleep's slack, or more due than one thread sends one by
+/// one), the packets of a leg that are already due go in one `sendmmsg`, each stamped
+/// when it actually leaves.
+fn send_paced(legs: &mut [(usize, SendLeg)], plan: &Plan, shared: &Shared) -> SendOut {
     let mut out = SendOut::default();
+    let mut scratch = vec![Vec::new(); BATCH];
     let mut due: BinaryHeap<Reverse<(u64, usize)>> = legs
         .iter()
         .enumerate()
@@ -398,67 +539,87 @@ fn send_paced(mut legs: Vec<(usize, SendLeg)>, plan: &Plan, shared: &Shared) -> 
         if at >= plan.end_ns {
             break;
         }
-        if out.sent + out.errors >= plan.quota {
+        let done = out.sent + out.errors;
+        if done >= plan.quota {
             out.hit_quota = true;
             break;
         }
         sleep_until(plan.epoch, at);
-        let r = legs[k].1.send(plan.epoch, VOICE);
-        out.count(r, shared);
+        let now = ns(plan.epoch);
+        // The window is over in real time: what is still due was not sent in it (a sender
+        // that falls behind offers less than asked, and the tally says so).
+        if now >= plan.end_ns {
+            break;
+        }
+        // Packets of this leg due by now (this one included), within the window and quota.
+        let behind = 1 + now.saturating_sub(at) / plan.interval_ns;
+        let n = behind.min(BATCH as u64).min(plan.quota - done) as usize;
+        let b = legs[k].1.send(plan.epoch, VOICE, n, &mut scratch);
+        out.count(&b, shared);
         out.last_ns = ns(plan.epoch);
-        due.push(Reverse((at + plan.interval_ns, k)));
+        due.push(Reverse((at + plan.interval_ns * n as u64, k)));
     }
     out
 }
 
-/// Every leg in turn, as fast as one thread sends, until the window or the quota ends.
-fn send_flat_out(mut legs: Vec<(usize, SendLeg)>, plan: &Plan, shared: &Shared) -> SendOut {
+/// Every leg in turn, [`BATCH`] packets per send call, as fast as one thread sends, until
+/// the window or the quota ends.
+fn send_flat_out(legs: &mut [(usize, SendLeg)], plan: &Plan, shared: &Shared) -> SendOut {
     let mut out = SendOut::default();
+    let mut scratch = vec![Vec::new(); BATCH];
     sleep_until(plan.epoch, plan.start_ns);
     'window: loop {
         for (_, leg) in legs.iter_mut() {
-            if out.sent + out.errors >= plan.quota {
+            let done = out.sent + out.errors;
+            if done >= plan.quota {
                 out.hit_quota = true;
                 break 'window;
             }
-            if (out.sent + out.errors).is_multiple_of(32) && ns(plan.epoch) >= plan.end_ns {
+            if ns(plan.epoch) >= plan.end_ns {
                 break 'window;
             }
-            let r = leg.send(plan.epoch, VOICE);
-            out.count(r, shared);
+            let n = (BATCH as u64).min(plan.quota - done) as usize;
+            let b = leg.send(plan.epoch, VOICE, n, &mut scratch);
+            out.count(&b, shared);
         }
     }
     out.last_ns = ns(plan.epoch);
     out
 }
 
-/// One receiver thread: reads every socket of its group until told to stop.
-fn receive(group: Vec<(u32, UdpSocket, usize)>, shared: &Shared, epoch: Instant) -> anyhow::Result<RecvOut> {
+/// One receiver thread: reads every socket of its group, [`BATCH`] datagrams a call,
+/// until told to stop.
+fn receive(
+    group: Vec<(u32, UdpSocket, usize)>,
+    shared: &Shared,
+    tally: &Mutex<RecvOut>,
+    epoch: Instant,
+) -> anyhow::Result<()> {
+    use confab::relay::mmsg::RecvBatch;
+    use mio::unix::SourceFd;
     use mio::{Events, Interest, Poll, Token};
+    use std::os::fd::AsRawFd;
     let mut poll = Poll::new()?;
-    let mut sockets = Vec::with_capacity(group.len());
-    for (k, (leg, socket, skip)) in group.into_iter().enumerate() {
-        let mut s = mio::net::UdpSocket::from_std(socket);
-        poll.registry().register(&mut s, Token(k), Interest::READABLE)?;
-        sockets.push((leg, s, skip));
+    for (k, (_, socket, _)) in group.iter().enumerate() {
+        poll.registry().register(&mut SourceFd(&socket.as_raw_fd()), Token(k), Interest::READABLE)?;
     }
-    let mut state = vec![RecvLeg::default(); sockets.len()];
-    let mut out =
-        RecvOut { delivered: 0, reordered: 0, misrouted: 0, jitters: Vec::new(), latency: stats::histogram() };
     let mut events = Events::with_capacity(1024);
-    let mut buf = vec![0u8; 4096];
+    let mut batch = RecvBatch::new(BATCH, 4096);
     while !shared.stop.load(Relaxed) {
         match poll.poll(&mut events, Some(Duration::from_millis(20))) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
         }
+        let mut out = tally.lock().map_err(|_| anyhow::anyhow!("receiver tally poisoned"))?;
+        let seen = out.delivered;
+        let window_start = shared.window_start_ns.load(Relaxed);
         for ev in events.iter() {
             let k = ev.token().0;
-            let (leg, socket, skip) = &sockets[k];
+            let (leg, socket, skip) = &group[k];
             // Edge-triggered: read until the socket is dry.
             loop {
-                let n = match socket.recv(&mut buf) {
+                let n = match batch.recv(socket) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     // An ICMP error from an earlier send, reported on this socket.
@@ -466,39 +627,55 @@ fn receive(group: Vec<(u32, UdpSocket, usize)>, shared: &Shared, epoch: Instant)
                     Err(_) => break,
                 };
                 let now_ns = ns(epoch);
-                let Some(p) = buf.get(*skip..n).and_then(packet::parse) else {
-                    out.misrouted += 1;
-                    continue;
-                };
-                if p.leg != leg ^ 1 {
-                    out.misrouted += 1;
-                    continue;
+                for i in 0..n {
+                    let Some(p) = batch.get(i).get(*skip..).and_then(packet::parse) else {
+                        out.misrouted += 1;
+                        continue;
+                    };
+                    if p.leg != leg ^ 1 {
+                        out.misrouted += 1;
+                        continue;
+                    }
+                    if p.kind == PROBE {
+                        shared.heard[*leg as usize].store(true, Relaxed);
+                        continue;
+                    }
+                    if p.sent_ns < window_start {
+                        out.stale += 1;
+                        continue;
+                    }
+                    out.delivered += 1;
+                    let transit = now_ns.saturating_sub(p.sent_ns);
+                    stats::record(&mut out.latency, Duration::from_nanos(transit));
+                    let st = &mut out.state[k];
+                    let reordered = match st.highest {
+                        Some(h) if p.seq.wrapping_sub(h) as i32 <= 0 => true,
+                        _ => {
+                            st.highest = Some(p.seq);
+                            false
+                        }
+                    };
+                    // RFC 3550 §6.4.1: J += (|D| - J) / 16, D the change in transit time.
+                    if let Some(prev) = st.last_transit {
+                        let d = (transit as f64 - prev as f64).abs();
+                        let j = st.jitter.get_or_insert(0.0);
+                        *j += (d - *j) / 16.0;
+                    }
+                    st.last_transit = Some(transit);
+                    if reordered {
+                        out.reordered += 1;
+                    }
                 }
-                if p.kind == PROBE {
-                    shared.heard[*leg as usize].store(true, Relaxed);
-                    continue;
+                if n < batch.capacity() {
+                    break;
                 }
-                out.delivered += 1;
-                shared.delivered.fetch_add(1, Relaxed);
-                let transit = now_ns.saturating_sub(p.sent_ns);
-                stats::record(&mut out.latency, Duration::from_nanos(transit));
-                let st = &mut state[k];
-                match st.highest {
-                    Some(h) if p.seq.wrapping_sub(h) as i32 <= 0 => out.reordered += 1,
-                    _ => st.highest = Some(p.seq),
-                }
-                // RFC 3550 §6.4.1: J += (|D| - J) / 16, D the change in transit time.
-                if let Some(prev) = st.last_transit {
-                    let d = (transit as f64 - prev as f64).abs();
-                    let j = st.jitter.get_or_insert(0.0);
-                    *j += (d - *j) / 16.0;
-                }
-                st.last_transit = Some(transit);
             }
         }
+        let new = out.delivered - seen;
+        drop(out);
+        shared.delivered.fetch_add(new, Relaxed);
     }
-    out.jitters = state.iter().filter_map(|s| s.jitter).collect();
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

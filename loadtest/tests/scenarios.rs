@@ -148,21 +148,87 @@ async fn relay_through_the_networks_own_relays() {
     // of this test process, so the count may include other tests' datagrams).
     assert!(t["server_forwarded"].as_u64().unwrap() >= t["delivered"].as_u64().unwrap());
     assert!(t["relay_drops"].is_object(), "drops are read from the metrics endpoint");
+    // The relay's process (this one) was found by its port, and its relay-N threads.
+    assert!(t["cpu"]["threads"].as_u64().unwrap() >= 1, "{t:#}");
+    assert!(t["thread_cpu_us_per_packet"].as_f64().unwrap() > 0.0, "{t:#}");
+    assert!(t["buffers"]["sockets"].as_u64().unwrap() >= 1, "{t:#}");
     n.net.stop().await;
 }
 
+/// The forwarder ran as a process of its own, measured from /proc like every server:
+/// the process and its one forwarding thread.
+fn assert_forwarder(t: &Value, label: &str) {
+    assert_traffic(t, label);
+    assert_eq!(t["label"], label);
+    assert_eq!(t["datagram_bytes"], 120, "the inner packet alone");
+    assert_eq!(t["server"]["source"], "proc");
+    assert_eq!(t["cpu"]["threads"], 1, "{t:#}");
+    assert_eq!(t["forwarding_threads"], "raw-forwarder");
+    let (thread, process) = (t["cpu"]["threads_s"].as_f64().unwrap(), t["cpu"]["process_s"].as_f64().unwrap());
+    assert!(thread > 0.0 && thread <= process, "{t:#}");
+    assert_eq!(t["buffers"]["sockets"], 1, "{t:#}");
+}
+
 #[actix_rt::test]
-async fn raw_forwarder_baseline() {
+async fn batched_raw_forwarder_baseline() {
     let dir = tempfile::tempdir().unwrap();
     let work = work_dir(dir.path());
     let mut args = vec!["raw"];
     args.extend(TRAFFIC);
     let r = loadtest(&work, &args, Duration::from_secs(30)).await;
-    let t = &r["traffic"][0];
-    assert_traffic(t, "raw");
-    assert_eq!(t["datagram_bytes"], 120, "the inner packet alone");
-    assert_eq!(t["server"]["source"], "thread");
-    assert!(t["cpu_us_per_packet"].as_f64().is_some());
+    assert_forwarder(&r["traffic"][0], "raw");
+}
+
+#[actix_rt::test]
+async fn unbatched_raw_forwarder_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = work_dir(dir.path());
+    let mut args = vec!["raw", "--unbatched"];
+    args.extend(TRAFFIC);
+    let r = loadtest(&work, &args, Duration::from_secs(30)).await;
+    assert_forwarder(&r["traffic"][0], "raw-unbatched");
+}
+
+#[actix_rt::test]
+async fn limit_search_converges_on_a_looped_generator() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = work_dir(dir.path());
+    // 2 pairs, 4 legs: 500, 1000, 2000 per leg, then the highest rate tried (2,500).
+    let args = [
+        "limit",
+        "--servers",
+        "generator",
+        "--pairs",
+        "2",
+        "--repeats",
+        "2",
+        "--probe",
+        "300ms",
+        "--start-rate",
+        "500",
+        "--max-rate",
+        "2500",
+        "--max-probes",
+        "6",
+    ];
+    let r = loadtest(&work, &args, Duration::from_secs(40)).await;
+    let l = &r["limit"][0];
+    assert_eq!(l["label"], "generator");
+    assert_eq!(l["runs"].as_array().unwrap().len(), 2, "{l:#}");
+    for s in l["searches"].as_array().unwrap() {
+        let probes = s["probes"].as_array().unwrap();
+        assert!(!probes.is_empty() && probes.len() <= 6, "{s:#}");
+        let rates: Vec<u64> = probes.iter().map(|p| p["rate_per_leg"].as_u64().unwrap()).collect();
+        assert_eq!(&rates[..3], &[500, 1000, 2000], "doubling from the start: {s:#}");
+        // Every window the search counted as good delivered everything it sent.
+        for p in probes.iter().filter(|p| p["good"] == true) {
+            assert_eq!(p["lost"], 0, "{p:#}");
+            assert!(p["offered_pps"].as_f64().unwrap() >= 0.98 * p["asked_pps"].as_f64().unwrap(), "{p:#}");
+        }
+    }
+    // Four legs at 2,500 each with no loss is well within a looped generator's reach.
+    assert_eq!(l["median"].as_f64(), Some(10_000.0), "{l:#}");
+    assert_eq!(l["at_max"], 2, "{l:#}");
 }
 
 fn turnserver_missing() -> bool {
@@ -184,15 +250,21 @@ async fn turn_through_coturn() {
     }
     let dir = tempfile::tempdir().unwrap();
     let work = work_dir(dir.path());
-    let mut args = vec!["turn"];
+    let mut args = vec!["turn", "--turn-hops", "1,2"];
     args.extend(TRAFFIC);
     let r = loadtest(&work, &args, Duration::from_secs(30)).await;
-    let t = &r["traffic"][0];
-    assert_traffic(t, "turn");
-    assert_eq!(t["label"], "coturn");
-    assert_eq!(t["datagram_bytes"], 124, "ChannelData: a 4-byte header");
-    assert_eq!(t["server"]["source"], "proc");
-    assert!(t["server"]["rss_after"].as_u64().unwrap() > 0);
+    let (one, two) = (&r["traffic"][0], &r["traffic"][1]);
+    for (t, label, hops) in [(one, "coturn", 1), (two, "coturn-2hop", 2)] {
+        assert_traffic(t, "turn");
+        assert_eq!(t["label"], label);
+        assert_eq!(t["hops"], hops);
+        assert_eq!(t["datagram_bytes"], 124, "ChannelData: a 4-byte header");
+        assert_eq!(t["server"]["source"], "proc");
+        assert!(t["server"]["rss_after"].as_u64().unwrap() > 0);
+        assert!(t["cpu"]["threads_s"].as_f64().unwrap() > 0.0, "{t:#}");
+        // The listening port, and one relayed port per allocation.
+        assert!(t["buffers"]["sockets"].as_u64().unwrap() > 3 * hops, "{t:#}");
+    }
 }
 
 #[actix_rt::test]
@@ -204,8 +276,12 @@ async fn compare_puts_all_three_side_by_side() {
     args.extend(["--pairs", "2", "--rate", "50", "--duration", "1500ms"]);
     let r = loadtest(&work, &args, Duration::from_secs(50)).await;
     let labels: Vec<&str> = r["traffic"].as_array().unwrap().iter().map(|t| t["label"].as_str().unwrap()).collect();
-    let with_turn = confab_loadtest::turn::server::available("turnserver");
-    assert_eq!(labels, if with_turn { vec!["confab", "raw", "coturn"] } else { vec!["confab", "raw"] });
+    let with_turn = !turnserver_missing();
+    let mut want = vec!["confab", "raw", "raw-unbatched"];
+    if with_turn {
+        want.push("coturn");
+    }
+    assert_eq!(labels, want);
     for t in r["traffic"].as_array().unwrap() {
         assert!(t["delivered"].as_u64().unwrap() > 0, "{t:#}");
         assert!(t["loss_pct"].as_f64().unwrap() < 5.0, "{t:#}");
