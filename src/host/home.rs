@@ -84,6 +84,13 @@ impl Home {
             }
             tracing::warn!(path = %path.display(), "unreadable host state; picking a new port");
         }
+        self.new_port()
+    }
+
+    /// Picks a new port P that is free now, over UDP and TCP alike, and keeps it (the old
+    /// one is held by something else).
+    pub fn new_port(&self) -> anyhow::Result<u16> {
+        let path = self.dir.join("host.json");
         let span = u64::from(PORT_MAX - PORT_MIN) + 1;
         // A port something else already holds would make every login fail: pick one
         // that is free now, over UDP and TCP alike.

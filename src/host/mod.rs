@@ -579,7 +579,16 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         tokio::task::spawn_blocking(move || home.key()).await.expect("key task")?
     };
     let port = home.port()?;
-    let (udp, tcp_listener) = bind_port(port, home).await?;
+    let (udp, tcp_listener) = match bind_port(port, home).await {
+        Ok(b) => b,
+        // Something else took our port since we last used it (or since we picked it: a
+        // free port can be taken before it is bound): move to another, as a user expects.
+        Err(e) => {
+            let next = home.new_port()?;
+            tracing::warn!(error = %e, port, next, "port P is taken; moving to another");
+            bind_port(next, home).await?
+        }
+    };
     let udp = Arc::new(udp);
 
     let mut cache = HostCache::load(&home.cache_path());
