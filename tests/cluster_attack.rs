@@ -9,7 +9,7 @@ use confab::cluster::cert::{ClusterCert, StaticSecret};
 use confab::cluster::gossip::{Channel, ClusterKey, Header, Hello, PairKey};
 use confab::index::rpc::IndexRpc;
 use confab::supernode::index_router::SenderOf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::UdpSocket;
 
 const PW: &str = "correct horse battery";
@@ -17,15 +17,14 @@ const REJECTED: &str = "confab_cluster_packets_rejected_total";
 
 /// Polls the metrics until `name{labels}` has grown by at least `by` over `before`.
 async fn grows(t: &common::TestNet, name: &str, labels: &[&str], before: f64, by: f64) -> f64 {
-    let start = Instant::now();
-    loop {
-        let now = t.metric(&t.metrics().await, name, labels);
-        if now >= before + by {
-            return now;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "{name}{labels:?} stayed at {now} (from {before})");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut now = before;
+    let what = format!("{name}{labels:?} to grow by {by} from {before}");
+    common::wait_for(&what, Duration::from_secs(10), async || {
+        now = t.metric(&t.metrics().await, name, labels);
+        now >= before + by
+    })
+    .await;
+    now
 }
 
 /// Bytes waiting on the attacker's socket (it never blocks).

@@ -359,6 +359,11 @@ mod tests {
     }
 
     fn node(n: usize, secret: u8) -> Peers {
+        node_at(n, secret, T)
+    }
+
+    /// Node `n` (re)started at `now_ms`: a fresh static key and certificate.
+    fn node_at(n: usize, secret: u8, now_ms: u64) -> Peers {
         let (key, cred, trusted) = credential(n, &format!("sn{}", n + 1));
         let a = addr(1, 7000 + n as u16);
         Peers::new(
@@ -368,7 +373,7 @@ mod tests {
             ClusterKey::from_secret(&[secret; 32]),
             (a, None, None),
             ClusterLimits::default(),
-            T,
+            now_ms,
         )
         .unwrap()
     }
@@ -507,17 +512,7 @@ mod tests {
         assert!(matches!(b.receive(aa, &before[0].1, T + 2), Received::Rejected(Reject::Revoked)));
         assert_eq!(b.drop_revoked(), vec!["sn1".to_owned()]);
         assert_eq!(b.addr_of(a.me()), None);
-        let (key, cred, trusted) = credential(0, "sn1");
-        let mut a2 = Peers::new(
-            &key,
-            cred,
-            trusted,
-            ClusterKey::from_secret(&[1; 32]),
-            (aa, None, None),
-            ClusterLimits::default(),
-            T + 10_000,
-        )
-        .unwrap();
+        let mut a2 = node_at(0, 1, T + 10_000);
         let h2 = a2.hello(ba, true, T + 10_000).unwrap();
         assert!(matches!(b.receive(aa, &h2, T + 10_000), Received::Rejected(Reject::Revoked)));
     }
@@ -560,17 +555,7 @@ mod tests {
         let again = a.key.seal_hello(&Hello { want_reply: true, sent_ms: T + 1, cert: a.my_cert.clone() }).unwrap();
         let (_, back) = deliver(&mut b, aa, vec![(ba, again)], T + 1);
         assert!(back.is_empty());
-        let (key, cred, trusted) = credential(0, "sn1");
-        let mut a2 = Peers::new(
-            &key,
-            cred,
-            trusted,
-            ClusterKey::from_secret(&[1; 32]),
-            (aa, None, None),
-            ClusterLimits::default(),
-            T + 10_000,
-        )
-        .unwrap();
+        let mut a2 = node_at(0, 1, T + 10_000);
         assert!(a2.counter > a.counter);
         let h2 = a2.hello(ba, true, T + 10_000).unwrap();
         let (_, back) = deliver(&mut b, aa, vec![(ba, h2)], T + 10_000);
