@@ -1,17 +1,21 @@
 //! Relay CPU per relayed voice call: how much of a core the relay's worker threads
-//! (`relay-*`) spend forwarding N simultaneous Opus voice calls, next to a minimal UDP
-//! forwarder (`raw-fwd`: `recv_from`, a `HashMap` lookup, `send_to`) carrying the same
-//! traffic, so the cost of the relay's own work (parse, session lookup, token checks,
-//! latching, rate meters, counters) can be read off the ratio.
+//! (`relay-*`) spend forwarding N simultaneous Opus voice calls, next to minimal UDP
+//! forwarders (`raw-fwd`, `confab::relay::floor`) carrying the same traffic: the floor
+//! (`raw`: the workers' `recvmmsg`/`sendmmsg` loop with a `HashMap` lookup in place of
+//! the relay's rules) and an unbatched one (`raw-unbatched`: `recv_from`, lookup,
+//! `send_to`). The cost of the relay's own work (parse, session lookup, token checks,
+//! latching, rate meters, counters) can be read off the ratio to the floor.
 //!
 //! ```text
 //! cargo bench --bench relay_call
-//! RELAY_CALL_COUNTS=10,50,200 RELAY_CALL_SECS=10 RELAY_CALL_WORKERS=1,2 cargo bench --bench relay_call
+//! RELAY_CALL_COUNTS=10,50,200 RELAY_CALL_SECS=10 RELAY_CALL_WORKERS=1,2 RELAY_CALL_RUNS=5 cargo bench --bench relay_call
 //! ```
 //!
 //! - `RELAY_CALL_COUNTS`: calls per run (default `10,50,200`);
 //! - `RELAY_CALL_SECS`: length of each timed window (default 10);
-//! - `RELAY_CALL_WORKERS`: relay worker counts to run (default `1,2`).
+//! - `RELAY_CALL_WORKERS`: relay worker counts to run (default `1,2`);
+//! - `RELAY_CALL_RUNS`: how many times to run it all (default 1); from 2 on, a summary
+//!   gives each forwarder's median and range, and its ratio to the floor's in each run.
 //!
 //! Every call is two legs, each with its own UDP socket on 127.0.0.1 (the relay latches a
 //! leg to its source address), each sending one 20 ms voice frame to the relay: a
@@ -32,7 +36,7 @@
 
 use confab::relay::worker::WorkerConfig;
 use confab::relay::{
-    self, DropReason, Limits, RELAY_HEADER_LEN, RelayStats, RelayWorkers, SessionId, SessionTable, Token,
+    self, DropReason, Limits, RELAY_HEADER_LEN, RelayStats, RelayWorkers, SessionId, SessionTable, Token, floor,
 };
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use std::collections::{BTreeMap, HashMap};
@@ -66,6 +70,7 @@ struct Settings {
     counts: Vec<usize>,
     window: Duration,
     workers: Vec<usize>,
+    runs: usize,
 }
 
 fn env_list(name: &str, default: &str) -> Vec<usize> {
@@ -87,7 +92,9 @@ impl Settings {
         let workers = env_list("RELAY_CALL_WORKERS", "1,2");
         assert!(counts.iter().all(|&n| n > 0), "RELAY_CALL_COUNTS must be above zero");
         assert!(workers.iter().all(|&w| w > 0), "RELAY_CALL_WORKERS must be above zero");
-        Self { counts, window: Duration::from_secs_f64(secs), workers }
+        let runs = env_list("RELAY_CALL_RUNS", "1").first().copied().unwrap_or(1);
+        assert!(runs > 0, "RELAY_CALL_RUNS must be above zero");
+        Self { counts, window: Duration::from_secs_f64(secs), workers, runs }
     }
 }
 
@@ -158,19 +165,18 @@ fn clock_ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
-/// The minimal forwarder the relay is compared with: no parsing, no latching, no
-/// limits, a plain map from each leg to the other.
+/// A forwarder the relay is compared with (`confab::relay::floor`): no parsing, no
+/// latching, no limits, a plain map from each leg to the other; batched as the relay's
+/// workers are (the floor), or one datagram per call.
 struct RawForwarder {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    received: Arc<AtomicU64>,
-    forwarded: Arc<AtomicU64>,
-    send_failed: Arc<AtomicU64>,
+    counts: Arc<floor::Counts>,
 }
 
 impl RawForwarder {
-    fn start(routes: HashMap<SocketAddr, SocketAddr>) -> io::Result<Self> {
+    fn start(mode: floor::Mode, routes: HashMap<SocketAddr, SocketAddr>) -> io::Result<Self> {
         // The relay's own socket settings, so buffers and timeouts are not the difference.
         let config = WorkerConfig::default();
         let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
@@ -182,28 +188,14 @@ impl RawForwarder {
         socket.set_write_timeout(Some(config.io_timeout))?;
         let addr = socket.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let (received, forwarded, send_failed) = (Arc::default(), Arc::default(), Arc::default());
+        let counts = Arc::new(floor::Counts::default());
         let thread = {
-            let stop = Arc::clone(&stop);
-            let received: Arc<AtomicU64> = Arc::clone(&received);
-            let forwarded: Arc<AtomicU64> = Arc::clone(&forwarded);
-            let send_failed: Arc<AtomicU64> = Arc::clone(&send_failed);
-            std::thread::Builder::new().name("raw-fwd".into()).spawn(move || {
-                let mut buf = vec![0u8; relay::RELAYED_LEN_MAX + 1];
-                while !stop.load(Relaxed) {
-                    let Ok((len, from)) = socket.recv_from(&mut buf) else { continue };
-                    // Counted in shared atomics, as the relay counts each batch (one datagram, until
-                    // recvmmsg), so bookkeeping is not the difference either.
-                    received.fetch_add(1, Relaxed);
-                    let Some(&to) = routes.get(&from) else { continue };
-                    match socket.send_to(&buf[..len], to) {
-                        Ok(_) => forwarded.fetch_add(1, Relaxed),
-                        Err(_) => send_failed.fetch_add(1, Relaxed),
-                    };
-                }
-            })?
+            let (stop, counts) = (Arc::clone(&stop), Arc::clone(&counts));
+            std::thread::Builder::new()
+                .name("raw-fwd".into())
+                .spawn(move || floor::forward(mode, &socket, &routes, &stop, &counts))?
         };
-        Ok(Self { addr, stop, thread: Some(thread), received, forwarded, send_failed })
+        Ok(Self { addr, stop, thread: Some(thread), counts })
     }
 }
 
@@ -240,9 +232,9 @@ impl Forwarder {
         match self {
             Self::Relay(w) => w.stats(),
             Self::Raw(r) => RelayStats {
-                received: r.received.load(Relaxed),
-                forwarded: r.forwarded.load(Relaxed),
-                send_failed: r.send_failed.load(Relaxed),
+                received: r.counts.received.load(Relaxed),
+                forwarded: r.counts.forwarded.load(Relaxed),
+                send_failed: r.counts.send_failed.load(Relaxed),
                 ..RelayStats::default()
             },
         }
@@ -339,6 +331,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 /// Everything one run measured.
 struct Row {
+    run: usize,
     forwarder: &'static str,
     workers: usize,
     calls: usize,
@@ -420,7 +413,8 @@ fn run(forwarder_kind: &'static str, workers: usize, calls: usize, window: Durat
     } else {
         let routes = addrs.chunks(2).flat_map(|p| [(p[0], p[1]), (p[1], p[0])]).collect();
         let grants = (0..calls).map(|i| (SessionId(i as u32 + 1), Token::random(), Token::random())).collect();
-        (Forwarder::Raw(RawForwarder::start(routes).expect("start the raw forwarder")), grants)
+        let mode = if forwarder_kind == "raw" { floor::Mode::Batched } else { floor::Mode::Unbatched };
+        (Forwarder::Raw(RawForwarder::start(mode, routes).expect("start the raw forwarder")), grants)
     };
     let to = forwarder.addr();
     let mut legs: Vec<Leg> = Vec::with_capacity(2 * calls);
@@ -475,6 +469,7 @@ fn run(forwarder_kind: &'static str, workers: usize, calls: usize, window: Durat
     assert!(cpu0.len() >= if prefix == "relay-" { workers } else { 1 }, "forwarder threads not found in /proc");
     let unexpected_drops = last.drops.iter().sum::<u64>() - after_latch.dropped(DropReason::PeerUnknown);
     let row = Row {
+        run: 0,
         forwarder: forwarder_kind,
         workers,
         calls,
@@ -509,13 +504,19 @@ fn run(forwarder_kind: &'static str, workers: usize, calls: usize, window: Durat
     row
 }
 
+/// The forwarders each call count runs through, in order: the two baselines, then the
+/// relay with each worker count.
+const BASELINES: [&str; 2] = ["raw", "raw-unbatched"];
+
 fn print_table(rows: &[Row], hz: u64) {
-    let raw_us: HashMap<usize, f64> =
-        rows.iter().filter(|r| r.forwarder == "raw").map(|r| (r.calls, r.us_per_packet())).collect();
+    let baseline_us = |kind: &str, run: usize, calls: usize| {
+        rows.iter().find(|r| r.forwarder == kind && r.run == run && r.calls == calls).map(Row::us_per_packet)
+    };
     println!();
     println!(
-        "{:<10} {:>5} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>8} {:>7} {:>8} {:>9}",
+        "{:<14} {:>3} {:>5} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>8} {:>8} {:>7} {:>8} {:>9}",
         "forwarder",
+        "run",
         "calls",
         "fwd/s",
         "CPU %",
@@ -524,19 +525,25 @@ fn print_table(rows: &[Row], hz: u64) {
         "µs/s/call",
         "µs/pkt",
         "vs raw",
+        "vs unb.",
         "loss %",
         "proc %",
         "drops+err"
     );
     for r in rows {
-        let name = if r.forwarder == "raw" { "raw".to_owned() } else { format!("{} x{}", r.forwarder, r.workers) };
-        let ratio = match raw_us.get(&r.calls) {
-            Some(raw) if r.forwarder != "raw" => format!("{:.2}x", r.us_per_packet() / raw),
+        let name = if BASELINES.contains(&r.forwarder) {
+            r.forwarder.to_owned()
+        } else {
+            format!("{} x{}", r.forwarder, r.workers)
+        };
+        let ratio = |kind: &str| match baseline_us(kind, r.run, r.calls) {
+            Some(base) if r.forwarder != kind => format!("{:.2}x", r.us_per_packet() / base),
             _ => "-".to_owned(),
         };
         println!(
-            "{:<10} {:>5} {:>9.0} {:>9.2} {:>9.1} {:>9.3} {:>10.1} {:>10.2} {:>8} {:>7.3} {:>8.1} {:>9}",
+            "{:<14} {:>3} {:>5} {:>9.0} {:>9.2} {:>9.1} {:>9.3} {:>10.1} {:>10.2} {:>8} {:>8} {:>7.3} {:>8.1} {:>9}",
             name,
+            r.run + 1,
             r.calls,
             r.forwarded_per_s(),
             r.cpu_pct(),
@@ -544,7 +551,8 @@ fn print_table(rows: &[Row], hz: u64) {
             r.cpu_pct() / r.calls as f64,
             r.worker_cpu.ns as f64 / 1e3 / r.window_s / r.calls as f64,
             r.us_per_packet(),
-            ratio,
+            ratio("raw"),
+            ratio("raw-unbatched"),
             r.loss_pct(),
             r.process_ticks as f64 / hz as f64 / r.window_s * 100.0,
             r.unexpected_drops + r.send_failed,
@@ -553,29 +561,71 @@ fn print_table(rows: &[Row], hz: u64) {
     println!();
     println!(
         "CPU % = forwarder threads' CPU as % of one core (schedstat ns); (ticks) = the same from utime+stime at \
-         {hz} Hz; %/call and µs/s/call = CPU per call; µs/pkt = CPU per forwarded datagram; vs raw = µs/pkt over \
-         the raw forwarder's at the same call count; loss over the whole run after latching; proc % = whole \
-         process (senders and receivers included); drops+err = relay drops other than the handshake's \
-         peer_unknown, plus send failures."
+         {hz} Hz; %/call and µs/s/call = CPU per call; µs/pkt = CPU per forwarded datagram; vs raw / vs unb. = \
+         µs/pkt over the batched floor's / the unbatched forwarder's in the same run at the same call count; loss \
+         over the whole run after latching; proc % = whole process (senders and receivers included); drops+err = \
+         relay drops other than the handshake's peer_unknown, plus send failures."
     );
+    let runs = rows.iter().map(|r| r.run).max().unwrap_or(0) + 1;
+    if runs < 2 {
+        return;
+    }
+    // Over several runs: the median and range of each ratio to the floor.
+    println!();
+    println!("{:<14} {:>5} {:>24} {:>24}", "forwarder", "calls", "µs/pkt median (range)", "vs raw median (range)");
+    let mut keys: Vec<(&str, usize, usize)> = rows.iter().map(|r| (r.forwarder, r.workers, r.calls)).collect();
+    keys.dedup();
+    keys.sort_by_key(|&(f, w, c)| (c, BASELINES.contains(&f) as u8 ^ 1, f, w));
+    keys.dedup();
+    for (f, w, c) in keys {
+        let mine: Vec<&Row> = rows.iter().filter(|r| (r.forwarder, r.workers, r.calls) == (f, w, c)).collect();
+        let us: Vec<f64> = mine.iter().map(|r| r.us_per_packet()).collect();
+        let ratios: Vec<f64> =
+            mine.iter().filter_map(|r| baseline_us("raw", r.run, c).map(|b| r.us_per_packet() / b)).collect();
+        let name = if BASELINES.contains(&f) { f.to_owned() } else { format!("{f} x{w}") };
+        let ratio = if f == "raw" { "-".to_owned() } else { summary(&ratios, "x") };
+        println!("{:<14} {:>5} {:>24} {:>24}", name, c, summary(&us, ""), ratio);
+    }
+}
+
+/// "median (low–high)" of `values`, each followed by `unit`.
+fn summary(values: &[f64], unit: &str) -> String {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return "-".to_owned();
+    }
+    v.sort_by(f64::total_cmp);
+    let median = if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
+    format!("{median:.2}{unit} ({:.2}–{:.2})", v[0], v[v.len() - 1])
 }
 
 fn main() {
     let settings = Settings::from_env();
     let hz = clock_ticks_per_second();
-    let runs = settings.counts.len() * (1 + settings.workers.len());
+    let per_run = settings.counts.len() * (BASELINES.len() + settings.workers.len());
+    let runs = settings.runs * per_run;
     eprintln!(
-        "relay_call: calls {:?}, relay workers {:?}, {:.0} s windows, {runs} runs (~{:.0} s)",
+        "relay_call: calls {:?}, relay workers {:?}, {:.0} s windows, {} runs of {per_run} (~{:.0} s)",
         settings.counts,
         settings.workers,
         settings.window.as_secs_f64(),
+        settings.runs,
         runs as f64 * (settings.window + WARMUP + DRAIN).as_secs_f64()
     );
     let mut rows = Vec::new();
-    for &calls in &settings.counts {
-        rows.push(run("raw", 1, calls, settings.window, hz));
-        for &workers in &settings.workers {
-            rows.push(run("confab", workers, calls, settings.window, hz));
+    for run_index in 0..settings.runs {
+        for &calls in &settings.counts {
+            let mut row = |kind: &'static str, workers: usize| {
+                let mut r = run(kind, workers, calls, settings.window, hz);
+                r.run = run_index;
+                rows.push(r);
+            };
+            for kind in BASELINES {
+                row(kind, 1);
+            }
+            for &workers in &settings.workers {
+                row("confab", workers);
+            }
         }
     }
     print_table(&rows, hz);

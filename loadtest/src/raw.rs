@@ -1,7 +1,7 @@
-//! The baselines: the least a UDP relay can do. One thread, one socket: receive, look the
-//! destination up by source address, send. No header, no session, no token, no rate
-//! cap — what is left is the kernel's cost of a forwarded datagram, which the confab
-//! relay pays too.
+//! The baselines: the least a UDP relay can do, the loops of `confab::relay::floor`. One
+//! thread, one socket: receive, look the destination up by source address, send. No
+//! header, no session, no token, no rate cap — what is left is the kernel's cost of a
+//! forwarded datagram, which the confab relay pays too.
 //!
 //! Two ways, each a baseline of its own:
 //! - **batched** (`raw`, the floor): `recvmmsg` up to [`BATCH`] datagrams a call, then
@@ -15,43 +15,25 @@
 //! `/proc`. [`Forwarder`] runs the same loop in a thread of this process (unit tests).
 
 use crate::traffic::{Leg, Pair, leg_socket};
-use confab::relay::mmsg::{self, RecvBatch};
+use confab::relay::floor::{self, Counts};
+use confab::relay::mmsg;
 use std::collections::HashMap;
 use std::io::{self, BufRead, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use confab::relay::floor::Mode;
+
 /// Datagrams per receive and send call: the relay workers' default (`batch`).
 pub const BATCH: usize = mmsg::BATCH_MAX;
-/// Receive calls per wake-up before looking at `stop`: the relay workers' default.
-const READ_BUDGET: usize = 8;
 /// The forwarding thread's name, by which its CPU is found in `/proc`.
 pub const THREAD_NAME: &str = "raw-forwarder";
 /// Socket buffers the forwarder asks for: what the relay's workers ask for.
 pub const BUFFER_BYTES: usize = 4 << 20;
-
-/// Which loop forwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// `recvmmsg` / `sendmmsg`, [`BATCH`] at a time.
-    Batched,
-    /// `recv_from` / `send_to`, one at a time.
-    Unbatched,
-}
-
-impl Mode {
-    /// The column title.
-    pub fn label(self) -> &'static str {
-        match self {
-            Mode::Batched => "raw",
-            Mode::Unbatched => "raw-unbatched",
-        }
-    }
-}
 
 /// The forwarder's socket: `buffer_bytes` asked for (None: the kernel's defaults), a read
 /// timeout that bounds noticing a stop.
@@ -85,78 +67,12 @@ fn legs(addr: SocketAddr, pairs: usize) -> anyhow::Result<(Vec<Pair>, HashMap<So
     Ok((legs, routes))
 }
 
-/// Forwards until `stop`: one of the two loops.
-pub fn forward(
-    mode: Mode,
-    socket: &UdpSocket,
-    routes: &HashMap<SocketAddr, SocketAddr>,
-    stop: &AtomicBool,
-    forwarded: &AtomicU64,
-) {
-    match mode {
-        Mode::Batched => forward_batched(socket, routes, stop, forwarded),
-        Mode::Unbatched => forward_unbatched(socket, routes, stop, forwarded),
-    }
-}
-
-fn forward_unbatched(
-    socket: &UdpSocket,
-    routes: &HashMap<SocketAddr, SocketAddr>,
-    stop: &AtomicBool,
-    forwarded: &AtomicU64,
-) {
-    let mut buf = vec![0u8; 4096];
-    while !stop.load(Relaxed) {
-        let (n, from) = match socket.recv_from(&mut buf) {
-            Ok(r) => r,
-            Err(_) => continue,
-        };
-        if let Some(to) = routes.get(&from)
-            && socket.send_to(&buf[..n], to).is_ok()
-        {
-            forwarded.fetch_add(1, Relaxed);
-        }
-    }
-}
-
-/// The relay worker's loop without the relay: up to [`READ_BUDGET`] batches per wake-up,
-/// each received with one `recvmmsg`, routed by source address, sent with `sendmmsg`.
-fn forward_batched(
-    socket: &UdpSocket,
-    routes: &HashMap<SocketAddr, SocketAddr>,
-    stop: &AtomicBool,
-    forwarded: &AtomicU64,
-) {
-    let mut batch = RecvBatch::new(BATCH, 4096);
-    let mut to = [None; BATCH];
-    while !stop.load(Relaxed) {
-        let mut done = 0u64;
-        for _ in 0..READ_BUDGET {
-            let n = match batch.recv(socket) {
-                Ok(n) => n,
-                Err(_) => break,
-            };
-            for (i, t) in to.iter_mut().enumerate().take(n) {
-                let (_, from) = batch.get_mut(i);
-                *t = from.and_then(|f| routes.get(&f).copied());
-            }
-            done += batch.send(socket, &to[..n]).sent as u64;
-            if n < batch.capacity() {
-                break;
-            }
-        }
-        if done > 0 {
-            forwarded.fetch_add(done, Relaxed);
-        }
-    }
-}
-
 /// A forwarder in a thread of this process.
 pub struct Forwarder {
     /// Where it listens.
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    forwarded: Arc<AtomicU64>,
+    counts: Arc<Counts>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -168,19 +84,19 @@ impl Forwarder {
         let addr = socket.local_addr()?;
         let (legs, routes) = legs(addr, pairs)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let forwarded = Arc::new(AtomicU64::new(0));
+        let counts = Arc::new(Counts::default());
         let thread = {
-            let (stop, forwarded) = (stop.clone(), forwarded.clone());
+            let (stop, counts) = (stop.clone(), counts.clone());
             std::thread::Builder::new()
                 .name(THREAD_NAME.into())
-                .spawn(move || forward(mode, &socket, &routes, &stop, &forwarded))?
+                .spawn(move || floor::forward(mode, &socket, &routes, &stop, &counts))?
         };
-        Ok((Self { addr, stop, forwarded, thread: Some(thread) }, legs))
+        Ok((Self { addr, stop, counts, thread: Some(thread) }, legs))
     }
 
     /// Datagrams forwarded so far.
     pub fn forwarded(&self) -> u64 {
-        self.forwarded.load(Relaxed)
+        self.counts.forwarded.load(Relaxed)
     }
 }
 
@@ -270,11 +186,11 @@ pub fn serve(ip: IpAddr, mode: Mode, buffer_bytes: Option<usize>) -> anyhow::Res
         routes.insert(a.parse()?, b.parse()?);
     }
     let stop = AtomicBool::new(false);
-    let forwarded = AtomicU64::new(0);
+    let counts = Counts::default();
     std::thread::scope(|s| {
         std::thread::Builder::new()
             .name(THREAD_NAME.into())
-            .spawn_scoped(s, || forward(mode, &socket, &routes, &stop, &forwarded))
+            .spawn_scoped(s, || floor::forward(mode, &socket, &routes, &stop, &counts))
             .map(drop)
     })?;
     Ok(())

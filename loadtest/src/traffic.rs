@@ -604,7 +604,7 @@ fn receive(
         poll.registry().register(&mut SourceFd(&socket.as_raw_fd()), Token(k), Interest::READABLE)?;
     }
     let mut events = Events::with_capacity(1024);
-    let mut batch = RecvBatch::new(BATCH, 4096);
+    let mut batch = RecvBatch::new(BATCH, 4096).full_requests();
     while !shared.stop.load(Relaxed) {
         match poll.poll(&mut events, Some(Duration::from_millis(20))) {
             Ok(()) => {}
@@ -666,7 +666,7 @@ fn receive(
                         out.reordered += 1;
                     }
                 }
-                if n < batch.capacity() {
+                if batch.drained() {
                     break;
                 }
             }

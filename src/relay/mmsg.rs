@@ -31,8 +31,18 @@ pub struct RecvBatch {
     bufs: Vec<Box<[u8]>>,
     lens: Vec<usize>,
     froms: Vec<Option<SocketAddr>>,
+    /// Datagrams the next receive asks for: doubled after a receive that filled its
+    /// request, cut to what came after one that did not (see [`RecvBatch::recv`]).
+    want: usize,
+    /// Whether `want` follows the traffic (else every receive asks for the capacity).
+    adaptive: bool,
+    /// Datagrams the last receive asked for, and took.
+    asked: usize,
+    took: usize,
     overflow: Option<u32>,
-    received_at: Option<std::time::SystemTime>,
+    /// The first datagram's kernel receive time as (seconds, nanoseconds) since the
+    /// Unix epoch, turned into a `SystemTime` only when asked (one batch in many).
+    received_at: Option<(u64, u32)>,
     #[cfg(target_os = "linux")]
     names: Vec<libc::sockaddr_storage>,
     #[cfg(target_os = "linux")]
@@ -52,6 +62,10 @@ impl RecvBatch {
             bufs: (0..count).map(|_| vec![0u8; len].into_boxed_slice()).collect(),
             lens: vec![0; count],
             froms: vec![None; count],
+            want: 1,
+            adaptive: true,
+            asked: 1,
+            took: 0,
             overflow: None,
             received_at: None,
             // SAFETY: sockaddr_storage is plain old data; all zeros is a valid value.
@@ -62,9 +76,25 @@ impl RecvBatch {
         }
     }
 
+    /// Every receive asks for the capacity, as for a reader of non-blocking sockets that
+    /// reads each dry (a short request there only adds calls).
+    pub fn full_requests(mut self) -> Self {
+        self.adaptive = false;
+        self.want = self.bufs.len();
+        self
+    }
+
     /// How many datagrams one call can take.
     pub fn capacity(&self) -> usize {
         self.bufs.len()
+    }
+
+    /// Whether the last receive took less than a full batch: the socket's queue may be
+    /// empty, so a loop that must not sleep between receives stops here (the next
+    /// receive may block). A receive that asked for fewer than the capacity and got them
+    /// all counts as drained too: only a full batch says more is likely queued.
+    pub fn drained(&self) -> bool {
+        self.took < self.bufs.len()
     }
 
     /// Datagram `i` of the last receive (its bytes, which the caller may change in
@@ -88,17 +118,25 @@ impl RecvBatch {
     /// When the kernel received the first datagram of the last receive (needs
     /// [`enable_rx_timestamps`]).
     pub fn received_at(&self) -> Option<std::time::SystemTime> {
-        self.received_at
+        self.received_at.map(|(secs, nanos)| std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos))
     }
 
     /// Receives up to [`RecvBatch::capacity`] datagrams: blocks (up to the socket's read
     /// timeout) for the first, then takes what is already queued. Returns how many.
+    ///
+    /// It asks for as many as the last receive suggests, not always the capacity: after
+    /// taking the first datagram the kernel tries once more for every slot left, and a
+    /// try that finds the queue empty is as dear as a receive. At voice rates a wake-up
+    /// finds one datagram, so asking for one spares that try; a receive that fills its
+    /// request doubles the next, so a burst reaches the full batch within a few calls.
     /// A datagram longer than its buffer is cut to the buffer's length (the caller sizes
     /// buffers one byte above the longest valid datagram to tell).
     #[cfg(target_os = "linux")]
     pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
-        let n = self.bufs.len();
+        let n = self.want.clamp(1, self.bufs.len());
+        self.asked = n;
+        self.took = 0;
         // SAFETY: plain old data; all zeros is valid for each. On the stack: no
         // allocation per call.
         let mut iovecs: [libc::iovec; BATCH_MAX] = unsafe { std::mem::zeroed() };
@@ -128,18 +166,24 @@ impl RecvBatch {
         if got < 0 {
             return Err(io::Error::last_os_error());
         }
-        let got = got as usize;
+        let got = (got as usize).min(n);
         self.received_at = None;
-        let got = got.min(n);
+        self.took = got;
+        if self.adaptive {
+            self.want = if got == n { (2 * n).min(self.bufs.len()) } else { got.max(1) };
+        }
         for (i, h) in hdrs.iter().enumerate().take(got) {
             self.lens[i] = (h.msg_len as usize).min(self.bufs[i].len());
             self.froms[i] = from_storage(&self.names[i], h.msg_hdr.msg_namelen);
         }
-        // Control messages are read twice a call, not per datagram: the first datagram's
-        // receive time, and the last one's drop count (a running total, so the newest).
+        // Control messages are read at most twice a call, not per datagram: the first
+        // datagram's receive time, and the last one's drop count (a running total, so
+        // the newest). One datagram, the common case at voice rates, is read once.
         if got > 0 {
-            self.received_at = control_of(&hdrs[0].msg_hdr).1;
-            if let Some(count) = control_of(&hdrs[got - 1].msg_hdr).0 {
+            let (first_count, first_at) = control_of(&hdrs[0].msg_hdr);
+            self.received_at = first_at;
+            let count = if got == 1 { first_count } else { control_of(&hdrs[got - 1].msg_hdr).0 };
+            if let Some(count) = count {
                 self.overflow = Some(count);
             }
         }
@@ -149,9 +193,13 @@ impl RecvBatch {
     /// One datagram per call where `recvmmsg` is not available.
     #[cfg(not(target_os = "linux"))]
     pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        // One per call here: a call always leaves the queue looking drained.
+        self.asked = self.bufs.len();
+        self.took = 0;
         let (len, from) = socket.recv_from(&mut self.bufs[0])?;
         self.lens[0] = len;
         self.froms[0] = Some(from);
+        self.took = 1;
         Ok(1)
     }
 }
@@ -159,7 +207,7 @@ impl RecvBatch {
 /// The running drop count (`SO_RXQ_OVFL`) and the receive time (`SCM_TIMESTAMPNS`) in a
 /// received message's control messages.
 #[cfg(target_os = "linux")]
-fn control_of(msg: &libc::msghdr) -> (Option<u32>, Option<std::time::SystemTime>) {
+fn control_of(msg: &libc::msghdr) -> (Option<u32>, Option<(u64, u32)>) {
     let (mut overflow, mut at) = (None, None);
     // SAFETY: `msg` is a msghdr the kernel just filled: its control pointer and length
     // describe our control buffer, and the CMSG_* macros stay within that length; each
@@ -171,9 +219,7 @@ fn control_of(msg: &libc::msghdr) -> (Option<u32>, Option<std::time::SystemTime>
                 overflow = Some(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<u32>()));
             } else if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
                 let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
-                at = u64::try_from(ts.tv_sec).ok().map(|secs| {
-                    std::time::UNIX_EPOCH + std::time::Duration::new(secs, ts.tv_nsec.clamp(0, 999_999_999) as u32)
-                });
+                at = u64::try_from(ts.tv_sec).ok().map(|secs| (secs, ts.tv_nsec.clamp(0, 999_999_999) as u32));
             }
             c = libc::CMSG_NXTHDR(msg, c);
         }
@@ -295,8 +341,10 @@ fn send_each<'a>(socket: &UdpSocket, count: usize, msg: impl Fn(usize) -> (&'a [
     use std::os::fd::AsRawFd;
     let count = count.min(BATCH_MAX);
     let mut out = Sent::default();
-    // SAFETY: plain old data; all zeros is valid for each.
-    let mut names: [libc::sockaddr_storage; BATCH_MAX] = unsafe { std::mem::zeroed() };
+    // SAFETY: plain old data; all zeros is valid for each. Names are `sockaddr_in6`, the
+    // larger of the two families, not `sockaddr_storage`: a quarter of the bytes to
+    // clear on every call.
+    let mut names: [libc::sockaddr_in6; BATCH_MAX] = unsafe { std::mem::zeroed() };
     let mut iovecs: [libc::iovec; BATCH_MAX] = unsafe { std::mem::zeroed() };
     let mut hdrs: [libc::mmsghdr; BATCH_MAX] = unsafe { std::mem::zeroed() };
     let mut lens = [0usize; BATCH_MAX];
@@ -352,21 +400,26 @@ fn send_each<'a>(socket: &UdpSocket, count: usize, msg: impl Fn(usize) -> (&'a [
     out
 }
 
-/// Writes `addr` into `storage` as the kernel expects it; returns its length.
+/// Writes `addr` into `storage` (all zeros before) as the kernel expects it; returns its
+/// length.
 #[cfg(target_os = "linux")]
-fn to_storage(addr: SocketAddr, storage: &mut libc::sockaddr_storage) -> libc::socklen_t {
+fn to_storage(addr: SocketAddr, storage: &mut libc::sockaddr_in6) -> libc::socklen_t {
+    const _: () = assert!(
+        std::mem::size_of::<libc::sockaddr_in>() <= std::mem::size_of::<libc::sockaddr_in6>()
+            && std::mem::align_of::<libc::sockaddr_in>() <= std::mem::align_of::<libc::sockaddr_in6>()
+    );
     match addr {
         SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
-            let s = unsafe { &mut *(storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            // SAFETY: sockaddr_in6 is at least as large and as aligned as sockaddr_in
+            // (checked above at compile time).
+            let s = unsafe { &mut *(storage as *mut libc::sockaddr_in6).cast::<libc::sockaddr_in>() };
             s.sin_family = libc::AF_INET as libc::sa_family_t;
             s.sin_port = a.port().to_be();
             s.sin_addr = libc::in_addr { s_addr: u32::from(*a.ip()).to_be() };
             std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
         }
         SocketAddr::V6(a) => {
-            // SAFETY: as above, for sockaddr_in6.
-            let s = unsafe { &mut *(storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let s = storage;
             s.sin6_family = libc::AF_INET6 as libc::sa_family_t;
             s.sin6_port = a.port().to_be();
             s.sin6_flowinfo = a.flowinfo();
@@ -454,6 +507,45 @@ mod tests {
             let at = batch.received_at().expect("a receive timestamp");
             assert!(at >= before - Duration::from_millis(5) && at <= std::time::SystemTime::now(), "{at:?}");
         }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn requests_grow_with_a_queue_and_shrink_when_it_drains() {
+        let (rx, tx) = (udp("127.0.0.1:0"), udp("127.0.0.1:0"));
+        let to = rx.local_addr().unwrap();
+        // Over loopback each datagram is queued at the receiver before send_to returns.
+        for i in 0..40u8 {
+            tx.send_to(&[i], to).unwrap();
+        }
+        let mut batch = RecvBatch::new(BATCH_MAX, 16);
+        let mut sizes = Vec::new();
+        while sizes.iter().sum::<usize>() < 40 {
+            sizes.push(batch.recv(&rx).unwrap());
+            assert!(batch.drained(), "none of these is a full batch");
+        }
+        assert_eq!(sizes, [1, 2, 4, 8, 16, 9], "doubling while each request fills");
+        // One at a time, as voice arrives: asks for what came last, then for one.
+        tx.send_to(&[0], to).unwrap();
+        assert_eq!(batch.recv(&rx).unwrap(), 1);
+        assert_eq!(batch.asked, 9);
+        tx.send_to(&[0], to).unwrap();
+        assert_eq!(batch.recv(&rx).unwrap(), 1);
+        assert_eq!(batch.asked, 1);
+        // A full batch is not drained: more is likely queued.
+        for i in 0..40u8 {
+            tx.send_to(&[i], to).unwrap();
+        }
+        let mut full = RecvBatch::new(4, 16);
+        while full.recv(&rx).unwrap() < 4 {}
+        assert!(!full.drained());
+        while full.recv(&rx).unwrap() == 4 {}
+        // A reader of sockets it drains asks for the capacity every time.
+        let mut all = RecvBatch::new(BATCH_MAX, 16).full_requests();
+        for i in 0..3u8 {
+            tx.send_to(&[i], to).unwrap();
+        }
+        assert_eq!((all.recv(&rx).unwrap(), all.drained()), (3, true));
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //!   each running receive → decide → wipe token → send, counted per worker.
 //! - [`tcp`] — legs over TCP on the same port number, for hosts whose UDP is blocked.
 //! - [`handoff`] — leg B's token sealed to the callee, so the caller cannot use it.
+//! - [`floor`] — the least a forwarder can do, batched as the workers are: the baseline
+//!   benchmarks and the load-test harness measure the relay against.
 //!
 //! The relay never decrypts media: the inner packet is sealed end to end
 //! ([`crate::call::media`]) and the relay only reads its own 21-byte header.
@@ -19,6 +21,7 @@
 //! clock shared by the workers and the control plane), so `allocate`, `idle_ms` and the
 //! workers' `decide` calls agree on what "now" is.
 
+pub mod floor;
 pub mod handoff;
 pub mod mmsg;
 pub mod packet;
