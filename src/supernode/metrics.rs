@@ -54,6 +54,12 @@ fn describe_index() {
     describe_counter!("confab_index_entries_expired_total", "Entries dropped after the retention window");
 }
 
+/// The `path` labels of `confab_calls_total` (a host cannot add others).
+const CALL_PATHS: [&str; 5] = ["direct", "punched", "relayed_udp", "relayed_tcp", "none"];
+/// The `outcome` labels of `confab_calls_total`.
+const CALL_OUTCOMES: [&str; 8] =
+    ["hung_up", "declined", "busy", "cancelled", "no_answer", "unreachable", "media_failed", "lost"];
+
 /// Per-node metric helpers (labels are the node name and bounded enums only).
 #[derive(Debug)]
 pub struct NodeMetrics {
@@ -66,6 +72,17 @@ impl NodeMetrics {
     pub fn new(node: &str) -> Self {
         describe();
         gauge!("confab_supernode_hosts_connected", "node" => node.to_owned()).set(0.0);
+        // Every call series at zero from the start: a counter whose first sample is
+        // already 1 never shows a rate, and its panel "No data" until the next call.
+        for path in CALL_PATHS {
+            for outcome in CALL_OUTCOMES {
+                counter!("confab_calls_total", "node" => node.to_owned(), "path" => path, "outcome" => outcome)
+                    .absolute(0);
+            }
+            if path != "none" {
+                let _ = metrics::histogram!("confab_call_setup_duration_seconds", "node" => node.to_owned(), "path" => path);
+            }
+        }
         Self { node: node.to_owned(), logged: Mutex::new(HashSet::new()) }
     }
 
@@ -118,11 +135,8 @@ impl NodeMetrics {
     /// A host reported a call it placed. Only known labels are counted: a host cannot
     /// make up label values (and so cannot grow the metric's cardinality).
     pub fn call(&self, s: &crate::wire::message::CallStats) {
-        const PATHS: [&str; 5] = ["direct", "punched", "relayed_udp", "relayed_tcp", "none"];
-        const OUTCOMES: [&str; 8] =
-            ["hung_up", "declined", "busy", "cancelled", "no_answer", "unreachable", "media_failed", "lost"];
-        let path = PATHS.iter().find(|p| **p == s.path).copied().unwrap_or("none");
-        let Some(outcome) = OUTCOMES.iter().find(|o| **o == s.outcome).copied() else { return };
+        let path = CALL_PATHS.iter().find(|p| **p == s.path).copied().unwrap_or("none");
+        let Some(outcome) = CALL_OUTCOMES.iter().find(|o| **o == s.outcome).copied() else { return };
         counter!("confab_calls_total", "node" => self.node.clone(), "path" => path, "outcome" => outcome).increment(1);
         if path != "none" {
             metrics::histogram!("confab_call_setup_duration_seconds", "node" => self.node.clone(), "path" => path)
