@@ -271,7 +271,12 @@ impl Guard for MemoryGuard {
         s.second.1 = s.second.1.saturating_add(1);
         let surge = s.second.1 > p.surge_requests_per_sec;
         let level = s.sources.level(&source, now);
-        if level >= f64::from(p.source_refuse_after) {
+        // Refused from the refuse_after-th failure until the level has drained to one
+        // below it, as the wait we announce says: a level that merely dipped under the
+        // threshold a second later must not buy a guesser another try at once.
+        let refusing = level >= f64::from(p.source_refuse_after)
+            || (p.source_refuse_after > 0 && level > f64::from(p.source_refuse_after) - 1.0);
+        if refusing {
             let wait = s.sources.secs_until(&source, f64::from(p.source_refuse_after) - 1.0, now);
             return Gate::Refuse(wait.max(1));
         }
@@ -371,6 +376,22 @@ mod tests {
         // One failure forgiven per second: back to puzzles, then to nothing.
         assert_eq!(g.admit(A, RequestKind::Login, 102), Gate::Puzzle(14));
         assert_eq!(g.admit(A, RequestKind::Login, 106), Gate::Admit);
+    }
+
+    #[test]
+    fn a_refusal_lasts_as_long_as_it_says() {
+        let p = ThrottlePolicy { source_refuse_after: 5, source_forgive_per_min: 1, ..Default::default() };
+        let g = guard(p);
+        for _ in 0..5 {
+            g.failed(A, None, 100);
+        }
+        let Gate::Refuse(wait) = g.admit(A, RequestKind::Login, 100) else { panic!("not refused") };
+        assert_eq!(wait, 60, "one failure forgiven a minute");
+        // A second later the level is just under five: still refused, for about 59 s
+        // more (the level drains in floating point: give the rounding a second).
+        assert!(matches!(g.admit(A, RequestKind::Login, 101), Gate::Refuse(59 | 60)));
+        assert!(matches!(g.admit(A, RequestKind::Login, 159), Gate::Refuse(1 | 2)));
+        assert!(!matches!(g.admit(A, RequestKind::Login, 161), Gate::Refuse(_)), "drained under four: one more try");
     }
 
     #[test]
