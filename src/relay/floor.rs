@@ -17,6 +17,12 @@ use super::worker::WorkerConfig;
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// How often the batched loop adds its tallies to [`Counts`], as the relay's workers do.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// Datagrams after which it adds them sooner.
+const FLUSH_AFTER_DATAGRAMS: usize = 4096;
 
 /// Which loop forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,8 +88,9 @@ fn forward_batched(socket: &UdpSocket, routes: &HashMap<SocketAddr, SocketAddr>,
     let config = WorkerConfig::default();
     let mut batch = RecvBatch::new(config.batch, 4096);
     let mut to = [None; mmsg::BATCH_MAX];
+    let (mut received, mut sent, mut failed) = (0, 0, 0);
+    let mut flushed_at = Instant::now();
     while !stop.load(Relaxed) {
-        let (mut received, mut sent, mut failed) = (0, 0, 0);
         for _ in 0..config.read_budget.max(1) {
             let Ok(n) = batch.recv(socket) else { break };
             for (i, t) in to.iter_mut().enumerate().take(n) {
@@ -96,11 +103,22 @@ fn forward_batched(socket: &UdpSocket, routes: &HashMap<SocketAddr, SocketAddr>,
                 break;
             }
         }
-        // Counted once per wake-up, as the relay's workers count at most that often.
-        for (counter, n) in [(&counts.received, received), (&counts.forwarded, sent), (&counts.send_failed, failed)] {
-            if n > 0 {
-                counter.fetch_add(n as u64, Relaxed);
-            }
+        // Counted as the relay's workers count: every FLUSH_EVERY, or at once in a big
+        // batch, not on every wake-up.
+        if flushed_at.elapsed() >= FLUSH_EVERY || received >= FLUSH_AFTER_DATAGRAMS {
+            flush(counts, &mut received, &mut sent, &mut failed);
+            flushed_at = Instant::now();
+        }
+    }
+    flush(counts, &mut received, &mut sent, &mut failed);
+}
+
+/// Adds the tallies to `counts` and zeroes them.
+fn flush(counts: &Counts, received: &mut usize, sent: &mut usize, failed: &mut usize) {
+    for (counter, n) in [(&counts.received, received), (&counts.forwarded, sent), (&counts.send_failed, failed)] {
+        if *n > 0 {
+            counter.fetch_add(*n as u64, Relaxed);
+            *n = 0;
         }
     }
 }
@@ -109,7 +127,6 @@ fn forward_batched(socket: &UdpSocket, routes: &HashMap<SocketAddr, SocketAddr>,
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
 
     #[test]
     fn both_loops_forward_between_the_routed_pair() {

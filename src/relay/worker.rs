@@ -682,7 +682,7 @@ mod tests {
 
         let bytes = (packet::RELAY_HEADER_LEN + 120) as u64;
         let n = u64::from(PER_DIRECTION);
-        // A worker adds its tally just after sending: wait for the last one.
+        // A worker adds its tally every 50 ms (and when idle): wait for the last one.
         wait_for(&workers, |s| s.forwarded == 2 * n + 1);
         let stats = workers.stats();
         assert_eq!(stats.received, 2 * n + 4);
