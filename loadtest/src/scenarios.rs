@@ -64,6 +64,9 @@ struct Window {
     buffers: Buffers,
 }
 
+/// Longest wait after a window for the server's counters to take in its traffic.
+const SETTLE_MAX: Duration = Duration::from_secs(1);
+
 /// Runs one timed window on `t`, reading the server before and after (and its buffers
 /// half way).
 fn window(s: &Subject, t: &mut Traffic, bar: &ProgressBar) -> anyhow::Result<Window> {
@@ -78,8 +81,18 @@ fn window(s: &Subject, t: &mut Traffic, bar: &ProgressBar) -> anyhow::Result<Win
     });
     let outcome = t.run(bar)?;
     let tasks_after = s.process.as_ref().and_then(|(pid, _)| cpu::sample(*pid));
-    let after = s.probe.sample();
     let measured_s = started.elapsed().as_secs_f64();
+    let mut after = s.probe.sample();
+    // confab's relay workers add to their counters every 50 ms, and an idle worker at
+    // its next wake-up (within its 200 ms receive timeout): wait, a second at most, for
+    // the server's count of forwards to cover what the legs received.
+    let settle = Instant::now() + SETTLE_MAX;
+    while before.forwarded.zip(after.forwarded).is_some_and(|(b, a)| a - b < outcome.delivered as f64)
+        && Instant::now() < settle
+    {
+        std::thread::sleep(Duration::from_millis(25));
+        after = s.probe.sample();
+    }
     let split = match (&s.process, tasks_before, tasks_after) {
         (Some((_, pick)), Some(b), Some(a)) => Some(cpu::between(&b, &a, pick)),
         _ => None,
