@@ -81,6 +81,9 @@ pub fn judge(rate: u32, legs: usize, o: &Outcome) -> Probe {
     }
 }
 
+/// The unjudged window before a search's first probe.
+const WARMUP: Duration = Duration::from_millis(200);
+
 /// The next rate to try: doubling until the first failure, then halfway (None: done).
 pub fn next_rate(good: u32, failed: Option<u32>, o: &Options, probes: usize) -> Option<u32> {
     if probes >= o.max_probes {
@@ -109,6 +112,12 @@ pub fn search(
     bar: &ProgressBar,
     deadline: Instant,
 ) -> anyhow::Result<Search> {
+    // One window at the start rate first, not judged: the first window after the legs
+    // latch can fall a few datagrams short of its rate (threads and caches still cold),
+    // and a search must not begin by blaming the generator.
+    t.set_rate(o.start_rate.min(o.max_rate));
+    t.set_duration(WARMUP.min(probe));
+    t.run(&ProgressBar::hidden())?;
     t.set_duration(probe);
     let legs = t.legs();
     let (mut good, mut failed) = (0u32, None::<u32>);
