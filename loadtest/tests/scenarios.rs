@@ -225,10 +225,20 @@ async fn limit_search_converges_on_a_looped_generator() {
             assert_eq!(p["lost"], 0, "{p:#}");
             assert!(p["offered_pps"].as_f64().unwrap() >= 0.98 * p["asked_pps"].as_f64().unwrap(), "{p:#}");
         }
+        // Four legs at 2,500 each with no loss is well within a looped generator's reach:
+        // a search that stopped below it lost nothing, and only because the generator
+        // fell short of a rate for a moment (a 300 ms window needs 98% of it offered,
+        // which a busy shared machine can miss by a few milliseconds) — and says so.
+        if s["at_max"] != true {
+            assert_eq!(s["generator_short"], true, "{s:#}");
+            for p in probes.iter().filter(|p| p["good"] == false) {
+                assert_eq!((&p["lost"], &p["send_errors"]), (&0.into(), &0.into()), "{p:#}");
+            }
+        }
     }
-    // Four legs at 2,500 each with no loss is well within a looped generator's reach.
-    assert_eq!(l["median"].as_f64(), Some(10_000.0), "{l:#}");
-    assert_eq!(l["at_max"], 2, "{l:#}");
+    assert!(l["at_max"].as_u64().unwrap() + l["generator_short"].as_u64().unwrap() >= 2, "{l:#}");
+    // Doubling from the start means 500 and 1,000 a leg were good: 4,000 over the legs.
+    assert!(l["min"].as_f64().unwrap() >= 4_000.0, "{l:#}");
 }
 
 fn turnserver_missing() -> bool {
