@@ -100,6 +100,14 @@ impl ThrottlePolicy {
         if self.source_refuse_after < self.source_puzzle_after {
             return Err(("source_refuse_after", "must be at least source_puzzle_after".into()));
         }
+        // Without forgiveness a refused source, or a user whose logins need puzzles,
+        // stays so until the process restarts, whatever the refusal announces.
+        if self.source_forgive_per_min == 0 {
+            return Err(("source_forgive_per_min", "must be at least 1".into()));
+        }
+        if self.user_forgive_per_min == 0 {
+            return Err(("user_forgive_per_min", "must be at least 1".into()));
+        }
         if self.puzzle_lifetime_secs < 10 {
             return Err(("puzzle_lifetime_secs", "must be at least 10".into()));
         }
@@ -376,6 +384,15 @@ mod tests {
         // One failure forgiven per second: back to puzzles, then to nothing.
         assert_eq!(g.admit(A, RequestKind::Login, 102), Gate::Puzzle(14));
         assert_eq!(g.admit(A, RequestKind::Login, 106), Gate::Admit);
+    }
+
+    #[test]
+    fn forgiveness_is_never_zero() {
+        let none = ThrottlePolicy { source_forgive_per_min: 0, ..Default::default() };
+        assert_eq!(none.validate().map_err(|e| e.0), Err("source_forgive_per_min"));
+        let none = ThrottlePolicy { user_forgive_per_min: 0, ..Default::default() };
+        assert_eq!(none.validate().map_err(|e| e.0), Err("user_forgive_per_min"));
+        assert_eq!(ThrottlePolicy::default().validate(), Ok(()));
     }
 
     #[test]
