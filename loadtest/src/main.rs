@@ -73,17 +73,7 @@ enum Command {
     /// confab, the batched raw floor, the unbatched raw forwarder, coturn.
     Compare {
         #[command(flatten)]
-        traffic: TrafficArgs,
-        #[command(flatten)]
-        host: HostArgs,
-        #[command(flatten)]
-        server: ServerArgs,
-        #[command(flatten)]
-        raw: RawArgs,
-        #[command(flatten)]
-        turn: TurnArgs,
-        #[command(flatten)]
-        buffers: BufferArgs,
+        side: SideBySideArgs,
         #[command(flatten)]
         guard: GuardArgs,
         /// The servers, in order: confab, raw, raw-unbatched, coturn (one entry per
@@ -95,17 +85,7 @@ enum Command {
     /// median and range, beside the generator's own ceiling.
     Limit {
         #[command(flatten)]
-        traffic: TrafficArgs,
-        #[command(flatten)]
-        host: HostArgs,
-        #[command(flatten)]
-        server: ServerArgs,
-        #[command(flatten)]
-        raw: RawArgs,
-        #[command(flatten)]
-        turn: TurnArgs,
-        #[command(flatten)]
-        buffers: BufferArgs,
+        side: SideBySideArgs,
         /// The servers searched, in order, every repeat (generator: the legs looped to
         /// each other, the generator's own ceiling).
         #[arg(long, value_delimiter = ',', default_value = "generator,confab,raw,raw-unbatched,coturn")]
@@ -445,6 +425,48 @@ enum Keep {
 }
 
 /// Everything a traffic command was given.
+/// Everything a side-by-side run (`compare`, `limit`) needs to set up each server.
+#[derive(Debug, Clone, Args)]
+struct SideBySideArgs {
+    #[command(flatten)]
+    traffic: TrafficArgs,
+    #[command(flatten)]
+    host: HostArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    raw: RawArgs,
+    #[command(flatten)]
+    turn: TurnArgs,
+    #[command(flatten)]
+    buffers: BufferArgs,
+}
+
+impl SideBySideArgs {
+    /// The servers to run, in order; the kernel's buffer defaults as raised for the run
+    /// (restored when dropped); and the context that sets each server up.
+    fn prepare<'a>(
+        &'a self,
+        cli: &'a Cli,
+        rt: &'a Runtime,
+        servers: &[String],
+        report: &mut Report,
+    ) -> anyhow::Result<(Vec<Server>, Option<sockets::RaisedDefaults>, Ctx<'a>)> {
+        let list = Server::parse_list(servers, &self.turn.turn_hops)?;
+        let (raised, raw_buffer) = buffers(&self.buffers, report, cli.quiet);
+        let ctx = Ctx {
+            cli,
+            rt: Some(rt),
+            host: Some(&self.host),
+            srv: Some(&self.server),
+            raw: Some(&self.raw),
+            turn: Some(&self.turn),
+            raw_buffer,
+        };
+        Ok((list, raised, ctx))
+    }
+}
+
 struct Ctx<'a> {
     cli: &'a Cli,
     rt: Option<&'a Runtime>,
@@ -805,21 +827,11 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
                 run_one(Server::Coturn(*h), &ctx, traffic, &mut report)?;
             }
         }
-        Command::Compare { traffic, host, server, raw, turn, buffers: b, guard: g, servers } => {
-            let list = Server::parse_list(servers, &turn.turn_hops)?;
-            let (raised, raw_buffer) = buffers(b, &mut report, cli.quiet);
+        Command::Compare { side, guard: g, servers } => {
             let rt = runtime()?;
-            let ctx = Ctx {
-                cli,
-                rt: Some(&rt),
-                host: Some(host),
-                srv: Some(server),
-                raw: Some(raw),
-                turn: Some(turn),
-                raw_buffer,
-            };
+            let (list, raised, ctx) = side.prepare(cli, &rt, servers, &mut report)?;
             for s in list {
-                match run_one(s, &ctx, traffic, &mut report) {
+                match run_one(s, &ctx, &side.traffic, &mut report) {
                     Ok(()) => {}
                     Err(e) if matches!(s, Server::Coturn(_)) && !g.enabled() => {
                         say(cli.quiet, format_args!("{}: skipped: {e:#}", s.label()));
@@ -836,43 +848,18 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
             }
             return Ok(report);
         }
-        Command::Limit {
-            traffic,
-            host,
-            server,
-            raw,
-            turn,
-            buffers: b,
-            servers,
-            repeats,
-            probe,
-            start_rate,
-            max_rate,
-            precision,
-            max_probes,
-            max_time,
-        } => {
+        Command::Limit { side, servers, repeats, probe, start_rate, max_rate, precision, max_probes, max_time } => {
             anyhow::ensure!(*probe <= Duration::from_secs(60), "--probe: at most 60 s a window");
             anyhow::ensure!(*precision > 0.0 && *precision < 1.0, "--precision: between 0 and 1");
-            let list = Server::parse_list(servers, &turn.turn_hops)?;
-            let (_raised, raw_buffer) = buffers(b, &mut report, cli.quiet);
             let rt = runtime()?;
-            let ctx = Ctx {
-                cli,
-                rt: Some(&rt),
-                host: Some(host),
-                srv: Some(server),
-                raw: Some(raw),
-                turn: Some(turn),
-                raw_buffer,
-            };
+            let (list, _raised, ctx) = side.prepare(cli, &rt, servers, &mut report)?;
             let opts = limit::Options {
                 start_rate: *start_rate,
                 max_rate: *max_rate,
                 precision: *precision,
                 max_probes: *max_probes as usize,
             };
-            run_limit(&list, &ctx, traffic, &opts, *repeats, *probe, *max_time, &mut report)?;
+            run_limit(&list, &ctx, &side.traffic, &opts, *repeats, *probe, *max_time, &mut report)?;
         }
         Command::Forward { bind, unbatched, buffer_bytes } => {
             let mode = if *unbatched { raw::Mode::Unbatched } else { raw::Mode::Batched };
