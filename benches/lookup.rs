@@ -119,6 +119,7 @@ async fn run(supernodes: usize) {
             timeouts: Timeouts { step: Duration::from_millis(500), budget: Duration::from_secs(30) },
             login_timeout: Duration::from_secs(10),
             presence_refresh: Duration::from_secs(300),
+            local_candidates: confab::config::LocalCandidates::Never,
         }
     };
     let mut sessions = Vec::new();

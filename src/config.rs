@@ -327,6 +327,23 @@ pub struct HostConfig {
     /// How often a long-running host republishes its presence and tells its buddies
     /// (below the 15-minute presence TTL, after which a silent host shows offline).
     pub presence_refresh_secs: u64,
+    /// To whom a call offers the host's interface addresses as media candidates.
+    pub local_candidates: LocalCandidates,
+}
+
+/// To whom a host offers its interface addresses (its LAN addresses, say) in a call: they
+/// let two hosts behind one NAT talk directly, and they tell the other side where the
+/// host sits in its network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalCandidates {
+    /// Only to authorized buddies (the default): a stranger learns the public address alone.
+    #[default]
+    Buddies,
+    /// To everyone we call or who calls us and is answered.
+    Always,
+    /// To nobody.
+    Never,
 }
 
 impl Default for HostConfig {
@@ -343,6 +360,7 @@ impl Default for HostConfig {
             connect_budget_secs: 60,
             login_timeout_secs: 10,
             presence_refresh_secs: 300,
+            local_candidates: LocalCandidates::Buddies,
         }
     }
 }

@@ -223,6 +223,7 @@ async fn login_key_rotation_keeps_the_network_working_and_k1_is_refused_once_unt
         timeouts: confab::host::connect::Timeouts { step: Duration::from_millis(500), budget: Duration::from_secs(20) },
         login_timeout: Duration::from_secs(10),
         presence_refresh: Duration::from_secs(300),
+        local_candidates: confab::config::LocalCandidates::Never,
     };
     let both = vec![k1.public().clone(), k2.public().clone()];
     let home = |name: &str, k: &str| {

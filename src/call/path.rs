@@ -1,19 +1,43 @@
-//! Finding a media path, as plain logic. Each side probes every candidate of the other
-//! (its own address, and the address its super node sees through its NAT) every probe
-//! interval; a probe is answered on the path it came by, and the first answer picks the
-//! path. Probes that cross in flight open both NATs' mappings, which is UDP hole
-//! punching. If no answer comes within the punch time (symmetric NATs, or UDP
-//! filtered), the caller asks its super node for a relay and both sides probe through it
-//! — at once when either side has no address to try (relay only, or UDP blocked). A
-//! host whose UDP is blocked reaches the relay over TCP; each side says in its probes
-//! and answers whether it does, so both name the path `relayed_tcp`.
+//! Finding a media path, as plain logic, in the manner of ICE (RFC 8445) for one
+//! component and with aggressive nomination.
 //!
-//! Probes and answers are media packets (`call::media`), sealed under the call's keys,
-//! so only the other host can answer one: nobody can steer a call's media elsewhere.
+//! Each side probes every candidate of the other: its interface addresses (host
+//! candidates), the address its super node sees through its NAT (the public one), and
+//! any address an authenticated probe of the other side came from (peer-reflexive: a
+//! symmetric NAT's per-destination mapping, which no super node can see). Probes that
+//! cross in flight open both NATs' mappings, which is UDP hole punching. An answer picks
+//! a path; a better one answering later replaces it, never a worse one. The ranks, best
+//! first: a host candidate on a private network (the same LAN), a direct path, a punched
+//! one, a relay over UDP, a relay over TCP.
+//!
+//! If no answer comes within the punch time (symmetric NATs, or UDP filtered), the
+//! caller asks its super node for a relay and both sides probe through it — at once when
+//! either side has no address to try (relay only, or UDP blocked). A host whose UDP is
+//! blocked reaches the relay over TCP; each side says in its probes and answers whether
+//! it does, so both name the path `relayed_tcp`. Once a path is chosen, the better
+//! candidates are still checked now and then, so a call that began relayed moves to a
+//! direct path when one opens.
+//!
+//! Probes and answers are media packets (`call::media`), sealed under the call's keys, so
+//! only the other host can make one, and each packet is accepted once (the receiver's
+//! replay window). Each probe carries a nonce that its answer echoes: an answer counts
+//! only on the route its probe went out on, within [`ANSWER_WINDOW_MS`]. So a probe
+//! replayed from elsewhere gains its sender nothing — the check we send back to that
+//! address must be answered fresh, and only the other host can.
 
 use super::invite::{Candidate, CandidateKind};
 use super::signal::{Path, Role};
-use std::net::SocketAddr;
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+
+/// How long a probe waits for its answer; a later one counts for nothing.
+pub const ANSWER_WINDOW_MS: u64 = 5_000;
+/// Most peer-reflexive addresses one call learns (each costs probes).
+pub const PEER_REFLEXIVE_MAX: usize = 4;
+/// Most probes awaiting an answer at once; the oldest go first.
+const OUTSTANDING_MAX: usize = 1024;
+/// After a path is chosen, better candidates are rechecked at the fast interval this long.
+const RECHECK_FAST_FOR_MS: u64 = 30_000;
 
 /// A relay leg: where to send, and what to put in the relay header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,11 +64,21 @@ pub enum Route {
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathAction {
-    /// Send a probe on this route.
-    Probe(Route),
-    /// Answer a probe on the route it came by.
-    Answer(Route),
-    /// Ask our super node for a relay session (the caller, once, after the punch time).
+    /// Send a probe carrying `nonce` on this route.
+    Probe {
+        /// Where.
+        route: Route,
+        /// What its answer must echo.
+        nonce: u64,
+    },
+    /// Answer a probe on the route it came by, echoing its nonce.
+    Answer {
+        /// Where.
+        route: Route,
+        /// The probe's nonce (0 for a probe that carried none).
+        echo: u64,
+    },
+    /// Ask our super node for a relay session (the caller, after the punch time).
     AllocateRelay,
     /// Media goes this way from now on.
     Chosen(Route, Path),
@@ -53,15 +87,80 @@ pub enum PathAction {
 /// Timing of the search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PathTiming {
-    /// Between rounds of probes.
+    /// Between rounds of probes while searching.
     pub probe_interval_ms: u64,
     /// How long direct and punched paths are tried before a relay is asked for.
     pub punch_ms: u64,
+    /// Between rechecks of better candidates once a path is chosen (for the first 30 s).
+    pub recheck_ms: u64,
+    /// Between rechecks after that.
+    pub recheck_slow_ms: u64,
 }
 
 impl Default for PathTiming {
     fn default() -> Self {
-        Self { probe_interval_ms: 100, punch_ms: 3000 }
+        Self { probe_interval_ms: 100, punch_ms: 3000, recheck_ms: 1000, recheck_slow_ms: 5000 }
+    }
+}
+
+/// How good a path is: the order is the preference, worst first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rank {
+    /// Through a relay, one side reaching it over TCP.
+    RelayedTcp,
+    /// Through a relay over UDP.
+    RelayedUdp,
+    /// Between public addresses of hosts behind NATs.
+    Punched,
+    /// To a host with no NAT in front of it (or from one).
+    Direct,
+    /// To the other host's address on a private network: the same LAN.
+    Lan,
+}
+
+impl Rank {
+    /// The path this rank reports (a LAN path is direct).
+    pub fn path(self) -> Path {
+        match self {
+            Self::RelayedTcp => Path::RelayedTcp,
+            Self::RelayedUdp => Path::RelayedUdp,
+            Self::Punched => Path::Punched,
+            Self::Direct | Self::Lan => Path::Direct,
+        }
+    }
+}
+
+/// Where we learnt an address of the other side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// One of its interface addresses, offered.
+    Host,
+    /// The address its super node sees, offered.
+    Public,
+    /// The source of one of its authenticated probes, offered by nobody.
+    PeerReflexive,
+}
+
+#[derive(Debug, Clone)]
+struct Remote {
+    addr: SocketAddr,
+    origin: Origin,
+    last_probe_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    nonce: u64,
+    route: Route,
+    at_ms: u64,
+}
+
+/// Whether an address belongs to a private network (RFC 1918, link-local, RFC 4193):
+/// two hosts that reach each other there are on the same site.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private() || v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00 || v6.is_unicast_link_local(),
     }
 }
 
@@ -69,29 +168,46 @@ impl Default for PathTiming {
 #[derive(Debug, Clone)]
 pub struct PathFinder {
     role: Role,
-    peer: Vec<Candidate>,
+    remotes: Vec<Remote>,
     timing: PathTiming,
     started_ms: u64,
     next_probe_ms: u64,
     relay: Option<RelayLeg>,
     relay_asked: bool,
-    chosen: Option<(Route, Path)>,
+    chosen: Option<(Route, Path, Rank)>,
+    chosen_at_ms: u64,
     public: bool,
+    next_nonce: u64,
+    sent: VecDeque<Sent>,
 }
 
 impl PathFinder {
     /// A search by `role` towards the other side's `candidates`, from `now_ms`.
     pub fn new(role: Role, candidates: &[Candidate], timing: PathTiming, now_ms: u64) -> Self {
+        let mut remotes: Vec<Remote> = Vec::new();
+        // Host candidates first: an address offered as both (a host with no NAT) is one.
+        let offered = |k| candidates.iter().filter(move |c| c.kind == k);
+        for (c, origin) in offered(CandidateKind::Host)
+            .map(|c| (c, Origin::Host))
+            .chain(offered(CandidateKind::Public).map(|c| (c, Origin::Public)))
+        {
+            if !remotes.iter().any(|r| r.addr == c.addr) {
+                remotes.push(Remote { addr: c.addr, origin, last_probe_ms: None });
+            }
+        }
         Self {
             role,
-            peer: candidates.iter().filter(|c| c.kind != CandidateKind::Relay).copied().collect(),
+            remotes,
             timing,
             started_ms: now_ms,
             next_probe_ms: now_ms,
             relay: None,
             relay_asked: false,
             chosen: None,
+            chosen_at_ms: now_ms,
             public: false,
+            next_nonce: 1,
+            sent: VecDeque::new(),
         }
     }
 
@@ -108,33 +224,77 @@ impl PathFinder {
 
     /// The path chosen, once there is one.
     pub fn chosen(&self) -> Option<(Route, Path)> {
-        self.chosen
+        self.chosen.map(|(r, p, _)| (r, p))
     }
 
-    /// The clock: probes due, and the caller's relay request once punching had its time.
-    pub fn tick(&mut self, now_ms: u64) -> Vec<PathAction> {
-        let mut out = Vec::new();
-        if self.chosen.is_some() {
-            return out;
+    /// Addresses learnt from the other side's probes alone.
+    pub fn peer_reflexive(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.remotes.iter().filter(|r| r.origin == Origin::PeerReflexive).map(|r| r.addr)
+    }
+
+    /// The rank of the path to `addr`, an address of the other side.
+    fn rank_to(&self, addr: SocketAddr) -> Option<Rank> {
+        let r = self.remotes.iter().find(|r| r.addr == addr)?;
+        Some(match r.origin {
+            Origin::Host if is_private(addr.ip()) => Rank::Lan,
+            Origin::Host => Rank::Direct,
+            Origin::Public | Origin::PeerReflexive if self.public => Rank::Direct,
+            Origin::Public | Origin::PeerReflexive => Rank::Punched,
+        })
+    }
+
+    fn chosen_rank(&self) -> Option<Rank> {
+        self.chosen.map(|(_, _, rank)| rank)
+    }
+
+    fn probe(&mut self, route: Route, now_ms: u64) -> PathAction {
+        let nonce = self.next_nonce;
+        self.next_nonce += 1;
+        if self.sent.len() == OUTSTANDING_MAX {
+            self.sent.pop_front();
         }
+        self.sent.push_back(Sent { nonce, route, at_ms: now_ms });
+        if let Route::To(addr) = route
+            && let Some(r) = self.remotes.iter_mut().find(|r| r.addr == addr)
+        {
+            r.last_probe_ms = Some(now_ms);
+        }
+        PathAction::Probe { route, nonce }
+    }
+
+    /// The clock: probe rounds while searching, the caller's relay request once punching
+    /// had its time, and rechecks of better candidates once a path is chosen.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<PathAction> {
+        while self.sent.front().is_some_and(|s| now_ms.saturating_sub(s.at_ms) > ANSWER_WINDOW_MS) {
+            self.sent.pop_front();
+        }
+        let mut out = Vec::new();
         if now_ms >= self.next_probe_ms {
-            self.next_probe_ms = now_ms + self.timing.probe_interval_ms;
-            let mut seen = Vec::new();
-            for c in &self.peer {
-                if !seen.contains(&c.addr) {
-                    seen.push(c.addr);
-                    out.push(PathAction::Probe(Route::To(c.addr)));
-                }
+            let floor = self.chosen_rank();
+            self.next_probe_ms = now_ms
+                + match floor {
+                    None => self.timing.probe_interval_ms,
+                    Some(_) if now_ms < self.chosen_at_ms + RECHECK_FAST_FOR_MS => self.timing.recheck_ms,
+                    Some(_) => self.timing.recheck_slow_ms,
+                };
+            let better: Vec<SocketAddr> = self
+                .remotes
+                .iter()
+                .map(|r| r.addr)
+                .filter(|a| floor.is_none_or(|f| self.rank_to(*a).is_some_and(|r| r > f)))
+                .collect();
+            for addr in better {
+                out.push(self.probe(Route::To(addr), now_ms));
             }
-            if let Some(r) = self.relay {
-                out.push(PathAction::Probe(Route::Relay(r)));
+            if let (None, Some(leg)) = (floor, self.relay) {
+                out.push(self.probe(Route::Relay(leg), now_ms));
             }
         }
         // With no address of the other side to try, there is nothing to punch.
         if self.role == Role::Caller
+            && self.chosen.is_none()
             && !self.relay_asked
-            && self.relay.is_none()
-            && (self.peer.is_empty() || now_ms >= self.started_ms + self.timing.punch_ms)
+            && ((self.remotes.is_empty() && self.relay.is_none()) || now_ms >= self.started_ms + self.timing.punch_ms)
         {
             self.relay_asked = true;
             out.push(PathAction::AllocateRelay);
@@ -146,57 +306,97 @@ impl PathFinder {
     /// leg while media goes through an old one means the old relay failed (the caller
     /// replaced it): the search starts again on the new one.
     pub fn relay_ready(&mut self, leg: RelayLeg, now_ms: u64) -> Vec<PathAction> {
-        if matches!(self.chosen, Some((Route::Relay(old), _)) if old != leg) {
+        if matches!(self.chosen, Some((Route::Relay(old), _, _)) if old != leg) {
             self.chosen = None;
         }
         self.relay = Some(leg);
-        self.next_probe_ms = now_ms;
+        if self.chosen.is_none() {
+            self.next_probe_ms = now_ms;
+        }
         self.tick(now_ms)
     }
 
-    /// An authenticated probe arrived by `route`: answer it there. (It says nothing yet
-    /// about whether our packets reach the other side; its answer to ours will.) While
-    /// searching, also probe back at once on that route if it is one we probe anyway (a
-    /// triggered check, as ICE has, RFC 8445 §7.3.1.4): the side that started first need
-    /// not wait for its next round to be answered.
-    pub fn on_probe(&mut self, route: Route) -> Vec<PathAction> {
-        let ours = match route {
-            Route::Relay(leg) => Some(leg) == self.relay,
-            Route::To(addr) => self.peer.iter().any(|c| c.addr == addr),
+    /// An authenticated probe carrying `nonce` (none from a peer that sends none) arrived
+    /// by `route`: answer it there. (It says nothing yet about whether our packets reach
+    /// the other side; its answer to ours will.) An address we did not know is a
+    /// peer-reflexive candidate: the other side's NAT mapped it towards us alone. If the
+    /// route would be better than what we use, probe back at once (a triggered check,
+    /// RFC 8445 §7.3.1.4), so neither side waits for its next round.
+    pub fn on_probe(&mut self, route: Route, nonce: Option<u64>, now_ms: u64) -> Vec<PathAction> {
+        let mut out = vec![PathAction::Answer { route, echo: nonce.unwrap_or(0) }];
+        let rank = match route {
+            Route::Relay(leg) if Some(leg) == self.relay => Some(Rank::RelayedUdp),
+            Route::Relay(_) => None,
+            Route::To(addr) => {
+                let known = self.remotes.iter().any(|r| r.addr == addr);
+                if !known && self.peer_reflexive().count() < PEER_REFLEXIVE_MAX {
+                    self.remotes.push(Remote { addr, origin: Origin::PeerReflexive, last_probe_ms: None });
+                }
+                self.rank_to(addr)
+            }
         };
-        let mut out = vec![PathAction::Answer(route)];
-        if self.chosen.is_none() && ours {
-            out.push(PathAction::Probe(route));
+        let Some(rank) = rank else { return out };
+        if self.chosen_rank().is_some_and(|f| rank <= f) {
+            return out;
+        }
+        let recent = match route {
+            Route::To(addr) => self
+                .remotes
+                .iter()
+                .find(|r| r.addr == addr)
+                .and_then(|r| r.last_probe_ms)
+                .is_some_and(|t| now_ms.saturating_sub(t) < self.timing.probe_interval_ms / 2),
+            Route::Relay(_) => false,
+        };
+        if !recent {
+            out.push(self.probe(route, now_ms));
         }
         out
     }
 
-    /// An authenticated answer to one of our probes arrived by `route` (`peer_tcp`: the
-    /// other side said it reaches the relay over TCP): the first picks the path. A
-    /// relayed path is replaced by a direct one if one answers later (a relay is the
-    /// last resort), never the other way round.
-    pub fn on_answer(&mut self, route: Route, peer_tcp: bool) -> Vec<PathAction> {
-        let path = match route {
-            Route::Relay(leg) if Some(leg) != self.relay => return Vec::new(),
-            Route::Relay(leg) if leg.tcp || peer_tcp => Path::RelayedTcp,
-            Route::Relay(_) => Path::RelayedUdp,
-            // Only an address we probed can pick the path: a captured answer replayed
-            // from elsewhere cannot steer the media away (as ICE checks address pairs).
-            Route::To(addr) if !self.peer.iter().any(|c| c.addr == addr) => return Vec::new(),
-            Route::To(addr) => {
-                let own = self.peer.iter().any(|c| c.kind == CandidateKind::Host && c.addr == addr);
-                if own || self.public { Path::Direct } else { Path::Punched }
+    /// An authenticated answer arrived by `route`, echoing `echo` (none from a peer that
+    /// echoes none); `peer_tcp`: the other side reaches the relay over TCP. It counts only
+    /// as the answer to a probe of ours on that same route, sent within
+    /// [`ANSWER_WINDOW_MS`] — or, without an echo, on a route the other side offered. The
+    /// first picks the path; a better one replaces it later, never a worse one.
+    pub fn on_answer(&mut self, route: Route, echo: Option<u64>, peer_tcp: bool, now_ms: u64) -> Vec<PathAction> {
+        match echo {
+            Some(nonce) => {
+                let Some(i) = self.sent.iter().position(|s| {
+                    s.nonce == nonce && s.route == route && now_ms.saturating_sub(s.at_ms) <= ANSWER_WINDOW_MS
+                }) else {
+                    return Vec::new();
+                };
+                self.sent.remove(i);
             }
+            None => {
+                let offered = match route {
+                    Route::Relay(leg) => Some(leg) == self.relay,
+                    Route::To(addr) => self.remotes.iter().any(|r| r.addr == addr && r.origin != Origin::PeerReflexive),
+                };
+                if !offered {
+                    return Vec::new();
+                }
+            }
+        }
+        let rank = match route {
+            Route::Relay(leg) if Some(leg) != self.relay => return Vec::new(),
+            Route::Relay(leg) if leg.tcp || peer_tcp => Rank::RelayedTcp,
+            Route::Relay(_) => Rank::RelayedUdp,
+            Route::To(addr) => match self.rank_to(addr) {
+                Some(r) => r,
+                None => return Vec::new(),
+            },
         };
-        let better = match self.chosen {
-            None => true,
-            Some((_, Path::RelayedUdp | Path::RelayedTcp)) => !matches!(path, Path::RelayedUdp | Path::RelayedTcp),
-            Some(_) => false,
-        };
-        if !better {
+        if self.chosen_rank().is_some_and(|f| rank <= f) {
             return Vec::new();
         }
-        self.chosen = Some((route, path));
+        if self.chosen.is_none() {
+            self.chosen_at_ms = now_ms;
+        }
+        let path = rank.path();
+        self.chosen = Some((route, path, rank));
+        self.next_probe_ms = now_ms + self.timing.recheck_ms;
         vec![PathAction::Chosen(route, path)]
     }
 
@@ -204,15 +404,16 @@ impl PathFinder {
     /// straight to the relay step when punching failed before. Nothing to do while no
     /// path is chosen (a new relay leg may have just restarted the search).
     pub fn restart(&mut self, now_ms: u64) -> Vec<PathAction> {
-        let Some((route, _)) = self.chosen.take() else { return Vec::new() };
-        let relayed = matches!(route, Route::Relay(_));
+        let Some((route, _, _)) = self.chosen.take() else { return Vec::new() };
         self.next_probe_ms = now_ms;
-        if relayed {
+        self.relay_asked = false;
+        if matches!(route, Route::Relay(_)) {
             // Ask for a fresh relay at once (its node may be the one that died).
             self.relay = None;
-            self.relay_asked = false;
             self.started_ms = now_ms.saturating_sub(self.timing.punch_ms);
         } else {
+            // Probe the relay we hold as well; if nothing answers within the punch time,
+            // the caller asks for a fresh one (ours may have expired unused).
             self.started_ms = now_ms;
         }
         self.tick(now_ms)
@@ -227,39 +428,197 @@ mod tests {
         Candidate { kind, addr: a.parse().unwrap() }
     }
 
+    fn to(a: &str) -> Route {
+        Route::To(a.parse().unwrap())
+    }
+
     fn leg() -> RelayLeg {
         RelayLeg { addr: "198.18.0.1:33036".parse().unwrap(), session: 7, token: [1; 16], tcp: false }
     }
 
-    #[test]
-    fn probes_every_candidate_and_the_first_answer_picks_direct_or_punched() {
-        let peer = [cand(CandidateKind::Host, "10.0.0.2:5000"), cand(CandidateKind::Public, "198.18.1.2:6000")];
-        let mut p = PathFinder::new(Role::Callee, &peer, PathTiming::default(), 0);
-        assert_eq!(p.tick(0).len(), 2);
-        assert!(p.tick(50).is_empty(), "one round per probe interval");
-        assert_eq!(p.tick(100).len(), 2);
-        let to = Route::To("198.18.1.2:6000".parse().unwrap());
-        assert_eq!(p.on_probe(to), vec![PathAction::Answer(to), PathAction::Probe(to)], "a triggered probe");
-        let stranger = Route::To("198.18.9.9:1".parse().unwrap());
-        assert_eq!(p.on_probe(stranger), vec![PathAction::Answer(stranger)], "never probe an address not offered");
-        assert_eq!(p.on_answer(to, false), vec![PathAction::Chosen(to, Path::Punched)]);
-        assert!(p.tick(200).is_empty(), "no more probes once chosen");
-        assert!(p.on_answer(Route::To("10.0.0.2:5000".parse().unwrap()), false).is_empty(), "the first answer stands");
-        let mut q = PathFinder::new(Role::Callee, &peer, PathTiming::default(), 0);
-        assert!(q.on_answer(Route::To("203.0.113.9:1".parse().unwrap()), false).is_empty(), "not an address we probed");
-        assert!(q.on_answer(Route::Relay(leg()), false).is_empty(), "not our relay leg");
+    /// The probes in `actions`: (route, nonce).
+    fn probes(actions: &[PathAction]) -> Vec<(Route, u64)> {
+        actions
+            .iter()
+            .filter_map(|a| if let PathAction::Probe { route, nonce } = a { Some((*route, *nonce)) } else { None })
+            .collect()
+    }
 
-        let public = [cand(CandidateKind::Host, "198.18.1.9:7000"), cand(CandidateKind::Public, "198.18.1.9:7000")];
-        let mut p = PathFinder::new(Role::Caller, &public, PathTiming::default(), 0);
-        assert_eq!(p.tick(0).len(), 1, "the same address is probed once");
-        let r = Route::To("198.18.1.9:7000".parse().unwrap());
-        assert_eq!(p.on_answer(r, false), vec![PathAction::Chosen(r, Path::Direct)]);
+    fn nonce_to(actions: &[PathAction], route: Route) -> u64 {
+        probes(actions).into_iter().find(|(r, _)| *r == route).map(|(_, n)| n).expect("a probe on that route")
     }
 
     #[test]
-    fn the_caller_asks_for_a_relay_after_the_punch_time_and_a_direct_path_still_wins() {
+    fn probes_every_candidate_and_an_answer_picks_direct_or_punched() {
+        let peer = [cand(CandidateKind::Host, "10.0.0.2:5000"), cand(CandidateKind::Public, "198.18.1.2:6000")];
+        let mut p = PathFinder::new(Role::Callee, &peer, PathTiming::default(), 0);
+        let round = p.tick(0);
+        assert_eq!(probes(&round).len(), 2);
+        assert!(p.tick(50).is_empty(), "one round per probe interval");
+        let round = p.tick(100);
+        assert_eq!(probes(&round).len(), 2);
+        let public = to("198.18.1.2:6000");
+        assert_eq!(
+            p.on_answer(public, Some(nonce_to(&round, public)), false, 120),
+            vec![PathAction::Chosen(public, Path::Punched)]
+        );
+        let q = PathFinder::new(
+            Role::Callee,
+            &[cand(CandidateKind::Host, "198.18.1.9:7000"), cand(CandidateKind::Public, "198.18.1.9:7000")],
+            PathTiming::default(),
+            0,
+        );
+        assert_eq!(q.remotes.len(), 1, "an address offered twice is one candidate");
+        assert_eq!(
+            q.rank_to("198.18.1.9:7000".parse().unwrap()),
+            Some(Rank::Direct),
+            "a host with no NAT is reached directly"
+        );
+        let mut me_public = PathFinder::new(Role::Caller, &peer, PathTiming::default(), 0);
+        me_public.set_public(true);
+        let round = me_public.tick(0);
+        assert_eq!(
+            me_public.on_answer(public, Some(nonce_to(&round, public)), false, 10),
+            vec![PathAction::Chosen(public, Path::Direct)]
+        );
+    }
+
+    #[test]
+    fn an_answer_counts_once_on_the_route_its_probe_took_and_in_time() {
+        let peer = [cand(CandidateKind::Public, "198.18.1.2:6000"), cand(CandidateKind::Public, "198.18.1.3:6000")];
+        let (a, b) = (to("198.18.1.2:6000"), to("198.18.1.3:6000"));
+        let mut p = PathFinder::new(Role::Callee, &peer, PathTiming::default(), 0);
+        let round = p.tick(0);
+        let na = nonce_to(&round, a);
+        assert!(p.on_answer(b, Some(na), false, 10).is_empty(), "the nonce of a probe sent elsewhere");
+        assert!(p.on_answer(a, Some(9_999), false, 10).is_empty(), "a nonce never sent");
+        assert!(p.on_answer(to("203.0.113.9:1"), Some(na), false, 10).is_empty(), "an address never probed");
+        assert!(p.on_answer(Route::Relay(leg()), Some(na), false, 10).is_empty(), "not our relay leg");
+        assert!(p.on_answer(a, Some(na), false, ANSWER_WINDOW_MS + 1).is_empty(), "too late");
+        let round = p.tick(ANSWER_WINDOW_MS + 1);
+        let na = nonce_to(&round, a);
+        assert_eq!(p.on_answer(a, Some(na), false, ANSWER_WINDOW_MS + 20).len(), 1);
+        let mut q = PathFinder::new(Role::Callee, &peer, PathTiming::default(), 0);
+        let round = q.tick(0);
+        let nb = nonce_to(&round, b);
+        q.chosen = None;
+        assert_eq!(q.on_answer(b, Some(nb), false, 5).len(), 1);
+        q.chosen = None;
+        assert!(q.on_answer(b, Some(nb), false, 6).is_empty(), "an answer is used once");
+        // A peer that echoes nothing is believed only on a route it offered.
+        assert_eq!(q.on_answer(a, None, false, 7).len(), 1);
+    }
+
+    #[test]
+    fn a_probe_from_an_unknown_address_is_answered_and_checked_back() {
+        // We are public; the other side is behind a symmetric NAT, so its probe comes from
+        // a mapping made for us alone.
+        let peer = [cand(CandidateKind::Public, "198.18.3.2:40000")];
+        let mut p = PathFinder::new(Role::Caller, &peer, PathTiming::default(), 0);
+        p.set_public(true);
+        p.tick(0);
+        let m = to("198.18.3.2:51234");
+        let out = p.on_probe(m, Some(77), 30);
+        assert_eq!(out[0], PathAction::Answer { route: m, echo: 77 });
+        let n = nonce_to(&out, m);
+        assert_eq!(p.peer_reflexive().collect::<Vec<_>>(), vec!["198.18.3.2:51234".parse().unwrap()]);
+        assert!(p.on_answer(m, None, false, 40).is_empty(), "a peer-reflexive route needs a fresh echo");
+        assert_eq!(p.on_answer(m, Some(n), false, 40), vec![PathAction::Chosen(m, Path::Direct)]);
+        // A flood of replayed or forged probes from many addresses learns only a few.
+        let mut q = PathFinder::new(Role::Caller, &peer, PathTiming::default(), 0);
+        for i in 0..100u16 {
+            q.on_probe(Route::To(SocketAddr::from(([198, 18, 9, 9], 1000 + i))), Some(1), 10);
+        }
+        assert_eq!(q.peer_reflexive().count(), PEER_REFLEXIVE_MAX);
+        assert_eq!(probes(&q.tick(200)).len(), 1 + PEER_REFLEXIVE_MAX);
+        // A probe on a relay leg that is not ours is answered, never checked.
+        assert_eq!(
+            q.on_probe(Route::Relay(leg()), Some(3), 10),
+            vec![PathAction::Answer { route: Route::Relay(leg()), echo: 3 }]
+        );
+    }
+
+    #[test]
+    fn a_triggered_check_goes_out_at_most_twice_per_probe_interval() {
         let peer = [cand(CandidateKind::Public, "198.18.1.2:6000")];
-        let t = PathTiming { probe_interval_ms: 100, punch_ms: 1000 };
+        let r = to("198.18.1.2:6000");
+        let mut p = PathFinder::new(Role::Callee, &peer, PathTiming::default(), 0);
+        p.tick(0);
+        assert_eq!(probes(&p.on_probe(r, Some(1), 10)).len(), 0, "probed 10 ms ago");
+        assert_eq!(probes(&p.on_probe(r, Some(2), 60)).len(), 1);
+        assert_eq!(probes(&p.on_probe(r, Some(3), 70)).len(), 0);
+    }
+
+    #[test]
+    fn a_better_path_replaces_a_worse_one_and_never_the_reverse() {
+        let peer = [cand(CandidateKind::Host, "10.0.0.2:5000"), cand(CandidateKind::Public, "198.18.1.2:6000")];
+        let (lan, public) = (to("10.0.0.2:5000"), to("198.18.1.2:6000"));
+        let t = PathTiming { punch_ms: 0, ..PathTiming::default() };
+        let mut p = PathFinder::new(Role::Caller, &peer, t, 0);
+        let round = p.tick(0);
+        assert!(round.contains(&PathAction::AllocateRelay));
+        let relay_round = p.relay_ready(leg(), 10);
+        let nr = nonce_to(&relay_round, Route::Relay(leg()));
+        let np = nonce_to(&round, public);
+        let nl = nonce_to(&round, lan);
+        assert_eq!(
+            p.on_answer(Route::Relay(leg()), Some(nr), false, 20),
+            vec![PathAction::Chosen(Route::Relay(leg()), Path::RelayedUdp)]
+        );
+        assert_eq!(p.on_answer(public, Some(np), false, 30), vec![PathAction::Chosen(public, Path::Punched)]);
+        assert_eq!(
+            p.on_answer(lan, Some(nl), false, 40),
+            vec![PathAction::Chosen(lan, Path::Direct)],
+            "the same LAN beats punched"
+        );
+        assert_eq!(p.chosen(), Some((lan, Path::Direct)));
+        // Nothing is better than the LAN: no more probes, and worse answers change nothing.
+        assert!(probes(&p.tick(5_000)).is_empty());
+        let again = p.restart(6_000);
+        let np = nonce_to(&again, public);
+        assert_eq!(p.on_answer(public, Some(np), false, 6_010).len(), 1);
+        assert!(
+            p.on_answer(Route::Relay(leg()), None, false, 6_020).is_empty(),
+            "a relay never replaces a punched path"
+        );
+    }
+
+    #[test]
+    fn a_relayed_call_keeps_checking_and_moves_to_a_direct_path_that_opens_later() {
+        let peer = [cand(CandidateKind::Public, "198.18.1.2:6000")];
+        let public = to("198.18.1.2:6000");
+        let t = PathTiming { probe_interval_ms: 100, punch_ms: 1000, recheck_ms: 1000, recheck_slow_ms: 5000 };
+        let mut p = PathFinder::new(Role::Caller, &peer, t, 0);
+        for now in (0..=1000).step_by(100) {
+            p.tick(now);
+        }
+        let out = p.relay_ready(leg(), 1000);
+        let nr = nonce_to(&out, Route::Relay(leg()));
+        assert_eq!(p.on_answer(Route::Relay(leg()), Some(nr), false, 1010).len(), 1);
+        // Rechecks of the better candidate (never of the relay) each second for 30 s…
+        let mut at = Vec::new();
+        for now in (1010..=40_000).step_by(10) {
+            let out = p.tick(now);
+            assert!(!out.contains(&PathAction::AllocateRelay));
+            for (route, _) in probes(&out) {
+                assert_eq!(route, public);
+                at.push(now);
+            }
+        }
+        assert_eq!(at[..3], [2010, 3010, 4010]);
+        assert!(at.iter().filter(|&&t| t > 31_010).all(|t| (t - 31_010) % 5000 == 0), "then every 5 s: {at:?}");
+        assert_eq!(at.len(), 30 + 1, "{at:?}");
+        // …until the peer's NAT lets one through.
+        let out = p.tick(41_010);
+        let n = nonce_to(&out, public);
+        assert_eq!(p.on_answer(public, Some(n), false, 41_050), vec![PathAction::Chosen(public, Path::Punched)]);
+        assert!(probes(&p.tick(60_000)).is_empty(), "nothing better left to check");
+    }
+
+    #[test]
+    fn the_caller_asks_for_a_relay_after_the_punch_time() {
+        let peer = [cand(CandidateKind::Public, "198.18.1.2:6000")];
+        let t = PathTiming { probe_interval_ms: 100, punch_ms: 1000, ..PathTiming::default() };
         let mut caller = PathFinder::new(Role::Caller, &peer, t, 0);
         let mut callee = PathFinder::new(Role::Callee, &peer, t, 0);
         assert!(!caller.tick(900).contains(&PathAction::AllocateRelay));
@@ -267,72 +626,182 @@ mod tests {
         assert!(!caller.tick(1100).contains(&PathAction::AllocateRelay), "asked once");
         assert!(!callee.tick(5000).contains(&PathAction::AllocateRelay), "the callee waits for the caller's relay");
         let out = caller.relay_ready(leg(), 1200);
-        assert!(out.contains(&PathAction::Probe(Route::Relay(leg()))));
+        let n = nonce_to(&out, Route::Relay(leg()));
         assert_eq!(
-            caller.on_answer(Route::Relay(leg()), false),
+            caller.on_answer(Route::Relay(leg()), Some(n), false, 1210),
             vec![PathAction::Chosen(Route::Relay(leg()), Path::RelayedUdp)]
         );
-        // A late answer on the punched path replaces the relay.
-        let to = Route::To("198.18.1.2:6000".parse().unwrap());
-        assert_eq!(caller.on_answer(to, false), vec![PathAction::Chosen(to, Path::Punched)]);
-        assert!(caller.on_answer(Route::Relay(leg()), false).is_empty());
     }
 
     #[test]
-    fn a_failed_relay_is_replaced_at_once() {
+    fn a_failed_relay_is_replaced_at_once_and_a_silent_one_after_the_punch_time() {
         let peer = [cand(CandidateKind::Public, "198.18.1.2:6000")];
-        let t = PathTiming { probe_interval_ms: 100, punch_ms: 1000 };
+        let t = PathTiming { probe_interval_ms: 100, punch_ms: 1000, ..PathTiming::default() };
         let mut caller = PathFinder::new(Role::Caller, &peer, t, 0);
         caller.tick(1000);
-        caller.relay_ready(leg(), 1000);
-        caller.on_answer(Route::Relay(leg()), false);
+        let out = caller.relay_ready(leg(), 1000);
+        caller.on_answer(Route::Relay(leg()), Some(nonce_to(&out, Route::Relay(leg()))), false, 1001);
         let out = caller.restart(20_000);
         assert!(out.contains(&PathAction::AllocateRelay), "{out:?}");
         assert!(caller.chosen().is_none());
+        // A punched path that fails: its relay leg is probed again, and replaced when it
+        // stays silent for the punch time.
+        let out = caller.relay_ready(leg(), 20_100);
+        let public = to("198.18.1.2:6000");
+        caller.on_answer(public, Some(nonce_to(&out, public)), false, 20_110);
+        let out = caller.restart(30_000);
+        assert!(probes(&out).iter().any(|(r, _)| *r == Route::Relay(leg())));
+        assert!(!out.contains(&PathAction::AllocateRelay));
+        assert!(caller.tick(31_000).contains(&PathAction::AllocateRelay));
     }
 
     #[test]
     fn no_address_to_try_means_a_relay_at_once_and_tcp_on_either_side_names_the_path() {
-        let t = PathTiming { probe_interval_ms: 100, punch_ms: 3000 };
+        let t = PathTiming { probe_interval_ms: 100, punch_ms: 3000, ..PathTiming::default() };
         let mut caller = PathFinder::new(Role::Caller, &[], t, 0);
         assert!(caller.tick(0).contains(&PathAction::AllocateRelay), "nothing to punch");
         let udp = leg();
-        caller.relay_ready(udp, 10);
+        let out = caller.relay_ready(udp, 10);
         let r = Route::Relay(udp);
-        assert_eq!(caller.on_answer(r, true), vec![PathAction::Chosen(r, Path::RelayedTcp)], "the callee's leg is TCP");
+        assert_eq!(
+            caller.on_answer(r, Some(nonce_to(&out, r)), true, 11),
+            vec![PathAction::Chosen(r, Path::RelayedTcp)],
+            "the callee's leg is TCP"
+        );
         let tcp = RelayLeg { tcp: true, ..leg() };
         let mut callee = PathFinder::new(Role::Callee, &[], t, 0);
         assert!(!callee.tick(0).contains(&PathAction::AllocateRelay));
-        callee.relay_ready(tcp, 10);
+        let out = callee.relay_ready(tcp, 10);
         let r = Route::Relay(tcp);
-        assert_eq!(callee.on_answer(r, false), vec![PathAction::Chosen(r, Path::RelayedTcp)], "our own leg is TCP");
+        assert_eq!(
+            callee.on_answer(r, Some(nonce_to(&out, r)), false, 11),
+            vec![PathAction::Chosen(r, Path::RelayedTcp)],
+            "our own leg is TCP"
+        );
     }
 
     #[test]
     fn a_new_relay_leg_replaces_a_failed_one_on_both_sides() {
-        let t = PathTiming { probe_interval_ms: 100, punch_ms: 0 };
+        let t = PathTiming { probe_interval_ms: 100, punch_ms: 0, ..PathTiming::default() };
         let old = leg();
         let new = RelayLeg { session: 8, token: [2; 16], ..leg() };
         let mut callee = PathFinder::new(Role::Callee, &[], t, 0);
         callee.relay_ready(old, 0);
-        callee.on_answer(Route::Relay(old), false);
+        callee.on_answer(Route::Relay(old), None, false, 1);
         // The caller's new leg arrives before the callee noticed the silence itself…
         let out = callee.relay_ready(new, 5_000);
-        assert!(out.contains(&PathAction::Probe(Route::Relay(new))), "{out:?}");
+        let n = nonce_to(&out, Route::Relay(new));
         assert!(callee.chosen().is_none());
         // …so its own restart, a moment later, leaves the new leg alone.
         assert!(callee.restart(5_100).is_empty());
         assert_eq!(callee.relay(), Some(new));
         assert_eq!(
-            callee.on_answer(Route::Relay(new), false),
+            callee.on_answer(Route::Relay(new), Some(n), false, 5_110),
             vec![PathAction::Chosen(Route::Relay(new), Path::RelayedUdp)]
         );
         // The other order: the callee restarts first and waits for the caller's new leg.
         let mut callee = PathFinder::new(Role::Callee, &[], t, 0);
         callee.relay_ready(old, 0);
-        callee.on_answer(Route::Relay(old), false);
+        callee.on_answer(Route::Relay(old), None, false, 1);
         assert!(!callee.restart(5_000).contains(&PathAction::AllocateRelay), "only the caller opens relays");
         assert_eq!(callee.relay(), None, "the failed leg is forgotten");
-        assert!(callee.relay_ready(new, 5_100).contains(&PathAction::Probe(Route::Relay(new))));
+        assert!(probes(&callee.relay_ready(new, 5_100)).iter().any(|(r, _)| *r == Route::Relay(new)));
+    }
+
+    /// One side of [`meet`]: its NAT as functions.
+    struct Side<'a> {
+        public: bool,
+        cands: &'a [Candidate],
+        /// A packet to `dst`: the source the other side sees, or None (lost).
+        out: &'a dyn Fn(SocketAddr) -> Option<SocketAddr>,
+        /// Whether a packet from `src` to `dst` gets in, given where this side has sent.
+        inbound: &'a dyn Fn(SocketAddr, SocketAddr, &[SocketAddr]) -> bool,
+    }
+
+    /// Two searches through NATs given as functions, on virtual time: what each side
+    /// chooses.
+    fn meet(a_side: Side<'_>, b_side: Side<'_>) -> [Option<(Route, Path)>; 2] {
+        let t = PathTiming { punch_ms: 60_000, ..PathTiming::default() };
+        let mut a = PathFinder::new(Role::Caller, b_side.cands, t, 0);
+        a.set_public(a_side.public);
+        let mut b = PathFinder::new(Role::Callee, a_side.cands, t, 0);
+        b.set_public(b_side.public);
+        let (mut a_sent, mut b_sent) = (Vec::new(), Vec::new());
+        for now in (0..3000).step_by(10) {
+            let mut queue: Vec<(bool, PathAction)> = a.tick(now).into_iter().map(|x| (true, x)).collect();
+            queue.extend(b.tick(now).into_iter().map(|x| (false, x)));
+            let mut steps = 0;
+            while let Some((from_a, action)) = queue.pop() {
+                steps += 1;
+                assert!(steps < 10_000);
+                let (route, answer, n) = match action {
+                    PathAction::Probe { route, nonce } => (route, false, nonce),
+                    PathAction::Answer { route, echo } => (route, true, echo),
+                    _ => continue,
+                };
+                let Route::To(dst) = route else { continue };
+                let (tx, rx_side, sent, rx_sent) = if from_a {
+                    (&a_side, &b_side, &mut a_sent, &b_sent)
+                } else {
+                    (&b_side, &a_side, &mut b_sent, &a_sent)
+                };
+                sent.push(dst);
+                let Some(src) = (tx.out)(dst) else { continue };
+                if !(rx_side.inbound)(src, dst, rx_sent) {
+                    continue;
+                }
+                let rx = if from_a { &mut b } else { &mut a };
+                let out = if answer {
+                    rx.on_answer(Route::To(src), Some(n), false, now)
+                } else {
+                    rx.on_probe(Route::To(src), Some(n), now)
+                };
+                queue.extend(out.into_iter().map(|x| (!from_a, x)));
+            }
+        }
+        [a.chosen(), b.chosen()]
+    }
+
+    #[test]
+    fn a_public_host_and_one_behind_a_symmetric_nat_meet_directly() {
+        let a_addr: SocketAddr = "198.18.1.2:5000".parse().unwrap();
+        // B's NAT maps each destination to its own port; its super node saw 40000.
+        let b_map = |dst: SocketAddr| SocketAddr::new("198.18.3.2".parse().unwrap(), 50_000 + dst.port() % 1000);
+        let a_cands = [cand(CandidateKind::Host, "198.18.1.2:5000"), cand(CandidateKind::Public, "198.18.1.2:5000")];
+        let b_cands = [cand(CandidateKind::Public, "198.18.3.2:40000")];
+        let [a, b] = meet(
+            Side { public: true, cands: &a_cands, out: &|_| Some(a_addr), inbound: &|_, _, _| true },
+            Side {
+                public: false,
+                cands: &b_cands,
+                out: &|dst| Some(b_map(dst)),
+                // In only from a destination, to the mapping made for it.
+                inbound: &|src, dst, sent| sent.contains(&src) && b_map(src) == dst,
+            },
+        );
+        let m = b_map(a_addr);
+        assert_eq!(a, Some((Route::To(m), Path::Direct)), "A learnt B's mapping from its probe");
+        assert_eq!(b, Some((Route::To(a_addr), Path::Direct)));
+    }
+
+    #[test]
+    fn two_hosts_behind_one_nat_meet_on_their_lan_addresses() {
+        let (a_lan, b_lan): (SocketAddr, SocketAddr) =
+            ("10.200.0.2:5000".parse().unwrap(), "10.200.1.2:5001".parse().unwrap());
+        let nat = |p: u16| SocketAddr::new("198.18.2.2".parse().unwrap(), p);
+        let a_cands =
+            [cand(CandidateKind::Host, "10.200.0.2:5000"), Candidate { kind: CandidateKind::Public, addr: nat(5000) }];
+        let b_cands =
+            [cand(CandidateKind::Host, "10.200.1.2:5001"), Candidate { kind: CandidateKind::Public, addr: nat(5001) }];
+        // No hairpinning: a packet to the NAT's own public address is lost; the LAN
+        // addresses reach each other through the router.
+        let lan = |me: SocketAddr| move |dst: SocketAddr| is_private(dst.ip()).then_some(me);
+        let (a_out, b_out) = (lan(a_lan), lan(b_lan));
+        let [a, b] = meet(
+            Side { public: false, cands: &a_cands, out: &a_out, inbound: &|_, _, _| true },
+            Side { public: false, cands: &b_cands, out: &b_out, inbound: &|_, _, _| true },
+        );
+        assert_eq!(a, Some((Route::To(b_lan), Path::Direct)));
+        assert_eq!(b, Some((Route::To(a_lan), Path::Direct)));
     }
 }

@@ -217,7 +217,7 @@ impl Session {
     }
 
     async fn invite(&mut self, callee: &crate::crypto::Credential, supernode: String) -> [u8; 16] {
-        let candidates = self.candidates();
+        let candidates = self.candidates(&callee.subject);
         let (invite, offer, channel) = Invite::make(
             &self.credential,
             &self.key,
@@ -266,7 +266,10 @@ impl Session {
         let mut late_legs = Vec::new();
         let mut release = Vec::new();
         let relay_at_once = self.relay_only || self.relay_over_tcp();
-        let ours = self.candidates();
+        let ours = match self.calls.active.get(&id) {
+            Some(c) => self.candidates(&c.peer),
+            None => Vec::new(),
+        };
         for a in actions {
             let Some(c) = self.calls.active.get_mut(&id) else { break };
             match a {
@@ -299,9 +302,13 @@ impl Session {
                     let at_once = PathTiming { punch_ms: 0, ..PathTiming::default() };
                     // Behind a symmetric NAT, towards a host that is itself behind a NAT,
                     // punching cannot work (our mapping towards it is not the one it
-                    // knows): the relay at once, while probes still go out in case.
+                    // knows): the relay at once, while probes still go out in case (to
+                    // its LAN addresses, say: an answer there replaces the relay).
                     let hopeless = self.report.nat == crate::nat::NatKind::Symmetric
-                        && !c.peer_candidates.iter().any(|p| p.kind == CandidateKind::Host);
+                        && !c
+                            .peer_candidates
+                            .iter()
+                            .any(|p| p.kind == CandidateKind::Host && !crate::call::path::is_private(p.addr.ip()));
                     let (peer, timing) = if relay_at_once {
                         (Vec::new(), at_once)
                     } else if hopeless {
@@ -474,7 +481,7 @@ impl Session {
         // stranger's ringing call reveals no address.
         let busy = self.calls.busy();
         let buddy = self.buddies.relation(&opened.caller.subject) == Some(crate::buddy::Relation::Authorized);
-        let candidates = if buddy { self.candidates() } else { Vec::new() };
+        let candidates = if buddy { self.candidates(&opened.caller.subject) } else { Vec::new() };
         let (reply, key) = match Reply::make(&opened, &self.credential, &self.key, &CODECS, busy, candidates, now_ms())
         {
             Ok(r) => r,
@@ -517,15 +524,32 @@ impl Session {
         }
     }
 
-    /// Where we receive media: the address our super node sees, and our own when there
-    /// is no NAT between us and the internet (the same address: a direct path).
-    fn candidates(&self) -> Vec<Candidate> {
+    /// Where `peer` may send us media: the address our super node sees, our own when
+    /// there is no NAT between us and the internet (the same address: a direct path),
+    /// and our interface addresses if `host.local_candidates` lets `peer` see them (two
+    /// hosts behind one NAT reach each other there).
+    fn candidates(&self, peer: &str) -> Vec<Candidate> {
+        use crate::config::LocalCandidates;
         if self.relay_only || self.relay_over_tcp() {
             return Vec::new();
         }
-        let mut v = vec![Candidate { kind: CandidateKind::Public, addr: self.report.public_addr }];
+        let public = self.report.public_addr;
+        let mut v = vec![Candidate { kind: CandidateKind::Public, addr: public }];
         if self.report.nat == crate::nat::NatKind::None {
-            v.push(Candidate { kind: CandidateKind::Host, addr: self.report.public_addr });
+            v.push(Candidate { kind: CandidateKind::Host, addr: public });
+        }
+        let offer = match self.rejoin.settings.local_candidates {
+            LocalCandidates::Always => true,
+            LocalCandidates::Buddies => self.buddies.relation(peer) == Some(crate::buddy::Relation::Authorized),
+            LocalCandidates::Never => false,
+        };
+        if offer {
+            let port = self.report.local_port;
+            for addr in super::interfaces::offerable(super::interfaces::addresses(), port, false) {
+                if addr != public {
+                    v.push(Candidate { kind: CandidateKind::Host, addr });
+                }
+            }
         }
         v
     }

@@ -66,6 +66,10 @@ pub(super) struct Outgoing {
 
 /// Flag in a probe's or answer's payload: the sender reaches the relay over TCP.
 const PROBE_FLAG_TCP: u8 = 1;
+/// Flag in a probe's or answer's payload: a nonce follows (a probe's own, or the one its
+/// answer echoes). Probe and answer are the same size, so no answer is larger than its
+/// question.
+const PROBE_FLAG_NONCE: u8 = 2;
 
 /// One call's media.
 pub(super) struct CallMedia {
@@ -132,22 +136,37 @@ impl CallMedia {
         }
     }
 
-    /// What our probes and answers on `route` say about us (sealed with them).
-    fn probe_flags(route: Route) -> [u8; 1] {
-        [if matches!(route, Route::Relay(leg) if leg.tcp) { PROBE_FLAG_TCP } else { 0 }]
+    /// A probe's or answer's payload on `route`: flags (what it says about us), then the
+    /// nonce (sealed with them).
+    fn probe_payload(route: Route, nonce: u64) -> [u8; 9] {
+        let mut p = [0u8; 9];
+        p[0] = PROBE_FLAG_NONCE | if matches!(route, Route::Relay(leg) if leg.tcp) { PROBE_FLAG_TCP } else { 0 };
+        p[1..].copy_from_slice(&nonce.to_be_bytes());
+        p
+    }
+
+    /// The flags and nonce of a probe's or answer's payload (no nonce from a peer that
+    /// sends none).
+    fn parse_probe(payload: &[u8]) -> (u8, Option<u64>) {
+        let flags = payload.first().copied().unwrap_or(0);
+        let nonce = match payload.get(1..9) {
+            Some(n) if flags & PROBE_FLAG_NONCE != 0 => n.try_into().ok().map(u64::from_be_bytes),
+            _ => None,
+        };
+        (flags, nonce)
     }
 
     fn act(&mut self, actions: Vec<PathAction>, now_ms: u64, out: &mut Vec<Outgoing>) -> Option<Path> {
         let mut chosen = None;
         for a in actions {
             match a {
-                PathAction::Probe(r) => {
-                    let p = self.tx.seal(Kind::Probe, 0, &Self::probe_flags(r));
-                    out.push(self.route_bytes(r, p));
+                PathAction::Probe { route, nonce } => {
+                    let p = self.tx.seal(Kind::Probe, 0, &Self::probe_payload(route, nonce));
+                    out.push(self.route_bytes(route, p));
                 }
-                PathAction::Answer(r) => {
-                    let p = self.tx.seal(Kind::ProbeAck, 0, &Self::probe_flags(r));
-                    out.push(self.route_bytes(r, p));
+                PathAction::Answer { route, echo } => {
+                    let p = self.tx.seal(Kind::ProbeAck, 0, &Self::probe_payload(route, echo));
+                    out.push(self.route_bytes(route, p));
                 }
                 PathAction::AllocateRelay => self.wants_relay = true,
                 PathAction::Chosen(_, path) => {
@@ -185,12 +204,13 @@ impl CallMedia {
         };
         let chosen = match opened.kind {
             Kind::Probe => {
-                let a = self.finder.on_probe(route);
+                let (_, nonce) = Self::parse_probe(&opened.payload);
+                let a = self.finder.on_probe(route, nonce, now_ms);
                 self.act(a, now_ms, out)
             }
             Kind::ProbeAck => {
-                let peer_tcp = opened.payload.first().is_some_and(|f| f & PROBE_FLAG_TCP != 0);
-                let a = self.finder.on_answer(route, peer_tcp);
+                let (flags, echo) = Self::parse_probe(&opened.payload);
+                let a = self.finder.on_answer(route, echo, flags & PROBE_FLAG_TCP != 0, now_ms);
                 self.act(a, now_ms, out)
             }
             Kind::Voice => {

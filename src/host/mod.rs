@@ -17,6 +17,7 @@ pub mod calls;
 pub mod connect;
 pub mod handshake;
 pub mod home;
+pub mod interfaces;
 pub mod ladder;
 pub mod link;
 pub mod media;
@@ -54,6 +55,8 @@ pub struct HostSettings {
     pub login_timeout: Duration,
     /// How often a long-running host republishes its presence and tells its buddies.
     pub presence_refresh: Duration,
+    /// To whom a call offers our interface addresses.
+    pub local_candidates: crate::config::LocalCandidates,
 }
 
 impl HostSettings {
@@ -74,6 +77,7 @@ impl HostSettings {
             },
             login_timeout: Duration::from_secs(c.login_timeout_secs),
             presence_refresh: Duration::from_secs(c.presence_refresh_secs),
+            local_candidates: c.local_candidates,
         })
     }
 }

@@ -103,6 +103,7 @@ impl TestNet {
             timeouts: Timeouts { step: Duration::from_millis(500), budget: Duration::from_secs(20) },
             login_timeout: Duration::from_secs(10),
             presence_refresh: Duration::from_secs(300),
+            local_candidates: confab::config::LocalCandidates::Never,
         }
     }
 
