@@ -11,6 +11,7 @@
 //! - [`jitter`] — the jitter buffer: playout delay, reordering, loss, RFC 3550 jitter.
 
 pub mod audio;
+pub mod birthday;
 pub mod codec;
 pub mod invite;
 pub mod jitter;

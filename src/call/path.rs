@@ -18,6 +18,10 @@
 //! candidates are still checked now and then, so a call that began relayed moves to a
 //! direct path when one opens.
 //!
+//! Between a cone NAT and a symmetric one, once each side has told the other its NAT
+//! kind, the sides also run the birthday technique ([`super::birthday`]) while the relay
+//! is opened: the hard side probes from many sockets, the easy side probes many ports.
+//!
 //! Probes and answers are media packets (`call::media`), sealed under the call's keys, so
 //! only the other host can make one, and each packet is accepted once (the receiver's
 //! replay window). Each probe carries a nonce that its answer echoes: an answer counts
@@ -25,8 +29,11 @@
 //! replayed from elsewhere gains its sender nothing — the check we send back to that
 //! address must be answered fresh, and only the other host can.
 
+use super::birthday::{self, Birthday};
 use super::invite::{Candidate, CandidateKind};
 use super::signal::{Path, Role};
+use crate::nat::NatKind;
+use rand::SeedableRng;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
@@ -34,8 +41,9 @@ use std::net::{IpAddr, SocketAddr};
 pub const ANSWER_WINDOW_MS: u64 = 5_000;
 /// Most peer-reflexive addresses one call learns (each costs probes).
 pub const PEER_REFLEXIVE_MAX: usize = 4;
-/// Most probes awaiting an answer at once; the oldest go first.
-const OUTSTANDING_MAX: usize = 1024;
+/// Most probes awaiting an answer at once (the birthday technique sends thousands); the
+/// oldest go first.
+const OUTSTANDING_MAX: usize = 4096;
 /// After a path is chosen, better candidates are rechecked at the fast interval this long.
 const RECHECK_FAST_FOR_MS: u64 = 30_000;
 
@@ -59,6 +67,13 @@ pub enum Route {
     To(SocketAddr),
     /// Through a relay leg.
     Relay(RelayLeg),
+    /// From one of the extra sockets the birthday technique opened, to the other host.
+    Via {
+        /// Which of them (0 ..).
+        socket: u16,
+        /// The other host's address.
+        to: SocketAddr,
+    },
 }
 
 /// What the driver must do.
@@ -82,6 +97,30 @@ pub enum PathAction {
     AllocateRelay,
     /// Media goes this way from now on.
     Chosen(Route, Path),
+    /// Open this many extra UDP sockets for probes (the hard side of the birthday
+    /// technique); say how many opened with [`PathFinder::sockets_opened`].
+    OpenSockets(u16),
+    /// Close the extra sockets, except `keep` (the one the chosen path goes through).
+    CloseSockets {
+        /// The socket to keep.
+        keep: Option<u16>,
+    },
+}
+
+/// What the birthday technique spent on a call (for its report).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HardNatReport {
+    /// Our part: `easy` (behind the cone, probing many ports) or `hard` (behind the
+    /// symmetric NAT, probing from many sockets).
+    pub role: &'static str,
+    /// Probes it sent.
+    pub probes: usize,
+    /// Sockets it opened (the hard side).
+    pub sockets: u16,
+    /// Probes sent when the punched path answered, if it did.
+    pub success_after: Option<usize>,
+    /// The answering port was a predicted one (the easy side).
+    pub predicted: bool,
 }
 
 /// Timing of the search.
@@ -153,6 +192,8 @@ struct Sent {
     nonce: u64,
     route: Route,
     at_ms: u64,
+    /// One of the birthday technique's probes, to a port nobody offered.
+    spray: bool,
 }
 
 /// Whether an address belongs to a private network (RFC 1918, link-local, RFC 4193):
@@ -165,7 +206,7 @@ pub fn is_private(ip: IpAddr) -> bool {
 }
 
 /// The search for one call's path.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PathFinder {
     role: Role,
     remotes: Vec<Remote>,
@@ -179,6 +220,12 @@ pub struct PathFinder {
     public: bool,
     next_nonce: u64,
     sent: VecDeque<Sent>,
+    nat: NatKind,
+    seed: u64,
+    birthday: Option<Birthday>,
+    hard_nat: Option<HardNatReport>,
+    /// Ask for the relay without waiting for the punch time.
+    relay_now: bool,
 }
 
 impl PathFinder {
@@ -208,6 +255,104 @@ impl PathFinder {
             public: false,
             next_nonce: 1,
             sent: VecDeque::new(),
+            nat: NatKind::Unknown,
+            seed: 0,
+            birthday: None,
+            hard_nat: None,
+            relay_now: false,
+        }
+    }
+
+    /// Our NAT's kind, and a seed for the ports the birthday technique draws.
+    pub fn set_nat(&mut self, nat: NatKind, seed: u64) {
+        self.nat = nat;
+        self.seed = seed;
+    }
+
+    /// What the birthday technique spent, if it ran.
+    pub fn hard_nat(&self) -> Option<HardNatReport> {
+        self.hard_nat.clone()
+    }
+
+    /// The other side told us its NAT's kind. Between a cone and a symmetric NAT,
+    /// punching needs the birthday technique: start our part, and (the caller) ask for
+    /// the relay at once, so the call never waits for it.
+    pub fn on_peer_nat(&mut self, peer: NatKind, now_ms: u64) -> Vec<PathAction> {
+        let mut out = Vec::new();
+        let punched = self.chosen_rank().is_some_and(|r| r >= Rank::Punched);
+        let Some(public) = self.remotes.iter().find(|r| r.origin == Origin::Public).map(|r| r.addr) else {
+            return out;
+        };
+        if punched || self.birthday.is_some() || self.hard_nat.is_some() {
+            return out;
+        }
+        match (self.nat, peer) {
+            (NatKind::Cone, NatKind::Symmetric) => {
+                let rng = rand::rngs::StdRng::seed_from_u64(self.seed);
+                self.birthday = Some(Birthday::Easy(Box::new(birthday::Easy::new(public, rng, now_ms))));
+                self.hard_nat = Some(HardNatReport { role: "easy", ..HardNatReport::default() });
+            }
+            (NatKind::Symmetric, NatKind::Cone) => {
+                self.birthday = Some(Birthday::Hard(birthday::Hard::new(public, now_ms)));
+                self.hard_nat = Some(HardNatReport { role: "hard", ..HardNatReport::default() });
+                out.push(PathAction::OpenSockets(birthday::HARD_SOCKETS));
+            }
+            _ => return out,
+        }
+        self.relay_now = true;
+        out.extend(self.tick(now_ms));
+        out
+    }
+
+    /// `n` of the extra sockets asked for are open (the hard side).
+    pub fn sockets_opened(&mut self, n: u16, now_ms: u64) -> Vec<PathAction> {
+        if let Some(Birthday::Hard(h)) = self.birthday.as_mut() {
+            h.opened(n, now_ms);
+            if let Some(r) = self.hard_nat.as_mut() {
+                r.sockets = n;
+            }
+        }
+        self.tick(now_ms)
+    }
+
+    /// The birthday technique's probes due now, and its end.
+    fn birthday_step(&mut self, now_ms: u64, out: &mut Vec<PathAction>) {
+        let routes: Vec<Route> = match self.birthday.as_mut() {
+            None => return,
+            Some(Birthday::Easy(e)) => e.step(now_ms).into_iter().map(Route::To).collect(),
+            Some(Birthday::Hard(h)) if h.done(now_ms) => {
+                self.birthday = None;
+                out.push(PathAction::CloseSockets { keep: None });
+                return;
+            }
+            Some(Birthday::Hard(h)) => {
+                h.step(now_ms).into_iter().map(|(socket, to)| Route::Via { socket, to }).collect()
+            }
+        };
+        if let Some(r) = self.hard_nat.as_mut() {
+            r.probes += routes.len();
+        }
+        for route in routes {
+            out.push(self.probe_as(route, now_ms, true));
+        }
+    }
+
+    /// A punched path answered: the birthday technique ends (the hard side keeps the
+    /// socket it goes through).
+    fn birthday_won(&mut self, route: Route, out: &mut Vec<PathAction>) {
+        let Some(b) = self.birthday.take() else { return };
+        if let Some(r) = self.hard_nat.as_mut() {
+            r.success_after = Some(r.probes);
+            if let (Birthday::Easy(e), Route::To(addr)) = (&b, route) {
+                r.predicted = e.predicted(addr.port());
+            }
+        }
+        if matches!(b, Birthday::Hard(_)) {
+            let keep = match route {
+                Route::Via { socket, .. } => Some(socket),
+                _ => None,
+            };
+            out.push(PathAction::CloseSockets { keep });
         }
     }
 
@@ -248,12 +393,16 @@ impl PathFinder {
     }
 
     fn probe(&mut self, route: Route, now_ms: u64) -> PathAction {
+        self.probe_as(route, now_ms, false)
+    }
+
+    fn probe_as(&mut self, route: Route, now_ms: u64, spray: bool) -> PathAction {
         let nonce = self.next_nonce;
         self.next_nonce += 1;
         if self.sent.len() == OUTSTANDING_MAX {
             self.sent.pop_front();
         }
-        self.sent.push_back(Sent { nonce, route, at_ms: now_ms });
+        self.sent.push_back(Sent { nonce, route, at_ms: now_ms, spray });
         if let Route::To(addr) = route
             && let Some(r) = self.remotes.iter_mut().find(|r| r.addr == addr)
         {
@@ -290,11 +439,14 @@ impl PathFinder {
                 out.push(self.probe(Route::Relay(leg), now_ms));
             }
         }
-        // With no address of the other side to try, there is nothing to punch.
+        self.birthday_step(now_ms, &mut out);
+        // With no address of the other side to try, there is nothing to punch; with the
+        // birthday technique to run, the relay carries the call meanwhile.
         if self.role == Role::Caller
             && self.chosen.is_none()
             && !self.relay_asked
-            && ((self.remotes.is_empty() && self.relay.is_none()) || now_ms >= self.started_ms + self.timing.punch_ms)
+            && (((self.remotes.is_empty() || self.relay_now) && self.relay.is_none())
+                || now_ms >= self.started_ms + self.timing.punch_ms)
         {
             self.relay_asked = true;
             out.push(PathAction::AllocateRelay);
@@ -327,6 +479,8 @@ impl PathFinder {
         let rank = match route {
             Route::Relay(leg) if Some(leg) == self.relay => Some(Rank::RelayedUdp),
             Route::Relay(_) => None,
+            // Only the birthday technique's sockets receive: what gets through is punched.
+            Route::Via { .. } => Some(Rank::Punched),
             Route::To(addr) => {
                 let known = self.remotes.iter().any(|r| r.addr == addr);
                 if !known && self.peer_reflexive().count() < PEER_REFLEXIVE_MAX {
@@ -346,7 +500,7 @@ impl PathFinder {
                 .find(|r| r.addr == addr)
                 .and_then(|r| r.last_probe_ms)
                 .is_some_and(|t| now_ms.saturating_sub(t) < self.timing.probe_interval_ms / 2),
-            Route::Relay(_) => false,
+            Route::Relay(_) | Route::Via { .. } => false,
         };
         if !recent {
             out.push(self.probe(route, now_ms));
@@ -367,12 +521,19 @@ impl PathFinder {
                 }) else {
                     return Vec::new();
                 };
-                self.sent.remove(i);
+                let sent = self.sent.remove(i);
+                // A sprayed port answered: the other side's mapping towards us.
+                if let (Some(Sent { spray: true, .. }), Route::To(addr)) = (sent, route)
+                    && !self.remotes.iter().any(|r| r.addr == addr)
+                {
+                    self.remotes.push(Remote { addr, origin: Origin::PeerReflexive, last_probe_ms: Some(now_ms) });
+                }
             }
             None => {
                 let offered = match route {
                     Route::Relay(leg) => Some(leg) == self.relay,
                     Route::To(addr) => self.remotes.iter().any(|r| r.addr == addr && r.origin != Origin::PeerReflexive),
+                    Route::Via { .. } => false,
                 };
                 if !offered {
                     return Vec::new();
@@ -383,6 +544,8 @@ impl PathFinder {
             Route::Relay(leg) if Some(leg) != self.relay => return Vec::new(),
             Route::Relay(leg) if leg.tcp || peer_tcp => Rank::RelayedTcp,
             Route::Relay(_) => Rank::RelayedUdp,
+            Route::Via { .. } if self.public => Rank::Direct,
+            Route::Via { .. } => Rank::Punched,
             Route::To(addr) => match self.rank_to(addr) {
                 Some(r) => r,
                 None => return Vec::new(),
@@ -397,7 +560,11 @@ impl PathFinder {
         let path = rank.path();
         self.chosen = Some((route, path, rank));
         self.next_probe_ms = now_ms + self.timing.recheck_ms;
-        vec![PathAction::Chosen(route, path)]
+        let mut out = vec![PathAction::Chosen(route, path)];
+        if rank >= Rank::Punched {
+            self.birthday_won(route, &mut out);
+        }
+        out
     }
 
     /// The chosen path failed (the relay died, the NAT mapping went): search again,
@@ -803,5 +970,141 @@ mod tests {
         );
         assert_eq!(a, Some((Route::To(b_lan), Path::Direct)));
         assert_eq!(b, Some((Route::To(a_lan), Path::Direct)));
+    }
+
+    /// A cone NAT's host (A, caller) and a `fully-random` symmetric NAT's host (B) on
+    /// virtual time: once they know each other's NAT kind, the birthday technique punches
+    /// a path, and B keeps only the socket it goes through.
+    #[test]
+    fn a_cone_and_a_random_symmetric_nat_punch_with_the_birthday_technique() {
+        use rand::RngExt;
+        use std::collections::HashMap;
+        let (a_pub, b_ip): (SocketAddr, IpAddr) = ("198.18.2.2:5000".parse().unwrap(), "198.18.3.2".parse().unwrap());
+        let b_seen = SocketAddr::new(b_ip, 40_000);
+        let t = PathTiming { punch_ms: 60_000, ..PathTiming::default() };
+        let mut a = PathFinder::new(Role::Caller, &[Candidate { kind: CandidateKind::Public, addr: b_seen }], t, 0);
+        a.set_nat(NatKind::Cone, 7);
+        let mut b = PathFinder::new(Role::Callee, &[Candidate { kind: CandidateKind::Public, addr: a_pub }], t, 0);
+        b.set_nat(NatKind::Symmetric, 8);
+        // B's NAT: a random port per (local socket, destination); in only from that destination.
+        let mut nat_rng = rand::rngs::StdRng::seed_from_u64(99);
+        let mut b_map: HashMap<(Option<u16>, SocketAddr), u16> = HashMap::new();
+        let mut b_back: HashMap<u16, (Option<u16>, SocketAddr)> = HashMap::new();
+        // A's NAT: one public address; in only from where A has sent.
+        let mut a_sent: std::collections::HashSet<SocketAddr> = Default::default();
+        let mut queue: Vec<(bool, PathAction)> = Vec::new();
+        queue.extend(a.on_peer_nat(NatKind::Symmetric, 0).into_iter().map(|x| (true, x)));
+        queue.extend(b.on_peer_nat(NatKind::Cone, 0).into_iter().map(|x| (false, x)));
+        let mut closed = None;
+        let mut now = 0;
+        while now < 10_000 && !(a.chosen().is_some() && b.chosen().is_some() && closed.is_some()) {
+            while let Some((from_a, action)) = queue.pop() {
+                let (route, answer, n) = match action {
+                    PathAction::Probe { route, nonce } => (route, false, nonce),
+                    PathAction::Answer { route, echo } => (route, true, echo),
+                    PathAction::OpenSockets(k) => {
+                        assert!(!from_a);
+                        queue.extend(b.sockets_opened(k, now).into_iter().map(|x| (false, x)));
+                        continue;
+                    }
+                    PathAction::CloseSockets { keep } => {
+                        closed = Some(keep);
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let out = if from_a {
+                    let Route::To(dst) = route else { panic!("A has no extra sockets") };
+                    a_sent.insert(dst);
+                    // Into B's NAT: only to a mapping made for A's address.
+                    let Some(&(local, mapped_for)) = b_back.get(&dst.port()) else { continue };
+                    if dst.ip() != b_ip || mapped_for != a_pub {
+                        continue;
+                    }
+                    let r = match local {
+                        Some(socket) => Route::Via { socket, to: a_pub },
+                        None => Route::To(a_pub),
+                    };
+                    if answer { b.on_answer(r, Some(n), false, now) } else { b.on_probe(r, Some(n), now) }
+                } else {
+                    let (local, dst) = match route {
+                        Route::Via { socket, to } => (Some(socket), to),
+                        Route::To(to) => (None, to),
+                        Route::Relay(_) => continue,
+                    };
+                    let port = *b_map.entry((local, dst)).or_insert_with(|| {
+                        loop {
+                            let p = nat_rng.random_range(1024..=u16::MAX);
+                            if let std::collections::hash_map::Entry::Vacant(e) = b_back.entry(p) {
+                                e.insert((local, dst));
+                                break p;
+                            }
+                        }
+                    });
+                    let src = SocketAddr::new(b_ip, port);
+                    if dst != a_pub || !a_sent.contains(&src) {
+                        continue;
+                    }
+                    if answer {
+                        a.on_answer(Route::To(src), Some(n), false, now)
+                    } else {
+                        a.on_probe(Route::To(src), Some(n), now)
+                    }
+                };
+                queue.extend(out.into_iter().map(|x| (!from_a, x)));
+            }
+            now += 10;
+            queue.extend(a.tick(now).into_iter().map(|x| (true, x)));
+            queue.extend(b.tick(now).into_iter().map(|x| (false, x)));
+        }
+        let (Some((Route::To(at), Path::Punched)), Some((Route::Via { socket, to }, Path::Punched))) =
+            (a.chosen(), b.chosen())
+        else {
+            panic!("not punched: {:?} {:?}", a.chosen(), b.chosen());
+        };
+        assert_eq!(to, a_pub);
+        assert_eq!(b_back[&at.port()], (Some(socket), a_pub), "A reaches the mapping of B's socket");
+        assert_eq!(closed, Some(Some(socket)), "B keeps that socket alone");
+        let (ra, rb) = (a.hard_nat().unwrap(), b.hard_nat().unwrap());
+        assert_eq!((ra.role, rb.role), ("easy", "hard"));
+        assert!(ra.success_after.is_some() && rb.success_after.is_some(), "{ra:?} {rb:?}");
+        assert!(ra.probes <= birthday::EASY_PROBES_MAX && rb.sockets == birthday::HARD_SOCKETS);
+        assert!(now < 3_000, "found within {now} ms");
+        // Nothing more is sprayed once punched.
+        assert!(probes(&a.tick(now + 20)).len() <= 1 && probes(&b.tick(now + 20)).len() <= 1);
+    }
+
+    #[test]
+    fn the_birthday_technique_runs_only_between_a_cone_and_a_symmetric_nat_with_an_address_to_aim_at() {
+        let peer = [cand(CandidateKind::Public, "198.18.3.2:40000")];
+        for (ours, theirs, runs) in [
+            (NatKind::Cone, NatKind::Symmetric, true),
+            (NatKind::Symmetric, NatKind::Cone, true),
+            (NatKind::Cone, NatKind::Cone, false),
+            (NatKind::Symmetric, NatKind::Symmetric, false),
+            (NatKind::None, NatKind::Symmetric, false),
+            (NatKind::Unknown, NatKind::Symmetric, false),
+        ] {
+            let mut p = PathFinder::new(Role::Caller, &peer, PathTiming::default(), 0);
+            p.set_nat(ours, 1);
+            let out = p.on_peer_nat(theirs, 0);
+            assert_eq!(p.hard_nat().is_some(), runs, "{ours:?} × {theirs:?}");
+            assert_eq!(out.contains(&PathAction::AllocateRelay), runs, "the relay at once, in parallel");
+        }
+        let mut p = PathFinder::new(Role::Caller, &[], PathTiming::default(), 0);
+        p.set_nat(NatKind::Cone, 1);
+        p.on_peer_nat(NatKind::Symmetric, 0);
+        assert!(p.hard_nat().is_none(), "no public address to aim at");
+        // The hard side gives up after its time, closing every socket.
+        let mut p = PathFinder::new(Role::Callee, &peer, PathTiming::default(), 0);
+        p.set_nat(NatKind::Symmetric, 1);
+        assert!(p.on_peer_nat(NatKind::Cone, 0).contains(&PathAction::OpenSockets(birthday::HARD_SOCKETS)));
+        assert_eq!(probes(&p.sockets_opened(4, 10)).len(), 4);
+        let mut closes = 0;
+        for now in (20..=20_000).step_by(20) {
+            closes += p.tick(now).iter().filter(|a| **a == PathAction::CloseSockets { keep: None }).count();
+        }
+        assert_eq!(closes, 1);
+        assert!(p.hard_nat().unwrap().success_after.is_none());
     }
 }

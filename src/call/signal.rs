@@ -131,6 +131,14 @@ pub enum Signal {
         /// Where the callee receives media.
         candidates: Vec<crate::call::invite::Candidate>,
     },
+    // New variants go last: a signal is encoded by its variant's index.
+    /// Either way, once media starts: the sender's NAT kind, so that a cone and a
+    /// symmetric NAT know to punch with the birthday technique (`call::birthday`).
+    /// Path business: the state machine ignores it.
+    Nat {
+        /// The sender's NAT kind.
+        kind: crate::nat::NatKind,
+    },
 }
 
 /// What the user (or the application) wants.

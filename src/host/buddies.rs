@@ -457,6 +457,9 @@ impl Session {
                 m = self.link.media.recv() => if let Some((from, bytes)) = m {
                     self.on_media_datagram(from, bytes).await;
                 },
+                d = self.calls.probe_rx.recv() => if let Some(d) = d {
+                    self.on_probe_datagram(d).await;
+                },
                 _ = self.media_clock.tick(), if self.calls.has_media() => self.media_tick().await,
             }
         }

@@ -62,6 +62,10 @@ pub(super) struct ActiveCall {
     began_ms: u64,
     /// The first path media flowed on, and after how long.
     connected: Option<(crate::call::signal::Path, u64)>,
+    /// The other side's NAT kind, if it said before our media started.
+    peer_nat: Option<crate::nat::NatKind>,
+    /// The extra sockets our path search opened (behind a symmetric NAT).
+    probe_sockets: Option<super::probe_sockets::ProbeSockets>,
 }
 
 impl ActiveCall {
@@ -107,6 +111,8 @@ impl ActiveCall {
             relay_session: None,
             began_ms: now_ms(),
             connected: None,
+            peer_nat: None,
+            probe_sockets: None,
         }
     }
 }
@@ -121,7 +127,6 @@ pub struct CallReport {
 }
 
 /// The calls of a session.
-#[derive(Default)]
 pub(super) struct Calls {
     active: HashMap<[u8; 16], ActiveCall>,
     seen: VecDeque<[u8; 16]>,
@@ -129,6 +134,23 @@ pub(super) struct Calls {
     finished: VecDeque<([u8; 16], CallReport)>,
     /// Our relay legs over TCP, by relay session.
     relay_conns: HashMap<u32, super::relay_tcp::RelayConn>,
+    /// What the calls' extra sockets receive.
+    pub(super) probe_rx: tokio::sync::mpsc::Receiver<super::probe_sockets::ProbeDatagram>,
+    probe_tx: tokio::sync::mpsc::Sender<super::probe_sockets::ProbeDatagram>,
+}
+
+impl Default for Calls {
+    fn default() -> Self {
+        let (probe_tx, probe_rx) = tokio::sync::mpsc::channel(super::probe_sockets::QUEUED_MAX);
+        Self {
+            active: HashMap::new(),
+            seen: VecDeque::new(),
+            finished: VecDeque::new(),
+            relay_conns: HashMap::new(),
+            probe_rx,
+            probe_tx,
+        }
+    }
 }
 
 /// Reports of ended calls kept for the application (the oldest go first).
@@ -265,6 +287,8 @@ impl Session {
     async fn apply_call(&mut self, id: [u8; 16], actions: Vec<Action>) {
         let mut late_legs = Vec::new();
         let mut release = Vec::new();
+        let mut nat_signals = Vec::new();
+        let mut early_media = Vec::new();
         let relay_at_once = self.relay_only || self.relay_over_tcp();
         let ours = match self.calls.active.get(&id) {
             Some(c) => self.candidates(&c.peer),
@@ -324,10 +348,21 @@ impl Session {
                         peer: &peer,
                         timing,
                         public: self.report.nat == crate::nat::NatKind::None,
+                        nat: self.report.nat,
+                        seed: crate::crypto::random::u64(),
                     };
                     match super::media::CallMedia::new(setup, source, now_ms()) {
                         Ok(mut m) => {
                             m.set_recording(c.record);
+                            // Whether punching needs the birthday technique depends on
+                            // both NATs: tell the other side ours.
+                            nat_signals
+                                .push(CallMessage::Signal(c.channel.seal(Signal::Nat { kind: self.report.nat })));
+                            if let Some(kind) = c.peer_nat.take() {
+                                let mut out = Vec::new();
+                                m.on_peer_nat(kind, now_ms(), &mut out);
+                                early_media.extend(out);
+                            }
                             c.media = Some(m);
                             // A leg that came while ringing: connected now, if over TCP.
                             late_legs.extend(c.pending_relay.take());
@@ -374,6 +409,13 @@ impl Session {
                 }
             }
         }
+        if let Some(c) = self.calls.active.get(&id) {
+            let (peer, via) = (c.peer.clone(), c.peer_supernode.clone());
+            for m in nat_signals {
+                self.send_call(&peer, Some(via.clone()), &m).await;
+            }
+        }
+        self.send_media(early_media).await;
         for leg in late_legs {
             self.relay_leg_ready(id, leg).await;
         }
@@ -439,6 +481,17 @@ impl Session {
                             // Anyone can seal a leg to our key: not worth more than debug.
                             Err(e) => tracing::debug!(error = %e, "dropped a relay leg that does not open"),
                         }
+                    }
+                    Some(Signal::Nat { kind }) => {
+                        let mut out = Vec::new();
+                        match c.media.as_mut() {
+                            Some(m) => {
+                                m.on_peer_nat(kind, now_ms(), &mut out);
+                            }
+                            None => c.peer_nat = Some(kind),
+                        }
+                        self.send_media(out).await;
+                        self.service_probe_sockets().await;
                     }
                     Some(signal) => {
                         let signal = c.take_candidates(signal);
@@ -598,13 +651,63 @@ impl Session {
             },
         };
         let mut out = Vec::new();
-        let (heard, chosen) = m.on_datagram(from, packet, via, now, &mut out);
+        let (heard, chosen) = m.on_datagram(from, packet, via, None, now, &mut out);
         if heard {
             c.call.on_heard(now);
         }
         let actions = chosen.map(|p| c.call.on_media_up(p, now)).unwrap_or_default();
         self.send_media(out).await;
         self.apply_call(id, actions).await;
+    }
+
+    /// A datagram came to one of a call's extra sockets.
+    pub(super) async fn on_probe_datagram(&mut self, d: super::probe_sockets::ProbeDatagram) {
+        let Some((tag, packet, None)) = super::media::demux(&d.bytes) else { return };
+        let now = now_ms();
+        let Some(c) = self.calls.active.get_mut(&d.call) else { return };
+        if crate::call::media::call_tag(&d.call) != tag {
+            return;
+        }
+        let Some(m) = c.media.as_mut() else { return };
+        let mut out = Vec::new();
+        let (heard, chosen) = m.on_datagram(d.from, packet, None, Some(d.socket), now, &mut out);
+        if heard {
+            c.call.on_heard(now);
+        }
+        let actions = chosen.map(|p| c.call.on_media_up(p, now)).unwrap_or_default();
+        self.send_media(out).await;
+        self.apply_call(d.call, actions).await;
+        self.service_probe_sockets().await;
+    }
+
+    /// Opens and closes the extra sockets the calls' path searches ask for (at most
+    /// `probe_sockets::OPEN_MAX` across calls).
+    async fn service_probe_sockets(&mut self) {
+        let now = now_ms();
+        let mut open: usize =
+            self.calls.active.values().filter_map(|c| c.probe_sockets.as_ref()).map(|p| p.open_count()).sum();
+        let mut out = Vec::new();
+        for (id, c) in self.calls.active.iter_mut() {
+            let Some(m) = c.media.as_mut() else { continue };
+            if let Some(keep) = m.take_socket_close()
+                && let Some(p) = c.probe_sockets.as_mut()
+            {
+                open -= p.open_count();
+                p.close_except(keep);
+                open += p.open_count();
+            }
+            if let Some(n) = m.take_socket_request() {
+                let room = super::probe_sockets::OPEN_MAX.saturating_sub(open);
+                let n = n.min(u16::try_from(room).unwrap_or(u16::MAX));
+                let p = super::probe_sockets::ProbeSockets::open(n, *id, &self.calls.probe_tx);
+                let opened = p.open_count();
+                open += opened;
+                tracing::debug!(asked = n, opened, "opened probe sockets for the birthday technique");
+                c.probe_sockets = Some(p);
+                m.sockets_opened(opened as u16, now, &mut out);
+            }
+        }
+        self.send_media(out).await;
     }
 
     /// The 20 ms media clock.
@@ -624,6 +727,7 @@ impl Session {
         for (id, actions) in ups {
             self.apply_call(id, actions).await;
         }
+        self.service_probe_sockets().await;
         self.open_requested_relays().await;
     }
 
@@ -744,6 +848,13 @@ impl Session {
 
     async fn send_media(&self, out: Vec<super::media::Outgoing>) {
         for o in out {
+            if let Some((call, socket)) = o.local {
+                let udp = self.calls.active.get(&call).and_then(|c| c.probe_sockets.as_ref()?.get(socket));
+                if let Some(udp) = udp {
+                    let _ = udp.send_to(&o.bytes, o.to).await;
+                }
+                continue;
+            }
             match (o.tcp, &self.link.udp) {
                 (Some(session), _) => {
                     if let Some(conn) = self.calls.relay_conns.get(&session) {

@@ -36,6 +36,9 @@ pub struct MediaReport {
     pub path_restarts: u32,
     /// From the answer to media flowing, milliseconds.
     pub setup_ms: Option<u64>,
+    /// What the birthday technique spent, when it ran (a cone NAT and a symmetric one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hard_nat: Option<crate::call::path::HardNatReport>,
 }
 
 /// What a call's media starts from.
@@ -54,6 +57,10 @@ pub(super) struct Setup<'a> {
     pub timing: PathTiming,
     /// We have a public address.
     pub public: bool,
+    /// Our NAT's kind.
+    pub nat: crate::nat::NatKind,
+    /// A seed for the ports the birthday technique draws.
+    pub seed: u64,
 }
 
 /// A datagram to send.
@@ -62,6 +69,8 @@ pub(super) struct Outgoing {
     pub bytes: Vec<u8>,
     /// Through relay session `tcp`'s TCP connection rather than UDP.
     pub tcp: Option<u32>,
+    /// From this call's extra socket (the birthday technique's), not port P.
+    pub local: Option<([u8; 16], u16)>,
 }
 
 /// Flag in a probe's or answer's payload: the sender reaches the relay over TCP.
@@ -73,6 +82,7 @@ const PROBE_FLAG_NONCE: u8 = 2;
 
 /// One call's media.
 pub(super) struct CallMedia {
+    call_id: [u8; 16],
     finder: PathFinder,
     tx: MediaSender,
     rx: MediaReceiver,
@@ -91,6 +101,10 @@ pub(super) struct CallMedia {
     heard_ms: u64,
     /// Times the chosen path failed and the search started again.
     restarts: u32,
+    /// Extra sockets the path search asked for, not yet opened.
+    wants_sockets: Option<u16>,
+    /// The path search is done with the extra sockets, but for this one.
+    close_sockets: Option<Option<u16>>,
 }
 
 fn relayed(leg: &crate::call::path::RelayLeg, packet: &[u8]) -> Vec<u8> {
@@ -104,10 +118,12 @@ fn relayed(leg: &crate::call::path::RelayLeg, packet: &[u8]) -> Vec<u8> {
 impl CallMedia {
     /// Media for `call` on our side, playing `source`.
     pub fn new(call: Setup<'_>, source: Vec<i16>, now_ms: u64) -> Result<Self, crate::call::codec::CodecError> {
-        let Setup { call_id, key, role, codec, peer, timing, public } = call;
+        let Setup { call_id, key, role, codec, peer, timing, public, nat, seed } = call;
         let mut finder = PathFinder::new(role, peer, timing, now_ms);
         finder.set_public(public);
+        finder.set_nat(nat, seed);
         Ok(Self {
+            call_id: *call_id,
             finder,
             tx: MediaSender::new(call_id, key, role),
             rx: MediaReceiver::new(call_id, key, role),
@@ -124,15 +140,21 @@ impl CallMedia {
             wants_relay: false,
             heard_ms: now_ms,
             restarts: 0,
+            wants_sockets: None,
+            close_sockets: None,
         })
     }
 
     fn route_bytes(&self, route: Route, packet: Vec<u8>) -> Outgoing {
         match route {
-            Route::To(to) => Outgoing { to, bytes: packet, tcp: None },
-            Route::Relay(leg) => {
-                Outgoing { to: leg.addr, bytes: relayed(&leg, &packet), tcp: leg.tcp.then_some(leg.session) }
-            }
+            Route::To(to) => Outgoing { to, bytes: packet, tcp: None, local: None },
+            Route::Via { socket, to } => Outgoing { to, bytes: packet, tcp: None, local: Some((self.call_id, socket)) },
+            Route::Relay(leg) => Outgoing {
+                to: leg.addr,
+                bytes: relayed(&leg, &packet),
+                tcp: leg.tcp.then_some(leg.session),
+                local: None,
+            },
         }
     }
 
@@ -169,6 +191,8 @@ impl CallMedia {
                     out.push(self.route_bytes(route, p));
                 }
                 PathAction::AllocateRelay => self.wants_relay = true,
+                PathAction::OpenSockets(n) => self.wants_sockets = Some(n),
+                PathAction::CloseSockets { keep } => self.close_sockets = Some(keep),
                 PathAction::Chosen(_, path) => {
                     self.report.path = Some(path.label());
                     self.report.setup_ms.get_or_insert(now_ms.saturating_sub(self.started_ms));
@@ -180,12 +204,14 @@ impl CallMedia {
     }
 
     /// A datagram for this call arrived from `from` (the relay header, if any, already
-    /// seen: `via` is the relay leg it came through). Returns the path if one was chosen.
+    /// seen: `via` is the relay leg it came through; `local`, the extra socket it came to,
+    /// if not port P). Returns the path if one was chosen.
     pub fn on_datagram(
         &mut self,
         from: SocketAddr,
         packet: &[u8],
         via: Option<crate::call::path::RelayLeg>,
+        local: Option<u16>,
         now_ms: u64,
         out: &mut Vec<Outgoing>,
     ) -> (bool, Option<Path>) {
@@ -198,9 +224,10 @@ impl CallMedia {
             }
         };
         self.heard_ms = now_ms;
-        let route = match via {
-            Some(leg) => Route::Relay(leg),
-            None => Route::To(from),
+        let route = match (via, local) {
+            (Some(leg), _) => Route::Relay(leg),
+            (None, Some(socket)) => Route::Via { socket, to: from },
+            (None, None) => Route::To(from),
         };
         let chosen = match opened.kind {
             Kind::Probe => {
@@ -286,6 +313,28 @@ impl CallMedia {
         std::mem::take(&mut self.wants_relay)
     }
 
+    /// How many extra sockets the path search asked for (once; the session opens them).
+    pub fn take_socket_request(&mut self) -> Option<u16> {
+        self.wants_sockets.take()
+    }
+
+    /// Whether the path search is done with the extra sockets, and which to keep (once).
+    pub fn take_socket_close(&mut self) -> Option<Option<u16>> {
+        self.close_sockets.take()
+    }
+
+    /// `n` extra sockets are open: probe from them.
+    pub fn sockets_opened(&mut self, n: u16, now_ms: u64, out: &mut Vec<Outgoing>) -> Option<Path> {
+        let a = self.finder.sockets_opened(n, now_ms);
+        self.act(a, now_ms, out)
+    }
+
+    /// The other side told us its NAT's kind.
+    pub fn on_peer_nat(&mut self, kind: crate::nat::NatKind, now_ms: u64, out: &mut Vec<Outgoing>) -> Option<Path> {
+        let a = self.finder.on_peer_nat(kind, now_ms);
+        self.act(a, now_ms, out)
+    }
+
     /// Our relay leg is ready: probe through it.
     pub fn relay_ready(&mut self, leg: RelayLeg, now_ms: u64, out: &mut Vec<Outgoing>) -> Option<Path> {
         let a = self.finder.relay_ready(leg, now_ms);
@@ -305,6 +354,7 @@ impl CallMedia {
             received: s.played,
             lost: s.concealed + s.late,
             jitter_ms: self.jitter.jitter_ms(),
+            hard_nat: self.finder.hard_nat(),
             ..self.report.clone()
         }
     }

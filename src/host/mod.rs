@@ -21,6 +21,7 @@ pub mod interfaces;
 pub mod ladder;
 pub mod link;
 pub mod media;
+pub mod probe_sockets;
 mod relay_tcp;
 
 use crate::crypto::credential::TrustedKeys;

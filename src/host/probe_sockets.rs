@@ -1,0 +1,116 @@
+//! The extra UDP sockets a call's path search opens behind a symmetric NAT (the hard side
+//! of the birthday technique, `call::birthday`): each gets its own mapping from the NAT.
+//! What they receive that looks like media goes to the session's queue, tagged with the
+//! call and the socket; the socket the punched path goes through stays for the call.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+/// Most extra sockets open at once across all calls of a session.
+pub const OPEN_MAX: usize = 512;
+/// Datagrams from the extra sockets waiting for the session (more are dropped).
+pub const QUEUED_MAX: usize = 256;
+
+/// A datagram that came to an extra socket.
+#[derive(Debug)]
+pub struct ProbeDatagram {
+    /// The call whose socket it came to.
+    pub call: [u8; 16],
+    /// Which socket.
+    pub socket: u16,
+    /// From where.
+    pub from: SocketAddr,
+    /// The datagram.
+    pub bytes: Vec<u8>,
+}
+
+/// One call's extra sockets, each with its reader task (aborted when dropped).
+#[derive(Debug, Default)]
+pub struct ProbeSockets {
+    sockets: Vec<Option<(Arc<UdpSocket>, tokio::task::JoinHandle<()>)>>,
+}
+
+impl Drop for ProbeSockets {
+    fn drop(&mut self) {
+        self.close_except(None);
+    }
+}
+
+impl ProbeSockets {
+    /// Opens up to `n` sockets on any local port for call `call`, feeding `queue`; fewer
+    /// when the system refuses more (each failure is logged once, then they stop).
+    pub fn open(n: u16, call: [u8; 16], queue: &mpsc::Sender<ProbeDatagram>) -> Self {
+        let mut sockets = Vec::with_capacity(usize::from(n));
+        for socket in 0..n {
+            let bound = std::net::UdpSocket::bind(("0.0.0.0", 0))
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .and_then(UdpSocket::from_std);
+            let udp = match bound {
+                Ok(u) => Arc::new(u),
+                Err(e) => {
+                    tracing::warn!(error = %e, opened = socket, asked = n, "could not open more probe sockets");
+                    break;
+                }
+            };
+            let (reader, queue) = (udp.clone(), queue.clone());
+            let task = tokio::spawn(async move {
+                let mut buf = vec![0u8; crate::call::media::PACKET_LEN_MAX];
+                loop {
+                    let Ok((len, from)) = reader.recv_from(&mut buf).await else {
+                        tokio::task::yield_now().await;
+                        continue;
+                    };
+                    let d = ProbeDatagram { call, socket, from, bytes: buf[..len].to_vec() };
+                    // A full queue drops, as port P's does: probes repeat.
+                    let _ = queue.try_send(d);
+                }
+            });
+            sockets.push(Some((udp, task)));
+        }
+        Self { sockets }
+    }
+
+    /// How many are open.
+    pub fn open_count(&self) -> usize {
+        self.sockets.iter().flatten().count()
+    }
+
+    /// Socket `i`, if open.
+    pub fn get(&self, i: u16) -> Option<&Arc<UdpSocket>> {
+        self.sockets.get(usize::from(i))?.as_ref().map(|(s, _)| s)
+    }
+
+    /// Closes every socket but `keep`.
+    pub fn close_except(&mut self, keep: Option<u16>) {
+        for (i, slot) in self.sockets.iter_mut().enumerate() {
+            if keep.is_some_and(|k| usize::from(k) == i) {
+                continue;
+            }
+            if let Some((_, task)) = slot.take() {
+                task.abort();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sockets_feed_the_queue_tagged_and_close_but_the_one_kept() {
+        let (tx, mut rx) = mpsc::channel(QUEUED_MAX);
+        let mut p = ProbeSockets::open(3, [7; 16], &tx);
+        assert_eq!(p.open_count(), 3);
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = p.get(2).unwrap().local_addr().unwrap().port();
+        peer.send_to(b"hello", ("127.0.0.1", port)).await.unwrap();
+        let d = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        assert_eq!((d.call, d.socket, d.from, &d.bytes[..]), ([7; 16], 2, peer.local_addr().unwrap(), &b"hello"[..]));
+        p.close_except(Some(1));
+        assert_eq!(p.open_count(), 1);
+        assert!(p.get(0).is_none() && p.get(1).is_some());
+    }
+}
