@@ -136,6 +136,10 @@ targets! {
     Session = "session": "A super node's established `Session` fed chunks of (mostly sealed) frames.",
     // New targets go last: a selector keeps its meaning, and the corpus with it.
     Jitter = "jitter": "`call::jitter::JitterBuffer` fed the sender's timestamps and arrival times the input says.",
+    Keepalive = "keepalive": "`wire::message::Keepalive`.",
+    RequestError = "request_error": "`wire::message::RequestError`.",
+    PublishReq = "publish_req": "`wire::message::PublishReq`, then the entry it carries.",
+    PublishReply = "publish_reply": "`wire::message::PublishReply`.",
 }
 
 impl Target {
@@ -330,6 +334,22 @@ pub fn run(target: Target, data: &[u8]) {
             let _ = round_trip("signal", data, decode, encode);
         }
         Target::Session => session(data),
+        Target::Keepalive => {
+            let _ = round_trip("keepalive", data, msg::Keepalive::decode, msg::Keepalive::encode);
+        }
+        Target::RequestError => {
+            let _ = round_trip("request_error", data, msg::RequestError::decode, msg::RequestError::encode);
+        }
+        Target::PublishReq => publish_req(data),
+        Target::PublishReply => {
+            let _ = round_trip("publish_reply", data, msg::PublishReply::decode, msg::PublishReply::encode);
+        }
+    }
+}
+
+fn publish_req(data: &[u8]) {
+    if let Some(p) = round_trip("publish_req", data, msg::PublishReq::decode, msg::PublishReq::encode) {
+        entry(&p.entry);
     }
 }
 
@@ -363,10 +383,11 @@ fn body(kind: MessageKind, payload: &[u8]) {
             let _ = round_trip("puzzle", payload, msg::PuzzleChallenge::decode, |c: &msg::PuzzleChallenge| c.encode());
         }
         MessageKind::Welcome => ignore(msg::Welcome::decode(payload)),
-        MessageKind::Keepalive => {}
+        MessageKind::Keepalive => ignore(msg::Keepalive::decode(payload)),
         MessageKind::KeepaliveAck | MessageKind::NatProbeReply => ignore(msg::Observed::decode(payload)),
         MessageKind::Bye => ignore(msg::Bye::decode(payload)),
         MessageKind::Error => ignore(msg::ErrorMsg::decode(payload)),
+        MessageKind::RequestError => ignore(msg::RequestError::decode(payload)),
         MessageKind::NatProbe => ignore(msg::NatProbe::decode(payload)),
         MessageKind::RegisterReply => ignore(msg::RegisterReply::decode(payload)),
         MessageKind::LoginReply => ignore(msg::LoginReply::decode(payload)),
@@ -391,6 +412,8 @@ fn body(kind: MessageKind, payload: &[u8]) {
         MessageKind::BuddyReply => ignore(BuddyAnswer::decode(payload).ok_or(())),
         MessageKind::Publish => ignore(Entry::decode(payload)),
         MessageKind::PublishAck => ignore(msg::PublishAck::decode(payload)),
+        MessageKind::PublishReq => publish_req(payload),
+        MessageKind::PublishReply => ignore(msg::PublishReply::decode(payload)),
         MessageKind::FindReply => ignore(msg::FindReply::decode(payload)),
         MessageKind::Search => ignore(msg::Search::decode(payload)),
         MessageKind::SearchReply => ignore(msg::SearchReply::decode(payload)),

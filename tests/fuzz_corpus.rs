@@ -281,6 +281,8 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
     let search = Search { req: 10, words: "alice oxford".into(), limit: 5 };
     let forward = Forward { req: 11, to: "bob".into(), via: "sn2".into(), body: notices[2].clone() };
     let stats = CallStats { path: "relayed_udp".into(), outcome: "hung_up".into(), setup_ms: 800 };
+    let keepalive_id = Keepalive { id: 0x0102_0304_0506_0708 };
+    let publish_req = PublishReq { req: 12, entry: entry.clone() };
 
     let plain_hello = frame::encode_plain(listener, MessageKind::Hello, 0, &hello.encode());
     let plain_probe = frame::encode_plain(listener, MessageKind::NatProbe, 0, &NatProbe { id: 77 }.encode());
@@ -392,6 +394,8 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
             sealed(MessageKind::Find, 2, &find.encode()),
             frame::encode_plain(listener, MessageKind::RevocationReply, 0, &revocations),
             frame::encode_plain(listener, MessageKind::RevocationQuery, 0, &revocation_query.encode()),
+            sealed(MessageKind::Keepalive, 4, &keepalive_id.encode()),
+            sealed(MessageKind::PublishReq, 5, &publish_req.encode()),
         ],
     );
     add(
@@ -527,6 +531,46 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
                 session_chunk(MessageKind::Bye, 9, &Bye { reason: 0 }.encode()),
             ]),
             chunked(&[session_chunk(MessageKind::Error, 0, &ErrorMsg::new(ErrorCode::Internal, "x").encode())]),
+            // Revision 2: a keepalive id first, then failures answered with request ids.
+            chunked(&[
+                session_chunk(MessageKind::Keepalive, 0, &keepalive_id.encode()),
+                session_chunk(MessageKind::PublishReq, 1, &publish_req.encode()),
+                session_chunk(MessageKind::Find, 2, &[0, 0, 0, 9]),
+                session_chunk(MessageKind::PublishReq, 3, &[0, 0, 0, 12, 0xff]),
+                session_chunk(MessageKind::Welcome, 4, &welcome.encode()),
+                session_chunk(MessageKind::Keepalive, 5, &[1, 2, 3]),
+                session_chunk(MessageKind::Keepalive, 6, b""),
+                session_chunk(
+                    MessageKind::RequestError,
+                    7,
+                    &RequestError { req: 3, error: ErrorMsg::new(ErrorCode::Internal, "x") }.encode(),
+                ),
+                session_chunk(MessageKind::Publish, 8, &entry),
+            ]),
+        ],
+    );
+    add(Target::Keepalive, vec![Keepalive { id: 0 }.encode(), keepalive_id.encode()]);
+    add(
+        Target::RequestError,
+        vec![
+            RequestError {
+                req: 9,
+                error: ErrorMsg { code: ErrorCode::TooManyAttempts, retry_after_secs: 1, detail: "slow down".into() },
+            }
+            .encode(),
+            RequestError { req: 0, error: ErrorMsg::new(ErrorCode::Malformed, "find: truncated") }.encode(),
+        ],
+    );
+    add(Target::PublishReq, vec![publish_req.encode()]);
+    add(
+        Target::PublishReply,
+        vec![
+            PublishReply { req: 12, ack: PublishAck { code: 0, replicas: 9, detail: String::new() } }.encode(),
+            PublishReply {
+                req: 13,
+                ack: PublishAck { code: ErrorCode::BadSignature.code(), replicas: 0, detail: "wrong user".into() },
+            }
+            .encode(),
         ],
     );
     assert_eq!(s.len(), Target::ALL.len(), "a seed for every target");

@@ -15,9 +15,9 @@ use confab::host::{self, HostError};
 use confab::nat::NatKind;
 use confab::net::tcp;
 use confab::supernode::{BoundNode, Identity, NodeSpec, SessionParams};
-use confab::wire::ErrorCode;
 use confab::wire::frame::{self, Direction};
 use confab::wire::message::{AccountBody, ErrorMsg, MessageKind};
+use confab::wire::{DecodeError, ErrorCode};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -297,6 +297,178 @@ async fn impostor_super_nodes_are_named() {
     let thief = rogue_node("sn1", "supernode-2", real, &token).await;
     let e = handshake_with(&t, thief, &me).await.unwrap_err();
     assert!(matches!(e, HandshakeError::NotKeyHolder { .. }), "{e}");
+    token.cancel();
+    t.net.stop().await;
+}
+
+/// A host that speaks to a super node frame by frame: the handshake through the ladder,
+/// then sealed requests and their answers over its own UDP socket.
+struct RawHost {
+    udp: std::sync::Arc<tokio::net::UdpSocket>,
+    session: confab::host::handshake::ClientSession,
+}
+
+impl RawHost {
+    async fn connect(t: &TestNet, addr: SocketAddr, cred: &Credential) -> Self {
+        let s = t.settings();
+        let udp = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let plan = [confab::host::ladder::Attempt {
+            stage: confab::host::ladder::Stage::BootstrapUdp,
+            transport: confab::host::ladder::Transport::Udp,
+            addr,
+        }];
+        let host_key = key("host-1");
+        let me = Me { trusted: &s.trusted, credential: cred, key: &host_key };
+        let connected = connect::run(&plan, &udp, &me, &s.timeouts, &mut Vec::new()).await.unwrap();
+        Self { udp, session: connected.session }
+    }
+
+    /// Sends one sealed request and returns the next sealed answer (notices skipped).
+    async fn ask(&mut self, kind: MessageKind, body: &[u8]) -> (MessageKind, Vec<u8>) {
+        let f = self.session.seal(kind, body);
+        self.udp.send_to(&f, self.session.addr).await.unwrap();
+        let mut buf = vec![0u8; frame::FRAME_LEN_MAX + 1];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (n, from) = tokio::time::timeout_at(deadline, self.udp.recv_from(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no answer to {}", kind.label()))
+                .unwrap();
+            if from != self.session.addr {
+                continue;
+            }
+            match self.session.open(&buf[..n]) {
+                Ok((MessageKind::Notice, _)) | Err(_) => continue,
+                Ok(answer) => return answer,
+            }
+        }
+    }
+}
+
+/// A signed, current index entry for `cred`'s user (signed with host-1, its key).
+fn signed_entry(cred: &Credential) -> Vec<u8> {
+    use confab::index::entry::{Entry, EntryBody, Profile, Status};
+    let body = EntryBody {
+        user: cred.subject.clone(),
+        credential: cred.encode(),
+        status: Status::Online,
+        supernode: "sn".into(),
+        public_addr: None,
+        nat: NatKind::None,
+        profile: Profile::default(),
+        last_seen: confab::unix_now(),
+        timestamp_ms: confab::unix_now() * 1000,
+    };
+    Entry::sign(body, cred, &key("host-1")).unwrap().encode()
+}
+
+fn decoded<T>(
+    answer: (MessageKind, Vec<u8>),
+    kind: MessageKind,
+    decode: impl Fn(&[u8]) -> Result<T, DecodeError>,
+) -> T {
+    assert_eq!(answer.0, kind, "expected {}, got {}", kind.label(), answer.0.label());
+    decode(&answer.1).unwrap()
+}
+
+/// An old host (empty keepalives, Publish) gets exactly the answers it always got; a host
+/// that sent a keepalive id gets the id back, PublishReply for PublishReq, and failures as
+/// RequestError carrying the failed request's id.
+#[actix_rt::test]
+async fn old_hosts_get_old_answers_and_revision_two_hosts_get_ids() {
+    use confab::wire::message::{
+        Find, FindReply, Keepalive, Observed, PublishAck, PublishReply, PublishReq, RequestError, Search,
+    };
+    let t = common::start(1, |_| {}).await;
+    let now = confab::unix_now();
+    let token = CancellationToken::new();
+    // A lone super node (no cluster) holds no index: every index request fails there.
+    let lone_cred = confab::keygen::certify_supernode(&key("login-0"), "lone", key("supernode-2").public(), 1, now);
+    let lone = rogue_node("lone", "supernode-2", lone_cred, &token).await;
+    let with_index = t.net.info.supernodes[0].udp;
+
+    for (addr, index) in [(lone, false), (with_index, true)] {
+        let old_cred = host_credential("login-0", "olga", now, now + 600);
+        let mut old = RawHost::connect(&t, addr, &old_cred).await;
+        let ack = decoded(old.ask(MessageKind::Keepalive, b"").await, MessageKind::KeepaliveAck, Observed::decode);
+        assert_eq!(ack.id, 0);
+        let ack = decoded(
+            old.ask(MessageKind::Publish, &signed_entry(&old_cred)).await,
+            MessageKind::PublishAck,
+            PublishAck::decode,
+        );
+        let find = Find { req: 41, user: "nobody".into() };
+        if index {
+            assert_eq!((ack.code, ack.detail.as_str()), (0, ""), "{ack:?}");
+            assert!(ack.replicas >= 1, "{ack:?}");
+            let r =
+                decoded(old.ask(MessageKind::Find, &find.encode()).await, MessageKind::FindReply, FindReply::decode);
+            assert_eq!(r.req, 41);
+        } else {
+            assert_eq!(ack.code, ErrorCode::Unsupported.code(), "{ack:?}");
+            let e = decoded(old.ask(MessageKind::Find, &find.encode()).await, MessageKind::Error, ErrorMsg::decode);
+            assert_eq!(e.code, ErrorCode::Unsupported);
+        }
+        let e = decoded(old.ask(MessageKind::Find, &[0, 0, 0, 42]).await, MessageKind::Error, ErrorMsg::decode);
+        assert_eq!(e.code, ErrorCode::Malformed);
+
+        let new_cred = host_credential("login-0", "nina", now, now + 600);
+        let mut new = RawHost::connect(&t, addr, &new_cred).await;
+        let id = 0x1234_5678_9abc_def0;
+        let ack = decoded(
+            new.ask(MessageKind::Keepalive, &Keepalive { id }.encode()).await,
+            MessageKind::KeepaliveAck,
+            Observed::decode,
+        );
+        assert_eq!(ack.id, id, "a revision-2 super node echoes the id");
+        let publish = PublishReq { req: 51, entry: signed_entry(&new_cred) };
+        let reply = decoded(
+            new.ask(MessageKind::PublishReq, &publish.encode()).await,
+            MessageKind::PublishReply,
+            PublishReply::decode,
+        );
+        assert_eq!(reply.req, 51);
+        if index {
+            assert_eq!((reply.ack.code, reply.ack.replicas >= 1), (0, true), "{reply:?}");
+            // Another user's entry is refused, in a PublishReply with that request's id.
+            let stolen = PublishReq { req: 52, entry: signed_entry(&old_cred) };
+            let reply = decoded(
+                new.ask(MessageKind::PublishReq, &stolen.encode()).await,
+                MessageKind::PublishReply,
+                PublishReply::decode,
+            );
+            assert_eq!((reply.req, reply.ack.code), (52, ErrorCode::BadSignature.code()), "{reply:?}");
+            let r = decoded(
+                new.ask(MessageKind::Find, &Find { req: 53, user: "olga".into() }.encode()).await,
+                MessageKind::FindReply,
+                FindReply::decode,
+            );
+            assert_eq!(r.req, 53);
+            assert!(!r.entry.is_empty(), "the old host's publish is in the index");
+        } else {
+            assert_eq!(reply.ack.code, ErrorCode::Unsupported.code(), "{reply:?}");
+            let e = decoded(
+                new.ask(MessageKind::Find, &Find { req: 53, user: "olga".into() }.encode()).await,
+                MessageKind::RequestError,
+                RequestError::decode,
+            );
+            assert_eq!((e.req, e.error.code), (53, ErrorCode::Unsupported));
+            let search = Search { req: 54, words: "olga".into(), limit: 5 };
+            let e = decoded(
+                new.ask(MessageKind::Search, &search.encode()).await,
+                MessageKind::RequestError,
+                RequestError::decode,
+            );
+            assert_eq!((e.req, e.error.code), (54, ErrorCode::Unsupported));
+        }
+        // A request that does not decode has no id to answer with.
+        let e =
+            decoded(new.ask(MessageKind::Find, &[0, 0, 0, 55]).await, MessageKind::RequestError, RequestError::decode);
+        assert_eq!((e.req, e.error.code), (0, ErrorCode::Malformed));
+        // The old host, still connected beside it, keeps getting id-less errors.
+        let e = decoded(old.ask(MessageKind::Find, &[0, 0, 0, 56]).await, MessageKind::Error, ErrorMsg::decode);
+        assert_eq!(e.code, ErrorCode::Malformed);
+    }
     token.cancel();
     t.net.stop().await;
 }

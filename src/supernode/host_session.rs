@@ -202,6 +202,22 @@ impl HostSession {
         }
     }
 
+    /// Tells the host that request `req` failed, in the form its revision reads.
+    fn reply_error(&mut self, req: u32, error: ErrorMsg) {
+        if let State::Established { session, .. } = &mut self.state {
+            let (kind, f) = session.request_error(req, error);
+            self.send(kind, f);
+        }
+    }
+
+    /// Answers a Publish (`req` None) or a PublishReq.
+    fn reply_publish(&mut self, req: Option<u32>, ack: PublishAck) {
+        if let State::Established { session, .. } = &mut self.state {
+            let (kind, f) = session.publish_answer(req, ack);
+            self.send(kind, f);
+        }
+    }
+
     /// Index requests (lookups, searches, publishes) a host may make per second: a storm
     /// from one host is refused, not served.
     const INDEX_REQUESTS_PER_SECOND_MAX: u32 = 50;
@@ -217,18 +233,17 @@ impl HostSession {
 
     /// The index router for a lookup or search, or None after telling the host why not
     /// (no index here, or it is asking too fast).
-    fn router_for_lookup(&mut self, what: &'static str) -> Option<Addr<IndexRouter>> {
+    fn router_for_lookup(&mut self, what: &'static str, req: u32) -> Option<Addr<IndexRouter>> {
         if !self.allow_index_request() {
             self.node.metrics.reject(self.out.transport().label(), "lookup_rate", self.peer, &what);
             let mut e = ErrorMsg::new(ErrorCode::TooManyAttempts, "too many lookups; slow down");
             e.retry_after_secs = 1;
-            self.reply(MessageKind::Error, &e.encode());
+            self.reply_error(req, e);
             return None;
         }
         let router = self.node.index.clone();
         if router.is_none() {
-            let e = ErrorMsg::new(ErrorCode::Unsupported, "this super node holds no index");
-            self.reply(MessageKind::Error, &e.encode());
+            self.reply_error(req, ErrorMsg::new(ErrorCode::Unsupported, "this super node holds no index"));
         }
         router
     }
@@ -314,7 +329,7 @@ impl HostSession {
         for a in actions {
             match a {
                 Action::Send(kind, f) => self.send(kind, f),
-                Action::Publish(entry) => {
+                Action::Publish { req, entry } => {
                     if !self.allow_index_request() {
                         self.node.metrics.reject(self.out.transport().label(), "publish_rate", self.peer, &"publish");
                         let ack = PublishAck {
@@ -322,7 +337,7 @@ impl HostSession {
                             replicas: 0,
                             detail: "too many publishes; slow down".into(),
                         };
-                        self.reply(MessageKind::PublishAck, &ack.encode());
+                        self.reply_publish(req, ack);
                         continue;
                     }
                     let Some(router) = self.node.index.clone() else {
@@ -331,11 +346,11 @@ impl HostSession {
                             replicas: 0,
                             detail: "this super node holds no index".into(),
                         };
-                        self.reply(MessageKind::PublishAck, &ack.encode());
+                        self.reply_publish(req, ack);
                         continue;
                     };
                     let user = self.user.clone();
-                    ctx.spawn(router.send(Publish { user, entry }).into_actor(self).map(|res, act, _| {
+                    ctx.spawn(router.send(Publish { user, entry }).into_actor(self).map(move |res, act, _| {
                         let ack = match res {
                             Ok(Ok(n)) => PublishAck { code: 0, replicas: n.min(255) as u8, detail: String::new() },
                             Ok(Err((code, why))) => PublishAck { code: code.code(), replicas: 0, detail: why },
@@ -345,16 +360,15 @@ impl HostSession {
                                 detail: "index unavailable".into(),
                             },
                         };
-                        act.reply(MessageKind::PublishAck, &ack.encode());
+                        act.reply_publish(req, ack);
                     }));
                 }
                 Action::Search(q) => {
-                    let Some(router) = self.router_for_lookup("search") else { continue };
+                    let Some(router) = self.router_for_lookup("search", q.req) else { continue };
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     let limit = usize::from(q.limit.clamp(1, SEARCH_RESULTS_MAX));
                     if router.try_send(SearchUsers { words: q.words.clone(), limit, reply: tx }).is_err() {
-                        let e = ErrorMsg::new(ErrorCode::Internal, "the index is busy; try again");
-                        self.reply(MessageKind::Error, &e.encode());
+                        self.reply_error(q.req, ErrorMsg::new(ErrorCode::Internal, "the index is busy; try again"));
                         continue;
                     }
                     let req = q.req;
@@ -374,11 +388,10 @@ impl HostSession {
                     }));
                 }
                 Action::Find(f) => {
-                    let Some(router) = self.router_for_lookup("find") else { continue };
+                    let Some(router) = self.router_for_lookup("find", f.req) else { continue };
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     if router.try_send(FindUser { user: f.user.clone(), reply: tx }).is_err() {
-                        let e = ErrorMsg::new(ErrorCode::Internal, "the index is busy; try again");
-                        self.reply(MessageKind::Error, &e.encode());
+                        self.reply_error(f.req, ErrorMsg::new(ErrorCode::Internal, "the index is busy; try again"));
                         continue;
                     }
                     let req = f.req;
@@ -439,7 +452,7 @@ impl HostSession {
                         self.node.metrics.reject(self.out.transport().label(), "relay_rate", self.peer, &"relay");
                         let mut e = ErrorMsg::new(ErrorCode::TooManyAttempts, "too many relay requests; slow down");
                         e.retry_after_secs = 1;
-                        self.reply(MessageKind::Error, &e.encode());
+                        self.reply_error(r.req, e);
                         continue;
                     }
                     let grant = self.allocate_relay(r.req, &r.callee);

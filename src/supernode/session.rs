@@ -2,14 +2,15 @@
 //!
 //! The `HostSession` actor feeds it frames and clock ticks and sends what it returns.
 //! Everything is decided here: which frames are acceptable, replay, keepalive answers,
-//! idle expiry.
+//! idle expiry, and which revision of the message layer the host speaks (a Keepalive
+//! with an id makes it revision 2: failures then carry the request's id).
 
 use crate::crypto::aead::{SealKey, SessionSecret, label};
 use crate::wire::DecodeError;
 use crate::wire::frame::{self, Direction, FrameError, RawFrame};
 use crate::wire::message::{
-    Bye, CallStats, ErrorCode, ErrorMsg, Find, Forward, MessageKind, Observed, RelayAllocate, RelayRelease, Search,
-    Welcome,
+    Bye, CallStats, ErrorCode, ErrorMsg, Find, Forward, Keepalive, MessageKind, Observed, PublishAck, PublishReply,
+    PublishReq, RelayAllocate, RelayRelease, RequestError, Revision, Search, Welcome,
 };
 use crate::wire::replay::ReplayWindow;
 use std::net::SocketAddr;
@@ -40,8 +41,15 @@ pub enum Action {
     Send(MessageKind, Vec<u8>),
     /// End the session (after sending anything queued before it).
     Close(&'static str),
-    /// Store this signed entry in the Global Index, then answer with PublishAck.
-    Publish(Vec<u8>),
+    /// Store this signed entry in the Global Index, then answer with
+    /// [`Session::publish_answer`]: a PublishAck to a Publish (`req` None), a PublishReply
+    /// to a PublishReq.
+    Publish {
+        /// The PublishReq's id; None for a Publish.
+        req: Option<u32>,
+        /// The signed entry, not yet checked.
+        entry: Vec<u8>,
+    },
     /// Look this user up, then answer with FindReply.
     Find(Find),
     /// Search users, then answer with SearchReply frames.
@@ -85,6 +93,7 @@ pub struct Session {
     replay: ReplayWindow,
     last_heard: u64,
     idle_timeout_secs: u64,
+    revision: Revision,
 }
 
 impl Session {
@@ -103,6 +112,7 @@ impl Session {
             replay: ReplayWindow::new(),
             last_heard: now,
             idle_timeout_secs,
+            revision: Revision::One,
         }
     }
 
@@ -124,6 +134,36 @@ impl Session {
     /// The transport.
     pub fn transport(&self) -> Transport {
         self.transport
+    }
+
+    /// The message-layer revision the host has shown it speaks: Two from its first
+    /// Keepalive with an id on, for the rest of the session.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// The sealed answer to a failed request: a RequestError carrying `req` to a
+    /// revision-2 host, the id-less Error that revision 1 expects otherwise.
+    pub fn request_error(&mut self, req: u32, error: ErrorMsg) -> (MessageKind, Vec<u8>) {
+        match self.revision {
+            Revision::Two => {
+                let body = RequestError { req, error }.encode();
+                (MessageKind::RequestError, self.seal(MessageKind::RequestError, &body))
+            }
+            Revision::One => (MessageKind::Error, self.seal(MessageKind::Error, &error.encode())),
+        }
+    }
+
+    /// The sealed answer to a publish: a PublishReply to a PublishReq (`req` given), a
+    /// PublishAck to a Publish. Only a host that sent a PublishReq gets a PublishReply.
+    pub fn publish_answer(&mut self, req: Option<u32>, ack: PublishAck) -> (MessageKind, Vec<u8>) {
+        match req {
+            Some(req) => {
+                let body = PublishReply { req, ack }.encode();
+                (MessageKind::PublishReply, self.seal(MessageKind::PublishReply, &body))
+            }
+            None => (MessageKind::PublishAck, self.seal(MessageKind::PublishAck, &ack.encode())),
+        }
     }
 
     /// Seals one frame to the host.
@@ -155,16 +195,25 @@ impl Session {
         self.last_heard = now;
         let mut out = Vec::new();
         match raw.header.kind {
-            MessageKind::Keepalive => {
-                let ack = Observed { id: 0, addr: self.peer }.encode();
-                out.push(Action::Send(MessageKind::KeepaliveAck, self.seal(MessageKind::KeepaliveAck, &ack)));
-            }
+            MessageKind::Keepalive => match Keepalive::decode(&body) {
+                Ok(k) => {
+                    // Revision 2 is for the rest of the session: a later empty keepalive
+                    // is a liveness check, not a downgrade.
+                    self.revision = self.revision.max(k.revision());
+                    let ack = Observed { id: k.id, addr: self.peer }.encode();
+                    out.push(Action::Send(MessageKind::KeepaliveAck, self.seal(MessageKind::KeepaliveAck, &ack)));
+                }
+                Err(e) => out.push(self.failed(0, ErrorMsg::new(ErrorCode::Malformed, format!("keepalive: {e}")))),
+            },
             MessageKind::Bye => {
                 let reason = Bye::decode(&body).map(|b| b.reason).unwrap_or(0);
                 tracing::debug!(user = %self.user, reason, "host said bye");
                 out.push(Action::Close("bye"));
             }
-            MessageKind::Publish => out.push(Action::Publish(body)),
+            MessageKind::Publish => out.push(Action::Publish { req: None, entry: body }),
+            MessageKind::PublishReq => out.push(self.decoded(PublishReq::decode(&body), "publish_req", |p| {
+                Action::Publish { req: Some(p.req), entry: p.entry }
+            })),
             MessageKind::Search => out.push(self.decoded(Search::decode(&body), "search", Action::Search)),
             MessageKind::Find => out.push(self.decoded(Find::decode(&body), "find", Action::Find)),
             MessageKind::Forward => out.push(self.decoded(Forward::decode(&body), "forward", Action::Forward)),
@@ -180,24 +229,34 @@ impl Session {
                     tracing::debug!(user = %self.user, code = e.code.label(), detail = %e.detail, "host reported an error");
                 }
             }
+            MessageKind::RequestError => {
+                if let Ok(e) = RequestError::decode(&body) {
+                    tracing::debug!(user = %self.user, req = e.req, code = e.error.code.label(), detail = %e.error.detail,
+                        "host reported an error");
+                }
+            }
             other => {
                 let e =
                     ErrorMsg::new(ErrorCode::Unsupported, format!("{} is not handled by a super node", other.label()));
-                out.push(Action::Send(MessageKind::Error, self.seal(MessageKind::Error, &e.encode())));
+                out.push(self.failed(0, e));
             }
         }
         Ok(out)
     }
 
-    /// The action for a decoded request, or a Malformed error back to the host.
+    /// The action for a decoded request, or a Malformed error back to the host (with
+    /// request id 0: a body that did not decode has no id to trust).
     fn decoded<T>(&mut self, r: Result<T, DecodeError>, what: &str, action: impl FnOnce(T) -> Action) -> Action {
         match r {
             Ok(v) => action(v),
-            Err(e) => {
-                let e = ErrorMsg::new(ErrorCode::Malformed, format!("{what}: {e}"));
-                Action::Send(MessageKind::Error, self.seal(MessageKind::Error, &e.encode()))
-            }
+            Err(e) => self.failed(0, ErrorMsg::new(ErrorCode::Malformed, format!("{what}: {e}"))),
         }
+    }
+
+    /// [`Session::request_error`] as an action.
+    fn failed(&mut self, req: u32, error: ErrorMsg) -> Action {
+        let (kind, frame) = self.request_error(req, error);
+        Action::Send(kind, frame)
     }
 
     /// When the session expires unless the host is heard from.
@@ -251,6 +310,156 @@ mod tests {
         assert_eq!(Observed::decode(&body).unwrap().addr, s.peer());
         assert_eq!(s.deadline(), 170);
         assert_eq!(s.on_frame(&decode(l, &f).unwrap(), 111), Err(FrameError::Replayed));
+    }
+
+    /// A host's side of [`pair`]: seals frames in sequence and opens the answers.
+    struct Host {
+        to_sn: SealKey,
+        from_sn: SealKey,
+        l: SocketAddr,
+        seq: u64,
+    }
+
+    impl Host {
+        fn new(to_sn: SealKey, from_sn: SealKey, l: SocketAddr) -> Self {
+            Self { to_sn, from_sn, l, seq: 0 }
+        }
+
+        /// Sends one frame; returns the actions and the opened answers, in order.
+        fn send(
+            &mut self,
+            s: &mut Session,
+            kind: MessageKind,
+            body: &[u8],
+        ) -> (Vec<Action>, Vec<(MessageKind, Vec<u8>)>) {
+            let f = frame::encode_sealed(self.l, kind, 7, self.seq, &self.to_sn, Direction::ToResponder, body);
+            self.seq += 1;
+            let actions = s.on_frame(&decode(self.l, &f).unwrap(), 110).unwrap();
+            let answers = actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Send(k, f) => Some(self.open(*k, f)),
+                    _ => None,
+                })
+                .collect();
+            (actions, answers)
+        }
+
+        fn open(&self, kind: MessageKind, f: &[u8]) -> (MessageKind, Vec<u8>) {
+            let raw = decode(self.l, f).unwrap();
+            assert_eq!(raw.header.kind, kind, "the action names the kind it carries");
+            (kind, raw.open(&self.from_sn, Direction::ToInitiator).unwrap())
+        }
+
+        /// The one answer to a frame.
+        fn ask(&mut self, s: &mut Session, kind: MessageKind, body: &[u8]) -> (MessageKind, Vec<u8>) {
+            let (_, mut answers) = self.send(s, kind, body);
+            assert_eq!(answers.len(), 1, "{answers:?}");
+            answers.remove(0)
+        }
+    }
+
+    fn observed_id(answer: (MessageKind, Vec<u8>)) -> u64 {
+        assert_eq!(answer.0, MessageKind::KeepaliveAck);
+        Observed::decode(&answer.1).unwrap().id
+    }
+
+    #[test]
+    fn a_keepalive_id_is_echoed_and_makes_the_session_revision_two() {
+        let (mut s, to_sn, from_sn, l) = pair();
+        let mut h = Host::new(to_sn, from_sn, l);
+        assert_eq!(observed_id(h.ask(&mut s, MessageKind::Keepalive, b"")), 0);
+        assert_eq!(s.revision(), Revision::One, "an empty keepalive is revision 1's");
+        assert_eq!(observed_id(h.ask(&mut s, MessageKind::Keepalive, &Keepalive { id: 42 }.encode())), 42);
+        assert_eq!(s.revision(), Revision::Two);
+        // An empty keepalive later is a liveness check: it echoes 0 and keeps revision 2.
+        assert_eq!(observed_id(h.ask(&mut s, MessageKind::Keepalive, b"")), 0);
+        assert_eq!(s.revision(), Revision::Two);
+        assert_eq!(observed_id(h.ask(&mut s, MessageKind::Keepalive, &u64::MAX.to_be_bytes())), u64::MAX);
+    }
+
+    #[test]
+    fn a_malformed_keepalive_body_is_refused_in_the_sessions_revision() {
+        let (mut s, to_sn, from_sn, l) = pair();
+        let mut h = Host::new(to_sn, from_sn, l);
+        for bad in [&[1u8, 2, 3][..], &[0; 8], &[9; 9]] {
+            let (kind, body) = h.ask(&mut s, MessageKind::Keepalive, bad);
+            assert_eq!(kind, MessageKind::Error, "{bad:?}");
+            assert_eq!(ErrorMsg::decode(&body).unwrap().code, ErrorCode::Malformed);
+            assert_eq!(s.revision(), Revision::One, "a refused keepalive announces nothing");
+        }
+        h.ask(&mut s, MessageKind::Keepalive, &Keepalive { id: 5 }.encode());
+        let (kind, body) = h.ask(&mut s, MessageKind::Keepalive, &[1, 2, 3]);
+        assert_eq!(kind, MessageKind::RequestError);
+        let e = RequestError::decode(&body).unwrap();
+        assert_eq!((e.req, e.error.code), (0, ErrorCode::Malformed));
+        assert!(e.error.detail.starts_with("keepalive: "), "{}", e.error.detail);
+    }
+
+    #[test]
+    fn revision_one_failures_are_answered_as_before() {
+        let (mut s, to_sn, from_sn, l) = pair();
+        let mut h = Host::new(to_sn, from_sn, l);
+        let (kind, body) = h.ask(&mut s, MessageKind::Find, b"\x00\x00");
+        assert_eq!(kind, MessageKind::Error);
+        let e = ErrorMsg::decode(&body).unwrap();
+        assert_eq!(e.code, ErrorCode::Malformed);
+        assert!(e.detail.starts_with("find: "), "{}", e.detail);
+        let (kind, body) = h.ask(&mut s, MessageKind::Welcome, b"");
+        assert_eq!(kind, MessageKind::Error);
+        assert_eq!(ErrorMsg::decode(&body).unwrap().code, ErrorCode::Unsupported);
+        // What the actor sends for a request that failed later, or for a publish.
+        let (k, f) = s.request_error(77, ErrorMsg::new(ErrorCode::TooManyAttempts, "slow down"));
+        let (kind, body) = h.open(k, &f);
+        assert_eq!(kind, MessageKind::Error);
+        assert_eq!(ErrorMsg::decode(&body).unwrap().code, ErrorCode::TooManyAttempts);
+        let ack = PublishAck { code: 0, replicas: 3, detail: String::new() };
+        let (k, f) = s.publish_answer(None, ack.clone());
+        assert_eq!(h.open(k, &f), (MessageKind::PublishAck, ack.encode()));
+        let (actions, _) = h.send(&mut s, MessageKind::Publish, b"entry bytes");
+        assert_eq!(actions, vec![Action::Publish { req: None, entry: b"entry bytes".to_vec() }]);
+        // Whoever sends a PublishReq reads a PublishReply, keepalive id or not.
+        let req = PublishReq { req: 4, entry: b"entry bytes".to_vec() };
+        let (actions, _) = h.send(&mut s, MessageKind::PublishReq, &req.encode());
+        assert_eq!(actions, vec![Action::Publish { req: Some(4), entry: req.entry }]);
+        assert_eq!(s.revision(), Revision::One);
+    }
+
+    #[test]
+    fn revision_two_failures_carry_the_request_id() {
+        let (mut s, to_sn, from_sn, l) = pair();
+        let mut h = Host::new(to_sn, from_sn, l);
+        h.ask(&mut s, MessageKind::Keepalive, &Keepalive { id: 1 }.encode());
+        let request_error = |(kind, body): (MessageKind, Vec<u8>)| {
+            assert_eq!(kind, MessageKind::RequestError);
+            RequestError::decode(&body).unwrap()
+        };
+        // Bodies that do not decode, and kinds not handled, have no id to answer with.
+        let e = request_error(h.ask(&mut s, MessageKind::Find, &[0, 0, 0, 9]));
+        assert_eq!((e.req, e.error.code), (0, ErrorCode::Malformed));
+        let e = request_error(h.ask(&mut s, MessageKind::PublishReq, &[0, 0, 0, 9, 0xff]));
+        assert_eq!((e.req, e.error.code), (0, ErrorCode::Malformed));
+        assert!(e.error.detail.starts_with("publish_req: "), "{}", e.error.detail);
+        let e = request_error(h.ask(&mut s, MessageKind::PublishReply, b""));
+        assert_eq!((e.req, e.error.code), (0, ErrorCode::Unsupported));
+        // A failure found later carries the id the actor passes.
+        let mut busy = ErrorMsg::new(ErrorCode::TooManyAttempts, "too many lookups; slow down");
+        busy.retry_after_secs = 1;
+        let (k, f) = s.request_error(0xabcd, busy.clone());
+        assert_eq!(request_error(h.open(k, &f)), RequestError { req: 0xabcd, error: busy });
+        // PublishReq is handed on with its id and answered with a PublishReply.
+        let req = PublishReq { req: 9, entry: b"entry bytes".to_vec() };
+        let (actions, answers) = h.send(&mut s, MessageKind::PublishReq, &req.encode());
+        assert!(answers.is_empty());
+        assert_eq!(actions, vec![Action::Publish { req: Some(9), entry: req.entry.clone() }]);
+        let ack = PublishAck { code: ErrorCode::BadSignature.code(), replicas: 0, detail: "bad".into() };
+        let (k, f) = s.publish_answer(Some(9), ack.clone());
+        let (kind, body) = h.open(k, &f);
+        assert_eq!(kind, MessageKind::PublishReply);
+        assert_eq!(PublishReply::decode(&body).unwrap(), PublishReply { req: 9, ack: ack.clone() });
+        // A Publish without an id still gets the PublishAck it expects.
+        let (k, f) = s.publish_answer(None, ack.clone());
+        assert_eq!(h.open(k, &f), (MessageKind::PublishAck, ack.encode()));
     }
 
     #[test]

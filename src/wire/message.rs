@@ -25,6 +25,8 @@ pub enum MessageKind {
     Bye = 0x07,
     /// Either way: a request failed (plain before keys exist, sealed after).
     Error = 0x08,
+    /// Super node → host: the request with this id failed (sealed; revision 2 only).
+    RequestError = 0x09,
     /// Host → super node: what address do you see? (plain, padded, stateless)
     NatProbe = 0x10,
     /// Super node → host: the address seen (plain).
@@ -70,6 +72,10 @@ pub enum MessageKind {
     ForwardAck = 0x47,
     /// Super node → host: a notice from another host (sealed).
     Notice = 0x48,
+    /// Host → super node: store my signed index entry, answer by id (sealed; revision 2).
+    PublishReq = 0x49,
+    /// Super node → host: what became of the PublishReq with this id (sealed; revision 2).
+    PublishReply = 0x4a,
     /// Host → super node: open a relay session for a call (sealed).
     RelayAllocate = 0x50,
     /// Super node → host: the relay session, or why not (sealed).
@@ -82,7 +88,7 @@ pub enum MessageKind {
 
 impl MessageKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [MessageKind; 34] = [
+    pub const ALL: [MessageKind; 37] = [
         Self::Hello,
         Self::Challenge,
         Self::Auth,
@@ -91,6 +97,7 @@ impl MessageKind {
         Self::KeepaliveAck,
         Self::Bye,
         Self::Error,
+        Self::RequestError,
         Self::NatProbe,
         Self::NatProbeReply,
         Self::RegisterRequest,
@@ -113,6 +120,8 @@ impl MessageKind {
         Self::Forward,
         Self::ForwardAck,
         Self::Notice,
+        Self::PublishReq,
+        Self::PublishReply,
         Self::RelayAllocate,
         Self::RelayGrant,
         Self::RelayRelease,
@@ -131,11 +140,12 @@ impl MessageKind {
             Self::RegisterRequest | Self::LoginRequest | Self::BuddyRequest => !sealed,
             Self::SeenQuery | Self::SeenReply => !sealed,
             Self::RevocationQuery | Self::RevocationReply => !sealed,
-            Self::Welcome | Self::Keepalive | Self::KeepaliveAck | Self::Bye => sealed,
+            Self::Welcome | Self::Keepalive | Self::KeepaliveAck | Self::Bye | Self::RequestError => sealed,
             Self::RegisterReply | Self::LoginReply | Self::BuddyReply => sealed,
             Self::Publish | Self::PublishAck | Self::Find | Self::FindReply => sealed,
             Self::Search | Self::SearchReply => sealed,
             Self::Forward | Self::ForwardAck | Self::Notice => sealed,
+            Self::PublishReq | Self::PublishReply => sealed,
             Self::RelayAllocate | Self::RelayGrant | Self::RelayRelease | Self::CallStats => sealed,
             Self::Error | Self::Puzzle => true,
         }
@@ -152,6 +162,7 @@ impl MessageKind {
             Self::KeepaliveAck => "keepalive_ack",
             Self::Bye => "bye",
             Self::Error => "error",
+            Self::RequestError => "request_error",
             Self::NatProbe => "nat_probe",
             Self::NatProbeReply => "nat_probe_reply",
             Self::RegisterRequest => "register_request",
@@ -174,6 +185,8 @@ impl MessageKind {
             Self::Forward => "forward",
             Self::ForwardAck => "forward_ack",
             Self::Notice => "notice",
+            Self::PublishReq => "publish_req",
+            Self::PublishReply => "publish_reply",
             Self::RelayAllocate => "relay_allocate",
             Self::RelayGrant => "relay_grant",
             Self::RelayRelease => "relay_release",
@@ -582,6 +595,52 @@ impl Observed {
     }
 }
 
+/// Revision of the message layer a peer speaks. The frame version stays 1; the revision
+/// is learnt from the keepalive echo (see [`Keepalive`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Revision {
+    /// Answers without request ids: a sealed Error, PublishAck.
+    One = 1,
+    /// Keepalive ids, RequestError, PublishReq and PublishReply.
+    Two = 2,
+}
+
+/// Keepalive body: empty (revision 1), or a non-zero id that a revision-2 super node
+/// echoes in the KeepaliveAck's [`Observed::id`]. A revision-1 super node ignores the body
+/// and echoes 0, so one round trip tells the host which revision it talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// 0: no id (the empty body); otherwise the id to echo.
+    pub id: u64,
+}
+
+impl Keepalive {
+    /// Encodes: empty for id 0, else the id.
+    pub fn encode(&self) -> Vec<u8> {
+        if self.id == 0 { Vec::new() } else { self.id.to_be_bytes().to_vec() }
+    }
+
+    /// Decodes 0 or 8 bytes. Eight zero bytes are refused: an echoed 0 already means "no
+    /// id", so a zero id could not tell the revisions apart.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        if b.is_empty() {
+            return Ok(Self { id: 0 });
+        }
+        let mut r = Reader::new(b);
+        let id = r.u64("keepalive.id")?;
+        r.finish()?;
+        if id == 0 {
+            return Err(DecodeError::Invalid("keepalive.id"));
+        }
+        Ok(Self { id })
+    }
+
+    /// The revision a keepalive like this one announces.
+    pub fn revision(&self) -> Revision {
+        if self.id == 0 { Revision::One } else { Revision::Two }
+    }
+}
+
 /// NatProbe: stateless "what address do you see?", padded to [`NAT_PROBE_LEN_MIN`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NatProbe {
@@ -664,6 +723,36 @@ impl ErrorMsg {
         let detail = r.str("error.detail", 255)?.to_owned();
         r.finish()?;
         Ok(Self { code, retry_after_secs, detail })
+    }
+}
+
+/// RequestError: the request with id `req` failed (revision 2). `req` is 0 when the
+/// request did not decode far enough to have one, or its kind is not handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError {
+    /// The failed request's id.
+    pub req: u32,
+    /// What failed, as an [`ErrorMsg`] says it.
+    pub error: ErrorMsg,
+}
+
+impl RequestError {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u32(self.req).u16(self.error.code.code()).u32(self.error.retry_after_secs).str(&self.error.detail);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let req = r.u32("request_error.req")?;
+        let code = ErrorCode::from_code(r.u16("request_error.code")?);
+        let retry_after_secs = r.u32("request_error.retry_after_secs")?;
+        let detail = r.str("request_error.detail", 255)?.to_owned();
+        r.finish()?;
+        Ok(Self { req, error: ErrorMsg { code, retry_after_secs, detail } })
     }
 }
 
@@ -886,6 +975,62 @@ impl PublishAck {
         let detail = r.str("publish_ack.detail", 255)?.to_owned();
         r.finish()?;
         Ok(Self { code, replicas, detail })
+    }
+}
+
+/// PublishReq: a Publish with an id (revision 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishReq {
+    /// Matches the PublishReply.
+    pub req: u32,
+    /// The signed index entry, as a Publish carries it.
+    pub entry: Vec<u8>,
+}
+
+impl PublishReq {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u32(self.req).bytes(&self.entry);
+        w.into_bytes()
+    }
+
+    /// Decodes (the entry is checked by whoever stores it).
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let req = r.u32("publish_req.req")?;
+        let entry = r.bytes("publish_req.entry", crate::index::entry::ENTRY_LEN_MAX)?.to_vec();
+        r.finish()?;
+        Ok(Self { req, entry })
+    }
+}
+
+/// PublishReply: a PublishAck with the PublishReq's id (revision 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishReply {
+    /// The PublishReq's id.
+    pub req: u32,
+    /// The outcome, as a PublishAck says it.
+    pub ack: PublishAck,
+}
+
+impl PublishReply {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u32(self.req).u16(self.ack.code).u8(self.ack.replicas).str(&self.ack.detail);
+        w.into_bytes()
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let req = r.u32("publish_reply.req")?;
+        let code = r.u16("publish_reply.code")?;
+        let replicas = r.u8("publish_reply.replicas")?;
+        let detail = r.str("publish_reply.detail", 255)?.to_owned();
+        r.finish()?;
+        Ok(Self { req, ack: PublishAck { code, replicas, detail } })
     }
 }
 
@@ -1473,6 +1618,122 @@ mod tests {
         assert!(NatProbe::decode(&99u64.to_be_bytes()).is_err());
     }
 
+    /// Every strict prefix of a valid encoding is refused as truncated, and one byte more
+    /// as trailing.
+    fn refuses_prefixes_and_trailing<T: std::fmt::Debug>(enc: &[u8], decode: impl Fn(&[u8]) -> Result<T, DecodeError>) {
+        for n in 0..enc.len() {
+            assert!(matches!(decode(&enc[..n]), Err(DecodeError::Truncated(_))), "{n} of {} bytes", enc.len());
+        }
+        let mut longer = enc.to_vec();
+        longer.push(0);
+        assert_eq!(decode(&longer).unwrap_err(), DecodeError::Trailing(1));
+    }
+
+    #[test]
+    fn revision_two_kinds_are_sealed_and_numbered() {
+        for (k, code) in
+            [(MessageKind::RequestError, 0x09), (MessageKind::PublishReq, 0x49), (MessageKind::PublishReply, 0x4a)]
+        {
+            assert_eq!(k as u8, code);
+            assert_eq!(MessageKind::from_code(code), Some(k));
+            assert!(k.sealing_allowed(true) && !k.sealing_allowed(false), "{k:?}");
+        }
+        let labels: std::collections::HashSet<_> = MessageKind::ALL.iter().map(|k| k.label()).collect();
+        assert_eq!(labels.len(), MessageKind::ALL.len(), "labels are unique");
+    }
+
+    #[test]
+    fn keepalive_body_is_empty_or_a_nonzero_id() {
+        assert_eq!(Keepalive { id: 0 }.encode(), Vec::<u8>::new(), "revision 1's keepalive is unchanged");
+        assert_eq!(Keepalive::decode(&[]).unwrap(), Keepalive { id: 0 });
+        assert_eq!(Keepalive::decode(&[]).unwrap().revision(), Revision::One);
+        let k = Keepalive { id: 0x0102_0304_0506_0708 };
+        assert_eq!(k.encode(), [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(Keepalive::decode(&k.encode()).unwrap(), k);
+        assert_eq!(k.revision(), Revision::Two);
+        assert_eq!(Keepalive::decode(&u64::MAX.to_be_bytes()).unwrap().id, u64::MAX);
+        for n in 1..8 {
+            assert_eq!(Keepalive::decode(&[7; 8][..n]), Err(DecodeError::Truncated("keepalive.id")), "{n} bytes");
+        }
+        assert_eq!(Keepalive::decode(&[7; 9]), Err(DecodeError::Trailing(1)));
+        assert_eq!(Keepalive::decode(&[7; 16]), Err(DecodeError::Trailing(8)));
+        assert_eq!(Keepalive::decode(&[0; 8]), Err(DecodeError::Invalid("keepalive.id")));
+    }
+
+    #[test]
+    fn request_error_round_trips_and_refuses_malformed() {
+        for e in [
+            RequestError {
+                req: 0xfeed_beef,
+                error: ErrorMsg { code: ErrorCode::TooManyAttempts, retry_after_secs: 1, detail: "slow down".into() },
+            },
+            RequestError { req: 0, error: ErrorMsg::new(ErrorCode::Unknown(999), "") },
+            RequestError { req: 7, error: ErrorMsg::new(ErrorCode::Malformed, "é".repeat(127)) },
+        ] {
+            let b = e.encode();
+            assert_eq!(RequestError::decode(&b).unwrap(), e);
+            // The body is an Error's with the id in front.
+            assert_eq!(&b[..4], &e.req.to_be_bytes());
+            assert_eq!(ErrorMsg::decode(&b[4..]).unwrap(), e.error);
+            refuses_prefixes_and_trailing(&b, RequestError::decode);
+        }
+        // Over-long text is cut when encoded, never sent whole.
+        let long = RequestError { req: 1, error: ErrorMsg::new(ErrorCode::Internal, "x".repeat(300)) };
+        assert_eq!(RequestError::decode(&long.encode()).unwrap().error.detail.len(), 255);
+        let mut bad_utf8 = RequestError { req: 1, error: ErrorMsg::new(ErrorCode::Internal, "ab") }.encode();
+        let at = bad_utf8.len() - 1;
+        bad_utf8[at] = 0xff;
+        assert_eq!(RequestError::decode(&bad_utf8), Err(DecodeError::Invalid("request_error.detail")));
+    }
+
+    #[test]
+    fn publish_req_round_trips_and_refuses_malformed() {
+        let entry_max = crate::index::entry::ENTRY_LEN_MAX;
+        for p in [
+            PublishReq { req: 3, entry: vec![9; 300] },
+            PublishReq { req: u32::MAX, entry: vec![1; entry_max] },
+            PublishReq { req: 1, entry: Vec::new() },
+        ] {
+            let b = p.encode();
+            assert_eq!(PublishReq::decode(&b).unwrap(), p);
+            refuses_prefixes_and_trailing(&b, PublishReq::decode);
+        }
+        // The entry's length is checked against the cap before anything is read.
+        let mut over = 3u32.to_be_bytes().to_vec();
+        over.extend_from_slice(&((entry_max + 1) as u16).to_be_bytes());
+        over.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            PublishReq::decode(&over),
+            Err(DecodeError::TooLong { field: "publish_req.entry", len: entry_max + 1, max: entry_max })
+        );
+    }
+
+    #[test]
+    fn publish_reply_round_trips_and_refuses_malformed() {
+        for r in [
+            PublishReply { req: 3, ack: PublishAck { code: 0, replicas: 9, detail: String::new() } },
+            PublishReply {
+                req: 4,
+                ack: PublishAck {
+                    code: ErrorCode::BadSignature.code(),
+                    replicas: 0,
+                    detail: "entry made in the future".into(),
+                },
+            },
+        ] {
+            let b = r.encode();
+            assert_eq!(PublishReply::decode(&b).unwrap(), r);
+            // The body is a PublishAck's with the id in front.
+            assert_eq!(PublishAck::decode(&b[4..]).unwrap(), r.ack);
+            refuses_prefixes_and_trailing(&b, PublishReply::decode);
+        }
+        let mut bad_utf8 =
+            PublishReply { req: 1, ack: PublishAck { code: 16, replicas: 0, detail: "ab".into() } }.encode();
+        let at = bad_utf8.len() - 2;
+        bad_utf8[at] = 0xc3;
+        assert_eq!(PublishReply::decode(&bad_utf8), Err(DecodeError::Invalid("publish_reply.detail")));
+    }
+
     proptest! {
         #[test]
         fn decoders_are_total(b in proptest::collection::vec(any::<u8>(), 0..1500)) {
@@ -1497,6 +1758,10 @@ mod tests {
             let _ = EnvelopedRequest::decode(&b);
             let _ = PuzzleChallenge::decode(&b);
             let _ = SeenQuery::decode(&b);
+            let _ = Keepalive::decode(&b);
+            let _ = RequestError::decode(&b);
+            let _ = PublishReq::decode(&b);
+            let _ = PublishReply::decode(&b);
         }
     }
 }
