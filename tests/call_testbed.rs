@@ -56,8 +56,9 @@ fn call(tag: char, a: Router, b: Router) -> (String, String) {
         "{a:?} ⇄ {b:?}: alice {:?} {}, bob {:?} {}",
         c.caller.path, c.caller.report, c.callee.path, c.callee.report
     );
-    // Under 1% lost: one call on the machine.
-    c.assert_both_heard(0.01);
+    // One call on the machine: a side connects a little after the other, so 80% of the
+    // frames, and under 1% lost.
+    c.assert_both_heard(common::testbed::Hearing { received_share_min: 0.8, lost_share_max: 0.01 });
     (c.caller.path_label().into(), c.callee.path_label().into())
 }
 

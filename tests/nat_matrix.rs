@@ -28,7 +28,7 @@
 mod common;
 
 use common::netns::prerequisites_missing;
-use common::testbed::{self, Call, Party, Router, Testbed};
+use common::testbed::{self, Call, Hearing, Party, Router, Testbed};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -73,10 +73,12 @@ fn expected(caller: &str, callee: &str) -> [&'static str; 2] {
     row.map(|r| [r.2, r.3]).unwrap_or_else(|| panic!("{caller} → {callee} is not in EXPECTED"))
 }
 
-/// The share of frames a side may lose. Five calls at once (unoptimised binaries) share
-/// two cores with the network, and late frames count as lost; the matrix is about paths
-/// and hearing each other (tones, correlation), loss is measured where one call runs.
-const LOST_SHARE_MAX: f64 = 0.10;
+/// How much each side must hear. Five calls at once (unoptimised binaries) share two
+/// cores with the network: a host's media clock can fall a few hundred ms behind (no
+/// CPU, or a handler waiting on the network), and late frames count as lost. The matrix
+/// is about paths and hearing each other (tones, correlation); frames and loss are
+/// measured where one call runs.
+const HEARING: Hearing = Hearing { received_share_min: 0.6, lost_share_max: 0.10 };
 
 /// How long each call talks once connected.
 const CALL_SECS: u32 = 2;
@@ -190,7 +192,7 @@ fn every_pair_of_nat_kinds_calls_and_takes_the_expected_path() {
                         let heard = match one_sided {
                             true => Ok(()),
                             false => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                call.assert_both_heard(LOST_SHARE_MAX)
+                                call.assert_both_heard(HEARING)
                             }))
                             .map_err(panic_text),
                         };

@@ -263,18 +263,19 @@ impl Side {
         self.report["media"]["setup_ms"].as_u64()
     }
 
-    /// Fails the test unless this side connected, received most frames of a `secs` call
-    /// and lost at most a `lost_share_max` of them (or one), and its recording carries
-    /// `tones` and correlates with what the other side played.
-    fn assert_heard(&self, secs: u32, lost_share_max: f64, tones: &[f32]) {
+    /// Fails the test unless this side connected, received and lost frames of a `secs`
+    /// call within `bounds`, and its recording carries `tones` and correlates with what
+    /// the other side played.
+    fn assert_heard(&self, secs: u32, bounds: Hearing, tones: &[f32]) {
         use confab::call::audio;
         let (who, r) = (&self.user, &self.report);
         assert!(self.success && self.path.is_some(), "{who} never connected: {}", self.output);
         let (received, lost) = (r["media"]["received"].as_u64().unwrap(), r["media"]["lost"].as_u64().unwrap());
-        // 50 frames a second; a side connects a little after the other, so 80% of them.
-        assert!(received >= u64::from(secs) * 40, "{who} received {received} frames: {r}");
+        let frames = f64::from(secs) * 50.0;
+        assert!(received as f64 >= bounds.received_share_min * frames, "{who} received {received} frames: {r}");
         // A short call may lose one frame whatever the share.
-        assert!((lost as f64) <= (lost_share_max * received as f64).max(1.0), "{who} lost {lost} of {received}: {r}");
+        let lost_max = (bounds.lost_share_max * received as f64).max(1.0);
+        assert!(lost as f64 <= lost_max, "{who} lost {lost} of {received}: {r}");
         let heard = audio::read_wav(&self.heard).unwrap();
         let heard = &heard[heard.len().min(9600)..];
         for f in tones {
@@ -284,6 +285,15 @@ impl Side {
         let (_, corr) = audio::best_correlation(&sent[..48_000], heard, 48_000);
         assert!(corr > 0.8, "{who}: correlation {corr}");
     }
+}
+
+/// How much of a call each side must have received.
+#[derive(Debug, Clone, Copy)]
+pub struct Hearing {
+    /// Frames received, as a share of the call's length (50 a second).
+    pub received_share_min: f64,
+    /// Frames lost, as a share of those received (one is always allowed).
+    pub lost_share_max: f64,
 }
 
 /// Both sides of a finished call.
@@ -297,12 +307,11 @@ pub struct Call {
 }
 
 impl Call {
-    /// Fails the test unless both sides connected, each lost at most a `lost_share_max`
-    /// of the frames it received (or one), and each one's recording carries the other's
-    /// tones.
-    pub fn assert_both_heard(&self, lost_share_max: f64) {
-        self.caller.assert_heard(self.secs, lost_share_max, &CALLEE_TONES);
-        self.callee.assert_heard(self.secs, lost_share_max, &CALLER_TONES);
+    /// Fails the test unless both sides connected, each received and lost frames within
+    /// `bounds`, and each one's recording carries the other's tones.
+    pub fn assert_both_heard(&self, bounds: Hearing) {
+        self.caller.assert_heard(self.secs, bounds, &CALLEE_TONES);
+        self.callee.assert_heard(self.secs, bounds, &CALLER_TONES);
     }
 }
 
