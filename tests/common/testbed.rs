@@ -195,6 +195,18 @@ impl Drop for Testbed {
     }
 }
 
+/// A child killed (and reaped) if the test fails before waiting for it.
+struct KilledOnDrop(Option<Child>);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Waits for a child whose stdout and stderr are piped; past `limit` it is killed and
 /// the test fails, naming `what` (a test must never hang, even when the program does).
 pub fn wait_within(mut child: Child, limit: Duration, what: &str) -> Output {
@@ -342,11 +354,12 @@ pub fn place_call(bed: &Testbed, caller: Party<'_>, callee: Party<'_>, secs: u32
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut online = KilledOnDrop(Some(online));
     bed.until_online(ns_a, a, b);
     let duration = format!("{secs}s");
     let (play, record) = (to_b.to_str().unwrap(), heard_by_a.to_str().unwrap());
     let args = ["call", "--as", a, b, "--duration", &duration, "--json", "--play", play, "--record", record];
     let out = bed.host(ns_a, a, &args, Duration::from_secs(60));
-    let b_out = wait_within(online, Duration::from_secs(70), &format!("{b} online"));
+    let b_out = wait_within(online.0.take().unwrap(), Duration::from_secs(70), &format!("{b} online"));
     Call { caller: Side::parse(a, &out, heard_by_a, to_a), callee: Side::parse(b, &b_out, heard_by_b, to_b), secs }
 }
