@@ -3,6 +3,7 @@
 
 pub mod netns;
 pub mod relay;
+pub mod testbed;
 
 use confab::config::Config;
 use confab::crypto::credential::TrustedKeys;
