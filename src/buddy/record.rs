@@ -28,9 +28,13 @@ fn key(list: &ListKey) -> SealKey {
     SealKey::from_bytes(list.0)
 }
 
-/// Seals `contact` for `owner`'s list: nonce ‖ ciphertext ‖ tag.
+/// Seals `contact` for `owner`'s list under a fresh random nonce: nonce ‖ ciphertext ‖ tag.
 pub fn seal(list: &ListKey, owner: &str, contact: &Contact) -> Vec<u8> {
-    let nonce: [u8; 12] = crate::crypto::random::bytes();
+    seal_with_nonce(list, owner, contact, crate::crypto::random::bytes())
+}
+
+/// [`seal`] with the nonce given; it must never repeat under one list key.
+pub fn seal_with_nonce(list: &ListKey, owner: &str, contact: &Contact, nonce: [u8; 12]) -> Vec<u8> {
     let plain = postcard::to_allocvec(contact).expect("a contact always encodes");
     let mut out = nonce.to_vec();
     out.extend(key(list).seal(&nonce, &aad(owner), &plain));
@@ -63,5 +67,16 @@ mod tests {
         let long = Contact { user: "x".repeat(32), added_at: u64::MAX };
         assert!(seal(&k, "alice", &long).len() <= SEALED_LEN_MAX);
         assert_eq!(open(&k, "alice", &[0; 11]), None);
+    }
+
+    #[test]
+    fn a_given_nonce_gives_the_same_record() {
+        let k = ListKey([1; 32]);
+        let c = Contact { user: "Carol".into(), added_at: 5 };
+        let a = seal_with_nonce(&k, "alice", &c, [3; 12]);
+        assert_eq!(a, seal_with_nonce(&k, "alice", &c, [3; 12]));
+        assert_ne!(a, seal_with_nonce(&k, "alice", &c, [4; 12]));
+        assert_eq!(a[..12], [3; 12]);
+        assert_eq!(open(&k, "alice", &a), Some(c));
     }
 }

@@ -242,6 +242,17 @@ pub struct Opened {
     pub digest: [u8; 32],
 }
 
+/// Who places a call: the caller's credential and key, and its super node's name.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// The caller's host credential.
+    pub me: &'a Credential,
+    /// Its private key (signs the invite).
+    pub key: &'a PrivateKey,
+    /// The super node where signals for the caller go.
+    pub supernode: &'a str,
+}
+
 impl Invite {
     /// Makes an invite to the holder of `callee` (a credential the caller verified, from
     /// the callee's index entry); returns it with the caller's secrets and its signalling
@@ -257,9 +268,30 @@ impl Invite {
         candidates: Vec<Candidate>,
         now_ms: u64,
     ) -> (Self, Offer, SignalChannel) {
-        let offer = Offer { wrapped: MediaKey(crate::crypto::random::bytes()), share: dh::Secret::generate() };
+        let mut os = rand::rand_core::UnwrapErr(getrandom::SysRng);
+        Self::make_with_rng(Caller { me, key, supernode }, callee, codecs, candidates, now_ms, &mut os)
+    }
+
+    /// [`Invite::make`] drawing the call id and the wrapped secret from `rng` (a seeded
+    /// generator makes them reproducible). The X25519 share, the RSA-OAEP padding and the
+    /// PSS salt still come from the crypto library's own generator: they change bytes,
+    /// never lengths or what happens next.
+    pub fn make_with_rng(
+        caller: Caller<'_>,
+        callee: &Credential,
+        codecs: Vec<Codec>,
+        candidates: Vec<Candidate>,
+        now_ms: u64,
+        rng: &mut impl rand::Rng,
+    ) -> (Self, Offer, SignalChannel) {
+        let Caller { me, key, supernode } = caller;
+        let mut wrapped = [0u8; 32];
+        rng.fill_bytes(&mut wrapped);
+        let mut call_id = [0u8; 16];
+        rng.fill_bytes(&mut call_id);
+        let offer = Offer { wrapped: MediaKey(wrapped), share: dh::Secret::generate() };
         let body = InviteBody {
-            call_id: crate::crypto::random::bytes(),
+            call_id,
             caller: me.subject.clone(),
             callee: callee.subject.clone(),
             supernode: supernode.to_owned(),
@@ -675,6 +707,25 @@ mod tests {
                 Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
             assert_ne!(other.key(&invite, &reply).unwrap().0, key.0);
         }
+    }
+
+    #[test]
+    fn a_seeded_generator_gives_the_same_call_id_and_secret() {
+        use rand::SeedableRng;
+        let t = two();
+        let caller = Caller { me: &t.alice.0, key: &t.alice.1, supernode: "sn1" };
+        let make = |seed: u64| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let (invite, _, _) = Invite::make_with_rng(caller, &t.bob.0, vec![Codec::Opus], cand(), NOW_MS, &mut rng);
+            let opened = invite.open(&t.trusted, "bob", &t.bob.1, NOW_MS, 30_000).unwrap();
+            (invite.body.call_id, opened.wrapped.0)
+        };
+        let (id, secret) = make(1);
+        assert_eq!(make(1), (id, secret), "same seed, same call id and wrapped secret");
+        let (other_id, other_secret) = make(2);
+        assert_ne!(other_id, id);
+        assert_ne!(other_secret, secret);
+        assert_ne!(id[..], secret[..16], "the call id is not a slice of the secret");
     }
 
     #[test]

@@ -50,38 +50,19 @@ struct File {
     entries: Vec<CacheEntry>,
 }
 
-/// The cache and the file it lives in.
-#[derive(Debug)]
-pub struct HostCache {
-    path: PathBuf,
+/// The cache's logic: entries, ladder order, bounds. No file: the core keeps one of
+/// these and hands a copy to whoever writes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cache {
     entries: Vec<CacheEntry>,
 }
 
-impl HostCache {
-    /// Loads the cache; a missing file is an empty cache, a corrupt one is set aside
-    /// (renamed `.corrupt`) with a warning, because the host can always rebuild it.
-    pub fn load(path: &Path) -> Self {
-        let entries = match std::fs::read(path) {
-            Ok(bytes) => match serde_json::from_slice::<File>(&bytes) {
-                Ok(f) => f.entries,
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "host cache is corrupt; starting empty");
-                    let _ = std::fs::rename(path, path.with_extension("corrupt"));
-                    Vec::new()
-                }
-            },
-            Err(_) => Vec::new(),
-        };
-        let mut c = Self { path: path.to_owned(), entries };
+impl Cache {
+    /// A cache holding `entries`, trimmed to [`HOST_CACHE_ENTRIES_MAX`].
+    pub fn new(entries: Vec<CacheEntry>) -> Self {
+        let mut c = Self { entries };
         c.trim();
         c
-    }
-
-    /// Writes the cache atomically.
-    pub fn save(&self) -> std::io::Result<()> {
-        let f = File { version: 1, entries: self.entries.clone() };
-        let bytes = serde_json::to_vec_pretty(&f).expect("cache serialises");
-        crate::fsutil::write_atomic(&self.path, &bytes, 0o600)
     }
 
     /// All entries.
@@ -138,6 +119,69 @@ impl HostCache {
     }
 }
 
+/// The cache and the file it lives in.
+#[derive(Debug)]
+pub struct HostCache {
+    path: PathBuf,
+    cache: Cache,
+}
+
+impl HostCache {
+    /// Loads the cache; a missing file is an empty cache, a corrupt one is set aside
+    /// (renamed `.corrupt`) with a warning, because the host can always rebuild it.
+    pub fn load(path: &Path) -> Self {
+        let entries = match std::fs::read(path) {
+            Ok(bytes) => match serde_json::from_slice::<File>(&bytes) {
+                Ok(f) => f.entries,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "host cache is corrupt; starting empty");
+                    let _ = std::fs::rename(path, path.with_extension("corrupt"));
+                    Vec::new()
+                }
+            },
+            Err(_) => Vec::new(),
+        };
+        Self { path: path.to_owned(), cache: Cache::new(entries) }
+    }
+
+    /// Writes the cache atomically.
+    pub fn save(&self) -> std::io::Result<()> {
+        let f = File { version: 1, entries: self.cache.entries.clone() };
+        let bytes = serde_json::to_vec_pretty(&f).expect("cache serialises");
+        crate::fsutil::write_atomic(&self.path, &bytes, 0o600)
+    }
+
+    /// The logic, to read.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// All entries.
+    pub fn entries(&self) -> &[CacheEntry] {
+        self.cache.entries()
+    }
+
+    /// Super nodes, best first (see [`Cache::supernodes`]).
+    pub fn supernodes(&self) -> Vec<CacheEntry> {
+        self.cache.supernodes()
+    }
+
+    /// Adds a node we heard of (see [`Cache::learn`]).
+    pub fn learn(&mut self, entry: CacheEntry) {
+        self.cache.learn(entry)
+    }
+
+    /// Records a successful connection to a node.
+    pub fn record_success(&mut self, entry: CacheEntry, rtt_ms: u32, now: u64) {
+        self.cache.record_success(entry, rtt_ms, now)
+    }
+
+    /// Records a failed attempt on the node reachable at `addr`.
+    pub fn record_failure(&mut self, addr: SocketAddr) {
+        self.cache.record_failure(addr)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +217,31 @@ mod tests {
         c.save().unwrap();
         let again = HostCache::load(&p);
         assert_eq!(again.entries(), c.entries());
+    }
+
+    /// The file-backed cache and the pure one make the same decisions from the same
+    /// calls, and what the file holds comes back as the same pure cache.
+    #[test]
+    fn the_pure_cache_decides_as_the_file_backed_one() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("hostcache.json");
+        let mut file = HostCache::load(&p);
+        let mut pure = Cache::default();
+        for i in 0..250 {
+            file.learn(sn(i));
+            pure.learn(sn(i));
+        }
+        file.record_success(sn(3), 40, 500);
+        pure.record_success(sn(3), 40, 500);
+        file.record_failure(sn(1).udp.unwrap());
+        pure.record_failure(sn(1).udp.unwrap());
+        assert_eq!(file.cache(), &pure);
+        assert_eq!(pure.supernodes()[0].name, "sn3");
+        assert_eq!(pure.entries().len(), HOST_CACHE_ENTRIES_MAX);
+        file.save().unwrap();
+        assert_eq!(HostCache::load(&p).cache(), &pure);
+        assert_eq!(Cache::new(pure.entries().to_vec()), pure);
+        assert_eq!(Cache::new((0..300).map(sn).collect()).entries().len(), HOST_CACHE_ENTRIES_MAX);
     }
 
     #[test]

@@ -68,7 +68,13 @@ fn plain_error(addr: SocketAddr, kind: MessageKind, payload: &[u8]) -> Option<Ha
 impl Dialing {
     /// Starts a handshake with the super node at `addr` (the address we dial).
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, host_nonce: crate::crypto::random::bytes() }
+        Self::with_nonce(addr, crate::crypto::random::bytes())
+    }
+
+    /// [`Dialing::new`] with the Hello's nonce given (drawn from the caller's generator),
+    /// which is what matches the Challenge to this attempt.
+    pub fn with_nonce(addr: SocketAddr, host_nonce: [u8; 16]) -> Self {
+        Self { addr, host_nonce }
     }
 
     /// The Hello frame.
@@ -348,6 +354,30 @@ mod tests {
         let err = d.on_challenge(&ch, &untrusted, &host_credential(10), &test_key(2), 10).unwrap_err();
         assert!(matches!(err, HandshakeError::Impostor { .. }), "{err}");
         assert!(err.to_string().contains("impostor"));
+    }
+
+    #[test]
+    fn a_given_nonce_is_the_one_the_challenge_must_echo() {
+        let sn = crate::supernode::tests::identity();
+        let sn_addr: SocketAddr = "198.18.0.1:33033".parse().unwrap();
+        let host_addr: SocketAddr = "198.18.1.3:40000".parse().unwrap();
+        let d = Dialing::with_nonce(sn_addr, [9; 16]);
+        let raw_hello = d.hello();
+        let h = Hello::decode(frame::decode(sn_addr, &raw_hello).unwrap().payload).unwrap();
+        assert_eq!(h.host_nonce, [9; 16]);
+        let again = Dialing::with_nonce(sn_addr, [9; 16]).hello();
+        assert_eq!(
+            frame::decode(sn_addr, &again).unwrap().payload,
+            frame::decode(sn_addr, &raw_hello).unwrap().payload
+        );
+        // A Challenge for another attempt's nonce is not ours.
+        let other = Hello { host_nonce: [8; 16], ..h.clone() };
+        let ch = |h: &Hello| {
+            frame::encode_plain(sn_addr, MessageKind::Challenge, 0, &sn.challenge(h, host_addr, 10).encode())
+        };
+        let cred = host_credential(10);
+        assert!(d.on_challenge(&ch(&other), &sn.trusted, &cred, &test_key(2), 10).unwrap().is_none());
+        assert!(d.on_challenge(&ch(&h), &sn.trusted, &cred, &test_key(2), 10).unwrap().is_some());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod buddies;
 pub mod cache;
 pub mod calls;
 pub mod connect;
+pub mod core;
 pub mod handshake;
 pub mod home;
 pub mod interfaces;

@@ -202,11 +202,22 @@ fn assemble(listener: SocketAddr, nonce: [u8; 8], header: [u8; 8], payload: &[u8
     out
 }
 
-/// Encodes a frame with a clear payload (only for handshake kinds).
+/// Encodes a frame with a clear payload (only for handshake kinds), under a fresh random nonce.
 pub fn encode_plain(listener: SocketAddr, kind: MessageKind, session: u32, body: &[u8]) -> Vec<u8> {
+    encode_plain_with_nonce(listener, kind, session, body, crate::crypto::random::bytes())
+}
+
+/// [`encode_plain`] with the clear nonce given, so a caller that owns its randomness (a
+/// seeded generator in tests) gets the same bytes from the same inputs.
+pub fn encode_plain_with_nonce(
+    listener: SocketAddr,
+    kind: MessageKind,
+    session: u32,
+    body: &[u8],
+    nonce: [u8; 8],
+) -> Vec<u8> {
     debug_assert!(kind.sealing_allowed(false));
     assert!(body.len() <= PAYLOAD_LEN_MAX, "{kind:?} body of {} bytes", body.len());
-    let nonce = crate::crypto::random::bytes();
     assemble(listener, nonce, header_bytes(kind, false, session, body.len()), body)
 }
 
@@ -251,6 +262,16 @@ mod tests {
         assert_eq!(raw.payload, b"hi");
         // The obfuscation hides the kind byte from a naive look.
         assert!(decode("198.18.0.2:33033".parse().unwrap(), &f).is_err());
+    }
+
+    #[test]
+    fn plain_with_a_given_nonce_is_reproducible() {
+        let a = encode_plain_with_nonce(addr(), MessageKind::Hello, 0, b"hi", [7; 8]);
+        assert_eq!(a, encode_plain_with_nonce(addr(), MessageKind::Hello, 0, b"hi", [7; 8]));
+        assert_ne!(a, encode_plain_with_nonce(addr(), MessageKind::Hello, 0, b"hi", [8; 8]));
+        let raw = decode(addr(), &a).unwrap();
+        assert_eq!(raw.nonce, [7; 8]);
+        assert_eq!(raw.payload, b"hi");
     }
 
     #[test]

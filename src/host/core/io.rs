@@ -1,0 +1,74 @@
+//! What the core asks its shell to do, and what the shell brings back: datagrams and
+//! frames to send, TCP events, and effects. Plain data; the shell owns every socket.
+
+use std::net::SocketAddr;
+
+/// A TCP connection, named by the core when it asks for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u32);
+
+/// Where a transmit goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    /// A datagram from port P to this address.
+    Udp(SocketAddr),
+    /// A frame on this TCP connection (the shell adds the length prefix its framing needs).
+    Tcp(ConnId),
+}
+
+/// Bytes to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub dest: Dest,
+    /// One whole frame or datagram.
+    pub bytes: Vec<u8>,
+}
+
+/// What happened on a TCP connection the core asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TcpEvent {
+    /// The connection is up, from this local address.
+    Connected {
+        /// Our end.
+        local: SocketAddr,
+    },
+    /// The connection could not be made.
+    ConnectFailed(String),
+    /// One whole frame arrived (its length prefix already removed).
+    Frame(Vec<u8>),
+    /// The other end closed, or the connection broke.
+    Closed,
+}
+
+/// How frames are delimited on a TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// A `u16` length, then a wire frame (`net::tcp`): a super-node link.
+    Wire,
+    /// A `u16` length, then a relay datagram (`relay::tcp`): a relay leg.
+    Relay,
+}
+
+/// Names one effect, so its result finds the way back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EffectId(pub u64);
+
+/// Work the shell does for the core, outside the step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Open a TCP connection; the outcome comes back as a [`TcpEvent`] on `conn`.
+    TcpConnect {
+        /// The name the core gives the connection.
+        conn: ConnId,
+        /// Where to.
+        addr: SocketAddr,
+        /// How its frames are delimited.
+        framing: Framing,
+    },
+    /// Close a TCP connection once what was queued on it is written.
+    TcpClose {
+        /// Which.
+        conn: ConnId,
+    },
+}
