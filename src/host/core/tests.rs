@@ -314,15 +314,15 @@ fn the_legacy_lane_holds_a_second_publish_until_the_first_is_answered() {
     let fwd = b.core.forward(b.now(), "carol", "", b"hi".to_vec(), Class::Call);
     let out = b.drain();
     assert_eq!(out.len(), 2, "{out:?}");
-    assert!(out.contains(&Action::Publish(b"entry-1".to_vec())));
+    assert!(out.contains(&Action::Publish { req: None, entry: b"entry-1".to_vec() }));
     assert!(matches!(&out[..], [_, Action::Forward(_)] | [Action::Forward(_), _]), "the Forward passes the lane");
     // The first is resent at 1 s (same body); the second still waits.
     let out = b.run_until(secs(1.5));
-    assert_eq!(out.iter().map(|(_, a)| a).collect::<Vec<_>>(), vec![&Action::Publish(b"entry-1".to_vec())]);
+    assert_eq!(out.iter().map(|(_, a)| a).collect::<Vec<_>>(), vec![&Action::Publish { req: None, entry: b"entry-1".to_vec() }]);
     assert_eq!(b.core.stats().pending.resent, 1);
     b.reply(MessageKind::PublishAck, &PublishAck { code: 0, replicas: 3, detail: String::new() }.encode());
     let out = b.drain();
-    assert_eq!(out, vec![Action::Publish(b"entry-2".to_vec())]);
+    assert_eq!(out, vec![Action::Publish { req: None, entry: b"entry-2".to_vec() }]);
     let Some(Ok(Answer::Published(ack))) = b.result(first) else { panic!("{:?}", b.done) };
     assert_eq!(ack.replicas, 3);
     assert_eq!(b.result(second), None);
@@ -342,7 +342,7 @@ fn revision_2_lets_requests_with_ids_pass_the_lane() {
     b.core.publish(b.now(), b"e2".to_vec());
     let out = b.drain();
     assert_eq!(out.iter().filter(|a| matches!(a, Action::Find(_))).count(), 2);
-    assert_eq!(out.iter().filter(|a| matches!(a, Action::Publish(_))).count(), 1, "Publish has no id yet");
+    assert_eq!(out.iter().filter(|a| matches!(a, Action::Publish { .. })).count(), 1, "Publish has no id yet");
 }
 
 #[test]
