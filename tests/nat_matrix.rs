@@ -32,36 +32,37 @@ use common::testbed::{self, Call, Hearing, Party, Router, Testbed};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// The path each case takes today: (caller, callee, caller's path, callee's path), where
-/// `none` is a side that never connected. When path search improves, this table changes
-/// with it.
+/// The path each case settles on: (caller, callee, caller's path, callee's path) at the
+/// end of the call, `none` for a side that never connected. When path search changes,
+/// this table changes with it (docs/nat-matrix.md has the history).
 ///
-/// Symmetric → public is one-sided today: the caller's probe reaches the public callee,
-/// whose answer returns through the caller's mapping, so the caller connects; but the
-/// callee probes only the caller's address as its super node saw it (another mapping,
-/// which drops it) and takes no path from a probe of an address it did not know, so it
-/// never connects and neither side hears the other. Public → symmetric is lopsided the
-/// same way, but the caller may ask for a relay: the callee connects direct (its probe is
-/// answered), the caller, whose probes never are, through the relay after the punch time.
+/// - A public host and one behind a symmetric NAT: the public side learns the other's
+///   per-destination mapping from its authenticated probe (a peer-reflexive candidate)
+///   and checks it back: direct both ways.
+/// - A cone NAT and a symmetric one: the birthday technique (`call::birthday`) punches a
+///   path while the relay carries the call's first moments; the path ends `punched`.
+/// - Two hosts behind one router without hairpinning (buddies, so they offer their LAN
+///   addresses): direct over the LAN.
+/// - Two symmetric NATs, and any UDP-blocked side: relayed.
 const EXPECTED: [(&str, &str, &str, &str); 18] = [
     ("public", "public", "direct", "direct"),
     ("public", "cone", "direct", "direct"),
-    ("public", "symmetric", "relayed_udp", "direct"),
+    ("public", "symmetric", "direct", "direct"),
     ("public", "udp-blocked", "relayed_tcp", "relayed_tcp"),
     ("cone", "public", "direct", "direct"),
     ("cone", "cone", "punched", "punched"),
-    ("cone", "symmetric", "relayed_udp", "relayed_udp"),
+    ("cone", "symmetric", "punched", "punched"),
     ("cone", "udp-blocked", "relayed_tcp", "relayed_tcp"),
-    ("symmetric", "public", "direct", "none"),
-    ("symmetric", "cone", "relayed_udp", "relayed_udp"),
+    ("symmetric", "public", "direct", "direct"),
+    ("symmetric", "cone", "punched", "punched"),
     ("symmetric", "symmetric", "relayed_udp", "relayed_udp"),
     ("symmetric", "udp-blocked", "relayed_tcp", "relayed_tcp"),
     ("udp-blocked", "public", "relayed_tcp", "relayed_tcp"),
     ("udp-blocked", "cone", "relayed_tcp", "relayed_tcp"),
     ("udp-blocked", "symmetric", "relayed_tcp", "relayed_tcp"),
     ("udp-blocked", "udp-blocked", "relayed_tcp", "relayed_tcp"),
-    ("cone", "cone, same router", "relayed_udp", "relayed_udp"),
-    ("symmetric", "symmetric, same router", "relayed_udp", "relayed_udp"),
+    ("cone", "cone, same router", "direct", "direct"),
+    ("symmetric", "symmetric, same router", "direct", "direct"),
 ];
 
 /// The path of a side that never connected.
@@ -173,6 +174,20 @@ fn every_pair_of_nat_kinds_calls_and_takes_the_expected_path() {
             r.join().expect("registration failed");
         }
     });
+    // The hosts behind one router are buddies: they offer each other their LAN addresses
+    // (`host.local_candidates`, by default to buddies only).
+    std::thread::scope(|s| {
+        for (a, b) in [("lanc1", "lanc2"), ("lans1", "lans2")] {
+            let (bed, hosts) = (&bed, &hosts);
+            s.spawn(move || {
+                let limit = std::time::Duration::from_secs(60);
+                let out = bed.host(&hosts[a], a, &["buddy", "--as", a, "add", b], limit);
+                assert!(out.status.success(), "{a} adds {b}: {}", String::from_utf8_lossy(&out.stderr));
+                let out = bed.host(&hosts[b], b, &["buddy", "--as", b, "accept", a], limit);
+                assert!(out.status.success(), "{b} accepts {a}: {}", String::from_utf8_lossy(&out.stderr));
+            });
+        }
+    });
     eprintln!("network up and {} hosts registered in {:.1} s", hosts.len(), started.elapsed().as_secs_f64());
 
     // Per case: what each side reported, and whether each heard the other.
@@ -209,17 +224,32 @@ fn every_pair_of_nat_kinds_calls_and_takes_the_expected_path() {
     }
 
     let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+    // A side whose first path was replaced by a better one shows both, and the times to each.
+    let shown = |first: &str, last: &str| if first == last { last.to_owned() } else { format!("{first} → {last}") };
+    let times = |first: Option<u64>, last: Option<u64>| match (first, last) {
+        (Some(f), Some(l)) if f != l => format!("{f} → {l}"),
+        _ => ms(first),
+    };
     let mut table = String::from(
         "| caller | callee | caller's path | callee's path | setup ms (caller) | setup ms (callee) |\n|---|---|---|---|---|---|\n",
     );
     let (mut failed, mut unexpected, mut relayed_n, mut relayed_expected) = (vec![], vec![], 0, 0);
+    let mut spent = vec![];
     for (caller, callee, want_a, want_b) in EXPECTED {
         relayed_expected += usize::from(relayed(want_a) || relayed(want_b));
         match &results[&(caller, callee)] {
             Ok((c, heard)) => {
-                let (a, b) = (c.caller.path_label(), c.callee.path_label());
-                let (sa, sb) = (ms(c.caller.setup_ms()), ms(c.callee.setup_ms()));
-                table += &format!("| {caller} | {callee} | {a} | {b} | {sa} | {sb} |\n");
+                let (a, b) = (c.caller.final_path(), c.callee.final_path());
+                let (pa, pb) = (shown(c.caller.path_label(), a), shown(c.callee.path_label(), b));
+                let sa = times(c.caller.setup_ms(), c.caller.path_ms());
+                let sb = times(c.callee.setup_ms(), c.callee.path_ms());
+                table += &format!("| {caller} | {callee} | {pa} | {pb} | {sa} | {sb} |\n");
+                for side in [&c.caller, &c.callee] {
+                    let h = &side.report["media"]["hard_nat"];
+                    if !h.is_null() {
+                        spent.push(format!("{caller} → {callee}, {}: {h}", side.user));
+                    }
+                }
                 relayed_n += usize::from(relayed(a) || relayed(b));
                 if (a, b) != (want_a, want_b) {
                     unexpected.push(format!("{caller} → {callee}: {a} / {b}, expected {want_a} / {want_b}"));
@@ -235,6 +265,10 @@ fn every_pair_of_nat_kinds_calls_and_takes_the_expected_path() {
         }
     }
     println!("{table}");
+    println!("birthday technique (probes spent; success_after: probes sent when the path answered):");
+    for line in &spent {
+        println!("  {line}");
+    }
     println!(
         "relayed: {relayed_n} of {} cases ({:.0}%); whole test {:.1} s",
         EXPECTED.len(),

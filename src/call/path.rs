@@ -44,6 +44,10 @@ pub const PEER_REFLEXIVE_MAX: usize = 4;
 /// Most probes awaiting an answer at once (the birthday technique sends thousands); the
 /// oldest go first.
 const OUTSTANDING_MAX: usize = 4096;
+/// A triggered check goes out unless that address was probed this recently (our last
+/// probe may have come before the other side was listening: the side that answers a
+/// call starts its media first).
+const TRIGGERED_GAP_MS: u64 = 2;
 /// After a path is chosen, better candidates are rechecked at the fast interval this long.
 const RECHECK_FAST_FOR_MS: u64 = 30_000;
 
@@ -499,7 +503,7 @@ impl PathFinder {
                 .iter()
                 .find(|r| r.addr == addr)
                 .and_then(|r| r.last_probe_ms)
-                .is_some_and(|t| now_ms.saturating_sub(t) < self.timing.probe_interval_ms / 2),
+                .is_some_and(|t| now_ms.saturating_sub(t) < TRIGGERED_GAP_MS),
             Route::Relay(_) | Route::Via { .. } => false,
         };
         if !recent {
@@ -706,14 +710,14 @@ mod tests {
     }
 
     #[test]
-    fn a_triggered_check_goes_out_at_most_twice_per_probe_interval() {
+    fn a_triggered_check_goes_out_unless_the_address_was_just_probed() {
         let peer = [cand(CandidateKind::Public, "198.18.1.2:6000")];
         let r = to("198.18.1.2:6000");
         let mut p = PathFinder::new(Role::Callee, &peer, PathTiming::default(), 0);
         p.tick(0);
-        assert_eq!(probes(&p.on_probe(r, Some(1), 10)).len(), 0, "probed 10 ms ago");
-        assert_eq!(probes(&p.on_probe(r, Some(2), 60)).len(), 1);
-        assert_eq!(probes(&p.on_probe(r, Some(3), 70)).len(), 0);
+        assert_eq!(probes(&p.on_probe(r, Some(1), 1)).len(), 0, "probed 1 ms ago");
+        assert_eq!(probes(&p.on_probe(r, Some(2), 3)).len(), 1, "our first probe came too early");
+        assert_eq!(probes(&p.on_probe(r, Some(3), 4)).len(), 0);
     }
 
     #[test]

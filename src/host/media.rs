@@ -36,6 +36,9 @@ pub struct MediaReport {
     pub path_restarts: u32,
     /// From the answer to media flowing, milliseconds.
     pub setup_ms: Option<u64>,
+    /// From the answer to the path in use at the end (later than `setup_ms` when a
+    /// better path replaced the first), milliseconds.
+    pub path_ms: Option<u64>,
     /// What the birthday technique spent, when it ran (a cone NAT and a symmetric one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hard_nat: Option<crate::call::path::HardNatReport>,
@@ -196,6 +199,7 @@ impl CallMedia {
                 PathAction::Chosen(_, path) => {
                     self.report.path = Some(path.label());
                     self.report.setup_ms.get_or_insert(now_ms.saturating_sub(self.started_ms));
+                    self.report.path_ms = Some(now_ms.saturating_sub(self.started_ms));
                     chosen = Some(path);
                 }
             }

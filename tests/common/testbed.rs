@@ -275,6 +275,17 @@ impl Side {
         self.report["media"]["setup_ms"].as_u64()
     }
 
+    /// The path media took at the end of the call (a better one may have replaced the
+    /// first), or `none`.
+    pub fn final_path(&self) -> &str {
+        self.report["media"]["path"].as_str().unwrap_or("none")
+    }
+
+    /// From the answer to the path media took at the end.
+    pub fn path_ms(&self) -> Option<u64> {
+        self.report["media"]["path_ms"].as_u64()
+    }
+
     /// Fails the test unless this side connected, received and lost frames of a `secs`
     /// call within `bounds`, and its recording carries `tones` and correlates with what
     /// the other side played.

@@ -318,7 +318,10 @@ fn the_legacy_lane_holds_a_second_publish_until_the_first_is_answered() {
     assert!(matches!(&out[..], [_, Action::Forward(_)] | [Action::Forward(_), _]), "the Forward passes the lane");
     // The first is resent at 1 s (same body); the second still waits.
     let out = b.run_until(secs(1.5));
-    assert_eq!(out.iter().map(|(_, a)| a).collect::<Vec<_>>(), vec![&Action::Publish { req: None, entry: b"entry-1".to_vec() }]);
+    assert_eq!(
+        out.iter().map(|(_, a)| a).collect::<Vec<_>>(),
+        vec![&Action::Publish { req: None, entry: b"entry-1".to_vec() }]
+    );
     assert_eq!(b.core.stats().pending.resent, 1);
     b.reply(MessageKind::PublishAck, &PublishAck { code: 0, replicas: 3, detail: String::new() }.encode());
     let out = b.drain();
