@@ -44,6 +44,9 @@ pub const PEER_REFLEXIVE_MAX: usize = 4;
 /// Most probes awaiting an answer at once (the birthday technique sends thousands); the
 /// oldest go first.
 const OUTSTANDING_MAX: usize = 4096;
+/// Most extra sockets kept for a call: several of the hard side's mappings may meet the
+/// easy side's ports (about eight on average), and each side may pick a different one.
+const LIVE_SOCKETS_MAX: usize = 16;
 /// A triggered check goes out unless that address was probed this recently (our last
 /// probe may have come before the other side was listening: the side that answers a
 /// call starts its media first).
@@ -104,10 +107,12 @@ pub enum PathAction {
     /// Open this many extra UDP sockets for probes (the hard side of the birthday
     /// technique); say how many opened with [`PathFinder::sockets_opened`].
     OpenSockets(u16),
-    /// Close the extra sockets, except `keep` (the one the chosen path goes through).
+    /// Close the extra sockets, except those in `keep`: every socket that an
+    /// authenticated packet came to (the chosen path goes through one; the other side may
+    /// have chosen another, and sends its media there).
     CloseSockets {
-        /// The socket to keep.
-        keep: Option<u16>,
+        /// The sockets to keep.
+        keep: Vec<u16>,
     },
 }
 
@@ -230,6 +235,8 @@ pub struct PathFinder {
     hard_nat: Option<HardNatReport>,
     /// Ask for the relay without waiting for the punch time.
     relay_now: bool,
+    /// Extra sockets an authenticated packet came to (at most `LIVE_SOCKETS_MAX`).
+    live_sockets: Vec<u16>,
 }
 
 impl PathFinder {
@@ -264,6 +271,7 @@ impl PathFinder {
             birthday: None,
             hard_nat: None,
             relay_now: false,
+            live_sockets: Vec::new(),
         }
     }
 
@@ -319,6 +327,16 @@ impl PathFinder {
         self.tick(now_ms)
     }
 
+    /// An authenticated packet came by `route`: an extra socket it came to is kept.
+    fn note_live(&mut self, route: Route) {
+        if let Route::Via { socket, .. } = route
+            && !self.live_sockets.contains(&socket)
+            && self.live_sockets.len() < LIVE_SOCKETS_MAX
+        {
+            self.live_sockets.push(socket);
+        }
+    }
+
     /// The birthday technique's probes due now, and its end.
     fn birthday_step(&mut self, now_ms: u64, out: &mut Vec<PathAction>) {
         let routes: Vec<Route> = match self.birthday.as_mut() {
@@ -326,7 +344,7 @@ impl PathFinder {
             Some(Birthday::Easy(e)) => e.step(now_ms).into_iter().map(Route::To).collect(),
             Some(Birthday::Hard(h)) if h.done(now_ms) => {
                 self.birthday = None;
-                out.push(PathAction::CloseSockets { keep: None });
+                out.push(PathAction::CloseSockets { keep: self.live_sockets.clone() });
                 return;
             }
             Some(Birthday::Hard(h)) => {
@@ -352,11 +370,7 @@ impl PathFinder {
             }
         }
         if matches!(b, Birthday::Hard(_)) {
-            let keep = match route {
-                Route::Via { socket, .. } => Some(socket),
-                _ => None,
-            };
-            out.push(PathAction::CloseSockets { keep });
+            out.push(PathAction::CloseSockets { keep: self.live_sockets.clone() });
         }
     }
 
@@ -479,6 +493,7 @@ impl PathFinder {
     /// route would be better than what we use, probe back at once (a triggered check,
     /// RFC 8445 §7.3.1.4), so neither side waits for its next round.
     pub fn on_probe(&mut self, route: Route, nonce: Option<u64>, now_ms: u64) -> Vec<PathAction> {
+        self.note_live(route);
         let mut out = vec![PathAction::Answer { route, echo: nonce.unwrap_or(0) }];
         let rank = match route {
             Route::Relay(leg) if Some(leg) == self.relay => Some(Rank::RelayedUdp),
@@ -555,6 +570,7 @@ impl PathFinder {
                 None => return Vec::new(),
             },
         };
+        self.note_live(route);
         if self.chosen_rank().is_some_and(|f| rank <= f) {
             return Vec::new();
         }
@@ -1012,7 +1028,7 @@ mod tests {
                         continue;
                     }
                     PathAction::CloseSockets { keep } => {
-                        closed = Some(keep);
+                        closed = Some(keep.clone());
                         continue;
                     }
                     _ => continue,
@@ -1067,8 +1083,13 @@ mod tests {
             panic!("not punched: {:?} {:?}", a.chosen(), b.chosen());
         };
         assert_eq!(to, a_pub);
-        assert_eq!(b_back[&at.port()], (Some(socket), a_pub), "A reaches the mapping of B's socket");
-        assert_eq!(closed, Some(Some(socket)), "B keeps that socket alone");
+        // Each side picks the first path that answered it: A's may go to another of B's
+        // sockets than B's own path, and that socket must stay open too.
+        let (Some(a_socket), for_a) = b_back[&at.port()] else { panic!("A's path is not one of B's sockets") };
+        assert_eq!(for_a, a_pub);
+        let closed = closed.expect("B closed its sockets");
+        assert!(closed.contains(&socket) && closed.contains(&a_socket), "B keeps both paths' sockets: {closed:?}");
+        assert!(closed.len() < 16, "and the few others that heard from A: {closed:?}");
         let (ra, rb) = (a.hard_nat().unwrap(), b.hard_nat().unwrap());
         assert_eq!((ra.role, rb.role), ("easy", "hard"));
         assert!(ra.success_after.is_some() && rb.success_after.is_some(), "{ra:?} {rb:?}");
@@ -1106,7 +1127,7 @@ mod tests {
         assert_eq!(probes(&p.sockets_opened(4, 10)).len(), 4);
         let mut closes = 0;
         for now in (20..=20_000).step_by(20) {
-            closes += p.tick(now).iter().filter(|a| **a == PathAction::CloseSockets { keep: None }).count();
+            closes += p.tick(now).iter().filter(|a| **a == PathAction::CloseSockets { keep: Vec::new() }).count();
         }
         assert_eq!(closes, 1);
         assert!(p.hard_nat().unwrap().success_after.is_none());

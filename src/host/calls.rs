@@ -693,7 +693,7 @@ impl Session {
                 && let Some(p) = c.probe_sockets.as_mut()
             {
                 open -= p.open_count();
-                p.close_except(keep);
+                p.close_except(&keep);
                 open += p.open_count();
             }
             if let Some(n) = m.take_socket_request() {

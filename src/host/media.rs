@@ -39,6 +39,11 @@ pub struct MediaReport {
     /// From the answer to the path in use at the end (later than `setup_ms` when a
     /// better path replaced the first), milliseconds.
     pub path_ms: Option<u64>,
+    /// How late the 20 ms media clock ticked (the gap between two ticks beyond 20 ms), 99th
+    /// percentile: a loop that waits on the network shows here.
+    pub tick_late_ms_p99: u64,
+    /// The same, the worst tick.
+    pub tick_late_ms_max: u64,
     /// What the birthday technique spent, when it ran (a cone NAT and a symmetric one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hard_nat: Option<crate::call::path::HardNatReport>,
@@ -64,6 +69,52 @@ pub(super) struct Setup<'a> {
     pub nat: crate::nat::NatKind,
     /// A seed for the ports the birthday technique draws.
     pub seed: u64,
+}
+
+/// How late a 20 ms clock ticks: a histogram of the gaps between ticks beyond 20 ms, in
+/// whole milliseconds up to a second (later ones count as a second).
+#[derive(Debug, Clone)]
+pub struct TickLateness {
+    last_ms: Option<u64>,
+    counts: Vec<u32>,
+    max_ms: u64,
+}
+
+impl Default for TickLateness {
+    fn default() -> Self {
+        Self { last_ms: None, counts: vec![0; 1001], max_ms: 0 }
+    }
+}
+
+impl TickLateness {
+    /// The clock ticked at `now_ms`.
+    pub fn tick(&mut self, now_ms: u64) {
+        if let Some(last) = self.last_ms {
+            let late = now_ms.saturating_sub(last).saturating_sub(20);
+            self.max_ms = self.max_ms.max(late);
+            self.counts[late.min(1000) as usize] += 1;
+        }
+        self.last_ms = Some(now_ms);
+    }
+
+    /// The lateness at quantile `q` (0..=1), 0 before two ticks.
+    pub fn quantile(&self, q: f64) -> u64 {
+        let n: u64 = self.counts.iter().map(|&c| u64::from(c)).sum();
+        let want = (q * n as f64).ceil() as u64;
+        let mut seen = 0;
+        for (ms, &c) in self.counts.iter().enumerate() {
+            seen += u64::from(c);
+            if seen >= want.max(1) {
+                return ms as u64;
+            }
+        }
+        0
+    }
+
+    /// The worst lateness.
+    pub fn max(&self) -> u64 {
+        self.max_ms
+    }
 }
 
 /// A datagram to send.
@@ -106,8 +157,10 @@ pub(super) struct CallMedia {
     restarts: u32,
     /// Extra sockets the path search asked for, not yet opened.
     wants_sockets: Option<u16>,
-    /// The path search is done with the extra sockets, but for this one.
-    close_sockets: Option<Option<u16>>,
+    /// The path search is done with the extra sockets, but for these.
+    close_sockets: Option<Vec<u16>>,
+    /// How late the media clock ticks.
+    lateness: TickLateness,
 }
 
 fn relayed(leg: &crate::call::path::RelayLeg, packet: &[u8]) -> Vec<u8> {
@@ -145,6 +198,7 @@ impl CallMedia {
             restarts: 0,
             wants_sockets: None,
             close_sockets: None,
+            lateness: TickLateness::default(),
         })
     }
 
@@ -258,6 +312,7 @@ impl CallMedia {
     /// The 20 ms clock: probes while searching; once connected, one frame out and one
     /// frame played.
     pub fn tick(&mut self, connected: bool, now_ms: u64, out: &mut Vec<Outgoing>) -> Option<Path> {
+        self.lateness.tick(now_ms);
         if connected && self.finder.chosen().is_some() && now_ms.saturating_sub(self.heard_ms) >= PATH_SILENCE_MS {
             tracing::info!(path = ?self.report.path, silent_ms = now_ms - self.heard_ms, "media path went silent; searching again");
             self.restarts += 1;
@@ -323,7 +378,7 @@ impl CallMedia {
     }
 
     /// Whether the path search is done with the extra sockets, and which to keep (once).
-    pub fn take_socket_close(&mut self) -> Option<Option<u16>> {
+    pub fn take_socket_close(&mut self) -> Option<Vec<u16>> {
         self.close_sockets.take()
     }
 
@@ -359,6 +414,8 @@ impl CallMedia {
             lost: s.concealed + s.late,
             jitter_ms: self.jitter.jitter_ms(),
             hard_nat: self.finder.hard_nat(),
+            tick_late_ms_p99: self.lateness.quantile(0.99),
+            tick_late_ms_max: self.lateness.max(),
             ..self.report.clone()
         }
     }
@@ -384,4 +441,25 @@ pub(super) fn demux(datagram: &[u8]) -> Option<([u8; 8], &[u8], Option<u32>)> {
     }
     let (_, tag) = media::peek(datagram)?;
     Some((tag, datagram, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lateness_counts_the_gap_beyond_twenty_ms() {
+        let mut l = TickLateness::default();
+        assert_eq!((l.quantile(0.99), l.max()), (0, 0));
+        let mut now = 1000;
+        for i in 0..200u64 {
+            now += 20 + if i % 100 == 99 { 300 } else { i % 3 };
+            l.tick(now);
+        }
+        l.tick(now + 5000);
+        assert_eq!(l.quantile(0.5), 1);
+        assert_eq!(l.quantile(0.99), 300);
+        assert_eq!(l.max(), 4980);
+        assert_eq!(l.quantile(1.0), 1000, "the last bucket holds what is later than a second");
+    }
 }

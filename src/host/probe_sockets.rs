@@ -1,7 +1,7 @@
 //! The extra UDP sockets a call's path search opens behind a symmetric NAT (the hard side
 //! of the birthday technique, `call::birthday`): each gets its own mapping from the NAT.
 //! What they receive that looks like media goes to the session's queue, tagged with the
-//! call and the socket; the socket the punched path goes through stays for the call.
+//! call and the socket; the sockets an authenticated packet came to stay for the call.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ pub struct ProbeSockets {
 
 impl Drop for ProbeSockets {
     fn drop(&mut self) {
-        self.close_except(None);
+        self.close_except(&[]);
     }
 }
 
@@ -82,10 +82,10 @@ impl ProbeSockets {
         self.sockets.get(usize::from(i))?.as_ref().map(|(s, _)| s)
     }
 
-    /// Closes every socket but `keep`.
-    pub fn close_except(&mut self, keep: Option<u16>) {
+    /// Closes every socket but those in `keep`.
+    pub fn close_except(&mut self, keep: &[u16]) {
         for (i, slot) in self.sockets.iter_mut().enumerate() {
-            if keep.is_some_and(|k| usize::from(k) == i) {
+            if keep.iter().any(|&k| usize::from(k) == i) {
                 continue;
             }
             if let Some((_, task)) = slot.take() {
@@ -109,7 +109,7 @@ mod tests {
         peer.send_to(b"hello", ("127.0.0.1", port)).await.unwrap();
         let d = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
         assert_eq!((d.call, d.socket, d.from, &d.bytes[..]), ([7; 16], 2, peer.local_addr().unwrap(), &b"hello"[..]));
-        p.close_except(Some(1));
+        p.close_except(&[1]);
         assert_eq!(p.open_count(), 1);
         assert!(p.get(0).is_none() && p.get(1).is_some());
     }
