@@ -331,9 +331,10 @@ pub struct HostConfig {
     pub local_candidates: LocalCandidates,
 }
 
-/// To whom a host offers its interface addresses (its LAN addresses, say) in a call: they
-/// let two hosts behind one NAT talk directly, and they tell the other side where the
-/// host sits in its network.
+/// To whom a host offers its private interface addresses (its LAN addresses) in a call:
+/// they let two hosts behind one NAT talk directly, and they tell the other side where the
+/// host sits in its network. Global interface addresses (IPv6, a public IPv4 on an
+/// interface) are offered to everyone unless this is `never`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LocalCandidates {
@@ -342,7 +343,7 @@ pub enum LocalCandidates {
     Buddies,
     /// To everyone we call or who calls us and is answered.
     Always,
-    /// To nobody.
+    /// To nobody, global addresses included.
     Never,
 }
 

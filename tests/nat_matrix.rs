@@ -1,8 +1,9 @@
 //! The NAT matrix: a real call with the real binary for every caller × callee pair of
-//! {public, cone, symmetric, UDP-blocked}, and between two hosts behind one cone router
-//! and two behind one symmetric router, each on its own LAN port. It records the path
-//! each side takes and how long its setup took, prints them as a Markdown table, and
-//! checks the paths against [`EXPECTED`], today's behaviour.
+//! {public, cone, symmetric, UDP-blocked}, between two hosts behind one cone router and
+//! two behind one symmetric router, each on its own LAN port, and between two hosts
+//! behind symmetric routers that also have IPv6. It records the path each side takes
+//! and how long its setup took, prints them as a Markdown table, and checks the paths
+//! against [`EXPECTED`].
 //!
 //! One network serves every case: `confab up` in the super nodes' namespace, which is
 //! also the simulated internet, and two hosts of each kind, "…1" placing calls and "…2"
@@ -12,18 +13,21 @@
 //!                    pub1 198.18.1.2 ---+              +--- 198.18.2.2 pub2
 //!  cone1 10.203.1.2 -- [rcone1] 198.18.3.2 --+    +-- 198.18.4.2 [rcone2] -- 10.204.1.2 cone2
 //!  sym1  10.205.1.2 -- [rsym1]  198.18.5.2 --[sn: 198.18.0.1]-- 198.18.6.2 [rsym2]  -- 10.206.1.2 sym2
-//!  noudp1 10.207.1.2 - [rnoudp1] 198.18.7.2 -+    +-- 198.18.8.2 [rnoudp2] - 10.208.1.2 noudp2
-//!                                            |    |
-//!  lanc1 10.209.1.2 --in1 [rconelan] 198.18.9.2   198.18.10.2 [rsymlan] in1-- 10.210.1.2 lans1
-//!  lanc2 10.209.2.2 --in2                                             in2-- 10.210.2.2 lans2
+//!  noudp1 10.207.1.2 - [rnoudp1] 198.18.7.2 -+  | |  +-- 198.18.8.2 [rnoudp2] - 10.208.1.2 noudp2
+//!                                            |  | |  |
+//!  lanc1 10.209.1.2 --in1 [rconelan] 198.18.9.2 | |  198.18.10.2 [rsymlan] in1-- 10.210.1.2 lans1
+//!  lanc2 10.209.2.2 --in2                       | |                      in2-- 10.210.2.2 lans2
+//!  v6a 10.211.1.2 -- [rv6a] 198.18.11.2 --------+ +-------- 198.18.12.2 [rv6b] -- 10.212.1.2 v6b
+//!      2001:2:0:b01::2        2001:2:0:b00::2       2001:2:0:c00::2         2001:2:0:c01::2
 //! ```
 //!
 //! Routers are `tests/common/netns.rs`'s home-router models (cone: port-preserving
 //! masquerade; symmetric: `fully-random`; noudp: a cone whose firewall drops all UDP;
-//! unsolicited inbound dropped, no hairpinning). Each round runs calls between disjoint
-//! pairs of hosts at once, so the 18 cases take 4 rounds. Only 198.18.0.0/15 and
-//! 10.203.0.0–10.210.255.255 are used, inside namespaces this test creates and deletes.
-//! Needs root, `ip` and `nft`: without them the test skips, unless CI=true.
+//! unsolicited inbound dropped, IPv6 included, no hairpinning). Each round runs calls
+//! between disjoint pairs of hosts at once, so the 19 cases take 4 rounds. Only
+//! 198.18.0.0/15, 2001:2::/48 and 10.203.0.0–10.212.255.255 are used, inside namespaces
+//! this test creates and deletes. Needs root, `ip` and `nft`: without them the test
+//! skips, unless CI=true.
 
 mod common;
 
@@ -43,8 +47,10 @@ use std::time::Instant;
 ///   path while the relay carries the call's first moments; the path ends `punched`.
 /// - Two hosts behind one router without hairpinning (buddies, so they offer their LAN
 ///   addresses): direct over the LAN.
-/// - Two symmetric NATs, and any UDP-blocked side: relayed.
-const EXPECTED: [(&str, &str, &str, &str); 18] = [
+/// - Two symmetric NATs, and any UDP-blocked side: relayed; but two symmetric NATs whose
+///   hosts also have IPv6 (global addresses behind the routers' stateful firewalls) meet
+///   directly over IPv6, each offering its global address as a host candidate.
+const EXPECTED: [(&str, &str, &str, &str); 19] = [
     ("public", "public", "direct", "direct"),
     ("public", "cone", "direct", "direct"),
     ("public", "symmetric", "direct", "direct"),
@@ -63,6 +69,7 @@ const EXPECTED: [(&str, &str, &str, &str); 18] = [
     ("udp-blocked", "udp-blocked", "relayed_tcp", "relayed_tcp"),
     ("cone", "cone, same router", "direct", "direct"),
     ("symmetric", "symmetric, same router", "direct", "direct"),
+    ("symmetric, IPv6", "symmetric, IPv6", "direct", "direct"),
 ];
 
 /// The path of a side that never connected.
@@ -124,6 +131,12 @@ fn build() -> (Testbed, BTreeMap<String, String>) {
         let namespaces = bed.home_router(&sn, name, router, net, 200 + net, &users);
         hosts.extend(users.iter().map(|u| u.to_string()).zip(namespaces));
     }
+    for (user, net) in [("v6a", 11), ("v6b", 12)] {
+        let router = format!("r{user}");
+        let ns = bed.home_router(&sn, &router, Router::Symmetric, net, 200 + net, &[user]).remove(0);
+        bed.add_ipv6(&sn, &router, net, &ns);
+        hosts.insert(user.to_string(), ns);
+    }
     bed.start_network(&sn);
     (bed, hosts)
 }
@@ -149,6 +162,7 @@ fn rounds() -> Vec<Vec<Case>> {
     };
     rounds[2].push(same("cone", "cone, same router", "lanc1", "lanc2"));
     rounds[3].push(same("symmetric", "symmetric, same router", "lans1", "lans2"));
+    rounds[0].push(same("symmetric, IPv6", "symmetric, IPv6", "v6a", "v6b"));
     rounds
 }
 

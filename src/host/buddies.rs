@@ -460,6 +460,9 @@ impl Session {
                 d = self.calls.probe_rx.recv() => if let Some(d) = d {
                     self.on_probe_datagram(d).await;
                 },
+                m = self.calls.media6_rx.recv() => if let Some((from, bytes)) = m {
+                    self.on_media_datagram(from, bytes).await;
+                },
                 _ = self.media_clock.tick(), if self.calls.has_media() => self.media_tick().await,
             }
         }

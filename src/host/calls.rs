@@ -137,11 +137,15 @@ pub(super) struct Calls {
     /// What the calls' extra sockets receive.
     pub(super) probe_rx: tokio::sync::mpsc::Receiver<super::probe_sockets::ProbeDatagram>,
     probe_tx: tokio::sync::mpsc::Sender<super::probe_sockets::ProbeDatagram>,
+    /// What port P receives on IPv6 (media only).
+    pub(super) media6_rx: tokio::sync::mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    media6_tx: tokio::sync::mpsc::Sender<(SocketAddr, Vec<u8>)>,
 }
 
 impl Default for Calls {
     fn default() -> Self {
         let (probe_tx, probe_rx) = tokio::sync::mpsc::channel(super::probe_sockets::QUEUED_MAX);
+        let (media6_tx, media6_rx) = tokio::sync::mpsc::channel(super::udp6::QUEUED_MAX);
         Self {
             active: HashMap::new(),
             seen: VecDeque::new(),
@@ -149,6 +153,8 @@ impl Default for Calls {
             relay_conns: HashMap::new(),
             probe_rx,
             probe_tx,
+            media6_rx,
+            media6_tx,
         }
     }
 }
@@ -174,6 +180,11 @@ pub fn call_id_from_hex(hex: &str) -> Option<[u8; 16]> {
 }
 
 impl Calls {
+    /// Where port P's IPv6 socket queues what it receives.
+    pub(super) fn media6_sender(&self) -> tokio::sync::mpsc::Sender<(SocketAddr, Vec<u8>)> {
+        self.media6_tx.clone()
+    }
+
     /// Whether any call has media to clock.
     pub(super) fn has_media(&self) -> bool {
         self.active.values().any(|c| c.media.is_some())
@@ -333,12 +344,16 @@ impl Session {
                             .peer_candidates
                             .iter()
                             .any(|p| p.kind == CandidateKind::Host && !crate::call::path::is_private(p.addr.ip()));
+                    // Without IPv6 here, the other side's IPv6 candidates cannot be tried.
+                    let v6 = self.udp6.is_some();
+                    let reachable: Vec<Candidate> =
+                        c.peer_candidates.iter().filter(|p| v6 || p.addr.is_ipv4()).copied().collect();
                     let (peer, timing) = if relay_at_once {
                         (Vec::new(), at_once)
                     } else if hopeless {
-                        (c.peer_candidates.clone(), at_once)
+                        (reachable, at_once)
                     } else {
-                        (c.peer_candidates.clone(), PathTiming::default())
+                        (reachable, PathTiming::default())
                     };
                     let setup = super::media::Setup {
                         call_id: &id,
@@ -591,15 +606,17 @@ impl Session {
         if self.report.nat == crate::nat::NatKind::None {
             v.push(Candidate { kind: CandidateKind::Host, addr: public });
         }
-        let offer = match self.rejoin.settings.local_candidates {
+        // A private (LAN) address says where the host sits in its network; a global one
+        // (IPv6, say) is as public as the address the super node sees.
+        let lan = match self.rejoin.settings.local_candidates {
             LocalCandidates::Always => true,
             LocalCandidates::Buddies => self.buddies.relation(peer) == Some(crate::buddy::Relation::Authorized),
             LocalCandidates::Never => false,
         };
-        if offer {
+        if self.rejoin.settings.local_candidates != LocalCandidates::Never {
             let port = self.report.local_port;
-            for addr in super::interfaces::offerable(super::interfaces::addresses(), port, false) {
-                if addr != public {
+            for addr in super::interfaces::offerable(super::interfaces::addresses(), port, self.udp6.is_some()) {
+                if addr != public && (lan || !crate::call::path::is_private(addr.ip())) {
                     v.push(Candidate { kind: CandidateKind::Host, addr });
                 }
             }
@@ -859,6 +876,11 @@ impl Session {
                 (Some(session), _) => {
                     if let Some(conn) = self.calls.relay_conns.get(&session) {
                         conn.send(o.bytes);
+                    }
+                }
+                (None, _) if o.to.is_ipv6() => {
+                    if let Some(udp6) = &self.udp6 {
+                        let _ = udp6.socket().send_to(&o.bytes, o.to).await;
                     }
                 }
                 (None, Some(udp)) => {

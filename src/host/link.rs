@@ -101,7 +101,7 @@ struct Queues {
 }
 
 /// First bytes of media packets (`call::media`) and relayed packets (`relay::packet`).
-fn is_media(first: u8) -> bool {
+pub(super) fn is_media(first: u8) -> bool {
     matches!(first, 0x4d | 0x50 | 0x51 | 0x52)
 }
 

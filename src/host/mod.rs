@@ -24,6 +24,7 @@ pub mod link;
 pub mod media;
 pub mod probe_sockets;
 mod relay_tcp;
+pub mod udp6;
 
 use crate::crypto::credential::TrustedKeys;
 use crate::crypto::password;
@@ -163,6 +164,8 @@ pub struct Session {
     rejoin: Rejoin,
     /// The key id of our super node's credential (left when it is revoked).
     supernode_key: crate::crypto::KeyId,
+    /// Port P on IPv6, for media (None where the host has no IPv6).
+    udp6: Option<udp6::Udp6>,
 }
 
 /// What [`Session::reconnect`] needs from the login.
@@ -659,6 +662,8 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         latest_version: logged_in.latest_version,
         attempts: log,
     };
+    let calls = calls::Calls::default();
+    let udp6 = udp6::Udp6::open(port, calls.media6_sender());
     let mut session = Session {
         report,
         link: link::LinkHandle::start(connected),
@@ -678,7 +683,7 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         list_due: None,
         refreshed_at: tokio::time::Instant::now(),
         presence_refresh: settings.presence_refresh,
-        calls: calls::Calls::default(),
+        calls,
         call_timeouts: crate::call::signal::Timeouts::default(),
         media_clock: {
             let mut i = tokio::time::interval(Duration::from_millis(u64::from(crate::call::codec::FRAME_MS)));
@@ -690,6 +695,7 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         relay_tcp: false,
         rejoin: Rejoin { udp, settings: settings.clone(), cache_path: home.cache_path(), failed_at: None },
         supernode_key,
+        udp6,
     };
     // Advertise presence, as the original's login sequence ends. A network without a
     // Global Index (a lone super node) is still a network to be logged in to.

@@ -50,8 +50,9 @@ pub fn link(prefix: &str, a: (&str, &str, &str), b: (&str, &str, &str), tag: &st
 
 /// Loads a home-router model into namespace `nat` (interface `out` to the internet, LAN
 /// ports `in…`): masquerade on `out` (`fully-random` ports when `symmetric`), unsolicited
-/// inbound dropped in both the forward and input hooks, and all UDP dropped when
-/// `drop_udp`. LAN ports reach each other, unmasqueraded, as on a home router's switch.
+/// inbound dropped in both the forward and input hooks (IPv6 too; neighbour discovery is
+/// let in, as on any router), and all UDP dropped when `drop_udp`. LAN ports reach each
+/// other, unmasqueraded, as on a home router's switch.
 /// There is no hairpinning: a LAN host's packet to the router's public address ends at
 /// the router (no rule maps it back into the LAN), as on many home routers.
 pub fn home_router(nat: &str, symmetric: bool, drop_udp: bool, rules_file: &std::path::Path) {
@@ -60,7 +61,7 @@ pub fn home_router(nat: &str, symmetric: bool, drop_udp: bool, rules_file: &std:
     let rules = format!(
         "table ip nat {{\n chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;\n  oifname \"out\" {masquerade}\n }}\n}}\n\
          table inet filter {{\n chain forward {{ type filter hook forward priority filter; policy drop;\n  {drop_udp}\n  ct state established,related accept\n  iifname \"in*\" oifname {{ \"out\", \"in*\" }} accept\n }}\n\
-         chain input {{ type filter hook input priority filter; policy drop;\n  ct state established,related accept\n  iifname \"lo\" accept\n  iifname \"in*\" accept\n }}\n}}\n"
+         chain input {{ type filter hook input priority filter; policy drop;\n  ct state established,related accept\n  iifname \"lo\" accept\n  iifname \"in*\" accept\n  icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept\n }}\n}}\n"
     );
     std::fs::write(rules_file, rules).unwrap();
     run(&["ip", "netns", "exec", nat, "nft", "-f", rules_file.to_str().unwrap()]);

@@ -110,6 +110,31 @@ impl Testbed {
         namespaces
     }
 
+    /// Gives router `name` (made by [`Testbed::home_router`] on `net`) and its first LAN
+    /// port's host `host` IPv6 as an ISP would: global addresses from 2001:2::/48 (RFC
+    /// 5180's benchmarking range), routed without NAT, behind the router's stateful
+    /// firewall (its `inet` rules drop unsolicited inbound on IPv6 too). The link is
+    /// 2001:2:0:`net`00::/64, the LAN 2001:2:0:`net`01::/64, the host ::2 there.
+    pub fn add_ipv6(&self, sn: &str, name: &str, net: u8, host: &str) {
+        let nat = format!("{}-{name}", self.prefix);
+        let (link, lan) = (u16::from(net) << 8, (u16::from(net) << 8) | 1);
+        let addr = |prefix: u16, me: u8| format!("2001:2:0:{prefix:x}::{me}");
+        for ns in [sn, &nat] {
+            run(&["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        }
+        // `nodad`: the addresses are usable at once, not after duplicate detection.
+        let add = |ns: &str, a: String, dev: &str| {
+            run(&["ip", "-n", ns, "-6", "addr", "add", &format!("{a}/64"), "dev", dev, "nodad"])
+        };
+        add(sn, addr(link, 1), &format!("o{net}"));
+        add(&nat, addr(link, 2), "out");
+        add(&nat, addr(lan, 1), "in1");
+        add(host, addr(lan, 2), "eth0");
+        run(&["ip", "-n", sn, "-6", "route", "add", &format!("2001:2:0:{:x}::/56", link), "via", &addr(link, 2)]);
+        run(&["ip", "-n", &nat, "-6", "route", "add", "default", "via", &addr(link, 1)]);
+        run(&["ip", "-n", host, "-6", "route", "add", "default", "via", &addr(lan, 1)]);
+    }
+
     /// The network's data folder (keys, `host.toml`).
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
