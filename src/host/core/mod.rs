@@ -344,4 +344,6 @@ impl CoreLink {
 }
 
 #[cfg(test)]
+pub mod sim;
+#[cfg(test)]
 mod tests;
