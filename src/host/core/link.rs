@@ -2,11 +2,17 @@
 //! what goes out, opens what comes in, sends a keepalive every `keepalive_secs`, and
 //! decides when the super node is gone. Inputs are frames and `now`; outputs are
 //! [`Transmit`]s. Nothing here reads a clock or touches a socket.
+//!
+//! Every keepalive the link sends carries an id: its first sealed frame is one, so the
+//! echo tells a revision-2 super node (which echoes the id) from a revision-1 one (which
+//! echoes 0). The link's ids are `tag << 32 | n` with a non-zero random tag, so they
+//! never meet the request table's keepalive ids, which fit in 32 bits.
 
 use super::io::{Dest, Transmit};
 use crate::host::handshake::ClientSession;
 use crate::wire::MessageKind;
 use crate::wire::frame::FrameError;
+use crate::wire::message::Keepalive;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -75,13 +81,16 @@ pub struct SnLink {
     heard: Instant,
     next_keepalive: Instant,
     state: LinkState,
+    keepalive_tag: u32,
+    keepalives_sent: u32,
 }
 
 impl SnLink {
     /// A link over `session`, established at `now` (the Welcome was just heard), sending
     /// to `dest`; `epoch` numbers the links of one core, so nothing from an older one is
-    /// taken for this one's.
-    pub fn new(session: ClientSession, dest: Dest, epoch: u32, now: Instant) -> Self {
+    /// taken for this one's. `keepalive_tag` (random, non-zero) marks its keepalive ids.
+    pub fn new(session: ClientSession, dest: Dest, epoch: u32, now: Instant, keepalive_tag: u32) -> Self {
+        assert_ne!(keepalive_tag, 0, "a zero tag would give ids the request table uses");
         let keepalive = Duration::from_secs(u64::from(session.welcome.keepalive_secs.max(1)));
         Self {
             session,
@@ -92,7 +101,26 @@ impl SnLink {
             heard: now,
             next_keepalive: now + keepalive,
             state: LinkState::Up,
+            keepalive_tag,
+            keepalives_sent: 0,
         }
+    }
+
+    /// The first sealed frame of the link: a keepalive whose echo tells the super
+    /// node's revision.
+    pub fn hello(&mut self, out: &mut VecDeque<Transmit>) {
+        self.send_keepalive(out);
+    }
+
+    /// Whether `id` is one of this link's keepalive ids.
+    pub fn is_own_keepalive(&self, id: u64) -> bool {
+        id >> 32 == u64::from(self.keepalive_tag)
+    }
+
+    fn send_keepalive(&mut self, out: &mut VecDeque<Transmit>) {
+        let id = u64::from(self.keepalive_tag) << 32 | u64::from(self.keepalives_sent);
+        self.keepalives_sent = self.keepalives_sent.wrapping_add(1);
+        out.extend(self.seal(MessageKind::Keepalive, &Keepalive { id }.encode()));
     }
 
     /// The super node's address (where its datagrams come from).
@@ -165,7 +193,7 @@ impl SnLink {
         if self.state != LinkState::Up || self.heard > sent_at {
             return false;
         }
-        out.extend(self.seal(MessageKind::Keepalive, &[]));
+        self.send_keepalive(out);
         self.next_keepalive = now + self.keepalive;
         self.state = LinkState::Suspect { probed: now, answer_by: now + LIVENESS_ANSWER_MAX };
         true
@@ -180,7 +208,7 @@ impl SnLink {
             LinkState::Suspect { answer_by, .. } if now >= answer_by => Ended::NoAnswer,
             _ => {
                 if now >= self.next_keepalive {
-                    out.extend(self.seal(MessageKind::Keepalive, &[]));
+                    self.send_keepalive(out);
                     // A late step sends one keepalive, not one per missed period.
                     self.next_keepalive = (self.next_keepalive + self.keepalive).max(now + self.keepalive / 2);
                 }

@@ -17,6 +17,15 @@
 //!    call `handle_timeout` when the former comes.
 //!
 //! Nothing waits in between: a request is an entry in a table, its answer an input.
+//!
+//! # Revisions
+//!
+//! The link's first sealed frame is a keepalive with an id. A super node that echoes the
+//! id speaks revision 2 of the message layer, and every answer then names its request.
+//! An echo of 0, or no echo within [`REVISION_WAIT`], means revision 1: requests whose
+//! answers may come without an id go one at a time (the legacy lane, see [`pending`]).
+//! An echo of one of our ids later still moves the link to revision 2; nothing moves
+//! it back, since a revision-2 super node never echoes 0 to a keepalive with an id.
 
 pub mod io;
 pub mod link;
@@ -27,7 +36,7 @@ use self::link::{Arrival, Ended, SnLink};
 use self::pending::{Class, OpId, OpResult, Pending, PendingStats, Request, Revision};
 use crate::host::handshake::ClientSession;
 use crate::wire::MessageKind;
-use crate::wire::message::RelayRelease;
+use crate::wire::message::{Observed, RelayRelease};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -73,6 +82,10 @@ pub struct CoreStats {
 /// Most events kept unread; beyond, the newest notices are dropped (presence repeats).
 pub const EVENTS_QUEUED_MAX: usize = 1024;
 
+/// How long the first keepalive's echo is awaited before the super node is taken for
+/// revision 1.
+pub const REVISION_WAIT: Duration = Duration::from_secs(1);
+
 /// The link and its requests, driven as described in the module's documentation.
 #[derive(Debug)]
 pub struct CoreLink {
@@ -83,23 +96,30 @@ pub struct CoreLink {
     effects: VecDeque<(EffectId, Effect)>,
     next_effect: u64,
     stats: CoreStats,
+    /// While the revision is unknown: when to settle for revision 1.
+    revision_by: Instant,
 }
 
 impl CoreLink {
     /// The core over an established session at `now`, sending to `dest` (the super
     /// node's UDP address on port P, or the TCP connection the handshake ran on).
+    /// Its first transmit is the keepalive that asks the super node's revision.
     pub fn new(session: ClientSession, dest: Dest, now: Now, rng: &mut impl rand::Rng) -> Self {
         let mut pending = Pending::new(rng, now.mono);
         pending.set_reliable(matches!(dest, Dest::Tcp(_)));
-        Self {
-            link: SnLink::new(session, dest, 1, now.mono),
+        let tag = std::iter::repeat_with(|| rng.next_u32()).find(|t| *t != 0).expect("an endless generator");
+        let mut core = Self {
+            link: SnLink::new(session, dest, 1, now.mono, tag),
             pending,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             effects: VecDeque::new(),
             next_effect: 1,
             stats: CoreStats::default(),
-        }
+            revision_by: now.mono + REVISION_WAIT,
+        };
+        core.link.hello(&mut core.transmits);
+        core
     }
 
     /// The link (its state, its super node, when it was last heard).
@@ -115,6 +135,24 @@ impl CoreLink {
     /// What the super node's message-layer revision is now known to be.
     pub fn set_revision(&mut self, revision: Revision) {
         self.pending.set_revision(revision);
+    }
+
+    /// The super node's message-layer revision, as far as the core knows.
+    pub fn revision(&self) -> Revision {
+        self.pending.revision()
+    }
+
+    fn learn_revision(&mut self, revision: Revision) {
+        let known = self.pending.revision();
+        let moves = match revision {
+            Revision::Rev2 => known != Revision::Rev2,
+            Revision::Rev1 => known == Revision::Unknown,
+            Revision::Unknown => false,
+        };
+        if moves {
+            tracing::debug!(supernode = %self.link.supernode(), ?revision, "the super node's revision");
+            self.pending.set_revision(revision);
+        }
     }
 
     /// A datagram on port P.
@@ -148,6 +186,9 @@ impl CoreLink {
     /// Timers: the link's keepalive and liveness, then request deadlines and resends,
     /// then the send queue.
     pub fn handle_timeout(&mut self, now: Now) {
+        if self.pending.revision() == Revision::Unknown && now.mono >= self.revision_by {
+            self.learn_revision(Revision::Rev1);
+        }
         if let Some(why) = self.link.on_timeout(now.mono, &mut self.transmits) {
             self.link_ended(why);
         }
@@ -221,6 +262,7 @@ impl CoreLink {
                     self.events.push_back(CoreEvent::Notice(body));
                 }
             }
+            Arrival::Message(MessageKind::KeepaliveAck, body) => self.on_keepalive_ack(now, &body),
             Arrival::Message(kind, body) => {
                 self.pending.on_answer(kind, &body, now.mono);
             }
@@ -229,6 +271,25 @@ impl CoreLink {
                 self.stats.rejected += 1;
                 tracing::debug!(reason = e.reason(), "a frame from the super node was rejected");
             }
+        }
+    }
+
+    /// A keepalive's echo: the revision first, then whose keepalive it answers.
+    fn on_keepalive_ack(&mut self, now: Now, body: &[u8]) {
+        let Ok(o) = Observed::decode(body) else {
+            // The table counts it as malformed.
+            self.pending.on_answer(MessageKind::KeepaliveAck, body, now.mono);
+            return;
+        };
+        let own = o.id != 0 && self.link.is_own_keepalive(o.id);
+        match o.id {
+            0 => self.learn_revision(Revision::Rev1),
+            id if own || self.pending.is_keepalive(id) => self.learn_revision(Revision::Rev2),
+            _ => {}
+        }
+        // The link's own keepalive needs nothing more: being heard is what it was for.
+        if !own {
+            self.pending.on_answer(MessageKind::KeepaliveAck, body, now.mono);
         }
     }
 
@@ -276,9 +337,13 @@ impl CoreLink {
 
     /// When `handle_timeout` next has work; None when nothing is scheduled.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.link.poll_timeout(), self.pending.poll_timeout()].into_iter().flatten().min()
+        let revision =
+            (self.link.is_open() && self.pending.revision() == Revision::Unknown).then_some(self.revision_by);
+        [self.link.poll_timeout(), self.pending.poll_timeout(), revision].into_iter().flatten().min()
     }
 }
 
+#[cfg(test)]
+pub mod sim;
 #[cfg(test)]
 mod tests;

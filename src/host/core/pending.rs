@@ -9,8 +9,9 @@
 //! sealed Error answering a request no id. While the super node's revision is 1 or
 //! unknown, the **legacy lane** lets at most one of {Publish, Find, Search,
 //! RelayAllocate} be out at a time, so an id-less answer belongs to the lane's request;
-//! Forward never waits for the lane. [`Revision`] is where id matching for the
-//! id-less kinds plugs in.
+//! Forward never waits for the lane. Revision 2 gives every answer an id: Publish goes
+//! as a PublishReq answered by a PublishReply, a failure comes as a RequestError naming
+//! its request, a keepalive's id is echoed, and nothing waits for the lane.
 //!
 //! The super node accepts 50 index requests a second from a host (Find, Search,
 //! Publish, Forward and RelayAllocate together, per wall-clock second). One token bucket
@@ -18,8 +19,8 @@
 //! first, user requests next, presence fan-out last.
 
 use crate::wire::message::{
-    ErrorMsg, Find, FindReply, Forward, ForwardAck, Observed, PublishAck, RelayAllocate, RelayGrant, RelayRelease,
-    Search, SearchReply,
+    ErrorMsg, Find, FindReply, Forward, ForwardAck, Keepalive, Observed, PublishAck, PublishReply, PublishReq,
+    RelayAllocate, RelayGrant, RelayRelease, RequestError as RequestErrorMsg, Search, SearchReply,
 };
 use crate::wire::{ErrorCode, MessageKind};
 use std::collections::{BTreeMap, VecDeque};
@@ -79,10 +80,12 @@ impl ReqKind {
         }
     }
 
-    fn message(self) -> MessageKind {
+    /// The message kind it goes as; `legacy`: in revision 1's form.
+    fn message(self, legacy: bool) -> MessageKind {
         match self {
             Self::Keepalive => MessageKind::Keepalive,
-            Self::Publish => MessageKind::Publish,
+            Self::Publish if legacy => MessageKind::Publish,
+            Self::Publish => MessageKind::PublishReq,
             Self::Find => MessageKind::Find,
             Self::Search => MessageKind::Search,
             Self::Forward => MessageKind::Forward,
@@ -132,10 +135,10 @@ pub enum Class {
 pub enum Revision {
     /// Not learned yet: treated as revision 1.
     Unknown,
-    /// Keepalive, Publish and request errors carry no id.
+    /// Keepalive echoes, Publish answers and request errors carry no id.
     Rev1,
-    /// Request errors carry the request's id; Publish still has none until it gets a
-    /// kind of its own.
+    /// Every answer names its request: keepalive ids are echoed, Publish goes as
+    /// PublishReq, failures come as RequestError.
     Rev2,
 }
 
@@ -146,7 +149,7 @@ impl Revision {
             Self::Unknown | Self::Rev1 => {
                 matches!(kind, ReqKind::Publish | ReqKind::Find | ReqKind::Search | ReqKind::RelayAllocate)
             }
-            Self::Rev2 => kind == ReqKind::Publish,
+            Self::Rev2 => false,
         }
     }
 }
@@ -278,6 +281,9 @@ pub struct PendingStats {
     pub late_grants_released: u64,
     /// "Too many attempts" answers (each halves the rate for a second).
     pub slowed_down: u64,
+    /// RequestErrors with request id 0: the super node could not read the request's
+    /// id, so they complete nothing (the request runs to its deadline).
+    pub errors_without_id: u64,
 }
 
 #[derive(Debug)]
@@ -288,6 +294,9 @@ struct Sent {
     epoch: u32,
     resends_done: usize,
     queued_again: bool,
+    /// Sent in revision 1's form (and held in the lane): resends keep the form, so an
+    /// id-less answer to any of its copies still finds it.
+    legacy: bool,
 }
 
 #[derive(Debug)]
@@ -436,7 +445,11 @@ impl Pending {
         }
         let req = self.take_req();
         let (kind, class, body, timeout) = match request {
-            Request::Keepalive { timeout } => (ReqKind::Keepalive, Class::Call, Vec::new(), timeout),
+            // The request id is the keepalive's: a revision-1 super node ignores it, a
+            // revision-2 one echoes it. Link keepalives use ids above u32::MAX.
+            Request::Keepalive { timeout } => {
+                (ReqKind::Keepalive, Class::Call, Keepalive { id: u64::from(req) }.encode(), timeout)
+            }
             Request::Publish { entry } => (ReqKind::Publish, Class::User, entry, ReqKind::Publish.deadline()),
             Request::Find { user } => {
                 (ReqKind::Find, Class::User, Find { req, user }.encode(), ReqKind::Find.deadline())
@@ -500,21 +513,29 @@ impl Pending {
             }
         };
         let Some(e) = self.entries.get_mut(&req) else { return self.poll_send(now, epoch) };
-        match &mut e.sent {
+        let legacy = match &mut e.sent {
             Some(s) => {
                 s.last = now;
                 s.queued_again = false;
                 self.stats.resent += 1;
+                s.legacy
             }
             None => {
                 let deadline = now + e.timeout;
-                e.sent = Some(Sent { first: now, last: now, deadline, epoch, resends_done: 0, queued_again: false });
+                let legacy = self.revision.in_lane(e.kind);
+                e.sent =
+                    Some(Sent { first: now, last: now, deadline, epoch, resends_done: 0, queued_again: false, legacy });
+                legacy
             }
-        }
-        if self.revision.in_lane(e.kind) {
+        };
+        if legacy {
             self.lane = Some(req);
         }
-        Some(Outgoing { kind: e.kind.message(), body: e.body.clone() })
+        let body = match e.kind {
+            ReqKind::Publish if !legacy => PublishReq { req, entry: e.body.clone() }.encode(),
+            _ => e.body.clone(),
+        };
+        Some(Outgoing { kind: e.kind.message(legacy), body })
     }
 
     fn complete(&mut self, req: u32, result: OpResult) {
@@ -550,9 +571,16 @@ impl Pending {
         }
     }
 
-    /// The lane's request, when an id-less answer can be its.
+    /// The lane's request, when an id-less answer can be its. A request that went out
+    /// before the revision was known keeps its place after: its answer may still come
+    /// without an id.
     fn lane_holder(&self) -> Option<u32> {
         self.lane.filter(|r| self.entries.get(r).is_some_and(|e| e.sent.is_some()))
+    }
+
+    /// Whether `id` is a keepalive of this table's that is out.
+    pub fn is_keepalive(&self, id: u64) -> bool {
+        u32::try_from(id).is_ok_and(|r| self.out(r, ReqKind::Keepalive))
     }
 
     /// Matches one opened message from the super node to what waits for it.
@@ -560,8 +588,19 @@ impl Pending {
         match kind {
             MessageKind::KeepaliveAck => {
                 let Ok(o) = Observed::decode(body) else { return self.malformed(kind) };
+                if o.id != 0 {
+                    let Some(r) = u32::try_from(o.id).ok().filter(|r| self.out(*r, ReqKind::Keepalive)) else {
+                        return self.unmatched(kind, None);
+                    };
+                    self.complete(r, Ok(Answer::Observed(o.addr)));
+                    return Matched::Request;
+                }
+                if self.revision == Revision::Rev2 {
+                    // We send no empty keepalive, so a revision-2 echo of 0 answers nothing.
+                    return self.unmatched(kind, None);
+                }
                 // Revision 1 echoes no id: the answer serves every keepalive waiting now
-                // (a periodic one's answer included). Revision 2 will match `o.id`.
+                // (a periodic one's answer included).
                 let waiting: Vec<u32> = self
                     .entries
                     .iter()
@@ -571,6 +610,30 @@ impl Pending {
                 for r in waiting {
                     self.complete(r, Ok(Answer::Observed(o.addr)));
                 }
+                Matched::Request
+            }
+            MessageKind::PublishReply => {
+                let Ok(p) = PublishReply::decode(body) else { return self.malformed(kind) };
+                self.slow_down(p.ack.code, now);
+                if !self.out(p.req, ReqKind::Publish) {
+                    return self.unmatched(kind, Some(p.req));
+                }
+                self.complete(p.req, Ok(Answer::Published(p.ack)));
+                Matched::Request
+            }
+            MessageKind::RequestError => {
+                let Ok(e) = RequestErrorMsg::decode(body) else { return self.malformed(kind) };
+                self.slow_down(e.error.code.code(), now);
+                if e.req == 0 {
+                    self.stats.errors_without_id += 1;
+                    tracing::debug!(code = e.error.code.label(), detail = %e.error.detail, "a request error without an id");
+                    return Matched::Unmatched;
+                }
+                let out = self.entries.get(&e.req).is_some_and(|x| x.sent.is_some());
+                if !out {
+                    return self.unmatched(kind, Some(e.req));
+                }
+                self.complete(e.req, Err(RequestError::Refused(e.error)));
                 Matched::Request
             }
             MessageKind::PublishAck => {

@@ -11,7 +11,8 @@ use crate::host::handshake::{ClientSession, Dialing};
 use crate::supernode::handshake::{accept, precheck};
 use crate::supernode::session::{Action, Session, SessionPeer, Transport};
 use crate::wire::message::{
-    Bye, ErrorMsg, FindReply, ForwardAck, Hello, PublishAck, RelayGrant, RelayRelease, SearchReply, Welcome,
+    Bye, ErrorMsg, FindReply, ForwardAck, Hello, Observed, PublishAck, PublishReply, RelayGrant, RelayRelease,
+    SearchReply, Welcome,
 };
 use crate::wire::{ErrorCode, MessageKind, frame};
 use rand::SeedableRng;
@@ -68,14 +69,27 @@ type Trace = Vec<(Duration, MessageKind, String)>;
 /// Finished requests, with when.
 type Done = Vec<(Duration, OpId, OpResult)>;
 
+/// What becomes of the super node's answers to keepalives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Echo {
+    /// The session's own answer reaches the host (revision 2: the id echoed).
+    Session,
+    /// Answered as a revision-1 super node does: id 0, whatever the body.
+    Rev1,
+    /// Kept in `Bench::held` until the test hands them over.
+    Hold,
+    /// Lost.
+    Lost,
+}
+
 /// The core, the super node's session, and a virtual clock.
 struct Bench {
     core: CoreLink,
     sn: Session,
     base: Instant,
     t: Duration,
-    /// Whether the super node's answers to keepalives reach the host.
-    sn_up: bool,
+    echo: Echo,
+    held: Vec<Vec<u8>>,
     /// Whether every Forward is acknowledged at once.
     ack_forwards: bool,
     trace: Trace,
@@ -94,12 +108,31 @@ impl Bench {
             sn,
             base,
             t: Duration::ZERO,
-            sn_up: true,
+            echo: Echo::Session,
+            held: Vec::new(),
             ack_forwards: false,
             trace: Vec::new(),
             done: Vec::new(),
             events: Vec::new(),
         }
+    }
+
+    /// A bench whose super node answers keepalives as revision 1 does; the first
+    /// keepalive is answered, so the core knows.
+    fn rev1(seed: u64, keepalive_secs: u16) -> Self {
+        let mut b = Self::new(seed, keepalive_secs);
+        b.echo = Echo::Rev1;
+        b.drain();
+        assert_eq!(b.core.revision(), Revision::Rev1);
+        b
+    }
+
+    /// A bench that has heard the first keepalive's echo (revision 2).
+    fn rev2(seed: u64, keepalive_secs: u16) -> Self {
+        let mut b = Self::new(seed, keepalive_secs);
+        b.drain();
+        assert_eq!(b.core.revision(), Revision::Rev2);
+        b
     }
 
     fn now(&self) -> Now {
@@ -128,9 +161,17 @@ impl Bench {
                     match a {
                         Action::Send(MessageKind::KeepaliveAck, ack) => {
                             self.trace.push((self.t, kind, "keepalive".into()));
-                            if self.sn_up {
-                                let now = self.now();
-                                self.core.handle_datagram(now, sn_addr(), &ack);
+                            match self.echo {
+                                Echo::Session => {
+                                    let now = self.now();
+                                    self.core.handle_datagram(now, sn_addr(), &ack);
+                                }
+                                Echo::Rev1 => {
+                                    let o = Observed { id: 0, addr: host_addr() };
+                                    self.reply(MessageKind::KeepaliveAck, &o.encode());
+                                }
+                                Echo::Hold => self.held.push(ack),
+                                Echo::Lost => {}
                             }
                         }
                         Action::Forward(f) if self.ack_forwards => {
@@ -238,7 +279,7 @@ fn two_requests_in_flight_at_once_both_complete() {
 
 #[test]
 fn a_stray_answer_is_counted_and_completes_nothing() {
-    let mut b = Bench::new(2, 15);
+    let mut b = Bench::rev1(2, 15);
     let find = b.core.find(b.now(), "bob");
     let out = b.drain();
     let [Action::Find(f)] = &out[..] else { panic!("{out:?}") };
@@ -266,7 +307,7 @@ fn a_stray_answer_is_counted_and_completes_nothing() {
 
 #[test]
 fn an_id_less_error_answers_the_lane_request() {
-    let mut b = Bench::new(3, 15);
+    let mut b = Bench::rev1(3, 15);
     let fwd = b.core.forward(b.now(), "carol", "", b"hi".to_vec(), Class::Presence);
     let find = b.core.find(b.now(), "bob");
     b.drain();
@@ -280,7 +321,7 @@ fn an_id_less_error_answers_the_lane_request() {
 
 #[test]
 fn a_late_grant_for_a_timed_out_allocation_is_released() {
-    let mut b = Bench::new(4, 15);
+    let mut b = Bench::rev2(4, 15);
     let op = b.core.allocate_relay(b.now(), vec![7; 300]);
     let out = b.drain();
     let [Action::RelayAllocate(r)] = &out[..] else { panic!("{out:?}") };
@@ -289,7 +330,7 @@ fn a_late_grant_for_a_timed_out_allocation_is_released() {
     assert_eq!(b.result(op), Some(&Err(RequestError::TimedOut("relay_allocate"))));
     // Nothing was heard since it went out: a keepalive probed the super node at once,
     // and its answer kept the link.
-    let probes: Vec<_> = b.trace.iter().filter(|(_, k, _)| *k == MessageKind::Keepalive).collect();
+    let probes: Vec<_> = b.trace.iter().filter(|(t, k, _)| *k == MessageKind::Keepalive && !t.is_zero()).collect();
     assert_eq!(probes.len(), 1);
     assert_eq!(probes[0].0, secs(3.0));
     assert_eq!(b.core.link().state(), LinkState::Up);
@@ -308,7 +349,7 @@ fn a_late_grant_for_a_timed_out_allocation_is_released() {
 
 #[test]
 fn the_legacy_lane_holds_a_second_publish_until_the_first_is_answered() {
-    let mut b = Bench::new(5, 15);
+    let mut b = Bench::rev1(5, 15);
     let first = b.core.publish(b.now(), b"entry-1".to_vec());
     let second = b.core.publish(b.now(), b"entry-2".to_vec());
     let fwd = b.core.forward(b.now(), "carol", "", b"hi".to_vec(), Class::Call);
@@ -336,19 +377,6 @@ fn the_legacy_lane_holds_a_second_publish_until_the_first_is_answered() {
 }
 
 #[test]
-fn revision_2_lets_requests_with_ids_pass_the_lane() {
-    let mut b = Bench::new(6, 15);
-    b.core.set_revision(Revision::Rev2);
-    b.core.find(b.now(), "bob");
-    b.core.find(b.now(), "carol");
-    b.core.publish(b.now(), b"e1".to_vec());
-    b.core.publish(b.now(), b"e2".to_vec());
-    let out = b.drain();
-    assert_eq!(out.iter().filter(|a| matches!(a, Action::Find(_))).count(), 2);
-    assert_eq!(out.iter().filter(|a| matches!(a, Action::Publish { .. })).count(), 1, "Publish has no id yet");
-}
-
-#[test]
 fn a_search_collects_its_parts_in_order() {
     let mut b = Bench::new(7, 15);
     let op = b.core.search(b.now(), "jazz", 10);
@@ -364,25 +392,25 @@ fn a_search_collects_its_parts_in_order() {
 #[test]
 fn a_silent_super_node_is_dead_after_silence_max() {
     let mut b = Bench::new(8, 1);
-    b.sn_up = false;
+    b.echo = Echo::Lost;
     b.run_until(secs(20.0));
     // Heard at 0 (the Welcome); silence_max = 2·1 + 5 s.
     assert_eq!(b.events, vec![(secs(7.0), CoreEvent::LinkEnded { epoch: 1, why: Ended::Silent })]);
-    assert_eq!(b.sent(MessageKind::Keepalive), 6, "one a second until the end, none after");
+    assert_eq!(b.sent(MessageKind::Keepalive), 7, "the first at once, then one a second until the end, none after");
     assert_eq!(b.core.poll_timeout(), None);
 
     // The same link answered stays up, one keepalive a second.
     let mut up = Bench::new(8, 1);
     up.run_until(secs(60.0));
     assert!(up.events.is_empty(), "{:?}", up.events);
-    assert_eq!(up.sent(MessageKind::Keepalive), 60);
+    assert_eq!(up.sent(MessageKind::Keepalive), 61);
     assert_eq!(up.core.link().state(), LinkState::Up);
 }
 
 #[test]
 fn an_unanswered_request_and_probe_end_the_link_long_before_the_silence_limit() {
     let mut b = Bench::new(9, 15);
-    b.sn_up = false;
+    b.echo = Echo::Lost;
     let op = b.core.find(b.now(), "bob");
     b.run_until(secs(10.5));
     // Sent at 0, resent at 1 s and 3 s, given up at 10 s; nothing heard since: probed.
@@ -532,6 +560,10 @@ fn over_tcp_nothing_is_resent_and_bye_closes_the_connection() {
     let conn = ConnId(3);
     let mut core = CoreLink::new(session, Dest::Tcp(conn), now(0.0), &mut rand::rngs::StdRng::seed_from_u64(1));
     let find = core.find(now(0.0), "bob");
+    // The first frame asks the revision; its answer is not handed over here.
+    let hello = core.poll_transmit().unwrap();
+    let answer = sn.on_frame(&frame::decode(sn_addr(), &hello.bytes).unwrap(), T0).unwrap();
+    assert!(matches!(&answer[..], [Action::Send(MessageKind::KeepaliveAck, _)]), "{answer:?}");
     let t = core.poll_transmit().unwrap();
     assert_eq!(t.dest, Dest::Tcp(conn));
     let Action::Find(f) = sn.on_frame(&frame::decode(sn_addr(), &t.bytes).unwrap(), T0).unwrap().remove(0) else {
@@ -564,4 +596,207 @@ fn over_tcp_nothing_is_resent_and_bye_closes_the_connection() {
     core.handle_tcp(now(1.0), conn, TcpEvent::Closed);
     assert_eq!(core.poll_event(), Some(CoreEvent::LinkEnded { epoch: 1, why: Ended::ConnectionClosed }));
     assert_eq!(core.poll_effect(), None);
+}
+
+fn published(replicas: u8) -> PublishAck {
+    PublishAck { code: 0, replicas, detail: String::new() }
+}
+
+/// Hands a sealed frame of the super node's to the core.
+fn deliver(b: &mut Bench, frame: &[u8]) {
+    let now = b.now();
+    b.core.handle_datagram(now, sn_addr(), frame);
+}
+
+#[test]
+fn the_revision_is_learnt_from_the_first_keepalives_echo() {
+    // A revision-2 super node echoes the id: the first frame was a keepalive with one.
+    let mut b = Bench::new(20, 15);
+    assert_eq!(b.core.revision(), Revision::Unknown);
+    b.drain();
+    assert_eq!(b.trace.first().map(|(t, k, _)| (*t, *k)), Some((Duration::ZERO, MessageKind::Keepalive)));
+    assert_eq!(b.sn.revision(), crate::wire::message::Revision::Two, "the super node saw an id");
+    assert_eq!(b.core.revision(), Revision::Rev2);
+    assert_eq!(b.core.stats().pending.unmatched, 0, "the link's own echo is no stray");
+
+    // An echo of 0 is a revision-1 super node's.
+    let b = Bench::rev1(21, 15);
+    assert_eq!(b.core.stats().pending.unmatched, 0);
+
+    // No echo for a second: revision 1.
+    let mut b = Bench::new(22, 15);
+    b.echo = Echo::Hold;
+    b.run_until(secs(0.999));
+    assert_eq!(b.core.revision(), Revision::Unknown);
+    b.run_until(secs(1.0));
+    assert_eq!(b.core.revision(), Revision::Rev1);
+    // The echo late still proves revision 2; later echoes of 0 do not undo it.
+    let late = b.held.remove(0);
+    deliver(&mut b, &late);
+    assert_eq!(b.core.revision(), Revision::Rev2);
+    b.reply(MessageKind::KeepaliveAck, &Observed { id: 0, addr: host_addr() }.encode());
+    assert_eq!(b.core.revision(), Revision::Rev2);
+    // An echo of an id nobody sent is a stray, and proves nothing.
+    let mut b = Bench::new(23, 15);
+    b.echo = Echo::Lost;
+    b.reply(MessageKind::KeepaliveAck, &Observed { id: 5, addr: host_addr() }.encode());
+    assert_eq!((b.core.revision(), b.core.stats().pending.unmatched), (Revision::Unknown, 1));
+}
+
+#[test]
+fn under_revision_2_two_publishes_and_a_find_are_in_flight_at_once() {
+    let mut b = Bench::rev2(24, 15);
+    let p1 = b.core.publish(b.now(), b"entry-1".to_vec());
+    let p2 = b.core.publish(b.now(), b"entry-2".to_vec());
+    let find = b.core.find(b.now(), "bob");
+    let out = b.drain();
+    let [Action::Publish { req: Some(r1), entry: e1 }, Action::Publish { req: Some(r2), entry: e2 }, Action::Find(f)] =
+        &out[..]
+    else {
+        panic!("all three go out at once, the publishes with ids: {out:?}")
+    };
+    assert_eq!((&e1[..], &e2[..]), (&b"entry-1"[..], &b"entry-2"[..]));
+    assert_eq!(b.core.pending.stats().resent, 0);
+    let (r1, r2, fr) = (*r1, *r2, f.req);
+    assert!(r1 != r2 && r2 != fr && r1 != fr, "one id each");
+    // Answered last first; each answer completes its own request.
+    b.reply(MessageKind::FindReply, &found(fr, b"bob's"));
+    b.drain();
+    assert!(matches!(b.result(find), Some(Ok(Answer::Found(r))) if r.entry == b"bob's"));
+    assert_eq!((b.result(p1), b.result(p2)), (None, None));
+    let (kind, f2) = b.sn.publish_answer(Some(r2), published(2));
+    assert_eq!(kind, MessageKind::PublishReply);
+    deliver(&mut b, &f2);
+    b.drain();
+    assert_eq!(b.result(p2), Some(&Ok(Answer::Published(published(2)))));
+    assert_eq!(b.result(p1), None);
+    b.reply(MessageKind::PublishReply, &PublishReply { req: r1, ack: published(3) }.encode());
+    b.drain();
+    assert_eq!(b.result(p1), Some(&Ok(Answer::Published(published(3)))));
+    // The same answer again, and a revision-1 PublishAck: nothing waits for either.
+    b.reply(MessageKind::PublishReply, &PublishReply { req: r1, ack: published(3) }.encode());
+    b.reply(MessageKind::PublishAck, &published(1).encode());
+    b.drain();
+    assert_eq!((b.done.len(), b.core.stats().pending.unmatched), (3, 2));
+}
+
+#[test]
+fn a_request_error_completes_exactly_its_request() {
+    let mut b = Bench::rev2(25, 15);
+    let bob = b.core.find(b.now(), "bob");
+    let carol = b.core.find(b.now(), "carol");
+    let publish = b.core.publish(b.now(), b"entry".to_vec());
+    let relay = b.core.allocate_relay(b.now(), vec![7; 300]);
+    let out = b.drain();
+    assert_eq!(out.len(), 4, "all out at once: {out:?}");
+    let req_of = |user: &str| {
+        out.iter()
+            .find_map(|a| match a {
+                Action::Find(f) if f.user == user => Some(f.req),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let e = ErrorMsg { code: ErrorCode::TooManyAttempts, retry_after_secs: 1, detail: "slow down".into() };
+    let (kind, frame) = b.sn.request_error(req_of("carol"), e.clone());
+    assert_eq!(kind, MessageKind::RequestError);
+    deliver(&mut b, &frame);
+    b.drain();
+    assert_eq!(b.result(carol), Some(&Err(RequestError::Refused(e.clone()))));
+    assert_eq!(b.done.len(), 1, "the others still wait: {:?}", b.done);
+    assert_eq!(b.core.stats().pending.slowed_down, 1);
+    // Id 0 (a request the super node could not read) completes nothing; nor does an id
+    // nobody has out, nor a revision-1 Error.
+    let (_, frame) = b.sn.request_error(0, ErrorMsg::new(ErrorCode::Malformed, "find: short"));
+    deliver(&mut b, &frame);
+    let (_, frame) = b.sn.request_error(req_of("carol"), e.clone());
+    deliver(&mut b, &frame);
+    b.reply(MessageKind::Error, &e.encode());
+    b.drain();
+    assert_eq!(b.done.len(), 1);
+    let stats = b.core.stats().pending;
+    assert_eq!((stats.errors_without_id, stats.unmatched), (1, 2));
+    // The rest complete from their own answers.
+    b.reply(MessageKind::FindReply, &found(req_of("bob"), b"bob's"));
+    let Some(Action::RelayAllocate(r)) = out.iter().find(|a| matches!(a, Action::RelayAllocate(_))) else { panic!() };
+    b.reply(MessageKind::RelayGrant, &grant(r.req, 8));
+    let Some(Action::Publish { req: Some(p), .. }) = out.iter().find(|a| matches!(a, Action::Publish { .. })) else {
+        panic!()
+    };
+    let (_, frame) = b.sn.request_error(*p, ErrorMsg::new(ErrorCode::Internal, "index busy"));
+    deliver(&mut b, &frame);
+    b.drain();
+    assert!(matches!(b.result(bob), Some(Ok(Answer::Found(_)))));
+    assert!(matches!(b.result(relay), Some(Ok(Answer::Granted(g))) if g.session == 8));
+    assert!(matches!(b.result(publish), Some(Err(RequestError::Refused(m))) if m.code == ErrorCode::Internal));
+}
+
+#[test]
+fn a_keepalive_answer_completes_only_the_keepalive_with_its_id() {
+    let mut b = Bench::rev2(26, 15);
+    b.echo = Echo::Hold;
+    let k1 = b.core.keepalive(b.now(), secs(2.0));
+    let k2 = b.core.keepalive(b.now(), secs(2.0));
+    b.drain();
+    assert_eq!(b.held.len(), 2);
+    let second = b.held.pop().unwrap();
+    deliver(&mut b, &second);
+    b.drain();
+    assert_eq!(b.result(k2), Some(&Ok(Answer::Observed(host_addr()))));
+    assert_eq!(b.result(k1), None, "another keepalive's answer is not this one's");
+    let first = b.held.pop().unwrap();
+    deliver(&mut b, &first);
+    b.drain();
+    assert_eq!(b.result(k1), Some(&Ok(Answer::Observed(host_addr()))));
+    assert_eq!(b.core.stats().pending.unmatched, 0);
+
+    // Revision 1 echoes no id: its answer serves every keepalive waiting, as it always did.
+    let mut b = Bench::rev1(27, 15);
+    b.echo = Echo::Hold;
+    let k1 = b.core.keepalive(b.now(), secs(2.0));
+    let k2 = b.core.keepalive(b.now(), secs(2.0));
+    b.drain();
+    b.reply(MessageKind::KeepaliveAck, &Observed { id: 0, addr: host_addr() }.encode());
+    b.drain();
+    assert!(b.result(k1).is_some() && b.result(k2).is_some());
+}
+
+#[test]
+fn a_revision_1_super_node_keeps_the_legacy_lane() {
+    let mut b = Bench::rev1(28, 15);
+    let publish = b.core.publish(b.now(), b"entry".to_vec());
+    let find = b.core.find(b.now(), "bob");
+    let fwd = b.core.forward(b.now(), "carol", "", b"hi".to_vec(), Class::User);
+    let out = b.drain();
+    assert!(matches!(&out[..], [Action::Publish { req: None, .. }, Action::Forward(_)]), "{out:?}");
+    // An id-less Error is the lane's request's; then the Find may go.
+    let e = ErrorMsg::new(ErrorCode::Internal, "index busy");
+    b.reply(MessageKind::Error, &e.encode());
+    let out = b.drain();
+    assert_eq!(b.result(publish), Some(&Err(RequestError::Refused(e))));
+    let [Action::Find(f)] = &out[..] else { panic!("{out:?}") };
+    assert_eq!(b.result(find), None);
+    assert_eq!(b.result(fwd), None);
+    assert_eq!(f.user, "bob");
+}
+
+#[test]
+fn a_request_sent_before_the_revision_was_known_keeps_its_lane_place() {
+    let mut b = Bench::new(29, 15);
+    b.echo = Echo::Hold;
+    let bob = b.core.find(b.now(), "bob");
+    let publish = b.core.publish(b.now(), b"entry".to_vec());
+    let out = b.drain();
+    assert!(matches!(&out[..], [Action::Find(_)]), "the lane holds the publish: {out:?}");
+    let echo = b.held.remove(0);
+    deliver(&mut b, &echo);
+    let out = b.drain();
+    assert_eq!(b.core.revision(), Revision::Rev2);
+    assert!(matches!(&out[..], [Action::Publish { req: Some(_), .. }]), "now with an id: {out:?}");
+    // An id-less Error still answers the Find sent in revision 1's manner, not the PublishReq.
+    let e = ErrorMsg::new(ErrorCode::TooManyAttempts, "slow down");
+    b.reply(MessageKind::Error, &e.encode());
+    b.drain();
+    assert_eq!(b.result(bob), Some(&Err(RequestError::Refused(e))));
+    assert_eq!(b.result(publish), None);
 }
