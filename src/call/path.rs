@@ -992,11 +992,12 @@ mod tests {
         assert_eq!(b, Some((Route::To(a_lan), Path::Direct)));
     }
 
-    /// A cone NAT's host (A, caller) and a `fully-random` symmetric NAT's host (B) on
-    /// virtual time: once they know each other's NAT kind, the birthday technique punches
-    /// a path, and B keeps only the socket it goes through.
-    #[test]
-    fn a_cone_and_a_random_symmetric_nat_punch_with_the_birthday_technique() {
+    /// A cone NAT's host (A, caller) and a symmetric NAT's host (B) on virtual time, B's
+    /// NAT handing out ports at random or (`sequential`) in sequence from the one its super
+    /// node saw: once they know each other's NAT kind, the birthday technique punches a
+    /// path, and B keeps the sockets that heard from A. Returns what each side spent and
+    /// when both were done.
+    fn birthday_run(sequential: bool) -> (HardNatReport, HardNatReport, u64) {
         use rand::RngExt;
         use std::collections::HashMap;
         let (a_pub, b_ip): (SocketAddr, IpAddr) = ("198.18.2.2:5000".parse().unwrap(), "198.18.3.2".parse().unwrap());
@@ -1008,6 +1009,7 @@ mod tests {
         b.set_nat(NatKind::Symmetric, 8);
         // B's NAT: a random port per (local socket, destination); in only from that destination.
         let mut nat_rng = rand::rngs::StdRng::seed_from_u64(99);
+        let mut next_port = b_seen.port();
         let mut b_map: HashMap<(Option<u16>, SocketAddr), u16> = HashMap::new();
         let mut b_back: HashMap<u16, (Option<u16>, SocketAddr)> = HashMap::new();
         // A's NAT: one public address; in only from where A has sent.
@@ -1054,7 +1056,8 @@ mod tests {
                     };
                     let port = *b_map.entry((local, dst)).or_insert_with(|| {
                         loop {
-                            let p = nat_rng.random_range(1024..=u16::MAX);
+                            next_port += 1;
+                            let p = if sequential { next_port } else { nat_rng.random_range(1024..=u16::MAX) };
                             if let std::collections::hash_map::Entry::Vacant(e) = b_back.entry(p) {
                                 e.insert((local, dst));
                                 break p;
@@ -1097,6 +1100,22 @@ mod tests {
         assert!(now < 3_000, "found within {now} ms");
         // Nothing more is sprayed once punched.
         assert!(probes(&a.tick(now + 20)).len() <= 1 && probes(&b.tick(now + 20)).len() <= 1);
+        (ra, rb, now)
+    }
+
+    #[test]
+    fn a_cone_and_a_random_symmetric_nat_punch_with_the_birthday_technique() {
+        let (easy, _, _) = birthday_run(false);
+        assert!(easy.success_after.unwrap() <= birthday::EASY_PROBES_MAX);
+    }
+
+    #[test]
+    fn a_symmetric_nat_that_hands_out_ports_in_sequence_is_punched_by_prediction() {
+        let (easy, hard, now) = birthday_run(true);
+        assert!(easy.predicted, "{easy:?}");
+        assert_eq!(easy.success_after, Some(birthday::EASY_PROBES_PER_STEP), "within the first step");
+        assert_eq!(hard.sockets, birthday::HARD_SOCKETS);
+        assert!(now <= 100, "{now} ms");
     }
 
     #[test]
