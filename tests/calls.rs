@@ -67,7 +67,15 @@ async fn call_signalling_through_super_nodes() {
     call_event(&mut bob, CallState::Ringing).await;
     bob.answer_call(a_id, true).await;
     call_event(&mut alice, CallState::Connecting).await;
-    // (Each host runs its own event loop; here the test drives two at once.)
+    // Both sides' loops run until media flows (each host runs its own event loop; here
+    // the test drives two at once): a call left Connecting past its connect timeout
+    // would end, and bob would not be busy.
+    let connected = |e: &Event| matches!(e, Event::Call { state: CallState::Connected { .. }, .. });
+    let within = Duration::from_secs(3);
+    tokio::join!(
+        common::expect_event(&mut alice, within, "alice connected", connected),
+        common::expect_event(&mut bob, within, "bob connected", connected)
+    );
     dave.call("bob").await.unwrap();
     let busy = CallState::Ended { reason: "busy" };
     let (_, (_, peer)) = tokio::join!(call_event(&mut dave, busy.clone()), call_event(&mut bob, busy.clone()));

@@ -235,6 +235,9 @@ impl IndexRouter {
             });
         }
         gauge!("confab_index_slots_held", "node" => self.node.clone()).set(self.held.len() as f64);
+        // Rebuilt a moment after the membership changes: until this equals the cluster's
+        // view, lookups and notices may go to the wrong replicas.
+        gauge!("confab_index_view_members", "node" => self.node.clone()).set(ids.len() as f64);
         tracing::debug!(node = %self.node, members = ids.len(), held = self.held.len(), "slot map rebuilt");
     }
 

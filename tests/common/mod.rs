@@ -267,5 +267,21 @@ impl TestNet {
             assert!(started.elapsed() < Duration::from_secs(20), "cluster of {n} did not converge");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // The index rebuilds its slot map a moment after the view changes: until every
+        // node's map holds all n, a notice or a lookup may miss (a call's invite, say).
+        loop {
+            let m = self.metrics().await;
+            let behind = self.net.info.supernodes.iter().any(|s| {
+                let label = format!("node=\"{}\"", s.name);
+                let members = self.metric(&m, "confab_index_view_members", &[&label]);
+                // A node without an index exports none: nothing to wait for there.
+                members > 0.0 && (members as usize) < n
+            });
+            if !behind {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "the index of {n} did not converge");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
