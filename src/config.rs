@@ -331,10 +331,9 @@ pub struct HostConfig {
     pub local_candidates: LocalCandidates,
 }
 
-/// To whom a host offers its private interface addresses (its LAN addresses) in a call:
-/// they let two hosts behind one NAT talk directly, and they tell the other side where the
-/// host sits in its network. Global interface addresses (IPv6, a public IPv4 on an
-/// interface) are offered to everyone unless this is `never`.
+/// To whom a host offers its interface addresses (LAN and IPv6 ones) in a call: they let
+/// two hosts behind one NAT, or two with IPv6, talk directly, and they tell the other side
+/// where the host sits in its network (a stable IPv6 address identifies the device).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LocalCandidates {
@@ -343,8 +342,19 @@ pub enum LocalCandidates {
     Buddies,
     /// To everyone we call or who calls us and is answered.
     Always,
-    /// To nobody, global addresses included.
+    /// To nobody.
     Never,
+}
+
+impl LocalCandidates {
+    /// Whether a peer gets our interface addresses (`buddy`: an authorized buddy).
+    pub fn offer_to(self, buddy: bool) -> bool {
+        match self {
+            Self::Always => true,
+            Self::Buddies => buddy,
+            Self::Never => false,
+        }
+    }
 }
 
 impl Default for HostConfig {

@@ -509,6 +509,7 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
             Signal::AcceptAt {
                 candidates: vec![Candidate { kind: CandidateKind::Public, addr: sa("198.18.7.1:40000") }],
             },
+            Signal::Nat { kind: confab::nat::NatKind::Symmetric },
         ]
         .iter()
         .map(|s| postcard::to_allocvec(s).unwrap())

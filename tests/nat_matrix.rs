@@ -48,8 +48,8 @@ use std::time::Instant;
 /// - Two hosts behind one router without hairpinning (buddies, so they offer their LAN
 ///   addresses): direct over the LAN.
 /// - Two symmetric NATs, and any UDP-blocked side: relayed; but two symmetric NATs whose
-///   hosts also have IPv6 (global addresses behind the routers' stateful firewalls) meet
-///   directly over IPv6, each offering its global address as a host candidate.
+///   hosts also have IPv6 (global addresses behind the routers' stateful firewalls) and
+///   are buddies meet directly over IPv6, each offering its address as a host candidate.
 const EXPECTED: [(&str, &str, &str, &str); 19] = [
     ("public", "public", "direct", "direct"),
     ("public", "cone", "direct", "direct"),
@@ -188,10 +188,10 @@ fn every_pair_of_nat_kinds_calls_and_takes_the_expected_path() {
             r.join().expect("registration failed");
         }
     });
-    // The hosts behind one router are buddies: they offer each other their LAN addresses
-    // (`host.local_candidates`, by default to buddies only).
+    // The hosts behind one router, and the two with IPv6, are buddies: they offer each
+    // other their interface addresses (`host.local_candidates`, by default to buddies only).
     std::thread::scope(|s| {
-        for (a, b) in [("lanc1", "lanc2"), ("lans1", "lans2")] {
+        for (a, b) in [("lanc1", "lanc2"), ("lans1", "lans2"), ("v6a", "v6b")] {
             let (bed, hosts) = (&bed, &hosts);
             s.spawn(move || {
                 let limit = std::time::Duration::from_secs(60);

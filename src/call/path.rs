@@ -205,6 +205,24 @@ struct Sent {
     spray: bool,
 }
 
+/// Whether an address is one the birthday technique may aim thousands of probes at: a
+/// unicast address on the internet, not a private, shared (RFC 6598), loopback,
+/// link-local, multicast, broadcast or unspecified one.
+pub fn is_global_unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let shared = v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64;
+            !(is_private(ip)
+                || shared
+                || v4.is_loopback()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_unspecified())
+        }
+        IpAddr::V6(v6) => !(is_private(ip) || v6.is_loopback() || v6.is_multicast() || v6.is_unspecified()),
+    }
+}
+
 /// Whether an address belongs to a private network (RFC 1918, link-local, RFC 4193):
 /// two hosts that reach each other there are on the same site.
 pub fn is_private(ip: IpAddr) -> bool {
@@ -227,7 +245,9 @@ pub struct PathFinder {
     chosen: Option<(Route, Path, Rank)>,
     chosen_at_ms: u64,
     public: bool,
-    next_nonce: u64,
+    /// Draws probe nonces (random, so that not even the other side can answer a probe
+    /// it did not receive) and the birthday technique's ports.
+    rng: rand::rngs::StdRng,
     sent: VecDeque<Sent>,
     nat: NatKind,
     seed: u64,
@@ -235,6 +255,11 @@ pub struct PathFinder {
     hard_nat: Option<HardNatReport>,
     /// Ask for the relay without waiting for the punch time.
     relay_now: bool,
+    /// Relay only: nothing straight (see [`PathFinder::set_relay_only`]).
+    relay_only: bool,
+    /// The other side has sent a probe with a nonce: it echoes them too, and an answer
+    /// without one is not believed.
+    peer_echoes: bool,
     /// Extra sockets an authenticated packet came to (at most `LIVE_SOCKETS_MAX`).
     live_sockets: Vec<u16>,
 }
@@ -264,21 +289,32 @@ impl PathFinder {
             chosen: None,
             chosen_at_ms: now_ms,
             public: false,
-            next_nonce: 1,
+            rng: rand::rngs::StdRng::seed_from_u64(0),
             sent: VecDeque::new(),
             nat: NatKind::Unknown,
             seed: 0,
             birthday: None,
             hard_nat: None,
             relay_now: false,
+            relay_only: false,
+            peer_echoes: false,
             live_sockets: Vec::new(),
         }
     }
 
-    /// Our NAT's kind, and a seed for the ports the birthday technique draws.
+    /// Our NAT's kind, and a seed for the nonces and the ports the birthday technique
+    /// draws (from the OS in a host, fixed in tests).
     pub fn set_nat(&mut self, nat: NatKind, seed: u64) {
         self.nat = nat;
         self.seed = seed;
+        self.rng = rand::rngs::StdRng::seed_from_u64(seed);
+    }
+
+    /// Relay only: media never goes straight to the other side, so a probe that comes
+    /// straight is neither answered nor learnt from (an answer would tell whoever sent it
+    /// that we are at this address).
+    pub fn set_relay_only(&mut self, on: bool) {
+        self.relay_only = on;
     }
 
     /// What the birthday technique spent, if it ran.
@@ -287,20 +323,31 @@ impl PathFinder {
     }
 
     /// The other side told us its NAT's kind. Between a cone and a symmetric NAT,
-    /// punching needs the birthday technique: start our part, and (the caller) ask for
-    /// the relay at once, so the call never waits for it.
-    pub fn on_peer_nat(&mut self, peer: NatKind, now_ms: u64) -> Vec<PathAction> {
+    /// punching needs the birthday technique: start our part if `allowed` (the host
+    /// bounds how often it runs) and the other side's public address is a global unicast
+    /// one, and (the caller) ask for the relay at once, so the call never waits for it.
+    /// Neither the address nor the kind can be checked: a peer could name a third
+    /// party's address, which is why the easy side's thousands of probes are bounded
+    /// per call and per host, and never go to a private, loopback or multicast address.
+    pub fn on_peer_nat(&mut self, peer: NatKind, allowed: bool, now_ms: u64) -> Vec<PathAction> {
         let mut out = Vec::new();
         let punched = self.chosen_rank().is_some_and(|r| r >= Rank::Punched);
         let Some(public) = self.remotes.iter().find(|r| r.origin == Origin::Public).map(|r| r.addr) else {
             return out;
         };
-        if punched || self.birthday.is_some() || self.hard_nat.is_some() {
+        let hard_pair =
+            matches!((self.nat, peer), (NatKind::Cone, NatKind::Symmetric) | (NatKind::Symmetric, NatKind::Cone));
+        if punched || self.birthday.is_some() || self.hard_nat.is_some() || !hard_pair || self.relay_only {
+            return out;
+        }
+        self.relay_now = true;
+        if !allowed || !is_global_unicast(public.ip()) {
+            out.extend(self.tick(now_ms));
             return out;
         }
         match (self.nat, peer) {
             (NatKind::Cone, NatKind::Symmetric) => {
-                let rng = rand::rngs::StdRng::seed_from_u64(self.seed);
+                let rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ 0x6269_7274_6864_6179);
                 self.birthday = Some(Birthday::Easy(Box::new(birthday::Easy::new(public, rng, now_ms))));
                 self.hard_nat = Some(HardNatReport { role: "easy", ..HardNatReport::default() });
             }
@@ -311,9 +358,20 @@ impl PathFinder {
             }
             _ => return out,
         }
-        self.relay_now = true;
         out.extend(self.tick(now_ms));
         out
+    }
+
+    /// The sockets to keep when the hard side is done: those that heard from the other
+    /// side, and the one the chosen path goes through.
+    fn sockets_to_keep(&self) -> Vec<u16> {
+        let mut keep = self.live_sockets.clone();
+        if let Some((Route::Via { socket, .. }, _, _)) = self.chosen
+            && !keep.contains(&socket)
+        {
+            keep.push(socket);
+        }
+        keep
     }
 
     /// `n` of the extra sockets asked for are open (the hard side).
@@ -344,7 +402,7 @@ impl PathFinder {
             Some(Birthday::Easy(e)) => e.step(now_ms).into_iter().map(Route::To).collect(),
             Some(Birthday::Hard(h)) if h.done(now_ms) => {
                 self.birthday = None;
-                out.push(PathAction::CloseSockets { keep: self.live_sockets.clone() });
+                out.push(PathAction::CloseSockets { keep: self.sockets_to_keep() });
                 return;
             }
             Some(Birthday::Hard(h)) => {
@@ -370,7 +428,7 @@ impl PathFinder {
             }
         }
         if matches!(b, Birthday::Hard(_)) {
-            out.push(PathAction::CloseSockets { keep: self.live_sockets.clone() });
+            out.push(PathAction::CloseSockets { keep: self.sockets_to_keep() });
         }
     }
 
@@ -415,8 +473,8 @@ impl PathFinder {
     }
 
     fn probe_as(&mut self, route: Route, now_ms: u64, spray: bool) -> PathAction {
-        let nonce = self.next_nonce;
-        self.next_nonce += 1;
+        // Never 0: an echo of 0 means "the probe carried none".
+        let nonce = rand::Rng::next_u64(&mut self.rng).max(1);
         if self.sent.len() == OUTSTANDING_MAX {
             self.sent.pop_front();
         }
@@ -493,6 +551,10 @@ impl PathFinder {
     /// route would be better than what we use, probe back at once (a triggered check,
     /// RFC 8445 §7.3.1.4), so neither side waits for its next round.
     pub fn on_probe(&mut self, route: Route, nonce: Option<u64>, now_ms: u64) -> Vec<PathAction> {
+        if self.relay_only && !matches!(route, Route::Relay(_)) {
+            return Vec::new();
+        }
+        self.peer_echoes |= nonce.is_some();
         self.note_live(route);
         let mut out = vec![PathAction::Answer { route, echo: nonce.unwrap_or(0) }];
         let rank = match route {
@@ -533,6 +595,9 @@ impl PathFinder {
     /// [`ANSWER_WINDOW_MS`] — or, without an echo, on a route the other side offered. The
     /// first picks the path; a better one replaces it later, never a worse one.
     pub fn on_answer(&mut self, route: Route, echo: Option<u64>, peer_tcp: bool, now_ms: u64) -> Vec<PathAction> {
+        if self.relay_only && !matches!(route, Route::Relay(_)) {
+            return Vec::new();
+        }
         match echo {
             Some(nonce) => {
                 let Some(i) = self.sent.iter().position(|s| {
@@ -548,6 +613,7 @@ impl PathFinder {
                     self.remotes.push(Remote { addr, origin: Origin::PeerReflexive, last_probe_ms: Some(now_ms) });
                 }
             }
+            None if self.peer_echoes => return Vec::new(),
             None => {
                 let offered = match route {
                     Route::Relay(leg) => Some(leg) == self.relay,
@@ -723,6 +789,45 @@ mod tests {
             q.on_probe(Route::Relay(leg()), Some(3), 10),
             vec![PathAction::Answer { route: Route::Relay(leg()), echo: 3 }]
         );
+    }
+
+    #[test]
+    fn relay_only_answers_and_learns_nothing_that_comes_straight() {
+        let mut p = PathFinder::new(Role::Callee, &[], PathTiming::default(), 0);
+        p.set_relay_only(true);
+        let stranger = to("198.18.9.9:1");
+        assert!(p.on_probe(stranger, Some(5), 10).is_empty(), "no answer: it would say where we are");
+        assert_eq!(p.peer_reflexive().count(), 0);
+        assert!(p.on_answer(stranger, None, false, 10).is_empty());
+        let out = p.relay_ready(leg(), 20);
+        let r = Route::Relay(leg());
+        assert_eq!(p.on_probe(r, Some(6), 21)[0], PathAction::Answer { route: r, echo: 6 });
+        assert_eq!(p.on_answer(r, Some(nonce_to(&out, r)), false, 22).len(), 1);
+    }
+
+    #[test]
+    fn an_answer_without_a_nonce_counts_only_from_a_peer_that_never_sent_one() {
+        let peer = [cand(CandidateKind::Public, "198.18.1.2:6000")];
+        let r = to("198.18.1.2:6000");
+        let mut old = PathFinder::new(Role::Callee, &peer, PathTiming::default(), 0);
+        old.on_probe(r, None, 0);
+        assert_eq!(old.on_answer(r, None, false, 1).len(), 1, "an older host echoes nothing");
+        let mut new = PathFinder::new(Role::Callee, &peer, PathTiming::default(), 0);
+        new.on_probe(r, Some(9), 0);
+        assert!(new.on_answer(r, None, false, 1).is_empty(), "a peer that sends nonces echoes them");
+    }
+
+    #[test]
+    fn nonces_are_drawn_from_the_seed() {
+        let peer = [cand(CandidateKind::Public, "198.18.1.2:6000")];
+        let nonces = |seed| {
+            let mut p = PathFinder::new(Role::Callee, &peer, PathTiming::default(), 0);
+            p.set_nat(NatKind::Cone, seed);
+            (0..3).flat_map(|i| probes(&p.tick(i * 100))).map(|(_, n)| n).collect::<Vec<_>>()
+        };
+        assert_eq!(nonces(1), nonces(1));
+        assert_ne!(nonces(1), nonces(2));
+        assert!(nonces(1).windows(2).all(|w| w[1] != w[0].wrapping_add(1)), "not a counter");
     }
 
     #[test]
@@ -1014,13 +1119,13 @@ mod tests {
         let mut b_back: HashMap<u16, (Option<u16>, SocketAddr)> = HashMap::new();
         // A's NAT: one public address; in only from where A has sent.
         let mut a_sent: std::collections::HashSet<SocketAddr> = Default::default();
-        let mut queue: Vec<(bool, PathAction)> = Vec::new();
-        queue.extend(a.on_peer_nat(NatKind::Symmetric, 0).into_iter().map(|x| (true, x)));
-        queue.extend(b.on_peer_nat(NatKind::Cone, 0).into_iter().map(|x| (false, x)));
+        let mut queue: VecDeque<(bool, PathAction)> = VecDeque::new();
+        queue.extend(a.on_peer_nat(NatKind::Symmetric, true, 0).into_iter().map(|x| (true, x)));
+        queue.extend(b.on_peer_nat(NatKind::Cone, true, 0).into_iter().map(|x| (false, x)));
         let mut closed = None;
         let mut now = 0;
         while now < 10_000 && !(a.chosen().is_some() && b.chosen().is_some() && closed.is_some()) {
-            while let Some((from_a, action)) = queue.pop() {
+            while let Some((from_a, action)) = queue.pop_front() {
                 let (route, answer, n) = match action {
                     PathAction::Probe { route, nonce } => (route, false, nonce),
                     PathAction::Answer { route, echo } => (route, true, echo),
@@ -1080,19 +1185,26 @@ mod tests {
             queue.extend(a.tick(now).into_iter().map(|x| (true, x)));
             queue.extend(b.tick(now).into_iter().map(|x| (false, x)));
         }
-        let (Some((Route::To(at), Path::Punched)), Some((Route::Via { socket, to }, Path::Punched))) =
-            (a.chosen(), b.chosen())
-        else {
+        let (Some((Route::To(at), Path::Punched)), Some((b_route, Path::Punched))) = (a.chosen(), b.chosen()) else {
             panic!("not punched: {:?} {:?}", a.chosen(), b.chosen());
         };
-        assert_eq!(to, a_pub);
-        // Each side picks the first path that answered it: A's may go to another of B's
-        // sockets than B's own path, and that socket must stay open too.
-        let (Some(a_socket), for_a) = b_back[&at.port()] else { panic!("A's path is not one of B's sockets") };
+        // Each side picks the first path that answered it. A's goes to one of B's mappings
+        // made for A (an extra socket's, or port P's); B's from port P or an extra socket.
+        let (a_socket, for_a) = b_back[&at.port()];
         assert_eq!(for_a, a_pub);
         let closed = closed.expect("B closed its sockets");
-        assert!(closed.contains(&socket) && closed.contains(&a_socket), "B keeps both paths' sockets: {closed:?}");
-        assert!(closed.len() < 16, "and the few others that heard from A: {closed:?}");
+        match b_route {
+            Route::Via { socket, to } => {
+                assert_eq!(to, a_pub);
+                assert!(closed.contains(&socket), "B keeps its path's socket: {closed:?}");
+            }
+            Route::To(to) => assert_eq!(to, a_pub),
+            Route::Relay(_) => unreachable!(),
+        }
+        if let Some(s) = a_socket {
+            assert!(closed.contains(&s), "B keeps the socket A's path goes to: {closed:?}");
+        }
+        assert!(closed.len() <= 16, "and at most a few others that heard from A: {closed:?}");
         let (ra, rb) = (a.hard_nat().unwrap(), b.hard_nat().unwrap());
         assert_eq!((ra.role, rb.role), ("easy", "hard"));
         assert!(ra.success_after.is_some() && rb.success_after.is_some(), "{ra:?} {rb:?}");
@@ -1131,18 +1243,26 @@ mod tests {
         ] {
             let mut p = PathFinder::new(Role::Caller, &peer, PathTiming::default(), 0);
             p.set_nat(ours, 1);
-            let out = p.on_peer_nat(theirs, 0);
+            let out = p.on_peer_nat(theirs, true, 0);
             assert_eq!(p.hard_nat().is_some(), runs, "{ours:?} × {theirs:?}");
             assert_eq!(out.contains(&PathAction::AllocateRelay), runs, "the relay at once, in parallel");
         }
         let mut p = PathFinder::new(Role::Caller, &[], PathTiming::default(), 0);
         p.set_nat(NatKind::Cone, 1);
-        p.on_peer_nat(NatKind::Symmetric, 0);
+        p.on_peer_nat(NatKind::Symmetric, true, 0);
         assert!(p.hard_nat().is_none(), "no public address to aim at");
+        // Not where the host's budget is spent, nor at an address that is not global: the
+        // relay at once all the same.
+        for (addr, allowed) in [("198.18.3.2:40000", false), ("10.0.0.1:40000", true), ("100.64.0.9:1", true)] {
+            let mut p = PathFinder::new(Role::Caller, &[cand(CandidateKind::Public, addr)], PathTiming::default(), 0);
+            p.set_nat(NatKind::Cone, 1);
+            let out = p.on_peer_nat(NatKind::Symmetric, allowed, 0);
+            assert!(p.hard_nat().is_none() && out.contains(&PathAction::AllocateRelay), "{addr} {allowed}");
+        }
         // The hard side gives up after its time, closing every socket.
         let mut p = PathFinder::new(Role::Callee, &peer, PathTiming::default(), 0);
         p.set_nat(NatKind::Symmetric, 1);
-        assert!(p.on_peer_nat(NatKind::Cone, 0).contains(&PathAction::OpenSockets(birthday::HARD_SOCKETS)));
+        assert!(p.on_peer_nat(NatKind::Cone, true, 0).contains(&PathAction::OpenSockets(birthday::HARD_SOCKETS)));
         assert_eq!(probes(&p.sockets_opened(4, 10)).len(), 4);
         let mut closes = 0;
         for now in (20..=20_000).step_by(20) {

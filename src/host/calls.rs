@@ -339,15 +339,22 @@ impl Session {
                     // punching cannot work (our mapping towards it is not the one it
                     // knows): the relay at once, while probes still go out in case (to
                     // its LAN addresses, say: an answer there replaces the relay).
+                    // What we can and may try: IPv6 ones only with IPv6 here; never a
+                    // multicast, broadcast or unspecified address, nor a loopback one
+                    // unless we are on loopback ourselves (a peer names what it likes).
+                    let v6 = self.udp6.is_some();
+                    let loopback = self.report.public_addr.ip().is_loopback();
+                    let reachable: Vec<Candidate> = c
+                        .peer_candidates
+                        .iter()
+                        .filter(|p| v6 || p.addr.is_ipv4())
+                        .filter(|p| usable_peer_address(p.addr.ip(), loopback))
+                        .copied()
+                        .collect();
                     let hopeless = self.report.nat == crate::nat::NatKind::Symmetric
-                        && !c
-                            .peer_candidates
+                        && !reachable
                             .iter()
                             .any(|p| p.kind == CandidateKind::Host && !crate::call::path::is_private(p.addr.ip()));
-                    // Without IPv6 here, the other side's IPv6 candidates cannot be tried.
-                    let v6 = self.udp6.is_some();
-                    let reachable: Vec<Candidate> =
-                        c.peer_candidates.iter().filter(|p| v6 || p.addr.is_ipv4()).copied().collect();
                     let (peer, timing) = if relay_at_once {
                         (Vec::new(), at_once)
                     } else if hopeless {
@@ -365,6 +372,7 @@ impl Session {
                         public: self.report.nat == crate::nat::NatKind::None,
                         nat: self.report.nat,
                         seed: crate::crypto::random::u64(),
+                        relay_only: self.relay_only,
                     };
                     match super::media::CallMedia::new(setup, source, now_ms()) {
                         Ok(mut m) => {
@@ -375,7 +383,11 @@ impl Session {
                                 .push(CallMessage::Signal(c.channel.seal(Signal::Nat { kind: self.report.nat })));
                             if let Some(kind) = c.peer_nat.take() {
                                 let mut out = Vec::new();
-                                m.on_peer_nat(kind, now_ms(), &mut out);
+                                let allowed = self.birthday.allowed(now_ms());
+                                m.on_peer_nat(kind, allowed, now_ms(), &mut out);
+                                if m.report().hard_nat.is_some() {
+                                    self.birthday.spend(now_ms());
+                                }
                                 early_media.extend(out);
                             }
                             c.media = Some(m);
@@ -467,9 +479,15 @@ impl Session {
                         let answer = if reply.body.busy { Signal::Busy } else { Signal::Ringing };
                         let mut actions = c.call.on_signal(answer, now_ms());
                         for s in std::mem::take(&mut c.early) {
-                            if let Some(signal) = c.channel.open(&s) {
-                                let signal = c.take_candidates(signal);
-                                actions.extend(c.call.on_signal(signal, now_ms()));
+                            match c.channel.open(&s) {
+                                // The callee's NAT kind, overtaking its reply: kept for
+                                // when our media starts (with the Accept, perhaps below).
+                                Some(Signal::Nat { kind }) => c.peer_nat = Some(kind),
+                                Some(signal) => {
+                                    let signal = c.take_candidates(signal);
+                                    actions.extend(c.call.on_signal(signal, now_ms()));
+                                }
+                                None => {}
                             }
                         }
                         self.apply_call(id, actions).await;
@@ -489,6 +507,11 @@ impl Session {
                     return;
                 }
                 match c.channel.open(&s) {
+                    // Only the caller opens relays: a callee's "leg" would only make us
+                    // probe an address of its choosing.
+                    Some(Signal::Relay { .. }) if c.call.role() == Role::Caller => {
+                        tracing::debug!("dropped a relay leg sent by the callee");
+                    }
                     // Our leg's token, sealed to our key by the caller's super node.
                     Some(Signal::Relay { relay, session, leg }) => {
                         match crate::relay::handoff::open(&self.key, session, &leg) {
@@ -501,7 +524,11 @@ impl Session {
                         let mut out = Vec::new();
                         match c.media.as_mut() {
                             Some(m) => {
-                                m.on_peer_nat(kind, now_ms(), &mut out);
+                                let ran = m.report().hard_nat.is_some();
+                                m.on_peer_nat(kind, self.birthday.allowed(now_ms()), now_ms(), &mut out);
+                                if !ran && m.report().hard_nat.is_some() {
+                                    self.birthday.spend(now_ms());
+                                }
                             }
                             None => c.peer_nat = Some(kind),
                         }
@@ -597,7 +624,6 @@ impl Session {
     /// and our interface addresses if `host.local_candidates` lets `peer` see them (two
     /// hosts behind one NAT reach each other there).
     fn candidates(&self, peer: &str) -> Vec<Candidate> {
-        use crate::config::LocalCandidates;
         if self.relay_only || self.relay_over_tcp() {
             return Vec::new();
         }
@@ -606,19 +632,11 @@ impl Session {
         if self.report.nat == crate::nat::NatKind::None {
             v.push(Candidate { kind: CandidateKind::Host, addr: public });
         }
-        // A private (LAN) address says where the host sits in its network; a global one
-        // (IPv6, say) is as public as the address the super node sees.
-        let lan = match self.rejoin.settings.local_candidates {
-            LocalCandidates::Always => true,
-            LocalCandidates::Buddies => self.buddies.relation(peer) == Some(crate::buddy::Relation::Authorized),
-            LocalCandidates::Never => false,
-        };
-        if self.rejoin.settings.local_candidates != LocalCandidates::Never {
-            let port = self.report.local_port;
-            for addr in super::interfaces::offerable(super::interfaces::addresses(), port, self.udp6.is_some()) {
-                if addr != public && (lan || !crate::call::path::is_private(addr.ip())) {
-                    v.push(Candidate { kind: CandidateKind::Host, addr });
-                }
+        let buddy = self.buddies.relation(peer) == Some(crate::buddy::Relation::Authorized);
+        if self.rejoin.settings.local_candidates.offer_to(buddy) {
+            let (port, v6) = (self.report.local_port, self.udp6.is_some());
+            for addr in super::interfaces::offerable(super::interfaces::addresses(), port, v6, public) {
+                v.push(Candidate { kind: CandidateKind::Host, addr });
             }
         }
         v
@@ -895,6 +913,15 @@ impl Session {
     pub fn set_call_timeouts(&mut self, t: Timeouts) {
         self.call_timeouts = t;
     }
+}
+
+/// Whether a media candidate the other side offered may be probed at all.
+fn usable_peer_address(ip: std::net::IpAddr, we_are_on_loopback: bool) -> bool {
+    let special = match ip {
+        std::net::IpAddr::V4(v4) => v4.is_multicast() || v4.is_broadcast() || v4.is_unspecified(),
+        std::net::IpAddr::V6(v6) => v6.is_multicast() || v6.is_unspecified(),
+    };
+    !special && (we_are_on_loopback || !ip.is_loopback())
 }
 
 /// A call's state for events and JSON.

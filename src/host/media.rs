@@ -67,8 +67,10 @@ pub(super) struct Setup<'a> {
     pub public: bool,
     /// Our NAT's kind.
     pub nat: crate::nat::NatKind,
-    /// A seed for the ports the birthday technique draws.
+    /// A seed for the probe nonces and the ports the birthday technique draws.
     pub seed: u64,
+    /// Relay only: nothing straight, not even an answer to a probe that came straight.
+    pub relay_only: bool,
 }
 
 /// How late a 20 ms clock ticks: a histogram of the gaps between ticks beyond 20 ms, in
@@ -174,10 +176,11 @@ fn relayed(leg: &crate::call::path::RelayLeg, packet: &[u8]) -> Vec<u8> {
 impl CallMedia {
     /// Media for `call` on our side, playing `source`.
     pub fn new(call: Setup<'_>, source: Vec<i16>, now_ms: u64) -> Result<Self, crate::call::codec::CodecError> {
-        let Setup { call_id, key, role, codec, peer, timing, public, nat, seed } = call;
+        let Setup { call_id, key, role, codec, peer, timing, public, nat, seed, relay_only } = call;
         let mut finder = PathFinder::new(role, peer, timing, now_ms);
         finder.set_public(public);
         finder.set_nat(nat, seed);
+        finder.set_relay_only(relay_only);
         Ok(Self {
             call_id: *call_id,
             finder,
@@ -244,7 +247,16 @@ impl CallMedia {
                     out.push(self.route_bytes(route, p));
                 }
                 PathAction::Answer { route, echo } => {
-                    let p = self.tx.seal(Kind::ProbeAck, 0, &Self::probe_payload(route, echo));
+                    // A probe without a nonce (an older host's, one byte) gets an answer
+                    // of its own size.
+                    let mut payload = Self::probe_payload(route, echo);
+                    let len = if echo == 0 {
+                        payload[0] &= !PROBE_FLAG_NONCE;
+                        1
+                    } else {
+                        payload.len()
+                    };
+                    let p = self.tx.seal(Kind::ProbeAck, 0, &payload[..len]);
                     out.push(self.route_bytes(route, p));
                 }
                 PathAction::AllocateRelay => self.wants_relay = true,
@@ -389,8 +401,15 @@ impl CallMedia {
     }
 
     /// The other side told us its NAT's kind.
-    pub fn on_peer_nat(&mut self, kind: crate::nat::NatKind, now_ms: u64, out: &mut Vec<Outgoing>) -> Option<Path> {
-        let a = self.finder.on_peer_nat(kind, now_ms);
+    /// The birthday technique runs if `allowed` (the session's budget).
+    pub fn on_peer_nat(
+        &mut self,
+        kind: crate::nat::NatKind,
+        allowed: bool,
+        now_ms: u64,
+        out: &mut Vec<Outgoing>,
+    ) -> Option<Path> {
+        let a = self.finder.on_peer_nat(kind, allowed, now_ms);
         self.act(a, now_ms, out)
     }
 

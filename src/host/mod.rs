@@ -166,6 +166,8 @@ pub struct Session {
     supernode_key: crate::crypto::KeyId,
     /// Port P on IPv6, for media (None where the host has no IPv6).
     udp6: Option<udp6::Udp6>,
+    /// How often the birthday technique ran lately.
+    birthday: probe_sockets::BirthdayBudget,
 }
 
 /// What [`Session::reconnect`] needs from the login.
@@ -696,6 +698,7 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         rejoin: Rejoin { udp, settings: settings.clone(), cache_path: home.cache_path(), failed_at: None },
         supernode_key,
         udp6,
+        birthday: probe_sockets::BirthdayBudget::default(),
     };
     // Advertise presence, as the original's login sequence ends. A network without a
     // Global Index (a lone super node) is still a network to be logged in to.

@@ -13,6 +13,34 @@ pub const OPEN_MAX: usize = 512;
 /// Datagrams from the extra sockets waiting for the session (more are dropped).
 pub const QUEUED_MAX: usize = 256;
 
+/// Times the birthday technique may start in a session per [`BUDGET_WINDOW_MS`]: each
+/// run sends up to 2,048 probes at an address the other side named, which nobody vouches
+/// for, so a host cannot be made to spray much for anyone.
+pub const BUDGET_RUNS_MAX: usize = 4;
+/// The window of [`BUDGET_RUNS_MAX`].
+pub const BUDGET_WINDOW_MS: u64 = 10 * 60 * 1000;
+
+/// How often a session has run the birthday technique lately.
+#[derive(Debug, Default)]
+pub struct BirthdayBudget {
+    started: std::collections::VecDeque<u64>,
+}
+
+impl BirthdayBudget {
+    /// Whether another run may start at `now_ms`.
+    pub fn allowed(&mut self, now_ms: u64) -> bool {
+        while self.started.front().is_some_and(|t| now_ms.saturating_sub(*t) >= BUDGET_WINDOW_MS) {
+            self.started.pop_front();
+        }
+        self.started.len() < BUDGET_RUNS_MAX
+    }
+
+    /// A run started at `now_ms`.
+    pub fn spend(&mut self, now_ms: u64) {
+        self.started.push_back(now_ms);
+    }
+}
+
 /// A datagram that came to an extra socket.
 #[derive(Debug)]
 pub struct ProbeDatagram {
@@ -62,6 +90,10 @@ impl ProbeSockets {
                         tokio::task::yield_now().await;
                         continue;
                     };
+                    // Only what looks like media: a scan of these ports fills nothing.
+                    if len == 0 || !super::link::is_media(buf[0]) {
+                        continue;
+                    }
                     let d = ProbeDatagram { call, socket, from, bytes: buf[..len].to_vec() };
                     // A full queue drops, as port P's does: probes repeat.
                     let _ = queue.try_send(d);
@@ -99,6 +131,17 @@ impl ProbeSockets {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_budget_allows_a_few_runs_per_window() {
+        let mut b = BirthdayBudget::default();
+        for i in 0..BUDGET_RUNS_MAX as u64 {
+            assert!(b.allowed(i));
+            b.spend(i);
+        }
+        assert!(!b.allowed(1000));
+        assert!(b.allowed(BUDGET_WINDOW_MS), "the first run has left the window");
+    }
+
     #[tokio::test]
     async fn sockets_feed_the_queue_tagged_and_close_but_the_one_kept() {
         let (tx, mut rx) = mpsc::channel(QUEUED_MAX);
@@ -107,8 +150,14 @@ mod tests {
         let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let port = p.get(2).unwrap().local_addr().unwrap().port();
         peer.send_to(b"hello", ("127.0.0.1", port)).await.unwrap();
+        peer.send_to(&[0x50, 1, 2], ("127.0.0.1", port)).await.unwrap();
         let d = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
-        assert_eq!((d.call, d.socket, d.from, &d.bytes[..]), ([7; 16], 2, peer.local_addr().unwrap(), &b"hello"[..]));
+        let from = peer.local_addr().unwrap();
+        assert_eq!(
+            (d.call, d.socket, d.from, &d.bytes[..]),
+            ([7; 16], 2, from, &[0x50, 1, 2][..]),
+            "not media: dropped"
+        );
         p.close_except(&[1]);
         assert_eq!(p.open_count(), 1);
         assert!(p.get(0).is_none() && p.get(1).is_some());
