@@ -10,7 +10,7 @@ use crate::call::invite::{
     CallError, CallMessage, Candidate, CandidateKind, Codec, Invite, MediaKey, Offer, Reply, SealedSignal,
     SignalChannel,
 };
-use crate::call::path::{PathTiming, RelayLeg};
+use crate::call::path::RelayLeg;
 use crate::call::signal::{Action, Call, Intent, Role, Signal, State, Timeouts};
 use crate::index::Status;
 use std::collections::{HashMap, VecDeque};
@@ -332,29 +332,12 @@ impl Session {
                         continue;
                     };
                     let source = std::mem::take(&mut c.source);
-                    // Relay only, or no UDP: no direct probes either way, and the relay
-                    // at once.
-                    let at_once = PathTiming { punch_ms: 0, ..PathTiming::default() };
-                    // Behind a symmetric NAT, towards a host that is itself behind a NAT,
-                    // punching cannot work (our mapping towards it is not the one it
-                    // knows): the relay at once, while probes still go out in case (to
-                    // its LAN addresses, say: an answer there replaces the relay).
-                    let hopeless = self.report.nat == crate::nat::NatKind::Symmetric
-                        && !c
-                            .peer_candidates
-                            .iter()
-                            .any(|p| p.kind == CandidateKind::Host && !crate::call::path::is_private(p.addr.ip()));
-                    // Without IPv6 here, the other side's IPv6 candidates cannot be tried.
-                    let v6 = self.udp6.is_some();
-                    let reachable: Vec<Candidate> =
-                        c.peer_candidates.iter().filter(|p| v6 || p.addr.is_ipv4()).copied().collect();
-                    let (peer, timing) = if relay_at_once {
-                        (Vec::new(), at_once)
-                    } else if hopeless {
-                        (reachable, at_once)
-                    } else {
-                        (reachable, PathTiming::default())
-                    };
+                    let (peer, timing) = super::media::search_plan(
+                        self.report.nat,
+                        relay_at_once,
+                        self.udp6.is_some(),
+                        &c.peer_candidates,
+                    );
                     let setup = super::media::Setup {
                         call_id: &id,
                         key,
