@@ -430,6 +430,12 @@ impl CallMedia {
         self.finder.relay()
     }
 
+    /// The route media takes and its path, once one is chosen.
+    #[cfg(test)]
+    pub fn chosen_route(&self) -> Option<(Route, Path)> {
+        self.finder.chosen()
+    }
+
     /// What the call carried so far.
     pub fn report(&self) -> MediaReport {
         let s = self.jitter.stats();
