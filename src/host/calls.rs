@@ -10,7 +10,7 @@ use crate::call::invite::{
     CallError, CallMessage, Candidate, CandidateKind, Codec, Invite, MediaKey, Offer, Reply, SealedSignal,
     SignalChannel,
 };
-use crate::call::path::{PathTiming, RelayLeg};
+use crate::call::path::RelayLeg;
 use crate::call::signal::{Action, Call, Intent, Role, Signal, State, Timeouts};
 use crate::index::Status;
 use std::collections::{HashMap, VecDeque};
@@ -332,36 +332,13 @@ impl Session {
                         continue;
                     };
                     let source = std::mem::take(&mut c.source);
-                    // Relay only, or no UDP: no direct probes either way, and the relay
-                    // at once.
-                    let at_once = PathTiming { punch_ms: 0, ..PathTiming::default() };
-                    // Behind a symmetric NAT, towards a host that is itself behind a NAT,
-                    // punching cannot work (our mapping towards it is not the one it
-                    // knows): the relay at once, while probes still go out in case (to
-                    // its LAN addresses, say: an answer there replaces the relay).
-                    // What we can and may try: IPv6 ones only with IPv6 here; never a
-                    // multicast, broadcast or unspecified address, nor a loopback one
-                    // unless we are on loopback ourselves (a peer names what it likes).
-                    let v6 = self.udp6.is_some();
-                    let loopback = self.report.public_addr.ip().is_loopback();
-                    let reachable: Vec<Candidate> = c
-                        .peer_candidates
-                        .iter()
-                        .filter(|p| v6 || p.addr.is_ipv4())
-                        .filter(|p| usable_peer_address(p.addr.ip(), loopback))
-                        .copied()
-                        .collect();
-                    let hopeless = self.report.nat == crate::nat::NatKind::Symmetric
-                        && !reachable
-                            .iter()
-                            .any(|p| p.kind == CandidateKind::Host && !crate::call::path::is_private(p.addr.ip()));
-                    let (peer, timing) = if relay_at_once {
-                        (Vec::new(), at_once)
-                    } else if hopeless {
-                        (reachable, at_once)
-                    } else {
-                        (reachable, PathTiming::default())
-                    };
+                    let (peer, timing) = super::media::search_plan(
+                        self.report.nat,
+                        relay_at_once,
+                        self.udp6.is_some(),
+                        self.report.public_addr.ip().is_loopback(),
+                        &c.peer_candidates,
+                    );
                     let setup = super::media::Setup {
                         call_id: &id,
                         key,
@@ -913,15 +890,6 @@ impl Session {
     pub fn set_call_timeouts(&mut self, t: Timeouts) {
         self.call_timeouts = t;
     }
-}
-
-/// Whether a media candidate the other side offered may be probed at all.
-fn usable_peer_address(ip: std::net::IpAddr, we_are_on_loopback: bool) -> bool {
-    let special = match ip {
-        std::net::IpAddr::V4(v4) => v4.is_multicast() || v4.is_broadcast() || v4.is_unspecified(),
-        std::net::IpAddr::V6(v6) => v6.is_multicast() || v6.is_unspecified(),
-    };
-    !special && (we_are_on_loopback || !ip.is_loopback())
 }
 
 /// A call's state for events and JSON.

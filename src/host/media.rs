@@ -3,7 +3,7 @@
 //! the datagrams port P receives and a 20 ms clock; it decides nothing about sockets.
 
 use crate::call::codec::{FRAME_SAMPLES, VoiceCodec};
-use crate::call::invite::{Candidate, Codec, MediaKey};
+use crate::call::invite::{Candidate, CandidateKind, Codec, MediaKey};
 use crate::call::jitter::{JitterBuffer, Playout};
 use crate::call::media::{self, Kind, MediaReceiver, MediaSender};
 use crate::call::path::{PathAction, PathFinder, PathTiming, RelayLeg, Route};
@@ -71,6 +71,48 @@ pub(super) struct Setup<'a> {
     pub seed: u64,
     /// Relay only: nothing straight, not even an answer to a probe that came straight.
     pub relay_only: bool,
+}
+
+/// Which of the other side's `peer` candidates a call's path search tries, and when it
+/// asks for the relay, for a host behind `nat` (`relay_at_once`: relay only, or no UDP
+/// here; `v6`: the host has IPv6; `loopback`: its address is a loopback one, as in tests).
+pub(super) fn search_plan(
+    nat: crate::nat::NatKind,
+    relay_at_once: bool,
+    v6: bool,
+    loopback: bool,
+    peer: &[Candidate],
+) -> (Vec<Candidate>, PathTiming) {
+    let at_once = PathTiming { punch_ms: 0, ..PathTiming::default() };
+    if relay_at_once {
+        // No direct probes either way, and the relay at once.
+        return (Vec::new(), at_once);
+    }
+    // What we can and may try: IPv6 ones only with IPv6 here; never a multicast,
+    // broadcast or unspecified address, nor a loopback one unless we are on loopback
+    // ourselves (a peer names what it likes).
+    let reachable: Vec<Candidate> = peer
+        .iter()
+        .filter(|p| v6 || p.addr.is_ipv4())
+        .filter(|p| usable_peer_address(p.addr.ip(), loopback))
+        .copied()
+        .collect();
+    // Behind a symmetric NAT, towards a host that is itself behind a NAT, plain punching
+    // cannot work (our mapping towards it is not the one it knows): the relay at once,
+    // while probes still go out in case (to its LAN addresses, say, or the birthday
+    // technique's: an answer there replaces the relay).
+    let hopeless = nat == crate::nat::NatKind::Symmetric
+        && !reachable.iter().any(|p| p.kind == CandidateKind::Host && !crate::call::path::is_private(p.addr.ip()));
+    if hopeless { (reachable, at_once) } else { (reachable, PathTiming::default()) }
+}
+
+/// Whether a media candidate the other side offered may be probed at all.
+fn usable_peer_address(ip: std::net::IpAddr, we_are_on_loopback: bool) -> bool {
+    let special = match ip {
+        std::net::IpAddr::V4(v4) => v4.is_multicast() || v4.is_broadcast() || v4.is_unspecified(),
+        std::net::IpAddr::V6(v6) => v6.is_multicast() || v6.is_unspecified(),
+    };
+    !special && (we_are_on_loopback || !ip.is_loopback())
 }
 
 /// How late a 20 ms clock ticks: a histogram of the gaps between ticks beyond 20 ms, in
@@ -424,6 +466,12 @@ impl CallMedia {
         self.finder.relay()
     }
 
+    /// The route media takes and its path, once one is chosen.
+    #[cfg(test)]
+    pub fn chosen_route(&self) -> Option<(Route, Path)> {
+        self.finder.chosen()
+    }
+
     /// What the call carried so far.
     pub fn report(&self) -> MediaReport {
         let s = self.jitter.stats();
@@ -465,6 +513,37 @@ pub(super) fn demux(datagram: &[u8]) -> Option<([u8; 8], &[u8], Option<u32>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_search_plan_asks_for_the_relay_at_once_only_where_punching_cannot_work() {
+        use crate::nat::NatKind;
+        let c = |kind, a: &str| Candidate { kind, addr: a.parse().unwrap() };
+        let behind_nat = [c(CandidateKind::Public, "198.18.3.2:40000"), c(CandidateKind::Host, "10.0.0.2:40000")];
+        let public = [c(CandidateKind::Public, "198.18.1.2:40000"), c(CandidateKind::Host, "198.18.1.2:40000")];
+        let v6 = [c(CandidateKind::Public, "198.18.3.2:40000"), c(CandidateKind::Host, "[2001:2::2]:40000")];
+        let plan = |nat, at_once, v6, peer: &[Candidate]| {
+            let (peer, timing) = search_plan(nat, at_once, v6, false, peer);
+            (peer.len(), timing.punch_ms)
+        };
+        let punch = PathTiming::default().punch_ms;
+        assert_eq!(plan(NatKind::Cone, true, true, &public), (0, 0), "relay only: nothing to probe");
+        assert_eq!(plan(NatKind::Cone, false, false, &behind_nat), (2, punch));
+        assert_eq!(plan(NatKind::Symmetric, false, false, &behind_nat), (2, 0), "probes go, the relay at once");
+        assert_eq!(plan(NatKind::Symmetric, false, false, &public), (2, punch), "a public host learns our mapping");
+        assert_eq!(plan(NatKind::Cone, false, false, &v6), (1, punch), "no IPv6 here");
+        assert_eq!(plan(NatKind::Symmetric, false, true, &v6), (2, punch), "a global address to meet on");
+        let odd = [
+            c(CandidateKind::Host, "224.0.0.1:1"),
+            c(CandidateKind::Host, "127.0.0.1:1"),
+            c(CandidateKind::Host, "0.0.0.0:1"),
+        ];
+        assert_eq!(plan(NatKind::Cone, false, true, &odd), (0, punch), "multicast, loopback, unspecified: never");
+        assert_eq!(
+            search_plan(NatKind::None, false, false, true, &odd[1..2]).0.len(),
+            1,
+            "loopback among loopback hosts"
+        );
+    }
 
     #[test]
     fn lateness_counts_the_gap_beyond_twenty_ms() {

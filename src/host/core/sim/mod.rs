@@ -9,8 +9,12 @@
 //!
 //! The world is at link level: a host is a [`CoreLink`] over a session its real
 //! handshake established in-world, through its NAT, with its super node.
+//!
+//! [`media`] is a smaller world for one call's media: two `CallMedia`, the NATs and a
+//! relay session table, on which the NAT matrix runs in memory (`matrix`).
 
 pub mod host;
+pub mod media;
 pub mod nat;
 pub mod supernode;
 
@@ -541,5 +545,7 @@ impl World {
     }
 }
 
+#[cfg(test)]
+mod matrix;
 #[cfg(test)]
 mod tests;

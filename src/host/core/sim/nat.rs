@@ -15,8 +15,10 @@ use std::time::Duration;
 pub const PORT_MIN: u16 = 1024;
 /// Most mappings one NAT holds; beyond, a datagram that needs a new one is dropped.
 pub const MAPPINGS_MAX: usize = 4096;
-/// Most remote endpoints one cone mapping lets in.
-pub const PERMITS_MAX: usize = 256;
+/// Most remote endpoints one cone mapping lets in: room for every port the birthday
+/// technique's easy side probes (`call::birthday::EASY_PROBES_MAX`), each of which must
+/// open the filter as a conntrack entry would.
+pub const PERMITS_MAX: usize = 4096;
 
 /// What a NAT does to datagrams crossing it.
 pub trait NatFn: std::fmt::Debug {
