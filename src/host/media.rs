@@ -105,6 +105,8 @@ pub(super) struct CallMedia {
     wants_sockets: Option<u16>,
     /// The path search is done with the extra sockets, but for this one.
     close_sockets: Option<Option<u16>>,
+    /// The chosen path went silent since the session last asked.
+    went_silent: bool,
 }
 
 fn relayed(leg: &crate::call::path::RelayLeg, packet: &[u8]) -> Vec<u8> {
@@ -142,6 +144,7 @@ impl CallMedia {
             restarts: 0,
             wants_sockets: None,
             close_sockets: None,
+            went_silent: false,
         })
     }
 
@@ -258,6 +261,7 @@ impl CallMedia {
             tracing::info!(path = ?self.report.path, silent_ms = now_ms - self.heard_ms, "media path went silent; searching again");
             self.restarts += 1;
             self.heard_ms = now_ms;
+            self.went_silent = true;
             let a = self.finder.restart(now_ms);
             self.act(a, now_ms, out);
         }
@@ -306,6 +310,17 @@ impl CallMedia {
             }
         }
         chosen
+    }
+
+    /// Whether the chosen path went silent (once; the session checks its super node,
+    /// which may be what failed).
+    pub fn take_silence(&mut self) -> bool {
+        std::mem::take(&mut self.went_silent)
+    }
+
+    /// Whether media has a path now.
+    pub fn has_path(&self) -> bool {
+        self.finder.chosen().is_some()
     }
 
     /// Whether the path search asked for a relay (once; the session opens it).
