@@ -449,6 +449,11 @@ async fn a_call_survives_the_death_of_the_super_node_both_sides_use() {
     let mut kim = host(&t, "kim", 0).await;
     let mut lee = host(&t, "lee", 0).await;
     assert_eq!((kim.report.supernode.as_str(), lee.report.supernode.as_str()), (&*t.node(0), &*t.node(0)));
+    // The default silence limit of a call (20 s), not the tests' 5 s: when both move at
+    // once, the callee may get the new leg only with the caller's next offer, 2 s later.
+    for s in [&mut kim, &mut lee] {
+        s.set_call_timeouts(Timeouts { invite_ms: 3000, ring_ms: 1500, connect_ms: 1000, silence_ms: 20_000 });
+    }
     kim.set_relay_only(true);
     let id = kim.call("lee").await.unwrap();
     kim.set_call_audio(id, audio::tone(&[700.0], 12.0, 12_000.0));
