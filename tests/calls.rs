@@ -358,10 +358,149 @@ async fn a_call_survives_the_death_of_its_relaying_super_node() {
     assert_eq!(live, 1, "one relay session on a live super node");
     let (mg, mh) = (gina.call_media(id).unwrap(), hank.call_media(id).unwrap());
     assert_eq!((mg.path_restarts, mh.path_restarts), (1, 1), "{mg:?} {mh:?}");
-    gina.end_call(id).await;
-    call_event(&mut hank, CallState::Ended { reason: "hung_up" }).await;
+    // Gina told Hank where she went: his hang-up reaches her on her new super node.
+    hank.end_call(id).await;
+    call_event(&mut gina, CallState::Ended { reason: "hung_up" }).await;
     gina.logout().await;
     hank.logout().await;
+    t.net.stop().await;
+}
+
+/// Runs both hosts' event loops in 100 ms slices until `done` holds, for at most
+/// `limit`; fails if the call ends on either side meanwhile. Returns the events of each.
+async fn run_both_until(
+    a: &mut Session,
+    b: &mut Session,
+    limit: Duration,
+    what: &str,
+    mut done: impl FnMut(&Session, &Session, &[Event], &[Event]) -> bool,
+) -> (Vec<Event>, Vec<Event>) {
+    let start = Instant::now();
+    let (mut ea, mut eb) = (Vec::new(), Vec::new());
+    loop {
+        let (mut na, mut nb) =
+            tokio::join!(run_for(a, Duration::from_millis(100)), run_for(b, Duration::from_millis(100)));
+        ea.append(&mut na);
+        eb.append(&mut nb);
+        let ended = |e: &Event| matches!(e, Event::Call { state: CallState::Ended { .. }, .. });
+        assert!(!ea.iter().chain(&eb).any(ended), "the call ended: {ea:?} {eb:?}");
+        if done(a, b, &ea, &eb) {
+            return (ea, eb);
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}\n{ea:?}\n{eb:?}");
+    }
+}
+
+/// Whether `events` hold a reconnection to a super node other than `lost`.
+fn reconnected(events: &[Event], lost: &str) -> bool {
+    events.iter().any(|e| matches!(e, Event::Reconnected { supernode } if supernode != lost))
+}
+
+#[actix_rt::test]
+async fn a_call_survives_the_death_of_the_callee_super_node() {
+    use confab::call::audio;
+    let t = common::start(3, |c| c.supernode.probe_period_ms = 200).await;
+    t.converge(3).await;
+    // Ivy calls from super node 0, which relays the call; Jack is on super node 1 and
+    // reaches the relay over TCP, a leg that does not pass through his super node.
+    let mut ivy = host(&t, "ivy", 0).await;
+    let mut jack = host(&t, "jack", 1).await;
+    assert_eq!((ivy.report.supernode.as_str(), jack.report.supernode.as_str()), (&*t.node(0), &*t.node(1)));
+    ivy.set_relay_only(true);
+    jack.set_relay_tcp(true);
+    let id = ivy.call("jack").await.unwrap();
+    ivy.set_call_audio(id, audio::tone(&[700.0], 12.0, 12_000.0));
+    call_event(&mut jack, CallState::Ringing).await;
+    jack.set_call_audio(id, audio::tone(&[400.0], 12.0, 12_000.0));
+    jack.answer_call(id, true).await;
+    let (ei, ej) = tokio::join!(run_for(&mut ivy, Duration::from_secs(2)), run_for(&mut jack, Duration::from_secs(2)));
+    assert_eq!(connected_path(&ei), Some("relayed_tcp"), "{ei:?}");
+    assert_eq!(connected_path(&ej), Some("relayed_tcp"), "{ej:?}");
+
+    let lost = jack.report.supernode.clone();
+    t.net.kill_node(1);
+    let killed = Instant::now();
+    let heard = |s: &Session| s.call_media(id).map_or(0, |m| m.received);
+    let (i0, j0) = (heard(&ivy), heard(&jack));
+    // Media does not show the loss (the relay lives); the link's call pace does.
+    let (_, ej) = run_both_until(&mut ivy, &mut jack, Duration::from_secs(15), "jack reconnected", |_, _, _, ej| {
+        reconnected(ej, &lost)
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!("the callee reconnected {took:?} after its super node died");
+    assert!(took < Duration::from_secs(6), "{took:?}: {ej:?}");
+    assert_ne!(jack.report.supernode, lost);
+    // Media went on through the caller's relay, and goes on: fresh frames both ways.
+    let (i1, j1) = (heard(&ivy), heard(&jack));
+    assert!(i1 > i0 && j1 > j0, "{:?} {:?}", ivy.call_media(id), jack.call_media(id));
+    run_both_until(&mut ivy, &mut jack, Duration::from_secs(5), "a second of media both ways", |i, j, _, _| {
+        heard(i) >= i1 + 45 && heard(j) >= j1 + 45
+    })
+    .await;
+    let (mi, mj) = (ivy.call_media(id).unwrap(), jack.call_media(id).unwrap());
+    assert_eq!((mi.path_restarts, mj.path_restarts), (0, 0), "the relay leg outlived the failover: {mi:?} {mj:?}");
+    // Jack told Ivy where he went: her hang-up reaches him on his new super node.
+    ivy.end_call(id).await;
+    call_event(&mut jack, CallState::Ended { reason: "hung_up" }).await;
+    ivy.logout().await;
+    jack.logout().await;
+    t.net.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_call_survives_the_death_of_the_super_node_both_sides_use() {
+    use confab::call::audio;
+    let t = common::start(3, |c| c.supernode.probe_period_ms = 200).await;
+    t.converge(3).await;
+    // Kim and Lee share super node 0, which relays their call.
+    let mut kim = host(&t, "kim", 0).await;
+    let mut lee = host(&t, "lee", 0).await;
+    assert_eq!((kim.report.supernode.as_str(), lee.report.supernode.as_str()), (&*t.node(0), &*t.node(0)));
+    // The default silence limit of a call (20 s), not the tests' 5 s: when both move at
+    // once, the callee may get the new leg only with the caller's next offer, 2 s later.
+    for s in [&mut kim, &mut lee] {
+        s.set_call_timeouts(Timeouts { invite_ms: 3000, ring_ms: 1500, connect_ms: 1000, silence_ms: 20_000 });
+    }
+    kim.set_relay_only(true);
+    let id = kim.call("lee").await.unwrap();
+    kim.set_call_audio(id, audio::tone(&[700.0], 12.0, 12_000.0));
+    call_event(&mut lee, CallState::Ringing).await;
+    lee.set_call_audio(id, audio::tone(&[400.0], 12.0, 12_000.0));
+    lee.answer_call(id, true).await;
+    let (ek, el) = tokio::join!(run_for(&mut kim, Duration::from_secs(2)), run_for(&mut lee, Duration::from_secs(2)));
+    assert_eq!(connected_path(&ek), Some("relayed_udp"), "{ek:?}");
+    assert_eq!(connected_path(&el), Some("relayed_udp"), "{el:?}");
+
+    let lost = lee.report.supernode.clone();
+    t.net.kill_node(0);
+    let killed = Instant::now();
+    let heard = |s: &Session| s.call_media(id).map_or(0, |m| m.received);
+    let (k0, l0) = (heard(&kim), heard(&lee));
+    // Both hear silence; each asks its super node, finds it gone and moves. The callee's
+    // new leg, and its new super node, reach it through the super nodes that live.
+    let (ek, el) = run_both_until(&mut kim, &mut lee, Duration::from_secs(15), "both reconnected", |_, _, ek, el| {
+        reconnected(ek, &lost) && reconnected(el, &lost)
+    })
+    .await;
+    eprintln!("both reconnected {:?} after their super node died", killed.elapsed());
+    assert!(killed.elapsed() < Duration::from_secs(6), "{ek:?}\n{el:?}");
+    run_both_until(&mut kim, &mut lee, Duration::from_secs(8), "media back both ways", |k, l, _, _| {
+        heard(k) > k0 + 10 && heard(l) > l0 + 10
+    })
+    .await;
+    eprintln!("media back {:?} after the super node died", killed.elapsed());
+    let (k1, l1) = (heard(&kim), heard(&lee));
+    run_both_until(&mut kim, &mut lee, Duration::from_secs(5), "a second of media both ways", |k, l, _, _| {
+        heard(k) >= k1 + 45 && heard(l) >= l1 + 45
+    })
+    .await;
+    let (mk, ml) = (kim.call_media(id).unwrap(), lee.call_media(id).unwrap());
+    assert_eq!((mk.path_restarts, ml.path_restarts), (1, 1), "{mk:?} {ml:?}");
+    kim.end_call(id).await;
+    call_event(&mut lee, CallState::Ended { reason: "hung_up" }).await;
+    kim.logout().await;
+    lee.logout().await;
     t.net.stop().await;
 }
 

@@ -510,6 +510,7 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
                 candidates: vec![Candidate { kind: CandidateKind::Public, addr: sa("198.18.7.1:40000") }],
             },
             Signal::Nat { kind: confab::nat::NatKind::Symmetric },
+            Signal::Moved { supernode: "sn2".into() },
         ]
         .iter()
         .map(|s| postcard::to_allocvec(s).unwrap())

@@ -686,6 +686,9 @@ mod tests {
         other_call.call_id[0] ^= 1;
         assert_eq!(b.open(&other_call), None);
         assert_eq!(b.open(&a.seal(Signal::HangUp)), Some(Signal::HangUp));
+        let moved = Signal::Moved { supernode: "sn-7".into() };
+        assert_eq!(a.open(&b.seal(moved.clone())), Some(moved.clone()), "either side says where it moved");
+        assert_eq!(b.open(&a.seal(moved.clone())), Some(moved));
     }
 
     /// A callee that lost the call ids it had seen (a restart) opens a replayed invite

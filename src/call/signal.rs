@@ -139,6 +139,14 @@ pub enum Signal {
         /// The sender's NAT kind.
         kind: crate::nat::NatKind,
     },
+    /// Either way: the sender's super node failed and it reached another; signals go
+    /// there from now on (they travel through the receiver's super node, which the
+    /// sender's index entry names only once it is republished). Path business: the
+    /// state machine ignores it.
+    Moved {
+        /// The name of the sender's super node now (its credential's subject).
+        supernode: String,
+    },
 }
 
 /// What the user (or the application) wants.

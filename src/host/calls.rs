@@ -23,6 +23,9 @@ const INVITE_WINDOW_MS: u64 = 30_000;
 const SEEN_INVITES_MAX: usize = 4096;
 /// The callee's signals a caller keeps while its reply is still on the way.
 const EARLY_SIGNALS_MAX: usize = 4;
+/// The caller offers its relay leg again this often while media has no path through it:
+/// the offer may have gone to a super node the callee lost, before its new one was known.
+const RELAY_OFFER_REPEAT_MS: u64 = 2_000;
 /// Codecs this host speaks, preferred first.
 pub const CODECS: [Codec; 2] = [Codec::Opus, Codec::L16];
 
@@ -58,6 +61,8 @@ pub(super) struct ActiveCall {
     pending_relay: Option<RelayLeg>,
     /// The relay session we opened (the caller), released when media stops.
     relay_session: Option<u32>,
+    /// The caller: the callee's leg of that session, as last offered, and when (unix ms).
+    relay_offer: Option<(Signal, u64)>,
     /// When the call began here (the invite sent or received), unix ms.
     began_ms: u64,
     /// The first path media flowed on, and after how long.
@@ -69,6 +74,21 @@ pub(super) struct ActiveCall {
 }
 
 impl ActiveCall {
+    /// The caller's relay offer, if it is due again at `now_ms`: media has no path, its
+    /// search still holds our leg of the offered session, and the last offer is at least
+    /// `repeat_ms` old. The first offer may have gone to a super node the callee lost.
+    fn relay_offer_due(&mut self, now_ms: u64, repeat_ms: u64) -> Option<Signal> {
+        let m = self.media.as_ref()?;
+        let (offer, sent_ms) = self.relay_offer.as_mut()?;
+        let Signal::Relay { session, .. } = offer else { return None };
+        let waiting = !m.has_path() && m.relay_leg().is_some_and(|l| l.session == *session);
+        if !waiting || now_ms.saturating_sub(*sent_ms) < repeat_ms {
+            return None;
+        }
+        *sent_ms = now_ms;
+        Some(offer.clone())
+    }
+
     /// The callee's candidates that came with its Accept: kept, and the signal taken as
     /// a plain Accept by the state machine.
     fn take_candidates(&mut self, s: Signal) -> Signal {
@@ -109,6 +129,7 @@ impl ActiveCall {
             early: Vec::new(),
             pending_relay: None,
             relay_session: None,
+            relay_offer: None,
             began_ms: now_ms(),
             connected: None,
             peer_nat: None,
@@ -497,6 +518,21 @@ impl Session {
                             Err(e) => tracing::debug!(error = %e, "dropped a relay leg that does not open"),
                         }
                     }
+                    Some(Signal::Moved { supernode }) => {
+                        if supernode.is_empty() || supernode.len() > crate::wire::message::SUPERNODE_NAME_LEN_MAX {
+                            tracing::debug!("dropped a Moved signal naming no super node");
+                            return;
+                        }
+                        tracing::info!(peer = %c.peer, %supernode, "the other side of a call moved to another super node");
+                        c.peer_supernode = supernode;
+                        c.call.on_heard(now_ms());
+                        // Our relay offer may have gone to the super node it lost.
+                        if let Some(offer) = c.relay_offer_due(now_ms(), 0) {
+                            let m = CallMessage::Signal(c.channel.seal(offer));
+                            let (peer, via) = (c.peer.clone(), c.peer_supernode.clone());
+                            self.send_call(&peer, Some(via), &m).await;
+                        }
+                    }
                     Some(Signal::Nat { kind }) => {
                         let mut out = Vec::new();
                         match c.media.as_mut() {
@@ -727,17 +763,35 @@ impl Session {
         let now = now_ms();
         let mut out = Vec::new();
         let mut ups = Vec::new();
+        let mut silent = false;
         for (id, c) in self.calls.active.iter_mut() {
             let connected = matches!(c.call.state(), State::Connected(_));
-            if let Some(m) = c.media.as_mut()
-                && let Some(p) = m.tick(connected, now, &mut out)
-            {
+            let Some(m) = c.media.as_mut() else { continue };
+            if let Some(p) = m.tick(connected, now, &mut out) {
                 ups.push((*id, c.call.on_media_up(p, now)));
             }
+            silent |= m.take_silence();
+        }
+        if silent {
+            // The super node that failed may be ours, on either side of the call: a relay
+            // there, or nothing of the media path at all but still the way the other
+            // side's signals reach us. Ask it now (a second to answer) rather than wait
+            // for the link's own silence limit; if it is gone the link ends and the event
+            // loop connects to another super node. This never waits.
+            self.link.check();
         }
         self.send_media(out).await;
         for (id, actions) in ups {
             self.apply_call(id, actions).await;
+        }
+        let mut offers = Vec::new();
+        for c in self.calls.active.values_mut() {
+            if let Some(offer) = c.relay_offer_due(now, RELAY_OFFER_REPEAT_MS) {
+                offers.push((c.peer.clone(), c.peer_supernode.clone(), CallMessage::Signal(c.channel.seal(offer))));
+            }
+        }
+        for (peer, via, m) in offers {
+            self.send_call(&peer, Some(via), &m).await;
         }
         self.service_probe_sockets().await;
         self.open_requested_relays().await;
@@ -777,6 +831,7 @@ impl Session {
             // A relay session we opened before, now failed: free it, if its node lives.
             let old = c.relay_session.replace(grant.session);
             let theirs = Signal::Relay { relay, session: grant.session, leg: grant.leg_b };
+            c.relay_offer = Some((theirs.clone(), now_ms()));
             let sealed = CallMessage::Signal(c.channel.seal(theirs));
             let (peer, via) = (c.peer.clone(), c.peer_supernode.clone());
             self.send_call(&peer, Some(via), &sealed).await;
@@ -786,6 +841,27 @@ impl Session {
             if let Some(old) = old {
                 self.release_relay(old).await;
             }
+        }
+    }
+
+    /// We moved to another super node after losing `lost`: tells the other side of each
+    /// call where its signals reach us now. Signals travel through the receiver's super
+    /// node (the `via` of a Forward), and the other side knows ours only from the invite
+    /// or its lookup: without this, its hang-up or its next relay leg would go to the
+    /// super node we lost. A peer whose super node was that one too is addressed by
+    /// lookup (no `via`) until it tells us where it went.
+    pub(super) async fn tell_calls_we_moved(&mut self, lost: &str) {
+        let here = self.report.supernode.clone();
+        let mut out = Vec::new();
+        for c in self.calls.active.values_mut().filter(|c| !c.call.is_over()) {
+            if c.peer_supernode == lost {
+                c.peer_supernode.clear();
+            }
+            let m = CallMessage::Signal(c.channel.seal(Signal::Moved { supernode: here.clone() }));
+            out.push((c.peer.clone(), c.peer_supernode.clone(), m));
+        }
+        for (peer, via, m) in out {
+            self.send_call(&peer, Some(via), &m).await;
         }
     }
 

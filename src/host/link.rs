@@ -3,10 +3,12 @@
 //! The task owns the socket and the session keys: it seals what the host sends, opens
 //! what arrives, keeps the session alive with keepalives, and sorts arrivals into
 //! answers (for the request waiting on one) and notices (from other hosts, pushed at any
-//! time). A host that waits for nothing still stays connected.
+//! time). A host that waits for nothing still stays connected. When the super node is
+//! gone ([`super::liveness`] decides) the task ends, and the session looks for another.
 
 use super::connect::{Connected, Link};
 use super::handshake::ClientSession;
+use super::liveness::{Liveness, Verdict};
 use crate::wire::MessageKind;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,6 +27,25 @@ const NOTICES_QUEUED_MAX: usize = 256;
 enum Command {
     Send(MessageKind, Vec<u8>),
     Bye(oneshot::Sender<()>),
+    /// Ask the super node now; it must answer within a second.
+    Check,
+    /// Whether a call has media (the keepalive pace).
+    InCall(bool),
+}
+
+/// The calls' media queue: datagrams on port P (and from relay legs over TCP) that look
+/// like media. It outlives a link, so that a relay leg connected before a failover keeps
+/// delivering after it.
+struct MediaQueue {
+    rx: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+}
+
+impl Default for MediaQueue {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::channel(MEDIA_QUEUED_MAX);
+        Self { rx, tx }
+    }
 }
 
 /// The host's end of the link task.
@@ -43,6 +64,8 @@ pub struct LinkHandle {
     /// Port P's UDP socket, for sending media (None when the link is TCP).
     pub udp: Option<std::sync::Arc<tokio::net::UdpSocket>>,
     task: tokio::task::JoinHandle<()>,
+    /// The keepalive pace last asked for (a call has media).
+    in_call: bool,
 }
 
 impl Drop for LinkHandle {
@@ -54,10 +77,23 @@ impl Drop for LinkHandle {
 impl LinkHandle {
     /// Starts the task over an established connection.
     pub fn start(connected: Connected) -> Self {
+        Self::start_with(connected, MediaQueue::default())
+    }
+
+    /// Moves the link to another super node: this task stops, a new one starts over
+    /// `connected` and takes over the media queue (relay legs over TCP feed it, and they
+    /// outlive the super node we lost when their relay is elsewhere).
+    pub fn replace(&mut self, connected: Connected) {
+        self.stop();
+        let rx = std::mem::replace(&mut self.media, mpsc::channel(1).1);
+        *self = Self::start_with(connected, MediaQueue { rx, tx: self.media_in.clone() });
+    }
+
+    fn start_with(connected: Connected, media: MediaQueue) -> Self {
         let (commands, rx) = mpsc::channel(64);
         let (answers_tx, answers) = mpsc::channel(ANSWERS_QUEUED_MAX);
         let (notices_tx, notices) = mpsc::channel(NOTICES_QUEUED_MAX);
-        let (media_tx, media) = mpsc::channel(MEDIA_QUEUED_MAX);
+        let MediaQueue { rx: media, tx: media_tx } = media;
         let keepalive = Duration::from_secs(u64::from(connected.session.welcome.keepalive_secs.max(1)));
         let udp = match &connected.link {
             Link::Udp(s) => Some(s.clone()),
@@ -66,7 +102,21 @@ impl LinkHandle {
         let media_in = media_tx.clone();
         let queues = Queues { answers: answers_tx, notices: notices_tx, media: media_tx };
         let task = tokio::spawn(run(connected.session, connected.link, rx, queues, keepalive));
-        Self { commands, answers, notices, media, media_in, udp, task }
+        Self { commands, answers, notices, media, media_in, udp, task, in_call: false }
+    }
+
+    /// Asks the super node at once whether it is there (a call's media went silent): the
+    /// link ends if nothing answers within a second. Never waits.
+    pub fn check(&self) {
+        let _ = self.commands.try_send(Command::Check);
+    }
+
+    /// Keeps the keepalive pace of a call while `on` (a call has media). Never waits; a
+    /// full command queue leaves the pace as it was, and the next call of this tries again.
+    pub fn set_in_call(&mut self, on: bool) {
+        if on != self.in_call && self.commands.try_send(Command::InCall(on)).is_ok() {
+            self.in_call = on;
+        }
     }
 
     /// Queues one message for the super node; false if the link is gone.
@@ -130,18 +180,27 @@ async fn run(
             (None, Some(w), Some(rx))
         }
     };
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
-    // A super node that answers no keepalive for this long is gone (over UDP nothing
-    // else would tell us): the task ends, and the session looks for another.
-    let silence_max = keepalive * 2 + Duration::from_secs(5);
-    let mut heard = tokio::time::Instant::now();
+    let now = || tokio::time::Instant::now().into_std();
+    let mut liveness = Liveness::new(keepalive, now());
     let mut buf = vec![0u8; crate::wire::frame::FRAME_LEN_MAX + 1];
     loop {
+        let wake = tokio::time::Instant::from_std(liveness.next_wake());
         let frame: Option<Vec<u8>> = tokio::select! {
             cmd = commands.recv() => {
                 let (frame, done) = match cmd {
                     Some(Command::Send(kind, body)) => (session.seal(kind, &body), None),
                     Some(Command::Bye(done)) => (session.bye(), Some(done)),
+                    Some(Command::Check) => {
+                        if liveness.check(now()) {
+                            let f = session.keepalive();
+                            send(&udp, &mut tcp_write, addr, &f).await;
+                        }
+                        continue;
+                    }
+                    Some(Command::InCall(on)) => {
+                        liveness.set_in_call(on, now());
+                        continue;
+                    }
                     None => return,
                 };
                 send(&udp, &mut tcp_write, addr, &frame).await;
@@ -154,15 +213,18 @@ async fn run(
                 }
                 None
             }
-            _ = tick.tick() => {
-                if heard.elapsed() > silence_max {
-                    tracing::warn!(supernode = %addr, silent = ?heard.elapsed(), "the super node stopped answering");
+            _ = tokio::time::sleep_until(wake) => match liveness.on_wake(now()) {
+                Verdict::Wait => None,
+                Verdict::Keepalive => {
+                    let f = session.keepalive();
+                    send(&udp, &mut tcp_write, addr, &f).await;
+                    None
+                }
+                Verdict::Gone(why) => {
+                    tracing::warn!(supernode = %addr, %why, "the super node stopped answering");
                     return;
                 }
-                let f = session.keepalive();
-                send(&udp, &mut tcp_write, addr, &f).await;
-                None
-            }
+            },
             r = recv_udp(&udp, &mut buf, addr, &media) => r,
             f = recv_tcp(&mut inbound) => match f {
                 Some(f) => Some(f),
@@ -172,7 +234,7 @@ async fn run(
         };
         let Some(frame) = frame else { continue };
         let Ok((kind, body)) = session.open(&frame) else { continue };
-        heard = tokio::time::Instant::now();
+        liveness.heard(now());
         match kind {
             MessageKind::Notice => {
                 let _ = notices.try_send(body);

@@ -205,6 +205,8 @@ pub(super) struct CallMedia {
     close_sockets: Option<Vec<u16>>,
     /// How late the media clock ticks.
     lateness: TickLateness,
+    /// The chosen path went silent since the session last asked.
+    went_silent: bool,
 }
 
 fn relayed(leg: &crate::call::path::RelayLeg, packet: &[u8]) -> Vec<u8> {
@@ -244,6 +246,7 @@ impl CallMedia {
             wants_sockets: None,
             close_sockets: None,
             lateness: TickLateness::default(),
+            went_silent: false,
         })
     }
 
@@ -371,6 +374,7 @@ impl CallMedia {
             tracing::info!(path = ?self.report.path, silent_ms = now_ms - self.heard_ms, "media path went silent; searching again");
             self.restarts += 1;
             self.heard_ms = now_ms;
+            self.went_silent = true;
             let a = self.finder.restart(now_ms);
             self.act(a, now_ms, out);
         }
@@ -419,6 +423,17 @@ impl CallMedia {
             }
         }
         chosen
+    }
+
+    /// Whether the chosen path went silent (once; the session checks its super node,
+    /// which may be what failed).
+    pub fn take_silence(&mut self) -> bool {
+        std::mem::take(&mut self.went_silent)
+    }
+
+    /// Whether media has a path now.
+    pub fn has_path(&self) -> bool {
+        self.finder.chosen().is_some()
     }
 
     /// Whether the path search asked for a relay (once; the session opens it).

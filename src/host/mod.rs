@@ -7,6 +7,7 @@
 //! - [`connect`] — running the ladder over real sockets; NAT discovery.
 //! - [`account`] — register and log in with the login server.
 //! - [`link`] — the background task that owns the link to the super node.
+//! - [`liveness`] — when that link's super node is taken for gone, as plain state.
 //! - [`buddies`] — the buddy list, presence pushed between buddies, events.
 //! - [`calls`] — calls: the call state machine driven by messages through super nodes.
 
@@ -21,6 +22,7 @@ pub mod home;
 pub mod interfaces;
 pub mod ladder;
 pub mod link;
+pub mod liveness;
 pub mod media;
 pub mod probe_sockets;
 mod relay_tcp;
@@ -815,12 +817,14 @@ impl Session {
         r.rtt_ms = connected.rtt.as_secs_f64() * 1000.0;
         r.attempts = log;
         self.supernode_key = connected.session.supernode.public_key.id();
-        self.link = link::LinkHandle::start(connected);
+        self.link.replace(connected);
         tracing::info!(supernode = %self.report.supernode, "reconnected");
         let profile = self.profile.clone();
         if let Err(e) = self.publish_index(self.status, &profile).await {
             tracing::warn!(error = %e, "presence not published after reconnecting");
         }
+        // After the publish: a peer that looks us up finds where we are now.
+        self.tell_calls_we_moved(&lost).await;
         self.refreshed_at = tokio::time::Instant::now();
         self.tell_buddies(false).await;
         self.events.push_back(buddies::Event::Reconnected { supernode: self.report.supernode.clone() });
