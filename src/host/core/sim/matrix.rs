@@ -5,7 +5,7 @@
 //! (`tests/nat_matrix.rs`, `EXPECTED`), which runs the real binary through real kernels.
 
 use super::media::{HostSpec, MediaWorld, Side, Timing};
-use super::nat::{Cone, NatFn, NoNat, Sequential, Symmetric, UdpBlocked};
+use super::nat::{Cone, NatFn, NoNat, Symmetric, UdpBlocked};
 use crate::call::birthday::{EASY_PROBES_MAX, EASY_PROBES_PER_STEP, HARD_SOCKETS};
 use crate::call::path::{HardNatReport, PEER_REFLEXIVE_MAX};
 use crate::nat::NatKind;
@@ -74,7 +74,7 @@ fn router(kind: &str, n: u8) -> (Box<dyn NatFn>, NatKind) {
         "public" => (Box::new(NoNat::new(ip)), NatKind::None),
         "cone" => (Box::new(Cone::new(ip, MAPPING_TTL)), NatKind::Cone),
         "symmetric" => (Box::new(Symmetric::new(ip, MAPPING_TTL)), NatKind::Symmetric),
-        "sequential" => (Box::new(Sequential::new(ip, MAPPING_TTL)), NatKind::Symmetric),
+        "sequential" => (Box::new(Symmetric::sequential(ip, MAPPING_TTL)), NatKind::Symmetric),
         "udp-blocked" => (Box::new(UdpBlocked::new(ip)), NatKind::UdpBlocked),
         other => panic!("no router kind {other}"),
     }

@@ -237,15 +237,22 @@ impl NatFn for Cone {
     }
 }
 
-/// A mapping per (private socket, destination), each on a random public port, in only
-/// from that destination: the testbed's `fully-random` router.
+/// A mapping per (private socket, destination), each on a random public port (the
+/// testbed's `fully-random` router) or on the next one ([`Symmetric::sequential`]), in
+/// only from that destination. The label says which.
 #[derive(Debug)]
-pub struct Symmetric(Table);
+pub struct Symmetric(Table, &'static str);
 
 impl Symmetric {
     /// A symmetric NAT on `ip`, mappings living `ttl` after the last datagram out.
     pub fn new(ip: IpAddr, ttl: Duration) -> Self {
-        Self(Table::new(ip, ttl, Ports::Random))
+        Self(Table::new(ip, ttl, Ports::Random), "symmetric")
+    }
+
+    /// The same, but each new mapping takes the port after the last one (the first from
+    /// the generator): the NAT port prediction works against.
+    pub fn sequential(ip: IpAddr, ttl: Duration) -> Self {
+        Self(Table::new(ip, ttl, Ports::Sequential { next: None }), "sequential")
     }
 }
 
@@ -263,37 +270,7 @@ impl NatFn for Symmetric {
     }
 
     fn label(&self) -> &'static str {
-        "symmetric"
-    }
-}
-
-/// Symmetric, but each new mapping takes the port after the last one (the first from
-/// the generator): the NAT port prediction works against.
-#[derive(Debug)]
-pub struct Sequential(Table);
-
-impl Sequential {
-    /// A sequential symmetric NAT on `ip`, mappings living `ttl` after the last datagram out.
-    pub fn new(ip: IpAddr, ttl: Duration) -> Self {
-        Self(Table::new(ip, ttl, Ports::Sequential { next: None }))
-    }
-}
-
-impl NatFn for Sequential {
-    fn outbound(&mut self, src: SocketAddr, dst: SocketAddr, now: Duration, rng: &mut StdRng) -> Option<SocketAddr> {
-        self.0.out(src, Some(dst), dst, now, rng)
-    }
-
-    fn inbound(&mut self, from: SocketAddr, public_dst: SocketAddr, now: Duration) -> Option<SocketAddr> {
-        self.0.let_in(from, public_dst, now)
-    }
-
-    fn public_ip(&self) -> IpAddr {
-        self.0.ip
-    }
-
-    fn label(&self) -> &'static str {
-        "sequential"
+        self.1
     }
 }
 
@@ -388,7 +365,7 @@ mod tests {
     #[test]
     fn a_sequential_nat_hands_ports_out_in_order() {
         let (private, sn, _, elsewhere) = ends();
-        let mut n = Sequential::new(ip(), TTL);
+        let mut n = Symmetric::sequential(ip(), TTL);
         let mut rng = StdRng::seed_from_u64(3);
         let ports: Vec<u16> = [sn, elsewhere, a("198.18.0.3:1"), a("198.18.0.4:1")]
             .iter()

@@ -1,7 +1,7 @@
 //! The world at link level: hosts behind every kind of NAT keep their links, dead and
 //! slow super nodes are told apart, and one seed replays one trace.
 
-use super::nat::{Cone, NatFn, NoNat, Sequential, Symmetric, UdpBlocked};
+use super::nat::{Cone, NatFn, NoNat, Symmetric, UdpBlocked};
 use super::supernode::SnMode;
 use super::{LinkSpec, NodeId, What, World};
 use crate::host::core::CoreEvent;
@@ -33,7 +33,7 @@ fn nat(kind: &str, n: u8) -> Box<dyn NatFn> {
         "public" => Box::new(NoNat::new(ip)),
         "cone" => Box::new(Cone::new(ip, MAPPING_TTL)),
         "symmetric" => Box::new(Symmetric::new(ip, MAPPING_TTL)),
-        "sequential" => Box::new(Sequential::new(ip, MAPPING_TTL)),
+        "sequential" => Box::new(Symmetric::sequential(ip, MAPPING_TTL)),
         "udp_blocked" => Box::new(UdpBlocked::new(ip)),
         other => panic!("{other}"),
     }
