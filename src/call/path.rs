@@ -47,6 +47,11 @@ const OUTSTANDING_MAX: usize = 4096;
 /// Most extra sockets kept for a call: several of the hard side's mappings may meet the
 /// easy side's ports (about eight on average), and each side may pick a different one.
 const LIVE_SOCKETS_MAX: usize = 16;
+/// Routes remembered as answered (a fresh answer to our probe came by them).
+const VALIDATED_MAX: usize = 32;
+/// How long the chosen route must be quiet, while the other side's voice comes by another
+/// answered route as good, before media follows it there.
+pub const LATCH_QUIET_MS: u64 = 200;
 /// A triggered check goes out unless that address was probed this recently (our last
 /// probe may have come before the other side was listening: the side that answers a
 /// call starts its media first).
@@ -262,6 +267,10 @@ pub struct PathFinder {
     peer_echoes: bool,
     /// Extra sockets an authenticated packet came to (at most `LIVE_SOCKETS_MAX`).
     live_sockets: Vec<u16>,
+    /// Routes a fresh answer to our probe came by: both ways work there.
+    validated: VecDeque<Route>,
+    /// When something authenticated last came by the chosen route.
+    chosen_heard_ms: u64,
 }
 
 impl PathFinder {
@@ -299,6 +308,8 @@ impl PathFinder {
             relay_only: false,
             peer_echoes: false,
             live_sockets: Vec::new(),
+            validated: VecDeque::new(),
+            chosen_heard_ms: now_ms,
         }
     }
 
@@ -554,6 +565,7 @@ impl PathFinder {
         if self.relay_only && !matches!(route, Route::Relay(_)) {
             return Vec::new();
         }
+        self.heard_on(route, now_ms);
         self.peer_echoes |= nonce.is_some();
         self.note_live(route);
         let mut out = vec![PathAction::Answer { route, echo: nonce.unwrap_or(0) }];
@@ -571,7 +583,10 @@ impl PathFinder {
             }
         };
         let Some(rank) = rank else { return out };
-        if self.chosen_rank().is_some_and(|f| rank <= f) {
+        // Checked back if better than our route; or as good, while ours is quiet (the
+        // other side may have moved there: once it answers, the callee can follow).
+        let quiet = now_ms.saturating_sub(self.chosen_heard_ms) >= LATCH_QUIET_MS;
+        if self.chosen.is_some_and(|(r, _, f)| r == route || rank < f || (rank == f && !quiet)) {
             return out;
         }
         let recent = match route {
@@ -637,20 +652,84 @@ impl PathFinder {
             },
         };
         self.note_live(route);
+        if !self.validated.contains(&route) {
+            if self.validated.len() == VALIDATED_MAX {
+                self.validated.pop_front();
+            }
+            self.validated.push_back(route);
+        }
+        self.heard_on(route, now_ms);
         if self.chosen_rank().is_some_and(|f| rank <= f) {
             return Vec::new();
         }
+        self.choose(route, rank, now_ms)
+    }
+
+    /// Media goes by `route` from now on.
+    fn choose(&mut self, route: Route, rank: Rank, now_ms: u64) -> Vec<PathAction> {
         if self.chosen.is_none() {
             self.chosen_at_ms = now_ms;
         }
         let path = rank.path();
         self.chosen = Some((route, path, rank));
+        self.chosen_heard_ms = now_ms;
         self.next_probe_ms = now_ms + self.timing.recheck_ms;
         let mut out = vec![PathAction::Chosen(route, path)];
         if rank >= Rank::Punched {
             self.birthday_won(route, &mut out);
         }
         out
+    }
+
+    /// Something authenticated came by `route`.
+    fn heard_on(&mut self, route: Route, now_ms: u64) {
+        if self.chosen.is_some_and(|(r, _, _)| r == route) {
+            self.chosen_heard_ms = now_ms;
+        }
+    }
+
+    /// When something authenticated last came by the chosen route: the path is alive only
+    /// while this moves (packets by other routes do not count, or a side whose packets go
+    /// to a dead mapping would never notice).
+    pub fn chosen_heard_ms(&self) -> u64 {
+        self.chosen_heard_ms
+    }
+
+    /// A voice packet came by `route`. The two sides choose on their own and may pick
+    /// different routes (each the first to answer it), or the other side's NAT may have
+    /// moved it to a new mapping. The caller's choice stands (as ICE's controlling agent's
+    /// does): when the caller's voice keeps coming by a route we, the callee, have seen
+    /// answer and that ranks as well as ours, while ours has been quiet for
+    /// [`LATCH_QUIET_MS`], our media follows it there. (Both sides following each other
+    /// would swap routes forever.) Only an answered route is followed, so a packet whose
+    /// source was forged cannot steer our media anywhere; a caller whose route stays quiet
+    /// searches again after the silence limit.
+    pub fn on_voice(&mut self, route: Route, now_ms: u64) -> Vec<PathAction> {
+        self.heard_on(route, now_ms);
+        if self.role != Role::Callee {
+            return Vec::new();
+        }
+        let Some((chosen, _, floor)) = self.chosen else { return Vec::new() };
+        if chosen == route || !self.validated.contains(&route) {
+            return Vec::new();
+        }
+        if now_ms.saturating_sub(self.chosen_heard_ms) < LATCH_QUIET_MS {
+            return Vec::new();
+        }
+        let rank = match route {
+            Route::Relay(leg) if leg.tcp => Rank::RelayedTcp,
+            Route::Relay(_) => Rank::RelayedUdp,
+            Route::Via { .. } if self.public => Rank::Direct,
+            Route::Via { .. } => Rank::Punched,
+            Route::To(addr) => match self.rank_to(addr) {
+                Some(r) => r,
+                None => return Vec::new(),
+            },
+        };
+        if rank < floor {
+            return Vec::new();
+        }
+        self.choose(route, rank, now_ms)
     }
 
     /// The chosen path failed (the relay died, the NAT mapping went): search again,
@@ -828,6 +907,43 @@ mod tests {
         assert_eq!(nonces(1), nonces(1));
         assert_ne!(nonces(1), nonces(2));
         assert!(nonces(1).windows(2).all(|w| w[1] != w[0].wrapping_add(1)), "not a counter");
+    }
+
+    #[test]
+    fn the_callee_follows_the_callers_voice_to_another_answered_route_once_its_own_is_quiet() {
+        // B's NAT moved it to a new mapping X2 mid-call (or each side picked another
+        // birthday mapping): A, the callee, still sends to X1.
+        let peer = [cand(CandidateKind::Public, "198.18.3.2:40000")];
+        let (x1, x2) = (to("198.18.3.2:40000"), to("198.18.3.2:40001"));
+        for role in [Role::Callee, Role::Caller] {
+            let mut a = PathFinder::new(role, &peer, PathTiming::default(), 0);
+            let round = a.tick(0);
+            assert_eq!(a.on_answer(x1, Some(nonce_to(&round, x1)), false, 10).len(), 1);
+            assert!(a.on_voice(x1, 100).is_empty());
+            assert_eq!(a.chosen_heard_ms(), 100);
+            // Voice by X2, which never answered a probe of ours: not followed, and not heard
+            // on the chosen route either.
+            assert!(a.on_voice(x2, 400).is_empty());
+            assert_eq!(a.chosen_heard_ms(), 100, "only the chosen route counts");
+            // B probes from X2 after its own silence: with ours quiet, we check X2 back, and
+            // it answers.
+            let out = a.on_probe(x2, Some(3), 410);
+            a.on_answer(x2, Some(nonce_to(&out, x2)), false, 420);
+            let followed = a.on_voice(x2, 430);
+            match role {
+                Role::Callee => assert_eq!(followed, vec![PathAction::Chosen(x2, Path::Punched)]),
+                Role::Caller => assert!(followed.is_empty(), "the caller's choice stands"),
+            }
+        }
+        // Not while our own route is heard.
+        let mut a = PathFinder::new(Role::Callee, &peer, PathTiming::default(), 0);
+        let round = a.tick(0);
+        a.on_answer(x1, Some(nonce_to(&round, x1)), false, 10);
+        assert!(probes(&a.on_probe(x2, Some(3), 20)).is_empty(), "ours is not quiet: no check of an equal route");
+        let out = a.on_probe(x2, Some(4), 10 + LATCH_QUIET_MS);
+        a.on_answer(x2, Some(nonce_to(&out, x2)), false, 15 + LATCH_QUIET_MS);
+        a.on_voice(x1, 300);
+        assert!(a.on_voice(x2, 300 + LATCH_QUIET_MS - 1).is_empty(), "ours is heard");
     }
 
     #[test]

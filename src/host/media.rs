@@ -195,7 +195,8 @@ pub(super) struct CallMedia {
     started_ms: u64,
     report: MediaReport,
     wants_relay: bool,
-    /// When the last authenticated packet arrived.
+    /// When media started or last restarted its search (the silence on the chosen route
+    /// counts from the later of this and the last packet heard on it).
     heard_ms: u64,
     /// Times the chosen path failed and the search started again.
     restarts: u32,
@@ -338,7 +339,6 @@ impl CallMedia {
                 return (false, None);
             }
         };
-        self.heard_ms = now_ms;
         let route = match (via, local) {
             (Some(leg), _) => Route::Relay(leg),
             (None, Some(socket)) => Route::Via { socket, to: from },
@@ -360,7 +360,8 @@ impl CallMedia {
                 // probes and answers share that sequence and would look like gaps.
                 let frame = u64::from(opened.timestamp) / FRAME_SAMPLES as u64;
                 self.jitter.push(frame, opened.timestamp, now_ms, opened.payload);
-                None
+                let a = self.finder.on_voice(route, now_ms);
+                self.act(a, now_ms, out)
             }
         };
         (true, chosen)
@@ -370,8 +371,11 @@ impl CallMedia {
     /// frame played.
     pub fn tick(&mut self, connected: bool, now_ms: u64, out: &mut Vec<Outgoing>) -> Option<Path> {
         self.lateness.tick(now_ms);
-        if connected && self.finder.chosen().is_some() && now_ms.saturating_sub(self.heard_ms) >= PATH_SILENCE_MS {
-            tracing::info!(path = ?self.report.path, silent_ms = now_ms - self.heard_ms, "media path went silent; searching again");
+        // Silence counts on the chosen route alone: a side whose packets go to a mapping
+        // that died keeps hearing the other, by its new one, and must not think all is well.
+        let heard = self.heard_ms.max(self.finder.chosen_heard_ms());
+        if connected && self.finder.chosen().is_some() && now_ms.saturating_sub(heard) >= PATH_SILENCE_MS {
+            tracing::info!(path = ?self.report.path, silent_ms = now_ms - heard, "media path went silent; searching again");
             self.restarts += 1;
             self.heard_ms = now_ms;
             self.went_silent = true;

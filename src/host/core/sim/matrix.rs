@@ -20,8 +20,10 @@ const ACCEPT_MS: u64 = 100;
 /// technique's hard side probes for `HARD_FOR_MS`.
 const SETTLE_MS_MAX: u64 = crate::call::birthday::HARD_FOR_MS + 1_000;
 /// Once settled, the first frames on the final path are on their way and in the jitter
-/// buffer (its 60 ms, and a link's 32 at most)…
-const WARM_MS: u64 = 100;
+/// buffer (its 60 ms, and a link's 32 at most), and a side whose first punched route
+/// differs from the other's has followed the other's voice there (after
+/// `LATCH_QUIET_MS` of quiet on its own)…
+const WARM_MS: u64 = crate::call::path::LATCH_QUIET_MS + 300;
 /// …and then frames must flow both ways for this long…
 const TALK_MS: u64 = 300;
 /// …each side playing this many of the 15 sent meanwhile (a frame may fall on either
