@@ -1,7 +1,7 @@
 //! Calls on the host: the [`crate::call`] state machine driven by call messages carried
-//! as notices through the super nodes. This step runs signalling end to end (invite,
-//! ringing, accept, decline, busy, cancel, hang-up, every timeout); the media path is the
-//! next step, so an accepted call waits in `connecting` until its media timeout.
+//! as notices through the super nodes (invite, ringing, accept, decline, busy, cancel,
+//! hang-up, every timeout), and each call's media ([`super::media`]): the path search,
+//! relay legs, the birthday technique's extra sockets, failover.
 
 use super::buddies::Event;
 use super::{HostError, Session};
