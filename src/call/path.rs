@@ -41,6 +41,9 @@ use std::net::{IpAddr, SocketAddr};
 pub const ANSWER_WINDOW_MS: u64 = 5_000;
 /// Most peer-reflexive addresses one call learns (each costs probes).
 pub const PEER_REFLEXIVE_MAX: usize = 4;
+/// Probes a learnt (peer-reflexive) address may leave unanswered before a new one may
+/// take its place.
+const PEER_REFLEXIVE_UNANSWERED_MAX: u32 = 5;
 /// Most probes awaiting an answer at once (the birthday technique sends thousands); the
 /// oldest go first.
 const OUTSTANDING_MAX: usize = 4096;
@@ -199,6 +202,8 @@ struct Remote {
     addr: SocketAddr,
     origin: Origin,
     last_probe_ms: Option<u64>,
+    /// Probes sent to it since it last answered.
+    unanswered: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -284,7 +289,7 @@ impl PathFinder {
             .chain(offered(CandidateKind::Public).map(|c| (c, Origin::Public)))
         {
             if !remotes.iter().any(|r| r.addr == c.addr) {
-                remotes.push(Remote { addr: c.addr, origin, last_probe_ms: None });
+                remotes.push(Remote { addr: c.addr, origin, last_probe_ms: None, unanswered: 0 });
             }
         }
         Self {
@@ -494,6 +499,7 @@ impl PathFinder {
             && let Some(r) = self.remotes.iter_mut().find(|r| r.addr == addr)
         {
             r.last_probe_ms = Some(now_ms);
+            r.unanswered = r.unanswered.saturating_add(1);
         }
         PathAction::Probe { route, nonce }
     }
@@ -576,8 +582,17 @@ impl PathFinder {
             Route::Via { .. } => Some(Rank::Punched),
             Route::To(addr) => {
                 let known = self.remotes.iter().any(|r| r.addr == addr);
+                if !known && self.peer_reflexive().count() >= PEER_REFLEXIVE_MAX {
+                    // Full: a learnt address that has not answered in a while gives way.
+                    if let Some(i) = self.remotes.iter().position(|r| {
+                        r.origin == Origin::PeerReflexive && r.unanswered >= PEER_REFLEXIVE_UNANSWERED_MAX
+                    }) {
+                        self.remotes.remove(i);
+                    }
+                }
                 if !known && self.peer_reflexive().count() < PEER_REFLEXIVE_MAX {
-                    self.remotes.push(Remote { addr, origin: Origin::PeerReflexive, last_probe_ms: None });
+                    let learnt = Remote { addr, origin: Origin::PeerReflexive, last_probe_ms: None, unanswered: 0 };
+                    self.remotes.push(learnt);
                 }
                 self.rank_to(addr)
             }
@@ -625,7 +640,12 @@ impl PathFinder {
                 if let (Some(Sent { spray: true, .. }), Route::To(addr)) = (sent, route)
                     && !self.remotes.iter().any(|r| r.addr == addr)
                 {
-                    self.remotes.push(Remote { addr, origin: Origin::PeerReflexive, last_probe_ms: Some(now_ms) });
+                    self.remotes.push(Remote {
+                        addr,
+                        origin: Origin::PeerReflexive,
+                        last_probe_ms: Some(now_ms),
+                        unanswered: 0,
+                    });
                 }
             }
             None if self.peer_echoes => return Vec::new(),
@@ -652,6 +672,11 @@ impl PathFinder {
             },
         };
         self.note_live(route);
+        if let Route::To(addr) = route
+            && let Some(r) = self.remotes.iter_mut().find(|r| r.addr == addr)
+        {
+            r.unanswered = 0;
+        }
         if !self.validated.contains(&route) {
             if self.validated.len() == VALIDATED_MAX {
                 self.validated.pop_front();
@@ -863,6 +888,16 @@ mod tests {
         }
         assert_eq!(q.peer_reflexive().count(), PEER_REFLEXIVE_MAX);
         assert_eq!(probes(&q.tick(200)).len(), 1 + PEER_REFLEXIVE_MAX);
+        // Learnt addresses that never answer give way to new ones after a few checks.
+        let learnt: Vec<SocketAddr> = q.peer_reflexive().collect();
+        for i in 3..3 + PEER_REFLEXIVE_UNANSWERED_MAX as u64 {
+            q.tick(i * 100);
+        }
+        let newcomer = Route::To(SocketAddr::from(([198, 18, 9, 10], 1)));
+        q.on_probe(newcomer, Some(2), 2_000);
+        assert!(q.peer_reflexive().any(|a| Route::To(a) == newcomer));
+        assert_eq!(q.peer_reflexive().count(), PEER_REFLEXIVE_MAX);
+        assert_eq!(q.peer_reflexive().filter(|a| learnt.contains(a)).count(), PEER_REFLEXIVE_MAX - 1);
         // A probe on a relay leg that is not ours is answered, never checked.
         assert_eq!(
             q.on_probe(Route::Relay(leg()), Some(3), 10),
