@@ -411,9 +411,9 @@ impl Session {
             if let Some(e) = self.events.pop_front() {
                 return Some(e);
             }
-            // While a call has media its signals must get through: the link keeps a
-            // quicker pace then, and notices a dead super node in seconds.
-            let in_call = self.calls.has_media();
+            // While a call is under way (ringing included) its signals must get through:
+            // the link keeps a quicker pace then, and notices a dead super node in seconds.
+            let in_call = self.calls.busy();
             self.link.set_in_call(in_call);
             let refresh = self.refreshed_at + self.presence_refresh;
             // A call's next timeout, on the tokio clock.

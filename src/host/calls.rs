@@ -211,7 +211,8 @@ impl Calls {
         self.active.values().any(|c| c.media.is_some())
     }
 
-    fn busy(&self) -> bool {
+    /// Whether any call is under way (not yet over).
+    pub(super) fn busy(&self) -> bool {
         self.active.values().any(|c| !c.call.is_over())
     }
 
@@ -481,6 +482,13 @@ impl Session {
                                 // The callee's NAT kind, overtaking its reply: kept for
                                 // when our media starts (with the Accept, perhaps below).
                                 Some(Signal::Nat { kind }) => c.peer_nat = Some(kind),
+                                // Where the callee went, overtaking its reply.
+                                Some(Signal::Moved { supernode })
+                                    if !supernode.is_empty()
+                                        && supernode.len() <= crate::wire::message::SUPERNODE_NAME_LEN_MAX =>
+                                {
+                                    c.peer_supernode = supernode;
+                                }
                                 Some(signal) => {
                                     let signal = c.take_candidates(signal);
                                     actions.extend(c.call.on_signal(signal, now_ms()));
@@ -523,11 +531,17 @@ impl Session {
                             tracing::debug!("dropped a Moved signal naming no super node");
                             return;
                         }
+                        // Only a change counts: a peer repeating Moved would otherwise spend
+                        // our request budget on relay offers.
+                        if supernode == c.peer_supernode {
+                            return;
+                        }
                         tracing::info!(peer = %c.peer, %supernode, "the other side of a call moved to another super node");
                         c.peer_supernode = supernode;
                         c.call.on_heard(now_ms());
-                        // Our relay offer may have gone to the super node it lost.
-                        if let Some(offer) = c.relay_offer_due(now_ms(), 0) {
+                        // Our relay offer may have gone to the super node it lost: again at
+                        // once, unless one went out in the last half of the repeat time.
+                        if let Some(offer) = c.relay_offer_due(now_ms(), RELAY_OFFER_REPEAT_MS / 2) {
                             let m = CallMessage::Signal(c.channel.seal(offer));
                             let (peer, via) = (c.peer.clone(), c.peer_supernode.clone());
                             self.send_call(&peer, Some(via), &m).await;
@@ -888,7 +902,11 @@ impl Session {
             c.pending_relay = Some(leg);
             return;
         }
-        if leg.tcp {
+        // The same leg offered again (the caller repeats its offer until a path is up):
+        // keep the connection we have. The relay latches a leg to its first TCP
+        // connection for good, so a second one would cut the leg off.
+        let same = c.media.as_ref().and_then(|m| m.relay_leg()) == Some(leg);
+        if leg.tcp && !(same && self.calls.relay_conns.contains_key(&leg.session)) {
             match super::relay_tcp::RelayConn::open(leg.addr, self.link.media_in.clone()).await {
                 Ok(conn) => {
                     self.calls.relay_conns.insert(leg.session, conn);
