@@ -440,7 +440,9 @@ async fn a_call_survives_the_death_of_the_callee_super_node() {
     .await;
     let (mi, mj) = (ivy.call_media(id).unwrap(), jack.call_media(id).unwrap());
     assert_eq!((mi.path_restarts, mj.path_restarts), (0, 0), "the relay leg outlived the failover: {mi:?} {mj:?}");
-    // Jack told Ivy where he went: her hang-up reaches him on his new super node.
+    // Jack told Ivy where he went (not a lookup after the dead node left the view)…
+    assert_eq!(ivy.call_peer_supernode(id).as_deref(), Some(jack.report.supernode.as_str()));
+    // …and her hang-up reaches him on his new super node.
     ivy.end_call(id).await;
     call_event(&mut jack, CallState::Ended { reason: "hung_up" }).await;
     ivy.logout().await;

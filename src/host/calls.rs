@@ -879,6 +879,13 @@ impl Session {
         }
     }
 
+    /// The super node call `id`'s signals go through to reach the other side (for tests:
+    /// it follows the other side's Moved).
+    #[doc(hidden)]
+    pub fn call_peer_supernode(&self, id: [u8; 16]) -> Option<String> {
+        self.calls.active.get(&id).map(|c| c.peer_supernode.clone())
+    }
+
     /// Where the other side of call `id` said it receives media, so far (a caller who is
     /// not the callee's buddy learns it only when the call is accepted).
     pub fn call_peer_candidates(&self, id: [u8; 16]) -> Option<Vec<Candidate>> {
