@@ -253,6 +253,8 @@ pub struct Report {
     pub lookup: Option<LookupResult>,
     /// `limit`: each server's searched loss-free rate.
     pub limit: Vec<crate::limit::Summary>,
+    /// `lateness`: the media clock under signalling load.
+    pub lateness: Option<crate::lateness::LatenessResult>,
     /// The performance guard's verdict (`compare --guard-cpu-ratio`).
     pub guard: Option<Guard>,
     /// Why the guard failed the run, if it did.
@@ -295,6 +297,7 @@ impl Report {
             hosts: None,
             lookup: None,
             limit: Vec::new(),
+            lateness: None,
             guard: None,
             guard_failure: None,
             warnings: Vec::new(),
@@ -339,6 +342,9 @@ impl Report {
         }
         if !self.limit.is_empty() {
             out.push_str(&limit_table(&self.limit));
+        }
+        if let Some(l) = &self.lateness {
+            out.push_str(&lateness_table(l));
         }
         if let Some(g) = &self.guard {
             let _ = writeln!(
@@ -596,6 +602,17 @@ fn limit_table(l: &[crate::limit::Summary]) -> String {
 
 fn opt(v: Option<u64>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| NA.into())
+}
+
+/// The `lateness` table: each figure's median and range over the runs.
+fn lateness_table(l: &crate::lateness::LatenessResult) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\nlateness: {} run(s); load: {}", l.runs.len(), l.load);
+    let _ = writeln!(out, "{:<28} {:>10} {:>10} {:>10}", "figure", "median", "min", "max");
+    for (name, s) in &l.summary {
+        let _ = writeln!(out, "{name:<28} {:>10.1} {:>10.1} {:>10.1}", s.median, s.min, s.max);
+    }
+    out
 }
 
 #[cfg(test)]
