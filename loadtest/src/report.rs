@@ -607,7 +607,15 @@ fn opt(v: Option<u64>) -> String {
 /// The `lateness` table: each figure's median and range over the runs.
 fn lateness_table(l: &crate::lateness::LatenessResult) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "\nlateness: {} run(s); load: {}", l.runs.len(), l.load);
+    let counted = l.runs.len() - l.runs_left_out;
+    let _ = writeln!(out, "\nlateness: {counted} run(s); load: {}", l.load);
+    if l.runs_left_out > 0 {
+        let _ = writeln!(
+            out,
+            "({} more run(s) left out: the wall clock, on which the host times its media clock, moved during the call)",
+            l.runs_left_out
+        );
+    }
     let _ = writeln!(out, "{:<28} {:>10} {:>10} {:>10}", "figure", "median", "min", "max");
     for (name, s) in &l.summary {
         let _ = writeln!(out, "{name:<28} {:>10.1} {:>10.1} {:>10.1}", s.median, s.min, s.max);

@@ -71,9 +71,12 @@ fn a_short_lateness_run_reports_every_figure() {
     let l = &r["lateness"];
     assert_eq!((l["buddies"].as_u64(), l["supernodes"].as_u64()), (Some(20), Some(3)), "{l:#}");
     assert!(l["load"].as_str().unwrap().contains("20 authorized buddies, 2 pages"), "{l:#}");
+    // A run during whose call the wall clock moved is left out and run again, once at most.
     let runs = l["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 1, "{l:#}");
-    let run = &runs[0];
+    let left_out = l["runs_left_out"].as_u64().unwrap() as usize;
+    assert!(left_out <= 1 && runs.len() == 1 + left_out, "{l:#}");
+    let run = runs.last().unwrap();
+    assert!(number(&run["wall_clock_moved_ms"], "wall_clock_moved_ms").abs() <= 20.0, "{run:#}");
     for who in ["alice", "bob"] {
         let s = &run[who];
         let (p99, max) = (number(&s["tick_late_ms_p99"], "p99"), number(&s["tick_late_ms_max"], "max"));
