@@ -42,6 +42,8 @@ pub struct Options {
     pub window: Duration,
     /// Alice's presence refresh period.
     pub presence_refresh: Duration,
+    /// From the load's start to the kill of alice's super node (0: at once).
+    pub kill_after: Duration,
     /// The harness's folder (host key pool, network keys, temporary data).
     pub work_dir: PathBuf,
     /// No progress lines.
@@ -101,6 +103,8 @@ pub struct Phases {
     pub media_s: f64,
     /// Media from both sides connected to the load's start.
     pub media_before_load_s: f64,
+    /// From the load's start: alice's super node killed.
+    pub kill_s: f64,
     /// From the load's start: alice reconnected to another super node.
     pub reconnected_s: Option<f64>,
     /// From the load's start: alice hears bob again (10 fresh frames after reconnecting).
@@ -167,6 +171,8 @@ pub struct LatenessResult {
     pub window_s: f64,
     /// Alice's presence refresh period, seconds.
     pub presence_refresh_s: f64,
+    /// From the load's start to the kill, seconds.
+    pub kill_after_s: f64,
     /// Every run, those left out of the summary included.
     pub runs: Vec<Run>,
     /// Runs left out of the summary because the wall clock moved during their call.
@@ -196,6 +202,7 @@ impl LatenessResult {
         }
         put("call_setup_s", &|r| Some(r.phases.call_setup_s));
         put("media_s", &|r| Some(r.phases.media_s));
+        put("kill_s", &|r| Some(r.phases.kill_s));
         put("reconnected_s", &|r| r.phases.reconnected_s);
         put("media_back_s", &|r| r.phases.media_back_s);
         put("list_read_s", &|r| r.phases.list_read_s);
@@ -214,6 +221,7 @@ pub fn measure(o: &Options) -> anyhow::Result<LatenessResult> {
         warmup_s: o.warmup.as_secs_f64(),
         window_s: o.window.as_secs_f64(),
         presence_refresh_s: o.presence_refresh.as_secs_f64(),
+        kill_after_s: o.kill_after.as_secs_f64(),
         runs: Vec::new(),
         runs_left_out: 0,
         summary: Default::default(),
@@ -258,15 +266,20 @@ fn load_words(o: &Options) -> String {
     format!(
         "alice (caller, relay only: media through her super node's relay) and bob in a call; after at least \
          {:.1} s of media, when alice's presence refresh begins (her timer, every {:.1} s: revocation list, \
-         publish, {} buddies told at 40 a second), at once: alice's super node killed (media silent, a \
-         keepalive to it never answered, reconnect to another, a new relay allocated there) and alice's \
-         application reads her buddy list (Session::refresh_buddies, {} authorized buddies, {} pages); the \
-         call runs {:.1} s from the load's start",
+         publish, {} buddies told at 40 a second), alice's application reads her buddy list \
+         (Session::refresh_buddies, {} authorized buddies, {} pages) and {} alice's super node is killed \
+         (her media goes silent; she checks her super node, reconnects to another, allocates a new relay \
+         there); the call runs {:.1} s from the load's start",
         o.warmup.as_secs_f64(),
         o.presence_refresh.as_secs_f64(),
         o.buddies,
         o.buddies,
         o.buddies.div_ceil(confab::buddy::op::PAGE_ROWS),
+        if o.kill_after.is_zero() {
+            "at once".to_owned()
+        } else {
+            format!("{:.1} s later", o.kill_after.as_secs_f64())
+        },
         o.window.as_secs_f64(),
     )
 }
@@ -689,13 +702,22 @@ async fn call_under_load(
     })
     .await?;
     let load = Instant::now();
-    net.kill_node(dying);
     to_alice.send(Cmd::RefreshBuddies)?;
+    if !o.kill_after.is_zero() {
+        progress(&format!(
+            "load started: alice's presence refresh under way, her list read; media for {:.1} s",
+            o.window.as_secs_f64()
+        ));
+        h.for_(o.kill_after.min(o.window)).await?;
+    }
+    net.kill_node(dying);
+    let kill_s = load.elapsed().as_secs_f64();
     progress(&format!(
-        "load started: alice's presence refresh under way, {sn_alice} killed, her list read; media for {:.1} s",
+        "{sn_alice} killed {kill_s:.1} s after alice's presence refresh began and her list read was asked for; \
+         media until {:.1} s",
         o.window.as_secs_f64()
     ));
-    h.for_(o.window).await?;
+    h.for_(o.window.saturating_sub(load.elapsed())).await?;
     let ended = Instant::now();
     let wall_ms = std::time::SystemTime::now()
         .duration_since(wall_connected)
@@ -780,6 +802,7 @@ async fn call_under_load(
             call_setup_s,
             media_s,
             media_before_load_s: load.duration_since(connected_at).as_secs_f64(),
+            kill_s,
             reconnected_s: reconnected_at.and_then(since),
             media_back_s,
             list_read_s,

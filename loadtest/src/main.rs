@@ -180,6 +180,10 @@ enum Command {
         /// Alice's presence refresh period (publish, revocation list, every buddy told).
         #[arg(long, default_value = "10s", value_parser = bounded_duration)]
         presence_refresh: Duration,
+        /// Kill alice's super node this long after the load's start rather than at once
+        /// (0s): the failover's own waits then come apart from the presence refresh's.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        kill_after: Duration,
     },
     /// Hosts looking each other up in the Global Index: lookups per second, latency.
     Lookup {
@@ -923,7 +927,8 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
                 scenarios::lookups(&hosts, *h as usize, *rate, *duration, *max_lookups, &probe, cli.quiet),
             )?);
         }
-        Command::Lateness { runs, supernodes, buddies, warmup, window, presence_refresh } => {
+        Command::Lateness { runs, supernodes, buddies, warmup, window, presence_refresh, kill_after } => {
+            anyhow::ensure!(kill_after < window, "--kill-after: within --window");
             report.lateness = Some(confab_loadtest::lateness::measure(&confab_loadtest::lateness::Options {
                 runs: *runs,
                 supernodes: *supernodes as usize,
@@ -931,6 +936,7 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
                 warmup: *warmup,
                 window: *window,
                 presence_refresh: *presence_refresh,
+                kill_after: *kill_after,
                 work_dir: cli.work_dir.clone(),
                 quiet: cli.quiet,
             })?);

@@ -618,7 +618,7 @@ fn lateness_table(l: &crate::lateness::LatenessResult) -> String {
     }
     let _ = writeln!(out, "{:<28} {:>10} {:>10} {:>10}", "figure", "median", "min", "max");
     for (name, s) in &l.summary {
-        let _ = writeln!(out, "{name:<28} {:>10.1} {:>10.1} {:>10.1}", s.median, s.min, s.max);
+        let _ = writeln!(out, "{name:<28} {:>10.2} {:>10.2} {:>10.2}", s.median, s.min, s.max);
     }
     out
 }
