@@ -75,10 +75,12 @@ pub struct Side {
     pub received: u64,
     /// Frames lost.
     pub lost: u64,
-    /// Times the host's event loop, from the call's connection to the hang-up (the span
-    /// of the call report), did not come back to its application for more than
-    /// [`STALL_MS`] (it hands over every 50 ms when nothing waits): a stalled clock makes
-    /// one late tick per stall, however long, so the p99 above can hide what this shows.
+    /// Gaps of more than [`STALL_MS`] between the host thread's media snapshots, from the
+    /// call's connection to the hang-up (the span of the call report). The thread takes
+    /// one after each 50 ms slice of the event loop, so a handler that waits on the
+    /// network, or a command the thread awaits (the list read), makes a gap. A stalled
+    /// clock makes one late tick per stall, however long, so the p99 above can hide what
+    /// this shows.
     pub loop_stalls: u64,
     /// Those stalls' total length, seconds.
     pub loop_stalled_s: f64,
@@ -419,7 +421,7 @@ async fn report_of(s: &mut Session, id: [u8; 16]) -> anyhow::Result<MediaReport>
     }
 }
 
-/// The controller's view of one run: every note, and the host threads.
+/// The controller's view of one run: the notes of both hosts, as they came.
 struct Notes {
     notes: mpsc::UnboundedReceiver<Note>,
     seen: Vec<Note>,
@@ -445,7 +447,7 @@ impl Notes {
     }
 
     /// Takes notes for `d`.
-    async fn for_(&mut self, d: Duration) -> anyhow::Result<()> {
+    async fn take_for(&mut self, d: Duration) -> anyhow::Result<()> {
         let until = tokio::time::Instant::now() + d;
         while let Ok(n) = tokio::time::timeout_at(until, self.notes.recv()).await {
             match n {
@@ -690,7 +692,7 @@ async fn call_under_load(
     let wall_connected = std::time::SystemTime::now();
     let call_setup_s = asked.elapsed().as_secs_f64();
     progress(&format!("call connected ({call_setup_s:.1} s); media for {:.1} s", o.warmup.as_secs_f64()));
-    h.for_(o.warmup).await?;
+    h.take_for(o.warmup).await?;
     // The load starts with alice's presence refresh: her timer fires, and the first buddy
     // her fan-out tells is bob (her list goes in name order).
     progress("waiting for alice's presence refresh to begin");
@@ -708,7 +710,7 @@ async fn call_under_load(
             "load started: alice's presence refresh under way, her list read; media for {:.1} s",
             o.window.as_secs_f64()
         ));
-        h.for_(o.kill_after.min(o.window)).await?;
+        h.take_for(o.kill_after.min(o.window)).await?;
     }
     net.kill_node(dying);
     let kill_s = load.elapsed().as_secs_f64();
@@ -717,7 +719,7 @@ async fn call_under_load(
          media until {:.1} s",
         o.window.as_secs_f64()
     ));
-    h.for_(o.window.saturating_sub(load.elapsed())).await?;
+    h.take_for(o.window.saturating_sub(load.elapsed())).await?;
     let ended = Instant::now();
     let wall_ms = std::time::SystemTime::now()
         .duration_since(wall_connected)
