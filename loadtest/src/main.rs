@@ -157,6 +157,34 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = bounded_duration)]
         duration: Duration,
     },
+    /// How late a call's 20 ms media clock ticks while signalling load is pending: a whole
+    /// network in this process, alice and bob in a call, then alice's super node killed, her
+    /// buddy list read (200 buddies) and her presence refreshed, all during the call.
+    Lateness {
+        /// Runs, each on a fresh network; the table shows median and range.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
+        runs: u32,
+        /// Super nodes in the network (alice's dies; she moves to another).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=10))]
+        supernodes: u32,
+        /// Alice's authorized buddies, bob among them (16 a page of her list).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        buddies: u32,
+        /// Media at least before the load starts (it starts with alice's next presence
+        /// refresh after this).
+        #[arg(long, default_value = "2s", value_parser = bounded_duration)]
+        warmup: Duration,
+        /// Media from the load's start to the hang-up.
+        #[arg(long, default_value = "12s", value_parser = bounded_duration)]
+        window: Duration,
+        /// Alice's presence refresh period (publish, revocation list, every buddy told).
+        #[arg(long, default_value = "10s", value_parser = bounded_duration)]
+        presence_refresh: Duration,
+        /// Kill alice's super node this long after the load's start rather than at once
+        /// (0s): the failover's own waits then come apart from the presence refresh's.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        kill_after: Duration,
+    },
     /// Hosts looking each other up in the Global Index: lookups per second, latency.
     Lookup {
         #[command(flatten)]
@@ -798,6 +826,7 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
         Command::Login { .. } => "login",
         Command::Hosts { .. } => "hosts",
         Command::Lookup { .. } => "lookup",
+        Command::Lateness { .. } => "lateness",
     };
     let mut report = Report::new(name);
     match &cli.command {
@@ -897,6 +926,20 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
                 &runtime()?,
                 scenarios::lookups(&hosts, *h as usize, *rate, *duration, *max_lookups, &probe, cli.quiet),
             )?);
+        }
+        Command::Lateness { runs, supernodes, buddies, warmup, window, presence_refresh, kill_after } => {
+            anyhow::ensure!(kill_after < window, "--kill-after: within --window");
+            report.lateness = Some(confab_loadtest::lateness::measure(&confab_loadtest::lateness::Options {
+                runs: *runs,
+                supernodes: *supernodes as usize,
+                buddies: *buddies as usize,
+                warmup: *warmup,
+                window: *window,
+                presence_refresh: *presence_refresh,
+                kill_after: *kill_after,
+                work_dir: cli.work_dir.clone(),
+                quiet: cli.quiet,
+            })?);
         }
     }
     report.compute_ratios();

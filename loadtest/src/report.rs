@@ -253,6 +253,8 @@ pub struct Report {
     pub lookup: Option<LookupResult>,
     /// `limit`: each server's searched loss-free rate.
     pub limit: Vec<crate::limit::Summary>,
+    /// `lateness`: the media clock under signalling load.
+    pub lateness: Option<crate::lateness::LatenessResult>,
     /// The performance guard's verdict (`compare --guard-cpu-ratio`).
     pub guard: Option<Guard>,
     /// Why the guard failed the run, if it did.
@@ -295,6 +297,7 @@ impl Report {
             hosts: None,
             lookup: None,
             limit: Vec::new(),
+            lateness: None,
             guard: None,
             guard_failure: None,
             warnings: Vec::new(),
@@ -339,6 +342,9 @@ impl Report {
         }
         if !self.limit.is_empty() {
             out.push_str(&limit_table(&self.limit));
+        }
+        if let Some(l) = &self.lateness {
+            out.push_str(&lateness_table(l));
         }
         if let Some(g) = &self.guard {
             let _ = writeln!(
@@ -596,6 +602,25 @@ fn limit_table(l: &[crate::limit::Summary]) -> String {
 
 fn opt(v: Option<u64>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| NA.into())
+}
+
+/// The `lateness` table: each figure's median and range over the runs.
+fn lateness_table(l: &crate::lateness::LatenessResult) -> String {
+    let mut out = String::new();
+    let counted = l.runs.len() - l.runs_left_out;
+    let _ = writeln!(out, "\nlateness: {counted} run(s); load: {}", l.load);
+    if l.runs_left_out > 0 {
+        let _ = writeln!(
+            out,
+            "({} more run(s) left out: the wall clock, on which the host times its media clock, moved during the call)",
+            l.runs_left_out
+        );
+    }
+    let _ = writeln!(out, "{:<28} {:>10} {:>10} {:>10}", "figure", "median", "min", "max");
+    for (name, s) in &l.summary {
+        let _ = writeln!(out, "{name:<28} {:>10.2} {:>10.2} {:>10.2}", s.median, s.min, s.max);
+    }
+    out
 }
 
 #[cfg(test)]
