@@ -211,18 +211,29 @@ impl Session {
                 out.push(Action::Close("bye"));
             }
             MessageKind::Publish => out.push(Action::Publish { req: None, entry: body }),
-            MessageKind::PublishReq => out.push(self.decoded(PublishReq::decode(&body), "publish_req", |p| {
-                Action::Publish { req: Some(p.req), entry: p.entry }
-            })),
-            MessageKind::Search => out.push(self.decoded(Search::decode(&body), "search", Action::Search)),
-            MessageKind::Find => out.push(self.decoded(Find::decode(&body), "find", Action::Find)),
-            MessageKind::Forward => out.push(self.decoded(Forward::decode(&body), "forward", Action::Forward)),
-            MessageKind::RelayAllocate => {
-                out.push(self.decoded(RelayAllocate::decode(&body), "relay_allocate", Action::RelayAllocate))
+            MessageKind::PublishReq => {
+                let req = leading_req(&body);
+                out.push(self.decoded(PublishReq::decode(&body), req, "publish_req", |p| Action::Publish {
+                    req: Some(p.req),
+                    entry: p.entry,
+                }))
             }
-            MessageKind::CallStats => out.push(self.decoded(CallStats::decode(&body), "call_stats", Action::CallStats)),
+            MessageKind::Search => {
+                out.push(self.decoded(Search::decode(&body), leading_req(&body), "search", Action::Search))
+            }
+            MessageKind::Find => out.push(self.decoded(Find::decode(&body), leading_req(&body), "find", Action::Find)),
+            MessageKind::Forward => {
+                out.push(self.decoded(Forward::decode(&body), leading_req(&body), "forward", Action::Forward))
+            }
+            MessageKind::RelayAllocate => {
+                let req = leading_req(&body);
+                out.push(self.decoded(RelayAllocate::decode(&body), req, "relay_allocate", Action::RelayAllocate))
+            }
+            MessageKind::CallStats => {
+                out.push(self.decoded(CallStats::decode(&body), 0, "call_stats", Action::CallStats))
+            }
             MessageKind::RelayRelease => {
-                out.push(self.decoded(RelayRelease::decode(&body), "relay_release", Action::RelayRelease))
+                out.push(self.decoded(RelayRelease::decode(&body), 0, "relay_release", Action::RelayRelease))
             }
             MessageKind::Error => {
                 if let Ok(e) = ErrorMsg::decode(&body) {
@@ -244,12 +255,20 @@ impl Session {
         Ok(out)
     }
 
-    /// The action for a decoded request, or a Malformed error back to the host (with
-    /// request id 0: a body that did not decode has no id to trust).
-    fn decoded<T>(&mut self, r: Result<T, DecodeError>, what: &str, action: impl FnOnce(T) -> Action) -> Action {
+    /// The action for a decoded request, or a Malformed error back to the host with
+    /// request id `req` (what the body's first four bytes say, where they are there: the
+    /// frame is authenticated, so the host's pending request can fail at once rather than
+    /// wait out its deadline).
+    fn decoded<T>(
+        &mut self,
+        r: Result<T, DecodeError>,
+        req: u32,
+        what: &str,
+        action: impl FnOnce(T) -> Action,
+    ) -> Action {
         match r {
             Ok(v) => action(v),
-            Err(e) => self.failed(0, ErrorMsg::new(ErrorCode::Malformed, format!("{what}: {e}"))),
+            Err(e) => self.failed(req, ErrorMsg::new(ErrorCode::Malformed, format!("{what}: {e}"))),
         }
     }
 
@@ -278,6 +297,12 @@ impl Session {
     pub fn goodbye(&mut self) -> Vec<u8> {
         self.seal(MessageKind::Bye, &Bye { reason: 0 }.encode())
     }
+}
+
+/// The request id a request body starts with (every request with an id puts it first), or
+/// 0 for a body too short to hold one.
+fn leading_req(body: &[u8]) -> u32 {
+    body.get(..4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_be_bytes)
 }
 
 #[cfg(test)]
@@ -434,11 +459,14 @@ mod tests {
             assert_eq!(kind, MessageKind::RequestError);
             RequestError::decode(&body).unwrap()
         };
-        // Bodies that do not decode, and kinds not handled, have no id to answer with.
+        // A body that does not decode is answered with the id it starts with (the frame
+        // is authenticated); one too short for an id, and kinds not handled, with 0.
         let e = request_error(h.ask(&mut s, MessageKind::Find, &[0, 0, 0, 9]));
+        assert_eq!((e.req, e.error.code), (9, ErrorCode::Malformed));
+        let e = request_error(h.ask(&mut s, MessageKind::Find, &[0, 9]));
         assert_eq!((e.req, e.error.code), (0, ErrorCode::Malformed));
         let e = request_error(h.ask(&mut s, MessageKind::PublishReq, &[0, 0, 0, 9, 0xff]));
-        assert_eq!((e.req, e.error.code), (0, ErrorCode::Malformed));
+        assert_eq!((e.req, e.error.code), (9, ErrorCode::Malformed));
         assert!(e.error.detail.starts_with("publish_req: "), "{}", e.error.detail);
         let e = request_error(h.ask(&mut s, MessageKind::PublishReply, b""));
         assert_eq!((e.req, e.error.code), (0, ErrorCode::Unsupported));
