@@ -461,10 +461,10 @@ async fn old_hosts_get_old_answers_and_revision_two_hosts_get_ids() {
             );
             assert_eq!((e.req, e.error.code), (54, ErrorCode::Unsupported));
         }
-        // A request that does not decode has no id to answer with.
+        // A request that does not decode is answered with the id it starts with.
         let e =
             decoded(new.ask(MessageKind::Find, &[0, 0, 0, 55]).await, MessageKind::RequestError, RequestError::decode);
-        assert_eq!((e.req, e.error.code), (0, ErrorCode::Malformed));
+        assert_eq!((e.req, e.error.code), (55, ErrorCode::Malformed));
         // The old host, still connected beside it, keeps getting id-less errors.
         let e = decoded(old.ask(MessageKind::Find, &[0, 0, 0, 56]).await, MessageKind::Error, ErrorMsg::decode);
         assert_eq!(e.code, ErrorCode::Malformed);
