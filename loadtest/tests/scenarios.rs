@@ -80,9 +80,30 @@ fn work_dir(parent: &Path) -> PathBuf {
     work
 }
 
+/// The network's keys from the fixtures, for a scenario whose harness starts its own
+/// network in `work` (nothing generated).
+fn network_keys(work: &Path) {
+    let net = work.join("network-keys");
+    std::fs::create_dir_all(&net).unwrap();
+    for (from, to) in [("login-0", "login"), ("supernode-0", "sn1"), ("supernode-1", "sn2"), ("supernode-2", "sn3")] {
+        for ext in ["key.pem", "pub.pem"] {
+            std::fs::copy(fixtures().join(format!("{from}.{ext}")), net.join(format!("{to}.{ext}"))).unwrap();
+        }
+    }
+}
+
+fn number(v: &Value, what: &str) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("{what} is not a number: {v}"))
+}
+
 /// Runs the harness with `args` (plus --quiet, --json and --work-dir), without blocking
 /// the network's runtime, killing it past `limit`; returns the JSON report.
 async fn loadtest(work: &Path, args: &[&str], limit: Duration) -> Value {
+    loadtest_with_output(work, args, limit).await.0
+}
+
+/// [`loadtest`], and what the harness printed.
+async fn loadtest_with_output(work: &Path, args: &[&str], limit: Duration) -> (Value, String) {
     let json = work.join(format!("report-{}.json", args[0]));
     let mut child = Command::new(env!("CARGO_BIN_EXE_confab-loadtest"))
         .args(["--quiet", "--json", json.to_str().unwrap(), "--work-dir", work.to_str().unwrap()])
@@ -109,7 +130,7 @@ async fn loadtest(work: &Path, args: &[&str], limit: Duration) -> Value {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(status.success(), "confab-loadtest {args:?} failed: {status}\n{stdout}\n{stderr}");
     eprintln!("{stdout}");
-    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+    (serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap(), stdout.into_owned())
 }
 
 /// Delivered, low loss, latency and jitter present, nothing misrouted.
@@ -368,4 +389,57 @@ async fn global_index_lookups() {
     assert!(l["latency_us"]["p99"].as_f64().unwrap() > 0.0);
     assert!(l["asked_p50"].as_u64().unwrap() >= 1);
     n.net.stop().await;
+}
+
+/// `confab-loadtest lateness`, short: one run on a network the harness starts itself (the
+/// fixture keys in its work folder, so nothing is generated). The figures themselves are
+/// the measurement's business; this checks that the run did what it says (a call, a
+/// failover, the list read) and that the report is whole.
+#[actix_rt::test]
+async fn a_short_lateness_run_reports_every_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = work_dir(dir.path());
+    network_keys(&work);
+    let args =
+        ["lateness", "--runs", "1", "--buddies", "20", "--warmup", "1s", "--presence-refresh", "3s", "--window", "6s"];
+    let (r, stdout) = loadtest_with_output(&work, &args, Duration::from_secs(90)).await;
+    assert!(stdout.contains("alice.tick_late_ms_p99"), "the table: {stdout}");
+
+    assert_eq!(r["command"], "lateness");
+    let l = &r["lateness"];
+    assert_eq!((l["buddies"].as_u64(), l["supernodes"].as_u64()), (Some(20), Some(3)), "{l:#}");
+    assert!(l["load"].as_str().unwrap().contains("20 authorized buddies, 2 pages"), "{l:#}");
+    // A run during whose call the wall clock moved is left out and run again, once at most.
+    let runs = l["runs"].as_array().unwrap();
+    let left_out = l["runs_left_out"].as_u64().unwrap() as usize;
+    assert!(left_out <= 1 && runs.len() == 1 + left_out, "{l:#}");
+    let run = runs.last().unwrap();
+    assert!(number(&run["wall_clock_moved_ms"], "wall_clock_moved_ms").abs() <= 20.0, "{run:#}");
+    for who in ["alice", "bob"] {
+        let s = &run[who];
+        let (p99, max) = (number(&s["tick_late_ms_p99"], "p99"), number(&s["tick_late_ms_max"], "max"));
+        assert!(p99 <= max, "{who}: {s:#}");
+        // Media flowed both ways, the caller's through a relay to the end.
+        assert!(number(&s["sent"], "sent") > 0.0 && number(&s["received"], "received") > 0.0, "{who}: {s:#}");
+        for k in ["lost", "loop_stalls", "loop_stalled_s", "path_restarts"] {
+            number(&s[k], k);
+        }
+    }
+    assert_eq!(run["alice"]["path"], "relayed_udp", "{run:#}");
+    let p = &run["phases"];
+    for k in ["setup_s", "login_alice_s", "login_bob_s", "call_setup_s", "media_s", "media_before_load_s"] {
+        assert!(number(&p[k], k) > 0.0, "{k}: {p:#}");
+    }
+    // The load happened: alice moved to another super node, her list was read, and her
+    // presence reached bob at the load's start (how the harness saw her refresh begin).
+    assert!(number(&p["reconnected_s"], "reconnected_s") > 0.0, "{p:#}");
+    assert!(number(&p["list_read_s"], "list_read_s") > 0.0, "{p:#}");
+    assert!(p["presence_at_bob_s"].as_array().unwrap().iter().any(|t| t.as_f64().is_some_and(|t| t <= 0.0)), "{p:#}");
+    // Every figure summarised, the median within the range.
+    for name in ["alice.tick_late_ms_p99", "alice.tick_late_ms_max", "bob.tick_late_ms_p99", "bob.lost", "call_setup_s"]
+    {
+        let s = &l["summary"][name];
+        let (median, min, max) = (number(&s["median"], name), number(&s["min"], name), number(&s["max"], name));
+        assert!(min <= median && median <= max, "{name}: {s}");
+    }
 }
