@@ -114,7 +114,12 @@ pub enum PathAction {
     Chosen(Route, Path),
     /// Open this many extra UDP sockets for probes (the hard side of the birthday
     /// technique); say how many opened with [`PathFinder::sockets_opened`].
-    OpenSockets(u16),
+    OpenSockets {
+        /// How many.
+        n: u16,
+        /// The only address they hear from: the one they probe.
+        peer: IpAddr,
+    },
     /// Close the extra sockets, except those in `keep`: every socket that an
     /// authenticated packet came to (the chosen path goes through one; the other side may
     /// have chosen another, and sends its media there).
@@ -333,6 +338,11 @@ impl PathFinder {
         self.relay_only = on;
     }
 
+    /// Whether the birthday technique has run (or runs) in this call.
+    pub fn birthday_ran(&self) -> bool {
+        self.hard_nat.is_some()
+    }
+
     /// What the birthday technique spent, if it ran.
     pub fn hard_nat(&self) -> Option<HardNatReport> {
         self.hard_nat.clone()
@@ -370,7 +380,7 @@ impl PathFinder {
             (NatKind::Symmetric, NatKind::Cone) => {
                 self.birthday = Some(Birthday::Hard(birthday::Hard::new(public, now_ms)));
                 self.hard_nat = Some(HardNatReport { role: "hard", ..HardNatReport::default() });
-                out.push(PathAction::OpenSockets(birthday::HARD_SOCKETS));
+                out.push(PathAction::OpenSockets { n: birthday::HARD_SOCKETS, peer: public.ip() });
             }
             _ => return out,
         }
@@ -399,6 +409,26 @@ impl PathFinder {
             }
         }
         self.tick(now_ms)
+    }
+
+    /// `addr` sent an authenticated probe: kept as a peer-reflexive candidate if nobody
+    /// offered it and there is room (a learnt one that has not answered in a while gives
+    /// way).
+    fn learn(&mut self, addr: SocketAddr) {
+        if self.remotes.iter().any(|r| r.addr == addr) {
+            return;
+        }
+        if self.peer_reflexive().count() >= PEER_REFLEXIVE_MAX
+            && let Some(i) = self
+                .remotes
+                .iter()
+                .position(|r| r.origin == Origin::PeerReflexive && r.unanswered >= PEER_REFLEXIVE_UNANSWERED_MAX)
+        {
+            self.remotes.remove(i);
+        }
+        if self.peer_reflexive().count() < PEER_REFLEXIVE_MAX {
+            self.remotes.push(Remote { addr, origin: Origin::PeerReflexive, last_probe_ms: None, unanswered: 0 });
+        }
     }
 
     /// An authenticated packet came by `route`: an extra socket it came to is kept.
@@ -477,6 +507,21 @@ impl PathFinder {
             Origin::Host => Rank::Direct,
             Origin::Public | Origin::PeerReflexive if self.public => Rank::Direct,
             Origin::Public | Origin::PeerReflexive => Rank::Punched,
+        })
+    }
+
+    /// The rank of a path by `route` (`peer_tcp`: the other side reaches the relay over
+    /// TCP); None for a relay leg not ours or an address of the other side we do not know.
+    fn route_rank(&self, route: Route, peer_tcp: bool) -> Option<Rank> {
+        Some(match route {
+            Route::Relay(leg) if Some(leg) != self.relay => return None,
+            Route::Relay(leg) if leg.tcp || peer_tcp => Rank::RelayedTcp,
+            Route::Relay(_) => Rank::RelayedUdp,
+            // Only the birthday technique's sockets receive by `Via`: what gets through is
+            // punched (direct if we are public).
+            Route::Via { .. } if self.public => Rank::Direct,
+            Route::Via { .. } => Rank::Punched,
+            Route::To(addr) => return self.rank_to(addr),
         })
     }
 
@@ -575,29 +620,10 @@ impl PathFinder {
         self.peer_echoes |= nonce.is_some();
         self.note_live(route);
         let mut out = vec![PathAction::Answer { route, echo: nonce.unwrap_or(0) }];
-        let rank = match route {
-            Route::Relay(leg) if Some(leg) == self.relay => Some(Rank::RelayedUdp),
-            Route::Relay(_) => None,
-            // Only the birthday technique's sockets receive: what gets through is punched.
-            Route::Via { .. } => Some(Rank::Punched),
-            Route::To(addr) => {
-                let known = self.remotes.iter().any(|r| r.addr == addr);
-                if !known && self.peer_reflexive().count() >= PEER_REFLEXIVE_MAX {
-                    // Full: a learnt address that has not answered in a while gives way.
-                    if let Some(i) = self.remotes.iter().position(|r| {
-                        r.origin == Origin::PeerReflexive && r.unanswered >= PEER_REFLEXIVE_UNANSWERED_MAX
-                    }) {
-                        self.remotes.remove(i);
-                    }
-                }
-                if !known && self.peer_reflexive().count() < PEER_REFLEXIVE_MAX {
-                    let learnt = Remote { addr, origin: Origin::PeerReflexive, last_probe_ms: None, unanswered: 0 };
-                    self.remotes.push(learnt);
-                }
-                self.rank_to(addr)
-            }
-        };
-        let Some(rank) = rank else { return out };
+        if let Route::To(addr) = route {
+            self.learn(addr);
+        }
+        let Some(rank) = self.route_rank(route, false) else { return out };
         // Checked back if better than our route; or as good, while ours is quiet (the
         // other side may have moved there: once it answers, the callee can follow).
         let quiet = now_ms.saturating_sub(self.chosen_heard_ms) >= LATCH_QUIET_MS;
@@ -660,17 +686,7 @@ impl PathFinder {
                 }
             }
         }
-        let rank = match route {
-            Route::Relay(leg) if Some(leg) != self.relay => return Vec::new(),
-            Route::Relay(leg) if leg.tcp || peer_tcp => Rank::RelayedTcp,
-            Route::Relay(_) => Rank::RelayedUdp,
-            Route::Via { .. } if self.public => Rank::Direct,
-            Route::Via { .. } => Rank::Punched,
-            Route::To(addr) => match self.rank_to(addr) {
-                Some(r) => r,
-                None => return Vec::new(),
-            },
-        };
+        let Some(rank) = self.route_rank(route, peer_tcp) else { return Vec::new() };
         self.note_live(route);
         if let Route::To(addr) = route
             && let Some(r) = self.remotes.iter_mut().find(|r| r.addr == addr)
@@ -741,16 +757,7 @@ impl PathFinder {
         if now_ms.saturating_sub(self.chosen_heard_ms) < LATCH_QUIET_MS {
             return Vec::new();
         }
-        let rank = match route {
-            Route::Relay(leg) if leg.tcp => Rank::RelayedTcp,
-            Route::Relay(_) => Rank::RelayedUdp,
-            Route::Via { .. } if self.public => Rank::Direct,
-            Route::Via { .. } => Rank::Punched,
-            Route::To(addr) => match self.rank_to(addr) {
-                Some(r) => r,
-                None => return Vec::new(),
-            },
-        };
+        let Some(rank) = self.route_rank(route, false) else { return Vec::new() };
         if rank < floor {
             return Vec::new();
         }
@@ -1280,7 +1287,7 @@ mod tests {
                 let (route, answer, n) = match action {
                     PathAction::Probe { route, nonce } => (route, false, nonce),
                     PathAction::Answer { route, echo } => (route, true, echo),
-                    PathAction::OpenSockets(k) => {
+                    PathAction::OpenSockets { n: k, .. } => {
                         assert!(!from_a);
                         queue.extend(b.sockets_opened(k, now).into_iter().map(|x| (false, x)));
                         continue;
@@ -1413,7 +1420,10 @@ mod tests {
         // The hard side gives up after its time, closing every socket.
         let mut p = PathFinder::new(Role::Callee, &peer, PathTiming::default(), 0);
         p.set_nat(NatKind::Symmetric, 1);
-        assert!(p.on_peer_nat(NatKind::Cone, true, 0).contains(&PathAction::OpenSockets(birthday::HARD_SOCKETS)));
+        assert!(
+            p.on_peer_nat(NatKind::Cone, true, 0)
+                .contains(&PathAction::OpenSockets { n: birthday::HARD_SOCKETS, peer: "198.18.3.2".parse().unwrap() })
+        );
         assert_eq!(probes(&p.sockets_opened(4, 10)).len(), 4);
         let mut closes = 0;
         for now in (20..=20_000).step_by(20) {

@@ -323,9 +323,12 @@ impl Session {
         let mut nat_signals = Vec::new();
         let mut early_media = Vec::new();
         let relay_at_once = self.relay_only || self.relay_over_tcp();
+        // Our candidates go with an Accept whose Reply withheld them; read (the machine's
+        // interface addresses) only then.
+        let accepting = actions.iter().any(|a| matches!(a, Action::Send(Signal::Accept)));
         let ours = match self.calls.active.get(&id) {
-            Some(c) => self.candidates(&c.peer),
-            None => Vec::new(),
+            Some(c) if accepting && c.withheld => self.candidates(&c.peer),
+            _ => Vec::new(),
         };
         for a in actions {
             let Some(c) = self.calls.active.get_mut(&id) else { break };
@@ -384,7 +387,7 @@ impl Session {
                                 let mut out = Vec::new();
                                 let allowed = self.birthday.allowed(now_ms());
                                 m.on_peer_nat(kind, allowed, now_ms(), &mut out);
-                                if m.report().hard_nat.is_some() {
+                                if m.birthday_ran() {
                                     self.birthday.spend(now_ms());
                                 }
                                 early_media.extend(out);
@@ -551,9 +554,9 @@ impl Session {
                         let mut out = Vec::new();
                         match c.media.as_mut() {
                             Some(m) => {
-                                let ran = m.report().hard_nat.is_some();
+                                let ran = m.birthday_ran();
                                 m.on_peer_nat(kind, self.birthday.allowed(now_ms()), now_ms(), &mut out);
-                                if !ran && m.report().hard_nat.is_some() {
+                                if !ran && m.birthday_ran() {
                                     self.birthday.spend(now_ms());
                                 }
                             }
@@ -758,10 +761,10 @@ impl Session {
                 p.close_except(&keep);
                 open += p.open_count();
             }
-            if let Some(n) = m.take_socket_request() {
+            if let Some((n, peer)) = m.take_socket_request() {
                 let room = super::probe_sockets::OPEN_MAX.saturating_sub(open);
                 let n = n.min(u16::try_from(room).unwrap_or(u16::MAX));
-                let p = super::probe_sockets::ProbeSockets::open(n, *id, &self.calls.probe_tx);
+                let p = super::probe_sockets::ProbeSockets::open(n, *id, peer, &self.calls.probe_tx);
                 let opened = p.open_count();
                 open += opened;
                 tracing::debug!(asked = n, opened, "opened probe sockets for the birthday technique");

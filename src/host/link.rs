@@ -183,6 +183,8 @@ async fn run(
     let now = || tokio::time::Instant::now().into_std();
     let mut liveness = Liveness::new(keepalive, now());
     let mut buf = vec![0u8; crate::wire::frame::FRAME_LEN_MAX + 1];
+    // What port P lets through to the calls (media, a rate per source).
+    let (mut gate, gate_epoch) = (super::media_gate::MediaGate::default(), std::time::Instant::now());
     loop {
         let wake = tokio::time::Instant::from_std(liveness.next_wake());
         let frame: Option<Vec<u8>> = tokio::select! {
@@ -225,7 +227,7 @@ async fn run(
                     return;
                 }
             },
-            r = recv_udp(&udp, &mut buf, addr, &media) => r,
+            r = recv_udp(&udp, &mut buf, addr, &media, &mut gate, gate_epoch) => r,
             f = recv_tcp(&mut inbound) => match f {
                 Some(f) => Some(f),
                 // The super node closed the TCP connection: the link is gone.
@@ -268,11 +270,15 @@ async fn recv_udp(
     buf: &mut [u8],
     addr: SocketAddr,
     media: &mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    gate: &mut super::media_gate::MediaGate,
+    epoch: std::time::Instant,
 ) -> Option<Vec<u8>> {
     let Some(s) = udp else { return std::future::pending().await };
-    match s.recv_from(buf).await {
+    let got = s.recv_from(buf).await;
+    let now_ms = epoch.elapsed().as_millis() as u64;
+    match got {
         Ok((n, from)) if from == addr => Some(buf[..n].to_vec()),
-        Ok((n, from)) if n > 0 && is_media(buf[0]) => {
+        Ok((n, from)) if gate.admit(from, &buf[..n], now_ms) => {
             // Checked by the call it belongs to (it is sealed under the call's keys).
             let _ = media.try_send((from, buf[..n].to_vec()));
             None

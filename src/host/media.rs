@@ -201,7 +201,7 @@ pub(super) struct CallMedia {
     /// Times the chosen path failed and the search started again.
     restarts: u32,
     /// Extra sockets the path search asked for, not yet opened.
-    wants_sockets: Option<u16>,
+    wants_sockets: Option<(u16, std::net::IpAddr)>,
     /// The path search is done with the extra sockets, but for these.
     close_sockets: Option<Vec<u16>>,
     /// How late the media clock ticks.
@@ -306,7 +306,7 @@ impl CallMedia {
                     out.push(self.route_bytes(route, p));
                 }
                 PathAction::AllocateRelay => self.wants_relay = true,
-                PathAction::OpenSockets(n) => self.wants_sockets = Some(n),
+                PathAction::OpenSockets { n, peer } => self.wants_sockets = Some((n, peer)),
                 PathAction::CloseSockets { keep } => self.close_sockets = Some(keep),
                 PathAction::Chosen(_, path) => {
                     self.report.path = Some(path.label());
@@ -446,13 +446,18 @@ impl CallMedia {
     }
 
     /// How many extra sockets the path search asked for (once; the session opens them).
-    pub fn take_socket_request(&mut self) -> Option<u16> {
+    pub fn take_socket_request(&mut self) -> Option<(u16, std::net::IpAddr)> {
         self.wants_sockets.take()
     }
 
     /// Whether the path search is done with the extra sockets, and which to keep (once).
     pub fn take_socket_close(&mut self) -> Option<Vec<u16>> {
         self.close_sockets.take()
+    }
+
+    /// Whether the birthday technique has run in this call (the session counts runs).
+    pub fn birthday_ran(&self) -> bool {
+        self.finder.birthday_ran()
     }
 
     /// `n` extra sockets are open: probe from them.

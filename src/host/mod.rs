@@ -24,6 +24,7 @@ pub mod ladder;
 pub mod link;
 pub mod liveness;
 pub mod media;
+pub mod media_gate;
 pub mod probe_sockets;
 mod relay_tcp;
 pub mod udp6;

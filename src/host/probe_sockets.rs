@@ -67,9 +67,11 @@ impl Drop for ProbeSockets {
 }
 
 impl ProbeSockets {
-    /// Opens up to `n` sockets on any local port for call `call`, feeding `queue`; fewer
-    /// when the system refuses more (each failure is logged once, then they stop).
-    pub fn open(n: u16, call: [u8; 16], queue: &mpsc::Sender<ProbeDatagram>) -> Self {
+    /// Opens up to `n` sockets on any local port for call `call`, hearing only from
+    /// `peer` (the address they probe) and feeding `queue`; fewer when the system refuses
+    /// more (each failure is logged once, then they stop).
+    pub fn open(n: u16, call: [u8; 16], peer: std::net::IpAddr, queue: &mpsc::Sender<ProbeDatagram>) -> Self {
+        let epoch = std::time::Instant::now();
         let mut sockets = Vec::with_capacity(usize::from(n));
         for socket in 0..n {
             let bound = std::net::UdpSocket::bind(("0.0.0.0", 0))
@@ -85,13 +87,14 @@ impl ProbeSockets {
             let (reader, queue) = (udp.clone(), queue.clone());
             let task = tokio::spawn(async move {
                 let mut buf = vec![0u8; crate::call::media::PACKET_LEN_MAX];
+                let mut gate = super::media_gate::MediaGate::only_from(peer);
                 loop {
                     let Ok((len, from)) = reader.recv_from(&mut buf).await else {
                         tokio::task::yield_now().await;
                         continue;
                     };
-                    // Only what looks like media: a scan of these ports fills nothing.
-                    if len == 0 || !super::link::is_media(buf[0]) {
+                    // Only media, only from the peer: a scan of these ports fills nothing.
+                    if !gate.admit(from, &buf[..len], epoch.elapsed().as_millis() as u64) {
                         continue;
                     }
                     let d = ProbeDatagram { call, socket, from, bytes: buf[..len].to_vec() };
@@ -145,10 +148,15 @@ mod tests {
     #[tokio::test]
     async fn sockets_feed_the_queue_tagged_and_close_but_the_one_kept() {
         let (tx, mut rx) = mpsc::channel(QUEUED_MAX);
-        let mut p = ProbeSockets::open(3, [7; 16], &tx);
+        let mut p = ProbeSockets::open(3, [7; 16], "127.0.0.1".parse().unwrap(), &tx);
         assert_eq!(p.open_count(), 3);
         let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let port = p.get(2).unwrap().local_addr().unwrap().port();
+        // Another address (all of 127/8 is loopback here) is not the peer: it gets nothing in.
+        let stranger = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        for _ in 0..50 {
+            stranger.send_to(&[0x50, 9, 9], ("127.0.0.1", port)).await.unwrap();
+        }
         peer.send_to(b"hello", ("127.0.0.1", port)).await.unwrap();
         peer.send_to(&[0x50, 1, 2], ("127.0.0.1", port)).await.unwrap();
         let d = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();

@@ -403,7 +403,7 @@ impl MediaWorld {
             side.sockets.retain(|s| keep.contains(s));
             side.sockets_kept = Some((keep, side.sockets_heard.clone()));
         }
-        if let Some(n) = m.take_socket_request() {
+        if let Some((n, _)) = m.take_socket_request() {
             let n = n.min(u16::try_from(crate::host::probe_sockets::OPEN_MAX).unwrap_or(u16::MAX));
             side.sockets_asked = side.sockets_asked.max(n);
             side.sockets = (0..n).collect();
