@@ -574,3 +574,6 @@ impl Ladder {
         self.outcomes.pop_front()
     }
 }
+
+#[cfg(test)]
+mod tests;
