@@ -202,3 +202,18 @@ fn a_rejoin_leaves_the_lost_node_out_and_waits_out_its_pause_on_a_timer() {
     l.rejoin(at(base, 7100), lost);
     assert_eq!(transmits(&mut l).len(), 1, "no waiting for the pause");
 }
+
+#[test]
+fn the_budget_ends_a_run_before_its_plan_does() {
+    let base = Instant::now();
+    let cache: Vec<SocketAddr> = (1..=5).map(|i| a(&format!("198.18.0.{i}:33033"))).collect();
+    let mut l = ladder(&cache, true);
+    l.settings.timeouts.budget = Duration::from_millis(1500);
+    l.login(at(base, 0));
+    for ms in [500, 1000, 1500, 2000] {
+        l.handle_timeout(at(base, ms));
+    }
+    let Some(Outcome::Failed { attempts, error, .. }) = l.poll_outcome() else { panic!() };
+    assert_eq!(attempts.len(), 2, "the third would start past the budget");
+    assert!(error.to_string().contains("after 2 attempts"), "{error}");
+}

@@ -126,6 +126,8 @@ pub struct SimHost {
     pub ticks: Vec<Duration>,
     /// The most transmits and effects one input made.
     pub max_outputs: usize,
+    /// A ladder host's login report, brought up to date by each run that joins.
+    pub report: crate::host::LoginReport,
 }
 
 impl SimHost {
@@ -170,6 +172,21 @@ impl SimHost {
             ticker: None,
             ticks: Vec::new(),
             max_outputs: 0,
+            report: crate::host::LoginReport {
+                user: user.into(),
+                supernode: String::new(),
+                supernode_addr: supernode,
+                transport: "",
+                public_addr: private,
+                nat: NatKind::Unknown,
+                credential_expires: String::new(),
+                credential_expires_unix: 0,
+                local_port: private.port(),
+                rtt_ms: 0.0,
+                latest_version: String::new(),
+                update_available: false,
+                attempts: Vec::new(),
+            },
         }
     }
 
@@ -435,6 +452,7 @@ impl SimHost {
                         attempts: j.attempts.clone(),
                         ..run
                     };
+                    j.update_report(&mut self.report);
                     ctx.linked(j.session.addr);
                     let core = CoreLink::new(j.session, j.dest, ctx.core_now(), &mut l.rng);
                     self.phase = Phase::Linked(Box::new(core));

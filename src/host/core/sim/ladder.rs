@@ -354,6 +354,12 @@ fn failover(seed: u64) -> Failover {
         host.app_events
     );
     assert_eq!(linked_state(&w, h), Some(LinkState::Up));
+    // The report follows the rejoin as `reconnect` updated it: the NAT found at login stays.
+    let r = &host.report;
+    assert_eq!((r.supernode.as_str(), r.supernode_addr, r.transport), ("sn-b", sn(2), "udp"));
+    assert_eq!(r.nat, NatKind::None);
+    assert_eq!(r.attempts.len(), 2);
+    assert!(r.rtt_ms >= 40.0 && r.rtt_ms <= 50.0, "{}", r.rtt_ms);
 
     // Meanwhile everything else went on: the timer fired every 20 ms, on time, and every
     // datagram of the peer was passed on in the step that delivered it.
