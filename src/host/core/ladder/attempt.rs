@@ -103,7 +103,7 @@ impl AttemptRun {
         let deadline = now.mono + step;
         match attempt.transport {
             Transport::Udp => {
-                out.transmits.push_back(Transmit { dest: Dest::Udp(attempt.addr), bytes: dialing.hello() });
+                out.transmit(Transmit { dest: Dest::Udp(attempt.addr), bytes: dialing.hello() });
                 AttemptRun::Udp {
                     addr: attempt.addr,
                     handshake: Handshake::Dialing(dialing),
@@ -155,7 +155,7 @@ impl AttemptRun {
         match self {
             Self::Udp { deadline, .. } | Self::Tcp { deadline, .. } if now.mono >= *deadline => Some(Ended::Timeout),
             Self::Udp { addr, handshake, resend_at, half, .. } if now.mono >= *resend_at => {
-                out.transmits.push_back(Transmit { dest: Dest::Udp(*addr), bytes: handshake.message() });
+                out.transmit(Transmit { dest: Dest::Udp(*addr), bytes: handshake.message() });
                 *resend_at = now.mono + *half;
                 None
             }
@@ -170,7 +170,7 @@ impl AttemptRun {
             Err(e) => Some(Ended::Handshake(e)),
             Ok(Progress::None) => None,
             Ok(Progress::Authenticating) => {
-                out.transmits.push_back(Transmit { dest: Dest::Udp(*addr), bytes: handshake.message() });
+                out.transmit(Transmit { dest: Dest::Udp(*addr), bytes: handshake.message() });
                 *resend_at = now.mono + *half;
                 None
             }
@@ -186,7 +186,7 @@ impl AttemptRun {
                 if matches!(phase, TcpPhase::Connecting) {
                     *phase = TcpPhase::Open;
                     *sent_at = now.mono;
-                    out.transmits.push_back(Transmit { dest: Dest::Tcp(*conn), bytes: handshake.message() });
+                    out.transmit(Transmit { dest: Dest::Tcp(*conn), bytes: handshake.message() });
                 }
                 None
             }
@@ -196,7 +196,7 @@ impl AttemptRun {
                 Err(e) => Some(Ended::Handshake(e)),
                 Ok(Progress::None) => None,
                 Ok(Progress::Authenticating) => {
-                    out.transmits.push_back(Transmit { dest: Dest::Tcp(*conn), bytes: handshake.message() });
+                    out.transmit(Transmit { dest: Dest::Tcp(*conn), bytes: handshake.message() });
                     None
                 }
                 Ok(Progress::Welcomed(session, rtt)) => Some(Ended::Won { session, dest: Dest::Tcp(*conn), rtt }),

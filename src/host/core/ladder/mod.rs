@@ -20,7 +20,9 @@
 //!   Likewise [`Ladder::handle_tcp`] for TCP events (true: its connection), the results
 //!   of its effects through [`Ladder::on_effect_result`] under the tag
 //!   [`Ladder::poll_effect`] gave, a failed UDP send through [`Ladder::on_send_failed`],
-//!   and [`Ladder::handle_timeout`] when [`Ladder::poll_timeout`] comes.
+//!   and [`Ladder::handle_timeout`] when [`Ladder::poll_timeout`] comes. Events on a
+//!   connection the ladder no longer names (a connect that succeeds after its step
+//!   ended and the ladder asked to close it) get false: drop them.
 //! - After every input drain [`Ladder::poll_transmit`], [`Ladder::poll_effect`],
 //!   [`Ladder::poll_event`] and [`Ladder::poll_outcome`] until `None`.
 //!
@@ -180,15 +182,22 @@ pub struct LadderStats {
 /// What the ladder has queued for its driver.
 #[derive(Debug, Default)]
 pub struct Out {
-    /// Datagrams and frames.
-    pub transmits: VecDeque<Transmit>,
-    /// Effects, under the ladder's tags.
-    pub effects: VecDeque<(u64, Effect)>,
+    transmits: VecDeque<Transmit>,
+    effects: VecDeque<(u64, Effect)>,
     next_tag: u64,
     dropped: u64,
 }
 
 impl Out {
+    /// Queues a datagram or frame.
+    pub fn transmit(&mut self, t: Transmit) {
+        if self.transmits.len() >= QUEUED_MAX {
+            self.dropped += 1;
+        } else {
+            self.transmits.push_back(t);
+        }
+    }
+
     /// Queues an effect; returns its tag.
     pub fn effect(&mut self, e: Effect) -> u64 {
         self.next_tag += 1;

@@ -106,7 +106,7 @@ impl NatDiscovery {
         rng.fill_bytes(&mut nonce);
         let body = NatProbe { id: self.probe_id }.encode();
         let bytes = frame::encode_plain_with_nonce(target, MessageKind::NatProbe, 0, &body, nonce);
-        out.transmits.push_back(Transmit { dest: Dest::Udp(target), bytes });
+        out.transmit(Transmit { dest: Dest::Udp(target), bytes });
         self.tries += 1;
         self.deadline = now.mono + PROBE_WAIT;
     }

@@ -689,8 +689,10 @@ impl World {
             return;
         };
         self.stats.delivered += 1;
-        if let Some(c) = self.conns.get(&p.to).copied() {
-            // A frame on a TCP connection, from its super node.
+        if let Some(c) = self.conns.get(&p.to).copied().filter(|c| c.supernode == p.from) {
+            // A frame on a TCP connection, from its super node. A UDP datagram from that
+            // same node to a NAT mapping that drew the connection's port would be taken
+            // for one; a host that links over TCP has no UDP link to that node.
             self.with_node(c.host, |node, ctx| {
                 if let Node::Host(h) = node {
                     h.handle_tcp(ctx, c.conn, TcpEvent::Frame(p.bytes));
