@@ -426,3 +426,32 @@ fn a_failed_rejoin_says_disconnected_and_tries_again_after_the_pause() {
     assert_eq!(host.app_events.last().unwrap().1, Event::Reconnected { supernode: "sn-x".into() });
     assert_eq!(linked_state(&w, h), Some(LinkState::Up));
 }
+
+#[test]
+fn behind_a_udp_firewall_the_failover_goes_over_tcp_too() {
+    let mut w = World::new(14);
+    let sn_a = w.add_supernode("sn-a", sn(1), 1, 60);
+    w.add_supernode("sn-b", sn(2), 15, 60);
+    let h = host(&mut w, "udp_blocked", &[sn(1), sn(2)], &[]);
+    w.run_until(secs(5.0));
+    let Some(Dest::Tcp(first)) = w.host(h).runs[0].dest else { panic!("{:?}", w.host(h).runs) };
+    assert_eq!(w.host(h).runs[0].supernode.as_deref(), Some("sn-a"));
+    w.supernode_mut(sn_a).set_mode(SnMode::BlackHole);
+    w.run_until(secs(20.0));
+    let host = w.host(h);
+    let [_, run] = host.runs.as_slice() else { panic!("{:?}", host.runs) };
+    assert_eq!(
+        log(run),
+        vec![(Stage::CachedUdp, "udp", sn(2), "timeout".to_owned()), (Stage::CachedTcp, "tcp", sn(2), "ok".to_owned()),],
+        "sn-a left out on both transports"
+    );
+    let Some(Dest::Tcp(second)) = run.dest else { panic!("{:?}", run.dest) };
+    assert_ne!(first, second, "a new connection");
+    // The dead link's connection was closed.
+    let closed = host.effects.iter().any(|(_, e)| *e == crate::host::core::io::Effect::TcpClose { conn: first });
+    assert!(closed, "{:?}", host.effects);
+    assert_eq!(host.report.supernode, "sn-b");
+    assert_eq!(host.report.nat, NatKind::UdpBlocked, "found at login, kept");
+    w.index.entries.insert("bob".into(), vec![1]);
+    assert!(find_works(&mut w, h, "bob"));
+}
