@@ -137,7 +137,7 @@ pub enum Event {
 }
 
 /// Between two attempts at finding another super node, after one failed.
-const REJOIN_PAUSE: Duration = Duration::from_secs(5);
+pub(crate) const REJOIN_PAUSE: Duration = Duration::from_secs(5);
 
 /// The buddy list as this device knows it.
 #[derive(Debug, Clone, Default)]

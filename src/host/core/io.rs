@@ -1,7 +1,8 @@
 //! What the core asks its shell to do, and what the shell brings back: datagrams and
 //! frames to send, TCP events, and effects. Plain data; the shell owns every socket.
 
-use std::net::SocketAddr;
+use crate::host::cache::CacheEntry;
+use std::net::{IpAddr, SocketAddr};
 
 /// A TCP connection, named by the core when it asks for one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -71,4 +72,17 @@ pub enum Effect {
         /// Which.
         conn: ConnId,
     },
+    /// Find the local interface address the kernel would send from toward this address
+    /// (never the wildcard); answered by [`EffectResult::LocalIp`].
+    LocalIpToward(SocketAddr),
+    /// Write the host cache (these entries) to its file; fire and forget, and a shell
+    /// may coalesce writes that come close together.
+    SaveCache(Vec<CacheEntry>),
+}
+
+/// What an effect came back with (effects that answer nothing have no variant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EffectResult {
+    /// The answer to [`Effect::LocalIpToward`]: None if the system knows no route.
+    LocalIp(Option<IpAddr>),
 }

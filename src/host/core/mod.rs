@@ -28,6 +28,7 @@
 //! it back, since a revision-2 super node never echoes 0 to a keepalive with an id.
 
 pub mod io;
+pub mod ladder;
 pub mod link;
 pub mod pending;
 

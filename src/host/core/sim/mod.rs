@@ -21,9 +21,11 @@ pub mod supernode;
 use self::host::SimHost;
 use self::nat::NatFn;
 use self::supernode::{FakeSupernode, SimIndex};
+use super::io::{ConnId, TcpEvent};
 use super::pending::{OpId, OpResult};
 use super::{CoreEvent, CoreLink, Now};
 use crate::wire::{MessageKind, frame};
+use rand::Rng as _;
 use rand::RngExt;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -152,6 +154,43 @@ pub enum What {
     Event(String),
 }
 
+/// What a host asks of the world's TCP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TcpOut {
+    /// Open a connection named `conn` to `addr`.
+    Connect {
+        /// The host's name for it.
+        conn: ConnId,
+        /// Where to.
+        addr: SocketAddr,
+    },
+    /// One frame on `conn`.
+    Frame {
+        /// Which connection.
+        conn: ConnId,
+        /// The frame.
+        bytes: Vec<u8>,
+    },
+    /// Close `conn`.
+    Close {
+        /// Which connection.
+        conn: ConnId,
+    },
+}
+
+/// One TCP connection of the world: a host's, to a super node. Frames travel the wire
+/// as datagrams between `public` (the host's address on the connection) and the super
+/// node, past the NATs: a firewall that drops UDP lets TCP through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SimConn {
+    host: NodeId,
+    conn: ConnId,
+    supernode: SocketAddr,
+}
+
+/// Most TCP connections open in the world at once.
+pub const CONNS_MAX: usize = 4096;
+
 /// One row of the trace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceRow {
@@ -183,6 +222,8 @@ pub struct Ctx<'a> {
     /// The shared index.
     pub index: &'a mut SimIndex,
     out: &'a mut Vec<Packet>,
+    /// What a host asks of TCP.
+    pub tcp: &'a mut Vec<TcpOut>,
     /// Notices for other super nodes' hosts: (node name, user, body).
     pub notices: &'a mut Vec<(String, String, Vec<u8>)>,
     trace: &'a mut Vec<TraceRow>,
@@ -216,6 +257,10 @@ impl Ctx<'_> {
     fn filtered(&mut self, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
         let kind = kind_of(from, to, bytes);
         self.row(What::Filtered { from, kind });
+    }
+
+    fn note(&mut self, label: String) {
+        self.row(What::Event(label));
     }
 
     fn linked(&mut self, supernode: SocketAddr) {
@@ -290,6 +335,11 @@ pub struct World {
     links: BTreeMap<(NodeId, NodeId), LinkSpec>,
     stats: WireStats,
     steps: usize,
+    /// TCP connections by the host's public address on each.
+    conns: BTreeMap<SocketAddr, SimConn>,
+    next_conn_port: u16,
+    /// TCP events on their way to hosts, by when and order.
+    tcp_events: BTreeMap<(Duration, u64), (NodeId, ConnId, TcpEvent)>,
 }
 
 impl World {
@@ -309,6 +359,9 @@ impl World {
             links: BTreeMap::new(),
             stats: WireStats::default(),
             steps: 0,
+            conns: BTreeMap::new(),
+            next_conn_port: 50_000,
+            tcp_events: BTreeMap::new(),
         }
     }
 
@@ -361,6 +414,45 @@ impl World {
         id
     }
 
+    /// A host `user` on `private` behind `nat` that logs in through the core's ladder
+    /// over `cache` now (see [`SimHost::with_ladder`]).
+    pub fn add_ladder_host(
+        &mut self,
+        user: &str,
+        private: SocketAddr,
+        nat: Box<dyn NatFn>,
+        cache: Vec<crate::host::cache::CacheEntry>,
+        ladder: crate::host::ladder::LadderConfig,
+        timeouts: crate::host::connect::Timeouts,
+    ) -> NodeId {
+        let serial = self.nodes.len() as u64 + 100;
+        let seed = self.rng.next_u64();
+        let supernode = cache.iter().find_map(|e| e.udp).unwrap_or(private);
+        let host = SimHost::new(user, private, nat, supernode, serial, EPOCH_UNIX_SECS)
+            .with_ladder(cache, ladder, timeouts, seed);
+        let ip = host.nat().public_ip();
+        let id = self.add(ip, Node::Host(Box::new(host)));
+        self.with_node(id, |node, ctx| {
+            if let Node::Host(h) = node {
+                h.start(ctx);
+            }
+        });
+        id
+    }
+
+    /// The host `id`, to set it up.
+    pub fn host_mut(&mut self, id: NodeId) -> &mut SimHost {
+        match self.nodes.get_mut(&id) {
+            Some(Node::Host(h)) => h,
+            _ => panic!("{id:?} is no host"),
+        }
+    }
+
+    /// Puts a datagram on the wire now, as if a node at `from` sent it (a peer's media).
+    pub fn inject(&mut self, by: NodeId, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
+        self.transmit(by, vec![Packet { from, to, bytes }]);
+    }
+
     /// The host `id`.
     pub fn host(&self, id: NodeId) -> &SimHost {
         match self.nodes.get(&id) {
@@ -400,6 +492,7 @@ impl World {
     /// hands notices to their super nodes.
     fn with_node(&mut self, id: NodeId, f: impl FnOnce(&mut Node, &mut Ctx<'_>)) {
         let mut out = Vec::new();
+        let mut tcp = Vec::new();
         let mut notices = Vec::new();
         {
             let node = self.nodes.get_mut(&id).expect("a node of this world");
@@ -410,12 +503,16 @@ impl World {
                 rng: &mut self.rng,
                 index: &mut self.index,
                 out: &mut out,
+                tcp: &mut tcp,
                 notices: &mut notices,
                 trace: &mut self.trace,
             };
             f(node, &mut ctx);
         }
         self.transmit(id, out);
+        for t in tcp {
+            self.tcp_out(id, t);
+        }
         for (name, user, body) in notices {
             self.deliver_notice(&name, &user, &body);
         }
@@ -430,6 +527,7 @@ impl World {
         });
         let Some((id, sn)) = target else { return };
         let mut out = Vec::new();
+        let mut tcp = Vec::new();
         let mut notices = Vec::new();
         let mut ctx = Ctx {
             now: self.now,
@@ -438,12 +536,53 @@ impl World {
             rng: &mut self.rng,
             index: &mut self.index,
             out: &mut out,
+            tcp: &mut tcp,
             notices: &mut notices,
             trace: &mut self.trace,
         };
         sn.deliver_notice(&mut ctx, user, body);
         debug_assert!(notices.is_empty(), "delivering a notice routes nothing further");
         self.transmit(id, out);
+    }
+
+    /// What a host asked of TCP: a connect is answered after the link's delay (refused
+    /// where nothing listens, never where the node is dead); frames go on the wire.
+    fn tcp_out(&mut self, host: NodeId, t: TcpOut) {
+        let delay = self.link_default.delay;
+        match t {
+            TcpOut::Connect { conn, addr } => {
+                let target = match self.routes.get(&addr.ip()).and_then(|id| self.nodes.get(id)) {
+                    // A dead node's SYNs go unanswered: the connect hangs.
+                    Some(Node::Supernode(s)) if s.is_dead() => None,
+                    Some(Node::Supernode(s)) => Some(s.addr() == addr && s.takes_tcp()),
+                    _ => Some(false),
+                };
+                let event = match target {
+                    None => return,
+                    Some(false) => TcpEvent::ConnectFailed("connection refused".into()),
+                    Some(true) if self.conns.len() >= CONNS_MAX => {
+                        TcpEvent::ConnectFailed("too many connections".into())
+                    }
+                    Some(true) => {
+                        let Node::Host(h) = &self.nodes[&host] else { return };
+                        let public = SocketAddr::new(h.nat().public_ip(), self.next_conn_port);
+                        self.next_conn_port = self.next_conn_port.checked_add(1).unwrap_or(50_000);
+                        self.conns.insert(public, SimConn { host, conn, supernode: addr });
+                        TcpEvent::Connected { local: public }
+                    }
+                };
+                self.seq += 1;
+                self.tcp_events.insert((self.now + delay, self.seq), (host, conn, event));
+            }
+            TcpOut::Frame { conn, bytes } => {
+                let Some((public, c)) = self.conns.iter().find(|(_, c)| c.host == host && c.conn == conn) else {
+                    return;
+                };
+                let p = Packet { from: *public, to: c.supernode, bytes };
+                self.transmit(host, vec![p]);
+            }
+            TcpOut::Close { conn } => self.conns.retain(|_, c| !(c.host == host && c.conn == conn)),
+        }
     }
 
     fn transmit(&mut self, from_node: NodeId, packets: Vec<Packet>) {
@@ -489,8 +628,9 @@ impl World {
     /// When the next thing happens.
     pub fn next_at(&self) -> Option<Duration> {
         let packet = self.wire.peek().map(|Reverse(f)| f.at);
+        let tcp = self.tcp_events.keys().next().map(|(at, _)| *at);
         let timers = self.nodes.values().filter_map(|n| self.node_timeout(n));
-        packet.into_iter().chain(timers).min()
+        packet.into_iter().chain(tcp).chain(timers).min()
     }
 
     /// Moves to the next thing that happens, if it is no later than `end`, and does it.
@@ -508,6 +648,17 @@ impl World {
         {
             let Reverse(f) = self.wire.pop().expect("just peeked");
             self.deliver(f.packet);
+            return true;
+        }
+        if let Some(e) = self.tcp_events.first_entry()
+            && e.key().0 <= self.now
+        {
+            let (host, conn, event) = e.remove();
+            self.with_node(host, |node, ctx| {
+                if let Node::Host(h) = node {
+                    h.handle_tcp(ctx, conn, event);
+                }
+            });
             return true;
         }
         let due: Vec<NodeId> = self
@@ -538,6 +689,17 @@ impl World {
             return;
         };
         self.stats.delivered += 1;
+        if let Some(c) = self.conns.get(&p.to).copied().filter(|c| c.supernode == p.from) {
+            // A frame on a TCP connection, from its super node. A UDP datagram from that
+            // same node to a NAT mapping that drew the connection's port would be taken
+            // for one; a host that links over TCP has no UDP link to that node.
+            self.with_node(c.host, |node, ctx| {
+                if let Node::Host(h) = node {
+                    h.handle_tcp(ctx, c.conn, TcpEvent::Frame(p.bytes));
+                }
+            });
+            return;
+        }
         self.with_node(id, |node, ctx| match node {
             Node::Host(h) => h.handle_datagram(ctx, p.from, p.to, &p.bytes),
             Node::Supernode(s) => s.handle_datagram(ctx, p.from, &p.bytes),
@@ -545,6 +707,8 @@ impl World {
     }
 }
 
+#[cfg(test)]
+mod ladder;
 #[cfg(test)]
 mod matrix;
 #[cfg(test)]

@@ -11,7 +11,8 @@ use crate::supernode::handshake::{Identity, accept, precheck};
 use crate::supernode::session::{Action, Session, SessionPeer, Transport};
 use crate::wire::frame;
 use crate::wire::message::{
-    ErrorCode, FindReply, ForwardAck, Hello, MessageKind, PublishAck, RelayGrant, SearchReply, Welcome,
+    ErrorCode, FindReply, ForwardAck, Hello, MessageKind, NatProbe, Observed, PublishAck, RelayGrant, SearchReply,
+    SupernodeInfo, Welcome,
 };
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -78,6 +79,8 @@ pub struct FakeSupernode {
     slow: BTreeMap<(Duration, u64), (SocketAddr, Action)>,
     slow_seq: u64,
     stats: SnStats,
+    peers: Vec<SupernodeInfo>,
+    tcp: bool,
 }
 
 /// The login server's trusted keys, as every node of the world ships them.
@@ -112,6 +115,8 @@ impl FakeSupernode {
             slow: BTreeMap::new(),
             slow_seq: 0,
             stats: SnStats::default(),
+            peers: Vec::new(),
+            tcp: true,
         }
     }
 
@@ -135,6 +140,27 @@ impl FakeSupernode {
         self.mode = mode;
     }
 
+    /// Other super nodes its Welcome lists (hosts learn them, and probe them to tell
+    /// their NAT).
+    pub fn set_peers(&mut self, peers: Vec<SupernodeInfo>) {
+        self.peers = peers;
+    }
+
+    /// Whether it takes TCP connections on its address (it does unless told otherwise).
+    pub fn set_tcp(&mut self, on: bool) {
+        self.tcp = on;
+    }
+
+    /// Whether it takes TCP connections.
+    pub fn takes_tcp(&self) -> bool {
+        self.tcp
+    }
+
+    /// Whether it is dead (answers nothing, not even a TCP connect).
+    pub fn is_dead(&self) -> bool {
+        self.mode == SnMode::BlackHole
+    }
+
     /// The established sessions, by the host address they came from.
     pub fn peers(&self) -> Vec<SocketAddr> {
         self.sessions.keys().copied().collect()
@@ -154,6 +180,7 @@ impl FakeSupernode {
             match raw.header.kind {
                 MessageKind::Hello => self.on_hello(ctx, from, raw.payload),
                 MessageKind::Auth => self.on_auth(ctx, from, raw.payload),
+                MessageKind::NatProbe => self.on_nat_probe(ctx, from, raw.payload),
                 _ => self.stats.rejected += 1,
             }
             return;
@@ -182,6 +209,16 @@ impl FakeSupernode {
         };
         let c = self.identity.challenge(&h, from, ctx.unix_secs());
         ctx.send(self.addr, from, frame::encode_plain(self.addr, MessageKind::Challenge, 0, &c.encode()));
+    }
+
+    /// Stateless, as the real node answers it: the address the probe came from.
+    fn on_nat_probe(&mut self, ctx: &mut Ctx<'_>, from: SocketAddr, payload: &[u8]) {
+        let Ok(probe) = NatProbe::decode(payload) else {
+            self.stats.rejected += 1;
+            return;
+        };
+        let reply = Observed { id: probe.id, addr: from }.encode();
+        ctx.send(self.addr, from, frame::encode_plain(self.addr, MessageKind::NatProbeReply, 0, &reply));
     }
 
     fn on_auth(&mut self, ctx: &mut Ctx<'_>, from: SocketAddr, payload: &[u8]) {
@@ -215,7 +252,7 @@ impl FakeSupernode {
             keepalive_secs: self.keepalive_secs,
             idle_timeout_secs: self.idle_timeout_secs,
             probe_addr: None,
-            supernodes: Vec::new(),
+            supernodes: self.peers.clone(),
         });
         ctx.send(self.addr, from, welcome.clone());
         self.sessions.insert(from, Held { session, welcome, handshake_id: accepted.handshake_id });
