@@ -1,7 +1,7 @@
 //! What the core asks its shell to do, and what the shell brings back: datagrams and
 //! frames to send, TCP events, and effects. Plain data; the shell owns every socket.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// A TCP connection, named by the core when it asks for one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -14,6 +14,16 @@ pub enum Dest {
     Udp(SocketAddr),
     /// A frame on this TCP connection (the shell adds the length prefix its framing needs).
     Tcp(ConnId),
+    /// A datagram from one of a call's extra sockets (the birthday technique's, opened by
+    /// [`Effect::OpenProbeSockets`]) to `to`.
+    Probe {
+        /// The call the sockets belong to.
+        call: [u8; 16],
+        /// Which of its sockets (0-based).
+        socket: u16,
+        /// Where to.
+        to: SocketAddr,
+    },
 }
 
 /// Bytes to send.
@@ -70,5 +80,37 @@ pub enum Effect {
     TcpClose {
         /// Which.
         conn: ConnId,
+    },
+    /// Open up to `n` extra UDP sockets for a call (the birthday technique's hard side),
+    /// replacing any it had, each letting in only datagrams from `peer`. Answered by
+    /// [`EffectResult::ProbeSocketsOpened`]; what they receive comes back tagged with the
+    /// call and the socket's index.
+    OpenProbeSockets {
+        /// The call.
+        call: [u8; 16],
+        /// How many to open, at most.
+        n: u16,
+        /// The only address they take datagrams from.
+        peer: IpAddr,
+    },
+    /// Close a call's extra sockets but those in `keep` (all of them when it is empty).
+    /// No result.
+    CloseProbeSockets {
+        /// The call.
+        call: [u8; 16],
+        /// The indices to keep open.
+        keep: Vec<u16>,
+    },
+}
+
+/// What became of an effect that has a result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EffectResult {
+    /// [`Effect::OpenProbeSockets`] is done: sockets `0..opened` of `call` are open.
+    ProbeSocketsOpened {
+        /// The call.
+        call: [u8; 16],
+        /// How many opened (their indices are `0..opened`).
+        opened: u16,
     },
 }

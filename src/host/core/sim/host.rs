@@ -241,7 +241,7 @@ impl SimHost {
                     Some(public) => ctx.send(public, to, t.bytes),
                     None => ctx.dropped_by_nat(to),
                 },
-                Dest::Tcp(_) => unreachable!("the world links hosts over UDP only"),
+                Dest::Tcp(_) | Dest::Probe { .. } => unreachable!("the world links hosts over UDP only"),
             }
         }
     }
