@@ -6,7 +6,7 @@ use crate::call::audio::{tone, tone_strength};
 use crate::crypto::keys::PrivateKey;
 use crate::crypto::keys::tests::{fixture_key, test_key};
 use crate::host::core::calls::CallsConfig;
-use crate::host::core::sim::calls::{CallsWorld, RelayMode, Signalling};
+use crate::host::core::sim::calls::{CallsWorld, RelayMode, Seat, Signalling};
 use crate::host::core::sim::nat::{Cone, NatFn, NoNat, Symmetric, UdpBlocked};
 use crate::nat::NatKind;
 use std::net::IpAddr;
@@ -52,7 +52,7 @@ fn world(seed: u64, kinds: &[&str], signalling: Signalling) -> CallsWorld {
     let mut w = CallsWorld::new(seed, routers, signalling);
     for (i, (nat, ip)) in hosts.into_iter().enumerate() {
         let user = ["alice", "bob", "carol"][i];
-        w.add_host(user, key(i), i, ip, nat, "sn-a", CallsConfig::default());
+        w.add_host(user, key(i), Seat { router: i, ip, nat }, "sn-a", CallsConfig::default());
     }
     w
 }
@@ -289,6 +289,29 @@ fn a_relay_request_that_fails_for_want_of_a_link_is_made_again_when_the_link_is_
     assert!(w.run_while_not(deadline, |w| connected_path(w, 0, id) == Some("relayed_udp")));
     assert_eq!(w.relay_requests, 2);
     assert_eq!(w.hosts[1].core.call_peer_supernode(id).as_deref(), Some("sn-b"), "the callee follows the Moved signal");
+    w.run_until(w.now_ms + 1_000);
+    hang_up_and_check_tones(&mut w, 0, 1, id);
+}
+
+#[test]
+fn a_lost_relay_offer_is_made_again_while_media_has_no_path() {
+    let mut w = world(12, &["symmetric", "symmetric"], Signalling::default());
+    let id = place(&mut w, 0, 1, true);
+    // Everything for the callee is lost from its accept on: the relay offer among it.
+    w.lose_notices_to = Some(1);
+    let deadline = w.now_ms + 1_000;
+    assert!(w.run_while_not(deadline, |w| w.granted.len() == 1));
+    let granted_ms = w.now_ms;
+    w.run_until(w.now_ms + 500);
+    w.lose_notices_to = None;
+    let deadline = w.now_ms + 3_000;
+    assert!(w.run_while_not(deadline, |w| connected_path(w, 1, id) == Some("relayed_udp")));
+    assert!(
+        w.now_ms >= granted_ms + 2_000,
+        "connected by the repeated offer, {} ms after the grant",
+        w.now_ms - granted_ms
+    );
+    assert_eq!(w.relay_requests, 1, "the same session, offered again");
     w.run_until(w.now_ms + 1_000);
     hang_up_and_check_tones(&mut w, 0, 1, id);
 }

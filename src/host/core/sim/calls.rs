@@ -103,6 +103,17 @@ impl Surroundings for Env {
     }
 }
 
+/// Where a host sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seat {
+    /// Its router (index in the world's list).
+    pub router: usize,
+    /// Its private address (its public one behind no NAT).
+    pub ip: IpAddr,
+    /// Its NAT's kind, as login classified it.
+    pub nat: NatKind,
+}
+
 /// One host of the world.
 pub struct CallHost {
     /// Its user.
@@ -236,6 +247,8 @@ pub struct CallsWorld {
     pub signalling: Signalling,
     /// Relay requests fail at once as if no link were up (may be changed mid-run).
     pub fail_relay_requests_link_down: bool,
+    /// Call notices to this host are lost (its super node lost them; may be changed mid-run).
+    pub lose_notices_to: Option<usize>,
     /// Every call notice delivered, to which host.
     delivered: Vec<(usize, Vec<u8>)>,
     routers: Vec<Box<dyn NatFn>>,
@@ -274,6 +287,7 @@ impl CallsWorld {
             notices: 0,
             signalling,
             fail_relay_requests_link_down: false,
+            lose_notices_to: None,
             delivered: Vec::new(),
             routers,
             table: SessionTable::new(Limits::default()),
@@ -291,18 +305,10 @@ impl CallsWorld {
         Now { mono: self.base + Duration::from_millis(self.now_ms), unix_ms: EPOCH_UNIX_SECS * 1000 + self.now_ms }
     }
 
-    /// Adds `user` with `key` behind router `router` on the private address `ip`, its
-    /// NAT as login classified it, linked to super node `sn`. Returns its index.
-    pub fn add_host(
-        &mut self,
-        user: &str,
-        key: PrivateKey,
-        router: usize,
-        ip: IpAddr,
-        nat: NatKind,
-        sn: &str,
-        cfg: CallsConfig,
-    ) -> usize {
+    /// Adds `user` with `key` where `seat` says, linked to super node `sn`. Returns its
+    /// index.
+    pub fn add_host(&mut self, user: &str, key: PrivateKey, seat: Seat, sn: &str, cfg: CallsConfig) -> usize {
+        let Seat { router, ip, nat } = seat;
         let credential = Credential::issue(
             Claims {
                 kind: CredentialKind::Host,
@@ -577,7 +583,11 @@ impl CallsWorld {
                     return self.drop_for("no_such_user");
                 };
                 let supernode = self.hosts[to_host].supernode.clone();
-                self.at(self.now_ms + notice_ms, Ev::Notice { to: to_host, body });
+                if self.lose_notices_to == Some(to_host) {
+                    self.drop_for("notice_lost");
+                } else {
+                    self.at(self.now_ms + notice_ms, Ev::Notice { to: to_host, body });
+                }
                 let ack = ForwardAck { req: 0, code: 0, supernode };
                 self.at(self.now_ms + notice_ms, Ev::Result { host: h, tag, result: Ok(Answer::Forwarded(ack)) });
             }
