@@ -37,6 +37,8 @@
 
 mod active;
 #[cfg(test)]
+mod matrix;
+#[cfg(test)]
 mod tests;
 
 use self::active::ActiveCall;

@@ -17,7 +17,7 @@ const MAPPING_TTL: Duration = Duration::from_secs(30);
 /// Each side's tone.
 const TONES: [f32; 3] = [440.0, 880.0, 660.0];
 
-fn key(n: usize) -> PrivateKey {
+pub(super) fn key(n: usize) -> PrivateKey {
     match n {
         0 => test_key(2),
         1 => fixture_key("host-1"),
@@ -27,13 +27,14 @@ fn key(n: usize) -> PrivateKey {
 
 /// A router of `kind` on the `n`th public address, its kind as login classifies it, and
 /// the address of the host behind it.
-fn router(kind: &str, n: u8) -> (Box<dyn NatFn>, NatKind, IpAddr) {
+pub(super) fn router(kind: &str, n: u8) -> (Box<dyn NatFn>, NatKind, IpAddr) {
     let ip = IpAddr::from([198, 18, n, 2]);
     let lan = IpAddr::from([10, n, 1, 2]);
     match kind {
         "public" => (Box::new(NoNat::new(ip)), NatKind::None, ip),
         "cone" => (Box::new(Cone::new(ip, MAPPING_TTL)), NatKind::Cone, lan),
         "symmetric" => (Box::new(Symmetric::new(ip, MAPPING_TTL)), NatKind::Symmetric, lan),
+        "sequential" => (Box::new(Symmetric::sequential(ip, MAPPING_TTL)), NatKind::Symmetric, lan),
         "udp-blocked" => (Box::new(UdpBlocked::new(ip)), NatKind::UdpBlocked, lan),
         other => panic!("no router kind {other}"),
     }
@@ -59,7 +60,7 @@ fn world(seed: u64, kinds: &[&str], signalling: Signalling) -> CallsWorld {
 
 /// `a` calls `b` playing its tone, `b` answers (with its tone) once it rings: the call
 /// id, once both sides ring and `b` answered.
-fn place(w: &mut CallsWorld, a: usize, b: usize, accept: bool) -> [u8; 16] {
+pub(super) fn place(w: &mut CallsWorld, a: usize, b: usize, accept: bool) -> [u8; 16] {
     let id = w.call(a, b);
     w.hosts[a].core.set_call_audio(id, tone(&[TONES[a]], 30.0, 0.5));
     w.hosts[a].core.set_call_recording(id, true);
@@ -71,7 +72,7 @@ fn place(w: &mut CallsWorld, a: usize, b: usize, accept: bool) -> [u8; 16] {
     id
 }
 
-fn connected_path(w: &CallsWorld, h: usize, id: [u8; 16]) -> Option<&'static str> {
+pub(super) fn connected_path(w: &CallsWorld, h: usize, id: [u8; 16]) -> Option<&'static str> {
     use crate::call::signal::State;
     match w.hosts[h].core.call_state(id)? {
         State::Connected(p) => Some(p.label()),
@@ -80,7 +81,7 @@ fn connected_path(w: &CallsWorld, h: usize, id: [u8; 16]) -> Option<&'static str
 }
 
 /// The paths a side reported, in order.
-fn paths(w: &CallsWorld, h: usize, id: &[u8; 16]) -> Vec<String> {
+pub(super) fn paths(w: &CallsWorld, h: usize, id: &[u8; 16]) -> Vec<String> {
     let hex = crate::host::calls::call_id_hex(id);
     w.hosts[h]
         .events
@@ -97,7 +98,7 @@ fn paths(w: &CallsWorld, h: usize, id: &[u8; 16]) -> Vec<String> {
 
 /// Hangs up from `a` and checks that each side heard the other's tone, and nothing is
 /// left behind.
-fn hang_up_and_check_tones(w: &mut CallsWorld, a: usize, b: usize, id: [u8; 16]) {
+pub(super) fn hang_up_and_check_tones(w: &mut CallsWorld, a: usize, b: usize, id: [u8; 16]) {
     w.end(a, id);
     let deadline = w.now_ms + 1_000;
     assert!(w.run_while_not(deadline, |w| w.hosts[b].saw(&id, "ended:hung_up")));
