@@ -347,3 +347,10 @@ fn the_same_seed_gives_the_same_trace() {
     assert_eq!(a, b);
     assert_ne!(a, c, "another seed draws other ports and delays");
 }
+
+#[test]
+fn the_calls_core_can_move_between_threads() {
+    // The shell keeps the core behind a mutex shared with its driver task.
+    fn send<T: Send>() {}
+    send::<super::CallsCore>();
+}
