@@ -330,6 +330,66 @@ fn a_host_whose_udp_is_blocked_calls_over_a_relay_leg_on_tcp() {
     assert!(w.trace.iter().any(|r| r.contains("h0 effect tcp_close")), "the relay leg is closed at the end");
 }
 
+#[test]
+fn a_callee_in_a_call_answers_busy() {
+    let mut w = world(13, &["public", "cone", "cone"], Signalling::default());
+    let ab = place(&mut w, 0, 1, true);
+    let deadline = w.now_ms + 3_000;
+    assert!(w.run_while_not(deadline, |w| connected_path(w, 1, ab).is_some()));
+    let cb = w.call(2, 1);
+    let deadline = w.now_ms + 1_000;
+    assert!(w.run_while_not(deadline, |w| w.hosts[2].saw(&cb, "ended:busy")));
+    assert!(!w.hosts[1].saw(&cb, "ringing"), "the busy callee's host does not ring");
+    assert_eq!(connected_path(&w, 1, ab), Some("direct"), "the call under way goes on");
+    let stats: Vec<_> = w.call_stats.iter().map(|(h, s)| (*h, s.outcome.as_str())).collect();
+    assert_eq!(stats, [(2, "busy")]);
+}
+
+#[test]
+fn an_invisible_callee_rings_for_a_buddy_only_and_a_blocked_caller_never() {
+    let mut w = world(14, &["public", "cone", "cone"], Signalling::default());
+    w.hosts[1].env.status = Some(crate::index::Status::Invisible);
+    w.befriend(0, 1);
+    let stranger = w.call(2, 1);
+    let buddy = w.call(0, 1);
+    w.run_until(w.now_ms + 500);
+    assert!(w.hosts[1].saw(&buddy, "ringing"), "a buddy's call rings");
+    assert!(!w.hosts[1].saw(&stranger, "ringing") && !w.hosts[2].saw(&stranger, "ringing"), "no answer at all");
+    assert_eq!(w.hosts[1].core.calls_in_progress(), 1);
+    w.end(0, buddy);
+    w.hosts[1].env.status = None;
+    w.hosts[1].env.relations.insert("alice".into(), crate::buddy::Relation::Blocked);
+    let blocked = w.call(0, 1);
+    w.run_until(w.now_ms + 500);
+    assert!(!w.hosts[1].saw(&blocked, "ringing") && !w.hosts[0].saw(&blocked, "ringing"));
+    assert_eq!(w.hosts[1].core.calls_in_progress(), 0);
+}
+
+#[test]
+fn a_relay_that_forgets_the_call_is_replaced_by_a_new_one() {
+    let mut w = world(15, &["symmetric", "symmetric"], Signalling::default());
+    let id = place(&mut w, 0, 1, true);
+    let deadline = w.now_ms + 3_000;
+    assert!(w.run_while_not(deadline, |w| connected_path(w, 0, id) == Some("relayed_udp")));
+    w.run_until(w.now_ms + 500);
+    let keepalives = |w: &CallsWorld| w.trace.iter().filter(|r| r.contains("h0 keepalive")).count();
+    assert_eq!(keepalives(&w), 0);
+    w.kill_relay_sessions();
+    // Media goes silent; the path search starts again, asks for a new relay, and the
+    // super node is asked whether it lives.
+    let deadline = w.now_ms + 5_000;
+    assert!(w.run_while_not(deadline, |w| w.granted.len() == 2 && w.relayed() > 0));
+    assert!(keepalives(&w) >= 1, "the silence made the caller check its super node");
+    w.run_until(w.now_ms + 2_000);
+    assert_eq!(connected_path(&w, 0, id), Some("relayed_udp"));
+    for h in [0, 1] {
+        let m = w.hosts[h].core.call_media(id).unwrap();
+        assert!(m.path_restarts >= 1, "{}: {m:?}", w.hosts[h].user);
+    }
+    assert_eq!(w.released, [w.granted[0]], "the dead session is released when the new one comes");
+    hang_up_and_check_tones(&mut w, 0, 1, id);
+}
+
 /// One call through the relay and the birthday technique, from `seed`: its trace.
 fn traced(seed: u64) -> Vec<String> {
     let mut w = world(seed, &["symmetric", "cone"], Signalling::default());

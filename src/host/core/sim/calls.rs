@@ -766,6 +766,13 @@ impl CallsWorld {
         }
     }
 
+    /// The relay forgets every session it holds, as a relay that restarted does.
+    pub fn kill_relay_sessions(&mut self) {
+        for s in &self.granted {
+            self.table.release(crate::relay::packet::SessionId(*s));
+        }
+    }
+
     /// Datagrams the relay forwarded so far, both ways, over every session granted.
     pub fn relayed(&self) -> u64 {
         let forwarded = |id: &u32| {
