@@ -15,6 +15,16 @@ pub enum Dest {
     Udp(SocketAddr),
     /// A frame on this TCP connection (the shell adds the length prefix its framing needs).
     Tcp(ConnId),
+    /// A datagram from one of a call's extra sockets (the birthday technique's, opened by
+    /// [`Effect::OpenProbeSockets`]) to `to`.
+    Probe {
+        /// The call the sockets belong to.
+        call: [u8; 16],
+        /// Which of its sockets (0-based).
+        socket: u16,
+        /// Where to.
+        to: SocketAddr,
+    },
 }
 
 /// Bytes to send.
@@ -78,6 +88,26 @@ pub enum Effect {
     /// Write the host cache (these entries) to its file; fire and forget, and a shell
     /// may coalesce writes that come close together.
     SaveCache(Vec<CacheEntry>),
+    /// Open up to `n` extra UDP sockets for a call (the birthday technique's hard side),
+    /// replacing any it had, each letting in only datagrams from `peer`. Answered by
+    /// [`EffectResult::ProbeSocketsOpened`]; what they receive comes back tagged with the
+    /// call and the socket's index.
+    OpenProbeSockets {
+        /// The call.
+        call: [u8; 16],
+        /// How many to open, at most.
+        n: u16,
+        /// The only address they take datagrams from.
+        peer: IpAddr,
+    },
+    /// Close a call's extra sockets but those in `keep` (all of them when it is empty).
+    /// No result.
+    CloseProbeSockets {
+        /// The call.
+        call: [u8; 16],
+        /// The indices to keep open.
+        keep: Vec<u16>,
+    },
 }
 
 /// What an effect came back with (effects that answer nothing have no variant).
@@ -85,4 +115,11 @@ pub enum Effect {
 pub enum EffectResult {
     /// The answer to [`Effect::LocalIpToward`]: None if the system knows no route.
     LocalIp(Option<IpAddr>),
+    /// [`Effect::OpenProbeSockets`] is done: sockets `0..opened` of `call` are open.
+    ProbeSocketsOpened {
+        /// The call.
+        call: [u8; 16],
+        /// How many opened (their indices are `0..opened`).
+        opened: u16,
+    },
 }

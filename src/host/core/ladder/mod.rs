@@ -520,7 +520,7 @@ impl Ladder {
     /// The result of the effect the ladder tagged `tag`. False if not the ladder's.
     pub fn on_effect_result(&mut self, now: Now, tag: u64, result: EffectResult) -> bool {
         let State::Discovering { nat, .. } = &mut self.state else { return false };
-        let EffectResult::LocalIp(ip) = result;
+        let EffectResult::LocalIp(ip) = result else { return false };
         let ours = nat.on_local_ip(tag, ip);
         if ours {
             self.check_discovery(now);

@@ -504,6 +504,7 @@ impl SimHost {
                 None => ctx.dropped_by_nat(to),
             },
             Dest::Tcp(conn) => ctx.tcp.push(TcpOut::Frame { conn, bytes: t.bytes }),
+            Dest::Probe { .. } => unreachable!("a world host at link level opens no probe sockets"),
         }
     }
 
@@ -520,6 +521,9 @@ impl SimHost {
                 }
             }
             Effect::SaveCache(entries) => self.saved.push((ctx.now, entries)),
+            Effect::OpenProbeSockets { .. } | Effect::CloseProbeSockets { .. } => {
+                unreachable!("a world host at link level has no calls")
+            }
         }
     }
 

@@ -13,6 +13,7 @@
 //! [`media`] is a smaller world for one call's media: two `CallMedia`, the NATs and a
 //! relay session table, on which the NAT matrix runs in memory (`matrix`).
 
+pub mod calls;
 pub mod host;
 pub mod media;
 pub mod nat;
