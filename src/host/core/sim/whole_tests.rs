@@ -1,0 +1,336 @@
+//! Whole host cores in the world: log in through the ladder, publish, look each other
+//! up, call and hear each other; and the media clock under a signalling storm and a
+//! failover, step by step.
+
+use super::nat::{Cone, NatFn};
+use super::supernode::SnMode;
+use super::whole::CoreNode;
+use super::{NodeId, What, World};
+use crate::call::audio::{tone, tone_strength};
+use crate::call::media::call_tag;
+use crate::crypto::keys::PrivateKey;
+use crate::crypto::keys::tests::{fixture_key, test_key};
+use crate::host::buddies::Event;
+use crate::host::cache::{CacheEntry, NodeKind};
+use crate::host::calls::CallState;
+use crate::host::connect::Timeouts;
+use crate::host::core::calls::CallsConfig;
+use crate::host::core::host::{Command, Done, Fault, HostConfig, Phase};
+use crate::host::core::ladder::LadderSettings;
+use crate::host::core::pending::{Answer, OpId};
+use crate::host::ladder::LadderConfig;
+use crate::index::{Profile, Status};
+use crate::wire::MessageKind;
+use crate::wire::message::SupernodeInfo;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+const MAPPING_TTL: Duration = Duration::from_secs(30);
+/// Each host's tone: alice, bob, carol.
+const TONES: [f32; 3] = [440.0, 880.0, 660.0];
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+fn sn(n: u8) -> SocketAddr {
+    SocketAddr::new(IpAddr::from([198, 18, 0, n]), 33033)
+}
+
+fn entry(name: &str, addr: SocketAddr) -> CacheEntry {
+    CacheEntry {
+        kind: NodeKind::Supernode,
+        name: name.into(),
+        udp: Some(addr),
+        tcp: Some(addr),
+        last_success: None,
+        rtt_ms: None,
+        failures: 0,
+    }
+}
+
+fn key(i: usize) -> PrivateKey {
+    match i {
+        0 => test_key(2),
+        1 => fixture_key("host-1"),
+        _ => fixture_key("host-2"),
+    }
+}
+
+fn config() -> HostConfig {
+    HostConfig {
+        ladder: LadderSettings {
+            ladder: LadderConfig::default(),
+            timeouts: Timeouts { step: Duration::from_secs(1), budget: Duration::from_secs(60) },
+            local_port: 40_000,
+        },
+        calls: CallsConfig::default(),
+        status: Status::Online,
+        profile: Profile::default(),
+        interfaces: Vec::new(),
+        v6: false,
+    }
+}
+
+/// Host `i` (alice, bob, carol) behind a cone router of its own, with `cache`.
+fn host(w: &mut World, i: usize, cache: Vec<CacheEntry>) -> NodeId {
+    let user = ["alice", "bob", "carol"][i];
+    let public = IpAddr::from([198, 18, 10 + i as u8, 1]);
+    let nat: Box<dyn NatFn> = Box::new(Cone::new(public, MAPPING_TTL));
+    let private = SocketAddr::new(IpAddr::from([10, 0, i as u8, 2]), 40_000);
+    w.add_core_host(user, private, nat, config(), cache, key(i))
+}
+
+/// Super nodes named `names` on `sn(1)`, `sn(2)`…, each listing the others.
+fn supernodes(w: &mut World, names: &[&str]) -> Vec<NodeId> {
+    let ids: Vec<NodeId> = names.iter().enumerate().map(|(i, n)| w.add_supernode(n, sn(i as u8 + 1), 15, 60)).collect();
+    let peers: Vec<SupernodeInfo> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| SupernodeInfo { name: (*n).into(), udp: Some(sn(i as u8 + 1)), tcp: Some(sn(i as u8 + 1)) })
+        .collect();
+    for id in &ids {
+        w.supernode_mut(*id).set_peers(peers.clone());
+    }
+    ids
+}
+
+/// Runs until `f` holds or `within` passes; true if it held.
+fn run_until_true(w: &mut World, within: Duration, f: impl Fn(&World) -> bool) -> bool {
+    let end = w.now + within;
+    while !f(w) {
+        if !w.step(end) {
+            return f(w);
+        }
+    }
+    true
+}
+
+fn done(w: &World, h: NodeId, op: OpId) -> bool {
+    w.core_host(h).result(op).is_some()
+}
+
+fn call_event(h: &CoreNode, id: &[u8; 16], pred: impl Fn(&CallState) -> bool) -> bool {
+    let hex = crate::host::calls::call_id_hex(id);
+    h.saw(|e| matches!(e, Event::Call { call_id, state, .. } if *call_id == hex && pred(state)))
+}
+
+fn ringing(h: &CoreNode, id: &[u8; 16]) -> bool {
+    call_event(h, id, |s| matches!(s, CallState::Ringing))
+}
+
+fn connected(h: &CoreNode, id: &[u8; 16]) -> bool {
+    call_event(h, id, |s| matches!(s, CallState::Connected { .. }))
+}
+
+/// `a` calls `b` by name; `b` answers once it rings. Both play their tone and record.
+fn place(w: &mut World, a: (NodeId, usize), b: (NodeId, usize)) -> [u8; 16] {
+    let user = w.core_host(b.0).user().to_owned();
+    let op = w.core_command(a.0, Command::Call { user, even_if_offline: false });
+    assert!(run_until_true(w, secs(2.0), |w| done(w, a.0, op)));
+    let Some(Ok(Done::Called(id))) = w.core_host(a.0).result(op).cloned() else {
+        panic!("{:?}", w.core_host(a.0).result(op))
+    };
+    let calls = w.core_host_mut(a.0).core.calls_mut();
+    calls.set_call_audio(id, tone(&[TONES[a.1]], 60.0, 0.5));
+    calls.set_call_recording(id, true);
+    assert!(run_until_true(w, secs(2.0), |w| ringing(w.core_host(b.0), &id)));
+    let calls = w.core_host_mut(b.0).core.calls_mut();
+    calls.set_call_audio(id, tone(&[TONES[b.1]], 60.0, 0.5));
+    calls.set_call_recording(id, true);
+    w.core_command(b.0, Command::AnswerCall { id, accept: true });
+    assert!(run_until_true(w, secs(3.0), |w| connected(w.core_host(a.0), &id) && connected(w.core_host(b.0), &id)));
+    id
+}
+
+/// Two hosts on two super nodes, from login to hang-up; returns the world.
+fn two_hosts_call(seed: u64) -> World {
+    let mut w = World::new(seed);
+    supernodes(&mut w, &["sn-a", "sn-b"]);
+    let alice = host(&mut w, 0, vec![entry("sn-a", sn(1))]);
+    let bob = host(&mut w, 1, vec![entry("sn-b", sn(2))]);
+    // Both log in through the ladder (NAT discovery included) and publish.
+    assert!(run_until_true(&mut w, secs(5.0), |w| {
+        ["alice", "bob"].iter().all(|u| w.index.entries.contains_key(*u))
+    }));
+    for (h, name) in [(alice, "sn-a"), (bob, "sn-b")] {
+        let c = &w.core_host(h).core;
+        assert_eq!(*c.phase(), Phase::Online);
+        assert_eq!(c.report().supernode, name);
+        assert_eq!(c.report().nat, crate::nat::NatKind::Cone, "NAT discovery ran at login");
+    }
+
+    // They find each other.
+    let op = w.core_command(alice, Command::Find { user: "bob".into() });
+    assert!(run_until_true(&mut w, secs(2.0), |w| done(w, alice, op)));
+    let Some(Ok(Done::Answer(Answer::Found(f)))) = w.core_host(alice).result(op) else { panic!() };
+    assert!(!f.entry.is_empty(), "bob's entry is in the index");
+
+    // Alice calls Bob by name, they talk, Alice hangs up.
+    let id = place(&mut w, (alice, 0), (bob, 1));
+    let talking = w.now;
+    w.run_until(w.now + secs(5.0));
+    w.core_command(alice, Command::EndCall { id });
+    assert!(run_until_true(&mut w, secs(2.0), |w| call_event(w.core_host(bob), &id, |s| matches!(
+        s,
+        CallState::Ended { .. }
+    ))));
+    for (me, i) in [(alice, 0), (bob, 1)] {
+        let report = w.core_host_mut(me).core.calls_mut().take_call_report(id).expect("a report");
+        assert!(report.media.received > 100, "{} frames", report.media.received);
+        let heard = &report.heard[report.heard.len() / 2..];
+        let theirs = TONES[1 - i];
+        assert!(tone_strength(heard, theirs) > 0.3, "{:?} does not hear {theirs} Hz", w.core_host(me));
+        assert!(tone_strength(heard, TONES[i]) < 0.05, "{:?} hears itself", w.core_host(me));
+    }
+    for h in [alice, bob] {
+        let node = w.core_host(h);
+        assert_eq!(node.voice_outside_ticks, 0, "voice goes out only in the media clock's steps");
+        let (due, on_time, most) = media_steps(&w, h, id, talking);
+        assert!(due > 200 && on_time == due, "{due} steps with a tick due, {on_time} on time and first");
+        assert!(most <= 64, "a step put out {most}");
+    }
+    w
+}
+
+#[test]
+fn two_host_cores_log_in_find_each_other_call_and_hear_each_other() {
+    two_hosts_call(11);
+}
+
+/// What the trace says, without what the OS's randomness decides (RSA padding, session
+/// keys and nonces change bytes, never times, kinds or lengths).
+fn shape(w: &World) -> Vec<String> {
+    w.trace
+        .iter()
+        .map(|r| match &r.what {
+            What::Sent { from, to, kind, len } => format!("{:?} {:?} sent {from}>{to} {kind:?} {len}", r.at, r.node),
+            other => format!("{:?} {:?} {other:?}", r.at, r.node),
+        })
+        .collect()
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace() {
+    let (a, b, c) = (two_hosts_call(21), two_hosts_call(21), two_hosts_call(22));
+    assert_eq!(shape(&a), shape(&b));
+    assert_ne!(shape(&a), shape(&c), "another seed, other ports and delays");
+    let (a, b) = (storm(31, Fault::None), storm(31, Fault::None));
+    assert_eq!(shape(&a.world), shape(&b.world));
+}
+
+/// How many pending lookups the storm queues at once.
+const LOOKUPS: usize = 200;
+
+struct Storm {
+    world: World,
+    alice: NodeId,
+    bob: NodeId,
+    ab: [u8; 16],
+    /// When the storm began.
+    t: Duration,
+    lookups: Vec<OpId>,
+}
+
+/// Alice (sn-a) talks with Bob (sn-b). At `t`: Alice has 200 lookups queued behind the
+/// super node's rate, calls Carol relayed only while sn-a drops relay requests (so the
+/// allocation stays pending and times out), and at `t + 3.5 s` sn-a dies without a word;
+/// Alice fails over past sn-x (dead) to sn-b. Runs to `t + 15 s`.
+fn storm(seed: u64, fault: Fault) -> Storm {
+    let mut w = World::new(seed);
+    let ids = supernodes(&mut w, &["sn-a", "sn-b", "sn-x"]);
+    let (sn_a, sn_x) = (ids[0], ids[2]);
+    w.supernode_mut(sn_x).set_mode(SnMode::BlackHole);
+    let alice = host(&mut w, 0, vec![entry("sn-a", sn(1)), entry("sn-x", sn(3)), entry("sn-b", sn(2))]);
+    let bob = host(&mut w, 1, vec![entry("sn-b", sn(2))]);
+    let carol = host(&mut w, 2, vec![entry("sn-b", sn(2))]);
+    w.core_host_mut(alice).core.set_fault(fault);
+    assert!(run_until_true(&mut w, secs(5.0), |w| {
+        ["alice", "bob", "carol"].iter().all(|u| w.index.entries.contains_key(*u))
+    }));
+    let ab = place(&mut w, (alice, 0), (bob, 1));
+    w.run_until(w.now + secs(2.0));
+
+    let t = w.now;
+    w.supernode_mut(sn_a).set_mode(SnMode::Drop(vec![MessageKind::RelayAllocate]));
+    w.core_host_mut(alice).core.calls_mut().set_relay_only(true);
+    let op = w.core_command(alice, Command::Call { user: "carol".into(), even_if_offline: false });
+    let lookups: Vec<OpId> =
+        (0..LOOKUPS).map(|i| w.core_command(alice, Command::Find { user: format!("nobody-{i}") })).collect();
+    assert!(run_until_true(&mut w, secs(1.0), |w| done(w, alice, op)));
+    let Some(Ok(Done::Called(ac))) = w.core_host(alice).result(op).cloned() else { panic!() };
+    assert!(run_until_true(&mut w, secs(1.0), |w| ringing(w.core_host(carol), &ac)));
+    w.core_command(carol, Command::AnswerCall { id: ac, accept: true });
+    w.run_until(t + secs(3.5));
+    w.supernode_mut(sn_a).set_mode(SnMode::BlackHole);
+    w.run_until(t + secs(15.0));
+    Storm { world: w, alice, bob, ab, t, lookups }
+}
+
+/// Steps of `h` with a tick of call `id` due after `from`: (steps, steps whose frames
+/// matched the ticks due and came before any signalling, the most outputs of a step).
+fn media_steps(w: &World, h: NodeId, id: [u8; 16], from: Duration) -> (usize, usize, usize) {
+    let tag = call_tag(&id);
+    let mut n = 0;
+    let mut ok = 0;
+    let mut most = 0;
+    for s in w.core_host(h).steps.iter().filter(|s| s.at >= from) {
+        let Some((_, due)) = s.due.iter().find(|(c, _)| *c == id) else { continue };
+        n += 1;
+        most = most.max(s.outputs);
+        if s.voice.get(&tag).copied() == Some(*due) && s.before_voice == 0 {
+            ok += 1;
+        }
+    }
+    (n, ok, most)
+}
+
+#[test]
+fn no_media_tick_waits_for_signalling() {
+    let s = storm(41, Fault::None);
+    let w = &s.world;
+    let alice = w.core_host(s.alice);
+
+    // Everything that was to be pending was: the lookups went out paced and finished,
+    // the relay request at sn-a was never answered, sn-a died and Alice moved to sn-b.
+    let relay_to = |addr| {
+        w.trace
+            .iter()
+            .filter(|r| r.node == s.alice && r.at >= s.t)
+            .any(|r| matches!(&r.what, What::Sent { to, kind: Some(MessageKind::RelayAllocate), .. } if *to == addr))
+    };
+    assert!(relay_to(sn(1)), "a relay was asked of sn-a");
+    assert!(relay_to(sn(2)), "and asked again of sn-b after the failover");
+    assert!(alice.saw(|e| matches!(e, Event::Reconnected { supernode } if supernode == "sn-b")));
+    assert_eq!(alice.core.report().supernode, "sn-b");
+    assert!(s.lookups.iter().all(|op| alice.result(*op).is_some()), "every lookup finished, one way or another");
+    let found = s.lookups.iter().filter(|op| matches!(alice.result(**op), Some(Ok(_)))).count();
+    assert!(found > 0 && found < LOOKUPS, "some answered before sn-a died, the rest failed: {found}");
+
+    // Every step with a tick of the Alice–Bob call due sent exactly the frames due, ahead
+    // of any signalling, on both sides, over the whole storm; no step did unbounded work.
+    for (h, who) in [(s.alice, "alice"), (s.bob, "bob")] {
+        let (n, ok, most) = media_steps(w, h, s.ab, s.t);
+        assert!(n >= 700, "{who}: {n} steps with a tick due in 15 s");
+        assert_eq!(ok, n, "{who}: {} of {n} steps late or out of order", n - ok);
+        assert!(most <= 64, "{who}: a step put out {most}");
+        assert_eq!(w.core_host(h).voice_outside_ticks, 0, "{who}");
+    }
+    // And Bob heard it all: the failover did not touch the media path.
+    let bob = w.core_host(s.bob);
+    let report = bob.core.calls().call_media(s.ab).expect("the call lasts");
+    assert_eq!((report.lost, report.path_restarts), (0, 0), "{report:?}");
+    assert_eq!(report.tick_late_ms_max, 0);
+}
+
+#[test]
+fn the_media_clock_check_catches_a_core_that_serves_signalling_first() {
+    // The same storm, with Alice's core running the calls' timers after the ladder's and
+    // the link's: a step where a keepalive or a paced request is due puts it out ahead
+    // of the frame, and the check above sees it.
+    let s = storm(41, Fault::MediaLast);
+    let (n, ok, _) = media_steps(&s.world, s.alice, s.ab, s.t);
+    assert!(ok < n, "the broken order went unnoticed over {n} steps");
+    let (n, ok, _) = media_steps(&s.world, s.bob, s.ab, s.t);
+    assert_eq!(ok, n, "Bob's core is not broken");
+}
