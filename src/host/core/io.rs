@@ -1,6 +1,7 @@
 //! What the core asks its shell to do, and what the shell brings back: datagrams and
 //! frames to send, TCP events, and effects. Plain data; the shell owns every socket.
 
+use crate::buddy::{BuddyAnswer, BuddyOp};
 use std::net::SocketAddr;
 
 /// A TCP connection, named by the core when it asks for one.
@@ -71,4 +72,35 @@ pub enum Effect {
         /// Which.
         conn: ConnId,
     },
+    /// One request to the login server, run on a task with `host::account`; the outcome
+    /// comes back as [`EffectResult::Login`].
+    Login(LoginCall),
+}
+
+/// A request to the login server: one enveloped request per TCP connection, with the
+/// fallback over servers, keys and puzzles that `host::account` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginCall {
+    /// An operation on our buddy list (`account::buddy`).
+    Buddy(BuddyOp),
+    /// A revocation list newer than ours (`account::refresh_revocations`), adopted into
+    /// the trusted keys the shell and the core share.
+    Revocations,
+}
+
+/// What a login call brought back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginAnswer {
+    /// The login server's answer to a buddy operation.
+    Buddy(BuddyAnswer),
+    /// The version of the revocation list adopted; None when there was none newer (or
+    /// none could be had: `refresh_revocations` does not say which).
+    Revocations(Option<u64>),
+}
+
+/// The outcome of an effect, brought back by the shell under the effect's id.
+#[derive(Debug)]
+pub enum EffectResult {
+    /// A [`Effect::Login`]'s outcome.
+    Login(Result<LoginAnswer, crate::host::account::AccountError>),
 }
