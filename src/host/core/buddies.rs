@@ -59,7 +59,7 @@ use crate::nat::NatKind;
 use crate::wire::ErrorCode;
 use rand::Rng;
 use rand::rngs::StdRng;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -241,7 +241,7 @@ struct Again {
 struct FanOut {
     body: Vec<u8>,
     targets: VecDeque<(String, String)>,
-    next_at: Instant,
+    queued: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -273,6 +273,9 @@ pub struct BuddiesCore {
     revocations_out: bool,
     tell_all_on_link: bool,
     fanout: Option<FanOut>,
+    /// When the next notice of a fan-out may go (kept across fan-outs, so one that
+    /// follows another does not start with a burst).
+    fanout_next: Instant,
     requests_out: BTreeMap<u64, ReqFor>,
     requests: VecDeque<(u64, Request)>,
     effects: VecDeque<(u64, Effect)>,
@@ -306,6 +309,7 @@ impl BuddiesCore {
             revocations_out: false,
             tell_all_on_link: false,
             fanout: None,
+            fanout_next: now.mono,
             requests_out: BTreeMap::new(),
             requests: VecDeque::new(),
             effects: VecDeque::new(),
@@ -579,7 +583,7 @@ impl BuddiesCore {
             Some(f) => {
                 f.body = body;
                 for t in targets {
-                    if !f.targets.iter().any(|(u, _)| *u == t.0) {
+                    if f.queued.insert(t.0.clone()) {
                         f.targets.push_back(t);
                     }
                 }
@@ -587,7 +591,8 @@ impl BuddiesCore {
             None => {
                 let targets: VecDeque<_> = targets.collect();
                 if !targets.is_empty() {
-                    self.fanout = Some(FanOut { body, targets, next_at: now.mono });
+                    let queued = targets.iter().map(|(u, _)| u.clone()).collect();
+                    self.fanout = Some(FanOut { body, targets, queued });
                 }
             }
         }
@@ -598,14 +603,15 @@ impl BuddiesCore {
     /// (a late step does not catch up in a burst).
     fn step_fanout(&mut self, now: Now) {
         let Some(f) = self.fanout.as_mut() else { return };
-        if f.next_at > now.mono {
+        if self.fanout_next > now.mono {
             return;
         }
         let Some((to, via)) = f.targets.pop_front() else {
             self.fanout = None;
             return;
         };
-        f.next_at = now.mono + FANOUT_GAP;
+        f.queued.remove(&to);
+        self.fanout_next = now.mono + FANOUT_GAP;
         let body = f.body.clone();
         if f.targets.is_empty() {
             self.fanout = None;
@@ -1037,7 +1043,7 @@ impl BuddiesCore {
             page.into_iter().chain(requests)
         });
         let presence = Some(self.refreshed_at + self.cfg.presence_refresh);
-        let fanout = self.fanout.as_ref().map(|f| f.next_at);
+        let fanout = self.fanout.as_ref().map(|_| self.fanout_next);
         deadlines.chain(retries).chain(self.list_due).chain(presence).chain(fanout).min()
     }
 

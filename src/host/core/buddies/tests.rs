@@ -691,3 +691,94 @@ fn a_full_event_queue_drops_the_oldest_presence_first() {
     assert_eq!(events[1], presence(1), "the oldest presence went");
     assert!(matches!(events.last(), Some(Event::Answered { .. })));
 }
+
+#[test]
+fn a_lost_link_stops_the_fan_out_and_the_next_link_tells_those_online() {
+    let mut login = FakeLogin::with(100);
+    let mut h = logged_in(&mut login);
+    let now = h.now();
+    h.core.tell_buddies(now, true);
+    h.drain();
+    let start = h.at;
+    h.run_to(start + ms(500));
+    let sent = h.forwards().len();
+    assert!(h.core.fanout_left() > 70, "{} left", h.core.fanout_left());
+    h.core.on_link_down();
+    assert_eq!(h.core.fanout_left(), 0);
+    h.run_to(start + ms(1500));
+    assert_eq!(h.forwards().len(), sent, "nothing goes out without a link");
+    // Presence still comes in; the answer to it waits for a link.
+    h.presence("buddy005", Status::Online);
+    assert!(matches!(h.events.last(), Some((_, Event::Presence { .. }))));
+    assert_eq!(h.forwards().len(), sent);
+    let publishes = h.publishes();
+    let now = h.now();
+    h.core.on_link_up(now, link("sn-b"));
+    h.drain();
+    h.run_to(start + ms(2000));
+    assert_eq!(h.publishes(), publishes + 1, "published on the new super node");
+    let told: Vec<_> = h.forwards().into_iter().skip(sent).map(|f| (f.1, f.2)).collect();
+    assert_eq!(told, vec![("buddy005".to_string(), "sn1".to_string())], "only the buddy known online");
+}
+
+#[test]
+fn two_fan_outs_in_a_row_keep_the_pace_and_merge_their_targets() {
+    let mut login = FakeLogin::with(30);
+    let mut h = logged_in(&mut login);
+    let start = h.at;
+    let now = h.now();
+    h.core.tell_buddies(now, true);
+    h.drain();
+    h.run_to(start + ms(100));
+    // Told again meanwhile: those not yet told are told once, those told already again.
+    let now = h.now();
+    h.core.tell_buddies(now, true);
+    h.drain();
+    h.run_to(start + Duration::from_secs(3));
+    let times: Vec<_> = h.forwards().into_iter().filter(|f| f.0 >= start).map(|f| (f.0, f.1)).collect();
+    assert_eq!(times.len(), 30 + 5, "30 buddies, and the 5 told before the second asked");
+    for w in times.windows(2) {
+        assert!(w[1].0 - w[0].0 >= FANOUT_GAP, "{:?} then {:?}", w[0], w[1]);
+    }
+    let mut users: Vec<_> = times.iter().map(|t| t.1.clone()).collect();
+    users.sort();
+    users.dedup();
+    assert_eq!(users.len(), 30);
+}
+
+/// What one run put out, as far as the seed decides it: the effects, with the sealed
+/// records of the contacts we add, and the requests by kind, recipient and time.
+fn trace(seed: u64) -> Vec<String> {
+    let mut login = FakeLogin::with(40);
+    login.requests.push(Incoming { from: "Carol".into(), message: "hi".into(), at: 1 });
+    let mut h = H::new(config(trusted(), Duration::from_secs(30)));
+    h.core.rng = StdRng::seed_from_u64(seed);
+    h.link_up("sn-a");
+    h.serve(&mut login);
+    let now = h.now();
+    h.core.add_buddy(now, "bob", "hi");
+    h.core.answer_buddy(now, "carol", true);
+    h.drain();
+    h.serve(&mut login);
+    h.presence("buddy007", Status::Away);
+    h.run_to(Duration::from_secs(31));
+    h.serve(&mut login);
+    h.run_to(Duration::from_secs(40));
+    let effects = h.effects.iter().map(|(at, c)| format!("{at:?} {c:?}"));
+    let requests = h.requests.iter().map(|(at, tag, r)| match r {
+        Request::Forward { to, via, class, .. } => format!("{at:?} {tag} forward {to} {via} {class:?}"),
+        Request::Publish { .. } => format!("{at:?} {tag} publish"),
+        other => format!("{at:?} {tag} {other:?}"),
+    });
+    effects.chain(requests).collect()
+}
+
+#[test]
+fn a_run_is_a_function_of_its_inputs_and_seed() {
+    let (a, b, c) = (trace(1), trace(1), trace(2));
+    assert!(a.len() > 80, "{}", a.len());
+    assert_eq!(a, b);
+    assert_ne!(a, c, "another seed seals the records with other nonces");
+    let same_shape = |t: &[String]| t.iter().filter(|l| !l.contains("sealed")).cloned().collect::<Vec<_>>();
+    assert_eq!(same_shape(&a), same_shape(&c), "and changes nothing else");
+}
