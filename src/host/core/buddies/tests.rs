@@ -27,11 +27,15 @@ fn trusted() -> TrustedKeys {
 }
 
 fn config(trusted: TrustedKeys, presence_refresh: Duration) -> BuddiesConfig {
+    config_for("Me", trusted, presence_refresh)
+}
+
+fn config_for(user: &str, trusted: TrustedKeys, presence_refresh: Duration) -> BuddiesConfig {
     let key = test_key(2);
     let credential = Credential::issue(
         Claims {
             kind: CredentialKind::Host,
-            subject: "Me".into(),
+            subject: user.into(),
             public_key: key.public().clone(),
             issued_at: T0_UNIX_MS / 1000 - 60,
             expires_at: T0_UNIX_MS / 1000 + 86_400,
@@ -64,6 +68,7 @@ fn link(name: &str) -> LinkInfo {
 /// The login server's side of the list: `me`'s contacts, in tag order, and the
 /// requests to `me`. Answers as `login::` does.
 struct FakeLogin {
+    owner: String,
     contacts: Vec<(u32, String, Relation)>,
     requests: Vec<Incoming>,
 }
@@ -72,7 +77,7 @@ impl FakeLogin {
     fn with(authorized: usize) -> Self {
         let contacts =
             (0..authorized).map(|i| (7 * i as u32 + 3, format!("buddy{i:03}"), Relation::Authorized)).collect();
-        Self { contacts, requests: Vec::new() }
+        Self { owner: "me".into(), contacts, requests: Vec::new() }
     }
 
     fn set(&mut self, user: &str, relation: Relation) {
@@ -88,7 +93,8 @@ impl FakeLogin {
     fn row(&self, tag: u32, user: &str, relation: Relation) -> Row {
         let mut nonce = [0; 12];
         nonce[..4].copy_from_slice(&tag.to_be_bytes());
-        let sealed = record::seal_with_nonce(&list_key(), "me", &Contact { user: user.into(), added_at: 1 }, nonce);
+        let contact = Contact { user: user.into(), added_at: 1 };
+        let sealed = record::seal_with_nonce(&list_key(), &self.owner, &contact, nonce);
         Row { tag, relation, sealed, changed_at: 1 }
     }
 
@@ -781,4 +787,143 @@ fn a_run_is_a_function_of_its_inputs_and_seed() {
     assert_ne!(a, c, "another seed seals the records with other nonces");
     let same_shape = |t: &[String]| t.iter().filter(|l| !l.contains("sealed")).cloned().collect::<Vec<_>>();
     assert_eq!(same_shape(&a), same_shape(&c), "and changes nothing else");
+}
+
+/// The machine beside a real `CoreLink` in the in-memory world, joined as the host core
+/// will join them: requests submitted to the link and their completions routed back by
+/// tag, notices from the link fed in, login effects answered by the user's login server.
+mod in_world {
+    use super::*;
+    use crate::host::core::CoreEvent;
+    use crate::host::core::pending::OpId;
+    use crate::host::core::sim::nat::{Cone, Symmetric};
+    use crate::host::core::sim::{NodeId, World};
+
+    struct Joined {
+        id: NodeId,
+        buddies: BuddiesCore,
+        login: FakeLogin,
+        ops: BTreeMap<OpId, u64>,
+        done_seen: usize,
+        events_seen: usize,
+        events: Vec<(Duration, Event)>,
+    }
+
+    impl Joined {
+        fn new(w: &mut World, id: NodeId, user: &str, buddy: &str) -> Self {
+            let now = w.command(id, |_, now| now).expect("linked");
+            let cfg = config_for(user, trusted(), Duration::from_secs(3600));
+            let mut login = FakeLogin::with(0);
+            login.owner = user.into();
+            login.set(buddy, Relation::Authorized);
+            let buddies = BuddiesCore::new(cfg, now, StdRng::seed_from_u64(id.0.into()));
+            Self { id, buddies, login, ops: BTreeMap::new(), done_seen: 0, events_seen: 0, events: Vec::new() }
+        }
+
+        fn link_up(&mut self, w: &mut World) {
+            let now = w.command(self.id, |_, now| now).unwrap();
+            self.buddies.on_link_up(now, link("sn-a"));
+        }
+
+        /// One step of the joining code: timers, then every output and every input
+        /// until nothing moves.
+        fn pump(&mut self, w: &mut World) {
+            let now = w.command(self.id, |_, now| now).unwrap();
+            if self.buddies.poll_timeout().is_some_and(|d| d <= now.mono) {
+                self.buddies.handle_timeout(now);
+            }
+            loop {
+                let mut moved = false;
+                while let Some((tag, r)) = self.buddies.poll_request() {
+                    let op = w.command(self.id, |c, now| match r {
+                        Request::Forward { to, via, body, class } => c.forward(now, &to, &via, body, class),
+                        Request::Publish { entry } => c.publish(now, entry),
+                        other => panic!("not a buddies request: {other:?}"),
+                    });
+                    self.ops.insert(op.unwrap(), tag);
+                    moved = true;
+                }
+                while let Some((tag, e)) = self.buddies.poll_effect() {
+                    let Effect::Login(call) = e else { panic!("{e:?}") };
+                    let r = self.login.answer(&call);
+                    self.buddies.on_login_result(now, tag, r);
+                    moved = true;
+                }
+                let host = w.host(self.id);
+                let done: Vec<_> = host.done[self.done_seen..].to_vec();
+                let notices: Vec<_> = host.events[self.events_seen..]
+                    .iter()
+                    .filter_map(|(_, e)| match e {
+                        CoreEvent::Notice(body) => Notice::decode(body),
+                        _ => None,
+                    })
+                    .collect();
+                self.done_seen = host.done.len();
+                self.events_seen = host.events.len();
+                for (_, op, r) in done {
+                    let tag = self.ops.remove(&op).expect("every completion is for a request of ours");
+                    self.buddies.on_request_result(now, tag, r);
+                    moved = true;
+                }
+                for n in notices {
+                    self.buddies.on_notice(now, &n);
+                    moved = true;
+                }
+                while let Some(e) = self.buddies.poll_event() {
+                    self.events.push((w.now, e));
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+
+        fn saw_online(&self, user: &str) -> Option<Duration> {
+            self.events.iter().find_map(|(t, e)| match e {
+                Event::Presence { user: u, status: Status::Online, .. } if u == user => Some(*t),
+                _ => None,
+            })
+        }
+    }
+
+    #[test]
+    fn two_buddies_learn_each_others_presence_through_a_super_node() {
+        let mut w = World::new(11);
+        w.add_supernode("sn-a", "198.18.0.1:33033".parse().unwrap(), 15, 120);
+        let ip = |n: u8| std::net::IpAddr::from([198, 18, 10, n]);
+        let private: SocketAddr = "10.0.0.2:40000".parse().unwrap();
+        let ttl = Duration::from_secs(30);
+        let sn = "198.18.0.1:33033".parse().unwrap();
+        let a = w.add_host("alice", private, Box::new(Cone::new(ip(1), ttl)), sn);
+        let b = w.add_host("bob", private, Box::new(Symmetric::new(ip(2), ttl)), sn);
+        w.run_until(Duration::from_secs(2));
+        let (mut alice, mut bob) = (Joined::new(&mut w, a, "alice", "bob"), Joined::new(&mut w, b, "bob", "alice"));
+        alice.link_up(&mut w);
+        let mut t = w.now;
+        let bob_at = t + Duration::from_secs(1);
+        while t < Duration::from_secs(6) {
+            if t == bob_at {
+                // Bob logs in a second later: alice's presence reached him before he
+                // had a list, and his login tells her, who answers.
+                bob.link_up(&mut w);
+            }
+            alice.pump(&mut w);
+            bob.pump(&mut w);
+            t += ms(5);
+            w.run_until(t);
+        }
+        let (alice_saw, bob_saw) =
+            (alice.saw_online("bob").expect("alice saw bob"), bob.saw_online("alice").expect("bob saw alice"));
+        assert!(alice_saw >= bob_at && alice_saw < bob_at + ms(200), "{alice_saw:?}");
+        assert!(bob_saw > alice_saw && bob_saw < alice_saw + ms(200), "{bob_saw:?}");
+        for j in [&alice, &bob] {
+            assert_eq!(j.buddies.stats().forwards_failed, 0);
+            assert_eq!(j.buddies.stats().presence_invalid, 0);
+            assert!(j.ops.is_empty(), "every request was answered");
+        }
+        let seen =
+            |j: &Joined, who: &str| j.buddies.buddies().into_iter().find(|x| x.user == who).and_then(|x| x.presence);
+        assert_eq!(seen(&alice, "bob").map(|p| p.status), Some(Status::Online));
+        assert_eq!(seen(&bob, "alice").map(|p| p.supernode), Some("sn-a".to_string()));
+    }
 }
