@@ -263,7 +263,6 @@ pub struct BuddiesCore {
     login_out: BTreeMap<u64, LoginOut>,
     refresh: Option<ListRefresh>,
     again: Option<Again>,
-    loaded: bool,
     waiting: VecDeque<Entry>,
     user_out: usize,
     user_queued: VecDeque<(u64, UserOp, BuddyOp)>,
@@ -299,7 +298,6 @@ impl BuddiesCore {
             login_out: BTreeMap::new(),
             refresh: None,
             again: None,
-            loaded: false,
             waiting: VecDeque::new(),
             user_out: 0,
             user_queued: VecDeque::new(),
@@ -627,11 +625,8 @@ impl BuddiesCore {
         match notice {
             Notice::Presence { entry } => self.on_presence(now, entry),
             Notice::ListChanged { from } => {
-                // A hint anyone could forge: it costs one read of the list, at most one
-                // a second.
-                let earliest = self.listed_at.map_or(now.mono, |t| (t + LIST_READ_GAP).max(now.mono));
-                self.list_due.get_or_insert(earliest);
                 tracing::debug!(%from, "buddy list changed; reading it again");
+                self.read_list_soon(now);
             }
             Notice::Call { .. } => {}
         }
@@ -672,13 +667,20 @@ impl BuddiesCore {
                 if may_wait && (asked || reading) {
                     self.hold(e);
                     if asked {
-                        self.ask_refresh(now, None, false);
+                        self.read_list_soon(now);
                     }
                 } else {
                     tracing::debug!(user = %e.user, "presence from someone not authorized");
                 }
             }
         }
+    }
+
+    /// A read of the list for a hint (a list-changed notice anyone could forge, a
+    /// presence from someone we asked): at most one a second, by the timer.
+    fn read_list_soon(&mut self, now: Now) {
+        let earliest = self.listed_at.map_or(now.mono, |t| (t + LIST_READ_GAP).max(now.mono));
+        self.list_due.get_or_insert(earliest);
     }
 
     fn hold(&mut self, e: Entry) {
@@ -822,7 +824,6 @@ impl BuddiesCore {
                         self.tell_presence(now, &user, String::new());
                     }
                 }
-                self.loaded = true;
                 for w in f.waiters {
                     self.completions.push_back((w, Ok(BuddyDone::Done)));
                 }
