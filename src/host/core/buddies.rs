@@ -791,28 +791,29 @@ impl BuddiesCore {
     }
 
     fn finish_if_read(&mut self, now: Now) {
-        let done =
-            self.refresh.as_ref().is_some_and(|f| matches!((&f.page, &f.requests), (Read::Got(()), Read::Got(_))));
-        if done {
-            self.end_refresh(now, Ok(()));
+        let Some(f) = self.refresh.as_mut() else { return };
+        if !matches!((&f.page, &f.requests), (Read::Got(()), Read::Got(_))) {
+            return;
+        }
+        if let Read::Got(items) = std::mem::replace(&mut f.requests, Read::Out) {
+            self.end_refresh(now, Ok(items));
         }
     }
 
     /// The refresh is over: on success the book takes the rows and the requests, with
     /// events for what changed. Either way the presence waiting is applied, the waiters
     /// complete, and a refresh asked for meanwhile starts.
-    fn end_refresh(&mut self, now: Now, outcome: Result<(), HostError>) {
+    fn end_refresh(&mut self, now: Now, outcome: Result<Vec<Incoming>, HostError>) {
         let Some(f) = self.refresh.take() else { return };
         // Reads still out are answered into nothing.
         self.login_out.retain(|_, o| !matches!(o.purpose, LoginFor::Page | LoginFor::Requests));
         let ok = outcome.is_ok();
         match outcome {
-            Ok(()) => {
+            Ok(items) => {
                 let (changed, unreadable) = self.book.load(&self.me(), &self.cfg.list_key, &f.rows);
                 if unreadable > 0 {
                     tracing::warn!(unreadable, "some buddy-list records do not open with this password");
                 }
-                let Read::Got(items) = f.requests else { unreachable!("a refresh ends read only with its requests") };
                 for r in self.book.set_requests(items) {
                     self.push_event(Event::Request { from: r.from, message: r.message });
                 }
