@@ -51,7 +51,7 @@ impl Presence {
         }
     }
 
-    fn from_entry(e: &Entry) -> Self {
+    pub(crate) fn from_entry(e: &Entry) -> Self {
         Self {
             status: e.status,
             last_seen: e.last_seen,

@@ -1,6 +1,7 @@
 //! What the core asks its shell to do, and what the shell brings back: datagrams and
 //! frames to send, TCP events, and effects. Plain data; the shell owns every socket.
 
+use crate::buddy::{BuddyAnswer, BuddyOp};
 use crate::host::cache::CacheEntry;
 use std::net::{IpAddr, SocketAddr};
 
@@ -108,10 +109,35 @@ pub enum Effect {
         /// The indices to keep open.
         keep: Vec<u16>,
     },
+    /// One request to the login server, run on a task with `host::account`; the outcome
+    /// comes back as [`EffectResult::Login`].
+    Login(LoginCall),
 }
 
-/// What an effect came back with (effects that answer nothing have no variant).
+/// A request to the login server: one enveloped request per TCP connection, with the
+/// fallback over servers, keys and puzzles that `host::account` does.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginCall {
+    /// An operation on our buddy list (`account::buddy`).
+    Buddy(BuddyOp),
+    /// A revocation list newer than ours (`account::refresh_revocations`), adopted into
+    /// the trusted keys the shell and the core share.
+    Revocations,
+}
+
+/// What a login call brought back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginAnswer {
+    /// The login server's answer to a buddy operation.
+    Buddy(BuddyAnswer),
+    /// The version of the revocation list adopted; None when there was none newer (or
+    /// none could be had: `refresh_revocations` does not say which).
+    Revocations(Option<u64>),
+}
+
+/// The outcome of an effect, brought back by the shell under the effect's id (effects that
+/// answer nothing have no variant).
+#[derive(Debug)]
 pub enum EffectResult {
     /// The answer to [`Effect::LocalIpToward`]: None if the system knows no route.
     LocalIp(Option<IpAddr>),
@@ -122,4 +148,6 @@ pub enum EffectResult {
         /// How many opened (their indices are `0..opened`).
         opened: u16,
     },
+    /// A [`Effect::Login`]'s outcome.
+    Login(Result<LoginAnswer, crate::host::account::AccountError>),
 }

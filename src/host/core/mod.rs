@@ -27,6 +27,7 @@
 //! An echo of one of our ids later still moves the link to revision 2; nothing moves
 //! it back, since a revision-2 super node never echoes 0 to a keepalive with an id.
 
+pub mod buddies;
 pub mod calls;
 pub mod host;
 pub mod io;

@@ -86,7 +86,7 @@ impl CallsCore {
                 self.send_media(out);
                 self.apply_call(now, call, actions, Vec::new());
             }
-            EffectResult::LocalIp(_) => {}
+            EffectResult::LocalIp(_) | EffectResult::Login(_) => {}
         }
     }
 

@@ -641,7 +641,9 @@ impl CallsWorld {
             Effect::TcpClose { conn } => {
                 self.hosts[h].conns.remove(&conn);
             }
-            other @ (Effect::LocalIpToward(_) | Effect::SaveCache(_)) => panic!("calls asked for {other:?}"),
+            other @ (Effect::LocalIpToward(_) | Effect::SaveCache(_) | Effect::Login(_)) => {
+                panic!("calls asked for {other:?}")
+            }
         }
     }
 
@@ -791,5 +793,6 @@ fn effect_label(e: &Effect) -> String {
         Effect::CloseProbeSockets { keep, .. } => format!("close_sockets keep {}", keep.len()),
         Effect::LocalIpToward(to) => format!("local_ip_toward {to}"),
         Effect::SaveCache(entries) => format!("save_cache {}", entries.len()),
+        Effect::Login(call) => format!("login {call:?}"),
     }
 }

@@ -521,8 +521,8 @@ impl SimHost {
                 }
             }
             Effect::SaveCache(entries) => self.saved.push((ctx.now, entries)),
-            Effect::OpenProbeSockets { .. } | Effect::CloseProbeSockets { .. } => {
-                unreachable!("a world host at link level has no calls")
+            Effect::OpenProbeSockets { .. } | Effect::CloseProbeSockets { .. } | Effect::Login(_) => {
+                unreachable!("a world host at link level has no calls and no buddies")
             }
         }
     }
