@@ -27,30 +27,37 @@
 //! - Requests of the parts (`(tag, Request)`) are submitted to the link, and each
 //!   outcome goes back by `OpId → (part, tag)`; with no link, they fail `LinkDown` at
 //!   once. Messages without an answer (`RelayRelease`, `CallStats`) are sealed as they are.
-//! - A notice is decoded once: a call's goes to the calls; presence and list changes
-//!   are the buddies' (counted as unhandled until they join).
+//! - A notice is decoded once: a call's goes to the calls, presence and list changes
+//!   to the buddies.
+//! - The buddies' login-server calls are effects (`Effect::Login`) like any other.
 //!
 //! # Time
 //!
 //! [`HostCore::handle_timeout`] runs the calls first (every due media frame of every
-//! call, before anything else), then the ladder, then the link and its request table.
+//! call, before anything else), then the ladder, then the link and its request table,
+//! then the buddies' timers (list reads, the presence fan-out, the presence refresh).
 //! Every part does bounded work per input, so no frame waits for signalling.
 //!
 //! # Life cycle
 //!
 //! Each time the ladder joins a super node the link is built (or replaced, keeping
-//! the request table, at the next epoch), our entry is published (with the NAT kind
-//! login found), and the calls are told where we stand. When the link ends, or on
-//! [`Command::Reconnect`], the ladder rejoins without the node lost. [`Command::Logout`]
-//! publishes us offline, says Bye and stops the ladder.
+//! the request table, at the next epoch), the calls are told where we stand, and the
+//! buddies publish our entry (with the NAT kind login found) and tell the buddies (the
+//! first time after reading the list). When the link ends, when the buddies find our
+//! super node revoked, or on [`Command::Reconnect`], the ladder rejoins without the node
+//! lost. [`Command::Logout`] publishes us offline, says Bye and stops the ladder.
 
+use super::buddies::{self, BuddiesConfig, BuddiesCore, BuddyDone, Signal};
 use super::calls::{CONN_BASE, CallsConfig, CallsCore, LinkInfo, Surroundings};
 use super::io::{ConnId, Dest, Effect, EffectId, EffectResult, TcpEvent, Transmit};
 use super::ladder::{Identity, Joined, Ladder, LadderSettings, Lost, Outcome, Purpose};
 use super::pending::{Answer, OpId, Request, RequestError};
 use super::{CoreEvent, CoreLink, Now};
+use crate::buddy::op::Incoming;
 use crate::buddy::{Notice, Relation};
+use crate::crypto::password::ListKey;
 use crate::host::LoginReport;
+use crate::host::buddies::Buddy;
 use crate::host::buddies::Event;
 use crate::host::cache::Cache;
 use crate::index::{Entry, EntryBody, Profile, Status};
@@ -67,8 +74,8 @@ pub const EVENTS_MAX: usize = 4096;
 /// Most outputs of each kind queued for the shell.
 pub const QUEUED_MAX: usize = 65_536;
 
-/// How the host behaves.
-#[derive(Debug, Clone)]
+/// How the host behaves (no `Debug`: it holds the list key).
+#[derive(Clone)]
 pub struct HostConfig {
     /// The ladder's bootstrap nodes, timeouts and port P.
     pub ladder: LadderSettings,
@@ -82,6 +89,14 @@ pub struct HostConfig {
     pub interfaces: Vec<IpAddr>,
     /// Port P is bound on IPv6 too.
     pub v6: bool,
+    /// Opens the buddy list's sealed names (from the password, at login).
+    pub list_key: ListKey,
+    /// One login-server request's timeout.
+    pub login_timeout: Duration,
+    /// How many login servers the shell tries.
+    pub login_servers: usize,
+    /// How often presence is refreshed.
+    pub presence_refresh: Duration,
 }
 
 /// What the user asks of the host; each completes later under its [`OpId`].
@@ -125,6 +140,32 @@ pub enum Command {
         /// The call.
         id: [u8; 16],
     },
+    /// Adds a buddy, asking for authorization (completes with the relation).
+    AddBuddy {
+        /// Whom.
+        user: String,
+        /// The note with the request.
+        message: String,
+    },
+    /// Accepts or declines a buddy request (completes with the relation).
+    AnswerBuddy {
+        /// Who asked.
+        from: String,
+        /// Accept (true) or decline.
+        accept: bool,
+    },
+    /// Takes a contact off the list.
+    RemoveBuddy {
+        /// Whom.
+        user: String,
+    },
+    /// Blocks a contact.
+    BlockBuddy {
+        /// Whom.
+        user: String,
+    },
+    /// Reads the buddy list again (completes when a read begun after it ends).
+    RefreshBuddies,
     /// A keepalive round trip (completes with the address the super node sees).
     Keepalive {
         /// How long to wait.
@@ -143,14 +184,20 @@ pub enum Done {
     Answer(Answer),
     /// A call was placed (the invite is on its way).
     Called([u8; 16]),
+    /// A buddy command's outcome (a publish's replicas, a relation).
+    Buddy(BuddyDone),
     /// Done; nothing to tell.
     Ok,
 }
 
 /// Why a command failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HostError {
+    /// A buddy command failed (the login server, or the super node, refused or could
+    /// not be reached).
+    #[error(transparent)]
+    Buddies(crate::host::HostError),
     /// The request to the super node failed.
     #[error(transparent)]
     Request(#[from] RequestError),
@@ -193,8 +240,8 @@ pub struct HostStats {
     pub stray_tcp: u64,
     /// Effect results nobody asked for.
     pub stray_effects: u64,
-    /// Notices no part takes yet (presence, list changes).
-    pub unhandled_notices: u64,
+    /// Notices that did not decode.
+    pub malformed_notices: u64,
     /// Outputs dropped because the shell did not drain them.
     pub dropped: u64,
 }
@@ -204,6 +251,7 @@ pub struct HostStats {
 enum Owner {
     Ladder(u64),
     Calls,
+    Buddies(u64),
 }
 
 /// Who waits for a request's outcome.
@@ -211,33 +259,31 @@ enum Owner {
 enum Waiter {
     /// A part's request, under its tag.
     Calls(u64),
+    /// The buddies' request, under their tag.
+    Buddies(u64),
     /// A user's command, answered as it is.
     User(OpId),
-    /// Our entry, published on a join (nobody waits).
-    Publish,
     /// The lookup before a call.
     CallLookup { op: OpId, user: String, even_if_offline: bool },
     /// The offline entry at logout; Bye follows.
     Logout(OpId),
 }
 
-/// What the calls learn of the rest of the host.
-#[derive(Debug, Clone)]
-struct Env {
-    status: Status,
-    interfaces: Vec<IpAddr>,
-    relations: BTreeMap<String, Relation>,
+/// What the calls learn of the rest of the host, read when they need it.
+struct Around<'a> {
+    buddies: &'a BuddiesCore,
+    interfaces: &'a [IpAddr],
 }
 
-impl Surroundings for Env {
+impl Surroundings for Around<'_> {
     fn relation(&self, user: &str) -> Option<Relation> {
-        self.relations.get(&user.to_ascii_lowercase()).copied()
+        self.buddies.buddies().into_iter().find(|b| b.user.eq_ignore_ascii_case(user)).map(|b| b.relation)
     }
     fn status(&self) -> Status {
-        self.status
+        self.buddies.status()
     }
     fn interface_addresses(&self) -> Vec<IpAddr> {
-        self.interfaces.clone()
+        self.interfaces.to_vec()
     }
 }
 
@@ -249,10 +295,12 @@ pub struct HostCore {
     phase: Phase,
     report: LoginReport,
     profile: Profile,
-    env: Env,
     link: Option<CoreLink>,
     ladder: Ladder,
     calls: CallsCore,
+    buddies: BuddiesCore,
+    /// Buddy commands by the buddies' tag.
+    buddy_ops: BTreeMap<u64, OpId>,
     waiters: BTreeMap<OpId, Waiter>,
     next_op: u64,
     reconnects: Vec<OpId>,
@@ -286,6 +334,22 @@ impl HostCore {
     pub fn new(me: Identity, cfg: HostConfig, cache: Cache, report: LoginReport, now: Now, mut rng: StdRng) -> Self {
         let ladder_rng = StdRng::seed_from_u64(rand::Rng::next_u64(&mut rng));
         let calls_rng = StdRng::seed_from_u64(rand::Rng::next_u64(&mut rng));
+        let buddies_rng = StdRng::seed_from_u64(rand::Rng::next_u64(&mut rng));
+        let buddies = BuddiesCore::new(
+            BuddiesConfig {
+                credential: me.credential.clone(),
+                key: me.key.clone(),
+                list_key: cfg.list_key.clone(),
+                trusted: me.trusted.clone(),
+                login_timeout: cfg.login_timeout,
+                login_servers: cfg.login_servers,
+                presence_refresh: cfg.presence_refresh,
+                status: cfg.status,
+                profile: cfg.profile.clone(),
+            },
+            now,
+            buddies_rng,
+        );
         let ladder = Ladder::new(me.clone(), cfg.ladder.clone(), cache, LADDER_CONNS, ladder_rng);
         let calls = CallsCore::new(
             me.credential.clone(),
@@ -295,7 +359,6 @@ impl HostCore {
             now.mono,
             calls_rng,
         );
-        let env = Env { status: cfg.status, interfaces: cfg.interfaces.clone(), relations: BTreeMap::new() };
         let mut core = Self {
             me,
             profile: cfg.profile.clone(),
@@ -303,10 +366,11 @@ impl HostCore {
             rng,
             phase: Phase::LoggingIn,
             report,
-            env,
             link: None,
             ladder,
             calls,
+            buddies,
+            buddy_ops: BTreeMap::new(),
             waiters: BTreeMap::new(),
             next_op: 1,
             reconnects: Vec::new(),
@@ -345,7 +409,22 @@ impl HostCore {
 
     /// Our status.
     pub fn status(&self) -> Status {
-        self.env.status
+        self.buddies.status()
+    }
+
+    /// The contacts, with the presence buddies pushed.
+    pub fn buddies(&self) -> Vec<Buddy> {
+        self.buddies.buddies()
+    }
+
+    /// Buddy requests waiting for our answer.
+    pub fn buddy_requests(&self) -> Vec<Incoming> {
+        self.buddies.buddy_requests()
+    }
+
+    /// The buddies' machine (its counters, whether a list read is under way).
+    pub fn buddies_core(&self) -> &BuddiesCore {
+        &self.buddies
     }
 
     /// Our credential.
@@ -378,11 +457,6 @@ impl HostCore {
         self.stats
     }
 
-    /// Records `user`'s relation with us (the buddies' part sets these).
-    pub fn set_relation(&mut self, user: &str, relation: Relation) {
-        self.env.relations.insert(user.to_ascii_lowercase(), relation);
-    }
-
     // ---- inputs ----
 
     /// A user's command; its result comes back from [`HostCore::poll_completion`].
@@ -391,10 +465,29 @@ impl HostCore {
         self.next_op += 1;
         match c {
             Command::Publish { status, profile } => {
-                self.env.status = status;
-                self.profile = profile;
-                let entry = self.sign_entry(now, status);
-                self.request(now, Waiter::User(op), Request::Publish { entry });
+                self.profile = profile.clone();
+                let tag = self.buddies.publish(now, status, profile);
+                self.buddy_ops.insert(tag, op);
+            }
+            Command::AddBuddy { user, message } => {
+                let tag = self.buddies.add_buddy(now, &user, &message);
+                self.buddy_ops.insert(tag, op);
+            }
+            Command::AnswerBuddy { from, accept } => {
+                let tag = self.buddies.answer_buddy(now, &from, accept);
+                self.buddy_ops.insert(tag, op);
+            }
+            Command::RemoveBuddy { user } => {
+                let tag = self.buddies.remove_buddy(now, &user);
+                self.buddy_ops.insert(tag, op);
+            }
+            Command::BlockBuddy { user } => {
+                let tag = self.buddies.block_buddy(now, &user);
+                self.buddy_ops.insert(tag, op);
+            }
+            Command::RefreshBuddies => {
+                let tag = self.buddies.refresh(now);
+                self.buddy_ops.insert(tag, op);
             }
             Command::Find { user } => self.request(now, Waiter::User(op), Request::Find { user }),
             Command::Search { words, limit } => self.request(now, Waiter::User(op), Request::Search { words, limit }),
@@ -403,7 +496,8 @@ impl HostCore {
                 self.request(now, w, Request::Find { user });
             }
             Command::AnswerCall { id, accept } => {
-                self.calls.answer(now, id, accept, &self.env);
+                let env = Around { buddies: &self.buddies, interfaces: &self.cfg.interfaces };
+                self.calls.answer(now, id, accept, &env);
                 self.complete(op, Ok(Done::Ok));
             }
             Command::EndCall { id } => {
@@ -485,6 +579,10 @@ impl HostCore {
                 self.ladder.on_effect_result(now, tag, result);
             }
             Some(Owner::Calls) => self.calls.on_effect_result(now, result),
+            Some(Owner::Buddies(tag)) => match result {
+                EffectResult::Login(r) => self.buddies.on_login_result(now, tag, r),
+                _ => self.stats.stray_effects += 1,
+            },
             None => self.stats.stray_effects += 1,
         }
         self.flush(now);
@@ -510,6 +608,9 @@ impl HostCore {
             && due(link.poll_timeout())
         {
             link.handle_timeout(now);
+        }
+        if due(self.buddies.poll_timeout()) {
+            self.buddies.handle_timeout(now);
         }
         self.flush(now);
         if media_last && due(self.calls.poll_timeout()) {
@@ -543,7 +644,10 @@ impl HostCore {
     /// When [`HostCore::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let link = self.link.as_ref().and_then(CoreLink::poll_timeout);
-        [self.calls.poll_timeout(), self.ladder.poll_timeout(), link].into_iter().flatten().min()
+        [self.calls.poll_timeout(), self.ladder.poll_timeout(), link, self.buddies.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     // ---- the joining ----
@@ -582,6 +686,7 @@ impl HostCore {
     fn answer(&mut self, now: Now, w: Waiter, r: Result<Answer, RequestError>) {
         match w {
             Waiter::Calls(tag) => self.calls.on_request_result(now, tag, r),
+            Waiter::Buddies(tag) => self.buddies.on_request_result(now, tag, r),
             Waiter::User(op) => {
                 let r = match r {
                     Ok(Answer::Published(a)) if a.code != 0 => Err(HostError::Refused(format!(
@@ -593,11 +698,6 @@ impl HostCore {
                     Err(e) => Err(e.into()),
                 };
                 self.complete(op, r);
-            }
-            Waiter::Publish => {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "our entry was not published");
-                }
             }
             Waiter::CallLookup { op, user, even_if_offline } => {
                 let r = self.place_call(now, &user, even_if_offline, r);
@@ -641,14 +741,15 @@ impl HostCore {
         if shown == Status::Offline && !even_if_offline {
             return Err(HostError::Offline(user.to_owned()));
         }
+        let env = Around { buddies: &self.buddies, interfaces: &self.cfg.interfaces };
         let id = self
             .calls
-            .call(now, &callee, e.supernode.clone(), &self.env)
+            .call(now, &callee, e.supernode.clone(), &env)
             .map_err(|_| HostError::Request(RequestError::LinkDown))?;
         Ok(Done::Called(id))
     }
 
-    /// Our index entry, signed now.
+    /// Our index entry, signed now (the offline one at logout; the buddies sign the rest).
     fn sign_entry(&self, now: Now, status: Status) -> Vec<u8> {
         let hidden = status == Status::Invisible;
         let body = EntryBody {
@@ -723,6 +824,37 @@ impl HostCore {
         any
     }
 
+    /// Moves the buddies' outputs out; true if there were any.
+    fn drain_buddies(&mut self, now: Now) -> bool {
+        let mut any = false;
+        while let Some((tag, r)) = self.buddies.poll_request() {
+            any = true;
+            self.request(now, Waiter::Buddies(tag), r);
+        }
+        while let Some((tag, e)) = self.buddies.poll_effect() {
+            any = true;
+            self.effect(Some(Owner::Buddies(tag)), e);
+        }
+        while let Some(e) = self.buddies.poll_event() {
+            any = true;
+            self.push_event(e);
+        }
+        while let Some((tag, r)) = self.buddies.poll_completion() {
+            any = true;
+            let Some(op) = self.buddy_ops.remove(&tag) else { continue };
+            self.complete(op, r.map(Done::Buddy).map_err(HostError::Buddies));
+        }
+        while let Some(Signal::SupernodeRevoked) = self.buddies.poll_signal() {
+            any = true;
+            // Leave it: its end sends the ladder to another.
+            if let Some(link) = self.link.as_mut() {
+                tracing::warn!(supernode = %link.link().session().supernode.subject, "our super node was revoked");
+                link.bye();
+            }
+        }
+        any
+    }
+
     /// Moves the link's outputs out, routing completions and notices; true if any.
     fn drain_link(&mut self, now: Now) -> bool {
         let Some(link) = self.link.as_mut() else { return false };
@@ -764,6 +896,7 @@ impl HostCore {
                         continue;
                     }
                     tracing::info!(%why, "our link ended; rejoining");
+                    self.buddies.on_link_down();
                     self.ladder.rejoin(now, lost.clone());
                 }
                 CoreEvent::LinkEnded { .. } => {}
@@ -774,8 +907,12 @@ impl HostCore {
 
     fn on_notice(&mut self, now: Now, body: &[u8]) {
         match Notice::decode(body) {
-            Some(Notice::Call { message }) => self.calls.on_call_message(now, &message, &self.env),
-            Some(Notice::Presence { .. } | Notice::ListChanged { .. }) | None => self.stats.unhandled_notices += 1,
+            Some(Notice::Call { message }) => {
+                let env = Around { buddies: &self.buddies, interfaces: &self.cfg.interfaces };
+                self.calls.on_call_message(now, &message, &env);
+            }
+            Some(n) => self.buddies.on_notice(now, &n),
+            None => self.stats.malformed_notices += 1,
         }
     }
 
@@ -824,8 +961,6 @@ impl HostCore {
             None => self.link = Some(CoreLink::new(j.session, j.dest, now, &mut self.rng)),
         }
         self.phase = Phase::Online;
-        let entry = self.sign_entry(now, self.env.status);
-        self.request(now, Waiter::Publish, Request::Publish { entry });
         let info = LinkInfo {
             supernode: self.report.supernode.clone(),
             public_addr: self.report.public_addr,
@@ -838,12 +973,22 @@ impl HostCore {
         for op in std::mem::take(&mut self.reconnects) {
             self.complete(op, Ok(Done::Ok));
         }
+        let Some(link) = self.link.as_ref() else { return };
+        let sn = &link.link().session().supernode;
+        let info = buddies::LinkInfo {
+            supernode: sn.subject.clone(),
+            supernode_key: sn.public_key.id(),
+            public_addr: self.report.public_addr,
+            nat: self.report.nat,
+        };
+        self.buddies.on_link_up(now, info);
     }
 
     /// Routes every part's outputs until none has any left.
     fn flush(&mut self, now: Now) {
         loop {
             let mut any = self.drain_calls(now);
+            any |= self.drain_buddies(now);
             any |= self.drain_link(now);
             any |= self.drain_ladder(now);
             if let Some(link) = self.link.as_mut() {

@@ -2,6 +2,9 @@
 //! look each other up, call, and fail over, driven as the shell will drive them (one
 //! input, every output drained, a wake-up at `poll_timeout`).
 //!
+//! Its login-server effects are answered by a [`FakeLogin`] (the owner's buddy list in
+//! memory) after a delay of the test's choosing, as a slow login server would.
+//!
 //! Each `handle_timeout` step is recorded: which media ticks of which call were due,
 //! the voice frames of each call among the step's transmits, where in the step's
 //! output the first of them stood, and how much the step put out in all. That is
@@ -9,18 +12,25 @@
 
 use super::nat::NatFn;
 use super::{Ctx, TcpOut};
+use crate::buddy::op::{BuddyAnswer, BuddyOp, PAGE_ROWS, Relation, Row};
+use crate::buddy::record::{self, Contact};
 use crate::call::media::{Kind, peek};
 use crate::crypto::credential::{Claims, Credential, CredentialKind};
 use crate::crypto::keys::tests::test_key;
+use crate::crypto::password::ListKey;
 use crate::host::LoginReport;
+use crate::host::account::AccountError;
 use crate::host::buddies::Event;
 use crate::host::cache::Cache;
 use crate::host::core::host::{Command, HostConfig, HostCore, HostResult};
 use crate::host::core::io::{Dest, Effect, EffectId, EffectResult, TcpEvent, Transmit};
+use crate::host::core::io::{LoginAnswer, LoginCall};
 use crate::host::core::ladder::Identity;
 use crate::host::core::pending::OpId;
 use crate::host::media::demux;
 use crate::nat::NatKind;
+use crate::wire::ErrorCode;
+use crate::wire::message::ErrorMsg;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use std::collections::BTreeMap;
@@ -31,6 +41,60 @@ use std::time::{Duration, Instant};
 const EXTRA_PORT_BASE: u16 = 50_000;
 /// Most records one host keeps.
 const RECORDS_MAX: usize = 1_000_000;
+
+/// The login server's side of one owner's buddy list, answering as `login::` does.
+#[derive(Debug, Clone)]
+pub struct FakeLogin {
+    owner: String,
+    list_key: ListKey,
+    /// The contacts: (tag, user, relation), in tag order.
+    pub contacts: Vec<(u32, String, Relation)>,
+    /// How long each answer takes.
+    pub delay: Duration,
+    /// Calls answered, by kind label.
+    pub answered: BTreeMap<&'static str, u64>,
+}
+
+impl FakeLogin {
+    /// `owner`'s list (sealed under `list_key`) with `authorized` buddies, answering after `delay`.
+    pub fn new(owner: &str, list_key: ListKey, authorized: usize, delay: Duration) -> Self {
+        let contacts =
+            (0..authorized).map(|i| (7 * i as u32 + 3, format!("buddy{i:03}"), Relation::Authorized)).collect();
+        Self { owner: owner.to_ascii_lowercase(), list_key, contacts, delay, answered: BTreeMap::new() }
+    }
+
+    fn row(&self, tag: u32, user: &str, relation: Relation) -> Row {
+        let mut nonce = [0; 12];
+        nonce[..4].copy_from_slice(&tag.to_be_bytes());
+        let contact = Contact { user: user.into(), added_at: 1 };
+        Row {
+            tag,
+            relation,
+            sealed: record::seal_with_nonce(&self.list_key, &self.owner, &contact, nonce),
+            changed_at: 1,
+        }
+    }
+
+    fn answer(&mut self, call: &LoginCall) -> Result<LoginAnswer, AccountError> {
+        let LoginCall::Buddy(op) = call else {
+            *self.answered.entry("revocations").or_default() += 1;
+            return Ok(LoginAnswer::Revocations(None));
+        };
+        *self.answered.entry(op.label()).or_default() += 1;
+        let a = match op {
+            BuddyOp::List { after } => {
+                let from: Vec<_> = self.contacts.iter().filter(|c| Some(c.0) > *after).collect();
+                let rows = from.iter().take(PAGE_ROWS).map(|c| self.row(c.0, &c.1, c.2)).collect();
+                BuddyAnswer::Page { rows, more: from.len() > PAGE_ROWS }
+            }
+            BuddyOp::Requests => BuddyAnswer::Requests { items: Vec::new() },
+            _ => {
+                return Err(AccountError::Refused(ErrorMsg::new(ErrorCode::Unsupported, "not in this world")));
+            }
+        };
+        Ok(LoginAnswer::Buddy(a))
+    }
+}
 
 /// One `handle_timeout` step of a host that had a media tick due.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +129,11 @@ pub struct CoreNode {
     pub voice_outside_ticks: u64,
     /// The most outputs one input made.
     pub max_outputs: usize,
+    /// The login server its login effects go to.
+    pub login: FakeLogin,
+    /// Login effects on their way back: when, and their id and call.
+    login_out: BTreeMap<(Duration, u64), (EffectId, LoginCall)>,
+    login_seq: u64,
     /// Extra sockets: (call, index) → local port, and back.
     sockets: BTreeMap<([u8; 16], u16), u16>,
     ports: BTreeMap<u16, ([u8; 16], u16)>,
@@ -88,6 +157,7 @@ impl CoreNode {
         cfg: HostConfig,
         cache: Cache,
         key: crate::crypto::keys::PrivateKey,
+        login: FakeLogin,
         (serial, unix_secs, seed): (u64, u64, u64),
         now: crate::host::core::Now,
     ) -> Self {
@@ -129,6 +199,9 @@ impl CoreNode {
             steps: Vec::new(),
             voice_outside_ticks: 0,
             max_outputs: 0,
+            login,
+            login_out: BTreeMap::new(),
+            login_seq: 0,
             sockets: BTreeMap::new(),
             ports: BTreeMap::new(),
             next_port: EXTRA_PORT_BASE,
@@ -184,7 +257,17 @@ impl CoreNode {
     }
 
     pub(super) fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        // The login server's answers that are due, each an input of its own.
+        while let Some(e) = self.login_out.first_entry().filter(|e| e.key().0 <= ctx.now) {
+            let (id, call) = e.remove();
+            let r = self.login.answer(&call);
+            self.core.handle_effect(ctx.core_now(), id, EffectResult::Login(r));
+            self.drain(ctx, false);
+        }
         let now = ctx.core_now();
+        if self.core.poll_timeout().is_none_or(|t| t > now.mono) {
+            return;
+        }
         let calls = self.core.calls();
         let due: Vec<([u8; 16], u64)> = calls
             .call_ids()
@@ -290,6 +373,10 @@ impl CoreNode {
                 self.core.handle_effect(now, id, EffectResult::ProbeSocketsOpened { call, opened: n });
             }
             Effect::CloseProbeSockets { call, keep } => self.close_sockets(call, &keep),
+            Effect::Login(call) => {
+                self.login_seq += 1;
+                self.login_out.insert((ctx.now + self.login.delay, self.login_seq), (id, call));
+            }
         }
     }
 
@@ -304,6 +391,8 @@ impl CoreNode {
 
     /// When `handle_timeout` next has work, as world time.
     pub(super) fn poll_timeout(&self, base: Instant) -> Option<Duration> {
-        self.core.poll_timeout().map(|i| i.saturating_duration_since(base))
+        let core = self.core.poll_timeout().map(|i| i.saturating_duration_since(base));
+        let login = self.login_out.keys().next().map(|(at, _)| *at);
+        core.into_iter().chain(login).min()
     }
 }

@@ -4,12 +4,14 @@
 
 use super::nat::{Cone, NatFn};
 use super::supernode::SnMode;
-use super::whole::CoreNode;
+use super::whole::{CoreNode, FakeLogin};
 use super::{NodeId, What, World};
+use crate::buddy::op::Relation;
 use crate::call::audio::{tone, tone_strength};
 use crate::call::media::call_tag;
 use crate::crypto::keys::PrivateKey;
 use crate::crypto::keys::tests::{fixture_key, test_key};
+use crate::crypto::password::ListKey;
 use crate::host::buddies::Event;
 use crate::host::cache::{CacheEntry, NodeKind};
 use crate::host::calls::CallState;
@@ -69,16 +71,35 @@ fn config() -> HostConfig {
         profile: Profile::default(),
         interfaces: Vec::new(),
         v6: false,
+        list_key: ListKey([7; 32]),
+        login_timeout: Duration::from_secs(10),
+        login_servers: 1,
+        presence_refresh: PRESENCE_REFRESH,
     }
 }
 
-/// Host `i` (alice, bob, carol) behind a cone router of its own, with `cache`.
-fn host(w: &mut World, i: usize, cache: Vec<CacheEntry>) -> NodeId {
+/// How often presence is refreshed (the storm's falls in it).
+const PRESENCE_REFRESH: Duration = Duration::from_secs(4);
+/// How long the login server takes to answer.
+const LOGIN_DELAY: Duration = Duration::from_millis(300);
+
+/// Host `i`'s login server: `buddies` authorized buddies, and `also` among them.
+fn login(i: usize, buddies: usize, also: &[&str]) -> FakeLogin {
+    let mut l = FakeLogin::new(["alice", "bob", "carol"][i], ListKey([7; 32]), buddies, LOGIN_DELAY);
+    for (n, u) in also.iter().enumerate() {
+        l.contacts.insert(0, (n as u32 + 1, (*u).into(), Relation::Authorized));
+    }
+    l
+}
+
+/// Host `i` (alice, bob, carol) behind a cone router of its own, with `cache` and the
+/// buddy list `login` serves.
+fn host(w: &mut World, i: usize, cache: Vec<CacheEntry>, login: FakeLogin) -> NodeId {
     let user = ["alice", "bob", "carol"][i];
     let public = IpAddr::from([198, 18, 10 + i as u8, 1]);
     let nat: Box<dyn NatFn> = Box::new(Cone::new(public, MAPPING_TTL));
     let private = SocketAddr::new(IpAddr::from([10, 0, i as u8, 2]), 40_000);
-    w.add_core_host(user, private, nat, config(), cache, key(i))
+    w.add_core_host(user, private, nat, config(), cache, key(i), login)
 }
 
 /// Super nodes named `names` on `sn(1)`, `sn(2)`…, each listing the others.
@@ -128,9 +149,8 @@ fn place(w: &mut World, a: (NodeId, usize), b: (NodeId, usize)) -> [u8; 16] {
     let user = w.core_host(b.0).user().to_owned();
     let op = w.core_command(a.0, Command::Call { user, even_if_offline: false });
     assert!(run_until_true(w, secs(2.0), |w| done(w, a.0, op)));
-    let Some(Ok(Done::Called(id))) = w.core_host(a.0).result(op).cloned() else {
-        panic!("{:?}", w.core_host(a.0).result(op))
-    };
+    let Some(Ok(Done::Called(id))) = w.core_host(a.0).result(op) else { panic!("{:?}", w.core_host(a.0).result(op)) };
+    let id = *id;
     let calls = w.core_host_mut(a.0).core.calls_mut();
     calls.set_call_audio(id, tone(&[TONES[a.1]], 60.0, 0.5));
     calls.set_call_recording(id, true);
@@ -147,11 +167,14 @@ fn place(w: &mut World, a: (NodeId, usize), b: (NodeId, usize)) -> [u8; 16] {
 fn two_hosts_call(seed: u64) -> World {
     let mut w = World::new(seed);
     supernodes(&mut w, &["sn-a", "sn-b"]);
-    let alice = host(&mut w, 0, vec![entry("sn-a", sn(1))]);
-    let bob = host(&mut w, 1, vec![entry("sn-b", sn(2))]);
-    // Both log in through the ladder (NAT discovery included) and publish.
+    let alice = host(&mut w, 0, vec![entry("sn-a", sn(1))], login(0, 0, &["bob"]));
+    let bob = host(&mut w, 1, vec![entry("sn-b", sn(2))], login(1, 0, &["alice"]));
+    // Both log in through the ladder (NAT discovery included), publish, read their
+    // lists from the login server, and tell each other they are online.
     assert!(run_until_true(&mut w, secs(5.0), |w| {
-        ["alice", "bob"].iter().all(|u| w.index.entries.contains_key(*u))
+        [(alice, "bob"), (bob, "alice")].iter().all(|(h, other)| {
+            w.core_host(*h).saw(|e| matches!(e, Event::Presence { user, status: Status::Online, .. } if user == other))
+        })
     }));
     for (h, name) in [(alice, "sn-a"), (bob, "sn-b")] {
         let c = &w.core_host(h).core;
@@ -221,6 +244,8 @@ fn the_same_seed_gives_the_same_trace() {
 
 /// How many pending lookups the storm queues at once.
 const LOOKUPS: usize = 200;
+/// Alice's buddies.
+const BUDDIES: usize = 200;
 
 struct Storm {
     world: World,
@@ -230,10 +255,13 @@ struct Storm {
     /// When the storm began.
     t: Duration,
     lookups: Vec<OpId>,
+    refresh: OpId,
 }
 
-/// Alice (sn-a) talks with Bob (sn-b). At `t`: Alice has 200 lookups queued behind the
-/// super node's rate, calls Carol relayed only while sn-a drops relay requests (so the
+/// Alice (sn-a, 200 buddies) talks with Bob (sn-b). At `t`: Alice reads her buddy list
+/// again (13 pages, the login server taking 300 ms for each), has 200 lookups queued
+/// behind the super node's rate, her presence refresh (200 notices at 40 a second)
+/// falls due, she calls Carol relayed only while sn-a drops relay requests (so the
 /// allocation stays pending and times out), and at `t + 3.5 s` sn-a dies without a word;
 /// Alice fails over past sn-x (dead) to sn-b. Runs to `t + 15 s`.
 fn storm(seed: u64, fault: Fault) -> Storm {
@@ -241,30 +269,43 @@ fn storm(seed: u64, fault: Fault) -> Storm {
     let ids = supernodes(&mut w, &["sn-a", "sn-b", "sn-x"]);
     let (sn_a, sn_x) = (ids[0], ids[2]);
     w.supernode_mut(sn_x).set_mode(SnMode::BlackHole);
-    let alice = host(&mut w, 0, vec![entry("sn-a", sn(1)), entry("sn-x", sn(3)), entry("sn-b", sn(2))]);
-    let bob = host(&mut w, 1, vec![entry("sn-b", sn(2))]);
-    let carol = host(&mut w, 2, vec![entry("sn-b", sn(2))]);
+    let cache = vec![entry("sn-a", sn(1)), entry("sn-x", sn(3)), entry("sn-b", sn(2))];
+    let alice = host(&mut w, 0, cache, login(0, BUDDIES, &[]));
+    let bob = host(&mut w, 1, vec![entry("sn-b", sn(2))], login(1, 0, &[]));
+    let carol = host(&mut w, 2, vec![entry("sn-b", sn(2))], login(2, 0, &[]));
     w.core_host_mut(alice).core.set_fault(fault);
-    assert!(run_until_true(&mut w, secs(5.0), |w| {
+    let up = run_until_true(&mut w, secs(8.0), |w| {
         ["alice", "bob", "carol"].iter().all(|u| w.index.entries.contains_key(*u))
-    }));
+            && w.core_host(alice).core.buddies().len() == BUDDIES
+    });
+    let a = w.core_host(alice);
+    assert!(
+        up,
+        "{} buddies, {:?}, {:?} {:?}",
+        a.core.buddies().len(),
+        a.login.answered,
+        a.core.buddies_core().stats(),
+        a.done
+    );
     let ab = place(&mut w, (alice, 0), (bob, 1));
     w.run_until(w.now + secs(2.0));
 
     let t = w.now;
     w.supernode_mut(sn_a).set_mode(SnMode::Drop(vec![MessageKind::RelayAllocate]));
+    let refresh = w.core_command(alice, Command::RefreshBuddies);
     w.core_host_mut(alice).core.calls_mut().set_relay_only(true);
     let op = w.core_command(alice, Command::Call { user: "carol".into(), even_if_offline: false });
     let lookups: Vec<OpId> =
         (0..LOOKUPS).map(|i| w.core_command(alice, Command::Find { user: format!("nobody-{i}") })).collect();
     assert!(run_until_true(&mut w, secs(1.0), |w| done(w, alice, op)));
-    let Some(Ok(Done::Called(ac))) = w.core_host(alice).result(op).cloned() else { panic!() };
+    let Some(Ok(Done::Called(ac))) = w.core_host(alice).result(op) else { panic!() };
+    let ac = *ac;
     assert!(run_until_true(&mut w, secs(1.0), |w| ringing(w.core_host(carol), &ac)));
     w.core_command(carol, Command::AnswerCall { id: ac, accept: true });
     w.run_until(t + secs(3.5));
     w.supernode_mut(sn_a).set_mode(SnMode::BlackHole);
     w.run_until(t + secs(15.0));
-    Storm { world: w, alice, bob, ab, t, lookups }
+    Storm { world: w, alice, bob, ab, t, lookups, refresh }
 }
 
 /// Steps of `h` with a tick of call `id` due after `from`: (steps, steps whose frames
@@ -306,6 +347,25 @@ fn no_media_tick_waits_for_signalling() {
     assert!(s.lookups.iter().all(|op| alice.result(*op).is_some()), "every lookup finished, one way or another");
     let found = s.lookups.iter().filter(|op| matches!(alice.result(**op), Some(Ok(_)))).count();
     assert!(found > 0 && found < LOOKUPS, "some answered before sn-a died, the rest failed: {found}");
+
+    let forwards: Vec<(Duration, SocketAddr)> = w
+        .trace
+        .iter()
+        .filter(|r| r.node == s.alice && r.at >= s.t)
+        .filter_map(|r| match &r.what {
+            What::Sent { to, kind: Some(MessageKind::Forward), .. } => Some((r.at, *to)),
+            _ => None,
+        })
+        .collect();
+    // The list was read again through it all (13 pages, 300 ms each), and the presence
+    // refresh told the buddies at the super node's pace.
+    assert!(matches!(alice.result(s.refresh), Some(Ok(_))), "{:?}", alice.result(s.refresh));
+    assert_eq!(alice.login.answered.get("list"), Some(&26), "{:?}", alice.login.answered);
+    assert!(forwards.len() >= 100, "{} presence notices during the storm", forwards.len());
+    for (i, (at, to)) in forwards.iter().enumerate() {
+        let in_a_second = forwards[i..].iter().take_while(|(t, _)| *t < *at + secs(1.0)).filter(|(_, d)| d == to);
+        assert!(in_a_second.count() <= 45, "more than 45 requests a second to {to} from {at:?}");
+    }
 
     // Every step with a tick of the Alice–Bob call due sent exactly the frames due, ahead
     // of any signalling, on both sides, over the whole storm; no step did unbounded work.
