@@ -445,24 +445,19 @@ impl World {
         id
     }
 
-    /// A host `user` on `private` behind `nat` whose machine is a whole `HostCore` with
-    /// `cfg` over the host cache `cache`, signing with `key`, its login server `login`;
-    /// it starts its ladder now.
+    /// A host where `seat` says whose machine is a whole `HostCore` with `cfg` over the
+    /// host cache `cache`; it starts its ladder now.
     pub fn add_core_host(
         &mut self,
-        user: &str,
-        private: SocketAddr,
-        nat: Box<dyn NatFn>,
+        seat: whole::Seat,
         cfg: super::host::HostConfig,
         cache: Vec<crate::host::cache::CacheEntry>,
-        key: crate::crypto::keys::PrivateKey,
-        login: whole::FakeLogin,
     ) -> NodeId {
         let serial = self.nodes.len() as u64 + 100;
         let seed = self.rng.next_u64();
         let now = Now { mono: self.base + self.now, unix_ms: EPOCH_UNIX_SECS * 1000 + self.now.as_millis() as u64 };
         let cache = crate::host::cache::Cache::new(cache);
-        let node = CoreNode::new(user, private, nat, cfg, cache, key, login, (serial, EPOCH_UNIX_SECS, seed), now);
+        let node = CoreNode::new(seat, cfg, cache, (serial, EPOCH_UNIX_SECS, seed), now);
         let ip = node.nat().public_ip();
         let id = self.add(ip, Node::Core(Box::new(node)));
         self.with_node(id, |node, ctx| {

@@ -96,6 +96,20 @@ impl FakeLogin {
     }
 }
 
+/// Who a whole-core host is and where it sits.
+pub struct Seat {
+    /// Its user.
+    pub user: String,
+    /// Its private address (port P's).
+    pub private: SocketAddr,
+    /// Its router.
+    pub nat: Box<dyn NatFn>,
+    /// The key its credential certifies.
+    pub key: crate::crypto::keys::PrivateKey,
+    /// Its login server.
+    pub login: FakeLogin,
+}
+
 /// One `handle_timeout` step of a host that had a media tick due.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
@@ -147,20 +161,18 @@ impl std::fmt::Debug for CoreNode {
 }
 
 impl CoreNode {
-    /// `user` on `private` behind `nat`, with `cfg` and the host cache `cache`; the
-    /// credential is issued by the world's login key at `unix_secs`, the machine seeded
-    /// with `seed`, signing with `key`. It starts its ladder at `now`.
+    /// The host `seat` says, with `cfg` and the host cache `cache`; the credential is
+    /// issued by the world's login key at `unix_secs`, the machine seeded with `seed`.
+    /// It starts its ladder at `now`.
     pub fn new(
-        user: &str,
-        private: SocketAddr,
-        nat: Box<dyn NatFn>,
+        seat: Seat,
         cfg: HostConfig,
         cache: Cache,
-        key: crate::crypto::keys::PrivateKey,
-        login: FakeLogin,
         (serial, unix_secs, seed): (u64, u64, u64),
         now: crate::host::core::Now,
     ) -> Self {
+        let Seat { user, private, nat, key, login } = seat;
+        let user = user.as_str();
         let credential = Credential::issue(
             Claims {
                 kind: CredentialKind::Host,

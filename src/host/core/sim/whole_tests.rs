@@ -4,7 +4,7 @@
 
 use super::nat::{Cone, NatFn};
 use super::supernode::SnMode;
-use super::whole::{CoreNode, FakeLogin};
+use super::whole::{CoreNode, FakeLogin, Seat};
 use super::{NodeId, What, World};
 use crate::buddy::op::Relation;
 use crate::call::audio::{tone, tone_strength};
@@ -99,7 +99,7 @@ fn host(w: &mut World, i: usize, cache: Vec<CacheEntry>, login: FakeLogin) -> No
     let public = IpAddr::from([198, 18, 10 + i as u8, 1]);
     let nat: Box<dyn NatFn> = Box::new(Cone::new(public, MAPPING_TTL));
     let private = SocketAddr::new(IpAddr::from([10, 0, i as u8, 2]), 40_000);
-    w.add_core_host(user, private, nat, config(), cache, key(i), login)
+    w.add_core_host(Seat { user: user.into(), private, nat, key: key(i), login }, config(), cache)
 }
 
 /// Super nodes named `names` on `sn(1)`, `sn(2)`…, each listing the others.
