@@ -533,7 +533,10 @@ impl HostCore {
     /// A datagram on port P.
     pub fn handle_datagram(&mut self, now: Now, from: SocketAddr, bytes: &[u8]) {
         match self.link.as_mut() {
-            Some(link) if link.link().dest() == Dest::Udp(from) => link.handle_datagram(now, from, bytes),
+            // An ended link takes nothing: the ladder may be dialing the same node.
+            Some(link) if link.link().is_open() && link.link().dest() == Dest::Udp(from) => {
+                link.handle_datagram(now, from, bytes)
+            }
             _ if self.ladder.handle_datagram(now, from, bytes) => {}
             _ if self.calls.handle_datagram(now, from, bytes) => {}
             _ => self.stats.foreign += 1,

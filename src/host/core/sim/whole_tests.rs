@@ -394,3 +394,49 @@ fn the_media_clock_check_catches_a_core_that_serves_signalling_first() {
     let (n, ok, _) = media_steps(&s.world, s.bob, s.ab, s.t);
     assert_eq!(ok, n, "Bob's core is not broken");
 }
+
+/// The entry the index holds for `user`.
+fn indexed(w: &World, user: &str) -> crate::index::Entry {
+    crate::index::Entry::decode(&w.index.entries[user]).expect("an entry")
+}
+
+#[test]
+fn a_reconnect_moves_the_host_and_its_call_and_a_logout_says_goodbye() {
+    let mut w = World::new(51);
+    supernodes(&mut w, &["sn-a", "sn-b"]);
+    let alice = host(&mut w, 0, vec![entry("sn-a", sn(1)), entry("sn-b", sn(2))], login(0, 0, &["bob"]));
+    let bob = host(&mut w, 1, vec![entry("sn-b", sn(2))], login(1, 0, &["alice"]));
+    assert!(run_until_true(&mut w, secs(5.0), |w| w.index.entries.len() == 2));
+    assert_eq!(indexed(&w, "alice").supernode, "sn-a");
+    let id = place(&mut w, (alice, 0), (bob, 1));
+    assert_eq!(w.core_host(bob).core.calls().call_peer_supernode(id).as_deref(), Some("sn-a"));
+
+    let op = w.core_command(alice, Command::Reconnect);
+    assert!(run_until_true(&mut w, secs(3.0), |w| done(w, alice, op)));
+    assert!(matches!(w.core_host(alice).result(op), Some(Ok(Done::Ok))));
+    let a = w.core_host(alice);
+    assert_eq!(a.core.report().supernode, "sn-b");
+    assert_eq!(a.core.link().map(|l| l.link().epoch()), Some(2));
+    assert!(a.saw(|e| matches!(e, Event::Reconnected { supernode } if supernode == "sn-b")));
+    w.run_until(w.now + secs(1.0));
+    // Our entry names the new super node, and Bob's call was told where we went.
+    assert_eq!(indexed(&w, "alice").supernode, "sn-b");
+    assert_eq!(w.core_host(bob).core.calls().call_peer_supernode(id).as_deref(), Some("sn-b"));
+    assert!(connected(w.core_host(bob), &id));
+
+    w.core_command(alice, Command::EndCall { id });
+    w.run_until(w.now + secs(1.0));
+    let op = w.core_command(alice, Command::Logout);
+    assert!(run_until_true(&mut w, secs(6.0), |w| done(w, alice, op)));
+    assert!(matches!(w.core_host(alice).result(op), Some(Ok(Done::Ok))));
+    assert_eq!(*w.core_host(alice).core.phase(), Phase::LoggedOut);
+    assert_eq!(indexed(&w, "alice").status, Status::Offline);
+    let byes =
+        w.trace.iter().filter(|r| r.node == alice && matches!(r.what, What::Sent { kind: Some(MessageKind::Bye), .. }));
+    assert_eq!(byes.count(), 2, "one to leave sn-a, one at logout");
+    // Nothing more from Alice: no keepalives, no rejoin.
+    let sent = w.trace.iter().filter(|r| r.node == alice && matches!(r.what, What::Sent { .. })).count();
+    w.run_until(w.now + secs(60.0));
+    assert_eq!(w.trace.iter().filter(|r| r.node == alice && matches!(r.what, What::Sent { .. })).count(), sent);
+    assert!(!w.core_host(alice).core.ladder().is_busy());
+}
