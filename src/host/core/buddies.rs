@@ -855,6 +855,11 @@ impl BuddiesCore {
         let Some(out) = self.login_out.remove(&tag) else {
             self.stats.login_late += 1;
             tracing::debug!(tag, "a login answer for nothing pending");
+            // An operation its caller was told had timed out may have been applied at
+            // the login server after all: the book reads the list again to catch up.
+            if r.is_ok() {
+                self.read_list_soon(now);
+            }
             return;
         };
         self.on_login(now, out.purpose, r, true);

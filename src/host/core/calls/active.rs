@@ -55,6 +55,9 @@ pub(super) struct ActiveCall {
     pub peer_nat: Option<crate::nat::NatKind>,
     /// The extra sockets open for the call (their indices are `0..n`, less those closed).
     pub probe_sockets: u16,
+    /// How many extra sockets were asked of the shell and not yet answered for: they
+    /// count against the host's cap, and a call that ends meanwhile still closes them.
+    pub probe_opening: u16,
 }
 
 impl ActiveCall {
@@ -93,6 +96,7 @@ impl ActiveCall {
             connected: None,
             peer_nat: None,
             probe_sockets: 0,
+            probe_opening: 0,
         }
     }
 

@@ -73,7 +73,13 @@ impl CallsCore {
         match result {
             EffectResult::ProbeSocketsOpened { call, opened } => {
                 let ms = self.ms(now);
-                let Some(c) = self.active.get_mut(&call) else { return };
+                // Sockets opened for a call that ended meanwhile are closed at once: the
+                // shell holds them until told.
+                let Some(c) = self.active.get_mut(&call) else {
+                    self.effect(Effect::CloseProbeSockets { call, keep: Vec::new() });
+                    return;
+                };
+                c.probe_opening = 0;
                 let Some(m) = c.media.as_mut() else {
                     self.effect(Effect::CloseProbeSockets { call, keep: Vec::new() });
                     return;
@@ -93,7 +99,10 @@ impl CallsCore {
     /// What the calls' path searches asked for outside the media clock: extra sockets
     /// to open or close, relays to ask for.
     pub(super) fn service(&mut self) {
-        let mut open: usize = self.active.values().map(|c| usize::from(c.probe_sockets)).sum();
+        // Sockets asked for and not yet answered count as open: the cap holds across calls
+        // whose requests are in flight together.
+        let mut open: usize =
+            self.active.values().map(|c| usize::from(c.probe_sockets) + usize::from(c.probe_opening)).sum();
         let mut effects = Vec::new();
         let mut relays = Vec::new();
         for (id, c) in self.active.iter_mut() {
@@ -107,10 +116,12 @@ impl CallsCore {
                 effects.push(Effect::CloseProbeSockets { call: *id, keep });
             }
             if let Some((n, peer)) = m.take_socket_request() {
-                open -= usize::from(c.probe_sockets);
+                open -= usize::from(c.probe_sockets) + usize::from(c.probe_opening);
                 c.probe_sockets = 0;
                 let room = OPEN_MAX.saturating_sub(open);
                 let n = n.min(u16::try_from(room).unwrap_or(u16::MAX));
+                c.probe_opening = n;
+                open += usize::from(n);
                 effects.push(Effect::OpenProbeSockets { call: *id, n, peer });
             }
             if m.take_relay_request() {

@@ -55,7 +55,7 @@ use crate::call::signal::{Action, Call, Intent, Role, Signal, State, Timeouts};
 use crate::config::LocalCandidates;
 use crate::crypto::{Credential, PrivateKey, TrustedKeys};
 use crate::host::buddies::Event;
-use crate::host::calls::{CODECS, CallReport, call_id_hex};
+use crate::host::calls::{CODECS, CallReport, CallState, call_id_hex};
 use crate::host::media::{CallMedia, Outgoing, Setup, demux, search_plan};
 use crate::host::probe_sockets::{BirthdayBudget, OPEN_MAX};
 use crate::index::Status;
@@ -201,6 +201,29 @@ fn push_bounded<T>(q: &mut VecDeque<T>, max: usize, item: T, dropped: &mut u64) 
 }
 
 impl CallsCore {
+    /// Queues an event for the application. When nobody reads and the queue is full, the
+    /// oldest event that is not a call's end gives way: an end is what an application
+    /// must not miss (it frees what it holds for the call).
+    fn push_event(&mut self, e: Event) {
+        if self.events.len() >= QUEUED_MAX {
+            let is_end = |e: &Event| matches!(e, Event::Call { state: CallState::Ended { .. }, .. });
+            match self.events.iter().position(|e| !is_end(e)) {
+                Some(i) => {
+                    self.events.remove(i);
+                }
+                None if is_end(&e) => {
+                    self.events.pop_front();
+                }
+                None => {
+                    self.stats.dropped += 1;
+                    return;
+                }
+            }
+            self.stats.dropped += 1;
+        }
+        self.events.push_back(e);
+    }
+
     /// The calls of the holder of `me` (signing with `key`, checking the other side's
     /// credentials against `trusted`); `epoch` is the instant the call and media timers
     /// count from, `rng` draws call ids, secrets and the path search's seeds.
@@ -610,7 +633,7 @@ impl CallsCore {
                     c.pending_relay = None;
                     // Every relay leg over TCP of the call goes, connected or not yet.
                     close_conns.extend(self.relay_conns.iter().filter(|(_, r)| r.call == id).map(|(s, _)| *s));
-                    close_sockets |= c.probe_sockets > 0;
+                    close_sockets |= c.probe_sockets > 0 || c.probe_opening > 0;
                     c.probe_sockets = 0;
                     c.next_tick = None;
                     c.relay_waiting = false;
@@ -647,7 +670,7 @@ impl CallsCore {
                         state: state.into(),
                         codec: c.codec,
                     };
-                    push_bounded(&mut self.events, QUEUED_MAX, e, &mut self.stats.dropped);
+                    self.push_event(e);
                 }
             }
         }

@@ -104,6 +104,18 @@ impl CallsCore {
                 _ => {}
             }
             self.close_relay_conn(leg.session);
+            // One connect at a time per call: a newer leg supersedes one still connecting,
+            // so a peer sending leg after leg cannot make us dial in parallel, and an
+            // older leg that connects late cannot replace the newer one.
+            let stale: Vec<u32> = self
+                .relay_conns
+                .iter()
+                .filter(|(_, r)| r.call == id && r.connecting.is_some())
+                .map(|(s, _)| *s)
+                .collect();
+            for s in stale {
+                self.close_relay_conn(s);
+            }
             let conn = ConnId(self.next_conn);
             self.next_conn = self.next_conn.wrapping_add(1).max(CONN_BASE);
             let connecting = Some(now.mono + RELAY_CONNECT_TIMEOUT);

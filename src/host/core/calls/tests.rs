@@ -164,6 +164,40 @@ fn symmetric_and_cone_punch_before_the_relay_carries_media() {
 }
 
 #[test]
+fn extra_sockets_of_a_call_that_ends_before_they_are_reported_open_are_closed() {
+    let mut w = world(0, &["symmetric", "cone"], Signalling { notice_ms: 30, relay: RelayMode::Grant(1) });
+    // The shell answers late: the call ends between the open and its answer.
+    w.probe_open_ms = 3_000;
+    let id = place(&mut w, 0, 1, true);
+    let deadline = w.now_ms + 5_000;
+    assert!(w.run_while_not(deadline, |w| w.probe_sockets_open(0) > 0), "the birthday technique opened sockets");
+    w.end(0, id);
+    w.run_until(w.now_ms + 4_000);
+    assert_eq!(w.probe_sockets_open(0), 0, "no socket outlives its call");
+}
+
+#[test]
+fn a_full_event_queue_gives_up_anything_before_a_call_s_end() {
+    let mut w = world(0, &["public", "cone"], Signalling::default());
+    let core = &mut w.hosts[0].core;
+    let event =
+        |state| crate::host::buddies::Event::Call { call_id: "00".into(), peer: "bob".into(), state, codec: None };
+    let ended = || event(crate::host::calls::CallState::Ended { reason: "hung_up" });
+    core.push_event(ended());
+    for _ in 0..super::QUEUED_MAX + 10 {
+        core.push_event(event(crate::host::calls::CallState::Ringing));
+    }
+    core.push_event(ended());
+    let mut ends = 0;
+    let mut all = 0;
+    while let Some(e) = core.poll_event() {
+        all += 1;
+        ends += usize::from(e == ended());
+    }
+    assert_eq!((all, ends), (super::QUEUED_MAX, 2), "the queue stays bounded and keeps both ends");
+}
+
+#[test]
 fn the_callee_declines() {
     let mut w = world(3, &["cone", "cone"], Signalling::default());
     let id = place(&mut w, 0, 1, false);

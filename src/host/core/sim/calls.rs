@@ -249,6 +249,8 @@ pub struct CallsWorld {
     pub fail_relay_requests_link_down: bool,
     /// Call notices to this host are lost (its super node lost them; may be changed mid-run).
     pub lose_notices_to: Option<usize>,
+    /// How long the shell takes to say that extra sockets opened (they are open at once).
+    pub probe_open_ms: u64,
     /// Every call notice delivered, to which host.
     delivered: Vec<(usize, Vec<u8>)>,
     routers: Vec<Box<dyn NatFn>>,
@@ -288,6 +290,7 @@ impl CallsWorld {
             signalling,
             fail_relay_requests_link_down: false,
             lose_notices_to: None,
+            probe_open_ms: 0,
             delivered: Vec::new(),
             routers,
             table: SessionTable::new(Limits::default()),
@@ -298,6 +301,11 @@ impl CallsWorld {
             link_ms: BTreeMap::new(),
             handled: 0,
         }
+    }
+
+    /// How many extra sockets host `h` holds open.
+    pub fn probe_sockets_open(&self, h: usize) -> usize {
+        self.hosts[h].sockets.len()
     }
 
     /// The time as the cores take it.
@@ -623,7 +631,7 @@ impl CallsWorld {
                     host.sockets.insert(first + i, (call, i));
                 }
                 self.at(
-                    self.now_ms,
+                    self.now_ms + self.probe_open_ms,
                     Ev::Effect { host: h, result: EffectResult::ProbeSocketsOpened { call, opened: n } },
                 );
             }
