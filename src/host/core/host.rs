@@ -166,6 +166,17 @@ pub enum Command {
     },
     /// Reads the buddy list again (completes when a read begun after it ends).
     RefreshBuddies,
+    /// Opens a relay session for a call with the holder of `peer` (an encoded
+    /// credential); completes with the grant.
+    AllocateRelay {
+        /// The other side's credential, encoded.
+        peer: Vec<u8>,
+    },
+    /// Frees a relay session we opened (no answer comes; completes at once).
+    ReleaseRelay {
+        /// The session.
+        session: u32,
+    },
     /// A keepalive round trip (completes with the address the super node sees).
     Keepalive {
         /// How long to wait.
@@ -504,6 +515,15 @@ impl HostCore {
                 self.calls.end(now, id);
                 self.complete(op, Ok(Done::Ok));
             }
+            Command::AllocateRelay { peer } => {
+                self.request(now, Waiter::User(op), Request::RelayAllocate { callee: peer })
+            }
+            Command::ReleaseRelay { session } => {
+                if let Some(link) = self.link.as_mut() {
+                    link.release_relay(session);
+                }
+                self.complete(op, Ok(Done::Ok));
+            }
             Command::Keepalive { timeout } => self.request(now, Waiter::User(op), Request::Keepalive { timeout }),
             Command::Reconnect => match self.link.as_mut().filter(|l| l.link().is_open()) {
                 Some(link) => {
@@ -696,6 +716,10 @@ impl HostCore {
                         "{}: {}",
                         crate::wire::ErrorCode::from_code(a.code).label(),
                         a.detail
+                    ))),
+                    Ok(Answer::Granted(g)) if g.code != 0 => Err(HostError::Refused(format!(
+                        "no relay: {}",
+                        crate::wire::ErrorCode::from_code(g.code).label()
                     ))),
                     Ok(a) => Ok(Done::Answer(a)),
                     Err(e) => Err(e.into()),

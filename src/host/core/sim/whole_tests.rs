@@ -17,7 +17,7 @@ use crate::host::cache::{CacheEntry, NodeKind};
 use crate::host::calls::CallState;
 use crate::host::connect::Timeouts;
 use crate::host::core::calls::CallsConfig;
-use crate::host::core::host::{Command, Done, Fault, HostConfig, Phase};
+use crate::host::core::host::{Command, Done, Fault, HostConfig, HostError, Phase};
 use crate::host::core::ladder::LadderSettings;
 use crate::host::core::pending::{Answer, OpId};
 use crate::host::ladder::LadderConfig;
@@ -188,6 +188,12 @@ fn two_hosts_call(seed: u64) -> World {
     assert!(run_until_true(&mut w, secs(2.0), |w| done(w, alice, op)));
     let Some(Ok(Done::Answer(Answer::Found(f)))) = w.core_host(alice).result(op) else { panic!() };
     assert!(!f.entry.is_empty(), "bob's entry is in the index");
+    // This world's super nodes have no relay plane: a relay is refused, and said so.
+    let peer = w.core_host(bob).core.credential().encode();
+    let op = w.core_command(alice, Command::AllocateRelay { peer });
+    assert!(run_until_true(&mut w, secs(2.0), |w| done(w, alice, op)));
+    let r = w.core_host(alice).result(op);
+    assert!(matches!(r, Some(Err(HostError::Refused(why))) if why.contains("unsupported")), "{r:?}");
 
     // Alice calls Bob by name, they talk, Alice hangs up.
     let id = place(&mut w, (alice, 0), (bob, 1));
