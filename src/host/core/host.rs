@@ -468,6 +468,11 @@ impl HostCore {
         self.stats
     }
 
+    /// Effects whose results are still awaited.
+    pub fn effects_waiting(&self) -> usize {
+        self.effects_owned.len()
+    }
+
     // ---- inputs ----
 
     /// A user's command; its result comes back from [`HostCore::poll_completion`].
@@ -808,7 +813,9 @@ impl HostCore {
             self.stats.dropped += 1;
             return;
         }
-        if let Some(o) = owner {
+        // Only what answers is remembered: the rest would never leave the table.
+        let answers = matches!(e, Effect::LocalIpToward(_) | Effect::OpenProbeSockets { .. } | Effect::Login(_));
+        if let Some(o) = owner.filter(|_| answers) {
             self.effects_owned.insert(id, o);
         }
         self.effects.push_back((id, e));
@@ -841,8 +848,7 @@ impl HostCore {
         }
         while let Some(e) = self.calls.poll_effect() {
             any = true;
-            let owner = matches!(e, Effect::OpenProbeSockets { .. }).then_some(Owner::Calls);
-            self.effect(owner, e);
+            self.effect(Some(Owner::Calls), e);
         }
         while let Some(e) = self.calls.poll_event() {
             any = true;
@@ -979,6 +985,9 @@ impl HostCore {
     /// learn where we stand.
     fn joined(&mut self, now: Now, j: Joined) {
         if self.logging_out {
+            if let Dest::Tcp(conn) = j.dest {
+                self.effect(None, Effect::TcpClose { conn });
+            }
             return;
         }
         j.update_report(&mut self.report);

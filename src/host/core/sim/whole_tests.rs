@@ -446,3 +446,13 @@ fn a_reconnect_moves_the_host_and_its_call_and_a_logout_says_goodbye() {
     assert_eq!(w.trace.iter().filter(|r| r.node == alice && matches!(r.what, What::Sent { .. })).count(), sent);
     assert!(!w.core_host(alice).core.ladder().is_busy());
 }
+
+#[test]
+fn effects_that_answer_nothing_leave_nothing_behind() {
+    let w = two_hosts_call(61);
+    for h in [NodeId(2), NodeId(3)] {
+        let c = &w.core_host(h).core;
+        assert_eq!(c.effects_waiting(), 0, "every effect with a result got it; the rest were never kept");
+        assert_eq!(c.stats().stray_effects, 0);
+    }
+}
