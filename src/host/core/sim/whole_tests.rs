@@ -181,6 +181,8 @@ fn two_hosts_call(seed: u64) -> World {
         assert_eq!(*c.phase(), Phase::Online);
         assert_eq!(c.report().supernode, name);
         assert_eq!(c.report().nat, crate::nat::NatKind::Cone, "NAT discovery ran at login");
+        let e = indexed(&w, c.credential().subject.as_str());
+        assert_eq!((e.supernode.as_str(), e.nat), (name, crate::nat::NatKind::Cone), "the entry says where and how");
     }
 
     // They find each other.
