@@ -453,14 +453,40 @@ impl HostCore {
         &self.ladder
     }
 
-    /// The calls (getters: media, candidates, states).
+    /// The calls' getters (media, candidates, states); they change only through the
+    /// core, so that what they put out is routed.
     pub fn calls(&self) -> &CallsCore {
         &self.calls
     }
 
-    /// The calls, for their setters (audio, recording, relay choices, timeouts, reports).
-    pub fn calls_mut(&mut self) -> &mut CallsCore {
-        &mut self.calls
+    /// What to play into call `id` (48 kHz mono samples; silence after).
+    pub fn set_call_audio(&mut self, id: [u8; 16], samples: Vec<i16>) {
+        self.calls.set_call_audio(id, samples);
+    }
+
+    /// Keeps what call `id` sounds like at our end, for its report.
+    pub fn set_call_recording(&mut self, id: [u8; 16], on: bool) {
+        self.calls.set_call_recording(id, on);
+    }
+
+    /// The report of an ended call, once.
+    pub fn take_call_report(&mut self, id: [u8; 16]) -> Option<crate::host::calls::CallReport> {
+        self.calls.take_call_report(id)
+    }
+
+    /// Media only through a relay, or not (for calls that start from now on).
+    pub fn set_relay_only(&mut self, on: bool) {
+        self.calls.set_relay_only(on);
+    }
+
+    /// Relay legs over TCP even with UDP at hand, or not.
+    pub fn set_relay_tcp(&mut self, on: bool) {
+        self.calls.set_relay_tcp(on);
+    }
+
+    /// The call timeouts for calls that begin from now on.
+    pub fn set_call_timeouts(&mut self, t: crate::call::signal::Timeouts) {
+        self.calls.set_call_timeouts(t);
     }
 
     /// Counters.

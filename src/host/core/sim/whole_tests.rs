@@ -151,11 +151,11 @@ fn place(w: &mut World, a: (NodeId, usize), b: (NodeId, usize)) -> [u8; 16] {
     assert!(run_until_true(w, secs(2.0), |w| done(w, a.0, op)));
     let Some(Ok(Done::Called(id))) = w.core_host(a.0).result(op) else { panic!("{:?}", w.core_host(a.0).result(op)) };
     let id = *id;
-    let calls = w.core_host_mut(a.0).core.calls_mut();
+    let calls = &mut w.core_host_mut(a.0).core;
     calls.set_call_audio(id, tone(&[TONES[a.1]], 60.0, 0.5));
     calls.set_call_recording(id, true);
     assert!(run_until_true(w, secs(2.0), |w| ringing(w.core_host(b.0), &id)));
-    let calls = w.core_host_mut(b.0).core.calls_mut();
+    let calls = &mut w.core_host_mut(b.0).core;
     calls.set_call_audio(id, tone(&[TONES[b.1]], 60.0, 0.5));
     calls.set_call_recording(id, true);
     w.core_command(b.0, Command::AnswerCall { id, accept: true });
@@ -207,7 +207,7 @@ fn two_hosts_call(seed: u64) -> World {
         CallState::Ended { .. }
     ))));
     for (me, i) in [(alice, 0), (bob, 1)] {
-        let report = w.core_host_mut(me).core.calls_mut().take_call_report(id).expect("a report");
+        let report = w.core_host_mut(me).core.take_call_report(id).expect("a report");
         assert!(report.media.received > 100, "{} frames", report.media.received);
         let heard = &report.heard[report.heard.len() / 2..];
         let theirs = TONES[1 - i];
@@ -301,7 +301,7 @@ fn storm(seed: u64, fault: Fault) -> Storm {
     let t = w.now;
     w.supernode_mut(sn_a).set_mode(SnMode::Drop(vec![MessageKind::RelayAllocate]));
     let refresh = w.core_command(alice, Command::RefreshBuddies);
-    w.core_host_mut(alice).core.calls_mut().set_relay_only(true);
+    w.core_host_mut(alice).core.set_relay_only(true);
     let op = w.core_command(alice, Command::Call { user: "carol".into(), even_if_offline: false });
     let lookups: Vec<OpId> =
         (0..LOOKUPS).map(|i| w.core_command(alice, Command::Find { user: format!("nobody-{i}") })).collect();
