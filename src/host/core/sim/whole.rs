@@ -145,6 +145,8 @@ pub struct CoreNode {
     pub max_outputs: usize,
     /// The login server its login effects go to.
     pub login: FakeLogin,
+    /// Extra sockets opened, and datagrams they took in.
+    pub probe_sockets: (u64, u64),
     /// Login effects on their way back: when, and their id and call.
     login_out: BTreeMap<(Duration, u64), (EffectId, LoginCall)>,
     login_seq: u64,
@@ -212,6 +214,7 @@ impl CoreNode {
             voice_outside_ticks: 0,
             max_outputs: 0,
             login,
+            probe_sockets: (0, 0),
             login_out: BTreeMap::new(),
             login_seq: 0,
             sockets: BTreeMap::new(),
@@ -257,7 +260,10 @@ impl CoreNode {
         };
         let now = ctx.core_now();
         match self.ports.get(&inside.port()) {
-            Some(&(call, socket)) => self.core.handle_probe_datagram(now, call, socket, from, bytes),
+            Some(&(call, socket)) => {
+                self.probe_sockets.1 += 1;
+                self.core.handle_probe_datagram(now, call, socket, from, bytes)
+            }
             None => self.core.handle_datagram(now, from, bytes),
         }
         self.drain(ctx, false);
@@ -382,6 +388,7 @@ impl CoreNode {
                     self.sockets.insert((call, i), port);
                     self.ports.insert(port, (call, i));
                 }
+                self.probe_sockets.0 += u64::from(n);
                 self.core.handle_effect(now, id, EffectResult::ProbeSocketsOpened { call, opened: n });
             }
             Effect::CloseProbeSockets { call, keep } => self.close_sockets(call, &keep),

@@ -95,9 +95,13 @@ fn login(i: usize, buddies: usize, also: &[&str]) -> FakeLogin {
 /// Host `i` (alice, bob, carol) behind a cone router of its own, with `cache` and the
 /// buddy list `login` serves.
 fn host(w: &mut World, i: usize, cache: Vec<CacheEntry>, login: FakeLogin) -> NodeId {
-    let user = ["alice", "bob", "carol"][i];
     let public = IpAddr::from([198, 18, 10 + i as u8, 1]);
-    let nat: Box<dyn NatFn> = Box::new(Cone::new(public, MAPPING_TTL));
+    host_behind(w, i, Box::new(Cone::new(public, MAPPING_TTL)), cache, login)
+}
+
+/// Host `i` behind `nat` (its public address `198.18.(10+i).1`).
+fn host_behind(w: &mut World, i: usize, nat: Box<dyn NatFn>, cache: Vec<CacheEntry>, login: FakeLogin) -> NodeId {
+    let user = ["alice", "bob", "carol"][i];
     let private = SocketAddr::new(IpAddr::from([10, 0, i as u8, 2]), 40_000);
     w.add_core_host(Seat { user: user.into(), private, nat, key: key(i), login }, config(), cache)
 }
@@ -457,4 +461,24 @@ fn effects_that_answer_nothing_leave_nothing_behind() {
         assert_eq!(c.effects_waiting(), 0, "every effect with a result got it; the rest were never kept");
         assert_eq!(c.stats().stray_effects, 0);
     }
+}
+
+#[test]
+fn a_cone_calls_a_symmetric_nat_through_the_extra_sockets() {
+    let mut w = World::new(71);
+    supernodes(&mut w, &["sn-a", "sn-b"]);
+    let alice = host(&mut w, 0, vec![entry("sn-a", sn(1))], login(0, 0, &[]));
+    let symmetric = Box::new(super::nat::Symmetric::new(IpAddr::from([198, 18, 12, 1]), MAPPING_TTL));
+    let carol = host_behind(&mut w, 2, symmetric, vec![entry("sn-b", sn(2))], login(2, 0, &[]));
+    assert!(run_until_true(&mut w, secs(6.0), |w| w.index.entries.len() == 2));
+    assert_eq!(w.core_host(carol).core.report().nat, crate::nat::NatKind::Symmetric);
+    let id = place(&mut w, (alice, 0), (carol, 2));
+    let settle = secs((crate::call::birthday::HARD_FOR_MS + 1_000) as f64 / 1000.0);
+    w.run_until(w.now + settle);
+    let path = |h| w.core_host(h).core.calls().call_media(id).and_then(|m| m.path);
+    assert_eq!((path(alice), path(carol)), (Some("punched"), Some("punched")));
+    // The symmetric side opened extra sockets (a new mapping each), and the cone side's
+    // answers came in through them: the core routed both ways.
+    let (opened, took_in) = w.core_host(carol).probe_sockets;
+    assert!(opened > 0 && took_in > 0, "carol opened {opened} extra sockets, which took in {took_in}");
 }
