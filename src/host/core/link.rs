@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 
 /// How long a suspect link has to answer its liveness keepalive.
 pub const LIVENESS_ANSWER_MAX: Duration = Duration::from_secs(1);
+/// The keepalive period while a call has media (`host::liveness`'s call pace).
+pub const IN_CALL_KEEPALIVE: Duration = Duration::from_secs(1);
+/// How long the link may stay silent while a call has media before it is dead.
+pub const IN_CALL_SILENCE_MAX: Duration = Duration::from_millis(3_500);
 
 /// Why a link ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -83,6 +87,9 @@ pub struct SnLink {
     state: LinkState,
     keepalive_tag: u32,
     keepalives_sent: u32,
+    /// The pace the Welcome asked for, kept while a call's pace is on.
+    base: (Duration, Duration),
+    in_call: bool,
 }
 
 impl SnLink {
@@ -92,18 +99,44 @@ impl SnLink {
     pub fn new(session: ClientSession, dest: Dest, epoch: u32, now: Instant, keepalive_tag: u32) -> Self {
         assert_ne!(keepalive_tag, 0, "a zero tag would give ids the request table uses");
         let keepalive = Duration::from_secs(u64::from(session.welcome.keepalive_secs.max(1)));
+        let silence_max = keepalive * 2 + Duration::from_secs(5);
         Self {
             session,
             dest,
             epoch,
             keepalive,
-            silence_max: keepalive * 2 + Duration::from_secs(5),
+            silence_max,
+            base: (keepalive, silence_max),
+            in_call: false,
             heard: now,
             next_keepalive: now + keepalive,
             state: LinkState::Up,
             keepalive_tag,
             keepalives_sent: 0,
         }
+    }
+
+    /// While a call has media the link keeps the call pace: a keepalive every
+    /// [`IN_CALL_KEEPALIVE`], dead after [`IN_CALL_SILENCE_MAX`] of silence, so a lost
+    /// super node is noticed in seconds rather than after twice the Welcome's period.
+    pub fn set_in_call(&mut self, on: bool, now: Instant) {
+        if on == self.in_call {
+            return;
+        }
+        self.in_call = on;
+        let (keepalive, silence_max) = self.base;
+        if on {
+            self.keepalive = keepalive.min(IN_CALL_KEEPALIVE);
+            self.silence_max = silence_max.min(IN_CALL_SILENCE_MAX);
+            self.next_keepalive = self.next_keepalive.min(now + self.keepalive);
+        } else {
+            (self.keepalive, self.silence_max) = (keepalive, silence_max);
+        }
+    }
+
+    /// Whether the call pace is on.
+    pub fn in_call(&self) -> bool {
+        self.in_call
     }
 
     /// The first sealed frame of the link: a keepalive whose echo tells the super

@@ -29,11 +29,13 @@
 
 pub mod buddies;
 pub mod calls;
+pub mod host;
 pub mod io;
 pub mod ladder;
 pub mod link;
 pub mod pending;
 
+pub use self::host::{Command, Done, HostConfig, HostCore, HostError, HostResult};
 use self::io::{ConnId, Dest, Effect, EffectId, TcpEvent, Transmit};
 use self::link::{Arrival, Ended, SnLink};
 use self::pending::{Class, OpId, OpResult, Pending, PendingStats, Request, Revision};
@@ -123,6 +125,38 @@ impl CoreLink {
         };
         core.link.hello(&mut core.transmits);
         core
+    }
+
+    /// Moves the core onto a new session (a failover's, or a reconnect's) at `now`:
+    /// the link is the next epoch's, and the request table (its id counter, its
+    /// tombstones, its counters) carries over. Whatever was pending on the old link has
+    /// already failed with `LinkDown` when it ended; if it had not ended, it is closed
+    /// here first. The new link's first transmit asks its revision again.
+    pub fn replace(&mut self, session: ClientSession, dest: Dest, now: Now, rng: &mut impl rand::Rng) {
+        if self.link.close(Ended::ConnectionClosed) {
+            self.link_ended(Ended::ConnectionClosed);
+        }
+        let tag = std::iter::repeat_with(|| rng.next_u32()).find(|t| *t != 0).expect("an endless generator");
+        let in_call = self.link.in_call();
+        self.link = SnLink::new(session, dest, self.link.epoch() + 1, now.mono, tag);
+        self.link.set_in_call(in_call, now.mono);
+        self.pending.set_revision(Revision::Unknown);
+        self.pending.set_reliable(matches!(dest, Dest::Tcp(_)));
+        self.revision_by = now.mono + REVISION_WAIT;
+        self.link.hello(&mut self.transmits);
+        self.pump(now);
+    }
+
+    /// Whether a call has media: the link then keeps its call pace (see
+    /// [`SnLink::set_in_call`]).
+    pub fn set_in_call(&mut self, on: bool, now: Now) {
+        self.link.set_in_call(on, now.mono);
+    }
+
+    /// Seals a message that has no answer (`RelayRelease`, `CallStats`) on the link as
+    /// it is; dropped when the link is over, as such messages are on a dead link.
+    pub fn send_sealed(&mut self, kind: MessageKind, body: &[u8]) {
+        self.transmits.extend(self.link.seal(kind, body));
     }
 
     /// The link (its state, its super node, when it was last heard).

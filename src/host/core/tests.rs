@@ -800,3 +800,68 @@ fn a_request_sent_before_the_revision_was_known_keeps_its_lane_place() {
     assert_eq!(b.result(bob), Some(&Err(RequestError::Refused(e))));
     assert_eq!(b.result(publish), None);
 }
+
+#[test]
+fn a_call_keeps_the_link_at_its_pace_and_notices_a_dead_super_node_in_seconds() {
+    // Welcome's pace: a keepalive every 15 s, dead after 35 s of silence.
+    let mut idle = Bench::new(21, 15);
+    idle.echo = Echo::Lost;
+    idle.run_until(secs(40.0));
+    assert_eq!(idle.events, vec![(secs(35.0), CoreEvent::LinkEnded { epoch: 1, why: Ended::Silent })]);
+
+    // While a call has media: one a second, dead after 3.5 s.
+    let mut b = Bench::new(21, 15);
+    b.echo = Echo::Lost;
+    b.core.set_in_call(true, b.now());
+    b.run_until(secs(10.0));
+    assert_eq!(b.events, vec![(secs(3.5), CoreEvent::LinkEnded { epoch: 1, why: Ended::Silent })]);
+    assert_eq!(b.sent(MessageKind::Keepalive), 4, "at once, then at 1, 2 and 3 s");
+
+    // The call over, the Welcome's pace is back.
+    let mut after = Bench::new(21, 15);
+    after.core.set_in_call(true, after.now());
+    after.run_until(secs(2.5));
+    after.core.set_in_call(false, after.now());
+    after.echo = Echo::Lost;
+    after.run_until(secs(60.0));
+    let [(at, CoreEvent::LinkEnded { why: Ended::Silent, .. })] = after.events.as_slice() else {
+        panic!("{:?}", after.events)
+    };
+    assert!(*at > secs(30.0), "{at:?}");
+}
+
+#[test]
+fn a_replaced_link_is_the_next_epoch_over_the_same_request_table() {
+    let mut b = Bench::rev2(22, 15);
+    b.echo = Echo::Lost;
+    let before = b.core.find(b.now(), "bob");
+    let req_of = |actions: &[Action]| {
+        actions.iter().find_map(|a| match a {
+            Action::Find(f) => Some(f.req),
+            _ => None,
+        })
+    };
+    let first = req_of(&b.drain()).expect("the find went out");
+    assert_eq!(b.core.link().epoch(), 1);
+
+    // Another session (a failover's): the old link ends, its request fails, and the
+    // table goes on numbering where it was.
+    let (session, sn) = establish(15);
+    b.sn = sn;
+    b.echo = Echo::Session;
+    let now = b.now();
+    b.core.replace(session, Dest::Udp(sn_addr()), now, &mut rand::rngs::StdRng::seed_from_u64(23));
+    assert_eq!(b.core.link().epoch(), 2);
+    assert_eq!(b.core.revision(), Revision::Unknown, "the new super node's revision is asked again");
+    b.drain();
+    assert_eq!(b.core.revision(), Revision::Rev2);
+    assert_eq!(b.result(before), Some(&Err(RequestError::LinkDown)));
+    assert!(matches!(b.events.as_slice(), [(_, CoreEvent::LinkEnded { epoch: 1, why: Ended::ConnectionClosed })]));
+    let after = b.core.find(b.now(), "bob");
+    let second = req_of(&b.drain()).expect("the find went out on the new link");
+    assert_eq!(second, first.wrapping_add(1), "one counter for both links");
+    assert!(after > before, "operation ids go on too");
+    b.reply(MessageKind::FindReply, &found(second, b"entry"));
+    b.drain();
+    assert!(matches!(b.result(after), Some(Ok(Answer::Found(_)))));
+}

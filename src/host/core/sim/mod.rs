@@ -18,10 +18,12 @@ pub mod host;
 pub mod media;
 pub mod nat;
 pub mod supernode;
+pub mod whole;
 
 use self::host::SimHost;
 use self::nat::NatFn;
 use self::supernode::{FakeSupernode, SimIndex};
+use self::whole::CoreNode;
 use super::io::{ConnId, TcpEvent};
 use super::pending::{OpId, OpResult};
 use super::{CoreEvent, CoreLink, Now};
@@ -210,6 +212,8 @@ pub enum Node {
     Host(Box<SimHost>),
     /// A super node.
     Supernode(Box<FakeSupernode>),
+    /// A host whose machine is a whole `HostCore`.
+    Core(Box<CoreNode>),
 }
 
 /// What a node may touch while it handles one input.
@@ -441,6 +445,56 @@ impl World {
         id
     }
 
+    /// A host where `seat` says whose machine is a whole `HostCore` with `cfg` over the
+    /// host cache `cache`; it starts its ladder now.
+    pub fn add_core_host(
+        &mut self,
+        seat: whole::Seat,
+        cfg: super::host::HostConfig,
+        cache: Vec<crate::host::cache::CacheEntry>,
+    ) -> NodeId {
+        let serial = self.nodes.len() as u64 + 100;
+        let seed = self.rng.next_u64();
+        let now = Now { mono: self.base + self.now, unix_ms: EPOCH_UNIX_SECS * 1000 + self.now.as_millis() as u64 };
+        let cache = crate::host::cache::Cache::new(cache);
+        let node = CoreNode::new(seat, cfg, cache, (serial, EPOCH_UNIX_SECS, seed), now);
+        let ip = node.nat().public_ip();
+        let id = self.add(ip, Node::Core(Box::new(node)));
+        self.with_node(id, |node, ctx| {
+            if let Node::Core(h) = node {
+                h.start(ctx);
+            }
+        });
+        id
+    }
+
+    /// The whole-core host `id`.
+    pub fn core_host(&self, id: NodeId) -> &CoreNode {
+        match self.nodes.get(&id) {
+            Some(Node::Core(h)) => h,
+            _ => panic!("{id:?} is no whole-core host"),
+        }
+    }
+
+    /// The whole-core host `id`, to change it.
+    pub fn core_host_mut(&mut self, id: NodeId) -> &mut CoreNode {
+        match self.nodes.get_mut(&id) {
+            Some(Node::Core(h)) => h,
+            _ => panic!("{id:?} is no whole-core host"),
+        }
+    }
+
+    /// Gives whole-core host `id` a command now.
+    pub fn core_command(&mut self, id: NodeId, c: super::host::Command) -> OpId {
+        let mut op = None;
+        self.with_node(id, |node, ctx| {
+            if let Node::Core(h) = node {
+                op = Some(h.command(ctx, c));
+            }
+        });
+        op.expect("a whole-core host")
+    }
+
     /// The host `id`, to set it up.
     pub fn host_mut(&mut self, id: NodeId) -> &mut SimHost {
         match self.nodes.get_mut(&id) {
@@ -565,8 +619,12 @@ impl World {
                         TcpEvent::ConnectFailed("too many connections".into())
                     }
                     Some(true) => {
-                        let Node::Host(h) = &self.nodes[&host] else { return };
-                        let public = SocketAddr::new(h.nat().public_ip(), self.next_conn_port);
+                        let ip = match &self.nodes[&host] {
+                            Node::Host(h) => h.nat().public_ip(),
+                            Node::Core(h) => h.nat().public_ip(),
+                            Node::Supernode(_) => return,
+                        };
+                        let public = SocketAddr::new(ip, self.next_conn_port);
                         self.next_conn_port = self.next_conn_port.checked_add(1).unwrap_or(50_000);
                         self.conns.insert(public, SimConn { host, conn, supernode: addr });
                         TcpEvent::Connected { local: public }
@@ -623,6 +681,7 @@ impl World {
         match node {
             Node::Host(h) => h.poll_timeout(self.base),
             Node::Supernode(s) => s.poll_timeout(EPOCH_UNIX_SECS),
+            Node::Core(h) => h.poll_timeout(self.base),
         }
     }
 
@@ -655,10 +714,10 @@ impl World {
             && e.key().0 <= self.now
         {
             let (host, conn, event) = e.remove();
-            self.with_node(host, |node, ctx| {
-                if let Node::Host(h) = node {
-                    h.handle_tcp(ctx, conn, event);
-                }
+            self.with_node(host, |node, ctx| match node {
+                Node::Host(h) => h.handle_tcp(ctx, conn, event),
+                Node::Core(h) => h.handle_tcp(ctx, conn, event),
+                Node::Supernode(_) => {}
             });
             return true;
         }
@@ -672,6 +731,7 @@ impl World {
             self.with_node(id, |node, ctx| match node {
                 Node::Host(h) => h.handle_timeout(ctx),
                 Node::Supernode(s) => s.handle_timeout(ctx),
+                Node::Core(h) => h.handle_timeout(ctx),
             });
             let left = self.node_timeout(&self.nodes[&id]);
             assert!(left.is_none_or(|t| t >= self.now), "{id:?} left a timer overdue at {:?}", self.now);
@@ -694,16 +754,17 @@ impl World {
             // A frame on a TCP connection, from its super node. A UDP datagram from that
             // same node to a NAT mapping that drew the connection's port would be taken
             // for one; a host that links over TCP has no UDP link to that node.
-            self.with_node(c.host, |node, ctx| {
-                if let Node::Host(h) = node {
-                    h.handle_tcp(ctx, c.conn, TcpEvent::Frame(p.bytes));
-                }
+            self.with_node(c.host, |node, ctx| match node {
+                Node::Host(h) => h.handle_tcp(ctx, c.conn, TcpEvent::Frame(p.bytes)),
+                Node::Core(h) => h.handle_tcp(ctx, c.conn, TcpEvent::Frame(p.bytes)),
+                Node::Supernode(_) => {}
             });
             return;
         }
         self.with_node(id, |node, ctx| match node {
             Node::Host(h) => h.handle_datagram(ctx, p.from, p.to, &p.bytes),
             Node::Supernode(s) => s.handle_datagram(ctx, p.from, &p.bytes),
+            Node::Core(h) => h.handle_datagram(ctx, p.from, p.to, &p.bytes),
         });
     }
 }
@@ -714,3 +775,5 @@ mod ladder;
 mod matrix;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod whole_tests;
