@@ -3,6 +3,10 @@
 //! decides when the super node is gone. Inputs are frames and `now`; outputs are
 //! [`Transmit`]s. Nothing here reads a clock or touches a socket.
 //!
+//! Its pace and silence limit are [`crate::host::liveness`]'s: the Welcome's period at
+//! rest, a quicker one while a call is under way ([`SnLink::set_in_call`]), and a check
+//! on demand when a call's media goes silent ([`SnLink::check`]).
+//!
 //! Every keepalive the link sends carries an id: its first sealed frame is one, so the
 //! echo tells a revision-2 super node (which echoes the id) from a revision-1 one (which
 //! echoes 0). The link's ids are `tag << 32 | n` with a non-zero random tag, so they
@@ -10,6 +14,7 @@
 
 use super::io::{Dest, Transmit};
 use crate::host::handshake::ClientSession;
+use crate::host::liveness::{Gone, Liveness, Verdict};
 use crate::wire::MessageKind;
 use crate::wire::frame::FrameError;
 use crate::wire::message::Keepalive;
@@ -76,10 +81,9 @@ pub struct SnLink {
     session: ClientSession,
     dest: Dest,
     epoch: u32,
-    keepalive: Duration,
-    silence_max: Duration,
+    /// The keepalive pace and the silence limit.
+    liveness: Liveness,
     heard: Instant,
-    next_keepalive: Instant,
     state: LinkState,
     keepalive_tag: u32,
     keepalives_sent: u32,
@@ -96,10 +100,8 @@ impl SnLink {
             session,
             dest,
             epoch,
-            keepalive,
-            silence_max: keepalive * 2 + Duration::from_secs(5),
+            liveness: Liveness::new(keepalive, now),
             heard: now,
-            next_keepalive: now + keepalive,
             state: LinkState::Up,
             keepalive_tag,
             keepalives_sent: 0,
@@ -158,9 +160,29 @@ impl SnLink {
         self.heard
     }
 
-    /// How long without anything authenticated before the link is dead.
+    /// How long without anything authenticated before the link is dead (shorter while
+    /// a call is under way).
     pub fn silence_max(&self) -> Duration {
-        self.silence_max
+        self.liveness.silence_max()
+    }
+
+    /// Whether a call is under way: keepalives every second then, and the super node
+    /// gone after 3.5 s of silence, since the call's signals reach us only through it.
+    pub fn set_in_call(&mut self, on: bool, now: Instant) {
+        if self.is_open() {
+            self.liveness.set_in_call(on, now);
+        }
+    }
+
+    /// A call's media went silent: asks the super node at once (a keepalive now and
+    /// every 300 ms), and the link ends if nothing authenticated arrives within 1.5 s.
+    /// True if a check started (false while one is already under way).
+    pub fn check(&mut self, now: Instant, out: &mut VecDeque<Transmit>) -> bool {
+        if !self.is_open() || !self.liveness.check(now) {
+            return false;
+        }
+        self.send_keepalive(out);
+        true
     }
 
     /// Seals one message; None once the link is over.
@@ -178,6 +200,7 @@ impl SnLink {
             Err(e) => return Arrival::Rejected(e),
         };
         self.heard = self.heard.max(now);
+        self.liveness.heard(now);
         self.state = LinkState::Up;
         if kind == MessageKind::Bye {
             self.state = LinkState::Ended(Ended::ByeFromSupernode);
@@ -194,7 +217,6 @@ impl SnLink {
             return false;
         }
         self.send_keepalive(out);
-        self.next_keepalive = now + self.keepalive;
         self.state = LinkState::Suspect { probed: now, answer_by: now + LIVENESS_ANSWER_MAX };
         true
     }
@@ -202,18 +224,19 @@ impl SnLink {
     /// The link's timers at `now`: death by silence or by an unanswered liveness
     /// keepalive, else the periodic keepalive. Returns why the link ended, if it did.
     pub fn on_timeout(&mut self, now: Instant, out: &mut VecDeque<Transmit>) -> Option<Ended> {
-        let ended = match self.state {
-            LinkState::Ended(_) => return None,
-            _ if now >= self.heard + self.silence_max => Ended::Silent,
-            LinkState::Suspect { answer_by, .. } if now >= answer_by => Ended::NoAnswer,
-            _ => {
-                if now >= self.next_keepalive {
-                    self.send_keepalive(out);
-                    // A late step sends one keepalive, not one per missed period.
-                    self.next_keepalive = (self.next_keepalive + self.keepalive).max(now + self.keepalive / 2);
-                }
+        if matches!(self.state, LinkState::Ended(_)) {
+            return None;
+        }
+        let ended = match self.liveness.on_wake(now) {
+            Verdict::Gone(Gone::Silent) => Ended::Silent,
+            Verdict::Gone(_) => Ended::NoAnswer,
+            _ if matches!(self.state, LinkState::Suspect { answer_by, .. } if now >= answer_by) => Ended::NoAnswer,
+            Verdict::Keepalive => {
+                // A late step sends one keepalive, not one per missed period.
+                self.send_keepalive(out);
                 return None;
             }
+            Verdict::Wait => return None,
         };
         self.state = LinkState::Ended(ended);
         Some(ended)
@@ -243,7 +266,7 @@ impl SnLink {
             LinkState::Suspect { answer_by, .. } => Some(answer_by),
             LinkState::Up => None,
         };
-        let t = self.next_keepalive.min(self.heard + self.silence_max);
+        let t = self.liveness.next_wake();
         Some(answer_by.map_or(t, |a| a.min(t)))
     }
 }

@@ -430,6 +430,59 @@ fn an_unanswered_request_and_probe_end_the_link_long_before_the_silence_limit() 
 }
 
 #[test]
+fn in_a_call_a_silent_super_node_is_gone_after_three_and_a_half_seconds() {
+    // At rest (a 15 s period), silence would take 35 s; a call under way makes it 3.5 s,
+    // counted from the switch, with a keepalive a second.
+    let mut b = Bench::rev2(10, 15);
+    b.run_until(secs(10.0));
+    let before = b.sent(MessageKind::Keepalive);
+    b.echo = Echo::Lost;
+    b.core.set_in_call(b.now(), true);
+    b.run_until(secs(20.0));
+    assert_eq!(b.events, vec![(secs(13.5), CoreEvent::LinkEnded { epoch: 1, why: Ended::Silent })]);
+    let pace: Vec<_> = b
+        .trace
+        .iter()
+        .filter(|(t, k, _)| *k == MessageKind::Keepalive && *t >= secs(10.0))
+        .map(|(t, _, _)| *t)
+        .collect();
+    assert_eq!(pace, vec![secs(10.0), secs(11.0), secs(12.0), secs(13.0)]);
+    assert_eq!(b.sent(MessageKind::Keepalive) - before, 4);
+
+    // Answered, the call pace keeps the link; back at rest, the period is 15 s again.
+    let mut up = Bench::rev2(10, 15);
+    up.core.set_in_call(up.now(), true);
+    up.run_until(secs(10.0));
+    assert!(up.events.is_empty(), "{:?}", up.events);
+    assert_eq!(up.sent(MessageKind::Keepalive), 12, "the first, then one a second from the switch");
+    up.core.set_in_call(up.now(), false);
+    up.run_until(secs(40.0));
+    assert_eq!(up.sent(MessageKind::Keepalive), 14, "{:?}", up.trace);
+}
+
+#[test]
+fn a_check_on_media_silence_ends_a_mute_link_in_a_second_and_a_half() {
+    let mut b = Bench::rev2(11, 15);
+    b.run_until(secs(5.0));
+    b.echo = Echo::Lost;
+    let before = b.sent(MessageKind::Keepalive);
+    b.core.check(b.now());
+    b.core.check(b.now());
+    b.run_until(secs(10.0));
+    assert_eq!(b.events, vec![(secs(6.5), CoreEvent::LinkEnded { epoch: 1, why: Ended::NoAnswer })]);
+    assert_eq!(b.sent(MessageKind::Keepalive) - before, 5, "one at once, then every 300 ms; one check at a time");
+
+    // A live super node answers the first: nothing ends, and the pace is back to 15 s.
+    let mut up = Bench::rev2(11, 15);
+    up.run_until(secs(5.0));
+    let before = up.sent(MessageKind::Keepalive);
+    up.core.check(up.now());
+    up.run_until(secs(14.0));
+    assert!(up.events.is_empty(), "{:?}", up.events);
+    assert_eq!(up.sent(MessageKind::Keepalive) - before, 1);
+}
+
+#[test]
 fn the_send_queue_paces_presence_while_a_call_request_jumps_ahead() {
     let mut b = Bench::new(10, 15);
     b.ack_forwards = true;
