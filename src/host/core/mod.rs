@@ -377,4 +377,4 @@ impl CoreLink {
 #[cfg(test)]
 pub mod sim;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -32,6 +32,15 @@ fn host_addr() -> SocketAddr {
 
 /// A host session and the super node's end of it, from a whole handshake.
 fn establish(keepalive_secs: u16) -> (ClientSession, Session) {
+    establish_at(sn_addr(), host_addr(), keepalive_secs)
+}
+
+/// Like [`establish`], between a super node at `sn_addr` and a host at `host_addr`.
+pub(crate) fn establish_at(
+    sn_addr: SocketAddr,
+    host_addr: SocketAddr,
+    keepalive_secs: u16,
+) -> (ClientSession, Session) {
     let sn = crate::supernode::tests::identity();
     let cred = Credential::issue(
         Claims {
@@ -44,18 +53,17 @@ fn establish(keepalive_secs: u16) -> (ClientSession, Session) {
         },
         &test_key(0),
     );
-    let d = Dialing::with_nonce(sn_addr(), [1; 16]);
-    let h = Hello::decode(frame::decode(sn_addr(), &d.hello()).unwrap().payload).unwrap();
-    let challenge =
-        frame::encode_plain(sn_addr(), MessageKind::Challenge, 0, &sn.challenge(&h, host_addr(), T0).encode());
+    let d = Dialing::with_nonce(sn_addr, [1; 16]);
+    let h = Hello::decode(frame::decode(sn_addr, &d.hello()).unwrap().payload).unwrap();
+    let challenge = frame::encode_plain(sn_addr, MessageKind::Challenge, 0, &sn.challenge(&h, host_addr, T0).encode());
     let a = d.on_challenge(&challenge, &sn.trusted, &cred, &test_key(2), T0).unwrap().unwrap();
-    let env = precheck(&sn, frame::decode(sn_addr(), a.auth()).unwrap().payload, host_addr(), T0).unwrap();
+    let env = precheck(&sn, frame::decode(sn_addr, a.auth()).unwrap().payload, host_addr, T0).unwrap();
     let accepted = accept(&sn, &env, T0).unwrap();
     let who =
-        SessionPeer { id: 5, user: "alice".into(), peer: host_addr(), listener: sn_addr(), transport: Transport::Udp };
+        SessionPeer { id: 5, user: "alice".into(), peer: host_addr, listener: sn_addr, transport: Transport::Udp };
     let mut s = Session::new(who, &accepted.secret, T0, 3600);
     let welcome = s.welcome(&Welcome {
-        observed: host_addr(),
+        observed: host_addr,
         keepalive_secs,
         idle_timeout_secs: 3600,
         probe_addr: None,
