@@ -308,6 +308,12 @@ impl Session {
         replicas
     }
 
+    /// What the session's driver dropped or could not deliver (datagrams on a full
+    /// socket buffer, notices nobody read, failed notices).
+    pub fn io_stats(&self) -> &shell::ShellStats {
+        self.shell.stats()
+    }
+
     /// Our status.
     pub fn status(&self) -> Status {
         self.status

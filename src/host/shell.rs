@@ -68,8 +68,11 @@ pub struct ShellStats {
     pub notices_dropped: AtomicU64,
     /// Media datagrams dropped because the calls' queue was full.
     pub media_dropped: AtomicU64,
-    /// Completions of requests whose waiter had gone (or never was: notices).
+    /// Answers to requests whose waiter had gone.
     pub unclaimed: AtomicU64,
+    /// Notices (their answer awaited by nobody) that failed: refused, unanswered, or
+    /// no link.
+    pub notices_failed: AtomicU64,
 }
 
 impl ShellStats {
@@ -503,7 +506,8 @@ impl Driver {
                         ShellStats::bump(&self.stats.unclaimed);
                     }
                 }
-                None => ShellStats::bump(&self.stats.unclaimed),
+                None if result.is_err() => ShellStats::bump(&self.stats.notices_failed),
+                None => {}
             }
         }
     }
