@@ -795,4 +795,53 @@ mod tests {
         let mut buf = [0u8; 2048];
         assert!(tokio::time::timeout(Duration::from_millis(300), sn.udp.recv_from(&mut buf)).await.is_err());
     }
+    async fn next(events: &mut mpsc::Receiver<(ConnId, TcpEvent)>) -> (ConnId, TcpEvent) {
+        tokio::time::timeout(WAIT, events.recv()).await.expect("an event in time").expect("the queue is open")
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_core_asks_for_carries_frames_both_ways_in_its_framing() {
+        for framing in [Framing::Wire, Framing::Relay] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (tx, mut events) = mpsc::channel(16);
+            let conn = ConnId(7);
+            let out = spawn_conn(conn, Err(addr), framing, tx);
+            let (mut peer, _) = listener.accept().await.unwrap();
+            assert!(matches!(next(&mut events).await, (c, TcpEvent::Connected { .. }) if c == conn));
+            // Ours out: a u16 length, then the bytes, in both framings.
+            out.send(b"\x4dvoice".to_vec()).await.unwrap();
+            let mut got = [0u8; 8];
+            peer.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"\x00\x06\x4dvoice", "{framing:?}");
+            // Theirs in, one frame per event (of lengths a wire frame can have).
+            let (a, b) = (vec![1u8; 40], vec![2u8; 41]);
+            peer.write_all(&[&[0, 40][..], &a, &[0, 41], &b].concat()).await.unwrap();
+            assert_eq!(next(&mut events).await, (conn, TcpEvent::Frame(a)));
+            assert_eq!(next(&mut events).await, (conn, TcpEvent::Frame(b)));
+            // Their end closes: so does ours, once.
+            drop(peer);
+            assert_eq!(next(&mut events).await, (conn, TcpEvent::Closed));
+            drop(out);
+        }
+        // Nobody listening: the attempt fails, and says so.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let (tx, mut events) = mpsc::channel(16);
+        let _out = spawn_conn(ConnId(8), Err(addr), Framing::Relay, tx);
+        assert!(matches!(next(&mut events).await, (ConnId(8), TcpEvent::ConnectFailed(_))));
+    }
+
+    #[tokio::test]
+    async fn a_relay_frame_of_a_bad_length_closes_the_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tx, mut events) = mpsc::channel(16);
+        let _out = spawn_conn(ConnId(9), Err(listener.local_addr().unwrap()), Framing::Relay, tx);
+        let (mut peer, _) = listener.accept().await.unwrap();
+        assert!(matches!(next(&mut events).await, (_, TcpEvent::Connected { .. })));
+        let too_long = u16::try_from(RELAYED_LEN_MAX + 1).unwrap().to_be_bytes();
+        peer.write_all(&too_long).await.unwrap();
+        assert_eq!(next(&mut events).await, (ConnId(9), TcpEvent::Closed));
+    }
 }
