@@ -500,14 +500,13 @@ impl Driver {
             }
         }
         while let Some((op, result)) = core.poll_completion() {
-            match self.waiters.remove(&op) {
-                Some(w) => {
-                    if w.send(result).is_err() {
-                        ShellStats::bump(&self.stats.unclaimed);
-                    }
-                }
-                None if result.is_err() => ShellStats::bump(&self.stats.notices_failed),
-                None => {}
+            let failed = result.is_err();
+            let missed = match self.waiters.remove(&op) {
+                Some(w) => w.send(result).is_err().then_some(&self.stats.unclaimed),
+                None => failed.then_some(&self.stats.notices_failed),
+            };
+            if let Some(counter) = missed {
+                ShellStats::bump(counter);
             }
         }
     }
