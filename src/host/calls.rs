@@ -987,12 +987,8 @@ impl Session {
                         conn.send(o.bytes);
                     }
                 }
-                None if o.to.is_ipv6() => {
-                    if let Some(udp6) = &self.udp6 {
-                        super::shell::send_now(udp6.socket(), &o.bytes, o.to);
-                    }
-                }
-                None if !over_tcp => self.shell.send_udp(&o.bytes, o.to),
+                // Port P on IPv6 carries media whatever the link's transport.
+                None if o.to.is_ipv6() || !over_tcp => self.shell.send_udp(&o.bytes, o.to),
                 None => {}
             }
         }

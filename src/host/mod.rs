@@ -605,7 +605,7 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
     let udp6 = udp6::Udp6::open(port, calls.media6_sender());
     let mut session = Session {
         report,
-        shell: shell::Shell::start(udp, connected),
+        shell: shell::Shell::start(udp, udp6.as_ref().map(udp6::Udp6::shared), connected),
         direct: serve_direct(tcp_listener, public_addr),
         credential: logged_in.credential.clone(),
         key,

@@ -19,6 +19,9 @@
 //! node ([`Shell::lend`]), the driver keeps reading port P: media still reaches the
 //! calls during a failover, and the ladder gets the rest through a queue.
 //!
+//! `Dest::Udp` means port P: on IPv4 or, for an IPv6 destination, port P's IPv6 socket
+//! (`host::udp6`, whose own task still reads it: it carries media only).
+//!
 //! UDP goes out at once or not at all ([`send_now`]): a full socket buffer drops the
 //! datagram, as the network would, and the drop is counted; no step waits for the socket.
 
@@ -116,7 +119,7 @@ pub struct Shell {
     pub media_in: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     /// The link's status, as the driver publishes it.
     pub link: LinkWatch,
-    udp: Arc<UdpSocket>,
+    udp: Port,
     stats: Arc<ShellStats>,
     in_call: bool,
     driver: tokio::task::JoinHandle<()>,
@@ -161,8 +164,10 @@ fn now() -> Now {
 }
 
 impl Shell {
-    /// Starts the driver on port P (`udp`) over the link the ladder made.
-    pub fn start(udp: Arc<UdpSocket>, connected: Connected) -> Self {
+    /// Starts the driver on port P (`udp`, and `udp6` where the host has IPv6) over the
+    /// link the ladder made.
+    pub fn start(udp: Arc<UdpSocket>, udp6: Option<Arc<UdpSocket>>, connected: Connected) -> Self {
+        let port = Port { v4: udp, v6: udp6 };
         let (commands, rx) = mpsc::unbounded_channel();
         let (notices_tx, notices) = mpsc::channel(NOTICES_QUEUED_MAX);
         let (media_tx, media) = mpsc::channel(MEDIA_QUEUED_MAX);
@@ -171,7 +176,7 @@ impl Shell {
         let stats = Arc::new(ShellStats::default());
         let seed: [u8; 32] = crate::crypto::random::bytes();
         let mut d = Driver {
-            udp: udp.clone(),
+            udp: port.clone(),
             core: None,
             epoch: 0,
             rng: rand::rngs::StdRng::from_seed(seed),
@@ -190,7 +195,17 @@ impl Shell {
         };
         d.attach(connected);
         let driver = tokio::spawn(d.run(rx, tcp_rx));
-        Self { commands, notices, media, media_in: media_tx, link: LinkWatch(link), udp, stats, in_call: false, driver }
+        Self {
+            commands,
+            notices,
+            media,
+            media_in: media_tx,
+            link: LinkWatch(link),
+            udp: port,
+            stats,
+            in_call: false,
+            driver,
+        }
     }
 
     fn send(&self, c: Command) -> bool {
@@ -251,7 +266,7 @@ impl Shell {
         if self.send(Command::Lend(tx, done)) {
             let _ = rx.await;
         }
-        LentPort { udp: self.udp.clone(), inbound }
+        LentPort { udp: self.udp.v4.clone(), inbound }
     }
 
     /// Takes port P back with the link the ladder made.
@@ -262,9 +277,10 @@ impl Shell {
         }
     }
 
-    /// Sends one datagram from port P; a full socket buffer drops it (counted).
+    /// Sends one datagram from port P (on IPv6 to an IPv6 address); a full socket
+    /// buffer drops it, and so does the lack of an IPv6 port P (counted).
     pub fn send_udp(&self, bytes: &[u8], to: SocketAddr) {
-        if !send_now(&self.udp, bytes, to) {
+        if !self.udp.send(bytes, to) {
             ShellStats::bump(&self.stats.udp_dropped);
         }
     }
@@ -280,8 +296,26 @@ struct Conn {
     tx: mpsc::Sender<Vec<u8>>,
 }
 
+/// Port P: its IPv4 socket, and its IPv6 one where the host has IPv6.
+#[derive(Clone)]
+struct Port {
+    v4: Arc<UdpSocket>,
+    v6: Option<Arc<UdpSocket>>,
+}
+
+impl Port {
+    /// Sends from the socket of `to`'s family, at once or not at all.
+    fn send(&self, bytes: &[u8], to: SocketAddr) -> bool {
+        match (&self.v6, to) {
+            (Some(v6), SocketAddr::V6(_)) => send_now(v6, bytes, to),
+            (None, SocketAddr::V6(_)) => false,
+            (_, SocketAddr::V4(_)) => send_now(&self.v4, bytes, to),
+        }
+    }
+}
+
 struct Driver {
-    udp: Arc<UdpSocket>,
+    udp: Port,
     core: Option<CoreLink>,
     epoch: u32,
     rng: rand::rngs::StdRng,
@@ -319,7 +353,7 @@ impl Driver {
                     // The session is gone.
                     None => return,
                 },
-                r = self.udp.recv_from(&mut buf) => {
+                r = self.udp.v4.recv_from(&mut buf) => {
                     if let Ok((n, from)) = r {
                         self.on_datagram(from, &buf[..n]);
                     }
@@ -520,10 +554,10 @@ pub fn send_now(udp: &UdpSocket, bytes: &[u8], to: SocketAddr) -> bool {
     socket2::SockRef::from(udp).send_to(bytes, &to.into()).is_ok()
 }
 
-fn transmit(udp: &UdpSocket, conns: &HashMap<ConnId, Conn>, stats: &ShellStats, t: Transmit) {
+fn transmit(udp: &Port, conns: &HashMap<ConnId, Conn>, stats: &ShellStats, t: Transmit) {
     match t.dest {
         Dest::Udp(to) => {
-            if !send_now(udp, &t.bytes, to) {
+            if !udp.send(&t.bytes, to) {
                 ShellStats::bump(&stats.udp_dropped);
             }
         }
@@ -705,7 +739,7 @@ mod tests {
     async fn a_request_waits_for_its_own_answer_only() {
         let host = udp().await;
         let (_sn, connected) = supernode(&host).await;
-        let shell = Shell::start(host, connected);
+        let shell = Shell::start(host, None, connected);
         // Once the super node's revision is known (2: every answer names its request;
         // until then the core sends lookups one at a time, as revision 1 needs)...
         let k = tokio::time::timeout(WAIT, shell.request(Request::Keepalive { timeout: WAIT })).await.unwrap();
@@ -745,7 +779,7 @@ mod tests {
         let host = udp().await;
         let host_addr = host.local_addr().unwrap();
         let (_sn, connected) = supernode(&host).await;
-        let mut shell = Shell::start(host.clone(), connected);
+        let mut shell = Shell::start(host.clone(), None, connected);
         assert_eq!(shell.link.now(), LinkStatus { epoch: 1, up: true });
         let peer = udp().await;
         let media = [0x4d, 1, 2, 3];
@@ -780,7 +814,7 @@ mod tests {
     async fn a_bye_from_the_super_node_ends_the_link_and_fails_what_waits() {
         let host = udp().await;
         let (sn, connected) = supernode(&host).await;
-        let shell = Shell::start(host, connected);
+        let shell = Shell::start(host, None, connected);
         let mut link = shell.link.clone();
         let stuck = shell.request(find("nobody"));
         tokio::pin!(stuck);
@@ -794,6 +828,35 @@ mod tests {
         let mut buf = [0u8; 2048];
         assert!(tokio::time::timeout(Duration::from_millis(300), sn.udp.recv_from(&mut buf)).await.is_err());
     }
+    #[tokio::test]
+    async fn port_p_sends_from_the_socket_of_the_destinations_family() {
+        let host = udp().await;
+        let (_sn, connected) = supernode(&host).await;
+        let Ok(v6) = UdpSocket::bind("[::1]:0").await else {
+            // A machine without IPv6 loopback has nothing to test here.
+            assert!(std::env::var_os("CI").is_none(), "CI machines have ::1");
+            return;
+        };
+        let v6 = Arc::new(v6);
+        let shell = Shell::start(host.clone(), Some(v6.clone()), connected);
+        let (peer4, peer6) = (udp().await, UdpSocket::bind("[::1]:0").await.unwrap());
+        shell.send_udp(b"\x4d4", peer4.local_addr().unwrap());
+        shell.send_udp(b"\x4d6", peer6.local_addr().unwrap());
+        let mut buf = [0u8; 16];
+        let (n, from) = tokio::time::timeout(WAIT, peer4.recv_from(&mut buf)).await.unwrap().unwrap();
+        assert_eq!((&buf[..n], from), (&b"\x4d4"[..], host.local_addr().unwrap()));
+        let (n, from) = tokio::time::timeout(WAIT, peer6.recv_from(&mut buf)).await.unwrap().unwrap();
+        assert_eq!((&buf[..n], from), (&b"\x4d6"[..], v6.local_addr().unwrap()));
+        assert_eq!(shell.stats().udp_dropped.load(Ordering::Relaxed), 0);
+
+        // Without an IPv6 port P, an IPv6 destination is a drop, counted.
+        let (_sn, connected) = supernode(&host).await;
+        let v4_only = Shell::start(host, None, connected);
+        v4_only.send_udp(b"\x4d6", peer6.local_addr().unwrap());
+        assert_eq!(v4_only.stats().udp_dropped.load(Ordering::Relaxed), 1);
+        assert!(tokio::time::timeout(Duration::from_millis(200), peer6.recv_from(&mut buf)).await.is_err());
+    }
+
     async fn next(events: &mut mpsc::Receiver<(ConnId, TcpEvent)>) -> (ConnId, TcpEvent) {
         tokio::time::timeout(WAIT, events.recv()).await.expect("an event in time").expect("the queue is open")
     }
