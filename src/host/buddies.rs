@@ -4,6 +4,7 @@
 //! [`BuddyBook`] is plain logic, tested directly; the `Session` methods at the bottom
 //! move its bytes to the login server and, through the super nodes, to other hosts.
 
+use super::core::pending::{Class, Request};
 use super::{HostError, Session, account};
 use crate::buddy::Notice;
 use crate::buddy::op::{BuddyAnswer, BuddyOp, Incoming, Relation, Row};
@@ -11,15 +12,9 @@ use crate::buddy::record::{self, Contact};
 use crate::crypto::password::ListKey;
 use crate::index::{Entry, Status};
 use crate::nat::NatKind;
-use crate::wire::MessageKind;
-use crate::wire::message::Forward;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
-
-/// Notices a host sends per second when it tells every buddy at once (the super node
-/// refuses more than 50 requests a second from one host).
-const FORWARDS_PER_SECOND: usize = 40;
 
 /// A buddy's presence, from its own signed entry.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -356,10 +351,15 @@ impl Session {
     /// Sends a notice to `user` through our super node (fire and forget: notices are
     /// hints and presence, repeated at every refresh).
     pub(super) async fn notify(&mut self, user: &str, via: Option<String>, notice: &Notice) {
-        self.forward_req = self.forward_req.wrapping_add(1);
-        let f =
-            Forward { req: self.forward_req, to: user.to_owned(), via: via.unwrap_or_default(), body: notice.encode() };
-        self.link.send(MessageKind::Forward, f.encode()).await;
+        // A call's signals go first, presence last (the core paces them all under the
+        // super node's limit).
+        let class = match notice {
+            Notice::Call { .. } => Class::Call,
+            Notice::ListChanged { .. } => Class::User,
+            Notice::Presence { .. } => Class::Presence,
+        };
+        let body = notice.encode();
+        self.shell.submit(Request::Forward { to: user.to_owned(), via: via.unwrap_or_default(), body, class });
     }
 
     /// Our presence as buddies see it: the real status, invisible included, with where
@@ -372,17 +372,15 @@ impl Session {
     /// Tells every authorized buddy (`all`), or those we know online, our presence.
     pub(super) async fn tell_buddies(&mut self, all: bool) {
         // Presence that arrived while the application was busy decides who is online.
-        while let Ok(body) = self.link.notices.try_recv() {
+        while let Ok(body) = self.shell.notices.try_recv() {
             self.on_notice(&body).await;
         }
         let Ok(entry) = self.sign_entry(self.status, true) else { return };
         let notice = Notice::Presence { entry: entry.encode() };
         let targets: Vec<_> =
             self.buddies.authorized(crate::unix_now()).into_iter().filter(|(_, via)| all || via.is_some()).collect();
-        for (i, (user, via)) in targets.into_iter().enumerate() {
-            if i > 0 && i % FORWARDS_PER_SECOND == 0 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+        // The driver paces them under the super node's limit: nothing waits here.
+        for (user, via) in targets {
             self.notify(&user, via, &notice).await;
         }
     }
@@ -414,7 +412,7 @@ impl Session {
             // While a call is under way (ringing included) its signals must get through:
             // the link keeps a quicker pace then, and notices a dead super node in seconds.
             let in_call = self.calls.busy();
-            self.link.set_in_call(in_call);
+            self.shell.set_in_call(in_call);
             let refresh = self.refreshed_at + self.presence_refresh;
             // A call's next timeout, on the tokio clock.
             let call_due = self
@@ -424,31 +422,29 @@ impl Session {
             let list_due = self.list_due;
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline.unwrap_or(refresh)), if deadline.is_some() => return None,
-                n = self.link.notices.recv() => match n {
-                    Some(body) => self.on_notice(&body).await,
-                    // The link is gone (the super node said goodbye, or went silent):
-                    // another super node takes us, or we are disconnected.
-                    None => {
-                        // After a failed attempt, the next waits a while (an application
-                        // that keeps asking for events must not spin on the ladder).
-                        if let Some(at) = self.rejoin.failed_at {
-                            let wake = at + REJOIN_PAUSE;
-                            if deadline.is_some_and(|d| d < wake) {
-                                tokio::time::sleep_until(deadline.unwrap_or(wake)).await;
-                                return None;
-                            }
-                            tokio::time::sleep_until(wake).await;
+                Some(body) = self.shell.notices.recv() => self.on_notice(&body).await,
+                // The link is gone (the super node said goodbye, or went silent):
+                // another super node takes us, or we are disconnected.
+                _ = self.shell.link.down() => {
+                    // After a failed attempt, the next waits a while (an application
+                    // that keeps asking for events must not spin on the ladder).
+                    if let Some(at) = self.rejoin.failed_at {
+                        let wake = at + REJOIN_PAUSE;
+                        if deadline.is_some_and(|d| d < wake) {
+                            tokio::time::sleep_until(deadline.unwrap_or(wake)).await;
+                            return None;
                         }
-                        match self.reconnect().await {
-                            Ok(()) => self.rejoin.failed_at = None,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "no other super node takes us");
-                                self.rejoin.failed_at = Some(tokio::time::Instant::now());
-                                return Some(Event::Disconnected);
-                            }
+                        tokio::time::sleep_until(wake).await;
+                    }
+                    match self.reconnect().await {
+                        Ok(()) => self.rejoin.failed_at = None,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no other super node takes us");
+                            self.rejoin.failed_at = Some(tokio::time::Instant::now());
+                            return Some(Event::Disconnected);
                         }
                     }
-                },
+                }
                 _ = tokio::time::sleep_until(list_due.unwrap_or(refresh)), if list_due.is_some() => {
                     self.list_due = None;
                     self.listed_at = Some(tokio::time::Instant::now());
@@ -458,7 +454,7 @@ impl Session {
                 }
                 _ = tokio::time::sleep_until(refresh) => self.refresh_presence().await,
                 _ = tokio::time::sleep_until(call_due.unwrap_or(refresh)), if call_due.is_some() => self.tick_calls().await,
-                m = self.link.media.recv() => if let Some((from, bytes)) = m {
+                m = self.shell.media.recv() => if let Some((from, bytes)) = m {
                     self.on_media_datagram(from, bytes).await;
                 },
                 d = self.calls.probe_rx.recv() => if let Some(d) = d {

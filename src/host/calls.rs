@@ -4,6 +4,7 @@
 //! relay legs, the birthday technique's extra sockets, failover.
 
 use super::buddies::Event;
+use super::ladder::Transport;
 use super::{HostError, Session};
 use crate::buddy::Notice;
 use crate::call::invite::{
@@ -428,7 +429,7 @@ impl Session {
                                 outcome: reason.label().into(),
                                 setup_ms: setup.min(u64::from(u32::MAX)) as u32,
                             };
-                            self.link.send(crate::wire::MessageKind::CallStats, stats.encode()).await;
+                            self.shell.call_stats(stats);
                         }
                         _ => {}
                     }
@@ -795,7 +796,7 @@ impl Session {
             // side's signals reach us. Ask it now (a second to answer) rather than wait
             // for the link's own silence limit; if it is gone the link ends and the event
             // loop connects to another super node. This never waits.
-            self.link.check();
+            self.shell.check();
         }
         self.send_media(out).await;
         for (id, actions) in ups {
@@ -917,7 +918,7 @@ impl Session {
         // connection for good, so a second one would cut the leg off.
         let same = c.media.as_ref().and_then(|m| m.relay_leg()) == Some(leg);
         if leg.tcp && !(same && self.calls.relay_conns.contains_key(&leg.session)) {
-            match super::relay_tcp::RelayConn::open(leg.addr, self.link.media_in.clone()).await {
+            match super::relay_tcp::RelayConn::open(leg.addr, self.shell.media_in.clone()).await {
                 Ok(conn) => {
                     self.calls.relay_conns.insert(leg.session, conn);
                 }
@@ -947,7 +948,7 @@ impl Session {
     /// Whether our relay legs go over TCP: when we have no UDP (we logged in over TCP
     /// because UDP is blocked), or when asked to.
     fn relay_over_tcp(&self) -> bool {
-        self.relay_tcp || self.link.udp.is_none()
+        self.relay_tcp || self.link_over_tcp()
     }
 
     /// Reach relays over TCP, as a host whose UDP is blocked does (for networks that let
@@ -962,30 +963,33 @@ impl Session {
         self.relay_only = on;
     }
 
+    /// Whether the link to our super node is over TCP (we logged in that way because
+    /// UDP is blocked): media then goes through relay legs over TCP only.
+    fn link_over_tcp(&self) -> bool {
+        self.report.transport == Transport::Tcp.label()
+    }
+
+    /// Sends media without waiting: a full socket buffer (or relay leg queue) drops the
+    /// datagram, as the network would.
     async fn send_media(&self, out: Vec<super::media::Outgoing>) {
+        let over_tcp = self.link_over_tcp();
         for o in out {
             if let Some((call, socket)) = o.local {
                 let udp = self.calls.active.get(&call).and_then(|c| c.probe_sockets.as_ref()?.get(socket));
                 if let Some(udp) = udp {
-                    let _ = udp.send_to(&o.bytes, o.to).await;
+                    super::shell::send_now(udp, &o.bytes, o.to);
                 }
                 continue;
             }
-            match (o.tcp, &self.link.udp) {
-                (Some(session), _) => {
+            match o.tcp {
+                Some(session) => {
                     if let Some(conn) = self.calls.relay_conns.get(&session) {
                         conn.send(o.bytes);
                     }
                 }
-                (None, _) if o.to.is_ipv6() => {
-                    if let Some(udp6) = &self.udp6 {
-                        let _ = udp6.socket().send_to(&o.bytes, o.to).await;
-                    }
-                }
-                (None, Some(udp)) => {
-                    let _ = udp.send_to(&o.bytes, o.to).await;
-                }
-                (None, None) => {}
+                // Port P on IPv6 carries media whatever the link's transport.
+                None if o.to.is_ipv6() || !over_tcp => self.shell.send_udp(&o.bytes, o.to),
+                None => {}
             }
         }
     }
@@ -1038,36 +1042,17 @@ impl Session {
         &mut self,
         peer: &crate::crypto::Credential,
     ) -> Result<crate::wire::message::RelayGrant, HostError> {
-        use crate::wire::MessageKind;
-        use crate::wire::message::{RelayAllocate, RelayGrant};
-        self.forward_req = self.forward_req.wrapping_add(1);
-        let req = self.forward_req;
-        let mut grant = None;
-        let mut refused = None;
-        self.exchange(
-            MessageKind::RelayAllocate,
-            &RelayAllocate { req, callee: peer.encode() }.encode(),
-            Duration::from_secs(5),
-            |k, b| {
-                if k == MessageKind::Error {
-                    refused = crate::wire::message::ErrorMsg::decode(&b).ok();
-                    return true;
-                }
-                if k == MessageKind::RelayGrant
-                    && let Ok(g) = RelayGrant::decode(&b)
-                    && g.req == req
-                {
-                    grant = Some(g);
-                    return true;
-                }
-                false
-            },
-        )
-        .await;
-        if let Some(e) = refused {
-            return Err(HostError::Refused(format!("no relay session: {}: {}", e.code.label(), e.detail)));
-        }
-        let g = grant.ok_or_else(|| HostError::Refused("the super node did not answer the relay request".into()))?;
+        use super::core::pending::{Answer, Request, RequestError};
+        let g = match self.shell.request(Request::RelayAllocate { callee: peer.encode() }).await {
+            Ok(Answer::Granted(g)) => g,
+            Err(RequestError::Refused(e)) => {
+                return Err(HostError::Refused(format!("no relay session: {}: {}", e.code.label(), e.detail)));
+            }
+            Err(RequestError::TimedOut(_)) => {
+                return Err(HostError::Refused("the super node did not answer the relay request".into()));
+            }
+            other => return Err(HostError::Refused(format!("no relay session: {other:?}"))),
+        };
         if g.code != 0 {
             let code = crate::wire::ErrorCode::from_code(g.code);
             return Err(HostError::Refused(format!("no relay session: {}", code.label())));
@@ -1088,7 +1073,6 @@ impl Session {
 
     /// Frees a relay session we opened.
     pub async fn release_relay(&mut self, session: u32) {
-        use crate::wire::message::RelayRelease;
-        self.link.send(crate::wire::MessageKind::RelayRelease, RelayRelease { session }.encode()).await;
+        self.shell.release_relay(session);
     }
 }

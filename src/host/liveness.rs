@@ -108,6 +108,11 @@ impl Liveness {
         true
     }
 
+    /// Whether the call pace is on.
+    pub fn in_call(&self) -> bool {
+        self.in_call
+    }
+
     /// Whether a call has media: the call pace, or the pace at rest.
     pub fn set_in_call(&mut self, on: bool, now: Instant) {
         if on == self.in_call {

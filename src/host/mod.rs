@@ -6,7 +6,8 @@
 //! - [`handshake`] — the super-node handshake, host side, as a state machine.
 //! - [`connect`] — running the ladder over real sockets; NAT discovery.
 //! - [`account`] — register and log in with the login server.
-//! - [`link`] — the background task that owns the link to the super node.
+//! - [`link`] — a bare link to a super node on a task of its own (the load test's light hosts).
+//! - [`shell`] — the session's driver: port P, the link's core, the timer.
 //! - [`liveness`] — when that link's super node is taken for gone, as plain state.
 //! - [`buddies`] — the buddy list, presence pushed between buddies, events.
 //! - [`calls`] — calls: the call state machine driven by messages through super nodes.
@@ -27,6 +28,7 @@ pub mod media;
 pub mod media_gate;
 pub mod probe_sockets;
 mod relay_tcp;
+pub mod shell;
 pub mod udp6;
 
 use crate::crypto::credential::TrustedKeys;
@@ -34,11 +36,11 @@ use crate::crypto::password;
 use crate::index::{Entry, EntryBody, Profile, Status};
 use crate::nat::NatKind;
 use crate::wire::ErrorCode;
-use crate::wire::MessageKind;
-use crate::wire::message::{ErrorMsg, Find, FindReply, Observed, PublishAck, Search, SearchReply, SeenRecord};
+use crate::wire::message::{FindReply, SeenRecord};
 use account::{AccountError, LoginServers};
 use cache::{CacheEntry, HostCache, NodeKind};
 use connect::{AttemptLog, LadderError, Me, Timeouts};
+use core::pending::{Answer, Request, RequestError};
 use home::Home;
 use ladder::{LadderConfig, Transport};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -140,13 +142,12 @@ pub struct LoginReport {
 pub struct Session {
     /// What happened.
     pub report: LoginReport,
-    link: link::LinkHandle,
+    /// The driver that owns port P and the link.
+    shell: shell::Shell,
     direct: tokio::task::JoinHandle<()>,
     credential: crate::crypto::Credential,
     key: crate::crypto::PrivateKey,
     trusted: TrustedKeys,
-    find_req: u32,
-    forward_req: u32,
     profile: Profile,
     status: Status,
     servers: LoginServers,
@@ -175,7 +176,6 @@ pub struct Session {
 
 /// What [`Session::reconnect`] needs from the login.
 struct Rejoin {
-    udp: Arc<UdpSocket>,
     settings: HostSettings,
     cache_path: std::path::PathBuf,
     /// When the last attempt failed (the next waits a while).
@@ -265,43 +265,15 @@ impl Session {
         // Release port P before returning, so a new session can take it at once.
         self.direct.abort();
         let _ = (&mut self.direct).await;
-        self.link.bye().await;
-    }
-
-    /// Sends one sealed request, then hands every answer that comes back to `take`
-    /// until it returns true (the answer is complete) or `timeout` passes.
-    async fn exchange<F>(&mut self, kind: MessageKind, body: &[u8], timeout: Duration, mut take: F) -> bool
-    where
-        F: FnMut(MessageKind, Vec<u8>) -> bool,
-    {
-        // Answers nobody waited for (a late reply, a keepalive's) are not this request's.
-        while self.link.answers.try_recv().is_ok() {}
-        if !self.link.send(kind, body.to_vec()).await {
-            return false;
-        }
-        let answers = &mut self.link.answers;
-        let fut = async {
-            while let Some((k, body)) = answers.recv().await {
-                if take(k, body) {
-                    return true;
-                }
-            }
-            false
-        };
-        tokio::time::timeout(timeout, fut).await.unwrap_or(false)
+        self.shell.bye().await;
     }
 
     /// One keepalive round trip; returns the address the super node sees.
     pub async fn keepalive(&mut self, timeout: Duration) -> Option<SocketAddr> {
-        let mut seen = None;
-        self.exchange(MessageKind::Keepalive, &[], timeout, |k, body| {
-            if k == MessageKind::KeepaliveAck {
-                seen = Observed::decode(&body).ok().map(|o| o.addr);
-            }
-            k == MessageKind::KeepaliveAck
-        })
-        .await;
-        seen
+        match self.shell.request(Request::Keepalive { timeout }).await {
+            Ok(Answer::Observed(addr)) => Some(addr),
+            _ => None,
+        }
     }
 
     /// Signs our entry: `for_buddies` gives the real status and where to reach us. The
@@ -336,6 +308,12 @@ impl Session {
         replicas
     }
 
+    /// What the session's driver dropped or could not deliver (datagrams on a full
+    /// socket buffer, notices nobody read, failed notices).
+    pub fn io_stats(&self) -> &shell::ShellStats {
+        self.shell.stats()
+    }
+
     /// Our status.
     pub fn status(&self) -> Status {
         self.status
@@ -345,27 +323,13 @@ impl Session {
     async fn publish_index(&mut self, status: Status, profile: &Profile) -> Result<u8, HostError> {
         self.profile = profile.clone();
         let entry = self.sign_entry(status, false)?;
-        let mut reply = None;
-        self.exchange(MessageKind::Publish, &entry.encode(), Duration::from_secs(5), |k, body| {
-            let done = matches!(k, MessageKind::PublishAck | MessageKind::Error);
-            if done {
-                reply = Some((k, body));
+        match self.shell.request(Request::Publish { entry: entry.encode() }).await {
+            Ok(Answer::Published(ack)) if ack.code == 0 => Ok(ack.replicas),
+            Ok(Answer::Published(ack)) => {
+                Err(HostError::Refused(format!("{}: {}", ErrorCode::from_code(ack.code).label(), ack.detail)))
             }
-            done
-        })
-        .await;
-        match reply {
-            Some((MessageKind::PublishAck, b)) => {
-                let ack =
-                    PublishAck::decode(&b).map_err(|e| HostError::Refused(format!("malformed PublishAck: {e}")))?;
-                if ack.code == 0 {
-                    Ok(ack.replicas)
-                } else {
-                    Err(HostError::Refused(format!("{}: {}", ErrorCode::from_code(ack.code).label(), ack.detail)))
-                }
-            }
-            Some((_, b)) => Err(HostError::Refused(ErrorMsg::decode(&b).map(|e| e.detail).unwrap_or_default())),
-            None => Err(HostError::Refused("the super node did not answer the publish".into())),
+            Err(RequestError::Refused(e)) => Err(HostError::Refused(e.detail)),
+            other => Err(unanswered(other, "publish")),
         }
     }
 
@@ -397,27 +361,13 @@ impl Session {
         &mut self,
         user: &str,
     ) -> Result<(FindReply, Option<(Entry, crate::crypto::Credential)>), HostError> {
-        self.find_req = self.find_req.wrapping_add(1);
-        let req = Find { req: self.find_req, user: user.to_owned() };
-        let want = req.req;
-        let mut reply = None;
-        self.exchange(MessageKind::Find, &req.encode(), Duration::from_secs(10), |k, body| {
-            // A late answer to an earlier lookup is not this one's.
-            let done = k == MessageKind::Error
-                || (k == MessageKind::FindReply && FindReply::decode(&body).is_ok_and(|r| r.req == want));
-            if done {
-                reply = Some((k, body));
+        let r = match self.shell.request(Request::Find { user: user.to_owned() }).await {
+            Ok(Answer::Found(r)) => r,
+            Err(RequestError::Refused(e)) => {
+                return Err(HostError::Refused(format!("{}: {}", e.code.label(), e.detail)));
             }
-            done
-        })
-        .await;
-        let (kind, body) =
-            reply.ok_or_else(|| HostError::Refused("the super node did not answer the lookup".into()))?;
-        if kind == MessageKind::Error {
-            let e = ErrorMsg::decode(&body).map_err(|e| HostError::Refused(e.to_string()))?;
-            return Err(HostError::Refused(format!("{}: {}", e.code.label(), e.detail)));
-        }
-        let r = FindReply::decode(&body).map_err(|e| HostError::Refused(format!("malformed FindReply: {e}")))?;
+            other => return Err(unanswered(other, "lookup")),
+        };
         if r.entry.is_empty() {
             return Ok((r, None));
         }
@@ -462,38 +412,13 @@ impl Session {
     /// Searches users whose profile has every word (case and accents ignored); at most
     /// `limit` results, each verified here.
     pub async fn search(&mut self, words: &str, limit: u8) -> Result<Vec<Found>, HostError> {
-        self.find_req = self.find_req.wrapping_add(1);
-        let want = self.find_req;
-        let q = Search { req: want, words: words.to_owned(), limit };
-        let mut results: Vec<Option<Vec<u8>>> = Vec::new();
-        let mut error = None;
-        let complete = self
-            .exchange(MessageKind::Search, &q.encode(), Duration::from_secs(15), |k, body| {
-                if k == MessageKind::Error {
-                    error = Some(ErrorMsg::decode(&body).map(|e| e.detail).unwrap_or_default());
-                    return true;
-                }
-                let Ok(r) = SearchReply::decode(&body) else { return false };
-                if k != MessageKind::SearchReply || r.req != want {
-                    return false;
-                }
-                if results.len() != usize::from(r.total) {
-                    results = vec![None; usize::from(r.total)];
-                }
-                if let Some(slot) = results.get_mut(usize::from(r.index)) {
-                    *slot = Some(r.entry);
-                }
-                results.iter().all(Option::is_some)
-            })
-            .await;
-        if let Some(e) = error {
-            return Err(HostError::Refused(e));
-        }
-        if !complete {
-            return Err(HostError::Refused("the super node did not answer the search".into()));
-        }
+        let results = match self.shell.request(Request::Search { words: words.to_owned(), limit }).await {
+            Ok(Answer::Searched(parts)) => parts,
+            Err(RequestError::Refused(e)) => return Err(HostError::Refused(e.detail)),
+            other => return Err(unanswered(other, "search")),
+        };
         let mut out = Vec::new();
-        for bytes in results.into_iter().flatten() {
+        for bytes in results {
             let e = Entry::decode(&bytes).map_err(|e| HostError::Refused(format!("malformed entry: {e}")))?;
             // A result that does not verify is dropped, not believed.
             if e.verify(&self.trusted, now_ms()).is_ok() {
@@ -545,6 +470,15 @@ impl Found {
             asked,
             stage,
         }
+    }
+}
+
+/// The error for a request that got no answer of the kind it wanted.
+fn unanswered(r: Result<Answer, RequestError>, what: &str) -> HostError {
+    match r {
+        Err(RequestError::TimedOut(_)) => HostError::Refused(format!("the super node did not answer the {what}")),
+        Err(e) => HostError::Refused(format!("{what}: {e}")),
+        Ok(a) => HostError::Refused(format!("{what}: an answer of another kind: {a:?}")),
     }
 }
 
@@ -671,13 +605,11 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
     let udp6 = udp6::Udp6::open(port, calls.media6_sender());
     let mut session = Session {
         report,
-        link: link::LinkHandle::start(connected),
+        shell: shell::Shell::start(udp, udp6.as_ref().map(udp6::Udp6::shared), connected),
         direct: serve_direct(tcp_listener, public_addr),
         credential: logged_in.credential.clone(),
         key,
         trusted: settings.trusted.clone(),
-        find_req: 0,
-        forward_req: 0,
         profile: home.profile(),
         status: Status::Online,
         servers,
@@ -698,7 +630,7 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         },
         relay_only: false,
         relay_tcp: false,
-        rejoin: Rejoin { udp, settings: settings.clone(), cache_path: home.cache_path(), failed_at: None },
+        rejoin: Rejoin { settings: settings.clone(), cache_path: home.cache_path(), failed_at: None },
         supernode_key,
         udp6,
         birthday: probe_sockets::BirthdayBudget::default(),
@@ -794,8 +726,8 @@ impl Session {
     pub async fn reconnect(&mut self) -> Result<(), HostError> {
         let lost = self.report.supernode.clone();
         tracing::warn!(supernode = %lost, "lost our super node; connecting to another");
-        // The old link's task reads port P: stop it before the handshake does.
-        self.link.stop();
+        // The old link ends; port P goes to the ladder (its media still to the calls).
+        let mut port = self.shell.lend().await;
         let mut cache = HostCache::load(&self.rejoin.cache_path);
         let (gone, others): (Vec<CacheEntry>, Vec<CacheEntry>) =
             cache.supernodes().into_iter().partition(|e| e.name == lost);
@@ -808,7 +740,7 @@ impl Session {
             .collect();
         let me = Me { trusted: &self.trusted, credential: &self.credential, key: &self.key };
         let mut log = Vec::new();
-        let result = connect::run(&plan, &self.rejoin.udp, &me, &self.rejoin.settings.timeouts, &mut log).await;
+        let result = connect::run_lent(&plan, &mut port, &me, &self.rejoin.settings.timeouts, &mut log).await;
         let connected = ladder_outcome(&mut cache, result, &log)?;
         let r = &mut self.report;
         r.supernode = connected.session.supernode.subject.clone();
@@ -818,7 +750,7 @@ impl Session {
         r.rtt_ms = connected.rtt.as_secs_f64() * 1000.0;
         r.attempts = log;
         self.supernode_key = connected.session.supernode.public_key.id();
-        self.link.replace(connected);
+        self.shell.attach(connected).await;
         tracing::info!(supernode = %self.report.supernode, "reconnected");
         let profile = self.profile.clone();
         if let Err(e) = self.publish_index(self.status, &profile).await {

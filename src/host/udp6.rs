@@ -65,6 +65,11 @@ impl Udp6 {
     pub fn socket(&self) -> &UdpSocket {
         &self.socket
     }
+
+    /// The socket, shared (the session's driver sends from it).
+    pub fn shared(&self) -> Arc<UdpSocket> {
+        self.socket.clone()
+    }
 }
 
 #[cfg(test)]

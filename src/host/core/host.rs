@@ -1054,7 +1054,7 @@ impl HostCore {
             any |= self.drain_link(now);
             any |= self.drain_ladder(now);
             if let Some(link) = self.link.as_mut() {
-                link.set_in_call(self.calls.has_media(), now);
+                link.set_in_call(now, self.calls.has_media());
             }
             if !any {
                 break;

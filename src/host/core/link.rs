@@ -3,6 +3,10 @@
 //! decides when the super node is gone. Inputs are frames and `now`; outputs are
 //! [`Transmit`]s. Nothing here reads a clock or touches a socket.
 //!
+//! Its pace and silence limit are [`crate::host::liveness`]'s: the Welcome's period at
+//! rest, a quicker one while a call is under way ([`SnLink::set_in_call`]), and a check
+//! on demand when a call's media goes silent ([`SnLink::check`]).
+//!
 //! Every keepalive the link sends carries an id: its first sealed frame is one, so the
 //! echo tells a revision-2 super node (which echoes the id) from a revision-1 one (which
 //! echoes 0). The link's ids are `tag << 32 | n` with a non-zero random tag, so they
@@ -10,6 +14,7 @@
 
 use super::io::{Dest, Transmit};
 use crate::host::handshake::ClientSession;
+use crate::host::liveness::{Gone, Liveness, Verdict};
 use crate::wire::MessageKind;
 use crate::wire::frame::FrameError;
 use crate::wire::message::Keepalive;
@@ -19,10 +24,6 @@ use std::time::{Duration, Instant};
 
 /// How long a suspect link has to answer its liveness keepalive.
 pub const LIVENESS_ANSWER_MAX: Duration = Duration::from_secs(1);
-/// The keepalive period while a call has media (`host::liveness`'s call pace).
-pub const IN_CALL_KEEPALIVE: Duration = Duration::from_secs(1);
-/// How long the link may stay silent while a call has media before it is dead.
-pub const IN_CALL_SILENCE_MAX: Duration = Duration::from_millis(3_500);
 
 /// Why a link ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -80,16 +81,12 @@ pub struct SnLink {
     session: ClientSession,
     dest: Dest,
     epoch: u32,
-    keepalive: Duration,
-    silence_max: Duration,
+    /// The keepalive pace and the silence limit.
+    liveness: Liveness,
     heard: Instant,
-    next_keepalive: Instant,
     state: LinkState,
     keepalive_tag: u32,
     keepalives_sent: u32,
-    /// The pace the Welcome asked for, kept while a call's pace is on.
-    base: (Duration, Duration),
-    in_call: bool,
 }
 
 impl SnLink {
@@ -99,44 +96,16 @@ impl SnLink {
     pub fn new(session: ClientSession, dest: Dest, epoch: u32, now: Instant, keepalive_tag: u32) -> Self {
         assert_ne!(keepalive_tag, 0, "a zero tag would give ids the request table uses");
         let keepalive = Duration::from_secs(u64::from(session.welcome.keepalive_secs.max(1)));
-        let silence_max = keepalive * 2 + Duration::from_secs(5);
         Self {
             session,
             dest,
             epoch,
-            keepalive,
-            silence_max,
-            base: (keepalive, silence_max),
-            in_call: false,
+            liveness: Liveness::new(keepalive, now),
             heard: now,
-            next_keepalive: now + keepalive,
             state: LinkState::Up,
             keepalive_tag,
             keepalives_sent: 0,
         }
-    }
-
-    /// While a call has media the link keeps the call pace: a keepalive every
-    /// [`IN_CALL_KEEPALIVE`], dead after [`IN_CALL_SILENCE_MAX`] of silence, so a lost
-    /// super node is noticed in seconds rather than after twice the Welcome's period.
-    pub fn set_in_call(&mut self, on: bool, now: Instant) {
-        if on == self.in_call {
-            return;
-        }
-        self.in_call = on;
-        let (keepalive, silence_max) = self.base;
-        if on {
-            self.keepalive = keepalive.min(IN_CALL_KEEPALIVE);
-            self.silence_max = silence_max.min(IN_CALL_SILENCE_MAX);
-            self.next_keepalive = self.next_keepalive.min(now + self.keepalive);
-        } else {
-            (self.keepalive, self.silence_max) = (keepalive, silence_max);
-        }
-    }
-
-    /// Whether the call pace is on.
-    pub fn in_call(&self) -> bool {
-        self.in_call
     }
 
     /// The first sealed frame of the link: a keepalive whose echo tells the super
@@ -191,9 +160,34 @@ impl SnLink {
         self.heard
     }
 
-    /// How long without anything authenticated before the link is dead.
+    /// How long without anything authenticated before the link is dead (shorter while
+    /// a call is under way).
     pub fn silence_max(&self) -> Duration {
-        self.silence_max
+        self.liveness.silence_max()
+    }
+
+    /// Whether a call is under way: keepalives every second then, and the super node
+    /// gone after 3.5 s of silence, since the call's signals reach us only through it.
+    pub fn set_in_call(&mut self, on: bool, now: Instant) {
+        if self.is_open() {
+            self.liveness.set_in_call(on, now);
+        }
+    }
+
+    /// Whether the call pace is on.
+    pub fn in_call(&self) -> bool {
+        self.liveness.in_call()
+    }
+
+    /// A call's media went silent: asks the super node at once (a keepalive now and
+    /// every 300 ms), and the link ends if nothing authenticated arrives within 1.5 s.
+    /// True if a check started (false while one is already under way).
+    pub fn check(&mut self, now: Instant, out: &mut VecDeque<Transmit>) -> bool {
+        if !self.is_open() || !self.liveness.check(now) {
+            return false;
+        }
+        self.send_keepalive(out);
+        true
     }
 
     /// Seals one message; None once the link is over.
@@ -211,6 +205,7 @@ impl SnLink {
             Err(e) => return Arrival::Rejected(e),
         };
         self.heard = self.heard.max(now);
+        self.liveness.heard(now);
         self.state = LinkState::Up;
         if kind == MessageKind::Bye {
             self.state = LinkState::Ended(Ended::ByeFromSupernode);
@@ -227,7 +222,6 @@ impl SnLink {
             return false;
         }
         self.send_keepalive(out);
-        self.next_keepalive = now + self.keepalive;
         self.state = LinkState::Suspect { probed: now, answer_by: now + LIVENESS_ANSWER_MAX };
         true
     }
@@ -235,18 +229,19 @@ impl SnLink {
     /// The link's timers at `now`: death by silence or by an unanswered liveness
     /// keepalive, else the periodic keepalive. Returns why the link ended, if it did.
     pub fn on_timeout(&mut self, now: Instant, out: &mut VecDeque<Transmit>) -> Option<Ended> {
-        let ended = match self.state {
-            LinkState::Ended(_) => return None,
-            _ if now >= self.heard + self.silence_max => Ended::Silent,
-            LinkState::Suspect { answer_by, .. } if now >= answer_by => Ended::NoAnswer,
-            _ => {
-                if now >= self.next_keepalive {
-                    self.send_keepalive(out);
-                    // A late step sends one keepalive, not one per missed period.
-                    self.next_keepalive = (self.next_keepalive + self.keepalive).max(now + self.keepalive / 2);
-                }
+        if matches!(self.state, LinkState::Ended(_)) {
+            return None;
+        }
+        let ended = match self.liveness.on_wake(now) {
+            Verdict::Gone(Gone::Silent) => Ended::Silent,
+            Verdict::Gone(_) => Ended::NoAnswer,
+            _ if matches!(self.state, LinkState::Suspect { answer_by, .. } if now >= answer_by) => Ended::NoAnswer,
+            Verdict::Keepalive => {
+                // A late step sends one keepalive, not one per missed period.
+                self.send_keepalive(out);
                 return None;
             }
+            Verdict::Wait => return None,
         };
         self.state = LinkState::Ended(ended);
         Some(ended)
@@ -276,7 +271,7 @@ impl SnLink {
             LinkState::Suspect { answer_by, .. } => Some(answer_by),
             LinkState::Up => None,
         };
-        let t = self.next_keepalive.min(self.heard + self.silence_max);
+        let t = self.liveness.next_wake();
         Some(answer_by.map_or(t, |a| a.min(t)))
     }
 }

@@ -41,7 +41,7 @@ use self::link::{Arrival, Ended, SnLink};
 use self::pending::{Class, OpId, OpResult, Pending, PendingStats, Request, Revision};
 use crate::host::handshake::ClientSession;
 use crate::wire::MessageKind;
-use crate::wire::message::{Observed, RelayRelease};
+use crate::wire::message::{CallStats, Observed, RelayRelease};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -110,11 +110,18 @@ impl CoreLink {
     /// node's UDP address on port P, or the TCP connection the handshake ran on).
     /// Its first transmit is the keepalive that asks the super node's revision.
     pub fn new(session: ClientSession, dest: Dest, now: Now, rng: &mut impl rand::Rng) -> Self {
+        Self::with_epoch(session, dest, 1, now, rng)
+    }
+
+    /// Like [`CoreLink::new`], for the `epoch`th link of a host (each new super node
+    /// after a failover gets the next), so nothing of an older link is taken for this
+    /// one's.
+    pub fn with_epoch(session: ClientSession, dest: Dest, epoch: u32, now: Now, rng: &mut impl rand::Rng) -> Self {
         let mut pending = Pending::new(rng, now.mono);
         pending.set_reliable(matches!(dest, Dest::Tcp(_)));
         let tag = std::iter::repeat_with(|| rng.next_u32()).find(|t| *t != 0).expect("an endless generator");
         let mut core = Self {
-            link: SnLink::new(session, dest, 1, now.mono, tag),
+            link: SnLink::new(session, dest, epoch, now.mono, tag),
             pending,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -145,12 +152,6 @@ impl CoreLink {
         self.revision_by = now.mono + REVISION_WAIT;
         self.link.hello(&mut self.transmits);
         self.pump(now);
-    }
-
-    /// Whether a call has media: the link then keeps its call pace (see
-    /// [`SnLink::set_in_call`]).
-    pub fn set_in_call(&mut self, on: bool, now: Now) {
-        self.link.set_in_call(on, now.mono);
     }
 
     /// Seals a message that has no answer (`RelayRelease`, `CallStats`) on the link as
@@ -235,6 +236,30 @@ impl CoreLink {
             }
         }
         self.pump(now);
+    }
+
+    /// Makes any request; its result comes back under the returned id.
+    pub fn request(&mut self, now: Now, request: Request) -> OpId {
+        self.submit(now, request)
+    }
+
+    /// Whether a call is under way: the link keeps a quicker pace then (see
+    /// [`SnLink::set_in_call`]).
+    pub fn set_in_call(&mut self, now: Now, on: bool) {
+        self.link.set_in_call(on, now.mono);
+    }
+
+    /// A call's media went silent: the super node is asked at once, and the link ends
+    /// if it does not answer within 1.5 s (see [`SnLink::check`]).
+    pub fn check(&mut self, now: Now) {
+        if self.link.check(now.mono, &mut self.transmits) {
+            tracing::debug!(supernode = %self.link.supernode(), "a call's media went silent: checking the super node");
+        }
+    }
+
+    /// Tells the super node how a call went (no answer comes).
+    pub fn call_stats(&mut self, stats: &CallStats) {
+        self.transmits.extend(self.link.seal(MessageKind::CallStats, &stats.encode()));
     }
 
     /// A keepalive round trip; completes with the address the super node sees.
@@ -383,4 +408,4 @@ impl CoreLink {
 #[cfg(test)]
 pub mod sim;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -32,6 +32,15 @@ fn host_addr() -> SocketAddr {
 
 /// A host session and the super node's end of it, from a whole handshake.
 fn establish(keepalive_secs: u16) -> (ClientSession, Session) {
+    establish_at(sn_addr(), host_addr(), keepalive_secs)
+}
+
+/// Like [`establish`], between a super node at `sn_addr` and a host at `host_addr`.
+pub(crate) fn establish_at(
+    sn_addr: SocketAddr,
+    host_addr: SocketAddr,
+    keepalive_secs: u16,
+) -> (ClientSession, Session) {
     let sn = crate::supernode::tests::identity();
     let cred = Credential::issue(
         Claims {
@@ -44,18 +53,17 @@ fn establish(keepalive_secs: u16) -> (ClientSession, Session) {
         },
         &test_key(0),
     );
-    let d = Dialing::with_nonce(sn_addr(), [1; 16]);
-    let h = Hello::decode(frame::decode(sn_addr(), &d.hello()).unwrap().payload).unwrap();
-    let challenge =
-        frame::encode_plain(sn_addr(), MessageKind::Challenge, 0, &sn.challenge(&h, host_addr(), T0).encode());
+    let d = Dialing::with_nonce(sn_addr, [1; 16]);
+    let h = Hello::decode(frame::decode(sn_addr, &d.hello()).unwrap().payload).unwrap();
+    let challenge = frame::encode_plain(sn_addr, MessageKind::Challenge, 0, &sn.challenge(&h, host_addr, T0).encode());
     let a = d.on_challenge(&challenge, &sn.trusted, &cred, &test_key(2), T0).unwrap().unwrap();
-    let env = precheck(&sn, frame::decode(sn_addr(), a.auth()).unwrap().payload, host_addr(), T0).unwrap();
+    let env = precheck(&sn, frame::decode(sn_addr, a.auth()).unwrap().payload, host_addr, T0).unwrap();
     let accepted = accept(&sn, &env, T0).unwrap();
     let who =
-        SessionPeer { id: 5, user: "alice".into(), peer: host_addr(), listener: sn_addr(), transport: Transport::Udp };
+        SessionPeer { id: 5, user: "alice".into(), peer: host_addr, listener: sn_addr, transport: Transport::Udp };
     let mut s = Session::new(who, &accepted.secret, T0, 3600);
     let welcome = s.welcome(&Welcome {
-        observed: host_addr(),
+        observed: host_addr,
         keepalive_secs,
         idle_timeout_secs: 3600,
         probe_addr: None,
@@ -427,6 +435,59 @@ fn an_unanswered_request_and_probe_end_the_link_long_before_the_silence_limit() 
     b.drain();
     assert_eq!(b.result(late), Some(&Err(RequestError::LinkDown)));
     assert_eq!(b.trace.len(), sent);
+}
+
+#[test]
+fn in_a_call_a_silent_super_node_is_gone_after_three_and_a_half_seconds() {
+    // At rest (a 15 s period), silence would take 35 s; a call under way makes it 3.5 s,
+    // counted from the switch, with a keepalive a second.
+    let mut b = Bench::rev2(10, 15);
+    b.run_until(secs(10.0));
+    let before = b.sent(MessageKind::Keepalive);
+    b.echo = Echo::Lost;
+    b.core.set_in_call(b.now(), true);
+    b.run_until(secs(20.0));
+    assert_eq!(b.events, vec![(secs(13.5), CoreEvent::LinkEnded { epoch: 1, why: Ended::Silent })]);
+    let pace: Vec<_> = b
+        .trace
+        .iter()
+        .filter(|(t, k, _)| *k == MessageKind::Keepalive && *t >= secs(10.0))
+        .map(|(t, _, _)| *t)
+        .collect();
+    assert_eq!(pace, vec![secs(10.0), secs(11.0), secs(12.0), secs(13.0)]);
+    assert_eq!(b.sent(MessageKind::Keepalive) - before, 4);
+
+    // Answered, the call pace keeps the link; back at rest, the period is 15 s again.
+    let mut up = Bench::rev2(10, 15);
+    up.core.set_in_call(up.now(), true);
+    up.run_until(secs(10.0));
+    assert!(up.events.is_empty(), "{:?}", up.events);
+    assert_eq!(up.sent(MessageKind::Keepalive), 12, "the first, then one a second from the switch");
+    up.core.set_in_call(up.now(), false);
+    up.run_until(secs(40.0));
+    assert_eq!(up.sent(MessageKind::Keepalive), 14, "{:?}", up.trace);
+}
+
+#[test]
+fn a_check_on_media_silence_ends_a_mute_link_in_a_second_and_a_half() {
+    let mut b = Bench::rev2(11, 15);
+    b.run_until(secs(5.0));
+    b.echo = Echo::Lost;
+    let before = b.sent(MessageKind::Keepalive);
+    b.core.check(b.now());
+    b.core.check(b.now());
+    b.run_until(secs(10.0));
+    assert_eq!(b.events, vec![(secs(6.5), CoreEvent::LinkEnded { epoch: 1, why: Ended::NoAnswer })]);
+    assert_eq!(b.sent(MessageKind::Keepalive) - before, 5, "one at once, then every 300 ms; one check at a time");
+
+    // A live super node answers the first: nothing ends, and the pace is back to 15 s.
+    let mut up = Bench::rev2(11, 15);
+    up.run_until(secs(5.0));
+    let before = up.sent(MessageKind::Keepalive);
+    up.core.check(up.now());
+    up.run_until(secs(14.0));
+    assert!(up.events.is_empty(), "{:?}", up.events);
+    assert_eq!(up.sent(MessageKind::Keepalive) - before, 1);
 }
 
 #[test]
@@ -812,16 +873,16 @@ fn a_call_keeps_the_link_at_its_pace_and_notices_a_dead_super_node_in_seconds() 
     // While a call has media: one a second, dead after 3.5 s.
     let mut b = Bench::new(21, 15);
     b.echo = Echo::Lost;
-    b.core.set_in_call(true, b.now());
+    b.core.set_in_call(b.now(), true);
     b.run_until(secs(10.0));
     assert_eq!(b.events, vec![(secs(3.5), CoreEvent::LinkEnded { epoch: 1, why: Ended::Silent })]);
-    assert_eq!(b.sent(MessageKind::Keepalive), 4, "at once, then at 1, 2 and 3 s");
+    assert_eq!(b.sent(MessageKind::Keepalive), 5, "the hello, one as the call starts, then at 1, 2 and 3 s");
 
     // The call over, the Welcome's pace is back.
     let mut after = Bench::new(21, 15);
-    after.core.set_in_call(true, after.now());
+    after.core.set_in_call(after.now(), true);
     after.run_until(secs(2.5));
-    after.core.set_in_call(false, after.now());
+    after.core.set_in_call(after.now(), false);
     after.echo = Echo::Lost;
     after.run_until(secs(60.0));
     let [(at, CoreEvent::LinkEnded { why: Ended::Silent, .. })] = after.events.as_slice() else {
