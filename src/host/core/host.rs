@@ -316,6 +316,8 @@ pub struct HostCore {
     next_op: u64,
     reconnects: Vec<OpId>,
     logging_out: bool,
+    /// Why the login's ladder found no super node, until the shell takes it.
+    login_error: Option<crate::host::connect::LadderError>,
     effects_owned: BTreeMap<EffectId, Owner>,
     next_effect: u64,
     transmits: VecDeque<Transmit>,
@@ -386,6 +388,7 @@ impl HostCore {
             next_op: 1,
             reconnects: Vec::new(),
             logging_out: false,
+            login_error: None,
             effects_owned: BTreeMap::new(),
             next_effect: 1,
             transmits: VecDeque::new(),
@@ -411,6 +414,11 @@ impl HostCore {
     /// Where the host is in its life.
     pub fn phase(&self) -> &Phase {
         &self.phase
+    }
+
+    /// Why the login found no super node (once [`Phase::Failed`]), once.
+    pub fn take_login_error(&mut self) -> Option<crate::host::connect::LadderError> {
+        self.login_error.take()
     }
 
     /// The login report, brought up to date by every join.
@@ -995,11 +1003,12 @@ impl HostCore {
             match o {
                 Outcome::Joined(j) => self.joined(now, *j),
                 Outcome::Failed { purpose, error, .. } => {
-                    if purpose == Purpose::Login {
-                        self.phase = Phase::Failed(error.to_string());
-                    }
                     for op in std::mem::take(&mut self.reconnects) {
                         self.complete(op, Err(HostError::NoSupernode(error.to_string())));
+                    }
+                    if purpose == Purpose::Login {
+                        self.phase = Phase::Failed(error.to_string());
+                        self.login_error = Some(error);
                     }
                 }
             }
