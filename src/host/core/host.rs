@@ -60,7 +60,7 @@ use crate::host::LoginReport;
 use crate::host::buddies::Buddy;
 use crate::host::buddies::Event;
 use crate::host::cache::Cache;
-use crate::index::{Entry, EntryBody, Profile, Status};
+use crate::index::{Entry, Profile, Status};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use std::collections::{BTreeMap, VecDeque};
@@ -257,6 +257,23 @@ pub struct HostStats {
     pub dropped: u64,
 }
 
+/// How long a logout waits for our offline entry's publish and the buddies' notices
+/// before it says Bye.
+pub const LOGOUT_WAIT: Duration = Duration::from_secs(5);
+
+/// A logout under way.
+#[derive(Debug, Clone, Copy)]
+struct LogoutRun {
+    /// The command.
+    op: OpId,
+    /// The buddies' publish of our offline entry (which tells the buddies online too).
+    tag: u64,
+    /// Whether that publish is over.
+    published: bool,
+    /// Bye by then, whatever is left.
+    until: Instant,
+}
+
 /// Who an effect is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Owner {
@@ -276,8 +293,6 @@ enum Waiter {
     User(OpId),
     /// The lookup before a call.
     CallLookup { op: OpId, user: String, even_if_offline: bool },
-    /// The offline entry at logout; Bye follows.
-    Logout(OpId),
 }
 
 /// What the calls learn of the rest of the host, read when they need it.
@@ -316,6 +331,8 @@ pub struct HostCore {
     next_op: u64,
     reconnects: Vec<OpId>,
     logging_out: bool,
+    /// A logout under way: the offline entry and presence going out, Bye next.
+    logout: Option<LogoutRun>,
     /// Why the login's ladder found no super node, until the shell takes it.
     login_error: Option<crate::host::connect::LadderError>,
     effects_owned: BTreeMap<EffectId, Owner>,
@@ -389,6 +406,7 @@ impl HostCore {
             reconnects: Vec::new(),
             logging_out: false,
             login_error: None,
+            logout: None,
             effects_owned: BTreeMap::new(),
             next_effect: 1,
             transmits: VecDeque::new(),
@@ -577,8 +595,10 @@ impl HostCore {
                 self.logging_out = true;
                 self.ladder.stop();
                 if self.link.as_ref().is_some_and(|l| l.link().is_open()) {
-                    let entry = self.sign_entry(now, Status::Offline);
-                    self.request(now, Waiter::Logout(op), Request::Publish { entry });
+                    // Offline in the index and to the buddies known online; the Bye
+                    // waits for both (LOGOUT_WAIT at most).
+                    let tag = self.buddies.publish(now, Status::Offline, self.profile.clone());
+                    self.logout = Some(LogoutRun { op, tag, published: false, until: now.mono + LOGOUT_WAIT });
                 } else {
                     self.phase = Phase::LoggedOut;
                     self.complete(op, Ok(Done::Ok));
@@ -706,7 +726,8 @@ impl HostCore {
     /// When [`HostCore::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let link = self.link.as_ref().and_then(CoreLink::poll_timeout);
-        [self.calls.poll_timeout(), self.ladder.poll_timeout(), link, self.buddies.poll_timeout()]
+        let logout = self.logout.map(|l| l.until);
+        [self.calls.poll_timeout(), self.ladder.poll_timeout(), link, self.buddies.poll_timeout(), logout]
             .into_iter()
             .flatten()
             .min()
@@ -769,13 +790,6 @@ impl HostCore {
                 let r = self.place_call(now, &user, even_if_offline, r);
                 self.complete(op, r);
             }
-            Waiter::Logout(op) => {
-                if let Some(link) = self.link.as_mut() {
-                    link.bye();
-                }
-                self.phase = Phase::LoggedOut;
-                self.complete(op, Ok(Done::Ok));
-            }
         }
     }
 
@@ -813,31 +827,6 @@ impl HostCore {
             .call(now, &callee, e.supernode.clone(), &env)
             .map_err(|_| HostError::Request(RequestError::LinkDown))?;
         Ok(Done::Called(id))
-    }
-
-    /// Our index entry, signed now (the offline one at logout; the buddies sign the rest).
-    fn sign_entry(&self, now: Now, status: Status) -> Vec<u8> {
-        let hidden = status == Status::Invisible;
-        let body = EntryBody {
-            user: self.me.credential.subject.clone(),
-            credential: self.me.credential.encode(),
-            status: if hidden { Status::Offline } else { status },
-            supernode: self.report.supernode.clone(),
-            public_addr: None,
-            nat: self.report.nat,
-            profile: self.profile.clone(),
-            last_seen: now.unix_ms / 1000,
-            timestamp_ms: now.unix_ms,
-        };
-        match Entry::sign(body, &self.me.credential, &self.me.key) {
-            Ok(e) => e.encode(),
-            Err(e) => {
-                // Our own credential and key: a failure here is a bug, and an empty
-                // entry is refused by the super node.
-                tracing::error!(error = %e, "could not sign our entry");
-                Vec::new()
-            }
-        }
     }
 
     fn effect(&mut self, owner: Option<Owner>, e: Effect) {
@@ -908,6 +897,10 @@ impl HostCore {
         }
         while let Some((tag, r)) = self.buddies.poll_completion() {
             any = true;
+            if let Some(l) = self.logout.as_mut().filter(|l| l.tag == tag) {
+                l.published = true;
+                continue;
+            }
             let Some(op) = self.buddy_ops.remove(&tag) else { continue };
             self.complete(op, r.map(Done::Buddy).map_err(HostError::Buddies));
         }
@@ -1065,9 +1058,27 @@ impl HostCore {
             if let Some(link) = self.link.as_mut() {
                 link.set_in_call(now, self.calls.has_media());
             }
+            any |= self.logout_step(now);
             if !any {
                 break;
             }
         }
+    }
+
+    /// Says Bye once the logout's publish is over and the buddies are told (or its
+    /// time is up); true if it did.
+    fn logout_step(&mut self, now: Now) -> bool {
+        let Some(l) = self.logout else { return false };
+        let told = l.published && self.buddies.fanout_left() == 0;
+        if !told && now.mono < l.until {
+            return false;
+        }
+        self.logout = None;
+        if let Some(link) = self.link.as_mut() {
+            link.bye();
+        }
+        self.phase = Phase::LoggedOut;
+        self.complete(l.op, Ok(Done::Ok));
+        true
     }
 }
