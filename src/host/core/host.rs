@@ -957,6 +957,7 @@ impl HostCore {
                     }
                     tracing::info!(%why, "our link ended; rejoining");
                     self.buddies.on_link_down();
+                    self.calls.on_link_down();
                     self.ladder.rejoin(now, lost.clone());
                 }
                 CoreEvent::LinkEnded { .. } => {}
