@@ -274,6 +274,21 @@ struct LogoutRun {
     until: Instant,
 }
 
+/// How long the calls wait, after a failover, for our entry's publish before they
+/// tell their peers we moved.
+pub const MOVED_WAIT: Duration = Duration::from_secs(2);
+
+/// The calls' news of a new link, held until our entry is published there.
+#[derive(Debug, Clone)]
+struct MovedWait {
+    /// What the calls are told.
+    info: LinkInfo,
+    /// The publish's request, once submitted.
+    publish: Option<OpId>,
+    /// Told by then, whatever happened to the publish.
+    until: Instant,
+}
+
 /// Who an effect is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Owner {
@@ -333,6 +348,9 @@ pub struct HostCore {
     logging_out: bool,
     /// A logout under way: the offline entry and presence going out, Bye next.
     logout: Option<LogoutRun>,
+    /// After a failover, the calls wait for our entry's publish before they tell their
+    /// peers we moved.
+    moved: Option<MovedWait>,
     /// Why the login's ladder found no super node, until the shell takes it.
     login_error: Option<crate::host::connect::LadderError>,
     effects_owned: BTreeMap<EffectId, Owner>,
@@ -407,6 +425,7 @@ impl HostCore {
             logging_out: false,
             login_error: None,
             logout: None,
+            moved: None,
             effects_owned: BTreeMap::new(),
             next_effect: 1,
             transmits: VecDeque::new(),
@@ -727,7 +746,8 @@ impl HostCore {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let link = self.link.as_ref().and_then(CoreLink::poll_timeout);
         let logout = self.logout.map(|l| l.until);
-        [self.calls.poll_timeout(), self.ladder.poll_timeout(), link, self.buddies.poll_timeout(), logout]
+        let moved = self.moved.as_ref().map(|m| m.until);
+        [self.calls.poll_timeout(), self.ladder.poll_timeout(), link, self.buddies.poll_timeout(), logout, moved]
             .into_iter()
             .flatten()
             .min()
@@ -749,6 +769,7 @@ impl HostCore {
 
     /// Submits a request to the link, or fails it at once without one.
     fn request(&mut self, now: Now, w: Waiter, r: Request) {
+        let publish = matches!(r, Request::Publish { .. });
         match self.link.as_mut() {
             Some(link) => {
                 let id = match r {
@@ -759,6 +780,9 @@ impl HostCore {
                     Request::Forward { to, via, body, class } => link.forward(now, &to, &via, body, class),
                     Request::RelayAllocate { callee } => link.allocate_relay(now, callee),
                 };
+                if let (Some(m), Waiter::Buddies(_), true) = (self.moved.as_mut(), &w, publish) {
+                    m.publish.get_or_insert(id);
+                }
                 self.waiters.insert(id, w);
             }
             None => self.answer(now, w, Err(RequestError::LinkDown)),
@@ -943,6 +967,7 @@ impl HostCore {
         out.into_iter().for_each(|t| self.transmit(t));
         effects.into_iter().for_each(|e| self.effect(None, e));
         for (id, r) in done {
+            self.moved_step(now, Some(id));
             match self.waiters.remove(&id) {
                 Some(w) => self.answer(now, w, r),
                 None => tracing::debug!(?id, "a request finished that nobody waits for"),
@@ -958,6 +983,8 @@ impl HostCore {
                     tracing::info!(%why, "our link ended; rejoining");
                     self.buddies.on_link_down();
                     self.calls.on_link_down();
+                    // The calls hear of the link that replaces this one.
+                    self.moved = None;
                     self.ladder.rejoin(now, lost.clone());
                 }
                 CoreEvent::LinkEnded { .. } => {}
@@ -1021,12 +1048,13 @@ impl HostCore {
         }
         j.update_report(&mut self.report);
         let udp = matches!(j.dest, Dest::Udp(_));
+        let rejoined = self.link.is_some();
         match self.link.as_mut() {
             Some(link) => link.replace(j.session, j.dest, now, &mut self.rng),
             None => self.link = Some(CoreLink::new(j.session, j.dest, now, &mut self.rng)),
         }
         self.phase = Phase::Online;
-        let info = LinkInfo {
+        let calls_info = LinkInfo {
             supernode: self.report.supernode.clone(),
             public_addr: self.report.public_addr,
             nat: self.report.nat,
@@ -1034,7 +1062,6 @@ impl HostCore {
             udp,
             v6: self.cfg.v6,
         };
-        self.calls.on_link_up(now, info);
         for op in std::mem::take(&mut self.reconnects) {
             self.complete(op, Ok(Done::Ok));
         }
@@ -1046,7 +1073,29 @@ impl HostCore {
             public_addr: self.report.public_addr,
             nat: self.report.nat,
         };
+        // Our entry first: after a failover, the calls tell their peers we moved once
+        // it is published (MOVED_WAIT at most), so a peer that looks us up finds us
+        // where we are.
         self.buddies.on_link_up(now, info);
+        if rejoined && self.calls.calls_in_progress() > 0 {
+            self.moved = Some(MovedWait { info: calls_info, publish: None, until: now.mono + MOVED_WAIT });
+        } else {
+            self.moved = None;
+            self.calls.on_link_up(now, calls_info);
+        }
+    }
+
+    /// Tells the calls where we stand, once our entry's publish after a failover is
+    /// answered or its time is up; true if it did.
+    fn moved_step(&mut self, now: Now, published: Option<OpId>) -> bool {
+        let Some(m) = self.moved.as_ref() else { return false };
+        let answered = published.is_some() && published == m.publish;
+        if !answered && now.mono < m.until {
+            return false;
+        }
+        let Some(m) = self.moved.take() else { return false };
+        self.calls.on_link_up(now, m.info);
+        true
     }
 
     /// Routes every part's outputs until none has any left.
@@ -1060,6 +1109,7 @@ impl HostCore {
                 link.set_in_call(now, self.calls.has_media());
             }
             any |= self.logout_step(now);
+            any |= self.moved_step(now, None);
             if !any {
                 break;
             }
