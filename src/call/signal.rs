@@ -250,6 +250,17 @@ impl Call {
         self.go(State::Ended(why), now_ms, out);
     }
 
+    /// The caller's invite could not be delivered (no super node to carry it): an
+    /// inviting call ends as unreachable at once, rather than at its timeout. Nothing
+    /// for a call in any other state.
+    pub fn undelivered(&mut self, now_ms: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.role == Role::Caller && self.state == State::Inviting {
+            self.end(EndReason::Unreachable, now_ms, &mut out);
+        }
+        out
+    }
+
     /// The user's wish.
     pub fn intent(&mut self, i: Intent, now_ms: u64) -> Vec<Action> {
         let mut out = Vec::new();

@@ -144,6 +144,11 @@ impl HostCache {
         Self { path: path.to_owned(), cache: Cache::new(entries) }
     }
 
+    /// The cache of `entries`, to be written to `path`.
+    pub fn with_entries(path: &Path, entries: Vec<CacheEntry>) -> Self {
+        Self { path: path.to_owned(), cache: Cache::new(entries) }
+    }
+
     /// Writes the cache atomically.
     pub fn save(&self) -> std::io::Result<()> {
         let f = File { version: 1, entries: self.cache.entries.clone() };

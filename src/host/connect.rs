@@ -87,14 +87,6 @@ enum StepError {
     Handshake(HandshakeError),
 }
 
-/// Where a UDP attempt reads port P: the socket itself, or the queue the host's driver
-/// fills while it lends the port to the ladder (it keeps reading the socket, so a call's
-/// media goes on reaching the call).
-enum Inbound<'a> {
-    Socket,
-    Lent(&'a mut tokio::sync::mpsc::Receiver<(SocketAddr, Vec<u8>)>),
-}
-
 /// Runs the attempts in order until one succeeds, within the time budget, reading port
 /// P (`udp`) itself.
 pub async fn run(
@@ -104,26 +96,12 @@ pub async fn run(
     t: &Timeouts,
     log: &mut Vec<AttemptLog>,
 ) -> Result<Connected, LadderError> {
-    run_on(plan, udp, Inbound::Socket, me, t, log).await
-}
-
-/// Like [`run`], on port P as the host's driver lends it (see
-/// [`super::shell::Shell::lend`]).
-pub async fn run_lent(
-    plan: &[Attempt],
-    port: &mut super::shell::LentPort,
-    me: &Me<'_>,
-    t: &Timeouts,
-    log: &mut Vec<AttemptLog>,
-) -> Result<Connected, LadderError> {
-    let udp = port.udp.clone();
-    run_on(plan, &udp, Inbound::Lent(&mut port.inbound), me, t, log).await
+    run_on(plan, udp, me, t, log).await
 }
 
 async fn run_on(
     plan: &[Attempt],
     udp: &Arc<UdpSocket>,
-    mut inbound: Inbound<'_>,
     me: &Me<'_>,
     t: &Timeouts,
     log: &mut Vec<AttemptLog>,
@@ -137,7 +115,7 @@ async fn run_on(
         }
         tracing::info!(n = i + 1, stage = ?a.stage, transport = a.transport.label(), addr = %a.addr, "trying super node");
         let result = match a.transport {
-            Transport::Udp => try_udp(udp, &mut inbound, a.addr, me, t.step).await,
+            Transport::Udp => try_udp(udp, a.addr, me, t.step).await,
             Transport::Tcp => try_tcp(a.addr, me, t.step).await,
         };
         let outcome = match result {
@@ -165,28 +143,6 @@ async fn run_on(
     Err(LadderError::Exhausted { attempts: log.len(), last })
 }
 
-/// Waits for a datagram from `from` until `deadline` on `inbound`; others are ignored.
-async fn recv_on(
-    udp: &UdpSocket,
-    inbound: &mut Inbound<'_>,
-    from: SocketAddr,
-    deadline: tokio::time::Instant,
-) -> Option<Vec<u8>> {
-    let Inbound::Lent(rx) = inbound else { return recv_from(udp, from, deadline).await };
-    loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some((src, d))) if src == from => return Some(d),
-            Ok(Some(_)) => continue,
-            // The driver is gone: nothing more comes.
-            Ok(None) => {
-                tokio::time::sleep_until(deadline).await;
-                return None;
-            }
-            Err(_) => return None,
-        }
-    }
-}
-
 /// Waits for a datagram from `from` until `deadline`; others are ignored.
 async fn recv_from(udp: &UdpSocket, from: SocketAddr, deadline: tokio::time::Instant) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; crate::wire::frame::FRAME_LEN_MAX + 1];
@@ -201,7 +157,6 @@ async fn recv_from(udp: &UdpSocket, from: SocketAddr, deadline: tokio::time::Ins
 
 async fn try_udp(
     udp: &Arc<UdpSocket>,
-    inbound: &mut Inbound<'_>,
     addr: SocketAddr,
     me: &Me<'_>,
     step: Duration,
@@ -227,7 +182,7 @@ async fn try_udp(
             udp.send_to(bytes, addr).await.map_err(StepError::Io)?;
             resend_at = now + half;
         }
-        let Some(pkt) = recv_on(udp, inbound, addr, resend_at.min(deadline)).await else { continue };
+        let Some(pkt) = recv_from(udp, addr, resend_at.min(deadline)).await else { continue };
         match &auth {
             None => {
                 if let Some(a) = dialing
@@ -310,7 +265,7 @@ async fn probe(udp: &UdpSocket, target: SocketAddr) -> Option<SocketAddr> {
 }
 
 /// The local address the kernel would use toward `dest` (never the wildcard).
-fn local_ip_toward(dest: SocketAddr) -> Option<std::net::IpAddr> {
+pub(crate) fn local_ip_toward(dest: SocketAddr) -> Option<std::net::IpAddr> {
     let bind: SocketAddr = if dest.is_ipv4() { "0.0.0.0:0".parse().ok()? } else { "[::]:0".parse().ok()? };
     let s = std::net::UdpSocket::bind(bind).ok()?;
     s.connect(dest).ok()?;

@@ -1,64 +1,49 @@
-//! The host's driver: one task per session that owns port P, the link's TCP connection,
-//! the timer and the [`CoreLink`], and drives the core by its contract (after each
-//! input, drain every output; then sleep until `poll_timeout` or the next input).
+//! The host's driver: one task per session that owns port P (IPv4, and IPv6 for media),
+//! the TCP connections, the calls' extra sockets and the timer, and drives the
+//! [`HostCore`] by its contract: after each input, drain every output; then sleep until
+//! `poll_timeout` or the next input. Nothing in a step waits.
 //!
-//! The session talks to it through [`Shell`], a handle over a command channel. A
-//! request is a command carrying a oneshot: the driver submits it to the core and keeps
-//! the sender under the request's [`OpId`]; the completion, whenever it comes, goes to
-//! that sender and to no other. So a method of the session awaits its own answer only,
-//! any number can be in flight, and an answer nobody waits for (a notice's
-//! acknowledgement) is matched by the core and dropped here. A channel rather than a
-//! core behind a shared lock: the session today reads nothing of the link's state but
-//! what the driver publishes (the link's status, the notices, the media), so the core
-//! has exactly one owner and no lock is ever taken in a step.
+//! The core sits behind a lock the session shares ([`Shell`]): a command locks it,
+//! submits, and registers a oneshot under the command's [`OpId`] before the lock is let
+//! go, so the driver, which delivers completions while it holds the same lock, always
+//! finds the waiter. Getters lock and read. No lock is held across an `.await`.
 //!
-//! What arrives on port P is sorted as the link task sorted it: from the super node, to
-//! the core; what looks like media (its first byte) and passes the media gate, to the
-//! calls' queue; anything else, to the ladder while one runs on the lent port, or to
-//! the core (which counts it as foreign). While the session connects to another super
-//! node ([`Shell::lend`]), the driver keeps reading port P: media still reaches the
-//! calls during a failover, and the ladder gets the rest through a queue.
+//! Effects: TCP connections (both framings) on tasks of their own, the local address
+//! toward a destination, the host cache written to its file (writes that come close
+//! together coalesce), the calls' extra sockets (each hearing only its peer), and the
+//! login server on a task (`account::buddy`, `account::refresh_revocations`). UDP goes
+//! out at once or not at all ([`send_now`]): a full socket buffer drops the datagram,
+//! as the network would (counted); a send the system refuses goes back to the core.
 //!
-//! `Dest::Udp` means port P: on IPv4 or, for an IPv6 destination, port P's IPv6 socket
-//! (`host::udp6`, whose own task still reads it: it carries media only).
-//!
-//! UDP goes out at once or not at all ([`send_now`]): a full socket buffer drops the
-//! datagram, as the network would, and the drop is counted; no step waits for the socket.
+//! Port P's media is gated per source (`host::media_gate`) before the core sees it, as
+//! the link task gated it; the super node's datagrams and everything else go straight in.
 
-use super::connect::{Connected, Link};
-use super::core::io::{ConnId, Dest, Effect, Framing, TcpEvent, Transmit};
-use super::core::pending::{OpId, OpResult, Request, RequestError};
-use super::core::{CoreEvent, CoreLink, Now};
+use super::account::LoginServers;
+use super::cache::CacheEntry;
+use super::core::io::{ConnId, Dest, Effect, EffectId, EffectResult, Framing, LoginAnswer, LoginCall, TcpEvent};
+use super::core::pending::{OpId, RequestError};
+use super::core::{Command, HostCore, HostError, HostResult, Now};
 use super::media_gate::MediaGate;
+use super::probe_sockets::{ProbeDatagram, ProbeSockets};
 use crate::relay::packet::RELAYED_LEN_MAX;
-use crate::wire::message::CallStats;
-use rand::SeedableRng;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-/// Media datagrams queued for the calls (a second and a half of 20 ms frames from both
-/// directions and the probes); beyond, new ones are dropped as a full socket buffer would.
-pub const MEDIA_QUEUED_MAX: usize = 256;
-/// Notices queued for the application; when a host does not read them, newer ones are
-/// dropped (presence is repeated at every refresh, list changes are read from the server).
-pub const NOTICES_QUEUED_MAX: usize = 256;
-/// Datagrams queued for a ladder running on the lent port.
-const LADDER_QUEUED_MAX: usize = 64;
 /// Frames queued for one TCP connection; beyond, new ones are dropped and counted.
 const TCP_QUEUED_MAX: usize = 256;
+/// TCP events and effect results queued for the driver.
+const INPUTS_QUEUED_MAX: usize = 1024;
 /// How long a TCP connection the core asks for may take to connect.
 const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a goodbye may take to go out.
-const BYE_WAIT: Duration = Duration::from_secs(1);
-/// Connection ids the shell gives the links the ladder hands over; the core's own start
-/// low, so the two never meet.
-const SHELL_CONN_BASE: u32 = 1 << 31;
+/// Host-cache writes closer together than this are made as one.
+const CACHE_WRITE_PAUSE: Duration = Duration::from_millis(200);
 
 /// Counters of the driver.
 #[derive(Debug, Default)]
@@ -67,15 +52,12 @@ pub struct ShellStats {
     pub udp_dropped: AtomicU64,
     /// Frames dropped because a TCP connection's queue was full or it was gone.
     pub tcp_dropped: AtomicU64,
-    /// Notices dropped because the application did not read them.
-    pub notices_dropped: AtomicU64,
-    /// Media datagrams dropped because the calls' queue was full.
-    pub media_dropped: AtomicU64,
-    /// Answers to requests whose waiter had gone.
+    /// Media datagrams on port P the media gate refused.
+    pub media_gated: AtomicU64,
+    /// Completions whose waiter had gone.
     pub unclaimed: AtomicU64,
-    /// Notices (their answer awaited by nobody) that failed: refused, unanswered, or
-    /// no link.
-    pub notices_failed: AtomicU64,
+    /// The longest step, in microseconds (a lock held this long delays getters too).
+    pub step_max_us: AtomicU64,
 }
 
 impl ShellStats {
@@ -84,44 +66,59 @@ impl ShellStats {
     }
 }
 
-/// The link as the driver last saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LinkStatus {
-    /// Which link (one more at every super node the host joins).
-    pub epoch: u32,
-    /// Whether it is up; false once it ended, until the next one.
-    pub up: bool,
+/// The core and who waits for its commands, under one lock.
+struct Inner {
+    core: HostCore,
+    waiters: HashMap<OpId, oneshot::Sender<HostResult>>,
 }
 
-enum Command {
-    Request(Request, Option<oneshot::Sender<OpResult>>),
-    ReleaseRelay(u32),
-    CallStats(CallStats),
-    InCall(bool),
-    Check,
-    Bye(oneshot::Sender<()>),
-    /// Stop the link; what arrives on port P that is not media goes to this queue.
-    Lend(mpsc::Sender<(SocketAddr, Vec<u8>)>, oneshot::Sender<()>),
-    /// A new link from the ladder.
-    Attach(Box<Connected>, oneshot::Sender<()>),
+/// What the session and the driver share.
+struct Shared {
+    inner: Mutex<Inner>,
+    /// The driver has work: a command was submitted, a setter changed the core.
+    wake: Notify,
+    /// The core may have events for the application.
+    events: Notify,
+    stats: ShellStats,
 }
 
-/// The session's handle on its driver. Dropping it stops the driver.
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic in a step poisons the lock; the core is still the best state there is.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What the driver needs besides the core: port P, and what runs the login-server
+/// effects and saves the cache.
+pub struct ShellIo {
+    /// Port P on IPv4.
+    pub udp: Arc<UdpSocket>,
+    /// Port P on IPv6 (media only), where the host has it; its reader feeds `media6`.
+    pub udp6: Option<Arc<UdpSocket>>,
+    /// What port P's IPv6 socket received (gated by its reader).
+    pub media6: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    /// The login servers, our credential and key, for `Effect::Login`.
+    pub login: LoginIo,
+    /// The host cache's file.
+    pub cache_path: PathBuf,
+}
+
+/// What the login-server effects are run with.
+#[derive(Clone)]
+pub struct LoginIo {
+    /// The servers (and the trusted keys, shared with the core: an adopted revocation
+    /// list is seen by both).
+    pub servers: LoginServers,
+    /// Our credential.
+    pub credential: crate::crypto::Credential,
+    /// Our key.
+    pub key: crate::crypto::PrivateKey,
+}
+
+/// The session's handle on the core and its driver. Dropping it stops the driver.
 pub struct Shell {
-    commands: mpsc::UnboundedSender<Command>,
-    /// Notice bodies from other hosts.
-    pub notices: mpsc::Receiver<Vec<u8>>,
-    /// Datagrams on port P from anyone but the super node that look like media (their
-    /// first byte) and pass the media gate, with their source.
-    pub media: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
-    /// The sending end of `media`, for media that arrives another way (a relay leg over
-    /// TCP).
-    pub media_in: mpsc::Sender<(SocketAddr, Vec<u8>)>,
-    /// The link's status, as the driver publishes it.
-    pub link: LinkWatch,
-    udp: Port,
-    stats: Arc<ShellStats>,
-    in_call: bool,
+    shared: Arc<Shared>,
     driver: tokio::task::JoinHandle<()>,
 }
 
@@ -131,163 +128,117 @@ impl Drop for Shell {
     }
 }
 
-/// The link's status as the driver publishes it.
-#[derive(Clone)]
-pub struct LinkWatch(watch::Receiver<LinkStatus>);
-
-impl LinkWatch {
-    /// The link's status now.
-    pub fn now(&self) -> LinkStatus {
-        *self.0.borrow()
-    }
-
-    /// Waits until the link is down (at once if it is).
-    pub async fn down(&mut self) {
-        if self.0.wait_for(|s| !s.up).await.is_err() {
-            // The driver is gone; the session sees it stop, not a link going down.
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-/// A ladder's view of port P while the driver lends it: the socket to send from, and
-/// what arrived that was neither media nor for the driver.
-pub struct LentPort {
-    /// Port P.
-    pub udp: Arc<UdpSocket>,
-    /// Datagrams for the ladder, with their source.
-    pub inbound: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
-}
-
 fn now() -> Now {
     Now { mono: Instant::now(), unix_ms: super::now_ms() }
 }
 
 impl Shell {
-    /// Starts the driver on port P (`udp`, and `udp6` where the host has IPv6) over the
-    /// link the ladder made.
-    pub fn start(udp: Arc<UdpSocket>, udp6: Option<Arc<UdpSocket>>, connected: Connected) -> Self {
-        let port = Port { v4: udp, v6: udp6 };
-        let (commands, rx) = mpsc::unbounded_channel();
-        let (notices_tx, notices) = mpsc::channel(NOTICES_QUEUED_MAX);
-        let (media_tx, media) = mpsc::channel(MEDIA_QUEUED_MAX);
-        let (tcp_tx, tcp_rx) = mpsc::channel(TCP_QUEUED_MAX);
-        let (status, link) = watch::channel(LinkStatus { epoch: 0, up: false });
-        let stats = Arc::new(ShellStats::default());
-        let seed: [u8; 32] = crate::crypto::random::bytes();
-        let mut d = Driver {
-            udp: port.clone(),
-            core: None,
-            epoch: 0,
-            rng: rand::rngs::StdRng::from_seed(seed),
-            waiters: HashMap::new(),
-            notices: notices_tx,
-            media: media_tx.clone(),
-            gate: MediaGate::default(),
-            gate_epoch: Instant::now(),
-            ladder: None,
+    /// Starts the driver over `core` (just built: its ladder's first outputs wait).
+    pub fn start(core: HostCore, io: ShellIo) -> Self {
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner { core, waiters: HashMap::new() }),
+            wake: Notify::new(),
+            events: Notify::new(),
+            stats: ShellStats::default(),
+        });
+        let (tcp_tx, tcp_rx) = mpsc::channel(INPUTS_QUEUED_MAX);
+        let (effects_tx, effects_rx) = mpsc::channel(INPUTS_QUEUED_MAX);
+        let (probe_tx, probe_rx) = mpsc::channel(super::probe_sockets::QUEUED_MAX);
+        let (cache_tx, cache_rx) = watch::channel(None);
+        let cache_writer = tokio::spawn(write_cache(io.cache_path, cache_rx));
+        let d = Driver {
+            shared: shared.clone(),
+            port: Port { v4: io.udp, v6: io.udp6 },
             conns: HashMap::new(),
             tcp_tx,
-            next_conn: SHELL_CONN_BASE,
-            status,
-            stats: stats.clone(),
-            in_call: false,
+            effects_tx,
+            probes: HashMap::new(),
+            probe_tx,
+            gate: MediaGate::default(),
+            gate_epoch: Instant::now(),
+            cache: cache_tx,
+            _cache_writer: AbortOnDrop(cache_writer),
+            login: io.login,
         };
-        d.attach(connected);
-        let driver = tokio::spawn(d.run(rx, tcp_rx));
-        Self {
-            commands,
-            notices,
-            media,
-            media_in: media_tx,
-            link: LinkWatch(link),
-            udp: port,
-            stats,
-            in_call: false,
-            driver,
-        }
+        let driver = tokio::spawn(d.run(io.media6, tcp_rx, effects_rx, probe_rx));
+        Self { shared, driver }
     }
 
-    fn send(&self, c: Command) -> bool {
-        self.commands.send(c).is_ok()
-    }
-
-    /// Makes a request of the super node and waits for its answer (or its deadline, or
-    /// the link's end): only for this one, whatever else is in flight.
-    pub async fn request(&self, r: Request) -> OpResult {
+    /// Submits a command; its result comes on the receiver (an error if the driver is
+    /// gone). Never waits.
+    pub fn submit(&self, c: Command) -> oneshot::Receiver<HostResult> {
         let (tx, rx) = oneshot::channel();
-        if !self.send(Command::Request(r, Some(tx))) {
-            return Err(RequestError::LinkDown);
+        {
+            let mut inner = self.shared.lock();
+            let op = inner.core.command(now(), c);
+            inner.waiters.insert(op, tx);
         }
-        rx.await.unwrap_or(Err(RequestError::LinkDown))
+        self.shared.wake.notify_one();
+        rx
     }
 
-    /// Makes a request whose answer nobody waits for (a notice). Never waits.
-    pub fn submit(&self, r: Request) {
-        self.send(Command::Request(r, None));
+    /// Submits a command and waits for its result.
+    pub async fn run(&self, c: Command) -> HostResult {
+        self.submit(c).await.unwrap_or(Err(HostError::Request(RequestError::LinkDown)))
     }
 
-    /// Frees a relay session (no answer comes). Never waits.
-    pub fn release_relay(&self, session: u32) {
-        self.send(Command::ReleaseRelay(session));
+    /// Reads the core.
+    pub fn read<R>(&self, f: impl FnOnce(&HostCore) -> R) -> R {
+        f(&self.shared.lock().core)
     }
 
-    /// Tells the super node how a call went. Never waits.
-    pub fn call_stats(&self, stats: CallStats) {
-        self.send(Command::CallStats(stats));
+    /// Changes the core through one of its setters; the driver then drains what it put
+    /// out.
+    pub fn change<R>(&self, f: impl FnOnce(&mut HostCore) -> R) -> R {
+        let r = f(&mut self.shared.lock().core);
+        self.shared.wake.notify_one();
+        r
     }
 
-    /// Keeps the link's call pace while `on` (a call is under way). Never waits.
-    pub fn set_in_call(&mut self, on: bool) {
-        if on != self.in_call && self.send(Command::InCall(on)) {
-            self.in_call = on;
-        }
+    /// The application's next event, if one is waiting.
+    pub fn poll_event(&self) -> Option<super::buddies::Event> {
+        self.shared.lock().core.poll_event()
     }
 
-    /// Asks the super node at once whether it is there (a call's media went silent): the
-    /// link ends if it does not answer within 1.5 s. Never waits.
-    pub fn check(&self) {
-        self.send(Command::Check);
-    }
-
-    /// Says goodbye to the super node; waits until the Bye is out (a second at most).
-    pub async fn bye(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.send(Command::Bye(tx)) {
-            let _ = tokio::time::timeout(BYE_WAIT, rx).await;
-        }
-    }
-
-    /// Ends the link (no goodbye: its super node is gone or to be left) and lends port P
-    /// to a ladder until [`Shell::attach`]; media keeps reaching the calls meanwhile.
-    pub async fn lend(&self) -> LentPort {
-        let (tx, inbound) = mpsc::channel(LADDER_QUEUED_MAX);
-        let (done, rx) = oneshot::channel();
-        if self.send(Command::Lend(tx, done)) {
-            let _ = rx.await;
-        }
-        LentPort { udp: self.udp.v4.clone(), inbound }
-    }
-
-    /// Takes port P back with the link the ladder made.
-    pub async fn attach(&self, connected: Connected) {
-        let (done, rx) = oneshot::channel();
-        if self.send(Command::Attach(Box::new(connected), done)) {
-            let _ = rx.await;
-        }
-    }
-
-    /// Sends one datagram from port P (on IPv6 to an IPv6 address); a full socket
-    /// buffer drops it, and so does the lack of an IPv6 port P (counted).
-    pub fn send_udp(&self, bytes: &[u8], to: SocketAddr) {
-        if !self.udp.send(bytes, to) {
-            ShellStats::bump(&self.stats.udp_dropped);
-        }
+    /// Waits until the core may have events (a step ran since the last call).
+    pub async fn events_changed(&self) {
+        self.shared.events.notified().await;
     }
 
     /// The driver's counters.
     pub fn stats(&self) -> &ShellStats {
-        &self.stats
+        &self.shared.stats
+    }
+
+    /// Stops the driver and waits until it is gone, with the sockets it held.
+    pub async fn stop(&mut self) {
+        self.driver.abort();
+        let _ = (&mut self.driver).await;
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Writes the host cache whenever the core asks, the newest entries only: asks that
+/// come while a write is under way or within [`CACHE_WRITE_PAUSE`] of the last make one
+/// more write, not one each.
+async fn write_cache(path: PathBuf, mut rx: watch::Receiver<Option<Vec<CacheEntry>>>) {
+    while rx.changed().await.is_ok() {
+        let Some(entries) = rx.borrow_and_update().clone() else { continue };
+        let cache = super::cache::HostCache::with_entries(&path, entries);
+        match tokio::task::spawn_blocking(move || cache.save()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not save the host cache"),
+            Err(e) => tracing::warn!(error = %e, "the host cache's writer failed"),
+        }
+        tokio::time::sleep(CACHE_WRITE_PAUSE).await;
     }
 }
 
@@ -305,32 +256,28 @@ struct Port {
 
 impl Port {
     /// Sends from the socket of `to`'s family, at once or not at all.
-    fn send(&self, bytes: &[u8], to: SocketAddr) -> bool {
+    fn send(&self, bytes: &[u8], to: SocketAddr) -> std::io::Result<()> {
         match (&self.v6, to) {
-            (Some(v6), SocketAddr::V6(_)) => send_now(v6, bytes, to),
-            (None, SocketAddr::V6(_)) => false,
-            (_, SocketAddr::V4(_)) => send_now(&self.v4, bytes, to),
+            (Some(v6), SocketAddr::V6(_)) => send_to(v6, bytes, to),
+            (None, SocketAddr::V6(_)) => Err(std::io::ErrorKind::AddrNotAvailable.into()),
+            (_, SocketAddr::V4(_)) => send_to(&self.v4, bytes, to),
         }
     }
 }
 
 struct Driver {
-    udp: Port,
-    core: Option<CoreLink>,
-    epoch: u32,
-    rng: rand::rngs::StdRng,
-    waiters: HashMap<OpId, oneshot::Sender<OpResult>>,
-    notices: mpsc::Sender<Vec<u8>>,
-    media: mpsc::Sender<(SocketAddr, Vec<u8>)>,
-    gate: MediaGate,
-    gate_epoch: Instant,
-    ladder: Option<mpsc::Sender<(SocketAddr, Vec<u8>)>>,
+    shared: Arc<Shared>,
+    port: Port,
     conns: HashMap<ConnId, Conn>,
     tcp_tx: mpsc::Sender<(ConnId, TcpEvent)>,
-    next_conn: u32,
-    status: watch::Sender<LinkStatus>,
-    stats: Arc<ShellStats>,
-    in_call: bool,
+    effects_tx: mpsc::Sender<(EffectId, EffectResult)>,
+    probes: HashMap<[u8; 16], ProbeSockets>,
+    probe_tx: mpsc::Sender<ProbeDatagram>,
+    gate: MediaGate,
+    gate_epoch: Instant,
+    cache: watch::Sender<Option<Vec<CacheEntry>>>,
+    _cache_writer: AbortOnDrop,
+    login: LoginIo,
 }
 
 /// First bytes of media packets (`call::media`) and relayed packets (`relay::packet`).
@@ -341,211 +288,174 @@ fn is_media(first: u8) -> bool {
 impl Driver {
     async fn run(
         mut self,
-        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut media6: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
         mut tcp: mpsc::Receiver<(ConnId, TcpEvent)>,
+        mut effects: mpsc::Receiver<(EffectId, EffectResult)>,
+        mut probes: mpsc::Receiver<ProbeDatagram>,
     ) {
         let mut buf = vec![0u8; crate::wire::frame::FRAME_LEN_MAX + 1];
+        // What the core put out while it was built.
+        self.step(|_, _| {});
         loop {
-            let wake = self.core.as_ref().and_then(CoreLink::poll_timeout).map(tokio::time::Instant::from_std);
+            let wake = self.shared.lock().core.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
-                c = commands.recv() => match c {
-                    Some(c) => self.on_command(c),
-                    // The session is gone.
-                    None => return,
-                },
-                r = self.udp.v4.recv_from(&mut buf) => {
+                _ = self.shared.wake.notified() => self.step(|_, _| {}),
+                r = self.port.v4.recv_from(&mut buf) => {
                     if let Ok((n, from)) = r {
                         self.on_datagram(from, &buf[..n]);
                     }
                 }
-                Some((conn, ev)) = tcp.recv() => self.on_tcp(conn, ev),
+                Some((from, bytes)) = media6.recv() => self.step(|c, now| c.handle_datagram(now, from, &bytes)),
+                Some(p) = probes.recv() => {
+                    self.step(|c, now| c.handle_probe_datagram(now, p.call, p.socket, p.from, &p.bytes))
+                }
+                Some((conn, ev)) = tcp.recv() => {
+                    if matches!(ev, TcpEvent::Closed | TcpEvent::ConnectFailed(_)) {
+                        self.conns.remove(&conn);
+                    }
+                    self.step(|c, now| c.handle_tcp(now, conn, ev));
+                }
+                Some((id, r)) = effects.recv() => self.step(|c, now| c.handle_effect(now, id, r)),
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
-                    if let Some(core) = self.core.as_mut() {
-                        core.handle_timeout(now());
-                    }
+                    self.step(|c, now| c.handle_timeout(now));
                 }
-            }
-            self.drain();
-        }
-    }
-
-    fn on_command(&mut self, c: Command) {
-        let now = now();
-        match c {
-            Command::Request(r, waiter) => match self.core.as_mut() {
-                Some(core) => {
-                    let op = core.request(now, r);
-                    if let Some(w) = waiter {
-                        self.waiters.insert(op, w);
-                    }
-                }
-                None => {
-                    if let Some(w) = waiter {
-                        let _ = w.send(Err(RequestError::LinkDown));
-                    }
-                }
-            },
-            Command::ReleaseRelay(session) => {
-                if let Some(core) = self.core.as_mut() {
-                    core.release_relay(session);
-                }
-            }
-            Command::CallStats(s) => {
-                if let Some(core) = self.core.as_mut() {
-                    core.call_stats(&s);
-                }
-            }
-            Command::InCall(on) => {
-                self.in_call = on;
-                if let Some(core) = self.core.as_mut() {
-                    core.set_in_call(now, on);
-                }
-            }
-            Command::Check => {
-                if let Some(core) = self.core.as_mut() {
-                    core.check(now);
-                }
-            }
-            Command::Bye(done) => {
-                if let Some(core) = self.core.as_mut() {
-                    core.bye();
-                }
-                self.drain();
-                // The Bye is in the socket (UDP) or in its connection's queue (TCP),
-                // whose writer shuts the connection down once it is written.
-                self.conns.clear();
-                let _ = done.send(());
-            }
-            Command::Lend(tx, done) => {
-                self.detach();
-                self.ladder = Some(tx);
-                let _ = done.send(());
-            }
-            Command::Attach(connected, done) => {
-                self.ladder = None;
-                self.attach(*connected);
-                let _ = done.send(());
             }
         }
-    }
-
-    /// Drops the link without a goodbye; every request on it fails with `LinkDown`.
-    fn detach(&mut self) {
-        if self.core.take().is_some() {
-            for (_, w) in self.waiters.drain() {
-                let _ = w.send(Err(RequestError::LinkDown));
-            }
-        }
-        // The link's TCP connection, if it had one, closes with its queue.
-        self.conns.retain(|c, _| c.0 < SHELL_CONN_BASE);
-        self.status.send_replace(LinkStatus { epoch: self.epoch, up: false });
-    }
-
-    /// Builds the core over a new link (the next epoch).
-    fn attach(&mut self, connected: Connected) {
-        self.detach();
-        self.epoch += 1;
-        let dest = match connected.link {
-            Link::Udp(_) => Dest::Udp(connected.session.addr),
-            Link::Tcp(stream) => {
-                let conn = ConnId(self.next_conn);
-                self.next_conn = self.next_conn.wrapping_add(1).max(SHELL_CONN_BASE);
-                let _ = stream.set_nodelay(true);
-                let tx = spawn_conn(conn, Ok(stream), Framing::Wire, self.tcp_tx.clone());
-                self.conns.insert(conn, Conn { tx });
-                Dest::Tcp(conn)
-            }
-        };
-        let now = now();
-        let mut core = CoreLink::with_epoch(connected.session, dest, self.epoch, now, &mut self.rng);
-        core.set_in_call(now, self.in_call);
-        self.core = Some(core);
-        self.status.send_replace(LinkStatus { epoch: self.epoch, up: true });
-        self.drain();
     }
 
     fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
-        let now = now();
-        let link = self.core.as_ref().filter(|c| c.link().dest() == Dest::Udp(from)).is_some();
-        if link {
-            if let Some(core) = self.core.as_mut() {
-                core.handle_datagram(now, from, bytes);
-            }
-            return;
-        }
         if bytes.first().is_some_and(|b| is_media(*b)) {
             let now_ms = self.gate_epoch.elapsed().as_millis() as u64;
             // Checked by the call it belongs to (it is sealed under the call's keys).
-            if self.gate.admit(from, bytes, now_ms) && self.media.try_send((from, bytes.to_vec())).is_err() {
-                ShellStats::bump(&self.stats.media_dropped);
+            if !self.gate.admit(from, bytes, now_ms) {
+                ShellStats::bump(&self.shared.stats.media_gated);
+                return;
             }
-            return;
         }
-        if let Some(l) = &self.ladder {
-            let _ = l.try_send((from, bytes.to_vec()));
-            return;
-        }
-        if let Some(core) = self.core.as_mut() {
-            core.handle_datagram(now, from, bytes);
-        }
+        self.step(|c, now| c.handle_datagram(now, from, bytes));
     }
 
-    fn on_tcp(&mut self, conn: ConnId, ev: TcpEvent) {
-        if matches!(ev, TcpEvent::Closed | TcpEvent::ConnectFailed(_)) {
-            self.conns.remove(&conn);
-        }
-        if let Some(core) = self.core.as_mut() {
-            core.handle_tcp(now(), conn, ev);
-        }
+    /// One input under the lock, then every output drained.
+    fn step(&mut self, input: impl FnOnce(&mut HostCore, Now)) {
+        let started = Instant::now();
+        let shared = self.shared.clone();
+        let mut inner = shared.lock();
+        input(&mut inner.core, now());
+        self.drain(&mut inner);
+        drop(inner);
+        let us = started.elapsed().as_micros() as u64;
+        self.shared.stats.step_max_us.fetch_max(us, Ordering::Relaxed);
+        self.shared.events.notify_one();
     }
 
     /// Every output of the core, until none is left.
-    fn drain(&mut self) {
-        let Some(core) = self.core.as_mut() else { return };
-        while let Some(t) = core.poll_transmit() {
-            transmit(&self.udp, &self.conns, &self.stats, t);
-        }
-        while let Some((_, effect)) = core.poll_effect() {
-            match effect {
-                Effect::TcpConnect { conn, addr, framing } => {
-                    let stream = Err(addr);
-                    let tx = spawn_conn(conn, stream, framing, self.tcp_tx.clone());
-                    self.conns.insert(conn, Conn { tx });
-                }
-                // Its writer shuts it down once what is queued is written.
-                Effect::TcpClose { conn } => {
-                    self.conns.remove(&conn);
-                }
-                // The link's core asks for nothing else; the whole host's core does.
-                other => tracing::error!(effect = ?other, "an effect this shell does not run"),
-            }
-        }
-        while let Some(e) = core.poll_event() {
-            match e {
-                CoreEvent::Notice(body) => {
-                    if self.notices.try_send(body).is_err() {
-                        ShellStats::bump(&self.stats.notices_dropped);
+    fn drain(&mut self, inner: &mut Inner) {
+        loop {
+            let mut refused = Vec::new();
+            while let Some(t) = inner.core.poll_transmit() {
+                match t.dest {
+                    Dest::Udp(to) => match self.port.send(&t.bytes, to) {
+                        Ok(()) => {}
+                        Err(e) if refused_by_system(&e) => refused.push((to, e.to_string())),
+                        Err(_) => ShellStats::bump(&self.shared.stats.udp_dropped),
+                    },
+                    Dest::Tcp(conn) => {
+                        if self.conns.get(&conn).is_none_or(|c| c.tx.try_send(t.bytes).is_err()) {
+                            ShellStats::bump(&self.shared.stats.tcp_dropped);
+                        }
                     }
-                }
-                CoreEvent::LinkEnded { epoch, why } => {
-                    tracing::warn!(epoch, %why, "the link to the super node ended");
-                    if epoch == self.epoch {
-                        self.status.send_replace(LinkStatus { epoch, up: false });
+                    Dest::Probe { call, socket, to } => {
+                        let sent = self
+                            .probes
+                            .get(&call)
+                            .and_then(|p| p.get(socket))
+                            .is_some_and(|s| send_now(s, &t.bytes, to));
+                        if !sent {
+                            ShellStats::bump(&self.shared.stats.udp_dropped);
+                        }
                     }
                 }
             }
-        }
-        while let Some((op, result)) = core.poll_completion() {
-            let failed = result.is_err();
-            let missed = match self.waiters.remove(&op) {
-                Some(w) => w.send(result).is_err().then_some(&self.stats.unclaimed),
-                None => failed.then_some(&self.stats.notices_failed),
-            };
-            if let Some(counter) = missed {
-                ShellStats::bump(counter);
+            while let Some((id, effect)) = inner.core.poll_effect() {
+                self.effect(id, effect);
+            }
+            while let Some((op, result)) = inner.core.poll_completion() {
+                let delivered = inner.waiters.remove(&op).is_some_and(|w| w.send(result).is_ok());
+                if !delivered {
+                    ShellStats::bump(&self.shared.stats.unclaimed);
+                }
+            }
+            if refused.is_empty() {
+                return;
+            }
+            let now = now();
+            for (to, why) in refused {
+                inner.core.on_send_failed(now, to, &why);
             }
         }
     }
+
+    fn effect(&mut self, id: EffectId, effect: Effect) {
+        match effect {
+            Effect::TcpConnect { conn, addr, framing } => {
+                let tx = spawn_conn(conn, Err(addr), framing, self.tcp_tx.clone());
+                self.conns.insert(conn, Conn { tx });
+            }
+            // Its writer shuts it down once what is queued is written.
+            Effect::TcpClose { conn } => {
+                self.conns.remove(&conn);
+            }
+            Effect::LocalIpToward(to) => {
+                let ip = super::connect::local_ip_toward(to);
+                self.answer(id, EffectResult::LocalIp(ip));
+            }
+            Effect::SaveCache(entries) => {
+                self.cache.send_replace(Some(entries));
+            }
+            Effect::OpenProbeSockets { call, n, peer } => {
+                let sockets = ProbeSockets::open(n, call, peer, &self.probe_tx);
+                let opened = u16::try_from(sockets.open_count()).unwrap_or(u16::MAX);
+                self.probes.insert(call, sockets);
+                self.answer(id, EffectResult::ProbeSocketsOpened { call, opened });
+            }
+            Effect::CloseProbeSockets { call, keep } => {
+                if keep.is_empty() {
+                    self.probes.remove(&call);
+                } else if let Some(p) = self.probes.get_mut(&call) {
+                    p.close_except(&keep);
+                }
+            }
+            Effect::Login(call) => {
+                let (login, tx) = (self.login.clone(), self.effects_tx.clone());
+                tokio::spawn(async move {
+                    let r = match call {
+                        LoginCall::Buddy(op) => {
+                            super::account::buddy(&login.servers, &login.credential, &login.key, op)
+                                .await
+                                .map(LoginAnswer::Buddy)
+                        }
+                        LoginCall::Revocations => Ok(LoginAnswer::Revocations(
+                            super::account::refresh_revocations(&login.servers, &login.credential, &login.key).await,
+                        )),
+                    };
+                    let _ = tx.send((id, EffectResult::Login(r))).await;
+                });
+            }
+        }
+    }
+
+    /// An effect's result, handled in a step of its own (never inside the one that asked).
+    fn answer(&self, id: EffectId, r: EffectResult) {
+        if self.effects_tx.try_send((id, r)).is_err() {
+            tracing::warn!(?id, "an effect's result was dropped: the driver's queue is full");
+        }
+    }
+}
+
+/// Whether a failed send is the system refusing the destination (no route, not
+/// permitted), which the core wants to know, rather than a full buffer.
+fn refused_by_system(e: &std::io::Error) -> bool {
+    !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted)
 }
 
 /// Sends one datagram at once, or drops it: false when the socket's buffer is full (or
@@ -553,24 +463,11 @@ impl Driver {
 /// tokio's `try_send_to`, which also fails while the reactor has not yet seen the
 /// socket writable (a socket just bound, or just used by a ladder's awaited sends).
 pub fn send_now(udp: &UdpSocket, bytes: &[u8], to: SocketAddr) -> bool {
-    socket2::SockRef::from(udp).send_to(bytes, &to.into()).is_ok()
+    send_to(udp, bytes, to).is_ok()
 }
 
-fn transmit(udp: &Port, conns: &HashMap<ConnId, Conn>, stats: &ShellStats, t: Transmit) {
-    match t.dest {
-        Dest::Udp(to) => {
-            if !udp.send(&t.bytes, to) {
-                ShellStats::bump(&stats.udp_dropped);
-            }
-        }
-        Dest::Tcp(conn) => {
-            if conns.get(&conn).is_none_or(|c| c.tx.try_send(t.bytes).is_err()) {
-                ShellStats::bump(&stats.tcp_dropped);
-            }
-        }
-        // The link's core sends nothing from a call's extra sockets.
-        Dest::Probe { .. } => ShellStats::bump(&stats.udp_dropped),
-    }
+fn send_to(udp: &UdpSocket, bytes: &[u8], to: SocketAddr) -> std::io::Result<()> {
+    socket2::SockRef::from(udp).send_to(bytes, &to.into()).map(|_| ())
 }
 
 /// Runs one TCP connection: connects (when given an address), then reads frames into
@@ -660,206 +557,8 @@ async fn write_framed(w: &mut tokio::net::tcp::OwnedWriteHalf, framing: Framing,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::core::pending::Answer;
-    use crate::host::core::tests::establish_at;
-    use crate::host::ladder::{Attempt, Stage, Transport};
-    use crate::supernode::session::{Action, Session as SnSession};
-    use crate::wire::MessageKind;
-    use crate::wire::message::{Bye, FindReply};
 
-    const T0: u64 = 1_700_000_000;
     const WAIT: Duration = Duration::from_secs(5);
-
-    /// A super node on a real socket, its session from the sans-IO parts: it answers
-    /// keepalives, and Finds for anyone but "nobody" (whose lookup never comes back).
-    struct FakeSupernode {
-        udp: Arc<UdpSocket>,
-        /// Says Bye to the host when told.
-        bye: mpsc::Sender<()>,
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    impl Drop for FakeSupernode {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
-    }
-
-    async fn udp() -> Arc<UdpSocket> {
-        Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap())
-    }
-
-    /// A super node for the host on `host`, and the link's end the ladder would give.
-    async fn supernode(host: &Arc<UdpSocket>) -> (FakeSupernode, Connected) {
-        let sn_udp = udp().await;
-        let (sn_addr, host_addr) = (sn_udp.local_addr().unwrap(), host.local_addr().unwrap());
-        let (client, session) = establish_at(sn_addr, host_addr, 15);
-        let (bye, bye_rx) = mpsc::channel(1);
-        let task = tokio::spawn(serve(sn_udp.clone(), session, host_addr, bye_rx));
-        let attempt = Attempt { stage: Stage::CachedUdp, transport: Transport::Udp, addr: sn_addr };
-        let connected = Connected { attempt, session: client, link: Link::Udp(host.clone()), rtt: Duration::ZERO };
-        (FakeSupernode { udp: sn_udp, bye, task }, connected)
-    }
-
-    async fn serve(udp: Arc<UdpSocket>, mut s: SnSession, host: SocketAddr, mut bye: mpsc::Receiver<()>) {
-        let me = udp.local_addr().unwrap();
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let (n, _) = tokio::select! {
-                r = udp.recv_from(&mut buf) => r.unwrap(),
-                _ = bye.recv() => {
-                    let f = s.seal(MessageKind::Bye, &Bye { reason: 0 }.encode());
-                    udp.send_to(&f, host).await.unwrap();
-                    continue;
-                }
-            };
-            let Ok(raw) = crate::wire::frame::decode(me, &buf[..n]) else { continue };
-            let Ok(actions) = s.on_frame(&raw, T0 + 1) else { continue };
-            for a in actions {
-                let reply = match a {
-                    Action::Send(_, f) => f,
-                    Action::Find(f) if f.user != "nobody" => {
-                        let r = FindReply {
-                            req: f.req,
-                            entry: f.user.into_bytes(),
-                            asked: 1,
-                            stage: "index".into(),
-                            directory: Vec::new(),
-                        };
-                        s.seal(MessageKind::FindReply, &r.encode())
-                    }
-                    _ => continue,
-                };
-                udp.send_to(&reply, host).await.unwrap();
-            }
-        }
-    }
-
-    fn find(user: &str) -> Request {
-        Request::Find { user: user.into() }
-    }
-
-    #[tokio::test]
-    async fn a_request_waits_for_its_own_answer_only() {
-        let host = udp().await;
-        let (_sn, connected) = supernode(&host).await;
-        let shell = Shell::start(host, None, connected);
-        // Once the super node's revision is known (2: every answer names its request;
-        // until then the core sends lookups one at a time, as revision 1 needs)...
-        let k = tokio::time::timeout(WAIT, shell.request(Request::Keepalive { timeout: WAIT })).await.unwrap();
-        assert!(matches!(k, Ok(Answer::Observed(_))), "{k:?}");
-        // ...a lookup the super node never answers is in flight while two others are made.
-        let stuck = shell.request(find("nobody"));
-        tokio::pin!(stuck);
-        let quick = async {
-            let (a, b) = tokio::join!(shell.request(find("bob")), shell.request(find("carol")));
-            let k = shell.request(Request::Keepalive { timeout: WAIT }).await;
-            (a, b, k)
-        };
-        let (a, b, k) = tokio::time::timeout(WAIT, async {
-            tokio::select! {
-                biased;
-                r = &mut stuck => panic!("the stuck lookup finished first: {r:?}"),
-                r = quick => r,
-            }
-        })
-        .await
-        .expect("the answered requests do not wait for the stuck one");
-        let entry = |r: OpResult| match r {
-            Ok(Answer::Found(f)) => String::from_utf8(f.entry).unwrap(),
-            other => panic!("{other:?}"),
-        };
-        assert_eq!((entry(a), entry(b)), ("bob".to_string(), "carol".to_string()), "each got its own answer");
-        assert!(matches!(k, Ok(Answer::Observed(_))), "{k:?}");
-        // The stuck one ends at its deadline, not before.
-        let started = Instant::now();
-        let r = tokio::time::timeout(Duration::from_secs(15), stuck).await.expect("a deadline, not forever");
-        assert_eq!(r, Err(RequestError::TimedOut("find")));
-        assert!(started.elapsed() > Duration::from_secs(5), "{:?}", started.elapsed());
-    }
-
-    #[tokio::test]
-    async fn media_reaches_the_calls_while_a_ladder_borrows_port_p() {
-        let host = udp().await;
-        let host_addr = host.local_addr().unwrap();
-        let (_sn, connected) = supernode(&host).await;
-        let mut shell = Shell::start(host.clone(), None, connected);
-        assert_eq!(shell.link.now(), LinkStatus { epoch: 1, up: true });
-        let peer = udp().await;
-        let media = [0x4d, 1, 2, 3];
-
-        peer.send_to(&media, host_addr).await.unwrap();
-        let got = tokio::time::timeout(WAIT, shell.media.recv()).await.unwrap().unwrap();
-        assert_eq!(got, (peer.local_addr().unwrap(), media.to_vec()));
-
-        // Lent: the link is down, requests fail at once; media still goes to the calls,
-        // anything else to the ladder.
-        let mut port = shell.lend().await;
-        assert_eq!(shell.link.now(), LinkStatus { epoch: 1, up: false });
-        tokio::time::timeout(WAIT, shell.link.down()).await.expect("down at once");
-        assert_eq!(shell.request(find("bob")).await, Err(RequestError::LinkDown));
-        peer.send_to(b"\x01hello", host_addr).await.unwrap();
-        peer.send_to(&media, host_addr).await.unwrap();
-        let ladder = tokio::time::timeout(WAIT, port.inbound.recv()).await.unwrap().unwrap();
-        assert_eq!(ladder.1, b"\x01hello");
-        let got = tokio::time::timeout(WAIT, shell.media.recv()).await.unwrap().unwrap();
-        assert_eq!(got.1, media);
-
-        // Taken back with a new link: the next epoch, and requests are answered again.
-        let (_sn2, connected) = supernode(&host).await;
-        shell.attach(connected).await;
-        assert_eq!(shell.link.now(), LinkStatus { epoch: 2, up: true });
-        let k = tokio::time::timeout(WAIT, shell.request(Request::Keepalive { timeout: WAIT })).await.unwrap();
-        assert!(matches!(k, Ok(Answer::Observed(_))), "{k:?}");
-        assert_eq!(shell.stats().media_dropped.load(Ordering::Relaxed), 0);
-    }
-
-    #[tokio::test]
-    async fn a_bye_from_the_super_node_ends_the_link_and_fails_what_waits() {
-        let host = udp().await;
-        let (sn, connected) = supernode(&host).await;
-        let shell = Shell::start(host, None, connected);
-        let mut link = shell.link.clone();
-        let stuck = shell.request(find("nobody"));
-        tokio::pin!(stuck);
-        // Let the lookup go out first.
-        assert!(tokio::time::timeout(Duration::from_millis(200), &mut stuck).await.is_err());
-        sn.bye.send(()).await.unwrap();
-        tokio::time::timeout(WAIT, link.down()).await.expect("the link goes down");
-        assert_eq!(link.now(), LinkStatus { epoch: 1, up: false });
-        assert_eq!(tokio::time::timeout(WAIT, stuck).await.unwrap(), Err(RequestError::LinkDown));
-        // The super node hears nothing more (no keepalive on a dead link).
-        let mut buf = [0u8; 2048];
-        assert!(tokio::time::timeout(Duration::from_millis(300), sn.udp.recv_from(&mut buf)).await.is_err());
-    }
-    #[tokio::test]
-    async fn port_p_sends_from_the_socket_of_the_destinations_family() {
-        let host = udp().await;
-        let (_sn, connected) = supernode(&host).await;
-        let Ok(v6) = UdpSocket::bind("[::1]:0").await else {
-            // A machine without IPv6 loopback has nothing to test here.
-            assert!(std::env::var_os("CI").is_none(), "CI machines have ::1");
-            return;
-        };
-        let v6 = Arc::new(v6);
-        let shell = Shell::start(host.clone(), Some(v6.clone()), connected);
-        let (peer4, peer6) = (udp().await, UdpSocket::bind("[::1]:0").await.unwrap());
-        shell.send_udp(b"\x4d4", peer4.local_addr().unwrap());
-        shell.send_udp(b"\x4d6", peer6.local_addr().unwrap());
-        let mut buf = [0u8; 16];
-        let (n, from) = tokio::time::timeout(WAIT, peer4.recv_from(&mut buf)).await.unwrap().unwrap();
-        assert_eq!((&buf[..n], from), (&b"\x4d4"[..], host.local_addr().unwrap()));
-        let (n, from) = tokio::time::timeout(WAIT, peer6.recv_from(&mut buf)).await.unwrap().unwrap();
-        assert_eq!((&buf[..n], from), (&b"\x4d6"[..], v6.local_addr().unwrap()));
-        assert_eq!(shell.stats().udp_dropped.load(Ordering::Relaxed), 0);
-
-        // Without an IPv6 port P, an IPv6 destination is a drop, counted.
-        let (_sn, connected) = supernode(&host).await;
-        let v4_only = Shell::start(host, None, connected);
-        v4_only.send_udp(b"\x4d6", peer6.local_addr().unwrap());
-        assert_eq!(v4_only.stats().udp_dropped.load(Ordering::Relaxed), 1);
-        assert!(tokio::time::timeout(Duration::from_millis(200), peer6.recv_from(&mut buf)).await.is_err());
-    }
 
     async fn next(events: &mut mpsc::Receiver<(ConnId, TcpEvent)>) -> (ConnId, TcpEvent) {
         tokio::time::timeout(WAIT, events.recv()).await.expect("an event in time").expect("the queue is open")

@@ -256,6 +256,9 @@ pub struct BuddiesCore {
     cfg: BuddiesConfig,
     rng: StdRng,
     book: BuddyBook,
+    /// The newest timestamp we signed an entry with: each is later than the last, so a
+    /// status changed within the same millisecond is not taken for a stale copy.
+    signed_ms: u64,
     status: Status,
     link: Option<LinkInfo>,
     ever_linked: bool,
@@ -292,6 +295,7 @@ impl BuddiesCore {
             cfg,
             rng,
             book: BuddyBook::default(),
+            signed_ms: 0,
             link: None,
             ever_linked: false,
             next_tag: 1,
@@ -504,8 +508,9 @@ impl BuddiesCore {
 
     /// Signs our entry: `for_buddies` gives the real status and where to reach us; the
     /// index copy never carries our address, and an invisible host's looks offline.
-    fn sign_entry(&self, now: Now, for_buddies: bool) -> Option<Entry> {
+    fn sign_entry(&mut self, now: Now, for_buddies: bool) -> Option<Entry> {
         let link = self.link.as_ref()?;
+        let timestamp_ms = now.unix_ms.max(self.signed_ms + 1);
         let hidden = !for_buddies && self.status == Status::Invisible;
         let shown = if hidden { Status::Offline } else { self.status };
         let body = EntryBody {
@@ -516,11 +521,14 @@ impl BuddiesCore {
             public_addr: (for_buddies && shown != Status::Offline).then_some(link.public_addr),
             nat: link.nat,
             profile: self.cfg.profile.clone(),
-            last_seen: now.unix_ms / 1000,
-            timestamp_ms: now.unix_ms,
+            last_seen: timestamp_ms / 1000,
+            timestamp_ms,
         };
         match Entry::sign(body, &self.cfg.credential, &self.cfg.key) {
-            Ok(e) => Some(e),
+            Ok(e) => {
+                self.signed_ms = timestamp_ms;
+                Some(e)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "our entry does not sign");
                 None

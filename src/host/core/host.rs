@@ -60,7 +60,7 @@ use crate::host::LoginReport;
 use crate::host::buddies::Buddy;
 use crate::host::buddies::Event;
 use crate::host::cache::Cache;
-use crate::index::{Entry, EntryBody, Profile, Status};
+use crate::index::{Entry, Profile, Status};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use std::collections::{BTreeMap, VecDeque};
@@ -257,6 +257,38 @@ pub struct HostStats {
     pub dropped: u64,
 }
 
+/// How long a logout waits for our offline entry's publish and the buddies' notices
+/// before it says Bye.
+pub const LOGOUT_WAIT: Duration = Duration::from_secs(5);
+
+/// A logout under way.
+#[derive(Debug, Clone, Copy)]
+struct LogoutRun {
+    /// The command.
+    op: OpId,
+    /// The buddies' publish of our offline entry (which tells the buddies online too).
+    tag: u64,
+    /// Whether that publish is over.
+    published: bool,
+    /// Bye by then, whatever is left.
+    until: Instant,
+}
+
+/// How long the calls wait, after a failover, for our entry's publish before they
+/// tell their peers we moved.
+pub const MOVED_WAIT: Duration = Duration::from_secs(2);
+
+/// The calls' news of a new link, held until our entry is published there.
+#[derive(Debug, Clone)]
+struct MovedWait {
+    /// What the calls are told.
+    info: LinkInfo,
+    /// The publish's request, once submitted.
+    publish: Option<OpId>,
+    /// Told by then, whatever happened to the publish.
+    until: Instant,
+}
+
 /// Who an effect is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Owner {
@@ -276,8 +308,6 @@ enum Waiter {
     User(OpId),
     /// The lookup before a call.
     CallLookup { op: OpId, user: String, even_if_offline: bool },
-    /// The offline entry at logout; Bye follows.
-    Logout(OpId),
 }
 
 /// What the calls learn of the rest of the host, read when they need it.
@@ -316,6 +346,13 @@ pub struct HostCore {
     next_op: u64,
     reconnects: Vec<OpId>,
     logging_out: bool,
+    /// A logout under way: the offline entry and presence going out, Bye next.
+    logout: Option<LogoutRun>,
+    /// After a failover, the calls wait for our entry's publish before they tell their
+    /// peers we moved.
+    moved: Option<MovedWait>,
+    /// Why the login's ladder found no super node, until the shell takes it.
+    login_error: Option<crate::host::connect::LadderError>,
     effects_owned: BTreeMap<EffectId, Owner>,
     next_effect: u64,
     transmits: VecDeque<Transmit>,
@@ -386,6 +423,9 @@ impl HostCore {
             next_op: 1,
             reconnects: Vec::new(),
             logging_out: false,
+            login_error: None,
+            logout: None,
+            moved: None,
             effects_owned: BTreeMap::new(),
             next_effect: 1,
             transmits: VecDeque::new(),
@@ -411,6 +451,11 @@ impl HostCore {
     /// Where the host is in its life.
     pub fn phase(&self) -> &Phase {
         &self.phase
+    }
+
+    /// Why the login found no super node (once [`Phase::Failed`]), once.
+    pub fn take_login_error(&mut self) -> Option<crate::host::connect::LadderError> {
+        self.login_error.take()
     }
 
     /// The login report, brought up to date by every join.
@@ -569,8 +614,10 @@ impl HostCore {
                 self.logging_out = true;
                 self.ladder.stop();
                 if self.link.as_ref().is_some_and(|l| l.link().is_open()) {
-                    let entry = self.sign_entry(now, Status::Offline);
-                    self.request(now, Waiter::Logout(op), Request::Publish { entry });
+                    // Offline in the index and to the buddies known online; the Bye
+                    // waits for both (LOGOUT_WAIT at most).
+                    let tag = self.buddies.publish(now, Status::Offline, self.profile.clone());
+                    self.logout = Some(LogoutRun { op, tag, published: false, until: now.mono + LOGOUT_WAIT });
                 } else {
                     self.phase = Phase::LoggedOut;
                     self.complete(op, Ok(Done::Ok));
@@ -698,7 +745,9 @@ impl HostCore {
     /// When [`HostCore::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let link = self.link.as_ref().and_then(CoreLink::poll_timeout);
-        [self.calls.poll_timeout(), self.ladder.poll_timeout(), link, self.buddies.poll_timeout()]
+        let logout = self.logout.map(|l| l.until);
+        let moved = self.moved.as_ref().map(|m| m.until);
+        [self.calls.poll_timeout(), self.ladder.poll_timeout(), link, self.buddies.poll_timeout(), logout, moved]
             .into_iter()
             .flatten()
             .min()
@@ -720,6 +769,7 @@ impl HostCore {
 
     /// Submits a request to the link, or fails it at once without one.
     fn request(&mut self, now: Now, w: Waiter, r: Request) {
+        let publish = matches!(r, Request::Publish { .. });
         match self.link.as_mut() {
             Some(link) => {
                 let id = match r {
@@ -730,6 +780,9 @@ impl HostCore {
                     Request::Forward { to, via, body, class } => link.forward(now, &to, &via, body, class),
                     Request::RelayAllocate { callee } => link.allocate_relay(now, callee),
                 };
+                if let (Some(m), Waiter::Buddies(_), true) = (self.moved.as_mut(), &w, publish) {
+                    m.publish.get_or_insert(id);
+                }
                 self.waiters.insert(id, w);
             }
             None => self.answer(now, w, Err(RequestError::LinkDown)),
@@ -760,13 +813,6 @@ impl HostCore {
             Waiter::CallLookup { op, user, even_if_offline } => {
                 let r = self.place_call(now, &user, even_if_offline, r);
                 self.complete(op, r);
-            }
-            Waiter::Logout(op) => {
-                if let Some(link) = self.link.as_mut() {
-                    link.bye();
-                }
-                self.phase = Phase::LoggedOut;
-                self.complete(op, Ok(Done::Ok));
             }
         }
     }
@@ -807,31 +853,6 @@ impl HostCore {
         Ok(Done::Called(id))
     }
 
-    /// Our index entry, signed now (the offline one at logout; the buddies sign the rest).
-    fn sign_entry(&self, now: Now, status: Status) -> Vec<u8> {
-        let hidden = status == Status::Invisible;
-        let body = EntryBody {
-            user: self.me.credential.subject.clone(),
-            credential: self.me.credential.encode(),
-            status: if hidden { Status::Offline } else { status },
-            supernode: self.report.supernode.clone(),
-            public_addr: None,
-            nat: self.report.nat,
-            profile: self.profile.clone(),
-            last_seen: now.unix_ms / 1000,
-            timestamp_ms: now.unix_ms,
-        };
-        match Entry::sign(body, &self.me.credential, &self.me.key) {
-            Ok(e) => e.encode(),
-            Err(e) => {
-                // Our own credential and key: a failure here is a bug, and an empty
-                // entry is refused by the super node.
-                tracing::error!(error = %e, "could not sign our entry");
-                Vec::new()
-            }
-        }
-    }
-
     fn effect(&mut self, owner: Option<Owner>, e: Effect) {
         let id = EffectId(self.next_effect);
         self.next_effect += 1;
@@ -864,6 +885,12 @@ impl HostCore {
         }
         while let Some((tag, r)) = self.calls.poll_request() {
             any = true;
+            // A call's media went silent: the link itself ends if the super node does
+            // not answer within 1.5 s, rather than at its call pace's 3.5 s of silence,
+            // so the failover begins sooner.
+            if let (Request::Keepalive { .. }, Some(link)) = (&r, self.link.as_mut()) {
+                link.check(now);
+            }
             self.request(now, Waiter::Calls(tag), r);
         }
         while let Some((kind, body)) = self.calls.poll_sealed() {
@@ -900,6 +927,10 @@ impl HostCore {
         }
         while let Some((tag, r)) = self.buddies.poll_completion() {
             any = true;
+            if let Some(l) = self.logout.as_mut().filter(|l| l.tag == tag) {
+                l.published = true;
+                continue;
+            }
             let Some(op) = self.buddy_ops.remove(&tag) else { continue };
             self.complete(op, r.map(Done::Buddy).map_err(HostError::Buddies));
         }
@@ -942,6 +973,7 @@ impl HostCore {
         out.into_iter().for_each(|t| self.transmit(t));
         effects.into_iter().for_each(|e| self.effect(None, e));
         for (id, r) in done {
+            self.moved_step(now, Some(id));
             match self.waiters.remove(&id) {
                 Some(w) => self.answer(now, w, r),
                 None => tracing::debug!(?id, "a request finished that nobody waits for"),
@@ -956,6 +988,9 @@ impl HostCore {
                     }
                     tracing::info!(%why, "our link ended; rejoining");
                     self.buddies.on_link_down();
+                    self.calls.on_link_down();
+                    // The calls hear of the link that replaces this one.
+                    self.moved = None;
                     self.ladder.rejoin(now, lost.clone());
                 }
                 CoreEvent::LinkEnded { .. } => {}
@@ -995,11 +1030,12 @@ impl HostCore {
             match o {
                 Outcome::Joined(j) => self.joined(now, *j),
                 Outcome::Failed { purpose, error, .. } => {
-                    if purpose == Purpose::Login {
-                        self.phase = Phase::Failed(error.to_string());
-                    }
                     for op in std::mem::take(&mut self.reconnects) {
                         self.complete(op, Err(HostError::NoSupernode(error.to_string())));
+                    }
+                    if purpose == Purpose::Login {
+                        self.phase = Phase::Failed(error.to_string());
+                        self.login_error = Some(error);
                     }
                 }
             }
@@ -1018,12 +1054,13 @@ impl HostCore {
         }
         j.update_report(&mut self.report);
         let udp = matches!(j.dest, Dest::Udp(_));
+        let rejoined = self.link.is_some();
         match self.link.as_mut() {
             Some(link) => link.replace(j.session, j.dest, now, &mut self.rng),
             None => self.link = Some(CoreLink::new(j.session, j.dest, now, &mut self.rng)),
         }
         self.phase = Phase::Online;
-        let info = LinkInfo {
+        let calls_info = LinkInfo {
             supernode: self.report.supernode.clone(),
             public_addr: self.report.public_addr,
             nat: self.report.nat,
@@ -1031,7 +1068,6 @@ impl HostCore {
             udp,
             v6: self.cfg.v6,
         };
-        self.calls.on_link_up(now, info);
         for op in std::mem::take(&mut self.reconnects) {
             self.complete(op, Ok(Done::Ok));
         }
@@ -1043,7 +1079,29 @@ impl HostCore {
             public_addr: self.report.public_addr,
             nat: self.report.nat,
         };
+        // Our entry first: after a failover, the calls tell their peers we moved once
+        // it is published (MOVED_WAIT at most), so a peer that looks us up finds us
+        // where we are.
         self.buddies.on_link_up(now, info);
+        if rejoined && self.calls.calls_in_progress() > 0 {
+            self.moved = Some(MovedWait { info: calls_info, publish: None, until: now.mono + MOVED_WAIT });
+        } else {
+            self.moved = None;
+            self.calls.on_link_up(now, calls_info);
+        }
+    }
+
+    /// Tells the calls where we stand, once our entry's publish after a failover is
+    /// answered or its time is up; true if it did.
+    fn moved_step(&mut self, now: Now, published: Option<OpId>) -> bool {
+        let Some(m) = self.moved.as_ref() else { return false };
+        let answered = published.is_some() && published == m.publish;
+        if !answered && now.mono < m.until {
+            return false;
+        }
+        let Some(m) = self.moved.take() else { return false };
+        self.calls.on_link_up(now, m.info);
+        true
     }
 
     /// Routes every part's outputs until none has any left.
@@ -1056,9 +1114,28 @@ impl HostCore {
             if let Some(link) = self.link.as_mut() {
                 link.set_in_call(now, self.calls.has_media());
             }
+            any |= self.logout_step(now);
+            any |= self.moved_step(now, None);
             if !any {
                 break;
             }
         }
+    }
+
+    /// Says Bye once the logout's publish is over and the buddies are told (or its
+    /// time is up); true if it did.
+    fn logout_step(&mut self, now: Now) -> bool {
+        let Some(l) = self.logout else { return false };
+        let told = l.published && self.buddies.fanout_left() == 0;
+        if !told && now.mono < l.until {
+            return false;
+        }
+        self.logout = None;
+        if let Some(link) = self.link.as_mut() {
+            link.bye();
+        }
+        self.phase = Phase::LoggedOut;
+        self.complete(l.op, Ok(Done::Ok));
+        true
     }
 }

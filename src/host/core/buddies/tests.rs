@@ -761,6 +761,31 @@ fn two_fan_outs_in_a_row_keep_the_pace_and_merge_their_targets() {
     assert_eq!(users.len(), 30);
 }
 
+#[test]
+fn entries_signed_within_one_millisecond_are_timestamped_in_order() {
+    let mut login = FakeLogin::with(3);
+    let mut h = logged_in(&mut login);
+    let before = h.requests.len();
+    // Away, then Busy, in the same millisecond: a buddy keeps only a newer entry, so
+    // the second must not carry the first's timestamp.
+    let now = h.now();
+    h.core.publish(now, Status::Away, Profile::default());
+    h.core.publish(now, Status::Busy, Profile::default());
+    h.drain();
+    let stamps: Vec<(Status, u64)> = h.requests[before..]
+        .iter()
+        .filter_map(|(_, _, r)| match r {
+            Request::Publish { entry } => Some(crate::index::Entry::decode(entry).expect("an entry")),
+            _ => None,
+        })
+        .map(|e| (e.status, e.timestamp_ms))
+        .collect();
+    assert_eq!(stamps.len(), 2, "{stamps:?}");
+    assert_eq!((stamps[0].0, stamps[1].0), (Status::Away, Status::Busy));
+    assert!(stamps[1].1 > stamps[0].1, "{stamps:?}");
+    assert!(stamps[0].1 >= now.unix_ms);
+}
+
 /// What one run put out, as far as the seed decides it: the effects, with the sealed
 /// records of the contacts we add, and the requests by kind, recipient and time.
 fn trace(seed: u64) -> Vec<String> {

@@ -160,6 +160,8 @@ pub struct CallsStats {
 enum Asked {
     /// A call message: its answer says only where it went.
     Forward,
+    /// A call's invite: if no super node carries it, the call ends at once.
+    Invite([u8; 16]),
     /// A relay session for this call.
     Relay([u8; 16]),
     /// The super node asked whether it lives, on media silence.
@@ -173,6 +175,8 @@ pub struct CallsCore {
     trusted: TrustedKeys,
     cfg: CallsConfig,
     link: Option<LinkInfo>,
+    /// The link ended and the next is not up: `link` is the last one's.
+    link_down: bool,
     epoch: Instant,
     rng: StdRng,
     active: BTreeMap<[u8; 16], ActiveCall>,
@@ -241,6 +245,7 @@ impl CallsCore {
             trusted,
             cfg,
             link: None,
+            link_down: false,
             epoch,
             rng,
             active: BTreeMap::new(),
@@ -279,6 +284,7 @@ impl CallsCore {
     /// every call's other side is told where our signals go now; relays that could not
     /// be asked for are asked now.
     pub fn on_link_up(&mut self, _now: Now, info: LinkInfo) {
+        self.link_down = false;
         let before = self.link.replace(info).map(|l| l.supernode);
         if let Some(lost) = before.filter(|b| Some(b) != self.link.as_ref().map(|l| &l.supernode)) {
             self.tell_calls_we_moved(&lost);
@@ -295,6 +301,14 @@ impl CallsCore {
         for id in waiting {
             self.ask_relay(id);
         }
+    }
+
+    /// The link ended: no call is placed and no relay asked for until the next is up
+    /// (an invite would name the super node we lost). What the last link told (our
+    /// public address, the super node lost) stays for the calls under way and for
+    /// telling them we moved.
+    pub fn on_link_down(&mut self) {
+        self.link_down = true;
     }
 
     /// Tells the other side of each call where its signals reach us now, after we lost
@@ -347,7 +361,8 @@ impl CallsCore {
         supernode: String,
         env: &impl Surroundings,
     ) -> Result<[u8; 16], CallsError> {
-        let Some(here) = self.link.as_ref().map(|l| l.supernode.clone()) else { return Err(CallsError::NoLink) };
+        let here = self.link.as_ref().filter(|_| !self.link_down).map(|l| l.supernode.clone());
+        let Some(here) = here else { return Err(CallsError::NoLink) };
         let candidates = self.candidates(&callee.subject, env);
         let (invite, offer, channel) = Invite::make_with_rng(
             Caller { me: &self.me, key: &self.key, supernode: &here },
@@ -363,7 +378,9 @@ impl CallsCore {
         let mut c = ActiveCall::new(callee.clone(), supernode.clone(), call, channel, None, ms);
         c.invite = Some((invite.clone(), offer));
         self.active.insert(id, c);
-        self.send_call(&callee.subject, supernode, &CallMessage::Invite(invite));
+        let body = Notice::Call { message: CallMessage::Invite(invite).encode() }.encode();
+        let to = callee.subject.clone();
+        self.request(Asked::Invite(id), Request::Forward { to, via: supernode, body, class: Class::Call });
         self.apply_call(now, id, actions, Vec::new());
         Ok(id)
     }
@@ -704,7 +721,18 @@ impl CallsCore {
     pub fn on_request_result(&mut self, now: Now, tag: u64, result: OpResult) {
         let Some(asked) = self.asked.remove(&tag) else { return };
         match (asked, result) {
-            (Asked::Forward | Asked::Check, Ok(_)) => {}
+            (Asked::Forward | Asked::Check | Asked::Invite(_), Ok(_)) => {}
+            (Asked::Invite(id), Err(e @ (RequestError::LinkDown | RequestError::TimedOut(_)))) => {
+                // It names a super node that is gone (or not answering): the callee's
+                // reply would go there. Ended now, not at the invite's timeout.
+                tracing::info!(error = %e, "the invite did not go out; the call ends");
+                let ms = self.ms(now);
+                if let Some(c) = self.active.get_mut(&id) {
+                    let actions = c.call.undelivered(ms);
+                    self.apply_call(now, id, actions, Vec::new());
+                }
+            }
+            (Asked::Invite(_), Err(e)) => tracing::debug!(error = %e, "the invite was refused on its way"),
             (Asked::Forward, Err(e)) => {
                 tracing::debug!(error = %e, "a call message did not reach the other side's super node")
             }

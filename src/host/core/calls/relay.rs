@@ -158,7 +158,7 @@ impl CallsCore {
 
     pub(super) fn ask_relay(&mut self, id: [u8; 16]) {
         let Some(c) = self.active.get_mut(&id) else { return };
-        if self.link.is_none() {
+        if self.link.is_none() || self.link_down {
             c.relay_waiting = true;
             return;
         }

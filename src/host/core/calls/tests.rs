@@ -241,6 +241,32 @@ fn the_invite_timeout_ends_a_call_nobody_answers() {
 }
 
 #[test]
+fn an_invite_no_link_carries_ends_the_call_at_once_and_no_call_is_placed_while_the_link_is_down() {
+    let mut w = world(5, &["public", "cone"], Signalling::default());
+    // The link ends under the invite (the super node was already dead).
+    w.fail_forwards_link_down = true;
+    let id = w.call(0, 1);
+    assert!(w.run_while_not(w.now_ms + 100, |w| w.hosts[0].saw(&id, "ended:unreachable")));
+    assert!(w.now_ms < 100, "at once, not at the invite's timeout: {} ms", w.now_ms);
+    assert_eq!(w.hosts[0].core.calls_in_progress(), 0);
+    assert!(!w.hosts[1].saw(&id, "ringing"));
+    // Once the host knows its link is down, it places no call (the invite would name
+    // the super node it lost) until the next link is up.
+    w.fail_forwards_link_down = false;
+    w.hosts[0].core.on_link_down();
+    let (callee, sn) = (w.hosts[1].credential.clone(), w.hosts[1].supernode.clone());
+    let now = w.now();
+    let h = &mut w.hosts[0];
+    assert_eq!(h.core.call(now, &callee, sn, &h.env), Err(crate::host::core::calls::CallsError::NoLink));
+    w.move_to(0, "sn-b");
+    let id = place(&mut w, 0, 1, true);
+    let deadline = w.now_ms + 3_000;
+    assert!(w.run_while_not(deadline, |w| connected_path(w, 0, id).is_some()));
+    w.run_until(w.now_ms + 1_000);
+    hang_up_and_check_tones(&mut w, 0, 1, id);
+}
+
+#[test]
 fn a_replayed_invite_rings_once() {
     let mut w = world(6, &["public", "cone"], Signalling::default());
     let id = w.call(0, 1);

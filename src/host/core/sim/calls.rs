@@ -247,6 +247,9 @@ pub struct CallsWorld {
     pub signalling: Signalling,
     /// Relay requests fail at once as if no link were up (may be changed mid-run).
     pub fail_relay_requests_link_down: bool,
+    /// Call notices fail at once as if the link had ended under them (may be changed
+    /// mid-run).
+    pub fail_forwards_link_down: bool,
     /// Call notices to this host are lost (its super node lost them; may be changed mid-run).
     pub lose_notices_to: Option<usize>,
     /// How long the shell takes to say that extra sockets opened (they are open at once).
@@ -289,6 +292,7 @@ impl CallsWorld {
             notices: 0,
             signalling,
             fail_relay_requests_link_down: false,
+            fail_forwards_link_down: false,
             lose_notices_to: None,
             probe_open_ms: 0,
             delivered: Vec::new(),
@@ -586,6 +590,10 @@ impl CallsWorld {
         match r {
             Request::Forward { to, via, body, .. } => {
                 self.note(h, format!("forward to {to} via {via}"));
+                if self.fail_forwards_link_down {
+                    let result = Err(crate::host::core::pending::RequestError::LinkDown);
+                    return self.at(self.now_ms, Ev::Result { host: h, tag, result });
+                }
                 self.notices += 1;
                 let Some(to_host) = self.hosts.iter().position(|x| x.user.eq_ignore_ascii_case(&to)) else {
                     return self.drop_for("no_such_user");

@@ -423,9 +423,27 @@ fn a_reconnect_moves_the_host_and_its_call_and_a_logout_says_goodbye() {
     let id = place(&mut w, (alice, 0), (bob, 1));
     assert_eq!(w.core_host(bob).core.calls().call_peer_supernode(id).as_deref(), Some("sn-a"));
 
+    let from = w.trace.len();
     let op = w.core_command(alice, Command::Reconnect);
     assert!(run_until_true(&mut w, secs(3.0), |w| done(w, alice, op)));
     assert!(matches!(w.core_host(alice).result(op), Some(Ok(Done::Ok))));
+    w.run_until(w.now + secs(1.0));
+    // The Moved signal goes after our entry is published at sn-b: no call notice
+    // before the publish's answer (Bob is not known online, so no presence either).
+    let sn_b = w.core_host(alice).core.report().supernode_addr;
+    let rows = &w.trace[from..];
+    let published = rows
+        .iter()
+        .position(|r| {
+            matches!(r.what, What::Sent { from, kind: Some(MessageKind::PublishReply | MessageKind::PublishAck), .. }
+                if from == sn_b)
+        })
+        .expect("sn-b answered the publish");
+    let forwards_before = rows[..published]
+        .iter()
+        .filter(|r| r.node == alice && matches!(r.what, What::Sent { kind: Some(MessageKind::Forward), .. }))
+        .count();
+    assert_eq!(forwards_before, 0, "notices before the publish was answered");
     let a = w.core_host(alice);
     assert_eq!(a.core.report().supernode, "sn-b");
     assert_eq!(a.core.link().map(|l| l.link().epoch()), Some(2));
