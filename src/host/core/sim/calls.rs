@@ -11,6 +11,7 @@
 //! media; never the bytes, and not the lengths of call messages, which carry the relay's
 //! random session ids).
 
+use super::media::delay_ms;
 use super::media::relay;
 use super::nat::NatFn;
 use crate::buddy::Relation;
@@ -45,12 +46,6 @@ pub const EVENTS_MAX: usize = 2_000_000;
 pub const PORT_P: u16 = 40_000;
 /// The first extra socket's local port.
 const EXTRA_PORT_BASE: u16 = 50_000;
-/// One way over the LAN between two hosts behind one router.
-const LAN_DELAY_MS: u64 = 1;
-/// A link's one-way delay is drawn once in this range…
-const LINK_DELAY_MS: std::ops::RangeInclusive<u64> = 5..=30;
-/// …and each datagram adds up to this much.
-const JITTER_MS_MAX: u64 = 2;
 /// Connecting to the relay over TCP takes this long.
 const TCP_CONNECT_MS: u64 = 1;
 /// Most trace rows kept.
@@ -703,21 +698,8 @@ impl CallsWorld {
     }
 
     fn travel(&mut self, d: Datagram) {
-        let base = match d.over {
-            Over::Lan => LAN_DELAY_MS,
-            _ => {
-                let link = (d.from.ip().min(d.to.ip()), d.from.ip().max(d.to.ip()));
-                match self.link_ms.get(&link) {
-                    Some(ms) => *ms,
-                    None => {
-                        let ms = self.rng.random_range(LINK_DELAY_MS);
-                        self.link_ms.insert(link, ms);
-                        ms
-                    }
-                }
-            }
-        };
-        let at = self.now_ms + base + self.rng.random_range(0..=JITTER_MS_MAX);
+        let lan = matches!(d.over, Over::Lan);
+        let at = self.now_ms + delay_ms(&mut self.link_ms, &mut self.rng, lan, d.from.ip(), d.to.ip());
         self.at(at, Ev::Arrive(d));
     }
 

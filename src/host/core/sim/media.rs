@@ -51,6 +51,24 @@ pub fn relay() -> SocketAddr {
     SocketAddr::from(([198, 18, 0, 1], 33_036))
 }
 
+/// One datagram's delay between `a` and `b`: over a LAN, or over the link between the
+/// two addresses, whose base delay is drawn once and kept, plus jitter. Shared by the
+/// worlds that carry media, so their wires behave alike.
+pub(super) fn delay_ms(
+    link_ms: &mut BTreeMap<(IpAddr, IpAddr), u64>,
+    rng: &mut StdRng,
+    lan: bool,
+    a: IpAddr,
+    b: IpAddr,
+) -> u64 {
+    let base = if lan {
+        LAN_DELAY_MS
+    } else {
+        *link_ms.entry((a.min(b), a.max(b))).or_insert_with(|| rng.random_range(LINK_DELAY_MS))
+    };
+    base + rng.random_range(0..=JITTER_MS_MAX)
+}
+
 /// How the world's signalling behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
@@ -456,21 +474,8 @@ impl MediaWorld {
 
     /// Schedules a datagram's arrival after its link's delay.
     fn travel(&mut self, d: Datagram) {
-        let base = match d.over {
-            Over::Lan => LAN_DELAY_MS,
-            _ => {
-                let link = (d.from.ip().min(d.to.ip()), d.from.ip().max(d.to.ip()));
-                match self.link_ms.get(&link) {
-                    Some(ms) => *ms,
-                    None => {
-                        let ms = self.rng.random_range(LINK_DELAY_MS);
-                        self.link_ms.insert(link, ms);
-                        ms
-                    }
-                }
-            }
-        };
-        let at = self.now_ms + base + self.rng.random_range(0..=JITTER_MS_MAX);
+        let lan = matches!(d.over, Over::Lan);
+        let at = self.now_ms + delay_ms(&mut self.link_ms, &mut self.rng, lan, d.from.ip(), d.to.ip());
         self.at(at, Event::Arrive(d));
     }
 
