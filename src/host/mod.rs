@@ -285,8 +285,9 @@ async fn derive_keys(username: &str, password: &str) -> password::PasswordKeys {
     tokio::task::spawn_blocking(move || password::derive(&u, &p)).await.expect("argon2 task")
 }
 
-/// How long login waits, once a super node took us, for the buddy list to be read (the
-/// login server's own timeouts end it sooner when it cannot be reached).
+/// How long login waits, once a super node took us, for our entry to be published and the
+/// buddy list read (the login server's own timeouts end it sooner when it cannot be
+/// reached).
 const LOGIN_LIST_WAIT: Duration = Duration::from_secs(30);
 
 /// Logs in: credential from the login server (argon2 and the login here), then the
@@ -415,7 +416,7 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
     }
     let report = shell.read(|c| c.report().clone());
     let public_addr = report.public_addr;
-    let mut session = Session {
+    let session = Session {
         report,
         shell,
         direct: serve_direct(tcp_listener, public_addr),
@@ -424,21 +425,26 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         trusted: settings.trusted.clone(),
         _udp6: udp6,
     };
-    // As the original's login sequence ends: our presence advertised (the core has
-    // published it on joining; this publish is the one we wait for), then the buddy
+    // As the original's login sequence ends: our presence advertised (the core
+    // published it on joining, with the status and profile it was given), then the buddy
     // list read, which the core began on joining (the buddies are told after it).
-    let profile = home.profile();
-    match session.publish(status, &profile).await {
-        Ok(n) => tracing::info!(replicas = n, "presence published"),
-        Err(e) => tracing::warn!(error = %e, "presence not published"),
-    }
     let read = async {
+        let published = loop {
+            match session.shell.read(|c| c.buddies_core().own_publish().cloned()) {
+                Some(outcome) => break outcome,
+                None => session.shell.events_changed().await,
+            }
+        };
+        match published {
+            Ok(n) => tracing::info!(replicas = n, "presence published"),
+            Err(e) => tracing::warn!(error = %e, "presence not published"),
+        }
         while session.shell.read(|c| c.buddies_core().refreshing()) {
             session.shell.events_changed().await;
         }
     };
     if tokio::time::timeout(LOGIN_LIST_WAIT, read).await.is_err() {
-        tracing::warn!("buddy list not read yet");
+        tracing::warn!("presence not published or buddy list not read yet");
     }
     Ok(session)
 }

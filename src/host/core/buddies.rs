@@ -262,6 +262,9 @@ pub struct BuddiesCore {
     status: Status,
     link: Option<LinkInfo>,
     ever_linked: bool,
+    /// How the last publish we made on our own (on a link's coming up) ended: the
+    /// replicas, or why not. None until one has.
+    own_publish: Option<Result<u8, String>>,
     next_tag: u64,
     login_out: BTreeMap<u64, LoginOut>,
     refresh: Option<ListRefresh>,
@@ -298,6 +301,7 @@ impl BuddiesCore {
             signed_ms: 0,
             link: None,
             ever_linked: false,
+            own_publish: None,
             next_tag: 1,
             login_out: BTreeMap::new(),
             refresh: None,
@@ -340,6 +344,12 @@ impl BuddiesCore {
     /// Counters.
     pub fn stats(&self) -> BuddiesStats {
         self.stats
+    }
+
+    /// How the last publish made on a link's coming up ended (the replicas, or why not);
+    /// None until one has. The login waits for it rather than publishing twice.
+    pub fn own_publish(&self) -> Option<&Result<u8, String>> {
+        self.own_publish.as_ref()
     }
 
     /// Whether a list read is under way.
@@ -992,8 +1002,18 @@ impl BuddiesCore {
                 };
                 match (tag, result) {
                     (Some(t), result) => self.completions.push_back((t, result)),
-                    (None, Ok(_)) => tracing::debug!("presence published"),
-                    (None, Err(e)) => tracing::warn!(error = %e, "presence not published"),
+                    (None, Ok(done)) => {
+                        tracing::debug!("presence published");
+                        let replicas = match done {
+                            BuddyDone::Published { replicas } => replicas,
+                            _ => 0,
+                        };
+                        self.own_publish = Some(Ok(replicas));
+                    }
+                    (None, Err(e)) => {
+                        tracing::warn!(error = %e, "presence not published");
+                        self.own_publish = Some(Err(e.to_string()));
+                    }
                 }
             }
         }

@@ -561,6 +561,14 @@ fn user_operations_complete_with_the_relation_the_login_server_gives() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 
+    // The publish made on the link's coming up is recorded for the login to wait on.
+    assert_eq!(h.core.own_publish(), None, "not answered yet");
+    let now = h.now();
+    let (_, tag, _) = h.requests.iter().find(|(_, _, r)| matches!(r, Request::Publish { .. })).unwrap();
+    let ack = PublishAck { code: 0, replicas: 2, detail: String::new() };
+    h.core.on_request_result(now, *tag, Ok(Answer::Published(ack)));
+    assert_eq!(h.core.own_publish(), Some(&Ok(2)));
+
     // A publish completes with the super node's answer.
     let now = h.now();
     let p = h.core.publish(now, Status::Away, Profile::default());
@@ -570,6 +578,7 @@ fn user_operations_complete_with_the_relation_the_login_server_gives() {
     h.core.on_request_result(now, *tag, Ok(Answer::Published(ack)));
     h.drain();
     assert!(matches!(h.result(p), Some(Ok(BuddyDone::Published { replicas: 3 }))));
+    assert_eq!(h.core.own_publish(), Some(&Ok(2)), "a user's publish is the user's, not the login's");
     assert_eq!(h.core.status(), Status::Away);
 }
 
