@@ -42,6 +42,9 @@ const TCP_QUEUED_MAX: usize = 256;
 const INPUTS_QUEUED_MAX: usize = 1024;
 /// How long a TCP connection the core asks for may take to connect.
 const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A frame not written within this long means the other end stopped reading: the
+/// connection is given up rather than left holding its task and buffers.
+const TCP_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Host-cache writes closer together than this are made as one.
 const CACHE_WRITE_PAUSE: Duration = Duration::from_millis(200);
 
@@ -513,14 +516,24 @@ fn spawn_conn(
             }
             let _ = reader_events.send((conn, TcpEvent::Closed)).await;
         });
+        let mut broken = false;
         while let Some(bytes) = rx.recv().await {
-            if write_framed(&mut w, framing, &bytes).await.is_err() {
+            if !matches!(
+                tokio::time::timeout(TCP_WRITE_TIMEOUT, write_framed(&mut w, framing, &bytes)).await,
+                Ok(Ok(()))
+            ) {
+                broken = true;
                 break;
             }
         }
-        let _ = w.shutdown().await;
+        let _ = tokio::time::timeout(TCP_WRITE_TIMEOUT, w.shutdown()).await;
         // The other end may keep the connection open: reading stops with the queue.
         reader.abort();
+        // A write that failed or stalled ends the connection for the core too (a queue
+        // closed by the core needs no word back).
+        if broken {
+            let _ = events.send((conn, TcpEvent::Closed)).await;
+        }
     });
     tx
 }
@@ -596,6 +609,23 @@ mod tests {
         let (tx, mut events) = mpsc::channel(16);
         let _out = spawn_conn(ConnId(8), Err(addr), Framing::Relay, tx);
         assert!(matches!(next(&mut events).await, (ConnId(8), TcpEvent::ConnectFailed(_))));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_is_given_up_after_the_write_deadline() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tx, mut events) = mpsc::channel(16);
+        let out = spawn_conn(ConnId(5), Err(listener.local_addr().unwrap()), Framing::Relay, tx);
+        // Accepted, then never read: the kernel's buffers fill and the writer stalls.
+        let (_peer, _) = listener.accept().await.unwrap();
+        assert!(matches!(next(&mut events).await, (_, TcpEvent::Connected { .. })));
+        let filler = tokio::spawn(async move {
+            let frame = vec![0x50; RELAYED_LEN_MAX];
+            while out.send(frame.clone()).await.is_ok() {}
+        });
+        let closed = tokio::time::timeout(Duration::from_secs(60), events.recv()).await;
+        filler.abort();
+        assert_eq!(closed.expect("a stalled connection is given up").unwrap(), (ConnId(5), TcpEvent::Closed));
     }
 
     #[tokio::test]
