@@ -29,6 +29,13 @@ impl Secret {
         p.as_ref().try_into().expect("X25519 public keys are 32 bytes")
     }
 
+    /// X25519 with `peer`, the shared secret handed to `kdf` (which must refuse an
+    /// all-zero one). For derivations other than [`Secret::agree`]'s.
+    pub fn agree_raw<T>(&self, peer: &[u8; 32], kdf: impl FnOnce(&[u8]) -> Result<T, ()>) -> Result<T, AgreementError> {
+        let peer_key = agreement::UnparsedPublicKey::new(&agreement::X25519, peer);
+        agreement::agree(&self.0, peer_key, AgreementError, |shared| kdf(shared).map_err(|_| AgreementError))
+    }
+
     /// X25519 with `peer`, then HKDF-SHA256: extract with `salt`, expand with the
     /// concatenation of `info`, 32 bytes out. `extra` is mixed in after the shared
     /// secret (input key material = shared ‖ extra). An all-zero shared secret (a

@@ -12,6 +12,7 @@ pub mod obfuscation;
 pub mod password;
 pub mod random;
 pub mod revocation;
+pub mod user;
 
 pub use credential::{Credential, CredentialError, CredentialKind, TrustedKeys};
 pub use keys::{KeyError, KeyId, PrivateKey, PublicKey, RsaBackend};
