@@ -128,6 +128,35 @@ async fn buddies_authorize_see_each_others_status_and_get_the_list_back_on_a_sec
     // And bob sees her come back.
     expect(&mut bob, 2 * second, "back online", presence("alice", Status::Online)).await;
 
+    // A third device beside the second: both online at once (neither displaces the other),
+    // bob's presence reaches both, and one logging out leaves alice online for bob and in
+    // the index.
+    let mut alice2 = alice2;
+    let mut alice3 = host(&t, "alice", 8, false).await;
+    let third = alice3.credential().serial;
+    common::wait_for("the third device's presence at bob", 2 * second, async || {
+        bob.buddies().iter().any(|b| {
+            b.user == "alice" && b.sessions.entries().iter().any(|e| e.origin == third && e.status == Status::Online)
+        })
+    })
+    .await;
+    bob.publish(Status::Away, &profile).await.unwrap();
+    expect(&mut alice2, second, "bob away, on alice's second device", presence("bob", Status::Away)).await;
+    expect(&mut alice3, second, "bob away, on alice's third device", presence("bob", Status::Away)).await;
+    alice3.logout().await;
+    common::wait_for("the third device's logout at bob", 2 * second, async || {
+        bob.buddies().iter().any(|b| {
+            b.user == "alice" && b.sessions.entries().iter().any(|e| e.origin == third && e.status == Status::Offline)
+        })
+    })
+    .await;
+    let alice_at_bob = bob.buddies().into_iter().find(|b| b.user == "alice").unwrap();
+    assert_eq!(alice_at_bob.presence.map(|p| p.status), Some(Status::Online), "the second device still speaks");
+    common::wait_for("the third device's logout in the index", 2 * second, async || {
+        carol.find("alice").await.unwrap().is_some_and(|f| f.status == Status::Online)
+    })
+    .await;
+
     // The login server keeps no contact's name: 4-byte ids and records sealed under the
     // owner's password. Alice's list holds bob and dave; neither name is readable.
     let db = rusqlite::Connection::open(t.net.info.data.join("accounts.sqlite")).unwrap();

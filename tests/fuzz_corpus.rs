@@ -178,6 +178,7 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
         profile,
         last_seen: NOW_SECS - 1,
         timestamp_ms: now_ms - 1000,
+        user_keys: Some(confab::crypto::user::UserPublicKeys { x25519: [9; 32], ed25519: [8; 32] }),
     };
     let entry = Entry::sign(entry_body.clone(), &alice, &alice_key).unwrap().encode();
     let offline = EntryBody { status: Status::Offline, public_addr: None, nat: NatKind::UdpBlocked, ..entry_body };

@@ -358,6 +358,7 @@ fn signed_entry(cred: &Credential) -> Vec<u8> {
         profile: Profile::default(),
         last_seen: confab::unix_now(),
         timestamp_ms: confab::unix_now() * 1000,
+        user_keys: None,
     };
     Entry::sign(body, cred, &key("host-1")).unwrap().encode()
 }
@@ -744,6 +745,7 @@ async fn seventy_one_hours_is_found_seventy_three_is_not() {
             profile: Profile::default(),
             last_seen: made,
             timestamp_ms: made * 1000,
+            user_keys: None,
         };
         let entry = Entry::sign(body, &cred, &key("host-1")).unwrap();
         // Straight onto the replication path, to every super node, each sent by another

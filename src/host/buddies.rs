@@ -8,6 +8,7 @@
 use crate::buddy::op::{Incoming, Relation, Row};
 use crate::buddy::record;
 use crate::crypto::password::ListKey;
+use crate::index::store::{Merge, Sessions};
 use crate::index::{Entry, Status};
 use crate::nat::NatKind;
 use std::collections::BTreeMap;
@@ -63,8 +64,12 @@ pub struct Buddy {
     pub user: String,
     /// How the owner stands with it.
     pub relation: Relation,
-    /// Its presence, once it told us (authorized buddies only).
+    /// Its presence, once it told us (authorized buddies only): that of the session that
+    /// speaks for it when it is logged in more than once.
     pub presence: Option<Presence>,
+    /// Its sessions' entries, as they told us (one per login).
+    #[serde(skip)]
+    pub sessions: Sessions,
 }
 
 /// What a presence notice did to the book.
@@ -157,8 +162,11 @@ impl BuddyBook {
             if old.as_ref().is_some_and(|o| o.relation != r.relation) {
                 changed.push((c.user.clone(), r.relation));
             }
-            let presence = old.and_then(|o| o.presence).filter(|_| r.relation == Relation::Authorized);
-            fresh.insert(k, Buddy { user: c.user, relation: r.relation, presence });
+            let (presence, sessions) = old
+                .filter(|_| r.relation == Relation::Authorized)
+                .map(|o| (o.presence, o.sessions))
+                .unwrap_or_default();
+            fresh.insert(k, Buddy { user: c.user, relation: r.relation, presence, sessions });
         }
         self.contacts = fresh;
         (changed, unreadable)
@@ -177,10 +185,12 @@ impl BuddyBook {
             user: user.to_owned(),
             relation,
             presence: None,
+            sessions: Sessions::default(),
         });
         e.relation = relation;
         if relation != Relation::Authorized {
             e.presence = None;
+            e.sessions = Sessions::default();
         }
         self.requests.retain(|r| !r.from.eq_ignore_ascii_case(user));
     }
@@ -203,26 +213,44 @@ impl BuddyBook {
         if b.relation != Relation::Authorized {
             return PresenceOutcome::NotABuddy;
         }
-        if b.presence.as_ref().is_some_and(|p| p.timestamp_ms >= e.timestamp_ms) {
+        let merged = b.sessions.merge(e.clone());
+        if !matches!(merged, Merge::Stored | Merge::Replaced) {
             return PresenceOutcome::Stale;
         }
+        // A session we did not know came online (another device, a restart): it may not
+        // know our presence yet, even when the buddy was online on another session.
+        let came_online = merged == Merge::Stored && e.status != Status::Offline;
+        let best = b.sessions.best().map(Presence::from_entry);
+        if best == b.presence {
+            return if came_online { PresenceOutcome::Changed { came_online } } else { PresenceOutcome::Stale };
+        }
         let was_online = b.presence.as_ref().is_some_and(|p| p.shown(now) != Status::Offline);
-        let p = Presence::from_entry(e);
-        let came_online = !was_online && p.status != Status::Offline;
-        b.presence = Some(p);
-        PresenceOutcome::Changed { came_online }
+        let now_online = best.as_ref().is_some_and(|p| p.status != Status::Offline);
+        b.presence = best;
+        PresenceOutcome::Changed { came_online: came_online || (!was_online && now_online) }
     }
 
-    /// Authorized buddies, with their super node when we know they are online.
+    /// Authorized buddies, once per super node of each session we know online (a buddy
+    /// logged in on two devices at two super nodes is reached at both), or once with no
+    /// super node when we know none.
     pub fn authorized(&self, now: u64) -> Vec<(String, Option<String>)> {
-        self.contacts
-            .values()
-            .filter(|b| b.relation == Relation::Authorized)
-            .map(|b| {
-                let via = b.presence.as_ref().filter(|p| p.shown(now) != Status::Offline).map(|p| p.supernode.clone());
-                (b.user.clone(), via)
-            })
-            .collect()
+        let mut out = Vec::new();
+        for b in self.contacts.values().filter(|b| b.relation == Relation::Authorized) {
+            let mut vias: Vec<String> = b
+                .sessions
+                .entries()
+                .iter()
+                .filter(|e| Presence::from_entry(e).shown(now) != Status::Offline)
+                .map(|e| e.supernode.clone())
+                .collect();
+            vias.sort();
+            vias.dedup();
+            if vias.is_empty() {
+                out.push((b.user.clone(), None));
+            }
+            out.extend(vias.into_iter().map(|v| (b.user.clone(), Some(v))));
+        }
+        out
     }
 
     /// Every contact, by name.
@@ -274,6 +302,25 @@ mod tests {
         assert_eq!(auth.len(), 1);
         assert_eq!(auth[0].0, "alice");
         assert!(auth[0].1.is_some(), "alice is online: we know her super node");
+    }
+
+    #[test]
+    fn a_buddy_on_two_sessions_stays_online_when_one_logs_out() {
+        let key = ListKey([3; 32]);
+        let mut b = BuddyBook::default();
+        b.load("me", &key, &[row(&key, "me", "alice", Relation::Authorized, 1)]);
+        let now = 1_700_000_100;
+        let home = entry("alice", 1, 1_700_000_000_000, Status::Online);
+        assert_eq!(b.on_presence(&home, now), PresenceOutcome::Changed { came_online: true });
+        // A second device logs in: news to answer (it may not know our presence), and it speaks.
+        let phone = entry("alice", 2, 1_700_000_010_000, Status::Busy);
+        assert_eq!(b.on_presence(&phone, now), PresenceOutcome::Changed { came_online: true });
+        assert_eq!(b.contacts()[0].presence.as_ref().unwrap().status, Status::Busy);
+        // It logs out: alice is still online, on the first.
+        let out = entry("alice", 2, 1_700_000_020_000, Status::Offline);
+        assert_eq!(b.on_presence(&out, now), PresenceOutcome::Changed { came_online: false });
+        assert_eq!(b.contacts()[0].presence.as_ref().unwrap().status, Status::Online);
+        assert_eq!(b.on_presence(&phone, now), PresenceOutcome::Stale, "a late copy changes nothing");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use crate::crypto::PrivateKey;
 use crate::crypto::credential::{CREDENTIAL_LEN_MAX, Credential, CredentialError, CredentialKind, TrustedKeys};
+use crate::crypto::user::UserPublicKeys;
 use crate::nat::NatKind;
 use crate::wire::codec::{DecodeError, Reader, Writer};
 use std::net::SocketAddr;
@@ -138,6 +139,9 @@ pub struct EntryBody {
     pub last_seen: u64,
     /// Unix milliseconds when the host made this entry: the first merge key.
     pub timestamp_ms: u64,
+    /// The user's public keys (`crypto::user`), certified by this entry's credential and
+    /// signature: how others seal messages to the user and check what it signs.
+    pub user_keys: Option<UserPublicKeys>,
 }
 
 impl EntryBody {
@@ -150,6 +154,10 @@ impl EntryBody {
             .u8(nat_code(self.nat));
         self.profile.encode(w);
         w.u64(self.last_seen).u64(self.timestamp_ms).u64(origin);
+        match &self.user_keys {
+            Some(k) => w.u8(1).raw(&k.to_bytes()),
+            None => w.u8(0),
+        };
     }
 }
 
@@ -260,10 +268,25 @@ impl Entry {
         let last_seen = r.u64("entry.last_seen")?;
         let timestamp_ms = r.u64("entry.timestamp_ms")?;
         let origin = r.u64("entry.origin")?;
+        let user_keys = match r.u8("entry.user_keys")? {
+            0 => None,
+            1 => Some(UserPublicKeys::from_bytes(&r.array::<64>("entry.user_keys")?)),
+            _ => return Err(DecodeError::Invalid("entry.user_keys")),
+        };
         let signature = r.bytes("entry.signature", 512)?.to_vec();
         r.finish()?;
-        let body =
-            EntryBody { user, credential, status, supernode, public_addr, nat, profile, last_seen, timestamp_ms };
+        let body = EntryBody {
+            user,
+            credential,
+            status,
+            supernode,
+            public_addr,
+            nat,
+            profile,
+            last_seen,
+            timestamp_ms,
+            user_keys,
+        };
         Ok(Self { body, origin, signature })
     }
 
@@ -348,6 +371,7 @@ pub(crate) mod tests {
             profile: Profile { display_name: "Jaan Tallinn".into(), city: "Tallinn".into(), ..Default::default() },
             last_seen: ts_ms / 1000,
             timestamp_ms: ts_ms,
+            user_keys: Some(UserPublicKeys { x25519: [serial as u8; 32], ed25519: [7; 32] }),
         };
         Entry::sign(body, &c, &test_key(2)).unwrap()
     }

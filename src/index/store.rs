@@ -25,10 +25,96 @@ pub enum Merge {
     Full,
 }
 
+/// Most sessions held per key that are not offline (a user logged in on several devices,
+/// or twice on one); the newest win.
+pub const SESSIONS_MAX: usize = 8;
+/// Most per-session high-water marks remembered per key (the origins of sessions already
+/// replaced or dropped), so an old copy arriving late is refused instead of coming back.
+const SEEN_MAX: usize = 32;
+
+/// The sessions of one key: one entry per origin (credential serial), every session that
+/// is not offline (at most [`SESSIONS_MAX`]) and the newest offline one, which carries the
+/// user's last-seen time. A second login never displaces the first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sessions {
+    /// Newest first (by [`Entry::order`]).
+    entries: Vec<Entry>,
+    /// Origin → the newest timestamp seen from it (including entries since dropped).
+    seen: BTreeMap<u64, u64>,
+}
+
+impl Sessions {
+    /// Merges a verified entry of this key: into its session (by origin), or as a new one.
+    pub fn merge(&mut self, e: Entry) -> Merge {
+        if let Some(held) = self.entries.iter_mut().find(|h| h.origin == e.origin) {
+            return if e.supersedes(held) {
+                *held = e;
+                self.normalize();
+                Merge::Replaced
+            } else if *held == e {
+                Merge::Duplicate
+            } else {
+                Merge::Stale
+            };
+        }
+        // An origin seen before whose entry was dropped: only something newer is news.
+        if self.seen.get(&e.origin).is_some_and(|t| *t >= e.timestamp_ms) {
+            return Merge::Stale;
+        }
+        let origin = e.origin;
+        self.entries.push(e);
+        self.normalize();
+        if self.entries.iter().any(|h| h.origin == origin) { Merge::Stored } else { Merge::Stale }
+    }
+
+    /// The sessions held, newest first.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Sorts, drops offline entries but the newest and online ones beyond the cap, and
+    /// remembers every origin's high-water mark.
+    fn normalize(&mut self) {
+        self.entries.sort_by(|a, b| b.order().cmp(&a.order()));
+        for e in &self.entries {
+            let t = self.seen.entry(e.origin).or_insert(0);
+            *t = (*t).max(e.timestamp_ms);
+        }
+        let mut offline_kept = false;
+        let mut online_kept = 0;
+        self.entries.retain(|e| {
+            if e.status == Status::Offline {
+                !std::mem::replace(&mut offline_kept, true)
+            } else {
+                online_kept += 1;
+                online_kept <= SESSIONS_MAX
+            }
+        });
+        while self.seen.len() > SEEN_MAX {
+            // Forget the oldest mark of an origin no longer held.
+            let held: Vec<u64> = self.entries.iter().map(|e| e.origin).collect();
+            let Some((&o, _)) = self.seen.iter().filter(|(o, _)| !held.contains(o)).min_by_key(|(_, t)| **t) else {
+                break;
+            };
+            self.seen.remove(&o);
+        }
+    }
+
+    /// The session that speaks for the user: one not offline, unless it was last seen more
+    /// than the presence TTL before the newest entry (its host vanished); then the newest.
+    pub fn best(&self) -> Option<&Entry> {
+        let newest = self.entries.iter().map(|e| e.last_seen).max()?;
+        self.entries
+            .iter()
+            .find(|e| e.status != Status::Offline && e.last_seen.saturating_add(PRESENCE_TTL_SECS_DEFAULT) >= newest)
+            .or_else(|| self.entries.first())
+    }
+}
+
 /// One slot's entries.
 #[derive(Debug, Clone)]
 pub struct SlotStore {
-    entries: BTreeMap<String, Entry>,
+    entries: BTreeMap<String, Sessions>,
     entries_max: usize,
 }
 
@@ -38,53 +124,62 @@ impl SlotStore {
         Self { entries: BTreeMap::new(), entries_max }
     }
 
-    /// Merges a verified entry under `key`.
+    /// Merges a verified entry under `key`: into its session (by origin), or as a new one.
     pub fn merge(&mut self, key: &str, e: Entry) -> Merge {
-        let full = self.entries.len() >= self.entries_max;
-        match self.entries.get_mut(key) {
-            Some(held) if e.supersedes(held) => {
-                *held = e;
-                Merge::Replaced
-            }
-            Some(held) if *held == e => Merge::Duplicate,
-            Some(_) => Merge::Stale,
-            None if full => Merge::Full,
-            None => {
-                self.entries.insert(key.to_owned(), e);
-                Merge::Stored
-            }
+        if let Some(held) = self.entries.get_mut(key) {
+            return held.merge(e);
         }
+        if self.entries.len() >= self.entries_max {
+            return Merge::Full;
+        }
+        let mut sessions = Sessions::default();
+        let m = sessions.merge(e);
+        self.entries.insert(key.to_owned(), sessions);
+        m
     }
 
-    /// The entry under `key`.
+    /// The entry that speaks for `key` (see the sessions' rule).
     pub fn get(&self, key: &str) -> Option<&Entry> {
-        self.entries.get(key)
+        self.entries.get(key).and_then(Sessions::best)
     }
 
-    /// Entries whose key starts with `prefix` (search postings), in key order.
+    /// Every session held under `key`, newest first.
+    pub fn sessions(&self, key: &str) -> &[Entry] {
+        self.entries.get(key).map_or(&[], |s| &s.entries)
+    }
+
+    /// Keys starting with `prefix` (search postings), in key order, with the entry that
+    /// speaks for each.
     pub fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a Entry)> + 'a {
-        self.entries.range(prefix.to_owned()..).take_while(move |(k, _)| k.starts_with(prefix))
+        self.entries
+            .range(prefix.to_owned()..)
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .filter_map(|(k, s)| Some((k, s.best()?)))
     }
 
-    /// Every entry still inside the retention window at `now`, with its key.
+    /// Every entry (every session) still inside the retention window at `now`, with its key.
     pub fn live(&self, now: u64, retention_secs: u64) -> Vec<(String, Entry)> {
-        self.entries
-            .iter()
+        self.iter()
             .filter(|(_, e)| e.last_seen.saturating_add(retention_secs) > now)
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect()
     }
 
-    /// Every entry, in key order.
+    /// Every entry (every session), in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Entry)> {
-        self.entries.iter()
+        self.entries.iter().flat_map(|(k, s)| s.entries.iter().map(move |e| (k, e)))
     }
 
     /// Drops entries last seen more than `retention_secs` before `now`; returns how many.
     pub fn expire(&mut self, now: u64, retention_secs: u64) -> usize {
-        let before = self.entries.len();
-        self.entries.retain(|_, e| e.last_seen.saturating_add(retention_secs) > now);
-        before - self.entries.len()
+        let mut dropped = 0;
+        self.entries.retain(|_, s| {
+            let before = s.entries.len();
+            s.entries.retain(|e| e.last_seen.saturating_add(retention_secs) > now);
+            dropped += before - s.entries.len();
+            !s.entries.is_empty()
+        });
+        dropped
     }
 
     /// Keys held.
@@ -100,7 +195,7 @@ impl SlotStore {
     /// A digest of what the slot holds, for anti-entropy: equal digests, equal contents.
     pub fn digest(&self) -> [u8; 32] {
         let mut h = Sha256::new();
-        for (k, e) in &self.entries {
+        for (k, e) in self.iter() {
             let (t, o, sig) = e.order();
             h.update((k.len() as u32).to_be_bytes());
             h.update(k.as_bytes());
@@ -141,6 +236,47 @@ mod tests {
         assert_eq!(s.get("alice"), Some(&new));
         assert_eq!(s.merge("bob", entry("bob", 1, 1_700_000_000_000, Status::Online)), Merge::Stored);
         assert_eq!(s.merge("carol", entry("carol", 1, 1_700_000_000_000, Status::Online)), Merge::Full);
+    }
+
+    #[test]
+    fn a_second_session_does_not_displace_the_first() {
+        let t = 1_700_000_000_000;
+        let mut s = SlotStore::new(10);
+        let phone = entry("alice", 7, t, Status::Online);
+        assert_eq!(s.merge("alice", phone.clone()), Merge::Stored);
+        // A one-shot command logs in and out on another session: alice stays online.
+        assert_eq!(s.merge("alice", entry("alice", 8, t + 1000, Status::Busy)), Merge::Stored);
+        assert_eq!(s.get("alice").unwrap().origin, 8, "the newest online session speaks");
+        let gone = entry("alice", 8, t + 2000, Status::Offline);
+        assert_eq!(s.merge("alice", gone.clone()), Merge::Replaced);
+        assert_eq!(s.get("alice"), Some(&phone), "the remaining online session speaks");
+        assert_eq!(s.sessions("alice"), [gone.clone(), phone.clone()]);
+        // Only the newest offline session is kept, and a late copy of a dropped one stays out.
+        let gone2 = entry("alice", 9, t + 3000, Status::Offline);
+        assert_eq!(s.merge("alice", gone2.clone()), Merge::Stored);
+        assert_eq!(s.sessions("alice"), [gone2.clone(), phone.clone()]);
+        assert_eq!(s.merge("alice", gone), Merge::Stale);
+        assert_eq!(s.merge("alice", entry("alice", 8, t + 1000, Status::Busy)), Merge::Stale);
+        // A session that vanished without logging out long before the newest entry does not speak.
+        let mut s = SlotStore::new(10);
+        s.merge("bob", entry("bob", 1, t, Status::Online));
+        let later = entry("bob", 2, t + (PRESENCE_TTL_SECS_DEFAULT + 1) * 1000, Status::Offline);
+        s.merge("bob", later.clone());
+        assert_eq!(s.get("bob"), Some(&later));
+    }
+
+    #[test]
+    fn online_sessions_are_capped_newest_first() {
+        let t = 1_700_000_000_000;
+        let mut s = SlotStore::new(10);
+        for i in 0..SESSIONS_MAX as u64 + 2 {
+            s.merge("alice", entry("alice", 100 + i, t + i * 1000, Status::Online));
+        }
+        let held: Vec<u64> = s.sessions("alice").iter().map(|e| e.origin).collect();
+        assert_eq!(held.len(), SESSIONS_MAX);
+        assert_eq!(held[0], 100 + SESSIONS_MAX as u64 + 1);
+        assert_eq!(s.merge("alice", entry("alice", 100, t, Status::Online)), Merge::Stale, "dropped stays dropped");
+        assert_eq!(s.len(), 1, "one key whatever the sessions");
     }
 
     #[test]
@@ -195,8 +331,9 @@ mod tests {
             }
             b.merge(&writes[dup].0, writes[dup].1.clone());
             prop_assert_eq!(a.digest(), b.digest());
-            for (k, e) in a.iter() {
-                prop_assert_eq!(Some(e), b.get(k));
+            for (k, _) in a.iter() {
+                prop_assert_eq!(a.sessions(k), b.sessions(k));
+                prop_assert_eq!(a.get(k), b.get(k));
             }
         }
     }

@@ -1039,7 +1039,11 @@ impl Handler<Route> for IndexRouter {
     fn handle(&mut self, msg: Route, ctx: &mut Context<Self>) {
         let Route { to, via, body, reply } = msg;
         let to = to.to_ascii_lowercase();
-        if self.mailboxes.holds(&to) {
+        // A hint naming another super node wins over a session held here: a user logged
+        // in on several devices has sessions at several super nodes, and the sender names
+        // each of them in turn.
+        let elsewhere = !via.is_empty() && via != self.node && self.gossip_by_name.contains_key(&via);
+        if !elsewhere && self.mailboxes.holds(&to) {
             let r = if self.mailboxes.deliver(&to, body) { Ok(self.node.clone()) } else { Err(ErrorCode::NotOnline) };
             let _ = reply.send(r);
             return;

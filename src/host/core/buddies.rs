@@ -50,6 +50,7 @@ use crate::buddy::op::{BuddyAnswer, BuddyOp, CONTACTS_MAX, Incoming, PAGE_ROWS, 
 use crate::buddy::record::{self, Contact};
 use crate::crypto::credential::{CredentialKind, TrustedKeys};
 use crate::crypto::password::ListKey;
+use crate::crypto::user::{UserKeys, UserPublicKeys};
 use crate::crypto::{Credential, KeyId, PrivateKey};
 use crate::host::HostError;
 use crate::host::account::AccountError;
@@ -241,7 +242,7 @@ struct Again {
 struct FanOut {
     body: Vec<u8>,
     targets: VecDeque<(String, String)>,
-    queued: BTreeSet<String>,
+    queued: BTreeSet<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -259,6 +260,8 @@ pub struct BuddiesCore {
     /// The newest timestamp we signed an entry with: each is later than the last, so a
     /// status changed within the same millisecond is not taken for a stale copy.
     signed_ms: u64,
+    /// Our user's public keys (derived from the list key), published in every entry.
+    user_keys: UserPublicKeys,
     status: Status,
     link: Option<LinkInfo>,
     ever_linked: bool,
@@ -295,6 +298,7 @@ impl BuddiesCore {
     pub fn new(cfg: BuddiesConfig, now: Now, rng: StdRng) -> Self {
         Self {
             status: cfg.status,
+            user_keys: UserKeys::derive(&cfg.list_key).public(),
             cfg,
             rng,
             book: BuddyBook::default(),
@@ -533,6 +537,7 @@ impl BuddiesCore {
             profile: self.cfg.profile.clone(),
             last_seen: timestamp_ms / 1000,
             timestamp_ms,
+            user_keys: Some(self.user_keys),
         };
         match Entry::sign(body, &self.cfg.credential, &self.cfg.key) {
             Ok(e) => {
@@ -599,7 +604,7 @@ impl BuddiesCore {
             Some(f) => {
                 f.body = body;
                 for t in targets {
-                    if f.queued.insert(t.0.clone()) {
+                    if f.queued.insert(t.clone()) {
                         f.targets.push_back(t);
                     }
                 }
@@ -607,7 +612,7 @@ impl BuddiesCore {
             None => {
                 let targets: VecDeque<_> = targets.collect();
                 if !targets.is_empty() {
-                    let queued = targets.iter().map(|(u, _)| u.clone()).collect();
+                    let queued = targets.iter().cloned().collect();
                     self.fanout = Some(FanOut { body, targets, queued });
                 }
             }
@@ -626,7 +631,7 @@ impl BuddiesCore {
             self.fanout = None;
             return;
         };
-        f.queued.remove(&to);
+        f.queued.remove(&(to.clone(), via.clone()));
         self.fanout_next = now.mono + FANOUT_GAP;
         let body = f.body.clone();
         if f.targets.is_empty() {
