@@ -34,6 +34,7 @@ use crate::relay::table::{Decision, Limits, Peer, SessionCache, SessionTable};
 use crate::supernode::session::{Action, Session, SessionPeer, Transport};
 use crate::wire::codec::{Reader, Writer};
 use crate::wire::frame::{self, Direction, PAYLOAD_LEN_MAX};
+use crate::wire::mail;
 use crate::wire::message::{self as msg, MessageKind};
 use crate::wire::stun;
 use std::collections::HashSet;
@@ -424,6 +425,20 @@ fn body(kind: MessageKind, payload: &[u8]) {
         MessageKind::RelayGrant => ignore(msg::RelayGrant::decode(payload)),
         MessageKind::RelayRelease => ignore(msg::RelayRelease::decode(payload)),
         MessageKind::CallStats => ignore(msg::CallStats::decode(payload)),
+        MessageKind::MailSubmit => {
+            let _ = round_trip("mail_submit", payload, mail::MailSubmit::decode, mail::MailSubmit::encode);
+        }
+        MessageKind::MailSubmitReply => ignore(mail::MailSubmitReply::decode(payload)),
+        MessageKind::MailFetch => {
+            let _ = round_trip("mail_fetch", payload, mail::MailFetch::decode, mail::MailFetch::encode);
+        }
+        MessageKind::MailBatch => {
+            let _ = round_trip("mail_batch", payload, mail::MailBatch::decode, mail::MailBatch::encode);
+        }
+        MessageKind::MailAck => {
+            let _ = round_trip("mail_ack", payload, mail::MailAck::decode, mail::MailAck::encode);
+        }
+        MessageKind::MailAckReply => ignore(mail::MailAckReply::decode(payload)),
     }
 }
 

@@ -84,11 +84,23 @@ pub enum MessageKind {
     RelayRelease = 0x52,
     /// Host → super node: how a call it placed went, for the operators' metrics (sealed).
     CallStats = 0x53,
+    /// Host → super node: store this sealed message for its recipient (sealed; revision 2).
+    MailSubmit = 0x60,
+    /// Super node → host: what became of a MailSubmit (sealed).
+    MailSubmitReply = 0x61,
+    /// Host → super node: the messages stored for this device (sealed).
+    MailFetch = 0x62,
+    /// Super node → host: a page of stored messages (sealed).
+    MailBatch = 0x63,
+    /// Host → super node: this device has these messages, delete them for it (sealed).
+    MailAck = 0x64,
+    /// Super node → host: the acknowledgement reached the store (sealed).
+    MailAckReply = 0x65,
 }
 
 impl MessageKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [MessageKind; 37] = [
+    pub const ALL: [MessageKind; 43] = [
         Self::Hello,
         Self::Challenge,
         Self::Auth,
@@ -126,6 +138,12 @@ impl MessageKind {
         Self::RelayGrant,
         Self::RelayRelease,
         Self::CallStats,
+        Self::MailSubmit,
+        Self::MailSubmitReply,
+        Self::MailFetch,
+        Self::MailBatch,
+        Self::MailAck,
+        Self::MailAckReply,
     ];
 
     /// The kind for a wire code.
@@ -147,6 +165,8 @@ impl MessageKind {
             Self::Forward | Self::ForwardAck | Self::Notice => sealed,
             Self::PublishReq | Self::PublishReply => sealed,
             Self::RelayAllocate | Self::RelayGrant | Self::RelayRelease | Self::CallStats => sealed,
+            Self::MailSubmit | Self::MailSubmitReply | Self::MailFetch | Self::MailBatch => sealed,
+            Self::MailAck | Self::MailAckReply => sealed,
             Self::Error | Self::Puzzle => true,
         }
     }
@@ -191,6 +211,12 @@ impl MessageKind {
             Self::RelayGrant => "relay_grant",
             Self::RelayRelease => "relay_release",
             Self::CallStats => "call_stats",
+            Self::MailSubmit => "mail_submit",
+            Self::MailSubmitReply => "mail_submit_reply",
+            Self::MailFetch => "mail_fetch",
+            Self::MailBatch => "mail_batch",
+            Self::MailAck => "mail_ack",
+            Self::MailAckReply => "mail_ack_reply",
         }
     }
 }
@@ -258,6 +284,8 @@ pub enum ErrorCode {
     NotOnline,
     /// The credential is on the revocation list.
     Revoked,
+    /// A message store's quota is full (the recipient's, the sender's or the node's).
+    OverQuota,
     /// A code this build does not know.
     Unknown(u16),
 }
@@ -285,6 +313,7 @@ impl ErrorCode {
             Self::NotPending => 26,
             Self::NotOnline => 27,
             Self::Revoked => 28,
+            Self::OverQuota => 29,
             Self::Unknown(c) => c,
         }
     }
@@ -311,6 +340,7 @@ impl ErrorCode {
             Self::NotPending,
             Self::NotOnline,
             Self::Revoked,
+            Self::OverQuota,
         ]
         .into_iter()
         .find(|k| k.code() == c)
@@ -339,6 +369,7 @@ impl ErrorCode {
             Self::NotPending => "not_pending",
             Self::NotOnline => "not_online",
             Self::Revoked => "revoked",
+            Self::OverQuota => "over_quota",
             Self::Unknown(_) => "unknown",
         }
     }

@@ -2,6 +2,7 @@
 
 pub mod codec;
 pub mod frame;
+pub mod mail;
 pub mod message;
 pub mod replay;
 pub mod stun;

@@ -779,6 +779,9 @@ impl HostCore {
                     Request::Search { words, limit } => link.search(now, &words, limit),
                     Request::Forward { to, via, body, class } => link.forward(now, &to, &via, body, class),
                     Request::RelayAllocate { callee } => link.allocate_relay(now, callee),
+                    r @ (Request::MailSubmit { .. } | Request::MailFetch { .. } | Request::MailAck { .. }) => {
+                        link.submit(now, r)
+                    }
                 };
                 if let (Some(m), Waiter::Buddies(_), true) = (self.moved.as_mut(), &w, publish) {
                     m.publish.get_or_insert(id);

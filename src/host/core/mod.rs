@@ -306,7 +306,8 @@ impl CoreLink {
         }
     }
 
-    fn submit(&mut self, now: Now, request: Request) -> OpId {
+    /// Submits any request (the store's among them); its completion comes by id.
+    pub fn submit(&mut self, now: Now, request: Request) -> OpId {
         let op = self.pending.submit(request);
         if !self.link.is_open() {
             self.pending.link_down();

@@ -18,6 +18,9 @@
 //! paces them all, with classes drained in order: call signals and relay allocations
 //! first, user requests next, presence fan-out last.
 
+use crate::wire::mail::{
+    DeviceBytes, MailAck, MailAckReply, MailBatch, MailFetch, MailId, MailSubmit, MailSubmitReply,
+};
 use crate::wire::message::{
     ErrorMsg, Find, FindReply, Forward, ForwardAck, Keepalive, Observed, PublishAck, PublishReply, PublishReq,
     RelayAllocate, RelayGrant, RelayRelease, RequestError as RequestErrorMsg, Search, SearchReply,
@@ -65,6 +68,12 @@ pub enum ReqKind {
     Forward,
     /// A relay session for a call.
     RelayAllocate,
+    /// A message for the store.
+    MailSubmit,
+    /// A page of stored messages.
+    MailFetch,
+    /// Stored messages this device holds.
+    MailAck,
 }
 
 impl ReqKind {
@@ -77,6 +86,9 @@ impl ReqKind {
             Self::Search => "search",
             Self::Forward => "forward",
             Self::RelayAllocate => "relay_allocate",
+            Self::MailSubmit => "mail_submit",
+            Self::MailFetch => "mail_fetch",
+            Self::MailAck => "mail_ack",
         }
     }
 
@@ -90,6 +102,9 @@ impl ReqKind {
             Self::Search => MessageKind::Search,
             Self::Forward => MessageKind::Forward,
             Self::RelayAllocate => MessageKind::RelayAllocate,
+            Self::MailSubmit => MessageKind::MailSubmit,
+            Self::MailFetch => MessageKind::MailFetch,
+            Self::MailAck => MessageKind::MailAck,
         }
     }
 
@@ -97,6 +112,7 @@ impl ReqKind {
     fn deadline(self) -> Duration {
         Duration::from_secs(match self {
             Self::Keepalive | Self::Forward | Self::Publish => 5,
+            Self::MailSubmit | Self::MailFetch | Self::MailAck => 8,
             Self::Find => 10,
             Self::Search => 15,
             Self::RelayAllocate => 3,
@@ -105,7 +121,8 @@ impl ReqKind {
 
     /// When to send again, counted from the first send, over a link that can lose
     /// frames. Publish is idempotent (the newest timestamp wins) and Find and Search
-    /// are reads; a relay allocation is not idempotent, a notice is a hint.
+    /// are reads; a relay allocation is not idempotent, a notice is a hint. The store's
+    /// requests are idempotent (a message by its id, an acknowledgement by device and id).
     fn resends(self) -> &'static [Duration] {
         const PUBLISH: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(2)];
         const FIND: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(3)];
@@ -114,6 +131,7 @@ impl ReqKind {
             Self::Publish => &PUBLISH,
             Self::Find => &FIND,
             Self::Search => &SEARCH,
+            Self::MailSubmit | Self::MailFetch | Self::MailAck => &FIND,
             Self::Keepalive | Self::Forward | Self::RelayAllocate => &[],
         }
     }
@@ -195,6 +213,29 @@ pub enum Request {
         /// The callee's credential.
         callee: Vec<u8>,
     },
+    /// Store a sealed message for `to`, pushed at once to its online sessions.
+    MailSubmit {
+        /// The message's id.
+        id: MailId,
+        /// The recipient.
+        to: String,
+        /// The sealed message.
+        sealed: Vec<u8>,
+    },
+    /// A page of the messages stored for `device`.
+    MailFetch {
+        /// This device.
+        device: DeviceBytes,
+        /// The last id of the previous page.
+        after: Option<MailId>,
+    },
+    /// `device` holds these stored messages.
+    MailAck {
+        /// This device.
+        device: DeviceBytes,
+        /// The messages (at most `wire::mail::ACK_IDS_MAX`).
+        ids: Vec<MailId>,
+    },
 }
 
 /// What a request got back.
@@ -212,6 +253,12 @@ pub enum Answer {
     Forwarded(ForwardAck),
     /// A relay session, or why not (its code).
     Granted(RelayGrant),
+    /// What became of a message for the store (its code says whether it was stored).
+    Mailed(MailSubmitReply),
+    /// A page of stored messages (its code says whether the store answered).
+    Mail(MailBatch),
+    /// An acknowledgement reached the store (or why not: its code).
+    MailAcked(MailAckReply),
 }
 
 /// Why a request got no answer.
@@ -466,6 +513,21 @@ impl Pending {
                 RelayAllocate { req, callee }.encode(),
                 ReqKind::RelayAllocate.deadline(),
             ),
+            Request::MailSubmit { id, to, sealed } => (
+                ReqKind::MailSubmit,
+                Class::User,
+                MailSubmit { req, id, to, sealed }.encode(),
+                ReqKind::MailSubmit.deadline(),
+            ),
+            Request::MailFetch { device, after } => (
+                ReqKind::MailFetch,
+                Class::User,
+                MailFetch { req, device, after }.encode(),
+                ReqKind::MailFetch.deadline(),
+            ),
+            Request::MailAck { device, ids } => {
+                (ReqKind::MailAck, Class::User, MailAck { req, device, ids }.encode(), ReqKind::MailAck.deadline())
+            }
         };
         if kind == ReqKind::Keepalive {
             // The super node does not count keepalives, and a liveness answer must not
@@ -550,6 +612,15 @@ impl Pending {
     /// The request out under `req` if it is of `kind`.
     fn out(&self, req: u32, kind: ReqKind) -> bool {
         self.entries.get(&req).is_some_and(|e| e.kind == kind && e.sent.is_some())
+    }
+
+    /// An answer naming request `req`: it completes the request if one of kind `want` is out.
+    fn answered(&mut self, kind: MessageKind, req: u32, want: ReqKind, answer: Answer) -> Matched {
+        if !self.out(req, want) {
+            return self.unmatched(kind, Some(req));
+        }
+        self.complete(req, Ok(answer));
+        Matched::Request
     }
 
     fn unmatched(&mut self, kind: MessageKind, req: Option<u32>) -> Matched {
@@ -660,11 +731,7 @@ impl Pending {
             }
             MessageKind::FindReply => {
                 let Ok(r) = FindReply::decode(body) else { return self.malformed(kind) };
-                if !self.out(r.req, ReqKind::Find) {
-                    return self.unmatched(kind, Some(r.req));
-                }
-                self.complete(r.req, Ok(Answer::Found(r)));
-                Matched::Request
+                self.answered(kind, r.req, ReqKind::Find, Answer::Found(r))
             }
             MessageKind::SearchReply => {
                 let Ok(r) = SearchReply::decode(body) else { return self.malformed(kind) };
@@ -688,11 +755,7 @@ impl Pending {
             MessageKind::ForwardAck => {
                 let Ok(a) = ForwardAck::decode(body) else { return self.malformed(kind) };
                 self.slow_down(a.code, now);
-                if !self.out(a.req, ReqKind::Forward) {
-                    return self.unmatched(kind, Some(a.req));
-                }
-                self.complete(a.req, Ok(Answer::Forwarded(a)));
-                Matched::Request
+                self.answered(kind, a.req, ReqKind::Forward, Answer::Forwarded(a))
             }
             MessageKind::RelayGrant => {
                 let Ok(g) = RelayGrant::decode(body) else { return self.malformed(kind) };
@@ -710,6 +773,21 @@ impl Pending {
                     self.stats.late_grants_released += 1;
                 }
                 Matched::Released
+            }
+            MessageKind::MailSubmitReply => {
+                let Ok(a) = MailSubmitReply::decode(body) else { return self.malformed(kind) };
+                self.slow_down(a.code, now);
+                self.answered(kind, a.req, ReqKind::MailSubmit, Answer::Mailed(a))
+            }
+            MessageKind::MailBatch => {
+                let Ok(b) = MailBatch::decode(body) else { return self.malformed(kind) };
+                self.slow_down(b.code, now);
+                self.answered(kind, b.req, ReqKind::MailFetch, Answer::Mail(b))
+            }
+            MessageKind::MailAckReply => {
+                let Ok(a) = MailAckReply::decode(body) else { return self.malformed(kind) };
+                self.slow_down(a.code, now);
+                self.answered(kind, a.req, ReqKind::MailAck, Answer::MailAcked(a))
             }
             _ => Matched::NotAnAnswer,
         }
@@ -864,5 +942,44 @@ mod tests {
         assert_eq!(std::iter::from_fn(|| p.poll_completion()).count(), PENDING_MAX);
         assert!(p.is_empty());
         assert_eq!(p.poll_timeout(), None);
+    }
+
+    #[test]
+    fn the_store_requests_are_answered_by_id_and_sent_again_on_a_lossy_link() {
+        let t0 = Instant::now();
+        let mut p = Pending::new(&mut Start(40), t0);
+        p.set_revision(Revision::Rev2);
+        let submit = p.submit(Request::MailSubmit { id: [1; 16], to: "bob".into(), sealed: vec![7; 100] });
+        let fetch = p.submit(Request::MailFetch { device: [2; 8], after: None });
+        let ack = p.submit(Request::MailAck { device: [2; 8], ids: vec![[1; 16]] });
+        let sent: Vec<Outgoing> = std::iter::from_fn(|| p.poll_send(t0, 1)).collect();
+        let kinds: Vec<MessageKind> = sent.iter().map(|o| o.kind).collect();
+        assert_eq!(kinds, [MessageKind::MailSubmit, MessageKind::MailFetch, MessageKind::MailAck]);
+        let s = MailSubmit::decode(&sent[0].body).unwrap();
+        assert_eq!((s.req, s.id, s.to.as_str()), (40, [1; 16], "bob"));
+        // Not answered within a second: sent again, same id (the store keeps one copy).
+        let later = t0 + Duration::from_secs(1);
+        p.on_timeout(later);
+        let again: Vec<MessageKind> = std::iter::from_fn(|| p.poll_send(later, 1)).map(|o| o.kind).collect();
+        assert_eq!(again.len(), 3, "{again:?}");
+        // Answers by id, in any order; a reply of the wrong kind for an id matches nothing.
+        let wrong = MailAckReply { req: 40, code: 0 }.encode();
+        assert_eq!(p.on_answer(MessageKind::MailAckReply, &wrong, later), Matched::Unmatched);
+        let batch = MailBatch { req: 41, code: 0, messages: vec![vec![9; 10]], more: false };
+        assert_eq!(p.on_answer(MessageKind::MailBatch, &batch.encode(), later), Matched::Request);
+        let reply = MailSubmitReply { req: 40, code: 0, replicas: 2, pushed: 1 };
+        assert_eq!(p.on_answer(MessageKind::MailSubmitReply, &reply.encode(), later), Matched::Request);
+        let acked = MailAckReply { req: 42, code: 0 };
+        assert_eq!(p.on_answer(MessageKind::MailAckReply, &acked.encode(), later), Matched::Request);
+        let done: Vec<(OpId, OpResult)> = std::iter::from_fn(|| p.poll_completion()).collect();
+        assert_eq!(
+            done,
+            [
+                (fetch, Ok(Answer::Mail(batch))),
+                (submit, Ok(Answer::Mailed(reply))),
+                (ack, Ok(Answer::MailAcked(acked)))
+            ]
+        );
+        assert!(p.is_empty());
     }
 }

@@ -298,6 +298,9 @@ fn answer_label(a: &super::pending::Answer) -> &'static str {
         Answer::Searched(_) => "searched",
         Answer::Forwarded(_) => "forwarded",
         Answer::Granted(_) => "granted",
+        Answer::Mailed(_) => "mailed",
+        Answer::Mail(_) => "mail",
+        Answer::MailAcked(_) => "mail_acked",
     }
 }
 
