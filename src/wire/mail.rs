@@ -130,8 +130,9 @@ pub struct MailBatch {
     pub req: u32,
     /// 0, or an `ErrorCode` (the store could not be reached).
     pub code: u16,
-    /// The sealed messages.
-    pub messages: Vec<Vec<u8>>,
+    /// The messages: each with its id (so even one that does not open can be
+    /// acknowledged) and its sealed bytes.
+    pub messages: Vec<(MailId, Vec<u8>)>,
     /// Whether more wait after the last.
     pub more: bool,
 }
@@ -141,16 +142,17 @@ impl MailBatch {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.u32(self.req).u16(self.code).u8(u8::from(self.more)).u8(self.messages.len() as u8);
-        for m in &self.messages {
-            w.bytes(m);
+        for (id, m) in &self.messages {
+            w.raw(id).bytes(m);
         }
         w.into_bytes()
     }
 
     /// Whether a page holding `messages` plus one of `next` bytes still fits one frame.
-    pub fn fits(messages: &[Vec<u8>], next: usize) -> bool {
-        let used: usize = messages.iter().map(|m| m.len() + 2).sum();
-        messages.len() < usize::from(u8::MAX) && 8 + used + next + 2 <= BATCH_LEN_MAX
+    pub fn fits(messages: &[(MailId, Vec<u8>)], next: usize) -> bool {
+        const EACH: usize = 16 + 2;
+        let used: usize = messages.iter().map(|(_, m)| m.len() + EACH).sum();
+        messages.len() < usize::from(u8::MAX) && 8 + used + next + EACH <= BATCH_LEN_MAX
     }
 
     /// Decodes.
@@ -169,7 +171,8 @@ impl MailBatch {
         let n = r.u8("mail_batch.count")?;
         let mut messages = Vec::with_capacity(usize::from(n));
         for _ in 0..n {
-            messages.push(r.bytes("mail_batch.message", MAIL_SEALED_MAX)?.to_vec());
+            let id = r.array("mail_batch.id")?;
+            messages.push((id, r.bytes("mail_batch.message", MAIL_SEALED_MAX)?.to_vec()));
         }
         r.finish()?;
         Ok(Self { req, code, messages, more })
@@ -279,7 +282,7 @@ mod tests {
     fn a_batch_filled_as_fits_allows_fits_one_frame() {
         let mut page = Vec::new();
         while MailBatch::fits(&page, 1000) {
-            page.push(vec![5; 1000]);
+            page.push(([page.len() as u8; 16], vec![5; 1000]));
         }
         assert!(!page.is_empty());
         let b = MailBatch { req: 3, code: 0, messages: page, more: true };

@@ -965,7 +965,7 @@ mod tests {
         // Answers by id, in any order; a reply of the wrong kind for an id matches nothing.
         let wrong = MailAckReply { req: 40, code: 0 }.encode();
         assert_eq!(p.on_answer(MessageKind::MailAckReply, &wrong, later), Matched::Unmatched);
-        let batch = MailBatch { req: 41, code: 0, messages: vec![vec![9; 10]], more: false };
+        let batch = MailBatch { req: 41, code: 0, messages: vec![([3; 16], vec![9; 10])], more: false };
         assert_eq!(p.on_answer(MessageKind::MailBatch, &batch.encode(), later), Matched::Request);
         let reply = MailSubmitReply { req: 40, code: 0, replicas: 2, pushed: 1 };
         assert_eq!(p.on_answer(MessageKind::MailSubmitReply, &reply.encode(), later), Matched::Request);
