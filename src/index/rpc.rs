@@ -135,6 +135,8 @@ pub enum MailRpc {
         slot: u32,
         /// One per bucket.
         digests: Vec<[u8; 8]>,
+        /// The digest of the recipients' known devices.
+        devices: [u8; 8],
     },
     /// Mail anti-entropy: what I hold in one bucket (a page).
     Summary {
@@ -156,6 +158,11 @@ pub enum MailRpc {
         slot: u32,
         /// At most [`MAIL_ITEMS_BYTES_MAX`] of encoded items.
         items: Vec<MailItem>,
+    },
+    /// Mail anti-entropy: our device digests differ; send me your devices (as Items).
+    Devices {
+        /// The slot.
+        slot: u32,
     },
 }
 
@@ -256,7 +263,8 @@ mod tests {
             MailRpc::Page { req: u64::MAX, messages: vec![mail.clone()], more: true },
             MailRpc::Ack { user, device: [0xff; 8], ids: vec![[0xff; 16]; MAIL_ACK_IDS_MAX] },
             MailRpc::Digests { slots: vec![(u32::MAX, [0xff; 16]); DIGESTS_PER_PACKET] },
-            MailRpc::Buckets { slot: u32::MAX, digests: vec![[0xff; 8]; MAIL_BUCKETS] },
+            MailRpc::Buckets { slot: u32::MAX, digests: vec![[0xff; 8]; MAIL_BUCKETS], devices: [0xff; 8] },
+            MailRpc::Devices { slot: u32::MAX },
             MailRpc::Summary {
                 slot: u32::MAX,
                 summary: Summary {
@@ -299,7 +307,7 @@ mod tests {
         assert!(MailRpc::decode(&long.encode()).is_err());
         let wants = MailRpc::Want { slot: 1, wants: vec![Want { id: [1; 16], acks_only: false }; WANTS_MAX + 1] };
         assert!(MailRpc::decode(&wants.encode()).is_err());
-        let buckets = MailRpc::Buckets { slot: 1, digests: vec![[1; 8]; MAIL_BUCKETS + 1] };
+        let buckets = MailRpc::Buckets { slot: 1, digests: vec![[1; 8]; MAIL_BUCKETS + 1], devices: [1; 8] };
         assert!(MailRpc::decode(&buckets.encode()).is_err());
         assert!(MailRpc::decode(&vec![0; MAIL_RPC_LEN_MAX + 1]).is_err());
         let b = largest_mail_rpcs()[0].encode();

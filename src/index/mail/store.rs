@@ -351,6 +351,9 @@ impl MailStore {
     }
 
     pub(super) fn see_device(&mut self, user: &str, device: DeviceId, at: u64) {
+        if crate::login::username::canonical(user).as_deref() != Ok(user) {
+            return;
+        }
         let cost = device_cost(user);
         let known = self.devices.entry(user.to_owned()).or_default();
         if let Some(t) = known.get_mut(&device) {

@@ -4,9 +4,10 @@
 //! items travel only where they differ. [`MailStore::merge`] is a join: messages and
 //! acknowledgements unite, a tombstone beats the message it stands for.
 //!
-//! Devices are not compared here: every replica learns them from the slot's live index
-//! entries (which replicate on their own) and from the devices that fetch and
-//! acknowledge; they travel with a slot that moves ([`MailStore::export`]).
+//! Devices are compared too, by one digest of the (recipient, device) pairs (not their
+//! last-seen times, which change at every fetch), exchanged before any message: a replica
+//! filled by anti-entropy knows every device its peers know before it can delete a
+//! message that some device has not read.
 
 use super::message::{Mail, MailId};
 use super::store::{MailStore, Refusal, Stored};
@@ -186,14 +187,40 @@ impl MailStore {
             .collect()
     }
 
-    /// The digest of the slot's messages, acknowledgements and tombstones: the first
-    /// exchange. Equal digests, equal mail.
+    /// The digest of the recipients' known devices (not of their last-seen times).
+    pub fn devices_digest(&self) -> [u8; 8] {
+        let mut h = Sha256::new();
+        h.update(b"confab/v1/mail-devices\0");
+        for (user, known) in &self.devices {
+            h.update((user.len() as u32).to_be_bytes());
+            h.update(user.as_bytes());
+            h.update((known.len() as u32).to_be_bytes());
+            for d in known.keys() {
+                h.update(d.0);
+            }
+        }
+        first8(h.finalize().into())
+    }
+
+    /// The known devices with their last-seen times, as items.
+    pub fn device_items(&self) -> Vec<MailItem> {
+        self.devices
+            .iter()
+            .flat_map(|(user, known)| {
+                known.iter().map(|(d, t)| MailItem::Device { user: user.clone(), device: d.0, last_seen_ms: *t })
+            })
+            .collect()
+    }
+
+    /// The digest of the slot's messages, acknowledgements, tombstones and devices: the
+    /// first exchange. Equal digests, equal mail.
     pub fn digest(&self) -> [u8; 16] {
         let mut h = Sha256::new();
         h.update(b"confab/v1/mail-slot\0");
         for d in self.bucket_digests() {
             h.update(d);
         }
+        h.update(self.devices_digest());
         let d: [u8; 32] = h.finalize().into();
         let mut out = [0; 16];
         out.copy_from_slice(&d[..16]);
@@ -272,13 +299,7 @@ impl MailStore {
     /// Everything this replica holds of the slot, for a replica that takes it over:
     /// devices first, so the importer counts them before any message could be deleted.
     pub fn export(&self) -> Vec<MailItem> {
-        let mut out: Vec<MailItem> = self
-            .devices
-            .iter()
-            .flat_map(|(user, known)| {
-                known.iter().map(|(d, t)| MailItem::Device { user: user.clone(), device: d.0, last_seen_ms: *t })
-            })
-            .collect();
+        let mut out = self.device_items();
         out.extend(self.tombstones.iter().map(|(id, until)| MailItem::Tombstone { id: *id, until_ms: *until }));
         out.extend(self.messages.keys().filter_map(|id| self.item(id, false)));
         out
@@ -453,6 +474,25 @@ mod tests {
         assert_eq!(a.digest(), b.digest());
         assert!(a.fetch(T0, "bob", d2, None, usize::MAX).messages.is_empty(), "d2's ack reached a");
         assert_eq!(a.expire(T0).deleted, 1, "every device acknowledged, at different replicas");
+    }
+
+    #[test]
+    fn a_new_replica_learns_the_devices_before_the_messages() {
+        let (mut a, mut fresh) = (store(), store());
+        let (d1, d2) = (KeyId([1; 8]), KeyId([2; 8]));
+        a.note_device("bob", d1, T0);
+        a.note_device("bob", d2, T0);
+        let m = mail(1, "bob", "alice", T0, 100);
+        a.store(T0, m.clone());
+        sync(T0 + 1, &mut a, &mut fresh);
+        assert_eq!(fresh.devices_digest(), a.devices_digest());
+        assert_eq!(fresh.ack(T0 + 2, "bob", d1, &[m.id]).deleted, 0, "d2 is known, and has not read it");
+        assert_eq!(fresh.fetch(T0 + 3, "bob", d2, None, usize::MAX).messages, [m]);
+        // Last-seen times are not compared, and merge to the latest.
+        a.note_device("bob", d2, T0 + 10);
+        assert_eq!(a.devices_digest(), fresh.devices_digest());
+        fresh.merge(T0 + 11, a.device_items());
+        assert_eq!(fresh.devices["bob"][&d2], T0 + 10);
     }
 
     #[test]

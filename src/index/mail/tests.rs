@@ -25,9 +25,17 @@ pub(super) fn sync(now: u64, a: &mut MailStore, b: &mut MailStore) {
     if slots[0].1 == b.digest() {
         return;
     }
-    let MailRpc::Buckets { digests, .. } = rpc(MailRpc::Buckets { slot: 7, digests: b.bucket_digests() }) else {
+    let MailRpc::Buckets { digests, devices, .. } =
+        rpc(MailRpc::Buckets { slot: 7, digests: b.bucket_digests(), devices: b.devices_digest() })
+    else {
         unreachable!()
     };
+    if devices != a.devices_digest() {
+        // Devices before any message, both ways: a pushes its own, asks b for b's.
+        push(now, a.device_items(), b);
+        let MailRpc::Devices { .. } = rpc(MailRpc::Devices { slot: 7 }) else { unreachable!() };
+        push(now, b.device_items(), a);
+    }
     for bucket in a.differing_buckets(&digests) {
         let mut after = None;
         loop {
@@ -40,20 +48,22 @@ pub(super) fn sync(now: u64, a: &mut MailStore, b: &mut MailStore) {
                 let MailRpc::Want { wants, .. } = rpc(MailRpc::Want { slot: 7, wants: wants.to_vec() }) else {
                     unreachable!()
                 };
-                for items in pack(a.answer(&wants), MAIL_ITEMS_BYTES_MAX) {
-                    let MailRpc::Items { items, .. } = rpc(MailRpc::Items { slot: 7, items }) else { unreachable!() };
-                    b.merge(now, items);
-                }
+                push(now, a.answer(&wants), b);
             }
-            for items in pack(r.push, MAIL_ITEMS_BYTES_MAX) {
-                let MailRpc::Items { items, .. } = rpc(MailRpc::Items { slot: 7, items }) else { unreachable!() };
-                a.merge(now, items);
-            }
+            push(now, r.push, a);
             match summary.end {
                 Some(e) => after = Some(e),
                 None => break,
             }
         }
+    }
+}
+
+/// Items to a replica, in frames.
+fn push(now: u64, items: Vec<MailItem>, to: &mut MailStore) {
+    for items in pack(items, MAIL_ITEMS_BYTES_MAX) {
+        let MailRpc::Items { items, .. } = rpc(MailRpc::Items { slot: 7, items }) else { unreachable!() };
+        to.merge(now, items);
     }
 }
 
