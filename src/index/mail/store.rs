@@ -243,20 +243,22 @@ impl MailStore {
         if mail.expiry_ms(self.limits.retention_ms) <= now {
             return Stored::Refused(Refusal::Expired);
         }
+        // The sender first: a flooder is refused as such even where its flood (or
+        // others') has filled the recipient's box.
         let size = mail.sealed.len() as u64;
-        let to = self.by_recipient.get(&mail.to).copied().unwrap_or_default();
-        if to.messages >= self.limits.recipient_messages_max {
-            return Stored::Refused(Refusal::RecipientMessages);
-        }
-        if to.bytes + size > self.limits.recipient_bytes_max {
-            return Stored::Refused(Refusal::RecipientBytes);
-        }
         let from = self.by_sender.get(&mail.from).copied().unwrap_or_default();
         if from.messages >= self.limits.sender_messages_max {
             return Stored::Refused(Refusal::SenderMessages);
         }
         if from.bytes + size > self.limits.sender_bytes_max {
             return Stored::Refused(Refusal::SenderBytes);
+        }
+        let to = self.by_recipient.get(&mail.to).copied().unwrap_or_default();
+        if to.messages >= self.limits.recipient_messages_max {
+            return Stored::Refused(Refusal::RecipientMessages);
+        }
+        if to.bytes + size > self.limits.recipient_bytes_max {
+            return Stored::Refused(Refusal::RecipientBytes);
         }
         if !self.budget.try_take(message_cost(mail)) {
             return Stored::Refused(Refusal::NodeFull);
@@ -669,8 +671,13 @@ mod tests {
         s.ack(T0, "bob", D1, &[mail(1, "bob", "alice", T0, 100).id]);
         assert_eq!(s.store(T0, mail(8, "bob", "frank", T0, 10)), Stored::New, "reading frees the quota");
         assert_eq!(s.store(T0, mail(9, "carol", "alice", T0, 100)), Stored::New);
+        assert_eq!(
+            s.store(T0, mail(10, "bob", "alice", T0, 1)),
+            Stored::Refused(Refusal::SenderMessages),
+            "bob's box is full too, but the sender is the one over its quota"
+        );
         let st = s.stats();
-        assert_eq!(st.refused.iter().sum::<u64>(), 4);
+        assert_eq!(st.refused.iter().sum::<u64>(), 5);
     }
 
     #[test]
