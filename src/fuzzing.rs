@@ -28,7 +28,7 @@ use crate::crypto::credential::{Credential, CredentialKind, TrustedKeys};
 use crate::crypto::keys::{PrivateKey, PublicKey};
 use crate::crypto::password::ListKey;
 use crate::index::entry::Entry;
-use crate::index::rpc::IndexRpc;
+use crate::index::rpc::{IndexRpc, MailRpc};
 use crate::relay::packet::{self, Token};
 use crate::relay::table::{Decision, Limits, Peer, SessionCache, SessionTable};
 use crate::supernode::session::{Action, Session, SessionPeer, Transport};
@@ -298,6 +298,7 @@ pub fn run(target: Target, data: &[u8]) {
         Target::ClusterPayload => cluster_payload(data),
         Target::IndexRpc => {
             let _ = round_trip("index_rpc", data, IndexRpc::decode, IndexRpc::encode);
+            let _ = round_trip("mail_rpc", data, MailRpc::decode, MailRpc::encode);
         }
         Target::Gossip => gossip(data),
         Target::Credential => credential(data),
