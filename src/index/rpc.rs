@@ -74,11 +74,12 @@ pub enum IndexRpc {
         /// The notice, opaque to super nodes.
         body: Vec<u8>,
     },
+    /// The offline-message store's requests.
+    Mail(MailRpc),
 }
 
 /// Offline-mail requests between super nodes (`index::mail`), on the same sealed cluster
-/// channel. They join [`IndexRpc`] as its last variant, `Mail(MailRpc)`, when the router
-/// serves mail; apart until then, so the router's exhaustive match is unchanged.
+/// channel, as [`IndexRpc::Mail`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MailRpc {
     /// Keep this message for its recipient (a replica of the recipient's slot is asked).
@@ -189,12 +190,17 @@ impl IndexRpc {
         postcard::to_allocvec(self).expect("index requests serialise")
     }
 
-    /// Decodes; total (postcard checks every length against the input).
+    /// Decodes; total (postcard checks every length against the input), and a mail
+    /// request's lists are held to their bounds.
     pub fn decode(b: &[u8]) -> Result<Self, RpcError> {
         if b.len() > RPC_LEN_MAX {
             return Err(RpcError(format!("{} bytes", b.len())));
         }
-        postcard::from_bytes(b).map_err(|e| RpcError(e.to_string()))
+        let r: Self = postcard::from_bytes(b).map_err(|e| RpcError(e.to_string()))?;
+        if let IndexRpc::Mail(m) = &r {
+            m.check_bounds()?;
+        }
+        Ok(r)
     }
 }
 
@@ -210,7 +216,13 @@ impl MailRpc {
             return Err(RpcError(format!("{} bytes", b.len())));
         }
         let m: Self = postcard::from_bytes(b).map_err(|e| RpcError(e.to_string()))?;
-        let (what, n, max) = match &m {
+        m.check_bounds()?;
+        Ok(m)
+    }
+
+    /// Refuses lists longer than their bounds.
+    fn check_bounds(&self) -> Result<(), RpcError> {
+        let (what, n, max) = match self {
             MailRpc::Ack { ids, .. } => ("ids", ids.len(), MAIL_ACK_IDS_MAX),
             MailRpc::Digests { slots } => ("digests", slots.len(), DIGESTS_PER_PACKET),
             MailRpc::Buckets { digests, .. } => ("bucket digests", digests.len(), MAIL_BUCKETS),
@@ -221,7 +233,7 @@ impl MailRpc {
         if n > max {
             return Err(RpcError(format!("{n} {what}, at most {max}")));
         }
-        Ok(m)
+        Ok(())
     }
 }
 

@@ -6,7 +6,7 @@
 //! answers through an [`Outbound`] handle.
 
 use super::handshake::{self, Accepted};
-use super::index_router::{FindUser, IndexRouter, Publish, Route, SearchUsers};
+use super::index_router::{AckMail, FetchMail, FindUser, IndexRouter, Publish, Route, SearchUsers, SubmitMail};
 use super::mailbox::{self, Deliver};
 use super::node::NodeShared;
 use super::relay_session::{RelaySession, Release};
@@ -15,6 +15,7 @@ use crate::crypto::{Credential, CredentialKind};
 use crate::net::source::SourceClaim;
 use crate::wire::ErrorCode;
 use crate::wire::frame;
+use crate::wire::mail::{MailAckReply, MailBatch, MailSubmitReply};
 use crate::wire::message::{
     Envelope, ErrorMsg, FindReply, ForwardAck, MessageKind, PublishAck, RelayGrant, SEARCH_RESULTS_MAX, SearchReply,
     Welcome,
@@ -229,6 +230,17 @@ impl HostSession {
         }
         self.finds.1 += 1;
         self.finds.1 <= Self::INDEX_REQUESTS_PER_SECOND_MAX
+    }
+
+    /// The index router for a store request, or None (no index here, or the host asks too
+    /// fast: counted as `what`).
+    fn mail_router(&mut self, what: &'static str) -> Option<Addr<IndexRouter>> {
+        let router = self.node.index.clone()?;
+        if !self.allow_index_request() {
+            self.node.metrics.reject(self.out.transport().label(), "mail_rate", self.peer, &what);
+            return None;
+        }
+        Some(router)
     }
 
     /// The index router for a lookup or search, or None after telling the host why not
@@ -459,6 +471,58 @@ impl HostSession {
                     self.reply(MessageKind::RelayGrant, &grant.encode());
                 }
                 Action::CallStats(s) => self.node.metrics.call(&s),
+                Action::MailSubmit(m) => {
+                    let req = m.req;
+                    let refuse =
+                        move |code: ErrorCode| MailSubmitReply { req, code: code.code(), replicas: 0, pushed: 0 };
+                    let Some(router) = self.mail_router("mail_submit") else {
+                        let code =
+                            if self.node.index.is_some() { ErrorCode::TooManyAttempts } else { ErrorCode::Unsupported };
+                        self.reply(MessageKind::MailSubmitReply, &refuse(code).encode());
+                        continue;
+                    };
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    if router.try_send(SubmitMail { from: self.user.clone(), submit: m, reply: tx }).is_err() {
+                        self.reply(MessageKind::MailSubmitReply, &refuse(ErrorCode::Internal).encode());
+                        continue;
+                    }
+                    ctx.spawn(rx.into_actor(self).map(move |res, act, _| {
+                        let r = res.unwrap_or_else(|_| refuse(ErrorCode::Internal));
+                        act.reply(MessageKind::MailSubmitReply, &r.encode());
+                    }));
+                }
+                Action::MailFetch(f) => {
+                    let req = f.req;
+                    let refuse =
+                        move |code: ErrorCode| MailBatch { req, code: code.code(), messages: Vec::new(), more: false };
+                    let Some(router) = self.mail_router("mail_fetch") else {
+                        let code =
+                            if self.node.index.is_some() { ErrorCode::TooManyAttempts } else { ErrorCode::Unsupported };
+                        self.reply(MessageKind::MailBatch, &refuse(code).encode());
+                        continue;
+                    };
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    if router.try_send(FetchMail { user: self.user.clone(), fetch: f, reply: tx }).is_err() {
+                        self.reply(MessageKind::MailBatch, &refuse(ErrorCode::Internal).encode());
+                        continue;
+                    }
+                    ctx.spawn(rx.into_actor(self).map(move |res, act, _| {
+                        let b = res.unwrap_or_else(|_| refuse(ErrorCode::Internal));
+                        act.reply(MessageKind::MailBatch, &b.encode());
+                    }));
+                }
+                Action::MailAck(a) => {
+                    let req = a.req;
+                    let code = match self.mail_router("mail_ack") {
+                        Some(router) => match router.try_send(AckMail { user: self.user.clone(), ack: a }) {
+                            Ok(()) => 0,
+                            Err(_) => ErrorCode::Internal.code(),
+                        },
+                        None if self.node.index.is_some() => ErrorCode::TooManyAttempts.code(),
+                        None => ErrorCode::Unsupported.code(),
+                    };
+                    self.reply(MessageKind::MailAckReply, &MailAckReply { req, code }.encode());
+                }
                 Action::RelayRelease(r) => {
                     if let Some(actor) = self.relays.remove(&r.session) {
                         actor.do_send(Release("released"));

@@ -2,6 +2,10 @@
 //! current cluster view, runs one [`IndexSlot`] actor per slot held, sends writes to a
 //! key's replicas, answers other replicas, and drives lookups by limited multicast.
 
+mod mail;
+
+pub use mail::{AckMail, FetchMail, SubmitMail};
+
 use super::index_slot::{Dump, Get, IndexSlot, Posted, Put, SlotChanged, StopSlot};
 use super::mailbox::{self, Mailboxes};
 use crate::cluster::View;
@@ -46,6 +50,10 @@ pub struct IndexConfig {
     pub repair_bytes_per_answer_max: usize,
     /// Entry bytes of repair pushed to one replica per second, at most.
     pub repair_bytes_per_peer_per_sec: u64,
+    /// How long a stored message waits for its recipient's devices.
+    pub mail_retention_secs: u64,
+    /// Bytes of stored messages this node holds at most, over all its slots.
+    pub mail_bytes_max: u64,
 }
 
 impl Default for IndexConfig {
@@ -60,6 +68,8 @@ impl Default for IndexConfig {
             directory: Vec::new(),
             repair_bytes_per_answer_max: 256 << 10,
             repair_bytes_per_peer_per_sec: 1 << 20,
+            mail_retention_secs: crate::index::mail::MailLimits::default().retention_ms / 1000,
+            mail_bytes_max: crate::index::mail::budget::NODE_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -122,6 +132,12 @@ pub struct IndexRouter {
     verify_pool: Arc<tokio::sync::Semaphore>,
     /// Slots this node became a replica of since its last pull.
     gained: HashSet<Slot>,
+    /// The node's budget for stored messages, shared by its slots.
+    mail_budget: crate::index::mail::Budget,
+    /// Messages waiting for their replicas' answers.
+    mail_submits: HashMap<u64, mail::Submitting>,
+    /// Fetches waiting for a replica.
+    mail_fetches: HashMap<u64, mail::Fetching>,
 }
 
 /// A member: its id and gossip address (where answers to it go).
@@ -165,6 +181,7 @@ impl IndexRouter {
     ) -> Self {
         let space = SlotSpace::new(cfg.slots).unwrap_or_default();
         let map = SlotMap::new(space, cfg.replicas, &[me]);
+        let cfg_mail_bytes = cfg.mail_bytes_max;
         Self {
             node,
             me,
@@ -196,6 +213,9 @@ impl IndexRouter {
             verifying: Held::new(VERIFY_PER_SENDER_MAX),
             verify_pool: Arc::new(tokio::sync::Semaphore::new(VERIFY_IN_FLIGHT_MAX)),
             gained: HashSet::new(),
+            mail_budget: crate::index::mail::Budget::new(cfg_mail_bytes),
+            mail_submits: HashMap::new(),
+            mail_fetches: HashMap::new(),
         }
     }
 
@@ -223,13 +243,19 @@ impl IndexRouter {
         for s in &self.held {
             // A slot no longer held keeps its actor: it still answers lookups that widen
             // to former replicas while the new ones fill up.
+            let limits = crate::index::mail::MailLimits {
+                retention_ms: self.cfg.mail_retention_secs.saturating_mul(1000),
+                ..Default::default()
+            };
             self.slots.entry(*s).or_insert_with(|| {
-                IndexSlot::new(
+                IndexSlot::with_mail(
                     *s,
                     self.cfg.entries_per_slot_max,
                     self.cfg.retention_secs,
                     self.node.clone(),
                     changes.clone(),
+                    limits,
+                    self.mail_budget.clone(),
                 )
                 .start()
             });
@@ -465,6 +491,7 @@ impl IndexRouter {
                 }
                 self.mailboxes.deliver(&to, body);
             }
+            IndexRpc::Mail(m) => self.on_mail_rpc(from, m, ctx),
         }
     }
 
@@ -1076,5 +1103,29 @@ impl Handler<Route> for IndexRouter {
             };
             let _ = reply.send(r);
         }));
+    }
+}
+
+impl Handler<SubmitMail> for IndexRouter {
+    type Result = ();
+
+    fn handle(&mut self, m: SubmitMail, ctx: &mut Context<Self>) {
+        self.submit_mail(m, ctx);
+    }
+}
+
+impl Handler<FetchMail> for IndexRouter {
+    type Result = ();
+
+    fn handle(&mut self, m: FetchMail, ctx: &mut Context<Self>) {
+        self.fetch_mail(m, ctx);
+    }
+}
+
+impl Handler<AckMail> for IndexRouter {
+    type Result = ();
+
+    fn handle(&mut self, m: AckMail, ctx: &mut Context<Self>) {
+        self.ack_mail(m, ctx);
     }
 }

@@ -1,6 +1,9 @@
 //! `IndexSlot`: one actor per Global Index slot this super node replicates. It owns the
-//! slot's [`SlotStore`]; entries reach it already verified.
+//! slot's [`SlotStore`] (entries reach it already verified) and the slot's stored
+//! messages, a [`MailStore`].
 
+use crate::crypto::keys::KeyId;
+use crate::index::mail::{Budget, Mail, MailId, MailLimits, MailStats, MailStore, Page, Stored};
 use crate::index::store::{Merge, SlotStore};
 use crate::index::{Entry, Slot};
 use actix::prelude::*;
@@ -13,6 +16,7 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 pub struct IndexSlot {
     slot: Slot,
     store: SlotStore,
+    mail: MailStore,
     retention_secs: u64,
     node: String,
     changes: Recipient<SlotChanged>,
@@ -39,7 +43,36 @@ impl IndexSlot {
         node: String,
         changes: Recipient<SlotChanged>,
     ) -> Self {
-        Self { slot, store: SlotStore::new(entries_max), retention_secs, node, changes }
+        Self::with_mail(slot, entries_max, retention_secs, node, changes, MailLimits::default(), Budget::new(0))
+    }
+
+    /// An empty slot whose stored messages follow `limits` and are charged to `budget`
+    /// (the node's, shared by all its slots).
+    pub fn with_mail(
+        slot: Slot,
+        entries_max: usize,
+        retention_secs: u64,
+        node: String,
+        changes: Recipient<SlotChanged>,
+        limits: MailLimits,
+        budget: Budget,
+    ) -> Self {
+        let mail = MailStore::new(limits, budget);
+        Self { slot, store: SlotStore::new(entries_max), mail, retention_secs, node, changes }
+    }
+
+    /// The devices of the users whose entries this slot holds, so the mail store counts a
+    /// device that has not fetched yet.
+    fn note_devices(&mut self, now_ms: u64) {
+        let devices: Vec<(String, KeyId)> = self
+            .store
+            .iter()
+            .filter(|(k, _)| !k.starts_with("token:"))
+            .filter_map(|(k, e)| Some((k.clone(), device_of(e)?)))
+            .collect();
+        for (user, d) in devices {
+            self.mail.note_device(&user, d, now_ms);
+        }
     }
 
     fn changed(&self) {
@@ -53,6 +86,13 @@ impl Actor for IndexSlot {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(EXPIRE_EVERY, |act, _| {
+            let now_ms = crate::unix_now() * 1000;
+            act.note_devices(now_ms);
+            let e = act.mail.expire(now_ms);
+            if e.messages > 0 {
+                metrics::counter!("confab_mail_messages_total", "node" => act.node.clone(), "outcome" => "expired")
+                    .increment(e.messages as u64);
+            }
             let n = act.store.expire(crate::unix_now(), act.retention_secs);
             if n > 0 {
                 act.changed();
@@ -150,5 +190,83 @@ impl Handler<StopSlot> for IndexSlot {
 
     fn handle(&mut self, _: StopSlot, ctx: &mut Context<Self>) {
         ctx.stop();
+    }
+}
+
+/// The device an entry's credential names (its key's id).
+fn device_of(e: &Entry) -> Option<KeyId> {
+    let c = crate::crypto::Credential::decode(&e.credential).ok()?;
+    Some(c.public_key.id())
+}
+
+/// Keep a message for its recipient.
+#[derive(Message)]
+#[rtype(result = "Stored")]
+pub struct MailPut(pub Mail);
+
+impl Handler<MailPut> for IndexSlot {
+    type Result = MessageResult<MailPut>;
+
+    fn handle(&mut self, msg: MailPut, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.mail.store(crate::unix_now() * 1000, msg.0))
+    }
+}
+
+/// One page of what a device of a user has not acknowledged.
+#[derive(Message)]
+#[rtype(result = "Page")]
+pub struct MailGet {
+    /// The recipient.
+    pub user: String,
+    /// The device.
+    pub device: [u8; 8],
+    /// The last id of the previous page.
+    pub after: Option<MailId>,
+    /// Most encoded bytes.
+    pub max_bytes: usize,
+}
+
+impl Handler<MailGet> for IndexSlot {
+    type Result = MessageResult<MailGet>;
+
+    fn handle(&mut self, m: MailGet, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.mail.fetch(crate::unix_now() * 1000, &m.user, KeyId(m.device), m.after, m.max_bytes))
+    }
+}
+
+/// A device of a user holds these messages.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MailAcked {
+    /// The recipient.
+    pub user: String,
+    /// The device.
+    pub device: [u8; 8],
+    /// The messages.
+    pub ids: Vec<MailId>,
+}
+
+impl Handler<MailAcked> for IndexSlot {
+    type Result = ();
+
+    fn handle(&mut self, m: MailAcked, _: &mut Context<Self>) {
+        let a = self.mail.ack(crate::unix_now() * 1000, &m.user, KeyId(m.device), &m.ids);
+        if a.deleted > 0 {
+            metrics::counter!("confab_mail_messages_total", "node" => self.node.clone(), "outcome" => "delivered")
+                .increment(a.deleted as u64);
+        }
+    }
+}
+
+/// The slot's mail counters.
+#[derive(Message)]
+#[rtype(result = "MailStats")]
+pub struct MailStatsOf;
+
+impl Handler<MailStatsOf> for IndexSlot {
+    type Result = MessageResult<MailStatsOf>;
+
+    fn handle(&mut self, _: MailStatsOf, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.mail.stats())
     }
 }

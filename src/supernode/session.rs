@@ -8,6 +8,7 @@
 use crate::crypto::aead::{SealKey, SessionSecret, label};
 use crate::wire::DecodeError;
 use crate::wire::frame::{self, Direction, FrameError, RawFrame};
+use crate::wire::mail::{MailAck, MailFetch, MailSubmit};
 use crate::wire::message::{
     Bye, CallStats, ErrorCode, ErrorMsg, Find, Forward, Keepalive, MessageKind, Observed, PublishAck, PublishReply,
     PublishReq, RelayAllocate, RelayRelease, RequestError, Revision, Search, Welcome,
@@ -62,6 +63,12 @@ pub enum Action {
     RelayRelease(RelayRelease),
     /// Count a call the host placed.
     CallStats(CallStats),
+    /// Store a message for its recipient, then answer with MailSubmitReply.
+    MailSubmit(MailSubmit),
+    /// Read a page of this user's stored messages, then answer with MailBatch.
+    MailFetch(MailFetch),
+    /// Acknowledge stored messages for this user's device, then answer with MailAckReply.
+    MailAck(MailAck),
 }
 
 /// Who is on the other end of a session, and how they are reached.
@@ -234,6 +241,15 @@ impl Session {
             }
             MessageKind::RelayRelease => {
                 out.push(self.decoded(RelayRelease::decode(&body), 0, "relay_release", Action::RelayRelease))
+            }
+            MessageKind::MailSubmit => {
+                out.push(self.decoded(MailSubmit::decode(&body), leading_req(&body), "mail_submit", Action::MailSubmit))
+            }
+            MessageKind::MailFetch => {
+                out.push(self.decoded(MailFetch::decode(&body), leading_req(&body), "mail_fetch", Action::MailFetch))
+            }
+            MessageKind::MailAck => {
+                out.push(self.decoded(MailAck::decode(&body), leading_req(&body), "mail_ack", Action::MailAck))
             }
             MessageKind::Error => {
                 if let Ok(e) = ErrorMsg::decode(&body) {

@@ -6,8 +6,8 @@ use super::codec::{DecodeError, Reader, Writer};
 use super::frame::PAYLOAD_LEN_MAX;
 use super::message::USERNAME_WIRE_MAX;
 
-/// Largest sealed message a store takes (the chat layer's bound, with room to spare).
-pub const MAIL_SEALED_MAX: usize = 2400;
+/// Largest sealed message a store takes (the store's bound).
+pub const MAIL_SEALED_MAX: usize = crate::index::mail::message::SEALED_LEN_MAX;
 /// Most ids one MailAck carries.
 pub const ACK_IDS_MAX: usize = 64;
 /// Largest MailBatch body: one frame.
@@ -255,6 +255,9 @@ mod tests {
     #[test]
     fn round_trips_and_truncations() {
         let s = MailSubmit { req: 7, id: [1; 16], to: "bob".into(), sealed: vec![9; MAIL_SEALED_MAX] };
+        let mut big = s.clone();
+        big.sealed.push(0);
+        assert!(MailSubmit::decode(&big.encode()).is_err(), "one byte over the store's bound");
         assert_eq!(MailSubmit::decode(&s.encode()).unwrap(), s);
         let f = MailFetch { req: 8, device: [2; 8], after: Some([3; 16]) };
         assert_eq!(MailFetch::decode(&f.encode()).unwrap(), f);

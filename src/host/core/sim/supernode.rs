@@ -10,6 +10,7 @@ use crate::crypto::keys::tests::test_key;
 use crate::supernode::handshake::{Identity, accept, precheck};
 use crate::supernode::session::{Action, Session, SessionPeer, Transport};
 use crate::wire::frame;
+use crate::wire::mail::{MailAckReply, MailBatch, MailSubmitReply};
 use crate::wire::message::{
     ErrorCode, FindReply, ForwardAck, Hello, MessageKind, NatProbe, Observed, PublishAck, RelayGrant, SearchReply,
     SupernodeInfo, Welcome,
@@ -44,6 +45,17 @@ pub struct SimIndex {
     pub entries: BTreeMap<String, Vec<u8>>,
     /// User → the super node holding their session.
     pub located: BTreeMap<String, String>,
+    /// The message store (the real one, one for the whole world: its replication is not
+    /// what these worlds test).
+    pub mail: Option<crate::index::mail::MailStore>,
+}
+
+impl SimIndex {
+    fn mail(&mut self) -> &mut crate::index::mail::MailStore {
+        self.mail.get_or_insert_with(|| {
+            crate::index::mail::MailStore::new(Default::default(), crate::index::mail::Budget::new(64 << 20))
+        })
+    }
 }
 
 /// Counters of what a super node did with what arrived.
@@ -345,6 +357,46 @@ impl FakeSupernode {
                     idle_timeout_secs: 0,
                 };
                 vec![reply(s, MessageKind::RelayGrant, &g.encode())]
+            }
+            Action::MailSubmit(m) => {
+                let now_ms = ctx.unix_secs() * 1000;
+                let mail = crate::index::mail::Mail {
+                    id: m.id,
+                    to: m.to.to_ascii_lowercase(),
+                    from: s.user().to_ascii_lowercase(),
+                    stored_at_ms: now_ms,
+                    expires_at_ms: now_ms + 30 * 86_400_000,
+                    sealed: m.sealed,
+                };
+                let code = match ctx.index.mail().store(now_ms, mail) {
+                    crate::index::mail::Stored::Refused(_) => ErrorCode::OverQuota.code(),
+                    _ => 0,
+                };
+                let r = MailSubmitReply { req: m.req, code, replicas: u8::from(code == 0), pushed: 0 };
+                vec![reply(s, MessageKind::MailSubmitReply, &r.encode())]
+            }
+            Action::MailFetch(f) => {
+                let now_ms = ctx.unix_secs() * 1000;
+                let user = s.user().to_ascii_lowercase();
+                let device = crate::crypto::keys::KeyId(f.device);
+                let page = ctx.index.mail().fetch(now_ms, &user, device, f.after, crate::wire::mail::BATCH_LEN_MAX);
+                let mut messages = Vec::new();
+                let mut more = page.more;
+                for m in page.messages {
+                    if !MailBatch::fits(&messages, m.sealed.len()) {
+                        more = true;
+                        break;
+                    }
+                    messages.push((m.id, m.sealed));
+                }
+                let b = MailBatch { req: f.req, code: 0, messages, more };
+                vec![reply(s, MessageKind::MailBatch, &b.encode())]
+            }
+            Action::MailAck(a) => {
+                let now_ms = ctx.unix_secs() * 1000;
+                let user = s.user().to_ascii_lowercase();
+                ctx.index.mail().ack(now_ms, &user, crate::crypto::keys::KeyId(a.device), &a.ids);
+                vec![reply(s, MessageKind::MailAckReply, &MailAckReply { req: a.req, code: 0 }.encode())]
             }
             Action::RelayRelease(_) | Action::CallStats(_) | Action::Send(..) | Action::Close(_) => Vec::new(),
         };
