@@ -33,6 +33,11 @@ pub const RECEIPT_IDS_MAX: usize = 64;
 pub const GROUP_BODY_LEN_MAX: usize = 1700;
 /// Longest offered file name, in bytes of UTF-8.
 pub const FILE_NAME_LEN_MAX: usize = 255;
+/// Largest sequence number, and latest time in unix milliseconds: both fit SQLite's
+/// signed 64-bit integers, so a history stores them as they are.
+pub const SEQ_MAX: u64 = i64::MAX as u64;
+/// Latest time a message may carry (unix milliseconds); see [`SEQ_MAX`].
+pub const TIME_MS_MAX: u64 = i64::MAX as u64;
 /// Longest outer header: version, id, two usernames with their length bytes, the time.
 const HEADER_LEN_MAX: usize = 1 + 16 + 2 * (1 + USERNAME_WIRE_MAX) + 8;
 /// Longest ciphertext of a [`Sealed`] (what is left of [`SEALED_LEN_MAX`] after the header
@@ -340,9 +345,7 @@ impl Inner {
         if let Conversation::User(u) = &self.conversation {
             check_username("conversation.user", u)?;
         }
-        if self.seq == 0 {
-            return Err(DecodeError::Invalid("seq").into());
-        }
+        check_numbers(self.seq, self.sent_at_ms)?;
         self.body.check()?;
         let mut w = Writer::new();
         w.str(&self.from).raw(&self.from_device.0);
@@ -371,14 +374,22 @@ impl Inner {
             _ => return Err(DecodeError::Invalid("conversation").into()),
         };
         let seq = r.u64("seq")?;
-        if seq == 0 {
-            return Err(DecodeError::Invalid("seq").into());
-        }
         let sent_at_ms = r.u64("sent_at_ms")?;
+        check_numbers(seq, sent_at_ms)?;
         let body = Body::read(&mut r)?;
         r.finish()?;
         Ok(Self { from, from_device, conversation, seq, sent_at_ms, body })
     }
+}
+
+fn check_numbers(seq: u64, sent_at_ms: u64) -> Result<(), ChatError> {
+    if !(1..=SEQ_MAX).contains(&seq) {
+        return Err(DecodeError::Invalid("seq").into());
+    }
+    if sent_at_ms > TIME_MS_MAX {
+        return Err(DecodeError::Invalid("sent_at_ms").into());
+    }
+    Ok(())
 }
 
 /// Whether a message from `inner.from` to user `to` may name `inner.conversation`: a 1:1
@@ -428,6 +439,9 @@ impl Sealed {
         let from = r.str("from", USERNAME_WIRE_MAX)?.to_owned();
         check_username("from", &from)?;
         let sent_at_ms = r.u64("sent_at_ms")?;
+        if sent_at_ms > TIME_MS_MAX {
+            return Err(DecodeError::Invalid("sent_at_ms").into());
+        }
         let ciphertext = r.bytes("ciphertext", CIPHERTEXT_LEN_MAX)?.to_vec();
         if ciphertext.len() < CIPHERTEXT_LEN_MIN {
             return Err(DecodeError::Invalid("ciphertext").into());

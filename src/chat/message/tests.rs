@@ -170,8 +170,13 @@ fn limits_are_enforced_when_sealing_and_decoding() {
     assert_eq!(err.label(), "too_large");
     let long_name = "a".repeat(USERNAME_WIRE_MAX + 1);
     assert!(matches!(seal(&at_max, [1; 16], &long_name, &bob.public(), &alice), Err(ChatError::TooLarge { .. })));
-    let zero_seq = text("alice", "alice", 0, "x");
-    assert_eq!(seal(&zero_seq, [1; 16], "bob", &bob.public(), &alice).unwrap_err().label(), "malformed");
+    for seq in [0, SEQ_MAX + 1] {
+        let bad_seq = text("alice", "alice", seq, "x");
+        assert_eq!(seal(&bad_seq, [1; 16], "bob", &bob.public(), &alice).unwrap_err().label(), "malformed");
+    }
+    let mut late = text("alice", "alice", 1, "x");
+    late.sent_at_ms = TIME_MS_MAX + 1;
+    assert_eq!(seal(&late, [1; 16], "bob", &bob.public(), &alice).unwrap_err().label(), "malformed");
     let mut big = vec![0u8; SEALED_LEN_MAX + 1];
     big[0] = VERSION;
     assert_eq!(Sealed::decode(&big).unwrap_err().label(), "too_large");
@@ -218,8 +223,8 @@ fn the_largest_message_of_every_kind_fits_a_notice() {
             from: long.clone(),
             from_device: DEV,
             conversation: Conversation::User(long.clone()),
-            seq: u64::MAX,
-            sent_at_ms: u64::MAX,
+            seq: SEQ_MAX,
+            sent_at_ms: TIME_MS_MAX,
             body,
         };
         let to = "v".repeat(USERNAME_WIRE_MAX);
@@ -259,8 +264,8 @@ fn any_inner() -> impl Strategy<Value = Inner> {
         "[a-z]{1,64}",
         any::<[u8; 8]>(),
         prop_oneof!["[a-z]{1,64}".prop_map(Conversation::User), any::<[u8; 16]>().prop_map(Conversation::Group)],
-        1..u64::MAX,
-        any::<u64>(),
+        1..=SEQ_MAX,
+        0..=TIME_MS_MAX,
         any_body(),
     )
         .prop_map(|(from, d, conversation, seq, sent_at_ms, body)| Inner {
