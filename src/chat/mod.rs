@@ -4,5 +4,8 @@
 //!
 //! - [`message`] — the sealed message a super node carries and stores, the signed inner
 //!   message only the recipient's devices read, sealing, opening and verifying.
+//! - [`history`] — a device's history in `chat.sqlite` in the home folder: sequence
+//!   numbers, repeats dropped, receipts, unread messages, gaps a store left.
 
+pub mod history;
 pub mod message;
