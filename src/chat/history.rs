@@ -14,7 +14,7 @@
 //! Everything is recorded, receipts included (their sequence numbers count for gaps);
 //! [`History::history`] and [`History::unread`] show what a user reads: text and files.
 
-use super::message::{Body, Conversation, Inner, Message, ReceiptKind};
+use super::message::{Body, Conversation, Inner, Message, ReceiptKind, own_copy_id};
 use crate::crypto::keys::KeyId;
 use crate::crypto::user::DeviceId;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -284,7 +284,8 @@ impl History {
 
     /// Records a verified message addressed to this user: from someone else, or this
     /// user's own copy from another device (shown as sent). A new receipt moves the status
-    /// of the messages it names; a repeat changes nothing.
+    /// of the messages it names, here under their id or their own copy's
+    /// ([`own_copy_id`]); a repeat changes nothing.
     pub fn record_received(&mut self, m: &Message) -> Result<Recorded, HistoryError> {
         let inner = &m.inner;
         let mine = inner.from == m.to;
@@ -309,7 +310,9 @@ impl History {
                         ReceiptKind::Delivered => Status::Delivered,
                         ReceiptKind::Read => Status::Read,
                     };
+                    // My other devices hold the message under its own copy's id.
                     advance(&tx, id, status, Some(&conversation))?;
+                    advance(&tx, &own_copy_id(id), status, Some(&conversation))?;
                 }
             }
         }

@@ -23,6 +23,8 @@ use crate::wire::message::USERNAME_WIRE_MAX;
 pub const VERSION: u8 = 1;
 /// Domain prefix of a chat message's signature.
 pub const DOMAIN_CHAT_MESSAGE: &[u8] = b"confab/v1/chat-message\0";
+/// Domain prefix of the hash that gives the id of a sender's own copy.
+const DOMAIN_OWN_COPY: &[u8] = b"confab/v1/chat-own-copy\0";
 /// Largest encoded [`Sealed`]: it fits a notice (2,400 bytes) and a 3,072-byte frame with headroom.
 pub const SEALED_LEN_MAX: usize = 2300;
 /// Longest text, in bytes of UTF-8.
@@ -449,6 +451,17 @@ impl Sealed {
         r.finish()?;
         Ok(Self { id, to, from, sent_at_ms, ciphertext })
     }
+}
+
+/// The id of the sender's own copy of the message whose copy to its recipient has id `id`.
+/// Derived rather than drawn so that the sender's other devices, which hold only the own
+/// copy, can match the recipient's receipts (which name `id`) to it.
+pub fn own_copy_id(id: &[u8; 16]) -> [u8; 16] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(DOMAIN_OWN_COPY);
+    h.update(id);
+    h.finalize()[..16].try_into().expect("SHA-256 is 32 bytes")
 }
 
 /// Signs `inner` with the outer `id`, recipient `to_user`, sender (`inner.from`) and time

@@ -1,5 +1,5 @@
 use super::*;
-use crate::chat::message::Inner;
+use crate::chat::message::{Inner, own_copy_id};
 
 const ALICE_1: DeviceId = KeyId([1; 8]);
 const ALICE_2: DeviceId = KeyId([2; 8]);
@@ -161,6 +161,27 @@ fn receipts_move_status_forward_only_and_only_from_the_peer() {
     assert!(h.unread().unwrap().is_empty());
     assert_eq!(h.history(&user("bob"), 10).unwrap().len(), 1);
     assert_eq!(h.status([11; 16]).unwrap(), None, "a received message has no send status");
+}
+
+#[test]
+fn my_other_devices_see_the_receipts_of_what_i_sent() {
+    let (_dir, mut h) = open_tmp();
+    // alice's second device: her own copy of a message her first device sent bob as [1; 16].
+    let copy = Message {
+        id: own_copy_id(&[1; 16]),
+        to: "alice".into(),
+        inner: inner("alice", ALICE_1, "bob", 1, text("hi bob")),
+    };
+    h.record_received(&copy).unwrap();
+    assert_eq!(h.status(copy.id).unwrap(), Some(Status::Sent));
+    let read = Message {
+        id: [2; 16],
+        to: "alice".into(),
+        inner: inner("bob", BOB_1, "bob", 1, Body::Receipt { kind: ReceiptKind::Read, ids: vec![[1; 16]] }),
+    };
+    h.record_received(&read).unwrap();
+    assert_eq!(h.status(copy.id).unwrap(), Some(Status::Read));
+    assert_ne!(copy.id, [1; 16]);
 }
 
 #[test]

@@ -238,6 +238,18 @@ fn the_largest_message_of_every_kind_fits_a_notice() {
     }
 }
 
+#[test]
+fn an_own_copy_id_is_derived_and_differs_from_the_id() {
+    assert_eq!(own_copy_id(&[1; 16]), own_copy_id(&[1; 16]));
+    assert_ne!(own_copy_id(&[1; 16]), [1; 16]);
+    assert_ne!(own_copy_id(&[1; 16]), own_copy_id(&[2; 16]));
+}
+
+#[test]
+fn the_sizes_docs_protocol_md_gives() {
+    assert_eq!((SEALED_LEN_MAX, CIPHERTEXT_LEN_MAX, CIPHERTEXT_LEN_MIN), (2300, 2143, 112));
+}
+
 fn any_body() -> impl Strategy<Value = Body> {
     prop_oneof![
         "\\PC{0,300}".prop_map(|text| Body::Text { text }),
