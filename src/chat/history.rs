@@ -259,8 +259,11 @@ impl History {
         Ok(self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
 
-    /// The next sequence number of this device in `conversation`, from 1: committed before
-    /// it is returned, so it is never handed out again, whatever process asks or restarts.
+    /// The next sequence number of this device in `conversation` (as this user sees it:
+    /// the peer, or the group), from 1: committed before it is returned, so it is never
+    /// handed out again, whatever process asks or restarts. A numbered 1:1 message goes
+    /// both to the peer and, as the own copy, to this user: each of them sees every number,
+    /// so a number only one of them got would show as a gap to the other.
     pub fn next_seq(&mut self, conversation: &Conversation) -> Result<u64, HistoryError> {
         let tx = self.write()?;
         let next: i64 = tx.query_row(
