@@ -798,7 +798,19 @@ fn notice(data: &[u8]) {
         Notice::Presence { entry: e } => entry(&e),
         Notice::ListChanged { .. } => {}
         Notice::Call { message } => call_message(&message),
+        Notice::Chat { sealed } => chat(&sealed),
     }
+}
+
+/// A sealed chat message, opened as its recipient with the fixture user keys (`LIST_KEY`).
+fn chat(data: &[u8]) {
+    use crate::chat::message::{Inner, Sealed, open};
+    let Some(s) = round_trip("chat", data, Sealed::decode, Sealed::encode) else { return };
+    let keys = crate::crypto::user::UserKeys::derive(&ListKey(LIST_KEY));
+    if let Ok(u) = open(&s, &s.to, &keys) {
+        let _ = u.verify(&keys.public());
+    }
+    let _ = round_trip("chat inner", data, Inner::decode, |i| i.encode().expect("a decoded message encodes"));
 }
 
 /// The callee the invite targets answer as (seeds invite "bob").

@@ -16,6 +16,7 @@
 //! - [`index`] — the Global Index as plain logic: slots, signed entries, lookups.
 //! - [`buddy`] — buddy lists: contact ids, sealed records, signed operations, notices.
 //! - [`call`] — calls as plain logic: the state machine, invites, sealed signals.
+//! - [`chat`] — chat as plain logic: sealed, signed messages and a device's history.
 //! - [`net`] — length-prefixed frames over TCP, shared by every role.
 //! - [`config`] — figment layering and validation with key names.
 //! - [`telemetry`] — tracing and the Prometheus exporter.
@@ -32,6 +33,7 @@
 
 pub mod buddy;
 pub mod call;
+pub mod chat;
 pub mod cluster;
 pub mod config;
 pub mod crypto;

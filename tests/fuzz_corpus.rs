@@ -253,6 +253,7 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
         Notice::Presence { entry: entry.clone() }.encode(),
         Notice::ListChanged { from: "bob".into() }.encode(),
         Notice::Call { message: call_messages[2].clone() }.encode(),
+        Notice::Chat { sealed: chat_seed().encode() }.encode(),
     ];
     let rpcs = [
         IndexRpc::Store { req: 1, key: "alice".into(), entry: entry.clone() },
@@ -580,6 +581,22 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
     s
 }
 
+/// A chat message the fuzz target opens and verifies: bob's own copy of a message to alice,
+/// sealed to and signed with the fixture user keys.
+fn chat_seed() -> confab::chat::message::Sealed {
+    use confab::chat::message::{Body, Conversation, Inner, seal};
+    let keys = confab::crypto::user::UserKeys::derive(&ListKey(fuzzing::LIST_KEY));
+    let inner = Inner {
+        from: "bob".into(),
+        from_device: confab::crypto::keys::KeyId([1; 8]),
+        conversation: Conversation::User("alice".into()),
+        seq: 1,
+        sent_at_ms: NOW_SECS * 1000,
+        body: Body::Text { text: "hello".into() },
+    };
+    seal(&inner, [0x42; 16], "bob", &keys.public(), &keys).unwrap()
+}
+
 #[test]
 #[ignore = "writes fuzz/corpus/decode_any; run it by hand after a format change"]
 fn write_seed_corpus() {
@@ -619,6 +636,10 @@ fn fresh_seeds_reach_past_the_checks() {
     let key = MediaKey(fuzzing::MEDIA_KEY);
     let mut callee = SignalChannel::keyed(fuzzing::CALL_ID, &key, &key, Role::Callee);
     assert_eq!(callee.open(&sig), Some(Signal::Accept));
+    let Some(Notice::Chat { sealed }) = Notice::decode(&s["notice"][3][1..]) else { panic!("the chat notice seed") };
+    let keys = confab::crypto::user::UserKeys::derive(&ListKey(fuzzing::LIST_KEY));
+    let sealed = confab::chat::message::Sealed::decode(&sealed).unwrap();
+    confab::chat::message::open(&sealed, "bob", &keys).unwrap().verify(&keys.public()).unwrap();
     for inputs in s.values() {
         for input in inputs {
             fuzzing::decode_any(input);

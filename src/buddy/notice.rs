@@ -29,6 +29,12 @@ pub enum Notice {
         /// The encoded message.
         message: Vec<u8>,
     },
+    /// A chat message (`chat::message::Sealed`), sealed and signed end to end. Last: the
+    /// postcard tag of every variant is its position.
+    Chat {
+        /// The encoded sealed message.
+        sealed: Vec<u8>,
+    },
 }
 
 impl Notice {
@@ -51,6 +57,7 @@ impl Notice {
             Self::Presence { .. } => "presence",
             Self::ListChanged { .. } => "list_changed",
             Self::Call { .. } => "call",
+            Self::Chat { .. } => "chat",
         }
     }
 }
@@ -66,6 +73,18 @@ mod tests {
         assert!(n.encode().len() <= NOTICE_LEN_MAX);
         assert_eq!(Notice::decode(&n.encode()), Some(n));
         assert_eq!(Notice::decode(&[9, 9]), None);
+    }
+
+    #[test]
+    fn earlier_variants_keep_their_tags() {
+        // Hosts of different builds exchange notices: a new variant goes last.
+        assert_eq!(Notice::Presence { entry: vec![] }.encode(), [0, 0]);
+        assert_eq!(Notice::ListChanged { from: String::new() }.encode(), [1, 0]);
+        assert_eq!(Notice::Call { message: vec![] }.encode(), [2, 0]);
+        let chat = Notice::Chat { sealed: vec![7; crate::chat::message::SEALED_LEN_MAX] };
+        assert_eq!(chat.encode()[0], 3);
+        assert!(chat.encode().len() <= NOTICE_LEN_MAX);
+        assert_eq!(Notice::decode(&chat.encode()), Some(chat));
     }
 
     proptest! {

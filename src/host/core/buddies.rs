@@ -651,7 +651,7 @@ impl BuddiesCore {
                 tracing::debug!(%from, "buddy list changed; reading it again");
                 self.read_list_soon(now);
             }
-            Notice::Call { .. } => {}
+            Notice::Call { .. } | Notice::Chat { .. } => {}
         }
     }
 
