@@ -90,6 +90,15 @@ enum Command {
         #[arg(long = "wait", default_value = "5m", value_parser = humantime::parse_duration)]
         wait: Duration,
     },
+    /// Chat as USER: messages are end-to-end encrypted, stored by the super nodes for a
+    /// recipient who is offline, and reach every device of the recipient.
+    Chat {
+        /// Who you are (the account to log in with).
+        #[arg(long = "as", value_name = "USER")]
+        me: String,
+        #[command(subcommand)]
+        action: ChatAction,
+    },
     /// Log in as USER and look WHOM up in the Global Index.
     Find {
         /// Who you are (the account to log in with).
@@ -149,6 +158,28 @@ enum BuddyAction {
     },
     /// List contacts with their status, and requests waiting for an answer.
     List,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ChatAction {
+    /// Send TEXT to WHOM: prints the message id and whether it was delivered (a device of
+    /// WHOM confirmed it within a few seconds) or stored for them.
+    Send {
+        /// The recipient.
+        whom: String,
+        /// The message (at most 1,500 bytes).
+        text: String,
+    },
+    /// Fetch what waits, print what has not been read yet, and mark it read.
+    Read,
+    /// Print the conversation with WHOM from this device's history (no login needed).
+    History {
+        /// The other side.
+        whom: String,
+        /// Most messages, the newest.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -391,6 +422,7 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
                 Err(e) => return fail(a.json, e),
             }
         }
+        Command::Chat { me, action } => return chat(a.json, &config.host, &home, me, action).await,
         Command::Find { me, whom } => {
             let s = settings(&config.host)?;
             let pw = password(false)?;
@@ -535,6 +567,9 @@ fn show(e: &host::buddies::Event, json: bool) {
         println!("{}", serde_json::to_string(e).unwrap_or_default());
         return;
     }
+    if let Event::Chat { from, to, text, .. } = e {
+        say!("{from} → {to}: {text}");
+    }
     if let Event::Call { peer, state, .. } = e {
         match state {
             CallState::Inviting => say!("calling {peer}…"),
@@ -640,4 +675,133 @@ async fn run_call(
         }
     }
     Ok(if connected { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// How long a one-shot chat command waits for the store and the history to settle.
+const CHAT_SETTLE: Duration = Duration::from_secs(10);
+/// How long `chat send` waits for the recipient's delivery receipt before saying "stored".
+const CHAT_RECEIPT_WAIT: Duration = Duration::from_secs(3);
+
+/// One history row as printed.
+fn chat_row(r: &confab::chat::history::Row, me: &str) -> serde_json::Value {
+    use confab::chat::message::{Body, Conversation};
+    let text = match &r.body {
+        Body::Text { text } => text.clone(),
+        other => format!("[{}]", other.label()),
+    };
+    let (peer, group) = match &r.conversation {
+        Conversation::User(u) => (u.clone(), None),
+        Conversation::Group(g) => (String::new(), Some(hex::encode(g))),
+    };
+    let to = if r.from == me { peer } else { me.to_owned() };
+    serde_json::json!({
+        "id": hex::encode(r.id),
+        "from": r.from,
+        "to": to,
+        "text": text,
+        "sent_at": r.sent_at_ms,
+        "group": group,
+    })
+}
+
+async fn chat(
+    json: bool,
+    c: &config::HostConfig,
+    home: &Home,
+    me: &str,
+    action: &ChatAction,
+) -> anyhow::Result<ExitCode> {
+    use confab::chat::history::History;
+    use confab::chat::message::Conversation;
+    let me = me.to_ascii_lowercase();
+    let history_path = home.chat_history_path(&me);
+    if let ChatAction::History { whom, limit } = action {
+        let h = History::open(&history_path).with_context(|| format!("chat history {}", history_path.display()))?;
+        let rows = h.history(&Conversation::User(whom.to_ascii_lowercase()), *limit)?;
+        let messages: Vec<_> = rows.iter().map(|r| chat_row(r, &me)).collect();
+        print_messages(json, &messages);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s = settings(c)?;
+    let pw = password(false)?;
+    let mut session = match host::login(&s, home, &me, &pw).await {
+        Ok(s) => s,
+        Err(e) => return fail(json, e),
+    };
+    let code = match action {
+        ChatAction::Send { whom, text } => match session.send_chat(whom, text).await {
+            Ok(sent) => {
+                // Delivered when a device of theirs says so (its receipt comes through
+                // the store and is written to our history).
+                let deadline = tokio::time::Instant::now() + CHAT_RECEIPT_WAIT;
+                let h = History::open(&history_path)?;
+                let mut status = "stored";
+                while tokio::time::Instant::now() < deadline {
+                    let now = h.status(sent.id)?;
+                    if now.is_some_and(|st| st >= confab::chat::history::Status::Delivered) {
+                        status = "delivered";
+                        break;
+                    }
+                    session.settle_chat(Duration::from_millis(500)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let id = hex::encode(sent.id);
+                if json {
+                    println!("{}", serde_json::json!({ "id": id, "to": sent.to, "status": status }));
+                } else {
+                    say!("{status}: message {id} to {}", sent.to);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                session.logout().await;
+                return fail(json, e);
+            }
+        },
+        ChatAction::Read => {
+            if !session.settle_chat(CHAT_SETTLE).await {
+                esay!("the store did not answer in time; showing what this device has");
+            }
+            let mut h = History::open(&history_path)?;
+            let rows = h.unread()?;
+            let messages: Vec<_> = rows.iter().map(|r| chat_row(r, &me)).collect();
+            print_messages(json, &messages);
+            let ids: Vec<[u8; 16]> = rows.iter().map(|r| r.id).collect();
+            h.mark_read(&ids)?;
+            let mut by_sender: std::collections::BTreeMap<String, Vec<[u8; 16]>> = Default::default();
+            for r in rows.iter().filter(|r| r.from != me) {
+                by_sender.entry(r.from.clone()).or_default().push(r.id);
+            }
+            for (from, ids) in by_sender {
+                session.read_chat(&from, ids).await;
+            }
+            session.wait_chat_idle(CHAT_SETTLE).await;
+            ExitCode::SUCCESS
+        }
+        ChatAction::History { .. } => unreachable!("answered above without a login"),
+    };
+    session.wait_chat_idle(CHAT_SETTLE).await;
+    session.logout().await;
+    Ok(code)
+}
+
+fn print_messages(json: bool, messages: &[serde_json::Value]) {
+    if json {
+        println!("{}", serde_json::json!({ "messages": messages }));
+        return;
+    }
+    if messages.is_empty() {
+        say!("no messages");
+    }
+    for m in messages {
+        let when = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_millis(m["sent_at"].as_u64().unwrap_or(0)),
+        );
+        say!(
+            "{when}  {} → {}: {}",
+            m["from"].as_str().unwrap_or(""),
+            m["to"].as_str().unwrap_or(""),
+            m["text"].as_str().unwrap_or("")
+        );
+    }
 }

@@ -113,6 +113,22 @@ pub enum Event {
         /// Authorized or Declined.
         relation: Relation,
     },
+    /// A chat message arrived (or our own, sent from another device), written to the
+    /// history.
+    Chat {
+        /// Its id (hex).
+        id: String,
+        /// The sender.
+        from: String,
+        /// The recipient (ourselves, or the peer of our own copy).
+        to: String,
+        /// The text.
+        text: String,
+        /// When it was sent (unix milliseconds, the sender's clock).
+        sent_at: u64,
+        /// The group's id (hex), for a group message.
+        group: Option<String>,
+    },
     /// A call changed state (incoming calls start in `ringing`).
     Call {
         /// The call's id (hex).

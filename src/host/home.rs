@@ -37,6 +37,11 @@ impl Home {
         self.dir.join("hostcache.json")
     }
 
+    /// A user's chat history on this device (several users may share a home folder).
+    pub fn chat_history_path(&self, user: &str) -> PathBuf {
+        self.dir.join(format!("chat-{}.sqlite", user.to_ascii_lowercase()))
+    }
+
     /// The host's key pair, generated (2048-bit) on first use.
     pub fn key(&self) -> anyhow::Result<PrivateKey> {
         let path = self.dir.join("host.key.pem");

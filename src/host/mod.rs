@@ -396,6 +396,7 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         media6,
         login: shell::LoginIo { servers, credential: logged_in.credential.clone(), key: key.clone() },
         cache_path: home.cache_path(),
+        history_path: home.chat_history_path(&logged_in.credential.subject),
     };
     let mut shell = shell::Shell::start(host, io);
     // The ladder, then NAT discovery after a UDP login.

@@ -8,6 +8,7 @@
 use super::buddies::{Buddy, Event};
 use super::calls::CallReport;
 use super::core::buddies::BuddyDone;
+use super::core::chat::Sent;
 use super::core::pending::{Answer, RequestError};
 use super::core::{Command, Done, HostResult};
 use super::{Found, HostError, LoginReport, shell};
@@ -110,6 +111,42 @@ impl Session {
             BuddyDone::Published { replicas } => Ok(replicas),
             other => Err(HostError::Refused(format!("publish came to {other:?}"))),
         }
+    }
+
+    /// Sends a chat message to `to` through the message store; returns its id and whether
+    /// it was delivered at once or stored for later.
+    pub async fn send_chat(&mut self, to: &str, text: &str) -> Result<Sent, HostError> {
+        match self.run(Command::SendChat { to: to.to_owned(), text: text.to_owned() }).await {
+            Ok(Done::Chat(s)) => Ok(s),
+            Ok(other) => Err(HostError::Refused(format!("a chat send came to {other:?}"))),
+            Err(e) => Err(host_error(e)),
+        }
+    }
+
+    /// Fetches what the store holds for this device and waits, up to `limit`, until it
+    /// is written to the history and acknowledged (and every send under way is done).
+    /// False if the limit came first.
+    pub async fn settle_chat(&mut self, limit: std::time::Duration) -> bool {
+        let _ = self.run(Command::FetchChat).await;
+        self.wait_chat_idle(limit).await
+    }
+
+    /// Waits, up to `limit`, until the chat has nothing under way.
+    pub async fn wait_chat_idle(&mut self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.shell.read(|c| c.chat_busy()) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            // Not every step that moves the chat on makes an event: look again soon.
+            let _ = tokio::time::timeout(Duration::from_millis(20), self.shell.events_changed()).await;
+        }
+        true
+    }
+
+    /// Tells `from` we read these of their messages (receipts, through the store).
+    pub async fn read_chat(&mut self, from: &str, ids: Vec<[u8; 16]>) {
+        let _ = self.run(Command::ReadChat { from: from.to_owned(), ids }).await;
     }
 
     /// What the session's driver dropped or could not deliver.

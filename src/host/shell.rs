@@ -105,6 +105,8 @@ pub struct ShellIo {
     pub login: LoginIo,
     /// The host cache's file.
     pub cache_path: PathBuf,
+    /// The chat history's file (opened at the first chat effect).
+    pub history_path: PathBuf,
 }
 
 /// What the login-server effects are run with.
@@ -162,6 +164,7 @@ impl Shell {
             cache: cache_tx,
             _cache_writer: AbortOnDrop(cache_writer),
             login: io.login,
+            history: HistoryIo { path: io.history_path, db: None },
         };
         let driver = tokio::spawn(d.run(io.media6, tcp_rx, effects_rx, probe_rx));
         Self { shared, driver }
@@ -281,6 +284,14 @@ struct Driver {
     cache: watch::Sender<Option<Vec<CacheEntry>>>,
     _cache_writer: AbortOnDrop,
     login: LoginIo,
+    history: HistoryIo,
+}
+
+/// The chat history, opened when first needed; its writes run on the blocking pool, one
+/// at a time (SQLite with `synchronous=FULL`: a write that acknowledges is on disk).
+struct HistoryIo {
+    path: PathBuf,
+    db: Option<Arc<std::sync::Mutex<crate::chat::history::History>>>,
 }
 
 /// First bytes of media packets (`call::media`) and relayed packets (`relay::packet`).
@@ -428,6 +439,7 @@ impl Driver {
                     p.close_except(&keep);
                 }
             }
+            Effect::Chat(e) => self.chat_effect(id, e),
             Effect::Login(call) => {
                 let (login, tx) = (self.login.clone(), self.effects_tx.clone());
                 tokio::spawn(async move {
@@ -445,6 +457,59 @@ impl Driver {
                 });
             }
         }
+    }
+
+    /// Runs a history effect on the blocking pool; its answer comes back as an input.
+    fn chat_effect(&mut self, id: EffectId, e: super::core::chat::ChatEffect) {
+        use super::core::chat::{ChatEffect, ChatEffectResult, SendStatus};
+        use crate::chat::history::{History, Recorded};
+        let db = match &self.history.db {
+            Some(db) => Ok(db.clone()),
+            None => match History::open(&self.history.path) {
+                Ok(h) => {
+                    let db = Arc::new(std::sync::Mutex::new(h));
+                    self.history.db = Some(db.clone());
+                    Ok(db)
+                }
+                Err(err) => Err(format!("{}: {err}", self.history.path.display())),
+            },
+        };
+        let tx = self.effects_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let answer = |r: ChatEffectResult| {
+                let _ = tx.blocking_send((id, EffectResult::Chat(r)));
+            };
+            let db = match db {
+                Ok(db) => db,
+                Err(why) => {
+                    tracing::warn!(%why, "the chat history does not open");
+                    match e {
+                        ChatEffect::NextSeq { .. } => answer(ChatEffectResult::Seq(Err(why))),
+                        ChatEffect::Record { .. } => answer(ChatEffectResult::Recorded(Err(why))),
+                        ChatEffect::Sent { .. } => {}
+                    }
+                    return;
+                }
+            };
+            let mut h = db.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match e {
+                ChatEffect::NextSeq { conversation } => {
+                    answer(ChatEffectResult::Seq(h.next_seq(&conversation).map_err(|e| e.to_string())));
+                }
+                ChatEffect::Record { message } => {
+                    let r = h.record_received(&message).map(|r| r == Recorded::New).map_err(|e| e.to_string());
+                    answer(ChatEffectResult::Recorded(r));
+                }
+                ChatEffect::Sent { id: msg, inner, status } => {
+                    let r = h.record_sent(&inner, msg).and_then(|_| match status {
+                        SendStatus::Stored | SendStatus::Delivered => h.mark_stored(msg).map(|_| ()),
+                    });
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "a sent chat message could not be written to the history");
+                    }
+                }
+            }
+        });
     }
 
     /// An effect's result, handled in a step of its own (never inside the one that asked).

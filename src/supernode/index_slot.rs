@@ -121,9 +121,15 @@ impl Handler<Put> for IndexSlot {
         if msg.entry.last_seen.saturating_add(self.retention_secs) <= crate::unix_now() {
             return MessageResult(Merge::Stale);
         }
+        let device = (!msg.key.starts_with("token:")).then(|| device_of(&msg.entry)).flatten();
         let m = self.store.merge(&msg.key, msg.entry);
         if matches!(m, Merge::Stored | Merge::Replaced) {
             self.changed();
+            // A device that logged in counts for the user's stored messages from now on,
+            // even before it fetches: they wait for it too.
+            if let Some(d) = device {
+                self.mail.note_device(&msg.key, d, crate::unix_now() * 1000);
+            }
         }
         MessageResult(m)
     }

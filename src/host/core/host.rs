@@ -49,6 +49,7 @@
 
 use super::buddies::{self, BuddiesConfig, BuddiesCore, BuddyDone, Signal};
 use super::calls::{CONN_BASE, CallsConfig, CallsCore, LinkInfo, Surroundings};
+use super::chat::{ChatConfig, ChatCore, ChatEvent, Sent};
 use super::io::{ConnId, Dest, Effect, EffectId, EffectResult, TcpEvent, Transmit};
 use super::ladder::{Identity, Joined, Ladder, LadderSettings, Lost, Outcome, Purpose};
 use super::pending::{Answer, OpId, Request, RequestError};
@@ -56,6 +57,7 @@ use super::{CoreEvent, CoreLink, Now};
 use crate::buddy::op::Incoming;
 use crate::buddy::{Notice, Relation};
 use crate::crypto::password::ListKey;
+use crate::crypto::user::UserKeys;
 use crate::host::LoginReport;
 use crate::host::buddies::Buddy;
 use crate::host::buddies::Event;
@@ -186,6 +188,23 @@ pub enum Command {
     Reconnect,
     /// Publishes us offline, says Bye, stops looking for super nodes.
     Logout,
+    /// Sends a chat message (completes with its id and whether it was delivered or stored).
+    SendChat {
+        /// To whom.
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// Fetches what the store holds for this device now (completes at once; the messages
+    /// come as events).
+    FetchChat,
+    /// The user read these messages of `from`: tell them (completes at once).
+    ReadChat {
+        /// Who sent them.
+        from: String,
+        /// Their ids.
+        ids: Vec<[u8; 16]>,
+    },
 }
 
 /// What a command came to.
@@ -197,6 +216,8 @@ pub enum Done {
     Called([u8; 16]),
     /// A buddy command's outcome (a publish's replicas, a relation).
     Buddy(BuddyDone),
+    /// A chat message the store took.
+    Chat(Sent),
     /// Done; nothing to tell.
     Ok,
 }
@@ -212,6 +233,9 @@ pub enum HostError {
     /// The request to the super node failed.
     #[error(transparent)]
     Request(#[from] RequestError),
+    /// A chat message could not be sent.
+    #[error(transparent)]
+    Chat(crate::host::HostError),
     /// The super node refused (its code's label and detail).
     #[error("refused: {0}")]
     Refused(String),
@@ -295,6 +319,7 @@ enum Owner {
     Ladder(u64),
     Calls,
     Buddies(u64),
+    Chat(u64),
 }
 
 /// Who waits for a request's outcome.
@@ -308,6 +333,8 @@ enum Waiter {
     User(OpId),
     /// The lookup before a call.
     CallLookup { op: OpId, user: String, even_if_offline: bool },
+    /// The chat's request, under its tag.
+    Chat(u64),
 }
 
 /// What the calls learn of the rest of the host, read when they need it.
@@ -340,6 +367,7 @@ pub struct HostCore {
     ladder: Ladder,
     calls: CallsCore,
     buddies: BuddiesCore,
+    chat: ChatCore,
     /// Buddy commands by the buddies' tag.
     buddy_ops: BTreeMap<u64, OpId>,
     waiters: BTreeMap<OpId, Waiter>,
@@ -383,6 +411,16 @@ impl HostCore {
         let ladder_rng = StdRng::seed_from_u64(rand::Rng::next_u64(&mut rng));
         let calls_rng = StdRng::seed_from_u64(rand::Rng::next_u64(&mut rng));
         let buddies_rng = StdRng::seed_from_u64(rand::Rng::next_u64(&mut rng));
+        let chat_rng = StdRng::seed_from_u64(rand::Rng::next_u64(&mut rng));
+        let chat = ChatCore::new(
+            ChatConfig {
+                me: me.credential.subject.to_ascii_lowercase(),
+                device: me.credential.public_key.id(),
+                trusted: me.trusted.clone(),
+            },
+            UserKeys::derive(&cfg.list_key),
+            chat_rng,
+        );
         let buddies = BuddiesCore::new(
             BuddiesConfig {
                 credential: me.credential.clone(),
@@ -418,6 +456,7 @@ impl HostCore {
             ladder,
             calls,
             buddies,
+            chat,
             buddy_ops: BTreeMap::new(),
             waiters: BTreeMap::new(),
             next_op: 1,
@@ -466,6 +505,16 @@ impl HostCore {
     /// Our status.
     pub fn status(&self) -> Status {
         self.buddies.status()
+    }
+
+    /// Whether the chat has work under way (see `ChatCore::is_busy`).
+    pub fn chat_busy(&self) -> bool {
+        self.chat.is_busy()
+    }
+
+    /// The chat's counters.
+    pub fn chat_stats(&self) -> super::chat::ChatStats {
+        self.chat.stats()
     }
 
     /// The contacts, with the presence buddies pushed.
@@ -610,6 +659,15 @@ impl HostCore {
                 None if self.ladder.is_busy() => self.reconnects.push(op),
                 None => self.complete(op, Err(HostError::Request(RequestError::LinkDown))),
             },
+            Command::SendChat { to, text } => self.chat.send_text(now, op.0, &to, text),
+            Command::FetchChat => {
+                self.chat.fetch_now(now);
+                self.complete(op, Ok(Done::Ok));
+            }
+            Command::ReadChat { from, ids } => {
+                self.chat.mark_read(now, &from, ids);
+                self.complete(op, Ok(Done::Ok));
+            }
             Command::Logout => {
                 self.logging_out = true;
                 self.ladder.stop();
@@ -684,6 +742,10 @@ impl HostCore {
                 EffectResult::Login(r) => self.buddies.on_login_result(now, tag, r),
                 _ => self.stats.stray_effects += 1,
             },
+            Some(Owner::Chat(tag)) => match result {
+                EffectResult::Chat(r) => self.chat.on_effect_result(now, tag, r),
+                _ => self.stats.stray_effects += 1,
+            },
             None => self.stats.stray_effects += 1,
         }
         self.flush(now);
@@ -712,6 +774,9 @@ impl HostCore {
         }
         if due(self.buddies.poll_timeout()) {
             self.buddies.handle_timeout(now);
+        }
+        if due(self.chat.poll_timeout()) {
+            self.chat.handle_timeout(now);
         }
         self.flush(now);
         if media_last && due(self.calls.poll_timeout()) {
@@ -747,7 +812,8 @@ impl HostCore {
         let link = self.link.as_ref().and_then(CoreLink::poll_timeout);
         let logout = self.logout.map(|l| l.until);
         let moved = self.moved.as_ref().map(|m| m.until);
-        [self.calls.poll_timeout(), self.ladder.poll_timeout(), link, self.buddies.poll_timeout(), logout, moved]
+        let chat = self.chat.poll_timeout();
+        [self.calls.poll_timeout(), self.ladder.poll_timeout(), link, self.buddies.poll_timeout(), chat, logout, moved]
             .into_iter()
             .flatten()
             .min()
@@ -797,6 +863,7 @@ impl HostCore {
         match w {
             Waiter::Calls(tag) => self.calls.on_request_result(now, tag, r),
             Waiter::Buddies(tag) => self.buddies.on_request_result(now, tag, r),
+            Waiter::Chat(tag) => self.chat.on_request_result(now, tag, r),
             Waiter::User(op) => {
                 let r = match r {
                     Ok(Answer::Published(a)) if a.code != 0 => Err(HostError::Refused(format!(
@@ -913,6 +980,38 @@ impl HostCore {
         any
     }
 
+    /// Moves the chat's outputs out; true if there were any.
+    fn drain_chat(&mut self, now: Now) -> bool {
+        let mut any = false;
+        while let Some((tag, r)) = self.chat.poll_request() {
+            any = true;
+            self.request(now, Waiter::Chat(tag), r);
+        }
+        while let Some((tag, e)) = self.chat.poll_effect() {
+            any = true;
+            let owner = (tag != 0).then_some(Owner::Chat(tag));
+            self.effect(owner, Effect::Chat(e));
+        }
+        while let Some(e) = self.chat.poll_event() {
+            any = true;
+            match e {
+                ChatEvent::Message { message, .. } => {
+                    if let Some(ev) = chat_event(&message) {
+                        self.push_event(ev);
+                    }
+                }
+                ChatEvent::Refused { .. } => {}
+            }
+        }
+        while let Some((op, r)) = self.chat.poll_completion() {
+            any = true;
+            if op != 0 {
+                self.complete(OpId(op), r.map(Done::Chat).map_err(HostError::Chat));
+            }
+        }
+        any
+    }
+
     /// Moves the buddies' outputs out; true if there were any.
     fn drain_buddies(&mut self, now: Now) -> bool {
         let mut any = false;
@@ -992,6 +1091,7 @@ impl HostCore {
                     tracing::info!(%why, "our link ended; rejoining");
                     self.buddies.on_link_down();
                     self.calls.on_link_down();
+                    self.chat.on_link_down();
                     // The calls hear of the link that replaces this one.
                     self.moved = None;
                     self.ladder.rejoin(now, lost.clone());
@@ -1008,6 +1108,7 @@ impl HostCore {
                 let env = Around { buddies: &self.buddies, interfaces: &self.cfg.interfaces };
                 self.calls.on_call_message(now, &message, &env);
             }
+            Some(Notice::Chat { sealed }) => self.chat.on_pushed(now, &sealed),
             Some(n) => self.buddies.on_notice(now, &n),
             None => self.stats.malformed_notices += 1,
         }
@@ -1086,6 +1187,7 @@ impl HostCore {
         // it is published (MOVED_WAIT at most), so a peer that looks us up finds us
         // where we are.
         self.buddies.on_link_up(now, info);
+        self.chat.on_link_up(now);
         if rejoined && self.calls.calls_in_progress() > 0 {
             self.moved = Some(MovedWait { info: calls_info, publish: None, until: now.mono + MOVED_WAIT });
         } else {
@@ -1112,6 +1214,7 @@ impl HostCore {
         loop {
             let mut any = self.drain_calls(now);
             any |= self.drain_buddies(now);
+            any |= self.drain_chat(now);
             any |= self.drain_link(now);
             any |= self.drain_ladder(now);
             if let Some(link) = self.link.as_mut() {
@@ -1141,4 +1244,24 @@ impl HostCore {
         self.complete(l.op, Ok(Done::Ok));
         true
     }
+}
+
+/// What the application hears of a new chat message (a text; receipts and the rest change
+/// the history but are not shown as messages).
+fn chat_event(m: &crate::chat::message::Message) -> Option<Event> {
+    use crate::chat::message::{Body, Conversation};
+    let Body::Text { text } = &m.inner.body else { return None };
+    let (with, group) = match &m.inner.conversation {
+        Conversation::User(u) => (u.clone(), None),
+        Conversation::Group(g) => (String::new(), Some(hex::encode(g))),
+    };
+    let to = if m.inner.from == m.to { with } else { m.to.clone() };
+    Some(Event::Chat {
+        id: hex::encode(m.id),
+        from: m.inner.from.clone(),
+        to,
+        text: text.clone(),
+        sent_at: m.inner.sent_at_ms,
+        group,
+    })
 }

@@ -112,6 +112,9 @@ pub enum Effect {
     /// One request to the login server, run on a task with `host::account`; the outcome
     /// comes back as [`EffectResult::Login`].
     Login(LoginCall),
+    /// Work on the chat history (a SQLite file in the home folder); the answer, for the
+    /// kinds that have one, comes back as [`EffectResult::Chat`].
+    Chat(super::chat::ChatEffect),
 }
 
 /// A request to the login server: one enveloped request per TCP connection, with the
@@ -150,4 +153,6 @@ pub enum EffectResult {
     },
     /// A [`Effect::Login`]'s outcome.
     Login(Result<LoginAnswer, crate::host::account::AccountError>),
+    /// A [`Effect::Chat`]'s answer.
+    Chat(super::chat::ChatEffectResult),
 }

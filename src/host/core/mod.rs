@@ -29,6 +29,7 @@
 
 pub mod buddies;
 pub mod calls;
+pub mod chat;
 pub mod host;
 pub mod io;
 pub mod ladder;

@@ -60,6 +60,8 @@ pub struct AckMail {
 /// A message waiting for its replicas' answers.
 pub(super) struct Submitting {
     reply: oneshot::Sender<MailSubmitReply>,
+    /// The recipient and the sealed message, pushed to the recipient once stored.
+    push: (String, Vec<u8>),
     req: u32,
     needed: usize,
     held: usize,
@@ -117,33 +119,34 @@ impl IndexRouter {
         let replicas = self.map.replicas(slot).to_vec();
         let req = self.req();
         let needed = replicas.len().clamp(1, SUBMIT_COPIES);
+        let push = (mail.to.clone(), mail.sealed.clone());
         self.mail_submits.insert(
             req,
-            Submitting { reply, req: submit.req, needed, held: 0, refused: None, waiting: replicas.len() },
+            Submitting { reply, push, req: submit.req, needed, held: 0, refused: None, waiting: replicas.len() },
         );
         for r in replicas {
             if r == self.me {
                 let Some(actor) = self.slots.get(&slot).cloned() else {
-                    self.mail_stored(req, None);
+                    self.mail_stored(req, None, ctx);
                     continue;
                 };
-                ctx.spawn(actor.send(MailPut(mail.clone())).into_actor(self).map(move |res, act, _| {
-                    act.mail_stored(req, res.ok());
+                ctx.spawn(actor.send(MailPut(mail.clone())).into_actor(self).map(move |res, act, ctx| {
+                    act.mail_stored(req, res.ok(), ctx);
                 }));
             } else if let Some(addr) = self.gossip_of.get(&r).copied() {
                 let rpc = IndexRpc::Mail(MailRpc::Store { req, mail: mail.clone() });
                 if !self.send_to((r, addr), &rpc) {
-                    self.mail_stored(req, None);
+                    self.mail_stored(req, None, ctx);
                 }
             } else {
-                self.mail_stored(req, None);
+                self.mail_stored(req, None, ctx);
             }
         }
-        ctx.run_later(SUBMIT_WAIT, move |act, _| act.finish_submit(req));
+        ctx.run_later(SUBMIT_WAIT, move |act, ctx| act.finish_submit(req, ctx));
     }
 
     /// A replica's answer to a message (None: it could not be asked or failed).
-    pub(super) fn mail_stored(&mut self, req: u64, outcome: Option<Stored>) {
+    pub(super) fn mail_stored(&mut self, req: u64, outcome: Option<Stored>, ctx: &mut Context<Self>) {
         let Some(s) = self.mail_submits.get_mut(&req) else { return };
         s.waiting = s.waiting.saturating_sub(1);
         match outcome {
@@ -152,11 +155,11 @@ impl IndexRouter {
             None => {}
         }
         if s.held >= s.needed || s.waiting == 0 {
-            self.finish_submit(req);
+            self.finish_submit(req, ctx);
         }
     }
 
-    fn finish_submit(&mut self, req: u64) {
+    fn finish_submit(&mut self, req: u64, ctx: &mut Context<Self>) {
         let Some(s) = self.mail_submits.remove(&req) else { return };
         let code = if s.held > 0 {
             0
@@ -173,6 +176,15 @@ impl IndexRouter {
         self.mail_count(outcome);
         let replicas = u8::try_from(s.held).unwrap_or(u8::MAX);
         let _ = s.reply.send(MailSubmitReply { req: s.req, code, replicas, pushed: 0 });
+        if code == 0 {
+            // Stored: now pushed to the recipient's session as a notice, which is only a
+            // hint (a device that misses it fetches the message). The recipient's own
+            // receipt tells the sender it arrived.
+            let (to, sealed) = s.push;
+            let body = crate::buddy::Notice::Chat { sealed }.encode();
+            let (tx, _rx) = oneshot::channel();
+            ctx.address().do_send(super::Route { to, via: String::new(), body, reply: tx });
+        }
     }
 
     /// Asks the first replica of the user's slot (ourselves first when we are one).
@@ -281,7 +293,7 @@ impl IndexRouter {
                     act.send_to(from, &IndexRpc::Mail(MailRpc::Stored { req, outcome }));
                 }));
             }
-            MailRpc::Stored { req, outcome } => self.mail_stored(req, Some(outcome)),
+            MailRpc::Stored { req, outcome } => self.mail_stored(req, Some(outcome), ctx),
             MailRpc::Fetch { req, user, device, after } => {
                 let slot = self.user_slot(&user);
                 let Some(actor) = self.slots.get(&slot).cloned() else {

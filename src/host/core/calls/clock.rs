@@ -92,7 +92,7 @@ impl CallsCore {
                 self.send_media(out);
                 self.apply_call(now, call, actions, Vec::new());
             }
-            EffectResult::LocalIp(_) | EffectResult::Login(_) => {}
+            EffectResult::LocalIp(_) | EffectResult::Login(_) | EffectResult::Chat(_) => {}
         }
     }
 

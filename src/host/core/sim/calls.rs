@@ -652,7 +652,7 @@ impl CallsWorld {
             Effect::TcpClose { conn } => {
                 self.hosts[h].conns.remove(&conn);
             }
-            other @ (Effect::LocalIpToward(_) | Effect::SaveCache(_) | Effect::Login(_)) => {
+            other @ (Effect::LocalIpToward(_) | Effect::SaveCache(_) | Effect::Login(_) | Effect::Chat(_)) => {
                 panic!("calls asked for {other:?}")
             }
         }
@@ -792,5 +792,6 @@ fn effect_label(e: &Effect) -> String {
         Effect::LocalIpToward(to) => format!("local_ip_toward {to}"),
         Effect::SaveCache(entries) => format!("save_cache {}", entries.len()),
         Effect::Login(call) => format!("login {call:?}"),
+        Effect::Chat(e) => format!("chat {e:?}"),
     }
 }

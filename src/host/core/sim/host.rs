@@ -521,8 +521,8 @@ impl SimHost {
                 }
             }
             Effect::SaveCache(entries) => self.saved.push((ctx.now, entries)),
-            Effect::OpenProbeSockets { .. } | Effect::CloseProbeSockets { .. } | Effect::Login(_) => {
-                unreachable!("a world host at link level has no calls and no buddies")
+            Effect::OpenProbeSockets { .. } | Effect::CloseProbeSockets { .. } | Effect::Login(_) | Effect::Chat(_) => {
+                unreachable!("a world host at link level has no calls, no buddies and no chat")
             }
         }
     }

@@ -154,6 +154,9 @@ pub struct CoreNode {
     sockets: BTreeMap<([u8; 16], u16), u16>,
     ports: BTreeMap<u16, ([u8; 16], u16)>,
     next_port: u16,
+    /// The chat history: a real SQLite file in a folder of its own, answered at once (a
+    /// device's history is local; its timing is not what these worlds test).
+    history: Option<(tempfile::TempDir, crate::chat::history::History)>,
 }
 
 impl std::fmt::Debug for CoreNode {
@@ -220,7 +223,18 @@ impl CoreNode {
             sockets: BTreeMap::new(),
             ports: BTreeMap::new(),
             next_port: EXTRA_PORT_BASE,
+            history: None,
         }
+    }
+
+    /// This host's chat history (opened at first use).
+    pub fn history(&mut self) -> &mut crate::chat::history::History {
+        let (_, h) = self.history.get_or_insert_with(|| {
+            let dir = tempfile::tempdir().expect("a temporary folder");
+            let h = crate::chat::history::History::open(&dir.path().join("chat.sqlite")).expect("a fresh history");
+            (dir, h)
+        });
+        h
     }
 
     /// The user.
@@ -395,6 +409,27 @@ impl CoreNode {
             Effect::Login(call) => {
                 self.login_seq += 1;
                 self.login_out.insert((ctx.now + self.login.delay, self.login_seq), (id, call));
+            }
+            Effect::Chat(e) => {
+                use crate::host::core::chat::{ChatEffect, ChatEffectResult};
+                let h = self.history();
+                let r = match e {
+                    ChatEffect::NextSeq { conversation } => {
+                        Some(ChatEffectResult::Seq(h.next_seq(&conversation).map_err(|e| e.to_string())))
+                    }
+                    ChatEffect::Record { message } => Some(ChatEffectResult::Recorded(
+                        h.record_received(&message)
+                            .map(|r| r == crate::chat::history::Recorded::New)
+                            .map_err(|e| e.to_string()),
+                    )),
+                    ChatEffect::Sent { id: msg, inner, .. } => {
+                        h.record_sent(&inner, msg).and_then(|_| h.mark_stored(msg)).expect("the history writes");
+                        None
+                    }
+                };
+                if let Some(r) = r {
+                    self.core.handle_effect(now, id, EffectResult::Chat(r));
+                }
             }
         }
     }
