@@ -32,6 +32,7 @@
 
 pub mod buddy;
 pub mod call;
+pub mod chat;
 pub mod cluster;
 pub mod config;
 pub mod crypto;

@@ -23,6 +23,14 @@ impl Secret {
         Self(agreement::PrivateKey::generate(&agreement::X25519).expect("X25519 key generation"))
     }
 
+    /// A secret from 32 bytes the caller drew (a seeded generator in plain logic; any 32
+    /// bytes are an X25519 key, clamped by the agreement).
+    pub fn from_bytes(bytes: &[u8; 32]) -> Self {
+        Self(
+            agreement::PrivateKey::from_private_key(&agreement::X25519, bytes).expect("any 32 bytes are an X25519 key"),
+        )
+    }
+
     /// Its public key.
     pub fn public(&self) -> [u8; 32] {
         let p = self.0.compute_public_key().expect("X25519 public key");

@@ -1,0 +1,374 @@
+//! Groups end to end: members writing, partitions, forged entries, keys, sync rounds.
+
+use super::dag::{Inserted, Refused};
+use super::log::{ENTRY_BYTES_MAX, Entry, Op};
+use super::member::{Group, HistoryItem};
+use super::state::Exclusion;
+use super::sync;
+use crate::crypto::password::ListKey;
+use crate::crypto::user::UserKeys;
+use proptest::prelude::*;
+use rand::RngExt;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+fn keys(name: &str) -> UserKeys {
+    let mut k = [0u8; 32];
+    k[..name.len()].copy_from_slice(name.as_bytes());
+    UserKeys::derive(&ListKey(k))
+}
+
+/// Runs sync between two members until neither has anything to send; the number of
+/// batches delivered (one direction each).
+fn sync_pair(a: &mut Group, b: &mut Group) -> usize {
+    let mut batch = vec![sync::hello(a)];
+    let mut to_b = true;
+    let mut batches = 0;
+    while !batch.is_empty() {
+        batches += 1;
+        assert!(batches < 40, "sync does not settle");
+        let to = if to_b { &mut *b } else { &mut *a };
+        let mut replies = Vec::new();
+        for p in &batch {
+            replies.extend(sync::handle(to, p).unwrap_or_default());
+        }
+        batch = replies;
+        to_b = !to_b;
+    }
+    batches
+}
+
+fn deliver(to: &mut Group, entries: &[Vec<u8>]) {
+    for e in entries {
+        to.receive(e).expect("a valid entry is taken in");
+    }
+}
+
+fn summary(h: &[HistoryItem]) -> Vec<([u8; 32], String, u64)> {
+    h.iter().map(|i| (i.id, i.author.clone(), i.at_ms)).collect()
+}
+
+/// alice creates "team" and invites bob and carol; all three hold every entry.
+fn trio(rng: &mut StdRng) -> (Group, Group, Group) {
+    let (mut a, mut out) = Group::create("alice", keys("alice"), "team", 1_000, rng).unwrap();
+    out.extend(a.invite("bob", keys("bob").public(), 1_001, rng).unwrap());
+    out.extend(a.invite("carol", keys("carol").public(), 1_002, rng).unwrap());
+    let mut b = Group::join("bob", keys("bob"), a.id());
+    let mut c = Group::join("carol", keys("carol"), a.id());
+    deliver(&mut b, &out);
+    deliver(&mut c, &out);
+    (a, b, c)
+}
+
+#[test]
+fn members_read_each_others_messages_in_one_order() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let (mut a, mut b, mut c) = trio(&mut rng);
+    assert_eq!(a.state().members.len(), 3);
+    assert_eq!(a.state().admins.iter().collect::<Vec<_>>(), ["alice"]);
+    assert!(b.history().is_empty());
+    let m1 = a.send("hello", 2_000, &mut rng).unwrap();
+    let m2 = b.send("hi alice", 2_001, &mut rng).unwrap();
+    deliver(&mut c, &[m2.clone(), m1.clone()]);
+    deliver(&mut b, &[m1]);
+    deliver(&mut a, &[m2]);
+    let h = c.history();
+    assert_eq!(h.len(), 2);
+    assert_eq!(h, a.history());
+    assert_eq!(h, b.history());
+    let mut texts: Vec<_> = h.iter().map(|i| i.text.clone().unwrap()).collect();
+    texts.sort();
+    assert_eq!(texts, ["hello", "hi alice"]);
+    assert_eq!(a.state(), c.state());
+}
+
+#[test]
+fn only_admins_invite_remove_and_promote() {
+    let mut rng = StdRng::seed_from_u64(2);
+    let (mut a, mut b, _) = trio(&mut rng);
+    assert!(b.invite("dave", keys("dave").public(), 3_000, &mut rng).is_err());
+    assert!(b.remove("carol", 3_000, &mut rng).is_err());
+    // A non-admin's Invite written anyway (as a modified client would) is kept out.
+    let parents: Vec<_> = b.dag().heads().iter().copied().collect();
+    let rogue = Entry::sign(
+        b.id(),
+        "bob",
+        parents,
+        1,
+        3_000,
+        Op::Invite { member: "dave".into(), keys: keys("dave").public() },
+        &keys("bob"),
+    )
+    .unwrap();
+    let h = rogue.hash();
+    assert!(matches!(a.receive(&rogue.encode()), Ok(Inserted::Accepted { .. })));
+    assert!(a.state().excluded.contains(&(h, Exclusion::NotAdmin)));
+    assert!(matches!(b.receive(&rogue.encode()), Ok(Inserted::Accepted { .. })));
+    assert!(!a.state().members.contains_key("dave"));
+    let p = a.promote("bob", 3_001).unwrap();
+    deliver(&mut b, &[p]);
+    assert!(b.state().admins.contains("bob"));
+    let out = b.invite("dave", keys("dave").public(), 3_002, &mut rng).unwrap();
+    deliver(&mut a, &out);
+    assert!(a.state().members.contains_key("dave"));
+}
+
+#[test]
+fn forged_entries_are_refused_or_kept_out() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let (mut a, mut b, mut c) = trio(&mut rng);
+    let heads: Vec<_> = a.dag().heads().iter().copied().collect();
+    let text = Op::Message { nonce: [0; 12], ciphertext: vec![0; 32] };
+    // Claims to be bob, signed by someone else.
+    let forged = Entry::sign(a.id(), "bob", heads.clone(), 1, 5, text.clone(), &keys("mallory")).unwrap();
+    assert_eq!(a.receive(&forged.encode()), Err(Refused::BadSignature("bob".into())));
+    // Never invited: held (its keys unknown), never in state.
+    let stranger = Entry::sign(a.id(), "mallory", heads.clone(), 1, 5, text.clone(), &keys("mallory")).unwrap();
+    assert_eq!(a.receive(&stranger.encode()), Ok(Inserted::UnknownAuthor));
+    assert!(!a.dag().contains(&stranger.hash()));
+    // Another group's entry, and one past the size bound.
+    let other = Entry::sign([9; 16], "bob", heads, 1, 5, text, &keys("bob")).unwrap();
+    assert_eq!(a.receive(&other.encode()), Err(Refused::OtherGroup));
+    assert!(matches!(a.receive(&vec![1; ENTRY_BYTES_MAX + 1]), Err(Refused::Decode(_))));
+    // A removed member's later entries are kept out of state and history.
+    let out = a.remove("bob", 6_000, &mut rng).unwrap();
+    deliver(&mut b, &out);
+    deliver(&mut c, &out);
+    let before = c.history().len();
+    let late = b.dag().heads().iter().copied().collect();
+    let late = Entry::sign(
+        b.id(),
+        "bob",
+        late,
+        1,
+        7_000,
+        Op::Message { nonce: [1; 12], ciphertext: vec![0; 32] },
+        &keys("bob"),
+    )
+    .unwrap();
+    assert!(matches!(c.receive(&late.encode()), Ok(Inserted::Accepted { .. })));
+    assert!(c.state().excluded.contains(&(late.hash(), Exclusion::NotMember)));
+    assert_eq!(c.history().len(), before);
+    assert!(!c.state().members.contains_key("bob"));
+}
+
+#[test]
+fn a_removed_or_departed_member_cannot_read_later_epochs() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let (mut a, mut b, mut c) = trio(&mut rng);
+    let epoch = a.state().epoch;
+    let out = a.remove("bob", 5_000, &mut rng).unwrap();
+    assert_eq!(a.state().epoch, epoch + 1);
+    assert!(!a.state().rekey_due());
+    let m = a.send("after bob", 5_001, &mut rng).unwrap();
+    deliver(&mut b, &out);
+    deliver(&mut b, std::slice::from_ref(&m));
+    deliver(&mut c, &out);
+    deliver(&mut c, &[m]);
+    assert_eq!(c.history().last().unwrap().text.as_deref(), Some("after bob"));
+    assert_eq!(b.history().last().unwrap().text, None, "bob holds no key of the new epoch");
+    assert_eq!(summary(&b.history()), summary(&c.history()));
+    assert!(b.send("still here?", 5_002, &mut rng).is_err());
+
+    let left = c.leave(6_000).unwrap();
+    deliver(&mut a, &[left]);
+    assert!(a.state().rekey_due());
+    let rekey = a.maintain(6_001, &mut rng).unwrap();
+    assert!(!rekey.is_empty());
+    assert!(!a.state().rekey_due());
+    assert_eq!(a.state().epoch, epoch + 2);
+    let m = a.send("after carol", 6_002, &mut rng).unwrap();
+    deliver(&mut c, &rekey);
+    deliver(&mut c, &[m]);
+    assert_eq!(c.history().last().unwrap().text, None);
+    assert_eq!(a.history().last().unwrap().text.as_deref(), Some("after carol"));
+}
+
+#[test]
+fn admins_removing_each_other_concurrently_resolve_the_same_everywhere() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let (mut a, mut b, mut c) = trio(&mut rng);
+    let mut out = a.invite("dave", keys("dave").public(), 1_500, &mut rng).unwrap();
+    out.push(a.promote("bob", 1_501).unwrap());
+    out.push(a.promote("carol", 1_502).unwrap());
+    deliver(&mut b, &out);
+    deliver(&mut c, &out);
+    let mut d = Group::join("dave", keys("dave"), a.id());
+    sync_pair(&mut d, &mut a);
+    // Partition: bob removes carol while carol removes bob.
+    let by_b = b.remove("carol", 2_000, &mut rng).unwrap();
+    let by_c = c.remove("bob", 2_000, &mut rng).unwrap();
+    deliver(&mut d, &by_c);
+    deliver(&mut d, &by_b);
+    deliver(&mut a, &by_b);
+    deliver(&mut a, &by_c);
+    sync_pair(&mut b, &mut a);
+    sync_pair(&mut c, &mut a);
+    let s = a.state().clone();
+    assert_eq!(&s, d.state());
+    assert_eq!(&s, b.state());
+    assert_eq!(&s, c.state());
+    let gone = ["bob", "carol"].iter().filter(|m| !s.members.contains_key(**m)).count();
+    assert_eq!(gone, 1, "the first removal in the agreed order wins, the second's author is gone");
+    // The loser's Remove and its Rekey page.
+    assert_eq!(s.excluded.iter().filter(|(_, why)| *why == Exclusion::NotMember).count(), 2);
+}
+
+#[test]
+fn disjoint_halves_of_a_thousand_entries_converge_in_three_batches() {
+    let mut rng = StdRng::seed_from_u64(6);
+    let (mut a, mut b, _) = trio(&mut rng);
+    let common = a.dag().len();
+    for i in 0..500u64 {
+        a.send(&format!("a{i}"), 10_000 + i, &mut rng).unwrap();
+        b.send(&format!("b{i}"), 10_000 + i, &mut rng).unwrap();
+    }
+    assert_eq!(a.dag().len(), common + 500);
+    let batches = sync_pair(&mut a, &mut b);
+    assert_eq!(batches, 3, "hello, entries and hello, entries");
+    assert_eq!(a.dag().len(), common + 1000);
+    assert_eq!(b.dag().len(), common + 1000);
+    assert_eq!(a.history(), b.history());
+    assert_eq!(a.history().len(), 1000);
+    // Once converged, a hello is answered with nothing.
+    assert_eq!(sync_pair(&mut a, &mut b), 1);
+}
+
+#[test]
+fn an_absent_member_catches_up_from_a_far_older_head() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let (mut a, mut b, mut c) = trio(&mut rng);
+    for i in 0..300u64 {
+        let m = a.send(&format!("m{i}"), 20_000 + i, &mut rng).unwrap();
+        deliver(&mut b, &[m]);
+    }
+    // carol was away for all 300; bob has them, and she asks bob.
+    let before = c.dag().len();
+    assert!(sync_pair(&mut c, &mut b) <= 3);
+    assert_eq!(c.dag().len(), before + 300);
+    assert_eq!(c.history(), a.history());
+}
+
+#[test]
+fn entries_delivered_out_of_order_are_held_then_taken_in() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let (mut a, _, _) = trio(&mut rng);
+    let mut out = Vec::new();
+    for i in 0..20u64 {
+        out.push(a.send(&format!("{i}"), 30_000 + i, &mut rng).unwrap());
+    }
+    let mut late = Group::join("bob", keys("bob"), a.id());
+    // Everything, newest first: each entry waits for its parent, then all are released.
+    let order = a.dag().order().to_vec();
+    let mut all: Vec<Vec<u8>> = order.iter().map(|h| a.dag().get(h).unwrap().bytes.clone()).collect();
+    all.reverse();
+    for e in &all[..all.len() - 1] {
+        assert!(matches!(late.receive(e), Ok(Inserted::MissingParents(_))));
+    }
+    assert_eq!(late.dag().held(), all.len() - 1);
+    assert_eq!(late.receive(all.last().unwrap()), Ok(Inserted::Accepted { released: all.len() - 1 }));
+    assert_eq!(late.dag().held(), 0);
+    assert_eq!(late.history(), a.history());
+}
+
+fn big_group(seed: u64, n: usize) -> (Vec<Group>, StdRng) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let names: Vec<String> = (0..n).map(|i| format!("user{i:03}")).collect();
+    let (mut first, mut out) = Group::create(&names[0], keys(&names[0]), "hundred", 1, &mut rng).unwrap();
+    for (i, m) in names.iter().enumerate().skip(1) {
+        out.extend(first.invite(m, keys(m).public(), 1 + i as u64, &mut rng).unwrap());
+    }
+    out.push(first.promote(&names[1], 500).unwrap());
+    out.push(first.promote(&names[2], 501).unwrap());
+    let gid = first.id();
+    let mut members = vec![first];
+    for m in &names[1..] {
+        let mut g = Group::join(m, keys(m), gid);
+        // Each member gets the entries in its own random order.
+        let mut shuffled = out.clone();
+        shuffled.shuffle(&mut rng);
+        for e in &shuffled {
+            g.receive(e).unwrap();
+        }
+        assert_eq!(g.dag().held(), 0);
+        members.push(g);
+    }
+    (members, rng)
+}
+
+/// One random operation by member `i`; its entries, if it could write any.
+fn random_op(g: &mut Group, names: &[String], now: u64, rng: &mut StdRng) -> Vec<Vec<u8>> {
+    let roll = rng.random_range(0..100);
+    let target = &names[rng.random_range(0..names.len())];
+    let r = match roll {
+        0..75 => g.send(&format!("{} at {now}", g.me()), now, rng).map(|e| vec![e]),
+        75..85 => g.remove(target, now, rng),
+        85..90 => g.leave(now).map(|e| vec![e]),
+        90..95 => g.promote(target, now).map(|e| vec![e]),
+        _ => g.maintain(now, rng),
+    };
+    r.unwrap_or_default()
+}
+
+fn converge_all(members: &mut [Group]) {
+    // Everyone with the first, twice: after the first pass the first holds everything.
+    for _ in 0..2 {
+        for i in 1..members.len() {
+            let (head, rest) = members.split_at_mut(i);
+            sync_pair(&mut rest[0], &mut head[0]);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_hundred_members_agree_after_random_partitions(seed in any::<u64>()) {
+        let (mut members, mut rng) = big_group(seed, 100);
+        let names: Vec<String> = members.iter().map(|g| g.me().to_owned()).collect();
+        let sides = rng.random_range(2..4usize);
+        let side_of: Vec<usize> = (0..members.len()).map(|_| rng.random_range(0..sides)).collect();
+        for step in 0..150u64 {
+            let i = rng.random_range(0..members.len());
+            let out = random_op(&mut members[i], &names, 10_000 + step, &mut rng);
+            // Delivered, in a random order later, to a random part of the author's side.
+            for j in 0..members.len() {
+                if j != i && side_of[j] == side_of[i] && rng.random_bool(0.5) {
+                    let mut o = out.clone();
+                    o.shuffle(&mut rng);
+                    for e in &o {
+                        let _ = sync::handle(&mut members[j], e);
+                    }
+                }
+            }
+        }
+        converge_all(&mut members);
+        // The rekeyer writes the epoch the partition's removals and departures call for.
+        for i in 0..members.len() {
+            let out = members[i].maintain(90_000, &mut rng).unwrap();
+            let me = members[i].me().to_owned();
+            prop_assert!(out.is_empty() || members[i].state().rekeyer() == Some(me.as_str()));
+        }
+        converge_all(&mut members);
+        let state = members[0].state().clone();
+        prop_assert!(!state.rekey_due());
+        prop_assert!(state.members_without_key().is_empty());
+        let reference = members.iter_mut().find(|g| state.members.contains_key(g.me())).map(|g| g.history());
+        let reference = reference.expect("someone is left");
+        prop_assert!(reference.iter().all(|i| i.text.is_some()), "a member reads every message");
+        for g in members.iter_mut() {
+            prop_assert_eq!(g.state(), &state);
+            let h = g.history();
+            if state.members.contains_key(g.me()) {
+                prop_assert_eq!(&h, &reference);
+            } else {
+                prop_assert_eq!(summary(&h), summary(&reference));
+                for (mine, theirs) in h.iter().zip(&reference) {
+                    prop_assert!(mine.text.is_none() || mine.text == theirs.text);
+                }
+            }
+        }
+    }
+}

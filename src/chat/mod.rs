@@ -1,0 +1,3 @@
+//! Chat: groups as signed, hash-linked logs (`docs/chat.md`).
+
+pub mod group;
