@@ -4,7 +4,7 @@
 //! to the other members (each fits one sealed chat message).
 
 use super::dag::{Dag, Inserted, Refused};
-use super::log::{EncodeError, Entry, EntryHash, GroupId, Op, PARENTS_MAX, group_id, key_seal_aad};
+use super::log::{ENTRY_BYTES_MAX, EncodeError, Entry, EntryHash, GroupId, Op, PARENTS_MAX, group_id, key_seal_aad};
 use super::state::State;
 use crate::crypto::aead::SealKey;
 use crate::crypto::dh;
@@ -215,23 +215,39 @@ impl Group {
         let mut out = Vec::new();
         let mut rest = sealed.as_slice();
         while !rest.is_empty() {
-            // The largest prefix that fits one entry: try all, shrink on overflow.
-            let mut n = rest.len();
-            loop {
-                let op = Op::Rekey { epoch, sealed: rest[..n].to_vec() };
-                let parents = self.parents();
-                let epoch_now = self.state().epoch;
-                match Entry::sign(gid, &self.me, parents, epoch_now, now_ms, op, &self.keys) {
-                    Ok(_) => break,
-                    Err(EncodeError::TooLarge(_)) if n > 1 => n = n * 3 / 4,
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            let n = self.page_fit(epoch, rest);
             let epoch_now = self.state().epoch;
             out.push(self.write(Op::Rekey { epoch, sealed: rest[..n].to_vec() }, epoch_now, now_ms)?);
             rest = &rest[n..];
         }
         Ok(out)
+    }
+
+    /// How many of `sealed` (at least one) fit one Rekey page written below the current
+    /// heads: the largest prefix whose encoding stays within [`ENTRY_BYTES_MAX`].
+    fn page_fit(&mut self, epoch: u32, sealed: &[(String, Vec<u8>)]) -> usize {
+        let mut shell = Entry {
+            group: self.dag.group(),
+            author: self.me.clone(),
+            parents: self.parents(),
+            epoch: self.state().epoch,
+            at_ms: 0,
+            op: Op::Rekey { epoch, sealed: Vec::new() },
+            sig: [0; crate::crypto::user::SIGNATURE_LEN],
+        };
+        shell.parents.sort_unstable();
+        let mut len = shell.encode().len();
+        let mut n = 0;
+        // A page names at most 255 members (its count is one byte).
+        while n < sealed.len().min(u8::MAX as usize) {
+            let (m, k) = &sealed[n];
+            len += 1 + m.len() + k.len();
+            if len > ENTRY_BYTES_MAX && n > 0 {
+                break;
+            }
+            n += 1;
+        }
+        n
     }
 
     /// Starts a new epoch: a fresh key sealed to every member.
