@@ -76,6 +76,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_secret_from_bytes_is_the_same_secret_each_time() {
+        let (a, b) = (Secret::from_bytes(&[7; 32]), Secret::from_bytes(&[7; 32]));
+        assert_eq!(a.public(), b.public());
+        assert_ne!(a.public(), Secret::from_bytes(&[8; 32]).public());
+        let peer = Secret::generate();
+        let k = a.agree(&peer.public(), b"", b"s", &[b"i"]).unwrap();
+        assert_eq!(k, peer.agree(&b.public(), b"", b"s", &[b"i"]).unwrap());
+    }
+
+    #[test]
     fn both_sides_agree_and_every_input_matters() {
         let (a, b) = (Secret::generate(), Secret::generate());
         let k = a.agree(&b.public(), b"x", b"salt", &[b"info"]).unwrap();

@@ -11,6 +11,9 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 
 /// Most entries held while they wait for a parent or their author's keys.
 pub const HELD_MAX: usize = 4096;
+/// Most of those that wait for their author's keys: forged entries wait there, so a flood
+/// of them cannot crowd out entries that wait for parents.
+pub const HELD_FOR_KEYS_MAX: usize = 256;
 
 /// An entry taken into the DAG, with the keys that verified it.
 #[derive(Debug, Clone)]
@@ -59,6 +62,9 @@ pub enum Refused {
     /// Too many entries are already held.
     #[error("{HELD_MAX} entries already wait for their parents")]
     HeldFull,
+    /// Too many entries already wait for their authors' keys.
+    #[error("{HELD_FOR_KEYS_MAX} entries already wait for their authors' keys")]
+    HeldForKeysFull,
 }
 
 /// A member's copy of a group's DAG.
@@ -74,6 +80,8 @@ pub struct Dag {
     waiting_parent: HashMap<EntryHash, Vec<EntryHash>>,
     /// Held entries by the author whose keys they wait for.
     waiting_author: HashMap<String, Vec<EntryHash>>,
+    /// Entries in `waiting_author`.
+    held_for_keys: usize,
     order: Option<Vec<EntryHash>>,
 }
 
@@ -88,6 +96,7 @@ impl Dag {
             held: HashMap::new(),
             waiting_parent: HashMap::new(),
             waiting_author: HashMap::new(),
+            held_for_keys: 0,
             order: None,
         }
     }
@@ -186,7 +195,13 @@ impl Dag {
             return Ok(true);
         }
         let author = e.author.clone();
-        self.hold(h, e, |dag, h| dag.waiting_author.entry(author.clone()).or_default().push(h))?;
+        if self.held_for_keys >= HELD_FOR_KEYS_MAX {
+            return Err(Refused::HeldForKeysFull);
+        }
+        self.hold(h, e, |dag, h| {
+            dag.waiting_author.entry(author.clone()).or_default().push(h);
+            dag.held_for_keys += 1;
+        })?;
         if known.is_empty() { Ok(false) } else { Err(Refused::BadSignature(author)) }
     }
 
@@ -233,7 +248,9 @@ impl Dag {
                     Op::Invite { member, .. } => member.clone(),
                     _ => self.entries[&h].entry.author.clone(),
                 };
-                retry.extend(self.waiting_author.remove(&name).unwrap_or_default());
+                let waiting = self.waiting_author.remove(&name).unwrap_or_default();
+                self.held_for_keys -= waiting.len();
+                retry.extend(waiting);
             }
             for r in retry {
                 let Some(e) = self.held.remove(&r) else { continue };

@@ -105,9 +105,22 @@ impl Group {
         &self.me
     }
 
-    /// The DAG (for sync).
-    pub fn dag(&mut self) -> &mut Dag {
+    /// The entries held.
+    pub fn dag(&self) -> &Dag {
+        &self.dag
+    }
+
+    /// The DAG, for sync (its order is computed lazily). Inserting through it would leave
+    /// the folded state stale: [`Group::receive`] is the way in.
+    pub(super) fn dag_mut(&mut self) -> &mut Dag {
         &mut self.dag
+    }
+
+    /// Every accepted entry's bytes in the agreed order: what a member saves, and feeds
+    /// back through [`Group::receive`] (into [`Group::join`]'s empty copy) on restart.
+    pub fn export(&mut self) -> Vec<Vec<u8>> {
+        let order = self.dag.order().to_vec();
+        order.iter().map(|h| self.dag.get(h).expect("ordered entries are held").bytes.clone()).collect()
     }
 
     /// Takes in an entry received from another member.
@@ -127,9 +140,18 @@ impl Group {
         self.state.as_ref().expect("folded above")
     }
 
-    /// Epoch keys this member holds, oldest page first within an epoch.
-    fn keyring(&mut self) -> BTreeMap<u32, Vec<[u8; 32]>> {
-        let rekeys = self.state().rekeys.clone();
+    /// Epoch keys this member holds, oldest page first within an epoch. `applied_only`
+    /// leaves out pages the fold excluded: new messages are sealed only under keys a member
+    /// handed out, but a page whose author turned out to be removed concurrently still
+    /// opens what was sealed under it by members who did not know yet.
+    fn keyring(&mut self, applied_only: bool) -> BTreeMap<u32, Vec<[u8; 32]>> {
+        self.state();
+        let s = self.state.as_ref().expect("folded above");
+        let mut rekeys = s.rekeys.clone();
+        if !applied_only {
+            let excluded = s.excluded.iter().map(|(h, _)| *h);
+            rekeys.extend(excluded.filter(|h| matches!(self.dag.get(h).map(|e| &e.entry.op), Some(Op::Rekey { .. }))));
+        }
         let mut ring: BTreeMap<u32, Vec<[u8; 32]>> = BTreeMap::new();
         for h in rekeys {
             let Op::Rekey { epoch, sealed } = &self.dag.get(&h).expect("applied entries are held").entry.op else {
@@ -154,7 +176,7 @@ impl Group {
     /// the latest page in order.
     fn current_key(&mut self) -> Result<(u32, [u8; 32]), GroupError> {
         let epoch = self.state().epoch;
-        let ring = self.keyring();
+        let ring = self.keyring(true);
         ring.get(&epoch).and_then(|ks| ks.last()).map(|k| (epoch, *k)).ok_or(GroupError::NoKey(epoch))
     }
 
@@ -352,7 +374,7 @@ impl Group {
     /// The messages in the order every member agrees on, decrypted where this member holds
     /// the key of their epoch.
     pub fn history(&mut self) -> Vec<HistoryItem> {
-        let ring = self.keyring();
+        let ring = self.keyring(false);
         let messages = self.state().messages.clone();
         messages
             .into_iter()

@@ -154,7 +154,7 @@ pub fn hello(g: &mut Group) -> Vec<u8> {
 
 fn hello_as(g: &mut Group, reply: bool) -> Vec<u8> {
     let group = g.id();
-    let dag = g.dag();
+    let dag = g.dag_mut();
     let all_heads = dag.heads().clone();
     let order = dag.order().to_vec();
     let heads: Vec<EntryHash> =
@@ -184,7 +184,7 @@ pub fn handle(g: &mut Group, bytes: &[u8]) -> Result<Vec<Vec<u8>>, SyncError> {
     match Payload::decode(bytes)? {
         Payload::Entry(b) => match g.receive(&b)? {
             Inserted::MissingParents(_) => {
-                let mut wanted = g.dag().wanted();
+                let mut wanted = g.dag_mut().wanted();
                 wanted.truncate(NAMED_MAX);
                 if wanted.is_empty() {
                     return Ok(Vec::new());
@@ -197,14 +197,14 @@ pub fn handle(g: &mut Group, bytes: &[u8]) -> Result<Vec<Vec<u8>>, SyncError> {
             if gid != group {
                 return Err(SyncError::OtherGroup);
             }
-            let dag = g.dag();
+            let dag = g.dag_mut();
             Ok(hashes.iter().filter_map(|h| dag.get(h).map(|s| s.bytes.clone())).collect())
         }
         Payload::Hello { group: gid, complete, reply, heads, sample } => {
             if gid != group {
                 return Err(SyncError::OtherGroup);
             }
-            let dag = g.dag();
+            let dag = g.dag_mut();
             let lacking_heads = heads.iter().any(|h| !dag.contains(h));
             let known: Vec<EntryHash> = heads.iter().chain(&sample).filter(|h| dag.contains(h)).copied().collect();
             let theirs: HashSet<EntryHash> = dag.ancestors(known);

@@ -260,8 +260,7 @@ fn entries_delivered_out_of_order_are_held_then_taken_in() {
     }
     let mut late = Group::join("bob", keys("bob"), a.id());
     // Everything, newest first: each entry waits for its parent, then all are released.
-    let order = a.dag().order().to_vec();
-    let mut all: Vec<Vec<u8>> = order.iter().map(|h| a.dag().get(h).unwrap().bytes.clone()).collect();
+    let mut all = a.export();
     all.reverse();
     for e in &all[..all.len() - 1] {
         assert!(matches!(late.receive(e), Ok(Inserted::MissingParents(_))));
@@ -270,6 +269,11 @@ fn entries_delivered_out_of_order_are_held_then_taken_in() {
     assert_eq!(late.receive(all.last().unwrap()), Ok(Inserted::Accepted { released: all.len() - 1 }));
     assert_eq!(late.dag().held(), 0);
     assert_eq!(late.history(), a.history());
+    // What a member saves and reloads is the same group.
+    let mut reloaded = Group::join("bob", keys("bob"), a.id());
+    deliver(&mut reloaded, &late.export());
+    assert_eq!(reloaded.state(), late.state());
+    assert_eq!(reloaded.history(), late.history());
 }
 
 fn big_group(seed: u64, n: usize) -> (Vec<Group>, StdRng) {
@@ -326,7 +330,7 @@ fn converge_all(members: &mut [Group]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 4, ..ProptestConfig::default() })]
 
     #[test]
     fn a_hundred_members_agree_after_random_partitions(seed in any::<u64>()) {
@@ -363,18 +367,33 @@ proptest! {
         let state = members[0].state().clone();
         prop_assert!(!state.rekey_due());
         prop_assert!(state.members_without_key().is_empty());
-        let reference = members.iter_mut().find(|g| state.members.contains_key(g.me())).map(|g| g.history());
-        let reference = reference.expect("someone is left");
-        prop_assert!(reference.iter().all(|i| i.text.is_some()), "a member reads every message");
-        for g in members.iter_mut() {
-            prop_assert_eq!(g.state(), &state);
-            let h = g.history();
-            if state.members.contains_key(g.me()) {
-                prop_assert_eq!(&h, &reference);
-            } else {
-                prop_assert_eq!(summary(&h), summary(&reference));
-                for (mine, theirs) in h.iter().zip(&reference) {
-                    prop_assert!(mine.text.is_none() || mine.text == theirs.text);
+        // After the heal, a few members write under the new epoch's key.
+        let current: Vec<usize> = (0..members.len()).filter(|i| state.members.contains_key(members[*i].me())).collect();
+        let mut after = Vec::new();
+        for &i in current.iter().take(3) {
+            let m = members[i].send("after the heal", 95_000, &mut rng).unwrap();
+            after.push(Entry::decode(&m).unwrap().hash());
+        }
+        converge_all(&mut members);
+        let state = members[0].state().clone();
+        let histories: Vec<Vec<HistoryItem>> = members.iter_mut().map(|g| g.history()).collect();
+        let reference = &histories[current[0]];
+        for (i, h) in histories.iter().enumerate() {
+            prop_assert_eq!(members[i].state(), &state);
+            prop_assert_eq!(summary(h), summary(reference));
+            let current_member = state.members.contains_key(members[i].me());
+            for (n, item) in h.iter().enumerate() {
+                // Nobody reads a text another member reads differently.
+                for other in &histories {
+                    prop_assert!(item.text.is_none() || other[n].text.is_none() || item.text == other[n].text);
+                }
+                // Every author reads what it wrote (its key is in its keyring).
+                if item.author == members[i].me() {
+                    prop_assert!(item.text.is_some(), "{} cannot read its own message", item.author);
+                }
+                // What was written after the heal, every member reads and nobody else.
+                if after.contains(&item.id) {
+                    prop_assert_eq!(item.text.is_some(), current_member);
                 }
             }
         }
@@ -445,4 +464,38 @@ proptest! {
         prop_assert!(b.len() <= ENTRY_BYTES_MAX);
         prop_assert_eq!(sync::Payload::decode(&b).unwrap(), p);
     }
+}
+
+#[test]
+fn a_joiner_behind_more_than_one_answer_catches_up_over_several() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let (mut a, _, _) = trio(&mut rng);
+    for i in 0..sync::ANSWER_ENTRIES_MAX as u64 + 100 {
+        a.send(&format!("{i}"), 60_000 + i, &mut rng).unwrap();
+    }
+    let mut late = Group::join("bob", keys("bob"), a.id());
+    let batches = sync_pair(&mut late, &mut a);
+    assert!((4..=6).contains(&batches), "{batches} batches");
+    assert_eq!(late.dag().len(), a.dag().len());
+    assert_eq!(late.history(), a.history());
+}
+
+#[test]
+fn forged_entries_cannot_crowd_out_entries_waiting_for_parents() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let (mut a, mut b, _) = trio(&mut rng);
+    let heads: Vec<_> = a.dag().heads().iter().copied().collect();
+    for i in 0..super::dag::HELD_FOR_KEYS_MAX as u64 {
+        let op = Op::Message { nonce: [0; 12], ciphertext: vec![0; 16] };
+        let forged = Entry::sign(a.id(), "bob", heads.clone(), 1, i, op, &keys("mallory")).unwrap();
+        assert_eq!(b.receive(&forged.encode()), Err(Refused::BadSignature("bob".into())));
+    }
+    let op = Op::Message { nonce: [0; 12], ciphertext: vec![0; 16] };
+    let one_more = Entry::sign(a.id(), "bob", heads, 1, 9_999, op, &keys("mallory")).unwrap();
+    assert_eq!(b.receive(&one_more.encode()), Err(Refused::HeldForKeysFull));
+    let m1 = a.send("one", 70_000, &mut rng).unwrap();
+    let m2 = a.send("two", 70_001, &mut rng).unwrap();
+    assert!(matches!(b.receive(&m2), Ok(Inserted::MissingParents(_))));
+    assert_eq!(b.receive(&m1), Ok(Inserted::Accepted { released: 1 }));
+    assert_eq!(b.history(), a.history());
 }
