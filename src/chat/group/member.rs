@@ -24,6 +24,9 @@ pub enum GroupError {
     /// The target is already (or is not) a member, or cannot be removed.
     #[error("{0}")]
     Target(&'static str),
+    /// The epoch counter is exhausted (only after billions of epochs).
+    #[error("no epoch is left")]
+    EpochsExhausted,
     /// No key of the current epoch has reached this member yet.
     #[error("no key for epoch {0} yet")]
     NoKey(u32),
@@ -274,7 +277,7 @@ impl Group {
 
     /// Starts a new epoch: a fresh key sealed to every member.
     fn new_epoch(&mut self, now_ms: u64, rng: &mut impl rand::Rng) -> Result<Vec<Vec<u8>>, GroupError> {
-        let epoch = self.state().epoch + 1;
+        let epoch = self.state().epoch.checked_add(1).ok_or(GroupError::EpochsExhausted)?;
         let key: [u8; 32] = random(rng);
         let to: Vec<(String, UserPublicKeys)> = self.state().members.iter().map(|(m, k)| (m.clone(), *k)).collect();
         self.key_pages(epoch, &key, &to, now_ms, rng)

@@ -27,7 +27,14 @@ pub enum Exclusion {
     Forbidden,
     /// A second Create, or an entry before any Create.
     NoRoot,
+    /// A Rekey more than [`EPOCH_JUMP_MAX`] epochs ahead (epochs are not to run out).
+    EpochJump,
 }
+
+/// Most epochs one Rekey may move ahead. One is the rule; more happens when a page's
+/// author built on an epoch whose own page the fold excluded (its author was removed
+/// concurrently).
+pub const EPOCH_JUMP_MAX: u32 = 64;
 
 /// The group as the fold left it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -130,6 +137,9 @@ impl State {
                 }
             }
             Op::Rekey { epoch, sealed } => {
+                if u64::from(*epoch) > u64::from(self.epoch) + u64::from(EPOCH_JUMP_MAX) {
+                    return Err(Exclusion::EpochJump);
+                }
                 let names = sealed.iter().map(|(m, _)| m.clone());
                 if *epoch > self.epoch {
                     self.epoch = *epoch;

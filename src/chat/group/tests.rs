@@ -499,3 +499,23 @@ fn forged_entries_cannot_crowd_out_entries_waiting_for_parents() {
     assert_eq!(b.receive(&m1), Ok(Inserted::Accepted { released: 1 }));
     assert_eq!(b.history(), a.history());
 }
+
+#[test]
+fn a_rekey_far_ahead_is_kept_out_so_epochs_do_not_run_out() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let (mut a, mut b, _) = trio(&mut rng);
+    let heads: Vec<_> = b.dag().heads().iter().copied().collect();
+    let sealed = keys("bob").public().seal(&super::log::key_seal_aad(&b.id(), u32::MAX, "bob"), &[5; 32]).unwrap();
+    let op = Op::Rekey { epoch: u32::MAX, sealed: vec![("bob".into(), sealed)] };
+    let far = Entry::sign(b.id(), "bob", heads, 1, 80_000, op, &keys("bob")).unwrap();
+    assert!(matches!(a.receive(&far.encode()), Ok(Inserted::Accepted { .. })));
+    assert!(a.state().excluded.contains(&(far.hash(), Exclusion::EpochJump)));
+    assert_eq!(a.state().epoch, 1);
+    let out = a.remove("carol", 80_001, &mut rng).unwrap();
+    assert_eq!(a.state().epoch, 2);
+    deliver(&mut b, &[far.encode()]);
+    deliver(&mut b, &out);
+    let m = a.send("still epoch two", 80_002, &mut rng).unwrap();
+    deliver(&mut b, &[m]);
+    assert_eq!(b.history().last().unwrap().text.as_deref(), Some("still epoch two"));
+}
