@@ -33,7 +33,10 @@ pub enum GroupError {
     /// The entry would not fit.
     #[error(transparent)]
     Encode(#[from] EncodeError),
-    /// Our own entry was not accepted (a bug: the DAG refuses what we wrote).
+    /// Our own entry was held or a duplicate, not taken in.
+    #[error("own entry not taken in")]
+    NotTakenIn,
+    /// Our own entry was refused (the log announced other keys for us).
     #[error("own entry refused: {0}")]
     Own(#[from] Refused),
 }
@@ -190,7 +193,9 @@ impl Group {
         let bytes = e.encode();
         match self.dag.insert(e)? {
             Inserted::Accepted { .. } => {}
-            other => unreachable!("own entry below own heads must be accepted, got {other:?}"),
+            // Below our own heads, so only an author the log has no keys for (or an
+            // identical entry written twice) lands here.
+            _ => return Err(GroupError::NotTakenIn),
         }
         self.state = None;
         Ok(bytes)
