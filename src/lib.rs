@@ -16,7 +16,7 @@
 //! - [`index`] — the Global Index as plain logic: slots, signed entries, lookups.
 //! - [`buddy`] — buddy lists: contact ids, sealed records, signed operations, notices.
 //! - [`call`] — calls as plain logic: the state machine, invites, sealed signals.
-//! - [`chat`] — chat as plain logic: sealed, signed messages and a device's history.
+//! - [`chat`] — chat as plain logic: sealed, signed messages, a device's history, groups.
 //! - [`net`] — length-prefixed frames over TCP, shared by every role.
 //! - [`config`] — figment layering and validation with key names.
 //! - [`telemetry`] — tracing and the Prometheus exporter.

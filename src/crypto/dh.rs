@@ -23,6 +23,14 @@ impl Secret {
         Self(agreement::PrivateKey::generate(&agreement::X25519).expect("X25519 key generation"))
     }
 
+    /// A secret from 32 bytes the caller drew (a seeded generator in plain logic; any 32
+    /// bytes are an X25519 key, clamped by the agreement).
+    pub fn from_bytes(bytes: &[u8; 32]) -> Self {
+        Self(
+            agreement::PrivateKey::from_private_key(&agreement::X25519, bytes).expect("any 32 bytes are an X25519 key"),
+        )
+    }
+
     /// Its public key.
     pub fn public(&self) -> [u8; 32] {
         let p = self.0.compute_public_key().expect("X25519 public key");
@@ -66,6 +74,16 @@ impl Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_from_bytes_is_the_same_secret_each_time() {
+        let (a, b) = (Secret::from_bytes(&[7; 32]), Secret::from_bytes(&[7; 32]));
+        assert_eq!(a.public(), b.public());
+        assert_ne!(a.public(), Secret::from_bytes(&[8; 32]).public());
+        let peer = Secret::generate();
+        let k = a.agree(&peer.public(), b"", b"s", &[b"i"]).unwrap();
+        assert_eq!(k, peer.agree(&b.public(), b"", b"s", &[b"i"]).unwrap());
+    }
 
     #[test]
     fn both_sides_agree_and_every_input_matters() {
