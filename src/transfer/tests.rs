@@ -445,3 +445,92 @@ fn over_a_relay_capped_path_it_fills_the_cap_without_flooding_it() {
     assert!(goodput >= 0.7 * rate as f64, "the cap is used");
     assert!(dropped <= 0.05, "the queue overflows for {:.1}% of datagrams", dropped * 100.0);
 }
+
+/// Runs a sender against a bare QUIC client that writes `make(id)` on the stream, on a
+/// lossless 5 ms path, until the sender has an outcome.
+fn sender_against_raw_client(make: impl Fn(TransferId) -> Vec<u8>, seed: u64) -> (Sender, Duration) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let s = setup(200_000, &mut rng);
+    let bytes = make(SendState::open(&s.send_dir).unwrap().id());
+    let start = Instant::now();
+    let mut now = start;
+    let mut link = Link::new(Duration::from_millis(5), 0.0, None, seed);
+    let mut sender = start_sender(&s, &mut rng);
+    let mut client = super::conn::QuicConn::client(s.fingerprint, now, &mut rng).unwrap();
+    let mut stream = None;
+    let mut written = 0;
+    while sender.outcome().is_none() {
+        assert!(now - start < Duration::from_secs(60), "the sender never decided");
+        while let Some(d) = sender.poll_transmit(now) {
+            link.send(0, now, &d);
+        }
+        while let Some(ev) = client.poll_event() {
+            if matches!(ev, quinn_proto::Event::Connected) {
+                stream = client.connection().and_then(|c| c.streams().open(quinn_proto::Dir::Bi));
+            }
+        }
+        if let (Some(id), Some(c)) = (stream, client.connection()) {
+            while written < bytes.len() {
+                match c.send_stream(id).write(&bytes[written..]) {
+                    Ok(n) => written += n,
+                    Err(_) => break,
+                }
+            }
+        }
+        while let Some(d) = client.poll_transmit(now) {
+            link.send(1, now, &d);
+        }
+        let next =
+            [link.next_arrival(), sender.poll_timeout(), client.poll_timeout()].into_iter().flatten().min().unwrap();
+        now = now.max(next);
+        while let Some(d) = link.arrive(0, now) {
+            client.handle_datagram(now, &d);
+        }
+        while let Some(d) = link.arrive(1, now) {
+            sender.handle_datagram(now, &d);
+        }
+        if sender.poll_timeout().is_some_and(|t| t <= now) {
+            sender.handle_timeout(now);
+        }
+        if client.poll_timeout().is_some_and(|t| t <= now) {
+            client.handle_timeout(now);
+        }
+    }
+    (sender, now - start)
+}
+
+/// Builds what a bare client writes, from the transfer's id.
+type MakeRequest = Box<dyn Fn(TransferId) -> Vec<u8>>;
+
+#[test]
+fn a_malformed_request_is_refused_at_once_and_no_chunk_goes_out() {
+    use super::frames::{FrameError, Request, encode_request};
+    fn request(id: TransferId) -> Vec<u8> {
+        encode_request(&Request { id, held: None })
+    }
+    let cases: [(MakeRequest, &str); 4] = [
+        (Box::new(|_| b"GET / HTTP/1.1\r\n\r\n".to_vec()), "bad magic"),
+        (Box::new(|_| request(TransferId([0; 16]))), "unknown transfer"),
+        (Box::new(move |id| [request(id), vec![7; 100]].concat()), "junk after the request"),
+        (
+            Box::new(|id| {
+                let mut held = super::bitmap::ChunkBitmap::new(1000);
+                held.set(0);
+                encode_request(&Request { id, held: Some(held) })
+            }),
+            "a bitmap for another file",
+        ),
+    ];
+    for (seed, (make, what)) in cases.into_iter().enumerate() {
+        let (sender, took) = sender_against_raw_client(make, 31 + seed as u64);
+        match (what, sender.outcome()) {
+            ("bad magic", Some(Err(TransferError::Protocol(FrameError::BadMagic))))
+            | ("unknown transfer", Some(Err(TransferError::BadRequest(_))))
+            | ("junk after the request", Some(Err(TransferError::Protocol(FrameError::Unexpected(7)))))
+            | ("a bitmap for another file", Some(Err(TransferError::BadRequest(_)))) => {}
+            (_, other) => panic!("{what}: got {other:?}"),
+        }
+        assert_eq!(sender.sent_chunks().count(), 0, "{what}");
+        assert!(took < Duration::from_secs(2), "{what}: refused at once, not by a timeout ({took:?})");
+    }
+}
