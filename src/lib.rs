@@ -17,6 +17,8 @@
 //! - [`buddy`] — buddy lists: contact ids, sealed records, signed operations, notices.
 //! - [`call`] — calls as plain logic: the state machine, invites, sealed signals.
 //! - [`chat`] — chat as plain logic: sealed, signed messages, a device's history, groups.
+//! - [`transfer`] — file transfer as plain logic over QUIC (quinn-proto): manifest,
+//!   resumable state in the home folder, the pinned-certificate connection, both sides.
 //! - [`net`] — length-prefixed frames over TCP, shared by every role.
 //! - [`config`] — figment layering and validation with key names.
 //! - [`telemetry`] — tracing and the Prometheus exporter.
@@ -51,6 +53,7 @@ pub mod network;
 pub mod relay;
 pub mod supernode;
 pub mod telemetry;
+pub mod transfer;
 pub mod wire;
 
 /// This build's software version, advertised in Hello and compared with the login
