@@ -144,6 +144,11 @@ impl Session {
         true
     }
 
+    /// What the chat has received, refused and sent so far.
+    pub fn chat_stats(&self) -> crate::host::core::chat::ChatStats {
+        self.shell.read(|c| c.chat_stats())
+    }
+
     /// Tells `from` we read these of their messages (receipts, through the store).
     pub async fn read_chat(&mut self, from: &str, ids: Vec<[u8; 16]>) {
         let _ = self.run(Command::ReadChat { from: from.to_owned(), ids }).await;

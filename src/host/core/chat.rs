@@ -86,6 +86,13 @@ pub enum ChatEffect {
     },
 }
 
+impl ChatEffect {
+    /// Whether the shell answers it (the core remembers who waits only for those).
+    pub fn answers(&self) -> bool {
+        !matches!(self, ChatEffect::Sent { .. })
+    }
+}
+
 /// What the shell reports back for an effect that asks for an answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChatEffectResult {
@@ -500,14 +507,19 @@ impl ChatCore {
         }
     }
 
-    fn record(&mut self, _now: Now, id: MailId, message: Message) {
+    fn record(&mut self, now: Now, id: MailId, message: Message) {
         let from_me = message.inner.from.eq_ignore_ascii_case(&self.cfg.me);
+        if from_me && message.inner.from_device == self.cfg.device {
+            // Our own copy of what this device sent: the history has it under the id
+            // receipts name (written when the store took it), so only the store hears.
+            self.ack(now, id);
+            return;
+        }
         let wants_receipt = !from_me && !matches!(message.inner.body, Body::Receipt { .. });
         let receipt_to = wants_receipt.then(|| message.inner.from.clone());
         let tag = self.tag();
         self.effects_out.insert(tag, EffectFor::Record(Box::new(message.clone()), receipt_to));
         self.effects.push_back((tag, ChatEffect::Record { message }));
-        let _ = id;
     }
 
     /// A message that cannot be opened is not for us or is broken: the store may forget it

@@ -931,7 +931,11 @@ impl HostCore {
             return;
         }
         // Only what answers is remembered: the rest would never leave the table.
-        let answers = matches!(e, Effect::LocalIpToward(_) | Effect::OpenProbeSockets { .. } | Effect::Login(_));
+        let answers = match &e {
+            Effect::LocalIpToward(_) | Effect::OpenProbeSockets { .. } | Effect::Login(_) => true,
+            Effect::Chat(c) => c.answers(),
+            _ => false,
+        };
         if let Some(o) = owner.filter(|_| answers) {
             self.effects_owned.insert(id, o);
         }

@@ -368,10 +368,17 @@ impl FakeSupernode {
                     expires_at_ms: now_ms + 30 * 86_400_000,
                     sealed: m.sealed,
                 };
+                let push = (mail.to.clone(), mail.sealed.clone());
                 let code = match ctx.index.mail().store(now_ms, mail) {
                     crate::index::mail::Stored::Refused(_) => ErrorCode::OverQuota.code(),
                     _ => 0,
                 };
+                // Stored, then pushed to the recipient's session as the real node does
+                // (a hint: a device that misses it fetches the message).
+                if let (0, Some(node)) = (code, ctx.index.located.get(&push.0)) {
+                    let body = crate::buddy::Notice::Chat { sealed: push.1 }.encode();
+                    ctx.notices.push((node.clone(), push.0, body));
+                }
                 let r = MailSubmitReply { req: m.req, code, replicas: u8::from(code == 0), pushed: 0 };
                 vec![reply(s, MessageKind::MailSubmitReply, &r.encode())]
             }

@@ -500,3 +500,61 @@ fn a_cone_calls_a_symmetric_nat_through_the_extra_sockets() {
     let (opened, took_in) = w.core_host(carol).probe_sockets;
     assert!(opened > 0 && took_in > 0, "carol opened {opened} extra sockets, which took in {took_in}");
 }
+
+/// Two hosts online on two super nodes, buddies of each other.
+fn two_online(seed: u64) -> (World, NodeId, NodeId) {
+    let mut w = World::new(seed);
+    supernodes(&mut w, &["sn-a", "sn-b"]);
+    let alice = host(&mut w, 0, vec![entry("sn-a", sn(1))], login(0, 0, &["bob"]));
+    let bob = host(&mut w, 1, vec![entry("sn-b", sn(2))], login(1, 0, &["alice"]));
+    assert!(run_until_true(&mut w, secs(5.0), |w| {
+        [(alice, "bob"), (bob, "alice")].iter().all(|(h, other)| {
+            w.core_host(*h).saw(|e| matches!(e, Event::Presence { user, status: Status::Online, .. } if user == other))
+        })
+    }));
+    (w, alice, bob)
+}
+
+#[test]
+fn a_chat_message_reaches_an_online_buddy_within_a_second_and_its_receipt_comes_back() {
+    let (mut w, alice, bob) = two_online(5);
+    let sent_at = w.now;
+    let op = w.core_command(alice, Command::SendChat { to: "bob".into(), text: "hello bob".into() });
+    assert!(run_until_true(&mut w, secs(3.0), |w| done(w, alice, op)), "the send completes");
+    let Some(Ok(Done::Chat(sent))) = w.core_host(alice).result(op) else {
+        panic!("{:?}", w.core_host(alice).result(op))
+    };
+    let sent = sent.clone();
+    assert_eq!(sent.to, "bob");
+    let arrived = |w: &World| {
+        w.core_host(bob).saw(|e| matches!(e, Event::Chat { from, text, .. } if from == "alice" && text == "hello bob"))
+    };
+    assert!(run_until_true(&mut w, secs(1.0), arrived), "pushed to bob within a second");
+    assert!(w.now - sent_at < secs(1.0), "{:?}", w.now - sent_at);
+    // Bob's device wrote it before telling anyone; its receipt moves alice's copy on.
+    let delivered = |w: &mut World| {
+        w.core_host_mut(alice).history().status(sent.id).unwrap() == Some(crate::chat::history::Status::Delivered)
+    };
+    let end = w.now + secs(2.0);
+    while !delivered(&mut w) && w.step(end) {}
+    assert!(
+        delivered(&mut w),
+        "the delivery receipt reached alice: {:?} {:?} {:?}",
+        w.core_host(alice).core.chat_stats(),
+        w.core_host(bob).core.chat_stats(),
+        w.core_host_mut(alice).history().status(sent.id)
+    );
+    // Once in bob's history, however many fetches follow (the store kept it until acked).
+    w.core_command(bob, Command::FetchChat);
+    w.run_until(w.now + secs(2.0));
+    let texts: Vec<_> = w
+        .core_host_mut(bob)
+        .history()
+        .history(&crate::chat::message::Conversation::User("alice".into()), 10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(texts, vec![crate::chat::message::Body::Text { text: "hello bob".into() }]);
+    assert_eq!(w.core_host(bob).core.chat_stats().received, 1, "{:?}", w.core_host(bob).core.chat_stats());
+}

@@ -1,0 +1,162 @@
+//! Chat end to end on loopback: a login server and three super nodes, every one a replica
+//! of every slot. Messages are stored at the recipient's slot and reach each of the
+//! recipient's devices exactly once, online within a second, offline at the next login,
+//! with a replica killed in between and the sender gone.
+
+mod common;
+
+use confab::chat::history::{History, Status as Delivery};
+use confab::chat::message::{Body, Conversation};
+use confab::host::Session;
+use confab::host::buddies::Event;
+use confab::host::core::chat::SendStatus;
+use std::time::{Duration, Instant};
+
+const PW: &str = "correct horse battery";
+
+/// Device `n`'s home folder for `user`, with a key of its own (`host-<n>`: each device
+/// of a user is a different device to the store).
+fn home(t: &common::TestNet, user: &str, n: usize) -> confab::host::home::Home {
+    let home = t.home(&format!("{user}-{n}"));
+    let key = common::fixtures().join(format!("host-{}.key.pem", n % 3));
+    std::fs::copy(key, home.dir().join("host.key.pem")).unwrap();
+    home
+}
+
+async fn host(t: &common::TestNet, user: &str, n: usize, register: bool) -> Session {
+    let mut s = t.settings();
+    let len = s.ladder.bootstrap.len();
+    s.ladder.bootstrap.rotate_left(n % len);
+    let home = home(t, user, n);
+    if register {
+        confab::host::register(&s, &home, user, PW).await.unwrap();
+    }
+    confab::host::login(&s, &home, user, PW).await.unwrap()
+}
+
+/// The texts in `user`'s history on device `n`, with `peer`.
+fn texts(t: &common::TestNet, user: &str, n: usize, peer: &str) -> Vec<(String, String)> {
+    let home = home(t, user, n);
+    let h = History::open(&home.chat_history_path(user)).unwrap();
+    h.history(&Conversation::User(peer.into()), 100)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.body {
+            Body::Text { text } => Some((r.from, text)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs a test's body, failing it (rather than hanging CI) if it takes over `limit`.
+async fn bounded(limit: Duration, body: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(limit, body).await.is_err() {
+        panic!("the test did not finish within {limit:?}");
+    }
+}
+
+#[actix_rt::test]
+async fn offline_messages_reach_every_device_once_with_a_replica_killed_and_the_sender_gone() {
+    bounded(Duration::from_secs(150), offline_messages()).await;
+}
+
+async fn offline_messages() {
+    let t = common::start(3, |c| {
+        c.supernode.probe_period_ms = 200;
+        c.supernode.index.anti_entropy_secs = 1;
+    })
+    .await;
+    t.converge(3).await;
+    // Bob has two devices; both have logged in once, so the store waits for both.
+    let bob1 = host(&t, "bob", 0, true).await;
+    bob1.logout().await;
+    let bob2 = host(&t, "bob", 1, false).await;
+    bob2.logout().await;
+
+    // Alice writes while bob is away, then goes away herself.
+    let mut alice = host(&t, "alice", 2, true).await;
+    let before = t.metric(&t.metrics().await, "confab_mail_messages_total", &["outcome=\"stored\""]);
+    let first = alice.send_chat("bob", "are you there?").await.unwrap();
+    assert_eq!(first.status, SendStatus::Stored);
+    let second = alice.send_chat("bob", "call me when you are back").await.unwrap();
+    assert!(alice.wait_chat_idle(Duration::from_secs(10)).await, "alice's copies and lookups settle");
+    alice.logout().await;
+    let after = t.metric(&t.metrics().await, "confab_mail_messages_total", &["outcome=\"stored\""]);
+    assert!(after - before >= 2.0, "two messages stored (and alice's own copies): {before} → {after}");
+
+    // A replica dies between the send and the read; bob logs in elsewhere.
+    t.net.kill_node(2);
+    let mut bob1 = host(&t, "bob", 0, false).await;
+    assert!(bob1.settle_chat(Duration::from_secs(15)).await, "bob's first device settles");
+    let want = vec![
+        ("alice".to_string(), "are you there?".to_string()),
+        ("alice".to_string(), "call me when you are back".to_string()),
+    ];
+    assert_eq!(texts(&t, "bob", 0, "alice"), want, "in order, once each: {:?}", bob1.chat_stats());
+    // Fetching again brings nothing new: acknowledged, or dropped as a repeat.
+    assert!(bob1.settle_chat(Duration::from_secs(10)).await);
+    assert_eq!(texts(&t, "bob", 0, "alice"), want);
+    bob1.logout().await;
+
+    // His second device gets the same history.
+    let mut bob2 = host(&t, "bob", 1, false).await;
+    assert!(bob2.settle_chat(Duration::from_secs(15)).await, "bob's second device settles");
+    assert_eq!(texts(&t, "bob", 1, "alice"), want, "{:?}", bob2.chat_stats());
+    bob2.logout().await;
+
+    // Alice's device learns both were delivered (bob's receipts waited in the store).
+    let mut alice = host(&t, "alice", 2, false).await;
+    let home = home(&t, "alice", 2);
+    let h = History::open(&home.chat_history_path("alice")).unwrap();
+    common::wait_for("bob's delivery receipts at alice", Duration::from_secs(15), async || {
+        alice.settle_chat(Duration::from_secs(5)).await;
+        [first.id, second.id].iter().all(|id| h.status(*id).unwrap().is_some_and(|s| s >= Delivery::Delivered))
+    })
+    .await;
+    alice.logout().await;
+    t.net.stop().await;
+}
+
+#[actix_rt::test]
+async fn online_messages_arrive_within_a_second_and_the_sender_learns_they_were_delivered() {
+    bounded(Duration::from_secs(90), online_messages()).await;
+}
+
+async fn online_messages() {
+    let t = common::start(3, |c| {
+        c.supernode.probe_period_ms = 200;
+        c.supernode.index.anti_entropy_secs = 1;
+    })
+    .await;
+    t.converge(3).await;
+    let mut alice = host(&t, "alice", 0, true).await;
+    let mut bob = host(&t, "bob", 1, true).await;
+    assert_ne!(alice.report.supernode, bob.report.supernode, "the test wants messages to cross super nodes");
+    let mut took = Vec::new();
+    for i in 0..5 {
+        let text = format!("message {i}");
+        let started = Instant::now();
+        alice.send_chat("bob", &text).await.unwrap();
+        common::expect_event(
+            &mut bob,
+            Duration::from_secs(1),
+            "the message",
+            |e| matches!(e, Event::Chat { from, text: got, .. } if from == "alice" && *got == text),
+        )
+        .await;
+        took.push(started.elapsed());
+    }
+    took.sort();
+    eprintln!("online delivery: median {:?}, worst {:?}", took[2], took[4]);
+    let h = History::open(&home(&t, "alice", 0).chat_history_path("alice")).unwrap();
+    let sent = h.history(&Conversation::User("bob".into()), 10).unwrap();
+    assert_eq!(sent.len(), 5);
+    common::wait_for("bob's receipts at alice", Duration::from_secs(5), async || {
+        alice.settle_chat(Duration::from_secs(1)).await;
+        sent.iter().all(|r| h.status(r.id).unwrap().is_some_and(|s| s >= Delivery::Delivered))
+    })
+    .await;
+    alice.logout().await;
+    bob.logout().await;
+    t.net.stop().await;
+}
