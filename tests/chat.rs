@@ -48,6 +48,20 @@ fn texts(t: &common::TestNet, user: &str, n: usize, peer: &str) -> Vec<(String, 
         .collect()
 }
 
+/// `a` asks `b` to be buddies and `b` agrees (messages between strangers are requests,
+/// and get no receipts).
+async fn befriend(a: &mut Session, a_name: &str, b: &mut Session, b_name: &str) {
+    a.add_buddy(b_name, "").await.unwrap();
+    common::expect_event(
+        b,
+        Duration::from_secs(2),
+        "the buddy request",
+        |e| matches!(e, Event::Request { from, .. } if from == a_name),
+    )
+    .await;
+    b.answer_buddy(a_name, true).await.unwrap();
+}
+
 /// Runs a test's body, failing it (rather than hanging CI) if it takes over `limit`.
 async fn bounded(limit: Duration, body: impl std::future::Future<Output = ()>) {
     if tokio::time::timeout(limit, body).await.is_err() {
@@ -67,14 +81,16 @@ async fn offline_messages() {
     })
     .await;
     t.converge(3).await;
-    // Bob has two devices; both have logged in once, so the store waits for both.
-    let bob1 = host(&t, "bob", 0, true).await;
+    // Alice and bob are buddies. Bob has two devices; both have logged in once, so the
+    // store waits for both.
+    let mut bob1 = host(&t, "bob", 0, true).await;
+    let mut alice = host(&t, "alice", 2, true).await;
+    befriend(&mut alice, "alice", &mut bob1, "bob").await;
     bob1.logout().await;
     let bob2 = host(&t, "bob", 1, false).await;
     bob2.logout().await;
 
     // Alice writes while bob is away, then goes away herself.
-    let mut alice = host(&t, "alice", 2, true).await;
     let before = t.metric(&t.metrics().await, "confab_mail_messages_total", &["outcome=\"stored\""]);
     let first = alice.send_chat("bob", "are you there?").await.unwrap();
     assert_eq!(first.status, SendStatus::Stored);
@@ -132,6 +148,7 @@ async fn online_messages() {
     let mut alice = host(&t, "alice", 0, true).await;
     let mut bob = host(&t, "bob", 1, true).await;
     assert_ne!(alice.report.supernode, bob.report.supernode, "the test wants messages to cross super nodes");
+    befriend(&mut alice, "alice", &mut bob, "bob").await;
     let mut took = Vec::new();
     for i in 0..5 {
         let text = format!("message {i}");

@@ -315,6 +315,57 @@ fn buddy_lists_from_the_command_line() {
 }
 
 #[test]
+fn chat_from_the_command_line_stores_reads_once_and_marks_strangers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (ann, ben, cat) = (dir.path().join("ann"), dir.path().join("ben"), dir.path().join("cat"));
+    let (mut net, _) = up(&data);
+    let json = |out: std::process::Output| -> serde_json::Value {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    for (home, user) in [(&ann, "ann"), (&ben, "ben"), (&cat, "cat")] {
+        json(host(&data, home, &["register", user, "--json"]));
+    }
+    json(host(&data, &ann, &["buddy", "--as", "ann", "add", "ben", "--json"]));
+    json(host(&data, &ben, &["buddy", "--as", "ben", "accept", "ann", "--json"]));
+
+    // Ben is offline: both messages are stored; one is from a stranger.
+    let sent = json(host(&data, &ann, &["chat", "--as", "ann", "send", "ben", "dinner at eight?", "--json"]));
+    assert_eq!((sent["to"].as_str(), sent["status"].as_str()), (Some("ben"), Some("stored")), "{sent}");
+    assert_eq!(sent["id"].as_str().map(str::len), Some(32));
+    let from_cat = json(host(&data, &cat, &["chat", "--as", "cat", "send", "ben", "buy my course", "--json"]));
+    assert_eq!(from_cat["status"], "stored", "{from_cat}");
+
+    let read = json(host(&data, &ben, &["chat", "--as", "ben", "read", "--json"]));
+    let got: Vec<(&str, &str, bool)> = read["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["from"].as_str().unwrap(), m["text"].as_str().unwrap(), m["request"].as_bool().unwrap()))
+        .collect();
+    let mut got = got;
+    got.sort();
+    assert_eq!(got, vec![("ann", "dinner at eight?", false), ("cat", "buy my course", true)], "{read}");
+    assert_eq!(read["messages"][0]["to"], "ben");
+    // Read once: the next read has nothing new.
+    let again = json(host(&data, &ben, &["chat", "--as", "ben", "read", "--json"]));
+    assert_eq!(again["messages"].as_array().map(Vec::len), Some(0), "{again}");
+    // Ann's history (read from her device, without logging in) says what she sent; ben's
+    // receipts wait in the store for her next login.
+    let h = json(host(&data, &ann, &["chat", "--as", "ann", "history", "ben", "--json"]));
+    assert_eq!(h["messages"][0]["text"], "dinner at eight?", "{h}");
+    assert_eq!((h["messages"][0]["from"].as_str(), h["messages"][0]["status"].as_str()), (Some("ann"), Some("stored")));
+    // Her next command picks them up: the message was read.
+    json(host(&data, &ann, &["chat", "--as", "ann", "read", "--json"]));
+    let h = json(host(&data, &ann, &["chat", "--as", "ann", "history", "ben", "--json"]));
+    assert_eq!(h["messages"][0]["status"], "read", "{h}");
+
+    net.kill().unwrap();
+    net.wait().unwrap();
+}
+
+#[test]
 fn a_call_from_the_command_line_plays_and_records_wav() {
     use confab::call::audio;
     let dir = tempfile::tempdir().unwrap();

@@ -567,8 +567,9 @@ fn show(e: &host::buddies::Event, json: bool) {
         println!("{}", serde_json::to_string(e).unwrap_or_default());
         return;
     }
-    if let Event::Chat { from, to, text, .. } = e {
-        say!("{from} → {to}: {text}");
+    if let Event::Chat { from, to, text, request, .. } = e {
+        let request = if *request { "  (message request: not a buddy)" } else { "" };
+        say!("{from} → {to}: {text}{request}");
     }
     if let Event::Call { peer, state, .. } = e {
         match state {
@@ -682,8 +683,9 @@ const CHAT_SETTLE: Duration = Duration::from_secs(10);
 /// How long `chat send` waits for the recipient's delivery receipt before saying "stored".
 const CHAT_RECEIPT_WAIT: Duration = Duration::from_secs(3);
 
-/// One history row as printed.
-fn chat_row(r: &confab::chat::history::Row, me: &str) -> serde_json::Value {
+/// One history row as printed; `buddies` are the authorized buddies (lowercase), when
+/// known: a received message from anyone else is a message request.
+fn chat_row(r: &confab::chat::history::Row, me: &str, buddies: Option<&[String]>) -> serde_json::Value {
     use confab::chat::message::{Body, Conversation};
     let text = match &r.body {
         Body::Text { text } => text.clone(),
@@ -694,14 +696,21 @@ fn chat_row(r: &confab::chat::history::Row, me: &str) -> serde_json::Value {
         Conversation::Group(g) => (String::new(), Some(hex::encode(g))),
     };
     let to = if r.from == me { peer } else { me.to_owned() };
-    serde_json::json!({
+    let mut row = serde_json::json!({
         "id": hex::encode(r.id),
         "from": r.from,
         "to": to,
         "text": text,
         "sent_at": r.sent_at_ms,
         "group": group,
-    })
+    });
+    if let confab::chat::history::Side::Sent { status } = r.side {
+        row["status"] = status.label().into();
+    }
+    if let Some(b) = buddies {
+        row["request"] = (r.from != me && !b.contains(&r.from)).into();
+    }
+    row
 }
 
 async fn chat(
@@ -718,7 +727,7 @@ async fn chat(
     if let ChatAction::History { whom, limit } = action {
         let h = History::open(&history_path).with_context(|| format!("chat history {}", history_path.display()))?;
         let rows = h.history(&Conversation::User(whom.to_ascii_lowercase()), *limit)?;
-        let messages: Vec<_> = rows.iter().map(|r| chat_row(r, &me)).collect();
+        let messages: Vec<_> = rows.iter().map(|r| chat_row(r, &me, None)).collect();
         print_messages(json, &messages);
         return Ok(ExitCode::SUCCESS);
     }
@@ -764,7 +773,13 @@ async fn chat(
             }
             let mut h = History::open(&history_path)?;
             let rows = h.unread()?;
-            let messages: Vec<_> = rows.iter().map(|r| chat_row(r, &me)).collect();
+            let buddies: Vec<String> = session
+                .buddies()
+                .into_iter()
+                .filter(|b| b.relation == confab::buddy::op::Relation::Authorized)
+                .map(|b| b.user.to_ascii_lowercase())
+                .collect();
+            let messages: Vec<_> = rows.iter().map(|r| chat_row(r, &me, Some(&buddies))).collect();
             print_messages(json, &messages);
             let ids: Vec<[u8; 16]> = rows.iter().map(|r| r.id).collect();
             h.mark_read(&ids)?;
@@ -797,8 +812,9 @@ fn print_messages(json: bool, messages: &[serde_json::Value]) {
         let when = humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + Duration::from_millis(m["sent_at"].as_u64().unwrap_or(0)),
         );
+        let request = if m["request"].as_bool() == Some(true) { "  (message request: not a buddy)" } else { "" };
         say!(
-            "{when}  {} → {}: {}",
+            "{when}  {} → {}: {}{request}",
             m["from"].as_str().unwrap_or(""),
             m["to"].as_str().unwrap_or(""),
             m["text"].as_str().unwrap_or("")

@@ -128,6 +128,10 @@ pub enum Event {
         sent_at: u64,
         /// The group's id (hex), for a group message.
         group: Option<String>,
+        /// From someone who is not an authorized buddy: a message request (add them as a
+        /// buddy to answer; until then they get no receipts).
+        #[serde(default)]
+        request: bool,
     },
     /// A call changed state (incoming calls start in `ringing`).
     Call {
@@ -158,13 +162,21 @@ pub(crate) const REJOIN_PAUSE: Duration = Duration::from_secs(5);
 pub struct BuddyBook {
     contacts: BTreeMap<String, Buddy>,
     requests: Vec<Incoming>,
+    /// Bumped whenever a contact or its relation may have changed.
+    revision: u64,
 }
 
 impl BuddyBook {
+    /// A number that changes whenever the contacts or their relations may have.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
     /// Rebuilds the contacts from the login server's rows, keeping presence already
     /// known; returns the changes of relation (for events) and how many rows did not
     /// open (sealed under another password: the password was changed, or the row is damaged).
     pub fn load(&mut self, owner: &str, key: &ListKey, rows: &[Row]) -> (Vec<(String, Relation)>, usize) {
+        self.revision += 1;
         let mut fresh = BTreeMap::new();
         let mut unreadable = 0;
         let mut changed = Vec::new();
@@ -197,6 +209,7 @@ impl BuddyBook {
 
     /// Records (or updates) a contact after an operation of ours.
     pub fn set(&mut self, user: &str, relation: Relation) {
+        self.revision += 1;
         let e = self.contacts.entry(user.to_ascii_lowercase()).or_insert_with(|| Buddy {
             user: user.to_owned(),
             relation,
@@ -213,6 +226,7 @@ impl BuddyBook {
 
     /// Forgets a contact.
     pub fn remove(&mut self, user: &str) {
+        self.revision += 1;
         self.contacts.remove(&user.to_ascii_lowercase());
     }
 

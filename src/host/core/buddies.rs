@@ -335,6 +335,11 @@ impl BuddiesCore {
         self.book.contacts()
     }
 
+    /// A number that changes whenever the contacts or their relations may have.
+    pub fn list_revision(&self) -> u64 {
+        self.book.revision()
+    }
+
     /// Requests waiting for our answer.
     pub fn buddy_requests(&self) -> Vec<Incoming> {
         self.book.requests().to_vec()

@@ -14,6 +14,7 @@
 
 use super::Now;
 use super::pending::{Answer, OpResult, Request};
+use crate::buddy::op::Relation;
 use crate::chat::message::{self, Body, Conversation, Inner, Message, ReceiptKind, Sealed, Unverified, own_copy_id};
 use crate::crypto::TrustedKeys;
 use crate::crypto::user::{DeviceId, UserKeys, UserPublicKeys};
@@ -111,6 +112,9 @@ pub enum ChatEvent {
         id: MailId,
         /// The message.
         message: Box<Message>,
+        /// From someone who is not an authorized buddy: a message request, answered by
+        /// adding them as a buddy (no receipts go back until then).
+        request: bool,
     },
     /// A message could not be opened or verified and was dropped (and acknowledged, so the
     /// store does not bring it again).
@@ -135,6 +139,10 @@ pub struct ChatStats {
     pub sent: u64,
     /// Sends refused or failed.
     pub send_failed: u64,
+    /// Messages from users we blocked, dropped.
+    pub blocked: u64,
+    /// Messages from strangers (not authorized buddies), kept as message requests.
+    pub requests: u64,
 }
 
 /// What the chat part needs to know.
@@ -210,6 +218,8 @@ pub struct ChatCore {
     events: VecDeque<ChatEvent>,
     completions: VecDeque<(u64, Result<Sent, HostError>)>,
     stats: ChatStats,
+    /// How we stand with each user on the buddy list (lowercase names).
+    contacts: BTreeMap<String, Relation>,
 }
 
 impl std::fmt::Debug for ChatCore {
@@ -245,6 +255,7 @@ impl ChatCore {
             events: VecDeque::new(),
             completions: VecDeque::new(),
             stats: ChatStats::default(),
+            contacts: BTreeMap::new(),
         }
     }
 
@@ -515,11 +526,38 @@ impl ChatCore {
             self.ack(now, id);
             return;
         }
-        let wants_receipt = !from_me && !matches!(message.inner.body, Body::Receipt { .. });
+        let standing = if from_me { Some(Relation::Authorized) } else { self.relation(&message.inner.from) };
+        if standing == Some(Relation::Blocked) {
+            // Dropped for good: the store forgets it for this device, the sender learns
+            // nothing (no receipt).
+            self.stats.blocked += 1;
+            self.ack(now, id);
+            return;
+        }
+        // Receipts go to buddies only: a stranger learns nothing of whether or when we
+        // read, until we add them.
+        let buddy = standing == Some(Relation::Authorized);
+        let wants_receipt = buddy && !from_me && !matches!(message.inner.body, Body::Receipt { .. });
         let receipt_to = wants_receipt.then(|| message.inner.from.clone());
         let tag = self.tag();
         self.effects_out.insert(tag, EffectFor::Record(Box::new(message.clone()), receipt_to));
         self.effects.push_back((tag, ChatEffect::Record { message }));
+    }
+
+    /// How we stand with `user`, if they are on the buddy list.
+    fn relation(&self, user: &str) -> Option<Relation> {
+        self.contacts.get(&user.to_ascii_lowercase()).copied()
+    }
+
+    /// Whether a message from `user` is a message request (not from an authorized buddy).
+    pub fn is_request_from(&self, user: &str) -> bool {
+        !user.eq_ignore_ascii_case(&self.cfg.me) && self.relation(user) != Some(Relation::Authorized)
+    }
+
+    /// The buddy list as it stands now: who is a buddy, who is blocked; everyone else
+    /// is a stranger whose messages arrive as requests.
+    pub fn set_contacts(&mut self, contacts: impl IntoIterator<Item = (String, Relation)>) {
+        self.contacts = contacts.into_iter().map(|(u, r)| (u.to_ascii_lowercase(), r)).collect();
     }
 
     /// A message that cannot be opened is not for us or is broken: the store may forget it
@@ -554,7 +592,10 @@ impl ChatCore {
         match r {
             Ok(true) => {
                 self.stats.received += 1;
-                self.events.push_back(ChatEvent::Message { id, message: Box::new(message) });
+                let request =
+                    self.is_request_from(&message.inner.from) && !matches!(message.inner.body, Body::Receipt { .. });
+                self.stats.requests += u64::from(request);
+                self.events.push_back(ChatEvent::Message { id, message: Box::new(message), request });
                 if let Some(to) = receipt_to {
                     self.send_receipt(now, &to, ReceiptKind::Delivered, vec![id]);
                 }
@@ -579,6 +620,10 @@ impl ChatCore {
 
     /// The application read these messages of `from`: tell them.
     pub fn mark_read(&mut self, now: Now, from: &str, ids: Vec<MailId>) {
+        if self.is_request_from(from) {
+            // A stranger learns nothing of what we read.
+            return;
+        }
         for chunk in ids.chunks(ACK_IDS_MAX) {
             self.send_receipt(now, from, ReceiptKind::Read, chunk.to_vec());
         }

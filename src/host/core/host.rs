@@ -368,6 +368,8 @@ pub struct HostCore {
     calls: CallsCore,
     buddies: BuddiesCore,
     chat: ChatCore,
+    /// The buddy list's revision the chat last saw.
+    chat_list_revision: u64,
     /// Buddy commands by the buddies' tag.
     buddy_ops: BTreeMap<u64, OpId>,
     waiters: BTreeMap<OpId, Waiter>,
@@ -457,6 +459,7 @@ impl HostCore {
             calls,
             buddies,
             chat,
+            chat_list_revision: 0,
             buddy_ops: BTreeMap::new(),
             waiters: BTreeMap::new(),
             next_op: 1,
@@ -999,8 +1002,8 @@ impl HostCore {
         while let Some(e) = self.chat.poll_event() {
             any = true;
             match e {
-                ChatEvent::Message { message, .. } => {
-                    if let Some(ev) = chat_event(&message) {
+                ChatEvent::Message { message, request, .. } => {
+                    if let Some(ev) = chat_event(&message, request) {
                         self.push_event(ev);
                     }
                 }
@@ -1039,6 +1042,11 @@ impl HostCore {
             }
             let Some(op) = self.buddy_ops.remove(&tag) else { continue };
             self.complete(op, r.map(Done::Buddy).map_err(HostError::Buddies));
+        }
+        if self.buddies.list_revision() != self.chat_list_revision {
+            // The chat decides buddy, stranger or blocked by the list as it stands.
+            self.chat_list_revision = self.buddies.list_revision();
+            self.chat.set_contacts(self.buddies.buddies().into_iter().map(|b| (b.user, b.relation)));
         }
         while let Some(Signal::SupernodeRevoked) = self.buddies.poll_signal() {
             any = true;
@@ -1252,7 +1260,7 @@ impl HostCore {
 
 /// What the application hears of a new chat message (a text; receipts and the rest change
 /// the history but are not shown as messages).
-fn chat_event(m: &crate::chat::message::Message) -> Option<Event> {
+fn chat_event(m: &crate::chat::message::Message, request: bool) -> Option<Event> {
     use crate::chat::message::{Body, Conversation};
     let Body::Text { text } = &m.inner.body else { return None };
     let (with, group) = match &m.inner.conversation {
@@ -1267,5 +1275,6 @@ fn chat_event(m: &crate::chat::message::Message) -> Option<Event> {
         text: text.clone(),
         sent_at: m.inner.sent_at_ms,
         group,
+        request,
     })
 }

@@ -252,6 +252,11 @@ impl CoreNode {
         self.done.iter().find(|(_, o, _)| *o == op).map(|(_, _, r)| r)
     }
 
+    /// The events seen, in order.
+    pub fn events(&self) -> impl Iterator<Item = &Event> {
+        self.events.iter().map(|(_, e)| e)
+    }
+
     /// Whether an event matching `f` was seen.
     pub fn saw(&self, f: impl Fn(&Event) -> bool) -> bool {
         self.events.iter().any(|(_, e)| f(e))

@@ -558,3 +558,72 @@ fn a_chat_message_reaches_an_online_buddy_within_a_second_and_its_receipt_comes_
     assert_eq!(texts, vec![crate::chat::message::Body::Text { text: "hello bob".into() }]);
     assert_eq!(w.core_host(bob).core.chat_stats().received, 1, "{:?}", w.core_host(bob).core.chat_stats());
 }
+
+/// Alice, bob and carol online on two super nodes; carol is on nobody's list, and bob's
+/// list says `carol_on_bobs_list` about her when given.
+fn three_online(seed: u64, carol_on_bobs_list: Option<Relation>) -> (World, NodeId, NodeId, NodeId) {
+    let mut w = World::new(seed);
+    supernodes(&mut w, &["sn-a", "sn-b"]);
+    let alice = host(&mut w, 0, vec![entry("sn-a", sn(1))], login(0, 0, &["bob"]));
+    let mut bobs = login(1, 0, &["alice"]);
+    if let Some(r) = carol_on_bobs_list {
+        bobs.contacts.push((9, "carol".into(), r));
+    }
+    let bob = host(&mut w, 1, vec![entry("sn-b", sn(2))], bobs);
+    let carol = host(&mut w, 2, vec![entry("sn-a", sn(1))], login(2, 0, &[]));
+    assert!(run_until_true(&mut w, secs(5.0), |w| {
+        w.core_host(bob).saw(|e| matches!(e, Event::Presence { user, status: Status::Online, .. } if user == "alice"))
+            && *w.core_host(carol).core.phase() == Phase::Online
+    }));
+    (w, alice, bob, carol)
+}
+
+fn send_chat(w: &mut World, from: NodeId, to: &str, text: &str) -> crate::host::core::chat::Sent {
+    let op = w.core_command(from, Command::SendChat { to: to.into(), text: text.into() });
+    assert!(run_until_true(w, secs(3.0), |w| done(w, from, op)), "the send completes");
+    match w.core_host(from).result(op) {
+        Some(Ok(Done::Chat(s))) => s.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn chat_from(h: &CoreNode, who: &str) -> Vec<(String, bool)> {
+    h.events()
+        .filter_map(|e| match e {
+            Event::Chat { from, text, request, .. } if from == who => Some((text.clone(), *request)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_stranger_s_message_is_a_request_without_receipts_and_a_blocked_user_s_is_dropped() {
+    let (mut w, alice, bob, carol) = three_online(21, None);
+    let from_carol = send_chat(&mut w, carol, "bob", "hi, we met at the conference");
+    let from_alice = send_chat(&mut w, alice, "bob", "lunch?");
+    assert!(run_until_true(&mut w, secs(2.0), |w| chat_from(w.core_host(bob), "alice").len() == 1
+        && chat_from(w.core_host(bob), "carol").len() == 1));
+    assert_eq!(chat_from(w.core_host(bob), "carol"), vec![("hi, we met at the conference".into(), true)]);
+    assert_eq!(chat_from(w.core_host(bob), "alice"), vec![("lunch?".into(), false)]);
+    // Bob reads both: alice hears it, carol learns nothing.
+    w.core_command(bob, Command::ReadChat { from: "carol".into(), ids: vec![from_carol.id] });
+    w.core_command(bob, Command::ReadChat { from: "alice".into(), ids: vec![from_alice.id] });
+    w.run_until(w.now + secs(3.0));
+    use crate::chat::history::Status as S;
+    assert_eq!(w.core_host_mut(alice).history().status(from_alice.id).unwrap(), Some(S::Read));
+    assert_eq!(w.core_host_mut(carol).history().status(from_carol.id).unwrap(), Some(S::Stored), "no receipt");
+    assert_eq!(w.core_host(bob).core.chat_stats().requests, 1);
+
+    // Bob has blocked carol: her message is dropped, and she is told nothing.
+    let (mut w, _alice, bob, carol) = three_online(22, Some(Relation::Blocked));
+    let sent = send_chat(&mut w, carol, "bob", "why did you block me");
+    w.run_until(w.now + secs(3.0));
+    assert!(chat_from(w.core_host(bob), "carol").is_empty());
+    let stats = w.core_host(bob).core.chat_stats();
+    assert_eq!((stats.blocked, stats.received), (1, 0), "{stats:?}");
+    assert_eq!(w.core_host_mut(carol).history().status(sent.id).unwrap(), Some(S::Stored));
+    // Acknowledged: a later fetch brings nothing again.
+    w.core_command(bob, Command::FetchChat);
+    w.run_until(w.now + secs(2.0));
+    assert_eq!(w.core_host(bob).core.chat_stats().blocked, 1);
+}
