@@ -141,6 +141,12 @@ targets! {
     RequestError = "request_error": "`wire::message::RequestError`.",
     PublishReq = "publish_req": "`wire::message::PublishReq`, then the entry it carries.",
     PublishReply = "publish_reply": "`wire::message::PublishReply`.",
+    ChatSealed = "chat_sealed": "`chat::message::Sealed`, opened with the fuzz recipient's user keys, then verified.",
+    ChatInner = "chat_inner": "`chat::message::Inner` (the signed message and its body).",
+    GroupEntry = "group_entry": "`chat::group::log::Entry`, and its signature check.",
+    GroupSync = "group_sync": "`chat::group::sync::Payload`.",
+    TransferStream = "transfer_stream": "The file transfer stream: `transfer::frames` request, manifest and chunks over chunks of bytes.",
+    TransferManifest = "transfer_manifest": "`transfer::manifest::Manifest`.",
 }
 
 impl Target {
@@ -345,6 +351,89 @@ pub fn run(target: Target, data: &[u8]) {
         Target::PublishReq => publish_req(data),
         Target::PublishReply => {
             let _ = round_trip("publish_reply", data, msg::PublishReply::decode, msg::PublishReply::encode);
+        }
+        Target::ChatSealed => chat_sealed(data),
+        Target::ChatInner => {
+            let encode = |i: &crate::chat::message::Inner| i.encode().expect("a decoded message encodes");
+            let _ = round_trip("chat_inner", data, crate::chat::message::Inner::decode, encode);
+        }
+        Target::GroupEntry => {
+            use crate::chat::group::log::Entry as GroupEntry;
+            if let Some(e) = round_trip("group_entry", data, GroupEntry::decode, GroupEntry::encode) {
+                let _ = e.verify(&chat_keys(CHAT_SENDER).public());
+            }
+        }
+        Target::GroupSync => {
+            use crate::chat::group::sync::Payload;
+            let _ = round_trip("group_sync", data, Payload::decode, Payload::encode);
+        }
+        Target::TransferStream => transfer_stream(data),
+        Target::TransferManifest => {
+            use crate::transfer::manifest::Manifest;
+            let _ = round_trip("transfer_manifest", data, Manifest::decode, Manifest::encode);
+        }
+    }
+}
+
+/// The recipient of the chat targets (its user keys derive from `[0x43; 32]`).
+pub const CHAT_RECIPIENT: &str = "alice";
+/// The sender whose keys the chat targets verify against (keys from `[0x44; 32]`).
+pub const CHAT_SENDER: &str = "bob";
+
+/// The fuzz users' keys: alice's from `[0x43; 32]`, anyone else's from `[0x44; 32]`.
+pub fn chat_keys(user: &str) -> crate::crypto::user::UserKeys {
+    let seed = if user == CHAT_RECIPIENT { 0x43 } else { 0x44 };
+    crate::crypto::user::UserKeys::derive(&crate::crypto::password::ListKey([seed; 32]))
+}
+
+fn chat_sealed(data: &[u8]) {
+    use crate::chat::message::{self, Sealed};
+    let Some(sealed) = round_trip("chat_sealed", data, Sealed::decode, Sealed::encode) else { return };
+    let Ok(u) = message::open(&sealed, CHAT_RECIPIENT, &chat_keys(CHAT_RECIPIENT)) else { return };
+    let _ = u.verify(&chat_keys(CHAT_SENDER).public());
+}
+
+/// One side of a transfer's stream, as `transfer::sender` / `transfer::receiver` read
+/// it, chosen by the first byte: the sender reads the receiver's request; the receiver
+/// reads the manifest, then chunks checked against it. Each decode sees the bytes
+/// buffered so far, arriving in the input's chunks.
+fn transfer_stream(data: &[u8]) {
+    use crate::transfer::frames;
+    let Some((&side, data)) = data.split_first() else { return };
+    let mut buf: Vec<u8> = Vec::new();
+    let mut manifest = None;
+    for chunk in chunks(data) {
+        buf.extend_from_slice(chunk);
+        loop {
+            let used = if side & 1 == 0 {
+                match frames::decode_request(&buf) {
+                    Ok(Some((_, used))) => used,
+                    Ok(None) => break,
+                    Err(_) => return,
+                }
+            } else {
+                match &manifest {
+                    None => match frames::decode_manifest(&buf) {
+                        Ok(Some((m, used))) => {
+                            manifest = Some(m);
+                            used
+                        }
+                        Ok(None) => break,
+                        Err(_) => return,
+                    },
+                    Some(m) => match frames::decode_chunk(&buf, m) {
+                        Ok(Some((index, range, used))) => {
+                            assert!(range.end <= used && used <= buf.len(), "a chunk's bytes lie within its frame");
+                            let _ = m.verify_chunk(index, &buf[range]);
+                            used
+                        }
+                        Ok(None) => break,
+                        Err(_) => return,
+                    },
+                }
+            };
+            assert!(used > 0, "a decoded frame has a length");
+            buf.drain(..used);
         }
     }
 }

@@ -577,8 +577,81 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
             .encode(),
         ],
     );
+    chat_seeds(&mut add);
     assert_eq!(s.len(), Target::ALL.len(), "a seed for every target");
     s
+}
+
+/// Seeds of the chat, group and file transfer targets: messages from the fuzz sender to
+/// the fuzz recipient, a group's first entries, a transfer's two streams.
+fn chat_seeds(add: &mut impl FnMut(Target, Vec<Vec<u8>>)) {
+    use confab::chat::group::Group;
+    use confab::chat::group::sync::Payload;
+    use confab::chat::message::{Body, Conversation, Inner, ReceiptKind, seal};
+    use confab::transfer::{bitmap::ChunkBitmap, frames, manifest::Manifest, state::TransferId};
+    use rand::SeedableRng;
+    let (alice, bob) = (fuzzing::chat_keys(fuzzing::CHAT_RECIPIENT), fuzzing::chat_keys(fuzzing::CHAT_SENDER));
+    let inner = |seq: u64, body: Body| Inner {
+        from: fuzzing::CHAT_SENDER.into(),
+        from_device: confab::crypto::keys::KeyId([2; 8]),
+        conversation: Conversation::User(fuzzing::CHAT_SENDER.into()),
+        seq,
+        sent_at_ms: NOW_SECS * 1000,
+        body,
+    };
+    let inners = [
+        inner(1, Body::Text { text: "are you there?".into() }),
+        inner(2, Body::Receipt { kind: ReceiptKind::Read, ids: vec![[7; 16], [8; 16]] }),
+        inner(
+            3,
+            Body::FileOffer {
+                transfer: [9; 16],
+                name: "notes.txt".into(),
+                bytes: 70_000,
+                sha256: [1; 32],
+                manifest: [2; 32],
+                cert_fingerprint: [3; 32],
+            },
+        ),
+        inner(4, Body::FileAnswer { transfer: [9; 16], accept: true }),
+    ];
+    let sealed: Vec<Vec<u8>> = inners
+        .iter()
+        .enumerate()
+        .map(|(i, m)| seal(m, [i as u8; 16], fuzzing::CHAT_RECIPIENT, &alice.public(), &bob).unwrap().encode())
+        .collect();
+    add(Target::ChatSealed, sealed);
+    add(Target::ChatInner, inners.iter().map(|m| m.encode().unwrap()).collect());
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let (group, entries) = Group::create(fuzzing::CHAT_SENDER, bob, "friends", NOW_SECS * 1000, &mut rng).unwrap();
+    add(Target::GroupEntry, entries.clone());
+    let heads: Vec<_> = entries.iter().map(|e| confab::chat::group::Entry::decode(e).unwrap().hash()).collect();
+    let gid = group.id();
+    add(
+        Target::GroupSync,
+        vec![
+            Payload::Entry(entries[0].clone()).encode(),
+            Payload::Hello { group: gid, complete: true, reply: false, heads: heads.clone(), sample: heads.clone() }
+                .encode(),
+            Payload::Want { group: gid, hashes: heads }.encode(),
+        ],
+    );
+
+    let file: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    let m = Manifest::from_reader(&file[..]).unwrap();
+    let mut held = ChunkBitmap::new(m.chunks());
+    held.set(0);
+    let requests = [
+        frames::encode_request(&frames::Request { id: TransferId([9; 16]), held: None }),
+        frames::encode_request(&frames::Request { id: TransferId([9; 16]), held: Some(held) }),
+    ];
+    let to_sender = [&[0u8][..], &chunked(&requests)].concat();
+    let chunk_bytes = (confab::transfer::manifest::CHUNK_BYTES as usize).min(file.len());
+    let to_receiver =
+        [&[1u8][..], &chunked(&[frames::encode_manifest(&m), frames::encode_chunk(1, &file[chunk_bytes..])])].concat();
+    add(Target::TransferStream, vec![to_sender, to_receiver]);
+    add(Target::TransferManifest, vec![m.encode()]);
 }
 
 /// A chat message the fuzz target opens and verifies: bob's own copy of a message to alice,
@@ -640,6 +713,14 @@ fn fresh_seeds_reach_past_the_checks() {
     let keys = confab::crypto::user::UserKeys::derive(&ListKey(fuzzing::LIST_KEY));
     let sealed = confab::chat::message::Sealed::decode(&sealed).unwrap();
     confab::chat::message::open(&sealed, "bob", &keys).unwrap().verify(&keys.public()).unwrap();
+    let (alice, bob) = (fuzzing::chat_keys(fuzzing::CHAT_RECIPIENT), fuzzing::chat_keys(fuzzing::CHAT_SENDER));
+    for sealed in &s["chat_sealed"] {
+        let sealed = confab::chat::message::Sealed::decode(&sealed[1..]).unwrap();
+        confab::chat::message::open(&sealed, fuzzing::CHAT_RECIPIENT, &alice).unwrap().verify(&bob.public()).unwrap();
+    }
+    for e in &s["group_entry"] {
+        assert!(confab::chat::group::Entry::decode(&e[1..]).unwrap().verify(&bob.public()), "a group seed verifies");
+    }
     for inputs in s.values() {
         for input in inputs {
             fuzzing::decode_any(input);
