@@ -177,3 +177,41 @@ async fn online_messages() {
     bob.logout().await;
     t.net.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_message_reaches_every_online_device_of_the_recipient_at_once() {
+    bounded(Duration::from_secs(90), every_device()).await;
+}
+
+async fn every_device() {
+    let t = common::start(3, |c| {
+        c.supernode.probe_period_ms = 200;
+        c.supernode.index.anti_entropy_secs = 1;
+    })
+    .await;
+    t.converge(3).await;
+    let mut bob0 = host(&t, "bob", 0, true).await;
+    let mut alice = host(&t, "alice", 2, true).await;
+    befriend(&mut alice, "alice", &mut bob0, "bob").await;
+    let mut bob1 = host(&t, "bob", 1, false).await;
+    assert_ne!(bob0.report.supernode, bob1.report.supernode, "bob's devices are at two super nodes");
+    // The second device has fetched what there was; now both wait for pushes.
+    assert!(bob1.settle_chat(Duration::from_secs(10)).await);
+    for i in 0..3 {
+        let text = format!("to both of you {i}");
+        alice.send_chat("bob", &text).await.unwrap();
+        for bob in [&mut bob0, &mut bob1] {
+            common::expect_event(
+                bob,
+                Duration::from_secs(1),
+                "the pushed message",
+                |e| matches!(e, Event::Chat { from, text: got, .. } if from == "alice" && *got == text),
+            )
+            .await;
+        }
+    }
+    for s in [alice, bob0, bob1] {
+        s.logout().await;
+    }
+    t.net.stop().await;
+}

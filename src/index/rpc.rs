@@ -165,6 +165,21 @@ pub enum MailRpc {
         /// The slot.
         slot: u32,
     },
+    /// At which super nodes does `user` have sessions (asked of a replica of the user's
+    /// slot, to push a stored message to every device)?
+    Sessions {
+        /// Request id, echoed in the answer.
+        req: u64,
+        /// The recipient.
+        user: String,
+    },
+    /// The answer to Sessions: at most [`crate::index::store::SESSIONS_MAX`] + 1 names.
+    At {
+        /// The request id.
+        req: u64,
+        /// The super nodes' names.
+        supernodes: Vec<String>,
+    },
 }
 
 /// Largest encoded mail request or reply: one frame's payload.
@@ -224,6 +239,7 @@ impl MailRpc {
     fn check_bounds(&self) -> Result<(), RpcError> {
         let (what, n, max) = match self {
             MailRpc::Ack { ids, .. } => ("ids", ids.len(), MAIL_ACK_IDS_MAX),
+            MailRpc::At { supernodes, .. } => ("supernodes", supernodes.len(), crate::index::store::SESSIONS_MAX + 1),
             MailRpc::Digests { slots } => ("digests", slots.len(), DIGESTS_PER_PACKET),
             MailRpc::Buckets { digests, .. } => ("bucket digests", digests.len(), MAIL_BUCKETS),
             MailRpc::Summary { summary, .. } => ("summary items", summary.items.len(), SUMMARY_ITEMS_MAX),
@@ -287,6 +303,8 @@ mod tests {
                 },
             },
             MailRpc::Want { slot: u32::MAX, wants: vec![Want { id: [0xff; 16], acks_only: true }; WANTS_MAX] },
+            MailRpc::Sessions { req: u64::MAX, user: "u".repeat(32) },
+            MailRpc::At { req: u64::MAX, supernodes: vec!["s".repeat(64); crate::index::store::SESSIONS_MAX + 1] },
             MailRpc::Items {
                 slot: u32::MAX,
                 items: vec![MailItem::Message { mail, acks: vec![[0xff; 8]; ACKS_PER_MESSAGE_MAX] }],
@@ -321,6 +339,8 @@ mod tests {
         assert!(MailRpc::decode(&wants.encode()).is_err());
         let buckets = MailRpc::Buckets { slot: 1, digests: vec![[1; 8]; MAIL_BUCKETS + 1], devices: [1; 8] };
         assert!(MailRpc::decode(&buckets.encode()).is_err());
+        let at = MailRpc::At { req: 1, supernodes: vec!["sn1".into(); crate::index::store::SESSIONS_MAX + 2] };
+        assert!(MailRpc::decode(&at.encode()).is_err());
         assert!(MailRpc::decode(&vec![0; MAIL_RPC_LEN_MAX + 1]).is_err());
         let b = largest_mail_rpcs()[0].encode();
         for cut in [1, b.len() / 2, b.len() - 1] {

@@ -3,6 +3,7 @@
 //! key's replicas, answers other replicas, and drives lookups by limited multicast.
 
 mod mail;
+mod push;
 
 pub use mail::{AckMail, FetchMail, SubmitMail};
 
@@ -138,6 +139,8 @@ pub struct IndexRouter {
     mail_submits: HashMap<u64, mail::Submitting>,
     /// Fetches waiting for a replica.
     mail_fetches: HashMap<u64, mail::Fetching>,
+    /// Pushes waiting for a replica to say where the recipient's sessions are.
+    pushes: HashMap<u64, push::Pushing>,
 }
 
 /// A member: its id and gossip address (where answers to it go).
@@ -216,6 +219,7 @@ impl IndexRouter {
             mail_budget: crate::index::mail::Budget::new(cfg_mail_bytes),
             mail_submits: HashMap::new(),
             mail_fetches: HashMap::new(),
+            pushes: HashMap::new(),
         }
     }
 

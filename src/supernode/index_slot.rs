@@ -149,6 +149,32 @@ impl Handler<Get> for IndexSlot {
     }
 }
 
+/// The super nodes where `key` has sessions within retention (each named once).
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct SessionsAt {
+    /// The user.
+    pub key: String,
+}
+
+impl Handler<SessionsAt> for IndexSlot {
+    type Result = MessageResult<SessionsAt>;
+
+    fn handle(&mut self, msg: SessionsAt, _: &mut Context<Self>) -> Self::Result {
+        let now = crate::unix_now();
+        let mut at: Vec<String> = self
+            .store
+            .sessions(&msg.key)
+            .iter()
+            .filter(|e| e.last_seen.saturating_add(self.retention_secs) > now && !e.supernode.is_empty())
+            .map(|e| e.supernode.clone())
+            .collect();
+        at.sort();
+        at.dedup();
+        MessageResult(at)
+    }
+}
+
 /// Every live entry of the slot, to repair another replica.
 #[derive(Message)]
 #[rtype(result = "Vec<(String, Entry)>")]

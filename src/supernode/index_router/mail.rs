@@ -182,8 +182,7 @@ impl IndexRouter {
             // receipt tells the sender it arrived.
             let (to, sealed) = s.push;
             let body = crate::buddy::Notice::Chat { sealed }.encode();
-            let (tx, _rx) = oneshot::channel();
-            ctx.address().do_send(super::Route { to, via: String::new(), body, reply: tx });
+            self.push_to_sessions(to, body, ctx);
         }
     }
 
@@ -313,6 +312,8 @@ impl IndexRouter {
                     actor.do_send(MailAcked { user, device, ids });
                 }
             }
+            MailRpc::Sessions { req, user } => self.answer_sessions(from, req, user, ctx),
+            MailRpc::At { req, supernodes } => self.sessions_answered(req, supernodes),
             other => {
                 // Mail anti-entropy between replicas is not served yet: counted, so an
                 // operator sees a newer member asking for it.
