@@ -1,15 +1,17 @@
 //! Offline messages over real sockets: a message stored at a slot's replicas moves with
 //! the slot when the super nodes holding it are replaced, and reaches its recipient
-//! exactly once; a replica that was down while a message was stored has it after one
-//! anti-entropy round. The super nodes are driven by the messages a host session hands
-//! their index router (`SubmitMail`, `FetchMail`, `AckMail`, carrying the wire
-//! `MailSubmit`, `MailFetch` and `MailAck`).
+//! exactly once; a replica that was down while a message was stored, or that a store
+//! never reached, has it after one anti-entropy round. The super nodes are driven by the
+//! messages a host session hands their index router (`SubmitMail`, `FetchMail`,
+//! `AckMail`, carrying the wire `MailSubmit`, `MailFetch` and `MailAck`), and by an
+//! index request sealed as a member would send it.
 
 mod common;
 
 use confab::index::NodeId;
-use confab::index::mail::MailId;
-use confab::supernode::index_router::{AckMail, FetchMail, HoldsMail, IndexRouter, ReplicasOf, SubmitMail};
+use confab::index::mail::{Mail, MailId};
+use confab::index::rpc::{IndexRpc, MailRpc};
+use confab::supernode::index_router::{AckMail, FetchMail, HoldsMail, IndexRouter, ReplicasOf, SenderOf, SubmitMail};
 use confab::wire::mail::{MailAck, MailBatch, MailFetch, MailSubmit, MailSubmitReply};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -187,5 +189,31 @@ async fn stored_mail_moves_with_its_slot_and_arrives_once() {
     let round = Duration::from_secs(ANTI_ENTROPY_SECS * 2 + 1);
     common::wait_for("the replica that was down has it", round, async || holds(&t, down, "carol", id2).await).await;
     eprintln!("the restarted replica had the message {:?} after its slot map was back", clock.elapsed());
+
+    // A store that reached one replica only (the sender's packets to the others lost):
+    // the others have it one round later, with no change of the view.
+    let id3: MailId = *b"offline-message3";
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let mail = Mail {
+        id: id3,
+        to: "dave".into(),
+        from: "alice".into(),
+        stored_at_ms: now_ms,
+        expires_at_ms: now_ms + 3_600_000,
+        sealed: b"sealed for dave".to_vec(),
+    };
+    let store = IndexRpc::Mail(MailRpc::Store { req: 99, mail }).encode();
+    let received_before = total(&t, "confab_mail_sync_items_total", &["direction=\"received\""]).await;
+    let gossip = t.net.info.supernodes[k[1]].gossip.unwrap();
+    assert!(router(&t, k[0]).send(SenderOf).await.unwrap().send(id_of(&t, k[1]), gossip, &store));
+    common::wait_for("the one replica has it", Duration::from_secs(2), async || holds(&t, k[1], "dave", id3).await)
+        .await;
+    let clock = Instant::now();
+    common::wait_for("the others have it one round later", round, async || {
+        holds(&t, k[0], "dave", id3).await && holds(&t, k[2], "dave", id3).await
+    })
+    .await;
+    eprintln!("the replicas a store missed had it {:?} later", clock.elapsed());
+    assert!(total(&t, "confab_mail_sync_items_total", &["direction=\"received\""]).await >= received_before + 2.0);
     t.net.stop().await;
 }
