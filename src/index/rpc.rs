@@ -165,6 +165,12 @@ pub enum MailRpc {
         /// The slot.
         slot: u32,
     },
+    /// Mail hand-over: a replica of these slots holds mail with exactly these digests, the
+    /// ones a former replica sent it, so the former replica may let its copy go.
+    Matches {
+        /// (slot, digest of its mail), at most [`DIGESTS_PER_PACKET`].
+        slots: Vec<(u32, [u8; 16])>,
+    },
     /// At which super nodes does `user` have sessions (asked of a replica of the user's
     /// slot, to push a stored message to every device)?
     Sessions {
@@ -241,6 +247,7 @@ impl MailRpc {
             MailRpc::Ack { ids, .. } => ("ids", ids.len(), MAIL_ACK_IDS_MAX),
             MailRpc::At { supernodes, .. } => ("supernodes", supernodes.len(), crate::index::store::SESSIONS_MAX + 1),
             MailRpc::Digests { slots } => ("digests", slots.len(), DIGESTS_PER_PACKET),
+            MailRpc::Matches { slots } => ("matches", slots.len(), DIGESTS_PER_PACKET),
             MailRpc::Buckets { digests, .. } => ("bucket digests", digests.len(), MAIL_BUCKETS),
             MailRpc::Summary { summary, .. } => ("summary items", summary.items.len(), SUMMARY_ITEMS_MAX),
             MailRpc::Want { wants, .. } => ("wants", wants.len(), WANTS_MAX),
@@ -293,6 +300,7 @@ mod tests {
             MailRpc::Digests { slots: vec![(u32::MAX, [0xff; 16]); DIGESTS_PER_PACKET] },
             MailRpc::Buckets { slot: u32::MAX, digests: vec![[0xff; 8]; MAIL_BUCKETS], devices: [0xff; 8] },
             MailRpc::Devices { slot: u32::MAX },
+            MailRpc::Matches { slots: vec![(u32::MAX, [0xff; 16]); DIGESTS_PER_PACKET] },
             MailRpc::Summary {
                 slot: u32::MAX,
                 summary: Summary {
@@ -339,6 +347,8 @@ mod tests {
         assert!(MailRpc::decode(&wants.encode()).is_err());
         let buckets = MailRpc::Buckets { slot: 1, digests: vec![[1; 8]; MAIL_BUCKETS + 1], devices: [1; 8] };
         assert!(MailRpc::decode(&buckets.encode()).is_err());
+        let matches = MailRpc::Matches { slots: vec![(1, [1; 16]); DIGESTS_PER_PACKET + 1] };
+        assert!(MailRpc::decode(&matches.encode()).is_err());
         let at = MailRpc::At { req: 1, supernodes: vec!["sn1".into(); crate::index::store::SESSIONS_MAX + 2] };
         assert!(MailRpc::decode(&at.encode()).is_err());
         assert!(MailRpc::decode(&vec![0; MAIL_RPC_LEN_MAX + 1]).is_err());

@@ -5,7 +5,7 @@
 mod mail;
 mod push;
 
-pub use mail::{AckMail, FetchMail, SubmitMail};
+pub use mail::{AckMail, FetchMail, HoldsMail, SubmitMail};
 
 use super::index_slot::{Dump, Get, IndexSlot, Posted, Put, SlotChanged, StopSlot};
 use super::mailbox::{self, Mailboxes};
@@ -141,6 +141,12 @@ pub struct IndexRouter {
     mail_fetches: HashMap<u64, mail::Fetching>,
     /// Pushes waiting for a replica to say where the recipient's sessions are.
     pushes: HashMap<u64, push::Pushing>,
+    /// Slots this node became a replica of since its last mail round (their mail is pulled).
+    mail_gained: HashSet<Slot>,
+    /// Slots this node left whose mail it keeps until a replica holds the same.
+    handovers: crate::index::mail::HandOvers,
+    /// Mail anti-entropy bytes each member may still be sent.
+    mail_repair: HashMap<NodeId, RepairBudget>,
 }
 
 /// A member: its id and gossip address (where answers to it go).
@@ -220,6 +226,9 @@ impl IndexRouter {
             mail_submits: HashMap::new(),
             mail_fetches: HashMap::new(),
             pushes: HashMap::new(),
+            mail_gained: HashSet::new(),
+            handovers: crate::index::mail::HandOvers::default(),
+            mail_repair: HashMap::new(),
         }
     }
 
@@ -235,6 +244,7 @@ impl IndexRouter {
         self.gossip_by_name = members.iter().filter_map(|m| Some((m.name.clone(), (m.node_id()?, m.gossip)))).collect();
         let ids: HashSet<NodeId> = self.gossip_of.keys().copied().collect();
         self.repair.retain(|id, _| ids.contains(id));
+        self.mail_repair.retain(|id, _| ids.contains(id));
         let mut ids: Vec<NodeId> = self.gossip_of.keys().copied().collect();
         if !ids.contains(&self.me) {
             ids.push(self.me);
@@ -243,6 +253,8 @@ impl IndexRouter {
         let before = std::mem::replace(&mut self.held, self.map.held_by(self.me).into_iter().collect());
         self.gained.extend(self.held.difference(&before).copied());
         self.gained.retain(|s| self.held.contains(s));
+        self.mail_gained.extend(self.held.difference(&before).copied());
+        self.mail_gained.retain(|s| self.held.contains(s));
         let changes = ctx.address().recipient();
         for s in &self.held {
             // A slot no longer held keeps its actor: it still answers lookups that widen
@@ -711,10 +723,12 @@ impl Actor for IndexRouter {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(4096);
+        mail::zero_series(&self.node);
         self.refresh(ctx);
         let every = std::time::Duration::from_secs(self.cfg.anti_entropy_secs.max(1));
-        ctx.run_interval(every, |act, _| {
+        ctx.run_interval(every, |act, ctx| {
             act.anti_entropy();
+            act.mail_round(ctx);
             act.export_counts();
         });
         let mut view = self.view.clone();
@@ -762,10 +776,11 @@ impl IndexRouter {
         self.refresh(ctx);
         if !self.handoff_pending {
             self.handoff_pending = true;
-            ctx.run_later(std::time::Duration::from_millis(500), |act, _| {
+            ctx.run_later(std::time::Duration::from_millis(500), |act, ctx| {
                 act.handoff_pending = false;
                 act.anti_entropy();
                 act.pull();
+                act.mail_round(ctx);
             });
         }
     }
@@ -1123,6 +1138,14 @@ impl Handler<FetchMail> for IndexRouter {
 
     fn handle(&mut self, m: FetchMail, ctx: &mut Context<Self>) {
         self.fetch_mail(m, ctx);
+    }
+}
+
+impl Handler<HoldsMail> for IndexRouter {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, m: HoldsMail, _: &mut Context<Self>) -> Self::Result {
+        self.holds_mail(m)
     }
 }
 

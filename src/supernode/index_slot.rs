@@ -3,7 +3,8 @@
 //! messages, a [`MailStore`].
 
 use crate::crypto::keys::KeyId;
-use crate::index::mail::{Budget, Mail, MailId, MailLimits, MailStats, MailStore, Page, Stored};
+use crate::index::mail::{Answer, Budget, Mail, MailId, MailLimits, MailStats, MailStore, Page, Standing, Stored};
+use crate::index::rpc::MailRpc;
 use crate::index::store::{Merge, SlotStore};
 use crate::index::{Entry, Slot};
 use actix::prelude::*;
@@ -17,6 +18,8 @@ pub struct IndexSlot {
     slot: Slot,
     store: SlotStore,
     mail: MailStore,
+    /// The mail's digest, until the mail changes (computed for each anti-entropy round).
+    mail_digest: Option<[u8; 16]>,
     retention_secs: u64,
     node: String,
     changes: Recipient<SlotChanged>,
@@ -58,7 +61,13 @@ impl IndexSlot {
         budget: Budget,
     ) -> Self {
         let mail = MailStore::new(limits, budget);
-        Self { slot, store: SlotStore::new(entries_max), mail, retention_secs, node, changes }
+        Self { slot, store: SlotStore::new(entries_max), mail, mail_digest: None, retention_secs, node, changes }
+    }
+
+    /// The mail store, to change: its digest is computed again when next asked.
+    fn mail_mut(&mut self) -> &mut MailStore {
+        self.mail_digest = None;
+        &mut self.mail
     }
 
     /// The devices of the users whose entries this slot holds, so the mail store counts a
@@ -71,7 +80,7 @@ impl IndexSlot {
             .filter_map(|(k, e)| Some((k.clone(), device_of(e)?)))
             .collect();
         for (user, d) in devices {
-            self.mail.note_device(&user, d, now_ms);
+            self.mail_mut().note_device(&user, d, now_ms);
         }
     }
 
@@ -88,7 +97,7 @@ impl Actor for IndexSlot {
         ctx.run_interval(EXPIRE_EVERY, |act, _| {
             let now_ms = crate::unix_now() * 1000;
             act.note_devices(now_ms);
-            let e = act.mail.expire(now_ms);
+            let e = act.mail_mut().expire(now_ms);
             if e.messages > 0 {
                 metrics::counter!("confab_mail_messages_total", "node" => act.node.clone(), "outcome" => "expired")
                     .increment(e.messages as u64);
@@ -128,7 +137,7 @@ impl Handler<Put> for IndexSlot {
             // A device that logged in counts for the user's stored messages from now on,
             // even before it fetches: they wait for it too.
             if let Some(d) = device {
-                self.mail.note_device(&msg.key, d, crate::unix_now() * 1000);
+                self.mail_mut().note_device(&msg.key, d, crate::unix_now() * 1000);
             }
         }
         MessageResult(m)
@@ -240,7 +249,7 @@ impl Handler<MailPut> for IndexSlot {
     type Result = MessageResult<MailPut>;
 
     fn handle(&mut self, msg: MailPut, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.mail.store(crate::unix_now() * 1000, msg.0))
+        MessageResult(self.mail_mut().store(crate::unix_now() * 1000, msg.0))
     }
 }
 
@@ -262,7 +271,7 @@ impl Handler<MailGet> for IndexSlot {
     type Result = MessageResult<MailGet>;
 
     fn handle(&mut self, m: MailGet, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.mail.fetch(crate::unix_now() * 1000, &m.user, KeyId(m.device), m.after, m.max_bytes))
+        MessageResult(self.mail_mut().fetch(crate::unix_now() * 1000, &m.user, KeyId(m.device), m.after, m.max_bytes))
     }
 }
 
@@ -282,7 +291,7 @@ impl Handler<MailAcked> for IndexSlot {
     type Result = ();
 
     fn handle(&mut self, m: MailAcked, _: &mut Context<Self>) {
-        let a = self.mail.ack(crate::unix_now() * 1000, &m.user, KeyId(m.device), &m.ids);
+        let a = self.mail_mut().ack(crate::unix_now() * 1000, &m.user, KeyId(m.device), &m.ids);
         if a.deleted > 0 {
             metrics::counter!("confab_mail_messages_total", "node" => self.node.clone(), "outcome" => "delivered")
                 .increment(a.deleted as u64);
@@ -300,5 +309,89 @@ impl Handler<MailStatsOf> for IndexSlot {
 
     fn handle(&mut self, _: MailStatsOf, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.mail.stats())
+    }
+}
+
+/// What a slot's mail amounts to, for an anti-entropy round and the node's gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailState {
+    /// The digest of the slot's mail.
+    pub digest: [u8; 16],
+    /// Nothing held (no message, tombstone or device).
+    pub empty: bool,
+    /// Messages held.
+    pub messages: usize,
+    /// Sealed bytes held.
+    pub bytes: u64,
+}
+
+/// The slot's mail in brief.
+#[derive(Message)]
+#[rtype(result = "MailState")]
+pub struct MailStateOf;
+
+impl Handler<MailStateOf> for IndexSlot {
+    type Result = MessageResult<MailStateOf>;
+
+    fn handle(&mut self, _: MailStateOf, _: &mut Context<Self>) -> Self::Result {
+        let digest = *self.mail_digest.get_or_insert_with(|| self.mail.digest());
+        let stats = self.mail.stats();
+        MessageResult(MailState { digest, empty: self.mail.is_empty(), messages: stats.messages, bytes: stats.bytes })
+    }
+}
+
+/// A peer's mail anti-entropy request about this slot.
+#[derive(Message)]
+#[rtype(result = "Answer")]
+pub struct MailSync {
+    /// Where this node and the peer stand towards the slot.
+    pub at: Standing,
+    /// The request.
+    pub rpc: MailRpc,
+}
+
+impl Handler<MailSync> for IndexSlot {
+    type Result = MessageResult<MailSync>;
+
+    fn handle(&mut self, m: MailSync, _: &mut Context<Self>) -> Self::Result {
+        let now_ms = crate::unix_now() * 1000;
+        let slot = self.slot.0;
+        // Only items change the store; the digest stays cached for the rest.
+        let store = if matches!(m.rpc, MailRpc::Items { .. }) { self.mail_mut() } else { &mut self.mail };
+        MessageResult(store.respond(now_ms, slot, m.at, m.rpc))
+    }
+}
+
+/// The slot has been handed over: let its mail go (only if its digest is still
+/// `matching`, when given). Answers whether it went.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct MailRelease {
+    /// The digest a replica said it holds.
+    pub matching: Option<[u8; 16]>,
+}
+
+impl Handler<MailRelease> for IndexSlot {
+    type Result = bool;
+
+    fn handle(&mut self, m: MailRelease, _: &mut Context<Self>) -> bool {
+        let gone = self.mail.release(m.matching);
+        if gone {
+            self.mail_digest = None;
+        }
+        gone
+    }
+}
+
+/// Whether the slot holds the message `id` (tests and diagnostics).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct MailHolds(pub MailId);
+
+impl Handler<MailHolds> for IndexSlot {
+    type Result = bool;
+
+    fn handle(&mut self, m: MailHolds, _: &mut Context<Self>) -> bool {
+        self.mail.holds(&m.0)
     }
 }

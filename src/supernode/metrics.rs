@@ -52,6 +52,20 @@ fn describe_index() {
     describe_counter!("confab_index_antientropy_differing_slots_total", "Slots found to differ from a co-replica");
     describe_counter!("confab_index_repair_entries_total", "Entries pushed to co-replicas to repair a slot");
     describe_counter!("confab_index_entries_expired_total", "Entries dropped after the retention window");
+    describe_counter!(
+        "confab_mail_messages_total",
+        "Offline messages by outcome (stored, delivered, expired, refused …)"
+    );
+    describe_gauge!("confab_mail_stored_messages", "Offline messages held, over all slots (former ones included)");
+    describe_gauge!("confab_mail_stored_bytes", "Sealed bytes of the offline messages held, over all slots");
+    describe_counter!(
+        "confab_mail_sync_items_total",
+        "Mail items (messages, acks, tombstones, devices) moved by anti-entropy, by direction"
+    );
+    describe_counter!(
+        "confab_mail_handovers_total",
+        "Slots whose mail a former replica let go, by outcome (confirmed, timed_out)"
+    );
 }
 
 /// The `path` labels of `confab_calls_total` (a host cannot add others).

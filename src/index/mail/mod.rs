@@ -10,9 +10,11 @@
 //! - [`budget`] — the node's memory cap, shared by every slot's store.
 //! - [`store`] — one slot's mail on one replica: store, fetch, acknowledge, expire.
 //! - [`sync`] — anti-entropy between replicas and a slot's hand-over: digests, bucket
-//!   digests, summaries, items, and the merge (a join).
+//!   digests, summaries, items, the merge (a join), and what a replica answers to each.
+//! - [`handover`] — when a node that left a slot may let its copy of the slot's mail go.
 
 pub mod budget;
+pub mod handover;
 pub mod limits;
 pub mod message;
 pub mod store;
@@ -22,7 +24,8 @@ pub mod sync;
 mod tests;
 
 pub use budget::Budget;
+pub use handover::HandOvers;
 pub use limits::MailLimits;
 pub use message::{Mail, MailError, MailId};
 pub use store::{Acked, Expired, MailStats, MailStore, Page, Refusal, Stored};
-pub use sync::{ItemState, MailItem, Merged, Reconcile, Summary, Want};
+pub use sync::{Answer, ItemState, MailItem, Merged, Reconcile, Standing, Summary, Want};

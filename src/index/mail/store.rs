@@ -199,6 +199,13 @@ impl MailStore {
         }
     }
 
+    /// Forgets everything held, giving its bytes back to the budget (the counters start
+    /// over too).
+    pub(super) fn clear(&mut self) {
+        // The old store, dropped by the assignment, gives back what it was charged.
+        *self = MailStore::new(self.limits, self.budget.clone());
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> &MailLimits {
         &self.limits

@@ -8,10 +8,14 @@
 //! last-seen times, which change at every fetch), exchanged before any message: a replica
 //! filled by anti-entropy knows every device its peers know before it can delete a
 //! message that some device has not read.
+//!
+//! [`MailStore::respond`] is what a replica answers to each request of the exchange
+//! (`MailRpc`), so the super node's actors only carry requests and replies.
 
 use super::message::{Mail, MailId};
 use super::store::{MailStore, Refusal, Stored};
 use crate::crypto::keys::KeyId;
+use crate::index::rpc::{MAIL_ITEMS_BYTES_MAX, MailRpc};
 use crate::login::username;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -166,25 +170,31 @@ impl MailStore {
         out
     }
 
-    /// One digest per bucket: the second exchange.
+    /// One digest per bucket: the second exchange. One pass over the slot, each
+    /// bucket's ids in order.
     pub fn bucket_digests(&self) -> Vec<[u8; 8]> {
-        (0..MAIL_BUCKETS as u8)
-            .map(|b| {
-                let mut h = Sha256::new();
-                for (id, s) in self.states(b) {
-                    h.update(id);
-                    match s {
-                        ItemState::Live { content, acks } => {
-                            h.update([1]);
-                            h.update(content);
-                            h.update(acks);
-                        }
-                        ItemState::Deleted => h.update([2]),
-                    }
-                }
-                first8(h.finalize().into())
+        let mut all: BTreeMap<MailId, ItemState> = self
+            .messages
+            .iter()
+            .map(|(id, h)| {
+                (*id, ItemState::Live { content: first8(h.mail.content_digest()), acks: first8(acks_digest(&h.acks)) })
             })
-            .collect()
+            .collect();
+        all.extend(self.tombstones.keys().map(|id| (*id, ItemState::Deleted)));
+        let mut hashers: Vec<Sha256> = (0..MAIL_BUCKETS).map(|_| Sha256::new()).collect();
+        for (id, s) in all {
+            let h = &mut hashers[usize::from(bucket_of(&id))];
+            h.update(id);
+            match s {
+                ItemState::Live { content, acks } => {
+                    h.update([1]);
+                    h.update(content);
+                    h.update(acks);
+                }
+                ItemState::Deleted => h.update([2]),
+            }
+        }
+        hashers.into_iter().map(|h| first8(h.finalize().into())).collect()
     }
 
     /// The digest of the recipients' known devices (not of their last-seen times).
@@ -395,6 +405,116 @@ impl MailStore {
             added += usize::from(h.acks.insert(d));
         }
         added
+    }
+}
+
+/// Where this node and a peer stand towards one slot, as this node's slot map says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// This node replicates the slot.
+    pub me_replica: bool,
+    /// The peer replicates the slot.
+    pub peer_replica: bool,
+}
+
+/// What a replica answers to one request of a peer about one slot's mail.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Answer {
+    /// Requests and replies for the peer, in the order they are to go (devices first).
+    pub replies: Vec<MailRpc>,
+    /// What merging the peer's items did.
+    pub merged: Merged,
+}
+
+impl Answer {
+    /// Items in the replies.
+    pub fn items(&self) -> usize {
+        self.replies.iter().map(|r| if let MailRpc::Items { items, .. } = r { items.len() } else { 0 }).sum()
+    }
+}
+
+/// Items as `Items` requests of one frame each.
+fn framed(slot: u32, items: Vec<MailItem>) -> impl Iterator<Item = MailRpc> {
+    pack(items, MAIL_ITEMS_BYTES_MAX).into_iter().map(move |items| MailRpc::Items { slot, items })
+}
+
+impl MailStore {
+    /// Whether nothing is held: no message, tombstone or device (a slot with nothing to
+    /// hand over, and nothing to compare).
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.tombstones.is_empty() && self.devices.is_empty()
+    }
+
+    /// Answers a peer's request about this slot (`slot`) at `now`.
+    ///
+    /// The exchange: a node sends its `Digests`; a replica whose digest differs answers
+    /// `Buckets`, and one whose digest is equal answers `Matches` when the sender is no
+    /// longer a replica (it is handing the slot over and may then let its copy go). On
+    /// `Buckets` the first node sends its devices (and asks for the peer's) before any
+    /// message, then a `Summary` of every differing bucket; the replica reconciles,
+    /// asking with `Want` and pushing `Items`; `Want` is answered with `Items`. Only a
+    /// replica answers `Digests` and `Summary`, and only a replica's `Buckets` and `Want`
+    /// are answered: a former replica hands over by its own round, and takes in what
+    /// comes back (the replica's devices too) so the two copies end up equal.
+    pub fn respond(&mut self, now: u64, slot: u32, at: Standing, rpc: MailRpc) -> Answer {
+        let mut out = Answer::default();
+        match rpc {
+            MailRpc::Digests { slots } => {
+                if !at.me_replica {
+                    return out;
+                }
+                let ours = self.digest();
+                for (_, theirs) in slots.into_iter().filter(|(s, _)| *s == slot) {
+                    if theirs != ours {
+                        let (digests, devices) = (self.bucket_digests(), self.devices_digest());
+                        out.replies.push(MailRpc::Buckets { slot, digests, devices });
+                    } else if !at.peer_replica {
+                        out.replies.push(MailRpc::Matches { slots: vec![(slot, ours)] });
+                    }
+                }
+            }
+            // Only a replica answers a node's digests with buckets, and asks for items.
+            MailRpc::Buckets { .. } | MailRpc::Want { .. } if !at.peer_replica => {}
+            MailRpc::Buckets { digests, devices, .. } => {
+                if devices != self.devices_digest() {
+                    out.replies.extend(framed(slot, self.device_items()));
+                    out.replies.push(MailRpc::Devices { slot });
+                }
+                for bucket in self.differing_buckets(&digests) {
+                    let mut after = None;
+                    loop {
+                        let page = self.summary(bucket, after, SUMMARY_ITEMS_MAX);
+                        let end = page.end;
+                        out.replies.push(MailRpc::Summary { slot, summary: page });
+                        match end {
+                            Some(e) => after = Some(e),
+                            None => break,
+                        }
+                    }
+                }
+            }
+            MailRpc::Summary { summary, .. } => {
+                if !at.me_replica {
+                    return out;
+                }
+                let r = self.reconcile(&summary);
+                out.replies.extend(r.want.chunks(WANTS_MAX).map(|w| MailRpc::Want { slot, wants: w.to_vec() }));
+                out.replies.extend(framed(slot, r.push));
+            }
+            MailRpc::Want { wants, .. } => out.replies.extend(framed(slot, self.answer(&wants))),
+            MailRpc::Devices { .. } => out.replies.extend(framed(slot, self.device_items())),
+            MailRpc::Items { items, .. } => out.merged = self.merge(now, items),
+            // Delivery requests and hand-over confirmations are not a store's to answer.
+            MailRpc::Store { .. }
+            | MailRpc::Stored { .. }
+            | MailRpc::Fetch { .. }
+            | MailRpc::Page { .. }
+            | MailRpc::Ack { .. }
+            | MailRpc::Matches { .. }
+            | MailRpc::Sessions { .. }
+            | MailRpc::At { .. } => {}
+        }
+        out
     }
 }
 

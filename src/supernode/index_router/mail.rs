@@ -1,17 +1,23 @@
 //! The router's share of the message store: a host's message goes to every replica of
 //! its recipient's slot, a device's fetch to one replica (the next if it does not
-//! answer), its acknowledgements to all. The store itself is plain logic
-//! (`index::mail::MailStore`) inside each slot's actor; this is only the routing.
+//! answer), its acknowledgements to all. Replicas keep each slot's mail equal by
+//! anti-entropy, and a node that leaves a slot hands its mail over. The store and the
+//! exchange's decisions are plain logic (`index::mail::MailStore::respond`,
+//! `index::mail::HandOvers`) inside each slot's actor; this is only the routing.
 
-use super::{IndexRouter, Peer};
-use crate::index::mail::{Mail, MailId, Refusal, Stored};
-use crate::index::rpc::{IndexRpc, MAIL_PAGE_BYTES_MAX, MailRpc};
+use super::{IndexRouter, Peer, now_ms};
+use crate::index::mail::{Mail, MailId, Refusal, Standing, Stored};
+use crate::index::repair::{self, RepairBudget};
+use crate::index::rpc::{DIGESTS_PER_PACKET, IndexRpc, MAIL_PAGE_BYTES_MAX, MAIL_RPC_LEN_MAX, MailRpc};
 use crate::index::{NodeId, Slot};
-use crate::supernode::index_slot::{MailAcked, MailGet, MailPut};
+use crate::supernode::index_slot::{
+    MailAcked, MailGet, MailHolds, MailPut, MailRelease, MailState, MailStateOf, MailSync,
+};
 use crate::wire::ErrorCode;
 use crate::wire::mail::{MailAck, MailBatch, MailFetch, MailSubmit, MailSubmitReply};
 use actix::prelude::*;
-use metrics::counter;
+use metrics::{counter, gauge};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -98,7 +104,7 @@ impl IndexRouter {
     /// Sends `mail` to every replica of its recipient's slot.
     pub(super) fn submit_mail(&mut self, m: SubmitMail, ctx: &mut Context<Self>) {
         let SubmitMail { from, submit, reply } = m;
-        let now_ms = super::now_ms();
+        let now_ms = now_ms();
         let to = submit.to.to_ascii_lowercase();
         let mail = Mail {
             id: submit.id,
@@ -259,6 +265,10 @@ impl IndexRouter {
     /// Sends a device's acknowledgements to every replica of its user's slot.
     pub(super) fn ack_mail(&mut self, m: AckMail, ctx: &mut Context<Self>) {
         let user = m.user.to_ascii_lowercase();
+        // Delivered: a device of the recipient wrote it to its history (counted once per
+        // device, by the node the device is connected to).
+        counter!("confab_mail_messages_total", "node" => self.node.clone(), "outcome" => "delivered")
+            .increment(m.ack.ids.len() as u64);
         let slot = self.user_slot(&user);
         for r in self.map.replicas(slot).to_vec() {
             if r == self.me {
@@ -314,13 +324,255 @@ impl IndexRouter {
             }
             MailRpc::Sessions { req, user } => self.answer_sessions(from, req, user, ctx),
             MailRpc::At { req, supernodes } => self.sessions_answered(req, supernodes),
-            other => {
-                // Mail anti-entropy between replicas is not served yet: counted, so an
-                // operator sees a newer member asking for it.
-                counter!("confab_index_rpc_rejected_total", "node" => self.node.clone(), "reason" => "mail_sync_unserved")
-                    .increment(1);
-                tracing::debug!(node = %self.node, from = %from.1, kind = ?std::mem::discriminant(&other), "mail sync request not served");
+            MailRpc::Digests { slots } => self.mail_digests_from(from, slots, ctx),
+            MailRpc::Matches { slots } => self.mail_matches(from, slots, ctx),
+            rpc @ (MailRpc::Buckets { .. }
+            | MailRpc::Summary { .. }
+            | MailRpc::Want { .. }
+            | MailRpc::Items { .. }
+            | MailRpc::Devices { .. }) => self.mail_sync(from, rpc, ctx),
+        }
+    }
+}
+
+/// Does this node hold the message `id` for `user` (tests and diagnostics)?
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct HoldsMail {
+    /// The recipient.
+    pub user: String,
+    /// The message.
+    pub id: MailId,
+}
+
+/// Every mail series of a node at zero from its start: a panel or a rate shows the node
+/// before its first message.
+pub(super) fn zero_series(node: &str) {
+    gauge!("confab_mail_stored_messages", "node" => node.to_owned()).set(0.0);
+    gauge!("confab_mail_stored_bytes", "node" => node.to_owned()).set(0.0);
+    for direction in ["sent", "received"] {
+        counter!("confab_mail_sync_items_total", "node" => node.to_owned(), "direction" => direction).increment(0);
+    }
+    for outcome in ["sent", "offline", "no_answer", "no_replica", "unknown_node"] {
+        counter!("confab_mail_pushes_total", "node" => node.to_owned(), "outcome" => outcome).increment(0);
+    }
+    for outcome in ["confirmed", "timed_out"] {
+        counter!("confab_mail_handovers_total", "node" => node.to_owned(), "outcome" => outcome).increment(0);
+    }
+    let refusals = Refusal::ALL.iter().map(|r| r.label());
+    for outcome in ["stored", "delivered", "expired", "malformed", "no_replica"].into_iter().chain(refusals) {
+        counter!("confab_mail_messages_total", "node" => node.to_owned(), "outcome" => outcome).increment(0);
+    }
+}
+
+/// The slot a mail anti-entropy request is about.
+fn sync_slot(rpc: &MailRpc) -> Option<u32> {
+    match rpc {
+        MailRpc::Buckets { slot, .. }
+        | MailRpc::Summary { slot, .. }
+        | MailRpc::Want { slot, .. }
+        | MailRpc::Items { slot, .. }
+        | MailRpc::Devices { slot } => Some(*slot),
+        _ => None,
+    }
+}
+
+/// Items carried by a request.
+fn items_in(rpc: &MailRpc) -> usize {
+    if let MailRpc::Items { items, .. } = rpc { items.len() } else { 0 }
+}
+
+impl IndexRouter {
+    pub(super) fn holds_mail(&self, m: HoldsMail) -> ResponseFuture<bool> {
+        let actor = self.slots.get(&self.user_slot(&m.user)).cloned();
+        Box::pin(async move {
+            match actor {
+                Some(a) => a.send(MailHolds(m.id)).await.unwrap_or(false),
+                None => false,
             }
+        })
+    }
+
+    fn standing(&self, slot: Slot, peer: NodeId) -> Standing {
+        Standing { me_replica: self.held.contains(&slot), peer_replica: self.map.replicas(slot).contains(&peer) }
+    }
+
+    /// One mail anti-entropy round: every slot's mail in brief from its actor, then
+    /// [`IndexRouter::mail_round_with`].
+    pub(super) fn mail_round(&mut self, ctx: &mut Context<Self>) {
+        let gained = std::mem::take(&mut self.mail_gained);
+        let asks: Vec<_> = self
+            .slots
+            .iter()
+            .map(|(s, a)| {
+                let (s, a) = (*s, a.clone());
+                async move { (s, a.send(MailStateOf).await.ok()) }
+            })
+            .collect();
+        ctx.spawn(
+            futures_util::future::join_all(asks)
+                .into_actor(self)
+                .map(move |states, act, _| act.mail_round_with(states, &gained)),
+        );
+    }
+
+    /// Sends the digests of the slots' mail: of a slot this node replicates and holds
+    /// mail in, to its other replicas; of a slot it just became a replica of (even
+    /// empty), to two of them, which pulls it; of a slot it left and still holds mail in,
+    /// to the slot's replicas, until one says it holds the same (or the time is up).
+    fn mail_round_with(&mut self, states: Vec<(Slot, Option<MailState>)>, gained: &HashSet<Slot>) {
+        let now = now_ms();
+        let states: Vec<(Slot, MailState)> = states.into_iter().filter_map(|(s, st)| Some((s, st?))).collect();
+        let messages: usize = states.iter().map(|(_, st)| st.messages).sum();
+        let bytes: u64 = states.iter().map(|(_, st)| st.bytes).sum();
+        gauge!("confab_mail_stored_messages", "node" => self.node.clone()).set(messages as f64);
+        gauge!("confab_mail_stored_bytes", "node" => self.node.clone()).set(bytes as f64);
+        let with_mail: Vec<u32> = states.iter().filter(|(_, st)| !st.empty).map(|(s, _)| s.0).collect();
+        let held = &self.held;
+        let round = self.handovers.round(now, &with_mail, |s| held.contains(&Slot(s)));
+        for s in round.expired {
+            if let Some(a) = self.slots.get(&Slot(s)) {
+                a.do_send(MailRelease { matching: None });
+            }
+            counter!("confab_mail_handovers_total", "node" => self.node.clone(), "outcome" => "timed_out").increment(1);
+            tracing::warn!(node = %self.node, slot = s, "let a left slot's mail go unconfirmed");
+        }
+        let offer: HashSet<u32> = round.offer.into_iter().collect();
+        let mut per_peer: HashMap<NodeId, Vec<(u32, [u8; 16])>> = HashMap::new();
+        for (s, st) in &states {
+            let replicas = self.map.replicas(*s);
+            let others = replicas.iter().filter(|r| **r != self.me).copied();
+            let to: Vec<NodeId> = if self.held.contains(s) {
+                if !st.empty {
+                    others.collect()
+                } else if gained.contains(s) {
+                    others.take(super::PULL_FROM).collect()
+                } else {
+                    continue;
+                }
+            } else if offer.contains(&s.0) {
+                others.collect()
+            } else {
+                continue;
+            };
+            for r in to {
+                per_peer.entry(r).or_default().push((s.0, st.digest));
+            }
+        }
+        for (peer, list) in per_peer {
+            let Some(addr) = self.gossip_of.get(&peer).copied() else { continue };
+            for chunk in list.chunks(DIGESTS_PER_PACKET) {
+                self.send_to((peer, addr), &IndexRpc::Mail(MailRpc::Digests { slots: chunk.to_vec() }));
+            }
+        }
+    }
+
+    /// A member's mail digests: each slot's store answers (buckets where they differ, a
+    /// match to a former replica handing over); the matches go back in one packet.
+    fn mail_digests_from(&mut self, from: Peer, slots: Vec<(u32, [u8; 16])>, ctx: &mut Context<Self>) {
+        let asks: Vec<_> = slots
+            .into_iter()
+            .filter_map(|(s, d)| {
+                let actor = self.slots.get(&Slot(s))?.clone();
+                let at = self.standing(Slot(s), from.0);
+                Some(actor.send(MailSync { at, rpc: MailRpc::Digests { slots: vec![(s, d)] } }))
+            })
+            .collect();
+        if asks.is_empty() {
+            return;
+        }
+        ctx.spawn(futures_util::future::join_all(asks).into_actor(self).map(move |answers, act, _| {
+            let (mut replies, mut matches) = (Vec::new(), Vec::new());
+            for r in answers.into_iter().flatten().flat_map(|a| a.replies) {
+                match r {
+                    MailRpc::Matches { slots } => matches.extend(slots),
+                    other => replies.push(other),
+                }
+            }
+            replies.extend(matches.chunks(DIGESTS_PER_PACKET).map(|c| MailRpc::Matches { slots: c.to_vec() }));
+            act.send_mail(from, replies);
+        }));
+    }
+
+    /// A replica holds exactly the mail we offered of these slots: the copies of slots
+    /// this node left go (each only if still what was offered).
+    fn mail_matches(&mut self, from: Peer, slots: Vec<(u32, [u8; 16])>, ctx: &mut Context<Self>) {
+        for (s, digest) in slots {
+            let Some(actor) = self.slots.get(&Slot(s)).cloned() else { continue };
+            let at = self.standing(Slot(s), from.0);
+            if !self.handovers.matched(s, at.me_replica, at.peer_replica) {
+                continue;
+            }
+            ctx.spawn(actor.send(MailRelease { matching: Some(digest) }).into_actor(self).map(move |gone, act, _| {
+                if gone == Ok(true) {
+                    act.handovers.released(s);
+                    counter!("confab_mail_handovers_total", "node" => act.node.clone(), "outcome" => "confirmed")
+                        .increment(1);
+                    tracing::debug!(node = %act.node, slot = s, to = %from.1, "handed a slot's mail over");
+                }
+            }));
+        }
+    }
+
+    /// The rest of the exchange (buckets, summaries, wants, items, devices) goes to the
+    /// slot's store; a slot this node has no store for gets nothing.
+    fn mail_sync(&mut self, from: Peer, rpc: MailRpc, ctx: &mut Context<Self>) {
+        let Some(s) = sync_slot(&rpc) else { return };
+        let Some(actor) = self.slots.get(&Slot(s)).cloned() else {
+            counter!("confab_index_rpc_rejected_total", "node" => self.node.clone(), "reason" => "mail_slot_not_held")
+                .increment(1);
+            return;
+        };
+        let received = items_in(&rpc);
+        if received > 0 {
+            counter!("confab_mail_sync_items_total", "node" => self.node.clone(), "direction" => "received")
+                .increment(received as u64);
+        }
+        let at = self.standing(Slot(s), from.0);
+        ctx.spawn(actor.send(MailSync { at, rpc }).into_actor(self).map(move |res, act, _| {
+            let Ok(answer) = res else { return };
+            if answer.merged.refused > 0 {
+                tracing::debug!(node = %act.node, slot = s, refused = answer.merged.refused, "mail items refused");
+            }
+            act.send_mail(from, answer.replies);
+        }));
+    }
+
+    /// Sends mail anti-entropy replies to a member, each within one frame, within one
+    /// answer's byte cap and the member's repair rate; what does not fit waits for the
+    /// next round.
+    fn send_mail(&mut self, to: Peer, replies: Vec<MailRpc>) {
+        if replies.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let total = replies.len();
+        let encoded: Vec<(Vec<u8>, usize)> = replies
+            .into_iter()
+            .map(|r| {
+                let n = items_in(&r);
+                (IndexRpc::Mail(r).encode(), n)
+            })
+            .filter(|(b, _)| b.len() <= MAIL_RPC_LEN_MAX)
+            .collect();
+        let sizes: Vec<usize> = encoded.iter().map(|(b, _)| b.len()).collect();
+        let (per_sec, cap) = (self.cfg.repair_bytes_per_peer_per_sec, self.cfg.repair_bytes_per_answer_max);
+        let budget = self.mail_repair.entry(to.0).or_insert_with(|| RepairBudget::new(per_sec, now));
+        let n = repair::fit(&sizes, cap, budget, now);
+        let mut items = 0;
+        for (b, k) in encoded.iter().take(n) {
+            if self.sender.send(to.0, to.1, b) {
+                items += k;
+            }
+        }
+        if items > 0 {
+            counter!("confab_mail_sync_items_total", "node" => self.node.clone(), "direction" => "sent")
+                .increment(items as u64);
+        }
+        if n < total {
+            counter!("confab_index_rpc_rejected_total", "node" => self.node.clone(), "reason" => "mail_sync_capped")
+                .increment((total - n) as u64);
+            tracing::debug!(node = %self.node, to = %to.1, sent = n, skipped = total - n, "mail repair capped");
         }
     }
 }
