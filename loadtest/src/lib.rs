@@ -17,11 +17,13 @@
 //! - [`turn`] — `turn`: a minimal TURN client and coturn as a child process.
 //! - [`hosts`] — logging real hosts in through the confab host library.
 //! - [`scenarios`] — each scenario run to one result; `login`, `hosts`, `lookup`.
+//! - [`chat`] — `chat`: messages through the store, online latency and offline hand-over.
 //! - [`lateness`] — `lateness`: a call's media clock under signalling load, on a whole
 //!   network the harness starts in its own process.
 //! - [`server`] — the server's CPU, memory and relay counters: `/metrics`, `/proc`.
 //! - [`stats`], [`report`] — histograms, the JSON document, the tables.
 
+pub mod chat;
 pub mod cpu;
 pub mod hosts;
 pub mod lateness;

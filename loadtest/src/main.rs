@@ -204,6 +204,29 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         max_lookups: u64,
     },
+    /// Chat through the super nodes' store: online delivery latency (with receipts),
+    /// then offline messages and their hand-over at the next login.
+    Chat {
+        #[command(flatten)]
+        host: HostArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Hosts: half write, each to its partner in the other half (an even number).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(2..=2_000))]
+        hosts: u32,
+        /// Messages per second per writer, online.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        /// How long writers write, online.
+        #[arg(long, default_value = "10s", value_parser = bounded_duration)]
+        duration: Duration,
+        /// Messages each writer leaves for its partner while it is away.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=1_000))]
+        offline: u32,
+        /// How long a message or a hand-over may take before it counts as lost.
+        #[arg(long, default_value = "10s", value_parser = bounded_duration)]
+        patience: Duration,
+    },
 }
 
 /// The smallest datagram: the relay header and the smallest inner packet.
@@ -826,6 +849,7 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
         Command::Login { .. } => "login",
         Command::Hosts { .. } => "hosts",
         Command::Lookup { .. } => "lookup",
+        Command::Chat { .. } => "chat",
         Command::Lateness { .. } => "lateness",
     };
     let mut report = Report::new(name);
@@ -925,6 +949,22 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
             report.lookup = Some(confab_loadtest::block_on(
                 &runtime()?,
                 scenarios::lookups(&hosts, *h as usize, *rate, *duration, *max_lookups, &probe, cli.quiet),
+            )?);
+        }
+        Command::Chat { host, server, hosts: h, rate, duration, offline, patience } => {
+            anyhow::ensure!(*rate > 0.0 && *rate <= 100.0, "--rate: between 0 and 100 messages a second per writer");
+            let hosts = host.hosts(&cli.work_dir)?;
+            let probe = server.probe();
+            let o = confab_loadtest::chat::ChatOptions {
+                hosts: *h as usize,
+                rate: *rate,
+                duration: *duration,
+                offline: *offline as usize,
+                patience: *patience,
+            };
+            report.chat = Some(confab_loadtest::block_on(
+                &runtime()?,
+                confab_loadtest::chat::chat(&hosts, &o, &probe, cli.quiet),
             )?);
         }
         Command::Lateness { runs, supernodes, buddies, warmup, window, presence_refresh, kill_after } => {

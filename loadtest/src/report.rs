@@ -230,6 +230,45 @@ pub struct LookupResult {
     pub server_cpu_us_per_lookup: Option<f64>,
 }
 
+/// The `chat` scenario's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatResult {
+    /// Hosts: half writers, half their partners.
+    pub hosts: usize,
+    /// Messages per second each writer aims at, online.
+    pub rate_per_writer: f64,
+    /// Seconds the online phase ran (patience included).
+    pub window_s: f64,
+    /// Messages the store took, online.
+    pub sent: u64,
+    /// Messages that reached their partner online (as an event).
+    pub received: u64,
+    /// Messages sent online that never arrived within the patience.
+    pub lost: u64,
+    /// Messages received per second, online.
+    pub messages_per_s: f64,
+    /// From the send's start to the partner's event, microseconds.
+    pub latency_us: Option<Latency>,
+    /// The server's CPU and memory over the online phase.
+    pub server: Spent,
+    /// Server CPU per message received online (its receipt included), microseconds.
+    pub server_cpu_us_per_message: Option<f64>,
+    /// Messages each writer left for its partner while away.
+    pub offline_per_partner: usize,
+    /// Offline messages the store took.
+    pub offline_stored: u64,
+    /// Offline messages handed to the partners when they came back.
+    pub offline_handed: u64,
+    /// Offline messages that did not arrive within the patience.
+    pub offline_missing: u64,
+    /// A partner's login when it came back, microseconds.
+    pub login_us: Option<Latency>,
+    /// From the start of a partner's login to its last offline message, microseconds.
+    pub handover_us: Option<Latency>,
+    /// Failures, by message.
+    pub errors: BTreeMap<String, u64>,
+}
+
 /// Everything a run measured: what `--json FILE` writes.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -251,6 +290,8 @@ pub struct Report {
     pub hosts: Option<HostsResult>,
     /// The `lookup` scenario.
     pub lookup: Option<LookupResult>,
+    /// The `chat` scenario.
+    pub chat: Option<ChatResult>,
     /// `limit`: each server's searched loss-free rate.
     pub limit: Vec<crate::limit::Summary>,
     /// `lateness`: the media clock under signalling load.
@@ -296,6 +337,7 @@ impl Report {
             login: None,
             hosts: None,
             lookup: None,
+            chat: None,
             limit: Vec::new(),
             lateness: None,
             guard: None,
@@ -336,6 +378,9 @@ impl Report {
         }
         if let Some(h) = &self.hosts {
             out.push_str(&hosts_table(h));
+        }
+        if let Some(c) = &self.chat {
+            out.push_str(&chat_table(c));
         }
         if let Some(l) = &self.lookup {
             out.push_str(&lookup_table(l));
@@ -535,6 +580,32 @@ fn hosts_table(h: &HostsResult) -> String {
     let mut out = format!("each host: {}\n", h.what);
     out.push_str(&table(&rows));
     failures_line(&mut out, "login failed", &h.failures);
+    out
+}
+
+fn chat_table(c: &ChatResult) -> String {
+    let us = |l: Option<Latency>, p: fn(&Latency) -> f64| f(l.as_ref().map(p), 0);
+    let rows = vec![
+        vec!["hosts (writers + partners)".into(), c.hosts.to_string()],
+        vec!["target per writer /s".into(), format!("{:.1}", c.rate_per_writer)],
+        vec!["online window s".into(), format!("{:.1}", c.window_s)],
+        vec!["sent / received / lost".into(), format!("{} / {} / {}", c.sent, c.received, c.lost)],
+        vec!["messages/s".into(), format!("{:.1}", c.messages_per_s)],
+        vec!["delivery p50 µs".into(), us(c.latency_us, |x| x.p50)],
+        vec!["delivery p99 µs".into(), us(c.latency_us, |x| x.p99)],
+        vec!["delivery max µs".into(), us(c.latency_us, |x| x.max)],
+        vec!["server CPU µs/message".into(), f(c.server_cpu_us_per_message, 1)],
+        vec![
+            "offline: stored / handed / missing".into(),
+            format!("{} / {} / {}", c.offline_stored, c.offline_handed, c.offline_missing),
+        ],
+        vec!["offline: login p50 µs".into(), us(c.login_us, |x| x.p50)],
+        vec!["offline: hand-over p50 µs".into(), us(c.handover_us, |x| x.p50)],
+        vec!["offline: hand-over p99 µs".into(), us(c.handover_us, |x| x.p99)],
+        vec!["resources from".into(), c.server.source.unwrap_or(NA).to_owned()],
+    ];
+    let mut out = table(&rows);
+    failures_line(&mut out, "chat failed", &c.errors);
     out
 }
 

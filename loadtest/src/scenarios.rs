@@ -187,7 +187,7 @@ fn merge(into: &mut Histogram<u64>, from: &Histogram<u64>) {
 }
 
 /// Probes the server off the async threads (it blocks on HTTP or `/proc`).
-async fn sample(probe: &Probe) -> server::Sample {
+pub(crate) async fn sample(probe: &Probe) -> server::Sample {
     let p = probe.clone();
     tokio::task::spawn_blocking(move || p.sample()).await.unwrap_or_default()
 }

@@ -391,6 +391,37 @@ async fn global_index_lookups() {
     n.net.stop().await;
 }
 
+#[actix_rt::test]
+async fn chat_online_and_offline() {
+    let n = start(1).await;
+    let work = work_dir(n.dir.path());
+    let config = n.host_config();
+    let args = [
+        "chat",
+        "--config",
+        &config,
+        "--hosts",
+        "4",
+        "--rate",
+        "5",
+        "--duration",
+        "2s",
+        "--offline",
+        "5",
+        "--patience",
+        "5s",
+    ];
+    let r = loadtest(&work, &args, Duration::from_secs(60)).await;
+    let c = &r["chat"];
+    assert_eq!(c["errors"], serde_json::json!({}), "{c:#}");
+    let (sent, received) = (c["sent"].as_u64().unwrap(), c["received"].as_u64().unwrap());
+    assert!(sent >= 10 && received == sent && c["lost"] == 0, "2 writers × 5/s × 2 s, all arrived: {c:#}");
+    assert!(c["latency_us"]["p99"].as_f64().unwrap() > 0.0);
+    assert_eq!((c["offline_stored"].as_u64(), c["offline_handed"].as_u64()), (Some(10), Some(10)), "{c:#}");
+    assert!(c["handover_us"]["p50"].as_f64().unwrap() > 0.0, "{c:#}");
+    n.net.stop().await;
+}
+
 /// `confab-loadtest lateness`, short: one run on a network the harness starts itself (the
 /// fixture keys in its work folder, so nothing is generated). The figures themselves are
 /// the measurement's business; this checks that the run did what it says (a call, a
