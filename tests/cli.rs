@@ -348,6 +348,7 @@ fn chat_from_the_command_line_stores_reads_once_and_marks_strangers() {
     got.sort();
     assert_eq!(got, vec![("ann", "dinner at eight?", false), ("cat", "buy my course", true)], "{read}");
     assert_eq!(read["messages"][0]["to"], "ben");
+    assert_eq!(read["gaps"], serde_json::json!([]), "nothing lost on the way: {read}");
     // Read once: the next read has nothing new.
     let again = json(host(&data, &ben, &["chat", "--as", "ben", "read", "--json"]));
     assert_eq!(again["messages"].as_array().map(Vec::len), Some(0), "{again}");

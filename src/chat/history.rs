@@ -162,6 +162,10 @@ pub struct Row {
     pub side: Side,
 }
 
+/// Numbers missing from one sender device's sequence in a conversation: (sender, its
+/// device, the conversation, the missing numbers).
+pub type Missing = (String, DeviceId, Conversation, RangeInclusive<u64>);
+
 /// A device's chat history, one SQLite connection.
 #[derive(Debug)]
 pub struct History {
@@ -399,6 +403,34 @@ impl History {
             Ok(lo..=hi)
         })
         .collect()
+    }
+
+    /// Every gap in the numbers of messages received from other users (not `me`: this
+    /// user's own devices copy only part of what they send to each other), as (sender,
+    /// device, conversation, missing numbers), at most [`GAPS_MAX`] in all. A gap that
+    /// stays after a fetch is a message some store lost or withheld.
+    pub fn missing(
+        &self,
+        me: &str,
+    ) -> Result<Vec<Missing>, HistoryError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT DISTINCT sender, sender_device, conversation FROM message WHERE sender <> ?1 AND outgoing = 0",
+        )?;
+        let streams = st
+            .query_map([me], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, String>(2)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::new();
+        for (from, device, conversation) in streams {
+            let device = KeyId(device.try_into().map_err(|_| HistoryError::Corrupt("sender_device"))?);
+            let conversation = parse_conversation(&conversation).ok_or(HistoryError::Corrupt("conversation"))?;
+            for r in self.gaps(&from, device, &conversation)? {
+                if out.len() >= GAPS_MAX {
+                    return Ok(out);
+                }
+                out.push((from.clone(), device, conversation.clone(), r));
+            }
+        }
+        Ok(out)
     }
 
     fn rows(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Row>, HistoryError> {

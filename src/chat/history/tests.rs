@@ -222,6 +222,21 @@ fn gaps_appear_below_the_highest_seen_and_close_when_filled() {
 }
 
 #[test]
+fn missing_lists_the_gaps_of_every_other_sender_not_our_own_devices() {
+    let (_dir, mut h) = open_tmp();
+    for seq in [1, 3] {
+        h.record_received(&from_alice(seq as u8, seq, "x")).unwrap();
+    }
+    // Our own device's copies skip numbers (receipts are not copied): no alarm for them.
+    let mine = Message { id: [40; 16], to: "bob".into(), inner: inner("bob", BOB_1, "alice", 4, text("mine")) };
+    h.record_received(&mine).unwrap();
+    let missing = h.missing("bob").unwrap();
+    assert_eq!(missing, vec![("alice".to_string(), ALICE_1, user("alice"), 2..=2)]);
+    h.record_received(&from_alice(2, 2, "late")).unwrap();
+    assert!(h.missing("bob").unwrap().is_empty());
+}
+
+#[test]
 fn gaps_are_bounded() {
     let (_dir, mut h) = open_tmp();
     for i in 1..=(GAPS_MAX as u64 + 5) {
