@@ -164,6 +164,10 @@ struct Joined {
     dirty: bool,
     /// Members to send a Hello once [`HELLO_GAP`] allows (at most [`HELLO_PEERS_MAX`]).
     hello_to: BTreeSet<String>,
+    /// Members a payload of ours missed: they get a Hello at the next link-up or
+    /// periodic sync (not at once, so an unreachable member is not asked every
+    /// [`HELLO_GAP`]).
+    missed: BTreeSet<String>,
     last_hello: Option<Instant>,
     next_sync: Option<Instant>,
     /// Answers per peer in the current minute, and when that minute began.
@@ -178,6 +182,7 @@ impl Joined {
             shown: HashSet::new(),
             dirty: true,
             hello_to: BTreeSet::new(),
+            missed: BTreeSet::new(),
             last_hello: None,
             next_sync: None,
             answers: BTreeMap::new(),
@@ -491,9 +496,9 @@ impl GroupsCore {
             return;
         }
         if let Some(j) = self.groups.get_mut(&group)
-            && j.hello_to.len() < HELLO_PEERS_MAX
+            && j.missed.len() < HELLO_PEERS_MAX
         {
-            j.hello_to.insert(to.to_ascii_lowercase());
+            j.missed.insert(to.to_ascii_lowercase());
         }
     }
 
@@ -558,8 +563,14 @@ impl GroupsCore {
         if !self.linked {
             return;
         }
+        if j.next_sync.is_none() {
+            // Joined or founded while linked.
+            j.next_sync = Some(now + SYNC_EVERY);
+        }
         if j.next_sync.is_some_and(|t| t <= now) {
             j.next_sync = Some(now + SYNC_EVERY);
+            let missed = std::mem::take(&mut j.missed);
+            j.hello_to.extend(missed);
             // One other member, drawn at random: over a few rounds, news from anyone
             // reaches everyone.
             let others: Vec<String> = j.group.state().members.keys().filter(|m| **m != me).cloned().collect();
