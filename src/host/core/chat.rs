@@ -678,6 +678,7 @@ impl ChatCore {
         if let Body::Group(body) = &message.inner.body {
             // The log decides what is new (by entry hash), not the history's numbers.
             self.stats.group_payloads += 1;
+            tracing::debug!(from = %message.inner.from, bytes = body.len(), "a group payload");
             match message.inner.conversation {
                 Conversation::Group(g) if !(from_me && message.inner.from_device == self.cfg.device) => {
                     self.groups.receive(now.mono, &message.inner.from, g, body, Some(id))
@@ -865,6 +866,7 @@ impl ChatCore {
         self.fetching = false;
         match r {
             Ok(Answer::Mail(b)) if b.code == 0 => {
+                tracing::debug!(messages = b.messages.len(), more = b.more, "a page of stored messages");
                 let last = b.messages.last().map(|(id, _)| *id);
                 for (id, m) in &b.messages {
                     self.on_stored(now, *id, m);

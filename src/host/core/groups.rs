@@ -332,8 +332,21 @@ impl GroupsCore {
         member: &str,
         keys: UserPublicKeys,
     ) -> Result<(), GroupsError> {
+        let member = member.to_ascii_lowercase();
         let j = self.groups.get_mut(&group).ok_or_else(|| GroupsError::Unknown(hex::encode(group)))?;
-        let entries = j.group.invite(&member.to_ascii_lowercase(), keys, now_ms, &mut self.rng)?;
+        // What the invitee needs to take the invite in: the log so far, which nobody sent
+        // it (it was not a member). At most a round's worth; our Hello after it brings the
+        // rest once the invitee answers.
+        let mut before = j.group.export();
+        let truncated = before.len() > ANSWER_ENTRIES_MAX;
+        before.truncate(ANSWER_ENTRIES_MAX);
+        if truncated {
+            before.push(sync::hello(&mut j.group));
+        }
+        let entries = j.group.invite(&member, keys, now_ms, &mut self.rng)?;
+        for payload in bundle(before) {
+            self.out.push_back(GroupOut::Send { to: member.clone(), group, payload, op: None });
+        }
         self.distribute(group, entries, None, None);
         Ok(())
     }
@@ -736,5 +749,23 @@ mod tests {
         assert_eq!(texts(&mut c, g), want);
         assert_eq!(texts(&mut a, g), want);
         assert!(c.stats().hellos > 0);
+    }
+
+    #[test]
+    fn invitees_read_the_group_with_its_creator_gone_after_writing() {
+        let t0 = Instant::now();
+        let (mut a, mut b, mut c) = (core("alice", 1), core("bob", 2), core("carol", 3));
+        let g = a.create(1_000, "team").unwrap();
+        for (m, k) in [("bob", &b), ("carol", &c)] {
+            let keys = UserKeys::derive(&k.list_key).public();
+            a.invite(1_000, g, m, keys).unwrap();
+        }
+        a.send_text(2_000, g, "hello", 1).unwrap();
+        // Nothing reaches alice any more: what she sent is all the others get.
+        exchange(&mut [&mut a, &mut b, &mut c], t0, Some("alice"));
+        for x in [&mut b, &mut c] {
+            assert_eq!(x.find("@team"), Ok(g));
+            assert_eq!(texts(x, g), vec![("alice".to_string(), Some("hello".to_string()))]);
+        }
     }
 }
