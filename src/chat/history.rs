@@ -194,6 +194,9 @@ pub struct GroupText {
     pub mine: bool,
 }
 
+/// A group as kept: its id, its name once its Create is held, its entries' bytes.
+pub type GroupLog = (GroupId, Option<String>, Vec<Vec<u8>>);
+
 /// A device's chat history, one SQLite connection.
 #[derive(Debug)]
 pub struct History {
@@ -463,7 +466,7 @@ impl History {
     }
 
     /// Every group kept, with its name once its Create is held, and its entries' bytes.
-    pub fn group_logs(&self) -> Result<Vec<(GroupId, Option<String>, Vec<Vec<u8>>)>, HistoryError> {
+    pub fn group_logs(&self) -> Result<Vec<GroupLog>, HistoryError> {
         let mut st = self.conn.prepare_cached("SELECT id, name FROM group_log ORDER BY id")?;
         let groups = st
             .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<String>>(1)?)))?

@@ -114,6 +114,9 @@ impl ChatEffect {
     }
 }
 
+/// A group's id and the bytes of the entries kept of its log.
+pub type GroupEntries = (GroupId, Vec<Vec<u8>>);
+
 /// What the shell reports back for an effect that asks for an answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChatEffectResult {
@@ -122,7 +125,7 @@ pub enum ChatEffectResult {
     /// Written: `true` when new, `false` when the history had it already.
     Recorded(Result<bool, String>),
     /// The group logs kept: each group's entries.
-    GroupLogs(Result<Vec<(GroupId, Vec<Vec<u8>>)>, String>),
+    GroupLogs(Result<Vec<GroupEntries>, String>),
     /// Group texts written: for each, whether it was new.
     GroupRecorded(Result<Vec<bool>, String>),
 }

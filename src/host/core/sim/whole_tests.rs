@@ -621,7 +621,7 @@ fn a_group_on_two_super_nodes_converges_after_a_member_was_cut_off_while_everyon
     // Carol is cut off from both super nodes; everyone writes meanwhile, carol too.
     let cut = crate::host::core::sim::LinkSpec { loss_ppm: 1_000_000, ..Default::default() };
     for sn in &sns {
-        w.set_link(carol, *sn, cut.clone());
+        w.set_link(carol, *sn, cut);
     }
     w.run_until(w.now + secs(1.0));
     for (h, text) in [(alice, "while carol was away 1"), (bob, "while carol was away 2"), (carol, "carol, alone")] {
