@@ -465,6 +465,11 @@ impl GroupsCore {
                     // Our own devices sync with other members, not with each other.
                     return;
                 }
+                if !j.group.state().members.contains_key(from) {
+                    // The log is for its members: a stranger, or someone removed, asks in vain.
+                    self.stats.refused += 1;
+                    return;
+                }
                 let since = *j.answers_since.get_or_insert(now);
                 if now.saturating_duration_since(since) >= Duration::from_secs(60) {
                     j.answers.clear();
@@ -767,5 +772,24 @@ mod tests {
             assert_eq!(x.find("@team"), Ok(g));
             assert_eq!(texts(x, g), vec![("alice".to_string(), Some("hello".to_string()))]);
         }
+    }
+
+    #[test]
+    fn only_members_are_answered() {
+        let t0 = Instant::now();
+        let (mut a, mut b, mut s) = (core("alice", 1), core("bob", 2), core("stranger", 4));
+        let g = a.create(1_000, "team").unwrap();
+        a.invite(1_000, g, "bob", UserKeys::derive(&b.list_key).public()).unwrap();
+        while a.poll_out().is_some() {}
+        // An empty copy's Hello asks for everything.
+        let hello = |c: &mut GroupsCore| sync::hello(&mut c.joined(g).unwrap().group);
+        let (hb, hs) = (hello(&mut b), hello(&mut s));
+        let sends = |a: &mut GroupsCore| {
+            std::iter::from_fn(|| a.poll_out()).filter(|o| matches!(o, GroupOut::Send { .. })).count()
+        };
+        a.receive(t0, "stranger", g, &hs, None);
+        assert_eq!(sends(&mut a), 0, "a stranger gets nothing");
+        a.receive(t0, "bob", g, &hb, None);
+        assert!(sends(&mut a) > 0, "a member gets the log");
     }
 }
