@@ -431,6 +431,12 @@ impl GroupsCore {
             self.stats.refused += 1;
             return;
         };
+        // Only an entry founds a copy of a group here: a Hello or a Want names what its
+        // sender holds, and we hold nothing of an unknown group to answer with.
+        if !matches!(p, Payload::Entry(_)) && !self.groups.contains_key(&group) {
+            self.stats.refused += 1;
+            return;
+        }
         let Some(j) = self.joined(group) else {
             // Too many groups: a stranger's flood, or a user in too many groups.
             self.stats.refused += 1;
@@ -791,5 +797,39 @@ mod tests {
         assert_eq!(sends(&mut a), 0, "a stranger gets nothing");
         a.receive(t0, "bob", g, &hb, None);
         assert!(sends(&mut a) > 0, "a member gets the log");
+    }
+
+    #[test]
+    fn a_removed_member_and_one_who_left_cannot_read_what_follows() {
+        let t0 = Instant::now();
+        let (mut a, mut b, mut c) = (core("alice", 1), core("bob", 2), core("carol", 3));
+        let g = a.create(1_000, "team").unwrap();
+        for (m, k) in [("bob", &b), ("carol", &c)] {
+            a.invite(1_000, g, m, UserKeys::derive(&k.list_key).public()).unwrap();
+        }
+        a.send_text(2_000, g, "all of us", 1).unwrap();
+        exchange(&mut [&mut a, &mut b, &mut c], t0, None);
+        // Only the creator and admins remove.
+        assert!(matches!(b.remove(3_000, g, "carol"), Err(GroupsError::Log(GroupError::NotAdmin))));
+        a.remove(3_000, g, "carol").unwrap();
+        a.send_text(4_000, g, "without carol", 2).unwrap();
+        exchange(&mut [&mut a, &mut b, &mut c], t0, None);
+        assert_eq!(c.members(&g).unwrap(), ["alice".to_string(), "bob".to_string()].into());
+        let said = |x: &mut GroupsCore| texts(x, g).into_iter().map(|(_, t)| t).collect::<Vec<_>>();
+        assert_eq!(said(&mut b), [Some("all of us".to_string()), Some("without carol".to_string())]);
+        // Carol hears of her removal, and of nothing after it.
+        assert_eq!(said(&mut c), [Some("all of us".to_string())]);
+        // Bob leaves; alice (the rekeyer) starts a new epoch when she sees it.
+        let epoch = |x: &mut GroupsCore| x.groups.get_mut(&g).unwrap().group.state().epoch;
+        let before = epoch(&mut a);
+        b.leave(5_000, g).unwrap();
+        exchange(&mut [&mut a, &mut b, &mut c], t0, None);
+        assert_eq!(epoch(&mut a), before + 1, "a new epoch after the leave");
+        a.send_text(6_000, g, "alone", 3).unwrap();
+        exchange(&mut [&mut a, &mut b, &mut c], t0, None);
+        assert_eq!(said(&mut a).last(), Some(&Some("alone".to_string())));
+        assert!(!said(&mut b).contains(&Some("alone".to_string())), "bob left before it");
+
+        assert!(matches!(b.send_text(7_000, g, "still here?", 4), Err(GroupsError::Log(GroupError::NotMember))));
     }
 }
