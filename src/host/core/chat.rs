@@ -40,6 +40,12 @@ pub const KEYS_MAX: usize = 4096;
 pub const HELD_MAX: usize = 256;
 /// Most sends in progress at once.
 pub const SENDS_MAX: usize = 1024;
+/// Most group payloads being sent at once; the rest wait their turn (a group of a
+/// hundred fans one entry out into a hundred messages, and a request queue overflows).
+pub const GROUP_SENDS_WINDOW: usize = 256;
+/// Most group payloads waiting their turn; beyond it a payload is dropped and its member
+/// gets it by sync.
+pub const GROUP_BACKLOG_MAX: usize = 16_384;
 
 /// What a send became.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -341,6 +347,8 @@ pub struct ChatCore {
     invites: Vec<(u64, GroupId, String)>,
     /// The latest time an input brought (group work is done when outputs are taken).
     seen: Option<Now>,
+    /// Group payloads waiting for room in [`GROUP_SENDS_WINDOW`]: (command, to, group, payload).
+    group_backlog: VecDeque<(u64, String, GroupId, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for ChatCore {
@@ -386,6 +394,7 @@ impl ChatCore {
             group_ops: BTreeMap::new(),
             invites: Vec::new(),
             seen: None,
+            group_backlog: VecDeque::new(),
         }
     }
 
@@ -851,6 +860,7 @@ impl ChatCore {
             || self.out.values().any(|w| matches!(w, ReqFor::Ack { .. } | ReqFor::Submit { .. }))
             || !self.group_cmds.is_empty()
             || !self.group_ops.is_empty()
+            || !self.group_backlog.is_empty()
             || self.groups.is_dirty()
     }
 
@@ -1063,6 +1073,15 @@ impl ChatCore {
             o.sends += 1;
             o.sends_left += 1;
         }
+        let sending = self.sends.values().filter(|s| s.group.is_some()).count();
+        if sending >= GROUP_SENDS_WINDOW && self.group_backlog.len() < GROUP_BACKLOG_MAX {
+            self.group_backlog.push_back((op, to, group, payload));
+            return;
+        }
+        self.send_group_now(now, op, to, group, payload);
+    }
+
+    fn send_group_now(&mut self, now: Now, op: u64, to: String, group: GroupId, payload: Vec<u8>) {
         if self.sends.len() >= SENDS_MAX {
             self.stats.send_failed += 1;
             self.groups.send_failed(group, &to);
@@ -1099,6 +1118,13 @@ impl ChatCore {
     /// acknowledgements (once per batch of inputs: when the outputs are taken).
     fn pump_groups(&mut self) {
         let Some(now) = self.seen else { return };
+        let mut sending = self.sends.values().filter(|s| s.group.is_some()).count();
+        while sending < GROUP_SENDS_WINDOW
+            && let Some((op, to, group, payload)) = self.group_backlog.pop_front()
+        {
+            self.send_group_now(now, op, to, group, payload);
+            sending += 1;
+        }
         self.groups.step(now.mono, now.unix_ms);
         while let Some(o) = self.groups.poll_out() {
             match o {
@@ -1156,5 +1182,104 @@ impl ChatCore {
     /// The next finished send: the `op` given to [`ChatCore::send_text`], and its outcome.
     pub fn poll_completion(&mut self) -> Option<(u64, Result<Sent, HostError>)> {
         self.completions.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::keys::tests::test_key;
+    use crate::crypto::password::ListKey;
+    use crate::wire::mail::MailSubmitReply;
+
+    fn now(ms: u64) -> Now {
+        static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        let base = *BASE.get_or_init(Instant::now);
+        Now { mono: base + Duration::from_millis(ms), unix_ms: 1_800_000_000_000 + ms }
+    }
+
+    /// A chat part whose history answers at once (empty, and every write taken).
+    fn core() -> ChatCore {
+        let list_key = ListKey([5; 32]);
+        let cfg = ChatConfig {
+            me: "alice".into(),
+            device: crate::crypto::keys::KeyId([1; 8]),
+            trusted: TrustedKeys::new(vec![test_key(1).public().clone()]),
+            list_key: list_key.clone(),
+        };
+        let mut c = ChatCore::new(cfg, UserKeys::derive(&list_key), StdRng::seed_from_u64(3));
+        c.on_link_up(now(0));
+        c
+    }
+
+    /// Answers every history effect; returns the store requests put out.
+    fn drain(c: &mut ChatCore, at: Now) -> Vec<(u64, Request)> {
+        let mut reqs = Vec::new();
+        loop {
+            let mut any = false;
+            while let Some(r) = c.poll_request() {
+                any = true;
+                reqs.push(r);
+            }
+            while let Some((tag, e)) = c.poll_effect() {
+                any = true;
+                let r = match e {
+                    ChatEffect::GroupLoad => ChatEffectResult::GroupLogs(Ok(Vec::new())),
+                    ChatEffect::GroupRecord { texts, .. } => {
+                        ChatEffectResult::GroupRecorded(Ok(vec![true; texts.len()]))
+                    }
+                    ChatEffect::NextSeq { .. } => ChatEffectResult::Seq(Ok(1)),
+                    _ => ChatEffectResult::Recorded(Ok(true)),
+                };
+                if tag != 0 {
+                    c.on_effect_result(at, tag, r);
+                }
+            }
+            if !any {
+                return reqs;
+            }
+        }
+    }
+
+    fn stored(pushed: u8) -> OpResult {
+        Ok(Answer::Mailed(MailSubmitReply { req: 0, code: 0, replicas: 1, pushed }))
+    }
+
+    #[test]
+    fn group_payloads_go_out_a_window_at_a_time_and_a_text_completes_when_all_are_stored() {
+        let mut c = core();
+        drain(&mut c, now(0));
+        c.group_command(now(1), 7, GroupCommand::Create { name: "solo".into(), members: vec![] });
+        let first = drain(&mut c, now(1));
+        assert!(matches!(c.poll_completion(), Some((7, Ok(Sent { ref to, .. }))) if to == "@solo"));
+        for (tag, _) in first {
+            c.on_request_result(now(2), tag, stored(1));
+        }
+        // Many texts at once: each is one payload (to ourselves, the only member).
+        let n = GROUP_SENDS_WINDOW + 40;
+        for i in 0..n {
+            c.group_command(now(3), 100 + i as u64, GroupCommand::Send { group: "@solo".into(), text: format!("{i}") });
+        }
+        let out = drain(&mut c, now(3));
+        let submits = |r: &[(u64, Request)]| r.iter().filter(|(_, r)| matches!(r, Request::MailSubmit { .. })).count();
+        assert_eq!(submits(&out), GROUP_SENDS_WINDOW, "a window's worth goes out");
+        assert!(c.is_busy());
+        assert!(c.poll_completion().is_none(), "no text is done before the store answers");
+        for (tag, _) in out {
+            c.on_request_result(now(4), tag, stored(1));
+        }
+        let rest = drain(&mut c, now(4));
+        assert_eq!(submits(&rest), 40, "the rest follow as the window frees");
+        for (tag, _) in rest {
+            c.on_request_result(now(5), tag, stored(0));
+        }
+        drain(&mut c, now(5));
+        let done: Vec<_> = std::iter::from_fn(|| c.poll_completion()).collect();
+        assert_eq!(done.len(), n);
+        assert!(done.iter().all(|(_, r)| r.is_ok()));
+        let status = |op: u64| done.iter().find(|(o, _)| *o == op).and_then(|(_, r)| r.as_ref().ok()).map(|s| s.status);
+        assert_eq!(status(100), Some(SendStatus::Delivered), "pushed at once");
+        assert_eq!(status(100 + n as u64 - 1), Some(SendStatus::Stored), "stored only");
+        assert!(!c.is_busy());
     }
 }
