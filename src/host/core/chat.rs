@@ -218,6 +218,8 @@ struct GroupOp {
     pushed_all: bool,
     /// Members who could not be invited, and why.
     failed: Vec<String>,
+    /// The group it founds: the log goes out once the invites are written.
+    founding: Option<GroupId>,
 }
 
 impl GroupOp {
@@ -232,6 +234,7 @@ impl GroupOp {
             stored: 0,
             pushed_all: true,
             failed: Vec::new(),
+            founding: None,
         }
     }
 }
@@ -985,7 +988,9 @@ impl ChatCore {
         let me = self.cfg.me.to_ascii_lowercase();
         let members: std::collections::BTreeSet<String> =
             members.iter().map(|m| m.trim().to_ascii_lowercase()).filter(|m| !m.is_empty() && *m != me).collect();
-        self.group_ops.insert(op, GroupOp::new(g, format!("@{name}"), members.len(), false));
+        let mut o = GroupOp::new(g, format!("@{name}"), members.len(), false);
+        o.founding = Some(g);
+        self.group_ops.insert(op, o);
         for m in members {
             self.invite(now, op, g, &m);
         }
@@ -1055,6 +1060,9 @@ impl ChatCore {
             return;
         }
         let o = self.group_ops.remove(&op).expect("held just above");
+        if let Some(g) = o.founding {
+            self.groups.found(g);
+        }
         let status = if o.with_sends && o.pushed_all { SendStatus::Delivered } else { SendStatus::Stored };
         let r = if !o.failed.is_empty() {
             Err(HostError::Refused(format!("{}: could not invite {}", o.to, o.failed.join(", "))))

@@ -173,6 +173,10 @@ struct Joined {
     /// Answers per peer in the current minute, and when that minute began.
     answers: BTreeMap<String, u32>,
     answers_since: Option<Instant>,
+    /// Being founded: entries are kept, not sent, until [`GroupsCore::found`] sends the
+    /// whole log to every member at once (each invite's fan-out to the members so far
+    /// would cost a square of the group's size).
+    founding: bool,
 }
 
 impl Joined {
@@ -187,6 +191,7 @@ impl Joined {
             next_sync: None,
             answers: BTreeMap::new(),
             answers_since: None,
+            founding: false,
         }
     }
 }
@@ -312,16 +317,33 @@ impl GroupsCore {
     // ---- commands -------------------------------------------------------------------
 
     /// Founds a group named `name`; its members are invited one by one with
-    /// [`GroupsCore::invite`] as their keys are found.
+    /// [`GroupsCore::invite`] as their keys are found, and nothing is sent until
+    /// [`GroupsCore::found`].
     pub fn create(&mut self, now_ms: u64, name: &str) -> Result<GroupId, GroupsError> {
         if self.groups.len() >= GROUPS_MAX {
             return Err(GroupsError::Full);
         }
         let (g, entries) = Group::create(&self.me, UserKeys::derive(&self.list_key), name, now_ms, &mut self.rng)?;
         let id = g.id();
-        self.groups.insert(id, Joined::new(g));
+        let mut j = Joined::new(g);
+        j.founding = true;
+        self.groups.insert(id, j);
         self.distribute(id, entries, None, None);
         Ok(id)
+    }
+
+    /// The founding invites are written: the whole log goes to every member (and to us).
+    pub fn found(&mut self, group: GroupId) {
+        let me = self.me.clone();
+        let Some(j) = self.groups.get_mut(&group).filter(|j| j.founding) else { return };
+        j.founding = false;
+        let log = j.group.export();
+        let to: BTreeSet<String> = j.group.state().members.keys().cloned().chain([me]).collect();
+        for body in bundle(log) {
+            for m in &to {
+                self.out.push_back(GroupOut::Send { to: m.clone(), group, payload: body.clone(), op: None });
+            }
+        }
     }
 
     /// Invites `member`, whose keys come from its signed index entry.
@@ -334,6 +356,11 @@ impl GroupsCore {
     ) -> Result<(), GroupsError> {
         let member = member.to_ascii_lowercase();
         let j = self.groups.get_mut(&group).ok_or_else(|| GroupsError::Unknown(hex::encode(group)))?;
+        if j.founding {
+            let entries = j.group.invite(&member, keys, now_ms, &mut self.rng)?;
+            self.distribute(group, entries, None, None);
+            return Ok(());
+        }
         // What the invitee needs to take the invite in: the log so far, which nobody sent
         // it (it was not a member). At most a round's worth; our Hello after it brings the
         // rest once the invitee answers.
@@ -387,6 +414,11 @@ impl GroupsCore {
     fn distribute(&mut self, group: GroupId, entries: Vec<Vec<u8>>, also: Option<String>, op: Option<u64>) {
         let Some(j) = self.groups.get_mut(&group) else { return };
         j.dirty = true;
+        if j.founding {
+            self.stats.accepted += entries.len() as u64;
+            self.keep(group, &entries);
+            return;
+        }
         let mut to: BTreeSet<String> = j.group.state().members.keys().cloned().collect();
         to.extend(also);
         to.insert(self.me.clone());
@@ -584,7 +616,7 @@ impl GroupsCore {
             }
         }
         let Some(j) = self.groups.get_mut(&id) else { return };
-        if !self.linked {
+        if !self.linked || j.founding {
             return;
         }
         if j.next_sync.is_none() {
@@ -744,6 +776,7 @@ mod tests {
             let keys = UserKeys::derive(&k.list_key).public();
             a.invite(1_000, g, m, keys).unwrap();
         }
+        a.found(g);
         exchange(&mut [&mut a, &mut b, &mut c], t0, None);
         assert_eq!(b.find("@team"), Ok(g));
         // Carol's link is gone: what is sent to her is lost (the store refused it).
@@ -767,6 +800,8 @@ mod tests {
         let t0 = Instant::now();
         let (mut a, mut b, mut c) = (core("alice", 1), core("bob", 2), core("carol", 3));
         let g = a.create(1_000, "team").unwrap();
+        // Founded alone; then each invite carries the log so far to its invitee.
+        a.found(g);
         for (m, k) in [("bob", &b), ("carol", &c)] {
             let keys = UserKeys::derive(&k.list_key).public();
             a.invite(1_000, g, m, keys).unwrap();
@@ -786,6 +821,7 @@ mod tests {
         let (mut a, mut b, mut s) = (core("alice", 1), core("bob", 2), core("stranger", 4));
         let g = a.create(1_000, "team").unwrap();
         a.invite(1_000, g, "bob", UserKeys::derive(&b.list_key).public()).unwrap();
+        a.found(g);
         while a.poll_out().is_some() {}
         // An empty copy's Hello asks for everything.
         let hello = |c: &mut GroupsCore| sync::hello(&mut c.joined(g).unwrap().group);
@@ -807,6 +843,7 @@ mod tests {
         for (m, k) in [("bob", &b), ("carol", &c)] {
             a.invite(1_000, g, m, UserKeys::derive(&k.list_key).public()).unwrap();
         }
+        a.found(g);
         a.send_text(2_000, g, "all of us", 1).unwrap();
         exchange(&mut [&mut a, &mut b, &mut c], t0, None);
         // Only the creator and admins remove.
@@ -831,5 +868,37 @@ mod tests {
         assert!(!said(&mut b).contains(&Some("alone".to_string())), "bob left before it");
 
         assert!(matches!(b.send_text(7_000, g, "still here?", 4), Err(GroupsError::Log(GroupError::NotMember))));
+    }
+
+    #[test]
+    fn founding_sends_each_member_the_whole_log_once() {
+        let t0 = Instant::now();
+        let mut a = core("alice", 1);
+        let mut others: Vec<GroupsCore> = (0..30).map(|i| core(&format!("member{i:02}"), 10 + i as u8)).collect();
+        let g = a.create(1_000, "big").unwrap();
+        for o in &others {
+            a.invite(1_000, g, &o.me.clone(), UserKeys::derive(&o.list_key).public()).unwrap();
+        }
+        let written = std::iter::from_fn(|| a.poll_out()).filter(|o| matches!(o, GroupOut::Send { .. })).count();
+        assert_eq!(written, 0, "nothing goes out while the group is being founded");
+        a.found(g);
+        let log = a.groups.get_mut(&g).unwrap().group.export();
+        assert_eq!(log.len(), 2 + 2 * others.len(), "the Create, its key, an invite and a key page each");
+        let sends: Vec<GroupOut> =
+            std::iter::from_fn(|| a.poll_out()).filter(|o| matches!(o, GroupOut::Send { .. })).collect();
+        assert_eq!(sends.len(), (others.len() + 1) * bundle(log).len());
+        for o in sends {
+            if let GroupOut::Send { to, payload, .. } = o
+                && let Some(m) = others.iter_mut().find(|m| m.me == to)
+            {
+                m.receive(t0, "alice", g, &payload, None);
+            }
+        }
+        a.send_text(2_000, g, "all here", 1).unwrap();
+        let mut all: Vec<&mut GroupsCore> = std::iter::once(&mut a).chain(others.iter_mut()).collect();
+        exchange(&mut all, t0, None);
+        for m in &mut others {
+            assert_eq!(texts(m, g), vec![("alice".to_string(), Some("all here".to_string()))], "{}", m.me);
+        }
     }
 }
