@@ -655,6 +655,8 @@ impl GroupsCore {
         }
         self.groups
             .values()
+            // A group being founded syncs with nobody yet.
+            .filter(|j| !j.founding)
             .filter_map(|j| {
                 let hello =
                     (!j.hello_to.is_empty()).then(|| j.last_hello.map(|t| t + HELLO_GAP).or(self.seen)).flatten();
@@ -881,6 +883,10 @@ mod tests {
         }
         let written = std::iter::from_fn(|| a.poll_out()).filter(|o| matches!(o, GroupOut::Send { .. })).count();
         assert_eq!(written, 0, "nothing goes out while the group is being founded");
+        // A link coming up meanwhile sets no timer for it (one due now would spin).
+        a.on_link_up(t0);
+        a.step(t0, 1_000);
+        assert_eq!(a.poll_timeout(), None);
         a.found(g);
         let log = a.groups.get_mut(&g).unwrap().group.export();
         assert_eq!(log.len(), 2 + 2 * others.len(), "the Create, its key, an invite and a key page each");
