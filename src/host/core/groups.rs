@@ -629,8 +629,10 @@ impl GroupsCore {
             j.hello_to.extend(missed);
             // One other member, drawn at random: over a few rounds, news from anyone
             // reaches everyone.
-            let others: Vec<String> = j.group.state().members.keys().filter(|m| **m != me).cloned().collect();
-            if !others.is_empty() {
+            let members = &j.group.state().members;
+            let others: Vec<String> = members.keys().filter(|m| **m != me).cloned().collect();
+            // One who left or was removed has nobody to ask: members answer members only.
+            if members.contains_key(&me) && !others.is_empty() {
                 let i = rand::RngExt::random_range(&mut self.rng, 0..others.len());
                 j.hello_to.insert(others[i].clone());
             }
