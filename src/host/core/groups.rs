@@ -909,4 +909,22 @@ mod tests {
             assert_eq!(texts(m, g), vec![("alice".to_string(), Some("all here".to_string()))], "{}", m.me);
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn unbundle_is_total_and_bundle_round_trips(
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000),
+            parts in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 1..ENTRY_BYTES_MAX), 1..12),
+        ) {
+            let _ = unbundle(&junk);
+            let mut bundled = junk.clone();
+            bundled.insert(0, BUNDLE);
+            let _ = unbundle(&bundled);
+            // Payloads never start with the bundle byte (the log's kinds are 1, 0x10, 0x11).
+            let parts: Vec<Vec<u8>> = parts.into_iter().map(|mut p| { p[0] = ENTRY_VERSION; p }).collect();
+            let bodies = bundle(parts.clone());
+            let back: Vec<Vec<u8>> = bodies.iter().flat_map(|b| unbundle(b).expect("a bundle decodes")).map(<[u8]>::to_vec).collect();
+            proptest::prop_assert_eq!(back, parts);
+        }
+    }
 }
