@@ -419,3 +419,55 @@ fn a_call_from_the_command_line_plays_and_records_wav() {
     net.kill().unwrap();
     net.wait().unwrap();
 }
+
+#[test]
+fn group_chat_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let homes: Vec<_> = ["ann", "ben", "cyd"].iter().map(|u| dir.path().join(u)).collect();
+    let (mut net, _) = up(&data);
+    let json = |out: std::process::Output| -> serde_json::Value {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    for (u, home) in ["ann", "ben", "cyd"].iter().zip(&homes) {
+        json(host(&data, home, &["register", u, "--json"]));
+        // A first login publishes the user keys invites are sealed to.
+        json(host(&data, home, &["chat", "--as", u, "read", "--json"]));
+    }
+    let made = json(host(
+        &data,
+        &homes[0],
+        &["chat", "--as", "ann", "group", "create", "crew", "--members", "ben,cyd", "--json"],
+    ));
+    assert_eq!(made["group"], "crew", "{made}");
+    assert_eq!(made["id"].as_str().map(str::len), Some(32), "{made}");
+    let sent = json(host(&data, &homes[0], &["chat", "--as", "ann", "send", "@crew", "hello crew", "--json"]));
+    assert_eq!(sent["to"], "@crew", "{sent}");
+    assert_eq!(sent["status"], "stored", "nobody else is online: {sent}");
+
+    // Ben reads it as a group message; then it is read.
+    let read = json(host(&data, &homes[1], &["chat", "--as", "ben", "read", "--json"]));
+    let m = &read["messages"][0];
+    assert_eq!((m["from"].as_str(), m["text"].as_str()), (Some("ann"), Some("hello crew")), "{read}");
+    assert_eq!((m["group"].as_str(), m["to"].as_str()), (Some("crew"), Some("@crew")), "{read}");
+    let again = json(host(&data, &homes[1], &["chat", "--as", "ben", "read", "--json"]));
+    assert_eq!(again["messages"].as_array().map(Vec::len), Some(0), "{again}");
+    // Ben answers; Cyd, away all along, gets both, in order, in his history.
+    json(host(&data, &homes[1], &["chat", "--as", "ben", "send", "@crew", "hi ann", "--json"]));
+    json(host(&data, &homes[2], &["chat", "--as", "cyd", "read", "--json"]));
+    let history = json(host(&data, &homes[2], &["chat", "--as", "cyd", "history", "@crew", "--json"]));
+    let texts: Vec<_> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["from"].as_str().unwrap().to_owned(), m["text"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(texts, [("ann".to_owned(), "hello crew".to_owned()), ("ben".to_owned(), "hi ann".to_owned())]);
+    // A group nobody made is one clear error.
+    let out = host(&data, &homes[2], &["chat", "--as", "cyd", "send", "@nope", "x", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+
+    net.kill().unwrap();
+    net.wait().unwrap();
+}

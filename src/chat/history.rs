@@ -14,18 +14,21 @@
 //! Everything is recorded, receipts included (their sequence numbers count for gaps);
 //! [`History::history`] and [`History::unread`] show what a user reads: text and files.
 
+use super::group::log::{Entry as GroupEntry, GroupId, Op};
 use super::message::{Body, Conversation, Inner, Message, ReceiptKind, own_copy_id};
 use crate::crypto::keys::KeyId;
 use crate::crypto::user::DeviceId;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use sha2::Digest;
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::time::Duration;
 
 /// The history's file name in the home folder.
 pub const HISTORY_FILE: &str = "chat.sqlite";
-/// The schema this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema this build writes (`PRAGMA user_version`); version 1 lacked the group
+/// tables, which opening adds.
+pub const SCHEMA_VERSION: i64 = 2;
 /// How long a write waits for another process's transaction before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most gaps [`History::gaps`] reports at once (the lowest first).
@@ -55,6 +58,20 @@ CREATE TABLE message (
 ) STRICT;
 CREATE INDEX message_unread ON message (unread) WHERE unread = 1;
 CREATE INDEX message_by_conversation ON message (conversation, sent_at_ms);
+";
+
+/// Version 2: the groups this user is in, by the entries of their logs (`chat::group`).
+const SCHEMA_GROUPS: &str = "
+CREATE TABLE group_log (
+    id    BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
+    name  TEXT                               -- from the Create entry, once held
+) STRICT;
+CREATE TABLE group_entry (
+    hash  BLOB PRIMARY KEY NOT NULL CHECK (length(hash) = 32),
+    grp   BLOB NOT NULL REFERENCES group_log (id),
+    bytes BLOB NOT NULL
+) STRICT;
+CREATE INDEX group_entry_by_group ON group_entry (grp);
 ";
 
 /// What went wrong with the history file.
@@ -166,6 +183,24 @@ pub struct Row {
 /// device, the conversation, the missing numbers).
 pub type Missing = (String, DeviceId, Conversation, RangeInclusive<u64>);
 
+/// A group text as the group's log shows it, to record in the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupText {
+    /// The entry's hash.
+    pub entry: [u8; 32],
+    /// Who wrote it.
+    pub author: String,
+    /// When, by the author's clock (unix milliseconds).
+    pub at_ms: u64,
+    /// The text.
+    pub text: String,
+    /// Written by this user (from any device).
+    pub mine: bool,
+}
+
+/// A group as kept: its id, its name once its Create is held, its entries' bytes.
+pub type GroupLog = (GroupId, Option<String>, Vec<Vec<u8>>);
+
 /// A device's chat history, one SQLite connection.
 #[derive(Debug)]
 pub struct History {
@@ -250,6 +285,11 @@ impl History {
         match version {
             0 => {
                 tx.execute_batch(SCHEMA)?;
+                tx.execute_batch(SCHEMA_GROUPS)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            }
+            1 => {
+                tx.execute_batch(SCHEMA_GROUPS)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
             SCHEMA_VERSION => {}
@@ -370,7 +410,8 @@ impl History {
         let mut rows = self.rows(
             &format!(
                 "SELECT {ROW_COLUMNS} FROM message WHERE conversation = ?1 AND kind IN {VISIBLE_KINDS}
-                 ORDER BY sent_at_ms DESC, rowid DESC LIMIT ?2"
+                 ORDER BY sent_at_ms DESC, CASE WHEN conversation LIKE 'g:%' THEN id END DESC, rowid DESC
+                 LIMIT ?2"
             ),
             params![conversation_key(conversation), limit],
         )?;
@@ -409,10 +450,7 @@ impl History {
     /// user's own devices copy only part of what they send to each other), as (sender,
     /// device, conversation, missing numbers), at most [`GAPS_MAX`] in all. A gap that
     /// stays after a fetch is a message some store lost or withheld.
-    pub fn missing(
-        &self,
-        me: &str,
-    ) -> Result<Vec<Missing>, HistoryError> {
+    pub fn missing(&self, me: &str) -> Result<Vec<Missing>, HistoryError> {
         let mut st = self.conn.prepare_cached(
             "SELECT DISTINCT sender, sender_device, conversation FROM message WHERE sender <> ?1 AND outgoing = 0",
         )?;
@@ -430,6 +468,89 @@ impl History {
                 out.push((from.clone(), device, conversation.clone(), r));
             }
         }
+        Ok(out)
+    }
+
+    /// Keeps entries of a group's log (their bytes as they travel; the log decodes and
+    /// judges them when they are loaded), in one transaction. Returns how many were new.
+    pub fn add_group_entries(&mut self, group: &GroupId, entries: &[Vec<u8>]) -> Result<usize, HistoryError> {
+        let tx = self.write()?;
+        tx.execute("INSERT INTO group_log (id) VALUES (?1) ON CONFLICT DO NOTHING", [&group[..]])?;
+        let mut new = 0;
+        for bytes in entries {
+            // A Create names the group: what `@NAME` finds.
+            if let Ok(GroupEntry { op: Op::Create { name, .. }, group: g, .. }) = GroupEntry::decode(bytes)
+                && g == *group
+            {
+                tx.execute("UPDATE group_log SET name = ?2 WHERE id = ?1 AND name IS NULL", params![&group[..], name])?;
+            }
+            let hash: [u8; 32] = sha2::Sha256::digest(bytes).into();
+            new += tx.execute(
+                "INSERT INTO group_entry (hash, grp, bytes) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![&hash[..], &group[..], bytes],
+            )?;
+        }
+        tx.commit()?;
+        Ok(new)
+    }
+
+    /// Every group kept, with its name once its Create is held, and its entries' bytes.
+    pub fn group_logs(&self) -> Result<Vec<GroupLog>, HistoryError> {
+        let mut st = self.conn.prepare_cached("SELECT id, name FROM group_log ORDER BY id")?;
+        let groups = st
+            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<String>>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(groups.len());
+        let mut entries = self.conn.prepare_cached("SELECT bytes FROM group_entry WHERE grp = ?1 ORDER BY rowid")?;
+        for (id, name) in groups {
+            let gid: GroupId = id.as_slice().try_into().map_err(|_| HistoryError::Corrupt("group id"))?;
+            let bytes = entries.query_map([&id], |r| r.get::<_, Vec<u8>>(0))?.collect::<Result<Vec<_>, _>>()?;
+            out.push((gid, name, bytes));
+        }
+        Ok(out)
+    }
+
+    /// The groups named `name` (names are not unique: ids are).
+    pub fn groups_named(&self, name: &str) -> Result<Vec<GroupId>, HistoryError> {
+        let mut st = self.conn.prepare_cached("SELECT id FROM group_log WHERE name = ?1 ORDER BY id")?;
+        let ids = st.query_map([name], |r| r.get::<_, Vec<u8>>(0))?.collect::<Result<Vec<_>, _>>()?;
+        ids.into_iter().map(|id| id.as_slice().try_into().map_err(|_| HistoryError::Corrupt("group id"))).collect()
+    }
+
+    /// A group's name, once its Create is held.
+    pub fn group_name(&self, group: &GroupId) -> Result<Option<String>, HistoryError> {
+        Ok(self
+            .conn
+            .query_row("SELECT name FROM group_log WHERE id = ?1", [&group[..]], |r| r.get::<_, Option<String>>(0))
+            .optional()?
+            .flatten())
+    }
+
+    /// Records group texts as the log shows them, once each, in one transaction. A text's
+    /// id is the first half of its entry's hash; since the log (not the author's device)
+    /// numbers group messages, the hash's next 8 bytes stand for the device and the
+    /// sequence number is 1. Returns, for each, whether it was new.
+    pub fn record_group_texts(&mut self, group: &GroupId, texts: &[GroupText]) -> Result<Vec<bool>, HistoryError> {
+        let tx = self.write()?;
+        let mut out = Vec::with_capacity(texts.len());
+        for t in texts {
+            let inner = Inner {
+                from: t.author.clone(),
+                from_device: KeyId(t.entry[16..24].try_into().expect("8 of 32 bytes")),
+                conversation: Conversation::Group(*group),
+                seq: 1,
+                sent_at_ms: t.at_ms.min(super::message::TIME_MS_MAX),
+                body: Body::Text { text: t.text.clone() },
+            };
+            let id: [u8; 16] = t.entry[..16].try_into().expect("16 of 32 bytes");
+            let r = insert(&tx, id, &inner, t.mine)?;
+            if t.mine {
+                // Nothing confirms delivery to a group: in the log is as far as it goes.
+                advance(&tx, &id, Status::Stored, None)?;
+            }
+            out.push(r == Recorded::New);
+        }
+        tx.commit()?;
         Ok(out)
     }
 

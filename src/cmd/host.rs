@@ -163,22 +163,60 @@ enum BuddyAction {
 #[derive(Debug, clap::Subcommand)]
 enum ChatAction {
     /// Send TEXT to WHOM: prints the message id and whether it was delivered (a device of
-    /// WHOM confirmed it within a few seconds) or stored for them.
+    /// WHOM confirmed it within a few seconds) or stored for them. `@NAME` sends to a group
+    /// (delivered: every member's copy was pushed to a session at once).
     Send {
-        /// The recipient.
+        /// The recipient, or `@NAME` for a group.
         whom: String,
         /// The message (at most 1,500 bytes).
         text: String,
     },
     /// Fetch what waits, print what has not been read yet, and mark it read.
     Read,
-    /// Print the conversation with WHOM from this device's history (no login needed).
+    /// Print the conversation with WHOM (or group `@NAME`) from this device's history (no
+    /// login needed).
     History {
-        /// The other side.
+        /// The other side, or `@NAME` for a group.
         whom: String,
         /// Most messages, the newest.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+    },
+    /// Groups: a signed log every member holds; messages reach offline members too.
+    Group {
+        #[command(subcommand)]
+        action: GroupAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum GroupAction {
+    /// Found group NAME and invite the members: prints the group's id.
+    Create {
+        /// The group's name (at most 64 bytes); `@NAME` names it afterwards.
+        name: String,
+        /// Who is invited, separated by commas.
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<String>,
+    },
+    /// Invite USER into group @NAME (creator and admins).
+    Invite {
+        /// The group, `@NAME` or its id.
+        group: String,
+        /// Whom.
+        user: String,
+    },
+    /// Remove USER from group @NAME (creator and admins); a new key leaves them out.
+    Remove {
+        /// The group, `@NAME` or its id.
+        group: String,
+        /// Whom.
+        user: String,
+    },
+    /// Leave group @NAME.
+    Leave {
+        /// The group, `@NAME` or its id.
+        group: String,
     },
 }
 
@@ -683,19 +721,27 @@ const CHAT_SETTLE: Duration = Duration::from_secs(10);
 /// How long `chat send` waits for the recipient's delivery receipt before saying "stored".
 const CHAT_RECEIPT_WAIT: Duration = Duration::from_secs(3);
 
-/// One history row as printed; `buddies` are the authorized buddies (lowercase), when
-/// known: a received message from anyone else is a message request.
-fn chat_row(r: &confab::chat::history::Row, me: &str, buddies: Option<&[String]>) -> serde_json::Value {
+/// One history row as printed (`h` names groups); `buddies` are the authorized buddies
+/// (lowercase), when known: a 1:1 message from anyone else is a message request.
+fn chat_row(
+    h: &confab::chat::history::History,
+    r: &confab::chat::history::Row,
+    me: &str,
+    buddies: Option<&[String]>,
+) -> serde_json::Value {
     use confab::chat::message::{Body, Conversation};
     let text = match &r.body {
         Body::Text { text } => text.clone(),
         other => format!("[{}]", other.label()),
     };
-    let (peer, group) = match &r.conversation {
-        Conversation::User(u) => (u.clone(), None),
-        Conversation::Group(g) => (String::new(), Some(hex::encode(g))),
+    let (to, group) = match &r.conversation {
+        Conversation::User(u) => (if r.from == me { u.clone() } else { me.to_owned() }, None),
+        Conversation::Group(g) => {
+            let name = h.group_name(g).ok().flatten().unwrap_or_else(|| hex::encode(g));
+            (format!("@{name}"), Some(name))
+        }
     };
-    let to = if r.from == me { peer } else { me.to_owned() };
+    let is_group = group.is_some();
     let mut row = serde_json::json!({
         "id": hex::encode(r.id),
         "from": r.from,
@@ -708,7 +754,7 @@ fn chat_row(r: &confab::chat::history::Row, me: &str, buddies: Option<&[String]>
         row["status"] = status.label().into();
     }
     if let Some(b) = buddies {
-        row["request"] = (r.from != me && !b.contains(&r.from)).into();
+        row["request"] = (r.from != me && !is_group && !b.contains(&r.from)).into();
     }
     row
 }
@@ -726,8 +772,16 @@ async fn chat(
     let history_path = home.chat_history_path(&me);
     if let ChatAction::History { whom, limit } = action {
         let h = History::open(&history_path).with_context(|| format!("chat history {}", history_path.display()))?;
-        let rows = h.history(&Conversation::User(whom.to_ascii_lowercase()), *limit)?;
-        let messages: Vec<_> = rows.iter().map(|r| chat_row(r, &me, None)).collect();
+        let conversation = match whom.strip_prefix('@') {
+            Some(name) => match h.groups_named(name)?.as_slice() {
+                [g] => Conversation::Group(*g),
+                [] => anyhow::bail!("no group named {name} in this device's history"),
+                _ => anyhow::bail!("several groups are named {name}"),
+            },
+            None => Conversation::User(whom.to_ascii_lowercase()),
+        };
+        let rows = h.history(&conversation, *limit)?;
+        let messages: Vec<_> = rows.iter().map(|r| chat_row(&h, r, &me, None)).collect();
         print_messages(json, &messages);
         return Ok(ExitCode::SUCCESS);
     }
@@ -738,6 +792,26 @@ async fn chat(
         Err(e) => return fail(json, e),
     };
     let code = match action {
+        ChatAction::Send { whom, text } if whom.starts_with('@') => match session.group_send(whom, text).await {
+            Ok(sent) => {
+                let id = hex::encode(sent.id);
+                let status = match sent.status {
+                    host::core::chat::SendStatus::Delivered => "delivered",
+                    host::core::chat::SendStatus::Stored => "stored",
+                };
+                if json {
+                    println!("{}", serde_json::json!({ "id": id, "to": sent.to, "status": status }));
+                } else {
+                    say!("{status}: message {id} to {}", sent.to);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                session.wait_chat_idle(CHAT_SETTLE).await;
+                session.logout().await;
+                return fail(json, e);
+            }
+        },
         ChatAction::Send { whom, text } => match session.send_chat(whom, text).await {
             Ok(sent) => {
                 // Delivered when a device of theirs says so (its receipt comes through
@@ -779,7 +853,7 @@ async fn chat(
                 .filter(|b| b.relation == confab::buddy::op::Relation::Authorized)
                 .map(|b| b.user.to_ascii_lowercase())
                 .collect();
-            let messages: Vec<_> = rows.iter().map(|r| chat_row(r, &me, Some(&buddies))).collect();
+            let messages: Vec<_> = rows.iter().map(|r| chat_row(&h, r, &me, Some(&buddies))).collect();
             // Numbers missing from a sender's sequence after the fetch: a store lost or
             // withheld those messages (blocked senders' are dropped here on purpose).
             let blocked: Vec<String> = session
@@ -819,7 +893,9 @@ async fn chat(
             let ids: Vec<[u8; 16]> = rows.iter().map(|r| r.id).collect();
             h.mark_read(&ids)?;
             let mut by_sender: std::collections::BTreeMap<String, Vec<[u8; 16]>> = Default::default();
-            for r in rows.iter().filter(|r| r.from != me) {
+            // Read receipts are for 1:1 messages: a group's members are not told.
+            let one_to_one = |r: &&confab::chat::history::Row| matches!(r.conversation, Conversation::User(_));
+            for r in rows.iter().filter(|r| r.from != me).filter(one_to_one) {
                 by_sender.entry(r.from.clone()).or_default().push(r.id);
             }
             for (from, ids) in by_sender {
@@ -829,6 +905,45 @@ async fn chat(
             ExitCode::SUCCESS
         }
         ChatAction::History { .. } => unreachable!("answered above without a login"),
+        ChatAction::Group { action } => {
+            use host::core::chat::GroupCommand;
+            let r = match action {
+                GroupAction::Create { name, members } => session.group_create(name, members).await,
+                GroupAction::Invite { group, user } => {
+                    session.group_command(GroupCommand::Invite { group: group.clone(), member: user.clone() }).await
+                }
+                GroupAction::Remove { group, user } => {
+                    session.group_command(GroupCommand::Remove { group: group.clone(), member: user.clone() }).await
+                }
+                GroupAction::Leave { group } => {
+                    session.group_command(GroupCommand::Leave { group: group.clone() }).await
+                }
+            };
+            match r {
+                Ok(done) => {
+                    let id = hex::encode(done.id);
+                    let name = done.to.trim_start_matches('@').to_owned();
+                    let members = match action {
+                        GroupAction::Create { members, .. } => members.clone(),
+                        _ => Vec::new(),
+                    };
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({ "id": id, "group": name, "members": members, "status": "ok" })
+                        );
+                    } else {
+                        say!("ok: group @{name} ({id})");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    session.wait_chat_idle(CHAT_SETTLE).await;
+                    session.logout().await;
+                    return fail(json, e);
+                }
+            }
+        }
     };
     session.wait_chat_idle(CHAT_SETTLE).await;
     session.logout().await;

@@ -123,6 +123,31 @@ impl Session {
         }
     }
 
+    /// Founds group `name` and invites `members`; returns its id (as `Sent::id`). Fails
+    /// naming members who could not be invited (the group exists all the same).
+    pub async fn group_create(&mut self, name: &str, members: &[String]) -> Result<Sent, HostError> {
+        self.chat_done(Command::GroupCreate { name: name.to_owned(), members: members.to_vec() }).await
+    }
+
+    /// Sends `text` to a group (by name, `@` optional, or id); returns the text's id and
+    /// whether every member's copy was pushed at once (`delivered`) or stored.
+    pub async fn group_send(&mut self, group: &str, text: &str) -> Result<Sent, HostError> {
+        self.chat_done(Command::GroupSend { group: group.to_owned(), text: text.to_owned() }).await
+    }
+
+    /// Invites, removes, or leaves (see [`GroupCommand`](super::core::chat::GroupCommand)).
+    pub async fn group_command(&mut self, c: super::core::chat::GroupCommand) -> Result<Sent, HostError> {
+        self.chat_done(Command::Group(c)).await
+    }
+
+    async fn chat_done(&mut self, c: Command) -> Result<Sent, HostError> {
+        match self.run(c).await {
+            Ok(Done::Chat(s)) => Ok(s),
+            Ok(other) => Err(HostError::Refused(format!("a group command came to {other:?}"))),
+            Err(e) => Err(host_error(e)),
+        }
+    }
+
     /// Fetches what the store holds for this device and waits, up to `limit`, until it
     /// is written to the history and acknowledged (and every send under way is done).
     /// False if the limit came first.

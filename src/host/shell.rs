@@ -485,7 +485,11 @@ impl Driver {
                     tracing::warn!(%why, "the chat history does not open");
                     match e {
                         ChatEffect::NextSeq { .. } => answer(ChatEffectResult::Seq(Err(why))),
-                        ChatEffect::Record { .. } => answer(ChatEffectResult::Recorded(Err(why))),
+                        ChatEffect::Record { .. } | ChatEffect::GroupKeep { .. } => {
+                            answer(ChatEffectResult::Recorded(Err(why)))
+                        }
+                        ChatEffect::GroupLoad => answer(ChatEffectResult::GroupLogs(Err(why))),
+                        ChatEffect::GroupRecord { .. } => answer(ChatEffectResult::GroupRecorded(Err(why))),
                         ChatEffect::Sent { .. } => {}
                     }
                     return;
@@ -507,6 +511,9 @@ impl Driver {
                     if let Err(e) = r {
                         tracing::warn!(error = %e, "a sent chat message could not be written to the history");
                     }
+                }
+                e @ (ChatEffect::GroupLoad | ChatEffect::GroupKeep { .. } | ChatEffect::GroupRecord { .. }) => {
+                    answer(super::core::groups::group_effect(&mut h, e));
                 }
             }
         });

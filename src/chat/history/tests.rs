@@ -340,3 +340,69 @@ fn every_body_kind_is_stored_and_read_back() {
     assert!(h.history(&Conversation::Group([8; 16]), 10).unwrap().is_empty(), "group-log entries are the log's");
     assert!(h.gaps("alice", ALICE_1, &Conversation::Group([8; 16])).unwrap().is_empty());
 }
+
+#[test]
+fn a_version_1_file_gains_the_group_tables_and_keeps_its_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(HISTORY_FILE);
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+    }
+    {
+        let mut h = History::open(&path).unwrap();
+        assert_eq!(h.record_received(&from_alice(1, 1, "before groups")).unwrap(), Recorded::New);
+    }
+    // Written by a build without groups: the group tables come at the next opening.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch("DROP TABLE group_entry; DROP TABLE group_log;").unwrap();
+    c.pragma_update(None, "user_version", 1).unwrap();
+    drop(c);
+    let mut h = History::open(&path).unwrap();
+    let v: i64 = h.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(v, SCHEMA_VERSION);
+    assert_eq!(h.unread().unwrap().len(), 1);
+    assert_eq!(h.add_group_entries(&[9; 16], &[vec![1, 2, 3]]).unwrap(), 1);
+    assert_eq!(h.group_logs().unwrap(), vec![([9; 16], None, vec![vec![1, 2, 3]])]);
+}
+
+#[test]
+fn group_entries_and_texts_are_kept_once_and_the_group_is_named_by_its_create() {
+    use crate::chat::group::Group;
+    use crate::crypto::password::ListKey;
+    use crate::crypto::user::UserKeys;
+    use rand::SeedableRng;
+    let (_dir, mut h) = open_tmp();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let (g, entries) = Group::create("alice", UserKeys::derive(&ListKey([1; 32])), "crew", 5, &mut rng).unwrap();
+    let id = g.id();
+    assert_eq!(h.group_name(&id).unwrap(), None);
+    // The Create comes second: the name is taken from it whatever the order.
+    let (create, rest) = entries.split_first().unwrap();
+    assert_eq!(h.add_group_entries(&id, rest).unwrap(), rest.len());
+    assert_eq!(h.add_group_entries(&id, &entries).unwrap(), 1, "only the Create is new");
+    assert_eq!(h.group_name(&id).unwrap().as_deref(), Some("crew"));
+    assert_eq!(h.groups_named("crew").unwrap(), vec![id]);
+    let logs = h.group_logs().unwrap();
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0].2.len(), entries.len());
+    assert!(logs[0].2.contains(create));
+
+    // Texts: once each, listed by time then id (the same on every member).
+    let t = |e: u8, author: &str, at_ms: u64, mine: bool| GroupText {
+        entry: [e; 32],
+        author: author.into(),
+        at_ms,
+        text: format!("{author} {e}"),
+        mine,
+    };
+    let texts = [t(7, "bob", 20, false), t(3, "alice", 20, true), t(5, "bob", 10, false)];
+    assert_eq!(h.record_group_texts(&id, &texts).unwrap(), vec![true, true, true]);
+    assert_eq!(h.record_group_texts(&id, &texts[..1]).unwrap(), vec![false]);
+    let order: Vec<_> = h.history(&Conversation::Group(id), 10).unwrap().into_iter().map(|r| r.id[0]).collect();
+    assert_eq!(order, vec![5, 3, 7]);
+    // Bob's texts are unread here; my own are not.
+    let unread: Vec<_> = h.unread().unwrap().into_iter().map(|r| r.id[0]).collect();
+    assert_eq!(unread, vec![7, 5]);
+}

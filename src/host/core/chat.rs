@@ -13,8 +13,11 @@
 //! the acknowledgement brings the message again, and the history drops it as a repeat.
 
 use super::Now;
+use super::groups::{GroupOut, GroupsCore, GroupsError};
 use super::pending::{Answer, OpResult, Request};
 use crate::buddy::op::Relation;
+use crate::chat::group::log::GroupId;
+use crate::chat::history::GroupText;
 use crate::chat::message::{self, Body, Conversation, Inner, Message, ReceiptKind, Sealed, Unverified, own_copy_id};
 use crate::crypto::TrustedKeys;
 use crate::crypto::user::{DeviceId, UserKeys, UserPublicKeys};
@@ -22,8 +25,8 @@ use crate::host::HostError;
 use crate::index::Entry;
 use crate::wire::ErrorCode;
 use crate::wire::mail::{ACK_IDS_MAX, MailId};
-use rand::Rng;
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -38,6 +41,12 @@ pub const KEYS_MAX: usize = 4096;
 pub const HELD_MAX: usize = 256;
 /// Most sends in progress at once.
 pub const SENDS_MAX: usize = 1024;
+/// Most group payloads being sent at once; the rest wait their turn (a group of a
+/// hundred fans one entry out into a hundred messages, and a request queue overflows).
+pub const GROUP_SENDS_WINDOW: usize = 256;
+/// Most group payloads waiting their turn; beyond it a payload is dropped and its member
+/// gets it by sync.
+pub const GROUP_BACKLOG_MAX: usize = 16_384;
 
 /// What a send became.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -85,6 +94,24 @@ pub enum ChatEffect {
         /// Where it stands.
         status: SendStatus,
     },
+    /// Read every group log kept (once, at start); answered by
+    /// [`ChatEffectResult::GroupLogs`].
+    GroupLoad,
+    /// Keep entries of a group's log; answered by [`ChatEffectResult::Recorded`] (true
+    /// when any was new).
+    GroupKeep {
+        /// The group.
+        group: GroupId,
+        /// The entries' bytes.
+        entries: Vec<Vec<u8>>,
+    },
+    /// Record group texts; answered by [`ChatEffectResult::GroupRecorded`].
+    GroupRecord {
+        /// The group.
+        group: GroupId,
+        /// The texts, in the log's order.
+        texts: Vec<GroupText>,
+    },
 }
 
 impl ChatEffect {
@@ -94,6 +121,9 @@ impl ChatEffect {
     }
 }
 
+/// A group's id and the bytes of the entries kept of its log.
+pub type GroupEntries = (GroupId, Vec<Vec<u8>>);
+
 /// What the shell reports back for an effect that asks for an answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChatEffectResult {
@@ -101,6 +131,10 @@ pub enum ChatEffectResult {
     Seq(Result<u64, String>),
     /// Written: `true` when new, `false` when the history had it already.
     Recorded(Result<bool, String>),
+    /// The group logs kept: each group's entries.
+    GroupLogs(Result<Vec<GroupEntries>, String>),
+    /// Group texts written: for each, whether it was new.
+    GroupRecorded(Result<Vec<bool>, String>),
 }
 
 /// Something for the application.
@@ -122,6 +156,91 @@ pub enum ChatEvent {
         /// Why, for metrics.
         reason: &'static str,
     },
+    /// A new group text, written to the history.
+    Group {
+        /// The group.
+        group: GroupId,
+        /// Its name.
+        name: String,
+        /// The text.
+        text: GroupText,
+    },
+}
+
+/// A group command (`docs/chat.md` §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupCommand {
+    /// Founds a group and invites `members`.
+    Create {
+        /// The group's name.
+        name: String,
+        /// Who is invited.
+        members: Vec<String>,
+    },
+    /// Sends a text to a group (by name or id).
+    Send {
+        /// The group.
+        group: String,
+        /// The text.
+        text: String,
+    },
+    /// Invites a member.
+    Invite {
+        /// The group.
+        group: String,
+        /// Whom.
+        member: String,
+    },
+    /// Removes a member (creator and admins).
+    Remove {
+        /// The group.
+        group: String,
+        /// Whom.
+        member: String,
+    },
+    /// Leaves a group.
+    Leave {
+        /// The group.
+        group: String,
+    },
+}
+
+/// A group command under way: it completes once its invites are written and the store
+/// answered for its sends.
+#[derive(Debug)]
+struct GroupOp {
+    /// What the completion names: the group's id, or a text's.
+    id: MailId,
+    /// `@NAME`.
+    to: String,
+    invites_left: usize,
+    /// Whether it completes with its sends (a text) or with its invites.
+    with_sends: bool,
+    sends: usize,
+    sends_left: usize,
+    stored: usize,
+    pushed_all: bool,
+    /// Members who could not be invited, and why.
+    failed: Vec<String>,
+    /// The group it founds: the log goes out once the invites are written.
+    founding: Option<GroupId>,
+}
+
+impl GroupOp {
+    fn new(id: MailId, to: String, invites: usize, with_sends: bool) -> Self {
+        Self {
+            id,
+            to,
+            invites_left: invites,
+            with_sends,
+            sends: 0,
+            sends_left: 0,
+            stored: 0,
+            pushed_all: true,
+            failed: Vec::new(),
+            founding: None,
+        }
+    }
 }
 
 /// Counters.
@@ -143,6 +262,8 @@ pub struct ChatStats {
     pub blocked: u64,
     /// Messages from strangers (not authorized buddies), kept as message requests.
     pub requests: u64,
+    /// Group payloads received (each in one message).
+    pub group_payloads: u64,
 }
 
 /// What the chat part needs to know.
@@ -154,6 +275,8 @@ pub struct ChatConfig {
     pub device: DeviceId,
     /// The login servers' keys (to check entries carrying others' user keys).
     pub trusted: TrustedKeys,
+    /// What the user keys derive from (the groups' logs each hold a copy of the keys).
+    pub list_key: crate::crypto::password::ListKey,
 }
 
 /// What a request was for.
@@ -181,6 +304,8 @@ struct Sending {
     sent_at_ms: u64,
     /// Waiting for the recipient's keys.
     waiting_keys: bool,
+    /// A group's payload (the conversation is the group's for both sides; no own copy).
+    group: Option<GroupId>,
 }
 
 /// What an effect's answer is for.
@@ -190,6 +315,12 @@ enum EffectFor {
     Seq(u64),
     /// A received message, and whom to send a delivery receipt.
     Record(Box<Message>, Option<String>),
+    /// The group logs kept.
+    GroupLoad,
+    /// Group entries kept; the message that brought them, to acknowledge.
+    GroupKept(Option<MailId>),
+    /// Group texts recorded.
+    GroupShown(GroupId, String, Vec<GroupText>),
 }
 
 /// The chat part of a host core.
@@ -220,6 +351,17 @@ pub struct ChatCore {
     stats: ChatStats,
     /// How we stand with each user on the buddy list (lowercase names).
     contacts: BTreeMap<String, Relation>,
+    groups: GroupsCore,
+    /// Group commands wait until the kept logs are read.
+    groups_loaded: bool,
+    group_cmds: Vec<(u64, GroupCommand)>,
+    group_ops: BTreeMap<u64, GroupOp>,
+    /// Invites waiting for the invitee's keys: (command, group, member).
+    invites: Vec<(u64, GroupId, String)>,
+    /// The latest time an input brought (group work is done when outputs are taken).
+    seen: Option<Now>,
+    /// Group payloads waiting for room in [`GROUP_SENDS_WINDOW`]: (command, to, group, payload).
+    group_backlog: VecDeque<(u64, String, GroupId, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for ChatCore {
@@ -230,20 +372,24 @@ impl std::fmt::Debug for ChatCore {
 
 impl ChatCore {
     /// A chat part for `cfg.me`, whose user keys are `keys`.
-    pub fn new(cfg: ChatConfig, keys: UserKeys, rng: StdRng) -> Self {
+    pub fn new(cfg: ChatConfig, keys: UserKeys, mut rng: StdRng) -> Self {
         let mut known = BTreeMap::new();
         known.insert(cfg.me.to_ascii_lowercase(), keys.public());
+        let groups_rng = StdRng::seed_from_u64(rng.next_u64());
+        let groups = GroupsCore::new(&cfg.me, cfg.list_key.clone(), groups_rng);
+        let mut effects_out = BTreeMap::new();
+        effects_out.insert(1, EffectFor::GroupLoad);
         Self {
             cfg,
             keys,
             rng,
             known,
-            next_tag: 1,
+            next_tag: 2,
             out: BTreeMap::new(),
             sends: BTreeMap::new(),
             looking: BTreeMap::new(),
             held: VecDeque::new(),
-            effects_out: BTreeMap::new(),
+            effects_out,
             acks: Vec::new(),
             ack_at: None,
             linked: false,
@@ -251,11 +397,18 @@ impl ChatCore {
             fetch_after: None,
             fetch_at: None,
             requests: VecDeque::new(),
-            effects: VecDeque::new(),
+            effects: [(1, ChatEffect::GroupLoad)].into(),
             events: VecDeque::new(),
             completions: VecDeque::new(),
             stats: ChatStats::default(),
             contacts: BTreeMap::new(),
+            groups,
+            groups_loaded: false,
+            group_cmds: Vec::new(),
+            group_ops: BTreeMap::new(),
+            invites: Vec::new(),
+            seen: None,
+            group_backlog: VecDeque::new(),
         }
     }
 
@@ -280,6 +433,7 @@ impl ChatCore {
 
     /// Learns a user's keys from an entry already verified (a buddy's presence, a lookup).
     pub fn learn_entry(&mut self, now: Now, e: &Entry) {
+        self.seen = Some(now);
         if let Some(k) = e.user_keys {
             self.learn(now, &e.user, k);
         }
@@ -325,6 +479,7 @@ impl ChatCore {
         for t in waiting {
             self.submit(now, t);
         }
+        self.invites_ready(now, user);
         let (ready, rest): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.held).into_iter().partition(|(_, u)| u.from().eq_ignore_ascii_case(user));
         self.held = rest.into();
@@ -344,8 +499,14 @@ impl ChatCore {
         for t in failed {
             let s = self.sends.remove(&t).expect("listed just above");
             self.stats.send_failed += 1;
+            if let Some(g) = s.group {
+                self.groups.send_failed(g, &s.to);
+                self.group_sent(s.op, &s.to, None);
+                continue;
+            }
             self.completions.push_back((s.op, Err(HostError::Refused(format!("{}: {why}", s.to)))));
         }
+        self.invites_failed(user, why);
         // Held messages stay unacknowledged at the store: the next fetch brings them again.
         let before = self.held.len();
         self.held.retain(|(_, u)| !u.from().eq_ignore_ascii_case(user));
@@ -356,6 +517,7 @@ impl ChatCore {
 
     /// Sends `text` to `to`; completes `op` once the store has it.
     pub fn send_text(&mut self, now: Now, op: u64, to: &str, text: String) {
+        self.seen = Some(now);
         self.send(now, op, to, Body::Text { text });
     }
 
@@ -369,7 +531,10 @@ impl ChatCore {
         let to = to.to_ascii_lowercase();
         let t = self.tag();
         let conversation = Conversation::User(to.clone());
-        self.sends.insert(t, Sending { op, to, body, id, seq: None, sent_at_ms: now.unix_ms, waiting_keys: false });
+        self.sends.insert(
+            t,
+            Sending { op, to, body, id, seq: None, sent_at_ms: now.unix_ms, waiting_keys: false, group: None },
+        );
         let e = self.tag();
         self.effects_out.insert(e, EffectFor::Seq(t));
         self.effects.push_back((e, ChatEffect::NextSeq { conversation }));
@@ -401,7 +566,7 @@ impl ChatCore {
         Inner {
             from: self.cfg.me.to_ascii_lowercase(),
             from_device: self.cfg.device,
-            conversation,
+            conversation: s.group.map_or(conversation, Conversation::Group),
             seq: s.seq.unwrap_or(1),
             sent_at_ms: s.sent_at_ms,
             body: s.body.clone(),
@@ -433,7 +598,8 @@ impl ChatCore {
         }
         // Our other devices learn what we sent from our own copy (its id derived from the
         // recipient's, so receipts naming that one find it).
-        let worth_a_copy = !matches!(ours.body, Body::Receipt { .. });
+        // A group's payloads go to this user explicitly, once (not once per member).
+        let worth_a_copy = !matches!(ours.body, Body::Receipt { .. } | Body::Group(_));
         if worth_a_copy && to != me {
             let copy_id = own_copy_id(&id);
             if let Ok(sealed) = message::seal(&ours, copy_id, &me, &self.keys.public(), &self.keys) {
@@ -452,6 +618,20 @@ impl ChatCore {
             return;
         }
         let Some(s) = self.sends.remove(&t) else { return };
+        if let Some(g) = s.group {
+            let pushed = match r {
+                Ok(Answer::Mailed(a)) if a.code == 0 => Some(a.pushed > 0),
+                _ => None,
+            };
+            if pushed.is_none() {
+                self.stats.send_failed += 1;
+                self.groups.send_failed(g, &s.to);
+            } else {
+                self.stats.sent += 1;
+            }
+            self.group_sent(s.op, &s.to, pushed);
+            return;
+        }
         let result = match r {
             Ok(Answer::Mailed(a)) if a.code == 0 => {
                 let status = if a.pushed > 0 { SendStatus::Delivered } else { SendStatus::Stored };
@@ -478,6 +658,7 @@ impl ChatCore {
     /// A sealed message pushed to us (a `Notice::Chat`): one that does not decode is
     /// dropped here and acknowledged when the store hands it with its id.
     pub fn on_pushed(&mut self, now: Now, bytes: &[u8]) {
+        self.seen = Some(now);
         match Sealed::decode(bytes) {
             Ok(s) => self.on_opened(now, s),
             Err(e) => self.refuse_unknown(e.label()),
@@ -520,6 +701,18 @@ impl ChatCore {
 
     fn record(&mut self, now: Now, id: MailId, message: Message) {
         let from_me = message.inner.from.eq_ignore_ascii_case(&self.cfg.me);
+        if let Body::Group(body) = &message.inner.body {
+            // The log decides what is new (by entry hash), not the history's numbers.
+            self.stats.group_payloads += 1;
+            tracing::debug!(from = %message.inner.from, bytes = body.len(), "a group payload");
+            match message.inner.conversation {
+                Conversation::Group(g) if !(from_me && message.inner.from_device == self.cfg.device) => {
+                    self.groups.receive(now.mono, &message.inner.from, g, body, Some(id))
+                }
+                _ => self.ack(now, id),
+            }
+            return;
+        }
         if from_me && message.inner.from_device == self.cfg.device {
             // Our own copy of what this device sent: the history has it under the id
             // receipts name (written when the store took it), so only the store hears.
@@ -577,11 +770,39 @@ impl ChatCore {
 
     /// An effect's answer: a send's sequence number, or a message written (or found).
     pub fn on_effect_result(&mut self, now: Now, tag: u64, r: ChatEffectResult) {
+        self.seen = Some(now);
         match (self.effects_out.remove(&tag), r) {
             (Some(EffectFor::Seq(t)), ChatEffectResult::Seq(n)) => self.numbered(now, t, n),
             (Some(EffectFor::Record(message, receipt_to)), ChatEffectResult::Recorded(r)) => {
                 self.recorded(now, *message, receipt_to, r)
             }
+            (Some(EffectFor::GroupLoad), ChatEffectResult::GroupLogs(r)) => {
+                match r {
+                    Ok(logs) => self.groups.load(now.mono, logs),
+                    // Without them, new entries still arrive and are kept; sync fills the rest.
+                    Err(e) => tracing::warn!(error = %e, "the group logs could not be read"),
+                }
+                self.groups_loaded = true;
+                for (op, c) in std::mem::take(&mut self.group_cmds) {
+                    self.group_command(now, op, c);
+                }
+            }
+            (Some(EffectFor::GroupKept(mail)), ChatEffectResult::Recorded(r)) => match (r, mail) {
+                (Ok(_), Some(id)) => self.ack(now, id),
+                (Ok(_), None) => {}
+                // Not kept: not acknowledged, so the store brings them again.
+                (Err(e), _) => tracing::warn!(error = %e, "group entries could not be kept"),
+            },
+            (Some(EffectFor::GroupShown(group, name, texts)), ChatEffectResult::GroupRecorded(r)) => match r {
+                Ok(new) => {
+                    for (text, new) in texts.into_iter().zip(new) {
+                        if new {
+                            self.events.push_back(ChatEvent::Group { group, name: name.clone(), text });
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "group texts could not be recorded"),
+            },
             (other, r) => tracing::debug!(?other, ?r, "a chat effect answer that matches nothing"),
         }
     }
@@ -620,6 +841,7 @@ impl ChatCore {
 
     /// The application read these messages of `from`: tell them.
     pub fn mark_read(&mut self, now: Now, from: &str, ids: Vec<MailId>) {
+        self.seen = Some(now);
         if self.is_request_from(from) {
             // A stranger learns nothing of what we read.
             return;
@@ -655,17 +877,21 @@ impl ChatCore {
 
     /// A link to a super node is up: fetch what waits.
     pub fn on_link_up(&mut self, now: Now) {
+        self.seen = Some(now);
         self.linked = true;
+        self.groups.on_link_up(now.mono);
         self.fetch_at = Some(now.mono);
     }
 
     /// The link ended: requests on it failed (their results say so).
     pub fn on_link_down(&mut self) {
         self.linked = false;
+        self.groups.on_link_down();
     }
 
     /// Fetches what waits now (a command asks, or a test), unless a fetch is under way.
     pub fn fetch_now(&mut self, now: Now) {
+        self.seen = Some(now);
         self.fetch_after = None;
         self.fetch(now);
     }
@@ -680,6 +906,10 @@ impl ChatCore {
             || !self.looking.is_empty()
             || (!self.acks.is_empty() && self.linked)
             || self.out.values().any(|w| matches!(w, ReqFor::Ack { .. } | ReqFor::Submit { .. }))
+            || !self.group_cmds.is_empty()
+            || !self.group_ops.is_empty()
+            || !self.group_backlog.is_empty()
+            || self.groups.is_dirty()
     }
 
     fn fetch(&mut self, now: Now) {
@@ -697,6 +927,7 @@ impl ChatCore {
         self.fetching = false;
         match r {
             Ok(Answer::Mail(b)) if b.code == 0 => {
+                tracing::debug!(messages = b.messages.len(), more = b.more, "a page of stored messages");
                 let last = b.messages.last().map(|(id, _)| *id);
                 for (id, m) in &b.messages {
                     self.on_stored(now, *id, m);
@@ -717,6 +948,7 @@ impl ChatCore {
 
     /// A request's outcome.
     pub fn on_request_result(&mut self, now: Now, tag: u64, r: OpResult) {
+        self.seen = Some(now);
         let Some(why) = self.out.remove(&tag) else { return };
         match why {
             ReqFor::Submit { send, copy } => self.on_submitted(send, copy, r),
@@ -744,10 +976,232 @@ impl ChatCore {
         }
     }
 
+    // ---- groups ---------------------------------------------------------------------
+
+    /// The groups part (its list, its members).
+    pub fn groups(&mut self) -> &mut GroupsCore {
+        &mut self.groups
+    }
+
+    /// The groups' counters.
+    pub fn group_stats(&self) -> super::groups::GroupStats {
+        self.groups.stats()
+    }
+
+    /// A group command; completes `op` with the group's (or the text's) id.
+    pub fn group_command(&mut self, now: Now, op: u64, c: GroupCommand) {
+        self.seen = Some(now);
+        if !self.groups_loaded {
+            self.group_cmds.push((op, c));
+            return;
+        }
+        let r = match c {
+            GroupCommand::Create { name, members } => self.group_create(now, op, &name, members),
+            GroupCommand::Send { group, text } => self.groups.find(&group).and_then(|g| {
+                let hash = self.groups.send_text(now.unix_ms, g, &text, op)?;
+                let name = self.groups.find_name(&g);
+                let id = hash[..16].try_into().expect("16 of 32 bytes");
+                self.group_ops.insert(op, GroupOp::new(id, name, 0, true));
+                Ok(())
+            }),
+            GroupCommand::Invite { group, member } => self.groups.find(&group).map(|g| {
+                let name = self.groups.find_name(&g);
+                self.group_ops.insert(op, GroupOp::new(g, name, 1, false));
+                self.invite(now, op, g, &member);
+            }),
+            GroupCommand::Remove { group, member } => self.groups.find(&group).and_then(|g| {
+                self.groups.remove(now.unix_ms, g, &member)?;
+                let name = self.groups.find_name(&g);
+                self.group_ops.insert(op, GroupOp::new(g, name, 0, false));
+                Ok(())
+            }),
+            GroupCommand::Leave { group } => self.groups.find(&group).and_then(|g| {
+                self.groups.leave(now.unix_ms, g)?;
+                let name = self.groups.find_name(&g);
+                self.group_ops.insert(op, GroupOp::new(g, name, 0, false));
+                Ok(())
+            }),
+        };
+        if let Err(e) = r {
+            self.completions.push_back((op, Err(HostError::Refused(e.to_string()))));
+        }
+        self.group_done(op);
+    }
+
+    fn group_create(&mut self, now: Now, op: u64, name: &str, members: Vec<String>) -> Result<(), GroupsError> {
+        let g = self.groups.create(now.unix_ms, name)?;
+        let me = self.cfg.me.to_ascii_lowercase();
+        let members: std::collections::BTreeSet<String> =
+            members.iter().map(|m| m.trim().to_ascii_lowercase()).filter(|m| !m.is_empty() && *m != me).collect();
+        let mut o = GroupOp::new(g, format!("@{name}"), members.len(), false);
+        o.founding = Some(g);
+        self.group_ops.insert(op, o);
+        for m in members {
+            self.invite(now, op, g, &m);
+        }
+        Ok(())
+    }
+
+    /// Invites `member` once its keys are known (looked up if need be).
+    fn invite(&mut self, now: Now, op: u64, g: GroupId, member: &str) {
+        let member = member.to_ascii_lowercase();
+        self.invites.push((op, g, member.clone()));
+        if self.keys_of(&member).is_some() {
+            self.invites_ready(now, &member);
+        } else {
+            self.look_up(&member);
+        }
+    }
+
+    fn invites_ready(&mut self, now: Now, user: &str) {
+        let Some(keys) = self.keys_of(user) else { return };
+        let (ready, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.invites).into_iter().partition(|(_, _, m)| m.eq_ignore_ascii_case(user));
+        self.invites = rest;
+        for (op, g, m) in ready {
+            let r = self.groups.invite(now.unix_ms, g, &m, keys);
+            if let Some(o) = self.group_ops.get_mut(&op) {
+                o.invites_left = o.invites_left.saturating_sub(1);
+                if let Err(e) = r {
+                    o.failed.push(format!("{m} ({e})"));
+                }
+            }
+            self.group_done(op);
+        }
+    }
+
+    fn invites_failed(&mut self, user: &str, why: &str) {
+        let (failed, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.invites).into_iter().partition(|(_, _, m)| m.eq_ignore_ascii_case(user));
+        self.invites = rest;
+        for (op, _, m) in failed {
+            if let Some(o) = self.group_ops.get_mut(&op) {
+                o.invites_left = o.invites_left.saturating_sub(1);
+                o.failed.push(format!("{m} ({why})"));
+            }
+            self.group_done(op);
+        }
+    }
+
+    /// The store answered for one of a command's sends (`pushed`: None if it failed).
+    fn group_sent(&mut self, op: u64, to: &str, pushed: Option<bool>) {
+        let Some(o) = self.group_ops.get_mut(&op) else { return };
+        o.sends_left = o.sends_left.saturating_sub(1);
+        match pushed {
+            Some(p) => {
+                o.stored += 1;
+                o.pushed_all &= p;
+            }
+            // That member gets it by sync.
+            None => tracing::debug!(to, "a group payload was not stored"),
+        }
+        self.group_done(op);
+    }
+
+    /// Completes `op` once nothing of it is left under way.
+    fn group_done(&mut self, op: u64) {
+        let Some(o) = self.group_ops.get(&op) else { return };
+        if o.invites_left > 0 || o.sends_left > 0 || (o.with_sends && o.sends == 0) {
+            return;
+        }
+        let o = self.group_ops.remove(&op).expect("held just above");
+        if let Some(g) = o.founding {
+            self.groups.found(g);
+        }
+        let status = if o.with_sends && o.pushed_all { SendStatus::Delivered } else { SendStatus::Stored };
+        let r = if !o.failed.is_empty() {
+            Err(HostError::Refused(format!("{}: could not invite {}", o.to, o.failed.join(", "))))
+        } else if o.with_sends && o.stored == 0 {
+            Err(HostError::Refused(format!("{}: the store took no copy (it goes out by sync)", o.to)))
+        } else {
+            Ok(Sent { id: o.id, to: o.to, status })
+        };
+        self.completions.push_back((op, r));
+    }
+
+    /// Seals a group's payload to `to` and stores it (`op`: the command it is for, or 0).
+    fn send_group(&mut self, now: Now, op: u64, to: &str, group: GroupId, payload: Vec<u8>) {
+        let to = to.to_ascii_lowercase();
+        if let Some(o) = self.group_ops.get_mut(&op) {
+            o.sends += 1;
+            o.sends_left += 1;
+        }
+        let sending = self.sends.values().filter(|s| s.group.is_some()).count();
+        if sending >= GROUP_SENDS_WINDOW && self.group_backlog.len() < GROUP_BACKLOG_MAX {
+            self.group_backlog.push_back((op, to, group, payload));
+            return;
+        }
+        self.send_group_now(now, op, to, group, payload);
+    }
+
+    fn send_group_now(&mut self, now: Now, op: u64, to: String, group: GroupId, payload: Vec<u8>) {
+        if self.sends.len() >= SENDS_MAX {
+            self.stats.send_failed += 1;
+            self.groups.send_failed(group, &to);
+            self.group_sent(op, &to, None);
+            return;
+        }
+        let mut id = [0u8; 16];
+        self.rng.fill_bytes(&mut id);
+        // Group payloads are not numbered by the history (the log orders and deduplicates
+        // them by entry hash); a random number keeps (sender, device, conversation,
+        // number) unique for any reader that looks.
+        let seq = rand::RngExt::random_range(&mut self.rng, 1..=crate::chat::message::SEQ_MAX);
+        let t = self.tag();
+        let body = Body::Group(payload);
+        let s = Sending {
+            op,
+            to: to.clone(),
+            body,
+            id,
+            seq: Some(seq),
+            sent_at_ms: now.unix_ms,
+            waiting_keys: true,
+            group: Some(group),
+        };
+        self.sends.insert(t, s);
+        if self.keys_of(&to).is_some() {
+            self.submit(now, t);
+        } else {
+            self.look_up(&to);
+        }
+    }
+
+    /// Does the groups' due work and turns what they ask into sends, effects and
+    /// acknowledgements (once per batch of inputs: when the outputs are taken).
+    fn pump_groups(&mut self) {
+        let Some(now) = self.seen else { return };
+        let mut sending = self.sends.values().filter(|s| s.group.is_some()).count();
+        while sending < GROUP_SENDS_WINDOW
+            && let Some((op, to, group, payload)) = self.group_backlog.pop_front()
+        {
+            self.send_group_now(now, op, to, group, payload);
+            sending += 1;
+        }
+        self.groups.step(now.mono, now.unix_ms);
+        while let Some(o) = self.groups.poll_out() {
+            match o {
+                GroupOut::Send { to, group, payload, op } => self.send_group(now, op.unwrap_or(0), &to, group, payload),
+                GroupOut::Keep { group, entries, ack } => {
+                    let tag = self.tag();
+                    self.effects_out.insert(tag, EffectFor::GroupKept(ack));
+                    self.effects.push_back((tag, ChatEffect::GroupKeep { group, entries }));
+                }
+                GroupOut::Show { group, name, texts } => {
+                    let tag = self.tag();
+                    self.effects_out.insert(tag, EffectFor::GroupShown(group, name, texts.clone()));
+                    self.effects.push_back((tag, ChatEffect::GroupRecord { group, texts }));
+                }
+                GroupOut::Ack(id) => self.ack(now, id),
+            }
+        }
+    }
+
     // ---- time and outputs -----------------------------------------------------------
 
     /// Timers: the periodic fetch and the gathered acknowledgements.
     pub fn handle_timeout(&mut self, now: Now) {
+        self.seen = Some(now);
         if self.fetch_at.is_some_and(|t| t <= now.mono) {
             self.fetch(now);
         }
@@ -757,16 +1211,19 @@ impl ChatCore {
     /// The next instant a timer is due.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let acks = self.ack_at.filter(|_| !self.acks.is_empty() && self.linked);
-        [self.fetch_at.filter(|_| self.linked && !self.fetching), acks].into_iter().flatten().min()
+        let groups = self.groups.poll_timeout();
+        [self.fetch_at.filter(|_| self.linked && !self.fetching), acks, groups].into_iter().flatten().min()
     }
 
     /// The next request for the super node.
     pub fn poll_request(&mut self) -> Option<(u64, Request)> {
+        self.pump_groups();
         self.requests.pop_front()
     }
 
     /// The next history write (tag 0: no answer expected).
     pub fn poll_effect(&mut self) -> Option<(u64, ChatEffect)> {
+        self.pump_groups();
         self.effects.pop_front()
     }
 
@@ -778,5 +1235,104 @@ impl ChatCore {
     /// The next finished send: the `op` given to [`ChatCore::send_text`], and its outcome.
     pub fn poll_completion(&mut self) -> Option<(u64, Result<Sent, HostError>)> {
         self.completions.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::keys::tests::test_key;
+    use crate::crypto::password::ListKey;
+    use crate::wire::mail::MailSubmitReply;
+
+    fn now(ms: u64) -> Now {
+        static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        let base = *BASE.get_or_init(Instant::now);
+        Now { mono: base + Duration::from_millis(ms), unix_ms: 1_800_000_000_000 + ms }
+    }
+
+    /// A chat part whose history answers at once (empty, and every write taken).
+    fn core() -> ChatCore {
+        let list_key = ListKey([5; 32]);
+        let cfg = ChatConfig {
+            me: "alice".into(),
+            device: crate::crypto::keys::KeyId([1; 8]),
+            trusted: TrustedKeys::new(vec![test_key(1).public().clone()]),
+            list_key: list_key.clone(),
+        };
+        let mut c = ChatCore::new(cfg, UserKeys::derive(&list_key), StdRng::seed_from_u64(3));
+        c.on_link_up(now(0));
+        c
+    }
+
+    /// Answers every history effect; returns the store requests put out.
+    fn drain(c: &mut ChatCore, at: Now) -> Vec<(u64, Request)> {
+        let mut reqs = Vec::new();
+        loop {
+            let mut any = false;
+            while let Some(r) = c.poll_request() {
+                any = true;
+                reqs.push(r);
+            }
+            while let Some((tag, e)) = c.poll_effect() {
+                any = true;
+                let r = match e {
+                    ChatEffect::GroupLoad => ChatEffectResult::GroupLogs(Ok(Vec::new())),
+                    ChatEffect::GroupRecord { texts, .. } => {
+                        ChatEffectResult::GroupRecorded(Ok(vec![true; texts.len()]))
+                    }
+                    ChatEffect::NextSeq { .. } => ChatEffectResult::Seq(Ok(1)),
+                    _ => ChatEffectResult::Recorded(Ok(true)),
+                };
+                if tag != 0 {
+                    c.on_effect_result(at, tag, r);
+                }
+            }
+            if !any {
+                return reqs;
+            }
+        }
+    }
+
+    fn stored(pushed: u8) -> OpResult {
+        Ok(Answer::Mailed(MailSubmitReply { req: 0, code: 0, replicas: 1, pushed }))
+    }
+
+    #[test]
+    fn group_payloads_go_out_a_window_at_a_time_and_a_text_completes_when_all_are_stored() {
+        let mut c = core();
+        drain(&mut c, now(0));
+        c.group_command(now(1), 7, GroupCommand::Create { name: "solo".into(), members: vec![] });
+        let first = drain(&mut c, now(1));
+        assert!(matches!(c.poll_completion(), Some((7, Ok(Sent { ref to, .. }))) if to == "@solo"));
+        for (tag, _) in first {
+            c.on_request_result(now(2), tag, stored(1));
+        }
+        // Many texts at once: each is one payload (to ourselves, the only member).
+        let n = GROUP_SENDS_WINDOW + 40;
+        for i in 0..n {
+            c.group_command(now(3), 100 + i as u64, GroupCommand::Send { group: "@solo".into(), text: format!("{i}") });
+        }
+        let out = drain(&mut c, now(3));
+        let submits = |r: &[(u64, Request)]| r.iter().filter(|(_, r)| matches!(r, Request::MailSubmit { .. })).count();
+        assert_eq!(submits(&out), GROUP_SENDS_WINDOW, "a window's worth goes out");
+        assert!(c.is_busy());
+        assert!(c.poll_completion().is_none(), "no text is done before the store answers");
+        for (tag, _) in out {
+            c.on_request_result(now(4), tag, stored(1));
+        }
+        let rest = drain(&mut c, now(4));
+        assert_eq!(submits(&rest), 40, "the rest follow as the window frees");
+        for (tag, _) in rest {
+            c.on_request_result(now(5), tag, stored(0));
+        }
+        drain(&mut c, now(5));
+        let done: Vec<_> = std::iter::from_fn(|| c.poll_completion()).collect();
+        assert_eq!(done.len(), n);
+        assert!(done.iter().all(|(_, r)| r.is_ok()));
+        let status = |op: u64| done.iter().find(|(o, _)| *o == op).and_then(|(_, r)| r.as_ref().ok()).map(|s| s.status);
+        assert_eq!(status(100), Some(SendStatus::Delivered), "pushed at once");
+        assert_eq!(status(100 + n as u64 - 1), Some(SendStatus::Stored), "stored only");
+        assert!(!c.is_busy());
     }
 }

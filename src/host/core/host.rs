@@ -205,6 +205,24 @@ pub enum Command {
         /// Their ids.
         ids: Vec<[u8; 16]>,
     },
+    /// Founds a group and invites `members` (completes with the group's id once every
+    /// invite is written, or fails naming who could not be invited).
+    GroupCreate {
+        /// The group's name.
+        name: String,
+        /// Who is invited.
+        members: Vec<String>,
+    },
+    /// Sends a text to a group, by name or id (completes once the store answered for
+    /// every member's copy).
+    GroupSend {
+        /// The group.
+        group: String,
+        /// The text.
+        text: String,
+    },
+    /// Another group command: invite, remove, leave.
+    Group(super::chat::GroupCommand),
 }
 
 /// What a command came to.
@@ -419,6 +437,7 @@ impl HostCore {
                 me: me.credential.subject.to_ascii_lowercase(),
                 device: me.credential.public_key.id(),
                 trusted: me.trusted.clone(),
+                list_key: cfg.list_key.clone(),
             },
             UserKeys::derive(&cfg.list_key),
             chat_rng,
@@ -518,6 +537,11 @@ impl HostCore {
     /// The chat's counters.
     pub fn chat_stats(&self) -> super::chat::ChatStats {
         self.chat.stats()
+    }
+
+    /// The groups' counters.
+    pub fn chat_group_stats(&self) -> super::groups::GroupStats {
+        self.chat.group_stats()
     }
 
     /// The contacts, with the presence buddies pushed.
@@ -671,6 +695,13 @@ impl HostCore {
                 self.chat.mark_read(now, &from, ids);
                 self.complete(op, Ok(Done::Ok));
             }
+            Command::GroupCreate { name, members } => {
+                self.chat.group_command(now, op.0, super::chat::GroupCommand::Create { name, members })
+            }
+            Command::GroupSend { group, text } => {
+                self.chat.group_command(now, op.0, super::chat::GroupCommand::Send { group, text })
+            }
+            Command::Group(c) => self.chat.group_command(now, op.0, c),
             Command::Logout => {
                 self.logging_out = true;
                 self.ladder.stop();
@@ -1008,6 +1039,15 @@ impl HostCore {
                     }
                 }
                 ChatEvent::Refused { .. } => {}
+                ChatEvent::Group { name, text, .. } => self.push_event(Event::Chat {
+                    id: hex::encode(&text.entry[..16]),
+                    from: text.author,
+                    to: format!("@{name}"),
+                    text: text.text,
+                    sent_at: text.at_ms,
+                    group: Some(name),
+                    request: false,
+                }),
             }
         }
         while let Some((op, r)) = self.chat.poll_completion() {

@@ -431,6 +431,7 @@ impl CoreNode {
                         h.record_sent(&inner, msg).and_then(|_| h.mark_stored(msg)).expect("the history writes");
                         None
                     }
+                    e => Some(crate::host::core::groups::group_effect(h, e)),
                 };
                 if let Some(r) = r {
                     self.core.handle_effect(now, id, EffectResult::Chat(r));

@@ -627,3 +627,97 @@ fn a_stranger_s_message_is_a_request_without_receipts_and_a_blocked_user_s_is_dr
     w.run_until(w.now + secs(2.0));
     assert_eq!(w.core_host(bob).core.chat_stats().blocked, 1);
 }
+
+/// Host `i` with user keys of its own (the other worlds share one list key).
+fn host_with_keys(w: &mut World, i: usize, cache: Vec<CacheEntry>) -> NodeId {
+    let user = ["alice", "bob", "carol"][i];
+    let list_key = ListKey([30 + i as u8; 32]);
+    let login = FakeLogin::new(user, list_key.clone(), 0, LOGIN_DELAY);
+    let nat = Box::new(Cone::new(IpAddr::from([198, 18, 10 + i as u8, 1]), MAPPING_TTL));
+    let private = SocketAddr::new(IpAddr::from([10, 0, i as u8, 2]), 40_000);
+    let mut cfg = config();
+    cfg.list_key = list_key;
+    w.add_core_host(Seat { user: user.into(), private, nat, key: key(i), login }, cfg, cache)
+}
+
+/// `h`'s history of group `g`: (author, text) in order.
+fn group_texts(w: &mut World, h: NodeId, g: [u8; 16]) -> Vec<(String, String)> {
+    w.core_host_mut(h)
+        .history()
+        .history(&crate::chat::message::Conversation::Group(g), 1000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.body {
+            crate::chat::message::Body::Text { text } => Some((r.from, text)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn group_send(w: &mut World, h: NodeId, text: &str) -> OpId {
+    w.core_command(h, Command::GroupSend { group: "@team".into(), text: text.into() })
+}
+
+#[test]
+fn a_group_on_two_super_nodes_converges_after_a_member_was_cut_off_while_everyone_wrote() {
+    let mut w = World::new(81);
+    let sns = supernodes(&mut w, &["sn-a", "sn-b"]);
+    let alice = host_with_keys(&mut w, 0, vec![entry("sn-a", sn(1))]);
+    let bob = host_with_keys(&mut w, 1, vec![entry("sn-b", sn(2))]);
+    let carol = host_with_keys(&mut w, 2, vec![entry("sn-b", sn(2))]);
+    let hosts = [alice, bob, carol];
+    assert!(run_until_true(&mut w, secs(6.0), |w| w.index.entries.len() == 3), "all three are indexed");
+
+    let op = w
+        .core_command(alice, Command::GroupCreate { name: "team".into(), members: vec!["bob".into(), "Carol".into()] });
+    assert!(run_until_true(&mut w, secs(5.0), |w| done(w, alice, op)), "the invites are written");
+    let Some(Ok(Done::Chat(made))) = w.core_host(alice).result(op) else {
+        panic!("{:?}", w.core_host(alice).result(op))
+    };
+    assert_eq!(made.to, "@team");
+    let g = made.id;
+    // Every member learns the group by its name, and reads what is sent to it.
+    let op = group_send(&mut w, alice, "welcome");
+    assert!(run_until_true(&mut w, secs(5.0), |w| done(w, alice, op)));
+    assert!(matches!(w.core_host(alice).result(op), Some(Ok(Done::Chat(_)))), "{:?}", w.core_host(alice).result(op));
+    let heard = |w: &World, h: NodeId, text: &str| {
+        w.core_host(h).saw(|e| matches!(e, Event::Chat { group: Some(n), text: t, from, .. } if n == "team" && t == text && from == "alice"))
+    };
+    assert!(run_until_true(&mut w, secs(3.0), |w| heard(w, bob, "welcome") && heard(w, carol, "welcome")));
+    let op = group_send(&mut w, carol, "hi from carol");
+    assert!(run_until_true(&mut w, secs(5.0), |w| done(w, carol, op)));
+
+    // Carol is cut off from both super nodes; everyone writes meanwhile, carol too.
+    let cut = crate::host::core::sim::LinkSpec { loss_ppm: 1_000_000, ..Default::default() };
+    for sn in &sns {
+        w.set_link(carol, *sn, cut);
+    }
+    w.run_until(w.now + secs(1.0));
+    for (h, text) in [(alice, "while carol was away 1"), (bob, "while carol was away 2"), (carol, "carol, alone")] {
+        group_send(&mut w, h, text);
+        w.run_until(w.now + secs(2.0));
+    }
+    w.run_until(w.now + secs(30.0));
+    let before = group_texts(&mut w, bob, g);
+    assert!(!before.iter().any(|(_, t)| t == "carol, alone"), "carol's text did not get out: {before:?}");
+    assert!(!group_texts(&mut w, carol, g).iter().any(|(_, t)| t == "while carol was away 1"));
+
+    // Healed: carol rejoins, fetches what was stored for her, and her text reaches the
+    // others by sync.
+    for sn in &sns {
+        w.set_link(carol, *sn, Default::default());
+    }
+    let want = 5;
+    let converged = |w: &mut World| {
+        let all: Vec<_> = hosts.iter().map(|h| group_texts(w, *h, g)).collect();
+        all[0].len() == want && all.iter().all(|t| *t == all[0])
+    };
+    let end = w.now + secs(120.0);
+    while !converged(&mut w) && w.step(end) {}
+    let all: Vec<_> = hosts.iter().map(|h| group_texts(&mut w, *h, g)).collect();
+    assert!(
+        converged(&mut w),
+        "identical histories: {all:#?}\n{:?}",
+        hosts.map(|h| w.core_host(h).core.chat_group_stats())
+    );
+}
