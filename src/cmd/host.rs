@@ -794,16 +794,11 @@ async fn chat(
     let code = match action {
         ChatAction::Send { whom, text } if whom.starts_with('@') => match session.group_send(whom, text).await {
             Ok(sent) => {
-                let id = hex::encode(sent.id);
                 let status = match sent.status {
                     host::core::chat::SendStatus::Delivered => "delivered",
                     host::core::chat::SendStatus::Stored => "stored",
                 };
-                if json {
-                    println!("{}", serde_json::json!({ "id": id, "to": sent.to, "status": status }));
-                } else {
-                    say!("{status}: message {id} to {}", sent.to);
-                }
+                print_sent(json, &sent.id, &sent.to, status);
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -828,12 +823,7 @@ async fn chat(
                     session.settle_chat(Duration::from_millis(500)).await;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                let id = hex::encode(sent.id);
-                if json {
-                    println!("{}", serde_json::json!({ "id": id, "to": sent.to, "status": status }));
-                } else {
-                    say!("{status}: message {id} to {}", sent.to);
-                }
+                print_sent(json, &sent.id, &sent.to, status);
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -948,6 +938,16 @@ async fn chat(
     session.wait_chat_idle(CHAT_SETTLE).await;
     session.logout().await;
     Ok(code)
+}
+
+/// A sent message: `{id, to, status}`.
+fn print_sent(json: bool, id: &[u8; 16], to: &str, status: &str) {
+    let id = hex::encode(id);
+    if json {
+        println!("{}", serde_json::json!({ "id": id, "to": to, "status": status }));
+    } else {
+        say!("{status}: message {id} to {to}");
+    }
 }
 
 fn print_messages(json: bool, messages: &[serde_json::Value]) {
