@@ -873,7 +873,7 @@ async fn chat(
                 print_messages(false, &messages);
                 for g in &gaps {
                     esay!(
-                        "warning: messages {}–{} from {} never arrived (a super node lost or withheld them)",
+                        "warning: messages {}–{} from {} never arrived (lost or withheld by a super node, or refused by the store when sent)",
                         g["missing"][0],
                         g["missing"][1],
                         g["from"].as_str().unwrap_or("")

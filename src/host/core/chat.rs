@@ -477,7 +477,15 @@ impl ChatCore {
             .map(|(t, _)| *t)
             .collect();
         for t in waiting {
-            self.submit(now, t);
+            match self.sends.get_mut(&t) {
+                // A 1:1 message is numbered once it can be sealed.
+                Some(s) if s.seq.is_none() => {
+                    s.waiting_keys = false;
+                    let conversation = Conversation::User(s.to.clone());
+                    self.number(t, conversation);
+                }
+                _ => self.submit(now, t),
+            }
         }
         self.invites_ready(now, user);
         let (ready, rest): (Vec<_>, Vec<_>) =
@@ -531,16 +539,28 @@ impl ChatCore {
         let to = to.to_ascii_lowercase();
         let t = self.tag();
         let conversation = Conversation::User(to.clone());
+        // The recipient's keys first, then the number: a send that cannot be sealed uses
+        // no number, so it leaves no gap for the recipient to report as lost.
+        let known = self.keys_of(&to).is_some();
+        let lookup = (!known).then(|| to.clone());
         self.sends.insert(
             t,
-            Sending { op, to, body, id, seq: None, sent_at_ms: now.unix_ms, waiting_keys: false, group: None },
+            Sending { op, to, body, id, seq: None, sent_at_ms: now.unix_ms, waiting_keys: !known, group: None },
         );
+        match lookup {
+            None => self.number(t, conversation),
+            Some(to) => self.look_up(&to),
+        }
+    }
+
+    /// Asks the history for send `t`'s sequence number.
+    fn number(&mut self, t: u64, conversation: Conversation) {
         let e = self.tag();
         self.effects_out.insert(e, EffectFor::Seq(t));
         self.effects.push_back((e, ChatEffect::NextSeq { conversation }));
     }
 
-    /// Send `t` has its sequence number: on to the recipient's keys.
+    /// Send `t` has its sequence number (its recipient's keys are known): seal and submit.
     fn numbered(&mut self, now: Now, t: u64, seq: Result<u64, String>) {
         let Some(s) = self.sends.get_mut(&t) else { return };
         match seq {
@@ -552,13 +572,7 @@ impl ChatCore {
                 return;
             }
         }
-        s.waiting_keys = true;
-        let to = s.to.clone();
-        if self.keys_of(&to).is_some() {
-            self.submit(now, t);
-        } else {
-            self.look_up(&to);
-        }
+        self.submit(now, t);
     }
 
     /// The message of send `s` as a conversation's side sees it.

@@ -721,3 +721,26 @@ fn a_group_on_two_super_nodes_converges_after_a_member_was_cut_off_while_everyon
         hosts.map(|h| w.core_host(h).core.chat_group_stats())
     );
 }
+
+#[test]
+fn a_send_that_cannot_be_sealed_uses_no_number_so_the_recipient_sees_no_gap() {
+    let mut w = World::new(9);
+    supernodes(&mut w, &["sn-a", "sn-b"]);
+    let alice = host(&mut w, 0, vec![entry("sn-a", sn(1))], login(0, 0, &["bob"]));
+    assert!(run_until_true(&mut w, secs(5.0), |w| *w.core_host(alice).core.phase() == Phase::Online));
+    // Bob has never logged in: no keys to seal to, the send fails.
+    let op = w.core_command(alice, Command::SendChat { to: "bob".into(), text: "anyone?".into() });
+    assert!(run_until_true(&mut w, secs(5.0), |w| done(w, alice, op)));
+    assert!(matches!(w.core_host(alice).result(op), Some(Err(_))), "{:?}", w.core_host(alice).result(op));
+    // Once he has, the conversation's first message is number 1: no gap at bob.
+    let bob = host(&mut w, 1, vec![entry("sn-b", sn(2))], login(1, 0, &["alice"]));
+    assert!(run_until_true(&mut w, secs(5.0), |w| w
+        .core_host(alice)
+        .saw(|e| matches!(e, Event::Presence { user, status: Status::Online, .. } if user == "bob"))));
+    let sent = send_chat(&mut w, alice, "bob", "hello");
+    assert!(run_until_true(&mut w, secs(2.0), |w| !chat_from(w.core_host(bob), "alice").is_empty()));
+    let h = w.core_host_mut(bob).history();
+    let rows = h.history(&crate::chat::message::Conversation::User("alice".into()), 10).unwrap();
+    assert_eq!(rows.iter().map(|r| (r.id, r.seq)).collect::<Vec<_>>(), vec![(sent.id, 1)]);
+    assert!(h.missing("bob").unwrap().is_empty());
+}
