@@ -17,7 +17,7 @@
 use super::group::log::{Entry as GroupEntry, GroupId, Op};
 use super::message::{Body, Conversation, Inner, Message, ReceiptKind, own_copy_id};
 use crate::crypto::keys::KeyId;
-use crate::crypto::user::DeviceId;
+use crate::crypto::user::{DeviceId, UserPublicKeys};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use sha2::Digest;
 use std::ops::RangeInclusive;
@@ -27,8 +27,10 @@ use std::time::Duration;
 /// The history's file name in the home folder.
 pub const HISTORY_FILE: &str = "chat.sqlite";
 /// The schema this build writes (`PRAGMA user_version`); version 1 lacked the group
-/// tables, which opening adds.
-pub const SCHEMA_VERSION: i64 = 2;
+/// tables and version 2 the peers' keys, which opening adds.
+pub const SCHEMA_VERSION: i64 = 3;
+/// Most peers' keys [`History::peer_keys`] gives back (the most recently learned).
+pub const PEER_KEYS_MAX: usize = 4096;
 /// How long a write waits for another process's transaction before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most gaps [`History::gaps`] reports at once (the lowest first).
@@ -72,6 +74,17 @@ CREATE TABLE group_entry (
     bytes BLOB NOT NULL
 ) STRICT;
 CREATE INDEX group_entry_by_group ON group_entry (grp);
+";
+
+/// Version 3: the user keys of the people this user wrote to or heard from, as their
+/// signed index entries gave them, so that a message can still be sealed to someone
+/// whose entries have left the index (offline longer than its retention).
+const SCHEMA_PEERS: &str = "
+CREATE TABLE peer_keys (
+    user        TEXT PRIMARY KEY NOT NULL,
+    keys        BLOB NOT NULL CHECK (length(keys) = 64),  -- UserPublicKeys::to_bytes
+    learned_ms  INTEGER NOT NULL
+) STRICT;
 ";
 
 /// What went wrong with the history file.
@@ -286,10 +299,16 @@ impl History {
             0 => {
                 tx.execute_batch(SCHEMA)?;
                 tx.execute_batch(SCHEMA_GROUPS)?;
+                tx.execute_batch(SCHEMA_PEERS)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
             1 => {
                 tx.execute_batch(SCHEMA_GROUPS)?;
+                tx.execute_batch(SCHEMA_PEERS)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            }
+            2 => {
+                tx.execute_batch(SCHEMA_PEERS)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
             SCHEMA_VERSION => {}
@@ -552,6 +571,29 @@ impl History {
         }
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Keeps `user`'s keys as learned at `at_ms` (replacing older ones).
+    pub fn remember_keys(&mut self, user: &str, keys: &UserPublicKeys, at_ms: u64) -> Result<(), HistoryError> {
+        self.conn.execute(
+            "INSERT INTO peer_keys (user, keys, learned_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user) DO UPDATE SET keys = excluded.keys, learned_ms = excluded.learned_ms",
+            params![user, &keys.to_bytes()[..], int(at_ms.min(super::message::TIME_MS_MAX))],
+        )?;
+        Ok(())
+    }
+
+    /// The peers' keys kept, the most recently learned first (at most [`PEER_KEYS_MAX`]).
+    pub fn peer_keys(&self) -> Result<Vec<(String, UserPublicKeys)>, HistoryError> {
+        let mut st =
+            self.conn.prepare_cached("SELECT user, keys FROM peer_keys ORDER BY learned_ms DESC, user LIMIT ?1")?;
+        let rows = st.query_map([PEER_KEYS_MAX as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        rows.map(|r| {
+            let (user, keys) = r?;
+            let keys: [u8; 64] = keys.try_into().map_err(|_| HistoryError::Corrupt("peer keys"))?;
+            Ok((user, UserPublicKeys::from_bytes(&keys)))
+        })
+        .collect()
     }
 
     fn rows(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Row>, HistoryError> {

@@ -490,7 +490,8 @@ impl Driver {
                         }
                         ChatEffect::GroupLoad => answer(ChatEffectResult::GroupLogs(Err(why))),
                         ChatEffect::GroupRecord { .. } => answer(ChatEffectResult::GroupRecorded(Err(why))),
-                        ChatEffect::Sent { .. } => {}
+                        ChatEffect::KeysLoad => answer(ChatEffectResult::Keys(Err(why))),
+                        ChatEffect::Sent { .. } | ChatEffect::KeysKeep { .. } => {}
                     }
                     return;
                 }
@@ -514,6 +515,12 @@ impl Driver {
                 }
                 e @ (ChatEffect::GroupLoad | ChatEffect::GroupKeep { .. } | ChatEffect::GroupRecord { .. }) => {
                     answer(super::core::groups::group_effect(&mut h, e));
+                }
+                ChatEffect::KeysLoad => answer(ChatEffectResult::Keys(h.peer_keys().map_err(|e| e.to_string()))),
+                ChatEffect::KeysKeep { user, keys } => {
+                    if let Err(e) = h.remember_keys(&user, &keys, crate::unix_now().saturating_mul(1000)) {
+                        tracing::warn!(error = %e, %user, "a peer's keys could not be kept");
+                    }
                 }
             }
         });

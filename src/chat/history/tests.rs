@@ -356,7 +356,7 @@ fn a_version_1_file_gains_the_group_tables_and_keeps_its_messages() {
     }
     // Written by a build without groups: the group tables come at the next opening.
     let c = rusqlite::Connection::open(&path).unwrap();
-    c.execute_batch("DROP TABLE group_entry; DROP TABLE group_log;").unwrap();
+    c.execute_batch("DROP TABLE group_entry; DROP TABLE group_log; DROP TABLE peer_keys;").unwrap();
     c.pragma_update(None, "user_version", 1).unwrap();
     drop(c);
     let mut h = History::open(&path).unwrap();
@@ -365,6 +365,35 @@ fn a_version_1_file_gains_the_group_tables_and_keeps_its_messages() {
     assert_eq!(h.unread().unwrap().len(), 1);
     assert_eq!(h.add_group_entries(&[9; 16], &[vec![1, 2, 3]]).unwrap(), 1);
     assert_eq!(h.group_logs().unwrap(), vec![([9; 16], None, vec![vec![1, 2, 3]])]);
+}
+
+#[test]
+fn peers_keys_are_kept_replaced_and_survive_reopening_and_a_version_2_file_gains_them() {
+    use crate::crypto::password::ListKey;
+    use crate::crypto::user::UserKeys;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(HISTORY_FILE);
+    let (bob, bob_new) = (UserKeys::derive(&ListKey([2; 32])).public(), UserKeys::derive(&ListKey([3; 32])).public());
+    let carol = UserKeys::derive(&ListKey([4; 32])).public();
+    {
+        let mut h = History::open(&path).unwrap();
+        assert!(h.peer_keys().unwrap().is_empty());
+        h.remember_keys("bob", &bob, 10).unwrap();
+        h.remember_keys("carol", &carol, 20).unwrap();
+        h.remember_keys("bob", &bob_new, 30).unwrap();
+    }
+    let h = History::open(&path).unwrap();
+    assert_eq!(h.peer_keys().unwrap(), vec![("bob".to_string(), bob_new), ("carol".to_string(), carol)]);
+    drop(h);
+    // A file written by a build without the table gains it, empty, and keeps the rest.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch("DROP TABLE peer_keys;").unwrap();
+    c.pragma_update(None, "user_version", 2).unwrap();
+    drop(c);
+    let mut h = History::open(&path).unwrap();
+    assert!(h.peer_keys().unwrap().is_empty());
+    h.remember_keys("bob", &bob, 40).unwrap();
+    assert_eq!(h.peer_keys().unwrap().len(), 1);
 }
 
 #[test]

@@ -112,12 +112,21 @@ pub enum ChatEffect {
         /// The texts, in the log's order.
         texts: Vec<GroupText>,
     },
+    /// Read the peers' keys kept; answered by [`ChatEffectResult::Keys`].
+    KeysLoad,
+    /// Keep a peer's keys (learned from their signed index entry); no answer.
+    KeysKeep {
+        /// The peer.
+        user: String,
+        /// Their keys.
+        keys: UserPublicKeys,
+    },
 }
 
 impl ChatEffect {
     /// Whether the shell answers it (the core remembers who waits only for those).
     pub fn answers(&self) -> bool {
-        !matches!(self, ChatEffect::Sent { .. })
+        !matches!(self, ChatEffect::Sent { .. } | ChatEffect::KeysKeep { .. })
     }
 }
 
@@ -135,6 +144,8 @@ pub enum ChatEffectResult {
     GroupLogs(Result<Vec<GroupEntries>, String>),
     /// Group texts written: for each, whether it was new.
     GroupRecorded(Result<Vec<bool>, String>),
+    /// The peers' keys kept.
+    Keys(Result<Vec<(String, UserPublicKeys)>, String>),
 }
 
 /// Something for the application.
@@ -317,6 +328,8 @@ enum EffectFor {
     Record(Box<Message>, Option<String>),
     /// The group logs kept.
     GroupLoad,
+    /// The peers' keys kept.
+    KeysLoad,
     /// Group entries kept; the message that brought them, to acknowledge.
     GroupKept(Option<MailId>),
     /// Group texts recorded.
@@ -379,12 +392,13 @@ impl ChatCore {
         let groups = GroupsCore::new(&cfg.me, cfg.list_key.clone(), groups_rng);
         let mut effects_out = BTreeMap::new();
         effects_out.insert(1, EffectFor::GroupLoad);
+        effects_out.insert(2, EffectFor::KeysLoad);
         Self {
             cfg,
             keys,
             rng,
             known,
-            next_tag: 2,
+            next_tag: 3,
             out: BTreeMap::new(),
             sends: BTreeMap::new(),
             looking: BTreeMap::new(),
@@ -397,7 +411,7 @@ impl ChatCore {
             fetch_after: None,
             fetch_at: None,
             requests: VecDeque::new(),
-            effects: [(1, ChatEffect::GroupLoad)].into(),
+            effects: [(1, ChatEffect::GroupLoad), (2, ChatEffect::KeysLoad)].into(),
             events: VecDeque::new(),
             completions: VecDeque::new(),
             stats: ChatStats::default(),
@@ -448,7 +462,10 @@ impl ChatCore {
                 self.known.remove(&v);
             }
         }
-        self.known.insert(user.clone(), k);
+        if self.known.insert(user.clone(), k) != Some(k) && user != self.cfg.me.to_ascii_lowercase() {
+            // Kept, so a message can still be sealed to them once their entries are gone.
+            self.effects.push_back((0, ChatEffect::KeysKeep { user: user.clone(), keys: k }));
+        }
         self.keys_arrived(now, &user);
     }
 
@@ -790,6 +807,17 @@ impl ChatCore {
             (Some(EffectFor::Record(message, receipt_to)), ChatEffectResult::Recorded(r)) => {
                 self.recorded(now, *message, receipt_to, r)
             }
+            (Some(EffectFor::KeysLoad), ChatEffectResult::Keys(r)) => match r {
+                Ok(kept) => {
+                    for (user, keys) in kept {
+                        // What this run learned since is newer.
+                        if self.known.len() < KEYS_MAX {
+                            self.known.entry(user.to_ascii_lowercase()).or_insert(keys);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "the peers' keys could not be read"),
+            },
             (Some(EffectFor::GroupLoad), ChatEffectResult::GroupLogs(r)) => {
                 match r {
                     Ok(logs) => self.groups.load(now.mono, logs),
@@ -1292,6 +1320,7 @@ mod tests {
                 any = true;
                 let r = match e {
                     ChatEffect::GroupLoad => ChatEffectResult::GroupLogs(Ok(Vec::new())),
+                    ChatEffect::KeysLoad => ChatEffectResult::Keys(Ok(Vec::new())),
                     ChatEffect::GroupRecord { texts, .. } => {
                         ChatEffectResult::GroupRecorded(Ok(vec![true; texts.len()]))
                     }
@@ -1310,6 +1339,40 @@ mod tests {
 
     fn stored(pushed: u8) -> OpResult {
         Ok(Answer::Mailed(MailSubmitReply { req: 0, code: 0, replicas: 1, pushed }))
+    }
+
+    #[test]
+    fn keys_kept_from_before_seal_a_message_without_a_lookup_and_new_ones_are_kept() {
+        let bob = UserKeys::derive(&ListKey([6; 32])).public();
+        let mut c = core();
+        // The kept keys come back from the history first.
+        let mut loaded = false;
+        while let Some((tag, e)) = c.poll_effect() {
+            let r = match e {
+                ChatEffect::KeysLoad => {
+                    loaded = true;
+                    ChatEffectResult::Keys(Ok(vec![("bob".into(), bob)]))
+                }
+                _ => ChatEffectResult::GroupLogs(Ok(Vec::new())),
+            };
+            c.on_effect_result(now(0), tag, r);
+        }
+        assert!(loaded, "the core asks for the kept keys when it starts");
+        c.send_text(now(1), 9, "bob", "still there?".into());
+        let reqs = drain(&mut c, now(1));
+        assert!(reqs.iter().all(|(_, r)| !matches!(r, Request::Find { .. })), "no lookup: {reqs:?}");
+        assert!(reqs.iter().any(|(_, r)| matches!(r, Request::MailSubmit { to, .. } if to == "bob")), "{reqs:?}");
+        // Keys learned (from a verified entry) are handed to the history to keep, once.
+        let carol = UserKeys::derive(&ListKey([7; 32])).public();
+        let kept = |c: &mut ChatCore| {
+            std::iter::from_fn(|| c.poll_effect())
+                .filter(|(_, e)| matches!(e, ChatEffect::KeysKeep { user, keys } if user == "carol" && *keys == carol))
+                .count()
+        };
+        c.learn(now(2), "carol", carol);
+        assert_eq!(kept(&mut c), 1);
+        c.learn(now(3), "carol", carol);
+        assert_eq!(kept(&mut c), 0, "the same keys again are not written again");
     }
 
     #[test]

@@ -431,6 +431,11 @@ impl CoreNode {
                         h.record_sent(&inner, msg).and_then(|_| h.mark_stored(msg)).expect("the history writes");
                         None
                     }
+                    ChatEffect::KeysLoad => Some(ChatEffectResult::Keys(h.peer_keys().map_err(|e| e.to_string()))),
+                    ChatEffect::KeysKeep { user, keys } => {
+                        h.remember_keys(&user, &keys, now.unix_ms).expect("the history writes");
+                        None
+                    }
                     e => Some(crate::host::core::groups::group_effect(h, e)),
                 };
                 if let Some(r) = r {
