@@ -215,3 +215,51 @@ async fn every_device() {
     }
     t.net.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_contact_can_still_write_once_the_recipient_has_left_the_index() {
+    bounded(Duration::from_secs(120), after_the_index_forgot()).await;
+}
+
+async fn after_the_index_forgot() {
+    // Entries are findable for 3 s here (72 h in production); stored mail keeps 30 days.
+    let t = common::start(3, |c| {
+        c.supernode.probe_period_ms = 200;
+        c.supernode.index.anti_entropy_secs = 1;
+        c.supernode.index.retention_secs = 3;
+    })
+    .await;
+    t.converge(3).await;
+    let mut bob = host(&t, "bob", 0, true).await;
+    let mut alice = host(&t, "alice", 1, true).await;
+    befriend(&mut alice, "alice", &mut bob, "bob").await;
+    alice.send_chat("bob", "first").await.unwrap();
+    bob.logout().await;
+    alice.logout().await;
+
+    // Bob's entries leave the index (the login server's directory still says when he was
+    // last seen, without keys): someone who never had his keys cannot seal to him.
+    let router = t.net.nodes()[2].index.clone().unwrap();
+    common::wait_for("bob gone from the index", Duration::from_secs(20), async || {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        router.do_send(confab::supernode::index_router::FindUser { user: "bob".into(), reply: tx });
+        rx.await.is_ok_and(|f| f.entry.is_none())
+    })
+    .await;
+    let mut carol = host(&t, "carol", 2, true).await;
+    assert!(carol.send_chat("bob", "hello?").await.is_err(), "carol never had bob's keys");
+    // Alice kept them, from a session before.
+    let mut alice = host(&t, "alice", 1, false).await;
+    let sent = alice.send_chat("bob", "second").await.unwrap();
+    assert_eq!(sent.status, SendStatus::Stored);
+    assert!(alice.wait_chat_idle(Duration::from_secs(10)).await);
+    alice.logout().await;
+    carol.logout().await;
+
+    let mut bob = host(&t, "bob", 0, false).await;
+    assert!(bob.settle_chat(Duration::from_secs(15)).await);
+    let got: Vec<String> = texts(&t, "bob", 0, "alice").into_iter().map(|(_, text)| text).collect();
+    assert_eq!(got, vec!["first".to_string(), "second".to_string()]);
+    bob.logout().await;
+    t.net.stop().await;
+}
