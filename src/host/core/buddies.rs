@@ -73,6 +73,8 @@ pub const FANOUT_GAP: Duration = Duration::from_millis(1000 / FORWARDS_PER_SECON
 pub const EVENTS_QUEUED_MAX: usize = 1024;
 /// Most presence notices kept waiting for a list read.
 pub const PRESENCE_WAITING_MAX: usize = 64;
+/// Most verified buddy entries waiting for the chat to take their keys.
+const ENTRIES_OUT_MAX: usize = 256;
 /// User operations at the login server at once; more wait their turn.
 pub const USER_OPS_IN_FLIGHT_MAX: usize = 4;
 /// User operations waiting their turn; beyond, an operation fails at once.
@@ -257,6 +259,8 @@ pub struct BuddiesCore {
     cfg: BuddiesConfig,
     rng: StdRng,
     book: BuddyBook,
+    /// Verified buddy entries that brought news, for the chat.
+    entries: VecDeque<Entry>,
     /// The newest timestamp we signed an entry with: each is later than the last, so a
     /// status changed within the same millisecond is not taken for a stale copy.
     signed_ms: u64,
@@ -302,6 +306,7 @@ impl BuddiesCore {
             cfg,
             rng,
             book: BuddyBook::default(),
+            entries: VecDeque::new(),
             signed_ms: 0,
             link: None,
             ever_linked: false,
@@ -338,6 +343,11 @@ impl BuddiesCore {
     /// A number that changes whenever the contacts or their relations may have.
     pub fn list_revision(&self) -> u64 {
         self.book.revision()
+    }
+
+    /// The next verified buddy entry that brought news (for the chat: its user keys).
+    pub fn poll_entry(&mut self) -> Option<Entry> {
+        self.entries.pop_front()
     }
 
     /// Requests waiting for our answer.
@@ -678,6 +688,11 @@ impl BuddiesCore {
         let secs = now.unix_ms / 1000;
         match self.book.on_presence(&e, secs) {
             PresenceOutcome::Changed { came_online } => {
+                // A buddy's verified entry carries their user keys: the chat needs no
+                // lookup to write to them.
+                if e.user_keys.is_some() && self.entries.len() < ENTRIES_OUT_MAX {
+                    self.entries.push_back(e.clone());
+                }
                 if came_online {
                     // They may not know ours: a buddy that logs in tells its buddies, and
                     // each answers once.

@@ -1083,6 +1083,10 @@ impl HostCore {
             let Some(op) = self.buddy_ops.remove(&tag) else { continue };
             self.complete(op, r.map(Done::Buddy).map_err(HostError::Buddies));
         }
+        while let Some(e) = self.buddies.poll_entry() {
+            any = true;
+            self.chat.learn_entry(now, &e);
+        }
         if self.buddies.list_revision() != self.chat_list_revision {
             // The chat decides buddy, stranger or blocked by the list as it stands.
             self.chat_list_revision = self.buddies.list_revision();

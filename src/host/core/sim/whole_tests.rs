@@ -744,3 +744,14 @@ fn a_send_that_cannot_be_sealed_uses_no_number_so_the_recipient_sees_no_gap() {
     assert_eq!(rows.iter().map(|r| (r.id, r.seq)).collect::<Vec<_>>(), vec![(sent.id, 1)]);
     assert!(h.missing("bob").unwrap().is_empty());
 }
+
+#[test]
+fn a_buddy_s_presence_brings_their_keys_so_writing_to_them_needs_no_lookup() {
+    let (mut w, alice, bob) = two_online(13);
+    let from = w.trace.len();
+    send_chat(&mut w, alice, "bob", "no lookup needed");
+    assert!(run_until_true(&mut w, secs(2.0), |w| !chat_from(w.core_host(bob), "alice").is_empty()));
+    let finds =
+        w.trace[from..].iter().filter(|r| matches!(r.what, What::Sent { kind: Some(MessageKind::Find), .. })).count();
+    assert_eq!(finds, 0, "neither side looked the other up for keys");
+}
