@@ -490,6 +490,38 @@ impl CallMedia {
         self.finder.relay()
     }
 
+    /// A file transfer's datagram (its demux byte in front) on the chosen route, once one
+    /// is chosen.
+    pub fn file_datagram(&self, bytes: Vec<u8>) -> Option<Outgoing> {
+        let (route, _) = self.finder.chosen()?;
+        Some(self.route_bytes(route, bytes))
+    }
+
+    /// What the chosen route is, as a transfer's completion names it: `direct`,
+    /// `punched`, `relay-udp` or `relay-tcp`.
+    pub fn route_label(&self) -> Option<&'static str> {
+        let (_, path) = self.finder.chosen()?;
+        Some(match path {
+            Path::Direct => "direct",
+            Path::Punched => "punched",
+            Path::RelayedUdp => "relay-udp",
+            Path::RelayedTcp => "relay-tcp",
+        })
+    }
+
+    /// Whether a datagram from `from` (through relay session `via`, or to extra socket
+    /// `local`) came on a route of this call: the chosen one, or our relay leg.
+    pub fn is_route_of(&self, from: SocketAddr, via: Option<u32>, local: Option<u16>) -> bool {
+        match via {
+            Some(session) => self.finder.relay().is_some_and(|l| l.session == session && l.addr == from),
+            None => match self.finder.chosen() {
+                Some((Route::To(to), _)) => local.is_none() && to == from,
+                Some((Route::Via { socket, to }, _)) => local == Some(socket) && to == from,
+                _ => false,
+            },
+        }
+    }
+
     /// The route media takes and its path, once one is chosen.
     #[cfg(test)]
     pub fn chosen_route(&self) -> Option<(Route, Path)> {
