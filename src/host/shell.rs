@@ -440,6 +440,14 @@ impl Driver {
                 }
             }
             Effect::Chat(e) => self.chat_effect(id, e),
+            Effect::File(e) => {
+                // Hashing a file and writing its folder: on the blocking pool.
+                let tx = self.effects_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let r = super::core::files::run_effect(e);
+                    let _ = tx.blocking_send((id, EffectResult::File(r)));
+                });
+            }
             Effect::Login(call) => {
                 let (login, tx) = (self.login.clone(), self.effects_tx.clone());
                 tokio::spawn(async move {

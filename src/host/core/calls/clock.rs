@@ -130,7 +130,7 @@ impl CallsCore {
                 self.send_media(out);
                 self.apply_call(now, call, actions, Vec::new());
             }
-            EffectResult::LocalIp(_) | EffectResult::Login(_) | EffectResult::Chat(_) => {}
+            EffectResult::LocalIp(_) | EffectResult::Login(_) | EffectResult::Chat(_) | EffectResult::File(_) => {}
         }
     }
 

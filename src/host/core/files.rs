@@ -1,0 +1,853 @@
+//! File transfers joined to the host (`docs/transfer.md`, "Joined to the host"): the
+//! offer as a chat message, the receiver's "file" call to the sender, the transfer's QUIC
+//! datagrams on that call's path, progress and completion.
+//!
+//! # The driving contract
+//!
+//! [`FilesCore`] reads no clock and opens no socket. What touches the disk before a
+//! transfer runs (hashing the file, creating or reopening a transfer's folder) is a
+//! [`FileEffect`], which the shell carries out with [`run_effect`]; the running transfer's
+//! chunk reads and writes stay inside `transfer::{Sender, Receiver}`, which own their
+//! folder. The host core:
+//!
+//! 1. Feeds commands ([`FilesCore::send_file`]), offers from the chat
+//!    ([`FilesCore::on_offer`]), the outcome of the offer's chat send
+//!    ([`FilesCore::on_offer_sent`]), calls placed ([`FilesCore::on_call_placed`]), file
+//!    calls that ring ([`FilesCore::on_file_call`]), calls that end
+//!    ([`FilesCore::on_call_ended`]), datagrams ([`FilesCore::handle_datagram`]) with the
+//!    route their call took, effect results, and [`FilesCore::handle_timeout`].
+//! 2. Drains [`FilesCore::poll_out`], [`FilesCore::poll_effect`],
+//!    [`FilesCore::poll_event`], [`FilesCore::poll_completion`].
+
+use super::Now;
+use super::calls::FILE_DEMUX;
+use crate::chat::message::Body;
+use crate::host::buddies::Event;
+use crate::transfer::conn::TlsIdentity;
+use crate::transfer::receiver::Receiver;
+use crate::transfer::sender::Sender;
+use crate::transfer::state::{ReceiveOffer, ReceiveState, SendState, TransferId};
+use crate::transfer::{Progress, WireStats};
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long a sender whose offer was pushed to an online recipient waits for their call
+/// before it reports the offer as `offered` (the recipient takes it later, or never).
+pub const CALL_WAIT: Duration = Duration::from_secs(20);
+/// How long a receiver waits before calling the sender again after a call ended with
+/// the file incomplete.
+pub const RECALL_AFTER: Duration = Duration::from_secs(3);
+/// Most progress events per transfer per second.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// The side file in a transfer's folder that says who the other side is.
+pub const PEER_FILE: &str = "peer.json";
+
+/// How the files behave.
+#[derive(Debug, Clone, Default)]
+pub struct FilesConfig {
+    /// Where transfers keep their folders (`<home>/transfers`); None: no files.
+    pub transfers: Option<PathBuf>,
+    /// Accept every offer from a buddy into this folder; None: offers are only shown.
+    pub accept_into: Option<PathBuf>,
+}
+
+/// Disk work for the shell ([`run_effect`] does it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileEffect {
+    /// Hash `path` and record the sender's folder `dir` for a transfer to `to`.
+    Prepare {
+        /// The transfer.
+        transfer: [u8; 16],
+        /// The file.
+        path: PathBuf,
+        /// Its folder.
+        dir: PathBuf,
+        /// The recipient.
+        to: String,
+        /// The transfer's TLS certificate (DER).
+        cert_der: Vec<u8>,
+        /// Its key (PKCS#8 DER).
+        key_der: Vec<u8>,
+    },
+    /// Reopen a sender's folder, for a call that asks for it.
+    OpenSend {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// Create (or reopen, after a restart) a receiver's folder.
+    OpenReceive {
+        /// The folder.
+        dir: PathBuf,
+        /// The offer accepted.
+        offer: ReceiveOffer,
+        /// Who offered.
+        from: String,
+    },
+    /// List the receivers' folders left unfinished (at start).
+    ListReceiving {
+        /// `<home>/transfers`.
+        root: PathBuf,
+    },
+}
+
+/// A side's folder as reopened, with who the other side is.
+#[derive(Debug)]
+pub struct Opened<T> {
+    /// The state.
+    pub state: T,
+    /// The other side.
+    pub peer: String,
+}
+
+/// What a [`FileEffect`] came to.
+#[derive(Debug)]
+pub enum FileEffectResult {
+    /// The sender's folder, made.
+    Prepared(Result<Opened<SendState>, String>),
+    /// The sender's folder, reopened.
+    OpenedSend(Result<Opened<SendState>, String>),
+    /// The receiver's folder.
+    OpenedReceive(Result<Opened<ReceiveState>, String>),
+    /// The receivers' unfinished folders.
+    Receiving(Vec<Opened<ReceiveState>>),
+}
+
+#[derive(Serialize, Deserialize)]
+struct PeerMeta {
+    peer: String,
+}
+
+fn write_peer(dir: &Path, peer: &str) -> Result<(), String> {
+    let bytes = serde_json::to_vec(&PeerMeta { peer: peer.to_owned() }).map_err(|e| e.to_string())?;
+    crate::fsutil::write_atomic(&dir.join(PEER_FILE), &bytes, 0o600).map_err(|e| format!("write peer: {e}"))
+}
+
+fn read_peer(dir: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(dir.join(PEER_FILE)).map_err(|e| format!("read peer: {e}"))?;
+    serde_json::from_slice::<PeerMeta>(&bytes).map(|m| m.peer).map_err(|e| format!("peer: {e}"))
+}
+
+/// Carries out a [`FileEffect`] (the shell's part: it reads and writes the disk).
+pub fn run_effect(e: FileEffect) -> FileEffectResult {
+    match e {
+        FileEffect::Prepare { transfer, path, dir, to, cert_der, key_der } => FileEffectResult::Prepared(
+            SendState::create(&dir, TransferId(transfer), &path, cert_der, key_der)
+                .map_err(|e| e.to_string())
+                .and_then(|state| write_peer(&dir, &to).map(|()| Opened { state, peer: to })),
+        ),
+        FileEffect::OpenSend { dir } => FileEffectResult::OpenedSend(
+            SendState::open(&dir)
+                .map_err(|e| e.to_string())
+                .and_then(|state| Ok(Opened { state, peer: read_peer(&dir)? })),
+        ),
+        FileEffect::OpenReceive { dir, offer, from } => {
+            let state = if dir.join("receive.json").exists() {
+                ReceiveState::open(&dir)
+            } else {
+                ReceiveState::create(&dir, offer.clone())
+            };
+            FileEffectResult::OpenedReceive(
+                state
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| if s.offer() == &offer { Ok(s) } else { Err("another offer in its folder".into()) })
+                    .and_then(|state| write_peer(&dir, &from).map(|()| Opened { state, peer: from })),
+            )
+        }
+        FileEffect::ListReceiving { root } => {
+            let mut out = Vec::new();
+            for d in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                let dir = d.path();
+                if !dir.join("receive.json").exists() {
+                    continue;
+                }
+                match (ReceiveState::open(&dir), read_peer(&dir)) {
+                    (Ok(state), Ok(peer)) => out.push(Opened { state, peer }),
+                    (Err(e), _) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "an unfinished transfer does not open")
+                    }
+                    (_, Err(e)) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "an unfinished transfer names no peer")
+                    }
+                }
+            }
+            FileEffectResult::Receiving(out)
+        }
+    }
+}
+
+/// What a finished transfer came to (the command's completion on the sending side).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileDone {
+    /// The transfer (hex).
+    pub transfer: String,
+    /// SHA-256 of the whole file (hex).
+    pub sha256: String,
+    /// Its size.
+    pub bytes: u64,
+    /// The path the call found: `direct`, `punched`, `relay-udp` or `relay-tcp`; for an
+    /// offer that waits for its recipient, `offered`.
+    pub path: String,
+    /// From the offer (or the call, on a resume) to the end, in milliseconds.
+    pub ms: u64,
+    /// Bytes the QUIC connection sent on this side, retransmissions included.
+    pub wire_bytes: u64,
+    /// Chunks this side sent (the sender) or wrote (the receiver) in this run.
+    pub chunks: u32,
+    /// `done` or `offered`.
+    pub status: String,
+}
+
+/// What the files ask of the rest of the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilesOut {
+    /// Send `body` to `to` as a chat message; its outcome comes back by `tag`.
+    Chat {
+        /// Ours.
+        tag: u64,
+        /// Whom.
+        to: String,
+        /// The offer.
+        body: Body,
+    },
+    /// Look `user` up and place a file call for `transfer`; comes back by transfer.
+    Call {
+        /// The transfer.
+        transfer: [u8; 16],
+        /// The sender.
+        user: String,
+    },
+    /// Answer a ringing file call.
+    Answer {
+        /// The call.
+        call: [u8; 16],
+        /// Take it.
+        accept: bool,
+    },
+    /// Hang a file call up.
+    End {
+        /// The call.
+        call: [u8; 16],
+    },
+    /// A datagram for call `call`'s path (its demux byte in front).
+    Datagram {
+        /// The call.
+        call: [u8; 16],
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+}
+
+enum Side {
+    Send(Box<Sender>),
+    Receive(Box<Receiver>),
+}
+
+struct Running {
+    transfer: [u8; 16],
+    peer: String,
+    side: Side,
+    began: Instant,
+    last_progress: Option<Instant>,
+    chunks_at_start: u32,
+    route: Option<&'static str>,
+}
+
+/// A send command still waiting for its end.
+struct Outgoing {
+    op: u64,
+    began: Instant,
+    /// The recipient was online when the offer went: wait for their call until then.
+    call_by: Option<Instant>,
+}
+
+/// An accepted offer waiting for its call to be placed or to come up.
+struct Wanted {
+    sender: String,
+    state: Option<ReceiveState>,
+    /// When to call (again).
+    call_at: Option<Instant>,
+    calling: bool,
+}
+
+enum EffectFor {
+    Prepare { op: u64, transfer: [u8; 16] },
+    OpenSend { call: [u8; 16], transfer: [u8; 16], caller: String },
+    OpenReceive { transfer: [u8; 16] },
+    List,
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FilesStats {
+    /// Datagrams for no running transfer.
+    pub stray: u64,
+    /// File calls declined (no such transfer here, or not for that caller).
+    pub declined: u64,
+    /// Offers seen (accepted or not).
+    pub offers: u64,
+    /// Transfers that ended whole.
+    pub done: u64,
+}
+
+/// The file transfers of a host; see the module's documentation.
+pub struct FilesCore {
+    cfg: FilesConfig,
+    rng: StdRng,
+    running: BTreeMap<[u8; 16], Running>,
+    sending: BTreeMap<[u8; 16], Outgoing>,
+    offered: BTreeMap<u64, [u8; 16]>,
+    wanted: BTreeMap<[u8; 16], Wanted>,
+    effects_for: BTreeMap<u64, EffectFor>,
+    next_tag: u64,
+    out: VecDeque<FilesOut>,
+    effects: VecDeque<(u64, FileEffect)>,
+    events: VecDeque<Event>,
+    completions: VecDeque<(u64, Result<FileDone, String>)>,
+    stats: FilesStats,
+}
+
+impl FilesCore {
+    /// The files of a host with `cfg`; `rng` draws transfer ids, TLS identities and QUIC's
+    /// randomness.
+    pub fn new(cfg: FilesConfig, rng: StdRng) -> Self {
+        let mut f = Self {
+            cfg,
+            rng,
+            running: BTreeMap::new(),
+            sending: BTreeMap::new(),
+            offered: BTreeMap::new(),
+            wanted: BTreeMap::new(),
+            effects_for: BTreeMap::new(),
+            next_tag: 1,
+            out: VecDeque::new(),
+            effects: VecDeque::new(),
+            events: VecDeque::new(),
+            completions: VecDeque::new(),
+            stats: FilesStats::default(),
+        };
+        if let (Some(root), Some(_)) = (f.cfg.transfers.clone(), f.cfg.accept_into.as_ref()) {
+            let tag = f.tag();
+            f.effects_for.insert(tag, EffectFor::List);
+            f.effects.push_back((tag, FileEffect::ListReceiving { root }));
+        }
+        f
+    }
+
+    fn tag(&mut self) -> u64 {
+        let t = self.next_tag;
+        self.next_tag += 1;
+        t
+    }
+
+    fn dir(&self, transfer: &[u8; 16]) -> Option<PathBuf> {
+        self.cfg.transfers.as_ref().map(|r| r.join(hex::encode(transfer)))
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> FilesStats {
+        self.stats
+    }
+
+    /// Whether a transfer runs or waits for its call.
+    pub fn is_busy(&self) -> bool {
+        !self.running.is_empty() || !self.sending.is_empty() || !self.wanted.is_empty()
+    }
+
+    /// The calls that carry a transfer now.
+    pub fn calls(&self) -> impl Iterator<Item = [u8; 16]> + '_ {
+        self.running.keys().copied()
+    }
+
+    // ---- inputs ----
+
+    /// Offers the file at `path` to `to`; completes under `op`.
+    pub fn send_file(&mut self, now: Now, op: u64, to: &str, path: PathBuf) {
+        let mut transfer = [0u8; 16];
+        rand::Rng::fill_bytes(&mut self.rng, &mut transfer);
+        let Some(dir) = self.dir(&transfer) else {
+            self.completions.push_back((op, Err("this host keeps no transfers (no home folder)".into())));
+            return;
+        };
+        let identity = match TlsIdentity::generate(&mut self.rng) {
+            Ok(i) => i,
+            Err(e) => {
+                self.completions.push_back((op, Err(e.to_string())));
+                return;
+            }
+        };
+        let to = to.to_ascii_lowercase();
+        self.sending.insert(transfer, Outgoing { op, began: now.mono, call_by: None });
+        let tag = self.tag();
+        self.effects_for.insert(tag, EffectFor::Prepare { op, transfer });
+        let e = FileEffect::Prepare {
+            transfer,
+            path,
+            dir,
+            to,
+            cert_der: identity.cert_der.clone(),
+            key_der: identity.key_der.clone(),
+        };
+        self.effects.push_back((tag, e));
+    }
+
+    /// A message from `from` with an offer in it (seen once, from the chat's history).
+    pub fn on_offer(&mut self, now: Now, from: &str, body: &Body) {
+        let Body::FileOffer { transfer, name, bytes, sha256, manifest, cert_fingerprint } = body else { return };
+        self.stats.offers += 1;
+        self.push_event(Event::File {
+            transfer: hex::encode(transfer),
+            peer: from.to_owned(),
+            name: name.clone(),
+            state: FileState::Offered,
+            bytes: 0,
+            bytes_total: *bytes,
+            sha256: Some(hex::encode(sha256)),
+            path: None,
+        });
+        let (Some(into), Some(dir)) = (self.cfg.accept_into.clone(), self.dir(transfer)) else { return };
+        if self.wanted.contains_key(transfer) || self.running.values().any(|r| r.transfer == *transfer) {
+            return;
+        }
+        let offer = ReceiveOffer {
+            id: TransferId(*transfer),
+            manifest_hash: *manifest,
+            cert_fingerprint: *cert_fingerprint,
+            destination: into.join(name),
+        };
+        self.wanted.insert(
+            *transfer,
+            Wanted { sender: from.to_owned(), state: None, call_at: Some(now.mono), calling: false },
+        );
+        let tag = self.tag();
+        self.effects_for.insert(tag, EffectFor::OpenReceive { transfer: *transfer });
+        self.effects.push_back((tag, FileEffect::OpenReceive { dir, offer, from: from.to_owned() }));
+    }
+
+    /// The offer's chat message under `tag` went out: `Ok(true)` if the store pushed it
+    /// to an online session of the recipient.
+    pub fn on_offer_sent(&mut self, now: Now, tag: u64, r: Result<bool, String>) {
+        let Some(transfer) = self.offered.remove(&tag) else { return };
+        let Some(o) = self.sending.get_mut(&transfer) else { return };
+        match r {
+            Ok(true) => o.call_by = Some(now.mono + CALL_WAIT),
+            Ok(false) => self.offered_only(now, transfer),
+            Err(e) => {
+                let o = self.sending.remove(&transfer).expect("held just above");
+                self.completions.push_back((o.op, Err(format!("the offer did not go out: {e}"))));
+            }
+        }
+    }
+
+    /// The offer waits for its recipient: the command completes `offered`.
+    fn offered_only(&mut self, now: Now, transfer: [u8; 16]) {
+        let Some(o) = self.sending.remove(&transfer) else { return };
+        let done = FileDone {
+            transfer: hex::encode(transfer),
+            sha256: String::new(),
+            bytes: 0,
+            path: "offered".into(),
+            ms: now.mono.saturating_duration_since(o.began).as_millis() as u64,
+            wire_bytes: 0,
+            chunks: 0,
+            status: "offered".into(),
+        };
+        self.completions.push_back((o.op, Ok(done)));
+    }
+
+    /// The file call for `transfer` was placed (`Ok(call)`) or could not be.
+    pub fn on_call_placed(&mut self, now: Now, transfer: [u8; 16], r: Result<[u8; 16], String>) {
+        let Some(w) = self.wanted.get_mut(&transfer) else {
+            if let Ok(call) = r {
+                self.out.push_back(FilesOut::End { call });
+            }
+            return;
+        };
+        match r {
+            Ok(call) => {
+                let Some(state) = w.state.take() else { return };
+                let peer = w.sender.clone();
+                self.wanted.remove(&transfer);
+                match Receiver::new(state, now.mono, &mut self.rng) {
+                    Ok(rx) => {
+                        let chunks_at_start = rx.progress().chunks;
+                        let side = Side::Receive(Box::new(rx));
+                        let r = Running {
+                            transfer,
+                            peer,
+                            side,
+                            began: now.mono,
+                            last_progress: None,
+                            chunks_at_start,
+                            route: None,
+                        };
+                        self.running.insert(call, r);
+                        self.step(now, call);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a receiver could not start");
+                        self.out.push_back(FilesOut::End { call });
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "the file call could not be placed; trying again later");
+                w.calling = false;
+                w.call_at = Some(now.mono + RECALL_AFTER);
+            }
+        }
+    }
+
+    /// A file call rings: answered once the transfer's folder is open and the caller is
+    /// the one it was offered to.
+    pub fn on_file_call(&mut self, call: [u8; 16], transfer: [u8; 16], caller: &str) {
+        let Some(dir) = self.dir(&transfer) else {
+            self.stats.declined += 1;
+            self.out.push_back(FilesOut::Answer { call, accept: false });
+            return;
+        };
+        let tag = self.tag();
+        self.effects_for.insert(tag, EffectFor::OpenSend { call, transfer, caller: caller.to_ascii_lowercase() });
+        self.effects.push_back((tag, FileEffect::OpenSend { dir }));
+    }
+
+    /// Call `call` ended: its transfer stops (its folder keeps what it had); a receiver
+    /// calls again later if the file is not whole.
+    pub fn on_call_ended(&mut self, now: Now, call: [u8; 16]) {
+        let Some(r) = self.running.remove(&call) else { return };
+        let Side::Receive(rx) = r.side else { return };
+        if rx.outcome().is_some_and(|o| o.is_ok()) {
+            return;
+        }
+        let offer = rx.state().offer().clone();
+        // Dropped first: its folder is reopened for the next call.
+        drop(rx);
+        let ev = Event::File {
+            transfer: hex::encode(r.transfer),
+            peer: r.peer.clone(),
+            name: String::new(),
+            state: FileState::Stopped { reason: "the call ended".into() },
+            bytes: 0,
+            bytes_total: 0,
+            sha256: None,
+            path: None,
+        };
+        self.push_event(ev);
+        let Some(dir) = self.dir(&r.transfer) else { return };
+        self.wanted.insert(r.transfer, Wanted { sender: r.peer.clone(), state: None, call_at: None, calling: false });
+        let tag = self.tag();
+        self.effects_for.insert(tag, EffectFor::OpenReceive { transfer: r.transfer });
+        self.effects.push_back((tag, FileEffect::OpenReceive { dir, offer, from: r.peer }));
+        let _ = now;
+    }
+
+    /// A datagram (its demux byte removed) on file call `call`'s path.
+    /// `route`: the path the call chose, as the completion names it.
+    pub fn handle_datagram(&mut self, now: Now, call: [u8; 16], bytes: &[u8], route: Option<&'static str>) {
+        let Some(r) = self.running.get_mut(&call) else {
+            self.stats.stray += 1;
+            return;
+        };
+        if route.is_some() {
+            r.route = route;
+        }
+        match &mut r.side {
+            Side::Send(s) => s.handle_datagram(now.mono, bytes),
+            Side::Receive(rx) => rx.handle_datagram(now.mono, bytes),
+        }
+        self.step(now, call);
+    }
+
+    /// The outcome of effect `tag`.
+    pub fn on_effect_result(&mut self, now: Now, tag: u64, result: FileEffectResult) {
+        let Some(for_) = self.effects_for.remove(&tag) else { return };
+        match (for_, result) {
+            (EffectFor::Prepare { op, transfer }, FileEffectResult::Prepared(r)) => match r {
+                Ok(o) => {
+                    let m = o.state.manifest();
+                    let name = o.state.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let (cert, _) = o.state.identity();
+                    let body = Body::FileOffer {
+                        transfer,
+                        name,
+                        bytes: m.size(),
+                        sha256: m.file_sha256(),
+                        manifest: m.hash(),
+                        cert_fingerprint: sha256(cert),
+                    };
+                    let tag = self.tag();
+                    self.offered.insert(tag, transfer);
+                    self.out.push_back(FilesOut::Chat { tag, to: o.peer, body });
+                }
+                Err(e) => {
+                    self.sending.remove(&transfer);
+                    self.completions.push_back((op, Err(e)));
+                }
+            },
+            (EffectFor::OpenSend { call, transfer, caller }, FileEffectResult::OpenedSend(r)) => {
+                let ok = match r {
+                    Ok(o) if o.peer == caller && o.state.id().0 == transfer => Some(o),
+                    Ok(_) => {
+                        tracing::info!(%caller, "a file call for a transfer offered to someone else");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::info!(error = %e, "a file call for a transfer not served here");
+                        None
+                    }
+                };
+                let Some(o) = ok else {
+                    self.stats.declined += 1;
+                    self.out.push_back(FilesOut::Answer { call, accept: false });
+                    return;
+                };
+                match Sender::new(o.state, &mut self.rng) {
+                    Ok(s) => {
+                        let side = Side::Send(Box::new(s));
+                        let began = self.sending.get(&transfer).map_or(now.mono, |o| o.began);
+                        let r = Running {
+                            transfer,
+                            peer: o.peer,
+                            side,
+                            began,
+                            last_progress: None,
+                            chunks_at_start: 0,
+                            route: None,
+                        };
+                        self.running.insert(call, r);
+                        self.out.push_back(FilesOut::Answer { call, accept: true });
+                        self.step(now, call);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a sender could not start");
+                        self.out.push_back(FilesOut::Answer { call, accept: false });
+                    }
+                }
+            }
+            (EffectFor::OpenReceive { transfer }, FileEffectResult::OpenedReceive(r)) => match r {
+                Ok(o) => {
+                    if let Some(w) = self.wanted.get_mut(&transfer) {
+                        w.state = Some(o.state);
+                        w.call_at.get_or_insert(now.mono + RECALL_AFTER);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a transfer's folder could not be opened");
+                    self.wanted.remove(&transfer);
+                }
+            },
+            (EffectFor::List, FileEffectResult::Receiving(list)) => {
+                for o in list {
+                    let transfer = o.state.offer().id.0;
+                    self.wanted.entry(transfer).or_insert(Wanted {
+                        sender: o.peer,
+                        state: Some(o.state),
+                        call_at: Some(now.mono),
+                        calling: false,
+                    });
+                }
+            }
+            _ => tracing::warn!("a file effect answered with another kind"),
+        }
+    }
+
+    /// Timers: every transfer's QUIC timers, calls to place, offers that waited long
+    /// enough for their call.
+    pub fn handle_timeout(&mut self, now: Now) {
+        let calls: Vec<[u8; 16]> = self.running.keys().copied().collect();
+        for call in calls {
+            if let Some(r) = self.running.get_mut(&call) {
+                match &mut r.side {
+                    Side::Send(s) => s.handle_timeout(now.mono),
+                    Side::Receive(rx) => rx.handle_timeout(now.mono),
+                }
+            }
+            self.step(now, call);
+        }
+        let due: Vec<[u8; 16]> = self
+            .wanted
+            .iter()
+            .filter(|(_, w)| !w.calling && w.state.is_some() && w.call_at.is_some_and(|t| t <= now.mono))
+            .map(|(t, _)| *t)
+            .collect();
+        for transfer in due {
+            if let Some(w) = self.wanted.get_mut(&transfer) {
+                w.calling = true;
+                w.call_at = None;
+                self.out.push_back(FilesOut::Call { transfer, user: w.sender.clone() });
+            }
+        }
+        let waited: Vec<[u8; 16]> = self
+            .sending
+            .iter()
+            .filter(|(t, o)| {
+                o.call_by.is_some_and(|b| b <= now.mono) && !self.running.values().any(|r| r.transfer == **t)
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for t in waited {
+            self.offered_only(now, t);
+        }
+    }
+
+    /// When `handle_timeout` next has work.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let quic = self.running.values_mut().filter_map(|r| match &mut r.side {
+            Side::Send(s) => s.poll_timeout(),
+            Side::Receive(rx) => rx.poll_timeout(),
+        });
+        let mut t: Option<Instant> = quic.min();
+        let calls = self.wanted.values().filter(|w| !w.calling && w.state.is_some()).filter_map(|w| w.call_at);
+        let running: Vec<[u8; 16]> = self.running.values().map(|r| r.transfer).collect();
+        let waits = self.sending.iter().filter(|(t, _)| !running.contains(t)).filter_map(|(_, o)| o.call_by);
+        for x in calls.chain(waits) {
+            t = Some(t.map_or(x, |t| t.min(x)));
+        }
+        t
+    }
+
+    /// Moves call `call`'s transfer on: its datagrams out, its progress and end reported.
+    fn step(&mut self, now: Now, call: [u8; 16]) {
+        let Some(r) = self.running.get_mut(&call) else { return };
+        loop {
+            let d = match &mut r.side {
+                Side::Send(s) => s.poll_transmit(now.mono),
+                Side::Receive(rx) => rx.poll_transmit(now.mono),
+            };
+            let Some(d) = d else { break };
+            let mut bytes = Vec::with_capacity(d.len() + 1);
+            bytes.push(FILE_DEMUX);
+            bytes.extend(d);
+            self.out.push_back(FilesOut::Datagram { call, bytes });
+        }
+        let (progress, ended, wire) = match &r.side {
+            Side::Send(s) => {
+                (s.progress(), s.outcome().map(|o| o.as_ref().map(|_| None).map_err(|e| e.to_string())), s.wire_stats())
+            }
+            Side::Receive(rx) => (
+                rx.progress(),
+                rx.outcome().map(|o| o.as_ref().map(|p| Some(p.clone())).map_err(|e| e.to_string())),
+                rx.wire_stats(),
+            ),
+        };
+        let due = r.last_progress.is_none_or(|t| now.mono.saturating_duration_since(t) >= PROGRESS_EVERY);
+        if ended.is_none() && due && progress.chunks_total > 0 {
+            r.last_progress = Some(now.mono);
+            let e = file_event(r, FileState::Progress, progress, None);
+            self.push_event(e);
+        }
+        let Some(ended) = ended else { return };
+        let r = self.running.remove(&call).expect("held just above");
+        self.out.push_back(FilesOut::End { call });
+        self.finish(now, call, r, progress, wire, ended);
+    }
+
+    fn finish(
+        &mut self,
+        now: Now,
+        _call: [u8; 16],
+        r: Running,
+        progress: Progress,
+        wire: WireStats,
+        ended: Result<Option<PathBuf>, String>,
+    ) {
+        match ended {
+            Ok(placed) => {
+                self.stats.done += 1;
+                let sha = match &r.side {
+                    Side::Send(s) => s.manifest().file_sha256(),
+                    Side::Receive(rx) => rx.state().manifest().map(|m| m.file_sha256()).unwrap_or_default(),
+                };
+                let path_shown = placed.as_ref().map(|p| p.display().to_string());
+                let mut e = file_event(&r, FileState::Done, progress, path_shown);
+                if let Event::File { sha256, .. } = &mut e {
+                    *sha256 = Some(hex::encode(sha));
+                }
+                self.push_event(e);
+                if let Some(o) = self.sending.remove(&r.transfer) {
+                    let done = FileDone {
+                        transfer: hex::encode(r.transfer),
+                        sha256: hex::encode(sha),
+                        bytes: progress.bytes_total,
+                        path: r.route.unwrap_or("unknown").into(),
+                        ms: now.mono.saturating_duration_since(o.began.min(r.began)).as_millis() as u64,
+                        wire_bytes: wire.udp_tx_bytes,
+                        chunks: progress.chunks.saturating_sub(r.chunks_at_start),
+                        status: "done".into(),
+                    };
+                    self.completions.push_back((o.op, Ok(done)));
+                }
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "a transfer stopped");
+                let ev = file_event(&r, FileState::Stopped { reason: e.clone() }, progress, None);
+                self.push_event(ev);
+            }
+        }
+    }
+
+    fn push_event(&mut self, e: Event) {
+        if self.events.len() < super::host::EVENTS_MAX {
+            self.events.push_back(e);
+        }
+    }
+
+    // ---- outputs ----
+
+    /// The next thing for the rest of the host.
+    pub fn poll_out(&mut self) -> Option<FilesOut> {
+        self.out.pop_front()
+    }
+
+    /// The next effect, under its tag.
+    pub fn poll_effect(&mut self) -> Option<(u64, FileEffect)> {
+        self.effects.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next finished send command.
+    pub fn poll_completion(&mut self) -> Option<(u64, Result<FileDone, String>)> {
+        self.completions.pop_front()
+    }
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
+}
+
+/// Where a transfer is, as events tell it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum FileState {
+    /// An offer arrived.
+    Offered,
+    /// Bytes move.
+    Progress,
+    /// The whole file arrived and verified (the receiver), or was acknowledged (the sender).
+    Done,
+    /// The call carrying it ended or the transfer failed; it resumes from its folder.
+    Stopped {
+        /// Why.
+        reason: String,
+    },
+}
+
+fn file_event(r: &Running, state: FileState, p: Progress, path: Option<String>) -> Event {
+    Event::File {
+        transfer: hex::encode(r.transfer),
+        peer: r.peer.clone(),
+        name: String::new(),
+        state,
+        bytes: p.bytes,
+        bytes_total: p.bytes_total,
+        sha256: None,
+        path,
+    }
+}
