@@ -201,6 +201,13 @@ impl Shell {
         r
     }
 
+    /// Changes the core through a setter that takes the time of the change.
+    pub fn change_now<R>(&self, f: impl FnOnce(&mut HostCore, Now) -> R) -> R {
+        let r = f(&mut self.shared.lock().core, now());
+        self.shared.wake.notify_one();
+        r
+    }
+
     /// The application's next event, if one is waiting.
     pub fn poll_event(&self) -> Option<super::buddies::Event> {
         self.shared.lock().core.poll_event()

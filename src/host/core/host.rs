@@ -390,6 +390,8 @@ pub struct HostCore {
     file_offers: BTreeMap<OpId, u64>,
     /// When the files' timers are next due (their QUIC timers need `&mut` to ask).
     files_timeout: Option<Instant>,
+    /// File calls under way (their events are not the application's).
+    file_calls: std::collections::BTreeSet<[u8; 16]>,
     /// Buddy commands by the buddies' tag.
     buddy_ops: BTreeMap<u64, OpId>,
     waiters: BTreeMap<OpId, Waiter>,
@@ -483,6 +485,7 @@ impl HostCore {
             files: FilesCore::new(FilesConfig::default(), files_rng),
             file_offers: BTreeMap::new(),
             files_timeout: None,
+            file_calls: std::collections::BTreeSet::new(),
             buddy_ops: BTreeMap::new(),
             waiters: BTreeMap::new(),
             next_op: 1,
@@ -1051,10 +1054,19 @@ impl HostCore {
         }
         while let Some(e) = self.calls.poll_event() {
             any = true;
-            if let Event::Call { call_id, state: crate::host::calls::CallState::Ended { .. }, .. } = &e
+            if let Event::Call { call_id, state, .. } = &e
                 && let Some(id) = hex::decode(call_id).ok().and_then(|v| <[u8; 16]>::try_from(v).ok())
+                && (self.file_calls.contains(&id) || self.calls.call_transfer(id).is_some())
             {
-                self.files.on_call_ended(now, id);
+                // A file call is the transfer's business: the application hears of it
+                // through the file's events.
+                if matches!(state, crate::host::calls::CallState::Ended { .. }) {
+                    self.file_calls.remove(&id);
+                    self.files.on_call_ended(now, id);
+                } else {
+                    self.file_calls.insert(id);
+                }
+                continue;
             }
             self.push_event(e);
         }
