@@ -219,6 +219,13 @@ pub enum FilesOut {
         /// The sender.
         user: String,
     },
+    /// Look `user` up: do they show online? Comes back by transfer.
+    Presence {
+        /// The transfer.
+        transfer: [u8; 16],
+        /// The recipient.
+        user: String,
+    },
     /// Answer a ringing file call.
     Answer {
         /// The call.
@@ -258,6 +265,7 @@ struct Running {
 /// A send command still waiting for its end.
 struct Outgoing {
     op: u64,
+    to: String,
     began: Instant,
     /// The recipient was online when the offer went: wait for their call until then.
     call_by: Option<Instant>,
@@ -379,7 +387,7 @@ impl FilesCore {
             }
         };
         let to = to.to_ascii_lowercase();
-        self.sending.insert(transfer, Outgoing { op, began: now.mono, call_by: None });
+        self.sending.insert(transfer, Outgoing { op, to: to.clone(), began: now.mono, call_by: None });
         let tag = self.tag();
         self.effects_for.insert(tag, EffectFor::Prepare { op, transfer });
         let e = FileEffect::Prepare {
@@ -433,11 +441,23 @@ impl FilesCore {
         let Some(o) = self.sending.get_mut(&transfer) else { return };
         match r {
             Ok(true) => o.call_by = Some(now.mono + CALL_WAIT),
-            Ok(false) => self.offered_only(now, transfer),
+            // Stored need not mean offline (a push from another super node is not
+            // counted): the recipient's entry says.
+            Ok(false) => self.out.push_back(FilesOut::Presence { transfer, user: o.to.clone() }),
             Err(e) => {
                 let o = self.sending.remove(&transfer).expect("held just above");
                 self.completions.push_back((o.op, Err(format!("the offer did not go out: {e}"))));
             }
+        }
+    }
+
+    /// Whether the recipient of `transfer`'s offer shows online: if so, its call is
+    /// awaited; if not, the offer waits for them.
+    pub fn on_presence(&mut self, now: Now, transfer: [u8; 16], online: bool) {
+        match self.sending.get_mut(&transfer) {
+            Some(o) if online => o.call_by = Some(now.mono + CALL_WAIT),
+            Some(_) => self.offered_only(now, transfer),
+            None => {}
         }
     }
 

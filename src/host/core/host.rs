@@ -352,6 +352,8 @@ enum Waiter {
     Chat(u64),
     /// The lookup before a file call.
     FileCallLookup { transfer: [u8; 16], user: String },
+    /// Whether a file's recipient shows online.
+    FilePresence { transfer: [u8; 16], user: String },
 }
 
 /// What the calls learn of the rest of the host, read when they need it.
@@ -948,6 +950,10 @@ impl HostCore {
                 let r = self.place_call(now, &user, even_if_offline, None, r);
                 self.complete(op, r);
             }
+            Waiter::FilePresence { transfer, user } => {
+                let online = self.shows_online(now, &user, r);
+                self.files.on_presence(now, transfer, online);
+            }
             Waiter::FileCallLookup { transfer, user } => {
                 let r = match self.place_call(now, &user, false, Some(transfer), r) {
                     Ok(Done::Called(id)) => Ok(id),
@@ -957,6 +963,17 @@ impl HostCore {
                 self.files.on_call_placed(now, transfer, r);
             }
         }
+    }
+
+    /// Whether a lookup's answer shows `user` online (an entry that verifies, not offline).
+    fn shows_online(&self, now: Now, user: &str, r: Result<Answer, RequestError>) -> bool {
+        let Ok(Answer::Found(found)) = r else { return false };
+        let Ok(e) = Entry::decode(&found.entry) else { return false };
+        if e.verify(&self.me.trusted, now.unix_ms).is_err() || e.key() != user.to_ascii_lowercase() {
+            return false;
+        }
+        let ttl = crate::index::store::PRESENCE_TTL_SECS_DEFAULT;
+        crate::index::store::shown_status(&e, now.unix_ms / 1000, ttl) != Status::Offline
     }
 
     /// The lookup before a call came back: check the entry, then invite.
@@ -1096,6 +1113,9 @@ impl HostCore {
                 }
                 FilesOut::Call { transfer, user } => {
                     self.request(now, Waiter::FileCallLookup { transfer, user: user.clone() }, Request::Find { user });
+                }
+                FilesOut::Presence { transfer, user } => {
+                    self.request(now, Waiter::FilePresence { transfer, user: user.clone() }, Request::Find { user });
                 }
                 FilesOut::Answer { call, accept } => {
                     let env = Around { buddies: &self.buddies, interfaces: &self.cfg.interfaces };

@@ -1,0 +1,111 @@
+//! Files between users on loopback: a login server and super nodes, hosts as in-process
+//! sessions. A file offered to an online user arrives whole over a "file" call; one
+//! offered to an offline user waits as a stored offer, and the sender's next session
+//! serves it when the recipient comes online and calls.
+
+mod common;
+
+use confab::host::Session;
+use confab::host::buddies::Event;
+use confab::host::core::files::FileState;
+use sha2::Digest;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const PW: &str = "correct horse battery";
+
+async fn host(t: &common::TestNet, user: &str, register: bool) -> (Session, confab::host::home::Home) {
+    let s = t.settings();
+    let home = t.home(user);
+    if register {
+        confab::host::register(&s, &home, user, PW).await.unwrap();
+    }
+    (confab::host::login(&s, &home, user, PW).await.unwrap(), home)
+}
+
+/// A file of `len` bytes that differs everywhere, so a misplaced chunk shows.
+fn file_of(dir: &Path, len: usize) -> PathBuf {
+    let path = dir.join("payload.bin");
+    let bytes: Vec<u8> = (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[1]).collect();
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn sha_hex(path: &Path) -> String {
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+async fn bounded(limit: Duration, body: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(limit, body).await.is_err() {
+        panic!("the test did not finish within {limit:?}");
+    }
+}
+
+#[actix_rt::test]
+async fn a_file_to_an_online_user_arrives_whole_over_a_file_call() {
+    bounded(Duration::from_secs(120), online_file()).await;
+}
+
+async fn online_file() {
+    let t = common::start(2, |c| c.supernode.probe_period_ms = 200).await;
+    t.converge(2).await;
+    let (mut alice, a_home) = host(&t, "alice", true).await;
+    let (mut bob, b_home) = host(&t, "bob", true).await;
+    let inbox = b_home.dir().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    alice.set_files(a_home.dir().join("transfers"), None);
+    bob.set_files(b_home.dir().join("transfers"), Some(inbox.clone()));
+    let src = file_of(a_home.dir(), 3 * 1024 * 1024 + 17);
+    let f = alice.send_file("bob", &src).await.unwrap();
+    eprintln!("online file: {f:?}");
+    assert_eq!(f.status, "done");
+    assert_eq!(f.sha256, sha_hex(&src));
+    assert_eq!(f.bytes, 3 * 1024 * 1024 + 17);
+    assert_eq!(f.chunks, 49, "every chunk sent once");
+    assert!(["direct", "punched", "relay-udp", "relay-tcp"].contains(&f.path.as_str()), "{}", f.path);
+    let placed = inbox.join("payload.bin");
+    common::wait_for("the file placed at bob", Duration::from_secs(5), async || placed.exists()).await;
+    assert_eq!(sha_hex(&placed), f.sha256);
+    // The transfer's folder goes once the file is placed.
+    let left = std::fs::read_dir(b_home.dir().join("transfers")).unwrap().count();
+    assert_eq!(left, 0, "bob's transfer folder is gone");
+    alice.logout().await;
+    bob.logout().await;
+    t.net.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_file_to_an_offline_user_is_offered_and_delivered_by_the_senders_next_session() {
+    bounded(Duration::from_secs(150), offline_file()).await;
+}
+
+async fn offline_file() {
+    let t = common::start(2, |c| c.supernode.probe_period_ms = 200).await;
+    t.converge(2).await;
+    let (bob, b_home) = host(&t, "bob", true).await;
+    bob.logout().await;
+    let (mut alice, a_home) = host(&t, "alice", true).await;
+    alice.set_files(a_home.dir().join("transfers"), None);
+    let src = file_of(a_home.dir(), 700_000);
+    let f = alice.send_file("bob", &src).await.unwrap();
+    assert_eq!(f.status, "offered", "{f:?}");
+    alice.logout().await;
+    // The sender's next session serves the offer kept in its home.
+    let (mut alice, _) = host(&t, "alice", false).await;
+    alice.set_files(a_home.dir().join("transfers"), None);
+    let inbox = b_home.dir().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let (mut bob, _) = host(&t, "bob", false).await;
+    bob.set_files(b_home.dir().join("transfers"), Some(inbox.clone()));
+    // The offer comes with the stored messages fetched at login.
+    let _ = bob.settle_chat(Duration::from_secs(5)).await;
+    common::expect_event(&mut bob, Duration::from_secs(60), "the file done at bob", |e| {
+        matches!(e, Event::File { state: FileState::Done, .. })
+    })
+    .await;
+    let placed = inbox.join("payload.bin");
+    assert_eq!(sha_hex(&placed), sha_hex(&src));
+    alice.logout().await;
+    bob.logout().await;
+    t.net.stop().await;
+}
