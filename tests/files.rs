@@ -109,3 +109,62 @@ async fn offline_file() {
     bob.logout().await;
     t.net.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_sender_killed_half_way_resumes_without_sending_a_held_chunk_again() {
+    bounded(Duration::from_secs(150), sender_killed()).await;
+}
+
+async fn sender_killed() {
+    use confab::transfer::state::ReceiveState;
+    let t = common::start(2, |c| c.supernode.probe_period_ms = 200).await;
+    t.converge(2).await;
+    let (mut alice, a_home) = host(&t, "alice", true).await;
+    let (mut bob, b_home) = host(&t, "bob", true).await;
+    // A dead sender is noticed sooner than a silent call partner would be.
+    bob.set_call_timeouts(confab::call::signal::Timeouts { invite_ms: 4_000, silence_ms: 4_000, ..Default::default() });
+    let inbox = b_home.dir().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    alice.set_files(a_home.dir().join("transfers"), None);
+    bob.set_files(b_home.dir().join("transfers"), Some(inbox.clone()));
+    const LEN: usize = 24 * 1024 * 1024;
+    let src = file_of(a_home.dir(), LEN);
+    let total = confab::transfer::manifest::chunk_count(LEN as u64);
+    // Killed (the session dropped without a goodbye, its sockets gone) once bob holds 4 MB.
+    let half_way = async {
+        loop {
+            match bob.next_event_within(Duration::from_secs(60)).await {
+                Some(Event::File { state: FileState::Progress, bytes, .. }) if bytes >= 4 << 20 => return bytes,
+                Some(_) => {}
+                None => panic!("no progress at bob"),
+            }
+        }
+    };
+    tokio::select! {
+        r = alice.send_file("bob", &src) => panic!("the send ended before the kill: {r:?}"),
+        bytes = half_way => eprintln!("killing the sender with {bytes} bytes at bob"),
+    }
+    drop(alice);
+    common::expect_event(&mut bob, Duration::from_secs(40), "bob's transfer stopped", |e| {
+        matches!(e, Event::File { state: FileState::Stopped { .. }, .. })
+    })
+    .await;
+    let folder = std::fs::read_dir(b_home.dir().join("transfers")).unwrap().next().unwrap().unwrap().path();
+    let held = ReceiveState::open(&folder).unwrap().held().count();
+    assert!(held > 0 && held < total, "bob holds {held} of {total} chunks");
+    // Sent again by the restarted sender: the same transfer, only what bob lacks.
+    let (mut alice, _) = host(&t, "alice", false).await;
+    alice.set_files(a_home.dir().join("transfers"), None);
+    let f = alice.send_file("bob", &src).await.unwrap();
+    eprintln!("resumed: {f:?} after {held} chunks held");
+    assert_eq!(f.status, "done", "{f:?}");
+    assert_eq!(f.chunks, total - held, "only the chunks bob lacked were sent");
+    assert_eq!(f.bytes, LEN as u64);
+    assert_eq!(f.sha256, sha_hex(&src));
+    let placed = inbox.join("payload.bin");
+    common::wait_for("the file placed at bob", Duration::from_secs(5), async || placed.exists()).await;
+    assert_eq!(sha_hex(&placed), f.sha256);
+    alice.logout().await;
+    bob.logout().await;
+    t.net.stop().await;
+}

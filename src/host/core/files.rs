@@ -130,14 +130,42 @@ fn read_peer(dir: &Path) -> Result<String, String> {
     serde_json::from_slice::<PeerMeta>(&bytes).map(|m| m.peer).map_err(|e| format!("peer: {e}"))
 }
 
+/// An offer of the same file (by path and content) to the same peer, made before and
+/// kept in a sibling of `dir`: sending it again resumes that transfer, so the receiver's
+/// folder keeps every chunk it holds.
+fn earlier_offer(dir: &Path, path: &Path, to: &str) -> Option<Opened<SendState>> {
+    let root = dir.parent()?;
+    let mut candidates: Vec<Opened<SendState>> = std::fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .map(|d| d.path())
+        .filter(|d| d.join("send.json").exists())
+        .filter_map(|d| Some(Opened { state: SendState::open(&d).ok()?, peer: read_peer(&d).ok()? }))
+        .filter(|o| o.peer == to && o.state.path() == path)
+        .collect();
+    if candidates.is_empty() {
+        return None;
+    }
+    let file = std::fs::File::open(path).ok()?;
+    let now = crate::transfer::manifest::Manifest::from_reader(std::io::BufReader::new(file)).ok()?;
+    let i = candidates.iter().position(|o| o.state.manifest().hash() == now.hash())?;
+    Some(candidates.swap_remove(i))
+}
+
 /// Carries out a [`FileEffect`] (the shell's part: it reads and writes the disk).
 pub fn run_effect(e: FileEffect) -> FileEffectResult {
     match e {
-        FileEffect::Prepare { transfer, path, dir, to, cert_der, key_der } => FileEffectResult::Prepared(
-            SendState::create(&dir, TransferId(transfer), &path, cert_der, key_der)
-                .map_err(|e| e.to_string())
-                .and_then(|state| write_peer(&dir, &to).map(|()| Opened { state, peer: to })),
-        ),
+        FileEffect::Prepare { transfer, path, dir, to, cert_der, key_der } => {
+            let path = std::fs::canonicalize(&path).unwrap_or(path);
+            if let Some(earlier) = earlier_offer(&dir, &path, &to) {
+                return FileEffectResult::Prepared(Ok(earlier));
+            }
+            FileEffectResult::Prepared(
+                SendState::create(&dir, TransferId(transfer), &path, cert_der, key_der)
+                    .map_err(|e| e.to_string())
+                    .and_then(|state| write_peer(&dir, &to).map(|()| Opened { state, peer: to })),
+            )
+        }
         FileEffect::OpenSend { dir } => FileEffectResult::OpenedSend(
             SendState::open(&dir)
                 .map_err(|e| e.to_string())
@@ -586,6 +614,16 @@ impl FilesCore {
         match (for_, result) {
             (EffectFor::Prepare { op, transfer }, FileEffectResult::Prepared(r)) => match r {
                 Ok(o) => {
+                    // An earlier offer of the same file to the same peer goes again.
+                    let transfer = match o.state.id().0 {
+                        same if same == transfer => same,
+                        earlier => {
+                            if let Some(x) = self.sending.remove(&transfer) {
+                                self.sending.insert(earlier, x);
+                            }
+                            earlier
+                        }
+                    };
                     let m = o.state.manifest();
                     let name = o.state.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                     let (cert, _) = o.state.identity();
@@ -776,9 +814,9 @@ impl FilesCore {
         match ended {
             Ok(placed) => {
                 self.stats.done += 1;
-                let sha = match &r.side {
-                    Side::Send(s) => s.manifest().file_sha256(),
-                    Side::Receive(rx) => rx.state().manifest().map(|m| m.file_sha256()).unwrap_or_default(),
+                let (sha, size) = match &r.side {
+                    Side::Send(s) => (s.manifest().file_sha256(), s.manifest().size()),
+                    Side::Receive(rx) => rx.state().manifest().map(|m| (m.file_sha256(), m.size())).unwrap_or_default(),
                 };
                 let path_shown = placed.as_ref().map(|p| p.display().to_string());
                 let mut e = file_event(&r, FileState::Done, progress, path_shown);
@@ -790,7 +828,7 @@ impl FilesCore {
                     let done = FileDone {
                         transfer: hex::encode(r.transfer),
                         sha256: hex::encode(sha),
-                        bytes: progress.bytes_total,
+                        bytes: size,
                         path: r.route.unwrap_or("unknown").into(),
                         ms: now.mono.saturating_duration_since(o.began.min(r.began)).as_millis() as u64,
                         wire_bytes: wire.udp_tx_bytes,
