@@ -452,7 +452,7 @@ impl Driver {
                 let tx = self.effects_tx.clone();
                 tokio::task::spawn_blocking(move || {
                     let r = super::core::files::run_effect(e);
-                    let _ = tx.blocking_send((id, EffectResult::File(r)));
+                    let _ = tx.blocking_send((id, EffectResult::File(Box::new(r))));
                 });
             }
             Effect::Login(call) => {

@@ -797,7 +797,7 @@ impl HostCore {
                 _ => self.stats.stray_effects += 1,
             },
             Some(Owner::Files(tag)) => match result {
-                EffectResult::File(r) => self.files.on_effect_result(now, tag, r),
+                EffectResult::File(r) => self.files.on_effect_result(now, tag, *r),
                 _ => self.stats.stray_effects += 1,
             },
             None => self.stats.stray_effects += 1,

@@ -159,5 +159,5 @@ pub enum EffectResult {
     /// A [`Effect::Chat`]'s answer.
     Chat(super::chat::ChatEffectResult),
     /// A [`Effect::File`]'s answer.
-    File(super::files::FileEffectResult),
+    File(Box<super::files::FileEffectResult>),
 }

@@ -487,7 +487,6 @@ impl World {
         }
     }
 
-    /// Gives whole-core host `id` a command now.
     /// Sets where whole-core host `id` keeps transfers and takes offers into.
     pub fn core_set_files(&mut self, id: NodeId, cfg: super::files::FilesConfig) {
         self.with_node(id, |node, ctx| {
@@ -497,6 +496,7 @@ impl World {
         });
     }
 
+    /// Gives whole-core host `id` a command now.
     pub fn core_command(&mut self, id: NodeId, c: super::host::Command) -> OpId {
         let mut op = None;
         self.with_node(id, |node, ctx| {

@@ -417,7 +417,7 @@ impl CoreNode {
             }
             Effect::File(e) => {
                 let r = crate::host::core::files::run_effect(e);
-                self.core.handle_effect(now, id, EffectResult::File(r));
+                self.core.handle_effect(now, id, EffectResult::File(Box::new(r)));
             }
             Effect::Chat(e) => {
                 use crate::host::core::chat::{ChatEffect, ChatEffectResult};
