@@ -168,3 +168,51 @@ async fn sender_killed() {
     bob.logout().await;
     t.net.stop().await;
 }
+
+#[actix_rt::test]
+async fn files_go_through_a_relay_over_udp_and_tcp_within_its_file_cap() {
+    bounded(Duration::from_secs(150), relayed_files()).await;
+}
+
+async fn relayed_files() {
+    const CAP: u64 = 4 << 20;
+    let t = common::start(2, |c| {
+        c.supernode.probe_period_ms = 200;
+        c.supernode.relay.file_bytes_per_second_max = CAP;
+    })
+    .await;
+    t.converge(2).await;
+    let (mut alice, a_home) = host(&t, "alice", true).await;
+    let (mut bob, b_home) = host(&t, "bob", true).await;
+    let inbox = b_home.dir().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    alice.set_files(a_home.dir().join("transfers"), None);
+    bob.set_files(b_home.dir().join("transfers"), Some(inbox.clone()));
+    // The receiver places the file call: its choice of path decides.
+    bob.set_relay_only(true);
+    for (tcp, want) in [(false, "relay-udp"), (true, "relay-tcp")] {
+        bob.set_relay_tcp(tcp);
+        let before = t.metric(&t.metrics().await, "confab_relay_file_bytes_total", &[]);
+        let dir = a_home.dir().join(want);
+        std::fs::create_dir_all(&dir).unwrap();
+        let len = 2 * 1024 * 1024 + 5;
+        let src = file_of(&dir, len);
+        let f = alice.send_file("bob", &src).await.unwrap();
+        eprintln!("{want}: {f:?}");
+        assert_eq!(f.status, "done", "{f:?}");
+        assert_eq!(f.path, want);
+        assert_eq!(f.sha256, sha_hex(&src));
+        let placed = inbox.join("payload.bin");
+        common::wait_for("the file placed at bob", Duration::from_secs(5), async || placed.exists()).await;
+        assert_eq!(sha_hex(&placed), f.sha256);
+        std::fs::remove_file(&placed).unwrap();
+        // Every byte of it crossed the relay, counted as file data, within the cap.
+        let after = t.metric(&t.metrics().await, "confab_relay_file_bytes_total", &[]);
+        assert!(after - before >= len as f64, "{want}: {} file bytes relayed", after - before);
+        let rate = f.bytes as f64 / (f.ms as f64 / 1000.0);
+        assert!(rate <= CAP as f64 * 1.5, "{want}: {rate:.0} B/s through a {CAP} B/s cap");
+    }
+    alice.logout().await;
+    bob.logout().await;
+    t.net.stop().await;
+}
