@@ -216,3 +216,56 @@ async fn relayed_files() {
     bob.logout().await;
     t.net.stop().await;
 }
+
+/// The closing note's measurement: `cargo test --test files measure -- --ignored --nocapture`.
+/// A 10 MB file over a file call on loopback beside a plain TCP copy of the same bytes in
+/// the same run; the file's time includes the offer and the call's setup.
+#[actix_rt::test]
+#[ignore = "a measurement, not a check"]
+async fn measure_loopback_throughput_beside_tcp() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = common::start(2, |c| c.supernode.probe_period_ms = 200).await;
+    t.converge(2).await;
+    let (mut alice, a_home) = host(&t, "alice", true).await;
+    let (mut bob, b_home) = host(&t, "bob", true).await;
+    let inbox = b_home.dir().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    alice.set_files(a_home.dir().join("transfers"), None);
+    bob.set_files(b_home.dir().join("transfers"), Some(inbox.clone()));
+    const LEN: usize = 10_000_000;
+    let src = file_of(a_home.dir(), LEN);
+    let f = alice.send_file("bob", &src).await.unwrap();
+    assert_eq!(f.status, "done");
+    let quic_s = f.ms as f64 / 1000.0;
+    // Plain TCP on the same machine, same bytes, written to a file as the transfer does.
+    let bytes = std::fs::read(&src).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    let out = b_home.dir().join("tcp.bin");
+    let started = std::time::Instant::now();
+    let reader = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut got = Vec::with_capacity(LEN);
+        s.read_to_end(&mut got).await.unwrap();
+        std::fs::write(&out, &got).unwrap();
+        got.len()
+    });
+    let mut c = tokio::net::TcpStream::connect(at).await.unwrap();
+    c.write_all(&bytes).await.unwrap();
+    c.shutdown().await.unwrap();
+    assert_eq!(reader.await.unwrap(), LEN);
+    let tcp_s = started.elapsed().as_secs_f64();
+    let mbit = |s: f64| LEN as f64 * 8.0 / s / 1e6;
+    eprintln!(
+        "10 MB on loopback: file call {quic_s:.2} s ({:.0} Mbit/s, path {}), plain TCP {tcp_s:.3} s ({:.0} Mbit/s), \
+         ratio {:.1}; sender's QUIC bytes on the wire {:.3}× the file",
+        mbit(quic_s),
+        f.path,
+        mbit(tcp_s),
+        quic_s / tcp_s,
+        f.wire_bytes as f64 / LEN as f64
+    );
+    alice.logout().await;
+    bob.logout().await;
+    t.net.stop().await;
+}
