@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 /// How long a sender whose offer was pushed to an online recipient waits for their call
 /// before it reports the offer as `offered` (the recipient takes it later, or never).
-pub const CALL_WAIT: Duration = Duration::from_secs(20);
+pub const CALL_WAIT: Duration = Duration::from_secs(60);
 /// How long a receiver waits before calling the sender again after a call ended with
 /// the file incomplete.
 pub const RECALL_AFTER: Duration = Duration::from_secs(3);
