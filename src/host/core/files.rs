@@ -220,9 +220,10 @@ pub struct FileDone {
     pub path: String,
     /// From the offer (or the call, on a resume) to the end, in milliseconds.
     pub ms: u64,
-    /// Bytes the QUIC connection sent on this side, retransmissions included.
+    /// Bytes this host's QUIC connections for the transfer sent, retransmissions included
+    /// (every connection since the command, when the recipient called again).
     pub wire_bytes: u64,
-    /// Chunks this side sent (the sender) or wrote (the receiver) in this run.
+    /// Chunks this host sent for the command, over all its connections.
     pub chunks: u32,
     /// `done` or `offered`.
     pub status: String,
@@ -288,6 +289,8 @@ struct Running {
     last_progress: Option<Instant>,
     chunks_at_start: u32,
     route: Option<&'static str>,
+    /// The receiver's end is reported; it waits for its connection to drain.
+    reported: bool,
 }
 
 /// A send command still waiting for its end.
@@ -295,8 +298,12 @@ struct Outgoing {
     op: u64,
     to: String,
     began: Instant,
-    /// The recipient was online when the offer went: wait for their call until then.
+    /// The recipient was online when the offer went (or its call ended half way):
+    /// wait for their call until then.
     call_by: Option<Instant>,
+    /// What earlier connections of this transfer sent: QUIC bytes and chunks.
+    wire_bytes: u64,
+    chunks: u32,
 }
 
 /// An accepted offer waiting for its call to be placed or to come up.
@@ -415,7 +422,10 @@ impl FilesCore {
             }
         };
         let to = to.to_ascii_lowercase();
-        self.sending.insert(transfer, Outgoing { op, to: to.clone(), began: now.mono, call_by: None });
+        self.sending.insert(
+            transfer,
+            Outgoing { op, to: to.clone(), began: now.mono, call_by: None, wire_bytes: 0, chunks: 0 },
+        );
         let tag = self.tag();
         self.effects_for.insert(tag, EffectFor::Prepare { op, transfer });
         let e = FileEffect::Prepare {
@@ -530,6 +540,7 @@ impl FilesCore {
                             last_progress: None,
                             chunks_at_start,
                             route: None,
+                            reported: false,
                         };
                         self.running.insert(call, r);
                         self.step(now, call);
@@ -565,30 +576,42 @@ impl FilesCore {
     /// calls again later if the file is not whole.
     pub fn on_call_ended(&mut self, now: Now, call: [u8; 16]) {
         let Some(r) = self.running.remove(&call) else { return };
-        let Side::Receive(rx) = r.side else { return };
-        if rx.outcome().is_some_and(|o| o.is_ok()) {
+        if r.reported {
             return;
         }
-        let offer = rx.state().offer().clone();
-        // Dropped first: its folder is reopened for the next call.
-        drop(rx);
-        let ev = Event::File {
-            transfer: hex::encode(r.transfer),
-            peer: r.peer.clone(),
-            name: String::new(),
-            state: FileState::Stopped { reason: "the call ended".into() },
-            bytes: 0,
-            bytes_total: 0,
-            sha256: None,
-            path: None,
+        let (progress, wire) = match &r.side {
+            Side::Send(s) => (s.progress(), s.wire_stats()),
+            Side::Receive(rx) => (rx.progress(), rx.wire_stats()),
         };
+        self.stopped(now, r, progress, wire, "the call ended".into());
+    }
+
+    /// A transfer stopped before the end (its call ended, or its connection failed): the
+    /// sender waits for the recipient to call again, the receiver calls again.
+    fn stopped(&mut self, now: Now, r: Running, progress: Progress, wire: WireStats, reason: String) {
+        tracing::info!(%reason, "a transfer stopped; it resumes from its folder");
+        let ev = file_event(&r, FileState::Stopped { reason }, progress, None);
         self.push_event(ev);
-        let Some(dir) = self.dir(&r.transfer) else { return };
-        self.wanted.insert(r.transfer, Wanted { sender: r.peer.clone(), state: None, call_at: None, calling: false });
-        let tag = self.tag();
-        self.effects_for.insert(tag, EffectFor::OpenReceive { transfer: r.transfer });
-        self.effects.push_back((tag, FileEffect::OpenReceive { dir, offer, from: r.peer }));
-        let _ = now;
+        match r.side {
+            Side::Send(_) => {
+                if let Some(o) = self.sending.get_mut(&r.transfer) {
+                    o.wire_bytes += wire.udp_tx_bytes;
+                    o.chunks += progress.chunks;
+                    o.call_by = Some(now.mono + CALL_WAIT);
+                }
+            }
+            Side::Receive(rx) => {
+                let offer = rx.state().offer().clone();
+                // Dropped first: its folder is reopened for the next call.
+                drop(rx);
+                let Some(dir) = self.dir(&r.transfer) else { return };
+                let w = Wanted { sender: r.peer.clone(), state: None, call_at: None, calling: false };
+                self.wanted.insert(r.transfer, w);
+                let tag = self.tag();
+                self.effects_for.insert(tag, EffectFor::OpenReceive { transfer: r.transfer });
+                self.effects.push_back((tag, FileEffect::OpenReceive { dir, offer, from: r.peer }));
+            }
+        }
     }
 
     /// A datagram (its demux byte removed) on file call `call`'s path.
@@ -664,6 +687,10 @@ impl FilesCore {
                 match Sender::new(o.state, &mut self.rng) {
                     Ok(s) => {
                         let side = Side::Send(Box::new(s));
+                        // Its call came: no more waiting for one while it runs.
+                        if let Some(o) = self.sending.get_mut(&transfer) {
+                            o.call_by = None;
+                        }
                         let began = self.sending.get(&transfer).map_or(now.mono, |o| o.began);
                         let r = Running {
                             transfer,
@@ -673,6 +700,7 @@ impl FilesCore {
                             last_progress: None,
                             chunks_at_start: 0,
                             route: None,
+                            reported: false,
                         };
                         self.running.insert(call, r);
                         self.out.push_back(FilesOut::Answer { call, accept: true });
@@ -797,16 +825,35 @@ impl FilesCore {
             self.push_event(e);
         }
         let Some(ended) = ended else { return };
-        let r = self.running.remove(&call).expect("held just above");
+        let mut r = self.running.remove(&call).expect("held just above");
+        if let (Side::Receive(rx), Ok(placed)) = (&r.side, &ended) {
+            // The receiver has the file. It stays until its connection has drained, so a
+            // lost close is sent again when the sender repeats itself, and it leaves the
+            // call to the sender to end: a hang-up overtaking the close (through the
+            // super nodes, while the datagrams queue at a relay) would leave the sender
+            // waiting for the end of a transfer that is over.
+            let drained = rx.is_drained();
+            if !r.reported {
+                r.reported = true;
+                let placed = placed.clone();
+                self.finish(now, &r, progress, wire, Ok(placed));
+            }
+            if !drained {
+                self.running.insert(call, r);
+            }
+            return;
+        }
         self.out.push_back(FilesOut::End { call });
-        self.finish(now, call, r, progress, wire, ended);
+        match ended {
+            Ok(placed) => self.finish(now, &r, progress, wire, Ok(placed)),
+            Err(e) => self.stopped(now, r, progress, wire, e),
+        }
     }
 
     fn finish(
         &mut self,
         now: Now,
-        _call: [u8; 16],
-        r: Running,
+        r: &Running,
         progress: Progress,
         wire: WireStats,
         ended: Result<Option<PathBuf>, String>,
@@ -831,18 +878,14 @@ impl FilesCore {
                         bytes: size,
                         path: r.route.unwrap_or("unknown").into(),
                         ms: now.mono.saturating_duration_since(o.began.min(r.began)).as_millis() as u64,
-                        wire_bytes: wire.udp_tx_bytes,
-                        chunks: progress.chunks.saturating_sub(r.chunks_at_start),
+                        wire_bytes: o.wire_bytes + wire.udp_tx_bytes,
+                        chunks: o.chunks + progress.chunks.saturating_sub(r.chunks_at_start),
                         status: "done".into(),
                     };
                     self.completions.push_back((o.op, Ok(done)));
                 }
             }
-            Err(e) => {
-                tracing::info!(error = %e, "a transfer stopped");
-                let ev = file_event(&r, FileState::Stopped { reason: e.clone() }, progress, None);
-                self.push_event(ev);
-            }
+            Err(e) => tracing::warn!(error = %e, "a failed transfer reported as finished"),
         }
     }
 
