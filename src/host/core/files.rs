@@ -687,6 +687,19 @@ impl FilesCore {
                 match Sender::new(o.state, &mut self.rng) {
                     Ok(s) => {
                         let side = Side::Send(Box::new(s));
+                        // A connection of an earlier call for it (a receiver that
+                        // restarted calls again before that call has timed out) ends here,
+                        // its counts kept.
+                        let earlier: Vec<[u8; 16]> = self
+                            .running
+                            .iter()
+                            .filter(|(_, r)| r.transfer == transfer && matches!(r.side, Side::Send(_)))
+                            .map(|(c, _)| *c)
+                            .collect();
+                        for c in earlier {
+                            self.out.push_back(FilesOut::End { call: c });
+                            self.on_call_ended(now, c);
+                        }
                         // Its call came: no more waiting for one while it runs.
                         if let Some(o) = self.sending.get_mut(&transfer) {
                             o.call_by = None;
