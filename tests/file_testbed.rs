@@ -84,8 +84,9 @@ fn a_relayed_file_survives_the_receiver_killed_half_way() {
     let ns_b = bed.home_router(&sn, "natb", Router::Symmetric, 3, 201, &["b"]).remove(0);
     let shaping = shape(&sn);
     eprintln!("the link: {shaping}");
-    // The relay's default file cap (128 KiB/s) would make this a two-minute test.
-    bed.start_network_with(&sn, &[("CONFAB_SUPERNODE__RELAY__FILE_BYTES_PER_SECOND_MAX", "100000000")]);
+    // The relay caps file data at 1.5 MB/s (its default, 128 KiB/s, would make this a
+    // two-minute test): about 7 s for the file, time to kill the receiver half way.
+    bed.start_network_with(&sn, &[("CONFAB_SUPERNODE__RELAY__FILE_BYTES_PER_SECOND_MAX", "1500000")]);
     bed.register(&ns_a, "alice");
     bed.register(&ns_b, "bob");
     const LEN: usize = 10_000_000;

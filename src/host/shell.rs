@@ -345,7 +345,9 @@ impl Driver {
     }
 
     fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
-        if bytes.first().is_some_and(|b| is_media(*b)) {
+        // A file transfer's datagrams inside a relay header are not media: the relay caps
+        // them per session, and the core takes them only through a file call's relay leg.
+        if bytes.first().is_some_and(|b| is_media(*b)) && !crate::relay::packet::is_file(bytes) {
             let now_ms = self.gate_epoch.elapsed().as_millis() as u64;
             // Checked by the call it belongs to (it is sealed under the call's keys).
             if !self.gate.admit(from, bytes, now_ms) {
