@@ -408,6 +408,9 @@ fn send_file_killed_half_way_resumes_when_run_again() {
     for (home, user) in [(&ann, "ann"), (&ben, "ben")] {
         assert!(host(&data, home, &["register", user, "--json"]).status.success());
     }
+    // Ben takes files from buddies only.
+    assert!(host(&data, &ann, &["buddy", "--as", "ann", "add", "ben", "--json"]).status.success());
+    assert!(host(&data, &ben, &["buddy", "--as", "ben", "accept", "ann", "--json"]).status.success());
     let inbox = dir.path().join("inbox");
     let mut online = confab()
         .arg("host")

@@ -89,6 +89,11 @@ fn a_relayed_file_survives_the_receiver_killed_half_way() {
     bed.start_network_with(&sn, &[("CONFAB_SUPERNODE__RELAY__FILE_BYTES_PER_SECOND_MAX", "1500000")]);
     bed.register(&ns_a, "alice");
     bed.register(&ns_b, "bob");
+    // Bob takes files from buddies only.
+    for (ns, me, args) in [(&ns_a, "alice", ["add", "bob"]), (&ns_b, "bob", ["accept", "alice"])] {
+        let out = bed.host(ns, me, &["buddy", "--as", me, args[0], args[1]], Duration::from_secs(30));
+        assert!(out.status.success(), "buddy {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
     const LEN: usize = 10_000_000;
     let file = bed.dir.path().join("ten.bin");
     let bytes: Vec<u8> = (0..LEN).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[3]).collect();

@@ -23,6 +23,14 @@ async fn host(t: &common::TestNet, user: &str, register: bool) -> (Session, conf
     (confab::host::login(&s, &home, user, PW).await.unwrap(), home)
 }
 
+/// Makes `a` and `b` authorized buddies (a host takes files only from buddies).
+async fn befriend(a: &mut Session, b: &mut Session, b_name: &str, a_name: &str) {
+    a.add_buddy(b_name, "files").await.unwrap();
+    b.refresh_buddies().await.unwrap();
+    let r = b.answer_buddy(a_name, true).await.unwrap();
+    assert_eq!(r, confab::buddy::Relation::Authorized);
+}
+
 /// A file of `len` bytes that differs everywhere, so a misplaced chunk shows.
 fn file_of(dir: &Path, len: usize) -> PathBuf {
     let path = dir.join("payload.bin");
@@ -51,6 +59,7 @@ async fn online_file() {
     t.converge(2).await;
     let (mut alice, a_home) = host(&t, "alice", true).await;
     let (mut bob, b_home) = host(&t, "bob", true).await;
+    befriend(&mut alice, &mut bob, "bob", "alice").await;
     let inbox = b_home.dir().join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     alice.set_files(a_home.dir().join("transfers"), None);
@@ -82,9 +91,10 @@ async fn a_file_to_an_offline_user_is_offered_and_delivered_by_the_senders_next_
 async fn offline_file() {
     let t = common::start(2, |c| c.supernode.probe_period_ms = 200).await;
     t.converge(2).await;
-    let (bob, b_home) = host(&t, "bob", true).await;
-    bob.logout().await;
+    let (mut bob, b_home) = host(&t, "bob", true).await;
     let (mut alice, a_home) = host(&t, "alice", true).await;
+    befriend(&mut alice, &mut bob, "bob", "alice").await;
+    bob.logout().await;
     alice.set_files(a_home.dir().join("transfers"), None);
     let src = file_of(a_home.dir(), 700_000);
     let f = alice.send_file("bob", &src).await.unwrap();
@@ -121,6 +131,7 @@ async fn sender_killed() {
     t.converge(2).await;
     let (mut alice, a_home) = host(&t, "alice", true).await;
     let (mut bob, b_home) = host(&t, "bob", true).await;
+    befriend(&mut alice, &mut bob, "bob", "alice").await;
     // A dead sender is noticed sooner than a silent call partner would be.
     bob.set_call_timeouts(confab::call::signal::Timeouts { invite_ms: 4_000, silence_ms: 4_000, ..Default::default() });
     let inbox = b_home.dir().join("inbox");
@@ -184,6 +195,7 @@ async fn relayed_files() {
     t.converge(2).await;
     let (mut alice, a_home) = host(&t, "alice", true).await;
     let (mut bob, b_home) = host(&t, "bob", true).await;
+    befriend(&mut alice, &mut bob, "bob", "alice").await;
     let inbox = b_home.dir().join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     alice.set_files(a_home.dir().join("transfers"), None);
@@ -236,6 +248,7 @@ async fn measure_loopback_throughput_beside_tcp() {
     t.converge(2).await;
     let (mut alice, a_home) = host(&t, "alice", true).await;
     let (mut bob, b_home) = host(&t, "bob", true).await;
+    befriend(&mut alice, &mut bob, "bob", "alice").await;
     let inbox = b_home.dir().join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     alice.set_files(a_home.dir().join("transfers"), None);

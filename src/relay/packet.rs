@@ -38,7 +38,13 @@ pub const FILE_DEMUX: u8 = 0x54;
 
 /// Whether a relayed datagram carries a file transfer's QUIC datagram.
 pub fn is_file(datagram: &[u8]) -> bool {
-    datagram.get(RELAY_HEADER_LEN) == Some(&FILE_DEMUX)
+    datagram.first() == Some(&MAGIC) && datagram.get(RELAY_HEADER_LEN) == Some(&FILE_DEMUX)
+}
+
+/// Whether a datagram on a host's port P is a file transfer's: behind the demux byte, or
+/// inside a relay header.
+pub fn is_file_on_port(datagram: &[u8]) -> bool {
+    datagram.first() == Some(&FILE_DEMUX) || is_file(datagram)
 }
 
 /// Largest relayed datagram: the header plus the largest media packet (2048 bytes).

@@ -439,8 +439,10 @@ impl FilesCore {
         self.effects.push_back((tag, e));
     }
 
-    /// A message from `from` with an offer in it (seen once, from the chat's history).
-    pub fn on_offer(&mut self, now: Now, from: &str, body: &Body) {
+    /// A message from `from` with an offer in it (seen once, from the chat's history);
+    /// taken into the folder for offers only from an authorized buddy (`buddy`), shown
+    /// either way.
+    pub fn on_offer(&mut self, now: Now, from: &str, body: &Body, buddy: bool) {
         let Body::FileOffer { transfer, name, bytes, sha256, manifest, cert_fingerprint } = body else { return };
         self.stats.offers += 1;
         self.push_event(Event::File {
@@ -454,6 +456,10 @@ impl FilesCore {
             path: None,
         });
         let (Some(into), Some(dir)) = (self.cfg.accept_into.clone(), self.dir(transfer)) else { return };
+        if !buddy {
+            tracing::info!(%from, "a file offered by someone who is not a buddy: shown, not taken");
+            return;
+        }
         if self.wanted.contains_key(transfer) || self.running.values().any(|r| r.transfer == *transfer) {
             return;
         }
@@ -849,7 +855,7 @@ impl FilesCore {
             if !r.reported {
                 r.reported = true;
                 let placed = placed.clone();
-                self.finish(now, &r, progress, wire, Ok(placed));
+                self.finish(now, &r, progress, wire, placed);
             }
             if !drained {
                 self.running.insert(call, r);
@@ -858,47 +864,36 @@ impl FilesCore {
         }
         self.out.push_back(FilesOut::End { call });
         match ended {
-            Ok(placed) => self.finish(now, &r, progress, wire, Ok(placed)),
+            Ok(placed) => self.finish(now, &r, progress, wire, placed),
             Err(e) => self.stopped(now, r, progress, wire, e),
         }
     }
 
-    fn finish(
-        &mut self,
-        now: Now,
-        r: &Running,
-        progress: Progress,
-        wire: WireStats,
-        ended: Result<Option<PathBuf>, String>,
-    ) {
-        match ended {
-            Ok(placed) => {
-                self.stats.done += 1;
-                let (sha, size) = match &r.side {
-                    Side::Send(s) => (s.manifest().file_sha256(), s.manifest().size()),
-                    Side::Receive(rx) => rx.state().manifest().map(|m| (m.file_sha256(), m.size())).unwrap_or_default(),
-                };
-                let path_shown = placed.as_ref().map(|p| p.display().to_string());
-                let mut e = file_event(&r, FileState::Done, progress, path_shown);
-                if let Event::File { sha256, .. } = &mut e {
-                    *sha256 = Some(hex::encode(sha));
-                }
-                self.push_event(e);
-                if let Some(o) = self.sending.remove(&r.transfer) {
-                    let done = FileDone {
-                        transfer: hex::encode(r.transfer),
-                        sha256: hex::encode(sha),
-                        bytes: size,
-                        path: r.route.unwrap_or("unknown").into(),
-                        ms: now.mono.saturating_duration_since(o.began.min(r.began)).as_millis() as u64,
-                        wire_bytes: o.wire_bytes + wire.udp_tx_bytes,
-                        chunks: o.chunks + progress.chunks.saturating_sub(r.chunks_at_start),
-                        status: "done".into(),
-                    };
-                    self.completions.push_back((o.op, Ok(done)));
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "a failed transfer reported as finished"),
+    /// A transfer ended whole (`placed`: where the receiver put the file).
+    fn finish(&mut self, now: Now, r: &Running, progress: Progress, wire: WireStats, placed: Option<PathBuf>) {
+        self.stats.done += 1;
+        let (sha, size) = match &r.side {
+            Side::Send(s) => (s.manifest().file_sha256(), s.manifest().size()),
+            Side::Receive(rx) => rx.state().manifest().map(|m| (m.file_sha256(), m.size())).unwrap_or_default(),
+        };
+        let path_shown = placed.as_ref().map(|p| p.display().to_string());
+        let mut e = file_event(r, FileState::Done, progress, path_shown);
+        if let Event::File { sha256, .. } = &mut e {
+            *sha256 = Some(hex::encode(sha));
+        }
+        self.push_event(e);
+        if let Some(o) = self.sending.remove(&r.transfer) {
+            let done = FileDone {
+                transfer: hex::encode(r.transfer),
+                sha256: hex::encode(sha),
+                bytes: size,
+                path: r.route.unwrap_or("unknown").into(),
+                ms: now.mono.saturating_duration_since(o.began.min(r.began)).as_millis() as u64,
+                wire_bytes: o.wire_bytes + wire.udp_tx_bytes,
+                chunks: o.chunks + progress.chunks.saturating_sub(r.chunks_at_start),
+                status: "done".into(),
+            };
+            self.completions.push_back((o.op, Ok(done)));
         }
     }
 
@@ -963,5 +958,73 @@ fn file_event(r: &Running, state: FileState, p: Progress, path: Option<String>) 
         bytes_total: p.bytes_total,
         sha256: None,
         path,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn now() -> Now {
+        Now { mono: Instant::now(), unix_ms: 1_700_000_000_000 }
+    }
+
+    fn offer() -> Body {
+        Body::FileOffer {
+            transfer: [1; 16],
+            name: "a.bin".into(),
+            bytes: 10,
+            sha256: [2; 32],
+            manifest: [3; 32],
+            cert_fingerprint: [4; 32],
+        }
+    }
+
+    #[test]
+    fn an_offer_is_taken_into_the_folder_only_from_a_buddy_and_shown_either_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg =
+            FilesConfig { transfers: Some(dir.path().join("transfers")), accept_into: Some(dir.path().join("inbox")) };
+        let mut f = FilesCore::new(cfg, StdRng::seed_from_u64(1));
+        // At start: the unfinished receptions are listed.
+        assert!(matches!(f.poll_effect(), Some((_, FileEffect::ListReceiving { .. }))));
+        f.on_offer(now(), "mallory", &offer(), false);
+        assert!(matches!(f.poll_event(), Some(Event::File { state: FileState::Offered, .. })));
+        assert_eq!(f.poll_effect(), None, "a stranger's file is not taken");
+        assert!(!f.is_busy());
+        f.on_offer(now(), "alice", &offer(), true);
+        assert!(matches!(f.poll_event(), Some(Event::File { state: FileState::Offered, .. })));
+        let Some((_, FileEffect::OpenReceive { offer: taken, from, .. })) = f.poll_effect() else {
+            panic!("a folder opened")
+        };
+        assert_eq!((from.as_str(), taken.destination), ("alice", dir.path().join("inbox").join("a.bin")));
+        // The same offer again (a resend) opens nothing more.
+        f.on_offer(now(), "alice", &offer(), true);
+        assert_eq!(f.poll_effect(), None);
+    }
+
+    #[test]
+    fn a_file_call_for_a_transfer_offered_to_someone_else_is_declined() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("f.bin");
+        std::fs::write(&src, vec![7u8; 100_000]).unwrap();
+        let cfg = FilesConfig { transfers: Some(dir.path().join("transfers")), accept_into: None };
+        let mut f = FilesCore::new(cfg, StdRng::seed_from_u64(2));
+        f.send_file(now(), 9, "bob", src);
+        let (tag, e) = f.poll_effect().unwrap();
+        f.on_effect_result(now(), tag, run_effect(e));
+        let Some(FilesOut::Chat { body: Body::FileOffer { transfer, .. }, .. }) = f.poll_out() else {
+            panic!("the offer goes as a chat message")
+        };
+        f.on_file_call([5; 16], transfer, "mallory");
+        let (tag, e) = f.poll_effect().unwrap();
+        f.on_effect_result(now(), tag, run_effect(e));
+        assert_eq!(f.poll_out(), Some(FilesOut::Answer { call: [5; 16], accept: false }));
+        f.on_file_call([6; 16], transfer, "Bob");
+        let (tag, e) = f.poll_effect().unwrap();
+        f.on_effect_result(now(), tag, run_effect(e));
+        assert_eq!(f.poll_out(), Some(FilesOut::Answer { call: [6; 16], accept: true }));
+        assert_eq!(f.stats().declined, 1);
     }
 }

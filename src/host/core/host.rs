@@ -1077,6 +1077,7 @@ impl HostCore {
             {
                 // A file call is the transfer's business: the application hears of it
                 // through the file's events.
+                tracing::debug!(%call_id, ?state, "a file call");
                 if matches!(state, crate::host::calls::CallState::Ended { .. }) {
                     self.file_calls.remove(&id);
                     self.files.on_call_ended(now, id);
@@ -1162,7 +1163,9 @@ impl HostCore {
                     if matches!(message.inner.body, crate::chat::message::Body::FileOffer { .. })
                         && message.inner.from != self.me.credential.subject.to_ascii_lowercase()
                     {
-                        self.files.on_offer(now, &message.inner.from, &message.inner.body);
+                        let env = Around { buddies: &self.buddies, interfaces: &self.cfg.interfaces };
+                        let buddy = env.relation(&message.inner.from) == Some(Relation::Authorized);
+                        self.files.on_offer(now, &message.inner.from, &message.inner.body, buddy);
                     }
                     if let Some(ev) = chat_event(&message) {
                         self.push_event(ev);

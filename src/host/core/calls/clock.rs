@@ -94,10 +94,12 @@ impl CallsCore {
                 && socket.is_some_and(|s| c.media.as_ref().is_some_and(|m| m.is_route_of(from, session, s)))
         });
         let Some((id, _)) = found else {
+            tracing::debug!(%from, ?session, ?local, "a file transfer datagram on no file call's route");
             self.stats.foreign += 1;
             return Some(false);
         };
         let id = *id;
+        tracing::trace!(%from, len = payload.len(), "a file transfer datagram in");
         if self.file_in.len() >= FILE_IN_MAX {
             self.stats.dropped += 1;
         } else {

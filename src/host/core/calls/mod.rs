@@ -503,8 +503,10 @@ impl CallsCore {
     /// path; false (dropped, as a lost datagram) while it has none.
     pub fn send_file_datagram(&mut self, id: [u8; 16], bytes: Vec<u8>) -> bool {
         let Some(o) = self.active.get(&id).and_then(|c| c.media.as_ref()).and_then(|m| m.file_datagram(bytes)) else {
+            tracing::trace!("a file transfer datagram before its call has a path: dropped");
             return false;
         };
+        tracing::trace!(to = %o.to, tcp = ?o.tcp, len = o.bytes.len(), "a file transfer datagram out");
         self.send_media(vec![o]);
         true
     }
