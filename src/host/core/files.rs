@@ -34,9 +34,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// How long a sender whose offer was pushed to an online recipient waits for their call
-/// before it reports the offer as `offered` (the recipient takes it later, or never).
-pub const CALL_WAIT: Duration = Duration::from_secs(60);
+/// How long a sender whose offer reached an online recipient waits for their call before
+/// it reports the offer as `offered` (the recipient takes it later, or never): longer than
+/// the chat's periodic fetch, which brings an offer whose push was lost.
+pub const CALL_WAIT: Duration = Duration::from_secs(90);
 /// How long a receiver waits before calling the sender again after a call ended with
 /// the file incomplete.
 pub const RECALL_AFTER: Duration = Duration::from_secs(3);
@@ -965,6 +966,11 @@ fn file_event(r: &Running, state: FileState, p: Progress, path: Option<String>) 
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn a_sender_waits_for_the_call_longer_than_a_lost_push_takes_to_be_fetched() {
+        assert!(CALL_WAIT > super::super::chat::FETCH_EVERY);
+    }
 
     fn now() -> Now {
         Now { mono: Instant::now(), unix_ms: 1_700_000_000_000 }
