@@ -39,10 +39,15 @@ use std::time::{Duration, Instant};
 /// the chat's periodic fetch, which brings an offer whose push was lost.
 pub const CALL_WAIT: Duration = Duration::from_secs(90);
 /// How long a receiver waits before calling the sender again after a call ended with
-/// the file incomplete.
+/// the file incomplete; doubled after each call that could not be placed (the sender
+/// offline), up to [`RECALL_MAX`].
 pub const RECALL_AFTER: Duration = Duration::from_secs(3);
+/// The longest wait between two calls to a sender that cannot be reached.
+pub const RECALL_MAX: Duration = Duration::from_secs(300);
 /// Most progress events per transfer per second.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// Offers kept while no folder takes them.
+pub const UNANSWERED_MAX: usize = 64;
 /// The side file in a transfer's folder that says who the other side is.
 pub const PEER_FILE: &str = "peer.json";
 
@@ -314,6 +319,8 @@ struct Wanted {
     /// When to call (again).
     call_at: Option<Instant>,
     calling: bool,
+    /// Calls in a row that could not be placed.
+    failed: u32,
 }
 
 enum EffectFor {
@@ -351,6 +358,8 @@ pub struct FilesCore {
     events: VecDeque<Event>,
     completions: VecDeque<(u64, Result<FileDone, String>)>,
     stats: FilesStats,
+    /// Offers seen while no folder took them: (from, offer, from a buddy).
+    unanswered: VecDeque<(String, Body, bool)>,
 }
 
 impl FilesCore {
@@ -371,6 +380,7 @@ impl FilesCore {
             events: VecDeque::new(),
             completions: VecDeque::new(),
             stats: FilesStats::default(),
+            unanswered: VecDeque::new(),
         };
         if let (Some(root), Some(_)) = (f.cfg.transfers.clone(), f.cfg.accept_into.as_ref()) {
             let tag = f.tag();
@@ -388,6 +398,12 @@ impl FilesCore {
 
     fn dir(&self, transfer: &[u8; 16]) -> Option<PathBuf> {
         self.cfg.transfers.as_ref().map(|r| r.join(hex::encode(transfer)))
+    }
+
+    /// The offers seen while no folder took them, to give to the files' next
+    /// configuration.
+    pub fn take_unanswered(&mut self) -> Vec<(String, Body, bool)> {
+        self.unanswered.drain(..).collect()
     }
 
     /// Counters.
@@ -456,7 +472,15 @@ impl FilesCore {
             sha256: Some(hex::encode(sha256)),
             path: None,
         });
-        let (Some(into), Some(dir)) = (self.cfg.accept_into.clone(), self.dir(transfer)) else { return };
+        let (Some(into), Some(dir)) = (self.cfg.accept_into.clone(), self.dir(transfer)) else {
+            // Kept for a folder set later (offers come with the messages fetched at login,
+            // before the application has said where files go).
+            if self.unanswered.len() >= UNANSWERED_MAX {
+                self.unanswered.pop_front();
+            }
+            self.unanswered.push_back((from.to_owned(), body.clone(), buddy));
+            return;
+        };
         if !buddy {
             tracing::info!(%from, "a file offered by someone who is not a buddy: shown, not taken");
             return;
@@ -472,7 +496,7 @@ impl FilesCore {
         };
         self.wanted.insert(
             *transfer,
-            Wanted { sender: from.to_owned(), state: None, call_at: Some(now.mono), calling: false },
+            Wanted { sender: from.to_owned(), state: None, call_at: Some(now.mono), calling: false, failed: 0 },
         );
         let tag = self.tag();
         self.effects_for.insert(tag, EffectFor::OpenReceive { transfer: *transfer });
@@ -559,9 +583,11 @@ impl FilesCore {
                 }
             }
             Err(e) => {
-                tracing::info!(error = %e, "the file call could not be placed; trying again later");
                 w.calling = false;
-                w.call_at = Some(now.mono + RECALL_AFTER);
+                w.failed = w.failed.saturating_add(1);
+                let wait = RECALL_AFTER.saturating_mul(1 << w.failed.min(8)).min(RECALL_MAX);
+                tracing::info!(error = %e, ?wait, "the file call could not be placed; trying again later");
+                w.call_at = Some(now.mono + wait);
             }
         }
     }
@@ -612,7 +638,7 @@ impl FilesCore {
                 // Dropped first: its folder is reopened for the next call.
                 drop(rx);
                 let Some(dir) = self.dir(&r.transfer) else { return };
-                let w = Wanted { sender: r.peer.clone(), state: None, call_at: None, calling: false };
+                let w = Wanted { sender: r.peer.clone(), state: None, call_at: None, calling: false, failed: 0 };
                 self.wanted.insert(r.transfer, w);
                 let tag = self.tag();
                 self.effects_for.insert(tag, EffectFor::OpenReceive { transfer: r.transfer });
@@ -752,6 +778,7 @@ impl FilesCore {
                         state: Some(o.state),
                         call_at: Some(now.mono),
                         calling: false,
+                        failed: 0,
                     });
                 }
             }
@@ -995,6 +1022,10 @@ mod tests {
         let mut f = FilesCore::new(cfg, StdRng::seed_from_u64(1));
         // At start: the unfinished receptions are listed.
         assert!(matches!(f.poll_effect(), Some((_, FileEffect::ListReceiving { .. }))));
+        // Seen before the folder was set: kept for it.
+        let mut before = FilesCore::new(FilesConfig::default(), StdRng::seed_from_u64(1));
+        before.on_offer(now(), "alice", &offer(), true);
+        assert_eq!(before.take_unanswered(), vec![("alice".to_owned(), offer(), true)]);
         f.on_offer(now(), "mallory", &offer(), false);
         assert!(matches!(f.poll_event(), Some(Event::File { state: FileState::Offered, .. })));
         assert_eq!(f.poll_effect(), None, "a stranger's file is not taken");
@@ -1008,6 +1039,34 @@ mod tests {
         // The same offer again (a resend) opens nothing more.
         f.on_offer(now(), "alice", &offer(), true);
         assert_eq!(f.poll_effect(), None);
+    }
+
+    #[test]
+    fn a_sender_that_cannot_be_called_is_called_again_less_and_less_often() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg =
+            FilesConfig { transfers: Some(dir.path().join("transfers")), accept_into: Some(dir.path().join("inbox")) };
+        let mut f = FilesCore::new(cfg, StdRng::seed_from_u64(3));
+        let (tag, e) = f.poll_effect().unwrap();
+        let t0 = now();
+        f.on_effect_result(t0, tag, run_effect(e));
+        f.on_offer(t0, "alice", &offer(), true);
+        let (tag, e) = f.poll_effect().unwrap();
+        f.on_effect_result(t0, tag, run_effect(e));
+        let at = |s: u64| Now { mono: t0.mono + Duration::from_secs(s), unix_ms: t0.unix_ms + s * 1000 };
+        let mut calls = Vec::new();
+        for s in 0..60 {
+            f.handle_timeout(at(s));
+            while let Some(o) = f.poll_out() {
+                if let FilesOut::Call { transfer, user } = o {
+                    assert_eq!((transfer, user.as_str()), ([1; 16], "alice"));
+                    calls.push(s);
+                    f.on_call_placed(at(s), transfer, Err("alice is offline".into()));
+                }
+            }
+        }
+        // At once for a new offer, then 6, 12, 24 s after each failure.
+        assert_eq!(calls, vec![0, 6, 18, 42]);
     }
 
     #[test]

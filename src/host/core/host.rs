@@ -542,7 +542,12 @@ impl HostCore {
     /// over the files' machine (unfinished receptions found in the folder resume).
     pub fn set_files(&mut self, now: Now, cfg: FilesConfig) {
         let rng = StdRng::seed_from_u64(rand::Rng::next_u64(&mut self.rng));
+        // Offers fetched at login, before the folder was set, are taken now.
+        let seen = self.files.take_unanswered();
         self.files = FilesCore::new(cfg, rng);
+        for (from, body, buddy) in seen {
+            self.files.on_offer(now, &from, &body, buddy);
+        }
         self.flush(now);
     }
 
