@@ -85,7 +85,7 @@ async fn online_file() {
 
 #[actix_rt::test]
 async fn a_file_to_an_offline_user_is_offered_and_delivered_by_the_senders_next_session() {
-    bounded(Duration::from_secs(150), offline_file()).await;
+    bounded(Duration::from_secs(200), offline_file()).await;
 }
 
 async fn offline_file() {
@@ -109,10 +109,19 @@ async fn offline_file() {
     bob.set_files(b_home.dir().join("transfers"), Some(inbox.clone()));
     // The offer comes with the stored messages fetched at login.
     let _ = bob.settle_chat(Duration::from_secs(5)).await;
-    common::expect_event(&mut bob, Duration::from_secs(60), "the file done at bob", |e| {
-        matches!(e, Event::File { state: FileState::Done, .. })
-    })
-    .await;
+    // Bob calls at once; if the index still shows alice's last session offline, again
+    // after 6, 12, 24 s.
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let left = Duration::from_secs(100).checked_sub(started.elapsed());
+        match bob.next_event_within(left.unwrap_or_default()).await {
+            Some(Event::File { state: FileState::Done, .. }) => break,
+            Some(Event::Presence { .. }) => {}
+            Some(e) => seen.push(e),
+            None => panic!("the file not done at bob within 100 s; bob saw {seen:?}"),
+        }
+    }
     let placed = inbox.join("payload.bin");
     assert_eq!(sha_hex(&placed), sha_hex(&src));
     alice.logout().await;
@@ -143,11 +152,13 @@ async fn sender_killed() {
     let total = confab::transfer::manifest::chunk_count(LEN as u64);
     // Killed (the session dropped without a goodbye, its sockets gone) once bob holds 4 MB.
     let half_way = async {
+        let mut seen = Vec::new();
         loop {
             match bob.next_event_within(Duration::from_secs(60)).await {
                 Some(Event::File { state: FileState::Progress, bytes, .. }) if bytes >= 4 << 20 => return bytes,
-                Some(_) => {}
-                None => panic!("no progress at bob"),
+                Some(Event::Presence { .. }) => {}
+                Some(e) => seen.push(e),
+                None => panic!("no progress at bob, who saw {seen:?}"),
             }
         }
     };
@@ -225,10 +236,11 @@ async fn relayed_files() {
             after - before >= len as f64
         })
         .await;
-        // No loss on loopback but what the path itself drops: the sender's bytes stay near the
-        // file's (a host's media gate taking relayed file data for media made this 1.9×).
+        // No loss on loopback but what sockets drop under load (1.1× alone, up to 1.3× beside
+        // the other tests on two cores): a host's media gate that took relayed file data for
+        // a media flood made this 1.9×.
         let ratio = f.wire_bytes as f64 / len as f64;
-        assert!(ratio < 1.2, "{want}: the sender sent {ratio:.2}× the file");
+        assert!(ratio < 1.5, "{want}: the sender sent {ratio:.2}× the file");
         let rate = f.bytes as f64 / (f.ms as f64 / 1000.0);
         assert!(rate <= CAP as f64 * 1.5, "{want}: {rate:.0} B/s through a {CAP} B/s cap");
     }
