@@ -29,6 +29,11 @@ async fn befriend(a: &mut Session, b: &mut Session, b_name: &str, a_name: &str) 
     b.refresh_buddies().await.unwrap();
     let r = b.answer_buddy(a_name, true).await.unwrap();
     assert_eq!(r, confab::buddy::Relation::Authorized);
+    // The answer comes before the list that the files consult has it.
+    let authorized = |s: &Session, who: &str| {
+        s.buddies().iter().any(|x| x.user == who && x.relation == confab::buddy::Relation::Authorized)
+    };
+    common::wait_for("the buddy list authorized", Duration::from_secs(10), async || authorized(b, a_name)).await;
 }
 
 /// A file of `len` bytes that differs everywhere, so a misplaced chunk shows.
@@ -78,6 +83,13 @@ async fn online_file() {
     // The transfer's folder goes once the file is placed.
     let left = std::fs::read_dir(b_home.dir().join("transfers")).unwrap().count();
     assert_eq!(left, 0, "bob's transfer folder is gone");
+    // The sender's too, once the end is acknowledged: sending the file again is a new
+    // transfer, not one bob finished and forgot.
+    let a_transfers = a_home.dir().join("transfers");
+    common::wait_for("alice's transfer folder gone", Duration::from_secs(5), async || {
+        std::fs::read_dir(&a_transfers).unwrap().count() == 0
+    })
+    .await;
     alice.logout().await;
     bob.logout().await;
     t.net.stop().await;

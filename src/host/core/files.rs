@@ -97,6 +97,12 @@ pub enum FileEffect {
         /// `<home>/transfers`.
         root: PathBuf,
     },
+    /// Remove a sender's folder: its transfer is over (the same file sent again later is
+    /// a new transfer, not one the receiver has finished and forgotten).
+    Forget {
+        /// The folder.
+        dir: PathBuf,
+    },
 }
 
 /// A side's folder as reopened, with who the other side is.
@@ -119,6 +125,8 @@ pub enum FileEffectResult {
     OpenedReceive(Result<Opened<ReceiveState>, String>),
     /// The receivers' unfinished folders.
     Receiving(Vec<Opened<ReceiveState>>),
+    /// The folder is gone (or could not be removed: why).
+    Forgotten(Result<(), String>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -209,6 +217,9 @@ pub fn run_effect(e: FileEffect) -> FileEffectResult {
             }
             FileEffectResult::Receiving(out)
         }
+        FileEffect::Forget { dir } => FileEffectResult::Forgotten(
+            std::fs::remove_dir_all(&dir).map_err(|e| format!("remove {}: {e}", dir.display())),
+        ),
     }
 }
 
@@ -328,6 +339,7 @@ enum EffectFor {
     OpenSend { call: [u8; 16], transfer: [u8; 16], caller: String },
     OpenReceive { transfer: [u8; 16] },
     List,
+    Forget,
 }
 
 /// Counters.
@@ -782,6 +794,11 @@ impl FilesCore {
                     });
                 }
             }
+            (EffectFor::Forget, FileEffectResult::Forgotten(r)) => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "a finished transfer's folder stays");
+                }
+            }
             _ => tracing::warn!("a file effect answered with another kind"),
         }
     }
@@ -910,6 +927,11 @@ impl FilesCore {
             *sha256 = Some(hex::encode(sha));
         }
         self.push_event(e);
+        if let (Side::Send(_), Some(dir)) = (&r.side, self.dir(&r.transfer)) {
+            let tag = self.tag();
+            self.effects_for.insert(tag, EffectFor::Forget);
+            self.effects.push_back((tag, FileEffect::Forget { dir }));
+        }
         if let Some(o) = self.sending.remove(&r.transfer) {
             let done = FileDone {
                 transfer: hex::encode(r.transfer),

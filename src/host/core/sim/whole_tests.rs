@@ -626,4 +626,6 @@ fn a_file_offered_to_an_online_buddy_arrives_whole_over_a_file_call() {
     assert!(
         w.core_host(bob).saw(|e| matches!(e, Event::File { state: crate::host::core::files::FileState::Done, .. }))
     );
+    let folders = |d: &std::path::Path| std::fs::read_dir(d.join("transfers")).map_or(0, |r| r.count());
+    assert_eq!((folders(a_home.path()), folders(b_home.path())), (0, 0), "both folders go once the file is whole");
 }
