@@ -226,6 +226,9 @@ pub struct RelayConfig {
     pub packets_per_second_max: u32,
     /// Bytes per second one session may relay.
     pub bytes_per_second_max: u64,
+    /// Bytes per second of file transfer data one session may relay in each direction
+    /// (0: relays carry no file data).
+    pub file_bytes_per_second_max: u64,
     /// Relay to loopback, private and link-local addresses (test networks only).
     pub allow_private_peers: bool,
     /// TCP connections to the relay port open at once (legs of hosts whose UDP is
@@ -260,6 +263,7 @@ impl Default for RelayConfig {
             idle_timeout_secs: 30,
             packets_per_second_max: l.packets_per_second_max,
             bytes_per_second_max: l.bytes_per_second_max,
+            file_bytes_per_second_max: l.file_bytes_per_second_max,
             allow_private_peers: false,
             tcp_connections_max: crate::relay::worker::TCP_CONNS_MAX_DEFAULT,
             tcp_connections_per_source_max: crate::relay::worker::TCP_CONNS_PER_SOURCE_MAX_DEFAULT,

@@ -471,3 +471,123 @@ fn group_chat_from_the_command_line() {
     net.kill().unwrap();
     net.wait().unwrap();
 }
+
+/// Reads a child's stdout lines on a thread, as JSON values.
+fn json_lines(child: &mut Child) -> std::sync::mpsc::Receiver<serde_json::Value> {
+    use std::io::BufRead;
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line that `f` accepts.
+fn wait_line(
+    rx: &std::sync::mpsc::Receiver<serde_json::Value>,
+    within: Duration,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let t = Instant::now();
+    loop {
+        let left = within.checked_sub(t.elapsed()).expect("no such line in time");
+        let v = rx.recv_timeout(left).expect("no such line in time");
+        if f(&v) {
+            return v;
+        }
+    }
+}
+
+#[test]
+fn send_file_killed_half_way_resumes_when_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (ann, ben) = (dir.path().join("ann"), dir.path().join("ben"));
+    let (mut net, _) = up(&data);
+    for (home, user) in [(&ann, "ann"), (&ben, "ben")] {
+        assert!(host(&data, home, &["register", user, "--json"]).status.success());
+    }
+    // Ben takes files from buddies only.
+    assert!(host(&data, &ann, &["buddy", "--as", "ann", "add", "ben", "--json"]).status.success());
+    assert!(host(&data, &ben, &["buddy", "--as", "ben", "accept", "ann", "--json"]).status.success());
+    let inbox = dir.path().join("inbox");
+    let mut online = confab()
+        .arg("host")
+        .arg("--config")
+        .arg(data.join("host.toml"))
+        .arg("--home")
+        .arg(&ben)
+        .args(["online", "ben", "--json", "--wait", "120s", "--files"])
+        .arg(&inbox)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let events = json_lines(&mut online);
+    let t = Instant::now();
+    while !host(&data, &ann, &["find", "--as", "ann", "ben", "--json"])
+        .stdout
+        .starts_with(b"{\"user\":\"ben\",\"status\":\"online\"")
+    {
+        assert!(t.elapsed() < Duration::from_secs(20), "ben never came online");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    const LEN: usize = 32 * 1024 * 1024;
+    let file = dir.path().join("big.bin");
+    let bytes: Vec<u8> = (0..LEN).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[2]).collect();
+    std::fs::write(&file, &bytes).unwrap();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    let send = |file: &Path| {
+        confab()
+            .arg("host")
+            .arg("--config")
+            .arg(data.join("host.toml"))
+            .arg("--home")
+            .arg(&ann)
+            .args(["send-file", "--as", "ann", "ben", "--json"])
+            .arg(file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // SIGKILL once ben has a few MB.
+    let mut first = send(&file);
+    wait_line(&events, Duration::from_secs(60), |e| {
+        e["event"] == "file" && e["state"] == "progress" && e["bytes"].as_u64().unwrap_or(0) >= 4 << 20
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // Ben's side notices the sender is gone and keeps what it holds.
+    wait_line(&events, Duration::from_secs(60), |e| e["event"] == "file" && e["state"] == "stopped");
+    let transfers = ben.join("transfers");
+    let folder = std::fs::read_dir(&transfers).unwrap().next().unwrap().unwrap().path();
+    let held = confab::transfer::state::ReceiveState::open(&folder).unwrap().held().count();
+    let total = confab::transfer::manifest::chunk_count(LEN as u64);
+    assert!(held > 0 && held < total, "ben holds {held} of {total} chunks");
+    // Run again: the same transfer, only the missing chunks.
+    let second = send(&file).wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&second.stdout);
+    assert!(second.status.success(), "{text}");
+    let r: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(r["sha256"], sha.as_str(), "{r}");
+    assert_eq!(r["bytes"], LEN as u64);
+    assert_eq!(r["path"], "direct");
+    assert!(r["seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["chunks_sent"].as_u64().unwrap(), u64::from(total - held), "only what ben lacked: {r}");
+    wait_line(&events, Duration::from_secs(10), |e| e["event"] == "file" && e["state"] == "done");
+    let placed = std::fs::read(inbox.join("big.bin")).unwrap();
+    assert!(placed == bytes, "the file at ben is the file sent");
+    online.kill().unwrap();
+    online.wait().unwrap();
+    net.kill().unwrap();
+    net.wait().unwrap();
+}

@@ -31,10 +31,15 @@ use std::net::SocketAddr;
 pub const DOMAIN_INVITE: &[u8] = b"confab/v1/call-invite\0";
 /// Domain prefix of a reply's signature.
 pub const DOMAIN_REPLY: &[u8] = b"confab/v1/call-reply\0";
+/// Domain prefix of the signature that makes an invite a file transfer's.
+pub const DOMAIN_FILE_INVITE: &[u8] = b"confab/v1/call-file\0";
 /// HKDF info prefix of a call's key.
 const CALL_KEY_INFO: &[u8] = b"confab/v1/call-key\0";
 /// Largest encoded invite or reply (two credentials never travel in one message).
 pub const CALL_MESSAGE_LEN_MAX: usize = 2300;
+/// What a file invite may add to an invite: the transfer id and a signature under a
+/// 4096-bit key, with their lengths.
+pub const FILE_INVITE_EXTRA_MAX: usize = 16 + 512 + 4;
 /// Largest sealed signal (a relay leg sealed under a 4096-bit key, its address, the tag).
 pub const SEALED_SIGNAL_LEN_MAX: usize = crate::relay::handoff::SEALED_LEN_MAX + 64;
 /// Most codecs offered, and media candidates given.
@@ -475,6 +480,45 @@ pub enum CallMessage {
     Reply(Reply),
     /// Either way, after the invite.
     Signal(SealedSignal),
+    /// Caller → callee: an invite to a call of kind "file", which carries the named
+    /// transfer rather than voice (a variant of its own so that hosts that know no kinds
+    /// refuse it as malformed instead of ringing).
+    FileInvite(FileInvite),
+}
+
+/// An invite for a file transfer's call: the invite, the transfer, and the caller's
+/// signature binding the two (the invite's own signature stays what it always was).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInvite {
+    /// The call's invite, as for voice.
+    pub invite: Invite,
+    /// The transfer the call is for (the receiver places the call to the sender).
+    pub transfer: [u8; 16],
+    /// RSA-PSS by the caller over [`DOMAIN_FILE_INVITE`] ‖ the invite's digest ‖ transfer.
+    pub signature: Vec<u8>,
+}
+
+impl FileInvite {
+    fn signed(invite: &Invite, transfer: &[u8; 16]) -> Vec<u8> {
+        let mut m = DOMAIN_FILE_INVITE.to_vec();
+        m.extend(invite.digest());
+        m.extend(transfer);
+        m
+    }
+
+    /// Makes `invite` (signed with `key`) an invite for `transfer`.
+    pub fn make(invite: Invite, transfer: [u8; 16], key: &PrivateKey) -> FileInvite {
+        let signature = key.sign_pss(&Self::signed(&invite, &transfer));
+        FileInvite { invite, transfer, signature }
+    }
+
+    /// Checks the binding with the caller's key (from the opened invite).
+    pub fn verify(&self, caller: &Credential) -> Result<(), CallError> {
+        caller
+            .public_key
+            .verify_pss(&Self::signed(&self.invite, &self.transfer), &self.signature)
+            .map_err(|_| CallError::BadSignature)
+    }
 }
 
 impl CallMessage {
@@ -485,9 +529,17 @@ impl CallMessage {
 
     /// Decodes (total), with the limits of each kind.
     pub fn decode(b: &[u8]) -> Result<Self, CallError> {
-        let m: Self = decode(b)?;
+        // A file invite is an invite and a signature: it may exceed one call message.
+        if b.len() > CALL_MESSAGE_LEN_MAX + FILE_INVITE_EXTRA_MAX {
+            return Err(CallError::Malformed);
+        }
+        let m: Self = postcard::from_bytes(b).map_err(|_| CallError::Malformed)?;
+        if b.len() > CALL_MESSAGE_LEN_MAX && !matches!(m, Self::FileInvite(_)) {
+            return Err(CallError::Malformed);
+        }
         let within = match &m {
             Self::Invite(i) => i.body.codecs.len() <= LIST_MAX && i.body.candidates.len() <= LIST_MAX,
+            Self::FileInvite(f) => f.invite.body.codecs.len() <= LIST_MAX && f.invite.body.candidates.len() <= LIST_MAX,
             Self::Reply(r) => r.body.candidates.len() <= LIST_MAX,
             Self::Signal(s) => s.sealed.len() <= SEALED_SIGNAL_LEN_MAX,
         };
@@ -501,6 +553,7 @@ impl CallMessage {
     pub fn call_id(&self) -> [u8; 16] {
         match self {
             Self::Invite(i) => i.body.call_id,
+            Self::FileInvite(f) => f.invite.body.call_id,
             Self::Reply(r) => r.body.call_id,
             Self::Signal(s) => s.call_id,
         }
@@ -805,6 +858,32 @@ mod tests {
         let mut tampered = reply.clone();
         tampered.body.candidates.clear();
         assert_eq!(tampered.verify(&invite, &t.trusted, NOW_MS).unwrap_err(), CallError::BadSignature);
+    }
+
+    #[test]
+    fn a_file_invite_binds_its_transfer_to_the_invite_and_older_kinds_stay_as_they_were() {
+        let t = two();
+        let (invite, _, _) = Invite::make(&t.alice.0, &t.alice.1, "sn1", &t.bob.0, vec![Codec::Opus], cand(), NOW_MS);
+        let voice = CallMessage::Invite(invite.clone()).encode();
+        let f = FileInvite::make(invite.clone(), [7; 16], &t.alice.1);
+        let m = CallMessage::FileInvite(f.clone()).encode();
+        // The voice invite's bytes are what they were; the file invite is a new variant after them.
+        assert_eq!(voice[0], 0);
+        assert_eq!(m[0], 3);
+        assert!(m.len() <= crate::buddy::notice::NOTICE_LEN_MAX - 8, "{} bytes", m.len());
+        let CallMessage::FileInvite(back) = CallMessage::decode(&m).unwrap() else { panic!("a file invite") };
+        assert_eq!(back, f);
+        assert_eq!(back.invite.open(&t.trusted, "bob", &t.bob.1, NOW_MS, 30_000).unwrap().call_id, invite.body.call_id);
+        back.verify(&t.alice.0).unwrap();
+        let mut other = back.clone();
+        other.transfer = [8; 16];
+        assert_eq!(other.verify(&t.alice.0).unwrap_err(), CallError::BadSignature);
+        let by_bob = FileInvite::make(invite.clone(), [7; 16], &t.bob.1);
+        assert_eq!(by_bob.verify(&t.alice.0).unwrap_err(), CallError::BadSignature);
+        // Only a file invite may be longer than a call message.
+        let long =
+            CallMessage::Signal(SealedSignal { call_id: [0; 16], seq: 0, sealed: vec![0; CALL_MESSAGE_LEN_MAX] });
+        assert_eq!(CallMessage::decode(&long.encode()).unwrap_err(), CallError::Malformed);
     }
 
     proptest! {

@@ -89,6 +89,22 @@ enum Command {
         /// Give up waiting for a call after this long.
         #[arg(long = "wait", default_value = "5m", value_parser = humantime::parse_duration)]
         wait: Duration,
+        /// Take every file a buddy offers into DIR and stay online (printing chat and
+        /// file events) for `--wait`; files offered to others are served meanwhile.
+        #[arg(long, value_name = "DIR")]
+        files: Option<PathBuf>,
+    },
+    /// Offer FILE to WHOM: waits until they have it whole, or reports `offered` when they
+    /// are offline (your next `confab host online` serves it when they come). Run again
+    /// after an interruption, it resumes.
+    SendFile {
+        /// Who you are (the account to log in with).
+        #[arg(long = "as", value_name = "USER")]
+        me: String,
+        /// To whom.
+        whom: String,
+        /// The file.
+        file: PathBuf,
     },
     /// Chat as USER: messages are end-to-end encrypted, stored by the super nodes for a
     /// recipient who is offline, and reach every device of the recipient.
@@ -429,7 +445,7 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
             session.logout().await;
             return Ok(code);
         }
-        Command::Online { user, answer, audio, wait } => {
+        Command::Online { user, answer, audio, wait, files } => {
             let s = settings(&config.host)?;
             let pw = password(false)?;
             let source = load_audio(audio)?;
@@ -437,6 +453,27 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
                 Ok(s) => s,
                 Err(e) => return fail(a.json, e),
             };
+            // Offers we made wait in the home folder: served whenever their recipient calls.
+            session.set_files(home.dir().join("transfers"), files.clone());
+            if let Some(dir) = files {
+                std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+                if !a.json {
+                    say!(
+                        "online as {} via {}; taking files into {}",
+                        session.report.user,
+                        session.report.supernode,
+                        dir.display()
+                    );
+                }
+                let deadline = tokio::time::Instant::now() + *wait;
+                loop {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let Some(e) = session.next_event_within(left).await else { break };
+                    show(&e, a.json);
+                }
+                session.logout().await;
+                return Ok(ExitCode::SUCCESS);
+            }
             session.set_relay_only(audio.relay_only);
             session.set_relay_tcp(audio.relay_tcp);
             if !a.json {
@@ -461,6 +498,44 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Chat { me, action } => return chat(a.json, &config.host, &home, me, action).await,
+        Command::SendFile { me, whom, file } => {
+            let s = settings(&config.host)?;
+            let pw = password(false)?;
+            let mut session = match host::login(&s, &home, me, &pw).await {
+                Ok(s) => s,
+                Err(e) => return fail(a.json, e),
+            };
+            session.set_files(home.dir().join("transfers"), None);
+            let r = session.send_file(whom, file).await;
+            session.logout().await;
+            match r {
+                Ok(f) if a.json => {
+                    let v = if f.status == "offered" {
+                        serde_json::json!({ "status": "offered", "transfer": f.transfer, "to": whom })
+                    } else {
+                        serde_json::json!({
+                            "sha256": f.sha256,
+                            "bytes": f.bytes,
+                            "path": f.path,
+                            "seconds": f.ms as f64 / 1000.0,
+                            "transfer": f.transfer,
+                            "chunks_sent": f.chunks,
+                            "wire_bytes": f.wire_bytes,
+                        })
+                    };
+                    println!("{v}");
+                }
+                Ok(f) if f.status == "offered" => say!("offered to {whom}: they get it when they next come online"),
+                Ok(f) => say!(
+                    "sent {} bytes to {whom} ({}, {:.1} s), sha256 {}",
+                    f.bytes,
+                    f.path,
+                    f.ms as f64 / 1000.0,
+                    f.sha256
+                ),
+                Err(e) => return fail(a.json, e),
+            }
+        }
         Command::Find { me, whom } => {
             let s = settings(&config.host)?;
             let pw = password(false)?;
@@ -608,6 +683,17 @@ fn show(e: &host::buddies::Event, json: bool) {
     if let Event::Chat { from, to, text, request, .. } = e {
         let request = if *request { "  (message request: not a buddy)" } else { "" };
         say!("{from} → {to}: {text}{request}");
+    }
+    if let Event::File { peer, name, state, bytes, bytes_total, path, .. } = e {
+        use confab::host::core::files::FileState;
+        match state {
+            FileState::Offered => say!("{peer} offers {name} ({bytes_total} bytes)"),
+            FileState::Progress => say!("file with {peer}: {bytes}/{bytes_total} bytes"),
+            FileState::Done => {
+                say!("file with {peer} done{}", path.as_ref().map(|p| format!(": {p}")).unwrap_or_default())
+            }
+            FileState::Stopped { reason } => say!("file with {peer} stopped: {reason} (it resumes)"),
+        }
     }
     if let Event::Call { peer, state, .. } = e {
         match state {

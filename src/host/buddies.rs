@@ -152,6 +152,26 @@ pub enum Event {
     },
     /// The super node ended the session (or the link failed) and no other took us.
     Disconnected,
+    /// A file transfer moved on: an offer came, bytes moved, it ended or stopped.
+    File {
+        /// The transfer (hex).
+        transfer: String,
+        /// The other side.
+        peer: String,
+        /// The file's name (in an offer).
+        name: String,
+        /// Where it is.
+        #[serde(flatten)]
+        state: crate::host::core::files::FileState,
+        /// Bytes done.
+        bytes: u64,
+        /// Of how many.
+        bytes_total: u64,
+        /// SHA-256 of the whole file (hex), when known.
+        sha256: Option<String>,
+        /// Where the file was placed (the receiver, once whole).
+        path: Option<String>,
+    },
 }
 
 /// Between two attempts at finding another super node, after one failed.

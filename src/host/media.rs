@@ -208,6 +208,10 @@ pub(super) struct CallMedia {
     lateness: TickLateness,
     /// The chosen path went silent since the session last asked.
     went_silent: bool,
+    /// Where the other side's last authenticated packet came from, not through a relay
+    /// (its address and our extra socket, if not port P): a file transfer's datagrams
+    /// come from the same socket.
+    heard_from: Option<(SocketAddr, Option<u16>)>,
 }
 
 fn relayed(leg: &crate::call::path::RelayLeg, packet: &[u8]) -> Vec<u8> {
@@ -248,6 +252,7 @@ impl CallMedia {
             close_sockets: None,
             lateness: TickLateness::default(),
             went_silent: false,
+            heard_from: None,
         })
     }
 
@@ -344,6 +349,9 @@ impl CallMedia {
             (None, Some(socket)) => Route::Via { socket, to: from },
             (None, None) => Route::To(from),
         };
+        if via.is_none() {
+            self.heard_from = Some((from, local));
+        }
         let chosen = match opened.kind {
             Kind::Probe => {
                 let (_, nonce) = Self::parse_probe(&opened.payload);
@@ -488,6 +496,43 @@ impl CallMedia {
     /// Our relay leg, if any (relayed datagrams for this call come through it).
     pub fn relay_leg(&self) -> Option<RelayLeg> {
         self.finder.relay()
+    }
+
+    /// A file transfer's datagram (its demux byte in front) on the chosen route, once one
+    /// is chosen.
+    pub fn file_datagram(&self, bytes: Vec<u8>) -> Option<Outgoing> {
+        let (route, _) = self.finder.chosen()?;
+        Some(self.route_bytes(route, bytes))
+    }
+
+    /// What the chosen route is, as a transfer's completion names it: `direct`,
+    /// `punched`, `relay-udp` or `relay-tcp`.
+    pub fn route_label(&self) -> Option<&'static str> {
+        let (_, path) = self.finder.chosen()?;
+        Some(match path {
+            Path::Direct => "direct",
+            Path::Punched => "punched",
+            Path::RelayedUdp => "relay-udp",
+            Path::RelayedTcp => "relay-tcp",
+        })
+    }
+
+    /// Whether a datagram from `from` (through relay session `via`, or to extra socket
+    /// `local`) came on a route of this call: our relay leg, where the other side's
+    /// packets come from, or the chosen route.
+    pub fn is_route_of(&self, from: SocketAddr, via: Option<u32>, local: Option<u16>) -> bool {
+        match via {
+            Some(session) => self.finder.relay().is_some_and(|l| l.session == session && l.addr == from),
+            // The two sides may each choose another of the routes between them (an
+            // interface address one way, the loopback the other): what the other side's
+            // authenticated packets last came from counts too.
+            None if self.heard_from == Some((from, local)) => true,
+            None => match self.finder.chosen() {
+                Some((Route::To(to), _)) => local.is_none() && to == from,
+                Some((Route::Via { socket, to }, _)) => local == Some(socket) && to == from,
+                _ => false,
+            },
+        }
     }
 
     /// The route media takes and its path, once one is chosen.

@@ -148,6 +148,34 @@ impl Session {
         }
     }
 
+    /// Keeps file transfers under `transfers` (the home's `transfers/`) and, with
+    /// `accept_into`, takes every offer into that folder; unfinished receptions found
+    /// there resume.
+    pub fn set_files(&mut self, transfers: std::path::PathBuf, accept_into: Option<std::path::PathBuf>) {
+        let cfg = crate::host::core::files::FilesConfig { transfers: Some(transfers), accept_into };
+        self.shell.change_now(|c, now| c.set_files(now, cfg));
+    }
+
+    /// Offers the file at `path` to `to`: returns once they have it whole, or with
+    /// status `offered` when the offer waits for them (this session still serves it
+    /// while it lasts).
+    pub async fn send_file(
+        &mut self,
+        to: &str,
+        path: &std::path::Path,
+    ) -> Result<crate::host::core::files::FileDone, HostError> {
+        match self.run(Command::SendFile { to: to.to_owned(), path: path.to_path_buf() }).await {
+            Ok(Done::File(f)) => Ok(f),
+            Ok(other) => Err(HostError::Refused(format!("a file send came to {other:?}"))),
+            Err(e) => Err(host_error(e)),
+        }
+    }
+
+    /// Whether a file transfer runs or waits for its call.
+    pub fn files_busy(&self) -> bool {
+        self.shell.read(|c| c.files_busy())
+    }
+
     /// Fetches what the store holds for this device and waits, up to `limit`, until it
     /// is written to the history and acknowledged (and every send under way is done).
     /// False if the limit came first.

@@ -201,6 +201,13 @@ impl Shell {
         r
     }
 
+    /// Changes the core through a setter that takes the time of the change.
+    pub fn change_now<R>(&self, f: impl FnOnce(&mut HostCore, Now) -> R) -> R {
+        let r = f(&mut self.shared.lock().core, now());
+        self.shared.wake.notify_one();
+        r
+    }
+
     /// The application's next event, if one is waiting.
     pub fn poll_event(&self) -> Option<super::buddies::Event> {
         self.shared.lock().core.poll_event()
@@ -338,7 +345,9 @@ impl Driver {
     }
 
     fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
-        if bytes.first().is_some_and(|b| is_media(*b)) {
+        // A file transfer's datagrams inside a relay header are not media: the relay caps
+        // them per session, and the core takes them only through a file call's relay leg.
+        if bytes.first().is_some_and(|b| is_media(*b)) && !crate::relay::packet::is_file(bytes) {
             let now_ms = self.gate_epoch.elapsed().as_millis() as u64;
             // Checked by the call it belongs to (it is sealed under the call's keys).
             if !self.gate.admit(from, bytes, now_ms) {
@@ -440,6 +449,14 @@ impl Driver {
                 }
             }
             Effect::Chat(e) => self.chat_effect(id, e),
+            Effect::File(e) => {
+                // Hashing a file and writing its folder: on the blocking pool.
+                let tx = self.effects_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let r = super::core::files::run_effect(e);
+                    let _ = tx.blocking_send((id, EffectResult::File(Box::new(r))));
+                });
+            }
             Effect::Login(call) => {
                 let (login, tx) = (self.login.clone(), self.effects_tx.clone());
                 tokio::spawn(async move {

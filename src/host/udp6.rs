@@ -1,7 +1,7 @@
 //! Port P on IPv6: a second UDP socket, IPv6 only, beside the IPv4 one that carries the
 //! super-node link. It carries media alone (calls to the other side's IPv6 host
-//! candidates), so two hosts whose IPv4 goes through NATs that cannot be punched may still
-//! meet directly where both have IPv6.
+//! candidates) and file transfers on such calls' paths, so two hosts whose IPv4 goes
+//! through NATs that cannot be punched may still meet directly where both have IPv6.
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -52,7 +52,10 @@ impl Udp6 {
                     tokio::task::yield_now().await;
                     continue;
                 };
-                if gate.admit(from, &buf[..len], epoch.elapsed().as_millis() as u64) {
+                // File transfer datagrams are not media: the core takes them only on a
+                // file call's route (and a relay caps them per session).
+                let file = crate::relay::packet::is_file_on_port(&buf[..len]);
+                if file || gate.admit(from, &buf[..len], epoch.elapsed().as_millis() as u64) {
                     // A full queue drops, as port P's IPv4 queue does.
                     let _ = queue.try_send((from, buf[..len].to_vec()));
                 }
@@ -77,7 +80,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn media_on_ipv6_reaches_the_queue_and_nothing_else_does() {
+    async fn media_and_file_data_on_ipv6_reach_the_queue_and_nothing_else_does() {
         let (tx, mut rx) = mpsc::channel(8);
         let probe = std::net::UdpSocket::bind("[::1]:0");
         let Ok(probe) = probe else {
@@ -93,6 +96,10 @@ mod tests {
         peer.send_to(&[0x4d, 2, 3], ("::1", port)).await.unwrap();
         let (from, bytes) = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
         assert_eq!((from, bytes), (peer.local_addr().unwrap(), vec![0x4d, 2, 3]), "a frame's first byte is not media");
+        // A file transfer's datagram on a call's IPv6 path goes on too.
+        peer.send_to(&[0x54, 9], ("::1", port)).await.unwrap();
+        let (_, bytes) = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        assert_eq!(bytes, vec![0x54, 9]);
         udp6.socket().send_to(b"x", peer.local_addr().unwrap()).await.unwrap();
     }
 

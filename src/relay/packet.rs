@@ -32,6 +32,21 @@ pub const MAGIC: u8 = 0x52;
 pub const TOKEN_LEN: usize = 16;
 /// Bytes before the inner packet: magic, session id, token.
 pub const RELAY_HEADER_LEN: usize = 1 + 4 + TOKEN_LEN;
+/// The first byte of a file transfer's QUIC datagram inside the relay header (media
+/// starts with its own kinds' bytes).
+pub const FILE_DEMUX: u8 = 0x54;
+
+/// Whether a relayed datagram carries a file transfer's QUIC datagram.
+pub fn is_file(datagram: &[u8]) -> bool {
+    datagram.first() == Some(&MAGIC) && datagram.get(RELAY_HEADER_LEN) == Some(&FILE_DEMUX)
+}
+
+/// Whether a datagram on a host's port P is a file transfer's: behind the demux byte, or
+/// inside a relay header.
+pub fn is_file_on_port(datagram: &[u8]) -> bool {
+    datagram.first() == Some(&FILE_DEMUX) || is_file(datagram)
+}
+
 /// Largest relayed datagram: the header plus the largest media packet (2048 bytes).
 ///
 /// Every packet `call::media` can produce fits (Opus at most 17 + 1276 + 16 = 1309

@@ -83,6 +83,11 @@ pub struct Limits {
     /// Whether a leg may latch to a loopback, private, link-local or otherwise
     /// non-public address (for tests and private deployments; off on the internet).
     pub allow_private_peers: bool,
+    /// Bytes per second of file transfer data (datagrams behind [`packet::FILE_DEMUX`])
+    /// in each direction of a session; 0 carries no file data. They spend the session's
+    /// byte budget at this rate instead of `bytes_per_second_max`, and neither the packet
+    /// cap (a voice rate) nor the replay window (QUIC keeps its own) applies to them.
+    pub file_bytes_per_second_max: u64,
 }
 
 impl Default for Limits {
@@ -93,6 +98,7 @@ impl Default for Limits {
             bytes_per_second_max: BYTES_PER_SECOND_MAX_DEFAULT,
             packet_len_max: packet::RELAYED_LEN_MAX,
             allow_private_peers: false,
+            file_bytes_per_second_max: BYTES_PER_SECOND_MAX_DEFAULT,
         }
     }
 }
@@ -592,19 +598,22 @@ impl SessionTable {
         self.decide_on(s, token, seq, datagram.len(), Peer::Udp(from), now_ms)
     }
 
-    /// A datagram's session, token and inner sequence number, or why it is refused
-    /// before any session is looked at.
-    fn header(&self, datagram: &[u8]) -> Result<(SessionId, Token, u32), DropReason> {
+    /// A datagram's session, token and inner sequence number (None for file data, which
+    /// has none), or why it is refused before any session is looked at.
+    fn header(&self, datagram: &[u8]) -> Result<(SessionId, Token, Option<u32>), DropReason> {
         if datagram.len() > self.inner.limits.packet_len_max {
             return Err(DropReason::Oversized);
         }
         let (id, token, inner) = packet::parse(datagram)?;
+        if inner.first() == Some(&packet::FILE_DEMUX) {
+            return Ok((id, token, None));
+        }
         let seq = media::sequence(inner).ok_or(DropReason::Malformed)?;
-        Ok((id, token, seq))
+        Ok((id, token, Some(seq)))
     }
 
     /// The forwarding rule once the session is found.
-    fn decide_on(&self, s: &Session, token: Token, seq: u32, len: usize, from: Peer, now_ms: u64) -> Decision {
+    fn decide_on(&self, s: &Session, token: Token, seq: Option<u32>, len: usize, from: Peer, now_ms: u64) -> Decision {
         let limits = &self.inner.limits;
         // Both comparisons always run, each in constant time.
         let is_a = token.ct_eq(&s.a.token);
@@ -634,7 +643,9 @@ impl SessionTable {
         if *latched != from {
             return leg.drop_for(DropReason::WrongSource);
         }
-        if leg.window.fetch_update(Relaxed, Relaxed, |w| window_accept(w, seq)).is_err() {
+        if let Some(seq) = seq
+            && leg.window.fetch_update(Relaxed, Relaxed, |w| window_accept(w, seq)).is_err()
+        {
             return leg.drop_for(DropReason::Replayed);
         }
         let Some(&to) = peer.addr.get() else {
@@ -644,13 +655,19 @@ impl SessionTable {
         // would be forwarded spend them.
         let len = len as u64;
         let now_ns = now_ms.saturating_mul(1_000_000);
-        if !leg.packet_meter.take(now_ns, self.inner.packet_cost_ns) {
-            return leg.drop_for(DropReason::RateCap);
-        }
-        let byte_cost_ns = byte_cost_ns(len, limits.bytes_per_second_max);
-        if !leg.byte_meter.take(now_ns, byte_cost_ns) {
-            leg.packet_meter.give_back(self.inner.packet_cost_ns);
-            return leg.drop_for(DropReason::RateCap);
+        if seq.is_none() {
+            if !leg.byte_meter.take(now_ns, byte_cost_ns(len, limits.file_bytes_per_second_max)) {
+                return leg.drop_for(DropReason::RateCap);
+            }
+        } else {
+            if !leg.packet_meter.take(now_ns, self.inner.packet_cost_ns) {
+                return leg.drop_for(DropReason::RateCap);
+            }
+            let byte_cost_ns = byte_cost_ns(len, limits.bytes_per_second_max);
+            if !leg.byte_meter.take(now_ns, byte_cost_ns) {
+                leg.packet_meter.give_back(self.inner.packet_cost_ns);
+                return leg.drop_for(DropReason::RateCap);
+            }
         }
         leg.packets.fetch_add(1, Relaxed);
         leg.bytes.fetch_add(len, Relaxed);
@@ -691,6 +708,41 @@ mod tests {
         inner[9..13].copy_from_slice(&SEQ.fetch_add(1, Relaxed).to_be_bytes());
         inner.truncate(len);
         build(session, token, &inner)
+    }
+
+    /// A file transfer's datagram of `len` inner bytes on `token`'s leg of `session`.
+    fn file_dg(session: SessionId, token: Token, len: usize) -> Vec<u8> {
+        let mut inner = vec![0xab; len];
+        inner[0] = packet::FILE_DEMUX;
+        build(session, token, &inner)
+    }
+
+    #[test]
+    fn file_data_spends_its_own_rate_skips_the_voice_caps_and_can_be_switched_off() {
+        let limits = Limits {
+            packets_per_second_max: 5,
+            bytes_per_second_max: 1 << 30,
+            file_bytes_per_second_max: 12_010,
+            allow_private_peers: true,
+            ..Limits::default()
+        };
+        let t = table(limits);
+        let g = t.allocate(0).unwrap();
+        let (a, b) = (addr(PUB_A), addr(PUB_B));
+        // B's leg latches with media; then A sends file data, identical datagrams included
+        // (QUIC refuses its own replays; the relay has no sequence to read).
+        assert_eq!(t.decide(&dg(g.session, g.token_b, 100), b, 0), Decision::Drop(DropReason::PeerUnknown));
+        let same = file_dg(g.session, g.token_a, 1201);
+        let forwarded = (0..20).filter(|_| matches!(t.decide(&same, a, 0), Decision::Forward { .. })).count();
+        // 12,010 bytes a second, one second's worth at once: 5 datagrams of 1,222 bytes...
+        // beyond the packet cap of 5 and with no replay refused.
+        assert_eq!(forwarded, 9, "a second of the file cap, whatever the packet cap");
+        assert!(matches!(t.decide(&same, a, 1_000), Decision::Forward { .. }), "the next second's budget");
+        let off = table(Limits { file_bytes_per_second_max: 0, ..limits });
+        let g = off.allocate(0).unwrap();
+        assert_eq!(off.decide(&dg(g.session, g.token_b, 100), b, 0), Decision::Drop(DropReason::PeerUnknown));
+        assert_eq!(off.decide(&file_dg(g.session, g.token_a, 100), a, 0), Decision::Drop(DropReason::RateCap));
+        assert!(matches!(off.decide(&dg(g.session, g.token_a, 100), a, 0), Decision::Forward { .. }), "voice goes on");
     }
 
     /// A datagram with sequence number `seq`.

@@ -186,6 +186,9 @@ async fn connection(
         match ctx.table.decide_from(datagram, peer, clock_ms()) {
             Decision::Forward { to } => {
                 latched = true;
+                if packet::is_file(datagram) {
+                    tally.file_bytes += datagram.len() as u64;
+                }
                 packet::wipe_token(datagram);
                 forward(&ctx.udp, &ctx.conns, to, datagram, &mut tally);
             }

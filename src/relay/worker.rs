@@ -14,6 +14,7 @@
 //! - `confab_relay_bytes_total{direction="in|out"}`
 //! - `confab_relay_drops_total{reason}` (the [`DropReason`] labels)
 //! - `confab_relay_recv_errors_total`
+//! - `confab_relay_file_bytes_total` (label `node` only): file transfer data forwarded
 //! - `confab_relay_tcp_connections` (gauge, label `node` only)
 //!
 //! The process's metrics recorder must be installed before [`RelayWorkers::start`]
@@ -119,6 +120,9 @@ pub struct RelayStats {
     /// Datagrams the kernel dropped because a worker's receive queue was full (never
     /// seen by the relay; SO_RXQ_OVFL).
     pub socket_overflow: u64,
+    /// Bytes of file transfer data forwarded (whole datagrams, behind
+    /// [`packet::FILE_DEMUX`]).
+    pub file_bytes: u64,
 }
 
 impl RelayStats {
@@ -137,6 +141,11 @@ pub fn describe() {
     describe_counter!("confab_relay_bytes_total", Unit::Bytes, "Relay bytes, by direction (in, out)");
     describe_counter!("confab_relay_drops_total", "Relay datagrams dropped, by reason");
     describe_counter!("confab_relay_recv_errors_total", "Unexpected errors receiving on a relay socket");
+    describe_counter!(
+        "confab_relay_file_bytes_total",
+        Unit::Bytes,
+        "File transfer bytes relayed (whole datagrams), within relay.file_bytes_per_second_max per session"
+    );
     metrics::describe_histogram!(
         "confab_relay_batch_size",
         "Datagrams per receive call (recvmmsg) of a relay worker, one call in 16 (sampled)"
@@ -268,6 +277,7 @@ impl RelayWorkers {
             s.bytes_in += c.bytes_in.load(Relaxed);
             s.bytes_out += c.bytes_out.load(Relaxed);
             s.socket_overflow += c.socket_overflow.load(Relaxed);
+            s.file_bytes += c.file_bytes.load(Relaxed);
             for (total, d) in s.drops.iter_mut().zip(&c.drops) {
                 *total += d.load(Relaxed);
             }
@@ -361,6 +371,7 @@ pub(super) struct Local {
     bytes_out: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
     socket_overflow: AtomicU64,
+    file_bytes: AtomicU64,
 }
 
 /// One worker's metric handles, registered once at thread start.
@@ -372,6 +383,7 @@ pub(super) struct Meters {
     bytes_out: Counter,
     drops: [Counter; DropReason::COUNT],
     socket_overflow: Counter,
+    file_bytes: Counter,
     pub recv_errors: Counter,
     batch_size: metrics::Histogram,
     latency: metrics::Histogram,
@@ -393,6 +405,7 @@ impl Meters {
             }),
             socket_overflow: counter!("confab_relay_drops_total", "node" => node.clone(), "worker" => worker.clone(), "reason" => "socket_overflow"),
             recv_errors: counter!("confab_relay_recv_errors_total", "node" => node.clone(), "worker" => worker.clone()),
+            file_bytes: counter!("confab_relay_file_bytes_total", "node" => node.clone()),
             batch_size: metrics::histogram!("confab_relay_batch_size", "node" => node.clone(), "worker" => worker.clone()),
             latency: metrics::histogram!("confab_relay_forward_latency_seconds", "node" => node.clone(), "worker" => worker.clone()),
         }
@@ -419,6 +432,7 @@ impl Tally {
         add(&meters.bytes_in, &local.bytes_in, self.bytes_in);
         add(&meters.bytes_out, &local.bytes_out, self.bytes_out);
         add(&meters.socket_overflow, &local.socket_overflow, self.socket_overflow);
+        add(&meters.file_bytes, &local.file_bytes, self.file_bytes);
         let dropped: u64 = self.drops.iter().sum::<u64>() + self.socket_overflow;
         if dropped > 0 {
             meters.dropped.increment(dropped);
@@ -452,6 +466,9 @@ fn decide_batch(
         };
         *slot = match table.decide_cached(cache, datagram, from, now_ms) {
             Decision::Forward { to } => {
+                if packet::is_file(datagram) {
+                    tally.file_bytes += datagram.len() as u64;
+                }
                 packet::wipe_token(datagram);
                 Some(to)
             }

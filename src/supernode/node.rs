@@ -392,6 +392,7 @@ impl BoundNode {
                     sessions_max: cfg.sessions_max,
                     packets_per_second_max: cfg.packets_per_second_max,
                     bytes_per_second_max: cfg.bytes_per_second_max,
+                    file_bytes_per_second_max: cfg.file_bytes_per_second_max,
                     allow_private_peers: cfg.allow_private_peers,
                     ..Default::default()
                 });

@@ -65,6 +65,11 @@ impl Sender {
         })
     }
 
+    /// The manifest served.
+    pub fn manifest(&self) -> &crate::transfer::manifest::Manifest {
+        self.state.manifest()
+    }
+
     /// Feeds one datagram from the receiver (the demux byte removed).
     pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {
         self.conn.handle_datagram(now, bytes);

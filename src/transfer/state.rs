@@ -400,6 +400,11 @@ impl SendState {
         Ok(SendState { id: TransferId(id), path: meta.path, manifest, cert_der, key_der })
     }
 
+    /// The file served.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The transfer's id.
     pub fn id(&self) -> TransferId {
         self.id

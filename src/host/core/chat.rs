@@ -546,6 +546,12 @@ impl ChatCore {
         self.send(now, op, to, Body::Text { text });
     }
 
+    /// Sends any message body to `to` (a file offer, say) the way a text goes; completes
+    /// under `op` like [`ChatCore::send_text`].
+    pub fn send_body(&mut self, now: Now, op: u64, to: &str, body: Body) {
+        self.send(now, op, to, body);
+    }
+
     fn send(&mut self, now: Now, op: u64, to: &str, body: Body) {
         if self.sends.len() >= SENDS_MAX {
             self.completions.push_back((op, Err(HostError::Refused("too many messages being sent".into()))));

@@ -50,6 +50,7 @@
 use super::buddies::{self, BuddiesConfig, BuddiesCore, BuddyDone, Signal};
 use super::calls::{CONN_BASE, CallsConfig, CallsCore, LinkInfo, Surroundings};
 use super::chat::{ChatConfig, ChatCore, ChatEvent, Sent};
+use super::files::{FileDone, FilesConfig, FilesCore, FilesOut};
 use super::io::{ConnId, Dest, Effect, EffectId, EffectResult, TcpEvent, Transmit};
 use super::ladder::{Identity, Joined, Ladder, LadderSettings, Lost, Outcome, Purpose};
 use super::pending::{Answer, OpId, Request, RequestError};
@@ -223,6 +224,14 @@ pub enum Command {
     },
     /// Another group command: invite, remove, leave.
     Group(super::chat::GroupCommand),
+    /// Offers a file to `to` (completes once they have it whole, or with status
+    /// `offered` when the offer waits for them).
+    SendFile {
+        /// To whom.
+        to: String,
+        /// The file.
+        path: std::path::PathBuf,
+    },
 }
 
 /// What a command came to.
@@ -236,6 +245,8 @@ pub enum Done {
     Buddy(BuddyDone),
     /// A chat message the store took.
     Chat(Sent),
+    /// A file transfer's end (or its offer, waiting for the recipient).
+    File(FileDone),
     /// Done; nothing to tell.
     Ok,
 }
@@ -266,6 +277,9 @@ pub enum HostError {
     /// No super node took us.
     #[error("no super node takes us: {0}")]
     NoSupernode(String),
+    /// A file transfer failed.
+    #[error("file transfer: {0}")]
+    File(String),
 }
 
 /// A command's outcome.
@@ -338,6 +352,7 @@ enum Owner {
     Calls,
     Buddies(u64),
     Chat(u64),
+    Files(u64),
 }
 
 /// Who waits for a request's outcome.
@@ -353,6 +368,10 @@ enum Waiter {
     CallLookup { op: OpId, user: String, even_if_offline: bool },
     /// The chat's request, under its tag.
     Chat(u64),
+    /// The lookup before a file call.
+    FileCallLookup { transfer: [u8; 16], user: String },
+    /// Whether a file's recipient shows online.
+    FilePresence { transfer: [u8; 16], user: String },
 }
 
 /// What the calls learn of the rest of the host, read when they need it.
@@ -388,6 +407,13 @@ pub struct HostCore {
     chat: ChatCore,
     /// The buddy list's revision the chat last saw.
     chat_list_revision: u64,
+    files: FilesCore,
+    /// The file offers' chat sends, by their op: the files' tag.
+    file_offers: BTreeMap<OpId, u64>,
+    /// When the files' timers are next due (their QUIC timers need `&mut` to ask).
+    files_timeout: Option<Instant>,
+    /// File calls under way (their events are not the application's).
+    file_calls: std::collections::BTreeSet<[u8; 16]>,
     /// Buddy commands by the buddies' tag.
     buddy_ops: BTreeMap<u64, OpId>,
     waiters: BTreeMap<OpId, Waiter>,
@@ -432,6 +458,7 @@ impl HostCore {
         let calls_rng = StdRng::seed_from_u64(rand::Rng::next_u64(&mut rng));
         let buddies_rng = StdRng::seed_from_u64(rand::Rng::next_u64(&mut rng));
         let chat_rng = StdRng::seed_from_u64(rand::Rng::next_u64(&mut rng));
+        let files_rng = StdRng::seed_from_u64(rand::Rng::next_u64(&mut rng));
         let chat = ChatCore::new(
             ChatConfig {
                 me: me.credential.subject.to_ascii_lowercase(),
@@ -479,6 +506,10 @@ impl HostCore {
             buddies,
             chat,
             chat_list_revision: 0,
+            files: FilesCore::new(FilesConfig::default(), files_rng),
+            file_offers: BTreeMap::new(),
+            files_timeout: None,
+            file_calls: std::collections::BTreeSet::new(),
             buddy_ops: BTreeMap::new(),
             waiters: BTreeMap::new(),
             next_op: 1,
@@ -527,6 +558,29 @@ impl HostCore {
     /// Our status.
     pub fn status(&self) -> Status {
         self.buddies.status()
+    }
+
+    /// Where file transfers keep their folders and where offers are taken into; starts
+    /// over the files' machine (unfinished receptions found in the folder resume).
+    pub fn set_files(&mut self, now: Now, cfg: FilesConfig) {
+        let rng = StdRng::seed_from_u64(rand::Rng::next_u64(&mut self.rng));
+        // Offers fetched at login, before the folder was set, are taken now.
+        let seen = self.files.take_unanswered();
+        self.files = FilesCore::new(cfg, rng);
+        for (from, body, buddy) in seen {
+            self.files.on_offer(now, &from, &body, buddy);
+        }
+        self.flush(now);
+    }
+
+    /// The files' counters.
+    pub fn files_stats(&self) -> super::files::FilesStats {
+        self.files.stats()
+    }
+
+    /// Whether a file transfer runs or waits for its call.
+    pub fn files_busy(&self) -> bool {
+        self.files.is_busy()
     }
 
     /// Whether the chat has work under way (see `ChatCore::is_busy`).
@@ -687,6 +741,7 @@ impl HostCore {
                 None => self.complete(op, Err(HostError::Request(RequestError::LinkDown))),
             },
             Command::SendChat { to, text } => self.chat.send_text(now, op.0, &to, text),
+            Command::SendFile { to, path } => self.files.send_file(now, op.0, &to, path),
             Command::FetchChat => {
                 self.chat.fetch_now(now);
                 self.complete(op, Ok(Done::Ok));
@@ -780,6 +835,10 @@ impl HostCore {
                 EffectResult::Chat(r) => self.chat.on_effect_result(now, tag, r),
                 _ => self.stats.stray_effects += 1,
             },
+            Some(Owner::Files(tag)) => match result {
+                EffectResult::File(r) => self.files.on_effect_result(now, tag, *r),
+                _ => self.stats.stray_effects += 1,
+            },
             None => self.stats.stray_effects += 1,
         }
         self.flush(now);
@@ -811,6 +870,9 @@ impl HostCore {
         }
         if due(self.chat.poll_timeout()) {
             self.chat.handle_timeout(now);
+        }
+        if due(self.files_timeout) {
+            self.files.handle_timeout(now);
         }
         self.flush(now);
         if media_last && due(self.calls.poll_timeout()) {
@@ -847,10 +909,19 @@ impl HostCore {
         let logout = self.logout.map(|l| l.until);
         let moved = self.moved.as_ref().map(|m| m.until);
         let chat = self.chat.poll_timeout();
-        [self.calls.poll_timeout(), self.ladder.poll_timeout(), link, self.buddies.poll_timeout(), chat, logout, moved]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.calls.poll_timeout(),
+            self.ladder.poll_timeout(),
+            link,
+            self.buddies.poll_timeout(),
+            chat,
+            logout,
+            moved,
+            self.files_timeout,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ---- the joining ----
@@ -915,10 +986,33 @@ impl HostCore {
                 self.complete(op, r);
             }
             Waiter::CallLookup { op, user, even_if_offline } => {
-                let r = self.place_call(now, &user, even_if_offline, r);
+                let r = self.place_call(now, &user, even_if_offline, None, r);
                 self.complete(op, r);
             }
+            Waiter::FilePresence { transfer, user } => {
+                let online = self.shows_online(now, &user, r);
+                self.files.on_presence(now, transfer, online);
+            }
+            Waiter::FileCallLookup { transfer, user } => {
+                let r = match self.place_call(now, &user, false, Some(transfer), r) {
+                    Ok(Done::Called(id)) => Ok(id),
+                    Ok(other) => Err(format!("a call came to {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                self.files.on_call_placed(now, transfer, r);
+            }
         }
+    }
+
+    /// Whether a lookup's answer shows `user` online (an entry that verifies, not offline).
+    fn shows_online(&self, now: Now, user: &str, r: Result<Answer, RequestError>) -> bool {
+        let Ok(Answer::Found(found)) = r else { return false };
+        let Ok(e) = Entry::decode(&found.entry) else { return false };
+        if e.verify(&self.me.trusted, now.unix_ms).is_err() || e.key() != user.to_ascii_lowercase() {
+            return false;
+        }
+        let ttl = crate::index::store::PRESENCE_TTL_SECS_DEFAULT;
+        crate::index::store::shown_status(&e, now.unix_ms / 1000, ttl) != Status::Offline
     }
 
     /// The lookup before a call came back: check the entry, then invite.
@@ -927,6 +1021,7 @@ impl HostCore {
         now: Now,
         user: &str,
         even_if_offline: bool,
+        transfer: Option<[u8; 16]>,
         r: Result<Answer, RequestError>,
     ) -> HostResult {
         let found = match r? {
@@ -950,10 +1045,11 @@ impl HostCore {
             return Err(HostError::Offline(user.to_owned()));
         }
         let env = Around { buddies: &self.buddies, interfaces: &self.cfg.interfaces };
-        let id = self
-            .calls
-            .call(now, &callee, e.supernode.clone(), &env)
-            .map_err(|_| HostError::Request(RequestError::LinkDown))?;
+        let placed = match transfer {
+            Some(t) => self.calls.call_for_file(now, &callee, e.supernode.clone(), t, &env),
+            None => self.calls.call(now, &callee, e.supernode.clone(), &env),
+        };
+        let id = placed.map_err(|_| HostError::Request(RequestError::LinkDown))?;
         Ok(Done::Called(id))
     }
 
@@ -968,6 +1064,7 @@ impl HostCore {
         let answers = match &e {
             Effect::LocalIpToward(_) | Effect::OpenProbeSockets { .. } | Effect::Login(_) => true,
             Effect::Chat(c) => c.answers(),
+            Effect::File(_) => true,
             _ => false,
         };
         if let Some(o) = owner.filter(|_| answers) {
@@ -1013,8 +1110,76 @@ impl HostCore {
         }
         while let Some(e) = self.calls.poll_event() {
             any = true;
+            if let Event::Call { call_id, state, .. } = &e
+                && let Some(id) = hex::decode(call_id).ok().and_then(|v| <[u8; 16]>::try_from(v).ok())
+                && (self.file_calls.contains(&id) || self.calls.call_transfer(id).is_some())
+            {
+                // A file call is the transfer's business: the application hears of it
+                // through the file's events.
+                tracing::debug!(%call_id, ?state, "a file call");
+                if matches!(state, crate::host::calls::CallState::Ended { .. }) {
+                    self.file_calls.remove(&id);
+                    self.files.on_call_ended(now, id);
+                } else {
+                    self.file_calls.insert(id);
+                }
+                continue;
+            }
             self.push_event(e);
         }
+        while let Some(f) = self.calls.poll_file_call() {
+            any = true;
+            self.files.on_file_call(f.call, f.transfer, &f.peer);
+        }
+        while let Some((call, bytes)) = self.calls.poll_file_datagram() {
+            any = true;
+            let route = self.calls.call_route(call);
+            self.files.handle_datagram(now, call, &bytes, route);
+        }
+        any
+    }
+
+    /// Moves the files' outputs out; true if there were any.
+    fn drain_files(&mut self, now: Now) -> bool {
+        let mut any = false;
+        while let Some(o) = self.files.poll_out() {
+            any = true;
+            match o {
+                FilesOut::Chat { tag, to, body } => {
+                    let op = OpId(self.next_op);
+                    self.next_op += 1;
+                    self.file_offers.insert(op, tag);
+                    self.chat.send_body(now, op.0, &to, body);
+                }
+                FilesOut::Call { transfer, user } => {
+                    self.request(now, Waiter::FileCallLookup { transfer, user: user.clone() }, Request::Find { user });
+                }
+                FilesOut::Presence { transfer, user } => {
+                    self.request(now, Waiter::FilePresence { transfer, user: user.clone() }, Request::Find { user });
+                }
+                FilesOut::Answer { call, accept } => {
+                    let env = Around { buddies: &self.buddies, interfaces: &self.cfg.interfaces };
+                    self.calls.answer(now, call, accept, &env);
+                }
+                FilesOut::End { call } => self.calls.end(now, call),
+                FilesOut::Datagram { call, bytes } => {
+                    self.calls.send_file_datagram(call, bytes);
+                }
+            }
+        }
+        while let Some((tag, e)) = self.files.poll_effect() {
+            any = true;
+            self.effect(Some(Owner::Files(tag)), Effect::File(e));
+        }
+        while let Some(e) = self.files.poll_event() {
+            any = true;
+            self.push_event(e);
+        }
+        while let Some((op, r)) = self.files.poll_completion() {
+            any = true;
+            self.complete(OpId(op), r.map(Done::File).map_err(HostError::File));
+        }
+        self.files_timeout = self.files.poll_timeout();
         any
     }
 
@@ -1034,6 +1199,13 @@ impl HostCore {
             any = true;
             match e {
                 ChatEvent::Message { message, request, .. } => {
+                    if matches!(message.inner.body, crate::chat::message::Body::FileOffer { .. })
+                        && message.inner.from != self.me.credential.subject.to_ascii_lowercase()
+                    {
+                        let env = Around { buddies: &self.buddies, interfaces: &self.cfg.interfaces };
+                        let buddy = env.relation(&message.inner.from) == Some(Relation::Authorized);
+                        self.files.on_offer(now, &message.inner.from, &message.inner.body, buddy);
+                    }
                     if let Some(ev) = chat_event(&message, request) {
                         self.push_event(ev);
                     }
@@ -1052,6 +1224,11 @@ impl HostCore {
         }
         while let Some((op, r)) = self.chat.poll_completion() {
             any = true;
+            if let Some(tag) = self.file_offers.remove(&OpId(op)) {
+                let r = r.map(|s| s.status == super::chat::SendStatus::Delivered).map_err(|e| e.to_string());
+                self.files.on_offer_sent(now, tag, r);
+                continue;
+            }
             if op != 0 {
                 self.complete(OpId(op), r.map(Done::Chat).map_err(HostError::Chat));
             }
@@ -1271,6 +1448,7 @@ impl HostCore {
             let mut any = self.drain_calls(now);
             any |= self.drain_buddies(now);
             any |= self.drain_chat(now);
+            any |= self.drain_files(now);
             any |= self.drain_link(now);
             any |= self.drain_ladder(now);
             if let Some(link) = self.link.as_mut() {

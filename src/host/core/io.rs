@@ -115,6 +115,9 @@ pub enum Effect {
     /// Work on the chat history (a SQLite file in the home folder); the answer, for the
     /// kinds that have one, comes back as [`EffectResult::Chat`].
     Chat(super::chat::ChatEffect),
+    /// Disk work for a file transfer (`files::run_effect`); the answer comes back as
+    /// [`EffectResult::File`].
+    File(super::files::FileEffect),
 }
 
 /// A request to the login server: one enveloped request per TCP connection, with the
@@ -155,4 +158,6 @@ pub enum EffectResult {
     Login(Result<LoginAnswer, crate::host::account::AccountError>),
     /// A [`Effect::Chat`]'s answer.
     Chat(super::chat::ChatEffectResult),
+    /// A [`Effect::File`]'s answer.
+    File(Box<super::files::FileEffectResult>),
 }

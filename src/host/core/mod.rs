@@ -30,6 +30,7 @@
 pub mod buddies;
 pub mod calls;
 pub mod chat;
+pub mod files;
 pub mod groups;
 pub mod host;
 pub mod io;

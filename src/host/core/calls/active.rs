@@ -58,6 +58,8 @@ pub(super) struct ActiveCall {
     /// How many extra sockets were asked of the shell and not yet answered for: they
     /// count against the host's cap, and a call that ends meanwhile still closes them.
     pub probe_opening: u16,
+    /// A call of kind "file": the transfer it carries (no voice is played or heard).
+    pub transfer: Option<[u8; 16]>,
 }
 
 impl ActiveCall {
@@ -97,6 +99,7 @@ impl ActiveCall {
             peer_nat: None,
             probe_sockets: 0,
             probe_opening: 0,
+            transfer: None,
         }
     }
 

@@ -28,6 +28,9 @@ impl CallsCore {
         datagram: &[u8],
         local: Option<([u8; 16], u16)>,
     ) -> bool {
+        if let Some(taken) = self.on_file_datagram(from, datagram, local) {
+            return taken;
+        }
         let Some((tag, packet, relay_session)) = demux(datagram) else {
             self.stats.foreign += 1;
             return false;
@@ -68,6 +71,43 @@ impl CallsCore {
         true
     }
 
+    /// A file transfer's datagram (behind [`FILE_DEMUX`], directly or inside a relay
+    /// header): kept for the host under the file call whose route it came on. None if it
+    /// is not one; Some(false) if it is one for no call of ours.
+    fn on_file_datagram(&mut self, from: SocketAddr, datagram: &[u8], local: Option<([u8; 16], u16)>) -> Option<bool> {
+        let (inner, session) = match datagram.first() {
+            Some(&FILE_DEMUX) => (datagram, None),
+            Some(&crate::relay::packet::MAGIC) => {
+                let (session, _, inner) = crate::relay::packet::parse(datagram).ok()?;
+                (inner, Some(session.0))
+            }
+            _ => return None,
+        };
+        let payload = inner.strip_prefix(&[FILE_DEMUX])?;
+        let found = self.active.iter().find(|(id, c)| {
+            let socket = match local {
+                Some((call, s)) if call == **id => Some(Some(s)),
+                Some(_) => None,
+                None => Some(None),
+            };
+            c.transfer.is_some()
+                && socket.is_some_and(|s| c.media.as_ref().is_some_and(|m| m.is_route_of(from, session, s)))
+        });
+        let Some((id, _)) = found else {
+            tracing::debug!(%from, ?session, ?local, "a file transfer datagram on no file call's route");
+            self.stats.foreign += 1;
+            return Some(false);
+        };
+        let id = *id;
+        tracing::trace!(%from, len = payload.len(), "a file transfer datagram in");
+        if self.file_in.len() >= FILE_IN_MAX {
+            self.stats.dropped += 1;
+        } else {
+            self.file_in.push_back((id, payload.to_vec()));
+        }
+        Some(true)
+    }
+
     /// The outcome of an effect we asked for.
     pub fn on_effect_result(&mut self, now: Now, result: EffectResult) {
         match result {
@@ -92,7 +132,7 @@ impl CallsCore {
                 self.send_media(out);
                 self.apply_call(now, call, actions, Vec::new());
             }
-            EffectResult::LocalIp(_) | EffectResult::Login(_) | EffectResult::Chat(_) => {}
+            EffectResult::LocalIp(_) | EffectResult::Login(_) | EffectResult::Chat(_) | EffectResult::File(_) => {}
         }
     }
 

@@ -28,7 +28,11 @@ impl CallsCore {
         let ms = self.ms(now);
         let id = m.call_id();
         match m {
-            CallMessage::Invite(invite) => self.on_invite(now, invite, env),
+            CallMessage::Invite(invite) => self.on_invite(now, invite, None, env),
+            CallMessage::FileInvite(f) => {
+                let (invite, transfer, signature) = (f.invite, f.transfer, f.signature);
+                self.on_invite(now, invite, Some((transfer, signature)), env)
+            }
             CallMessage::Reply(reply) => {
                 let Some(c) = self.active.get_mut(&id) else { return };
                 let Some((invite, offer)) = c.invite.as_ref() else { return };
@@ -151,7 +155,13 @@ impl CallsCore {
         true
     }
 
-    pub(super) fn on_invite(&mut self, now: Now, invite: Invite, env: &impl Surroundings) {
+    pub(super) fn on_invite(
+        &mut self,
+        now: Now,
+        invite: Invite,
+        file: Option<([u8; 16], Vec<u8>)>,
+        env: &impl Surroundings,
+    ) {
         let ms = self.ms(now);
         let me = self.me.subject.clone();
         let opened = match invite.open(&self.trusted, &me, &self.key, now.unix_ms, INVITE_WINDOW_MS) {
@@ -161,6 +171,13 @@ impl CallsCore {
                 return;
             }
         };
+        if let Some((transfer, signature)) = &file {
+            let f = FileInvite { invite: invite.clone(), transfer: *transfer, signature: signature.clone() };
+            if let Err(e) = f.verify(&opened.caller) {
+                tracing::info!(error = %e, caller = %invite.body.caller, "refused a file invite");
+                return;
+            }
+        }
         if !self.remember(opened.call_id) {
             tracing::info!(caller = %invite.body.caller, "refused a replayed invite");
             return;
@@ -179,7 +196,7 @@ impl CallsCore {
         }
         // A busy callee says so in its signed reply, with no candidates. A caller who is
         // not an authorized buddy learns where we are only if the user accepts.
-        let busy = self.busy();
+        let busy = file.is_none() && self.busy();
         let candidates = if buddy { self.candidates(&opened.caller.subject, env) } else { Vec::new() };
         let (reply, key) = match Reply::make(&opened, &self.me, &self.key, &CODECS, busy, candidates, now.unix_ms) {
             Ok(r) => r,
@@ -200,8 +217,19 @@ impl CallsCore {
         c.reply = Some(reply);
         c.withheld = !buddy;
         c.peer_candidates = opened.candidates;
+        c.transfer = file.as_ref().map(|(t, _)| *t);
+        let peer = c.peer.clone();
         self.active.insert(id, c);
         self.apply_call(now, id, actions, Vec::new());
+        if let Some((transfer, _)) = file
+            && self.active.contains_key(&id)
+        {
+            if self.file_calls.len() < QUEUED_MAX {
+                self.file_calls.push_back(FileCall { call: id, transfer, peer });
+            } else {
+                self.stats.dropped += 1;
+            }
+        }
     }
 
     /// Where `peer` may send us media: the address our super node sees, our own when

@@ -49,7 +49,9 @@ use super::Now;
 use super::io::{ConnId, Dest, Effect, EffectResult, Framing, TcpEvent, Transmit};
 use super::pending::{Answer, Class, OpResult, Request, RequestError};
 use crate::buddy::{Notice, Relation};
-use crate::call::invite::{CallError, CallMessage, Caller, Candidate, CandidateKind, Invite, Reply, SignalChannel};
+use crate::call::invite::{
+    CallError, CallMessage, Caller, Candidate, CandidateKind, FileInvite, Invite, Reply, SignalChannel,
+};
 use crate::call::path::RelayLeg;
 use crate::call::signal::{Action, Call, Intent, Role, Signal, State, Timeouts};
 use crate::config::LocalCandidates;
@@ -67,6 +69,23 @@ use rand::rngs::StdRng;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
+
+/// The demux byte in front of every file transfer datagram, directly or inside a relay
+/// header (QUIC's first byte would collide with the media bytes).
+pub const FILE_DEMUX: u8 = 0x54;
+/// Most file transfer datagrams kept for the host between two drains.
+pub const FILE_IN_MAX: usize = 4096;
+
+/// An invite to a call of kind "file", for the host to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileCall {
+    /// The call.
+    pub call: [u8; 16],
+    /// The transfer it is for.
+    pub transfer: [u8; 16],
+    /// Who calls (the receiver).
+    pub peer: String,
+}
 
 /// How far an invite's clock may be from ours.
 const INVITE_WINDOW_MS: u64 = 30_000;
@@ -194,6 +213,8 @@ pub struct CallsCore {
     effects: VecDeque<Effect>,
     events: VecDeque<Event>,
     stats: CallsStats,
+    file_in: VecDeque<([u8; 16], Vec<u8>)>,
+    file_calls: VecDeque<FileCall>,
 }
 
 fn push_bounded<T>(q: &mut VecDeque<T>, max: usize, item: T, dropped: &mut u64) {
@@ -262,6 +283,8 @@ impl CallsCore {
             effects: VecDeque::new(),
             events: VecDeque::new(),
             stats: CallsStats::default(),
+            file_in: VecDeque::new(),
+            file_calls: VecDeque::new(),
         }
     }
 
@@ -361,6 +384,31 @@ impl CallsCore {
         supernode: String,
         env: &impl Surroundings,
     ) -> Result<[u8; 16], CallsError> {
+        self.place(now, callee, supernode, None, env)
+    }
+
+    /// Calls the holder of `callee` for file transfer `transfer` (a call of kind "file",
+    /// which the other side answers only if it serves that transfer to us): as
+    /// [`CallsCore::call`], and the transfer's datagrams then travel on the path found.
+    pub fn call_for_file(
+        &mut self,
+        now: Now,
+        callee: &Credential,
+        supernode: String,
+        transfer: [u8; 16],
+        env: &impl Surroundings,
+    ) -> Result<[u8; 16], CallsError> {
+        self.place(now, callee, supernode, Some(transfer), env)
+    }
+
+    fn place(
+        &mut self,
+        now: Now,
+        callee: &Credential,
+        supernode: String,
+        transfer: Option<[u8; 16]>,
+        env: &impl Surroundings,
+    ) -> Result<[u8; 16], CallsError> {
         let here = self.link.as_ref().filter(|_| !self.link_down).map(|l| l.supernode.clone());
         let Some(here) = here else { return Err(CallsError::NoLink) };
         let candidates = self.candidates(&callee.subject, env);
@@ -377,8 +425,13 @@ impl CallsCore {
         let (call, actions) = Call::outgoing(ms, self.cfg.timeouts.clone());
         let mut c = ActiveCall::new(callee.clone(), supernode.clone(), call, channel, None, ms);
         c.invite = Some((invite.clone(), offer));
+        c.transfer = transfer;
         self.active.insert(id, c);
-        let body = Notice::Call { message: CallMessage::Invite(invite).encode() }.encode();
+        let message = match transfer {
+            Some(t) => CallMessage::FileInvite(FileInvite::make(invite, t, &self.key)),
+            None => CallMessage::Invite(invite),
+        };
+        let body = Notice::Call { message: message.encode() }.encode();
         let to = callee.subject.clone();
         self.request(Asked::Invite(id), Request::Forward { to, via: supernode, body, class: Class::Call });
         self.apply_call(now, id, actions, Vec::new());
@@ -429,9 +482,45 @@ impl CallsCore {
         self.active.len()
     }
 
-    /// Whether any call is under way (a new invite is answered busy).
+    /// Whether any voice call is under way (a new invite is answered busy; file calls
+    /// run beside anything).
     pub fn busy(&self) -> bool {
-        self.active.values().any(|c| !c.call.is_over())
+        self.active.values().any(|c| !c.call.is_over() && c.transfer.is_none())
+    }
+
+    /// The transfer call `id` carries, if it is a call of kind "file".
+    pub fn call_transfer(&self, id: [u8; 16]) -> Option<[u8; 16]> {
+        self.active.get(&id)?.transfer
+    }
+
+    /// The path a call's media chose, as a transfer's completion names it (`direct`,
+    /// `punched`, `relay-udp`, `relay-tcp`); None before one is chosen.
+    pub fn call_route(&self, id: [u8; 16]) -> Option<&'static str> {
+        self.active.get(&id)?.media.as_ref()?.route_label()
+    }
+
+    /// Sends a file transfer's datagram (the demux byte in front) on call `id`'s chosen
+    /// path; false (dropped, as a lost datagram) while it has none.
+    pub fn send_file_datagram(&mut self, id: [u8; 16], bytes: Vec<u8>) -> bool {
+        let Some(o) = self.active.get(&id).and_then(|c| c.media.as_ref()).and_then(|m| m.file_datagram(bytes)) else {
+            tracing::trace!("a file transfer datagram before its call has a path: dropped");
+            return false;
+        };
+        tracing::trace!(to = %o.to, tcp = ?o.tcp, len = o.bytes.len(), "a file transfer datagram out");
+        self.send_media(vec![o]);
+        true
+    }
+
+    /// The next file transfer datagram that came on a file call's path: the call and the
+    /// datagram, its demux byte removed.
+    pub fn poll_file_datagram(&mut self) -> Option<([u8; 16], Vec<u8>)> {
+        self.file_in.pop_front()
+    }
+
+    /// The next invite to a call of kind "file": the call, the transfer and who calls. The
+    /// call rings until answered ([`CallsCore::answer`]).
+    pub fn poll_file_call(&mut self) -> Option<FileCall> {
+        self.file_calls.pop_front()
     }
 
     /// Whether any call has media (the link keeps its call pace then).

@@ -652,7 +652,11 @@ impl CallsWorld {
             Effect::TcpClose { conn } => {
                 self.hosts[h].conns.remove(&conn);
             }
-            other @ (Effect::LocalIpToward(_) | Effect::SaveCache(_) | Effect::Login(_) | Effect::Chat(_)) => {
+            other @ (Effect::LocalIpToward(_)
+            | Effect::SaveCache(_)
+            | Effect::Login(_)
+            | Effect::Chat(_)
+            | Effect::File(_)) => {
                 panic!("calls asked for {other:?}")
             }
         }
@@ -793,5 +797,6 @@ fn effect_label(e: &Effect) -> String {
         Effect::SaveCache(entries) => format!("save_cache {}", entries.len()),
         Effect::Login(call) => format!("login {call:?}"),
         Effect::Chat(e) => format!("chat {e:?}"),
+        Effect::File(e) => format!("file {e:?}"),
     }
 }

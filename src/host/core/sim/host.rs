@@ -521,7 +521,11 @@ impl SimHost {
                 }
             }
             Effect::SaveCache(entries) => self.saved.push((ctx.now, entries)),
-            Effect::OpenProbeSockets { .. } | Effect::CloseProbeSockets { .. } | Effect::Login(_) | Effect::Chat(_) => {
+            Effect::OpenProbeSockets { .. }
+            | Effect::CloseProbeSockets { .. }
+            | Effect::Login(_)
+            | Effect::Chat(_)
+            | Effect::File(_) => {
                 unreachable!("a world host at link level has no calls, no buddies and no chat")
             }
         }

@@ -487,6 +487,15 @@ impl World {
         }
     }
 
+    /// Sets where whole-core host `id` keeps transfers and takes offers into.
+    pub fn core_set_files(&mut self, id: NodeId, cfg: super::files::FilesConfig) {
+        self.with_node(id, |node, ctx| {
+            if let Node::Core(h) = node {
+                h.set_files(ctx, cfg);
+            }
+        });
+    }
+
     /// Gives whole-core host `id` a command now.
     pub fn core_command(&mut self, id: NodeId, c: super::host::Command) -> OpId {
         let mut op = None;

@@ -375,11 +375,13 @@ impl FakeSupernode {
                 };
                 // Stored, then pushed to the recipient's session as the real node does
                 // (a hint: a device that misses it fetches the message).
+                let mut pushed = 0;
                 if let (0, Some(node)) = (code, ctx.index.located.get(&push.0)) {
                     let body = crate::buddy::Notice::Chat { sealed: push.1 }.encode();
                     ctx.notices.push((node.clone(), push.0, body));
+                    pushed = 1;
                 }
-                let r = MailSubmitReply { req: m.req, code, replicas: u8::from(code == 0), pushed: 0 };
+                let r = MailSubmitReply { req: m.req, code, replicas: u8::from(code == 0), pushed };
                 vec![reply(s, MessageKind::MailSubmitReply, &r.encode())]
             }
             Action::MailFetch(f) => {

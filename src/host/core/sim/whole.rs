@@ -266,6 +266,11 @@ impl CoreNode {
         self.drain(ctx, false);
     }
 
+    pub(super) fn set_files(&mut self, ctx: &mut Ctx<'_>, cfg: crate::host::core::files::FilesConfig) {
+        self.core.set_files(ctx.core_now(), cfg);
+        self.drain(ctx, false);
+    }
+
     pub(super) fn command(&mut self, ctx: &mut Ctx<'_>, c: Command) -> OpId {
         let op = self.core.command(ctx.core_now(), c);
         self.drain(ctx, false);
@@ -414,6 +419,10 @@ impl CoreNode {
             Effect::Login(call) => {
                 self.login_seq += 1;
                 self.login_out.insert((ctx.now + self.login.delay, self.login_seq), (id, call));
+            }
+            Effect::File(e) => {
+                let r = crate::host::core::files::run_effect(e);
+                self.core.handle_effect(now, id, EffectResult::File(Box::new(r)));
             }
             Effect::Chat(e) => {
                 use crate::host::core::chat::{ChatEffect, ChatEffectResult};

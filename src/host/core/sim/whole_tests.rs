@@ -755,3 +755,74 @@ fn a_buddy_s_presence_brings_their_keys_so_writing_to_them_needs_no_lookup() {
         w.trace[from..].iter().filter(|r| matches!(r.what, What::Sent { kind: Some(MessageKind::Find), .. })).count();
     assert_eq!(finds, 0, "neither side looked the other up for keys");
 }
+
+/// A file of `len` bytes that differs everywhere (so a misplaced chunk shows).
+fn file_of(dir: &std::path::Path, len: usize) -> std::path::PathBuf {
+    let path = dir.join("data.bin");
+    let bytes: Vec<u8> = (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0]).collect();
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn sha_hex(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+#[test]
+fn a_file_offered_to_an_online_buddy_arrives_whole_over_a_file_call() {
+    use crate::host::core::files::FilesConfig;
+    let (mut w, alice, bob) = two_online(17);
+    let a_home = tempfile::tempdir().unwrap();
+    let b_home = tempfile::tempdir().unwrap();
+    let inbox = tempfile::tempdir().unwrap();
+    w.core_set_files(alice, FilesConfig { transfers: Some(a_home.path().join("transfers")), accept_into: None });
+    w.core_set_files(
+        bob,
+        FilesConfig { transfers: Some(b_home.path().join("transfers")), accept_into: Some(inbox.path().to_path_buf()) },
+    );
+    let src = file_of(a_home.path(), 300_000);
+    let op = w.core_command(alice, Command::SendFile { to: "bob".into(), path: src.clone() });
+    let completed = run_until_true(&mut w, secs(30.0), |w| done(w, alice, op));
+    assert!(
+        completed,
+        "the send completes: alice {:?} {:?} bob {:?} {:?}",
+        w.core_host(alice).core.files_stats(),
+        w.core_host(alice)
+            .events
+            .iter()
+            .map(|(_, e)| e)
+            .filter(|e| !matches!(e, Event::Presence { .. }))
+            .collect::<Vec<_>>(),
+        w.core_host(bob).core.files_stats(),
+        w.core_host(bob)
+            .events
+            .iter()
+            .map(|(_, e)| e)
+            .filter(|e| !matches!(e, Event::Presence { .. }))
+            .collect::<Vec<_>>(),
+    );
+    let f = match w.core_host(alice).result(op) {
+        Some(Ok(Done::File(f))) => f.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        f.status,
+        "done",
+        "{f:?} bob: {:?} {:?}",
+        w.core_host(bob).core.files_stats(),
+        w.core_host(bob).core.chat_stats()
+    );
+    assert_eq!(f.sha256, sha_hex(&src));
+    assert_eq!(f.bytes, 300_000);
+    assert_eq!(f.chunks, 5, "every chunk once");
+    assert!(["direct", "punched"].contains(&f.path.as_str()), "{}", f.path);
+    let placed = inbox.path().join("data.bin");
+    assert!(run_until_true(&mut w, secs(2.0), |_| placed.exists()), "bob placed the file");
+    assert_eq!(sha_hex(&placed), f.sha256);
+    assert!(
+        w.core_host(bob).saw(|e| matches!(e, Event::File { state: crate::host::core::files::FileState::Done, .. }))
+    );
+    let folders = |d: &std::path::Path| std::fs::read_dir(d.join("transfers")).map_or(0, |r| r.count());
+    assert_eq!((folders(a_home.path()), folders(b_home.path())), (0, 0), "both folders go once the file is whole");
+}
