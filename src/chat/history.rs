@@ -465,11 +465,14 @@ impl History {
         .collect()
     }
 
-    /// Every gap in the numbers of messages received from other users (not `me`: this
-    /// user's own devices copy only part of what they send to each other), as (sender,
-    /// device, conversation, missing numbers), at most [`GAPS_MAX`] in all. A gap that
-    /// stays after a fetch is a message some store lost or withheld.
-    pub fn missing(&self, me: &str) -> Result<Vec<Missing>, HistoryError> {
+    /// Every gap in the numbers of messages received from the senders `keep` accepts
+    /// (never `me`: this user's own devices copy only part of what they send to each
+    /// other), as (sender, device, conversation, missing numbers), at most [`GAPS_MAX`] in
+    /// all. Only gaps above the first number received count: a device that came late
+    /// never saw what the store had already handed to the others and deleted. A gap that
+    /// stays after a fetch is a message some store lost or withheld, or one the store
+    /// refused when it was sent.
+    pub fn missing(&self, me: &str, keep: impl Fn(&str) -> bool) -> Result<Vec<Missing>, HistoryError> {
         let mut st = self.conn.prepare_cached(
             "SELECT DISTINCT sender, sender_device, conversation FROM message WHERE sender <> ?1 AND outgoing = 0",
         )?;
@@ -477,10 +480,11 @@ impl History {
             .query_map([me], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, String>(2)?)))?
             .collect::<Result<Vec<_>, _>>()?;
         let mut out = Vec::new();
-        for (from, device, conversation) in streams {
+        for (from, device, conversation) in streams.into_iter().filter(|(from, ..)| keep(from)) {
             let device = KeyId(device.try_into().map_err(|_| HistoryError::Corrupt("sender_device"))?);
             let conversation = parse_conversation(&conversation).ok_or(HistoryError::Corrupt("conversation"))?;
-            for r in self.gaps(&from, device, &conversation)? {
+            // The range below the first number received is not a gap (see above).
+            for r in self.gaps(&from, device, &conversation)?.into_iter().filter(|r| *r.start() > 1) {
                 if out.len() >= GAPS_MAX {
                     return Ok(out);
                 }

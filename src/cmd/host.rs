@@ -930,18 +930,12 @@ async fn chat(
                 .map(|b| b.user.to_ascii_lowercase())
                 .collect();
             let messages: Vec<_> = rows.iter().map(|r| chat_row(&h, r, &me, Some(&buddies))).collect();
-            // Numbers missing from a sender's sequence after the fetch: a store lost or
-            // withheld those messages (blocked senders' are dropped here on purpose).
-            let blocked: Vec<String> = session
-                .buddies()
-                .into_iter()
-                .filter(|b| b.relation == confab::buddy::op::Relation::Blocked)
-                .map(|b| b.user.to_ascii_lowercase())
-                .collect();
+            // Numbers missing from a buddy's sequence after the fetch: a store lost or
+            // withheld those messages (strangers' and blocked users' streams are not
+            // watched: they could only crowd out the buddies').
             let gaps: Vec<serde_json::Value> = h
-                .missing(&me)?
+                .missing(&me, |from| buddies.iter().any(|b| b == from))?
                 .into_iter()
-                .filter(|(from, ..)| !blocked.contains(from))
                 .map(|(from, device, conversation, r)| {
                     let with = match conversation {
                         Conversation::User(u) => u,

@@ -37,6 +37,8 @@ pub const FETCH_EVERY: Duration = Duration::from_secs(60);
 pub const ACK_DELAY: Duration = Duration::from_millis(200);
 /// Most users whose keys are remembered.
 pub const KEYS_MAX: usize = 4096;
+/// Most received messages held while the buddy list is being read.
+const WAITING_FOR_LIST_MAX: usize = 1024;
 /// Most received messages held while their sender's keys are looked up.
 pub const HELD_MAX: usize = 256;
 /// Most sends in progress at once.
@@ -364,6 +366,12 @@ pub struct ChatCore {
     stats: ChatStats,
     /// How we stand with each user on the buddy list (lowercase names).
     contacts: BTreeMap<String, Relation>,
+    /// Users whose keys this session has handed to the history to keep.
+    kept: std::collections::BTreeSet<String>,
+    /// Whether the buddy list has been read: until then nobody is known to be a buddy,
+    /// a stranger or blocked, and received messages wait here (unacknowledged).
+    contacts_known: bool,
+    waiting_for_list: VecDeque<(MailId, Message)>,
     groups: GroupsCore,
     /// Group commands wait until the kept logs are read.
     groups_loaded: bool,
@@ -416,6 +424,9 @@ impl ChatCore {
             completions: VecDeque::new(),
             stats: ChatStats::default(),
             contacts: BTreeMap::new(),
+            kept: std::collections::BTreeSet::new(),
+            contacts_known: false,
+            waiting_for_list: VecDeque::new(),
             groups,
             groups_loaded: false,
             group_cmds: Vec::new(),
@@ -455,15 +466,31 @@ impl ChatCore {
 
     fn learn(&mut self, now: Now, user: &str, k: UserPublicKeys) {
         let user = user.to_ascii_lowercase();
+        let me = self.cfg.me.to_ascii_lowercase();
         if self.known.len() >= KEYS_MAX && !self.known.contains_key(&user) {
-            // Anyone but ourselves may go; the first in name order is as good as any.
-            let victim = self.known.keys().find(|u| **u != self.cfg.me.to_ascii_lowercase()).cloned();
+            // Anyone but ourselves, a buddy, or someone a send waits for may go; the first
+            // in name order is as good as any.
+            let victim = self
+                .known
+                .keys()
+                .find(|u| {
+                    **u != me
+                        && self.relation(u) != Some(Relation::Authorized)
+                        && !self.sends.values().any(|s| s.to == **u)
+                })
+                .cloned();
             if let Some(v) = victim {
                 self.known.remove(&v);
             }
         }
-        if self.known.insert(user.clone(), k) != Some(k) && user != self.cfg.me.to_ascii_lowercase() {
-            // Kept, so a message can still be sealed to them once their entries are gone.
+        let changed = self.known.insert(user.clone(), k) != Some(k);
+        // Kept on disk, so a message can still be sealed to them once their entries are
+        // gone: a buddy's (once a session, so their turn in the table stays fresh) or
+        // someone we write to; not every stranger who wrote to us.
+        let buddy = self.relation(&user) == Some(Relation::Authorized);
+        let writing_to = self.sends.values().any(|s| s.to == user);
+        if user != me && (buddy || writing_to) && (changed || self.kept.insert(user.clone())) {
+            self.kept.insert(user.clone());
             self.effects.push_back((0, ChatEffect::KeysKeep { user: user.clone(), keys: k }));
         }
         self.keys_arrived(now, &user);
@@ -515,6 +542,13 @@ impl ChatCore {
 
     /// A lookup for keys came back empty or failed: what waited for them gives up.
     fn keys_failed(&mut self, user: &str, why: &str) {
+        if self.keys_of(user).is_some() {
+            // Kept keys came in from the history meanwhile: what waited goes on with them.
+            if let Some(now) = self.seen {
+                self.keys_arrived(now, &user.to_ascii_lowercase());
+                return;
+            }
+        }
         let failed: Vec<u64> = self
             .sends
             .iter()
@@ -613,7 +647,14 @@ impl ChatCore {
     /// Seals send `t` to its recipient (and a copy to ourselves) and gives both to the store.
     fn submit(&mut self, _now: Now, t: u64) {
         let Some(s) = self.sends.get_mut(&t) else { return };
-        let Some(to_keys) = self.known.get(&s.to).copied() else { return };
+        let Some(to_keys) = self.known.get(&s.to).copied() else {
+            // Forgotten meanwhile (the keys table was full): look them up again rather
+            // than leave the send waiting for ever.
+            s.waiting_keys = true;
+            let to = s.to.clone();
+            self.look_up(&to);
+            return;
+        };
         s.waiting_keys = false;
         let s = self.sends.get(&t).expect("held just above");
         let me = self.cfg.me.to_ascii_lowercase();
@@ -738,6 +779,22 @@ impl ChatCore {
 
     fn record(&mut self, now: Now, id: MailId, message: Message) {
         let from_me = message.inner.from.eq_ignore_ascii_case(&self.cfg.me);
+        if !self.contacts_known && !from_me {
+            // Buddy, stranger or blocked is not known yet: wait for the list. Past the
+            // bound, the message stays unacknowledged and comes again at the next fetch.
+            self.seen = Some(now);
+            if self.waiting_for_list.len() < WAITING_FOR_LIST_MAX {
+                self.waiting_for_list.push_back((id, message));
+            }
+            return;
+        }
+        if !from_me && self.relation(&message.inner.from) == Some(Relation::Blocked) {
+            // Dropped for good, group payloads included: the store forgets it for this
+            // device, the sender learns nothing (no receipt).
+            self.stats.blocked += 1;
+            self.ack(now, id);
+            return;
+        }
         if let Body::Group(body) = &message.inner.body {
             // The log decides what is new (by entry hash), not the history's numbers.
             self.stats.group_payloads += 1;
@@ -757,13 +814,6 @@ impl ChatCore {
             return;
         }
         let standing = if from_me { Some(Relation::Authorized) } else { self.relation(&message.inner.from) };
-        if standing == Some(Relation::Blocked) {
-            // Dropped for good: the store forgets it for this device, the sender learns
-            // nothing (no receipt).
-            self.stats.blocked += 1;
-            self.ack(now, id);
-            return;
-        }
         // Receipts go to buddies only: a stranger learns nothing of whether or when we
         // read, until we add them.
         let buddy = standing == Some(Relation::Authorized);
@@ -788,6 +838,12 @@ impl ChatCore {
     /// is a stranger whose messages arrive as requests.
     pub fn set_contacts(&mut self, contacts: impl IntoIterator<Item = (String, Relation)>) {
         self.contacts = contacts.into_iter().map(|(u, r)| (u.to_ascii_lowercase(), r)).collect();
+        self.contacts_known = true;
+        if let Some(now) = self.seen {
+            for (id, message) in std::mem::take(&mut self.waiting_for_list) {
+                self.record(now, id, message);
+            }
+        }
     }
 
     /// A message that cannot be opened is not for us or is broken: the store may forget it
@@ -949,6 +1005,7 @@ impl ChatCore {
     /// the session early (a one-shot send or read) waits until this is false.
     pub fn is_busy(&self) -> bool {
         self.fetching
+            || !self.waiting_for_list.is_empty()
             || !self.sends.is_empty()
             || !self.effects_out.is_empty()
             || !self.looking.is_empty()
@@ -1299,6 +1356,47 @@ mod tests {
         Now { mono: base + Duration::from_millis(ms), unix_ms: 1_800_000_000_000 + ms }
     }
 
+    /// A chat part whose buddy list has not been read yet.
+    fn core_unlisted() -> ChatCore {
+        let list_key = ListKey([5; 32]);
+        let cfg = ChatConfig {
+            me: "alice".into(),
+            device: crate::crypto::keys::KeyId([1; 8]),
+            trusted: TrustedKeys::new(vec![test_key(1).public().clone()]),
+            list_key: list_key.clone(),
+        };
+        let mut c = ChatCore::new(cfg, UserKeys::derive(&list_key), StdRng::seed_from_u64(3));
+        c.on_link_up(now(0));
+        c
+    }
+
+    #[test]
+    fn received_messages_wait_for_the_buddy_list_then_a_blocked_sender_s_are_dropped() {
+        let bob = UserKeys::derive(&ListKey([8; 32]));
+        let alice = UserKeys::derive(&ListKey([5; 32])).public();
+        let mut c = core_unlisted();
+        c.learn(now(0), "bob", bob.public());
+        let inner = Inner {
+            from: "bob".into(),
+            from_device: crate::crypto::keys::KeyId([2; 8]),
+            conversation: Conversation::User("bob".into()),
+            seq: 1,
+            sent_at_ms: 1_800_000_000_000,
+            body: Body::Text { text: "let me in".into() },
+        };
+        let sealed = message::seal(&inner, [3; 16], "alice", &alice, &bob).unwrap();
+        c.on_pushed(now(1), &sealed.encode());
+        let records = |c: &mut ChatCore| {
+            std::iter::from_fn(|| c.poll_effect()).filter(|(_, e)| matches!(e, ChatEffect::Record { .. })).count()
+        };
+        assert_eq!(records(&mut c), 0, "nothing is written before the list says who bob is");
+        assert!(c.is_busy(), "a settle waits for it");
+        c.set_contacts([("bob".to_string(), Relation::Blocked)]);
+        assert_eq!(records(&mut c), 0);
+        assert_eq!(c.stats().blocked, 1);
+        assert!(c.acks.contains(&[3; 16]), "acknowledged: the store forgets it for this device");
+    }
+
     /// A chat part whose history answers at once (empty, and every write taken).
     fn core() -> ChatCore {
         let list_key = ListKey([5; 32]);
@@ -1310,6 +1408,7 @@ mod tests {
         };
         let mut c = ChatCore::new(cfg, UserKeys::derive(&list_key), StdRng::seed_from_u64(3));
         c.on_link_up(now(0));
+        c.set_contacts([("carol".to_string(), Relation::Authorized)]);
         c
     }
 
