@@ -1397,17 +1397,10 @@ mod tests {
         assert!(c.acks.contains(&[3; 16]), "acknowledged: the store forgets it for this device");
     }
 
-    /// A chat part whose history answers at once (empty, and every write taken).
+    /// A chat part whose history answers at once (empty, and every write taken), its
+    /// buddy list read (carol a buddy).
     fn core() -> ChatCore {
-        let list_key = ListKey([5; 32]);
-        let cfg = ChatConfig {
-            me: "alice".into(),
-            device: crate::crypto::keys::KeyId([1; 8]),
-            trusted: TrustedKeys::new(vec![test_key(1).public().clone()]),
-            list_key: list_key.clone(),
-        };
-        let mut c = ChatCore::new(cfg, UserKeys::derive(&list_key), StdRng::seed_from_u64(3));
-        c.on_link_up(now(0));
+        let mut c = core_unlisted();
         c.set_contacts([("carol".to_string(), Relation::Authorized)]);
         c
     }
