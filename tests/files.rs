@@ -34,6 +34,14 @@ async fn befriend(a: &mut Session, b: &mut Session, b_name: &str, a_name: &str) 
         s.buddies().iter().any(|x| x.user == who && x.relation == confab::buddy::Relation::Authorized)
     };
     common::wait_for("the buddy list authorized", Duration::from_secs(10), async || authorized(b, a_name)).await;
+    // And on the asker's side (its list learns of the answer by a notice or a refresh).
+    common::wait_for("the asker's list authorized", Duration::from_secs(10), async || {
+        if !authorized(a, b_name) {
+            let _ = a.refresh_buddies().await;
+        }
+        authorized(a, b_name)
+    })
+    .await;
 }
 
 /// A file of `len` bytes that differs everywhere, so a misplaced chunk shows.
