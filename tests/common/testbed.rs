@@ -143,10 +143,16 @@ impl Testbed {
     /// Starts `confab up` (three super nodes, fixture keys) in namespace `sn` and waits
     /// until it reports that it listens.
     pub fn start_network(&mut self, sn: &str) {
+        self.start_network_with(sn, &[]);
+    }
+
+    /// `start_network` with settings for `confab up` (`CONFAB_…` variables: name, value).
+    pub fn start_network_with(&mut self, sn: &str, settings: &[(&str, &str)]) {
         super::seed_data(&self.data(), 3, "sn");
         let mut up = Command::new("ip")
             .args(["netns", "exec", sn, env!("CARGO_BIN_EXE_confab"), "up", "--json", "--bind", SN_IP, "--data"])
             .arg(self.data())
+            .envs(settings.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
