@@ -21,7 +21,7 @@ const MEMBERS: usize = 20;
 /// Messages each writer sends while partitioned.
 const WRITES: usize = 2;
 /// Writers on each side while partitioned.
-const WRITERS: usize = 3;
+const WRITERS: usize = 5;
 const GROUP: &str = "crew";
 /// Super node i's host port and gossip port under `confab up`'s default base 33030.
 const HOST_PORT: [u16; 3] = [33033, 33043, 33053];
@@ -72,7 +72,8 @@ fn ok(out: &Output, what: &str) {
 
 /// Member `i`'s group history from its own device: (author, text) in order.
 fn texts(bed: &Testbed, ns: &str, i: usize) -> Vec<(String, String)> {
-    let out = member(bed, ns, i, &["--json", "chat", "--as", &user(i), "history", &format!("@{GROUP}"), "--limit", "1000"]);
+    let out =
+        member(bed, ns, i, &["--json", "chat", "--as", &user(i), "history", &format!("@{GROUP}"), "--limit", "1000"]);
     ok(&out, "history");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("history: {e}: {out:?}"));
     v["messages"]
@@ -85,7 +86,10 @@ fn texts(bed: &Testbed, ns: &str, i: usize) -> Vec<(String, String)> {
 
 /// Dropped packets counted by the partition's rules (0 when the table is absent).
 fn dropped(ns: &str) -> u64 {
-    let out = std::process::Command::new("ip").args(["netns", "exec", ns, "nft", "list", "table", "inet", TABLE]).output().unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "table", "inet", TABLE])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     text.split("packets ").skip(1).filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok()).sum()
 }
