@@ -146,13 +146,13 @@ impl Testbed {
         self.start_network_with(sn, &[]);
     }
 
-    /// [`Testbed::start_network`] with settings given as `CONFAB_…` variables.
-    pub fn start_network_with(&mut self, sn: &str, env: &[(&str, &str)]) {
+    /// `start_network` with settings for `confab up` (`CONFAB_…` variables: name, value).
+    pub fn start_network_with(&mut self, sn: &str, settings: &[(&str, &str)]) {
         super::seed_data(&self.data(), 3, "sn");
         let mut up = Command::new("ip")
             .args(["netns", "exec", sn, env!("CARGO_BIN_EXE_confab"), "up", "--json", "--bind", SN_IP, "--data"])
             .arg(self.data())
-            .envs(env.iter().copied())
+            .envs(settings.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
