@@ -391,14 +391,7 @@ fn a_call_from_the_command_line_plays_and_records_wav() {
         .spawn()
         .unwrap();
     // Ben is online once his presence is in the index.
-    let t = Instant::now();
-    while !host(&data, &ann, &["find", "--as", "ann", "ben", "--json"])
-        .stdout
-        .starts_with(b"{\"user\":\"ben\",\"status\":\"online\"")
-    {
-        assert!(t.elapsed() < Duration::from_secs(20), "ben never came online");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    common::testbed::until_online("ben", || host(&data, &ann, &["find", "--as", "ann", "ben", "--json"]));
     let out = host(
         &data,
         &ann,

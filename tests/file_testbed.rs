@@ -132,14 +132,12 @@ fn a_relayed_file_survives_the_receiver_killed_half_way() {
     wait_line(&events, Duration::from_secs(240), "the file done at bob", |e| {
         e["event"] == "file" && e["state"] == "done"
     });
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = send.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(30), "send-file did not end after bob had the file");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let mut status = None;
+    common::poll_until("send-file ending after bob had the file", Duration::from_secs(30), || {
+        status = send.0.try_wait().unwrap();
+        status.is_some()
+    });
+    let status = status.expect("ended");
     let mut text = String::new();
     std::io::Read::read_to_string(send.0.stdout.as_mut().unwrap(), &mut text).unwrap();
     assert!(status.success(), "{text}");

@@ -111,15 +111,6 @@ fn partition(ns: &str) {
     let _ = std::fs::remove_file(file);
 }
 
-/// Waits (bounded) until `cond` holds, polling.
-fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !cond() {
-        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn a_group_of_twenty_split_by_a_real_partition_converges_after_the_heal() {
     if prerequisites_missing() {
@@ -154,7 +145,7 @@ fn a_group_of_twenty_split_by_a_real_partition_converges_after_the_heal() {
     ok(&member(&bed, &ns, 0, &["chat", "--as", &user(0), "send", &at, "hello all"]), "first message");
     // Every member takes the invitation and the first message before the split.
     each(&all, |i| {
-        until(&format!("{} holds the first message", user(i)), Duration::from_secs(30), || {
+        common::poll_until(&format!("{} holds the first message", user(i)), Duration::from_secs(30), || {
             ok(&member(&bed, &ns, i, &["chat", "--as", &user(i), "read"]), "read");
             texts(&bed, &ns, i).iter().any(|(_, t)| t == "hello all")
         });
@@ -164,7 +155,7 @@ fn a_group_of_twenty_split_by_a_real_partition_converges_after_the_heal() {
     assert_eq!(dropped(&ns), 0);
     partition(&ns);
     // The cluster's heartbeats keep flowing: the rules took when they start dropping them.
-    until("gossip across the partition dropped", Duration::from_secs(20), || dropped(&ns) > 0);
+    common::poll_until("gossip across the partition dropped", Duration::from_secs(20), || dropped(&ns) > 0);
     let before = dropped(&ns);
 
     // Both sides write while apart.
@@ -189,7 +180,7 @@ fn a_group_of_twenty_split_by_a_real_partition_converges_after_the_heal() {
     // Each `read` is a login: it fetches what waits and syncs the group's log.
     let deadline = Duration::from_secs(60);
     each(&all, |i| {
-        until(&format!("{} holds every text", user(i)), deadline, || {
+        common::poll_until(&format!("{} holds every text", user(i)), deadline, || {
             ok(&member(&bed, &ns, i, &["chat", "--as", &user(i), "read"]), "read");
             let mut have: Vec<String> = texts(&bed, &ns, i).into_iter().map(|(_, t)| t).collect();
             have.sort();

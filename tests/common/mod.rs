@@ -231,6 +231,16 @@ pub fn first_line(child: &mut std::process::Child, limit: Duration) -> String {
     }
 }
 
+/// Waits (blocking, polling every 100 ms) until `cond` holds; fails the test naming
+/// `what` after `limit`.
+pub fn poll_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Polls `cond` every 50 ms until it holds; panics naming `what` once `limit` has passed.
 pub async fn wait_for(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bool) {
     let deadline = std::time::Instant::now() + limit;
