@@ -62,16 +62,9 @@ async fn befriend(a: &mut Session, a_name: &str, b: &mut Session, b_name: &str) 
     b.answer_buddy(a_name, true).await.unwrap();
 }
 
-/// Runs a test's body, failing it (rather than hanging CI) if it takes over `limit`.
-async fn bounded(limit: Duration, body: impl std::future::Future<Output = ()>) {
-    if tokio::time::timeout(limit, body).await.is_err() {
-        panic!("the test did not finish within {limit:?}");
-    }
-}
-
 #[actix_rt::test]
 async fn offline_messages_reach_every_device_once_with_a_replica_killed_and_the_sender_gone() {
-    bounded(Duration::from_secs(150), offline_messages()).await;
+    common::bounded(Duration::from_secs(150), offline_messages()).await;
 }
 
 async fn offline_messages() {
@@ -135,7 +128,7 @@ async fn offline_messages() {
 
 #[actix_rt::test]
 async fn online_messages_arrive_within_a_second_and_the_sender_learns_they_were_delivered() {
-    bounded(Duration::from_secs(90), online_messages()).await;
+    common::bounded(Duration::from_secs(90), online_messages()).await;
 }
 
 async fn online_messages() {
@@ -180,7 +173,7 @@ async fn online_messages() {
 
 #[actix_rt::test]
 async fn a_message_reaches_every_online_device_of_the_recipient_at_once() {
-    bounded(Duration::from_secs(90), every_device()).await;
+    common::bounded(Duration::from_secs(90), every_device()).await;
 }
 
 async fn every_device() {
@@ -218,7 +211,7 @@ async fn every_device() {
 
 #[actix_rt::test]
 async fn a_contact_can_still_write_once_the_recipient_has_left_the_index() {
-    bounded(Duration::from_secs(120), after_the_index_forgot()).await;
+    common::bounded(Duration::from_secs(120), after_the_index_forgot()).await;
 }
 
 async fn after_the_index_forgot() {

@@ -56,15 +56,9 @@ fn sha_hex(path: &Path) -> String {
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
 
-async fn bounded(limit: Duration, body: impl std::future::Future<Output = ()>) {
-    if tokio::time::timeout(limit, body).await.is_err() {
-        panic!("the test did not finish within {limit:?}");
-    }
-}
-
 #[actix_rt::test]
 async fn a_file_to_an_online_user_arrives_whole_over_a_file_call() {
-    bounded(Duration::from_secs(120), online_file()).await;
+    common::bounded(Duration::from_secs(120), online_file()).await;
 }
 
 async fn online_file() {
@@ -105,7 +99,7 @@ async fn online_file() {
 
 #[actix_rt::test]
 async fn a_file_to_an_offline_user_is_offered_and_delivered_by_the_senders_next_session() {
-    bounded(Duration::from_secs(200), offline_file()).await;
+    common::bounded(Duration::from_secs(200), offline_file()).await;
 }
 
 async fn offline_file() {
@@ -151,7 +145,7 @@ async fn offline_file() {
 
 #[actix_rt::test]
 async fn a_sender_killed_half_way_resumes_without_sending_a_held_chunk_again() {
-    bounded(Duration::from_secs(150), sender_killed()).await;
+    common::bounded(Duration::from_secs(150), sender_killed()).await;
 }
 
 async fn sender_killed() {
@@ -213,7 +207,7 @@ async fn sender_killed() {
 
 #[actix_rt::test]
 async fn files_go_through_a_relay_over_udp_and_tcp_within_its_file_cap() {
-    bounded(Duration::from_secs(150), relayed_files()).await;
+    common::bounded(Duration::from_secs(150), relayed_files()).await;
 }
 
 async fn relayed_files() {

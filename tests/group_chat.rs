@@ -48,13 +48,6 @@ fn texts(t: &common::TestNet, i: usize, name: &str) -> Option<Vec<(String, Strin
     )
 }
 
-/// Runs a test's body, failing it (rather than hanging CI) if it takes over `limit`.
-async fn bounded(limit: Duration, body: impl std::future::Future<Output = ()>) {
-    if tokio::time::timeout(limit, body).await.is_err() {
-        panic!("the test did not finish within {limit:?}");
-    }
-}
-
 /// Lets every session take in what the store holds for it, and finish what it sends.
 async fn settle(sessions: &mut [(usize, Session)]) {
     for (_, s) in sessions.iter_mut() {
@@ -86,7 +79,7 @@ async fn logout(sessions: Vec<(usize, Session)>) {
 
 #[actix_rt::test]
 async fn a_group_of_twenty_on_three_super_nodes_converges_after_its_halves_wrote_apart() {
-    bounded(Duration::from_secs(600), group_of_twenty()).await;
+    common::bounded(Duration::from_secs(600), group_of_twenty()).await;
 }
 
 async fn group_of_twenty() {

@@ -231,6 +231,13 @@ pub fn first_line(child: &mut std::process::Child, limit: Duration) -> String {
     }
 }
 
+/// Runs a test's body, failing it (rather than hanging CI) if it takes over `limit`.
+pub async fn bounded(limit: Duration, body: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(limit, body).await.is_err() {
+        panic!("the test did not finish within {limit:?}");
+    }
+}
+
 /// Waits (blocking, polling every 100 ms) until `cond` holds; fails the test naming
 /// `what` after `limit`.
 pub fn poll_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
