@@ -146,6 +146,20 @@ impl Group {
         self.state.as_ref().expect("folded above")
     }
 
+    /// Whether the log, as folded, ever made this user a member: its applied Create is ours,
+    /// or an applied Invite names us. Only such a log is worth keeping: entries anyone can
+    /// sign under a group id of their own prove nothing until then.
+    pub fn ever_mine(&mut self) -> bool {
+        let me = self.me.clone();
+        self.state();
+        let s = self.state.as_ref().expect("folded above");
+        s.applied.iter().filter_map(|h| self.dag.get(h)).any(|st| match &st.entry.op {
+            Op::Create { .. } => st.entry.author == me,
+            Op::Invite { member, .. } => *member == me,
+            _ => false,
+        })
+    }
+
     /// Epoch keys this member holds, oldest page first within an epoch. `applied_only`
     /// leaves out pages the fold excluded: new messages are sealed only under keys a member
     /// handed out, but a page whose author turned out to be removed concurrently still

@@ -42,6 +42,16 @@ pub const ANSWER_ENTRIES_MAX: usize = 200;
 pub const HELLO_PEERS_MAX: usize = 32;
 /// Most answers (to Hellos and Wants) one peer gets per group per minute.
 pub const ANSWERS_PER_MINUTE: u32 = 30;
+/// Most groups at once whose entries arrived but whose log does not make this user a
+/// member yet (an invite whose earlier entries are still on their way).
+pub const PENDING_MAX: usize = 16;
+/// Most of those one sender's entries may open.
+pub const PENDING_PER_SENDER: usize = 2;
+/// Most entries held for one such group.
+pub const PENDING_ENTRIES_MAX: usize = 3 * ANSWER_ENTRIES_MAX;
+/// How long such a group waits to be shown ours before it is forgotten (its messages are
+/// not acknowledged, so the store brings them again at the next login).
+pub const PENDING_FOR: Duration = Duration::from_secs(600);
 
 /// First byte of a bundle: several payloads in one chat message (`n u8`, then each as
 /// `len u16` and its bytes). Most entries are a few hundred bytes, so a bundle carries
@@ -153,6 +163,21 @@ pub struct GroupStats {
     pub answered: u64,
     /// Answers not given: the peer asked too often.
     pub throttled: u64,
+    /// Groups whose entries came but whose log never made this user a member (junk from
+    /// a stranger, or an invite whose earlier entries never came): forgotten.
+    pub forgotten: u64,
+}
+
+/// A group not yet shown to be this user's: held in memory only, never on disk, until
+/// its log makes this user a member ([`Group::ever_mine`]).
+struct Pending {
+    since: Instant,
+    /// Who sent its first entry.
+    from: String,
+    /// Entries to keep once it is ours.
+    entries: Vec<Vec<u8>>,
+    /// The messages that brought them, acknowledged once it is ours.
+    mails: Vec<MailId>,
 }
 
 /// One group this user is in.
@@ -177,6 +202,8 @@ struct Joined {
     /// whole log to every member at once (each invite's fan-out to the members so far
     /// would cost a square of the group's size).
     founding: bool,
+    /// Not yet shown to be ours.
+    pending: Option<Pending>,
 }
 
 impl Joined {
@@ -192,6 +219,7 @@ impl Joined {
             answers: BTreeMap::new(),
             answers_since: None,
             founding: false,
+            pending: None,
         }
     }
 }
@@ -212,6 +240,11 @@ pub enum GroupsError {
     /// The log refused.
     #[error(transparent)]
     Log(#[from] GroupError),
+}
+
+/// One of the groups shown to be ours, for a command (a pending one is not named).
+fn ours_in(groups: &mut BTreeMap<GroupId, Joined>, group: GroupId) -> Result<&mut Joined, GroupsError> {
+    groups.get_mut(&group).filter(|j| j.pending.is_none()).ok_or_else(|| GroupsError::Unknown(hex::encode(group)))
 }
 
 /// The groups part of a host core.
@@ -256,17 +289,32 @@ impl GroupsCore {
 
     /// The groups, by id, with their names once known.
     pub fn list(&mut self) -> Vec<(GroupId, String)> {
-        self.groups.iter_mut().map(|(id, j)| (*id, j.group.state().name.clone())).collect()
+        self.ours().map(|(id, j)| (*id, j.group.state().name.clone())).collect()
+    }
+
+    /// The groups shown to be ours (not those still pending).
+    fn ours(&mut self) -> impl Iterator<Item = (&GroupId, &mut Joined)> {
+        self.groups.iter_mut().filter(|(_, j)| j.pending.is_none())
+    }
+
+    /// One of our groups (not one still pending).
+    fn ours_get(&mut self, group: &GroupId) -> Option<&mut Joined> {
+        ours_in(&mut self.groups, *group).ok()
+    }
+
+    /// How many groups are ours.
+    fn ours_count(&self) -> usize {
+        self.groups.values().filter(|j| j.pending.is_none()).count()
     }
 
     /// A group's members as its log has them now.
     pub fn members(&mut self, group: &GroupId) -> Option<BTreeSet<String>> {
-        self.groups.get_mut(group).map(|j| j.group.state().members.keys().cloned().collect())
+        self.ours_get(group).map(|j| j.group.state().members.keys().cloned().collect())
     }
 
     /// `@NAME` of a group.
     pub fn find_name(&mut self, group: &GroupId) -> String {
-        self.groups.get_mut(group).map(|j| format!("@{}", j.group.state().name)).unwrap_or_default()
+        self.ours_get(group).map(|j| format!("@{}", j.group.state().name)).unwrap_or_default()
     }
 
     /// Finds a group by name (`@` before it optional) or by its id in hex.
@@ -274,12 +322,12 @@ impl GroupsCore {
         let name = name.strip_prefix('@').unwrap_or(name);
         if let Ok(b) = hex::decode(name)
             && let Ok(id) = GroupId::try_from(b.as_slice())
-            && self.groups.contains_key(&id)
+            && self.ours_get(&id).is_some()
         {
             return Ok(id);
         }
         let found: Vec<GroupId> =
-            self.groups.iter_mut().filter_map(|(id, j)| (j.group.state().name == name).then_some(*id)).collect();
+            self.ours().filter_map(|(id, j)| (j.group.state().name == name).then_some(*id)).collect();
         match found.as_slice() {
             [id] => Ok(*id),
             [] => Err(GroupsError::Unknown(name.to_owned())),
@@ -287,13 +335,28 @@ impl GroupsCore {
         }
     }
 
+    /// A group kept in the history's file (so shown ours when it was kept).
     fn joined(&mut self, group: GroupId) -> Option<&mut Joined> {
         if !self.groups.contains_key(&group) {
-            if self.groups.len() >= GROUPS_MAX {
+            if self.ours_count() >= GROUPS_MAX {
                 return None;
             }
             self.groups.insert(group, Joined::new(Group::join(&self.me, UserKeys::derive(&self.list_key), group)));
         }
+        self.groups.get_mut(&group)
+    }
+
+    /// A group `from`'s entry names that we do not have: held as pending, within the
+    /// limits that keep a stranger from making us hold much.
+    fn pending(&mut self, now: Instant, from: &str, group: GroupId) -> Option<&mut Joined> {
+        let pending = self.groups.values().filter_map(|j| j.pending.as_ref());
+        let (all, theirs) = pending.fold((0, 0), |(a, t), p| (a + 1, t + usize::from(p.from == from)));
+        if all >= PENDING_MAX || theirs >= PENDING_PER_SENDER {
+            return None;
+        }
+        let mut j = Joined::new(Group::join(&self.me, UserKeys::derive(&self.list_key), group));
+        j.pending = Some(Pending { since: now, from: from.to_owned(), entries: Vec::new(), mails: Vec::new() });
+        self.groups.insert(group, j);
         self.groups.get_mut(&group)
     }
 
@@ -320,7 +383,7 @@ impl GroupsCore {
     /// [`GroupsCore::invite`] as their keys are found, and nothing is sent until
     /// [`GroupsCore::found`].
     pub fn create(&mut self, now_ms: u64, name: &str) -> Result<GroupId, GroupsError> {
-        if self.groups.len() >= GROUPS_MAX {
+        if self.ours_count() >= GROUPS_MAX {
             return Err(GroupsError::Full);
         }
         let (g, entries) = Group::create(&self.me, UserKeys::derive(&self.list_key), name, now_ms, &mut self.rng)?;
@@ -355,7 +418,7 @@ impl GroupsCore {
         keys: UserPublicKeys,
     ) -> Result<(), GroupsError> {
         let member = member.to_ascii_lowercase();
-        let j = self.groups.get_mut(&group).ok_or_else(|| GroupsError::Unknown(hex::encode(group)))?;
+        let j = ours_in(&mut self.groups, group)?;
         if j.founding {
             let entries = j.group.invite(&member, keys, now_ms, &mut self.rng)?;
             self.distribute(group, entries, None, None);
@@ -381,7 +444,7 @@ impl GroupsCore {
     /// Removes `member` (creator or admins only: the log's rules) and starts a new epoch.
     pub fn remove(&mut self, now_ms: u64, group: GroupId, member: &str) -> Result<(), GroupsError> {
         let member = member.to_ascii_lowercase();
-        let j = self.groups.get_mut(&group).ok_or_else(|| GroupsError::Unknown(hex::encode(group)))?;
+        let j = ours_in(&mut self.groups, group)?;
         let entries = j.group.remove(&member, now_ms, &mut self.rng)?;
         // The removed member hears of it too (the new epoch's key is not sealed to it).
         self.distribute(group, entries, Some(member), None);
@@ -390,7 +453,7 @@ impl GroupsCore {
 
     /// Leaves the group.
     pub fn leave(&mut self, now_ms: u64, group: GroupId) -> Result<(), GroupsError> {
-        let j = self.groups.get_mut(&group).ok_or_else(|| GroupsError::Unknown(hex::encode(group)))?;
+        let j = ours_in(&mut self.groups, group)?;
         let members: Vec<String> = j.group.state().members.keys().cloned().collect();
         let entry = j.group.leave(now_ms)?;
         // Sent to who were members before it: we are no longer one after it.
@@ -403,7 +466,7 @@ impl GroupsCore {
 
     /// Sends a text; returns the entry's hash. The sends carry `op`.
     pub fn send_text(&mut self, now_ms: u64, group: GroupId, text: &str, op: u64) -> Result<EntryHash, GroupsError> {
-        let j = self.groups.get_mut(&group).ok_or_else(|| GroupsError::Unknown(hex::encode(group)))?;
+        let j = ours_in(&mut self.groups, group)?;
         let entry = j.group.send(text, now_ms, &mut self.rng)?;
         let hash: EntryHash = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&entry)).into();
         self.distribute(group, vec![entry], None, Some(op));
@@ -442,19 +505,76 @@ impl GroupsCore {
     pub fn receive(&mut self, now: Instant, from: &str, group: GroupId, body: &[u8], mail: Option<MailId>) {
         let from = from.to_ascii_lowercase();
         let mut keep = Vec::new();
+        let mut no_room = false;
         match unbundle(body) {
             Some(parts) => {
                 for p in parts {
+                    if matches!(p.first(), Some(&ENTRY_VERSION)) && !self.room(now, &from, group) {
+                        self.stats.refused += 1;
+                        no_room = true;
+                        continue;
+                    }
                     self.receive_one(now, &from, group, p, &mut keep);
                 }
             }
             None => self.stats.refused += 1,
+        }
+        if no_room && keep.is_empty() {
+            // Not acknowledged: the store brings it again at the next login, when there
+            // may be room (a flood of strangers' groups does not cost an invite).
+            return;
+        }
+        if let Some(j) = self.groups.get_mut(&group)
+            && let Some(p) = j.pending.as_mut()
+        {
+            if keep.is_empty() {
+                // Nothing it brought was worth holding.
+                if p.entries.is_empty() {
+                    self.groups.remove(&group);
+                }
+                if let Some(id) = mail {
+                    self.out.push_back(GroupOut::Ack(id));
+                }
+                return;
+            }
+            let room = PENDING_ENTRIES_MAX.saturating_sub(p.entries.len());
+            p.entries.extend(keep.into_iter().take(room));
+            p.mails.extend(mail);
+            if !j.group.ever_mine() {
+                // Kept nowhere yet, and its messages not acknowledged: after a restart
+                // the store brings them again.
+                return;
+            }
+            let p = j.pending.take().expect("pending above");
+            j.dirty = true;
+            if self.ours_count() > GROUPS_MAX {
+                self.groups.remove(&group);
+                self.stats.refused += 1;
+                return;
+            }
+            let mut mails = p.mails.into_iter();
+            self.out.push_back(GroupOut::Keep { group, entries: p.entries, ack: mails.next() });
+            self.out.extend(mails.map(GroupOut::Ack));
+            return;
         }
         match (keep.is_empty(), mail) {
             (false, ack) => self.out.push_back(GroupOut::Keep { group, entries: keep, ack }),
             (true, Some(id)) => self.out.push_back(GroupOut::Ack(id)),
             (true, None) => {}
         }
+    }
+
+    /// Whether there is room to take in an entry of `group` from `from`: a group we have
+    /// with room, or one to hold as pending.
+    fn room(&mut self, now: Instant, from: &str, group: GroupId) -> bool {
+        // An entry of a group we do not have is held in memory as pending until the log
+        // makes us a member: anyone can sign entries under a group id of their own.
+        let j = match self.groups.contains_key(&group) {
+            true => self.groups.get_mut(&group),
+            false => self.pending(now, from, group),
+        };
+        // None: too many pending groups (a stranger's flood).
+        j.is_some_and(|j| j.pending.as_ref().is_none_or(|p| p.entries.len() < PENDING_ENTRIES_MAX))
     }
 
     fn receive_one(&mut self, now: Instant, from: &str, group: GroupId, payload: &[u8], keep: &mut Vec<Vec<u8>>) {
@@ -469,11 +589,7 @@ impl GroupsCore {
             self.stats.refused += 1;
             return;
         }
-        let Some(j) = self.joined(group) else {
-            // Too many groups: a stranger's flood, or a user in too many groups.
-            self.stats.refused += 1;
-            return;
-        };
+        let Some(j) = self.groups.get_mut(&group) else { return };
         match p {
             Payload::Entry(bytes) => match j.group.receive(&bytes) {
                 Ok(r) => {
@@ -577,6 +693,9 @@ impl GroupsCore {
     /// entries written.
     pub fn step(&mut self, now: Instant, now_ms: u64) {
         self.seen = Some(now);
+        let before = self.groups.len();
+        self.groups.retain(|_, j| j.pending.as_ref().is_none_or(|p| now < p.since + PENDING_FOR));
+        self.stats.forgotten += (before - self.groups.len()) as u64;
         let ids: Vec<GroupId> = self.groups.keys().copied().collect();
         for id in ids {
             self.step_one(now, now_ms, id);
@@ -586,6 +705,10 @@ impl GroupsCore {
     fn step_one(&mut self, now: Instant, now_ms: u64, id: GroupId) {
         let me = self.me.clone();
         let Some(j) = self.groups.get_mut(&id) else { return };
+        if j.pending.is_some() {
+            // Its texts wait until it is ours (then it is dirty again).
+            j.dirty = false;
+        }
         if j.dirty {
             j.dirty = false;
             // The rekeyer hands out keys when someone left or a member lacks one.
@@ -662,7 +785,8 @@ impl GroupsCore {
             .filter_map(|j| {
                 let hello =
                     (!j.hello_to.is_empty()).then(|| j.last_hello.map(|t| t + HELLO_GAP).or(self.seen)).flatten();
-                [hello, j.next_sync].into_iter().flatten().min()
+                let forget = j.pending.as_ref().map(|p| p.since + PENDING_FOR);
+                [hello, j.next_sync, forget].into_iter().flatten().min()
             })
             .min()
     }
@@ -908,6 +1032,98 @@ mod tests {
         for m in &mut others {
             assert_eq!(texts(m, g), vec![("alice".to_string(), Some("all here".to_string()))], "{}", m.me);
         }
+    }
+
+    /// What `c` put out: (entries kept, messages acknowledged).
+    fn kept_and_acked(c: &mut GroupsCore) -> (usize, Vec<MailId>) {
+        let (mut kept, mut acked) = (0, Vec::new());
+        while let Some(o) = c.poll_out() {
+            match o {
+                GroupOut::Keep { entries, ack, .. } => {
+                    kept += entries.len();
+                    acked.extend(ack);
+                }
+                GroupOut::Ack(id) => acked.push(id),
+                _ => {}
+            }
+        }
+        (kept, acked)
+    }
+
+    #[test]
+    fn a_strangers_groups_that_never_name_us_are_held_in_memory_only_and_forgotten() {
+        let t0 = Instant::now();
+        let mut bob = core("bob", 2);
+        bob.on_link_up(t0);
+        let mut mallory = core("mallory", 9);
+        let mut offered = 0;
+        for i in 0..40u8 {
+            // Well-formed, signed logs of groups of mallory's own, without bob in them.
+            let g = mallory.create(1_000 + u64::from(i), &format!("junk{i}")).unwrap();
+            mallory.found(g);
+            for body in bundle(mallory.groups.get_mut(&g).unwrap().group.export()) {
+                bob.receive(t0, "mallory", g, &body, Some([i; 16]));
+                offered += 1;
+            }
+        }
+        assert!(offered >= 40);
+        let (kept, acked) = kept_and_acked(&mut bob);
+        assert_eq!(kept, 0, "nothing of them reaches the history's file");
+        assert!(acked.is_empty(), "their messages wait in the store: {acked:?}");
+        assert!(bob.list().is_empty());
+        assert_eq!(bob.groups.len(), PENDING_PER_SENDER, "one sender holds at most this many");
+        assert!(bob.stats().refused >= 38);
+        // Bytes that are no entry hold nothing, and their message is done with.
+        bob.receive(t0, "eve", [7; 16], &[ENTRY_VERSION, 0, 0], Some([99; 16]));
+        assert_eq!(bob.groups.len(), PENDING_PER_SENDER);
+        assert_eq!(kept_and_acked(&mut bob), (0, vec![[99; 16]]));
+        // Another sender still gets a pending slot of its own.
+        let mut carol = core("carol", 3);
+        let g = carol.create(5_000, "carols").unwrap();
+        carol.found(g);
+        for body in bundle(carol.groups.get_mut(&g).unwrap().group.export()) {
+            bob.receive(t0, "carol", g, &body, None);
+        }
+        assert_eq!(bob.groups.len(), PENDING_PER_SENDER + 1);
+        // Then forgotten, all of them, without a trace on disk.
+        let later = t0 + PENDING_FOR;
+        assert_eq!(bob.poll_timeout().map(|t| t <= later), Some(true), "a deadline to forget them");
+        bob.step(later, 2_000);
+        assert!(bob.groups.is_empty());
+        assert_eq!(bob.stats().forgotten, PENDING_PER_SENDER as u64 + 1);
+        assert_eq!(kept_and_acked(&mut bob).0, 0);
+        // A log naming nobody can be found again, but is still not ours.
+        assert_eq!(bob.find("@junk0"), Err(GroupsError::Unknown("junk0".into())));
+    }
+
+    #[test]
+    fn an_invite_whose_create_comes_last_is_kept_with_all_its_messages_acknowledged_once_it_names_us() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = (core("alice", 1), core("bob", 2));
+        let g = a.create(1_000, "team").unwrap();
+        a.invite(1_000, g, "bob", UserKeys::derive(&b.list_key).public()).unwrap();
+        a.found(g);
+        std::iter::from_fn(|| a.poll_out()).for_each(drop);
+        let log = a.groups.get_mut(&g).unwrap().group.export();
+        assert!(log.len() >= 4);
+        // Entry by entry, the Create last: until then the log names nobody.
+        for (i, e) in log.iter().enumerate().rev() {
+            b.receive(t0, "alice", g, e, Some([i as u8; 16]));
+            let (kept, acked) = kept_and_acked(&mut b);
+            if i > 0 {
+                assert_eq!((kept, acked.len()), (0, 0), "entry {i}: not ours yet");
+                assert!(b.list().is_empty());
+            } else {
+                assert_eq!(kept, log.len(), "every entry kept at once");
+                let mut acked = acked;
+                acked.sort();
+                assert_eq!(acked, (0..log.len()).map(|i| [i as u8; 16]).collect::<Vec<_>>());
+            }
+        }
+        assert_eq!(b.find("@team"), Ok(g));
+        a.send_text(2_000, g, "hi", 1).unwrap();
+        exchange(&mut [&mut a, &mut b], t0, None);
+        assert_eq!(texts(&mut b, g), vec![("alice".to_string(), Some("hi".to_string()))]);
     }
 
     proptest::proptest! {
