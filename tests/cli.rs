@@ -362,6 +362,19 @@ fn chat_from_the_command_line_stores_reads_once_and_marks_strangers() {
     let h = json(host(&data, &ann, &["chat", "--as", "ann", "history", "ben", "--json"]));
     assert_eq!(h["messages"][0]["status"], "read", "{h}");
 
+    // Ann deletes her history and keeps her device's key: her numbers start at 1 again,
+    // in a new stream, so ben takes the next message as new, not as a repeat of the first.
+    let history = ann.join("chat-ann.sqlite");
+    assert!(history.exists());
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", history.display()));
+    }
+    let sent = json(host(&data, &ann, &["chat", "--as", "ann", "send", "ben", "again, from a new history", "--json"]));
+    assert_eq!(sent["status"], "stored", "{sent}");
+    let read = json(host(&data, &ben, &["chat", "--as", "ben", "read", "--json"]));
+    let texts: Vec<&str> = read["messages"].as_array().unwrap().iter().filter_map(|m| m["text"].as_str()).collect();
+    assert_eq!(texts, vec!["again, from a new history"], "{read}");
+
     net.kill().unwrap();
     net.wait().unwrap();
 }

@@ -27,8 +27,8 @@ use std::time::Duration;
 /// The history's file name in the home folder.
 pub const HISTORY_FILE: &str = "chat.sqlite";
 /// The schema this build writes (`PRAGMA user_version`); version 1 lacked the group
-/// tables and version 2 the peers' keys, which opening adds.
-pub const SCHEMA_VERSION: i64 = 3;
+/// tables, version 2 the peers' keys and version 3 the file's epoch, which opening adds.
+pub const SCHEMA_VERSION: i64 = 4;
 /// Most peers' keys [`History::peer_keys`] gives back (the most recently learned).
 pub const PEER_KEYS_MAX: usize = 4096;
 /// How long a write waits for another process's transaction before giving up.
@@ -84,6 +84,17 @@ CREATE TABLE peer_keys (
     user        TEXT PRIMARY KEY NOT NULL,
     keys        BLOB NOT NULL CHECK (length(keys) = 64),  -- UserPublicKeys::to_bytes
     learned_ms  INTEGER NOT NULL
+) STRICT;
+";
+
+/// The file's epoch: a random number drawn when the file (or this table) is made. The
+/// device numbers its messages in a stream named after its key and this epoch, so a
+/// history deleted and made again starts a new stream at 1, which recipients take as new
+/// rather than dropping its numbers as repeats of the old stream's.
+const SCHEMA_META: &str = "
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value INTEGER NOT NULL
 ) STRICT;
 ";
 
@@ -218,6 +229,7 @@ pub type GroupLog = (GroupId, Option<String>, Vec<Vec<u8>>);
 #[derive(Debug)]
 pub struct History {
     conn: Connection,
+    epoch: u64,
 }
 
 /// A conversation as a text key: `u:` and the user, or `g:` and the group id in hex.
@@ -295,27 +307,33 @@ impl History {
         conn.pragma_update(None, "synchronous", "FULL")?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        match version {
-            0 => {
-                tx.execute_batch(SCHEMA)?;
-                tx.execute_batch(SCHEMA_GROUPS)?;
-                tx.execute_batch(SCHEMA_PEERS)?;
-                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        if version > SCHEMA_VERSION {
+            return Err(HistoryError::NewerSchema(version));
+        }
+        // Each step adds what the versions before it lacked.
+        for (from, sql) in [(0, SCHEMA), (1, SCHEMA_GROUPS), (2, SCHEMA_PEERS), (3, SCHEMA_META)] {
+            if version <= from {
+                tx.execute_batch(sql)?;
             }
-            1 => {
-                tx.execute_batch(SCHEMA_GROUPS)?;
-                tx.execute_batch(SCHEMA_PEERS)?;
-                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            }
-            2 => {
-                tx.execute_batch(SCHEMA_PEERS)?;
-                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            }
-            SCHEMA_VERSION => {}
-            v => return Err(HistoryError::NewerSchema(v)),
+        }
+        if version <= 3 {
+            // Positive, so that it reads back as the same u64.
+            let epoch = u64::from_le_bytes(crate::crypto::random::bytes()) >> 1;
+            tx.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?1)", [int(epoch)])?;
+        }
+        if version != SCHEMA_VERSION {
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         tx.commit()?;
-        Ok(Self { conn })
+        let epoch: i64 = conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0))?;
+        let epoch = u64::try_from(epoch).map_err(|_| HistoryError::Corrupt("epoch"))?;
+        Ok(Self { conn, epoch })
+    }
+
+    /// The file's epoch (see the `meta` table): with the device's key, it names the
+    /// stream this device numbers its messages in ([`crate::chat::message::stream_id`]).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     fn write(&mut self) -> Result<Transaction<'_>, HistoryError> {

@@ -25,6 +25,8 @@ pub const VERSION: u8 = 1;
 pub const DOMAIN_CHAT_MESSAGE: &[u8] = b"confab/v1/chat-message\0";
 /// Domain prefix of the hash that gives the id of a sender's own copy.
 const DOMAIN_OWN_COPY: &[u8] = b"confab/v1/chat-own-copy\0";
+/// Hash domain of a device's message stream id.
+const DOMAIN_STREAM: &[u8] = b"confab/v1/chat-stream\0";
 /// Largest encoded [`Sealed`]: it fits a notice (2,400 bytes) and a 3,072-byte frame with headroom.
 pub const SEALED_LEN_MAX: usize = 2300;
 /// Longest text, in bytes of UTF-8.
@@ -328,7 +330,8 @@ fn check_username(what: &'static str, name: &str) -> Result<(), ChatError> {
 pub struct Inner {
     /// The sender user.
     pub from: String,
-    /// The sender's device (its sequence numbers are its own).
+    /// The sender device's stream ([`stream_id`]: its key and its history's epoch); its
+    /// sequence numbers are its own.
     pub from_device: DeviceId,
     /// The conversation, as the recipient sees it (see [`Conversation`]).
     pub conversation: Conversation,
@@ -462,6 +465,18 @@ pub fn own_copy_id(id: &[u8; 16]) -> [u8; 16] {
     h.update(DOMAIN_OWN_COPY);
     h.update(id);
     h.finalize()[..16].try_into().expect("SHA-256 is 32 bytes")
+}
+
+/// The stream a device numbers its messages in ([`Inner::from_device`]): its key's id and
+/// its history file's epoch, hashed. A history deleted and made again gets a new epoch,
+/// so its numbers, which start again at 1, are a new stream to every recipient.
+pub fn stream_id(device: &DeviceId, epoch: u64) -> DeviceId {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(DOMAIN_STREAM);
+    h.update(device.0);
+    h.update(epoch.to_be_bytes());
+    KeyId(h.finalize()[..8].try_into().expect("SHA-256 is 32 bytes"))
 }
 
 /// Signs `inner` with the outer `id`, recipient `to_user`, sender (`inner.from`) and time

@@ -361,6 +361,16 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         Status::Offline => Status::Online,
         s => s,
     };
+    let history_path = home.chat_history_path(&logged_in.credential.subject);
+    // The history's epoch names this device's message stream; opening also makes the file.
+    let history_epoch = match crate::chat::history::History::open(&history_path) {
+        Ok(h) => h.epoch(),
+        Err(e) => {
+            // Chat will say so at its first write; calls and files do not need the file.
+            tracing::warn!(path = %history_path.display(), error = %e, "the chat history does not open");
+            0
+        }
+    };
     let cfg = core::HostConfig {
         ladder: core::ladder::LadderSettings {
             ladder: settings.ladder.clone(),
@@ -381,6 +391,7 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         login_timeout: settings.login_timeout,
         login_servers: servers.addrs.len(),
         presence_refresh: settings.presence_refresh,
+        history_epoch,
     };
     let me = core::ladder::Identity {
         trusted: settings.trusted.clone(),
@@ -396,7 +407,7 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
         media6,
         login: shell::LoginIo { servers, credential: logged_in.credential.clone(), key: key.clone() },
         cache_path: home.cache_path(),
-        history_path: home.chat_history_path(&logged_in.credential.subject),
+        history_path,
     };
     let mut shell = shell::Shell::start(host, io);
     // The ladder, then NAT discovery after a UDP login.

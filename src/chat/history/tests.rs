@@ -365,7 +365,7 @@ fn a_version_1_file_gains_the_group_tables_and_keeps_its_messages() {
     }
     // Written by a build without groups: the group tables come at the next opening.
     let c = rusqlite::Connection::open(&path).unwrap();
-    c.execute_batch("DROP TABLE group_entry; DROP TABLE group_log; DROP TABLE peer_keys;").unwrap();
+    c.execute_batch("DROP TABLE group_entry; DROP TABLE group_log; DROP TABLE peer_keys; DROP TABLE meta;").unwrap();
     c.pragma_update(None, "user_version", 1).unwrap();
     drop(c);
     let mut h = History::open(&path).unwrap();
@@ -374,6 +374,39 @@ fn a_version_1_file_gains_the_group_tables_and_keeps_its_messages() {
     assert_eq!(h.unread().unwrap().len(), 1);
     assert_eq!(h.add_group_entries(&[9; 16], &[vec![1, 2, 3]]).unwrap(), 1);
     assert_eq!(h.group_logs().unwrap(), vec![([9; 16], None, vec![vec![1, 2, 3]])]);
+}
+
+#[test]
+fn the_epoch_survives_reopening_and_a_file_made_again_or_a_version_3_file_gets_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(HISTORY_FILE);
+    let first = History::open(&path).unwrap().epoch();
+    assert_eq!(History::open(&path).unwrap().epoch(), first, "the same file, the same stream");
+    {
+        let mut h = History::open(&path).unwrap();
+        assert_eq!(h.next_seq(&user("bob")).unwrap(), 1);
+        assert_eq!(h.next_seq(&user("bob")).unwrap(), 2);
+    }
+    // A file written by a build without epochs gains one and keeps its numbers.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch("DROP TABLE meta;").unwrap();
+    c.pragma_update(None, "user_version", 3).unwrap();
+    drop(c);
+    let mut h = History::open(&path).unwrap();
+    assert_ne!(h.epoch(), first);
+    assert_eq!(h.next_seq(&user("bob")).unwrap(), 3);
+    drop(h);
+    // Deleted and made again: numbers start at 1 again, in a stream of another name.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let mut h = History::open(&path).unwrap();
+    assert_eq!(h.next_seq(&user("bob")).unwrap(), 1);
+    let device = crate::crypto::keys::KeyId([1; 8]);
+    use crate::chat::message::stream_id;
+    assert_ne!(stream_id(&device, h.epoch()), stream_id(&device, first));
+    assert_eq!(stream_id(&device, first), stream_id(&device, first));
+    assert_ne!(stream_id(&crate::crypto::keys::KeyId([2; 8]), first), stream_id(&device, first));
 }
 
 #[test]
@@ -396,7 +429,7 @@ fn peers_keys_are_kept_replaced_and_survive_reopening_and_a_version_2_file_gains
     drop(h);
     // A file written by a build without the table gains it, empty, and keeps the rest.
     let c = rusqlite::Connection::open(&path).unwrap();
-    c.execute_batch("DROP TABLE peer_keys;").unwrap();
+    c.execute_batch("DROP TABLE peer_keys; DROP TABLE meta;").unwrap();
     c.pragma_update(None, "user_version", 2).unwrap();
     drop(c);
     let mut h = History::open(&path).unwrap();

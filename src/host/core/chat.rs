@@ -284,8 +284,10 @@ pub struct ChatStats {
 pub struct ChatConfig {
     /// Our username.
     pub me: String,
-    /// This device.
+    /// This device (what the store knows it by).
     pub device: DeviceId,
+    /// The stream this device numbers its messages in (its key and its history's epoch).
+    pub stream: DeviceId,
     /// The login servers' keys (to check entries carrying others' user keys).
     pub trusted: TrustedKeys,
     /// What the user keys derive from (the groups' logs each hold a copy of the keys).
@@ -636,7 +638,7 @@ impl ChatCore {
     fn inner(&self, s: &Sending, conversation: Conversation) -> Inner {
         Inner {
             from: self.cfg.me.to_ascii_lowercase(),
-            from_device: self.cfg.device,
+            from_device: self.cfg.stream,
             conversation: s.group.map_or(conversation, Conversation::Group),
             seq: s.seq.unwrap_or(1),
             sent_at_ms: s.sent_at_ms,
@@ -800,14 +802,14 @@ impl ChatCore {
             self.stats.group_payloads += 1;
             tracing::debug!(from = %message.inner.from, bytes = body.len(), "a group payload");
             match message.inner.conversation {
-                Conversation::Group(g) if !(from_me && message.inner.from_device == self.cfg.device) => {
+                Conversation::Group(g) if !(from_me && message.inner.from_device == self.cfg.stream) => {
                     self.groups.receive(now.mono, &message.inner.from, g, body, Some(id))
                 }
                 _ => self.ack(now, id),
             }
             return;
         }
-        if from_me && message.inner.from_device == self.cfg.device {
+        if from_me && message.inner.from_device == self.cfg.stream {
             // Our own copy of what this device sent: the history has it under the id
             // receipts name (written when the store took it), so only the store hears.
             self.ack(now, id);
@@ -1362,6 +1364,7 @@ mod tests {
         let cfg = ChatConfig {
             me: "alice".into(),
             device: crate::crypto::keys::KeyId([1; 8]),
+            stream: crate::crypto::keys::KeyId([11; 8]),
             trusted: TrustedKeys::new(vec![test_key(1).public().clone()]),
             list_key: list_key.clone(),
         };

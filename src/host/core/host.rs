@@ -100,6 +100,9 @@ pub struct HostConfig {
     pub login_servers: usize,
     /// How often presence is refreshed.
     pub presence_refresh: Duration,
+    /// The chat history file's epoch ([`crate::chat::history::History::epoch`]): names
+    /// the stream this device numbers its messages in.
+    pub history_epoch: u64,
 }
 
 /// What the user asks of the host; each completes later under its [`OpId`].
@@ -463,6 +466,7 @@ impl HostCore {
             ChatConfig {
                 me: me.credential.subject.to_ascii_lowercase(),
                 device: me.credential.public_key.id(),
+                stream: crate::chat::message::stream_id(&me.credential.public_key.id(), cfg.history_epoch),
                 trusted: me.trusted.clone(),
                 list_key: cfg.list_key.clone(),
             },

@@ -75,6 +75,7 @@ fn config() -> HostConfig {
         login_timeout: Duration::from_secs(10),
         login_servers: 1,
         presence_refresh: PRESENCE_REFRESH,
+        history_epoch: 0,
     }
 }
 
