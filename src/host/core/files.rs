@@ -48,6 +48,9 @@ pub const RECALL_MAX: Duration = Duration::from_secs(300);
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// Offers kept while no folder takes them.
 pub const UNANSWERED_MAX: usize = 64;
+/// Offers remembered as shown (by sender and transfer), so that one offered again (the
+/// sender's next session sends it anew) is shown once.
+pub const SHOWN_MAX: usize = 1024;
 /// The side file in a transfer's folder that says who the other side is.
 pub const PEER_FILE: &str = "peer.json";
 
@@ -372,6 +375,8 @@ pub struct FilesCore {
     stats: FilesStats,
     /// Offers seen while no folder took them: (from, offer, from a buddy).
     unanswered: VecDeque<(String, Body, bool)>,
+    /// Offers shown, oldest first (at most [`SHOWN_MAX`]).
+    shown: VecDeque<(String, [u8; 16])>,
 }
 
 impl FilesCore {
@@ -393,6 +398,7 @@ impl FilesCore {
             completions: VecDeque::new(),
             stats: FilesStats::default(),
             unanswered: VecDeque::new(),
+            shown: VecDeque::new(),
         };
         if let (Some(root), Some(_)) = (f.cfg.transfers.clone(), f.cfg.accept_into.as_ref()) {
             let tag = f.tag();
@@ -474,17 +480,28 @@ impl FilesCore {
     pub fn on_offer(&mut self, now: Now, from: &str, body: &Body, buddy: bool) {
         let Body::FileOffer { transfer, name, bytes, sha256, manifest, cert_fingerprint } = body else { return };
         self.stats.offers += 1;
-        self.push_event(Event::File {
-            transfer: hex::encode(transfer),
-            peer: from.to_owned(),
-            name: name.clone(),
-            state: FileState::Offered,
-            bytes: 0,
-            bytes_total: *bytes,
-            sha256: Some(hex::encode(sha256)),
-            path: None,
-        });
+        let seen = (from.to_owned(), *transfer);
+        let again = self.shown.contains(&seen);
+        if !again {
+            if self.shown.len() >= SHOWN_MAX {
+                self.shown.pop_front();
+            }
+            self.shown.push_back(seen);
+            self.push_event(Event::File {
+                transfer: hex::encode(transfer),
+                peer: from.to_owned(),
+                name: name.clone(),
+                state: FileState::Offered,
+                bytes: 0,
+                bytes_total: *bytes,
+                sha256: Some(hex::encode(sha256)),
+                path: None,
+            });
+        }
         let (Some(into), Some(dir)) = (self.cfg.accept_into.clone(), self.dir(transfer)) else {
+            if again {
+                return;
+            }
             // Kept for a folder set later (offers come with the messages fetched at login,
             // before the application has said where files go).
             if self.unanswered.len() >= UNANSWERED_MAX {
@@ -1058,9 +1075,12 @@ mod tests {
             panic!("a folder opened")
         };
         assert_eq!((from.as_str(), taken.destination), ("alice", dir.path().join("inbox").join("a.bin")));
-        // The same offer again (a resend) opens nothing more.
+        // The same offer again (a resend) opens nothing more, and is not shown again.
         f.on_offer(now(), "alice", &offer(), true);
         assert_eq!(f.poll_effect(), None);
+        assert_eq!(f.poll_event(), None);
+        before.on_offer(now(), "alice", &offer(), true);
+        assert!(before.take_unanswered().is_empty(), "kept once for the folder");
     }
 
     #[test]
