@@ -9,11 +9,13 @@
 //! - [`verified`] — digests of entries already verified, so repeats skip the RSA.
 //! - [`lookup`] — limited multicast: 4 → 8 → 16 → everyone → the login directory.
 //! - [`repair`] — how much anti-entropy repair one replica is sent.
+//! - [`former`] — slots a node no longer replicates, and when their stores go.
 //! - [`mail`] — offline messages kept beside a slot's entries: quotas, per-device
 //!   acknowledgement, tombstones, anti-entropy.
 
 pub mod entry;
 pub mod fold;
+pub mod former;
 pub mod lookup;
 pub mod mail;
 pub mod repair;

@@ -145,6 +145,8 @@ pub struct IndexRouter {
     mail_gained: HashSet<Slot>,
     /// Slots this node left whose mail it keeps until a replica holds the same.
     handovers: crate::index::mail::HandOvers,
+    /// Slots with a store here that this node no longer replicates.
+    former: crate::index::former::Former,
     /// Mail anti-entropy bytes each member may still be sent.
     mail_repair: HashMap<NodeId, RepairBudget>,
 }
@@ -228,6 +230,7 @@ impl IndexRouter {
             pushes: HashMap::new(),
             mail_gained: HashSet::new(),
             handovers: crate::index::mail::HandOvers::default(),
+            former: crate::index::former::Former::default(),
             mail_repair: HashMap::new(),
         }
     }
@@ -257,8 +260,8 @@ impl IndexRouter {
         self.mail_gained.retain(|s| self.held.contains(s));
         let changes = ctx.address().recipient();
         for s in &self.held {
-            // A slot no longer held keeps its actor: it still answers lookups that widen
-            // to former replicas while the new ones fill up.
+            // A slot no longer held keeps its actor for a while (`index::former`): it still
+            // answers lookups that widen to former replicas while the new ones fill up.
             let limits = crate::index::mail::MailLimits {
                 retention_ms: self.cfg.mail_retention_secs.saturating_mul(1000),
                 ..Default::default()
@@ -276,7 +279,10 @@ impl IndexRouter {
                 .start()
             });
         }
+        let held = &self.held;
+        self.former.update(now_ms(), self.slots.keys().map(|s| s.0), |s| held.contains(&Slot(s)));
         gauge!("confab_index_slots_held", "node" => self.node.clone()).set(self.held.len() as f64);
+        gauge!("confab_index_slot_stores", "node" => self.node.clone()).set(self.slots.len() as f64);
         // Rebuilt a moment after the membership changes: until this equals the cluster's
         // view, lookups and notices may go to the wrong replicas.
         gauge!("confab_index_view_members", "node" => self.node.clone()).set(ids.len() as f64);
@@ -724,6 +730,7 @@ impl Actor for IndexRouter {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(4096);
         mail::zero_series(&self.node);
+        counter!("confab_index_slots_retired_total", "node" => self.node.clone()).increment(0);
         self.refresh(ctx);
         let every = std::time::Duration::from_secs(self.cfg.anti_entropy_secs.max(1));
         ctx.run_interval(every, |act, ctx| {

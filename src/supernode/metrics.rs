@@ -34,6 +34,8 @@ pub fn describe() {
 /// The Global Index's metrics (all labelled by node; none by slot or user).
 fn describe_index() {
     describe_gauge!("confab_index_slots_held", "Slots this super node replicates");
+    describe_gauge!("confab_index_slot_stores", "Slot stores (actors) here: slots held and former slots not yet gone");
+    describe_counter!("confab_index_slots_retired_total", "Former slots whose store went after their time");
     describe_gauge!("confab_index_entries", "Keys (entries and search postings) held, over all slots");
     describe_gauge!("confab_index_slot_entries_max", "Keys in the fullest slot held");
     describe_counter!("confab_index_publishes_total", "Entries hosts published here, by outcome");

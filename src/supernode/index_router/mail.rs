@@ -11,7 +11,7 @@ use crate::index::repair::{self, RepairBudget};
 use crate::index::rpc::{DIGESTS_PER_PACKET, IndexRpc, MAIL_PAGE_BYTES_MAX, MAIL_RPC_LEN_MAX, MailRpc};
 use crate::index::{NodeId, Slot};
 use crate::supernode::index_slot::{
-    MailAcked, MailGet, MailHolds, MailPut, MailRelease, MailState, MailStateOf, MailSync,
+    MailAcked, MailGet, MailHolds, MailPut, MailRelease, MailState, MailStateOf, MailSync, StopSlot,
 };
 use crate::wire::ErrorCode;
 use crate::wire::mail::{MailAck, MailBatch, MailFetch, MailSubmit, MailSubmitReply};
@@ -430,6 +430,18 @@ impl IndexRouter {
         let with_mail: Vec<u32> = states.iter().filter(|(_, st)| !st.empty).map(|(s, _)| s.0).collect();
         let held = &self.held;
         let round = self.handovers.round(now, &with_mail, |s| held.contains(&Slot(s)));
+        // Former slots whose time is up and whose mail is handed over: their stores go.
+        let empty: HashSet<u32> = states.iter().filter(|(_, st)| st.empty).map(|(s, _)| s.0).collect();
+        for s in self.former.due(now, |s| empty.contains(&s)) {
+            if let Some(a) = self.slots.remove(&Slot(s)) {
+                a.do_send(StopSlot);
+            }
+            self.digests.remove(&Slot(s));
+            self.counts.remove(&Slot(s));
+            counter!("confab_index_slots_retired_total", "node" => self.node.clone()).increment(1);
+            tracing::debug!(node = %self.node, slot = s, "a former slot's store went");
+        }
+        gauge!("confab_index_slot_stores", "node" => self.node.clone()).set(self.slots.len() as f64);
         for s in round.expired {
             if let Some(a) = self.slots.get(&Slot(s)) {
                 a.do_send(MailRelease { matching: None });
