@@ -86,6 +86,7 @@ fn login_request(service: &LoginService, shared: &[u8; 32], host: &PrivateKey, n
         host_public_key: Vec::new(),
         last_supernode: "sn1".to_owned(),
         possession: Vec::new(),
+        user_keys: None,
     };
     let (env, _secret) = envelope::seal_login(service.public_key(), body, host);
     env.encode()
@@ -103,7 +104,7 @@ fn login_handshake(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     for backend in BACKENDS {
         let store = AccountStore::open(&dir.path().join(format!("accounts-{}.db", label(backend)))).expect("store");
-        store.create(&name_key, USERNAME, shared.verifier(), confab::unix_now()).expect("register the user");
+        store.create(&name_key, USERNAME, shared.verifier(), None, confab::unix_now()).expect("register the user");
         // Every request of the bench comes from one source, faster than the login server
         // lets a surge through without a puzzle: lift that limit (as the load test does),
         // so the measured path is the plain success path.

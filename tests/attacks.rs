@@ -64,6 +64,7 @@ async fn guess(t: &TestNet, from: &str, user: &str, challenge: Option<PuzzleChal
         host_public_key: key("host-0").public().der().to_vec(),
         last_supernode: String::new(),
         possession: Vec::new(),
+        user_keys: None,
     };
     let (envelope, secret) = envelope::seal(&login_key(t), MessageKind::LoginRequest, [0; 32], &body.encode());
     let solution = challenge.map(|c| puzzle::solve(&c, &envelope.wrapped, 1 << 30).expect("solvable"));
@@ -107,7 +108,9 @@ async fn guesses(t: &TestNet, from: &str, user: &str, n: usize) -> Vec<Answer> {
 /// does once per login), timed.
 async fn real_login(t: &TestNet, secret: &SharedSecret, host_key: &PrivateKey) -> Result<Duration, AccountError> {
     let started = Instant::now();
-    account::login(&servers(t), "victim", secret, host_key, "").await?;
+    // The victim's user keys do not matter here; the directory serves whatever they are.
+    let user_keys = confab::crypto::user::UserPublicKeys { x25519: [1; 32], ed25519: [2; 32] };
+    account::login(&servers(t), "victim", secret, host_key, "", user_keys).await?;
     Ok(started.elapsed())
 }
 

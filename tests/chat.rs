@@ -230,8 +230,8 @@ async fn after_the_index_forgot() {
     bob.logout().await;
     alice.logout().await;
 
-    // Bob's entries leave the index (the login server's directory still says when he was
-    // last seen, without keys): someone who never had his keys cannot seal to him.
+    // Bob's entries leave the index; the login server's directory still says when he was
+    // last seen, and has the keys his logins gave it.
     let router = t.net.nodes()[2].index.clone().unwrap();
     common::wait_for("bob gone from the index", Duration::from_secs(20), async || {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -239,8 +239,13 @@ async fn after_the_index_forgot() {
         rx.await.is_ok_and(|f| f.entry.is_none())
     })
     .await;
+    // Carol never had bob's keys: they come from the directory's signed record.
     let mut carol = host(&t, "carol", 2, true).await;
-    assert!(carol.send_chat("bob", "hello?").await.is_err(), "carol never had bob's keys");
+    assert_eq!(carol.chat_stats().keys_from_directory, 0);
+    let hello = carol.send_chat("bob", "hello?").await.unwrap();
+    assert_eq!(hello.status, SendStatus::Stored);
+    assert_eq!(carol.chat_stats().keys_from_directory, 1, "bob's keys came from the directory");
+    assert!(carol.wait_chat_idle(Duration::from_secs(10)).await);
     // Alice kept them, from a session before.
     let mut alice = host(&t, "alice", 1, false).await;
     let sent = alice.send_chat("bob", "second").await.unwrap();
@@ -253,6 +258,53 @@ async fn after_the_index_forgot() {
     assert!(bob.settle_chat(Duration::from_secs(15)).await);
     let got: Vec<String> = texts(&t, "bob", 0, "alice").into_iter().map(|(_, text)| text).collect();
     assert_eq!(got, vec!["first".to_string(), "second".to_string()]);
+    assert_eq!(texts(&t, "bob", 0, "carol"), vec![("carol".to_string(), "hello?".to_string())]);
     bob.logout().await;
+    t.net.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_user_who_registered_and_never_logged_in_can_be_written_to() {
+    common::bounded(Duration::from_secs(120), never_logged_in()).await;
+}
+
+/// Carol registers and never logs in: she has no entry, and no device anywhere ever had
+/// her keys but the login server, which got them at registration. Alice writes to her;
+/// carol reads it at her first login.
+async fn never_logged_in() {
+    let t = common::start(3, |c| {
+        c.supernode.probe_period_ms = 200;
+        c.supernode.index.anti_entropy_secs = 1;
+    })
+    .await;
+    t.converge(3).await;
+    confab::host::register(&t.settings(), &home(&t, "carol", 2), "carol", PW).await.unwrap();
+    let mut alice = host(&t, "alice", 0, true).await;
+    assert!(alice.find("carol").await.unwrap().is_none(), "carol is in no index and was never seen");
+    let history = History::open(&home(&t, "alice", 0).chat_history_path("alice")).unwrap();
+    let kept = || history.peer_keys().unwrap().into_iter().find(|(u, _)| u == "carol").map(|(_, k)| k);
+    assert_eq!(kept(), None, "alice has no keys for carol");
+    assert_eq!(alice.chat_stats().keys_from_directory, 0);
+    let stage = ["stage=\"directory\""];
+    let directory_before = t.metric(&t.metrics().await, "confab_index_lookups_total", &stage);
+
+    let sent = alice.send_chat("carol", "welcome aboard").await.unwrap();
+    assert_eq!(sent.status, SendStatus::Stored);
+    assert_eq!(alice.chat_stats().keys_from_directory, 1, "carol's keys came from the directory");
+    let directory_after = t.metric(&t.metrics().await, "confab_index_lookups_total", &stage);
+    assert!(
+        directory_after > directory_before,
+        "a lookup ended at the directory: {directory_before} → {directory_after}"
+    );
+    let carol_keys =
+        confab::crypto::user::UserKeys::derive(&confab::crypto::password::derive("carol", PW).list).public();
+    common::wait_for("alice keeps carol's keys", Duration::from_secs(5), async || kept() == Some(carol_keys)).await;
+    assert!(alice.wait_chat_idle(Duration::from_secs(10)).await);
+    alice.logout().await;
+
+    let mut carol = host(&t, "carol", 2, false).await;
+    assert!(carol.settle_chat(Duration::from_secs(15)).await, "{:?}", carol.chat_stats());
+    assert_eq!(texts(&t, "carol", 2, "alice"), vec![("alice".to_string(), "welcome aboard".to_string())]);
+    carol.logout().await;
     t.net.stop().await;
 }

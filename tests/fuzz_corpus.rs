@@ -192,6 +192,7 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
         issued_at: NOW_SECS,
         key_id: login.public().id().0,
         signature: Vec::new(),
+        user_keys: Some(confab::crypto::user::UserPublicKeys { x25519: [9; 32], ed25519: [8; 32] }),
     };
     seen.signature = login.sign_pss(&seen.signed_message());
 
@@ -212,6 +213,7 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
         host_public_key: alice_key.public().der().to_vec(),
         last_supernode: "sn1".into(),
         possession: Vec::new(),
+        user_keys: Some(confab::crypto::user::UserPublicKeys { x25519: [9; 32], ed25519: [8; 32] }),
     };
     let welcome = Welcome {
         observed: sa("198.18.7.1:40000"),
@@ -428,7 +430,10 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
     );
     add(
         Target::AccountBody,
-        vec![account.encode(), AccountBody { host_public_key: Vec::new(), ..account.clone() }.encode()],
+        vec![
+            account.encode(),
+            AccountBody { host_public_key: Vec::new(), user_keys: None, ..account.clone() }.encode(),
+        ],
     );
     add(
         Target::LoginReply,

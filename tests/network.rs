@@ -81,7 +81,8 @@ async fn registration_rules_and_taken_names() {
     // … and again by the server, whatever a client sends.
     let servers = login_servers(&t);
     let secret = confab::crypto::password::shared_secret("x y", PW);
-    let e = account::register(&servers, "x y", &secret).await.unwrap_err();
+    let keys = confab::crypto::user::UserPublicKeys { x25519: [1; 32], ed25519: [2; 32] };
+    let e = account::register(&servers, "x y", &secret, keys).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InvalidUsername), "{e}");
     t.net.stop().await;
 }
@@ -156,6 +157,7 @@ fn login_request(t: &TestNet, user: &str, timestamp: u64) -> (Vec<u8>, SessionSe
         host_public_key: Vec::new(),
         last_supernode: String::new(),
         possession: Vec::new(),
+        user_keys: None,
     };
     let (env, secret) = envelope::seal_login(&login_pub, body, &key("host-0"));
     (frame::encode_plain(t.net.info.login_server, MessageKind::LoginRequest, 0, &env.encode()), secret)
@@ -185,6 +187,7 @@ async fn replayed_and_skewed_requests_are_refused() {
         host_public_key: vec![],
         last_supernode: String::new(),
         possession: Vec::new(),
+        user_keys: None,
     };
     let (env, secret) = envelope::seal(other.public(), MessageKind::LoginRequest, [0; 32], &body.encode());
     let req = frame::encode_plain(addr, MessageKind::LoginRequest, 0, &env.encode());
@@ -201,6 +204,7 @@ async fn replayed_and_skewed_requests_are_refused() {
         host_public_key: key("host-1").public().der().to_vec(),
         last_supernode: String::new(),
         possession: Vec::new(),
+        user_keys: None,
     };
     let (env, secret) = envelope::seal_with(&login_pub, MessageKind::LoginRequest, [0; 32], |wrapped| {
         body.possession = key("host-0").sign_pss(&body.possession_message(wrapped));

@@ -243,7 +243,10 @@ async fn login_key_rotation_keeps_the_network_working_and_k1_is_refused_once_unt
         timeout: Duration::from_secs(10),
     };
     let keys = confab::crypto::password::derive("alice", PW);
-    let li = confab::host::account::login(&servers, "alice", &keys.shared, &common::key("host-0"), "").await.unwrap();
+    let user_keys = confab::crypto::user::UserKeys::derive(&keys.list).public();
+    let li = confab::host::account::login(&servers, "alice", &keys.shared, &common::key("host-0"), "", user_keys)
+        .await
+        .unwrap();
     assert_eq!(li.credential.issuer, k2.public().id());
 
     let mut alice = confab::host::login(&sa, &alice_home, "alice", PW).await.unwrap();

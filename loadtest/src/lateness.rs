@@ -540,7 +540,7 @@ fn seed_buddies(
     let mut names = vec!["bob".to_owned()];
     for i in 1..n {
         let name = format!("buddy{i:04}");
-        store.create(&name, &name, confab::crypto::password::Verifier(confab::crypto::random::bytes()), now)?;
+        store.create(&name, &name, confab::crypto::password::Verifier(confab::crypto::random::bytes()), None, now)?;
         names.push(name);
     }
     for name in &names {

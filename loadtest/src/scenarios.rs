@@ -480,7 +480,8 @@ pub async fn hold_light_hosts(
         hosts.register(&home, &user).await?;
         let key = home.key()?;
         let keys = hosts.password_keys(&user).await;
-        let logged = account::login(&servers, &user, &keys.shared, &key, "").await?;
+        let user_keys = confab::crypto::user::UserKeys::derive(&keys.list).public();
+        let logged = account::login(&servers, &user, &keys.shared, &key, "", user_keys).await?;
         ids.push((logged.credential, key));
     }
     let ids = Arc::new(ids);

@@ -6,6 +6,7 @@ use crate::buddy::{BuddyAnswer, BuddyOp};
 use crate::crypto::aead::{SessionSecret, label};
 use crate::crypto::credential::{Credential, CredentialKind, TrustedKeys};
 use crate::crypto::password::SharedSecret;
+use crate::crypto::user::UserPublicKeys;
 use crate::crypto::{PrivateKey, PublicKey, envelope};
 use crate::net::tcp;
 use crate::wire::frame::{self, Direction};
@@ -193,8 +194,14 @@ fn account_envelope(kind: MessageKind, body: &AccountBody) -> impl Fn(&PublicKey
     move |key| envelope::seal(key, kind, [0; 32], &plain)
 }
 
-/// Registers `username`; returns the name as registered.
-pub async fn register(servers: &LoginServers, username: &str, secret: &SharedSecret) -> Result<String, AccountError> {
+/// Registers `username` with the user's public keys (so that others can write to the
+/// user before any login); returns the name as registered.
+pub async fn register(
+    servers: &LoginServers,
+    username: &str,
+    secret: &SharedSecret,
+    user_keys: UserPublicKeys,
+) -> Result<String, AccountError> {
     let body = AccountBody {
         username: username.to_owned(),
         shared_secret: secret.0,
@@ -203,6 +210,7 @@ pub async fn register(servers: &LoginServers, username: &str, secret: &SharedSec
         host_public_key: Vec::new(),
         last_supernode: String::new(),
         possession: Vec::new(),
+        user_keys: Some(user_keys),
     };
     let (addr, kind, reply) =
         request(servers, MessageKind::RegisterRequest, account_envelope(MessageKind::RegisterRequest, &body)).await?;
@@ -224,13 +232,15 @@ pub struct LoggedIn {
     pub latest_version: String,
 }
 
-/// Logs in: proves the password, has `key` certified.
+/// Logs in: proves the password, has `key` certified, and hands the login server the
+/// user's public keys (the latest login's are the ones it serves).
 pub async fn login(
     servers: &LoginServers,
     username: &str,
     secret: &SharedSecret,
     key: &PrivateKey,
     last_supernode: &str,
+    user_keys: UserPublicKeys,
 ) -> Result<LoggedIn, AccountError> {
     let body = AccountBody {
         username: username.to_owned(),
@@ -240,6 +250,7 @@ pub async fn login(
         host_public_key: key.public().der().to_vec(),
         last_supernode: last_supernode.to_owned(),
         possession: Vec::new(),
+        user_keys: Some(user_keys),
     };
     // The body proves we hold `key`, bound to each envelope: a fresh signature per try.
     let seal = |login_key: &PublicKey| envelope::seal_login(login_key, body.clone(), key);
@@ -373,8 +384,8 @@ mod tests {
     async fn buddy_operations_over_tcp() {
         let dir = tempfile::tempdir().unwrap();
         let store = AccountStore::open(&dir.path().join("accounts.sqlite")).unwrap();
-        store.create("alice", "Alice", Verifier([0; 32]), 1).unwrap();
-        store.create("bob", "Bob", Verifier([0; 32]), 1).unwrap();
+        store.create("alice", "Alice", Verifier([0; 32]), None, 1).unwrap();
+        store.create("bob", "Bob", Verifier([0; 32]), None, 1).unwrap();
         let service = Arc::new(LoginService::new(test_key(0), store, LoginPolicy::default()));
         let server = LoginServer::bind(
             service,

@@ -277,7 +277,8 @@ pub async fn register(
     crate::login::username::check_password(password).map_err(|e| anyhow::anyhow!("{e}"))?;
     let cache = HostCache::load(&home.cache_path());
     let keys = derive_keys(username, password).await;
-    Ok(account::register(&settings.login_servers(&cache), username, &keys.shared).await?)
+    let user_keys = crate::crypto::user::UserKeys::derive(&keys.list).public();
+    Ok(account::register(&settings.login_servers(&cache), username, &keys.shared, user_keys).await?)
 }
 
 async fn derive_keys(username: &str, password: &str) -> password::PasswordKeys {
@@ -318,7 +319,8 @@ pub async fn login(settings: &HostSettings, home: &Home, username: &str, passwor
     let mut servers = settings.login_servers(&cache);
     let last_supernode =
         cache.supernodes().into_iter().find(|e| e.last_success.is_some()).map(|e| e.name).unwrap_or_default();
-    let logged_in = account::login(&servers, username, &secret, &key, &last_supernode).await?;
+    let user_keys = crate::crypto::user::UserKeys::derive(&keys.list).public();
+    let logged_in = account::login(&servers, username, &secret, &key, &last_supernode, user_keys).await?;
     // Later requests (buddy operations, revocation lists) are wrapped for the key the login
     // server signs with now: during a key rotation, the new one, even if listed second.
     servers.trusted = servers.trusted.preferring(logged_in.credential.issuer);

@@ -264,11 +264,8 @@ impl Session {
         if r.directory.is_empty() {
             return Ok(None);
         }
-        let rec = SeenRecord::decode(&r.directory)
-            .map_err(|e| HostError::Refused(format!("malformed directory record: {e}")))?;
-        if !rec.verify(&self.trusted) || rec.user != user.to_ascii_lowercase() {
-            return Err(HostError::Refused("the directory record does not verify".into()));
-        }
+        let rec = SeenRecord::decode_verified(&r.directory, user, &self.trusted)
+            .map_err(|e| HostError::Refused(e.to_string()))?;
         if !rec.found {
             return Ok(None);
         }

@@ -260,7 +260,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = AccountStore::open(&dir.path().join("accounts.sqlite")).unwrap();
         for n in ["Alice", "Bob", "Carol", "Dave"] {
-            store.create(&n.to_ascii_lowercase(), n, Verifier([0; 32]), 1).unwrap();
+            store.create(&n.to_ascii_lowercase(), n, Verifier([0; 32]), None, 1).unwrap();
         }
         T { _dir: dir, svc: LoginService::new(test_key(0), store, policy), host: test_key(2) }
     }

@@ -349,10 +349,14 @@ impl LoginService {
             .map_err(|_| ErrorMsg::new(ErrorCode::BadSignature, "directory query signature does not verify"))?;
         let user =
             username::canonical(&q.user).map_err(|e| ErrorMsg::new(ErrorCode::InvalidUsername, e.to_string()))?;
-        let row = self.store.seen(&user).map_err(|e| {
+        let failed = |e: StoreError| {
             tracing::error!(error = %e, "directory lookup failed");
             ErrorMsg::new(ErrorCode::Internal, "the directory failed")
-        })?;
+        };
+        let row = self.store.seen(&user).map_err(failed)?;
+        // Served for any registered user, logged in or not: whoever never had their keys
+        // can still write to them.
+        let user_keys = self.store.user_keys(&user).map_err(failed)?;
         let (found, last_seen, supernode) = match row {
             Some((t, sn)) => (true, t, sn),
             None => (false, 0, String::new()),
@@ -365,6 +369,7 @@ impl LoginService {
             issued_at: now,
             key_id: self.key.public().id().0,
             signature: Vec::new(),
+            user_keys,
         };
         rec.signature = self.key.sign_pss(&rec.signed_message());
         Ok(rec.encode())
@@ -477,7 +482,7 @@ impl LoginService {
             if let Err(wait) = self.guard.register(source.into(), now) {
                 return too_many_registrations(wait, &opened.secret);
             }
-            return self.register(now, &name_key, &body.username, &shared, opened.secret);
+            return self.register(now, &name_key, &body, &shared, opened.secret);
         }
         // A user under attack costs every login a puzzle; the right password is never
         // refused because someone else guessed wrong.
@@ -489,8 +494,16 @@ impl LoginService {
         self.login(now, source, &name_key, &body, opened.secret, wrapped)
     }
 
-    fn register(&self, now: u64, name_key: &str, name: &str, shared: &SharedSecret, secret: SessionSecret) -> Handled {
-        match self.store.create(name_key, name, shared.verifier(), now) {
+    fn register(
+        &self,
+        now: u64,
+        name_key: &str,
+        body: &AccountBody,
+        shared: &SharedSecret,
+        secret: SessionSecret,
+    ) -> Handled {
+        let name = &body.username;
+        match self.store.create(name_key, name, shared.verifier(), body.user_keys.as_ref(), now) {
             Ok(()) => Handled {
                 reply: Reply::Sealed {
                     kind: MessageKind::RegisterReply,
@@ -554,7 +567,7 @@ impl LoginService {
         if self.trusted.revoked().contains(CredentialKind::Host, public_key.id()) {
             return fail(ErrorCode::Revoked, "this host key is revoked", Some(&secret));
         }
-        if let Err(e) = self.store.record_seen(name_key, now, &body.last_supernode) {
+        if let Err(e) = self.store.record_login(name_key, now, &body.last_supernode, body.user_keys.as_ref()) {
             tracing::warn!(error = %e, "could not update the recently-seen directory");
         }
         let credential = Credential::issue(
@@ -610,9 +623,16 @@ pub(super) fn too_many(wait: u64, secret: Option<&SessionSecret>) -> Handled {
 mod tests {
     use super::*;
     use crate::crypto::keys::tests::{fixture_key, test_key};
+    use crate::crypto::user::UserPublicKeys;
+    use crate::wire::message::SeenRecord;
 
     fn login_request(login_key: &PublicKey, host: &PrivateKey, now: u64) -> Vec<u8> {
-        let body = AccountBody {
+        login_request_with(login_key, host, now, None)
+    }
+
+    /// Alice's body (password secret [7; 32]); `seal_login` fills in the host's part.
+    fn alice(now: u64, user_keys: Option<UserPublicKeys>) -> AccountBody {
+        AccountBody {
             username: "alice".into(),
             shared_secret: [7; 32],
             timestamp: now,
@@ -620,8 +640,17 @@ mod tests {
             host_public_key: Vec::new(),
             last_supernode: String::new(),
             possession: Vec::new(),
-        };
-        let (envelope, _) = envelope::seal_login(login_key, body, host);
+            user_keys,
+        }
+    }
+
+    fn login_request_with(
+        login_key: &PublicKey,
+        host: &PrivateKey,
+        now: u64,
+        user_keys: Option<UserPublicKeys>,
+    ) -> Vec<u8> {
+        let (envelope, _) = envelope::seal_login(login_key, alice(now, user_keys), host);
         EnvelopedRequest { envelope, solution: None }.encode()
     }
 
@@ -631,7 +660,7 @@ mod tests {
     fn envelopes_for_a_previous_key_open_and_credentials_come_from_the_current_key() {
         let dir = tempfile::tempdir().unwrap();
         let store = AccountStore::open(&dir.path().join("accounts.sqlite")).unwrap();
-        store.create("alice", "alice", SharedSecret([7; 32]).verifier(), 1).unwrap();
+        store.create("alice", "alice", SharedSecret([7; 32]).verifier(), None, 1).unwrap();
         let (k1, k2, host) = (test_key(0), fixture_key("login-1"), test_key(2));
         let svc = LoginService::new(k2.clone(), store, LoginPolicy::default()).with_previous_keys([k1.clone()]);
         let now = crate::unix_now();
@@ -655,7 +684,7 @@ mod tests {
     fn a_revoked_host_key_is_refused_and_hosts_get_the_list_at_login() {
         let dir = tempfile::tempdir().unwrap();
         let store = AccountStore::open(&dir.path().join("accounts.sqlite")).unwrap();
-        store.create("alice", "alice", SharedSecret([7; 32]).verifier(), 1).unwrap();
+        store.create("alice", "alice", SharedSecret([7; 32]).verifier(), None, 1).unwrap();
         let (k1, host, other) = (test_key(0), test_key(2), test_key(1));
         let now = crate::unix_now();
         let revoke = |key: &PrivateKey| crate::crypto::revocation::Revocation {
@@ -675,5 +704,56 @@ mod tests {
         svc.store().revoke(&revoke(&host), now).unwrap();
         let h = svc.handle(now, ip, MessageKind::LoginRequest, &login_request(k1.public(), &host, now));
         assert_eq!(h.outcome, "revoked");
+    }
+
+    /// The directory signs a registered user's keys whether or not they ever logged in
+    /// (`found` keeps meaning "logged in"); a login's keys replace them.
+    #[test]
+    fn the_directory_serves_the_keys_of_registration_then_of_the_latest_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AccountStore::open(&dir.path().join("accounts.sqlite")).unwrap();
+        let (login, sn, host) = (test_key(0), test_key(1), test_key(2));
+        let svc = LoginService::new(login.clone(), store, LoginPolicy::default());
+        let now = crate::unix_now();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let listener: SocketAddr = "127.0.0.1:33000".parse().unwrap();
+        let (registered, logged_in) = (
+            UserPublicKeys { x25519: [1; 32], ed25519: [2; 32] },
+            UserPublicKeys { x25519: [3; 32], ed25519: [4; 32] },
+        );
+        let body = alice(now, Some(registered)).encode();
+        let (envelope, _) = envelope::seal(login.public(), MessageKind::RegisterRequest, [0; 32], &body);
+        let request = EnvelopedRequest { envelope, solution: None }.encode();
+        assert_eq!(svc.handle(now, ip, MessageKind::RegisterRequest, &request).outcome, "registered");
+        let credential = Credential::issue(
+            Claims {
+                kind: CredentialKind::SuperNode,
+                subject: "sn1".into(),
+                public_key: sn.public().clone(),
+                issued_at: now,
+                expires_at: now + 600,
+                serial: 1,
+            },
+            &login,
+        );
+        let ask = |user: &str| {
+            let mut q =
+                SeenQuery { user: user.into(), timestamp: now, credential: credential.encode(), signature: vec![] };
+            q.signature = sn.sign_pss(&q.signed_message(listener));
+            let rec = svc.seen(now, ip, listener, &q.encode()).unwrap();
+            SeenRecord::decode_verified(&rec, user, svc.trusted()).unwrap()
+        };
+        let rec = ask("alice");
+        assert_eq!((rec.found, rec.user_keys), (false, Some(registered)), "registered, never logged in");
+        let h = svc.handle(
+            now,
+            ip,
+            MessageKind::LoginRequest,
+            &login_request_with(login.public(), &host, now, Some(logged_in)),
+        );
+        assert_eq!(h.outcome, "login_ok");
+        let rec = ask("alice");
+        assert_eq!((rec.found, rec.user_keys), (true, Some(logged_in)), "the latest login's keys");
+        assert_eq!(ask("nobody").user_keys, None);
     }
 }

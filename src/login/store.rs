@@ -11,9 +11,13 @@ use crate::buddy::op::{CONTACTS_MAX, Incoming, PAGE_ROWS, REQUESTS_PENDING_MAX, 
 use crate::buddy::record::SEALED_LEN_MAX;
 use crate::buddy::{Relation, Tag, TagKey};
 use crate::crypto::password::Verifier;
+use crate::crypto::user::UserPublicKeys;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use std::path::Path;
 use std::sync::Mutex;
+
+mod schema;
+pub use schema::SCHEMA_VERSION;
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +41,9 @@ pub enum StoreError {
     /// No pending authorization request from that user.
     #[error("no pending request from {0:?}")]
     NotPending(String),
+    /// The file was written by a newer build.
+    #[error("account database has schema version {0}, newer than this build's {SCHEMA_VERSION}")]
+    NewerSchema(i64),
 }
 
 /// What an Add did.
@@ -78,47 +85,6 @@ pub struct AccountStore {
     tag_key: TagKey,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS seen (
-    name_key   TEXT PRIMARY KEY NOT NULL,   -- the recently-seen directory: last login of each user
-    last_seen  INTEGER NOT NULL,
-    supernode  TEXT NOT NULL                -- the super node the host last used, as it reported
-) STRICT;
-CREATE TABLE IF NOT EXISTS accounts (
-    name_key   TEXT PRIMARY KEY NOT NULL,   -- lower-case username: uniqueness ignores case
-    name       TEXT NOT NULL,               -- as the user typed it at registration
-    verifier   BLOB NOT NULL CHECK (length(verifier) = 32),
-    created_at INTEGER NOT NULL
-) STRICT;
-CREATE TABLE IF NOT EXISTS meta (
-    key        TEXT PRIMARY KEY NOT NULL,
-    value      BLOB NOT NULL
-) STRICT;
-CREATE TABLE IF NOT EXISTS buddies (
-    owner      TEXT NOT NULL,               -- canonical username of the list's owner
-    tag        INTEGER NOT NULL CHECK (tag BETWEEN 0 AND 4294967295),  -- TagKey::tag(owner, contact)
-    relation   INTEGER NOT NULL CHECK (relation BETWEEN 1 AND 4),      -- Relation::code
-    sealed     BLOB NOT NULL,               -- the contact's name, sealed under the owner's list key
-    changed_at INTEGER NOT NULL,
-    PRIMARY KEY (owner, tag)
-) STRICT, WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS buddy_requests (
-    from_key   TEXT NOT NULL,               -- canonical usernames: a request names both sides
-    to_key     TEXT NOT NULL,
-    message    TEXT NOT NULL,
-    at         INTEGER NOT NULL,
-    PRIMARY KEY (from_key, to_key)
-) STRICT;
-CREATE INDEX IF NOT EXISTS buddy_requests_by_recipient ON buddy_requests (to_key, at);
-CREATE TABLE IF NOT EXISTS revocations (
-    key_id     BLOB PRIMARY KEY NOT NULL CHECK (length(key_id) = 8),  -- the revoked credential's key id
-    kind       INTEGER NOT NULL CHECK (kind IN (1, 2)),               -- 1 host, 2 super node
-    subject    TEXT NOT NULL,
-    expires_at INTEGER NOT NULL,               -- the entry leaves the signed list after this
-    revoked_at INTEGER NOT NULL
-) STRICT;
-";
-
 /// The `meta` key of the contact-tag secret.
 const TAG_KEY_META: &str = "buddy_tag_key";
 
@@ -136,7 +102,7 @@ impl AccountStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        schema::migrate(&mut conn)?;
         let tag_key = load_tag_key(&mut conn)?;
         Ok(Self { conn: Mutex::new(conn), tag_key })
     }
@@ -152,14 +118,23 @@ impl AccountStore {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates an account; `name_key` must be the canonical form of `name`.
-    pub fn create(&self, name_key: &str, name: &str, verifier: Verifier, now: u64) -> Result<(), StoreError> {
+    /// Creates an account; `name_key` must be the canonical form of `name`;
+    /// `user_keys` are the user's public keys, served by the directory from now on.
+    pub fn create(
+        &self,
+        name_key: &str,
+        name: &str,
+        verifier: Verifier,
+        user_keys: Option<&UserPublicKeys>,
+        now: u64,
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        let keys = user_keys.map(|k| k.to_bytes().to_vec());
         let inserted = tx.execute(
-            "INSERT INTO accounts (name_key, name, verifier, created_at) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO accounts (name_key, name, verifier, created_at, user_keys) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (name_key) DO NOTHING",
-            params![name_key, name, &verifier.0[..], now as i64],
+            params![name_key, name, &verifier.0[..], now as i64, keys],
         )?;
         if inserted == 0 {
             return Err(StoreError::Taken);
@@ -184,14 +159,44 @@ impl AccountStore {
         Ok(Some(Account { username, verifier: Verifier(verifier), created_at: created as u64 }))
     }
 
-    /// Records a login in the recently-seen directory.
-    pub fn record_seen(&self, name_key: &str, now: u64, supernode: &str) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO seen (name_key, last_seen, supernode) VALUES (?1, ?2, ?3)
-             ON CONFLICT (name_key) DO UPDATE SET last_seen = excluded.last_seen, supernode = excluded.supernode",
-            params![name_key, now as i64, supernode],
-        )?;
-        Ok(())
+    /// Records a login in the recently-seen directory, and the user keys it gave (if any).
+    /// The latest authenticated login's keys win: they derive from the password, so a new
+    /// password brings new keys, and only the password's holder gets this far. A login
+    /// without keys (an older host) leaves the stored ones.
+    pub fn record_login(
+        &self,
+        name_key: &str,
+        now: u64,
+        supernode: &str,
+        user_keys: Option<&UserPublicKeys>,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO seen (name_key, last_seen, supernode) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name_key) DO UPDATE SET last_seen = excluded.last_seen, supernode = excluded.supernode",
+                params![name_key, now as i64, supernode],
+            )?;
+            if let Some(k) = user_keys {
+                tx.execute(
+                    "UPDATE accounts SET user_keys = ?2 WHERE name_key = ?1",
+                    params![name_key, &k.to_bytes()[..]],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The user public keys of an account, as last given (None: no such account, or it
+    /// never gave any).
+    pub fn user_keys(&self, name_key: &str) -> Result<Option<UserPublicKeys>, StoreError> {
+        let raw: Option<Option<Vec<u8>>> = self
+            .conn()
+            .query_row("SELECT user_keys FROM accounts WHERE name_key = ?1", [name_key], |r| r.get(0))
+            .optional()?;
+        let Some(b) = raw.flatten() else { return Ok(None) };
+        let b: [u8; 64] =
+            b.try_into().map_err(|_| StoreError::Damaged(format!("user keys of {name_key:?} are not 64 bytes")))?;
+        Ok(Some(UserPublicKeys::from_bytes(&b)))
     }
 
     /// The directory's record of a user: (last login, last super node).
@@ -465,8 +470,8 @@ mod tests {
         let p = d.path().join("accounts.sqlite");
         {
             let s = AccountStore::open(&p).unwrap();
-            s.create("alice", "Alice", Verifier([1; 32]), 5).unwrap();
-            assert!(matches!(s.create("alice", "ALICE", Verifier([2; 32]), 6), Err(StoreError::Taken)));
+            s.create("alice", "Alice", Verifier([1; 32]), None, 5).unwrap();
+            assert!(matches!(s.create("alice", "ALICE", Verifier([2; 32]), None, 6), Err(StoreError::Taken)));
             assert_eq!(s.count().unwrap(), 1);
         }
         let s = AccountStore::open(&p).unwrap();
@@ -481,7 +486,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("data/accounts.sqlite");
         let s = AccountStore::open(&p).unwrap();
-        s.create("alice", "Alice", Verifier([1; 32]), 5).unwrap();
+        s.create("alice", "Alice", Verifier([1; 32]), None, 5).unwrap();
         let mode = |f: &Path| std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(p.parent().unwrap()), 0o700);
         assert_eq!(mode(&p), 0o600);
@@ -494,7 +499,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = AccountStore::open(&d.path().join("accounts.sqlite")).unwrap();
         for n in names {
-            s.create(&n.to_ascii_lowercase(), n, Verifier([0; 32]), 1).unwrap();
+            s.create(&n.to_ascii_lowercase(), n, Verifier([0; 32]), None, 1).unwrap();
         }
         (d, s)
     }

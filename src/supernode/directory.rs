@@ -42,7 +42,8 @@ impl DirectoryClient {
     }
 
     /// Asks each login server in turn about `user`; returns the signed record of a user
-    /// that was found (verified against `trusted`, so a bad answer is not passed on).
+    /// that was found or has keys (verified against `trusted`, so a bad answer is not
+    /// passed on).
     pub async fn ask(&self, user: String, trusted: TrustedKeys) -> Option<Vec<u8>> {
         for &addr in &self.servers {
             let identity = self.identity.clone();
@@ -71,7 +72,8 @@ impl DirectoryClient {
                 && rec.user == user
                 && rec.verify(&trusted)
             {
-                return rec.found.then(|| raw.payload.to_vec());
+                // A user who never logged in has no last sighting, but may have keys.
+                return (rec.found || rec.user_keys.is_some()).then(|| raw.payload.to_vec());
             }
         }
         None

@@ -3,6 +3,7 @@
 use super::codec::{DecodeError, Reader, Writer};
 use crate::crypto::credential::CREDENTIAL_LEN_MAX;
 use crate::crypto::keys::PUBLIC_KEY_DER_MAX;
+use crate::crypto::user::UserPublicKeys;
 use std::net::SocketAddr;
 
 /// Every message kind, with its code on the wire.
@@ -899,6 +900,9 @@ pub struct AccountBody {
     /// Login only: RSA-PSS by the host key over [`AccountBody::possession_message`]: proof
     /// that the host holds the key it asks the server to certify.
     pub possession: Vec<u8>,
+    /// The user's public keys, for the directory to serve to those who never had them
+    /// (absent on the wire when None: a body from an older host still decodes).
+    pub user_keys: Option<UserPublicKeys>,
 }
 
 /// Domain prefix of the proof of key possession in a LoginRequest.
@@ -924,6 +928,9 @@ impl AccountBody {
             .bytes(&self.host_public_key)
             .str(&self.last_supernode)
             .bytes(&self.possession);
+        if let Some(k) = &self.user_keys {
+            w.raw(&k.to_bytes());
+        }
         w.into_bytes()
     }
 
@@ -937,8 +944,18 @@ impl AccountBody {
         let host_public_key = r.bytes("account.host_public_key", PUBLIC_KEY_DER_MAX)?.to_vec();
         let last_supernode = r.str("account.last_supernode", 64)?.to_owned();
         let possession = r.bytes("account.possession", WRAPPED_KEY_LEN_MAX)?.to_vec();
+        let user_keys = trailing_keys(&mut r, "account.user_keys")?;
         r.finish()?;
-        Ok(Self { username, shared_secret, timestamp, client_version, host_public_key, last_supernode, possession })
+        Ok(Self {
+            username,
+            shared_secret,
+            timestamp,
+            client_version,
+            host_public_key,
+            last_supernode,
+            possession,
+            user_keys,
+        })
     }
 }
 
@@ -1128,8 +1145,9 @@ impl FindReply {
     }
 }
 
-/// Largest encoded directory record.
-pub const SEEN_RECORD_LEN_MAX: usize = 700;
+/// Largest encoded directory record: 669 bytes with a 64-byte name, a 64-byte super node
+/// and a 4096-bit key's signature, and 64 more for the user's keys.
+pub const SEEN_RECORD_LEN_MAX: usize = 768;
 /// Domain prefix of a directory record's signature.
 pub const DOMAIN_SEEN: &[u8] = b"confab/v1/seen\0";
 
@@ -1149,8 +1167,23 @@ pub struct SeenRecord {
     pub issued_at: u64,
     /// The signing login key.
     pub key_id: [u8; 8],
-    /// RSA-PSS over DOMAIN_SEEN ‖ the fields above.
+    /// RSA-PSS over DOMAIN_SEEN ‖ the fields above ‖ the user's keys (when present).
     pub signature: Vec<u8>,
+    /// The user's public keys as last given at registration or login, for any registered
+    /// user (whatever `found` says); after the signature on the wire, absent when None.
+    pub user_keys: Option<UserPublicKeys>,
+}
+
+/// Why a directory record passed on by a super node was not believed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SeenRecordError {
+    /// It does not decode.
+    #[error("malformed directory record: {0}")]
+    Malformed(#[from] DecodeError),
+    /// No trusted login key signed it, or it is about another user.
+    #[error("the directory record does not verify")]
+    Unverified,
 }
 
 impl SeenRecord {
@@ -1168,6 +1201,10 @@ impl SeenRecord {
         let mut w = Writer::new();
         w.raw(DOMAIN_SEEN);
         self.body(&mut w);
+        // Without keys the message is the one records had before keys existed.
+        if let Some(k) = &self.user_keys {
+            w.raw(&k.to_bytes());
+        }
         w.into_bytes()
     }
 
@@ -1176,6 +1213,9 @@ impl SeenRecord {
         let mut w = Writer::new();
         self.body(&mut w);
         w.bytes(&self.signature);
+        if let Some(k) = &self.user_keys {
+            w.raw(&k.to_bytes());
+        }
         w.into_bytes()
     }
 
@@ -1189,8 +1229,9 @@ impl SeenRecord {
         let issued_at = r.u64("seen.issued_at")?;
         let key_id = r.array("seen.key_id")?;
         let signature = r.bytes("seen.signature", WRAPPED_KEY_LEN_MAX)?.to_vec();
+        let user_keys = trailing_keys(&mut r, "seen.user_keys")?;
         r.finish()?;
-        Ok(Self { user, found, last_seen, supernode, issued_at, key_id, signature })
+        Ok(Self { user, found, last_seen, supernode, issued_at, key_id, signature, user_keys })
     }
 
     /// Checks the signature against the trusted login keys.
@@ -1199,6 +1240,29 @@ impl SeenRecord {
             .get(crate::crypto::KeyId(self.key_id))
             .is_some_and(|k| k.verify_pss(&self.signed_message(), &self.signature).is_ok())
     }
+
+    /// Decodes a record and believes it only if a trusted login key signed it and it is
+    /// about `user` (a super node could pass on another user's record, or make one up).
+    pub fn decode_verified(
+        b: &[u8],
+        user: &str,
+        trusted: &crate::crypto::TrustedKeys,
+    ) -> Result<Self, SeenRecordError> {
+        let rec = Self::decode(b)?;
+        if rec.user != user.to_ascii_lowercase() || !rec.verify(trusted) {
+            return Err(SeenRecordError::Unverified);
+        }
+        Ok(rec)
+    }
+}
+
+/// An optional trailing [`UserPublicKeys`]: nothing left means None (an older sender), and
+/// anything but exactly 64 bytes is refused.
+fn trailing_keys(r: &mut Reader<'_>, field: &'static str) -> Result<Option<UserPublicKeys>, DecodeError> {
+    if r.remaining() == 0 {
+        return Ok(None);
+    }
+    Ok(Some(UserPublicKeys::from_bytes(&r.array(field)?)))
 }
 
 /// Domain prefix of a directory query's signature.
@@ -1638,6 +1702,7 @@ mod tests {
             host_public_key: vec![1, 2, 3],
             last_supernode: "sn1".into(),
             possession: Vec::new(),
+            user_keys: None,
         };
         assert_eq!(AccountBody::decode(&a.encode()).unwrap(), a);
         let err = ErrorMsg { code: ErrorCode::TooManyAttempts, retry_after_secs: 30, detail: "slow down".into() };
@@ -1765,6 +1830,61 @@ mod tests {
         assert_eq!(PublishReply::decode(&bad_utf8), Err(DecodeError::Invalid("publish_reply.detail")));
     }
 
+    #[test]
+    fn user_keys_ride_last_and_an_older_body_or_record_still_decodes() {
+        let keys = UserPublicKeys { x25519: [4; 32], ed25519: [5; 32] };
+        let old = AccountBody {
+            username: "carol".into(),
+            shared_secret: [9; 32],
+            timestamp: 17,
+            client_version: "0.1.0".into(),
+            host_public_key: Vec::new(),
+            last_supernode: String::new(),
+            possession: Vec::new(),
+            user_keys: None,
+        };
+        let new = AccountBody { user_keys: Some(keys), ..old.clone() };
+        let (old_b, new_b) = (old.encode(), new.encode());
+        assert_eq!(new_b.len(), old_b.len() + 64, "the keys are appended, nothing before them moves");
+        assert_eq!(&new_b[..old_b.len()], &old_b[..]);
+        assert_eq!(AccountBody::decode(&new_b).unwrap(), new);
+        assert_eq!(AccountBody::decode(&old_b).unwrap(), old, "a body from an older host: no keys");
+        for cut in [1, 32, 63] {
+            assert!(AccountBody::decode(&new_b[..new_b.len() - cut]).is_err(), "keys cut by {cut}");
+        }
+        assert!(AccountBody::decode(&[&new_b[..], &[0]].concat()).is_err(), "a byte after the keys");
+
+        let rec = SeenRecord {
+            user: "carol".into(),
+            found: false,
+            last_seen: 0,
+            supernode: String::new(),
+            issued_at: 5,
+            key_id: [1; 8],
+            signature: vec![7; 512],
+            user_keys: None,
+        };
+        let with = SeenRecord { user_keys: Some(keys), ..rec.clone() };
+        assert_eq!(SeenRecord::decode(&with.encode()).unwrap(), with);
+        assert_eq!(SeenRecord::decode(&rec.encode()).unwrap(), rec);
+        let mut signed = rec.signed_message();
+        assert_eq!(with.signed_message()[..signed.len()], signed[..], "the keys are covered, after the rest");
+        signed.extend_from_slice(&keys.to_bytes());
+        assert_eq!(with.signed_message(), signed);
+        let b = with.encode();
+        assert!(SeenRecord::decode(&b[..b.len() - 10]).is_err(), "truncated keys");
+        let longest = SeenRecord {
+            user: "u".repeat(USERNAME_WIRE_MAX),
+            supernode: "s".repeat(64),
+            signature: vec![0; WRAPPED_KEY_LEN_MAX],
+            ..with
+        };
+        assert!(longest.encode().len() <= SEEN_RECORD_LEN_MAX, "{} bytes", longest.encode().len());
+        let reply =
+            FindReply { req: 1, entry: Vec::new(), asked: 3, stage: "directory".into(), directory: longest.encode() };
+        assert_eq!(FindReply::decode(&reply.encode()).unwrap(), reply);
+    }
+
     proptest! {
         #[test]
         fn decoders_are_total(b in proptest::collection::vec(any::<u8>(), 0..1500)) {
@@ -1789,6 +1909,7 @@ mod tests {
             let _ = EnvelopedRequest::decode(&b);
             let _ = PuzzleChallenge::decode(&b);
             let _ = SeenQuery::decode(&b);
+            let _ = SeenRecord::decode(&b);
             let _ = Keepalive::decode(&b);
             let _ = RequestError::decode(&b);
             let _ = PublishReq::decode(&b);

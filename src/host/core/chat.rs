@@ -12,6 +12,8 @@
 //! sender, sender device, conversation and sequence number). A crash between the write and
 //! the acknowledgement brings the message again, and the history drops it as a repeat.
 
+mod lookup_keys;
+
 use super::Now;
 use super::groups::{GroupOut, GroupsCore, GroupsError};
 use super::pending::{Answer, OpResult, Request};
@@ -25,6 +27,7 @@ use crate::host::HostError;
 use crate::index::Entry;
 use crate::wire::ErrorCode;
 use crate::wire::mail::{ACK_IDS_MAX, MailId};
+use lookup_keys::KeysFrom;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
@@ -277,6 +280,8 @@ pub struct ChatStats {
     pub requests: u64,
     /// Group payloads received (each in one message).
     pub group_payloads: u64,
+    /// Lookups whose keys came from the login server's directory (no entry had them).
+    pub keys_from_directory: u64,
 }
 
 /// What the chat part needs to know.
@@ -1070,13 +1075,12 @@ impl ChatCore {
             }
             ReqFor::Keys { user } => {
                 self.looking.remove(&user);
-                let found = match r {
-                    Ok(Answer::Found(f)) if !f.entry.is_empty() => Entry::decode(&f.entry).ok(),
-                    _ => None,
-                };
-                let verified = found.filter(|e| e.key() == user && e.verify(&self.cfg.trusted, now.unix_ms).is_ok());
-                match verified.and_then(|e| e.user_keys) {
-                    Some(k) => self.learn(now, &user, k),
+                match lookup_keys::keys_found(&user, &r, &self.cfg.trusted, now.unix_ms) {
+                    Some(KeysFrom::Entry(k)) => self.learn(now, &user, k),
+                    Some(KeysFrom::Directory(k)) => {
+                        self.stats.keys_from_directory += 1;
+                        self.learn(now, &user, k);
+                    }
                     None => self.keys_failed(&user, "no keys to be had for them"),
                 }
             }
