@@ -698,13 +698,13 @@ fn relay_decide(data: &[u8]) {
             cache.sync(&table);
         }
         let decision = match (flags & 0x80 != 0, from) {
-            (true, Peer::Udp(a)) => table.decide_cached(&mut cache, &d, a, now_ms),
+            (true, Peer::Udp(a)) => table.decide_cached(&mut cache, &d, a, now_ms, true),
             _ => table.decide_from(&d, from, now_ms),
         };
         if !seen.contains(&from) {
             seen.push(from);
         }
-        if let Decision::Forward { to } = decision {
+        if let Decision::Forward { to } | Decision::Hold { to, .. } = decision {
             assert!(seen.contains(&to), "relay_decide: forwarded to {to:?}, which never sent a datagram");
         }
     }

@@ -521,6 +521,8 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
                             "transfer": f.transfer,
                             "chunks_sent": f.chunks,
                             "wire_bytes": f.wire_bytes,
+                            "lost_bytes": f.lost_bytes,
+                            "chunks_resent": f.chunks_resent,
                         })
                     };
                     println!("{v}");

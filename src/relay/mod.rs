@@ -9,6 +9,8 @@
 //!   for one datagram. No I/O.
 //! - [`worker`] — [`RelayWorkers`]: one SO_REUSEPORT UDP socket and one thread per worker,
 //!   each running receive → decide → wipe token → send, counted per worker.
+//! - [`hold`] — a worker's file datagrams held for their session's file cap (a short
+//!   queue in front of the bucket, so a transfer meets a bottleneck, not a policer).
 //! - [`tcp`] — legs over TCP on the same port number, for hosts whose UDP is blocked.
 //! - [`handoff`] — leg B's token sealed to the callee, so the caller cannot use it.
 //! - [`floor`] — the least a forwarder can do, batched as the workers are: the baseline
@@ -23,6 +25,7 @@
 
 pub mod floor;
 pub mod handoff;
+pub mod hold;
 pub mod mmsg;
 pub mod packet;
 pub mod table;

@@ -67,6 +67,13 @@ pub const BYTES_PER_SECOND_MAX_DEFAULT: u64 = 128 * 1024;
 const ID_ATTEMPTS_MAX: usize = 64;
 /// A rate meter's bucket: one second's worth of its cap may be spent at once.
 const BURST_NS: u64 = 1_000_000_000;
+/// How far past its bucket a file datagram may be held rather than dropped, when the
+/// caller can hold it ([`SessionTable::decide_cached`]): a queue of 50 ms at the file cap.
+/// Without it the bucket drops every datagram over the cap, and on a short path QUIC's
+/// smallest window already exceeds the cap, so a transfer lost a third of its packets;
+/// with it the queue's delay grows the round trip until the window fits, as behind any
+/// bottleneck, and the controller sees a loss only when the queue overflows.
+pub const FILE_QUEUE_NS: u64 = 50_000_000;
 
 /// The table's limits, fixed when it is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +188,14 @@ pub enum Decision {
     },
     /// Drop it, counting the reason.
     Drop(DropReason),
+    /// Wipe its token and send it to `to` once the clock reads `until_ms` (file data
+    /// over its cap, within [`FILE_QUEUE_NS`]; only [`SessionTable::decide_cached`]).
+    Hold {
+        /// The other leg's latch.
+        to: Peer,
+        /// When it conforms to its leg's file cap ([`super::clock_ms`]).
+        until_ms: u64,
+    },
 }
 
 /// Why the relay dropped a datagram (each is a metric label).
@@ -296,12 +311,21 @@ struct Meter {
 
 impl Meter {
     fn take(&self, now_ns: u64, cost_ns: u64) -> bool {
+        self.take_within(now_ns, cost_ns, 0) == Some(0)
+    }
+
+    /// Spends `cost_ns` if that stays within `queue_ns` past the bucket: the nanoseconds
+    /// to wait before the spending conforms (0: at once), or None (nothing spent).
+    fn take_within(&self, now_ns: u64, cost_ns: u64, queue_ns: u64) -> Option<u64> {
+        let mut wait_ns = 0;
         self.tat_ns
             .fetch_update(Relaxed, Relaxed, |tat| {
                 let next = tat.max(now_ns).saturating_add(cost_ns);
-                (next - now_ns <= BURST_NS).then_some(next)
+                wait_ns = (next - now_ns).saturating_sub(BURST_NS);
+                (wait_ns <= queue_ns).then_some(next)
             })
-            .is_ok()
+            .ok()
+            .map(|_| wait_ns)
     }
 
     fn give_back(&self, cost_ns: u64) {
@@ -572,12 +596,20 @@ impl SessionTable {
         let Some(s) = self.inner.sessions.get(&id) else {
             return Decision::Drop(DropReason::UnknownSession);
         };
-        self.decide_on(&s, token, seq, datagram.len(), from, now_ms)
+        self.decide_on(&s, token, seq, datagram.len(), from, now_ms, false)
     }
 
     /// [`SessionTable::decide`] through a worker's [`SessionCache`]: the map is read only
-    /// for a session the worker has not seen yet.
-    pub fn decide_cached(&self, cache: &mut SessionCache, datagram: &[u8], from: SocketAddr, now_ms: u64) -> Decision {
+    /// for a session the worker has not seen yet. With `hold`, file data over its cap
+    /// may come back as [`Decision::Hold`] (the caller has room to keep it).
+    pub fn decide_cached(
+        &self,
+        cache: &mut SessionCache,
+        datagram: &[u8],
+        from: SocketAddr,
+        now_ms: u64,
+        hold: bool,
+    ) -> Decision {
         let (id, token, seq) = match self.header(datagram) {
             Ok(h) => h,
             Err(reason) => return Decision::Drop(reason),
@@ -595,7 +627,7 @@ impl SessionTable {
                 cache.sessions.entry(id).or_insert(s)
             }
         };
-        self.decide_on(s, token, seq, datagram.len(), Peer::Udp(from), now_ms)
+        self.decide_on(s, token, seq, datagram.len(), Peer::Udp(from), now_ms, hold)
     }
 
     /// A datagram's session, token and inner sequence number (None for file data, which
@@ -613,7 +645,17 @@ impl SessionTable {
     }
 
     /// The forwarding rule once the session is found.
-    fn decide_on(&self, s: &Session, token: Token, seq: Option<u32>, len: usize, from: Peer, now_ms: u64) -> Decision {
+    #[allow(clippy::too_many_arguments)]
+    fn decide_on(
+        &self,
+        s: &Session,
+        token: Token,
+        seq: Option<u32>,
+        len: usize,
+        from: Peer,
+        now_ms: u64,
+        hold: bool,
+    ) -> Decision {
         let limits = &self.inner.limits;
         // Both comparisons always run, each in constant time.
         let is_a = token.ct_eq(&s.a.token);
@@ -655,9 +697,12 @@ impl SessionTable {
         // would be forwarded spend them.
         let len = len as u64;
         let now_ns = now_ms.saturating_mul(1_000_000);
+        let mut wait_ns = 0;
         if seq.is_none() {
-            if !leg.byte_meter.take(now_ns, byte_cost_ns(len, limits.file_bytes_per_second_max)) {
-                return leg.drop_for(DropReason::RateCap);
+            let queue_ns = if hold { FILE_QUEUE_NS } else { 0 };
+            match leg.byte_meter.take_within(now_ns, byte_cost_ns(len, limits.file_bytes_per_second_max), queue_ns) {
+                Some(w) => wait_ns = w,
+                None => return leg.drop_for(DropReason::RateCap),
             }
         } else {
             if !leg.packet_meter.take(now_ns, self.inner.packet_cost_ns) {
@@ -673,6 +718,9 @@ impl SessionTable {
         leg.bytes.fetch_add(len, Relaxed);
         if leg.last_active_ms.load(Relaxed) < now_ms {
             leg.last_active_ms.store(now_ms, Relaxed);
+        }
+        if wait_ns > 0 {
+            return Decision::Hold { to, until_ms: now_ms.saturating_add(wait_ns.div_ceil(1_000_000)) };
         }
         Decision::Forward { to }
     }
@@ -743,6 +791,42 @@ mod tests {
         assert_eq!(off.decide(&dg(g.session, g.token_b, 100), b, 0), Decision::Drop(DropReason::PeerUnknown));
         assert_eq!(off.decide(&file_dg(g.session, g.token_a, 100), a, 0), Decision::Drop(DropReason::RateCap));
         assert!(matches!(off.decide(&dg(g.session, g.token_a, 100), a, 0), Decision::Forward { .. }), "voice goes on");
+    }
+
+    #[test]
+    fn file_data_over_its_cap_is_held_up_to_the_queue_then_dropped_and_voice_never_is() {
+        // 122,200 bytes a second: each 1,222-byte datagram is 10 ms of the cap.
+        let limits = Limits { file_bytes_per_second_max: 122_200, allow_private_peers: true, ..Limits::default() };
+        let t = table(limits);
+        let g = t.allocate(0).unwrap();
+        let (a, b) = (addr(PUB_A), addr(PUB_B));
+        let mut cache = SessionCache::default();
+        assert_eq!(t.decide(&dg(g.session, g.token_b, 100), b, 0), Decision::Drop(DropReason::PeerUnknown));
+        let file = file_dg(g.session, g.token_a, 1201);
+        let mut decide = |hold| t.decide_cached(&mut cache, &file, a, 0, hold);
+        // A second's worth goes at once, as before.
+        assert!((0..100).all(|_| decide(true) == Decision::Forward { to: Peer::Udp(b) }));
+        // Then each waits 10 ms more than the one before, up to the queue's 50 ms.
+        let held: Vec<Decision> = (0..5).map(|_| decide(true)).collect();
+        let want: Vec<Decision> = (1..=5).map(|i| Decision::Hold { to: Peer::Udp(b), until_ms: i * 10 }).collect();
+        assert_eq!(held, want);
+        let before = t.accounting(g.session).unwrap();
+        assert_eq!(decide(true), Decision::Drop(DropReason::RateCap), "past the queue");
+        let after = t.accounting(g.session).unwrap();
+        assert_eq!((after.dropped - before.dropped, after.bytes_a_to_b), (1, before.bytes_a_to_b), "nothing spent");
+        // 15 ms on, the next would wait 45 ms: a caller with no room, or `decide`, drops it.
+        assert_eq!(t.decide_cached(&mut cache, &file, a, 15, false), Decision::Drop(DropReason::RateCap));
+        assert_eq!(t.decide(&file, a, 15), Decision::Drop(DropReason::RateCap));
+        assert_eq!(t.decide_cached(&mut cache, &file, a, 15, true), Decision::Hold { to: Peer::Udp(b), until_ms: 60 });
+        // Voice over its caps is dropped, never held.
+        let voice = Limits { bytes_per_second_max: 1_000, allow_private_peers: true, ..Limits::default() };
+        let t = table(voice);
+        let g = t.allocate(0).unwrap();
+        let mut cache = SessionCache::default();
+        assert_eq!(t.decide(&dg(g.session, g.token_b, 100), b, 0), Decision::Drop(DropReason::PeerUnknown));
+        let outcomes: Vec<Decision> =
+            (0..3).map(|_| t.decide_cached(&mut cache, &dg(g.session, g.token_a, 600), a, 0, true)).collect();
+        assert_eq!(outcomes[2], Decision::Drop(DropReason::RateCap), "{outcomes:?}");
     }
 
     /// A datagram with sequence number `seq`.
@@ -1197,19 +1281,22 @@ mod tests {
         let mut cache = SessionCache::default();
         cache.sync(&t);
         let from_a = || dg(g.session, g.token_a, MIN);
-        assert!(matches!(t.decide_cached(&mut cache, &from_a(), addr(PUB_A), 0), Decision::Forward { .. }));
+        assert!(matches!(t.decide_cached(&mut cache, &from_a(), addr(PUB_A), 0, false), Decision::Forward { .. }));
         assert_eq!(cache.len(), 1);
         t.release(g.session);
         // Within the batch under way the worker still knows it…
-        assert!(matches!(t.decide_cached(&mut cache, &from_a(), addr(PUB_A), 0), Decision::Forward { .. }));
+        assert!(matches!(t.decide_cached(&mut cache, &from_a(), addr(PUB_A), 0, false), Decision::Forward { .. }));
         // …and forgets it at the next.
         cache.sync(&t);
         assert!(cache.is_empty());
-        assert_eq!(t.decide_cached(&mut cache, &from_a(), addr(PUB_A), 0), Decision::Drop(DropReason::UnknownSession));
+        assert_eq!(
+            t.decide_cached(&mut cache, &from_a(), addr(PUB_A), 0, false),
+            Decision::Drop(DropReason::UnknownSession)
+        );
         // A worker further behind than the log remembers starts afresh.
         let live = latched(&t);
         assert!(matches!(
-            t.decide_cached(&mut cache, &dg(live.session, live.token_a, MIN), addr(PUB_A), 0),
+            t.decide_cached(&mut cache, &dg(live.session, live.token_a, MIN), addr(PUB_A), 0, false),
             Decision::Forward { .. }
         ));
         for _ in 0..RELEASED_LOG_MAX + 1 {
@@ -1220,7 +1307,7 @@ mod tests {
         assert!(cache.is_empty());
         assert!(
             matches!(
-                t.decide_cached(&mut cache, &dg(live.session, live.token_a, MIN), addr(PUB_A), 0),
+                t.decide_cached(&mut cache, &dg(live.session, live.token_a, MIN), addr(PUB_A), 0, false),
                 Decision::Forward { .. }
             ),
             "the live session is looked up again"
@@ -1239,7 +1326,7 @@ mod tests {
             }
             let from = SocketAddr::from(([198, 18, 3, 4], port));
             match t.decide(&d, from, 7) {
-                Decision::Forward { .. } => prop_assert!(false, "random bytes were forwarded"),
+                Decision::Forward { .. } | Decision::Hold { .. } => prop_assert!(false, "random bytes were forwarded"),
                 Decision::Drop(_) => {}
             }
             prop_assert_eq!(t.endpoints(g.session), Some(Endpoints { a: Some(addr(PUB_A)), b: Some(addr(PUB_B)) }));

@@ -184,7 +184,8 @@ async fn connection(
         }
         tally.bytes_in = len as u64;
         match ctx.table.decide_from(datagram, peer, clock_ms()) {
-            Decision::Forward { to } => {
+            // `decide_from` never holds: a TCP leg's file data meets the bucket alone.
+            Decision::Forward { to } | Decision::Hold { to, .. } => {
                 latched = true;
                 if packet::is_file(datagram) {
                     tally.file_bytes += datagram.len() as u64;

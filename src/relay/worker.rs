@@ -24,6 +24,7 @@
 //! UDP is blocked ([`super::tcp`]); those legs count under `worker="tcp"`.
 
 use super::clock_ms;
+use super::hold::HoldQueue;
 use super::mmsg::{self, RecvBatch};
 use super::packet::{self, RELAYED_LEN_MAX};
 use super::table::{Decision, DropReason, Peer, SessionCache, SessionTable};
@@ -445,9 +446,11 @@ impl Tally {
 
 /// Decides every datagram of the batch just received and wipes the token of each one
 /// to forward, in place; fills `to` (one entry per datagram). No I/O.
+#[allow(clippy::too_many_arguments)]
 fn decide_batch(
     table: &SessionTable,
     cache: &mut SessionCache,
+    held: &mut HoldQueue,
     batch: &mut RecvBatch,
     n: usize,
     now_ms: u64,
@@ -464,13 +467,19 @@ fn decide_batch(
             *slot = None;
             continue;
         };
-        *slot = match table.decide_cached(cache, datagram, from, now_ms) {
+        *slot = match table.decide_cached(cache, datagram, from, now_ms, held.has_room()) {
             Decision::Forward { to } => {
                 if packet::is_file(datagram) {
                     tally.file_bytes += datagram.len() as u64;
                 }
                 packet::wipe_token(datagram);
                 Some(to)
+            }
+            Decision::Hold { to, until_ms } => {
+                tally.file_bytes += datagram.len() as u64;
+                packet::wipe_token(datagram);
+                held.hold(datagram, to, until_ms);
+                None
             }
             Decision::Drop(reason) => {
                 tally.drops[reason.index()] += 1;
@@ -536,8 +545,18 @@ impl Worker {
         let mut batches = 0u64;
         let mut tally = Tally::default();
         let mut flushed_at = clock_ms();
+        let mut held = HoldQueue::default();
+        let mut timeout = self.config.io_timeout;
         while !self.stop.load(Relaxed) {
             let mut now = None;
+            // A receive sleeps no longer than the first held datagram may wait.
+            held.release(clock_ms(), &self.socket, &self.conns, &mut tally);
+            let want = held.next_due_ms().map_or(self.config.io_timeout, |t| {
+                Duration::from_millis(t.saturating_sub(clock_ms()).max(1)).min(self.config.io_timeout)
+            });
+            if want != timeout && self.socket.set_read_timeout(Some(want)).is_ok() {
+                timeout = want;
+            }
             for _ in 0..self.config.read_budget.max(1) {
                 let n = match batch.recv(&self.socket) {
                     Ok(n) => n,
@@ -560,8 +579,9 @@ impl Worker {
                 let now_ms = clock_ms();
                 now = Some(now_ms);
                 let to = &mut to[..n];
-                decide_batch(&self.table, &mut cache, &mut batch, n, now_ms, to, &mut tally);
+                decide_batch(&self.table, &mut cache, &mut held, &mut batch, n, now_ms, to, &mut tally);
                 send_batch(&self.socket, &self.conns, &batch, to, &mut tally);
+                held.release(now_ms, &self.socket, &self.conns, &mut tally);
                 batches += 1;
                 if batches.is_multiple_of(SAMPLE_EVERY) {
                     meters.batch_size.record(n as f64);
@@ -640,6 +660,52 @@ mod tests {
             assert!(Instant::now() < deadline, "relay stats never got there: {:?}", workers.stats());
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    #[test]
+    fn file_data_over_its_cap_waits_in_the_worker_and_arrives_in_order_at_the_cap() {
+        // 122,200 bytes a second: each 1,222-byte datagram is 10 ms of the cap, and the
+        // bucket's second holds 100 of them.
+        let limits = Limits { allow_private_peers: true, file_bytes_per_second_max: 122_200, ..Limits::default() };
+        let table = SessionTable::new(limits);
+        let mut workers = RelayWorkers::start("127.0.0.1:0".parse().unwrap(), 1, table.clone(), "test".into()).unwrap();
+        let relay = workers.local_addr();
+        let g = table.allocate(clock_ms()).unwrap();
+        let (a, b) = (udp(), udp());
+        a.send_to(&build(g.session, g.token_a, &inner(b'a', 1)), relay).unwrap();
+        wait_for(&workers, |s| s.dropped(DropReason::PeerUnknown) == 1);
+        b.send_to(&build(g.session, g.token_b, &inner(b'b', 1)), relay).unwrap();
+        recv_relayed(&a, relay, g.session, b'b');
+        // Room for the whole burst (a datagram takes twice its length of buffer).
+        socket2::SockRef::from(&b).set_recv_buffer_size(1 << 20).unwrap();
+        let file = |i: u32| {
+            let mut v = vec![0xab; 1201];
+            v[0] = packet::FILE_DEMUX;
+            v[1..5].copy_from_slice(&i.to_be_bytes());
+            build(g.session, g.token_a, &v)
+        };
+        // 100 at once use the bucket; the next 3, sent at once, wait 10, 20 and 30 ms.
+        for i in 0..103 {
+            a.send_to(&file(i), relay).unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        let mut order = Vec::new();
+        let mut first_held_at = None;
+        for i in 0..103 {
+            let (n, _) = b.recv_from(&mut buf).unwrap_or_else(|e| panic!("{i}: {e}; {:?}", workers.stats()));
+            let (_, token, inner) = parse(&buf[..n]).unwrap();
+            assert_eq!(token, Token::ZERO, "a held datagram's token is wiped too");
+            order.push(u32::from_be_bytes(inner[1..5].try_into().unwrap()));
+            if i == 99 {
+                first_held_at = Some(Instant::now());
+            }
+        }
+        let waited = first_held_at.unwrap().elapsed();
+        assert_eq!(order, (0..103).collect::<Vec<_>>(), "in the order sent");
+        assert!(waited >= Duration::from_millis(15), "the last held one left at the cap's pace ({waited:?})");
+        wait_for(&workers, |s| s.forwarded == 104);
+        assert_eq!(workers.stats().dropped(DropReason::RateCap), 0);
+        workers.stop();
     }
 
     #[test]

@@ -18,8 +18,12 @@
 //! back off on loss, so beside calls on a shared relay or a home uplink it would take more
 //! than its share; a file transfer should yield to a voice call, not the other way.
 //!
-//! Flow control: 2 MiB on the stream and the connection (a 40 ms each-way path at
-//! 200 Mbit/s), 2 MiB of send buffer: the most a transfer holds in memory on either side.
+//! Flow control: 512 KiB on the stream and the connection, and of send buffer: the most
+//! a transfer holds in memory on either side, and the most in flight when a side dies
+//! (sent again after a `kill -9`). It fills an 80 ms round trip at 52 Mbit/s, more than a
+//! home uplink or a relay's file cap; with 2 MiB a kill cost a fifth of a 10 MB file, and
+//! slow start overshot a relay's queue by the whole window. A faster, longer path is held
+//! to 512 KiB a round trip.
 //!
 //! Randomness: the endpoint's RNG, its reset and token keys, the client's first
 //! connection id and the certificate come from the seed given. rustls draws the TLS key
@@ -50,7 +54,7 @@ use thiserror::Error;
 /// The UDP payload size, initial and maximum (the caller's 0x54 byte not included).
 pub const DATAGRAM_BYTES_MAX: u16 = 1200;
 /// Flow-control window of the stream and the connection, and the send buffer.
-pub const WINDOW_BYTES: u32 = 2 << 20;
+pub const WINDOW_BYTES: u32 = 512 << 10;
 /// A connection silent this long is given up.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A quiet connection sends a ping this often, so the idle timeout means a dead path.

@@ -110,6 +110,8 @@ pub struct WireStats {
     pub udp_tx_datagrams: u64,
     /// Packets quinn declared lost.
     pub lost_packets: u64,
+    /// Their bytes: what congestion (or a dead peer) cost, each sent again if still wanted.
+    pub lost_bytes: u64,
 }
 
 impl WireStats {
@@ -118,6 +120,7 @@ impl WireStats {
             udp_tx_bytes: s.udp_tx.bytes,
             udp_tx_datagrams: s.udp_tx.datagrams,
             lost_packets: s.path.lost_packets,
+            lost_bytes: s.path.lost_bytes,
         })
     }
 }

@@ -23,6 +23,7 @@ use super::Now;
 use super::calls::FILE_DEMUX;
 use crate::chat::message::Body;
 use crate::host::buddies::Event;
+use crate::transfer::bitmap::ChunkBitmap;
 use crate::transfer::conn::TlsIdentity;
 use crate::transfer::receiver::Receiver;
 use crate::transfer::sender::Sender;
@@ -245,6 +246,11 @@ pub struct FileDone {
     pub wire_bytes: u64,
     /// Chunks this host sent for the command, over all its connections.
     pub chunks: u32,
+    /// Of those, chunks an earlier connection had already put on its stream (the
+    /// receiver did not have them durable when it asked again).
+    pub chunks_resent: u32,
+    /// Bytes quinn declared lost over all the connections (sent again when still wanted).
+    pub lost_bytes: u64,
     /// `done` or `offered`.
     pub status: String,
 }
@@ -324,6 +330,28 @@ struct Outgoing {
     /// What earlier connections of this transfer sent: QUIC bytes and chunks.
     wire_bytes: u64,
     chunks: u32,
+    /// Bytes those connections' quinn declared lost.
+    lost_bytes: u64,
+    /// The chunks those connections put on their streams, and how many of them were
+    /// put on a stream more than once.
+    sent_before: Option<ChunkBitmap>,
+    chunks_resent: u32,
+}
+
+impl Outgoing {
+    /// Adds a connection's counts as it ends.
+    fn add_connection(&mut self, wire: WireStats, chunks: u32, sent: &ChunkBitmap) {
+        self.wire_bytes += wire.udp_tx_bytes;
+        self.lost_bytes += wire.lost_bytes;
+        self.chunks += chunks;
+        let before = self.sent_before.get_or_insert_with(|| ChunkBitmap::new(sent.chunks()));
+        for i in (0..sent.chunks()).filter(|&i| sent.get(i)) {
+            if before.get(i) {
+                self.chunks_resent += 1;
+            }
+            before.set(i);
+        }
+    }
 }
 
 /// An accepted offer waiting for its call to be placed or to come up.
@@ -459,7 +487,17 @@ impl FilesCore {
         let to = to.to_ascii_lowercase();
         self.sending.insert(
             transfer,
-            Outgoing { op, to: to.clone(), began: now.mono, call_by: None, wire_bytes: 0, chunks: 0 },
+            Outgoing {
+                op,
+                to: to.clone(),
+                began: now.mono,
+                call_by: None,
+                wire_bytes: 0,
+                chunks: 0,
+                lost_bytes: 0,
+                sent_before: None,
+                chunks_resent: 0,
+            },
         );
         let tag = self.tag();
         self.effects_for.insert(tag, EffectFor::Prepare { op, transfer });
@@ -570,6 +608,8 @@ impl FilesCore {
             ms: now.mono.saturating_duration_since(o.began).as_millis() as u64,
             wire_bytes: 0,
             chunks: 0,
+            chunks_resent: 0,
+            lost_bytes: 0,
             status: "offered".into(),
         };
         self.completions.push_back((o.op, Ok(done)));
@@ -655,10 +695,9 @@ impl FilesCore {
         let ev = file_event(&r, FileState::Stopped { reason }, progress, None);
         self.push_event(ev);
         match r.side {
-            Side::Send(_) => {
+            Side::Send(s) => {
                 if let Some(o) = self.sending.get_mut(&r.transfer) {
-                    o.wire_bytes += wire.udp_tx_bytes;
-                    o.chunks += progress.chunks;
+                    o.add_connection(wire, progress.chunks, s.sent_chunks());
                     o.call_by = Some(now.mono + CALL_WAIT);
                 }
             }
@@ -949,15 +988,20 @@ impl FilesCore {
             self.effects_for.insert(tag, EffectFor::Forget);
             self.effects.push_back((tag, FileEffect::Forget { dir }));
         }
-        if let Some(o) = self.sending.remove(&r.transfer) {
+        if let Some(mut o) = self.sending.remove(&r.transfer) {
+            if let Side::Send(s) = &r.side {
+                o.add_connection(wire, progress.chunks.saturating_sub(r.chunks_at_start), s.sent_chunks());
+            }
             let done = FileDone {
                 transfer: hex::encode(r.transfer),
                 sha256: hex::encode(sha),
                 bytes: size,
                 path: r.route.unwrap_or("unknown").into(),
                 ms: now.mono.saturating_duration_since(o.began.min(r.began)).as_millis() as u64,
-                wire_bytes: o.wire_bytes + wire.udp_tx_bytes,
-                chunks: o.chunks + progress.chunks.saturating_sub(r.chunks_at_start),
+                wire_bytes: o.wire_bytes,
+                chunks: o.chunks,
+                chunks_resent: o.chunks_resent,
+                lost_bytes: o.lost_bytes,
                 status: "done".into(),
             };
             self.completions.push_back((o.op, Ok(done)));

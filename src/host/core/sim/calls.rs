@@ -759,7 +759,8 @@ impl CallsWorld {
             _ => Peer::Udp(d.from),
         };
         match self.table.decide_from(&d.bytes, from, self.now_ms) {
-            Decision::Forward { to } => {
+            // `decide_from` never holds.
+            Decision::Forward { to } | Decision::Hold { to, .. } => {
                 wipe_token(&mut d.bytes);
                 let over = match to {
                     Peer::Tcp { conn, .. } => Over::RelayTcp((conn >> 32) as usize, ConnId(conn as u32)),
