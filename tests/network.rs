@@ -523,10 +523,15 @@ async fn cached_super_nodes_down_then_bootstrap() {
     assert_eq!(stages.iter().filter(|(s, _)| *s == Stage::CachedUdp).count(), 3, "{stages:?}");
     assert_eq!(stages.iter().filter(|(s, _)| *s == Stage::CachedTcp).count(), 3, "{stages:?}");
     assert_eq!(stages.last().unwrap(), &(Stage::BootstrapUdp, "ok".to_owned()), "{stages:?}");
-    // The dead entries now carry failures and sort last.
-    let cache = HostCache::load(&home.cache_path());
-    assert_eq!(cache.supernodes()[0].name, t.node(0));
-    assert!(cache.supernodes().iter().filter(|e| e.name.starts_with("gone")).all(|e| e.failures >= 2));
+    // The dead entries now carry failures and sort last (the host writes its cache in the
+    // background, a moment after the login).
+    let live = t.node(0);
+    common::wait_for("the cache to list the live node first", Duration::from_secs(10), async || {
+        let cache = HostCache::load(&home.cache_path());
+        cache.supernodes()[0].name == live
+            && cache.supernodes().iter().filter(|e| e.name.starts_with("gone")).all(|e| e.failures >= 2)
+    })
+    .await;
     s.logout().await;
     t.net.stop().await;
 }
