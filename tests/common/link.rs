@@ -185,3 +185,10 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
         f()
     })
 }
+
+/// Whether emulated links cannot be made here (a failure in CI, a skip elsewhere): the
+/// namespace testbed's prerequisites and `/dev/net/tun`.
+pub fn prerequisites_missing() -> bool {
+    super::netns::prerequisites_missing()
+        || super::missing("/dev/net/tun (module tun)", std::path::Path::new("/dev/net/tun").exists())
+}

@@ -6,7 +6,9 @@
 //! between them. A home router's LAN ports are each a link of their own,
 //! 10.`lan`.`port`.0/24.
 
+use super::link::Link;
 use super::netns::{self, run};
+use super::shape::Shape;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -35,6 +37,10 @@ pub struct Testbed {
     prefix: String,
     namespaces: Vec<String>,
     network: Option<Child>,
+    /// Emulated links, stopped before the namespaces go.
+    links: Vec<Link>,
+    /// The shape of the next uplink made, if it is to be emulated.
+    next_uplink: Option<Shape>,
     /// The testbed's files: the network's data folder, host homes, WAVs, router rules.
     pub dir: tempfile::TempDir,
 }
@@ -44,7 +50,14 @@ impl Testbed {
     /// (at most 8 characters, so that interface names fit in 15).
     pub fn new(prefix: String) -> Self {
         assert!(prefix.len() <= 8, "{prefix}: too long for interface names");
-        Testbed { prefix, namespaces: vec![], network: None, dir: tempfile::tempdir().unwrap() }
+        Testbed {
+            prefix,
+            namespaces: vec![],
+            network: None,
+            links: vec![],
+            next_uplink: None,
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     /// Creates namespace `<prefix>-<name>`.
@@ -56,6 +69,27 @@ impl Testbed {
     /// `tag` (at most 6 characters) names the pair while it is moved.
     pub fn link(&self, a: (&str, &str, &str), b: (&str, &str, &str), tag: &str) {
         netns::link(&self.prefix, a, b, tag)
+    }
+
+    /// The next public host's or home router's link to the internet goes through the link
+    /// emulator with `shape` each way (seeded from its network number) instead of a veth.
+    /// Always the emulator, never `tc netem` where the kernel has it: runs on different
+    /// machines then see the same link.
+    pub fn emulate_next_uplink(&mut self, shape: Shape) {
+        self.next_uplink = Some(shape);
+    }
+
+    /// The emulated links made so far, in order.
+    pub fn links(&self) -> &[Link] {
+        &self.links
+    }
+
+    /// An uplink: the emulator if one was asked for, a veth pair otherwise.
+    fn uplink(&mut self, internet: (&str, &str, &str), home: (&str, &str, &str), net: u8) {
+        match self.next_uplink.take() {
+            Some(shape) => self.links.push(Link::new(internet, home, shape, u64::from(net))),
+            None => self.link(internet, home, internet.1),
+        }
     }
 
     /// The super nodes' namespace: `SN_IP` on its loopback, forwarding on.
@@ -70,7 +104,7 @@ impl Testbed {
     pub fn public_host(&mut self, sn: &str, name: &str, net: u8) -> String {
         let host = self.add_ns(name);
         let (gw, me) = (format!("198.18.{net}.1/24"), format!("198.18.{net}.2/24"));
-        self.link((sn, &format!("p{net}"), &gw), (&host, "eth0", &me), &format!("p{net}"));
+        self.uplink((sn, &format!("p{net}"), &gw), (&host, "eth0", &me), net);
         run(&["ip", "-n", &host, "route", "add", "default", "via", &format!("198.18.{net}.1")]);
         host
     }
@@ -91,7 +125,7 @@ impl Testbed {
         assert_ne!(router, Router::None, "a router needs a kind");
         let nat = self.add_ns(name);
         let (gw, out) = (format!("198.18.{net}.1/24"), format!("198.18.{net}.2/24"));
-        self.link((sn, &format!("o{net}"), &gw), (&nat, "out", &out), &format!("o{net}"));
+        self.uplink((sn, &format!("o{net}"), &gw), (&nat, "out", &out), net);
         run(&["ip", "-n", &nat, "route", "add", "default", "via", &format!("198.18.{net}.1")]);
         run(&["ip", "netns", "exec", &nat, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         let namespaces = hosts
@@ -220,6 +254,7 @@ impl Drop for Testbed {
             let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
             let _ = c.wait();
         }
+        self.links.clear();
         for ns in &self.namespaces {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
