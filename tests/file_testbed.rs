@@ -67,11 +67,14 @@ struct Bed {
     bed: Testbed,
     ns_a: String,
     ns_b: String,
+    /// Bob's router.
+    nat_b: String,
 }
 
 impl Bed {
     fn new(tag: char, router: Router) -> Self {
-        let mut bed = Testbed::new(format!("ft{}{tag}", std::process::id() % 100_000));
+        let prefix = format!("ft{}{tag}", std::process::id() % 100_000);
+        let mut bed = Testbed::new(prefix.clone());
         let sn = bed.internet();
         bed.emulate_next_uplink(Shape::wan());
         let ns_a = bed.home_router(&sn, "nata", router, 2, 200, &["a"]).remove(0);
@@ -86,7 +89,7 @@ impl Bed {
             let out = bed.host(ns, me, &["buddy", "--as", me, args[0], args[1]], Duration::from_secs(30));
             assert!(out.status.success(), "buddy {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Bed { bed, ns_a, ns_b }
+        Bed { bed, ns_a, ns_b, nat_b: format!("{prefix}-natb") }
     }
 
     /// Bob online taking files into `inbox`, and his JSON events.
@@ -219,4 +222,167 @@ fn a_file_on_a_punched_path_survives_the_receiver_killed_half_way() {
         return;
     }
     assert_eq!(file_with_kill('p', Router::Cone), "punched");
+}
+
+/// One transfer's figures: seconds, and the sender's and receiver's CPU time.
+struct Run {
+    secs: f64,
+    cpu_sender: Duration,
+    cpu_receiver: Duration,
+}
+
+impl Run {
+    fn mbit_s(&self, len: usize) -> f64 {
+        len as f64 * 8.0 / self.secs / 1e6
+    }
+
+    /// Sender's and receiver's CPU milliseconds per MB.
+    fn cpu_ms_per_mb(&self, len: usize) -> (f64, f64) {
+        let per = |d: Duration| d.as_secs_f64() * 1e3 / (len as f64 / 1e6);
+        (per(self.cpu_sender), per(self.cpu_receiver))
+    }
+}
+
+/// `send-file` of `file` to Bob (online, `bob`, his events `events`): the seconds the
+/// sender reports (from the offer to the end), the sender's CPU over its whole life
+/// (login included) and Bob's over the transfer.
+fn confab_run(b: &Bed, file: &std::path::Path, sha: &str, bob: u32, events: &Receiver<Value>) -> Run {
+    let bob_before = common::cpu::of_process(bob);
+    let mut send = b.send(file);
+    wait_line(events, Duration::from_secs(300), "the file done at bob", |e| {
+        e["event"] == "file" && e["state"] == "done"
+    });
+    let cpu_receiver = common::cpu::of_process(bob) - bob_before;
+    let (status, cpu_sender) = common::cpu::at_exit(&mut send.0, Duration::from_secs(60));
+    let mut text = String::new();
+    std::io::Read::read_to_string(send.0.stdout.as_mut().unwrap(), &mut text).unwrap();
+    assert!(status.success(), "{text}");
+    let r: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(r["sha256"], sha, "{r}");
+    assert_eq!(r["path"], "punched", "{r}");
+    Run { secs: r["seconds"].as_f64().unwrap(), cpu_sender, cpu_receiver }
+}
+
+/// A plain TCP copy of `bytes` from Alice's namespace to Bob's (through his router's port
+/// forward on `port`): seconds from the sender's connect to the receiver's end of stream,
+/// and each side's thread CPU.
+fn tcp_run(b: &Bed, bytes: &std::sync::Arc<Vec<u8>>, port: u16) -> Run {
+    use std::io::{Read, Write};
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let len = bytes.len();
+    let receiver = common::link::in_ns(&b.ns_b, move || {
+        let l = std::net::TcpListener::bind(("10.201.1.2", port)).unwrap();
+        ready_tx.send(()).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let t = Instant::now();
+        let mut s = loop {
+            match l.accept() {
+                Ok((s, _)) => break s,
+                Err(_) => {
+                    assert!(t.elapsed() < Duration::from_secs(30), "no TCP connection");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        };
+        let cpu0 = common::cpu::of_this_thread();
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let (mut got, mut buf) = (Vec::with_capacity(len), vec![0u8; 1 << 16]);
+        loop {
+            let n = s.read(&mut buf).expect("the copy stalled");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        (Instant::now(), common::cpu::of_this_thread() - cpu0, got)
+    });
+    ready.recv_timeout(Duration::from_secs(10)).unwrap();
+    let data = bytes.clone();
+    let sender = common::link::in_ns(&b.ns_a, move || {
+        let (t0, cpu0) = (Instant::now(), common::cpu::of_this_thread());
+        let mut s = std::net::TcpStream::connect_timeout(
+            &(std::net::Ipv4Addr::new(198, 18, 3, 2), port).into(),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(&data).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        (t0, common::cpu::of_this_thread() - cpu0)
+    });
+    let (t0, cpu_sender) = sender.join().unwrap();
+    let (end, cpu_receiver, got) = receiver.join().unwrap();
+    assert!(got == **bytes, "the TCP copy arrived intact");
+    Run { secs: (end - t0).as_secs_f64(), cpu_sender, cpu_receiver }
+}
+
+/// Median and range.
+fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+/// The issue's measurement: on one emulated link (Alice's uplink, 40 ms round trip, 20
+/// Mbit/s, 1% loss) and in one run, a 10 MB file with `send-file` on a punched path and
+/// the same bytes with a plain TCP copy, alternately, five times each; throughput, the
+/// ratio (confab/TCP) and CPU per MB. Run with
+/// `cargo test --test file_testbed -- --ignored --nocapture file_throughput`.
+#[test]
+#[ignore = "a measurement of a few minutes; run by hand"]
+fn file_throughput_beside_tcp_on_the_emulated_link() {
+    if prerequisites_missing() {
+        return;
+    }
+    const LEN: usize = 10_000_000;
+    const RUNS: u32 = 5;
+    const PORT: u16 = 9000;
+    let b = Bed::new('m', Router::Cone);
+    // A port forward on Bob's router, so the TCP copy takes the confab path's hops.
+    let nft = |rule: &str| common::netns::run(&["ip", "netns", "exec", &b.nat_b, "sh", "-c", &format!("nft '{rule}'")]);
+    nft("add chain ip nat prerouting { type nat hook prerouting priority dstnat; policy accept; }");
+    nft(&format!("add rule ip nat prerouting iifname \"out\" tcp dport {PORT} dnat to 10.201.1.2"));
+    nft(&format!("insert rule inet filter forward iifname \"out\" ip daddr 10.201.1.2 tcp dport {PORT} accept"));
+    let inbox = b.bed.dir.path().join("inbox");
+    let (bob, events) = b.bob_online(&inbox);
+    let bob_pid = bob.0.id();
+    // `ip netns exec` execs the program (once it has entered the namespace): the pid
+    // becomes confab's, not a parent's.
+    common::poll_until("ip netns exec becoming confab", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{bob_pid}/comm")).is_ok_and(|c| c.trim() == "confab")
+    });
+    b.bed.until_online(&b.ns_a, "alice", "bob");
+    let (mut ratios, mut confab, mut tcp) = (vec![], vec![], vec![]);
+    for i in 0..RUNS {
+        let file = b.bed.dir.path().join(format!("run{i}.bin"));
+        let (bytes, sha) = make_file(&file, LEN, i + 1);
+        let c = confab_run(&b, &file, &sha, bob_pid, &events);
+        let t = tcp_run(&b, &std::sync::Arc::new(bytes), PORT);
+        let ((cs, cr), (ts, tr)) = (c.cpu_ms_per_mb(LEN), t.cpu_ms_per_mb(LEN));
+        let ratio = c.mbit_s(LEN) / t.mbit_s(LEN);
+        eprintln!(
+            "run {i}: confab {:.2} Mbit/s ({:.1} s), CPU ms/MB sender {cs:.1} receiver {cr:.1}; \
+             tcp {:.2} Mbit/s ({:.1} s), CPU ms/MB sender {ts:.1} receiver {tr:.1}; ratio {ratio:.2}",
+            c.mbit_s(LEN),
+            c.secs,
+            t.mbit_s(LEN),
+            t.secs
+        );
+        ratios.push(ratio);
+        confab.push(c);
+        tcp.push(t);
+    }
+    let (m, lo, hi) = spread(ratios);
+    eprintln!("throughput ratio confab/tcp: median {m:.2}, range {lo:.2}–{hi:.2} over {RUNS} runs");
+    for (name, runs) in [("confab", &confab), ("tcp", &tcp)] {
+        let (rate, rlo, rhi) = spread(runs.iter().map(|r| r.mbit_s(LEN)).collect());
+        let (s, _, _) = spread(runs.iter().map(|r| r.cpu_ms_per_mb(LEN).0).collect());
+        let (r, _, _) = spread(runs.iter().map(|r| r.cpu_ms_per_mb(LEN).1).collect());
+        eprintln!(
+            "{name}: median {rate:.2} Mbit/s (range {rlo:.2}–{rhi:.2}); median CPU ms/MB sender {s:.1}, receiver {r:.1}"
+        );
+    }
+    let (up_forwarded, up_lost) = b.uplink();
+    eprintln!("alice's uplink: {up_forwarded} packets forwarded, {up_lost} lost");
+    assert!(up_lost > 0, "the link lost nothing");
 }
