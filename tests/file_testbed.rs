@@ -264,9 +264,9 @@ fn confab_run(b: &Bed, file: &std::path::Path, sha: &str, bob: u32, events: &Rec
 }
 
 /// A plain TCP copy of `bytes` from Alice's namespace to Bob's (through his router's port
-/// forward on `port`): seconds from the sender's connect to the receiver's end of stream,
-/// and each side's thread CPU.
-fn tcp_run(b: &Bed, bytes: &std::sync::Arc<Vec<u8>>, port: u16) -> Run {
+/// forward on `port`), the sender's congestion control `cc`: seconds from the sender's
+/// connect to the receiver's end of stream, and each side's thread CPU.
+fn tcp_run(b: &Bed, bytes: &std::sync::Arc<Vec<u8>>, port: u16, cc: &'static str) -> Run {
     use std::io::{Read, Write};
     let (ready_tx, ready) = std::sync::mpsc::channel();
     let len = bytes.len();
@@ -301,11 +301,13 @@ fn tcp_run(b: &Bed, bytes: &std::sync::Arc<Vec<u8>>, port: u16) -> Run {
     let data = bytes.clone();
     let sender = common::link::in_ns(&b.ns_a, move || {
         let (t0, cpu0) = (Instant::now(), common::cpu::of_this_thread());
-        let mut s = std::net::TcpStream::connect_timeout(
-            &(std::net::Ipv4Addr::new(198, 18, 3, 2), port).into(),
-            Duration::from_secs(10),
-        )
-        .unwrap();
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_tcp_congestion(cc.as_bytes()).unwrap_or_else(|e| panic!("congestion control {cc}: {e}"));
+        let to = std::net::SocketAddr::from((std::net::Ipv4Addr::new(198, 18, 3, 2), port));
+        s.connect_timeout(&to.into(), Duration::from_secs(10)).unwrap();
+        let set = s.tcp_congestion().unwrap();
+        assert!(set.starts_with(cc.as_bytes()), "{cc} asked, {} set", String::from_utf8_lossy(&set));
+        let mut s = std::net::TcpStream::from(s);
         s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
         s.write_all(&data).unwrap();
         s.shutdown(std::net::Shutdown::Write).unwrap();
@@ -323,13 +325,17 @@ fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
+/// What the measurement compares: confab, then TCP with each congestion control.
+const TRANSPORTS: [&str; 3] = ["confab", "tcp cubic", "tcp bbr"];
+
 /// The issue's measurement: on one emulated link (Alice's uplink, 40 ms round trip, 20
 /// Mbit/s, 1% loss) and in one run, a 10 MB file with `send-file` on a punched path and
-/// the same bytes with a plain TCP copy, alternately, five times each; throughput, the
-/// ratio (confab/TCP) and CPU per MB. Run with
-/// `cargo test --test file_testbed -- --ignored --nocapture file_throughput`.
+/// the same bytes with plain TCP copies over the same hops, in turn, five times each;
+/// throughput, the ratio (confab/TCP) and CPU per MB. TCP runs with CUBIC (the controller
+/// confab's QUIC uses) and with BBR (insensitive to random loss; some machines' default).
+/// Run with `cargo test --test file_testbed -- --ignored --nocapture file_throughput`.
 #[test]
-#[ignore = "a measurement of a few minutes; run by hand"]
+#[ignore = "a measurement of several minutes; run by hand"]
 fn file_throughput_beside_tcp_on_the_emulated_link() {
     if prerequisites_missing() {
         return;
@@ -352,35 +358,42 @@ fn file_throughput_beside_tcp_on_the_emulated_link() {
         std::fs::read_to_string(format!("/proc/{bob_pid}/comm")).is_ok_and(|c| c.trim() == "confab")
     });
     b.bed.until_online(&b.ns_a, "alice", "bob");
-    let (mut ratios, mut confab, mut tcp) = (vec![], vec![], vec![]);
+    let mut runs: [Vec<Run>; 3] = Default::default();
     for i in 0..RUNS {
         let file = b.bed.dir.path().join(format!("run{i}.bin"));
         let (bytes, sha) = make_file(&file, LEN, i + 1);
-        let c = confab_run(&b, &file, &sha, bob_pid, &events);
-        let t = tcp_run(&b, &std::sync::Arc::new(bytes), PORT);
-        let ((cs, cr), (ts, tr)) = (c.cpu_ms_per_mb(LEN), t.cpu_ms_per_mb(LEN));
-        let ratio = c.mbit_s(LEN) / t.mbit_s(LEN);
-        eprintln!(
-            "run {i}: confab {:.2} Mbit/s ({:.1} s), CPU ms/MB sender {cs:.1} receiver {cr:.1}; \
-             tcp {:.2} Mbit/s ({:.1} s), CPU ms/MB sender {ts:.1} receiver {tr:.1}; ratio {ratio:.2}",
-            c.mbit_s(LEN),
-            c.secs,
-            t.mbit_s(LEN),
-            t.secs
-        );
-        ratios.push(ratio);
-        confab.push(c);
-        tcp.push(t);
+        let bytes = std::sync::Arc::new(bytes);
+        for (k, name) in TRANSPORTS.iter().enumerate() {
+            let up = b.uplink();
+            let r = match k {
+                0 => confab_run(&b, &file, &sha, bob_pid, &events),
+                1 => tcp_run(&b, &bytes, PORT, "cubic"),
+                _ => tcp_run(&b, &bytes, PORT, "bbr"),
+            };
+            let (up_after, (s, rc)) = (b.uplink(), r.cpu_ms_per_mb(LEN));
+            eprintln!(
+                "run {i} {name}: {:.2} Mbit/s ({:.1} s), CPU ms/MB sender {s:.1} receiver {rc:.1}; \
+                 alice's uplink {} packets, {} lost",
+                r.mbit_s(LEN),
+                r.secs,
+                up_after.0 - up.0,
+                up_after.1 - up.1
+            );
+            runs[k].push(r);
+        }
     }
-    let (m, lo, hi) = spread(ratios);
-    eprintln!("throughput ratio confab/tcp: median {m:.2}, range {lo:.2}–{hi:.2} over {RUNS} runs");
-    for (name, runs) in [("confab", &confab), ("tcp", &tcp)] {
-        let (rate, rlo, rhi) = spread(runs.iter().map(|r| r.mbit_s(LEN)).collect());
-        let (s, _, _) = spread(runs.iter().map(|r| r.cpu_ms_per_mb(LEN).0).collect());
-        let (r, _, _) = spread(runs.iter().map(|r| r.cpu_ms_per_mb(LEN).1).collect());
+    for (k, name) in TRANSPORTS.iter().enumerate() {
+        let (rate, lo, hi) = spread(runs[k].iter().map(|r| r.mbit_s(LEN)).collect());
+        let (s, _, _) = spread(runs[k].iter().map(|r| r.cpu_ms_per_mb(LEN).0).collect());
+        let (rc, _, _) = spread(runs[k].iter().map(|r| r.cpu_ms_per_mb(LEN).1).collect());
         eprintln!(
-            "{name}: median {rate:.2} Mbit/s (range {rlo:.2}–{rhi:.2}); median CPU ms/MB sender {s:.1}, receiver {r:.1}"
+            "{name}: median {rate:.2} Mbit/s (range {lo:.2}–{hi:.2}); median CPU ms/MB sender {s:.1}, receiver {rc:.1}"
         );
+        if k > 0 {
+            let ratios = runs[0].iter().zip(&runs[k]).map(|(c, t)| c.mbit_s(LEN) / t.mbit_s(LEN)).collect();
+            let (m, lo, hi) = spread(ratios);
+            eprintln!("  throughput ratio confab/{name}: median {m:.2}, range {lo:.2}–{hi:.2} over {RUNS} runs");
+        }
     }
     let (up_forwarded, up_lost) = b.uplink();
     eprintln!("alice's uplink: {up_forwarded} packets forwarded, {up_lost} lost");
