@@ -333,7 +333,8 @@ const TRANSPORTS: [&str; 3] = ["confab", "tcp cubic", "tcp bbr"];
 /// the same bytes with plain TCP copies over the same hops, in turn, five times each;
 /// throughput, the ratio (confab/TCP) and CPU per MB. TCP runs with CUBIC (the controller
 /// confab's QUIC uses) and with BBR (insensitive to random loss; some machines' default).
-/// Run with `cargo test --test file_testbed -- --ignored --nocapture file_throughput`.
+/// Run with `cargo test --test file_testbed -- --ignored --nocapture file_throughput`;
+/// `TESTBED_CONFAB_BIN=target/release/confab` measures an optimised build's CPU time.
 #[test]
 #[ignore = "a measurement of several minutes; run by hand"]
 fn file_throughput_beside_tcp_on_the_emulated_link() {
@@ -358,6 +359,7 @@ fn file_throughput_beside_tcp_on_the_emulated_link() {
         std::fs::read_to_string(format!("/proc/{bob_pid}/comm")).is_ok_and(|c| c.trim() == "confab")
     });
     b.bed.until_online(&b.ns_a, "alice", "bob");
+    eprintln!("confab: {}", common::testbed::confab_bin());
     let mut runs: [Vec<Run>; 3] = Default::default();
     for i in 0..RUNS {
         let file = b.bed.dir.path().join(format!("run{i}.bin"));

@@ -19,6 +19,12 @@ pub const PW: &str = "correct horse battery";
 /// Where `confab up` listens, on the super nodes' namespace's loopback.
 pub const SN_IP: &str = "198.18.0.1";
 
+/// The `confab` binary a testbed runs: this build's, or the one `TESTBED_CONFAB_BIN` names (not
+/// `CONFAB_…`: those are confab's settings), an optimised build for a measurement of CPU time.
+pub fn confab_bin() -> String {
+    std::env::var("TESTBED_CONFAB_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_confab").to_owned())
+}
+
 /// How a host reaches the internet.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Router {
@@ -184,7 +190,7 @@ impl Testbed {
     pub fn start_network_with(&mut self, sn: &str, settings: &[(&str, &str)]) {
         super::seed_data(&self.data(), 3, "sn");
         let mut up = Command::new("ip")
-            .args(["netns", "exec", sn, env!("CARGO_BIN_EXE_confab"), "up", "--json", "--bind", SN_IP, "--data"])
+            .args(["netns", "exec", sn, &confab_bin(), "up", "--json", "--bind", SN_IP, "--data"])
             .arg(self.data())
             .envs(settings.iter().copied())
             .stdout(Stdio::piped())
@@ -201,7 +207,7 @@ impl Testbed {
     /// testbed's folder), the test password and short ladder steps.
     pub fn host_cmd(&self, ns: &str, home: &str, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_confab"), "host", "--config"])
+        c.args(["netns", "exec", ns, &confab_bin(), "host", "--config"])
             .arg(self.data().join("host.toml"))
             .arg("--home")
             .arg(self.dir.path().join(home))
