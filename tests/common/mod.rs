@@ -1,8 +1,11 @@
 //! Shared helpers for the integration tests: whole networks on loopback with fixed keys.
 #![allow(dead_code)]
 
+pub mod cpu;
+pub mod link;
 pub mod netns;
 pub mod relay;
+pub mod shape;
 pub mod testbed;
 
 use confab::config::Config;

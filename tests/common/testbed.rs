@@ -6,7 +6,9 @@
 //! between them. A home router's LAN ports are each a link of their own,
 //! 10.`lan`.`port`.0/24.
 
+use super::link::Link;
 use super::netns::{self, run};
+use super::shape::Shape;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -16,6 +18,12 @@ use std::time::{Duration, Instant};
 pub const PW: &str = "correct horse battery";
 /// Where `confab up` listens, on the super nodes' namespace's loopback.
 pub const SN_IP: &str = "198.18.0.1";
+
+/// The `confab` binary a testbed runs: this build's, or the one `TESTBED_CONFAB_BIN` names (not
+/// `CONFAB_…`: those are confab's settings), an optimised build for a measurement of CPU time.
+pub fn confab_bin() -> String {
+    std::env::var("TESTBED_CONFAB_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_confab").to_owned())
+}
 
 /// How a host reaches the internet.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -35,6 +43,10 @@ pub struct Testbed {
     prefix: String,
     namespaces: Vec<String>,
     network: Option<Child>,
+    /// Emulated links, stopped before the namespaces go.
+    links: Vec<Link>,
+    /// The shape of the next uplink made, if it is to be emulated.
+    next_uplink: Option<Shape>,
     /// The testbed's files: the network's data folder, host homes, WAVs, router rules.
     pub dir: tempfile::TempDir,
 }
@@ -44,7 +56,14 @@ impl Testbed {
     /// (at most 8 characters, so that interface names fit in 15).
     pub fn new(prefix: String) -> Self {
         assert!(prefix.len() <= 8, "{prefix}: too long for interface names");
-        Testbed { prefix, namespaces: vec![], network: None, dir: tempfile::tempdir().unwrap() }
+        Testbed {
+            prefix,
+            namespaces: vec![],
+            network: None,
+            links: vec![],
+            next_uplink: None,
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     /// Creates namespace `<prefix>-<name>`.
@@ -56,6 +75,27 @@ impl Testbed {
     /// `tag` (at most 6 characters) names the pair while it is moved.
     pub fn link(&self, a: (&str, &str, &str), b: (&str, &str, &str), tag: &str) {
         netns::link(&self.prefix, a, b, tag)
+    }
+
+    /// The next public host's or home router's link to the internet goes through the link
+    /// emulator with `shape` each way (seeded from its network number) instead of a veth.
+    /// Always the emulator, never `tc netem` where the kernel has it: runs on different
+    /// machines then see the same link.
+    pub fn emulate_next_uplink(&mut self, shape: Shape) {
+        self.next_uplink = Some(shape);
+    }
+
+    /// The emulated links made so far, in order.
+    pub fn links(&self) -> &[Link] {
+        &self.links
+    }
+
+    /// An uplink: the emulator if one was asked for, a veth pair otherwise.
+    fn uplink(&mut self, internet: (&str, &str, &str), home: (&str, &str, &str), net: u8) {
+        match self.next_uplink.take() {
+            Some(shape) => self.links.push(Link::new(internet, home, shape, u64::from(net))),
+            None => self.link(internet, home, internet.1),
+        }
     }
 
     /// The super nodes' namespace: `SN_IP` on its loopback, forwarding on.
@@ -70,7 +110,7 @@ impl Testbed {
     pub fn public_host(&mut self, sn: &str, name: &str, net: u8) -> String {
         let host = self.add_ns(name);
         let (gw, me) = (format!("198.18.{net}.1/24"), format!("198.18.{net}.2/24"));
-        self.link((sn, &format!("p{net}"), &gw), (&host, "eth0", &me), &format!("p{net}"));
+        self.uplink((sn, &format!("p{net}"), &gw), (&host, "eth0", &me), net);
         run(&["ip", "-n", &host, "route", "add", "default", "via", &format!("198.18.{net}.1")]);
         host
     }
@@ -91,7 +131,7 @@ impl Testbed {
         assert_ne!(router, Router::None, "a router needs a kind");
         let nat = self.add_ns(name);
         let (gw, out) = (format!("198.18.{net}.1/24"), format!("198.18.{net}.2/24"));
-        self.link((sn, &format!("o{net}"), &gw), (&nat, "out", &out), &format!("o{net}"));
+        self.uplink((sn, &format!("o{net}"), &gw), (&nat, "out", &out), net);
         run(&["ip", "-n", &nat, "route", "add", "default", "via", &format!("198.18.{net}.1")]);
         run(&["ip", "netns", "exec", &nat, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         let namespaces = hosts
@@ -150,7 +190,7 @@ impl Testbed {
     pub fn start_network_with(&mut self, sn: &str, settings: &[(&str, &str)]) {
         super::seed_data(&self.data(), 3, "sn");
         let mut up = Command::new("ip")
-            .args(["netns", "exec", sn, env!("CARGO_BIN_EXE_confab"), "up", "--json", "--bind", SN_IP, "--data"])
+            .args(["netns", "exec", sn, &confab_bin(), "up", "--json", "--bind", SN_IP, "--data"])
             .arg(self.data())
             .envs(settings.iter().copied())
             .stdout(Stdio::piped())
@@ -167,7 +207,7 @@ impl Testbed {
     /// testbed's folder), the test password and short ladder steps.
     pub fn host_cmd(&self, ns: &str, home: &str, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_confab"), "host", "--config"])
+        c.args(["netns", "exec", ns, &confab_bin(), "host", "--config"])
             .arg(self.data().join("host.toml"))
             .arg("--home")
             .arg(self.dir.path().join(home))
@@ -220,6 +260,7 @@ impl Drop for Testbed {
             let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
             let _ = c.wait();
         }
+        self.links.clear();
         for ns in &self.namespaces {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
