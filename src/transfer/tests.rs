@@ -222,10 +222,12 @@ fn a_receiver_killed_half_way_resumes_without_the_chunks_it_had() {
     w.receiver = Some(start_receiver(&s, now, &mut rng));
     let half = s.manifest.chunks() / 2;
     w.run_until(|w| w.receiver.as_ref().unwrap().progress().chunks >= half);
-    // kill -9: no flush, no close; what survives is what the folder says.
+    // kill -9: no flush, no close. The bitmap file names the flushed chunks; those written
+    // since are in the partial file all the same (the kernel has them) and verify.
     let before = w.receiver.take().unwrap();
-    let on_disk = before.state().flushed().clone();
-    assert!(before.state().held().count() >= half);
+    let flushed = before.state().flushed().clone();
+    let on_disk = before.state().held().clone();
+    assert!(on_disk.count() >= half && flushed.count() < on_disk.count(), "some chunks were not flushed yet");
     drop(before);
     w.link.clear();
     let first = w.sender.take().unwrap();
@@ -233,8 +235,7 @@ fn a_receiver_killed_half_way_resumes_without_the_chunks_it_had() {
     assert!(first.outcome().is_none(), "the sender has not heard anything yet");
     drop(first);
     let reopened = ReceiveState::open(&s.recv_dir).unwrap();
-    assert_eq!(reopened.held(), &on_disk, "the folder holds exactly the flushed chunks");
-    assert!(on_disk.count() + super::state::FLUSH_EVERY_CHUNKS > half, "at most one flush's worth is lost");
+    assert_eq!(reopened.held(), &on_disk, "the folder holds every chunk written, flushed or not");
     drop(reopened);
 
     // The receiver comes back and calls the sender again.
