@@ -80,7 +80,7 @@ async fn online_file() {
     assert_eq!(f.chunks, 49, "every chunk sent once");
     assert!(["direct", "punched", "relay-udp", "relay-tcp"].contains(&f.path.as_str()), "{}", f.path);
     let placed = inbox.join("payload.bin");
-    // Placed after its whole SHA-256 (24 MB, an unoptimised build) and an fsync: slow under load.
+    // Placed after its whole SHA-256 and an fsync, in an unoptimised build: slow under load.
     common::wait_for("the file placed at bob", Duration::from_secs(30), async || placed.exists()).await;
     assert_eq!(sha_hex(&placed), f.sha256);
     // The transfer's folder goes once the file is placed.
@@ -199,7 +199,7 @@ async fn sender_killed() {
     assert_eq!(f.bytes, LEN as u64);
     assert_eq!(f.sha256, sha_hex(&src));
     let placed = inbox.join("payload.bin");
-    // Placed after its whole SHA-256 (24 MB, an unoptimised build) and an fsync: slow under load.
+    // Placed after its whole SHA-256 and an fsync, in an unoptimised build: slow under load.
     common::wait_for("the file placed at bob", Duration::from_secs(30), async || placed.exists()).await;
     assert_eq!(sha_hex(&placed), f.sha256);
     alice.logout().await;
@@ -242,7 +242,7 @@ async fn relayed_files() {
         assert_eq!(f.path, want);
         assert_eq!(f.sha256, sha_hex(&src));
         let placed = inbox.join("payload.bin");
-        // Placed after its whole SHA-256 (24 MB, an unoptimised build) and an fsync: slow under load.
+        // Placed after its whole SHA-256 and an fsync, in an unoptimised build: slow under load.
         common::wait_for("the file placed at bob", Duration::from_secs(30), async || placed.exists()).await;
         assert_eq!(sha_hex(&placed), f.sha256);
         std::fs::remove_file(&placed).unwrap();
