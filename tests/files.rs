@@ -72,6 +72,8 @@ async fn online_file() {
     alice.set_files(a_home.dir().join("transfers"), None);
     bob.set_files(b_home.dir().join("transfers"), Some(inbox.clone()));
     let src = file_of(a_home.dir(), 3 * 1024 * 1024 + 17);
+    let reported = async || t.metric(&t.metrics().await, "confab_file_bytes_total", &[]);
+    let before = reported().await;
     let f = alice.send_file("bob", &src).await.unwrap();
     eprintln!("online file: {f:?}");
     assert_eq!(f.status, "done");
@@ -83,6 +85,14 @@ async fn online_file() {
     // Placed after its whole SHA-256 and an fsync, in an unoptimised build: slow under load.
     common::wait_for("the file placed at bob", Duration::from_secs(30), async || placed.exists()).await;
     assert_eq!(sha_hex(&placed), f.sha256);
+    // Bob's super node heard from him how many file bytes came, and by which path.
+    let path = f.path.replace("relay-", "relayed_");
+    let by_path = async || t.metric(&t.metrics().await, "confab_file_bytes_total", &[&format!("path=\"{path}\"")]);
+    common::wait_for("bob's report of the file's bytes", Duration::from_secs(10), async || {
+        reported().await - before >= f.bytes as f64
+    })
+    .await;
+    assert!(by_path().await >= f.bytes as f64, "counted under path {path}");
     // The transfer's folder goes once the file is placed.
     let left = std::fs::read_dir(b_home.dir().join("transfers")).unwrap().count();
     assert_eq!(left, 0, "bob's transfer folder is gone");

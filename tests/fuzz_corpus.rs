@@ -284,7 +284,7 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
     let find = Find { req: 9, user: "bob".into() };
     let search = Search { req: 10, words: "alice oxford".into(), limit: 5 };
     let forward = Forward { req: 11, to: "bob".into(), via: "sn2".into(), body: notices[2].clone() };
-    let stats = CallStats { path: "relayed_udp".into(), outcome: "hung_up".into(), setup_ms: 800 };
+    let stats = CallStats { path: "relayed_udp".into(), outcome: "hung_up".into(), setup_ms: 800, file_bytes: None };
     let keepalive_id = Keepalive { id: 0x0102_0304_0506_0708 };
     let publish_req = PublishReq { req: 12, entry: entry.clone() };
 

@@ -20,6 +20,10 @@ pub fn describe() {
     describe_counter!("confab_supernode_nat_probes_total", "NAT probes answered, by port");
     describe_index();
     describe_counter!("confab_calls_total", "Calls placed by this node's hosts, by path and outcome");
+    describe_counter!(
+        "confab_file_bytes_total",
+        "File bytes this node's hosts received, by path, as they report each connection"
+    );
     describe_histogram!(
         "confab_call_setup_duration_seconds",
         Unit::Seconds,
@@ -72,6 +76,8 @@ fn describe_index() {
 
 /// The `path` labels of `confab_calls_total` (a host cannot add others).
 const CALL_PATHS: [&str; 5] = ["direct", "punched", "relayed_udp", "relayed_tcp", "none"];
+/// Most file bytes one report counts: what a host reports is believed, within reason.
+const FILE_BYTES_REPORT_MAX: u64 = 1 << 36;
 /// The `outcome` labels of `confab_calls_total`.
 const CALL_OUTCOMES: [&str; 8] =
     ["hung_up", "declined", "busy", "cancelled", "no_answer", "unreachable", "media_failed", "lost"];
@@ -97,6 +103,7 @@ impl NodeMetrics {
             }
             if path != "none" {
                 let _ = metrics::histogram!("confab_call_setup_duration_seconds", "node" => node.to_owned(), "path" => path);
+                counter!("confab_file_bytes_total", "node" => node.to_owned(), "path" => path).absolute(0);
             }
         }
         Self { node: node.to_owned(), logged: Mutex::new(HashSet::new()) }
@@ -152,6 +159,14 @@ impl NodeMetrics {
     /// make up label values (and so cannot grow the metric's cardinality).
     pub fn call(&self, s: &crate::wire::message::CallStats) {
         let path = CALL_PATHS.iter().find(|p| **p == s.path).copied().unwrap_or("none");
+        if let Some(bytes) = s.file_bytes {
+            // A file transfer's connection, not a call.
+            if path != "none" {
+                counter!("confab_file_bytes_total", "node" => self.node.clone(), "path" => path)
+                    .increment(bytes.min(FILE_BYTES_REPORT_MAX));
+            }
+            return;
+        }
         let Some(outcome) = CALL_OUTCOMES.iter().find(|o| **o == s.outcome).copied() else { return };
         counter!("confab_calls_total", "node" => self.node.clone(), "path" => path, "outcome" => outcome).increment(1);
         if path != "none" {

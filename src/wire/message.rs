@@ -1586,7 +1586,8 @@ impl RelayRelease {
 }
 
 /// CallStats: how one call went. Labels only (a path, an outcome): nothing that names
-/// the call or its parties.
+/// the call or its parties. A file transfer's receiver also reports, per connection, the
+/// file bytes it took in and on which path (`file_bytes`; such a report is not a call).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallStats {
     /// `direct`, `punched`, `relayed_udp`, `relayed_tcp`, or empty when it never connected.
@@ -1595,13 +1596,22 @@ pub struct CallStats {
     pub outcome: String,
     /// From the invite to media flowing, in milliseconds (0 when it never connected).
     pub setup_ms: u32,
+    /// A file transfer's report: the file bytes one connection brought (last on the wire,
+    /// absent in a call's report).
+    pub file_bytes: Option<u64>,
 }
+
+/// Tag before [`CallStats::file_bytes`].
+const FILE_BYTES_TAG: u8 = 1;
 
 impl CallStats {
     /// Encodes.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.str(&self.path).str(&self.outcome).u32(self.setup_ms);
+        if let Some(n) = self.file_bytes {
+            w.u8(FILE_BYTES_TAG).u64(n);
+        }
         w.into_bytes()
     }
 
@@ -1611,8 +1621,16 @@ impl CallStats {
         let path = r.str("call_stats.path", 16)?.to_owned();
         let outcome = r.str("call_stats.outcome", 16)?.to_owned();
         let setup_ms = r.u32("call_stats.setup_ms")?;
+        let file_bytes = if r.remaining() == 0 {
+            None
+        } else {
+            if r.u8("call_stats.file_bytes_tag")? != FILE_BYTES_TAG {
+                return Err(DecodeError::Invalid("call_stats.file_bytes_tag"));
+            }
+            Some(r.u64("call_stats.file_bytes")?)
+        };
         r.finish()?;
-        Ok(Self { path, outcome, setup_ms })
+        Ok(Self { path, outcome, setup_ms, file_bytes })
     }
 }
 
@@ -1828,6 +1846,22 @@ mod tests {
         let at = bad_utf8.len() - 2;
         bad_utf8[at] = 0xc3;
         assert_eq!(PublishReply::decode(&bad_utf8), Err(DecodeError::Invalid("publish_reply.detail")));
+    }
+
+    #[test]
+    fn a_file_report_rides_last_in_call_stats_and_a_calls_report_is_as_before() {
+        let call = CallStats { path: "punched".into(), outcome: "hung_up".into(), setup_ms: 800, file_bytes: None };
+        let before = [&[7][..], b"punched", &[7], b"hung_up", &800u32.to_be_bytes()].concat();
+        assert_eq!(call.encode(), before, "a call's report is the bytes it always was");
+        assert_eq!(CallStats::decode(&before), Ok(call));
+        let file = CallStats { path: "direct".into(), outcome: "file".into(), setup_ms: 0, file_bytes: Some(5 << 20) };
+        let b = file.encode();
+        assert_eq!(CallStats::decode(&b), Ok(file));
+        let mut bad_tag = b.clone();
+        bad_tag[b.len() - 9] = 2;
+        assert_eq!(CallStats::decode(&bad_tag), Err(DecodeError::Invalid("call_stats.file_bytes_tag")));
+        assert!(CallStats::decode(&b[..b.len() - 1]).is_err(), "truncated");
+        assert!(CallStats::decode(&[b.as_slice(), &[0]].concat()).is_err(), "trailing");
     }
 
     #[test]

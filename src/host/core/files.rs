@@ -300,6 +300,14 @@ pub enum FilesOut {
         /// The bytes.
         bytes: Vec<u8>,
     },
+    /// Tell the super node a receiving connection ended: the file bytes it brought, and
+    /// its route as a completion names it.
+    Report {
+        /// `direct`, `punched`, `relay-udp` or `relay-tcp`.
+        route: &'static str,
+        /// File bytes taken in over this connection.
+        bytes: u64,
+    },
 }
 
 enum Side {
@@ -314,6 +322,8 @@ struct Running {
     began: Instant,
     last_progress: Option<Instant>,
     chunks_at_start: u32,
+    /// The receiver's bytes held when this connection began.
+    bytes_at_start: u64,
     route: Option<&'static str>,
     /// The receiver's end is reported; it waits for its connection to drain.
     reported: bool,
@@ -630,7 +640,7 @@ impl FilesCore {
                 self.wanted.remove(&transfer);
                 match Receiver::new(state, now.mono, &mut self.rng) {
                     Ok(rx) => {
-                        let chunks_at_start = rx.progress().chunks;
+                        let (chunks_at_start, bytes_at_start) = (rx.progress().chunks, rx.progress().bytes);
                         let side = Side::Receive(Box::new(rx));
                         let r = Running {
                             transfer,
@@ -639,6 +649,7 @@ impl FilesCore {
                             began: now.mono,
                             last_progress: None,
                             chunks_at_start,
+                            bytes_at_start,
                             route: None,
                             reported: false,
                         };
@@ -692,6 +703,7 @@ impl FilesCore {
     /// sender waits for the recipient to call again, the receiver calls again.
     fn stopped(&mut self, now: Now, r: Running, progress: Progress, wire: WireStats, reason: String) {
         tracing::info!(%reason, "a transfer stopped; it resumes from its folder");
+        self.report(&r, progress);
         let ev = file_event(&r, FileState::Stopped { reason }, progress, None);
         self.push_event(ev);
         match r.side {
@@ -813,6 +825,7 @@ impl FilesCore {
                             began,
                             last_progress: None,
                             chunks_at_start: 0,
+                            bytes_at_start: 0,
                             route: None,
                             reported: false,
                         };
@@ -970,9 +983,18 @@ impl FilesCore {
         }
     }
 
+    /// A receiving connection ended: what it brought, by route, for the super node.
+    fn report(&mut self, r: &Running, progress: Progress) {
+        let bytes = progress.bytes.saturating_sub(r.bytes_at_start);
+        if let (Side::Receive(_), Some(route), true) = (&r.side, r.route, bytes > 0) {
+            self.out.push_back(FilesOut::Report { route, bytes });
+        }
+    }
+
     /// A transfer ended whole (`placed`: where the receiver put the file).
     fn finish(&mut self, now: Now, r: &Running, progress: Progress, wire: WireStats, placed: Option<PathBuf>) {
         self.stats.done += 1;
+        self.report(r, progress);
         let (sha, size) = match &r.side {
             Side::Send(s) => (s.manifest().file_sha256(), s.manifest().size()),
             Side::Receive(rx) => rx.state().manifest().map(|m| (m.file_sha256(), m.size())).unwrap_or_default(),

@@ -1169,6 +1169,7 @@ impl HostCore {
                 FilesOut::Datagram { call, bytes } => {
                     self.calls.send_file_datagram(call, bytes);
                 }
+                FilesOut::Report { route, bytes } => self.calls.report_file_bytes(route, bytes),
             }
         }
         while let Some((tag, e)) = self.files.poll_effect() {

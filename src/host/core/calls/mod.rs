@@ -499,6 +499,22 @@ impl CallsCore {
         self.active.get(&id)?.media.as_ref()?.route_label()
     }
 
+    /// Tells the super node that one connection of a file transfer brought `bytes` on the
+    /// route named `route` (as a transfer's completion names it), so operators see file
+    /// bytes by path: relays count what they carry, but direct and punched paths pass
+    /// no super node.
+    pub fn report_file_bytes(&mut self, route: &str, bytes: u64) {
+        let path = match route {
+            "direct" => "direct",
+            "punched" => "punched",
+            "relay-udp" => "relayed_udp",
+            "relay-tcp" => "relayed_tcp",
+            _ => return,
+        };
+        let stats = CallStats { path: path.into(), outcome: "file".into(), setup_ms: 0, file_bytes: Some(bytes) };
+        self.seal(MessageKind::CallStats, stats.encode());
+    }
+
     /// Sends a file transfer's datagram (the demux byte in front) on call `id`'s chosen
     /// path; false (dropped, as a lost datagram) while it has none.
     pub fn send_file_datagram(&mut self, id: [u8; 16], bytes: Vec<u8>) -> bool {
@@ -764,6 +780,7 @@ impl CallsCore {
                                 path: path.into(),
                                 outcome: reason.label().into(),
                                 setup_ms: setup.min(u64::from(u32::MAX)) as u32,
+                                file_bytes: None,
                             };
                             self.seal(MessageKind::CallStats, stats.encode());
                         }
