@@ -55,6 +55,11 @@ impl Former {
         due
     }
 
+    /// A former slot's store could not go (mail came meanwhile): its time starts again.
+    pub fn restart(&mut self, slot: u32, now: u64) {
+        self.since.insert(slot, now);
+    }
+
     /// Former slots whose store is still here.
     pub fn len(&self) -> usize {
         self.since.len()
@@ -95,6 +100,12 @@ mod tests {
         assert_eq!(f.due(1899, |_| true), Vec::<u32>::new());
         assert_eq!(f.due(1900, |_| true), vec![1]);
         assert_eq!(f.due(2200, |_| true), vec![4]);
+        // A store that could not go starts its time again.
+        f.update(2500, [6], |_| false);
+        assert_eq!(f.due(3500, |_| true), vec![6]);
+        f.restart(6, 3500);
+        assert_eq!(f.due(4499, |_| true), Vec::<u32>::new());
+        assert_eq!(f.due(4500, |_| true), vec![6]);
         // A store that is gone is forgotten.
         f.update(3000, [5], |_| false);
         f.update(3100, [], |_| false);

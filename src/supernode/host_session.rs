@@ -100,6 +100,8 @@ pub struct HostSession {
     handshake_id: [u8; 32],
     user: String,
     finds: (u64, u32),
+    /// Call and file reports this minute (unix minute, count).
+    reports: (u64, u32),
     relays: std::collections::HashMap<u32, Addr<RelaySession>>,
     /// The key id of the host's credential, once established (its session ends if revoked).
     host_key: Option<crate::crypto::KeyId>,
@@ -125,6 +127,7 @@ impl HostSession {
             handshake_id,
             user: String::new(),
             finds: (0, 0),
+            reports: (0, 0),
             relays: std::collections::HashMap::new(),
             host_key: None,
         }
@@ -222,6 +225,19 @@ impl HostSession {
     /// Index requests (lookups, searches, publishes) a host may make per second: a storm
     /// from one host is refused, not served.
     const INDEX_REQUESTS_PER_SECOND_MAX: u32 = 50;
+
+    /// Call and file reports (CallStats) a host may send per minute: what it reports is
+    /// believed, so one host cannot make the counters say much.
+    const REPORTS_PER_MINUTE_MAX: u32 = 60;
+
+    fn allow_report(&mut self) -> bool {
+        let minute = crate::unix_now() / 60;
+        if self.reports.0 != minute {
+            self.reports = (minute, 0);
+        }
+        self.reports.1 += 1;
+        self.reports.1 <= Self::REPORTS_PER_MINUTE_MAX
+    }
 
     fn allow_index_request(&mut self) -> bool {
         let now = crate::unix_now();
@@ -470,7 +486,8 @@ impl HostSession {
                     let grant = self.allocate_relay(r.req, &r.callee);
                     self.reply(MessageKind::RelayGrant, &grant.encode());
                 }
-                Action::CallStats(s) => self.node.metrics.call(&s),
+                Action::CallStats(s) if self.allow_report() => self.node.metrics.call(&s),
+                Action::CallStats(_) => self.node.metrics.report_refused(),
                 Action::MailSubmit(m) => {
                     let req = m.req;
                     let refuse =

@@ -234,6 +234,25 @@ impl Handler<StopSlot> for IndexSlot {
     }
 }
 
+/// Stops a former slot if it holds no mail (its time as a former replica is up): true if
+/// it stopped. Asked of the actor itself, after any store queued before it, so mail that
+/// came since the router last looked keeps the slot (and is handed over).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Retire;
+
+impl Handler<Retire> for IndexSlot {
+    type Result = bool;
+
+    fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) -> bool {
+        let empty = self.mail.is_empty();
+        if empty {
+            ctx.stop();
+        }
+        empty
+    }
+}
+
 /// The device an entry's credential names (its key's id).
 fn device_of(e: &Entry) -> Option<KeyId> {
     let c = crate::crypto::Credential::decode(&e.credential).ok()?;

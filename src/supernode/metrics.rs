@@ -21,6 +21,10 @@ pub fn describe() {
     describe_index();
     describe_counter!("confab_calls_total", "Calls placed by this node's hosts, by path and outcome");
     describe_counter!(
+        "confab_supernode_reports_refused_total",
+        "Call and file reports not counted: their host sent more than 60 a minute"
+    );
+    describe_counter!(
         "confab_file_bytes_total",
         "File bytes this node's hosts received, by path, as they report each connection"
     );
@@ -94,6 +98,7 @@ impl NodeMetrics {
     pub fn new(node: &str) -> Self {
         describe();
         gauge!("confab_supernode_hosts_connected", "node" => node.to_owned()).set(0.0);
+        counter!("confab_supernode_reports_refused_total", "node" => node.to_owned()).absolute(0);
         // Every call series at zero from the start: a counter whose first sample is
         // already 1 never shows a rate, and its panel "No data" until the next call.
         for path in CALL_PATHS {
@@ -173,6 +178,11 @@ impl NodeMetrics {
             metrics::histogram!("confab_call_setup_duration_seconds", "node" => self.node.clone(), "path" => path)
                 .record(f64::from(s.setup_ms) / 1000.0);
         }
+    }
+
+    /// A host's call or file report was not counted (it reports too often).
+    pub fn report_refused(&self) {
+        counter!("confab_supernode_reports_refused_total", "node" => self.node.clone()).increment(1);
     }
 
     /// A NAT probe was answered on the main or alternate port.

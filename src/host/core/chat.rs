@@ -808,7 +808,8 @@ impl ChatCore {
             tracing::debug!(from = %message.inner.from, bytes = body.len(), "a group payload");
             match message.inner.conversation {
                 Conversation::Group(g) if !(from_me && message.inner.from_device == self.cfg.stream) => {
-                    self.groups.receive(now.mono, &message.inner.from, g, body, Some(id))
+                    let buddy = from_me || self.relation(&message.inner.from) == Some(Relation::Authorized);
+                    self.groups.receive(now.mono, &message.inner.from, g, body, Some(id), buddy)
                 }
                 _ => self.ack(now, id),
             }

@@ -49,6 +49,9 @@ pub const PENDING_MAX: usize = 16;
 pub const PENDING_PER_SENDER: usize = 2;
 /// Most entries held for one such group.
 pub const PENDING_ENTRIES_MAX: usize = 3 * ANSWER_ENTRIES_MAX;
+/// Groups a user may be in before a stranger's invite no longer makes a group theirs
+/// (a buddy's still does, up to [`GROUPS_MAX`]).
+pub const STRANGER_GROUPS_UNTIL: usize = GROUPS_MAX / 2;
 /// How long such a group waits to be shown ours before it is forgotten (its messages are
 /// not acknowledged, so the store brings them again at the next login).
 pub const PENDING_FOR: Duration = Duration::from_secs(600);
@@ -502,14 +505,24 @@ impl GroupsCore {
 
     /// A body `from` sent in a verified message of `group` (`mail`: the store's id, to
     /// acknowledge once the entries it brought are kept).
-    pub fn receive(&mut self, now: Instant, from: &str, group: GroupId, body: &[u8], mail: Option<MailId>) {
+    /// `buddy`: the sender is an authorized buddy, or this user (a group a stranger's
+    /// payload makes ours counts against [`STRANGER_GROUPS_UNTIL`], not [`GROUPS_MAX`]).
+    pub fn receive(
+        &mut self,
+        now: Instant,
+        from: &str,
+        group: GroupId,
+        body: &[u8],
+        mail: Option<MailId>,
+        buddy: bool,
+    ) {
         let from = from.to_ascii_lowercase();
         let mut keep = Vec::new();
         let mut no_room = false;
         match unbundle(body) {
             Some(parts) => {
                 for p in parts {
-                    if matches!(p.first(), Some(&ENTRY_VERSION)) && !self.room(now, &from, group) {
+                    if matches!(p.first(), Some(&ENTRY_VERSION)) && !self.room(now, &from, group, keep.len()) {
                         self.stats.refused += 1;
                         no_room = true;
                         continue;
@@ -524,6 +537,7 @@ impl GroupsCore {
             // may be room (a flood of strangers' groups does not cost an invite).
             return;
         }
+        let ours = self.ours_count();
         if let Some(j) = self.groups.get_mut(&group)
             && let Some(p) = j.pending.as_mut()
         {
@@ -537,21 +551,27 @@ impl GroupsCore {
                 }
                 return;
             }
-            let room = PENDING_ENTRIES_MAX.saturating_sub(p.entries.len());
-            p.entries.extend(keep.into_iter().take(room));
-            p.mails.extend(mail);
+            // `room` let in no more than fits.
+            p.entries.extend(keep);
+            if !no_room {
+                // A message part of which found no room comes again; the rest of it is
+                // taken in again by hash then.
+                p.mails.extend(mail);
+            }
             if !j.group.ever_mine() {
                 // Kept nowhere yet, and its messages not acknowledged: after a restart
                 // the store brings them again.
                 return;
             }
-            let p = j.pending.take().expect("pending above");
-            j.dirty = true;
-            if self.ours_count() > GROUPS_MAX {
-                self.groups.remove(&group);
+            if ours >= if buddy { GROUPS_MAX } else { STRANGER_GROUPS_UNTIL } {
+                // No room: it stays pending (forgotten in time, its messages brought
+                // again at the next login). Strangers' invites stop at half the groups a
+                // user can be in, so they never crowd out a buddy's.
                 self.stats.refused += 1;
                 return;
             }
+            let p = j.pending.take().expect("pending above");
+            j.dirty = true;
             let mut mails = p.mails.into_iter();
             self.out.push_back(GroupOut::Keep { group, entries: p.entries, ack: mails.next() });
             self.out.extend(mails.map(GroupOut::Ack));
@@ -566,7 +586,9 @@ impl GroupsCore {
 
     /// Whether there is room to take in an entry of `group` from `from`: a group we have
     /// with room, or one to hold as pending.
-    fn room(&mut self, now: Instant, from: &str, group: GroupId) -> bool {
+    /// `queued`: entries of the same bundle already taken in (its messages are
+    /// acknowledged whole or not at all).
+    fn room(&mut self, now: Instant, from: &str, group: GroupId, queued: usize) -> bool {
         // An entry of a group we do not have is held in memory as pending until the log
         // makes us a member: anyone can sign entries under a group id of their own.
         let j = match self.groups.contains_key(&group) {
@@ -574,7 +596,7 @@ impl GroupsCore {
             false => self.pending(now, from, group),
         };
         // None: too many pending groups (a stranger's flood).
-        j.is_some_and(|j| j.pending.as_ref().is_none_or(|p| p.entries.len() < PENDING_ENTRIES_MAX))
+        j.is_some_and(|j| j.pending.as_ref().is_none_or(|p| p.entries.len() + queued < PENDING_ENTRIES_MAX))
     }
 
     fn receive_one(&mut self, now: Instant, from: &str, group: GroupId, payload: &[u8], keep: &mut Vec<Vec<u8>>) {
@@ -882,7 +904,7 @@ mod tests {
                 }
                 n += 1;
                 if let Some(c) = cores.iter_mut().find(|c| c.me == to) {
-                    c.receive(now, &from, group, &payload, None);
+                    c.receive(now, &from, group, &payload, None, true);
                 }
             }
         }
@@ -957,9 +979,9 @@ mod tests {
         let sends = |a: &mut GroupsCore| {
             std::iter::from_fn(|| a.poll_out()).filter(|o| matches!(o, GroupOut::Send { .. })).count()
         };
-        a.receive(t0, "stranger", g, &hs, None);
+        a.receive(t0, "stranger", g, &hs, None, false);
         assert_eq!(sends(&mut a), 0, "a stranger gets nothing");
-        a.receive(t0, "bob", g, &hb, None);
+        a.receive(t0, "bob", g, &hb, None, true);
         assert!(sends(&mut a) > 0, "a member gets the log");
     }
 
@@ -1023,7 +1045,7 @@ mod tests {
             if let GroupOut::Send { to, payload, .. } = o
                 && let Some(m) = others.iter_mut().find(|m| m.me == to)
             {
-                m.receive(t0, "alice", g, &payload, None);
+                m.receive(t0, "alice", g, &payload, None, true);
             }
         }
         a.send_text(2_000, g, "all here", 1).unwrap();
@@ -1062,7 +1084,7 @@ mod tests {
             let g = mallory.create(1_000 + u64::from(i), &format!("junk{i}")).unwrap();
             mallory.found(g);
             for body in bundle(mallory.groups.get_mut(&g).unwrap().group.export()) {
-                bob.receive(t0, "mallory", g, &body, Some([i; 16]));
+                bob.receive(t0, "mallory", g, &body, Some([i; 16]), false);
                 offered += 1;
             }
         }
@@ -1074,7 +1096,7 @@ mod tests {
         assert_eq!(bob.groups.len(), PENDING_PER_SENDER, "one sender holds at most this many");
         assert!(bob.stats().refused >= 38);
         // Bytes that are no entry hold nothing, and their message is done with.
-        bob.receive(t0, "eve", [7; 16], &[ENTRY_VERSION, 0, 0], Some([99; 16]));
+        bob.receive(t0, "eve", [7; 16], &[ENTRY_VERSION, 0, 0], Some([99; 16]), false);
         assert_eq!(bob.groups.len(), PENDING_PER_SENDER);
         assert_eq!(kept_and_acked(&mut bob), (0, vec![[99; 16]]));
         // Another sender still gets a pending slot of its own.
@@ -1082,7 +1104,7 @@ mod tests {
         let g = carol.create(5_000, "carols").unwrap();
         carol.found(g);
         for body in bundle(carol.groups.get_mut(&g).unwrap().group.export()) {
-            bob.receive(t0, "carol", g, &body, None);
+            bob.receive(t0, "carol", g, &body, None, false);
         }
         assert_eq!(bob.groups.len(), PENDING_PER_SENDER + 1);
         // Then forgotten, all of them, without a trace on disk.
@@ -1108,7 +1130,7 @@ mod tests {
         assert!(log.len() >= 4);
         // Entry by entry, the Create last: until then the log names nobody.
         for (i, e) in log.iter().enumerate().rev() {
-            b.receive(t0, "alice", g, e, Some([i as u8; 16]));
+            b.receive(t0, "alice", g, e, Some([i as u8; 16]), true);
             let (kept, acked) = kept_and_acked(&mut b);
             if i > 0 {
                 assert_eq!((kept, acked.len()), (0, 0), "entry {i}: not ours yet");
@@ -1124,6 +1146,33 @@ mod tests {
         a.send_text(2_000, g, "hi", 1).unwrap();
         exchange(&mut [&mut a, &mut b], t0, None);
         assert_eq!(texts(&mut b, g), vec![("alice".to_string(), Some("hi".to_string()))]);
+    }
+
+    #[test]
+    fn a_strangers_invite_stops_at_half_the_groups_a_buddys_does_not() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = (core("alice", 1), core("bob", 2));
+        for i in 0..STRANGER_GROUPS_UNTIL {
+            b.create(1_000, &format!("own{i}")).unwrap();
+        }
+        std::iter::from_fn(|| b.poll_out()).for_each(drop);
+        let g = a.create(1_000, "team").unwrap();
+        a.invite(1_000, g, "bob", UserKeys::derive(&b.list_key).public()).unwrap();
+        a.found(g);
+        let bodies = bundle(a.groups.get_mut(&g).unwrap().group.export());
+        for body in &bodies {
+            b.receive(t0, "alice", g, body, Some([1; 16]), false);
+        }
+        assert_eq!(kept_and_acked(&mut b), (0, vec![]), "a stranger's invite waits");
+        assert!(b.find("@team").is_err());
+        // The same from a buddy: ours.
+        for body in &bodies {
+            b.receive(t0, "alice", g, body, Some([2; 16]), true);
+        }
+        let (kept, acked) = kept_and_acked(&mut b);
+        assert!(kept > 0, "{kept} kept");
+        assert!(acked.contains(&[1; 16]) && acked.contains(&[2; 16]), "every message that brought it: {acked:?}");
+        assert_eq!(b.find("@team"), Ok(g));
     }
 
     proptest::proptest! {

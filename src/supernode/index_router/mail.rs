@@ -11,7 +11,7 @@ use crate::index::repair::{self, RepairBudget};
 use crate::index::rpc::{DIGESTS_PER_PACKET, IndexRpc, MAIL_PAGE_BYTES_MAX, MAIL_RPC_LEN_MAX, MailRpc};
 use crate::index::{NodeId, Slot};
 use crate::supernode::index_slot::{
-    MailAcked, MailGet, MailHolds, MailPut, MailRelease, MailState, MailStateOf, MailSync, StopSlot,
+    MailAcked, MailGet, MailHolds, MailPut, MailRelease, MailState, MailStateOf, MailSync, Retire,
 };
 use crate::wire::ErrorCode;
 use crate::wire::mail::{MailAck, MailBatch, MailFetch, MailSubmit, MailSubmitReply};
@@ -412,7 +412,7 @@ impl IndexRouter {
         ctx.spawn(
             futures_util::future::join_all(asks)
                 .into_actor(self)
-                .map(move |states, act, _| act.mail_round_with(states, &gained)),
+                .map(move |states, act, ctx| act.mail_round_with(states, &gained, ctx)),
         );
     }
 
@@ -420,7 +420,12 @@ impl IndexRouter {
     /// mail in, to its other replicas; of a slot it just became a replica of (even
     /// empty), to two of them, which pulls it; of a slot it left and still holds mail in,
     /// to the slot's replicas, until one says it holds the same (or the time is up).
-    fn mail_round_with(&mut self, states: Vec<(Slot, Option<MailState>)>, gained: &HashSet<Slot>) {
+    fn mail_round_with(
+        &mut self,
+        states: Vec<(Slot, Option<MailState>)>,
+        gained: &HashSet<Slot>,
+        ctx: &mut Context<Self>,
+    ) {
         let now = now_ms();
         let states: Vec<(Slot, MailState)> = states.into_iter().filter_map(|(s, st)| Some((s, st?))).collect();
         let messages: usize = states.iter().map(|(_, st)| st.messages).sum();
@@ -430,16 +435,25 @@ impl IndexRouter {
         let with_mail: Vec<u32> = states.iter().filter(|(_, st)| !st.empty).map(|(s, _)| s.0).collect();
         let held = &self.held;
         let round = self.handovers.round(now, &with_mail, |s| held.contains(&Slot(s)));
-        // Former slots whose time is up and whose mail is handed over: their stores go.
+        // Former slots whose time is up and whose mail is handed over: their stores go, if
+        // they still hold no mail when the actor itself is asked (a store from a peer
+        // with an older view may have come since these states were read).
         let empty: HashSet<u32> = states.iter().filter(|(_, st)| st.empty).map(|(s, _)| s.0).collect();
         for s in self.former.due(now, |s| empty.contains(&s)) {
-            if let Some(a) = self.slots.remove(&Slot(s)) {
-                a.do_send(StopSlot);
-            }
-            self.digests.remove(&Slot(s));
-            self.counts.remove(&Slot(s));
-            counter!("confab_index_slots_retired_total", "node" => self.node.clone()).increment(1);
-            tracing::debug!(node = %self.node, slot = s, "a former slot's store went");
+            let Some(a) = self.slots.get(&Slot(s)).cloned() else { continue };
+            ctx.spawn(a.send(Retire).into_actor(self).map(move |stopped, act, _| {
+                if stopped != Ok(true) {
+                    // Mail came: handed over first, and retired a while later.
+                    act.former.restart(s, now_ms());
+                    return;
+                }
+                act.slots.remove(&Slot(s));
+                act.digests.remove(&Slot(s));
+                act.counts.remove(&Slot(s));
+                counter!("confab_index_slots_retired_total", "node" => act.node.clone()).increment(1);
+                gauge!("confab_index_slot_stores", "node" => act.node.clone()).set(act.slots.len() as f64);
+                tracing::debug!(node = %act.node, slot = s, "a former slot's store went");
+            }));
         }
         gauge!("confab_index_slot_stores", "node" => self.node.clone()).set(self.slots.len() as f64);
         for s in round.expired {

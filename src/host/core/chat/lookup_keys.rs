@@ -17,6 +17,18 @@ pub(super) enum KeysFrom {
     Directory(UserPublicKeys),
 }
 
+/// How old a directory record's keys may be (it is signed when asked for), and how far
+/// ahead of our clock its time may be.
+pub(super) const RECORD_AGE_MAX_SECS: u64 = 600;
+/// Clocks differ: a record signed a little "in the future" is still believed.
+const RECORD_SKEW_SECS: u64 = 120;
+
+/// Whether a record signed at `issued_at` (unix seconds) is of now.
+fn fresh(issued_at: u64, now_ms: u64) -> bool {
+    let now = now_ms / 1000;
+    issued_at <= now.saturating_add(RECORD_SKEW_SECS) && now.saturating_sub(issued_at) <= RECORD_AGE_MAX_SECS
+}
+
 /// The keys of `user` (canonical) in a lookup's answer at `now_ms`, believed only from an
 /// entry or a record a trusted login key vouches for, about `user` and no one else: the
 /// super node that passed them on is trusted with neither.
@@ -34,6 +46,12 @@ pub(super) fn keys_found(user: &str, r: &OpResult, trusted: &TrustedKeys, now_ms
         return None;
     }
     match SeenRecord::decode_verified(&f.directory, user, trusted) {
+        Ok(rec) if !fresh(rec.issued_at, now_ms) => {
+            // A signed record of another time: a super node replaying keys the user has
+            // since replaced.
+            tracing::debug!(user, issued_at = rec.issued_at, "a directory record too old or too new was not believed");
+            None
+        }
         Ok(rec) => rec.user_keys.map(KeysFrom::Directory),
         Err(e) => {
             tracing::debug!(user, error = %e, "a directory record with keys was not believed");
@@ -105,5 +123,21 @@ mod tests {
         let garbage = answer(vec![0xff; 40]);
         assert_eq!(keys_found("carol", &garbage, &trusted(), NOW_MS), None);
         assert_eq!(keys_found("carol", &Err(RequestError::LinkDown), &trusted(), NOW_MS), None);
+    }
+
+    #[test]
+    fn a_record_of_another_time_is_refused_whoever_signed_it() {
+        let at = |issued_at: u64| {
+            let mut rec = record("carol", &test_key(1), Some(carol()));
+            rec.issued_at = issued_at;
+            rec.signature = test_key(1).sign_pss(&rec.signed_message());
+            answer(rec.encode())
+        };
+        let now = NOW_MS / 1000;
+        let keys = Some(KeysFrom::Directory(carol()));
+        assert_eq!(keys_found("carol", &at(now - RECORD_AGE_MAX_SECS), &trusted(), NOW_MS), keys);
+        assert_eq!(keys_found("carol", &at(now - RECORD_AGE_MAX_SECS - 1), &trusted(), NOW_MS), None, "replayed");
+        assert_eq!(keys_found("carol", &at(now + 60), &trusted(), NOW_MS), keys, "a clock a minute ahead");
+        assert_eq!(keys_found("carol", &at(now + 3600), &trusted(), NOW_MS), None, "from the future");
     }
 }
