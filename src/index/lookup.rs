@@ -1,10 +1,10 @@
 //! A lookup by limited multicast, as a plain state machine: ask 4 replicas, then 8,
-//! then 16 members, then every live member, then the login server's recently-seen
-//! directory. The driver sends what [`Lookup::poll`] asks for and feeds back verified
+//! then 16 members, then the closest members up to 32 in all (every live member in a
+//! cluster that small), then the login server's recently-seen directory. The driver sends what [`Lookup::poll`] asks for and feeds back verified
 //! answers; every lookup knows how many super nodes it asked.
 
 use super::entry::Entry;
-use super::slot::{NodeId, Slot, ranked};
+use super::slot::{NodeId, Slot, closest};
 use std::collections::HashSet;
 
 /// Widening settings.
@@ -15,15 +15,19 @@ pub struct LookupConfig {
     pub steps: Vec<usize>,
     /// How long each stage waits for answers, in milliseconds.
     pub step_timeout_ms: u64,
-    /// Whether the last network stage asks every live member.
+    /// Whether the last network stage runs (the closest members up to `widest`).
     pub ask_everyone: bool,
+    /// The most members a lookup asks in all. The last network stage asks the closest up
+    /// to this many, not every live member: at 20,000 super nodes that would be a storm
+    /// for every typo, and the directory is the fallback (as in Skype).
+    pub widest: usize,
     /// Whether a lookup that found nothing asks the login server's directory.
     pub ask_directory: bool,
 }
 
 impl Default for LookupConfig {
     fn default() -> Self {
-        Self { steps: vec![4, 8, 16], step_timeout_ms: 300, ask_everyone: true, ask_directory: true }
+        Self { steps: vec![4, 8, 16], step_timeout_ms: 300, ask_everyone: true, widest: 32, ask_directory: true }
     }
 }
 
@@ -33,7 +37,8 @@ impl Default for LookupConfig {
 pub enum Stage {
     /// The i-th configured fan-out step (0-based).
     Step(u8),
-    /// Every live member.
+    /// The last, widest stage: the closest members up to [`LookupConfig::widest`] (every
+    /// live member in a small cluster).
     Everyone,
     /// The login server's recently-seen directory.
     Directory,
@@ -100,11 +105,14 @@ pub struct Lookup {
 }
 
 impl Lookup {
-    /// A lookup of `key` (in `slot`) over the live `members`.
+    /// A lookup of `key` (in `slot`) over the live `members`: only the closest it may
+    /// ask are ranked.
     pub fn new(key: String, slot: Slot, members: &[NodeId], cfg: LookupConfig) -> Self {
+        let steps = cfg.steps.iter().copied().max().unwrap_or(0);
+        let most = if cfg.ask_everyone { steps.max(cfg.widest) } else { steps };
         Self {
             key,
-            order: ranked(slot, members),
+            order: closest(slot, members, most),
             cfg,
             asked: 0,
             stage: None,
@@ -155,6 +163,7 @@ impl Lookup {
                 return Some((Stage::Step(i as u8), upto.min(self.order.len())));
             }
         }
+        // `order` holds no more than the widest stage may ask.
         (self.cfg.ask_everyone && self.order.len() > self.asked).then_some((Stage::Everyone, self.order.len()))
     }
 
@@ -259,6 +268,29 @@ mod tests {
         }
         assert_eq!(asked, [4, 4, 8, 14]);
         assert_eq!(l.not_in_index(), Outcome::NotInIndex { asked: 30 });
+    }
+
+    #[test]
+    fn the_widest_stage_asks_the_closest_32_of_twenty_thousand_not_everyone() {
+        let many: Vec<NodeId> = (0..20_000u64).map(|i| KeyId(i.to_be_bytes())).collect();
+        let slot = SlotSpace::default().slot_of("nobody");
+        let mut l = Lookup::new("nobody".into(), slot, &many, LookupConfig::default());
+        let (mut asked, mut sizes, mut now) = (Vec::new(), Vec::new(), 0);
+        loop {
+            match l.poll(now) {
+                Action::Ask(v) => {
+                    sizes.push(v.len());
+                    asked.extend(v);
+                    now = l.deadline(); // nobody answers
+                }
+                Action::Wait => now = l.deadline(),
+                Action::AskDirectory => break,
+                Action::Done(o) => panic!("{o:?}"),
+            }
+        }
+        assert_eq!(sizes, [4, 4, 8, 16], "then the directory");
+        assert_eq!(asked, crate::index::slot::ranked(slot, &many)[..32], "the closest, closest first");
+        assert_eq!(l.not_in_index(), Outcome::NotInIndex { asked: 32 });
     }
 
     #[test]
