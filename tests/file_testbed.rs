@@ -272,17 +272,12 @@ fn tcp_run(b: &Bed, bytes: &std::sync::Arc<Vec<u8>>, port: u16, cc: &'static str
     let receiver = common::link::in_ns(&b.ns_b, move || {
         let l = std::net::TcpListener::bind(("10.201.1.2", port)).unwrap();
         ready_tx.send(()).unwrap();
-        l.set_nonblocking(true).unwrap();
-        let t = Instant::now();
-        let mut s = loop {
-            match l.accept() {
-                Ok((s, _)) => break s,
-                Err(_) => {
-                    assert!(t.elapsed() < Duration::from_secs(30), "no TCP connection");
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        };
+        // Waits for the connection with a deadline (an accept has none of its own).
+        let mut ready = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&l), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd of a listener this closure owns.
+        let n = unsafe { libc::poll(&mut ready, 1, 30_000) };
+        assert_eq!(n, 1, "no TCP connection within 30 s");
+        let (mut s, _) = l.accept().unwrap();
         let cpu0 = common::cpu::of_this_thread();
         s.set_nonblocking(false).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();

@@ -618,7 +618,7 @@ impl Worker {
 mod tests {
     use super::*;
     use crate::relay::packet::{SessionId, Token, build, parse};
-    use crate::relay::table::Limits;
+    use crate::relay::table::{Grant, Limits};
     use std::time::Instant;
 
     const PER_DIRECTION: u32 = 1000;
@@ -662,20 +662,27 @@ mod tests {
         }
     }
 
+    /// One worker under `limits` and a session whose two legs (A, B) are latched: A's
+    /// probe is dropped (B unknown yet), B's reaches A.
+    fn latched(limits: Limits, name: &str) -> (RelayWorkers, SocketAddr, Grant, UdpSocket, UdpSocket) {
+        let table = SessionTable::new(limits);
+        let workers = RelayWorkers::start("127.0.0.1:0".parse().unwrap(), 1, table.clone(), name.into()).unwrap();
+        let relay = workers.local_addr();
+        let g = table.allocate(clock_ms()).unwrap();
+        let (a, b) = (udp(), udp());
+        a.send_to(&build(g.session, g.token_a, &inner(b'a', 0)), relay).unwrap();
+        wait_for(&workers, |s| s.dropped(DropReason::PeerUnknown) == 1);
+        b.send_to(&build(g.session, g.token_b, &inner(b'b', 0)), relay).unwrap();
+        recv_relayed(&a, relay, g.session, b'b');
+        (workers, relay, g, a, b)
+    }
+
     #[test]
     fn file_data_over_its_cap_waits_in_the_worker_and_arrives_in_order_at_the_cap() {
         // 122,200 bytes a second: each 1,222-byte datagram is 10 ms of the cap, and the
         // bucket's second holds 100 of them.
         let limits = Limits { allow_private_peers: true, file_bytes_per_second_max: 122_200, ..Limits::default() };
-        let table = SessionTable::new(limits);
-        let mut workers = RelayWorkers::start("127.0.0.1:0".parse().unwrap(), 1, table.clone(), "test".into()).unwrap();
-        let relay = workers.local_addr();
-        let g = table.allocate(clock_ms()).unwrap();
-        let (a, b) = (udp(), udp());
-        a.send_to(&build(g.session, g.token_a, &inner(b'a', 1)), relay).unwrap();
-        wait_for(&workers, |s| s.dropped(DropReason::PeerUnknown) == 1);
-        b.send_to(&build(g.session, g.token_b, &inner(b'b', 1)), relay).unwrap();
-        recv_relayed(&a, relay, g.session, b'b');
+        let (mut workers, relay, g, a, b) = latched(limits, "test");
         // Room for the whole burst (a datagram takes twice its length of buffer).
         socket2::SockRef::from(&b).set_recv_buffer_size(1 << 20).unwrap();
         let file = |i: u32| {
@@ -795,15 +802,7 @@ mod tests {
             bytes_per_second_max: u64::MAX,
             ..Limits::default()
         };
-        let table = SessionTable::new(limits);
-        let workers = RelayWorkers::start("127.0.0.1:0".parse().unwrap(), 1, table.clone(), "blast".into()).unwrap();
-        let relay = workers.local_addr();
-        let g = table.allocate(clock_ms()).unwrap();
-        let (a, b) = (udp(), udp());
-        a.send_to(&build(g.session, g.token_a, &inner(b'a', 0)), relay).unwrap();
-        wait_for(&workers, |s| s.dropped(DropReason::PeerUnknown) == 1);
-        b.send_to(&build(g.session, g.token_b, &inner(b'b', 0)), relay).unwrap();
-        recv_relayed(&a, relay, g.session, b'b');
+        let (workers, relay, g, a, b) = latched(limits, "blast");
         b.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
         let receiver = std::thread::spawn(move || {
             let mut buf = [0u8; 2048];

@@ -2,7 +2,7 @@
 //! a child process (every thread it ever had) and for a thread of the test.
 
 use std::process::{Child, ExitStatus};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// User + system time in a `/proc/<pid>/stat` or `/proc/self/task/<tid>/stat` file.
 fn of_stat(path: &str) -> Duration {
@@ -32,22 +32,16 @@ pub fn of_this_thread() -> Duration {
 /// time while it is a zombie (the kernel keeps it until the child is reaped), then reaps it.
 pub fn at_exit(child: &mut Child, limit: Duration) -> (ExitStatus, Duration) {
     let pid = child.id();
-    let t = Instant::now();
-    loop {
+    super::poll_until(&format!("process {pid} to exit"), limit, || {
         // SAFETY: waitid on our own child with a zeroed siginfo; WNOWAIT leaves it unreaped.
-        let exited = unsafe {
+        unsafe {
             let mut info: libc::siginfo_t = std::mem::zeroed();
             let r =
                 libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT);
             assert_eq!(r, 0, "waitid {pid}: {}", std::io::Error::last_os_error());
             info.si_pid() != 0
-        };
-        if exited {
-            break;
         }
-        assert!(t.elapsed() < limit, "process {pid} did not exit within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    });
     let cpu = of_process(pid);
     (child.wait().unwrap(), cpu)
 }
