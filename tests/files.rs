@@ -33,15 +33,17 @@ async fn befriend(a: &mut Session, b: &mut Session, b_name: &str, a_name: &str) 
     let authorized = |s: &Session, who: &str| {
         s.buddies().iter().any(|x| x.user == who && x.relation == confab::buddy::Relation::Authorized)
     };
-    common::wait_for("the buddy list authorized", Duration::from_secs(10), async || authorized(b, a_name)).await;
-    // And on the asker's side (its list learns of the answer by a notice or a refresh).
-    common::wait_for("the asker's list authorized", Duration::from_secs(10), async || {
-        if !authorized(a, b_name) {
-            let _ = a.refresh_buddies().await;
-        }
-        authorized(a, b_name)
-    })
-    .await;
+    // On both sides (a list learns of the answer by a notice or a refresh; under load the
+    // notice can be late, so each side refreshes while it waits).
+    for (s, who, what) in [(b, a_name, "the buddy list authorized"), (a, b_name, "the asker's list authorized")] {
+        common::wait_for(what, Duration::from_secs(10), async || {
+            if !authorized(s, who) {
+                let _ = s.refresh_buddies().await;
+            }
+            authorized(s, who)
+        })
+        .await;
+    }
 }
 
 /// A file of `len` bytes that differs everywhere, so a misplaced chunk shows.
