@@ -179,7 +179,7 @@ pub struct SupernodeConfig {
     /// SWIM probe period: a dead super node is noticed within a few of these.
     pub probe_period_ms: u64,
     /// The Global Index.
-    pub index: crate::supernode::index_router::IndexConfig,
+    pub index: crate::index::IndexConfig,
     /// Limits of the cluster's authentication layer.
     pub cluster: crate::cluster::ClusterLimits,
     /// Fetching the revocation list from the login servers and spreading it.

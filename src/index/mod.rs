@@ -13,16 +13,19 @@
 //! - [`mail`] — offline messages kept beside a slot's entries: quotas, per-device
 //!   acknowledgement, tombstones, anti-entropy.
 
+pub mod config;
 pub mod entry;
 pub mod fold;
 pub mod former;
 pub mod lookup;
 pub mod mail;
+pub mod node;
 pub mod repair;
 pub mod rpc;
 pub mod slot;
 pub mod store;
 pub mod verified;
 
+pub use config::IndexConfig;
 pub use entry::{Entry, EntryBody, EntryError, Profile, Status};
 pub use slot::{NodeId, Slot, SlotMap, SlotSpace};

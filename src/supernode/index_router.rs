@@ -1,10 +1,14 @@
-//! `IndexRouter`: a super node's part of the Global Index. It keeps the slot map of the
-//! current cluster view, runs one [`IndexSlot`] actor per slot held, sends writes to a
-//! key's replicas, answers other replicas, and drives lookups by limited multicast.
+//! `IndexRouter`: a super node's part of the Global Index, as an actor around
+//! [`index::node::Node`](crate::index::node::Node), which makes every decision. The actor
+//! carries its outputs: requests to other members over the cluster channel, reads and
+//! writes to the one [`IndexSlot`] actor per slot held, signature checks on the blocking
+//! pool, timers, and the login servers' directory. Search, notices and stored messages are
+//! still driven here.
 
 mod mail;
 mod push;
 
+pub use crate::index::node::FindResult;
 pub use mail::{AckMail, FetchMail, HoldsMail, SubmitMail};
 
 use super::index_slot::{Dump, Get, IndexSlot, Posted, Put, SlotChanged, StopSlot};
@@ -13,115 +17,41 @@ use crate::cluster::View;
 use crate::cluster::agent::{ClusterSender, IndexPacket};
 use crate::cluster::reject::{self, LogOnce, Reject};
 use crate::crypto::credential::TrustedKeys;
-use crate::index::lookup::{Action, Lookup, LookupConfig, Outcome};
-use crate::index::repair::{self, RepairBudget};
-use crate::index::rpc::{DIGESTS_PER_PACKET, IndexRpc};
-use crate::index::store::Merge;
+use crate::index::node::{self, Checked, Output, PutResult, Timer, Verify, VerifyFor};
+use crate::index::rpc::IndexRpc;
 use crate::index::verified::VerifiedCache;
-use crate::index::{Entry, NodeId, Slot, SlotMap, SlotSpace, fold, slot};
+use crate::index::{Entry, IndexConfig, NodeId, Slot, SlotMap, fold};
 use crate::net::source::Holds as Held;
 use crate::wire::ErrorCode;
 use actix::prelude::*;
-use metrics::{counter, gauge, histogram};
-use std::collections::{HashMap, HashSet};
+use metrics::{counter, gauge};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::{oneshot, watch};
-
-/// Global Index settings.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IndexConfig {
-    /// Slots (a multiple of 8).
-    pub slots: u32,
-    /// Replicas per slot.
-    pub replicas: usize,
-    /// How long an entry is findable after its host was last seen.
-    pub retention_secs: u64,
-    /// Most keys per slot on one replica.
-    pub entries_per_slot_max: usize,
-    /// Lookup widening.
-    pub lookup: LookupConfig,
-    /// How often replicas compare slot digests and repair differences.
-    pub anti_entropy_secs: u64,
-    /// Login servers whose recently-seen directory is the lookup's last stage.
-    pub directory: Vec<SocketAddr>,
-    /// Entry bytes pushed in answer to one Digests or Differ, at most.
-    pub repair_bytes_per_answer_max: usize,
-    /// Entry bytes of repair pushed to one replica per second, at most.
-    pub repair_bytes_per_peer_per_sec: u64,
-    /// How long a stored message waits for its recipient's devices.
-    pub mail_retention_secs: u64,
-    /// Bytes of stored messages this node holds at most, over all its slots.
-    pub mail_bytes_max: u64,
-}
-
-impl Default for IndexConfig {
-    fn default() -> Self {
-        Self {
-            slots: slot::SLOTS_DEFAULT,
-            replicas: slot::REPLICAS_DEFAULT,
-            retention_secs: crate::index::store::RETENTION_SECS_DEFAULT,
-            entries_per_slot_max: 100_000,
-            lookup: LookupConfig::default(),
-            anti_entropy_secs: 10,
-            directory: Vec::new(),
-            repair_bytes_per_answer_max: 256 << 10,
-            repair_bytes_per_peer_per_sec: 1 << 20,
-            mail_retention_secs: crate::index::mail::MailLimits::default().retention_ms / 1000,
-            mail_bytes_max: crate::index::mail::budget::NODE_BYTES_MAX_DEFAULT,
-        }
-    }
-}
-
-/// What a lookup found.
-#[derive(Debug, Clone)]
-pub struct FindResult {
-    /// The newest verified entry, if any super node held one.
-    pub entry: Option<Entry>,
-    /// Super nodes asked.
-    pub asked: usize,
-    /// The stage that ended the lookup (a label).
-    pub stage: &'static str,
-    /// When the index had nothing: the login server's signed directory record.
-    pub directory: Option<Vec<u8>>,
-}
-
-struct Running {
-    lookup: Lookup,
-    reply: Option<oneshot::Sender<FindResult>>,
-    started: Instant,
-}
 
 /// The actor.
 pub struct IndexRouter {
     node: String,
     me: NodeId,
     cfg: IndexConfig,
-    space: SlotSpace,
     trusted: Arc<TrustedKeys>,
     view: watch::Receiver<Arc<View>>,
-    map: SlotMap,
+    /// The decisions.
+    core: node::Node,
+    /// The core's slot map and held slots, as of its last rebuild.
+    map: Arc<SlotMap>,
+    held: BTreeSet<Slot>,
     gossip_of: HashMap<NodeId, SocketAddr>,
     slots: HashMap<Slot, Addr<IndexSlot>>,
-    held: HashSet<Slot>,
     sender: ClusterSender,
-    next_req: u64,
-    lookups: HashMap<u64, Running>,
-    reqs: HashMap<u64, (u64, NodeId)>,
-    handoff_pending: bool,
-    refresh_pending: bool,
-    refreshed_at: Option<Instant>,
-    /// Digests of the non-empty slots this node holds, kept current by the slot actors.
-    digests: HashMap<Slot, [u8; 32]>,
+    /// Lookups started here, waiting for the core's answer.
+    finds: HashMap<u64, oneshot::Sender<FindResult>>,
     /// Keys per non-empty slot, for the entries-per-slot gauges.
     counts: HashMap<Slot, usize>,
     prefix_reqs: HashMap<u64, oneshot::Sender<Vec<String>>>,
     mailboxes: Mailboxes,
     gossip_by_name: HashMap<String, Peer>,
-    /// Repair bytes each replica may still be sent.
-    repair: HashMap<NodeId, RepairBudget>,
     log: LogOnce,
     directory: Option<super::directory::DirectoryClient>,
     /// Entries verified lately, by digest: repair and republished entries skip the RSA.
@@ -131,8 +61,8 @@ pub struct IndexRouter {
     /// Store verifications running on the blocking pool, per sender and in all.
     verifying: Arc<Held<NodeId>>,
     verify_pool: Arc<tokio::sync::Semaphore>,
-    /// Slots this node became a replica of since its last pull.
-    gained: HashSet<Slot>,
+    /// A mail round is due a moment after a rebuild.
+    mail_handoff_pending: bool,
     /// The node's budget for stored messages, shared by its slots.
     mail_budget: crate::index::mail::Budget,
     /// Messages waiting for their replicas' answers.
@@ -148,14 +78,12 @@ pub struct IndexRouter {
     /// Slots with a store here that this node no longer replicates.
     former: crate::index::former::Former,
     /// Mail anti-entropy bytes each member may still be sent.
-    mail_repair: HashMap<NodeId, RepairBudget>,
+    mail_repair: HashMap<NodeId, crate::index::repair::RepairBudget>,
 }
 
 /// A member: its id and gossip address (where answers to it go).
 type Peer = (NodeId, SocketAddr);
 
-/// How long view changes are gathered before the slot map is rebuilt.
-const VIEW_SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
 /// Most postings read per token in one search.
 const SEARCH_POSTINGS_MAX: usize = 200;
 /// Replicas of a token's slot asked for its postings.
@@ -167,8 +95,6 @@ const SEARCH_TOKENS_MAX: usize = 4;
 /// member's repair burst cannot queue unbounded RSA work or starve the others.
 const VERIFY_PER_SENDER_MAX: usize = 256;
 const VERIFY_IN_FLIGHT_MAX: usize = 1024;
-/// Replicas a new replica asks for a slot's contents.
-const PULL_FROM: usize = 2;
 
 impl IndexRouter {
     /// Lets lookups fall back to the login servers' directory (in `cfg.directory`), asking
@@ -190,40 +116,37 @@ impl IndexRouter {
         sender: ClusterSender,
         mailboxes: Mailboxes,
     ) -> Self {
-        let space = SlotSpace::new(cfg.slots).unwrap_or_default();
-        let map = SlotMap::new(space, cfg.replicas, &[me]);
+        let seed = u64::from_le_bytes(crate::crypto::random::bytes());
+        let mut core = node::Node::new(node.clone(), me, cfg.clone(), node::Maps::new(1), seed);
+        let map = core.map().clone();
+        let held = core.held().clone();
+        // The core's first map (this node alone) needs no store: the first view follows.
+        while core.poll().is_some() {}
         let cfg_mail_bytes = cfg.mail_bytes_max;
         Self {
             node,
             me,
             cfg,
-            space,
             trusted: Arc::new(trusted),
             view,
+            core,
             map,
+            held,
             gossip_of: HashMap::new(),
             slots: HashMap::new(),
-            held: HashSet::new(),
             sender,
-            next_req: 1,
-            lookups: HashMap::new(),
-            reqs: HashMap::new(),
-            handoff_pending: false,
-            refresh_pending: false,
-            refreshed_at: None,
-            digests: HashMap::new(),
+            finds: HashMap::new(),
             counts: HashMap::new(),
             prefix_reqs: HashMap::new(),
             mailboxes,
             gossip_by_name: HashMap::new(),
-            repair: HashMap::new(),
             log: LogOnce::default(),
             directory: None,
             verified: VerifiedCache::default(),
             verified_revocations: 0,
             verifying: Held::new(VERIFY_PER_SENDER_MAX),
             verify_pool: Arc::new(tokio::sync::Semaphore::new(VERIFY_IN_FLIGHT_MAX)),
-            gained: HashSet::new(),
+            mail_handoff_pending: false,
             mail_budget: crate::index::mail::Budget::new(cfg_mail_bytes),
             mail_submits: HashMap::new(),
             mail_fetches: HashMap::new(),
@@ -236,27 +159,113 @@ impl IndexRouter {
     }
 
     fn req(&mut self) -> u64 {
-        self.next_req += 1;
-        self.next_req
+        self.core.req()
     }
 
-    /// Rebuilds the slot map from the view and starts actors for newly held slots.
-    fn refresh(&mut self, ctx: &mut Context<Self>) {
+    /// Hands the view to the core (addresses stay here: the core knows members by id).
+    fn view_changed(&mut self, ctx: &mut Context<Self>) {
         let members = self.view.borrow().members.clone();
         self.gossip_of = members.iter().filter_map(|m| Some((m.node_id()?, m.gossip))).collect();
         self.gossip_by_name = members.iter().filter_map(|m| Some((m.name.clone(), (m.node_id()?, m.gossip)))).collect();
-        let ids: HashSet<NodeId> = self.gossip_of.keys().copied().collect();
-        self.repair.retain(|id, _| ids.contains(id));
-        self.mail_repair.retain(|id, _| ids.contains(id));
-        let mut ids: Vec<NodeId> = self.gossip_of.keys().copied().collect();
-        if !ids.contains(&self.me) {
-            ids.push(self.me);
+        let ids: Vec<NodeId> = self.gossip_of.keys().copied().collect();
+        self.mail_repair.retain(|id, _| self.gossip_of.contains_key(id));
+        self.core.view(now_ms(), &ids);
+        self.pump(ctx);
+    }
+
+    /// Carries out everything the core asked for.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        while let Some(out) = self.core.poll() {
+            match out {
+                Output::Send { to, rpc } => {
+                    if let Some(addr) = self.gossip_of.get(&to).copied() {
+                        let ok = self.send_to((to, addr), &rpc);
+                        if !ok && matches!(rpc, IndexRpc::Store { .. }) {
+                            counter!("confab_index_writes_total", "node" => self.node.clone(), "outcome" => "send_failed")
+                                .increment(1);
+                        }
+                    } else if let IndexRpc::Fetch { req, .. } = rpc {
+                        // Left the view meanwhile: no answer will come.
+                        self.core.receive(now_ms(), to, IndexRpc::FetchReply { req, entry: None });
+                    }
+                }
+                Output::Schedule { at_ms, timer } => {
+                    let wait = std::time::Duration::from_millis(at_ms.saturating_sub(now_ms()).max(1));
+                    ctx.run_later(wait, move |act, ctx| {
+                        act.core.timer(now_ms(), timer);
+                        if timer == Timer::AntiEntropy {
+                            act.mail_round(ctx);
+                            act.export_counts();
+                        }
+                        act.pump(ctx);
+                    });
+                }
+                Output::Rebuilt { held, gained } => self.rebuilt(held, gained, ctx),
+                Output::Put { slot, key, entry, done } => {
+                    let Some(actor) = self.slots.get(&slot).cloned() else {
+                        self.core.put_done(now_ms(), done, PutResult::NoStore);
+                        continue;
+                    };
+                    ctx.spawn(actor.send(Put { key, entry }).into_actor(self).map(move |res, act, ctx| {
+                        let result = res.map(PutResult::Merged).unwrap_or(PutResult::Failed);
+                        act.core.put_done(now_ms(), done, result);
+                        act.pump(ctx);
+                    }));
+                }
+                Output::Get { slot, key, purpose } => {
+                    let Some(actor) = self.slots.get(&slot).cloned() else {
+                        self.core.got(now_ms(), purpose, None);
+                        continue;
+                    };
+                    ctx.spawn(actor.send(Get(key)).into_actor(self).map(move |res, act, ctx| {
+                        act.core.got(now_ms(), purpose, res.ok().flatten());
+                        act.pump(ctx);
+                    }));
+                }
+                Output::Dump { slots, to } => {
+                    // A slot no longer held keeps its store, and still answers while new
+                    // replicas fill.
+                    let actors: Vec<_> = slots.into_iter().filter_map(|s| self.slots.get(&s).cloned()).collect();
+                    if actors.is_empty() {
+                        continue;
+                    }
+                    let dumps = futures_util::future::join_all(actors.into_iter().map(|a| a.send(Dump)));
+                    ctx.spawn(dumps.into_actor(self).map(move |res, act, ctx| {
+                        let entries: Vec<(String, Vec<u8>)> =
+                            res.into_iter().flat_map(|r| r.unwrap_or_default()).map(|(k, e)| (k, e.encode())).collect();
+                        act.core.dumped(now_ms(), to, entries);
+                        act.pump(ctx);
+                    }));
+                }
+                Output::Verify(job) => self.check(*job, ctx),
+                Output::AskDirectory { id, user } => {
+                    let Some(directory) = self.directory.clone() else {
+                        self.core.directory_answer(now_ms(), id, None);
+                        continue;
+                    };
+                    let trusted = TrustedKeys::clone(&self.trusted);
+                    ctx.spawn(async move { directory.ask(user, trusted).await }.into_actor(self).map(
+                        move |record, act, ctx| {
+                            act.core.directory_answer(now_ms(), id, record);
+                            act.pump(ctx);
+                        },
+                    ));
+                }
+                Output::Found { id, result } => {
+                    if let Some(tx) = self.finds.remove(&id) {
+                        let _ = tx.send(result);
+                    }
+                }
+            }
         }
-        self.map = self.map.update(&ids);
-        let before = std::mem::replace(&mut self.held, self.map.held_by(self.me).into_iter().collect());
-        self.gained.extend(self.held.difference(&before).copied());
-        self.gained.retain(|s| self.held.contains(s));
-        self.mail_gained.extend(self.held.difference(&before).copied());
+    }
+
+    /// The core's slot map changed: a store (an actor) for every slot held, and a hand-off
+    /// of stored messages soon after.
+    fn rebuilt(&mut self, held: Vec<Slot>, gained: Vec<Slot>, ctx: &mut Context<Self>) {
+        self.map = self.core.map().clone();
+        self.held = held.into_iter().collect();
+        self.mail_gained.extend(gained);
         self.mail_gained.retain(|s| self.held.contains(s));
         let changes = ctx.address().recipient();
         for s in &self.held {
@@ -285,27 +294,22 @@ impl IndexRouter {
         gauge!("confab_index_slot_stores", "node" => self.node.clone()).set(self.slots.len() as f64);
         // Rebuilt a moment after the membership changes: until this equals the cluster's
         // view, lookups and notices may go to the wrong replicas.
-        gauge!("confab_index_view_members", "node" => self.node.clone()).set(ids.len() as f64);
-        tracing::debug!(node = %self.node, members = ids.len(), held = self.held.len(), "slot map rebuilt");
+        gauge!("confab_index_view_members", "node" => self.node.clone()).set(self.map.members().len() as f64);
+        if !self.mail_handoff_pending {
+            self.mail_handoff_pending = true;
+            ctx.run_later(std::time::Duration::from_millis(node::HANDOFF_AFTER_MS), |act, ctx| {
+                act.mail_handoff_pending = false;
+                act.mail_round(ctx);
+            });
+        }
     }
 
     fn slot_of(&self, key: &str) -> Slot {
-        self.space.slot_of(fold::slot_key(key))
+        self.core.slot_of(key)
     }
 
-    /// Checks that `entry` may live under `key`: its own username, or a posting for one
-    /// of its profile's tokens.
-    fn key_fits(key: &str, entry: &Entry) -> bool {
-        key == entry.key()
-            || fold::profile_tokens(&entry.user, &entry.profile)
-                .iter()
-                .any(|t| fold::posting_key(t, &entry.user) == key)
-    }
-
-    /// Decodes an entry and looks it up among those verified lately: `Ok(Ok(entry))` when
-    /// it was, `Ok(Err((entry, digest)))` when it still needs its RSA checks.
-    fn decode_cached(&mut self, bytes: &[u8]) -> Result<Result<Entry, (Entry, [u8; 32])>, String> {
-        let e = Entry::decode(bytes).map_err(|e| e.to_string())?;
+    /// Looks an entry's bytes up among those verified lately.
+    fn cached(&mut self, bytes: &[u8]) -> ([u8; 32], bool) {
         // A newer revocation list may refuse what verified before: start over.
         let revocations = self.trusted.revoked().version();
         if revocations != self.verified_revocations {
@@ -313,11 +317,11 @@ impl IndexRouter {
             self.verified_revocations = revocations;
         }
         let digest = VerifiedCache::digest(bytes);
-        if self.verified.contains(&digest) {
+        let hit = self.verified.contains(&digest);
+        if hit {
             self.checked("cached");
-            return Ok(Ok(e));
         }
-        Ok(Err((e, digest)))
+        (digest, hit)
     }
 
     /// Counts a finished check and remembers an entry that passed.
@@ -334,111 +338,57 @@ impl IndexRouter {
 
     /// Verifies an entry here, on the event loop (publishes and lookup answers: one at a
     /// time, asked for by a host).
-    fn verify(&mut self, bytes: &[u8]) -> Result<Entry, String> {
-        let (e, digest) = match self.decode_cached(bytes)? {
-            Ok(e) => return Ok(e),
-            Err(miss) => miss,
-        };
+    fn verify_now(&mut self, bytes: &[u8], e: &Entry) -> Result<(), String> {
+        let (digest, hit) = self.cached(bytes);
+        if hit {
+            return Ok(());
+        }
         let checked = e.verify(&self.trusted, now_ms());
         self.record_check(digest, checked.is_ok());
-        checked.map(|_| e).map_err(|why| why.to_string())
+        checked.map(|_| ()).map_err(|why| why.to_string())
     }
 
-    /// A replicated entry from another member. One it has verified before is stored at
-    /// once; a new one is verified on the blocking pool (two RSA checks), so a burst of
-    /// Stores never holds up the event loop, within per-sender and total bounds.
-    fn on_store(&mut self, from: Peer, req: u64, key: String, bytes: Vec<u8>, ctx: &mut Context<Self>) {
-        let (e, digest) = match self.decode_cached(&bytes) {
-            Ok(Ok(e)) => return self.store_verified(from, req, key, e, ctx),
-            Ok(Err(miss)) => miss,
-            Err(why) => {
-                tracing::debug!(node = %self.node, from = %from.1, %why, "refused a replicated entry");
-                return self.refuse("bad_entry", from, req);
+    /// A check the core asked for. A lookup's answer is checked at once; a replicated entry
+    /// seen before is too, and a new one goes to the blocking pool (two RSA checks), so a
+    /// burst of Stores never holds up the event loop, within per-sender and total bounds.
+    fn check(&mut self, job: Verify, ctx: &mut Context<Self>) {
+        let from = match &job.purpose {
+            VerifyFor::Answer { .. } => {
+                let checked = match self.verify_now(&job.bytes, &job.entry) {
+                    Ok(()) => Checked::Valid,
+                    Err(why) => Checked::Invalid(why),
+                };
+                return self.core.verified(now_ms(), job, checked);
             }
+            VerifyFor::Store { from, .. } => *from,
         };
+        let (digest, hit) = self.cached(&job.bytes);
+        if hit {
+            return self.core.verified(now_ms(), job, Checked::Valid);
+        }
         // The claims are held until the check ends, wherever the job is dropped.
         let (Some(sender_claim), Ok(pool_permit)) =
-            (self.verifying.claim(from.0), self.verify_pool.clone().try_acquire_owned())
+            (self.verifying.claim(from), self.verify_pool.clone().try_acquire_owned())
         else {
-            return self.refuse("busy", from, req);
+            return self.core.verified(now_ms(), job, Checked::Busy);
         };
         let trusted = self.trusted.clone();
-        let job = tokio::task::spawn_blocking(move || {
-            let checked = e.verify(&trusted, now_ms()).map(|_| ());
+        let work = tokio::task::spawn_blocking(move || {
+            let checked = job.entry.verify(&trusted, now_ms()).map(|_| ());
             drop((sender_claim, pool_permit));
-            (e, checked)
+            (job, checked)
         });
-        ctx.spawn(job.into_actor(self).map(move |res, act, ctx| match res {
-            Ok((e, Ok(()))) => {
-                act.record_check(digest, true);
-                act.store_verified(from, req, key, e, ctx);
+        ctx.spawn(work.into_actor(self).map(move |res, act, ctx| {
+            if let Ok((job, checked)) = res {
+                act.record_check(digest, checked.is_ok());
+                let checked = match checked {
+                    Ok(()) => Checked::Valid,
+                    Err(why) => Checked::Invalid(why.to_string()),
+                };
+                act.core.verified(now_ms(), job, checked);
             }
-            Ok((_, Err(why))) => {
-                act.record_check(digest, false);
-                tracing::debug!(node = %act.node, from = %from.1, %why, "refused a replicated entry");
-                act.refuse("bad_entry", from, req);
-            }
-            Err(_) => act.refuse("bad_entry", from, req),
-        }));
-    }
-
-    fn store_verified(&mut self, from: Peer, req: u64, key: String, e: Entry, ctx: &mut Context<Self>) {
-        if !Self::key_fits(&key, &e) {
-            return self.refuse("wrong_key", from, req);
-        }
-        let slot = self.slot_of(&key);
-        self.put_local(slot, key, e, ctx, Some((from, req)));
-    }
-
-    /// Sends `entry` under `key` to every replica of its slot; returns how many.
-    fn replicate(&mut self, key: String, entry: &Entry, ctx: &mut Context<Self>) -> usize {
-        let slot = self.slot_of(&key);
-        let replicas = self.map.replicas(slot).to_vec();
-        let bytes = entry.encode();
-        for r in &replicas {
-            if *r == self.me {
-                self.put_local(slot, key.clone(), entry.clone(), ctx, None);
-            } else if let Some(addr) = self.gossip_of.get(r).copied() {
-                let req = self.req();
-                let ok = self.sender.send(
-                    *r,
-                    addr,
-                    &IndexRpc::Store { req, key: key.clone(), entry: bytes.clone() }.encode(),
-                );
-                counter!("confab_index_writes_total", "node" => self.node.clone(), "outcome" => if ok { "sent" } else { "send_failed" }).increment(1);
-            }
-        }
-        replicas.len()
-    }
-
-    fn put_local(&mut self, slot: Slot, key: String, entry: Entry, ctx: &mut Context<Self>, ack: Option<(Peer, u64)>) {
-        let Some(actor) = self.slots.get(&slot).cloned() else {
-            if let Some((to, req)) = ack {
-                self.send_to(to, &IndexRpc::StoreAck { req, held: false });
-            }
-            return;
-        };
-        let made_ms = entry.timestamp_ms;
-        ctx.spawn(actor.send(Put { key, entry }).into_actor(self).map(move |res, act, _| {
-            if matches!(res, Ok(Merge::Stored | Merge::Replaced)) {
-                // From the host signing the entry to this replica holding it: direct
-                // writes take milliseconds; a repair by anti-entropy shows its delay here.
-                let lag = now_ms().saturating_sub(made_ms) as f64 / 1000.0;
-                histogram!("confab_index_replication_lag_seconds", "node" => act.node.clone()).record(lag);
-            }
-            let outcome = match res {
-                Ok(Merge::Stored) => "stored",
-                Ok(Merge::Replaced) => "replaced",
-                Ok(Merge::Duplicate) => "duplicate",
-                Ok(Merge::Stale) => "stale",
-                Ok(Merge::Full) => "slot_full",
-                Err(_) => "mailbox",
-            };
-            counter!("confab_index_writes_total", "node" => act.node.clone(), "outcome" => outcome).increment(1);
-            if let Some((to, req)) = ack {
-                let held = matches!(res, Ok(Merge::Stored | Merge::Replaced | Merge::Duplicate));
-                act.send_to(to, &IndexRpc::StoreAck { req, held });
-            }
+            // A check that panicked drops its job: the sender's next round brings it again.
+            act.pump(ctx);
         }));
     }
 
@@ -448,39 +398,6 @@ impl IndexRouter {
 
     fn on_rpc(&mut self, from: Peer, rpc: IndexRpc, ctx: &mut Context<Self>) {
         match rpc {
-            IndexRpc::Store { req, key, entry } => self.on_store(from, req, key, entry, ctx),
-            IndexRpc::Fetch { req, key } => {
-                let slot = self.slot_of(&key);
-                match self.slots.get(&slot).cloned() {
-                    Some(actor) => {
-                        ctx.spawn(actor.send(Get(key)).into_actor(self).map(move |res, act, _| {
-                            let entry = res.ok().flatten().map(|e| e.encode());
-                            act.send_to(from, &IndexRpc::FetchReply { req, entry });
-                        }));
-                    }
-                    None => {
-                        self.send_to(from, &IndexRpc::FetchReply { req, entry: None });
-                    }
-                }
-            }
-            IndexRpc::FetchReply { req, entry } => {
-                let Some((id, node)) = self.reqs.remove(&req) else { return };
-                let entry = entry.and_then(|b| match self.verify(&b) {
-                    Ok(e) => Some(e),
-                    Err(why) => {
-                        // A replica that answers with something that does not verify is
-                        // lying or broken: its answer counts as none.
-                        counter!("confab_index_bad_answers_total", "node" => self.node.clone()).increment(1);
-                        tracing::warn!(node = %self.node, from = %from.1, %why, "a super node answered a lookup with an entry that does not verify");
-                        None
-                    }
-                });
-                if let Some(r) = self.lookups.get_mut(&id) {
-                    r.lookup.on_answer(node, entry);
-                }
-                self.drive(id, ctx);
-            }
-            IndexRpc::StoreAck { .. } => {}
             IndexRpc::PrefixQuery { req, prefix, limit } => {
                 let slot = self.slot_of(&prefix);
                 let limit = usize::from(limit).min(SEARCH_POSTINGS_MAX);
@@ -501,8 +418,6 @@ impl IndexRouter {
                     let _ = tx.send(users);
                 }
             }
-            IndexRpc::Digests { slots } => self.compare_digests(from, slots, ctx),
-            IndexRpc::Differ { slots } => self.push_slots(slots, from, ctx),
             IndexRpc::Deliver { to, body } => {
                 // The cluster channel allows larger packets than a host's frame does.
                 if body.len() > crate::buddy::notice::NOTICE_LEN_MAX {
@@ -514,6 +429,10 @@ impl IndexRouter {
                 self.mailboxes.deliver(&to, body);
             }
             IndexRpc::Mail(m) => self.on_mail_rpc(from, m, ctx),
+            entries => {
+                self.core.receive(now_ms(), from.0, entries);
+                self.pump(ctx);
+            }
         }
     }
 
@@ -523,196 +442,6 @@ impl IndexRouter {
         let max = self.counts.values().copied().max().unwrap_or(0);
         gauge!("confab_index_entries", "node" => self.node.clone()).set(total as f64);
         gauge!("confab_index_slot_entries_max", "node" => self.node.clone()).set(max as f64);
-    }
-
-    /// One anti-entropy round: send every co-replica the digests of the non-empty slots
-    /// we share. Empty slots need no word: whoever holds data sends its digest, and an
-    /// empty side answers that it differs.
-    fn anti_entropy(&mut self) {
-        let shared: Vec<(Slot, (u32, [u8; 32]))> =
-            self.digests.iter().filter(|(s, _)| self.held.contains(s)).map(|(s, d)| (*s, (s.0, *d))).collect();
-        self.send_per_replica(shared, usize::MAX, |slots| IndexRpc::Digests { slots });
-    }
-
-    /// Asks the other replicas of every slot this node just became a replica of for what
-    /// they hold. Anti-entropy alone would wait for a holder's next round, and a holder
-    /// whose view changed after its hand-off round sends nothing until then. Two holders
-    /// are enough to be sure of one answer; each pushes the whole slot, and anti-entropy
-    /// brings whatever one of the others held alone.
-    fn pull(&mut self) {
-        let gained: Vec<(Slot, u32)> = self.gained.drain().map(|s| (s, s.0)).collect();
-        self.send_per_replica(gained, PULL_FROM, |slots| IndexRpc::Differ { slots });
-    }
-
-    /// Groups `items` by the other replicas of their slots (the first `per_slot` of them),
-    /// and sends each replica its share, `DIGESTS_PER_PACKET` items a packet.
-    fn send_per_replica<T: Clone>(&self, items: Vec<(Slot, T)>, per_slot: usize, rpc: impl Fn(Vec<T>) -> IndexRpc) {
-        let mut per_peer: HashMap<NodeId, Vec<T>> = HashMap::new();
-        for (s, item) in items {
-            for r in self.map.replicas(s).iter().filter(|r| **r != self.me).take(per_slot) {
-                per_peer.entry(*r).or_default().push(item.clone());
-            }
-        }
-        for (peer, list) in per_peer {
-            let Some(addr) = self.gossip_of.get(&peer).copied() else { continue };
-            for chunk in list.chunks(DIGESTS_PER_PACKET) {
-                self.send_to((peer, addr), &rpc(chunk.to_vec()));
-            }
-        }
-    }
-
-    /// A co-replica's digests: where ours differ, send ours and ask for theirs.
-    fn compare_digests(&mut self, from: Peer, slots: Vec<(u32, [u8; 32])>, ctx: &mut Context<Self>) {
-        let differ: Vec<u32> = slots
-            .into_iter()
-            .filter(|(s, d)| self.held.contains(&Slot(*s)) && self.digests.get(&Slot(*s)) != Some(d))
-            .map(|(s, _)| s)
-            .collect();
-        counter!("confab_index_antientropy_differing_slots_total", "node" => self.node.clone())
-            .increment(differ.len() as u64);
-        self.push_slots(differ.clone(), from, ctx);
-        if !differ.is_empty() {
-            self.send_to(from, &IndexRpc::Differ { slots: differ });
-        }
-    }
-
-    /// Sends the live entries of `slots` (those this node has a store for) to another replica
-    /// (merging is idempotent, so whatever it already holds costs only the bytes), within
-    /// one answer's byte cap and the replica's repair rate. Each answer starts at a random
-    /// place in the dump, so capped rounds together still cover a large slot.
-    fn push_slots(&mut self, slots: Vec<u32>, to: Peer, ctx: &mut Context<Self>) {
-        // A slot no longer held keeps its store, and still answers while new replicas fill.
-        let actors: Vec<_> = slots.into_iter().filter_map(|s| self.slots.get(&Slot(s)).cloned()).collect();
-        if actors.is_empty() {
-            return;
-        }
-        let dumps = futures_util::future::join_all(actors.into_iter().map(|a| a.send(Dump)));
-        ctx.spawn(dumps.into_actor(self).map(move |res, act, _| {
-            let mut entries: Vec<(String, Vec<u8>)> =
-                res.into_iter().flat_map(|r| r.unwrap_or_default()).map(|(k, e)| (k, e.encode())).collect();
-            if entries.is_empty() {
-                return;
-            }
-            let start = usize::from(u16::from_le_bytes(crate::crypto::random::bytes())) % entries.len();
-            entries.rotate_left(start);
-            let sizes: Vec<usize> = entries.iter().map(|(k, e)| k.len() + e.len()).collect();
-            let (per_sec, cap) = (act.cfg.repair_bytes_per_peer_per_sec, act.cfg.repair_bytes_per_answer_max);
-            let budget = act.repair.entry(to.0).or_insert_with(|| RepairBudget::new(per_sec, now_ms()));
-            let n = repair::fit(&sizes, cap, budget, now_ms());
-            counter!("confab_index_repair_entries_total", "node" => act.node.clone()).increment(n as u64);
-            if n < entries.len() {
-                counter!("confab_index_repair_skipped_entries_total", "node" => act.node.clone())
-                    .increment((entries.len() - n) as u64);
-                tracing::debug!(node = %act.node, to = %to.1, sent = n, skipped = entries.len() - n, "repair capped");
-            }
-            for (key, entry) in entries.into_iter().take(n) {
-                let req = act.req();
-                act.send_to(to, &IndexRpc::Store { req, key, entry });
-            }
-        }));
-    }
-
-    fn refuse(&self, reason: &'static str, to: Peer, req: u64) {
-        counter!("confab_index_writes_total", "node" => self.node.clone(), "outcome" => reason).increment(1);
-        self.send_to(to, &IndexRpc::StoreAck { req, held: false });
-    }
-
-    fn drive(&mut self, id: u64, ctx: &mut Context<Self>) {
-        loop {
-            let Some(r) = self.lookups.get_mut(&id) else { return };
-            match r.lookup.poll(now_ms()) {
-                Action::Ask(nodes) => {
-                    let key = r.lookup.key().to_owned();
-                    for n in nodes {
-                        self.ask(id, n, key.clone(), ctx);
-                    }
-                }
-                Action::Wait => {
-                    let wait = r.lookup.deadline().saturating_sub(now_ms());
-                    ctx.run_later(std::time::Duration::from_millis(wait.max(1)), move |act, ctx| act.drive(id, ctx));
-                    return;
-                }
-                Action::AskDirectory => {
-                    let outcome = r.lookup.not_in_index();
-                    let user = r.lookup.key().to_owned();
-                    let Some(directory) = self.directory.clone() else {
-                        self.finish_with_directory(id, outcome, None);
-                        return;
-                    };
-                    let trusted = TrustedKeys::clone(&self.trusted);
-                    ctx.spawn(async move { directory.ask(user, trusted).await }.into_actor(self).map(
-                        move |record, act, _| {
-                            act.finish_with_directory(id, outcome, record);
-                        },
-                    ));
-                    return;
-                }
-                Action::Done(outcome) => {
-                    self.finish(id, outcome);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn ask(&mut self, id: u64, node: NodeId, key: String, ctx: &mut Context<Self>) {
-        if node == self.me {
-            let slot = self.slot_of(&key);
-            match self.slots.get(&slot).cloned() {
-                Some(actor) => {
-                    ctx.spawn(actor.send(Get(key)).into_actor(self).map(move |res, act, ctx| {
-                        if let Some(r) = act.lookups.get_mut(&id) {
-                            r.lookup.on_answer(node, res.ok().flatten());
-                        }
-                        act.drive(id, ctx);
-                    }));
-                }
-                None => {
-                    if let Some(r) = self.lookups.get_mut(&id) {
-                        r.lookup.on_answer(node, None);
-                    }
-                }
-            }
-            return;
-        }
-        match self.gossip_of.get(&node).copied() {
-            Some(addr) => {
-                let req = self.req();
-                self.reqs.insert(req, (id, node));
-                self.send_to((node, addr), &IndexRpc::Fetch { req, key });
-            }
-            None => {
-                if let Some(r) = self.lookups.get_mut(&id) {
-                    r.lookup.on_answer(node, None);
-                }
-            }
-        }
-    }
-
-    fn finish(&mut self, id: u64, outcome: Outcome) {
-        self.finish_with_directory(id, outcome, None);
-    }
-
-    fn finish_with_directory(&mut self, id: u64, outcome: Outcome, directory: Option<Vec<u8>>) {
-        let Some(mut r) = self.lookups.remove(&id) else { return };
-        self.reqs.retain(|_, (l, _)| *l != id);
-        let result = match outcome {
-            Outcome::Found { entry, stage, asked } => {
-                FindResult { entry: Some(*entry), asked, stage: stage.label(), directory: None }
-            }
-            Outcome::NotInIndex { asked } if directory.is_some() => {
-                FindResult { entry: None, asked, stage: "directory", directory }
-            }
-            Outcome::NotInIndex { asked } => FindResult { entry: None, asked, stage: "not_found", directory: None },
-        };
-        let outcome = if result.entry.is_some() { "found" } else { "not_found" };
-        counter!("confab_index_lookups_total", "node" => self.node.clone(), "outcome" => outcome, "stage" => result.stage).increment(1);
-        histogram!("confab_index_lookup_asked", "node" => self.node.clone()).record(result.asked as f64);
-        histogram!("confab_index_lookup_duration_seconds", "node" => self.node.clone())
-            .record(r.started.elapsed().as_secs_f64());
-        if let Some(tx) = r.reply.take() {
-            let _ = tx.send(result);
-        }
     }
 }
 
@@ -731,13 +460,8 @@ impl Actor for IndexRouter {
         ctx.set_mailbox_capacity(4096);
         mail::zero_series(&self.node);
         counter!("confab_index_slots_retired_total", "node" => self.node.clone()).increment(0);
-        self.refresh(ctx);
-        let every = std::time::Duration::from_secs(self.cfg.anti_entropy_secs.max(1));
-        ctx.run_interval(every, |act, ctx| {
-            act.anti_entropy();
-            act.mail_round(ctx);
-            act.export_counts();
-        });
+        self.core.start(now_ms());
+        self.view_changed(ctx);
         let mut view = self.view.clone();
         let addr = ctx.address();
         actix_rt::spawn(async move {
@@ -754,42 +478,7 @@ impl Handler<ViewChanged> for IndexRouter {
     type Result = ();
 
     fn handle(&mut self, _: ViewChanged, ctx: &mut Context<Self>) {
-        // Deaths and joins arrive one by one over a few seconds; rebuilding the slot map
-        // (rendezvous hashing over every member) at each would cost a large cluster more
-        // than the changes themselves. The first change after a quiet spell rebuilds at
-        // once (a lone join is served without delay); later ones within VIEW_SETTLE wait
-        // and make one rebuild together.
-        if self.refresh_pending {
-            return;
-        }
-        let since = self.refreshed_at.map(|t| t.elapsed()).unwrap_or(VIEW_SETTLE);
-        if since >= VIEW_SETTLE {
-            self.rebuild(ctx);
-            return;
-        }
-        self.refresh_pending = true;
-        ctx.run_later(VIEW_SETTLE - since, |act, ctx| {
-            act.refresh_pending = false;
-            act.rebuild(ctx);
-        });
-    }
-}
-
-impl IndexRouter {
-    /// Rebuilds the slot map, then hands slots off to new replicas soon after (not at the
-    /// next periodic round; one pending round at a time).
-    fn rebuild(&mut self, ctx: &mut Context<Self>) {
-        self.refreshed_at = Some(Instant::now());
-        self.refresh(ctx);
-        if !self.handoff_pending {
-            self.handoff_pending = true;
-            ctx.run_later(std::time::Duration::from_millis(500), |act, ctx| {
-                act.handoff_pending = false;
-                act.anti_entropy();
-                act.pull();
-                act.mail_round(ctx);
-            });
-        }
+        self.view_changed(ctx);
     }
 }
 
@@ -819,10 +508,7 @@ impl Handler<SlotChanged> for IndexRouter {
     type Result = ();
 
     fn handle(&mut self, msg: SlotChanged, _: &mut Context<Self>) {
-        match msg.digest {
-            Some(d) => self.digests.insert(msg.slot, d),
-            None => self.digests.remove(&msg.slot),
-        };
+        self.core.slot_changed(msg.slot, msg.digest);
         match msg.entries {
             0 => self.counts.remove(&msg.slot),
             n => self.counts.insert(msg.slot, n),
@@ -844,20 +530,20 @@ impl Handler<Publish> for IndexRouter {
     type Result = Result<usize, (ErrorCode, String)>;
 
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
-        let e = self.verify(&msg.entry).map_err(|why| {
-            counter!("confab_index_publishes_total", "node" => self.node.clone(), "outcome" => "bad_entry")
-                .increment(1);
+        let name = self.node.clone();
+        let bad = move |why: String| {
+            counter!("confab_index_publishes_total", "node" => name.clone(), "outcome" => "bad_entry").increment(1);
             (ErrorCode::BadSignature, why)
-        })?;
+        };
+        let e = Entry::decode(&msg.entry).map_err(|e| bad(e.to_string()))?;
+        self.verify_now(&msg.entry, &e).map_err(bad)?;
         if !e.user.eq_ignore_ascii_case(&msg.user) {
             counter!("confab_index_publishes_total", "node" => self.node.clone(), "outcome" => "wrong_user")
                 .increment(1);
             return Err((ErrorCode::BadSignature, "an entry may only be published by its own user".into()));
         }
-        let replicas = self.replicate(e.key(), &e, ctx);
-        for token in fold::profile_tokens(&e.user, &e.profile) {
-            self.replicate(fold::posting_key(&token, &e.user), &e, ctx);
-        }
+        let replicas = self.core.publish(now_ms(), e);
+        self.pump(ctx);
         counter!("confab_index_publishes_total", "node" => self.node.clone(), "outcome" => "accepted").increment(1);
         Ok(replicas)
     }
@@ -945,13 +631,9 @@ impl Handler<FindUser> for IndexRouter {
 
 impl IndexRouter {
     fn start_find(&mut self, user: &str, reply: oneshot::Sender<FindResult>, ctx: &mut Context<Self>) {
-        let key = user.to_ascii_lowercase();
-        let slot = self.slot_of(&key);
-        let ids = self.map.members().to_vec();
-        let id = self.req();
-        let lookup = Lookup::new(key, slot, &ids, self.cfg.lookup.clone());
-        self.lookups.insert(id, Running { lookup, reply: Some(reply), started: Instant::now() });
-        self.drive(id, ctx);
+        let id = self.core.find(now_ms(), user);
+        self.finds.insert(id, reply);
+        self.pump(ctx);
     }
 
     /// Asks the first replicas of a token's slot for its postings.

@@ -72,7 +72,7 @@ pub struct ClusterSpec {
     /// SWIM probe period.
     pub probe_period: Duration,
     /// The Global Index this node takes part in.
-    pub index: super::index_router::IndexConfig,
+    pub index: crate::index::IndexConfig,
     /// Fetching and spreading the revocation list.
     pub revocation: super::revocation::RevocationConfig,
 }

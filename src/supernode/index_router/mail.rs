@@ -448,7 +448,7 @@ impl IndexRouter {
                     return;
                 }
                 act.slots.remove(&Slot(s));
-                act.digests.remove(&Slot(s));
+                act.core.slot_changed(Slot(s), None);
                 act.counts.remove(&Slot(s));
                 counter!("confab_index_slots_retired_total", "node" => act.node.clone()).increment(1);
                 gauge!("confab_index_slot_stores", "node" => act.node.clone()).set(act.slots.len() as f64);
@@ -472,7 +472,7 @@ impl IndexRouter {
                 if !st.empty {
                     others.collect()
                 } else if gained.contains(s) {
-                    others.take(super::PULL_FROM).collect()
+                    others.take(crate::index::node::PULL_FROM).collect()
                 } else {
                     continue;
                 }

@@ -1,0 +1,402 @@
+//! One super node's part of the Global Index as a plain state machine, in the manner of
+//! foca's runtime: views, host writes, member requests, store results, timers and `now`
+//! go in; sends, store operations, timers and lookup results come out ([`Output`]). No
+//! socket, no actor, no clock, no RNG of its own: the super node's `IndexRouter` actor is
+//! a thin shell that carries outputs to sockets and slot actors, and the simulator
+//! (`confab-loadtest simulate`) runs thousands of these on virtual time from a seed.
+//!
+//! - [`output`] — what the driver is asked to do, and the jobs that come back.
+//! - [`maps`] — slot maps shared between nodes that see the same members.
+//! - `find` — lookups by limited multicast, driven to an end.
+//! - `sync` — anti-entropy, pulls by new replicas, repair within budgets.
+
+mod find;
+pub mod maps;
+pub mod output;
+mod sync;
+
+pub use maps::Maps;
+pub use output::{Checked, FindResult, GetFor, Output, PutDone, PutResult, Timer, Verify, VerifyFor};
+
+use super::config::IndexConfig;
+use super::lookup::Lookup;
+use super::repair::RepairBudget;
+use super::rpc::IndexRpc;
+use super::store::Merge;
+use super::{Entry, NodeId, Slot, SlotMap, SlotSpace, fold};
+use metrics::{counter, histogram};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+/// How long view changes are gathered before the slot map is rebuilt.
+pub const VIEW_SETTLE_MS: u64 = 250;
+/// How long after a rebuild slots are handed off to their new replicas.
+pub const HANDOFF_AFTER_MS: u64 = 500;
+/// Replicas a new replica asks for a slot's contents.
+pub const PULL_FROM: usize = 2;
+
+struct Running {
+    lookup: Lookup,
+    started_ms: u64,
+    /// The deadline a timer is set for (one timer per stage, not one per answer).
+    timer_at: Option<u64>,
+    /// Waiting for the directory.
+    directory: bool,
+}
+
+/// One super node's Global Index logic.
+pub struct Node {
+    name: String,
+    me: NodeId,
+    cfg: IndexConfig,
+    space: SlotSpace,
+    maps: Maps,
+    map: Arc<SlotMap>,
+    /// The latest view, not yet in the map (while changes settle).
+    next_view: Option<Vec<NodeId>>,
+    settle_pending: bool,
+    rebuilt_at: Option<u64>,
+    handoff_pending: bool,
+    held: BTreeSet<Slot>,
+    /// Slots this node became a replica of since its last pull.
+    gained: BTreeSet<Slot>,
+    /// Digests of the non-empty slots with a store here, as the stores report them.
+    digests: BTreeMap<Slot, [u8; 32]>,
+    next_req: u64,
+    lookups: HashMap<u64, Running>,
+    /// Our Fetches in flight: request id → (lookup, member asked).
+    fetches: HashMap<u64, (u64, NodeId)>,
+    /// Repair bytes each replica may still be sent.
+    repair: HashMap<NodeId, RepairBudget>,
+    rng: StdRng,
+    out: VecDeque<Output>,
+}
+
+impl Node {
+    /// Node `me` (named `name` in metrics and logs) with `cfg`, sharing slot maps through
+    /// `maps`; `seed` drives its only random choice (where a capped repair starts).
+    pub fn new(name: String, me: NodeId, cfg: IndexConfig, maps: Maps, seed: u64) -> Self {
+        let space = SlotSpace::new(cfg.slots).unwrap_or_default();
+        let map = Arc::new(SlotMap::new(space, cfg.replicas, &[me]));
+        let mut node = Self {
+            name,
+            me,
+            cfg,
+            space,
+            maps,
+            map,
+            next_view: None,
+            settle_pending: false,
+            rebuilt_at: None,
+            handoff_pending: false,
+            held: BTreeSet::new(),
+            gained: BTreeSet::new(),
+            digests: BTreeMap::new(),
+            next_req: 1,
+            lookups: HashMap::new(),
+            fetches: HashMap::new(),
+            repair: HashMap::new(),
+            rng: StdRng::seed_from_u64(seed),
+            out: VecDeque::new(),
+        };
+        node.apply_map(node.map.clone());
+        node
+    }
+
+    /// Starts the periodic rounds; call once, at `now_ms`.
+    pub fn start(&mut self, now_ms: u64) {
+        self.schedule(now_ms + self.anti_entropy_ms(), Timer::AntiEntropy);
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &IndexConfig {
+        &self.cfg
+    }
+
+    /// The current slot map.
+    pub fn map(&self) -> &Arc<SlotMap> {
+        &self.map
+    }
+
+    /// The slots this node replicates.
+    pub fn held(&self) -> &BTreeSet<Slot> {
+        &self.held
+    }
+
+    /// The slot a key lives in.
+    pub fn slot_of(&self, key: &str) -> Slot {
+        self.space.slot_of(fold::slot_key(key))
+    }
+
+    /// Lookups running.
+    pub fn lookups_running(&self) -> usize {
+        self.lookups.len()
+    }
+
+    /// A fresh request id (the shell's own requests share the sequence).
+    pub fn req(&mut self) -> u64 {
+        self.next_req += 1;
+        self.next_req
+    }
+
+    fn anti_entropy_ms(&self) -> u64 {
+        self.cfg.anti_entropy_secs.max(1) * 1000
+    }
+
+    fn schedule(&mut self, at_ms: u64, timer: Timer) {
+        self.out.push_back(Output::Schedule { at_ms, timer });
+    }
+
+    fn send(&mut self, to: NodeId, rpc: IndexRpc) {
+        self.out.push_back(Output::Send { to, rpc });
+    }
+
+    /// The cluster's live members changed (this node included or not). Deaths and joins
+    /// arrive one by one over a few seconds: the first change after a quiet spell is
+    /// applied at once (a lone join is served without delay), later ones within
+    /// [`VIEW_SETTLE_MS`] wait and are applied together.
+    pub fn view(&mut self, now_ms: u64, members: &[NodeId]) {
+        self.next_view = Some(members.to_vec());
+        if self.settle_pending {
+            return;
+        }
+        let since = self.rebuilt_at.map(|t| now_ms.saturating_sub(t)).unwrap_or(VIEW_SETTLE_MS);
+        if since >= VIEW_SETTLE_MS {
+            self.rebuild(now_ms);
+        } else {
+            self.settle_pending = true;
+            self.schedule(now_ms + (VIEW_SETTLE_MS - since), Timer::Settle);
+        }
+    }
+
+    fn rebuild(&mut self, now_ms: u64) {
+        let Some(mut ids) = self.next_view.take() else { return };
+        self.rebuilt_at = Some(now_ms);
+        if !ids.contains(&self.me) {
+            ids.push(self.me);
+        }
+        let ids = maps::normalized(&ids);
+        let map = self.maps.get(&self.map, &ids);
+        self.apply_map(map);
+        if !self.handoff_pending {
+            self.handoff_pending = true;
+            self.schedule(now_ms + HANDOFF_AFTER_MS, Timer::HandOff);
+        }
+    }
+
+    fn apply_map(&mut self, map: Arc<SlotMap>) {
+        self.repair.retain(|id, _| map.members().binary_search(id).is_ok());
+        let held: BTreeSet<Slot> = map.held_by(self.me).into_iter().collect();
+        let gained: Vec<Slot> = held.difference(&self.held).copied().collect();
+        self.gained.extend(gained.iter().copied());
+        self.gained.retain(|s| held.contains(s));
+        self.held = held;
+        self.map = map;
+        tracing::debug!(node = %self.name, members = self.map.members().len(), held = self.held.len(), "slot map rebuilt");
+        self.out.push_back(Output::Rebuilt { held: self.held.iter().copied().collect(), gained });
+    }
+
+    /// A timer came due.
+    pub fn timer(&mut self, now_ms: u64, t: Timer) {
+        match t {
+            Timer::Settle => {
+                self.settle_pending = false;
+                self.rebuild(now_ms);
+            }
+            Timer::HandOff => {
+                self.handoff_pending = false;
+                self.anti_entropy();
+                self.pull();
+            }
+            Timer::AntiEntropy => {
+                self.anti_entropy();
+                self.schedule(now_ms + self.anti_entropy_ms(), Timer::AntiEntropy);
+            }
+            Timer::Lookup(id) => {
+                if let Some(r) = self.lookups.get_mut(&id)
+                    && r.timer_at.is_some_and(|at| at <= now_ms)
+                {
+                    r.timer_at = None;
+                }
+                self.drive(now_ms, id);
+            }
+        }
+    }
+
+    /// A slot's store changed: its digest (None: empty).
+    pub fn slot_changed(&mut self, slot: Slot, digest: Option<[u8; 32]>) {
+        match digest {
+            Some(d) => self.digests.insert(slot, d),
+            None => self.digests.remove(&slot),
+        };
+    }
+
+    /// A local host published `entry` (its signatures already checked): it goes to the
+    /// replicas of its key and of each of its profile's search tokens. Returns how many
+    /// replicas its own key has.
+    pub fn publish(&mut self, now_ms: u64, entry: Entry) -> usize {
+        let replicas = self.replicate(now_ms, entry.key(), &entry);
+        for token in fold::profile_tokens(&entry.user, &entry.profile) {
+            self.replicate(now_ms, fold::posting_key(&token, &entry.user), &entry);
+        }
+        replicas
+    }
+
+    fn replicate(&mut self, _now_ms: u64, key: String, entry: &Entry) -> usize {
+        let slot = self.slot_of(&key);
+        let map = self.map.clone();
+        let replicas = map.replicas(slot);
+        let bytes = entry.encode();
+        for r in replicas {
+            if *r == self.me {
+                let done = PutDone { ack: None, made_ms: entry.timestamp_ms };
+                self.out.push_back(Output::Put { slot, key: key.clone(), entry: entry.clone(), done });
+            } else {
+                let req = self.req();
+                self.send(*r, IndexRpc::Store { req, key: key.clone(), entry: bytes.clone() });
+                self.count_write("sent");
+            }
+        }
+        replicas.len()
+    }
+
+    fn count_write(&self, outcome: &'static str) {
+        counter!("confab_index_writes_total", "node" => self.name.clone(), "outcome" => outcome).increment(1);
+    }
+
+    /// Checks that `entry` may live under `key`: its own username, or a posting for one
+    /// of its profile's tokens.
+    fn key_fits(key: &str, entry: &Entry) -> bool {
+        key == entry.key()
+            || fold::profile_tokens(&entry.user, &entry.profile)
+                .iter()
+                .any(|t| fold::posting_key(t, &entry.user) == key)
+    }
+
+    /// A request or answer from member `from` (the driver checked it is one).
+    pub fn receive(&mut self, now_ms: u64, from: NodeId, rpc: IndexRpc) {
+        match rpc {
+            IndexRpc::Store { req, key, entry } => match Entry::decode(&entry) {
+                Ok(e) => {
+                    let purpose = VerifyFor::Store { from, req, key };
+                    self.out.push_back(Output::Verify(Box::new(Verify { entry: e, bytes: entry, purpose })));
+                }
+                Err(why) => {
+                    tracing::debug!(node = %self.name, from = %from, %why, "refused a replicated entry");
+                    self.refuse("bad_entry", from, req);
+                }
+            },
+            IndexRpc::StoreAck { .. } => {}
+            IndexRpc::Fetch { req, key } => {
+                let slot = self.slot_of(&key);
+                self.out.push_back(Output::Get { slot, key, purpose: GetFor::Fetch { to: from, req } });
+            }
+            IndexRpc::FetchReply { req, entry } => self.on_fetch_reply(now_ms, from, req, entry),
+            IndexRpc::Digests { slots } => self.compare_digests(from, slots),
+            IndexRpc::Differ { slots } => self.push_slots(slots.into_iter().map(Slot).collect(), from),
+            other => {
+                // The driver handles the rest (search, notices, mail) itself.
+                tracing::debug!(node = %self.name, from = %from, rpc = ?std::mem::discriminant(&other), "not an entry request");
+            }
+        }
+    }
+
+    /// A check the node asked for ended.
+    pub fn verified(&mut self, now_ms: u64, job: Verify, checked: Checked) {
+        match job.purpose {
+            VerifyFor::Store { from, req, key } => match checked {
+                Checked::Valid if Self::key_fits(&key, &job.entry) => {
+                    let slot = self.slot_of(&key);
+                    let done = PutDone { ack: Some((from, req)), made_ms: job.entry.timestamp_ms };
+                    self.out.push_back(Output::Put { slot, key, entry: job.entry, done });
+                }
+                Checked::Valid => self.refuse("wrong_key", from, req),
+                Checked::Invalid(why) => {
+                    tracing::debug!(node = %self.name, from = %from, %why, "refused a replicated entry");
+                    self.refuse("bad_entry", from, req);
+                }
+                Checked::Busy => self.refuse("busy", from, req),
+            },
+            VerifyFor::Answer { id, from } => {
+                let entry = match checked {
+                    Checked::Valid => Some(job.entry),
+                    Checked::Invalid(why) => {
+                        // A replica that answers with something that does not verify is
+                        // lying or broken: its answer counts as none.
+                        counter!("confab_index_bad_answers_total", "node" => self.name.clone()).increment(1);
+                        tracing::warn!(node = %self.name, from = %from, %why, "a super node answered a lookup with an entry that does not verify");
+                        None
+                    }
+                    Checked::Busy => None,
+                };
+                if let Some(r) = self.lookups.get_mut(&id) {
+                    r.lookup.on_answer(from, entry);
+                }
+                self.drive(now_ms, id);
+            }
+        }
+    }
+
+    /// A write the node asked for ended.
+    pub fn put_done(&mut self, now_ms: u64, done: PutDone, result: PutResult) {
+        if matches!(result, PutResult::Merged(Merge::Stored | Merge::Replaced)) {
+            // From the host signing the entry to this replica holding it: direct writes
+            // take milliseconds; a repair by anti-entropy shows its delay here.
+            let lag = now_ms.saturating_sub(done.made_ms) as f64 / 1000.0;
+            histogram!("confab_index_replication_lag_seconds", "node" => self.name.clone()).record(lag);
+        }
+        let outcome = match result {
+            PutResult::Merged(Merge::Stored) => "stored",
+            PutResult::Merged(Merge::Replaced) => "replaced",
+            PutResult::Merged(Merge::Duplicate) => "duplicate",
+            PutResult::Merged(Merge::Stale) => "stale",
+            PutResult::Merged(Merge::Full) => "slot_full",
+            PutResult::NoStore => return self.ack_put(done, false),
+            PutResult::Failed => "mailbox",
+        };
+        self.count_write(outcome);
+        let held = matches!(result, PutResult::Merged(Merge::Stored | Merge::Replaced | Merge::Duplicate));
+        self.ack_put(done, held);
+    }
+
+    fn ack_put(&mut self, done: PutDone, held: bool) {
+        if let Some((to, req)) = done.ack {
+            self.send(to, IndexRpc::StoreAck { req, held });
+        }
+    }
+
+    /// A read the node asked for ended.
+    pub fn got(&mut self, now_ms: u64, purpose: GetFor, entry: Option<Entry>) {
+        match purpose {
+            GetFor::Fetch { to, req } => {
+                self.send(to, IndexRpc::FetchReply { req, entry: entry.map(|e| e.encode()) });
+            }
+            GetFor::Lookup { id } => {
+                if let Some(r) = self.lookups.get_mut(&id) {
+                    r.lookup.on_answer(self.me, entry);
+                }
+                self.drive(now_ms, id);
+            }
+        }
+    }
+
+    fn refuse(&mut self, reason: &'static str, to: NodeId, req: u64) {
+        self.count_write(reason);
+        self.send(to, IndexRpc::StoreAck { req, held: false });
+    }
+}
+
+#[cfg(test)]
+mod tests;

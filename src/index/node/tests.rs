@@ -1,0 +1,301 @@
+//! A few nodes on a virtual clock with real slot stores and real signed entries: the
+//! node's decisions, with nothing but a queue between them.
+
+use super::*;
+use crate::crypto::KeyId;
+use crate::index::entry::tests::{entry, trusted};
+use crate::index::store::SlotStore;
+use crate::index::{Status, lookup::LookupConfig};
+use std::collections::BTreeMap;
+
+const T0: u64 = 1_700_000_000_000;
+
+#[derive(Debug)]
+enum Ev {
+    Deliver { to: NodeId, from: NodeId, rpc: IndexRpc },
+    Timer { at: NodeId, timer: Timer },
+}
+
+struct Harness {
+    now: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Ev>,
+    nodes: BTreeMap<NodeId, (Node, BTreeMap<Slot, SlotStore>)>,
+    found: BTreeMap<(NodeId, u64), FindResult>,
+    asked_directory: Vec<(NodeId, u64, String)>,
+    /// Stores dropped on the way to these members (a lost packet, a crashed write).
+    drop_stores_to: Vec<NodeId>,
+    busy: bool,
+    sent: u64,
+}
+
+fn id(i: u8) -> NodeId {
+    KeyId([i; 8])
+}
+
+fn config() -> IndexConfig {
+    IndexConfig { slots: 64, replicas: 3, lookup: LookupConfig::default(), ..IndexConfig::default() }
+}
+
+impl Harness {
+    fn new(n: u8, cfg: IndexConfig) -> Self {
+        let maps = Maps::new(4);
+        let ids: Vec<NodeId> = (0..n).map(id).collect();
+        let mut h = Harness {
+            now: T0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            found: BTreeMap::new(),
+            asked_directory: Vec::new(),
+            drop_stores_to: Vec::new(),
+            busy: false,
+            sent: 0,
+        };
+        for i in &ids {
+            let mut node = Node::new(format!("sn{}", i.0[0]), *i, cfg.clone(), maps.clone(), u64::from(i.0[0]));
+            node.start(T0);
+            h.nodes.insert(*i, (node, BTreeMap::new()));
+        }
+        for i in &ids {
+            h.with(*i, |n| n.view(T0, &ids));
+        }
+        h
+    }
+
+    fn push(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), ev);
+    }
+
+    /// Runs `f` on node `at`, then carries out what it asked for.
+    fn with<R>(&mut self, at: NodeId, f: impl FnOnce(&mut Node) -> R) -> R {
+        let r = f(&mut self.nodes.get_mut(&at).expect("a node").0);
+        self.pump(at);
+        r
+    }
+
+    fn pump(&mut self, at: NodeId) {
+        let now = self.now;
+        loop {
+            let (node, stores) = self.nodes.get_mut(&at).expect("a node");
+            let Some(out) = node.poll() else { return };
+            match out {
+                Output::Send { to, rpc } => {
+                    self.sent += 1;
+                    if matches!(rpc, IndexRpc::Store { .. }) && self.drop_stores_to.contains(&to) {
+                        continue;
+                    }
+                    self.push(now + 20, Ev::Deliver { to, from: at, rpc });
+                }
+                Output::Schedule { at_ms, timer } => self.push(at_ms.max(now), Ev::Timer { at, timer }),
+                Output::Rebuilt { held, .. } => {
+                    for s in held {
+                        stores.entry(s).or_insert_with(|| SlotStore::new(1000));
+                    }
+                }
+                Output::Put { slot, key, entry, done } => {
+                    let result = match stores.get_mut(&slot) {
+                        Some(st) => {
+                            let m = st.merge(&key, entry);
+                            let digest = (!st.is_empty()).then(|| st.digest());
+                            node.slot_changed(slot, digest);
+                            PutResult::Merged(m)
+                        }
+                        None => PutResult::NoStore,
+                    };
+                    node.put_done(now, done, result);
+                }
+                Output::Get { slot, key, purpose } => {
+                    let e = stores.get(&slot).and_then(|st| st.get(&key).cloned());
+                    node.got(now, purpose, e);
+                }
+                Output::Dump { slots, to } => {
+                    let entries = slots
+                        .iter()
+                        .filter_map(|s| stores.get(s))
+                        .flat_map(|st| st.live(now / 1000, 72 * 3600))
+                        .map(|(k, e)| (k, e.encode()))
+                        .collect();
+                    node.dumped(now, to, entries);
+                }
+                Output::Verify(job) => {
+                    let checked = if self.busy && matches!(job.purpose, VerifyFor::Store { .. }) {
+                        Checked::Busy
+                    } else {
+                        match job.entry.verify(&trusted(), now) {
+                            Ok(_) => Checked::Valid,
+                            Err(e) => Checked::Invalid(e.to_string()),
+                        }
+                    };
+                    node.verified(now, *job, checked);
+                }
+                Output::AskDirectory { id, user } => self.asked_directory.push((at, id, user)),
+                Output::Found { id, result } => {
+                    self.found.insert((at, id), result);
+                }
+            }
+        }
+    }
+
+    fn run_for(&mut self, ms: u64) {
+        let until = self.now + ms;
+        while let Some((&(t, seq), _)) = self.queue.iter().next() {
+            if t > until {
+                break;
+            }
+            let ev = self.queue.remove(&(t, seq)).expect("present");
+            self.now = t;
+            match ev {
+                Ev::Deliver { to, from, rpc } => {
+                    if self.nodes.contains_key(&to) {
+                        self.with(to, |n| n.receive(t, from, rpc));
+                    }
+                }
+                Ev::Timer { at, timer } => {
+                    if self.nodes.contains_key(&at) {
+                        self.with(at, |n| n.timer(t, timer));
+                    }
+                }
+            }
+        }
+        self.now = until;
+    }
+
+    fn holders(&self, key: &str) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, (n, st))| st.get(&n.slot_of(key)).and_then(|s| s.get(key)).is_some())
+            .map(|(i, _)| *i)
+            .collect()
+    }
+
+    fn find(&mut self, at: NodeId, user: &str) -> FindResult {
+        let now = self.now;
+        let lookup = self.with(at, |n| n.find(now, user));
+        for _ in 0..100 {
+            if let Some(r) = self.found.remove(&(at, lookup)) {
+                return r;
+            }
+            self.run_for(100);
+        }
+        panic!("lookup {lookup} of {user} at {at} never ended");
+    }
+}
+
+#[test]
+fn a_published_entry_reaches_its_replicas_and_is_found_from_anywhere_in_the_first_step() {
+    let mut h = Harness::new(12, config());
+    h.run_for(1000);
+    let e = entry("alice", 1, T0, Status::Online);
+    let replicas = h.with(id(0), |n| n.publish(T0, e.clone()));
+    assert_eq!(replicas, 3);
+    h.run_for(1000);
+    let expected: Vec<NodeId> = {
+        let n = &h.nodes[&id(0)].0;
+        let mut r = n.map().replicas(n.slot_of("alice")).to_vec();
+        r.sort();
+        r
+    };
+    assert_eq!(h.holders("alice"), expected, "exactly the key's replicas hold it");
+    for at in [1, 5, 11] {
+        let r = h.find(id(at), "Alice");
+        assert_eq!(r.entry.as_ref().map(|e| e.user.as_str()), Some("alice"));
+        assert_eq!(r.stage, "step1");
+        assert!(r.asked <= 4, "asked {}", r.asked);
+    }
+}
+
+#[test]
+fn a_miss_asks_at_most_the_widest_stage_then_the_directory() {
+    let mut cfg = config();
+    cfg.directory = vec!["198.18.0.9:443".parse().unwrap()];
+    let mut h = Harness::new(40, cfg);
+    h.run_for(1000);
+    let sent = h.sent;
+    let now = h.now;
+    let lookup = h.with(id(3), |n| n.find(now, "nobody"));
+    h.run_for(5000);
+    assert!(h.found.is_empty(), "waits for the directory");
+    assert_eq!(h.asked_directory, vec![(id(3), lookup, "nobody".to_owned())]);
+    let fetches = h.sent - sent;
+    assert!(fetches <= 2 * 32, "{fetches} messages for one miss");
+    let record = b"a signed record".to_vec();
+    let now = h.now;
+    h.with(id(3), |n| n.directory_answer(now, lookup, Some(record.clone())));
+    let r = h.found.remove(&(id(3), lookup)).expect("ended");
+    assert_eq!((r.stage, r.asked, r.directory), ("directory", 32, Some(record)));
+}
+
+#[test]
+fn a_replica_that_missed_a_write_gets_it_by_anti_entropy() {
+    let mut h = Harness::new(8, config());
+    h.run_for(1000);
+    let n0 = &h.nodes[&id(0)].0;
+    let slot = n0.slot_of("bob");
+    let victim = *n0.map().replicas(slot).iter().find(|r| **r != id(0)).expect("another replica");
+    h.drop_stores_to.push(victim);
+    h.with(id(0), |n| n.publish(T0, entry("bob", 1, T0, Status::Online)));
+    h.run_for(500);
+    assert!(!h.holders("bob").contains(&victim), "the write was lost");
+    h.drop_stores_to.clear();
+    h.run_for(12_000);
+    assert!(h.holders("bob").contains(&victim), "one anti-entropy round repaired it");
+}
+
+#[test]
+fn view_changes_close_together_make_one_rebuild() {
+    let mut h = Harness::new(6, config());
+    h.run_for(1000);
+    let all: Vec<NodeId> = (0..6).map(id).chain([id(9)]).collect();
+    let now = h.now;
+    h.with(id(0), |n| n.view(now, &all[..5]));
+    assert_eq!(h.nodes[&id(0)].0.map().members().len(), 5, "the first change after a quiet spell: at once");
+    h.with(id(0), |n| n.view(now + 50, &all[..6]));
+    h.with(id(0), |n| n.view(now + 100, &all));
+    assert_eq!(h.nodes[&id(0)].0.map().members().len(), 5, "later ones wait to settle");
+    h.run_for(400);
+    assert_eq!(h.nodes[&id(0)].0.map().members().len(), 7, "applied together, the latest view");
+}
+
+#[test]
+fn a_new_replica_pulls_its_slots_before_any_anti_entropy_round() {
+    let mut h = Harness::new(6, config());
+    h.run_for(1000);
+    let all: Vec<NodeId> = (0..6).map(id).chain([id(9)]).collect();
+    // A user whose slot the joiner will replicate.
+    let after = SlotMap::new(SlotSpace::new(64).unwrap(), 3, &all);
+    let user = (0..)
+        .map(|i| format!("user{i}"))
+        .find(|u| after.replicas(h.nodes[&id(0)].0.slot_of(u)).contains(&id(9)))
+        .expect("some slot");
+    h.with(id(0), |n| n.publish(T0, entry(&user, 1, T0, Status::Online)));
+    h.run_for(1000);
+    let mut joiner = Node::new("sn9".into(), id(9), config(), Maps::new(4), 9);
+    joiner.start(h.now);
+    h.nodes.insert(id(9), (joiner, BTreeMap::new()));
+    // The joiner alone sees the new view (the others have not heard of it yet, so they
+    // hand nothing off to it): only its own pull brings the slot before anti-entropy.
+    let now = h.now;
+    h.with(id(9), |n| n.view(now, &all));
+    h.run_for(1000);
+    assert!(h.holders(&user).contains(&id(9)), "the new replica pulled the slot");
+    for held in h.nodes[&id(9)].0.held().clone() {
+        assert!(h.nodes[&id(9)].1.contains_key(&held), "a store for every slot held");
+    }
+}
+
+#[test]
+fn a_busy_driver_refuses_a_store_and_an_answer_from_a_member_not_asked_is_ignored() {
+    let mut h = Harness::new(5, config());
+    h.run_for(1000);
+    h.busy = true;
+    h.with(id(0), |n| n.publish(T0, entry("dave", 1, T0, Status::Online)));
+    h.run_for(500);
+    assert!(h.holders("dave").iter().all(|i| *i == id(0)), "only the publisher's own store took it");
+    // An answer with a request id nobody sent changes nothing.
+    let now = h.now;
+    let e = entry("dave", 2, T0 + 5, Status::Online);
+    h.with(id(1), |n| n.receive(now, id(2), IndexRpc::FetchReply { req: 3, entry: Some(e.encode()) }));
+    assert!(h.found.is_empty());
+}
