@@ -4,6 +4,7 @@
 use super::entry::{Entry, Status};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// How long an entry stays findable after its host was last seen, by default.
 pub const RETENTION_SECS_DEFAULT: u64 = 72 * 3600;
@@ -37,21 +38,23 @@ const SEEN_MAX: usize = 32;
 /// user's last-seen time. A second login never displaces the first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sessions {
-    /// Newest first (by [`Entry::order`]).
-    entries: Vec<Entry>,
+    /// Newest first (by [`Entry::order`]); shared, since every replica of a process (and
+    /// every copy handed out) holds the same immutable entry.
+    entries: Vec<Arc<Entry>>,
     /// Origin → the newest timestamp seen from it (including entries since dropped).
     seen: BTreeMap<u64, u64>,
 }
 
 impl Sessions {
     /// Merges a verified entry of this key: into its session (by origin), or as a new one.
-    pub fn merge(&mut self, e: Entry) -> Merge {
+    pub fn merge(&mut self, e: impl Into<Arc<Entry>>) -> Merge {
+        let e: Arc<Entry> = e.into();
         if let Some(held) = self.entries.iter_mut().find(|h| h.origin == e.origin) {
             return if e.supersedes(held) {
                 *held = e;
                 self.normalize();
                 Merge::Replaced
-            } else if *held == e {
+            } else if **held == *e {
                 Merge::Duplicate
             } else {
                 Merge::Stale
@@ -68,7 +71,7 @@ impl Sessions {
     }
 
     /// The sessions held, newest first.
-    pub fn entries(&self) -> &[Entry] {
+    pub fn entries(&self) -> &[Arc<Entry>] {
         &self.entries
     }
 
@@ -108,6 +111,18 @@ impl Sessions {
             .iter()
             .find(|e| e.status != Status::Offline && e.last_seen.saturating_add(PRESENCE_TTL_SECS_DEFAULT) >= newest)
             .or_else(|| self.entries.first())
+            .map(|e| &**e)
+    }
+
+    /// The shared entry that speaks for the user (as [`Sessions::best`]).
+    pub fn best_shared(&self) -> Option<&Arc<Entry>> {
+        let best = self.best()?;
+        self.entries.iter().find(|e| std::ptr::eq(&***e, best))
+    }
+
+    /// The sum of the digest parts of every session held.
+    fn part(&self, key: &str) -> Sum {
+        self.entries.iter().fold(Sum::default(), |acc, e| acc.add(Sum::of(key, e)))
     }
 }
 
@@ -116,26 +131,74 @@ impl Sessions {
 pub struct SlotStore {
     entries: BTreeMap<String, Sessions>,
     entries_max: usize,
+    /// The digest, kept as entries come and go: a change costs its own entries' hashes,
+    /// not the whole slot's.
+    sum: Sum,
+}
+
+/// An order-independent digest of a set of (key, entry) pairs: the lane-wise sum of each
+/// pair's SHA-256. Anti-entropy only compares digests to decide what to send, so a
+/// collision costs a missed repair round, not trust (every entry carries its signature).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Sum([u64; 4]);
+
+impl Sum {
+    fn of(key: &str, e: &Entry) -> Self {
+        let (t, o, sig) = e.order();
+        let mut h = Sha256::new();
+        h.update((key.len() as u32).to_be_bytes());
+        h.update(key.as_bytes());
+        h.update(t.to_be_bytes());
+        h.update(o.to_be_bytes());
+        h.update(Sha256::digest(sig));
+        let d: [u8; 32] = h.finalize().into();
+        Self(std::array::from_fn(|i| u64::from_le_bytes(d[i * 8..i * 8 + 8].try_into().expect("8 bytes"))))
+    }
+
+    fn add(self, o: Self) -> Self {
+        Self(std::array::from_fn(|i| self.0[i].wrapping_add(o.0[i])))
+    }
+
+    fn sub(self, o: Self) -> Self {
+        Self(std::array::from_fn(|i| self.0[i].wrapping_sub(o.0[i])))
+    }
+
+    fn bytes(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, lane) in self.0.iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&lane.to_le_bytes());
+        }
+        out
+    }
 }
 
 impl SlotStore {
     /// An empty slot holding at most `entries_max` keys.
     pub fn new(entries_max: usize) -> Self {
-        Self { entries: BTreeMap::new(), entries_max }
+        Self { entries: BTreeMap::new(), entries_max, sum: Sum::default() }
     }
 
     /// Merges a verified entry under `key`: into its session (by origin), or as a new one.
-    pub fn merge(&mut self, key: &str, e: Entry) -> Merge {
+    pub fn merge(&mut self, key: &str, e: impl Into<Arc<Entry>>) -> Merge {
         if let Some(held) = self.entries.get_mut(key) {
-            return held.merge(e);
+            let before = held.part(key);
+            let m = held.merge(e);
+            self.sum = self.sum.sub(before).add(held.part(key));
+            return m;
         }
         if self.entries.len() >= self.entries_max {
             return Merge::Full;
         }
         let mut sessions = Sessions::default();
         let m = sessions.merge(e);
+        self.sum = self.sum.add(sessions.part(key));
         self.entries.insert(key.to_owned(), sessions);
         m
+    }
+
+    /// The shared entry that speaks for `key`.
+    pub fn get_shared(&self, key: &str) -> Option<&Arc<Entry>> {
+        self.entries.get(key).and_then(Sessions::best_shared)
     }
 
     /// The entry that speaks for `key` (see the sessions' rule).
@@ -144,7 +207,7 @@ impl SlotStore {
     }
 
     /// Every session held under `key`, newest first.
-    pub fn sessions(&self, key: &str) -> &[Entry] {
+    pub fn sessions(&self, key: &str) -> &[Arc<Entry>] {
         self.entries.get(key).map_or(&[], |s| &s.entries)
     }
 
@@ -158,8 +221,8 @@ impl SlotStore {
     }
 
     /// Every entry (every session) still inside the retention window at `now`, with its key.
-    pub fn live(&self, now: u64, retention_secs: u64) -> Vec<(String, Entry)> {
-        self.iter()
+    pub fn live(&self, now: u64, retention_secs: u64) -> Vec<(String, Arc<Entry>)> {
+        self.iter_shared()
             .filter(|(_, e)| e.last_seen.saturating_add(retention_secs) > now)
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect()
@@ -167,18 +230,30 @@ impl SlotStore {
 
     /// Every entry (every session), in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Entry)> {
+        self.iter_shared().map(|(k, e)| (k, &**e))
+    }
+
+    fn iter_shared(&self) -> impl Iterator<Item = (&String, &Arc<Entry>)> {
         self.entries.iter().flat_map(|(k, s)| s.entries.iter().map(move |e| (k, e)))
     }
 
     /// Drops entries last seen more than `retention_secs` before `now`; returns how many.
     pub fn expire(&mut self, now: u64, retention_secs: u64) -> usize {
         let mut dropped = 0;
-        self.entries.retain(|_, s| {
+        let mut sum = self.sum;
+        self.entries.retain(|k, s| {
             let before = s.entries.len();
-            s.entries.retain(|e| e.last_seen.saturating_add(retention_secs) > now);
+            s.entries.retain(|e| {
+                let keep = e.last_seen.saturating_add(retention_secs) > now;
+                if !keep {
+                    sum = sum.sub(Sum::of(k, e));
+                }
+                keep
+            });
             dropped += before - s.entries.len();
             !s.entries.is_empty()
         });
+        self.sum = sum;
         dropped
     }
 
@@ -194,16 +269,7 @@ impl SlotStore {
 
     /// A digest of what the slot holds, for anti-entropy: equal digests, equal contents.
     pub fn digest(&self) -> [u8; 32] {
-        let mut h = Sha256::new();
-        for (k, e) in self.iter() {
-            let (t, o, sig) = e.order();
-            h.update((k.len() as u32).to_be_bytes());
-            h.update(k.as_bytes());
-            h.update(t.to_be_bytes());
-            h.update(o.to_be_bytes());
-            h.update(Sha256::digest(sig));
-        }
-        h.finalize().into()
+        self.sum.bytes()
     }
 }
 
@@ -250,11 +316,11 @@ mod tests {
         let gone = entry("alice", 8, t + 2000, Status::Offline);
         assert_eq!(s.merge("alice", gone.clone()), Merge::Replaced);
         assert_eq!(s.get("alice"), Some(&phone), "the remaining online session speaks");
-        assert_eq!(s.sessions("alice"), [gone.clone(), phone.clone()]);
+        assert_eq!(s.sessions("alice"), [Arc::new(gone.clone()), Arc::new(phone.clone())]);
         // Only the newest offline session is kept, and a late copy of a dropped one stays out.
         let gone2 = entry("alice", 9, t + 3000, Status::Offline);
         assert_eq!(s.merge("alice", gone2.clone()), Merge::Stored);
-        assert_eq!(s.sessions("alice"), [gone2.clone(), phone.clone()]);
+        assert_eq!(s.sessions("alice"), [Arc::new(gone2.clone()), Arc::new(phone.clone())]);
         assert_eq!(s.merge("alice", gone), Merge::Stale);
         assert_eq!(s.merge("alice", entry("alice", 8, t + 1000, Status::Busy)), Merge::Stale);
         // A session that vanished without logging out long before the newest entry does not speak.
@@ -335,6 +401,20 @@ mod tests {
                 prop_assert_eq!(a.sessions(k), b.sessions(k));
                 prop_assert_eq!(a.get(k), b.get(k));
             }
+            // The digest kept change by change equals one of a store that only ever held
+            // what is left, before and after expiry.
+            let rebuilt = |s: &SlotStore| {
+                let mut fresh = SlotStore::new(100);
+                for (k, e) in s.iter() {
+                    fresh.merge(k, e.clone());
+                }
+                fresh.digest()
+            };
+            prop_assert_eq!(a.digest(), rebuilt(&a));
+            let cut = 1_700_000_000 + 3;
+            a.expire(cut + 10, 10);
+            prop_assert_ne!(a.digest(), b.digest(), "expiry dropped some");
+            prop_assert_eq!(a.digest(), rebuilt(&a));
         }
     }
 }

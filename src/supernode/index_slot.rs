@@ -186,7 +186,7 @@ impl Handler<SessionsAt> for IndexSlot {
 
 /// Every live entry of the slot, to repair another replica.
 #[derive(Message)]
-#[rtype(result = "Vec<(String, Entry)>")]
+#[rtype(result = "Vec<(String, std::sync::Arc<Entry>)>")]
 pub struct Dump;
 
 impl Handler<Dump> for IndexSlot {

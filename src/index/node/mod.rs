@@ -7,14 +7,17 @@
 //!
 //! - [`output`] — what the driver is asked to do, and the jobs that come back.
 //! - [`maps`] — slot maps shared between nodes that see the same members.
+//! - [`local`] — slot stores in memory, driven in the caller's thread (simulator, tests).
 //! - `find` — lookups by limited multicast, driven to an end.
 //! - `sync` — anti-entropy, pulls by new replicas, repair within budgets.
 
 mod find;
+pub mod local;
 pub mod maps;
 pub mod output;
 mod sync;
 
+pub use local::LocalStores;
 pub use maps::Maps;
 pub use output::{Checked, FindResult, GetFor, Output, PutDone, PutResult, Timer, Verify, VerifyFor};
 

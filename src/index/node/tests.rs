@@ -4,7 +4,6 @@
 use super::*;
 use crate::crypto::KeyId;
 use crate::index::entry::tests::{entry, trusted};
-use crate::index::store::SlotStore;
 use crate::index::{Status, lookup::LookupConfig};
 use std::collections::BTreeMap;
 
@@ -20,7 +19,7 @@ struct Harness {
     now: u64,
     seq: u64,
     queue: BTreeMap<(u64, u64), Ev>,
-    nodes: BTreeMap<NodeId, (Node, BTreeMap<Slot, SlotStore>)>,
+    nodes: BTreeMap<NodeId, (Node, LocalStores)>,
     found: BTreeMap<(NodeId, u64), FindResult>,
     asked_directory: Vec<(NodeId, u64, String)>,
     /// Stores dropped on the way to these members (a lost packet, a crashed write).
@@ -55,7 +54,7 @@ impl Harness {
         for i in &ids {
             let mut node = Node::new(format!("sn{}", i.0[0]), *i, cfg.clone(), maps.clone(), u64::from(i.0[0]));
             node.start(T0);
-            h.nodes.insert(*i, (node, BTreeMap::new()));
+            h.nodes.insert(*i, (node, LocalStores::new(1000, 72 * 3600)));
         }
         for i in &ids {
             h.with(*i, |n| n.view(T0, &ids));
@@ -77,9 +76,18 @@ impl Harness {
 
     fn pump(&mut self, at: NodeId) {
         let now = self.now;
-        loop {
-            let (node, stores) = self.nodes.get_mut(&at).expect("a node");
-            let Some(out) = node.poll() else { return };
+        let busy = self.busy;
+        let (node, stores) = self.nodes.get_mut(&at).expect("a node");
+        let check = |job: &Verify| {
+            if busy && matches!(job.purpose, VerifyFor::Store { .. }) {
+                return Checked::Busy;
+            }
+            match job.entry.verify(&trusted(), now) {
+                Ok(_) => Checked::Valid,
+                Err(e) => Checked::Invalid(e.to_string()),
+            }
+        };
+        for out in stores.drive(now, node, check, Arc::new) {
             match out {
                 Output::Send { to, rpc } => {
                     self.sent += 1;
@@ -89,51 +97,11 @@ impl Harness {
                     self.push(now + 20, Ev::Deliver { to, from: at, rpc });
                 }
                 Output::Schedule { at_ms, timer } => self.push(at_ms.max(now), Ev::Timer { at, timer }),
-                Output::Rebuilt { held, .. } => {
-                    for s in held {
-                        stores.entry(s).or_insert_with(|| SlotStore::new(1000));
-                    }
-                }
-                Output::Put { slot, key, entry, done } => {
-                    let result = match stores.get_mut(&slot) {
-                        Some(st) => {
-                            let m = st.merge(&key, entry);
-                            let digest = (!st.is_empty()).then(|| st.digest());
-                            node.slot_changed(slot, digest);
-                            PutResult::Merged(m)
-                        }
-                        None => PutResult::NoStore,
-                    };
-                    node.put_done(now, done, result);
-                }
-                Output::Get { slot, key, purpose } => {
-                    let e = stores.get(&slot).and_then(|st| st.get(&key).cloned());
-                    node.got(now, purpose, e);
-                }
-                Output::Dump { slots, to } => {
-                    let entries = slots
-                        .iter()
-                        .filter_map(|s| stores.get(s))
-                        .flat_map(|st| st.live(now / 1000, 72 * 3600))
-                        .map(|(k, e)| (k, e.encode()))
-                        .collect();
-                    node.dumped(now, to, entries);
-                }
-                Output::Verify(job) => {
-                    let checked = if self.busy && matches!(job.purpose, VerifyFor::Store { .. }) {
-                        Checked::Busy
-                    } else {
-                        match job.entry.verify(&trusted(), now) {
-                            Ok(_) => Checked::Valid,
-                            Err(e) => Checked::Invalid(e.to_string()),
-                        }
-                    };
-                    node.verified(now, *job, checked);
-                }
                 Output::AskDirectory { id, user } => self.asked_directory.push((at, id, user)),
                 Output::Found { id, result } => {
                     self.found.insert((at, id), result);
                 }
+                other => panic!("the local stores carry out {other:?}"),
             }
         }
     }
@@ -165,7 +133,7 @@ impl Harness {
     fn holders(&self, key: &str) -> Vec<NodeId> {
         self.nodes
             .iter()
-            .filter(|(_, (n, st))| st.get(&n.slot_of(key)).and_then(|s| s.get(key)).is_some())
+            .filter(|(_, (n, st))| st.store(n.slot_of(key)).and_then(|s| s.get(key)).is_some())
             .map(|(i, _)| *i)
             .collect()
     }
@@ -273,7 +241,7 @@ fn a_new_replica_pulls_its_slots_before_any_anti_entropy_round() {
     h.run_for(1000);
     let mut joiner = Node::new("sn9".into(), id(9), config(), Maps::new(4), 9);
     joiner.start(h.now);
-    h.nodes.insert(id(9), (joiner, BTreeMap::new()));
+    h.nodes.insert(id(9), (joiner, LocalStores::new(1000, 72 * 3600)));
     // The joiner alone sees the new view (the others have not heard of it yet, so they
     // hand nothing off to it): only its own pull brings the slot before anti-entropy.
     let now = h.now;
@@ -281,7 +249,7 @@ fn a_new_replica_pulls_its_slots_before_any_anti_entropy_round() {
     h.run_for(1000);
     assert!(h.holders(&user).contains(&id(9)), "the new replica pulled the slot");
     for held in h.nodes[&id(9)].0.held().clone() {
-        assert!(h.nodes[&id(9)].1.contains_key(&held), "a store for every slot held");
+        assert!(h.nodes[&id(9)].1.store(held).is_some(), "a store for every slot held");
     }
 }
 

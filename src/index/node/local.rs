@@ -1,0 +1,122 @@
+//! A node's slot stores in memory, driven in the caller's thread: what the simulator and
+//! tests run in place of the slot actors. Store reads and writes are answered at once;
+//! sends, timers and lookup results go back to the caller.
+
+use super::{Checked, Node, Output, PutResult, Verify};
+use crate::index::former::Former;
+use crate::index::store::SlotStore;
+use crate::index::{Entry, Slot};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// How often stores drop expired entries (as a slot actor does).
+const EXPIRE_EVERY_MS: u64 = 60_000;
+
+/// One node's slot stores.
+#[derive(Debug)]
+pub struct LocalStores {
+    stores: BTreeMap<Slot, SlotStore>,
+    entries_max: usize,
+    retention_secs: u64,
+    former: Former,
+    expired_at: u64,
+}
+
+impl LocalStores {
+    /// No stores yet; each will hold `entries_max` keys for `retention_secs`.
+    pub fn new(entries_max: usize, retention_secs: u64) -> Self {
+        Self { stores: BTreeMap::new(), entries_max, retention_secs, former: Former::default(), expired_at: 0 }
+    }
+
+    /// The store of a slot, if there is one here.
+    pub fn store(&self, slot: Slot) -> Option<&SlotStore> {
+        self.stores.get(&slot)
+    }
+
+    /// Stores held (slots replicated, and former ones not yet retired).
+    pub fn len(&self) -> usize {
+        self.stores.len()
+    }
+
+    /// No store at all.
+    pub fn is_empty(&self) -> bool {
+        self.stores.is_empty()
+    }
+
+    /// Keys held over every store.
+    pub fn keys(&self) -> usize {
+        self.stores.values().map(SlotStore::len).sum()
+    }
+
+    /// Carries out `node`'s store operations until it has only other things to ask:
+    /// those are returned, in order. `check` stands for the signature checks, `share`
+    /// turns an entry to store into a shared one (a simulator keeps one copy per entry).
+    pub fn drive(
+        &mut self,
+        now_ms: u64,
+        node: &mut Node,
+        mut check: impl FnMut(&Verify) -> Checked,
+        mut share: impl FnMut(Entry) -> Arc<Entry>,
+    ) -> Vec<Output> {
+        if now_ms.saturating_sub(self.expired_at) >= EXPIRE_EVERY_MS {
+            self.expired_at = now_ms;
+            self.expire(now_ms, node);
+        }
+        let mut rest = Vec::new();
+        while let Some(out) = node.poll() {
+            match out {
+                Output::Rebuilt { held, .. } => {
+                    for s in &held {
+                        self.stores.entry(*s).or_insert_with(|| SlotStore::new(self.entries_max));
+                    }
+                    let held: std::collections::BTreeSet<u32> = held.iter().map(|s| s.0).collect();
+                    self.former.update(now_ms, self.stores.keys().map(|s| s.0), |s| held.contains(&s));
+                }
+                Output::Put { slot, key, entry, done } => {
+                    let result = match self.stores.get_mut(&slot) {
+                        Some(st) => {
+                            let m = st.merge(&key, share(entry));
+                            node.slot_changed(slot, (!st.is_empty()).then(|| st.digest()));
+                            PutResult::Merged(m)
+                        }
+                        None => PutResult::NoStore,
+                    };
+                    node.put_done(now_ms, done, result);
+                }
+                Output::Get { slot, key, purpose } => {
+                    let e = self.stores.get(&slot).and_then(|st| st.get(&key).cloned());
+                    node.got(now_ms, purpose, e);
+                }
+                Output::Dump { slots, to } => {
+                    let now = now_ms / 1000;
+                    let entries = slots
+                        .iter()
+                        .filter_map(|s| self.stores.get(s))
+                        .flat_map(|st| st.live(now, self.retention_secs))
+                        .map(|(k, e)| (k, e.encode()))
+                        .collect();
+                    node.dumped(now_ms, to, entries);
+                }
+                Output::Verify(job) => {
+                    let checked = check(&job);
+                    node.verified(now_ms, *job, checked);
+                }
+                other => rest.push(other),
+            }
+        }
+        rest
+    }
+
+    /// Drops expired entries, and the stores of slots left long enough ago.
+    fn expire(&mut self, now_ms: u64, node: &mut Node) {
+        for (slot, st) in self.stores.iter_mut() {
+            if st.expire(now_ms / 1000, self.retention_secs) > 0 {
+                node.slot_changed(*slot, (!st.is_empty()).then(|| st.digest()));
+            }
+        }
+        for s in self.former.due(now_ms, |_| true) {
+            self.stores.remove(&Slot(s));
+            node.slot_changed(Slot(s), None);
+        }
+    }
+}
