@@ -4,8 +4,9 @@
 //! answers; every lookup knows how many super nodes it asked.
 
 use super::entry::Entry;
-use super::slot::{NodeId, Slot, closest};
+use super::slot::{NodeId, Slot, SlotMap, closest};
 use std::collections::HashSet;
+use std::sync::Arc;
 
 /// Widening settings.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -94,7 +95,12 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct Lookup {
     key: String,
+    slot: Slot,
+    /// Whom to ask, closest first: the slot's replicas at first, ranked further only if
+    /// the lookup widens past them (most end at the first step).
     order: Vec<NodeId>,
+    /// The view to rank further from, until `order` holds all the lookup may ask.
+    more: Option<Arc<SlotMap>>,
     cfg: LookupConfig,
     asked: usize,
     stage: Option<Stage>,
@@ -108,11 +114,30 @@ impl Lookup {
     /// A lookup of `key` (in `slot`) over the live `members`: only the closest it may
     /// ask are ranked.
     pub fn new(key: String, slot: Slot, members: &[NodeId], cfg: LookupConfig) -> Self {
+        let order = closest(slot, members, Self::most(&cfg));
+        Self::with_order(key, slot, order, None, cfg)
+    }
+
+    /// A lookup of `key` (in `slot`) over the members of `map`: it starts with the slot's
+    /// replicas, which the map already ranked, and ranks the view only if it widens past
+    /// them (at 20,000 members, 20,000 hashes).
+    pub fn with_map(key: String, slot: Slot, map: Arc<SlotMap>, cfg: LookupConfig) -> Self {
+        let order = map.replicas(slot).to_vec();
+        let more = (map.members().len() > order.len()).then_some(map);
+        Self::with_order(key, slot, order, more, cfg)
+    }
+
+    fn most(cfg: &LookupConfig) -> usize {
         let steps = cfg.steps.iter().copied().max().unwrap_or(0);
-        let most = if cfg.ask_everyone { steps.max(cfg.widest) } else { steps };
+        if cfg.ask_everyone { steps.max(cfg.widest) } else { steps }
+    }
+
+    fn with_order(key: String, slot: Slot, order: Vec<NodeId>, more: Option<Arc<SlotMap>>, cfg: LookupConfig) -> Self {
         Self {
             key,
-            order: closest(slot, members, most),
+            slot,
+            order,
+            more,
             cfg,
             asked: 0,
             stage: None,
@@ -151,20 +176,36 @@ impl Lookup {
         }
     }
 
-    fn next_stage(&self) -> Option<(Stage, usize)> {
-        let steps = &self.cfg.steps;
+    /// Ranks the view as far as the lookup may ask, if a stage needs more than `order`.
+    fn rank_to(&mut self, upto: usize) {
+        if upto > self.order.len()
+            && let Some(map) = self.more.take()
+        {
+            let ranked = closest(self.slot, map.members(), Self::most(&self.cfg));
+            debug_assert!(ranked.starts_with(&self.order[..self.order.len().min(ranked.len())]));
+            self.order = ranked;
+        }
+    }
+
+    fn next_stage(&mut self) -> Option<(Stage, usize)> {
         let from = match self.stage {
             None => 0,
             Some(Stage::Step(i)) => i as usize + 1,
             Some(Stage::Everyone) | Some(Stage::Directory) => return None,
         };
+        let steps = self.cfg.steps.clone();
         for (i, &upto) in steps.iter().enumerate().skip(from) {
+            self.rank_to(upto);
             if upto.min(self.order.len()) > self.asked {
                 return Some((Stage::Step(i as u8), upto.min(self.order.len())));
             }
         }
+        if !self.cfg.ask_everyone {
+            return None;
+        }
+        self.rank_to(usize::MAX);
         // `order` holds no more than the widest stage may ask.
-        (self.cfg.ask_everyone && self.order.len() > self.asked).then_some((Stage::Everyone, self.order.len()))
+        (self.order.len() > self.asked).then_some((Stage::Everyone, self.order.len()))
     }
 
     /// What to do at `now_ms`.
@@ -291,6 +332,38 @@ mod tests {
         assert_eq!(sizes, [4, 4, 8, 16], "then the directory");
         assert_eq!(asked, crate::index::slot::ranked(slot, &many)[..32], "the closest, closest first");
         assert_eq!(l.not_in_index(), Outcome::NotInIndex { asked: 32 });
+    }
+
+    /// Every stage's asks, in order, when nobody answers.
+    fn stages(mut l: Lookup) -> Vec<Vec<NodeId>> {
+        let mut asked = Vec::new();
+        let mut now = 0;
+        loop {
+            match l.poll(now) {
+                Action::Ask(v) => {
+                    asked.push(v);
+                    now = l.deadline();
+                }
+                Action::Wait => now = l.deadline(),
+                Action::AskDirectory | Action::Done(_) => return asked,
+            }
+        }
+    }
+
+    #[test]
+    fn a_lookup_from_the_slot_map_asks_exactly_what_a_full_ranking_would() {
+        use crate::index::slot::SlotMap;
+        for n in [3u8, 10, 12, 40, 200] {
+            let m = members(n);
+            let space = SlotSpace::default();
+            let map = Arc::new(SlotMap::new(space, 10, &m));
+            for user in ["alice", "bob", "zed"] {
+                let slot = space.slot_of(user);
+                let full = Lookup::new(user.into(), slot, &m, LookupConfig::default());
+                let lazy = Lookup::with_map(user.into(), slot, map.clone(), LookupConfig::default());
+                assert_eq!(stages(full), stages(lazy), "{n} members, {user}");
+            }
+        }
     }
 
     #[test]

@@ -172,6 +172,9 @@ pub struct SlotMap {
     replicas: Vec<Vec<NodeId>>,
     /// Each replica's score, beside it: what a joining member must beat.
     scores: Vec<Vec<u64>>,
+    /// The slots each member replicates, made on first ask: every node of a process that
+    /// shares this map asks once for itself.
+    held: std::sync::OnceLock<std::collections::HashMap<NodeId, Vec<Slot>>>,
 }
 
 impl SlotMap {
@@ -179,7 +182,7 @@ impl SlotMap {
     pub fn new(space: SlotSpace, r: usize, members: &[NodeId]) -> Self {
         let members = sorted(members);
         let (replicas, scores) = space.all().map(|s| top(s, &members, r)).unzip();
-        Self { space, r, members, replicas, scores }
+        Self { space, r, members, replicas, scores, held: Default::default() }
     }
 
     /// The map for `members`, built from this one: when a few members came or went it
@@ -198,7 +201,13 @@ impl SlotMap {
         {
             return SlotMap::new(self.space, self.r, &members);
         }
-        let mut next = SlotMap { members, ..self.clone() };
+        let mut next = SlotMap {
+            members,
+            replicas: self.replicas.clone(),
+            scores: self.scores.clone(),
+            held: Default::default(),
+            ..*self
+        };
         for s in self.space.all() {
             let i = s.0 as usize;
             if next.replicas[i].iter().any(|n| gone.contains(n)) {
@@ -236,7 +245,16 @@ impl SlotMap {
 
     /// The slots `node` replicates.
     pub fn held_by(&self, node: NodeId) -> Vec<Slot> {
-        self.space.all().filter(|s| self.replicas(*s).contains(&node)).collect()
+        let held = self.held.get_or_init(|| {
+            let mut by: std::collections::HashMap<NodeId, Vec<Slot>> = Default::default();
+            for s in self.space.all() {
+                for n in self.replicas(s) {
+                    by.entry(*n).or_default().push(s);
+                }
+            }
+            by
+        });
+        held.get(&node).cloned().unwrap_or_default()
     }
 
     /// How many (slot, replica) assignments differ between two maps of the same space.

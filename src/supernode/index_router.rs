@@ -117,7 +117,7 @@ impl IndexRouter {
         mailboxes: Mailboxes,
     ) -> Self {
         let seed = u64::from_le_bytes(crate::crypto::random::bytes());
-        let mut core = node::Node::new(node.clone(), me, cfg.clone(), node::Maps::new(1), seed);
+        let mut core = node::Node::new(node.clone(), me, cfg.clone(), seed);
         let map = core.map().clone();
         let held = core.held().clone();
         // The core's first map (this node alone) needs no store: the first view follows.
@@ -169,7 +169,7 @@ impl IndexRouter {
         self.gossip_by_name = members.iter().filter_map(|m| Some((m.name.clone(), (m.node_id()?, m.gossip)))).collect();
         let ids: Vec<NodeId> = self.gossip_of.keys().copied().collect();
         self.mail_repair.retain(|id, _| self.gossip_of.contains_key(id));
-        self.core.view(now_ms(), &ids);
+        self.core.view(now_ms(), node::SharedView::new(&ids));
         self.pump(ctx);
     }
 

@@ -15,7 +15,7 @@ impl Node {
         let key = user.to_ascii_lowercase();
         let slot = self.slot_of(&key);
         let id = self.req();
-        let lookup = Lookup::new(key, slot, self.map.members(), self.cfg.lookup.clone());
+        let lookup = Lookup::with_map(key, slot, self.map.clone(), self.cfg.lookup.clone());
         self.lookups.insert(id, Running { lookup, started_ms: now_ms, timer_at: None, directory: false });
         self.drive(now_ms, id);
         id

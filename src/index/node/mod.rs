@@ -6,20 +6,20 @@
 //! (`confab-loadtest simulate`) runs thousands of these on virtual time from a seed.
 //!
 //! - [`output`] — what the driver is asked to do, and the jobs that come back.
-//! - [`maps`] — slot maps shared between nodes that see the same members.
+//! - [`view`] — the membership a node follows, with its slot map made once per view.
 //! - [`local`] — slot stores in memory, driven in the caller's thread (simulator, tests).
 //! - `find` — lookups by limited multicast, driven to an end.
 //! - `sync` — anti-entropy, pulls by new replicas, repair within budgets.
 
 mod find;
 pub mod local;
-pub mod maps;
 pub mod output;
 mod sync;
+pub mod view;
 
 pub use local::LocalStores;
-pub use maps::Maps;
 pub use output::{Checked, FindResult, GetFor, Output, PutDone, PutResult, Timer, Verify, VerifyFor};
+pub use view::{Members, SharedView};
 
 use super::config::IndexConfig;
 use super::lookup::Lookup;
@@ -55,10 +55,9 @@ pub struct Node {
     me: NodeId,
     cfg: IndexConfig,
     space: SlotSpace,
-    maps: Maps,
     map: Arc<SlotMap>,
     /// The latest view, not yet in the map (while changes settle).
-    next_view: Option<Vec<NodeId>>,
+    next_view: Option<Arc<dyn Members>>,
     settle_pending: bool,
     rebuilt_at: Option<u64>,
     handoff_pending: bool,
@@ -78,9 +77,9 @@ pub struct Node {
 }
 
 impl Node {
-    /// Node `me` (named `name` in metrics and logs) with `cfg`, sharing slot maps through
-    /// `maps`; `seed` drives its only random choice (where a capped repair starts).
-    pub fn new(name: String, me: NodeId, cfg: IndexConfig, maps: Maps, seed: u64) -> Self {
+    /// Node `me` (named `name` in metrics and logs) with `cfg`; `seed` drives its only
+    /// random choice (where a capped repair starts).
+    pub fn new(name: String, me: NodeId, cfg: IndexConfig, seed: u64) -> Self {
         let space = SlotSpace::new(cfg.slots).unwrap_or_default();
         let map = Arc::new(SlotMap::new(space, cfg.replicas, &[me]));
         let mut node = Self {
@@ -88,7 +87,6 @@ impl Node {
             me,
             cfg,
             space,
-            maps,
             map,
             next_view: None,
             settle_pending: false,
@@ -170,8 +168,8 @@ impl Node {
     /// arrive one by one over a few seconds: the first change after a quiet spell is
     /// applied at once (a lone join is served without delay), later ones within
     /// [`VIEW_SETTLE_MS`] wait and are applied together.
-    pub fn view(&mut self, now_ms: u64, members: &[NodeId]) {
-        self.next_view = Some(members.to_vec());
+    pub fn view(&mut self, now_ms: u64, members: Arc<dyn Members>) {
+        self.next_view = Some(members);
         if self.settle_pending {
             return;
         }
@@ -185,13 +183,15 @@ impl Node {
     }
 
     fn rebuild(&mut self, now_ms: u64) {
-        let Some(mut ids) = self.next_view.take() else { return };
+        let Some(mut view) = self.next_view.take() else { return };
         self.rebuilt_at = Some(now_ms);
-        if !ids.contains(&self.me) {
+        if view.ids().binary_search(&self.me).is_err() {
+            // A view without this node (it has not heard of itself yet): its own copy.
+            let mut ids = view.ids().to_vec();
             ids.push(self.me);
+            view = SharedView::new(&ids);
         }
-        let ids = maps::normalized(&ids);
-        let map = self.maps.get(&self.map, &ids);
+        let map = view.slot_map(&self.map);
         self.apply_map(map);
         if !self.handoff_pending {
             self.handoff_pending = true;

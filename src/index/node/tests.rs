@@ -38,7 +38,6 @@ fn config() -> IndexConfig {
 
 impl Harness {
     fn new(n: u8, cfg: IndexConfig) -> Self {
-        let maps = Maps::new(4);
         let ids: Vec<NodeId> = (0..n).map(id).collect();
         let mut h = Harness {
             now: T0,
@@ -52,12 +51,13 @@ impl Harness {
             sent: 0,
         };
         for i in &ids {
-            let mut node = Node::new(format!("sn{}", i.0[0]), *i, cfg.clone(), maps.clone(), u64::from(i.0[0]));
+            let mut node = Node::new(format!("sn{}", i.0[0]), *i, cfg.clone(), u64::from(i.0[0]));
             node.start(T0);
             h.nodes.insert(*i, (node, LocalStores::new(1000, 72 * 3600)));
         }
+        let view = SharedView::new(&ids);
         for i in &ids {
-            h.with(*i, |n| n.view(T0, &ids));
+            h.with(*i, |n| n.view(T0, view.clone()));
         }
         h
     }
@@ -217,10 +217,10 @@ fn view_changes_close_together_make_one_rebuild() {
     h.run_for(1000);
     let all: Vec<NodeId> = (0..6).map(id).chain([id(9)]).collect();
     let now = h.now;
-    h.with(id(0), |n| n.view(now, &all[..5]));
+    h.with(id(0), |n| n.view(now, SharedView::new(&all[..5])));
     assert_eq!(h.nodes[&id(0)].0.map().members().len(), 5, "the first change after a quiet spell: at once");
-    h.with(id(0), |n| n.view(now + 50, &all[..6]));
-    h.with(id(0), |n| n.view(now + 100, &all));
+    h.with(id(0), |n| n.view(now + 50, SharedView::new(&all[..6])));
+    h.with(id(0), |n| n.view(now + 100, SharedView::new(&all)));
     assert_eq!(h.nodes[&id(0)].0.map().members().len(), 5, "later ones wait to settle");
     h.run_for(400);
     assert_eq!(h.nodes[&id(0)].0.map().members().len(), 7, "applied together, the latest view");
@@ -239,13 +239,13 @@ fn a_new_replica_pulls_its_slots_before_any_anti_entropy_round() {
         .expect("some slot");
     h.with(id(0), |n| n.publish(T0, entry(&user, 1, T0, Status::Online)));
     h.run_for(1000);
-    let mut joiner = Node::new("sn9".into(), id(9), config(), Maps::new(4), 9);
+    let mut joiner = Node::new("sn9".into(), id(9), config(), 9);
     joiner.start(h.now);
     h.nodes.insert(id(9), (joiner, LocalStores::new(1000, 72 * 3600)));
     // The joiner alone sees the new view (the others have not heard of it yet, so they
     // hand nothing off to it): only its own pull brings the slot before anti-entropy.
     let now = h.now;
-    h.with(id(9), |n| n.view(now, &all));
+    h.with(id(9), |n| n.view(now, SharedView::new(&all)));
     h.run_for(1000);
     assert!(h.holders(&user).contains(&id(9)), "the new replica pulled the slot");
     for held in h.nodes[&id(9)].0.held().clone() {
