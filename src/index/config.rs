@@ -30,6 +30,9 @@ pub struct IndexConfig {
     pub mail_retention_secs: u64,
     /// Bytes of stored messages this node holds at most, over all its slots.
     pub mail_bytes_max: u64,
+    /// How often a user's search postings are written again while their profile stays the
+    /// same (a presence refresh only writes the user's own key; 0: every publish).
+    pub postings_refresh_secs: u64,
 }
 
 impl Default for IndexConfig {
@@ -46,6 +49,7 @@ impl Default for IndexConfig {
             repair_bytes_per_peer_per_sec: 1 << 20,
             mail_retention_secs: crate::index::mail::MailLimits::default().retention_ms / 1000,
             mail_bytes_max: crate::index::mail::budget::NODE_BYTES_MAX_DEFAULT,
+            postings_refresh_secs: 24 * 3600,
         }
     }
 }

@@ -107,6 +107,15 @@ impl LocalStores {
         rest
     }
 
+    /// Puts an entry straight into the store of a slot held here (a simulation's warm
+    /// start: the state a converged cluster would be in).
+    pub fn seed(&mut self, node: &mut Node, slot: Slot, key: &str, entry: Arc<Entry>) {
+        if let Some(st) = self.stores.get_mut(&slot) {
+            st.merge(key, entry);
+            node.slot_changed(slot, Some(st.digest()));
+        }
+    }
+
     /// Drops expired entries, and the stores of slots left long enough ago.
     fn expire(&mut self, now_ms: u64, node: &mut Node) {
         for (slot, st) in self.stores.iter_mut() {

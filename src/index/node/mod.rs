@@ -37,6 +37,8 @@ use std::sync::Arc;
 pub const VIEW_SETTLE_MS: u64 = 250;
 /// How long after a rebuild slots are handed off to their new replicas.
 pub const HANDOFF_AFTER_MS: u64 = 500;
+/// Users whose postings a node remembers writing, at most.
+const POSTED_MAX: usize = 200_000;
 /// Replicas a new replica asks for a slot's contents.
 pub const PULL_FROM: usize = 2;
 
@@ -72,6 +74,8 @@ pub struct Node {
     fetches: HashMap<u64, (u64, NodeId)>,
     /// Repair bytes each replica may still be sent.
     repair: HashMap<NodeId, RepairBudget>,
+    /// Users whose postings this node wrote lately: their profile's tokens, and when.
+    posted: HashMap<String, (u64, u64)>,
     rng: StdRng,
     out: VecDeque<Output>,
 }
@@ -99,6 +103,7 @@ impl Node {
             lookups: HashMap::new(),
             fetches: HashMap::new(),
             repair: HashMap::new(),
+            posted: HashMap::new(),
             rng: StdRng::seed_from_u64(seed),
             out: VecDeque::new(),
         };
@@ -247,14 +252,50 @@ impl Node {
     }
 
     /// A local host published `entry` (its signatures already checked): it goes to the
-    /// replicas of its key and of each of its profile's search tokens. Returns how many
-    /// replicas its own key has.
+    /// replicas of its key, and to those of each of its profile's search tokens when the
+    /// tokens changed or were last written here `postings_refresh_secs` ago. Returns how
+    /// many replicas its own key has.
+    ///
+    /// A host republishes its presence every few minutes; writing up to 16 postings each
+    /// time (ten replicas each) was most of the index's traffic, for postings that had not
+    /// changed and live 72 hours. Search checks every candidate by looking it up, so a
+    /// posting is only a pointer to the user.
     pub fn publish(&mut self, now_ms: u64, entry: Entry) -> usize {
         let replicas = self.replicate(now_ms, entry.key(), &entry);
-        for token in fold::profile_tokens(&entry.user, &entry.profile) {
-            self.replicate(now_ms, fold::posting_key(&token, &entry.user), &entry);
+        let tokens = fold::profile_tokens(&entry.user, &entry.profile);
+        let fingerprint = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::hash::DefaultHasher::new();
+            tokens.hash(&mut h);
+            h.finish()
+        };
+        let refresh_ms = self.cfg.postings_refresh_secs.saturating_mul(1000);
+        let key = entry.key();
+        let due =
+            self.posted.get(&key).is_none_or(|(f, at)| *f != fingerprint || now_ms.saturating_sub(*at) >= refresh_ms);
+        if due {
+            for token in tokens {
+                self.replicate(now_ms, fold::posting_key(&token, &entry.user), &entry);
+            }
+            self.remember_posted(now_ms, key, fingerprint, refresh_ms);
         }
         replicas
+    }
+
+    /// Remembers a user's postings, forgetting those due again anyway (the table holds
+    /// about the users of this node's hosts over one refresh period).
+    fn remember_posted(&mut self, now_ms: u64, key: String, fingerprint: u64, refresh_ms: u64) {
+        if refresh_ms == 0 {
+            return;
+        }
+        if self.posted.len() >= POSTED_MAX {
+            self.posted.retain(|_, (_, at)| now_ms.saturating_sub(*at) < refresh_ms);
+            if self.posted.len() >= POSTED_MAX {
+                // Still full: forget all; the next publishes write their postings again.
+                self.posted.clear();
+            }
+        }
+        self.posted.insert(key, (fingerprint, now_ms));
     }
 
     fn replicate(&mut self, _now_ms: u64, key: String, entry: &Entry) -> usize {

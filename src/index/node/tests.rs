@@ -4,7 +4,7 @@
 use super::*;
 use crate::crypto::KeyId;
 use crate::index::entry::tests::{entry, trusted};
-use crate::index::{Status, lookup::LookupConfig};
+use crate::index::{EntryBody, Status, lookup::LookupConfig};
 use std::collections::BTreeMap;
 
 const T0: u64 = 1_700_000_000_000;
@@ -266,4 +266,33 @@ fn a_busy_driver_refuses_a_store_and_an_answer_from_a_member_not_asked_is_ignore
     let e = entry("dave", 2, T0 + 5, Status::Online);
     h.with(id(1), |n| n.receive(now, id(2), IndexRpc::FetchReply { req: 3, entry: Some(e.encode()) }));
     assert!(h.found.is_empty());
+}
+
+#[test]
+fn a_presence_refresh_writes_the_users_key_and_postings_only_when_their_tokens_change() {
+    let mut h = Harness::new(12, IndexConfig { postings_refresh_secs: 600, anti_entropy_secs: 60, ..config() });
+    h.run_for(1000);
+    let stores = |h: &mut Harness, e: Entry| {
+        let before = h.sent;
+        let now = h.now;
+        h.with(id(0), |n| n.publish(now, e));
+        h.sent - before
+    };
+    let first = entry("erin", 1, T0 + 1000, Status::Online);
+    let tokens = fold::profile_tokens(&first.user, &first.profile).len() as u64;
+    assert!(tokens >= 2);
+    let all = stores(&mut h, first);
+    assert!(all >= 2 * (1 + tokens), "the key and every posting: {all}");
+    h.run_for(300_000);
+    let e = entry("erin", 1, h.now, Status::Online);
+    let refresh = stores(&mut h, e);
+    assert!(refresh <= 3, "a refresh five minutes later: the key's replicas only, {refresh}");
+    let mut moved = entry("erin", 1, h.now + 1, Status::Online);
+    let mut body = EntryBody::clone(&moved);
+    body.profile.city = "Tartu".into();
+    moved = Entry::unsigned(body, moved.origin, moved.order().2.to_vec());
+    assert!(stores(&mut h, moved) > refresh, "a new city: its postings are written");
+    h.run_for(600_000);
+    let e = entry("erin", 1, h.now, Status::Online);
+    assert!(stores(&mut h, e) > refresh, "a refresh period on: written again");
 }
