@@ -220,6 +220,16 @@ impl SlotStore {
             .filter_map(|(k, s)| Some((k, s.best()?)))
     }
 
+    /// The usernames posted under a token `prefix` whose entries are inside the retention
+    /// window at `now` (Unix seconds), at most `limit`, in key order.
+    pub fn posted(&self, prefix: &str, now: u64, retention_secs: u64, limit: usize) -> Vec<String> {
+        self.with_prefix(prefix)
+            .filter(|(_, e)| e.last_seen.saturating_add(retention_secs) > now)
+            .map(|(k, _)| k[prefix.len()..].to_owned())
+            .take(limit)
+            .collect()
+    }
+
     /// Every entry (every session) still inside the retention window at `now`, with its key.
     pub fn live(&self, now: u64, retention_secs: u64) -> Vec<(String, Arc<Entry>)> {
         self.iter_shared()

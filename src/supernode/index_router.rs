@@ -2,7 +2,7 @@
 //! [`index::node::Node`](crate::index::node::Node), which makes every decision. The actor
 //! carries its outputs: requests to other members over the cluster channel, reads and
 //! writes to the one [`IndexSlot`] actor per slot held, signature checks on the blocking
-//! pool, timers, and the login servers' directory. Search, notices and stored messages are
+//! pool, timers, and the login servers' directory. Notices and stored messages are
 //! still driven here.
 
 mod mail;
@@ -20,7 +20,7 @@ use crate::crypto::credential::TrustedKeys;
 use crate::index::node::{self, Checked, Output, PutResult, Timer, Verify, VerifyFor};
 use crate::index::rpc::IndexRpc;
 use crate::index::verified::VerifiedCache;
-use crate::index::{Entry, IndexConfig, NodeId, Slot, SlotMap, fold};
+use crate::index::{Entry, IndexConfig, NodeId, Slot, SlotMap};
 use crate::net::source::Holds as Held;
 use crate::wire::ErrorCode;
 use actix::prelude::*;
@@ -49,7 +49,8 @@ pub struct IndexRouter {
     finds: HashMap<u64, oneshot::Sender<FindResult>>,
     /// Keys per non-empty slot, for the entries-per-slot gauges.
     counts: HashMap<Slot, usize>,
-    prefix_reqs: HashMap<u64, oneshot::Sender<Vec<String>>>,
+    /// Searches started here, waiting for the core's answer.
+    searches: HashMap<u64, oneshot::Sender<Vec<Entry>>>,
     mailboxes: Mailboxes,
     gossip_by_name: HashMap<String, Peer>,
     log: LogOnce,
@@ -84,12 +85,6 @@ pub struct IndexRouter {
 /// A member: its id and gossip address (where answers to it go).
 type Peer = (NodeId, SocketAddr);
 
-/// Most postings read per token in one search.
-const SEARCH_POSTINGS_MAX: usize = 200;
-/// Replicas of a token's slot asked for its postings.
-const SEARCH_FANOUT: usize = 3;
-/// Most search tokens used.
-const SEARCH_TOKENS_MAX: usize = 4;
 /// Store verifications in flight from one sender, and in all: past these a Store is
 /// refused as `busy` (its sender's next anti-entropy round brings it again), so one
 /// member's repair burst cannot queue unbounded RSA work or starve the others.
@@ -137,7 +132,7 @@ impl IndexRouter {
             sender,
             finds: HashMap::new(),
             counts: HashMap::new(),
-            prefix_reqs: HashMap::new(),
+            searches: HashMap::new(),
             mailboxes,
             gossip_by_name: HashMap::new(),
             log: LogOnce::default(),
@@ -255,6 +250,21 @@ impl IndexRouter {
                 Output::Found { id, result } => {
                     if let Some(tx) = self.finds.remove(&id) {
                         let _ = tx.send(result);
+                    }
+                }
+                Output::Posted { slot, prefix, limit, purpose } => {
+                    let Some(actor) = self.slots.get(&slot).cloned() else {
+                        self.core.posted(now_ms(), purpose, Vec::new());
+                        continue;
+                    };
+                    ctx.spawn(actor.send(Posted { prefix, limit }).into_actor(self).map(move |res, act, ctx| {
+                        act.core.posted(now_ms(), purpose, res.unwrap_or_default());
+                        act.pump(ctx);
+                    }));
+                }
+                Output::Searched { id, entries } => {
+                    if let Some(tx) = self.searches.remove(&id) {
+                        let _ = tx.send(entries);
                     }
                 }
             }
@@ -399,26 +409,6 @@ impl IndexRouter {
 
     fn on_rpc(&mut self, from: Peer, rpc: IndexRpc, ctx: &mut Context<Self>) {
         match rpc {
-            IndexRpc::PrefixQuery { req, prefix, limit } => {
-                let slot = self.slot_of(&prefix);
-                let limit = usize::from(limit).min(SEARCH_POSTINGS_MAX);
-                match self.slots.get(&slot).cloned() {
-                    Some(actor) => {
-                        ctx.spawn(actor.send(Posted { prefix, limit }).into_actor(self).map(move |res, act, _| {
-                            let users = res.unwrap_or_default();
-                            act.send_to(from, &IndexRpc::PrefixReply { req, users });
-                        }));
-                    }
-                    None => {
-                        self.send_to(from, &IndexRpc::PrefixReply { req, users: Vec::new() });
-                    }
-                }
-            }
-            IndexRpc::PrefixReply { req, users } => {
-                if let Some(tx) = self.prefix_reqs.remove(&req) {
-                    let _ = tx.send(users);
-                }
-            }
             IndexRpc::Deliver { to, body } => {
                 // The cluster channel allows larger packets than a host's frame does.
                 if body.len() > crate::buddy::notice::NOTICE_LEN_MAX {
@@ -639,42 +629,6 @@ impl IndexRouter {
         self.finds.insert(id, reply);
         self.pump(ctx);
     }
-
-    /// Asks the first replicas of a token's slot for its postings.
-    fn postings(&mut self, token: &str, ctx: &mut Context<Self>) -> Vec<oneshot::Receiver<Vec<String>>> {
-        let prefix = fold::token_slot_key(token);
-        let slot = self.slot_of(&prefix);
-        let replicas: Vec<NodeId> = self.map.replicas(slot).iter().take(SEARCH_FANOUT).copied().collect();
-        let mut rxs = Vec::new();
-        for r in replicas {
-            let (tx, rx) = oneshot::channel();
-            if r == self.me {
-                if let Some(actor) = self.slots.get(&slot).cloned() {
-                    let p = prefix.clone();
-                    ctx.spawn(actor.send(Posted { prefix: p, limit: SEARCH_POSTINGS_MAX }).into_actor(self).map(
-                        move |res, _, _| {
-                            let _ = tx.send(res.unwrap_or_default());
-                        },
-                    ));
-                    rxs.push(rx);
-                }
-            } else if let Some(addr) = self.gossip_of.get(&r).copied() {
-                let req = self.req();
-                self.prefix_reqs.insert(req, tx);
-                // A lost packet or a dead replica must not leave the waiter behind.
-                ctx.run_later(std::time::Duration::from_millis(self.cfg.lookup.step_timeout_ms * 4), move |act, _| {
-                    act.prefix_reqs.remove(&req);
-                });
-                self.sender.send(
-                    r,
-                    addr,
-                    &IndexRpc::PrefixQuery { req, prefix: prefix.clone(), limit: SEARCH_POSTINGS_MAX as u16 }.encode(),
-                );
-                rxs.push(rx);
-            }
-        }
-        rxs
-    }
 }
 
 /// Search users whose profile has every word: postings give candidates, a lookup of each
@@ -694,54 +648,9 @@ impl Handler<SearchUsers> for IndexRouter {
     type Result = ();
 
     fn handle(&mut self, msg: SearchUsers, ctx: &mut Context<Self>) {
-        let mut tokens = fold::tokens(&msg.words);
-        tokens.truncate(SEARCH_TOKENS_MAX);
-        counter!("confab_index_searches_total", "node" => self.node.clone()).increment(1);
-        if tokens.is_empty() {
-            let _ = msg.reply.send(Vec::new());
-            return;
-        }
-        let per_token: Vec<Vec<oneshot::Receiver<Vec<String>>>> =
-            tokens.iter().map(|t| self.postings(t, ctx)).collect();
-        let wait = std::time::Duration::from_millis(self.cfg.lookup.step_timeout_ms.max(100) * 2);
-        let gather = async move {
-            let mut sets: Vec<HashSet<String>> = Vec::new();
-            for rxs in per_token {
-                let answers =
-                    futures_util::future::join_all(rxs.into_iter().map(|rx| tokio::time::timeout(wait, rx))).await;
-                sets.push(answers.into_iter().filter_map(|a| a.ok()?.ok()).flatten().collect());
-            }
-            let mut candidates: Vec<String> = sets.first().cloned().unwrap_or_default().into_iter().collect();
-            candidates.retain(|u| sets.iter().all(|s| s.contains(u)));
-            candidates.sort();
-            candidates
-        };
-        let limit = msg.limit;
-        let reply = msg.reply;
-        ctx.spawn(gather.into_actor(self).then(move |mut candidates, act, ctx| {
-            // Candidates beyond twice the limit are not worth a lookup each.
-            candidates.truncate(limit.saturating_mul(2));
-            let finds: Vec<oneshot::Receiver<FindResult>> = candidates
-                .iter()
-                .map(|u| {
-                    let (tx, rx) = oneshot::channel();
-                    act.start_find(u, tx, ctx);
-                    rx
-                })
-                .collect();
-            futures_util::future::join_all(finds).into_actor(act).map(move |results, _, _| {
-                let mut out: Vec<Entry> = results
-                    .into_iter()
-                    .filter_map(|r| r.ok()?.entry)
-                    .filter(|e| {
-                        let have = fold::profile_tokens(&e.user, &e.profile);
-                        tokens.iter().all(|t| have.contains(t))
-                    })
-                    .collect();
-                out.truncate(limit);
-                let _ = reply.send(out);
-            })
-        }));
+        let id = self.core.search(now_ms(), &msg.words, msg.limit);
+        self.searches.insert(id, msg.reply);
+        self.pump(ctx);
     }
 }
 

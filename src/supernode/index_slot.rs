@@ -211,13 +211,7 @@ impl Handler<Posted> for IndexSlot {
     type Result = Vec<String>;
 
     fn handle(&mut self, msg: Posted, _: &mut Context<Self>) -> Vec<String> {
-        let now = crate::unix_now();
-        self.store
-            .with_prefix(&msg.prefix)
-            .filter(|(_, e)| e.last_seen.saturating_add(self.retention_secs) > now)
-            .map(|(k, _)| k[msg.prefix.len()..].to_owned())
-            .take(msg.limit)
-            .collect()
+        self.store.posted(&msg.prefix, crate::unix_now(), self.retention_secs, msg.limit)
     }
 }
 

@@ -12,12 +12,18 @@ impl Node {
     /// Starts a lookup of `user`; its end comes out as [`Output::Found`] with the id
     /// returned.
     pub fn find(&mut self, now_ms: u64, user: &str) -> u64 {
+        let id = self.start_lookup(now_ms, user, None);
+        self.drive(now_ms, id);
+        id
+    }
+
+    /// A lookup of `user`, not yet driven; `search` is the search it serves, if any.
+    pub(super) fn start_lookup(&mut self, now_ms: u64, user: &str, search: Option<u64>) -> u64 {
         let key = user.to_ascii_lowercase();
         let slot = self.slot_of(&key);
         let id = self.req();
         let lookup = Lookup::with_map(key, slot, self.map.clone(), self.cfg.lookup.clone());
-        self.lookups.insert(id, Running { lookup, started_ms: now_ms, timer_at: None, directory: false });
-        self.drive(now_ms, id);
+        self.lookups.insert(id, Running { lookup, started_ms: now_ms, timer_at: None, directory: false, search });
         id
     }
 
@@ -123,6 +129,9 @@ impl Node {
         histogram!("confab_index_lookup_asked", "node" => self.name.clone()).record(result.asked as f64);
         histogram!("confab_index_lookup_duration_seconds", "node" => self.name.clone())
             .record(now_ms.saturating_sub(r.started_ms) as f64 / 1000.0);
-        self.out.push_back(Output::Found { id, result });
+        match r.search {
+            Some(search) => self.search_found(now_ms, search, id, result.entry),
+            None => self.out.push_back(Output::Found { id, result }),
+        }
     }
 }

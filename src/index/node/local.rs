@@ -97,6 +97,13 @@ impl LocalStores {
                         .collect();
                     node.dumped(now_ms, to, entries);
                 }
+                Output::Posted { slot, prefix, limit, purpose } => {
+                    let users = self
+                        .stores
+                        .get(&slot)
+                        .map_or_else(Vec::new, |st| st.posted(&prefix, now_ms / 1000, self.retention_secs, limit));
+                    node.posted(now_ms, purpose, users);
+                }
                 Output::Verify(job) => {
                     let checked = check(&job);
                     node.verified(now_ms, *job, checked);

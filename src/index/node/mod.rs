@@ -9,16 +9,19 @@
 //! - [`view`] — the membership a node follows, with its slot map made once per view.
 //! - [`local`] — slot stores in memory, driven in the caller's thread (simulator, tests).
 //! - `find` — lookups by limited multicast, driven to an end.
+//! - [`search`] — search by profile words: postings, then a lookup per candidate.
 //! - `sync` — anti-entropy, pulls by new replicas, repair within budgets.
 
 mod find;
 pub mod local;
 pub mod output;
+pub mod search;
 mod sync;
 pub mod view;
 
 pub use local::LocalStores;
 pub use output::{Checked, FindResult, GetFor, Output, PutDone, PutResult, Timer, Verify, VerifyFor};
+pub use search::PostedFor;
 pub use view::{Members, SharedView};
 
 use super::config::IndexConfig;
@@ -49,6 +52,8 @@ struct Running {
     timer_at: Option<u64>,
     /// Waiting for the directory.
     directory: bool,
+    /// The search it serves, if any.
+    search: Option<u64>,
 }
 
 /// One super node's Global Index logic.
@@ -72,6 +77,10 @@ pub struct Node {
     lookups: HashMap<u64, Running>,
     /// Our Fetches in flight: request id → (lookup, member asked).
     fetches: HashMap<u64, (u64, NodeId)>,
+    /// Searches running.
+    searches: HashMap<u64, search::Searching>,
+    /// Our PrefixQueries in flight: request id → (search, word, member asked).
+    prefix_reqs: HashMap<u64, (u64, usize, NodeId)>,
     /// Repair bytes each replica may still be sent.
     repair: HashMap<NodeId, RepairBudget>,
     /// Users whose postings this node wrote lately: their profile's tokens, and when.
@@ -102,6 +111,8 @@ impl Node {
             next_req: 1,
             lookups: HashMap::new(),
             fetches: HashMap::new(),
+            searches: HashMap::new(),
+            prefix_reqs: HashMap::new(),
             repair: HashMap::new(),
             posted: HashMap::new(),
             rng: StdRng::seed_from_u64(seed),
@@ -232,6 +243,7 @@ impl Node {
                 self.anti_entropy();
                 self.schedule(now_ms + self.anti_entropy_ms(), Timer::AntiEntropy);
             }
+            Timer::Search(id) => self.search_timer(now_ms, id),
             Timer::Lookup(id) => {
                 if let Some(r) = self.lookups.get_mut(&id)
                     && r.timer_at.is_some_and(|at| at <= now_ms)
@@ -348,6 +360,8 @@ impl Node {
                 self.out.push_back(Output::Get { slot, key, purpose: GetFor::Fetch { to: from, req } });
             }
             IndexRpc::FetchReply { req, entry } => self.on_fetch_reply(now_ms, from, req, entry),
+            IndexRpc::PrefixQuery { req, prefix, limit } => self.on_prefix_query(from, req, prefix, limit),
+            IndexRpc::PrefixReply { req, users } => self.on_prefix_reply(now_ms, from, req, users),
             IndexRpc::Digests { slots } => self.compare_digests(from, slots),
             IndexRpc::Differ { slots } => self.push_slots(slots.into_iter().map(Slot).collect(), from),
             other => {

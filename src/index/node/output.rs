@@ -28,6 +28,8 @@ pub enum Timer {
     AntiEntropy,
     /// A lookup's stage is over.
     Lookup(u64),
+    /// A search stops waiting for postings.
+    Search(u64),
 }
 
 /// Where an answer to a store read goes.
@@ -165,6 +167,25 @@ pub enum Output {
         slots: Vec<Slot>,
         /// The member they are for.
         to: NodeId,
+    },
+    /// Read the usernames posted under `prefix` in a slot's store (at most `limit`), then
+    /// call [`super::Node::posted`] (no store: none).
+    Posted {
+        /// The slot.
+        slot: Slot,
+        /// `token:<token>/`.
+        prefix: String,
+        /// Most usernames.
+        limit: usize,
+        /// What to give back.
+        purpose: super::PostedFor,
+    },
+    /// A search ended: the verified entries whose profile has every word.
+    Searched {
+        /// The search.
+        id: u64,
+        /// What it found, by username.
+        entries: Vec<Entry>,
     },
     /// Check an entry's signatures, then call [`super::Node::verified`].
     Verify(Box<Verify>),

@@ -21,6 +21,7 @@ struct Harness {
     queue: BTreeMap<(u64, u64), Ev>,
     nodes: BTreeMap<NodeId, (Node, LocalStores)>,
     found: BTreeMap<(NodeId, u64), FindResult>,
+    searched: BTreeMap<(NodeId, u64), Vec<Entry>>,
     asked_directory: Vec<(NodeId, u64, String)>,
     /// Stores dropped on the way to these members (a lost packet, a crashed write).
     drop_stores_to: Vec<NodeId>,
@@ -45,6 +46,7 @@ impl Harness {
             queue: BTreeMap::new(),
             nodes: BTreeMap::new(),
             found: BTreeMap::new(),
+            searched: BTreeMap::new(),
             asked_directory: Vec::new(),
             drop_stores_to: Vec::new(),
             busy: false,
@@ -100,6 +102,9 @@ impl Harness {
                 Output::AskDirectory { id, user } => self.asked_directory.push((at, id, user)),
                 Output::Found { id, result } => {
                     self.found.insert((at, id), result);
+                }
+                Output::Searched { id, entries } => {
+                    self.searched.insert((at, id), entries);
                 }
                 other => panic!("the local stores carry out {other:?}"),
             }
@@ -295,4 +300,39 @@ fn a_presence_refresh_writes_the_users_key_and_postings_only_when_their_tokens_c
     h.run_for(600_000);
     let e = entry("erin", 1, h.now, Status::Online);
     assert!(stores(&mut h, e) > refresh, "a refresh period on: written again");
+}
+
+#[test]
+fn search_finds_users_by_every_word_of_their_current_profile() {
+    let mut h = Harness::new(12, config());
+    h.run_for(1000);
+    for (i, user) in ["ann", "ben", "cat"].iter().enumerate() {
+        let e = entry(user, 1, T0 + i as u64, Status::Online);
+        h.with(id(i as u8), |n| n.publish(T0, e));
+    }
+    // Ben moves: his postings for the old city stay, his entry no longer has it.
+    let old = entry("ben", 1, T0 + 10, Status::Online);
+    let mut body = EntryBody::clone(&old);
+    body.profile.city = "Tartu".into();
+    body.profile.display_name = "Jaan Tamm".into();
+    let c = crate::index::entry::tests::credential("ben", 1, T0 / 1000 - 10);
+    let moved = Entry::sign(body, &c, &crate::crypto::keys::tests::test_key(2)).unwrap();
+    h.run_for(1000);
+    h.with(id(1), |n| n.publish(T0 + 10, moved));
+    h.run_for(1000);
+    let search = |h: &mut Harness, at: u8, words: &str| {
+        let now = h.now;
+        let s = h.with(id(at), |n| n.search(now, words, 10));
+        for _ in 0..50 {
+            if let Some(r) = h.searched.remove(&(id(at), s)) {
+                return r.into_iter().map(|e| e.user.clone()).collect::<Vec<_>>();
+            }
+            h.run_for(100);
+        }
+        panic!("search {words:?} never ended");
+    };
+    assert_eq!(search(&mut h, 7, "Tallinn"), ["ann", "cat"], "ben's posting is there, his entry moved");
+    assert_eq!(search(&mut h, 2, "jaan tartu"), ["ben"]);
+    assert!(search(&mut h, 0, "tallinn nowhere").is_empty());
+    assert!(search(&mut h, 0, "  ").is_empty());
 }
