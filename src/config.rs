@@ -482,6 +482,12 @@ impl Config {
         if self.supernode.index.repair_bytes_per_peer_per_sec < 4096 {
             return bad("supernode.index.repair_bytes_per_peer_per_sec", "must be at least 4096");
         }
+        if self.supernode.index.postings_refresh_secs > crate::index::store::POSTINGS_REFRESH_MAX_SECS {
+            return bad(
+                "supernode.index.postings_refresh_secs",
+                "must be at most 86400 (postings outlive the retention by a day)",
+            );
+        }
         if self.supernode.index.replicas == 0 {
             return bad("supernode.index.replicas", "must be at least 1");
         }
@@ -647,6 +653,7 @@ mod tests {
                 ("supernode.cluster", "pending_per_peer_max", "0"),
                 ("supernode.index", "repair_bytes_per_answer_max", "10"),
                 ("supernode.index", "repair_bytes_per_peer_per_sec", "10"),
+                ("supernode.index", "postings_refresh_secs", "90000"),
                 ("supernode.revocation", "fetch_interval_secs", "0"),
                 ("supernode.revocation", "gossip_interval_ms", "10"),
             ] {

@@ -39,6 +39,11 @@ pub fn posting_key(token: &str, user: &str) -> String {
     format!("{}{}", token_slot_key(token), user.to_ascii_lowercase())
 }
 
+/// Whether an index key is a search posting.
+pub fn is_posting(key: &str) -> bool {
+    key.starts_with("token:")
+}
+
 /// The key that chooses an index key's slot: a posting lives in its token's slot, any
 /// other key in its own.
 pub fn slot_key(key: &str) -> &str {

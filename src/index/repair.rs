@@ -16,6 +16,12 @@ impl RepairBudget {
         Self { per_sec, tokens: per_sec, at_ms: now_ms }
     }
 
+    /// Bytes the bucket holds at `now_ms`.
+    pub fn available(&mut self, now_ms: u64) -> u64 {
+        self.take(0, now_ms);
+        self.tokens
+    }
+
     /// Takes `bytes` if the bucket holds them at `now_ms`.
     pub fn take(&mut self, bytes: u64, now_ms: u64) -> bool {
         let elapsed = now_ms.saturating_sub(self.at_ms);

@@ -2,12 +2,24 @@
 //! entry order, expired after the retention window.
 
 use super::entry::{Entry, Status};
+use super::fold;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// How long an entry stays findable after its host was last seen, by default.
 pub const RETENTION_SECS_DEFAULT: u64 = 72 * 3600;
+/// The longest `index.postings_refresh_secs` allowed, and how much longer than the
+/// retention a search posting is kept: a posting last written up to this long before its
+/// user was last seen still lasts the retention.
+pub const POSTINGS_REFRESH_MAX_SECS: u64 = 24 * 3600;
+
+/// How long an entry under `key` is kept after it was last seen: search postings a
+/// refresh period longer.
+pub fn keep_secs(key: &str, retention_secs: u64) -> u64 {
+    if fold::is_posting(key) { retention_secs.saturating_add(POSTINGS_REFRESH_MAX_SECS) } else { retention_secs }
+}
+
 /// How long an online entry counts as online without a refresh, by default.
 pub const PRESENCE_TTL_SECS_DEFAULT: u64 = 15 * 60;
 
@@ -223,8 +235,9 @@ impl SlotStore {
     /// The usernames posted under a token `prefix` whose entries are inside the retention
     /// window at `now` (Unix seconds), at most `limit`, in key order.
     pub fn posted(&self, prefix: &str, now: u64, retention_secs: u64, limit: usize) -> Vec<String> {
+        let keep = keep_secs(prefix, retention_secs);
         self.with_prefix(prefix)
-            .filter(|(_, e)| e.last_seen.saturating_add(retention_secs) > now)
+            .filter(|(_, e)| e.last_seen.saturating_add(keep) > now)
             .map(|(k, _)| k[prefix.len()..].to_owned())
             .take(limit)
             .collect()
@@ -233,7 +246,7 @@ impl SlotStore {
     /// Every entry (every session) still inside the retention window at `now`, with its key.
     pub fn live(&self, now: u64, retention_secs: u64) -> Vec<(String, Arc<Entry>)> {
         self.iter_shared()
-            .filter(|(_, e)| e.last_seen.saturating_add(retention_secs) > now)
+            .filter(|(k, e)| e.last_seen.saturating_add(keep_secs(k, retention_secs)) > now)
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect()
     }
@@ -253,8 +266,9 @@ impl SlotStore {
         let mut sum = self.sum;
         self.entries.retain(|k, s| {
             let before = s.entries.len();
+            let keep_secs = keep_secs(k, retention_secs);
             s.entries.retain(|e| {
-                let keep = e.last_seen.saturating_add(retention_secs) > now;
+                let keep = e.last_seen.saturating_add(keep_secs) > now;
                 if !keep {
                     sum = sum.sub(Sum::of(k, e));
                 }

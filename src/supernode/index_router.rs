@@ -174,15 +174,27 @@ impl IndexRouter {
         while let Some(out) = self.core.poll() {
             match out {
                 Output::Send { to, rpc } => {
-                    if let Some(addr) = self.gossip_of.get(&to).copied() {
-                        let ok = self.send_to((to, addr), &rpc);
-                        if !ok && matches!(rpc, IndexRpc::Store { .. }) {
-                            counter!("confab_index_writes_total", "node" => self.node.clone(), "outcome" => "send_failed")
-                                .increment(1);
+                    let sent = match self.gossip_of.get(&to).copied() {
+                        Some(addr) => self.send_to((to, addr), &rpc),
+                        None => false,
+                    };
+                    if let IndexRpc::Store { .. } = rpc {
+                        let outcome = if sent { "sent" } else { "send_failed" };
+                        counter!("confab_index_writes_total", "node" => self.node.clone(), "outcome" => outcome)
+                            .increment(1);
+                    }
+                    if !self.gossip_of.contains_key(&to) {
+                        // Left the view meanwhile (the core's map settles a moment later): no
+                        // answer will come, so the core hears an empty one now.
+                        match rpc {
+                            IndexRpc::Fetch { req, .. } => {
+                                self.core.receive(now_ms(), to, IndexRpc::FetchReply { req, entry: None })
+                            }
+                            IndexRpc::PrefixQuery { req, .. } => {
+                                self.core.receive(now_ms(), to, IndexRpc::PrefixReply { req, users: Vec::new() })
+                            }
+                            _ => {}
                         }
-                    } else if let IndexRpc::Fetch { req, .. } = rpc {
-                        // Left the view meanwhile: no answer will come.
-                        self.core.receive(now_ms(), to, IndexRpc::FetchReply { req, entry: None });
                     }
                 }
                 Output::Schedule { at_ms, timer } => {

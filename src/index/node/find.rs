@@ -23,7 +23,10 @@ impl Node {
         let slot = self.slot_of(&key);
         let id = self.req();
         let lookup = Lookup::with_map(key, slot, self.map.clone(), self.cfg.lookup.clone());
-        self.lookups.insert(id, Running { lookup, started_ms: now_ms, timer_at: None, directory: false, search });
+        self.lookups.insert(
+            id,
+            Running { lookup, started_ms: now_ms, timer_at: None, directory: false, search, reqs: Vec::new() },
+        );
         id
     }
 
@@ -100,6 +103,9 @@ impl Node {
         }
         let req = self.req();
         self.fetches.insert(req, (id, node));
+        if let Some(r) = self.lookups.get_mut(&id) {
+            r.reqs.push(req);
+        }
         self.send(node, IndexRpc::Fetch { req, key });
     }
 
@@ -113,7 +119,9 @@ impl Node {
 
     fn finish(&mut self, now_ms: u64, id: u64, outcome: Outcome, directory: Option<Vec<u8>>) {
         let Some(r) = self.lookups.remove(&id) else { return };
-        self.fetches.retain(|_, (l, _)| *l != id);
+        for req in &r.reqs {
+            self.fetches.remove(req);
+        }
         let result = match outcome {
             Outcome::Found { entry, stage, asked } => {
                 FindResult { entry: Some(*entry), asked, stage: stage.label(), directory: None }

@@ -54,6 +54,8 @@ struct Running {
     directory: bool,
     /// The search it serves, if any.
     search: Option<u64>,
+    /// Its Fetches in flight (request ids), forgotten with it.
+    reqs: Vec<u64>,
 }
 
 /// One super node's Global Index logic.
@@ -245,9 +247,7 @@ impl Node {
             }
             Timer::Search(id) => self.search_timer(now_ms, id),
             Timer::Lookup(id) => {
-                if let Some(r) = self.lookups.get_mut(&id)
-                    && r.timer_at.is_some_and(|at| at <= now_ms)
-                {
+                if let Some(r) = self.lookups.get_mut(&id) {
                     r.timer_at = None;
                 }
                 self.drive(now_ms, id);
@@ -270,21 +270,33 @@ impl Node {
     ///
     /// A host republishes its presence every few minutes; writing up to 16 postings each
     /// time (ten replicas each) was most of the index's traffic, for postings that had not
-    /// changed and live 72 hours. Search checks every candidate by looking it up, so a
-    /// posting is only a pointer to the user.
+    /// changed. Search checks every candidate by looking it up, so a posting is only a
+    /// pointer to the user; postings are kept `POSTINGS_REFRESH_MAX_SECS` past the
+    /// retention (`store`), so one written up to a refresh period before the user was last
+    /// seen still lasts the retention. They are written again when the replicas of their
+    /// slots change.
     pub fn publish(&mut self, now_ms: u64, entry: Entry) -> usize {
         let replicas = self.replicate(now_ms, entry.key(), &entry);
         let tokens = fold::profile_tokens(&entry.user, &entry.profile);
+        // What the postings were written for: the tokens, and the replicas of their slots
+        // (a posting written to replicas that have since changed may be nowhere now).
         let fingerprint = {
             use std::hash::{Hash, Hasher};
             let mut h = std::hash::DefaultHasher::new();
-            tokens.hash(&mut h);
+            for t in &tokens {
+                t.hash(&mut h);
+                self.map.replicas(self.slot_of(&fold::token_slot_key(t))).hash(&mut h);
+            }
             h.finish()
         };
         let refresh_ms = self.cfg.postings_refresh_secs.saturating_mul(1000);
         let key = entry.key();
-        let due =
-            self.posted.get(&key).is_none_or(|(f, at)| *f != fingerprint || now_ms.saturating_sub(*at) >= refresh_ms);
+        // A logout writes them too: the postings then carry the user's true last-seen time.
+        let due = entry.status == super::Status::Offline
+            || self
+                .posted
+                .get(&key)
+                .is_none_or(|(f, at)| *f != fingerprint || now_ms.saturating_sub(*at) >= refresh_ms);
         if due {
             for token in tokens {
                 self.replicate(now_ms, fold::posting_key(&token, &entry.user), &entry);
@@ -321,8 +333,8 @@ impl Node {
                 self.out.push_back(Output::Put { slot, key: key.clone(), entry: entry.clone(), done });
             } else {
                 let req = self.req();
+                // Counted as sent (or not) by the driver, which knows.
                 self.send(*r, IndexRpc::Store { req, key: key.clone(), entry: bytes.clone() });
-                self.count_write("sent");
             }
         }
         replicas.len()
@@ -362,8 +374,8 @@ impl Node {
             IndexRpc::FetchReply { req, entry } => self.on_fetch_reply(now_ms, from, req, entry),
             IndexRpc::PrefixQuery { req, prefix, limit } => self.on_prefix_query(from, req, prefix, limit),
             IndexRpc::PrefixReply { req, users } => self.on_prefix_reply(now_ms, from, req, users),
-            IndexRpc::Digests { slots } => self.compare_digests(from, slots),
-            IndexRpc::Differ { slots } => self.push_slots(slots.into_iter().map(Slot).collect(), from),
+            IndexRpc::Digests { slots } => self.compare_digests(now_ms, from, slots),
+            IndexRpc::Differ { slots } => self.push_slots(slots.into_iter().map(Slot).collect(), from, now_ms),
             other => {
                 // The driver handles the rest (search, notices, mail) itself.
                 tracing::debug!(node = %self.name, from = %from, rpc = ?std::mem::discriminant(&other), "not an entry request");

@@ -46,7 +46,7 @@ impl Node {
     }
 
     /// A co-replica's digests: where ours differ, send ours and ask for theirs.
-    pub(super) fn compare_digests(&mut self, from: NodeId, slots: Vec<(u32, [u8; 32])>) {
+    pub(super) fn compare_digests(&mut self, now_ms: u64, from: NodeId, slots: Vec<(u32, [u8; 32])>) {
         let differ: Vec<u32> = slots
             .into_iter()
             .filter(|(s, d)| self.held.contains(&Slot(*s)) && self.digests.get(&Slot(*s)) != Some(d))
@@ -57,15 +57,22 @@ impl Node {
         if differ.is_empty() {
             return;
         }
-        self.push_slots(differ.iter().map(|s| Slot(*s)).collect(), from);
+        self.push_slots(differ.iter().map(|s| Slot(*s)).collect(), from, now_ms);
         self.send(from, IndexRpc::Differ { slots: differ });
     }
 
-    /// Asks the driver for the live entries of `slots` (those with a store here), for `to`.
-    pub(super) fn push_slots(&mut self, slots: Vec<Slot>, to: NodeId) {
-        if !slots.is_empty() {
-            self.out.push_back(Output::Dump { slots, to });
+    /// Asks the driver for the live entries of `slots` (those with a store here, each once),
+    /// for `to`, unless `to` has no repair budget left: a Differ of a thousand slot ids in
+    /// one packet must not make this node read and encode every store it has for nothing.
+    pub(super) fn push_slots(&mut self, slots: Vec<Slot>, to: NodeId, now_ms: u64) {
+        let slots: Vec<Slot> = slots.into_iter().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let per_sec = self.cfg.repair_bytes_per_peer_per_sec;
+        let room = self.repair.entry(to).or_insert_with(|| RepairBudget::new(per_sec, now_ms)).available(now_ms);
+        // Less than the smallest entry (a credential and a signature) sends nothing.
+        if slots.is_empty() || room < 256 {
+            return;
         }
+        self.out.push_back(Output::Dump { slots, to });
     }
 
     /// The entries of a [`Output::Dump`] (key, encoded entry): sent to `to` within one

@@ -336,3 +336,139 @@ fn search_finds_users_by_every_word_of_their_current_profile() {
     assert!(search(&mut h, 0, "tallinn nowhere").is_empty());
     assert!(search(&mut h, 0, "  ").is_empty());
 }
+
+/// Carries out a lone node's store reads (nothing held) and collects what else it asks.
+fn drain(n: &mut Node, now: u64) -> Vec<Output> {
+    let mut out = Vec::new();
+    while let Some(o) = n.poll() {
+        match o {
+            Output::Get { purpose, .. } => n.got(now, purpose, None),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[test]
+fn a_lookup_timer_that_fires_a_millisecond_early_is_not_lost() {
+    // The router turns `Schedule { at_ms }` into `run_later(at_ms - SystemTime::now())`
+    // and calls `timer(SystemTime::now())` when it fires: a wall clock slewed or stepped
+    // back by NTP hands the node a `now` just short of `at_ms`.
+    let ids: Vec<NodeId> = (0..12).map(id).collect();
+    let mut n = Node::new("sn0".into(), id(0), config(), 0);
+    n.start(T0);
+    n.view(T0, SharedView::new(&ids));
+    drain(&mut n, T0);
+    let l = n.find(T0, "nobody");
+    let at = drain(&mut n, T0)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Schedule { at_ms, timer: Timer::Lookup(x) } if x == l => Some(at_ms),
+            _ => None,
+        })
+        .expect("a stage deadline");
+    // Nobody answers. The timer fires 1 ms early by the wall clock.
+    n.timer(at - 1, Timer::Lookup(l));
+    let after = drain(&mut n, at - 1);
+    assert_eq!(n.lookups_running(), 1);
+    assert!(
+        after.iter().any(|o| matches!(o, Output::Schedule { timer: Timer::Lookup(x), .. } if *x == l)
+            || matches!(o, Output::Send { .. })),
+        "the lookup has no timer left and nothing in flight: it never ends ({after:?})"
+    );
+}
+
+#[test]
+fn search_finds_a_user_seen_within_the_retention_who_stayed_online_past_a_refresh() {
+    let mut h = Harness::new(12, IndexConfig { anti_entropy_secs: 3600, ..config() });
+    h.run_for(1000);
+    let now = h.now;
+    h.with(id(0), |n| n.publish(now, entry("erin", 1, now, Status::Online)));
+    h.run_for(23 * 3600 * 1000);
+    // Erin stays online, refreshing her presence (same profile), then goes away.
+    let now = h.now;
+    h.with(id(0), |n| n.publish(now, entry("erin", 1, now, Status::Online)));
+    h.run_for(50 * 3600 * 1000);
+    // Last seen 50 hours ago: inside the 72-hour promise.
+    let r = h.find(id(5), "erin");
+    assert!(r.entry.is_some(), "find still finds her");
+    let now = h.now;
+    let s = h.with(id(7), |n| n.search(now, "Tallinn", 10));
+    let mut got = None;
+    for _ in 0..50 {
+        if let Some(r) = h.searched.remove(&(id(7), s)) {
+            got = Some(r.into_iter().map(|e| e.user.clone()).collect::<Vec<_>>());
+            break;
+        }
+        h.run_for(100);
+    }
+    assert_eq!(got.expect("search ended"), ["erin"], "search lost a user last seen 50 h ago");
+}
+
+fn search_users(h: &mut Harness, at: u8, words: &str) -> Vec<String> {
+    let now = h.now;
+    let s = h.with(id(at), |n| n.search(now, words, 10));
+    for _ in 0..50 {
+        if let Some(r) = h.searched.remove(&(id(at), s)) {
+            return r.into_iter().map(|e| e.user.clone()).collect();
+        }
+        h.run_for(100);
+    }
+    panic!("search never ended");
+}
+
+#[test]
+fn postings_written_while_the_view_was_small_are_written_again_once_their_replicas_change() {
+    let ids: Vec<NodeId> = (0..12).map(id).collect();
+    for refresh in [0u64, 24 * 3600] {
+        let mut h = Harness::new(12, IndexConfig { postings_refresh_secs: refresh, ..config() });
+        h.run_for(1000);
+        let tslot = h.nodes[&id(0)].0.slot_of(&fold::token_slot_key("tallinn"));
+        let p = (0..12u8).find(|i| !h.nodes[&id(0)].0.map().replicas(tslot).contains(&id(*i))).unwrap();
+        // Node p sees only itself for a moment (a partition, or before it heard the others).
+        let now = h.now;
+        h.with(id(p), |n| n.view(now, SharedView::new(&[id(p)])));
+        let now = h.now;
+        h.with(id(p), |n| n.publish(now, entry("erin", 1, now, Status::Online)));
+        h.run_for(1000);
+        let now = h.now;
+        h.with(id(p), |n| n.view(now, SharedView::new(&ids)));
+        h.run_for(60_000);
+        // Five minutes on, Erin's host refreshes its presence as usual.
+        h.run_for(240_000);
+        let now = h.now;
+        h.with(id(p), |n| n.publish(now, entry("erin", 1, now, Status::Online)));
+        h.run_for(60_000);
+        assert!(h.find(id(5), "erin").entry.is_some());
+        let got: Vec<String> =
+            (0..12u8).filter(|i| *i != p).map(|i| search_users(&mut h, i, "Tallinn").len().to_string()).collect();
+        assert!(got.iter().all(|g| g == "1"), "refresh={refresh}: search misses erin: {got:?}");
+    }
+}
+
+#[test]
+fn a_differ_of_repeated_slots_reads_each_once_and_none_once_the_members_repair_budget_is_spent() {
+    let ids: Vec<NodeId> = (0..4).map(id).collect();
+    let cfg = IndexConfig { repair_bytes_per_peer_per_sec: 10_000, ..config() };
+    let mut n = Node::new("sn0".into(), id(0), cfg, 0);
+    n.view(T0, SharedView::new(&ids));
+    while n.poll().is_some() {}
+    n.receive(T0, id(1), IndexRpc::Differ { slots: vec![5; 1000] });
+    let dumps: Vec<Vec<Slot>> = std::iter::from_fn(|| n.poll())
+        .filter_map(|o| match o {
+            Output::Dump { slots, .. } => Some(slots),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dumps, [vec![Slot(5)]]);
+    // The answer spends the member's second of budget.
+    n.dumped(T0, id(1), (0..10).map(|i| (format!("k{i}"), vec![0; 998])).collect());
+    while n.poll().is_some() {}
+    n.receive(T0 + 10, id(1), IndexRpc::Differ { slots: vec![5, 6] });
+    assert!(std::iter::from_fn(|| n.poll()).all(|o| !matches!(o, Output::Dump { .. })), "no read for nothing");
+    n.receive(T0 + 10, id(2), IndexRpc::Differ { slots: vec![6] });
+    assert!(
+        std::iter::from_fn(|| n.poll()).any(|o| matches!(o, Output::Dump { .. })),
+        "another member's budget is its own"
+    );
+}
