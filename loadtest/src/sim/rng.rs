@@ -15,15 +15,20 @@ pub fn bytes(seed: u64, purpose: &str, i: u64) -> [u8; 32] {
     Sha256::new().chain_update(seed.to_be_bytes()).chain_update(purpose).chain_update(i.to_be_bytes()).finalize().into()
 }
 
-/// A 64-bit hash of (`seed`, `purpose`, `a`, `b`): per-pair properties such as latency.
+/// A 64-bit hash of (`seed`, `purpose`, `a`, `b`): per-pair properties such as latency,
+/// asked for every packet, so a few multiply-xorshift rounds (splitmix64) rather than
+/// SHA-256.
 pub fn hash2(seed: u64, purpose: &str, a: u64, b: u64) -> u64 {
-    let d = Sha256::new()
-        .chain_update(seed.to_be_bytes())
-        .chain_update(purpose)
-        .chain_update(a.to_be_bytes())
-        .chain_update(b.to_be_bytes())
-        .finalize();
-    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+    let p = purpose.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, c| (h ^ u64::from(c)).wrapping_mul(0x100_0000_01b3));
+    mix(mix(mix(seed ^ p) ^ a) ^ b)
+}
+
+/// splitmix64's finaliser.
+pub fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// A draw from the exponential distribution with this median (memoryless: the remaining

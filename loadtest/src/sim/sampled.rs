@@ -58,13 +58,21 @@ pub struct Sampled {
     next: u32,
     pending: BTreeMap<(NodeId, bool), u32>,
     slot_of: BTreeMap<NodeId, u32>,
+    /// Down sample slots, longest down first: a start takes the one down longest, so
+    /// the sample has noticed its departure (a quick restart would reach the others as
+    /// a bump, not a join).
+    down: std::collections::VecDeque<u32>,
+    /// When each sample slot last started: a node still catching up on the members it
+    /// never knew shadows no group.
+    started: Vec<Ms>,
 }
 
 impl Sampled {
     /// K groups, all seeing `truth`; `scale` stretches the sample's lags; the sample's
     /// ids are those `cluster` gives its slots.
-    pub fn new(k: u32, cluster: &Cluster, truth: Arc<View>, scale: f64) -> Self {
+    pub fn new(k: u32, cluster: &Cluster, truth: Arc<View>, scale: f64, down: impl Fn(u32) -> bool) -> Self {
         let slot_of = cluster.slots.iter().enumerate().map(|(i, s)| (s.id, i as u32)).collect();
+        let down = (0..k).filter(|i| down(*i)).collect();
         Self {
             k,
             scale,
@@ -73,6 +81,8 @@ impl Sampled {
             next: 0,
             pending: BTreeMap::new(),
             slot_of,
+            down,
+            started: vec![0; k as usize],
         }
     }
 
@@ -81,14 +91,30 @@ impl Sampled {
         (120_000.0 * self.scale) as Ms
     }
 
+    /// Whether sample node `i` shadows groups: up, and up long enough to know the
+    /// cluster (a new node learns the members it never knew slowly, by being contacted).
+    fn established(&self, cluster: &Cluster, i: u32, now: Ms) -> bool {
+        cluster.is_up(i) && (self.started[i as usize] == 0 || now >= self.started[i as usize] + self.done_after())
+    }
+
+    /// Sample node `i` started at `now`.
+    pub fn started(&mut self, i: u32, now: Ms) {
+        if let Some(s) = self.started.get_mut(i as usize) {
+            *s = now;
+        }
+    }
+
     /// The groups sample node `observer` shadows: its own, and those below it whose
-    /// node is down.
-    fn groups_of(&self, cluster: &Cluster, observer: u32) -> Vec<u32> {
+    /// node is down or new.
+    fn groups_of(&self, cluster: &Cluster, observer: u32, now: Ms) -> Vec<u32> {
+        if !self.established(cluster, observer, now) {
+            return Vec::new();
+        }
         let mut gs = vec![observer];
         let mut g = observer;
         for _ in 1..self.k {
             g = (g + self.k - 1) % self.k;
-            if cluster.is_up(g) {
+            if self.established(cluster, g, now) {
                 break;
             }
             gs.push(g);
@@ -115,18 +141,25 @@ impl Sampled {
         let c = self.next;
         self.next += 1;
         self.changes.insert(c, Change { member, up, at: now, state: vec![0; self.k as usize] });
-        let candidates: Vec<u32> = (0..self.k).filter(|i| cluster.is_up(*i) != up).collect();
-        if candidates.len() < 2 && !up {
-            return (c, None);
-        }
-        let Some(&slot) = candidates.get(rng.random_range(0..candidates.len().max(1))) else { return (c, None) };
+        let slot = if up {
+            let Some(slot) = self.down.pop_front() else { return (c, None) };
+            slot
+        } else {
+            let candidates: Vec<u32> = (0..self.k).filter(|i| cluster.is_up(*i)).collect();
+            if candidates.len() < 2 {
+                return (c, None);
+            }
+            let slot = candidates[rng.random_range(0..candidates.len())];
+            self.down.push_back(slot);
+            slot
+        };
         self.pending.insert((cluster.slots[slot as usize].id, up), c);
         (c, Some(slot))
     }
 
     /// Sample node `observer` noticed `member` come up or go down.
     pub fn noticed(&mut self, cluster: &Cluster, observer: u32, member: NodeId, up: bool, now: Ms) -> Notice {
-        let groups = self.groups_of(cluster, observer);
+        let groups = self.groups_of(cluster, observer, now);
         if let Some(&c) = self.pending.get(&(member, up)) {
             let Some(ch) = self.changes.get_mut(&c) else { return Notice::Nothing };
             let groups: Vec<u32> = groups.into_iter().filter(|g| ch.state[*g as usize] == 0).collect();

@@ -132,14 +132,14 @@ impl Stats {
     /// A calibration node took `lag` to see a mirrored change.
     pub fn cal_lag(&mut self, up: bool, lag: Ms) {
         let h = if up { &mut self.cal_lag_up } else { &mut self.cal_lag_down };
-        h.saturating_record(lag.max(1));
+        let _ = h.record(lag.max(1));
     }
 
     /// One second's sample of the population.
     pub fn sample(&mut self, _now: Ms, live: usize, online: usize) {
         if self.measuring {
-            self.live.saturating_record(live as u64);
-            self.online.saturating_record(online as u64);
+            let _ = self.live.record(live as u64);
+            let _ = self.online.record(online as u64);
         }
     }
 
@@ -172,8 +172,8 @@ impl Stats {
 
     /// A lookup ended.
     pub fn lookup_done(&mut self, exists: bool, found: bool, by_directory: bool, asked: u32, latency: Ms) {
-        self.lookup_messages.saturating_record(u64::from(asked));
-        self.lookup_latency.saturating_record(latency);
+        let _ = self.lookup_messages.record(u64::from(asked));
+        let _ = self.lookup_latency.record(latency);
         if !exists {
             self.found_missing += u64::from(found);
             return;

@@ -19,11 +19,8 @@ pub struct View {
 }
 
 fn hash(id: &NodeId) -> u64 {
-    // splitmix64 of the id's bytes: ids are already hashes, this only spreads them.
-    let mut z = u64::from_be_bytes(id.0).wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    // Ids are already hashes: this only spreads them.
+    super::rng::mix(u64::from_be_bytes(id.0))
 }
 
 impl View {
@@ -63,6 +60,8 @@ pub struct Views {
     pub maps: bool,
     /// CPU microseconds of each slot-map computation, for the report.
     pub rebuild_us: hdrhistogram::Histogram<u64>,
+    /// CPU microseconds of each full build (a node's first map).
+    pub build_us: hdrhistogram::Histogram<u64>,
     /// Slot maps computed.
     pub rebuilds: u64,
     /// Distinct views alive at once, at most.
@@ -79,6 +78,7 @@ impl Views {
             replicas,
             maps: false,
             rebuild_us: hdrhistogram::Histogram::new(3).expect("valid"),
+            build_us: hdrhistogram::Histogram::new(3).expect("valid"),
             rebuilds: 0,
             peak_distinct: 0,
         }
@@ -134,14 +134,14 @@ impl Views {
             return;
         }
         let t0 = thread_cpu_us();
-        let map = match prev.and_then(|p| p.map.get()) {
-            Some(m) => m.update(&next.ids),
-            None => SlotMap::new(self.space, self.replicas, &next.ids),
+        let (map, h) = match prev.and_then(|p| p.map.get()) {
+            Some(m) => (m.update(&next.ids), &mut self.rebuild_us),
+            None => (SlotMap::new(self.space, self.replicas, &next.ids), &mut self.build_us),
         };
         let took = thread_cpu_us().saturating_sub(t0);
         let _ = next.map.set(Arc::new(map));
         self.rebuilds += 1;
-        self.rebuild_us.saturating_record(took.max(1));
+        let _ = h.record(took.max(1));
     }
 
     /// Distinct views alive now.

@@ -27,9 +27,9 @@ pub enum Ev<M, T> {
     /// mode, 1: the calibration sample).
     Gossip { cluster: u8, to: u32, data: Vec<u8> },
     /// A foca timer.
-    FocaTimer { cluster: u8, slot: u32, inc: u32, timer: foca::Timer<Member> },
-    /// Super node `sn`'s session `inc` ends (churn).
-    SnEnd { sn: Sn, inc: u32 },
+    FocaTimer { cluster: u8, slot: u32, inc: u32, timer: Box<foca::Timer<Member>> },
+    /// Super node `sn`'s session `inc` ends (churn): for good, or for a while.
+    SnEnd { sn: Sn, inc: u32, next: Next },
     /// Super node `sn` starts a session.
     SnUp { sn: Sn },
     /// A new super node joins in place of a dead one.
@@ -52,8 +52,9 @@ pub enum Ev<M, T> {
     Scenario,
     /// The partition heals.
     Heal,
-    /// An index RPC reaches `to`.
-    IndexMsg { to: Sn, inc: u32, from: NodeId, msg: M },
+    /// An index RPC reaches `to` (boxed, as the foca timer: the queue moves its
+    /// entries on every push and pop, and they are kept small).
+    IndexMsg { to: Sn, inc: u32, from: NodeId, msg: Box<M> },
     /// An index timer of `node`.
     IndexTimer { node: Sn, inc: u32, timer: T },
     /// The directory answers lookup `id` of `node`.
@@ -210,7 +211,8 @@ impl<I: Index> World<I> {
             }
             let ids: Vec<NodeId> = self.sns[..n as usize].iter().map(|s| s.id).collect();
             let truth = self.views.of(&ids);
-            self.sampled = Some(Sampled::new(k, &self.foca, truth, self.cfg.sample_scale()));
+            let spare_slot = move |i: u32| i % (k / spare) == 0;
+            self.sampled = Some(Sampled::new(k, &self.foca, truth, self.cfg.sample_scale(), spare_slot));
             for sn in 0..n {
                 self.sn_start(sn);
             }
@@ -305,7 +307,7 @@ impl<I: Index> World<I> {
             }
             Ev::FocaTimer { cluster: _, slot, inc, timer } => {
                 let mut acts = Vec::new();
-                self.foca.timer(slot, inc, timer, &mut self.net, &mut acts);
+                self.foca.timer(slot, inc, *timer, &mut self.net, &mut acts);
                 self.actions(acts);
             }
             Ev::SnUp { sn } if sn > u32::MAX - self.cfg.sample && !self.full() => {
@@ -316,13 +318,13 @@ impl<I: Index> World<I> {
                     self.sn_start(sn);
                 }
             }
-            Ev::SnEnd { sn, inc } => {
+            Ev::SnEnd { sn, inc, next } => {
                 let s = &self.sns[sn as usize];
                 if !s.up || s.inc != inc {
                     return;
                 }
-                let life = s.life;
-                let next = self.cfg.churn.next(&mut self.rng_churn, life, s.since);
+                // The crash scenario marks its victims gone for good.
+                let next = if s.life.single { Next::Dies(now) } else { next };
                 self.sn_stop(sn);
                 match next {
                     Next::Dies(_) => {
@@ -406,7 +408,7 @@ impl<I: Index> World<I> {
                     return;
                 }
                 let mut out = Vec::new();
-                self.index.receive(now, to, from, msg, &mut out);
+                self.index.receive(now, to, from, *msg, &mut out);
                 self.index_out(out);
             }
             Ev::IndexTimer { node, inc, timer } => {
@@ -433,7 +435,9 @@ impl<I: Index> World<I> {
                 {
                     self.begin_measuring();
                 }
-                self.stats.sample(now, self.live.len(), self.users.online.len());
+                if now > self.start {
+                    self.stats.sample(now, self.live.len(), self.users.online.len());
+                }
                 if (now / 1000).is_multiple_of(60) {
                     let d = self.views.distinct();
                     self.stats.views_distinct_max = self.stats.views_distinct_max.max(d as u64);
@@ -475,6 +479,7 @@ impl<I: Index> World<I> {
         self.views.map_for(&truth, None);
         self.stats.slot_map_build_us = super::view::thread_cpu_us().saturating_sub(t0);
         self.views.rebuild_us.reset();
+        self.views.build_us.reset();
         self.views.rebuilds = 0;
         self.index.warm_start(&self.warm_list());
         for sn in self.live.clone() {
@@ -499,7 +504,7 @@ impl<I: Index> World<I> {
             match a {
                 Action::Deliver { to, delay, data } => self.q.after(delay, Ev::Gossip { cluster, to, data }),
                 Action::Timer { slot, inc, after, timer } => {
-                    self.q.after(after, Ev::FocaTimer { cluster, slot, inc, timer })
+                    self.q.after(after, Ev::FocaTimer { cluster, slot, inc, timer: Box::new(timer) })
                 }
                 Action::Noticed { observer, member, bump, up } => self.noticed(observer, member, bump, up),
             }
@@ -614,6 +619,11 @@ impl<I: Index> World<I> {
         let mut acts = Vec::new();
         self.foca.start(slot, &seeds, &mut self.net, &mut acts);
         self.stats.cal_started(slot, self.q.now());
+        if self.stats.measuring
+            && let Some(s) = self.sampled.as_mut()
+        {
+            s.started(slot, self.q.now());
+        }
         self.actions(acts);
     }
 
@@ -660,7 +670,10 @@ impl<I: Index> World<I> {
         }
         if self.stats.measuring {
             let view = self.sns[sn as usize].view.clone();
-            self.views.map_for(&view, None);
+            // A joining node builds its first map from scratch (counted apart); in
+            // sampled mode its group's map is the same view but itself, so it updates.
+            let prev = self.sampled.as_ref().map(|s| s.views[(sn % self.cfg.sample) as usize].clone());
+            self.views.map_for(&view, prev.as_ref());
             self.index.node_up(
                 now,
                 sn,
@@ -677,9 +690,9 @@ impl<I: Index> World<I> {
     fn schedule_end(&mut self, sn: Sn) {
         let now = self.q.now();
         let (life, inc) = (self.sns[sn as usize].life, self.sns[sn as usize].inc);
-        match self.cfg.churn.next(&mut self.rng_churn, life, now) {
-            Next::Dies(t) | Next::Pauses(t, _) => self.q.at(t.max(now + 1), Ev::SnEnd { sn, inc }),
-        }
+        let next = self.cfg.churn.next(&mut self.rng_churn, life, now);
+        let (Next::Dies(t) | Next::Pauses(t, _)) = next;
+        self.q.at(t.max(now + 1), Ev::SnEnd { sn, inc, next });
     }
 
     fn sn_stop(&mut self, sn: Sn) {
@@ -827,7 +840,7 @@ impl<I: Index> World<I> {
                     if let Ok(delay) = self.net.send(u64::from(from), u64::from(t)) {
                         self.sns[t as usize].traffic.recv[Class::Index as usize] += bytes;
                         let (inc, fid) = (self.sns[t as usize].inc, self.sns[from as usize].id);
-                        self.q.after(delay, Ev::IndexMsg { to: t, inc, from: fid, msg });
+                        self.q.after(delay, Ev::IndexMsg { to: t, inc, from: fid, msg: Box::new(msg) });
                     }
                 }
                 Out::Schedule { node, at, timer } => {
