@@ -116,7 +116,7 @@ impl Default for Config {
             partition_secs: 600,
             flash_share: 0.2,
             flash_secs: 60,
-            full_max: 2000,
+            full_max: 1000,
             sample: 500,
             warmup_secs: 900,
             latency_min_ms: 5,

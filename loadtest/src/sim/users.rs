@@ -249,7 +249,7 @@ mod tests {
         let mut r = stream(9, "users");
         let n = 2000;
         let horizon = 48 * 3_600_000u64;
-        let mut online_at_hour = vec![0u32; 48];
+        let mut online_at_hour = [0u32; 48];
         for _ in 0..n {
             let mut t = if r.random_bool(m.online_share(0)) { 0 } else { m.next_login(&mut r, 0) };
             while t < horizon {

@@ -205,13 +205,13 @@ impl<I: Index> World<I> {
             let spare = (k / 50).max(1);
             for i in 0..k {
                 self.foca.add();
-                if i % (k / spare) != 0 {
+                if !i.is_multiple_of(k / spare) {
                     self.q.at(u64::from(i) * self.formation_ms() / u64::from(k), Ev::SnUp { sn: u32::MAX - i });
                 }
             }
             let ids: Vec<NodeId> = self.sns[..n as usize].iter().map(|s| s.id).collect();
             let truth = self.views.of(&ids);
-            let spare_slot = move |i: u32| i % (k / spare) == 0;
+            let spare_slot = move |i: u32| i.is_multiple_of(k / spare);
             self.sampled = Some(Sampled::new(k, &self.foca, truth, self.cfg.sample_scale(), spare_slot));
             for sn in 0..n {
                 self.sn_start(sn);
