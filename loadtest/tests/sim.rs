@@ -109,3 +109,27 @@ fn sampled_mode_is_representative() {
     eprintln!("gossip bytes/s p50: full {f}, sampled {s}");
     assert!(s / f < 1.5 && f / s < 1.5, "gossip: full {f}, sampled {s}");
 }
+
+/// In sampled mode the partition reaches the super nodes through the sample's own foca:
+/// their views split while it holds and are whole again soon after the heal.
+#[test]
+fn a_partition_heals_in_sampled_mode() {
+    let cfg = Config {
+        scenario: Scenario::Partition,
+        scenario_at_secs: Some(20),
+        partition_secs: 60,
+        full_max: 60,
+        sample: 60,
+        ..small(300)
+    };
+    let mut w = formed(cfg);
+    assert!(!w.full());
+    let heal = w.start + 20_000 + 60_000;
+    w.run_until(heal - 1, |_| {});
+    let split = w.diverged();
+    assert!(split >= 270, "during the partition the sides declared each other down ({split} of 300 views differ)");
+    w.run_until(heal, |_| {});
+    let took = until(&mut w, 300_000, |w| w.converged());
+    eprintln!("sampled partition: views whole again {took:?} ms (virtual) after the heal");
+    assert!(took.is_some_and(|t| t <= 90_000), "healed after {took:?}");
+}
