@@ -1,9 +1,9 @@
 //! What a run shows: a table on standard output and a JSON document.
 
+use super::Mode;
 use super::index::Index;
 use super::net::Class;
 use super::world::World;
-use super::{Mode, users};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
@@ -163,7 +163,6 @@ impl Report {
                 "slots": w.cfg.slots, "replicas": w.cfg.replicas,
             },
         });
-        let _ = users::NONE;
         Self { json }
     }
 

@@ -58,10 +58,10 @@ pub struct Sampled {
     next: u32,
     pending: BTreeMap<(NodeId, bool), u32>,
     slot_of: BTreeMap<NodeId, u32>,
-    /// Down sample slots, longest down first: a start takes the one down longest, so
-    /// the sample has noticed its departure (a quick restart would reach the others as
-    /// a bump, not a join).
-    down: std::collections::VecDeque<u32>,
+    /// Down sample slots and since when, longest down first: a start takes one only
+    /// once the sample has surely noticed its departure (a quick restart would reach the
+    /// others as a bump of a member they still hold, not a join).
+    down: std::collections::VecDeque<(u32, Ms)>,
     /// When each sample slot last started: a node still catching up on the members it
     /// never knew shadows no group.
     started: Vec<Ms>,
@@ -72,7 +72,7 @@ impl Sampled {
     /// ids are those `cluster` gives its slots.
     pub fn new(k: u32, cluster: &Cluster, truth: Arc<View>, scale: f64, down: impl Fn(u32) -> bool) -> Self {
         let slot_of = cluster.slots.iter().enumerate().map(|(i, s)| (s.id, i as u32)).collect();
-        let down = (0..k).filter(|i| down(*i)).collect();
+        let down = (0..k).filter(|i| down(*i)).map(|i| (i, 0)).collect();
         Self {
             k,
             scale,
@@ -94,7 +94,7 @@ impl Sampled {
     /// Whether sample node `i` shadows groups: up, and up long enough to know the
     /// cluster (a new node learns the members it never knew slowly, by being contacted).
     fn established(&self, cluster: &Cluster, i: u32, now: Ms) -> bool {
-        cluster.is_up(i) && (self.started[i as usize] == 0 || now >= self.started[i as usize] + self.done_after())
+        cluster.is_up(i) && self.started.get(i as usize).is_none_or(|s| *s == 0 || now >= s + self.done_after())
     }
 
     /// Sample node `i` started at `now`.
@@ -107,7 +107,8 @@ impl Sampled {
     /// The groups sample node `observer` shadows: its own, and those below it whose
     /// node is down or new.
     fn groups_of(&self, cluster: &Cluster, observer: u32, now: Ms) -> Vec<u32> {
-        if !self.established(cluster, observer, now) {
+        // Slots past K (the sample grew) shadow no group.
+        if observer >= self.k || !self.established(cluster, observer, now) {
             return Vec::new();
         }
         let mut gs = vec![observer];
@@ -122,10 +123,23 @@ impl Sampled {
         gs
     }
 
-    /// A random up sample node other than `except`.
-    pub fn random_up(&self, cluster: &Cluster, rng: &mut StdRng, except: u32) -> Option<u32> {
-        let up: Vec<u32> = (0..self.k).filter(|i| *i != except && cluster.is_up(*i)).collect();
-        (!up.is_empty()).then(|| up[rng.random_range(0..up.len())])
+    /// Up to three random up sample nodes other than `except`: seeds to join through.
+    pub fn seeds(&self, cluster: &Cluster, rng: &mut StdRng, except: u32) -> Vec<u32> {
+        let mut up: Vec<u32> = (0..cluster.slots.len() as u32).filter(|i| *i != except && cluster.is_up(*i)).collect();
+        let n = up.len().min(3);
+        for i in 0..n {
+            let j = rng.random_range(i..up.len());
+            up.swap(i, j);
+        }
+        up.truncate(n);
+        up
+    }
+
+    /// Sample slot `slot`, new, mirrors change `change` (a join when no slot was down).
+    pub fn adopt(&mut self, cluster: &Cluster, slot: u32, change: u32) {
+        let id = cluster.slots[slot as usize].id;
+        self.slot_of.insert(id, slot);
+        self.pending.insert((id, true), change);
     }
 
     /// Real node `member` came up or went down at `now`: records the change and picks the
@@ -142,15 +156,20 @@ impl Sampled {
         self.next += 1;
         self.changes.insert(c, Change { member, up, at: now, state: vec![0; self.k as usize] });
         let slot = if up {
-            let Some(slot) = self.down.pop_front() else { return (c, None) };
-            slot
+            match self.down.front() {
+                Some(&(slot, since)) if since == 0 || now >= since + self.done_after() => {
+                    self.down.pop_front();
+                    slot
+                }
+                _ => return (c, None),
+            }
         } else {
-            let candidates: Vec<u32> = (0..self.k).filter(|i| cluster.is_up(*i)).collect();
+            let candidates: Vec<u32> = (0..cluster.slots.len() as u32).filter(|i| cluster.is_up(*i)).collect();
             if candidates.len() < 2 {
                 return (c, None);
             }
             let slot = candidates[rng.random_range(0..candidates.len())];
-            self.down.push_back(slot);
+            self.down.push_back((slot, now));
             slot
         };
         self.pending.insert((cluster.slots[slot as usize].id, up), c);
@@ -171,8 +190,8 @@ impl Sampled {
             return Notice::Change { change: c, apply_at, groups, lag };
         }
         match self.slot_of.get(&member) {
-            Some(&slot) => Notice::Mirror { groups, slot },
-            None => Notice::Nothing,
+            Some(&slot) if slot < self.k => Notice::Mirror { groups, slot },
+            _ => Notice::Nothing,
         }
     }
 

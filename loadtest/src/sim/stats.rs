@@ -145,9 +145,15 @@ impl Stats {
 
     /// A sample slot started at `now`.
     pub fn cal_started(&mut self, slot: u32, now: Ms) {
-        if let Some(s) = self.cal_since.get_mut(slot as usize) {
-            *s = now;
+        if !self.measuring {
+            return;
         }
+        let i = slot as usize;
+        if self.cal_since.len() <= i {
+            self.cal_since.resize(i + 1, u64::MAX);
+            self.cal_up_ms.resize(i + 1, 0);
+        }
+        self.cal_since[i] = now;
     }
 
     /// A sample slot stopped at `now`.

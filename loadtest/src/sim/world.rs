@@ -13,7 +13,6 @@ use super::users::{self, Users};
 use super::view::{View, Views};
 use super::{Config, Mode, Scenario};
 use confab::cluster::Member;
-use confab::cluster::gossip::OVERHEAD;
 use confab::index::{NodeId, SlotSpace};
 use rand::RngExt;
 use rand::rngs::StdRng;
@@ -614,8 +613,7 @@ impl<I: Index> World<I> {
     }
 
     fn cal_start(&mut self, slot: u32) {
-        let seeds: Vec<u32> =
-            self.sampled.as_ref().and_then(|s| s.random_up(&self.foca, &mut self.rng_misc, slot)).into_iter().collect();
+        let seeds = self.sampled.as_ref().map(|s| s.seeds(&self.foca, &mut self.rng_misc, slot)).unwrap_or_default();
         let mut acts = Vec::new();
         self.foca.start(slot, &seeds, &mut self.net, &mut acts);
         self.stats.cal_started(slot, self.q.now());
@@ -735,8 +733,14 @@ impl<I: Index> World<I> {
         let now = self.q.now();
         let id = self.sns[sn as usize].id;
         let s = self.sampled.as_mut().expect("sampled");
-        let (change, cal) = s.change(&self.foca, &mut self.rng_misc, id, up, now);
+        let (change, mut cal) = s.change(&self.foca, &mut self.rng_misc, id, up, now);
         self.q.at(now + s.done_after(), Ev::ChangeDone { change });
+        if up && cal.is_none() {
+            // No sample slot is down: the sample grows by one, as the cluster did.
+            let slot = self.foca.add();
+            s.adopt(&self.foca, slot, change);
+            cal = Some(slot);
+        }
         if let Some(slot) = cal {
             if up {
                 self.cal_start(slot);
@@ -866,7 +870,6 @@ impl<I: Index> World<I> {
                 }
             }
         }
-        let _ = OVERHEAD;
     }
 
     fn scenario(&mut self) {
