@@ -22,6 +22,7 @@
 //!   network the harness starts in its own process.
 //! - [`server`] — the server's CPU, memory and relay counters: `/metrics`, `/proc`.
 //! - [`stats`], [`report`] — histograms, the JSON document, the tables.
+//! - [`sim`] — `simulate`: a deterministic internet-scale simulation on virtual time.
 
 pub mod chat;
 pub mod cpu;
@@ -34,6 +35,7 @@ pub mod relay;
 pub mod report;
 pub mod scenarios;
 pub mod server;
+pub mod sim;
 pub mod sockets;
 pub mod stats;
 pub mod traffic;

@@ -70,7 +70,13 @@ pub fn config(cluster_size: u32, probe_period: Duration) -> Config {
 impl Membership {
     /// A node `me` with `config`.
     pub fn new(me: Member, config: Config) -> Self {
-        let rng = StdRng::from_seed(crate::crypto::random::bytes());
+        Self::with_seed(me, config, crate::crypto::random::bytes())
+    }
+
+    /// A node `me` with `config` whose random choices (probe order, gossip targets)
+    /// follow `seed`: the simulator replays a run from its seed.
+    pub fn with_seed(me: Member, config: Config, seed: [u8; 32]) -> Self {
+        let rng = StdRng::from_seed(seed);
         let (probe_period, max_transmissions) = (config.probe_period, config.max_transmissions);
         Self {
             foca: Foca::new(me, config, rng, PostcardCodec),
