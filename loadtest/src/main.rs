@@ -1022,11 +1022,19 @@ fn main() -> anyhow::Result<()> {
 fn simulate(cli: &Cli, args: &confab_loadtest::sim::args::SimArgs) -> anyhow::Result<()> {
     let cfg = args.config();
     cfg.check().map_err(anyhow::Error::msg)?;
-    let report = confab_loadtest::sim::run(cfg, confab_loadtest::sim::index::NotWired, cli.quiet);
+    let global = confab_loadtest::sim::global::Global::new(args.index(&cfg))?;
+    let report = confab_loadtest::sim::run(cfg, global, cli.quiet);
     print!("{}", report.table());
     if let Some(path) = &cli.json {
         let text = serde_json::to_string_pretty(&report.json)?;
         std::fs::write(path, text + "\n").with_context(|| format!("--json {}", path.display()))?;
+    }
+    let failed = args.failed(&report.json);
+    if !failed.is_empty() {
+        for f in failed {
+            eprintln!("{f}");
+        }
+        std::process::exit(3);
     }
     Ok(())
 }

@@ -133,3 +133,24 @@ fn a_partition_heals_in_sampled_mode() {
     eprintln!("sampled partition: views whole again {took:?} ms (virtual) after the heal");
     assert!(took.is_some_and(|t| t <= 90_000), "healed after {took:?}");
 }
+
+/// The Global Index wired in: every user seen is found by the index itself, in the first
+/// step, and the index's own choices replay from the seed too.
+#[test]
+fn the_index_finds_users_seen_and_replays_from_its_seed() {
+    use confab_loadtest::sim::global::Global;
+    let run = || {
+        let cfg = Config { users: 600, hours: 0.1, ..small(40) };
+        let index = confab::index::IndexConfig { slots: cfg.slots, replicas: cfg.replicas, ..Default::default() };
+        sim::run(cfg, Global::new(index).expect("an index"), true)
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a.json["index"], "wired");
+    let answered = a.json["lookups"]["existing_answered"].as_u64().unwrap();
+    assert!(answered >= 20, "{answered} lookups answered");
+    assert_eq!(a.json["findability"].as_f64(), Some(1.0));
+    assert_eq!(a.json["found_by_directory"].as_f64(), Some(0.0), "the index had everyone");
+    assert!(a.json["lookup_messages_p99"].as_f64().unwrap() <= 10.0, "{}", a.json["lookup_messages_p99"]);
+    assert!(a.json["index_detail"]["sent_by_kind"]["store"]["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(a.deterministic(), b.deterministic(), "one seed, one run");
+}

@@ -206,6 +206,22 @@ pub const DIGESTS_PER_PACKET: usize = 32;
 pub struct RpcError(String);
 
 impl IndexRpc {
+    /// The request's kind, a short label (logs, metrics, the simulator's breakdown).
+    pub fn label(&self) -> &'static str {
+        match self {
+            IndexRpc::Store { .. } => "store",
+            IndexRpc::StoreAck { .. } => "store_ack",
+            IndexRpc::Fetch { .. } => "fetch",
+            IndexRpc::FetchReply { .. } => "fetch_reply",
+            IndexRpc::PrefixQuery { .. } => "prefix_query",
+            IndexRpc::PrefixReply { .. } => "prefix_reply",
+            IndexRpc::Digests { .. } => "digests",
+            IndexRpc::Differ { .. } => "differ",
+            IndexRpc::Deliver { .. } => "deliver",
+            IndexRpc::Mail(_) => "mail",
+        }
+    }
+
     /// Encodes (postcard).
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_allocvec(self).expect("index requests serialise")

@@ -88,6 +88,63 @@ pub struct SimArgs {
     /// Share of lookups for names nobody has.
     #[arg(long, default_value_t = 0.01)]
     pub missing_share: f64,
+    /// The index's `postings_refresh_secs` (0: postings written at every publish).
+    #[arg(long, default_value_t = confab::index::IndexConfig::default().postings_refresh_secs)]
+    pub postings_refresh_secs: u64,
+    /// The index's anti-entropy period, seconds.
+    #[arg(long, default_value_t = confab::index::IndexConfig::default().anti_entropy_secs)]
+    pub anti_entropy_secs: u64,
+    /// Fail (exit status 3) when findability ends below this.
+    #[arg(long)]
+    pub expect_findability: Option<f64>,
+    /// Fail (exit status 3) when lookups of users seen ask more super nodes than this at
+    /// the 99th percentile.
+    #[arg(long)]
+    pub expect_lookup_messages_p99: Option<f64>,
+    /// Fail (exit status 3) when more than this share of lookups of users seen needed the
+    /// login servers' directory (the index did not have them).
+    #[arg(long)]
+    pub expect_found_by_directory_max: Option<f64>,
+}
+
+impl SimArgs {
+    /// The Global Index's settings for the run.
+    pub fn index(&self, cfg: &Config) -> confab::index::IndexConfig {
+        confab::index::IndexConfig {
+            slots: cfg.slots,
+            replicas: cfg.replicas,
+            postings_refresh_secs: self.postings_refresh_secs,
+            anti_entropy_secs: self.anti_entropy_secs,
+            // The login servers' directory, answered by the simulator.
+            directory: vec![std::net::SocketAddr::from(([198, 18, 0, 1], 443))],
+            ..Default::default()
+        }
+    }
+
+    /// What the run missed of `--expect-*`, one line each.
+    pub fn failed(&self, json: &serde_json::Value) -> Vec<String> {
+        let mut out = Vec::new();
+        let get = |k: &str| json[k].as_f64();
+        if let Some(min) = self.expect_findability {
+            match get("findability") {
+                Some(v) if v >= min => {}
+                v => out.push(format!("findability {v:?} is below --expect-findability {min}")),
+            }
+        }
+        if let Some(max) = self.expect_found_by_directory_max {
+            match get("found_by_directory") {
+                Some(v) if v <= max => {}
+                v => out.push(format!("found_by_directory {v:?} is over --expect-found-by-directory-max {max}")),
+            }
+        }
+        if let Some(max) = self.expect_lookup_messages_p99 {
+            match get("lookup_messages_p99") {
+                Some(v) if v <= max => {}
+                v => out.push(format!("lookup_messages_p99 {v:?} is over --expect-lookup-messages-p99 {max}")),
+            }
+        }
+        out
+    }
 }
 
 impl SimArgs {

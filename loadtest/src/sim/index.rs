@@ -50,6 +50,10 @@ pub trait Index: Sized {
 
     /// Whether lookups get answers (false: the report leaves the index figures null).
     fn wired(&self) -> bool;
+    /// Figures of its own for the report (`index_detail`).
+    fn detail(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
     /// Users seen within the retention before the start, with when (ms, ≤ 0): the
     /// warm start the index places before the run.
     fn warm_start(&mut self, seen: &[(String, i64)]);

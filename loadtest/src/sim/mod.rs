@@ -18,6 +18,7 @@
 pub mod args;
 pub mod churn;
 pub mod clock;
+pub mod global;
 pub mod index;
 pub mod membership;
 pub mod net;

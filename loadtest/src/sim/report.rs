@@ -120,7 +120,7 @@ impl Report {
             "healed_at_ms": st.healed_at.map(|t| t - w.start),
             "flash_logins": st.flash_logins,
         });
-        let json = json!({
+        let mut json = json!({
             "command": "simulate",
             "index": if wired { "wired" } else { "not wired" },
             "crypto": "stand-in, real message sizes",
@@ -163,6 +163,10 @@ impl Report {
                 "slots": w.cfg.slots, "replicas": w.cfg.replicas,
             },
         });
+        // (Set apart: one json! of every field passes the macro's recursion limit.)
+        json["missing_lookup_messages_p50"] = nullable(q(&st.missing_messages, 0.5));
+        json["missing_lookup_messages_p99"] = nullable(q(&st.missing_messages, 0.99));
+        json["index_detail"] = w.index.detail();
         Self { json }
     }
 
@@ -188,6 +192,10 @@ impl Report {
             ("findability", f(&j["findability"])),
             ("found by directory", f(&j["found_by_directory"])),
             ("lookup messages p50/p99", format!("{} / {}", f(&j["lookup_messages_p50"]), f(&j["lookup_messages_p99"]))),
+            (
+                "  names nobody has p50/p99",
+                format!("{} / {}", f(&j["missing_lookup_messages_p50"]), f(&j["missing_lookup_messages_p99"])),
+            ),
             (
                 "lookup latency ms p50/p99",
                 format!("{} / {}", f(&j["lookup_latency_ms_p50"]), f(&j["lookup_latency_ms_p99"])),

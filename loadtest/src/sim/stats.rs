@@ -65,9 +65,11 @@ pub struct Stats {
     pub found_by_directory: u64,
     /// Names nobody has that a lookup claimed to find.
     pub found_missing: u64,
-    /// Messages between super nodes per lookup.
+    /// Super nodes asked per lookup of a user seen (itself included, if a replica).
     pub lookup_messages: Histogram<u64>,
-    /// Virtual ms per lookup.
+    /// Super nodes asked per lookup of a name nobody has.
+    pub missing_messages: Histogram<u64>,
+    /// Virtual ms per lookup of a user seen.
     pub lookup_latency: Histogram<u64>,
     /// Live super nodes each second.
     pub live: Histogram<u64>,
@@ -114,6 +116,7 @@ impl Stats {
             found_by_directory: 0,
             found_missing: 0,
             lookup_messages: hist(),
+            missing_messages: hist(),
             lookup_latency: hist(),
             live: hist(),
             online: hist(),
@@ -178,12 +181,15 @@ impl Stats {
 
     /// A lookup ended.
     pub fn lookup_done(&mut self, exists: bool, found: bool, by_directory: bool, asked: u32, latency: Ms) {
-        let _ = self.lookup_messages.record(u64::from(asked));
-        let _ = self.lookup_latency.record(latency);
         if !exists {
+            // A name nobody has widens to the last stage: counted apart, so the figures
+            // for users seen are theirs alone.
+            let _ = self.missing_messages.record(u64::from(asked));
             self.found_missing += u64::from(found);
             return;
         }
+        let _ = self.lookup_messages.record(u64::from(asked));
+        let _ = self.lookup_latency.record(latency);
         self.answered_existing += 1;
         if found {
             self.found += 1;

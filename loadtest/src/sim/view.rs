@@ -48,6 +48,11 @@ impl View {
     pub fn slot_map(&self) -> Option<&Arc<SlotMap>> {
         self.map.get()
     }
+
+    /// Its slot map, made by `make` if not computed yet.
+    pub fn slot_map_or(&self, make: impl FnOnce() -> SlotMap) -> Arc<SlotMap> {
+        self.map.get_or_init(|| Arc::new(make())).clone()
+    }
 }
 
 /// The shared views and the CPU their slot maps cost.

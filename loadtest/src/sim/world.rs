@@ -45,8 +45,8 @@ pub enum Ev<M, T> {
     Refresh { u: u32, session: u32 },
     /// User `u` logs out.
     Logout { u: u32, session: u32 },
-    /// The next lookup.
-    Lookup,
+    /// The next lookup (`real`), or a moment to draw the next gap again.
+    Lookup { real: bool },
     /// The scenario strikes.
     Scenario,
     /// The partition heals.
@@ -394,7 +394,8 @@ impl<I: Index> World<I> {
                 let session = self.users.all[u as usize].session;
                 self.q.at(next, Ev::Login { u, session });
             }
-            Ev::Lookup => self.lookup(),
+            Ev::Lookup { real: true } => self.lookup(),
+            Ev::Lookup { real: false } => self.schedule_lookup(),
             Ev::Scenario => self.scenario(),
             Ev::Heal => {
                 self.net.heal();
@@ -785,13 +786,21 @@ impl<I: Index> World<I> {
     }
 
     fn schedule_lookup(&mut self) {
+        const LOOKUP_REDRAW_MS: Ms = 1000;
         let online = self.users.online.len().max(1) as f64;
         let per_ms = online * self.cfg.user_model.lookups_per_hour / 3_600_000.0;
         if per_ms <= 0.0 {
             return;
         }
         let gap = -self.rng_users.random_range(f64::MIN_POSITIVE..1.0f64).ln() / per_ms;
-        self.q.after(gap.ceil() as Ms, Ev::Lookup);
+        // The rate follows the users online: a gap longer than a second is drawn again a
+        // second on, at the rate then (the exponential forgets it waited). Drawn once, a
+        // gap set while few were online could outlast the run.
+        if gap > LOOKUP_REDRAW_MS as f64 {
+            self.q.after(LOOKUP_REDRAW_MS, Ev::Lookup { real: false });
+        } else {
+            self.q.after(gap.ceil() as Ms, Ev::Lookup { real: true });
+        }
     }
 
     fn lookup(&mut self) {

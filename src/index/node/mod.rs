@@ -378,7 +378,7 @@ impl Node {
             IndexRpc::Differ { slots } => self.push_slots(slots.into_iter().map(Slot).collect(), from, now_ms),
             other => {
                 // The driver handles the rest (search, notices, mail) itself.
-                tracing::debug!(node = %self.name, from = %from, rpc = ?std::mem::discriminant(&other), "not an entry request");
+                tracing::debug!(node = %self.name, from = %from, rpc = other.label(), "not an entry request");
             }
         }
     }
