@@ -266,10 +266,25 @@ fn a_busy_driver_refuses_a_store_and_an_answer_from_a_member_not_asked_is_ignore
     h.with(id(0), |n| n.publish(T0, entry("dave", 1, T0, Status::Online)));
     h.run_for(500);
     assert!(h.holders("dave").iter().all(|i| *i == id(0)), "only the publisher's own store took it");
-    // An answer with a request id nobody sent changes nothing.
-    let now = h.now;
+    // An answer from a member other than the one asked is not taken; the asked one's is.
+    let ids: Vec<NodeId> = (0..12).map(id).collect();
+    let mut n = Node::new("sn0".into(), id(0), config(), 0);
+    n.view(T0, SharedView::new(&ids));
+    drain(&mut n, T0);
+    n.find(T0, "dave");
+    let (asked, req) = drain(&mut n, T0)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Send { to, rpc: IndexRpc::Fetch { req, .. } } => Some((to, req)),
+            _ => None,
+        })
+        .expect("a fetch");
+    let other = *ids.iter().find(|i| **i != asked && **i != id(0)).expect("another member");
     let e = entry("dave", 2, T0 + 5, Status::Online);
-    h.with(id(1), |n| n.receive(now, id(2), IndexRpc::FetchReply { req: 3, entry: Some(e.encode()) }));
+    n.receive(T0, other, IndexRpc::FetchReply { req, entry: Some(e.encode()) });
+    assert!(!drain(&mut n, T0).iter().any(|o| matches!(o, Output::Verify(_))), "a stranger's answer is dropped");
+    n.receive(T0, asked, IndexRpc::FetchReply { req, entry: Some(e.encode()) });
+    assert!(drain(&mut n, T0).iter().any(|o| matches!(o, Output::Verify(_))), "the asked member's is checked");
     assert!(h.found.is_empty());
 }
 
