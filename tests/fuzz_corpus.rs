@@ -267,6 +267,9 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
         IndexRpc::Digests { slots: vec![(1, [7; 32]), (2, [8; 32])] },
         IndexRpc::Differ { slots: vec![1, 2047] },
         IndexRpc::Deliver { to: "bob".into(), body: notices[1].clone() },
+        IndexRpc::Buckets { slot: 1, digests: vec![[3; 8]; confab::index::store::BUCKETS] },
+        IndexRpc::Summary { slot: 1, buckets: 1 << 5, answer: true, items: vec![([1; 8], [2; 8]), ([3; 8], [4; 8])] },
+        IndexRpc::Want { slot: 1, keys: vec![[1; 8], [3; 8]] },
     ]
     .map(|r| r.encode());
 

@@ -3,6 +3,7 @@
 
 use super::mail::sync::{MAIL_BUCKETS, SUMMARY_ITEMS_MAX, WANTS_MAX};
 use super::mail::{Mail, MailId, MailItem, Stored, Summary, Want};
+use super::store::BUCKETS;
 use serde::{Deserialize, Serialize};
 
 /// Largest request or reply accepted.
@@ -76,6 +77,31 @@ pub enum IndexRpc {
     },
     /// The offline-message store's requests.
     Mail(MailRpc),
+    /// Anti-entropy: this slot's digest differs from mine; here is each bucket's.
+    Buckets {
+        /// The slot.
+        slot: u32,
+        /// Exactly [`BUCKETS`] (`index::store`), one per bucket.
+        digests: Vec<[u8; 8]>,
+    },
+    /// Anti-entropy: every key I hold in these buckets of a slot, one page of them.
+    Summary {
+        /// The slot.
+        slot: u32,
+        /// Bit b: bucket b is summarised (its keys missing from every page: not held).
+        buckets: u64,
+        /// Answer with your summary of the same buckets (set on the first page only).
+        answer: bool,
+        /// (key hash, digest of the key's entries), at most [`SUMMARY_ITEMS_PER_PACKET`].
+        items: Vec<([u8; 8], [u8; 8])>,
+    },
+    /// Anti-entropy: send me what you hold under these keys (by key hash).
+    Want {
+        /// The slot.
+        slot: u32,
+        /// Key hashes, at most [`SUMMARY_ITEMS_PER_PACKET`].
+        keys: Vec<[u8; 8]>,
+    },
 }
 
 /// Offline-mail requests between super nodes (`index::mail`), on the same sealed cluster
@@ -199,6 +225,8 @@ pub const MAIL_ACK_IDS_MAX: usize = 128;
 
 /// Digests per anti-entropy packet (keeps a packet in one datagram).
 pub const DIGESTS_PER_PACKET: usize = 32;
+/// Keys in one anti-entropy Summary or Want (16 bytes each: within [`RPC_LEN_MAX`]).
+pub const SUMMARY_ITEMS_PER_PACKET: usize = 200;
 
 /// Why a request was not decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -219,6 +247,9 @@ impl IndexRpc {
             IndexRpc::Differ { .. } => "differ",
             IndexRpc::Deliver { .. } => "deliver",
             IndexRpc::Mail(_) => "mail",
+            IndexRpc::Buckets { .. } => "buckets",
+            IndexRpc::Summary { .. } => "summary",
+            IndexRpc::Want { .. } => "want",
         }
     }
 
@@ -234,8 +265,18 @@ impl IndexRpc {
             return Err(RpcError(format!("{} bytes", b.len())));
         }
         let r: Self = postcard::from_bytes(b).map_err(|e| RpcError(e.to_string()))?;
-        if let IndexRpc::Mail(m) = &r {
-            m.check_bounds()?;
+        let (what, n, ok) = match &r {
+            IndexRpc::Mail(m) => {
+                m.check_bounds()?;
+                return Ok(r);
+            }
+            IndexRpc::Buckets { digests, .. } => ("bucket digests", digests.len(), digests.len() == BUCKETS),
+            IndexRpc::Summary { items, .. } => ("summary items", items.len(), items.len() <= SUMMARY_ITEMS_PER_PACKET),
+            IndexRpc::Want { keys, .. } => ("wanted keys", keys.len(), keys.len() <= SUMMARY_ITEMS_PER_PACKET),
+            _ => return Ok(r),
+        };
+        if !ok {
+            return Err(RpcError(format!("{n} {what}")));
         }
         Ok(r)
     }
@@ -334,6 +375,39 @@ mod tests {
                 items: vec![MailItem::Message { mail, acks: vec![[0xff; 8]; ACKS_PER_MESSAGE_MAX] }],
             },
         ]
+    }
+
+    #[test]
+    fn anti_entropy_requests_fit_and_hold_to_their_bounds() {
+        let full = [
+            IndexRpc::Buckets { slot: u32::MAX, digests: vec![[0xff; 8]; BUCKETS] },
+            IndexRpc::Summary {
+                slot: u32::MAX,
+                buckets: u64::MAX,
+                answer: true,
+                items: vec![([0xff; 8], [0xff; 8]); SUMMARY_ITEMS_PER_PACKET],
+            },
+            IndexRpc::Want { slot: u32::MAX, keys: vec![[0xff; 8]; SUMMARY_ITEMS_PER_PACKET] },
+        ];
+        for m in full {
+            let b = m.encode();
+            assert!(b.len() <= RPC_LEN_MAX, "{} bytes: {}", b.len(), m.label());
+            assert_eq!(IndexRpc::decode(&b).unwrap(), m);
+        }
+        let over = [
+            IndexRpc::Buckets { slot: 1, digests: vec![[1; 8]; BUCKETS - 1] },
+            IndexRpc::Buckets { slot: 1, digests: vec![[1; 8]; BUCKETS + 1] },
+            IndexRpc::Summary {
+                slot: 1,
+                buckets: 1,
+                answer: false,
+                items: vec![([1; 8], [1; 8]); SUMMARY_ITEMS_PER_PACKET + 1],
+            },
+            IndexRpc::Want { slot: 1, keys: vec![[1; 8]; SUMMARY_ITEMS_PER_PACKET + 1] },
+        ];
+        for m in over {
+            assert!(IndexRpc::decode(&m.encode()).is_err(), "{} past its bound", m.label());
+        }
     }
 
     #[test]

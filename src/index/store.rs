@@ -20,6 +20,30 @@ pub fn keep_secs(key: &str, retention_secs: u64) -> u64 {
     if fold::is_posting(key) { retention_secs.saturating_add(POSTINGS_REFRESH_MAX_SECS) } else { retention_secs }
 }
 
+/// Buckets a slot's keys fall in for anti-entropy (by [`key_hash`]): replicas whose slot
+/// digests differ compare these, then only the keys of the buckets that differ.
+pub const BUCKETS: usize = 64;
+
+/// A key's hash for anti-entropy, the same on every replica.
+pub fn key_hash(key: &str) -> u64 {
+    let d = Sha256::digest(key.as_bytes());
+    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+/// The bucket of a key hash.
+pub fn bucket_of(hash: u64) -> usize {
+    (hash % BUCKETS as u64) as usize
+}
+
+/// What anti-entropy compares of a slot: a digest of the whole, and one of each bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotDigest {
+    /// Of every entry held.
+    pub whole: [u8; 32],
+    /// Of the entries of each bucket (a lane of theirs): 0 for an empty bucket.
+    pub buckets: [u64; BUCKETS],
+}
+
 /// How long an online entry counts as online without a refresh, by default.
 pub const PRESENCE_TTL_SECS_DEFAULT: u64 = 15 * 60;
 
@@ -55,6 +79,10 @@ pub struct Sessions {
     entries: Vec<Arc<Entry>>,
     /// Origin → the newest timestamp seen from it (including entries since dropped).
     seen: BTreeMap<u64, u64>,
+    /// The key's [`key_hash`], once held in a store.
+    hash: u64,
+    /// The first lane of the sessions' digest part, kept by the store.
+    lane: u64,
 }
 
 impl Sessions {
@@ -146,6 +174,8 @@ pub struct SlotStore {
     /// The digest, kept as entries come and go: a change costs its own entries' hashes,
     /// not the whole slot's.
     sum: Sum,
+    /// The first lane of each bucket's sum, kept the same way.
+    buckets: Box<[u64; BUCKETS]>,
 }
 
 /// An order-independent digest of a set of (key, entry) pairs: the lane-wise sum of each
@@ -187,7 +217,14 @@ impl Sum {
 impl SlotStore {
     /// An empty slot holding at most `entries_max` keys.
     pub fn new(entries_max: usize) -> Self {
-        Self { entries: BTreeMap::new(), entries_max, sum: Sum::default() }
+        Self { entries: BTreeMap::new(), entries_max, sum: Sum::default(), buckets: Box::new([0; BUCKETS]) }
+    }
+
+    /// Moves the digests from a key's old part to its new one.
+    fn account(&mut self, hash: u64, before: Sum, after: Sum) {
+        self.sum = self.sum.sub(before).add(after);
+        let b = &mut self.buckets[bucket_of(hash)];
+        *b = b.wrapping_sub(before.0[0]).wrapping_add(after.0[0]);
     }
 
     /// Merges a verified entry under `key`: into its session (by origin), or as a new one.
@@ -195,15 +232,19 @@ impl SlotStore {
         if let Some(held) = self.entries.get_mut(key) {
             let before = held.part(key);
             let m = held.merge(e);
-            self.sum = self.sum.sub(before).add(held.part(key));
+            let (after, hash) = (held.part(key), held.hash);
+            held.lane = after.0[0];
+            self.account(hash, before, after);
             return m;
         }
         if self.entries.len() >= self.entries_max {
             return Merge::Full;
         }
-        let mut sessions = Sessions::default();
+        let mut sessions = Sessions { hash: key_hash(key), ..Sessions::default() };
         let m = sessions.merge(e);
-        self.sum = self.sum.add(sessions.part(key));
+        let after = sessions.part(key);
+        sessions.lane = after.0[0];
+        self.account(sessions.hash, Sum::default(), after);
         self.entries.insert(key.to_owned(), sessions);
         m
     }
@@ -251,6 +292,24 @@ impl SlotStore {
             .collect()
     }
 
+    /// For anti-entropy: (key hash, digest lane of its sessions) of every key in the
+    /// buckets of `mask` (bit b: bucket b). Expire first, so that what one replica has
+    /// already dropped does not count as a difference.
+    pub fn summary(&self, mask: u64) -> Vec<(u64, u64)> {
+        self.entries.values().filter(|s| mask & (1 << bucket_of(s.hash)) != 0).map(|s| (s.hash, s.lane)).collect()
+    }
+
+    /// Every live session of the keys whose hashes are in `hashes` (sorted), with its key.
+    pub fn pick(&self, hashes: &[u64], now: u64, retention_secs: u64) -> Vec<(String, Arc<Entry>)> {
+        self.entries
+            .iter()
+            .filter(|(_, s)| hashes.binary_search(&s.hash).is_ok())
+            .flat_map(|(k, s)| s.entries.iter().map(move |e| (k, e)))
+            .filter(|(k, e)| e.last_seen.saturating_add(keep_secs(k, retention_secs)) > now)
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect()
+    }
+
     /// Every entry (every session), in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Entry)> {
         self.iter_shared().map(|(k, e)| (k, &**e))
@@ -263,14 +322,18 @@ impl SlotStore {
     /// Drops entries last seen more than `retention_secs` before `now`; returns how many.
     pub fn expire(&mut self, now: u64, retention_secs: u64) -> usize {
         let mut dropped = 0;
-        let mut sum = self.sum;
+        let (mut sum, buckets) = (self.sum, &mut self.buckets);
         self.entries.retain(|k, s| {
             let before = s.entries.len();
             let keep_secs = keep_secs(k, retention_secs);
+            let b = &mut buckets[bucket_of(s.hash)];
             s.entries.retain(|e| {
                 let keep = e.last_seen.saturating_add(keep_secs) > now;
                 if !keep {
-                    sum = sum.sub(Sum::of(k, e));
+                    let part = Sum::of(k, e);
+                    sum = sum.sub(part);
+                    *b = b.wrapping_sub(part.0[0]);
+                    s.lane = s.lane.wrapping_sub(part.0[0]);
                 }
                 keep
             });
@@ -294,6 +357,11 @@ impl SlotStore {
     /// A digest of what the slot holds, for anti-entropy: equal digests, equal contents.
     pub fn digest(&self) -> [u8; 32] {
         self.sum.bytes()
+    }
+
+    /// The digests anti-entropy compares: the whole and each bucket's.
+    pub fn digests(&self) -> SlotDigest {
+        SlotDigest { whole: self.sum.bytes(), buckets: *self.buckets }
     }
 }
 
@@ -386,6 +454,35 @@ mod tests {
     }
 
     #[test]
+    fn summaries_and_picks_go_by_bucket_and_key_hash() {
+        let t = 1_700_000_000_000;
+        let (mut a, mut b) = (SlotStore::new(100), SlotStore::new(100));
+        let users: Vec<String> = (0..40).map(|i| format!("user{i}")).collect();
+        for u in &users {
+            let e = entry(u, 1, t, Status::Online);
+            a.merge(u, e.clone());
+            b.merge(u, e);
+        }
+        b.merge("user7", entry("user7", 1, t + 1000, Status::Away));
+        let (da, db) = (a.digests(), b.digests());
+        let differ: Vec<usize> = (0..BUCKETS).filter(|i| da.buckets[*i] != db.buckets[*i]).collect();
+        assert_eq!(differ, [bucket_of(key_hash("user7"))], "one write, one bucket");
+        let mask = 1u64 << differ[0];
+        let now = t / 1000;
+        let (sa, sb) = (a.summary(mask), b.summary(mask));
+        assert!(sa.iter().all(|(h, _)| bucket_of(*h) == differ[0]) && !sa.is_empty());
+        let wanted: Vec<u64> = sb.iter().filter(|i| !sa.contains(i)).map(|(h, _)| *h).collect();
+        assert_eq!(wanted, [key_hash("user7")], "only the key written differs");
+        let picked = b.pick(&wanted, now, 3600);
+        assert_eq!(picked.len(), 1);
+        a.merge(&picked[0].0, picked[0].1.clone());
+        assert_eq!(a.digests(), b.digests(), "the one entry repairs the slot");
+        assert_eq!(a.expire(now + 7200, 3600), 40);
+        assert!(a.summary(u64::MAX).is_empty());
+        assert_eq!(a.digests().buckets, [0; BUCKETS], "expiry keeps the buckets");
+    }
+
+    #[test]
     fn prefix_scan() {
         let mut s = SlotStore::new(10);
         s.merge("token:jaan/alice", entry("alice", 1, 1_700_000_000_000, Status::Online));
@@ -420,7 +517,7 @@ mod tests {
                 b.merge(&writes[*i].0, writes[*i].1.clone());
             }
             b.merge(&writes[dup].0, writes[dup].1.clone());
-            prop_assert_eq!(a.digest(), b.digest());
+            prop_assert_eq!(a.digests(), b.digests());
             for (k, _) in a.iter() {
                 prop_assert_eq!(a.sessions(k), b.sessions(k));
                 prop_assert_eq!(a.get(k), b.get(k));
@@ -432,13 +529,24 @@ mod tests {
                 for (k, e) in s.iter() {
                     fresh.merge(k, e.clone());
                 }
-                fresh.digest()
+                let mut summary = fresh.summary(u64::MAX);
+                summary.sort_unstable();
+                (fresh.digests(), summary)
             };
-            prop_assert_eq!(a.digest(), rebuilt(&a));
+            let kept = |s: &SlotStore| {
+                let mut summary = s.summary(u64::MAX);
+                summary.sort_unstable();
+                (s.digests(), summary)
+            };
+            prop_assert_eq!(kept(&a), rebuilt(&a));
             let cut = 1_700_000_000 + 3;
             a.expire(cut + 10, 10);
             prop_assert_ne!(a.digest(), b.digest(), "expiry dropped some");
-            prop_assert_eq!(a.digest(), rebuilt(&a));
+            prop_assert_eq!(kept(&a), rebuilt(&a));
+            // The buckets' lanes add up to the whole's first lane.
+            let d = a.digests();
+            let lane = d.buckets.iter().fold(0u64, |acc, b| acc.wrapping_add(*b));
+            prop_assert_eq!(&lane.to_le_bytes()[..], &d.whole[..8]);
         }
     }
 }

@@ -11,7 +11,7 @@ mod push;
 pub use crate::index::node::FindResult;
 pub use mail::{AckMail, FetchMail, HoldsMail, SubmitMail};
 
-use super::index_slot::{Dump, Get, IndexSlot, Posted, Put, SlotChanged, StopSlot};
+use super::index_slot::{Dump, Get, IndexSlot, Pick, Posted, Put, SlotChanged, StopSlot, Summarize};
 use super::mailbox::{self, Mailboxes};
 use crate::cluster::View;
 use crate::cluster::agent::{ClusterSender, IndexPacket};
@@ -241,6 +241,29 @@ impl IndexRouter {
                     ctx.spawn(dumps.into_actor(self).map(move |res, act, ctx| {
                         let entries: Vec<(String, Vec<u8>)> =
                             res.into_iter().flat_map(|r| r.unwrap_or_default()).map(|(k, e)| (k, e.encode())).collect();
+                        act.core.dumped(now_ms(), to, entries);
+                        act.pump(ctx);
+                    }));
+                }
+                Output::Summarize { slot, buckets, to, then } => {
+                    let Some(actor) = self.slots.get(&slot).cloned() else {
+                        self.core.summarized(now_ms(), slot, buckets, to, then, Vec::new());
+                        continue;
+                    };
+                    ctx.spawn(actor.send(Summarize(buckets)).into_actor(self).map(move |res, act, ctx| {
+                        // A slot actor gone away answers nothing rather than "holds nothing".
+                        if let Ok(ours) = res {
+                            act.core.summarized(now_ms(), slot, buckets, to, then, ours);
+                            act.pump(ctx);
+                        }
+                    }));
+                }
+                Output::Pick { slot, keys, to } => {
+                    let Some(actor) = self.slots.get(&slot).cloned() else {
+                        continue;
+                    };
+                    ctx.spawn(actor.send(Pick(keys)).into_actor(self).map(move |res, act, ctx| {
+                        let entries = res.unwrap_or_default().into_iter().map(|(k, e)| (k, e.encode())).collect();
                         act.core.dumped(now_ms(), to, entries);
                         act.pump(ctx);
                     }));

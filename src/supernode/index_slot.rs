@@ -5,7 +5,7 @@
 use crate::crypto::keys::KeyId;
 use crate::index::mail::{Answer, Budget, Mail, MailId, MailLimits, MailStats, MailStore, Page, Standing, Stored};
 use crate::index::rpc::MailRpc;
-use crate::index::store::{Merge, SlotStore};
+use crate::index::store::{Merge, SlotDigest, SlotStore};
 use crate::index::{Entry, Slot};
 use actix::prelude::*;
 use std::time::Duration;
@@ -31,8 +31,8 @@ pub struct IndexSlot {
 pub struct SlotChanged {
     /// The slot.
     pub slot: Slot,
-    /// The digest of its contents, or None when it is empty.
-    pub digest: Option<[u8; 32]>,
+    /// The digests of its contents, or None when it is empty.
+    pub digest: Option<SlotDigest>,
     /// Keys held.
     pub entries: usize,
 }
@@ -85,7 +85,7 @@ impl IndexSlot {
     }
 
     fn changed(&self) {
-        let digest = (!self.store.is_empty()).then(|| self.store.digest());
+        let digest = (!self.store.is_empty()).then(|| self.store.digests());
         self.changes.do_send(SlotChanged { slot: self.slot, digest, entries: self.store.len() });
     }
 }
@@ -194,6 +194,38 @@ impl Handler<Dump> for IndexSlot {
 
     fn handle(&mut self, _: Dump, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.store.live(crate::unix_now(), self.retention_secs))
+    }
+}
+
+/// For anti-entropy, after dropping what expired: (key hash, digest lane) of every key in
+/// the buckets of the mask (bit b: bucket b).
+#[derive(Message)]
+#[rtype(result = "Vec<(u64, u64)>")]
+pub struct Summarize(pub u64);
+
+impl Handler<Summarize> for IndexSlot {
+    type Result = Vec<(u64, u64)>;
+
+    fn handle(&mut self, msg: Summarize, _: &mut Context<Self>) -> Vec<(u64, u64)> {
+        let n = self.store.expire(crate::unix_now(), self.retention_secs);
+        if n > 0 {
+            self.changed();
+            metrics::counter!("confab_index_entries_expired_total", "node" => self.node.clone()).increment(n as u64);
+        }
+        self.store.summary(msg.0)
+    }
+}
+
+/// The live entries of the keys whose hashes are given (sorted), with their keys.
+#[derive(Message)]
+#[rtype(result = "Vec<(String, std::sync::Arc<Entry>)>")]
+pub struct Pick(pub Vec<u64>);
+
+impl Handler<Pick> for IndexSlot {
+    type Result = MessageResult<Pick>;
+
+    fn handle(&mut self, msg: Pick, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.store.pick(&msg.0, crate::unix_now(), self.retention_secs))
     }
 }
 

@@ -374,7 +374,19 @@ impl Side {
         let heard = audio::read_wav(&self.heard).unwrap();
         let heard = &heard[heard.len().min(9600)..];
         for f in tones {
-            assert!(audio::tone_strength(heard, *f) > 0.2, "{who} does not hear {f} Hz");
+            // The figures that tell a gap (silence), a wrong stream and noise apart, should
+            // this ever fail: every tone's strength and the side's report.
+            let strength = audio::tone_strength(heard, *f);
+            let all: Vec<String> =
+                tones.iter().map(|t| format!("{t} Hz {:.3}", audio::tone_strength(heard, *t))).collect();
+            let silent = heard.chunks(960).filter(|c| c.iter().all(|x| x.unsigned_abs() < 64)).count();
+            assert!(
+                strength > 0.2,
+                "{who} does not hear {f} Hz ({}; {silent} of {} 20 ms frames silent): {}",
+                all.join(", "),
+                heard.len().div_ceil(960),
+                r["media"]
+            );
         }
         let sent = audio::read_wav(&self.sent_to_it).unwrap();
         let (_, corr) = audio::best_correlation(&sent[..48_000], heard, 48_000);

@@ -76,7 +76,7 @@ impl LocalStores {
                     let result = match self.stores.get_mut(&slot) {
                         Some(st) => {
                             let m = st.merge(&key, share(entry));
-                            node.slot_changed(slot, (!st.is_empty()).then(|| st.digest()));
+                            node.slot_changed(slot, (!st.is_empty()).then(|| st.digests()));
                             PutResult::Merged(m)
                         }
                         None => PutResult::NoStore,
@@ -95,6 +95,27 @@ impl LocalStores {
                         .flat_map(|st| st.live(now, self.retention_secs))
                         .map(|(k, e)| (k, e.encode()))
                         .collect();
+                    node.dumped(now_ms, to, entries);
+                }
+                Output::Summarize { slot, buckets, to, then } => {
+                    let ours = match self.stores.get_mut(&slot) {
+                        Some(st) => {
+                            if st.expire(now_ms / 1000, self.retention_secs) > 0 {
+                                node.slot_changed(slot, (!st.is_empty()).then(|| st.digests()));
+                            }
+                            st.summary(buckets)
+                        }
+                        None => Vec::new(),
+                    };
+                    node.summarized(now_ms, slot, buckets, to, then, ours);
+                }
+                Output::Pick { slot, keys, to } => {
+                    let entries = self.stores.get(&slot).map_or_else(Vec::new, |st| {
+                        st.pick(&keys, now_ms / 1000, self.retention_secs)
+                            .into_iter()
+                            .map(|(k, e)| (k, e.encode()))
+                            .collect()
+                    });
                     node.dumped(now_ms, to, entries);
                 }
                 Output::Posted { slot, prefix, limit, purpose } => {
@@ -119,7 +140,7 @@ impl LocalStores {
     pub fn seed(&mut self, node: &mut Node, slot: Slot, key: &str, entry: Arc<Entry>) {
         if let Some(st) = self.stores.get_mut(&slot) {
             st.merge(key, entry);
-            node.slot_changed(slot, Some(st.digest()));
+            node.slot_changed(slot, Some(st.digests()));
         }
     }
 
@@ -127,7 +148,7 @@ impl LocalStores {
     fn expire(&mut self, now_ms: u64, node: &mut Node) {
         for (slot, st) in self.stores.iter_mut() {
             if st.expire(now_ms / 1000, self.retention_secs) > 0 {
-                node.slot_changed(*slot, (!st.is_empty()).then(|| st.digest()));
+                node.slot_changed(*slot, (!st.is_empty()).then(|| st.digests()));
             }
         }
         for s in self.former.due(now_ms, |_| true) {

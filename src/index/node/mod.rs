@@ -20,7 +20,7 @@ mod sync;
 pub mod view;
 
 pub use local::LocalStores;
-pub use output::{Checked, FindResult, GetFor, Output, PutDone, PutResult, Timer, Verify, VerifyFor};
+pub use output::{Checked, FindResult, GetFor, Output, PutDone, PutResult, Reconcile, Timer, Verify, VerifyFor};
 pub use search::PostedFor;
 pub use view::{Members, SharedView};
 
@@ -28,11 +28,11 @@ use super::config::IndexConfig;
 use super::lookup::Lookup;
 use super::repair::RepairBudget;
 use super::rpc::IndexRpc;
-use super::store::Merge;
+use super::store::{Merge, SlotDigest};
 use super::{Entry, NodeId, Slot, SlotMap, SlotSpace, fold};
 use metrics::{counter, histogram};
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -74,7 +74,7 @@ pub struct Node {
     /// Slots this node became a replica of since its last pull.
     gained: BTreeSet<Slot>,
     /// Digests of the non-empty slots with a store here, as the stores report them.
-    digests: BTreeMap<Slot, [u8; 32]>,
+    digests: BTreeMap<Slot, SlotDigest>,
     next_req: u64,
     lookups: HashMap<u64, Running>,
     /// Our Fetches in flight: request id → (lookup, member asked).
@@ -92,8 +92,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// Node `me` (named `name` in metrics and logs) with `cfg`; `seed` drives its only
-    /// random choice (where a capped repair starts).
+    /// Node `me` (named `name` in metrics and logs) with `cfg`; `seed` drives its random
+    /// choices (when its first anti-entropy round falls, where a capped repair starts).
     pub fn new(name: String, me: NodeId, cfg: IndexConfig, seed: u64) -> Self {
         let space = SlotSpace::new(cfg.slots).unwrap_or_default();
         let map = Arc::new(SlotMap::new(space, cfg.replicas, &[me]));
@@ -126,7 +126,12 @@ impl Node {
 
     /// Starts the periodic rounds; call once, at `now_ms`.
     pub fn start(&mut self, now_ms: u64) {
-        self.schedule(now_ms + self.anti_entropy_ms(), Timer::AntiEntropy);
+        // A first round somewhere in the second half of a period: nodes started together
+        // (a cluster brought up at once, a simulation) would otherwise compare at the same
+        // instants, and both sides of a pair repair the same difference.
+        let period = self.anti_entropy_ms();
+        let first = self.rng.random_range(period / 2..=period);
+        self.schedule(now_ms + first, Timer::AntiEntropy);
     }
 
     /// The next thing to do, if any.
@@ -255,8 +260,8 @@ impl Node {
         }
     }
 
-    /// A slot's store changed: its digest (None: empty).
-    pub fn slot_changed(&mut self, slot: Slot, digest: Option<[u8; 32]>) {
+    /// A slot's store changed: its digests (None: empty).
+    pub fn slot_changed(&mut self, slot: Slot, digest: Option<SlotDigest>) {
         match digest {
             Some(d) => self.digests.insert(slot, d),
             None => self.digests.remove(&slot),
@@ -374,8 +379,13 @@ impl Node {
             IndexRpc::FetchReply { req, entry } => self.on_fetch_reply(now_ms, from, req, entry),
             IndexRpc::PrefixQuery { req, prefix, limit } => self.on_prefix_query(from, req, prefix, limit),
             IndexRpc::PrefixReply { req, users } => self.on_prefix_reply(now_ms, from, req, users),
-            IndexRpc::Digests { slots } => self.compare_digests(now_ms, from, slots),
+            IndexRpc::Digests { slots } => self.compare_digests(from, slots),
             IndexRpc::Differ { slots } => self.push_slots(slots.into_iter().map(Slot).collect(), from, now_ms),
+            IndexRpc::Buckets { slot, digests } => self.compare_buckets(now_ms, from, Slot(slot), &digests),
+            IndexRpc::Summary { slot, buckets, answer, items } => {
+                self.on_summary(now_ms, from, Slot(slot), buckets, answer, items)
+            }
+            IndexRpc::Want { slot, keys } => self.on_want(now_ms, from, Slot(slot), keys),
             other => {
                 // The driver handles the rest (search, notices, mail) itself.
                 tracing::debug!(node = %self.name, from = %from, rpc = other.label(), "not an entry request");

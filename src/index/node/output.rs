@@ -4,6 +4,21 @@ use crate::index::rpc::IndexRpc;
 use crate::index::store::Merge;
 use crate::index::{Entry, NodeId, Slot};
 
+/// What a slot summary read for anti-entropy is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconcile {
+    /// Offer it to the member, asking for theirs in return.
+    Offer,
+    /// Compare it with a page of the member's: ask for the keys theirs has that ours lacks
+    /// or holds otherwise, and send ours if they asked.
+    Compare {
+        /// Their page: (key hash, digest lane).
+        theirs: Vec<(u64, u64)>,
+        /// They asked for our summary.
+        answer: bool,
+    },
+}
+
 /// What a lookup found.
 #[derive(Debug, Clone)]
 pub struct FindResult {
@@ -165,6 +180,29 @@ pub enum Output {
     Dump {
         /// The slots.
         slots: Vec<Slot>,
+        /// The member they are for.
+        to: NodeId,
+    },
+    /// Drop what expired from a slot's store, then read the (key hash, digest lane) of
+    /// every key in the buckets of `buckets` (bit b: bucket b) and call
+    /// [`super::Node::summarized`] with them (no store: none).
+    Summarize {
+        /// The slot.
+        slot: Slot,
+        /// The buckets.
+        buckets: u64,
+        /// The member compared with.
+        to: NodeId,
+        /// What to do with the summary.
+        then: Reconcile,
+    },
+    /// Read the live entries of a slot's keys whose hashes are in `keys` (sorted), encoded,
+    /// then call [`super::Node::dumped`] for `to`.
+    Pick {
+        /// The slot.
+        slot: Slot,
+        /// Key hashes, sorted.
+        keys: Vec<u64>,
         /// The member they are for.
         to: NodeId,
     },

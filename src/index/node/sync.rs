@@ -1,9 +1,17 @@
 //! Replicas keeping each other whole: digests every round, pulls by new replicas, and
-//! slot contents pushed where digests differ, within per-answer and per-peer byte caps.
+//! where two replicas' digests of a slot differ, the buckets that differ, then the keys
+//! in them that differ, then only those keys' entries, within per-answer and per-peer
+//! byte caps.
+//!
+//! A slot at a million users holds thousands of keys, and a write in flight during a
+//! round is enough to make two replicas' digests differ: pushing whole slots on every
+//! difference was nearly all of the index's traffic (docs/scale.md). Now a difference of
+//! one key costs a bucket list (64 × 8 bytes), two summaries of one bucket, and the key.
 
-use super::{Node, Output, PULL_FROM};
+use super::{Node, Output, PULL_FROM, Reconcile};
 use crate::index::repair::{self, RepairBudget};
-use crate::index::rpc::{DIGESTS_PER_PACKET, IndexRpc};
+use crate::index::rpc::{DIGESTS_PER_PACKET, IndexRpc, SUMMARY_ITEMS_PER_PACKET};
+use crate::index::store::BUCKETS;
 use crate::index::{NodeId, Slot};
 use metrics::counter;
 use rand::RngExt;
@@ -15,7 +23,7 @@ impl Node {
     /// empty side answers that it differs.
     pub(super) fn anti_entropy(&mut self) {
         let shared: Vec<(Slot, (u32, [u8; 32]))> =
-            self.digests.iter().filter(|(s, _)| self.held.contains(s)).map(|(s, d)| (*s, (s.0, *d))).collect();
+            self.digests.iter().filter(|(s, _)| self.held.contains(s)).map(|(s, d)| (*s, (s.0, d.whole))).collect();
         self.send_per_replica(shared, usize::MAX, |slots| IndexRpc::Digests { slots });
     }
 
@@ -45,20 +53,131 @@ impl Node {
         }
     }
 
-    /// A co-replica's digests: where ours differ, send ours and ask for theirs.
-    pub(super) fn compare_digests(&mut self, now_ms: u64, from: NodeId, slots: Vec<(u32, [u8; 32])>) {
-        let differ: Vec<u32> = slots
+    /// A co-replica's digests: for each slot whose digest differs from ours, send our
+    /// bucket digests.
+    pub(super) fn compare_digests(&mut self, from: NodeId, slots: Vec<(u32, [u8; 32])>) {
+        let differ: Vec<Slot> = slots
             .into_iter()
-            .filter(|(s, d)| self.held.contains(&Slot(*s)) && self.digests.get(&Slot(*s)) != Some(d))
-            .map(|(s, _)| s)
+            .filter(|(s, d)| self.held.contains(&Slot(*s)) && self.digests.get(&Slot(*s)).map(|o| &o.whole) != Some(d))
+            .map(|(s, _)| Slot(s))
             .collect();
         counter!("confab_index_antientropy_differing_slots_total", "node" => self.name.clone())
             .increment(differ.len() as u64);
-        if differ.is_empty() {
+        for slot in differ {
+            let digests = self.buckets_of(slot).iter().map(|b| b.to_le_bytes()).collect();
+            self.send(from, IndexRpc::Buckets { slot: slot.0, digests });
+        }
+    }
+
+    /// Our bucket digests of a slot (all 0 without a store).
+    fn buckets_of(&self, slot: Slot) -> [u64; BUCKETS] {
+        self.digests.get(&slot).map_or([0; BUCKETS], |d| d.buckets)
+    }
+
+    /// Whether `to` may still be sent repair (a summary, entries): less than the smallest
+    /// entry (a credential and a signature) left sends nothing, so requests that repeat
+    /// cannot make this node read its stores for nothing.
+    fn repair_room(&mut self, to: NodeId, now_ms: u64) -> bool {
+        let per_sec = self.cfg.repair_bytes_per_peer_per_sec;
+        self.repair.entry(to).or_insert_with(|| RepairBudget::new(per_sec, now_ms)).available(now_ms) >= 256
+    }
+
+    /// A co-replica's bucket digests of a slot whose digests differ: summarise ours of the
+    /// buckets that differ.
+    pub(super) fn compare_buckets(&mut self, now_ms: u64, from: NodeId, slot: Slot, theirs: &[[u8; 8]]) {
+        if !self.held.contains(&slot) {
             return;
         }
-        self.push_slots(differ.iter().map(|s| Slot(*s)).collect(), from, now_ms);
-        self.send(from, IndexRpc::Differ { slots: differ });
+        let ours = self.buckets_of(slot);
+        let buckets = theirs
+            .iter()
+            .zip(ours)
+            .enumerate()
+            .filter(|(_, (t, o))| u64::from_le_bytes(**t) != *o)
+            .fold(0u64, |mask, (i, _)| mask | 1 << i);
+        counter!("confab_index_antientropy_differing_buckets_total", "node" => self.name.clone())
+            .increment(u64::from(buckets.count_ones()));
+        if buckets == 0 || !self.repair_room(from, now_ms) {
+            return;
+        }
+        self.out.push_back(Output::Summarize { slot, buckets, to: from, then: Reconcile::Offer });
+    }
+
+    /// A page of a co-replica's summary: compare it with ours.
+    pub(super) fn on_summary(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        slot: Slot,
+        buckets: u64,
+        answer: bool,
+        items: Vec<([u8; 8], [u8; 8])>,
+    ) {
+        if !self.held.contains(&slot) || (answer && !self.repair_room(from, now_ms)) {
+            return;
+        }
+        let theirs = items.into_iter().map(|(h, l)| (u64::from_le_bytes(h), u64::from_le_bytes(l))).collect();
+        self.out.push_back(Output::Summarize { slot, buckets, to: from, then: Reconcile::Compare { theirs, answer } });
+    }
+
+    /// The summary an [`Output::Summarize`] read: offered, or compared with a member's.
+    pub fn summarized(
+        &mut self,
+        now_ms: u64,
+        slot: Slot,
+        buckets: u64,
+        to: NodeId,
+        then: Reconcile,
+        ours: Vec<(u64, u64)>,
+    ) {
+        match then {
+            Reconcile::Offer => self.send_summary(now_ms, slot, buckets, to, true, &ours),
+            Reconcile::Compare { theirs, answer } => {
+                let mut held = ours.clone();
+                held.sort_unstable();
+                let wanted: Vec<[u8; 8]> =
+                    theirs.iter().filter(|i| held.binary_search(i).is_err()).map(|(h, _)| h.to_le_bytes()).collect();
+                counter!("confab_index_antientropy_wanted_keys_total", "node" => self.name.clone())
+                    .increment(wanted.len() as u64);
+                for keys in wanted.chunks(SUMMARY_ITEMS_PER_PACKET) {
+                    self.send(to, IndexRpc::Want { slot: slot.0, keys: keys.to_vec() });
+                }
+                if answer {
+                    self.send_summary(now_ms, slot, buckets, to, false, &ours);
+                }
+            }
+        }
+    }
+
+    /// Sends our summary of a slot's buckets in pages (one, empty, when we hold nothing
+    /// there: that too is an answer), within the member's repair budget.
+    fn send_summary(&mut self, now_ms: u64, slot: Slot, buckets: u64, to: NodeId, answer: bool, ours: &[(u64, u64)]) {
+        let bytes = 16 * ours.len() as u64 + 16;
+        let per_sec = self.cfg.repair_bytes_per_peer_per_sec;
+        if !self.repair.entry(to).or_insert_with(|| RepairBudget::new(per_sec, now_ms)).take(bytes, now_ms) {
+            counter!("confab_index_repair_skipped_summaries_total", "node" => self.name.clone()).increment(1);
+            return;
+        }
+        let items: Vec<([u8; 8], [u8; 8])> = ours.iter().map(|(h, l)| (h.to_le_bytes(), l.to_le_bytes())).collect();
+        let mut pages = items.chunks(SUMMARY_ITEMS_PER_PACKET).peekable();
+        if pages.peek().is_none() {
+            self.send(to, IndexRpc::Summary { slot: slot.0, buckets, answer, items: Vec::new() });
+        }
+        for (i, page) in pages.enumerate() {
+            let answer = answer && i == 0;
+            self.send(to, IndexRpc::Summary { slot: slot.0, buckets, answer, items: page.to_vec() });
+        }
+    }
+
+    /// A co-replica wants the entries of these keys of a slot we hold.
+    pub(super) fn on_want(&mut self, now_ms: u64, from: NodeId, slot: Slot, keys: Vec<[u8; 8]>) {
+        if !self.held.contains(&slot) || keys.is_empty() || !self.repair_room(from, now_ms) {
+            return;
+        }
+        let mut keys: Vec<u64> = keys.into_iter().map(u64::from_le_bytes).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        self.out.push_back(Output::Pick { slot, keys, to: from });
     }
 
     /// Asks the driver for the live entries of `slots` (those with a store here, each once),
@@ -66,10 +185,7 @@ impl Node {
     /// one packet must not make this node read and encode every store it has for nothing.
     pub(super) fn push_slots(&mut self, slots: Vec<Slot>, to: NodeId, now_ms: u64) {
         let slots: Vec<Slot> = slots.into_iter().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-        let per_sec = self.cfg.repair_bytes_per_peer_per_sec;
-        let room = self.repair.entry(to).or_insert_with(|| RepairBudget::new(per_sec, now_ms)).available(now_ms);
-        // Less than the smallest entry (a credential and a signature) sends nothing.
-        if slots.is_empty() || room < 256 {
+        if slots.is_empty() || !self.repair_room(to, now_ms) {
             return;
         }
         self.out.push_back(Output::Dump { slots, to });
