@@ -156,15 +156,24 @@ impl Global {
 }
 
 /// A user's profile: a display name, a city and a language, as most profiles had: search
-/// postings are part of the load.
+/// postings are part of the load, and how they crowd into the slots of common words too.
+/// The display name is the username and one of 5,000 surnames (about evenly spread);
+/// the city one of 300, log-uniformly (the commonest about one profile in eight, as a
+/// capital's share of a country); the language one of 4 (the commonest, a quarter of all
+/// profiles: the hottest token, as a common language is).
 fn profile(user: &str) -> Profile {
-    let n = user.bytes().fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(b)));
-    const CITIES: [&str; 8] = ["tallinn", "london", "paris", "tokyo", "lagos", "lima", "oslo", "delhi"];
+    let n = user.bytes().fold(0xcbf2_9ce4_8422_2325u64, |a, b| (a ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let n = n ^ (n >> 29);
+    let surname = (n % 5000) as u32;
+    // Uniform in [0, 1) from other bits of the hash, then 300^u: rank k with probability
+    // about ln((k+1)/k) / ln(300).
+    let u = ((n >> 20) % 1_000_000) as f64 / 1_000_000.0;
+    let city = (300f64.powf(u) as u32).clamp(1, 300);
     Profile {
-        display_name: format!("{} user", user),
-        city: CITIES[(n % 8) as usize].into(),
+        display_name: format!("{user} sn{surname}"),
+        city: format!("city{city}"),
         country: String::new(),
-        language: ["en", "et", "fr", "ja"][(n / 8 % 4) as usize].into(),
+        language: ["en", "et", "fr", "ja"][(n >> 40) as usize % 4].into(),
         about: String::new(),
     }
 }
@@ -188,7 +197,17 @@ impl Index for Global {
             .iter()
             .map(|(k, (n, b))| ((*k).to_owned(), serde_json::json!({ "messages": n, "bytes": b })))
             .collect();
-        serde_json::json!({ "sent_by_kind": kinds, "nodes_up": self.nodes.len(), "users_with_entries": self.latest.len() })
+        let stores: usize = self.nodes.values().map(|n| n.stores.len()).sum();
+        let keys: usize = self.nodes.values().map(|n| n.stores.keys()).sum();
+        let largest = self.nodes.values().map(|n| n.stores.largest()).max().unwrap_or(0);
+        serde_json::json!({
+            "sent_by_kind": kinds,
+            "nodes_up": self.nodes.len(),
+            "users_with_entries": self.latest.len(),
+            "slot_stores_at_end": stores,
+            "keys_held_at_end": keys,
+            "largest_slot_keys_at_end": largest,
+        })
     }
 
     fn warm_start(&mut self, seen: &[(String, i64)]) {

@@ -6,7 +6,7 @@ use super::{Checked, Node, Output, PutResult, Verify};
 use crate::index::former::Former;
 use crate::index::store::SlotStore;
 use crate::index::{Entry, Slot};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// How often stores drop expired entries (as a slot actor does).
@@ -16,6 +16,10 @@ const EXPIRE_EVERY_MS: u64 = 60_000;
 #[derive(Debug)]
 pub struct LocalStores {
     stores: BTreeMap<Slot, SlotStore>,
+    /// The slots the node replicates: each gets a store at its first write. A node that
+    /// has not heard of the others yet replicates every slot, and a simulation of
+    /// thousands of nodes would otherwise open every slot on every node at its start.
+    held: BTreeSet<Slot>,
     entries_max: usize,
     retention_secs: u64,
     former: Former,
@@ -25,7 +29,14 @@ pub struct LocalStores {
 impl LocalStores {
     /// No stores yet; each will hold `entries_max` keys for `retention_secs`.
     pub fn new(entries_max: usize, retention_secs: u64) -> Self {
-        Self { stores: BTreeMap::new(), entries_max, retention_secs, former: Former::default(), expired_at: 0 }
+        Self {
+            stores: BTreeMap::new(),
+            held: BTreeSet::new(),
+            entries_max,
+            retention_secs,
+            former: Former::default(),
+            expired_at: 0,
+        }
     }
 
     /// The store of a slot, if there is one here.
@@ -33,7 +44,7 @@ impl LocalStores {
         self.stores.get(&slot)
     }
 
-    /// Stores held (slots replicated, and former ones not yet retired).
+    /// Stores open (slots replicated that had a write, and former ones not yet retired).
     pub fn len(&self) -> usize {
         self.stores.len()
     }
@@ -41,6 +52,11 @@ impl LocalStores {
     /// No store at all.
     pub fn is_empty(&self) -> bool {
         self.stores.is_empty()
+    }
+
+    /// Keys in the fullest store.
+    pub fn largest(&self) -> usize {
+        self.stores.values().map(SlotStore::len).max().unwrap_or(0)
     }
 
     /// Keys held over every store.
@@ -66,14 +82,12 @@ impl LocalStores {
         while let Some(out) = node.poll() {
             match out {
                 Output::Rebuilt { held, .. } => {
-                    for s in &held {
-                        self.stores.entry(*s).or_insert_with(|| SlotStore::new(self.entries_max));
-                    }
-                    let held: std::collections::BTreeSet<u32> = held.iter().map(|s| s.0).collect();
-                    self.former.update(now_ms, self.stores.keys().map(|s| s.0), |s| held.contains(&s));
+                    self.held = held.into_iter().collect();
+                    let held = &self.held;
+                    self.former.update(now_ms, self.stores.keys().map(|s| s.0), |s| held.contains(&Slot(s)));
                 }
                 Output::Put { slot, key, entry, done } => {
-                    let result = match self.stores.get_mut(&slot) {
+                    let result = match self.store_for_write(slot) {
                         Some(st) => {
                             let m = st.merge(&key, share(entry));
                             node.slot_changed(slot, (!st.is_empty()).then(|| st.digests()));
@@ -138,10 +152,19 @@ impl LocalStores {
     /// Puts an entry straight into the store of a slot held here (a simulation's warm
     /// start: the state a converged cluster would be in).
     pub fn seed(&mut self, node: &mut Node, slot: Slot, key: &str, entry: Arc<Entry>) {
-        if let Some(st) = self.stores.get_mut(&slot) {
+        if let Some(st) = self.store_for_write(slot) {
             st.merge(key, entry);
             node.slot_changed(slot, Some(st.digests()));
         }
+    }
+
+    /// The store a write to `slot` goes to: the one here, or a new one if the node
+    /// replicates the slot.
+    fn store_for_write(&mut self, slot: Slot) -> Option<&mut SlotStore> {
+        if !self.stores.contains_key(&slot) && self.held.contains(&slot) {
+            self.stores.insert(slot, SlotStore::new(self.entries_max));
+        }
+        self.stores.get_mut(&slot)
     }
 
     /// Drops expired entries, and the stores of slots left long enough ago.
