@@ -77,8 +77,10 @@ pub struct Sessions {
     /// Newest first (by [`Entry::order`]); shared, since every replica of a process (and
     /// every copy handed out) holds the same immutable entry.
     entries: Vec<Arc<Entry>>,
-    /// Origin → the newest timestamp seen from it (including entries since dropped).
-    seen: BTreeMap<u64, u64>,
+    /// (origin, the newest timestamp seen from it), including entries since dropped; by
+    /// origin. A list, not a map: nearly every key has one origin, and a store holds
+    /// millions of keys in the simulator.
+    seen: Vec<(u64, u64)>,
     /// The key's [`key_hash`], once held in a store.
     hash: u64,
     /// The first lane of the sessions' digest part, kept by the store.
@@ -101,7 +103,7 @@ impl Sessions {
             };
         }
         // An origin seen before whose entry was dropped: only something newer is news.
-        if self.seen.get(&e.origin).is_some_and(|t| *t >= e.timestamp_ms) {
+        if self.seen_from(e.origin).is_some_and(|t| t >= e.timestamp_ms) {
             return Merge::Stale;
         }
         let origin = e.origin;
@@ -120,8 +122,10 @@ impl Sessions {
     fn normalize(&mut self) {
         self.entries.sort_by(|a, b| b.order().cmp(&a.order()));
         for e in &self.entries {
-            let t = self.seen.entry(e.origin).or_insert(0);
-            *t = (*t).max(e.timestamp_ms);
+            match self.seen.binary_search_by_key(&e.origin, |(o, _)| *o) {
+                Ok(i) => self.seen[i].1 = self.seen[i].1.max(e.timestamp_ms),
+                Err(i) => self.seen.insert(i, (e.origin, e.timestamp_ms)),
+            }
         }
         let mut offline_kept = false;
         let mut online_kept = 0;
@@ -136,11 +140,18 @@ impl Sessions {
         while self.seen.len() > SEEN_MAX {
             // Forget the oldest mark of an origin no longer held.
             let held: Vec<u64> = self.entries.iter().map(|e| e.origin).collect();
-            let Some((&o, _)) = self.seen.iter().filter(|(o, _)| !held.contains(o)).min_by_key(|(_, t)| **t) else {
+            let Some(i) =
+                (0..self.seen.len()).filter(|i| !held.contains(&self.seen[*i].0)).min_by_key(|i| self.seen[*i].1)
+            else {
                 break;
             };
-            self.seen.remove(&o);
+            self.seen.remove(i);
         }
+    }
+
+    /// The newest timestamp seen from `origin`.
+    fn seen_from(&self, origin: u64) -> Option<u64> {
+        self.seen.binary_search_by_key(&origin, |(o, _)| *o).ok().map(|i| self.seen[i].1)
     }
 
     /// The session that speaks for the user: one not offline, unless it was last seen more
