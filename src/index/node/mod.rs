@@ -83,6 +83,8 @@ pub struct Node {
     searches: HashMap<u64, search::Searching>,
     /// Our PrefixQueries in flight: request id → (search, word, member asked).
     prefix_reqs: HashMap<u64, (u64, usize, NodeId)>,
+    /// Keys asked of a replica lately: (slot, key hash, digest lane) → when.
+    wants: HashMap<(Slot, u64, u64), u64>,
     /// Repair bytes each replica may still be sent.
     repair: HashMap<NodeId, RepairBudget>,
     /// Users whose postings this node wrote lately: their profile's tokens, and when.
@@ -115,6 +117,7 @@ impl Node {
             fetches: HashMap::new(),
             searches: HashMap::new(),
             prefix_reqs: HashMap::new(),
+            wants: HashMap::new(),
             repair: HashMap::new(),
             posted: HashMap::new(),
             rng: StdRng::seed_from_u64(seed),
@@ -243,11 +246,11 @@ impl Node {
             }
             Timer::HandOff => {
                 self.handoff_pending = false;
-                self.anti_entropy();
+                self.anti_entropy(now_ms);
                 self.pull();
             }
             Timer::AntiEntropy => {
-                self.anti_entropy();
+                self.anti_entropy(now_ms);
                 self.schedule(now_ms + self.anti_entropy_ms(), Timer::AntiEntropy);
             }
             Timer::Search(id) => self.search_timer(now_ms, id),

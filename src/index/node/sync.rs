@@ -9,6 +9,10 @@
 //! one key costs a bucket list (64 × 8 bytes), two summaries of one bucket, and the key.
 
 use super::{Node, Output, PULL_FROM, Reconcile};
+
+/// How long a key asked of one replica is not asked of another offering the same version
+/// (both holders answer a pull; both sides of a pair may compare in one round).
+pub const WANT_AGAIN_MS: u64 = 2_000;
 use crate::index::repair::{self, RepairBudget};
 use crate::index::rpc::{DIGESTS_PER_PACKET, IndexRpc, SUMMARY_ITEMS_PER_PACKET};
 use crate::index::store::BUCKETS;
@@ -21,20 +25,30 @@ impl Node {
     /// One anti-entropy round: send every co-replica the digests of the non-empty slots
     /// we share. Empty slots need no word: whoever holds data sends its digest, and an
     /// empty side answers that it differs.
-    pub(super) fn anti_entropy(&mut self) {
+    pub(super) fn anti_entropy(&mut self, now_ms: u64) {
+        self.wants.retain(|_, at| now_ms.saturating_sub(*at) < WANT_AGAIN_MS);
         let shared: Vec<(Slot, (u32, [u8; 32]))> =
             self.digests.iter().filter(|(s, _)| self.held.contains(s)).map(|(s, d)| (*s, (s.0, d.whole))).collect();
         self.send_per_replica(shared, usize::MAX, |slots| IndexRpc::Digests { slots });
     }
 
     /// Asks the other replicas of every slot this node just became a replica of for what
-    /// they hold. Anti-entropy alone would wait for a holder's next round, and a holder
-    /// whose view changed after its hand-off round sends nothing until then. Two holders
-    /// are enough to be sure of one answer; each pushes the whole slot, and anti-entropy
-    /// brings whatever one of the others held alone.
+    /// they hold that it does not. Anti-entropy alone would wait for a holder's next
+    /// round, and a holder whose view changed after its hand-off round sends nothing until
+    /// then. Two holders are enough to be sure of one answer. The question is our bucket
+    /// digests (all 0 for a slot we never held), so a node coming back after a pause, or a
+    /// view that flapped, costs what differs rather than the whole slot twice; the keys
+    /// both holders offer are asked of the first only ([`WANT_AGAIN_MS`]).
     pub(super) fn pull(&mut self) {
-        let gained: Vec<(Slot, u32)> = std::mem::take(&mut self.gained).into_iter().map(|s| (s, s.0)).collect();
-        self.send_per_replica(gained, PULL_FROM, |slots| IndexRpc::Differ { slots });
+        let gained: Vec<Slot> = std::mem::take(&mut self.gained).into_iter().collect();
+        for slot in gained {
+            let holders: Vec<NodeId> =
+                self.map.replicas(slot).iter().filter(|r| **r != self.me).take(PULL_FROM).copied().collect();
+            let digests: Vec<[u8; 8]> = self.buckets_of(slot).iter().map(|b| b.to_le_bytes()).collect();
+            for h in holders {
+                self.send(h, IndexRpc::Buckets { slot: slot.0, digests: digests.clone() });
+            }
+        }
     }
 
     /// Groups `items` by the other replicas of their slots (the first `per_slot` of them),
@@ -85,7 +99,8 @@ impl Node {
     /// A co-replica's bucket digests of a slot whose digests differ: summarise ours of the
     /// buckets that differ.
     pub(super) fn compare_buckets(&mut self, now_ms: u64, from: NodeId, slot: Slot, theirs: &[[u8; 8]]) {
-        if !self.held.contains(&slot) {
+        // A slot no longer replicated here still answers while its new replicas fill.
+        if !self.held.contains(&slot) && !self.digests.contains_key(&slot) {
             return;
         }
         let ours = self.buckets_of(slot);
@@ -135,8 +150,21 @@ impl Node {
             Reconcile::Compare { theirs, answer } => {
                 let mut held = ours.clone();
                 held.sort_unstable();
-                let wanted: Vec<[u8; 8]> =
-                    theirs.iter().filter(|i| held.binary_search(i).is_err()).map(|(h, _)| h.to_le_bytes()).collect();
+                let wants = &mut self.wants;
+                let wanted: Vec<[u8; 8]> = theirs
+                    .iter()
+                    .filter(|i| held.binary_search(i).is_err())
+                    .filter(|(h, l)| {
+                        // Asked of another replica a moment ago: its answer is on the way.
+                        let at = wants.entry((slot, *h, *l)).or_insert(0);
+                        let fresh = *at == 0 || now_ms.saturating_sub(*at) >= WANT_AGAIN_MS;
+                        if fresh {
+                            *at = now_ms.max(1);
+                        }
+                        fresh
+                    })
+                    .map(|(h, _)| h.to_le_bytes())
+                    .collect();
                 counter!("confab_index_antientropy_wanted_keys_total", "node" => self.name.clone())
                     .increment(wanted.len() as u64);
                 for keys in wanted.chunks(SUMMARY_ITEMS_PER_PACKET) {
@@ -171,7 +199,8 @@ impl Node {
 
     /// A co-replica wants the entries of these keys of a slot we hold.
     pub(super) fn on_want(&mut self, now_ms: u64, from: NodeId, slot: Slot, keys: Vec<[u8; 8]>) {
-        if !self.held.contains(&slot) || keys.is_empty() || !self.repair_room(from, now_ms) {
+        let ours = self.held.contains(&slot) || self.digests.contains_key(&slot);
+        if !ours || keys.is_empty() || !self.repair_room(from, now_ms) {
             return;
         }
         let mut keys: Vec<u64> = keys.into_iter().map(u64::from_le_bytes).collect();
