@@ -22,9 +22,10 @@ pub struct IndexConfig {
     pub anti_entropy_secs: u64,
     /// Login servers whose recently-seen directory is the lookup's last stage.
     pub directory: Vec<SocketAddr>,
-    /// Entry bytes pushed in answer to one Digests or Differ, at most.
+    /// Entry bytes pushed in answer to one Want or Differ, at most.
     pub repair_bytes_per_answer_max: usize,
-    /// Entry bytes of repair pushed to one replica per second, at most.
+    /// Bytes of repair (entries, summaries, bucket lists, and a fixed cost per store read
+    /// a member's request causes) for one replica per second, at most.
     pub repair_bytes_per_peer_per_sec: u64,
     /// How long a stored message waits for its recipient's devices.
     pub mail_retention_secs: u64,

@@ -1,6 +1,7 @@
-//! How many bytes of anti-entropy repair go to one replica: a cap per answer (one Digests
-//! or Differ) and a byte rate per peer, so a replica, or a replayed or forged request,
-//! cannot make a node stream whole slots without bound.
+//! How many bytes of anti-entropy repair go to one replica: a cap per answer (one Want or
+//! Differ) and a byte rate per peer, charged also for summaries, bucket lists and each
+//! store read a member's request causes, so a replica, or a replayed or forged request,
+//! cannot make a node stream or scan slots without bound.
 
 /// A per-peer byte budget: a token bucket holding at most one second's worth.
 #[derive(Debug, Clone, PartialEq)]

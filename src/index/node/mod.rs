@@ -382,7 +382,7 @@ impl Node {
             IndexRpc::FetchReply { req, entry } => self.on_fetch_reply(now_ms, from, req, entry),
             IndexRpc::PrefixQuery { req, prefix, limit } => self.on_prefix_query(from, req, prefix, limit),
             IndexRpc::PrefixReply { req, users } => self.on_prefix_reply(now_ms, from, req, users),
-            IndexRpc::Digests { slots } => self.compare_digests(from, slots),
+            IndexRpc::Digests { slots } => self.compare_digests(now_ms, from, slots),
             IndexRpc::Differ { slots } => self.push_slots(slots.into_iter().map(Slot).collect(), from, now_ms),
             IndexRpc::Buckets { slot, digests } => self.compare_buckets(now_ms, from, Slot(slot), &digests),
             IndexRpc::Summary { slot, buckets, answer, items } => {

@@ -13,6 +13,13 @@ use super::{Node, Output, PULL_FROM, Reconcile};
 /// How long a key asked of one replica is not asked of another offering the same version
 /// (both holders answer a pull; both sides of a pair may compare in one round).
 pub const WANT_AGAIN_MS: u64 = 2_000;
+/// Most (key, version)s remembered as asked: past it the stale ones go, and if all are
+/// fresh, all (a key may then be asked twice).
+const WANTS_REMEMBERED_MAX: usize = 65_536;
+/// What a member's request that makes this node read a store (Buckets, a Summary page,
+/// Want, Differ) costs from the member's repair budget, beside any bytes sent: a member
+/// cannot make a node scan its slots faster than the budget allows, whatever it sends.
+pub const READ_COST: u64 = 4096;
 use crate::index::repair::{self, RepairBudget};
 use crate::index::rpc::{DIGESTS_PER_PACKET, IndexRpc, SUMMARY_ITEMS_PER_PACKET};
 use crate::index::store::BUCKETS;
@@ -69,7 +76,7 @@ impl Node {
 
     /// A co-replica's digests: for each slot whose digest differs from ours, send our
     /// bucket digests.
-    pub(super) fn compare_digests(&mut self, from: NodeId, slots: Vec<(u32, [u8; 32])>) {
+    pub(super) fn compare_digests(&mut self, now_ms: u64, from: NodeId, slots: Vec<(u32, [u8; 32])>) {
         let differ: Vec<Slot> = slots
             .into_iter()
             .filter(|(s, d)| self.held.contains(&Slot(*s)) && self.digests.get(&Slot(*s)).map(|o| &o.whole) != Some(d))
@@ -78,9 +85,29 @@ impl Node {
         counter!("confab_index_antientropy_differing_slots_total", "node" => self.name.clone())
             .increment(differ.len() as u64);
         for slot in differ {
+            // A Buckets is 64 digests: an answer larger than the question, so it is paid for.
+            if !self.charge(from, (BUCKETS * 8 + 16) as u64, now_ms) {
+                break;
+            }
             let digests = self.buckets_of(slot).iter().map(|b| b.to_le_bytes()).collect();
             self.send(from, IndexRpc::Buckets { slot: slot.0, digests });
         }
+    }
+
+    /// What a store read costs: [`READ_COST`], or a sixteenth of the budget when that is
+    /// smaller (a budget of a few KiB a second must still leave room for entries).
+    fn read_cost(&self) -> u64 {
+        READ_COST.min(self.cfg.repair_bytes_per_peer_per_sec / 16)
+    }
+
+    /// Takes `bytes` from `to`'s repair budget if it holds them.
+    fn charge(&mut self, to: NodeId, bytes: u64, now_ms: u64) -> bool {
+        let per_sec = self.cfg.repair_bytes_per_peer_per_sec;
+        let ok = self.repair.entry(to).or_insert_with(|| RepairBudget::new(per_sec, now_ms)).take(bytes, now_ms);
+        if !ok {
+            counter!("confab_index_repair_refused_requests_total", "node" => self.name.clone()).increment(1);
+        }
+        ok
     }
 
     /// Our bucket digests of a slot (all 0 without a store).
@@ -112,7 +139,7 @@ impl Node {
             .fold(0u64, |mask, (i, _)| mask | 1 << i);
         counter!("confab_index_antientropy_differing_buckets_total", "node" => self.name.clone())
             .increment(u64::from(buckets.count_ones()));
-        if buckets == 0 || !self.repair_room(from, now_ms) {
+        if buckets == 0 || !self.charge(from, self.read_cost(), now_ms) {
             return;
         }
         self.out.push_back(Output::Summarize { slot, buckets, to: from, then: Reconcile::Offer });
@@ -128,7 +155,7 @@ impl Node {
         answer: bool,
         items: Vec<([u8; 8], [u8; 8])>,
     ) {
-        if !self.held.contains(&slot) || (answer && !self.repair_room(from, now_ms)) {
+        if !self.held.contains(&slot) || !self.charge(from, self.read_cost(), now_ms) {
             return;
         }
         let theirs = items.into_iter().map(|(h, l)| (u64::from_le_bytes(h), u64::from_le_bytes(l))).collect();
@@ -150,6 +177,12 @@ impl Node {
             Reconcile::Compare { theirs, answer } => {
                 let mut held = ours.clone();
                 held.sort_unstable();
+                if self.wants.len() > WANTS_REMEMBERED_MAX {
+                    self.wants.retain(|_, at| now_ms.saturating_sub(*at) < WANT_AGAIN_MS);
+                    if self.wants.len() > WANTS_REMEMBERED_MAX {
+                        self.wants.clear();
+                    }
+                }
                 let wants = &mut self.wants;
                 let wanted: Vec<[u8; 8]> = theirs
                     .iter()
@@ -178,20 +211,30 @@ impl Node {
     }
 
     /// Sends our summary of a slot's buckets in pages (one, empty, when we hold nothing
-    /// there: that too is an answer), within the member's repair budget.
+    /// there: that too is an answer), each within the member's repair budget: the pages
+    /// the budget does not cover wait for a later round (a summary of 100,000 keys is
+    /// more than a second's budget, and must still go out in part).
     fn send_summary(&mut self, now_ms: u64, slot: Slot, buckets: u64, to: NodeId, answer: bool, ours: &[(u64, u64)]) {
-        let bytes = 16 * ours.len() as u64 + 16;
-        let per_sec = self.cfg.repair_bytes_per_peer_per_sec;
-        if !self.repair.entry(to).or_insert_with(|| RepairBudget::new(per_sec, now_ms)).take(bytes, now_ms) {
-            counter!("confab_index_repair_skipped_summaries_total", "node" => self.name.clone()).increment(1);
-            return;
-        }
         let items: Vec<([u8; 8], [u8; 8])> = ours.iter().map(|(h, l)| (h.to_le_bytes(), l.to_le_bytes())).collect();
-        let mut pages = items.chunks(SUMMARY_ITEMS_PER_PACKET).peekable();
-        if pages.peek().is_none() {
-            self.send(to, IndexRpc::Summary { slot: slot.0, buckets, answer, items: Vec::new() });
+        let mut pages: Vec<&[([u8; 8], [u8; 8])]> = items.chunks(SUMMARY_ITEMS_PER_PACKET).collect();
+        if pages.is_empty() {
+            pages.push(&[]);
         }
-        for (i, page) in pages.enumerate() {
+        // Start each summary elsewhere, so capped rounds together cover a large one; and
+        // spend at most half of what the budget holds on it, or the entries it leads to
+        // would find none left, round after round.
+        let start = self.rng.random_range(0..pages.len());
+        pages.rotate_left(start);
+        let per_sec = self.cfg.repair_bytes_per_peer_per_sec;
+        let room = self.repair.entry(to).or_insert_with(|| RepairBudget::new(per_sec, now_ms)).available(now_ms);
+        let mut spent = 0u64;
+        for (i, page) in pages.into_iter().enumerate() {
+            let bytes = 16 * page.len() as u64 + 16;
+            spent += bytes;
+            if (i > 0 && spent > room / 2) || !self.charge(to, bytes, now_ms) {
+                counter!("confab_index_repair_skipped_summaries_total", "node" => self.name.clone()).increment(1);
+                return;
+            }
             let answer = answer && i == 0;
             self.send(to, IndexRpc::Summary { slot: slot.0, buckets, answer, items: page.to_vec() });
         }
@@ -200,7 +243,7 @@ impl Node {
     /// A co-replica wants the entries of these keys of a slot we hold.
     pub(super) fn on_want(&mut self, now_ms: u64, from: NodeId, slot: Slot, keys: Vec<[u8; 8]>) {
         let ours = self.held.contains(&slot) || self.digests.contains_key(&slot);
-        if !ours || keys.is_empty() || !self.repair_room(from, now_ms) {
+        if !ours || keys.is_empty() || !self.repair_room(from, now_ms) || !self.charge(from, self.read_cost(), now_ms) {
             return;
         }
         let mut keys: Vec<u64> = keys.into_iter().map(u64::from_le_bytes).collect();
@@ -214,7 +257,7 @@ impl Node {
     /// one packet must not make this node read and encode every store it has for nothing.
     pub(super) fn push_slots(&mut self, slots: Vec<Slot>, to: NodeId, now_ms: u64) {
         let slots: Vec<Slot> = slots.into_iter().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-        if slots.is_empty() || !self.repair_room(to, now_ms) {
+        if slots.is_empty() || !self.repair_room(to, now_ms) || !self.charge(to, self.read_cost(), now_ms) {
             return;
         }
         self.out.push_back(Output::Dump { slots, to });
