@@ -304,8 +304,8 @@ impl SlotStore {
     }
 
     /// For anti-entropy: (key hash, digest lane of its sessions) of every key in the
-    /// buckets of `mask` (bit b: bucket b). Expire first, so that what one replica has
-    /// already dropped does not count as a difference.
+    /// buckets of `mask` (bit b: bucket b). Callers expire first, so that what one replica
+    /// has already dropped does not count as a difference.
     pub fn summary(&self, mask: u64) -> Vec<(u64, u64)> {
         self.entries.values().filter(|s| mask & (1 << bucket_of(s.hash)) != 0).map(|s| (s.hash, s.lane)).collect()
     }
@@ -365,14 +365,15 @@ impl SlotStore {
         self.entries.is_empty()
     }
 
-    /// A digest of what the slot holds, for anti-entropy: equal digests, equal contents.
-    pub fn digest(&self) -> [u8; 32] {
-        self.sum.bytes()
-    }
-
-    /// The digests anti-entropy compares: the whole and each bucket's.
+    /// The digests anti-entropy compares: the whole (equal digests, equal contents) and
+    /// each bucket's.
     pub fn digests(&self) -> SlotDigest {
         SlotDigest { whole: self.sum.bytes(), buckets: *self.buckets }
+    }
+
+    /// What a store reports to its node after a change: its digests, or None when empty.
+    pub fn reported(&self) -> Option<SlotDigest> {
+        (!self.is_empty()).then(|| self.digests())
     }
 }
 
@@ -552,7 +553,7 @@ mod tests {
             prop_assert_eq!(kept(&a), rebuilt(&a));
             let cut = 1_700_000_000 + 3;
             a.expire(cut + 10, 10);
-            prop_assert_ne!(a.digest(), b.digest(), "expiry dropped some");
+            prop_assert_ne!(a.digests().whole, b.digests().whole, "expiry dropped some");
             prop_assert_eq!(kept(&a), rebuilt(&a));
             // The buckets' lanes add up to the whole's first lane.
             let d = a.digests();

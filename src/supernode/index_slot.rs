@@ -85,8 +85,18 @@ impl IndexSlot {
     }
 
     fn changed(&self) {
-        let digest = (!self.store.is_empty()).then(|| self.store.digests());
+        let digest = self.store.reported();
         self.changes.do_send(SlotChanged { slot: self.slot, digest, entries: self.store.len() });
+    }
+
+    /// Drops the entries past retention, and says so if any went.
+    fn expire_entries(&mut self) {
+        let n = self.store.expire(crate::unix_now(), self.retention_secs);
+        if n > 0 {
+            self.changed();
+            tracing::debug!(node = %self.node, slot = self.slot.0, expired = n, "index entries expired");
+            metrics::counter!("confab_index_entries_expired_total", "node" => self.node.clone()).increment(n as u64);
+        }
     }
 }
 
@@ -102,12 +112,7 @@ impl Actor for IndexSlot {
                 metrics::counter!("confab_mail_messages_total", "node" => act.node.clone(), "outcome" => "expired")
                     .increment(e.messages as u64);
             }
-            let n = act.store.expire(crate::unix_now(), act.retention_secs);
-            if n > 0 {
-                act.changed();
-                tracing::debug!(node = %act.node, slot = act.slot.0, expired = n, "index entries expired");
-                metrics::counter!("confab_index_entries_expired_total", "node" => act.node.clone()).increment(n as u64);
-            }
+            act.expire_entries();
         });
     }
 }
@@ -207,11 +212,7 @@ impl Handler<Summarize> for IndexSlot {
     type Result = Vec<(u64, u64)>;
 
     fn handle(&mut self, msg: Summarize, _: &mut Context<Self>) -> Vec<(u64, u64)> {
-        let n = self.store.expire(crate::unix_now(), self.retention_secs);
-        if n > 0 {
-            self.changed();
-            metrics::counter!("confab_index_entries_expired_total", "node" => self.node.clone()).increment(n as u64);
-        }
+        self.expire_entries();
         self.store.summary(msg.0)
     }
 }

@@ -90,7 +90,7 @@ impl LocalStores {
                     let result = match self.store_for_write(slot) {
                         Some(st) => {
                             let m = st.merge(&key, share(entry));
-                            node.slot_changed(slot, (!st.is_empty()).then(|| st.digests()));
+                            node.slot_changed(slot, st.reported());
                             PutResult::Merged(m)
                         }
                         None => PutResult::NoStore,
@@ -115,7 +115,7 @@ impl LocalStores {
                     let ours = match self.stores.get_mut(&slot) {
                         Some(st) => {
                             if st.expire(now_ms / 1000, self.retention_secs) > 0 {
-                                node.slot_changed(slot, (!st.is_empty()).then(|| st.digests()));
+                                node.slot_changed(slot, st.reported());
                             }
                             st.summary(buckets)
                         }
@@ -154,7 +154,7 @@ impl LocalStores {
     pub fn seed(&mut self, node: &mut Node, slot: Slot, key: &str, entry: Arc<Entry>) {
         if let Some(st) = self.store_for_write(slot) {
             st.merge(key, entry);
-            node.slot_changed(slot, Some(st.digests()));
+            node.slot_changed(slot, st.reported());
         }
     }
 
@@ -171,7 +171,7 @@ impl LocalStores {
     fn expire(&mut self, now_ms: u64, node: &mut Node) {
         for (slot, st) in self.stores.iter_mut() {
             if st.expire(now_ms / 1000, self.retention_secs) > 0 {
-                node.slot_changed(*slot, (!st.is_empty()).then(|| st.digests()));
+                node.slot_changed(*slot, st.reported());
             }
         }
         for s in self.former.due(now_ms, |_| true) {

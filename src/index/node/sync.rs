@@ -33,7 +33,7 @@ impl Node {
     /// we share. Empty slots need no word: whoever holds data sends its digest, and an
     /// empty side answers that it differs.
     pub(super) fn anti_entropy(&mut self, now_ms: u64) {
-        self.wants.retain(|_, at| now_ms.saturating_sub(*at) < WANT_AGAIN_MS);
+        self.forget_wants(now_ms);
         let shared: Vec<(Slot, (u32, [u8; 32]))> =
             self.digests.iter().filter(|(s, _)| self.held.contains(s)).map(|(s, d)| (*s, (s.0, d.whole))).collect();
         self.send_per_replica(shared, usize::MAX, |slots| IndexRpc::Digests { slots });
@@ -51,7 +51,7 @@ impl Node {
         for slot in gained {
             let holders: Vec<NodeId> =
                 self.map.replicas(slot).iter().filter(|r| **r != self.me).take(PULL_FROM).copied().collect();
-            let digests: Vec<[u8; 8]> = self.buckets_of(slot).iter().map(|b| b.to_le_bytes()).collect();
+            let digests = self.bucket_list(slot);
             for h in holders {
                 self.send(h, IndexRpc::Buckets { slot: slot.0, digests: digests.clone() });
             }
@@ -89,7 +89,7 @@ impl Node {
             if !self.charge(from, (BUCKETS * 8 + 16) as u64, now_ms) {
                 break;
             }
-            let digests = self.buckets_of(slot).iter().map(|b| b.to_le_bytes()).collect();
+            let digests = self.bucket_list(slot);
             self.send(from, IndexRpc::Buckets { slot: slot.0, digests });
         }
     }
@@ -100,10 +100,15 @@ impl Node {
         READ_COST.min(self.cfg.repair_bytes_per_peer_per_sec / 16)
     }
 
+    /// `to`'s repair budget (a full one for a member not sent anything yet).
+    fn budget(&mut self, to: NodeId, now_ms: u64) -> &mut RepairBudget {
+        let per_sec = self.cfg.repair_bytes_per_peer_per_sec;
+        self.repair.entry(to).or_insert_with(|| RepairBudget::new(per_sec, now_ms))
+    }
+
     /// Takes `bytes` from `to`'s repair budget if it holds them.
     fn charge(&mut self, to: NodeId, bytes: u64, now_ms: u64) -> bool {
-        let per_sec = self.cfg.repair_bytes_per_peer_per_sec;
-        let ok = self.repair.entry(to).or_insert_with(|| RepairBudget::new(per_sec, now_ms)).take(bytes, now_ms);
+        let ok = self.budget(to, now_ms).take(bytes, now_ms);
         if !ok {
             counter!("confab_index_repair_refused_requests_total", "node" => self.name.clone()).increment(1);
         }
@@ -115,12 +120,21 @@ impl Node {
         self.digests.get(&slot).map_or([0; BUCKETS], |d| d.buckets)
     }
 
+    /// The same, as a Buckets request carries them.
+    fn bucket_list(&self, slot: Slot) -> Vec<[u8; 8]> {
+        self.buckets_of(slot).iter().map(|b| b.to_le_bytes()).collect()
+    }
+
+    /// Forgets the keys asked more than [`WANT_AGAIN_MS`] ago.
+    fn forget_wants(&mut self, now_ms: u64) {
+        self.wants.retain(|_, at| now_ms.saturating_sub(*at) < WANT_AGAIN_MS);
+    }
+
     /// Whether `to` may still be sent repair (a summary, entries): less than the smallest
     /// entry (a credential and a signature) left sends nothing, so requests that repeat
     /// cannot make this node read its stores for nothing.
     fn repair_room(&mut self, to: NodeId, now_ms: u64) -> bool {
-        let per_sec = self.cfg.repair_bytes_per_peer_per_sec;
-        self.repair.entry(to).or_insert_with(|| RepairBudget::new(per_sec, now_ms)).available(now_ms) >= 256
+        self.budget(to, now_ms).available(now_ms) >= 256
     }
 
     /// A co-replica's bucket digests of a slot whose digests differ: summarise ours of the
@@ -178,7 +192,7 @@ impl Node {
                 let mut held = ours.clone();
                 held.sort_unstable();
                 if self.wants.len() > WANTS_REMEMBERED_MAX {
-                    self.wants.retain(|_, at| now_ms.saturating_sub(*at) < WANT_AGAIN_MS);
+                    self.forget_wants(now_ms);
                     if self.wants.len() > WANTS_REMEMBERED_MAX {
                         self.wants.clear();
                     }
@@ -188,13 +202,13 @@ impl Node {
                     .iter()
                     .filter(|i| held.binary_search(i).is_err())
                     .filter(|(h, l)| {
-                        // Asked of another replica a moment ago: its answer is on the way.
-                        let at = wants.entry((slot, *h, *l)).or_insert(0);
-                        let fresh = *at == 0 || now_ms.saturating_sub(*at) >= WANT_AGAIN_MS;
-                        if fresh {
-                            *at = now_ms.max(1);
+                        // Asked of a replica a moment ago: its answer is on the way.
+                        let asked =
+                            wants.get(&(slot, *h, *l)).is_some_and(|at| now_ms.saturating_sub(*at) < WANT_AGAIN_MS);
+                        if !asked {
+                            wants.insert((slot, *h, *l), now_ms);
                         }
-                        fresh
+                        !asked
                     })
                     .map(|(h, _)| h.to_le_bytes())
                     .collect();
@@ -225,8 +239,7 @@ impl Node {
         // would find none left, round after round.
         let start = self.rng.random_range(0..pages.len());
         pages.rotate_left(start);
-        let per_sec = self.cfg.repair_bytes_per_peer_per_sec;
-        let room = self.repair.entry(to).or_insert_with(|| RepairBudget::new(per_sec, now_ms)).available(now_ms);
+        let room = self.budget(to, now_ms).available(now_ms);
         let mut spent = 0u64;
         for (i, page) in pages.into_iter().enumerate() {
             let bytes = 16 * page.len() as u64 + 16;
@@ -274,9 +287,8 @@ impl Node {
         let start = self.rng.random_range(0..entries.len());
         entries.rotate_left(start);
         let sizes: Vec<usize> = entries.iter().map(|(k, e)| k.len() + e.len()).collect();
-        let (per_sec, cap) = (self.cfg.repair_bytes_per_peer_per_sec, self.cfg.repair_bytes_per_answer_max);
-        let budget = self.repair.entry(to).or_insert_with(|| RepairBudget::new(per_sec, now_ms));
-        let n = repair::fit(&sizes, cap, budget, now_ms);
+        let cap = self.cfg.repair_bytes_per_answer_max;
+        let n = repair::fit(&sizes, cap, self.budget(to, now_ms), now_ms);
         counter!("confab_index_repair_entries_total", "node" => self.name.clone()).increment(n as u64);
         if n < entries.len() {
             counter!("confab_index_repair_skipped_entries_total", "node" => self.name.clone())
