@@ -42,20 +42,20 @@ impl Node {
     /// Asks the other replicas of every slot this node just became a replica of for what
     /// they hold that it does not. Anti-entropy alone would wait for a holder's next
     /// round, and a holder whose view changed after its hand-off round sends nothing until
-    /// then. Two holders are enough to be sure of one answer. The question is our bucket
-    /// digests (all 0 for a slot we never held), so a node coming back after a pause, or a
-    /// view that flapped, costs what differs rather than the whole slot twice; the keys
-    /// both holders offer are asked of the first only ([`WANT_AGAIN_MS`]).
+    /// then. Two holders are enough to be sure of one answer. The question is our digest
+    /// of each slot (0 for a slot we never held), `DIGESTS_PER_PACKET` slots a packet: a
+    /// view change gains hundreds of slots at once, and a packet per slot was a burst
+    /// that overflowed the peers' receive buffers and lost their membership probes. A
+    /// holder whose digest differs answers with its bucket digests, and the bucket,
+    /// summary, want exchange brings what differs, so a node coming back after a pause,
+    /// or a view that flapped, costs what differs rather than the whole slot twice; the
+    /// keys both holders offer are asked of the first only ([`WANT_AGAIN_MS`]).
     pub(super) fn pull(&mut self) {
-        let gained: Vec<Slot> = std::mem::take(&mut self.gained).into_iter().collect();
-        for slot in gained {
-            let holders: Vec<NodeId> =
-                self.map.replicas(slot).iter().filter(|r| **r != self.me).take(PULL_FROM).copied().collect();
-            let digests = self.bucket_list(slot);
-            for h in holders {
-                self.send(h, IndexRpc::Buckets { slot: slot.0, digests: digests.clone() });
-            }
-        }
+        let gained: Vec<(Slot, (u32, [u8; 32]))> = std::mem::take(&mut self.gained)
+            .into_iter()
+            .map(|s| (s, (s.0, self.digests.get(&s).map_or([0; 32], |d| d.whole))))
+            .collect();
+        self.send_per_replica(gained, PULL_FROM, |slots| IndexRpc::Digests { slots });
     }
 
     /// Groups `items` by the other replicas of their slots (the first `per_slot` of them),
@@ -79,7 +79,11 @@ impl Node {
     pub(super) fn compare_digests(&mut self, now_ms: u64, from: NodeId, slots: Vec<(u32, [u8; 32])>) {
         let differ: Vec<Slot> = slots
             .into_iter()
-            .filter(|(s, d)| self.held.contains(&Slot(*s)) && self.digests.get(&Slot(*s)).map(|o| &o.whole) != Some(d))
+            // No store is the empty slot's digest, 0: a pull of a slot neither side holds
+            // anything of is answered by nothing.
+            .filter(|(s, d)| {
+                self.held.contains(&Slot(*s)) && self.digests.get(&Slot(*s)).map_or([0; 32], |o| o.whole) != *d
+            })
             .map(|(s, _)| Slot(s))
             .collect();
         counter!("confab_index_antientropy_differing_slots_total", "node" => self.name.clone())

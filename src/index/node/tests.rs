@@ -4,6 +4,7 @@
 use super::*;
 use crate::crypto::KeyId;
 use crate::index::entry::tests::{entry, trusted};
+use crate::index::rpc::DIGESTS_PER_PACKET;
 use crate::index::{EntryBody, Status, lookup::LookupConfig};
 use std::collections::BTreeMap;
 
@@ -29,6 +30,8 @@ struct Harness {
     /// Every entry passes its check (for stand-in entries made in bulk without signing).
     trust_all: bool,
     sent: u64,
+    /// Requests sent, by sender.
+    sent_by: BTreeMap<NodeId, u64>,
     /// Store requests sent (written, replicated or repaired), and those dropped.
     stores_sent: u64,
     stores_dropped: u64,
@@ -57,6 +60,7 @@ impl Harness {
             busy: false,
             trust_all: false,
             sent: 0,
+            sent_by: BTreeMap::new(),
             stores_sent: 0,
             stores_dropped: 0,
         };
@@ -104,6 +108,7 @@ impl Harness {
             match out {
                 Output::Send { to, rpc } => {
                     self.sent += 1;
+                    *self.sent_by.entry(at).or_default() += 1;
                     self.stores_sent += u64::from(matches!(rpc, IndexRpc::Store { .. }));
                     if matches!(rpc, IndexRpc::Store { .. }) && self.drop_stores_to.contains(&to) {
                         self.stores_dropped += 1;
@@ -330,6 +335,31 @@ fn a_new_replica_pulls_its_slots_before_any_anti_entropy_round() {
     // so none was opened for the slots it held only then.
     let (held, stores) = (h.nodes[&id(9)].0.held().len(), h.nodes[&id(9)].1.len());
     assert!(stores <= held && held < 64, "{stores} stores for {held} slots held");
+}
+
+#[test]
+fn a_view_change_that_gains_hundreds_of_slots_pulls_them_in_a_few_packets() {
+    // A packet per gained slot was a burst of hundreds per node at every view change,
+    // enough to overflow peers' receive buffers and lose their membership probes.
+    let cfg = IndexConfig { slots: 1024, ..config() };
+    let mut h = Harness::new(6, cfg.clone());
+    h.run_for(1000);
+    let mut joiner = Node::new("sn9".into(), id(9), cfg, 9);
+    joiner.start(h.now);
+    h.nodes.insert(id(9), (joiner, LocalStores::new(10_000, 72 * 3600)));
+    let all: Vec<NodeId> = (0..6).map(id).chain([id(9)]).collect();
+    let now = h.now;
+    h.with(id(9), |n| n.view(now, SharedView::new(&all)));
+    // Until its hand-off round, before any anti-entropy round of its own.
+    h.run_for(VIEW_SETTLE_MS + HANDOFF_AFTER_MS + 100);
+    let gained = h.nodes[&id(9)].0.held().len() as u64;
+    let sent = h.sent_by.get(&id(9)).copied().unwrap_or(0);
+    assert!(gained > 300, "{gained} slots gained");
+    // Two holders a slot, spread over six members: at most a partly filled packet per
+    // member beside the full ones.
+    let most = 2 * gained / DIGESTS_PER_PACKET as u64 + 6;
+    assert!(sent <= most, "{sent} packets to pull {gained} slots (at most {most})");
+    assert!(sent > 0, "the joiner pulled");
 }
 
 #[test]
