@@ -175,20 +175,26 @@ pub fn run<I: index::Index>(cfg: Config, index: I, quiet: bool) -> report::Repor
     let mut w = world::World::new(cfg, index);
     let bar = crate::scenarios::bar(quiet, "simulate", (w.end - w.start) / 1000, true);
     let mut last = (std::time::Instant::now(), 0u64);
+    // Without a terminal (a log file, CI, journald) the bar draws nothing: a line every
+    // half minute of wall time instead.
+    let lines = !quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last_line = std::time::Instant::now();
     w.run_until(u64::MAX, |w| {
         let now = (w.q.now() - w.start) / 1000;
-        bar.set_length((w.end - w.start) / 1000);
+        let len = (w.end - w.start) / 1000;
+        bar.set_length(len);
         bar.set_position(now);
         if now.is_multiple_of(10) {
             let dt = last.0.elapsed().as_secs_f64().max(1e-6);
             let rate = (w.events - last.1) as f64 / dt;
             last = (std::time::Instant::now(), w.events);
-            bar.set_message(format!(
-                "{:.0} events/s, {} super nodes up, {} users online",
-                rate,
-                w.live(),
-                w.users.online.len()
-            ));
+            let msg =
+                format!("{:.0} events/s, {} super nodes up, {} users online", rate, w.live(), w.users.online.len());
+            if lines && last_line.elapsed() >= std::time::Duration::from_secs(30) {
+                last_line = std::time::Instant::now();
+                eprintln!("simulate: {now}/{len} virtual seconds, {:.0} s wall, {msg}", wall.elapsed().as_secs_f64());
+            }
+            bar.set_message(msg);
         }
     });
     bar.finish_and_clear();

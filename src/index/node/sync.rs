@@ -193,8 +193,17 @@ impl Node {
         match then {
             Reconcile::Offer => self.send_summary(now_ms, slot, buckets, to, true, &ours),
             Reconcile::Compare { theirs, answer } => {
-                let mut held = ours.clone();
-                held.sort_unstable();
+                // Theirs is a page (at most 200 items), ours every key of the buckets:
+                // look ours up in theirs rather than sort ours for every page.
+                let mut theirs = theirs;
+                theirs.sort_unstable();
+                theirs.dedup();
+                let mut present = vec![false; theirs.len()];
+                for o in &ours {
+                    if let Ok(i) = theirs.binary_search(o) {
+                        present[i] = true;
+                    }
+                }
                 if self.wants.len() > WANTS_REMEMBERED_MAX {
                     self.forget_wants(now_ms);
                     if self.wants.len() > WANTS_REMEMBERED_MAX {
@@ -204,7 +213,9 @@ impl Node {
                 let wants = &mut self.wants;
                 let wanted: Vec<[u8; 8]> = theirs
                     .iter()
-                    .filter(|i| held.binary_search(i).is_err())
+                    .zip(&present)
+                    .filter(|(_, held)| !**held)
+                    .map(|(i, _)| i)
                     .filter(|(h, l)| {
                         // Asked of a replica a moment ago: its answer is on the way.
                         let asked =
