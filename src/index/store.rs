@@ -187,6 +187,11 @@ pub struct SlotStore {
     sum: Sum,
     /// The first lane of each bucket's sum, kept the same way.
     buckets: Box<[u64; BUCKETS]>,
+    /// Per bucket, key hash → (the first lane of its keys' entries, how many keys): what
+    /// a summary lists, read a bucket or a hash at a time, not by a scan of the slot (a
+    /// summary page of a hot slot's replica cost a scan of tens of thousands of keys).
+    /// Keyed by hash, so two keys of one hash (a collision) are one item on every replica.
+    lanes: Box<[BTreeMap<u64, (u64, u32)>; BUCKETS]>,
     /// At most the least `last_seen` (plus what a posting is kept longer) of any entry
     /// held: nothing expires while it is inside the retention, so an expiry before every
     /// anti-entropy summary costs nothing until something is due (a scan of a slot of
@@ -238,6 +243,7 @@ impl SlotStore {
             entries_max,
             sum: Sum::default(),
             buckets: Box::new([0; BUCKETS]),
+            lanes: Box::new(std::array::from_fn(|_| BTreeMap::new())),
             due_floor: u64::MAX,
         }
     }
@@ -247,11 +253,15 @@ impl SlotStore {
         last_seen.saturating_add(keep_secs(key, 0))
     }
 
-    /// Moves the digests from a key's old part to its new one.
-    fn account(&mut self, hash: u64, before: Sum, after: Sum) {
+    /// Moves the digests from a key's old part to its new one; `keys` is +1 for a key
+    /// new to the store.
+    fn account(&mut self, hash: u64, before: Sum, after: Sum, keys: u32) {
         self.sum = self.sum.sub(before).add(after);
         let b = &mut self.buckets[bucket_of(hash)];
         *b = b.wrapping_sub(before.0[0]).wrapping_add(after.0[0]);
+        let l = self.lanes[bucket_of(hash)].entry(hash).or_default();
+        l.0 = l.0.wrapping_sub(before.0[0]).wrapping_add(after.0[0]);
+        l.1 += keys;
     }
 
     /// Merges a verified entry under `key`: into its session (by origin), or as a new one.
@@ -263,7 +273,7 @@ impl SlotStore {
             let m = held.merge(e);
             let (after, hash) = (held.part(key), held.hash);
             held.lane = after.0[0];
-            self.account(hash, before, after);
+            self.account(hash, before, after, 0);
             return m;
         }
         if self.entries.len() >= self.entries_max {
@@ -273,7 +283,7 @@ impl SlotStore {
         let m = sessions.merge(e);
         let after = sessions.part(key);
         sessions.lane = after.0[0];
-        self.account(sessions.hash, Sum::default(), after);
+        self.account(sessions.hash, Sum::default(), after, 1);
         self.entries.insert(key.to_owned(), sessions);
         m
     }
@@ -325,7 +335,15 @@ impl SlotStore {
     /// buckets of `mask` (bit b: bucket b). Callers expire first, so that what one replica
     /// has already dropped does not count as a difference.
     pub fn summary(&self, mask: u64) -> Vec<(u64, u64)> {
-        self.entries.values().filter(|s| mask & (1 << bucket_of(s.hash)) != 0).map(|s| (s.hash, s.lane)).collect()
+        (0..BUCKETS)
+            .filter(|b| mask & (1 << b) != 0)
+            .flat_map(|b| self.lanes[b].iter().map(|(h, (lane, _))| (*h, *lane)))
+            .collect()
+    }
+
+    /// The same for the given key hashes only (those held).
+    pub fn summary_of(&self, hashes: &[u64]) -> Vec<(u64, u64)> {
+        hashes.iter().filter_map(|h| self.lanes[bucket_of(*h)].get(h).map(|(lane, _)| (*h, *lane))).collect()
     }
 
     /// Every live session of the keys whose hashes are in `hashes` (sorted), with its key.
@@ -355,11 +373,12 @@ impl SlotStore {
         }
         let mut dropped = 0;
         let mut floor = u64::MAX;
-        let (mut sum, buckets) = (self.sum, &mut self.buckets);
+        let (mut sum, buckets, lanes) = (self.sum, &mut self.buckets, &mut self.lanes);
         self.entries.retain(|k, s| {
             let before = s.entries.len();
             let keep_secs = keep_secs(k, retention_secs);
             let b = &mut buckets[bucket_of(s.hash)];
+            let lane_before = s.lane;
             s.entries.retain(|e| {
                 let keep = e.last_seen.saturating_add(keep_secs) > now;
                 if !keep {
@@ -373,6 +392,18 @@ impl SlotStore {
                 keep
             });
             dropped += before - s.entries.len();
+            if before != s.entries.len() {
+                let by_hash = &mut lanes[bucket_of(s.hash)];
+                if let Some(l) = by_hash.get_mut(&s.hash) {
+                    l.0 = l.0.wrapping_sub(lane_before).wrapping_add(s.lane);
+                    if s.entries.is_empty() {
+                        l.1 -= 1;
+                        if l.1 == 0 {
+                            by_hash.remove(&s.hash);
+                        }
+                    }
+                }
+            }
             !s.entries.is_empty()
         });
         self.sum = sum;
@@ -529,6 +560,16 @@ mod tests {
         assert_eq!(hits, ["token:jaan/alice", "token:jaan/bob"]);
     }
 
+    /// What the index by hash must hold: the keys' own lanes added up by hash, sorted.
+    fn lanes_of_keys(s: &SlotStore) -> Vec<(u64, u64)> {
+        let mut by_hash: BTreeMap<u64, u64> = BTreeMap::new();
+        for sessions in s.entries.values() {
+            let l = by_hash.entry(sessions.hash).or_default();
+            *l = l.wrapping_add(sessions.lane);
+        }
+        by_hash.into_iter().collect()
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
 
@@ -561,6 +602,9 @@ mod tests {
                             .count();
                         prop_assert_eq!(st.expire(now, retention), due);
                         prop_assert_eq!(st.iter().count(), held - due);
+                        let mut summary = st.summary(u64::MAX);
+                        summary.sort_unstable();
+                        prop_assert_eq!(summary, lanes_of_keys(&st));
                     }
                 }
             }
@@ -607,6 +651,9 @@ mod tests {
             let kept = |s: &SlotStore| {
                 let mut summary = s.summary(u64::MAX);
                 summary.sort_unstable();
+                assert_eq!(summary, lanes_of_keys(s));
+                let hashes: Vec<u64> = summary.iter().map(|(h, _)| *h).chain([1, 2, 3]).collect();
+                assert_eq!(s.summary_of(&hashes), summary);
                 (s.digests(), summary)
             };
             prop_assert_eq!(kept(&a), rebuilt(&a));

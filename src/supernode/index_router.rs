@@ -250,13 +250,15 @@ impl IndexRouter {
                         self.core.summarized(now_ms(), slot, buckets, to, then, Vec::new());
                         continue;
                     };
-                    ctx.spawn(actor.send(Summarize(buckets)).into_actor(self).map(move |res, act, ctx| {
-                        // A slot actor gone away answers nothing rather than "holds nothing".
-                        if let Ok(ours) = res {
-                            act.core.summarized(now_ms(), slot, buckets, to, then, ours);
-                            act.pump(ctx);
-                        }
-                    }));
+                    ctx.spawn(actor.send(Summarize(buckets, then.only())).into_actor(self).map(
+                        move |res, act, ctx| {
+                            // A slot actor gone away answers nothing rather than "holds nothing".
+                            if let Ok(ours) = res {
+                                act.core.summarized(now_ms(), slot, buckets, to, then, ours);
+                                act.pump(ctx);
+                            }
+                        },
+                    ));
                 }
                 Output::Pick { slot, keys, to } => {
                     let Some(actor) = self.slots.get(&slot).cloned() else {

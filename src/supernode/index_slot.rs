@@ -203,17 +203,20 @@ impl Handler<Dump> for IndexSlot {
 }
 
 /// For anti-entropy, after dropping what expired: (key hash, digest lane) of every key in
-/// the buckets of the mask (bit b: bucket b).
+/// the buckets of the mask (bit b: bucket b), or of the given key hashes only.
 #[derive(Message)]
 #[rtype(result = "Vec<(u64, u64)>")]
-pub struct Summarize(pub u64);
+pub struct Summarize(pub u64, pub Option<Vec<u64>>);
 
 impl Handler<Summarize> for IndexSlot {
     type Result = Vec<(u64, u64)>;
 
     fn handle(&mut self, msg: Summarize, _: &mut Context<Self>) -> Vec<(u64, u64)> {
         self.expire_entries();
-        self.store.summary(msg.0)
+        match msg.1 {
+            Some(hashes) => self.store.summary_of(&hashes),
+            None => self.store.summary(msg.0),
+        }
     }
 }
 

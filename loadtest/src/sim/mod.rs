@@ -180,6 +180,19 @@ pub fn run<I: index::Index>(cfg: Config, index: I, quiet: bool) -> report::Repor
     let lines = !quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut last_line = std::time::Instant::now();
     w.run_until(u64::MAX, |w| {
+        if !w.stats.measuring {
+            // The cluster forming (the warm-up): no window to measure yet.
+            if lines && last_line.elapsed() >= std::time::Duration::from_secs(30) {
+                last_line = std::time::Instant::now();
+                eprintln!(
+                    "simulate: forming the cluster, {} virtual seconds, {:.0} s wall, {} super nodes up",
+                    w.q.now() / 1000,
+                    wall.elapsed().as_secs_f64(),
+                    w.live()
+                );
+            }
+            return;
+        }
         let now = (w.q.now() - w.start) / 1000;
         let len = (w.end - w.start) / 1000;
         bar.set_length(len);

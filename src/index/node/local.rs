@@ -117,7 +117,10 @@ impl LocalStores {
                             if st.expire(now_ms / 1000, self.retention_secs) > 0 {
                                 node.slot_changed(slot, st.reported());
                             }
-                            st.summary(buckets)
+                            match then.only() {
+                                Some(hashes) => st.summary_of(&hashes),
+                                None => st.summary(buckets),
+                            }
                         }
                         None => Vec::new(),
                     };

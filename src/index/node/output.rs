@@ -19,6 +19,19 @@ pub enum Reconcile {
     },
 }
 
+impl Reconcile {
+    /// The key hashes whose items are all a summary read must return, or None for the
+    /// whole of its buckets: a page compared, and not answered, needs only its own
+    /// keys looked up (a scan of the buckets for every page of a large slot was
+    /// quadratic in the slot's size).
+    pub fn only(&self) -> Option<Vec<u64>> {
+        match self {
+            Reconcile::Compare { theirs, answer: false } => Some(theirs.iter().map(|(h, _)| *h).collect()),
+            _ => None,
+        }
+    }
+}
+
 /// What a lookup found.
 #[derive(Debug, Clone)]
 pub struct FindResult {
@@ -184,8 +197,9 @@ pub enum Output {
         to: NodeId,
     },
     /// Drop what expired from a slot's store, then read the (key hash, digest lane) of
-    /// every key in the buckets of `buckets` (bit b: bucket b) and call
-    /// [`super::Node::summarized`] with them (no store: none).
+    /// every key in the buckets of `buckets` (bit b: bucket b), or only of the hashes
+    /// [`Reconcile::only`] names, and call [`super::Node::summarized`] with them (no
+    /// store: none).
     Summarize {
         /// The slot.
         slot: Slot,
