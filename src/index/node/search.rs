@@ -1,6 +1,7 @@
 //! Search by profile words: the postings of each word give candidate usernames (from the
-//! first replicas of the word's slot), each candidate is looked up like a find, and only
-//! verified entries whose current profile still has every word are returned.
+//! first replicas of the word's slot; the words whose postings came back whole narrow
+//! them, a common word's partial read does not), each candidate is looked up like a find,
+//! and only verified entries whose current profile still has every word are returned.
 
 use super::{Node, Output, Timer};
 use crate::index::rpc::IndexRpc;
@@ -39,6 +40,9 @@ pub(super) struct Searching {
     limit: usize,
     /// Per word, the usernames its postings gave so far.
     sets: Vec<BTreeSet<String>>,
+    /// Per word, whether its postings are known whole: some replica answered, and none
+    /// with a full read (a common word has more postings than one read returns).
+    whole: Vec<Option<bool>>,
     /// Posting reads not answered yet.
     waiting: usize,
     /// Whether the candidates are being looked up.
@@ -63,6 +67,7 @@ impl Node {
         }
         let mut s = Searching {
             sets: vec![BTreeSet::new(); tokens.len()],
+            whole: vec![None; tokens.len()],
             tokens: tokens.clone(),
             limit,
             waiting: 0,
@@ -128,7 +133,9 @@ impl Node {
             return;
         }
         s.waiting = s.waiting.saturating_sub(1);
-        if let Some(set) = s.sets.get_mut(token) {
+        if let (Some(set), Some(whole)) = (s.sets.get_mut(token), s.whole.get_mut(token)) {
+            let full = users.len() >= SEARCH_POSTINGS_MAX;
+            *whole = Some(whole.unwrap_or(true) && !full);
             set.extend(users.into_iter().take(SEARCH_POSTINGS_MAX));
         }
         self.search_step(now_ms, id);
@@ -158,8 +165,17 @@ impl Node {
                 return;
             }
             s.finding = true;
-            let mut candidates: Vec<String> = s.sets.first().cloned().unwrap_or_default().into_iter().collect();
-            candidates.retain(|u| s.sets.iter().all(|set| set.contains(u)));
+            // Only the words whose postings are known whole narrow the candidates: a
+            // common word's read is a part of its postings, and intersected with a rare
+            // word's it would drop the very users the rare word names. The lookups'
+            // profiles are checked against every word at the end.
+            let whole: Vec<&BTreeSet<String>> =
+                s.sets.iter().zip(&s.whole).filter(|(_, w)| **w == Some(true)).map(|(set, _)| set).collect();
+            let base = whole.iter().copied().min_by_key(|set| set.len()).or_else(|| {
+                s.sets.iter().zip(&s.whole).filter(|(_, w)| w.is_some()).map(|(set, _)| set).min_by_key(|set| set.len())
+            });
+            let mut candidates: Vec<String> = base.cloned().unwrap_or_default().into_iter().collect();
+            candidates.retain(|u| whole.iter().all(|set| set.contains(u)));
             // Candidates beyond twice the limit are not worth a lookup each.
             candidates.truncate(s.limit.saturating_mul(2));
             self.prefix_reqs.retain(|_, (search, _, _)| *search != id);

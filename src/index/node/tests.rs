@@ -456,6 +456,33 @@ fn search_finds_users_by_every_word_of_their_current_profile() {
     assert!(search(&mut h, 0, "  ").is_empty());
 }
 
+#[test]
+fn a_search_with_a_common_word_finds_the_users_its_rare_word_names() {
+    // 250 users share "tallinn", more than one postings read returns; the one "smith" is
+    // past the first 200 in key order. Intersecting the truncated "tallinn" read with
+    // "smith" found nobody.
+    let mut h = Harness::new(12, config());
+    h.trust_all = true;
+    h.run_for(1000);
+    for i in 0..250u64 {
+        let user = format!("u{i:03}");
+        let e = entry(&user, 1, T0 + i, Status::Online);
+        h.with(id((i % 12) as u8), |n| n.publish(T0, e));
+    }
+    let zed = entry("zed", 1, T0, Status::Online);
+    let mut body = EntryBody::clone(&zed);
+    body.profile.display_name = "Zed Smith".into();
+    let c = crate::index::entry::tests::credential("zed", 1, T0 / 1000 - 10);
+    let zed = Entry::sign(body, &c, &crate::crypto::keys::tests::test_key(2)).unwrap();
+    h.with(id(3), |n| n.publish(T0, zed));
+    h.run_for(2000);
+    assert_eq!(search_users(&mut h, 5, "smith tallinn"), ["zed"]);
+    assert_eq!(search_users(&mut h, 5, "tallinn smith"), ["zed"]);
+    // A common word alone gives at most the limit, every one of them a match.
+    let many = search_users(&mut h, 7, "tallinn");
+    assert_eq!(many.len(), 10, "{many:?}");
+}
+
 /// Carries out a lone node's store reads (nothing held) and collects what else it asks.
 fn drain(n: &mut Node, now: u64) -> Vec<Output> {
     let mut out = Vec::new();
