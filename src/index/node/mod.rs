@@ -299,12 +299,12 @@ impl Node {
         };
         let refresh_ms = self.cfg.postings_refresh_secs.saturating_mul(1000);
         let key = entry.key();
-        // A logout writes them too: the postings then carry the user's true last-seen time.
-        let due = entry.status == super::Status::Offline
-            || self
-                .posted
-                .get(&key)
-                .is_none_or(|(f, at)| *f != fingerprint || now_ms.saturating_sub(*at) >= refresh_ms);
+        // Not at a logout within the period either: a posting is kept a day past the
+        // retention (`POSTINGS_REFRESH_MAX_SECS`, at least the period), so one written at
+        // the login outlasts the entry the logout writes. Writing them at every logout
+        // too was half of the postings' writes, every one of them to the hottest slots.
+        let due =
+            self.posted.get(&key).is_none_or(|(f, at)| *f != fingerprint || now_ms.saturating_sub(*at) >= refresh_ms);
         if due {
             for token in tokens {
                 self.replicate(now_ms, fold::posting_key(&token, &entry.user), &entry);

@@ -411,6 +411,9 @@ fn a_presence_refresh_writes_the_users_key_and_postings_only_when_their_tokens_c
     let e = entry("erin", 1, h.now, Status::Online);
     let refresh = stores(&mut h, e);
     assert!(refresh <= 3, "a refresh five minutes later: the key's replicas only, {refresh}");
+    // A logout within the period: its postings written at the login outlast the entry.
+    let gone = entry("erin", 1, h.now + 1, Status::Offline);
+    assert!(stores(&mut h, gone) <= 3, "a logout: the key's replicas only");
     let mut moved = entry("erin", 1, h.now + 1, Status::Online);
     let mut body = EntryBody::clone(&moved);
     body.profile.city = "Tartu".into();
