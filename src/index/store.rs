@@ -20,6 +20,12 @@ pub fn keep_secs(key: &str, retention_secs: u64) -> u64 {
     if fold::is_posting(key) { retention_secs.saturating_add(POSTINGS_REFRESH_MAX_SECS) } else { retention_secs }
 }
 
+/// Whether an entry under `key` last seen at `last_seen` is past its keep at `now` (Unix
+/// seconds): the rule expiry, reads and merges share.
+pub fn past_keep(key: &str, last_seen: u64, now: u64, retention_secs: u64) -> bool {
+    last_seen.saturating_add(keep_secs(key, retention_secs)) <= now
+}
+
 /// Buckets a slot's keys fall in for anti-entropy (by [`key_hash`]): replicas whose slot
 /// digests differ compare these, then only the keys of the buckets that differ.
 pub const BUCKETS: usize = 64;

@@ -131,8 +131,10 @@ impl Handler<Put> for IndexSlot {
     type Result = MessageResult<Put>;
 
     fn handle(&mut self, msg: Put, _: &mut Context<Self>) -> Self::Result {
-        // An entry already past retention is not worth holding.
-        if msg.entry.last_seen.saturating_add(self.retention_secs) <= crate::unix_now() {
+        // An entry already past its keep is not worth holding (a posting is kept a day
+        // longer: one written at a login must still repair onto a new replica while the
+        // user's entry from the logout lasts).
+        if crate::index::store::past_keep(&msg.key, msg.entry.last_seen, crate::unix_now(), self.retention_secs) {
             return MessageResult(Merge::Stale);
         }
         let device = (!msg.key.starts_with("token:")).then(|| device_of(&msg.entry)).flatten();

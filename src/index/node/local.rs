@@ -4,7 +4,7 @@
 
 use super::{Checked, Node, Output, PutResult, Verify};
 use crate::index::former::Former;
-use crate::index::store::SlotStore;
+use crate::index::store::{Merge, SlotStore, past_keep};
 use crate::index::{Entry, Slot};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -87,13 +87,21 @@ impl LocalStores {
                     self.former.update(now_ms, self.stores.keys().map(|s| s.0), |s| held.contains(&Slot(s)));
                 }
                 Output::Put { slot, key, entry, done } => {
-                    let result = match self.store_for_write(slot) {
-                        Some(st) => {
-                            let m = st.merge(&key, share(entry));
-                            node.slot_changed(slot, st.reported());
-                            PutResult::Merged(m)
+                    let writable = self.stores.contains_key(&slot) || self.held.contains(&slot);
+                    let stale = past_keep(&key, entry.last_seen, now_ms / 1000, self.retention_secs);
+                    let result = if writable && stale {
+                        // As a slot actor: an entry already past its keep is not held
+                        // (checked first, so it opens no store).
+                        PutResult::Merged(Merge::Stale)
+                    } else {
+                        match self.store_for_write(slot) {
+                            Some(st) => {
+                                let m = st.merge(&key, share(entry));
+                                node.slot_changed(slot, st.reported());
+                                PutResult::Merged(m)
+                            }
+                            None => PutResult::NoStore,
                         }
-                        None => PutResult::NoStore,
                     };
                     node.put_done(now_ms, done, result);
                 }

@@ -42,8 +42,8 @@ impl Node {
     /// Asks the other replicas of every slot this node just became a replica of for what
     /// they hold that it does not. Anti-entropy alone would wait for a holder's next
     /// round, and a holder whose view changed after its hand-off round sends nothing until
-    /// then. Two holders are enough to be sure of one answer. The question is our digest
-    /// of each slot (0 for a slot we never held), `DIGESTS_PER_PACKET` slots a packet: a
+    /// then. Two holders are enough to be sure of one answer. The question is a digest of
+    /// 0 for each slot we hold nothing of, `DIGESTS_PER_PACKET` slots a packet: a
     /// view change gains hundreds of slots at once, and a packet per slot was a burst
     /// that overflowed the peers' receive buffers and lost their membership probes. A
     /// holder whose digest differs answers with its bucket digests, and the bucket,
@@ -51,9 +51,13 @@ impl Node {
     /// or a view that flapped, costs what differs rather than the whole slot twice; the
     /// keys both holders offer are asked of the first only ([`WANT_AGAIN_MS`]).
     pub(super) fn pull(&mut self) {
+        // A gained slot we hold entries of (a node back from a pause) had its digest sent
+        // to every other replica by the anti-entropy round just before: only the empty
+        // ones are asked for here, with the digest 0.
         let gained: Vec<(Slot, (u32, [u8; 32]))> = std::mem::take(&mut self.gained)
             .into_iter()
-            .map(|s| (s, (s.0, self.digests.get(&s).map_or([0; 32], |d| d.whole))))
+            .filter(|s| !self.digests.contains_key(s))
+            .map(|s| (s, (s.0, [0; 32])))
             .collect();
         self.send_per_replica(gained, PULL_FROM, |slots| IndexRpc::Digests { slots });
     }
@@ -82,7 +86,7 @@ impl Node {
             // No store is the empty slot's digest, 0: a pull of a slot neither side holds
             // anything of is answered by nothing.
             .filter(|(s, d)| {
-                self.held.contains(&Slot(*s)) && self.digests.get(&Slot(*s)).map_or([0; 32], |o| o.whole) != *d
+                self.answers_for(Slot(*s)) && self.digests.get(&Slot(*s)).map_or([0; 32], |o| o.whole) != *d
             })
             .map(|(s, _)| Slot(s))
             .collect();
@@ -141,11 +145,18 @@ impl Node {
         self.budget(to, now_ms).available(now_ms) >= 256
     }
 
+    /// Whether this node takes part in repairing `slot`: it replicates it, or no longer
+    /// does but still has its store (kept for a while, `index::former`), which answers
+    /// while the new replicas fill (their pulls, the Digests of members whose view still
+    /// counts this node a replica) though it asks for nothing itself.
+    fn answers_for(&self, slot: Slot) -> bool {
+        self.held.contains(&slot) || self.digests.contains_key(&slot)
+    }
+
     /// A co-replica's bucket digests of a slot whose digests differ: summarise ours of the
     /// buckets that differ.
     pub(super) fn compare_buckets(&mut self, now_ms: u64, from: NodeId, slot: Slot, theirs: &[[u8; 8]]) {
-        // A slot no longer replicated here still answers while its new replicas fill.
-        if !self.held.contains(&slot) && !self.digests.contains_key(&slot) {
+        if !self.answers_for(slot) {
             return;
         }
         let ours = self.buckets_of(slot);
@@ -173,7 +184,7 @@ impl Node {
         answer: bool,
         items: Vec<([u8; 8], [u8; 8])>,
     ) {
-        if !self.held.contains(&slot) || !self.charge(from, self.read_cost(), now_ms) {
+        if !self.answers_for(slot) || !self.charge(from, self.read_cost(), now_ms) {
             return;
         }
         let theirs = items.into_iter().map(|(h, l)| (u64::from_le_bytes(h), u64::from_le_bytes(l))).collect();
@@ -210,11 +221,13 @@ impl Node {
                         self.wants.clear();
                     }
                 }
+                // A slot no longer replicated here answers but asks for nothing.
+                let replica = self.held.contains(&slot);
                 let wants = &mut self.wants;
                 let wanted: Vec<[u8; 8]> = theirs
                     .iter()
                     .zip(&present)
-                    .filter(|(_, held)| !**held)
+                    .filter(|(_, held)| replica && !**held)
                     .map(|(i, _)| i)
                     .filter(|(h, l)| {
                         // Asked of a replica a moment ago: its answer is on the way.
@@ -270,8 +283,11 @@ impl Node {
 
     /// A co-replica wants the entries of these keys of a slot we hold.
     pub(super) fn on_want(&mut self, now_ms: u64, from: NodeId, slot: Slot, keys: Vec<[u8; 8]>) {
-        let ours = self.held.contains(&slot) || self.digests.contains_key(&slot);
-        if !ours || keys.is_empty() || !self.repair_room(from, now_ms) || !self.charge(from, self.read_cost(), now_ms) {
+        if !self.answers_for(slot)
+            || keys.is_empty()
+            || !self.repair_room(from, now_ms)
+            || !self.charge(from, self.read_cost(), now_ms)
+        {
             return;
         }
         let mut keys: Vec<u64> = keys.into_iter().map(u64::from_le_bytes).collect();
