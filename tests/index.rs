@@ -85,7 +85,8 @@ async fn hosts_find_each_other_through_twenty_super_nodes_and_survive_30_percent
     );
     assert!(asked[asked.len() / 2] <= 4, "a healthy lookup asks 4 super nodes");
 
-    // User search by profile words, case- and accent-insensitive.
+    // User search by profile words, case- and accent-insensitive: name words find, the
+    // city, country and language narrow.
     let jaan = Profile {
         display_name: "Jaan Tallinn".into(),
         city: "Tallinn".into(),
@@ -103,7 +104,7 @@ async fn hosts_find_each_other_through_twenty_super_nodes_and_survive_30_percent
     // The search postings reach their slots' replicas a replication round after the ack:
     // wait for every query asserted below.
     common::wait_for("both profiles searchable", Duration::from_secs(5), async || {
-        names(sessions[3].1.search("tallinn", 10).await.unwrap()) == ["user010", "user020"]
+        names(sessions[3].1.search("zoe tallinn", 10).await.unwrap()) == ["user020"]
             && names(sessions[0].1.search("jaan TALLINN", 10).await.unwrap()) == ["user010"]
             && sessions[0].1.search("zoe angstrom", 10).await.unwrap().len() == 1
     })
@@ -112,8 +113,12 @@ async fn hosts_find_each_other_through_twenty_super_nodes_and_survive_30_percent
     let z = sessions[0].1.search("zoe angstrom", 10).await.unwrap();
     assert_eq!(z.len(), 1);
     assert_eq!((z[0].user.as_str(), z[0].status), ("user020", Status::Away));
-    assert_eq!(names(sessions[3].1.search("tallinn", 10).await.unwrap()), ["user010", "user020"]);
-    assert_eq!(names(sessions[3].1.search("tallinn", 1).await.unwrap()).len(), 1, "the limit holds");
+    // "Tallinn" is Jaan's name and both users' city: it finds by name only.
+    assert_eq!(names(sessions[3].1.search("tallinn", 10).await.unwrap()), ["user010"]);
+    assert_eq!(names(sessions[3].1.search("zoe TALLINN", 10).await.unwrap()), ["user020"]);
+    assert!(sessions[3].1.search("eesti", 10).await.unwrap().is_empty(), "a country alone finds nobody");
+    assert_eq!(names(sessions[3].1.search("jaan eesti", 10).await.unwrap()), ["user010"]);
+    assert_eq!(names(sessions[3].1.search("jaan", 1).await.unwrap()).len(), 1, "the limit holds");
     assert!(sessions[0].1.search("no such words", 10).await.unwrap().is_empty());
 
     // An unknown user is not found, after asking everyone.

@@ -25,10 +25,22 @@ pub fn tokens(text: &str) -> Vec<String> {
     out
 }
 
-/// The tokens a user is found by: username, display name, city, country, language.
+/// The tokens a user's profile has: username, display name, city, country, language.
+/// A search's results must have every word of the query among them.
 pub fn profile_tokens(user: &str, p: &Profile) -> Vec<String> {
     let text = [user, &p.display_name, &p.city, &p.country, &p.language].join(" ");
     let mut t = tokens(&text);
+    t.truncate(TOKENS_PER_PROFILE_MAX);
+    t
+}
+
+/// The tokens a user's search postings are written under: the username's and the display
+/// name's words. City, country and language narrow a search (its results' profiles must
+/// have them) but start none: a language or a capital is a word a large share of all
+/// users have, and its postings, all in its one slot, made that slot's replicas the
+/// busiest super nodes of the cluster (docs/scale.md).
+pub fn name_tokens(user: &str, p: &Profile) -> Vec<String> {
+    let mut t = tokens(&[user, &p.display_name].join(" "));
     t.truncate(TOKENS_PER_PROFILE_MAX);
     t
 }

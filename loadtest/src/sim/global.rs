@@ -217,7 +217,7 @@ impl Index for Global {
             let e = Arc::new(self.entry(user, 0, false, now));
             let key = e.key();
             self.warm.entry(self.space.slot_of(fold::slot_key(&key))).or_default().push((key, e.clone()));
-            for token in fold::profile_tokens(&e.user, &e.profile) {
+            for token in fold::name_tokens(&e.user, &e.profile) {
                 let k = fold::posting_key(&token, &e.user);
                 self.warm.entry(self.space.slot_of(fold::slot_key(&k))).or_default().push((k, e.clone()));
             }

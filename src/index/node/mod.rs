@@ -285,7 +285,7 @@ impl Node {
     /// slots change.
     pub fn publish(&mut self, now_ms: u64, entry: Entry) -> usize {
         let replicas = self.replicate(now_ms, entry.key(), &entry);
-        let tokens = fold::profile_tokens(&entry.user, &entry.profile);
+        let tokens = fold::name_tokens(&entry.user, &entry.profile);
         // What the postings were written for: the tokens, and the replicas of their slots
         // (a posting written to replicas that have since changed may be nowhere now).
         let fingerprint = {
@@ -353,7 +353,8 @@ impl Node {
     }
 
     /// Checks that `entry` may live under `key`: its own username, or a posting for one
-    /// of its profile's tokens.
+    /// of its profile's tokens (any of them: super nodes of the previous version posted
+    /// the city, country and language too).
     fn key_fits(key: &str, entry: &Entry) -> bool {
         key == entry.key()
             || fold::profile_tokens(&entry.user, &entry.profile)

@@ -1,13 +1,15 @@
-//! Search by profile words: the postings of each word give candidate usernames (from the
-//! first replicas of the word's slot; the words whose postings came back whole narrow
-//! them, a common word's partial read does not), each candidate is looked up like a find,
-//! and only verified entries whose current profile still has every word are returned.
+//! Search by profile words: the postings of each name word give candidate usernames (from
+//! the first replicas of the word's slot, at most 200 each), those named by more of the
+//! words first; each candidate is looked up like a find, and only verified entries whose
+//! current profile has every word, city, country and language words too, are returned.
+//! Those are not posted ([`fold::name_tokens`]): they narrow a search by name, and alone
+//! find nobody.
 
 use super::{Node, Output, Timer};
 use crate::index::rpc::IndexRpc;
 use crate::index::{Entry, NodeId, fold};
 use metrics::counter;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Most postings read per token in one search.
 pub const SEARCH_POSTINGS_MAX: usize = 200;
@@ -40,9 +42,6 @@ pub(super) struct Searching {
     limit: usize,
     /// Per word, the usernames its postings gave so far.
     sets: Vec<BTreeSet<String>>,
-    /// Per word, whether its postings are known whole: some replica answered, and none
-    /// with a full read (a common word has more postings than one read returns).
-    whole: Vec<Option<bool>>,
     /// Posting reads not answered yet.
     waiting: usize,
     /// Whether the candidates are being looked up.
@@ -67,7 +66,6 @@ impl Node {
         }
         let mut s = Searching {
             sets: vec![BTreeSet::new(); tokens.len()],
-            whole: vec![None; tokens.len()],
             tokens: tokens.clone(),
             limit,
             waiting: 0,
@@ -133,9 +131,7 @@ impl Node {
             return;
         }
         s.waiting = s.waiting.saturating_sub(1);
-        if let (Some(set), Some(whole)) = (s.sets.get_mut(token), s.whole.get_mut(token)) {
-            let full = users.len() >= SEARCH_POSTINGS_MAX;
-            *whole = Some(whole.unwrap_or(true) && !full);
+        if let Some(set) = s.sets.get_mut(token) {
             set.extend(users.into_iter().take(SEARCH_POSTINGS_MAX));
         }
         self.search_step(now_ms, id);
@@ -165,17 +161,23 @@ impl Node {
                 return;
             }
             s.finding = true;
-            // Only the words whose postings are known whole narrow the candidates: a
-            // common word's read is a part of its postings, and intersected with a rare
-            // word's it would drop the very users the rare word names. The lookups'
-            // profiles are checked against every word at the end.
-            let whole: Vec<&BTreeSet<String>> =
-                s.sets.iter().zip(&s.whole).filter(|(_, w)| **w == Some(true)).map(|(set, _)| set).collect();
-            let base = whole.iter().copied().min_by_key(|set| set.len()).or_else(|| {
-                s.sets.iter().zip(&s.whole).filter(|(_, w)| w.is_some()).map(|(set, _)| set).min_by_key(|set| set.len())
-            });
-            let mut candidates: Vec<String> = base.cloned().unwrap_or_default().into_iter().collect();
-            candidates.retain(|u| whole.iter().all(|set| set.contains(u)));
+            // Postings are of name words only, and a common word's read is a part of
+            // them (its first 200): intersecting the words' sets would drop a user whose
+            // other word is a city (not posted) or past a common word's part. So every
+            // user the postings name is a candidate, those named by more of the words
+            // first, then those named by rarer words; the lookups' profiles are checked
+            // against every word at the end.
+            let mut named: BTreeMap<&String, (usize, usize)> = BTreeMap::new();
+            for set in &s.sets {
+                for u in set {
+                    let e = named.entry(u).or_insert((0, usize::MAX));
+                    e.0 += 1;
+                    e.1 = e.1.min(set.len());
+                }
+            }
+            let mut ranked: Vec<(&String, (usize, usize))> = named.into_iter().collect();
+            ranked.sort_by(|(a, (na, ra)), (b, (nb, rb))| nb.cmp(na).then(ra.cmp(rb)).then(a.cmp(b)));
+            let mut candidates: Vec<String> = ranked.into_iter().map(|(u, _)| u.clone()).collect();
             // Candidates beyond twice the limit are not worth a lookup each.
             candidates.truncate(s.limit.saturating_mul(2));
             self.prefix_reqs.retain(|_, (search, _, _)| *search != id);
