@@ -157,10 +157,11 @@ impl Global {
 
 /// A user's profile: a display name, a city and a language, as most profiles had: search
 /// postings are part of the load, and how they crowd into the slots of common words too.
-/// The display name is the username and one of 5,000 surnames (about evenly spread);
-/// the city one of 300, log-uniformly (the commonest about one profile in eight, as a
-/// capital's share of a country); the language one of 4 (the commonest, a quarter of all
-/// profiles: the hottest token, as a common language is).
+/// The display name is the username and one of 5,000 surnames (about evenly spread): its
+/// words are the ones posted. The city is one of 300, log-uniformly (the commonest about
+/// one profile in eight, as a capital's share of a country), the language one of 4 (the
+/// commonest, a quarter of all profiles): posted, they were the hottest slots; now they
+/// only narrow a search by name (`fold::name_tokens`).
 fn profile(user: &str) -> Profile {
     let n = user.bytes().fold(0xcbf2_9ce4_8422_2325u64, |a, b| (a ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     let n = n ^ (n >> 29);
