@@ -363,6 +363,44 @@ fn a_view_change_that_gains_hundreds_of_slots_pulls_them_in_a_few_packets() {
 }
 
 #[test]
+fn a_member_that_no_longer_replicates_a_slot_still_answers_a_new_replicas_pull() {
+    // F holds slot S's entries; in F's view a member X outranks it for S, so F keeps the
+    // store but no longer replicates S. A joiner J whose view lacks X pulls S from F.
+    let mut h = Harness::new(6, config());
+    h.trust_all = true;
+    h.run_for(1000);
+    let space = SlotSpace::new(64).unwrap();
+    let all: Vec<NodeId> = (0..6).map(id).collect();
+    let (j, with_j) = (id(9), [all.clone(), vec![id(9)]].concat());
+    let (slot, f, x) = (0..64)
+        .map(Slot)
+        .flat_map(|s| (0..6u8).map(move |f| (s, id(f))))
+        .flat_map(|(s, f)| (10..250u8).map(move |x| (s, f, id(x))))
+        .find(|(s, f, x)| {
+            let before = SlotMap::new(space, 3, &all);
+            let seen_by_j = SlotMap::new(space, 3, &with_j);
+            let seen_by_f = SlotMap::new(space, 3, &[with_j.clone(), vec![*x]].concat());
+            before.replicas(*s).contains(f)
+                && seen_by_j.replicas(*s).contains(&j)
+                && seen_by_j.replicas(*s).iter().filter(|r| **r != j).take(PULL_FROM).any(|r| r == f)
+                && !seen_by_f.replicas(*s).contains(f)
+        })
+        .expect("such a slot, holder and member");
+    let keys = h.seed_slot(slot, 20, &[f]);
+    let now = h.now;
+    h.with(f, |n| n.view(now, SharedView::new(&[with_j.clone(), vec![x]].concat())));
+    let mut joiner = Node::new("sn9".into(), j, config(), 9);
+    joiner.start(now);
+    h.nodes.insert(j, (joiner, LocalStores::new(10_000, 72 * 3600)));
+    h.with(j, |n| n.view(now, SharedView::new(&with_j)));
+    // The hand-off round and its exchange, before any anti-entropy round.
+    h.run_for(VIEW_SETTLE_MS + HANDOFF_AFTER_MS + 1000);
+    assert!(!h.nodes[&f].0.held().contains(&slot), "F no longer replicates the slot");
+    let got = h.nodes[&j].1.store(slot).map_or(0, |st| st.len());
+    assert_eq!(got, keys.len(), "the joiner pulled the slot from its former replica");
+}
+
+#[test]
 fn a_busy_driver_refuses_a_store_and_an_answer_from_a_member_not_asked_is_ignored() {
     let mut h = Harness::new(5, config());
     h.run_for(1000);
