@@ -43,7 +43,8 @@ enum Command {
         #[command(subcommand)]
         action: ProfileAction,
     },
-    /// Log in as USER and search users by profile words (case and accents ignored).
+    /// Log in as USER and search users by name words, narrowed by any city, country or
+    /// language words given (case and accents ignored).
     Search {
         /// Who you are (the account to log in with).
         #[arg(long = "as", value_name = "USER")]
