@@ -120,15 +120,6 @@ impl ClusterCert {
         let msg = signed(self.node(), &self.static_key, self.gossip, self.udp, self.tcp, self.issued_ms);
         self.credential.public_key.verify_pss(&msg, &self.signature).map_err(|_| CertError::BadSignature)
     }
-
-    /// Does `m` say of itself exactly what this certificate binds (id, name, addresses)?
-    pub fn vouches_for(&self, m: &super::Member) -> bool {
-        m.node == Some(self.node().0)
-            && m.gossip == self.gossip
-            && m.udp == self.udp
-            && m.tcp == self.tcp
-            && m.name == self.credential.subject
-    }
 }
 
 /// A node's X25519 static secret, fresh at every start (a restart issues a new certificate).

@@ -75,8 +75,7 @@ impl Certified {
         }
     }
 
-    /// Whether it binds everything `m` says of itself (id, name, addresses), as
-    /// [`ClusterCert::vouches_for`].
+    /// Whether `m` says of itself exactly what the certificate bound (id, name, addresses).
     fn vouches_for(&self, m: &super::Member) -> bool {
         m.node == Some(self.id)
             && m.gossip == self.gossip

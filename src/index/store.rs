@@ -332,7 +332,7 @@ impl SlotStore {
     /// Every entry (every session) still inside the retention window at `now`, with its key.
     pub fn live(&self, now: u64, retention_secs: u64) -> Vec<(String, Arc<Entry>)> {
         self.iter_shared()
-            .filter(|(k, e)| e.last_seen.saturating_add(keep_secs(k, retention_secs)) > now)
+            .filter(|(k, e)| !past_keep(k, e.last_seen, now, retention_secs))
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect()
     }
@@ -352,13 +352,22 @@ impl SlotStore {
         hashes.iter().filter_map(|h| self.lanes[bucket_of(*h)].get(h).map(|(lane, _)| (*h, *lane))).collect()
     }
 
+    /// What an anti-entropy summary read returns: the buckets of `mask`, or only the key
+    /// hashes `only` names (`node::Reconcile::only`).
+    pub fn summary_for(&self, mask: u64, only: Option<&[u64]>) -> Vec<(u64, u64)> {
+        match only {
+            Some(hashes) => self.summary_of(hashes),
+            None => self.summary(mask),
+        }
+    }
+
     /// Every live session of the keys whose hashes are in `hashes` (sorted), with its key.
     pub fn pick(&self, hashes: &[u64], now: u64, retention_secs: u64) -> Vec<(String, Arc<Entry>)> {
         self.entries
             .iter()
             .filter(|(_, s)| hashes.binary_search(&s.hash).is_ok())
             .flat_map(|(k, s)| s.entries.iter().map(move |e| (k, e)))
-            .filter(|(k, e)| e.last_seen.saturating_add(keep_secs(k, retention_secs)) > now)
+            .filter(|(k, e)| !past_keep(k, e.last_seen, now, retention_secs))
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect()
     }

@@ -215,10 +215,7 @@ impl Handler<Summarize> for IndexSlot {
 
     fn handle(&mut self, msg: Summarize, _: &mut Context<Self>) -> Vec<(u64, u64)> {
         self.expire_entries();
-        match msg.1 {
-            Some(hashes) => self.store.summary_of(&hashes),
-            None => self.store.summary(msg.0),
-        }
+        self.store.summary_for(msg.0, msg.1.as_deref())
     }
 }
 

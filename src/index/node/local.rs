@@ -87,11 +87,10 @@ impl LocalStores {
                     self.former.update(now_ms, self.stores.keys().map(|s| s.0), |s| held.contains(&Slot(s)));
                 }
                 Output::Put { slot, key, entry, done } => {
-                    let writable = self.stores.contains_key(&slot) || self.held.contains(&slot);
+                    // As a slot actor: an entry already past its keep is not held (checked
+                    // first, so it opens no store).
                     let stale = past_keep(&key, entry.last_seen, now_ms / 1000, self.retention_secs);
-                    let result = if writable && stale {
-                        // As a slot actor: an entry already past its keep is not held
-                        // (checked first, so it opens no store).
+                    let result = if stale && self.writable(slot) {
                         PutResult::Merged(Merge::Stale)
                     } else {
                         match self.store_for_write(slot) {
@@ -125,10 +124,7 @@ impl LocalStores {
                             if st.expire(now_ms / 1000, self.retention_secs) > 0 {
                                 node.slot_changed(slot, st.reported());
                             }
-                            match then.only() {
-                                Some(hashes) => st.summary_of(&hashes),
-                                None => st.summary(buckets),
-                            }
+                            st.summary_for(buckets, then.only().as_deref())
                         }
                         None => Vec::new(),
                     };
@@ -169,10 +165,15 @@ impl LocalStores {
         }
     }
 
+    /// Whether a write to `slot` has a store to go to: one here, or the node replicates it.
+    fn writable(&self, slot: Slot) -> bool {
+        self.stores.contains_key(&slot) || self.held.contains(&slot)
+    }
+
     /// The store a write to `slot` goes to: the one here, or a new one if the node
     /// replicates the slot.
     fn store_for_write(&mut self, slot: Slot) -> Option<&mut SlotStore> {
-        if !self.stores.contains_key(&slot) && self.held.contains(&slot) {
+        if !self.stores.contains_key(&slot) && self.writable(slot) {
             self.stores.insert(slot, SlotStore::new(self.entries_max));
         }
         self.stores.get_mut(&slot)
