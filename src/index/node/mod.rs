@@ -73,6 +73,9 @@ pub struct Node {
     held: BTreeSet<Slot>,
     /// Slots this node became a replica of since its last pull.
     gained: BTreeSet<Slot>,
+    /// The replicas each held slot gained since the last hand-off round: the only ones
+    /// that round tells of our digest (the rest heard it in the last rounds).
+    newcomers: BTreeMap<Slot, BTreeSet<NodeId>>,
     /// Digests of the non-empty slots with a store here, as the stores report them.
     digests: BTreeMap<Slot, SlotDigest>,
     next_req: u64,
@@ -111,6 +114,7 @@ impl Node {
             handoff_pending: false,
             held: BTreeSet::new(),
             gained: BTreeSet::new(),
+            newcomers: BTreeMap::new(),
             digests: BTreeMap::new(),
             next_req: 1,
             lookups: HashMap::new(),
@@ -231,6 +235,18 @@ impl Node {
         let gained: Vec<Slot> = held.difference(&self.held).copied().collect();
         self.gained.extend(gained.iter().copied());
         self.gained.retain(|s| held.contains(s));
+        // At 20,000 members every membership change reached every node, and a hand-off
+        // round to all co-replicas was most of the index's messages (docs/scale.md): a
+        // change concerns a node only where its slots' replica sets moved.
+        for s in &held {
+            let before = if self.held.contains(s) { self.map.replicas(*s) } else { &[] };
+            let fresh = map.replicas(*s).iter().filter(|r| **r != self.me && !before.contains(r));
+            let mut fresh = fresh.peekable();
+            if fresh.peek().is_some() {
+                self.newcomers.entry(*s).or_default().extend(fresh);
+            }
+        }
+        self.newcomers.retain(|s, _| held.contains(s));
         self.held = held;
         self.map = map;
         tracing::debug!(node = %self.name, members = self.map.members().len(), held = self.held.len(), "slot map rebuilt");
@@ -246,7 +262,7 @@ impl Node {
             }
             Timer::HandOff => {
                 self.handoff_pending = false;
-                self.anti_entropy(now_ms);
+                self.hand_off(now_ms);
                 self.pull();
             }
             Timer::AntiEntropy => {

@@ -26,17 +26,57 @@ use crate::index::store::BUCKETS;
 use crate::index::{NodeId, Slot};
 use metrics::counter;
 use rand::RngExt;
-use std::collections::BTreeMap;
+use rand::seq::SliceRandom;
+use std::collections::{BTreeMap, BTreeSet};
 
 impl Node {
-    /// One anti-entropy round: send every co-replica the digests of the non-empty slots
-    /// we share. Empty slots need no word: whoever holds data sends its digest, and an
-    /// empty side answers that it differs.
+    /// One anti-entropy round: every non-empty slot we hold is compared with one other
+    /// replica, picked at random. The members we share slots with are taken in a random
+    /// order, each sent the digests of the slots no earlier one was, so a round costs
+    /// about as many packets as it takes members to cover our slots, not one per
+    /// co-replica: at 200 members a node holds ~100 slots shared with every other, and a
+    /// packet to each was most of a node's traffic. Comparing is both ways (a differing
+    /// digest starts an exchange that repairs either side), and every replica picks its
+    /// own, so a write one replica missed reaches it within a round or two, as before.
+    /// Empty slots need no word: whoever holds data sends its digest, and an empty side
+    /// answers that it differs.
     pub(super) fn anti_entropy(&mut self, now_ms: u64) {
         self.forget_wants(now_ms);
-        let shared: Vec<(Slot, (u32, [u8; 32]))> =
-            self.digests.iter().filter(|(s, _)| self.held.contains(s)).map(|(s, d)| (*s, (s.0, d.whole))).collect();
-        self.send_per_replica(shared, usize::MAX, |slots| IndexRpc::Digests { slots });
+        let mut shared: BTreeMap<NodeId, Vec<Slot>> = BTreeMap::new();
+        for s in self.digests.keys().filter(|s| self.held.contains(s)) {
+            for r in self.map.replicas(*s).iter().filter(|r| **r != self.me) {
+                shared.entry(*r).or_default().push(*s);
+            }
+        }
+        let mut order: Vec<NodeId> = shared.keys().copied().collect();
+        order.shuffle(&mut self.rng);
+        let mut covered = BTreeSet::new();
+        let mut per_peer: BTreeMap<NodeId, Vec<(u32, [u8; 32])>> = BTreeMap::new();
+        for peer in order {
+            for s in &shared[&peer] {
+                if covered.insert(*s) {
+                    per_peer.entry(peer).or_default().push((s.0, self.digests[s].whole));
+                }
+            }
+        }
+        self.send_chunks(per_peer, |slots| IndexRpc::Digests { slots });
+    }
+
+    /// After a view change: tell the replicas our held slots gained of their digests (an
+    /// anti-entropy round limited to them), so a new replica need not wait a whole period
+    /// for what it lacks, and a change that moved none of our slots costs nothing.
+    pub(super) fn hand_off(&mut self, now_ms: u64) {
+        self.forget_wants(now_ms);
+        let newcomers = std::mem::take(&mut self.newcomers);
+        let mut per_peer: BTreeMap<NodeId, Vec<(u32, [u8; 32])>> = BTreeMap::new();
+        for (s, peers) in newcomers {
+            let Some(d) = self.digests.get(&s) else { continue };
+            let replicas = self.map.replicas(s);
+            for p in peers.into_iter().filter(|p| replicas.contains(p)) {
+                per_peer.entry(p).or_default().push((s.0, d.whole));
+            }
+        }
+        self.send_chunks(per_peer, |slots| IndexRpc::Digests { slots });
     }
 
     /// Asks the other replicas of every slot this node just became a replica of for what
@@ -52,7 +92,7 @@ impl Node {
     /// keys both holders offer are asked of the first only ([`WANT_AGAIN_MS`]).
     pub(super) fn pull(&mut self) {
         // A gained slot we hold entries of (a node back from a pause) had its digest sent
-        // to every other replica by the anti-entropy round just before: only the empty
+        // to every other replica by the hand-off round just before: only the empty
         // ones are asked for here, with the digest 0.
         let gained: Vec<(Slot, (u32, [u8; 32]))> = std::mem::take(&mut self.gained)
             .into_iter()
@@ -71,6 +111,11 @@ impl Node {
                 per_peer.entry(*r).or_default().push(item.clone());
             }
         }
+        self.send_chunks(per_peer, rpc);
+    }
+
+    /// Sends each peer its list, `DIGESTS_PER_PACKET` items a packet.
+    fn send_chunks<T: Clone>(&mut self, per_peer: BTreeMap<NodeId, Vec<T>>, rpc: impl Fn(Vec<T>) -> IndexRpc) {
         for (peer, list) in per_peer {
             for chunk in list.chunks(DIGESTS_PER_PACKET) {
                 self.send(peer, rpc(chunk.to_vec()));
