@@ -4,6 +4,7 @@
 use super::entry::{Entry, Status};
 use super::fold;
 use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -81,12 +82,14 @@ const SEEN_MAX: usize = 32;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sessions {
     /// Newest first (by [`Entry::order`]); shared, since every replica of a process (and
-    /// every copy handed out) holds the same immutable entry.
-    entries: Vec<Arc<Entry>>,
+    /// every copy handed out) holds the same immutable entry. Inline while there is one:
+    /// nearly every key has one session, and two small heap lists a key were a third of
+    /// the memory of a slot store (docs/scale.md).
+    entries: SmallVec<[Arc<Entry>; 1]>,
     /// (origin, the newest timestamp seen from it), including entries since dropped; by
     /// origin. A list, not a map: nearly every key has one origin, and a store holds
     /// millions of keys in the simulator.
-    seen: Vec<(u64, u64)>,
+    seen: SmallVec<[(u64, u64); 1]>,
     /// The key's [`key_hash`], once held in a store.
     hash: u64,
     /// The first lane of the sessions' digest part, kept by the store.

@@ -211,11 +211,12 @@ impl Index for Global {
         })
     }
 
-    fn warm_start(&mut self, seen: &[(String, i64)]) {
-        for (user, at) in seen {
+    fn warm_start(&mut self, seen: &[(String, i64, Option<Sn>)]) {
+        for (user, at, sn) in seen {
             let now = (EPOCH_MS as i64 + at) as u64;
-            // Offline, seen at `at`: what the index holds for a user who logged out then.
-            let e = Arc::new(self.entry(user, 0, false, now));
+            // Online at its super node, or offline, seen at `at`: what the index holds for
+            // a user who logged out then.
+            let e = Arc::new(self.entry(user, sn.unwrap_or(0), sn.is_some(), now));
             let key = e.key();
             self.warm.entry(self.space.slot_of(fold::slot_key(&key))).or_default().push((key, e.clone()));
             for token in fold::name_tokens(&e.user, &e.profile) {

@@ -54,9 +54,9 @@ pub trait Index: Sized {
     fn detail(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
-    /// Users seen within the retention before the start, with when (ms, ≤ 0): the
-    /// warm start the index places before the run.
-    fn warm_start(&mut self, seen: &[(String, i64)]);
+    /// Users seen within the retention before the start, with when (ms, ≤ 0) and, for
+    /// those online, their super node: the warm start the index places before the run.
+    fn warm_start(&mut self, seen: &[(String, i64, Option<Sn>)]);
     /// Super node `node` (index identity `id`) started; `seed` for its randomness.
     fn node_up(&mut self, now: Ms, node: Sn, id: NodeId, seed: u64);
     /// Super node `node` stopped (its state is gone).
@@ -87,7 +87,7 @@ impl Index for NotWired {
     fn wired(&self) -> bool {
         false
     }
-    fn warm_start(&mut self, _: &[(String, i64)]) {}
+    fn warm_start(&mut self, _: &[(String, i64, Option<Sn>)]) {}
     fn node_up(&mut self, _: Ms, _: Sn, _: NodeId, _: u64) {}
     fn node_down(&mut self, _: Ms, _: Sn) {}
     fn view(&mut self, _: Ms, _: Sn, _: &Arc<View>, _: &mut Outbox<Self>) {}
