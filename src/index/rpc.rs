@@ -258,6 +258,12 @@ impl IndexRpc {
         postcard::to_allocvec(self).expect("index requests serialise")
     }
 
+    /// The length [`IndexRpc::encode`] gives, without encoding (the simulator counts the
+    /// bytes of every message it carries).
+    pub fn encoded_len(&self) -> usize {
+        postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default()).expect("index requests serialise")
+    }
+
     /// Decodes; total (postcard checks every length against the input), and a mail
     /// request's lists are held to their bounds.
     pub fn decode(b: &[u8]) -> Result<Self, RpcError> {
@@ -331,6 +337,11 @@ mod tests {
             IndexRpc::FetchReply { req: 2, entry: None },
         ] {
             assert_eq!(IndexRpc::decode(&m.encode()).unwrap(), m);
+            assert_eq!(m.encoded_len(), m.encode().len());
+        }
+        for m in largest_mail_rpcs() {
+            let m = IndexRpc::Mail(m);
+            assert_eq!(m.encoded_len(), m.encode().len());
         }
     }
 

@@ -77,7 +77,7 @@ impl IndexSlot {
             .store
             .iter()
             .filter(|(k, _)| !k.starts_with("token:"))
-            .filter_map(|(k, e)| Some((k.clone(), device_of(e)?)))
+            .filter_map(|(k, e)| Some((k.to_owned(), device_of(e)?)))
             .collect();
         for (user, d) in devices {
             self.mail_mut().note_device(&user, d, now_ms);

@@ -132,7 +132,7 @@ impl Global {
         for o in rest {
             match o {
                 Output::Send { to, rpc } => {
-                    let bytes = rpc.encode().len() + self.overhead;
+                    let bytes = rpc.encoded_len() + self.overhead;
                     let k = self.by_kind.entry(rpc.label()).or_default();
                     k.0 += 1;
                     k.1 += bytes as u64;
