@@ -56,6 +56,9 @@ pub struct Global {
     latest: HashMap<String, Arc<Entry>>,
     /// The warm start, by slot (the slot's key and posting entries).
     warm: BTreeMap<Slot, Vec<(String, Arc<Entry>)>>,
+    /// The entries of the users online at the start, by their super node: it wrote their
+    /// postings at their login.
+    warm_online: HashMap<Sn, Vec<Arc<Entry>>>,
     /// A real credential's encoding (its size is what matters).
     credential: Vec<u8>,
     /// The cluster channel's sealing overhead per packet.
@@ -87,6 +90,7 @@ impl Global {
             nodes: BTreeMap::new(),
             latest: HashMap::new(),
             warm: BTreeMap::new(),
+            warm_online: HashMap::new(),
             credential,
             overhead: confab::cluster::gossip::OVERHEAD,
             warm_open: false,
@@ -223,6 +227,9 @@ impl Index for Global {
                 let k = fold::posting_key(&token, &e.user);
                 self.warm.entry(self.space.slot_of(fold::slot_key(&k))).or_default().push((k, e.clone()));
             }
+            if let Some(sn) = sn {
+                self.warm_online.entry(*sn).or_default().push(e.clone());
+            }
             self.latest.insert(user.clone(), e);
         }
         self.warm_open = true;
@@ -231,6 +238,9 @@ impl Index for Global {
     fn node_up(&mut self, now: Ms, node: Sn, id: NodeId, seed: u64) {
         let mut n = Node::new(format!("sn{node}"), id, self.cfg.clone(), seed);
         n.start(EPOCH_MS + now);
+        for e in self.warm_online.remove(&node).into_iter().flatten() {
+            n.note_posted(EPOCH_MS + now, &e);
+        }
         let stores = LocalStores::new(self.cfg.entries_per_slot_max, self.cfg.retention_secs);
         // Only the cluster that is there at the start holds the warm start.
         self.nodes.insert(node, SimNode { node: n, stores, warmed: !self.warm_open });

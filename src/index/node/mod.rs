@@ -238,7 +238,11 @@ impl Node {
         // At 20,000 members every membership change reached every node, and a hand-off
         // round to all co-replicas was most of the index's messages (docs/scale.md): a
         // change concerns a node only where its slots' replica sets moved.
-        for s in &held {
+        // A slot this node stops replicating but holds entries of is handed to the new
+        // replicas the same way: after a partition, or a view of itself alone, it may be
+        // the only holder of what was written meanwhile.
+        let lost = self.held.difference(&held).filter(|s| self.digests.contains_key(s));
+        for s in held.iter().chain(lost) {
             let before = if self.held.contains(s) { self.map.replicas(*s) } else { &[] };
             let fresh = map.replicas(*s).iter().filter(|r| **r != self.me && !before.contains(r));
             let mut fresh = fresh.peekable();
@@ -246,7 +250,7 @@ impl Node {
                 self.newcomers.entry(*s).or_default().extend(fresh);
             }
         }
-        self.newcomers.retain(|s, _| held.contains(s));
+        self.newcomers.retain(|s, _| held.contains(s) || self.digests.contains_key(s));
         self.held = held;
         self.map = map;
         tracing::debug!(node = %self.name, members = self.map.members().len(), held = self.held.len(), "slot map rebuilt");
@@ -297,22 +301,16 @@ impl Node {
     /// changed. Search checks every candidate by looking it up, so a posting is only a
     /// pointer to the user; postings are kept `POSTINGS_REFRESH_MAX_SECS` past the
     /// retention (`store`), so one written up to a refresh period before the user was last
-    /// seen still lasts the retention. They are written again when the replicas of their
-    /// slots change.
+    /// seen still lasts the retention. When the replicas of their slots change, the
+    /// postings move with the slots (pulls, and the hand-off of a slot this node stops
+    /// replicating), as every key does.
     pub fn publish(&mut self, now_ms: u64, entry: Entry) -> usize {
         let replicas = self.replicate(now_ms, entry.key(), &entry);
         let tokens = fold::name_tokens(&entry.user, &entry.profile);
-        // What the postings were written for: the tokens, and the replicas of their slots
-        // (a posting written to replicas that have since changed may be nowhere now).
-        let fingerprint = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::hash::DefaultHasher::new();
-            for t in &tokens {
-                t.hash(&mut h);
-                self.map.replicas(self.slot_of(&fold::token_slot_key(t))).hash(&mut h);
-            }
-            h.finish()
-        };
+        // What the postings were written for: the tokens. Their slots' replicas were part
+        // of it, but at 20,000 super nodes some replica of a token's slot changes every
+        // few minutes, so nearly every presence refresh wrote the postings again.
+        let fingerprint = Self::postings_fingerprint(&tokens);
         let refresh_ms = self.cfg.postings_refresh_secs.saturating_mul(1000);
         let key = entry.key();
         // Not at a logout within the period either: a posting is kept a day past the
@@ -328,6 +326,22 @@ impl Node {
             self.remember_posted(now_ms, key, fingerprint, refresh_ms);
         }
         replicas
+    }
+
+    fn postings_fingerprint(tokens: &[String]) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        tokens.hash(&mut h);
+        h.finish()
+    }
+
+    /// Records that `entry`'s postings were written at `now_ms`, as [`Node::publish`]
+    /// does: for state that was there before this node's run (the simulator's warm start,
+    /// where users online at the start logged in and posted before it).
+    pub fn note_posted(&mut self, now_ms: u64, entry: &Entry) {
+        let fingerprint = Self::postings_fingerprint(&fold::name_tokens(&entry.user, &entry.profile));
+        let refresh_ms = self.cfg.postings_refresh_secs.saturating_mul(1000);
+        self.remember_posted(now_ms, entry.key(), fingerprint, refresh_ms);
     }
 
     /// Remembers a user's postings, forgetting those due again anyway (the table holds

@@ -528,6 +528,32 @@ fn a_presence_refresh_writes_the_users_key_and_postings_only_when_their_tokens_c
     let e = entry("erin", 1, h.now, Status::Online);
     let refresh = stores(&mut h, e);
     assert!(refresh <= 3, "a refresh five minutes later: the key's replicas only, {refresh}");
+    // A member joins and becomes a replica of one of the tokens' slots: the postings move
+    // with the slot, and the next refresh does not write them again (at 20,000 super
+    // nodes some replica of a token's slot changes every few minutes).
+    let ids: Vec<NodeId> = (0..12).map(id).collect();
+    let token_slots: Vec<Slot> = fold::name_tokens("erin", &entry("erin", 1, T0, Status::Online).profile)
+        .iter()
+        .map(|t| h.nodes[&id(0)].0.slot_of(&fold::token_slot_key(t)))
+        .collect();
+    let joiner = (20..=255u8)
+        .map(id)
+        .find(|j| {
+            let all: Vec<NodeId> = ids.iter().copied().chain([*j]).collect();
+            let map = SlotMap::new(SlotSpace::new(64).unwrap(), 3, &all);
+            token_slots.iter().any(|s| map.replicas(*s).contains(j))
+        })
+        .expect("a joiner replicating a token's slot");
+    let all: Vec<NodeId> = ids.iter().copied().chain([joiner]).collect();
+    let view = SharedView::new(&all);
+    let now = h.now;
+    for i in &ids {
+        h.with(*i, |n| n.view(now, view.clone()));
+    }
+    h.run_for(2000);
+    let e = entry("erin", 1, h.now, Status::Online);
+    let after_join = stores(&mut h, e);
+    assert!(after_join <= 3, "a refresh after a token slot's replicas changed: the key only, {after_join}");
     // A logout within the period: its postings written at the login outlast the entry.
     let gone = entry("erin", 1, h.now + 1, Status::Offline);
     assert!(stores(&mut h, gone) <= 3, "a logout: the key's replicas only");
@@ -685,7 +711,7 @@ fn search_users(h: &mut Harness, at: u8, words: &str) -> Vec<String> {
 }
 
 #[test]
-fn postings_written_while_the_view_was_small_are_written_again_once_their_replicas_change() {
+fn postings_written_while_the_view_was_small_reach_their_replicas_once_it_grows() {
     let ids: Vec<NodeId> = (0..12).map(id).collect();
     for refresh in [0u64, 24 * 3600] {
         let mut h = Harness::new(12, IndexConfig { postings_refresh_secs: refresh, ..config() });
