@@ -154,3 +154,29 @@ fn the_index_finds_users_seen_and_replays_from_its_seed() {
     assert!(a.json["index_detail"]["sent_by_kind"]["store"]["bytes"].as_u64().unwrap() > 0);
     assert_eq!(a.deterministic(), b.deterministic(), "one seed, one run");
 }
+
+#[test]
+fn a_users_devices_are_sessions_of_one_key() {
+    use confab_loadtest::sim::global::Global;
+    use confab_loadtest::sim::users;
+    let run = |share: f64| {
+        let mut cfg = Config { users: 400, hours: 0.05, ..small(30) };
+        cfg.user_model = users::Model { second_device_share: share, ..cfg.user_model };
+        let index = confab::index::IndexConfig { slots: cfg.slots, replicas: cfg.replicas, ..Default::default() };
+        sim::run(cfg, Global::new(index).expect("an index"), true).json
+    };
+    for (share, devices) in [(0.0, 400), (0.5, 600)] {
+        let j = run(share);
+        assert_eq!(j["users"]["devices"].as_u64(), Some(devices));
+        assert_eq!(j["findability"].as_f64(), Some(1.0), "share {share}");
+        let d = &j["index_detail"];
+        let (keys, sessions) = (d["keys_held_at_end"].as_u64().unwrap(), d["sessions_held_at_end"].as_u64().unwrap());
+        if share == 0.0 {
+            assert_eq!(sessions, keys, "one device each: one session a key");
+        } else {
+            // The user's key and its postings hold both devices' entries on every replica
+            // while one is online (of offline sessions a key keeps the newest only).
+            assert!(sessions * 100 > keys * 105, "{sessions} sessions over {keys} keys");
+        }
+    }
+}

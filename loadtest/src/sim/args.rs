@@ -82,6 +82,10 @@ pub struct SimArgs {
     /// Presence refresh while online, seconds.
     #[arg(long, default_value_t = 300)]
     pub presence_refresh_secs: u64,
+    /// Share of users with a second device (its own sessions, its own entry under the
+    /// user's key).
+    #[arg(long, default_value_t = users::Model::default().second_device_share)]
+    pub second_device_share: f64,
     /// Lookups per online user per hour.
     #[arg(long, default_value_t = 2.0)]
     pub lookups_per_hour: f64,
@@ -182,6 +186,7 @@ impl SimArgs {
                 refresh_secs: self.presence_refresh_secs,
                 lookups_per_hour: self.lookups_per_hour,
                 missing_share: self.missing_share,
+                second_device_share: self.second_device_share,
                 ..users::Model::default()
             },
             ..Config::default()

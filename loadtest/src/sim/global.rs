@@ -52,8 +52,9 @@ pub struct Global {
     cfg: IndexConfig,
     space: SlotSpace,
     nodes: BTreeMap<Sn, SimNode>,
-    /// Each user's newest entry, shared by the replicas that hold it.
-    latest: HashMap<String, Arc<Entry>>,
+    /// Each device's newest entry, by its origin (credential serial), shared by the
+    /// replicas that hold it.
+    latest: HashMap<u64, Arc<Entry>>,
     /// The warm start, by slot (the slot's key and posting entries).
     warm: BTreeMap<Slot, Vec<(String, Arc<Entry>)>>,
     /// The entries of the users online at the start, by their super node: it wrote their
@@ -98,8 +99,8 @@ impl Global {
         })
     }
 
-    /// The entry `user` publishes at super node `sn` at `now` (Unix ms).
-    fn entry(&self, user: &str, sn: Sn, online: bool, now: u64) -> Entry {
+    /// The entry `user`'s device `device` publishes at super node `sn` at `now` (Unix ms).
+    fn entry(&self, user: &str, device: u32, sn: Sn, online: bool, now: u64) -> Entry {
         let body = EntryBody {
             user: user.into(),
             credential: self.credential.clone(),
@@ -112,14 +113,14 @@ impl Global {
             timestamp_ms: now,
             user_keys: Some(confab::crypto::user::UserPublicKeys { x25519: [1; 32], ed25519: [2; 32] }),
         };
-        Entry::unsigned(body, origin(user), vec![0x5a; SIGNATURE_LEN])
+        Entry::unsigned(body, origin(user, device), vec![0x5a; SIGNATURE_LEN])
     }
 
     /// Runs what `sn`'s node asked for, carrying the rest out through `out`.
     fn drive(&mut self, now: Ms, sn: Sn, out: &mut Outbox<Self>) {
         let Some(s) = self.nodes.get_mut(&sn) else { return };
         let latest = &self.latest;
-        let share = |e: Entry| match latest.get(&e.user) {
+        let share = |e: Entry| match latest.get(&e.origin) {
             Some(l) if l.order() == e.order() => l.clone(),
             _ => Arc::new(e),
         };
@@ -183,9 +184,11 @@ fn profile(user: &str) -> Profile {
     }
 }
 
-/// A user's credential serial (one device per user).
-fn origin(user: &str) -> u64 {
-    user.bytes().fold(0xcbf2_9ce4_8422_2325u64, |a, b| (a ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+/// A device's credential serial: its user's hash and its number (each device has its
+/// own credential, so its own session under the user's key).
+fn origin(user: &str, device: u32) -> u64 {
+    let h = user.bytes().fold(0xcbf2_9ce4_8422_2325u64, |a, b| (a ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    h.wrapping_add(u64::from(device).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
 impl Index for Global {
@@ -204,23 +207,25 @@ impl Index for Global {
             .collect();
         let stores: usize = self.nodes.values().map(|n| n.stores.len()).sum();
         let keys: usize = self.nodes.values().map(|n| n.stores.keys()).sum();
+        let sessions: usize = self.nodes.values().map(|n| n.stores.sessions()).sum();
         let largest = self.nodes.values().map(|n| n.stores.largest()).max().unwrap_or(0);
         serde_json::json!({
             "sent_by_kind": kinds,
             "nodes_up": self.nodes.len(),
-            "users_with_entries": self.latest.len(),
+            "devices_with_entries": self.latest.len(),
             "slot_stores_at_end": stores,
             "keys_held_at_end": keys,
+            "sessions_held_at_end": sessions,
             "largest_slot_keys_at_end": largest,
         })
     }
 
-    fn warm_start(&mut self, seen: &[(String, i64, Option<Sn>)]) {
-        for (user, at, sn) in seen {
+    fn warm_start(&mut self, seen: &[(String, u32, i64, Option<Sn>)]) {
+        for (user, device, at, sn) in seen {
             let now = (EPOCH_MS as i64 + at) as u64;
             // Online at its super node, or offline, seen at `at`: what the index holds for
-            // a user who logged out then.
-            let e = Arc::new(self.entry(user, sn.unwrap_or(0), sn.is_some(), now));
+            // a device that logged out then.
+            let e = Arc::new(self.entry(user, *device, sn.unwrap_or(0), sn.is_some(), now));
             let key = e.key();
             self.warm.entry(self.space.slot_of(fold::slot_key(&key))).or_default().push((key, e.clone()));
             for token in fold::name_tokens(&e.user, &e.profile) {
@@ -230,7 +235,7 @@ impl Index for Global {
             if let Some(sn) = sn {
                 self.warm_online.entry(*sn).or_default().push(e.clone());
             }
-            self.latest.insert(user.clone(), e);
+            self.latest.insert(e.origin, e);
         }
         self.warm_open = true;
     }
@@ -259,8 +264,8 @@ impl Index for Global {
 
     fn publish(&mut self, now: Ms, node: Sn, p: Publish<'_>, out: &mut Outbox<Self>) {
         self.warm_open = false;
-        let e = self.entry(p.user, node, p.online, EPOCH_MS + now);
-        self.latest.insert(p.user.to_owned(), Arc::new(e.clone()));
+        let e = self.entry(p.user, p.device, node, p.online, EPOCH_MS + now);
+        self.latest.insert(e.origin, Arc::new(e.clone()));
         if let Some(s) = self.nodes.get_mut(&node) {
             s.node.publish(EPOCH_MS + now, e);
         }

@@ -20,6 +20,8 @@ pub type Sn = u32;
 pub struct Publish<'a> {
     /// The user's name (its index key).
     pub user: &'a str,
+    /// Which of the user's devices (each its own session and entry).
+    pub device: u32,
     /// Online (a login or refresh) or offline (a logout).
     pub online: bool,
 }
@@ -54,9 +56,10 @@ pub trait Index: Sized {
     fn detail(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
-    /// Users seen within the retention before the start, with when (ms, ≤ 0) and, for
-    /// those online, their super node: the warm start the index places before the run.
-    fn warm_start(&mut self, seen: &[(String, i64, Option<Sn>)]);
+    /// Devices seen within the retention before the start (user, device), with when
+    /// (ms, ≤ 0) and, for those online, their super node: the warm start the index
+    /// places before the run.
+    fn warm_start(&mut self, seen: &[(String, u32, i64, Option<Sn>)]);
     /// Super node `node` (index identity `id`) started; `seed` for its randomness.
     fn node_up(&mut self, now: Ms, node: Sn, id: NodeId, seed: u64);
     /// Super node `node` stopped (its state is gone).
@@ -87,7 +90,7 @@ impl Index for NotWired {
     fn wired(&self) -> bool {
         false
     }
-    fn warm_start(&mut self, _: &[(String, i64, Option<Sn>)]) {}
+    fn warm_start(&mut self, _: &[(String, u32, i64, Option<Sn>)]) {}
     fn node_up(&mut self, _: Ms, _: Sn, _: NodeId, _: u64) {}
     fn node_down(&mut self, _: Ms, _: Sn) {}
     fn view(&mut self, _: Ms, _: Sn, _: &Arc<View>, _: &mut Outbox<Self>) {}

@@ -202,7 +202,7 @@ pub fn run<I: index::Index>(cfg: Config, index: I, quiet: bool) -> report::Repor
             let rate = (w.events - last.1) as f64 / dt;
             last = (std::time::Instant::now(), w.events);
             let msg =
-                format!("{:.0} events/s, {} super nodes up, {} users online", rate, w.live(), w.users.online.len());
+                format!("{:.0} events/s, {} super nodes up, {} devices online", rate, w.live(), w.users.online.len());
             if lines && last_line.elapsed() >= std::time::Duration::from_secs(30) {
                 last_line = std::time::Instant::now();
                 eprintln!("simulate: {now}/{len} virtual seconds, {:.0} s wall, {msg}", wall.elapsed().as_secs_f64());

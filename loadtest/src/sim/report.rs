@@ -109,9 +109,10 @@ impl Report {
             "pauses": st.sn_pauses,
         });
         let users_json = json!({
-            "model": "diurnal sinusoid, exponential sessions",
+            "model": "diurnal sinusoid, exponential sessions, per device (online_*, logins, logouts, refreshes and moves count devices)",
             "parameters": w.cfg.user_model,
             "count": w.cfg.users,
+            "devices": w.users.all.len(),
             "online_at_start": st.warm_online,
             "online_min": q(&st.online, 0.0),
             "online_max": q(&st.online, 1.0),
@@ -258,7 +259,7 @@ impl Report {
                 "churn starts/deaths/pauses",
                 format!("{} / {} / {}", f(&j["churn"]["starts"]), f(&j["churn"]["deaths"]), f(&j["churn"]["pauses"])),
             ),
-            ("users online min/max", format!("{} / {}", f(&j["users"]["online_min"]), f(&j["users"]["online_max"]))),
+            ("devices online min/max", format!("{} / {}", f(&j["users"]["online_min"]), f(&j["users"]["online_max"]))),
             ("scenario", f(&j["scenario"]["name"])),
             ("events", f(&j["events"])),
             ("wall s / cpu s", format!("{} / {}", f(&j["wall_seconds"]), f(&j["cpu_seconds"]))),

@@ -35,6 +35,9 @@ pub struct Model {
     pub retention_hours: f64,
     /// Median delay before a user whose super node died logs in again, seconds.
     pub reconnect_secs: f64,
+    /// Share of users with a second device: each device logs in and out on its own, at
+    /// its own super node, with its own entry (session) under the user's key.
+    pub second_device_share: f64,
 }
 
 impl Default for Model {
@@ -49,6 +52,7 @@ impl Default for Model {
             missing_share: 0.01,
             retention_hours: 72.0,
             reconnect_secs: 10.0,
+            second_device_share: 0.3,
         }
     }
 }
@@ -106,6 +110,17 @@ impl Model {
     pub fn retention_ms(&self) -> u64 {
         (self.retention_hours * HOUR_MS) as u64
     }
+
+    /// Devices of `users` users: one each, and a second for the first share of them.
+    pub fn devices(&self, users: u32) -> u32 {
+        users + (f64::from(users) * self.second_device_share.clamp(0.0, 1.0)).round() as u32
+    }
+}
+
+/// The user and device number (0: the first) of device `d` among `users` users' devices
+/// (the first `users` are each user's first; then the second devices of users 0, 1, …).
+pub fn owner(d: u32, users: u32) -> (u32, u32) {
+    if d < users { (d, 0) } else { (d - users, 1) }
 }
 
 /// No super node.
@@ -126,9 +141,10 @@ pub struct User {
     pub last_seen: i64,
 }
 
-/// Every user, who is online, and who is logged in where.
+/// Every device, who is online, and who is logged in where (a device is what logs in:
+/// the model's "user" below is a device; [`owner`] names its user).
 pub struct Users {
-    /// All users by index; user `i`'s name is `u{i}`.
+    /// All devices by index; [`owner`] gives each one's user, whose name is `u{i}`.
     pub all: Vec<User>,
     /// Online users, in no particular order (for a random pick).
     pub online: Vec<u32>,

@@ -250,9 +250,10 @@ impl<I: Index> World<I> {
     fn place_users(&mut self) {
         let m = &self.cfg.user_model;
         let p0 = m.online_share(0);
-        let mut last_seen = Vec::with_capacity(self.cfg.users as usize);
+        let devices = m.devices(self.cfg.users);
+        let mut last_seen = Vec::with_capacity(devices as usize);
         let mut online = Vec::new();
-        for u in 0..self.cfg.users {
+        for u in 0..devices {
             if self.rng_users.random_bool(p0) {
                 online.push(u);
                 last_seen.push(0);
@@ -261,7 +262,7 @@ impl<I: Index> World<I> {
             }
         }
         self.users = Users::new(last_seen);
-        for u in 0..self.cfg.users {
+        for u in 0..devices {
             if !online.contains_sorted(u) {
                 let at = self.start + m.next_login(&mut self.rng_users, 0);
                 self.q.at(at, Ev::Login { u, session: 0 });
@@ -286,17 +287,25 @@ impl<I: Index> World<I> {
         }
     }
 
-    /// Users seen within the retention before the start, with when, and the super node
-    /// of those online: for the index's warm start.
-    pub fn warm_list(&self) -> Vec<(String, i64, Option<Sn>)> {
+    /// Devices seen within the retention before the start (their user's name and the
+    /// device's number), with when, and the super node of those online: for the index's
+    /// warm start.
+    pub fn warm_list(&self) -> Vec<(String, u32, i64, Option<Sn>)> {
         let ret = self.cfg.user_model.retention_ms() as i64;
         (0..self.users.all.len() as u32)
             .filter(|u| self.users.all[*u as usize].last_seen >= -ret)
             .map(|u| {
                 let user = &self.users.all[u as usize];
-                (users::name(u), user.last_seen, (user.sn != users::NONE).then_some(user.sn))
+                let (name, device) = self.device_name(u);
+                (name, device, user.last_seen, (user.sn != users::NONE).then_some(user.sn))
             })
             .collect()
+    }
+
+    /// Device `d`'s user's name, and its number among the user's devices.
+    fn device_name(&self, d: u32) -> (String, u32) {
+        let (u, device) = users::owner(d, self.cfg.users);
+        (users::name(u), device)
     }
 
     /// Runs until virtual time `until` (or the queue runs dry).
@@ -794,9 +803,9 @@ impl<I: Index> World<I> {
         if !self.stats.measuring {
             return;
         }
-        let name = users::name(u);
+        let (name, device) = self.device_name(u);
         let mut out = Vec::new();
-        self.index.publish(self.q.now(), sn, Publish { user: &name, online }, &mut out);
+        self.index.publish(self.q.now(), sn, Publish { user: &name, device, online }, &mut out);
         self.index_out(out);
     }
 
@@ -844,7 +853,7 @@ impl<I: Index> World<I> {
                 }
             }
             let Some(t) = pick else { return };
-            (users::name(t), true)
+            (self.device_name(t).0, true)
         };
         self.stats.lookup_issued(exists);
         let mut out = Vec::new();

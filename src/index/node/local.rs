@@ -64,6 +64,12 @@ impl LocalStores {
         self.stores.values().map(SlotStore::len).sum()
     }
 
+    /// Sessions (entries) held over every store: more than the keys where users have
+    /// several devices.
+    pub fn sessions(&self) -> usize {
+        self.stores.values().map(|st| st.iter().count()).sum()
+    }
+
     /// Carries out `node`'s store operations until it has only other things to ask:
     /// those are returned, in order. `check` stands for the signature checks, `share`
     /// turns an entry to store into a shared one (a simulator keeps one copy per entry).
