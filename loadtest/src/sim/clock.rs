@@ -95,7 +95,7 @@ impl<E> Queue<E> {
                 return None;
             }
             let (_, bucket) = self.later.pop_first()?;
-            self.horizon = first + BUCKET_MS;
+            self.horizon = first.saturating_add(BUCKET_MS);
             self.heap.extend(bucket);
         }
     }

@@ -892,12 +892,23 @@ impl<I: Index> World<I> {
                 Out::AskDirectory { node, id, user } => {
                     let ret = self.cfg.user_model.retention_ms() as i64;
                     let t = now as i64 - self.start as i64;
+                    // The user is seen when any of its devices is: online now, or last
+                    // seen within the retention (the latest of them).
+                    let devices = self.users.all.len() as u32;
                     let seen = user
                         .strip_prefix('u')
                         .and_then(|n| n.parse::<u32>().ok())
-                        .and_then(|u| self.users.all.get(u as usize).map(|x| (u, x)))
-                        .filter(|(u, x)| self.users.is_online(*u) || x.last_seen >= t - ret)
-                        .map(|(_, x)| x.last_seen);
+                        .filter(|u| *u < self.cfg.users)
+                        .and_then(|u| {
+                            [u, self.cfg.users + u]
+                                .into_iter()
+                                .filter(|d| *d < devices)
+                                .filter(|d| {
+                                    self.users.is_online(*d) || self.users.all[*d as usize].last_seen >= t - ret
+                                })
+                                .map(|d| if self.users.is_online(d) { t } else { self.users.all[d as usize].last_seen })
+                                .max()
+                        });
                     let inc = self.sns[node as usize].inc;
                     self.q.after(self.cfg.directory_rtt_ms, Ev::Directory { node, inc, id, seen });
                 }

@@ -44,6 +44,9 @@ pub const HANDOFF_AFTER_MS: u64 = 500;
 const POSTED_MAX: usize = 200_000;
 /// Replicas a new replica asks for a slot's contents.
 pub const PULL_FROM: usize = 2;
+/// Periodic rounds after its replicas last changed in which a slot this node no longer
+/// replicates, but holds entries of, is still compared with one of its replicas.
+pub const FORMER_ROUNDS: u8 = 3;
 
 struct Running {
     lookup: Lookup,
@@ -73,9 +76,13 @@ pub struct Node {
     held: BTreeSet<Slot>,
     /// Slots this node became a replica of since its last pull.
     gained: BTreeSet<Slot>,
-    /// The replicas each held slot gained since the last hand-off round: the only ones
-    /// that round tells of our digest (the rest heard it in the last rounds).
+    /// The replicas each slot we hold entries of gained since the last hand-off round:
+    /// the only ones that round tells of our digest (the others compare with us, or we
+    /// with them, in the periodic rounds).
     newcomers: BTreeMap<Slot, BTreeSet<NodeId>>,
+    /// Slots we no longer replicate but hold entries of, with the periodic rounds left
+    /// that still send their digest to one of their replicas.
+    former_rounds: BTreeMap<Slot, u8>,
     /// Digests of the non-empty slots with a store here, as the stores report them.
     digests: BTreeMap<Slot, SlotDigest>,
     next_req: u64,
@@ -115,6 +122,7 @@ impl Node {
             held: BTreeSet::new(),
             gained: BTreeSet::new(),
             newcomers: BTreeMap::new(),
+            former_rounds: BTreeMap::new(),
             digests: BTreeMap::new(),
             next_req: 1,
             lookups: HashMap::new(),
@@ -238,19 +246,27 @@ impl Node {
         // At 20,000 members every membership change reached every node, and a hand-off
         // round to all co-replicas was most of the index's messages (docs/scale.md): a
         // change concerns a node only where its slots' replica sets moved.
-        // A slot this node stops replicating but holds entries of is handed to the new
-        // replicas the same way: after a partition, or a view of itself alone, it may be
-        // the only holder of what was written meanwhile.
-        let lost = self.held.difference(&held).filter(|s| self.digests.contains_key(s));
-        for s in held.iter().chain(lost) {
-            let before = if self.held.contains(s) { self.map.replicas(*s) } else { &[] };
+        // A slot this node no longer replicates but still holds entries of (a former
+        // store) is handed to its new replicas the same way, at every change of them
+        // while the store lasts: after a partition, or a view of itself alone, it may be
+        // the only holder of what was written meanwhile, and a view that grows a few
+        // members at a time moves the slot more than once. Its next rounds send it too
+        // (`FORMER_ROUNDS`), against a lost packet or a repair cut by a budget.
+        let former: Vec<Slot> = self.digests.keys().filter(|s| !held.contains(s)).copied().collect();
+        for s in held.iter().chain(&former) {
+            // A slot just gained: every other replica may lack what we hold of it.
+            let before = if self.held.contains(s) || former.contains(s) { self.map.replicas(*s) } else { &[] };
             let fresh = map.replicas(*s).iter().filter(|r| **r != self.me && !before.contains(r));
             let mut fresh = fresh.peekable();
             if fresh.peek().is_some() {
                 self.newcomers.entry(*s).or_default().extend(fresh);
+                if !held.contains(s) {
+                    self.former_rounds.insert(*s, FORMER_ROUNDS);
+                }
             }
         }
         self.newcomers.retain(|s, _| held.contains(s) || self.digests.contains_key(s));
+        self.former_rounds.retain(|s, _| !held.contains(s) && self.digests.contains_key(s));
         self.held = held;
         self.map = map;
         tracing::debug!(node = %self.name, members = self.map.members().len(), held = self.held.len(), "slot map rebuilt");

@@ -52,6 +52,20 @@ impl Node {
         order.shuffle(&mut self.rng);
         let mut covered = BTreeSet::new();
         let mut per_peer: BTreeMap<NodeId, Vec<(u32, [u8; 32])>> = BTreeMap::new();
+        // Former slots: to one replica each, for the few rounds left after they moved.
+        let former: Vec<Slot> = self.former_rounds.keys().copied().collect();
+        for s in former {
+            let replicas: Vec<NodeId> = self.map.replicas(s).iter().filter(|r| **r != self.me).copied().collect();
+            let rounds = self.former_rounds.get_mut(&s).expect("listed");
+            *rounds -= 1;
+            if *rounds == 0 {
+                self.former_rounds.remove(&s);
+            }
+            if let (Some(d), false) = (self.digests.get(&s), replicas.is_empty()) {
+                let to = replicas[self.rng.random_range(0..replicas.len())];
+                per_peer.entry(to).or_default().push((s.0, d.whole));
+            }
+        }
         for peer in order {
             for s in &shared[&peer] {
                 if covered.insert(*s) {

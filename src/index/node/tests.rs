@@ -724,6 +724,16 @@ fn postings_written_while_the_view_was_small_reach_their_replicas_once_it_grows(
         let now = h.now;
         h.with(id(p), |n| n.publish(now, entry("erin", 1, now, Status::Online)));
         h.run_for(1000);
+        // Then it sees three members the others do not know (gone before they heard of
+        // them), which take the token's slot from it: its hand-off to them is lost, and
+        // the slot moves again when it sees the whole cluster.
+        let outranks = |c: NodeId| SlotMap::new(SlotSpace::new(64).unwrap(), 1, &[id(p), c]).replicas(tslot) == [c];
+        let mut step: Vec<NodeId> = (100..=255).map(id).filter(|c| outranks(*c)).take(3).collect();
+        assert_eq!(step.len(), 3, "three members that take the slot from p");
+        step.push(id(p));
+        let now = h.now;
+        h.with(id(p), |n| n.view(now, SharedView::new(&step)));
+        h.run_for(2000);
         let now = h.now;
         h.with(id(p), |n| n.view(now, SharedView::new(&ids)));
         h.run_for(60_000);
