@@ -123,6 +123,11 @@ pub fn owner(d: u32, users: u32) -> (u32, u32) {
     if d < users { (d, 0) } else { (d - users, 1) }
 }
 
+/// The devices of user `u` among `devices` devices of `users` users ([`owner`]'s inverse).
+pub fn devices_of(u: u32, users: u32, devices: u32) -> impl Iterator<Item = u32> {
+    [u, users + u].into_iter().filter(move |d| u < users && *d < devices)
+}
+
 /// No super node.
 pub const NONE: u32 = u32::MAX;
 
@@ -236,6 +241,19 @@ pub fn name(u: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_of_is_owners_inverse() {
+        let (users, devices) = (10, Model { second_device_share: 0.3, ..Model::default() }.devices(10));
+        assert_eq!(devices, 13);
+        for d in 0..devices {
+            let (u, _) = owner(d, users);
+            assert!(devices_of(u, users, devices).any(|x| x == d), "device {d} of user {u}");
+        }
+        assert_eq!(devices_of(2, users, devices).collect::<Vec<_>>(), [2, 12]);
+        assert_eq!(devices_of(5, users, devices).collect::<Vec<_>>(), [5]);
+        assert_eq!(devices_of(10, users, devices).count(), 0, "no such user");
+    }
     use crate::sim::rng::stream;
 
     #[test]

@@ -895,20 +895,12 @@ impl<I: Index> World<I> {
                     // The user is seen when any of its devices is: online now, or last
                     // seen within the retention (the latest of them).
                     let devices = self.users.all.len() as u32;
-                    let seen = user
-                        .strip_prefix('u')
-                        .and_then(|n| n.parse::<u32>().ok())
-                        .filter(|u| *u < self.cfg.users)
-                        .and_then(|u| {
-                            [u, self.cfg.users + u]
-                                .into_iter()
-                                .filter(|d| *d < devices)
-                                .filter(|d| {
-                                    self.users.is_online(*d) || self.users.all[*d as usize].last_seen >= t - ret
-                                })
-                                .map(|d| if self.users.is_online(d) { t } else { self.users.all[d as usize].last_seen })
-                                .max()
-                        });
+                    let seen = user.strip_prefix('u').and_then(|n| n.parse::<u32>().ok()).and_then(|u| {
+                        users::devices_of(u, self.cfg.users, devices)
+                            .map(|d| if self.users.is_online(d) { t } else { self.users.all[d as usize].last_seen })
+                            .filter(|seen| *seen >= t - ret)
+                            .max()
+                    });
                     let inc = self.sns[node as usize].inc;
                     self.q.after(self.cfg.directory_rtt_ms, Ev::Directory { node, inc, id, seen });
                 }

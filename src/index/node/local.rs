@@ -179,7 +179,7 @@ impl LocalStores {
     /// The store a write to `slot` goes to: the one here, or a new one if the node
     /// replicates the slot.
     fn store_for_write(&mut self, slot: Slot) -> Option<&mut SlotStore> {
-        if !self.stores.contains_key(&slot) && self.writable(slot) {
+        if !self.stores.contains_key(&slot) && self.held.contains(&slot) {
             self.stores.insert(slot, SlotStore::new(self.entries_max));
         }
         self.stores.get_mut(&slot)

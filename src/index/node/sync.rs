@@ -52,20 +52,7 @@ impl Node {
         order.shuffle(&mut self.rng);
         let mut covered = BTreeSet::new();
         let mut per_peer: BTreeMap<NodeId, Vec<(u32, [u8; 32])>> = BTreeMap::new();
-        // Former slots: to one replica each, for the few rounds left after they moved.
-        let former: Vec<Slot> = self.former_rounds.keys().copied().collect();
-        for s in former {
-            let replicas: Vec<NodeId> = self.map.replicas(s).iter().filter(|r| **r != self.me).copied().collect();
-            let rounds = self.former_rounds.get_mut(&s).expect("listed");
-            *rounds -= 1;
-            if *rounds == 0 {
-                self.former_rounds.remove(&s);
-            }
-            if let (Some(d), false) = (self.digests.get(&s), replicas.is_empty()) {
-                let to = replicas[self.rng.random_range(0..replicas.len())];
-                per_peer.entry(to).or_default().push((s.0, d.whole));
-            }
-        }
+        self.former_digests(&mut per_peer);
         for peer in order {
             for s in &shared[&peer] {
                 if covered.insert(*s) {
@@ -74,6 +61,23 @@ impl Node {
             }
         }
         self.send_chunks(per_peer, |slots| IndexRpc::Digests { slots });
+    }
+
+    /// The digest of each slot this node stopped replicating in the last
+    /// `FORMER_ROUNDS` rounds and still holds entries of, to one of its replicas.
+    fn former_digests(&mut self, per_peer: &mut BTreeMap<NodeId, Vec<(u32, [u8; 32])>>) {
+        for (s, rounds) in std::mem::take(&mut self.former_rounds) {
+            let replicas: Vec<NodeId> = self.map.replicas(s).iter().filter(|r| **r != self.me).copied().collect();
+            if let Some(d) = self.digests.get(&s)
+                && !replicas.is_empty()
+            {
+                let to = replicas[self.rng.random_range(0..replicas.len())];
+                per_peer.entry(to).or_default().push((s.0, d.whole));
+            }
+            if rounds > 1 {
+                self.former_rounds.insert(s, rounds - 1);
+            }
+        }
     }
 
     /// After a view change: tell the replicas our held slots gained of their digests (an
