@@ -437,6 +437,13 @@ impl CallMedia {
         chosen
     }
 
+    /// Plays `source` from its start on, in place of what was playing (silence, for a
+    /// call whose audio came after its media started).
+    pub fn set_source(&mut self, source: Vec<i16>) {
+        self.source = source;
+        self.position = 0;
+    }
+
     /// Whether the chosen path went silent (once; the session checks its super node,
     /// which may be what failed).
     pub fn take_silence(&mut self) -> bool {

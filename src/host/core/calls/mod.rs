@@ -461,7 +461,12 @@ impl CallsCore {
     /// What to play into call `id` (48 kHz mono samples; silence after).
     pub fn set_call_audio(&mut self, id: [u8; 16], samples: Vec<i16>) {
         if let Some(c) = self.active.get_mut(&id) {
-            c.source = samples;
+            // The other side may have answered, and media started, before the caller's
+            // application had the call's id to give its audio to.
+            match c.media.as_mut() {
+                Some(m) => m.set_source(samples),
+                None => c.source = samples,
+            }
         }
     }
 

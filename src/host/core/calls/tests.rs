@@ -130,6 +130,26 @@ fn a_direct_call_connects_and_each_side_hears_the_other() {
     assert_eq!(stats, [(0, "direct", "hung_up")], "the caller reports the call, once");
 }
 
+/// The caller's application gives a call its audio once it has the call's id; the other
+/// side may answer, and media start, before that. The audio plays from then on.
+#[test]
+fn audio_given_after_media_started_is_heard() {
+    let mut w = world(1, &["public", "cone"], Signalling::default());
+    let id = w.call(0, 1);
+    w.hosts[0].core.set_call_recording(id, true);
+    let deadline = w.now_ms + 2_000;
+    assert!(w.run_while_not(deadline, |w| w.hosts[1].saw(&id, "ringing")));
+    w.hosts[1].core.set_call_audio(id, tone(&[TONES[1]], 30.0, 0.5));
+    w.hosts[1].core.set_call_recording(id, true);
+    w.answer(1, id, true);
+    let deadline = w.now_ms + 3_000;
+    assert!(w.run_while_not(deadline, |w| connected_path(w, 0, id).is_some() && connected_path(w, 1, id).is_some()));
+    w.run_until(w.now_ms + 500);
+    w.hosts[0].core.set_call_audio(id, tone(&[TONES[0]], 30.0, 0.5));
+    w.run_until(w.now_ms + 2_000);
+    hang_up_and_check_tones(&mut w, 0, 1, id);
+}
+
 /// A call from behind a symmetric NAT to one behind a cone, from `seed`: the caller asks
 /// for the relay at once, and the birthday technique punches a path, which wins. Which of
 /// the two carries media first is a race decided by the link delays the seed draws.
