@@ -433,15 +433,14 @@ pub async fn run(a: Args, config: Config) -> anyhow::Result<ExitCode> {
             };
             session.set_relay_only(audio.relay_only);
             session.set_relay_tcp(audio.relay_tcp);
-            let id = match session.call(whom).await {
+            let with = host::core::CallAudio { source, record: audio.record.is_some() };
+            let id = match session.call_with(whom, with).await {
                 Ok(id) => id,
                 Err(e) => {
                     session.logout().await;
                     return fail(a.json, e);
                 }
             };
-            session.set_call_audio(id, source);
-            session.set_call_recording(id, audio.record.is_some());
             let code = run_call(&mut session, Some(id), *duration, audio, a.json, Duration::MAX).await?;
             session.logout().await;
             return Ok(code);

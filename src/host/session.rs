@@ -10,7 +10,7 @@ use super::calls::CallReport;
 use super::core::buddies::BuddyDone;
 use super::core::chat::Sent;
 use super::core::pending::{Answer, RequestError};
-use super::core::{Command, Done, HostResult};
+use super::core::{CallAudio, Command, Done, HostResult};
 use super::{Found, HostError, LoginReport, shell};
 use crate::buddy::Relation;
 use crate::buddy::op::Incoming;
@@ -313,17 +313,24 @@ impl Session {
     /// Calls `user`: looks them up (they must show online), then sends the invite.
     /// Returns the call id; what happens next comes as [`Event::Call`]s.
     pub async fn call(&mut self, user: &str) -> Result<[u8; 16], HostError> {
-        self.place(user, false).await
+        self.place(user, false, CallAudio::default()).await
+    }
+
+    /// Like [`Session::call`], playing `audio.source` into the call and, with
+    /// `audio.record`, keeping what it sounds like here, from its very start (set later,
+    /// they miss whatever came before).
+    pub async fn call_with(&mut self, user: &str, audio: CallAudio) -> Result<[u8; 16], HostError> {
+        self.place(user, false, audio).await
     }
 
     /// Like [`Session::call`], but invites even a user the index shows offline (an
     /// invisible buddy, or a modified client's test).
     pub async fn call_even_if_offline(&mut self, user: &str) -> Result<[u8; 16], HostError> {
-        self.place(user, true).await
+        self.place(user, true, CallAudio::default()).await
     }
 
-    async fn place(&mut self, user: &str, even_if_offline: bool) -> Result<[u8; 16], HostError> {
-        match self.run(Command::Call { user: user.to_owned(), even_if_offline }).await.map_err(host_error)? {
+    async fn place(&mut self, user: &str, even_if_offline: bool, audio: CallAudio) -> Result<[u8; 16], HostError> {
+        match self.run(Command::Call { user: user.to_owned(), even_if_offline, audio }).await.map_err(host_error)? {
             Done::Called(id) => Ok(id),
             other => Err(HostError::Refused(format!("a call came to {other:?}"))),
         }
@@ -344,7 +351,8 @@ impl Session {
         self.shell.read(|c| c.calls().calls_in_progress())
     }
 
-    /// What to play into call `id` (48 kHz mono samples; silence after).
+    /// What to play into call `id` (48 kHz mono samples; silence after). Given once media
+    /// runs (the other side answered first), it plays from its start from then on.
     pub fn set_call_audio(&mut self, id: [u8; 16], samples: Vec<i16>) {
         self.shell.change(|c| c.set_call_audio(id, samples));
     }

@@ -105,6 +105,21 @@ pub struct HostConfig {
     pub history_epoch: u64,
 }
 
+/// A voice call's audio at our end, given when it is placed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct CallAudio {
+    /// What to play into it (48 kHz mono samples; silence after).
+    pub source: Vec<i16>,
+    /// Keep what it sounds like at our end, for its report.
+    pub record: bool,
+}
+
+impl std::fmt::Debug for CallAudio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallAudio").field("samples", &self.source.len()).field("record", &self.record).finish()
+    }
+}
+
 /// What the user asks of the host; each completes later under its [`OpId`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -133,6 +148,9 @@ pub enum Command {
         user: String,
         /// Call even if their entry shows them offline.
         even_if_offline: bool,
+        /// What to play into it and whether to record it, set with the call itself: the
+        /// other side may answer, and media start, before the caller hears the call's id.
+        audio: CallAudio,
     },
     /// Accepts or declines an incoming call.
     AnswerCall {
@@ -368,7 +386,7 @@ enum Waiter {
     /// A user's command, answered as it is.
     User(OpId),
     /// The lookup before a call.
-    CallLookup { op: OpId, user: String, even_if_offline: bool },
+    CallLookup { op: OpId, user: String, even_if_offline: bool, audio: CallAudio },
     /// The chat's request, under its tag.
     Chat(u64),
     /// The lookup before a file call.
@@ -638,7 +656,8 @@ impl HostCore {
         &self.calls
     }
 
-    /// What to play into call `id` (48 kHz mono samples; silence after).
+    /// What to play into call `id` (48 kHz mono samples; silence after). Given once media
+    /// runs (the other side answered first), it plays from its start from then on.
     pub fn set_call_audio(&mut self, id: [u8; 16], samples: Vec<i16>) {
         self.calls.set_call_audio(id, samples);
     }
@@ -712,8 +731,8 @@ impl HostCore {
             }
             Command::Find { user } => self.request(now, Waiter::User(op), Request::Find { user }),
             Command::Search { words, limit } => self.request(now, Waiter::User(op), Request::Search { words, limit }),
-            Command::Call { user, even_if_offline } => {
-                let w = Waiter::CallLookup { op, user: user.clone(), even_if_offline };
+            Command::Call { user, even_if_offline, audio } => {
+                let w = Waiter::CallLookup { op, user: user.clone(), even_if_offline, audio };
                 self.request(now, w, Request::Find { user });
             }
             Command::AnswerCall { id, accept } => {
@@ -989,8 +1008,13 @@ impl HostCore {
                 };
                 self.complete(op, r);
             }
-            Waiter::CallLookup { op, user, even_if_offline } => {
+            Waiter::CallLookup { op, user, even_if_offline, audio } => {
                 let r = self.place_call(now, &user, even_if_offline, None, r);
+                if let Ok(Done::Called(id)) = &r {
+                    // In the step that sent the invite: before any answer can start media.
+                    self.calls.set_call_audio(*id, audio.source);
+                    self.calls.set_call_recording(*id, audio.record);
+                }
                 self.complete(op, r);
             }
             Waiter::FilePresence { transfer, user } => {

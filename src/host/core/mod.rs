@@ -38,7 +38,7 @@ pub mod ladder;
 pub mod link;
 pub mod pending;
 
-pub use self::host::{Command, Done, HostConfig, HostCore, HostError, HostResult};
+pub use self::host::{CallAudio, Command, Done, HostConfig, HostCore, HostError, HostResult};
 use self::io::{ConnId, Dest, Effect, EffectId, TcpEvent, Transmit};
 use self::link::{Arrival, Ended, SnLink};
 use self::pending::{Class, OpId, OpResult, Pending, PendingStats, Request, Revision};

@@ -17,7 +17,7 @@ use crate::host::cache::{CacheEntry, NodeKind};
 use crate::host::calls::CallState;
 use crate::host::connect::Timeouts;
 use crate::host::core::calls::CallsConfig;
-use crate::host::core::host::{Command, Done, Fault, HostConfig, HostError, Phase};
+use crate::host::core::host::{CallAudio, Command, Done, Fault, HostConfig, HostError, Phase};
 use crate::host::core::ladder::LadderSettings;
 use crate::host::core::pending::{Answer, OpId};
 use crate::host::ladder::LadderConfig;
@@ -149,16 +149,15 @@ fn connected(h: &CoreNode, id: &[u8; 16]) -> bool {
     call_event(h, id, |s| matches!(s, CallState::Connected { .. }))
 }
 
-/// `a` calls `b` by name; `b` answers once it rings. Both play their tone and record.
+/// `a` calls `b` by name, its tone and recording given with the call; `b` answers once it
+/// rings. Both play their tone and record.
 fn place(w: &mut World, a: (NodeId, usize), b: (NodeId, usize)) -> [u8; 16] {
     let user = w.core_host(b.0).user().to_owned();
-    let op = w.core_command(a.0, Command::Call { user, even_if_offline: false });
+    let audio = CallAudio { source: tone(&[TONES[a.1]], 60.0, 0.5), record: true };
+    let op = w.core_command(a.0, Command::Call { user, even_if_offline: false, audio });
     assert!(run_until_true(w, secs(2.0), |w| done(w, a.0, op)));
     let Some(Ok(Done::Called(id))) = w.core_host(a.0).result(op) else { panic!("{:?}", w.core_host(a.0).result(op)) };
     let id = *id;
-    let calls = &mut w.core_host_mut(a.0).core;
-    calls.set_call_audio(id, tone(&[TONES[a.1]], 60.0, 0.5));
-    calls.set_call_recording(id, true);
     assert!(run_until_true(w, secs(2.0), |w| ringing(w.core_host(b.0), &id)));
     let calls = &mut w.core_host_mut(b.0).core;
     calls.set_call_audio(id, tone(&[TONES[b.1]], 60.0, 0.5));
@@ -307,7 +306,8 @@ fn storm(seed: u64, fault: Fault) -> Storm {
     w.supernode_mut(sn_a).set_mode(SnMode::Drop(vec![MessageKind::RelayAllocate]));
     let refresh = w.core_command(alice, Command::RefreshBuddies);
     w.core_host_mut(alice).core.set_relay_only(true);
-    let op = w.core_command(alice, Command::Call { user: "carol".into(), even_if_offline: false });
+    let op = w
+        .core_command(alice, Command::Call { user: "carol".into(), even_if_offline: false, audio: Default::default() });
     let lookups: Vec<OpId> =
         (0..LOOKUPS).map(|i| w.core_command(alice, Command::Find { user: format!("nobody-{i}") })).collect();
     assert!(run_until_true(&mut w, secs(1.0), |w| done(w, alice, op)));
